@@ -1,0 +1,28 @@
+//! Compiles `proto/kluis/v1/*.proto` with protox (a protobuf compiler in Rust), so that building
+//! kluis needs no system `protoc`. Also writes the file descriptor set that server reflection serves.
+
+use std::{env, path::PathBuf};
+
+#[allow(clippy::disallowed_methods, reason = "build scripts read OUT_DIR from the environment")]
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/kluis/v1/vault.proto", "proto/kluis/v1/admin.proto"];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("kluis_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .skip_debug([
+            ".kluis.v1.FieldValue",
+            ".kluis.v1.PutRecordRequest",
+            ".kluis.v1.GetRecordResponse",
+            ".kluis.v1.UpdateRecordRequest",
+            ".kluis.v1.IssueTokenResponse",
+        ])
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! The one mapping from `VaultError` to a gRPC `Status`. Internal causes are logged here and the
+//! caller gets `internal error`; caller mistakes get a message that says what to do.
+
+use tonic::Status;
+
+use crate::vault::VaultError;
+
+/// Maps a core error to the status the caller sees.
+pub fn to_status(e: VaultError) -> Status {
+    match e {
+        VaultError::Unauthenticated(m) => Status::unauthenticated(m),
+        VaultError::Denied(m) => Status::permission_denied(format!("access denied: {m}")),
+        VaultError::Input(e) => Status::invalid_argument(e.to_string()),
+        e @ VaultError::NotFound(_) => Status::not_found(e.to_string()),
+        VaultError::FailedPrecondition(m) => Status::failed_precondition(m),
+        e @ VaultError::DataLoss(_) => {
+            tracing::error!(error = %e, "integrity check failed");
+            Status::data_loss(e.to_string())
+        }
+        e @ VaultError::AuditUnavailable => {
+            tracing::error!("audit trail unavailable; request refused");
+            Status::unavailable(e.to_string())
+        }
+        e @ (VaultError::Store(_) | VaultError::Key(_) | VaultError::Policy(_) | VaultError::Audit(_)) => {
+            tracing::error!(error = %e, "internal error");
+            Status::internal("internal error")
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `kluis init`: create the store and its root key, and print the first security-officer token
+//! once.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use kluis::{
+    config::{self, KeySource, SystemEnv},
+    crypto::Algorithm,
+    domain::{PrincipalId, Role},
+    keys::{Keyring, RootSecret},
+    vault::tokens::TokenSpec,
+};
+
+use super::{Exit, fail};
+
+/// Arguments of `kluis init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Directory for the store (created if missing).
+    #[arg(long, env = "KLUIS_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Root key file: used if it exists, created (64 hex digits, mode 0600) if not.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub key_file: Option<PathBuf>,
+    /// File holding the root passphrase (else KLUIS_PASSPHRASE, else a prompt).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// AEAD for new ciphertexts.
+    #[arg(long, default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "xchacha20-poly1305"])]
+    pub algorithm: String,
+    /// Principal id of the first security officer.
+    #[arg(long, default_value = "security-officer")]
+    pub principal: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `kluis init`.
+pub fn run(args: &InitArgs) -> Exit {
+    let env = SystemEnv;
+    let algorithm = Algorithm::parse(&args.algorithm).unwrap_or_default();
+    if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
+        return fail(format!("cannot create `{}`: {e}", args.data_dir.display()));
+    }
+    let secret = match &args.key_file {
+        Some(path) if path.exists() => RootSecret::read_key_file(path).map_err(config::OpenError::from),
+        Some(path) => RootSecret::create_key_file(path).map_err(config::OpenError::from),
+        None => {
+            let source = match &args.passphrase_file {
+                Some(p) => KeySource::PassphraseFile(p.clone()),
+                None if kluis::config::Env::var(&env, "KLUIS_PASSPHRASE").is_some() => KeySource::PassphraseEnv,
+                None => KeySource::Prompt,
+            };
+            config::read_secret(&source, &env, true)
+        }
+    };
+    let secret = match secret {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let store = match config::open_store(&args.data_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = Keyring::initialize(store.as_ref(), &secret, algorithm) {
+        return fail(format!("{e} (data dir `{}`)", args.data_dir.display()));
+    }
+    let cfg = match (config::RawConfig { data_dir: Some(args.data_dir.clone()), ..Default::default() }).validate(false) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let vault = match config::open_vault(&cfg, &secret) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let spec = match PrincipalId::parse("--principal", &args.principal) {
+        Ok(principal) => TokenSpec { principal, roles: vec![Role::SecurityOfficer], ttl_secs: 30 * 86_400, scope_subject: None },
+        Err(e) => return fail(e),
+    };
+    let issued = match vault.bootstrap_token(&spec) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    if args.json {
+        let out = serde_json::json!({
+            "data_dir": args.data_dir,
+            "token_id": issued.id,
+            "token": issued.token.expose_secret(),
+            "expires_at": issued.expires_at,
+        });
+        println!("{out}");
+    } else {
+        println!("kluis store initialised in {}", args.data_dir.display());
+        println!();
+        println!("First security-officer token (shown once; kluis keeps only its hash):");
+        println!();
+        println!("  {}", issued.token.expose_secret());
+        println!();
+        println!("Token id {} expires in 30 days. Store it in a secret manager and use it with", issued.id);
+        println!("`kluis admin token issue` to create the tokens your staff and apps need.");
+    }
+    Exit::Success
+}

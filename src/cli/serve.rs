@@ -1,0 +1,203 @@
+//! `kluis serve`: run the gRPC server. `--dev` makes a ready-to-use local server: an embedded
+//! store in a local folder with a dev key file, the default policies, and one token per role in
+//! `<data dir>/dev-tokens.json`.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use clap::Args;
+use kluis::{
+    config::{self, Config, Env, RawConfig, SystemEnv},
+    domain::{PrincipalId, Role, SubjectId},
+    keys::{Keyring, RootSecret},
+    server::{self, TlsPem},
+    vault::{Vault, tokens::TokenSpec},
+};
+
+use super::{Exit, fail};
+
+/// The data directory of `--dev` when none is given.
+pub const DEV_DATA_DIR: &str = ".kluis-dev";
+/// The subject that scoped dev tokens (contractor, bailiff, lawyer, subject) are bound to.
+pub const DEV_SUBJECT: &str = "REL-0001";
+
+/// Arguments of `kluis serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Development mode: local store, dev key file, one token per role. Never for real data.
+    #[arg(long)]
+    pub dev: bool,
+    /// TOML configuration file (see README, "Configuration").
+    #[arg(long, short = 'c', env = "KLUIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the store (overrides the configuration).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:50051 (overrides the configuration).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Root key file (overrides the configuration).
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub key_file: Option<PathBuf>,
+    /// File holding the root passphrase (overrides the configuration).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Runs `kluis serve`.
+pub fn run(args: &ServeArgs) -> Exit {
+    let env = SystemEnv;
+    let mut raw = match &args.config {
+        Some(path) => match RawConfig::from_file(path) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        },
+        None => RawConfig::default(),
+    }
+    .with_env(&env);
+    if let Some(d) = &args.data_dir {
+        raw.data_dir = Some(d.clone());
+    }
+    if let Some(l) = &args.listen {
+        raw.listen = Some(l.clone());
+    }
+    if let Some(k) = &args.key_file {
+        raw.key_file = Some(k.clone());
+        raw.passphrase_file = None;
+    }
+    if let Some(p) = &args.passphrase_file {
+        raw.passphrase_file = Some(p.clone());
+        raw.key_file = None;
+    }
+    if args.dev {
+        let dir = raw.data_dir.get_or_insert_with(|| PathBuf::from(DEV_DATA_DIR)).clone();
+        if raw.key_file.is_none() && raw.passphrase_file.is_none() {
+            raw.key_file = Some(dir.join("dev-root.key"));
+        }
+    }
+    let cfg = match raw.validate(env.var("KLUIS_PASSPHRASE").is_some()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let vault = match if args.dev { open_dev(&cfg) } else { open(&cfg) } {
+        Ok(v) => v,
+        Err(exit) => return exit,
+    };
+    let tls = match &cfg.tls {
+        None => None,
+        Some((cert, key)) => match (std::fs::read(cert), std::fs::read(key)) {
+            (Ok(cert), Ok(key)) => Some(TlsPem { cert, key: zeroize::Zeroizing::new(key) }),
+            (Err(e), _) => return fail(format!("cannot read TLS certificate `{}`: {e}", cert.display())),
+            (_, Err(e)) => return fail(format!("cannot read TLS key `{}`: {e}", key.display())),
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("cannot listen on {}: {e}", cfg.listen)),
+        };
+        let addr = listener.local_addr().unwrap_or(cfg.listen);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, tls = tls.is_some(), data_dir = %cfg.data_dir.display(), "kluis serving");
+        if args.dev {
+            print_dev_banner(&cfg.data_dir, addr);
+        } else {
+            eprintln!("kluis listening on {scheme}://{addr}");
+        }
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        };
+        match server::serve(Arc::new(vault), listener, tls, shutdown).await {
+            Ok(()) => Exit::Success,
+            Err(e) => fail(e),
+        }
+    })
+}
+
+fn open(cfg: &Config) -> Result<Vault, Exit> {
+    let secret = config::read_secret(&cfg.key_source, &SystemEnv, false).map_err(fail)?;
+    config::open_vault(cfg, &secret).map_err(|e| {
+        if matches!(e, config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)) {
+            eprintln!("error: {e}");
+            Exit::CheckFailed
+        } else {
+            fail(e)
+        }
+    })
+}
+
+/// Opens the dev store, creating it with a dev key file and one token per role on first use.
+fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| fail(format!("cannot create `{}`: {e}", cfg.data_dir.display())))?;
+    let store = config::open_store(&cfg.data_dir).map_err(fail)?;
+    let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;
+    if fresh {
+        let secret = match &cfg.key_source {
+            config::KeySource::KeyFile(path) if !path.exists() => RootSecret::create_key_file(path).map_err(fail)?,
+            other => config::read_secret(other, &SystemEnv, true).map_err(fail)?,
+        };
+        Keyring::initialize(store.as_ref(), &secret, cfg.algorithm).map_err(fail)?;
+    }
+    drop(store);
+    let vault = open(cfg)?;
+    let tokens_path = cfg.data_dir.join("dev-tokens.json");
+    if fresh || !tokens_path.exists() {
+        let mut tokens = BTreeMap::new();
+        for &role in Role::ALL {
+            let scoped = matches!(role, Role::Contractor | Role::Bailiff | Role::Lawyer | Role::Subject | Role::Representative);
+            let spec = TokenSpec {
+                principal: PrincipalId::parse("principal", &format!("dev-{role}")).map_err(fail)?,
+                roles: vec![role],
+                ttl_secs: kluis::vault::tokens::MAX_TTL_SECS,
+                scope_subject: scoped.then(|| SubjectId::parse("subject", DEV_SUBJECT)).transpose().map_err(fail)?,
+            };
+            let issued = vault.bootstrap_token(&spec).map_err(fail)?;
+            tokens.insert(role.as_str().to_owned(), issued.token.expose_secret().to_owned());
+        }
+        write_private(&tokens_path, &serde_json::to_vec_pretty(&tokens).unwrap_or_default())
+            .map_err(|e| fail(format!("cannot write `{}`: {e}", tokens_path.display())))?;
+    }
+    Ok(vault)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn print_dev_banner(data_dir: &Path, addr: SocketAddr) {
+    let tokens_path = data_dir.join("dev-tokens.json");
+    let tokens: BTreeMap<String, String> = std::fs::read(&tokens_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    println!("kluis dev server on http://{addr} (data in {}; NOT for real data)", data_dir.display());
+    println!();
+    println!("Tokens, one per role (also in {}):", tokens_path.display());
+    for (role, token) in &tokens {
+        println!("  {role:<20} {token}");
+    }
+    println!();
+    println!("Scoped roles (contractor, bailiff, lawyer, subject, representative) are bound to subject {DEV_SUBJECT}.");
+    println!("Try:  grpcurl -plaintext -H \"authorization: Bearer $(jq -r '.\"nuisance-officer\"' {})\" {addr} kluis.v1.Vault/WhoAmI", tokens_path.display());
+    let _ = std::io::stdout().flush();
+}

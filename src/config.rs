@@ -1,0 +1,447 @@
+//! Configuration, loaded in stages: a TOML file (`RawConfig`, unknown keys refused), environment
+//! overrides read through `Env`, then validation into a `Config` that reports every problem at
+//! once. Also opens a vault from a `Config` (store → unseal → policy → vault).
+//!
+//! Invariant: the only module that reads the process environment.
+//! Invariant: secrets arrive as file paths or environment variables, never as values in the file.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::{
+    crypto::Algorithm,
+    domain::{Limits, Purpose, Retention, RetentionStart},
+    keys::{KeyError, Keyring, RootSecret},
+    policy::{self, Engine, PolicyError},
+    store::{SqliteStore, StoreError},
+    vault::{RetentionTable, Vault, VaultError},
+};
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "kluis.db";
+
+/// Where environment variables come from (the process, or a map in tests).
+pub trait Env {
+    /// The value of `name`, if set and valid UTF-8.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemEnv;
+
+impl Env for SystemEnv {
+    #[expect(clippy::disallowed_methods, reason = "this is the one place that reads the environment")]
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `host:port` to listen on.
+    pub listen: Option<String>,
+    /// Directory of the store.
+    pub data_dir: Option<PathBuf>,
+    /// AEAD for new ciphertexts: `aes-256-gcm` or `xchacha20-poly1305`.
+    pub algorithm: Option<String>,
+    /// File holding the root key (64 hex digits).
+    pub key_file: Option<PathBuf>,
+    /// File holding the root passphrase.
+    pub passphrase_file: Option<PathBuf>,
+    /// How many unwrapped subject keys to keep in memory.
+    pub key_cache_size: Option<usize>,
+    /// TLS certificate and key.
+    pub tls: Option<RawTls>,
+    /// Policy schema and files.
+    pub policy: Option<RawPolicy>,
+    /// Retention per purpose, e.g. `nuisance = "730d"`.
+    pub retention: Option<HashMap<String, String>>,
+    /// Request limits.
+    pub limits: Option<RawLimits>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[policy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Cedar schema file (`.cedarschema`).
+    pub schema: Option<PathBuf>,
+    /// Cedar policy files.
+    pub policies: Option<Vec<PathBuf>>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Fields per record.
+    pub max_fields: Option<usize>,
+    /// Bytes per field value.
+    pub max_value_bytes: Option<usize>,
+    /// Labels per record.
+    pub max_labels: Option<usize>,
+}
+
+/// Where the root key comes from.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum KeySource {
+    /// A key file.
+    KeyFile(PathBuf),
+    /// A file holding the passphrase.
+    PassphraseFile(PathBuf),
+    /// The `KLUIS_PASSPHRASE` environment variable.
+    PassphraseEnv,
+    /// Ask on the terminal.
+    Prompt,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// AEAD for new ciphertexts.
+    pub algorithm: Algorithm,
+    /// Root key source.
+    pub key_source: KeySource,
+    /// Subject key cache size.
+    pub key_cache_size: usize,
+    /// TLS files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Schema file, or the built-in schema.
+    pub policy_schema: Option<PathBuf>,
+    /// Policy files, or the built-in policies.
+    pub policy_files: Vec<PathBuf>,
+    /// Retention per purpose.
+    pub retention: RetentionTable,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// Configuration problems, all of them.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration problems:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl RawConfig {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read `{}`: {e}", path.display())]))?;
+        toml::from_str(&text).map_err(|e| ConfigError(vec![format!("`{}`: {e}", path.display())]))
+    }
+
+    /// Applies `KLUIS_*` environment overrides.
+    pub fn with_env(mut self, env: &dyn Env) -> Self {
+        if let Some(v) = env.var("KLUIS_LISTEN") {
+            self.listen = Some(v);
+        }
+        if let Some(v) = env.var("KLUIS_DATA_DIR") {
+            self.data_dir = Some(v.into());
+        }
+        if let Some(v) = env.var("KLUIS_ALGORITHM") {
+            self.algorithm = Some(v);
+        }
+        if let Some(v) = env.var("KLUIS_KEY_FILE") {
+            self.key_file = Some(v.into());
+        }
+        if let Some(v) = env.var("KLUIS_PASSPHRASE_FILE") {
+            self.passphrase_file = Some(v.into());
+        }
+        if let (Some(cert), Some(key)) = (env.var("KLUIS_TLS_CERT"), env.var("KLUIS_TLS_KEY")) {
+            self.tls = Some(RawTls { cert: cert.into(), key: key.into() });
+        }
+        self
+    }
+
+    /// Validates into a `Config`, collecting every problem. `has_passphrase_env` tells whether
+    /// `KLUIS_PASSPHRASE` is set.
+    pub fn validate(self, has_passphrase_env: bool) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+            problems.push(format!("`listen`: `{listen}` is not an address like 127.0.0.1:50051"));
+            SocketAddr::from(([127, 0, 0, 1], 50051))
+        });
+        let data_dir = self.data_dir.unwrap_or_else(|| {
+            problems.push("`data_dir` is required (or set KLUIS_DATA_DIR)".into());
+            PathBuf::new()
+        });
+        let algorithm = match self.algorithm.as_deref() {
+            None => Algorithm::default(),
+            Some(a) => Algorithm::parse(a).unwrap_or_else(|| {
+                problems.push(format!("`algorithm`: `{a}` is not `aes-256-gcm` or `xchacha20-poly1305`"));
+                Algorithm::default()
+            }),
+        };
+        let key_source = match (self.key_file, self.passphrase_file) {
+            (Some(_), Some(_)) => {
+                problems.push("give either `key_file` or `passphrase_file`, not both".into());
+                KeySource::Prompt
+            }
+            (Some(k), None) => KeySource::KeyFile(k),
+            (None, Some(p)) => KeySource::PassphraseFile(p),
+            (None, None) if has_passphrase_env => KeySource::PassphraseEnv,
+            (None, None) => KeySource::Prompt,
+        };
+        let mut retention = RetentionTable::default();
+        for (purpose, period) in self.retention.unwrap_or_default() {
+            match (purpose.parse::<Purpose>(), parse_days(&period)) {
+                (Ok(p), Some(days)) => {
+                    retention.set(p, Retention { days, from: p.default_retention().from });
+                }
+                (Err(e), _) => problems.push(format!("`retention.{purpose}`: {e}")),
+                (_, None) => problems.push(format!(
+                    "`retention.{purpose}`: `{period}` is not a period like `730d` or `2y`"
+                )),
+            }
+        }
+        let mut limits = Limits::default();
+        if let Some(l) = self.limits {
+            limits.max_fields = l.max_fields.unwrap_or(limits.max_fields);
+            limits.max_value_bytes = l.max_value_bytes.unwrap_or(limits.max_value_bytes);
+            limits.max_labels = l.max_labels.unwrap_or(limits.max_labels);
+            if limits.max_value_bytes > crate::server::MAX_MESSAGE_BYTES / 2 {
+                problems.push(format!(
+                    "`limits.max_value_bytes` may be at most {} bytes",
+                    crate::server::MAX_MESSAGE_BYTES / 2
+                ));
+            }
+        }
+        let policy = self.policy.unwrap_or_default();
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            algorithm,
+            key_source,
+            key_cache_size: self.key_cache_size.unwrap_or(10_000),
+            tls: self.tls.map(|t| (t.cert, t.key)),
+            policy_schema: policy.schema,
+            policy_files: policy.policies.unwrap_or_default(),
+            retention,
+            limits,
+        })
+    }
+}
+
+/// Parses `730d`, `2y` or `52w` into days.
+fn parse_days(s: &str) -> Option<u32> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: u32 = num.parse().ok()?;
+    match unit {
+        "d" => Some(n),
+        "w" => n.checked_mul(7),
+        "y" => n.checked_mul(365),
+        _ => None,
+    }
+}
+
+/// Errors while opening a vault.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store could not be opened.
+    #[error("store `{path}`: {source}")]
+    Store {
+        /// The database file.
+        path: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The root key could not be obtained or is wrong.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A policy file could not be read.
+    #[error("cannot read policy file `{path}`: {problem}")]
+    PolicyFile {
+        /// The file.
+        path: String,
+        /// Why.
+        problem: String,
+    },
+    /// The policies are invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The vault could not be assembled.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The secret could not be read.
+    #[error("{0}")]
+    Secret(String),
+}
+
+/// Obtains the root secret from the configured source.
+pub fn read_secret(source: &KeySource, env: &dyn Env, confirm: bool) -> Result<RootSecret, OpenError> {
+    match source {
+        KeySource::KeyFile(path) => Ok(RootSecret::read_key_file(path)?),
+        KeySource::PassphraseFile(path) => {
+            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                OpenError::Secret(format!("cannot read passphrase file `{}`: {e}", path.display()))
+            })?);
+            passphrase(text.trim_end_matches(['\n', '\r']))
+        }
+        KeySource::PassphraseEnv => {
+            let text = Zeroizing::new(env.var("KLUIS_PASSPHRASE").unwrap_or_default());
+            passphrase(&text)
+        }
+        KeySource::Prompt => {
+            let first = Zeroizing::new(rpassword::prompt_password("kluis root passphrase: ").map_err(|e| {
+                OpenError::Secret(format!(
+                    "cannot prompt for the passphrase ({e}); give --key-file, --passphrase-file or KLUIS_PASSPHRASE"
+                ))
+            })?);
+            if confirm {
+                let second = Zeroizing::new(
+                    rpassword::prompt_password("repeat the passphrase: ")
+                        .map_err(|e| OpenError::Secret(e.to_string()))?,
+                );
+                if first.as_bytes() != second.as_bytes() {
+                    return Err(OpenError::Secret("the passphrases differ".into()));
+                }
+            }
+            passphrase(&first)
+        }
+    }
+}
+
+/// Shortest accepted passphrase, in characters.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+fn passphrase(text: &str) -> Result<RootSecret, OpenError> {
+    if text.chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(OpenError::Secret(format!(
+            "the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters"
+        )));
+    }
+    Ok(RootSecret::Passphrase(Zeroizing::new(text.to_owned())))
+}
+
+/// Loads the policy engine: the configured files, or the built-in schema and policies.
+pub fn load_policy(schema: Option<&Path>, files: &[PathBuf]) -> Result<Engine, OpenError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| OpenError::PolicyFile { path: p.display().to_string(), problem: e.to_string() })
+    };
+    let schema_src = match schema {
+        Some(p) => read(p)?,
+        None => policy::DEFAULT_SCHEMA.to_owned(),
+    };
+    let policies_src = if files.is_empty() {
+        policy::DEFAULT_POLICIES.to_owned()
+    } else {
+        let mut all = String::new();
+        for f in files {
+            all.push_str(&read(f)?);
+            all.push('\n');
+        }
+        all
+    };
+    Ok(Engine::from_sources(&schema_src, &policies_src)?)
+}
+
+/// Opens the store in `data_dir` (creating the file if needed, not initialising it).
+pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, OpenError> {
+    let path = data_dir.join(DB_FILE);
+    SqliteStore::open(&path)
+        .map(Arc::new)
+        .map_err(|source| OpenError::Store { path: path.display().to_string(), source })
+}
+
+/// Opens an initialised vault: store, unseal with `secret`, policies, vault.
+pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenError> {
+    let policy = load_policy(config.policy_schema.as_deref(), &config.policy_files)?;
+    let store = open_store(&config.data_dir)?;
+    let keyring = Keyring::unseal(store.clone(), secret, config.algorithm, config.key_cache_size)?;
+    Ok(Vault::new(store, keyring, policy, config.retention.clone(), config.limits)?)
+}
+
+/// Retention start as text, for display.
+pub fn retention_start_text(r: RetentionStart) -> &'static str {
+    match r {
+        RetentionStart::Creation => "creation",
+        RetentionStart::Closing => "closing",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            listen = "nowhere"
+            algorithm = "rot13"
+            [retention]
+            nuisance = "forever"
+            gossip = "1y"
+            "#,
+        )
+        .unwrap();
+        let err = raw.validate(false).unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<RawConfig>("listne = \"x\"").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let raw: RawConfig = toml::from_str("listen = \"127.0.0.1:1\"\ndata_dir = \"/a\"").unwrap();
+        let cfg = raw
+            .with_env(&env(&[("KLUIS_LISTEN", "127.0.0.1:2"), ("KLUIS_KEY_FILE", "/k")]))
+            .validate(false)
+            .unwrap();
+        assert_eq!(cfg.listen.port(), 2);
+        assert_eq!(cfg.key_source, KeySource::KeyFile("/k".into()));
+    }
+
+    #[test]
+    fn retention_periods_parse() {
+        assert_eq!(parse_days("730d"), Some(730));
+        assert_eq!(parse_days("2y"), Some(730));
+        assert_eq!(parse_days("1w"), Some(7));
+        assert_eq!(parse_days("y"), None);
+        assert_eq!(parse_days(""), None);
+    }
+}

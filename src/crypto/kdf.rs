@@ -1,0 +1,109 @@
+//! The passphrase KDF (Argon2id) and the key check value that detects a wrong passphrase or key
+//! file at unseal time, before anything is decrypted.
+
+use argon2::{Algorithm as Variant, Argon2, Params, Version};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::{CryptoError, keys::RootKey};
+
+/// Argon2id parameters, stored with the salt so the same key can be derived again.
+#[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    /// Passes.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// RFC 9106's second recommended option: 64 MiB, 3 passes, 4 lanes.
+    pub const RFC9106_SECOND: KdfParams = KdfParams { m_cost: 64 * 1024, t_cost: 3, p_cost: 4 };
+
+    /// Refuses parameters weaker than RFC 9106's second recommendation (a tampered store must
+    /// not be able to weaken the KDF).
+    pub fn check_strength(&self) -> Result<(), CryptoError> {
+        let min = Self::RFC9106_SECOND;
+        if self.m_cost < min.m_cost || self.t_cost < min.t_cost || self.p_cost < 1 {
+            return Err(CryptoError::Kdf(format!(
+                "Argon2id parameters m={} t={} p={} are weaker than the minimum m={} t={}",
+                self.m_cost, self.t_cost, self.p_cost, min.m_cost, min.t_cost
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Derives the root key from a passphrase with Argon2id.
+pub fn derive_root_key(
+    passphrase: &[u8],
+    salt: &[u8],
+    params: KdfParams,
+) -> Result<RootKey, CryptoError> {
+    let argon_params = Params::new(params.m_cost, params.t_cost, params.p_cost, Some(32))
+        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    let argon = Argon2::new(Variant::Argon2id, Version::V0x13, argon_params);
+    let mut out = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passphrase, salt, out.as_mut_slice())
+        .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+    Ok(RootKey::from_bytes(&out))
+}
+
+/// The key check value of a root key: a MAC of a fixed label. Reveals nothing about the key but
+/// tells whether a candidate key is the one the store was created with.
+pub fn key_check_value(root: &RootKey) -> [u8; 32] {
+    mac(root.expose_secret(), b"kluis.v1.key-check")
+}
+
+/// True when `root` matches the stored key check value (constant-time comparison).
+pub fn key_matches(root: &RootKey, stored: &[u8]) -> bool {
+    key_check_value(root).ct_eq(stored).into()
+}
+
+/// HMAC-SHA-256 of `data` under `key`.
+pub fn mac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+    let mut m = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return [0; 32],
+    };
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: KdfParams = KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 };
+
+    #[test]
+    fn same_passphrase_same_key_and_check_value() {
+        let a = derive_root_key(b"correct horse", b"saltsaltsaltsalt", FAST).unwrap();
+        let b = derive_root_key(b"correct horse", b"saltsaltsaltsalt", FAST).unwrap();
+        assert_eq!(a.expose_secret(), b.expose_secret());
+        assert!(key_matches(&b, &key_check_value(&a)));
+    }
+
+    #[test]
+    fn wrong_passphrase_fails_key_check() {
+        let a = derive_root_key(b"correct horse", b"saltsaltsaltsalt", FAST).unwrap();
+        let b = derive_root_key(b"correct horsf", b"saltsaltsaltsalt", FAST).unwrap();
+        assert!(!key_matches(&b, &key_check_value(&a)));
+        let mut kcv = key_check_value(&a);
+        kcv[0] ^= 1;
+        assert!(!key_matches(&a, &kcv));
+    }
+
+    #[test]
+    fn weak_parameters_are_refused() {
+        assert!(FAST.check_strength().is_err());
+        assert!(KdfParams::RFC9106_SECOND.check_strength().is_ok());
+    }
+}

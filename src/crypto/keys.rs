@@ -1,0 +1,83 @@
+//! Key newtypes, one per role in the key hierarchy. Each zeroizes on drop, has a redacted
+//! `Debug`, no `Clone`, no `Serialize`, and hands out its bytes only through `expose_secret()`.
+
+use std::fmt;
+
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+macro_rules! key_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        pub struct $name(Box<Zeroizing<[u8; 32]>>);
+
+        impl $name {
+            /// A fresh random key from the operating system's CSPRNG.
+            pub fn generate() -> Self {
+                let mut key = Box::new(Zeroizing::new([0u8; 32]));
+                rand::rngs::OsRng.fill_bytes(key.as_mut_slice());
+                Self(key)
+            }
+
+            /// Takes ownership of key bytes; the source is wiped when it is a `Zeroizing`.
+            pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+                Self(Box::new(Zeroizing::new(*bytes)))
+            }
+
+            /// Takes 32 bytes from a slice, or `None` when the length is wrong.
+            pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+                let arr: &[u8; 32] = bytes.try_into().ok()?;
+                Some(Self::from_bytes(arr))
+            }
+
+            /// The key bytes. The only way to reach them; grep for it when reviewing.
+            pub fn expose_secret(&self) -> &[u8; 32] {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    };
+}
+
+key_type!(
+    /// The root key: derived from a passphrase or read from a key file; never stored.
+    RootKey
+);
+key_type!(
+    /// One version of a purpose key: wraps subject keys; stored wrapped under the root key.
+    PurposeKey
+);
+key_type!(
+    /// A data key per (subject, purpose): encrypts field values; stored wrapped under a purpose key.
+    SubjectKey
+);
+key_type!(
+    /// The audit MAC key: separate from all data keys; stored wrapped under the root key.
+    AuditKey
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static_assertions::assert_not_impl_any!(RootKey: Clone, serde::Serialize);
+    static_assertions::assert_not_impl_any!(SubjectKey: Clone, serde::Serialize);
+
+    #[test]
+    fn debug_is_redacted() {
+        let key = SubjectKey::from_bytes(&[0x41; 32]);
+        let shown = format!("{key:?}");
+        assert_eq!(shown, "SubjectKey(<redacted>)");
+        assert!(!shown.contains("41"));
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        assert_ne!(RootKey::generate().expose_secret(), RootKey::generate().expose_secret());
+    }
+}

@@ -1,0 +1,548 @@
+//! The domain vocabulary of `DOMAIN.md`: purposes, categories, roles, and the parsed, validated
+//! values that the core works with (`SubjectId`, `FieldName`, `CaseRef`, ...).
+//!
+//! Parsing is where bad input stops: every constructor here checks sizes and characters, and
+//! values that may be stored run through the BSN/MRZ guard (`vault::guard`). The core never sees
+//! raw strings. Nothing here knows about gRPC or SQL.
+
+use std::{fmt, str::FromStr};
+
+use crate::vault::guard;
+
+/// Why a value was refused at the boundary. The message names the field and the limit and never
+/// repeats the value itself (it may be personal data).
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[error("`{field}`: {problem}")]
+pub struct InputError {
+    /// The request field that was refused, e.g. `context.purpose` or `fields[2].name`.
+    pub field: String,
+    /// What is wrong and what to do about it.
+    pub problem: String,
+}
+
+impl InputError {
+    /// An error for `field` with a human explanation.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { field: field.into(), problem: problem.into() }
+    }
+}
+
+macro_rules! string_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) { $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+        pub enum $name { $( $(#[$vmeta])* $variant ),+ }
+
+        impl $name {
+            /// Every value, in the order of `DOMAIN.md`.
+            pub const ALL: &'static [$name] = &[ $( $name::$variant ),+ ];
+
+            /// The wire and policy name, e.g. `nuisance-evidence`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( $name::$variant => $text ),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $( $text => Ok($name::$variant), )+
+                    _ => Err(format!(
+                        "unknown {}; expected one of: {}",
+                        $what,
+                        [$( $text ),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// A purpose ("doel"): every record belongs to exactly one.
+    pub enum Purpose ("purpose") {
+        /// Executing the rental or purchase agreement.
+        Contract = "contract",
+        /// Checking income and household to allocate a suitable home.
+        Allocation = "allocation",
+        /// Paying and receiving money.
+        Payments = "payments",
+        /// Reclaiming a debt.
+        DebtCollection = "debt-collection",
+        /// Maintaining, renovating and repairing homes.
+        Maintenance = "maintenance",
+        /// Customer service.
+        CustomerService = "customer-service",
+        /// Handling complaints.
+        Complaints = "complaints",
+        /// Disputes and substantiating legal claims.
+        LegalDisputes = "legal-disputes",
+        /// The accountant's audit.
+        Audit = "audit",
+        /// Analyses of the housing stock (no personal data in clear).
+        PortfolioAnalysis = "portfolio-analysis",
+        /// Credit screening before allocation by an external agency.
+        FinancialScreening = "financial-screening",
+        /// Medical data for adaptations of a home.
+        HomeAdaptation = "home-adaptation",
+        /// Nuisance or aggression, with evidence.
+        Nuisance = "nuisance",
+        /// Housing fraud or unlawful use of a home.
+        HousingFraud = "housing-fraud",
+        /// Criminal or disruptive behaviour; safety of staff and residents.
+        Safety = "safety",
+    }
+}
+
+string_enum! {
+    /// The category of a field's data.
+    pub enum Category ("category") {
+        /// Name, first names, initials, title, gender, date of birth.
+        Identity = "identity",
+        /// Address, postcode, city, phone number, e-mail address.
+        Contact = "contact",
+        /// Bank account number, payment data, debts.
+        Financial = "financial",
+        /// Income data for allocation, landlord's statement.
+        Income = "income",
+        /// Data needed to execute the agreement.
+        Contract = "contract",
+        /// Medical data (GDPR art. 9).
+        Medical = "medical",
+        /// Photos, film, sound, e-mails, letters about nuisance.
+        NuisanceEvidence = "nuisance-evidence",
+        /// Housing-fraud findings.
+        Fraud = "fraud",
+        /// Criminal behaviour (GDPR art. 10).
+        Criminal = "criminal",
+    }
+}
+
+string_enum! {
+    /// A role a principal acts in.
+    pub enum Role ("role") {
+        /// Customer service staff.
+        CustomerService = "customer-service",
+        /// Allocation officer.
+        AllocationOfficer = "allocation-officer",
+        /// Finance officer.
+        FinanceOfficer = "finance-officer",
+        /// Maintenance planner.
+        MaintenancePlanner = "maintenance-planner",
+        /// External contractor on one job.
+        Contractor = "contractor",
+        /// Home-adaptation advisor.
+        AdaptationAdvisor = "adaptation-advisor",
+        /// Nuisance officer.
+        NuisanceOfficer = "nuisance-officer",
+        /// Fraud investigator.
+        FraudInvestigator = "fraud-investigator",
+        /// In-house legal counsel.
+        LegalCounsel = "legal-counsel",
+        /// External bailiff, for one case.
+        Bailiff = "bailiff",
+        /// External lawyer, for one case.
+        Lawyer = "lawyer",
+        /// External accountant.
+        Auditor = "auditor",
+        /// Analyst: nothing in clear.
+        Analyst = "analyst",
+        /// Privacy officer: subject requests, reads the audit trail.
+        PrivacyOfficer = "privacy-officer",
+        /// Security officer: keys, credentials, audit verification; never personal data.
+        SecurityOfficer = "security-officer",
+        /// The data subject themself.
+        Subject = "subject",
+        /// A representative holding a mandate.
+        Representative = "representative",
+    }
+}
+
+impl Purpose {
+    /// How long records of this purpose are kept, and from when that period counts
+    /// (the defaults of `DOMAIN.md`; configurable).
+    pub fn default_retention(self) -> Retention {
+        use RetentionStart::{Closing, Creation};
+        let (days, from) = match self {
+            Purpose::Contract => (2 * 365, Closing),
+            Purpose::Allocation => (365, Creation),
+            Purpose::Payments => (7 * 365, Creation),
+            Purpose::DebtCollection => (7 * 365, Creation),
+            Purpose::Maintenance => (2 * 365, Creation),
+            Purpose::CustomerService => (2 * 365, Creation),
+            Purpose::Complaints => (2 * 365, Creation),
+            Purpose::LegalDisputes => (5 * 365, Closing),
+            Purpose::Audit => (7 * 365, Creation),
+            Purpose::PortfolioAnalysis => (365, Creation),
+            Purpose::FinancialScreening => (365, Creation),
+            Purpose::HomeAdaptation => (365, Closing),
+            Purpose::Nuisance => (2 * 365, Closing),
+            Purpose::HousingFraud => (5 * 365, Closing),
+            Purpose::Safety => (2 * 365, Closing),
+        };
+        Retention { days, from }
+    }
+}
+
+impl Category {
+    /// Special categories need a case reference and a justification on every access.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            Category::Medical | Category::NuisanceEvidence | Category::Fraud | Category::Criminal
+        )
+    }
+}
+
+/// A retention period and the moment it counts from.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct Retention {
+    /// Length of the period in days.
+    pub days: u32,
+    /// What the period counts from.
+    pub from: RetentionStart,
+}
+
+/// What a retention period counts from.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum RetentionStart {
+    /// The record's creation.
+    Creation,
+    /// The record's closing (end of tenancy, case closed); no expiry until then.
+    Closing,
+}
+
+/// Limits on what one request may carry. Errors name the limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Fields per record.
+    pub max_fields: usize,
+    /// Bytes per field value.
+    pub max_value_bytes: usize,
+    /// Labels per record.
+    pub max_labels: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_fields: 256, max_value_bytes: 1024 * 1024, max_labels: 32 }
+    }
+}
+
+/// Checks a short identifier-like string: not empty, at most `max` bytes, printable, no
+/// surrounding whitespace.
+fn check_token(field: &str, s: &str, max: usize, what: &str) -> Result<(), InputError> {
+    if s.is_empty() {
+        return Err(InputError::new(field, format!("{what} is required")));
+    }
+    if s.len() > max {
+        return Err(InputError::new(field, format!("{what} is longer than {max} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(InputError::new(field, format!("{what} holds control characters")));
+    }
+    if s.trim() != s {
+        return Err(InputError::new(field, format!("{what} has leading or trailing whitespace")));
+    }
+    Ok(())
+}
+
+macro_rules! string_newtype {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The validated string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// The case app's opaque reference for a data subject (a relation number). Never a BSN.
+    SubjectId
+);
+string_newtype!(
+    /// A record id as issued by kluis (`rec_` and 32 hex digits).
+    RecordId
+);
+string_newtype!(
+    /// A field name: lowercase letters, digits, `_`, `-`, `.`, starting with a letter.
+    FieldName
+);
+string_newtype!(
+    /// A principal id (an employee number, a contractor's id, ...).
+    PrincipalId
+);
+
+impl SubjectId {
+    /// Longest accepted subject id in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Parses a subject id named `field` in the request.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_token(field, s, Self::MAX_LEN, "subject id")?;
+        if guard::is_bsn(s) {
+            return Err(InputError::new(
+                field,
+                "subject id is a BSN (citizen service number); kluis stores no BSNs, use the case \
+                 app's own relation number",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl RecordId {
+    /// A fresh random record id.
+    pub fn generate() -> Self {
+        Self(format!("rec_{}", hex::encode(rand::random::<[u8; 16]>())))
+    }
+
+    /// Parses a record id named `field` in the request.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        let ok = s.len() == 36
+            && s.starts_with("rec_")
+            && s.bytes().skip(4).all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else if s.is_empty() {
+            Err(InputError::new(field, "record id is required"))
+        } else {
+            Err(InputError::new(field, "not a record id: expected `rec_` and 32 lowercase hex digits"))
+        }
+    }
+}
+
+impl FieldName {
+    /// Longest accepted field name in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// Parses a field name named `field` in the request.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        if s.is_empty() {
+            return Err(InputError::new(field, "field name is required"));
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(InputError::new(
+                field,
+                format!("field name is longer than {} bytes", Self::MAX_LEN),
+            ));
+        }
+        let mut bytes = s.bytes();
+        let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
+        let rest_ok = bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+        });
+        if !(first_ok && rest_ok) {
+            return Err(InputError::new(
+                field,
+                "field name must start with a lowercase letter and hold only lowercase letters, \
+                 digits, `_`, `-` and `.`",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl PrincipalId {
+    /// Longest accepted principal id in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Parses a principal id named `field` in the request.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        check_token(field, s, Self::MAX_LEN, "principal id")?;
+        if guard::is_bsn(s) {
+            return Err(InputError::new(field, "principal id is a BSN; use an employee number"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Parses a `purpose` named `field`.
+pub fn parse_purpose(field: &str, s: &str) -> Result<Purpose, InputError> {
+    if s.is_empty() {
+        return Err(InputError::new(field, "purpose is required: declare why you access the data"));
+    }
+    s.parse().map_err(|e: String| InputError::new(field, e))
+}
+
+/// Parses a `category` named `field`.
+pub fn parse_category(field: &str, s: &str) -> Result<Category, InputError> {
+    if s.is_empty() {
+        return Err(InputError::new(field, "category is required"));
+    }
+    s.parse().map_err(|e: String| InputError::new(field, e))
+}
+
+/// Parses a `role` named `field`.
+pub fn parse_role(field: &str, s: &str) -> Result<Role, InputError> {
+    s.parse().map_err(|e: String| InputError::new(field, e))
+}
+
+/// Why a call is made: checked by the policy and written to the audit trail.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct AccessContext {
+    /// The declared purpose.
+    pub purpose: Purpose,
+    /// The case reference; empty when none was given.
+    pub case_ref: String,
+    /// The justification; empty when none was given.
+    pub justification: String,
+    /// The channel, e.g. `app`, `counter`, `social-media`; `app` when none was given.
+    pub channel: String,
+    /// Emergency access (break-glass) requested.
+    pub break_glass: bool,
+}
+
+impl AccessContext {
+    /// Longest accepted case reference in bytes.
+    pub const MAX_CASE_REF: usize = 128;
+    /// Longest accepted justification in bytes.
+    pub const MAX_JUSTIFICATION: usize = 1024;
+    /// Longest accepted channel name in bytes.
+    pub const MAX_CHANNEL: usize = 32;
+
+    /// Parses and checks the parts of an access context; `prefix` names it in errors.
+    pub fn parse(
+        prefix: &str,
+        purpose: &str,
+        case_ref: &str,
+        justification: &str,
+        channel: &str,
+        break_glass: bool,
+    ) -> Result<Self, InputError> {
+        let purpose = parse_purpose(&format!("{prefix}.purpose"), purpose)?;
+        if !case_ref.is_empty() {
+            check_token(&format!("{prefix}.case_ref"), case_ref, Self::MAX_CASE_REF, "case reference")?;
+            guard::check_text(&format!("{prefix}.case_ref"), case_ref)?;
+        }
+        if justification.len() > Self::MAX_JUSTIFICATION {
+            return Err(InputError::new(
+                format!("{prefix}.justification"),
+                format!("justification is longer than {} bytes", Self::MAX_JUSTIFICATION),
+            ));
+        }
+        guard::check_text(&format!("{prefix}.justification"), justification)?;
+        let channel = if channel.is_empty() { "app" } else { channel };
+        let channel_ok = channel.len() <= Self::MAX_CHANNEL
+            && channel.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !channel_ok {
+            return Err(InputError::new(
+                format!("{prefix}.channel"),
+                format!(
+                    "channel must be at most {} lowercase letters, digits or `-` (e.g. `app`, \
+                     `counter`, `phone`, `social-media`)",
+                    Self::MAX_CHANNEL
+                ),
+            ));
+        }
+        Ok(Self {
+            purpose,
+            case_ref: case_ref.to_owned(),
+            justification: justification.trim().to_owned(),
+            channel: channel.to_owned(),
+            break_glass,
+        })
+    }
+}
+
+/// Who is calling, as established by their credentials.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Principal {
+    /// The principal's id.
+    pub id: PrincipalId,
+    /// The roles the token carries.
+    pub roles: Vec<Role>,
+    /// The subject a scoped token is bound to.
+    pub scope_subject: Option<SubjectId>,
+    /// The id of the token used (never the token itself).
+    pub token_id: String,
+    /// When the token expires (unix seconds).
+    pub expires_at: i64,
+}
+
+/// The current time in unix seconds.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for p in Purpose::ALL {
+            assert_eq!(p.as_str().parse::<Purpose>().unwrap(), *p);
+        }
+        for c in Category::ALL {
+            assert_eq!(c.as_str().parse::<Category>().unwrap(), *c);
+        }
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), *r);
+        }
+        assert_eq!(Purpose::ALL.len(), 15);
+        assert_eq!(Category::ALL.len(), 9);
+    }
+
+    #[test]
+    fn unknown_purpose_lists_the_choices() {
+        let err = parse_purpose("context.purpose", "gossip").unwrap_err();
+        assert_eq!(err.field, "context.purpose");
+        assert!(err.problem.contains("nuisance"), "{err}");
+    }
+
+    #[test]
+    fn subject_id_refuses_bsn_and_control_characters() {
+        assert!(SubjectId::parse("subject_id", "111222333").is_err());
+        assert!(SubjectId::parse("subject_id", "111.222.333").is_err());
+        assert!(SubjectId::parse("subject_id", "rel\n1").is_err());
+        assert!(SubjectId::parse("subject_id", "").is_err());
+        assert!(SubjectId::parse("subject_id", &"x".repeat(129)).is_err());
+        assert!(SubjectId::parse("subject_id", "123456789").is_ok());
+        assert!(SubjectId::parse("subject_id", "REL-000123").is_ok());
+    }
+
+    #[test]
+    fn field_names_are_restricted() {
+        assert!(FieldName::parse("f", "iban").is_ok());
+        assert!(FieldName::parse("f", "address.city_2").is_ok());
+        for bad in ["", "Iban", "1st", "a b", "naam'; drop table", "é"] {
+            assert!(FieldName::parse("f", bad).is_err(), "{bad}");
+        }
+        assert!(FieldName::parse("f", &"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn record_ids_parse_only_our_format() {
+        let id = RecordId::generate();
+        assert_eq!(RecordId::parse("r", id.as_str()).unwrap(), id);
+        assert!(RecordId::parse("r", "rec_XYZ").is_err());
+        assert!(RecordId::parse("r", "' or 1=1 --").is_err());
+    }
+}

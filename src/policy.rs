@@ -1,0 +1,501 @@
+//! The policy engine: Cedar, validated against a schema, deny by default, `forbid` wins.
+//!
+//! kluis ships a schema (`policy/kluis.cedarschema`) and a default policy set
+//! (`policy/default.cedar`) that encode `DOMAIN.md`; operators may replace both by configuration.
+//! Every decision names the policies that decided it, so a denial can be explained and audited.
+//!
+//! Invariant: a `Grant` is built only here, and only from an allowing `Decision` plus the
+//! `AuditSeq` of a committed audit entry. Decrypting a field needs a `Grant`.
+//! Invariant: an evaluation error is a deny (a `forbid` that failed to evaluate must not let a
+//! request through).
+//! Invariant: knows neither gRPC nor SQL.
+
+use std::{collections::HashSet, str::FromStr};
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+
+use crate::{
+    audit::AuditSeq,
+    domain::{AccessContext, Category, Principal, Purpose},
+};
+
+/// The schema kluis ships.
+pub const DEFAULT_SCHEMA: &str = include_str!("policy/kluis.cedarschema");
+/// The policy set kluis ships.
+pub const DEFAULT_POLICIES: &str = include_str!("policy/default.cedar");
+
+/// Errors of the policy layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The schema does not parse.
+    #[error("policy schema: {0}")]
+    Schema(String),
+    /// A policy does not parse, lacks an `@id`, or repeats one.
+    #[error("policies: {0}")]
+    Parse(String),
+    /// The policies do not validate against the schema.
+    #[error("policies do not validate against the schema:\n{0}")]
+    Validation(String),
+    /// A request could not be put to the engine (entities or context do not match the schema).
+    #[error("policy request: {0}")]
+    Request(String),
+}
+
+/// A data action, decided per field.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Action {
+    /// Decrypt and return a field value.
+    Read,
+    /// Store or replace a field value.
+    Write,
+    /// Delete a record (decided per field of it).
+    Delete,
+    /// Learn that a field exists (metadata only).
+    List,
+}
+
+impl Action {
+    /// The Cedar action id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Delete => "delete",
+            Action::List => "list",
+        }
+    }
+}
+
+/// An administrative action, decided on the vault as a whole.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum AdminAction {
+    /// Issue, revoke and list tokens.
+    ManageTokens,
+}
+
+impl AdminAction {
+    /// The Cedar action id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminAction::ManageTokens => "manage-tokens",
+        }
+    }
+}
+
+/// A field as the policy sees it: where it lives and what it is, never its value.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct FieldResource {
+    /// The record id.
+    pub record: String,
+    /// The field name.
+    pub name: String,
+    /// The field's category.
+    pub category: Category,
+    /// The record's purpose.
+    pub purpose: Purpose,
+    /// The record's subject.
+    pub subject: String,
+}
+
+/// Allow or deny.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Effect {
+    /// The request may proceed.
+    Allow,
+    /// The request is refused.
+    Deny,
+}
+
+/// The outcome of one policy evaluation.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Decision {
+    /// Allow or deny.
+    pub effect: Effect,
+    /// The ids of the policies that decided it (permits for an allow, forbids for a deny; empty
+    /// when nothing permitted).
+    pub policies: Vec<String>,
+    /// A human explanation, safe to show to the caller and to audit.
+    pub reason: String,
+    /// The record and field decided on; empty for administrative actions.
+    field: Option<(String, String)>,
+}
+
+impl Decision {
+    /// True for an allow.
+    pub fn is_allow(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+
+    /// Turns an allowing decision into the capability to decrypt its field, given the proof that
+    /// the audit entry recording it is committed. `None` for a deny.
+    pub fn grant(&self, audit_seq: &AuditSeq) -> Option<Grant> {
+        let (record, field) = self.field.clone()?;
+        self.is_allow().then(|| Grant { record, field, audit_seq: audit_seq.value(), _private: () })
+    }
+}
+
+/// Proof that the policy allowed reading one field and that the decision is in the audit trail.
+/// Only `Decision::grant` constructs it.
+#[derive(Debug)]
+pub struct Grant {
+    record: String,
+    field: String,
+    audit_seq: u64,
+    _private: (),
+}
+
+impl Grant {
+    /// The record the grant is for.
+    pub fn record(&self) -> &str {
+        &self.record
+    }
+
+    /// The field the grant is for.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// The audit entry that recorded the decision.
+    pub fn audit_seq(&self) -> u64 {
+        self.audit_seq
+    }
+}
+
+/// A validated schema and policy set, ready to decide.
+pub struct Engine {
+    schema: Schema,
+    policies: PolicySet,
+    authorizer: Authorizer,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("policies", &self.policies.policies().count()).finish()
+    }
+}
+
+impl Engine {
+    /// The schema and policies kluis ships.
+    pub fn default_policies() -> Result<Self, PolicyError> {
+        Self::from_sources(DEFAULT_SCHEMA, DEFAULT_POLICIES)
+    }
+
+    /// Parses a schema and a policy set and validates the policies against the schema (strict
+    /// mode). Every policy must carry a unique `@id("…")` annotation.
+    pub fn from_sources(schema_src: &str, policies_src: &str) -> Result<Self, PolicyError> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(schema_src)
+            .map_err(|e| PolicyError::Schema(miette_text(&e)))?;
+        let parsed = PolicySet::from_str(policies_src)
+            .map_err(|e| PolicyError::Parse(miette_text(&e)))?;
+        let mut policies = PolicySet::new();
+        let mut seen = HashSet::new();
+        for p in parsed.policies() {
+            let Some(id) = p.annotation("id") else {
+                return Err(PolicyError::Parse(format!(
+                    "every policy needs an @id(\"…\") annotation; this one has none:\n{p}"
+                )));
+            };
+            if !seen.insert(id.to_owned()) {
+                return Err(PolicyError::Parse(format!("policy id `{id}` is used twice")));
+            }
+            policies
+                .add(p.new_id(PolicyId::new(id)))
+                .map_err(|e| PolicyError::Parse(e.to_string()))?;
+        }
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let errors: Vec<String> =
+                result.validation_errors().map(|e| format!("- {}", miette_text(e))).collect();
+            return Err(PolicyError::Validation(errors.join("\n")));
+        }
+        Ok(Self { schema, policies, authorizer: Authorizer::new() })
+    }
+
+    /// Decides `action` on each of `fields` for `principal` acting in `ctx`. One decision per
+    /// field, in order. Entities are built once for the whole batch.
+    pub fn decide_fields(
+        &self,
+        principal: &Principal,
+        action: Action,
+        ctx: &AccessContext,
+        fields: &[FieldResource],
+    ) -> Result<Vec<Decision>, PolicyError> {
+        let principal_uid = principal_uid(principal)?;
+        let mut entities = principal_entities(principal, &principal_uid)?;
+        let mut field_uids = Vec::with_capacity(fields.len());
+        for (i, f) in fields.iter().enumerate() {
+            let uid = uid("Kluis::Field", &format!("{}#{i}", f.record))?;
+            let attrs = [
+                ("name", RestrictedExpression::new_string(f.name.clone())),
+                ("category", RestrictedExpression::new_string(f.category.as_str().into())),
+                ("purpose", RestrictedExpression::new_string(f.purpose.as_str().into())),
+                ("subject", RestrictedExpression::new_string(f.subject.clone())),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            entities.push(
+                Entity::new(uid.clone(), attrs, HashSet::new())
+                    .map_err(|e| PolicyError::Request(e.to_string()))?,
+            );
+            field_uids.push(uid);
+        }
+        let entities = Entities::from_entities(entities, Some(&self.schema))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let context = Context::from_pairs([
+            ("purpose".to_owned(), RestrictedExpression::new_string(ctx.purpose.as_str().into())),
+            ("case_ref".to_owned(), RestrictedExpression::new_string(ctx.case_ref.clone())),
+            ("justification".to_owned(), RestrictedExpression::new_string(ctx.justification.clone())),
+            ("channel".to_owned(), RestrictedExpression::new_string(ctx.channel.clone())),
+            ("break_glass".to_owned(), RestrictedExpression::new_bool(ctx.break_glass)),
+        ])
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let action_uid = uid("Kluis::Action", action.as_str())?;
+        fields
+            .iter()
+            .zip(field_uids)
+            .map(|(f, resource)| {
+                let request = Request::new(
+                    principal_uid.clone(),
+                    action_uid.clone(),
+                    resource,
+                    context.clone(),
+                    Some(&self.schema),
+                )
+                .map_err(|e| PolicyError::Request(e.to_string()))?;
+                let mut decision = self.evaluate(&request, &entities);
+                if decision.effect == Effect::Deny && decision.policies.is_empty() {
+                    decision.reason = format!(
+                        "no policy permits {} to {} `{}` data of purpose `{}` for purpose `{}`",
+                        roles_text(principal),
+                        action.as_str(),
+                        f.category,
+                        f.purpose,
+                        ctx.purpose
+                    );
+                }
+                decision.field = Some((f.record.clone(), f.name.clone()));
+                Ok(decision)
+            })
+            .collect()
+    }
+
+    /// Decides an administrative action for `principal`.
+    pub fn decide_admin(
+        &self,
+        principal: &Principal,
+        action: AdminAction,
+    ) -> Result<Decision, PolicyError> {
+        let principal_uid = principal_uid(principal)?;
+        let system = uid("Kluis::System", "kluis")?;
+        let mut entities = principal_entities(principal, &principal_uid)?;
+        entities.push(Entity::new_no_attrs(system.clone(), HashSet::new()));
+        let entities = Entities::from_entities(entities, Some(&self.schema))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let request = Request::new(
+            principal_uid,
+            uid("Kluis::Action", action.as_str())?,
+            system,
+            Context::empty(),
+            Some(&self.schema),
+        )
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let mut decision = self.evaluate(&request, &entities);
+        if decision.effect == Effect::Deny && decision.policies.is_empty() {
+            decision.reason =
+                format!("no policy permits {} to {}", roles_text(principal), action.as_str());
+        }
+        Ok(decision)
+    }
+
+    fn evaluate(&self, request: &Request, entities: &Entities) -> Decision {
+        let response = self.authorizer.is_authorized(request, &self.policies, entities);
+        let errors: Vec<String> = response.diagnostics().errors().map(ToString::to_string).collect();
+        let policies: Vec<String> =
+            response.diagnostics().reason().map(ToString::to_string).collect();
+        if !errors.is_empty() {
+            tracing::error!(errors = ?errors, "policy evaluation error; denying");
+            return Decision {
+                effect: Effect::Deny,
+                policies,
+                reason: "policy evaluation error; denied".into(),
+                field: None,
+            };
+        }
+        match response.decision() {
+            CedarDecision::Allow => Decision {
+                effect: Effect::Allow,
+                reason: format!("permitted by {}", quoted(&policies)),
+                policies,
+                field: None,
+            },
+            CedarDecision::Deny => Decision {
+                effect: Effect::Deny,
+                reason: if policies.is_empty() {
+                    "no policy permits it".into()
+                } else {
+                    format!("forbidden by {}", quoted(&policies))
+                },
+                policies,
+                field: None,
+            },
+        }
+    }
+}
+
+fn uid(type_name: &str, id: &str) -> Result<EntityUid, PolicyError> {
+    let ty = EntityTypeName::from_str(type_name).map_err(|e| PolicyError::Request(e.to_string()))?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
+
+fn principal_uid(principal: &Principal) -> Result<EntityUid, PolicyError> {
+    uid("Kluis::Principal", principal.id.as_str())
+}
+
+fn principal_entities(principal: &Principal, uid_: &EntityUid) -> Result<Vec<Entity>, PolicyError> {
+    let mut entities = Vec::with_capacity(principal.roles.len() + 2);
+    let mut parents = HashSet::new();
+    for role in &principal.roles {
+        let role_uid = uid("Kluis::Role", role.as_str())?;
+        entities.push(Entity::new_no_attrs(role_uid.clone(), HashSet::new()));
+        parents.insert(role_uid);
+    }
+    let mut attrs = std::collections::HashMap::new();
+    if let Some(scope) = &principal.scope_subject {
+        attrs.insert(
+            "scope_subject".to_owned(),
+            RestrictedExpression::new_string(scope.as_str().to_owned()),
+        );
+    }
+    entities.push(
+        Entity::new(uid_.clone(), attrs, parents).map_err(|e| PolicyError::Request(e.to_string()))?,
+    );
+    Ok(entities)
+}
+
+fn roles_text(principal: &Principal) -> String {
+    let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+    format!("role(s) `{}`", roles.join("`, `"))
+}
+
+fn quoted(ids: &[String]) -> String {
+    ids.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Renders a Cedar diagnostic with its causes on one line each.
+fn miette_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{PrincipalId, Role, SubjectId};
+
+    fn principal(roles: &[Role], scope: Option<&str>) -> Principal {
+        Principal {
+            id: PrincipalId::parse("p", "emp-1").unwrap(),
+            roles: roles.to_vec(),
+            scope_subject: scope.map(|s| SubjectId::parse("s", s).unwrap()),
+            token_id: "tok_x".into(),
+            expires_at: i64::MAX,
+        }
+    }
+
+    fn ctx(purpose: Purpose) -> AccessContext {
+        AccessContext::parse("c", purpose.as_str(), "N-2026-1", "case work", "app", false).unwrap()
+    }
+
+    fn field(name: &str, category: Category, purpose: Purpose) -> FieldResource {
+        FieldResource { record: "rec_1".into(), name: name.into(), category, purpose, subject: "rel-1".into() }
+    }
+
+    #[test]
+    fn default_policies_validate() {
+        Engine::default_policies().unwrap();
+    }
+
+    #[test]
+    fn forbid_overrides_permit_and_names_the_policy() {
+        let engine = Engine::default_policies().unwrap();
+        let p = principal(&[Role::NuisanceOfficer, Role::SecurityOfficer], None);
+        let d = engine
+            .decide_fields(&p, Action::Read, &ctx(Purpose::Nuisance), &[field("phone", Category::Contact, Purpose::Nuisance)])
+            .unwrap();
+        assert_eq!(d[0].effect, Effect::Deny);
+        assert_eq!(d[0].policies, ["separation-of-duties"]);
+    }
+
+    #[test]
+    fn allow_names_the_permit() {
+        let engine = Engine::default_policies().unwrap();
+        let p = principal(&[Role::NuisanceOfficer], None);
+        let d = engine
+            .decide_fields(&p, Action::Read, &ctx(Purpose::Nuisance), &[field("phone", Category::Contact, Purpose::Nuisance)])
+            .unwrap();
+        assert!(d[0].is_allow());
+        assert_eq!(d[0].policies, ["nuisance-officer"]);
+    }
+
+    #[test]
+    fn contractor_sees_name_and_contact_of_their_subject_only() {
+        let engine = Engine::default_policies().unwrap();
+        let p = principal(&[Role::Contractor], Some("rel-1"));
+        let c = ctx(Purpose::Maintenance);
+        let fields = [
+            field("name", Category::Identity, Purpose::Maintenance),
+            field("date_of_birth", Category::Identity, Purpose::Maintenance),
+            field("phone", Category::Contact, Purpose::Maintenance),
+        ];
+        let d = engine.decide_fields(&p, Action::Read, &c, &fields).unwrap();
+        assert_eq!(d.iter().map(Decision::is_allow).collect::<Vec<_>>(), [true, false, true]);
+        let other = FieldResource { subject: "rel-2".into(), ..fields[2].clone() };
+        let d = engine.decide_fields(&p, Action::Read, &c, &[other]).unwrap();
+        assert_eq!(d[0].policies, ["scoped-token-one-subject"]);
+        let unscoped = principal(&[Role::Contractor], None);
+        let d = engine.decide_fields(&unscoped, Action::Read, &c, &fields[2..]).unwrap();
+        assert_eq!(d[0].policies, ["external-roles-need-scope"]);
+    }
+
+    #[test]
+    fn only_security_officer_manages_tokens() {
+        let engine = Engine::default_policies().unwrap();
+        let so = principal(&[Role::SecurityOfficer], None);
+        assert!(engine.decide_admin(&so, AdminAction::ManageTokens).unwrap().is_allow());
+        let po = principal(&[Role::PrivacyOfficer], None);
+        assert!(!engine.decide_admin(&po, AdminAction::ManageTokens).unwrap().is_allow());
+    }
+
+    #[test]
+    fn invalid_policies_are_refused_with_the_cedar_error() {
+        let bad_attr = r#"@id("x") permit(principal, action == Kluis::Action::"read", resource) when { resource.colour == "red" };"#;
+        let err = Engine::from_sources(DEFAULT_SCHEMA, bad_attr).unwrap_err();
+        assert!(matches!(err, PolicyError::Validation(_)), "{err}");
+        let no_id = r#"permit(principal, action, resource);"#;
+        assert!(matches!(Engine::from_sources(DEFAULT_SCHEMA, no_id), Err(PolicyError::Parse(_))));
+        let syntax = r#"@id("x") permit(principal action resource);"#;
+        assert!(matches!(Engine::from_sources(DEFAULT_SCHEMA, syntax), Err(PolicyError::Parse(_))));
+    }
+
+    #[test]
+    fn a_deny_grants_nothing() {
+        let engine = Engine::default_policies().unwrap();
+        let p = principal(&[Role::Analyst], None);
+        let d = engine
+            .decide_fields(&p, Action::Read, &ctx(Purpose::PortfolioAnalysis), &[field("phone", Category::Contact, Purpose::PortfolioAnalysis)])
+            .unwrap();
+        assert!(!d[0].is_allow());
+        assert!(d[0].grant(&AuditSeq::for_tests(1)).is_none());
+    }
+}

@@ -1,0 +1,87 @@
+//! Assembles the gRPC server: the `Vault` and `Admin` services, `grpc.health.v1`, server
+//! reflection, TLS (rustls) when configured, message size limits and timeouts.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::{
+    api::{AdminApi, VaultApi},
+    pb::{admin_server::AdminServer, vault_server::VaultServer},
+    vault::Vault,
+};
+
+/// Largest gRPC message accepted, in bytes. Above the field limits, so that the field limits
+/// give the more precise error.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Errors while starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS configuration failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Reflection could not be set up.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+/// PEM-encoded certificate chain and private key for TLS.
+pub struct TlsPem {
+    /// Certificate chain.
+    pub cert: Vec<u8>,
+    /// Private key.
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsPem(<redacted>)")
+    }
+}
+
+/// Serves `vault` on `listener` until `shutdown` completes.
+pub async fn serve(
+    vault: Arc<Vault>,
+    listener: TcpListener,
+    tls: Option<TlsPem>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<VaultServer<VaultApi>>().await;
+    health.set_serving::<AdminServer<AdminApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let mut builder = Server::builder()
+        .timeout(Duration::from_secs(60))
+        .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = tls {
+        let identity = Identity::from_pem(tls.cert, tls.key.as_slice());
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            VaultServer::new(VaultApi::new(Arc::clone(&vault)))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(AdminServer::new(AdminApi::new(vault)).max_decoding_message_size(1024 * 1024))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| ServeError::Transport(e.to_string()))
+}

@@ -1,0 +1,233 @@
+//! The storage trait: a narrow interface of rows and transactions that the core uses, with the
+//! SQL dialect kept inside each implementation.
+//!
+//! Invariant: every multi-row change (a record with its fields, an initialisation) is one
+//! transaction in the implementation: it happens whole or not at all.
+//! Invariant: the store only ever sees ciphertext, wrapped keys, token hashes and audit entries
+//! (which hold no values). It never sees plaintext or unwrapped keys.
+//!
+//! The trait is synchronous: the core runs on a blocking thread (`tokio::task::spawn_blocking`)
+//! per request, which suits SQLite and a synchronous PostgreSQL client alike.
+
+pub mod conformance;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+pub use sqlite::SqliteStore;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store is already initialised (`kluis init` ran before).
+    #[error("the store is already initialised")]
+    AlreadyInitialized,
+    /// The store has not been initialised.
+    #[error("the store is not initialised; run `kluis init` first")]
+    NotInitialized,
+    /// A row that must be unique exists already.
+    #[error("{0} exists already")]
+    Conflict(String),
+    /// The store's schema is newer than this kluis understands.
+    #[error("the store's schema version {found} is newer than this kluis supports ({supported})")]
+    SchemaTooNew {
+        /// Version found in the store.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value in {0}")]
+    Corrupt(String),
+    /// The database failed (I/O, locking, constraint).
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// One version of a purpose key, wrapped under the root key.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct PurposeKeyRow {
+    /// The purpose id.
+    pub purpose: String,
+    /// Version, from 1.
+    pub version: u32,
+    /// `active` or `decrypt-only`.
+    pub state: String,
+    /// The purpose key sealed under the root key.
+    pub wrapped: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A subject data key, wrapped under a purpose key version.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct SubjectKeyRow {
+    /// The data subject.
+    pub subject: String,
+    /// The purpose id.
+    pub purpose: String,
+    /// Generation of this subject key, from 1.
+    pub generation: u32,
+    /// The purpose key version that wraps it.
+    pub purpose_version: u32,
+    /// The subject key sealed under that purpose key version.
+    pub wrapped: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A record's metadata.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RecordRow {
+    /// `rec_…`.
+    pub id: String,
+    /// The data subject.
+    pub subject: String,
+    /// The purpose id.
+    pub purpose: String,
+    /// Labels in clear, for the case app's bookkeeping.
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Unix seconds; `None` while the record is open.
+    pub closed_at: Option<i64>,
+    /// Unix seconds; `None` while retention counts from a closing date not yet reached.
+    pub expires_at: Option<i64>,
+}
+
+/// One encrypted field of a record.
+#[derive(Clone, Eq, PartialEq)]
+pub struct FieldRow {
+    /// Field name.
+    pub name: String,
+    /// Category id.
+    pub category: String,
+    /// `text` or `binary`.
+    pub kind: String,
+    /// The value sealed under the subject key (see `crypto::envelope`).
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for FieldRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FieldRow")
+            .field("name", &self.name)
+            .field("category", &self.category)
+            .field("kind", &self.kind)
+            .field("sealed_len", &self.sealed.len())
+            .finish()
+    }
+}
+
+/// A field's metadata without its ciphertext.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct FieldMeta {
+    /// Field name.
+    pub name: String,
+    /// Category id.
+    pub category: String,
+    /// Size of the ciphertext in bytes.
+    pub size: u64,
+}
+
+/// A bearer token, stored only as its hash.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct TokenRow {
+    /// `tok_…`, safe to show and log.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub hash: Vec<u8>,
+    /// The principal id.
+    pub principal: String,
+    /// Role ids.
+    pub roles: Vec<String>,
+    /// The subject a scoped token is bound to.
+    pub scope_subject: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Unix seconds, when revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// One entry of the audit trail as stored.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct AuditRow {
+    /// Sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// The entry (canonical JSON; identifiers and decisions only).
+    pub entry: Vec<u8>,
+    /// Hash of the previous entry (zeros for the first).
+    pub prev_hash: Vec<u8>,
+    /// SHA-256 over `prev_hash` and `entry`.
+    pub hash: Vec<u8>,
+    /// HMAC-SHA-256 of `hash` under the audit key.
+    pub mac: Vec<u8>,
+}
+
+/// What kluis needs from a store.
+pub trait Store: Send + Sync {
+    /// A value of the store's metadata (root key parameters, key check value, wrapped audit key).
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Initialises an empty store with its metadata and first purpose keys, in one transaction.
+    /// Fails with `AlreadyInitialized` when the store holds metadata already.
+    fn initialize(
+        &self,
+        meta: &[(&str, Vec<u8>)],
+        purpose_keys: &[PurposeKeyRow],
+    ) -> Result<(), StoreError>;
+
+    /// All versions of a purpose key, oldest first.
+    fn purpose_keys(&self, purpose: &str) -> Result<Vec<PurposeKeyRow>, StoreError>;
+
+    /// The current subject key of (subject, purpose).
+    fn subject_key(&self, subject: &str, purpose: &str)
+    -> Result<Option<SubjectKeyRow>, StoreError>;
+
+    /// Stores a new subject key unless one exists for (subject, purpose); returns the one that
+    /// is stored afterwards (so two concurrent writers end up with the same key).
+    fn insert_subject_key(&self, row: &SubjectKeyRow) -> Result<SubjectKeyRow, StoreError>;
+
+    /// Stores a record with its fields in one transaction.
+    fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError>;
+
+    /// A record with all its fields.
+    fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError>;
+
+    /// Replaces or adds `fields` of a record and sets `updated_at`, in one transaction. Returns
+    /// false when the record does not exist.
+    fn update_fields(&self, id: &str, fields: &[FieldRow], updated_at: i64)
+    -> Result<bool, StoreError>;
+
+    /// Deletes a record and its fields in one transaction. Returns false when it did not exist.
+    fn delete_record(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// The records of a subject with their field metadata (no ciphertext), oldest first.
+    fn subject_records(&self, subject: &str)
+    -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
+
+    /// Stores a token row.
+    fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;
+
+    /// The token with this hash.
+    fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>, StoreError>;
+
+    /// Marks a token revoked. Returns false when no active token has this id.
+    fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+
+    /// All tokens, oldest first.
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+
+    /// Appends an audit entry; fails with `Conflict` when `row.seq` is taken.
+    fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError>;
+
+    /// The last audit entry.
+    fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError>;
+
+    /// Up to `limit` audit entries from sequence number `from`, in order.
+    fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
+}

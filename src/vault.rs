@@ -1,0 +1,660 @@
+//! The domain core: records of encrypted fields, the request path (policy → audit → unwrap →
+//! open), and credentials. Talks to the store, the keyring, the policy engine and the audit trail.
+//!
+//! Invariant: never decrypts a field without a `policy::Grant` for that field; a grant exists only
+//! after the audit entry recording the decision is committed.
+//! Invariant: writes are all or nothing: one denied field refuses the whole write, and a record is
+//! stored with its fields in one store transaction.
+//! Invariant: knows neither gRPC nor SQL; errors never carry plaintext.
+
+pub mod guard;
+pub mod tokens;
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use zeroize::Zeroizing;
+
+use crate::{
+    audit::{Audit, AuditError, AuditEvent, AuditField},
+    crypto::{self, AadContext, CryptoError},
+    domain::{
+        AccessContext, Category, FieldName, InputError, Limits, Principal, Purpose, RecordId,
+        Retention, RetentionStart, SubjectId, now_unix,
+    },
+    keys::{KeyError, Keyring},
+    policy::{Action, Decision, Engine, FieldResource, Grant, PolicyError},
+    store::{FieldRow, RecordRow, Store, StoreError},
+};
+
+/// Errors of the domain core. Mapped to gRPC status codes in one place (`api::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The policy denied the request; the reason names the deciding policies.
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// The request is malformed or breaks a limit; nothing was stored.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The record (or token) does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request conflicts with the stored state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A stored ciphertext failed its integrity check.
+    #[error("{0} failed its integrity check; the stored data is damaged or was tampered with")]
+    DataLoss(String),
+    /// The audit trail cannot be written; nothing was decrypted.
+    #[error("audit trail unavailable; the request was not carried out")]
+    AuditUnavailable,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key hierarchy failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The policy engine failed.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The audit trail failed while reading.
+    #[error(transparent)]
+    Audit(AuditError),
+}
+
+impl From<AuditError> for VaultError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Unavailable(_) => VaultError::AuditUnavailable,
+            other => VaultError::Audit(other),
+        }
+    }
+}
+
+/// A field value in clear. Wiped on drop; `Debug` shows only its kind and length.
+pub enum Value {
+    /// UTF-8 text.
+    Text(Zeroizing<String>),
+    /// Bytes.
+    Binary(Zeroizing<Vec<u8>>),
+}
+
+impl Value {
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::Text(_) => "text",
+            Value::Binary(_) => "binary",
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Value::Text(s) => s.as_bytes(),
+            Value::Binary(b) => b,
+        }
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Value::{}(<{} bytes redacted>)", self.kind(), self.len())
+    }
+}
+
+/// A field to store.
+#[derive(Debug)]
+pub struct NewField {
+    /// Field name.
+    pub name: FieldName,
+    /// Category.
+    pub category: Category,
+    /// Value in clear.
+    pub value: Value,
+}
+
+/// A field returned to the caller.
+#[derive(Debug)]
+pub struct OpenField {
+    /// Field name.
+    pub name: String,
+    /// Category.
+    pub category: Category,
+    /// Value in clear.
+    pub value: Value,
+}
+
+/// A field the policy kept back.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Withheld {
+    /// Field name.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A record's metadata.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RecordMeta {
+    /// Record id.
+    pub id: String,
+    /// Subject.
+    pub subject: String,
+    /// Purpose.
+    pub purpose: Purpose,
+    /// Labels in clear.
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Unix seconds, when known.
+    pub expires_at: Option<i64>,
+}
+
+/// The outcome of a read.
+#[derive(Debug)]
+pub struct RecordView {
+    /// Metadata.
+    pub meta: RecordMeta,
+    /// The fields returned, decrypted.
+    pub fields: Vec<OpenField>,
+    /// The fields kept back, with reasons.
+    pub withheld: Vec<Withheld>,
+}
+
+/// A field listed without its value.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct FieldInfo {
+    /// Field name.
+    pub name: String,
+    /// Category.
+    pub category: String,
+    /// Ciphertext size in bytes.
+    pub size: u64,
+}
+
+/// Retention per purpose.
+#[derive(Clone, Debug)]
+pub struct RetentionTable(BTreeMap<Purpose, Retention>);
+
+impl Default for RetentionTable {
+    fn default() -> Self {
+        Self(Purpose::ALL.iter().map(|&p| (p, p.default_retention())).collect())
+    }
+}
+
+impl RetentionTable {
+    /// Overrides the retention period of `purpose`.
+    pub fn set(&mut self, purpose: Purpose, retention: Retention) {
+        self.0.insert(purpose, retention);
+    }
+
+    /// The retention of `purpose`.
+    pub fn of(&self, purpose: Purpose) -> Retention {
+        self.0.get(&purpose).copied().unwrap_or_else(|| purpose.default_retention())
+    }
+
+    fn expires_at(&self, purpose: Purpose, created_at: i64) -> Option<i64> {
+        let r = self.of(purpose);
+        match r.from {
+            RetentionStart::Creation => Some(created_at.saturating_add(i64::from(r.days) * 86_400)),
+            RetentionStart::Closing => None,
+        }
+    }
+}
+
+/// The vault: everything a request needs.
+pub struct Vault {
+    store: Arc<dyn Store>,
+    keyring: Keyring,
+    policy: Engine,
+    audit: Audit,
+    retention: RetentionTable,
+    limits: Limits,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault").finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Assembles a vault from its parts; the keyring must be unsealed already.
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        policy: Engine,
+        retention: RetentionTable,
+        limits: Limits,
+    ) -> Result<Self, VaultError> {
+        let audit = Audit::open(Arc::clone(&store), keyring.audit_key()?)?;
+        Ok(Self { store, keyring, policy, audit, retention, limits })
+    }
+
+    /// The request limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Stores a new record for `subject` under `ctx.purpose`. Returns its id and expiry.
+    pub fn put_record(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+        fields: Vec<NewField>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(RecordId, Option<i64>), VaultError> {
+        check_fields(&fields, &self.limits)?;
+        let record_id = RecordId::generate();
+        let resources: Vec<FieldResource> = fields
+            .iter()
+            .map(|f| FieldResource {
+                record: record_id.as_str().into(),
+                name: f.name.as_str().into(),
+                category: f.category,
+                purpose: ctx.purpose,
+                subject: subject.as_str().into(),
+            })
+            .collect();
+        let decisions = self.policy.decide_fields(principal, Action::Write, ctx, &resources)?;
+        self.require_all(principal, ctx, "write", subject, &record_id, &resources, &decisions)?;
+
+        let (generation, key) = self.keyring.subject_key_or_create(subject, ctx.purpose)?;
+        let now = now_unix();
+        let rows = fields
+            .iter()
+            .map(|f| {
+                let aad = field_aad(subject.as_str(), record_id.as_str(), f.name.as_str(), f.category, ctx.purpose, f.value.kind());
+                Ok(FieldRow {
+                    name: f.name.as_str().into(),
+                    category: f.category.as_str().into(),
+                    kind: f.value.kind().into(),
+                    sealed: crypto::seal(key.expose_secret(), self.keyring.algorithm(), generation, &aad, f.value.bytes())?,
+                })
+            })
+            .collect::<Result<Vec<_>, CryptoError>>()
+            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        let expires_at = self.retention.expires_at(ctx.purpose, now);
+        let record = RecordRow {
+            id: record_id.as_str().into(),
+            subject: subject.as_str().into(),
+            purpose: ctx.purpose.as_str().into(),
+            labels,
+            created_at: now,
+            updated_at: now,
+            closed_at: None,
+            expires_at,
+        };
+        self.store.insert_record(&record, &rows)?;
+        tracing::info!(record_id = record_id.as_str(), purpose = ctx.purpose.as_str(), fields = rows.len(), "record stored");
+        Ok((record_id, expires_at))
+    }
+
+    /// Reads a record: the fields in `wanted` (all when empty) that the policy allows, decrypted;
+    /// the others withheld with the reason. Denied when nothing may be returned.
+    pub fn get_record(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        record_id: &RecordId,
+        wanted: &[FieldName],
+    ) -> Result<RecordView, VaultError> {
+        let (record, rows) = self.load(record_id)?;
+        let meta = record_meta(&record)?;
+        let subject = SubjectId::parse("subject", &record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let mut withheld = Vec::new();
+        let mut selected = Vec::new();
+        if wanted.is_empty() {
+            selected.extend(rows.iter());
+        } else {
+            for name in wanted {
+                match rows.iter().find(|r| r.name == name.as_str()) {
+                    Some(r) => selected.push(r),
+                    None => withheld.push(Withheld { name: name.as_str().into(), reason: "no such field in this record".into() }),
+                }
+            }
+        }
+        let resources = selected
+            .iter()
+            .map(|r| resource(&record, meta.purpose, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let decisions = self.policy.decide_fields(principal, Action::Read, ctx, &resources)?;
+
+        let mut event = self.event(principal, ctx, "read", Some(&subject), Some(record_id));
+        event.fields = audit_fields(&resources, &decisions);
+        let any_allowed = decisions.iter().any(Decision::is_allow);
+        event.decision = if any_allowed { "allow" } else { "deny" }.into();
+        let seq = self.audit.append(&event)?;
+        if !any_allowed {
+            return Err(VaultError::Denied(deny_summary(&resources, &decisions)));
+        }
+
+        let grants: Vec<(Grant, &FieldRow, Category)> = decisions
+            .iter()
+            .zip(selected.iter().zip(&resources))
+            .filter_map(|(d, (row, res))| d.grant(&seq).map(|g| (g, *row, res.category)))
+            .collect();
+        withheld.extend(
+            decisions
+                .iter()
+                .zip(&resources)
+                .filter(|(d, _)| !d.is_allow())
+                .map(|(d, r)| Withheld { name: r.name.clone(), reason: d.reason.clone() }),
+        );
+        let (_, key) = self
+            .keyring
+            .subject_key(&subject, meta.purpose)?
+            .ok_or_else(|| VaultError::DataLoss(format!("the subject key of record `{record_id}`")))?;
+        let mut fields = Vec::with_capacity(grants.len());
+        for (grant, row, category) in grants {
+            fields.push(open_field(&grant, key.expose_secret(), &record, meta.purpose, category, row)?);
+        }
+        Ok(RecordView { meta, fields, withheld })
+    }
+
+    /// Rectifies a record: replaces (or adds) `fields`. Old values are not kept anywhere.
+    pub fn update_record(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        record_id: &RecordId,
+        fields: Vec<NewField>,
+    ) -> Result<i64, VaultError> {
+        check_fields(&fields, &self.limits)?;
+        let (record, rows) = self.load(record_id)?;
+        let meta = record_meta(&record)?;
+        for f in &fields {
+            if let Some(existing) = rows.iter().find(|r| r.name == f.name.as_str())
+                && existing.category != f.category.as_str() {
+                    return Err(VaultError::FailedPrecondition(format!(
+                        "field `{}` is stored as category `{}`, not `{}`; delete the record and store \
+                         it anew to change a category",
+                        f.name, existing.category, f.category
+                    )));
+                }
+        }
+        let new_count = fields.iter().filter(|f| !rows.iter().any(|r| r.name == f.name.as_str())).count();
+        if rows.len() + new_count > self.limits.max_fields {
+            return Err(InputError::new("fields", format!("a record holds at most {} fields", self.limits.max_fields)).into());
+        }
+        let subject = SubjectId::parse("subject", &record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let resources: Vec<FieldResource> = fields
+            .iter()
+            .map(|f| FieldResource {
+                record: record.id.clone(),
+                name: f.name.as_str().into(),
+                category: f.category,
+                purpose: meta.purpose,
+                subject: record.subject.clone(),
+            })
+            .collect();
+        let decisions = self.policy.decide_fields(principal, Action::Write, ctx, &resources)?;
+        self.require_all(principal, ctx, "update", &subject, record_id, &resources, &decisions)?;
+        let (generation, key) = self.keyring.subject_key_or_create(&subject, meta.purpose)?;
+        let sealed = fields
+            .iter()
+            .map(|f| {
+                let aad = field_aad(&record.subject, &record.id, f.name.as_str(), f.category, meta.purpose, f.value.kind());
+                Ok(FieldRow {
+                    name: f.name.as_str().into(),
+                    category: f.category.as_str().into(),
+                    kind: f.value.kind().into(),
+                    sealed: crypto::seal(key.expose_secret(), self.keyring.algorithm(), generation, &aad, f.value.bytes())?,
+                })
+            })
+            .collect::<Result<Vec<_>, CryptoError>>()
+            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        let now = now_unix();
+        if !self.store.update_fields(record_id.as_str(), &sealed, now)? {
+            return Err(VaultError::NotFound(format!("record `{record_id}`")));
+        }
+        Ok(now)
+    }
+
+    /// Deletes a record and all its fields, when the policy allows deleting every field of it.
+    pub fn delete_record(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        record_id: &RecordId,
+    ) -> Result<(), VaultError> {
+        let (record, rows) = self.load(record_id)?;
+        let meta = record_meta(&record)?;
+        let subject = SubjectId::parse("subject", &record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let resources =
+            rows.iter().map(|r| resource(&record, meta.purpose, r)).collect::<Result<Vec<_>, _>>()?;
+        let decisions = self.policy.decide_fields(principal, Action::Delete, ctx, &resources)?;
+        self.require_all(principal, ctx, "delete", &subject, record_id, &resources, &decisions)?;
+        if !self.store.delete_record(record_id.as_str())? {
+            return Err(VaultError::NotFound(format!("record `{record_id}`")));
+        }
+        Ok(())
+    }
+
+    /// Lists the records of `subject` the caller may know about, with only the fields the policy
+    /// lets them know of. Metadata only: nothing is decrypted.
+    pub fn list_records(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+    ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
+        let records = self.store.subject_records(subject.as_str())?;
+        // Decide once per distinct (purpose, category, name), not per row.
+        let mut distinct: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+        let mut resources = Vec::new();
+        for (rec, fields) in &records {
+            let purpose = parse_stored::<Purpose>(&rec.purpose, &rec.id)?;
+            for f in fields {
+                let key = (rec.purpose.clone(), f.category.clone(), f.name.clone());
+                if let std::collections::btree_map::Entry::Vacant(e) = distinct.entry(key) {
+                    e.insert(resources.len());
+                    resources.push(FieldResource {
+                        record: format!("list-{}", resources.len()),
+                        name: f.name.clone(),
+                        category: parse_stored(&f.category, &rec.id)?,
+                        purpose,
+                        subject: subject.as_str().into(),
+                    });
+                }
+            }
+        }
+        let decisions = self.policy.decide_fields(principal, Action::List, ctx, &resources)?;
+        let mut out = Vec::new();
+        for (rec, fields) in records {
+            let visible: Vec<FieldInfo> = fields
+                .into_iter()
+                .filter(|f| {
+                    distinct
+                        .get(&(rec.purpose.clone(), f.category.clone(), f.name.clone()))
+                        .and_then(|&i| decisions.get(i))
+                        .is_some_and(Decision::is_allow)
+                })
+                .map(|f| FieldInfo { name: f.name, category: f.category, size: f.size })
+                .collect();
+            if !visible.is_empty() {
+                out.push((record_meta(&rec)?, visible));
+            }
+        }
+        let mut event = self.event(principal, ctx, "list", Some(subject), None);
+        event.decision = if out.is_empty() { "deny" } else { "allow" }.into();
+        event.reason = Some(format!("{} record(s) listed", out.len()));
+        self.audit.append(&event)?;
+        Ok(out)
+    }
+
+    /// Audits a write-like request and refuses it unless every field is allowed.
+    #[expect(clippy::too_many_arguments, reason = "all parts of one audited decision")]
+    fn require_all(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        action: &str,
+        subject: &SubjectId,
+        record_id: &RecordId,
+        resources: &[FieldResource],
+        decisions: &[Decision],
+    ) -> Result<(), VaultError> {
+        let all = decisions.iter().all(Decision::is_allow);
+        let mut event = self.event(principal, ctx, action, Some(subject), Some(record_id));
+        event.fields = audit_fields(resources, decisions);
+        event.decision = if all { "allow" } else { "deny" }.into();
+        self.audit.append(&event)?;
+        if all { Ok(()) } else { Err(VaultError::Denied(deny_summary(resources, decisions))) }
+    }
+
+    fn event(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        action: &str,
+        subject: Option<&SubjectId>,
+        record: Option<&RecordId>,
+    ) -> AuditEvent {
+        AuditEvent {
+            time: now_unix(),
+            principal: principal.id.as_str().into(),
+            roles: principal.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            token_id: principal.token_id.clone(),
+            action: action.into(),
+            purpose: Some(ctx.purpose.as_str().into()),
+            case_ref: (!ctx.case_ref.is_empty()).then(|| ctx.case_ref.clone()),
+            justification: (!ctx.justification.is_empty()).then(|| ctx.justification.clone()),
+            channel: Some(ctx.channel.clone()),
+            break_glass: ctx.break_glass,
+            subject: subject.map(|s| s.as_str().to_owned()),
+            record: record.map(|r| r.as_str().to_owned()),
+            ..AuditEvent::default()
+        }
+    }
+
+    fn load(&self, record_id: &RecordId) -> Result<(RecordRow, Vec<FieldRow>), VaultError> {
+        self.store
+            .record(record_id.as_str())?
+            .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))
+    }
+}
+
+/// Decrypts one field. Needs the grant for exactly this record and field.
+fn open_field(
+    grant: &Grant,
+    key: &[u8; 32],
+    record: &RecordRow,
+    purpose: Purpose,
+    category: Category,
+    row: &FieldRow,
+) -> Result<OpenField, VaultError> {
+    let place = || format!("field `{}` of record `{}`", row.name, record.id);
+    if grant.record() != record.id || grant.field() != row.name {
+        return Err(VaultError::Denied(format!("no grant for {}", place())));
+    }
+    let aad = field_aad(&record.subject, &record.id, &row.name, category, purpose, &row.kind);
+    let bytes = crypto::open(key, &aad, &row.sealed).map_err(|_| VaultError::DataLoss(place()))?;
+    let value = match row.kind.as_str() {
+        "text" => {
+            let text = String::from_utf8(bytes.to_vec()).map_err(|_| VaultError::DataLoss(place()))?;
+            Value::Text(Zeroizing::new(text))
+        }
+        "binary" => Value::Binary(Zeroizing::new(bytes.to_vec())),
+        _ => return Err(VaultError::DataLoss(place())),
+    };
+    Ok(OpenField { name: row.name.clone(), category, value })
+}
+
+fn field_aad(subject: &str, record: &str, field: &str, category: Category, purpose: Purpose, kind: &str) -> Vec<u8> {
+    crypto::aad(&AadContext::Field {
+        subject,
+        record,
+        field,
+        category: category.as_str(),
+        purpose: purpose.as_str(),
+        kind,
+    })
+}
+
+fn check_fields(fields: &[NewField], limits: &Limits) -> Result<(), InputError> {
+    if fields.is_empty() {
+        return Err(InputError::new("fields", "at least one field is required"));
+    }
+    if fields.len() > limits.max_fields {
+        return Err(InputError::new("fields", format!("at most {} fields per request", limits.max_fields)));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, f) in fields.iter().enumerate() {
+        if !names.insert(f.name.as_str()) {
+            return Err(InputError::new(format!("fields[{i}].name"), format!("field `{}` appears twice", f.name)));
+        }
+    }
+    Ok(())
+}
+
+fn resource(record: &RecordRow, purpose: Purpose, row: &FieldRow) -> Result<FieldResource, VaultError> {
+    Ok(FieldResource {
+        record: record.id.clone(),
+        name: row.name.clone(),
+        category: parse_stored(&row.category, &record.id)?,
+        purpose,
+        subject: record.subject.clone(),
+    })
+}
+
+fn parse_stored<T: std::str::FromStr>(s: &str, record: &str) -> Result<T, VaultError> {
+    s.parse().map_err(|_| VaultError::Store(StoreError::Corrupt(format!("record `{record}`"))))
+}
+
+fn record_meta(rec: &RecordRow) -> Result<RecordMeta, VaultError> {
+    Ok(RecordMeta {
+        id: rec.id.clone(),
+        subject: rec.subject.clone(),
+        purpose: parse_stored(&rec.purpose, &rec.id)?,
+        labels: rec.labels.clone(),
+        created_at: rec.created_at,
+        updated_at: rec.updated_at,
+        expires_at: rec.expires_at,
+    })
+}
+
+fn audit_fields(resources: &[FieldResource], decisions: &[Decision]) -> Vec<AuditField> {
+    resources
+        .iter()
+        .zip(decisions)
+        .map(|(r, d)| AuditField {
+            name: r.name.clone(),
+            category: r.category.as_str().into(),
+            decision: if d.is_allow() { "allow" } else { "deny" }.into(),
+            policies: d.policies.clone(),
+        })
+        .collect()
+}
+
+fn deny_summary(resources: &[FieldResource], decisions: &[Decision]) -> String {
+    let denied: Vec<String> = resources
+        .iter()
+        .zip(decisions)
+        .filter(|(_, d)| !d.is_allow())
+        .map(|(r, d)| format!("field `{}`: {}", r.name, d.reason))
+        .collect();
+    if denied.is_empty() { "no fields".into() } else { denied.join("; ") }
+}

@@ -1,0 +1,267 @@
+//! Credentials: bearer tokens of 256 random bits, stored only as SHA-256 hashes, each bound to a
+//! principal, roles, an expiry and optionally one subject.
+//!
+//! Invariant: a token is shown once, when issued, and never logged, audited or stored in clear.
+//! Invariant: authentication costs one hash and one indexed lookup; no KDF, no policy work.
+
+use std::fmt;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::{Vault, VaultError};
+use crate::{
+    audit::AuditEvent,
+    domain::{InputError, Principal, PrincipalId, Role, SubjectId, now_unix, parse_role},
+    policy::AdminAction,
+    store::TokenRow,
+};
+
+/// Prefix of every kluis bearer token (helps secret scanners recognise a leaked one).
+pub const TOKEN_PREFIX: &str = "kluis_";
+/// Default token lifetime: 30 days.
+pub const DEFAULT_TTL_SECS: u64 = 30 * 86_400;
+/// Longest token lifetime: 400 days.
+pub const MAX_TTL_SECS: u64 = 400 * 86_400;
+
+/// A bearer token in clear. Wiped on drop, never printed by `Debug`.
+pub struct BearerToken(Zeroizing<String>);
+
+impl BearerToken {
+    /// Wraps a token string received from a caller.
+    pub fn new(token: String) -> Self {
+        Self(Zeroizing::new(token))
+    }
+
+    /// The token. The only way to reach it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.0.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+/// What a new token is for.
+#[derive(Clone, Debug)]
+pub struct TokenSpec {
+    /// Whom it belongs to.
+    pub principal: PrincipalId,
+    /// Its roles (at least one).
+    pub roles: Vec<Role>,
+    /// Lifetime in seconds.
+    pub ttl_secs: u64,
+    /// The subject it is bound to.
+    pub scope_subject: Option<SubjectId>,
+}
+
+impl TokenSpec {
+    /// Parses an issue request; `ttl_secs == 0` means the default lifetime.
+    pub fn parse(
+        principal: &str,
+        roles: &[String],
+        ttl_secs: u64,
+        scope_subject: &str,
+    ) -> Result<Self, InputError> {
+        let principal = PrincipalId::parse("principal_id", principal)?;
+        if roles.is_empty() {
+            return Err(InputError::new("roles", "at least one role is required"));
+        }
+        let mut parsed = Vec::with_capacity(roles.len());
+        for (i, r) in roles.iter().enumerate() {
+            let role = parse_role(&format!("roles[{i}]"), r)?;
+            if !parsed.contains(&role) {
+                parsed.push(role);
+            }
+        }
+        let ttl_secs = if ttl_secs == 0 { DEFAULT_TTL_SECS } else { ttl_secs };
+        if ttl_secs > MAX_TTL_SECS {
+            return Err(InputError::new("ttl_seconds", format!("at most {MAX_TTL_SECS} seconds (400 days)")));
+        }
+        let scope_subject = if scope_subject.is_empty() {
+            None
+        } else {
+            Some(SubjectId::parse("scope_subject_id", scope_subject)?)
+        };
+        let needs_scope = [Role::Contractor, Role::Bailiff, Role::Lawyer, Role::Subject];
+        if scope_subject.is_none()
+            && let Some(r) = parsed.iter().find(|r| needs_scope.contains(r)) {
+                return Err(InputError::new(
+                    "scope_subject_id",
+                    format!("a token with role `{r}` must be bound to one subject"),
+                ));
+            }
+        Ok(Self { principal, roles: parsed, ttl_secs, scope_subject })
+    }
+}
+
+/// A token just issued: shown once.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// Its id, safe to show and log.
+    pub id: String,
+    /// The token itself.
+    pub token: BearerToken,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+impl Vault {
+    /// Establishes who presents `token`. Unknown, expired and revoked tokens are refused alike
+    /// in the message the caller sees.
+    pub fn authenticate(&self, token: &BearerToken) -> Result<Principal, VaultError> {
+        let unauthenticated = || VaultError::Unauthenticated("unknown, expired or revoked token".into());
+        let hash = token.hash();
+        let row = self.store.token_by_hash(&hash)?.ok_or_else(unauthenticated)?;
+        if !bool::from(row.hash.ct_eq(&hash)) || row.revoked_at.is_some() || row.expires_at <= now_unix() {
+            return Err(unauthenticated());
+        }
+        principal_from_row(&row)
+    }
+
+    /// Issues a token, when the policy lets `actor` manage tokens. Audited either way.
+    pub fn issue_token(
+        &self,
+        actor: &Principal,
+        spec: &TokenSpec,
+        justification: &str,
+    ) -> Result<IssuedToken, VaultError> {
+        self.require_admin(actor, "token-issue", Some(spec.principal.as_str()), justification)?;
+        let issued = self.create_token(spec)?;
+        let mut event = admin_event(actor, "token-issue", justification);
+        event.decision = "allow".into();
+        event.target = Some(issued.id.clone());
+        event.subject = spec.scope_subject.as_ref().map(|s| s.as_str().to_owned());
+        event.reason = Some(format!(
+            "for `{}` with roles {}",
+            spec.principal,
+            spec.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+        ));
+        self.audit.append(&event)?;
+        Ok(issued)
+    }
+
+    /// Issues a token without a policy check: only for `kluis init` and `serve --dev`, which act
+    /// with the authority of whoever holds the root key. Audited as `kluis-init`.
+    pub fn bootstrap_token(&self, spec: &TokenSpec) -> Result<IssuedToken, VaultError> {
+        let issued = self.create_token(spec)?;
+        let event = AuditEvent {
+            time: now_unix(),
+            principal: "kluis-init".into(),
+            action: "token-issue".into(),
+            decision: "allow".into(),
+            target: Some(issued.id.clone()),
+            reason: Some(format!(
+                "bootstrap token for `{}` with roles {}",
+                spec.principal,
+                spec.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+            )),
+            ..AuditEvent::default()
+        };
+        self.audit.append(&event)?;
+        Ok(issued)
+    }
+
+    /// Revokes a token by id.
+    pub fn revoke_token(&self, actor: &Principal, token_id: &str, justification: &str) -> Result<(), VaultError> {
+        self.require_admin(actor, "token-revoke", Some(token_id), justification)?;
+        if !self.store.revoke_token(token_id, now_unix())? {
+            return Err(VaultError::NotFound(format!("active token `{token_id}`")));
+        }
+        let mut event = admin_event(actor, "token-revoke", justification);
+        event.decision = "allow".into();
+        event.target = Some(token_id.into());
+        self.audit.append(&event)?;
+        Ok(())
+    }
+
+    /// Lists tokens (never the tokens themselves).
+    pub fn list_tokens(&self, actor: &Principal, include_inactive: bool) -> Result<Vec<TokenRow>, VaultError> {
+        self.require_admin(actor, "token-list", None, "")?;
+        let now = now_unix();
+        Ok(self
+            .store
+            .tokens()?
+            .into_iter()
+            .filter(|t| include_inactive || (t.revoked_at.is_none() && t.expires_at > now))
+            .collect())
+    }
+
+    fn create_token(&self, spec: &TokenSpec) -> Result<IssuedToken, VaultError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(secret.as_mut_slice());
+        let token = BearerToken(Zeroizing::new(format!("{TOKEN_PREFIX}{}", hex::encode(secret.as_slice()))));
+        let id = format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()));
+        let now = now_unix();
+        let expires_at = now.saturating_add(i64::try_from(spec.ttl_secs).unwrap_or(i64::MAX));
+        self.store.insert_token(&TokenRow {
+            id: id.clone(),
+            hash: token.hash().to_vec(),
+            principal: spec.principal.as_str().into(),
+            roles: spec.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            scope_subject: spec.scope_subject.as_ref().map(|s| s.as_str().to_owned()),
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+        })?;
+        Ok(IssuedToken { id, token, expires_at })
+    }
+
+    fn require_admin(
+        &self,
+        actor: &Principal,
+        action: &str,
+        target: Option<&str>,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let decision = self.policy.decide_admin(actor, AdminAction::ManageTokens)?;
+        if decision.is_allow() {
+            return Ok(());
+        }
+        let mut event = admin_event(actor, action, justification);
+        event.decision = "deny".into();
+        event.policies = decision.policies.clone();
+        event.target = target.map(str::to_owned);
+        event.reason = Some(decision.reason.clone());
+        self.audit.append(&event)?;
+        Err(VaultError::Denied(decision.reason))
+    }
+}
+
+fn admin_event(actor: &Principal, action: &str, justification: &str) -> AuditEvent {
+    AuditEvent {
+        time: now_unix(),
+        principal: actor.id.as_str().into(),
+        roles: actor.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        token_id: actor.token_id.clone(),
+        action: action.into(),
+        justification: (!justification.is_empty()).then(|| justification.to_owned()),
+        ..AuditEvent::default()
+    }
+}
+
+fn principal_from_row(row: &TokenRow) -> Result<Principal, VaultError> {
+    let corrupt = || VaultError::Store(crate::store::StoreError::Corrupt(format!("token `{}`", row.id)));
+    let roles = row.roles.iter().map(|r| r.parse::<Role>()).collect::<Result<Vec<_>, _>>().map_err(|_| corrupt())?;
+    Ok(Principal {
+        id: PrincipalId::parse("principal", &row.principal).map_err(|_| corrupt())?,
+        roles,
+        scope_subject: row
+            .scope_subject
+            .as_deref()
+            .map(|s| SubjectId::parse("scope", s))
+            .transpose()
+            .map_err(|_| corrupt())?,
+        token_id: row.id.clone(),
+        expires_at: row.expires_at,
+    })
+}
