@@ -3,7 +3,10 @@
 
 use std::{env, path::PathBuf};
 
-#[allow(clippy::disallowed_methods, reason = "build scripts read OUT_DIR from the environment")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "build scripts read OUT_DIR from the environment"
+)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/kluis/v1/vault.proto", "proto/kluis/v1/admin.proto"];
     for proto in &protos {

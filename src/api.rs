@@ -22,7 +22,9 @@ pub use vault::VaultApi;
 /// Takes the bearer token from `authorization: Bearer <token>` metadata.
 pub fn bearer_token(metadata: &MetadataMap) -> Result<BearerToken, Status> {
     let missing = || {
-        Status::unauthenticated("missing credentials: send `authorization: Bearer <token>` metadata")
+        Status::unauthenticated(
+            "missing credentials: send `authorization: Bearer <token>` metadata",
+        )
     };
     let value = metadata.get("authorization").ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
@@ -38,7 +40,11 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<BearerToken, Status> {
 }
 
 /// Runs `f` with the authenticated principal on a blocking thread and maps its error.
-pub(crate) async fn run<Req, T, F>(vault: &Arc<Vault>, request: Request<Req>, f: F) -> Result<T, Status>
+pub(crate) async fn run<Req, T, F>(
+    vault: &Arc<Vault>,
+    request: Request<Req>,
+    f: F,
+) -> Result<T, Status>
 where
     Req: Send + 'static,
     T: Send + 'static,

@@ -147,15 +147,21 @@ impl Audit {
     /// Opens the trail, positioned after its last entry.
     pub fn open(store: Arc<dyn Store>, key: AuditKey) -> Result<Self, AuditError> {
         let tail = Self::read_tail(store.as_ref())?;
-        Ok(Self { store, key, tail: Mutex::new(tail) })
+        Ok(Self {
+            store,
+            key,
+            tail: Mutex::new(tail),
+        })
     }
 
     /// Appends `event` and returns once it is committed. Fails with `Unavailable` when it
     /// cannot be written.
     pub fn append(&self, event: &AuditEvent) -> Result<AuditSeq, AuditError> {
         let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
-        let mut tail =
-            self.tail.lock().map_err(|_| AuditError::Unavailable("audit lock poisoned".into()))?;
+        let mut tail = self
+            .tail
+            .lock()
+            .map_err(|_| AuditError::Unavailable("audit lock poisoned".into()))?;
         for _attempt in 0..3 {
             let (last_seq, prev_hash) = *tail;
             let seq = last_seq + 1;
@@ -182,7 +188,9 @@ impl Audit {
                 }
             }
         }
-        Err(AuditError::Unavailable("could not claim an audit sequence number".into()))
+        Err(AuditError::Unavailable(
+            "could not claim an audit sequence number".into(),
+        ))
     }
 
     /// Walks the whole trail and reports the first entry that is edited, missing, inserted or
@@ -193,10 +201,16 @@ impl Audit {
         loop {
             let page = self.store.audit_entries(expected_seq, 1000)?;
             if page.is_empty() {
-                return Ok(Verification::Intact { count: expected_seq - 1, head: hex::encode(prev) });
+                return Ok(Verification::Intact {
+                    count: expected_seq - 1,
+                    head: hex::encode(prev),
+                });
             }
             for row in page {
-                let broken = |problem: &str| Verification::Broken { seq: row.seq, problem: problem.into() };
+                let broken = |problem: &str| Verification::Broken {
+                    seq: row.seq,
+                    problem: problem.into(),
+                };
                 if row.seq != expected_seq {
                     return Ok(Verification::Broken {
                         seq: expected_seq,
@@ -204,7 +218,9 @@ impl Audit {
                     });
                 }
                 if !bool::from(row.prev_hash.ct_eq(&prev)) {
-                    return Ok(broken("does not follow the previous entry (deleted, inserted or reordered)"));
+                    return Ok(broken(
+                        "does not follow the previous entry (deleted, inserted or reordered)",
+                    ));
                 }
                 let hash = entry_hash(row.seq, &prev, &row.entry);
                 if !bool::from(row.hash.ct_eq(&hash)) {
@@ -212,7 +228,9 @@ impl Audit {
                 }
                 let mac = kdf::mac(self.key.expose_secret(), &hash);
                 if !bool::from(row.mac.ct_eq(&mac)) {
-                    return Ok(broken("MAC does not match (rewritten without the audit key)"));
+                    return Ok(broken(
+                        "MAC does not match (rewritten without the audit key)",
+                    ));
                 }
                 prev = hash;
                 expected_seq += 1;
@@ -258,16 +276,28 @@ mod tests {
     }
 
     fn event(n: i64) -> AuditEvent {
-        AuditEvent { time: n, principal: "emp-1".into(), action: "read".into(), decision: "allow".into(), ..Default::default() }
+        AuditEvent {
+            time: n,
+            principal: "emp-1".into(),
+            action: "read".into(),
+            decision: "allow".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn appended_entries_verify() {
         let (_d, _s, audit) = trail();
         for n in 0..5 {
-            assert_eq!(audit.append(&event(n)).unwrap().value(), u64::try_from(n).unwrap() + 1);
+            assert_eq!(
+                audit.append(&event(n)).unwrap().value(),
+                u64::try_from(n).unwrap() + 1
+            );
         }
-        assert!(matches!(audit.verify().unwrap(), Verification::Intact { count: 5, .. }));
+        assert!(matches!(
+            audit.verify().unwrap(),
+            Verification::Intact { count: 5, .. }
+        ));
     }
 
     #[test]
@@ -278,7 +308,10 @@ mod tests {
         }
         let conn = rusqlite::Connection::open(store.path()).unwrap();
         conn.execute("UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'allow', 'deny!') AS BLOB) WHERE seq = 2", []).unwrap();
-        assert!(matches!(audit.verify().unwrap(), Verification::Broken { seq: 2, .. }));
+        assert!(matches!(
+            audit.verify().unwrap(),
+            Verification::Broken { seq: 2, .. }
+        ));
     }
 
     #[test]
@@ -289,6 +322,9 @@ mod tests {
         }
         let conn = rusqlite::Connection::open(store.path()).unwrap();
         conn.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
-        assert!(matches!(audit.verify().unwrap(), Verification::Broken { seq: 2, .. }));
+        assert!(matches!(
+            audit.verify().unwrap(),
+            Verification::Broken { seq: 2, .. }
+        ));
     }
 }

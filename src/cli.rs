@@ -66,10 +66,15 @@ pub fn run(cli: &Cli) -> Exit {
 pub fn init_logging(json: bool) {
     use kluis::config::Env;
     let env = kluis::config::SystemEnv;
-    let filter = env.var("KLUIS_LOG").or_else(|| env.var("RUST_LOG")).unwrap_or_else(|| "info".into());
+    let filter = env
+        .var("KLUIS_LOG")
+        .or_else(|| env.var("RUST_LOG"))
+        .unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

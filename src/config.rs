@@ -40,7 +40,10 @@ pub trait Env {
 pub struct SystemEnv;
 
 impl Env for SystemEnv {
-    #[expect(clippy::disallowed_methods, reason = "this is the one place that reads the environment")]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "this is the one place that reads the environment"
+    )]
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
@@ -179,7 +182,10 @@ impl RawConfig {
             self.passphrase_file = Some(v.into());
         }
         if let (Some(cert), Some(key)) = (env.var("KLUIS_TLS_CERT"), env.var("KLUIS_TLS_KEY")) {
-            self.tls = Some(RawTls { cert: cert.into(), key: key.into() });
+            self.tls = Some(RawTls {
+                cert: cert.into(),
+                key: key.into(),
+            });
         }
         self
     }
@@ -190,7 +196,9 @@ impl RawConfig {
         let mut problems = Vec::new();
         let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
-            problems.push(format!("`listen`: `{listen}` is not an address like 127.0.0.1:50051"));
+            problems.push(format!(
+                "`listen`: `{listen}` is not an address like 127.0.0.1:50051"
+            ));
             SocketAddr::from(([127, 0, 0, 1], 50051))
         });
         let data_dir = self.data_dir.unwrap_or_else(|| {
@@ -200,7 +208,9 @@ impl RawConfig {
         let algorithm = match self.algorithm.as_deref() {
             None => Algorithm::default(),
             Some(a) => Algorithm::parse(a).unwrap_or_else(|| {
-                problems.push(format!("`algorithm`: `{a}` is not `aes-256-gcm` or `xchacha20-poly1305`"));
+                problems.push(format!(
+                    "`algorithm`: `{a}` is not `aes-256-gcm` or `xchacha20-poly1305`"
+                ));
                 Algorithm::default()
             }),
         };
@@ -218,7 +228,13 @@ impl RawConfig {
         for (purpose, period) in self.retention.unwrap_or_default() {
             match (purpose.parse::<Purpose>(), parse_days(&period)) {
                 (Ok(p), Some(days)) => {
-                    retention.set(p, Retention { days, from: p.default_retention().from });
+                    retention.set(
+                        p,
+                        Retention {
+                            days,
+                            from: p.default_retention().from,
+                        },
+                    );
                 }
                 (Err(e), _) => problems.push(format!("`retention.{purpose}`: {e}")),
                 (_, None) => problems.push(format!(
@@ -304,12 +320,19 @@ pub enum OpenError {
 }
 
 /// Obtains the root secret from the configured source.
-pub fn read_secret(source: &KeySource, env: &dyn Env, confirm: bool) -> Result<RootSecret, OpenError> {
+pub fn read_secret(
+    source: &KeySource,
+    env: &dyn Env,
+    confirm: bool,
+) -> Result<RootSecret, OpenError> {
     match source {
         KeySource::KeyFile(path) => Ok(RootSecret::read_key_file(path)?),
         KeySource::PassphraseFile(path) => {
             let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                OpenError::Secret(format!("cannot read passphrase file `{}`: {e}", path.display()))
+                OpenError::Secret(format!(
+                    "cannot read passphrase file `{}`: {e}",
+                    path.display()
+                ))
             })?);
             passphrase(text.trim_end_matches(['\n', '\r']))
         }
@@ -352,8 +375,10 @@ fn passphrase(text: &str) -> Result<RootSecret, OpenError> {
 /// Loads the policy engine: the configured files, or the built-in schema and policies.
 pub fn load_policy(schema: Option<&Path>, files: &[PathBuf]) -> Result<Engine, OpenError> {
     let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map_err(|e| OpenError::PolicyFile { path: p.display().to_string(), problem: e.to_string() })
+        std::fs::read_to_string(p).map_err(|e| OpenError::PolicyFile {
+            path: p.display().to_string(),
+            problem: e.to_string(),
+        })
     };
     let schema_src = match schema {
         Some(p) => read(p)?,
@@ -377,15 +402,29 @@ pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, OpenError> {
     let path = data_dir.join(DB_FILE);
     SqliteStore::open(&path)
         .map(Arc::new)
-        .map_err(|source| OpenError::Store { path: path.display().to_string(), source })
+        .map_err(|source| OpenError::Store {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Opens an initialised vault: store, unseal with `secret`, policies, vault.
 pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenError> {
     let policy = load_policy(config.policy_schema.as_deref(), &config.policy_files)?;
     let store = open_store(&config.data_dir)?;
-    let keyring = Keyring::unseal(store.clone(), secret, config.algorithm, config.key_cache_size)?;
-    Ok(Vault::new(store, keyring, policy, config.retention.clone(), config.limits)?)
+    let keyring = Keyring::unseal(
+        store.clone(),
+        secret,
+        config.algorithm,
+        config.key_cache_size,
+    )?;
+    Ok(Vault::new(
+        store,
+        keyring,
+        policy,
+        config.retention.clone(),
+        config.limits,
+    )?)
 }
 
 /// Retention start as text, for display.
@@ -401,7 +440,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -429,7 +471,10 @@ mod tests {
     fn environment_overrides_the_file() {
         let raw: RawConfig = toml::from_str("listen = \"127.0.0.1:1\"\ndata_dir = \"/a\"").unwrap();
         let cfg = raw
-            .with_env(&env(&[("KLUIS_LISTEN", "127.0.0.1:2"), ("KLUIS_KEY_FILE", "/k")]))
+            .with_env(&env(&[
+                ("KLUIS_LISTEN", "127.0.0.1:2"),
+                ("KLUIS_KEY_FILE", "/k"),
+            ]))
             .validate(false)
             .unwrap();
         assert_eq!(cfg.listen.port(), 2);

@@ -79,13 +79,24 @@ pub fn aad(ctx: &AadContext<'_>) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(128);
     match ctx {
-        AadContext::Field { subject, record, field, category, purpose, kind } => {
+        AadContext::Field {
+            subject,
+            record,
+            field,
+            category,
+            purpose,
+            kind,
+        } => {
             part(&mut out, b"kluis.v1.field");
             for p in [subject, record, field, category, purpose, kind] {
                 part(&mut out, p.as_bytes());
             }
         }
-        AadContext::SubjectKey { subject, purpose, generation } => {
+        AadContext::SubjectKey {
+            subject,
+            purpose,
+            generation,
+        } => {
             part(&mut out, b"kluis.v1.subject-key");
             part(&mut out, subject.as_bytes());
             part(&mut out, purpose.as_bytes());
@@ -107,8 +118,14 @@ mod tests {
 
     #[test]
     fn aad_parts_cannot_be_shifted() {
-        let a = aad(&AadContext::PurposeKey { purpose: "ab", version: 1 });
-        let b = aad(&AadContext::PurposeKey { purpose: "a", version: 1 });
+        let a = aad(&AadContext::PurposeKey {
+            purpose: "ab",
+            version: 1,
+        });
+        let b = aad(&AadContext::PurposeKey {
+            purpose: "a",
+            version: 1,
+        });
         assert_ne!(a, b);
         let f = |subject, record| {
             aad(&AadContext::Field {

@@ -23,7 +23,10 @@ pub struct InputError {
 impl InputError {
     /// An error for `field` with a human explanation.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -236,7 +239,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_fields: 256, max_value_bytes: 1024 * 1024, max_labels: 32 }
+        Self {
+            max_fields: 256,
+            max_value_bytes: 1024 * 1024,
+            max_labels: 32,
+        }
     }
 }
 
@@ -247,13 +254,22 @@ fn check_token(field: &str, s: &str, max: usize, what: &str) -> Result<(), Input
         return Err(InputError::new(field, format!("{what} is required")));
     }
     if s.len() > max {
-        return Err(InputError::new(field, format!("{what} is longer than {max} bytes")));
+        return Err(InputError::new(
+            field,
+            format!("{what} is longer than {max} bytes"),
+        ));
     }
     if s.chars().any(char::is_control) {
-        return Err(InputError::new(field, format!("{what} holds control characters")));
+        return Err(InputError::new(
+            field,
+            format!("{what} holds control characters"),
+        ));
     }
     if s.trim() != s {
-        return Err(InputError::new(field, format!("{what} has leading or trailing whitespace")));
+        return Err(InputError::new(
+            field,
+            format!("{what} has leading or trailing whitespace"),
+        ));
     }
     Ok(())
 }
@@ -324,13 +340,18 @@ impl RecordId {
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
         let ok = s.len() == 36
             && s.starts_with("rec_")
-            && s.bytes().skip(4).all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && s.bytes()
+                .skip(4)
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else if s.is_empty() {
             Err(InputError::new(field, "record id is required"))
         } else {
-            Err(InputError::new(field, "not a record id: expected `rec_` and 32 lowercase hex digits"))
+            Err(InputError::new(
+                field,
+                "not a record id: expected `rec_` and 32 lowercase hex digits",
+            ))
         }
     }
 }
@@ -374,7 +395,10 @@ impl PrincipalId {
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
         check_token(field, s, Self::MAX_LEN, "principal id")?;
         if guard::is_bsn(s) {
-            return Err(InputError::new(field, "principal id is a BSN; use an employee number"));
+            return Err(InputError::new(
+                field,
+                "principal id is a BSN; use an employee number",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -383,7 +407,10 @@ impl PrincipalId {
 /// Parses a `purpose` named `field`.
 pub fn parse_purpose(field: &str, s: &str) -> Result<Purpose, InputError> {
     if s.is_empty() {
-        return Err(InputError::new(field, "purpose is required: declare why you access the data"));
+        return Err(InputError::new(
+            field,
+            "purpose is required: declare why you access the data",
+        ));
     }
     s.parse().map_err(|e: String| InputError::new(field, e))
 }
@@ -435,19 +462,29 @@ impl AccessContext {
     ) -> Result<Self, InputError> {
         let purpose = parse_purpose(&format!("{prefix}.purpose"), purpose)?;
         if !case_ref.is_empty() {
-            check_token(&format!("{prefix}.case_ref"), case_ref, Self::MAX_CASE_REF, "case reference")?;
+            check_token(
+                &format!("{prefix}.case_ref"),
+                case_ref,
+                Self::MAX_CASE_REF,
+                "case reference",
+            )?;
             guard::check_text(&format!("{prefix}.case_ref"), case_ref)?;
         }
         if justification.len() > Self::MAX_JUSTIFICATION {
             return Err(InputError::new(
                 format!("{prefix}.justification"),
-                format!("justification is longer than {} bytes", Self::MAX_JUSTIFICATION),
+                format!(
+                    "justification is longer than {} bytes",
+                    Self::MAX_JUSTIFICATION
+                ),
             ));
         }
         guard::check_text(&format!("{prefix}.justification"), justification)?;
         let channel = if channel.is_empty() { "app" } else { channel };
         let channel_ok = channel.len() <= Self::MAX_CHANNEL
-            && channel.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && channel
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !channel_ok {
             return Err(InputError::new(
                 format!("{prefix}.channel"),

@@ -31,7 +31,9 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The passphrase or key file does not match the one the store was initialised with.
-    #[error("wrong passphrase or key file: it does not match the key this store was initialised with")]
+    #[error(
+        "wrong passphrase or key file: it does not match the key this store was initialised with"
+    )]
     WrongRootKey,
     /// The store was initialised with another kind of root key source.
     #[error("this store was initialised with a {expected}; provide that instead")]
@@ -81,7 +83,10 @@ impl std::fmt::Debug for RootSecret {
 impl RootSecret {
     /// Reads a key file: 64 hex digits (32 bytes), optionally followed by a newline.
     pub fn read_key_file(path: &Path) -> Result<Self, KeyError> {
-        let problem = |p: &str| KeyError::KeyFile { path: path.display().to_string(), problem: p.into() };
+        let problem = |p: &str| KeyError::KeyFile {
+            path: path.display().to_string(),
+            problem: p.into(),
+        };
         let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| problem(&e.to_string()))?);
         let mut bytes = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(text.trim(), bytes.as_mut_slice())
@@ -91,7 +96,10 @@ impl RootSecret {
 
     /// Writes a new random key file with mode 0600; refuses to overwrite an existing file.
     pub fn create_key_file(path: &Path) -> Result<Self, KeyError> {
-        let problem = |p: String| KeyError::KeyFile { path: path.display().to_string(), problem: p };
+        let problem = |p: String| KeyError::KeyFile {
+            path: path.display().to_string(),
+            problem: p,
+        };
         let key = RootKey::generate();
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -102,7 +110,9 @@ impl RootSecret {
         }
         let mut file = options.open(path).map_err(|e| problem(e.to_string()))?;
         let text = Zeroizing::new(format!("{}\n", hex::encode(key.expose_secret())));
-        file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| problem(e.to_string()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| problem(e.to_string()))?;
         Ok(RootSecret::KeyFile(key))
     }
 
@@ -118,7 +128,11 @@ impl RootSecret {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "source", rename_all = "kebab-case")]
 enum RootMeta {
-    Passphrase { kdf: String, params: KdfParams, salt: String },
+    Passphrase {
+        kdf: String,
+        params: KdfParams,
+        salt: String,
+    },
     KeyFile,
 }
 
@@ -137,7 +151,9 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("Keyring")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -155,7 +171,11 @@ impl Keyring {
                 rand::rngs::OsRng.fill_bytes(&mut salt);
                 let params = KdfParams::RFC9106_SECOND;
                 let root = kdf::derive_root_key(p.as_bytes(), &salt, params)?;
-                let meta = RootMeta::Passphrase { kdf: "argon2id".into(), params, salt: hex::encode(salt) };
+                let meta = RootMeta::Passphrase {
+                    kdf: "argon2id".into(),
+                    params,
+                    salt: hex::encode(salt),
+                };
                 (meta, root)
             }
             RootSecret::KeyFile(k) => (RootMeta::KeyFile, RootKey::from_bytes(k.expose_secret())),
@@ -165,12 +185,21 @@ impl Keyring {
         let mut purpose_rows = Vec::with_capacity(Purpose::ALL.len());
         for &purpose in Purpose::ALL {
             let key = PurposeKey::generate();
-            let aad = crypto::aad(&AadContext::PurposeKey { purpose: purpose.as_str(), version: 1 });
+            let aad = crypto::aad(&AadContext::PurposeKey {
+                purpose: purpose.as_str(),
+                version: 1,
+            });
             purpose_rows.push(PurposeKeyRow {
                 purpose: purpose.as_str().into(),
                 version: 1,
                 state: "active".into(),
-                wrapped: crypto::seal(root.expose_secret(), algorithm, 1, &aad, key.expose_secret())?,
+                wrapped: crypto::seal(
+                    root.expose_secret(),
+                    algorithm,
+                    1,
+                    &aad,
+                    key.expose_secret(),
+                )?,
                 created_at: now,
             });
         }
@@ -209,7 +238,14 @@ impl Keyring {
         let meta = store.meta(META_ROOT)?.ok_or(StoreError::NotInitialized)?;
         let meta: RootMeta = serde_json::from_slice(&meta).map_err(|_| KeyError::CorruptMeta)?;
         let root = match (&meta, secret) {
-            (RootMeta::Passphrase { kdf: name, params, salt }, RootSecret::Passphrase(p)) => {
+            (
+                RootMeta::Passphrase {
+                    kdf: name,
+                    params,
+                    salt,
+                },
+                RootSecret::Passphrase(p),
+            ) => {
                 if name != "argon2id" {
                     return Err(KeyError::CorruptMeta);
                 }
@@ -219,13 +255,22 @@ impl Keyring {
             }
             (RootMeta::KeyFile, RootSecret::KeyFile(k)) => RootKey::from_bytes(k.expose_secret()),
             (RootMeta::Passphrase { .. }, _) => {
-                return Err(KeyError::SourceMismatch { expected: "passphrase" });
+                return Err(KeyError::SourceMismatch {
+                    expected: "passphrase",
+                });
             }
-            (RootMeta::KeyFile, _) => return Err(KeyError::SourceMismatch { expected: "key file" }),
+            (RootMeta::KeyFile, _) => {
+                return Err(KeyError::SourceMismatch {
+                    expected: "key file",
+                });
+            }
         };
         let check = store.meta(META_KEY_CHECK)?.ok_or(KeyError::CorruptMeta)?;
         if !kdf::key_matches(&root, &check) {
-            tracing::warn!(source = secret.kind(), "unseal refused: root key check failed");
+            tracing::warn!(
+                source = secret.kind(),
+                "unseal refused: root key check failed"
+            );
             return Err(KeyError::WrongRootKey);
         }
         Ok(Self {
@@ -239,8 +284,15 @@ impl Keyring {
 
     /// The audit MAC key.
     pub fn audit_key(&self) -> Result<AuditKey, KeyError> {
-        let wrapped = self.store.meta(META_AUDIT_KEY)?.ok_or(KeyError::CorruptMeta)?;
-        let bytes = crypto::open(self.root.expose_secret(), &crypto::aad(&AadContext::AuditKey), &wrapped)?;
+        let wrapped = self
+            .store
+            .meta(META_AUDIT_KEY)?
+            .ok_or(KeyError::CorruptMeta)?;
+        let bytes = crypto::open(
+            self.root.expose_secret(),
+            &crypto::aad(&AadContext::AuditKey),
+            &wrapped,
+        )?;
         AuditKey::from_slice(&bytes).ok_or(KeyError::Crypto(CryptoError::Open))
     }
 
@@ -286,7 +338,13 @@ impl Keyring {
             purpose: purpose.as_str().into(),
             generation,
             purpose_version: version,
-            wrapped: crypto::seal(purpose_key.expose_secret(), self.algorithm, version, &aad, key.expose_secret())?,
+            wrapped: crypto::seal(
+                purpose_key.expose_secret(),
+                self.algorithm,
+                version,
+                &aad,
+                key.expose_secret(),
+            )?,
             created_at: now_unix(),
         };
         // Another request may have created one meanwhile: use whichever the store kept.
@@ -330,7 +388,12 @@ impl Keyring {
     }
 
     fn purpose_key(&self, purpose: Purpose, version: u32) -> Result<Arc<PurposeKey>, KeyError> {
-        if let Some(k) = self.purpose_keys.read().ok().and_then(|m| m.get(&(purpose, version)).cloned()) {
+        if let Some(k) = self
+            .purpose_keys
+            .read()
+            .ok()
+            .and_then(|m| m.get(&(purpose, version)).cloned())
+        {
             return Ok(k);
         }
         let rows = self.store.purpose_keys(purpose.as_str())?;
@@ -338,7 +401,10 @@ impl Keyring {
             .iter()
             .find(|r| r.version == version)
             .ok_or_else(|| KeyError::MissingPurposeKey(format!("{purpose} v{version}")))?;
-        let aad = crypto::aad(&AadContext::PurposeKey { purpose: purpose.as_str(), version });
+        let aad = crypto::aad(&AadContext::PurposeKey {
+            purpose: purpose.as_str(),
+            version,
+        });
         let bytes = crypto::open(self.root.expose_secret(), &aad, &row.wrapped)?;
         let key = Arc::new(PurposeKey::from_slice(&bytes).ok_or(CryptoError::Open)?);
         if let Ok(mut map) = self.purpose_keys.write() {
@@ -357,14 +423,26 @@ struct SubjectKeyCache {
 
 impl SubjectKeyCache {
     fn new(capacity: usize) -> Self {
-        Self { capacity, map: HashMap::new(), order: VecDeque::new() }
+        Self {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     fn get(&self, subject: &SubjectId, purpose: Purpose) -> Option<(u32, Arc<SubjectKey>)> {
-        self.map.get(&(subject.clone(), purpose)).map(|(g, k)| (*g, Arc::clone(k)))
+        self.map
+            .get(&(subject.clone(), purpose))
+            .map(|(g, k)| (*g, Arc::clone(k)))
     }
 
-    fn insert(&mut self, subject: SubjectId, purpose: Purpose, generation: u32, key: Arc<SubjectKey>) {
+    fn insert(
+        &mut self,
+        subject: SubjectId,
+        purpose: Purpose,
+        generation: u32,
+        key: Arc<SubjectKey>,
+    ) {
         if self.capacity == 0 {
             return;
         }
@@ -405,12 +483,15 @@ mod tests {
         ring.audit_key().unwrap();
 
         let other = RootSecret::create_key_file(&dir.path().join("other.key")).unwrap();
-        let err = Keyring::unseal(Arc::clone(&store), &other, Algorithm::Aes256Gcm, 10).unwrap_err();
+        let err =
+            Keyring::unseal(Arc::clone(&store), &other, Algorithm::Aes256Gcm, 10).unwrap_err();
         assert!(matches!(err, KeyError::WrongRootKey));
         let pass = RootSecret::Passphrase(Zeroizing::new("x".into()));
         assert!(matches!(
             Keyring::unseal(store, &pass, Algorithm::Aes256Gcm, 10),
-            Err(KeyError::SourceMismatch { expected: "key file" })
+            Err(KeyError::SourceMismatch {
+                expected: "key file"
+            })
         ));
     }
 
@@ -427,7 +508,8 @@ mod tests {
         let (dir, store) = store();
         let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
         Keyring::initialize(store.as_ref(), &secret, Algorithm::XChaCha20Poly1305).unwrap();
-        let ring = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::XChaCha20Poly1305, 1).unwrap();
+        let ring =
+            Keyring::unseal(Arc::clone(&store), &secret, Algorithm::XChaCha20Poly1305, 1).unwrap();
         let s1 = SubjectId::parse("s", "rel-1").unwrap();
         let s2 = SubjectId::parse("s", "rel-2").unwrap();
         assert!(ring.subject_key(&s1, Purpose::Nuisance).unwrap().is_none());
@@ -450,9 +532,15 @@ mod tests {
         ring.subject_key_or_create(&s1, Purpose::Nuisance).unwrap();
         // A wrapped key of one subject presented as another's must not unwrap.
         let row = store.subject_key("rel-1", "nuisance").unwrap().unwrap();
-        let moved = SubjectKeyRow { subject: "rel-2".into(), ..row };
+        let moved = SubjectKeyRow {
+            subject: "rel-2".into(),
+            ..row
+        };
         store.insert_subject_key(&moved).unwrap();
         let s2 = SubjectId::parse("s", "rel-2").unwrap();
-        assert!(matches!(ring.subject_key(&s2, Purpose::Nuisance), Err(KeyError::Crypto(CryptoError::Open))));
+        assert!(matches!(
+            ring.subject_key(&s2, Purpose::Nuisance),
+            Err(KeyError::Crypto(CryptoError::Open))
+        ));
     }
 }

@@ -134,7 +134,12 @@ impl Decision {
     /// the audit entry recording it is committed. `None` for a deny.
     pub fn grant(&self, audit_seq: &AuditSeq) -> Option<Grant> {
         let (record, field) = self.field.clone()?;
-        self.is_allow().then(|| Grant { record, field, audit_seq: audit_seq.value(), _private: () })
+        self.is_allow().then(|| Grant {
+            record,
+            field,
+            audit_seq: audit_seq.value(),
+            _private: (),
+        })
     }
 }
 
@@ -174,7 +179,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("policies", &self.policies.policies().count()).finish()
+        f.debug_struct("Engine")
+            .field("policies", &self.policies.policies().count())
+            .finish()
     }
 }
 
@@ -189,8 +196,8 @@ impl Engine {
     pub fn from_sources(schema_src: &str, policies_src: &str) -> Result<Self, PolicyError> {
         let (schema, _warnings) = Schema::from_cedarschema_str(schema_src)
             .map_err(|e| PolicyError::Schema(miette_text(&e)))?;
-        let parsed = PolicySet::from_str(policies_src)
-            .map_err(|e| PolicyError::Parse(miette_text(&e)))?;
+        let parsed =
+            PolicySet::from_str(policies_src).map_err(|e| PolicyError::Parse(miette_text(&e)))?;
         let mut policies = PolicySet::new();
         let mut seen = HashSet::new();
         for p in parsed.policies() {
@@ -200,7 +207,9 @@ impl Engine {
                 )));
             };
             if !seen.insert(id.to_owned()) {
-                return Err(PolicyError::Parse(format!("policy id `{id}` is used twice")));
+                return Err(PolicyError::Parse(format!(
+                    "policy id `{id}` is used twice"
+                )));
             }
             policies
                 .add(p.new_id(PolicyId::new(id)))
@@ -208,11 +217,17 @@ impl Engine {
         }
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if !result.validation_passed() {
-            let errors: Vec<String> =
-                result.validation_errors().map(|e| format!("- {}", miette_text(e))).collect();
+            let errors: Vec<String> = result
+                .validation_errors()
+                .map(|e| format!("- {}", miette_text(e)))
+                .collect();
             return Err(PolicyError::Validation(errors.join("\n")));
         }
-        Ok(Self { schema, policies, authorizer: Authorizer::new() })
+        Ok(Self {
+            schema,
+            policies,
+            authorizer: Authorizer::new(),
+        })
     }
 
     /// Decides `action` on each of `fields` for `principal` acting in `ctx`. One decision per
@@ -231,9 +246,18 @@ impl Engine {
             let uid = uid("Kluis::Field", &format!("{}#{i}", f.record))?;
             let attrs = [
                 ("name", RestrictedExpression::new_string(f.name.clone())),
-                ("category", RestrictedExpression::new_string(f.category.as_str().into())),
-                ("purpose", RestrictedExpression::new_string(f.purpose.as_str().into())),
-                ("subject", RestrictedExpression::new_string(f.subject.clone())),
+                (
+                    "category",
+                    RestrictedExpression::new_string(f.category.as_str().into()),
+                ),
+                (
+                    "purpose",
+                    RestrictedExpression::new_string(f.purpose.as_str().into()),
+                ),
+                (
+                    "subject",
+                    RestrictedExpression::new_string(f.subject.clone()),
+                ),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -247,11 +271,26 @@ impl Engine {
         let entities = Entities::from_entities(entities, Some(&self.schema))
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let context = Context::from_pairs([
-            ("purpose".to_owned(), RestrictedExpression::new_string(ctx.purpose.as_str().into())),
-            ("case_ref".to_owned(), RestrictedExpression::new_string(ctx.case_ref.clone())),
-            ("justification".to_owned(), RestrictedExpression::new_string(ctx.justification.clone())),
-            ("channel".to_owned(), RestrictedExpression::new_string(ctx.channel.clone())),
-            ("break_glass".to_owned(), RestrictedExpression::new_bool(ctx.break_glass)),
+            (
+                "purpose".to_owned(),
+                RestrictedExpression::new_string(ctx.purpose.as_str().into()),
+            ),
+            (
+                "case_ref".to_owned(),
+                RestrictedExpression::new_string(ctx.case_ref.clone()),
+            ),
+            (
+                "justification".to_owned(),
+                RestrictedExpression::new_string(ctx.justification.clone()),
+            ),
+            (
+                "channel".to_owned(),
+                RestrictedExpression::new_string(ctx.channel.clone()),
+            ),
+            (
+                "break_glass".to_owned(),
+                RestrictedExpression::new_bool(ctx.break_glass),
+            ),
         ])
         .map_err(|e| PolicyError::Request(e.to_string()))?;
         let action_uid = uid("Kluis::Action", action.as_str())?;
@@ -306,17 +345,29 @@ impl Engine {
         .map_err(|e| PolicyError::Request(e.to_string()))?;
         let mut decision = self.evaluate(&request, &entities);
         if decision.effect == Effect::Deny && decision.policies.is_empty() {
-            decision.reason =
-                format!("no policy permits {} to {}", roles_text(principal), action.as_str());
+            decision.reason = format!(
+                "no policy permits {} to {}",
+                roles_text(principal),
+                action.as_str()
+            );
         }
         Ok(decision)
     }
 
     fn evaluate(&self, request: &Request, entities: &Entities) -> Decision {
-        let response = self.authorizer.is_authorized(request, &self.policies, entities);
-        let errors: Vec<String> = response.diagnostics().errors().map(ToString::to_string).collect();
-        let policies: Vec<String> =
-            response.diagnostics().reason().map(ToString::to_string).collect();
+        let response = self
+            .authorizer
+            .is_authorized(request, &self.policies, entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        let policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
         if !errors.is_empty() {
             tracing::error!(errors = ?errors, "policy evaluation error; denying");
             return Decision {
@@ -348,7 +399,8 @@ impl Engine {
 }
 
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    let ty = EntityTypeName::from_str(type_name).map_err(|e| PolicyError::Request(e.to_string()))?;
+    let ty =
+        EntityTypeName::from_str(type_name).map_err(|e| PolicyError::Request(e.to_string()))?;
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
@@ -372,7 +424,8 @@ fn principal_entities(principal: &Principal, uid_: &EntityUid) -> Result<Vec<Ent
         );
     }
     entities.push(
-        Entity::new(uid_.clone(), attrs, parents).map_err(|e| PolicyError::Request(e.to_string()))?,
+        Entity::new(uid_.clone(), attrs, parents)
+            .map_err(|e| PolicyError::Request(e.to_string()))?,
     );
     Ok(entities)
 }
@@ -383,7 +436,10 @@ fn roles_text(principal: &Principal) -> String {
 }
 
 fn quoted(ids: &[String]) -> String {
-    ids.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", ")
+    ids.iter()
+        .map(|id| format!("`{id}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Renders a Cedar diagnostic with its causes on one line each.
@@ -418,7 +474,13 @@ mod tests {
     }
 
     fn field(name: &str, category: Category, purpose: Purpose) -> FieldResource {
-        FieldResource { record: "rec_1".into(), name: name.into(), category, purpose, subject: "rel-1".into() }
+        FieldResource {
+            record: "rec_1".into(),
+            name: name.into(),
+            category,
+            purpose,
+            subject: "rel-1".into(),
+        }
     }
 
     #[test]
@@ -431,7 +493,12 @@ mod tests {
         let engine = Engine::default_policies().unwrap();
         let p = principal(&[Role::NuisanceOfficer, Role::SecurityOfficer], None);
         let d = engine
-            .decide_fields(&p, Action::Read, &ctx(Purpose::Nuisance), &[field("phone", Category::Contact, Purpose::Nuisance)])
+            .decide_fields(
+                &p,
+                Action::Read,
+                &ctx(Purpose::Nuisance),
+                &[field("phone", Category::Contact, Purpose::Nuisance)],
+            )
             .unwrap();
         assert_eq!(d[0].effect, Effect::Deny);
         assert_eq!(d[0].policies, ["separation-of-duties"]);
@@ -442,7 +509,12 @@ mod tests {
         let engine = Engine::default_policies().unwrap();
         let p = principal(&[Role::NuisanceOfficer], None);
         let d = engine
-            .decide_fields(&p, Action::Read, &ctx(Purpose::Nuisance), &[field("phone", Category::Contact, Purpose::Nuisance)])
+            .decide_fields(
+                &p,
+                Action::Read,
+                &ctx(Purpose::Nuisance),
+                &[field("phone", Category::Contact, Purpose::Nuisance)],
+            )
             .unwrap();
         assert!(d[0].is_allow());
         assert_eq!(d[0].policies, ["nuisance-officer"]);
@@ -459,12 +531,22 @@ mod tests {
             field("phone", Category::Contact, Purpose::Maintenance),
         ];
         let d = engine.decide_fields(&p, Action::Read, &c, &fields).unwrap();
-        assert_eq!(d.iter().map(Decision::is_allow).collect::<Vec<_>>(), [true, false, true]);
-        let other = FieldResource { subject: "rel-2".into(), ..fields[2].clone() };
-        let d = engine.decide_fields(&p, Action::Read, &c, &[other]).unwrap();
+        assert_eq!(
+            d.iter().map(Decision::is_allow).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        let other = FieldResource {
+            subject: "rel-2".into(),
+            ..fields[2].clone()
+        };
+        let d = engine
+            .decide_fields(&p, Action::Read, &c, &[other])
+            .unwrap();
         assert_eq!(d[0].policies, ["scoped-token-one-subject"]);
         let unscoped = principal(&[Role::Contractor], None);
-        let d = engine.decide_fields(&unscoped, Action::Read, &c, &fields[2..]).unwrap();
+        let d = engine
+            .decide_fields(&unscoped, Action::Read, &c, &fields[2..])
+            .unwrap();
         assert_eq!(d[0].policies, ["external-roles-need-scope"]);
     }
 
@@ -472,9 +554,19 @@ mod tests {
     fn only_security_officer_manages_tokens() {
         let engine = Engine::default_policies().unwrap();
         let so = principal(&[Role::SecurityOfficer], None);
-        assert!(engine.decide_admin(&so, AdminAction::ManageTokens).unwrap().is_allow());
+        assert!(
+            engine
+                .decide_admin(&so, AdminAction::ManageTokens)
+                .unwrap()
+                .is_allow()
+        );
         let po = principal(&[Role::PrivacyOfficer], None);
-        assert!(!engine.decide_admin(&po, AdminAction::ManageTokens).unwrap().is_allow());
+        assert!(
+            !engine
+                .decide_admin(&po, AdminAction::ManageTokens)
+                .unwrap()
+                .is_allow()
+        );
     }
 
     #[test]
@@ -483,9 +575,15 @@ mod tests {
         let err = Engine::from_sources(DEFAULT_SCHEMA, bad_attr).unwrap_err();
         assert!(matches!(err, PolicyError::Validation(_)), "{err}");
         let no_id = r#"permit(principal, action, resource);"#;
-        assert!(matches!(Engine::from_sources(DEFAULT_SCHEMA, no_id), Err(PolicyError::Parse(_))));
+        assert!(matches!(
+            Engine::from_sources(DEFAULT_SCHEMA, no_id),
+            Err(PolicyError::Parse(_))
+        ));
         let syntax = r#"@id("x") permit(principal action resource);"#;
-        assert!(matches!(Engine::from_sources(DEFAULT_SCHEMA, syntax), Err(PolicyError::Parse(_))));
+        assert!(matches!(
+            Engine::from_sources(DEFAULT_SCHEMA, syntax),
+            Err(PolicyError::Parse(_))
+        ));
     }
 
     #[test]
@@ -493,7 +591,16 @@ mod tests {
         let engine = Engine::default_policies().unwrap();
         let p = principal(&[Role::Analyst], None);
         let d = engine
-            .decide_fields(&p, Action::Read, &ctx(Purpose::PortfolioAnalysis), &[field("phone", Category::Contact, Purpose::PortfolioAnalysis)])
+            .decide_fields(
+                &p,
+                Action::Read,
+                &ctx(Purpose::PortfolioAnalysis),
+                &[field(
+                    "phone",
+                    Category::Contact,
+                    Purpose::PortfolioAnalysis,
+                )],
+            )
             .unwrap();
         assert!(!d[0].is_allow());
         assert!(d[0].grant(&AuditSeq::for_tests(1)).is_none());

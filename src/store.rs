@@ -185,8 +185,11 @@ pub trait Store: Send + Sync {
     fn purpose_keys(&self, purpose: &str) -> Result<Vec<PurposeKeyRow>, StoreError>;
 
     /// The current subject key of (subject, purpose).
-    fn subject_key(&self, subject: &str, purpose: &str)
-    -> Result<Option<SubjectKeyRow>, StoreError>;
+    fn subject_key(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> Result<Option<SubjectKeyRow>, StoreError>;
 
     /// Stores a new subject key unless one exists for (subject, purpose); returns the one that
     /// is stored afterwards (so two concurrent writers end up with the same key).
@@ -200,15 +203,21 @@ pub trait Store: Send + Sync {
 
     /// Replaces or adds `fields` of a record and sets `updated_at`, in one transaction. Returns
     /// false when the record does not exist.
-    fn update_fields(&self, id: &str, fields: &[FieldRow], updated_at: i64)
-    -> Result<bool, StoreError>;
+    fn update_fields(
+        &self,
+        id: &str,
+        fields: &[FieldRow],
+        updated_at: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes a record and its fields in one transaction. Returns false when it did not exist.
     fn delete_record(&self, id: &str) -> Result<bool, StoreError>;
 
     /// The records of a subject with their field metadata (no ciphertext), oldest first.
-    fn subject_records(&self, subject: &str)
-    -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
+    fn subject_records(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
 
     /// Stores a token row.
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;

@@ -191,7 +191,12 @@ pub struct RetentionTable(BTreeMap<Purpose, Retention>);
 
 impl Default for RetentionTable {
     fn default() -> Self {
-        Self(Purpose::ALL.iter().map(|&p| (p, p.default_retention())).collect())
+        Self(
+            Purpose::ALL
+                .iter()
+                .map(|&p| (p, p.default_retention()))
+                .collect(),
+        )
     }
 }
 
@@ -203,7 +208,10 @@ impl RetentionTable {
 
     /// The retention of `purpose`.
     pub fn of(&self, purpose: Purpose) -> Retention {
-        self.0.get(&purpose).copied().unwrap_or_else(|| purpose.default_retention())
+        self.0
+            .get(&purpose)
+            .copied()
+            .unwrap_or_else(|| purpose.default_retention())
     }
 
     fn expires_at(&self, purpose: Purpose, created_at: i64) -> Option<i64> {
@@ -241,7 +249,14 @@ impl Vault {
         limits: Limits,
     ) -> Result<Self, VaultError> {
         let audit = Audit::open(Arc::clone(&store), keyring.audit_key()?)?;
-        Ok(Self { store, keyring, policy, audit, retention, limits })
+        Ok(Self {
+            store,
+            keyring,
+            policy,
+            audit,
+            retention,
+            limits,
+        })
     }
 
     /// The request limits in force.
@@ -275,20 +290,37 @@ impl Vault {
                 subject: subject.as_str().into(),
             })
             .collect();
-        let decisions = self.policy.decide_fields(principal, Action::Write, ctx, &resources)?;
-        self.require_all(principal, ctx, "write", subject, &record_id, &resources, &decisions)?;
+        let decisions = self
+            .policy
+            .decide_fields(principal, Action::Write, ctx, &resources)?;
+        self.require_all(
+            principal, ctx, "write", subject, &record_id, &resources, &decisions,
+        )?;
 
         let (generation, key) = self.keyring.subject_key_or_create(subject, ctx.purpose)?;
         let now = now_unix();
         let rows = fields
             .iter()
             .map(|f| {
-                let aad = field_aad(subject.as_str(), record_id.as_str(), f.name.as_str(), f.category, ctx.purpose, f.value.kind());
+                let aad = field_aad(
+                    subject.as_str(),
+                    record_id.as_str(),
+                    f.name.as_str(),
+                    f.category,
+                    ctx.purpose,
+                    f.value.kind(),
+                );
                 Ok(FieldRow {
                     name: f.name.as_str().into(),
                     category: f.category.as_str().into(),
                     kind: f.value.kind().into(),
-                    sealed: crypto::seal(key.expose_secret(), self.keyring.algorithm(), generation, &aad, f.value.bytes())?,
+                    sealed: crypto::seal(
+                        key.expose_secret(),
+                        self.keyring.algorithm(),
+                        generation,
+                        &aad,
+                        f.value.bytes(),
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>, CryptoError>>()
@@ -305,7 +337,12 @@ impl Vault {
             expires_at,
         };
         self.store.insert_record(&record, &rows)?;
-        tracing::info!(record_id = record_id.as_str(), purpose = ctx.purpose.as_str(), fields = rows.len(), "record stored");
+        tracing::info!(
+            record_id = record_id.as_str(),
+            purpose = ctx.purpose.as_str(),
+            fields = rows.len(),
+            "record stored"
+        );
         Ok((record_id, expires_at))
     }
 
@@ -330,7 +367,10 @@ impl Vault {
             for name in wanted {
                 match rows.iter().find(|r| r.name == name.as_str()) {
                     Some(r) => selected.push(r),
-                    None => withheld.push(Withheld { name: name.as_str().into(), reason: "no such field in this record".into() }),
+                    None => withheld.push(Withheld {
+                        name: name.as_str().into(),
+                        reason: "no such field in this record".into(),
+                    }),
                 }
             }
         }
@@ -338,7 +378,9 @@ impl Vault {
             .iter()
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
-        let decisions = self.policy.decide_fields(principal, Action::Read, ctx, &resources)?;
+        let decisions = self
+            .policy
+            .decide_fields(principal, Action::Read, ctx, &resources)?;
 
         let mut event = self.event(principal, ctx, "read", Some(&subject), Some(record_id));
         event.fields = audit_fields(&resources, &decisions);
@@ -359,17 +401,33 @@ impl Vault {
                 .iter()
                 .zip(&resources)
                 .filter(|(d, _)| !d.is_allow())
-                .map(|(d, r)| Withheld { name: r.name.clone(), reason: d.reason.clone() }),
+                .map(|(d, r)| Withheld {
+                    name: r.name.clone(),
+                    reason: d.reason.clone(),
+                }),
         );
         let (_, key) = self
             .keyring
             .subject_key(&subject, meta.purpose)?
-            .ok_or_else(|| VaultError::DataLoss(format!("the subject key of record `{record_id}`")))?;
+            .ok_or_else(|| {
+                VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
+            })?;
         let mut fields = Vec::with_capacity(grants.len());
         for (grant, row, category) in grants {
-            fields.push(open_field(&grant, key.expose_secret(), &record, meta.purpose, category, row)?);
+            fields.push(open_field(
+                &grant,
+                key.expose_secret(),
+                &record,
+                meta.purpose,
+                category,
+                row,
+            )?);
         }
-        Ok(RecordView { meta, fields, withheld })
+        Ok(RecordView {
+            meta,
+            fields,
+            withheld,
+        })
     }
 
     /// Rectifies a record: replaces (or adds) `fields`. Old values are not kept anywhere.
@@ -385,17 +443,25 @@ impl Vault {
         let meta = record_meta(&record)?;
         for f in &fields {
             if let Some(existing) = rows.iter().find(|r| r.name == f.name.as_str())
-                && existing.category != f.category.as_str() {
-                    return Err(VaultError::FailedPrecondition(format!(
-                        "field `{}` is stored as category `{}`, not `{}`; delete the record and store \
+                && existing.category != f.category.as_str()
+            {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "field `{}` is stored as category `{}`, not `{}`; delete the record and store \
                          it anew to change a category",
-                        f.name, existing.category, f.category
-                    )));
-                }
+                    f.name, existing.category, f.category
+                )));
+            }
         }
-        let new_count = fields.iter().filter(|f| !rows.iter().any(|r| r.name == f.name.as_str())).count();
+        let new_count = fields
+            .iter()
+            .filter(|f| !rows.iter().any(|r| r.name == f.name.as_str()))
+            .count();
         if rows.len() + new_count > self.limits.max_fields {
-            return Err(InputError::new("fields", format!("a record holds at most {} fields", self.limits.max_fields)).into());
+            return Err(InputError::new(
+                "fields",
+                format!("a record holds at most {} fields", self.limits.max_fields),
+            )
+            .into());
         }
         let subject = SubjectId::parse("subject", &record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
@@ -409,18 +475,35 @@ impl Vault {
                 subject: record.subject.clone(),
             })
             .collect();
-        let decisions = self.policy.decide_fields(principal, Action::Write, ctx, &resources)?;
-        self.require_all(principal, ctx, "update", &subject, record_id, &resources, &decisions)?;
+        let decisions = self
+            .policy
+            .decide_fields(principal, Action::Write, ctx, &resources)?;
+        self.require_all(
+            principal, ctx, "update", &subject, record_id, &resources, &decisions,
+        )?;
         let (generation, key) = self.keyring.subject_key_or_create(&subject, meta.purpose)?;
         let sealed = fields
             .iter()
             .map(|f| {
-                let aad = field_aad(&record.subject, &record.id, f.name.as_str(), f.category, meta.purpose, f.value.kind());
+                let aad = field_aad(
+                    &record.subject,
+                    &record.id,
+                    f.name.as_str(),
+                    f.category,
+                    meta.purpose,
+                    f.value.kind(),
+                );
                 Ok(FieldRow {
                     name: f.name.as_str().into(),
                     category: f.category.as_str().into(),
                     kind: f.value.kind().into(),
-                    sealed: crypto::seal(key.expose_secret(), self.keyring.algorithm(), generation, &aad, f.value.bytes())?,
+                    sealed: crypto::seal(
+                        key.expose_secret(),
+                        self.keyring.algorithm(),
+                        generation,
+                        &aad,
+                        f.value.bytes(),
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>, CryptoError>>()
@@ -443,10 +526,16 @@ impl Vault {
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse("subject", &record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
-        let resources =
-            rows.iter().map(|r| resource(&record, meta.purpose, r)).collect::<Result<Vec<_>, _>>()?;
-        let decisions = self.policy.decide_fields(principal, Action::Delete, ctx, &resources)?;
-        self.require_all(principal, ctx, "delete", &subject, record_id, &resources, &decisions)?;
+        let resources = rows
+            .iter()
+            .map(|r| resource(&record, meta.purpose, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let decisions = self
+            .policy
+            .decide_fields(principal, Action::Delete, ctx, &resources)?;
+        self.require_all(
+            principal, ctx, "delete", &subject, record_id, &resources, &decisions,
+        )?;
         if !self.store.delete_record(record_id.as_str())? {
             return Err(VaultError::NotFound(format!("record `{record_id}`")));
         }
@@ -481,7 +570,9 @@ impl Vault {
                 }
             }
         }
-        let decisions = self.policy.decide_fields(principal, Action::List, ctx, &resources)?;
+        let decisions = self
+            .policy
+            .decide_fields(principal, Action::List, ctx, &resources)?;
         let mut out = Vec::new();
         for (rec, fields) in records {
             let visible: Vec<FieldInfo> = fields
@@ -492,7 +583,11 @@ impl Vault {
                         .and_then(|&i| decisions.get(i))
                         .is_some_and(Decision::is_allow)
                 })
-                .map(|f| FieldInfo { name: f.name, category: f.category, size: f.size })
+                .map(|f| FieldInfo {
+                    name: f.name,
+                    category: f.category,
+                    size: f.size,
+                })
                 .collect();
             if !visible.is_empty() {
                 out.push((record_meta(&rec)?, visible));
@@ -506,7 +601,10 @@ impl Vault {
     }
 
     /// Audits a write-like request and refuses it unless every field is allowed.
-    #[expect(clippy::too_many_arguments, reason = "all parts of one audited decision")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "all parts of one audited decision"
+    )]
     fn require_all(
         &self,
         principal: &Principal,
@@ -522,7 +620,11 @@ impl Vault {
         event.fields = audit_fields(resources, decisions);
         event.decision = if all { "allow" } else { "deny" }.into();
         self.audit.append(&event)?;
-        if all { Ok(()) } else { Err(VaultError::Denied(deny_summary(resources, decisions))) }
+        if all {
+            Ok(())
+        } else {
+            Err(VaultError::Denied(deny_summary(resources, decisions)))
+        }
     }
 
     fn event(
@@ -536,7 +638,11 @@ impl Vault {
         AuditEvent {
             time: now_unix(),
             principal: principal.id.as_str().into(),
-            roles: principal.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            roles: principal
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
             token_id: principal.token_id.clone(),
             action: action.into(),
             purpose: Some(ctx.purpose.as_str().into()),
@@ -570,20 +676,39 @@ fn open_field(
     if grant.record() != record.id || grant.field() != row.name {
         return Err(VaultError::Denied(format!("no grant for {}", place())));
     }
-    let aad = field_aad(&record.subject, &record.id, &row.name, category, purpose, &row.kind);
+    let aad = field_aad(
+        &record.subject,
+        &record.id,
+        &row.name,
+        category,
+        purpose,
+        &row.kind,
+    );
     let bytes = crypto::open(key, &aad, &row.sealed).map_err(|_| VaultError::DataLoss(place()))?;
     let value = match row.kind.as_str() {
         "text" => {
-            let text = String::from_utf8(bytes.to_vec()).map_err(|_| VaultError::DataLoss(place()))?;
+            let text =
+                String::from_utf8(bytes.to_vec()).map_err(|_| VaultError::DataLoss(place()))?;
             Value::Text(Zeroizing::new(text))
         }
         "binary" => Value::Binary(Zeroizing::new(bytes.to_vec())),
         _ => return Err(VaultError::DataLoss(place())),
     };
-    Ok(OpenField { name: row.name.clone(), category, value })
+    Ok(OpenField {
+        name: row.name.clone(),
+        category,
+        value,
+    })
 }
 
-fn field_aad(subject: &str, record: &str, field: &str, category: Category, purpose: Purpose, kind: &str) -> Vec<u8> {
+fn field_aad(
+    subject: &str,
+    record: &str,
+    field: &str,
+    category: Category,
+    purpose: Purpose,
+    kind: &str,
+) -> Vec<u8> {
     crypto::aad(&AadContext::Field {
         subject,
         record,
@@ -599,18 +724,28 @@ fn check_fields(fields: &[NewField], limits: &Limits) -> Result<(), InputError> 
         return Err(InputError::new("fields", "at least one field is required"));
     }
     if fields.len() > limits.max_fields {
-        return Err(InputError::new("fields", format!("at most {} fields per request", limits.max_fields)));
+        return Err(InputError::new(
+            "fields",
+            format!("at most {} fields per request", limits.max_fields),
+        ));
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, f) in fields.iter().enumerate() {
         if !names.insert(f.name.as_str()) {
-            return Err(InputError::new(format!("fields[{i}].name"), format!("field `{}` appears twice", f.name)));
+            return Err(InputError::new(
+                format!("fields[{i}].name"),
+                format!("field `{}` appears twice", f.name),
+            ));
         }
     }
     Ok(())
 }
 
-fn resource(record: &RecordRow, purpose: Purpose, row: &FieldRow) -> Result<FieldResource, VaultError> {
+fn resource(
+    record: &RecordRow,
+    purpose: Purpose,
+    row: &FieldRow,
+) -> Result<FieldResource, VaultError> {
     Ok(FieldResource {
         record: record.id.clone(),
         name: row.name.clone(),
@@ -621,7 +756,8 @@ fn resource(record: &RecordRow, purpose: Purpose, row: &FieldRow) -> Result<Fiel
 }
 
 fn parse_stored<T: std::str::FromStr>(s: &str, record: &str) -> Result<T, VaultError> {
-    s.parse().map_err(|_| VaultError::Store(StoreError::Corrupt(format!("record `{record}`"))))
+    s.parse()
+        .map_err(|_| VaultError::Store(StoreError::Corrupt(format!("record `{record}`"))))
 }
 
 fn record_meta(rec: &RecordRow) -> Result<RecordMeta, VaultError> {
@@ -656,5 +792,9 @@ fn deny_summary(resources: &[FieldResource], decisions: &[Decision]) -> String {
         .filter(|(_, d)| !d.is_allow())
         .map(|(r, d)| format!("field `{}`: {}", r.name, d.reason))
         .collect();
-    if denied.is_empty() { "no fields".into() } else { denied.join("; ") }
+    if denied.is_empty() {
+        "no fields".into()
+    } else {
+        denied.join("; ")
+    }
 }

@@ -31,7 +31,12 @@ impl AdminRpc for AdminApi {
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            let spec = TokenSpec::parse(&req.principal_id, &req.roles, req.ttl_seconds, &req.scope_subject_id)?;
+            let spec = TokenSpec::parse(
+                &req.principal_id,
+                &req.roles,
+                req.ttl_seconds,
+                &req.scope_subject_id,
+            )?;
             let issued = vault.issue_token(principal, &spec, &req.justification)?;
             Ok(pb::IssueTokenResponse {
                 token_id: issued.id,
@@ -49,7 +54,11 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
             if req.token_id.is_empty() {
-                return Err(crate::domain::InputError::new("token_id", "the id of the token to revoke is required (`tok_…`)").into());
+                return Err(crate::domain::InputError::new(
+                    "token_id",
+                    "the id of the token to revoke is required (`tok_…`)",
+                )
+                .into());
             }
             vault.revoke_token(principal, &req.token_id, &req.justification)?;
             Ok(pb::RevokeTokenResponse {})

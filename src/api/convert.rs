@@ -19,17 +19,34 @@ pub const MAX_LABEL_VALUE: usize = 256;
 /// Parses the access context, which every data call must carry.
 pub fn context(ctx: Option<pb::AccessContext>) -> Result<AccessContext, InputError> {
     let ctx = ctx.ok_or_else(|| {
-        InputError::new("context", "an access context is required: declare at least `purpose`")
+        InputError::new(
+            "context",
+            "an access context is required: declare at least `purpose`",
+        )
     })?;
-    AccessContext::parse("context", &ctx.purpose, &ctx.case_ref, &ctx.justification, &ctx.channel, ctx.break_glass)
+    AccessContext::parse(
+        "context",
+        &ctx.purpose,
+        &ctx.case_ref,
+        &ctx.justification,
+        &ctx.channel,
+        ctx.break_glass,
+    )
 }
 
 /// Parses the fields of a write, checking count, names, categories, sizes and the guard.
-pub fn new_fields(fields: Vec<pb::FieldValue>, limits: &Limits) -> Result<Vec<NewField>, InputError> {
+pub fn new_fields(
+    fields: Vec<pb::FieldValue>,
+    limits: &Limits,
+) -> Result<Vec<NewField>, InputError> {
     if fields.len() > limits.max_fields {
         return Err(InputError::new(
             "fields",
-            format!("{} fields given; at most {} per request", fields.len(), limits.max_fields),
+            format!(
+                "{} fields given; at most {} per request",
+                fields.len(),
+                limits.max_fields
+            ),
         ));
     }
     fields
@@ -52,10 +69,17 @@ pub fn new_fields(fields: Vec<pb::FieldValue>, limits: &Limits) -> Result<Vec<Ne
                     Value::Binary(b)
                 }
                 None => {
-                    return Err(InputError::new(format!("fields[{i}]"), "a value is required: set `text` or `binary`"));
+                    return Err(InputError::new(
+                        format!("fields[{i}]"),
+                        "a value is required: set `text` or `binary`",
+                    ));
                 }
             };
-            Ok(NewField { name, category, value })
+            Ok(NewField {
+                name,
+                category,
+                value,
+            })
         })
         .collect()
 }
@@ -64,33 +88,48 @@ fn check_size(i: usize, kind: &str, len: usize, limits: &Limits) -> Result<(), I
     if len > limits.max_value_bytes {
         return Err(InputError::new(
             format!("fields[{i}].{kind}"),
-            format!("value is {len} bytes; at most {} bytes per field", limits.max_value_bytes),
+            format!(
+                "value is {len} bytes; at most {} bytes per field",
+                limits.max_value_bytes
+            ),
         ));
     }
     Ok(())
 }
 
 /// Parses record labels: few, short, no control characters, and guarded (they are stored in clear).
-pub fn labels(labels: HashMap<String, String>, limits: &Limits) -> Result<BTreeMap<String, String>, InputError> {
+pub fn labels(
+    labels: HashMap<String, String>,
+    limits: &Limits,
+) -> Result<BTreeMap<String, String>, InputError> {
     if labels.len() > limits.max_labels {
-        return Err(InputError::new("labels", format!("at most {} labels", limits.max_labels)));
+        return Err(InputError::new(
+            "labels",
+            format!("at most {} labels", limits.max_labels),
+        ));
     }
     let mut out = BTreeMap::new();
     for (k, v) in labels {
         let field = format!("labels[{k:.32}]");
         let key_ok = !k.is_empty()
             && k.len() <= MAX_LABEL_KEY
-            && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'));
+            && k.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+            });
         if !key_ok {
             return Err(InputError::new(
                 "labels",
-                format!("label keys are 1 to {MAX_LABEL_KEY} lowercase letters, digits, `_`, `-` or `.`"),
+                format!(
+                    "label keys are 1 to {MAX_LABEL_KEY} lowercase letters, digits, `_`, `-` or `.`"
+                ),
             ));
         }
         if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
             return Err(InputError::new(
                 field,
-                format!("label values are at most {MAX_LABEL_VALUE} bytes without control characters"),
+                format!(
+                    "label values are at most {MAX_LABEL_VALUE} bytes without control characters"
+                ),
             ));
         }
         guard::check_text(&field, &v)?;
@@ -101,7 +140,10 @@ pub fn labels(labels: HashMap<String, String>, limits: &Limits) -> Result<BTreeM
 
 /// A unix time as a protobuf timestamp.
 pub fn timestamp(unix: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: unix, nanos: 0 }
+    prost_types::Timestamp {
+        seconds: unix,
+        nanos: 0,
+    }
 }
 
 /// Converts a decrypted value for the wire.

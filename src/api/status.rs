@@ -21,7 +21,10 @@ pub fn to_status(e: VaultError) -> Status {
             tracing::error!("audit trail unavailable; request refused");
             Status::unavailable(e.to_string())
         }
-        e @ (VaultError::Store(_) | VaultError::Key(_) | VaultError::Policy(_) | VaultError::Audit(_)) => {
+        e @ (VaultError::Store(_)
+        | VaultError::Key(_)
+        | VaultError::Policy(_)
+        | VaultError::Audit(_)) => {
             tracing::error!(error = %e, "internal error");
             Status::internal("internal error")
         }

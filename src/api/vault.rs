@@ -53,7 +53,11 @@ impl VaultRpc for VaultApi {
             let ctx = convert::context(req.context)?;
             let id = RecordId::parse("record_id", &req.record_id)?;
             if req.fields.len() > vault.limits().max_fields {
-                return Err(InputError::new("fields", format!("at most {} field names", vault.limits().max_fields)).into());
+                return Err(InputError::new(
+                    "fields",
+                    format!("at most {} field names", vault.limits().max_fields),
+                )
+                .into());
             }
             let wanted = req
                 .fields
@@ -79,7 +83,10 @@ impl VaultRpc for VaultApi {
                 withheld: view
                     .withheld
                     .into_iter()
-                    .map(|w| pb::WithheldField { name: w.name, reason: w.reason })
+                    .map(|w| pb::WithheldField {
+                        name: w.name,
+                        reason: w.reason,
+                    })
                     .collect(),
                 labels: meta.labels.into_iter().collect(),
                 created_at: Some(convert::timestamp(meta.created_at)),
@@ -131,7 +138,9 @@ impl VaultRpc for VaultApi {
             let ctx = convert::context(req.context)?;
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;
             let records = vault.list_records(principal, &ctx, &subject)?;
-            Ok(pb::ListRecordsResponse { records: records.into_iter().map(record_info).collect() })
+            Ok(pb::ListRecordsResponse {
+                records: records.into_iter().map(record_info).collect(),
+            })
         })
         .await
         .map(Response::new)
@@ -144,8 +153,16 @@ impl VaultRpc for VaultApi {
         run(&self.vault, request, |_vault, principal, _req| {
             Ok(pb::WhoAmIResponse {
                 principal_id: principal.id.as_str().into(),
-                roles: principal.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-                scope_subject_id: principal.scope_subject.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                roles: principal
+                    .roles
+                    .iter()
+                    .map(|r| r.as_str().to_owned())
+                    .collect(),
+                scope_subject_id: principal
+                    .scope_subject
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
                 expires_at: Some(convert::timestamp(principal.expires_at)),
                 token_id: principal.token_id.clone(),
             })
@@ -162,7 +179,11 @@ fn record_info((meta, fields): (RecordMeta, Vec<FieldInfo>)) -> pb::RecordInfo {
         purpose: meta.purpose.as_str().into(),
         fields: fields
             .into_iter()
-            .map(|f| pb::FieldInfo { name: f.name, category: f.category, size: f.size })
+            .map(|f| pb::FieldInfo {
+                name: f.name,
+                category: f.category,
+                size: f.size,
+            })
             .collect(),
         labels: meta.labels.into_iter().collect(),
         created_at: Some(convert::timestamp(meta.created_at)),

@@ -82,7 +82,10 @@ pub enum TokenCommand {
 
 /// Runs `kluis admin`.
 pub fn run(args: &AdminArgs) -> Exit {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -101,9 +104,17 @@ async fn run_async(args: &AdminArgs) -> Exit {
     let mut client = AdminClient::new(channel);
     let AdminCommand::Token(cmd) = &args.command;
     match cmd {
-        TokenCommand::Issue { principal, roles, ttl, subject, justification } => {
+        TokenCommand::Issue {
+            principal,
+            roles,
+            ttl,
+            subject,
+            justification,
+        } => {
             let Some(ttl_seconds) = parse_ttl(ttl) else {
-                return fail(format!("--ttl `{ttl}` is not a duration like 30d, 12h or 90m"));
+                return fail(format!(
+                    "--ttl `{ttl}` is not a duration like 30d, 12h or 90m"
+                ));
             };
             let req = pb::IssueTokenRequest {
                 principal_id: principal.clone(),
@@ -117,7 +128,10 @@ async fn run_async(args: &AdminArgs) -> Exit {
                     let r = resp.into_inner();
                     let expires = r.expires_at.map(|t| t.seconds).unwrap_or_default();
                     if args.json {
-                        println!("{}", serde_json::json!({"token_id": r.token_id, "token": r.token, "expires_at": expires}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"token_id": r.token_id, "token": r.token, "expires_at": expires})
+                        );
                     } else {
                         println!("token id:   {}", r.token_id);
                         println!("expires at: {} (unix seconds)", expires);
@@ -129,8 +143,14 @@ async fn run_async(args: &AdminArgs) -> Exit {
                 Err(s) => status_exit(&s),
             }
         }
-        TokenCommand::Revoke { token_id, justification } => {
-            let req = pb::RevokeTokenRequest { token_id: token_id.clone(), justification: justification.clone() };
+        TokenCommand::Revoke {
+            token_id,
+            justification,
+        } => {
+            let req = pb::RevokeTokenRequest {
+                token_id: token_id.clone(),
+                justification: justification.clone(),
+            };
             match client.revoke_token(authed(&token, req)).await {
                 Ok(_) => {
                     if args.json {
@@ -143,7 +163,15 @@ async fn run_async(args: &AdminArgs) -> Exit {
                 Err(s) => status_exit(&s),
             }
         }
-        TokenCommand::List { all } => match client.list_tokens(authed(&token, pb::ListTokensRequest { include_inactive: *all })).await {
+        TokenCommand::List { all } => match client
+            .list_tokens(authed(
+                &token,
+                pb::ListTokensRequest {
+                    include_inactive: *all,
+                },
+            ))
+            .await
+        {
             Ok(resp) => {
                 let tokens = resp.into_inner().tokens;
                 if args.json {
@@ -158,9 +186,19 @@ async fn run_async(args: &AdminArgs) -> Exit {
                         );
                     }
                 } else {
-                    println!("{:<22} {:<24} {:<8} {:<12} ROLES", "TOKEN ID", "PRINCIPAL", "STATE", "SUBJECT");
+                    println!(
+                        "{:<22} {:<24} {:<8} {:<12} ROLES",
+                        "TOKEN ID", "PRINCIPAL", "STATE", "SUBJECT"
+                    );
                     for t in &tokens {
-                        println!("{:<22} {:<24} {:<8} {:<12} {}", t.token_id, t.principal_id, t.state, t.scope_subject_id, t.roles.join(","));
+                        println!(
+                            "{:<22} {:<24} {:<8} {:<12} {}",
+                            t.token_id,
+                            t.principal_id,
+                            t.state,
+                            t.scope_subject_id,
+                            t.roles.join(",")
+                        );
                     }
                 }
                 Exit::Success
@@ -182,7 +220,8 @@ fn authed<T>(token: &str, msg: T) -> Request<T> {
 fn read_token(args: &AdminArgs) -> Result<Zeroizing<String>, String> {
     if let Some(path) = &args.token_file {
         let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read token file `{}`: {e}", path.display()))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read token file `{}`: {e}", path.display()))?,
         );
         return Ok(Zeroizing::new(text.trim().to_owned()));
     }
@@ -199,12 +238,16 @@ async fn connect(args: &AdminArgs) -> Result<Channel, String> {
     if args.server.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &args.ca_cert {
-            let pem = std::fs::read(ca).map_err(|e| format!("cannot read CA `{}`: {e}", ca.display()))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| format!("cannot read CA `{}`: {e}", ca.display()))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
     }
-    endpoint.connect().await.map_err(|e| format!("cannot reach kluis at {}: {e}", args.server))
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach kluis at {}: {e}", args.server))
 }
 
 fn status_exit(s: &tonic::Status) -> Exit {

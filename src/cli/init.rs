@@ -45,12 +45,16 @@ pub fn run(args: &InitArgs) -> Exit {
         return fail(format!("cannot create `{}`: {e}", args.data_dir.display()));
     }
     let secret = match &args.key_file {
-        Some(path) if path.exists() => RootSecret::read_key_file(path).map_err(config::OpenError::from),
+        Some(path) if path.exists() => {
+            RootSecret::read_key_file(path).map_err(config::OpenError::from)
+        }
         Some(path) => RootSecret::create_key_file(path).map_err(config::OpenError::from),
         None => {
             let source = match &args.passphrase_file {
                 Some(p) => KeySource::PassphraseFile(p.clone()),
-                None if kluis::config::Env::var(&env, "KLUIS_PASSPHRASE").is_some() => KeySource::PassphraseEnv,
+                None if kluis::config::Env::var(&env, "KLUIS_PASSPHRASE").is_some() => {
+                    KeySource::PassphraseEnv
+                }
                 None => KeySource::Prompt,
             };
             config::read_secret(&source, &env, true)
@@ -67,7 +71,12 @@ pub fn run(args: &InitArgs) -> Exit {
     if let Err(e) = Keyring::initialize(store.as_ref(), &secret, algorithm) {
         return fail(format!("{e} (data dir `{}`)", args.data_dir.display()));
     }
-    let cfg = match (config::RawConfig { data_dir: Some(args.data_dir.clone()), ..Default::default() }).validate(false) {
+    let cfg = match (config::RawConfig {
+        data_dir: Some(args.data_dir.clone()),
+        ..Default::default()
+    })
+    .validate(false)
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -76,7 +85,12 @@ pub fn run(args: &InitArgs) -> Exit {
         Err(e) => return fail(e),
     };
     let spec = match PrincipalId::parse("--principal", &args.principal) {
-        Ok(principal) => TokenSpec { principal, roles: vec![Role::SecurityOfficer], ttl_secs: 30 * 86_400, scope_subject: None },
+        Ok(principal) => TokenSpec {
+            principal,
+            roles: vec![Role::SecurityOfficer],
+            ttl_secs: 30 * 86_400,
+            scope_subject: None,
+        },
         Err(e) => return fail(e),
     };
     let issued = match vault.bootstrap_token(&spec) {
@@ -98,7 +112,10 @@ pub fn run(args: &InitArgs) -> Exit {
         println!();
         println!("  {}", issued.token.expose_secret());
         println!();
-        println!("Token id {} expires in 30 days. Store it in a secret manager and use it with", issued.id);
+        println!(
+            "Token id {} expires in 30 days. Store it in a secret manager and use it with",
+            issued.id
+        );
         println!("`kluis admin token issue` to create the tokens your staff and apps need.");
     }
     Exit::Success

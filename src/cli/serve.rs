@@ -75,7 +75,10 @@ pub fn run(args: &ServeArgs) -> Exit {
         raw.key_file = None;
     }
     if args.dev {
-        let dir = raw.data_dir.get_or_insert_with(|| PathBuf::from(DEV_DATA_DIR)).clone();
+        let dir = raw
+            .data_dir
+            .get_or_insert_with(|| PathBuf::from(DEV_DATA_DIR))
+            .clone();
         if raw.key_file.is_none() && raw.passphrase_file.is_none() {
             raw.key_file = Some(dir.join("dev-root.key"));
         }
@@ -91,8 +94,16 @@ pub fn run(args: &ServeArgs) -> Exit {
     let tls = match &cfg.tls {
         None => None,
         Some((cert, key)) => match (std::fs::read(cert), std::fs::read(key)) {
-            (Ok(cert), Ok(key)) => Some(TlsPem { cert, key: zeroize::Zeroizing::new(key) }),
-            (Err(e), _) => return fail(format!("cannot read TLS certificate `{}`: {e}", cert.display())),
+            (Ok(cert), Ok(key)) => Some(TlsPem {
+                cert,
+                key: zeroize::Zeroizing::new(key),
+            }),
+            (Err(e), _) => {
+                return fail(format!(
+                    "cannot read TLS certificate `{}`: {e}",
+                    cert.display()
+                ));
+            }
             (_, Err(e)) => return fail(format!("cannot read TLS key `{}`: {e}", key.display())),
         },
     };
@@ -127,7 +138,10 @@ pub fn run(args: &ServeArgs) -> Exit {
 fn open(cfg: &Config) -> Result<Vault, Exit> {
     let secret = config::read_secret(&cfg.key_source, &SystemEnv, false).map_err(fail)?;
     config::open_vault(cfg, &secret).map_err(|e| {
-        if matches!(e, config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)) {
+        if matches!(
+            e,
+            config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)
+        ) {
             eprintln!("error: {e}");
             Exit::CheckFailed
         } else {
@@ -144,7 +158,9 @@ fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;
     if fresh {
         let secret = match &cfg.key_source {
-            config::KeySource::KeyFile(path) if !path.exists() => RootSecret::create_key_file(path).map_err(fail)?,
+            config::KeySource::KeyFile(path) if !path.exists() => {
+                RootSecret::create_key_file(path).map_err(fail)?
+            }
             other => config::read_secret(other, &SystemEnv, true).map_err(fail)?,
         };
         Keyring::initialize(store.as_ref(), &secret, cfg.algorithm).map_err(fail)?;
@@ -155,18 +171,34 @@ fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     if fresh || !tokens_path.exists() {
         let mut tokens = BTreeMap::new();
         for &role in Role::ALL {
-            let scoped = matches!(role, Role::Contractor | Role::Bailiff | Role::Lawyer | Role::Subject | Role::Representative);
+            let scoped = matches!(
+                role,
+                Role::Contractor
+                    | Role::Bailiff
+                    | Role::Lawyer
+                    | Role::Subject
+                    | Role::Representative
+            );
             let spec = TokenSpec {
                 principal: PrincipalId::parse("principal", &format!("dev-{role}")).map_err(fail)?,
                 roles: vec![role],
                 ttl_secs: kluis::vault::tokens::MAX_TTL_SECS,
-                scope_subject: scoped.then(|| SubjectId::parse("subject", DEV_SUBJECT)).transpose().map_err(fail)?,
+                scope_subject: scoped
+                    .then(|| SubjectId::parse("subject", DEV_SUBJECT))
+                    .transpose()
+                    .map_err(fail)?,
             };
             let issued = vault.bootstrap_token(&spec).map_err(fail)?;
-            tokens.insert(role.as_str().to_owned(), issued.token.expose_secret().to_owned());
+            tokens.insert(
+                role.as_str().to_owned(),
+                issued.token.expose_secret().to_owned(),
+            );
         }
-        write_private(&tokens_path, &serde_json::to_vec_pretty(&tokens).unwrap_or_default())
-            .map_err(|e| fail(format!("cannot write `{}`: {e}", tokens_path.display())))?;
+        write_private(
+            &tokens_path,
+            &serde_json::to_vec_pretty(&tokens).unwrap_or_default(),
+        )
+        .map_err(|e| fail(format!("cannot write `{}`: {e}", tokens_path.display())))?;
     }
     Ok(vault)
 }
@@ -190,14 +222,22 @@ fn print_dev_banner(data_dir: &Path, addr: SocketAddr) {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    println!("kluis dev server on http://{addr} (data in {}; NOT for real data)", data_dir.display());
+    println!(
+        "kluis dev server on http://{addr} (data in {}; NOT for real data)",
+        data_dir.display()
+    );
     println!();
     println!("Tokens, one per role (also in {}):", tokens_path.display());
     for (role, token) in &tokens {
         println!("  {role:<20} {token}");
     }
     println!();
-    println!("Scoped roles (contractor, bailiff, lawyer, subject, representative) are bound to subject {DEV_SUBJECT}.");
-    println!("Try:  grpcurl -plaintext -H \"authorization: Bearer $(jq -r '.\"nuisance-officer\"' {})\" {addr} kluis.v1.Vault/WhoAmI", tokens_path.display());
+    println!(
+        "Scoped roles (contractor, bailiff, lawyer, subject, representative) are bound to subject {DEV_SUBJECT}."
+    );
+    println!(
+        "Try:  grpcurl -plaintext -H \"authorization: Bearer $(jq -r '.\"nuisance-officer\"' {})\" {addr} kluis.v1.Vault/WhoAmI",
+        tokens_path.display()
+    );
     let _ = std::io::stdout().flush();
 }

@@ -13,7 +13,10 @@
 //! changed algorithm byte or key reference fails to open like any other tampering. Old formats and
 //! algorithms stay readable when a newer one becomes the default (crypto agility).
 
-use aes_gcm::{Aes256Gcm, aead::{Aead, KeyInit, Payload}};
+use aes_gcm::{
+    Aes256Gcm,
+    aead::{Aead, KeyInit, Payload},
+};
 use chacha20poly1305::XChaCha20Poly1305;
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -95,7 +98,10 @@ impl Header {
             return Err(CryptoError::Format);
         }
         let algorithm = Algorithm::from_id(alg).ok_or(CryptoError::Format)?;
-        Ok(Self { algorithm, key_ref: u32::from_be_bytes([k0, k1, k2, k3]) })
+        Ok(Self {
+            algorithm,
+            key_ref: u32::from_be_bytes([k0, k1, k2, k3]),
+        })
     }
 }
 
@@ -114,10 +120,14 @@ pub fn seal(
     out.extend_from_slice(&key_ref.to_be_bytes());
     let nonce = nonce(algorithm);
     let full_aad = [out.as_slice(), aad].concat();
-    let payload = Payload { msg: plaintext, aad: &full_aad };
+    let payload = Payload {
+        msg: plaintext,
+        aad: &full_aad,
+    };
     let ciphertext = match algorithm {
-        Algorithm::Aes256Gcm => Aes256Gcm::new(key.into())
-            .encrypt(aes_gcm::Nonce::from_slice(&nonce), payload),
+        Algorithm::Aes256Gcm => {
+            Aes256Gcm::new(key.into()).encrypt(aes_gcm::Nonce::from_slice(&nonce), payload)
+        }
         Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(key.into())
             .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
     }
@@ -139,10 +149,14 @@ pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u
     }
     let header_bytes = sealed.get(..HEADER_LEN).ok_or(CryptoError::Format)?;
     let full_aad = [header_bytes, aad].concat();
-    let payload = Payload { msg: ciphertext, aad: &full_aad };
+    let payload = Payload {
+        msg: ciphertext,
+        aad: &full_aad,
+    };
     let plaintext = match header.algorithm {
-        Algorithm::Aes256Gcm => Aes256Gcm::new(key.into())
-            .decrypt(aes_gcm::Nonce::from_slice(nonce), payload),
+        Algorithm::Aes256Gcm => {
+            Aes256Gcm::new(key.into()).decrypt(aes_gcm::Nonce::from_slice(nonce), payload)
+        }
         Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(key.into())
             .decrypt(chacha20poly1305::XNonce::from_slice(nonce), payload),
     }
@@ -171,8 +185,17 @@ mod tests {
     fn seal_open_round_trip() {
         for alg in both() {
             let sealed = seal(&KEY, alg, 3, b"ctx", b"Kastanjelaan 12").unwrap();
-            assert_eq!(Header::parse(&sealed).unwrap(), Header { algorithm: alg, key_ref: 3 });
-            assert_eq!(open(&KEY, b"ctx", &sealed).unwrap().as_slice(), b"Kastanjelaan 12");
+            assert_eq!(
+                Header::parse(&sealed).unwrap(),
+                Header {
+                    algorithm: alg,
+                    key_ref: 3
+                }
+            );
+            assert_eq!(
+                open(&KEY, b"ctx", &sealed).unwrap().as_slice(),
+                b"Kastanjelaan 12"
+            );
         }
     }
 
@@ -192,10 +215,19 @@ mod tests {
     fn open_rejects_other_aad_key_or_truncation() {
         for alg in both() {
             let sealed = seal(&KEY, alg, 1, b"ctx", b"x").unwrap();
-            assert!(matches!(open(&KEY, b"other", &sealed), Err(CryptoError::Open)));
-            assert!(matches!(open(&[8; 32], b"ctx", &sealed), Err(CryptoError::Open)));
+            assert!(matches!(
+                open(&KEY, b"other", &sealed),
+                Err(CryptoError::Open)
+            ));
+            assert!(matches!(
+                open(&[8; 32], b"ctx", &sealed),
+                Err(CryptoError::Open)
+            ));
             for len in 0..sealed.len() {
-                assert!(open(&KEY, b"ctx", &sealed[..len]).is_err(), "truncated to {len}");
+                assert!(
+                    open(&KEY, b"ctx", &sealed[..len]).is_err(),
+                    "truncated to {len}"
+                );
             }
         }
     }

@@ -23,7 +23,11 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// RFC 9106's second recommended option: 64 MiB, 3 passes, 4 lanes.
-    pub const RFC9106_SECOND: KdfParams = KdfParams { m_cost: 64 * 1024, t_cost: 3, p_cost: 4 };
+    pub const RFC9106_SECOND: KdfParams = KdfParams {
+        m_cost: 64 * 1024,
+        t_cost: 3,
+        p_cost: 4,
+    };
 
     /// Refuses parameters weaker than RFC 9106's second recommendation (a tampered store must
     /// not be able to weaken the KDF).
@@ -81,7 +85,11 @@ pub fn mac(key: &[u8], data: &[u8]) -> [u8; 32] {
 mod tests {
     use super::*;
 
-    const FAST: KdfParams = KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 };
+    const FAST: KdfParams = KdfParams {
+        m_cost: 64,
+        t_cost: 1,
+        p_cost: 1,
+    };
 
     #[test]
     fn same_passphrase_same_key_and_check_value() {

@@ -78,6 +78,9 @@ mod tests {
 
     #[test]
     fn generated_keys_differ() {
-        assert_ne!(RootKey::generate().expose_secret(), RootKey::generate().expose_secret());
+        assert_ne!(
+            RootKey::generate().expose_secret(),
+            RootKey::generate().expose_secret()
+        );
     }
 }

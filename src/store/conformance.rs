@@ -3,11 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use super::{AuditRow, FieldRow, PurposeKeyRow, RecordRow, Store, StoreError, SubjectKeyRow, TokenRow};
+use super::{
+    AuditRow, FieldRow, PurposeKeyRow, RecordRow, Store, StoreError, SubjectKeyRow, TokenRow,
+};
 
 /// Runs every conformance check against an empty `store`. Panics on the first failure, so call
 /// it from a test.
-#[expect(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing, reason = "a test suite: failures must panic")]
+#[expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test suite: failures must panic"
+)]
 pub fn run_all(store: &dyn Store) {
     // Initialisation is all-or-nothing and happens once.
     assert_eq!(store.meta("root").unwrap(), None);
@@ -18,8 +25,13 @@ pub fn run_all(store: &dyn Store) {
         wrapped: vec![1, 2, 3],
         created_at: 10,
     };
-    store.initialize(&[("root", b"params".to_vec())], std::slice::from_ref(&pk)).unwrap();
-    assert!(matches!(store.initialize(&[("x", vec![])], &[]), Err(StoreError::AlreadyInitialized)));
+    store
+        .initialize(&[("root", b"params".to_vec())], std::slice::from_ref(&pk))
+        .unwrap();
+    assert!(matches!(
+        store.initialize(&[("x", vec![])], &[]),
+        Err(StoreError::AlreadyInitialized)
+    ));
     assert_eq!(store.meta("root").unwrap().unwrap(), b"params");
     assert_eq!(store.meta("x").unwrap(), None);
     assert_eq!(store.purpose_keys("nuisance").unwrap(), vec![pk]);
@@ -35,7 +47,10 @@ pub fn run_all(store: &dyn Store) {
         created_at: 11,
     };
     assert_eq!(store.insert_subject_key(&sk).unwrap(), sk);
-    let other = SubjectKeyRow { wrapped: vec![8; 40], ..sk.clone() };
+    let other = SubjectKeyRow {
+        wrapped: vec![8; 40],
+        ..sk.clone()
+    };
     assert_eq!(store.insert_subject_key(&other).unwrap(), sk);
     assert_eq!(store.subject_key("rel-1", "nuisance").unwrap(), Some(sk));
     assert_eq!(store.subject_key("rel-1", "contract").unwrap(), None);
@@ -57,21 +72,40 @@ pub fn run_all(store: &dyn Store) {
         kind: "text".into(),
         sealed: vec![sealed; 30],
     };
-    store.insert_record(&rec, &[field("phone", 1), field("email", 2)]).unwrap();
+    store
+        .insert_record(&rec, &[field("phone", 1), field("email", 2)])
+        .unwrap();
     let (got, fields) = store.record("rec_1").unwrap().unwrap();
     assert_eq!(got, rec);
-    assert_eq!(fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["email", "phone"]);
+    assert_eq!(
+        fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["email", "phone"]
+    );
 
     // A failing multi-row insert leaves nothing behind.
-    let rec2 = RecordRow { id: "rec_2".into(), ..rec.clone() };
+    let rec2 = RecordRow {
+        id: "rec_2".into(),
+        ..rec.clone()
+    };
     let dup = store.insert_record(&rec2, &[field("a", 1), field("a", 2)]);
     assert!(dup.is_err());
     assert!(store.record("rec_2").unwrap().is_none());
-    assert!(matches!(store.insert_record(&rec, &[]), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.insert_record(&rec, &[]),
+        Err(StoreError::Conflict(_))
+    ));
 
     // Updates replace and add fields.
-    assert!(store.update_fields("rec_1", &[field("phone", 7), field("city", 3)], 150).unwrap());
-    assert!(!store.update_fields("rec_nope", &[field("phone", 7)], 150).unwrap());
+    assert!(
+        store
+            .update_fields("rec_1", &[field("phone", 7), field("city", 3)], 150)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_fields("rec_nope", &[field("phone", 7)], 150)
+            .unwrap()
+    );
     let (got, fields) = store.record("rec_1").unwrap().unwrap();
     assert_eq!(got.updated_at, 150);
     assert_eq!(fields.len(), 3);
@@ -100,7 +134,10 @@ pub fn run_all(store: &dyn Store) {
         revoked_at: None,
     };
     store.insert_token(&tok).unwrap();
-    assert!(matches!(store.insert_token(&tok), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.insert_token(&tok),
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.token_by_hash(&[5; 32]).unwrap(), Some(tok.clone()));
     assert_eq!(store.token_by_hash(&[6; 32]).unwrap(), None);
     assert!(store.revoke_token("tok_1", 3).unwrap());
@@ -119,7 +156,10 @@ pub fn run_all(store: &dyn Store) {
     for seq in 1..=5 {
         store.append_audit(&entry(seq)).unwrap();
     }
-    assert!(matches!(store.append_audit(&entry(3)), Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.append_audit(&entry(3)),
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.audit_tail().unwrap(), Some(entry(5)));
     let page = store.audit_entries(2, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);

@@ -92,7 +92,11 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let writer = open_connection(path, true)?;
         migrate(&writer)?;
-        Ok(Self { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
     /// The database file.
@@ -101,13 +105,17 @@ impl SqliteStore {
     }
 
     fn write(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.writer.lock().map_err(|_| StoreError::Database("writer lock poisoned".into()))
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Database("writer lock poisoned".into()))
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = {
-            let mut idle =
-                self.readers.lock().map_err(|_| StoreError::Database("pool lock poisoned".into()))?;
+            let mut idle = self
+                .readers
+                .lock()
+                .map_err(|_| StoreError::Database("pool lock poisoned".into()))?;
             idle.pop()
         };
         let conn = match conn {
@@ -116,9 +124,10 @@ impl SqliteStore {
         };
         let result = f(&conn).map_err(db);
         if let Ok(mut idle) = self.readers.lock()
-            && idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
+            && idle.len() < MAX_IDLE_READERS
+        {
+            idle.push(conn);
+        }
         result
     }
 }
@@ -129,7 +138,8 @@ fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> 
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let conn = Connection::open_with_flags(path, flags).map_err(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -141,12 +151,21 @@ fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> 
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db)?;
     let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
     if current > supported {
-        return Err(StoreError::SchemaTooNew { found: current, supported });
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported,
+        });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
         let tx = conn.unchecked_transaction().map_err(db)?;
         tx.execute_batch(sql).map_err(db)?;
         tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
@@ -180,8 +199,8 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RecordRow, String
 }
 
 fn with_labels((mut row, labels): (RecordRow, String)) -> Result<RecordRow, StoreError> {
-    row.labels =
-        serde_json::from_str(&labels).map_err(|_| StoreError::Corrupt(format!("labels of `{}`", row.id)))?;
+    row.labels = serde_json::from_str(&labels)
+        .map_err(|_| StoreError::Corrupt(format!("labels of `{}`", row.id)))?;
     Ok(row)
 }
 
@@ -191,7 +210,11 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
         id: r.get(0)?,
         hash: r.get(1)?,
         principal: r.get(2)?,
-        roles: roles.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        roles: roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         scope_subject: r.get(4)?,
         created_at: r.get(5)?,
         expires_at: r.get(6)?,
@@ -218,7 +241,8 @@ const RECORD_COLUMNS: &str =
 impl Store for SqliteStore {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|c| {
-            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
         })
     }
 
@@ -229,13 +253,18 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
-        let existing: i64 = tx.query_row("SELECT count(*) FROM meta", [], |r| r.get(0)).map_err(db)?;
+        let existing: i64 = tx
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+            .map_err(db)?;
         if existing > 0 {
             return Err(StoreError::AlreadyInitialized);
         }
         for (key, value) in meta {
-            tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, value])
-                .map_err(db)?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(db)?;
         }
         for k in purpose_keys {
             tx.execute(
@@ -298,7 +327,9 @@ impl Store for SqliteStore {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
         tx.execute(
-            &format!("INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            &format!(
+                "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
             params![
                 record.id,
                 record.subject,
@@ -311,7 +342,11 @@ impl Store for SqliteStore {
             ],
         )
         .map_err(|e| {
-            if is_constraint(&e) { StoreError::Conflict(format!("record `{}`", record.id)) } else { db(e) }
+            if is_constraint(&e) {
+                StoreError::Conflict(format!("record `{}`", record.id))
+            } else {
+                db(e)
+            }
         })?;
         {
             let mut stmt = tx
@@ -321,9 +356,14 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?;
             for f in fields {
-                stmt.execute(params![record.id, f.name, f.category, f.kind, f.sealed]).map_err(|e| {
-                    if is_constraint(&e) { StoreError::Conflict(format!("field `{}`", f.name)) } else { db(e) }
-                })?;
+                stmt.execute(params![record.id, f.name, f.category, f.kind, f.sealed])
+                    .map_err(|e| {
+                        if is_constraint(&e) {
+                            StoreError::Conflict(format!("field `{}`", f.name))
+                        } else {
+                            db(e)
+                        }
+                    })?;
             }
         }
         tx.commit().map_err(db)
@@ -351,7 +391,9 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some((rec, fields)))
         })?;
-        found.map(|(rec, fields)| Ok((with_labels(rec)?, fields))).transpose()
+        found
+            .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
+            .transpose()
     }
 
     fn update_fields(
@@ -363,7 +405,10 @@ impl Store for SqliteStore {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
         let n = tx
-            .execute("UPDATE records SET updated_at = ?2 WHERE id = ?1", params![id, updated_at])
+            .execute(
+                "UPDATE records SET updated_at = ?2 WHERE id = ?1",
+                params![id, updated_at],
+            )
             .map_err(db)?;
         if n == 0 {
             return Ok(false);
@@ -378,7 +423,8 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?;
             for f in fields {
-                stmt.execute(params![id, f.name, f.category, f.kind, f.sealed]).map_err(db)?;
+                stmt.execute(params![id, f.name, f.category, f.kind, f.sealed])
+                    .map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
@@ -388,8 +434,11 @@ impl Store for SqliteStore {
     fn delete_record(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
-        tx.execute("DELETE FROM fields WHERE record_id = ?1", [id]).map_err(db)?;
-        let n = tx.execute("DELETE FROM records WHERE id = ?1", [id]).map_err(db)?;
+        tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
+            .map_err(db)?;
+        let n = tx
+            .execute("DELETE FROM records WHERE id = ?1", [id])
+            .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(n > 0)
     }
@@ -418,13 +467,17 @@ impl Store for SqliteStore {
             }
             Ok(out)
         })?;
-        rows.into_iter().map(|(rec, fields)| Ok((with_labels(rec)?, fields))).collect()
+        rows.into_iter()
+            .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
+            .collect()
     }
 
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError> {
         let conn = self.write()?;
         conn.execute(
-            &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            &format!(
+                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
             params![
                 row.id,
                 row.hash,
@@ -436,15 +489,23 @@ impl Store for SqliteStore {
                 row.revoked_at
             ],
         )
-        .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("token `{}`", row.id)) } else { db(e) })?;
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::Conflict(format!("token `{}`", row.id))
+            } else {
+                db(e)
+            }
+        })?;
         Ok(())
     }
 
     fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"))?
-                .query_row([hash], token_from_row)
-                .optional()
+            c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"
+            ))?
+            .query_row([hash], token_from_row)
+            .optional()
         })
     }
 
@@ -461,20 +522,29 @@ impl Store for SqliteStore {
 
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"))?
-                .query_map([], token_from_row)?
-                .collect()
+            c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
+            ))?
+            .query_map([], token_from_row)?
+            .collect()
         })
     }
 
     fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        let seq = i64::try_from(row.seq).map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
+        let seq = i64::try_from(row.seq)
+            .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
         let conn = self.write()?;
         conn.execute(
             "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![seq, row.entry, row.prev_hash, row.hash, row.mac],
         )
-        .map_err(|e| if is_constraint(&e) { StoreError::Conflict(format!("audit entry {}", row.seq)) } else { db(e) })?;
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::Conflict(format!("audit entry {}", row.seq))
+            } else {
+                db(e)
+            }
+        })?;
         Ok(())
     }
 
@@ -555,6 +625,9 @@ mod tests {
             let conn = Connection::open(&path).unwrap();
             conn.pragma_update(None, "user_version", 99).unwrap();
         }
-        assert!(matches!(SqliteStore::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
     }
 }

@@ -37,7 +37,10 @@ pub fn check_binary(field: &str, bytes: &[u8]) -> Result<(), InputError> {
 /// (`111222333`, `111 222 333`, `1112.22.333`).
 pub fn is_bsn(s: &str) -> bool {
     let s = s.trim();
-    if !s.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'.') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b' ' || b == b'.')
+    {
         return false;
     }
     digits_are_bsn(s.bytes().filter(u8::is_ascii_digit))
@@ -90,7 +93,11 @@ fn digits_are_bsn(digits: impl Iterator<Item = u8>) -> bool {
         }
         let d = i64::from(d - b'0');
         all_zero &= d == 0;
-        let weight = if i == 8 { -1 } else { 9 - i64::try_from(i).unwrap_or(0) };
+        let weight = if i == 8 {
+            -1
+        } else {
+            9 - i64::try_from(i).unwrap_or(0)
+        };
         sum += weight * d;
         count += 1;
     }
@@ -104,7 +111,9 @@ pub fn contains_mrz(text: &str) -> bool {
         let line = line.trim();
         matches!(line.len(), 30 | 36 | 44)
             && line.contains('<')
-            && line.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'<')
+            && line
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'<')
     })
 }
 

@@ -83,9 +83,16 @@ impl TokenSpec {
                 parsed.push(role);
             }
         }
-        let ttl_secs = if ttl_secs == 0 { DEFAULT_TTL_SECS } else { ttl_secs };
+        let ttl_secs = if ttl_secs == 0 {
+            DEFAULT_TTL_SECS
+        } else {
+            ttl_secs
+        };
         if ttl_secs > MAX_TTL_SECS {
-            return Err(InputError::new("ttl_seconds", format!("at most {MAX_TTL_SECS} seconds (400 days)")));
+            return Err(InputError::new(
+                "ttl_seconds",
+                format!("at most {MAX_TTL_SECS} seconds (400 days)"),
+            ));
         }
         let scope_subject = if scope_subject.is_empty() {
             None
@@ -94,13 +101,19 @@ impl TokenSpec {
         };
         let needs_scope = [Role::Contractor, Role::Bailiff, Role::Lawyer, Role::Subject];
         if scope_subject.is_none()
-            && let Some(r) = parsed.iter().find(|r| needs_scope.contains(r)) {
-                return Err(InputError::new(
-                    "scope_subject_id",
-                    format!("a token with role `{r}` must be bound to one subject"),
-                ));
-            }
-        Ok(Self { principal, roles: parsed, ttl_secs, scope_subject })
+            && let Some(r) = parsed.iter().find(|r| needs_scope.contains(r))
+        {
+            return Err(InputError::new(
+                "scope_subject_id",
+                format!("a token with role `{r}` must be bound to one subject"),
+            ));
+        }
+        Ok(Self {
+            principal,
+            roles: parsed,
+            ttl_secs,
+            scope_subject,
+        })
     }
 }
 
@@ -119,10 +132,17 @@ impl Vault {
     /// Establishes who presents `token`. Unknown, expired and revoked tokens are refused alike
     /// in the message the caller sees.
     pub fn authenticate(&self, token: &BearerToken) -> Result<Principal, VaultError> {
-        let unauthenticated = || VaultError::Unauthenticated("unknown, expired or revoked token".into());
+        let unauthenticated =
+            || VaultError::Unauthenticated("unknown, expired or revoked token".into());
         let hash = token.hash();
-        let row = self.store.token_by_hash(&hash)?.ok_or_else(unauthenticated)?;
-        if !bool::from(row.hash.ct_eq(&hash)) || row.revoked_at.is_some() || row.expires_at <= now_unix() {
+        let row = self
+            .store
+            .token_by_hash(&hash)?
+            .ok_or_else(unauthenticated)?;
+        if !bool::from(row.hash.ct_eq(&hash))
+            || row.revoked_at.is_some()
+            || row.expires_at <= now_unix()
+        {
             return Err(unauthenticated());
         }
         principal_from_row(&row)
@@ -135,7 +155,12 @@ impl Vault {
         spec: &TokenSpec,
         justification: &str,
     ) -> Result<IssuedToken, VaultError> {
-        self.require_admin(actor, "token-issue", Some(spec.principal.as_str()), justification)?;
+        self.require_admin(
+            actor,
+            "token-issue",
+            Some(spec.principal.as_str()),
+            justification,
+        )?;
         let issued = self.create_token(spec)?;
         let mut event = admin_event(actor, "token-issue", justification);
         event.decision = "allow".into();
@@ -144,7 +169,11 @@ impl Vault {
         event.reason = Some(format!(
             "for `{}` with roles {}",
             spec.principal,
-            spec.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+            spec.roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
         ));
         self.audit.append(&event)?;
         Ok(issued)
@@ -163,7 +192,11 @@ impl Vault {
             reason: Some(format!(
                 "bootstrap token for `{}` with roles {}",
                 spec.principal,
-                spec.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+                spec.roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
             )),
             ..AuditEvent::default()
         };
@@ -172,7 +205,12 @@ impl Vault {
     }
 
     /// Revokes a token by id.
-    pub fn revoke_token(&self, actor: &Principal, token_id: &str, justification: &str) -> Result<(), VaultError> {
+    pub fn revoke_token(
+        &self,
+        actor: &Principal,
+        token_id: &str,
+        justification: &str,
+    ) -> Result<(), VaultError> {
         self.require_admin(actor, "token-revoke", Some(token_id), justification)?;
         if !self.store.revoke_token(token_id, now_unix())? {
             return Err(VaultError::NotFound(format!("active token `{token_id}`")));
@@ -185,7 +223,11 @@ impl Vault {
     }
 
     /// Lists tokens (never the tokens themselves).
-    pub fn list_tokens(&self, actor: &Principal, include_inactive: bool) -> Result<Vec<TokenRow>, VaultError> {
+    pub fn list_tokens(
+        &self,
+        actor: &Principal,
+        include_inactive: bool,
+    ) -> Result<Vec<TokenRow>, VaultError> {
         self.require_admin(actor, "token-list", None, "")?;
         let now = now_unix();
         Ok(self
@@ -199,7 +241,10 @@ impl Vault {
     fn create_token(&self, spec: &TokenSpec) -> Result<IssuedToken, VaultError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(secret.as_mut_slice());
-        let token = BearerToken(Zeroizing::new(format!("{TOKEN_PREFIX}{}", hex::encode(secret.as_slice()))));
+        let token = BearerToken(Zeroizing::new(format!(
+            "{TOKEN_PREFIX}{}",
+            hex::encode(secret.as_slice())
+        )));
         let id = format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()));
         let now = now_unix();
         let expires_at = now.saturating_add(i64::try_from(spec.ttl_secs).unwrap_or(i64::MAX));
@@ -213,7 +258,11 @@ impl Vault {
             expires_at,
             revoked_at: None,
         })?;
-        Ok(IssuedToken { id, token, expires_at })
+        Ok(IssuedToken {
+            id,
+            token,
+            expires_at,
+        })
     }
 
     fn require_admin(
@@ -250,8 +299,18 @@ fn admin_event(actor: &Principal, action: &str, justification: &str) -> AuditEve
 }
 
 fn principal_from_row(row: &TokenRow) -> Result<Principal, VaultError> {
-    let corrupt = || VaultError::Store(crate::store::StoreError::Corrupt(format!("token `{}`", row.id)));
-    let roles = row.roles.iter().map(|r| r.parse::<Role>()).collect::<Result<Vec<_>, _>>().map_err(|_| corrupt())?;
+    let corrupt = || {
+        VaultError::Store(crate::store::StoreError::Corrupt(format!(
+            "token `{}`",
+            row.id
+        )))
+    };
+    let roles = row
+        .roles
+        .iter()
+        .map(|r| r.parse::<Role>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| corrupt())?;
     Ok(Principal {
         id: PrincipalId::parse("principal", &row.principal).map_err(|_| corrupt())?,
         roles,

@@ -1,1 +1,22 @@
-//! placeholder
+//! Black-box tests of kluis: a real server on 127.0.0.1, real gRPC, a real SQLite store.
+//!
+//! Modules: `api` (the request path end to end), `storage` (what lies on disk, tampering),
+//! `unseal` (root key and restarts), `guard` (bad input), `admin` (credentials), `policy_table`
+//! (the default policy over every role × purpose × category), `cli` (the `kluis` binary).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation must panic"
+)]
+
+mod admin;
+mod api;
+mod cli;
+mod common;
+mod guard;
+mod policy_table;
+mod storage;
+mod unseal;

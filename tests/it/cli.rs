@@ -1,0 +1,217 @@
+//! The `kluis` binary: `init`, `serve` (with a wrong passphrase, and `--dev` across a restart),
+//! `admin token` against a running server, and `policy validate`.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use kluis::pb;
+
+use crate::common::{ctx, req, text};
+
+fn kluis() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kluis"));
+    c.env_remove("KLUIS_PASSPHRASE")
+        .env_remove("KLUIS_TOKEN")
+        .env_remove("KLUIS_DATA_DIR")
+        .env("KLUIS_LOG", "warn");
+    c
+}
+
+struct Running(Child, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `kluis serve --dev` and waits for its banner; returns the process and its address.
+fn serve_dev(dir: &Path) -> Running {
+    let mut child = kluis()
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("kluis serve --dev exited before its banner")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("kluis dev server on http://") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running(child, addr)
+}
+
+fn dev_tokens(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(dir.join("dev-tokens.json")).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn serve_dev_is_ready_to_use_and_keeps_data_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let server = serve_dev(&dir);
+    let tokens = dev_tokens(&dir);
+    assert_eq!(
+        tokens.len(),
+        kluis::domain::Role::ALL.len(),
+        "one token per role"
+    );
+    let officer = tokens["nuisance-officer"].as_str().unwrap().to_owned();
+
+    let mut client = pb::vault_client::VaultClient::connect(format!("http://{}", server.1))
+        .await
+        .unwrap();
+    let id = client
+        .put_record(req(
+            &officer,
+            pb::PutRecordRequest {
+                context: ctx("nuisance", "N-1", "complaint"),
+                subject_id: "REL-0001".into(),
+                fields: vec![text("phone", "contact", "06-40404040")],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_id;
+
+    // The admin command works against it with the security officer's token, and refuses others.
+    let so = tokens["security-officer"].as_str().unwrap();
+    let out = kluis()
+        .args([
+            "admin",
+            "--server",
+            &format!("http://{}", server.1),
+            "token",
+            "list",
+        ])
+        .env("KLUIS_TOKEN", so)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dev-nuisance-officer"));
+    let out = kluis()
+        .args([
+            "admin",
+            "--server",
+            &format!("http://{}", server.1),
+            "token",
+            "list",
+        ])
+        .env("KLUIS_TOKEN", &officer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "denied has its own exit code");
+    drop(server);
+
+    let server = serve_dev(&dir);
+    assert_eq!(
+        dev_tokens(&dir)["nuisance-officer"].as_str().unwrap(),
+        officer,
+        "tokens are kept"
+    );
+    let mut client = pb::vault_client::VaultClient::connect(format!("http://{}", server.1))
+        .await
+        .unwrap();
+    let resp = client
+        .get_record(req(
+            &officer,
+            pb::GetRecordRequest {
+                context: ctx("nuisance", "N-1", "follow-up"),
+                record_id: id,
+                fields: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.fields.len(), 1);
+}
+
+#[test]
+fn serve_refuses_a_wrong_passphrase_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let right = tmp.path().join("right");
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&right, "a long and correct passphrase\n").unwrap();
+    std::fs::write(&wrong, "a long and wrong passphrase\n").unwrap();
+
+    let out = kluis()
+        .args(["init", "--json", "--data-dir"])
+        .arg(&dir)
+        .arg("--passphrase-file")
+        .arg(&right)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let init: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(init["token"].as_str().unwrap().starts_with("kluis_"));
+
+    let again = kluis()
+        .args(["init", "--data-dir"])
+        .arg(&dir)
+        .arg("--passphrase-file")
+        .arg(&right)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already initialised"));
+
+    let out = kluis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .arg("--passphrase-file")
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrong passphrase or key file"), "{stderr}");
+    assert!(
+        !stderr.contains("a long and wrong passphrase"),
+        "the passphrase is echoed"
+    );
+}
+
+#[test]
+fn policy_validate_reports_cedar_errors() {
+    let ok = kluis().args(["policy", "validate"]).output().unwrap();
+    assert!(ok.status.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.cedar");
+    std::fs::write(&bad, "@id(\"x\") permit(principal, action == Kluis::Action::\"read\", resource) when { resource.colour == 1 };").unwrap();
+    let out = kluis()
+        .args(["policy", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("colour"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,268 @@
+//! The test harness: starts a kluis server in-process on 127.0.0.1:0 over a fresh store, with
+//! one token per role, and stops it through a shutdown oneshot.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use kluis::{
+    config::{self, RawConfig},
+    crypto::Algorithm,
+    domain::{PrincipalId, Role, SubjectId},
+    keys::{Keyring, RootSecret},
+    pb::{self, admin_client::AdminClient, vault_client::VaultClient},
+    vault::{Vault, tokens::TokenSpec},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Request, transport::Channel};
+
+/// The subject scoped tokens are bound to.
+pub const SCOPED_SUBJECT: &str = "REL-0001";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub vault: Arc<Vault>,
+    tokens: HashMap<Role, String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server over a fresh store with a key file.
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
+        init_store(&dir, &secret, Algorithm::Aes256Gcm);
+        let mut server = Self::open(&dir, &secret).await.unwrap();
+        server.issue_role_tokens();
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// A server over an existing store in `dir`.
+    pub async fn open(dir: &Path, secret: &RootSecret) -> Result<Self, config::OpenError> {
+        let cfg = RawConfig {
+            data_dir: Some(dir.to_owned()),
+            ..Default::default()
+        }
+        .validate(false)
+        .unwrap();
+        let vault = Arc::new(config::open_vault(&cfg, secret)?);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let v = Arc::clone(&vault);
+        let handle = tokio::spawn(async move {
+            kluis::server::serve(v, listener, None, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Ok(Self {
+            addr,
+            dir: dir.to_owned(),
+            vault,
+            tokens: HashMap::new(),
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _tmp: None,
+        })
+    }
+
+    /// Issues one token per role; scoped roles are bound to `SCOPED_SUBJECT`.
+    pub fn issue_role_tokens(&mut self) {
+        for &role in Role::ALL {
+            let scoped = matches!(
+                role,
+                Role::Contractor
+                    | Role::Bailiff
+                    | Role::Lawyer
+                    | Role::Subject
+                    | Role::Representative
+            );
+            let token = self.issue(role, scoped.then_some(SCOPED_SUBJECT));
+            self.tokens.insert(role, token);
+        }
+    }
+
+    /// Issues a token for `role` directly through the vault.
+    pub fn issue(&self, role: Role, scope: Option<&str>) -> String {
+        let spec = TokenSpec {
+            principal: PrincipalId::parse("p", &format!("test-{role}")).unwrap(),
+            roles: vec![role],
+            ttl_secs: 3600,
+            scope_subject: scope.map(|s| SubjectId::parse("s", s).unwrap()),
+        };
+        self.vault
+            .bootstrap_token(&spec)
+            .unwrap()
+            .token
+            .expose_secret()
+            .to_owned()
+    }
+
+    pub fn token(&self, role: Role) -> &str {
+        &self.tokens[&role]
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join(config::DB_FILE)
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn client(&self) -> VaultClient<Channel> {
+        VaultClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    pub async fn raw_channel(&self) -> Channel {
+        self.channel().await
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+        self._tmp.take()
+    }
+}
+
+/// Initialises a store in `dir`.
+pub fn init_store(dir: &Path, secret: &RootSecret, algorithm: Algorithm) {
+    let store = config::open_store(dir).unwrap();
+    Keyring::initialize(store.as_ref(), secret, algorithm).unwrap();
+}
+
+/// A request carrying `token`.
+pub fn req<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// An access context.
+pub fn ctx(purpose: &str, case_ref: &str, justification: &str) -> Option<pb::AccessContext> {
+    Some(pb::AccessContext {
+        purpose: purpose.into(),
+        case_ref: case_ref.into(),
+        justification: justification.into(),
+        channel: "app".into(),
+        break_glass: false,
+    })
+}
+
+/// A nuisance context with case reference and justification.
+pub fn nuisance_ctx() -> Option<pb::AccessContext> {
+    ctx(
+        "nuisance",
+        "N-2026-0042",
+        "handling the complaint of the neighbours",
+    )
+}
+
+pub fn text(name: &str, category: &str, value: &str) -> pb::FieldValue {
+    pb::FieldValue {
+        name: name.into(),
+        category: category.into(),
+        value: Some(pb::field_value::Value::Text(value.into())),
+    }
+}
+
+pub fn binary(name: &str, category: &str, value: &[u8]) -> pb::FieldValue {
+    pb::FieldValue {
+        name: name.into(),
+        category: category.into(),
+        value: Some(pb::field_value::Value::Binary(value.to_vec())),
+    }
+}
+
+pub fn text_of(field: &pb::FieldValue) -> &str {
+    match &field.value {
+        Some(pb::field_value::Value::Text(t)) => t,
+        _ => panic!("field `{}` is not text", field.name),
+    }
+}
+
+pub fn field<'a>(resp: &'a pb::GetRecordResponse, name: &str) -> Option<&'a pb::FieldValue> {
+    resp.fields.iter().find(|f| f.name == name)
+}
+
+/// Stores a record and returns its id.
+pub async fn put(
+    server: &TestServer,
+    role: Role,
+    context: Option<pb::AccessContext>,
+    subject: &str,
+    fields: Vec<pb::FieldValue>,
+) -> String {
+    let mut client = server.client().await;
+    client
+        .put_record(req(
+            server.token(role),
+            pb::PutRecordRequest {
+                context,
+                subject_id: subject.into(),
+                fields,
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_id
+}
+
+/// Reads a record.
+pub async fn get(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    record_id: &str,
+) -> Result<pb::GetRecordResponse, tonic::Status> {
+    let mut client = server.client().await;
+    client
+        .get_record(req(
+            token,
+            pb::GetRecordRequest {
+                context,
+                record_id: record_id.into(),
+                fields: vec![],
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The audit entries as JSON values.
+pub fn audit_entries(server: &TestServer) -> Vec<serde_json::Value> {
+    use kluis::store::Store;
+    let store = kluis::store::SqliteStore::open(&server.db_path()).unwrap();
+    store
+        .audit_entries(1, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|row| serde_json::from_slice(&row.entry).unwrap())
+        .collect()
+}

@@ -1,0 +1,382 @@
+//! The default policy against DOMAIN.md's role table, over every role × purpose × category.
+//!
+//! The table below is written from DOMAIN.md independently of `default.cedar`; the test puts
+//! every combination to the engine and compares. Each row: role, categories it may see, the
+//! purposes it may act for. Extra rules checked for every combination: special categories need a
+//! case reference and justification; nothing confidential through social media; records are read
+//! only under their own purpose unless the policy names the reuse compatible.
+
+use kluis::{
+    domain::{
+        AccessContext, Category, Category as C, Principal, PrincipalId, Purpose, Purpose as P,
+        Role, SubjectId,
+    },
+    policy::{Action, Engine, FieldResource},
+};
+
+/// Which identity fields a role may see: all of them, or names only (maintenance).
+#[derive(Clone, Copy, PartialEq)]
+enum Identity {
+    All,
+    NameOnly,
+}
+
+struct Row {
+    role: Role,
+    categories: &'static [Category],
+    purposes: &'static [Purpose],
+    identity: Identity,
+    writes: bool,
+}
+
+const TABLE: &[Row] = &[
+    Row {
+        role: Role::CustomerService,
+        categories: &[C::Identity, C::Contact],
+        purposes: &[P::CustomerService, P::Contract, P::Complaints],
+        identity: Identity::All,
+        writes: true,
+    },
+    Row {
+        role: Role::AllocationOfficer,
+        categories: &[C::Identity, C::Contact, C::Income],
+        purposes: &[P::Allocation, P::FinancialScreening],
+        identity: Identity::All,
+        writes: true,
+    },
+    Row {
+        role: Role::FinanceOfficer,
+        categories: &[C::Identity, C::Contact, C::Financial],
+        purposes: &[P::Payments, P::DebtCollection],
+        identity: Identity::All,
+        writes: true,
+    },
+    Row {
+        role: Role::MaintenancePlanner,
+        categories: &[C::Identity, C::Contact],
+        purposes: &[P::Maintenance],
+        identity: Identity::NameOnly,
+        writes: true,
+    },
+    Row {
+        role: Role::Contractor,
+        categories: &[C::Identity, C::Contact],
+        purposes: &[P::Maintenance],
+        identity: Identity::NameOnly,
+        writes: false,
+    },
+    Row {
+        role: Role::AdaptationAdvisor,
+        categories: &[C::Identity, C::Contact, C::Medical],
+        purposes: &[P::HomeAdaptation],
+        identity: Identity::All,
+        writes: true,
+    },
+    Row {
+        role: Role::NuisanceOfficer,
+        categories: &[C::Identity, C::Contact, C::NuisanceEvidence, C::Criminal],
+        purposes: &[P::Nuisance, P::Safety],
+        identity: Identity::All,
+        writes: true,
+    },
+    Row {
+        role: Role::FraudInvestigator,
+        categories: &[C::Identity, C::Contact, C::Fraud, C::Income],
+        purposes: &[P::HousingFraud],
+        identity: Identity::All,
+        writes: true,
+    },
+    Row {
+        role: Role::LegalCounsel,
+        categories: &[
+            C::Identity,
+            C::Contact,
+            C::Financial,
+            C::Contract,
+            C::NuisanceEvidence,
+            C::Fraud,
+        ],
+        purposes: &[P::LegalDisputes, P::DebtCollection],
+        identity: Identity::All,
+        writes: true,
+    },
+    Row {
+        role: Role::Bailiff,
+        categories: &[C::Identity, C::Contact, C::Financial, C::Contract],
+        purposes: &[P::DebtCollection, P::LegalDisputes],
+        identity: Identity::All,
+        writes: false,
+    },
+    Row {
+        role: Role::Lawyer,
+        categories: &[C::Identity, C::Contact, C::Financial, C::Contract],
+        purposes: &[P::DebtCollection, P::LegalDisputes],
+        identity: Identity::All,
+        writes: false,
+    },
+    Row {
+        role: Role::Auditor,
+        categories: &[C::Contract, C::Financial],
+        purposes: &[P::Audit],
+        identity: Identity::All,
+        writes: false,
+    },
+    Row {
+        role: Role::Analyst,
+        categories: &[],
+        purposes: &[],
+        identity: Identity::All,
+        writes: false,
+    },
+    Row {
+        role: Role::PrivacyOfficer,
+        categories: &[],
+        purposes: &[],
+        identity: Identity::All,
+        writes: false,
+    },
+    Row {
+        role: Role::SecurityOfficer,
+        categories: &[],
+        purposes: &[],
+        identity: Identity::All,
+        writes: false,
+    },
+    // The subject and representatives read through mandates and subject requests (not in the
+    // foundation policy): nothing yet.
+    Row {
+        role: Role::Subject,
+        categories: &[],
+        purposes: &[],
+        identity: Identity::All,
+        writes: false,
+    },
+    Row {
+        role: Role::Representative,
+        categories: &[],
+        purposes: &[],
+        identity: Identity::All,
+        writes: false,
+    },
+];
+
+/// Interpretation recorded in `default.cedar`: bank details on the contract record belong to the
+/// finance officer.
+fn extra_allow(role: Role, purpose: Purpose, category: Category) -> bool {
+    role == Role::FinanceOfficer && purpose == P::Contract && category == C::Financial
+}
+
+const SUBJECT: &str = "REL-4242";
+
+fn principal(role: Role) -> Principal {
+    let scoped = matches!(
+        role,
+        Role::Contractor | Role::Bailiff | Role::Lawyer | Role::Subject | Role::Representative
+    );
+    Principal {
+        id: PrincipalId::parse("p", "table").unwrap(),
+        roles: vec![role],
+        scope_subject: scoped.then(|| SubjectId::parse("s", SUBJECT).unwrap()),
+        token_id: "tok_table".into(),
+        expires_at: i64::MAX,
+    }
+}
+
+fn context(purpose: Purpose, case: bool, channel: &str) -> AccessContext {
+    let (case_ref, justification) = if case {
+        ("CASE-1", "needed for the case")
+    } else {
+        ("", "")
+    };
+    AccessContext::parse(
+        "c",
+        purpose.as_str(),
+        case_ref,
+        justification,
+        channel,
+        false,
+    )
+    .unwrap()
+}
+
+fn fields(purpose: Purpose) -> Vec<FieldResource> {
+    let mut out: Vec<FieldResource> = Category::ALL
+        .iter()
+        .map(|&category| FieldResource {
+            record: "rec_t".into(),
+            name: "value".into(),
+            category,
+            purpose,
+            subject: SUBJECT.into(),
+        })
+        .collect();
+    out.push(FieldResource {
+        record: "rec_t".into(),
+        name: "name".into(),
+        category: C::Identity,
+        purpose,
+        subject: SUBJECT.into(),
+    });
+    out
+}
+
+fn expected(
+    row: &Row,
+    purpose: Purpose,
+    f: &FieldResource,
+    action: Action,
+    case: bool,
+    channel: &str,
+) -> bool {
+    if action == Action::Write && !row.writes {
+        return false;
+    }
+    let mut allowed = (row.purposes.contains(&purpose) && row.categories.contains(&f.category))
+        || extra_allow(row.role, purpose, f.category);
+    if f.category == C::Identity && row.identity == Identity::NameOnly && f.name != "name" {
+        allowed = false;
+    }
+    if f.category.is_special() && !case {
+        allowed = false;
+    }
+    let confidential = matches!(f.category, C::Financial | C::Income) || f.category.is_special();
+    if channel == "social-media" && confidential {
+        allowed = false;
+    }
+    allowed
+}
+
+#[test]
+fn default_policy_matches_the_role_table_for_every_combination() {
+    let engine = Engine::default_policies().unwrap();
+    assert_eq!(TABLE.len(), Role::ALL.len(), "every role has a row");
+    let mut checked = 0;
+    let mut mismatches = Vec::new();
+    for row in TABLE {
+        let p = principal(row.role);
+        for &purpose in Purpose::ALL {
+            let resources = fields(purpose);
+            for action in [Action::Read, Action::Write] {
+                for case in [true, false] {
+                    for channel in ["app", "social-media"] {
+                        let decisions = engine
+                            .decide_fields(&p, action, &context(purpose, case, channel), &resources)
+                            .unwrap();
+                        for (f, d) in resources.iter().zip(&decisions) {
+                            checked += 1;
+                            let want = expected(row, purpose, f, action, case, channel);
+                            if d.is_allow() != want {
+                                mismatches.push(format!(
+                                    "{} {:?} {} `{}` ({}) case={case} channel={channel}: expected {}, got {} ({})",
+                                    row.role, action, purpose, f.category, f.name,
+                                    if want { "allow" } else { "deny" }, if d.is_allow() { "allow" } else { "deny" }, d.reason
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {checked} decisions differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert_eq!(
+        checked,
+        Role::ALL.len() * Purpose::ALL.len() * (Category::ALL.len() + 1) * 8
+    );
+}
+
+#[test]
+fn reads_are_limited_to_the_records_purpose_except_named_compatible_reuse() {
+    let engine = Engine::default_policies().unwrap();
+    let read = |role: Role, declared: Purpose, stored: Purpose, category: Category, case: bool| {
+        let f = FieldResource {
+            record: "rec_t".into(),
+            name: "value".into(),
+            category,
+            purpose: stored,
+            subject: SUBJECT.into(),
+        };
+        engine
+            .decide_fields(
+                &principal(role),
+                Action::Read,
+                &context(declared, case, "app"),
+                &[f],
+            )
+            .unwrap()[0]
+            .is_allow()
+    };
+    // Nuisance and fraud evidence may substantiate a legal claim, with a case reference.
+    assert!(read(
+        Role::LegalCounsel,
+        P::LegalDisputes,
+        P::Nuisance,
+        C::NuisanceEvidence,
+        true
+    ));
+    assert!(read(
+        Role::LegalCounsel,
+        P::LegalDisputes,
+        P::HousingFraud,
+        C::Fraud,
+        true
+    ));
+    assert!(!read(
+        Role::LegalCounsel,
+        P::LegalDisputes,
+        P::Nuisance,
+        C::NuisanceEvidence,
+        false
+    ));
+    assert!(!read(
+        Role::LegalCounsel,
+        P::LegalDisputes,
+        P::HomeAdaptation,
+        C::Medical,
+        true
+    ));
+    // The accountant audits contract and payment records.
+    assert!(read(
+        Role::Auditor,
+        P::Audit,
+        P::Contract,
+        C::Contract,
+        false
+    ));
+    assert!(read(
+        Role::Auditor,
+        P::Audit,
+        P::Payments,
+        C::Financial,
+        false
+    ));
+    assert!(!read(
+        Role::Auditor,
+        P::Audit,
+        P::Nuisance,
+        C::Contract,
+        false
+    ));
+    // Any other mismatch between declared and stored purpose is refused, for every role.
+    for row in TABLE {
+        for &declared in row.purposes {
+            for &stored in Purpose::ALL {
+                if stored == declared || matches!(declared, P::LegalDisputes | P::Audit) {
+                    continue;
+                }
+                for &category in row.categories {
+                    assert!(
+                        !read(row.role, declared, stored, category, true),
+                        "{} read {stored} data as {declared}",
+                        row.role
+                    );
+                }
+            }
+        }
+    }
+}
