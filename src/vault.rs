@@ -388,7 +388,8 @@ impl Vault {
         event.decision = if any_allowed { "allow" } else { "deny" }.into();
         let seq = self.audit.append(&event)?;
         if !any_allowed {
-            return Err(VaultError::Denied(deny_summary(&resources, &decisions)));
+            // Name the rules, not the fields: the caller may not even learn which fields exist.
+            return Err(VaultError::Denied(distinct_reasons(&decisions)));
         }
 
         let grants: Vec<(Grant, &FieldRow, Category)> = decisions
@@ -783,6 +784,17 @@ fn audit_fields(resources: &[FieldResource], decisions: &[Decision]) -> Vec<Audi
             policies: d.policies.clone(),
         })
         .collect()
+}
+
+fn distinct_reasons(decisions: &[Decision]) -> String {
+    let mut reasons: Vec<&str> = decisions.iter().map(|d| d.reason.as_str()).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    if reasons.is_empty() {
+        "no fields".into()
+    } else {
+        reasons.join("; ")
+    }
 }
 
 fn deny_summary(resources: &[FieldResource], decisions: &[Decision]) -> String {

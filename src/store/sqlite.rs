@@ -90,6 +90,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        create_private(path)?;
         let writer = open_connection(path, true)?;
         migrate(&writer)?;
         Ok(Self {
@@ -130,6 +131,22 @@ impl SqliteStore {
         }
         result
     }
+}
+
+/// Creates the database file readable by its owner only, before SQLite does (SQLite gives the
+/// `-wal` and `-shm` files the same permissions as the database).
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|e| StoreError::Database(format!("cannot create `{}`: {e}", path.display())))
 }
 
 fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
