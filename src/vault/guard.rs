@@ -35,6 +35,12 @@ pub fn check_binary(field: &str, bytes: &[u8]) -> Result<(), InputError> {
 
 /// True when `s` as a whole is a valid BSN, also written with spaces or dots
 /// (`111222333`, `111 222 333`, `1112.22.333`).
+///
+/// ```
+/// use kluis::vault::guard::is_bsn;
+/// assert!(is_bsn("111 222 333"));
+/// assert!(!is_bsn("123456789")); // fails the eleven-test
+/// ```
 pub fn is_bsn(s: &str) -> bool {
     let s = s.trim();
     if !s
