@@ -75,6 +75,10 @@ impl Action {
 pub enum AdminAction {
     /// Issue, revoke and list tokens.
     ManageTokens,
+    /// Read the audit trail (export, subject access report).
+    ReadAudit,
+    /// Verify the audit trail and read its head.
+    VerifyAudit,
 }
 
 impl AdminAction {
@@ -82,6 +86,8 @@ impl AdminAction {
     pub fn as_str(self) -> &'static str {
         match self {
             AdminAction::ManageTokens => "manage-tokens",
+            AdminAction::ReadAudit => "read-audit",
+            AdminAction::VerifyAudit => "verify-audit",
         }
     }
 }

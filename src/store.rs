@@ -231,8 +231,9 @@ pub trait Store: Send + Sync {
     /// All tokens, oldest first.
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
 
-    /// Appends an audit entry; fails with `Conflict` when `row.seq` is taken.
-    fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError>;
+    /// Appends audit entries in one transaction (all or none); fails with `Conflict` when a
+    /// sequence number is taken.
+    fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError>;
 
     /// The last audit entry.
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError>;

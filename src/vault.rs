@@ -9,6 +9,7 @@
 
 pub mod guard;
 pub mod tokens;
+pub mod trail;
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 

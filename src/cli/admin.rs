@@ -41,6 +41,50 @@ pub enum AdminCommand {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Read and verify the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// Audit subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the trail's MAC'd head (sequence number and hash): store it outside kluis.
+    Head,
+    /// Verify the whole trail; exit code 4 when an entry is edited, missing, inserted or
+    /// reordered, or the tail was cut off before `--expect-head`.
+    Verify {
+        /// A head printed earlier by `audit head`: `SEQ:HASH` or `SEQ:HASH:MAC`.
+        #[arg(long)]
+        expect_head: Option<String>,
+    },
+    /// Export entries as JSON lines (privacy and security officers).
+    Export {
+        /// Only entries about this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only entries by this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only entries since this moment: unix seconds or a date (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only break-glass accesses.
+        #[arg(long)]
+        break_glass: bool,
+        /// Why the trail is read (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Who accessed a subject's data, and why (for a subject access request).
+    Report {
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+        /// E.g. the reference of the subject access request (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
 }
 
 /// Token subcommands.
@@ -102,7 +146,10 @@ async fn run_async(args: &AdminArgs) -> Exit {
         Err(e) => return fail(e),
     };
     let mut client = AdminClient::new(channel);
-    let AdminCommand::Token(cmd) = &args.command;
+    let cmd = match &args.command {
+        AdminCommand::Token(cmd) => cmd,
+        AdminCommand::Audit(cmd) => return audit(&mut client, &token, cmd, args.json).await,
+    };
     match cmd {
         TokenCommand::Issue {
             principal,
@@ -208,6 +255,185 @@ async fn run_async(args: &AdminArgs) -> Exit {
     }
 }
 
+async fn audit(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    cmd: &AuditCommand,
+    json: bool,
+) -> Exit {
+    match cmd {
+        AuditCommand::Head => match client
+            .audit_head(authed(token, pb::AuditHeadRequest {}))
+            .await
+        {
+            Ok(resp) => {
+                let h = resp.into_inner().head.unwrap_or_default();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"seq": h.seq, "hash": h.hash, "mac": h.mac})
+                    );
+                } else {
+                    println!("{}:{}:{}", h.seq, h.hash, h.mac);
+                }
+                Exit::Success
+            }
+            Err(s) => status_exit(&s),
+        },
+        AuditCommand::Verify { expect_head } => {
+            let expect_head = match expect_head.as_deref().map(parse_head).transpose() {
+                Ok(h) => h,
+                Err(e) => return fail(e),
+            };
+            match client
+                .verify_audit(authed(token, pb::VerifyAuditRequest { expect_head }))
+                .await
+            {
+                Ok(resp) => {
+                    let r = resp.into_inner();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"intact": r.intact, "count": r.count, "head_hash": r.head_hash,
+                                "broken_seq": r.broken_seq, "problem": r.problem})
+                        );
+                    } else if r.intact {
+                        println!("OK: {} entries, head {}", r.count, r.head_hash);
+                    } else {
+                        println!("BROKEN at entry {}: {}", r.broken_seq, r.problem);
+                    }
+                    if r.intact {
+                        Exit::Success
+                    } else {
+                        Exit::CheckFailed
+                    }
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        AuditCommand::Export {
+            subject,
+            principal,
+            since,
+            break_glass,
+            justification,
+        } => {
+            let since = match since.as_deref().map(parse_since).transpose() {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            let req = pb::ExportAuditRequest {
+                subject_id: subject.clone().unwrap_or_default(),
+                principal_id: principal.clone().unwrap_or_default(),
+                since: since.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+                break_glass_only: *break_glass,
+                justification: justification.clone(),
+            };
+            let mut stream = match client.export_audit(authed(token, req)).await {
+                Ok(resp) => resp.into_inner(),
+                Err(s) => return status_exit(&s),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(entry)) => println!("{}", entry.json),
+                    Ok(None) => return Exit::Success,
+                    Err(s) => return status_exit(&s),
+                }
+            }
+        }
+        AuditCommand::Report {
+            subject,
+            justification,
+        } => {
+            let req = pb::SubjectAccessReportRequest {
+                subject_id: subject.clone(),
+                justification: justification.clone(),
+            };
+            match client.subject_access_report(authed(token, req)).await {
+                Ok(resp) => {
+                    let r = resp.into_inner();
+                    for e in &r.events {
+                        let time = e.time.as_ref().map(|t| t.seconds).unwrap_or_default();
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"seq": e.seq, "time": time, "principal_id": e.principal_id,
+                                    "roles": e.roles, "action": e.action, "purpose": e.purpose,
+                                    "case_ref": e.case_ref, "justification": e.justification,
+                                    "channel": e.channel, "break_glass": e.break_glass, "record_id": e.record_id,
+                                    "decision": e.decision, "fields_allowed": e.fields_allowed,
+                                    "fields_denied": e.fields_denied})
+                            );
+                        } else {
+                            println!(
+                                "{time} {} ({}) {} {} for {} case={} fields={} [{}] why: {}",
+                                e.principal_id,
+                                e.roles.join(","),
+                                e.decision,
+                                e.action,
+                                e.purpose,
+                                e.case_ref,
+                                e.fields_allowed.join(","),
+                                e.record_id,
+                                e.justification
+                            );
+                        }
+                    }
+                    if !json {
+                        println!("{} recorded accesses to {}", r.events.len(), r.subject_id);
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+    }
+}
+
+/// Parses `SEQ:HASH` or `SEQ:HASH:MAC`.
+fn parse_head(s: &str) -> Result<pb::AuditHead, String> {
+    let mut parts = s.trim().split(':');
+    let seq = parts.next().and_then(|p| p.parse().ok());
+    let hash = parts.next().map(str::to_owned);
+    let mac = parts.next().unwrap_or_default().to_owned();
+    match (seq, hash) {
+        (Some(seq), Some(hash)) if parts.next().is_none() => Ok(pb::AuditHead { seq, hash, mac }),
+        _ => Err(format!(
+            "--expect-head `{s}` is not SEQ:HASH or SEQ:HASH:MAC as printed by `audit head`"
+        )),
+    }
+}
+
+/// Parses unix seconds or a UTC date `YYYY-MM-DD`.
+fn parse_since(s: &str) -> Result<i64, String> {
+    let bad = || format!("--since `{s}` is not unix seconds or a date like 2026-01-31");
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    let mut parts = s.split('-');
+    let (Some(y), Some(m), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let (y, m, d): (i64, i64, i64) = (
+        y.parse().map_err(|_| bad())?,
+        m.parse().map_err(|_| bad())?,
+        d.parse().map_err(|_| bad())?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Ok((era * 146_097 + doe - 719_468) * 86_400)
+}
+
 /// Wraps `msg` in a request carrying `authorization: Bearer <token>`.
 fn authed<T>(token: &str, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
@@ -270,4 +496,26 @@ fn parse_ttl(s: &str) -> Option<u64> {
         "s" => 1,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_parse_to_unix_seconds() {
+        assert_eq!(parse_since("1970-01-01").unwrap(), 0);
+        assert_eq!(parse_since("2026-11-28").unwrap(), 1_795_824_000);
+        assert_eq!(parse_since("1700000000").unwrap(), 1_700_000_000);
+        assert!(parse_since("2026-13-01").is_err());
+        assert!(parse_since("yesterday").is_err());
+    }
+
+    #[test]
+    fn heads_parse() {
+        let h = parse_head("12:abcd:ef").unwrap();
+        assert_eq!((h.seq, h.hash.as_str(), h.mac.as_str()), (12, "abcd", "ef"));
+        assert!(parse_head("abcd").is_err());
+        assert!(parse_head("1:2:3:4").is_err());
+    }
 }

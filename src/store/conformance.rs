@@ -153,11 +153,17 @@ pub fn run_all(store: &dyn Store) {
         hash: vec![u8::try_from(seq).unwrap(); 32],
         mac: vec![1; 32],
     };
-    for seq in 1..=5 {
-        store.append_audit(&entry(seq)).unwrap();
-    }
+    store.append_audit(&[entry(1)]).unwrap();
+    store
+        .append_audit(&[entry(2), entry(3), entry(4), entry(5)])
+        .unwrap();
     assert!(matches!(
-        store.append_audit(&entry(3)),
+        store.append_audit(&[entry(3)]),
+        Err(StoreError::Conflict(_))
+    ));
+    // A batch with one taken sequence number writes nothing.
+    assert!(matches!(
+        store.append_audit(&[entry(6), entry(5)]),
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.audit_tail().unwrap(), Some(entry(5)));

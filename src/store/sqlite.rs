@@ -547,22 +547,29 @@ impl Store for SqliteStore {
         })
     }
 
-    fn append_audit(&self, row: &AuditRow) -> Result<(), StoreError> {
-        let seq = i64::try_from(row.seq)
-            .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
-        let conn = self.write()?;
-        conn.execute(
-            "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![seq, row.entry, row.prev_hash, row.hash, row.mac],
-        )
-        .map_err(|e| {
-            if is_constraint(&e) {
-                StoreError::Conflict(format!("audit entry {}", row.seq))
-            } else {
-                db(e)
+    fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db)?;
+            for row in rows {
+                let seq = i64::try_from(row.seq)
+                    .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
+                stmt.execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
+                    .map_err(|e| {
+                        if is_constraint(&e) {
+                            StoreError::Conflict(format!("audit entry {}", row.seq))
+                        } else {
+                            db(e)
+                        }
+                    })?;
             }
-        })?;
-        Ok(())
+        }
+        tx.commit().map_err(db)
     }
 
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError> {

@@ -157,6 +157,7 @@ impl Vault {
     ) -> Result<IssuedToken, VaultError> {
         self.require_admin(
             actor,
+            AdminAction::ManageTokens,
             "token-issue",
             Some(spec.principal.as_str()),
             justification,
@@ -211,7 +212,13 @@ impl Vault {
         token_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
-        self.require_admin(actor, "token-revoke", Some(token_id), justification)?;
+        self.require_admin(
+            actor,
+            AdminAction::ManageTokens,
+            "token-revoke",
+            Some(token_id),
+            justification,
+        )?;
         if !self.store.revoke_token(token_id, now_unix())? {
             return Err(VaultError::NotFound(format!("active token `{token_id}`")));
         }
@@ -228,7 +235,7 @@ impl Vault {
         actor: &Principal,
         include_inactive: bool,
     ) -> Result<Vec<TokenRow>, VaultError> {
-        self.require_admin(actor, "token-list", None, "")?;
+        self.require_admin(actor, AdminAction::ManageTokens, "token-list", None, "")?;
         let now = now_unix();
         Ok(self
             .store
@@ -265,14 +272,16 @@ impl Vault {
         })
     }
 
-    fn require_admin(
+    /// Refuses (and audits the refusal) unless the policy allows `admin` to `actor`.
+    pub(crate) fn require_admin(
         &self,
         actor: &Principal,
+        admin: AdminAction,
         action: &str,
         target: Option<&str>,
         justification: &str,
     ) -> Result<(), VaultError> {
-        let decision = self.policy.decide_admin(actor, AdminAction::ManageTokens)?;
+        let decision = self.policy.decide_admin(actor, admin)?;
         if decision.is_allow() {
             return Ok(());
         }
@@ -286,7 +295,7 @@ impl Vault {
     }
 }
 
-fn admin_event(actor: &Principal, action: &str, justification: &str) -> AuditEvent {
+pub(crate) fn admin_event(actor: &Principal, action: &str, justification: &str) -> AuditEvent {
     AuditEvent {
         time: now_unix(),
         principal: actor.id.as_str().into(),

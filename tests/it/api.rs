@@ -532,7 +532,7 @@ async fn every_decision_is_audited_without_values() {
     assert!(!all.contains(PHONE));
     assert!(!all.contains("stairwell"));
     assert!(matches!(
-        server.vault.audit().verify().unwrap(),
+        server.vault.audit().verify(None).unwrap(),
         kluis::audit::Verification::Intact { .. }
     ));
     server.stop().await;

@@ -136,6 +136,21 @@ impl TestServer {
         self.channel().await
     }
 
+    /// Stops the server, runs `between` on the database file, and starts it again on the same
+    /// store with the same tokens.
+    pub async fn restart_with(mut self, between: impl FnOnce(&Path)) -> Self {
+        let tokens = std::mem::take(&mut self.tokens);
+        let dir = self.dir.clone();
+        let db = self.db_path();
+        let tmp = self.stop().await;
+        between(&db);
+        let secret = RootSecret::read_key_file(&dir.join("root.key")).unwrap();
+        let mut server = Self::open(&dir, &secret).await.unwrap();
+        server.tokens = tokens;
+        server._tmp = tmp;
+        server
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         if let Some(tx) = self.shutdown.take() {

@@ -14,6 +14,7 @@
 
 mod admin;
 mod api;
+mod audit;
 mod cli;
 mod common;
 mod guard;

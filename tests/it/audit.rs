@@ -1,0 +1,471 @@
+//! The audit trail over gRPC: entries for reads, writes and token issues; no values anywhere in
+//! it; tamper detection against the real database file; fail-closed reads; export and the subject
+//! access report for the privacy officer only.
+
+use kluis::{domain::Role, pb};
+use rusqlite::{Connection, params};
+use tonic::Code;
+
+use crate::common::*;
+
+const SECRET_VALUE: &str = "Vechtpartij-trappenhuis-Q7Z3";
+
+async fn some_traffic(server: &TestServer) -> String {
+    let id = put(
+        server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-1000",
+        vec![
+            text("statement", "nuisance-evidence", SECRET_VALUE),
+            text("phone", "contact", "06-70707070"),
+        ],
+    )
+    .await;
+    get(
+        server,
+        server.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &id,
+    )
+    .await
+    .unwrap();
+    get(
+        server,
+        server.token(Role::CustomerService),
+        ctx("customer-service", "", "caller asked"),
+        &id,
+    )
+    .await
+    .err()
+    .unwrap();
+    id
+}
+
+async fn verify(
+    server: &TestServer,
+    expect_head: Option<pb::AuditHead>,
+) -> pb::VerifyAuditResponse {
+    let mut admin = server.admin().await;
+    admin
+        .verify_audit(req(
+            server.token(Role::SecurityOfficer),
+            pb::VerifyAuditRequest { expect_head },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn head(server: &TestServer) -> pb::AuditHead {
+    let mut admin = server.admin().await;
+    admin
+        .audit_head(req(
+            server.token(Role::SecurityOfficer),
+            pb::AuditHeadRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .head
+        .unwrap()
+}
+
+#[tokio::test]
+async fn writes_reads_and_denials_are_recorded_with_their_context() {
+    let server = TestServer::start().await;
+    let id = some_traffic(&server).await;
+    let entries = audit_entries(&server);
+    let write = entries.iter().find(|e| e["action"] == "write").unwrap();
+    assert_eq!(write["decision"], "allow");
+    assert_eq!(write["principal"], "test-nuisance-officer");
+    assert_eq!(write["purpose"], "nuisance");
+    assert_eq!(write["case_ref"], "N-2026-0042");
+    assert_eq!(write["subject"], "REL-1000");
+    assert_eq!(write["record"], id);
+    let names: Vec<&str> = write["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["statement", "phone"]);
+    assert_eq!(write["fields"][0]["policies"][0], "nuisance-officer");
+
+    let denied = entries
+        .iter()
+        .find(|e| e["action"] == "read" && e["decision"] == "deny")
+        .unwrap();
+    assert_eq!(denied["roles"][0], "customer-service");
+    assert_eq!(denied["justification"], "caller asked");
+    let policies: Vec<&str> = denied["fields"][0]["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(policies.contains(&"purpose-limitation"), "{policies:?}");
+    assert!(entries.iter().any(|e| e["action"] == "token-issue"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_table_holds_no_values_or_tokens() {
+    let server = TestServer::start().await;
+    some_traffic(&server).await;
+    let conn = Connection::open(server.db_path()).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT seq, entry, prev_hash, hash, mac FROM audit")
+        .unwrap();
+    let mut raw = Vec::new();
+    let rows = stmt
+        .query_map([], |r| {
+            let mut v: Vec<u8> = r.get::<_, i64>(0)?.to_be_bytes().to_vec();
+            for i in 1..5 {
+                v.extend(r.get::<_, Vec<u8>>(i)?);
+            }
+            Ok(v)
+        })
+        .unwrap();
+    for row in rows {
+        raw.extend(row.unwrap());
+    }
+    assert!(raw.len() > 1000, "the audit table was read");
+    let contains = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(SECRET_VALUE.as_bytes()));
+    assert!(!contains(b"06-70707070"));
+    for role in Role::ALL {
+        assert!(
+            !contains(server.token(*role).as_bytes()),
+            "a token of {role} is in the trail"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_untouched_trail_verifies() {
+    let server = TestServer::start().await;
+    some_traffic(&server).await;
+    let anchored = head(&server).await;
+    let r = verify(&server, Some(anchored.clone())).await;
+    assert!(r.intact, "{}", r.problem);
+    assert!(r.count >= anchored.seq);
+    server.stop().await;
+}
+
+/// Each tampering, done to the real database file, is caught and the entry named.
+#[tokio::test]
+async fn verify_detects_edited_deleted_swapped_and_inserted_entries() {
+    type Tamper = fn(&Connection);
+    let cases: [(&str, Tamper, u64); 4] = [
+        (
+            "edited",
+            |c| {
+                let n = c
+                .execute("UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'test-', 'evil-') AS BLOB) WHERE seq = 5", [])
+                .unwrap();
+                assert_eq!(n, 1);
+            },
+            5,
+        ),
+        (
+            "deleted",
+            |c| {
+                c.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
+            },
+            4,
+        ),
+        (
+            "swapped",
+            |c| {
+                c.execute_batch(
+                    "UPDATE audit SET seq = -1 WHERE seq = 3;
+                 UPDATE audit SET seq = 3 WHERE seq = 4;
+                 UPDATE audit SET seq = 4 WHERE seq = -1;",
+                )
+                .unwrap();
+            },
+            3,
+        ),
+        (
+            "inserted",
+            |c| {
+                // A forged entry chained correctly but MAC'd without the audit key.
+                let (prev, seq): (Vec<u8>, i64) = c
+                    .query_row("SELECT hash, seq FROM audit WHERE seq = 2", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap();
+                c.execute("UPDATE audit SET seq = seq + 1000 WHERE seq > 2", [])
+                    .unwrap();
+                c.execute("UPDATE audit SET seq = seq - 999 WHERE seq > 1000", [])
+                    .unwrap();
+                let entry = br#"{"time":0,"principal":"nobody","roles":[],"token_id":"","action":"read","break_glass":false,"decision":"allow"}"#;
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                h.update(b"kluis.v1.audit");
+                h.update(((seq + 1) as u64).to_be_bytes());
+                h.update(&prev);
+                h.update(entry);
+                let hash = h.finalize().to_vec();
+                c.execute(
+                "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![seq + 1, entry.to_vec(), prev, hash, vec![0u8; 32]],
+            )
+            .unwrap();
+            },
+            3,
+        ),
+    ];
+    for (what, tamper, expected_seq) in cases {
+        let server = TestServer::start().await;
+        some_traffic(&server).await;
+        assert!(verify(&server, None).await.intact);
+        tamper(&Connection::open(server.db_path()).unwrap());
+        let r = verify(&server, None).await;
+        assert!(!r.intact, "{what} entry not detected");
+        assert_eq!(r.broken_seq, expected_seq, "{what}: {}", r.problem);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn verify_with_expected_head_detects_a_truncated_tail() {
+    let server = TestServer::start().await;
+    some_traffic(&server).await;
+    let anchored = head(&server).await;
+    // Cut off the tail while the server is down, as an intruder with file access would.
+    let server = server
+        .restart_with(|db| {
+            Connection::open(db)
+                .unwrap()
+                .execute(
+                    "DELETE FROM audit WHERE seq >= ?1",
+                    [anchored.seq as i64 - 1],
+                )
+                .unwrap();
+        })
+        .await;
+    // Without the anchor the shortened trail looks whole …
+    let plain = verify(&server, None).await;
+    assert!(plain.intact);
+    // … with it, the cut is found and named.
+    let r = verify(&server, Some(anchored.clone())).await;
+    assert!(!r.intact);
+    assert_eq!(r.broken_seq, anchored.seq, "{}", r.problem);
+    assert!(r.problem.contains("removed from the tail"), "{}", r.problem);
+    // A head that was not MAC'd by this vault is refused.
+    let forged = pb::AuditHead {
+        mac: "00".repeat(32),
+        ..anchored
+    };
+    assert!(!verify(&server, Some(forged)).await.intact);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reads_fail_closed_when_the_trail_cannot_be_written() {
+    let server = TestServer::start().await;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-1001",
+        vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
+    )
+    .await;
+    let conn = Connection::open(server.db_path()).unwrap();
+    conn.execute_batch("CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
+    let status = get(
+        &server,
+        server.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &id,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!status.message().contains(SECRET_VALUE));
+    // Writes fail too, and store nothing.
+    let mut client = server.client().await;
+    let status = client
+        .put_record(req(
+            server.token(Role::NuisanceOfficer),
+            pb::PutRecordRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-1002".into(),
+                fields: vec![text("phone", "contact", "06-1")],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unavailable);
+    conn.execute_batch("DROP TRIGGER block_audit;").unwrap();
+    let resp = get(
+        &server,
+        server.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &id,
+    )
+    .await
+    .unwrap();
+    assert_eq!(text_of(&resp.fields[0]), SECRET_VALUE);
+    let listed = client
+        .list_records(req(
+            server.token(Role::PrivacyOfficer),
+            pb::ListRecordsRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-1002".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.records.is_empty());
+    assert!(verify(&server, None).await.intact);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn privacy_officer_exports_and_reports_and_nobody_else_may() {
+    let server = TestServer::start().await;
+    let id = some_traffic(&server).await;
+    let _other = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-2000",
+        vec![text("phone", "contact", "06-2")],
+    )
+    .await;
+    let mut admin = server.admin().await;
+    let export = |role: Role, subject: &str| {
+        req(
+            server.token(role),
+            pb::ExportAuditRequest {
+                subject_id: subject.into(),
+                justification: "SAR-2026-17".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut stream = admin
+        .export_audit(export(Role::PrivacyOfficer, "REL-1000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(entry) = stream.message().await.unwrap() {
+        lines.push(serde_json::from_str::<serde_json::Value>(&entry.json).unwrap());
+    }
+    assert_eq!(lines.len(), 3, "write, allowed read, denied read");
+    assert!(lines.iter().all(|l| l["subject"] == "REL-1000"));
+
+    for role in [Role::NuisanceOfficer, Role::CustomerService, Role::Analyst] {
+        let status = admin
+            .export_audit(export(role, "REL-1000"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}");
+        let status = admin
+            .subject_access_report(req(
+                server.token(role),
+                pb::SubjectAccessReportRequest {
+                    subject_id: "REL-1000".into(),
+                    justification: String::new(),
+                },
+            ))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}");
+    }
+
+    let report = admin
+        .subject_access_report(req(
+            server.token(Role::PrivacyOfficer),
+            pb::SubjectAccessReportRequest {
+                subject_id: "REL-1000".into(),
+                justification: "SAR-2026-17".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.events.len(), 3);
+    let read = report
+        .events
+        .iter()
+        .find(|e| e.action == "read" && e.decision == "allow")
+        .unwrap();
+    assert_eq!(read.principal_id, "test-nuisance-officer");
+    assert_eq!(read.roles, ["nuisance-officer"]);
+    assert_eq!(read.purpose, "nuisance");
+    assert_eq!(read.case_ref, "N-2026-0042");
+    assert_eq!(
+        read.justification,
+        "handling the complaint of the neighbours"
+    );
+    assert_eq!(read.record_id, id);
+    assert_eq!(read.fields_allowed, ["phone", "statement"]);
+    let denied = report.events.iter().find(|e| e.decision == "deny").unwrap();
+    assert_eq!(denied.principal_id, "test-customer-service");
+    // Reading the trail is itself on the trail.
+    let entries = audit_entries(&server);
+    assert!(entries.iter().any(|e| e["action"] == "audit-export"
+        && e["principal"] == "test-privacy-officer"
+        && e["justification"] == "SAR-2026-17"));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "subject-access-report" && e["decision"] == "allow")
+    );
+    server.stop().await;
+}
+
+// The `kluis` child process is awaited synchronously: keep a worker free for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_audit_commands_work_against_a_running_server() {
+    let server = TestServer::start().await;
+    some_traffic(&server).await;
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args(["admin", "--server", &format!("http://{}", server.addr)])
+            .args(args)
+            .env("KLUIS_TOKEN", server.token(Role::SecurityOfficer))
+            .env("KLUIS_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["audit", "head"]);
+    assert!(out.status.success());
+    let head = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(head.split(':').count(), 3, "{head}");
+    let out = run(&["audit", "verify", "--expect-head", &head]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+    let out = run(&["audit", "export", "--subject", "REL-1000"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+
+    let seq: i64 = head.split(':').next().unwrap().parse().unwrap();
+    Connection::open(server.db_path())
+        .unwrap()
+        .execute("DELETE FROM audit WHERE seq = ?1", [seq])
+        .unwrap();
+    let out = run(&["audit", "verify", "--expect-head", &head, "--json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["intact"], false);
+    assert_eq!(r["broken_seq"], seq);
+    server.stop().await;
+}
