@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".kluis.v1.GetRecordResponse",
             ".kluis.v1.UpdateRecordRequest",
             ".kluis.v1.IssueTokenResponse",
+            ".kluis.v1.RotateRootRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -116,9 +116,9 @@ fn unaudited_read(f: &Fixture, id: &RecordId) -> usize {
         .engine
         .decide_fields(&f.principal, Action::Read, &f.ctx, &resources)
         .unwrap();
-    let (_, key) = f
+    let key = f
         .keyring
-        .subject_key(&subject, f.ctx.purpose)
+        .subject_key_at(&subject, f.ctx.purpose, rows[0].key_gen)
         .unwrap()
         .unwrap();
     let mut n = 0;

@@ -21,7 +21,7 @@ use crate::{
     keys::{KeyError, Keyring, RootSecret},
     policy::{self, Engine, PolicyError},
     store::{SqliteStore, StoreError},
-    vault::{RetentionTable, Vault, VaultError},
+    vault::{RetentionTable, Vault, VaultError, keyadmin::KeySettings},
 };
 
 /// The default listen address.
@@ -79,6 +79,22 @@ pub struct RawConfig {
     pub retention: Option<HashMap<String, String>>,
     /// Request limits.
     pub limits: Option<RawLimits>,
+    /// Key jobs.
+    pub keys: Option<RawKeys>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// Subject keys (rewrap) or subjects (rekey) per transaction.
+    pub batch_size: Option<usize>,
+    /// Pause between batches in milliseconds, to leave room for traffic.
+    pub batch_pause_ms: Option<u64>,
+    /// Default waiting period before a scheduled key destruction, e.g. `7d`.
+    pub destroy_wait: Option<String>,
+    /// How often due destructions are carried out, in seconds.
+    pub sweep_interval_secs: Option<u64>,
 }
 
 /// `[tls]`.
@@ -149,6 +165,10 @@ pub struct Config {
     pub retention: RetentionTable,
     /// Request limits.
     pub limits: Limits,
+    /// How key jobs run.
+    pub key_settings: KeySettings,
+    /// How often due key destructions are carried out.
+    pub key_sweep_interval: std::time::Duration,
 }
 
 /// Configuration problems, all of them.
@@ -254,6 +274,27 @@ impl RawConfig {
                 ));
             }
         }
+        let mut key_settings = KeySettings::default();
+        let mut key_sweep_interval = std::time::Duration::from_secs(60);
+        if let Some(k) = self.keys {
+            key_settings.batch_size = k.batch_size.unwrap_or(key_settings.batch_size);
+            if key_settings.batch_size == 0 {
+                problems.push("`keys.batch_size` must be at least 1".into());
+            }
+            key_settings.batch_pause =
+                std::time::Duration::from_millis(k.batch_pause_ms.unwrap_or(0));
+            if let Some(w) = k.destroy_wait {
+                match parse_days(&w) {
+                    Some(days) => key_settings.destroy_wait_secs = u64::from(days) * 86_400,
+                    None => problems.push(format!(
+                        "`keys.destroy_wait`: `{w}` is not a period like `7d`"
+                    )),
+                }
+            }
+            if let Some(s) = k.sweep_interval_secs {
+                key_sweep_interval = std::time::Duration::from_secs(s.max(1));
+            }
+        }
         let policy = self.policy.unwrap_or_default();
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -269,6 +310,8 @@ impl RawConfig {
             policy_files: policy.policies.unwrap_or_default(),
             retention,
             limits,
+            key_settings,
+            key_sweep_interval,
         })
     }
 }
@@ -424,7 +467,8 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
         policy,
         config.retention.clone(),
         config.limits,
-    )?)
+    )?
+    .with_key_settings(config.key_settings))
 }
 
 /// Retention start as text, for display.

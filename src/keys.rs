@@ -52,6 +52,24 @@ pub enum KeyError {
     /// The store has no purpose key for a purpose.
     #[error("no purpose key for `{0}`; the store is incomplete")]
     MissingPurposeKey(String),
+    /// The version is below the purpose's minimum decryption version.
+    #[error("purpose key `{purpose}` v{version} is below the minimum decryption version {min}")]
+    BelowMinimum {
+        /// The purpose.
+        purpose: String,
+        /// The version asked for.
+        version: u32,
+        /// The minimum.
+        min: u32,
+    },
+    /// The version's material was destroyed.
+    #[error("purpose key `{purpose}` v{version} was destroyed")]
+    Destroyed {
+        /// The purpose.
+        purpose: String,
+        /// The version.
+        version: u32,
+    },
     /// The root-key metadata in the store is unreadable.
     #[error("root key metadata is corrupt")]
     CorruptMeta,
@@ -143,8 +161,8 @@ const META_AUDIT_KEY: &str = "audit_key";
 /// The unsealed key hierarchy of a running vault.
 pub struct Keyring {
     store: Arc<dyn Store>,
-    root: RootKey,
-    algorithm: Algorithm,
+    root: RwLock<RootKey>,
+    root_algorithm: Algorithm,
     purpose_keys: RwLock<HashMap<(Purpose, u32), Arc<PurposeKey>>>,
     subject_keys: Mutex<SubjectKeyCache>,
 }
@@ -152,9 +170,21 @@ pub struct Keyring {
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
-            .field("algorithm", &self.algorithm)
+            .field("root_algorithm", &self.root_algorithm)
             .finish_non_exhaustive()
     }
+}
+
+/// A subject key ready for use: its generation, the key, and the algorithm new ciphertexts under
+/// it are sealed with (that of the purpose's active key version).
+#[derive(Clone, Debug)]
+pub struct ActiveSubjectKey {
+    /// Generation of the subject key.
+    pub generation: u32,
+    /// The key.
+    pub key: Arc<SubjectKey>,
+    /// The AEAD for new ciphertexts.
+    pub algorithm: Algorithm,
 }
 
 impl Keyring {
@@ -165,42 +195,22 @@ impl Keyring {
         secret: &RootSecret,
         algorithm: Algorithm,
     ) -> Result<(), KeyError> {
-        let (meta, root) = match secret {
-            RootSecret::Passphrase(p) => {
-                let mut salt = [0u8; 16];
-                rand::rngs::OsRng.fill_bytes(&mut salt);
-                let params = KdfParams::RFC9106_SECOND;
-                let root = kdf::derive_root_key(p.as_bytes(), &salt, params)?;
-                let meta = RootMeta::Passphrase {
-                    kdf: "argon2id".into(),
-                    params,
-                    salt: hex::encode(salt),
-                };
-                (meta, root)
-            }
-            RootSecret::KeyFile(k) => (RootMeta::KeyFile, RootKey::from_bytes(k.expose_secret())),
-        };
+        let (meta, root) = root_from_secret(secret)?;
         let meta_json = serde_json::to_vec(&meta).map_err(|_| KeyError::CorruptMeta)?;
         let now = now_unix();
         let mut purpose_rows = Vec::with_capacity(Purpose::ALL.len());
         for &purpose in Purpose::ALL {
             let key = PurposeKey::generate();
-            let aad = crypto::aad(&AadContext::PurposeKey {
-                purpose: purpose.as_str(),
-                version: 1,
-            });
             purpose_rows.push(PurposeKeyRow {
                 purpose: purpose.as_str().into(),
                 version: 1,
                 state: "active".into(),
-                wrapped: crypto::seal(
-                    root.expose_secret(),
-                    algorithm,
-                    1,
-                    &aad,
-                    key.expose_secret(),
-                )?,
+                algorithm: algorithm.as_str().into(),
+                wrapped: wrap_purpose_key(&root, algorithm, purpose, 1, &key)?,
                 created_at: now,
+                retired_at: None,
+                destroy_after: None,
+                destroyed_at: None,
             });
         }
         let audit_key = AuditKey::generate();
@@ -228,55 +238,19 @@ impl Keyring {
     }
 
     /// Unseals the key hierarchy of an initialised store: derives or reads the root key and
-    /// checks it against the key check value before anything else.
+    /// checks it against the key check value before anything else. `algorithm` is used for
+    /// what the root key wraps (purpose keys, the audit key) from now on.
     pub fn unseal(
         store: Arc<dyn Store>,
         secret: &RootSecret,
         algorithm: Algorithm,
         cache_capacity: usize,
     ) -> Result<Self, KeyError> {
-        let meta = store.meta(META_ROOT)?.ok_or(StoreError::NotInitialized)?;
-        let meta: RootMeta = serde_json::from_slice(&meta).map_err(|_| KeyError::CorruptMeta)?;
-        let root = match (&meta, secret) {
-            (
-                RootMeta::Passphrase {
-                    kdf: name,
-                    params,
-                    salt,
-                },
-                RootSecret::Passphrase(p),
-            ) => {
-                if name != "argon2id" {
-                    return Err(KeyError::CorruptMeta);
-                }
-                params.check_strength()?;
-                let salt = hex::decode(salt).map_err(|_| KeyError::CorruptMeta)?;
-                kdf::derive_root_key(p.as_bytes(), &salt, *params)?
-            }
-            (RootMeta::KeyFile, RootSecret::KeyFile(k)) => RootKey::from_bytes(k.expose_secret()),
-            (RootMeta::Passphrase { .. }, _) => {
-                return Err(KeyError::SourceMismatch {
-                    expected: "passphrase",
-                });
-            }
-            (RootMeta::KeyFile, _) => {
-                return Err(KeyError::SourceMismatch {
-                    expected: "key file",
-                });
-            }
-        };
-        let check = store.meta(META_KEY_CHECK)?.ok_or(KeyError::CorruptMeta)?;
-        if !kdf::key_matches(&root, &check) {
-            tracing::warn!(
-                source = secret.kind(),
-                "unseal refused: root key check failed"
-            );
-            return Err(KeyError::WrongRootKey);
-        }
+        let root = check_root(store.as_ref(), secret)?;
         Ok(Self {
             store,
-            root,
-            algorithm,
+            root: RwLock::new(root),
+            root_algorithm: algorithm,
             purpose_keys: RwLock::new(HashMap::new()),
             subject_keys: Mutex::new(SubjectKeyCache::new(cache_capacity)),
         })
@@ -288,46 +262,83 @@ impl Keyring {
             .store
             .meta(META_AUDIT_KEY)?
             .ok_or(KeyError::CorruptMeta)?;
+        let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
         let bytes = crypto::open(
-            self.root.expose_secret(),
+            root.expose_secret(),
             &crypto::aad(&AadContext::AuditKey),
             &wrapped,
         )?;
         AuditKey::from_slice(&bytes).ok_or(KeyError::Crypto(CryptoError::Open))
     }
 
-    /// The algorithm new ciphertexts are sealed with.
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
-    }
-
-    /// The current subject key of (subject, purpose), if the subject has one.
-    pub fn subject_key(
+    /// The subject key of (subject, purpose) of a given generation (the one a ciphertext names).
+    pub fn subject_key_at(
         &self,
         subject: &SubjectId,
         purpose: Purpose,
-    ) -> Result<Option<(u32, Arc<SubjectKey>)>, KeyError> {
-        if let Some(hit) = self.cached(subject, purpose) {
-            return Ok(Some(hit));
+        generation: u32,
+    ) -> Result<Option<Arc<SubjectKey>>, KeyError> {
+        if let Some((g, key)) = self.cached(subject, purpose)
+            && g == generation
+        {
+            return Ok(Some(key));
         }
-        let Some(row) = self.store.subject_key(subject.as_str(), purpose.as_str())? else {
+        let Some(row) =
+            self.store
+                .subject_key_at(subject.as_str(), purpose.as_str(), generation)?
+        else {
             return Ok(None);
         };
-        Ok(Some(self.unwrap_subject_key(subject, purpose, &row)?))
+        let key = self.unwrap_subject_key(subject, purpose, &row)?;
+        let current = self.store.subject_key(subject.as_str(), purpose.as_str())?;
+        if current.is_some_and(|c| c.generation == generation) {
+            self.remember(subject, purpose, generation, &key);
+        }
+        Ok(Some(key))
     }
 
-    /// The current subject key of (subject, purpose), created and stored when there is none.
+    /// The current subject key of (subject, purpose), created and stored when there is none,
+    /// with the algorithm new ciphertexts are sealed with.
     pub fn subject_key_or_create(
         &self,
         subject: &SubjectId,
         purpose: Purpose,
-    ) -> Result<(u32, Arc<SubjectKey>), KeyError> {
-        if let Some(found) = self.subject_key(subject, purpose)? {
-            return Ok(found);
+    ) -> Result<ActiveSubjectKey, KeyError> {
+        let (_, _, algorithm) = self.active_version(purpose)?;
+        if let Some((generation, key)) = self.cached(subject, purpose) {
+            return Ok(ActiveSubjectKey {
+                generation,
+                key,
+                algorithm,
+            });
         }
-        let (version, purpose_key) = self.active_purpose_key(purpose)?;
+        let row = match self.store.subject_key(subject.as_str(), purpose.as_str())? {
+            Some(row) => row,
+            None => {
+                let (row, _) = self.new_subject_key(subject, purpose, 1)?;
+                // Another request may have created one meanwhile: use whichever the store kept.
+                self.store.insert_subject_key(&row)?
+            }
+        };
+        let key = self.unwrap_subject_key(subject, purpose, &row)?;
+        self.remember(subject, purpose, row.generation, &key);
+        Ok(ActiveSubjectKey {
+            generation: row.generation,
+            key,
+            algorithm,
+        })
+    }
+
+    /// A fresh subject key of `generation`, wrapped under the purpose's active version (not
+    /// stored), and the key itself.
+    pub fn new_subject_key(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        generation: u32,
+    ) -> Result<(SubjectKeyRow, SubjectKey), KeyError> {
+        let (version, purpose_key, algorithm) = self.active_version(purpose)?;
         let key = SubjectKey::generate();
-        let generation = 1;
         let aad = crypto::aad(&AadContext::SubjectKey {
             subject: subject.as_str(),
             purpose: purpose.as_str(),
@@ -340,16 +351,145 @@ impl Keyring {
             purpose_version: version,
             wrapped: crypto::seal(
                 purpose_key.expose_secret(),
-                self.algorithm,
+                algorithm,
                 version,
                 &aad,
                 key.expose_secret(),
             )?,
             created_at: now_unix(),
         };
-        // Another request may have created one meanwhile: use whichever the store kept.
-        let stored = self.store.insert_subject_key(&row)?;
-        self.unwrap_subject_key(subject, purpose, &stored)
+        Ok((row, key))
+    }
+
+    /// The algorithm of the purpose's active key version (what new ciphertexts are sealed with).
+    pub fn active_algorithm(&self, purpose: Purpose) -> Result<Algorithm, KeyError> {
+        Ok(self.active_version(purpose)?.2)
+    }
+
+    /// Drops the cached key of (subject, purpose), after a rekey replaced it.
+    pub fn forget(&self, subject: &SubjectId, purpose: Purpose) {
+        if let Ok(mut cache) = self.subject_keys.lock() {
+            cache.remove(subject, purpose);
+        }
+    }
+
+    /// Creates the next version of a purpose key and makes it active (the previous one becomes
+    /// decrypt-only). `algorithm` defaults to that of the current active version.
+    pub fn rotate(
+        &self,
+        purpose: Purpose,
+        algorithm: Option<Algorithm>,
+    ) -> Result<(u32, Algorithm), KeyError> {
+        let rows = self.store.purpose_keys(purpose.as_str())?;
+        let current = rows.iter().rev().find(|r| r.state == "active");
+        let algorithm = algorithm
+            .or_else(|| current.and_then(|r| Algorithm::parse(&r.algorithm)))
+            .unwrap_or_default();
+        let version = rows.iter().map(|r| r.version).max().unwrap_or(0) + 1;
+        let key = PurposeKey::generate();
+        let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
+        let row = PurposeKeyRow {
+            purpose: purpose.as_str().into(),
+            version,
+            state: "active".into(),
+            algorithm: algorithm.as_str().into(),
+            wrapped: wrap_purpose_key(&root, self.root_algorithm, purpose, version, &key)?,
+            created_at: now_unix(),
+            retired_at: None,
+            destroy_after: None,
+            destroyed_at: None,
+        };
+        drop(root);
+        self.store.rotate_purpose_key(&row)?;
+        if let Ok(mut map) = self.purpose_keys.write() {
+            map.insert((purpose, version), Arc::new(key));
+        }
+        Ok((version, algorithm))
+    }
+
+    /// Rewraps up to `batch` subject keys of `purpose` that are wrapped under an older version
+    /// to the active one, in one store transaction. Returns how many were rewrapped and how
+    /// many were found (0 found: nothing left to do).
+    pub fn rewrap_batch(&self, purpose: Purpose, batch: usize) -> Result<(usize, usize), KeyError> {
+        let (active, active_key, algorithm) = self.active_version(purpose)?;
+        let rows = self
+            .store
+            .subject_keys_below(purpose.as_str(), active, batch)?;
+        if rows.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut new_rows = Vec::with_capacity(rows.len());
+        let mut from = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let old_key = self.purpose_key(purpose, row.purpose_version)?;
+            let aad = crypto::aad(&AadContext::SubjectKey {
+                subject: &row.subject,
+                purpose: purpose.as_str(),
+                generation: row.generation,
+            });
+            let bytes = crypto::open(old_key.expose_secret(), &aad, &row.wrapped)?;
+            new_rows.push(SubjectKeyRow {
+                purpose_version: active,
+                wrapped: crypto::seal(active_key.expose_secret(), algorithm, active, &aad, &bytes)?,
+                ..row.clone()
+            });
+            from.push(row.purpose_version);
+        }
+        let done = self.store.rewrap_subject_keys(&new_rows, &from)?;
+        Ok((done, rows.len()))
+    }
+
+    /// Changes the root key: rewraps every purpose key version that still has material, and the
+    /// audit key, under the new root key, and replaces the key check value, in one transaction.
+    /// The old passphrase or key file no longer opens the store.
+    pub fn rotate_root(&self, secret: &RootSecret) -> Result<(), KeyError> {
+        let (meta, new_root) = root_from_secret(secret)?;
+        let meta_json = serde_json::to_vec(&meta).map_err(|_| KeyError::CorruptMeta)?;
+        let mut root = self.root.write().map_err(|_| KeyError::CorruptMeta)?;
+        let mut rows = Vec::new();
+        for &purpose in Purpose::ALL {
+            for row in self.store.purpose_keys(purpose.as_str())? {
+                if row.wrapped.is_empty() {
+                    continue;
+                }
+                let aad = crypto::aad(&AadContext::PurposeKey {
+                    purpose: purpose.as_str(),
+                    version: row.version,
+                });
+                let bytes = crypto::open(root.expose_secret(), &aad, &row.wrapped)?;
+                let wrapped = crypto::seal(
+                    new_root.expose_secret(),
+                    self.root_algorithm,
+                    row.version,
+                    &aad,
+                    &bytes,
+                )?;
+                rows.push(PurposeKeyRow { wrapped, ..row });
+            }
+        }
+        let wrapped_audit = self
+            .store
+            .meta(META_AUDIT_KEY)?
+            .ok_or(KeyError::CorruptMeta)?;
+        let audit_aad = crypto::aad(&AadContext::AuditKey);
+        let audit_bytes = crypto::open(root.expose_secret(), &audit_aad, &wrapped_audit)?;
+        let rewrapped_audit = crypto::seal(
+            new_root.expose_secret(),
+            self.root_algorithm,
+            1,
+            &audit_aad,
+            &audit_bytes,
+        )?;
+        self.store.rewrap_root(
+            &rows,
+            &[
+                (META_ROOT, meta_json),
+                (META_KEY_CHECK, kdf::key_check_value(&new_root).to_vec()),
+                (META_AUDIT_KEY, rewrapped_audit),
+            ],
+        )?;
+        *root = new_root;
+        Ok(())
     }
 
     fn cached(&self, subject: &SubjectId, purpose: Purpose) -> Option<(u32, Arc<SubjectKey>)> {
@@ -357,12 +497,24 @@ impl Keyring {
         cache.get(subject, purpose)
     }
 
+    fn remember(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        generation: u32,
+        key: &Arc<SubjectKey>,
+    ) {
+        if let Ok(mut cache) = self.subject_keys.lock() {
+            cache.insert(subject.clone(), purpose, generation, Arc::clone(key));
+        }
+    }
+
     fn unwrap_subject_key(
         &self,
         subject: &SubjectId,
         purpose: Purpose,
         row: &SubjectKeyRow,
-    ) -> Result<(u32, Arc<SubjectKey>), KeyError> {
+    ) -> Result<Arc<SubjectKey>, KeyError> {
         let purpose_key = self.purpose_key(purpose, row.purpose_version)?;
         let aad = crypto::aad(&AadContext::SubjectKey {
             subject: subject.as_str(),
@@ -370,21 +522,28 @@ impl Keyring {
             generation: row.generation,
         });
         let bytes = crypto::open(purpose_key.expose_secret(), &aad, &row.wrapped)?;
-        let key = Arc::new(SubjectKey::from_slice(&bytes).ok_or(CryptoError::Open)?);
-        if let Ok(mut cache) = self.subject_keys.lock() {
-            cache.insert(subject.clone(), purpose, row.generation, Arc::clone(&key));
-        }
-        Ok((row.generation, key))
+        Ok(Arc::new(
+            SubjectKey::from_slice(&bytes).ok_or(CryptoError::Open)?,
+        ))
     }
 
-    fn active_purpose_key(&self, purpose: Purpose) -> Result<(u32, Arc<PurposeKey>), KeyError> {
+    /// The active version of a purpose key: (version, key, algorithm).
+    fn active_version(
+        &self,
+        purpose: Purpose,
+    ) -> Result<(u32, Arc<PurposeKey>, Algorithm), KeyError> {
         let rows = self.store.purpose_keys(purpose.as_str())?;
         let active = rows
             .iter()
             .rev()
             .find(|r| r.state == "active")
             .ok_or_else(|| KeyError::MissingPurposeKey(purpose.as_str().into()))?;
-        Ok((active.version, self.purpose_key(purpose, active.version)?))
+        let algorithm = Algorithm::parse(&active.algorithm).ok_or(KeyError::CorruptMeta)?;
+        Ok((
+            active.version,
+            self.purpose_key(purpose, active.version)?,
+            algorithm,
+        ))
     }
 
     fn purpose_key(&self, purpose: Purpose, version: u32) -> Result<Arc<PurposeKey>, KeyError> {
@@ -396,22 +555,128 @@ impl Keyring {
         {
             return Ok(k);
         }
+        let min = self.store.min_decrypt_version(purpose.as_str())?;
+        if version < min {
+            return Err(KeyError::BelowMinimum {
+                purpose: purpose.as_str().into(),
+                version,
+                min,
+            });
+        }
         let rows = self.store.purpose_keys(purpose.as_str())?;
         let row = rows
             .iter()
             .find(|r| r.version == version)
             .ok_or_else(|| KeyError::MissingPurposeKey(format!("{purpose} v{version}")))?;
+        if row.wrapped.is_empty() {
+            return Err(KeyError::Destroyed {
+                purpose: purpose.as_str().into(),
+                version,
+            });
+        }
         let aad = crypto::aad(&AadContext::PurposeKey {
             purpose: purpose.as_str(),
             version,
         });
-        let bytes = crypto::open(self.root.expose_secret(), &aad, &row.wrapped)?;
+        let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
+        let bytes = crypto::open(root.expose_secret(), &aad, &row.wrapped)?;
         let key = Arc::new(PurposeKey::from_slice(&bytes).ok_or(CryptoError::Open)?);
         if let Ok(mut map) = self.purpose_keys.write() {
             map.insert((purpose, version), Arc::clone(&key));
         }
         Ok(key)
     }
+
+    /// Forgets an unwrapped purpose key version (after its destruction or a minimum change).
+    pub fn forget_purpose_key(&self, purpose: Purpose, version: u32) {
+        if let Ok(mut map) = self.purpose_keys.write() {
+            map.remove(&(purpose, version));
+        }
+    }
+}
+
+fn wrap_purpose_key(
+    root: &RootKey,
+    algorithm: Algorithm,
+    purpose: Purpose,
+    version: u32,
+    key: &PurposeKey,
+) -> Result<Vec<u8>, KeyError> {
+    let aad = crypto::aad(&AadContext::PurposeKey {
+        purpose: purpose.as_str(),
+        version,
+    });
+    Ok(crypto::seal(
+        root.expose_secret(),
+        algorithm,
+        version,
+        &aad,
+        key.expose_secret(),
+    )?)
+}
+
+/// Derives a root key from a secret, with the metadata that lets it be derived again.
+fn root_from_secret(secret: &RootSecret) -> Result<(RootMeta, RootKey), KeyError> {
+    Ok(match secret {
+        RootSecret::Passphrase(p) => {
+            let mut salt = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut salt);
+            let params = KdfParams::RFC9106_SECOND;
+            let root = kdf::derive_root_key(p.as_bytes(), &salt, params)?;
+            (
+                RootMeta::Passphrase {
+                    kdf: "argon2id".into(),
+                    params,
+                    salt: hex::encode(salt),
+                },
+                root,
+            )
+        }
+        RootSecret::KeyFile(k) => (RootMeta::KeyFile, RootKey::from_bytes(k.expose_secret())),
+    })
+}
+
+/// Derives or reads the root key for `secret` and checks it against the stored key check value.
+fn check_root(store: &dyn Store, secret: &RootSecret) -> Result<RootKey, KeyError> {
+    let meta = store.meta(META_ROOT)?.ok_or(StoreError::NotInitialized)?;
+    let meta: RootMeta = serde_json::from_slice(&meta).map_err(|_| KeyError::CorruptMeta)?;
+    let root = match (&meta, secret) {
+        (
+            RootMeta::Passphrase {
+                kdf: name,
+                params,
+                salt,
+            },
+            RootSecret::Passphrase(p),
+        ) => {
+            if name != "argon2id" {
+                return Err(KeyError::CorruptMeta);
+            }
+            params.check_strength()?;
+            let salt = hex::decode(salt).map_err(|_| KeyError::CorruptMeta)?;
+            kdf::derive_root_key(p.as_bytes(), &salt, *params)?
+        }
+        (RootMeta::KeyFile, RootSecret::KeyFile(k)) => RootKey::from_bytes(k.expose_secret()),
+        (RootMeta::Passphrase { .. }, _) => {
+            return Err(KeyError::SourceMismatch {
+                expected: "passphrase",
+            });
+        }
+        (RootMeta::KeyFile, _) => {
+            return Err(KeyError::SourceMismatch {
+                expected: "key file",
+            });
+        }
+    };
+    let check = store.meta(META_KEY_CHECK)?.ok_or(KeyError::CorruptMeta)?;
+    if !kdf::key_matches(&root, &check) {
+        tracing::warn!(
+            source = secret.kind(),
+            "unseal refused: root key check failed"
+        );
+        return Err(KeyError::WrongRootKey);
+    }
+    Ok(root)
 }
 
 /// A bounded cache of unwrapped subject keys; evicts the oldest entry when full.
@@ -434,6 +699,13 @@ impl SubjectKeyCache {
         self.map
             .get(&(subject.clone(), purpose))
             .map(|(g, k)| (*g, Arc::clone(k)))
+    }
+
+    fn remove(&mut self, subject: &SubjectId, purpose: Purpose) {
+        let id = (subject.clone(), purpose);
+        if self.map.remove(&id).is_some() {
+            self.order.retain(|o| o != &id);
+        }
     }
 
     fn insert(
@@ -512,14 +784,66 @@ mod tests {
             Keyring::unseal(Arc::clone(&store), &secret, Algorithm::XChaCha20Poly1305, 1).unwrap();
         let s1 = SubjectId::parse("s", "rel-1").unwrap();
         let s2 = SubjectId::parse("s", "rel-2").unwrap();
-        assert!(ring.subject_key(&s1, Purpose::Nuisance).unwrap().is_none());
-        let (g, k1) = ring.subject_key_or_create(&s1, Purpose::Nuisance).unwrap();
-        assert_eq!(g, 1);
+        assert!(
+            ring.subject_key_at(&s1, Purpose::Nuisance, 1)
+                .unwrap()
+                .is_none()
+        );
+        let active = ring.subject_key_or_create(&s1, Purpose::Nuisance).unwrap();
+        assert_eq!(active.generation, 1);
+        assert_eq!(active.algorithm, Algorithm::XChaCha20Poly1305);
         let _ = ring.subject_key_or_create(&s2, Purpose::Nuisance).unwrap(); // evicts s1
-        let (_, again) = ring.subject_key(&s1, Purpose::Nuisance).unwrap().unwrap();
-        assert_eq!(k1.expose_secret(), again.expose_secret());
-        let (_, other_purpose) = ring.subject_key_or_create(&s1, Purpose::Contract).unwrap();
-        assert_ne!(k1.expose_secret(), other_purpose.expose_secret());
+        let again = ring
+            .subject_key_at(&s1, Purpose::Nuisance, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(active.key.expose_secret(), again.expose_secret());
+        let other = ring.subject_key_or_create(&s1, Purpose::Contract).unwrap();
+        assert_ne!(active.key.expose_secret(), other.key.expose_secret());
+    }
+
+    #[test]
+    fn rotation_rewrap_and_root_change_keep_keys_usable() {
+        let (dir, store) = store();
+        let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
+        Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
+        let ring = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
+        let s1 = SubjectId::parse("s", "rel-1").unwrap();
+        let before = ring.subject_key_or_create(&s1, Purpose::Safety).unwrap();
+        let (v, alg) = ring
+            .rotate(Purpose::Safety, Some(Algorithm::XChaCha20Poly1305))
+            .unwrap();
+        assert_eq!((v, alg), (2, Algorithm::XChaCha20Poly1305));
+        assert_eq!(ring.rewrap_batch(Purpose::Safety, 10).unwrap(), (1, 1));
+        assert_eq!(ring.rewrap_batch(Purpose::Safety, 10).unwrap(), (0, 0));
+        assert_eq!(
+            store
+                .subject_key("rel-1", "safety")
+                .unwrap()
+                .unwrap()
+                .purpose_version,
+            2
+        );
+        let after = ring
+            .subject_key_at(&s1, Purpose::Safety, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(before.key.expose_secret(), after.expose_secret());
+
+        let new_secret = RootSecret::create_key_file(&dir.path().join("new.key")).unwrap();
+        ring.rotate_root(&new_secret).unwrap();
+        assert!(matches!(
+            Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0),
+            Err(KeyError::WrongRootKey)
+        ));
+        let reopened =
+            Keyring::unseal(Arc::clone(&store), &new_secret, Algorithm::Aes256Gcm, 0).unwrap();
+        reopened.audit_key().unwrap();
+        let again = reopened
+            .subject_key_at(&s1, Purpose::Safety, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(before.key.expose_secret(), again.expose_secret());
     }
 
     #[test]
@@ -539,7 +863,7 @@ mod tests {
         store.insert_subject_key(&moved).unwrap();
         let s2 = SubjectId::parse("s", "rel-2").unwrap();
         assert!(matches!(
-            ring.subject_key(&s2, Purpose::Nuisance),
+            ring.subject_key_at(&s2, Purpose::Nuisance, 1),
             Err(KeyError::Crypto(CryptoError::Open))
         ));
     }

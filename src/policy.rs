@@ -75,6 +75,8 @@ impl Action {
 pub enum AdminAction {
     /// Issue, revoke and list tokens.
     ManageTokens,
+    /// Rotate, rewrap, rekey, retire and destroy keys; change the root key.
+    ManageKeys,
     /// Read the audit trail (export, subject access report).
     ReadAudit,
     /// Verify the audit trail and read its head.
@@ -86,6 +88,7 @@ impl AdminAction {
     pub fn as_str(self) -> &'static str {
         match self {
             AdminAction::ManageTokens => "manage-tokens",
+            AdminAction::ManageKeys => "manage-keys",
             AdminAction::ReadAudit => "read-audit",
             AdminAction::VerifyAudit => "verify-audit",
         }

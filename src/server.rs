@@ -45,13 +45,65 @@ impl std::fmt::Debug for TlsPem {
     }
 }
 
-/// Serves `vault` on `listener` until `shutdown` completes.
+/// How to serve, beyond the vault and the listener.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// TLS certificate and key; plain HTTP/2 when `None`.
+    pub tls: Option<TlsPem>,
+    /// How often scheduled key destructions that are due are carried out.
+    pub key_sweep_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            key_sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves `vault` on `listener` until `shutdown` completes. Also resumes interrupted key jobs
+/// (rewrap, rekey) and destroys scheduled key versions when they are due.
 pub async fn serve(
     vault: Arc<Vault>,
     listener: TcpListener,
-    tls: Option<TlsPem>,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let tls = options.tls;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    {
+        let vault = Arc::clone(&vault);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = vault.resume_key_jobs() {
+                tracing::error!(error = %e, "resuming key jobs failed; run `kluis admin keys rewrap` / `rekey`");
+            }
+        });
+    }
+    {
+        let vault = Arc::clone(&vault);
+        let period = options.key_sweep_interval.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let v = Arc::clone(&vault);
+                        let swept = tokio::task::spawn_blocking(move || v.destroy_due_keys(None)).await;
+                        if let Ok(Err(e)) = swept {
+                            tracing::error!(error = %e, "destroying due key versions failed");
+                        }
+                    }
+                    _ = stop_rx.changed() => break,
+                }
+            }
+        });
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VaultServer<VaultApi>>().await;
     health.set_serving::<AdminServer<AdminApi>>().await;

@@ -28,6 +28,9 @@ pub enum StoreError {
     /// A row that must be unique exists already.
     #[error("{0} exists already")]
     Conflict(String),
+    /// A key is still in use: the count of what it protects.
+    #[error("still in use by {0}")]
+    InUse(u64),
     /// The store's schema is newer than this kluis understands.
     #[error("the store's schema version {found} is newer than this kluis supports ({supported})")]
     SchemaTooNew {
@@ -51,12 +54,20 @@ pub struct PurposeKeyRow {
     pub purpose: String,
     /// Version, from 1.
     pub version: u32,
-    /// `active` or `decrypt-only`.
+    /// `active`, `decrypt-only`, `scheduled` (for destruction) or `destroyed`.
     pub state: String,
-    /// The purpose key sealed under the root key.
+    /// The AEAD this version seals with (`aes-256-gcm`, `xchacha20-poly1305`).
+    pub algorithm: String,
+    /// The purpose key sealed under the root key; empty once destroyed.
     pub wrapped: Vec<u8>,
     /// Unix seconds.
     pub created_at: i64,
+    /// When a newer version replaced it (unix seconds).
+    pub retired_at: Option<i64>,
+    /// When a scheduled destruction is due (unix seconds).
+    pub destroy_after: Option<i64>,
+    /// When its material was erased (unix seconds).
+    pub destroyed_at: Option<i64>,
 }
 
 /// A subject data key, wrapped under a purpose key version.
@@ -106,6 +117,8 @@ pub struct FieldRow {
     pub category: String,
     /// `text` or `binary`.
     pub kind: String,
+    /// The generation of the subject key that sealed it.
+    pub key_gen: u32,
     /// The value sealed under the subject key (see `crypto::envelope`).
     pub sealed: Vec<u8>,
 }
@@ -116,6 +129,7 @@ impl std::fmt::Debug for FieldRow {
             .field("name", &self.name)
             .field("category", &self.category)
             .field("kind", &self.kind)
+            .field("key_gen", &self.key_gen)
             .field("sealed_len", &self.sealed.len())
             .finish()
     }
@@ -168,6 +182,10 @@ pub struct AuditRow {
     pub mac: Vec<u8>,
 }
 
+/// Re-encrypts one field during a rekey: given the record id and the field as stored, returns
+/// the new ciphertext.
+pub type Reseal<'a> = dyn FnMut(&str, &FieldRow) -> Result<Vec<u8>, StoreError> + 'a;
+
 /// What kluis needs from a store.
 pub trait Store: Send + Sync {
     /// A value of the store's metadata (root key parameters, key check value, wrapped audit key).
@@ -195,7 +213,101 @@ pub trait Store: Send + Sync {
     /// is stored afterwards (so two concurrent writers end up with the same key).
     fn insert_subject_key(&self, row: &SubjectKeyRow) -> Result<SubjectKeyRow, StoreError>;
 
-    /// Stores a record with its fields in one transaction.
+    /// Makes `new` the active version of its purpose and the active one before it
+    /// `decrypt-only`, in one transaction.
+    fn rotate_purpose_key(&self, new: &PurposeKeyRow) -> Result<(), StoreError>;
+
+    /// Sets the state of a purpose key version (scheduling or cancelling its destruction).
+    fn set_purpose_key_state(
+        &self,
+        purpose: &str,
+        version: u32,
+        state: &str,
+        destroy_after: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// Erases a version's material, in one transaction with the check that no subject key is
+    /// wrapped under it. Fails with `InUse(count)` otherwise.
+    fn destroy_purpose_key(&self, purpose: &str, version: u32, at: i64) -> Result<(), StoreError>;
+
+    /// Replaces the wrapped material of purpose key versions and metadata values, in one
+    /// transaction (a root key change).
+    fn rewrap_root(
+        &self,
+        keys: &[PurposeKeyRow],
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<(), StoreError>;
+
+    /// The minimum purpose key version that may still be used to unwrap (0: none set).
+    fn min_decrypt_version(&self, purpose: &str) -> Result<u32, StoreError>;
+
+    /// Sets the minimum decryption version; fails with `InUse(count)` when subject keys are
+    /// still wrapped under older versions.
+    fn set_min_decrypt_version(&self, purpose: &str, version: u32) -> Result<(), StoreError>;
+
+    /// How many subject keys each version of a purpose key wraps: (version, count).
+    fn subject_key_counts(&self, purpose: &str) -> Result<Vec<(u32, u64)>, StoreError>;
+
+    /// Up to `limit` subject keys of `purpose` wrapped under a version older than `version`.
+    fn subject_keys_below(
+        &self,
+        purpose: &str,
+        version: u32,
+        limit: usize,
+    ) -> Result<Vec<SubjectKeyRow>, StoreError>;
+
+    /// Stores rewrapped subject keys in one transaction. Each row replaces the stored row of the
+    /// same (subject, purpose, generation) only if that one is still wrapped under `from[i]`.
+    /// Returns how many were replaced.
+    fn rewrap_subject_keys(
+        &self,
+        rows: &[SubjectKeyRow],
+        from: &[u32],
+    ) -> Result<usize, StoreError>;
+
+    /// A given generation of the subject key of (subject, purpose).
+    fn subject_key_at(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+    ) -> Result<Option<SubjectKeyRow>, StoreError>;
+
+    /// Up to `limit` subjects of `purpose` whose current subject key was created before
+    /// `before` (the subjects a rekey started at `before` still has to do).
+    fn subjects_keyed_before(
+        &self,
+        purpose: &str,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Re-encrypts a subject's data of `purpose` under `new_key` in one transaction: stores
+    /// `new_key`, reseals every field sealed under an older generation with `reseal(record_id,
+    /// field)`, and deletes the older generations. Skips (returns `None`) when the current key
+    /// was created at or after `before` (done already). Returns the number of fields resealed.
+    fn rekey_subject(
+        &self,
+        new_key: &SubjectKeyRow,
+        before: i64,
+        reseal: &mut Reseal<'_>,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Fields of `purpose` whose subject key generation no longer exists (must be 0).
+    fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError>;
+
+    /// Records that a key job (`rekey`) started for a purpose, unless one is recorded already;
+    /// returns the start time in force.
+    fn start_key_job(&self, purpose: &str, kind: &str, at: i64) -> Result<i64, StoreError>;
+
+    /// Removes the record of a finished key job.
+    fn finish_key_job(&self, purpose: &str, kind: &str) -> Result<(), StoreError>;
+
+    /// Unfinished key jobs: (purpose, kind, started_at).
+    fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
+
+    /// Stores a record with its fields in one transaction. Fails with `Conflict` when a field's
+    /// subject key generation does not exist (any more): the caller must fetch the current key.
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError>;
 
     /// A record with all its fields.

@@ -8,6 +8,7 @@
 //! Invariant: knows neither gRPC nor SQL; errors never carry plaintext.
 
 pub mod guard;
+pub mod keyadmin;
 pub mod tokens;
 pub mod trail;
 
@@ -17,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     audit::{Audit, AuditError, AuditEvent, AuditField},
-    crypto::{self, AadContext, CryptoError},
+    crypto::{self, AadContext},
     domain::{
         AccessContext, Category, FieldName, InputError, Limits, Principal, Purpose, RecordId,
         Retention, RetentionStart, SubjectId, now_unix,
@@ -232,6 +233,7 @@ pub struct Vault {
     audit: Audit,
     retention: RetentionTable,
     limits: Limits,
+    key_settings: keyadmin::KeySettings,
 }
 
 impl fmt::Debug for Vault {
@@ -257,6 +259,7 @@ impl Vault {
             audit,
             retention,
             limits,
+            key_settings: keyadmin::KeySettings::default(),
         })
     }
 
@@ -298,34 +301,7 @@ impl Vault {
             principal, ctx, "write", subject, &record_id, &resources, &decisions,
         )?;
 
-        let (generation, key) = self.keyring.subject_key_or_create(subject, ctx.purpose)?;
         let now = now_unix();
-        let rows = fields
-            .iter()
-            .map(|f| {
-                let aad = field_aad(
-                    subject.as_str(),
-                    record_id.as_str(),
-                    f.name.as_str(),
-                    f.category,
-                    ctx.purpose,
-                    f.value.kind(),
-                );
-                Ok(FieldRow {
-                    name: f.name.as_str().into(),
-                    category: f.category.as_str().into(),
-                    kind: f.value.kind().into(),
-                    sealed: crypto::seal(
-                        key.expose_secret(),
-                        self.keyring.algorithm(),
-                        generation,
-                        &aad,
-                        f.value.bytes(),
-                    )?,
-                })
-            })
-            .collect::<Result<Vec<_>, CryptoError>>()
-            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
         let expires_at = self.retention.expires_at(ctx.purpose, now);
         let record = RecordRow {
             id: record_id.as_str().into(),
@@ -337,11 +313,23 @@ impl Vault {
             closed_at: None,
             expires_at,
         };
-        self.store.insert_record(&record, &rows)?;
+        // A rekey may replace the subject key between sealing and storing: the store then refuses
+        // the stale generation, and the fields are sealed again under the current key.
+        let mut attempt = 0;
+        loop {
+            let rows = self.seal_fields(subject, &record_id, ctx.purpose, &fields)?;
+            match self.store.insert_record(&record, &rows) {
+                Err(StoreError::Conflict(_)) if attempt == 0 => {
+                    attempt += 1;
+                    self.keyring.forget(subject, ctx.purpose);
+                }
+                other => break other?,
+            }
+        }
         tracing::info!(
             record_id = record_id.as_str(),
             purpose = ctx.purpose.as_str(),
-            fields = rows.len(),
+            fields = fields.len(),
             "record stored"
         );
         Ok((record_id, expires_at))
@@ -408,14 +396,22 @@ impl Vault {
                     reason: d.reason.clone(),
                 }),
         );
-        let (_, key) = self
-            .keyring
-            .subject_key(&subject, meta.purpose)?
-            .ok_or_else(|| {
-                VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
-            })?;
+        let mut keys: BTreeMap<u32, Arc<crate::crypto::SubjectKey>> = BTreeMap::new();
         let mut fields = Vec::with_capacity(grants.len());
         for (grant, row, category) in grants {
+            let key = match keys.get(&row.key_gen) {
+                Some(k) => Arc::clone(k),
+                None => {
+                    let k = self
+                        .keyring
+                        .subject_key_at(&subject, meta.purpose, row.key_gen)?
+                        .ok_or_else(|| {
+                            VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
+                        })?;
+                    keys.insert(row.key_gen, Arc::clone(&k));
+                    k
+                }
+            };
             fields.push(open_field(
                 &grant,
                 key.expose_secret(),
@@ -483,36 +479,18 @@ impl Vault {
         self.require_all(
             principal, ctx, "update", &subject, record_id, &resources, &decisions,
         )?;
-        let (generation, key) = self.keyring.subject_key_or_create(&subject, meta.purpose)?;
-        let sealed = fields
-            .iter()
-            .map(|f| {
-                let aad = field_aad(
-                    &record.subject,
-                    &record.id,
-                    f.name.as_str(),
-                    f.category,
-                    meta.purpose,
-                    f.value.kind(),
-                );
-                Ok(FieldRow {
-                    name: f.name.as_str().into(),
-                    category: f.category.as_str().into(),
-                    kind: f.value.kind().into(),
-                    sealed: crypto::seal(
-                        key.expose_secret(),
-                        self.keyring.algorithm(),
-                        generation,
-                        &aad,
-                        f.value.bytes(),
-                    )?,
-                })
-            })
-            .collect::<Result<Vec<_>, CryptoError>>()
-            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
         let now = now_unix();
-        if !self.store.update_fields(record_id.as_str(), &sealed, now)? {
-            return Err(VaultError::NotFound(format!("record `{record_id}`")));
+        let mut attempt = 0;
+        loop {
+            let sealed = self.seal_fields(&subject, record_id, meta.purpose, &fields)?;
+            match self.store.update_fields(record_id.as_str(), &sealed, now) {
+                Err(StoreError::Conflict(_)) if attempt == 0 => {
+                    attempt += 1;
+                    self.keyring.forget(&subject, meta.purpose);
+                }
+                Ok(false) => return Err(VaultError::NotFound(format!("record `{record_id}`"))),
+                other => break other.map(drop)?,
+            }
         }
         Ok(now)
     }
@@ -627,6 +605,47 @@ impl Vault {
         } else {
             Err(VaultError::Denied(deny_summary(resources, decisions)))
         }
+    }
+
+    /// Seals `fields` of a record under the current subject key of (subject, purpose), with the
+    /// algorithm of the purpose's active key version.
+    fn seal_fields(
+        &self,
+        subject: &SubjectId,
+        record_id: &RecordId,
+        purpose: Purpose,
+        fields: &[NewField],
+    ) -> Result<Vec<FieldRow>, VaultError> {
+        let active = self.keyring.subject_key_or_create(subject, purpose)?;
+        fields
+            .iter()
+            .map(|f| {
+                let kind = f.value.kind();
+                let aad = field_aad(
+                    subject.as_str(),
+                    record_id.as_str(),
+                    f.name.as_str(),
+                    f.category,
+                    purpose,
+                    kind,
+                );
+                let sealed = crypto::seal(
+                    active.key.expose_secret(),
+                    active.algorithm,
+                    active.generation,
+                    &aad,
+                    f.value.bytes(),
+                )
+                .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+                Ok(FieldRow {
+                    name: f.name.as_str().into(),
+                    category: f.category.as_str().into(),
+                    kind: kind.into(),
+                    key_gen: active.generation,
+                    sealed,
+                })
+            })
+            .collect()
     }
 
     fn event(

@@ -8,9 +8,15 @@ use tonic::{Request, Response, Status};
 use super::{convert, run};
 use crate::{
     audit::{Filter, Head, Verification},
-    domain::{InputError, PrincipalId, SubjectId, now_unix},
+    crypto::{Algorithm, RootKey},
+    domain::{InputError, PrincipalId, Purpose, SubjectId, now_unix, parse_purpose},
+    keys::RootSecret,
     pb::{self, admin_server::Admin as AdminRpc},
-    vault::{Vault, tokens::TokenSpec},
+    vault::{
+        Vault,
+        keyadmin::{Progress, PurposeKeysInfo},
+        tokens::TokenSpec,
+    },
 };
 
 /// The gRPC face of the vault's administration.
@@ -29,6 +35,209 @@ impl AdminApi {
 #[tonic::async_trait]
 impl AdminRpc for AdminApi {
     type ExportAuditStream = ReceiverStream<Result<pb::AuditEntry, Status>>;
+    type RewrapStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
+    type RekeyStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let only = if req.purpose.is_empty() {
+                None
+            } else {
+                Some(parse_purpose("purpose", &req.purpose)?)
+            };
+            let purposes = vault
+                .list_keys(principal, only)?
+                .into_iter()
+                .map(purpose_keys)
+                .collect();
+            Ok(pb::ListKeysResponse { purposes })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        let (purpose, response) = run(&self.vault, request, |vault, principal, req| {
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            let algorithm = if req.algorithm.is_empty() {
+                None
+            } else {
+                Some(Algorithm::parse(&req.algorithm).ok_or_else(|| {
+                    InputError::new(
+                        "algorithm",
+                        "expected `aes-256-gcm` or `xchacha20-poly1305`",
+                    )
+                })?)
+            };
+            let (version, algorithm) =
+                vault.rotate_key(principal, purpose, algorithm, &req.justification)?;
+            Ok((
+                purpose,
+                pb::RotateKeyResponse {
+                    version,
+                    algorithm: algorithm.as_str().into(),
+                },
+            ))
+        })
+        .await?;
+        // Move the existing subject keys over at once, in the background.
+        let vault = Arc::clone(&self.vault);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = vault.rewrap(purpose, |_| true) {
+                tracing::error!(purpose = purpose.as_str(), error = %e, "rewrap after rotation failed; run `kluis admin keys rewrap`");
+            }
+        });
+        Ok(Response::new(response))
+    }
+
+    async fn rewrap(
+        &self,
+        request: Request<pb::KeyJobRequest>,
+    ) -> Result<Response<Self::RewrapStream>, Status> {
+        let purpose = authorize_job(&self.vault, request, "key-rewrap").await?;
+        Ok(Response::new(key_job(
+            &self.vault,
+            purpose,
+            move |vault, progress| vault.rewrap(purpose, progress),
+        )))
+    }
+
+    async fn rekey(
+        &self,
+        request: Request<pb::KeyJobRequest>,
+    ) -> Result<Response<Self::RekeyStream>, Status> {
+        let purpose = authorize_job(&self.vault, request, "key-rekey").await?;
+        Ok(Response::new(key_job(
+            &self.vault,
+            purpose,
+            move |vault, progress| vault.rekey(purpose, progress),
+        )))
+    }
+
+    async fn schedule_key_destruction(
+        &self,
+        request: Request<pb::ScheduleKeyDestructionRequest>,
+    ) -> Result<Response<pb::ScheduleKeyDestructionResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            let due = vault.schedule_key_destruction(
+                principal,
+                purpose,
+                req.version,
+                req.wait_seconds,
+                &req.justification,
+            )?;
+            Ok(pb::ScheduleKeyDestructionResponse {
+                destroy_after: Some(convert::timestamp(due)),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn cancel_key_destruction(
+        &self,
+        request: Request<pb::KeyVersionRequest>,
+    ) -> Result<Response<pb::KeyAdminResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            vault.cancel_key_destruction(principal, purpose, req.version, &req.justification)?;
+            Ok(pb::KeyAdminResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn destroy_due_keys(
+        &self,
+        request: Request<pb::DestroyDueKeysRequest>,
+    ) -> Result<Response<pb::DestroyDueKeysResponse>, Status> {
+        run(&self.vault, request, |vault, principal, _req| {
+            let destroyed = vault
+                .destroy_due_keys(Some(principal))?
+                .into_iter()
+                .map(|(p, v)| format!("{p} v{v}"))
+                .collect();
+            Ok(pb::DestroyDueKeysResponse { destroyed })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn set_min_decrypt_version(
+        &self,
+        request: Request<pb::KeyVersionRequest>,
+    ) -> Result<Response<pb::KeyAdminResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            vault.set_min_decrypt_version(principal, purpose, req.version, &req.justification)?;
+            Ok(pb::KeyAdminResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn rotate_root(
+        &self,
+        request: Request<pb::RotateRootRequest>,
+    ) -> Result<Response<pb::KeyAdminResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let secret = match req.secret {
+                Some(pb::rotate_root_request::Secret::Passphrase(p)) => {
+                    let p = zeroize::Zeroizing::new(p);
+                    if p.chars().count() < crate::config::MIN_PASSPHRASE_CHARS {
+                        return Err(InputError::new(
+                            "passphrase",
+                            format!(
+                                "at least {} characters",
+                                crate::config::MIN_PASSPHRASE_CHARS
+                            ),
+                        )
+                        .into());
+                    }
+                    RootSecret::Passphrase(zeroize::Zeroizing::new(p.to_string()))
+                }
+                Some(pb::rotate_root_request::Secret::Key(k)) => {
+                    let k = zeroize::Zeroizing::new(k);
+                    RootSecret::KeyFile(
+                        RootKey::from_slice(&k)
+                            .ok_or_else(|| InputError::new("key", "expected 32 bytes"))?,
+                    )
+                }
+                None => {
+                    return Err(
+                        InputError::new("secret", "give the new `passphrase` or `key`").into(),
+                    );
+                }
+            };
+            vault.rotate_root(principal, &secret, &req.justification)?;
+            Ok(pb::KeyAdminResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn key_report(
+        &self,
+        request: Request<pb::KeyReportRequest>,
+    ) -> Result<Response<pb::KeyReportResponse>, Status> {
+        run(&self.vault, request, |vault, principal, _req| {
+            let info = vault.key_report(principal)?;
+            let sound = info.iter().all(PurposeKeysInfo::is_sound);
+            Ok(pb::KeyReportResponse {
+                purposes: info.into_iter().map(purpose_keys).collect(),
+                sound,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
 
     async fn issue_token(
         &self,
@@ -237,4 +446,78 @@ impl AdminRpc for AdminApi {
         .await
         .map(Response::new)
     }
+}
+
+fn purpose_keys(p: PurposeKeysInfo) -> pb::PurposeKeys {
+    pb::PurposeKeys {
+        purpose: p.purpose.as_str().into(),
+        active_version: p.active_version,
+        min_decrypt_version: p.min_decrypt_version,
+        versions: p
+            .versions
+            .into_iter()
+            .map(|v| pb::KeyVersion {
+                version: v.version,
+                state: v.state,
+                algorithm: v.algorithm,
+                subject_keys: v.subject_keys,
+                created_at: Some(convert::timestamp(v.created_at)),
+                retired_at: v.retired_at.map(convert::timestamp),
+                destroy_after: v.destroy_after.map(convert::timestamp),
+                destroyed_at: v.destroyed_at.map(convert::timestamp),
+            })
+            .collect(),
+        orphan_fields: p.orphan_fields,
+        keys_on_destroyed_versions: p.keys_on_destroyed_versions,
+        rekey_pending_since: p.rekey_pending_since.map(convert::timestamp),
+    }
+}
+
+/// Authenticates and authorizes the start of a key job; returns its purpose.
+async fn authorize_job(
+    vault: &Arc<Vault>,
+    request: Request<pb::KeyJobRequest>,
+    action: &'static str,
+) -> Result<Purpose, Status> {
+    run(vault, request, move |vault, principal, req| {
+        let purpose = parse_purpose("purpose", &req.purpose)?;
+        vault.authorize_key_job(principal, action, purpose, &req.justification)?;
+        Ok(purpose)
+    })
+    .await
+}
+
+/// Runs a key job on a blocking thread, streaming its progress. The job goes on when the client
+/// goes away (it is resumable anyway); it just stops reporting.
+fn key_job(
+    vault: &Arc<Vault>,
+    purpose: Purpose,
+    job: impl FnOnce(
+        &Vault,
+        &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Progress, crate::vault::VaultError>
+    + Send
+    + 'static,
+) -> ReceiverStream<Result<pb::KeyJobProgress, Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let vault = Arc::clone(vault);
+    tokio::task::spawn_blocking(move || {
+        let message = |p: Progress, finished| pb::KeyJobProgress {
+            purpose: purpose.as_str().into(),
+            done: p.done,
+            total: p.total,
+            finished,
+        };
+        let mut report = |p: Progress| {
+            let _ = tx.try_send(Ok(message(p, false)));
+            true
+        };
+        let result = job(&vault, &mut report);
+        let _ = tx.blocking_send(
+            result
+                .map(|p| message(p, true))
+                .map_err(super::status::to_status),
+        );
+    });
+    ReceiverStream::new(rx)
 }

@@ -1,5 +1,7 @@
 //! `kluis admin`: administer a running server over the `Admin` gRPC service.
 
+mod keys;
+
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -19,7 +21,12 @@ use super::{Exit, fail};
 #[derive(Args, Debug)]
 pub struct AdminArgs {
     /// The server, e.g. http://127.0.0.1:50051 or https://kluis.internal:50051.
-    #[arg(long, env = "KLUIS_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        visible_alias = "addr",
+        env = "KLUIS_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// CA certificate (PEM) to trust for an https server.
     #[arg(long, env = "KLUIS_CA_CERT")]
@@ -44,6 +51,12 @@ pub enum AdminCommand {
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Rotate, rewrap, rekey, retire and destroy purpose keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Change the root key.
+    #[command(subcommand)]
+    Root(keys::RootCommand),
 }
 
 /// Audit subcommands.
@@ -149,6 +162,8 @@ async fn run_async(args: &AdminArgs) -> Exit {
     let cmd = match &args.command {
         AdminCommand::Token(cmd) => cmd,
         AdminCommand::Audit(cmd) => return audit(&mut client, &token, cmd, args.json).await,
+        AdminCommand::Keys(cmd) => return keys::keys(&mut client, &token, cmd, args.json).await,
+        AdminCommand::Root(cmd) => return keys::root(&mut client, &token, cmd).await,
     };
     match cmd {
         TokenCommand::Issue {
@@ -482,6 +497,14 @@ fn status_exit(s: &tonic::Status) -> Exit {
         Code::Unauthenticated | Code::PermissionDenied => Exit::Denied,
         _ => Exit::Error,
     }
+}
+
+/// Parses a waiting period; `0s` (or `0`) is allowed.
+fn parse_ttl_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_ttl(s).ok_or_else(|| format!("`{s}` is not a duration like 7d, 12h, 90m or 0s"))
 }
 
 /// Parses `30d`, `12h`, `90m` or `3600s` into seconds.

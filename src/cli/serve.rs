@@ -118,7 +118,8 @@ pub fn run(args: &ServeArgs) -> Exit {
         };
         let addr = listener.local_addr().unwrap_or(cfg.listen);
         let scheme = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(%addr, tls = tls.is_some(), data_dir = %cfg.data_dir.display(), "kluis serving");
+        let tls_on = tls.is_some();
+        tracing::info!(%addr, tls = tls_on, data_dir = %cfg.data_dir.display(), "kluis serving");
         if args.dev {
             print_dev_banner(&cfg.data_dir, addr);
         } else {
@@ -128,7 +129,11 @@ pub fn run(args: &ServeArgs) -> Exit {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down");
         };
-        match server::serve(Arc::new(vault), listener, tls, shutdown).await {
+        let options = server::ServeOptions {
+            tls,
+            key_sweep_interval: cfg.key_sweep_interval,
+        };
+        match server::serve(Arc::new(vault), listener, options, shutdown).await {
             Ok(()) => Exit::Success,
             Err(e) => fail(e),
         }

@@ -22,8 +22,12 @@ pub fn run_all(store: &dyn Store) {
         purpose: "nuisance".into(),
         version: 1,
         state: "active".into(),
+        algorithm: "aes-256-gcm".into(),
         wrapped: vec![1, 2, 3],
         created_at: 10,
+        retired_at: None,
+        destroy_after: None,
+        destroyed_at: None,
     };
     store
         .initialize(&[("root", b"params".to_vec())], std::slice::from_ref(&pk))
@@ -34,7 +38,7 @@ pub fn run_all(store: &dyn Store) {
     ));
     assert_eq!(store.meta("root").unwrap().unwrap(), b"params");
     assert_eq!(store.meta("x").unwrap(), None);
-    assert_eq!(store.purpose_keys("nuisance").unwrap(), vec![pk]);
+    assert_eq!(store.purpose_keys("nuisance").unwrap(), vec![pk.clone()]);
     assert!(store.purpose_keys("contract").unwrap().is_empty());
 
     // The first subject key wins; a second insert returns the stored one.
@@ -70,6 +74,7 @@ pub fn run_all(store: &dyn Store) {
         name: name.into(),
         category: "contact".into(),
         kind: "text".into(),
+        key_gen: 1,
         sealed: vec![sealed; 30],
     };
     store
@@ -122,6 +127,23 @@ pub fn run_all(store: &dyn Store) {
     assert!(!store.delete_record("rec_1").unwrap());
     assert!(store.record("rec_1").unwrap().is_none());
 
+    // A field sealed under a subject key generation that does not exist is refused.
+    let rec3 = RecordRow {
+        id: "rec_3".into(),
+        ..rec.clone()
+    };
+    let stale = FieldRow {
+        key_gen: 7,
+        ..field("x", 1)
+    };
+    assert!(matches!(
+        store.insert_record(&rec3, &[stale]),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.record("rec_3").unwrap().is_none());
+
+    key_rotation(store, &pk);
+
     // Tokens: looked up by hash, revoked once.
     let tok = TokenRow {
         id: "tok_1".into(),
@@ -173,4 +195,165 @@ pub fn run_all(store: &dyn Store) {
         return;
     }
     panic!("audit_entries past the tail must be empty");
+}
+
+#[expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a test suite: failures must panic"
+)]
+fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
+    // Rotation: v2 active, v1 decrypt-only, in one step.
+    let v2 = PurposeKeyRow {
+        version: 2,
+        wrapped: vec![4, 5, 6],
+        created_at: 20,
+        ..v1.clone()
+    };
+    store.rotate_purpose_key(&v2).unwrap();
+    assert!(matches!(
+        store.rotate_purpose_key(&v2),
+        Err(StoreError::Conflict(_))
+    ));
+    let versions = store.purpose_keys("nuisance").unwrap();
+    assert_eq!(versions[0].state, "decrypt-only");
+    assert_eq!(versions[0].retired_at, Some(20));
+    assert_eq!(versions[1].state, "active");
+
+    // Subject keys under v1 are counted, listed and rewrapped conditionally.
+    for i in 0..3 {
+        let row = SubjectKeyRow {
+            subject: format!("rot-{i}"),
+            purpose: "nuisance".into(),
+            generation: 1,
+            purpose_version: 1,
+            wrapped: vec![i; 40],
+            created_at: 30,
+        };
+        store.insert_subject_key(&row).unwrap();
+    }
+    let counts = store.subject_key_counts("nuisance").unwrap();
+    assert_eq!(counts, vec![(1, 4)]);
+    assert!(matches!(
+        store.destroy_purpose_key("nuisance", 1, 40),
+        Err(StoreError::InUse(4))
+    ));
+    assert!(matches!(
+        store.set_min_decrypt_version("nuisance", 2),
+        Err(StoreError::InUse(4))
+    ));
+    let below = store.subject_keys_below("nuisance", 2, 10).unwrap();
+    assert_eq!(below.len(), 4);
+    let rewrapped: Vec<SubjectKeyRow> = below
+        .iter()
+        .map(|r| SubjectKeyRow {
+            purpose_version: 2,
+            wrapped: vec![9; 40],
+            ..r.clone()
+        })
+        .collect();
+    let from: Vec<u32> = below.iter().map(|r| r.purpose_version).collect();
+    assert_eq!(store.rewrap_subject_keys(&rewrapped, &from).unwrap(), 4);
+    // A second rewrap of the same rows changes nothing.
+    assert_eq!(store.rewrap_subject_keys(&rewrapped, &from).unwrap(), 0);
+    assert_eq!(store.subject_key_counts("nuisance").unwrap(), vec![(2, 4)]);
+
+    // Destruction and the minimum version, once nothing depends on v1.
+    store
+        .set_purpose_key_state("nuisance", 1, "scheduled", Some(50))
+        .unwrap();
+    assert_eq!(
+        store.purpose_keys("nuisance").unwrap()[0].destroy_after,
+        Some(50)
+    );
+    store.destroy_purpose_key("nuisance", 1, 60).unwrap();
+    let v1_now = &store.purpose_keys("nuisance").unwrap()[0];
+    assert_eq!(v1_now.state, "destroyed");
+    assert!(v1_now.wrapped.is_empty());
+    assert_eq!(v1_now.destroyed_at, Some(60));
+    store.set_min_decrypt_version("nuisance", 2).unwrap();
+    assert_eq!(store.min_decrypt_version("nuisance").unwrap(), 2);
+    assert_eq!(store.min_decrypt_version("contract").unwrap(), 0);
+
+    // Rekey: a new generation, fields resealed, the old generation gone, in one step.
+    let rec = RecordRow {
+        id: "rec_rk".into(),
+        subject: "rot-0".into(),
+        purpose: "nuisance".into(),
+        labels: BTreeMap::new(),
+        created_at: 1,
+        updated_at: 1,
+        closed_at: None,
+        expires_at: None,
+    };
+    let f = FieldRow {
+        name: "a".into(),
+        category: "contact".into(),
+        kind: "text".into(),
+        key_gen: 1,
+        sealed: vec![1; 20],
+    };
+    store.insert_record(&rec, &[f]).unwrap();
+    assert_eq!(
+        store
+            .subjects_keyed_before("nuisance", 100, 10)
+            .unwrap()
+            .len(),
+        4
+    );
+    let gen2 = SubjectKeyRow {
+        subject: "rot-0".into(),
+        purpose: "nuisance".into(),
+        generation: 2,
+        purpose_version: 2,
+        wrapped: vec![2; 40],
+        created_at: 100,
+    };
+    let resealed = store
+        .rekey_subject(&gen2, 100, &mut |_, field| {
+            Ok(vec![field.sealed[0] + 1; 20])
+        })
+        .unwrap();
+    assert_eq!(resealed, Some(1));
+    assert_eq!(
+        store
+            .rekey_subject(&gen2, 100, &mut |_, _| Ok(vec![]))
+            .unwrap(),
+        None
+    );
+    let (_, fields) = store.record("rec_rk").unwrap().unwrap();
+    assert_eq!((fields[0].key_gen, fields[0].sealed[0]), (2, 2));
+    assert!(
+        store
+            .subject_key_at("rot-0", "nuisance", 1)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .subject_key("rot-0", "nuisance")
+            .unwrap()
+            .unwrap()
+            .generation,
+        2
+    );
+    assert_eq!(
+        store
+            .subjects_keyed_before("nuisance", 100, 10)
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(store.orphan_fields("nuisance").unwrap(), 0);
+    assert!(store.delete_record("rec_rk").unwrap());
+
+    // Key jobs survive until finished.
+    assert_eq!(store.start_key_job("nuisance", "rekey", 100).unwrap(), 100);
+    assert_eq!(store.start_key_job("nuisance", "rekey", 200).unwrap(), 100);
+    assert_eq!(
+        store.key_jobs().unwrap(),
+        vec![("nuisance".into(), "rekey".into(), 100)]
+    );
+    store.finish_key_job("nuisance", "rekey").unwrap();
+    assert!(store.key_jobs().unwrap().is_empty());
 }

@@ -24,12 +24,26 @@ CREATE TABLE meta (
     value BLOB NOT NULL
 );
 CREATE TABLE purpose_keys (
-    purpose    TEXT    NOT NULL,
-    version    INTEGER NOT NULL,
-    state      TEXT    NOT NULL,
-    wrapped    BLOB    NOT NULL,
-    created_at INTEGER NOT NULL,
+    purpose       TEXT    NOT NULL,
+    version       INTEGER NOT NULL,
+    state         TEXT    NOT NULL,
+    algorithm     TEXT    NOT NULL,
+    wrapped       BLOB    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    retired_at    INTEGER,
+    destroy_after INTEGER,
+    destroyed_at  INTEGER,
     PRIMARY KEY (purpose, version)
+);
+CREATE TABLE purpose_settings (
+    purpose             TEXT PRIMARY KEY,
+    min_decrypt_version INTEGER NOT NULL
+);
+CREATE TABLE key_jobs (
+    purpose    TEXT    NOT NULL,
+    kind       TEXT    NOT NULL,
+    started_at INTEGER NOT NULL,
+    PRIMARY KEY (purpose, kind)
 );
 CREATE TABLE subject_keys (
     subject         TEXT    NOT NULL,
@@ -40,6 +54,7 @@ CREATE TABLE subject_keys (
     created_at      INTEGER NOT NULL,
     PRIMARY KEY (subject, purpose, generation)
 );
+CREATE INDEX subject_keys_by_version ON subject_keys (purpose, purpose_version);
 CREATE TABLE records (
     id         TEXT PRIMARY KEY,
     subject    TEXT    NOT NULL,
@@ -56,6 +71,7 @@ CREATE TABLE fields (
     name      TEXT NOT NULL,
     category  TEXT NOT NULL,
     kind      TEXT NOT NULL,
+    key_gen   INTEGER NOT NULL,
     sealed    BLOB NOT NULL,
     PRIMARY KEY (record_id, name)
 ) WITHOUT ROWID;
@@ -284,32 +300,17 @@ impl Store for SqliteStore {
             .map_err(db)?;
         }
         for k in purpose_keys {
-            tx.execute(
-                "INSERT INTO purpose_keys (purpose, version, state, wrapped, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![k.purpose, k.version, k.state, k.wrapped, k.created_at],
-            )
-            .map_err(db)?;
+            insert_purpose_key(&tx, k)?;
         }
         tx.commit().map_err(db)
     }
 
     fn purpose_keys(&self, purpose: &str) -> Result<Vec<PurposeKeyRow>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT purpose, version, state, wrapped, created_at FROM purpose_keys
-                 WHERE purpose = ?1 ORDER BY version",
-            )?;
-            stmt.query_map([purpose], |r| {
-                Ok(PurposeKeyRow {
-                    purpose: r.get(0)?,
-                    version: r.get(1)?,
-                    state: r.get(2)?,
-                    wrapped: r.get(3)?,
-                    created_at: r.get(4)?,
-                })
-            })?
-            .collect()
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {PURPOSE_KEY_COLUMNS} FROM purpose_keys WHERE purpose = ?1 ORDER BY version"
+            ))?;
+            stmt.query_map([purpose], purpose_key_from_row)?.collect()
         })
     }
 
@@ -336,6 +337,346 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::Database("subject key vanished after insert".into()))?;
         tx.commit().map_err(db)?;
         Ok(stored)
+    }
+
+    fn rotate_purpose_key(&self, new: &PurposeKeyRow) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute(
+            "UPDATE purpose_keys SET state = 'decrypt-only', retired_at = ?2
+             WHERE purpose = ?1 AND state = 'active'",
+            params![new.purpose, new.created_at],
+        )
+        .map_err(db)?;
+        insert_purpose_key(&tx, new)?;
+        tx.commit().map_err(db)
+    }
+
+    fn set_purpose_key_state(
+        &self,
+        purpose: &str,
+        version: u32,
+        state: &str,
+        destroy_after: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            "UPDATE purpose_keys SET state = ?3, destroy_after = ?4 WHERE purpose = ?1 AND version = ?2",
+            params![purpose, version, state, destroy_after],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn destroy_purpose_key(&self, purpose: &str, version: u32, at: i64) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let in_use: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM subject_keys WHERE purpose = ?1 AND purpose_version = ?2",
+                params![purpose, version],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if in_use > 0 {
+            return Err(StoreError::InUse(u64::try_from(in_use).unwrap_or(0)));
+        }
+        tx.execute(
+            "UPDATE purpose_keys SET state = 'destroyed', wrapped = x'', destroyed_at = ?3,
+                destroy_after = NULL
+             WHERE purpose = ?1 AND version = ?2",
+            params![purpose, version, at],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn rewrap_root(
+        &self,
+        keys: &[PurposeKeyRow],
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        for k in keys {
+            tx.execute(
+                "UPDATE purpose_keys SET wrapped = ?3 WHERE purpose = ?1 AND version = ?2",
+                params![k.purpose, k.version, k.wrapped],
+            )
+            .map_err(db)?;
+        }
+        for (key, value) in meta {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn min_decrypt_version(&self, purpose: &str) -> Result<u32, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT min_decrypt_version FROM purpose_settings WHERE purpose = ?1",
+                [purpose],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+        })
+    }
+
+    fn set_min_decrypt_version(&self, purpose: &str, version: u32) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let older: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM subject_keys WHERE purpose = ?1 AND purpose_version < ?2",
+                params![purpose, version],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if older > 0 {
+            return Err(StoreError::InUse(u64::try_from(older).unwrap_or(0)));
+        }
+        tx.execute(
+            "INSERT INTO purpose_settings (purpose, min_decrypt_version) VALUES (?1, ?2)
+             ON CONFLICT (purpose) DO UPDATE SET min_decrypt_version = excluded.min_decrypt_version",
+            params![purpose, version],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn subject_key_counts(&self, purpose: &str) -> Result<Vec<(u32, u64)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT purpose_version, count(*) FROM subject_keys WHERE purpose = ?1
+                 GROUP BY purpose_version ORDER BY purpose_version",
+            )?
+            .query_map([purpose], |r| {
+                let n: i64 = r.get(1)?;
+                Ok((r.get(0)?, u64::try_from(n).unwrap_or(0)))
+            })?
+            .collect()
+        })
+    }
+
+    fn subject_keys_below(
+        &self,
+        purpose: &str,
+        version: u32,
+        limit: usize,
+    ) -> Result<Vec<SubjectKeyRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {SUBJECT_KEY_COLUMNS} FROM subject_keys
+                 WHERE purpose = ?1 AND purpose_version < ?2 LIMIT ?3"
+            ))?
+            .query_map(params![purpose, version, limit], subject_key_from_row)?
+            .collect()
+        })
+    }
+
+    fn rewrap_subject_keys(
+        &self,
+        rows: &[SubjectKeyRow],
+        from: &[u32],
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE subject_keys SET purpose_version = ?4, wrapped = ?5
+                     WHERE subject = ?1 AND purpose = ?2 AND generation = ?3 AND purpose_version = ?6",
+                )
+                .map_err(db)?;
+            for (row, old) in rows.iter().zip(from) {
+                n += stmt
+                    .execute(params![
+                        row.subject,
+                        row.purpose,
+                        row.generation,
+                        row.purpose_version,
+                        row.wrapped,
+                        old
+                    ])
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+
+    fn subject_key_at(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+    ) -> Result<Option<SubjectKeyRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {SUBJECT_KEY_COLUMNS} FROM subject_keys
+                 WHERE subject = ?1 AND purpose = ?2 AND generation = ?3"
+            ))?
+            .query_row(params![subject, purpose, generation], subject_key_from_row)
+            .optional()
+        })
+    }
+
+    fn subjects_keyed_before(
+        &self,
+        purpose: &str,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT subject FROM subject_keys k WHERE purpose = ?1
+                 AND generation = (SELECT max(generation) FROM subject_keys
+                                   WHERE subject = k.subject AND purpose = k.purpose)
+                 AND created_at < ?2
+                 ORDER BY subject LIMIT ?3",
+            )?
+            .query_map(params![purpose, before, limit], |r| r.get(0))?
+            .collect()
+        })
+    }
+
+    fn rekey_subject(
+        &self,
+        new_key: &SubjectKeyRow,
+        before: i64,
+        reseal: &mut super::Reseal<'_>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let current = select_subject_key(&tx, &new_key.subject, &new_key.purpose).map_err(db)?;
+        match current {
+            Some(k) if k.created_at < before && k.generation < new_key.generation => {}
+            _ => return Ok(None),
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
+            params![
+                new_key.subject,
+                new_key.purpose,
+                new_key.generation,
+                new_key.purpose_version,
+                new_key.wrapped,
+                new_key.created_at
+            ],
+        )
+        .map_err(db)?;
+        let fields: Vec<(String, FieldRow)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT f.record_id, f.name, f.category, f.kind, f.key_gen, f.sealed
+                     FROM fields f JOIN records r ON r.id = f.record_id
+                     WHERE r.subject = ?1 AND r.purpose = ?2 AND f.key_gen < ?3",
+                )
+                .map_err(db)?;
+            stmt.query_map(
+                params![new_key.subject, new_key.purpose, new_key.generation],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        FieldRow {
+                            name: r.get(1)?,
+                            category: r.get(2)?,
+                            kind: r.get(3)?,
+                            key_gen: r.get(4)?,
+                            sealed: r.get(5)?,
+                        },
+                    ))
+                },
+            )
+            .map_err(db)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db)?
+        };
+        {
+            let mut update = tx
+                .prepare_cached("UPDATE fields SET sealed = ?3, key_gen = ?4 WHERE record_id = ?1 AND name = ?2")
+                .map_err(db)?;
+            for (record_id, field) in &fields {
+                let sealed = reseal(record_id, field)?;
+                update
+                    .execute(params![record_id, field.name, sealed, new_key.generation])
+                    .map_err(db)?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2 AND generation < ?3",
+            params![new_key.subject, new_key.purpose, new_key.generation],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Some(u64::try_from(fields.len()).unwrap_or(0)))
+    }
+
+    fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT count(*) FROM fields f JOIN records r ON r.id = f.record_id
+                 WHERE r.purpose = ?1 AND NOT EXISTS (
+                    SELECT 1 FROM subject_keys k
+                    WHERE k.subject = r.subject AND k.purpose = r.purpose AND k.generation = f.key_gen)",
+                [purpose],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn start_key_job(&self, purpose: &str, kind: &str, at: i64) -> Result<i64, StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            "INSERT INTO key_jobs (purpose, kind, started_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (purpose, kind) DO NOTHING",
+            params![purpose, kind, at],
+        )
+        .map_err(db)?;
+        conn.query_row(
+            "SELECT started_at FROM key_jobs WHERE purpose = ?1 AND kind = ?2",
+            params![purpose, kind],
+            |r| r.get(0),
+        )
+        .map_err(db)
+    }
+
+    fn finish_key_job(&self, purpose: &str, kind: &str) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            "DELETE FROM key_jobs WHERE purpose = ?1 AND kind = ?2",
+            params![purpose, kind],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT purpose, kind, started_at FROM key_jobs ORDER BY purpose, kind",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect()
+        })
     }
 
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
@@ -368,19 +709,22 @@ impl Store for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO fields (record_id, name, category, kind, sealed)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(db)?;
             for f in fields {
-                stmt.execute(params![record.id, f.name, f.category, f.kind, f.sealed])
-                    .map_err(|e| {
-                        if is_constraint(&e) {
-                            StoreError::Conflict(format!("field `{}`", f.name))
-                        } else {
-                            db(e)
-                        }
-                    })?;
+                check_key_exists(&tx, &record.subject, &record.purpose, f.key_gen)?;
+                stmt.execute(params![
+                    record.id, f.name, f.category, f.kind, f.key_gen, f.sealed
+                ])
+                .map_err(|e| {
+                    if is_constraint(&e) {
+                        StoreError::Conflict(format!("field `{}`", f.name))
+                    } else {
+                        db(e)
+                    }
+                })?;
             }
         }
         tx.commit().map_err(db)
@@ -399,11 +743,17 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let mut stmt = c.prepare_cached(
-                "SELECT name, category, kind, sealed FROM fields WHERE record_id = ?1 ORDER BY name",
+                "SELECT name, category, kind, key_gen, sealed FROM fields WHERE record_id = ?1 ORDER BY name",
             )?;
             let fields = stmt
                 .query_map([id], |r| {
-                    Ok(FieldRow { name: r.get(0)?, category: r.get(1)?, kind: r.get(2)?, sealed: r.get(3)? })
+                    Ok(FieldRow {
+                        name: r.get(0)?,
+                        category: r.get(1)?,
+                        kind: r.get(2)?,
+                        key_gen: r.get(3)?,
+                        sealed: r.get(4)?,
+                    })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some((rec, fields)))
@@ -433,14 +783,23 @@ impl Store for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO fields (record_id, name, category, kind, sealed)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (record_id, name) DO UPDATE SET
-                        category = excluded.category, kind = excluded.kind, sealed = excluded.sealed",
+                        category = excluded.category, kind = excluded.kind,
+                        key_gen = excluded.key_gen, sealed = excluded.sealed",
+                )
+                .map_err(db)?;
+            let (subject, purpose): (String, String) = tx
+                .query_row(
+                    "SELECT subject, purpose FROM records WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(db)?;
             for f in fields {
-                stmt.execute(params![id, f.name, f.category, f.kind, f.sealed])
+                check_key_exists(&tx, &subject, &purpose, f.key_gen)?;
+                stmt.execute(params![id, f.name, f.category, f.kind, f.key_gen, f.sealed])
                     .map_err(db)?;
             }
         }
@@ -596,25 +955,98 @@ impl Store for SqliteStore {
     }
 }
 
+const PURPOSE_KEY_COLUMNS: &str = "purpose, version, state, algorithm, wrapped, created_at, retired_at, destroy_after, destroyed_at";
+
+fn purpose_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PurposeKeyRow> {
+    Ok(PurposeKeyRow {
+        purpose: r.get(0)?,
+        version: r.get(1)?,
+        state: r.get(2)?,
+        algorithm: r.get(3)?,
+        wrapped: r.get(4)?,
+        created_at: r.get(5)?,
+        retired_at: r.get(6)?,
+        destroy_after: r.get(7)?,
+        destroyed_at: r.get(8)?,
+    })
+}
+
+fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreError> {
+    c.execute(
+        &format!(
+            "INSERT INTO purpose_keys ({PURPOSE_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ),
+        params![
+            k.purpose,
+            k.version,
+            k.state,
+            k.algorithm,
+            k.wrapped,
+            k.created_at,
+            k.retired_at,
+            k.destroy_after,
+            k.destroyed_at
+        ],
+    )
+    .map_err(|e| {
+        if is_constraint(&e) {
+            StoreError::Conflict(format!("purpose key `{}` v{}", k.purpose, k.version))
+        } else {
+            db(e)
+        }
+    })?;
+    Ok(())
+}
+
+/// Fails with `Conflict` when the subject key a field was sealed under does not exist: a rekey
+/// replaced it while the value was being sealed.
+fn check_key_exists(
+    c: &Connection,
+    subject: &str,
+    purpose: &str,
+    generation: u32,
+) -> Result<(), StoreError> {
+    let found: Option<i64> = c
+        .prepare_cached(
+            "SELECT 1 FROM subject_keys WHERE subject = ?1 AND purpose = ?2 AND generation = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![subject, purpose, generation], |r| r.get(0))
+                .optional()
+        })
+        .map_err(db)?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Conflict(format!(
+            "subject key generation {generation}"
+        ))),
+    }
+}
+
+fn subject_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SubjectKeyRow> {
+    Ok(SubjectKeyRow {
+        subject: r.get(0)?,
+        purpose: r.get(1)?,
+        generation: r.get(2)?,
+        purpose_version: r.get(3)?,
+        wrapped: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+const SUBJECT_KEY_COLUMNS: &str =
+    "subject, purpose, generation, purpose_version, wrapped, created_at";
+
 fn select_subject_key(
     c: &Connection,
     subject: &str,
     purpose: &str,
 ) -> rusqlite::Result<Option<SubjectKeyRow>> {
-    c.prepare_cached(
-        "SELECT subject, purpose, generation, purpose_version, wrapped, created_at FROM subject_keys
-         WHERE subject = ?1 AND purpose = ?2 ORDER BY generation DESC LIMIT 1",
-    )?
-    .query_row(params![subject, purpose], |r| {
-        Ok(SubjectKeyRow {
-            subject: r.get(0)?,
-            purpose: r.get(1)?,
-            generation: r.get(2)?,
-            purpose_version: r.get(3)?,
-            wrapped: r.get(4)?,
-            created_at: r.get(5)?,
-        })
-    })
+    c.prepare_cached(&format!(
+        "SELECT {SUBJECT_KEY_COLUMNS} FROM subject_keys
+         WHERE subject = ?1 AND purpose = ?2 ORDER BY generation DESC LIMIT 1"
+    ))?
+    .query_row(params![subject, purpose], subject_key_from_row)
     .optional()
 }
 

@@ -59,7 +59,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel();
         let v = Arc::clone(&vault);
         let handle = tokio::spawn(async move {
-            kluis::server::serve(v, listener, None, async {
+            kluis::server::serve(v, listener, Default::default(), async {
                 let _ = rx.await;
             })
             .await

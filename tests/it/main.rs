@@ -19,5 +19,6 @@ mod cli;
 mod common;
 mod guard;
 mod policy_table;
+mod rotation;
 mod storage;
 mod unseal;

@@ -1,0 +1,465 @@
+//! `kluis admin keys …` and `kluis admin root rotate`: key rotation against a running server.
+
+use std::{io::IsTerminal, path::PathBuf};
+
+use clap::Subcommand;
+use kluis::{
+    keys::RootSecret,
+    pb::{self, admin_client::AdminClient},
+};
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use super::{Exit, authed, fail, status_exit};
+
+/// Key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Per purpose: versions, state, algorithm, how many subject keys each version wraps.
+    List {
+        /// One purpose only.
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+    /// Make a new purpose key version active at once; older subject keys are rewrapped in the
+    /// background (watch with `keys rewrap`).
+    Rotate {
+        /// The purpose, e.g. `nuisance`.
+        #[arg(long)]
+        purpose: String,
+        /// `aes-256-gcm` or `xchacha20-poly1305`; the current one when omitted.
+        #[arg(long)]
+        algorithm: Option<String>,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Rewrap subject keys under older versions to the active one, with progress. Resumable.
+    Rewrap {
+        /// The purpose.
+        #[arg(long)]
+        purpose: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Re-encrypt every field of a purpose under fresh subject keys (suspected compromise, or
+    /// moving to another algorithm), with progress. Resumable.
+    Rekey {
+        /// The purpose.
+        #[arg(long)]
+        purpose: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Schedule the destruction of a version that wraps nothing any more.
+    ScheduleDestroy {
+        /// The purpose.
+        #[arg(long)]
+        purpose: String,
+        /// The version.
+        #[arg(long)]
+        version: u32,
+        /// Waiting period: `7d`, `12h`, `0s`; the server's default (7 days) when omitted.
+        #[arg(long)]
+        wait: Option<String>,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Cancel a scheduled destruction.
+    CancelDestroy {
+        /// The purpose.
+        #[arg(long)]
+        purpose: String,
+        /// The version.
+        #[arg(long)]
+        version: u32,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Destroy the scheduled versions that are due now (the server also does this by itself).
+    DestroyDue,
+    /// Refuse decryption with versions below this one (after they wrap nothing any more).
+    SetMinVersion {
+        /// The purpose.
+        #[arg(long)]
+        purpose: String,
+        /// The minimum version.
+        #[arg(long)]
+        version: u32,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// The attestation to file after a rotation: versions, destructions, and that no record
+    /// depends on destroyed material. Exit code 4 when something does.
+    Report,
+}
+
+/// Root key subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Change the root key: the purpose keys are rewrapped; the old passphrase or key file stops
+    /// working. Point the server's configuration at the new one before its next start.
+    Rotate {
+        /// New root key file: used if it exists, created (mode 0600) if not.
+        #[arg(long, conflicts_with = "new_passphrase_file")]
+        new_key_file: Option<PathBuf>,
+        /// File holding the new passphrase (else a prompt).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+}
+
+/// Runs a keys subcommand.
+pub async fn keys(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    cmd: &KeysCommand,
+    json: bool,
+) -> Exit {
+    match cmd {
+        KeysCommand::List { purpose } => {
+            let req = pb::ListKeysRequest {
+                purpose: purpose.clone().unwrap_or_default(),
+            };
+            match client.list_keys(authed(token, req)).await {
+                Ok(resp) => {
+                    print_keys(&resp.into_inner().purposes, json);
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        KeysCommand::Rotate {
+            purpose,
+            algorithm,
+            justification,
+        } => {
+            let req = pb::RotateKeyRequest {
+                purpose: purpose.clone(),
+                algorithm: algorithm.clone().unwrap_or_default(),
+                justification: justification.clone(),
+            };
+            match client.rotate_key(authed(token, req)).await {
+                Ok(resp) => {
+                    let r = resp.into_inner();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"purpose": purpose, "version": r.version, "algorithm": r.algorithm})
+                        );
+                    } else {
+                        println!(
+                            "{purpose}: version {} ({}) is active; older subject keys are being rewrapped",
+                            r.version, r.algorithm
+                        );
+                        println!("watch it with: kluis admin keys rewrap --purpose {purpose}");
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        KeysCommand::Rewrap {
+            purpose,
+            justification,
+        }
+        | KeysCommand::Rekey {
+            purpose,
+            justification,
+        } => {
+            let req = pb::KeyJobRequest {
+                purpose: purpose.clone(),
+                justification: justification.clone(),
+            };
+            let rekey = matches!(cmd, KeysCommand::Rekey { .. });
+            let stream = if rekey {
+                client.rekey(authed(token, req)).await
+            } else {
+                client.rewrap(authed(token, req)).await
+            };
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(s) => return status_exit(&s),
+            };
+            let what = if rekey {
+                "subjects rekeyed"
+            } else {
+                "subject keys rewrapped"
+            };
+            let bar = std::io::stderr().is_terminal() && !json;
+            loop {
+                match stream.message().await {
+                    Ok(Some(p)) => {
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"purpose": p.purpose, "done": p.done, "total": p.total, "finished": p.finished})
+                            );
+                        } else if bar {
+                            eprint!(
+                                "\r{} {}/{} {what}",
+                                progress_bar(p.done, p.total),
+                                p.done,
+                                p.total
+                            );
+                        }
+                        if p.finished {
+                            if bar {
+                                eprintln!();
+                            }
+                            if !json {
+                                println!("{purpose}: done, {} {what}", p.done);
+                            }
+                            return Exit::Success;
+                        }
+                    }
+                    Ok(None) => {
+                        return fail(
+                            "the server ended the job without a result; run the command again to resume",
+                        );
+                    }
+                    Err(s) => return status_exit(&s),
+                }
+            }
+        }
+        KeysCommand::ScheduleDestroy {
+            purpose,
+            version,
+            wait,
+            justification,
+        } => {
+            let wait_seconds = match wait.as_deref().map(super::parse_ttl_or_zero).transpose() {
+                Ok(w) => w,
+                Err(e) => return fail(e),
+            };
+            let req = pb::ScheduleKeyDestructionRequest {
+                purpose: purpose.clone(),
+                version: *version,
+                wait_seconds,
+                justification: justification.clone(),
+            };
+            match client.schedule_key_destruction(authed(token, req)).await {
+                Ok(resp) => {
+                    let due = resp
+                        .into_inner()
+                        .destroy_after
+                        .map(|t| t.seconds)
+                        .unwrap_or_default();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"purpose": purpose, "version": version, "destroy_after": due})
+                        );
+                    } else {
+                        println!(
+                            "{purpose} v{version} will be destroyed at {due} (unix seconds); cancel with `keys cancel-destroy`"
+                        );
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        KeysCommand::CancelDestroy {
+            purpose,
+            version,
+            justification,
+        } => {
+            let req = pb::KeyVersionRequest {
+                purpose: purpose.clone(),
+                version: *version,
+                justification: justification.clone(),
+            };
+            match client.cancel_key_destruction(authed(token, req)).await {
+                Ok(_) => {
+                    println!("{purpose} v{version} is no longer scheduled for destruction");
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        KeysCommand::DestroyDue => match client
+            .destroy_due_keys(authed(token, pb::DestroyDueKeysRequest {}))
+            .await
+        {
+            Ok(resp) => {
+                let destroyed = resp.into_inner().destroyed;
+                if json {
+                    println!("{}", serde_json::json!({"destroyed": destroyed}));
+                } else if destroyed.is_empty() {
+                    println!("nothing was due");
+                } else {
+                    for d in destroyed {
+                        println!("destroyed {d}");
+                    }
+                }
+                Exit::Success
+            }
+            Err(s) => status_exit(&s),
+        },
+        KeysCommand::SetMinVersion {
+            purpose,
+            version,
+            justification,
+        } => {
+            let req = pb::KeyVersionRequest {
+                purpose: purpose.clone(),
+                version: *version,
+                justification: justification.clone(),
+            };
+            match client.set_min_decrypt_version(authed(token, req)).await {
+                Ok(_) => {
+                    println!("{purpose}: versions below {version} can no longer decrypt");
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        KeysCommand::Report => match client
+            .key_report(authed(token, pb::KeyReportRequest {}))
+            .await
+        {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                print_keys(&r.purposes, json);
+                if !json {
+                    if r.sound {
+                        println!("\nno record depends on destroyed key material");
+                    } else {
+                        println!(
+                            "\nWARNING: records depend on destroyed key material (see orphan and destroyed counts)"
+                        );
+                    }
+                }
+                if r.sound {
+                    Exit::Success
+                } else {
+                    Exit::CheckFailed
+                }
+            }
+            Err(s) => status_exit(&s),
+        },
+    }
+}
+
+/// Runs a root subcommand.
+pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootCommand) -> Exit {
+    let RootCommand::Rotate {
+        new_key_file,
+        new_passphrase_file,
+        justification,
+    } = cmd;
+    let secret = match (new_key_file, new_passphrase_file) {
+        (Some(path), _) if path.exists() => RootSecret::read_key_file(path),
+        (Some(path), _) => RootSecret::create_key_file(path),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Ok(RootSecret::Passphrase(Zeroizing::new(
+                text.trim_end_matches(['\n', '\r']).to_owned(),
+            ))),
+            Err(e) => return fail(format!("cannot read `{}`: {e}", path.display())),
+        },
+        (None, None) => match kluis::config::read_secret(
+            &kluis::config::KeySource::Prompt,
+            &kluis::config::SystemEnv,
+            true,
+        ) {
+            Ok(s) => Ok(s),
+            Err(e) => return fail(e),
+        },
+    };
+    let secret = match secret {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let secret = match &secret {
+        RootSecret::Passphrase(p) => pb::rotate_root_request::Secret::Passphrase(p.to_string()),
+        RootSecret::KeyFile(k) => pb::rotate_root_request::Secret::Key(k.expose_secret().to_vec()),
+    };
+    let req = pb::RotateRootRequest {
+        secret: Some(secret),
+        justification: justification.clone(),
+    };
+    match client.rotate_root(authed(token, req)).await {
+        Ok(_) => {
+            println!(
+                "root key changed: the purpose keys are rewrapped; the old passphrase or key file no longer opens the store."
+            );
+            println!("point the server's configuration at the new one before its next start.");
+            Exit::Success
+        }
+        Err(s) => status_exit(&s),
+    }
+}
+
+fn progress_bar(done: u64, total: u64) -> String {
+    let width = 30u64;
+    let filled = (done.min(total) * width)
+        .checked_div(total)
+        .unwrap_or(width);
+    let filled = usize::try_from(filled).unwrap_or(0);
+    format!(
+        "[{}{}]",
+        "#".repeat(filled),
+        " ".repeat(30usize.saturating_sub(filled))
+    )
+}
+
+fn print_keys(purposes: &[pb::PurposeKeys], json: bool) {
+    if json {
+        for p in purposes {
+            let versions: Vec<_> = p
+                .versions
+                .iter()
+                .map(|v| {
+                    serde_json::json!({
+                        "version": v.version, "state": v.state, "algorithm": v.algorithm,
+                        "subject_keys": v.subject_keys,
+                        "created_at": v.created_at.as_ref().map(|t| t.seconds),
+                        "retired_at": v.retired_at.as_ref().map(|t| t.seconds),
+                        "destroy_after": v.destroy_after.as_ref().map(|t| t.seconds),
+                        "destroyed_at": v.destroyed_at.as_ref().map(|t| t.seconds),
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "purpose": p.purpose, "active_version": p.active_version,
+                    "min_decrypt_version": p.min_decrypt_version, "versions": versions,
+                    "orphan_fields": p.orphan_fields, "keys_on_destroyed_versions": p.keys_on_destroyed_versions,
+                    "rekey_pending_since": p.rekey_pending_since.as_ref().map(|t| t.seconds),
+                })
+            );
+        }
+        return;
+    }
+    println!(
+        "{:<20} {:>4} {:<13} {:<19} {:>12} {:>12} {:>12}",
+        "PURPOSE", "VER", "STATE", "ALGORITHM", "SUBJECT KEYS", "CREATED", "RETIRED"
+    );
+    for p in purposes {
+        for v in &p.versions {
+            let t = |x: &Option<prost_types::Timestamp>| {
+                x.as_ref().map_or("-".to_owned(), |t| t.seconds.to_string())
+            };
+            println!(
+                "{:<20} {:>4} {:<13} {:<19} {:>12} {:>12} {:>12}",
+                p.purpose,
+                v.version,
+                v.state,
+                v.algorithm,
+                v.subject_keys,
+                t(&v.created_at),
+                t(&v.retired_at)
+            );
+        }
+    }
+}

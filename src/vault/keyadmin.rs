@@ -1,0 +1,684 @@
+//! Key administration for the security officer: list, rotate, rewrap, rekey, schedule and
+//! cancel destruction, destroy what is due, set a minimum decryption version, change the root key,
+//! and the attestation report. Every action is policy-checked (`manage-keys`) and audited.
+//!
+//! Invariant: a rewrap never re-encrypts data; a rekey re-encrypts one subject per transaction
+//! and removes the old subject keys in that same transaction.
+//! Invariant: a purpose key version is destroyed only in the transaction that sees it wrap
+//! nothing.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use super::{Vault, VaultError, field_aad, tokens::admin_event};
+use crate::{
+    audit::AuditEvent,
+    crypto::{self, Algorithm},
+    domain::{Category, Principal, Purpose, SubjectId, now_unix},
+    keys::{KeyError, RootSecret},
+    policy::AdminAction,
+    store::{FieldRow, StoreError},
+};
+
+/// How key jobs run.
+#[derive(Clone, Copy, Debug)]
+pub struct KeySettings {
+    /// Subject keys (rewrap) or subjects (rekey) per transaction.
+    pub batch_size: usize,
+    /// Pause between batches, to leave room for traffic.
+    pub batch_pause: Duration,
+    /// Default waiting period before a scheduled destruction.
+    pub destroy_wait_secs: u64,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            batch_pause: Duration::ZERO,
+            destroy_wait_secs: 7 * 86_400,
+        }
+    }
+}
+
+/// One version of a purpose key, as listed.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct KeyVersionInfo {
+    /// Version.
+    pub version: u32,
+    /// `active`, `decrypt-only`, `scheduled` or `destroyed`.
+    pub state: String,
+    /// AEAD of this version.
+    pub algorithm: String,
+    /// Subject keys wrapped under it.
+    pub subject_keys: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When a newer version replaced it.
+    pub retired_at: Option<i64>,
+    /// When its scheduled destruction is due.
+    pub destroy_after: Option<i64>,
+    /// When its material was erased.
+    pub destroyed_at: Option<i64>,
+}
+
+/// The keys of one purpose.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct PurposeKeysInfo {
+    /// The purpose.
+    pub purpose: Purpose,
+    /// The active version.
+    pub active_version: u32,
+    /// Versions below this one may not be used (0: none set).
+    pub min_decrypt_version: u32,
+    /// All versions, oldest first.
+    pub versions: Vec<KeyVersionInfo>,
+    /// Fields whose subject key no longer exists (must be 0).
+    pub orphan_fields: u64,
+    /// Subject keys wrapped under a destroyed version (must be 0).
+    pub keys_on_destroyed_versions: u64,
+    /// Start time of an unfinished rekey.
+    pub rekey_pending_since: Option<i64>,
+}
+
+impl PurposeKeysInfo {
+    /// True when no record depends on destroyed key material.
+    pub fn is_sound(&self) -> bool {
+        self.orphan_fields == 0 && self.keys_on_destroyed_versions == 0
+    }
+}
+
+/// Progress of a key job.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct Progress {
+    /// Units done by this run.
+    pub done: u64,
+    /// Units to do when it started.
+    pub total: u64,
+}
+
+impl Vault {
+    /// Sets how key jobs run.
+    pub fn with_key_settings(mut self, settings: KeySettings) -> Self {
+        self.key_settings = settings;
+        self
+    }
+
+    /// The keys of every purpose (or one), with how much each version still wraps.
+    pub fn list_keys(
+        &self,
+        actor: &Principal,
+        purpose: Option<Purpose>,
+    ) -> Result<Vec<PurposeKeysInfo>, VaultError> {
+        self.require_admin(actor, AdminAction::ManageKeys, "keys-list", None, "")?;
+        self.keys_info(purpose)
+    }
+
+    /// The attestation a security officer files after a rotation: every version, what was
+    /// destroyed and when, and whether anything still depends on destroyed material.
+    pub fn key_report(&self, actor: &Principal) -> Result<Vec<PurposeKeysInfo>, VaultError> {
+        self.require_admin(actor, AdminAction::ManageKeys, "keys-report", None, "")?;
+        let info = self.keys_info(None)?;
+        let mut event = admin_event(actor, "keys-report", "");
+        event.decision = "allow".into();
+        event.reason = Some(format!(
+            "{} of {} purposes sound",
+            info.iter().filter(|p| p.is_sound()).count(),
+            info.len()
+        ));
+        self.audit.append(&event)?;
+        Ok(info)
+    }
+
+    /// Makes a new version of `purpose`'s key active for new subject keys at once. Existing
+    /// subject keys keep working and are moved over by a rewrap.
+    pub fn rotate_key(
+        &self,
+        actor: &Principal,
+        purpose: Purpose,
+        algorithm: Option<Algorithm>,
+        justification: &str,
+    ) -> Result<(u32, Algorithm), VaultError> {
+        self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            "key-rotate",
+            Some(purpose.as_str()),
+            justification,
+        )?;
+        let (version, algorithm) = self.keyring.rotate(purpose, algorithm)?;
+        let mut event = admin_event(actor, "key-rotate", justification);
+        event.decision = "allow".into();
+        event.purpose = Some(purpose.as_str().into());
+        event.target = Some(format!("{purpose} v{version}"));
+        event.reason = Some(format!(
+            "new active version {version} ({})",
+            algorithm.as_str()
+        ));
+        self.audit.append(&event)?;
+        tracing::info!(
+            purpose = purpose.as_str(),
+            version,
+            algorithm = algorithm.as_str(),
+            "purpose key rotated"
+        );
+        Ok((version, algorithm))
+    }
+
+    /// Checks and records that `actor` starts a key job (`key-rewrap`, `key-rekey`).
+    pub fn authorize_key_job(
+        &self,
+        actor: &Principal,
+        action: &str,
+        purpose: Purpose,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            action,
+            Some(purpose.as_str()),
+            justification,
+        )?;
+        let mut event = admin_event(actor, action, justification);
+        event.decision = "allow".into();
+        event.purpose = Some(purpose.as_str().into());
+        self.audit.append(&event)?;
+        Ok(())
+    }
+
+    /// Rewraps every subject key of `purpose` under an older version to the active version, in
+    /// batches of one transaction each, calling `progress` after each batch (return false to
+    /// stop). Safe to run beside traffic and beside another rewrap; resumes where it stopped.
+    pub fn rewrap(
+        &self,
+        purpose: Purpose,
+        mut progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Progress, VaultError> {
+        let active = self.active_version(purpose)?;
+        let total: u64 = self
+            .store
+            .subject_key_counts(purpose.as_str())?
+            .iter()
+            .filter(|(v, _)| *v < active)
+            .map(|(_, n)| n)
+            .sum();
+        let mut state = Progress { done: 0, total };
+        loop {
+            let (done, found) = self
+                .keyring
+                .rewrap_batch(purpose, self.key_settings.batch_size.max(1))?;
+            state.done += done as u64;
+            if found == 0 || !progress(state) {
+                break;
+            }
+            if !self.key_settings.batch_pause.is_zero() {
+                std::thread::sleep(self.key_settings.batch_pause);
+            }
+        }
+        if state.done > 0 {
+            self.system_event(
+                "key-rewrap",
+                purpose,
+                format!("{} subject keys rewrapped to v{active}", state.done),
+            )?;
+        }
+        Ok(state)
+    }
+
+    /// Re-encrypts every field of `purpose` under fresh subject keys, one subject per
+    /// transaction; the old subject keys are deleted in the same transaction. Resumable: a rekey
+    /// that was interrupted continues from the subjects not yet done.
+    pub fn rekey(
+        &self,
+        purpose: Purpose,
+        mut progress: impl FnMut(Progress) -> bool,
+    ) -> Result<Progress, VaultError> {
+        // A subject key created in the same second as the job start counts as done, so the job
+        // starts one second from now.
+        let started = self
+            .store
+            .start_key_job(purpose.as_str(), "rekey", now_unix() + 1)?;
+        while now_unix() < started {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let total: u64 = self
+            .store
+            .subject_key_counts(purpose.as_str())?
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        let mut state = Progress { done: 0, total };
+        let mut fields = 0u64;
+        loop {
+            let subjects = self.store.subjects_keyed_before(
+                purpose.as_str(),
+                started,
+                self.key_settings.batch_size.max(1),
+            )?;
+            if subjects.is_empty() {
+                break;
+            }
+            for subject in subjects {
+                fields += self.rekey_subject(&subject, purpose, started)?;
+                state.done += 1;
+            }
+            if !progress(state) {
+                return Ok(state);
+            }
+            if !self.key_settings.batch_pause.is_zero() {
+                std::thread::sleep(self.key_settings.batch_pause);
+            }
+        }
+        self.store.finish_key_job(purpose.as_str(), "rekey")?;
+        self.system_event(
+            "key-rekey",
+            purpose,
+            format!(
+                "{} subjects rekeyed, {fields} fields re-encrypted; old subject keys destroyed",
+                state.done
+            ),
+        )?;
+        Ok(state)
+    }
+
+    fn rekey_subject(
+        &self,
+        subject: &str,
+        purpose: Purpose,
+        started: i64,
+    ) -> Result<u64, VaultError> {
+        let subject_id = SubjectId::parse("subject", subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject key of `{subject}`")))?;
+        let current = self
+            .store
+            .subject_key(subject, purpose.as_str())?
+            .ok_or_else(|| StoreError::Corrupt(format!("subject key of `{subject}`")))?;
+        let generation = current.generation + 1;
+        let (row, new_key) = self
+            .keyring
+            .new_subject_key(&subject_id, purpose, generation)?;
+        let algorithm = self.keyring.active_algorithm(purpose)?;
+        let mut old_keys: BTreeMap<u32, Arc<crypto::SubjectKey>> = BTreeMap::new();
+        let mut failure: Option<VaultError> = None;
+        let mut reseal = |record_id: &str, field: &FieldRow| -> Result<Vec<u8>, StoreError> {
+            let result = (|| {
+                let category: Category = field
+                    .category
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("record `{record_id}`")))?;
+                let old = match old_keys.get(&field.key_gen) {
+                    Some(k) => Arc::clone(k),
+                    None => {
+                        let k = self
+                            .keyring
+                            .subject_key_at(&subject_id, purpose, field.key_gen)?
+                            .ok_or_else(|| {
+                                VaultError::DataLoss(format!(
+                                    "the subject key of record `{record_id}`"
+                                ))
+                            })?;
+                        old_keys.insert(field.key_gen, Arc::clone(&k));
+                        k
+                    }
+                };
+                let aad = field_aad(
+                    subject,
+                    record_id,
+                    &field.name,
+                    category,
+                    purpose,
+                    &field.kind,
+                );
+                let plain =
+                    crypto::open(old.expose_secret(), &aad, &field.sealed).map_err(|_| {
+                        VaultError::DataLoss(format!(
+                            "field `{}` of record `{record_id}`",
+                            field.name
+                        ))
+                    })?;
+                crypto::seal(new_key.expose_secret(), algorithm, generation, &aad, &plain)
+                    .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
+            })();
+            result.map_err(|e: VaultError| {
+                let message = e.to_string();
+                failure = Some(e);
+                StoreError::Database(message)
+            })
+        };
+        let outcome = self.store.rekey_subject(&row, started, &mut reseal);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        self.keyring.forget(&subject_id, purpose);
+        Ok(outcome?.unwrap_or(0))
+    }
+
+    /// Schedules the destruction of a version that wraps nothing any more, after `wait_secs`
+    /// (the configured default when `None`). Returns when it will be due.
+    pub fn schedule_key_destruction(
+        &self,
+        actor: &Principal,
+        purpose: Purpose,
+        version: u32,
+        wait_secs: Option<u64>,
+        justification: &str,
+    ) -> Result<i64, VaultError> {
+        let target = format!("{purpose} v{version}");
+        self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            "key-schedule-destruction",
+            Some(&target),
+            justification,
+        )?;
+        let row = self.version_row(purpose, version)?;
+        match row.state.as_str() {
+            "active" => {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "`{target}` is the active version; rotate first (`kluis admin keys rotate --purpose {purpose}`)"
+                )));
+            }
+            "destroyed" => {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "`{target}` is destroyed already"
+                )));
+            }
+            _ => {}
+        }
+        let wraps = self.wrapped_by(purpose, version)?;
+        if wraps > 0 {
+            return Err(VaultError::FailedPrecondition(format!(
+                "`{target}` still wraps {wraps} subject keys; run `kluis admin keys rewrap --purpose {purpose}` first"
+            )));
+        }
+        let wait = i64::try_from(wait_secs.unwrap_or(self.key_settings.destroy_wait_secs))
+            .unwrap_or(i64::MAX);
+        let due = now_unix().saturating_add(wait);
+        self.store
+            .set_purpose_key_state(purpose.as_str(), version, "scheduled", Some(due))?;
+        let mut event = admin_event(actor, "key-schedule-destruction", justification);
+        event.decision = "allow".into();
+        event.purpose = Some(purpose.as_str().into());
+        event.target = Some(target);
+        event.reason = Some(format!("due at {due}"));
+        self.audit.append(&event)?;
+        Ok(due)
+    }
+
+    /// Cancels a scheduled destruction; the version is decrypt-only again.
+    pub fn cancel_key_destruction(
+        &self,
+        actor: &Principal,
+        purpose: Purpose,
+        version: u32,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let target = format!("{purpose} v{version}");
+        self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            "key-cancel-destruction",
+            Some(&target),
+            justification,
+        )?;
+        if self.version_row(purpose, version)?.state != "scheduled" {
+            return Err(VaultError::FailedPrecondition(format!(
+                "`{target}` is not scheduled for destruction"
+            )));
+        }
+        self.store
+            .set_purpose_key_state(purpose.as_str(), version, "decrypt-only", None)?;
+        let mut event = admin_event(actor, "key-cancel-destruction", justification);
+        event.decision = "allow".into();
+        event.purpose = Some(purpose.as_str().into());
+        event.target = Some(target);
+        self.audit.append(&event)?;
+        Ok(())
+    }
+
+    /// Destroys every scheduled version whose waiting period is over. With `actor`, checked
+    /// and audited as theirs; without, it is the server's own sweeper.
+    pub fn destroy_due_keys(
+        &self,
+        actor: Option<&Principal>,
+    ) -> Result<Vec<(Purpose, u32)>, VaultError> {
+        if let Some(a) = actor {
+            self.require_admin(a, AdminAction::ManageKeys, "key-destroy", None, "")?;
+        }
+        let now = now_unix();
+        let mut destroyed = Vec::new();
+        for &purpose in Purpose::ALL {
+            for row in self.store.purpose_keys(purpose.as_str())? {
+                if row.state != "scheduled" || row.destroy_after.is_none_or(|t| t > now) {
+                    continue;
+                }
+                match self
+                    .store
+                    .destroy_purpose_key(purpose.as_str(), row.version, now)
+                {
+                    Ok(()) => {
+                        self.keyring.forget_purpose_key(purpose, row.version);
+                        let mut event = match actor {
+                            Some(a) => admin_event(a, "key-destroy", ""),
+                            None => AuditEvent {
+                                time: now,
+                                principal: "kluis".into(),
+                                action: "key-destroy".into(),
+                                ..AuditEvent::default()
+                            },
+                        };
+                        event.decision = "allow".into();
+                        event.purpose = Some(purpose.as_str().into());
+                        event.target = Some(format!("{purpose} v{}", row.version));
+                        event.reason = Some("key material erased from the store".into());
+                        self.audit.append(&event)?;
+                        tracing::info!(
+                            purpose = purpose.as_str(),
+                            version = row.version,
+                            "purpose key version destroyed"
+                        );
+                        destroyed.push((purpose, row.version));
+                    }
+                    Err(StoreError::InUse(n)) => {
+                        tracing::warn!(
+                            purpose = purpose.as_str(),
+                            version = row.version,
+                            still_wraps = n,
+                            "scheduled destruction skipped: the version is in use again"
+                        );
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(destroyed)
+    }
+
+    /// Sets the minimum decryption version of `purpose`; refused while older versions still
+    /// wrap subject keys.
+    pub fn set_min_decrypt_version(
+        &self,
+        actor: &Principal,
+        purpose: Purpose,
+        version: u32,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let target = format!("{purpose} v{version}");
+        self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            "key-set-minimum",
+            Some(&target),
+            justification,
+        )?;
+        if version > self.active_version(purpose)? {
+            return Err(VaultError::FailedPrecondition(format!(
+                "`{purpose}` has no version {version} yet"
+            )));
+        }
+        match self
+            .store
+            .set_min_decrypt_version(purpose.as_str(), version)
+        {
+            Err(StoreError::InUse(n)) => {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "{n} subject keys of `{purpose}` are still wrapped under versions below {version}; rewrap first"
+                )));
+            }
+            other => other?,
+        }
+        for v in 1..version {
+            self.keyring.forget_purpose_key(purpose, v);
+        }
+        let mut event = admin_event(actor, "key-set-minimum", justification);
+        event.decision = "allow".into();
+        event.purpose = Some(purpose.as_str().into());
+        event.target = Some(target);
+        self.audit.append(&event)?;
+        Ok(())
+    }
+
+    /// Changes the root key: rewraps the purpose keys (and the audit key) under the key from
+    /// `secret`. The old passphrase or key file stops working.
+    pub fn rotate_root(
+        &self,
+        actor: &Principal,
+        secret: &RootSecret,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            "root-rotate",
+            None,
+            justification,
+        )?;
+        self.keyring.rotate_root(secret)?;
+        let mut event = admin_event(actor, "root-rotate", justification);
+        event.decision = "allow".into();
+        event.reason = Some(
+            "purpose keys rewrapped under a new root key; the old one no longer opens the store"
+                .into(),
+        );
+        self.audit.append(&event)?;
+        tracing::info!("root key changed");
+        Ok(())
+    }
+
+    /// Continues what an interrupted server left: rewraps to the active versions and
+    /// unfinished rekeys. Run at start-up.
+    pub fn resume_key_jobs(&self) -> Result<(), VaultError> {
+        for (purpose, kind, _) in self.store.key_jobs()? {
+            if let (Ok(p), "rekey") = (purpose.parse::<Purpose>(), kind.as_str()) {
+                tracing::info!(purpose = p.as_str(), "resuming an interrupted rekey");
+                self.rekey(p, |_| true)?;
+            }
+        }
+        for &purpose in Purpose::ALL {
+            self.rewrap(purpose, |_| true)?;
+        }
+        Ok(())
+    }
+
+    fn keys_info(&self, only: Option<Purpose>) -> Result<Vec<PurposeKeysInfo>, VaultError> {
+        let jobs = self.store.key_jobs()?;
+        let purposes: Vec<Purpose> = match only {
+            Some(p) => vec![p],
+            None => Purpose::ALL.to_vec(),
+        };
+        purposes
+            .into_iter()
+            .map(|purpose| {
+                let counts: BTreeMap<u32, u64> = self
+                    .store
+                    .subject_key_counts(purpose.as_str())?
+                    .into_iter()
+                    .collect();
+                let rows = self.store.purpose_keys(purpose.as_str())?;
+                let versions: Vec<KeyVersionInfo> = rows
+                    .iter()
+                    .map(|r| KeyVersionInfo {
+                        version: r.version,
+                        state: r.state.clone(),
+                        algorithm: r.algorithm.clone(),
+                        subject_keys: counts.get(&r.version).copied().unwrap_or(0),
+                        created_at: r.created_at,
+                        retired_at: r.retired_at,
+                        destroy_after: r.destroy_after,
+                        destroyed_at: r.destroyed_at,
+                    })
+                    .collect();
+                Ok(PurposeKeysInfo {
+                    purpose,
+                    active_version: rows
+                        .iter()
+                        .rev()
+                        .find(|r| r.state == "active")
+                        .map_or(0, |r| r.version),
+                    min_decrypt_version: self.store.min_decrypt_version(purpose.as_str())?,
+                    keys_on_destroyed_versions: versions
+                        .iter()
+                        .filter(|v| v.state == "destroyed")
+                        .map(|v| v.subject_keys)
+                        .sum(),
+                    versions,
+                    orphan_fields: self.store.orphan_fields(purpose.as_str())?,
+                    rekey_pending_since: jobs
+                        .iter()
+                        .find(|(p, k, _)| p == purpose.as_str() && k == "rekey")
+                        .map(|j| j.2),
+                })
+            })
+            .collect()
+    }
+
+    fn active_version(&self, purpose: Purpose) -> Result<u32, VaultError> {
+        self.store
+            .purpose_keys(purpose.as_str())?
+            .iter()
+            .rev()
+            .find(|r| r.state == "active")
+            .map(|r| r.version)
+            .ok_or_else(|| VaultError::Key(KeyError::MissingPurposeKey(purpose.as_str().into())))
+    }
+
+    fn version_row(
+        &self,
+        purpose: Purpose,
+        version: u32,
+    ) -> Result<crate::store::PurposeKeyRow, VaultError> {
+        self.store
+            .purpose_keys(purpose.as_str())?
+            .into_iter()
+            .find(|r| r.version == version)
+            .ok_or_else(|| VaultError::NotFound(format!("key version `{purpose} v{version}`")))
+    }
+
+    fn wrapped_by(&self, purpose: Purpose, version: u32) -> Result<u64, VaultError> {
+        Ok(self
+            .store
+            .subject_key_counts(purpose.as_str())?
+            .into_iter()
+            .find(|(v, _)| *v == version)
+            .map_or(0, |(_, n)| n))
+    }
+
+    fn system_event(
+        &self,
+        action: &str,
+        purpose: Purpose,
+        reason: String,
+    ) -> Result<(), VaultError> {
+        let event = AuditEvent {
+            time: now_unix(),
+            principal: "kluis".into(),
+            action: action.into(),
+            decision: "allow".into(),
+            purpose: Some(purpose.as_str().into()),
+            reason: Some(reason),
+            ..AuditEvent::default()
+        };
+        self.audit.append(&event)?;
+        Ok(())
+    }
+}

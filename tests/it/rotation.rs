@@ -1,0 +1,768 @@
+//! Key rotation over real gRPC: rotate and rewrap while clients read and write, destroy what
+//! nothing depends on, rekey (also to another algorithm), change the root key, and survive a
+//! SIGKILL in the middle of a rewrap and of a rekey.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use kluis::{
+    domain::{Category, FieldName, Principal, PrincipalId, Purpose, Role, SubjectId},
+    keys::RootSecret,
+    pb::{self, admin_client::AdminClient},
+    vault::{NewField, Value},
+};
+use rusqlite::Connection;
+use tonic::{Code, transport::Channel};
+use zeroize::Zeroizing;
+
+use crate::common::*;
+
+fn value_of(i: usize) -> String {
+    format!("06-{i:08}")
+}
+
+async fn store_many(server: &TestServer, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let v = value_of(i);
+        let id = put(
+            server,
+            Role::NuisanceOfficer,
+            nuisance_ctx(),
+            &format!("REL-{i:05}"),
+            vec![text("phone", "contact", &v)],
+        )
+        .await;
+        out.push((id, v));
+    }
+    out
+}
+
+async fn keys_of(admin: &mut AdminClient<Channel>, token: &str, purpose: &str) -> pb::PurposeKeys {
+    admin
+        .list_keys(req(
+            token,
+            pb::ListKeysRequest {
+                purpose: purpose.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .purposes
+        .remove(0)
+}
+
+async fn run_job(
+    admin: &mut AdminClient<Channel>,
+    token: &str,
+    purpose: &str,
+    rekey: bool,
+) -> pb::KeyJobProgress {
+    let request = req(
+        token,
+        pb::KeyJobRequest {
+            purpose: purpose.into(),
+            justification: "test".into(),
+        },
+    );
+    let mut stream = if rekey {
+        admin.rekey(request).await
+    } else {
+        admin.rewrap(request).await
+    }
+    .unwrap()
+    .into_inner();
+    loop {
+        let p = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("the job ended without a result");
+        if p.finished {
+            return p;
+        }
+    }
+}
+
+async fn read_all(server: &TestServer, records: &[(String, String)]) {
+    for (id, v) in records {
+        let resp = get(
+            server,
+            server.token(Role::NuisanceOfficer),
+            nuisance_ctx(),
+            id,
+        )
+        .await
+        .unwrap();
+        assert_eq!(text_of(&resp.fields[0]), v);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotation_keeps_every_record_readable_while_clients_read_and_write() {
+    let server = TestServer::start().await;
+    let records = store_many(&server, 60).await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+
+    // Four clients read and write throughout the rotation and rewrap.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let records = records.clone();
+        let stop = std::sync::Arc::clone(&stop);
+        let token = server.token(Role::NuisanceOfficer).to_owned();
+        let mut client = server.client().await;
+        clients.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 20 {
+                let (id, v) = &records[(c * 13 + n) % records.len()];
+                let resp = client
+                    .get_record(req(
+                        &token,
+                        pb::GetRecordRequest {
+                            context: nuisance_ctx(),
+                            record_id: id.clone(),
+                            fields: vec![],
+                        },
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(text_of(&resp.fields[0]), v);
+                let value = format!("written-{c}-{n}");
+                let id = client
+                    .put_record(req(
+                        &token,
+                        pb::PutRecordRequest {
+                            context: nuisance_ctx(),
+                            subject_id: format!("REL-W{c}-{n}"),
+                            fields: vec![text("phone", "contact", &value)],
+                            labels: Default::default(),
+                        },
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .record_id;
+                written.push((id, value));
+                n += 1;
+            }
+            written
+        }));
+    }
+
+    let rotated = admin
+        .rotate_key(req(
+            &so,
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                algorithm: String::new(),
+                justification: "yearly".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.version, 2);
+    run_job(&mut admin, &so, "nuisance", false).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = Vec::new();
+    for c in clients {
+        written.extend(c.await.unwrap());
+    }
+    // A rewrap after the clients stopped catches keys made under v1 just before the rotation.
+    run_job(&mut admin, &so, "nuisance", false).await;
+
+    let keys = keys_of(&mut admin, &so, "nuisance").await;
+    assert_eq!(keys.active_version, 2);
+    assert_eq!(keys.versions[0].state, "decrypt-only");
+    assert_eq!(
+        keys.versions[0].subject_keys, 0,
+        "v1 wraps nothing after the rewrap"
+    );
+    assert_eq!(
+        keys.versions[1].subject_keys as usize,
+        records.len() + written.len()
+    );
+    read_all(&server, &records).await;
+    read_all(&server, &written).await;
+    // The rotation is on the audit trail.
+    let entries = audit_entries(&server);
+    let rotate = entries
+        .iter()
+        .find(|e| e["action"] == "key-rotate")
+        .unwrap();
+    assert_eq!(rotate["principal"], "test-security-officer");
+    assert_eq!(rotate["roles"][0], "security-officer");
+    assert_eq!(rotate["purpose"], "nuisance");
+    assert_eq!(rotate["justification"], "yearly");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
+    let server = TestServer::start().await;
+    let records = store_many(&server, 5).await;
+    let so_principal = Principal {
+        id: PrincipalId::parse("p", "so").unwrap(),
+        roles: vec![Role::SecurityOfficer],
+        scope_subject: None,
+        token_id: "tok_so".into(),
+        expires_at: i64::MAX,
+    };
+    // Rotate in the core (no background rewrap) so v1 still wraps the five subject keys.
+    server
+        .vault
+        .rotate_key(&so_principal, Purpose::Nuisance, None, "")
+        .unwrap();
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let schedule = |version, wait| {
+        req(
+            &so,
+            pb::ScheduleKeyDestructionRequest {
+                purpose: "nuisance".into(),
+                version,
+                wait_seconds: wait,
+                justification: String::new(),
+            },
+        )
+    };
+    let status = admin
+        .schedule_key_destruction(schedule(1, Some(0)))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("still wraps 5 subject keys"),
+        "{}",
+        status.message()
+    );
+    let status = admin
+        .schedule_key_destruction(schedule(2, Some(0)))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        status.message().contains("active version"),
+        "{}",
+        status.message()
+    );
+    // Data roles may not touch keys.
+    let status = admin
+        .rotate_key(req(
+            server.token(Role::NuisanceOfficer),
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    assert_eq!(run_job(&mut admin, &so, "nuisance", false).await.done, 5);
+    // The default wait is a week: nothing is due yet; cancelling works.
+    admin
+        .schedule_key_destruction(schedule(1, None))
+        .await
+        .unwrap();
+    assert!(
+        admin
+            .destroy_due_keys(req(&so, pb::DestroyDueKeysRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .destroyed
+            .is_empty()
+    );
+    admin
+        .cancel_key_destruction(req(
+            &so,
+            pb::KeyVersionRequest {
+                purpose: "nuisance".into(),
+                version: 1,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    admin
+        .schedule_key_destruction(schedule(1, Some(0)))
+        .await
+        .unwrap();
+    let destroyed = admin
+        .destroy_due_keys(req(&so, pb::DestroyDueKeysRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .destroyed;
+    assert_eq!(destroyed, ["nuisance v1"]);
+    let wrapped: Vec<u8> = Connection::open(server.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT wrapped FROM purpose_keys WHERE purpose = 'nuisance' AND version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(wrapped.is_empty(), "the material of v1 is erased");
+    read_all(&server, &records).await;
+    admin
+        .set_min_decrypt_version(req(
+            &so,
+            pb::KeyVersionRequest {
+                purpose: "nuisance".into(),
+                version: 2,
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    read_all(&server, &records).await;
+
+    let report = admin
+        .key_report(req(&so, pb::KeyReportRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.sound);
+    let nuisance = report
+        .purposes
+        .iter()
+        .find(|p| p.purpose == "nuisance")
+        .unwrap();
+    assert_eq!(nuisance.versions[0].state, "destroyed");
+    assert!(nuisance.versions[0].destroyed_at.is_some());
+    assert_eq!(nuisance.min_decrypt_version, 2);
+    let entries = audit_entries(&server);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "key-destroy" && e["target"] == "nuisance v1")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rekey_to_xchacha_reencrypts_every_field_and_drops_old_subject_keys() {
+    let server = TestServer::start().await;
+    let records = store_many(&server, 12).await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    admin
+        .rotate_key(req(
+            &so,
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                algorithm: "xchacha20-poly1305".into(),
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let done = run_job(&mut admin, &so, "nuisance", true).await;
+    assert_eq!(done.done, 12);
+    read_all(&server, &records).await;
+    let conn = Connection::open(server.db_path()).unwrap();
+    let mut stmt = conn.prepare("SELECT key_gen, sealed FROM fields").unwrap();
+    let rows: Vec<(u32, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 12);
+    for (generation, sealed) in rows {
+        assert_eq!(generation, 2);
+        assert_eq!(sealed[1], 2, "algorithm id of XChaCha20-Poly1305");
+        assert_eq!(
+            u32::from_be_bytes(sealed[2..6].try_into().unwrap()),
+            2,
+            "key reference is generation 2"
+        );
+    }
+    let old: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM subject_keys WHERE generation = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old, 0, "old subject keys are destroyed");
+    let keys = keys_of(&mut admin, &so, "nuisance").await;
+    assert_eq!(keys.versions[0].subject_keys, 0);
+    assert!(keys.rekey_pending_since.is_none());
+    // New writes after the rekey use the new algorithm too.
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-NEW",
+        vec![text("phone", "contact", "06-9")],
+    )
+    .await;
+    let sealed: Vec<u8> = conn
+        .query_row(
+            "SELECT sealed FROM fields WHERE record_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sealed[1], 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn root_key_change_refuses_the_old_key_and_opens_with_the_new() {
+    let server = TestServer::start().await;
+    let records = store_many(&server, 4).await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let new_key = [0x42u8; 32];
+    admin
+        .rotate_root(req(
+            &so,
+            pb::RotateRootRequest {
+                secret: Some(pb::rotate_root_request::Secret::Key(new_key.to_vec())),
+                justification: "custodian change".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    read_all(&server, &records).await;
+    let dir = server.dir.clone();
+    let tokens_server = server;
+    let reopened = tokens_server
+        .restart_with(|_| {
+            // The new key goes where the old one was.
+            std::fs::write(
+                dir.join("root.key.old"),
+                std::fs::read(dir.join("root.key")).unwrap(),
+            )
+            .unwrap();
+            std::fs::write(dir.join("root.key"), format!("{}\n", hex::encode(new_key))).unwrap();
+        })
+        .await;
+    read_all(&reopened, &records).await;
+    let old = RootSecret::read_key_file(&dir.join("root.key.old")).unwrap();
+    let err = TestServer::open(&dir, &old).await.err().unwrap();
+    assert!(
+        err.to_string().contains("wrong passphrase or key file"),
+        "{err}"
+    );
+    // And to a passphrase, through the admin command's other form.
+    let mut admin = reopened.admin().await;
+    admin
+        .rotate_root(req(
+            reopened.token(Role::SecurityOfficer),
+            pb::RotateRootRequest {
+                secret: Some(pb::rotate_root_request::Secret::Passphrase(
+                    "a brand new long passphrase".into(),
+                )),
+                justification: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let tmp = reopened.stop().await;
+    let pass = RootSecret::Passphrase(Zeroizing::new("a brand new long passphrase".into()));
+    let server = TestServer::open(&dir, &pass).await.unwrap();
+    let resp = server.vault.audit().verify(None).unwrap();
+    assert!(matches!(resp, kluis::audit::Verification::Intact { .. }));
+    server.stop().await;
+    drop(tmp);
+}
+
+// ---------------------------------------------------------------- SIGKILL in the middle --
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A store with `n` subjects under `nuisance`, a key file, a config that makes key jobs slow
+/// (small batches, pauses), and tokens for the security and nuisance officers.
+fn prepare(dir: &Path, n: usize) -> (String, String, Vec<(String, String)>) {
+    let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
+    init_store(dir, &secret, kluis::crypto::Algorithm::Aes256Gcm);
+    let cfg = kluis::config::RawConfig {
+        data_dir: Some(dir.to_owned()),
+        ..Default::default()
+    }
+    .validate(false)
+    .unwrap();
+    let vault = kluis::config::open_vault(&cfg, &secret).unwrap();
+    let spec = |role: Role| kluis::vault::tokens::TokenSpec {
+        principal: PrincipalId::parse("p", &format!("kill-{role}")).unwrap(),
+        roles: vec![role],
+        ttl_secs: 3600,
+        scope_subject: None,
+    };
+    let so = vault
+        .bootstrap_token(&spec(Role::SecurityOfficer))
+        .unwrap()
+        .token
+        .expose_secret()
+        .to_owned();
+    let officer = vault
+        .bootstrap_token(&spec(Role::NuisanceOfficer))
+        .unwrap()
+        .token
+        .expose_secret()
+        .to_owned();
+    let principal = vault
+        .authenticate(&kluis::vault::tokens::BearerToken::new(officer.clone()))
+        .unwrap();
+    let ctx =
+        kluis::domain::AccessContext::parse("c", "nuisance", "N-1", "setup", "app", false).unwrap();
+    let vault = std::sync::Arc::new(vault);
+    let records = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let vault = std::sync::Arc::clone(&vault);
+                let (principal, ctx) = (principal.clone(), ctx.clone());
+                s.spawn(move || {
+                    (t..n)
+                        .step_by(8)
+                        .map(|i| {
+                            let v = value_of(i);
+                            let field = NewField {
+                                name: FieldName::parse("f", "phone").unwrap(),
+                                category: Category::Contact,
+                                value: Value::Text(Zeroizing::new(v.clone())),
+                            };
+                            let subject = SubjectId::parse("s", &format!("REL-{i:05}")).unwrap();
+                            let (id, _) = vault
+                                .put_record(
+                                    &principal,
+                                    &ctx,
+                                    &subject,
+                                    vec![field],
+                                    Default::default(),
+                                )
+                                .unwrap();
+                            (id.as_str().to_owned(), v)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    std::fs::write(
+        dir.join("kluis.toml"),
+        format!(
+            "data_dir = \"{}\"\nkey_file = \"{}\"\n[keys]\nbatch_size = 5\nbatch_pause_ms = 40\n",
+            dir.display(),
+            dir.join("root.key").display()
+        ),
+    )
+    .unwrap();
+    (so, officer, records)
+}
+
+fn start(dir: &Path, port: u16) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--config",
+            ])
+            .arg(dir.join("kluis.toml"))
+            .env("KLUIS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn connect(port: u16) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => return c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("kluis did not come up: {e}"),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_until(mut done: impl AsyncFnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn all_decrypt(channel: Channel, officer: &str, records: &[(String, String)]) {
+    let mut client = pb::vault_client::VaultClient::new(channel);
+    for (id, v) in records {
+        let resp = client
+            .get_record(req(
+                officer,
+                pb::GetRecordRequest {
+                    context: nuisance_ctx(),
+                    record_id: id.clone(),
+                    fields: vec![],
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(text_of(&resp.fields[0]), v);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_interrupted_by_sigkill_completes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (so, officer, records) = prepare(tmp.path(), 200);
+    let port = free_port();
+    let server = start(tmp.path(), port);
+    let mut admin = AdminClient::new(connect(port).await);
+    admin
+        .rotate_key(req(
+            &so,
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    // Kill it once the background rewrap is under way but not done.
+    wait_until(
+        async || {
+            let v1 = keys_of(&mut admin, &so, "nuisance").await.versions[0].subject_keys;
+            v1 < 200
+        },
+        "the rewrap to start",
+    )
+    .await;
+    drop(server);
+    let left: i64 = Connection::open(tmp.path().join("kluis.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM subject_keys WHERE purpose_version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        left > 0,
+        "the server was killed in the middle of the rewrap"
+    );
+
+    let port = free_port();
+    let _server = start(tmp.path(), port);
+    let channel = connect(port).await;
+    let mut admin = AdminClient::new(channel.clone());
+    wait_until(
+        async || keys_of(&mut admin, &so, "nuisance").await.versions[0].subject_keys == 0,
+        "the resumed rewrap",
+    )
+    .await;
+    assert_eq!(
+        keys_of(&mut admin, &so, "nuisance").await.versions[1].subject_keys,
+        200
+    );
+    all_decrypt(channel, &officer, &records).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_interrupted_by_sigkill_completes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (so, officer, records) = prepare(tmp.path(), 200);
+    let port = free_port();
+    let server = start(tmp.path(), port);
+    let mut admin = AdminClient::new(connect(port).await);
+    let mut stream = admin
+        .rekey(req(
+            &so,
+            pb::KeyJobRequest {
+                purpose: "nuisance".into(),
+                justification: "suspected leak".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait for the first progress report, then kill.
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(!first.finished && first.done > 0);
+    drop(server);
+    let db = Connection::open(tmp.path().join("kluis.db")).unwrap();
+    let old: i64 = db
+        .query_row("SELECT count(*) FROM fields WHERE key_gen = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(old > 0, "the server was killed in the middle of the rekey");
+    let pending: i64 = db
+        .query_row("SELECT count(*) FROM key_jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(pending, 1);
+
+    let port = free_port();
+    let _server = start(tmp.path(), port);
+    let channel = connect(port).await;
+    let mut admin = AdminClient::new(channel.clone());
+    wait_until(
+        async || {
+            keys_of(&mut admin, &so, "nuisance")
+                .await
+                .rekey_pending_since
+                .is_none()
+        },
+        "the resumed rekey",
+    )
+    .await;
+    let old: i64 = db
+        .query_row("SELECT count(*) FROM fields WHERE key_gen = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(old, 0);
+    let old_keys: i64 = db
+        .query_row(
+            "SELECT count(*) FROM subject_keys WHERE generation = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old_keys, 0);
+    all_decrypt(channel, &officer, &records).await;
+}
