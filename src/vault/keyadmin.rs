@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use super::{Vault, VaultError, field_aad, tokens::admin_event};
+use super::{Vault, VaultError, field_aad};
 use crate::{
     audit::AuditEvent,
     crypto::{self, Algorithm},
@@ -116,10 +116,9 @@ impl Vault {
     /// The attestation a security officer files after a rotation: every version, what was
     /// destroyed and when, and whether anything still depends on destroyed material.
     pub fn key_report(&self, actor: &Principal) -> Result<Vec<PurposeKeysInfo>, VaultError> {
-        self.require_admin(actor, AdminAction::ManageKeys, "keys-report", None, "")?;
+        let mut event =
+            self.require_admin(actor, AdminAction::ManageKeys, "keys-report", None, "")?;
         let info = self.keys_info(None)?;
-        let mut event = admin_event(actor, "keys-report", "");
-        event.decision = "allow".into();
         event.reason = Some(format!(
             "{} of {} purposes sound",
             info.iter().filter(|p| p.is_sound()).count(),
@@ -138,7 +137,7 @@ impl Vault {
         algorithm: Option<Algorithm>,
         justification: &str,
     ) -> Result<(u32, Algorithm), VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageKeys,
             "key-rotate",
@@ -146,8 +145,6 @@ impl Vault {
             justification,
         )?;
         let (version, algorithm) = self.keyring.rotate(purpose, algorithm)?;
-        let mut event = admin_event(actor, "key-rotate", justification);
-        event.decision = "allow".into();
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(format!("{purpose} v{version}"));
         event.reason = Some(format!(
@@ -172,15 +169,13 @@ impl Vault {
         purpose: Purpose,
         justification: &str,
     ) -> Result<(), VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageKeys,
             action,
             Some(purpose.as_str()),
             justification,
         )?;
-        let mut event = admin_event(actor, action, justification);
-        event.decision = "allow".into();
         event.purpose = Some(purpose.as_str().into());
         self.audit.append(&event)?;
         Ok(())
@@ -364,7 +359,7 @@ impl Vault {
         justification: &str,
     ) -> Result<i64, VaultError> {
         let target = format!("{purpose} v{version}");
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageKeys,
             "key-schedule-destruction",
@@ -396,8 +391,6 @@ impl Vault {
         let due = now_unix().saturating_add(wait);
         self.store
             .set_purpose_key_state(purpose.as_str(), version, "scheduled", Some(due))?;
-        let mut event = admin_event(actor, "key-schedule-destruction", justification);
-        event.decision = "allow".into();
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(target);
         event.reason = Some(format!("due at {due}"));
@@ -414,7 +407,7 @@ impl Vault {
         justification: &str,
     ) -> Result<(), VaultError> {
         let target = format!("{purpose} v{version}");
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageKeys,
             "key-cancel-destruction",
@@ -428,8 +421,6 @@ impl Vault {
         }
         self.store
             .set_purpose_key_state(purpose.as_str(), version, "decrypt-only", None)?;
-        let mut event = admin_event(actor, "key-cancel-destruction", justification);
-        event.decision = "allow".into();
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(target);
         self.audit.append(&event)?;
@@ -442,9 +433,15 @@ impl Vault {
         &self,
         actor: Option<&Principal>,
     ) -> Result<Vec<(Purpose, u32)>, VaultError> {
-        if let Some(a) = actor {
-            self.require_admin(a, AdminAction::ManageKeys, "key-destroy", None, "")?;
-        }
+        let template = match actor {
+            Some(a) => self.require_admin(a, AdminAction::ManageKeys, "key-destroy", None, "")?,
+            None => AuditEvent {
+                principal: "kluis".into(),
+                action: "key-destroy".into(),
+                decision: "allow".into(),
+                ..AuditEvent::default()
+            },
+        };
         let now = now_unix();
         let mut destroyed = Vec::new();
         for &purpose in Purpose::ALL {
@@ -458,16 +455,10 @@ impl Vault {
                 {
                     Ok(()) => {
                         self.keyring.forget_purpose_key(purpose, row.version);
-                        let mut event = match actor {
-                            Some(a) => admin_event(a, "key-destroy", ""),
-                            None => AuditEvent {
-                                time: now,
-                                principal: "kluis".into(),
-                                action: "key-destroy".into(),
-                                ..AuditEvent::default()
-                            },
+                        let mut event = AuditEvent {
+                            time: now,
+                            ..template.clone()
                         };
-                        event.decision = "allow".into();
                         event.purpose = Some(purpose.as_str().into());
                         event.target = Some(format!("{purpose} v{}", row.version));
                         event.reason = Some("key material erased from the store".into());
@@ -504,7 +495,7 @@ impl Vault {
         justification: &str,
     ) -> Result<(), VaultError> {
         let target = format!("{purpose} v{version}");
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageKeys,
             "key-set-minimum",
@@ -530,8 +521,6 @@ impl Vault {
         for v in 1..version {
             self.keyring.forget_purpose_key(purpose, v);
         }
-        let mut event = admin_event(actor, "key-set-minimum", justification);
-        event.decision = "allow".into();
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(target);
         self.audit.append(&event)?;
@@ -546,7 +535,7 @@ impl Vault {
         secret: &RootSecret,
         justification: &str,
     ) -> Result<(), VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageKeys,
             "root-rotate",
@@ -554,8 +543,6 @@ impl Vault {
             justification,
         )?;
         self.keyring.rotate_root(secret)?;
-        let mut event = admin_event(actor, "root-rotate", justification);
-        event.decision = "allow".into();
         event.reason = Some(
             "purpose keys rewrapped under a new root key; the old one no longer opens the store"
                 .into(),

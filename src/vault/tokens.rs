@@ -155,7 +155,7 @@ impl Vault {
         spec: &TokenSpec,
         justification: &str,
     ) -> Result<IssuedToken, VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageTokens,
             "token-issue",
@@ -163,8 +163,6 @@ impl Vault {
             justification,
         )?;
         let issued = self.create_token(spec)?;
-        let mut event = admin_event(actor, "token-issue", justification);
-        event.decision = "allow".into();
         event.target = Some(issued.id.clone());
         event.subject = spec.scope_subject.as_ref().map(|s| s.as_str().to_owned());
         event.reason = Some(format!(
@@ -212,7 +210,7 @@ impl Vault {
         token_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageTokens,
             "token-revoke",
@@ -222,8 +220,6 @@ impl Vault {
         if !self.store.revoke_token(token_id, now_unix())? {
             return Err(VaultError::NotFound(format!("active token `{token_id}`")));
         }
-        let mut event = admin_event(actor, "token-revoke", justification);
-        event.decision = "allow".into();
         event.target = Some(token_id.into());
         self.audit.append(&event)?;
         Ok(())
@@ -272,7 +268,9 @@ impl Vault {
         })
     }
 
-    /// Refuses (and audits the refusal) unless the policy allows `admin` to `actor`.
+    /// Refuses (and audits the refusal) unless the policy allows `admin` to `actor`. When
+    /// allowed, returns the audit entry to complete and append once the action is done, with the
+    /// deciding policies filled in.
     pub(crate) fn require_admin(
         &self,
         actor: &Principal,
@@ -280,15 +278,16 @@ impl Vault {
         action: &str,
         target: Option<&str>,
         justification: &str,
-    ) -> Result<(), VaultError> {
+    ) -> Result<AuditEvent, VaultError> {
         let decision = self.policy.decide_admin(actor, admin)?;
-        if decision.is_allow() {
-            return Ok(());
-        }
         let mut event = admin_event(actor, action, justification);
-        event.decision = "deny".into();
         event.policies = decision.policies.clone();
         event.target = target.map(str::to_owned);
+        if decision.is_allow() {
+            event.decision = "allow".into();
+            return Ok(event);
+        }
+        event.decision = "deny".into();
         event.reason = Some(decision.reason.clone());
         self.audit.append(&event)?;
         Err(VaultError::Denied(decision.reason))

@@ -2,7 +2,7 @@
 //! the "who accessed my data, and why" report of one subject (GDPR art. 15). Each is
 //! policy-checked (`read-audit`, `verify-audit`) and is itself audited.
 
-use super::{Vault, VaultError, tokens::admin_event};
+use super::{Vault, VaultError};
 use crate::{
     audit::{AuditEvent, Filter, Head, Verification},
     domain::{Principal, SubjectId},
@@ -15,10 +15,9 @@ pub const DATA_ACTIONS: &[&str] = &["read", "write", "update", "delete", "list"]
 impl Vault {
     /// The trail's MAC'd head, for anchoring elsewhere.
     pub fn audit_head(&self, actor: &Principal) -> Result<Head, VaultError> {
-        self.require_admin(actor, AdminAction::VerifyAudit, "audit-head", None, "")?;
+        let mut event =
+            self.require_admin(actor, AdminAction::VerifyAudit, "audit-head", None, "")?;
         let head = self.audit.head()?;
-        let mut event = admin_event(actor, "audit-head", "");
-        event.decision = "allow".into();
         event.reason = Some(format!("head at entry {}", head.seq));
         self.audit.append(&event)?;
         Ok(head)
@@ -30,11 +29,10 @@ impl Vault {
         actor: &Principal,
         expect: Option<&Head>,
     ) -> Result<Verification, VaultError> {
-        self.require_admin(actor, AdminAction::VerifyAudit, "audit-verify", None, "")?;
+        let mut event =
+            self.require_admin(actor, AdminAction::VerifyAudit, "audit-verify", None, "")?;
         // Verify first, then record that it was done: the record is not part of what was checked.
         let outcome = self.audit.verify(expect)?;
-        let mut event = admin_event(actor, "audit-verify", "");
-        event.decision = "allow".into();
         event.reason = Some(match &outcome {
             Verification::Intact { count, .. } => format!("intact, {count} entries"),
             Verification::Broken { seq, problem } => format!("broken at entry {seq}: {problem}"),
@@ -51,15 +49,13 @@ impl Vault {
         filter: &Filter,
         justification: &str,
     ) -> Result<u64, VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ReadAudit,
             "audit-export",
             filter.subject.as_deref(),
             justification,
         )?;
-        let mut event = admin_event(actor, "audit-export", justification);
-        event.decision = "allow".into();
         event.subject = filter.subject.clone();
         event.reason = Some(describe(filter));
         Ok(self.audit.append(&event)?.value())
@@ -86,15 +82,13 @@ impl Vault {
         subject: &SubjectId,
         justification: &str,
     ) -> Result<Vec<(u64, AuditEvent)>, VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ReadAudit,
             "subject-access-report",
             Some(subject.as_str()),
             justification,
         )?;
-        let mut event = admin_event(actor, "subject-access-report", justification);
-        event.decision = "allow".into();
         event.subject = Some(subject.as_str().into());
         let upto = self.audit.append(&event)?.value();
         let filter = Filter {

@@ -202,6 +202,8 @@ async fn rotation_keeps_every_record_readable_while_clients_read_and_write() {
     assert_eq!(rotate["roles"][0], "security-officer");
     assert_eq!(rotate["purpose"], "nuisance");
     assert_eq!(rotate["justification"], "yearly");
+    assert_eq!(rotate["decision"], "allow");
+    assert_eq!(rotate["policies"][0], "security-officer-manages-tokens-and-keys");
     server.stop().await;
 }
 
