@@ -184,6 +184,7 @@ pub struct Engine {
     schema: Schema,
     policies: PolicySet,
     authorizer: Authorizer,
+    digest: String,
 }
 
 impl std::fmt::Debug for Engine {
@@ -236,7 +237,23 @@ impl Engine {
             schema,
             policies,
             authorizer: Authorizer::new(),
+            digest: digest(schema_src, policies_src),
         })
+    }
+
+    /// SHA-256 (hex) of the schema and policy texts: names the policy set in the audit trail.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// How many policies the set holds.
+    pub fn len(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// True for an empty policy set (which denies everything).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Decides `action` on each of `fields` for `principal` acting in `ctx`. One decision per
@@ -405,6 +422,19 @@ impl Engine {
             },
         }
     }
+}
+
+fn digest(schema: &str, policies: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(
+        u64::try_from(schema.len())
+            .unwrap_or(u64::MAX)
+            .to_be_bytes(),
+    );
+    h.update(schema.as_bytes());
+    h.update(policies.as_bytes());
+    hex::encode(h.finalize())
 }
 
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, PolicyError> {

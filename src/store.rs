@@ -191,6 +191,9 @@ pub trait Store: Send + Sync {
     /// A value of the store's metadata (root key parameters, key check value, wrapped audit key).
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Sets a metadata value (insert or replace).
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
     /// Initialises an empty store with its metadata and first purpose keys, in one transaction.
     /// Fails with `AlreadyInitialized` when the store holds metadata already.
     fn initialize(

@@ -75,6 +75,9 @@ impl From<AuditError> for VaultError {
     }
 }
 
+/// Store metadata key of the digest of the policy set in force.
+const META_POLICY_DIGEST: &str = "policy_digest";
+
 /// A field value in clear. Wiped on drop; `Debug` shows only its kind and length.
 pub enum Value {
     /// UTF-8 text.
@@ -252,6 +255,35 @@ impl Vault {
         limits: Limits,
     ) -> Result<Self, VaultError> {
         let audit = Audit::open(Arc::clone(&store), keyring.audit_key()?)?;
+        // Record which policy set decides from now on, and whether it changed since last time.
+        let previous = store.meta(META_POLICY_DIGEST)?;
+        let changed = previous
+            .as_deref()
+            .is_some_and(|p| p != policy.digest().as_bytes());
+        audit.append(&AuditEvent {
+            time: now_unix(),
+            principal: "kluis".into(),
+            action: if changed {
+                "policy-change"
+            } else {
+                "policy-load"
+            }
+            .into(),
+            decision: "allow".into(),
+            target: Some(format!("sha256:{}", policy.digest())),
+            reason: Some(match &previous {
+                Some(p) if changed => format!(
+                    "{} policies; replaces sha256:{}",
+                    policy.len(),
+                    String::from_utf8_lossy(p)
+                ),
+                _ => format!("{} policies", policy.len()),
+            }),
+            ..AuditEvent::default()
+        })?;
+        if previous.as_deref() != Some(policy.digest().as_bytes()) {
+            store.set_meta(META_POLICY_DIGEST, policy.digest().as_bytes())?;
+        }
         Ok(Self {
             store,
             keyring,

@@ -279,6 +279,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
     fn initialize(
         &self,
         meta: &[(&str, Vec<u8>)],

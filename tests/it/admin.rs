@@ -92,7 +92,10 @@ async fn security_officer_issues_a_token_that_works_and_revokes_it() {
     assert_eq!(issue["principal"], "test-security-officer");
     assert_eq!(issue["justification"], "new colleague");
     assert_eq!(issue["roles"][0], "security-officer");
-    assert_eq!(issue["policies"][0], "security-officer-manages-tokens-and-keys");
+    assert_eq!(
+        issue["policies"][0],
+        "security-officer-manages-tokens-and-keys"
+    );
     assert!(
         entries
             .iter()

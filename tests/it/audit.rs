@@ -242,18 +242,26 @@ async fn verify_with_expected_head_detects_a_truncated_tail() {
                 .unwrap()
                 .execute(
                     "DELETE FROM audit WHERE seq >= ?1",
-                    [anchored.seq as i64 - 1],
+                    [anchored.seq as i64 - 5],
                 )
                 .unwrap();
         })
         .await;
+    // (The restarted server records its policy set: the trail grows again, but stays shorter.)
     // Without the anchor the shortened trail looks whole …
     let plain = verify(&server, None).await;
     assert!(plain.intact);
     // … with it, the cut is found and named.
     let r = verify(&server, Some(anchored.clone())).await;
     assert!(!r.intact);
-    assert_eq!(r.broken_seq, anchored.seq, "{}", r.problem);
+    // The first entry missing is named, and the anchor it was missed against.
+    assert!(r.broken_seq < anchored.seq, "{}", r.problem);
+    assert!(
+        r.problem
+            .contains(&format!("the anchored head is entry {}", anchored.seq)),
+        "{}",
+        r.problem
+    );
     assert!(r.problem.contains("removed from the tail"), "{}", r.problem);
     // A head that was not MAC'd by this vault is refused.
     let forged = pb::AuditHead {
@@ -468,4 +476,58 @@ async fn admin_audit_commands_work_against_a_running_server() {
     assert_eq!(r["intact"], false);
     assert_eq!(r["broken_seq"], seq);
     server.stop().await;
+}
+
+#[test]
+fn a_changed_policy_set_is_recorded_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let secret = kluis::keys::RootSecret::create_key_file(&dir.join("root.key")).unwrap();
+    init_store(dir, &secret, kluis::crypto::Algorithm::Aes256Gcm);
+    let open = |policies: Option<Vec<std::path::PathBuf>>| {
+        let raw = kluis::config::RawConfig {
+            data_dir: Some(dir.to_owned()),
+            policy: Some(kluis::config::RawPolicy {
+                schema: None,
+                policies,
+            }),
+            ..Default::default()
+        };
+        kluis::config::open_vault(&raw.validate(false).unwrap(), &secret).unwrap()
+    };
+    drop(open(None));
+    drop(open(None));
+    let stricter = dir.join("stricter.cedar");
+    std::fs::write(
+        &stricter,
+        format!(
+            "{}\n@id(\"no-complaints-by-phone\")\nforbid (principal, action == Kluis::Action::\"read\", resource) when {{ context.channel == \"phone\" && context.purpose == \"complaints\" }};\n",
+            kluis::policy::DEFAULT_POLICIES
+        ),
+    )
+    .unwrap();
+    drop(open(Some(vec![stricter])));
+    let store = kluis::store::SqliteStore::open(&dir.join("kluis.db")).unwrap();
+    use kluis::store::Store;
+    let actions: Vec<(String, String)> = store
+        .audit_entries(1, 100)
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.entry).unwrap())
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(actions.len(), 3);
+    assert_eq!(actions[0].0, "policy-load");
+    assert_eq!(actions[1].0, "policy-load");
+    assert_eq!(actions[2].0, "policy-change");
+    assert!(
+        actions[2].1.contains("replaces sha256:"),
+        "{}",
+        actions[2].1
+    );
 }

@@ -203,7 +203,10 @@ async fn rotation_keeps_every_record_readable_while_clients_read_and_write() {
     assert_eq!(rotate["purpose"], "nuisance");
     assert_eq!(rotate["justification"], "yearly");
     assert_eq!(rotate["decision"], "allow");
-    assert_eq!(rotate["policies"][0], "security-officer-manages-tokens-and-keys");
+    assert_eq!(
+        rotate["policies"][0],
+        "security-officer-manages-tokens-and-keys"
+    );
     server.stop().await;
 }
 
@@ -767,4 +770,68 @@ async fn rekey_interrupted_by_sigkill_completes_after_restart() {
         .unwrap();
     assert_eq!(old_keys, 0);
     all_decrypt(channel, &officer, &records).await;
+}
+
+// The `kluis` child process is awaited synchronously: keep a worker free for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_keys_commands_report_clearly_to_people_and_scripts() {
+    let server = TestServer::start().await;
+    store_many(&server, 3).await;
+    let run = |token: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args(["admin", "--addr", &format!("http://{}", server.addr)])
+            .args(args)
+            .env("KLUIS_TOKEN", token)
+            .env("KLUIS_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let so = server.token(Role::SecurityOfficer);
+    let out = run(so, &["keys", "rotate", "--purpose", "nuisance", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rotated["version"], 2);
+    let out = run(so, &["keys", "rewrap", "--purpose", "nuisance"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nuisance: done"));
+    let out = run(so, &["keys", "list", "--purpose", "nuisance", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["active_version"], 2);
+    assert_eq!(listed["versions"][0]["subject_keys"], 0);
+    assert_eq!(listed["versions"][1]["subject_keys"], 3);
+    let out = run(so, &["keys", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("decrypt-only"));
+
+    let out = run(so, &["keys", "rotate", "--purpose", "gossip"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown purpose"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        server.token(Role::NuisanceOfficer),
+        &["keys", "rotate", "--purpose", "nuisance"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let out = run("kluis_nonsense", &["keys", "list"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = run(so, &["keys", "report"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("no record depends on destroyed key material")
+    );
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args(["admin", "--addr", "http://127.0.0.1:9", "keys", "list"])
+        .env("KLUIS_TOKEN", so)
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach kluis"));
+    server.stop().await;
 }
