@@ -401,7 +401,13 @@ impl Store for SqliteStore {
             params![purpose, version, at],
         )
         .map_err(db)?;
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        // `secure_delete` overwrote the old material in the database pages; move the WAL into the
+        // database and truncate it so no copy of the old page lingers there either.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint after key destruction failed; it happens at the next checkpoint");
+        }
+        Ok(())
     }
 
     fn rewrap_root(

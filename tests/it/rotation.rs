@@ -304,6 +304,15 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
         .schedule_key_destruction(schedule(1, Some(0)))
         .await
         .unwrap();
+    let old_material: Vec<u8> = Connection::open(server.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT wrapped FROM purpose_keys WHERE purpose = 'nuisance' AND version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(old_material.len() > 40);
     let destroyed = admin
         .destroy_due_keys(req(&so, pb::DestroyDueKeysRequest {}))
         .await
@@ -320,6 +329,19 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
         )
         .unwrap();
     assert!(wrapped.is_empty(), "the material of v1 is erased");
+    // Not just from the row: from every byte of the database files.
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal"] {
+        if let Ok(b) = std::fs::read(format!("{}{suffix}", server.db_path().display())) {
+            bytes.extend(b);
+        }
+    }
+    assert!(
+        !bytes
+            .windows(old_material.len())
+            .any(|w| w == old_material.as_slice()),
+        "the destroyed key material is still somewhere in the database files"
+    );
     read_all(&server, &records).await;
     admin
         .set_min_decrypt_version(req(
