@@ -127,6 +127,8 @@ pub struct RawLimits {
     pub max_value_bytes: Option<usize>,
     /// Labels per record.
     pub max_labels: Option<usize>,
+    /// Bytes of values per record.
+    pub max_record_bytes: Option<usize>,
 }
 
 /// Where the root key comes from.
@@ -267,6 +269,13 @@ impl RawConfig {
             limits.max_fields = l.max_fields.unwrap_or(limits.max_fields);
             limits.max_value_bytes = l.max_value_bytes.unwrap_or(limits.max_value_bytes);
             limits.max_labels = l.max_labels.unwrap_or(limits.max_labels);
+            limits.max_record_bytes = l.max_record_bytes.unwrap_or(limits.max_record_bytes);
+            if limits.max_record_bytes > crate::server::MAX_MESSAGE_BYTES / 2 {
+                problems.push(format!(
+                    "`limits.max_record_bytes` may be at most {} bytes",
+                    crate::server::MAX_MESSAGE_BYTES / 2
+                ));
+            }
             if limits.max_value_bytes > crate::server::MAX_MESSAGE_BYTES / 2 {
                 problems.push(format!(
                     "`limits.max_value_bytes` may be at most {} bytes",
@@ -319,14 +328,10 @@ impl RawConfig {
 /// Parses `730d`, `2y` or `52w` into days.
 fn parse_days(s: &str) -> Option<u32> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: u32 = num.parse().ok()?;
-    match unit {
-        "d" => Some(n),
-        "w" => n.checked_mul(7),
-        "y" => n.checked_mul(365),
-        _ => None,
-    }
+    [('d', 1u32), ('w', 7), ('y', 365)]
+        .iter()
+        .find_map(|&(unit, days)| s.strip_suffix(unit).map(|n| (n, days)))
+        .and_then(|(n, days)| n.parse::<u32>().ok()?.checked_mul(days))
 }
 
 /// Errors while opening a vault.
@@ -532,5 +537,7 @@ mod tests {
         assert_eq!(parse_days("1w"), Some(7));
         assert_eq!(parse_days("y"), None);
         assert_eq!(parse_days(""), None);
+        assert_eq!(parse_days("7ü"), None);
+        assert_eq!(parse_days("ü"), None);
     }
 }

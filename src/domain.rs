@@ -235,6 +235,8 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Labels per record.
     pub max_labels: usize,
+    /// Bytes of values per record (so a whole record always fits one response).
+    pub max_record_bytes: usize,
 }
 
 impl Default for Limits {
@@ -243,6 +245,7 @@ impl Default for Limits {
             max_fields: 256,
             max_value_bytes: 1024 * 1024,
             max_labels: 32,
+            max_record_bytes: 8 * 1024 * 1024,
         }
     }
 }

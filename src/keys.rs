@@ -315,9 +315,17 @@ impl Keyring {
         let row = match self.store.subject_key(subject.as_str(), purpose.as_str())? {
             Some(row) => row,
             None => {
-                let (row, _) = self.new_subject_key(subject, purpose, 1)?;
                 // Another request may have created one meanwhile: use whichever the store kept.
-                self.store.insert_subject_key(&row)?
+                // A rotation between wrapping and storing makes the store refuse a key wrapped
+                // under a version that is no longer live: wrap it again under the active one.
+                let (row, _) = self.new_subject_key(subject, purpose, 1)?;
+                match self.store.insert_subject_key(&row) {
+                    Err(StoreError::Conflict(_)) => {
+                        let (row, _) = self.new_subject_key(subject, purpose, 1)?;
+                        self.store.insert_subject_key(&row)?
+                    }
+                    other => other?,
+                }
             }
         };
         let key = self.unwrap_subject_key(subject, purpose, &row)?;
@@ -399,8 +407,10 @@ impl Keyring {
             destroy_after: None,
             destroyed_at: None,
         };
-        drop(root);
+        // Hold the root key's read lock until the new version is stored: a root key change
+        // waits for it, so no version is left wrapped under a replaced root key.
         self.store.rotate_purpose_key(&row)?;
+        drop(root);
         if let Ok(mut map) = self.purpose_keys.write() {
             map.insert((purpose, version), Arc::new(key));
         }

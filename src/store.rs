@@ -220,14 +220,16 @@ pub trait Store: Send + Sync {
     /// `decrypt-only`, in one transaction.
     fn rotate_purpose_key(&self, new: &PurposeKeyRow) -> Result<(), StoreError>;
 
-    /// Sets the state of a purpose key version (scheduling or cancelling its destruction).
+    /// Moves a purpose key version from state `from` to `to` (scheduling or cancelling its
+    /// destruction). Returns false when it was not in state `from` (any more).
     fn set_purpose_key_state(
         &self,
         purpose: &str,
         version: u32,
-        state: &str,
+        from: &str,
+        to: &str,
         destroy_after: Option<i64>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Erases a version's material, in one transaction with the check that no subject key is
     /// wrapped under it. Fails with `InUse(count)` otherwise.

@@ -428,31 +428,24 @@ impl Vault {
                     reason: d.reason.clone(),
                 }),
         );
-        let mut keys: BTreeMap<u32, Arc<crate::crypto::SubjectKey>> = BTreeMap::new();
-        let mut fields = Vec::with_capacity(grants.len());
-        for (grant, row, category) in grants {
-            let key = match keys.get(&row.key_gen) {
-                Some(k) => Arc::clone(k),
-                None => {
-                    let k = self
-                        .keyring
-                        .subject_key_at(&subject, meta.purpose, row.key_gen)?
-                        .ok_or_else(|| {
-                            VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
-                        })?;
-                    keys.insert(row.key_gen, Arc::clone(&k));
-                    k
-                }
-            };
-            fields.push(open_field(
-                &grant,
-                key.expose_secret(),
-                &record,
-                meta.purpose,
-                category,
-                row,
-            )?);
-        }
+        let fields = match self.open_granted(&grants, &subject, &record, meta.purpose)? {
+            Some(fields) => fields,
+            None => {
+                // A rekey moved the subject to a new key generation after the record was read:
+                // read the resealed values again (the grants are for the same fields).
+                let (record, rows) = self.load(record_id)?;
+                let regranted: Vec<(Grant, &FieldRow, Category)> = grants
+                    .into_iter()
+                    .filter_map(|(g, _, c)| {
+                        rows.iter().find(|r| r.name == g.field()).map(|r| (g, r, c))
+                    })
+                    .collect();
+                self.open_granted(&regranted, &subject, &record, meta.purpose)?
+                    .ok_or_else(|| {
+                        VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
+                    })?
+            }
+        };
         Ok(RecordView {
             meta,
             fields,
@@ -471,6 +464,25 @@ impl Vault {
         check_fields(&fields, &self.limits)?;
         let (record, rows) = self.load(record_id)?;
         let meta = record_meta(&record)?;
+        let subject = SubjectId::parse("subject", &record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let resources: Vec<FieldResource> = fields
+            .iter()
+            .map(|f| FieldResource {
+                record: record.id.clone(),
+                name: f.name.as_str().into(),
+                category: f.category,
+                purpose: meta.purpose,
+                subject: record.subject.clone(),
+            })
+            .collect();
+        let decisions = self
+            .policy
+            .decide_fields(principal, Action::Write, ctx, &resources)?;
+        self.require_all(
+            principal, ctx, "update", &subject, record_id, &resources, &decisions,
+        )?;
+        // Checked only now, after the decision: the caller may not learn about fields otherwise.
         for f in &fields {
             if let Some(existing) = rows.iter().find(|r| r.name == f.name.as_str())
                 && existing.category != f.category.as_str()
@@ -493,24 +505,22 @@ impl Vault {
             )
             .into());
         }
-        let subject = SubjectId::parse("subject", &record.subject)
-            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
-        let resources: Vec<FieldResource> = fields
+        let kept: usize = rows
             .iter()
-            .map(|f| FieldResource {
-                record: record.id.clone(),
-                name: f.name.as_str().into(),
-                category: f.category,
-                purpose: meta.purpose,
-                subject: record.subject.clone(),
-            })
-            .collect();
-        let decisions = self
-            .policy
-            .decide_fields(principal, Action::Write, ctx, &resources)?;
-        self.require_all(
-            principal, ctx, "update", &subject, record_id, &resources, &decisions,
-        )?;
+            .filter(|r| !fields.iter().any(|f| f.name.as_str() == r.name))
+            .map(|r| r.sealed.len())
+            .sum();
+        let added: usize = fields.iter().map(|f| f.value.len()).sum();
+        if kept + added > self.limits.max_record_bytes {
+            return Err(InputError::new(
+                "fields",
+                format!(
+                    "a record holds at most {} bytes",
+                    self.limits.max_record_bytes
+                ),
+            )
+            .into());
+        }
         let now = now_unix();
         let mut attempt = 0;
         loop {
@@ -612,6 +622,40 @@ impl Vault {
         Ok(out)
     }
 
+    /// Opens every granted field; `None` when a field's subject key generation no longer exists
+    /// (a rekey replaced it since the fields were read).
+    fn open_granted(
+        &self,
+        grants: &[(Grant, &FieldRow, Category)],
+        subject: &SubjectId,
+        record: &RecordRow,
+        purpose: Purpose,
+    ) -> Result<Option<Vec<OpenField>>, VaultError> {
+        let mut keys: BTreeMap<u32, Arc<crate::crypto::SubjectKey>> = BTreeMap::new();
+        let mut fields = Vec::with_capacity(grants.len());
+        for (grant, row, category) in grants {
+            let key = match keys.get(&row.key_gen) {
+                Some(k) => Arc::clone(k),
+                None => match self.keyring.subject_key_at(subject, purpose, row.key_gen)? {
+                    Some(k) => {
+                        keys.insert(row.key_gen, Arc::clone(&k));
+                        k
+                    }
+                    None => return Ok(None),
+                },
+            };
+            fields.push(open_field(
+                grant,
+                key.expose_secret(),
+                record,
+                purpose,
+                *category,
+                row,
+            )?);
+        }
+        Ok(Some(fields))
+    }
+
     /// Audits a write-like request and refuses it unless every field is allowed.
     #[expect(
         clippy::too_many_arguments,
@@ -634,6 +678,9 @@ impl Vault {
         self.audit.append(&event)?;
         if all {
             Ok(())
+        } else if action == "delete" {
+            // The fields of a stored record are not the caller's to learn from a refusal.
+            Err(VaultError::Denied(distinct_reasons(decisions)))
         } else {
             Err(VaultError::Denied(deny_summary(resources, decisions)))
         }
@@ -773,6 +820,16 @@ fn field_aad(
 }
 
 fn check_fields(fields: &[NewField], limits: &Limits) -> Result<(), InputError> {
+    let total: usize = fields.iter().map(|f| f.value.len()).sum();
+    if total > limits.max_record_bytes {
+        return Err(InputError::new(
+            "fields",
+            format!(
+                "{total} bytes of values; a record holds at most {} bytes",
+                limits.max_record_bytes
+            ),
+        ));
+    }
     if fields.is_empty() {
         return Err(InputError::new("fields", "at least one field is required"));
     }

@@ -510,15 +510,10 @@ fn parse_ttl_or_zero(s: &str) -> Result<u64, String> {
 /// Parses `30d`, `12h`, `90m` or `3600s` into seconds.
 fn parse_ttl(s: &str) -> Option<u64> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    n.checked_mul(match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        _ => return None,
-    })
+    [('d', 86_400u64), ('h', 3_600), ('m', 60), ('s', 1)]
+        .iter()
+        .find_map(|&(unit, secs)| s.strip_suffix(unit).map(|n| (n, secs)))
+        .and_then(|(n, secs)| n.parse::<u64>().ok()?.checked_mul(secs))
 }
 
 #[cfg(test)]

@@ -259,9 +259,17 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     assert_eq!(store.subject_key_counts("nuisance").unwrap(), vec![(2, 4)]);
 
     // Destruction and the minimum version, once nothing depends on v1.
-    store
-        .set_purpose_key_state("nuisance", 1, "scheduled", Some(50))
-        .unwrap();
+    assert!(
+        store
+            .set_purpose_key_state("nuisance", 1, "decrypt-only", "scheduled", Some(50))
+            .unwrap()
+    );
+    // A change from a state it is not in does nothing.
+    assert!(
+        !store
+            .set_purpose_key_state("nuisance", 1, "decrypt-only", "scheduled", Some(99))
+            .unwrap()
+    );
     assert_eq!(
         store.purpose_keys("nuisance").unwrap()[0].destroy_after,
         Some(50)

@@ -336,6 +336,7 @@ impl Store for SqliteStore {
     fn insert_subject_key(&self, row: &SubjectKeyRow) -> Result<SubjectKeyRow, StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
+        check_version_live(&tx, &row.purpose, row.purpose_version)?;
         tx.execute(
             "INSERT INTO subject_keys (subject, purpose, generation, purpose_version, wrapped, created_at)
              SELECT ?1, ?2, ?3, ?4, ?5, ?6
@@ -367,16 +368,19 @@ impl Store for SqliteStore {
         &self,
         purpose: &str,
         version: u32,
-        state: &str,
+        from: &str,
+        to: &str,
         destroy_after: Option<i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let conn = self.write()?;
-        conn.execute(
-            "UPDATE purpose_keys SET state = ?3, destroy_after = ?4 WHERE purpose = ?1 AND version = ?2",
-            params![purpose, version, state, destroy_after],
-        )
-        .map_err(db)?;
-        Ok(())
+        let n = conn
+            .execute(
+                "UPDATE purpose_keys SET state = ?4, destroy_after = ?5
+                 WHERE purpose = ?1 AND version = ?2 AND state = ?3",
+                params![purpose, version, from, to, destroy_after],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
     }
 
     fn destroy_purpose_key(&self, purpose: &str, version: u32, at: i64) -> Result<(), StoreError> {
@@ -419,7 +423,8 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         for k in keys {
             tx.execute(
-                "UPDATE purpose_keys SET wrapped = ?3 WHERE purpose = ?1 AND version = ?2",
+                "UPDATE purpose_keys SET wrapped = ?3
+                 WHERE purpose = ?1 AND version = ?2 AND state != 'destroyed' AND wrapped != x''",
                 params![k.purpose, k.version, k.wrapped],
             )
             .map_err(db)?;
@@ -585,6 +590,7 @@ impl Store for SqliteStore {
             Some(k) if k.created_at < before && k.generation < new_key.generation => {}
             _ => return Ok(None),
         }
+        check_version_live(&tx, &new_key.purpose, new_key.purpose_version)?;
         tx.execute(
             &format!(
                 "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
@@ -1013,6 +1019,25 @@ fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreErro
         }
     })?;
     Ok(())
+}
+
+/// Fails with `Conflict` unless the purpose key version can still wrap keys (active or
+/// decrypt-only): a key wrapped just before a rotation must not land on a destroyed version.
+fn check_version_live(c: &Connection, purpose: &str, version: u32) -> Result<(), StoreError> {
+    let state: Option<String> = c
+        .query_row(
+            "SELECT state FROM purpose_keys WHERE purpose = ?1 AND version = ?2",
+            params![purpose, version],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    match state.as_deref() {
+        Some("active" | "decrypt-only") => Ok(()),
+        _ => Err(StoreError::Conflict(format!(
+            "purpose key `{purpose}` v{version} is not live"
+        ))),
+    }
 }
 
 /// Fails with `Conflict` when the subject key a field was sealed under does not exist: a rekey

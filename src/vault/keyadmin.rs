@@ -144,14 +144,15 @@ impl Vault {
             Some(purpose.as_str()),
             justification,
         )?;
-        let (version, algorithm) = self.keyring.rotate(purpose, algorithm)?;
+        // The trail first: no key changes that are not on record.
         event.purpose = Some(purpose.as_str().into());
-        event.target = Some(format!("{purpose} v{version}"));
+        event.target = Some(purpose.as_str().into());
         event.reason = Some(format!(
-            "new active version {version} ({})",
-            algorithm.as_str()
+            "new active version requested ({})",
+            algorithm.map_or("current algorithm", Algorithm::as_str)
         ));
         self.audit.append(&event)?;
+        let (version, algorithm) = self.keyring.rotate(purpose, algorithm)?;
         tracing::info!(
             purpose = purpose.as_str(),
             version,
@@ -389,12 +390,22 @@ impl Vault {
         let wait = i64::try_from(wait_secs.unwrap_or(self.key_settings.destroy_wait_secs))
             .unwrap_or(i64::MAX);
         let due = now_unix().saturating_add(wait);
-        self.store
-            .set_purpose_key_state(purpose.as_str(), version, "scheduled", Some(due))?;
         event.purpose = Some(purpose.as_str().into());
-        event.target = Some(target);
+        event.target = Some(target.clone());
         event.reason = Some(format!("due at {due}"));
+        // The trail first: nothing happens to a key that is not on record.
         self.audit.append(&event)?;
+        if !self.store.set_purpose_key_state(
+            purpose.as_str(),
+            version,
+            "decrypt-only",
+            "scheduled",
+            Some(due),
+        )? {
+            return Err(VaultError::FailedPrecondition(format!(
+                "`{target}` changed state meanwhile; look again"
+            )));
+        }
         Ok(due)
     }
 
@@ -414,16 +425,21 @@ impl Vault {
             Some(&target),
             justification,
         )?;
-        if self.version_row(purpose, version)?.state != "scheduled" {
+        self.version_row(purpose, version)?;
+        event.purpose = Some(purpose.as_str().into());
+        event.target = Some(target.clone());
+        self.audit.append(&event)?;
+        if !self.store.set_purpose_key_state(
+            purpose.as_str(),
+            version,
+            "scheduled",
+            "decrypt-only",
+            None,
+        )? {
             return Err(VaultError::FailedPrecondition(format!(
-                "`{target}` is not scheduled for destruction"
+                "`{target}` is not scheduled for destruction (or was destroyed meanwhile)"
             )));
         }
-        self.store
-            .set_purpose_key_state(purpose.as_str(), version, "decrypt-only", None)?;
-        event.purpose = Some(purpose.as_str().into());
-        event.target = Some(target);
-        self.audit.append(&event)?;
         Ok(())
     }
 
@@ -449,20 +465,21 @@ impl Vault {
                 if row.state != "scheduled" || row.destroy_after.is_none_or(|t| t > now) {
                     continue;
                 }
+                // The trail first: no key material goes that is not on record.
+                let mut event = AuditEvent {
+                    time: now,
+                    ..template.clone()
+                };
+                event.purpose = Some(purpose.as_str().into());
+                event.target = Some(format!("{purpose} v{}", row.version));
+                event.reason = Some("erasing the key material from the store".into());
+                self.audit.append(&event)?;
                 match self
                     .store
                     .destroy_purpose_key(purpose.as_str(), row.version, now)
                 {
                     Ok(()) => {
                         self.keyring.forget_purpose_key(purpose, row.version);
-                        let mut event = AuditEvent {
-                            time: now,
-                            ..template.clone()
-                        };
-                        event.purpose = Some(purpose.as_str().into());
-                        event.target = Some(format!("{purpose} v{}", row.version));
-                        event.reason = Some("key material erased from the store".into());
-                        self.audit.append(&event)?;
                         tracing::info!(
                             purpose = purpose.as_str(),
                             version = row.version,
@@ -507,6 +524,9 @@ impl Vault {
                 "`{purpose}` has no version {version} yet"
             )));
         }
+        event.purpose = Some(purpose.as_str().into());
+        event.target = Some(target.clone());
+        self.audit.append(&event)?;
         match self
             .store
             .set_min_decrypt_version(purpose.as_str(), version)
@@ -521,9 +541,6 @@ impl Vault {
         for v in 1..version {
             self.keyring.forget_purpose_key(purpose, v);
         }
-        event.purpose = Some(purpose.as_str().into());
-        event.target = Some(target);
-        self.audit.append(&event)?;
         Ok(())
     }
 
@@ -542,12 +559,12 @@ impl Vault {
             None,
             justification,
         )?;
-        self.keyring.rotate_root(secret)?;
         event.reason = Some(
             "purpose keys rewrapped under a new root key; the old one no longer opens the store"
                 .into(),
         );
         self.audit.append(&event)?;
+        self.keyring.rotate_root(secret)?;
         tracing::info!("root key changed");
         Ok(())
     }
@@ -555,16 +572,24 @@ impl Vault {
     /// Continues what an interrupted server left: rewraps to the active versions and
     /// unfinished rekeys. Run at start-up.
     pub fn resume_key_jobs(&self) -> Result<(), VaultError> {
+        // One purpose failing must not keep the others from being resumed.
+        let mut first_error = None;
         for (purpose, kind, _) in self.store.key_jobs()? {
             if let (Ok(p), "rekey") = (purpose.parse::<Purpose>(), kind.as_str()) {
                 tracing::info!(purpose = p.as_str(), "resuming an interrupted rekey");
-                self.rekey(p, |_| true)?;
+                if let Err(e) = self.rekey(p, |_| true) {
+                    tracing::error!(purpose = p.as_str(), error = %e, "resumed rekey failed");
+                    first_error.get_or_insert(e);
+                }
             }
         }
         for &purpose in Purpose::ALL {
-            self.rewrap(purpose, |_| true)?;
+            if let Err(e) = self.rewrap(purpose, |_| true) {
+                tracing::error!(purpose = purpose.as_str(), error = %e, "resumed rewrap failed");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     fn keys_info(&self, only: Option<Purpose>) -> Result<Vec<PurposeKeysInfo>, VaultError> {

@@ -99,6 +99,13 @@ impl TokenSpec {
         } else {
             Some(SubjectId::parse("scope_subject_id", scope_subject)?)
         };
+        if parsed.contains(&Role::SecurityOfficer) && parsed.len() > 1 {
+            return Err(InputError::new(
+                "roles",
+                "`security-officer` cannot be combined with other roles (separation of duties: \
+                 whoever manages keys and credentials never reads personal data)",
+            ));
+        }
         let needs_scope = [Role::Contractor, Role::Bailiff, Role::Lawyer, Role::Subject];
         if scope_subject.is_none()
             && let Some(r) = parsed.iter().find(|r| needs_scope.contains(r))
@@ -162,8 +169,13 @@ impl Vault {
             Some(spec.principal.as_str()),
             justification,
         )?;
-        let issued = self.create_token(spec)?;
-        event.target = Some(issued.id.clone());
+        if spec.principal == actor.id {
+            return Err(VaultError::FailedPrecondition(
+                "a token cannot be issued to its issuer; ask another security officer".into(),
+            ));
+        }
+        let id = new_token_id();
+        event.target = Some(id.clone());
         event.subject = spec.scope_subject.as_ref().map(|s| s.as_str().to_owned());
         event.reason = Some(format!(
             "for `{}` with roles {}",
@@ -174,20 +186,21 @@ impl Vault {
                 .collect::<Vec<_>>()
                 .join(",")
         ));
+        // The trail first: no credential exists that is not on record.
         self.audit.append(&event)?;
-        Ok(issued)
+        self.create_token(spec, id)
     }
 
     /// Issues a token without a policy check: only for `kluis init` and `serve --dev`, which act
     /// with the authority of whoever holds the root key. Audited as `kluis-init`.
     pub fn bootstrap_token(&self, spec: &TokenSpec) -> Result<IssuedToken, VaultError> {
-        let issued = self.create_token(spec)?;
+        let id = new_token_id();
         let event = AuditEvent {
             time: now_unix(),
             principal: "kluis-init".into(),
             action: "token-issue".into(),
             decision: "allow".into(),
-            target: Some(issued.id.clone()),
+            target: Some(id.clone()),
             reason: Some(format!(
                 "bootstrap token for `{}` with roles {}",
                 spec.principal,
@@ -200,7 +213,7 @@ impl Vault {
             ..AuditEvent::default()
         };
         self.audit.append(&event)?;
-        Ok(issued)
+        self.create_token(spec, id)
     }
 
     /// Revokes a token by id.
@@ -217,11 +230,17 @@ impl Vault {
             Some(token_id),
             justification,
         )?;
-        if !self.store.revoke_token(token_id, now_unix())? {
+        if !self
+            .store
+            .tokens()?
+            .iter()
+            .any(|t| t.id == token_id && t.revoked_at.is_none())
+        {
             return Err(VaultError::NotFound(format!("active token `{token_id}`")));
         }
         event.target = Some(token_id.into());
         self.audit.append(&event)?;
+        self.store.revoke_token(token_id, now_unix())?;
         Ok(())
     }
 
@@ -241,14 +260,13 @@ impl Vault {
             .collect())
     }
 
-    fn create_token(&self, spec: &TokenSpec) -> Result<IssuedToken, VaultError> {
+    fn create_token(&self, spec: &TokenSpec, id: String) -> Result<IssuedToken, VaultError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(secret.as_mut_slice());
         let token = BearerToken(Zeroizing::new(format!(
             "{TOKEN_PREFIX}{}",
             hex::encode(secret.as_slice())
         )));
-        let id = format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()));
         let now = now_unix();
         let expires_at = now.saturating_add(i64::try_from(spec.ttl_secs).unwrap_or(i64::MAX));
         self.store.insert_token(&TokenRow {
@@ -279,6 +297,17 @@ impl Vault {
         target: Option<&str>,
         justification: &str,
     ) -> Result<AuditEvent, VaultError> {
+        if justification.len() > crate::domain::AccessContext::MAX_JUSTIFICATION {
+            return Err(InputError::new(
+                "justification",
+                format!(
+                    "at most {} bytes",
+                    crate::domain::AccessContext::MAX_JUSTIFICATION
+                ),
+            )
+            .into());
+        }
+        super::guard::check_text("justification", justification)?;
         let decision = self.policy.decide_admin(actor, admin)?;
         let mut event = admin_event(actor, action, justification);
         event.policies = decision.policies.clone();
@@ -292,6 +321,10 @@ impl Vault {
         self.audit.append(&event)?;
         Err(VaultError::Denied(decision.reason))
     }
+}
+
+fn new_token_id() -> String {
+    format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()))
 }
 
 pub(crate) fn admin_event(actor: &Principal, action: &str, justification: &str) -> AuditEvent {

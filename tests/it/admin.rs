@@ -193,6 +193,39 @@ async fn issue_requests_are_validated() {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains(field), "{}", status.message());
     }
+    // Separation of duties: no combining security-officer with data roles, no self-issued tokens.
+    let status = admin
+        .issue_token(req(
+            so,
+            pb::IssueTokenRequest {
+                principal_id: "emp-9".into(),
+                roles: vec!["security-officer".into(), "nuisance-officer".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("separation of duties"),
+        "{}",
+        status.message()
+    );
+    let status = admin
+        .issue_token(req(
+            so,
+            pb::IssueTokenRequest {
+                principal_id: "test-security-officer".into(),
+                roles: vec!["nuisance-officer".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("issuer"), "{}", status.message());
     let status = admin
         .revoke_token(req(
             so,

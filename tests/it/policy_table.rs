@@ -362,6 +362,75 @@ fn reads_are_limited_to_the_records_purpose_except_named_compatible_reuse() {
         C::Contract,
         false
     ));
+    // Reuse is for reading only: the claim may not change or delete the evidence.
+    let act =
+        |action: Action, declared: Purpose, stored: Purpose, category: Category, channel: &str| {
+            let f = FieldResource {
+                record: "rec_t".into(),
+                name: "value".into(),
+                category,
+                purpose: stored,
+                subject: SUBJECT.into(),
+            };
+            engine
+                .decide_fields(
+                    &principal(Role::LegalCounsel),
+                    action,
+                    &context(declared, true, channel),
+                    &[f],
+                )
+                .unwrap()[0]
+                .is_allow()
+        };
+    assert!(!act(
+        Action::Write,
+        P::LegalDisputes,
+        P::Nuisance,
+        C::NuisanceEvidence,
+        "app"
+    ));
+    assert!(!act(
+        Action::Delete,
+        P::LegalDisputes,
+        P::Nuisance,
+        C::NuisanceEvidence,
+        "app"
+    ));
+    assert!(act(
+        Action::Delete,
+        P::LegalDisputes,
+        P::LegalDisputes,
+        C::Contact,
+        "app"
+    ));
+    // Nothing is deleted over social media.
+    assert!(!act(
+        Action::Delete,
+        P::LegalDisputes,
+        P::LegalDisputes,
+        C::Contact,
+        "social-media"
+    ));
+    // Special categories are not deleted without a case reference and justification either.
+    let f = FieldResource {
+        record: "rec_t".into(),
+        name: "value".into(),
+        category: C::NuisanceEvidence,
+        purpose: P::Nuisance,
+        subject: SUBJECT.into(),
+    };
+    let no_case = engine
+        .decide_fields(
+            &principal(Role::NuisanceOfficer),
+            Action::Delete,
+            &context(P::Nuisance, false, "app"),
+            &[f],
+        )
+        .unwrap();
+    assert_eq!(
+        no_case[0].policies,
+        ["special-category-needs-case-and-justification"]
+    );
     // Any other mismatch between declared and stored purpose is refused, for every role.
     for row in TABLE {
         for &declared in row.purposes {
