@@ -81,6 +81,16 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     /// Key jobs.
     pub keys: Option<RawKeys>,
+    /// The data lifecycle.
+    pub lifecycle: Option<RawLifecycle>,
+}
+
+/// `[lifecycle]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifecycle {
+    /// How often records past their retention are destroyed, in seconds.
+    pub sweep_interval_secs: Option<u64>,
 }
 
 /// `[keys]`.
@@ -171,6 +181,8 @@ pub struct Config {
     pub key_settings: KeySettings,
     /// How often due key destructions are carried out.
     pub key_sweep_interval: std::time::Duration,
+    /// How often records past their retention are destroyed.
+    pub retention_sweep_interval: std::time::Duration,
 }
 
 /// Configuration problems, all of them.
@@ -304,6 +316,12 @@ impl RawConfig {
                 key_sweep_interval = std::time::Duration::from_secs(s.max(1));
             }
         }
+        let retention_sweep_interval = std::time::Duration::from_secs(
+            self.lifecycle
+                .and_then(|l| l.sweep_interval_secs)
+                .unwrap_or(3600)
+                .max(1),
+        );
         let policy = self.policy.unwrap_or_default();
         if !problems.is_empty() {
             return Err(ConfigError(problems));
@@ -321,6 +339,7 @@ impl RawConfig {
             limits,
             key_settings,
             key_sweep_interval,
+            retention_sweep_interval,
         })
     }
 }

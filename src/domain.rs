@@ -198,6 +198,34 @@ impl Purpose {
     }
 }
 
+impl Purpose {
+    /// The lawful basis (GDPR art. 6, and art. 9 for medical data) from `DOMAIN.md`.
+    pub fn lawful_basis(self) -> &'static str {
+        match self {
+            Purpose::Contract | Purpose::Payments | Purpose::Maintenance => "contract",
+            Purpose::Allocation | Purpose::Audit => "legal obligation",
+            Purpose::CustomerService => "contract / legitimate interest",
+            Purpose::DebtCollection
+            | Purpose::Complaints
+            | Purpose::LegalDisputes
+            | Purpose::PortfolioAnalysis => "legitimate interest",
+            Purpose::FinancialScreening => "legitimate interest (objection possible)",
+            Purpose::HomeAdaptation => "explicit consent / art. 9(2)",
+            Purpose::Nuisance | Purpose::Safety => "legitimate interest / safety",
+            Purpose::HousingFraud => "legitimate interest / legal obligation",
+        }
+    }
+
+    /// Records kept under a legal obligation (allocation checks, the accountant's audit, fiscal
+    /// payment records) survive an erasure request until their retention ends.
+    pub fn survives_erasure(self) -> bool {
+        matches!(
+            self,
+            Purpose::Allocation | Purpose::Audit | Purpose::Payments
+        )
+    }
+}
+
 impl Category {
     /// Special categories need a case reference and a justification on every access.
     pub fn is_special(self) -> bool {
@@ -522,6 +550,40 @@ pub struct Principal {
     /// When the token expires (unix seconds).
     pub expires_at: i64,
 }
+
+/// Where the lifecycle's "now" comes from: record times, retention, holds, subject requests.
+/// The system clock in production; tests pass their own to move time.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now, in unix seconds.
+    fn now(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        now_unix()
+    }
+}
+
+string_enum! {
+    /// A subject request (GDPR art. 15–21), answered within four weeks.
+    pub enum RequestKind ("request kind") {
+        /// A copy of the data (art. 15).
+        Access = "access",
+        /// Correction or completion (art. 16).
+        Rectification = "rectification",
+        /// Deletion (art. 17).
+        Erasure = "erasure",
+        /// Objection to processing (art. 21).
+        Objection = "objection",
+    }
+}
+
+/// How long the vault has to answer a subject request: four weeks.
+pub const REQUEST_DEADLINE_SECS: i64 = 28 * 86_400;
 
 /// The current time in unix seconds.
 pub fn now_unix() -> i64 {

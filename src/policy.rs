@@ -77,6 +77,10 @@ pub enum AdminAction {
     ManageTokens,
     /// Rotate, rewrap, rekey, retire and destroy keys; change the root key.
     ManageKeys,
+    /// Place, release and list legal holds.
+    ManageHolds,
+    /// Run retention, erase subjects, track subject requests.
+    ManageLifecycle,
     /// Read the audit trail (export, subject access report).
     ReadAudit,
     /// Verify the audit trail and read its head.
@@ -89,6 +93,8 @@ impl AdminAction {
         match self {
             AdminAction::ManageTokens => "manage-tokens",
             AdminAction::ManageKeys => "manage-keys",
+            AdminAction::ManageHolds => "manage-holds",
+            AdminAction::ManageLifecycle => "manage-lifecycle",
             AdminAction::ReadAudit => "read-audit",
             AdminAction::VerifyAudit => "verify-audit",
         }

@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsPem>,
     /// How often scheduled key destructions that are due are carried out.
     pub key_sweep_interval: Duration,
+    /// How often records past their retention are destroyed.
+    pub retention_sweep_interval: Duration,
 }
 
 impl Default for ServeOptions {
@@ -59,6 +61,7 @@ impl Default for ServeOptions {
         Self {
             tls: None,
             key_sweep_interval: Duration::from_secs(60),
+            retention_sweep_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -72,7 +75,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let tls = options.tls;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -85,25 +88,20 @@ pub async fn serve(
             }
         });
     }
-    {
-        let vault = Arc::clone(&vault);
-        let period = options.key_sweep_interval.max(Duration::from_secs(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let v = Arc::clone(&vault);
-                        let swept = tokio::task::spawn_blocking(move || v.destroy_due_keys(None)).await;
-                        if let Ok(Err(e)) = swept {
-                            tracing::error!(error = %e, "destroying due key versions failed");
-                        }
-                    }
-                    _ = stop_rx.changed() => break,
-                }
-            }
-        });
-    }
+    periodic(
+        &vault,
+        options.key_sweep_interval,
+        stop_rx.clone(),
+        "destroying due key versions",
+        |v| v.destroy_due_keys(None).map(drop),
+    );
+    periodic(
+        &vault,
+        options.retention_sweep_interval,
+        stop_rx,
+        "the retention sweep",
+        |v| v.sweep_retention(None, false).map(drop),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VaultServer<VaultApi>>().await;
     health.set_serving::<AdminServer<AdminApi>>().await;
@@ -136,4 +134,30 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))
+}
+
+/// Runs `job` on a blocking thread every `period` until `stop` changes.
+fn periodic(
+    vault: &Arc<Vault>,
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    job: fn(&Vault) -> Result<(), crate::vault::VaultError>,
+) {
+    let vault = Arc::clone(vault);
+    let period = period.max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let v = Arc::clone(&vault);
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || job(&v)).await {
+                        tracing::error!(error = %e, "{what} failed");
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    });
 }

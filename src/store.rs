@@ -146,6 +146,50 @@ pub struct FieldMeta {
     pub size: u64,
 }
 
+/// A legal hold: suspends destruction of a subject's data (or one record) until released.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct HoldRow {
+    /// `hold_…`.
+    pub id: String,
+    /// The subject held.
+    pub subject: String,
+    /// One record only; all of the subject's records when `None`.
+    pub record_id: Option<String>,
+    /// Why (e.g. a pending claim).
+    pub reason: String,
+    /// The case the hold belongs to.
+    pub case_ref: String,
+    /// Who placed it.
+    pub placed_by: String,
+    /// Unix seconds.
+    pub placed_at: i64,
+    /// Unix seconds, once released.
+    pub released_at: Option<i64>,
+    /// Who released it.
+    pub released_by: Option<String>,
+}
+
+/// A subject request and its deadline.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RequestRow {
+    /// `req_…`.
+    pub id: String,
+    /// The subject.
+    pub subject: String,
+    /// `access`, `rectification`, `erasure` or `objection`.
+    pub kind: String,
+    /// When the request was received (unix seconds).
+    pub received_at: i64,
+    /// When it must be answered (unix seconds).
+    pub due_at: i64,
+    /// Who registered it.
+    pub opened_by: String,
+    /// When it was answered.
+    pub completed_at: Option<i64>,
+    /// A note (no personal data).
+    pub note: String,
+}
+
 /// A bearer token, stored only as its hash.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct TokenRow {
@@ -335,6 +379,45 @@ pub trait Store: Send + Sync {
         &self,
         subject: &str,
     ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
+
+    /// Closes a record: sets its closing time and the expiry that follows from it.
+    fn close_record(
+        &self,
+        id: &str,
+        closed_at: i64,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores a legal hold.
+    fn insert_hold(&self, row: &HoldRow) -> Result<(), StoreError>;
+
+    /// Releases a hold. Returns false when no active hold has this id.
+    fn release_hold(&self, id: &str, at: i64, by: &str) -> Result<bool, StoreError>;
+
+    /// Holds, of one subject or all, active only or all.
+    fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError>;
+
+    /// Up to `limit` records whose expiry is at or before `now` and that no active hold covers.
+    fn expired_records(&self, now: i64, limit: usize) -> Result<Vec<RecordRow>, StoreError>;
+
+    /// Destroys records of one subject in one transaction: their fields and rows, and the subject
+    /// key of every purpose under which the subject has no record left (crypto-shredding).
+    /// Records an active hold covers are skipped. Returns the records destroyed and the purposes
+    /// whose subject key was destroyed.
+    fn shred_records(
+        &self,
+        subject: &str,
+        record_ids: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), StoreError>;
+
+    /// Stores a subject request.
+    fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError>;
+
+    /// Marks a request answered. Returns false when no open request has this id.
+    fn complete_request(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+
+    /// All subject requests, oldest first.
+    fn requests(&self) -> Result<Vec<RequestRow>, StoreError>;
 
     /// Stores a token row.
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;

@@ -9,6 +9,7 @@
 
 pub mod guard;
 pub mod keyadmin;
+pub mod lifecycle;
 pub mod tokens;
 pub mod trail;
 
@@ -20,8 +21,8 @@ use crate::{
     audit::{Audit, AuditError, AuditEvent, AuditField},
     crypto::{self, AadContext},
     domain::{
-        AccessContext, Category, FieldName, InputError, Limits, Principal, Purpose, RecordId,
-        Retention, RetentionStart, SubjectId, now_unix,
+        AccessContext, Category, Clock, FieldName, InputError, Limits, Principal, Purpose,
+        RecordId, Retention, RetentionStart, SubjectId, SystemClock, now_unix,
     },
     keys::{KeyError, Keyring},
     policy::{Action, Decision, Engine, FieldResource, Grant, PolicyError},
@@ -237,6 +238,7 @@ pub struct Vault {
     retention: RetentionTable,
     limits: Limits,
     key_settings: keyadmin::KeySettings,
+    clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for Vault {
@@ -292,6 +294,7 @@ impl Vault {
             retention,
             limits,
             key_settings: keyadmin::KeySettings::default(),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -333,7 +336,7 @@ impl Vault {
             principal, ctx, "write", subject, &record_id, &resources, &decisions,
         )?;
 
-        let now = now_unix();
+        let now = self.clock.now();
         let expires_at = self.retention.expires_at(ctx.purpose, now);
         let record = RecordRow {
             id: record_id.as_str().into(),
@@ -521,7 +524,7 @@ impl Vault {
             )
             .into());
         }
-        let now = now_unix();
+        let now = self.clock.now();
         let mut attempt = 0;
         loop {
             let sealed = self.seal_fields(&subject, record_id, meta.purpose, &fields)?;

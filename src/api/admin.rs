@@ -9,12 +9,15 @@ use super::{convert, run};
 use crate::{
     audit::{Filter, Head, Verification},
     crypto::{Algorithm, RootKey},
-    domain::{InputError, PrincipalId, Purpose, SubjectId, now_unix, parse_purpose},
+    domain::{
+        InputError, PrincipalId, Purpose, RecordId, RequestKind, SubjectId, now_unix, parse_purpose,
+    },
     keys::RootSecret,
     pb::{self, admin_server::Admin as AdminRpc},
     vault::{
         Vault,
         keyadmin::{Progress, PurposeKeysInfo},
+        lifecycle::RequestStatus,
         tokens::TokenSpec,
     },
 };
@@ -35,6 +38,161 @@ impl AdminApi {
 #[tonic::async_trait]
 impl AdminRpc for AdminApi {
     type ExportAuditStream = ReceiverStream<Result<pb::AuditEntry, Status>>;
+
+    async fn place_hold(
+        &self,
+        request: Request<pb::PlaceHoldRequest>,
+    ) -> Result<Response<pb::Hold>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let record = if req.record_id.is_empty() {
+                None
+            } else {
+                Some(RecordId::parse("record_id", &req.record_id)?)
+            };
+            let hold = vault.place_hold(
+                principal,
+                &subject,
+                record.as_ref(),
+                &req.reason,
+                &req.case_ref,
+            )?;
+            Ok(hold_message(hold))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<pb::ReleaseHoldRequest>,
+    ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            vault.release_hold(principal, &req.hold_id, &req.justification)?;
+            Ok(pb::ReleaseHoldResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = if req.subject_id.is_empty() {
+                None
+            } else {
+                Some(SubjectId::parse("subject_id", &req.subject_id)?)
+            };
+            let holds = vault.list_holds(principal, subject.as_ref(), req.include_released)?;
+            Ok(pb::ListHoldsResponse {
+                holds: holds.into_iter().map(hold_message).collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn sweep_retention(
+        &self,
+        request: Request<pb::SweepRetentionRequest>,
+    ) -> Result<Response<pb::SweepRetentionResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let records = vault
+                .sweep_retention(Some(principal), req.dry_run)?
+                .into_iter()
+                .map(|s| pb::SweptRecord {
+                    record_id: s.record_id,
+                    subject_id: s.subject,
+                    purpose: s.purpose,
+                    expired_at: Some(convert::timestamp(s.expired_at)),
+                })
+                .collect();
+            Ok(pb::SweepRetentionResponse { records })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<pb::EraseSubjectRequest>,
+    ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let erasure = vault.erase_subject(principal, &subject, &req.justification)?;
+            Ok(pb::EraseSubjectResponse {
+                destroyed_record_ids: erasure.destroyed,
+                shredded_purposes: erasure.shredded,
+                kept: erasure
+                    .kept
+                    .into_iter()
+                    .map(|(record_id, purpose, reason)| pb::KeptRecord {
+                        record_id,
+                        purpose,
+                        reason,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn open_subject_request(
+        &self,
+        request: Request<pb::OpenSubjectRequestRequest>,
+    ) -> Result<Response<pb::SubjectRequest>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let kind: RequestKind = req
+                .kind
+                .parse()
+                .map_err(|e: String| InputError::new("kind", e))?;
+            let row = vault.open_request(
+                principal,
+                &subject,
+                kind,
+                req.received_at.map(|t| t.seconds),
+                &req.note,
+            )?;
+            Ok(request_message(RequestStatus {
+                request: row,
+                overdue: false,
+            }))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn complete_subject_request(
+        &self,
+        request: Request<pb::CompleteSubjectRequestRequest>,
+    ) -> Result<Response<pb::CompleteSubjectRequestResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            vault.complete_request(principal, &req.request_id, &req.justification)?;
+            Ok(pb::CompleteSubjectRequestResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_subject_requests(
+        &self,
+        request: Request<pb::ListSubjectRequestsRequest>,
+    ) -> Result<Response<pb::ListSubjectRequestsResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let requests = vault
+                .list_requests(principal, req.overdue_only)?
+                .into_iter()
+                .map(request_message)
+                .collect();
+            Ok(pb::ListSubjectRequestsResponse { requests })
+        })
+        .await
+        .map(Response::new)
+    }
     type RewrapStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
     type RekeyStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
 
@@ -520,4 +678,31 @@ fn key_job(
         );
     });
     ReceiverStream::new(rx)
+}
+
+fn hold_message(h: crate::store::HoldRow) -> pb::Hold {
+    pb::Hold {
+        hold_id: h.id,
+        subject_id: h.subject,
+        record_id: h.record_id.unwrap_or_default(),
+        reason: h.reason,
+        case_ref: h.case_ref,
+        placed_by: h.placed_by,
+        placed_at: Some(convert::timestamp(h.placed_at)),
+        released_at: h.released_at.map(convert::timestamp),
+    }
+}
+
+fn request_message(s: RequestStatus) -> pb::SubjectRequest {
+    let r = s.request;
+    pb::SubjectRequest {
+        request_id: r.id,
+        subject_id: r.subject,
+        kind: r.kind,
+        received_at: Some(convert::timestamp(r.received_at)),
+        due_at: Some(convert::timestamp(r.due_at)),
+        completed_at: r.completed_at.map(convert::timestamp),
+        overdue: s.overdue,
+        note: r.note,
+    }
 }

@@ -130,6 +130,22 @@ impl VaultRpc for VaultApi {
         .map(Response::new)
     }
 
+    async fn close_record(
+        &self,
+        request: Request<pb::CloseRecordRequest>,
+    ) -> Result<Response<pb::CloseRecordResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context)?;
+            let id = RecordId::parse("record_id", &req.record_id)?;
+            let expires_at = vault.close_record(principal, &ctx, &id)?;
+            Ok(pb::CloseRecordResponse {
+                expires_at: expires_at.map(convert::timestamp),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn list_records(
         &self,
         request: Request<pb::ListRecordsRequest>,

@@ -1,6 +1,7 @@
 //! `kluis admin`: administer a running server over the `Admin` gRPC service.
 
 mod keys;
+mod lifecycle;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,24 @@ pub enum AdminCommand {
     /// Change the root key.
     #[command(subcommand)]
     Root(keys::RootCommand),
+    /// Retention: destroy what has expired.
+    #[command(subcommand)]
+    Retention(lifecycle::RetentionCommand),
+    /// Legal holds.
+    #[command(subcommand)]
+    Hold(lifecycle::HoldCommand),
+    /// Erase a subject (GDPR art. 17), except what a hold or a legal obligation keeps.
+    Erase {
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+        /// E.g. the reference of the erasure request (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Subject requests and their four-week deadline.
+    #[command(subcommand)]
+    Requests(lifecycle::RequestsCommand),
 }
 
 /// Audit subcommands.
@@ -164,6 +183,21 @@ async fn run_async(args: &AdminArgs) -> Exit {
         AdminCommand::Audit(cmd) => return audit(&mut client, &token, cmd, args.json).await,
         AdminCommand::Keys(cmd) => return keys::keys(&mut client, &token, cmd, args.json).await,
         AdminCommand::Root(cmd) => return keys::root(&mut client, &token, cmd).await,
+        AdminCommand::Retention(cmd) => {
+            return lifecycle::retention(&mut client, &token, cmd, args.json).await;
+        }
+        AdminCommand::Hold(cmd) => {
+            return lifecycle::hold(&mut client, &token, cmd, args.json).await;
+        }
+        AdminCommand::Erase {
+            subject,
+            justification,
+        } => {
+            return lifecycle::erase(&mut client, &token, subject, justification, args.json).await;
+        }
+        AdminCommand::Requests(cmd) => {
+            return lifecycle::requests(&mut client, &token, cmd, args.json).await;
+        }
     };
     match cmd {
         TokenCommand::Issue {

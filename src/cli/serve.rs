@@ -132,6 +132,7 @@ pub fn run(args: &ServeArgs) -> Exit {
         let options = server::ServeOptions {
             tls,
             key_sweep_interval: cfg.key_sweep_interval,
+            retention_sweep_interval: cfg.retention_sweep_interval,
         };
         match server::serve(Arc::new(vault), listener, options, shutdown).await {
             Ok(()) => Exit::Success,

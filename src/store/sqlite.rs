@@ -13,8 +13,8 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AuditRow, FieldMeta, FieldRow, PurposeKeyRow, RecordRow, Store, StoreError, SubjectKeyRow,
-    TokenRow,
+    AuditRow, FieldMeta, FieldRow, HoldRow, PurposeKeyRow, RecordRow, RequestRow, Store,
+    StoreError, SubjectKeyRow, TokenRow,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -85,6 +85,29 @@ CREATE TABLE tokens (
     expires_at    INTEGER NOT NULL,
     revoked_at    INTEGER
 );
+CREATE TABLE holds (
+    id          TEXT PRIMARY KEY,
+    subject     TEXT    NOT NULL,
+    record_id   TEXT,
+    reason      TEXT    NOT NULL,
+    case_ref    TEXT    NOT NULL,
+    placed_by   TEXT    NOT NULL,
+    placed_at   INTEGER NOT NULL,
+    released_at INTEGER,
+    released_by TEXT
+);
+CREATE INDEX holds_by_subject ON holds (subject);
+CREATE TABLE subject_requests (
+    id           TEXT PRIMARY KEY,
+    subject      TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    received_at  INTEGER NOT NULL,
+    due_at       INTEGER NOT NULL,
+    opened_by    TEXT    NOT NULL,
+    completed_at INTEGER,
+    note         TEXT    NOT NULL
+);
+CREATE INDEX records_by_expiry ON records (expires_at);
 CREATE TABLE audit (
     seq       INTEGER PRIMARY KEY,
     entry     BLOB NOT NULL,
@@ -265,6 +288,14 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
         mac: r.get(4)?,
     })
 }
+
+const HOLD_COLUMNS: &str =
+    "id, subject, record_id, reason, case_ref, placed_by, placed_at, released_at, released_by";
+const REQUEST_COLUMNS: &str =
+    "id, subject, kind, received_at, due_at, opened_by, completed_at, note";
+/// SQL condition: no active hold covers record `r`.
+const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM holds h WHERE h.released_at IS NULL
+    AND h.subject = r.subject AND (h.record_id IS NULL OR h.record_id = r.id))";
 
 const TOKEN_COLUMNS: &str =
     "id, hash, principal, roles, scope_subject, created_at, expires_at, revoked_at";
@@ -869,6 +900,190 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
             .collect()
+    }
+
+    fn close_record(
+        &self,
+        id: &str,
+        closed_at: i64,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE records SET closed_at = ?2, expires_at = ?3, updated_at = ?2 WHERE id = ?1",
+                params![id, closed_at, expires_at],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn insert_hold(&self, row: &HoldRow) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            &format!(
+                "INSERT INTO holds ({HOLD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            params![
+                row.id,
+                row.subject,
+                row.record_id,
+                row.reason,
+                row.case_ref,
+                row.placed_by,
+                row.placed_at,
+                row.released_at,
+                row.released_by
+            ],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn release_hold(&self, id: &str, at: i64, by: &str) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE holds SET released_at = ?2, released_by = ?3 WHERE id = ?1 AND released_at IS NULL",
+                params![id, at, by],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {HOLD_COLUMNS} FROM holds
+                 WHERE (?1 IS NULL OR subject = ?1) AND (?2 = 0 OR released_at IS NULL)
+                 ORDER BY placed_at, id"
+            ))?
+            .query_map(params![subject, active_only], |r| {
+                Ok(HoldRow {
+                    id: r.get(0)?,
+                    subject: r.get(1)?,
+                    record_id: r.get(2)?,
+                    reason: r.get(3)?,
+                    case_ref: r.get(4)?,
+                    placed_by: r.get(5)?,
+                    placed_at: r.get(6)?,
+                    released_at: r.get(7)?,
+                    released_by: r.get(8)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn expired_records(&self, now: i64, limit: usize) -> Result<Vec<RecordRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records r
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND {NOT_HELD}
+                 ORDER BY expires_at, id LIMIT ?2"
+            ))?
+            .query_map(params![now, limit], record_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().map(with_labels).collect()
+    }
+
+    fn shred_records(
+        &self,
+        subject: &str,
+        record_ids: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut destroyed = Vec::new();
+        let mut purposes = std::collections::BTreeSet::new();
+        for id in record_ids {
+            let purpose: Option<String> = tx
+                .query_row(
+                    &format!("SELECT purpose FROM records r WHERE id = ?1 AND subject = ?2 AND {NOT_HELD}"),
+                    params![id, subject],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some(purpose) = purpose else { continue };
+            tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
+                .map_err(db)?;
+            tx.execute("DELETE FROM records WHERE id = ?1", [id])
+                .map_err(db)?;
+            destroyed.push(id.clone());
+            purposes.insert(purpose);
+        }
+        let mut shredded = Vec::new();
+        for purpose in purposes {
+            let left: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM records WHERE subject = ?1 AND purpose = ?2",
+                    params![subject, purpose],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if left == 0 {
+                tx.execute(
+                    "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2",
+                    params![subject, purpose],
+                )
+                .map_err(db)?;
+                shredded.push(purpose);
+            }
+        }
+        tx.commit().map_err(db)?;
+        // `secure_delete` overwrote the rows in the database pages; fold the WAL in and truncate
+        // it so no copy of them lingers there.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint after destruction failed; it happens at the next checkpoint");
+        }
+        Ok((destroyed, shredded))
+    }
+
+    fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            &format!("INSERT INTO subject_requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            params![row.id, row.subject, row.kind, row.received_at, row.due_at, row.opened_by, row.completed_at, row.note],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn complete_request(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE subject_requests SET completed_at = ?2 WHERE id = ?1 AND completed_at IS NULL",
+                params![id, at],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn requests(&self) -> Result<Vec<RequestRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM subject_requests ORDER BY received_at, id"
+            ))?
+            .query_map([], |r| {
+                Ok(RequestRow {
+                    id: r.get(0)?,
+                    subject: r.get(1)?,
+                    kind: r.get(2)?,
+                    received_at: r.get(3)?,
+                    due_at: r.get(4)?,
+                    opened_by: r.get(5)?,
+                    completed_at: r.get(6)?,
+                    note: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
     }
 
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError> {

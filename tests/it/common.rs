@@ -45,15 +45,39 @@ impl TestServer {
         server
     }
 
+    /// A server over a fresh store whose lifecycle clock the test sets.
+    pub async fn start_with_clock(clock: Arc<dyn kluis::domain::Clock>) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
+        init_store(&dir, &secret, Algorithm::Aes256Gcm);
+        let mut server = Self::open_with(&dir, &secret, Some(clock)).await.unwrap();
+        server.issue_role_tokens();
+        server._tmp = Some(tmp);
+        server
+    }
+
     /// A server over an existing store in `dir`.
     pub async fn open(dir: &Path, secret: &RootSecret) -> Result<Self, config::OpenError> {
+        Self::open_with(dir, secret, None).await
+    }
+
+    async fn open_with(
+        dir: &Path,
+        secret: &RootSecret,
+        clock: Option<Arc<dyn kluis::domain::Clock>>,
+    ) -> Result<Self, config::OpenError> {
         let cfg = RawConfig {
             data_dir: Some(dir.to_owned()),
             ..Default::default()
         }
         .validate(false)
         .unwrap();
-        let vault = Arc::new(config::open_vault(&cfg, secret)?);
+        let mut vault = config::open_vault(&cfg, secret)?;
+        if let Some(clock) = clock {
+            vault = vault.with_clock(clock);
+        }
+        let vault = Arc::new(vault);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();

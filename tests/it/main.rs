@@ -18,6 +18,7 @@ mod audit;
 mod cli;
 mod common;
 mod guard;
+mod lifecycle;
 mod policy_table;
 mod rotation;
 mod storage;

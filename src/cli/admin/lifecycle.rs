@@ -1,0 +1,373 @@
+//! `kluis admin retention|hold|erase|requests`: the data lifecycle and subject rights.
+
+use clap::Subcommand;
+use kluis::pb::{self, admin_client::AdminClient};
+use tonic::transport::Channel;
+
+use super::{Exit, authed, fail, parse_since, status_exit};
+
+/// Retention subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Destroy records past their retention that no legal hold covers (the server also does
+    /// this by itself); `--dry-run` lists what would go.
+    Sweep {
+        /// List only; destroy nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Legal hold subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HoldCommand {
+    /// Suspend destruction of a subject's data (or one record).
+    Place {
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+        /// One record only.
+        #[arg(long)]
+        record: Option<String>,
+        /// Why, e.g. the pending claim.
+        #[arg(long)]
+        reason: String,
+        /// The case the hold belongs to.
+        #[arg(long)]
+        case_ref: String,
+    },
+    /// Release a hold.
+    Release {
+        /// The hold id (`hold_…`).
+        hold_id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// List holds.
+    List {
+        /// Of one subject only.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Also released holds.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Subject request subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// Register a subject request; its deadline is four weeks after receipt.
+    Open {
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+        /// `access`, `rectification`, `erasure` or `objection`.
+        #[arg(long)]
+        kind: String,
+        /// When it was received: unix seconds or YYYY-MM-DD; today when omitted.
+        #[arg(long)]
+        received: Option<String>,
+        /// A note without personal data, e.g. the letter's reference.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Mark a request answered.
+    Complete {
+        /// The request id (`req_…`).
+        request_id: String,
+        /// How it was answered (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// List requests; `--overdue` for the open ones past their deadline (exit code 4 if any).
+    List {
+        /// Only overdue requests.
+        #[arg(long)]
+        overdue: bool,
+    },
+}
+
+/// Runs `retention`.
+pub async fn retention(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    cmd: &RetentionCommand,
+    json: bool,
+) -> Exit {
+    let RetentionCommand::Sweep { dry_run } = cmd;
+    match client
+        .sweep_retention(authed(
+            token,
+            pb::SweepRetentionRequest { dry_run: *dry_run },
+        ))
+        .await
+    {
+        Ok(resp) => {
+            let records = resp.into_inner().records;
+            for r in &records {
+                let expired = r.expired_at.as_ref().map(|t| t.seconds).unwrap_or_default();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"record_id": r.record_id, "subject_id": r.subject_id, "purpose": r.purpose, "expired_at": expired})
+                    );
+                } else {
+                    println!(
+                        "{} {} {} expired at {expired}",
+                        r.record_id, r.subject_id, r.purpose
+                    );
+                }
+            }
+            if !json {
+                let verb = if *dry_run {
+                    "would be destroyed"
+                } else {
+                    "destroyed"
+                };
+                println!("{} records {verb}", records.len());
+            }
+            Exit::Success
+        }
+        Err(s) => status_exit(&s),
+    }
+}
+
+/// Runs `hold`.
+pub async fn hold(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    cmd: &HoldCommand,
+    json: bool,
+) -> Exit {
+    match cmd {
+        HoldCommand::Place {
+            subject,
+            record,
+            reason,
+            case_ref,
+        } => {
+            let req = pb::PlaceHoldRequest {
+                subject_id: subject.clone(),
+                record_id: record.clone().unwrap_or_default(),
+                reason: reason.clone(),
+                case_ref: case_ref.clone(),
+            };
+            match client.place_hold(authed(token, req)).await {
+                Ok(resp) => {
+                    let h = resp.into_inner();
+                    if json {
+                        println!("{}", serde_json::json!({"hold_id": h.hold_id}));
+                    } else {
+                        println!("placed {} on {}", h.hold_id, h.subject_id);
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        HoldCommand::Release {
+            hold_id,
+            justification,
+        } => {
+            let req = pb::ReleaseHoldRequest {
+                hold_id: hold_id.clone(),
+                justification: justification.clone(),
+            };
+            match client.release_hold(authed(token, req)).await {
+                Ok(_) => {
+                    println!("released {hold_id}");
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        HoldCommand::List { subject, all } => {
+            let req = pb::ListHoldsRequest {
+                subject_id: subject.clone().unwrap_or_default(),
+                include_released: *all,
+            };
+            match client.list_holds(authed(token, req)).await {
+                Ok(resp) => {
+                    for h in resp.into_inner().holds {
+                        let released = h.released_at.as_ref().map(|t| t.seconds);
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"hold_id": h.hold_id, "subject_id": h.subject_id, "record_id": h.record_id,
+                                    "reason": h.reason, "case_ref": h.case_ref, "placed_by": h.placed_by,
+                                    "placed_at": h.placed_at.as_ref().map(|t| t.seconds), "released_at": released})
+                            );
+                        } else {
+                            let scope = if h.record_id.is_empty() {
+                                "all records"
+                            } else {
+                                h.record_id.as_str()
+                            };
+                            let state = if released.is_some() {
+                                "released"
+                            } else {
+                                "active"
+                            };
+                            println!(
+                                "{} {} ({scope}) {state} case={} reason: {}",
+                                h.hold_id, h.subject_id, h.case_ref, h.reason
+                            );
+                        }
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+    }
+}
+
+/// Runs `erase`.
+pub async fn erase(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    subject: &str,
+    justification: &str,
+    json: bool,
+) -> Exit {
+    let req = pb::EraseSubjectRequest {
+        subject_id: subject.into(),
+        justification: justification.into(),
+    };
+    match client.erase_subject(authed(token, req)).await {
+        Ok(resp) => {
+            let r = resp.into_inner();
+            if json {
+                let kept: Vec<_> = r
+                    .kept
+                    .iter()
+                    .map(|k| serde_json::json!({"record_id": k.record_id, "purpose": k.purpose, "reason": k.reason}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"destroyed": r.destroyed_record_ids, "shredded_purposes": r.shredded_purposes, "kept": kept})
+                );
+            } else {
+                println!(
+                    "{subject}: {} records destroyed",
+                    r.destroyed_record_ids.len()
+                );
+                for k in &r.kept {
+                    println!("kept {} ({}): {}", k.record_id, k.purpose, k.reason);
+                }
+            }
+            Exit::Success
+        }
+        Err(s) => status_exit(&s),
+    }
+}
+
+/// Runs `requests`.
+pub async fn requests(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    cmd: &RequestsCommand,
+    json: bool,
+) -> Exit {
+    match cmd {
+        RequestsCommand::Open {
+            subject,
+            kind,
+            received,
+            note,
+        } => {
+            let received_at = match received.as_deref().map(parse_since).transpose() {
+                Ok(r) => r.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+                Err(e) => return fail(e.replace("--since", "--received")),
+            };
+            let req = pb::OpenSubjectRequestRequest {
+                subject_id: subject.clone(),
+                kind: kind.clone(),
+                received_at,
+                note: note.clone(),
+            };
+            match client.open_subject_request(authed(token, req)).await {
+                Ok(resp) => {
+                    let r = resp.into_inner();
+                    let due = r.due_at.as_ref().map(|t| t.seconds).unwrap_or_default();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"request_id": r.request_id, "due_at": due})
+                        );
+                    } else {
+                        println!("{} registered, due at {due}", r.request_id);
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        RequestsCommand::Complete {
+            request_id,
+            justification,
+        } => {
+            let req = pb::CompleteSubjectRequestRequest {
+                request_id: request_id.clone(),
+                justification: justification.clone(),
+            };
+            match client.complete_subject_request(authed(token, req)).await {
+                Ok(_) => {
+                    println!("{request_id} answered");
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        RequestsCommand::List { overdue } => {
+            match client
+                .list_subject_requests(authed(
+                    token,
+                    pb::ListSubjectRequestsRequest {
+                        overdue_only: *overdue,
+                    },
+                ))
+                .await
+            {
+                Ok(resp) => {
+                    let requests = resp.into_inner().requests;
+                    for r in &requests {
+                        let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(|t| t.seconds);
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"request_id": r.request_id, "subject_id": r.subject_id, "kind": r.kind,
+                                    "received_at": t(&r.received_at), "due_at": t(&r.due_at),
+                                    "completed_at": t(&r.completed_at), "overdue": r.overdue, "note": r.note})
+                            );
+                        } else {
+                            let state = if r.overdue {
+                                "OVERDUE"
+                            } else if r.completed_at.is_some() {
+                                "answered"
+                            } else {
+                                "open"
+                            };
+                            println!(
+                                "{} {} {} received {} due {} {state}",
+                                r.request_id,
+                                r.subject_id,
+                                r.kind,
+                                t(&r.received_at).unwrap_or_default(),
+                                t(&r.due_at).unwrap_or_default()
+                            );
+                        }
+                    }
+                    if *overdue && !requests.is_empty() {
+                        Exit::CheckFailed
+                    } else {
+                        Exit::Success
+                    }
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+    }
+}

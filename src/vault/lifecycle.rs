@@ -1,0 +1,483 @@
+//! The data lifecycle and subject rights: closing records, retention with crypto-shredding,
+//! legal holds, erasure, and tracking subject requests against their four-week deadline.
+//!
+//! Invariant: a record under an active legal hold is never destroyed; the store re-checks holds
+//! inside the destroying transaction.
+//! Invariant: a subject's key for a purpose is destroyed in the same transaction as their last
+//! record under that purpose (crypto-shredding), so nothing readable is left behind.
+//! Invariant: every destruction is on the audit trail before it happens.
+
+use std::sync::Arc;
+
+use super::{Vault, VaultError};
+use crate::{
+    audit::AuditEvent,
+    domain::{
+        AccessContext, Clock, InputError, Principal, Purpose, REQUEST_DEADLINE_SECS, RecordId,
+        RequestKind, RetentionStart, SubjectId, now_unix,
+    },
+    policy::{Action, AdminAction},
+    store::{HoldRow, RecordRow, RequestRow},
+};
+
+/// Records destroyed (or, in a dry run, that would be) by a retention sweep.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Swept {
+    /// The record.
+    pub record_id: String,
+    /// Its subject.
+    pub subject: String,
+    /// Its purpose.
+    pub purpose: String,
+    /// When it expired (unix seconds).
+    pub expired_at: i64,
+}
+
+/// What an erasure did.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct Erasure {
+    /// Records destroyed.
+    pub destroyed: Vec<String>,
+    /// Purposes whose subject key was destroyed with them.
+    pub shredded: Vec<String>,
+    /// Records kept, with why: (record id, purpose, reason).
+    pub kept: Vec<(String, String, String)>,
+}
+
+/// A subject request with its state.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RequestStatus {
+    /// The request.
+    pub request: RequestRow,
+    /// Past its deadline and not answered.
+    pub overdue: bool,
+}
+
+/// Longest hold reason, case reference or request note, in bytes.
+const MAX_TEXT: usize = 1024;
+
+impl Vault {
+    /// Uses `clock` for the lifecycle's "now" (record times, retention, holds, requests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Closes a record (the tenancy ended, the case closed): retention that counts from closing
+    /// starts now. Returns the record's expiry.
+    pub fn close_record(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        record_id: &RecordId,
+    ) -> Result<Option<i64>, VaultError> {
+        let (record, rows) = self.load(record_id)?;
+        let meta = super::record_meta(&record)?;
+        let subject = SubjectId::parse("subject", &record.subject).map_err(|_| {
+            crate::store::StoreError::Corrupt(format!("subject of `{}`", record.id))
+        })?;
+        let resources = rows
+            .iter()
+            .map(|r| super::resource(&record, meta.purpose, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let decisions = self
+            .policy
+            .decide_fields(principal, Action::Write, ctx, &resources)?;
+        self.require_all(
+            principal, ctx, "close", &subject, record_id, &resources, &decisions,
+        )?;
+        if record.closed_at.is_some() {
+            return Err(VaultError::FailedPrecondition(format!(
+                "record `{record_id}` is closed already"
+            )));
+        }
+        let now = self.clock.now();
+        let retention = self.retention.of(meta.purpose);
+        let expires_at = match retention.from {
+            RetentionStart::Closing => Some(now.saturating_add(i64::from(retention.days) * 86_400)),
+            RetentionStart::Creation => record.expires_at,
+        };
+        if !self
+            .store
+            .close_record(record_id.as_str(), now, expires_at)?
+        {
+            return Err(VaultError::NotFound(format!("record `{record_id}`")));
+        }
+        Ok(expires_at)
+    }
+
+    /// Places a legal hold on a subject (or one of their records): nothing it covers is
+    /// destroyed until it is released.
+    pub fn place_hold(
+        &self,
+        actor: &Principal,
+        subject: &SubjectId,
+        record: Option<&RecordId>,
+        reason: &str,
+        case_ref: &str,
+    ) -> Result<HoldRow, VaultError> {
+        check_text("reason", reason, true)?;
+        check_text("case_ref", case_ref, true)?;
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageHolds,
+            "hold-place",
+            Some(subject.as_str()),
+            reason,
+        )?;
+        if let Some(r) = record {
+            let (row, _) = self.load(r)?;
+            if row.subject != subject.as_str() {
+                return Err(
+                    InputError::new("record_id", "the record belongs to another subject").into(),
+                );
+            }
+        }
+        let row = HoldRow {
+            id: format!("hold_{}", hex::encode(rand::random::<[u8; 8]>())),
+            subject: subject.as_str().into(),
+            record_id: record.map(|r| r.as_str().to_owned()),
+            reason: reason.into(),
+            case_ref: case_ref.into(),
+            placed_by: actor.id.as_str().into(),
+            placed_at: self.clock.now(),
+            released_at: None,
+            released_by: None,
+        };
+        event.subject = Some(subject.as_str().into());
+        event.record = row.record_id.clone();
+        event.case_ref = Some(case_ref.into());
+        event.target = Some(row.id.clone());
+        self.audit.append(&event)?;
+        self.store.insert_hold(&row)?;
+        Ok(row)
+    }
+
+    /// Releases a legal hold.
+    pub fn release_hold(
+        &self,
+        actor: &Principal,
+        hold_id: &str,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageHolds,
+            "hold-release",
+            Some(hold_id),
+            justification,
+        )?;
+        let hold = self
+            .store
+            .holds(None, true)?
+            .into_iter()
+            .find(|h| h.id == hold_id)
+            .ok_or_else(|| VaultError::NotFound(format!("active hold `{hold_id}`")))?;
+        event.subject = Some(hold.subject);
+        event.record = hold.record_id;
+        self.audit.append(&event)?;
+        self.store
+            .release_hold(hold_id, self.clock.now(), actor.id.as_str())?;
+        Ok(())
+    }
+
+    /// Holds, of one subject or all.
+    pub fn list_holds(
+        &self,
+        actor: &Principal,
+        subject: Option<&SubjectId>,
+        include_released: bool,
+    ) -> Result<Vec<HoldRow>, VaultError> {
+        self.require_admin(
+            actor,
+            AdminAction::ManageHolds,
+            "hold-list",
+            subject.map(SubjectId::as_str),
+            "",
+        )?;
+        Ok(self
+            .store
+            .holds(subject.map(SubjectId::as_str), !include_released)?)
+    }
+
+    /// Destroys every record past its retention that no hold covers, one subject per
+    /// transaction, with the subject key of each purpose the subject has nothing left under.
+    /// A dry run only lists them. `actor` is `None` for the server's own sweeper.
+    pub fn sweep_retention(
+        &self,
+        actor: Option<&Principal>,
+        dry_run: bool,
+    ) -> Result<Vec<Swept>, VaultError> {
+        let template = match actor {
+            Some(a) => {
+                self.require_admin(a, AdminAction::ManageLifecycle, "retention-sweep", None, "")?
+            }
+            None => system_event("retention-sweep"),
+        };
+        let now = self.clock.now();
+        let mut swept = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        // A dry run lists everything at once; a real sweep works in pages of 500.
+        let limit = if dry_run { 100_000 } else { 500 };
+        loop {
+            let batch: Vec<RecordRow> = self
+                .store
+                .expired_records(now, limit)?
+                .into_iter()
+                .filter(|r| !seen.contains(&r.id))
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            let mut by_subject: std::collections::BTreeMap<String, Vec<RecordRow>> =
+                Default::default();
+            for r in batch {
+                seen.insert(r.id.clone());
+                by_subject.entry(r.subject.clone()).or_default().push(r);
+            }
+            for (subject, records) in by_subject {
+                let listed: Vec<Swept> = records
+                    .iter()
+                    .map(|r| Swept {
+                        record_id: r.id.clone(),
+                        subject: subject.clone(),
+                        purpose: r.purpose.clone(),
+                        expired_at: r.expires_at.unwrap_or(now),
+                    })
+                    .collect();
+                if dry_run {
+                    swept.extend(listed);
+                    continue;
+                }
+                // The trail first: nothing is destroyed that is not on record.
+                for s in &listed {
+                    let mut event = AuditEvent {
+                        time: now_unix(),
+                        ..template.clone()
+                    };
+                    event.action = "retention-destroy".into();
+                    event.subject = Some(subject.clone());
+                    event.record = Some(s.record_id.clone());
+                    event.purpose = Some(s.purpose.clone());
+                    event.reason = Some(format!("retention ended at {}", s.expired_at));
+                    self.audit.append(&event)?;
+                }
+                let ids: Vec<String> = listed.iter().map(|s| s.record_id.clone()).collect();
+                let (destroyed, shredded) = self.store.shred_records(&subject, &ids)?;
+                self.forget_shredded(&subject, &shredded);
+                swept.extend(
+                    listed
+                        .into_iter()
+                        .filter(|s| destroyed.contains(&s.record_id)),
+                );
+            }
+            if dry_run {
+                break;
+            }
+        }
+        if let (Some(_), false) = (actor, dry_run) {
+            let mut event = AuditEvent {
+                time: now_unix(),
+                ..template
+            };
+            event.reason = Some(format!("{} records destroyed", swept.len()));
+            self.audit.append(&event)?;
+        }
+        Ok(swept)
+    }
+
+    /// Erases a subject (GDPR art. 17): destroys all their records and subject keys, except
+    /// records under a legal hold or kept under a legal obligation; those are reported with why.
+    pub fn erase_subject(
+        &self,
+        actor: &Principal,
+        subject: &SubjectId,
+        justification: &str,
+    ) -> Result<Erasure, VaultError> {
+        let template = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "erase-subject",
+            Some(subject.as_str()),
+            justification,
+        )?;
+        let now = self.clock.now();
+        let holds = self.store.holds(Some(subject.as_str()), true)?;
+        let records = self.store.subject_records(subject.as_str())?;
+        let mut outcome = Erasure::default();
+        let mut to_destroy = Vec::new();
+        for (rec, _) in &records {
+            let purpose: Purpose = rec
+                .purpose
+                .parse()
+                .map_err(|_| crate::store::StoreError::Corrupt(format!("record `{}`", rec.id)))?;
+            let hold = holds
+                .iter()
+                .find(|h| h.record_id.as_ref().is_none_or(|r| r == &rec.id));
+            let live = rec.expires_at.is_none_or(|t| t > now);
+            if let Some(h) = hold {
+                outcome.kept.push((
+                    rec.id.clone(),
+                    rec.purpose.clone(),
+                    format!("legal hold `{}`: {} (case {})", h.id, h.reason, h.case_ref),
+                ));
+            } else if purpose.survives_erasure() && live {
+                let until = rec
+                    .expires_at
+                    .map_or("the end of its retention".to_owned(), |t| {
+                        format!("unix time {t}")
+                    });
+                outcome.kept.push((
+                    rec.id.clone(),
+                    rec.purpose.clone(),
+                    format!(
+                        "kept under a legal obligation ({}) until {until}",
+                        purpose.lawful_basis()
+                    ),
+                ));
+            } else {
+                to_destroy.push(rec.id.clone());
+            }
+        }
+        let mut event = AuditEvent {
+            time: now_unix(),
+            ..template
+        };
+        event.subject = Some(subject.as_str().into());
+        event.reason = Some(format!(
+            "{} records to destroy, {} kept",
+            to_destroy.len(),
+            outcome.kept.len()
+        ));
+        self.audit.append(&event)?;
+        let (destroyed, shredded) = self.store.shred_records(subject.as_str(), &to_destroy)?;
+        self.forget_shredded(subject.as_str(), &shredded);
+        outcome.destroyed = destroyed;
+        outcome.shredded = shredded;
+        Ok(outcome)
+    }
+
+    /// Registers a subject request received at `received_at` (now when `None`); its deadline is
+    /// four weeks later.
+    pub fn open_request(
+        &self,
+        actor: &Principal,
+        subject: &SubjectId,
+        kind: RequestKind,
+        received_at: Option<i64>,
+        note: &str,
+    ) -> Result<RequestRow, VaultError> {
+        check_text("note", note, false)?;
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "request-open",
+            Some(subject.as_str()),
+            note,
+        )?;
+        let received_at = received_at.unwrap_or_else(|| self.clock.now());
+        if received_at > self.clock.now() {
+            return Err(InputError::new("received_at", "lies in the future").into());
+        }
+        let row = RequestRow {
+            id: format!("req_{}", hex::encode(rand::random::<[u8; 8]>())),
+            subject: subject.as_str().into(),
+            kind: kind.as_str().into(),
+            received_at,
+            due_at: received_at.saturating_add(REQUEST_DEADLINE_SECS),
+            opened_by: actor.id.as_str().into(),
+            completed_at: None,
+            note: note.into(),
+        };
+        event.subject = Some(subject.as_str().into());
+        event.target = Some(row.id.clone());
+        event.reason = Some(format!("{} request, due at {}", row.kind, row.due_at));
+        self.audit.append(&event)?;
+        self.store.insert_request(&row)?;
+        Ok(row)
+    }
+
+    /// Marks a subject request answered.
+    pub fn complete_request(
+        &self,
+        actor: &Principal,
+        id: &str,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "request-complete",
+            Some(id),
+            justification,
+        )?;
+        if !self
+            .store
+            .requests()?
+            .iter()
+            .any(|r| r.id == id && r.completed_at.is_none())
+        {
+            return Err(VaultError::NotFound(format!("open request `{id}`")));
+        }
+        event.target = Some(id.into());
+        self.audit.append(&event)?;
+        self.store.complete_request(id, self.clock.now())?;
+        Ok(())
+    }
+
+    /// Subject requests with whether each is overdue; only open, overdue ones when asked.
+    pub fn list_requests(
+        &self,
+        actor: &Principal,
+        overdue_only: bool,
+    ) -> Result<Vec<RequestStatus>, VaultError> {
+        self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "request-list",
+            None,
+            "",
+        )?;
+        let now = self.clock.now();
+        Ok(self
+            .store
+            .requests()?
+            .into_iter()
+            .map(|request| RequestStatus {
+                overdue: request.completed_at.is_none() && now > request.due_at,
+                request,
+            })
+            .filter(|s| !overdue_only || s.overdue)
+            .collect())
+    }
+
+    fn forget_shredded(&self, subject: &str, purposes: &[String]) {
+        if let Ok(subject) = SubjectId::parse("subject", subject) {
+            for p in purposes.iter().filter_map(|p| p.parse::<Purpose>().ok()) {
+                self.keyring.forget(&subject, p);
+            }
+        }
+    }
+}
+
+fn system_event(action: &str) -> AuditEvent {
+    AuditEvent {
+        principal: "kluis".into(),
+        action: action.into(),
+        decision: "allow".into(),
+        ..AuditEvent::default()
+    }
+}
+
+fn check_text(field: &str, s: &str, required: bool) -> Result<(), InputError> {
+    if required && s.trim().is_empty() {
+        return Err(InputError::new(field, "is required"));
+    }
+    if s.len() > MAX_TEXT {
+        return Err(InputError::new(field, format!("at most {MAX_TEXT} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(InputError::new(field, "holds control characters"));
+    }
+    super::guard::check_text(field, s)
+}

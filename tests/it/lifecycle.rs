@@ -1,0 +1,431 @@
+//! The data lifecycle over gRPC, with a clock the test controls: closing records, retention
+//! with crypto-shredding, legal holds, dry runs, erasure, and subject requests' deadlines.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, Ordering},
+};
+
+use kluis::{domain::Role, pb};
+use rusqlite::Connection;
+use tonic::Code;
+
+use crate::common::*;
+
+const DAY: i64 = 86_400;
+
+#[derive(Debug)]
+struct TestClock(AtomicI64);
+
+impl kluis::domain::Clock for TestClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl TestClock {
+    fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    fn now_for_test(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn clock() -> Arc<TestClock> {
+    Arc::new(TestClock(AtomicI64::new(kluis::domain::now_unix())))
+}
+
+fn db_bytes(server: &TestServer) -> Vec<u8> {
+    ["", "-wal"]
+        .iter()
+        .filter_map(|s| std::fs::read(format!("{}{s}", server.db_path().display())).ok())
+        .flatten()
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn sweep(server: &TestServer, dry_run: bool) -> Vec<String> {
+    let mut admin = server.admin().await;
+    let mut ids: Vec<String> = admin
+        .sweep_retention(req(
+            server.token(Role::PrivacyOfficer),
+            pb::SweepRetentionRequest { dry_run },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+        .into_iter()
+        .map(|r| r.record_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn exists(server: &TestServer, id: &str) -> bool {
+    let mut client = server.client().await;
+    match client
+        .get_record(req(
+            server.token(Role::PrivacyOfficer),
+            pb::GetRecordRequest {
+                context: ctx("customer-service", "", ""),
+                record_id: id.into(),
+                fields: vec![],
+            },
+        ))
+        .await
+    {
+        Err(s) if s.code() == Code::NotFound => false,
+        _ => true,
+    }
+}
+
+#[tokio::test]
+async fn retention_destroys_expired_records_except_held_ones_and_shreds_their_keys() {
+    let clock = clock();
+    let server = TestServer::start_with_clock(clock.clone()).await;
+    let cs = || ctx("customer-service", "", "");
+    let expired = put(
+        &server,
+        Role::CustomerService,
+        cs(),
+        "REL-A",
+        vec![text("phone", "contact", "Bewaartermijn-Verlopen-A1")],
+    )
+    .await;
+    let held = put(
+        &server,
+        Role::CustomerService,
+        cs(),
+        "REL-B",
+        vec![text("phone", "contact", "06-2")],
+    )
+    .await;
+    let kept = put(
+        &server,
+        Role::FinanceOfficer,
+        ctx("payments", "", ""),
+        "REL-A",
+        vec![text("iban", "financial", "NL02RABO0123456789")],
+    )
+    .await;
+    let nuisance = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-C",
+        vec![text("phone", "contact", "06-3")],
+    )
+    .await;
+    let wrapped_key: Vec<u8> = Connection::open(server.db_path())
+        .unwrap()
+        .query_row("SELECT wrapped FROM subject_keys WHERE subject = 'REL-A' AND purpose = 'customer-service'", [], |r| r.get(0))
+        .unwrap();
+
+    // A nuisance record expires only once its case is closed.
+    let mut client = server.client().await;
+    let closed = client
+        .close_record(req(
+            server.token(Role::NuisanceOfficer),
+            pb::CloseRecordRequest {
+                context: nuisance_ctx(),
+                record_id: nuisance.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        closed.expires_at.unwrap().seconds,
+        clock.now_for_test() + 730 * DAY
+    );
+
+    let mut admin = server.admin().await;
+    let hold = admin
+        .place_hold(req(
+            server.token(Role::LegalCounsel),
+            pb::PlaceHoldRequest {
+                subject_id: "REL-B".into(),
+                record_id: String::new(),
+                reason: "rent arrears claim pending".into(),
+                case_ref: "LD-2026-3".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Nothing has expired yet.
+    assert!(sweep(&server, true).await.is_empty());
+
+    clock.advance(731 * DAY);
+    let mut due = vec![expired.clone(), nuisance.clone()];
+    due.sort();
+    assert_eq!(
+        sweep(&server, true).await,
+        due,
+        "the dry run lists what would go"
+    );
+    assert!(
+        exists(&server, &expired).await,
+        "the dry run destroyed nothing"
+    );
+    assert_eq!(sweep(&server, false).await, due);
+    assert!(!exists(&server, &expired).await);
+    assert!(!exists(&server, &nuisance).await);
+    assert!(exists(&server, &held).await, "held data survives");
+    assert!(
+        exists(&server, &kept).await,
+        "payments are kept seven years"
+    );
+
+    // Crypto-shredding: REL-A has nothing left under customer-service, so its key is gone, and
+    // neither the value nor the wrapped key is anywhere in the database files.
+    let conn = Connection::open(server.db_path()).unwrap();
+    let keys: i64 = conn
+        .query_row("SELECT count(*) FROM subject_keys WHERE subject = 'REL-A' AND purpose = 'customer-service'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 0);
+    let payments_key: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM subject_keys WHERE subject = 'REL-A' AND purpose = 'payments'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(payments_key, 1);
+    let bytes = db_bytes(&server);
+    assert!(
+        !contains(&bytes, &wrapped_key),
+        "the shredded subject key is still in the files"
+    );
+    assert!(!contains(&bytes, b"Bewaartermijn-Verlopen-A1"));
+    let entries = audit_entries(&server);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "retention-destroy" && e["record"] == expired.as_str())
+    );
+
+    // Once the hold is released, the held record goes at the next sweep.
+    admin
+        .release_hold(req(
+            server.token(Role::PrivacyOfficer),
+            pb::ReleaseHoldRequest {
+                hold_id: hold.hold_id,
+                justification: "claim settled".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(sweep(&server, false).await, vec![held.clone()]);
+    assert!(!exists(&server, &held).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn erasure_leaves_only_what_a_hold_or_the_law_keeps_and_says_why() {
+    let server = TestServer::start().await;
+    let cs = put(
+        &server,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        "REL-E",
+        vec![text("email", "contact", "erase-me@example.nl")],
+    )
+    .await;
+    let held = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-E",
+        vec![text("phone", "contact", "06-4")],
+    )
+    .await;
+    let fiscal = put(
+        &server,
+        Role::FinanceOfficer,
+        ctx("payments", "", ""),
+        "REL-E",
+        vec![text("iban", "financial", "NL02RABO0123456789")],
+    )
+    .await;
+    let other = put(
+        &server,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        "REL-F",
+        vec![text("email", "contact", "keep@example.nl")],
+    )
+    .await;
+    let mut admin = server.admin().await;
+    admin
+        .place_hold(req(
+            server.token(Role::LegalCounsel),
+            pb::PlaceHoldRequest {
+                subject_id: "REL-E".into(),
+                record_id: held.clone(),
+                reason: "evidence for an eviction case".into(),
+                case_ref: "LD-2026-9".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    // Only the privacy officer erases.
+    let status = admin
+        .erase_subject(req(
+            server.token(Role::CustomerService),
+            pb::EraseSubjectRequest {
+                subject_id: "REL-E".into(),
+                justification: String::new(),
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let erased = admin
+        .erase_subject(req(
+            server.token(Role::PrivacyOfficer),
+            pb::EraseSubjectRequest {
+                subject_id: "REL-E".into(),
+                justification: "ER-2026-4".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(erased.destroyed_record_ids, [cs.clone()]);
+    assert_eq!(erased.shredded_purposes, ["customer-service"]);
+    let mut kept: Vec<(String, String)> = erased
+        .kept
+        .iter()
+        .map(|k| (k.record_id.clone(), k.reason.clone()))
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 2);
+    let reason_of = |id: &str| kept.iter().find(|(r, _)| r == id).unwrap().1.clone();
+    assert!(
+        reason_of(&held).contains("legal hold"),
+        "{}",
+        reason_of(&held)
+    );
+    assert!(reason_of(&held).contains("LD-2026-9"));
+    assert!(
+        reason_of(&fiscal).contains("legal obligation"),
+        "{}",
+        reason_of(&fiscal)
+    );
+    assert!(!exists(&server, &cs).await);
+    assert!(exists(&server, &held).await);
+    assert!(exists(&server, &fiscal).await);
+    assert!(
+        exists(&server, &other).await,
+        "another subject is untouched"
+    );
+    assert!(!contains(&db_bytes(&server), b"erase-me@example.nl"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_received_29_days_ago_is_overdue() {
+    let clock = clock();
+    let server = TestServer::start_with_clock(clock.clone()).await;
+    let mut admin = server.admin().await;
+    let po = server.token(Role::PrivacyOfficer);
+    let open = |days_ago: i64, kind: &str| {
+        req(
+            po,
+            pb::OpenSubjectRequestRequest {
+                subject_id: "REL-R".into(),
+                kind: kind.into(),
+                received_at: Some(prost_types::Timestamp {
+                    seconds: clock.now_for_test() - days_ago * DAY,
+                    nanos: 0,
+                }),
+                note: "letter 2026-77".into(),
+            },
+        )
+    };
+    let late = admin
+        .open_subject_request(open(29, "access"))
+        .await
+        .unwrap()
+        .into_inner();
+    let recent = admin
+        .open_subject_request(open(10, "erasure"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        late.due_at.unwrap().seconds - late.received_at.unwrap().seconds,
+        28 * DAY
+    );
+    let overdue = admin
+        .list_subject_requests(req(
+            po,
+            pb::ListSubjectRequestsRequest { overdue_only: true },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    assert_eq!(
+        overdue
+            .iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        [late.request_id.as_str()]
+    );
+    let status = admin
+        .open_subject_request(open(1, "complaint"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Eighteen days on, the recent one is late too; answering takes a request off the list.
+    clock.advance(19 * DAY);
+    admin
+        .complete_subject_request(req(
+            po,
+            pb::CompleteSubjectRequestRequest {
+                request_id: late.request_id.clone(),
+                justification: "copy sent".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let overdue = admin
+        .list_subject_requests(req(
+            po,
+            pb::ListSubjectRequestsRequest { overdue_only: true },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    assert_eq!(
+        overdue
+            .iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        [recent.request_id.as_str()]
+    );
+    let status = admin
+        .list_subject_requests(req(
+            server.token(Role::CustomerService),
+            pb::ListSubjectRequestsRequest {
+                overdue_only: false,
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    server.stop().await;
+}
