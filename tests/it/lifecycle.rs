@@ -69,7 +69,7 @@ async fn sweep(server: &TestServer, dry_run: bool) -> Vec<String> {
 
 async fn exists(server: &TestServer, id: &str) -> bool {
     let mut client = server.client().await;
-    match client
+    let result = client
         .get_record(req(
             server.token(Role::PrivacyOfficer),
             pb::GetRecordRequest {
@@ -78,11 +78,8 @@ async fn exists(server: &TestServer, id: &str) -> bool {
                 fields: vec![],
             },
         ))
-        .await
-    {
-        Err(s) if s.code() == Code::NotFound => false,
-        _ => true,
-    }
+        .await;
+    !matches!(result, Err(s) if s.code() == Code::NotFound)
 }
 
 #[tokio::test]
@@ -299,7 +296,7 @@ async fn erasure_leaves_only_what_a_hold_or_the_law_keeps_and_says_why() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(erased.destroyed_record_ids, [cs.clone()]);
+    assert_eq!(erased.destroyed_record_ids, std::slice::from_ref(&cs));
     assert_eq!(erased.shredded_purposes, ["customer-service"]);
     let mut kept: Vec<(String, String)> = erased
         .kept
