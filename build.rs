@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".kluis.v1.UpdateRecordRequest",
             ".kluis.v1.IssueTokenResponse",
             ".kluis.v1.RotateRootRequest",
+            ".kluis.v1.ExportLine",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -56,6 +56,8 @@ pub enum Action {
     Delete,
     /// Learn that a field exists (metadata only).
     List,
+    /// Decrypt a field for a copy of a subject's data (GDPR art. 15).
+    Export,
 }
 
 impl Action {
@@ -66,6 +68,7 @@ impl Action {
             Action::Write => "write",
             Action::Delete => "delete",
             Action::List => "list",
+            Action::Export => "export",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! stored with its fields in one store transaction.
 //! Invariant: knows neither gRPC nor SQL; errors never carry plaintext.
 
+pub mod export;
 pub mod guard;
 pub mod keyadmin;
 pub mod lifecycle;

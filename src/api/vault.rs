@@ -26,6 +26,39 @@ impl VaultApi {
 
 #[tonic::async_trait]
 impl VaultRpc for VaultApi {
+    type ExportSubjectStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::ExportLine, Status>>;
+
+    async fn export_subject(
+        &self,
+        request: Request<pb::ExportSubjectRequest>,
+    ) -> Result<Response<Self::ExportSubjectStream>, Status> {
+        let token = super::bearer_token(request.metadata())?;
+        let req = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let vault = Arc::clone(&self.vault);
+        tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let principal = vault.authenticate(&token)?;
+                let ctx = convert::context(req.context)?;
+                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+                // A closed channel means the client went away: stop.
+                vault.export_subject(&principal, &ctx, &subject, |line| {
+                    tx.blocking_send(Ok(pb::ExportLine {
+                        json: line.to_string(),
+                    }))
+                    .is_ok()
+                })
+            })();
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(super::status::to_status(e)));
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn put_record(
         &self,
         request: Request<pb::PutRecordRequest>,

@@ -10,7 +10,9 @@ use crate::{
 };
 
 /// The data actions a subject access report lists.
-pub const DATA_ACTIONS: &[&str] = &["read", "write", "update", "delete", "list"];
+pub const DATA_ACTIONS: &[&str] = &[
+    "read", "write", "update", "delete", "list", "close", "export",
+];
 
 impl Vault {
     /// The trail's MAC'd head, for anchoring elsewhere.

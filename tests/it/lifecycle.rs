@@ -426,3 +426,136 @@ async fn a_request_received_29_days_ago_is_overdue() {
     assert_eq!(status.code(), Code::PermissionDenied);
     server.stop().await;
 }
+
+async fn export(
+    server: &TestServer,
+    role: Role,
+    subject: &str,
+) -> Result<Vec<serde_json::Value>, tonic::Status> {
+    let mut client = server.client().await;
+    let mut stream = client
+        .export_subject(req(
+            server.token(role),
+            pb::ExportSubjectRequest {
+                context: ctx("customer-service", "SAR-2026-5", "subject access request"),
+                subject_id: subject.into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(line) = stream.message().await? {
+        lines.push(serde_json::from_str(&line.json).unwrap());
+    }
+    Ok(lines)
+}
+
+#[tokio::test]
+async fn export_returns_every_record_with_values_and_the_access_report() {
+    let server = TestServer::start().await;
+    let me = SCOPED_SUBJECT;
+    let a = put(
+        &server,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        me,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    let b = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![
+            text("phone", "contact", "06-5"),
+            binary("photo", "nuisance-evidence", b"\x89PNG"),
+        ],
+    )
+    .await;
+    let c = put(
+        &server,
+        Role::FinanceOfficer,
+        ctx("payments", "", ""),
+        me,
+        vec![text("iban", "financial", "NL02RABO0123456789")],
+    )
+    .await;
+    let _other = put(
+        &server,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        "REL-9999",
+        vec![text("email", "contact", "x@example.nl")],
+    )
+    .await;
+    get(
+        &server,
+        server.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &b,
+    )
+    .await
+    .unwrap();
+
+    let lines = export(&server, Role::PrivacyOfficer, me).await.unwrap();
+    assert_eq!(lines[0]["schema"], "kluis.export.v1");
+    assert_eq!(lines[0]["subject_id"], me);
+    let records: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "record").collect();
+    let mut ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["record_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut want = vec![a.as_str(), b.as_str(), c.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want, "all three purposes, nobody else's");
+    let nuisance = records
+        .iter()
+        .find(|r| r["record_id"] == b.as_str())
+        .unwrap();
+    assert_eq!(nuisance["purpose"], "nuisance");
+    assert_eq!(nuisance["lawful_basis"], "legitimate interest / safety");
+    assert_eq!(nuisance["retention"]["counts_from"], "closing");
+    let photo = nuisance["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "photo")
+        .unwrap();
+    assert_eq!(photo["binary_hex"], "89504e47");
+    let payments = records
+        .iter()
+        .find(|r| r["record_id"] == c.as_str())
+        .unwrap();
+    assert_eq!(payments["fields"][0]["text"], "NL02RABO0123456789");
+    let accesses: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["type"] == "access").collect();
+    assert!(accesses.iter().any(|x| x["action"] == "read"
+        && x["principal_id"] == "test-nuisance-officer"
+        && x["record_id"] == b.as_str()));
+    assert!(
+        accesses
+            .iter()
+            .any(|x| x["action"] == "write" && x["purpose"] == "payments")
+    );
+
+    // The subject themself gets the same copy of their own data, and nobody else's.
+    let own = export(&server, Role::Subject, me).await.unwrap();
+    assert_eq!(own.iter().filter(|l| l["type"] == "record").count(), 3);
+    let status = export(&server, Role::Subject, "REL-9999")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    for role in [Role::SecurityOfficer, Role::CustomerService, Role::Analyst] {
+        let status = export(&server, role, me).await.err().unwrap();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}");
+    }
+    // The export is on the trail before anything was decrypted.
+    let entries = audit_entries(&server);
+    assert!(entries.iter().any(|e| e["action"] == "export"
+        && e["principal"] == "test-privacy-officer"
+        && e["case_ref"] == "SAR-2026-5"));
+    server.stop().await;
+}
