@@ -485,6 +485,9 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
         config.algorithm,
         config.key_cache_size,
     )?;
+    let schema = config.policy_schema.clone();
+    let files = config.policy_files.clone();
+    let loader = move || load_policy(schema.as_deref(), &files).map_err(|e| e.to_string());
     Ok(Vault::new(
         store,
         keyring,
@@ -492,7 +495,8 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
         config.retention.clone(),
         config.limits,
     )?
-    .with_key_settings(config.key_settings))
+    .with_key_settings(config.key_settings)
+    .with_policy_loader(Box::new(loader)))
 }
 
 /// Retention start as text, for display.

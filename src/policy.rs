@@ -80,6 +80,8 @@ pub enum AdminAction {
     ManageTokens,
     /// Rotate, rewrap, rekey, retire and destroy keys; change the root key.
     ManageKeys,
+    /// Reload the policy set.
+    ManagePolicies,
     /// Place, release and list legal holds.
     ManageHolds,
     /// Run retention, erase subjects, track subject requests.
@@ -96,6 +98,7 @@ impl AdminAction {
         match self {
             AdminAction::ManageTokens => "manage-tokens",
             AdminAction::ManageKeys => "manage-keys",
+            AdminAction::ManagePolicies => "manage-policies",
             AdminAction::ManageHolds => "manage-holds",
             AdminAction::ManageLifecycle => "manage-lifecycle",
             AdminAction::ReadAudit => "read-audit",

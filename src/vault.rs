@@ -11,10 +11,15 @@ pub mod export;
 pub mod guard;
 pub mod keyadmin;
 pub mod lifecycle;
+pub mod policies;
 pub mod tokens;
 pub mod trail;
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, RwLock},
+};
 
 use zeroize::Zeroizing;
 
@@ -76,6 +81,9 @@ impl From<AuditError> for VaultError {
         }
     }
 }
+
+/// Loads the policy set from its configured source again (for a reload).
+pub type PolicyLoader = Box<dyn Fn() -> Result<Engine, String> + Send + Sync>;
 
 /// Store metadata key of the digest of the policy set in force.
 const META_POLICY_DIGEST: &str = "policy_digest";
@@ -234,7 +242,8 @@ impl RetentionTable {
 pub struct Vault {
     store: Arc<dyn Store>,
     keyring: Keyring,
-    policy: Engine,
+    policy: RwLock<Arc<Engine>>,
+    policy_loader: Option<PolicyLoader>,
     audit: Audit,
     retention: RetentionTable,
     limits: Limits,
@@ -290,7 +299,8 @@ impl Vault {
         Ok(Self {
             store,
             keyring,
-            policy,
+            policy: RwLock::new(Arc::new(policy)),
+            policy_loader: None,
             audit,
             retention,
             limits,
@@ -331,7 +341,7 @@ impl Vault {
             })
             .collect();
         let decisions = self
-            .policy
+            .policy()
             .decide_fields(principal, Action::Write, ctx, &resources)?;
         self.require_all(
             principal, ctx, "write", subject, &record_id, &resources, &decisions,
@@ -404,7 +414,7 @@ impl Vault {
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
         let decisions = self
-            .policy
+            .policy()
             .decide_fields(principal, Action::Read, ctx, &resources)?;
 
         let mut event = self.event(principal, ctx, "read", Some(&subject), Some(record_id));
@@ -481,7 +491,7 @@ impl Vault {
             })
             .collect();
         let decisions = self
-            .policy
+            .policy()
             .decide_fields(principal, Action::Write, ctx, &resources)?;
         self.require_all(
             principal, ctx, "update", &subject, record_id, &resources, &decisions,
@@ -557,7 +567,7 @@ impl Vault {
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
         let decisions = self
-            .policy
+            .policy()
             .decide_fields(principal, Action::Delete, ctx, &resources)?;
         self.require_all(
             principal, ctx, "delete", &subject, record_id, &resources, &decisions,
@@ -597,7 +607,7 @@ impl Vault {
             }
         }
         let decisions = self
-            .policy
+            .policy()
             .decide_fields(principal, Action::List, ctx, &resources)?;
         let mut out = Vec::new();
         for (rec, fields) in records {

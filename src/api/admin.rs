@@ -39,6 +39,22 @@ impl AdminApi {
 impl AdminRpc for AdminApi {
     type ExportAuditStream = ReceiverStream<Result<pb::AuditEntry, Status>>;
 
+    async fn reload_policies(
+        &self,
+        request: Request<pb::ReloadPoliciesRequest>,
+    ) -> Result<Response<pb::ReloadPoliciesResponse>, Status> {
+        run(&self.vault, request, |vault, principal, _req| {
+            let r = vault.reload_policies(Some(principal))?;
+            Ok(pb::ReloadPoliciesResponse {
+                digest: r.digest,
+                policies: u32::try_from(r.policies).unwrap_or(u32::MAX),
+                changed: r.changed,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn place_hold(
         &self,
         request: Request<pb::PlaceHoldRequest>,

@@ -125,6 +125,8 @@ pub fn run(args: &ServeArgs) -> Exit {
         } else {
             eprintln!("kluis listening on {scheme}://{addr}");
         }
+        let vault = Arc::new(vault);
+        reload_on_sighup(&vault);
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down");
@@ -134,7 +136,7 @@ pub fn run(args: &ServeArgs) -> Exit {
             key_sweep_interval: cfg.key_sweep_interval,
             retention_sweep_interval: cfg.retention_sweep_interval,
         };
-        match server::serve(Arc::new(vault), listener, options, shutdown).await {
+        match server::serve(vault, listener, options, shutdown).await {
             Ok(()) => Exit::Success,
             Err(e) => fail(e),
         }
@@ -246,4 +248,29 @@ fn print_dev_banner(data_dir: &Path, addr: SocketAddr) {
         tokens_path.display()
     );
     let _ = std::io::stdout().flush();
+}
+
+/// Reloads the policy set on SIGHUP; an invalid set is logged and the old one stays in force.
+fn reload_on_sighup(vault: &Arc<Vault>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let vault = Arc::clone(vault);
+        tokio::spawn(async move {
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                let v = Arc::clone(&vault);
+                match tokio::task::spawn_blocking(move || v.reload_policies(None)).await {
+                    Ok(Ok(r)) => eprintln!(
+                        "policies reloaded: sha256:{} ({} policies)",
+                        r.digest, r.policies
+                    ),
+                    Ok(Err(e)) => eprintln!("error: {e}"),
+                    Err(_) => {}
+                }
+            }
+        });
+    }
 }

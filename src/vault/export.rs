@@ -44,7 +44,7 @@ impl Vault {
             .map(|(rec, row)| resource(rec, parse_stored(&rec.purpose, &rec.id)?, row))
             .collect::<Result<Vec<_>, VaultError>>()?;
         let decisions = self
-            .policy
+            .policy()
             .decide_fields(principal, Action::Export, ctx, &resources)?;
         let allowed = decisions.iter().filter(|d| d.is_allow()).count();
         let mut event = self.event(principal, ctx, "export", Some(subject), None);

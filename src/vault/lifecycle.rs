@@ -81,7 +81,7 @@ impl Vault {
             .map(|r| super::resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
         let decisions = self
-            .policy
+            .policy()
             .decide_fields(principal, Action::Write, ctx, &resources)?;
         self.require_all(
             principal, ctx, "close", &subject, record_id, &resources, &decisions,

@@ -308,7 +308,7 @@ impl Vault {
             .into());
         }
         super::guard::check_text("justification", justification)?;
-        let decision = self.policy.decide_admin(actor, admin)?;
+        let decision = self.policy().decide_admin(actor, admin)?;
         let mut event = admin_event(actor, action, justification);
         event.policies = decision.policies.clone();
         event.target = target.map(str::to_owned);

@@ -51,7 +51,25 @@ impl TestServer {
         let dir = tmp.path().to_owned();
         let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
         init_store(&dir, &secret, Algorithm::Aes256Gcm);
-        let mut server = Self::open_with(&dir, &secret, Some(clock)).await.unwrap();
+        let mut server = Self::open_with(&dir, &secret, Some(clock), None)
+            .await
+            .unwrap();
+        server.issue_role_tokens();
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// A server over a fresh store whose policies come from `files` (reloadable).
+    pub async fn start_with_policies(files: Vec<PathBuf>) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
+        init_store(&dir, &secret, Algorithm::Aes256Gcm);
+        let policy = Some(config::RawPolicy {
+            schema: None,
+            policies: Some(files),
+        });
+        let mut server = Self::open_with(&dir, &secret, None, policy).await.unwrap();
         server.issue_role_tokens();
         server._tmp = Some(tmp);
         server
@@ -59,16 +77,18 @@ impl TestServer {
 
     /// A server over an existing store in `dir`.
     pub async fn open(dir: &Path, secret: &RootSecret) -> Result<Self, config::OpenError> {
-        Self::open_with(dir, secret, None).await
+        Self::open_with(dir, secret, None, None).await
     }
 
     async fn open_with(
         dir: &Path,
         secret: &RootSecret,
         clock: Option<Arc<dyn kluis::domain::Clock>>,
+        policy: Option<config::RawPolicy>,
     ) -> Result<Self, config::OpenError> {
         let cfg = RawConfig {
             data_dir: Some(dir.to_owned()),
+            policy,
             ..Default::default()
         }
         .validate(false)

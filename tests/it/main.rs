@@ -19,6 +19,7 @@ mod cli;
 mod common;
 mod guard;
 mod lifecycle;
+mod policy_reload;
 mod policy_table;
 mod rotation;
 mod storage;

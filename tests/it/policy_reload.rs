@@ -1,0 +1,94 @@
+//! Hot reload of the policy set: a valid set takes effect without a restart, an invalid one is
+//! refused with Cedar's errors and the old set stays in force; each reload is audited.
+
+use kluis::{domain::Role, pb, policy::DEFAULT_POLICIES};
+use tonic::Code;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("policies.cedar");
+    std::fs::write(&file, DEFAULT_POLICIES).unwrap();
+    let server = TestServer::start_with_policies(vec![file.clone()]).await;
+    let id = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-P1",
+        vec![text("email", "contact", "p@example.nl")],
+    )
+    .await;
+    let read = || {
+        get(
+            &server,
+            server.token(Role::CustomerService),
+            ctx("contract", "", ""),
+            &id,
+        )
+    };
+    read().await.unwrap();
+    let mut admin = server.admin().await;
+    let reload = || {
+        req(
+            server.token(Role::SecurityOfficer),
+            pb::ReloadPoliciesRequest {},
+        )
+    };
+
+    // Unchanged set: reloads, nothing changes.
+    let same = admin.reload_policies(reload()).await.unwrap().into_inner();
+    assert!(!same.changed);
+
+    // An invalid set is refused with the Cedar error; the old set keeps deciding.
+    std::fs::write(&file, format!("{DEFAULT_POLICIES}\n@id(\"broken\") permit(principal, action, resource) when {{ resource.colour == 1 }};")).unwrap();
+    let status = admin.reload_policies(reload()).await.err().unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("colour"), "{}", status.message());
+    read().await.unwrap();
+
+    // A valid stricter set takes effect at once, without a restart.
+    std::fs::write(
+        &file,
+        format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
+        ),
+    )
+    .unwrap();
+    let changed = admin.reload_policies(reload()).await.unwrap().into_inner();
+    assert!(changed.changed);
+    assert_eq!(changed.digest.len(), 64);
+    let status = read().await.err().unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status
+            .message()
+            .contains("no-contract-reads-by-customer-service"),
+        "{}",
+        status.message()
+    );
+
+    // Only the security and privacy officers reload; every reload is on the trail.
+    let status = admin
+        .reload_policies(req(
+            server.token(Role::NuisanceOfficer),
+            pb::ReloadPoliciesRequest {},
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let entries = audit_entries(&server);
+    let change = entries
+        .iter()
+        .find(|e| e["action"] == "policy-change" && e["principal"] == "test-security-officer")
+        .unwrap();
+    assert_eq!(change["target"], format!("sha256:{}", changed.digest));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "policy-reload" && e["decision"] == "deny")
+    );
+    server.stop().await;
+}
