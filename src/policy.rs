@@ -10,6 +10,8 @@
 //! request through).
 //! Invariant: knows neither gRPC nor SQL.
 
+pub mod table;
+
 use std::{collections::HashSet, str::FromStr};
 
 use cedar_policy::{
@@ -256,6 +258,13 @@ impl Engine {
     /// SHA-256 (hex) of the schema and policy texts: names the policy set in the audit trail.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The text of the policy with this id, as Cedar prints it.
+    pub fn policy_text(&self, id: &str) -> Option<String> {
+        self.policies
+            .policy(&PolicyId::new(id))
+            .map(ToString::to_string)
     }
 
     /// How many policies the set holds.

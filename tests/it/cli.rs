@@ -215,3 +215,81 @@ fn policy_validate_reports_cedar_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn policy_test_runs_a_decision_table_and_names_the_failing_line() {
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policy/default-decisions.csv");
+    let ok = kluis()
+        .args(["policy", "test"])
+        .arg(&shipped)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(", 0 failed"));
+    let tmp = tempfile::tempdir().unwrap();
+    let wrong = tmp.path().join("wrong.csv");
+    std::fs::write(
+        &wrong,
+        format!(
+            "{}\nsecurity-officer,read,nuisance,nuisance,criminal,value,C-1,why,app,false,,allow\n",
+            kluis::policy::table::HEADER
+        ),
+    )
+    .unwrap();
+    let out = kluis()
+        .args(["policy", "test"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("wrong.csv:2:"), "{stdout}");
+    assert!(stdout.contains("got deny"), "{stdout}");
+}
+
+#[test]
+fn policy_explain_names_and_prints_the_deciding_policies() {
+    let out = kluis()
+        .args([
+            "policy",
+            "explain",
+            "--role",
+            "nuisance-officer",
+            "--purpose",
+            "maintenance",
+        ])
+        .args(["--record-purpose", "nuisance", "--category", "contact"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("DENY: forbidden by `purpose-limitation`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("resource.purpose != context.purpose"),
+        "{stdout}"
+    );
+    let out = kluis()
+        .args([
+            "policy",
+            "explain",
+            "--role",
+            "auditor",
+            "--purpose",
+            "audit",
+            "--record-purpose",
+            "payments",
+        ])
+        .args(["--category", "financial"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ALLOW: permitted by `auditor`"));
+}

@@ -449,3 +449,94 @@ fn reads_are_limited_to_the_records_purpose_except_named_compatible_reuse() {
         }
     }
 }
+
+/// The decision table shipped in `tests/policy/default-decisions.csv` is this table, written
+/// out for `kluis policy test` (which CI runs). Regenerate it after changing the table above:
+/// `KLUIS_WRITE_DECISION_TABLE=1 cargo test --test it shipped_decision_table`.
+#[test]
+fn shipped_decision_table_is_the_role_table() {
+    let mut rows = vec![kluis::policy::table::HEADER.to_owned()];
+    let scoped = |role: Role| {
+        matches!(
+            role,
+            Role::Contractor | Role::Bailiff | Role::Lawyer | Role::Subject | Role::Representative
+        )
+    };
+    for row in TABLE {
+        let scope = if scoped(row.role) { "own" } else { "" };
+        for &purpose in Purpose::ALL {
+            for f in fields(purpose) {
+                let mut add =
+                    |action: Action, case: bool, channel: &str, scope: &str, want: bool| {
+                        let (case_ref, justification) = if case {
+                            ("CASE-1", "needed for the case")
+                        } else {
+                            ("", "")
+                        };
+                        rows.push(format!(
+                        "{},{},{},{},{},{},{case_ref},{justification},{channel},false,{scope},{}",
+                        row.role,
+                        if action == Action::Read { "read" } else { "write" },
+                        purpose,
+                        purpose,
+                        f.category,
+                        f.name,
+                        if want { "allow" } else { "deny" }
+                    ));
+                    };
+                for action in [Action::Read, Action::Write] {
+                    add(
+                        action,
+                        true,
+                        "app",
+                        scope,
+                        expected(row, purpose, &f, action, true, "app"),
+                    );
+                }
+                if f.category.is_special() {
+                    add(
+                        Action::Read,
+                        false,
+                        "app",
+                        scope,
+                        expected(row, purpose, &f, Action::Read, false, "app"),
+                    );
+                }
+                if matches!(f.category, C::Financial | C::Income) || f.category.is_special() {
+                    add(
+                        Action::Read,
+                        true,
+                        "social-media",
+                        scope,
+                        expected(row, purpose, &f, Action::Read, true, "social-media"),
+                    );
+                }
+                if scoped(row.role) {
+                    add(Action::Read, true, "app", "other", false);
+                }
+            }
+        }
+    }
+    let generated = rows.join("\n") + "\n";
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policy/default-decisions.csv");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a documented switch for regenerating the table"
+    )]
+    if std::env::var("KLUIS_WRITE_DECISION_TABLE").is_ok() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let shipped =
+        std::fs::read_to_string(&path).expect("tests/policy/default-decisions.csv is shipped");
+    assert!(
+        shipped == generated,
+        "the shipped decision table differs from the role table; regenerate it"
+    );
+    assert!(rows.len() > 500, "{} rows", rows.len());
+    // And the default policy passes it.
+    let report = kluis::policy::table::run(&Engine::default_policies().unwrap(), &shipped).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures.first());
+    assert_eq!(report.passed, rows.len() - 1);
+}
