@@ -110,6 +110,7 @@ fn unaudited_read(f: &Fixture, id: &RecordId) -> usize {
             category: r.category.parse().unwrap(),
             purpose: f.ctx.purpose,
             subject: rec.subject.clone(),
+            flags: Default::default(),
         })
         .collect();
     let decisions = f

@@ -40,6 +40,7 @@ fn decide(c: &mut Criterion) {
                 category: Category::ALL[i % Category::ALL.len()],
                 purpose: Purpose::Nuisance,
                 subject: "REL-0001".into(),
+                flags: Default::default(),
             })
             .collect();
         group.throughput(Throughput::Elements(n as u64));

@@ -122,6 +122,19 @@ pub struct FieldResource {
     pub purpose: Purpose,
     /// The record's subject.
     pub subject: String,
+    /// Facts about the record and the subject that the policy may use.
+    pub flags: FieldFlags,
+}
+
+/// Facts the vault establishes for a field before the policy decides.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct FieldFlags {
+    /// The record is closed (its case or tenancy ended).
+    pub record_closed: bool,
+    /// The subject objected to, or withdrew consent for, the record's purpose.
+    pub objected: bool,
+    /// The caller holds an active mandate of the subject covering this field.
+    pub mandated: bool,
 }
 
 /// Allow or deny.
@@ -305,6 +318,12 @@ impl Engine {
                     "subject",
                     RestrictedExpression::new_string(f.subject.clone()),
                 ),
+                (
+                    "record_closed",
+                    RestrictedExpression::new_bool(f.flags.record_closed),
+                ),
+                ("objected", RestrictedExpression::new_bool(f.flags.objected)),
+                ("mandated", RestrictedExpression::new_bool(f.flags.mandated)),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -540,6 +559,7 @@ mod tests {
             category,
             purpose,
             subject: "rel-1".into(),
+            flags: Default::default(),
         }
     }
 

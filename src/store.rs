@@ -169,6 +169,29 @@ pub struct HoldRow {
     pub released_by: Option<String>,
 }
 
+/// A mandate ("volmacht"): a representative may act for a subject within a scope, for a time.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct MandateRow {
+    /// `mdt_…`.
+    pub id: String,
+    /// The subject who gave it.
+    pub subject: String,
+    /// The representative's principal id.
+    pub representative: String,
+    /// Purposes it covers.
+    pub purposes: Vec<String>,
+    /// Categories it covers.
+    pub categories: Vec<String>,
+    /// Valid from (unix seconds).
+    pub valid_from: i64,
+    /// Valid until (unix seconds).
+    pub valid_until: i64,
+    /// Who recorded it.
+    pub granted_by: String,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+}
+
 /// A subject request and its deadline.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct RequestRow {
@@ -409,6 +432,32 @@ pub trait Store: Send + Sync {
         subject: &str,
         record_ids: &[String],
     ) -> Result<(Vec<String>, Vec<String>), StoreError>;
+
+    /// Records a subject's consent state for a purpose (`given`, `withdrawn`, `objected`).
+    fn set_consent(
+        &self,
+        subject: &str,
+        purpose: &str,
+        state: &str,
+        at: i64,
+        by: &str,
+    ) -> Result<(), StoreError>;
+
+    /// A subject's consent states: (purpose, state, at).
+    fn consents(&self, subject: &str) -> Result<Vec<(String, String, i64)>, StoreError>;
+
+    /// Stores a mandate.
+    fn insert_mandate(&self, row: &MandateRow) -> Result<(), StoreError>;
+
+    /// Revokes a mandate. Returns false when no active mandate has this id.
+    fn revoke_mandate(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+
+    /// Mandates, of one subject and/or one representative.
+    fn mandates(
+        &self,
+        subject: Option<&str>,
+        representative: Option<&str>,
+    ) -> Result<Vec<MandateRow>, StoreError>;
 
     /// Stores a subject request.
     fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError>;

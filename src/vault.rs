@@ -12,6 +12,7 @@ pub mod guard;
 pub mod keyadmin;
 pub mod lifecycle;
 pub mod policies;
+pub mod rights;
 pub mod tokens;
 pub mod trail;
 
@@ -31,7 +32,7 @@ use crate::{
         RecordId, Retention, RetentionStart, SubjectId, SystemClock, now_unix,
     },
     keys::{KeyError, Keyring},
-    policy::{Action, Decision, Engine, FieldResource, Grant, PolicyError},
+    policy::{Action, Decision, Engine, FieldFlags, FieldResource, Grant, PolicyError},
     store::{FieldRow, RecordRow, Store, StoreError},
 };
 
@@ -338,11 +339,10 @@ impl Vault {
                 category: f.category,
                 purpose: ctx.purpose,
                 subject: subject.as_str().into(),
+                flags: Default::default(),
             })
             .collect();
-        let decisions = self
-            .policy()
-            .decide_fields(principal, Action::Write, ctx, &resources)?;
+        let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
         self.require_all(
             principal, ctx, "write", subject, &record_id, &resources, &decisions,
         )?;
@@ -413,9 +413,7 @@ impl Vault {
             .iter()
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
-        let decisions = self
-            .policy()
-            .decide_fields(principal, Action::Read, ctx, &resources)?;
+        let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
 
         let mut event = self.event(principal, ctx, "read", Some(&subject), Some(record_id));
         event.fields = audit_fields(&resources, &decisions);
@@ -488,11 +486,10 @@ impl Vault {
                 category: f.category,
                 purpose: meta.purpose,
                 subject: record.subject.clone(),
+                flags: Default::default(),
             })
             .collect();
-        let decisions = self
-            .policy()
-            .decide_fields(principal, Action::Write, ctx, &resources)?;
+        let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
         self.require_all(
             principal, ctx, "update", &subject, record_id, &resources, &decisions,
         )?;
@@ -566,9 +563,7 @@ impl Vault {
             .iter()
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
-        let decisions = self
-            .policy()
-            .decide_fields(principal, Action::Delete, ctx, &resources)?;
+        let decisions = self.decide(principal, Action::Delete, ctx, &resources)?;
         self.require_all(
             principal, ctx, "delete", &subject, record_id, &resources, &decisions,
         )?;
@@ -587,13 +582,19 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
         let records = self.store.subject_records(subject.as_str())?;
-        // Decide once per distinct (purpose, category, name), not per row.
-        let mut distinct: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+        // Decide once per distinct (purpose, category, name, closed), not per row.
+        let mut distinct: BTreeMap<(String, String, String, bool), usize> = BTreeMap::new();
         let mut resources = Vec::new();
         for (rec, fields) in &records {
             let purpose = parse_stored::<Purpose>(&rec.purpose, &rec.id)?;
             for f in fields {
-                let key = (rec.purpose.clone(), f.category.clone(), f.name.clone());
+                let closed = rec.closed_at.is_some();
+                let key = (
+                    rec.purpose.clone(),
+                    f.category.clone(),
+                    f.name.clone(),
+                    closed,
+                );
                 if let std::collections::btree_map::Entry::Vacant(e) = distinct.entry(key) {
                     e.insert(resources.len());
                     resources.push(FieldResource {
@@ -602,20 +603,27 @@ impl Vault {
                         category: parse_stored(&f.category, &rec.id)?,
                         purpose,
                         subject: subject.as_str().into(),
+                        flags: FieldFlags {
+                            record_closed: closed,
+                            ..FieldFlags::default()
+                        },
                     });
                 }
             }
         }
-        let decisions = self
-            .policy()
-            .decide_fields(principal, Action::List, ctx, &resources)?;
+        let decisions = self.decide(principal, Action::List, ctx, &resources)?;
         let mut out = Vec::new();
         for (rec, fields) in records {
             let visible: Vec<FieldInfo> = fields
                 .into_iter()
                 .filter(|f| {
                     distinct
-                        .get(&(rec.purpose.clone(), f.category.clone(), f.name.clone()))
+                        .get(&(
+                            rec.purpose.clone(),
+                            f.category.clone(),
+                            f.name.clone(),
+                            rec.closed_at.is_some(),
+                        ))
                         .and_then(|&i| decisions.get(i))
                         .is_some_and(Decision::is_allow)
                 })
@@ -876,6 +884,10 @@ fn resource(
         category: parse_stored(&row.category, &record.id)?,
         purpose,
         subject: record.subject.clone(),
+        flags: FieldFlags {
+            record_closed: record.closed_at.is_some(),
+            ..FieldFlags::default()
+        },
     })
 }
 

@@ -18,6 +18,7 @@ use crate::{
         Vault,
         keyadmin::{Progress, PurposeKeysInfo},
         lifecycle::RequestStatus,
+        rights::Consent,
         tokens::TokenSpec,
     },
 };
@@ -38,6 +39,92 @@ impl AdminApi {
 #[tonic::async_trait]
 impl AdminRpc for AdminApi {
     type ExportAuditStream = ReceiverStream<Result<pb::AuditEntry, Status>>;
+
+    async fn record_consent(
+        &self,
+        request: Request<pb::RecordConsentRequest>,
+    ) -> Result<Response<pb::RecordConsentResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            let consent = Consent::parse("state", &req.state)?;
+            vault.record_consent(principal, &subject, purpose, consent, &req.justification)?;
+            Ok(pb::RecordConsentResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn grant_mandate(
+        &self,
+        request: Request<pb::GrantMandateRequest>,
+    ) -> Result<Response<pb::Mandate>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let representative = PrincipalId::parse("representative_id", &req.representative_id)?;
+            let purposes = req
+                .purposes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| parse_purpose(&format!("purposes[{i}]"), p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let categories = req
+                .categories
+                .iter()
+                .enumerate()
+                .map(|(i, c)| crate::domain::parse_category(&format!("categories[{i}]"), c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let until = req
+                .valid_until
+                .map(|t| t.seconds)
+                .ok_or_else(|| InputError::new("valid_until", "is required"))?;
+            let m = vault.grant_mandate(
+                principal,
+                &subject,
+                &representative,
+                &purposes,
+                &categories,
+                until,
+                &req.justification,
+            )?;
+            Ok(mandate_message(m))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn revoke_mandate(
+        &self,
+        request: Request<pb::RevokeMandateRequest>,
+    ) -> Result<Response<pb::RevokeMandateResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            vault.revoke_mandate(principal, &req.mandate_id, &req.justification)?;
+            Ok(pb::RevokeMandateResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_mandates(
+        &self,
+        request: Request<pb::ListMandatesRequest>,
+    ) -> Result<Response<pb::ListMandatesResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = if req.subject_id.is_empty() {
+                None
+            } else {
+                Some(SubjectId::parse("subject_id", &req.subject_id)?)
+            };
+            let mandates = vault
+                .list_mandates(principal, subject.as_ref())?
+                .into_iter()
+                .map(mandate_message)
+                .collect();
+            Ok(pb::ListMandatesResponse { mandates })
+        })
+        .await
+        .map(Response::new)
+    }
 
     async fn reload_policies(
         &self,
@@ -720,5 +807,18 @@ fn request_message(s: RequestStatus) -> pb::SubjectRequest {
         completed_at: r.completed_at.map(convert::timestamp),
         overdue: s.overdue,
         note: r.note,
+    }
+}
+
+fn mandate_message(m: crate::store::MandateRow) -> pb::Mandate {
+    pb::Mandate {
+        mandate_id: m.id,
+        subject_id: m.subject,
+        representative_id: m.representative,
+        purposes: m.purposes,
+        categories: m.categories,
+        valid_from: Some(convert::timestamp(m.valid_from)),
+        valid_until: Some(convert::timestamp(m.valid_until)),
+        revoked_at: m.revoked_at.map(convert::timestamp),
     }
 }

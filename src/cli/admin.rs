@@ -76,6 +76,26 @@ pub enum AdminCommand {
     /// Subject requests and their four-week deadline.
     #[command(subcommand)]
     Requests(lifecycle::RequestsCommand),
+    /// Mandates ("volmacht") of representatives.
+    #[command(subcommand)]
+    Mandate(lifecycle::MandateCommand),
+    /// Record a subject's consent (home adaptation) or objection (financial screening).
+    Consent {
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+        /// The purpose.
+        #[arg(long)]
+        purpose: String,
+        /// `given`, `withdrawn` or `objected`.
+        #[arg(long)]
+        state: String,
+        /// Why, e.g. the letter's reference (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Reload the policy set from the server's configured files (as SIGHUP does).
+    ReloadPolicies,
 }
 
 /// Audit subcommands.
@@ -197,6 +217,34 @@ async fn run_async(args: &AdminArgs) -> Exit {
         }
         AdminCommand::Requests(cmd) => {
             return lifecycle::requests(&mut client, &token, cmd, args.json).await;
+        }
+        AdminCommand::Mandate(cmd) => {
+            return lifecycle::mandate(&mut client, &token, cmd, args.json).await;
+        }
+        AdminCommand::Consent {
+            subject,
+            purpose,
+            state,
+            justification,
+        } => {
+            return lifecycle::consent(&mut client, &token, subject, purpose, state, justification)
+                .await;
+        }
+        AdminCommand::ReloadPolicies => {
+            return match client
+                .reload_policies(authed(&token, pb::ReloadPoliciesRequest {}))
+                .await
+            {
+                Ok(resp) => {
+                    let r = resp.into_inner();
+                    println!(
+                        "policies in force: sha256:{} ({} policies, changed: {})",
+                        r.digest, r.policies, r.changed
+                    );
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            };
         }
     };
     match cmd {

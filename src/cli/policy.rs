@@ -191,6 +191,7 @@ pub fn run(args: &PolicyArgs) -> Exit {
                     category,
                     purpose: record_purpose,
                     subject: "REL-EXPLAIN-1".into(),
+                    flags: Default::default(),
                 };
                 Ok::<_, kluis::domain::InputError>((principal, ctx, resource))
             })();

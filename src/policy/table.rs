@@ -119,6 +119,7 @@ pub fn run(engine: &Engine, csv: &str) -> Result<Report, PolicyError> {
             category,
             purpose: record_purpose,
             subject: subject.into(),
+            flags: Default::default(),
         };
         let decision = engine
             .decide_fields(&principal, action, &ctx, std::slice::from_ref(&resource))?

@@ -13,8 +13,8 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AuditRow, FieldMeta, FieldRow, HoldRow, PurposeKeyRow, RecordRow, RequestRow, Store,
-    StoreError, SubjectKeyRow, TokenRow,
+    AuditRow, FieldMeta, FieldRow, HoldRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
+    Store, StoreError, SubjectKeyRow, TokenRow,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -108,6 +108,26 @@ CREATE TABLE subject_requests (
     note         TEXT    NOT NULL
 );
 CREATE INDEX records_by_expiry ON records (expires_at);
+CREATE TABLE consents (
+    subject     TEXT    NOT NULL,
+    purpose     TEXT    NOT NULL,
+    state       TEXT    NOT NULL,
+    at          INTEGER NOT NULL,
+    recorded_by TEXT    NOT NULL,
+    PRIMARY KEY (subject, purpose)
+);
+CREATE TABLE mandates (
+    id             TEXT PRIMARY KEY,
+    subject        TEXT    NOT NULL,
+    representative TEXT    NOT NULL,
+    purposes       TEXT    NOT NULL,
+    categories     TEXT    NOT NULL,
+    valid_from     INTEGER NOT NULL,
+    valid_until    INTEGER NOT NULL,
+    granted_by     TEXT    NOT NULL,
+    revoked_at     INTEGER
+);
+CREATE INDEX mandates_by_representative ON mandates (representative);
 CREATE TABLE audit (
     seq       INTEGER PRIMARY KEY,
     entry     BLOB NOT NULL,
@@ -289,6 +309,7 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
     })
 }
 
+const MANDATE_COLUMNS: &str = "id, subject, representative, purposes, categories, valid_from, valid_until, granted_by, revoked_at";
 const HOLD_COLUMNS: &str =
     "id, subject, record_id, reason, case_ref, placed_by, placed_at, released_at, released_by";
 const REQUEST_COLUMNS: &str =
@@ -1042,6 +1063,102 @@ impl Store for SqliteStore {
             tracing::warn!(error = %e, "WAL checkpoint after destruction failed; it happens at the next checkpoint");
         }
         Ok((destroyed, shredded))
+    }
+
+    fn set_consent(
+        &self,
+        subject: &str,
+        purpose: &str,
+        state: &str,
+        at: i64,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            "INSERT INTO consents (subject, purpose, state, at, recorded_by) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (subject, purpose) DO UPDATE SET
+                state = excluded.state, at = excluded.at, recorded_by = excluded.recorded_by",
+            params![subject, purpose, state, at, by],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn consents(&self, subject: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT purpose, state, at FROM consents WHERE subject = ?1 ORDER BY purpose",
+            )?
+            .query_map([subject], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect()
+        })
+    }
+
+    fn insert_mandate(&self, row: &MandateRow) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            &format!("INSERT INTO mandates ({MANDATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![
+                row.id,
+                row.subject,
+                row.representative,
+                row.purposes.join(","),
+                row.categories.join(","),
+                row.valid_from,
+                row.valid_until,
+                row.granted_by,
+                row.revoked_at
+            ],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn revoke_mandate(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE mandates SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn mandates(
+        &self,
+        subject: Option<&str>,
+        representative: Option<&str>,
+    ) -> Result<Vec<MandateRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {MANDATE_COLUMNS} FROM mandates
+                 WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR representative = ?2)
+                 ORDER BY valid_from, id"
+            ))?
+            .query_map(params![subject, representative], |r| {
+                let purposes: String = r.get(3)?;
+                let categories: String = r.get(4)?;
+                let split = |s: &str| {
+                    s.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                };
+                Ok(MandateRow {
+                    id: r.get(0)?,
+                    subject: r.get(1)?,
+                    representative: r.get(2)?,
+                    purposes: split(&purposes),
+                    categories: split(&categories),
+                    valid_from: r.get(5)?,
+                    valid_until: r.get(6)?,
+                    granted_by: r.get(7)?,
+                    revoked_at: r.get(8)?,
+                })
+            })?
+            .collect()
+        })
     }
 
     fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError> {

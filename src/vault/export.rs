@@ -43,9 +43,7 @@ impl Vault {
             .flat_map(|(rec, rows)| rows.iter().map(move |row| (rec, row)))
             .map(|(rec, row)| resource(rec, parse_stored(&rec.purpose, &rec.id)?, row))
             .collect::<Result<Vec<_>, VaultError>>()?;
-        let decisions = self
-            .policy()
-            .decide_fields(principal, Action::Export, ctx, &resources)?;
+        let decisions = self.decide(principal, Action::Export, ctx, &resources)?;
         let allowed = decisions.iter().filter(|d| d.is_allow()).count();
         let mut event = self.event(principal, ctx, "export", Some(subject), None);
         event.decision = if allowed > 0 || records.is_empty() {

@@ -80,9 +80,7 @@ impl Vault {
             .iter()
             .map(|r| super::resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
-        let decisions = self
-            .policy()
-            .decide_fields(principal, Action::Write, ctx, &resources)?;
+        let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
         self.require_all(
             principal, ctx, "close", &subject, record_id, &resources, &decisions,
         )?;

@@ -21,6 +21,7 @@ mod guard;
 mod lifecycle;
 mod policy_reload;
 mod policy_table;
+mod rights;
 mod rotation;
 mod storage;
 mod unseal;

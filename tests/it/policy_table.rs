@@ -142,12 +142,36 @@ const TABLE: &[Row] = &[
         identity: Identity::All,
         writes: false,
     },
-    // The subject and representatives read through mandates and subject requests (not in the
-    // foundation policy): nothing yet.
+    // The subject reads their own data of every purpose, except what an open fraud, nuisance or
+    // safety case keeps back (the records in this table are open), and never writes. A
+    // representative reads only under a mandate (none here; see tests/it/rights.rs).
     Row {
         role: Role::Subject,
-        categories: &[],
-        purposes: &[],
+        categories: &[
+            C::Identity,
+            C::Contact,
+            C::Financial,
+            C::Income,
+            C::Contract,
+            C::Medical,
+            C::NuisanceEvidence,
+            C::Fraud,
+            C::Criminal,
+        ],
+        purposes: &[
+            P::Contract,
+            P::Allocation,
+            P::Payments,
+            P::DebtCollection,
+            P::Maintenance,
+            P::CustomerService,
+            P::Complaints,
+            P::LegalDisputes,
+            P::Audit,
+            P::PortfolioAnalysis,
+            P::FinancialScreening,
+            P::HomeAdaptation,
+        ],
         identity: Identity::All,
         writes: false,
     },
@@ -208,6 +232,7 @@ fn fields(purpose: Purpose) -> Vec<FieldResource> {
             category,
             purpose,
             subject: SUBJECT.into(),
+            flags: Default::default(),
         })
         .collect();
     out.push(FieldResource {
@@ -216,6 +241,7 @@ fn fields(purpose: Purpose) -> Vec<FieldResource> {
         category: C::Identity,
         purpose,
         subject: SUBJECT.into(),
+        flags: Default::default(),
     });
     out
 }
@@ -300,6 +326,7 @@ fn reads_are_limited_to_the_records_purpose_except_named_compatible_reuse() {
             category,
             purpose: stored,
             subject: SUBJECT.into(),
+            flags: Default::default(),
         };
         engine
             .decide_fields(
@@ -371,6 +398,7 @@ fn reads_are_limited_to_the_records_purpose_except_named_compatible_reuse() {
                 category,
                 purpose: stored,
                 subject: SUBJECT.into(),
+                flags: Default::default(),
             };
             engine
                 .decide_fields(
@@ -418,6 +446,7 @@ fn reads_are_limited_to_the_records_purpose_except_named_compatible_reuse() {
         category: C::NuisanceEvidence,
         purpose: P::Nuisance,
         subject: SUBJECT.into(),
+        flags: Default::default(),
     };
     let no_case = engine
         .decide_fields(
@@ -431,8 +460,8 @@ fn reads_are_limited_to_the_records_purpose_except_named_compatible_reuse() {
         no_case[0].policies,
         ["special-category-needs-case-and-justification"]
     );
-    // Any other mismatch between declared and stored purpose is refused, for every role.
-    for row in TABLE {
+    // Any other mismatch between declared and stored purpose is refused, for every staff role.
+    for row in TABLE.iter().filter(|r| r.role != Role::Subject) {
         for &declared in row.purposes {
             for &stored in Purpose::ALL {
                 if stored == declared || matches!(declared, P::LegalDisputes | P::Audit) {

@@ -371,3 +371,163 @@ pub async fn requests(
         }
     }
 }
+
+/// Mandate subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MandateCommand {
+    /// Record a mandate ("volmacht"): the representative acts for the subject within a scope.
+    Grant {
+        /// The subject who gives it.
+        #[arg(long)]
+        subject: String,
+        /// The representative's principal id.
+        #[arg(long)]
+        representative: String,
+        /// A purpose it covers (repeat for several).
+        #[arg(long = "purpose", required = true)]
+        purposes: Vec<String>,
+        /// A category it covers (repeat for several).
+        #[arg(long = "category", required = true)]
+        categories: Vec<String>,
+        /// Valid until: unix seconds or YYYY-MM-DD.
+        #[arg(long)]
+        until: String,
+        /// Why, e.g. the signed mandate's reference (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Revoke a mandate at once.
+    Revoke {
+        /// The mandate id (`mdt_…`).
+        mandate_id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// List mandates.
+    List {
+        /// Of one subject only.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+/// Runs `mandate`.
+pub async fn mandate(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    cmd: &MandateCommand,
+    json: bool,
+) -> Exit {
+    let print = |m: &pb::Mandate| {
+        let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(|t| t.seconds);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"mandate_id": m.mandate_id, "subject_id": m.subject_id,
+                    "representative_id": m.representative_id, "purposes": m.purposes, "categories": m.categories,
+                    "valid_from": t(&m.valid_from), "valid_until": t(&m.valid_until), "revoked_at": t(&m.revoked_at)})
+            );
+        } else {
+            let state = if m.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            };
+            println!(
+                "{} {} -> {} purposes={} categories={} until {} {state}",
+                m.mandate_id,
+                m.subject_id,
+                m.representative_id,
+                m.purposes.join(","),
+                m.categories.join(","),
+                t(&m.valid_until).unwrap_or_default()
+            );
+        }
+    };
+    match cmd {
+        MandateCommand::Grant {
+            subject,
+            representative,
+            purposes,
+            categories,
+            until,
+            justification,
+        } => {
+            let valid_until = match parse_since(until) {
+                Ok(s) => Some(prost_types::Timestamp {
+                    seconds: s,
+                    nanos: 0,
+                }),
+                Err(e) => return fail(e.replace("--since", "--until")),
+            };
+            let req = pb::GrantMandateRequest {
+                subject_id: subject.clone(),
+                representative_id: representative.clone(),
+                purposes: purposes.clone(),
+                categories: categories.clone(),
+                valid_until,
+                justification: justification.clone(),
+            };
+            match client.grant_mandate(authed(token, req)).await {
+                Ok(resp) => {
+                    print(&resp.into_inner());
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        MandateCommand::Revoke {
+            mandate_id,
+            justification,
+        } => {
+            let req = pb::RevokeMandateRequest {
+                mandate_id: mandate_id.clone(),
+                justification: justification.clone(),
+            };
+            match client.revoke_mandate(authed(token, req)).await {
+                Ok(_) => {
+                    println!("revoked {mandate_id}");
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        MandateCommand::List { subject } => {
+            let req = pb::ListMandatesRequest {
+                subject_id: subject.clone().unwrap_or_default(),
+            };
+            match client.list_mandates(authed(token, req)).await {
+                Ok(resp) => {
+                    resp.into_inner().mandates.iter().for_each(print);
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+    }
+}
+
+/// Runs `consent`.
+pub async fn consent(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    subject: &str,
+    purpose: &str,
+    state: &str,
+    justification: &str,
+) -> Exit {
+    let req = pb::RecordConsentRequest {
+        subject_id: subject.into(),
+        purpose: purpose.into(),
+        state: state.into(),
+        justification: justification.into(),
+    };
+    match client.record_consent(authed(token, req)).await {
+        Ok(_) => {
+            println!("{subject}: {purpose} {state}");
+            Exit::Success
+        }
+        Err(s) => status_exit(&s),
+    }
+}

@@ -1,0 +1,239 @@
+//! Subject rights beyond access and erasure: consent and objection per purpose (GDPR art. 7 and
+//! 21), and mandates ("volmacht") that let a representative act for a subject within a scope.
+//! Both become facts on the fields the policy decides on (`objected`, `mandated`).
+//!
+//! Invariant: the facts are established from the store on every request, so a withdrawal,
+//! objection, expiry or revocation takes effect at once.
+
+use std::collections::BTreeSet;
+
+use super::{Vault, VaultError};
+use crate::{
+    domain::{Category, InputError, Principal, PrincipalId, Purpose, Role, SubjectId},
+    policy::{Action, AdminAction, Decision, FieldResource},
+    store::MandateRow,
+};
+
+/// A subject's stance on one purpose.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Consent {
+    /// Consent given (consent-based purposes).
+    Give,
+    /// Consent withdrawn: the purpose stops processing the subject's data.
+    Withdraw,
+    /// Objection (purposes on legitimate interest that allow it): processing stops.
+    Object,
+}
+
+impl Consent {
+    /// Parses `given`, `withdrawn` or `objected`.
+    pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
+        match s {
+            "given" => Ok(Consent::Give),
+            "withdrawn" => Ok(Consent::Withdraw),
+            "objected" => Ok(Consent::Object),
+            _ => Err(InputError::new(
+                field,
+                "expected `given`, `withdrawn` or `objected`",
+            )),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Consent::Give => "given",
+            Consent::Withdraw => "withdrawn",
+            Consent::Object => "objected",
+        }
+    }
+}
+
+impl Vault {
+    /// Decides `action` on `resources` with the facts about the subjects filled in.
+    pub(crate) fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        ctx: &crate::domain::AccessContext,
+        resources: &[FieldResource],
+    ) -> Result<Vec<Decision>, VaultError> {
+        let mut resources = resources.to_vec();
+        let subjects: BTreeSet<String> = resources.iter().map(|r| r.subject.clone()).collect();
+        let now = self.clock.now();
+        for subject in subjects {
+            let stopped: BTreeSet<String> = self
+                .store
+                .consents(&subject)?
+                .into_iter()
+                .filter(|(_, state, _)| state == "withdrawn" || state == "objected")
+                .map(|(purpose, _, _)| purpose)
+                .collect();
+            let mandates: Vec<MandateRow> = if principal.roles.contains(&Role::Representative) {
+                self.store
+                    .mandates(Some(&subject), Some(principal.id.as_str()))?
+                    .into_iter()
+                    .filter(|m| {
+                        m.revoked_at.is_none() && m.valid_from <= now && now < m.valid_until
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for r in resources.iter_mut().filter(|r| r.subject == subject) {
+                r.flags.objected = stopped.contains(r.purpose.as_str());
+                r.flags.mandated = mandates.iter().any(|m| {
+                    m.purposes.iter().any(|p| p == r.purpose.as_str())
+                        && m.categories.iter().any(|c| c == r.category.as_str())
+                });
+            }
+        }
+        Ok(self
+            .policy()
+            .decide_fields(principal, action, ctx, &resources)?)
+    }
+
+    /// Records a subject's consent or objection for a purpose. Objection is for financial
+    /// screening (the statement's promise); consent for home adaptation (medical data).
+    pub fn record_consent(
+        &self,
+        actor: &Principal,
+        subject: &SubjectId,
+        purpose: Purpose,
+        consent: Consent,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let allowed = match consent {
+            Consent::Object => purpose == Purpose::FinancialScreening,
+            Consent::Give | Consent::Withdraw => purpose == Purpose::HomeAdaptation,
+        };
+        if !allowed {
+            return Err(InputError::new(
+                "state",
+                format!(
+                    "`{}` does not apply to `{purpose}` (lawful basis: {}); objection is for \
+                     `financial-screening`, consent for `home-adaptation`",
+                    consent.as_str(),
+                    purpose.lawful_basis()
+                ),
+            )
+            .into());
+        }
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "consent",
+            Some(subject.as_str()),
+            justification,
+        )?;
+        event.subject = Some(subject.as_str().into());
+        event.purpose = Some(purpose.as_str().into());
+        event.reason = Some(consent.as_str().into());
+        self.audit.append(&event)?;
+        self.store.set_consent(
+            subject.as_str(),
+            purpose.as_str(),
+            consent.as_str(),
+            self.clock.now(),
+            actor.id.as_str(),
+        )?;
+        Ok(())
+    }
+
+    /// Records a mandate: `representative` may act for `subject` for these purposes and
+    /// categories until `valid_until`.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one mandate")]
+    pub fn grant_mandate(
+        &self,
+        actor: &Principal,
+        subject: &SubjectId,
+        representative: &PrincipalId,
+        purposes: &[Purpose],
+        categories: &[Category],
+        valid_until: i64,
+        justification: &str,
+    ) -> Result<MandateRow, VaultError> {
+        if purposes.is_empty() || categories.is_empty() {
+            return Err(InputError::new(
+                "purposes",
+                "a mandate names at least one purpose and one category",
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        if valid_until <= now {
+            return Err(InputError::new("valid_until", "lies in the past").into());
+        }
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "mandate-grant",
+            Some(representative.as_str()),
+            justification,
+        )?;
+        let row = MandateRow {
+            id: format!("mdt_{}", hex::encode(rand::random::<[u8; 8]>())),
+            subject: subject.as_str().into(),
+            representative: representative.as_str().into(),
+            purposes: purposes.iter().map(|p| p.as_str().to_owned()).collect(),
+            categories: categories.iter().map(|c| c.as_str().to_owned()).collect(),
+            valid_from: now,
+            valid_until,
+            granted_by: actor.id.as_str().into(),
+            revoked_at: None,
+        };
+        event.subject = Some(subject.as_str().into());
+        event.target = Some(row.id.clone());
+        event.reason = Some(format!(
+            "for `{representative}`: purposes {} categories {} until {valid_until}",
+            row.purposes.join(","),
+            row.categories.join(",")
+        ));
+        self.audit.append(&event)?;
+        self.store.insert_mandate(&row)?;
+        Ok(row)
+    }
+
+    /// Revokes a mandate at once.
+    pub fn revoke_mandate(
+        &self,
+        actor: &Principal,
+        id: &str,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "mandate-revoke",
+            Some(id),
+            justification,
+        )?;
+        let found = self
+            .store
+            .mandates(None, None)?
+            .into_iter()
+            .find(|m| m.id == id && m.revoked_at.is_none());
+        let Some(m) = found else {
+            return Err(VaultError::NotFound(format!("active mandate `{id}`")));
+        };
+        event.subject = Some(m.subject);
+        self.audit.append(&event)?;
+        self.store.revoke_mandate(id, self.clock.now())?;
+        Ok(())
+    }
+
+    /// Mandates, of one subject or all.
+    pub fn list_mandates(
+        &self,
+        actor: &Principal,
+        subject: Option<&SubjectId>,
+    ) -> Result<Vec<MandateRow>, VaultError> {
+        self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "mandate-list",
+            subject.map(SubjectId::as_str),
+            "",
+        )?;
+        Ok(self.store.mandates(subject.map(SubjectId::as_str), None)?)
+    }
+}
