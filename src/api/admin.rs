@@ -126,6 +126,73 @@ impl AdminRpc for AdminApi {
         .map(Response::new)
     }
 
+    async fn explain_decision(
+        &self,
+        request: Request<pb::ExplainDecisionRequest>,
+    ) -> Result<Response<pb::ExplainDecisionResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context)?;
+            let role = if req.role.is_empty() {
+                None
+            } else {
+                Some(crate::domain::parse_role("role", &req.role)?)
+            };
+            let action = match req.action.as_str() {
+                "" | "read" => crate::policy::Action::Read,
+                "write" => crate::policy::Action::Write,
+                "delete" => crate::policy::Action::Delete,
+                "list" => crate::policy::Action::List,
+                "export" => crate::policy::Action::Export,
+                _ => {
+                    return Err(InputError::new(
+                        "action",
+                        "expected read, write, delete, list or export",
+                    )
+                    .into());
+                }
+            };
+            let record_purpose = if req.record_purpose.is_empty() {
+                ctx.purpose
+            } else {
+                parse_purpose("record_purpose", &req.record_purpose)?
+            };
+            let resource = crate::policy::FieldResource {
+                record: "rec_explain".into(),
+                name: if req.field.is_empty() {
+                    "value".into()
+                } else {
+                    crate::domain::FieldName::parse("field", &req.field)?
+                        .as_str()
+                        .into()
+                },
+                category: crate::domain::parse_category("category", &req.category)?,
+                purpose: record_purpose,
+                subject: principal
+                    .scope_subject
+                    .as_ref()
+                    .map_or("REL-EXPLAIN".to_owned(), |s| s.as_str().to_owned()),
+                flags: Default::default(),
+            };
+            let e = vault.explain(principal, role, action, &ctx, resource)?;
+            Ok(pb::ExplainDecisionResponse {
+                decision: if e.decision.is_allow() {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .into(),
+                reason: e.decision.reason,
+                policies: e
+                    .policies
+                    .into_iter()
+                    .map(|(id, text)| pb::ExplainedPolicy { id, text })
+                    .collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn reload_policies(
         &self,
         request: Request<pb::ReloadPoliciesRequest>,

@@ -103,3 +103,48 @@ impl Vault {
         Ok(reload)
     }
 }
+
+/// A decision explained: the decision and the text of each deciding policy.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Explanation {
+    /// The decision.
+    pub decision: crate::policy::Decision,
+    /// (id, text) of each deciding policy.
+    pub policies: Vec<(String, String)>,
+}
+
+impl Vault {
+    /// Explains how the policy in force decides `action` on a field like `resource` for
+    /// `principal` (or, for the security and privacy officers, for another role).
+    pub fn explain(
+        &self,
+        caller: &Principal,
+        as_role: Option<crate::domain::Role>,
+        action: crate::policy::Action,
+        ctx: &crate::domain::AccessContext,
+        resource: crate::policy::FieldResource,
+    ) -> Result<Explanation, VaultError> {
+        let mut principal = caller.clone();
+        if let Some(role) = as_role.filter(|r| !caller.roles.contains(r)) {
+            self.require_admin(
+                caller,
+                AdminAction::ManagePolicies,
+                "policy-explain",
+                Some(role.as_str()),
+                "",
+            )?;
+            principal.roles = vec![role];
+        }
+        let engine = self.policy();
+        let decision = engine
+            .decide_fields(&principal, action, ctx, std::slice::from_ref(&resource))?
+            .pop()
+            .ok_or_else(|| VaultError::FailedPrecondition("no decision".into()))?;
+        let policies = decision
+            .policies
+            .iter()
+            .map(|id| (id.clone(), engine.policy_text(id).unwrap_or_default()))
+            .collect();
+        Ok(Explanation { decision, policies })
+    }
+}

@@ -373,3 +373,115 @@ async fn after_an_objection_financial_screening_stops_for_that_subject() {
     .unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_contractor_token_works_for_its_job_and_nothing_after_expiry() {
+    let server = TestServer::start().await;
+    let job = put(
+        &server,
+        Role::MaintenancePlanner,
+        ctx("maintenance", "", ""),
+        "REL-JOB",
+        vec![
+            text("name", "identity", "P. Smit"),
+            text("phone", "contact", "06-1234"),
+        ],
+    )
+    .await;
+    let mut admin = server.admin().await;
+    let issued = admin
+        .issue_token(req(
+            server.token(Role::SecurityOfficer),
+            pb::IssueTokenRequest {
+                principal_id: "plumber-22".into(),
+                roles: vec!["contractor".into()],
+                ttl_seconds: 2,
+                scope_subject_id: "REL-JOB".into(),
+                justification: "job M-88, leaking tap".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = get(
+        &server,
+        &issued.token,
+        ctx("maintenance", "M-88", "leaking tap"),
+        &job,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.fields.len(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let status = get(
+        &server,
+        &issued.token,
+        ctx("maintenance", "M-88", "leaking tap"),
+        &job,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn explain_tells_staff_why_a_field_was_withheld() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let explain = |token: &str, role: &str| {
+        req(
+            token,
+            pb::ExplainDecisionRequest {
+                role: role.into(),
+                action: "read".into(),
+                context: ctx("contract", "", ""),
+                record_purpose: String::new(),
+                category: "financial".into(),
+                field: "iban".into(),
+            },
+        )
+    };
+    let own = admin
+        .explain_decision(explain(server.token(Role::CustomerService), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.decision, "deny");
+    assert!(own.reason.contains("no policy permits"), "{}", own.reason);
+    let status = admin
+        .explain_decision(explain(
+            server.token(Role::CustomerService),
+            "finance-officer",
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "explaining for another role is for the privacy and security officers"
+    );
+    let other = admin
+        .explain_decision(explain(
+            server.token(Role::PrivacyOfficer),
+            "finance-officer",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other.decision, "allow");
+    assert_eq!(
+        other.policies[0].id,
+        "finance-officer-contract-payment-details"
+    );
+    assert!(
+        other.policies[0]
+            .text
+            .contains("resource.category == \"financial\""),
+        "{}",
+        other.policies[0].text
+    );
+    server.stop().await;
+}
