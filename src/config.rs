@@ -451,17 +451,18 @@ pub fn load_policy(schema: Option<&Path>, files: &[PathBuf]) -> Result<Engine, O
         Some(p) => read(p)?,
         None => policy::DEFAULT_SCHEMA.to_owned(),
     };
-    let policies_src = if files.is_empty() {
-        policy::DEFAULT_POLICIES.to_owned()
+    let named = if files.is_empty() {
+        vec![(
+            "default.cedar (built in)".to_owned(),
+            policy::DEFAULT_POLICIES.to_owned(),
+        )]
     } else {
-        let mut all = String::new();
-        for f in files {
-            all.push_str(&read(f)?);
-            all.push('\n');
-        }
-        all
+        files
+            .iter()
+            .map(|f| Ok((f.display().to_string(), read(f)?)))
+            .collect::<Result<Vec<_>, OpenError>>()?
     };
-    Ok(Engine::from_sources(&schema_src, &policies_src)?)
+    Ok(Engine::from_files(&schema_src, &named)?)
 }
 
 /// Opens the store in `data_dir` (creating the file if needed, not initialising it).

@@ -231,40 +231,76 @@ impl Engine {
     /// Parses a schema and a policy set and validates the policies against the schema (strict
     /// mode). Every policy must carry a unique `@id("…")` annotation.
     pub fn from_sources(schema_src: &str, policies_src: &str) -> Result<Self, PolicyError> {
+        Self::from_files(
+            schema_src,
+            &[("policies".to_owned(), policies_src.to_owned())],
+        )
+    }
+
+    /// Like `from_sources`, with the policies in named files: errors say `file:line: problem`.
+    pub fn from_files(schema_src: &str, files: &[(String, String)]) -> Result<Self, PolicyError> {
         let (schema, _warnings) = Schema::from_cedarschema_str(schema_src)
             .map_err(|e| PolicyError::Schema(miette_text(&e)))?;
-        let parsed =
-            PolicySet::from_str(policies_src).map_err(|e| PolicyError::Parse(miette_text(&e)))?;
         let mut policies = PolicySet::new();
-        let mut seen = HashSet::new();
-        for p in parsed.policies() {
-            let Some(id) = p.annotation("id") else {
-                return Err(PolicyError::Parse(format!(
-                    "every policy needs an @id(\"…\") annotation; this one has none:\n{p}"
-                )));
+        let mut origin: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
+        let mut parse_errors = Vec::new();
+        for (name, text) in files {
+            let parsed = match PolicySet::from_str(text) {
+                Ok(p) => p,
+                Err(e) => {
+                    let line = miette::Diagnostic::labels(&e)
+                        .and_then(|mut l| l.next())
+                        .map_or(1, |l| line_of(text, l.offset()));
+                    parse_errors.push(format!("{name}:{line}: {}", miette_text(&e)));
+                    continue;
+                }
             };
-            if !seen.insert(id.to_owned()) {
-                return Err(PolicyError::Parse(format!(
-                    "policy id `{id}` is used twice"
-                )));
+            for p in parsed.policies() {
+                let Some(id) = p.annotation("id") else {
+                    parse_errors.push(format!("{name}: every policy needs an @id(\"…\") annotation; this one has none:\n{p}"));
+                    continue;
+                };
+                if origin.contains_key(id) {
+                    parse_errors.push(format!("{name}: policy id `{id}` is used twice"));
+                    continue;
+                }
+                let line = text
+                    .find(&format!("@id(\"{id}\")"))
+                    .map_or(1, |at| line_of(text, at));
+                origin.insert(id.to_owned(), format!("{name}:{line}"));
+                policies
+                    .add(p.new_id(PolicyId::new(id)))
+                    .map_err(|e| PolicyError::Parse(e.to_string()))?;
             }
-            policies
-                .add(p.new_id(PolicyId::new(id)))
-                .map_err(|e| PolicyError::Parse(e.to_string()))?;
+        }
+        if !parse_errors.is_empty() {
+            return Err(PolicyError::Parse(parse_errors.join("\n")));
         }
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if !result.validation_passed() {
             let errors: Vec<String> = result
                 .validation_errors()
-                .map(|e| format!("- {}", miette_text(e)))
+                .map(|e| {
+                    let at = origin
+                        .get(e.policy_id().to_string().as_str())
+                        .cloned()
+                        .unwrap_or_default();
+                    format!("- {at}: {}", miette_text(e))
+                })
                 .collect();
             return Err(PolicyError::Validation(errors.join("\n")));
         }
+        let all: String = files
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
         Ok(Self {
             schema,
             policies,
             authorizer: Authorizer::new(),
-            digest: digest(schema_src, policies_src),
+            digest: digest(schema_src, &all),
         })
     }
 
@@ -462,6 +498,12 @@ impl Engine {
             },
         }
     }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |before| before.matches('\n').count() + 1)
 }
 
 fn digest(schema: &str, policies: &str) -> String {

@@ -209,10 +209,23 @@ fn policy_validate_reports_cedar_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("colour"), "{stderr}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("colour"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("bad.cedar:1:"),
+        "errors name the file and line: {stderr}"
+    );
+    std::fs::write(&bad, "@id(\"a\")\npermit(principal, action, resource);\n\n@id(\"b\")\npermit(principal action resource);\n").unwrap();
+    let out = kluis()
+        .args(["policy", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.cedar:5:"),
+        "a syntax error names its line: {stderr}"
     );
 }
 
