@@ -400,12 +400,15 @@ impl Engine {
             .iter()
             .zip(field_uids)
             .map(|(f, resource)| {
+                // The entities were checked against the schema above and the context is built
+                // here with the schema's types; validating every request again would double the
+                // cost of a decision. Should they ever disagree, evaluation errors deny.
                 let request = Request::new(
                     principal_uid.clone(),
                     action_uid.clone(),
                     resource,
                     context.clone(),
-                    Some(&self.schema),
+                    None,
                 )
                 .map_err(|e| PolicyError::Request(e.to_string()))?;
                 let mut decision = self.evaluate(&request, &entities);
