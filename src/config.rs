@@ -393,8 +393,12 @@ pub fn read_secret(
     confirm: bool,
 ) -> Result<RootSecret, OpenError> {
     match source {
-        KeySource::KeyFile(path) => Ok(RootSecret::read_key_file(path)?),
+        KeySource::KeyFile(path) => {
+            check_private(path)?;
+            Ok(RootSecret::read_key_file(path)?)
+        }
         KeySource::PassphraseFile(path) => {
+            check_private(path)?;
             let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                 OpenError::Secret(format!(
                     "cannot read passphrase file `{}`: {e}",
@@ -465,6 +469,39 @@ pub fn load_policy(schema: Option<&Path>, files: &[PathBuf]) -> Result<Engine, O
     Ok(Engine::from_files(&schema_src, &named)?)
 }
 
+/// Refuses a secret file or the data directory when others may read or write it: the key
+/// file, the passphrase file and the database must be the owner's alone.
+pub fn check_private(path: &Path) -> Result<(), OpenError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| OpenError::Secret(format!("cannot read `{}`: {e}", path.display())))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            let fix = if meta.is_dir() { "700" } else { "600" };
+            return Err(OpenError::Secret(format!(
+                "`{}` is open to other users (mode {mode:o}); run `chmod {fix} {}` first",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) if needed, open to its owner only.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let existed = dir.exists();
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    if !existed {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Opens the store in `data_dir` (creating the file if needed, not initialising it).
 pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, OpenError> {
     let path = data_dir.join(DB_FILE);
@@ -478,6 +515,7 @@ pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, OpenError> {
 
 /// Opens an initialised vault: store, unseal with `secret`, policies, vault.
 pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenError> {
+    check_private(&config.data_dir)?;
     let policy = load_policy(config.policy_schema.as_deref(), &config.policy_files)?;
     let store = open_store(&config.data_dir)?;
     let keyring = Keyring::unseal(

@@ -41,7 +41,7 @@ pub struct InitArgs {
 pub fn run(args: &InitArgs) -> Exit {
     let env = SystemEnv;
     let algorithm = Algorithm::parse(&args.algorithm).unwrap_or_default();
-    if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
+    if let Err(e) = config::create_private_dir(&args.data_dir) {
         return fail(format!("cannot create `{}`: {e}", args.data_dir.display()));
     }
     let secret = match &args.key_file {

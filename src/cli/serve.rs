@@ -160,7 +160,7 @@ fn open(cfg: &Config) -> Result<Vault, Exit> {
 
 /// Opens the dev store, creating it with a dev key file and one token per role on first use.
 fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
-    std::fs::create_dir_all(&cfg.data_dir)
+    config::create_private_dir(&cfg.data_dir)
         .map_err(|e| fail(format!("cannot create `{}`: {e}", cfg.data_dir.display())))?;
     let store = config::open_store(&cfg.data_dir).map_err(fail)?;
     let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;

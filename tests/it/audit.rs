@@ -480,7 +480,7 @@ async fn admin_audit_commands_work_against_a_running_server() {
 
 #[test]
 fn a_changed_policy_set_is_recorded_at_start() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let dir = tmp.path();
     let secret = kluis::keys::RootSecret::create_key_file(&dir.join("root.key")).unwrap();
     init_store(dir, &secret, kluis::crypto::Algorithm::Aes256Gcm);

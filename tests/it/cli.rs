@@ -60,7 +60,7 @@ fn dev_tokens(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
 
 #[tokio::test]
 async fn serve_dev_is_ready_to_use_and_keeps_data_across_restarts() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let dir = tmp.path().join("dev");
     let server = serve_dev(&dir);
     let tokens = dev_tokens(&dir);
@@ -148,12 +148,30 @@ async fn serve_dev_is_ready_to_use_and_keeps_data_across_restarts() {
 
 #[test]
 fn serve_refuses_a_wrong_passphrase_with_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let dir = tmp.path().join("store");
     let right = tmp.path().join("right");
     let wrong = tmp.path().join("wrong");
     std::fs::write(&right, "a long and correct passphrase\n").unwrap();
     std::fs::write(&wrong, "a long and wrong passphrase\n").unwrap();
+
+    // A secret file others can read is refused, with what to do.
+    let open = kluis()
+        .args(["init", "--data-dir"])
+        .arg(&dir)
+        .arg("--passphrase-file")
+        .arg(&right)
+        .output()
+        .unwrap();
+    assert_eq!(open.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&right, &wrong] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
 
     let out = kluis()
         .args(["init", "--json", "--data-dir"])
@@ -200,7 +218,7 @@ fn serve_refuses_a_wrong_passphrase_with_a_clear_error() {
 fn policy_validate_reports_cedar_errors() {
     let ok = kluis().args(["policy", "validate"]).output().unwrap();
     assert!(ok.status.success());
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let bad = tmp.path().join("bad.cedar");
     std::fs::write(&bad, "@id(\"x\") permit(principal, action == Kluis::Action::\"read\", resource) when { resource.colour == 1 };").unwrap();
     let out = kluis()
@@ -244,7 +262,7 @@ fn policy_test_runs_a_decision_table_and_names_the_failing_line() {
         String::from_utf8_lossy(&ok.stdout)
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains(", 0 failed"));
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let wrong = tmp.path().join("wrong.csv");
     std::fs::write(
         &wrong,

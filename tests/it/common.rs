@@ -35,7 +35,7 @@ pub struct TestServer {
 impl TestServer {
     /// A server over a fresh store with a key file.
     pub async fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = crate::common::private_tempdir();
         let dir = tmp.path().to_owned();
         let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
         init_store(&dir, &secret, Algorithm::Aes256Gcm);
@@ -47,7 +47,7 @@ impl TestServer {
 
     /// A server over a fresh store whose lifecycle clock the test sets.
     pub async fn start_with_clock(clock: Arc<dyn kluis::domain::Clock>) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = crate::common::private_tempdir();
         let dir = tmp.path().to_owned();
         let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
         init_store(&dir, &secret, Algorithm::Aes256Gcm);
@@ -61,7 +61,7 @@ impl TestServer {
 
     /// A server over a fresh store whose policies come from `files` (reloadable).
     pub async fn start_with_policies(files: Vec<PathBuf>) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = crate::common::private_tempdir();
         let dir = tmp.path().to_owned();
         let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
         init_store(&dir, &secret, Algorithm::Aes256Gcm);
@@ -324,4 +324,15 @@ pub fn audit_entries(server: &TestServer) -> Vec<serde_json::Value> {
         .into_iter()
         .map(|row| serde_json::from_slice(&row.entry).unwrap())
         .collect()
+}
+
+/// A temporary directory open to its owner only, as kluis requires of a data directory.
+pub fn private_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    dir
 }

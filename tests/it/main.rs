@@ -18,6 +18,7 @@ mod audit;
 mod cli;
 mod common;
 mod guard;
+mod hygiene;
 mod lifecycle;
 mod policy_reload;
 mod policy_table;

@@ -8,7 +8,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let file = tmp.path().join("policies.cedar");
     std::fs::write(&file, DEFAULT_POLICIES).unwrap();
     let server = TestServer::start_with_policies(vec![file.clone()]).await;

@@ -675,7 +675,7 @@ async fn all_decrypt(channel: Channel, officer: &str, records: &[(String, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_interrupted_by_sigkill_completes_after_restart() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let (so, officer, records) = prepare(tmp.path(), 200);
     let port = free_port();
     let server = start(tmp.path(), port);
@@ -731,7 +731,7 @@ async fn rewrap_interrupted_by_sigkill_completes_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_interrupted_by_sigkill_completes_after_restart() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let (so, officer, records) = prepare(tmp.path(), 200);
     let port = free_port();
     let server = start(tmp.path(), port);

@@ -17,7 +17,7 @@ fn passphrase(p: &str) -> RootSecret {
 
 #[tokio::test]
 async fn wrong_passphrase_is_refused_and_right_one_reads_everything_back() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let dir = tmp.path();
     init_store(
         dir,
@@ -81,7 +81,7 @@ async fn wrong_passphrase_is_refused_and_right_one_reads_everything_back() {
 
 #[tokio::test]
 async fn key_file_store_survives_restart() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::private_tempdir();
     let dir = tmp.path();
     let key_path = dir.join("root.key");
     init_store(

@@ -1,0 +1,186 @@
+//! Secret hygiene: a whole scenario against the `kluis` binary with every log at trace level,
+//! then a scan of everything it wrote for the values, the tokens and the key.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use kluis::pb::{self, admin_client::AdminClient, vault_client::VaultClient};
+use tonic::transport::Channel;
+
+use crate::common::{ctx, nuisance_ctx, req, text};
+
+const VALUE: &str = "Geheime-Diagnose-QX7-hygiene";
+
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// The child's output goes to a file while the test talks to it; keep a worker free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_hold_no_values_tokens_or_keys() {
+    let tmp = crate::common::private_tempdir();
+    let dir = tmp.path().join("data");
+    let key = tmp.path().join("root.key");
+    let init = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args(["init", "--json", "--data-dir"])
+        .arg(&dir)
+        .arg("--key-file")
+        .arg(&key)
+        .env("KLUIS_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let so: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    let so = so["token"].as_str().unwrap().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = tmp.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .arg("--key-file")
+            .arg(&key)
+            .env("KLUIS_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        match Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("kluis did not come up: {e}"),
+        }
+    };
+    let mut admin = AdminClient::new(channel.clone());
+    let officer = admin
+        .issue_token(req(
+            &so,
+            pb::IssueTokenRequest {
+                principal_id: "emp-1".into(),
+                roles: vec!["nuisance-officer".into()],
+                ttl_seconds: 600,
+                scope_subject_id: String::new(),
+                justification: "hygiene".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut vault = VaultClient::new(channel);
+    let id = vault
+        .put_record(req(
+            &officer,
+            pb::PutRecordRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-HY".into(),
+                fields: vec![text("statement", "nuisance-evidence", VALUE)],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_id;
+    let read = vault
+        .get_record(req(
+            &officer,
+            pb::GetRecordRequest {
+                context: nuisance_ctx(),
+                record_id: id.clone(),
+                fields: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(crate::common::text_of(&read.fields[0]), VALUE);
+    // A refusal, a bad request and a tampering-free rotation add their own log lines.
+    let _ = vault
+        .get_record(req(
+            &officer,
+            pb::GetRecordRequest {
+                context: ctx("maintenance", "", ""),
+                record_id: id.clone(),
+                fields: vec![],
+            },
+        ))
+        .await;
+    let _ = vault
+        .put_record(req(
+            &officer,
+            pb::PutRecordRequest {
+                context: nuisance_ctx(),
+                subject_id: "111222333".into(),
+                fields: vec![text("statement", "nuisance-evidence", VALUE)],
+                labels: Default::default(),
+            },
+        ))
+        .await;
+    admin
+        .rotate_key(req(
+            &so,
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(server);
+
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(
+        log.len() > 1000,
+        "trace logging produced output ({} bytes)",
+        log.len()
+    );
+    let key_hex = std::fs::read_to_string(&key).unwrap();
+    let key_bytes = hex::decode(key_hex.trim()).unwrap();
+    let contains = |needle: &[u8]| log.windows(needle.len()).any(|w| w == needle);
+    // The scenario was logged: our own lines and the transport's trace lines.
+    assert!(
+        contains(b"record stored"),
+        "kluis's own log lines are there"
+    );
+    assert!(contains(b"TRACE"), "trace-level lines are there");
+    assert!(!contains(VALUE.as_bytes()), "a field value is in the logs");
+    assert!(!contains(officer.as_bytes()), "a token is in the logs");
+    assert!(
+        !contains(so.as_bytes()),
+        "the security officer's token is in the logs"
+    );
+    assert!(
+        !contains(key_hex.trim().as_bytes()),
+        "the root key (hex) is in the logs"
+    );
+    assert!(!contains(&key_bytes), "the root key (bytes) is in the logs");
+    assert!(!contains(b"111222333"), "a refused BSN is in the logs");
+}
