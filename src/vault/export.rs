@@ -66,7 +66,6 @@ impl Vault {
             "schema": EXPORT_SCHEMA,
             "subject_id": subject.as_str(),
             "generated_at": self.clock.now(),
-            "records": records.len(),
         });
         if !emit(header) {
             return Ok(());
@@ -84,6 +83,10 @@ impl Vault {
                     Some(g) => granted.push((g, row)),
                     None => withheld.push(json!({"name": row.name, "reason": d.reason})),
                 }
+            }
+            if granted.is_empty() {
+                // Nothing of it may be shown: not even that it exists (an open investigation).
+                continue;
             }
             let subject_id = SubjectId::parse("subject", &rec.subject).map_err(|_| {
                 crate::store::StoreError::Corrupt(format!("subject of `{}`", rec.id))

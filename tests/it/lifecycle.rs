@@ -542,7 +542,11 @@ async fn export_returns_every_record_with_values_and_the_access_report() {
 
     // The subject themself gets the same copy of their own data, and nobody else's.
     let own = export(&server, Role::Subject, me).await.unwrap();
-    assert_eq!(own.iter().filter(|l| l["type"] == "record").count(), 3);
+    // ... minus the nuisance case while it is open: not even its existence shows.
+    let own_records: Vec<&serde_json::Value> =
+        own.iter().filter(|l| l["type"] == "record").collect();
+    assert_eq!(own_records.len(), 2);
+    assert!(own_records.iter().all(|r| r["record_id"] != b.as_str()));
     let status = export(&server, Role::Subject, "REL-9999")
         .await
         .err()
