@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     crypto::Algorithm,
-    domain::{Limits, Purpose, Retention, RetentionStart},
+    domain::{Limits, Purpose, Retention},
     keys::{KeyError, Keyring, RootSecret},
     policy::{self, Engine, PolicyError},
     store::{SqliteStore, StoreError},
@@ -536,14 +536,6 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
     )?
     .with_key_settings(config.key_settings)
     .with_policy_loader(Box::new(loader)))
-}
-
-/// Retention start as text, for display.
-pub fn retention_start_text(r: RetentionStart) -> &'static str {
-    match r {
-        RetentionStart::Creation => "creation",
-        RetentionStart::Closing => "closing",
-    }
 }
 
 #[cfg(test)]

@@ -254,6 +254,16 @@ pub enum RetentionStart {
     Closing,
 }
 
+impl RetentionStart {
+    /// `creation` or `closing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionStart::Creation => "creation",
+            RetentionStart::Closing => "closing",
+        }
+    }
+}
+
 /// Limits on what one request may carry. Errors name the limit.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    AuditRow, FieldRow, PurposeKeyRow, RecordRow, Store, StoreError, SubjectKeyRow, TokenRow,
+    AuditRow, FieldRow, HoldRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Store,
+    StoreError, SubjectKeyRow, TokenRow,
 };
 
 /// Runs every conformance check against an empty `store`. Panics on the first failure, so call
@@ -143,6 +144,7 @@ pub fn run_all(store: &dyn Store) {
     assert!(store.record("rec_3").unwrap().is_none());
 
     key_rotation(store, &pk);
+    lifecycle(store);
 
     // Tokens: looked up by hash, revoked once.
     let tok = TokenRow {
@@ -364,4 +366,149 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     );
     store.finish_key_job("nuisance", "rekey").unwrap();
     assert!(store.key_jobs().unwrap().is_empty());
+}
+
+#[expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a test suite: failures must panic"
+)]
+fn lifecycle(store: &dyn Store) {
+    // Two records of one subject under one purpose (v2 is the live version after key_rotation).
+    let key = SubjectKeyRow {
+        subject: "life-1".into(),
+        purpose: "nuisance".into(),
+        generation: 1,
+        purpose_version: 2,
+        wrapped: vec![3; 40],
+        created_at: 1,
+    };
+    store.insert_subject_key(&key).unwrap();
+    let rec = |id: &str, expires: Option<i64>| RecordRow {
+        id: id.into(),
+        subject: "life-1".into(),
+        purpose: "nuisance".into(),
+        labels: BTreeMap::new(),
+        created_at: 1,
+        updated_at: 1,
+        closed_at: None,
+        expires_at: expires,
+    };
+    let field = FieldRow {
+        name: "a".into(),
+        category: "contact".into(),
+        kind: "text".into(),
+        key_gen: 1,
+        sealed: vec![1; 20],
+    };
+    store
+        .insert_record(&rec("rec_l1", None), std::slice::from_ref(&field))
+        .unwrap();
+    store
+        .insert_record(&rec("rec_l2", Some(50)), std::slice::from_ref(&field))
+        .unwrap();
+
+    // Closing sets the expiry; expired records are found unless held.
+    assert!(store.close_record("rec_l1", 40, Some(60)).unwrap());
+    assert!(!store.close_record("rec_nope", 40, None).unwrap());
+    let expired = |now| {
+        store
+            .expired_records(now, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(expired(55), ["rec_l2"]);
+    assert_eq!(expired(70), ["rec_l2", "rec_l1"]);
+    let hold = HoldRow {
+        id: "hold_1".into(),
+        subject: "life-1".into(),
+        record_id: Some("rec_l1".into()),
+        reason: "claim".into(),
+        case_ref: "LD-1".into(),
+        placed_by: "po".into(),
+        placed_at: 60,
+        released_at: None,
+        released_by: None,
+    };
+    store.insert_hold(&hold).unwrap();
+    assert_eq!(expired(70), ["rec_l2"]);
+    assert_eq!(
+        store.holds(Some("life-1"), true).unwrap(),
+        vec![hold.clone()]
+    );
+
+    // Shredding skips held records and destroys the key only with the last record.
+    let ids = vec!["rec_l1".to_owned(), "rec_l2".to_owned()];
+    let (destroyed, shredded) = store.shred_records("life-1", &ids).unwrap();
+    assert_eq!(destroyed, ["rec_l2"]);
+    assert!(shredded.is_empty());
+    assert!(store.subject_key("life-1", "nuisance").unwrap().is_some());
+    assert!(store.release_hold("hold_1", 80, "po").unwrap());
+    assert!(!store.release_hold("hold_1", 81, "po").unwrap());
+    assert!(store.holds(Some("life-1"), true).unwrap().is_empty());
+    assert_eq!(store.holds(None, false).unwrap()[0].released_at, Some(80));
+    let (destroyed, shredded) = store.shred_records("life-1", &ids).unwrap();
+    assert_eq!(destroyed, ["rec_l1"]);
+    assert_eq!(shredded, ["nuisance"]);
+    assert!(store.subject_key("life-1", "nuisance").unwrap().is_none());
+    // Another subject's record is not theirs to shred.
+    store.insert_subject_key(&key).unwrap();
+    store
+        .insert_record(&rec("rec_l3", None), std::slice::from_ref(&field))
+        .unwrap();
+    assert!(
+        store
+            .shred_records("life-2", &["rec_l3".to_owned()])
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    assert!(store.record("rec_l3").unwrap().is_some());
+
+    // Consent, mandates and subject requests.
+    store
+        .set_consent("life-1", "financial-screening", "objected", 5, "po")
+        .unwrap();
+    store
+        .set_consent("life-1", "financial-screening", "given", 6, "po")
+        .unwrap();
+    assert_eq!(
+        store.consents("life-1").unwrap(),
+        vec![("financial-screening".into(), "given".into(), 6)]
+    );
+    let mandate = MandateRow {
+        id: "mdt_1".into(),
+        subject: "life-1".into(),
+        representative: "rep-1".into(),
+        purposes: vec!["contract".into(), "payments".into()],
+        categories: vec!["contact".into()],
+        valid_from: 1,
+        valid_until: 100,
+        granted_by: "po".into(),
+        revoked_at: None,
+    };
+    store.insert_mandate(&mandate).unwrap();
+    assert_eq!(
+        store.mandates(None, Some("rep-1")).unwrap(),
+        vec![mandate.clone()]
+    );
+    assert!(store.mandates(Some("life-2"), None).unwrap().is_empty());
+    assert!(store.revoke_mandate("mdt_1", 7).unwrap());
+    assert!(!store.revoke_mandate("mdt_1", 8).unwrap());
+    let request = RequestRow {
+        id: "req_1".into(),
+        subject: "life-1".into(),
+        kind: "access".into(),
+        received_at: 10,
+        due_at: 20,
+        opened_by: "po".into(),
+        completed_at: None,
+        note: "letter".into(),
+    };
+    store.insert_request(&request).unwrap();
+    assert!(store.complete_request("req_1", 15).unwrap());
+    assert!(!store.complete_request("req_1", 16).unwrap());
+    assert_eq!(store.requests().unwrap()[0].completed_at, Some(15));
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     audit::Filter,
-    domain::{AccessContext, Principal, RetentionStart, SubjectId},
+    domain::{AccessContext, Principal, SubjectId},
     policy::{Action, Grant},
     store::FieldRow,
 };
@@ -118,7 +118,7 @@ impl Vault {
                 "lawful_basis": meta.purpose.lawful_basis(),
                 "retention": {
                     "days": retention.days,
-                    "counts_from": match retention.from { RetentionStart::Creation => "creation", RetentionStart::Closing => "closing" },
+                    "counts_from": retention.from.as_str(),
                 },
                 "created_at": rec.created_at,
                 "updated_at": rec.updated_at,

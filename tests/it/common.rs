@@ -336,3 +336,32 @@ pub fn private_tempdir() -> tempfile::TempDir {
     }
     dir
 }
+
+/// A lifecycle clock the test moves.
+#[derive(Debug)]
+pub struct TestClock(pub std::sync::atomic::AtomicI64);
+
+impl kluis::domain::Clock for TestClock {
+    fn now(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl TestClock {
+    /// A clock at the real now.
+    pub fn at_now() -> Arc<Self> {
+        Arc::new(Self(std::sync::atomic::AtomicI64::new(
+            kluis::domain::now_unix(),
+        )))
+    }
+
+    /// Moves the clock by `secs` (negative: back).
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The clock's now.
+    pub fn now_for_test(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

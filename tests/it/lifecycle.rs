@@ -1,11 +1,6 @@
 //! The data lifecycle over gRPC, with a clock the test controls: closing records, retention
 //! with crypto-shredding, legal holds, dry runs, erasure, and subject requests' deadlines.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, Ordering},
-};
-
 use kluis::{domain::Role, pb};
 use rusqlite::Connection;
 use tonic::Code;
@@ -13,29 +8,6 @@ use tonic::Code;
 use crate::common::*;
 
 const DAY: i64 = 86_400;
-
-#[derive(Debug)]
-struct TestClock(AtomicI64);
-
-impl kluis::domain::Clock for TestClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl TestClock {
-    fn advance(&self, secs: i64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-
-    fn now_for_test(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-fn clock() -> Arc<TestClock> {
-    Arc::new(TestClock(AtomicI64::new(kluis::domain::now_unix())))
-}
 
 fn db_bytes(server: &TestServer) -> Vec<u8> {
     ["", "-wal"]
@@ -84,7 +56,7 @@ async fn exists(server: &TestServer, id: &str) -> bool {
 
 #[tokio::test]
 async fn retention_destroys_expired_records_except_held_ones_and_shreds_their_keys() {
-    let clock = clock();
+    let clock = TestClock::at_now();
     let server = TestServer::start_with_clock(clock.clone()).await;
     let cs = || ctx("customer-service", "", "");
     let expired = put(
@@ -330,7 +302,7 @@ async fn erasure_leaves_only_what_a_hold_or_the_law_keeps_and_says_why() {
 
 #[tokio::test]
 async fn a_request_received_29_days_ago_is_overdue() {
-    let clock = clock();
+    let clock = TestClock::at_now();
     let server = TestServer::start_with_clock(clock.clone()).await;
     let mut admin = server.admin().await;
     let po = server.token(Role::PrivacyOfficer);

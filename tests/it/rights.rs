@@ -1,24 +1,10 @@
 //! The people beyond staff, over gRPC: the subject themself, a representative with a mandate,
 //! break-glass in an emergency, and an objection that stops a purpose.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, Ordering},
-};
-
 use kluis::{domain::Role, pb};
 use tonic::Code;
 
 use crate::common::*;
-
-#[derive(Debug)]
-struct TestClock(AtomicI64);
-
-impl kluis::domain::Clock for TestClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 #[tokio::test]
 async fn a_subject_reads_their_own_data_but_not_an_open_investigation_or_anyone_else() {
@@ -124,7 +110,7 @@ async fn a_subject_reads_their_own_data_but_not_an_open_investigation_or_anyone_
 
 #[tokio::test]
 async fn a_representative_reads_within_the_mandate_until_it_ends() {
-    let clock = Arc::new(TestClock(AtomicI64::new(kluis::domain::now_unix())));
+    let clock = TestClock::at_now();
     let server = TestServer::start_with_clock(clock.clone()).await;
     let me = SCOPED_SUBJECT;
     let id = put(
@@ -155,7 +141,7 @@ async fn a_representative_reads_within_the_mandate_until_it_ends() {
 
     let mut admin = server.admin().await;
     let po = server.token(Role::PrivacyOfficer);
-    let now = clock.0.load(Ordering::SeqCst);
+    let now = clock.now_for_test();
     let mandate = admin
         .grant_mandate(req(
             po,
@@ -183,13 +169,13 @@ async fn a_representative_reads_within_the_mandate_until_it_ends() {
     );
 
     // Expiry takes effect at once ...
-    clock.0.fetch_add(31 * 86_400, Ordering::SeqCst);
+    clock.advance(31 * 86_400);
     assert_eq!(
         read().await.err().unwrap().code(),
         Code::PermissionDenied,
         "expired"
     );
-    clock.0.fetch_sub(31 * 86_400, Ordering::SeqCst);
+    clock.advance(-31 * 86_400);
     read().await.unwrap();
     // ... and so does revocation.
     admin
