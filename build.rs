@@ -27,7 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".kluis.v1.IssueTokenResponse",
             ".kluis.v1.RotateRootRequest",
             ".kluis.v1.ExportLine",
+            ".kluis.v1.EvidenceChunk",
+            ".kluis.v1.EvidenceStart",
+            ".kluis.v1.EvidenceData",
+            ".kluis.v1.EvidenceInfo",
         ])
+        .bytes(".kluis.v1.EvidenceChunk.data")
+        .bytes(".kluis.v1.EvidenceData.data")
         .compile_fds(fds)?;
     Ok(())
 }

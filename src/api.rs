@@ -39,6 +39,9 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<BearerToken, Status> {
     Ok(BearerToken::new(token.to_owned()))
 }
 
+/// How long a unary call may take.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs `f` with the authenticated principal on a blocking thread and maps its error.
 pub(crate) async fn run<Req, T, F>(
     vault: &Arc<Vault>,
@@ -53,14 +56,16 @@ where
     let token = bearer_token(request.metadata())?;
     let message = request.into_inner();
     let vault = Arc::clone(vault);
-    tokio::task::spawn_blocking(move || {
+    let task = tokio::task::spawn_blocking(move || {
         let principal = vault.authenticate(&token)?;
         f(&vault, &principal, message)
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "request task failed");
-        Status::internal("internal error")
-    })?
-    .map_err(status::to_status)
+    });
+    tokio::time::timeout(REQUEST_TIMEOUT, task)
+        .await
+        .map_err(|_| Status::deadline_exceeded("the request took longer than 60 s"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "request task failed");
+            Status::internal("internal error")
+        })?
+        .map_err(status::to_status)
 }

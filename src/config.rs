@@ -139,6 +139,8 @@ pub struct RawLimits {
     pub max_labels: Option<usize>,
     /// Bytes of values per record.
     pub max_record_bytes: Option<usize>,
+    /// Bytes per evidence file.
+    pub max_evidence_bytes: Option<u64>,
 }
 
 /// Where the root key comes from.
@@ -282,6 +284,7 @@ impl RawConfig {
             limits.max_value_bytes = l.max_value_bytes.unwrap_or(limits.max_value_bytes);
             limits.max_labels = l.max_labels.unwrap_or(limits.max_labels);
             limits.max_record_bytes = l.max_record_bytes.unwrap_or(limits.max_record_bytes);
+            limits.max_evidence_bytes = l.max_evidence_bytes.unwrap_or(limits.max_evidence_bytes);
             if limits.max_record_bytes > crate::server::MAX_MESSAGE_BYTES / 2 {
                 problems.push(format!(
                     "`limits.max_record_bytes` may be at most {} bytes",

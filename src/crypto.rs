@@ -9,6 +9,7 @@
 pub mod envelope;
 pub mod kdf;
 pub mod keys;
+pub mod stream;
 
 pub use envelope::{Algorithm, Header, open, seal};
 pub use keys::{AuditKey, PurposeKey, RootKey, SubjectKey};
@@ -67,6 +68,21 @@ pub enum AadContext<'a> {
     },
     /// The audit MAC key wrapped under the root key.
     AuditKey,
+    /// An evidence file: its segments and its sealed file name.
+    Evidence {
+        /// The data subject.
+        subject: &'a str,
+        /// The record the evidence belongs to.
+        record: &'a str,
+        /// The evidence id.
+        evidence: &'a str,
+        /// The field name.
+        field: &'a str,
+        /// The category.
+        category: &'a str,
+        /// The record's purpose.
+        purpose: &'a str,
+    },
 }
 
 /// Builds the associated data for `ctx`: a domain label and length-prefixed parts, so that no two
@@ -108,6 +124,19 @@ pub fn aad(ctx: &AadContext<'_>) -> Vec<u8> {
             part(&mut out, &version.to_be_bytes());
         }
         AadContext::AuditKey => part(&mut out, b"kluis.v1.audit-key"),
+        AadContext::Evidence {
+            subject,
+            record,
+            evidence,
+            field,
+            category,
+            purpose,
+        } => {
+            part(&mut out, b"kluis.v1.evidence");
+            for p in [subject, record, evidence, field, category, purpose] {
+                part(&mut out, p.as_bytes());
+            }
+        }
     }
     out
 }

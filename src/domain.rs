@@ -275,6 +275,8 @@ pub struct Limits {
     pub max_labels: usize,
     /// Bytes of values per record (so a whole record always fits one response).
     pub max_record_bytes: usize,
+    /// Bytes per evidence file.
+    pub max_evidence_bytes: u64,
 }
 
 impl Default for Limits {
@@ -284,6 +286,7 @@ impl Default for Limits {
             max_value_bytes: 1024 * 1024,
             max_labels: 32,
             max_record_bytes: 8 * 1024 * 1024,
+            max_evidence_bytes: 8 * 1024 * 1024 * 1024,
         }
     }
 }

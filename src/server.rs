@@ -82,6 +82,14 @@ pub async fn serve(
     };
     {
         let vault = Arc::clone(&vault);
+        // No upload can be running yet: what a crash left unfinished goes.
+        tokio::task::spawn_blocking(move || vault.discard_unfinished_evidence())
+            .await
+            .map_err(|e| ServeError::Transport(e.to_string()))?
+            .map_err(|e| ServeError::Transport(format!("discarding unfinished uploads: {e}")))?;
+    }
+    {
+        let vault = Arc::clone(&vault);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = vault.resume_key_jobs() {
                 tracing::error!(error = %e, "resuming key jobs failed; run `kluis admin keys rewrap` / `rekey`");
@@ -111,8 +119,9 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
+    // No server-wide timeout: it would cut off a long evidence upload. Unary calls time out in
+    // `api::run`, evidence streams when the client goes quiet.
     let mut builder = Server::builder()
-        .timeout(Duration::from_secs(60))
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));

@@ -142,8 +142,86 @@ pub struct FieldMeta {
     pub name: String,
     /// Category id.
     pub category: String,
-    /// Size of the ciphertext in bytes.
+    /// Size of the ciphertext in bytes (of an evidence file: its plaintext size).
     pub size: u64,
+    /// Set when the field is an evidence file.
+    pub evidence: Option<EvidenceMeta>,
+}
+
+/// What is known of an evidence file without decrypting it.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct EvidenceMeta {
+    /// `ev_…`.
+    pub id: String,
+    /// The declared media type, e.g. `video/mp4`.
+    pub media_type: String,
+    /// SHA-256 of the plaintext, hex.
+    pub sha256: String,
+}
+
+/// An evidence file: a field of a record whose value is stored as segments (see
+/// `crypto::stream`).
+#[derive(Clone, Eq, PartialEq)]
+pub struct EvidenceRow {
+    /// `ev_…`.
+    pub id: String,
+    /// The record it belongs to.
+    pub record_id: String,
+    /// Field name within the record.
+    pub name: String,
+    /// Category id.
+    pub category: String,
+    /// The declared media type.
+    pub media_type: String,
+    /// The file name, sealed under the subject key (it may name people).
+    pub file_name: Vec<u8>,
+    /// Plaintext size in bytes (0 while uploading).
+    pub size: u64,
+    /// SHA-256 of the plaintext, hex (empty while uploading).
+    pub sha256: String,
+    /// The per-file salt of the file key.
+    pub salt: Vec<u8>,
+    /// False while the upload runs: then nothing of it is readable.
+    pub complete: bool,
+    /// True when the upload created the record, which goes with it when the upload fails.
+    pub owns_record: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for EvidenceRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvidenceRow")
+            .field("id", &self.id)
+            .field("record_id", &self.record_id)
+            .field("name", &self.name)
+            .field("category", &self.category)
+            .field("media_type", &self.media_type)
+            .field("size", &self.size)
+            .field("complete", &self.complete)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One sealed segment of an evidence file.
+#[derive(Clone, Eq, PartialEq)]
+pub struct SegmentRow {
+    /// Position in the file, from 0.
+    pub index: u32,
+    /// The subject key generation its file key derives from.
+    pub key_gen: u32,
+    /// The sealed segment (see `crypto::stream`).
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for SegmentRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentRow")
+            .field("index", &self.index)
+            .field("key_gen", &self.key_gen)
+            .field("sealed_len", &self.sealed.len())
+            .finish()
+    }
 }
 
 /// A legal hold: suspends destruction of a subject's data (or one record) until released.
@@ -249,9 +327,32 @@ pub struct AuditRow {
     pub mac: Vec<u8>,
 }
 
-/// Re-encrypts one field during a rekey: given the record id and the field as stored, returns
-/// the new ciphertext.
-pub type Reseal<'a> = dyn FnMut(&str, &FieldRow) -> Result<Vec<u8>, StoreError> + 'a;
+/// What a rekey re-encrypts, as stored.
+#[derive(Debug)]
+pub enum ResealItem<'a> {
+    /// A field of a record.
+    Field {
+        /// The record id.
+        record_id: &'a str,
+        /// The field.
+        field: &'a FieldRow,
+    },
+    /// The sealed file name of an evidence file (`evidence.file_name`).
+    FileName {
+        /// The evidence file.
+        evidence: &'a EvidenceRow,
+    },
+    /// A segment of an evidence file.
+    Segment {
+        /// The evidence file.
+        evidence: &'a EvidenceRow,
+        /// The segment.
+        segment: &'a SegmentRow,
+    },
+}
+
+/// Re-encrypts one item during a rekey and returns its new ciphertext.
+pub type Reseal<'a> = dyn FnMut(ResealItem<'_>) -> Result<Vec<u8>, StoreError> + 'a;
 
 /// What kluis needs from a store.
 pub trait Store: Send + Sync {
@@ -355,8 +456,8 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
 
     /// Re-encrypts a subject's data of `purpose` under `new_key` in one transaction: stores
-    /// `new_key`, reseals every field sealed under an older generation with `reseal(record_id,
-    /// field)`, and deletes the older generations. Skips (returns `None`) when the current key
+    /// `new_key`, reseals every field and evidence segment sealed under an older generation with
+    /// `reseal` (segment by segment, so memory stays bounded), and deletes the older generations. Skips (returns `None`) when the current key
     /// was created at or after `before` (done already). Returns the number of fields resealed.
     fn rekey_subject(
         &self,
@@ -365,7 +466,8 @@ pub trait Store: Send + Sync {
         reseal: &mut Reseal<'_>,
     ) -> Result<Option<u64>, StoreError>;
 
-    /// Fields of `purpose` whose subject key generation no longer exists (must be 0).
+    /// Fields and evidence segments of `purpose` whose subject key generation no longer exists
+    /// (must be 0).
     fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError>;
 
     /// Records that a key job (`rekey`) started for a purpose, unless one is recorded already;
@@ -393,6 +495,52 @@ pub trait Store: Send + Sync {
         fields: &[FieldRow],
         updated_at: i64,
     ) -> Result<bool, StoreError>;
+
+    /// Starts an evidence upload: stores `row` (not complete) and, when given, the new record it
+    /// belongs to, in one transaction. Fails with `Conflict` when the record has a field or
+    /// evidence of that name already.
+    fn begin_evidence(
+        &self,
+        new_record: Option<&RecordRow>,
+        row: &EvidenceRow,
+    ) -> Result<(), StoreError>;
+
+    /// Appends segments to an unfinished upload in one transaction. Fails with `Conflict` when
+    /// the upload is gone or complete, or a segment's subject key generation no longer exists.
+    fn append_segments(
+        &self,
+        evidence_id: &str,
+        subject: &str,
+        purpose: &str,
+        segments: &[SegmentRow],
+    ) -> Result<(), StoreError>;
+
+    /// Completes an upload: checks that exactly `segments` segments are stored, records size and
+    /// digest and makes it readable; sets the record's `updated_at`. One transaction.
+    fn finish_evidence(
+        &self,
+        evidence_id: &str,
+        size: u64,
+        segments: u64,
+        sha256: &str,
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes an evidence file with its segments (and the record when the upload created it
+    /// and it holds nothing else). Returns false when it did not exist.
+    fn discard_evidence(&self, evidence_id: &str) -> Result<bool, StoreError>;
+
+    /// Discards every unfinished upload (at start-up, when none can be running). Returns how many.
+    fn discard_unfinished_evidence(&self) -> Result<u64, StoreError>;
+
+    /// An evidence file with its record.
+    fn evidence(&self, evidence_id: &str) -> Result<Option<(RecordRow, EvidenceRow)>, StoreError>;
+
+    /// The complete evidence files of a record.
+    fn record_evidence(&self, record_id: &str) -> Result<Vec<EvidenceRow>, StoreError>;
+
+    /// One segment of an evidence file.
+    fn segment(&self, evidence_id: &str, index: u32) -> Result<Option<SegmentRow>, StoreError>;
 
     /// Deletes a record and its fields in one transaction. Returns false when it did not exist.
     fn delete_record(&self, id: &str) -> Result<bool, StoreError>;

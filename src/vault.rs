@@ -7,6 +7,7 @@
 //! stored with its fields in one store transaction.
 //! Invariant: knows neither gRPC nor SQL; errors never carry plaintext.
 
+pub mod evidence;
 pub mod export;
 pub mod guard;
 pub mod keyadmin;
@@ -197,8 +198,10 @@ pub struct FieldInfo {
     pub name: String,
     /// Category.
     pub category: String,
-    /// Ciphertext size in bytes.
+    /// Ciphertext size in bytes (of an evidence file: its plaintext size).
     pub size: u64,
+    /// Set when the field is an evidence file.
+    pub evidence: Option<crate::store::EvidenceMeta>,
 }
 
 /// Retention per purpose.
@@ -559,10 +562,14 @@ impl Vault {
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse("subject", &record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
-        let resources = rows
+        let mut resources = rows
             .iter()
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
+        // Evidence files go with the record, so the caller must be allowed to delete them too.
+        for ev in self.store.record_evidence(record_id.as_str())? {
+            resources.push(evidence_resource(&record, meta.purpose, &ev)?);
+        }
         let decisions = self.decide(principal, Action::Delete, ctx, &resources)?;
         self.require_all(
             principal, ctx, "delete", &subject, record_id, &resources, &decisions,
@@ -631,6 +638,7 @@ impl Vault {
                     name: f.name,
                     category: f.category,
                     size: f.size,
+                    evidence: f.evidence,
                 })
                 .collect();
             if !visible.is_empty() {
@@ -882,6 +890,25 @@ fn resource(
         record: record.id.clone(),
         name: row.name.clone(),
         category: parse_stored(&row.category, &record.id)?,
+        purpose,
+        subject: record.subject.clone(),
+        flags: FieldFlags {
+            record_closed: record.closed_at.is_some(),
+            ..FieldFlags::default()
+        },
+    })
+}
+
+/// The policy resource of an evidence file of `record`.
+fn evidence_resource(
+    record: &RecordRow,
+    purpose: Purpose,
+    ev: &crate::store::EvidenceRow,
+) -> Result<FieldResource, VaultError> {
+    Ok(FieldResource {
+        record: record.id.clone(),
+        name: ev.name.clone(),
+        category: parse_stored(&ev.category, &record.id)?,
         purpose,
         subject: record.subject.clone(),
         flags: FieldFlags {

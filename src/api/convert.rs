@@ -6,9 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use zeroize::Zeroizing;
 
 use crate::{
-    domain::{AccessContext, FieldName, InputError, Limits, parse_category},
+    domain::{AccessContext, FieldName, InputError, Limits, RecordId, SubjectId, parse_category},
     pb,
-    vault::{NewField, Value, guard},
+    vault::{
+        NewField, Value,
+        evidence::{EvidenceStart, EvidenceTarget},
+        guard,
+    },
 };
 
 /// Longest label key in bytes.
@@ -151,5 +155,49 @@ pub fn value(v: Value) -> pb::field_value::Value {
     match v {
         Value::Text(t) => pb::field_value::Value::Text(t.to_string()),
         Value::Binary(b) => pb::field_value::Value::Binary(b.to_vec()),
+    }
+}
+
+/// Converts the first message of an upload.
+pub fn evidence_start(start: pb::EvidenceStart) -> Result<EvidenceStart, InputError> {
+    let target = match (start.subject_id.is_empty(), start.record_id.is_empty()) {
+        (false, true) => {
+            EvidenceTarget::Subject(SubjectId::parse("start.subject_id", &start.subject_id)?)
+        }
+        (true, false) => {
+            EvidenceTarget::Record(RecordId::parse("start.record_id", &start.record_id)?)
+        }
+        _ => {
+            return Err(InputError::new(
+                "start.subject_id",
+                "give exactly one of `subject_id` (a new record) and `record_id` (an existing one)",
+            ));
+        }
+    };
+    Ok(EvidenceStart {
+        target,
+        name: FieldName::parse("start.field", &start.field)?,
+        category: parse_category("start.category", &start.category)?,
+        media_type: start.media_type,
+        file_name: start.file_name,
+    })
+}
+
+/// Checks an evidence id (`ev_` and 32 lowercase hex digits).
+pub fn evidence_id(field: &str, s: &str) -> Result<String, InputError> {
+    let ok = s.len() == 35
+        && s.starts_with("ev_")
+        && s.bytes()
+            .skip(3)
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else if s.is_empty() {
+        Err(InputError::new(field, "evidence id is required"))
+    } else {
+        Err(InputError::new(
+            field,
+            "not an evidence id: expected `ev_` and 32 lowercase hex digits",
+        ))
     }
 }

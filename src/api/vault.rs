@@ -1,14 +1,14 @@
 //! The `kluis.v1.Vault` service: thin handlers that parse, call the core and convert back.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, run};
 use crate::{
     domain::{FieldName, InputError, RecordId, SubjectId},
     pb::{self, vault_server::Vault as VaultRpc},
-    vault::{FieldInfo, RecordMeta, Vault},
+    vault::{FieldInfo, RecordMeta, Vault, VaultError},
 };
 
 /// The gRPC face of a `Vault`.
@@ -24,10 +24,181 @@ impl VaultApi {
     }
 }
 
+/// Largest `data` chunk of an upload.
+pub const MAX_EVIDENCE_CHUNK: usize = 1024 * 1024;
+/// How long an evidence stream may wait for the client's next message.
+const EVIDENCE_IDLE: Duration = Duration::from_secs(30);
+
+/// What the receiving side of an upload passes to the worker that seals and stores.
+enum UploadMsg {
+    Data(bytes::Bytes),
+    End,
+}
+
 #[tonic::async_trait]
 impl VaultRpc for VaultApi {
     type ExportSubjectStream =
         tokio_stream::wrappers::ReceiverStream<Result<pb::ExportLine, Status>>;
+    type GetEvidenceStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::EvidenceData, Status>>;
+
+    async fn put_evidence(
+        &self,
+        request: Request<Streaming<pb::EvidenceChunk>>,
+    ) -> Result<Response<pb::PutEvidenceResponse>, Status> {
+        let token = super::bearer_token(request.metadata())?;
+        let mut stream = request.into_inner();
+        let first = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no `start` message within 30 s"))??;
+        let Some(pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Start(start)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "`start`: the first message of PutEvidence must be `start` (context, subject or \
+                 record, field, category, media type, file name)",
+            ));
+        };
+        // The worker seals and stores on a blocking thread; the channel is short, so a slow
+        // store stops this side from reading the client's stream (back-pressure).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<UploadMsg>(2);
+        let vault = Arc::clone(&self.vault);
+        let worker = tokio::task::spawn_blocking(move || {
+            let principal = vault.authenticate(&token)?;
+            let ctx = convert::context(start.context.clone())?;
+            let start = convert::evidence_start(start)?;
+            let mut upload = vault.begin_evidence(&principal, &ctx, start)?;
+            loop {
+                match rx.blocking_recv() {
+                    Some(UploadMsg::Data(data)) => upload.write(&data)?,
+                    Some(UploadMsg::End) => return upload.finish(),
+                    // The stream broke off: dropping the upload discards it.
+                    None => {
+                        return Err(VaultError::FailedPrecondition(
+                            "the upload was interrupted; nothing was stored".into(),
+                        ));
+                    }
+                }
+            }
+        });
+        let outcome: Result<(), Status> = async {
+            loop {
+                let message = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
+                    .await
+                    .map_err(|_| {
+                        Status::deadline_exceeded(
+                            "no data for 30 s; the upload was discarded, send it again",
+                        )
+                    })??;
+                let msg = match message {
+                    None => UploadMsg::End,
+                    Some(pb::EvidenceChunk {
+                        part: Some(pb::evidence_chunk::Part::Data(data)),
+                    }) => {
+                        if data.len() > MAX_EVIDENCE_CHUNK {
+                            return Err(Status::invalid_argument(format!(
+                                "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes"
+                            )));
+                        }
+                        UploadMsg::Data(data)
+                    }
+                    Some(_) => {
+                        return Err(Status::invalid_argument(
+                            "`start`: only the first message may be `start`; send `data` after it",
+                        ));
+                    }
+                };
+                let end = matches!(msg, UploadMsg::End);
+                // A closed channel means the worker stopped with an error: report that one.
+                if tx.send(msg).await.is_err() || end {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        drop(tx);
+        let result = worker.await.map_err(|e| {
+            tracing::error!(error = %e, "upload task failed");
+            Status::internal("internal error")
+        })?;
+        match (outcome, result) {
+            // The client's failure comes first; the worker only saw the stream stop.
+            (Err(status), _) => Err(status),
+            (Ok(()), Err(e)) => Err(super::status::to_status(e)),
+            (Ok(()), Ok(receipt)) => Ok(Response::new(pb::PutEvidenceResponse {
+                evidence_id: receipt.evidence_id,
+                record_id: receipt.record_id,
+                size: receipt.size,
+                sha256: receipt.sha256,
+                expires_at: receipt.expires_at.map(convert::timestamp),
+            })),
+        }
+    }
+
+    async fn get_evidence(
+        &self,
+        request: Request<pb::GetEvidenceRequest>,
+    ) -> Result<Response<Self::GetEvidenceStream>, Status> {
+        // Everything that can refuse the read happens before the stream starts, so a denied
+        // caller gets a status and no byte.
+        let token = super::bearer_token(request.metadata())?;
+        let req = request.into_inner();
+        let vault = Arc::clone(&self.vault);
+        let (info, mut download) = tokio::task::spawn_blocking(move || {
+            let principal = vault.authenticate(&token)?;
+            let ctx = convert::context(req.context)?;
+            let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
+            let range = req.range.map(|r| (r.offset, r.length));
+            vault.open_evidence(&principal, &ctx, &id, range)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "request task failed");
+            Status::internal("internal error")
+        })?
+        .map_err(super::status::to_status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let first = pb::EvidenceData {
+                part: Some(pb::evidence_data::Part::Info(pb::EvidenceInfo {
+                    evidence_id: info.evidence_id,
+                    record_id: info.record_id,
+                    field: info.name,
+                    category: info.category.as_str().into(),
+                    media_type: info.media_type,
+                    file_name: info.file_name.as_str().into(),
+                    size: info.size,
+                    sha256: info.sha256,
+                    offset: info.offset,
+                    length: info.length,
+                })),
+            };
+            if tx.blocking_send(Ok(first)).is_err() {
+                return;
+            }
+            loop {
+                let message = match download.next_chunk() {
+                    Ok(Some(chunk)) => Ok(pb::EvidenceData {
+                        part: Some(pb::evidence_data::Part::Data(
+                            bytes::Bytes::copy_from_slice(chunk.as_slice()),
+                        )),
+                    }),
+                    Ok(None) => return,
+                    Err(e) => Err(super::status::to_status(e)),
+                };
+                let failed = message.is_err();
+                // A full channel blocks here until the client reads: back-pressure. A closed one
+                // means the client went away: stop reading the store.
+                if tx.blocking_send(message).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
 
     async fn export_subject(
         &self,
@@ -232,6 +403,11 @@ fn record_info((meta, fields): (RecordMeta, Vec<FieldInfo>)) -> pb::RecordInfo {
                 name: f.name,
                 category: f.category,
                 size: f.size,
+                evidence: f.evidence.map(|e| pb::EvidenceMeta {
+                    evidence_id: e.id,
+                    media_type: e.media_type,
+                    sha256: e.sha256,
+                }),
             })
             .collect(),
         labels: meta.labels.into_iter().collect(),

@@ -56,7 +56,7 @@ impl Algorithm {
         }
     }
 
-    fn id(self) -> u8 {
+    pub(crate) fn id(self) -> u8 {
         match self {
             Algorithm::Aes256Gcm => 1,
             Algorithm::XChaCha20Poly1305 => 2,

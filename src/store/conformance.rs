@@ -320,14 +320,16 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         created_at: 100,
     };
     let resealed = store
-        .rekey_subject(&gen2, 100, &mut |_, field| {
-            Ok(vec![field.sealed[0] + 1; 20])
+        .rekey_subject(&gen2, 100, &mut |item| match item {
+            super::ResealItem::Field { field, .. } => Ok(vec![field.sealed[0] + 1; 20]),
+            super::ResealItem::Segment { segment, .. } => Ok(segment.sealed.clone()),
+            super::ResealItem::FileName { evidence } => Ok(evidence.file_name.clone()),
         })
         .unwrap();
     assert_eq!(resealed, Some(1));
     assert_eq!(
         store
-            .rekey_subject(&gen2, 100, &mut |_, _| Ok(vec![]))
+            .rekey_subject(&gen2, 100, &mut |_| Ok(vec![]))
             .unwrap(),
         None
     );

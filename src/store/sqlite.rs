@@ -13,12 +13,13 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AuditRow, FieldMeta, FieldRow, HoldRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Store, StoreError, SubjectKeyRow, TokenRow,
+    AuditRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow, PurposeKeyRow,
+    RecordRow, RequestRow, ResealItem, SegmentRow, Store, StoreError, SubjectKeyRow, TokenRow,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -135,7 +136,32 @@ CREATE TABLE audit (
     hash      BLOB NOT NULL,
     mac       BLOB NOT NULL
 );
-"];
+",
+    r"
+CREATE TABLE evidence (
+    id          TEXT PRIMARY KEY,
+    record_id   TEXT    NOT NULL REFERENCES records (id) ON DELETE CASCADE,
+    name        TEXT    NOT NULL,
+    category    TEXT    NOT NULL,
+    media_type  TEXT    NOT NULL,
+    file_name   BLOB    NOT NULL,
+    size        INTEGER NOT NULL,
+    sha256      TEXT    NOT NULL,
+    salt        BLOB    NOT NULL,
+    complete    INTEGER NOT NULL,
+    owns_record INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    UNIQUE (record_id, name)
+);
+CREATE TABLE evidence_segments (
+    evidence_id TEXT    NOT NULL REFERENCES evidence (id) ON DELETE CASCADE,
+    idx         INTEGER NOT NULL,
+    key_gen     INTEGER NOT NULL,
+    sealed      BLOB    NOT NULL,
+    PRIMARY KEY (evidence_id, idx)
+);
+",
+];
 
 const MAX_IDLE_READERS: usize = 8;
 
@@ -689,28 +715,38 @@ impl Store for SqliteStore {
                 .prepare_cached("UPDATE fields SET sealed = ?3, key_gen = ?4 WHERE record_id = ?1 AND name = ?2")
                 .map_err(db)?;
             for (record_id, field) in &fields {
-                let sealed = reseal(record_id, field)?;
+                let sealed = reseal(ResealItem::Field { record_id, field })?;
                 update
                     .execute(params![record_id, field.name, sealed, new_key.generation])
                     .map_err(db)?;
             }
         }
+        let segments = reseal_segments(&tx, new_key, reseal)?;
         tx.execute(
             "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2 AND generation < ?3",
             params![new_key.subject, new_key.purpose, new_key.generation],
         )
         .map_err(db)?;
         tx.commit().map_err(db)?;
-        Ok(Some(u64::try_from(fields.len()).unwrap_or(0)))
+        Ok(Some(
+            u64::try_from(fields.len())
+                .unwrap_or(0)
+                .saturating_add(segments),
+        ))
     }
 
     fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError> {
         self.read(|c| {
             c.query_row(
-                "SELECT count(*) FROM fields f JOIN records r ON r.id = f.record_id
+                "SELECT (SELECT count(*) FROM fields f JOIN records r ON r.id = f.record_id
                  WHERE r.purpose = ?1 AND NOT EXISTS (
                     SELECT 1 FROM subject_keys k
-                    WHERE k.subject = r.subject AND k.purpose = r.purpose AND k.generation = f.key_gen)",
+                    WHERE k.subject = r.subject AND k.purpose = r.purpose AND k.generation = f.key_gen))
+                 + (SELECT count(*) FROM evidence_segments s
+                    JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
+                 WHERE r.purpose = ?1 AND NOT EXISTS (
+                    SELECT 1 FROM subject_keys k
+                    WHERE k.subject = r.subject AND k.purpose = r.purpose AND k.generation = s.key_gen))",
                 [purpose],
                 |r| r.get::<_, i64>(0),
             )
@@ -882,6 +918,253 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    fn begin_evidence(
+        &self,
+        new_record: Option<&RecordRow>,
+        row: &EvidenceRow,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        if let Some(record) = new_record {
+            let labels = serde_json::to_string(&record.labels)
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![
+                    record.id,
+                    record.subject,
+                    record.purpose,
+                    labels,
+                    record.created_at,
+                    record.updated_at,
+                    record.closed_at,
+                    record.expires_at
+                ],
+            )
+            .map_err(db)?;
+        }
+        let taken: i64 = tx
+            .query_row(
+                "SELECT (SELECT count(*) FROM fields WHERE record_id = ?1 AND name = ?2)
+                      + (SELECT count(*) FROM evidence WHERE record_id = ?1 AND name = ?2)",
+                params![row.record_id, row.name],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if taken > 0 {
+            return Err(StoreError::Conflict(format!("field `{}`", row.name)));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO evidence ({EVIDENCE_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
+            params![
+                row.id,
+                row.record_id,
+                row.name,
+                row.category,
+                row.media_type,
+                row.file_name,
+                i64::try_from(row.size).unwrap_or(i64::MAX),
+                row.sha256,
+                row.salt,
+                row.complete,
+                row.owns_record,
+                row.created_at
+            ],
+        )
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::Conflict(format!("record `{}`", row.record_id))
+            } else {
+                db(e)
+            }
+        })?;
+        tx.commit().map_err(db)
+    }
+
+    fn append_segments(
+        &self,
+        evidence_id: &str,
+        subject: &str,
+        purpose: &str,
+        segments: &[SegmentRow],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let open: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM evidence WHERE id = ?1 AND complete = 0",
+                [evidence_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if open.is_none() {
+            return Err(StoreError::Conflict(format!("upload `{evidence_id}`")));
+        }
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(db)?;
+            let mut checked = None;
+            for s in segments {
+                if checked != Some(s.key_gen) {
+                    check_key_exists(&tx, subject, purpose, s.key_gen)?;
+                    checked = Some(s.key_gen);
+                }
+                stmt.execute(params![evidence_id, s.index, s.key_gen, s.sealed])
+                    .map_err(|e| {
+                        if is_constraint(&e) {
+                            StoreError::Conflict(format!("segment {}", s.index))
+                        } else {
+                            db(e)
+                        }
+                    })?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn finish_evidence(
+        &self,
+        evidence_id: &str,
+        size: u64,
+        segments: u64,
+        sha256: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let stored: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM evidence_segments WHERE evidence_id = ?1",
+                [evidence_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        // A rekey that ran during the upload destroyed the key its segments were sealed under.
+        let orphaned: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM evidence_segments s
+                 JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
+                 WHERE s.evidence_id = ?1 AND NOT EXISTS (
+                    SELECT 1 FROM subject_keys k WHERE k.subject = r.subject
+                    AND k.purpose = r.purpose AND k.generation = s.key_gen)",
+                [evidence_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if orphaned > 0 {
+            return Err(StoreError::Conflict(format!(
+                "upload `{evidence_id}`: its subject key was replaced"
+            )));
+        }
+        if u64::try_from(stored).ok() != Some(segments) {
+            return Err(StoreError::Conflict(format!(
+                "upload `{evidence_id}` ({stored} of {segments} segments stored)"
+            )));
+        }
+        let n = tx
+            .execute(
+                "UPDATE evidence SET complete = 1, size = ?2, sha256 = ?3
+                 WHERE id = ?1 AND complete = 0",
+                params![evidence_id, i64::try_from(size).unwrap_or(i64::MAX), sha256],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!("upload `{evidence_id}`")));
+        }
+        tx.execute(
+            "UPDATE records SET updated_at = ?2
+             WHERE id = (SELECT record_id FROM evidence WHERE id = ?1)",
+            params![evidence_id, at],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn discard_evidence(&self, evidence_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let found = discard_one(&tx, evidence_id)?;
+        tx.commit().map_err(db)?;
+        Ok(found)
+    }
+
+    fn discard_unfinished_evidence(&self) -> Result<u64, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let ids: Vec<String> = tx
+            .prepare("SELECT id FROM evidence WHERE complete = 0")
+            .map_err(db)?
+            .query_map([], |r| r.get(0))
+            .map_err(db)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db)?;
+        for id in &ids {
+            discard_one(&tx, id)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(u64::try_from(ids.len()).unwrap_or(0))
+    }
+
+    fn evidence(&self, evidence_id: &str) -> Result<Option<(RecordRow, EvidenceRow)>, StoreError> {
+        let found = self.read(|c| {
+            let Some(ev) = c
+                .prepare_cached(&format!(
+                    "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE id = ?1"
+                ))?
+                .query_row([evidence_id], evidence_from_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let rec = c
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
+                ))?
+                .query_row([&ev.record_id], record_from_row)
+                .optional()?;
+            Ok(rec.map(|r| (r, ev)))
+        })?;
+        found.map(|(r, e)| Ok((with_labels(r)?, e))).transpose()
+    }
+
+    fn record_evidence(&self, record_id: &str) -> Result<Vec<EvidenceRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1
+                 ORDER BY name"
+            ))?
+            .query_map([record_id], evidence_from_row)?
+            .collect()
+        })
+    }
+
+    fn segment(&self, evidence_id: &str, index: u32) -> Result<Option<SegmentRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT idx, key_gen, sealed FROM evidence_segments
+                 WHERE evidence_id = ?1 AND idx = ?2",
+            )?
+            .query_row(params![evidence_id, index], |r| {
+                Ok(SegmentRow {
+                    index: r.get(0)?,
+                    key_gen: r.get(1)?,
+                    sealed: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+    }
+
     fn delete_record(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
@@ -911,9 +1194,24 @@ impl Store for SqliteStore {
                 let fields = fstmt
                     .query_map([&rec.0.id], |r| {
                         let size: i64 = r.get(2)?;
-                        Ok(FieldMeta { name: r.get(0)?, category: r.get(1)?, size: u64::try_from(size).unwrap_or(0) })
+                        Ok(FieldMeta { name: r.get(0)?, category: r.get(1)?, size: u64::try_from(size).unwrap_or(0), evidence: None })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut fields = fields;
+                fields.extend(
+                    c.prepare_cached(&format!(
+                        "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1"
+                    ))?
+                    .query_map([&rec.0.id], evidence_from_row)?
+                    .map(|e| e.map(|e| FieldMeta {
+                        name: e.name,
+                        category: e.category,
+                        size: e.size,
+                        evidence: Some(EvidenceMeta { id: e.id, media_type: e.media_type, sha256: e.sha256 }),
+                    }))
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                );
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
                 out.push((rec, fields));
             }
             Ok(out)
@@ -1395,6 +1693,121 @@ fn check_key_exists(
             "subject key generation {generation}"
         ))),
     }
+}
+
+const EVIDENCE_COLUMNS: &str = "id, record_id, name, category, media_type, file_name, size, \
+     sha256, salt, complete, owns_record, created_at";
+
+fn evidence_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EvidenceRow> {
+    let size: i64 = r.get(6)?;
+    Ok(EvidenceRow {
+        id: r.get(0)?,
+        record_id: r.get(1)?,
+        name: r.get(2)?,
+        category: r.get(3)?,
+        media_type: r.get(4)?,
+        file_name: r.get(5)?,
+        size: u64::try_from(size).unwrap_or(0),
+        sha256: r.get(7)?,
+        salt: r.get(8)?,
+        complete: r.get(9)?,
+        owns_record: r.get(10)?,
+        created_at: r.get(11)?,
+    })
+}
+
+/// Deletes one evidence file (its segments go by cascade) and the record its upload created
+/// when that holds nothing else.
+fn discard_one(tx: &Connection, evidence_id: &str) -> Result<bool, StoreError> {
+    let found: Option<(String, bool)> = tx
+        .query_row(
+            "SELECT record_id, owns_record FROM evidence WHERE id = ?1",
+            [evidence_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db)?;
+    let Some((record_id, owns_record)) = found else {
+        return Ok(false);
+    };
+    tx.execute("DELETE FROM evidence WHERE id = ?1", [evidence_id])
+        .map_err(db)?;
+    if owns_record {
+        tx.execute(
+            "DELETE FROM records WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM fields WHERE record_id = ?1)
+             AND NOT EXISTS (SELECT 1 FROM evidence WHERE record_id = ?1)",
+            [&record_id],
+        )
+        .map_err(db)?;
+    }
+    Ok(true)
+}
+
+/// Reseals, one segment at a time, every evidence segment of the subject sealed under a
+/// generation older than `new_key`'s. Returns how many.
+fn reseal_segments(
+    tx: &Connection,
+    new_key: &SubjectKeyRow,
+    reseal: &mut super::Reseal<'_>,
+) -> Result<u64, StoreError> {
+    let files: Vec<EvidenceRow> = tx
+        .prepare_cached(&format!(
+            "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete = 1 AND record_id IN
+             (SELECT id FROM records WHERE subject = ?1 AND purpose = ?2)"
+        ))
+        .map_err(db)?
+        .query_map(params![new_key.subject, new_key.purpose], evidence_from_row)
+        .map_err(db)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db)?;
+    let mut done = 0u64;
+    for file in &files {
+        let file_name = reseal(ResealItem::FileName { evidence: file })?;
+        tx.prepare_cached("UPDATE evidence SET file_name = ?2 WHERE id = ?1")
+            .map_err(db)?
+            .execute(params![file.id, file_name])
+            .map_err(db)?;
+        let stale: Vec<u32> = tx
+            .prepare_cached(
+                "SELECT idx FROM evidence_segments WHERE evidence_id = ?1 AND key_gen < ?2
+                 ORDER BY idx",
+            )
+            .map_err(db)?
+            .query_map(params![file.id, new_key.generation], |r| r.get(0))
+            .map_err(db)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db)?;
+        for index in stale {
+            let segment = tx
+                .prepare_cached(
+                    "SELECT idx, key_gen, sealed FROM evidence_segments
+                     WHERE evidence_id = ?1 AND idx = ?2",
+                )
+                .map_err(db)?
+                .query_row(params![file.id, index], |r| {
+                    Ok(SegmentRow {
+                        index: r.get(0)?,
+                        key_gen: r.get(1)?,
+                        sealed: r.get(2)?,
+                    })
+                })
+                .map_err(db)?;
+            let sealed = reseal(ResealItem::Segment {
+                evidence: file,
+                segment: &segment,
+            })?;
+            tx.prepare_cached(
+                "UPDATE evidence_segments SET sealed = ?3, key_gen = ?4
+                 WHERE evidence_id = ?1 AND idx = ?2",
+            )
+            .map_err(db)?
+            .execute(params![file.id, index, sealed, new_key.generation])
+            .map_err(db)?;
+            done += 1;
+        }
+    }
+    Ok(done)
 }
 
 fn subject_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SubjectKeyRow> {

@@ -8,13 +8,14 @@
 use serde_json::{Value as Json, json};
 
 use super::{
-    Vault, VaultError, open_field, parse_stored, record_meta, resource, trail::DATA_ACTIONS,
+    Vault, VaultError, evidence_resource, open_field, parse_stored, record_meta, resource,
+    trail::DATA_ACTIONS,
 };
 use crate::{
     audit::Filter,
     domain::{AccessContext, Principal, SubjectId},
     policy::{Action, Grant},
-    store::FieldRow,
+    store::{EvidenceRow, FieldRow},
 };
 
 /// The schema name of the export's first line.
@@ -34,15 +35,22 @@ impl Vault {
         let listed = self.store.subject_records(subject.as_str())?;
         let mut records = Vec::with_capacity(listed.len());
         for (meta, _) in &listed {
-            if let Some(found) = self.store.record(&meta.id)? {
-                records.push(found);
+            if let Some((rec, rows)) = self.store.record(&meta.id)? {
+                let evidence = self.store.record_evidence(&rec.id)?;
+                records.push((rec, rows, evidence));
             }
         }
-        let resources = records
-            .iter()
-            .flat_map(|(rec, rows)| rows.iter().map(move |row| (rec, row)))
-            .map(|(rec, row)| resource(rec, parse_stored(&rec.purpose, &rec.id)?, row))
-            .collect::<Result<Vec<_>, VaultError>>()?;
+        // Per record: its fields, then its evidence files.
+        let mut resources = Vec::new();
+        for (rec, rows, evidence) in &records {
+            let purpose = parse_stored(&rec.purpose, &rec.id)?;
+            for row in rows {
+                resources.push(resource(rec, purpose, row)?);
+            }
+            for ev in evidence {
+                resources.push(evidence_resource(rec, purpose, ev)?);
+            }
+        }
         let decisions = self.decide(principal, Action::Export, ctx, &resources)?;
         let allowed = decisions.iter().filter(|d| d.is_allow()).count();
         let mut event = self.event(principal, ctx, "export", Some(subject), None);
@@ -71,7 +79,7 @@ impl Vault {
             return Ok(());
         }
         let mut decision_iter = decisions.iter();
-        for (rec, rows) in &records {
+        for (rec, rows, evidence) in &records {
             let meta = record_meta(rec)?;
             let retention = self.retention.of(meta.purpose);
             let mut fields = Vec::new();
@@ -84,7 +92,15 @@ impl Vault {
                     None => withheld.push(json!({"name": row.name, "reason": d.reason})),
                 }
             }
-            if granted.is_empty() {
+            let mut granted_evidence: Vec<(Grant, &EvidenceRow)> = Vec::new();
+            for ev in evidence {
+                let Some(d) = decision_iter.next() else { break };
+                match d.grant(&seq) {
+                    Some(g) => granted_evidence.push((g, ev)),
+                    None => withheld.push(json!({"name": ev.name, "reason": d.reason})),
+                }
+            }
+            if granted.is_empty() && granted_evidence.is_empty() {
                 // Nothing of it may be shown: not even that it exists (an open investigation).
                 continue;
             }
@@ -111,6 +127,36 @@ impl Vault {
                 };
                 fields.push(value);
             }
+            let mut evidence_lines = Vec::new();
+            for (grant, ev) in &granted_evidence {
+                if grant.record() != rec.id || grant.field() != ev.name {
+                    return Err(VaultError::Denied(format!(
+                        "no grant for evidence `{}`",
+                        ev.id
+                    )));
+                }
+                let category = parse_stored(&ev.category, &rec.id)?;
+                let aad = super::evidence::evidence_aad(
+                    &subject_id,
+                    &rec.id,
+                    &ev.id,
+                    &ev.name,
+                    category,
+                    meta.purpose,
+                );
+                let file_name =
+                    super::evidence::open_file_name(self, &subject_id, meta.purpose, ev, &aad)?;
+                evidence_lines.push(json!({
+                    "name": ev.name,
+                    "category": category.as_str(),
+                    "evidence_id": ev.id,
+                    "media_type": ev.media_type,
+                    "file_name": file_name.as_str(),
+                    "size": ev.size,
+                    "sha256": ev.sha256,
+                    "created_at": ev.created_at,
+                }));
+            }
             let line = json!({
                 "type": "record",
                 "record_id": rec.id,
@@ -125,8 +171,9 @@ impl Vault {
                 "closed_at": rec.closed_at,
                 "expires_at": rec.expires_at,
                 "labels": rec.labels,
-                "categories": rows.iter().map(|r| r.category.as_str()).collect::<std::collections::BTreeSet<_>>(),
+                "categories": rows.iter().map(|r| r.category.as_str()).chain(evidence.iter().map(|e| e.category.as_str())).collect::<std::collections::BTreeSet<_>>(),
                 "fields": fields,
+                "evidence": evidence_lines,
                 "withheld": withheld,
             });
             if !emit(line) {

@@ -16,7 +16,7 @@ use crate::{
     domain::{Category, Principal, Purpose, SubjectId, now_unix},
     keys::{KeyError, RootSecret},
     policy::AdminAction,
-    store::{FieldRow, StoreError},
+    store::{ResealItem, StoreError},
 };
 
 /// How key jobs run.
@@ -296,44 +296,74 @@ impl Vault {
         let algorithm = self.keyring.active_algorithm(purpose)?;
         let mut old_keys: BTreeMap<u32, Arc<crypto::SubjectKey>> = BTreeMap::new();
         let mut failure: Option<VaultError> = None;
-        let mut reseal = |record_id: &str, field: &FieldRow| -> Result<Vec<u8>, StoreError> {
-            let result = (|| {
-                let category: Category = field
-                    .category
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("record `{record_id}`")))?;
-                let old = match old_keys.get(&field.key_gen) {
-                    Some(k) => Arc::clone(k),
-                    None => {
-                        let k = self
-                            .keyring
-                            .subject_key_at(&subject_id, purpose, field.key_gen)?
-                            .ok_or_else(|| {
-                                VaultError::DataLoss(format!(
-                                    "the subject key of record `{record_id}`"
-                                ))
-                            })?;
-                        old_keys.insert(field.key_gen, Arc::clone(&k));
-                        k
-                    }
-                };
-                let aad = field_aad(
-                    subject,
-                    record_id,
-                    &field.name,
-                    category,
-                    purpose,
-                    &field.kind,
-                );
-                let plain =
-                    crypto::open(old.expose_secret(), &aad, &field.sealed).map_err(|_| {
-                        VaultError::DataLoss(format!(
-                            "field `{}` of record `{record_id}`",
-                            field.name
-                        ))
-                    })?;
-                crypto::seal(new_key.expose_secret(), algorithm, generation, &aad, &plain)
-                    .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
+        let mut reseal = |item: ResealItem<'_>| -> Result<Vec<u8>, StoreError> {
+            let mut old_key = |key_gen: u32, record_id: &str| match old_keys.get(&key_gen) {
+                Some(k) => Ok(Arc::clone(k)),
+                None => {
+                    let k = self
+                        .keyring
+                        .subject_key_at(&subject_id, purpose, key_gen)?
+                        .ok_or_else(|| {
+                            VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
+                        })?;
+                    old_keys.insert(key_gen, Arc::clone(&k));
+                    Ok::<_, VaultError>(k)
+                }
+            };
+            let result = (|| match item {
+                ResealItem::Field { record_id, field } => {
+                    let category: Category = field
+                        .category
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("record `{record_id}`")))?;
+                    let old = old_key(field.key_gen, record_id)?;
+                    let aad = field_aad(
+                        subject,
+                        record_id,
+                        &field.name,
+                        category,
+                        purpose,
+                        &field.kind,
+                    );
+                    let plain =
+                        crypto::open(old.expose_secret(), &aad, &field.sealed).map_err(|_| {
+                            VaultError::DataLoss(format!(
+                                "field `{}` of record `{record_id}`",
+                                field.name
+                            ))
+                        })?;
+                    crypto::seal(new_key.expose_secret(), algorithm, generation, &aad, &plain)
+                        .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
+                }
+                ResealItem::FileName { evidence } => {
+                    let key_ref = crypto::Header::parse(&evidence.file_name)
+                        .map_err(|_| {
+                            VaultError::DataLoss(format!(
+                                "the file name of evidence `{}`",
+                                evidence.id
+                            ))
+                        })?
+                        .key_ref;
+                    let old = old_key(key_ref, &evidence.record_id)?;
+                    super::evidence::reseal_file_name(
+                        subject,
+                        purpose,
+                        evidence,
+                        old.expose_secret(),
+                        (new_key.expose_secret(), algorithm, generation),
+                    )
+                }
+                ResealItem::Segment { evidence, segment } => {
+                    let old = old_key(segment.key_gen, &evidence.record_id)?;
+                    super::evidence::reseal_segment(
+                        subject,
+                        purpose,
+                        evidence,
+                        segment,
+                        old.expose_secret(),
+                        (new_key.expose_secret(), algorithm, generation),
+                    )
+                }
             })();
             result.map_err(|e: VaultError| {
                 let message = e.to_string();

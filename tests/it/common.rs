@@ -75,6 +75,23 @@ impl TestServer {
         server
     }
 
+    /// A server over a fresh store with these `[limits]`.
+    pub async fn start_with_limits(limits: config::RawLimits) -> Self {
+        let tmp = crate::common::private_tempdir();
+        let dir = tmp.path().to_owned();
+        let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
+        init_store(&dir, &secret, Algorithm::Aes256Gcm);
+        let cfg = RawConfig {
+            data_dir: Some(dir.clone()),
+            limits: Some(limits),
+            ..Default::default()
+        };
+        let mut server = Self::open_config(&dir, &secret, None, cfg).await.unwrap();
+        server.issue_role_tokens();
+        server._tmp = Some(tmp);
+        server
+    }
+
     /// A server over an existing store in `dir`.
     pub async fn open(dir: &Path, secret: &RootSecret) -> Result<Self, config::OpenError> {
         Self::open_with(dir, secret, None, None).await
@@ -90,9 +107,17 @@ impl TestServer {
             data_dir: Some(dir.to_owned()),
             policy,
             ..Default::default()
-        }
-        .validate(false)
-        .unwrap();
+        };
+        Self::open_config(dir, secret, clock, cfg).await
+    }
+
+    async fn open_config(
+        dir: &Path,
+        secret: &RootSecret,
+        clock: Option<Arc<dyn kluis::domain::Clock>>,
+        cfg: RawConfig,
+    ) -> Result<Self, config::OpenError> {
+        let cfg = cfg.validate(false).unwrap();
         let mut vault = config::open_vault(&cfg, secret)?;
         if let Some(clock) = clock {
             vault = vault.with_clock(clock);
@@ -364,4 +389,136 @@ impl TestClock {
     pub fn now_for_test(&self) -> i64 {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// The byte at `pos` of test file `seed`: reproducible without holding the file.
+pub fn file_bytes(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    let word = |w: u64| (w ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let first = offset / 8;
+    let last = (offset + len as u64).div_ceil(8);
+    let mut out = Vec::with_capacity(((last - first) * 8) as usize);
+    for w in first..last {
+        out.extend_from_slice(&word(w).to_le_bytes());
+    }
+    let skip = (offset % 8) as usize;
+    out.drain(..skip);
+    out.truncate(len);
+    out
+}
+
+/// The SHA-256 of test file `seed` of `size` bytes, hex.
+pub fn file_sha256(seed: u64, size: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(1 << 20) as usize;
+        h.update(file_bytes(seed, at, n));
+        at += n as u64;
+    }
+    hex::encode(h.finalize())
+}
+
+/// The first message of an upload.
+pub fn evidence_start(
+    context: Option<pb::AccessContext>,
+    subject_id: &str,
+    record_id: &str,
+    field: &str,
+    media_type: &str,
+    file_name: &str,
+) -> pb::EvidenceChunk {
+    pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::Start(pb::EvidenceStart {
+            context,
+            subject_id: subject_id.into(),
+            record_id: record_id.into(),
+            field: field.into(),
+            category: "nuisance-evidence".into(),
+            media_type: media_type.into(),
+            file_name: file_name.into(),
+        })),
+    }
+}
+
+/// Uploads test file `seed` of `size` bytes in chunks of `chunk` bytes after `start`.
+pub async fn upload(
+    server: &TestServer,
+    token: &str,
+    start: pb::EvidenceChunk,
+    seed: u64,
+    size: u64,
+    chunk: usize,
+) -> Result<pb::PutEvidenceResponse, tonic::Status> {
+    let data = (0..size.div_ceil(chunk as u64)).map(move |i| {
+        let offset = i * chunk as u64;
+        let n = (size - offset).min(chunk as u64) as usize;
+        pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(
+                file_bytes(seed, offset, n).into(),
+            )),
+        }
+    });
+    let messages = std::iter::once(start).chain(data);
+    let mut client = server.client().await;
+    client
+        .put_evidence(req(token, tokio_stream::iter(messages)))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Uploads `bytes` as one file after `start`.
+pub async fn upload_bytes(
+    server: &TestServer,
+    token: &str,
+    start: pb::EvidenceChunk,
+    bytes: &[u8],
+) -> Result<pb::PutEvidenceResponse, tonic::Status> {
+    let messages = vec![
+        start,
+        pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(bytes.to_vec().into())),
+        },
+    ];
+    let mut client = server.client().await;
+    client
+        .put_evidence(req(token, tokio_stream::iter(messages)))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Downloads an evidence file (or a range): the info message and the bytes.
+pub async fn download(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    evidence_id: &str,
+    range: Option<(u64, u64)>,
+) -> Result<(pb::EvidenceInfo, Vec<u8>), tonic::Status> {
+    let mut client = server.client().await;
+    let mut stream = client
+        .get_evidence(req(
+            token,
+            pb::GetEvidenceRequest {
+                context,
+                evidence_id: evidence_id.into(),
+                range: range.map(|(offset, length)| pb::ByteRange { offset, length }),
+            },
+        ))
+        .await?
+        .into_inner();
+    let Some(pb::EvidenceData {
+        part: Some(pb::evidence_data::Part::Info(info)),
+    }) = stream.message().await?
+    else {
+        panic!("the first message of GetEvidence is not `info`");
+    };
+    let mut bytes = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        match msg.part {
+            Some(pb::evidence_data::Part::Data(d)) => bytes.extend_from_slice(&d),
+            _ => panic!("a second `info` message"),
+        }
+    }
+    Ok((info, bytes))
 }

@@ -17,6 +17,7 @@ mod api;
 mod audit;
 mod cli;
 mod common;
+mod evidence;
 mod guard;
 mod hygiene;
 mod lifecycle;

@@ -1,0 +1,318 @@
+//! Streaming AEAD for evidence files: an online AEAD of the STREAM kind (Hoang, Reyhanitabar,
+//! Rogaway and Vizár, "Online Authenticated-Encryption and its Nonce-Reuse Misuse-Resistance"),
+//! laid out like Tink's AES-GCM-HKDF streaming AEAD.
+//!
+//! A file is cut into segments of `SEGMENT_SIZE` plaintext bytes (the last one may be shorter,
+//! and a file of 0 bytes is one empty segment). Per file:
+//!
+//! ```text
+//! file key ‖ nonce prefix = HKDF-SHA256(ikm = subject key, salt = 32 random bytes,
+//!                                       info = the file's associated data)
+//! nonce of segment i     = nonce prefix ‖ i (4 bytes, big endian) ‖ last (1 byte: 1 or 0)
+//! ```
+//!
+//! The prefix is 7 bytes for AES-256-GCM (12-byte nonce) and 19 for XChaCha20-Poly1305. Each
+//! sealed segment starts with a 6-byte header (format version 1, algorithm, key reference: the
+//! subject key generation), which is also its associated data. Because the position and the last
+//! flag are in the nonce and the file's identity is in the key, a segment that is reordered,
+//! dropped, duplicated, cut off at the end or moved to another file fails to open.
+
+use aes_gcm::{
+    Aes256Gcm,
+    aead::{Aead, KeyInit, Payload},
+};
+use chacha20poly1305::XChaCha20Poly1305;
+use hkdf::Hkdf;
+use rand::RngCore;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::{Algorithm, CryptoError};
+
+/// Plaintext bytes per segment (64 KiB).
+pub const SEGMENT_SIZE: usize = 64 * 1024;
+/// Bytes of the per-file salt.
+pub const SALT_LEN: usize = 32;
+const HEADER_LEN: usize = 6;
+const TAG_LEN: usize = 16;
+const FORMAT_V1: u8 = 1;
+const MAX_PREFIX: usize = 19;
+
+/// The number of segments a file of `size` plaintext bytes has (at least one).
+pub fn segment_count(size: u64) -> u64 {
+    let seg = SEGMENT_SIZE as u64;
+    size.div_ceil(seg).max(1)
+}
+
+/// The plaintext length of segment `index` of a file of `size` bytes, or `None` past the end.
+pub fn segment_len(size: u64, index: u64) -> Option<usize> {
+    let count = segment_count(size);
+    if index >= count {
+        return None;
+    }
+    let start = index.saturating_mul(SEGMENT_SIZE as u64);
+    let len = size.saturating_sub(start).min(SEGMENT_SIZE as u64);
+    usize::try_from(len).ok()
+}
+
+/// A fresh random salt for a new file.
+pub fn new_salt() -> [u8; SALT_LEN] {
+    let mut salt = [0u8; SALT_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    salt
+}
+
+/// The parsed header of a sealed segment.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct SegmentHeader {
+    /// The algorithm that sealed it.
+    pub algorithm: Algorithm,
+    /// The generation of the subject key the file key was derived from.
+    pub key_ref: u32,
+}
+
+impl SegmentHeader {
+    /// Reads the header of a sealed segment without opening it.
+    pub fn parse(sealed: &[u8]) -> Result<Self, CryptoError> {
+        let header = super::Header::parse(sealed.get(..HEADER_LEN).ok_or(CryptoError::Format)?)?;
+        if sealed.len() < HEADER_LEN + TAG_LEN {
+            return Err(CryptoError::Format);
+        }
+        Ok(Self {
+            algorithm: header.algorithm,
+            key_ref: header.key_ref,
+        })
+    }
+}
+
+/// The key of one file under one subject key generation. Wiped on drop; never printed.
+pub struct FileKey {
+    key: Zeroizing<[u8; 32]>,
+    prefix: [u8; MAX_PREFIX],
+    algorithm: Algorithm,
+    key_ref: u32,
+}
+
+impl std::fmt::Debug for FileKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileKey")
+            .field("algorithm", &self.algorithm)
+            .field("key_ref", &self.key_ref)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileKey {
+    /// Derives the key of the file with `salt` and associated data `aad` (built by
+    /// `crypto::aad`) from `subject_key` of generation `key_ref`.
+    pub fn derive(
+        subject_key: &[u8; 32],
+        algorithm: Algorithm,
+        key_ref: u32,
+        salt: &[u8],
+        aad: &[u8],
+    ) -> Result<Self, CryptoError> {
+        if salt.len() != SALT_LEN {
+            return Err(CryptoError::Format);
+        }
+        let hk = Hkdf::<Sha256>::new(Some(salt), subject_key);
+        let mut okm = Zeroizing::new([0u8; 32 + MAX_PREFIX]);
+        let info = [b"kluis.v1.evidence-stream".as_slice(), aad].concat();
+        hk.expand(&info, okm.as_mut_slice())
+            .map_err(|_| CryptoError::Seal)?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        let mut prefix = [0u8; MAX_PREFIX];
+        let (k, p) = okm.split_at(32);
+        key.copy_from_slice(k);
+        prefix.copy_from_slice(p);
+        Ok(Self {
+            key,
+            prefix,
+            algorithm,
+            key_ref,
+        })
+    }
+
+    /// The subject key generation this file key was derived from.
+    pub fn key_ref(&self) -> u32 {
+        self.key_ref
+    }
+
+    /// Seals segment `index` (`last` for the final one).
+    pub fn seal_segment(
+        &self,
+        index: u32,
+        last: bool,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        out.push(FORMAT_V1);
+        out.push(self.algorithm.id());
+        out.extend_from_slice(&self.key_ref.to_be_bytes());
+        let nonce = self.nonce(index, last);
+        let payload = Payload {
+            msg: plaintext,
+            aad: &out,
+        };
+        let ciphertext = match self.algorithm {
+            Algorithm::Aes256Gcm => Aes256Gcm::new(self.key.as_ref().into()).encrypt(
+                aes_gcm::Nonce::from_slice(nonce.get(..12).unwrap_or(&[])),
+                payload,
+            ),
+            Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(self.key.as_ref().into())
+                .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
+        }
+        .map_err(|_| CryptoError::Seal)?;
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    /// Opens segment `index` (`last` for the final one). Any failure is `CryptoError::Open`.
+    pub fn open_segment(
+        &self,
+        index: u32,
+        last: bool,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let header = SegmentHeader::parse(sealed).map_err(|_| CryptoError::Open)?;
+        if header.algorithm != self.algorithm || header.key_ref != self.key_ref {
+            return Err(CryptoError::Open);
+        }
+        let (head, body) = sealed
+            .split_at_checked(HEADER_LEN)
+            .ok_or(CryptoError::Open)?;
+        let nonce = self.nonce(index, last);
+        let payload = Payload {
+            msg: body,
+            aad: head,
+        };
+        let plaintext = match self.algorithm {
+            Algorithm::Aes256Gcm => Aes256Gcm::new(self.key.as_ref().into()).decrypt(
+                aes_gcm::Nonce::from_slice(nonce.get(..12).unwrap_or(&[])),
+                payload,
+            ),
+            Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(self.key.as_ref().into())
+                .decrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
+        }
+        .map_err(|_| CryptoError::Open)?;
+        Ok(Zeroizing::new(plaintext))
+    }
+
+    /// The nonce of segment `index`: the prefix (7 or 19 bytes), the index and the last flag. The
+    /// AES-256-GCM nonce is the first 12 bytes of the 24 built here.
+    fn nonce(&self, index: u32, last: bool) -> [u8; 24] {
+        let prefix_len = match self.algorithm {
+            Algorithm::Aes256Gcm => 7,
+            Algorithm::XChaCha20Poly1305 => MAX_PREFIX,
+        };
+        let mut nonce = [0u8; 24];
+        for (n, p) in nonce.iter_mut().zip(self.prefix.iter().take(prefix_len)) {
+            *n = *p;
+        }
+        let tail = index
+            .to_be_bytes()
+            .into_iter()
+            .chain(std::iter::once(u8::from(last)));
+        for (n, t) in nonce.iter_mut().skip(prefix_len).zip(tail) {
+            *n = t;
+        }
+        nonce
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 32] = [9; 32];
+
+    fn key(alg: Algorithm, salt: &[u8], aad: &[u8]) -> FileKey {
+        FileKey::derive(&KEY, alg, 1, salt, aad).unwrap()
+    }
+
+    fn both() -> [Algorithm; 2] {
+        [Algorithm::Aes256Gcm, Algorithm::XChaCha20Poly1305]
+    }
+
+    #[test]
+    fn segments_round_trip_and_bind_position_and_end() {
+        for alg in both() {
+            let salt = new_salt();
+            let k = key(alg, &salt, b"file-a");
+            let s0 = k.seal_segment(0, false, b"first").unwrap();
+            let s1 = k.seal_segment(1, true, b"second").unwrap();
+            assert_eq!(k.open_segment(0, false, &s0).unwrap().as_slice(), b"first");
+            assert_eq!(k.open_segment(1, true, &s1).unwrap().as_slice(), b"second");
+            // Reordered, truncated (a non-final segment read as the last) or extended.
+            assert!(k.open_segment(1, false, &s0).is_err());
+            assert!(k.open_segment(0, true, &s0).is_err());
+            assert!(k.open_segment(1, false, &s1).is_err());
+            assert!(k.open_segment(0, false, &s1).is_err());
+        }
+    }
+
+    #[test]
+    fn segments_do_not_move_between_files_or_keys() {
+        for alg in both() {
+            let salt = new_salt();
+            let a = key(alg, &salt, b"file-a");
+            let sealed = a.seal_segment(0, true, b"x").unwrap();
+            // Another file (other associated data, other salt) or another subject key.
+            assert!(
+                key(alg, &salt, b"file-b")
+                    .open_segment(0, true, &sealed)
+                    .is_err()
+            );
+            assert!(
+                key(alg, &new_salt(), b"file-a")
+                    .open_segment(0, true, &sealed)
+                    .is_err()
+            );
+            let other = FileKey::derive(&[1; 32], alg, 1, &salt, b"file-a").unwrap();
+            assert!(other.open_segment(0, true, &sealed).is_err());
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_fails() {
+        for alg in both() {
+            let k = key(alg, &new_salt(), b"f");
+            let sealed = k.seal_segment(3, false, b"doorbell camera").unwrap();
+            for i in 0..sealed.len() {
+                let mut bad = sealed.clone();
+                bad[i] ^= 0x80;
+                assert!(k.open_segment(3, false, &bad).is_err(), "byte {i}");
+            }
+            for len in 0..sealed.len() {
+                assert!(k.open_segment(3, false, &sealed[..len]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn segment_arithmetic() {
+        let seg = SEGMENT_SIZE as u64;
+        assert_eq!(segment_count(0), 1);
+        assert_eq!(segment_count(1), 1);
+        assert_eq!(segment_count(seg), 1);
+        assert_eq!(segment_count(seg + 1), 2);
+        assert_eq!(segment_len(0, 0), Some(0));
+        assert_eq!(segment_len(seg + 1, 0), Some(SEGMENT_SIZE));
+        assert_eq!(segment_len(seg + 1, 1), Some(1));
+        assert_eq!(segment_len(seg + 1, 2), None);
+    }
+
+    #[test]
+    fn wrong_salt_length_is_refused() {
+        assert!(FileKey::derive(&KEY, Algorithm::Aes256Gcm, 1, &[0; 8], b"").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = SegmentHeader::parse(&bytes);
+            let k = key(Algorithm::Aes256Gcm, &[0; SALT_LEN], b"");
+            let _ = k.open_segment(0, true, &bytes);
+        }
+    }
+}

@@ -1,0 +1,941 @@
+//! Evidence files (photos, film, sound, letters): fields whose value is streamed in and out in
+//! segments sealed with the streaming AEAD of `crypto::stream`, under the same subject key,
+//! policy, audit, retention and erasure as any other field.
+//!
+//! Invariant: memory per upload or download is bounded by a few segments, whatever the file size.
+//! Invariant: an upload is readable only once it is complete; an upload that fails or is
+//! interrupted is discarded (`Upload` discards itself on drop, and start-up discards what a crash
+//! left behind).
+//! Invariant: a download opens nothing before its decision is in the audit trail, and checks every
+//! segment it returns, plus the final one, so a cut-off file fails even for a range read.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::{Vault, VaultError, guard, parse_stored, record_meta};
+use crate::{
+    crypto::{
+        self, AadContext, Algorithm,
+        stream::{self, FileKey, SEGMENT_SIZE},
+    },
+    domain::{
+        AccessContext, Category, FieldName, InputError, Principal, Purpose, RecordId, SubjectId,
+    },
+    keys::KeyError,
+    policy::{Action, FieldFlags, FieldResource, Grant},
+    store::{EvidenceRow, RecordRow, SegmentRow, StoreError},
+};
+
+/// Segments written per store transaction (1 MiB).
+const SEGMENTS_PER_BATCH: usize = 16;
+/// Bytes of text carried from one chunk to the next so the guard sees values that straddle them.
+const GUARD_CARRY: usize = 128;
+/// Longest media type accepted.
+const MAX_MEDIA_TYPE: usize = 127;
+/// Longest file name accepted.
+const MAX_FILE_NAME: usize = 255;
+
+/// Words in a file name that mark a copy of an identity document, which kluis does not store.
+const IDENTITY_DOCUMENT_WORDS: &[&str] = &[
+    "paspoort",
+    "passport",
+    "id-kaart",
+    "idkaart",
+    "id_kaart",
+    "identiteitskaart",
+    "identiteitsbewijs",
+    "identity-card",
+    "identity_card",
+    "rijbewijs",
+    "verblijfsvergunning",
+    "verblijfsdocument",
+];
+
+/// Where an upload goes: a new record of a subject, or an existing record.
+#[derive(Clone, Debug)]
+pub enum EvidenceTarget {
+    /// A new record for this subject under the context's purpose.
+    Subject(SubjectId),
+    /// An existing record.
+    Record(RecordId),
+}
+
+/// What the first message of an upload declares.
+#[derive(Clone)]
+pub struct EvidenceStart {
+    /// Where it goes.
+    pub target: EvidenceTarget,
+    /// The field name.
+    pub name: FieldName,
+    /// The category.
+    pub category: Category,
+    /// The declared media type, e.g. `video/mp4`.
+    pub media_type: String,
+    /// The original file name (may be empty).
+    pub file_name: String,
+}
+
+impl fmt::Debug for EvidenceStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EvidenceStart")
+            .field("target", &self.target)
+            .field("name", &self.name)
+            .field("category", &self.category)
+            .field("media_type", &self.media_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a finished upload stored.
+#[derive(Clone, Debug)]
+pub struct EvidenceReceipt {
+    /// `ev_…`.
+    pub evidence_id: String,
+    /// The record it belongs to.
+    pub record_id: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// SHA-256 of the plaintext, hex.
+    pub sha256: String,
+    /// When the record will be destroyed, when known.
+    pub expires_at: Option<i64>,
+}
+
+/// What a download returns before the data.
+#[derive(Clone)]
+pub struct EvidenceInfo {
+    /// `ev_…`.
+    pub evidence_id: String,
+    /// The record.
+    pub record_id: String,
+    /// Field name.
+    pub name: String,
+    /// Category.
+    pub category: Category,
+    /// Declared media type.
+    pub media_type: String,
+    /// Original file name.
+    pub file_name: Zeroizing<String>,
+    /// Whole file size.
+    pub size: u64,
+    /// SHA-256 of the whole file, hex.
+    pub sha256: String,
+    /// First byte returned.
+    pub offset: u64,
+    /// Bytes returned.
+    pub length: u64,
+}
+
+impl fmt::Debug for EvidenceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EvidenceInfo")
+            .field("evidence_id", &self.evidence_id)
+            .field("record_id", &self.record_id)
+            .field("size", &self.size)
+            .field("offset", &self.offset)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Starts an upload: checks the declaration, decides and audits the write, and stores the
+    /// unfinished evidence row (and the new record). Data follows through `Upload::write`.
+    pub fn begin_evidence(
+        self: &Arc<Self>,
+        principal: &Principal,
+        ctx: &AccessContext,
+        start: EvidenceStart,
+    ) -> Result<Upload, VaultError> {
+        check_start(&start)?;
+        let now = self.clock.now();
+        let (record, new_record) = match &start.target {
+            EvidenceTarget::Record(id) => {
+                let (record, _) = self.load(id)?;
+                if record.purpose != ctx.purpose.as_str() {
+                    return Err(InputError::new(
+                        "start.context.purpose",
+                        format!(
+                            "record `{id}` is kept for purpose `{}`; declare that purpose",
+                            record.purpose
+                        ),
+                    )
+                    .into());
+                }
+                (record, false)
+            }
+            EvidenceTarget::Subject(subject) => (
+                RecordRow {
+                    id: RecordId::generate().as_str().into(),
+                    subject: subject.as_str().into(),
+                    purpose: ctx.purpose.as_str().into(),
+                    labels: BTreeMap::new(),
+                    created_at: now,
+                    updated_at: now,
+                    closed_at: None,
+                    expires_at: self.retention.expires_at(ctx.purpose, now),
+                },
+                true,
+            ),
+        };
+        let subject = SubjectId::parse("subject", &record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let record_id = RecordId::parse("record", &record.id)
+            .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
+        let resource = FieldResource {
+            record: record.id.clone(),
+            name: start.name.as_str().into(),
+            category: start.category,
+            purpose: ctx.purpose,
+            subject: record.subject.clone(),
+            flags: FieldFlags {
+                record_closed: record.closed_at.is_some(),
+                ..FieldFlags::default()
+            },
+        };
+        let resources = [resource];
+        let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
+        self.require_all(
+            principal,
+            ctx,
+            "evidence-upload",
+            &subject,
+            &record_id,
+            &resources,
+            &decisions,
+        )?;
+
+        let evidence_id = format!("ev_{}", hex::encode(rand::random::<[u8; 16]>()));
+        let active = self.keyring.subject_key_or_create(&subject, ctx.purpose)?;
+        let salt = stream::new_salt();
+        let aad = evidence_aad(
+            &subject,
+            &record.id,
+            &evidence_id,
+            start.name.as_str(),
+            start.category,
+            ctx.purpose,
+        );
+        let key = FileKey::derive(
+            active.key.expose_secret(),
+            active.algorithm,
+            active.generation,
+            &salt,
+            &aad,
+        )
+        .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        let file_name = crypto::seal(
+            active.key.expose_secret(),
+            active.algorithm,
+            active.generation,
+            &aad,
+            start.file_name.as_bytes(),
+        )
+        .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        let row = EvidenceRow {
+            id: evidence_id.clone(),
+            record_id: record.id.clone(),
+            name: start.name.as_str().into(),
+            category: start.category.as_str().into(),
+            media_type: start.media_type.clone(),
+            file_name,
+            size: 0,
+            sha256: String::new(),
+            salt: salt.to_vec(),
+            complete: false,
+            owns_record: new_record,
+            created_at: now,
+        };
+        self.store
+            .begin_evidence(new_record.then_some(&record), &row)
+            .map_err(|e| match e {
+                StoreError::Conflict(what) if what.starts_with("field") => {
+                    VaultError::FailedPrecondition(format!(
+                        "record `{}` has a {what} already; choose another field name",
+                        record.id
+                    ))
+                }
+                StoreError::Conflict(_) => VaultError::NotFound(format!("record `{}`", record.id)),
+                other => other.into(),
+            })?;
+        tracing::info!(
+            evidence_id = evidence_id.as_str(),
+            record_id = record.id.as_str(),
+            purpose = ctx.purpose.as_str(),
+            "evidence upload started"
+        );
+        let text_like = is_text_like(&start.media_type);
+        Ok(Upload {
+            vault: Arc::clone(self),
+            evidence_id,
+            record_id: record.id,
+            subject,
+            purpose: ctx.purpose,
+            key,
+            buffer: Zeroizing::new(Vec::with_capacity(SEGMENT_SIZE)),
+            next_index: 0,
+            size: 0,
+            hasher: Sha256::new(),
+            batch: Vec::with_capacity(SEGMENTS_PER_BATCH),
+            guard_carry: text_like.then(|| Zeroizing::new(Vec::new())),
+            expires_at: record.expires_at,
+            finished: false,
+        })
+    }
+
+    /// Opens an evidence file for reading `range` (offset, length; length 0 means to the end):
+    /// decides and audits the read, and returns what the download starts with. Nothing of the
+    /// file is decrypted when the policy denies it.
+    pub fn open_evidence(
+        self: &Arc<Self>,
+        principal: &Principal,
+        ctx: &AccessContext,
+        evidence_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<(EvidenceInfo, Download), VaultError> {
+        let (record, evidence) = self
+            .store
+            .evidence(evidence_id)?
+            .filter(|(_, e)| e.complete)
+            .ok_or_else(|| VaultError::NotFound(format!("evidence `{evidence_id}`")))?;
+        let meta = record_meta(&record)?;
+        let category: Category = parse_stored(&evidence.category, &record.id)?;
+        let subject = SubjectId::parse("subject", &record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let record_id = RecordId::parse("record", &record.id)
+            .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
+        let (offset, length) = match range {
+            None => (0, evidence.size),
+            Some((offset, length)) => {
+                if offset > evidence.size {
+                    return Err(InputError::new(
+                        "range.offset",
+                        format!("starts past the end of the file ({} bytes)", evidence.size),
+                    )
+                    .into());
+                }
+                let rest = evidence.size - offset;
+                if length > rest {
+                    return Err(InputError::new(
+                        "range.length",
+                        format!(
+                            "ends past the end of the file ({} bytes; {rest} from the offset)",
+                            evidence.size
+                        ),
+                    )
+                    .into());
+                }
+                (offset, if length == 0 { rest } else { length })
+            }
+        };
+        let resources = [super::evidence_resource(&record, meta.purpose, &evidence)?];
+        let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
+        let mut event = self.event(
+            principal,
+            ctx,
+            "evidence-read",
+            Some(&subject),
+            Some(&record_id),
+        );
+        event.fields = super::audit_fields(&resources, &decisions);
+        event.target = Some(evidence.id.clone());
+        let grant = decisions.first().and_then(|d| {
+            d.is_allow().then_some(())?;
+            Some(d)
+        });
+        event.decision = if grant.is_some() { "allow" } else { "deny" }.into();
+        if range.is_some() {
+            event.reason = Some(format!("bytes {offset}+{length}"));
+        }
+        let seq = self.audit.append(&event)?;
+        let grant = grant
+            .and_then(|d| d.grant(&seq))
+            .ok_or_else(|| VaultError::Denied(super::distinct_reasons(&decisions)))?;
+
+        let download = Download {
+            vault: Arc::clone(self),
+            grant,
+            subject,
+            purpose: meta.purpose,
+            aad: evidence_aad(
+                &SubjectId::parse("subject", &record.subject)
+                    .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?,
+                &record.id,
+                &evidence.id,
+                &evidence.name,
+                category,
+                meta.purpose,
+            ),
+            keys: BTreeMap::new(),
+            next: offset,
+            end: offset.saturating_add(length),
+            checked_last: false,
+            evidence,
+        };
+        let file_name = download.file_name()?;
+        let ev = &download.evidence;
+        let info = EvidenceInfo {
+            evidence_id: ev.id.clone(),
+            record_id: ev.record_id.clone(),
+            name: ev.name.clone(),
+            category,
+            media_type: ev.media_type.clone(),
+            file_name,
+            size: ev.size,
+            sha256: ev.sha256.clone(),
+            offset,
+            length,
+        };
+        Ok((info, download))
+    }
+
+    /// Discards uploads a crash left unfinished. Run at start-up, when no upload can be running.
+    pub fn discard_unfinished_evidence(&self) -> Result<u64, VaultError> {
+        let n = self.store.discard_unfinished_evidence()?;
+        if n > 0 {
+            tracing::info!(uploads = n, "discarded unfinished evidence uploads");
+        }
+        Ok(n)
+    }
+}
+
+/// An upload in progress. Dropping it before `finish` discards everything stored of it.
+pub struct Upload {
+    vault: Arc<Vault>,
+    evidence_id: String,
+    record_id: String,
+    subject: SubjectId,
+    purpose: Purpose,
+    key: FileKey,
+    buffer: Zeroizing<Vec<u8>>,
+    next_index: u32,
+    size: u64,
+    hasher: Sha256,
+    batch: Vec<SegmentRow>,
+    guard_carry: Option<Zeroizing<Vec<u8>>>,
+    expires_at: Option<i64>,
+    finished: bool,
+}
+
+impl fmt::Debug for Upload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upload")
+            .field("evidence_id", &self.evidence_id)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upload {
+    /// The evidence id the upload will have.
+    pub fn evidence_id(&self) -> &str {
+        &self.evidence_id
+    }
+
+    /// Takes the next bytes of the file.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), VaultError> {
+        let limit = self.vault.limits.max_evidence_bytes;
+        self.size = self.size.saturating_add(data.len() as u64);
+        if self.size > limit {
+            return Err(InputError::new(
+                "data",
+                format!("evidence is larger than the limit of {limit} bytes"),
+            )
+            .into());
+        }
+        if let Some(carry) = &mut self.guard_carry {
+            carry.extend_from_slice(data);
+            let text = String::from_utf8_lossy(carry);
+            guard::check_text("data", &text)?;
+            let keep = carry.len().saturating_sub(GUARD_CARRY);
+            carry.drain(..keep);
+        }
+        self.hasher.update(data);
+        while !data.is_empty() {
+            if self.buffer.len() == SEGMENT_SIZE {
+                // More data follows, so this full segment is not the last one.
+                self.seal_buffer(false)?;
+            }
+            let take = (SEGMENT_SIZE - self.buffer.len()).min(data.len());
+            let (now, rest) = data.split_at(take);
+            self.buffer.extend_from_slice(now);
+            data = rest;
+        }
+        if self.batch.len() >= SEGMENTS_PER_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Seals the last segment, stores what is left and makes the evidence readable.
+    pub fn finish(mut self) -> Result<EvidenceReceipt, VaultError> {
+        self.seal_buffer(true)?;
+        self.flush()?;
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let now = self.vault.clock.now();
+        self.vault
+            .store
+            .finish_evidence(
+                &self.evidence_id,
+                self.size,
+                u64::from(self.next_index),
+                &sha256,
+                now,
+            )
+            .map_err(key_replaced)?;
+        self.finished = true;
+        tracing::info!(
+            evidence_id = self.evidence_id.as_str(),
+            size = self.size,
+            "evidence stored"
+        );
+        Ok(EvidenceReceipt {
+            evidence_id: self.evidence_id.clone(),
+            record_id: self.record_id.clone(),
+            size: self.size,
+            sha256,
+            expires_at: self.expires_at,
+        })
+    }
+
+    fn seal_buffer(&mut self, last: bool) -> Result<(), VaultError> {
+        let sealed = self
+            .key
+            .seal_segment(self.next_index, last, &self.buffer)
+            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        self.batch.push(SegmentRow {
+            index: self.next_index,
+            key_gen: self.key.key_ref(),
+            sealed,
+        });
+        self.buffer.clear();
+        self.next_index = self.next_index.checked_add(1).ok_or_else(|| {
+            InputError::new("data", "evidence has more segments than kluis can number")
+        })?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), VaultError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.vault
+            .store
+            .append_segments(
+                &self.evidence_id,
+                self.subject.as_str(),
+                self.purpose.as_str(),
+                &self.batch,
+            )
+            .map_err(key_replaced)?;
+        self.batch.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        match self.vault.store.discard_evidence(&self.evidence_id) {
+            Ok(_) => tracing::info!(
+                evidence_id = self.evidence_id.as_str(),
+                "unfinished evidence upload discarded"
+            ),
+            // Start-up discards it then.
+            Err(e) => tracing::warn!(
+                evidence_id = self.evidence_id.as_str(),
+                error = %e,
+                "could not discard an unfinished upload now"
+            ),
+        }
+    }
+}
+
+fn key_replaced(e: StoreError) -> VaultError {
+    match e {
+        StoreError::Conflict(_) => VaultError::FailedPrecondition(
+            "the subject key was replaced by a key rotation during the upload, or the record was \
+             deleted; nothing was stored, upload the file again"
+                .into(),
+        ),
+        other => other.into(),
+    }
+}
+
+/// A download in progress: yields the requested bytes a segment at a time.
+pub struct Download {
+    vault: Arc<Vault>,
+    grant: Grant,
+    subject: SubjectId,
+    purpose: Purpose,
+    evidence: EvidenceRow,
+    aad: Vec<u8>,
+    keys: BTreeMap<(u32, u8), FileKey>,
+    next: u64,
+    end: u64,
+    checked_last: bool,
+}
+
+impl fmt::Debug for Download {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Download")
+            .field("evidence_id", &self.evidence.id)
+            .field("next", &self.next)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Download {
+    /// The next piece of the requested range (at most one segment), or `None` at its end.
+    pub fn next_chunk(&mut self) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+        let count = stream::segment_count(self.evidence.size);
+        let last_index = count - 1;
+        let seg = SEGMENT_SIZE as u64;
+        if !self.checked_last {
+            // Authenticate the end of the file first unless the range reads it anyway: a range
+            // read must not miss that the file was cut off.
+            let last_needed = if self.end > self.next {
+                (self.end - 1) / seg
+            } else {
+                self.next / seg
+            };
+            if last_needed != last_index || self.end <= self.next {
+                self.open(last_index)?;
+            }
+            self.checked_last = true;
+        }
+        if self.next >= self.end {
+            return Ok(None);
+        }
+        let index = self.next / seg;
+        let plain = self.open(index)?;
+        let seg_start = index * seg;
+        let from = usize::try_from(self.next - seg_start).unwrap_or(usize::MAX);
+        let to = usize::try_from(self.end.min(seg_start + seg) - seg_start).unwrap_or(usize::MAX);
+        let piece = plain
+            .get(from..to)
+            .ok_or_else(|| self.damaged(index))?
+            .to_vec();
+        self.next = seg_start + to as u64;
+        Ok(Some(Zeroizing::new(piece)))
+    }
+
+    fn damaged(&self, index: u64) -> VaultError {
+        VaultError::DataLoss(format!(
+            "segment {index} of evidence `{}`",
+            self.evidence.id
+        ))
+    }
+
+    /// Reads, opens and checks segment `index`.
+    fn open(&mut self, index: u64) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        if self.grant.record() != self.evidence.record_id
+            || self.grant.field() != self.evidence.name
+        {
+            return Err(VaultError::Denied("no grant for this evidence".into()));
+        }
+        let idx = u32::try_from(index).map_err(|_| self.damaged(index))?;
+        let count = stream::segment_count(self.evidence.size);
+        let expected_len =
+            stream::segment_len(self.evidence.size, index).ok_or_else(|| self.damaged(index))?;
+        // A rekey may replace the segment between reading it and fetching its key: read again.
+        for _ in 0..2 {
+            let row = self
+                .vault
+                .store
+                .segment(&self.evidence.id, idx)?
+                .ok_or_else(|| self.damaged(index))?;
+            let header =
+                stream::SegmentHeader::parse(&row.sealed).map_err(|_| self.damaged(index))?;
+            if header.key_ref != row.key_gen {
+                return Err(self.damaged(index));
+            }
+            let Some(key) = self.file_key(header.key_ref, header.algorithm)? else {
+                continue;
+            };
+            let plain = key
+                .open_segment(idx, index + 1 == count, &row.sealed)
+                .map_err(|_| self.damaged(index))?;
+            if plain.len() != expected_len {
+                return Err(self.damaged(index));
+            }
+            return Ok(plain);
+        }
+        Err(VaultError::DataLoss(format!(
+            "the subject key of evidence `{}`",
+            self.evidence.id
+        )))
+    }
+
+    fn file_key(
+        &mut self,
+        generation: u32,
+        algorithm: Algorithm,
+    ) -> Result<Option<&FileKey>, VaultError> {
+        let slot = (generation, algorithm.id());
+        if !self.keys.contains_key(&slot) {
+            let Some(subject_key) =
+                self.vault
+                    .keyring
+                    .subject_key_at(&self.subject, self.purpose, generation)?
+            else {
+                return Ok(None);
+            };
+            let key = FileKey::derive(
+                subject_key.expose_secret(),
+                algorithm,
+                generation,
+                &self.evidence.salt,
+                &self.aad,
+            )
+            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+            self.keys.insert(slot, key);
+        }
+        Ok(self.keys.get(&slot))
+    }
+
+    fn file_name(&self) -> Result<Zeroizing<String>, VaultError> {
+        open_file_name(
+            &self.vault,
+            &self.subject,
+            self.purpose,
+            &self.evidence,
+            &self.aad,
+        )
+    }
+}
+
+/// Opens the sealed file name of an evidence file.
+pub(crate) fn open_file_name(
+    vault: &Vault,
+    subject: &SubjectId,
+    purpose: Purpose,
+    evidence: &EvidenceRow,
+    aad: &[u8],
+) -> Result<Zeroizing<String>, VaultError> {
+    let damaged = || VaultError::DataLoss(format!("the file name of evidence `{}`", evidence.id));
+    let header = crypto::Header::parse(&evidence.file_name).map_err(|_| damaged())?;
+    let key = vault
+        .keyring
+        .subject_key_at(subject, purpose, header.key_ref)?
+        .ok_or_else(damaged)?;
+    let bytes =
+        crypto::open(key.expose_secret(), aad, &evidence.file_name).map_err(|_| damaged())?;
+    String::from_utf8(bytes.to_vec())
+        .map(Zeroizing::new)
+        .map_err(|_| damaged())
+}
+
+/// The associated data of an evidence file (its key derivation and its sealed file name).
+pub(crate) fn evidence_aad(
+    subject: &SubjectId,
+    record: &str,
+    evidence: &str,
+    field: &str,
+    category: Category,
+    purpose: Purpose,
+) -> Vec<u8> {
+    crypto::aad(&AadContext::Evidence {
+        subject: subject.as_str(),
+        record,
+        evidence,
+        field,
+        category: category.as_str(),
+        purpose: purpose.as_str(),
+    })
+}
+
+/// Re-encrypts one segment (or, for the reserved index `u32::MAX`, nothing) under a new subject
+/// key during a rekey: `old` is the subject key of the segment's generation, `new` the new key,
+/// its algorithm and generation.
+pub(crate) fn reseal_segment(
+    subject: &str,
+    purpose: Purpose,
+    evidence: &EvidenceRow,
+    segment: &SegmentRow,
+    old: &[u8; 32],
+    new: (&[u8; 32], Algorithm, u32),
+) -> Result<Vec<u8>, VaultError> {
+    let damaged = || {
+        VaultError::DataLoss(format!(
+            "segment {} of evidence `{}`",
+            segment.index, evidence.id
+        ))
+    };
+    let subject = SubjectId::parse("subject", subject).map_err(|_| damaged())?;
+    let category: Category = parse_stored(&evidence.category, &evidence.record_id)?;
+    let aad = evidence_aad(
+        &subject,
+        &evidence.record_id,
+        &evidence.id,
+        &evidence.name,
+        category,
+        purpose,
+    );
+    let header = stream::SegmentHeader::parse(&segment.sealed).map_err(|_| damaged())?;
+    let crypto_err = |e| VaultError::Key(KeyError::Crypto(e));
+    let old_key = FileKey::derive(old, header.algorithm, segment.key_gen, &evidence.salt, &aad)
+        .map_err(crypto_err)?;
+    let last = u64::from(segment.index) + 1 == stream::segment_count(evidence.size);
+    let plain = old_key
+        .open_segment(segment.index, last, &segment.sealed)
+        .map_err(|_| damaged())?;
+    let (new_key, algorithm, generation) = new;
+    let new_key = FileKey::derive(new_key, algorithm, generation, &evidence.salt, &aad)
+        .map_err(crypto_err)?;
+    new_key
+        .seal_segment(segment.index, last, &plain)
+        .map_err(crypto_err)
+}
+
+/// Re-encrypts the sealed file name of an evidence file under a new subject key.
+pub(crate) fn reseal_file_name(
+    subject: &str,
+    purpose: Purpose,
+    evidence: &EvidenceRow,
+    old: &[u8; 32],
+    new: (&[u8; 32], Algorithm, u32),
+) -> Result<Vec<u8>, VaultError> {
+    let damaged = || VaultError::DataLoss(format!("the file name of evidence `{}`", evidence.id));
+    let subject = SubjectId::parse("subject", subject).map_err(|_| damaged())?;
+    let category: Category = parse_stored(&evidence.category, &evidence.record_id)?;
+    let aad = evidence_aad(
+        &subject,
+        &evidence.record_id,
+        &evidence.id,
+        &evidence.name,
+        category,
+        purpose,
+    );
+    let plain = crypto::open(old, &aad, &evidence.file_name).map_err(|_| damaged())?;
+    let (key, algorithm, generation) = new;
+    crypto::seal(key, algorithm, generation, &aad, &plain)
+        .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
+}
+
+/// Checks an upload's declaration: the category, media type and file name.
+fn check_start(start: &EvidenceStart) -> Result<(), InputError> {
+    if start.category == Category::Identity {
+        return Err(InputError::new(
+            "start.category",
+            "evidence of category `identity` would be a copy of an identity document; kluis \
+             stores no copies of identity documents",
+        ));
+    }
+    let media = &start.media_type;
+    let valid_media = media.len() <= MAX_MEDIA_TYPE
+        && media.split_once('/').is_some_and(|(t, s)| {
+            let token = |p: &str| {
+                !p.is_empty()
+                    && p.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.' | b'_')
+                    })
+            };
+            token(t) && token(s)
+        });
+    if !valid_media {
+        return Err(InputError::new(
+            "start.media_type",
+            format!(
+                "expected a media type such as `image/jpeg` or `video/mp4`, at most \
+                 {MAX_MEDIA_TYPE} bytes"
+            ),
+        ));
+    }
+    let name = &start.file_name;
+    if name.len() > MAX_FILE_NAME {
+        return Err(InputError::new(
+            "start.file_name",
+            format!("file name is longer than {MAX_FILE_NAME} bytes"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(InputError::new(
+            "start.file_name",
+            "file name holds control characters",
+        ));
+    }
+    guard::check_text("start.file_name", name)?;
+    let lower = name.to_lowercase();
+    if IDENTITY_DOCUMENT_WORDS.iter().any(|w| lower.contains(w)) {
+        return Err(InputError::new(
+            "start.file_name",
+            "the file name says it is an identity document; kluis stores no copies of identity \
+             documents",
+        ));
+    }
+    Ok(())
+}
+
+/// Media whose bytes are text, which the BSN/MRZ guard reads as it streams in.
+fn is_text_like(media_type: &str) -> bool {
+    let m = media_type.to_ascii_lowercase();
+    m.starts_with("text/")
+        || m.starts_with("message/")
+        || matches!(
+            m.as_str(),
+            "application/json" | "application/xml" | "application/mbox"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(category: Category, media: &str, file: &str) -> EvidenceStart {
+        EvidenceStart {
+            target: EvidenceTarget::Subject(SubjectId::parse("s", "rel-1").unwrap()),
+            name: FieldName::parse("n", "photo").unwrap(),
+            category,
+            media_type: media.into(),
+            file_name: file.into(),
+        }
+    }
+
+    #[test]
+    fn declarations_are_checked() {
+        let ok = start(Category::NuisanceEvidence, "video/mp4", "hallway.mp4");
+        assert!(check_start(&ok).is_ok());
+        for (s, field) in [
+            (
+                start(Category::Identity, "image/jpeg", "x.jpg"),
+                "start.category",
+            ),
+            (
+                start(Category::NuisanceEvidence, "video", "x"),
+                "start.media_type",
+            ),
+            (
+                start(Category::NuisanceEvidence, "a/b c", "x"),
+                "start.media_type",
+            ),
+            (
+                start(
+                    Category::NuisanceEvidence,
+                    "image/jpeg",
+                    "Paspoort J. Jansen.jpg",
+                ),
+                "start.file_name",
+            ),
+            (
+                start(Category::NuisanceEvidence, "image/jpeg", "scan\n.jpg"),
+                "start.file_name",
+            ),
+        ] {
+            let e = check_start(&s).unwrap_err();
+            assert_eq!(e.field, field);
+        }
+    }
+
+    #[test]
+    fn text_media_is_recognised() {
+        assert!(is_text_like("text/plain"));
+        assert!(is_text_like("message/rfc822"));
+        assert!(!is_text_like("video/mp4"));
+    }
+}

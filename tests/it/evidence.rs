@@ -1,0 +1,660 @@
+//! Evidence files over gRPC: round trips at the segment boundaries and at 256 MiB, range reads,
+//! tampering with the stored segments, denial before the first byte, interrupted uploads, the
+//! guard, rekey, erasure and export.
+
+use kluis::{crypto::stream::SEGMENT_SIZE, domain::Role, pb};
+use rusqlite::{Connection, params};
+use tonic::Code;
+
+use crate::common::*;
+
+const SEG: u64 = SEGMENT_SIZE as u64;
+
+fn officer(server: &TestServer) -> String {
+    server.token(Role::NuisanceOfficer).to_owned()
+}
+
+fn start(subject: &str, field: &str) -> pb::EvidenceChunk {
+    evidence_start(
+        nuisance_ctx(),
+        subject,
+        "",
+        field,
+        "video/mp4",
+        "hallway.mp4",
+    )
+}
+
+fn db(server: &TestServer) -> Connection {
+    Connection::open(server.db_path()).unwrap()
+}
+
+fn count(server: &TestServer, sql: &str) -> i64 {
+    db(server).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn files_round_trip_at_every_segment_boundary() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    for (seed, size) in [(1, 0), (2, 1), (3, SEG), (4, SEG + 1), (5, 3 * SEG + 17)] {
+        // Chunks that do not line up with segments.
+        let put = upload(&server, &token, start("REL-EV", "clip"), seed, size, 40_000)
+            .await
+            .unwrap();
+        assert_eq!(put.size, size);
+        assert_eq!(put.sha256, file_sha256(seed, size), "size {size}");
+        let (info, bytes) = download(&server, &token, nuisance_ctx(), &put.evidence_id, None)
+            .await
+            .unwrap();
+        assert_eq!(bytes, file_bytes(seed, 0, size as usize), "size {size}");
+        assert_eq!(
+            (info.size, info.offset, info.length),
+            (size, 0, size),
+            "size {size}"
+        );
+        assert_eq!(info.sha256, put.sha256);
+        assert_eq!(info.file_name, "hallway.mp4");
+        assert_eq!(info.media_type, "video/mp4");
+    }
+    // Listed as evidence, with media type, size and digest and never the content.
+    let mut client = server.client().await;
+    let list = client
+        .list_records(req(
+            &token,
+            pb::ListRecordsRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-EV".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.records.len(), 5);
+    let field = list
+        .records
+        .iter()
+        .map(|r| &r.fields[0])
+        .find(|f| f.size == 3 * SEG + 17)
+        .unwrap();
+    assert_eq!(field.size, 3 * SEG + 17);
+    let meta = field.evidence.as_ref().unwrap();
+    assert_eq!(meta.media_type, "video/mp4");
+    assert_eq!(meta.sha256, file_sha256(5, 3 * SEG + 17));
+    // Nothing of the file name or content lies in the database in clear.
+    let raw = std::fs::read(server.db_path()).unwrap();
+    assert!(!raw.windows(11).any(|w| w == b"hallway.mp4"));
+    let sample = file_bytes(5, SEG, 64);
+    assert!(!raw.windows(64).any(|w| w == sample.as_slice()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_file_round_trips_and_a_range_in_the_middle_is_exact() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let size = 256 * 1024 * 1024;
+    let put = upload(
+        &server,
+        &token,
+        start("REL-BIG", "doorbell"),
+        9,
+        size,
+        256 * 1024,
+    )
+    .await
+    .unwrap();
+    assert_eq!(put.size, size);
+    assert_eq!(put.sha256, file_sha256(9, size));
+    // The whole file: check the digest of what came back.
+    let (_, bytes) = download(&server, &token, nuisance_ctx(), &put.evidence_id, None)
+        .await
+        .unwrap();
+    assert_eq!(bytes.len() as u64, size);
+    {
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), put.sha256);
+    }
+    drop(bytes);
+    // Seek into the middle: across a segment boundary, not aligned at either end.
+    let (offset, length) = (100 * 1024 * 1024 + 12_345, 3 * SEG + 7);
+    let (info, bytes) = download(
+        &server,
+        &token,
+        nuisance_ctx(),
+        &put.evidence_id,
+        Some((offset, length)),
+    )
+    .await
+    .unwrap();
+    assert_eq!((info.offset, info.length), (offset, length));
+    assert_eq!(bytes, file_bytes(9, offset, length as usize));
+    // To the end (length 0), and a range past the end is refused.
+    let (_, tail) = download(
+        &server,
+        &token,
+        nuisance_ctx(),
+        &put.evidence_id,
+        Some((size - 5, 0)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tail, file_bytes(9, size - 5, 5));
+    let status = download(
+        &server,
+        &token,
+        nuisance_ctx(),
+        &put.evidence_id,
+        Some((size - 5, 6)),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("range.length"), "{status:?}");
+    server.stop().await;
+}
+
+/// Uploads a file of four segments and returns its id.
+async fn four_segments(server: &TestServer, subject: &str, seed: u64) -> String {
+    upload(
+        server,
+        &officer(server),
+        start(subject, "clip"),
+        seed,
+        4 * SEG - 10,
+        65_536,
+    )
+    .await
+    .unwrap()
+    .evidence_id
+}
+
+async fn read_fails_with_data_loss(server: &TestServer, id: &str, range: Option<(u64, u64)>) {
+    let status = download(server, &officer(server), nuisance_ctx(), id, range)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("tampered evidence read back (range {range:?})"));
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+}
+
+#[tokio::test]
+async fn tampered_segments_fail_with_data_loss_also_in_a_range_read() {
+    let server = TestServer::start().await;
+    let a = four_segments(&server, "REL-T", 11).await;
+    let b = four_segments(&server, "REL-T", 12).await;
+    let c = four_segments(&server, "REL-T", 13).await;
+    let d = four_segments(&server, "REL-T", 14).await;
+    let e = four_segments(&server, "REL-T", 15).await;
+    let conn = db(&server);
+    // Flip one bit of segment 1 of `a`.
+    let sealed: Vec<u8> = conn
+        .query_row(
+            "SELECT sealed FROM evidence_segments WHERE evidence_id = ?1 AND idx = 1",
+            [&a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut flipped = sealed.clone();
+    flipped[100] ^= 1;
+    conn.execute(
+        "UPDATE evidence_segments SET sealed = ?2 WHERE evidence_id = ?1 AND idx = 1",
+        params![a, flipped],
+    )
+    .unwrap();
+    // Swap segments 1 and 2 of `b`.
+    conn.execute_batch(&format!(
+        "UPDATE evidence_segments SET idx = 99 WHERE evidence_id = '{b}' AND idx = 1;
+         UPDATE evidence_segments SET idx = 1 WHERE evidence_id = '{b}' AND idx = 2;
+         UPDATE evidence_segments SET idx = 2 WHERE evidence_id = '{b}' AND idx = 99;"
+    ))
+    .unwrap();
+    // Drop segment 2 of `c`.
+    conn.execute(
+        "DELETE FROM evidence_segments WHERE evidence_id = ?1 AND idx = 2",
+        [&c],
+    )
+    .unwrap();
+    // Truncate `d`: drop its last segment and shrink its size to match.
+    conn.execute(
+        "DELETE FROM evidence_segments WHERE evidence_id = ?1 AND idx = 3",
+        [&d],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE evidence SET size = ?2 WHERE id = ?1",
+        params![d, (3 * SEG) as i64],
+    )
+    .unwrap();
+    // Move segment 0 of `a` into `e`.
+    let moved: Vec<u8> = conn
+        .query_row(
+            "SELECT sealed FROM evidence_segments WHERE evidence_id = ?1 AND idx = 0",
+            [&a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE evidence_segments SET sealed = ?2 WHERE evidence_id = ?1 AND idx = 0",
+        params![e, moved],
+    )
+    .unwrap();
+    drop(conn);
+
+    read_fails_with_data_loss(&server, &a, None).await;
+    read_fails_with_data_loss(&server, &a, Some((SEG + 5, 10))).await;
+    read_fails_with_data_loss(&server, &b, None).await;
+    read_fails_with_data_loss(&server, &b, Some((2 * SEG, 1))).await;
+    read_fails_with_data_loss(&server, &c, None).await;
+    read_fails_with_data_loss(&server, &c, Some((2 * SEG + 1, 1))).await;
+    read_fails_with_data_loss(&server, &d, None).await;
+    // A range read at the start of the cut-off file still notices the missing end.
+    read_fails_with_data_loss(&server, &d, Some((0, 100))).await;
+    read_fails_with_data_loss(&server, &e, None).await;
+    read_fails_with_data_loss(&server, &e, Some((10, 10))).await;
+    // The untouched parts of `a` still read: damage is found, not spread.
+    let (_, bytes) = download(
+        &server,
+        &officer(&server),
+        nuisance_ctx(),
+        &a,
+        Some((2 * SEG, 100)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bytes, file_bytes(11, 2 * SEG, 100));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_denied_caller_gets_no_byte_and_the_denial_is_audited() {
+    let server = TestServer::start().await;
+    let id = four_segments(&server, "REL-D", 21).await;
+    for role in [
+        Role::CustomerService,
+        Role::MaintenancePlanner,
+        Role::Analyst,
+    ] {
+        let mut client = server.client().await;
+        let status = client
+            .get_evidence(req(
+                server.token(role),
+                pb::GetEvidenceRequest {
+                    context: nuisance_ctx(),
+                    evidence_id: id.clone(),
+                    range: None,
+                },
+            ))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{role} got a stream"));
+        assert_eq!(status.code(), Code::PermissionDenied, "{role}");
+    }
+    // Nor may anyone without credentials, or add evidence without a right to write it.
+    let status = download(&server, "nonsense", nuisance_ctx(), &id, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = upload_bytes(
+        &server,
+        server.token(Role::CustomerService),
+        start("REL-D", "other"),
+        b"abc",
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let entries = audit_entries(&server);
+    assert!(entries.iter().any(|e| e["action"] == "evidence-read"
+        && e["decision"] == "deny"
+        && e["target"] == id.as_str()));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "evidence-upload" && e["decision"] == "deny")
+    );
+    assert_eq!(count(&server, "SELECT count(*) FROM evidence"), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_leaves_nothing_behind() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
+    let mut client = server.client().await;
+    let call = tokio::spawn(async move {
+        client
+            .put_evidence(req(&token, tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+    });
+    tx.send(start("REL-I", "clip")).await.unwrap();
+    for i in 0..40u64 {
+        tx.send(pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(
+                file_bytes(31, i * SEG, SEGMENT_SIZE).into(),
+            )),
+        })
+        .await
+        .unwrap();
+    }
+    // Wait until segments are stored, then cut the connection off mid-upload.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no segment stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM evidence WHERE complete = 1"),
+        0,
+        "an unfinished upload is not readable"
+    );
+    call.abort();
+    drop(tx);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&server, "SELECT count(*) FROM evidence_segments") > 0
+        || count(&server, "SELECT count(*) FROM evidence") > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partial segments were not cleaned up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The record the upload created went with it.
+    assert_eq!(count(&server, "SELECT count(*) FROM records"), 0);
+
+    // An upload a crash left unfinished is discarded when the server starts.
+    let id = four_segments(&server, "REL-I", 32).await;
+    let server = server
+        .restart_with(|db| {
+            Connection::open(db)
+                .unwrap()
+                .execute("UPDATE evidence SET complete = 0", [])
+                .unwrap();
+        })
+        .await;
+    // Start-up discards it before it serves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&server, "SELECT count(*) FROM evidence_segments") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not discarded at start-up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = download(&server, &officer(&server), nuisance_ctx(), &id, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_with_the_field_named_and_nothing_stored() {
+    let server = TestServer::start_with_limits(kluis::config::RawLimits {
+        max_evidence_bytes: Some(3 * SEG),
+        ..Default::default()
+    })
+    .await;
+    let token = officer(&server);
+    let cases: Vec<(pb::EvidenceChunk, Vec<u8>, &str)> = vec![
+        (
+            pb::EvidenceChunk {
+                part: Some(pb::evidence_chunk::Part::Start(pb::EvidenceStart {
+                    context: nuisance_ctx(),
+                    subject_id: "REL-G".into(),
+                    field: "scan".into(),
+                    category: "identity".into(),
+                    media_type: "image/jpeg".into(),
+                    ..Default::default()
+                })),
+            },
+            b"jpeg".to_vec(),
+            "start.category",
+        ),
+        (
+            evidence_start(
+                nuisance_ctx(),
+                "REL-G",
+                "",
+                "scan",
+                "image/jpeg",
+                "paspoort-jansen.jpg",
+            ),
+            b"jpeg".to_vec(),
+            "start.file_name",
+        ),
+        (
+            evidence_start(nuisance_ctx(), "REL-G", "", "scan", "jpeg", "a.jpg"),
+            b"jpeg".to_vec(),
+            "start.media_type",
+        ),
+        (
+            evidence_start(nuisance_ctx(), "", "", "scan", "image/jpeg", "a.jpg"),
+            b"jpeg".to_vec(),
+            "start.subject_id",
+        ),
+        (
+            evidence_start(nuisance_ctx(), "REL-G", "", "Bad Name", "image/jpeg", ""),
+            b"jpeg".to_vec(),
+            "start.field",
+        ),
+        // A letter that holds a BSN, straddling two chunks is no way around the guard.
+        (
+            evidence_start(
+                nuisance_ctx(),
+                "REL-G",
+                "",
+                "letter",
+                "text/plain",
+                "brief.txt",
+            ),
+            [vec![b'a'; 70_000], b"BSN: 111222333 zie bijlage".to_vec()].concat(),
+            "data",
+        ),
+        // Larger than the configured limit.
+        (
+            start("REL-G", "film"),
+            vec![0u8; (3 * SEG + 1) as usize],
+            "data",
+        ),
+    ];
+    for (first, bytes, field) in cases {
+        let status = upload_bytes(&server, &token, first, &bytes)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("accepted a bad upload ({field})"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().contains(&format!("`{field}`")),
+            "{field}: {}",
+            status.message()
+        );
+        assert!(!status.message().contains("111222333"));
+    }
+    // A stream that does not start with `start`, or has two.
+    let mut client = server.client().await;
+    let data = pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::Data(vec![1, 2, 3].into())),
+    };
+    for messages in [
+        vec![data.clone()],
+        vec![start("REL-G", "x"), data.clone(), start("REL-G", "y")],
+        vec![],
+    ] {
+        let status = client
+            .put_evidence(req(&token, tokio_stream::iter(messages)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("`start`"), "{status:?}");
+    }
+    // Exactly at the limit is fine; the same field name twice is not.
+    let put = upload(&server, &token, start("REL-G", "film"), 41, 3 * SEG, 65_536)
+        .await
+        .unwrap();
+    let status = upload_bytes(
+        &server,
+        &token,
+        evidence_start(nuisance_ctx(), "", &put.record_id, "film", "video/mp4", ""),
+        b"again",
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(count(&server, "SELECT count(*) FROM evidence"), 1);
+    assert_eq!(count(&server, "SELECT count(*) FROM records"), 1);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM evidence_segments"),
+        3,
+        "no segment of a refused upload is left"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_reencrypts_segments_and_the_file_still_reads() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let put = upload(
+        &server,
+        &token,
+        start("REL-K", "clip"),
+        51,
+        2 * SEG + 3,
+        50_000,
+    )
+    .await
+    .unwrap();
+    let before: Vec<Vec<u8>> = db(&server)
+        .prepare("SELECT sealed FROM evidence_segments ORDER BY idx")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let vault = server.vault.clone();
+    tokio::task::spawn_blocking(move || {
+        vault
+            .rekey(kluis::domain::Purpose::Nuisance, |_| true)
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let conn = db(&server);
+    let gens: Vec<(u32, Vec<u8>)> = conn
+        .prepare("SELECT key_gen, sealed FROM evidence_segments ORDER BY idx")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(gens.len(), 3);
+    for ((generation, sealed), old) in gens.iter().zip(&before) {
+        assert_eq!(*generation, 2);
+        assert_ne!(sealed, old, "re-encrypted, not copied");
+    }
+    let old_keys: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM subject_keys WHERE subject = 'REL-K' AND generation = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old_keys, 0, "the old subject key is gone");
+    drop(conn);
+    let (info, bytes) = download(&server, &token, nuisance_ctx(), &put.evidence_id, None)
+        .await
+        .unwrap();
+    assert_eq!(bytes, file_bytes(51, 0, (2 * SEG + 3) as usize));
+    assert_eq!(info.file_name, "hallway.mp4");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn erasure_and_record_deletion_take_the_evidence_with_them() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let kept = upload(
+        &server,
+        &token,
+        start("REL-KEEP", "clip"),
+        61,
+        SEG + 1,
+        65_536,
+    )
+    .await
+    .unwrap();
+    let gone = upload(
+        &server,
+        &token,
+        start("REL-GONE", "clip"),
+        62,
+        SEG + 1,
+        65_536,
+    )
+    .await
+    .unwrap();
+    let deleted = upload(&server, &token, start("REL-KEEP", "photo"), 63, 10, 65_536)
+        .await
+        .unwrap();
+    // A record with evidence is deleted only by who may delete the evidence too.
+    let mut client = server.client().await;
+    client
+        .delete_record(req(
+            &token,
+            pb::DeleteRecordRequest {
+                context: nuisance_ctx(),
+                record_id: deleted.record_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut admin = server.admin().await;
+    admin
+        .erase_subject(req(
+            server.token(Role::PrivacyOfficer),
+            pb::EraseSubjectRequest {
+                subject_id: "REL-GONE".into(),
+                justification: "ER-2026-11".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    for id in [&gone.evidence_id, &deleted.evidence_id] {
+        let status = download(&server, &token, nuisance_ctx(), id, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    assert_eq!(
+        count(
+            &server,
+            &format!(
+                "SELECT count(*) FROM evidence_segments WHERE evidence_id = '{}'",
+                gone.evidence_id
+            )
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &server,
+            "SELECT count(*) FROM subject_keys WHERE subject = 'REL-GONE'"
+        ),
+        0,
+        "crypto-shredded"
+    );
+    let (_, bytes) = download(&server, &token, nuisance_ctx(), &kept.evidence_id, None)
+        .await
+        .unwrap();
+    assert_eq!(bytes, file_bytes(61, 0, (SEG + 1) as usize));
+    server.stop().await;
+}
