@@ -123,6 +123,11 @@ pub async fn serve(
     // `api::run`, evidence streams when the client goes quiet.
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(256)
+        // Small frames (window updates, short responses) must not wait for Nagle's algorithm.
+        .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB window would allow one evidence segment per round trip.
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(4 * 1024 * 1024))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
     if let Some(tls) = tls {

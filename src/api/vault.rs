@@ -62,7 +62,7 @@ impl VaultRpc for VaultApi {
         };
         // The worker seals and stores on a blocking thread; the channel is short, so a slow
         // store stops this side from reading the client's stream (back-pressure).
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<UploadMsg>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<UploadMsg>(4);
         let vault = Arc::clone(&self.vault);
         let worker = tokio::task::spawn_blocking(move || {
             let principal = vault.authenticate(&token)?;

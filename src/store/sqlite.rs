@@ -994,42 +994,7 @@ impl Store for SqliteStore {
         segments: &[SegmentRow],
     ) -> Result<(), StoreError> {
         let mut conn = self.write()?;
-        let tx = conn.transaction().map_err(db)?;
-        let open: Option<i64> = tx
-            .query_row(
-                "SELECT 1 FROM evidence WHERE id = ?1 AND complete = 0",
-                [evidence_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        if open.is_none() {
-            return Err(StoreError::Conflict(format!("upload `{evidence_id}`")));
-        }
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db)?;
-            let mut checked = None;
-            for s in segments {
-                if checked != Some(s.key_gen) {
-                    check_key_exists(&tx, subject, purpose, s.key_gen)?;
-                    checked = Some(s.key_gen);
-                }
-                stmt.execute(params![evidence_id, s.index, s.key_gen, s.sealed])
-                    .map_err(|e| {
-                        if is_constraint(&e) {
-                            StoreError::Conflict(format!("segment {}", s.index))
-                        } else {
-                            db(e)
-                        }
-                    })?;
-            }
-        }
-        tx.commit().map_err(db)
+        append_segments_tx(&mut conn, evidence_id, subject, purpose, segments)
     }
 
     fn finish_evidence(
@@ -1693,6 +1658,52 @@ fn check_key_exists(
             "subject key generation {generation}"
         ))),
     }
+}
+
+/// The body of `append_segments`, in one transaction on the writer connection.
+fn append_segments_tx(
+    conn: &mut Connection,
+    evidence_id: &str,
+    subject: &str,
+    purpose: &str,
+    segments: &[SegmentRow],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(db)?;
+    let open: Option<i64> = tx
+        .query_row(
+            "SELECT 1 FROM evidence WHERE id = ?1 AND complete = 0",
+            [evidence_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    if open.is_none() {
+        return Err(StoreError::Conflict(format!("upload `{evidence_id}`")));
+    }
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db)?;
+        let mut checked = None;
+        for s in segments {
+            if checked != Some(s.key_gen) {
+                check_key_exists(&tx, subject, purpose, s.key_gen)?;
+                checked = Some(s.key_gen);
+            }
+            stmt.execute(params![evidence_id, s.index, s.key_gen, s.sealed])
+                .map_err(|e| {
+                    if is_constraint(&e) {
+                        StoreError::Conflict(format!("segment {}", s.index))
+                    } else {
+                        db(e)
+                    }
+                })?;
+        }
+    }
+    tx.commit().map_err(db)
 }
 
 const EVIDENCE_COLUMNS: &str = "id, record_id, name, category, media_type, file_name, size, \

@@ -9,9 +9,10 @@ use std::{
 use kluis::pb::{self, admin_client::AdminClient, vault_client::VaultClient};
 use tonic::transport::Channel;
 
-use crate::common::{ctx, nuisance_ctx, req, text};
+use crate::common::{ctx, evidence_start, nuisance_ctx, req, text};
 
 const VALUE: &str = "Geheime-Diagnose-QX7-hygiene";
+const FILE_NAME: &str = "Jansen-QX7-portiek.mp4";
 
 struct Server(std::process::Child);
 
@@ -121,6 +122,43 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
         .unwrap()
         .into_inner();
     assert_eq!(crate::common::text_of(&read.fields[0]), VALUE);
+    // An evidence file in and out: neither its name nor its content may be logged.
+    let content = VALUE.repeat(5000).into_bytes();
+    let put = vault
+        .put_evidence(req(
+            &officer,
+            tokio_stream::iter([
+                evidence_start(nuisance_ctx(), "REL-HY", "", "clip", "video/mp4", FILE_NAME),
+                pb::EvidenceChunk {
+                    part: Some(pb::evidence_chunk::Part::Data(content.clone().into())),
+                },
+            ]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = vault
+        .get_evidence(req(
+            &officer,
+            pb::GetEvidenceRequest {
+                context: nuisance_ctx(),
+                evidence_id: put.evidence_id,
+                range: Some(pb::ByteRange {
+                    offset: 10,
+                    length: 100_000,
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Some(pb::evidence_data::Part::Data(d)) = m.part {
+            got.extend_from_slice(&d);
+        }
+    }
+    assert_eq!(got, content[10..100_010]);
     // A refusal, a bad request and a tampering-free rotation add their own log lines.
     let _ = vault
         .get_record(req(
@@ -183,4 +221,8 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
     );
     assert!(!contains(&key_bytes), "the root key (bytes) is in the logs");
     assert!(!contains(b"111222333"), "a refused BSN is in the logs");
+    assert!(
+        !contains(FILE_NAME.as_bytes()),
+        "an evidence file name is in the logs"
+    );
 }

@@ -469,6 +469,24 @@ async fn export_returns_every_record_with_values_and_the_access_report() {
     )
     .await
     .unwrap();
+    // An evidence file in the nuisance record.
+    let video = upload(
+        &server,
+        server.token(Role::NuisanceOfficer),
+        evidence_start(
+            nuisance_ctx(),
+            "",
+            &b,
+            "doorbell",
+            "video/mp4",
+            "deurbel-2026-03-14.mp4",
+        ),
+        7,
+        100_000,
+        65_536,
+    )
+    .await
+    .unwrap();
 
     let lines = export(&server, Role::PrivacyOfficer, me).await.unwrap();
     assert_eq!(lines[0]["schema"], "kluis.export.v1");
@@ -496,6 +514,14 @@ async fn export_returns_every_record_with_values_and_the_access_report() {
         .find(|f| f["name"] == "photo")
         .unwrap();
     assert_eq!(photo["binary_hex"], "89504e47");
+    // The evidence file with what it is; its content comes through `GetEvidence`.
+    let evidence = &nuisance["evidence"][0];
+    assert_eq!(evidence["evidence_id"], video.evidence_id.as_str());
+    assert_eq!(evidence["media_type"], "video/mp4");
+    assert_eq!(evidence["file_name"], "deurbel-2026-03-14.mp4");
+    assert_eq!(evidence["size"], 100_000);
+    assert_eq!(evidence["sha256"], file_sha256(7, 100_000).as_str());
+    assert_eq!(evidence["category"], "nuisance-evidence");
     let payments = records
         .iter()
         .find(|r| r["record_id"] == c.as_str())
