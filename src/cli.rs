@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod init;
 pub mod policy;
+pub mod restore;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ pub enum Command {
     Admin(admin::AdminArgs),
     /// Check policies without a server.
     Policy(policy::PolicyArgs),
+    /// Restore a backup (`kluis admin backup`) into a new data directory.
+    Restore(restore::RestoreArgs),
 }
 
 /// Exit codes: scripts can tell a refusal from a failure.
@@ -59,6 +62,7 @@ pub fn run(cli: &Cli) -> Exit {
         Command::Serve(args) => serve::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Policy(args) => policy::run(args),
+        Command::Restore(args) => restore::run(args),
     }
 }
 

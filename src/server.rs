@@ -150,6 +150,40 @@ pub async fn serve(
         .map_err(|e| ServeError::Transport(e.to_string()))
 }
 
+/// Hardens the process that holds the keys: no core dumps (`RLIMIT_CORE` 0), not dumpable (no
+/// ptrace attach, no `/proc/<pid>/mem`, by other processes of the same user), and with
+/// `lock_memory` all pages locked in RAM. Linux only; elsewhere a no-op apart from the lock,
+/// which is refused.
+pub fn harden_process(lock_memory: bool) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::{
+            mman::{MlockAllFlags, mlockall},
+            prctl::set_dumpable,
+            resource::{Resource, setrlimit},
+        };
+        setrlimit(Resource::RLIMIT_CORE, 0, 0)
+            .map_err(|e| format!("cannot switch core dumps off: {e}"))?;
+        set_dumpable(false).map_err(|e| format!("cannot make the process undumpable: {e}"))?;
+        if lock_memory {
+            mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).map_err(|e| {
+                format!(
+                    "cannot lock memory ({e}); raise the memlock limit (`ulimit -l unlimited`, \
+                     systemd LimitMEMLOCK=infinity) or start without --lock-memory"
+                )
+            })?;
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        if lock_memory {
+            return Err("--lock-memory is supported on Linux only".into());
+        }
+        Ok(())
+    }
+}
+
 /// Runs `job` on a blocking thread every `period` until `stop` changes.
 fn periodic(
     vault: &Arc<Vault>,

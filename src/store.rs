@@ -628,6 +628,10 @@ pub trait Store: Send + Sync {
     /// All tokens, oldest first.
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
 
+    /// A consistent snapshot of the whole store as one file, taken online while writers go on,
+    /// returned open for reading (and already unlinked where the platform allows).
+    fn snapshot(&self) -> Result<std::fs::File, StoreError>;
+
     /// Appends audit entries in one transaction (all or none); fails with `Conflict` when a
     /// sequence number is taken.
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError>;

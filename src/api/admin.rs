@@ -365,6 +365,44 @@ impl AdminRpc for AdminApi {
     }
     type RewrapStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
     type RekeyStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
+    type BackupStream = ReceiverStream<Result<pb::BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let mut file = run(&self.vault, request, |vault, principal, req| {
+            vault.backup(principal, &req.justification)
+        })
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            loop {
+                let mut chunk = vec![0u8; 1024 * 1024];
+                let message = match file.read(&mut chunk) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        Ok(pb::BackupChunk {
+                            data: chunk,
+                            size: std::mem::take(&mut size),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the backup snapshot failed");
+                        Err(Status::internal("reading the backup snapshot failed"))
+                    }
+                };
+                let failed = message.is_err();
+                if tx.blocking_send(message).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn list_keys(
         &self,

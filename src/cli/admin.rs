@@ -96,6 +96,15 @@ pub enum AdminCommand {
     },
     /// Reload the policy set from the server's configured files (as SIGHUP does).
     ReloadPolicies,
+    /// Write a consistent online snapshot of the whole store to FILE (security officer). It
+    /// holds ciphertext and wrapped keys only; restore it with `kluis restore`.
+    Backup {
+        /// Where to write it (must not exist).
+        file: PathBuf,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
 }
 
 /// Audit subcommands.
@@ -230,6 +239,10 @@ async fn run_async(args: &AdminArgs) -> Exit {
             return lifecycle::consent(&mut client, &token, subject, purpose, state, justification)
                 .await;
         }
+        AdminCommand::Backup {
+            file,
+            justification,
+        } => return backup(&mut client, &token, file, justification, args.json).await,
         AdminCommand::ReloadPolicies => {
             return match client
                 .reload_policies(authed(&token, pb::ReloadPoliciesRequest {}))
@@ -488,6 +501,89 @@ async fn audit(
 }
 
 /// Parses `SEQ:HASH` or `SEQ:HASH:MAC`.
+async fn backup(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    file: &std::path::Path,
+    justification: &str,
+    json: bool,
+) -> Exit {
+    use sha2::Digest;
+    use std::io::Write;
+    if file.exists() {
+        return fail(format!("`{}` exists; choose a new file", file.display()));
+    }
+    let partial = PathBuf::from(format!("{}.partial", file.display()));
+    let req = pb::BackupRequest {
+        justification: justification.to_owned(),
+    };
+    let mut stream = match client.backup(authed(token, req)).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) => return status_exit(&s),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut out = match options.open(&partial) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot create `{}`: {e}", partial.display())),
+    };
+    let (mut written, mut size, mut hash) = (0u64, 0u64, sha2::Sha256::new());
+    let outcome = loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                if chunk.size > 0 {
+                    size = chunk.size;
+                }
+                if let Err(e) = out.write_all(&chunk.data) {
+                    break Err(fail(format!("cannot write `{}`: {e}", partial.display())));
+                }
+                hash.update(&chunk.data);
+                let before = written;
+                written += chunk.data.len() as u64;
+                if !json && written / (64 << 20) != before / (64 << 20) {
+                    eprintln!("{} of {} MiB", written >> 20, size >> 20);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(s) => break Err(status_exit(&s)),
+        }
+    };
+    let outcome = outcome.and_then(|()| {
+        if written != size {
+            return Err(fail(format!(
+                "the server sent {written} of {size} bytes; nothing was written"
+            )));
+        }
+        out.sync_all()
+            .and_then(|()| std::fs::rename(&partial, file))
+            .map_err(|e| fail(format!("cannot write `{}`: {e}", file.display())))
+    });
+    if let Err(exit) = outcome {
+        let _ = std::fs::remove_file(&partial);
+        return exit;
+    }
+    let digest = hex::encode(hash.finalize());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"file": file.display().to_string(), "bytes": written, "sha256": digest})
+        );
+    } else {
+        println!(
+            "backup written to {} ({written} bytes, sha256 {digest}); it holds ciphertext and \
+             wrapped keys only. Restore with `kluis restore {} --data-dir DIR`.",
+            file.display(),
+            file.display()
+        );
+    }
+    Exit::Success
+}
+
 fn parse_head(s: &str) -> Result<pb::AuditHead, String> {
     let mut parts = s.trim().split(':');
     let seq = parts.next().and_then(|p| p.parse().ok());

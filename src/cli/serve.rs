@@ -47,10 +47,19 @@ pub struct ServeArgs {
     /// File holding the root passphrase (overrides the configuration).
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
+    /// Lock all of the process's memory in RAM (mlockall), so keys and plaintext never reach
+    /// swap; fails when the memlock limit (`ulimit -l`, LimitMEMLOCK=) is too small.
+    #[arg(long)]
+    pub lock_memory: bool,
 }
 
 /// Runs `kluis serve`.
 pub fn run(args: &ServeArgs) -> Exit {
+    // Before any secret is read: no core dumps, no ptrace or /proc/<pid>/mem by other processes
+    // of the same user, and, when asked, no swapping.
+    if let Err(e) = kluis::server::harden_process(args.lock_memory) {
+        return fail(e);
+    }
     let env = SystemEnv;
     let mut raw = match &args.config {
         Some(path) => match RawConfig::from_file(path) {

@@ -1524,6 +1524,37 @@ impl Store for SqliteStore {
         })
     }
 
+    fn snapshot(&self) -> Result<std::fs::File, StoreError> {
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        let tmp = dir.join(format!(
+            ".backup-{}.db",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        create_private(&tmp)?;
+        let result = (|| {
+            let source = open_connection(&self.path, false)?;
+            let mut target = Connection::open(&tmp).map_err(db)?;
+            {
+                let backup = rusqlite::backup::Backup::new(&source, &mut target).map_err(db)?;
+                // All pages in one step: one read transaction, so one consistent snapshot while
+                // writers go on beside it (WAL).
+                match backup.step(-1).map_err(db)? {
+                    rusqlite::backup::StepResult::Done => {}
+                    _ => {
+                        return Err(StoreError::Database(
+                            "the database was busy; try the backup again".into(),
+                        ));
+                    }
+                }
+            }
+            target.close().map_err(|(_, e)| db(e))?;
+            std::fs::File::open(&tmp).map_err(|e| StoreError::Database(e.to_string()))
+        })();
+        // The open file stays readable; nothing of it is left behind in the data directory.
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;

@@ -324,3 +324,18 @@ fn policy_explain_names_and_prints_the_deciding_policies() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ALLOW: permitted by `auditor`"));
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_process_writes_no_core_dumps() {
+    let tmp = crate::common::private_tempdir();
+    let server = serve_dev(&tmp.path().join("dev"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.0.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    // "Max core file size  <soft> <hard> bytes"
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+}

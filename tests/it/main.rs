@@ -15,8 +15,10 @@
 mod admin;
 mod api;
 mod audit;
+mod backup;
 mod cli;
 mod common;
+mod crash;
 mod evidence;
 mod guard;
 mod hygiene;

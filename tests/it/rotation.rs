@@ -510,7 +510,7 @@ async fn root_key_change_refuses_the_old_key_and_opens_with_the_new() {
 
 // ---------------------------------------------------------------- SIGKILL in the middle --
 
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -521,7 +521,7 @@ impl Drop for Process {
 
 /// A store with `n` subjects under `nuisance`, a key file, a config that makes key jobs slow
 /// (small batches, pauses), and tokens for the security and nuisance officers.
-fn prepare(dir: &Path, n: usize) -> (String, String, Vec<(String, String)>) {
+pub(crate) fn prepare(dir: &Path, n: usize) -> (String, String, Vec<(String, String)>) {
     let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
     init_store(dir, &secret, kluis::crypto::Algorithm::Aes256Gcm);
     let cfg = kluis::config::RawConfig {
@@ -603,7 +603,7 @@ fn prepare(dir: &Path, n: usize) -> (String, String, Vec<(String, String)>) {
     (so, officer, records)
 }
 
-fn start(dir: &Path, port: u16) -> Process {
+pub(crate) fn start(dir: &Path, port: u16) -> Process {
     Process(
         Command::new(env!("CARGO_BIN_EXE_kluis"))
             .args([
@@ -621,7 +621,7 @@ fn start(dir: &Path, port: u16) -> Process {
     )
 }
 
-async fn connect(port: u16) -> Channel {
+pub(crate) async fn connect(port: u16) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match Channel::from_shared(format!("http://127.0.0.1:{port}"))
@@ -638,7 +638,7 @@ async fn connect(port: u16) -> Channel {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

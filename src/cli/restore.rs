@@ -1,0 +1,135 @@
+//! `kluis restore`: turn a backup taken with `kluis admin backup` into the store of a new data
+//! directory, checked before it is put in place.
+
+use std::{io::Write, path::PathBuf};
+
+use clap::Args;
+use kluis::{
+    config::{self, KeySource, SystemEnv},
+    crypto::Algorithm,
+    keys::Keyring,
+};
+
+use super::{Exit, fail};
+
+/// Arguments of `kluis restore`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup file written by `kluis admin backup`.
+    pub backup: PathBuf,
+    /// A new data directory (created if missing; must not hold a store yet).
+    #[arg(long, env = "KLUIS_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Root key file, to check that the backup opens with it.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub key_file: Option<PathBuf>,
+    /// File holding the root passphrase, to check that the backup opens with it.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `kluis restore`.
+pub fn run(args: &RestoreArgs) -> Exit {
+    let target = args.data_dir.join(config::DB_FILE);
+    if target.exists() {
+        return fail(format!(
+            "`{}` holds a store already; restore into a new data directory",
+            args.data_dir.display()
+        ));
+    }
+    if let Err(e) = config::create_private_dir(&args.data_dir) {
+        return fail(format!("cannot create `{}`: {e}", args.data_dir.display()));
+    }
+    let outcome = restore(args, &target);
+    if outcome.is_err() {
+        // Nothing half-restored stays behind.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+        }
+    }
+    match outcome {
+        Ok((bytes, unsealed)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "data_dir": args.data_dir.display().to_string(),
+                        "bytes": bytes,
+                        "root_key_checked": unsealed,
+                    })
+                );
+            } else {
+                println!(
+                    "restored {bytes} bytes into {}{}",
+                    args.data_dir.display(),
+                    if unsealed {
+                        "; the root key opens it"
+                    } else {
+                        "; serve it with the root key of the server it came from"
+                    }
+                );
+            }
+            Exit::Success
+        }
+        Err((exit, message)) => {
+            eprintln!("error: {message}");
+            exit
+        }
+    }
+}
+
+fn restore(args: &RestoreArgs, target: &std::path::Path) -> Result<(u64, bool), (Exit, String)> {
+    let error = |m: String| (Exit::Error, m);
+    let bytes = std::fs::read(&args.backup)
+        .map_err(|e| error(format!("cannot read `{}`: {e}", args.backup.display())))?;
+    if !bytes.starts_with(b"SQLite format 3\0") {
+        return Err(error(format!(
+            "`{}` is not a kluis backup (not an SQLite database)",
+            args.backup.display()
+        )));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(target)
+        .map_err(|e| error(format!("cannot create `{}`: {e}", target.display())))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| error(format!("cannot write `{}`: {e}", target.display())))?;
+    drop(file);
+    let check: String = rusqlite::Connection::open(target)
+        .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get(0)))
+        .map_err(|e| error(format!("the backup does not open as a database: {e}")))?;
+    if check != "ok" {
+        return Err((Exit::CheckFailed, format!("the backup is damaged: {check}")));
+    }
+    let store = config::open_store(&args.data_dir).map_err(|e| error(e.to_string()))?;
+    let source = match (&args.key_file, &args.passphrase_file) {
+        (Some(k), _) => Some(KeySource::KeyFile(k.clone())),
+        (None, Some(p)) => Some(KeySource::PassphraseFile(p.clone())),
+        (None, None) => None,
+    };
+    let Some(source) = source else {
+        return match Keyring::is_initialized(store.as_ref()) {
+            Ok(true) => Ok((bytes.len() as u64, false)),
+            _ => Err(error("the backup holds no initialised kluis store".into())),
+        };
+    };
+    let secret =
+        config::read_secret(&source, &SystemEnv, false).map_err(|e| error(e.to_string()))?;
+    Keyring::unseal(store, &secret, Algorithm::default(), 16).map_err(|e| {
+        (
+            Exit::CheckFailed,
+            format!("the root key does not open this backup: {e}"),
+        )
+    })?;
+    Ok((bytes.len() as u64, true))
+}
