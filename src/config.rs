@@ -141,6 +141,8 @@ pub struct RawLimits {
     pub max_record_bytes: Option<usize>,
     /// Bytes per evidence file.
     pub max_evidence_bytes: Option<u64>,
+    /// Requests per second per token (0: no limit).
+    pub requests_per_second: Option<u32>,
 }
 
 /// Where the root key comes from.
@@ -285,6 +287,8 @@ impl RawConfig {
             limits.max_labels = l.max_labels.unwrap_or(limits.max_labels);
             limits.max_record_bytes = l.max_record_bytes.unwrap_or(limits.max_record_bytes);
             limits.max_evidence_bytes = l.max_evidence_bytes.unwrap_or(limits.max_evidence_bytes);
+            limits.requests_per_second =
+                l.requests_per_second.unwrap_or(limits.requests_per_second);
             if limits.max_record_bytes > crate::server::MAX_MESSAGE_BYTES / 2 {
                 problems.push(format!(
                     "`limits.max_record_bytes` may be at most {} bytes",

@@ -277,6 +277,9 @@ pub struct Limits {
     pub max_record_bytes: usize,
     /// Bytes per evidence file.
     pub max_evidence_bytes: u64,
+    /// Requests per second one token may make on average (0: no limit); bursts of twice as many
+    /// pass.
+    pub requests_per_second: u32,
 }
 
 impl Default for Limits {
@@ -287,6 +290,7 @@ impl Default for Limits {
             max_labels: 32,
             max_record_bytes: 8 * 1024 * 1024,
             max_evidence_bytes: 8 * 1024 * 1024 * 1024,
+            requests_per_second: 2000,
         }
     }
 }

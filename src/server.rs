@@ -123,6 +123,7 @@ pub async fn serve(
     // `api::run`, evidence streams when the client goes quiet.
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(Some(256))
         // Small frames (window updates, short responses) must not wait for Nagle's algorithm.
         .tcp_nodelay(true)
         // HTTP/2's default 64 KiB window would allow one evidence segment per round trip.

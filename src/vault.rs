@@ -58,6 +58,9 @@ pub enum VaultError {
     /// A stored ciphertext failed its integrity check.
     #[error("{0} failed its integrity check; the stored data is damaged or was tampered with")]
     DataLoss(String),
+    /// The token made more requests than its rate allows.
+    #[error("{0}")]
+    RateLimited(String),
     /// The audit trail cannot be written; nothing was decrypted.
     #[error("audit trail unavailable; the request was not carried out")]
     AuditUnavailable,
@@ -253,6 +256,7 @@ pub struct Vault {
     limits: Limits,
     key_settings: keyadmin::KeySettings,
     clock: Arc<dyn Clock>,
+    rate_limit: tokens::RateLimiter,
 }
 
 impl fmt::Debug for Vault {
@@ -310,6 +314,7 @@ impl Vault {
             limits,
             key_settings: keyadmin::KeySettings::default(),
             clock: Arc::new(SystemClock),
+            rate_limit: tokens::RateLimiter::default(),
         })
     }
 

@@ -13,6 +13,7 @@ pub fn to_status(e: VaultError) -> Status {
         VaultError::Input(e) => Status::invalid_argument(e.to_string()),
         e @ VaultError::NotFound(_) => Status::not_found(e.to_string()),
         VaultError::FailedPrecondition(m) => Status::failed_precondition(m),
+        VaultError::RateLimited(m) => Status::resource_exhausted(m),
         e @ VaultError::DataLoss(_) => {
             tracing::error!(error = %e, "integrity check failed");
             Status::data_loss(e.to_string())

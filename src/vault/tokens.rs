@@ -152,6 +152,8 @@ impl Vault {
         {
             return Err(unauthenticated());
         }
+        self.rate_limit
+            .admit(&row.id, self.limits.requests_per_second)?;
         principal_from_row(&row)
     }
 
@@ -364,4 +366,47 @@ fn principal_from_row(row: &TokenRow) -> Result<Principal, VaultError> {
         token_id: row.id.clone(),
         expires_at: row.expires_at,
     })
+}
+
+/// Per-token request rates: a token bucket per token id, refilled at the configured rate, holding
+/// at most two seconds' worth. Checked after authentication, before any other work.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+}
+
+impl RateLimiter {
+    /// Most tokens tracked before idle ones are forgotten.
+    const MAX_TRACKED: usize = 100_000;
+
+    /// Takes one request from the bucket of `token_id`, or refuses when it is empty.
+    pub fn admit(&self, token_id: &str, per_second: u32) -> Result<(), VaultError> {
+        if per_second == 0 {
+            return Ok(());
+        }
+        let rate = f64::from(per_second);
+        let burst = rate * 2.0;
+        let now = std::time::Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .map_err(|_| VaultError::Unauthenticated("rate limiter unavailable".into()))?;
+        if buckets.len() >= Self::MAX_TRACKED {
+            // Forget buckets that are full again: they hold no state worth keeping.
+            buckets.retain(|_, (level, at)| {
+                *level + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (level, at) = buckets.entry(token_id.to_owned()).or_insert((burst, now));
+        *level = (*level + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *level < 1.0 {
+            return Err(VaultError::RateLimited(format!(
+                "this token made more than {per_second} requests per second; slow down and retry \
+                 (limits.requests_per_second)"
+            )));
+        }
+        *level -= 1.0;
+        Ok(())
+    }
 }

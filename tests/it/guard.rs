@@ -258,3 +258,349 @@ async fn malformed_requests_name_the_field_and_store_nothing() {
     assert_eq!(status.code(), Code::NotFound);
     server.stop().await;
 }
+
+/// A hostile request and the status it must get.
+struct Hostile {
+    what: &'static str,
+    request: pb::PutRecordRequest,
+    code: Code,
+}
+
+fn hostile(
+    what: &'static str,
+    context: Option<pb::AccessContext>,
+    subject: &str,
+    fields: Vec<pb::FieldValue>,
+    labels: Vec<(String, String)>,
+    code: Code,
+) -> Hostile {
+    Hostile {
+        what,
+        request: pb::PutRecordRequest {
+            context,
+            subject_id: subject.into(),
+            fields,
+            labels: labels.into_iter().collect(),
+        },
+        code,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_hostile_requests_gets_the_documented_status_and_stores_nothing() {
+    let server = TestServer::start().await;
+    let s = "REL-HOSTILE";
+    let ok_field = || vec![text("phone", "contact", "06-1")];
+    let with_ctx = |purpose: &str, case_ref: &str, justification: &str, channel: &str| {
+        Some(pb::AccessContext {
+            purpose: purpose.into(),
+            case_ref: case_ref.into(),
+            justification: justification.into(),
+            channel: channel.into(),
+            break_glass: false,
+        })
+    };
+    let bad = Code::InvalidArgument;
+    let cases = vec![
+        hostile(
+            "10k fields",
+            nuisance_ctx(),
+            s,
+            (0..10_000)
+                .map(|i| text(&format!("f{i}"), "contact", "x"))
+                .collect(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "empty field name",
+            nuisance_ctx(),
+            s,
+            vec![text("", "contact", "x")],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "upper-case field name",
+            nuisance_ctx(),
+            s,
+            vec![text("Phone", "contact", "x")],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "field name with a NUL",
+            nuisance_ctx(),
+            s,
+            vec![text("ph\u{0}one", "contact", "x")],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "look-alike purpose (Cyrillic a)",
+            with_ctx("nuis\u{0430}nce", "N-1", "j", "app"),
+            s,
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "purpose with trailing space",
+            with_ctx("nuisance ", "N-1", "j", "app"),
+            s,
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "empty purpose",
+            with_ctx("", "N-1", "j", "app"),
+            s,
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "unknown category",
+            nuisance_ctx(),
+            s,
+            vec![text("x", "medical-ish", "x")],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "look-alike category",
+            nuisance_ctx(),
+            s,
+            vec![text("x", "c\u{043E}ntact", "x")],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "case reference with a newline",
+            with_ctx("nuisance", "N-1\nforged", "j", "app"),
+            s,
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "justification of 100 KiB",
+            with_ctx("nuisance", "N-1", &"j".repeat(100 * 1024), "app"),
+            s,
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "channel with spaces and capitals",
+            with_ctx("nuisance", "N-1", "j", "Carrier Pigeon"),
+            s,
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "subject of 10 KiB",
+            nuisance_ctx(),
+            &"R".repeat(10 * 1024),
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "subject with control characters",
+            nuisance_ctx(),
+            "REL-\u{1b}[2J",
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "subject is a BSN",
+            nuisance_ctx(),
+            "111222333",
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "subject is a BSN with dots",
+            nuisance_ctx(),
+            "1112.22.333",
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "subject is a BSN with spaces",
+            nuisance_ctx(),
+            "111 222 333",
+            ok_field(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "value holds a BSN",
+            nuisance_ctx(),
+            s,
+            vec![text("note", "contact", "bsn: 111222333.")],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "value holds a BSN in spaced groups",
+            nuisance_ctx(),
+            s,
+            vec![text("note", "contact", "zie 111 222 333 hier")],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "binary value holds a BSN",
+            nuisance_ctx(),
+            s,
+            vec![binary("note", "contact", b"111222333")],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "value holds a passport MRZ",
+            nuisance_ctx(),
+            s,
+            vec![text(
+                "note",
+                "contact",
+                "P<NLDDE<BRUIJN<<WILLEKE<LISELOTTE<<<<<<<<<<<\nSPECI20142NLD6503101F2403096999999990<<<<<84",
+            )],
+            vec![],
+            bad,
+        ),
+        hostile(
+            "label holds a BSN",
+            nuisance_ctx(),
+            s,
+            ok_field(),
+            vec![("ref".into(), "111222333".into())],
+            bad,
+        ),
+        hostile(
+            "33 labels",
+            nuisance_ctx(),
+            s,
+            ok_field(),
+            (0..33).map(|i| (format!("k{i}"), "v".into())).collect(),
+            bad,
+        ),
+        hostile(
+            "label key of 10 KiB",
+            nuisance_ctx(),
+            s,
+            ok_field(),
+            vec![("k".repeat(10 * 1024), "v".into())],
+            bad,
+        ),
+        hostile(
+            "label value with a NUL",
+            nuisance_ctx(),
+            s,
+            ok_field(),
+            vec![("k".into(), "a\u{0}b".into())],
+            bad,
+        ),
+        hostile(
+            "values above the record limit",
+            nuisance_ctx(),
+            s,
+            (0..9)
+                .map(|i| {
+                    binary(
+                        &format!("b{i}"),
+                        "nuisance-evidence",
+                        &vec![1u8; 1024 * 1024],
+                    )
+                })
+                .collect(),
+            vec![],
+            bad,
+        ),
+        hostile(
+            "a message above the 16 MiB limit",
+            nuisance_ctx(),
+            s,
+            vec![binary(
+                "big",
+                "nuisance-evidence",
+                &vec![1u8; 17 * 1024 * 1024],
+            )],
+            vec![],
+            Code::OutOfRange,
+        ),
+    ];
+    let tried = cases.len();
+    let mut client = server.client().await;
+    for case in cases {
+        let status = client
+            .put_record(req(server.token(Role::NuisanceOfficer), case.request))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {}", case.what));
+        assert_eq!(status.code(), case.code, "{}: {status:?}", case.what);
+        assert!(!status.message().contains("111222333"), "{}", case.what);
+    }
+    // Also without credentials, with garbage credentials, and with a token in the wrong place.
+    for token in ["", "Bearer", "x".repeat(10_000).as_str(), "' OR 1=1 --"] {
+        let mut r = tonic::Request::new(pb::WhoAmIRequest {});
+        if let Ok(v) = format!("Bearer {token}").parse() {
+            r.metadata_mut().insert("authorization", v);
+        }
+        let status = client.who_am_i(r).await.err().unwrap();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    assert_eq!(stored_records(&server, s).await, 0);
+    // SQL meta-characters are data, not syntax: such a subject id is stored as it is and finds
+    // only itself.
+    let sql = "x' OR '1'='1";
+    try_put(&server, sql, ok_field()).await.unwrap();
+    assert_eq!(stored_records(&server, sql).await, 1);
+    assert_eq!(stored_records(&server, s).await, 0);
+    assert_eq!(
+        audit_entries(&server)
+            .iter()
+            .filter(|e| e["action"] == "write" && e["decision"] == "allow")
+            .count(),
+        1,
+        "{tried} hostile requests, nothing written"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_that_floods_the_server_is_slowed_down_and_others_are_not() {
+    let server = TestServer::start_with_limits(kluis::config::RawLimits {
+        requests_per_second: Some(5),
+        ..Default::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let who = |role: Role| req(server.token(role), pb::WhoAmIRequest {});
+    let mut refused = None;
+    for i in 0..40 {
+        if let Err(status) = client.who_am_i(who(Role::NuisanceOfficer)).await {
+            refused = Some((i, status));
+            break;
+        }
+    }
+    let (i, status) = refused.expect("40 requests at once all passed a limit of 5 per second");
+    assert!(i >= 10, "the burst of two seconds' worth passes ({i})");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("requests_per_second"),
+        "{status:?}"
+    );
+    // Another token is not affected; the flooding one recovers.
+    client.who_am_i(who(Role::CustomerService)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    client.who_am_i(who(Role::NuisanceOfficer)).await.unwrap();
+    server.stop().await;
+}

@@ -18,6 +18,7 @@ mod audit;
 mod backup;
 mod cli;
 mod common;
+mod concurrency;
 mod crash;
 mod evidence;
 mod guard;
