@@ -47,4 +47,9 @@ pub mod pb {
     /// The encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/kluis_descriptor.bin"));
+
+    /// The bare echo service `benches/load.rs` uses as the gRPC floor; kluis does not serve it.
+    pub mod bench {
+        tonic::include_proto!("kluis.bench.v1");
+    }
 }

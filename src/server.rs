@@ -4,7 +4,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::{
@@ -146,7 +146,7 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(AdminServer::new(AdminApi::new(vault)).max_decoding_message_size(1024 * 1024))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))
 }
@@ -183,6 +183,19 @@ pub fn harden_process(lock_memory: bool) -> Result<(), String> {
         }
         Ok(())
     }
+}
+
+/// The accepted connections of `listener`, with Nagle's algorithm off: tonic's `tcp_nodelay`
+/// applies only to listeners it binds itself, and a short answer held back until the client's
+/// delayed ACK costs 40 ms.
+pub fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
 
 /// Runs `job` on a blocking thread every `period` until `stop` changes.
