@@ -23,6 +23,8 @@ pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod policy;
 pub mod server;

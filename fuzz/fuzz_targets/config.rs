@@ -1,13 +1,4 @@
-//! The configuration file: parsing and validation never panic, whatever the TOML.
+//! libFuzzer on `kluis::fuzzing::config` (see its documentation for the properties checked).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(raw) = toml::from_str::<kluis::config::RawConfig>(text) {
-        let _ = raw.validate(false);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kluis::fuzzing::config(data));

@@ -1,14 +1,4 @@
-//! Policy inputs: a policy set given by an operator is parsed and validated against the schema
-//! without a panic, and a set that loads decides without one.
+//! libFuzzer on `kluis::fuzzing::policy` (see its documentation for the properties checked).
 #![no_main]
 
-use kluis::policy::{DEFAULT_SCHEMA, Engine};
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = Engine::from_sources(DEFAULT_SCHEMA, text);
-    let _ = Engine::from_files(DEFAULT_SCHEMA, &[("fuzz.cedar".into(), text.into())]);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kluis::fuzzing::policy(data));

@@ -1,0 +1,145 @@
+//! The checks behind the fuzz targets in `fuzz/`: one function per parser of untrusted bytes.
+//! libFuzzer runs them for minutes (`fuzz/`, README "Reliability tests"); the test suite runs
+//! them over a few thousand random inputs each, so CI exercises the same code briefly.
+//!
+//! Each function panics when the property it checks does not hold.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "fuzz checks: a broken property must panic so the fuzzer records the input"
+)]
+
+use crate::{
+    crypto::{
+        self, Algorithm, Header,
+        stream::{FileKey, SALT_LEN, SegmentHeader},
+    },
+    domain::{FieldName, RecordId, SubjectId, parse_category, parse_purpose, parse_role},
+    policy::{DEFAULT_SCHEMA, Engine},
+    vault::guard,
+};
+
+const KEY: [u8; 32] = [7; 32];
+
+/// The ciphertext envelope: the parsers never panic, garbage never opens, a genuine ciphertext
+/// of the input opens to it and one flipped bit does not.
+pub fn envelope(data: &[u8]) {
+    let _ = Header::parse(data);
+    assert!(crypto::open(&KEY, b"aad", data).is_err());
+    let sealed = crypto::seal(&KEY, Algorithm::Aes256Gcm, 1, b"aad", data).unwrap();
+    assert_eq!(
+        crypto::open(&KEY, b"aad", &sealed).unwrap().as_slice(),
+        data
+    );
+    let mut bad = sealed.clone();
+    let i = data.len() % bad.len();
+    bad[i] ^= 1;
+    assert!(crypto::open(&KEY, b"aad", &bad).is_err());
+}
+
+/// Evidence segments: the header parser and the open never panic; garbage never opens; a
+/// genuine segment opens only at its own position and end flag.
+pub fn segment(data: &[u8]) {
+    let _ = SegmentHeader::parse(data);
+    for alg in [Algorithm::Aes256Gcm, Algorithm::XChaCha20Poly1305] {
+        let key = FileKey::derive(&[3; 32], alg, 1, &[5; SALT_LEN], b"file").unwrap();
+        assert!(key.open_segment(0, true, data).is_err());
+        let sealed = key.seal_segment(2, false, data).unwrap();
+        assert_eq!(
+            key.open_segment(2, false, &sealed).unwrap().as_slice(),
+            data
+        );
+        assert!(key.open_segment(2, true, &sealed).is_err());
+        assert!(key.open_segment(3, false, &sealed).is_err());
+    }
+}
+
+/// The bearer token as it arrives in metadata: never a panic, never an empty or overlong token.
+pub fn token(data: &[u8]) {
+    let Ok(value) = tonic::metadata::MetadataValue::try_from(data) else {
+        return;
+    };
+    let mut map = tonic::metadata::MetadataMap::new();
+    map.insert("authorization", value);
+    if let Ok(token) = crate::api::bearer_token(&map) {
+        let t = token.expose_secret();
+        assert!(!t.is_empty() && t.len() <= 256);
+    }
+}
+
+/// The configuration file: parsing and validation never panic.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(raw) = toml::from_str::<crate::config::RawConfig>(text) {
+        let _ = raw.validate(false);
+    }
+}
+
+/// Policy text from an operator: parsed and validated against the schema without a panic.
+pub fn policy(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = Engine::from_sources(DEFAULT_SCHEMA, text);
+    let _ = Engine::from_files(DEFAULT_SCHEMA, &[("fuzz.cedar".into(), text.into())]);
+}
+
+/// Request fields: every parser and the BSN/MRZ guard never panic, and a refusal never repeats
+/// the value.
+pub fn inputs(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        let _ = guard::check_binary("f", data);
+        return;
+    };
+    let _ = SubjectId::parse("f", s);
+    let _ = RecordId::parse("f", s);
+    let _ = FieldName::parse("f", s);
+    let _ = parse_purpose("f", s);
+    let _ = parse_category("f", s);
+    let _ = parse_role("f", s);
+    if let Err(e) = guard::check_text("f", s) {
+        assert!(s.len() < 9 || !e.to_string().contains(s));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The short variant of the fuzzing: random inputs and a few seeds for every target.
+    #[test]
+    fn every_fuzz_check_holds_on_random_and_seed_inputs() {
+        use rand::{Rng, SeedableRng};
+        let seeds: &[&[u8]] = &[
+            b"",
+            b"\x01\x01\x00\x00\x00\x01",
+            b"Bearer abc",
+            b"listen = \"0.0.0.0:1\"\n[limits]\nmax_fields = 99999999999999999999",
+            b"permit(principal, action, resource);",
+            b"@id(\"x\") forbid(principal, action, resource) when { resource.category == \"medical\" };",
+            b"111 222 333",
+            b"P<NLDDE<BRUIJN<<WILLEKE<LISELOTTE<<<<<<<<<<<",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x006b_6c75_6973);
+        let targets: [fn(&[u8]); 6] = [envelope, segment, token, config, policy, inputs];
+        for target in targets {
+            for seed in seeds {
+                target(seed);
+            }
+            for _ in 0..500 {
+                let len = rng.gen_range(0..200);
+                let mut data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+                if rng.gen_bool(0.5) {
+                    // Mostly printable, so the text parsers get past UTF-8.
+                    data.iter_mut().for_each(|b| *b = b' ' + *b % 95);
+                }
+                target(&data);
+            }
+        }
+    }
+}
