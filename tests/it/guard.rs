@@ -604,3 +604,66 @@ async fn a_token_that_floods_the_server_is_slowed_down_and_others_are_not() {
     client.who_am_i(who(Role::NuisanceOfficer)).await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_connections_and_an_unauthenticated_flood_do_not_hold_the_server() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let audited = audit_entries(&server).len();
+    // Slow-loris: connections that send nothing, or half the HTTP/2 preface and then nothing.
+    let mut idle = Vec::new();
+    for i in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        }
+        idle.push(s);
+    }
+    // A flood of calls with made-up tokens, 8 at a time.
+    let mut flood = Vec::new();
+    for t in 0..8 {
+        let addr = server.addr;
+        flood.push(tokio::spawn(async move {
+            let mut client = pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            for i in 0..125 {
+                let status = client
+                    .get_record(req(
+                        &format!("made-up-{t}-{i}"),
+                        pb::GetRecordRequest {
+                            context: nuisance_ctx(),
+                            record_id: format!("rec_{}", "0".repeat(32)),
+                            fields: vec![],
+                        },
+                    ))
+                    .await
+                    .err()
+                    .unwrap();
+                assert_eq!(status.code(), Code::Unauthenticated);
+            }
+        }));
+    }
+    // Meanwhile a real client is served (bounded, so a held server fails the test).
+    let served = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut client = server.client().await;
+        for _ in 0..20 {
+            client
+                .who_am_i(req(
+                    server.token(Role::NuisanceOfficer),
+                    pb::WhoAmIRequest {},
+                ))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the server was held by idle connections");
+    for f in flood {
+        f.await.unwrap();
+    }
+    // A thousand refused calls left no trace in the store: no audit entry, nothing else.
+    assert_eq!(audit_entries(&server).len(), audited);
+    drop(idle);
+    server.stop().await;
+}
