@@ -4,7 +4,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::{
@@ -188,14 +188,8 @@ pub fn harden_process(lock_memory: bool) -> Result<(), String> {
 /// The accepted connections of `listener`, with Nagle's algorithm off: tonic's `tcp_nodelay`
 /// applies only to listeners it binds itself, and a short answer held back until the client's
 /// delayed ACK costs 40 ms.
-pub fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
+pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Runs `job` on a blocking thread every `period` until `stop` changes.
