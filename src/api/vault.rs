@@ -2,13 +2,14 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, run};
 use crate::{
     domain::{FieldName, InputError, RecordId, SubjectId},
     pb::{self, vault_server::Vault as VaultRpc},
-    vault::{FieldInfo, RecordMeta, Vault, VaultError},
+    vault::{FieldInfo, RecordMeta, Vault, VaultError, evidence::Upload},
 };
 
 /// The gRPC face of a `Vault`.
@@ -29,18 +30,38 @@ pub const MAX_EVIDENCE_CHUNK: usize = 1024 * 1024;
 /// How long an evidence stream may wait for the client's next message.
 const EVIDENCE_IDLE: Duration = Duration::from_secs(30);
 
-/// What the receiving side of an upload passes to the worker that seals and stores.
-enum UploadMsg {
-    Data(bytes::Bytes),
-    End,
+/// An upload in progress in a handler: when the handler ends without finishing it (an error, a
+/// timeout, the client gone), the upload is dropped, and so discarded, on a blocking thread.
+struct UploadGuard(Option<Upload>);
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if let Some(upload) = self.0.take() {
+            tokio::task::spawn_blocking(move || drop(upload));
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread and maps its error to a status.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "request task failed");
+            Status::internal("internal error")
+        })?
+        .map_err(super::status::to_status)
 }
 
 #[tonic::async_trait]
 impl VaultRpc for VaultApi {
     type ExportSubjectStream =
         tokio_stream::wrappers::ReceiverStream<Result<pb::ExportLine, Status>>;
-    type GetEvidenceStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::EvidenceData, Status>>;
+    type GetEvidenceStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::EvidenceData, Status>> + Send + 'static>,
+    >;
 
     async fn put_evidence(
         &self,
@@ -60,79 +81,65 @@ impl VaultRpc for VaultApi {
                  record, field, category, media type, file name)",
             ));
         };
-        // The worker seals and stores on a blocking thread; the channel is short, so a slow
-        // store stops this side from reading the client's stream (back-pressure).
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<UploadMsg>(4);
         let vault = Arc::clone(&self.vault);
-        let worker = tokio::task::spawn_blocking(move || {
+        let upload = blocking(move || {
             let principal = vault.authenticate(&token)?;
             let ctx = convert::context(start.context.clone())?;
             let start = convert::evidence_start(start)?;
-            let mut upload = vault.begin_evidence(&principal, &ctx, start)?;
-            loop {
-                match rx.blocking_recv() {
-                    Some(UploadMsg::Data(data)) => upload.write(&data)?,
-                    Some(UploadMsg::End) => return upload.finish(),
-                    // The stream broke off: dropping the upload discards it.
-                    None => {
-                        return Err(VaultError::FailedPrecondition(
-                            "the upload was interrupted; nothing was stored".into(),
-                        ));
+            vault.begin_evidence(&principal, &ctx, start)
+        })
+        .await?;
+        // Each chunk is sealed and stored on a blocking thread, one at a time: the client's next
+        // message is read only after that (back-pressure), and no thread waits for a client.
+        let mut upload = UploadGuard(Some(upload));
+        loop {
+            let message = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(
+                        "no data for 30 s; the upload was discarded, send it again",
+                    )
+                })??;
+            match message {
+                None => {
+                    let Some(u) = upload.0.take() else {
+                        return Err(Status::internal("internal error"));
+                    };
+                    let receipt = blocking(move || u.finish()).await?;
+                    return Ok(Response::new(pb::PutEvidenceResponse {
+                        evidence_id: receipt.evidence_id,
+                        record_id: receipt.record_id,
+                        size: receipt.size,
+                        sha256: receipt.sha256,
+                        expires_at: receipt.expires_at.map(convert::timestamp),
+                    }));
+                }
+                Some(pb::EvidenceChunk {
+                    part: Some(pb::evidence_chunk::Part::Data(data)),
+                }) => {
+                    if data.len() > MAX_EVIDENCE_CHUNK {
+                        return Err(Status::invalid_argument(format!(
+                            "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes"
+                        )));
                     }
+                    let Some(mut u) = upload.0.take() else {
+                        return Err(Status::internal("internal error"));
+                    };
+                    // On an error the upload is dropped on the blocking thread, which discards it.
+                    upload.0 = Some(
+                        blocking(move || {
+                            u.write(&data)?;
+                            Ok(u)
+                        })
+                        .await?,
+                    );
+                }
+                Some(_) => {
+                    return Err(Status::invalid_argument(
+                        "`start`: only the first message may be `start`; send `data` after it",
+                    ));
                 }
             }
-        });
-        let outcome: Result<(), Status> = async {
-            loop {
-                let message = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
-                    .await
-                    .map_err(|_| {
-                        Status::deadline_exceeded(
-                            "no data for 30 s; the upload was discarded, send it again",
-                        )
-                    })??;
-                let msg = match message {
-                    None => UploadMsg::End,
-                    Some(pb::EvidenceChunk {
-                        part: Some(pb::evidence_chunk::Part::Data(data)),
-                    }) => {
-                        if data.len() > MAX_EVIDENCE_CHUNK {
-                            return Err(Status::invalid_argument(format!(
-                                "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes"
-                            )));
-                        }
-                        UploadMsg::Data(data)
-                    }
-                    Some(_) => {
-                        return Err(Status::invalid_argument(
-                            "`start`: only the first message may be `start`; send `data` after it",
-                        ));
-                    }
-                };
-                let end = matches!(msg, UploadMsg::End);
-                // A closed channel means the worker stopped with an error: report that one.
-                if tx.send(msg).await.is_err() || end {
-                    return Ok(());
-                }
-            }
-        }
-        .await;
-        drop(tx);
-        let result = worker.await.map_err(|e| {
-            tracing::error!(error = %e, "upload task failed");
-            Status::internal("internal error")
-        })?;
-        match (outcome, result) {
-            // The client's failure comes first; the worker only saw the stream stop.
-            (Err(status), _) => Err(status),
-            (Ok(()), Err(e)) => Err(super::status::to_status(e)),
-            (Ok(()), Ok(receipt)) => Ok(Response::new(pb::PutEvidenceResponse {
-                evidence_id: receipt.evidence_id,
-                record_id: receipt.record_id,
-                size: receipt.size,
-                sha256: receipt.sha256,
-                expires_at: receipt.expires_at.map(convert::timestamp),
-            })),
         }
     }
 
@@ -145,21 +152,18 @@ impl VaultRpc for VaultApi {
         let token = super::bearer_token(request.metadata())?;
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault);
-        let (info, mut download) = tokio::task::spawn_blocking(move || {
+        let (info, download) = blocking(move || {
             let principal = vault.authenticate(&token)?;
             let ctx = convert::context(req.context)?;
             let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
             let range = req.range.map(|r| (r.offset, r.length));
             vault.open_evidence(&principal, &ctx, &id, range)
         })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "request task failed");
-            Status::internal("internal error")
-        })?
-        .map_err(super::status::to_status)?;
+        .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stalled);
+        tokio::spawn(async move {
             let first = pb::EvidenceData {
                 part: Some(pb::evidence_data::Part::Info(pb::EvidenceInfo {
                     evidence_id: info.evidence_id,
@@ -174,11 +178,28 @@ impl VaultRpc for VaultApi {
                     length: info.length,
                 })),
             };
-            if tx.blocking_send(Ok(first)).is_err() {
-                return;
-            }
+            let mut message = Ok(first);
+            let mut download = download;
             loop {
-                let message = match download.next_chunk() {
+                let failed = message.is_err();
+                // A full channel waits here until the client reads (back-pressure), but not for
+                // ever: a client that stops reading loses the stream, and no thread waits for it.
+                match tokio::time::timeout(EVIDENCE_IDLE, tx.send(message)).await {
+                    Ok(Ok(())) if !failed => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                }
+                let next = tokio::task::spawn_blocking(move || {
+                    let chunk = download.next_chunk();
+                    (download, chunk)
+                })
+                .await;
+                let Ok((d, chunk)) = next else { return };
+                download = d;
+                message = match chunk {
                     Ok(Some(chunk)) => Ok(pb::EvidenceData {
                         part: Some(pb::evidence_data::Part::Data(
                             bytes::Bytes::copy_from_slice(chunk.as_slice()),
@@ -187,16 +208,21 @@ impl VaultRpc for VaultApi {
                     Ok(None) => return,
                     Err(e) => Err(super::status::to_status(e)),
                 };
-                let failed = message.is_err();
-                // A full channel blocks here until the client reads: back-pressure. A closed one
-                // means the client went away: stop reading the store.
-                if tx.blocking_send(message).is_err() || failed {
-                    return;
-                }
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+        // A stream cut off because the client stopped reading ends with an error, never as if
+        // the file were complete.
+        let end = tokio_stream::iter(std::iter::from_fn(move || {
+            stalled
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+                .then(|| {
+                    Err(Status::deadline_exceeded(
+                        "the client read nothing for 30 s; request the rest as a range",
+                    ))
+                })
+        }));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).chain(end),
         )))
     }
 

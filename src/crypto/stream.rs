@@ -117,7 +117,13 @@ impl FileKey {
         }
         let hk = Hkdf::<Sha256>::new(Some(salt), subject_key);
         let mut okm = Zeroizing::new([0u8; 32 + MAX_PREFIX]);
-        let info = [b"kluis.v1.evidence-stream".as_slice(), aad].concat();
+        // The format and the algorithm are bound too: one derived key never serves two AEADs.
+        let info = [
+            b"kluis.v1.evidence-stream".as_slice(),
+            &[FORMAT_V1, algorithm.id()],
+            aad,
+        ]
+        .concat();
         hk.expand(&info, okm.as_mut_slice())
             .map_err(|_| CryptoError::Seal)?;
         let mut key = Zeroizing::new([0u8; 32]);

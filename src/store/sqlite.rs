@@ -744,7 +744,7 @@ impl Store for SqliteStore {
                     WHERE k.subject = r.subject AND k.purpose = r.purpose AND k.generation = f.key_gen))
                  + (SELECT count(*) FROM evidence_segments s
                     JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
-                 WHERE r.purpose = ?1 AND NOT EXISTS (
+                 WHERE r.purpose = ?1 AND e.complete = 1 AND NOT EXISTS (
                     SELECT 1 FROM subject_keys k
                     WHERE k.subject = r.subject AND k.purpose = r.purpose AND k.generation = s.key_gen))",
                 [purpose],

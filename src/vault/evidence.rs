@@ -306,6 +306,30 @@ impl Vault {
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let record_id = RecordId::parse("record", &record.id)
             .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
+        let resources = [super::evidence_resource(&record, meta.purpose, &evidence)?];
+        let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
+        let mut event = self.event(
+            principal,
+            ctx,
+            "evidence-read",
+            Some(&subject),
+            Some(&record_id),
+        );
+        event.fields = super::audit_fields(&resources, &decisions);
+        event.target = Some(evidence.id.clone());
+        let grant = decisions.first().and_then(|d| {
+            d.is_allow().then_some(())?;
+            Some(d)
+        });
+        event.decision = if grant.is_some() { "allow" } else { "deny" }.into();
+        if let Some((offset, length)) = range {
+            event.reason = Some(format!("bytes {offset}+{length}"));
+        }
+        let seq = self.audit.append(&event)?;
+        let grant = grant
+            .and_then(|d| d.grant(&seq))
+            .ok_or_else(|| VaultError::Denied(super::distinct_reasons(&decisions)))?;
+        // The range is checked only now: a caller without a grant learns nothing of the size.
         let (offset, length) = match range {
             None => (0, evidence.size),
             Some((offset, length)) => {
@@ -330,31 +354,8 @@ impl Vault {
                 (offset, if length == 0 { rest } else { length })
             }
         };
-        let resources = [super::evidence_resource(&record, meta.purpose, &evidence)?];
-        let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
-        let mut event = self.event(
-            principal,
-            ctx,
-            "evidence-read",
-            Some(&subject),
-            Some(&record_id),
-        );
-        event.fields = super::audit_fields(&resources, &decisions);
-        event.target = Some(evidence.id.clone());
-        let grant = decisions.first().and_then(|d| {
-            d.is_allow().then_some(())?;
-            Some(d)
-        });
-        event.decision = if grant.is_some() { "allow" } else { "deny" }.into();
-        if range.is_some() {
-            event.reason = Some(format!("bytes {offset}+{length}"));
-        }
-        let seq = self.audit.append(&event)?;
-        let grant = grant
-            .and_then(|d| d.grant(&seq))
-            .ok_or_else(|| VaultError::Denied(super::distinct_reasons(&decisions)))?;
 
-        let download = Download {
+        let mut download = Download {
             vault: Arc::clone(self),
             grant,
             subject,
@@ -597,16 +598,9 @@ impl Download {
         let last_index = count - 1;
         let seg = SEGMENT_SIZE as u64;
         if !self.checked_last {
-            // Authenticate the end of the file first unless the range reads it anyway: a range
-            // read must not miss that the file was cut off.
-            let last_needed = if self.end > self.next {
-                (self.end - 1) / seg
-            } else {
-                self.next / seg
-            };
-            if last_needed != last_index || self.end <= self.next {
-                self.open(last_index)?;
-            }
+            // Authenticate the end of the file before sending anything: a file that was cut off
+            // fails before its first byte, also when only a range of it is read.
+            self.open(last_index)?;
             self.checked_last = true;
         }
         if self.next >= self.end {
@@ -699,14 +693,18 @@ impl Download {
         Ok(self.keys.get(&slot))
     }
 
-    fn file_name(&self) -> Result<Zeroizing<String>, VaultError> {
-        open_file_name(
-            &self.vault,
-            &self.subject,
-            self.purpose,
-            &self.evidence,
-            &self.aad,
-        )
+    fn file_name(&mut self) -> Result<Zeroizing<String>, VaultError> {
+        let open = |d: &Self| open_file_name(&d.vault, &d.subject, d.purpose, &d.evidence, &d.aad);
+        match open(self) {
+            // A rekey may have resealed it since the row was read: read the row again, once.
+            Err(VaultError::DataLoss(_)) => {
+                if let Some((_, fresh)) = self.vault.store.evidence(&self.evidence.id)? {
+                    self.evidence.file_name = fresh.file_name;
+                }
+                open(self)
+            }
+            other => other,
+        }
     }
 }
 
@@ -750,8 +748,7 @@ pub(crate) fn evidence_aad(
     })
 }
 
-/// Re-encrypts one segment (or, for the reserved index `u32::MAX`, nothing) under a new subject
-/// key during a rekey: `old` is the subject key of the segment's generation, `new` the new key,
+/// Re-encrypts one segment under a new subject key during a rekey: `old` is the subject key of the segment's generation, `new` the new key,
 /// its algorithm and generation.
 pub(crate) fn reseal_segment(
     subject: &str,

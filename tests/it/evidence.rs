@@ -290,6 +290,18 @@ async fn a_denied_caller_gets_no_byte_and_the_denial_is_audited() {
             .unwrap_or_else(|| panic!("{role} got a stream"));
         assert_eq!(status.code(), Code::PermissionDenied, "{role}");
     }
+    // A range past the end tells a denied caller nothing about the size: the policy answers first.
+    let status = download(
+        &server,
+        server.token(Role::CustomerService),
+        nuisance_ctx(),
+        &id,
+        Some((u64::MAX, 1)),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     // Nor may anyone without credentials, or add evidence without a right to write it.
     let status = download(&server, "nonsense", nuisance_ctx(), &id, None)
         .await
