@@ -791,32 +791,9 @@ impl Store for SqliteStore {
     }
 
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
-        let labels = serde_json::to_string(&record.labels)
-            .map_err(|e| StoreError::Database(e.to_string()))?;
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
-        tx.execute(
-            &format!(
-                "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ),
-            params![
-                record.id,
-                record.subject,
-                record.purpose,
-                labels,
-                record.created_at,
-                record.updated_at,
-                record.closed_at,
-                record.expires_at
-            ],
-        )
-        .map_err(|e| {
-            if is_constraint(&e) {
-                StoreError::Conflict(format!("record `{}`", record.id))
-            } else {
-                db(e)
-            }
-        })?;
+        insert_record_row(&tx, record)?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -926,24 +903,7 @@ impl Store for SqliteStore {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
         if let Some(record) = new_record {
-            let labels = serde_json::to_string(&record.labels)
-                .map_err(|e| StoreError::Database(e.to_string()))?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-                ),
-                params![
-                    record.id,
-                    record.subject,
-                    record.purpose,
-                    labels,
-                    record.created_at,
-                    record.updated_at,
-                    record.closed_at,
-                    record.expires_at
-                ],
-            )
-            .map_err(db)?;
+            insert_record_row(&tx, record)?;
         }
         let taken: i64 = tx
             .query_row(
@@ -1735,6 +1695,33 @@ fn append_segments_tx(
         }
     }
     tx.commit().map_err(db)
+}
+
+/// Inserts a record's row (not its fields); `Conflict` when the id is taken.
+fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreError> {
+    let labels =
+        serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+    tx.execute(
+        &format!("INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![
+            record.id,
+            record.subject,
+            record.purpose,
+            labels,
+            record.created_at,
+            record.updated_at,
+            record.closed_at,
+            record.expires_at
+        ],
+    )
+    .map_err(|e| {
+        if is_constraint(&e) {
+            StoreError::Conflict(format!("record `{}`", record.id))
+        } else {
+            db(e)
+        }
+    })?;
+    Ok(())
 }
 
 const EVIDENCE_COLUMNS: &str = "id, record_id, name, category, media_type, file_name, size, \
