@@ -28,7 +28,7 @@ pub enum Command {
     Init(init::InitArgs),
     /// Run the gRPC server.
     Serve(serve::ServeArgs),
-    /// Administer a running server (tokens).
+    /// Administer a running server: tokens, keys, the audit trail, retention, holds, backups.
     Admin(admin::AdminArgs),
     /// Check policies without a server.
     Policy(policy::PolicyArgs),
