@@ -355,24 +355,25 @@ impl Vault {
             }
         };
 
+        let aad = evidence_aad(
+            &subject,
+            &record.id,
+            &evidence.id,
+            &evidence.name,
+            category,
+            meta.purpose,
+        );
         let mut download = Download {
             vault: Arc::clone(self),
             grant,
             subject,
             purpose: meta.purpose,
-            aad: evidence_aad(
-                &SubjectId::parse("subject", &record.subject)
-                    .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?,
-                &record.id,
-                &evidence.id,
-                &evidence.name,
-                category,
-                meta.purpose,
-            ),
+            aad,
             keys: BTreeMap::new(),
             next: offset,
             end: offset.saturating_add(length),
             checked_last: false,
+            last: None,
             evidence,
         };
         let file_name = download.file_name()?;
@@ -579,6 +580,7 @@ pub struct Download {
     next: u64,
     end: u64,
     checked_last: bool,
+    last: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl fmt::Debug for Download {
@@ -599,15 +601,22 @@ impl Download {
         let seg = SEGMENT_SIZE as u64;
         if !self.checked_last {
             // Authenticate the end of the file before sending anything: a file that was cut off
-            // fails before its first byte, also when only a range of it is read.
-            self.open(last_index)?;
+            // fails before its first byte, also when only a range of it is read. Kept for when
+            // the range reaches it.
+            self.last = Some(self.open(last_index)?);
             self.checked_last = true;
         }
         if self.next >= self.end {
             return Ok(None);
         }
         let index = self.next / seg;
-        let plain = self.open(index)?;
+        let plain = match self.last.take() {
+            Some(last) if index == last_index => last,
+            kept => {
+                self.last = kept;
+                self.open(index)?
+            }
+        };
         let seg_start = index * seg;
         let from = usize::try_from(self.next - seg_start).unwrap_or(usize::MAX);
         let to = usize::try_from(self.end.min(seg_start + seg) - seg_start).unwrap_or(usize::MAX);

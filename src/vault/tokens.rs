@@ -387,10 +387,11 @@ impl RateLimiter {
         let rate = f64::from(per_second);
         let burst = rate * 2.0;
         let now = std::time::Instant::now();
+        // The buckets are plain numbers: a panic elsewhere cannot leave them inconsistent.
         let mut buckets = self
             .buckets
             .lock()
-            .map_err(|_| VaultError::Unauthenticated("rate limiter unavailable".into()))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if buckets.len() >= Self::MAX_TRACKED {
             // Forget buckets that are full again: they hold no state worth keeping.
             buckets.retain(|_, (level, at)| {
