@@ -1,6 +1,8 @@
 //! Policy decisions: one GetRecord's worth of fields decided by the default policy set, against
 //! a one-line permit-all policy over the same schema as the baseline (the cost of Cedar itself:
-//! entities, request validation, evaluation).
+//! entities, request validation, evaluation). Decisions are memoised per engine (see
+//! `policy::memo`): `default-policies` measures a memoised decision, `default-policies-fresh` one
+//! for a principal the engine has never seen.
 
 #![allow(
     clippy::unwrap_used,
@@ -62,6 +64,22 @@ fn decide(c: &mut Criterion) {
                     .unwrap()
             });
         });
+        // A principal the engine has not seen in every iteration: nothing is memoised.
+        let mut k = 0u64;
+        group.bench_with_input(
+            BenchmarkId::new("default-policies-fresh", n),
+            &fields,
+            |b, f| {
+                b.iter(|| {
+                    k += 1;
+                    let p = Principal {
+                        id: PrincipalId::parse("p", &format!("emp-f{k}")).unwrap(),
+                        ..principal.clone()
+                    };
+                    default.decide_fields(&p, Action::Read, &ctx, f).unwrap()
+                });
+            },
+        );
     }
     group.finish();
 }
@@ -81,34 +99,48 @@ fn latency_percentiles() {
             flags: Default::default(),
         })
         .collect();
-    let mut samples = Vec::new();
-    for &role in Role::ALL {
-        let principal = Principal {
-            id: PrincipalId::parse("p", "emp-1").unwrap(),
-            roles: vec![role],
-            scope_subject: Some(kluis::domain::SubjectId::parse("s", "REL-0001").unwrap()),
-            token_id: "tok_bench".into(),
-            expires_at: i64::MAX,
-        };
+    // Fresh: every sample has a principal the engine has not seen, so nothing is memoised.
+    // Memoised: the same principals again, as a case worker's next screen would be.
+    for fresh in [true, false] {
+        let mut samples = Vec::new();
+        let mut n = 0u64;
         for _ in 0..300 {
-            let start = std::time::Instant::now();
-            std::hint::black_box(
-                engine
-                    .decide_fields(&principal, Action::Read, &ctx, &fields)
-                    .unwrap(),
-            );
-            samples.push(start.elapsed());
+            for &role in Role::ALL {
+                n += 1;
+                let id = if fresh {
+                    format!("emp-{n}")
+                } else {
+                    format!("emp-{}", role.as_str())
+                };
+                let principal = Principal {
+                    id: PrincipalId::parse("p", &id).unwrap(),
+                    roles: vec![role],
+                    scope_subject: Some(kluis::domain::SubjectId::parse("s", "REL-0001").unwrap()),
+                    token_id: "tok_bench".into(),
+                    expires_at: i64::MAX,
+                };
+                let start = std::time::Instant::now();
+                std::hint::black_box(
+                    engine
+                        .decide_fields(&principal, Action::Read, &ctx, &fields)
+                        .unwrap(),
+                );
+                samples.push(start.elapsed());
+            }
         }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
+        println!(
+            "policy, {}: 10-field request over {} roles, {} samples: p50 {:?}, p99 {:?} (per field {:?}, {:?})",
+            if fresh { "fresh" } else { "memoised" },
+            Role::ALL.len(),
+            samples.len(),
+            at(0.50),
+            at(0.99),
+            at(0.50) / 10,
+            at(0.99) / 10,
+        );
     }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
-    println!(
-        "policy: 10-field decision over {} roles, {} samples: p50 {:?}, p99 {:?}",
-        Role::ALL.len(),
-        samples.len(),
-        at(0.50),
-        at(0.99)
-    );
 }
 
 criterion_group!(benches, decide);

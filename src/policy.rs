@@ -10,6 +10,7 @@
 //! request through).
 //! Invariant: knows neither gRPC nor SQL.
 
+mod memo;
 pub mod table;
 
 use std::{collections::HashSet, str::FromStr};
@@ -212,6 +213,8 @@ pub struct Engine {
     policies: PolicySet,
     authorizer: Authorizer,
     digest: String,
+    abstraction: memo::Abstraction,
+    memo: memo::Memo,
 }
 
 impl std::fmt::Debug for Engine {
@@ -296,11 +299,14 @@ impl Engine {
             .map(|(_, t)| t.as_str())
             .collect::<Vec<_>>()
             .join("\n");
+        let abstraction = memo::Abstraction::of(&policies);
         Ok(Self {
             schema,
             policies,
             authorizer: Authorizer::new(),
             digest: digest(schema_src, &all),
+            abstraction,
+            memo: memo::Memo::default(),
         })
     }
 
@@ -327,7 +333,9 @@ impl Engine {
     }
 
     /// Decides `action` on each of `fields` for `principal` acting in `ctx`. One decision per
-    /// field, in order. Entities are built once for the whole batch.
+    /// field, in order. A decision the policy set has made before for an input it cannot tell
+    /// apart from this one is reused (see `memo`); the rest are evaluated together, with their
+    /// entities built once.
     pub fn decide_fields(
         &self,
         principal: &Principal,
@@ -335,10 +343,71 @@ impl Engine {
         ctx: &AccessContext,
         fields: &[FieldResource],
     ) -> Result<Vec<Decision>, PolicyError> {
+        let mut decided: Vec<Option<Decision>> = Vec::with_capacity(fields.len());
+        let mut misses: Vec<(usize, &FieldResource, Vec<u8>)> = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            let mut key = Vec::with_capacity(192);
+            self.abstraction.key(&mut key, principal, action, ctx, f, i);
+            if let Some(hit) = self.memo.get(&key) {
+                let mut d = Decision::clone(&hit);
+                d.field = Some((f.record.clone(), f.name.clone()));
+                decided.push(Some(d));
+            } else {
+                decided.push(None);
+                misses.push((i, f, key));
+            }
+        }
+        if !misses.is_empty() {
+            let todo: Vec<(usize, &FieldResource)> =
+                misses.iter().map(|(i, f, _)| (*i, *f)).collect();
+            let evaluated = self.evaluate_fields(principal, action, ctx, &todo)?;
+            for ((i, _, key), (decision, clean)) in misses.into_iter().zip(evaluated) {
+                if clean {
+                    let mut memoised = decision.clone();
+                    memoised.field = None;
+                    self.memo.put(&key, memoised);
+                }
+                if let Some(slot) = decided.get_mut(i) {
+                    *slot = Some(decision);
+                }
+            }
+        }
+        decided
+            .into_iter()
+            .map(|d| d.ok_or_else(|| PolicyError::Request("a field was left undecided".into())))
+            .collect()
+    }
+
+    /// Decides without the memo: what `decide_fields` must always agree with.
+    #[cfg(test)]
+    fn decide_fields_unmemoised(
+        &self,
+        principal: &Principal,
+        action: Action,
+        ctx: &AccessContext,
+        fields: &[FieldResource],
+    ) -> Result<Vec<Decision>, PolicyError> {
+        let todo: Vec<(usize, &FieldResource)> = fields.iter().enumerate().collect();
+        Ok(self
+            .evaluate_fields(principal, action, ctx, &todo)?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    /// Evaluates `action` on `fields` (each with its position in the request); each decision
+    /// comes with whether evaluation was free of errors.
+    fn evaluate_fields(
+        &self,
+        principal: &Principal,
+        action: Action,
+        ctx: &AccessContext,
+        fields: &[(usize, &FieldResource)],
+    ) -> Result<Vec<(Decision, bool)>, PolicyError> {
         let principal_uid = principal_uid(principal)?;
         let mut entities = principal_entities(principal, &principal_uid)?;
         let mut field_uids = Vec::with_capacity(fields.len());
-        for (i, f) in fields.iter().enumerate() {
+        for &(i, f) in fields {
             let uid = uid("Kluis::Field", &format!("{}#{i}", f.record))?;
             let attrs = [
                 ("name", RestrictedExpression::new_string(f.name.clone())),
@@ -399,7 +468,7 @@ impl Engine {
         fields
             .iter()
             .zip(field_uids)
-            .map(|(f, resource)| {
+            .map(|(&(_, f), resource)| {
                 // The entities were checked against the schema above and the context is built
                 // here with the schema's types; validating every request again would double the
                 // cost of a decision. Should they ever disagree, evaluation errors deny.
@@ -411,8 +480,8 @@ impl Engine {
                     None,
                 )
                 .map_err(|e| PolicyError::Request(e.to_string()))?;
-                let mut decision = self.evaluate(&request, &entities);
-                if decision.effect == Effect::Deny && decision.policies.is_empty() {
+                let (mut decision, clean) = self.evaluate(&request, &entities);
+                if clean && decision.effect == Effect::Deny && decision.policies.is_empty() {
                     decision.reason = format!(
                         "no policy permits {} to {} `{}` data of purpose `{}` for purpose `{}`",
                         roles_text(principal),
@@ -423,7 +492,7 @@ impl Engine {
                     );
                 }
                 decision.field = Some((f.record.clone(), f.name.clone()));
-                Ok(decision)
+                Ok((decision, clean))
             })
             .collect()
     }
@@ -448,8 +517,8 @@ impl Engine {
             Some(&self.schema),
         )
         .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let mut decision = self.evaluate(&request, &entities);
-        if decision.effect == Effect::Deny && decision.policies.is_empty() {
+        let (mut decision, clean) = self.evaluate(&request, &entities);
+        if clean && decision.effect == Effect::Deny && decision.policies.is_empty() {
             decision.reason = format!(
                 "no policy permits {} to {}",
                 roles_text(principal),
@@ -459,7 +528,8 @@ impl Engine {
         Ok(decision)
     }
 
-    fn evaluate(&self, request: &Request, entities: &Entities) -> Decision {
+    /// One Cedar evaluation; false beside the decision when evaluation hit an error (a deny).
+    fn evaluate(&self, request: &Request, entities: &Entities) -> (Decision, bool) {
         let response = self
             .authorizer
             .is_authorized(request, &self.policies, entities);
@@ -468,21 +538,25 @@ impl Engine {
             .errors()
             .map(ToString::to_string)
             .collect();
-        let policies: Vec<String> = response
+        // Cedar reports the deciding policies as a set; sorted, the same decision always reads
+        // the same in the audit trail.
+        let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
             .map(ToString::to_string)
             .collect();
+        policies.sort_unstable();
         if !errors.is_empty() {
             tracing::error!(errors = ?errors, "policy evaluation error; denying");
-            return Decision {
+            let decision = Decision {
                 effect: Effect::Deny,
                 policies,
                 reason: "policy evaluation error; denied".into(),
                 field: None,
             };
+            return (decision, false);
         }
-        match response.decision() {
+        let decision = match response.decision() {
             CedarDecision::Allow => Decision {
                 effect: Effect::Allow,
                 reason: format!("permitted by {}", quoted(&policies)),
@@ -499,7 +573,8 @@ impl Engine {
                 policies,
                 field: None,
             },
-        }
+        };
+        (decision, true)
     }
 }
 
@@ -605,6 +680,99 @@ mod tests {
             purpose,
             subject: "rel-1".into(),
             flags: Default::default(),
+        }
+    }
+
+    /// Decides a seeded random sample of requests with the memo and without it, twice over so
+    /// that the second pass is answered from the memo, and demands the same decisions.
+    fn memo_agrees(engine: &Engine, samples: usize) {
+        use rand::{Rng, SeedableRng, seq::SliceRandom};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x006b_6c75_6973);
+        let names = ["name", "surname", "phone", "medical_need", "meds", "x"];
+        let subjects = ["rel-1", "rel-2"];
+        let case_refs = ["", "N-1", "N-2"];
+        let justifications = ["", "case work"];
+        let channels = ["app", "social-media"];
+        let mut requests = Vec::new();
+        for _ in 0..samples {
+            let n = rng.gen_range(1..=2);
+            let mut roles: Vec<Role> = Role::ALL.choose_multiple(&mut rng, n).copied().collect();
+            roles.dedup();
+            let scope = [None, Some("rel-1"), Some("rel-2")][rng.gen_range(0..3)];
+            let p = principal(&roles, scope);
+            let c = AccessContext::parse(
+                "c",
+                Purpose::ALL[rng.gen_range(0..Purpose::ALL.len())].as_str(),
+                case_refs[rng.gen_range(0..case_refs.len())],
+                justifications[rng.gen_range(0..justifications.len())],
+                channels[rng.gen_range(0..channels.len())],
+                rng.gen_bool(0.2),
+            )
+            .unwrap();
+            let action = [
+                Action::Read,
+                Action::Write,
+                Action::Delete,
+                Action::List,
+                Action::Export,
+            ][rng.gen_range(0..5)];
+            let fields: Vec<FieldResource> = (0..rng.gen_range(1..4))
+                .map(|_| FieldResource {
+                    record: "rec_1".into(),
+                    name: names[rng.gen_range(0..names.len())].into(),
+                    category: Category::ALL[rng.gen_range(0..Category::ALL.len())],
+                    purpose: Purpose::ALL[rng.gen_range(0..Purpose::ALL.len())],
+                    subject: subjects[rng.gen_range(0..subjects.len())].into(),
+                    flags: FieldFlags {
+                        record_closed: rng.gen_bool(0.3),
+                        objected: rng.gen_bool(0.2),
+                        mandated: rng.gen_bool(0.3),
+                    },
+                })
+                .collect();
+            requests.push((p, action, c, fields));
+        }
+        let mut decided = 0;
+        for _pass in 0..2 {
+            for (p, action, c, fields) in &requests {
+                let memo = engine.decide_fields(p, *action, c, fields).unwrap();
+                let fresh = engine
+                    .decide_fields_unmemoised(p, *action, c, fields)
+                    .unwrap();
+                assert_eq!(memo, fresh, "{:?} {action:?} {c:?} {fields:?}", p.roles);
+                decided += fields.len();
+            }
+        }
+        // The memo must have been used, or this test shows nothing.
+        assert!(
+            engine.memo.len() <= decided / 2,
+            "memo {} of {decided}",
+            engine.memo.len()
+        );
+    }
+
+    #[test]
+    fn memoised_decisions_equal_fresh_ones_for_the_default_policies() {
+        memo_agrees(&Engine::default_policies().unwrap(), 1200);
+    }
+
+    #[test]
+    fn memoised_decisions_equal_fresh_ones_when_policies_use_values_otherwise() {
+        // Each reads a free-text input other than by equality with a literal: were the memo to
+        // key only the literal class, `meds` and `medical_need` (or the two subjects, or the two
+        // case references) would share a decision and differ from the fresh one.
+        for policies in [
+            r#"@id("like") permit(principal, action, resource) when { resource.name like "med*" };"#,
+            r#"@id("cross") permit(principal, action, resource) when { context.case_ref != "" && resource.subject like "*1" };"#,
+            r#"@id("uid") permit(principal, action, resource) when { resource == Kluis::Field::"rec_1#0" };
+               @id("lit") forbid(principal, action, resource) when { resource.name == "x" };"#,
+        ] {
+            let field_actions = r#"action in [Kluis::Action::"read", Kluis::Action::"write", Kluis::Action::"delete", Kluis::Action::"list", Kluis::Action::"export"],"#;
+            let policies = policies.replace("action,", field_actions);
+            memo_agrees(
+                &Engine::from_sources(DEFAULT_SCHEMA, &policies).unwrap(),
+                1500,
+            );
         }
     }
 
