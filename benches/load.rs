@@ -13,7 +13,11 @@
 //! cargo bench --bench load -- --subjects 10000 --seconds 3 --json load.json
 //! ```
 //!
-//! Not yet here (see the README): the PostgreSQL + pgcrypto baseline and the 1M-record run.
+//! Where PostgreSQL server binaries are found, a throwaway cluster with pgcrypto takes the same
+//! reads and writes from the same client counts (see `load/pg.rs`), in the same rounds. After the
+//! rounds: policy decisions per second (fresh and memoised), and a rewrap of every nuisance
+//! subject key while 64 clients keep reading (rewrap rate, GetRecord p99 during it against p99
+//! before it). `--subjects 1000000` is the 1M-subject run; `--no-pg` skips PostgreSQL.
 
 #![allow(
     clippy::unwrap_used,
@@ -24,15 +28,21 @@
     reason = "a benchmark binary: panics on setup failure, prints its figures"
 )]
 
+#[path = "load/pg.rs"]
+mod pg;
+
 use std::{
     collections::BTreeMap,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use kluis::{
     crypto::Algorithm,
-    domain::{AccessContext, Category, FieldName, Limits, PrincipalId, Role, SubjectId},
+    domain::{AccessContext, Category, FieldName, Limits, PrincipalId, Purpose, Role, SubjectId},
     keys::{Keyring, RootSecret},
     pb::{
         self,
@@ -43,7 +53,7 @@ use kluis::{
         },
         vault_client::VaultClient,
     },
-    policy::Engine,
+    policy::{Action, Engine, FieldResource},
     store::SqliteStore,
     vault::{NewField, RetentionTable, Value, Vault, tokens::TokenSpec},
 };
@@ -69,6 +79,7 @@ struct Options {
     subjects: usize,
     seconds: u64,
     json: Option<String>,
+    pg: bool,
 }
 
 fn options() -> Options {
@@ -76,6 +87,7 @@ fn options() -> Options {
         subjects: 100_000,
         seconds: 5,
         json: None,
+        pg: true,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -93,6 +105,7 @@ fn options() -> Options {
                 o.json = Some(args[i + 1].clone());
                 i += 1;
             }
+            "--no-pg" => o.pg = false,
             _ => {}
         }
         i += 1;
@@ -166,16 +179,34 @@ enum Target {
     Echo,
     Get,
     Put,
+    PgRead(pg::Variant),
+    PgWrite(pg::Variant),
 }
 
 impl Target {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Target::Echo => "echo",
-            Target::Get => "GetRecord",
-            Target::Put => "PutRecord",
+            Target::Echo => "echo".into(),
+            Target::Get => "GetRecord".into(),
+            Target::Put => "PutRecord".into(),
+            Target::PgRead(v) => format!("{} read", v.name()),
+            Target::PgWrite(v) => format!("{} write", v.name()),
         }
     }
+}
+
+/// The five field values of a nuisance record, for the PostgreSQL baseline.
+fn pg_values() -> [String; 5] {
+    let v: Vec<String> = nuisance_fields(0)
+        .into_iter()
+        .map(|f| match f.value {
+            Value::Text(t) => t.as_str().to_owned(),
+            Value::Binary(_) => String::new(),
+        })
+        .collect();
+    let mut v: [String; 5] = v.try_into().unwrap();
+    v[0] = "Bewoner ".into();
+    v
 }
 
 struct Env {
@@ -188,9 +219,29 @@ struct Env {
 
 /// Runs `clients` concurrent clients against `target` for `secs`; returns the latencies (µs).
 async fn drive(env: &Env, target: Target, clients: usize, secs: f64) -> (usize, Vec<u32>) {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let out = drive_until(env, target, clients, stop).await;
+    timer.await.unwrap();
+    out
+}
+
+/// Runs `clients` concurrent clients against `target` until `stop`; returns the latencies (µs).
+async fn drive_until(
+    env: &Env,
+    target: Target,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (usize, Vec<u32>) {
     let mut tasks = Vec::new();
     for c in 0..clients {
+        let stop = Arc::clone(&stop);
         let (vault, echo, token, records, payload) = (
             env.vault.clone(),
             env.echo.clone(),
@@ -204,7 +255,7 @@ async fn drive(env: &Env, target: Target, clients: usize, secs: f64) -> (usize, 
             let mut lat = Vec::new();
             let mut i = c;
             let message = vec![7u8; payload];
-            while Instant::now() < deadline {
+            while !stop.load(Ordering::Relaxed) {
                 i += clients;
                 let t = Instant::now();
                 match target {
@@ -243,6 +294,7 @@ async fn drive(env: &Env, target: Target, clients: usize, secs: f64) -> (usize, 
                         .await
                         .unwrap();
                     }
+                    Target::PgRead(_) | Target::PgWrite(_) => unreachable!("driven by pgbench"),
                 }
                 lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
             }
@@ -391,15 +443,45 @@ fn main() {
         (va, ea)
     });
 
+    let mut pg = if o.pg {
+        let rows = o.subjects.min(20_000);
+        let t = Instant::now();
+        match pg::Pg::start(rows, &pg_values()) {
+            Ok(pg) => {
+                println!(
+                    "PostgreSQL baseline: {}, {rows} records per variant loaded in {:.0} s",
+                    pg.version,
+                    t.elapsed().as_secs_f64()
+                );
+                Some(pg)
+            }
+            Err(why) => {
+                println!("PostgreSQL baseline skipped: {why}");
+                None
+            }
+        }
+    } else {
+        println!("PostgreSQL baseline skipped: --no-pg");
+        None
+    };
+    let mut targets = vec![Target::Echo, Target::Get, Target::Put];
+    if pg.is_some() {
+        for v in [pg::Variant::Stretched, pg::Variant::Fast] {
+            targets.push(Target::PgRead(v));
+            targets.push(Target::PgWrite(v));
+        }
+    }
+
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let mut results: BTreeMap<(usize, Target), Vec<u32>> = BTreeMap::new();
-    let mut counts: BTreeMap<(usize, Target), usize> = BTreeMap::new();
+    let mut counts: BTreeMap<(usize, Target), (usize, f64)> = BTreeMap::new();
     let seconds = o.seconds as f64;
-    client_rt.block_on(async {
+    let records = Arc::new(records);
+    let env = client_rt.block_on(async {
         let connect = |addr: std::net::SocketAddr| async move {
             Endpoint::from_shared(format!("http://{addr}"))
                 .unwrap()
@@ -408,13 +490,15 @@ fn main() {
                 .await
                 .unwrap()
         };
-        let env = Env {
+        Env {
             vault: connect(vault_addr).await,
             echo: connect(echo_addr).await,
-            token,
-            records: Arc::new(records),
+            token: token.clone(),
+            records: Arc::clone(&records),
             payload,
-        };
+        }
+    });
+    client_rt.block_on(async {
         // Warm up every path.
         for target in [Target::Echo, Target::Get, Target::Put] {
             drive(&env, target, 8, 0.5).await;
@@ -422,14 +506,29 @@ fn main() {
         for clients in [1, 64] {
             // A B A B: each gets half its time in each of two rounds.
             for _round in 0..2 {
-                for target in [Target::Echo, Target::Get, Target::Put] {
-                    let (n, lat) = drive(&env, target, clients, seconds / 2.0).await;
-                    *counts.entry((clients, target)).or_default() += n;
+                for &target in &targets {
+                    let (n, secs, lat) = match (target, pg.as_mut()) {
+                        (Target::PgRead(v) | Target::PgWrite(v), Some(pg)) => {
+                            let write = matches!(target, Target::PgWrite(_));
+                            tokio::task::block_in_place(|| {
+                                pg.drive(v, write, clients, seconds / 2.0, &pg_values())
+                            })
+                            .unwrap()
+                        }
+                        _ => {
+                            let (n, lat) = drive(&env, target, clients, seconds / 2.0).await;
+                            (n, seconds / 2.0, lat)
+                        }
+                    };
+                    let c = counts.entry((clients, target)).or_default();
+                    c.0 += n;
+                    c.1 += secs;
                     results.entry((clients, target)).or_default().extend(lat);
                 }
             }
         }
     });
+    drop(pg);
 
     let mut rows = Vec::new();
     println!(
@@ -437,22 +536,33 @@ fn main() {
         o.subjects, o.seconds
     );
     println!(
-        "{:>8} {:<10} {:>10} {:>8} {:>8} {:>8} {:>10}",
+        "{:>8} {:<22} {:>10} {:>8} {:>8} {:>8} {:>10}",
         "clients", "call", "req/s", "p50 µs", "p99 µs", "p999 µs", "× echo"
     );
+    let mut rps_of: BTreeMap<(usize, Target), f64> = BTreeMap::new();
+    let mut get_p99_64 = 0;
     for clients in [1, 64] {
-        let echo_rps = counts[&(clients, Target::Echo)] as f64 / seconds;
-        for target in [Target::Echo, Target::Get, Target::Put] {
+        let rate = |t: Target| {
+            counts
+                .get(&(clients, t))
+                .map_or(0.0, |(n, s)| *n as f64 / s)
+        };
+        let echo_rps = rate(Target::Echo);
+        for &target in &targets {
             let mut lat = results.remove(&(clients, target)).unwrap_or_default();
             lat.sort_unstable();
-            let rps = counts[&(clients, target)] as f64 / seconds;
+            let rps = rate(target);
+            rps_of.insert((clients, target), rps);
             let (p50, p99, p999) = (
                 percentile(&lat, 0.5),
                 percentile(&lat, 0.99),
                 percentile(&lat, 0.999),
             );
+            if clients == 64 && target == Target::Get {
+                get_p99_64 = p99;
+            }
             println!(
-                "{clients:>8} {:<10} {rps:>10.0} {p50:>8} {p99:>8} {p999:>8} {:>10.2}",
+                "{clients:>8} {:<22} {rps:>10.0} {p50:>8} {p99:>8} {p999:>8} {:>10.2}",
                 target.name(),
                 rps / echo_rps
             );
@@ -462,6 +572,30 @@ fn main() {
             }));
         }
     }
+    let mut versus_pg = Vec::new();
+    if targets.len() > 3 {
+        println!("\nkluis against PostgreSQL + pgcrypto (same client count, durable writes):");
+        for clients in [1, 64] {
+            for v in [pg::Variant::Stretched, pg::Variant::Fast] {
+                let read = rps_of[&(clients, Target::Get)] / rps_of[&(clients, Target::PgRead(v))];
+                let write =
+                    rps_of[&(clients, Target::Put)] / rps_of[&(clients, Target::PgWrite(v))];
+                println!(
+                    "{clients:>8} clients, {:<14} reads {read:>6.2}×   writes {write:>6.2}×",
+                    v.name()
+                );
+                versus_pg.push(json!({
+                    "clients": clients, "baseline": v.name(),
+                    "read_ratio": read, "write_ratio": write,
+                }));
+            }
+        }
+    }
+
+    let policy = policy_rates();
+    let rewrap = client_rt.block_on(rewrap_during_reads(&env, &vault, get_p99_64));
+    drop(env);
+
     if let Some(path) = o.json {
         let doc = json!({
             "benchmark": "kluis load",
@@ -469,9 +603,115 @@ fn main() {
             "seconds_per_case": o.seconds,
             "answer_bytes": payload,
             "results": rows,
+            "versus_postgresql": versus_pg,
+            "policy": policy,
+            "rewrap": rewrap,
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
         println!("\nwritten to {path}");
     }
     drop(server_rt);
+}
+
+/// Policy decisions per second and their latency, one field per decision, with the default
+/// policies: fresh (a principal the engine has not seen: full Cedar evaluation) and memoised.
+fn policy_rates() -> serde_json::Value {
+    let engine = Engine::default_policies().unwrap();
+    let ctx = AccessContext::parse("c", "nuisance", "N-2026-0042", "load", "app", false).unwrap();
+    let field = [FieldResource {
+        record: "rec_bench".into(),
+        name: "statement".into(),
+        category: Category::NuisanceEvidence,
+        purpose: Purpose::Nuisance,
+        subject: "REL-0000001".into(),
+        flags: Default::default(),
+    }];
+    let mut out = serde_json::Map::new();
+    println!("\npolicy decisions (default policies, one field each, this thread):");
+    for fresh in [true, false] {
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(2) {
+            n += 1;
+            let id = if fresh {
+                format!("emp-{n}")
+            } else {
+                "emp-1".to_owned()
+            };
+            let principal = kluis::domain::Principal {
+                id: PrincipalId::parse("p", &id).unwrap(),
+                roles: vec![Role::NuisanceOfficer],
+                scope_subject: None,
+                token_id: "tok_bench".into(),
+                expires_at: i64::MAX,
+            };
+            let t = Instant::now();
+            let d = engine
+                .decide_fields(&principal, Action::Read, &ctx, &field)
+                .unwrap();
+            lat.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
+            assert!(d[0].is_allow());
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        lat.sort_unstable();
+        let (p50, p99) = (
+            f64::from(percentile(&lat, 0.5)) / 1000.0,
+            f64::from(percentile(&lat, 0.99)) / 1000.0,
+        );
+        let name = if fresh { "fresh" } else { "memoised" };
+        println!("{name:>10}: {rate:>10.0} decisions/s, p50 {p50:.1} µs, p99 {p99:.1} µs");
+        out.insert(
+            name.into(),
+            json!({"decisions_per_second": rate, "p50_us": p50, "p99_us": p99}),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
+/// Rotates the nuisance purpose key and rewraps every nuisance subject key while 64 clients
+/// keep reading; compares GetRecord p99 during the rewrap with `p99_before`.
+async fn rewrap_during_reads(env: &Env, vault: &Arc<Vault>, p99_before: u32) -> serde_json::Value {
+    let officer = vault
+        .bootstrap_token(&TokenSpec {
+            principal: PrincipalId::parse("p", "bench-security-officer").unwrap(),
+            roles: vec![Role::SecurityOfficer],
+            ttl_secs: 3_600,
+            scope_subject: None,
+        })
+        .unwrap();
+    let officer = vault
+        .authenticate(&kluis::vault::tokens::BearerToken::new(
+            officer.token.expose_secret().to_owned(),
+        ))
+        .unwrap();
+    vault
+        .rotate_key(&officer, Purpose::Nuisance, None, "load benchmark")
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let job = {
+        let (vault, stop) = (Arc::clone(vault), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let done = vault.rewrap(Purpose::Nuisance, |_| true).unwrap();
+            let took = t.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            (done.done, took)
+        })
+    };
+    let (_, mut lat) = drive_until(env, Target::Get, 64, stop).await;
+    let (keys, took) = job.join().unwrap();
+    lat.sort_unstable();
+    let p99 = percentile(&lat, 0.99);
+    let rate = keys as f64 / took.as_secs_f64();
+    println!(
+        "\nrewrap while 64 clients read: {keys} subject keys in {:.2} s = {rate:.0} keys/s; \
+         GetRecord p99 {p99} µs during it, {p99_before} µs before ({:.2}×)",
+        took.as_secs_f64(),
+        f64::from(p99) / f64::from(p99_before.max(1))
+    );
+    json!({
+        "subject_keys": keys, "seconds": took.as_secs_f64(), "keys_per_second": rate,
+        "get_p99_during_us": p99, "get_p99_before_us": p99_before,
+    })
 }
