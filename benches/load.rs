@@ -80,6 +80,8 @@ struct Options {
     seconds: u64,
     json: Option<String>,
     pg: bool,
+    /// Drive only the call of this name (and the echo), for profiling.
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -88,6 +90,7 @@ fn options() -> Options {
         seconds: 5,
         json: None,
         pg: true,
+        only: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -106,6 +109,10 @@ fn options() -> Options {
                 i += 1;
             }
             "--no-pg" => o.pg = false,
+            "--only" => {
+                o.only = Some(args[i + 1].clone());
+                i += 1;
+            }
             _ => {}
         }
         i += 1;
@@ -472,6 +479,10 @@ fn main() {
         }
     }
 
+    if let Some(only) = &o.only {
+        targets.retain(|t| *t == Target::Echo || t.name() == *only);
+    }
+
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -573,7 +584,7 @@ fn main() {
         }
     }
     let mut versus_pg = Vec::new();
-    if targets.len() > 3 {
+    if o.only.is_none() && targets.len() > 3 {
         println!("\nkluis against PostgreSQL + pgcrypto (same client count, durable writes):");
         for clients in [1, 64] {
             for v in [pg::Variant::Stretched, pg::Variant::Fast] {
@@ -592,8 +603,14 @@ fn main() {
         }
     }
 
-    let policy = policy_rates();
-    let rewrap = client_rt.block_on(rewrap_during_reads(&env, &vault, get_p99_64));
+    let (policy, rewrap) = if o.only.is_none() {
+        (
+            policy_rates(),
+            client_rt.block_on(rewrap_during_reads(&env, &vault, get_p99_64)),
+        )
+    } else {
+        Default::default()
+    };
     drop(env);
 
     if let Some(path) = o.json {

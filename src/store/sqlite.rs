@@ -163,7 +163,11 @@ CREATE TABLE evidence_segments (
 ",
 ];
 
-const MAX_IDLE_READERS: usize = 8;
+/// Reader connections kept open between reads. Opening one parses the schema and loses its
+/// prepared statements, so the pool must cover the reads in flight at once (one per blocking
+/// request; the server allows 256 streams per connection, and every case app holds one or a few).
+/// A connection caches at most SQLite's default 2 MiB of pages.
+const MAX_IDLE_READERS: usize = 64;
 
 /// The SQLite store.
 pub struct SqliteStore {
