@@ -247,8 +247,11 @@ impl Abstraction {
                     )
             }
             "Var" => {
-                // A variable used whole: everything it holds may matter.
-                let var = v.as_str().unwrap_or_default();
+                // A variable used whole: everything it holds may matter. (Not a variable but a
+                // record literal's field named `Var`: walk it.)
+                let Some(var) = v.as_str() else {
+                    return false;
+                };
                 if var == "resource" {
                     self.resource_uid = true;
                 }
@@ -481,6 +484,11 @@ mod tests {
             r#"@id("p") permit(principal, action, resource == Kluis::Field::"rec_1#0");"#,
         );
         assert!(scoped.resource_uid);
+
+        let record_field_named_var = abstraction(
+            r#"@id("p") permit(principal, action, resource) when { {Var: resource.name} == {Var: "x"} };"#,
+        );
+        assert!(record_field_named_var.use_of(Input::Name).raw);
 
         let in_a_set = abstraction(
             r#"@id("p") permit(principal, action, resource) when { [context.channel, "x"].contains("app") };"#,
