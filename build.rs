@@ -35,9 +35,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".kluis.v1.EvidenceChunk.data")
         .bytes(".kluis.v1.EvidenceData.data")
         .compile_fds(fds)?;
-    // The echo service that `benches/load.rs` measures kluis against.
+    // The bare services the benchmarks measure kluis against.
     let echo = "proto/kluis/bench/v1/echo.proto";
     println!("cargo:rerun-if-changed={echo}");
-    tonic_prost_build::configure().compile_fds(protox::compile([echo], ["proto"])?)?;
+    tonic_prost_build::configure()
+        .bytes(".kluis.bench.v1.Chunk.data")
+        .compile_fds(protox::compile([echo], ["proto"])?)?;
     Ok(())
 }

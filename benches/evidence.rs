@@ -4,7 +4,10 @@
 //!    process, bare and through `crypto::stream`;
 //! 2. upload and download of a 256 MiB file over loopback gRPC to a `kluis serve --dev` (release
 //!    build, SQLite store in a temporary directory), as MB/s and as a ratio to the floor;
-//! 3. the server's peak memory while it takes in and hands out a 1 GiB file, above its idle
+//! 3. the gRPC floor: the same file streamed unencrypted, in the same messages, to and from a
+//!    bare tonic service (`kluis.bench.v1.Stream`) in its own process (this benchmark binary
+//!    started again with `--stream-server`) with kluis's transport settings;
+//! 4. the server's peak memory while it takes in and hands out a 1 GiB file, above its idle
 //!    resident size (Linux: `VmHWM` after resetting it through `/proc/<pid>/clear_refs`).
 //!
 //! ```text
@@ -39,9 +42,17 @@ use kluis::{
         Algorithm,
         stream::{FileKey, SEGMENT_SIZE, new_salt},
     },
-    pb::{self, vault_client::VaultClient},
+    pb::{
+        self,
+        bench::{
+            Chunk, DownloadRequest, Size,
+            stream_client::StreamClient,
+            stream_server::{Stream, StreamServer},
+        },
+        vault_client::VaultClient,
+    },
 };
-use tonic::{Request, transport::Channel};
+use tonic::{Request, Response, Status, Streaming, transport::Channel};
 
 const MIB: u64 = 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
@@ -207,10 +218,135 @@ fn crypto_floor(total: u64) -> (f64, f64, f64) {
     (bare, seal, open)
 }
 
+/// The bytes of a kluis download message: one segment's plaintext.
+const DOWNLOAD_CHUNK: u32 = SEGMENT_SIZE as u32;
+
+/// A bare streaming service: no store, no crypto, no policy.
+struct Bare;
+
+#[tonic::async_trait]
+impl Stream for Bare {
+    async fn upload(&self, request: Request<Streaming<Chunk>>) -> Result<Response<Size>, Status> {
+        let mut stream = request.into_inner();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.message().await? {
+            size += chunk.data.len() as u64;
+        }
+        Ok(Response::new(Size { size }))
+    }
+
+    type DownloadStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<Chunk, Status>> + Send>>;
+
+    async fn download(
+        &self,
+        request: Request<DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let DownloadRequest { size, chunk } = request.into_inner();
+        let chunk = u64::from(chunk.max(1));
+        let block = Bytes::from(vec![0x5au8; chunk as usize]);
+        let chunks = (0..size.div_ceil(chunk)).map(move |i| {
+            let n = (size - i * chunk).min(chunk) as usize;
+            Ok(Chunk {
+                data: block.slice(..n),
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+/// Serves `Bare` on a loopback port with kluis's transport settings; prints the address.
+fn stream_server() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(256))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(1024 * 1024))
+            .initial_connection_window_size(Some(4 * 1024 * 1024))
+            .add_service(StreamServer::new(Bare).max_decoding_message_size(4 * 1024 * 1024))
+            .serve_with_incoming(kluis::server::incoming(listener))
+            .await
+            .unwrap();
+    });
+}
+
+/// Starts this binary again as the bare stream server.
+fn spawn_stream_server() -> Server {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .arg("--stream-server")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Server(child, line.trim().to_owned())
+}
+
+/// Streams `size` bytes up and then down through the bare service; returns MB/s each way.
+async fn bare_floor(addr: &str, block: &Bytes, size: u64) -> (f64, f64) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(4 * 1024 * 1024))
+        .tcp_nodelay(true)
+        .buffer_size(64)
+        .connect()
+        .await
+        .unwrap();
+    let mut client = StreamClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+    let up = |size: u64| {
+        let block = block.clone();
+        let chunks = (0..size.div_ceil(CHUNK as u64)).map(move |i| {
+            let n = (size - i * CHUNK as u64).min(CHUNK as u64) as usize;
+            Chunk {
+                data: block.slice(..n),
+            }
+        });
+        tokio_stream::iter(chunks)
+    };
+    let down = |mut client: StreamClient<Channel>, size: u64| async move {
+        let mut stream = client
+            .download(DownloadRequest {
+                size,
+                chunk: DOWNLOAD_CHUNK,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0u64;
+        while let Some(c) = stream.message().await.unwrap() {
+            n += c.data.len() as u64;
+        }
+        n
+    };
+    // Warm up as the kluis run does.
+    client.upload(up(4 * MIB)).await.unwrap();
+    down(client.clone(), 4 * MIB).await;
+    let t = Instant::now();
+    let got = client.upload(up(size)).await.unwrap().into_inner().size;
+    let upload = mb_per_s(size, t.elapsed());
+    assert_eq!(got, size);
+    let t = Instant::now();
+    assert_eq!(down(client.clone(), size).await, size);
+    (upload, mb_per_s(size, t.elapsed()))
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--stream-server") {
+        stream_server();
+        return;
+    }
     let size = env_mib("KLUIS_BENCH_EVIDENCE_MIB", 256) * MIB;
     let memory_size = env_mib("KLUIS_BENCH_MEMORY_MIB", 1024) * MIB;
-    let (bare, seal, open) = crypto_floor(size);
+    let (bare_seal, seal, open) = crypto_floor(size);
 
     let dir = tempfile::tempdir().unwrap();
     #[cfg(unix)]
@@ -218,6 +354,7 @@ fn main() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     }
+    let bare = spawn_stream_server();
     let server = serve(dir.path());
     let pid = server.0.id();
     let tokens: serde_json::Map<String, serde_json::Value> =
@@ -249,12 +386,19 @@ fn main() {
         let id = upload(&mut client, &token, &block, 4 * MIB).await;
         download(&mut client, &token, &id).await;
 
-        let t = Instant::now();
-        let id = upload(&mut client, &token, &block, size).await;
-        let up = mb_per_s(size, t.elapsed());
-        let t = Instant::now();
-        assert_eq!(download(&mut client, &token, &id).await, size);
-        let down = mb_per_s(size, t.elapsed());
+        // kluis and the bare service in turn, twice: drift of the shared machine hits both.
+        let (mut up, mut down, mut bare_up, mut bare_down) = (0.0, 0.0, 0.0, 0.0);
+        for _round in 0..2 {
+            let t = Instant::now();
+            let id = upload(&mut client, &token, &block, size).await;
+            up += mb_per_s(size, t.elapsed()) / 2.0;
+            let t = Instant::now();
+            assert_eq!(download(&mut client, &token, &id).await, size);
+            down += mb_per_s(size, t.elapsed()) / 2.0;
+            let (u, d) = bare_floor(&bare.1, &block, size).await;
+            bare_up += u / 2.0;
+            bare_down += d / 2.0;
+        }
 
         // Memory: the resident size at rest, then the peak while a large file goes in and out.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -268,15 +412,19 @@ fn main() {
             "evidence, {} MiB file, AES-256-GCM, 64 KiB segments",
             size / MIB
         );
-        println!("  crypto floor, bare AEAD seal     {bare:>8.0} MB/s");
+        println!("  crypto floor, bare AEAD seal     {bare_seal:>8.0} MB/s");
         println!("  crypto::stream seal / open       {seal:>8.0} / {open:.0} MB/s");
+        println!("  gRPC floor, unencrypted up       {bare_up:>8.0} MB/s");
+        println!("  gRPC floor, unencrypted down     {bare_down:>8.0} MB/s");
         println!(
-            "  upload over gRPC                 {up:>8.0} MB/s   {:.2} x floor",
-            up / bare
+            "  upload over gRPC                 {up:>8.0} MB/s   {:.2} x crypto floor   {:.2} x gRPC floor",
+            up / bare_seal,
+            up / bare_up
         );
         println!(
-            "  download over gRPC               {down:>8.0} MB/s   {:.2} x floor",
-            down / bare
+            "  download over gRPC               {down:>8.0} MB/s   {:.2} x crypto floor   {:.2} x gRPC floor",
+            down / bare_seal,
+            down / bare_down
         );
         if reset {
             println!(

@@ -3,7 +3,11 @@
 //! overwritten, and numbered schema migrations tracked in `PRAGMA user_version`.
 //!
 //! One writer connection behind a mutex (SQLite allows one writer at a time anyway) and a small
-//! pool of reader connections, which WAL lets run beside the writer.
+//! pool of reader connections, which WAL lets run beside the writer. Storing a record and a new
+//! subject key, the writes of every `PutRecord`, are group-committed (`sqlite/group.rs`): callers
+//! writing at the same time share one commit.
+
+mod group;
 
 use std::{
     path::{Path, PathBuf},
@@ -174,6 +178,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    group: group::Group,
 }
 
 impl SqliteStore {
@@ -186,6 +191,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            group: group::Group::default(),
         })
     }
 
@@ -416,21 +422,29 @@ impl Store for SqliteStore {
     }
 
     fn insert_subject_key(&self, row: &SubjectKeyRow) -> Result<SubjectKeyRow, StoreError> {
-        let mut conn = self.write()?;
-        let tx = conn.transaction().map_err(db)?;
-        check_version_live(&tx, &row.purpose, row.purpose_version)?;
-        tx.execute(
-            "INSERT INTO subject_keys (subject, purpose, generation, purpose_version, wrapped, created_at)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6
-             WHERE NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1 AND purpose = ?2)",
-            params![row.subject, row.purpose, row.generation, row.purpose_version, row.wrapped, row.created_at],
-        )
-        .map_err(db)?;
-        let stored = select_subject_key(&tx, &row.subject, &row.purpose)
-            .map_err(db)?
-            .ok_or_else(|| StoreError::Database("subject key vanished after insert".into()))?;
-        tx.commit().map_err(db)?;
-        Ok(stored)
+        let row = row.clone();
+        self.group.run(&self.writer, move |tx| {
+            check_version_live(tx, &row.purpose, row.purpose_version)?;
+            tx.prepare_cached(
+                "INSERT INTO subject_keys (subject, purpose, generation, purpose_version, wrapped, created_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                 WHERE NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1 AND purpose = ?2)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.subject,
+                    row.purpose,
+                    row.generation,
+                    row.purpose_version,
+                    row.wrapped,
+                    row.created_at
+                ])
+            })
+            .map_err(db)?;
+            select_subject_key(tx, &row.subject, &row.purpose)
+                .map_err(db)?
+                .ok_or_else(|| StoreError::Database("subject key vanished after insert".into()))
+        })
     }
 
     fn rotate_purpose_key(&self, new: &PurposeKeyRow) -> Result<(), StoreError> {
@@ -795,18 +809,17 @@ impl Store for SqliteStore {
     }
 
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
-        let mut conn = self.write()?;
-        let tx = conn.transaction().map_err(db)?;
-        insert_record_row(&tx, record)?;
-        {
+        let (record, fields) = (record.clone(), fields.to_vec());
+        self.group.run(&self.writer, move |tx| {
+            insert_record_row(tx, &record)?;
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(db)?;
-            for f in fields {
-                check_key_exists(&tx, &record.subject, &record.purpose, f.key_gen)?;
+            for f in &fields {
+                check_key_exists(tx, &record.subject, &record.purpose, f.key_gen)?;
                 stmt.execute(params![
                     record.id, f.name, f.category, f.kind, f.key_gen, f.sealed
                 ])
@@ -818,18 +831,17 @@ impl Store for SqliteStore {
                     }
                 })?;
             }
-        }
-        tx.commit().map_err(db)
+            Ok(())
+        })
     }
 
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError> {
         let found = self.read(|c| {
             let Some(rec) = c
-                .query_row(
-                    &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"),
-                    [id],
-                    record_from_row,
-                )
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
+                ))?
+                .query_row([id], record_from_row)
                 .optional()?
             else {
                 return Ok(None);
@@ -1705,9 +1717,11 @@ fn append_segments_tx(
 fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreError> {
     let labels =
         serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
-    tx.execute(
-        &format!("INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-        params![
+    tx.prepare_cached(&format!(
+        "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
             record.id,
             record.subject,
             record.purpose,
@@ -1716,8 +1730,8 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
             record.updated_at,
             record.closed_at,
             record.expires_at
-        ],
-    )
+        ])
+    })
     .map_err(|e| {
         if is_constraint(&e) {
             StoreError::Conflict(format!("record `{}`", record.id))
