@@ -9,7 +9,10 @@ use super::{convert, run};
 use crate::{
     domain::{FieldName, InputError, RecordId, SubjectId},
     pb::{self, vault_server::Vault as VaultRpc},
-    vault::{FieldInfo, RecordMeta, Vault, VaultError, evidence::Upload},
+    vault::{
+        FieldInfo, RecordMeta, Vault, VaultError,
+        evidence::{Download, Upload},
+    },
 };
 
 /// The gRPC face of a `Vault`.
@@ -42,6 +45,22 @@ impl Drop for UploadGuard {
     }
 }
 
+/// A chunk being written on a blocking thread. Dropped before the write is awaited (the handler
+/// ended early), it hands the upload, once written, to a blocking thread to be discarded.
+struct WriteGuard(Option<tokio::task::JoinHandle<Result<Upload, VaultError>>>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            tokio::spawn(async move {
+                if let Ok(Ok(upload)) = task.await {
+                    tokio::task::spawn_blocking(move || drop(upload));
+                }
+            });
+        }
+    }
+}
+
 /// Runs `f` on a blocking thread and maps its error to a status.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
@@ -53,6 +72,29 @@ async fn blocking<T: Send + 'static>(
             Status::internal("internal error")
         })?
         .map_err(super::status::to_status)
+}
+
+/// Segments read and opened per blocking call of a download.
+const DOWNLOAD_BATCH: usize = 16;
+
+/// The next `DOWNLOAD_BATCH` messages of a download, and the download when it has more.
+fn read_batch(mut download: Download) -> (Option<Download>, Vec<Result<pb::EvidenceData, Status>>) {
+    let mut batch = Vec::with_capacity(DOWNLOAD_BATCH);
+    for _ in 0..DOWNLOAD_BATCH {
+        match download.next_chunk() {
+            Ok(Some(chunk)) => batch.push(Ok(pb::EvidenceData {
+                part: Some(pb::evidence_data::Part::Data(
+                    bytes::Bytes::copy_from_slice(chunk.as_slice()),
+                )),
+            })),
+            Ok(None) => return (None, batch),
+            Err(e) => {
+                batch.push(Err(super::status::to_status(e)));
+                return (None, batch);
+            }
+        }
+    }
+    (Some(download), batch)
 }
 
 #[tonic::async_trait]
@@ -89,9 +131,11 @@ impl VaultRpc for VaultApi {
             vault.begin_evidence(&principal, &ctx, start)
         })
         .await?;
-        // Each chunk is sealed and stored on a blocking thread, one at a time: the client's next
-        // message is read only after that (back-pressure), and no thread waits for a client.
+        // Each chunk is sealed and stored on a blocking thread while the client's next message is
+        // read; the message after that is read only when the store has taken the chunk
+        // (back-pressure: at most two chunks are held), and no thread waits for a client.
         let mut upload = UploadGuard(Some(upload));
+        let mut writing = WriteGuard(None);
         loop {
             let message = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
                 .await
@@ -100,6 +144,17 @@ impl VaultRpc for VaultApi {
                         "no data for 30 s; the upload was discarded, send it again",
                     )
                 })??;
+            if let Some(task) = writing.0.take() {
+                // On an error the upload was dropped on the blocking thread, which discards it.
+                upload.0 = Some(
+                    task.await
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "request task failed");
+                            Status::internal("internal error")
+                        })?
+                        .map_err(super::status::to_status)?,
+                );
+            }
             match message {
                 None => {
                     let Some(u) = upload.0.take() else {
@@ -125,14 +180,10 @@ impl VaultRpc for VaultApi {
                     let Some(mut u) = upload.0.take() else {
                         return Err(Status::internal("internal error"));
                     };
-                    // On an error the upload is dropped on the blocking thread, which discards it.
-                    upload.0 = Some(
-                        blocking(move || {
-                            u.write(&data)?;
-                            Ok(u)
-                        })
-                        .await?,
-                    );
+                    writing.0 = Some(tokio::task::spawn_blocking(move || {
+                        u.write(&data)?;
+                        Ok(u)
+                    }));
                 }
                 Some(_) => {
                     return Err(Status::invalid_argument(
@@ -178,36 +229,35 @@ impl VaultRpc for VaultApi {
                     length: info.length,
                 })),
             };
-            let mut message = Ok(first);
-            let mut download = download;
-            loop {
+            // A full channel waits here until the client reads (back-pressure), but not for
+            // ever: a client that stops reading loses the stream, and no thread waits for it.
+            let send = |message: Result<pb::EvidenceData, Status>| async {
                 let failed = message.is_err();
-                // A full channel waits here until the client reads (back-pressure), but not for
-                // ever: a client that stops reading loses the stream, and no thread waits for it.
                 match tokio::time::timeout(EVIDENCE_IDLE, tx.send(message)).await {
-                    Ok(Ok(())) if !failed => {}
-                    Ok(_) => return,
+                    Ok(Ok(())) => !failed,
+                    Ok(Err(_)) => false,
                     Err(_) => {
                         flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        false
+                    }
+                }
+            };
+            if !send(Ok(first)).await {
+                return;
+            }
+            // Segments are read and opened a batch at a time on a blocking thread, the next batch
+            // while the current one is sent: at most two batches (2 MiB) are held.
+            let mut next = Some(tokio::task::spawn_blocking(move || read_batch(download)));
+            while let Some(task) = next.take() {
+                let Ok((download, batch)) = task.await else {
+                    return;
+                };
+                next = download.map(|d| tokio::task::spawn_blocking(move || read_batch(d)));
+                for message in batch {
+                    if !send(message).await {
                         return;
                     }
                 }
-                let next = tokio::task::spawn_blocking(move || {
-                    let chunk = download.next_chunk();
-                    (download, chunk)
-                })
-                .await;
-                let Ok((d, chunk)) = next else { return };
-                download = d;
-                message = match chunk {
-                    Ok(Some(chunk)) => Ok(pb::EvidenceData {
-                        part: Some(pb::evidence_data::Part::Data(
-                            bytes::Bytes::copy_from_slice(chunk.as_slice()),
-                        )),
-                    }),
-                    Ok(None) => return,
-                    Err(e) => Err(super::status::to_status(e)),
-                };
             }
         });
         // A stream cut off because the client stopped reading ends with an error, never as if
