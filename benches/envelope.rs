@@ -1,6 +1,8 @@
 //! Envelope encryption: sealing and opening field values of typical sizes with both algorithms,
 //! against the bare AEAD call as the baseline measured in the same run (the envelope's own cost
-//! is the header, the associated data and the allocation).
+//! is the header, the associated data and the allocation). And a subject key as a request gets
+//! it: from the keyring's cache, and without it (read from the store and unwrapped under its
+//! purpose key).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +17,14 @@ use aes_gcm::{
     aead::{Aead, KeyInit, Payload},
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kluis::crypto::{self, AadContext, Algorithm};
+use std::sync::Arc;
+
+use kluis::{
+    crypto::{self, AadContext, Algorithm},
+    domain::{Purpose, SubjectId},
+    keys::{Keyring, RootSecret},
+    store::SqliteStore,
+};
 
 const SIZES: &[usize] = &[32, 1024, 64 * 1024];
 
@@ -71,5 +80,38 @@ fn seal_open(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal_open);
+fn subject_key(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("kluis.db")).unwrap());
+    let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
+    Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
+    let keyring = Keyring::unseal(store, &secret, Algorithm::Aes256Gcm, 1000).unwrap();
+    let subject = SubjectId::parse("s", "REL-0001").unwrap();
+    let purpose = Purpose::Nuisance;
+    let generation = keyring
+        .subject_key_or_create(&subject, purpose)
+        .unwrap()
+        .generation;
+    let mut group = c.benchmark_group("subject-key");
+    group.bench_function("cached", |b| {
+        b.iter(|| {
+            keyring
+                .subject_key_at(&subject, purpose, generation)
+                .unwrap()
+                .unwrap()
+        });
+    });
+    group.bench_function("uncached-store-and-unwrap", |b| {
+        b.iter(|| {
+            keyring.forget(&subject, purpose);
+            keyring
+                .subject_key_at(&subject, purpose, generation)
+                .unwrap()
+                .unwrap()
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, seal_open, subject_key);
 criterion_main!(benches);

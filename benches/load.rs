@@ -28,6 +28,8 @@
     reason = "a benchmark binary: panics on setup failure, prints its figures"
 )]
 
+#[path = "shared/evidence.rs"]
+mod evidence_io;
 #[path = "load/pg.rs"]
 mod pg;
 
@@ -50,6 +52,7 @@ use kluis::{
             EchoMessage,
             echo_client::EchoClient,
             echo_server::{Echo, EchoServer},
+            stream_server::StreamServer,
         },
         vault_client::VaultClient,
     },
@@ -80,6 +83,8 @@ struct Options {
     seconds: u64,
     json: Option<String>,
     pg: bool,
+    /// Size of the evidence file, MiB.
+    evidence_mib: u64,
     /// Drive only the call of this name (and the echo), for profiling.
     only: Option<String>,
 }
@@ -90,6 +95,7 @@ fn options() -> Options {
         seconds: 5,
         json: None,
         pg: true,
+        evidence_mib: 256,
         only: None,
     };
     let args: Vec<String> = std::env::args().collect();
@@ -109,6 +115,10 @@ fn options() -> Options {
                 i += 1;
             }
             "--no-pg" => o.pg = false,
+            "--evidence-mib" => {
+                o.evidence_mib = args[i + 1].parse().expect("--evidence-mib N");
+                i += 1;
+            }
             "--only" => {
                 o.only = Some(args[i + 1].clone());
                 i += 1;
@@ -424,10 +434,28 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (vault_addr, echo_addr) = server_rt.block_on(async {
+    let (vault_addr, echo_addr, stream_addr) = server_rt.block_on(async {
         let vl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let el = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (va, ea) = (vl.local_addr().unwrap(), el.local_addr().unwrap());
+        let sl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (va, ea, sa) = (
+            vl.local_addr().unwrap(),
+            el.local_addr().unwrap(),
+            sl.local_addr().unwrap(),
+        );
+        tokio::spawn(async move {
+            Server::builder()
+                .max_concurrent_streams(Some(256))
+                .tcp_nodelay(true)
+                .initial_stream_window_size(Some(1024 * 1024))
+                .initial_connection_window_size(Some(4 * 1024 * 1024))
+                .add_service(
+                    StreamServer::new(evidence_io::Bare).max_decoding_message_size(4 * 1024 * 1024),
+                )
+                .serve_with_incoming(kluis::server::incoming(sl))
+                .await
+                .unwrap();
+        });
         let v = Arc::clone(&vault);
         tokio::spawn(async move {
             kluis::server::serve(v, vl, Default::default(), std::future::pending())
@@ -447,7 +475,7 @@ fn main() {
                 .await
                 .unwrap();
         });
-        (va, ea)
+        (va, ea, sa)
     });
 
     let mut pg = if o.pg {
@@ -603,10 +631,16 @@ fn main() {
         }
     }
 
-    let (policy, rewrap) = if o.only.is_none() {
+    let (policy, rewrap, evidence) = if o.only.is_none() {
         (
             policy_rates(),
             client_rt.block_on(rewrap_during_reads(&env, &vault, get_p99_64)),
+            client_rt.block_on(evidence(
+                &vault_addr.to_string(),
+                &stream_addr.to_string(),
+                &env.token,
+                o.evidence_mib * evidence_io::MIB,
+            )),
         )
     } else {
         Default::default()
@@ -623,6 +657,7 @@ fn main() {
             "versus_postgresql": versus_pg,
             "policy": policy,
             "rewrap": rewrap,
+            "evidence": evidence,
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
         println!("\nwritten to {path}");
@@ -730,5 +765,38 @@ async fn rewrap_during_reads(env: &Env, vault: &Arc<Vault>, p99_before: u32) -> 
     json!({
         "subject_keys": keys, "seconds": took.as_secs_f64(), "keys_per_second": rate,
         "get_p99_during_us": p99, "get_p99_before_us": p99_before,
+    })
+}
+
+/// A file of `size` bytes up and down through kluis, against the same AEAD in process and the
+/// same bytes unencrypted through the bare stream service; kluis and the bare service in turn.
+async fn evidence(vault: &str, stream: &str, token: &str, size: u64) -> serde_json::Value {
+    let (aead, _, _) = evidence_io::crypto_floor(size);
+    let mut client = VaultClient::new(evidence_io::connect(vault).await)
+        .max_decoding_message_size(16 * 1024 * 1024);
+    let block = evidence_io::block();
+    let id = evidence_io::upload(&mut client, token, &block, 4 * evidence_io::MIB).await;
+    evidence_io::download(&mut client, token, &id).await;
+    let t = Instant::now();
+    let id = evidence_io::upload(&mut client, token, &block, size).await;
+    let up = evidence_io::mb_per_s(size, t.elapsed());
+    let t = Instant::now();
+    assert_eq!(evidence_io::download(&mut client, token, &id).await, size);
+    let down = evidence_io::mb_per_s(size, t.elapsed());
+    let (bare_up, bare_down) = evidence_io::bare_floor(stream, &block, size).await;
+    println!(
+        "\nevidence, {} MiB: upload {up:.0} MB/s, download {down:.0} MB/s; AES-256-GCM in \
+         process {aead:.0} MB/s ({:.2}x, {:.2}x); unencrypted over gRPC {bare_up:.0} / \
+         {bare_down:.0} MB/s ({:.2}x, {:.2}x)",
+        size / evidence_io::MIB,
+        up / aead,
+        down / aead,
+        up / bare_up,
+        down / bare_down,
+    );
+    json!({
+        "bytes": size, "upload_mb_per_s": up, "download_mb_per_s": down,
+        "aead_mb_per_s": aead, "grpc_upload_mb_per_s": bare_up,
+        "grpc_download_mb_per_s": bare_down,
     })
 }
