@@ -17,7 +17,9 @@
 //! reads and writes from the same client counts (see `load/pg.rs`), in the same rounds. After the
 //! rounds: policy decisions per second (fresh and memoised), and a rewrap of every nuisance
 //! subject key while 64 clients keep reading (rewrap rate, GetRecord p99 during it against p99
-//! before it). `--subjects 1000000` is the 1M-subject run; `--no-pg` skips PostgreSQL.
+//! before it), and a 256 MiB evidence file up and down against AES-256-GCM in process and the
+//! same bytes unencrypted through a bare stream service. `--subjects 1000000` is the 1M-subject
+//! run; `--no-pg` skips PostgreSQL; `--evidence-mib N` sizes the file.
 
 #![allow(
     clippy::unwrap_used,
