@@ -250,6 +250,12 @@ impl VaultRpc for VaultApi {
             let mut next = Some(tokio::task::spawn_blocking(move || read_batch(download)));
             while let Some(task) = next.take() {
                 let Ok((download, batch)) = task.await else {
+                    // Never end as if the file were complete.
+                    tracing::error!("evidence read task failed");
+                    send(Err(Status::internal(
+                        "internal error; the download is incomplete",
+                    )))
+                    .await;
                     return;
                 };
                 next = download.map(|d| tokio::task::spawn_blocking(move || read_batch(d)));

@@ -87,6 +87,10 @@ pub(super) struct Abstraction {
     uses: [Use; 5],
     /// Some policy looks at the resource entity itself (its id, or `resource` in a scope).
     resource_uid: bool,
+    /// False when a decision may depend on more than one field's entity (a policy names an
+    /// entity other than a role, an action or a principal, e.g. `Kluis::Field::"…"`), or the
+    /// policies could not be read: then nothing is memoised.
+    memoisable: bool,
 }
 
 impl Abstraction {
@@ -95,15 +99,19 @@ impl Abstraction {
         let mut a = Self {
             uses: Default::default(),
             resource_uid: false,
+            memoisable: true,
         };
         if set.templates().next().is_some() {
-            a.everything_raw();
+            a.memoisable = false;
         }
         for policy in set.policies() {
             let Ok(policy) = policy.to_json() else {
-                a.everything_raw();
+                a.memoisable = false;
                 continue;
             };
+            if names_other_entities(&policy) {
+                a.memoisable = false;
+            }
             match policy.get("resource").and_then(|r| r.get("op")) {
                 Some(Json::String(op)) if op == "All" => {}
                 _ => a.resource_uid = true,
@@ -116,17 +124,15 @@ impl Abstraction {
                 }
                 None => {}
                 // An unknown shape: trust nothing.
-                Some(_) => a.everything_raw(),
+                Some(_) => a.memoisable = false,
             }
         }
         a
     }
 
-    fn everything_raw(&mut self) {
-        for u in &mut self.uses {
-            u.raw = true;
-        }
-        self.resource_uid = true;
+    /// Whether decisions may be memoised at all.
+    pub(super) fn memoisable(&self) -> bool {
+        self.memoisable
     }
 
     fn use_mut(&mut self, input: Input) -> &mut Use {
@@ -349,6 +355,24 @@ fn put(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// Whether `policy` names an entity (in its scope or as a literal) of a type other than a role,
+/// an action or a principal. Those three are keyed (the caller's id and roles, the action); any
+/// other entity, a field above all, could be one of the request's other fields.
+fn names_other_entities(policy: &Json) -> bool {
+    match policy {
+        Json::Array(items) => items.iter().any(names_other_entities),
+        Json::Object(map) => {
+            let named = matches!(
+                (map.get("type"), map.get("id")),
+                (Some(Json::String(t)), Some(Json::String(_)))
+                    if !matches!(t.as_str(), "Kluis::Role" | "Kluis::Action" | "Kluis::Principal")
+            );
+            named || map.values().any(names_other_entities)
+        }
+        _ => false,
+    }
+}
+
 /// The input an expression reads, when it is `resource.x` or `context.x` of a tracked `x`.
 fn tracked(e: &Json) -> Option<Input> {
     let dot = e.get(".")?;
@@ -443,7 +467,7 @@ mod tests {
     #[test]
     fn the_default_policies_only_compare_free_text_for_equality() {
         let a = Engine::default_policies().unwrap().abstraction.clone();
-        assert!(!a.resource_uid);
+        assert!(a.memoisable && !a.resource_uid);
         for input in Input::ALL {
             assert!(!a.use_of(input).raw, "{input:?} is keyed by value");
         }
@@ -473,7 +497,17 @@ mod tests {
         let whole = abstraction(
             r#"@id("p") permit(principal, action, resource) when { resource == Kluis::Field::"rec_1#0" };"#,
         );
-        assert!(whole.resource_uid && whole.use_of(Input::Name).raw);
+        assert!(!whole.memoisable);
+
+        let sibling = abstraction(
+            r#"@id("p") permit(principal, action, resource) when { principal has scope_subject && Kluis::Field::"rec_1#1".subject == principal.scope_subject };"#,
+        );
+        assert!(!sibling.memoisable);
+
+        let named = abstraction(
+            r#"@id("p") permit(principal == Kluis::Principal::"emp-1", action, resource) when { principal in Kluis::Role::"auditor" };"#,
+        );
+        assert!(named.memoisable);
 
         let typed = abstraction(
             r#"@id("p") permit(principal, action, resource) when { resource is Kluis::Field && resource.name == "x" };"#,
@@ -483,7 +517,7 @@ mod tests {
         let scoped = abstraction(
             r#"@id("p") permit(principal, action, resource == Kluis::Field::"rec_1#0");"#,
         );
-        assert!(scoped.resource_uid);
+        assert!(scoped.resource_uid && !scoped.memoisable);
 
         let record_field_named_var = abstraction(
             r#"@id("p") permit(principal, action, resource) when { {Var: resource.name} == {Var: "x"} };"#,

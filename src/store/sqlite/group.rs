@@ -8,7 +8,11 @@
 //!
 //! Invariant: a caller gets `Ok` only after the transaction holding its work has committed; if
 //! the commit fails, every caller of the batch gets the error and nothing of the batch is kept.
-//! Invariant: one job's error rolls back its savepoint only; the others still commit.
+//! Invariant: one job's error rolls back its savepoint only; the others still commit. If that
+//! rollback fails, or SQLite rolled back the whole transaction, the whole batch fails.
+//! Invariant: never called while the caller holds the writer connection (a leader would wait for
+//! it for ever): store code that runs callbacks inside its own write transaction (a rekey's
+//! reseal) must not let them write through the group.
 
 use std::{
     any::Any,
@@ -82,12 +86,43 @@ impl Group {
             let jobs = std::mem::take(&mut state.queue);
             state.batches += 1;
             drop(state);
-            let results = batch(writer, jobs);
+            let ids: Vec<u64> = jobs.iter().map(|(id, _)| *id).collect();
+            // Should the batch unwind, the guard still answers its callers and hands on the lead.
+            let mut lead = Lead {
+                group: self,
+                ids,
+                results: None,
+            };
+            lead.results = Some(batch(writer, jobs));
+            drop(lead);
             state = self.lock();
-            state.results.extend(results);
-            state.leading = false;
-            self.done.notify_all();
         }
+    }
+}
+
+/// The lead of one batch: when dropped, hands the batch's results to its callers (an error for
+/// any without one), gives up the lead and wakes everyone waiting.
+struct Lead<'a> {
+    group: &'a Group,
+    ids: Vec<u64>,
+    results: Option<Vec<(u64, Result<Output, StoreError>)>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut state = self.group.lock();
+        state
+            .results
+            .extend(self.results.take().unwrap_or_default());
+        for id in &self.ids {
+            state.results.entry(*id).or_insert_with(|| {
+                Err(StoreError::Database(
+                    "the grouped write failed unexpectedly; nothing of it was stored".into(),
+                ))
+            });
+        }
+        state.leading = false;
+        self.group.done.notify_all();
     }
 }
 
@@ -115,13 +150,24 @@ fn batch(
             Ok(sp) => match job(&sp) {
                 Ok(out) => sp.commit().map_err(db).map(|()| out),
                 Err(e) => {
-                    // Undo this job's work only (rollback to the savepoint, then release it).
-                    sp.finish().ok();
+                    // Undo this job's work only (rollback to the savepoint, then release it). If
+                    // that fails, its partial work would be committed with the others: fail all.
+                    if let Err(undo) = sp.finish() {
+                        return fail_all(ids, &db(undo));
+                    }
                     Err(e)
                 }
             },
             Err(e) => Err(e),
         };
+        // An error SQLite answers by rolling back the whole transaction (disk full, I/O) leaves
+        // the connection in autocommit: later jobs would commit one by one. Fail the batch.
+        if tx.is_autocommit() {
+            return fail_all(
+                ids,
+                &StoreError::Database("the transaction was rolled back by SQLite".into()),
+            );
+        }
         results.push((id, result));
     }
     match tx.commit().map_err(db) {
@@ -184,6 +230,23 @@ mod tests {
         // The first caller alone, then the seven that queued behind it together.
         assert_eq!(group.lock().batches, 2);
         assert!(group.lock().results.is_empty() && !group.lock().leading);
+    }
+
+    #[test]
+    fn a_batch_that_unwinds_answers_its_callers_and_hands_on_the_lead() {
+        let (group, writer) = (Arc::new(Group::default()), table());
+        let crashing = {
+            let (group, writer) = (Arc::clone(&group), Arc::clone(&writer));
+            std::thread::spawn(move || {
+                group.run(&writer, |_c| -> Result<(), StoreError> {
+                    std::panic::resume_unwind(Box::new("a bug in a job"))
+                })
+            })
+        };
+        assert!(crashing.join().is_err());
+        assert!(!group.lock().leading);
+        // The writer mutex is poisoned by the unwind: later writes fail instead of hanging.
+        assert!(group.run(&writer, insert(1)).is_err());
     }
 
     #[test]
