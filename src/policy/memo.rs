@@ -186,22 +186,16 @@ impl Abstraction {
                 let (Some(l), Some(r)) = (v.get("left"), v.get("right")) else {
                     return false;
                 };
-                if let Some(input) = tracked(l) {
-                    if let Some(s) = string_literal(r) {
+                // Either side may be the input.
+                for (side, other) in [(l, r), (r, l)] {
+                    let Some(input) = tracked(side) else {
+                        continue;
+                    };
+                    if let Some(s) = string_literal(other) {
                         self.literal(input, s);
                         return true;
                     }
-                    if is_scope_subject(r) {
-                        self.use_mut(input).scope = true;
-                        return true;
-                    }
-                }
-                if let Some(input) = tracked(r) {
-                    if let Some(s) = string_literal(l) {
-                        self.literal(input, s);
-                        return true;
-                    }
-                    if is_scope_subject(l) {
+                    if is_scope_subject(other) {
                         self.use_mut(input).scope = true;
                         return true;
                     }
