@@ -57,14 +57,24 @@ fn fixture() -> Fixture {
         Limits::default(),
     )
     .unwrap();
-    let principal = Principal {
-        id: PrincipalId::parse("p", "emp-1").unwrap(),
-        roles: vec![Role::NuisanceOfficer],
-        scope_subject: None,
-        token_id: "tok_bench".into(),
-        expires_at: i64::MAX,
-    };
-    let ctx = AccessContext::parse("c", "nuisance", "N-1", "benchmark", "app", false).unwrap();
+    let principal = Principal::new(
+        PrincipalId::parse("p", "emp-1").unwrap(),
+        vec![Role::NuisanceOfficer],
+        None,
+        "tok_bench",
+        i64::MAX,
+    )
+    .unwrap();
+    let ctx = AccessContext::parse(
+        "c",
+        "nuisance",
+        "N-1",
+        "benchmark",
+        "app",
+        false,
+        &Default::default(),
+    )
+    .unwrap();
     let records = (0..RECORDS)
         .map(|i| {
             let subject = SubjectId::parse("s", &format!("REL-{i:05}")).unwrap();

@@ -376,12 +376,26 @@ fn main() {
             .map(|k| {
                 let (vault, principal) = (Arc::clone(&vault), principal.clone());
                 s.spawn(move || {
-                    let contract =
-                        AccessContext::parse("c", "customer-service", "", "", "app", false)
-                            .unwrap();
-                    let nuisance =
-                        AccessContext::parse("c", "nuisance", "N-2026-0042", "load", "app", false)
-                            .unwrap();
+                    let contract = AccessContext::parse(
+                        "c",
+                        "customer-service",
+                        "",
+                        "",
+                        "app",
+                        false,
+                        &Default::default(),
+                    )
+                    .unwrap();
+                    let nuisance = AccessContext::parse(
+                        "c",
+                        "nuisance",
+                        "N-2026-0042",
+                        "load",
+                        "app",
+                        false,
+                        &Default::default(),
+                    )
+                    .unwrap();
                     let mut out = Vec::new();
                     for i in (k..o.subjects).step_by(threads) {
                         let subject = SubjectId::parse("s", &format!("REL-{i:07}")).unwrap();
@@ -671,7 +685,16 @@ fn main() {
 /// policies: fresh (a principal the engine has not seen: full Cedar evaluation) and memoised.
 fn policy_rates() -> serde_json::Value {
     let engine = Engine::default_policies().unwrap();
-    let ctx = AccessContext::parse("c", "nuisance", "N-2026-0042", "load", "app", false).unwrap();
+    let ctx = AccessContext::parse(
+        "c",
+        "nuisance",
+        "N-2026-0042",
+        "load",
+        "app",
+        false,
+        &Default::default(),
+    )
+    .unwrap();
     let field = [FieldResource {
         record: "rec_bench".into(),
         name: "statement".into(),
@@ -693,13 +716,14 @@ fn policy_rates() -> serde_json::Value {
             } else {
                 "emp-1".to_owned()
             };
-            let principal = kluis::domain::Principal {
-                id: PrincipalId::parse("p", &id).unwrap(),
-                roles: vec![Role::NuisanceOfficer],
-                scope_subject: None,
-                token_id: "tok_bench".into(),
-                expires_at: i64::MAX,
-            };
+            let principal = kluis::domain::Principal::new(
+                PrincipalId::parse("p", &id).unwrap(),
+                vec![Role::NuisanceOfficer],
+                None,
+                "tok_bench",
+                i64::MAX,
+            )
+            .unwrap();
             let t = Instant::now();
             let d = engine
                 .decide_fields(&principal, Action::Read, &ctx, &field)

@@ -25,14 +25,24 @@ fn decide(c: &mut Criterion) {
         r#"@id("all") permit(principal, action, resource);"#,
     )
     .unwrap();
-    let principal = Principal {
-        id: PrincipalId::parse("p", "emp-1").unwrap(),
-        roles: vec![Role::NuisanceOfficer],
-        scope_subject: None,
-        token_id: "tok_bench".into(),
-        expires_at: i64::MAX,
-    };
-    let ctx = AccessContext::parse("c", "nuisance", "N-1", "bench", "app", false).unwrap();
+    let principal = Principal::new(
+        PrincipalId::parse("p", "emp-1").unwrap(),
+        vec![Role::NuisanceOfficer],
+        None,
+        "tok_bench",
+        i64::MAX,
+    )
+    .unwrap();
+    let ctx = AccessContext::parse(
+        "c",
+        "nuisance",
+        "N-1",
+        "bench",
+        "app",
+        false,
+        &Default::default(),
+    )
+    .unwrap();
     let mut group = c.benchmark_group("policy");
     for n in [1usize, 10] {
         let fields: Vec<FieldResource> = (0..n)
@@ -72,10 +82,14 @@ fn decide(c: &mut Criterion) {
             |b, f| {
                 b.iter(|| {
                     k += 1;
-                    let p = Principal {
-                        id: PrincipalId::parse("p", &format!("emp-f{k}")).unwrap(),
-                        ..principal.clone()
-                    };
+                    let p = Principal::new(
+                        PrincipalId::parse("p", &format!("emp-f{k}")).unwrap(),
+                        principal.roles.clone(),
+                        None,
+                        "tok_bench",
+                        i64::MAX,
+                    )
+                    .unwrap();
                     default.decide_fields(&p, Action::Read, &ctx, f).unwrap()
                 });
             },
@@ -88,7 +102,16 @@ fn decide(c: &mut Criterion) {
 /// the default policy set. Printed before the criterion runs (criterion reports means).
 fn latency_percentiles() {
     let engine = Engine::default_policies().unwrap();
-    let ctx = AccessContext::parse("c", "nuisance", "N-1", "bench", "app", false).unwrap();
+    let ctx = AccessContext::parse(
+        "c",
+        "nuisance",
+        "N-1",
+        "bench",
+        "app",
+        false,
+        &Default::default(),
+    )
+    .unwrap();
     let fields: Vec<FieldResource> = (0..10)
         .map(|i| FieldResource {
             record: "rec_bench".into(),
@@ -112,13 +135,14 @@ fn latency_percentiles() {
                 } else {
                     format!("emp-{}", role.as_str())
                 };
-                let principal = Principal {
-                    id: PrincipalId::parse("p", &id).unwrap(),
-                    roles: vec![role],
-                    scope_subject: Some(kluis::domain::SubjectId::parse("s", "REL-0001").unwrap()),
-                    token_id: "tok_bench".into(),
-                    expires_at: i64::MAX,
-                };
+                let principal = Principal::new(
+                    PrincipalId::parse("p", &id).unwrap(),
+                    vec![role],
+                    Some(kluis::domain::SubjectId::parse("s", "REL-0001").unwrap()),
+                    "tok_bench",
+                    i64::MAX,
+                )
+                .unwrap();
                 let start = std::time::Instant::now();
                 std::hint::black_box(
                     engine

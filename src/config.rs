@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     crypto::Algorithm,
-    domain::{Limits, Purpose, Retention},
+    domain::{Channels, Limits, Purpose, Retention},
     keys::{KeyError, Keyring, RootSecret},
     policy::{self, Engine, PolicyError},
     store::{SqliteStore, StoreError},
@@ -83,6 +83,9 @@ pub struct RawConfig {
     pub keys: Option<RawKeys>,
     /// The data lifecycle.
     pub lifecycle: Option<RawLifecycle>,
+    /// The closed list of channels a request may declare (default: `app`, `counter`, `phone`,
+    /// `email`, `letter`, `portal`, `social-media`).
+    pub channels: Option<Vec<String>>,
 }
 
 /// `[lifecycle]`.
@@ -187,6 +190,8 @@ pub struct Config {
     pub key_sweep_interval: std::time::Duration,
     /// How often records past their retention are destroyed.
     pub retention_sweep_interval: std::time::Duration,
+    /// The channels a request may declare.
+    pub channels: Channels,
 }
 
 /// Configuration problems, all of them.
@@ -330,6 +335,13 @@ impl RawConfig {
                 .max(1),
         );
         let policy = self.policy.unwrap_or_default();
+        let channels = match self.channels {
+            None => Channels::default(),
+            Some(names) => Channels::new(&names).unwrap_or_else(|e| {
+                problems.push(e.to_string());
+                Channels::default()
+            }),
+        };
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -347,6 +359,7 @@ impl RawConfig {
             key_settings,
             key_sweep_interval,
             retention_sweep_interval,
+            channels,
         })
     }
 }
@@ -476,8 +489,8 @@ pub fn load_policy(schema: Option<&Path>, files: &[PathBuf]) -> Result<Engine, O
     Ok(Engine::from_files(&schema_src, &named)?)
 }
 
-/// Refuses a secret file or the data directory when others may read or write it: the key
-/// file, the passphrase file and the database must be the owner's alone.
+/// Refuses a secret file or the data directory when its group or others may read, write or
+/// enter it: the key file, the passphrase file and the data directory are the owner's alone.
 pub fn check_private(path: &Path) -> Result<(), OpenError> {
     #[cfg(unix)]
     {
@@ -485,10 +498,11 @@ pub fn check_private(path: &Path) -> Result<(), OpenError> {
         let meta = std::fs::metadata(path)
             .map_err(|e| OpenError::Secret(format!("cannot read `{}`: {e}", path.display())))?;
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o007 != 0 {
+        if mode & 0o077 != 0 {
             let fix = if meta.is_dir() { "700" } else { "600" };
             return Err(OpenError::Secret(format!(
-                "`{}` is open to other users (mode {mode:o}); run `chmod {fix} {}` first",
+                "`{}` is open to its group or to other users (mode {mode:o}); run `chmod {fix} {}` \
+                 first",
                 path.display(),
                 path.display()
             )));
@@ -542,6 +556,7 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
         config.limits,
     )?
     .with_key_settings(config.key_settings)
+    .with_channels(config.channels.clone())
     .with_policy_loader(Box::new(loader)))
 }
 

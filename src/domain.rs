@@ -172,6 +172,63 @@ string_enum! {
     }
 }
 
+impl Role {
+    /// External and subject-side roles (the subject, a representative, a contractor, a bailiff, a
+    /// lawyer): never combined with another role and always bound to one subject, so that no rule
+    /// written for them widens what a staff role may do, or the other way round.
+    pub fn is_subject_bound(self) -> bool {
+        matches!(
+            self,
+            Role::Subject | Role::Representative | Role::Contractor | Role::Bailiff | Role::Lawyer
+        )
+    }
+
+    /// Roles that may see personal data in clear through kluis. A token carrying one takes effect
+    /// only once a privacy officer other than its requester has approved it; whoever holds or
+    /// held `security-officer` never gets one.
+    pub fn reads_personal_data(self) -> bool {
+        !matches!(self, Role::SecurityOfficer | Role::Analyst)
+    }
+}
+
+/// Checks that `roles` may be held together, by one token, with `scope` as its subject. The one
+/// place these rules live: issuing a token, reading one back from the store and building a
+/// `Principal` all go through it.
+///
+/// - at least one role;
+/// - `security-officer` is held alone (whoever manages keys and credentials reads no data);
+/// - an external or subject-side role is held alone and bound to one subject.
+pub fn check_roles(roles: &[Role], scope: Option<&SubjectId>) -> Result<(), InputError> {
+    if roles.is_empty() {
+        return Err(InputError::new("roles", "at least one role is required"));
+    }
+    if roles.contains(&Role::SecurityOfficer) && roles.len() > 1 {
+        return Err(InputError::new(
+            "roles",
+            "`security-officer` cannot be combined with other roles (separation of duties: \
+             whoever manages keys and credentials never reads personal data)",
+        ));
+    }
+    if let Some(r) = roles.iter().find(|r| r.is_subject_bound()) {
+        if roles.len() > 1 {
+            return Err(InputError::new(
+                "roles",
+                format!(
+                    "`{r}` is an external or subject-side role and cannot be combined with \
+                     another role; issue a separate token"
+                ),
+            ));
+        }
+        if scope.is_none() {
+            return Err(InputError::new(
+                "scope_subject_id",
+                format!("a token with role `{r}` must be bound to one subject"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Purpose {
     /// How long records of this purpose are kept, and from when that period counts
     /// (the defaults of `DOMAIN.md`; configurable).
@@ -439,16 +496,33 @@ impl PrincipalId {
     /// Longest accepted principal id in bytes.
     pub const MAX_LEN: usize = 128;
 
-    /// Parses a principal id named `field` in the request.
+    /// Parses a principal id named `field` in the request, in its normal form: ASCII letters
+    /// (compared without case, kept in lower case), digits and `.`, `_`, `-`, `@`, `+`, `:`,
+    /// `/`. One person has one spelling: `Alice`, `ALICE` and `alice` are the same principal, and
+    /// look-alike letters from other scripts are refused rather than taken for another person.
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
         check_token(field, s, Self::MAX_LEN, "principal id")?;
+        if let Some(bad) = s.chars().find(|c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '+' | ':' | '/'))
+        }) {
+            let what = if bad.is_ascii() {
+                "a character other than ASCII letters, digits and `._-@+:/`"
+            } else {
+                "a non-ASCII character (principal ids are compared in one spelling only)"
+            };
+            return Err(InputError::new(
+                field,
+                format!("principal id holds {what}; use the employee number or account name"),
+            ));
+        }
+        guard::check_text(field, s)?;
         if guard::is_bsn(s) {
             return Err(InputError::new(
                 field,
                 "principal id is a BSN; use an employee number",
             ));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.to_ascii_lowercase()))
     }
 }
 
@@ -474,6 +548,76 @@ pub fn parse_category(field: &str, s: &str) -> Result<Category, InputError> {
 /// Parses a `role` named `field`.
 pub fn parse_role(field: &str, s: &str) -> Result<Role, InputError> {
     s.parse().map_err(|e: String| InputError::new(field, e))
+}
+
+/// The channels a request may arrive through: a closed list, `Channels::DEFAULT` unless the
+/// configuration names others. A channel outside it is refused, so that a rule about one channel
+/// (`social-media`) cannot be escaped by another spelling of it.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Channels(Vec<String>);
+
+impl Channels {
+    /// The default list.
+    pub const DEFAULT: &'static [&'static str] = &[
+        "app",
+        "counter",
+        "phone",
+        "email",
+        "letter",
+        "portal",
+        "social-media",
+    ];
+
+    /// A closed list of channel names: each at most `AccessContext::MAX_CHANNEL` lowercase
+    /// letters, digits or `-`, no duplicates, not empty.
+    pub fn new(names: &[String]) -> Result<Self, InputError> {
+        if names.is_empty() {
+            return Err(InputError::new(
+                "channels",
+                "at least one channel is required",
+            ));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            let ok = !n.is_empty()
+                && n.len() <= AccessContext::MAX_CHANNEL
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(InputError::new(
+                    format!("channels[{i}]"),
+                    format!(
+                        "a channel is 1 to {} lowercase letters, digits or `-`",
+                        AccessContext::MAX_CHANNEL
+                    ),
+                ));
+            }
+            if out.contains(n) {
+                return Err(InputError::new(
+                    format!("channels[{i}]"),
+                    format!("channel `{n}` is listed twice"),
+                ));
+            }
+            out.push(n.clone());
+        }
+        Ok(Self(out))
+    }
+
+    /// Whether `channel` is on the list.
+    pub fn contains(&self, channel: &str) -> bool {
+        self.0.iter().any(|c| c == channel)
+    }
+
+    /// The names, in the configured order.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Self(Self::DEFAULT.iter().map(|&c| c.to_owned()).collect())
+    }
 }
 
 /// Why a call is made: checked by the policy and written to the audit trail.
@@ -507,6 +651,7 @@ impl AccessContext {
         justification: &str,
         channel: &str,
         break_glass: bool,
+        channels: &Channels,
     ) -> Result<Self, InputError> {
         let purpose = parse_purpose(&format!("{prefix}.purpose"), purpose)?;
         if !case_ref.is_empty() {
@@ -529,17 +674,13 @@ impl AccessContext {
         }
         guard::check_text(&format!("{prefix}.justification"), justification)?;
         let channel = if channel.is_empty() { "app" } else { channel };
-        let channel_ok = channel.len() <= Self::MAX_CHANNEL
-            && channel
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !channel_ok {
+        if !channels.contains(channel) {
             return Err(InputError::new(
                 format!("{prefix}.channel"),
                 format!(
-                    "channel must be at most {} lowercase letters, digits or `-` (e.g. `app`, \
-                     `counter`, `phone`, `social-media`)",
-                    Self::MAX_CHANNEL
+                    "unknown channel; expected one of: {} (the closed list of `channels` in the \
+                     configuration)",
+                    channels.names().join(", ")
                 ),
             ));
         }
@@ -553,8 +694,10 @@ impl AccessContext {
     }
 }
 
-/// Who is calling, as established by their credentials.
+/// Who is calling, as established by their credentials. Built only by `Principal::new`, which
+/// refuses a combination of roles that `check_roles` does not allow.
 #[derive(Clone, Debug, Eq, PartialEq)]
+#[non_exhaustive]
 pub struct Principal {
     /// The principal's id.
     pub id: PrincipalId,
@@ -566,6 +709,33 @@ pub struct Principal {
     pub token_id: String,
     /// When the token expires (unix seconds).
     pub expires_at: i64,
+}
+
+impl Principal {
+    /// A principal holding `roles`, bound to `scope_subject` when given, authenticated by the
+    /// token `token_id` that expires at `expires_at` (unix seconds).
+    pub fn new(
+        id: PrincipalId,
+        roles: Vec<Role>,
+        scope_subject: Option<SubjectId>,
+        token_id: impl Into<String>,
+        expires_at: i64,
+    ) -> Result<Self, InputError> {
+        check_roles(&roles, scope_subject.as_ref())?;
+        Ok(Self {
+            id,
+            roles,
+            scope_subject,
+            token_id: token_id.into(),
+            expires_at,
+        })
+    }
+
+    /// Whether the roles are a combination `check_roles` allows. The policy engine asks again
+    /// before every decision, so a principal changed after it was built decides nothing.
+    pub fn roles_are_valid(&self) -> bool {
+        check_roles(&self.roles, self.scope_subject.as_ref()).is_ok()
+    }
 }
 
 /// Where the lifecycle's "now" comes from: record times, retention, holds, subject requests.

@@ -61,6 +61,8 @@ pub enum Action {
     List,
     /// Decrypt a field for a copy of a subject's data (GDPR art. 15).
     Export,
+    /// Close a record (end a tenancy, close a case): decided per field of it.
+    Close,
 }
 
 impl Action {
@@ -72,7 +74,32 @@ impl Action {
             Action::Delete => "delete",
             Action::List => "list",
             Action::Export => "export",
+            Action::Close => "close",
         }
+    }
+
+    /// Every action on fields.
+    pub const ALL: &'static [Action] = &[
+        Action::Read,
+        Action::Write,
+        Action::Delete,
+        Action::List,
+        Action::Export,
+        Action::Close,
+    ];
+
+    /// The action named `s` (its Cedar id), if any.
+    pub fn from_name(s: &str) -> Option<Action> {
+        Action::ALL.iter().copied().find(|a| a.as_str() == s)
+    }
+
+    /// The names of every action, for messages: `read, write, …`.
+    pub fn names() -> String {
+        Action::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -93,6 +120,9 @@ pub enum AdminAction {
     ReadAudit,
     /// Verify the audit trail and read its head.
     VerifyAudit,
+    /// Approve, as the second person, a token that reads personal data or a change of the root
+    /// key.
+    Approve,
 }
 
 impl AdminAction {
@@ -106,6 +136,7 @@ impl AdminAction {
             AdminAction::ManageLifecycle => "manage-lifecycle",
             AdminAction::ReadAudit => "read-audit",
             AdminAction::VerifyAudit => "verify-audit",
+            AdminAction::Approve => "approve",
         }
     }
 }
@@ -162,6 +193,18 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The deny of a principal whose roles may not be held together (see
+    /// `domain::check_roles`): no policy is asked, so no rule written for one role can widen
+    /// another.
+    fn invalid_roles(field: Option<(String, String)>) -> Self {
+        Decision {
+            effect: Effect::Deny,
+            policies: Vec::new(),
+            reason: "the token's roles may not be held together; denied".into(),
+            field,
+        }
+    }
+
     /// True for an allow.
     pub fn is_allow(&self) -> bool {
         self.effect == Effect::Allow
@@ -343,6 +386,12 @@ impl Engine {
         ctx: &AccessContext,
         fields: &[FieldResource],
     ) -> Result<Vec<Decision>, PolicyError> {
+        if !principal.roles_are_valid() {
+            return Ok(fields
+                .iter()
+                .map(|f| Decision::invalid_roles(Some((f.record.clone(), f.name.clone()))))
+                .collect());
+        }
         if !self.abstraction.memoisable() {
             let all: Vec<(usize, &FieldResource)> = fields.iter().enumerate().collect();
             return Ok(self
@@ -412,6 +461,15 @@ impl Engine {
         ctx: &AccessContext,
         fields: &[(usize, &FieldResource)],
     ) -> Result<Vec<(Decision, bool)>, PolicyError> {
+        if !principal.roles_are_valid() {
+            return Ok(fields
+                .iter()
+                .map(|&(_, f)| {
+                    let d = Decision::invalid_roles(Some((f.record.clone(), f.name.clone())));
+                    (d, false)
+                })
+                .collect());
+        }
         let principal_uid = principal_uid(principal)?;
         let mut entities = principal_entities(principal, &principal_uid)?;
         let mut field_uids = Vec::with_capacity(fields.len());
@@ -511,6 +569,9 @@ impl Engine {
         principal: &Principal,
         action: AdminAction,
     ) -> Result<Decision, PolicyError> {
+        if !principal.roles_are_valid() {
+            return Ok(Decision::invalid_roles(None));
+        }
         let principal_uid = principal_uid(principal)?;
         let system = uid("Kluis::System", "kluis")?;
         let mut entities = principal_entities(principal, &principal_uid)?;
@@ -624,6 +685,11 @@ fn principal_entities(principal: &Principal, uid_: &EntityUid) -> Result<Vec<Ent
         parents.insert(role_uid);
     }
     let mut attrs = std::collections::HashMap::new();
+    // A rule that exempts a role holds only for a token that carries that role alone.
+    attrs.insert(
+        "single_role".to_owned(),
+        RestrictedExpression::new_bool(principal.roles.len() == 1),
+    );
     if let Some(scope) = &principal.scope_subject {
         attrs.insert(
             "scope_subject".to_owned(),
@@ -677,7 +743,16 @@ mod tests {
     }
 
     fn ctx(purpose: Purpose) -> AccessContext {
-        AccessContext::parse("c", purpose.as_str(), "N-2026-1", "case work", "app", false).unwrap()
+        AccessContext::parse(
+            "c",
+            purpose.as_str(),
+            "N-2026-1",
+            "case work",
+            "app",
+            false,
+            &crate::domain::Channels::default(),
+        )
+        .unwrap()
     }
 
     fn field(name: &str, category: Category, purpose: Purpose) -> FieldResource {
@@ -715,6 +790,7 @@ mod tests {
                 justifications[rng.gen_range(0..justifications.len())],
                 channels[rng.gen_range(0..channels.len())],
                 rng.gen_bool(0.2),
+                &crate::domain::Channels::default(),
             )
             .unwrap();
             let action = [
@@ -823,17 +899,63 @@ mod tests {
     #[test]
     fn forbid_overrides_permit_and_names_the_policy() {
         let engine = Engine::default_policies().unwrap();
-        let p = principal(&[Role::NuisanceOfficer, Role::SecurityOfficer], None);
+        let p = principal(&[Role::NuisanceOfficer, Role::FraudInvestigator], None);
+        let mut c = ctx(Purpose::Nuisance);
+        c.channel = "social-media".into();
         let d = engine
             .decide_fields(
                 &p,
                 Action::Read,
-                &ctx(Purpose::Nuisance),
-                &[field("phone", Category::Contact, Purpose::Nuisance)],
+                &c,
+                &[field(
+                    "photo",
+                    Category::NuisanceEvidence,
+                    Purpose::Nuisance,
+                )],
             )
             .unwrap();
         assert_eq!(d[0].effect, Effect::Deny);
-        assert_eq!(d[0].policies, ["separation-of-duties"]);
+        assert_eq!(d[0].policies, ["no-confidential-data-via-social-media"]);
+    }
+
+    #[test]
+    fn roles_that_may_not_be_held_together_decide_nothing() {
+        let engine = Engine::default_policies().unwrap();
+        let c = ctx(Purpose::Nuisance);
+        let f = [field("phone", Category::Contact, Purpose::Nuisance)];
+        for p in [
+            principal(&[Role::NuisanceOfficer, Role::SecurityOfficer], None),
+            principal(
+                &[Role::NuisanceOfficer, Role::Representative],
+                Some("rel-1"),
+            ),
+            principal(&[Role::Subject, Role::CustomerService], Some("rel-1")),
+            principal(&[Role::Contractor], None),
+            principal(&[Role::Representative], None),
+            principal(&[], None),
+        ] {
+            for action in Action::ALL {
+                let d = engine.decide_fields(&p, *action, &c, &f).unwrap();
+                assert!(!d[0].is_allow(), "{:?} {action:?}", p.roles);
+                assert!(d[0].policies.is_empty());
+                assert!(
+                    d[0].reason.contains("may not be held together"),
+                    "{}",
+                    d[0].reason
+                );
+                // The memo is not consulted either way: the unmemoised path agrees.
+                let fresh = engine
+                    .decide_fields_unmemoised(&p, *action, &c, &f)
+                    .unwrap();
+                assert_eq!(d, fresh);
+            }
+            assert!(
+                !engine
+                    .decide_admin(&p, AdminAction::ManageTokens)
+                    .unwrap()
+                    .is_allow()
+            );
+        }
     }
 
     #[test]
@@ -879,7 +1001,7 @@ mod tests {
         let d = engine
             .decide_fields(&unscoped, Action::Read, &c, &fields[2..])
             .unwrap();
-        assert_eq!(d[0].policies, ["external-roles-need-scope"]);
+        assert!(!d[0].is_allow());
     }
 
     #[test]

@@ -310,6 +310,21 @@ pub struct TokenRow {
     pub expires_at: i64,
     /// Unix seconds, when revoked.
     pub revoked_at: Option<i64>,
+    /// Who issued it (`None` for a token made at `init` or by `serve --dev`).
+    pub requested_by: Option<String>,
+    /// It takes effect only once approved by a second person.
+    pub needs_approval: bool,
+    /// The privacy officer who approved it.
+    pub approved_by: Option<String>,
+    /// Unix seconds, when approved.
+    pub approved_at: Option<i64>,
+}
+
+impl TokenRow {
+    /// Waiting for its second person: it authenticates nobody yet.
+    pub fn is_pending(&self) -> bool {
+        self.needs_approval && self.approved_at.is_none()
+    }
 }
 
 /// One entry of the audit trail as stored.
@@ -624,6 +639,10 @@ pub trait Store: Send + Sync {
 
     /// Marks a token revoked. Returns false when no active token has this id.
     fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+
+    /// Records the approval of a token waiting for one. Returns false when no such token is
+    /// waiting (unknown, approved already, not needing approval, or revoked).
+    fn approve_token(&self, id: &str, by: &str, at: i64) -> Result<bool, StoreError>;
 
     /// All tokens, oldest first.
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;

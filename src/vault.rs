@@ -29,8 +29,8 @@ use crate::{
     audit::{Audit, AuditError, AuditEvent, AuditField},
     crypto::{self, AadContext},
     domain::{
-        AccessContext, Category, Clock, FieldName, InputError, Limits, Principal, Purpose,
-        RecordId, Retention, RetentionStart, SubjectId, SystemClock, now_unix,
+        AccessContext, Category, Channels, Clock, FieldName, InputError, Limits, Principal,
+        Purpose, RecordId, Retention, RetentionStart, SubjectId, SystemClock, now_unix,
     },
     keys::{KeyError, Keyring},
     policy::{Action, Decision, Engine, FieldFlags, FieldResource, Grant, PolicyError},
@@ -257,6 +257,7 @@ pub struct Vault {
     key_settings: keyadmin::KeySettings,
     clock: Arc<dyn Clock>,
     rate_limit: tokens::RateLimiter,
+    channels: Channels,
 }
 
 impl fmt::Debug for Vault {
@@ -315,12 +316,24 @@ impl Vault {
             key_settings: keyadmin::KeySettings::default(),
             clock: Arc::new(SystemClock),
             rate_limit: tokens::RateLimiter::default(),
+            channels: Channels::default(),
         })
+    }
+
+    /// Accepts requests through `channels` only (the configuration's closed list).
+    pub fn with_channels(mut self, channels: Channels) -> Self {
+        self.channels = channels;
+        self
     }
 
     /// The request limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The channels a request may arrive through.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
     }
 
     /// The audit trail.

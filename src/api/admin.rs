@@ -131,25 +131,24 @@ impl AdminRpc for AdminApi {
         request: Request<pb::ExplainDecisionRequest>,
     ) -> Result<Response<pb::ExplainDecisionResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            let ctx = convert::context(req.context)?;
+            let ctx = convert::context(req.context, vault.channels())?;
             let role = if req.role.is_empty() {
                 None
             } else {
                 Some(crate::domain::parse_role("role", &req.role)?)
             };
             let action = match req.action.as_str() {
-                "" | "read" => crate::policy::Action::Read,
-                "write" => crate::policy::Action::Write,
-                "delete" => crate::policy::Action::Delete,
-                "list" => crate::policy::Action::List,
-                "export" => crate::policy::Action::Export,
-                _ => {
-                    return Err(InputError::new(
-                        "action",
-                        "expected read, write, delete, list or export",
-                    )
-                    .into());
-                }
+                "" => crate::policy::Action::Read,
+                name => match crate::policy::Action::from_name(name) {
+                    Some(a) => a,
+                    None => {
+                        return Err(InputError::new(
+                            "action",
+                            format!("expected one of {}", crate::policy::Action::names()),
+                        )
+                        .into());
+                    }
+                },
             };
             let record_purpose = if req.record_purpose.is_empty() {
                 ctx.purpose
@@ -621,7 +620,27 @@ impl AdminRpc for AdminApi {
                 token_id: issued.id,
                 token: issued.token.expose_secret().to_owned(),
                 expires_at: Some(convert::timestamp(issued.expires_at)),
+                pending_approval: issued.pending_approval,
             })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn approve_token(
+        &self,
+        request: Request<pb::ApproveTokenRequest>,
+    ) -> Result<Response<pb::ApproveTokenResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            if req.token_id.is_empty() {
+                return Err(crate::domain::InputError::new(
+                    "token_id",
+                    "the id of the token to approve is required (`tok_…`)",
+                )
+                .into());
+            }
+            vault.approve_token(principal, &req.token_id, &req.justification)?;
+            Ok(pb::ApproveTokenResponse {})
         })
         .await
         .map(Response::new)
@@ -660,10 +679,14 @@ impl AdminRpc for AdminApi {
                         "revoked"
                     } else if t.expires_at <= now {
                         "expired"
+                    } else if t.is_pending() {
+                        "pending"
                     } else {
                         "active"
                     }
                     .into(),
+                    requested_by: t.requested_by.clone().unwrap_or_default(),
+                    approved_by: t.approved_by.clone().unwrap_or_default(),
                     token_id: t.id,
                     principal_id: t.principal,
                     roles: t.roles,

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use zeroize::Zeroizing;
 
 use crate::{
-    domain::{AccessContext, FieldName, InputError, Limits, RecordId, SubjectId, parse_category},
+    domain::{
+        AccessContext, Channels, FieldName, InputError, Limits, RecordId, SubjectId, parse_category,
+    },
     pb,
     vault::{
         NewField, Value,
@@ -21,7 +23,10 @@ pub const MAX_LABEL_KEY: usize = 64;
 pub const MAX_LABEL_VALUE: usize = 256;
 
 /// Parses the access context, which every data call must carry.
-pub fn context(ctx: Option<pb::AccessContext>) -> Result<AccessContext, InputError> {
+pub fn context(
+    ctx: Option<pb::AccessContext>,
+    channels: &Channels,
+) -> Result<AccessContext, InputError> {
     let ctx = ctx.ok_or_else(|| {
         InputError::new(
             "context",
@@ -35,6 +40,7 @@ pub fn context(ctx: Option<pb::AccessContext>) -> Result<AccessContext, InputErr
         &ctx.justification,
         &ctx.channel,
         ctx.break_glass,
+        channels,
     )
 }
 

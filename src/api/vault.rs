@@ -126,7 +126,7 @@ impl VaultRpc for VaultApi {
         let vault = Arc::clone(&self.vault);
         let upload = blocking(move || {
             let principal = vault.authenticate(&token)?;
-            let ctx = convert::context(start.context.clone())?;
+            let ctx = convert::context(start.context.clone(), vault.channels())?;
             let start = convert::evidence_start(start)?;
             vault.begin_evidence(&principal, &ctx, start)
         })
@@ -205,7 +205,7 @@ impl VaultRpc for VaultApi {
         let vault = Arc::clone(&self.vault);
         let (info, download) = blocking(move || {
             let principal = vault.authenticate(&token)?;
-            let ctx = convert::context(req.context)?;
+            let ctx = convert::context(req.context, vault.channels())?;
             let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
             let range = req.range.map(|r| (r.offset, r.length));
             vault.open_evidence(&principal, &ctx, &id, range)
@@ -293,7 +293,7 @@ impl VaultRpc for VaultApi {
         tokio::task::spawn_blocking(move || {
             let result = (|| {
                 let principal = vault.authenticate(&token)?;
-                let ctx = convert::context(req.context)?;
+                let ctx = convert::context(req.context, vault.channels())?;
                 let subject = SubjectId::parse("subject_id", &req.subject_id)?;
                 // A closed channel means the client went away: stop.
                 vault.export_subject(&principal, &ctx, &subject, |line| {
@@ -317,7 +317,7 @@ impl VaultRpc for VaultApi {
         request: Request<pb::PutRecordRequest>,
     ) -> Result<Response<pb::PutRecordResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            let ctx = convert::context(req.context)?;
+            let ctx = convert::context(req.context, vault.channels())?;
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;
             let fields = convert::new_fields(req.fields, vault.limits())?;
             let labels = convert::labels(req.labels, vault.limits())?;
@@ -336,7 +336,7 @@ impl VaultRpc for VaultApi {
         request: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            let ctx = convert::context(req.context)?;
+            let ctx = convert::context(req.context, vault.channels())?;
             let id = RecordId::parse("record_id", &req.record_id)?;
             if req.fields.len() > vault.limits().max_fields {
                 return Err(InputError::new(
@@ -389,7 +389,7 @@ impl VaultRpc for VaultApi {
         request: Request<pb::UpdateRecordRequest>,
     ) -> Result<Response<pb::UpdateRecordResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            let ctx = convert::context(req.context)?;
+            let ctx = convert::context(req.context, vault.channels())?;
             let id = RecordId::parse("record_id", &req.record_id)?;
             let fields = convert::new_fields(req.fields, vault.limits())?;
             let updated_at = vault.update_record(principal, &ctx, &id, fields)?;
@@ -407,7 +407,7 @@ impl VaultRpc for VaultApi {
         request: Request<pb::DeleteRecordRequest>,
     ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            let ctx = convert::context(req.context)?;
+            let ctx = convert::context(req.context, vault.channels())?;
             let id = RecordId::parse("record_id", &req.record_id)?;
             vault.delete_record(principal, &ctx, &id)?;
             Ok(pb::DeleteRecordResponse {})
@@ -421,7 +421,7 @@ impl VaultRpc for VaultApi {
         request: Request<pb::CloseRecordRequest>,
     ) -> Result<Response<pb::CloseRecordResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            let ctx = convert::context(req.context)?;
+            let ctx = convert::context(req.context, vault.channels())?;
             let id = RecordId::parse("record_id", &req.record_id)?;
             let expires_at = vault.close_record(principal, &ctx, &id)?;
             Ok(pb::CloseRecordResponse {
@@ -437,7 +437,7 @@ impl VaultRpc for VaultApi {
         request: Request<pb::ListRecordsRequest>,
     ) -> Result<Response<pb::ListRecordsResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            let ctx = convert::context(req.context)?;
+            let ctx = convert::context(req.context, vault.channels())?;
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;
             let records = vault.list_records(principal, &ctx, &subject)?;
             Ok(pb::ListRecordsResponse {

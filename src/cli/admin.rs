@@ -177,6 +177,15 @@ pub enum TokenCommand {
         #[arg(long, default_value = "")]
         justification: String,
     },
+    /// Approve a token that waits for a second person (privacy officer; not its issuer, not its
+    /// holder). Until then it authenticates nobody.
+    Approve {
+        /// The token id (`tok_…`).
+        token_id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
     /// List tokens (never the tokens themselves).
     List {
         /// Include revoked and expired tokens.
@@ -287,11 +296,21 @@ async fn run_async(args: &AdminArgs) -> Exit {
                     if args.json {
                         println!(
                             "{}",
-                            serde_json::json!({"token_id": r.token_id, "token": r.token, "expires_at": expires})
+                            serde_json::json!({
+                                "token_id": r.token_id, "token": r.token, "expires_at": expires,
+                                "pending_approval": r.pending_approval,
+                            })
                         );
                     } else {
                         println!("token id:   {}", r.token_id);
                         println!("expires at: {} (unix seconds)", expires);
+                        if r.pending_approval {
+                            println!(
+                                "pending:    works once a privacy officer runs \
+                                 `kluis admin token approve {}`",
+                                r.token_id
+                            );
+                        }
                         println!("token (shown once):");
                         println!("{}", r.token);
                     }
@@ -320,6 +339,26 @@ async fn run_async(args: &AdminArgs) -> Exit {
                 Err(s) => status_exit(&s),
             }
         }
+        TokenCommand::Approve {
+            token_id,
+            justification,
+        } => {
+            let req = pb::ApproveTokenRequest {
+                token_id: token_id.clone(),
+                justification: justification.clone(),
+            };
+            match client.approve_token(authed(&token, req)).await {
+                Ok(_) => {
+                    if args.json {
+                        println!("{}", serde_json::json!({"approved": token_id}));
+                    } else {
+                        println!("approved {token_id}");
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
         TokenCommand::List { all } => match client
             .list_tokens(authed(
                 &token,
@@ -339,6 +378,7 @@ async fn run_async(args: &AdminArgs) -> Exit {
                                 "token_id": t.token_id, "principal_id": t.principal_id, "roles": t.roles,
                                 "scope_subject_id": t.scope_subject_id, "state": t.state,
                                 "expires_at": t.expires_at.as_ref().map(|x| x.seconds),
+                                "requested_by": t.requested_by, "approved_by": t.approved_by,
                             })
                         );
                     }

@@ -32,6 +32,10 @@ pub struct InitArgs {
     /// Principal id of the first security officer.
     #[arg(long, default_value = "security-officer")]
     pub principal: String,
+    /// Principal id of the first privacy officer, who approves the tokens that read personal
+    /// data (the second person of the two-person rule). A token for them is printed too.
+    #[arg(long)]
+    pub privacy_officer: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -93,7 +97,29 @@ pub fn run(args: &InitArgs) -> Exit {
         },
         Err(e) => return fail(e),
     };
+    let privacy_spec = match args.privacy_officer.as_deref().map(|p| {
+        PrincipalId::parse("--privacy-officer", p).map(|principal| TokenSpec {
+            principal,
+            roles: vec![Role::PrivacyOfficer],
+            ttl_secs: 30 * 86_400,
+            scope_subject: None,
+        })
+    }) {
+        None => None,
+        Some(Ok(privacy)) if privacy.principal == spec.principal => {
+            return fail(
+                "--privacy-officer must name another person than --principal (separation of \
+                 duties)",
+            );
+        }
+        Some(Ok(spec)) => Some(spec),
+        Some(Err(e)) => return fail(e),
+    };
     let issued = match vault.bootstrap_token(&spec) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let privacy = match privacy_spec.map(|s| vault.bootstrap_token(&s)).transpose() {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
@@ -103,6 +129,8 @@ pub fn run(args: &InitArgs) -> Exit {
             "token_id": issued.id,
             "token": issued.token.expose_secret(),
             "expires_at": issued.expires_at,
+            "privacy_officer_token_id": privacy.as_ref().map(|p| p.id.clone()),
+            "privacy_officer_token": privacy.as_ref().map(|p| p.token.expose_secret()),
         });
         println!("{out}");
     } else {
@@ -117,6 +145,29 @@ pub fn run(args: &InitArgs) -> Exit {
             issued.id
         );
         println!("`kluis admin token issue` to create the tokens your staff and apps need.");
+        match &privacy {
+            Some(p) => {
+                println!();
+                println!("First privacy-officer token (shown once), id {}:", p.id);
+                println!();
+                println!("  {}", p.token.expose_secret());
+                println!();
+                println!(
+                    "Tokens that read personal data work once a privacy officer approves them"
+                );
+                println!("with `kluis admin token approve TOKEN_ID`.");
+            }
+            None => {
+                println!();
+                println!(
+                    "Tokens that read personal data work once a privacy officer approves them; \
+                     no privacy officer"
+                );
+                println!(
+                    "exists yet (`kluis init --privacy-officer ID` makes the first one at init)."
+                );
+            }
+        }
     }
     Exit::Success
 }

@@ -167,6 +167,7 @@ pub fn run(args: &PolicyArgs) -> Exit {
                     justification,
                     channel,
                     *break_glass,
+                    &kluis::domain::Channels::default(),
                 )?;
                 let record_purpose = parse_purpose(
                     "--record-purpose",
@@ -178,13 +179,13 @@ pub fn run(args: &PolicyArgs) -> Exit {
                     Some("own") => Some(SubjectId::parse("scope", "REL-EXPLAIN-1")?),
                     Some(_) => Some(SubjectId::parse("scope", "REL-EXPLAIN-2")?),
                 };
-                let principal = Principal {
-                    id: PrincipalId::parse("--principal", principal)?,
-                    roles: vec![role],
+                let principal = Principal::new(
+                    PrincipalId::parse("--principal", principal)?,
+                    vec![role],
                     scope_subject,
-                    token_id: "tok_explain".into(),
-                    expires_at: i64::MAX,
-                };
+                    "tok_explain",
+                    i64::MAX,
+                )?;
                 let resource = FieldResource {
                     record: "rec_explain".into(),
                     name: field.clone(),
@@ -199,17 +200,11 @@ pub fn run(args: &PolicyArgs) -> Exit {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
-            let action = match action.as_str() {
-                "read" => Action::Read,
-                "write" => Action::Write,
-                "delete" => Action::Delete,
-                "list" => Action::List,
-                "export" => Action::Export,
-                other => {
-                    return fail(format!(
-                        "--action `{other}`: expected read, write, delete, list or export"
-                    ));
-                }
+            let Some(action) = Action::from_name(action) else {
+                return fail(format!(
+                    "--action `{action}`: expected one of {}",
+                    Action::names()
+                ));
             };
             let decision = match engine.decide_fields(
                 &principal,

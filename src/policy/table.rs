@@ -67,14 +67,12 @@ pub fn run(engine: &Engine, csv: &str) -> Result<Report, PolicyError> {
             )));
         };
         let role = parse_role("role", role).map_err(|e| bad(e.to_string()))?;
-        let action = match *action {
-            "read" => Action::Read,
-            "write" => Action::Write,
-            "delete" => Action::Delete,
-            "list" => Action::List,
-            "export" => Action::Export,
-            other => return Err(bad(format!("unknown action `{other}`"))),
-        };
+        let action = Action::from_name(action).ok_or_else(|| {
+            bad(format!(
+                "unknown action `{action}`; expected one of {}",
+                Action::names()
+            ))
+        })?;
         let ctx = AccessContext::parse(
             "context",
             purpose,
@@ -82,6 +80,7 @@ pub fn run(engine: &Engine, csv: &str) -> Result<Report, PolicyError> {
             justification,
             channel,
             *break_glass == "true",
+            &crate::domain::Channels::default(),
         )
         .map_err(|e| bad(e.to_string()))?;
         let record_purpose =

@@ -156,6 +156,10 @@ pub fn run_all(store: &dyn Store) {
         created_at: 1,
         expires_at: 2,
         revoked_at: None,
+        requested_by: Some("so-1".into()),
+        needs_approval: true,
+        approved_by: None,
+        approved_at: None,
     };
     store.insert_token(&tok).unwrap();
     assert!(matches!(
@@ -164,6 +168,14 @@ pub fn run_all(store: &dyn Store) {
     ));
     assert_eq!(store.token_by_hash(&[5; 32]).unwrap(), Some(tok.clone()));
     assert_eq!(store.token_by_hash(&[6; 32]).unwrap(), None);
+    assert!(store.token_by_hash(&[5; 32]).unwrap().unwrap().is_pending());
+    // Approved once; then no longer waiting.
+    assert!(store.approve_token("tok_1", "po-1", 2).unwrap());
+    assert!(!store.approve_token("tok_1", "po-2", 3).unwrap());
+    assert!(!store.approve_token("tok_nope", "po-1", 3).unwrap());
+    let approved = store.token_by_hash(&[5; 32]).unwrap().unwrap();
+    assert!(!approved.is_pending());
+    assert_eq!(approved.approved_by.as_deref(), Some("po-1"));
     assert!(store.revoke_token("tok_1", 3).unwrap());
     assert!(!store.revoke_token("tok_1", 4).unwrap());
     assert_eq!(store.tokens().unwrap()[0].revoked_at, Some(3));

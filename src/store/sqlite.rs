@@ -165,6 +165,13 @@ CREATE TABLE evidence_segments (
     PRIMARY KEY (evidence_id, idx)
 );
 ",
+    // Two-person approval of tokens that read personal data, and root changes.
+    r"
+ALTER TABLE tokens ADD COLUMN requested_by TEXT;
+ALTER TABLE tokens ADD COLUMN needs_approval INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tokens ADD COLUMN approved_by TEXT;
+ALTER TABLE tokens ADD COLUMN approved_at INTEGER;
+",
 ];
 
 /// Reader connections kept open between reads. Opening one parses the schema and loses its
@@ -331,6 +338,10 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
         created_at: r.get(5)?,
         expires_at: r.get(6)?,
         revoked_at: r.get(7)?,
+        requested_by: r.get(8)?,
+        needs_approval: r.get(9)?,
+        approved_by: r.get(10)?,
+        approved_at: r.get(11)?,
     })
 }
 
@@ -354,8 +365,8 @@ const REQUEST_COLUMNS: &str =
 const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM holds h WHERE h.released_at IS NULL
     AND h.subject = r.subject AND (h.record_id IS NULL OR h.record_id = r.id))";
 
-const TOKEN_COLUMNS: &str =
-    "id, hash, principal, roles, scope_subject, created_at, expires_at, revoked_at";
+const TOKEN_COLUMNS: &str = "id, hash, principal, roles, scope_subject, created_at, expires_at, \
+     revoked_at, requested_by, needs_approval, approved_by, approved_at";
 const RECORD_COLUMNS: &str =
     "id, subject, purpose, labels, created_at, updated_at, closed_at, expires_at";
 
@@ -1446,7 +1457,8 @@ impl Store for SqliteStore {
         let conn = self.write()?;
         conn.execute(
             &format!(
-                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                "INSERT INTO tokens ({TOKEN_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
             ),
             params![
                 row.id,
@@ -1456,7 +1468,11 @@ impl Store for SqliteStore {
                 row.scope_subject,
                 row.created_at,
                 row.expires_at,
-                row.revoked_at
+                row.revoked_at,
+                row.requested_by,
+                row.needs_approval,
+                row.approved_by,
+                row.approved_at
             ],
         )
         .map_err(|e| {
@@ -1485,6 +1501,19 @@ impl Store for SqliteStore {
             .execute(
                 "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, at],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn approve_token(&self, id: &str, by: &str, at: i64) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE tokens SET approved_by = ?2, approved_at = ?3
+                 WHERE id = ?1 AND needs_approval = 1 AND approved_at IS NULL
+                   AND revoked_at IS NULL",
+                params![id, by, at],
             )
             .map_err(db)?;
         Ok(n > 0)

@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 use super::{Vault, VaultError};
 use crate::{
     audit::AuditEvent,
-    domain::{InputError, Principal, PrincipalId, Role, SubjectId, now_unix, parse_role},
+    domain::{
+        InputError, Principal, PrincipalId, Role, SubjectId, check_roles, now_unix, parse_role,
+    },
     policy::AdminAction,
     store::TokenRow,
 };
@@ -73,9 +75,6 @@ impl TokenSpec {
         scope_subject: &str,
     ) -> Result<Self, InputError> {
         let principal = PrincipalId::parse("principal_id", principal)?;
-        if roles.is_empty() {
-            return Err(InputError::new("roles", "at least one role is required"));
-        }
         let mut parsed = Vec::with_capacity(roles.len());
         for (i, r) in roles.iter().enumerate() {
             let role = parse_role(&format!("roles[{i}]"), r)?;
@@ -99,22 +98,7 @@ impl TokenSpec {
         } else {
             Some(SubjectId::parse("scope_subject_id", scope_subject)?)
         };
-        if parsed.contains(&Role::SecurityOfficer) && parsed.len() > 1 {
-            return Err(InputError::new(
-                "roles",
-                "`security-officer` cannot be combined with other roles (separation of duties: \
-                 whoever manages keys and credentials never reads personal data)",
-            ));
-        }
-        let needs_scope = [Role::Contractor, Role::Bailiff, Role::Lawyer, Role::Subject];
-        if scope_subject.is_none()
-            && let Some(r) = parsed.iter().find(|r| needs_scope.contains(r))
-        {
-            return Err(InputError::new(
-                "scope_subject_id",
-                format!("a token with role `{r}` must be bound to one subject"),
-            ));
-        }
+        check_roles(&parsed, scope_subject.as_ref())?;
         Ok(Self {
             principal,
             roles: parsed,
@@ -133,6 +117,16 @@ pub struct IssuedToken {
     pub token: BearerToken,
     /// Unix seconds.
     pub expires_at: i64,
+    /// It authenticates nobody until a privacy officer approves it (`kluis admin token approve`).
+    pub pending_approval: bool,
+}
+
+impl TokenSpec {
+    /// Whether a token of this spec takes effect only after a second person approved it: it
+    /// carries a role that sees personal data in clear.
+    pub fn needs_approval(&self) -> bool {
+        self.roles.iter().any(|r| r.reads_personal_data())
+    }
 }
 
 impl Vault {
@@ -151,6 +145,12 @@ impl Vault {
             || row.expires_at <= now_unix()
         {
             return Err(unauthenticated());
+        }
+        if row.is_pending() {
+            return Err(VaultError::Unauthenticated(format!(
+                "token `{}` awaits approval by a privacy officer (`kluis admin token approve {}`)",
+                row.id, row.id
+            )));
         }
         self.rate_limit
             .admit(&row.id, self.limits.requests_per_second)?;
@@ -176,6 +176,7 @@ impl Vault {
                 "a token cannot be issued to its issuer; ask another security officer".into(),
             ));
         }
+        self.check_separation(&spec.principal, &spec.roles)?;
         let id = new_token_id();
         event.target = Some(id.clone());
         event.subject = spec.scope_subject.as_ref().map(|s| s.as_str().to_owned());
@@ -188,14 +189,118 @@ impl Vault {
                 .collect::<Vec<_>>()
                 .join(",")
         ));
+        let pending = spec.needs_approval();
+        if pending && let Some(reason) = event.reason.as_mut() {
+            reason.push_str("; awaits approval by a privacy officer");
+        }
         // The trail first: no credential exists that is not on record.
         self.audit.append(&event)?;
-        self.create_token(spec, id)
+        self.create_token(spec, id, Some(&actor.id), pending)
+    }
+
+    /// Approves a token waiting for its second person: a privacy officer who neither issued it
+    /// nor is its holder. Audited either way.
+    pub fn approve_token(
+        &self,
+        actor: &Principal,
+        token_id: &str,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::Approve,
+            "token-approve",
+            Some(token_id),
+            justification,
+        )?;
+        let refuse = |event: &mut crate::audit::AuditEvent, why: String| {
+            event.decision = "deny".into();
+            event.reason = Some(why.clone());
+            self.audit.append(event)?;
+            Err(VaultError::FailedPrecondition(why))
+        };
+        let Some(row) = self.store.tokens()?.into_iter().find(|t| t.id == token_id) else {
+            return Err(VaultError::NotFound(format!("token `{token_id}`")));
+        };
+        if !row.is_pending() || row.revoked_at.is_some() {
+            return Err(VaultError::FailedPrecondition(format!(
+                "token `{token_id}` is not waiting for approval"
+            )));
+        }
+        let same = |p: &Option<String>| {
+            p.as_deref()
+                .and_then(|p| PrincipalId::parse("p", p).ok())
+                .is_some_and(|p| p == actor.id)
+        };
+        if same(&row.requested_by) {
+            return refuse(
+                &mut event,
+                "the issuer of a token cannot approve it; ask another privacy officer".into(),
+            );
+        }
+        if same(&Some(row.principal.clone())) {
+            return refuse(
+                &mut event,
+                "a token cannot be approved by its holder; ask another privacy officer".into(),
+            );
+        }
+        let principal = PrincipalId::parse("principal", &row.principal).map_err(|_| {
+            VaultError::Store(crate::store::StoreError::Corrupt(format!(
+                "token `{token_id}`"
+            )))
+        })?;
+        let roles = parse_roles(&row)?;
+        // Checked again: the principal may have become a security officer since.
+        self.check_separation(&principal, &roles)?;
+        event.reason = Some(format!("token of `{principal}`"));
+        self.audit.append(&event)?;
+        if !self
+            .store
+            .approve_token(token_id, actor.id.as_str(), now_unix())?
+        {
+            return Err(VaultError::FailedPrecondition(format!(
+                "token `{token_id}` is not waiting for approval"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Separation of duties across tokens: a principal that holds or ever held
+    /// `security-officer` never gets another role, and one that holds another role does not
+    /// become a security officer. Principal ids are compared in their normal form.
+    fn check_separation(&self, principal: &PrincipalId, roles: &[Role]) -> Result<(), VaultError> {
+        let wants_officer = roles.contains(&Role::SecurityOfficer);
+        let now = now_unix();
+        for t in self.store.tokens()? {
+            let Ok(holder) = PrincipalId::parse("principal", &t.principal) else {
+                continue;
+            };
+            if &holder != principal {
+                continue;
+            }
+            let was_officer = t.roles.iter().any(|r| r == Role::SecurityOfficer.as_str());
+            let active = t.revoked_at.is_none() && t.expires_at > now;
+            if !wants_officer && was_officer {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "`{principal}` holds or held `security-officer` and never gets another role \
+                     (separation of duties); use a different principal"
+                )));
+            }
+            if wants_officer && !was_officer && active {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "`{principal}` holds another role (token `{}`); revoke it before making them \
+                     a security officer",
+                    t.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Issues a token without a policy check: only for `kluis init` and `serve --dev`, which act
     /// with the authority of whoever holds the root key. Audited as `kluis-init`.
     pub fn bootstrap_token(&self, spec: &TokenSpec) -> Result<IssuedToken, VaultError> {
+        self.check_separation(&spec.principal, &spec.roles)?;
         let id = new_token_id();
         let event = AuditEvent {
             time: now_unix(),
@@ -215,7 +320,7 @@ impl Vault {
             ..AuditEvent::default()
         };
         self.audit.append(&event)?;
-        self.create_token(spec, id)
+        self.create_token(spec, id, None, false)
     }
 
     /// Revokes a token by id.
@@ -262,7 +367,15 @@ impl Vault {
             .collect())
     }
 
-    fn create_token(&self, spec: &TokenSpec, id: String) -> Result<IssuedToken, VaultError> {
+    fn create_token(
+        &self,
+        spec: &TokenSpec,
+        id: String,
+        requested_by: Option<&PrincipalId>,
+        needs_approval: bool,
+    ) -> Result<IssuedToken, VaultError> {
+        // Whoever built the spec, its roles obey the same rules as a parsed one.
+        check_roles(&spec.roles, spec.scope_subject.as_ref())?;
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(secret.as_mut_slice());
         let token = BearerToken(Zeroizing::new(format!(
@@ -280,11 +393,16 @@ impl Vault {
             created_at: now,
             expires_at,
             revoked_at: None,
+            requested_by: requested_by.map(|p| p.as_str().to_owned()),
+            needs_approval,
+            approved_by: None,
+            approved_at: None,
         })?;
         Ok(IssuedToken {
             id,
             token,
             expires_at,
+            pending_approval: needs_approval,
         })
     }
 
@@ -348,24 +466,33 @@ fn principal_from_row(row: &TokenRow) -> Result<Principal, VaultError> {
             row.id
         )))
     };
-    let roles = row
-        .roles
-        .iter()
-        .map(|r| r.parse::<Role>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| corrupt())?;
-    Ok(Principal {
-        id: PrincipalId::parse("principal", &row.principal).map_err(|_| corrupt())?,
+    let roles = parse_roles(row)?;
+    // A stored combination the rules do not allow authenticates nobody.
+    Principal::new(
+        PrincipalId::parse("principal", &row.principal).map_err(|_| corrupt())?,
         roles,
-        scope_subject: row
-            .scope_subject
+        row.scope_subject
             .as_deref()
             .map(|s| SubjectId::parse("scope", s))
             .transpose()
             .map_err(|_| corrupt())?,
-        token_id: row.id.clone(),
-        expires_at: row.expires_at,
-    })
+        row.id.clone(),
+        row.expires_at,
+    )
+    .map_err(|_| corrupt())
+}
+
+fn parse_roles(row: &TokenRow) -> Result<Vec<Role>, VaultError> {
+    row.roles
+        .iter()
+        .map(|r| r.parse::<Role>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            VaultError::Store(crate::store::StoreError::Corrupt(format!(
+                "token `{}`",
+                row.id
+            )))
+        })
 }
 
 /// Per-token request rates: a token bucket per token id, refilled at the configured rate, holding

@@ -26,8 +26,17 @@ async fn security_officer_issues_a_token_that_works_and_revokes_it() {
         .into_inner();
     assert!(issued.token.starts_with("kluis_"));
     assert_eq!(issued.token.len(), "kluis_".len() + 64);
+    assert!(issued.pending_approval);
 
+    // A token that reads personal data works only once a privacy officer approved it.
     let mut client = server.client().await;
+    let status = client
+        .who_am_i(req(&issued.token, pb::WhoAmIRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("approve"), "{}", status.message());
+    approve(&server, &issued.token_id).await;
     let me = client
         .who_am_i(req(&issued.token, pb::WhoAmIRequest {}))
         .await

@@ -522,3 +522,19 @@ pub async fn download(
     }
     Ok((info, bytes))
 }
+
+/// Approves a token that waits for its second person, as the privacy officer of `server`.
+pub async fn approve(server: &TestServer, token_id: &str) {
+    server
+        .admin()
+        .await
+        .approve_token(req(
+            server.token(Role::PrivacyOfficer),
+            kluis::pb::ApproveTokenRequest {
+                token_id: token_id.into(),
+                justification: "checked with the team lead".into(),
+            },
+        ))
+        .await
+        .unwrap();
+}

@@ -30,7 +30,13 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
     let dir = tmp.path().join("data");
     let key = tmp.path().join("root.key");
     let init = Command::new(env!("CARGO_BIN_EXE_kluis"))
-        .args(["init", "--json", "--data-dir"])
+        .args([
+            "init",
+            "--json",
+            "--privacy-officer",
+            "emp-po",
+            "--data-dir",
+        ])
         .arg(&dir)
         .arg("--key-file")
         .arg(&key)
@@ -38,8 +44,9 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
         .output()
         .unwrap();
     assert!(init.status.success());
-    let so: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
-    let so = so["token"].as_str().unwrap().to_owned();
+    let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    let so = init["token"].as_str().unwrap().to_owned();
+    let po = init["privacy_officer_token"].as_str().unwrap().to_owned();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -92,8 +99,18 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
         ))
         .await
         .unwrap()
-        .into_inner()
-        .token;
+        .into_inner();
+    admin
+        .approve_token(req(
+            &po,
+            pb::ApproveTokenRequest {
+                token_id: officer.token_id.clone(),
+                justification: "hygiene".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let officer = officer.token;
     let mut vault = VaultClient::new(channel);
     let id = vault
         .put_record(req(
@@ -214,6 +231,10 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
     assert!(
         !contains(so.as_bytes()),
         "the security officer's token is in the logs"
+    );
+    assert!(
+        !contains(po.as_bytes()),
+        "the privacy officer's token is in the logs"
     );
     assert!(
         !contains(key_hex.trim().as_bytes()),

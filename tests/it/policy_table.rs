@@ -197,13 +197,14 @@ fn principal(role: Role) -> Principal {
         role,
         Role::Contractor | Role::Bailiff | Role::Lawyer | Role::Subject | Role::Representative
     );
-    Principal {
-        id: PrincipalId::parse("p", "table").unwrap(),
-        roles: vec![role],
-        scope_subject: scoped.then(|| SubjectId::parse("s", SUBJECT).unwrap()),
-        token_id: "tok_table".into(),
-        expires_at: i64::MAX,
-    }
+    Principal::new(
+        PrincipalId::parse("p", "table").unwrap(),
+        vec![role],
+        scoped.then(|| SubjectId::parse("s", SUBJECT).unwrap()),
+        "tok_table",
+        i64::MAX,
+    )
+    .unwrap()
 }
 
 fn context(purpose: Purpose, case: bool, channel: &str) -> AccessContext {
@@ -219,6 +220,7 @@ fn context(purpose: Purpose, case: bool, channel: &str) -> AccessContext {
         justification,
         channel,
         false,
+        &Default::default(),
     )
     .unwrap()
 }

@@ -389,6 +389,7 @@ async fn a_contractor_token_works_for_its_job_and_nothing_after_expiry() {
         .await
         .unwrap()
         .into_inner();
+    approve(&server, &issued.token_id).await;
     let resp = get(
         &server,
         &issued.token,

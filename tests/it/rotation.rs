@@ -214,13 +214,14 @@ async fn rotation_keeps_every_record_readable_while_clients_read_and_write() {
 async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
     let server = TestServer::start().await;
     let records = store_many(&server, 5).await;
-    let so_principal = Principal {
-        id: PrincipalId::parse("p", "so").unwrap(),
-        roles: vec![Role::SecurityOfficer],
-        scope_subject: None,
-        token_id: "tok_so".into(),
-        expires_at: i64::MAX,
-    };
+    let so_principal = Principal::new(
+        PrincipalId::parse("p", "so").unwrap(),
+        vec![Role::SecurityOfficer],
+        None,
+        "tok_so",
+        i64::MAX,
+    )
+    .unwrap();
     // Rotate in the core (no background rewrap) so v1 still wraps the five subject keys.
     server
         .vault
@@ -552,8 +553,16 @@ pub(crate) fn prepare(dir: &Path, n: usize) -> (String, String, Vec<(String, Str
     let principal = vault
         .authenticate(&kluis::vault::tokens::BearerToken::new(officer.clone()))
         .unwrap();
-    let ctx =
-        kluis::domain::AccessContext::parse("c", "nuisance", "N-1", "setup", "app", false).unwrap();
+    let ctx = kluis::domain::AccessContext::parse(
+        "c",
+        "nuisance",
+        "N-1",
+        "setup",
+        "app",
+        false,
+        &Default::default(),
+    )
+    .unwrap();
     let vault = std::sync::Arc::new(vault);
     let records = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
