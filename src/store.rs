@@ -31,6 +31,9 @@ pub enum StoreError {
     /// A key is still in use: the count of what it protects.
     #[error("still in use by {0}")]
     InUse(u64),
+    /// An active legal hold covers what was to be destroyed or replaced: its id.
+    #[error("under legal hold `{0}`")]
+    Held(String),
     /// The store's schema is newer than this kluis understands.
     #[error("the store's schema version {found} is newer than this kluis supports ({supported})")]
     SchemaTooNew {
@@ -503,7 +506,8 @@ pub trait Store: Send + Sync {
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError>;
 
     /// Replaces or adds `fields` of a record and sets `updated_at`, in one transaction. Returns
-    /// false when the record does not exist.
+    /// false when the record does not exist. Fails with `Held` when an active legal hold covers
+    /// the record and a stored value would be replaced (adding a field is allowed).
     fn update_fields(
         &self,
         id: &str,
@@ -557,8 +561,11 @@ pub trait Store: Send + Sync {
     /// One segment of an evidence file.
     fn segment(&self, evidence_id: &str, index: u32) -> Result<Option<SegmentRow>, StoreError>;
 
-    /// Deletes a record and its fields in one transaction. Returns false when it did not exist.
-    fn delete_record(&self, id: &str) -> Result<bool, StoreError>;
+    /// Deletes a record with its fields and evidence in one transaction, and the subject key of
+    /// its purpose when it was the subject's last record under that purpose (crypto-shredding).
+    /// Fails with `Held` when an active legal hold covers the record. Returns `None` when it did
+    /// not exist, else whether the subject key went too.
+    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError>;
 
     /// The records of a subject with their field metadata (no ciphertext), oldest first.
     fn subject_records(

@@ -562,6 +562,7 @@ impl Vault {
                     attempt += 1;
                     self.keyring.forget(&subject, meta.purpose);
                 }
+                Err(StoreError::Held(hold)) => return Err(held(record_id, &hold)),
                 Ok(false) => return Err(VaultError::NotFound(format!("record `{record_id}`"))),
                 other => break other.map(drop)?,
             }
@@ -592,10 +593,17 @@ impl Vault {
         self.require_all(
             principal, ctx, "delete", &subject, record_id, &resources, &decisions,
         )?;
-        if !self.store.delete_record(record_id.as_str())? {
-            return Err(VaultError::NotFound(format!("record `{record_id}`")));
+        match self.store.delete_record(record_id.as_str()) {
+            Ok(None) => Err(VaultError::NotFound(format!("record `{record_id}`"))),
+            Ok(Some(shredded)) => {
+                if shredded {
+                    self.keyring.forget(&subject, meta.purpose);
+                }
+                Ok(())
+            }
+            Err(StoreError::Held(hold)) => Err(held(record_id, &hold)),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// Lists the records of `subject` the caller may know about, with only the fields the policy
@@ -939,6 +947,14 @@ fn evidence_resource(
 fn parse_stored<T: std::str::FromStr>(s: &str, record: &str) -> Result<T, VaultError> {
     s.parse()
         .map_err(|_| VaultError::Store(StoreError::Corrupt(format!("record `{record}`"))))
+}
+
+/// The refusal of a destructive change under a legal hold, naming the hold.
+fn held(record_id: &RecordId, hold: &str) -> VaultError {
+    VaultError::FailedPrecondition(format!(
+        "record `{record_id}` is under legal hold `{hold}`: its values are neither replaced nor \
+         deleted until the hold is released (`kluis admin hold release {hold}`)"
+    ))
 }
 
 fn record_meta(rec: &RecordRow) -> Result<RecordMeta, VaultError> {

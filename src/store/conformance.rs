@@ -57,7 +57,10 @@ pub fn run_all(store: &dyn Store) {
         ..sk.clone()
     };
     assert_eq!(store.insert_subject_key(&other).unwrap(), sk);
-    assert_eq!(store.subject_key("rel-1", "nuisance").unwrap(), Some(sk));
+    assert_eq!(
+        store.subject_key("rel-1", "nuisance").unwrap(),
+        Some(sk.clone())
+    );
     assert_eq!(store.subject_key("rel-1", "contract").unwrap(), None);
 
     // Records with fields, in one transaction.
@@ -124,9 +127,12 @@ pub fn run_all(store: &dyn Store) {
     assert_eq!(listed[0].1[0].size, 30);
     assert!(store.subject_records("rel-2").unwrap().is_empty());
 
-    assert!(store.delete_record("rec_1").unwrap());
-    assert!(!store.delete_record("rec_1").unwrap());
+    // The subject's last record of the purpose: its subject key goes in the same transaction.
+    assert_eq!(store.delete_record("rec_1").unwrap(), Some(true));
+    assert_eq!(store.delete_record("rec_1").unwrap(), None);
     assert!(store.record("rec_1").unwrap().is_none());
+    assert_eq!(store.subject_key("rel-1", "nuisance").unwrap(), None);
+    store.insert_subject_key(&sk).unwrap();
 
     // A field sealed under a subject key generation that does not exist is refused.
     let rec3 = RecordRow {
@@ -369,7 +375,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         3
     );
     assert_eq!(store.orphan_fields("nuisance").unwrap(), 0);
-    assert!(store.delete_record("rec_rk").unwrap());
+    assert!(store.delete_record("rec_rk").unwrap().is_some());
 
     // Key jobs survive until finished.
     assert_eq!(store.start_key_job("nuisance", "rekey", 100).unwrap(), 100);
@@ -448,6 +454,26 @@ fn lifecycle(store: &dyn Store) {
     };
     store.insert_hold(&hold).unwrap();
     assert_eq!(expired(70), ["rec_l2"]);
+    // A held record is neither deleted nor has a stored value replaced; adding a field is fine.
+    assert!(matches!(
+        store.delete_record("rec_l1"),
+        Err(StoreError::Held(h)) if h == "hold_1"
+    ));
+    let (_, held_fields) = store.record("rec_l1").unwrap().unwrap();
+    let replaced = FieldRow {
+        sealed: vec![9; 12],
+        ..held_fields[0].clone()
+    };
+    assert!(matches!(
+        store.update_fields("rec_l1", std::slice::from_ref(&replaced), 61),
+        Err(StoreError::Held(h)) if h == "hold_1"
+    ));
+    assert_eq!(store.record("rec_l1").unwrap().unwrap().1, held_fields);
+    let added = FieldRow {
+        name: "added".into(),
+        ..held_fields[0].clone()
+    };
+    assert!(store.update_fields("rec_l1", &[added], 61).unwrap());
     assert_eq!(
         store.holds(Some("life-1"), true).unwrap(),
         vec![hold.clone()]
@@ -480,6 +506,15 @@ fn lifecycle(store: &dyn Store) {
             .is_empty()
     );
     assert!(store.record("rec_l3").unwrap().is_some());
+    // Deleting a subject's last record of a purpose takes the subject key with it; one of two
+    // leaves it.
+    store
+        .insert_record(&rec("rec_l4", None), std::slice::from_ref(&field))
+        .unwrap();
+    assert_eq!(store.delete_record("rec_l4").unwrap(), Some(false));
+    assert!(store.subject_key("life-1", "nuisance").unwrap().is_some());
+    assert_eq!(store.delete_record("rec_l3").unwrap(), Some(true));
+    assert!(store.subject_key("life-1", "nuisance").unwrap().is_none());
 
     // Consent, mandates and subject requests.
     store

@@ -186,6 +186,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     group: group::Group,
+    /// A checkpoint after a destruction was held up: the next write tries again.
+    checkpoint_owed: std::sync::atomic::AtomicBool,
 }
 
 impl SqliteStore {
@@ -199,6 +201,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             group: group::Group::default(),
+            checkpoint_owed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -208,9 +211,25 @@ impl SqliteStore {
     }
 
     fn write(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.writer
+        let conn = self
+            .writer
             .lock()
-            .map_err(|_| StoreError::Database("writer lock poisoned".into()))
+            .map_err(|_| StoreError::Database("writer lock poisoned".into()))?;
+        if self
+            .checkpoint_owed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.truncate_log(&conn);
+        }
+        Ok(conn)
+    }
+
+    /// Empties the write-ahead log after a destruction (see `checkpoint_truncate`); when readers
+    /// hold it up past the retry, the next write tries again.
+    fn truncate_log(&self, conn: &Connection) {
+        let done = checkpoint_truncate(conn);
+        self.checkpoint_owed
+            .store(!done, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -362,6 +381,52 @@ const HOLD_COLUMNS: &str =
 const REQUEST_COLUMNS: &str =
     "id, subject, kind, received_at, due_at, opened_by, completed_at, note";
 /// SQL condition: no active hold covers record `r`.
+/// The id of an active hold covering record `?1`, if any.
+const HOLD_ON_RECORD: &str = "SELECT h.id FROM holds h JOIN records r ON h.subject = r.subject
+    AND (h.record_id IS NULL OR h.record_id = r.id)
+    WHERE r.id = ?1 AND h.released_at IS NULL ORDER BY h.placed_at, h.id LIMIT 1";
+
+/// How long a checkpoint that readers hold up is retried before it is left to the next one.
+const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Moves the write-ahead log into the database and truncates it, so that no copy of a page
+/// destroyed with `secure_delete` lingers in the log. SQLite answers a checkpoint that a reader
+/// holds up with `busy`; that is retried for up to `CHECKPOINT_RETRY`, not taken as done.
+/// Returns whether the log was emptied.
+fn checkpoint_truncate(conn: &Connection) -> bool {
+    let deadline = std::time::Instant::now() + CHECKPOINT_RETRY;
+    loop {
+        let outcome = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        match outcome {
+            // Not busy, and every frame of the log was moved: the log is empty now.
+            Ok((0, log, moved)) if log == moved || log <= 0 => return true,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok((busy, log, moved)) => {
+                tracing::warn!(
+                    busy,
+                    log,
+                    moved,
+                    "WAL checkpoint held up by readers; the next destruction or checkpoint \
+                     retries it"
+                );
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; it happens at the next checkpoint");
+                return false;
+            }
+        }
+    }
+}
+
 const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM holds h WHERE h.released_at IS NULL
     AND h.subject = r.subject AND (h.record_id IS NULL OR h.record_id = r.id))";
 
@@ -515,9 +580,7 @@ impl Store for SqliteStore {
         tx.commit().map_err(db)?;
         // `secure_delete` overwrote the old material in the database pages; move the WAL into the
         // database and truncate it so no copy of the old page lingers there either.
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint after key destruction failed; it happens at the next checkpoint");
-        }
+        self.truncate_log(&conn);
         Ok(())
     }
 
@@ -886,6 +949,24 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
+        let replaces = {
+            let mut exists = tx
+                .prepare_cached("SELECT 1 FROM fields WHERE record_id = ?1 AND name = ?2")
+                .map_err(db)?;
+            let mut any = false;
+            for f in fields {
+                any |= exists.exists(params![id, f.name]).map_err(db)?;
+            }
+            any
+        };
+        if replaces
+            && let Some(hold) = tx
+                .query_row(HOLD_ON_RECORD, [id], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(db)?
+        {
+            return Err(StoreError::Held(hold));
+        }
         let n = tx
             .execute(
                 "UPDATE records SET updated_at = ?2 WHERE id = ?1",
@@ -919,6 +1000,11 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(db)?;
+        if replaces {
+            // The replaced ciphertext was overwritten in the database pages (`secure_delete`);
+            // move the log in too, so no old copy lingers there.
+            self.truncate_log(&conn);
+        }
         Ok(true)
     }
 
@@ -1117,16 +1203,51 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete_record(&self, id: &str) -> Result<bool, StoreError> {
+    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError> {
         let mut conn = self.write()?;
-        let tx = conn.transaction().map_err(db)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let Some((subject, purpose)) = tx
+            .query_row(
+                "SELECT subject, purpose FROM records WHERE id = ?1",
+                [id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        if let Some(hold) = tx
+            .query_row(HOLD_ON_RECORD, [id], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(db)?
+        {
+            return Err(StoreError::Held(hold));
+        }
         tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
             .map_err(db)?;
-        let n = tx
-            .execute("DELETE FROM records WHERE id = ?1", [id])
+        // Evidence and its segments go with the record (foreign keys cascade).
+        tx.execute("DELETE FROM records WHERE id = ?1", [id])
             .map_err(db)?;
+        let left: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM records WHERE subject = ?1 AND purpose = ?2",
+                params![subject, purpose],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if left == 0 {
+            tx.execute(
+                "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2",
+                params![subject, purpose],
+            )
+            .map_err(db)?;
+        }
         tx.commit().map_err(db)?;
-        Ok(n > 0)
+        self.truncate_log(&conn);
+        Ok(Some(left == 0))
     }
 
     fn subject_records(
@@ -1309,9 +1430,7 @@ impl Store for SqliteStore {
         tx.commit().map_err(db)?;
         // `secure_delete` overwrote the rows in the database pages; fold the WAL in and truncate
         // it so no copy of them lingers there.
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint after destruction failed; it happens at the next checkpoint");
-        }
+        self.truncate_log(&conn);
         Ok((destroyed, shredded))
     }
 

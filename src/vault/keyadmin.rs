@@ -109,8 +109,13 @@ impl Vault {
         actor: &Principal,
         purpose: Option<Purpose>,
     ) -> Result<Vec<PurposeKeysInfo>, VaultError> {
-        self.require_admin(actor, AdminAction::ManageKeys, "keys-list", None, "")?;
-        self.keys_info(purpose)
+        let mut event =
+            self.require_admin(actor, AdminAction::ManageKeys, "keys-list", None, "")?;
+        event.purpose = purpose.map(|p| p.as_str().to_owned());
+        let info = self.keys_info(purpose)?;
+        event.reason = Some(format!("{} purposes listed", info.len()));
+        event.commit()?;
+        Ok(info)
     }
 
     /// The attestation a security officer files after a rotation: every version, what was
@@ -124,7 +129,7 @@ impl Vault {
             info.iter().filter(|p| p.is_sound()).count(),
             info.len()
         ));
-        self.audit.append(&event)?;
+        event.commit()?;
         Ok(info)
     }
 
@@ -145,7 +150,7 @@ impl Vault {
         let file = self.store.snapshot()?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         event.reason = Some(format!("snapshot of {size} bytes"));
-        self.audit.append(&event)?;
+        event.commit()?;
         tracing::info!(bytes = size, "backup snapshot taken");
         Ok(file)
     }
@@ -173,7 +178,7 @@ impl Vault {
             "new active version requested ({})",
             algorithm.map_or("current algorithm", Algorithm::as_str)
         ));
-        self.audit.append(&event)?;
+        event.commit()?;
         let (version, algorithm) = self.keyring.rotate(purpose, algorithm)?;
         tracing::info!(
             purpose = purpose.as_str(),
@@ -200,7 +205,7 @@ impl Vault {
             justification,
         )?;
         event.purpose = Some(purpose.as_str().into());
-        self.audit.append(&event)?;
+        event.commit()?;
         Ok(())
     }
 
@@ -446,7 +451,7 @@ impl Vault {
         event.target = Some(target.clone());
         event.reason = Some(format!("due at {due}"));
         // The trail first: nothing happens to a key that is not on record.
-        self.audit.append(&event)?;
+        event.commit()?;
         if !self.store.set_purpose_key_state(
             purpose.as_str(),
             version,
@@ -480,7 +485,7 @@ impl Vault {
         self.version_row(purpose, version)?;
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(target.clone());
-        self.audit.append(&event)?;
+        event.commit()?;
         if !self.store.set_purpose_key_state(
             purpose.as_str(),
             version,
@@ -502,7 +507,9 @@ impl Vault {
         actor: Option<&Principal>,
     ) -> Result<Vec<(Purpose, u32)>, VaultError> {
         let template = match actor {
-            Some(a) => self.require_admin(a, AdminAction::ManageKeys, "key-destroy", None, "")?,
+            Some(a) => self
+                .require_admin(a, AdminAction::ManageKeys, "key-destroy", None, "")?
+                .into_template(),
             None => AuditEvent {
                 principal: "kluis".into(),
                 action: "key-destroy".into(),
@@ -551,6 +558,14 @@ impl Vault {
                 }
             }
         }
+        if actor.is_some() {
+            let mut event = AuditEvent {
+                time: now_unix(),
+                ..template
+            };
+            event.reason = Some(format!("{} key versions destroyed", destroyed.len()));
+            self.audit.append(&event)?;
+        }
         Ok(destroyed)
     }
 
@@ -578,7 +593,7 @@ impl Vault {
         }
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(target.clone());
-        self.audit.append(&event)?;
+        event.commit()?;
         match self
             .store
             .set_min_decrypt_version(purpose.as_str(), version)
@@ -615,7 +630,7 @@ impl Vault {
             "purpose keys rewrapped under a new root key; the old one no longer opens the store"
                 .into(),
         );
-        self.audit.append(&event)?;
+        event.commit()?;
         self.keyring.rotate_root(secret)?;
         tracing::info!("root key changed");
         Ok(())

@@ -146,7 +146,7 @@ impl Vault {
         event.record = row.record_id.clone();
         event.case_ref = Some(case_ref.into());
         event.target = Some(row.id.clone());
-        self.audit.append(&event)?;
+        event.commit()?;
         self.store.insert_hold(&row)?;
         Ok(row)
     }
@@ -173,7 +173,7 @@ impl Vault {
             .ok_or_else(|| VaultError::NotFound(format!("active hold `{hold_id}`")))?;
         event.subject = Some(hold.subject);
         event.record = hold.record_id;
-        self.audit.append(&event)?;
+        event.commit()?;
         self.store
             .release_hold(hold_id, self.clock.now(), actor.id.as_str())?;
         Ok(())
@@ -186,16 +186,20 @@ impl Vault {
         subject: Option<&SubjectId>,
         include_released: bool,
     ) -> Result<Vec<HoldRow>, VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageHolds,
             "hold-list",
             subject.map(SubjectId::as_str),
             "",
         )?;
-        Ok(self
+        event.subject = subject.map(|s| s.as_str().to_owned());
+        let holds = self
             .store
-            .holds(subject.map(SubjectId::as_str), !include_released)?)
+            .holds(subject.map(SubjectId::as_str), !include_released)?;
+        event.reason = Some(format!("{} holds listed", holds.len()));
+        event.commit()?;
+        Ok(holds)
     }
 
     /// Destroys every record past its retention that no hold covers, one subject per
@@ -207,9 +211,9 @@ impl Vault {
         dry_run: bool,
     ) -> Result<Vec<Swept>, VaultError> {
         let template = match actor {
-            Some(a) => {
-                self.require_admin(a, AdminAction::ManageLifecycle, "retention-sweep", None, "")?
-            }
+            Some(a) => self
+                .require_admin(a, AdminAction::ManageLifecycle, "retention-sweep", None, "")?
+                .into_template(),
             None => system_event("retention-sweep"),
         };
         let now = self.clock.now();
@@ -273,12 +277,16 @@ impl Vault {
                 break;
             }
         }
-        if let (Some(_), false) = (actor, dry_run) {
+        if actor.is_some() {
             let mut event = AuditEvent {
                 time: now_unix(),
                 ..template
             };
-            event.reason = Some(format!("{} records destroyed", swept.len()));
+            event.reason = Some(if dry_run {
+                format!("dry run: {} records due", swept.len())
+            } else {
+                format!("{} records destroyed", swept.len())
+            });
             self.audit.append(&event)?;
         }
         Ok(swept)
@@ -292,13 +300,15 @@ impl Vault {
         subject: &SubjectId,
         justification: &str,
     ) -> Result<Erasure, VaultError> {
-        let template = self.require_admin(
-            actor,
-            AdminAction::ManageLifecycle,
-            "erase-subject",
-            Some(subject.as_str()),
-            justification,
-        )?;
+        let template = self
+            .require_admin(
+                actor,
+                AdminAction::ManageLifecycle,
+                "erase-subject",
+                Some(subject.as_str()),
+                justification,
+            )?
+            .into_template();
         let now = self.clock.now();
         let holds = self.store.holds(Some(subject.as_str()), true)?;
         let records = self.store.subject_records(subject.as_str())?;
@@ -390,7 +400,7 @@ impl Vault {
         event.subject = Some(subject.as_str().into());
         event.target = Some(row.id.clone());
         event.reason = Some(format!("{} request, due at {}", row.kind, row.due_at));
-        self.audit.append(&event)?;
+        event.commit()?;
         self.store.insert_request(&row)?;
         Ok(row)
     }
@@ -418,7 +428,7 @@ impl Vault {
             return Err(VaultError::NotFound(format!("open request `{id}`")));
         }
         event.target = Some(id.into());
-        self.audit.append(&event)?;
+        event.commit()?;
         self.store.complete_request(id, self.clock.now())?;
         Ok(())
     }
@@ -429,7 +439,7 @@ impl Vault {
         actor: &Principal,
         overdue_only: bool,
     ) -> Result<Vec<RequestStatus>, VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageLifecycle,
             "request-list",
@@ -437,7 +447,7 @@ impl Vault {
             "",
         )?;
         let now = self.clock.now();
-        Ok(self
+        let requests: Vec<RequestStatus> = self
             .store
             .requests()?
             .into_iter()
@@ -446,7 +456,10 @@ impl Vault {
                 request,
             })
             .filter(|s| !overdue_only || s.overdue)
-            .collect())
+            .collect();
+        event.reason = Some(format!("{} requests listed", requests.len()));
+        event.commit()?;
+        Ok(requests)
     }
 
     fn forget_shredded(&self, subject: &str, purposes: &[String]) {

@@ -42,9 +42,9 @@ impl Vault {
     /// and the old set stays in force.
     pub fn reload_policies(&self, actor: Option<&Principal>) -> Result<Reload, VaultError> {
         let mut event = match actor {
-            Some(a) => {
-                self.require_admin(a, AdminAction::ManagePolicies, "policy-reload", None, "")?
-            }
+            Some(a) => self
+                .require_admin(a, AdminAction::ManagePolicies, "policy-reload", None, "")?
+                .into_template(),
             None => AuditEvent {
                 principal: "kluis".into(),
                 action: "policy-reload".into(),
@@ -132,7 +132,8 @@ impl Vault {
                 "policy-explain",
                 Some(role.as_str()),
                 "",
-            )?;
+            )?
+            .commit()?;
             principal.roles = vec![role];
         }
         let engine = self.policy();

@@ -128,7 +128,7 @@ impl Vault {
         event.subject = Some(subject.as_str().into());
         event.purpose = Some(purpose.as_str().into());
         event.reason = Some(consent.as_str().into());
-        self.audit.append(&event)?;
+        event.commit()?;
         self.store.set_consent(
             subject.as_str(),
             purpose.as_str(),
@@ -188,7 +188,7 @@ impl Vault {
             row.purposes.join(","),
             row.categories.join(",")
         ));
-        self.audit.append(&event)?;
+        event.commit()?;
         self.store.insert_mandate(&row)?;
         Ok(row)
     }
@@ -216,7 +216,7 @@ impl Vault {
             return Err(VaultError::NotFound(format!("active mandate `{id}`")));
         };
         event.subject = Some(m.subject);
-        self.audit.append(&event)?;
+        event.commit()?;
         self.store.revoke_mandate(id, self.clock.now())?;
         Ok(())
     }
@@ -227,13 +227,17 @@ impl Vault {
         actor: &Principal,
         subject: Option<&SubjectId>,
     ) -> Result<Vec<MandateRow>, VaultError> {
-        self.require_admin(
+        let mut event = self.require_admin(
             actor,
             AdminAction::ManageLifecycle,
             "mandate-list",
             subject.map(SubjectId::as_str),
             "",
         )?;
-        Ok(self.store.mandates(subject.map(SubjectId::as_str), None)?)
+        event.subject = subject.map(|s| s.as_str().to_owned());
+        let mandates = self.store.mandates(subject.map(SubjectId::as_str), None)?;
+        event.reason = Some(format!("{} mandates listed", mandates.len()));
+        event.commit()?;
+        Ok(mandates)
     }
 }

@@ -194,7 +194,7 @@ impl Vault {
             reason.push_str("; awaits approval by a privacy officer");
         }
         // The trail first: no credential exists that is not on record.
-        self.audit.append(&event)?;
+        event.commit()?;
         self.create_token(spec, id, Some(&actor.id), pending)
     }
 
@@ -213,12 +213,6 @@ impl Vault {
             Some(token_id),
             justification,
         )?;
-        let refuse = |event: &mut crate::audit::AuditEvent, why: String| {
-            event.decision = "deny".into();
-            event.reason = Some(why.clone());
-            self.audit.append(event)?;
-            Err(VaultError::FailedPrecondition(why))
-        };
         let Some(row) = self.store.tokens()?.into_iter().find(|t| t.id == token_id) else {
             return Err(VaultError::NotFound(format!("token `{token_id}`")));
         };
@@ -233,14 +227,12 @@ impl Vault {
                 .is_some_and(|p| p == actor.id)
         };
         if same(&row.requested_by) {
-            return refuse(
-                &mut event,
+            return event.refuse(
                 "the issuer of a token cannot approve it; ask another privacy officer".into(),
             );
         }
         if same(&Some(row.principal.clone())) {
-            return refuse(
-                &mut event,
+            return event.refuse(
                 "a token cannot be approved by its holder; ask another privacy officer".into(),
             );
         }
@@ -253,7 +245,7 @@ impl Vault {
         // Checked again: the principal may have become a security officer since.
         self.check_separation(&principal, &roles)?;
         event.reason = Some(format!("token of `{principal}`"));
-        self.audit.append(&event)?;
+        event.commit()?;
         if !self
             .store
             .approve_token(token_id, actor.id.as_str(), now_unix())?
@@ -346,7 +338,7 @@ impl Vault {
             return Err(VaultError::NotFound(format!("active token `{token_id}`")));
         }
         event.target = Some(token_id.into());
-        self.audit.append(&event)?;
+        event.commit()?;
         self.store.revoke_token(token_id, now_unix())?;
         Ok(())
     }
@@ -357,14 +349,18 @@ impl Vault {
         actor: &Principal,
         include_inactive: bool,
     ) -> Result<Vec<TokenRow>, VaultError> {
-        self.require_admin(actor, AdminAction::ManageTokens, "token-list", None, "")?;
+        let mut event =
+            self.require_admin(actor, AdminAction::ManageTokens, "token-list", None, "")?;
         let now = now_unix();
-        Ok(self
+        let tokens: Vec<TokenRow> = self
             .store
             .tokens()?
             .into_iter()
             .filter(|t| include_inactive || (t.revoked_at.is_none() && t.expires_at > now))
-            .collect())
+            .collect();
+        event.reason = Some(format!("{} tokens listed", tokens.len()));
+        event.commit()?;
+        Ok(tokens)
     }
 
     fn create_token(
@@ -407,8 +403,10 @@ impl Vault {
     }
 
     /// Refuses (and audits the refusal) unless the policy allows `admin` to `actor`. When
-    /// allowed, returns the audit entry to complete and append once the action is done, with the
-    /// deciding policies filled in.
+    /// allowed, returns the audit entry to complete and `commit` before the action takes effect,
+    /// with the deciding policies filled in. Every administrative action starts here: an
+    /// allowed one that is never committed is still appended when its entry is dropped, as not
+    /// carried out, so no allowed action (a listing included) leaves the trail without a line.
     pub(crate) fn require_admin(
         &self,
         actor: &Principal,
@@ -416,7 +414,7 @@ impl Vault {
         action: &str,
         target: Option<&str>,
         justification: &str,
-    ) -> Result<AuditEvent, VaultError> {
+    ) -> Result<AdminEntry<'_>, VaultError> {
         if justification.len() > crate::domain::AccessContext::MAX_JUSTIFICATION {
             return Err(InputError::new(
                 "justification",
@@ -434,12 +432,80 @@ impl Vault {
         event.target = target.map(str::to_owned);
         if decision.is_allow() {
             event.decision = "allow".into();
-            return Ok(event);
+            return Ok(AdminEntry {
+                event,
+                audit: &self.audit,
+                done: false,
+            });
         }
         event.decision = "deny".into();
         event.reason = Some(decision.reason.clone());
         self.audit.append(&event)?;
         Err(VaultError::Denied(decision.reason))
+    }
+}
+
+/// The audit entry of an allowed administrative action. `commit` appends it (before the action
+/// takes effect); dropped uncommitted, as when the action stops on an error, it is appended with
+/// the note that the action was not carried out.
+#[must_use = "an allowed administrative action must commit its audit entry"]
+pub(crate) struct AdminEntry<'a> {
+    event: AuditEvent,
+    audit: &'a crate::audit::Audit,
+    done: bool,
+}
+
+impl AdminEntry<'_> {
+    /// Appends the entry; the action may take effect once this returns.
+    pub(crate) fn commit(mut self) -> Result<crate::audit::AuditSeq, VaultError> {
+        self.done = true;
+        Ok(self.audit.append(&self.event)?)
+    }
+
+    /// Refuses the action after all (a check of the vault's own, beyond the policy): the entry
+    /// is appended as a deny with `why`, and the caller gets `FailedPrecondition`.
+    pub(crate) fn refuse<T>(mut self, why: String) -> Result<T, VaultError> {
+        self.done = true;
+        self.event.decision = "deny".into();
+        self.event.reason = Some(why.clone());
+        self.audit.append(&self.event)?;
+        Err(VaultError::FailedPrecondition(why))
+    }
+
+    /// The entry as a template for the entries of a job that appends one per step itself.
+    pub(crate) fn into_template(mut self) -> AuditEvent {
+        self.done = true;
+        std::mem::take(&mut self.event)
+    }
+}
+
+impl std::ops::Deref for AdminEntry<'_> {
+    type Target = AuditEvent;
+
+    fn deref(&self) -> &AuditEvent {
+        &self.event
+    }
+}
+
+impl std::ops::DerefMut for AdminEntry<'_> {
+    fn deref_mut(&mut self) -> &mut AuditEvent {
+        &mut self.event
+    }
+}
+
+impl Drop for AdminEntry<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut event = std::mem::take(&mut self.event);
+        event.reason = Some(match event.reason.take() {
+            Some(r) => format!("{r}; not carried out"),
+            None => "not carried out".into(),
+        });
+        if let Err(e) = self.audit.append(&event) {
+            tracing::error!(error = %e, action = %event.action, "cannot audit an administrative action that stopped early");
+        }
     }
 }
 

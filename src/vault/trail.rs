@@ -11,7 +11,15 @@ use crate::{
 
 /// The data actions a subject access report lists.
 pub const DATA_ACTIONS: &[&str] = &[
-    "read", "write", "update", "delete", "list", "close", "export",
+    "read",
+    "write",
+    "update",
+    "delete",
+    "list",
+    "close",
+    "export",
+    "evidence-read",
+    "evidence-upload",
 ];
 
 impl Vault {
@@ -21,7 +29,7 @@ impl Vault {
             self.require_admin(actor, AdminAction::VerifyAudit, "audit-head", None, "")?;
         let head = self.audit.head()?;
         event.reason = Some(format!("head at entry {}", head.seq));
-        self.audit.append(&event)?;
+        event.commit()?;
         Ok(head)
     }
 
@@ -39,7 +47,7 @@ impl Vault {
             Verification::Intact { count, .. } => format!("intact, {count} entries"),
             Verification::Broken { seq, problem } => format!("broken at entry {seq}: {problem}"),
         });
-        self.audit.append(&event)?;
+        event.commit()?;
         Ok(outcome)
     }
 
@@ -60,7 +68,7 @@ impl Vault {
         )?;
         event.subject = filter.subject.clone();
         event.reason = Some(describe(filter));
-        Ok(self.audit.append(&event)?.value())
+        Ok(event.commit()?.value())
     }
 
     /// Calls `f` with each entry before `upto` matching `filter` (sequence number and the entry
@@ -92,7 +100,7 @@ impl Vault {
             justification,
         )?;
         event.subject = Some(subject.as_str().into());
-        let upto = self.audit.append(&event)?.value();
+        let upto = event.commit()?.value();
         let filter = Filter {
             subject: Some(subject.as_str().into()),
             actions: DATA_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
