@@ -29,15 +29,37 @@ impl KdfParams {
         p_cost: 4,
     };
 
+    /// The most the stored parameters may ask for: 4 GiB of memory, 64 passes, 64 lanes. Far
+    /// above any sensible setting, low enough that a tampered store cannot make start-up hang or
+    /// run out of memory.
+    pub const MAX: KdfParams = KdfParams {
+        m_cost: 4 * 1024 * 1024,
+        t_cost: 64,
+        p_cost: 64,
+    };
+
     /// Refuses parameters weaker than RFC 9106's second recommendation (a tampered store must
-    /// not be able to weaken the KDF).
+    /// not be able to weaken the KDF) or above `MAX` (nor make unsealing hang or exhaust memory).
     pub fn check_strength(&self) -> Result<(), CryptoError> {
         let min = Self::RFC9106_SECOND;
         if self.m_cost < min.m_cost || self.t_cost < min.t_cost || self.p_cost < 1 {
             return Err(CryptoError::Kdf(format!(
-                "Argon2id parameters m={} t={} p={} are weaker than the minimum m={} t={}",
+                "Argon2id parameters m={} t={} p={} are weaker than the minimum m={} t={} p=1",
                 self.m_cost, self.t_cost, self.p_cost, min.m_cost, min.t_cost
             )));
+        }
+        let max = Self::MAX;
+        for (name, value, limit, unit) in [
+            ("m_cost", self.m_cost, max.m_cost, " KiB (4 GiB)"),
+            ("t_cost", self.t_cost, max.t_cost, " passes"),
+            ("p_cost", self.p_cost, max.p_cost, " lanes"),
+        ] {
+            if value > limit {
+                return Err(CryptoError::Kdf(format!(
+                    "Argon2id parameter {name}={value} is above the limit of {limit}{unit}; \
+                     the stored key derivation parameters were changed"
+                )));
+            }
         }
         Ok(())
     }
@@ -113,5 +135,59 @@ mod tests {
     fn weak_parameters_are_refused() {
         assert!(FAST.check_strength().is_err());
         assert!(KdfParams::RFC9106_SECOND.check_strength().is_ok());
+        let no_lanes = KdfParams {
+            p_cost: 0,
+            ..KdfParams::RFC9106_SECOND
+        };
+        assert!(no_lanes.check_strength().is_err());
+    }
+
+    fn refused_naming(params: KdfParams, name: &str, limit: u32) {
+        let err = params.check_strength().unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+        assert!(err.contains(&format!("limit of {limit}")), "{err}");
+    }
+
+    #[test]
+    fn memory_above_4_gib_is_refused() {
+        let at = KdfParams {
+            m_cost: KdfParams::MAX.m_cost,
+            ..KdfParams::RFC9106_SECOND
+        };
+        assert!(at.check_strength().is_ok());
+        let above = KdfParams {
+            m_cost: at.m_cost + 1,
+            ..at
+        };
+        refused_naming(above, "m_cost", 4 * 1024 * 1024);
+        // 4 TiB, as a tampered store might ask.
+        refused_naming(
+            KdfParams {
+                m_cost: u32::MAX,
+                ..at
+            },
+            "m_cost",
+            4 * 1024 * 1024,
+        );
+    }
+
+    #[test]
+    fn passes_above_64_are_refused() {
+        let at = KdfParams {
+            t_cost: 64,
+            ..KdfParams::RFC9106_SECOND
+        };
+        assert!(at.check_strength().is_ok());
+        refused_naming(KdfParams { t_cost: 65, ..at }, "t_cost", 64);
+    }
+
+    #[test]
+    fn lanes_above_64_are_refused() {
+        let at = KdfParams {
+            p_cost: 64,
+            ..KdfParams::RFC9106_SECOND
+        };
+        assert!(at.check_strength().is_ok());
+        refused_naming(KdfParams { p_cost: 65, ..at }, "p_cost", 64);
     }
 }
