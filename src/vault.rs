@@ -274,7 +274,7 @@ impl Vault {
         retention: RetentionTable,
         limits: Limits,
     ) -> Result<Self, VaultError> {
-        let audit = Audit::open(Arc::clone(&store), keyring.audit_key()?)?;
+        let audit = Audit::open(Arc::clone(&store), keyring.audit_key()?, keyring.store_id())?;
         // Record which policy set decides from now on, and whether it changed since last time.
         let previous = store.meta(META_POLICY_DIGEST)?;
         let changed = previous
@@ -679,14 +679,7 @@ impl Vault {
                     None => return Ok(None),
                 },
             };
-            fields.push(open_field(
-                grant,
-                key.expose_secret(),
-                record,
-                purpose,
-                *category,
-                row,
-            )?);
+            fields.push(open_field(grant, &key, record, purpose, *category, row)?);
         }
         Ok(Some(fields))
     }
@@ -744,7 +737,7 @@ impl Vault {
                     kind,
                 );
                 let sealed = crypto::seal(
-                    active.key.expose_secret(),
+                    &active.key.fields(),
                     active.algorithm,
                     active.generation,
                     &aad,
@@ -801,7 +794,7 @@ impl Vault {
 /// Decrypts one field. Needs the grant for exactly this record and field.
 fn open_field(
     grant: &Grant,
-    key: &[u8; 32],
+    key: &crate::crypto::SubjectKey,
     record: &RecordRow,
     purpose: Purpose,
     category: Category,
@@ -819,7 +812,8 @@ fn open_field(
         purpose,
         &row.kind,
     );
-    let bytes = crypto::open(key, &aad, &row.sealed).map_err(|_| VaultError::DataLoss(place()))?;
+    let bytes = crypto::open(&key.fields(), &aad, &row.sealed)
+        .map_err(|_| VaultError::DataLoss(place()))?;
     let value = match row.kind.as_str() {
         "text" => {
             let text =
