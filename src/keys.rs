@@ -920,6 +920,31 @@ mod tests {
     }
 
     #[test]
+    fn stored_kdf_parameters_above_the_limits_are_refused_before_deriving() {
+        let (_dir, store) = store();
+        let pass = RootSecret::Passphrase(Zeroizing::new("een lange wachtzin".into()));
+        Keyring::initialize(store.as_ref(), &pass, Algorithm::Aes256Gcm).unwrap();
+        let meta = store.meta(META_ROOT).unwrap().unwrap();
+        // The twin: as stored, the passphrase unseals.
+        Keyring::unseal(Arc::clone(&store), &pass, Algorithm::Aes256Gcm, 0).unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+        json["params"]["m_cost"] = u32::MAX.into();
+        store
+            .set_meta(META_ROOT, &serde_json::to_vec(&json).unwrap())
+            .unwrap();
+        let err = Keyring::unseal(Arc::clone(&store), &pass, Algorithm::Aes256Gcm, 0).unwrap_err();
+        assert!(
+            matches!(err, KeyError::Crypto(CryptoError::Kdf(_))),
+            "{err:?}"
+        );
+        // Refused from the parameters (the error names the one), before Argon2id would try to
+        // fill 4 TiB.
+        assert!(err.to_string().contains("m_cost"), "{err}");
+        store.set_meta(META_ROOT, &meta).unwrap();
+        Keyring::unseal(store, &pass, Algorithm::Aes256Gcm, 0).unwrap();
+    }
+
+    #[test]
     fn key_file_is_never_overwritten() {
         let (dir, _) = store();
         let path = dir.path().join("root.key");

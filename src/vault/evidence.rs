@@ -448,8 +448,13 @@ impl Upload {
             .into());
         }
         if let Some(carry) = &mut self.guard_carry {
-            carry.extend_from_slice(data);
-            let text = String::from_utf8_lossy(carry);
+            // A new buffer of the right size rather than growing the old one: a reallocation
+            // would leave the old bytes behind unwiped. The lossy text is an owned, wiped copy.
+            let mut joined = Zeroizing::new(Vec::with_capacity(carry.len() + data.len()));
+            joined.extend_from_slice(carry);
+            joined.extend_from_slice(data);
+            *carry = joined;
+            let text = Zeroizing::new(String::from_utf8_lossy(carry).into_owned());
             guard::check_text("data", &text)?;
             let keep = carry.len().saturating_sub(GUARD_CARRY);
             carry.drain(..keep);
@@ -733,9 +738,7 @@ pub(crate) fn open_file_name(
         .ok_or_else(damaged)?;
     let bytes =
         crypto::open(&key.evidence_names(), aad, &evidence.file_name).map_err(|_| damaged())?;
-    String::from_utf8(bytes.to_vec())
-        .map(Zeroizing::new)
-        .map_err(|_| damaged())
+    super::into_text(bytes).ok_or_else(damaged)
 }
 
 /// The associated data of an evidence file (its key derivation and its sealed file name).
