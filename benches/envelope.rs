@@ -41,6 +41,7 @@ fn field_aad() -> Vec<u8> {
 
 fn seal_open(c: &mut Criterion) {
     let key = [7u8; 32];
+    let subject_key = kluis::crypto::SubjectKey::from_bytes(&key);
     let aad = field_aad();
     let mut group = c.benchmark_group("envelope");
     for &size in SIZES {
@@ -64,15 +65,15 @@ fn seal_open(c: &mut Criterion) {
                 BenchmarkId::new(format!("seal-{}", alg.as_str()), size),
                 &plaintext,
                 |b, pt| {
-                    b.iter(|| crypto::seal(&key, alg, 1, &aad, pt).unwrap());
+                    b.iter(|| crypto::seal(&subject_key.fields(), alg, 1, &aad, pt).unwrap());
                 },
             );
-            let sealed = crypto::seal(&key, alg, 1, &aad, &plaintext).unwrap();
+            let sealed = crypto::seal(&subject_key.fields(), alg, 1, &aad, &plaintext).unwrap();
             group.bench_with_input(
                 BenchmarkId::new(format!("open-{}", alg.as_str()), size),
                 &sealed,
                 |b, s| {
-                    b.iter(|| crypto::open(&key, &aad, s).unwrap());
+                    b.iter(|| crypto::open(&subject_key.fields(), &aad, s).unwrap());
                 },
             );
         }

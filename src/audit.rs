@@ -1,6 +1,9 @@
 //! The tamper-evident audit trail: append-only entries, each holding the hash of the previous
-//! one and a MAC under the audit key, so an edited, deleted, inserted or reordered entry is found
-//! by `verify`.
+//! one and a MAC under the audit key's entry subkey, so an edited, deleted, inserted or reordered
+//! entry is found by `verify`. The chain starts from a genesis hash of the store id fixed at
+//! `kluis init`, and a head is MAC'd (under the head subkey) together with the store id, so the
+//! trail of one store does not verify as another's, and an anchored head vouches only for the
+//! store it came from.
 //!
 //! Invariant: entries hold identifiers, decisions and reasons — never field values, tokens or
 //! key material.
@@ -10,14 +13,64 @@
 
 use std::sync::{Arc, mpsc};
 
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{
-    crypto::{AuditKey, kdf},
+    crypto::{AuditKey, CryptoError, Subkey, kdf},
     store::{AuditRow, Store, StoreError},
 };
+
+/// The id of a store: 128 random bits fixed when the store is initialised, kept in its metadata
+/// and bound to its audit key. A store restored from a backup keeps the id of the store the backup
+/// was taken from (it is that store, continued); two stores initialised apart never share one.
+#[derive(Clone, Copy, Eq, PartialEq)]
+pub struct StoreId([u8; 16]);
+
+impl StoreId {
+    /// A fresh random id from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        Self(id)
+    }
+
+    /// The id from its 16 stored bytes, or `None` when the length is wrong.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// The id from 32 hexadecimal digits.
+    pub fn parse_hex(s: &str) -> Option<Self> {
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(s, &mut id).ok()?;
+        Some(Self(id))
+    }
+
+    /// The 16 bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// 32 hexadecimal digits.
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for StoreId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreId({})", self.to_hex())
+    }
+}
+
+impl std::fmt::Display for StoreId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
 
 /// Errors of the audit trail.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +81,9 @@ pub enum AuditError {
     /// An entry could not be encoded.
     #[error("audit entry encoding failed")]
     Encode,
+    /// The audit key's subkeys could not be derived.
+    #[error("audit key: {0}")]
+    Key(#[from] CryptoError),
     /// The store failed while reading the trail.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -130,16 +186,20 @@ pub enum Verification {
     },
 }
 
-/// A MAC'd head of the trail: sequence number and hash of the last entry. Operators store it
-/// elsewhere; `verify` with it detects a truncated tail.
+/// A MAC'd head of the trail: the store, sequence number and hash of the last entry. Operators
+/// store it elsewhere; `verify` with it detects a truncated tail. Only a head with the MAC of the
+/// store it names is accepted as an anchor.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Head {
     /// Sequence number of the last entry (0 for an empty trail).
     pub seq: u64,
-    /// Hash of the last entry, hex.
+    /// Hash of the last entry, hex (the store's genesis hash for an empty trail).
     pub hash: String,
-    /// HMAC-SHA-256 of the head under the audit key, hex: proves the head came from this vault.
+    /// HMAC-SHA-256 of store id, sequence number and hash under the audit key's head subkey,
+    /// hex: proves the head came from this store.
     pub mac: String,
+    /// The id of the store whose trail this is, hex.
+    pub store_id: String,
 }
 
 /// Which entries to read.
@@ -181,7 +241,9 @@ struct Pending {
 /// queued in one transaction (group commit), so concurrent requests share a commit.
 pub struct Audit {
     store: Arc<dyn Store>,
-    key: Arc<AuditKey>,
+    keys: Arc<MacKeys>,
+    store_id: StoreId,
+    genesis: [u8; 32],
     queue: Option<mpsc::Sender<Pending>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -202,25 +264,44 @@ impl Drop for Audit {
     }
 }
 
+/// The audit key's two subkeys: one MACs entries, the other heads. The audit key itself is
+/// dropped once they are derived.
+struct MacKeys {
+    entry: Subkey,
+    head: Subkey,
+}
+
 impl Audit {
-    /// Opens the trail, positioned after its last entry, and starts its writer.
-    pub fn open(store: Arc<dyn Store>, key: AuditKey) -> Result<Self, AuditError> {
-        let tail = read_tail(store.as_ref())?;
-        let key = Arc::new(key);
+    /// Opens the trail of the store `store_id`, positioned after its last entry, and starts its
+    /// writer.
+    pub fn open(
+        store: Arc<dyn Store>,
+        key: AuditKey,
+        store_id: StoreId,
+    ) -> Result<Self, AuditError> {
+        let keys = Arc::new(MacKeys {
+            entry: key.entry_mac_subkey()?,
+            head: key.head_mac_subkey()?,
+        });
+        drop(key);
+        let genesis = genesis_hash(store_id);
+        let tail = read_tail(store.as_ref(), genesis)?;
         let (tx, rx) = mpsc::channel();
         let writer = {
             let store = Arc::clone(&store);
-            let key = Arc::clone(&key);
+            let keys = Arc::clone(&keys);
             std::thread::Builder::new()
                 .name("kluis-audit".into())
-                .spawn(move || write_loop(store.as_ref(), &key, &rx, tail))
+                .spawn(move || write_loop(store.as_ref(), &keys.entry, &rx, tail, genesis))
                 .map_err(|e| {
                     AuditError::Unavailable(format!("cannot start the audit writer: {e}"))
                 })?
         };
         Ok(Self {
             store,
-            key,
+            keys,
+            store_id,
+            genesis,
             queue: Some(tx),
             writer: Some(writer),
         })
@@ -244,44 +325,80 @@ impl Audit {
         Ok(AuditSeq(seq))
     }
 
-    /// The current head, MAC'd under the audit key.
+    /// The id of the store this trail belongs to.
+    pub fn store_id(&self) -> StoreId {
+        self.store_id
+    }
+
+    /// The current head, MAC'd under the head subkey together with the store id.
     pub fn head(&self) -> Result<Head, AuditError> {
-        let (seq, hash) = read_tail(self.store.as_ref())?;
+        let (seq, hash) = read_tail(self.store.as_ref(), self.genesis)?;
         Ok(Head {
             seq,
             hash: hex::encode(hash),
             mac: hex::encode(self.head_mac(seq, &hash)),
+            store_id: self.store_id.to_hex(),
         })
     }
 
     fn head_mac(&self, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
-        let mut data = b"kluis.v1.audit-head".to_vec();
-        data.extend_from_slice(&seq.to_be_bytes());
-        data.extend_from_slice(hash);
-        kdf::mac(self.key.expose_secret(), &data)
+        head_mac(&self.keys.head, self.store_id, seq, hash)
+    }
+
+    /// Checks an anchored head before the walk: it must name this store and carry this store's
+    /// MAC over it. `None` when it may serve as an anchor.
+    fn refuse_anchor(&self, head: &Head) -> Option<Verification> {
+        let broken = |problem: String| {
+            Some(Verification::Broken {
+                seq: head.seq,
+                problem,
+            })
+        };
+        match StoreId::parse_hex(&head.store_id) {
+            Some(id) if id == self.store_id => {}
+            Some(id) => {
+                return broken(format!(
+                    "the anchored head is of store {id}, not of this store {}: one store's head \
+                     does not vouch for another's trail",
+                    self.store_id
+                ));
+            }
+            None => {
+                return broken(
+                    "the anchored head names no store id (32 hexadecimal digits); use a head as \
+                     printed by `audit head`"
+                        .into(),
+                );
+            }
+        }
+        if head.mac.is_empty() {
+            return broken(
+                "the anchored head has no MAC: only a head MAC'd by this store is accepted as an \
+                 anchor"
+                    .into(),
+            );
+        }
+        let mac_ok = parse_hash(&head.hash).is_some_and(|h| {
+            hex::decode(&head.mac).is_ok_and(|m| bool::from(m.ct_eq(&self.head_mac(head.seq, &h))))
+        });
+        if !mac_ok {
+            return broken(
+                "the anchored head's MAC is not this store's (forged or mistyped head)".into(),
+            );
+        }
+        None
     }
 
     /// Walks the whole trail and reports the first entry that is edited, missing, inserted or
-    /// out of order, or the count and head hash when all is intact. With `expect`, a trail that
-    /// ends before the anchored head, or differs from it, is reported too.
+    /// out of order, or the count and head hash when all is intact. With `expect`, a head that is
+    /// not this store's (other store id, MAC missing or wrong), a trail that ends before the
+    /// anchored head, or one that differs from it, is reported too.
     pub fn verify(&self, expect: Option<&Head>) -> Result<Verification, AuditError> {
-        if let Some(head) = expect {
-            let hash = parse_hash(&head.hash);
-            let mac_ok = hash.is_some_and(|h| {
-                hex::decode(&head.mac)
-                    .is_ok_and(|m| bool::from(m.ct_eq(&self.head_mac(head.seq, &h))))
-            });
-            if !head.mac.is_empty() && !mac_ok {
-                return Ok(Verification::Broken {
-                    seq: head.seq,
-                    problem:
-                        "the expected head's MAC is not this vault's (forged or mistyped head)"
-                            .into(),
-                });
-            }
+        if let Some(refused) = expect.and_then(|head| self.refuse_anchor(head)) {
+            return Ok(refused);
         }
         let mut expected_seq = 1u64;
-        let mut prev = [0u8; 32];
+        let mut prev = self.genesis;
         let mut anchored = false;
         loop {
             let page = self.store.audit_entries(expected_seq, 1000)?;
@@ -321,15 +438,17 @@ impl Audit {
                     });
                 }
                 if !bool::from(row.prev_hash.ct_eq(&prev)) {
-                    return Ok(broken(
-                        "does not follow the previous entry (deleted, inserted or reordered)",
-                    ));
+                    return Ok(broken(if row.seq == 1 {
+                        "does not start this store's trail (its chain begins in another store)"
+                    } else {
+                        "does not follow the previous entry (deleted, inserted or reordered)"
+                    }));
                 }
                 let hash = entry_hash(row.seq, &prev, &row.entry);
                 if !bool::from(row.hash.ct_eq(&hash)) {
                     return Ok(broken("content does not match its hash (edited)"));
                 }
-                let mac = kdf::mac(self.key.expose_secret(), &hash);
+                let mac = kdf::mac(&self.keys.entry, &hash);
                 if !bool::from(row.mac.ct_eq(&mac)) {
                     return Ok(broken("MAC does not match (written without the audit key)"));
                 }
@@ -379,9 +498,11 @@ fn parse_hash(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn read_tail(store: &dyn Store) -> Result<(u64, [u8; 32]), AuditError> {
+/// The tail of the trail: the last entry's sequence number and hash, or (0, `genesis`) for an
+/// empty trail.
+fn read_tail(store: &dyn Store, genesis: [u8; 32]) -> Result<(u64, [u8; 32]), AuditError> {
     match store.audit_tail()? {
-        None => Ok((0, [0; 32])),
+        None => Ok((0, genesis)),
         Some(row) => {
             let hash: [u8; 32] = row
                 .hash
@@ -397,9 +518,10 @@ fn read_tail(store: &dyn Store) -> Result<(u64, [u8; 32]), AuditError> {
 /// one transaction, then answers every waiting request.
 fn write_loop(
     store: &dyn Store,
-    key: &AuditKey,
+    key: &Subkey,
     queue: &mpsc::Receiver<Pending>,
     mut tail: (u64, [u8; 32]),
+    genesis: [u8; 32],
 ) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -424,7 +546,7 @@ fn write_loop(
                         entry: p.entry.clone(),
                         prev_hash: prev.to_vec(),
                         hash: hash.to_vec(),
-                        mac: kdf::mac(key.expose_secret(), &hash).to_vec(),
+                        mac: kdf::mac(key, &hash).to_vec(),
                     };
                     prev = hash;
                     row
@@ -437,7 +559,7 @@ fn write_loop(
                     break;
                 }
                 // Another writer (another node) took these numbers: move to the real tail.
-                Err(StoreError::Conflict(_)) => match read_tail(store) {
+                Err(StoreError::Conflict(_)) => match read_tail(store, genesis) {
                     Ok(t) => tail = t,
                     Err(e) => {
                         outcome = Err(AuditError::Unavailable(e.to_string()));
@@ -467,6 +589,24 @@ fn write_loop(
     }
 }
 
+/// The "previous hash" of a store's first entry: SHA-256 of a label and the store id. Every
+/// entry's hash depends on it through the chain.
+fn genesis_hash(store_id: StoreId) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"kluis.v2.audit.genesis");
+    h.update(store_id.as_bytes());
+    h.finalize().into()
+}
+
+/// The MAC of a head: store id, sequence number and hash under the head subkey.
+fn head_mac(key: &Subkey, store_id: StoreId, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
+    let mut data = b"kluis.v2.audit.head".to_vec();
+    data.extend_from_slice(store_id.as_bytes());
+    data.extend_from_slice(&seq.to_be_bytes());
+    data.extend_from_slice(hash);
+    kdf::mac(key, &data)
+}
+
 /// SHA-256 over the sequence number, the previous hash and the entry.
 fn entry_hash(seq: u64, prev_hash: &[u8; 32], entry: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -483,10 +623,147 @@ mod tests {
     use crate::store::SqliteStore;
 
     fn trail() -> (tempfile::TempDir, Arc<SqliteStore>, Audit) {
+        trail_of(AuditKey::generate(), StoreId::generate())
+    }
+
+    fn trail_of(key: AuditKey, id: StoreId) -> (tempfile::TempDir, Arc<SqliteStore>, Audit) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("a.db")).unwrap());
-        let audit = Audit::open(store.clone(), AuditKey::generate()).unwrap();
+        let audit = Audit::open(store.clone(), key, id).unwrap();
         (dir, store, audit)
+    }
+
+    const KEY: [u8; 32] = [0x61; 32];
+
+    /// Two trails with the same audit key and the same entries: the stores differ only where
+    /// the test says.
+    fn twin_trails(a: StoreId, b: StoreId) -> [(tempfile::TempDir, Arc<SqliteStore>, Audit); 2] {
+        [a, b].map(|id| {
+            let t = trail_of(AuditKey::from_bytes(&KEY), id);
+            for n in 0..3 {
+                t.2.append(&event(n)).unwrap();
+            }
+            t
+        })
+    }
+
+    fn problem(v: Verification) -> String {
+        match v {
+            Verification::Broken { problem, .. } => problem,
+            Verification::Intact { .. } => panic!("intact: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_trail_copied_into_another_store_does_not_verify_there() {
+        let a = StoreId::generate();
+        let (_da, sa, audit_a) = trail_of(AuditKey::from_bytes(&KEY), a);
+        for n in 0..3 {
+            audit_a.append(&event(n)).unwrap();
+        }
+        // Another store with the same audit key, whose trail is A's, copied row for row.
+        let (_dc, sc, c) = trail_of(AuditKey::from_bytes(&KEY), StoreId::generate());
+        sc.append_audit(&sa.audit_entries(1, 100).unwrap()).unwrap();
+        let p = problem(c.verify(None).unwrap());
+        assert!(p.contains("another store"), "{p}");
+        assert!(matches!(
+            c.verify(None).unwrap(),
+            Verification::Broken { seq: 1, .. }
+        ));
+        // The twin: copied into a store with A's id (a restore of A), the same rows verify.
+        let (_dd, sd, d) = trail_of(AuditKey::from_bytes(&KEY), a);
+        sd.append_audit(&sa.audit_entries(1, 100).unwrap()).unwrap();
+        assert!(matches!(
+            d.verify(None).unwrap(),
+            Verification::Intact { count: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn a_head_of_another_store_does_not_anchor_its_trail() {
+        // Same audit key, same entries: only the store ids differ.
+        let [(_da, _sa, a), (_db, _sb, b)] = twin_trails(StoreId::generate(), StoreId::generate());
+        let head_a = a.head().unwrap();
+        assert!(matches!(
+            a.verify(Some(&head_a)).unwrap(),
+            Verification::Intact { count: 3, .. }
+        ));
+        let p = problem(b.verify(Some(&head_a)).unwrap());
+        assert!(p.contains("not of this store"), "{p}");
+        // Renamed to B, A's head fails B's MAC: the store id is under the MAC.
+        let renamed = Head {
+            store_id: b.store_id().to_hex(),
+            ..head_a.clone()
+        };
+        let p = problem(b.verify(Some(&renamed)).unwrap());
+        assert!(p.contains("MAC is not this store's"), "{p}");
+        // B's own head of the same position verifies (the twin of both).
+        assert!(matches!(
+            b.verify(Some(&b.head().unwrap())).unwrap(),
+            Verification::Intact { count: 3, .. }
+        ));
+        // Two stores initialised apart have other keys as well: still refused.
+        let (_dc, _sc, c) = trail();
+        assert!(matches!(
+            c.verify(Some(&head_a)).unwrap(),
+            Verification::Broken { .. }
+        ));
+    }
+
+    #[test]
+    fn a_head_without_its_mac_or_store_is_refused_as_an_anchor() {
+        let (_d, _s, audit) = trail();
+        for n in 0..2 {
+            audit.append(&event(n)).unwrap();
+        }
+        let head = audit.head().unwrap();
+        assert_eq!(head.store_id, audit.store_id().to_hex());
+        assert!(matches!(
+            audit.verify(Some(&head)).unwrap(),
+            Verification::Intact { count: 2, .. }
+        ));
+        let stripped = Head {
+            mac: String::new(),
+            ..head.clone()
+        };
+        let p = problem(audit.verify(Some(&stripped)).unwrap());
+        assert!(p.contains("no MAC"), "{p}");
+        let nameless = Head {
+            store_id: String::new(),
+            ..head.clone()
+        };
+        let p = problem(audit.verify(Some(&nameless)).unwrap());
+        assert!(p.contains("no store id"), "{p}");
+    }
+
+    #[test]
+    fn entry_and_head_macs_use_their_own_subkeys() {
+        let id = StoreId::generate();
+        let (_d, store, audit) = trail_of(AuditKey::from_bytes(&KEY), id);
+        audit.append(&event(1)).unwrap();
+        let key = AuditKey::from_bytes(&KEY);
+        let (entry, head_key) = (
+            key.entry_mac_subkey().unwrap(),
+            key.head_mac_subkey().unwrap(),
+        );
+        let row = store.audit_entries(1, 1).unwrap().remove(0);
+        let hash: [u8; 32] = row.hash.as_slice().try_into().unwrap();
+        assert_eq!(row.prev_hash, genesis_hash(id));
+        assert_eq!(row.mac, kdf::mac(&entry, &hash));
+        assert_ne!(row.mac, kdf::mac(&head_key, &hash));
+        let direct = {
+            use hmac::{Hmac, Mac};
+            <Hmac<Sha256> as Mac>::new_from_slice(&KEY)
+                .unwrap()
+                .chain_update(hash)
+                .finalize()
+                .into_bytes()
+                .to_vec()
+        };
+        assert_ne!(row.mac, direct);
+        let head = audit.head().unwrap();
+        assert_eq!(head.mac, hex::encode(head_mac(&head_key, id, 1, &hash)));
+        assert_ne!(head.mac, hex::encode(head_mac(&entry, id, 1, &hash)));
     }
 
     fn event(n: i64) -> AuditEvent {
@@ -570,10 +847,8 @@ mod tests {
             mac: hex::encode([0u8; 32]),
             ..head.clone()
         };
-        assert!(matches!(
-            audit.verify(Some(&forged)).unwrap(),
-            Verification::Broken { .. }
-        ));
+        let p = problem(audit.verify(Some(&forged)).unwrap());
+        assert!(p.contains("MAC is not this store's"), "{p}");
         let conn = rusqlite::Connection::open(store.path()).unwrap();
         conn.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
         assert!(matches!(

@@ -1,8 +1,10 @@
-//! Cryptographic building blocks: key newtypes, the self-describing AEAD envelope, associated
-//! data, nonces and the passphrase KDF.
+//! Cryptographic building blocks: key newtypes, a subkey per use, the self-describing AEAD
+//! envelope, associated data, nonces and the passphrase KDF.
 //!
-//! Invariant: key material lives only in the zeroize-on-drop types of `keys`, reachable through
-//! `expose_secret()`; nothing here prints or logs a key or a plaintext.
+//! Invariant: key material lives only in the zeroize-on-drop types of `keys` and `subkey`,
+//! reachable through `expose_secret()`; nothing here prints or logs a key or a plaintext.
+//! Invariant: one key, one use — a key of the hierarchy is only ever HKDF input; each AEAD, MAC
+//! and key check uses its own subkey (`subkey`).
 //! Invariant: associated data is built only in `aad`, nonces only in `envelope::nonce`.
 //! Invariant: a failed open is opaque (`CryptoError::Open`), whatever the cause.
 
@@ -10,9 +12,11 @@ pub mod envelope;
 pub mod kdf;
 pub mod keys;
 pub mod stream;
+pub mod subkey;
 
 pub use envelope::{Algorithm, Header, open, seal};
 pub use keys::{AuditKey, PurposeKey, RootKey, SubjectKey};
+pub use subkey::{EnvelopeKey, Subkey};
 
 /// Errors of the crypto layer. Deliberately uninformative about why an open failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,10 @@ pub enum CryptoError {
     /// The ciphertext is not in a format this version of kluis understands.
     #[error("unsupported ciphertext format")]
     Format,
+    /// The ciphertext is of a format version this kluis does not read (format 1 used keys
+    /// directly, without a subkey per use; it is refused rather than opened).
+    #[error("ciphertext format version {0} is not read by this kluis (it reads version 2)")]
+    Version(u8),
     /// Sealing failed (should not happen with valid keys).
     #[error("encryption failed")]
     Seal,
@@ -66,8 +74,11 @@ pub enum AadContext<'a> {
         /// The version.
         version: u32,
     },
-    /// The audit MAC key wrapped under the root key.
-    AuditKey,
+    /// The audit MAC key wrapped under the root key, bound to the store it was made for.
+    AuditKey {
+        /// The store id fixed at initialisation (16 bytes).
+        store_id: &'a [u8],
+    },
     /// An evidence file: its segments and its sealed file name.
     Evidence {
         /// The data subject.
@@ -123,7 +134,10 @@ pub fn aad(ctx: &AadContext<'_>) -> Vec<u8> {
             part(&mut out, purpose.as_bytes());
             part(&mut out, &version.to_be_bytes());
         }
-        AadContext::AuditKey => part(&mut out, b"kluis.v1.audit-key"),
+        AadContext::AuditKey { store_id } => {
+            part(&mut out, b"kluis.v2.audit-key");
+            part(&mut out, store_id);
+        }
         AadContext::Evidence {
             subject,
             record,

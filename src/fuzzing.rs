@@ -14,7 +14,7 @@
 
 use crate::{
     crypto::{
-        self, Algorithm, Header,
+        self, Algorithm, Header, SubjectKey,
         stream::{FileKey, SALT_LEN, SegmentHeader},
     },
     domain::{FieldName, RecordId, SubjectId, parse_category, parse_purpose, parse_role},
@@ -22,22 +22,24 @@ use crate::{
     vault::guard,
 };
 
-const KEY: [u8; 32] = [7; 32];
-
 /// The ciphertext envelope: the parsers never panic, garbage never opens, a genuine ciphertext
 /// of the input opens to it and one flipped bit does not.
 pub fn envelope(data: &[u8]) {
     let _ = Header::parse(data);
-    assert!(crypto::open(&KEY, b"aad", data).is_err());
-    let sealed = crypto::seal(&KEY, Algorithm::Aes256Gcm, 1, b"aad", data).unwrap();
+    let subject = SubjectKey::from_bytes(&[7; 32]);
+    let key = subject.fields();
+    assert!(crypto::open(&key, b"aad", data).is_err());
+    let sealed = crypto::seal(&key, Algorithm::Aes256Gcm, 1, b"aad", data).unwrap();
     assert_eq!(
-        crypto::open(&KEY, b"aad", &sealed).unwrap().as_slice(),
+        crypto::open(&key, b"aad", &sealed).unwrap().as_slice(),
         data
     );
     let mut bad = sealed.clone();
     let i = data.len() % bad.len();
     bad[i] ^= 1;
-    assert!(crypto::open(&KEY, b"aad", &bad).is_err());
+    assert!(crypto::open(&key, b"aad", &bad).is_err());
+    // Under the same key, another use does not open it.
+    assert!(crypto::open(&subject.evidence_names(), b"aad", &sealed).is_err());
 }
 
 /// Evidence segments: the header parser and the open never panic; garbage never opens; a
@@ -45,7 +47,14 @@ pub fn envelope(data: &[u8]) {
 pub fn segment(data: &[u8]) {
     let _ = SegmentHeader::parse(data);
     for alg in [Algorithm::Aes256Gcm, Algorithm::XChaCha20Poly1305] {
-        let key = FileKey::derive(&[3; 32], alg, 1, &[5; SALT_LEN], b"file").unwrap();
+        let key = FileKey::derive(
+            &SubjectKey::from_bytes(&[3; 32]),
+            alg,
+            1,
+            &[5; SALT_LEN],
+            b"file",
+        )
+        .unwrap();
         assert!(key.open_segment(0, true, data).is_err());
         let sealed = key.seal_segment(2, false, data).unwrap();
         assert_eq!(

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::{
+    audit::StoreId,
     crypto::{
         self, AadContext, Algorithm, AuditKey, CryptoError, PurposeKey, RootKey, SubjectKey,
         kdf::{self, KdfParams},
@@ -73,6 +74,16 @@ pub enum KeyError {
     /// The root-key metadata in the store is unreadable.
     #[error("root key metadata is corrupt")]
     CorruptMeta,
+    /// The store was written by a kluis whose keys and ciphertexts this one does not read.
+    #[error(
+        "this store has key format {found}; this kluis reads key format {KEY_FORMAT} only \
+         (format 1 used each key directly for more than one purpose and is not migrated): \
+         initialise a new store"
+    )]
+    UnsupportedFormat {
+        /// The format the store records (`1` when it records none).
+        found: String,
+    },
     /// A wrapped key failed to unwrap or a KDF failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -127,7 +138,10 @@ impl RootSecret {
             options.mode(0o600);
         }
         let mut file = options.open(path).map_err(|e| problem(e.to_string()))?;
-        let text = Zeroizing::new(format!("{}\n", hex::encode(key.expose_secret())));
+        let hexed = Zeroizing::new(hex::encode(key.expose_secret()));
+        let mut text = Zeroizing::new(String::with_capacity(hexed.len() + 1));
+        text.push_str(&hexed);
+        text.push('\n');
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| problem(e.to_string()))?;
@@ -157,12 +171,19 @@ enum RootMeta {
 const META_ROOT: &str = "root";
 const META_KEY_CHECK: &str = "root_key_check";
 const META_AUDIT_KEY: &str = "audit_key";
+const META_KEY_FORMAT: &str = "key_format";
+const META_STORE_ID: &str = "store_id";
+
+/// The key format of stores this kluis writes and reads: 2, a subkey per use of every key
+/// (`crypto::subkey`), envelopes and segments of format 2, a store id.
+pub const KEY_FORMAT: u32 = 2;
 
 /// The unsealed key hierarchy of a running vault.
 pub struct Keyring {
     store: Arc<dyn Store>,
     root: RwLock<RootKey>,
     root_algorithm: Algorithm,
+    store_id: StoreId,
     purpose_keys: RwLock<HashMap<(Purpose, u32), Arc<PurposeKey>>>,
     subject_keys: Mutex<SubjectKeyCache>,
 }
@@ -188,8 +209,9 @@ pub struct ActiveSubjectKey {
 }
 
 impl Keyring {
-    /// Initialises an empty store: root key metadata and key check value, version 1 of every
-    /// purpose key and the audit key, all in one transaction.
+    /// Initialises an empty store: its key format and a fresh random store id, root key
+    /// metadata and key check value, version 1 of every purpose key and the audit key (bound to
+    /// the store id), all in one transaction.
     pub fn initialize(
         store: &dyn Store,
         secret: &RootSecret,
@@ -213,18 +235,23 @@ impl Keyring {
                 destroyed_at: None,
             });
         }
+        let store_id = StoreId::generate();
         let audit_key = AuditKey::generate();
         let wrapped_audit = crypto::seal(
-            root.expose_secret(),
+            &root,
             algorithm,
             1,
-            &crypto::aad(&AadContext::AuditKey),
+            &crypto::aad(&AadContext::AuditKey {
+                store_id: store_id.as_bytes(),
+            }),
             audit_key.expose_secret(),
         )?;
         store.initialize(
             &[
+                (META_KEY_FORMAT, KEY_FORMAT.to_string().into_bytes()),
+                (META_STORE_ID, store_id.as_bytes().to_vec()),
                 (META_ROOT, meta_json),
-                (META_KEY_CHECK, kdf::key_check_value(&root).to_vec()),
+                (META_KEY_CHECK, kdf::key_check_value(&root)?.to_vec()),
                 (META_AUDIT_KEY, wrapped_audit),
             ],
             &purpose_rows,
@@ -237,37 +264,41 @@ impl Keyring {
         Ok(store.meta(META_ROOT)?.is_some())
     }
 
-    /// Unseals the key hierarchy of an initialised store: derives or reads the root key and
-    /// checks it against the key check value before anything else. `algorithm` is used for
-    /// what the root key wraps (purpose keys, the audit key) from now on.
+    /// Unseals the key hierarchy of an initialised store: checks its key format, derives or
+    /// reads the root key and checks it against the key check value before anything else.
+    /// `algorithm` is used for what the root key wraps (purpose keys, the audit key) from now on.
     pub fn unseal(
         store: Arc<dyn Store>,
         secret: &RootSecret,
         algorithm: Algorithm,
         cache_capacity: usize,
     ) -> Result<Self, KeyError> {
+        let store_id = check_format(store.as_ref())?;
         let root = check_root(store.as_ref(), secret)?;
         Ok(Self {
             store,
             root: RwLock::new(root),
             root_algorithm: algorithm,
+            store_id,
             purpose_keys: RwLock::new(HashMap::new()),
             subject_keys: Mutex::new(SubjectKeyCache::new(cache_capacity)),
         })
     }
 
-    /// The audit MAC key.
+    /// The id of the store, fixed at `initialize`.
+    pub fn store_id(&self) -> StoreId {
+        self.store_id
+    }
+
+    /// The audit MAC key. It unwraps only with the store id it was made for, so a changed
+    /// store id is refused here.
     pub fn audit_key(&self) -> Result<AuditKey, KeyError> {
         let wrapped = self
             .store
             .meta(META_AUDIT_KEY)?
             .ok_or(KeyError::CorruptMeta)?;
         let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
-        let bytes = crypto::open(
-            root.expose_secret(),
-            &crypto::aad(&AadContext::AuditKey),
-            &wrapped,
-        )?;
+        let bytes = crypto::open(&*root, &self.audit_key_aad(), &wrapped)?;
         AuditKey::from_slice(&bytes).ok_or(KeyError::Crypto(CryptoError::Open))
     }
 
@@ -358,7 +389,7 @@ impl Keyring {
             generation,
             purpose_version: version,
             wrapped: crypto::seal(
-                purpose_key.expose_secret(),
+                purpose_key.as_ref(),
                 algorithm,
                 version,
                 &aad,
@@ -437,10 +468,10 @@ impl Keyring {
                 purpose: purpose.as_str(),
                 generation: row.generation,
             });
-            let bytes = crypto::open(old_key.expose_secret(), &aad, &row.wrapped)?;
+            let bytes = crypto::open(old_key.as_ref(), &aad, &row.wrapped)?;
             new_rows.push(SubjectKeyRow {
                 purpose_version: active,
-                wrapped: crypto::seal(active_key.expose_secret(), algorithm, active, &aad, &bytes)?,
+                wrapped: crypto::seal(active_key.as_ref(), algorithm, active, &aad, &bytes)?,
                 ..row.clone()
             });
             from.push(row.purpose_version);
@@ -466,14 +497,9 @@ impl Keyring {
                     purpose: purpose.as_str(),
                     version: row.version,
                 });
-                let bytes = crypto::open(root.expose_secret(), &aad, &row.wrapped)?;
-                let wrapped = crypto::seal(
-                    new_root.expose_secret(),
-                    self.root_algorithm,
-                    row.version,
-                    &aad,
-                    &bytes,
-                )?;
+                let bytes = crypto::open(&*root, &aad, &row.wrapped)?;
+                let wrapped =
+                    crypto::seal(&new_root, self.root_algorithm, row.version, &aad, &bytes)?;
                 rows.push(PurposeKeyRow { wrapped, ..row });
             }
         }
@@ -481,25 +507,26 @@ impl Keyring {
             .store
             .meta(META_AUDIT_KEY)?
             .ok_or(KeyError::CorruptMeta)?;
-        let audit_aad = crypto::aad(&AadContext::AuditKey);
-        let audit_bytes = crypto::open(root.expose_secret(), &audit_aad, &wrapped_audit)?;
-        let rewrapped_audit = crypto::seal(
-            new_root.expose_secret(),
-            self.root_algorithm,
-            1,
-            &audit_aad,
-            &audit_bytes,
-        )?;
+        let audit_aad = self.audit_key_aad();
+        let audit_bytes = crypto::open(&*root, &audit_aad, &wrapped_audit)?;
+        let rewrapped_audit =
+            crypto::seal(&new_root, self.root_algorithm, 1, &audit_aad, &audit_bytes)?;
         self.store.rewrap_root(
             &rows,
             &[
                 (META_ROOT, meta_json),
-                (META_KEY_CHECK, kdf::key_check_value(&new_root).to_vec()),
+                (META_KEY_CHECK, kdf::key_check_value(&new_root)?.to_vec()),
                 (META_AUDIT_KEY, rewrapped_audit),
             ],
         )?;
         *root = new_root;
         Ok(())
+    }
+
+    fn audit_key_aad(&self) -> Vec<u8> {
+        crypto::aad(&AadContext::AuditKey {
+            store_id: self.store_id.as_bytes(),
+        })
     }
 
     fn cached(&self, subject: &SubjectId, purpose: Purpose) -> Option<(u32, Arc<SubjectKey>)> {
@@ -531,7 +558,7 @@ impl Keyring {
             purpose: purpose.as_str(),
             generation: row.generation,
         });
-        let bytes = crypto::open(purpose_key.expose_secret(), &aad, &row.wrapped)?;
+        let bytes = crypto::open(purpose_key.as_ref(), &aad, &row.wrapped)?;
         Ok(Arc::new(
             SubjectKey::from_slice(&bytes).ok_or(CryptoError::Open)?,
         ))
@@ -589,7 +616,7 @@ impl Keyring {
             version,
         });
         let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
-        let bytes = crypto::open(root.expose_secret(), &aad, &row.wrapped)?;
+        let bytes = crypto::open(&*root, &aad, &row.wrapped)?;
         let key = Arc::new(PurposeKey::from_slice(&bytes).ok_or(CryptoError::Open)?);
         if let Ok(mut map) = self.purpose_keys.write() {
             map.insert((purpose, version), Arc::clone(&key));
@@ -617,12 +644,31 @@ fn wrap_purpose_key(
         version,
     });
     Ok(crypto::seal(
-        root.expose_secret(),
+        root,
         algorithm,
         version,
         &aad,
         key.expose_secret(),
     )?)
+}
+
+/// Refuses a store of another key format (clearly, before any key is derived) and reads its
+/// store id.
+fn check_format(store: &dyn Store) -> Result<StoreId, KeyError> {
+    if store.meta(META_ROOT)?.is_none() {
+        return Err(StoreError::NotInitialized.into());
+    }
+    let format = store.meta(META_KEY_FORMAT)?;
+    if format.as_deref() != Some(KEY_FORMAT.to_string().as_bytes()) {
+        return Err(KeyError::UnsupportedFormat {
+            found: format.map_or_else(
+                || "1".into(),
+                |f| String::from_utf8_lossy(&f).chars().take(16).collect(),
+            ),
+        });
+    }
+    let id = store.meta(META_STORE_ID)?.ok_or(KeyError::CorruptMeta)?;
+    StoreId::from_slice(&id).ok_or(KeyError::CorruptMeta)
 }
 
 /// Derives a root key from a secret, with the metadata that lets it be derived again.
@@ -775,6 +821,127 @@ mod tests {
                 expected: "key file"
             })
         ));
+    }
+
+    #[test]
+    fn a_store_of_key_format_1_is_refused_clearly() {
+        let (dir, store) = store();
+        let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
+        Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
+        assert_eq!(store.meta(META_KEY_FORMAT).unwrap().unwrap(), b"2");
+        Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
+        // A store as format 1 left it: no format recorded.
+        let conn = rusqlite::Connection::open(dir.path().join("k.db")).unwrap();
+        conn.execute("DELETE FROM meta WHERE key = 'key_format'", [])
+            .unwrap();
+        let err =
+            Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap_err();
+        assert!(
+            matches!(&err, KeyError::UnsupportedFormat { found } if found == "1"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("initialise a new store"), "{err}");
+        store.set_meta(META_KEY_FORMAT, b"3").unwrap();
+        assert!(matches!(
+            Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0),
+            Err(KeyError::UnsupportedFormat { found }) if found == "3"
+        ));
+        // The twin: the format put back, the store unseals again.
+        store.set_meta(META_KEY_FORMAT, b"2").unwrap();
+        Keyring::unseal(store, &secret, Algorithm::Aes256Gcm, 0).unwrap();
+    }
+
+    #[test]
+    fn the_store_id_is_random_per_init_and_bound_to_the_audit_key() {
+        let (dir, store) = store();
+        let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
+        Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
+        let ring = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
+        let id = ring.store_id();
+        assert_eq!(store.meta(META_STORE_ID).unwrap().unwrap(), id.as_bytes());
+        ring.audit_key().unwrap();
+        // Another store initialised with the same root key gets another id.
+        let other = SqliteStore::open(&dir.path().join("other.db")).unwrap();
+        Keyring::initialize(&other, &secret, Algorithm::Aes256Gcm).unwrap();
+        assert_ne!(other.meta(META_STORE_ID).unwrap().unwrap(), id.as_bytes());
+        // A store id changed in the store: the audit key no longer unwraps.
+        store
+            .set_meta(META_STORE_ID, StoreId::generate().as_bytes())
+            .unwrap();
+        let changed =
+            Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
+        assert!(matches!(
+            changed.audit_key(),
+            Err(KeyError::Crypto(CryptoError::Open))
+        ));
+        // Put back, it does again (the twin).
+        store.set_meta(META_STORE_ID, id.as_bytes()).unwrap();
+        let back = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
+        back.audit_key().unwrap();
+        store.set_meta(META_STORE_ID, b"short").unwrap();
+        assert!(matches!(
+            Keyring::unseal(store, &secret, Algorithm::Aes256Gcm, 0),
+            Err(KeyError::CorruptMeta)
+        ));
+    }
+
+    #[test]
+    fn root_and_purpose_keys_wrap_under_subkeys_per_algorithm() {
+        let (dir, store) = store();
+        let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
+        Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
+        let RootSecret::KeyFile(root) = &secret else {
+            unreachable!()
+        };
+        let row = store.purpose_keys("nuisance").unwrap().remove(0);
+        let aad = crypto::aad(&AadContext::PurposeKey {
+            purpose: "nuisance",
+            version: 1,
+        });
+        // The twin: the root key opens its purpose key through its wrapping subkey …
+        let purpose_key = crypto::open(root, &aad, &row.wrapped).unwrap();
+        // … but the same bytes taken as a purpose key (another use) do not.
+        let as_purpose = PurposeKey::from_bytes(root.expose_secret());
+        assert!(matches!(
+            crypto::open(&as_purpose, &aad, &row.wrapped),
+            Err(CryptoError::Open)
+        ));
+        // A root key that wrapped with AES-256-GCM and, after a change of algorithm, with
+        // XChaCha20-Poly1305 uses two subkeys; neither is the root key or its check value.
+        use crypto::EnvelopeKey;
+        let aes = root.aead_subkey(Algorithm::Aes256Gcm).unwrap();
+        let xchacha = root.aead_subkey(Algorithm::XChaCha20Poly1305).unwrap();
+        assert_ne!(aes.expose_secret(), xchacha.expose_secret());
+        assert_ne!(aes.expose_secret(), root.expose_secret());
+        let kcv = store.meta(META_KEY_CHECK).unwrap().unwrap();
+        assert_ne!(kcv.as_slice(), aes.expose_secret());
+        assert_ne!(kcv.as_slice(), xchacha.expose_secret());
+        assert_eq!(purpose_key.len(), 32);
+    }
+
+    #[test]
+    fn stored_kdf_parameters_above_the_limits_are_refused_before_deriving() {
+        let (_dir, store) = store();
+        let pass = RootSecret::Passphrase(Zeroizing::new("een lange wachtzin".into()));
+        Keyring::initialize(store.as_ref(), &pass, Algorithm::Aes256Gcm).unwrap();
+        let meta = store.meta(META_ROOT).unwrap().unwrap();
+        // The twin: as stored, the passphrase unseals.
+        Keyring::unseal(Arc::clone(&store), &pass, Algorithm::Aes256Gcm, 0).unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+        json["params"]["m_cost"] = u32::MAX.into();
+        store
+            .set_meta(META_ROOT, &serde_json::to_vec(&json).unwrap())
+            .unwrap();
+        let err = Keyring::unseal(Arc::clone(&store), &pass, Algorithm::Aes256Gcm, 0).unwrap_err();
+        assert!(
+            matches!(err, KeyError::Crypto(CryptoError::Kdf(_))),
+            "{err:?}"
+        );
+        // Refused from the parameters (the error names the one), before Argon2id would try to
+        // fill 4 TiB.
+        assert!(err.to_string().contains("m_cost"), "{err}");
+        store.set_meta(META_ROOT, &meta).unwrap();
+        Keyring::unseal(store, &pass, Algorithm::Aes256Gcm, 0).unwrap();
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl Vault {
         retention: RetentionTable,
         limits: Limits,
     ) -> Result<Self, VaultError> {
-        let audit = Audit::open(Arc::clone(&store), keyring.audit_key()?)?;
+        let audit = Audit::open(Arc::clone(&store), keyring.audit_key()?, keyring.store_id())?;
         // Record which policy set decides from now on, and whether it changed since last time.
         let previous = store.meta(META_POLICY_DIGEST)?;
         let changed = previous
@@ -700,14 +700,7 @@ impl Vault {
                     None => return Ok(None),
                 },
             };
-            fields.push(open_field(
-                grant,
-                key.expose_secret(),
-                record,
-                purpose,
-                *category,
-                row,
-            )?);
+            fields.push(open_field(grant, &key, record, purpose, *category, row)?);
         }
         Ok(Some(fields))
     }
@@ -765,7 +758,7 @@ impl Vault {
                     kind,
                 );
                 let sealed = crypto::seal(
-                    active.key.expose_secret(),
+                    &active.key.fields(),
                     active.algorithm,
                     active.generation,
                     &aad,
@@ -822,7 +815,7 @@ impl Vault {
 /// Decrypts one field. Needs the grant for exactly this record and field.
 fn open_field(
     grant: &Grant,
-    key: &[u8; 32],
+    key: &crate::crypto::SubjectKey,
     record: &RecordRow,
     purpose: Purpose,
     category: Category,
@@ -840,14 +833,11 @@ fn open_field(
         purpose,
         &row.kind,
     );
-    let bytes = crypto::open(key, &aad, &row.sealed).map_err(|_| VaultError::DataLoss(place()))?;
+    let bytes = crypto::open(&key.fields(), &aad, &row.sealed)
+        .map_err(|_| VaultError::DataLoss(place()))?;
     let value = match row.kind.as_str() {
-        "text" => {
-            let text =
-                String::from_utf8(bytes.to_vec()).map_err(|_| VaultError::DataLoss(place()))?;
-            Value::Text(Zeroizing::new(text))
-        }
-        "binary" => Value::Binary(Zeroizing::new(bytes.to_vec())),
+        "text" => Value::Text(into_text(bytes).ok_or_else(|| VaultError::DataLoss(place()))?),
+        "binary" => Value::Binary(bytes),
         _ => return Err(VaultError::DataLoss(place())),
     };
     Ok(OpenField {
@@ -855,6 +845,18 @@ fn open_field(
         category,
         value,
     })
+}
+
+/// Turns opened bytes into text without a copy: the buffer moves into the string, or is wiped
+/// when it is not UTF-8 (`String::from_utf8`'s error would otherwise drop it unwiped).
+pub(crate) fn into_text(mut bytes: Zeroizing<Vec<u8>>) -> Option<Zeroizing<String>> {
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Some(Zeroizing::new(text)),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            None
+        }
+    }
 }
 
 fn field_aad(
@@ -1004,5 +1006,17 @@ fn deny_summary(resources: &[FieldResource], decisions: &[Decision]) -> String {
         "no fields".into()
     } else {
         denied.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opened_bytes_become_text_only_when_they_are_utf8() {
+        let text = into_text(Zeroizing::new(b"Kastanjelaan 12".to_vec())).unwrap();
+        assert_eq!(text.as_str(), "Kastanjelaan 12");
+        assert!(into_text(Zeroizing::new(vec![0x4b, 0xff, 0x31])).is_none());
     }
 }

@@ -119,7 +119,9 @@ pub fn crypto_floor(total: u64) -> (f64, f64, f64) {
         std::hint::black_box(tag);
     }
     let bare = mb_per_s(total, t.elapsed());
-    let file = FileKey::derive(&key, Algorithm::Aes256Gcm, 1, &new_salt(), b"bench").unwrap();
+    let subject_key = kluis::crypto::SubjectKey::from_bytes(&key);
+    let file =
+        FileKey::derive(&subject_key, Algorithm::Aes256Gcm, 1, &new_salt(), b"bench").unwrap();
     let plain = vec![0x5au8; SEGMENT_SIZE];
     let t = Instant::now();
     let mut sealed = Vec::new();

@@ -713,6 +713,7 @@ impl AdminRpc for AdminApi {
                     seq: head.seq,
                     hash: head.hash,
                     mac: head.mac,
+                    store_id: head.store_id,
                 }),
             })
         })
@@ -729,13 +730,34 @@ impl AdminRpc for AdminApi {
                 seq: h.seq,
                 hash: h.hash,
                 mac: h.mac,
+                store_id: h.store_id,
             });
-            if let Some(h) = &expect
-                && (h.hash.len() != 64 || !h.hash.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                return Err(
-                    InputError::new("expect_head.hash", "expected 64 hexadecimal digits").into(),
-                );
+            let hex_of =
+                |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+            if let Some(h) = &expect {
+                if !hex_of(&h.hash, 64) {
+                    return Err(InputError::new(
+                        "expect_head.hash",
+                        "expected 64 hexadecimal digits",
+                    )
+                    .into());
+                }
+                // An empty MAC or store id is refused by the verification itself (and recorded);
+                // anything else must have the right form.
+                if !h.mac.is_empty() && !hex_of(&h.mac, 64) {
+                    return Err(InputError::new(
+                        "expect_head.mac",
+                        "expected 64 hexadecimal digits",
+                    )
+                    .into());
+                }
+                if !h.store_id.is_empty() && !hex_of(&h.store_id, 32) {
+                    return Err(InputError::new(
+                        "expect_head.store_id",
+                        "expected 32 hexadecimal digits",
+                    )
+                    .into());
+                }
             }
             Ok(match vault.verify_audit(principal, expect.as_ref())? {
                 Verification::Intact { count, head } => pb::VerifyAuditResponse {

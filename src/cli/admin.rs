@@ -110,12 +110,12 @@ pub enum AdminCommand {
 /// Audit subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Print the trail's MAC'd head (sequence number and hash): store it outside kluis.
+    /// Print the trail's MAC'd head (`SEQ:HASH:MAC:STORE_ID`): store it outside kluis.
     Head,
     /// Verify the whole trail; exit code 4 when an entry is edited, missing, inserted or
     /// reordered, or the tail was cut off before `--expect-head`.
     Verify {
-        /// A head printed earlier by `audit head`: `SEQ:HASH` or `SEQ:HASH:MAC`.
+        /// A head printed earlier by `audit head`: `SEQ:HASH:MAC:STORE_ID`.
         #[arg(long)]
         expect_head: Option<String>,
     },
@@ -421,10 +421,10 @@ async fn audit(
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"seq": h.seq, "hash": h.hash, "mac": h.mac})
+                        serde_json::json!({"seq": h.seq, "hash": h.hash, "mac": h.mac, "store_id": h.store_id})
                     );
                 } else {
-                    println!("{}:{}:{}", h.seq, h.hash, h.mac);
+                    println!("{}:{}:{}:{}", h.seq, h.hash, h.mac, h.store_id);
                 }
                 Exit::Success
             }
@@ -540,7 +540,7 @@ async fn audit(
     }
 }
 
-/// Parses `SEQ:HASH` or `SEQ:HASH:MAC`.
+/// Streams an online backup from the server into a new file (0600), written as `.partial` first.
 async fn backup(
     client: &mut AdminClient<Channel>,
     token: &str,
@@ -624,15 +624,25 @@ async fn backup(
     Exit::Success
 }
 
+/// Parses `SEQ:HASH:MAC:STORE_ID`, as `audit head` prints it.
 fn parse_head(s: &str) -> Result<pb::AuditHead, String> {
     let mut parts = s.trim().split(':');
     let seq = parts.next().and_then(|p| p.parse().ok());
-    let hash = parts.next().map(str::to_owned);
-    let mac = parts.next().unwrap_or_default().to_owned();
-    match (seq, hash) {
-        (Some(seq), Some(hash)) if parts.next().is_none() => Ok(pb::AuditHead { seq, hash, mac }),
+    let (hash, mac, store_id) = (parts.next(), parts.next(), parts.next());
+    match (seq, hash, mac, store_id) {
+        (Some(seq), Some(hash), Some(mac), Some(store_id))
+            if parts.next().is_none() && !mac.is_empty() && !store_id.is_empty() =>
+        {
+            Ok(pb::AuditHead {
+                seq,
+                hash: hash.to_owned(),
+                mac: mac.to_owned(),
+                store_id: store_id.to_owned(),
+            })
+        }
         _ => Err(format!(
-            "--expect-head `{s}` is not SEQ:HASH or SEQ:HASH:MAC as printed by `audit head`"
+            "--expect-head `{s}` is not SEQ:HASH:MAC:STORE_ID as printed by `audit head` (a head \
+             is accepted as an anchor only with its MAC and store id)"
         )),
     }
 }
@@ -749,9 +759,17 @@ mod tests {
 
     #[test]
     fn heads_parse() {
-        let h = parse_head("12:abcd:ef").unwrap();
-        assert_eq!((h.seq, h.hash.as_str(), h.mac.as_str()), (12, "abcd", "ef"));
+        let h = parse_head("12:abcd:ef:0123").unwrap();
+        assert_eq!(
+            (h.seq, h.hash.as_str(), h.mac.as_str(), h.store_id.as_str()),
+            (12, "abcd", "ef", "0123")
+        );
         assert!(parse_head("abcd").is_err());
-        assert!(parse_head("1:2:3:4").is_err());
+        // Without its MAC or store id a head is no anchor.
+        assert!(parse_head("12:abcd").is_err());
+        assert!(parse_head("12:abcd:ef").is_err());
+        assert!(parse_head("12:abcd::0123").is_err());
+        assert!(parse_head("12:abcd:ef:").is_err());
+        assert!(parse_head("1:2:3:4:5").is_err());
     }
 }

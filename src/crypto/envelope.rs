@@ -1,8 +1,8 @@
-//! The self-describing ciphertext format (version 1):
+//! The self-describing ciphertext format (version 2):
 //!
 //! ```text
 //! offset  size  meaning
-//! 0       1     format version (1)
+//! 0       1     format version (2)
 //! 1       1     algorithm: 1 = AES-256-GCM, 2 = XChaCha20-Poly1305
 //! 2       4     key reference, big endian (the version or generation of the key that sealed it)
 //! 6       n     nonce: 12 bytes (AES-256-GCM) or 24 bytes (XChaCha20-Poly1305), random
@@ -10,8 +10,13 @@
 //! ```
 //!
 //! The 6 header bytes are part of the associated data, followed by the context's `aad`, so a
-//! changed algorithm byte or key reference fails to open like any other tampering. Old formats and
-//! algorithms stay readable when a newer one becomes the default (crypto agility).
+//! changed algorithm byte or key reference fails to open like any other tampering. Old algorithms
+//! stay readable when a newer one becomes the default (crypto agility).
+//!
+//! The AEAD key is never the caller's key itself but its subkey for the one use and the header's
+//! algorithm (`EnvelopeKey`, `subkey`). Format 1 sealed with the key directly, so one key could
+//! serve two AEADs; it is refused (`CryptoError::Version`), not opened: there are no stores of
+//! format 1 to read, and opening one would keep the key reuse it was retired for.
 
 use aes_gcm::{
     Aes256Gcm,
@@ -21,10 +26,10 @@ use chacha20poly1305::XChaCha20Poly1305;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::CryptoError;
+use super::{CryptoError, EnvelopeKey};
 
-/// The current format version.
-pub const FORMAT_V1: u8 = 1;
+/// The format version kluis writes and reads (also that of evidence segments).
+pub const FORMAT: u8 = 2;
 const HEADER_LEN: usize = 6;
 const TAG_LEN: usize = 16;
 
@@ -94,8 +99,8 @@ impl Header {
         let header = sealed.get(..HEADER_LEN).ok_or(CryptoError::Format)?;
         let [version, alg, k0, k1, k2, k3] =
             <[u8; HEADER_LEN]>::try_from(header).map_err(|_| CryptoError::Format)?;
-        if version != FORMAT_V1 {
-            return Err(CryptoError::Format);
+        if version != FORMAT {
+            return Err(CryptoError::Version(version));
         }
         let algorithm = Algorithm::from_id(alg).ok_or(CryptoError::Format)?;
         Ok(Self {
@@ -105,19 +110,21 @@ impl Header {
     }
 }
 
-/// Seals `plaintext` under `key` with `algorithm`, recording `key_ref` in the header and binding
-/// `aad` (built by `crypto::aad`).
-pub fn seal(
-    key: &[u8; 32],
+/// Seals `plaintext` under `key`'s subkey for `algorithm`, recording `key_ref` in the header and
+/// binding `aad` (built by `crypto::aad`).
+pub fn seal<K: EnvelopeKey + ?Sized>(
+    key: &K,
     algorithm: Algorithm,
     key_ref: u32,
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let mut out = Vec::with_capacity(HEADER_LEN + 24 + plaintext.len() + TAG_LEN);
-    out.push(FORMAT_V1);
+    out.push(FORMAT);
     out.push(algorithm.id());
     out.extend_from_slice(&key_ref.to_be_bytes());
+    let subkey = key.aead_subkey(algorithm)?;
+    let key = subkey.expose_secret();
     let nonce = nonce(algorithm);
     let full_aad = [out.as_slice(), aad].concat();
     let payload = Payload {
@@ -137,9 +144,14 @@ pub fn seal(
     Ok(out)
 }
 
-/// Opens `sealed` under `key` with the associated data `aad`. Any failure is `CryptoError::Open`
-/// or, for an unknown format, `CryptoError::Format`.
-pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+/// Opens `sealed` under `key`'s subkey for the header's algorithm, with the associated data
+/// `aad`. Any failure is `CryptoError::Open` or, for an unknown format, `CryptoError::Format` or
+/// `CryptoError::Version`.
+pub fn open<K: EnvelopeKey + ?Sized>(
+    key: &K,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let header = Header::parse(sealed)?;
     let nonce_end = HEADER_LEN + header.algorithm.nonce_len();
     let nonce = sealed.get(HEADER_LEN..nonce_end).ok_or(CryptoError::Open)?;
@@ -153,6 +165,8 @@ pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u
         msg: ciphertext,
         aad: &full_aad,
     };
+    let subkey = key.aead_subkey(header.algorithm)?;
+    let key = subkey.expose_secret();
     let plaintext = match header.algorithm {
         Algorithm::Aes256Gcm => {
             Aes256Gcm::new(key.into()).decrypt(aes_gcm::Nonce::from_slice(nonce), payload)
@@ -174,17 +188,48 @@ fn nonce(algorithm: Algorithm) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::{PurposeKey, RootKey, SubjectKey, subkey::KeyUse};
 
-    const KEY: [u8; 32] = [7; 32];
+    const BYTES: [u8; 32] = [7; 32];
+
+    fn key() -> SubjectKey {
+        SubjectKey::from_bytes(&BYTES)
+    }
 
     fn both() -> [Algorithm; 2] {
         [Algorithm::Aes256Gcm, Algorithm::XChaCha20Poly1305]
     }
 
+    /// The nonce and the ciphertext with its tag, and the associated data the envelope used.
+    fn parts<'a>(alg: Algorithm, sealed: &'a [u8], aad: &[u8]) -> (&'a [u8], &'a [u8], Vec<u8>) {
+        let (head, rest) = sealed.split_at(HEADER_LEN);
+        let (nonce, body) = rest.split_at(alg.nonce_len());
+        (nonce, body, [head, aad].concat())
+    }
+
+    /// Opens the AEAD of an envelope directly under `raw`, bypassing the subkey derivation.
+    fn open_raw(alg: Algorithm, raw: &[u8; 32], sealed: &[u8], aad: &[u8]) -> bool {
+        let (nonce, body, full_aad) = parts(alg, sealed, aad);
+        let payload = Payload {
+            msg: body,
+            aad: &full_aad,
+        };
+        match alg {
+            Algorithm::Aes256Gcm => Aes256Gcm::new(raw.into())
+                .decrypt(aes_gcm::Nonce::from_slice(nonce), payload)
+                .is_ok(),
+            Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(raw.into())
+                .decrypt(chacha20poly1305::XNonce::from_slice(nonce), payload)
+                .is_ok(),
+        }
+    }
+
     #[test]
     fn seal_open_round_trip() {
+        let k = key();
         for alg in both() {
-            let sealed = seal(&KEY, alg, 3, b"ctx", b"Kastanjelaan 12").unwrap();
+            let sealed = seal(&k.fields(), alg, 3, b"ctx", b"Kastanjelaan 12").unwrap();
+            assert_eq!(sealed[0], FORMAT);
             assert_eq!(
                 Header::parse(&sealed).unwrap(),
                 Header {
@@ -193,7 +238,7 @@ mod tests {
                 }
             );
             assert_eq!(
-                open(&KEY, b"ctx", &sealed).unwrap().as_slice(),
+                open(&k.fields(), b"ctx", &sealed).unwrap().as_slice(),
                 b"Kastanjelaan 12"
             );
         }
@@ -201,31 +246,36 @@ mod tests {
 
     #[test]
     fn open_rejects_every_flipped_byte() {
+        let k = key();
         for alg in both() {
-            let sealed = seal(&KEY, alg, 3, b"ctx", b"Kastanjelaan 12").unwrap();
+            let sealed = seal(&k.fields(), alg, 3, b"ctx", b"Kastanjelaan 12").unwrap();
             for i in 0..sealed.len() {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x01;
-                assert!(open(&KEY, b"ctx", &bad).is_err(), "byte {i} of {alg:?}");
+                assert!(
+                    open(&k.fields(), b"ctx", &bad).is_err(),
+                    "byte {i} of {alg:?}"
+                );
             }
         }
     }
 
     #[test]
     fn open_rejects_other_aad_key_or_truncation() {
+        let k = key();
         for alg in both() {
-            let sealed = seal(&KEY, alg, 1, b"ctx", b"x").unwrap();
+            let sealed = seal(&k.fields(), alg, 1, b"ctx", b"x").unwrap();
             assert!(matches!(
-                open(&KEY, b"other", &sealed),
+                open(&k.fields(), b"other", &sealed),
                 Err(CryptoError::Open)
             ));
             assert!(matches!(
-                open(&[8; 32], b"ctx", &sealed),
+                open(&SubjectKey::from_bytes(&[8; 32]).fields(), b"ctx", &sealed),
                 Err(CryptoError::Open)
             ));
             for len in 0..sealed.len() {
                 assert!(
-                    open(&KEY, b"ctx", &sealed[..len]).is_err(),
+                    open(&k.fields(), b"ctx", &sealed[..len]).is_err(),
                     "truncated to {len}"
                 );
             }
@@ -233,25 +283,114 @@ mod tests {
     }
 
     #[test]
+    fn each_algorithm_seals_under_its_own_subkey_never_the_key_itself() {
+        let k = key();
+        for alg in both() {
+            let sealed = seal(&k.fields(), alg, 1, b"ctx", b"06-12345678").unwrap();
+            // The AEAD key is the field subkey of this algorithm …
+            let own = k.fields().aead_subkey(alg).unwrap();
+            assert_eq!(own.usage(), KeyUse::SubjectField(alg));
+            assert!(open_raw(alg, own.expose_secret(), &sealed, b"ctx"));
+            // … not the subject key, and not the subkey of the other algorithm: a key that seals
+            // under both AEADs after a migration hands each its own bytes.
+            assert!(!open_raw(alg, &BYTES, &sealed, b"ctx"));
+            for other in both().into_iter().filter(|&o| o != alg) {
+                let theirs = k.fields().aead_subkey(other).unwrap();
+                assert_ne!(own.expose_secret(), theirs.expose_secret());
+                assert!(!open_raw(alg, theirs.expose_secret(), &sealed, b"ctx"));
+            }
+        }
+    }
+
+    #[test]
+    fn one_key_in_two_uses_does_not_open_the_other_uses_ciphertexts() {
+        for alg in both() {
+            // A subject key's field ciphertext is not an evidence file name under the same key,
+            // even with the same associated data, and the other way round.
+            let k = key();
+            let field = seal(&k.fields(), alg, 1, b"ctx", b"x").unwrap();
+            let name = seal(&k.evidence_names(), alg, 1, b"ctx", b"x").unwrap();
+            assert!(open(&k.fields(), b"ctx", &field).is_ok());
+            assert!(open(&k.evidence_names(), b"ctx", &name).is_ok());
+            assert!(matches!(
+                open(&k.evidence_names(), b"ctx", &field),
+                Err(CryptoError::Open)
+            ));
+            assert!(matches!(
+                open(&k.fields(), b"ctx", &name),
+                Err(CryptoError::Open)
+            ));
+            // The same bytes as a root key and as a purpose key wrap under different subkeys.
+            let root = RootKey::from_bytes(&BYTES);
+            let purpose = PurposeKey::from_bytes(&BYTES);
+            let wrapped = seal(&root, alg, 1, b"ctx", b"key").unwrap();
+            assert!(open(&root, b"ctx", &wrapped).is_ok());
+            assert!(matches!(
+                open(&purpose, b"ctx", &wrapped),
+                Err(CryptoError::Open)
+            ));
+            assert!(matches!(
+                open(&k.fields(), b"ctx", &wrapped),
+                Err(CryptoError::Open)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_format_1_envelope_is_refused_by_its_version_not_opened() {
+        // A genuine format-1 ciphertext: sealed with the key itself, header version 1.
+        let k = key();
+        for alg in both() {
+            let mut v1 = vec![1u8, alg.id(), 0, 0, 0, 1];
+            let nonce = nonce(alg);
+            let full_aad = [v1.as_slice(), b"ctx"].concat();
+            let payload = Payload {
+                msg: b"Kastanjelaan 12".as_slice(),
+                aad: &full_aad,
+            };
+            let body = match alg {
+                Algorithm::Aes256Gcm => Aes256Gcm::new((&BYTES).into())
+                    .encrypt(aes_gcm::Nonce::from_slice(&nonce), payload),
+                Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new((&BYTES).into())
+                    .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
+            }
+            .unwrap();
+            v1.extend_from_slice(&nonce);
+            v1.extend_from_slice(&body);
+            assert!(open_raw(alg, &BYTES, &v1, b"ctx"), "a well-formed format 1");
+            assert!(matches!(Header::parse(&v1), Err(CryptoError::Version(1))));
+            assert!(matches!(
+                open(&k.fields(), b"ctx", &v1),
+                Err(CryptoError::Version(1))
+            ));
+            // The twin: the current format of the same value opens.
+            let v2 = seal(&k.fields(), alg, 1, b"ctx", b"Kastanjelaan 12").unwrap();
+            assert!(open(&k.fields(), b"ctx", &v2).is_ok());
+        }
+    }
+
+    #[test]
     fn nonces_are_fresh() {
-        let a = seal(&KEY, Algorithm::Aes256Gcm, 1, b"", b"same").unwrap();
-        let b = seal(&KEY, Algorithm::Aes256Gcm, 1, b"", b"same").unwrap();
+        let k = key();
+        let a = seal(&k.fields(), Algorithm::Aes256Gcm, 1, b"", b"same").unwrap();
+        let b = seal(&k.fields(), Algorithm::Aes256Gcm, 1, b"", b"same").unwrap();
         assert_ne!(a, b);
     }
 
     proptest::proptest! {
         #[test]
         fn round_trip_any_plaintext(pt in proptest::collection::vec(proptest::num::u8::ANY, 0..2048), aad in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let k = key();
             for alg in both() {
-                let sealed = seal(&KEY, alg, 9, &aad, &pt).unwrap();
-                let opened = open(&KEY, &aad, &sealed).unwrap();
+                let sealed = seal(&k.fields(), alg, 9, &aad, &pt).unwrap();
+                let opened = open(&k.fields(), &aad, &sealed).unwrap();
                 proptest::prop_assert_eq!(opened.as_slice(), pt.as_slice());
             }
         }
 
         #[test]
         fn open_never_panics_on_garbage(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..128)) {
-            let _ = open(&KEY, b"", &bytes);
+            let _ = open(&key().fields(), b"", &bytes);
         }
     }
 }

@@ -7,13 +7,16 @@
 //!
 //! ```text
 //! file key ‖ nonce prefix = HKDF-SHA256(ikm = subject key, salt = 32 random bytes,
-//!                                       info = the file's associated data)
+//!                                       info = "kluis.v2.subject.evidence-stream" ‖ format ‖
+//!                                              algorithm ‖ the file's associated data)
 //! nonce of segment i     = nonce prefix ‖ i (4 bytes, big endian) ‖ last (1 byte: 1 or 0)
 //! ```
 //!
 //! The prefix is 7 bytes for AES-256-GCM (12-byte nonce) and 19 for XChaCha20-Poly1305. Each
-//! sealed segment starts with a 6-byte header (format version 1, algorithm, key reference: the
-//! subject key generation), which is also its associated data. Because the position and the last
+//! sealed segment starts with a 6-byte header (format version 2, algorithm, key reference: the
+//! subject key generation), which is also its associated data. The label is the subject key's
+//! own one for this use (`subkey::KeyUse::SubjectEvidenceStream`), apart from those of its field
+//! and file-name subkeys; format 1 segments are refused like format 1 envelopes. Because the position and the last
 //! flag are in the nonce and the file's identity is in the key, a segment that is reordered,
 //! dropped, duplicated, cut off at the end or moved to another file fails to open.
 
@@ -27,7 +30,7 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{Algorithm, CryptoError};
+use super::{Algorithm, CryptoError, SubjectKey, envelope::FORMAT, subkey::KeyUse};
 
 /// Plaintext bytes per segment (64 KiB).
 pub const SEGMENT_SIZE: usize = 64 * 1024;
@@ -35,7 +38,6 @@ pub const SEGMENT_SIZE: usize = 64 * 1024;
 pub const SALT_LEN: usize = 32;
 const HEADER_LEN: usize = 6;
 const TAG_LEN: usize = 16;
-const FORMAT_V1: u8 = 1;
 const MAX_PREFIX: usize = 19;
 
 /// The number of segments a file of `size` plaintext bytes has (at least one).
@@ -106,7 +108,7 @@ impl FileKey {
     /// Derives the key of the file with `salt` and associated data `aad` (built by
     /// `crypto::aad`) from `subject_key` of generation `key_ref`.
     pub fn derive(
-        subject_key: &[u8; 32],
+        subject_key: &SubjectKey,
         algorithm: Algorithm,
         key_ref: u32,
         salt: &[u8],
@@ -115,12 +117,12 @@ impl FileKey {
         if salt.len() != SALT_LEN {
             return Err(CryptoError::Format);
         }
-        let hk = Hkdf::<Sha256>::new(Some(salt), subject_key);
+        let hk = Hkdf::<Sha256>::new(Some(salt), subject_key.expose_secret());
         let mut okm = Zeroizing::new([0u8; 32 + MAX_PREFIX]);
         // The format and the algorithm are bound too: one derived key never serves two AEADs.
         let info = [
-            b"kluis.v1.evidence-stream".as_slice(),
-            &[FORMAT_V1, algorithm.id()],
+            KeyUse::SubjectEvidenceStream.label(),
+            &[FORMAT, algorithm.id()],
             aad,
         ]
         .concat();
@@ -152,7 +154,7 @@ impl FileKey {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
-        out.push(FORMAT_V1);
+        out.push(FORMAT);
         out.push(self.algorithm.id());
         out.extend_from_slice(&self.key_ref.to_be_bytes());
         let nonce = self.nonce(index, last);
@@ -230,10 +232,12 @@ impl FileKey {
 mod tests {
     use super::*;
 
-    const KEY: [u8; 32] = [9; 32];
+    fn subject_key() -> SubjectKey {
+        SubjectKey::from_bytes(&[9; 32])
+    }
 
     fn key(alg: Algorithm, salt: &[u8], aad: &[u8]) -> FileKey {
-        FileKey::derive(&KEY, alg, 1, salt, aad).unwrap()
+        FileKey::derive(&subject_key(), alg, 1, salt, aad).unwrap()
     }
 
     fn both() -> [Algorithm; 2] {
@@ -274,7 +278,9 @@ mod tests {
                     .open_segment(0, true, &sealed)
                     .is_err()
             );
-            let other = FileKey::derive(&[1; 32], alg, 1, &salt, b"file-a").unwrap();
+            let other =
+                FileKey::derive(&SubjectKey::from_bytes(&[1; 32]), alg, 1, &salt, b"file-a")
+                    .unwrap();
             assert!(other.open_segment(0, true, &sealed).is_err());
         }
     }
@@ -296,6 +302,58 @@ mod tests {
     }
 
     #[test]
+    fn file_keys_are_apart_from_the_subject_keys_other_subkeys() {
+        use crate::crypto::{EnvelopeKey, subkey::KeyUse};
+        let subject = subject_key();
+        for alg in both() {
+            // Even with the zero salt HKDF uses when none is given (the salt is in the store and
+            // could be set to anything), a file key is none of the subject key's other subkeys.
+            let file = FileKey::derive(&subject, alg, 1, &[0; SALT_LEN], b"").unwrap();
+            for other in both() {
+                for sub in [
+                    subject.fields().aead_subkey(other).unwrap(),
+                    subject.evidence_names().aead_subkey(other).unwrap(),
+                ] {
+                    assert_ne!(
+                        file.key.as_slice(),
+                        sub.expose_secret(),
+                        "{:?}",
+                        sub.usage()
+                    );
+                }
+            }
+            assert_ne!(file.key.as_slice(), subject.expose_secret());
+            // The twin: derived again alike, it is the same key (the comparison can tell).
+            let again = FileKey::derive(&subject, alg, 1, &[0; SALT_LEN], b"").unwrap();
+            assert_eq!(file.key.as_slice(), again.key.as_slice());
+            assert_eq!(
+                KeyUse::SubjectEvidenceStream.label(),
+                b"kluis.v2.subject.evidence-stream"
+            );
+        }
+    }
+
+    #[test]
+    fn a_format_1_segment_is_refused() {
+        for alg in both() {
+            let k = key(alg, &[3; SALT_LEN], b"f");
+            let sealed = k.seal_segment(0, true, b"x").unwrap();
+            assert!(k.open_segment(0, true, &sealed).is_ok());
+            assert!(matches!(
+                SegmentHeader::parse(&sealed),
+                Ok(SegmentHeader { key_ref: 1, .. })
+            ));
+            let mut v1 = sealed.clone();
+            v1[0] = 1;
+            assert!(matches!(
+                SegmentHeader::parse(&v1),
+                Err(CryptoError::Version(1))
+            ));
+            assert!(k.open_segment(0, true, &v1).is_err());
+        }
+    }
+
+    #[test]
     fn segment_arithmetic() {
         let seg = SEGMENT_SIZE as u64;
         assert_eq!(segment_count(0), 1);
@@ -310,7 +368,7 @@ mod tests {
 
     #[test]
     fn wrong_salt_length_is_refused() {
-        assert!(FileKey::derive(&KEY, Algorithm::Aes256Gcm, 1, &[0; 8], b"").is_err());
+        assert!(FileKey::derive(&subject_key(), Algorithm::Aes256Gcm, 1, &[0; 8], b"").is_err());
     }
 
     proptest::proptest! {

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::{Vault, VaultError, guard, parse_stored, record_meta};
 use crate::{
     crypto::{
-        self, AadContext, Algorithm,
+        self, AadContext, Algorithm, SubjectKey,
         stream::{self, FileKey, SEGMENT_SIZE},
     },
     domain::{
@@ -219,7 +219,7 @@ impl Vault {
             ctx.purpose,
         );
         let key = FileKey::derive(
-            active.key.expose_secret(),
+            &active.key,
             active.algorithm,
             active.generation,
             &salt,
@@ -227,7 +227,7 @@ impl Vault {
         )
         .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
         let file_name = crypto::seal(
-            active.key.expose_secret(),
+            &active.key.evidence_names(),
             active.algorithm,
             active.generation,
             &aad,
@@ -448,8 +448,13 @@ impl Upload {
             .into());
         }
         if let Some(carry) = &mut self.guard_carry {
-            carry.extend_from_slice(data);
-            let text = String::from_utf8_lossy(carry);
+            // A new buffer of the right size rather than growing the old one: a reallocation
+            // would leave the old bytes behind unwiped. The lossy text is an owned, wiped copy.
+            let mut joined = Zeroizing::new(Vec::with_capacity(carry.len() + data.len()));
+            joined.extend_from_slice(carry);
+            joined.extend_from_slice(data);
+            *carry = joined;
+            let text = Zeroizing::new(String::from_utf8_lossy(carry).into_owned());
             guard::check_text("data", &text)?;
             let keep = carry.len().saturating_sub(GUARD_CARRY);
             carry.drain(..keep);
@@ -690,7 +695,7 @@ impl Download {
                 return Ok(None);
             };
             let key = FileKey::derive(
-                subject_key.expose_secret(),
+                &subject_key,
                 algorithm,
                 generation,
                 &self.evidence.salt,
@@ -732,10 +737,8 @@ pub(crate) fn open_file_name(
         .subject_key_at(subject, purpose, header.key_ref)?
         .ok_or_else(damaged)?;
     let bytes =
-        crypto::open(key.expose_secret(), aad, &evidence.file_name).map_err(|_| damaged())?;
-    String::from_utf8(bytes.to_vec())
-        .map(Zeroizing::new)
-        .map_err(|_| damaged())
+        crypto::open(&key.evidence_names(), aad, &evidence.file_name).map_err(|_| damaged())?;
+    super::into_text(bytes).ok_or_else(damaged)
 }
 
 /// The associated data of an evidence file (its key derivation and its sealed file name).
@@ -764,8 +767,8 @@ pub(crate) fn reseal_segment(
     purpose: Purpose,
     evidence: &EvidenceRow,
     segment: &SegmentRow,
-    old: &[u8; 32],
-    new: (&[u8; 32], Algorithm, u32),
+    old: &SubjectKey,
+    new: (&SubjectKey, Algorithm, u32),
 ) -> Result<Vec<u8>, VaultError> {
     let damaged = || {
         VaultError::DataLoss(format!(
@@ -804,8 +807,8 @@ pub(crate) fn reseal_file_name(
     subject: &str,
     purpose: Purpose,
     evidence: &EvidenceRow,
-    old: &[u8; 32],
-    new: (&[u8; 32], Algorithm, u32),
+    old: &SubjectKey,
+    new: (&SubjectKey, Algorithm, u32),
 ) -> Result<Vec<u8>, VaultError> {
     let damaged = || VaultError::DataLoss(format!("the file name of evidence `{}`", evidence.id));
     let subject = SubjectId::parse("subject", subject).map_err(|_| damaged())?;
@@ -818,9 +821,10 @@ pub(crate) fn reseal_file_name(
         category,
         purpose,
     );
-    let plain = crypto::open(old, &aad, &evidence.file_name).map_err(|_| damaged())?;
+    let plain =
+        crypto::open(&old.evidence_names(), &aad, &evidence.file_name).map_err(|_| damaged())?;
     let (key, algorithm, generation) = new;
-    crypto::seal(key, algorithm, generation, &aad, &plain)
+    crypto::seal(&key.evidence_names(), algorithm, generation, &aad, &plain)
         .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
 }
 

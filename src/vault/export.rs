@@ -115,8 +115,7 @@ impl Vault {
                     .ok_or_else(|| {
                         VaultError::DataLoss(format!("the subject key of record `{}`", rec.id))
                     })?;
-                let open =
-                    open_field(grant, key.expose_secret(), rec, meta.purpose, category, row)?;
+                let open = open_field(grant, &key, rec, meta.purpose, category, row)?;
                 let value = match &open.value {
                     super::Value::Text(t) => {
                         json!({"name": open.name, "category": category.as_str(), "text": t.as_str()})

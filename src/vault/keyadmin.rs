@@ -352,14 +352,13 @@ impl Vault {
                         purpose,
                         &field.kind,
                     );
-                    let plain =
-                        crypto::open(old.expose_secret(), &aad, &field.sealed).map_err(|_| {
-                            VaultError::DataLoss(format!(
-                                "field `{}` of record `{record_id}`",
-                                field.name
-                            ))
-                        })?;
-                    crypto::seal(new_key.expose_secret(), algorithm, generation, &aad, &plain)
+                    let plain = crypto::open(&old.fields(), &aad, &field.sealed).map_err(|_| {
+                        VaultError::DataLoss(format!(
+                            "field `{}` of record `{record_id}`",
+                            field.name
+                        ))
+                    })?;
+                    crypto::seal(&new_key.fields(), algorithm, generation, &aad, &plain)
                         .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
                 }
                 ResealItem::FileName { evidence } => {
@@ -376,8 +375,8 @@ impl Vault {
                         subject,
                         purpose,
                         evidence,
-                        old.expose_secret(),
-                        (new_key.expose_secret(), algorithm, generation),
+                        &old,
+                        (&new_key, algorithm, generation),
                     )
                 }
                 ResealItem::Segment { evidence, segment } => {
@@ -387,8 +386,8 @@ impl Vault {
                         purpose,
                         evidence,
                         segment,
-                        old.expose_secret(),
-                        (new_key.expose_secret(), algorithm, generation),
+                        &old,
+                        (&new_key, algorithm, generation),
                     )
                 }
             })();

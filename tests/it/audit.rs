@@ -273,6 +273,65 @@ async fn verify_with_expected_head_detects_a_truncated_tail() {
 }
 
 #[tokio::test]
+async fn a_head_anchors_only_the_store_it_came_from_and_only_with_its_mac() {
+    let a = TestServer::start().await;
+    let b = TestServer::start().await;
+    some_traffic(&a).await;
+    some_traffic(&b).await;
+    let head_a = head(&a).await;
+    let head_b = head(&b).await;
+    assert_eq!(head_a.store_id.len(), 32, "{head_a:?}");
+    assert_ne!(head_a.store_id, head_b.store_id);
+    // Each store's own head anchors its own trail …
+    assert!(verify(&a, Some(head_a.clone())).await.intact);
+    assert!(verify(&b, Some(head_b.clone())).await.intact);
+    // … not the other store's, by its store id nor renamed to the other store.
+    let r = verify(&b, Some(head_a.clone())).await;
+    assert!(!r.intact);
+    assert!(r.problem.contains("not of this store"), "{}", r.problem);
+    let renamed = pb::AuditHead {
+        store_id: head_b.store_id.clone(),
+        ..head_a.clone()
+    };
+    let r = verify(&b, Some(renamed)).await;
+    assert!(!r.intact);
+    assert!(
+        r.problem.contains("MAC is not this store's"),
+        "{}",
+        r.problem
+    );
+    // A head stripped of its MAC is no anchor, not even on its own store.
+    let stripped = pb::AuditHead {
+        mac: String::new(),
+        ..head_a.clone()
+    };
+    let r = verify(&a, Some(stripped)).await;
+    assert!(!r.intact);
+    assert!(r.problem.contains("no MAC"), "{}", r.problem);
+    // The refusal is on the trail like every verification.
+    let entries = audit_entries(&a);
+    assert!(entries.iter().any(|e| e["action"] == "audit-verify"
+        && e["reason"].as_str().is_some_and(|r| r.contains("no MAC"))));
+    // A malformed store id is an invalid argument, not a verification.
+    let mut admin = a.admin().await;
+    let status = admin
+        .verify_audit(req(
+            a.token(Role::SecurityOfficer),
+            pb::VerifyAuditRequest {
+                expect_head: Some(pb::AuditHead {
+                    store_id: "not-hex".into(),
+                    ..head_a
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn reads_fail_closed_when_the_trail_cannot_be_written() {
     let server = TestServer::start().await;
     let id = put(
@@ -453,7 +512,7 @@ async fn admin_audit_commands_work_against_a_running_server() {
     let out = run(&["audit", "head"]);
     assert!(out.status.success());
     let head = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert_eq!(head.split(':').count(), 3, "{head}");
+    assert_eq!(head.split(':').count(), 4, "{head}");
     let out = run(&["audit", "verify", "--expect-head", &head]);
     assert!(
         out.status.success(),

@@ -360,7 +360,7 @@ pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootComm
     let secret = match (new_key_file, new_passphrase_file) {
         (Some(path), _) if path.exists() => RootSecret::read_key_file(path),
         (Some(path), _) => RootSecret::create_key_file(path),
-        (None, Some(path)) => match std::fs::read_to_string(path) {
+        (None, Some(path)) => match std::fs::read_to_string(path).map(Zeroizing::new) {
             Ok(text) => Ok(RootSecret::Passphrase(Zeroizing::new(
                 text.trim_end_matches(['\n', '\r']).to_owned(),
             ))),
