@@ -1051,6 +1051,7 @@ mod tests {
             "op 12-03-2024 111222333",
             "12-03-2024 1112 22 333",
             // Eight digits, the leading zero left off
+            "12 03 2024 1",
             "12345672",
             "nummer 12345672.",
             "bsn: 1234 5672",
