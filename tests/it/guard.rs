@@ -667,3 +667,190 @@ async fn idle_and_trickling_connections_and_an_unauthenticated_flood_do_not_hold
     drop(idle);
     server.stop().await;
 }
+
+/// A BSN or MRZ written in any of the spellings the guard sees through is refused in field
+/// values, binary values (UTF-16), labels, case references and subject ids: INVALID_ARGUMENT
+/// naming the field, the value not repeated, nothing stored. Ordinary numbers pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bsn_or_mrz_in_any_spelling_is_refused_wherever_it_is_kept_in_clear() {
+    let server = TestServer::start().await;
+    let s = "REL-0810";
+    let full_width = "\u{FF11}\u{FF11}\u{FF11}\u{FF12}\u{FF12}\u{FF12}\u{FF13}\u{FF13}\u{FF13}";
+    let arabic = "\u{0661}\u{0661}\u{0661}\u{0662}\u{0662}\u{0662}\u{0663}\u{0663}\u{0663}";
+    let mrz_one_line = "p<nlddE<bruijn<<willeke<liselotte<<<<<<<<<<<\
+                        speci20142nld6503101f2403096999999990<<<<<84";
+    let spellings = [
+        full_width,
+        arabic,
+        "111\u{2009}222\u{2009}333",
+        "111\u{202F}222\u{00A0}333",
+        "111\u{200B}222\u{FEFF}333",
+        "111 - 222 - 333",
+        "111\u{2212}222\u{2013}333",
+        "111/222_333",
+        "BSN111222333",
+        "bsn-nummer: 1112.22.333",
+        "NL111222333B01",
+        "12345672",
+        mrz_one_line,
+        "I<NLDSPECI20212999999990<<<<<<6503101F2403096NLD<<<<<<<<<<<8",
+    ];
+    let le = |t: &str| -> Vec<u8> {
+        let mut b = vec![0xFF, 0xFE];
+        b.extend(t.encode_utf16().flat_map(u16::to_le_bytes));
+        b
+    };
+    // Big-endian, without a byte order mark when the text is ASCII (its zero bytes show it).
+    let be = |t: &str| -> Vec<u8> {
+        let bom: &[u8] = if t.is_ascii() { &[] } else { &[0xFE, 0xFF] };
+        let mut b = bom.to_vec();
+        b.extend(t.encode_utf16().flat_map(u16::to_be_bytes));
+        b
+    };
+    let mut client = server.client().await;
+    let mut refused = 0;
+    for value in spellings {
+        let with_case_ref = |case_ref: &str| {
+            Some(pb::AccessContext {
+                purpose: "nuisance".into(),
+                case_ref: case_ref.into(),
+                justification: "handling the complaint".into(),
+                channel: "app".into(),
+                break_glass: false,
+            })
+        };
+        let mut cases: Vec<(pb::PutRecordRequest, &str)> = vec![
+            (
+                pb::PutRecordRequest {
+                    context: nuisance_ctx(),
+                    subject_id: s.into(),
+                    fields: vec![text("note", "contact", &format!("zie {value}, graag"))],
+                    labels: Default::default(),
+                },
+                "fields[0].text",
+            ),
+            (
+                pb::PutRecordRequest {
+                    context: nuisance_ctx(),
+                    subject_id: s.into(),
+                    fields: vec![
+                        text("phone", "contact", "06-12345678"),
+                        binary("scan", "nuisance-evidence", &le(value)),
+                    ],
+                    labels: Default::default(),
+                },
+                "fields[1].binary",
+            ),
+            (
+                pb::PutRecordRequest {
+                    context: nuisance_ctx(),
+                    subject_id: s.into(),
+                    fields: vec![binary("scan", "nuisance-evidence", &be(value))],
+                    labels: Default::default(),
+                },
+                "fields[0].binary",
+            ),
+            (
+                pb::PutRecordRequest {
+                    context: nuisance_ctx(),
+                    subject_id: s.into(),
+                    fields: vec![text("phone", "contact", "06-12345678")],
+                    labels: [("ref".to_owned(), value.to_owned())].into_iter().collect(),
+                },
+                "labels[ref]",
+            ),
+        ];
+        if !value.contains(char::is_whitespace) {
+            cases.push((
+                pb::PutRecordRequest {
+                    context: with_case_ref(value),
+                    subject_id: s.into(),
+                    fields: vec![text("phone", "contact", "06-12345678")],
+                    labels: Default::default(),
+                },
+                "context.case_ref",
+            ));
+        }
+        if value.chars().filter(|c| c.is_numeric()).count() <= 9 {
+            cases.push((
+                pb::PutRecordRequest {
+                    context: nuisance_ctx(),
+                    subject_id: value.into(),
+                    fields: vec![text("phone", "contact", "06-12345678")],
+                    labels: Default::default(),
+                },
+                "subject_id",
+            ));
+        }
+        for (request, field) in cases {
+            let subject = request.subject_id.clone();
+            let status = client
+                .put_record(req(server.token(Role::NuisanceOfficer), request))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("accepted {value:?} in {field}"));
+            assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+            assert!(
+                status.message().contains(field),
+                "message `{}` does not name `{field}`",
+                status.message()
+            );
+            for echo in [value, "111222333", "12345672", "SPECI2014", "speci2014"] {
+                assert!(!status.message().contains(echo), "{field} echoes {echo:?}");
+            }
+            // A subject id that is a BSN cannot even be listed; the audit check below shows
+            // that nothing was written for it either.
+            if subject == s {
+                assert_eq!(stored_records(&server, s).await, 0, "{field}");
+            }
+            refused += 1;
+        }
+    }
+    assert!(refused >= 70, "{refused} requests tried");
+    assert_eq!(stored_records(&server, s).await, 0);
+    assert_eq!(
+        audit_entries(&server)
+            .iter()
+            .filter(|e| e["action"] == "write" && e["decision"] == "allow")
+            .count(),
+        0,
+        "nothing written"
+    );
+
+    // Ordinary numbers are stored: a mobile number, an IBAN, a postcode, a date and time, an
+    // amount, a relation number glued to its letters, a case reference and a label.
+    let ordinary = [
+        "bel 06-12345672 of +31 6 12345671",
+        "IBAN NL91 ABNA 0417 1643 00, postcode 1234 AB",
+        "op 12-03-2024 om 1:30 uur, 1 keer",
+        "schade \u{20AC} 111.222.333,00",
+        "relatie REL111222333",
+    ];
+    let id = try_put_ctx(
+        &server,
+        ctx("nuisance", "N-2024-0815", "melding van 15-03-2024"),
+        s,
+        ordinary
+            .iter()
+            .enumerate()
+            .map(|(i, v)| text(&format!("note{i}"), "contact", v))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let resp = get(
+        &server,
+        server.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &id,
+    )
+    .await
+    .unwrap();
+    let mut stored: Vec<&str> = resp.fields.iter().map(text_of).collect();
+    stored.sort_unstable();
+    let mut expected = ordinary.to_vec();
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
+    assert_eq!(stored_records(&server, s).await, 1);
+    server.stop().await;
+}
