@@ -424,6 +424,7 @@ impl SubjectId {
     /// Parses a subject id named `field` in the request.
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
         check_token(field, s, Self::MAX_LEN, "subject id")?;
+        guard::check_text(field, s)?;
         if guard::is_bsn(s) {
             return Err(InputError::new(
                 field,

@@ -519,10 +519,12 @@ impl Vault {
             if let Some(existing) = rows.iter().find(|r| r.name == f.name.as_str())
                 && existing.category != f.category.as_str()
             {
+                // The stored category is not named: the caller may write this field, not
+                // necessarily learn what else it holds.
                 return Err(VaultError::FailedPrecondition(format!(
-                    "field `{}` is stored as category `{}`, not `{}`; delete the record and store \
-                         it anew to change a category",
-                    f.name, existing.category, f.category
+                    "field `{}` is stored under another category than `{}`; delete the record \
+                     and store it anew to change a category",
+                    f.name, f.category
                 )));
             }
         }
@@ -645,26 +647,28 @@ impl Vault {
             }
         }
         let decisions = self.decide(principal, Action::List, ctx, &resources)?;
+        // Sizes and evidence metadata (media type, size, digest) tell something of the value:
+        // shown only to a caller who may read the field.
+        let reads = self.decide(principal, Action::Read, ctx, &resources)?;
         let mut out = Vec::new();
         for (rec, fields) in records {
             let visible: Vec<FieldInfo> = fields
                 .into_iter()
-                .filter(|f| {
-                    distinct
-                        .get(&(
-                            rec.purpose.clone(),
-                            f.category.clone(),
-                            f.name.clone(),
-                            rec.closed_at.is_some(),
-                        ))
-                        .and_then(|&i| decisions.get(i))
-                        .is_some_and(Decision::is_allow)
-                })
-                .map(|f| FieldInfo {
-                    name: f.name,
-                    category: f.category,
-                    size: f.size,
-                    evidence: f.evidence,
+                .filter_map(|f| {
+                    let i = *distinct.get(&(
+                        rec.purpose.clone(),
+                        f.category.clone(),
+                        f.name.clone(),
+                        rec.closed_at.is_some(),
+                    ))?;
+                    decisions.get(i).filter(|d| d.is_allow())?;
+                    let readable = reads.get(i).is_some_and(Decision::is_allow);
+                    Some(FieldInfo {
+                        name: f.name,
+                        category: f.category,
+                        size: if readable { f.size } else { 0 },
+                        evidence: if readable { f.evidence } else { None },
+                    })
                 })
                 .collect();
             if !visible.is_empty() {
@@ -720,15 +724,17 @@ impl Vault {
         resources: &[FieldResource],
         decisions: &[Decision],
     ) -> Result<(), VaultError> {
-        let all = decisions.iter().all(Decision::is_allow);
+        // Deny by default: a request that decides nothing (no fields) is not allowed.
+        let all = !decisions.is_empty() && decisions.iter().all(Decision::is_allow);
         let mut event = self.event(principal, ctx, action, Some(subject), Some(record_id));
         event.fields = audit_fields(resources, decisions);
         event.decision = if all { "allow" } else { "deny" }.into();
         self.audit.append(&event)?;
         if all {
             Ok(())
-        } else if action == "delete" {
-            // The fields of a stored record are not the caller's to learn from a refusal.
+        } else if matches!(action, "delete" | "close") {
+            // The fields of a stored record are not the caller's to learn from a refusal: only
+            // the fields a caller named itself (a write) are named back.
             Err(VaultError::Denied(distinct_reasons(decisions)))
         } else {
             Err(VaultError::Denied(deny_summary(resources, decisions)))

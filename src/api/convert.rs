@@ -142,6 +142,7 @@ pub fn labels(
                 ),
             ));
         }
+        guard::check_text("labels", &k)?;
         guard::check_text(&field, &v)?;
         out.insert(k, v);
     }

@@ -37,22 +37,6 @@ const MAX_MEDIA_TYPE: usize = 127;
 /// Longest file name accepted.
 const MAX_FILE_NAME: usize = 255;
 
-/// Words in a file name that mark a copy of an identity document, which kluis does not store.
-const IDENTITY_DOCUMENT_WORDS: &[&str] = &[
-    "paspoort",
-    "passport",
-    "id-kaart",
-    "idkaart",
-    "id_kaart",
-    "identiteitskaart",
-    "identiteitsbewijs",
-    "identity-card",
-    "identity_card",
-    "rijbewijs",
-    "verblijfsvergunning",
-    "verblijfsdocument",
-];
-
 /// Where an upload goes: a new record of a subject, or an existing record.
 #[derive(Clone, Debug)]
 pub enum EvidenceTarget {
@@ -870,16 +854,9 @@ fn check_start(start: &EvidenceStart) -> Result<(), InputError> {
             "file name holds control characters",
         ));
     }
+    guard::check_text("start.media_type", media)?;
     guard::check_text("start.file_name", name)?;
-    let lower = name.to_lowercase();
-    if IDENTITY_DOCUMENT_WORDS.iter().any(|w| lower.contains(w)) {
-        return Err(InputError::new(
-            "start.file_name",
-            "the file name says it is an identity document; kluis stores no copies of identity \
-             documents",
-        ));
-    }
-    Ok(())
+    guard::check_file_name("start.file_name", name)
 }
 
 /// Media whose bytes are text, which the BSN/MRZ guard reads as it streams in.

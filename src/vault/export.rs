@@ -12,11 +12,22 @@ use super::{
     trail::DATA_ACTIONS,
 };
 use crate::{
-    audit::Filter,
-    domain::{AccessContext, Principal, SubjectId},
-    policy::{Action, Grant},
-    store::{EvidenceRow, FieldRow},
+    audit::{AuditEvent, Filter},
+    domain::{AccessContext, Category, Principal, Purpose, SubjectId},
+    policy::{Action, Decision, FieldFlags, FieldResource, Grant},
+    store::{EvidenceRow, FieldRow, RecordRow},
 };
+
+/// A recorded access to a subject's data, and whether the caller may see it.
+#[derive(Debug)]
+pub(crate) struct AccessLine {
+    /// Its sequence number in the trail.
+    pub seq: u64,
+    /// The entry.
+    pub event: AuditEvent,
+    /// The policy lets the caller see it.
+    pub visible: bool,
+}
 
 /// The schema name of the export's first line.
 pub const EXPORT_SCHEMA: &str = "kluis.export.v1";
@@ -52,22 +63,47 @@ impl Vault {
             }
         }
         let decisions = self.decide(principal, Action::Export, ctx, &resources)?;
+        // What the caller may know exists: a record with nothing to export is listed as withheld
+        // only when the caller may know of it, else it is absent.
+        let known = self.decide(principal, Action::List, ctx, &resources)?;
         let allowed = decisions.iter().filter(|d| d.is_allow()).count();
-        let mut event = self.event(principal, ctx, "export", Some(subject), None);
-        event.decision = if allowed > 0 || records.is_empty() {
-            "allow"
+        // The recorded accesses, each shown only as far as the records it is about are.
+        let lines = self.access_lines(principal, ctx, subject, &records)?;
+        let shown = lines.iter().filter(|l| l.visible).count();
+        // With no record left, whether the caller may export this subject's data at all.
+        let entitled = if records.is_empty() {
+            let probe = FieldResource {
+                record: "rec_export_probe".into(),
+                name: String::new(),
+                category: Category::Identity,
+                purpose: ctx.purpose,
+                subject: subject.as_str().into(),
+                flags: FieldFlags {
+                    record_closed: true,
+                    ..FieldFlags::default()
+                },
+            };
+            self.decide(principal, Action::Export, ctx, &[probe])?
         } else {
-            "deny"
-        }
-        .into();
+            Vec::new()
+        };
+        let permitted = allowed > 0 || entitled.iter().any(Decision::is_allow);
+        let mut event = self.event(principal, ctx, "export", Some(subject), None);
+        event.decision = if permitted { "allow" } else { "deny" }.into();
         event.reason = Some(format!(
-            "{} records, {allowed} of {} fields exported",
+            "{} records, {allowed} of {} fields exported, {shown} of {} access lines",
             records.len(),
-            decisions.len()
+            decisions.len(),
+            lines.len()
         ));
         let seq = self.audit.append(&event)?;
-        if allowed == 0 && !records.is_empty() {
-            return Err(VaultError::Denied(super::distinct_reasons(&decisions)));
+        if !permitted {
+            let reasons = if decisions.is_empty() {
+                super::distinct_reasons(&entitled)
+            } else {
+                super::distinct_reasons(&decisions)
+            };
+            return Err(VaultError::Denied(reasons));
         }
 
         let header = json!({
@@ -78,7 +114,7 @@ impl Vault {
         if !emit(header) {
             return Ok(());
         }
-        let mut decision_iter = decisions.iter();
+        let mut decision_iter = decisions.iter().zip(known.iter());
         for (rec, rows, evidence) in &records {
             let meta = record_meta(rec)?;
             let retention = self.retention.of(meta.purpose);
@@ -86,22 +122,54 @@ impl Vault {
             let mut withheld = Vec::new();
             let mut granted: Vec<(Grant, &FieldRow)> = Vec::new();
             for row in rows {
-                let Some(d) = decision_iter.next() else { break };
+                let Some((d, k)) = decision_iter.next() else {
+                    break;
+                };
                 match d.grant(&seq) {
                     Some(g) => granted.push((g, row)),
-                    None => withheld.push(json!({"name": row.name, "reason": d.reason})),
+                    // Withheld, named only when the caller may know the field exists.
+                    None if k.is_allow() => {
+                        withheld.push(json!({"name": row.name, "reason": d.reason}));
+                    }
+                    None => {}
                 }
             }
             let mut granted_evidence: Vec<(Grant, &EvidenceRow)> = Vec::new();
             for ev in evidence {
-                let Some(d) = decision_iter.next() else { break };
+                let Some((d, k)) = decision_iter.next() else {
+                    break;
+                };
                 match d.grant(&seq) {
                     Some(g) => granted_evidence.push((g, ev)),
-                    None => withheld.push(json!({"name": ev.name, "reason": d.reason})),
+                    None if k.is_allow() => {
+                        withheld.push(json!({"name": ev.name, "reason": d.reason}));
+                    }
+                    None => {}
                 }
             }
             if granted.is_empty() && granted_evidence.is_empty() {
-                // Nothing of it may be shown: not even that it exists (an open investigation).
+                if withheld.is_empty() {
+                    // The caller may not know of it at all (an open investigation): absent.
+                    continue;
+                }
+                // Known to the caller but not theirs to read: listed as withheld, no values.
+                let line = json!({
+                    "type": "record",
+                    "record_id": rec.id,
+                    "purpose": meta.purpose.as_str(),
+                    "status": "withheld",
+                    "created_at": rec.created_at,
+                    "updated_at": rec.updated_at,
+                    "closed_at": rec.closed_at,
+                    "expires_at": rec.expires_at,
+                    "labels": rec.labels,
+                    "fields": [],
+                    "evidence": [],
+                    "withheld": withheld,
+                });
+                if !emit(line) {
+                    return Ok(());
+                }
                 continue;
             }
             let subject_id = SubjectId::parse("subject", &rec.subject).map_err(|_| {
@@ -169,8 +237,9 @@ impl Vault {
                 "updated_at": rec.updated_at,
                 "closed_at": rec.closed_at,
                 "expires_at": rec.expires_at,
+                "status": if withheld.is_empty() { "complete" } else { "partial" },
                 "labels": rec.labels,
-                "categories": rows.iter().map(|r| r.category.as_str()).chain(evidence.iter().map(|e| e.category.as_str())).collect::<std::collections::BTreeSet<_>>(),
+                "categories": granted.iter().map(|(_, r)| r.category.as_str()).chain(granted_evidence.iter().map(|(_, e)| e.category.as_str())).collect::<std::collections::BTreeSet<_>>(),
                 "fields": fields,
                 "evidence": evidence_lines,
                 "withheld": withheld,
@@ -179,23 +248,19 @@ impl Vault {
                 return Ok(());
             }
         }
-        let filter = Filter {
-            subject: Some(subject.as_str().into()),
-            actions: DATA_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
-            ..Filter::default()
-        };
-        let mut go_on = true;
-        self.audit.scan(&filter, |entry_seq, e, _| {
-            if entry_seq >= seq.value() {
-                return false;
-            }
+        for AccessLine {
+            seq: entry_seq,
+            event: e,
+            ..
+        } in lines.iter().filter(|l| l.visible)
+        {
             let fields: Vec<&str> = e
                 .fields
                 .iter()
                 .filter(|f| f.decision == "allow")
                 .map(|f| f.name.as_str())
                 .collect();
-            go_on = emit(json!({
+            let line = json!({
                 "type": "access",
                 "seq": entry_seq,
                 "time": e.time,
@@ -209,9 +274,111 @@ impl Vault {
                 "decision": e.decision,
                 "record_id": e.record,
                 "fields": fields,
-            }));
-            go_on
-        })?;
+            });
+            if !emit(line) {
+                return Ok(());
+            }
+        }
         Ok(())
+    }
+
+    /// The one place a recorded access to `subject` becomes an answer: every data line of the
+    /// trail about them, each with whether `principal` may see it. A line tells who worked on
+    /// which record, for which purpose and case, and why, so it is shown only when the caller may
+    /// export every field it names, decided as those fields are (the record's current state, or
+    /// closed when the record is gone). A line that names no field (a listing, an export) is
+    /// decided as every field of the subject's records of its purpose, or, with none left, as a
+    /// closed record of that purpose.
+    pub(crate) fn access_lines(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+        records: &[(RecordRow, Vec<FieldRow>, Vec<EvidenceRow>)],
+    ) -> Result<Vec<AccessLine>, VaultError> {
+        let filter = Filter {
+            subject: Some(subject.as_str().into()),
+            actions: DATA_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
+            ..Filter::default()
+        };
+        let mut entries = Vec::new();
+        self.audit.scan(&filter, |seq, e, _| {
+            entries.push((seq, e.clone()));
+            true
+        })?;
+        let closed: std::collections::BTreeMap<&str, bool> = records
+            .iter()
+            .map(|(r, _, _)| (r.id.as_str(), r.closed_at.is_some()))
+            .collect();
+        let mut resources: Vec<FieldResource> = Vec::new();
+        // Per entry: the range of its resources, or None when it cannot be decided (hidden).
+        let mut spans: Vec<Option<std::ops::Range<usize>>> = Vec::with_capacity(entries.len());
+        for (_, e) in &entries {
+            let Some(purpose) = e.purpose.as_deref().and_then(|p| p.parse::<Purpose>().ok()) else {
+                spans.push(None);
+                continue;
+            };
+            let start = resources.len();
+            let resource = |name: &str, category: Category, record: &str| FieldResource {
+                record: record.to_owned(),
+                name: name.to_owned(),
+                category,
+                purpose,
+                subject: subject.as_str().into(),
+                flags: FieldFlags {
+                    record_closed: closed.get(record).copied().unwrap_or(true),
+                    ..FieldFlags::default()
+                },
+            };
+            if e.fields.is_empty() {
+                for (rec, rows, evidence) in records {
+                    if rec.purpose != purpose.as_str() {
+                        continue;
+                    }
+                    let purpose = parse_stored(&rec.purpose, &rec.id)?;
+                    for row in rows {
+                        resources.push(super::resource(rec, purpose, row)?);
+                    }
+                    for ev in evidence {
+                        resources.push(super::evidence_resource(rec, purpose, ev)?);
+                    }
+                }
+                if resources.len() == start {
+                    resources.push(resource("", Category::Identity, "rec_access_line"));
+                }
+            } else {
+                let record = e.record.as_deref().unwrap_or("rec_access_line");
+                let mut undecidable = false;
+                for f in &e.fields {
+                    match f.category.parse::<Category>() {
+                        Ok(c) => resources.push(resource(&f.name, c, record)),
+                        Err(_) => undecidable = true,
+                    }
+                }
+                if undecidable {
+                    resources.truncate(start);
+                    spans.push(None);
+                    continue;
+                }
+            }
+            spans.push(Some(start..resources.len()));
+        }
+        let decisions = self.decide(principal, Action::Export, ctx, &resources)?;
+        Ok(entries
+            .into_iter()
+            .zip(spans)
+            .map(|((seq, event), span)| {
+                let visible = span.is_some_and(|r| {
+                    decisions
+                        .get(r)
+                        .is_some_and(|ds| !ds.is_empty() && ds.iter().all(Decision::is_allow))
+                });
+                AccessLine {
+                    seq,
+                    event,
+                    visible,
+                }
+            })
+            .collect())
     }
 }

@@ -76,11 +76,15 @@ impl Vault {
         let subject = SubjectId::parse("subject", &record.subject).map_err(|_| {
             crate::store::StoreError::Corrupt(format!("subject of `{}`", record.id))
         })?;
-        let resources = rows
+        let mut resources = rows
             .iter()
             .map(|r| super::resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
-        let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
+        // Evidence files are part of the record: closing is decided on them too.
+        for ev in self.store.record_evidence(record_id.as_str())? {
+            resources.push(super::evidence_resource(&record, meta.purpose, &ev)?);
+        }
+        let decisions = self.decide(principal, Action::Close, ctx, &resources)?;
         self.require_all(
             principal, ctx, "close", &subject, record_id, &resources, &decisions,
         )?;
