@@ -109,6 +109,8 @@ pub struct RecordRow {
     pub closed_at: Option<i64>,
     /// Unix seconds; `None` while retention counts from a closing date not yet reached.
     pub expires_at: Option<i64>,
+    /// The row's MAC, computed by the core (see `vault::rows`); `updated_at` is not covered.
+    pub mac: Vec<u8>,
 }
 
 /// One encrypted field of a record.
@@ -248,6 +250,8 @@ pub struct HoldRow {
     pub released_at: Option<i64>,
     /// Who released it.
     pub released_by: Option<String>,
+    /// The row's MAC, computed by the core.
+    pub mac: Vec<u8>,
 }
 
 /// A mandate ("volmacht"): a representative may act for a subject within a scope, for a time.
@@ -271,6 +275,25 @@ pub struct MandateRow {
     pub granted_by: String,
     /// When it was revoked.
     pub revoked_at: Option<i64>,
+    /// The row's MAC, computed by the core.
+    pub mac: Vec<u8>,
+}
+
+/// A subject's consent state for one purpose.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct ConsentRow {
+    /// The subject.
+    pub subject: String,
+    /// The purpose id.
+    pub purpose: String,
+    /// `given`, `withdrawn` or `objected`.
+    pub state: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// Who recorded it.
+    pub recorded_by: String,
+    /// The row's MAC, computed by the core.
+    pub mac: Vec<u8>,
 }
 
 /// A subject request and its deadline.
@@ -321,6 +344,8 @@ pub struct TokenRow {
     pub approved_by: Option<String>,
     /// Unix seconds, when approved.
     pub approved_at: Option<i64>,
+    /// The row's MAC, computed by the core.
+    pub mac: Vec<u8>,
 }
 
 impl TokenRow {
@@ -579,13 +604,14 @@ pub trait Store: Send + Sync {
         id: &str,
         closed_at: i64,
         expires_at: Option<i64>,
+        mac: &[u8],
     ) -> Result<bool, StoreError>;
 
     /// Stores a legal hold.
     fn insert_hold(&self, row: &HoldRow) -> Result<(), StoreError>;
 
     /// Releases a hold. Returns false when no active hold has this id.
-    fn release_hold(&self, id: &str, at: i64, by: &str) -> Result<bool, StoreError>;
+    fn release_hold(&self, id: &str, at: i64, by: &str, mac: &[u8]) -> Result<bool, StoreError>;
 
     /// Holds, of one subject or all, active only or all.
     fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError>;
@@ -603,24 +629,24 @@ pub trait Store: Send + Sync {
         record_ids: &[String],
     ) -> Result<(Vec<String>, Vec<String>), StoreError>;
 
-    /// Records a subject's consent state for a purpose (`given`, `withdrawn`, `objected`).
-    fn set_consent(
-        &self,
-        subject: &str,
-        purpose: &str,
-        state: &str,
-        at: i64,
-        by: &str,
-    ) -> Result<(), StoreError>;
+    /// Records a subject's consent state for a purpose (`given`, `withdrawn`, `objected`),
+    /// replacing the one before.
+    fn set_consent(&self, row: &ConsentRow) -> Result<(), StoreError>;
 
-    /// A subject's consent states: (purpose, state, at).
-    fn consents(&self, subject: &str) -> Result<Vec<(String, String, i64)>, StoreError>;
+    /// A subject's consent states, by purpose.
+    fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError>;
+
+    /// Every subject's consent states (for `kluis admin store verify`).
+    fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError>;
+
+    /// Up to `limit` record rows with ids after `after`, in id order (for verification).
+    fn records_page(&self, after: &str, limit: usize) -> Result<Vec<RecordRow>, StoreError>;
 
     /// Stores a mandate.
     fn insert_mandate(&self, row: &MandateRow) -> Result<(), StoreError>;
 
     /// Revokes a mandate. Returns false when no active mandate has this id.
-    fn revoke_mandate(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    fn revoke_mandate(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError>;
 
     /// Mandates, of one subject and/or one representative.
     fn mandates(
@@ -645,11 +671,11 @@ pub trait Store: Send + Sync {
     fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>, StoreError>;
 
     /// Marks a token revoked. Returns false when no active token has this id.
-    fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    fn revoke_token(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError>;
 
     /// Records the approval of a token waiting for one. Returns false when no such token is
     /// waiting (unknown, approved already, not needing approval, or revoked).
-    fn approve_token(&self, id: &str, by: &str, at: i64) -> Result<bool, StoreError>;
+    fn approve_token(&self, id: &str, by: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError>;
 
     /// All tokens, oldest first.
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;

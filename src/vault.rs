@@ -14,6 +14,7 @@ pub mod keyadmin;
 pub mod lifecycle;
 pub mod policies;
 pub mod rights;
+pub mod rows;
 pub mod tokens;
 pub mod trail;
 
@@ -258,6 +259,7 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     rate_limit: tokens::RateLimiter,
     channels: Channels,
+    rows: rows::RowAuth,
 }
 
 impl fmt::Debug for Vault {
@@ -275,7 +277,9 @@ impl Vault {
         retention: RetentionTable,
         limits: Limits,
     ) -> Result<Self, VaultError> {
-        let audit = Audit::open(Arc::clone(&store), keyring.audit_key()?, keyring.store_id())?;
+        let audit_key = keyring.audit_key()?;
+        let rows = rows::RowAuth::new(&audit_key).map_err(KeyError::Crypto)?;
+        let audit = Audit::open(Arc::clone(&store), audit_key, keyring.store_id())?;
         // Record which policy set decides from now on, and whether it changed since last time.
         let previous = store.meta(META_POLICY_DIGEST)?;
         let changed = previous
@@ -317,6 +321,7 @@ impl Vault {
             clock: Arc::new(SystemClock),
             rate_limit: tokens::RateLimiter::default(),
             channels: Channels::default(),
+            rows,
         })
     }
 
@@ -370,16 +375,20 @@ impl Vault {
 
         let now = self.clock.now();
         let expires_at = self.retention.expires_at(ctx.purpose, now);
-        let record = RecordRow {
-            id: record_id.as_str().into(),
-            subject: subject.as_str().into(),
-            purpose: ctx.purpose.as_str().into(),
-            labels,
-            created_at: now,
-            updated_at: now,
-            closed_at: None,
-            expires_at,
-        };
+        let record = self.rows.seal(
+            RecordRow {
+                id: record_id.as_str().into(),
+                subject: subject.as_str().into(),
+                purpose: ctx.purpose.as_str().into(),
+                labels,
+                created_at: now,
+                updated_at: now,
+                closed_at: None,
+                expires_at,
+                mac: Vec::new(),
+            },
+            |r, mac| r.mac = mac,
+        );
         // A rekey may replace the subject key between sealing and storing: the store then refuses
         // the stale generation, and the fields are sealed again under the current key.
         let mut attempt = 0;
@@ -555,6 +564,7 @@ impl Vault {
             )
             .into());
         }
+        self.check_holds(&record.subject)?;
         let now = self.clock.now();
         let mut attempt = 0;
         loop {
@@ -595,6 +605,7 @@ impl Vault {
         self.require_all(
             principal, ctx, "delete", &subject, record_id, &resources, &decisions,
         )?;
+        self.check_holds(&record.subject)?;
         match self.store.delete_record(record_id.as_str()) {
             Ok(None) => Err(VaultError::NotFound(format!("record `{record_id}`"))),
             Ok(Some(shredded)) => {
@@ -617,6 +628,7 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
         let records = self.store.subject_records(subject.as_str())?;
+        self.rows.check_all(records.iter().map(|(r, _)| r))?;
         // Decide once per distinct (purpose, category, name, closed), not per row.
         let mut distinct: BTreeMap<(String, String, String, bool), usize> = BTreeMap::new();
         let mut resources = Vec::new();
@@ -811,10 +823,14 @@ impl Vault {
         }
     }
 
+    /// A record with its fields; a record row that fails its MAC is not obeyed.
     fn load(&self, record_id: &RecordId) -> Result<(RecordRow, Vec<FieldRow>), VaultError> {
-        self.store
+        let (record, fields) = self
+            .store
             .record(record_id.as_str())?
-            .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))
+            .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
+        self.rows.check(&record)?;
+        Ok((record, fields))
     }
 }
 

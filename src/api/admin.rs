@@ -627,6 +627,26 @@ impl AdminRpc for AdminApi {
         .map(Response::new)
     }
 
+    async fn verify_store(
+        &self,
+        request: Request<pb::VerifyStoreRequest>,
+    ) -> Result<Response<pb::VerifyStoreResponse>, Status> {
+        run(&self.vault, request, |vault, principal, _req| {
+            let bad_rows = vault
+                .verify_store(principal)?
+                .into_iter()
+                .map(|b| pb::BadRow {
+                    kind: b.kind.into(),
+                    id: b.id,
+                    problem: b.problem,
+                })
+                .collect();
+            Ok(pb::VerifyStoreResponse { bad_rows })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn approve_token(
         &self,
         request: Request<pb::ApproveTokenRequest>,

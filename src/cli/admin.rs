@@ -94,6 +94,10 @@ pub enum AdminCommand {
         #[arg(long, default_value = "")]
         justification: String,
     },
+    /// Check the stored rows that grant, withhold or shape access against their MACs and the
+    /// audit trail; exit 4 and list every bad row when one is found.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Reload the policy set from the server's configured files (as SIGHUP does).
     ReloadPolicies,
     /// Write a consistent online snapshot of the whole store to FILE (security officer). It
@@ -105,6 +109,14 @@ pub enum AdminCommand {
         #[arg(long, default_value = "")]
         justification: String,
     },
+}
+
+/// Store subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Verify every authenticated row (tokens, holds, mandates, consents, records) and compare
+    /// holds, mandates and consents with the audit trail. Exit 4 when a row is bad.
+    Verify,
 }
 
 /// Audit subcommands.
@@ -219,6 +231,9 @@ async fn run_async(args: &AdminArgs) -> Exit {
     let cmd = match &args.command {
         AdminCommand::Token(cmd) => cmd,
         AdminCommand::Audit(cmd) => return audit(&mut client, &token, cmd, args.json).await,
+        AdminCommand::Store(StoreCommand::Verify) => {
+            return verify_store(&mut client, &token, args.json).await;
+        }
         AdminCommand::Keys(cmd) => return keys::keys(&mut client, &token, cmd, args.json).await,
         AdminCommand::Root(cmd) => return keys::root(&mut client, &token, cmd).await,
         AdminCommand::Retention(cmd) => {
@@ -402,6 +417,38 @@ async fn run_async(args: &AdminArgs) -> Exit {
             }
             Err(s) => status_exit(&s),
         },
+    }
+}
+
+async fn verify_store(client: &mut AdminClient<Channel>, token: &str, json: bool) -> Exit {
+    match client
+        .verify_store(authed(token, pb::VerifyStoreRequest {}))
+        .await
+    {
+        Ok(resp) => {
+            let bad = resp.into_inner().bad_rows;
+            if json {
+                for b in &bad {
+                    println!(
+                        "{}",
+                        serde_json::json!({"kind": b.kind, "id": b.id, "problem": b.problem})
+                    );
+                }
+            } else if bad.is_empty() {
+                println!("OK: every authenticated row is sound and matches the audit trail");
+            } else {
+                println!("{:<8} {:<40} PROBLEM", "KIND", "ID");
+                for b in &bad {
+                    println!("{:<8} {:<40} {}", b.kind, b.id, b.problem);
+                }
+            }
+            if bad.is_empty() {
+                Exit::Success
+            } else {
+                Exit::CheckFailed
+            }
+        }
+        Err(s) => status_exit(&s),
     }
 }
 

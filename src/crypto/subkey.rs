@@ -12,6 +12,7 @@
 //!               derives evidence file keys (STREAM)     kluis.v2.subject.evidence-stream ‖ …
 //! audit key     MAC of each trail entry                 kluis.v2.audit.entry-mac
 //!               MAC of an anchored head                 kluis.v2.audit.head-mac
+//!               MAC of stored rows (tokens, holds, …)   kluis.v2.audit.row-mac
 //! ```
 //!
 //! `<algorithm>` is `aes-256-gcm` or `xchacha20-poly1305`, so a key that seals under both AEADs
@@ -47,11 +48,13 @@ pub enum KeyUse {
     AuditEntryMac,
     /// The audit key MAC'ing anchored heads.
     AuditHeadMac,
+    /// The audit key MAC'ing the stored rows that grant, withhold or shape access.
+    AuditRowMac,
 }
 
 impl KeyUse {
     /// Every use, for the tests that keep the labels apart.
-    pub const ALL: [KeyUse; 12] = [
+    pub const ALL: [KeyUse; 13] = [
         KeyUse::RootWrap(Algorithm::Aes256Gcm),
         KeyUse::RootWrap(Algorithm::XChaCha20Poly1305),
         KeyUse::RootKeyCheck,
@@ -64,6 +67,7 @@ impl KeyUse {
         KeyUse::SubjectEvidenceStream,
         KeyUse::AuditEntryMac,
         KeyUse::AuditHeadMac,
+        KeyUse::AuditRowMac,
     ];
 
     /// The HKDF info of this use.
@@ -84,6 +88,7 @@ impl KeyUse {
             KeyUse::SubjectEvidenceStream => b"kluis.v2.subject.evidence-stream",
             KeyUse::AuditEntryMac => b"kluis.v2.audit.entry-mac",
             KeyUse::AuditHeadMac => b"kluis.v2.audit.head-mac",
+            KeyUse::AuditRowMac => b"kluis.v2.audit.row-mac",
         }
     }
 }
@@ -192,6 +197,11 @@ impl AuditKey {
     /// The subkey that MACs an anchored head.
     pub fn head_mac_subkey(&self) -> Result<Subkey, CryptoError> {
         derive(self.expose_secret(), KeyUse::AuditHeadMac)
+    }
+
+    /// The subkey that MACs stored rows (`vault::rows`).
+    pub fn row_mac_subkey(&self) -> Result<Subkey, CryptoError> {
+        derive(self.expose_secret(), KeyUse::AuditRowMac)
     }
 }
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    AuditRow, FieldRow, HoldRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Store,
-    StoreError, SubjectKeyRow, TokenRow,
+    AuditRow, ConsentRow, FieldRow, HoldRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
+    Store, StoreError, SubjectKeyRow, TokenRow,
 };
 
 /// Runs every conformance check against an empty `store`. Panics on the first failure, so call
@@ -65,6 +65,7 @@ pub fn run_all(store: &dyn Store) {
 
     // Records with fields, in one transaction.
     let rec = RecordRow {
+        mac: vec![0xAB; 32],
         id: "rec_1".into(),
         subject: "rel-1".into(),
         purpose: "nuisance".into(),
@@ -93,6 +94,7 @@ pub fn run_all(store: &dyn Store) {
 
     // A failing multi-row insert leaves nothing behind.
     let rec2 = RecordRow {
+        mac: vec![0xAB; 32],
         id: "rec_2".into(),
         ..rec.clone()
     };
@@ -136,6 +138,7 @@ pub fn run_all(store: &dyn Store) {
 
     // A field sealed under a subject key generation that does not exist is refused.
     let rec3 = RecordRow {
+        mac: vec![0xAB; 32],
         id: "rec_3".into(),
         ..rec.clone()
     };
@@ -154,6 +157,7 @@ pub fn run_all(store: &dyn Store) {
 
     // Tokens: looked up by hash, revoked once.
     let tok = TokenRow {
+        mac: vec![0xAB; 32],
         id: "tok_1".into(),
         hash: vec![5; 32],
         principal: "emp-7".into(),
@@ -176,14 +180,20 @@ pub fn run_all(store: &dyn Store) {
     assert_eq!(store.token_by_hash(&[6; 32]).unwrap(), None);
     assert!(store.token_by_hash(&[5; 32]).unwrap().unwrap().is_pending());
     // Approved once; then no longer waiting.
-    assert!(store.approve_token("tok_1", "po-1", 2).unwrap());
-    assert!(!store.approve_token("tok_1", "po-2", 3).unwrap());
-    assert!(!store.approve_token("tok_nope", "po-1", 3).unwrap());
+    assert!(store.approve_token("tok_1", "po-1", 2, &[1; 32]).unwrap());
+    assert!(!store.approve_token("tok_1", "po-2", 3, &[1; 32]).unwrap());
+    assert!(
+        !store
+            .approve_token("tok_nope", "po-1", 3, &[1; 32])
+            .unwrap()
+    );
     let approved = store.token_by_hash(&[5; 32]).unwrap().unwrap();
     assert!(!approved.is_pending());
     assert_eq!(approved.approved_by.as_deref(), Some("po-1"));
-    assert!(store.revoke_token("tok_1", 3).unwrap());
-    assert!(!store.revoke_token("tok_1", 4).unwrap());
+    assert!(store.revoke_token("tok_1", 3, &[2; 32]).unwrap());
+    assert!(!store.revoke_token("tok_1", 4, &[2; 32]).unwrap());
+    // Changes carry the new MAC the core computed.
+    assert_eq!(store.tokens().unwrap()[0].mac, vec![2; 32]);
     assert_eq!(store.tokens().unwrap()[0].revoked_at, Some(3));
 
     // Audit: append-only by sequence number.
@@ -305,6 +315,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
 
     // Rekey: a new generation, fields resealed, the old generation gone, in one step.
     let rec = RecordRow {
+        mac: vec![0xAB; 32],
         id: "rec_rk".into(),
         subject: "rot-0".into(),
         purpose: "nuisance".into(),
@@ -405,6 +416,7 @@ fn lifecycle(store: &dyn Store) {
     };
     store.insert_subject_key(&key).unwrap();
     let rec = |id: &str, expires: Option<i64>| RecordRow {
+        mac: vec![0xAB; 32],
         id: id.into(),
         subject: "life-1".into(),
         purpose: "nuisance".into(),
@@ -429,8 +441,19 @@ fn lifecycle(store: &dyn Store) {
         .unwrap();
 
     // Closing sets the expiry; expired records are found unless held.
-    assert!(store.close_record("rec_l1", 40, Some(60)).unwrap());
-    assert!(!store.close_record("rec_nope", 40, None).unwrap());
+    assert!(
+        store
+            .close_record("rec_l1", 40, Some(60), &[3; 32])
+            .unwrap()
+    );
+    assert!(!store.close_record("rec_nope", 40, None, &[3; 32]).unwrap());
+    assert_eq!(store.record("rec_l1").unwrap().unwrap().0.mac, vec![3; 32]);
+    // Records page by id.
+    let page = store.records_page("rec_l1", 10).unwrap();
+    assert!(page.iter().all(|r| r.id.as_str() > "rec_l1"));
+    assert!(page.iter().any(|r| r.id == "rec_l2"));
+    let first = store.records_page("", 1).unwrap();
+    assert_eq!(first.len(), 1);
     let expired = |now| {
         store
             .expired_records(now, 10)
@@ -442,6 +465,7 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(expired(55), ["rec_l2"]);
     assert_eq!(expired(70), ["rec_l2", "rec_l1"]);
     let hold = HoldRow {
+        mac: vec![0xAB; 32],
         id: "hold_1".into(),
         subject: "life-1".into(),
         record_id: Some("rec_l1".into()),
@@ -485,8 +509,12 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(destroyed, ["rec_l2"]);
     assert!(shredded.is_empty());
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_some());
-    assert!(store.release_hold("hold_1", 80, "po").unwrap());
-    assert!(!store.release_hold("hold_1", 81, "po").unwrap());
+    assert!(store.release_hold("hold_1", 80, "po", &[4; 32]).unwrap());
+    assert!(!store.release_hold("hold_1", 81, "po", &[4; 32]).unwrap());
+    assert_eq!(
+        store.holds(Some("life-1"), false).unwrap()[0].mac,
+        vec![4; 32]
+    );
     assert!(store.holds(Some("life-1"), true).unwrap().is_empty());
     assert_eq!(store.holds(None, false).unwrap()[0].released_at, Some(80));
     let (destroyed, shredded) = store.shred_records("life-1", &ids).unwrap();
@@ -517,17 +545,20 @@ fn lifecycle(store: &dyn Store) {
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_none());
 
     // Consent, mandates and subject requests.
-    store
-        .set_consent("life-1", "financial-screening", "objected", 5, "po")
-        .unwrap();
-    store
-        .set_consent("life-1", "financial-screening", "given", 6, "po")
-        .unwrap();
-    assert_eq!(
-        store.consents("life-1").unwrap(),
-        vec![("financial-screening".into(), "given".into(), 6)]
-    );
+    let consent = |state: &str, at: i64| ConsentRow {
+        subject: "life-1".into(),
+        purpose: "financial-screening".into(),
+        state: state.into(),
+        at,
+        recorded_by: "po".into(),
+        mac: vec![u8::try_from(at).unwrap(); 32],
+    };
+    store.set_consent(&consent("objected", 5)).unwrap();
+    store.set_consent(&consent("given", 6)).unwrap();
+    assert_eq!(store.consents("life-1").unwrap(), vec![consent("given", 6)]);
+    assert_eq!(store.all_consents().unwrap(), vec![consent("given", 6)]);
     let mandate = MandateRow {
+        mac: vec![0xAB; 32],
         id: "mdt_1".into(),
         subject: "life-1".into(),
         representative: "rep-1".into(),
@@ -544,8 +575,12 @@ fn lifecycle(store: &dyn Store) {
         vec![mandate.clone()]
     );
     assert!(store.mandates(Some("life-2"), None).unwrap().is_empty());
-    assert!(store.revoke_mandate("mdt_1", 7).unwrap());
-    assert!(!store.revoke_mandate("mdt_1", 8).unwrap());
+    assert!(store.revoke_mandate("mdt_1", 7, &[5; 32]).unwrap());
+    assert!(!store.revoke_mandate("mdt_1", 8, &[5; 32]).unwrap());
+    assert_eq!(
+        store.mandates(Some("life-1"), None).unwrap()[0].mac,
+        vec![5; 32]
+    );
     let request = RequestRow {
         id: "req_1".into(),
         subject: "life-1".into(),

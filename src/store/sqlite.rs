@@ -17,8 +17,9 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AuditRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow, PurposeKeyRow,
-    RecordRow, RequestRow, ResealItem, SegmentRow, Store, StoreError, SubjectKeyRow, TokenRow,
+    AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow,
+    PurposeKeyRow, RecordRow, RequestRow, ResealItem, SegmentRow, Store, StoreError, SubjectKeyRow,
+    TokenRow,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -171,6 +172,14 @@ ALTER TABLE tokens ADD COLUMN requested_by TEXT;
 ALTER TABLE tokens ADD COLUMN needs_approval INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tokens ADD COLUMN approved_by TEXT;
 ALTER TABLE tokens ADD COLUMN approved_at INTEGER;
+",
+    // Rows that grant, withhold or shape access or retention carry a MAC computed by the core.
+    r"
+ALTER TABLE tokens ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+ALTER TABLE holds ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+ALTER TABLE mandates ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+ALTER TABLE consents ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+ALTER TABLE records ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ",
 ];
 
@@ -331,6 +340,7 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RecordRow, String
             updated_at: r.get(5)?,
             closed_at: r.get(6)?,
             expires_at: r.get(7)?,
+            mac: r.get(8)?,
         },
         r.get(3)?,
     ))
@@ -361,6 +371,7 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
         needs_approval: r.get(9)?,
         approved_by: r.get(10)?,
         approved_at: r.get(11)?,
+        mac: r.get(12)?,
     })
 }
 
@@ -375,9 +386,9 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
     })
 }
 
-const MANDATE_COLUMNS: &str = "id, subject, representative, purposes, categories, valid_from, valid_until, granted_by, revoked_at";
+const MANDATE_COLUMNS: &str = "id, subject, representative, purposes, categories, valid_from, valid_until, granted_by, revoked_at, mac";
 const HOLD_COLUMNS: &str =
-    "id, subject, record_id, reason, case_ref, placed_by, placed_at, released_at, released_by";
+    "id, subject, record_id, reason, case_ref, placed_by, placed_at, released_at, released_by, mac";
 const REQUEST_COLUMNS: &str =
     "id, subject, kind, received_at, due_at, opened_by, completed_at, note";
 /// SQL condition: no active hold covers record `r`.
@@ -431,9 +442,9 @@ const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM holds h WHERE h.released_at IS
     AND h.subject = r.subject AND (h.record_id IS NULL OR h.record_id = r.id))";
 
 const TOKEN_COLUMNS: &str = "id, hash, principal, roles, scope_subject, created_at, expires_at, \
-     revoked_at, requested_by, needs_approval, approved_by, approved_at";
+     revoked_at, requested_by, needs_approval, approved_by, approved_at, mac";
 const RECORD_COLUMNS: &str =
-    "id, subject, purpose, labels, created_at, updated_at, closed_at, expires_at";
+    "id, subject, purpose, labels, created_at, updated_at, closed_at, expires_at, mac";
 
 impl Store for SqliteStore {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1299,12 +1310,14 @@ impl Store for SqliteStore {
         id: &str,
         closed_at: i64,
         expires_at: Option<i64>,
+        mac: &[u8],
     ) -> Result<bool, StoreError> {
         let conn = self.write()?;
         let n = conn
             .execute(
-                "UPDATE records SET closed_at = ?2, expires_at = ?3, updated_at = ?2 WHERE id = ?1",
-                params![id, closed_at, expires_at],
+                "UPDATE records SET closed_at = ?2, expires_at = ?3, updated_at = ?2, mac = ?4
+                 WHERE id = ?1",
+                params![id, closed_at, expires_at, mac],
             )
             .map_err(db)?;
         Ok(n > 0)
@@ -1314,7 +1327,7 @@ impl Store for SqliteStore {
         let conn = self.write()?;
         conn.execute(
             &format!(
-                "INSERT INTO holds ({HOLD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT INTO holds ({HOLD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ),
             params![
                 row.id,
@@ -1325,19 +1338,21 @@ impl Store for SqliteStore {
                 row.placed_by,
                 row.placed_at,
                 row.released_at,
-                row.released_by
+                row.released_by,
+                row.mac
             ],
         )
         .map_err(db)?;
         Ok(())
     }
 
-    fn release_hold(&self, id: &str, at: i64, by: &str) -> Result<bool, StoreError> {
+    fn release_hold(&self, id: &str, at: i64, by: &str, mac: &[u8]) -> Result<bool, StoreError> {
         let conn = self.write()?;
         let n = conn
             .execute(
-                "UPDATE holds SET released_at = ?2, released_by = ?3 WHERE id = ?1 AND released_at IS NULL",
-                params![id, at, by],
+                "UPDATE holds SET released_at = ?2, released_by = ?3, mac = ?4
+                 WHERE id = ?1 AND released_at IS NULL",
+                params![id, at, by, mac],
             )
             .map_err(db)?;
         Ok(n > 0)
@@ -1361,6 +1376,7 @@ impl Store for SqliteStore {
                     placed_at: r.get(6)?,
                     released_at: r.get(7)?,
                     released_by: r.get(8)?,
+                    mac: r.get(9)?,
                 })
             })?
             .collect()
@@ -1434,39 +1450,83 @@ impl Store for SqliteStore {
         Ok((destroyed, shredded))
     }
 
-    fn set_consent(
-        &self,
-        subject: &str,
-        purpose: &str,
-        state: &str,
-        at: i64,
-        by: &str,
-    ) -> Result<(), StoreError> {
+    fn set_consent(&self, row: &ConsentRow) -> Result<(), StoreError> {
         let conn = self.write()?;
         conn.execute(
-            "INSERT INTO consents (subject, purpose, state, at, recorded_by) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO consents (subject, purpose, state, at, recorded_by, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (subject, purpose) DO UPDATE SET
-                state = excluded.state, at = excluded.at, recorded_by = excluded.recorded_by",
-            params![subject, purpose, state, at, by],
+                state = excluded.state, at = excluded.at, recorded_by = excluded.recorded_by,
+                mac = excluded.mac",
+            params![
+                row.subject,
+                row.purpose,
+                row.state,
+                row.at,
+                row.recorded_by,
+                row.mac
+            ],
         )
         .map_err(db)?;
         Ok(())
     }
 
-    fn consents(&self, subject: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+    fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError> {
         self.read(|c| {
             c.prepare_cached(
-                "SELECT purpose, state, at FROM consents WHERE subject = ?1 ORDER BY purpose",
+                "SELECT subject, purpose, state, at, recorded_by, mac FROM consents
+                 WHERE subject = ?1 ORDER BY purpose",
             )?
-            .query_map([subject], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([subject], |r| {
+                Ok(ConsentRow {
+                    subject: r.get(0)?,
+                    purpose: r.get(1)?,
+                    state: r.get(2)?,
+                    at: r.get(3)?,
+                    recorded_by: r.get(4)?,
+                    mac: r.get(5)?,
+                })
+            })?
             .collect()
         })
+    }
+
+    fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT subject, purpose, state, at, recorded_by, mac FROM consents
+                 ORDER BY subject, purpose",
+            )?
+            .query_map([], |r| {
+                Ok(ConsentRow {
+                    subject: r.get(0)?,
+                    purpose: r.get(1)?,
+                    state: r.get(2)?,
+                    at: r.get(3)?,
+                    recorded_by: r.get(4)?,
+                    mac: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn records_page(&self, after: &str, limit: usize) -> Result<Vec<RecordRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?
+            .query_map(params![after, limit], record_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().map(with_labels).collect()
     }
 
     fn insert_mandate(&self, row: &MandateRow) -> Result<(), StoreError> {
         let conn = self.write()?;
         conn.execute(
-            &format!("INSERT INTO mandates ({MANDATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            &format!("INSERT INTO mandates ({MANDATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
             params![
                 row.id,
                 row.subject,
@@ -1476,19 +1536,20 @@ impl Store for SqliteStore {
                 row.valid_from,
                 row.valid_until,
                 row.granted_by,
-                row.revoked_at
+                row.revoked_at,
+                row.mac
             ],
         )
         .map_err(db)?;
         Ok(())
     }
 
-    fn revoke_mandate(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+    fn revoke_mandate(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
         let conn = self.write()?;
         let n = conn
             .execute(
-                "UPDATE mandates SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, at],
+                "UPDATE mandates SET revoked_at = ?2, mac = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at, mac],
             )
             .map_err(db)?;
         Ok(n > 0)
@@ -1524,6 +1585,7 @@ impl Store for SqliteStore {
                     valid_until: r.get(6)?,
                     granted_by: r.get(7)?,
                     revoked_at: r.get(8)?,
+                    mac: r.get(9)?,
                 })
             })?
             .collect()
@@ -1577,7 +1639,7 @@ impl Store for SqliteStore {
         conn.execute(
             &format!(
                 "INSERT INTO tokens ({TOKEN_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 row.id,
@@ -1591,7 +1653,8 @@ impl Store for SqliteStore {
                 row.requested_by,
                 row.needs_approval,
                 row.approved_by,
-                row.approved_at
+                row.approved_at,
+                row.mac
             ],
         )
         .map_err(|e| {
@@ -1614,25 +1677,25 @@ impl Store for SqliteStore {
         })
     }
 
-    fn revoke_token(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+    fn revoke_token(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
         let conn = self.write()?;
         let n = conn
             .execute(
-                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, at],
+                "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at, mac],
             )
             .map_err(db)?;
         Ok(n > 0)
     }
 
-    fn approve_token(&self, id: &str, by: &str, at: i64) -> Result<bool, StoreError> {
+    fn approve_token(&self, id: &str, by: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
         let conn = self.write()?;
         let n = conn
             .execute(
-                "UPDATE tokens SET approved_by = ?2, approved_at = ?3
+                "UPDATE tokens SET approved_by = ?2, approved_at = ?3, mac = ?4
                  WHERE id = ?1 AND needs_approval = 1 AND approved_at IS NULL
                    AND revoked_at IS NULL",
-                params![id, by, at],
+                params![id, by, at, mac],
             )
             .map_err(db)?;
         Ok(n > 0)
@@ -1866,7 +1929,7 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
     let labels =
         serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
     tx.prepare_cached(&format!(
-        "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -1877,7 +1940,8 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
             record.created_at,
             record.updated_at,
             record.closed_at,
-            record.expires_at
+            record.expires_at,
+            record.mac
         ])
     })
     .map_err(|e| {

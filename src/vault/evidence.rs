@@ -151,16 +151,20 @@ impl Vault {
                 (record, false)
             }
             EvidenceTarget::Subject(subject) => (
-                RecordRow {
-                    id: RecordId::generate().as_str().into(),
-                    subject: subject.as_str().into(),
-                    purpose: ctx.purpose.as_str().into(),
-                    labels: BTreeMap::new(),
-                    created_at: now,
-                    updated_at: now,
-                    closed_at: None,
-                    expires_at: self.retention.expires_at(ctx.purpose, now),
-                },
+                self.rows.seal(
+                    RecordRow {
+                        id: RecordId::generate().as_str().into(),
+                        subject: subject.as_str().into(),
+                        purpose: ctx.purpose.as_str().into(),
+                        labels: BTreeMap::new(),
+                        created_at: now,
+                        updated_at: now,
+                        closed_at: None,
+                        expires_at: self.retention.expires_at(ctx.purpose, now),
+                        mac: Vec::new(),
+                    },
+                    |r, mac| r.mac = mac,
+                ),
                 true,
             ),
         };
@@ -284,6 +288,7 @@ impl Vault {
             .evidence(evidence_id)?
             .filter(|(_, e)| e.complete)
             .ok_or_else(|| VaultError::NotFound(format!("evidence `{evidence_id}`")))?;
+        self.rows.check(&record)?;
         let meta = record_meta(&record)?;
         let category: Category = parse_stored(&evidence.category, &record.id)?;
         let subject = SubjectId::parse("subject", &record.subject)

@@ -47,6 +47,7 @@ impl Vault {
         let mut records = Vec::with_capacity(listed.len());
         for (meta, _) in &listed {
             if let Some((rec, rows)) = self.store.record(&meta.id)? {
+                self.rows.check(&rec)?;
                 let evidence = self.store.record_evidence(&rec.id)?;
                 records.push((rec, rows, evidence));
             }

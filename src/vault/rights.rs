@@ -11,7 +11,7 @@ use super::{Vault, VaultError};
 use crate::{
     domain::{Category, InputError, Principal, PrincipalId, Purpose, Role, SubjectId},
     policy::{Action, AdminAction, Decision, FieldResource},
-    store::MandateRow,
+    store::{ConsentRow, MandateRow},
 };
 
 /// A subject's stance on one purpose.
@@ -61,17 +61,20 @@ impl Vault {
         let subjects: BTreeSet<String> = resources.iter().map(|r| r.subject.clone()).collect();
         let now = self.clock.now();
         for subject in subjects {
-            let stopped: BTreeSet<String> = self
-                .store
-                .consents(&subject)?
+            // Facts the policy decides on: each row must be authentic, or nothing is decided.
+            let consents = self.store.consents(&subject)?;
+            self.rows.check_all(&consents)?;
+            let stopped: BTreeSet<String> = consents
                 .into_iter()
-                .filter(|(_, state, _)| state == "withdrawn" || state == "objected")
-                .map(|(purpose, _, _)| purpose)
+                .filter(|c| c.state == "withdrawn" || c.state == "objected")
+                .map(|c| c.purpose)
                 .collect();
             let mandates: Vec<MandateRow> = if principal.roles.contains(&Role::Representative) {
-                self.store
-                    .mandates(Some(&subject), Some(principal.id.as_str()))?
-                    .into_iter()
+                let all = self
+                    .store
+                    .mandates(Some(&subject), Some(principal.id.as_str()))?;
+                self.rows.check_all(&all)?;
+                all.into_iter()
                     .filter(|m| {
                         m.revoked_at.is_none() && m.valid_from <= now && now < m.valid_until
                     })
@@ -129,13 +132,18 @@ impl Vault {
         event.purpose = Some(purpose.as_str().into());
         event.reason = Some(consent.as_str().into());
         event.commit()?;
-        self.store.set_consent(
-            subject.as_str(),
-            purpose.as_str(),
-            consent.as_str(),
-            self.clock.now(),
-            actor.id.as_str(),
-        )?;
+        let row = self.rows.seal(
+            ConsentRow {
+                subject: subject.as_str().into(),
+                purpose: purpose.as_str().into(),
+                state: consent.as_str().into(),
+                at: self.clock.now(),
+                recorded_by: actor.id.as_str().into(),
+                mac: Vec::new(),
+            },
+            |r, mac| r.mac = mac,
+        );
+        self.store.set_consent(&row)?;
         Ok(())
     }
 
@@ -170,17 +178,21 @@ impl Vault {
             Some(representative.as_str()),
             justification,
         )?;
-        let row = MandateRow {
-            id: format!("mdt_{}", hex::encode(rand::random::<[u8; 8]>())),
-            subject: subject.as_str().into(),
-            representative: representative.as_str().into(),
-            purposes: purposes.iter().map(|p| p.as_str().to_owned()).collect(),
-            categories: categories.iter().map(|c| c.as_str().to_owned()).collect(),
-            valid_from: now,
-            valid_until,
-            granted_by: actor.id.as_str().into(),
-            revoked_at: None,
-        };
+        let row = self.rows.seal(
+            MandateRow {
+                id: format!("mdt_{}", hex::encode(rand::random::<[u8; 8]>())),
+                subject: subject.as_str().into(),
+                representative: representative.as_str().into(),
+                purposes: purposes.iter().map(|p| p.as_str().to_owned()).collect(),
+                categories: categories.iter().map(|c| c.as_str().to_owned()).collect(),
+                valid_from: now,
+                valid_until,
+                granted_by: actor.id.as_str().into(),
+                revoked_at: None,
+                mac: Vec::new(),
+            },
+            |r, mac| r.mac = mac,
+        );
         event.subject = Some(subject.as_str().into());
         event.target = Some(row.id.clone());
         event.reason = Some(format!(
@@ -215,9 +227,16 @@ impl Vault {
         let Some(m) = found else {
             return Err(VaultError::NotFound(format!("active mandate `{id}`")));
         };
-        event.subject = Some(m.subject);
+        self.rows.check(&m)?;
+        event.subject = Some(m.subject.clone());
+        let now = self.clock.now();
+        let revoked = MandateRow {
+            revoked_at: Some(now),
+            ..m
+        };
+        let mac = self.rows.mac(&revoked);
         event.commit()?;
-        self.store.revoke_mandate(id, self.clock.now())?;
+        self.store.revoke_mandate(id, now, &mac)?;
         Ok(())
     }
 
@@ -236,6 +255,7 @@ impl Vault {
         )?;
         event.subject = subject.map(|s| s.as_str().to_owned());
         let mandates = self.store.mandates(subject.map(SubjectId::as_str), None)?;
+        self.rows.check_all(&mandates)?;
         event.reason = Some(format!("{} mandates listed", mandates.len()));
         event.commit()?;
         Ok(mandates)

@@ -146,6 +146,11 @@ impl Vault {
         {
             return Err(unauthenticated());
         }
+        // A token row written to the database by hand (inserted, a role edited, a revocation
+        // undone) authenticates nobody; the row check logs it.
+        if self.rows.check(&row).is_err() {
+            return Err(unauthenticated());
+        }
         if row.is_pending() {
             return Err(VaultError::Unauthenticated(format!(
                 "token `{}` awaits approval by a privacy officer (`kluis admin token approve {}`)",
@@ -216,6 +221,7 @@ impl Vault {
         let Some(row) = self.store.tokens()?.into_iter().find(|t| t.id == token_id) else {
             return Err(VaultError::NotFound(format!("token `{token_id}`")));
         };
+        self.rows.check(&row)?;
         if !row.is_pending() || row.revoked_at.is_some() {
             return Err(VaultError::FailedPrecondition(format!(
                 "token `{token_id}` is not waiting for approval"
@@ -245,10 +251,17 @@ impl Vault {
         // Checked again: the principal may have become a security officer since.
         self.check_separation(&principal, &roles)?;
         event.reason = Some(format!("token of `{principal}`"));
+        let now = now_unix();
+        let approved = TokenRow {
+            approved_by: Some(actor.id.as_str().into()),
+            approved_at: Some(now),
+            ..row
+        };
+        let mac = self.rows.mac(&approved);
         event.commit()?;
         if !self
             .store
-            .approve_token(token_id, actor.id.as_str(), now_unix())?
+            .approve_token(token_id, actor.id.as_str(), now, &mac)?
         {
             return Err(VaultError::FailedPrecondition(format!(
                 "token `{token_id}` is not waiting for approval"
@@ -263,7 +276,10 @@ impl Vault {
     fn check_separation(&self, principal: &PrincipalId, roles: &[Role]) -> Result<(), VaultError> {
         let wants_officer = roles.contains(&Role::SecurityOfficer);
         let now = now_unix();
-        for t in self.store.tokens()? {
+        let tokens = self.store.tokens()?;
+        // Decided on authentic rows only: a forged or edited token row refuses the change.
+        self.rows.check_all(&tokens)?;
+        for t in tokens {
             let Ok(holder) = PrincipalId::parse("principal", &t.principal) else {
                 continue;
             };
@@ -329,17 +345,30 @@ impl Vault {
             Some(token_id),
             justification,
         )?;
-        if !self
+        let Some(row) = self
             .store
             .tokens()?
-            .iter()
-            .any(|t| t.id == token_id && t.revoked_at.is_none())
-        {
+            .into_iter()
+            .find(|t| t.id == token_id && t.revoked_at.is_none())
+        else {
             return Err(VaultError::NotFound(format!("active token `{token_id}`")));
-        }
+        };
+        // Revoking works even on a row that fails its check (revocation only takes away), but
+        // such a row keeps its failing MAC: revoking it does not make it authentic.
+        let now = now_unix();
+        let authentic = self.rows.is_authentic(&row);
+        let revoked = TokenRow {
+            revoked_at: Some(now),
+            ..row
+        };
+        let mac = if authentic {
+            self.rows.mac(&revoked)
+        } else {
+            revoked.mac.clone()
+        };
         event.target = Some(token_id.into());
         event.commit()?;
-        self.store.revoke_token(token_id, now_unix())?;
+        self.store.revoke_token(token_id, now, &mac)?;
         Ok(())
     }
 
@@ -380,20 +409,25 @@ impl Vault {
         )));
         let now = now_unix();
         let expires_at = now.saturating_add(i64::try_from(spec.ttl_secs).unwrap_or(i64::MAX));
-        self.store.insert_token(&TokenRow {
-            id: id.clone(),
-            hash: token.hash().to_vec(),
-            principal: spec.principal.as_str().into(),
-            roles: spec.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-            scope_subject: spec.scope_subject.as_ref().map(|s| s.as_str().to_owned()),
-            created_at: now,
-            expires_at,
-            revoked_at: None,
-            requested_by: requested_by.map(|p| p.as_str().to_owned()),
-            needs_approval,
-            approved_by: None,
-            approved_at: None,
-        })?;
+        let row = self.rows.seal(
+            TokenRow {
+                id: id.clone(),
+                hash: token.hash().to_vec(),
+                principal: spec.principal.as_str().into(),
+                roles: spec.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+                scope_subject: spec.scope_subject.as_ref().map(|s| s.as_str().to_owned()),
+                created_at: now,
+                expires_at,
+                revoked_at: None,
+                requested_by: requested_by.map(|p| p.as_str().to_owned()),
+                needs_approval,
+                approved_by: None,
+                approved_at: None,
+                mac: Vec::new(),
+            },
+            |r, mac| r.mac = mac,
+        );
+        self.store.insert_token(&row)?;
         Ok(IssuedToken {
             id,
             token,
