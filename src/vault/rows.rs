@@ -273,10 +273,7 @@ impl RowAuth {
             row = %id,
             "a stored row failed its integrity check and is not obeyed; run `kluis admin store verify`"
         );
-        Err(VaultError::DataLoss(format!(
-            "stored {} `{id}` failed its integrity check",
-            R::KIND
-        )))
+        Err(VaultError::DataLoss(format!("stored {} `{id}`", R::KIND)))
     }
 
     /// Checks every row of `rows`.

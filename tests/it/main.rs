@@ -29,4 +29,5 @@ mod policy_table;
 mod rights;
 mod rotation;
 mod storage;
+mod tamper;
 mod unseal;

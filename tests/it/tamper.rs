@@ -1,0 +1,466 @@
+//! Writing to the database file grants nothing. For each kind of row that grants, withholds or
+//! shapes access (tokens, records, consent states, mandates, legal holds), the row is edited,
+//! inserted or deleted by hand in the running server's SQLite file, as a thief of the file with
+//! write access would, and kluis must not obey it: the call fails closed, and
+//! `kluis admin store verify` names the row (exit 4). Each tampering has its untouched twin
+//! that still works.
+
+use kluis::{domain::Role, pb};
+use rusqlite::{Connection, params};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+use crate::common::*;
+
+fn db(server: &TestServer) -> Connection {
+    Connection::open(server.db_path()).unwrap()
+}
+
+async fn who_am_i(server: &TestServer, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
+    server
+        .client()
+        .await
+        .who_am_i(req(token, pb::WhoAmIRequest {}))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `kluis admin store verify --json` against `server`: exit code and the bad rows.
+fn store_verify(server: &TestServer) -> (i32, Vec<serde_json::Value>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args(["admin", "--server", &format!("http://{}", server.addr)])
+        .args(["--json", "store", "verify"])
+        .env("KLUIS_TOKEN", server.token(Role::SecurityOfficer))
+        .env("KLUIS_LOG", "warn")
+        .output()
+        .unwrap();
+    let rows = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out.status.code().unwrap(), rows)
+}
+
+fn names(rows: &[serde_json::Value], kind: &str, id: &str) -> bool {
+    rows.iter().any(|r| r["kind"] == kind && r["id"] == id)
+}
+
+// The `kluis` child process is awaited synchronously: keep a worker free for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_rows_written_by_hand_authenticate_nobody() {
+    let server = TestServer::start().await;
+    // Twin: a clean store verifies.
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 0, "{rows:?}");
+
+    // 1. An inserted row: a copy of a real one with the attacker's own token hash.
+    let forged = "kluis_".to_owned() + &"ab".repeat(32);
+    let hash = Sha256::digest(forged.as_bytes()).to_vec();
+    db(&server)
+        .execute(
+            "INSERT INTO tokens (id, hash, principal, roles, scope_subject, created_at, expires_at,
+                revoked_at, requested_by, needs_approval, approved_by, approved_at, mac)
+             SELECT 'tok_forged', ?1, principal, roles, scope_subject, created_at, expires_at,
+                revoked_at, requested_by, needs_approval, approved_by, approved_at, mac
+             FROM tokens WHERE principal = 'test-nuisance-officer'",
+            params![hash],
+        )
+        .unwrap();
+    let status = who_am_i(&server, &forged).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // 2. An edited role: customer service made a fraud investigator.
+    let cs = server.token(Role::CustomerService).to_owned();
+    assert!(who_am_i(&server, &cs).await.is_ok(), "twin: untouched");
+    db(&server)
+        .execute(
+            "UPDATE tokens SET roles = 'fraud-investigator' WHERE principal = 'test-customer-service'",
+            [],
+        )
+        .unwrap();
+    let status = who_am_i(&server, &cs).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // 3. An undone revocation.
+    let mut admin = server.admin().await;
+    let so = server.token(Role::SecurityOfficer);
+    let issued = admin
+        .issue_token(req(
+            so,
+            pb::IssueTokenRequest {
+                principal_id: "emp-77".into(),
+                roles: vec!["maintenance-planner".into()],
+                ttl_seconds: 3600,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(&server, &issued.token_id).await;
+    assert!(who_am_i(&server, &issued.token).await.is_ok());
+    admin
+        .revoke_token(req(
+            so,
+            pb::RevokeTokenRequest {
+                token_id: issued.token_id.clone(),
+                justification: "left".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(who_am_i(&server, &issued.token).await.is_err());
+    db(&server)
+        .execute(
+            "UPDATE tokens SET revoked_at = NULL WHERE id = ?1",
+            [&issued.token_id],
+        )
+        .unwrap();
+    let status = who_am_i(&server, &issued.token).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // 4. An approval written by hand on a token waiting for one.
+    let pending = admin
+        .issue_token(req(
+            so,
+            pb::IssueTokenRequest {
+                principal_id: "emp-78".into(),
+                roles: vec!["nuisance-officer".into()],
+                ttl_seconds: 3600,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    db(&server)
+        .execute(
+            "UPDATE tokens SET approved_at = 1, approved_by = 'test-privacy-officer' WHERE id = ?1",
+            [&pending.token_id],
+        )
+        .unwrap();
+    assert_eq!(
+        who_am_i(&server, &pending.token)
+            .await
+            .err()
+            .unwrap()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    // The security officer still works, and verification names every bad row.
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(names(&rows, "token", "tok_forged"), "{rows:?}");
+    assert!(names(&rows, "token", &issued.token_id), "{rows:?}");
+    assert!(names(&rows, "token", &pending.token_id), "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r["kind"] == "token").count(), 4);
+    // Nothing of a row's contents is printed: ids and problems only.
+    assert!(rows.iter().all(|r| r.as_object().unwrap().len() == 3));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_rows_edited_by_hand_are_not_obeyed() {
+    let server = TestServer::start().await;
+    let subject = SCOPED_SUBJECT;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        subject,
+        vec![text("statement", "nuisance-evidence", "shouting at night")],
+    )
+    .await;
+    let me = server.token(Role::Subject).to_owned();
+    let mine = || get(&server, &me, nuisance_ctx(), &id);
+    // The open case is kept from the subject.
+    assert_eq!(mine().await.err().unwrap().code(), Code::PermissionDenied);
+    // `closed_at` set by hand on the open case: not obeyed, and no plaintext.
+    db(&server)
+        .execute("UPDATE records SET closed_at = 1 WHERE id = ?1", [&id])
+        .unwrap();
+    let status = mine().await.err().unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(!status.message().contains("shouting"));
+    // Nor through the listing or the export.
+    let mut client = server.client().await;
+    let listed = client
+        .list_records(req(
+            &me,
+            pb::ListRecordsRequest {
+                context: nuisance_ctx(),
+                subject_id: subject.into(),
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(listed.code(), Code::DataLoss);
+    // Twin: the officer who may read it is refused too (the row is not trusted for anyone),
+    // and after putting the row back, the officer reads it again.
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    assert_eq!(
+        get(&server, &officer, nuisance_ctx(), &id)
+            .await
+            .err()
+            .unwrap()
+            .code(),
+        Code::DataLoss
+    );
+    db(&server)
+        .execute("UPDATE records SET closed_at = NULL WHERE id = ?1", [&id])
+        .unwrap();
+    assert!(get(&server, &officer, nuisance_ctx(), &id).await.is_ok());
+
+    // A record moved to another subject, or another purpose, fails the same way.
+    for (sql, what) in [
+        (
+            "UPDATE records SET subject = 'REL-0002' WHERE id = ?1",
+            "subject",
+        ),
+        (
+            "UPDATE records SET purpose = 'safety' WHERE id = ?1",
+            "purpose",
+        ),
+        (
+            "UPDATE records SET labels = '{\"case\":\"x\"}' WHERE id = ?1",
+            "labels",
+        ),
+        ("UPDATE records SET expires_at = 99 WHERE id = ?1", "expiry"),
+    ] {
+        let before: (String, String, String, Option<i64>) = db(&server)
+            .query_row(
+                "SELECT subject, purpose, labels, expires_at FROM records WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        db(&server).execute(sql, [&id]).unwrap();
+        let status = get(&server, &officer, ctx("safety", "N-1", "check"), &id)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(status.code(), Code::DataLoss),
+            "{what}: {status:?}"
+        );
+        let (code, rows) = store_verify(&server);
+        assert_eq!(code, 4, "{what}");
+        assert!(names(&rows, "record", &id), "{what}: {rows:?}");
+        db(&server)
+            .execute(
+                "UPDATE records SET subject = ?2, purpose = ?3, labels = ?4, expires_at = ?5
+                 WHERE id = ?1",
+                params![id, before.0, before.1, before.2, before.3],
+            )
+            .unwrap();
+    }
+    let (code, _) = store_verify(&server);
+    assert_eq!(code, 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() {
+    let server = TestServer::start().await;
+    let subject = SCOPED_SUBJECT;
+    let mut admin = server.admin().await;
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+
+    // An objection flipped back to consent by hand.
+    let screening = put(
+        &server,
+        Role::AllocationOfficer,
+        ctx("financial-screening", "", ""),
+        subject,
+        vec![text("income", "income", "2100")],
+    )
+    .await;
+    let allocation = server.token(Role::AllocationOfficer).to_owned();
+    assert!(
+        get(
+            &server,
+            &allocation,
+            ctx("financial-screening", "", ""),
+            &screening
+        )
+        .await
+        .is_ok()
+    );
+    admin
+        .record_consent(req(
+            &po,
+            pb::RecordConsentRequest {
+                subject_id: subject.into(),
+                purpose: "financial-screening".into(),
+                state: "objected".into(),
+                justification: "letter 2026-11-02".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(
+            &server,
+            &allocation,
+            ctx("financial-screening", "", ""),
+            &screening
+        )
+        .await
+        .err()
+        .unwrap()
+        .code(),
+        Code::PermissionDenied
+    );
+    db(&server)
+        .execute("UPDATE consents SET state = 'given'", [])
+        .unwrap();
+    assert_eq!(
+        get(
+            &server,
+            &allocation,
+            ctx("financial-screening", "", ""),
+            &screening
+        )
+        .await
+        .err()
+        .unwrap()
+        .code(),
+        Code::DataLoss
+    );
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    let consent_id = format!("{subject}/financial-screening");
+    assert!(names(&rows, "consent", &consent_id), "{rows:?}");
+    // Deleted outright: the request path cannot see a missing row, verification does.
+    db(&server).execute("DELETE FROM consents", []).unwrap();
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "consent"
+            && r["id"] == consent_id.as_str()
+            && r["problem"].as_str().unwrap().contains("deleted")),
+        "{rows:?}"
+    );
+
+    // A mandate widened by hand.
+    let contract = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        subject,
+        vec![
+            text("email", "contact", "me@example.nl"),
+            text("name", "identity", "M. de Boer"),
+        ],
+    )
+    .await;
+    let mandate = admin
+        .grant_mandate(req(
+            &po,
+            pb::GrantMandateRequest {
+                subject_id: subject.into(),
+                representative_id: "test-representative".into(),
+                purposes: vec!["contract".into()],
+                categories: vec!["contact".into()],
+                valid_until: Some(prost_types::Timestamp {
+                    seconds: kluis::domain::now_unix() + 86_400,
+                    nanos: 0,
+                }),
+                justification: "volmacht".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let rep = server.token(Role::Representative).to_owned();
+    let read = get(
+        &server,
+        &rep,
+        ctx("contract", "", "for my mother"),
+        &contract,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.fields.len(), 1, "twin: contact only");
+    db(&server)
+        .execute(
+            "UPDATE mandates SET categories = 'contact,identity' WHERE id = ?1",
+            [&mandate.mandate_id],
+        )
+        .unwrap();
+    assert_eq!(
+        get(
+            &server,
+            &rep,
+            ctx("contract", "", "for my mother"),
+            &contract
+        )
+        .await
+        .err()
+        .unwrap()
+        .code(),
+        Code::DataLoss
+    );
+
+    // A hold released by hand does not let deletion through; a deleted one is found.
+    let held = put(
+        &server,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        "REL-HOLD",
+        vec![text("phone", "contact", "06-1111")],
+    )
+    .await;
+    let hold = admin
+        .place_hold(req(
+            &po,
+            pb::PlaceHoldRequest {
+                subject_id: "REL-HOLD".into(),
+                record_id: String::new(),
+                reason: "pending claim".into(),
+                case_ref: "LD-9".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    db(&server)
+        .execute(
+            "UPDATE holds SET released_at = 1, released_by = 'x' WHERE id = ?1",
+            [&hold.hold_id],
+        )
+        .unwrap();
+    let mut client = server.client().await;
+    let delete = || pb::DeleteRecordRequest {
+        context: ctx("customer-service", "", ""),
+        record_id: held.clone(),
+    };
+    let status = client
+        .delete_record(req(server.token(Role::CustomerService), delete()))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(
+        get(
+            &server,
+            server.token(Role::CustomerService),
+            ctx("customer-service", "", ""),
+            &held
+        )
+        .await
+        .is_ok(),
+        "the record is still there"
+    );
+    db(&server)
+        .execute("DELETE FROM holds WHERE id = ?1", [&hold.hold_id])
+        .unwrap();
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    assert!(names(&rows, "mandate", &mandate.mandate_id), "{rows:?}");
+    assert!(names(&rows, "hold", &hold.hold_id), "{rows:?}");
+    server.stop().await;
+}
