@@ -126,6 +126,8 @@ pub struct FieldRow {
     pub key_gen: u32,
     /// The value sealed under the subject key (see `crypto::envelope`).
     pub sealed: Vec<u8>,
+    /// The MAC of the field's place (record, name, category, kind), computed by the core.
+    pub mac: Vec<u8>,
 }
 
 impl std::fmt::Debug for FieldRow {
@@ -151,6 +153,10 @@ pub struct FieldMeta {
     pub size: u64,
     /// Set when the field is an evidence file.
     pub evidence: Option<EvidenceMeta>,
+    /// `text` or `binary` (empty for an evidence file).
+    pub kind: String,
+    /// The field row's MAC (empty for an evidence file).
+    pub mac: Vec<u8>,
 }
 
 /// What is known of an evidence file without decrypting it.

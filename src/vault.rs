@@ -628,7 +628,10 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
         let records = self.store.subject_records(subject.as_str())?;
-        self.rows.check_all(records.iter().map(|(r, _)| r))?;
+        for (r, fields) in &records {
+            self.rows.check(r)?;
+            self.rows.check_field_metas(&r.id, fields)?;
+        }
         // Decide once per distinct (purpose, category, name, closed), not per row.
         let mut distinct: BTreeMap<(String, String, String, bool), usize> = BTreeMap::new();
         let mut resources = Vec::new();
@@ -783,13 +786,17 @@ impl Vault {
                     f.value.bytes(),
                 )
                 .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
-                Ok(FieldRow {
-                    name: f.name.as_str().into(),
-                    category: f.category.as_str().into(),
-                    kind: kind.into(),
-                    key_gen: active.generation,
-                    sealed,
-                })
+                Ok(self.rows.seal_field(
+                    record_id.as_str(),
+                    FieldRow {
+                        name: f.name.as_str().into(),
+                        category: f.category.as_str().into(),
+                        kind: kind.into(),
+                        key_gen: active.generation,
+                        sealed,
+                        mac: Vec::new(),
+                    },
+                ))
             })
             .collect()
     }
@@ -830,6 +837,7 @@ impl Vault {
             .record(record_id.as_str())?
             .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
         self.rows.check(&record)?;
+        self.rows.check_fields(&record.id, &fields)?;
         Ok((record, fields))
     }
 }

@@ -76,6 +76,7 @@ pub fn run_all(store: &dyn Store) {
         expires_at: Some(200),
     };
     let field = |name: &str, sealed: u8| FieldRow {
+        mac: vec![0xCD; 32],
         name: name.into(),
         category: "contact".into(),
         kind: "text".into(),
@@ -143,6 +144,7 @@ pub fn run_all(store: &dyn Store) {
         ..rec.clone()
     };
     let stale = FieldRow {
+        mac: vec![0xCD; 32],
         key_gen: 7,
         ..field("x", 1)
     };
@@ -326,6 +328,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         expires_at: None,
     };
     let f = FieldRow {
+        mac: vec![0xCD; 32],
         name: "a".into(),
         category: "contact".into(),
         kind: "text".into(),
@@ -427,6 +430,7 @@ fn lifecycle(store: &dyn Store) {
         expires_at: expires,
     };
     let field = FieldRow {
+        mac: vec![0xCD; 32],
         name: "a".into(),
         category: "contact".into(),
         kind: "text".into(),
@@ -485,6 +489,7 @@ fn lifecycle(store: &dyn Store) {
     ));
     let (_, held_fields) = store.record("rec_l1").unwrap().unwrap();
     let replaced = FieldRow {
+        mac: vec![0xCD; 32],
         sealed: vec![9; 12],
         ..held_fields[0].clone()
     };
@@ -494,6 +499,7 @@ fn lifecycle(store: &dyn Store) {
     ));
     assert_eq!(store.record("rec_l1").unwrap().unwrap().1, held_fields);
     let added = FieldRow {
+        mac: vec![0xCD; 32],
         name: "added".into(),
         ..held_fields[0].clone()
     };

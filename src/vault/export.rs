@@ -48,6 +48,7 @@ impl Vault {
         for (meta, _) in &listed {
             if let Some((rec, rows)) = self.store.record(&meta.id)? {
                 self.rows.check(&rec)?;
+                self.rows.check_fields(&rec.id, &rows)?;
                 let evidence = self.store.record_evidence(&rec.id)?;
                 records.push((rec, rows, evidence));
             }

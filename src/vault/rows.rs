@@ -8,7 +8,9 @@
 //! The store only keeps the bytes; every store gets the same protection.
 //!
 //! Covered: tokens (all columns), legal holds, mandates, consent states, records (subject,
-//! purpose, labels, creation, closing and expiry; not `updated_at`, which shapes nothing).
+//! purpose, labels, creation, closing and expiry; not `updated_at`, which shapes nothing), and
+//! field rows (record, name, category, kind; the key generation is authenticated by the value's
+//! envelope header).
 //! Not covered here: a deleted row (an erased hold or objection) has no MAC to fail; the trail
 //! records every hold and consent change, and `kluis admin store verify` compares them.
 //!
@@ -25,7 +27,7 @@ use crate::{
     crypto::{AuditKey, CryptoError, kdf, subkey::Subkey},
     domain::Principal,
     policy::AdminAction,
-    store::{ConsentRow, HoldRow, MandateRow, RecordRow, TokenRow},
+    store::{ConsentRow, FieldMeta, FieldRow, HoldRow, MandateRow, RecordRow, TokenRow},
 };
 
 /// A row kind the core authenticates.
@@ -217,6 +219,53 @@ impl Authenticated for RecordRow {
     }
 }
 
+/// A field row's place: what its MAC covers. The value's key generation is not covered: the
+/// envelope header carries it under the value's own authentication, and a rekey changes it.
+pub(crate) struct FieldPlace<'a> {
+    /// The record the field belongs to.
+    pub record: &'a str,
+    /// Field name.
+    pub name: &'a str,
+    /// Category id.
+    pub category: &'a str,
+    /// `text` or `binary`.
+    pub kind: &'a str,
+    /// The MAC as stored.
+    pub mac: &'a [u8],
+}
+
+impl<'a> FieldPlace<'a> {
+    /// The place of `row` in `record`.
+    pub(crate) fn of(record: &'a str, row: &'a FieldRow) -> Self {
+        Self {
+            record,
+            name: &row.name,
+            category: &row.category,
+            kind: &row.kind,
+            mac: &row.mac,
+        }
+    }
+}
+
+impl Authenticated for FieldPlace<'_> {
+    const KIND: &'static str = "field";
+
+    fn row_id(&self) -> String {
+        format!("{}/{}", self.record, self.name)
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(self.record)
+            .str(self.name)
+            .str(self.category)
+            .str(self.kind);
+    }
+}
+
 /// Computes and checks row MACs.
 pub struct RowAuth {
     key: Subkey,
@@ -276,6 +325,39 @@ impl RowAuth {
         Err(VaultError::DataLoss(format!("stored {} `{id}`", R::KIND)))
     }
 
+    /// `field` of `record` with its MAC set.
+    pub(crate) fn seal_field(&self, record: &str, mut field: FieldRow) -> FieldRow {
+        field.mac = self.mac(&FieldPlace::of(record, &field));
+        field
+    }
+
+    /// Checks the field rows of `record` (fails closed as `check` does).
+    pub(crate) fn check_fields(&self, record: &str, fields: &[FieldRow]) -> Result<(), VaultError> {
+        fields
+            .iter()
+            .try_for_each(|f| self.check(&FieldPlace::of(record, f)))
+    }
+
+    /// Checks the listed field rows of `record` (evidence files are not field rows).
+    pub(crate) fn check_field_metas(
+        &self,
+        record: &str,
+        fields: &[FieldMeta],
+    ) -> Result<(), VaultError> {
+        fields
+            .iter()
+            .filter(|f| f.evidence.is_none())
+            .try_for_each(|f| {
+                self.check(&FieldPlace {
+                    record,
+                    name: &f.name,
+                    category: &f.category,
+                    kind: &f.kind,
+                    mac: &f.mac,
+                })
+            })
+    }
+
     /// Checks every row of `rows`.
     pub(crate) fn check_all<'a, R: Authenticated + 'a>(
         &self,
@@ -288,7 +370,7 @@ impl RowAuth {
 /// A stored row that fails verification: what it is and what is wrong. Never its contents.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct BadRow {
-    /// `token`, `hold`, `mandate`, `consent` or `record`.
+    /// `token`, `hold`, `mandate`, `consent`, `record` or `field`.
     pub kind: &'static str,
     /// The row's id (for a consent: `subject/purpose`).
     pub id: String,
@@ -338,6 +420,16 @@ impl Vault {
             for r in &page {
                 records += 1;
                 check(RecordRow::KIND, r.row_id(), self.rows.is_authentic(r));
+                if let Some((_, fields)) = self.store.record(&r.id)? {
+                    for f in &fields {
+                        let place = FieldPlace::of(&r.id, f);
+                        check(
+                            FieldPlace::KIND,
+                            place.row_id(),
+                            self.rows.is_authentic(&place),
+                        );
+                    }
+                }
             }
         }
         // What the trail says must still be there.

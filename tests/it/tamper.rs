@@ -259,6 +259,70 @@ async fn record_rows_edited_by_hand_are_not_obeyed() {
     }
     let (code, _) = store_verify(&server);
     assert_eq!(code, 0);
+
+    // A field's category edited by hand (special evidence made plain contact) or moved to
+    // another record: not decided on, not listed.
+    let cs = server.token(Role::CustomerService).to_owned();
+    let other = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        subject,
+        vec![text("phone", "contact", "06-2222")],
+    )
+    .await;
+    db(&server)
+        .execute(
+            "UPDATE fields SET category = 'contact' WHERE record_id = ?1 AND name = 'statement'",
+            [&id],
+        )
+        .unwrap();
+    let status = get(&server, &officer, nuisance_ctx(), &id)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss);
+    let mut client = server.client().await;
+    let listed = client
+        .list_records(req(
+            &cs,
+            pb::ListRecordsRequest {
+                context: nuisance_ctx(),
+                subject_id: subject.into(),
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(listed.code(), Code::DataLoss);
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    assert!(
+        names(&rows, "field", &format!("{id}/statement")),
+        "{rows:?}"
+    );
+    db(&server)
+        .execute(
+            "UPDATE fields SET category = 'nuisance-evidence' WHERE record_id = ?1",
+            [&id],
+        )
+        .unwrap();
+    // Twin: put back, it reads again.
+    assert!(get(&server, &officer, nuisance_ctx(), &id).await.is_ok());
+    db(&server)
+        .execute(
+            "UPDATE fields SET record_id = ?2 WHERE record_id = ?1 AND name = 'statement'",
+            params![id, other],
+        )
+        .unwrap();
+    assert_eq!(
+        get(&server, &officer, nuisance_ctx(), &other)
+            .await
+            .err()
+            .unwrap()
+            .code(),
+        Code::DataLoss
+    );
     server.stop().await;
 }
 
