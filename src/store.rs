@@ -321,6 +321,8 @@ pub struct RequestRow {
     pub completed_at: Option<i64>,
     /// A note (no personal data).
     pub note: String,
+    /// The row's MAC, computed by the core.
+    pub mac: Vec<u8>,
 }
 
 /// A bearer token, stored only as its hash.
@@ -665,7 +667,7 @@ pub trait Store: Send + Sync {
     fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError>;
 
     /// Marks a request answered. Returns false when no open request has this id.
-    fn complete_request(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    fn complete_request(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError>;
 
     /// All subject requests, oldest first.
     fn requests(&self) -> Result<Vec<RequestRow>, StoreError>;

@@ -596,9 +596,11 @@ fn lifecycle(store: &dyn Store) {
         opened_by: "po".into(),
         completed_at: None,
         note: "letter".into(),
+        mac: vec![6; 32],
     };
     store.insert_request(&request).unwrap();
-    assert!(store.complete_request("req_1", 15).unwrap());
-    assert!(!store.complete_request("req_1", 16).unwrap());
+    assert!(store.complete_request("req_1", 15, &[7; 32]).unwrap());
+    assert!(!store.complete_request("req_1", 16, &[8; 32]).unwrap());
+    assert_eq!(store.requests().unwrap()[0].mac, vec![7; 32]);
     assert_eq!(store.requests().unwrap()[0].completed_at, Some(15));
 }

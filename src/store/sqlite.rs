@@ -181,6 +181,7 @@ ALTER TABLE mandates ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE consents ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE records ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE fields ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+ALTER TABLE subject_requests ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ",
 ];
 
@@ -391,7 +392,7 @@ const MANDATE_COLUMNS: &str = "id, subject, representative, purposes, categories
 const HOLD_COLUMNS: &str =
     "id, subject, record_id, reason, case_ref, placed_by, placed_at, released_at, released_by, mac";
 const REQUEST_COLUMNS: &str =
-    "id, subject, kind, received_at, due_at, opened_by, completed_at, note";
+    "id, subject, kind, received_at, due_at, opened_by, completed_at, note, mac";
 /// SQL condition: no active hold covers record `r`.
 /// The id of an active hold covering record `?1`, if any.
 const HOLD_ON_RECORD: &str = "SELECT h.id FROM holds h JOIN records r ON h.subject = r.subject
@@ -1602,19 +1603,20 @@ impl Store for SqliteStore {
     fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError> {
         let conn = self.write()?;
         conn.execute(
-            &format!("INSERT INTO subject_requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-            params![row.id, row.subject, row.kind, row.received_at, row.due_at, row.opened_by, row.completed_at, row.note],
+            &format!("INSERT INTO subject_requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![row.id, row.subject, row.kind, row.received_at, row.due_at, row.opened_by, row.completed_at, row.note, row.mac],
         )
         .map_err(db)?;
         Ok(())
     }
 
-    fn complete_request(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+    fn complete_request(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
         let conn = self.write()?;
         let n = conn
             .execute(
-                "UPDATE subject_requests SET completed_at = ?2 WHERE id = ?1 AND completed_at IS NULL",
-                params![id, at],
+                "UPDATE subject_requests SET completed_at = ?2, mac = ?3
+                 WHERE id = ?1 AND completed_at IS NULL",
+                params![id, at, mac],
             )
             .map_err(db)?;
         Ok(n > 0)
@@ -1635,6 +1637,7 @@ impl Store for SqliteStore {
                     opened_by: r.get(5)?,
                     completed_at: r.get(6)?,
                     note: r.get(7)?,
+                    mac: r.get(8)?,
                 })
             })?
             .collect()

@@ -429,16 +429,20 @@ impl Vault {
         if received_at > self.clock.now() {
             return Err(InputError::new("received_at", "lies in the future").into());
         }
-        let row = RequestRow {
-            id: format!("req_{}", hex::encode(rand::random::<[u8; 8]>())),
-            subject: subject.as_str().into(),
-            kind: kind.as_str().into(),
-            received_at,
-            due_at: received_at.saturating_add(REQUEST_DEADLINE_SECS),
-            opened_by: actor.id.as_str().into(),
-            completed_at: None,
-            note: note.into(),
-        };
+        let row = self.rows.seal(
+            RequestRow {
+                id: format!("req_{}", hex::encode(rand::random::<[u8; 8]>())),
+                subject: subject.as_str().into(),
+                kind: kind.as_str().into(),
+                received_at,
+                due_at: received_at.saturating_add(REQUEST_DEADLINE_SECS),
+                opened_by: actor.id.as_str().into(),
+                completed_at: None,
+                note: note.into(),
+                mac: Vec::new(),
+            },
+            |r, mac| r.mac = mac,
+        );
         event.subject = Some(subject.as_str().into());
         event.target = Some(row.id.clone());
         event.reason = Some(format!("{} request, due at {}", row.kind, row.due_at));
@@ -461,17 +465,24 @@ impl Vault {
             Some(id),
             justification,
         )?;
-        if !self
+        let Some(request) = self
             .store
             .requests()?
-            .iter()
-            .any(|r| r.id == id && r.completed_at.is_none())
-        {
+            .into_iter()
+            .find(|r| r.id == id && r.completed_at.is_none())
+        else {
             return Err(VaultError::NotFound(format!("open request `{id}`")));
-        }
+        };
+        self.rows.check(&request)?;
+        let now = self.clock.now();
+        let completed = RequestRow {
+            completed_at: Some(now),
+            ..request
+        };
+        let mac = self.rows.mac(&completed);
         event.target = Some(id.into());
         event.commit()?;
-        self.store.complete_request(id, self.clock.now())?;
+        self.store.complete_request(id, now, &mac)?;
         Ok(())
     }
 
@@ -489,9 +500,9 @@ impl Vault {
             "",
         )?;
         let now = self.clock.now();
-        let requests: Vec<RequestStatus> = self
-            .store
-            .requests()?
+        let stored = self.store.requests()?;
+        self.rows.check_all(&stored)?;
+        let requests: Vec<RequestStatus> = stored
             .into_iter()
             .map(|request| RequestStatus {
                 overdue: request.completed_at.is_none() && now > request.due_at,

@@ -10,7 +10,7 @@
 //! Covered: tokens (all columns), legal holds, mandates, consent states, records (subject,
 //! purpose, labels, creation, closing and expiry; not `updated_at`, which shapes nothing), and
 //! field rows (record, name, category, kind; the key generation is authenticated by the value's
-//! envelope header).
+//! envelope header), and subject requests (their deadlines).
 //! Not covered here: a deleted row (an erased hold or objection) has no MAC to fail; the trail
 //! records every hold and consent change, and `kluis admin store verify` compares them.
 //!
@@ -27,7 +27,9 @@ use crate::{
     crypto::{AuditKey, CryptoError, kdf, subkey::Subkey},
     domain::Principal,
     policy::AdminAction,
-    store::{ConsentRow, FieldMeta, FieldRow, HoldRow, MandateRow, RecordRow, TokenRow},
+    store::{
+        ConsentRow, FieldMeta, FieldRow, HoldRow, MandateRow, RecordRow, RequestRow, TokenRow,
+    },
 };
 
 /// A row kind the core authenticates.
@@ -173,6 +175,29 @@ impl Authenticated for MandateRow {
             .int(self.valid_until)
             .str(&self.granted_by)
             .opt_int(self.revoked_at);
+    }
+}
+
+impl Authenticated for RequestRow {
+    const KIND: &'static str = "request";
+
+    fn row_id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        &self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.id)
+            .str(&self.subject)
+            .str(&self.kind)
+            .int(self.received_at)
+            .int(self.due_at)
+            .str(&self.opened_by)
+            .opt_int(self.completed_at)
+            .str(&self.note);
     }
 }
 
@@ -410,6 +435,10 @@ impl Vault {
         let consents = self.store.all_consents()?;
         for c in &consents {
             check(ConsentRow::KIND, c.row_id(), self.rows.is_authentic(c));
+        }
+        let requests = self.store.requests()?;
+        for r in &requests {
+            check(RequestRow::KIND, r.row_id(), self.rows.is_authentic(r));
         }
         let mut after = String::new();
         let mut records = 0usize;
