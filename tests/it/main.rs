@@ -20,6 +20,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod crash;
+mod enforcement;
 mod evidence;
 mod guard;
 mod hygiene;

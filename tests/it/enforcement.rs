@@ -1,0 +1,1606 @@
+//! The hostile-request table: a real server attacked over real gRPC as an attacker would, class
+//! by class. Every case is a request, the status code kluis documents for it, and what the answer
+//! (the status message, or the response itself) must name and must never show: an answer tells
+//! the caller what it may know and nothing more.
+//!
+//! Classes: every answer about a subject is a decision; roles cannot widen each other;
+//! separation of duties; closed vocabularies; legal holds; the accountable trail; file modes;
+//! the BSN guard on every clear string.
+
+use std::{future::Future, pin::Pin};
+
+use kluis::{
+    domain::{PrincipalId, Role, SubjectId},
+    pb,
+    vault::tokens::TokenSpec,
+};
+use tonic::{Code, Status};
+
+use crate::common::*;
+
+// ------------------------------------------------------------------------------- the table --
+
+/// The answer to a hostile request: the response rendered as text, or the refusal.
+type Answer = Result<String, Status>;
+
+/// One row of the table.
+struct Case<'a> {
+    name: String,
+    code: Code,
+    /// What the answer must name.
+    names: Vec<String>,
+    /// What the answer must never show.
+    hides: Vec<String>,
+    call: Pin<Box<dyn Future<Output = Answer> + 'a>>,
+}
+
+fn case<'a>(
+    name: impl Into<String>,
+    code: Code,
+    call: impl Future<Output = Answer> + 'a,
+) -> Case<'a> {
+    Case {
+        name: name.into(),
+        code,
+        names: Vec::new(),
+        hides: Vec::new(),
+        call: Box::pin(call),
+    }
+}
+
+impl Case<'_> {
+    fn names(mut self, what: &[&str]) -> Self {
+        self.names.extend(what.iter().map(|s| (*s).to_owned()));
+        self
+    }
+
+    fn hides(mut self, what: &[&str]) -> Self {
+        self.hides.extend(what.iter().map(|s| (*s).to_owned()));
+        self
+    }
+}
+
+/// Runs the cases one after the other and fails with every case that did not get its documented
+/// answer. Returns how many cases ran.
+async fn run_table(table: &str, cases: Vec<Case<'_>>) -> usize {
+    let total = cases.len();
+    let mut failures = Vec::new();
+    for c in cases {
+        let (code, text) = match c.call.await {
+            Ok(answer) => (Code::Ok, answer),
+            Err(status) => (status.code(), status.message().to_owned()),
+        };
+        let mut problems = Vec::new();
+        if code != c.code {
+            problems.push(format!("got {code:?}, documented {:?}", c.code));
+        }
+        for n in &c.names {
+            if !text.contains(n.as_str()) {
+                problems.push(format!("does not name `{n}`"));
+            }
+        }
+        for h in &c.hides {
+            if text.contains(h.as_str()) {
+                problems.push(format!("shows `{h}`"));
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "  {}: {}\n    answer: {text}",
+                c.name,
+                problems.join("; ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{table}: {} of {total} cases do not hold:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    total
+}
+
+// ------------------------------------------------------------------------ the requests --
+
+/// An access context with a channel.
+fn cx(
+    purpose: &str,
+    case_ref: &str,
+    justification: &str,
+    channel: &str,
+) -> Option<pb::AccessContext> {
+    Some(pb::AccessContext {
+        purpose: purpose.into(),
+        case_ref: case_ref.into(),
+        justification: justification.into(),
+        channel: channel.into(),
+        break_glass: false,
+    })
+}
+
+fn answer<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>) -> Answer {
+    r.map(|resp| format!("{:?}", resp.into_inner()))
+}
+
+/// A record as text: what a caller got, values included.
+fn render_record(r: &pb::GetRecordResponse) -> String {
+    let fields: Vec<String> = r
+        .fields
+        .iter()
+        .map(|f| match &f.value {
+            Some(pb::field_value::Value::Text(t)) => format!("{}:{}={t}", f.name, f.category),
+            Some(pb::field_value::Value::Binary(b)) => {
+                format!("{}:{}=0x{}", f.name, f.category, hex::encode(b))
+            }
+            None => format!("{}:{}", f.name, f.category),
+        })
+        .collect();
+    let withheld: Vec<String> = r
+        .withheld
+        .iter()
+        .map(|w| format!("{} ({})", w.name, w.reason))
+        .collect();
+    format!(
+        "{} {} {} fields [{}] withheld [{}] labels {:?}",
+        r.record_id,
+        r.subject_id,
+        r.purpose,
+        fields.join(", "),
+        withheld.join(", "),
+        r.labels
+    )
+}
+
+fn render_evidence(info: &pb::EvidenceInfo, bytes: usize) -> String {
+    format!(
+        "{} {} {} {} {} {} size {} sha256 {} and {bytes} bytes",
+        info.evidence_id,
+        info.record_id,
+        info.field,
+        info.category,
+        info.media_type,
+        info.file_name,
+        info.size,
+        info.sha256
+    )
+}
+
+async fn get_fields(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    record_id: &str,
+    fields: &[&str],
+) -> Answer {
+    let mut client = server.client().await;
+    client
+        .get_record(req(
+            token,
+            pb::GetRecordRequest {
+                context,
+                record_id: record_id.into(),
+                fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            },
+        ))
+        .await
+        .map(|r| render_record(&r.into_inner()))
+}
+
+async fn put_labelled(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    subject: &str,
+    fields: Vec<pb::FieldValue>,
+    labels: &[(&str, &str)],
+) -> Answer {
+    let mut client = server.client().await;
+    answer(
+        client
+            .put_record(req(
+                token,
+                pb::PutRecordRequest {
+                    context,
+                    subject_id: subject.into(),
+                    fields,
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                },
+            ))
+            .await,
+    )
+}
+
+async fn update(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    record_id: &str,
+    fields: Vec<pb::FieldValue>,
+) -> Answer {
+    let mut client = server.client().await;
+    answer(
+        client
+            .update_record(req(
+                token,
+                pb::UpdateRecordRequest {
+                    context,
+                    record_id: record_id.into(),
+                    fields,
+                },
+            ))
+            .await,
+    )
+}
+
+async fn delete(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    record_id: &str,
+) -> Answer {
+    let mut client = server.client().await;
+    answer(
+        client
+            .delete_record(req(
+                token,
+                pb::DeleteRecordRequest {
+                    context,
+                    record_id: record_id.into(),
+                },
+            ))
+            .await,
+    )
+}
+
+async fn close(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    record_id: &str,
+) -> Answer {
+    let mut client = server.client().await;
+    answer(
+        client
+            .close_record(req(
+                token,
+                pb::CloseRecordRequest {
+                    context,
+                    record_id: record_id.into(),
+                },
+            ))
+            .await,
+    )
+}
+
+/// A listing as text: per record its id, purpose and labels, per field
+/// `name:category:size:media_type/sha256` (`-` without evidence metadata).
+async fn list(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    subject: &str,
+) -> Answer {
+    let mut client = server.client().await;
+    let resp = client
+        .list_records(req(
+            token,
+            pb::ListRecordsRequest {
+                context,
+                subject_id: subject.into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(resp
+        .records
+        .iter()
+        .map(|r| {
+            let fields: Vec<String> = r
+                .fields
+                .iter()
+                .map(|f| {
+                    let ev = f
+                        .evidence
+                        .as_ref()
+                        .map_or("-".to_owned(), |e| format!("{}/{}", e.media_type, e.sha256));
+                    format!("{}:{}:{}:{ev}", f.name, f.category, f.size)
+                })
+                .collect();
+            format!(
+                "{} {} [{}] {:?}",
+                r.record_id,
+                r.purpose,
+                fields.join(","),
+                r.labels
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// An export as its JSON lines, one per line. Lines that came before a refusal are a finding of
+/// their own: the answer is then `UNKNOWN` with those lines.
+async fn export(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    subject: &str,
+) -> Answer {
+    let mut client = server.client().await;
+    let mut stream = client
+        .export_subject(req(
+            token,
+            pb::ExportSubjectRequest {
+                context,
+                subject_id: subject.into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut lines = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(line)) => lines.push(line.json),
+            Ok(None) => return Ok(lines.join("\n")),
+            Err(status) if lines.is_empty() => return Err(status),
+            Err(status) => {
+                return Err(Status::unknown(format!(
+                    "{} lines came before the refusal `{}`: {}",
+                    lines.len(),
+                    status.message(),
+                    lines.join("\n")
+                )));
+            }
+        }
+    }
+}
+
+async fn fetch_evidence(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    evidence_id: &str,
+) -> Answer {
+    download(server, token, context, evidence_id, None)
+        .await
+        .map(|(info, bytes)| render_evidence(&info, bytes.len()))
+}
+
+async fn issue_token(server: &TestServer, token: &str, request: pb::IssueTokenRequest) -> Answer {
+    let mut admin = server.admin().await;
+    admin.issue_token(req(token, request)).await.map(|r| {
+        let r = r.into_inner();
+        format!("issued {} pending {}", r.token_id, r.pending_approval)
+    })
+}
+
+fn issue_request(principal: &str, roles: &[&str], scope: &str) -> pb::IssueTokenRequest {
+    pb::IssueTokenRequest {
+        principal_id: principal.into(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        ttl_seconds: 3600,
+        scope_subject_id: scope.into(),
+        justification: "new colleague".into(),
+    }
+}
+
+async fn approve_as(server: &TestServer, token: &str, token_id: &str) -> Answer {
+    let mut admin = server.admin().await;
+    answer(
+        admin
+            .approve_token(req(
+                token,
+                pb::ApproveTokenRequest {
+                    token_id: token_id.into(),
+                    justification: "checked with the team lead".into(),
+                },
+            ))
+            .await,
+    )
+}
+
+async fn who_am_i(server: &TestServer, token: &str) -> Answer {
+    let mut client = server.client().await;
+    answer(client.who_am_i(req(token, pb::WhoAmIRequest {})).await)
+}
+
+/// A token with several roles, issued directly through the vault.
+fn issue_multi(server: &TestServer, principal: &str, roles: &[Role]) -> String {
+    let spec = TokenSpec {
+        principal: PrincipalId::parse("p", principal).unwrap(),
+        roles: roles.to_vec(),
+        ttl_secs: 3600,
+        scope_subject: None,
+    };
+    server
+        .vault
+        .bootstrap_token(&spec)
+        .unwrap()
+        .token
+        .expose_secret()
+        .to_owned()
+}
+
+/// A scoped token for `role` bound to `subject`, for another principal than the harness's.
+fn issue_scoped(server: &TestServer, principal: &str, role: Role, subject: &str) -> String {
+    let spec = TokenSpec {
+        principal: PrincipalId::parse("p", principal).unwrap(),
+        roles: vec![role],
+        ttl_secs: 3600,
+        scope_subject: Some(SubjectId::parse("s", subject).unwrap()),
+    };
+    server
+        .vault
+        .bootstrap_token(&spec)
+        .unwrap()
+        .token
+        .expose_secret()
+        .to_owned()
+}
+
+async fn grant_mandate(
+    server: &TestServer,
+    subject: &str,
+    representative: &str,
+    purposes: &[&str],
+    categories: &[&str],
+) -> pb::Mandate {
+    let mut admin = server.admin().await;
+    admin
+        .grant_mandate(req(
+            server.token(Role::PrivacyOfficer),
+            pb::GrantMandateRequest {
+                subject_id: subject.into(),
+                representative_id: representative.into(),
+                purposes: purposes.iter().map(|p| (*p).to_owned()).collect(),
+                categories: categories.iter().map(|c| (*c).to_owned()).collect(),
+                valid_until: Some(prost_types::Timestamp {
+                    seconds: kluis::domain::now_unix() + 30 * 86_400,
+                    nanos: 0,
+                }),
+                justification: "signed volmacht".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Audit entries with `action` and `decision`.
+fn audited(server: &TestServer, action: &str, decision: &str) -> usize {
+    audit_entries(server)
+        .iter()
+        .filter(|e| e["action"] == action && e["decision"] == decision)
+        .count()
+}
+
+const ALL_CATEGORIES: &[&str] = &[
+    "identity",
+    "contact",
+    "financial",
+    "income",
+    "contract",
+    "medical",
+    "nuisance-evidence",
+    "fraud",
+    "criminal",
+];
+
+// ------------------------------------------- 1. every answer about a subject is a decision --
+
+/// The access lines of an export about an open nuisance or fraud case (who worked on it, with
+/// which case reference and why) are not the subject's to see until the case closes, through
+/// whichever door the access came.
+#[tokio::test]
+async fn an_export_shows_no_access_line_about_an_open_case() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    let contract = put(
+        s,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        me,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    let nuisance = put(
+        s,
+        Role::NuisanceOfficer,
+        cx(
+            "nuisance",
+            "N-2026-0042",
+            "complaint of the neighbours",
+            "app",
+        ),
+        me,
+        vec![
+            text("statement", "nuisance-evidence", "shouting at night"),
+            text("phone", "contact", "06-11112222"),
+        ],
+    )
+    .await;
+    let officer = s.token(Role::NuisanceOfficer);
+    get(
+        s,
+        officer,
+        cx("nuisance", "N-2026-0042", "second visit to the flat", "app"),
+        &nuisance,
+    )
+    .await
+    .unwrap();
+    list(
+        s,
+        officer,
+        cx("nuisance", "N-2026-0042", "overview of the file", "app"),
+        me,
+    )
+    .await
+    .unwrap();
+    upload_bytes(
+        s,
+        officer,
+        evidence_start(
+            cx("nuisance", "N-2026-0042", "doorbell footage", "app"),
+            "",
+            &nuisance,
+            "doorbell",
+            "video/mp4",
+            "deurbel.mp4",
+        ),
+        b"not really a video",
+    )
+    .await
+    .unwrap();
+    let fraud = put(
+        s,
+        Role::FraudInvestigator,
+        cx("housing-fraud", "F-2026-0099", "tip on subletting", "app"),
+        me,
+        vec![text("tip", "fraud", "sublets the attic")],
+    )
+    .await;
+
+    // Every line about the open cases is kept back; the contract record and its write show.
+    let secrets = [
+        nuisance.as_str(),
+        fraud.as_str(),
+        "N-2026-0042",
+        "complaint of the neighbours",
+        "second visit",
+        "overview of the file",
+        "doorbell",
+        "F-2026-0099",
+        "subletting",
+        "statement",
+        "shouting",
+    ];
+    let subject = s.token(Role::Subject);
+    let rep = s.token(Role::Representative);
+    grant_mandate(
+        s,
+        me,
+        "test-representative",
+        &["contract", "nuisance", "housing-fraud", "safety"],
+        ALL_CATEGORIES,
+    )
+    .await;
+    let sar = || {
+        cx(
+            "customer-service",
+            "SAR-2026-5",
+            "subject access request",
+            "app",
+        )
+    };
+    let ok = Code::Ok;
+    let cases = vec![
+        case("the subject's export", ok, export(s, subject, sar(), me))
+            .names(&[contract.as_str(), "\"type\":\"access\""])
+            .hides(&secrets),
+        case(
+            "the subject's export declaring the nuisance case",
+            ok,
+            export(
+                s,
+                subject,
+                cx("nuisance", "N-2026-0042", "what is in my file", "app"),
+                me,
+            ),
+        )
+        .names(&[contract.as_str()])
+        .hides(&secrets),
+        case(
+            "the subject's export declaring the fraud purpose",
+            ok,
+            export(
+                s,
+                subject,
+                cx(
+                    "housing-fraud",
+                    "F-2026-0099",
+                    "what is in my file",
+                    "portal",
+                ),
+                me,
+            ),
+        )
+        .names(&[contract.as_str()])
+        .hides(&secrets),
+        case(
+            "a representative's export, mandate covering the cases",
+            ok,
+            export(s, rep, sar(), me),
+        )
+        .names(&[contract.as_str()])
+        .hides(&secrets),
+        case("the subject's listing", ok, list(s, subject, sar(), me))
+            .names(&[contract.as_str()])
+            .hides(&secrets),
+        case(
+            "the subject reads the nuisance record by id",
+            Code::PermissionDenied,
+            get_fields(s, subject, sar(), &nuisance, &[]),
+        )
+        .names(&["subject-not-during-open-investigation"])
+        .hides(&secrets[2..]),
+    ];
+    run_table("access lines about an open case", cases).await;
+    server.stop().await;
+}
+
+/// An access to an open case declared under another purpose (legal counsel building a claim on
+/// the nuisance file, a customer-service employee trying to read it) is about that case all the
+/// same: its line is not the subject's to see while the case is open.
+#[tokio::test]
+#[ignore = "kluis does not yet decide an access line by the purpose of the record it is about: \
+            a legal-disputes read of an open nuisance or fraud record, and a refused \
+            customer-service read of one, show in the subject's and the representative's export \
+            with record id, case_ref, justification and field names"]
+async fn an_access_to_an_open_case_under_another_purpose_stays_hidden() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    put(
+        s,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        me,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    let nuisance = put(
+        s,
+        Role::NuisanceOfficer,
+        cx(
+            "nuisance",
+            "N-2026-0042",
+            "complaint of the neighbours",
+            "app",
+        ),
+        me,
+        vec![
+            text("statement", "nuisance-evidence", "shouting at night"),
+            text("phone", "contact", "06-11112222"),
+        ],
+    )
+    .await;
+    let fraud = put(
+        s,
+        Role::FraudInvestigator,
+        cx("housing-fraud", "F-2026-0099", "tip on subletting", "app"),
+        me,
+        vec![
+            text("tip", "fraud", "sublets the attic"),
+            text("name", "identity", "M. de Boer"),
+        ],
+    )
+    .await;
+    // Legal counsel reads both under `legal-disputes` (compatible reuse, with a case reference).
+    get(
+        s,
+        s.token(Role::LegalCounsel),
+        cx("legal-disputes", "LD-2026-0007", "eviction claim", "app"),
+        &nuisance,
+    )
+    .await
+    .unwrap();
+    get(
+        s,
+        s.token(Role::LegalCounsel),
+        cx(
+            "legal-disputes",
+            "LD-2026-0008",
+            "claim for the fraud",
+            "app",
+        ),
+        &fraud,
+    )
+    .await
+    .unwrap();
+    // Customer service tries to read the nuisance record for its own purpose and is refused.
+    get(
+        s,
+        s.token(Role::CustomerService),
+        cx(
+            "customer-service",
+            "CS-4711",
+            "curious about the file",
+            "phone",
+        ),
+        &nuisance,
+    )
+    .await
+    .err()
+    .unwrap();
+    let secrets = [
+        nuisance.as_str(),
+        fraud.as_str(),
+        "LD-2026-0007",
+        "eviction claim",
+        "LD-2026-0008",
+        "claim for the fraud",
+        "CS-4711",
+        "curious about",
+        "statement",
+        "\"tip\"",
+    ];
+    grant_mandate(
+        s,
+        me,
+        "test-representative",
+        &[
+            "nuisance",
+            "housing-fraud",
+            "legal-disputes",
+            "customer-service",
+        ],
+        ALL_CATEGORIES,
+    )
+    .await;
+    let sar = || {
+        cx(
+            "customer-service",
+            "SAR-2026-5",
+            "subject access request",
+            "app",
+        )
+    };
+    let cases = vec![
+        case(
+            "the subject's export",
+            Code::Ok,
+            export(s, s.token(Role::Subject), sar(), me),
+        )
+        .hides(&secrets),
+        case(
+            "the subject's export declaring legal-disputes",
+            Code::Ok,
+            export(
+                s,
+                s.token(Role::Subject),
+                cx("legal-disputes", "SAR-2026-5", "my file", "app"),
+                me,
+            ),
+        )
+        .hides(&secrets),
+        case(
+            "a representative's export",
+            Code::Ok,
+            export(s, s.token(Role::Representative), sar(), me),
+        )
+        .hides(&secrets),
+    ];
+    run_table("access lines under another purpose", cases).await;
+    server.stop().await;
+}
+
+/// A subject with no records left: whoever may not export that subject's data at all gets
+/// PERMISSION_DENIED and not one line (not the header, not the trail of what was there).
+#[tokio::test]
+async fn a_subject_with_no_records_left_is_nobodys_business_without_export_rights() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let gone = "REL-GONE";
+    let id = put(
+        s,
+        Role::CustomerService,
+        cx("customer-service", "CS-0815", "moving out", "app"),
+        gone,
+        vec![text("email", "contact", "gone@example.nl")],
+    )
+    .await;
+    delete(
+        s,
+        s.token(Role::CustomerService),
+        cx("customer-service", "CS-0815", "moved out", "app"),
+        &id,
+    )
+    .await
+    .unwrap();
+    let representative_of_gone = issue_scoped(s, "rep-of-gone", Role::Representative, gone);
+    let contractor_of_gone = issue_scoped(s, "plumber-of-gone", Role::Contractor, gone);
+    let sar = || {
+        cx(
+            "customer-service",
+            "SAR-2026-9",
+            "subject access request",
+            "app",
+        )
+    };
+    let hides = [
+        id.as_str(),
+        "CS-0815",
+        "moving out",
+        "moved out",
+        "email",
+        "schema",
+    ];
+    let denied = audited(s, "export", "deny");
+    let mut cases = Vec::new();
+    for role in [
+        Role::CustomerService,
+        Role::NuisanceOfficer,
+        Role::FinanceOfficer,
+        Role::LegalCounsel,
+        Role::Auditor,
+        Role::Analyst,
+        Role::SecurityOfficer,
+        Role::Contractor,
+        Role::Subject,
+        Role::Representative,
+    ] {
+        for (purpose, subject) in [("customer-service", gone), ("nuisance", "REL-NEVER")] {
+            cases.push(
+                case(
+                    format!("{role} exports {subject} for {purpose}"),
+                    Code::PermissionDenied,
+                    export(
+                        s,
+                        s.token(role),
+                        cx(purpose, "SAR-2026-9", "subject access request", "app"),
+                        subject,
+                    ),
+                )
+                .hides(&hides),
+            );
+        }
+    }
+    cases.push(
+        case(
+            "a representative bound to the subject, without a mandate",
+            Code::PermissionDenied,
+            export(s, &representative_of_gone, sar(), gone),
+        )
+        .hides(&hides),
+    );
+    cases.push(
+        case(
+            "a contractor bound to the subject",
+            Code::PermissionDenied,
+            export(
+                s,
+                &contractor_of_gone,
+                cx("maintenance", "M-1", "leaking tap", "app"),
+                gone,
+            ),
+        )
+        .hides(&hides),
+    );
+    cases.push(
+        case(
+            "the subject spelled in capitals by customer service",
+            Code::PermissionDenied,
+            export(s, s.token(Role::CustomerService), sar(), "rel-gone"),
+        )
+        .hides(&hides),
+    );
+    let tried = cases.len();
+    run_table("no records left", cases).await;
+    assert_eq!(
+        audited(s, "export", "deny"),
+        denied + tried,
+        "every refused export is on the trail"
+    );
+    // The privacy officer, who may export, gets the header and the trail of what was there.
+    let lines = export(s, s.token(Role::PrivacyOfficer), sar(), gone)
+        .await
+        .unwrap();
+    assert!(
+        lines.contains("kluis.export.v1") && lines.contains(&id),
+        "{lines}"
+    );
+    server.stop().await;
+}
+
+/// A nuisance record of `subject` with a special-category field, a contact field, a surname and
+/// an evidence file.
+async fn nuisance_file(s: &TestServer, subject: &str) -> String {
+    let id = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        subject,
+        vec![
+            text("statement", "nuisance-evidence", "shouting at night"),
+            text("phone", "contact", "06-11112222"),
+            text("surname", "identity", "Jansen"),
+        ],
+    )
+    .await;
+    upload_bytes(
+        s,
+        s.token(Role::NuisanceOfficer),
+        evidence_start(
+            nuisance_ctx(),
+            "",
+            &id,
+            "doorbell",
+            "video/mp4",
+            "deurbel.mp4",
+        ),
+        b"not really a video",
+    )
+    .await
+    .unwrap();
+    id
+}
+
+/// A refused CloseRecord or DeleteRecord (and UpdateRecord) names no field of the stored record:
+/// not its names, not its evidence, not its values.
+#[tokio::test]
+async fn a_refused_close_or_delete_names_no_field_of_the_record() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let id = nuisance_file(s, "REL-0100").await;
+    let hides = [
+        "statement",
+        "phone",
+        "surname",
+        "doorbell",
+        "deurbel",
+        "shouting",
+        "06-1111",
+        "Jansen",
+    ];
+    let denied = audit_entries(s)
+        .iter()
+        .filter(|e| e["decision"] == "deny")
+        .count();
+    let t = |role| s.token(role);
+    let n = || cx("nuisance", "N-2026-0042", "closing the file", "app");
+    let social = || {
+        cx(
+            "nuisance",
+            "N-2026-0042",
+            "closing the file",
+            "social-media",
+        )
+    };
+    let pd = Code::PermissionDenied;
+    let cases = vec![
+        case(
+            "customer service closes it for its own purpose",
+            pd,
+            close(
+                s,
+                t(Role::CustomerService),
+                ctx("customer-service", "", ""),
+                &id,
+            ),
+        ),
+        case(
+            "customer service deletes it declaring nuisance",
+            pd,
+            delete(s, t(Role::CustomerService), n(), &id),
+        ),
+        case(
+            "the fraud investigator closes it declaring nuisance",
+            pd,
+            close(s, t(Role::FraudInvestigator), n(), &id),
+        ),
+        case(
+            "the fraud investigator deletes it for housing fraud",
+            pd,
+            delete(
+                s,
+                t(Role::FraudInvestigator),
+                cx("housing-fraud", "F-1", "tip", "app"),
+                &id,
+            ),
+        ),
+        case(
+            "the maintenance planner closes it",
+            pd,
+            close(
+                s,
+                t(Role::MaintenancePlanner),
+                ctx("maintenance", "", ""),
+                &id,
+            ),
+        ),
+        case(
+            "the finance officer deletes it",
+            pd,
+            delete(s, t(Role::FinanceOfficer), ctx("payments", "", ""), &id),
+        ),
+        case(
+            "legal counsel deletes it for a claim",
+            pd,
+            delete(
+                s,
+                t(Role::LegalCounsel),
+                cx("legal-disputes", "LD-1", "claim", "app"),
+                &id,
+            ),
+        ),
+        case(
+            "a contractor bound to another subject closes it",
+            pd,
+            close(
+                s,
+                t(Role::Contractor),
+                ctx("maintenance", "M-1", "tap"),
+                &id,
+            ),
+        ),
+        case(
+            "a subject bound to another subject deletes it",
+            pd,
+            delete(s, t(Role::Subject), n(), &id),
+        ),
+        case(
+            "the privacy officer closes it",
+            pd,
+            close(s, t(Role::PrivacyOfficer), n(), &id),
+        ),
+        case(
+            "the security officer deletes it",
+            pd,
+            delete(s, t(Role::SecurityOfficer), n(), &id),
+        ),
+        case(
+            "the nuisance officer closes it over social media",
+            pd,
+            close(s, t(Role::NuisanceOfficer), social(), &id),
+        ),
+        case(
+            "the nuisance officer deletes it over social media",
+            pd,
+            delete(s, t(Role::NuisanceOfficer), social(), &id),
+        ),
+        case(
+            "the nuisance officer deletes it without a case reference",
+            pd,
+            delete(s, t(Role::NuisanceOfficer), ctx("nuisance", "", ""), &id),
+        ),
+        case(
+            "customer service adds a field of its own",
+            pd,
+            update(
+                s,
+                t(Role::CustomerService),
+                ctx("customer-service", "", ""),
+                &id,
+                vec![text("note", "contact", "x")],
+            ),
+        )
+        .names(&["note"]),
+    ];
+    let tried = cases.len();
+    let cases = cases.into_iter().map(|c| c.hides(&hides)).collect();
+    run_table("refused close and delete", cases).await;
+    let now_denied = audit_entries(s)
+        .iter()
+        .filter(|e| e["decision"] == "deny")
+        .count();
+    assert_eq!(now_denied, denied + tried, "every refusal is on the trail");
+    // Still there, whole.
+    let resp = get(s, t(Role::NuisanceOfficer), nuisance_ctx(), &id)
+        .await
+        .unwrap();
+    assert_eq!(resp.fields.len(), 3);
+    server.stop().await;
+}
+
+/// Nor does a refused CloseRecord or DeleteRecord tell which categories the record holds: that
+/// a record holds nuisance evidence is as much the record's as a field name.
+#[tokio::test]
+#[ignore = "kluis does not yet keep the stored categories out of a refused close or delete: \
+            `no policy permits role(s) `fraud-investigator` to close `nuisance-evidence` data of \
+            purpose `nuisance`` names every category the record holds"]
+async fn a_refused_close_or_delete_names_no_category_of_the_record() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let id = nuisance_file(s, "REL-0101").await;
+    let t = |role| s.token(role);
+    let n = || cx("nuisance", "N-2026-0042", "closing the file", "app");
+    let pd = Code::PermissionDenied;
+    let cases = vec![
+        case(
+            "customer service deletes it declaring nuisance",
+            pd,
+            delete(s, t(Role::CustomerService), n(), &id),
+        ),
+        case(
+            "the fraud investigator closes it declaring nuisance",
+            pd,
+            close(s, t(Role::FraudInvestigator), n(), &id),
+        ),
+        case(
+            "the privacy officer closes it",
+            pd,
+            close(s, t(Role::PrivacyOfficer), n(), &id),
+        ),
+        case(
+            "the security officer deletes it",
+            pd,
+            delete(s, t(Role::SecurityOfficer), n(), &id),
+        ),
+        case(
+            "the adaptation advisor deletes it declaring nuisance",
+            pd,
+            delete(s, t(Role::AdaptationAdvisor), n(), &id),
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|c| c.hides(&["`nuisance-evidence`", "`identity`", "`contact`"]))
+        .collect();
+    run_table("refused close and delete: categories", cases).await;
+    server.stop().await;
+}
+
+/// UpdateRecord with another category than the stored one is refused without naming the stored
+/// category.
+#[tokio::test]
+async fn an_update_with_another_category_does_not_name_the_stored_one() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let contract = put(
+        s,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-0200",
+        vec![
+            text("email", "contact", "a@example.nl"),
+            text("name", "identity", "A. Visser"),
+        ],
+    )
+    .await;
+    update(
+        s,
+        s.token(Role::FinanceOfficer),
+        ctx("contract", "", ""),
+        &contract,
+        vec![text("iban", "financial", "NL02RABO0123456789")],
+    )
+    .await
+    .unwrap();
+    let nuisance = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-0200",
+        vec![
+            text("statement", "nuisance-evidence", "shouting at night"),
+            text("phone", "contact", "06-11112222"),
+        ],
+    )
+    .await;
+    let t = |role| s.token(role);
+    let fp = Code::FailedPrecondition;
+    let cases = vec![
+        case(
+            "customer service rewrites a contact field as identity",
+            fp,
+            update(
+                s,
+                t(Role::CustomerService),
+                ctx("contract", "", ""),
+                &contract,
+                vec![text("email", "identity", "b@example.nl")],
+            ),
+        )
+        .names(&["email"])
+        .hides(&["contact", "a@example.nl"]),
+        case(
+            "customer service rewrites the financial field as identity",
+            fp,
+            update(
+                s,
+                t(Role::CustomerService),
+                ctx("contract", "", ""),
+                &contract,
+                vec![text("iban", "identity", "x")],
+            ),
+        )
+        .names(&["iban"])
+        .hides(&["financial", "NL02"]),
+        case(
+            "the finance officer rewrites a contact field as financial",
+            fp,
+            update(
+                s,
+                t(Role::FinanceOfficer),
+                ctx("contract", "", ""),
+                &contract,
+                vec![text("email", "financial", "x")],
+            ),
+        )
+        .hides(&["contact", "a@example.nl"]),
+        case(
+            "the nuisance officer rewrites a contact field as criminal",
+            fp,
+            update(
+                s,
+                t(Role::NuisanceOfficer),
+                nuisance_ctx(),
+                &nuisance,
+                vec![text("phone", "criminal", "x")],
+            ),
+        )
+        .names(&["phone"])
+        .hides(&["contact", "06-1111"]),
+        case(
+            "the nuisance officer rewrites the evidence as contact",
+            fp,
+            update(
+                s,
+                t(Role::NuisanceOfficer),
+                nuisance_ctx(),
+                &nuisance,
+                vec![text("statement", "contact", "x")],
+            ),
+        )
+        .names(&["statement"])
+        .hides(&["nuisance-evidence", "shouting"]),
+        case(
+            "customer service rewrites a contact field as medical (refused by the policy)",
+            Code::PermissionDenied,
+            update(
+                s,
+                t(Role::CustomerService),
+                ctx("contract", "", ""),
+                &contract,
+                vec![text("email", "medical", "x")],
+            ),
+        )
+        .names(&["email"])
+        .hides(&["`contact`", "a@example.nl", "iban"]),
+    ];
+    run_table("update with another category", cases).await;
+    server.stop().await;
+}
+
+/// ListRecords shows a field's size and its evidence metadata (media type, size, digest) only to
+/// a caller who may read it; one who may only list sees the name and category.
+#[tokio::test]
+async fn a_listing_shows_no_size_or_evidence_metadata_to_who_may_not_read() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    let officer = s.token(Role::NuisanceOfficer);
+    let nuisance = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![text("statement", "nuisance-evidence", "shouting at night")],
+    )
+    .await;
+    let video = upload(
+        s,
+        officer,
+        evidence_start(
+            nuisance_ctx(),
+            "",
+            &nuisance,
+            "doorbell",
+            "video/mp4",
+            "deurbel.mp4",
+        ),
+        21,
+        5_000,
+        4_096,
+    )
+    .await
+    .unwrap();
+    close(s, officer, nuisance_ctx(), &nuisance).await.unwrap();
+    let payments = put(
+        s,
+        Role::FinanceOfficer,
+        ctx("payments", "", ""),
+        me,
+        vec![text("iban", "financial", "NL02RABO0123456789")],
+    )
+    .await;
+    let sha = video.sha256.as_str();
+    let bare = [
+        "statement:nuisance-evidence:0:-",
+        "doorbell:nuisance-evidence:0:-",
+    ];
+    let hides = ["video/mp4", sha, ":5000:", ":17:"];
+    let po = s.token(Role::PrivacyOfficer);
+    let ok = Code::Ok;
+    let cases = vec![
+        case(
+            "the privacy officer for nuisance",
+            ok,
+            list(s, po, cx("nuisance", "SAR-1", "access request", "app"), me),
+        )
+        .names(&bare)
+        .hides(&hides),
+        case(
+            "the privacy officer for customer service",
+            ok,
+            list(s, po, ctx("customer-service", "", ""), me),
+        )
+        .names(&bare)
+        .hides(&hides),
+        case(
+            "the privacy officer over the phone",
+            ok,
+            list(s, po, cx("payments", "", "", "phone"), me),
+        )
+        .names(&["iban:financial:0:-", payments.as_str()])
+        .hides(&hides),
+        case(
+            "the subject, case closed, without a case reference",
+            ok,
+            list(
+                s,
+                s.token(Role::Subject),
+                ctx("customer-service", "", ""),
+                me,
+            ),
+        )
+        .names(&bare)
+        .hides(&hides),
+        case(
+            "the nuisance officer without a case reference",
+            ok,
+            list(s, officer, ctx("nuisance", "", ""), me),
+        )
+        .names(&bare)
+        .hides(&hides),
+        case(
+            "a representative whose mandate lists but whose call lacks a case reference",
+            ok,
+            async {
+                grant_mandate(s, me, "test-representative", &["nuisance"], ALL_CATEGORIES).await;
+                list(
+                    s,
+                    s.token(Role::Representative),
+                    ctx("nuisance", "", ""),
+                    me,
+                )
+                .await
+            },
+        )
+        .names(&bare)
+        .hides(&hides),
+    ];
+    run_table("list metadata", cases).await;
+    // Who may read sees it all.
+    let full = list(s, officer, nuisance_ctx(), me).await.unwrap();
+    assert!(full.contains("video/mp4") && full.contains(sha), "{full}");
+    assert!(full.contains("doorbell:nuisance-evidence:5000:"), "{full}");
+    server.stop().await;
+}
+
+/// An export lists a record the caller may know of but not read as `withheld`, with reasons and
+/// no values; a record the caller may not know of (an open case, for the subject) is absent.
+#[tokio::test]
+async fn an_export_withholds_what_may_be_known_and_omits_what_may_not() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    let officer = s.token(Role::NuisanceOfficer);
+    let contract = put(
+        s,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        me,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    let closed = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![text("statement", "nuisance-evidence", "shouting at night")],
+    )
+    .await;
+    upload_bytes(
+        s,
+        officer,
+        evidence_start(
+            nuisance_ctx(),
+            "",
+            &closed,
+            "doorbell",
+            "video/mp4",
+            "deurbel.mp4",
+        ),
+        b"not really a video",
+    )
+    .await
+    .unwrap();
+    close(s, officer, nuisance_ctx(), &closed).await.unwrap();
+    let open = put(
+        s,
+        Role::NuisanceOfficer,
+        cx("nuisance", "N-2026-0077", "new complaint", "app"),
+        me,
+        vec![text("recording", "nuisance-evidence", "barking dog")],
+    )
+    .await;
+    let fraud = put(
+        s,
+        Role::FraudInvestigator,
+        cx("housing-fraud", "F-2026-0099", "tip on subletting", "app"),
+        me,
+        vec![text("tip", "fraud", "sublets the attic")],
+    )
+    .await;
+    grant_mandate(
+        s,
+        me,
+        "test-representative",
+        &["contract", "nuisance", "housing-fraud"],
+        ALL_CATEGORIES,
+    )
+    .await;
+    let no_case = || ctx("customer-service", "", "");
+    let absent = [
+        open.as_str(),
+        fraud.as_str(),
+        "barking",
+        "sublets",
+        "recording",
+        "\"tip\"",
+        "N-2026-0077",
+        "F-2026-0099",
+    ];
+    let values = ["shouting", "deurbel", "video/mp4"];
+    let withheld = [
+        closed.as_str(),
+        "\"status\":\"withheld\"",
+        "special-category-needs-case-and-justification",
+        contract.as_str(),
+    ];
+    let ok = Code::Ok;
+    let cases = vec![
+        case(
+            "the subject without a case reference",
+            ok,
+            export(s, s.token(Role::Subject), no_case(), me),
+        )
+        .names(&withheld)
+        .hides(&absent)
+        .hides(&values),
+        case(
+            "the subject declaring nuisance without a case reference",
+            ok,
+            export(
+                s,
+                s.token(Role::Subject),
+                ctx("nuisance", "", "my file"),
+                me,
+            ),
+        )
+        .names(&withheld)
+        .hides(&absent)
+        .hides(&values),
+        case(
+            "the representative without a case reference",
+            ok,
+            export(s, s.token(Role::Representative), no_case(), me),
+        )
+        .names(&withheld)
+        .hides(&absent)
+        .hides(&values),
+        case(
+            "the subject with a case reference",
+            ok,
+            export(
+                s,
+                s.token(Role::Subject),
+                cx("customer-service", "SAR-1", "my file", "portal"),
+                me,
+            ),
+        )
+        .names(&[
+            closed.as_str(),
+            "shouting",
+            "deurbel.mp4",
+            "\"status\":\"complete\"",
+        ])
+        .hides(&absent)
+        .hides(&["\"status\":\"withheld\""]),
+        case(
+            "the subject over social media: special categories are not even listed",
+            ok,
+            export(
+                s,
+                s.token(Role::Subject),
+                cx("customer-service", "SAR-1", "my file", "social-media"),
+                me,
+            ),
+        )
+        .names(&[contract.as_str()])
+        .hides(&absent)
+        .hides(&values)
+        .hides(&[closed.as_str()]),
+    ];
+    run_table("export withheld and absent", cases).await;
+    server.stop().await;
+}
+
+/// A subject whose only records are open cases gets the same answer as a subject with nothing
+/// at all: the header and nothing else, not a refusal that names the open investigation.
+#[tokio::test]
+#[ignore = "kluis does not yet answer a subject whose only records are open cases as one with \
+            none: the export is refused with `forbidden by \
+            `subject-not-during-open-investigation``, which tells the subject an investigation \
+            is open"]
+async fn an_export_of_only_open_cases_looks_like_an_export_of_nothing() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    let sar = || cx("customer-service", "SAR-1", "my file", "app");
+    let empty = export(s, s.token(Role::Subject), sar(), me).await.unwrap();
+    assert_eq!(empty.lines().count(), 1, "{empty}");
+    let open = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![text("statement", "nuisance-evidence", "shouting at night")],
+    )
+    .await;
+    grant_mandate(s, me, "test-representative", &["nuisance"], ALL_CATEGORIES).await;
+    let hides = [
+        open.as_str(),
+        "investigation",
+        "N-2026-0042",
+        "nuisance",
+        "statement",
+    ];
+    let cases = vec![
+        case(
+            "the subject",
+            Code::Ok,
+            export(s, s.token(Role::Subject), sar(), me),
+        )
+        .names(&["kluis.export.v1"])
+        .hides(&hides),
+        case(
+            "the representative",
+            Code::Ok,
+            export(s, s.token(Role::Representative), sar(), me),
+        )
+        .names(&["kluis.export.v1"])
+        .hides(&hides),
+        case(
+            "the subject declaring nuisance with a case reference",
+            Code::Ok,
+            export(
+                s,
+                s.token(Role::Subject),
+                cx("nuisance", "SAR-1", "my file", "app"),
+                me,
+            ),
+        )
+        .names(&["kluis.export.v1"])
+        .hides(&hides[..2]),
+    ];
+    run_table("export of only open cases", cases).await;
+    server.stop().await;
+}
