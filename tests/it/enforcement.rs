@@ -1604,3 +1604,552 @@ async fn an_export_of_only_open_cases_looks_like_an_export_of_nothing() {
     run_table("export of only open cases", cases).await;
     server.stop().await;
 }
+
+// ---------------------------------------------------------- 2. roles cannot widen each other --
+
+/// IssueToken refuses a token whose roles would widen each other, and a subject-bound role
+/// without its subject: INVALID_ARGUMENT naming `roles` or `scope_subject_id`, nothing issued.
+#[tokio::test]
+async fn roles_that_would_widen_each_other_are_not_issued() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let so = s.token(Role::SecurityOfficer);
+    let bad = Code::InvalidArgument;
+    let combos: &[(&str, &[&str], &str)] = &[
+        (
+            "representative + customer-service",
+            &["representative", "customer-service"],
+            "REL-0001",
+        ),
+        (
+            "representative + customer-service, unscoped",
+            &["customer-service", "representative"],
+            "",
+        ),
+        (
+            "subject + nuisance-officer",
+            &["subject", "nuisance-officer"],
+            "REL-0001",
+        ),
+        (
+            "contractor + maintenance-planner",
+            &["contractor", "maintenance-planner"],
+            "REL-0001",
+        ),
+        ("bailiff + lawyer", &["bailiff", "lawyer"], "REL-0001"),
+        (
+            "lawyer + legal-counsel",
+            &["legal-counsel", "lawyer"],
+            "REL-0001",
+        ),
+        (
+            "representative + subject",
+            &["representative", "subject"],
+            "REL-0001",
+        ),
+        (
+            "security-officer + privacy-officer",
+            &["security-officer", "privacy-officer"],
+            "",
+        ),
+        (
+            "security-officer + analyst",
+            &["analyst", "security-officer"],
+            "",
+        ),
+        (
+            "security-officer + auditor",
+            &["security-officer", "auditor"],
+            "",
+        ),
+        (
+            "security-officer + nuisance-officer",
+            &["security-officer", "nuisance-officer"],
+            "",
+        ),
+        (
+            "security-officer + contractor",
+            &["security-officer", "contractor"],
+            "REL-0001",
+        ),
+    ];
+    let mut cases = Vec::new();
+    for &(name, roles, scope) in combos {
+        cases.push(
+            case(
+                name,
+                bad,
+                issue_token(s, so, issue_request("emp-widen", roles, scope)),
+            )
+            .names(&["roles"])
+            .hides(&["issued"]),
+        );
+    }
+    for role in [
+        "representative",
+        "subject",
+        "contractor",
+        "bailiff",
+        "lawyer",
+    ] {
+        cases.push(
+            case(
+                format!("{role} without a scope"),
+                bad,
+                issue_token(s, so, issue_request("emp-unscoped", &[role], "")),
+            )
+            .names(&["scope_subject_id"]),
+        );
+    }
+    cases.push(
+        case(
+            "representative with a blank scope",
+            bad,
+            issue_token(
+                s,
+                so,
+                issue_request("emp-unscoped", &["representative"], " "),
+            ),
+        )
+        .names(&["scope_subject_id"]),
+    );
+    cases.push(
+        case(
+            "a role in capitals",
+            bad,
+            issue_token(s, so, issue_request("emp-caps", &["Security-Officer"], "")),
+        )
+        .names(&["roles[0]"]),
+    );
+    run_table("roles that widen each other", cases).await;
+    let mut admin = s.admin().await;
+    let tokens = admin
+        .list_tokens(req(
+            so,
+            pb::ListTokensRequest {
+                include_inactive: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert!(
+        tokens.iter().all(|t| t.principal_id.starts_with("test-")),
+        "a refused combination was issued"
+    );
+    server.stop().await;
+}
+
+/// A mandate that covers the nuisance, fraud and safety purposes does not open an open case to
+/// the representative: no door leads to it while the case is open.
+#[tokio::test]
+async fn a_mandate_does_not_open_an_open_case() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    let officer = s.token(Role::NuisanceOfficer);
+    let nuisance = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![
+            text("statement", "nuisance-evidence", "shouting at night"),
+            text("phone", "contact", "06-11112222"),
+        ],
+    )
+    .await;
+    let video = upload_bytes(
+        s,
+        officer,
+        evidence_start(
+            nuisance_ctx(),
+            "",
+            &nuisance,
+            "doorbell",
+            "video/mp4",
+            "deurbel.mp4",
+        ),
+        b"not really a video",
+    )
+    .await
+    .unwrap();
+    let safety = put(
+        s,
+        Role::NuisanceOfficer,
+        cx("safety", "S-2026-3", "threatened staff", "app"),
+        me,
+        vec![text("incident", "criminal", "threatened a caretaker")],
+    )
+    .await;
+    let fraud = put(
+        s,
+        Role::FraudInvestigator,
+        cx("housing-fraud", "F-2026-0099", "tip on subletting", "app"),
+        me,
+        vec![
+            text("tip", "fraud", "sublets the attic"),
+            text("name", "identity", "M. de Boer"),
+        ],
+    )
+    .await;
+    grant_mandate(
+        s,
+        me,
+        "test-representative",
+        &["nuisance", "safety", "housing-fraud", "legal-disputes"],
+        ALL_CATEGORIES,
+    )
+    .await;
+    let rep = s.token(Role::Representative);
+    let values = [
+        "shouting",
+        "06-1111",
+        "caretaker",
+        "sublets",
+        "de Boer",
+        "deurbel",
+    ];
+    let with_case = |purpose: &str| cx(purpose, "VM-2026-1", "acting for my mother", "app");
+    let pd = Code::PermissionDenied;
+    let investigation = ["subject-not-during-open-investigation"];
+    let mut break_glass = cx("safety", "VM-2026-1", "emergency", "app");
+    break_glass.as_mut().unwrap().break_glass = true;
+    let cases = vec![
+        case(
+            "GetRecord of the nuisance case",
+            pd,
+            get_fields(s, rep, with_case("nuisance"), &nuisance, &[]),
+        )
+        .names(&investigation),
+        case(
+            "GetRecord of only its contact field",
+            pd,
+            get_fields(s, rep, with_case("nuisance"), &nuisance, &["phone"]),
+        )
+        .names(&investigation),
+        case(
+            "GetRecord declaring legal-disputes",
+            pd,
+            get_fields(s, rep, with_case("legal-disputes"), &nuisance, &[]),
+        ),
+        case(
+            "GetRecord with break-glass",
+            pd,
+            get_fields(s, rep, break_glass, &nuisance, &[]),
+        ),
+        case(
+            "GetRecord of the safety case",
+            pd,
+            get_fields(s, rep, with_case("safety"), &safety, &[]),
+        )
+        .names(&investigation),
+        case(
+            "GetRecord of the fraud case's identity field",
+            pd,
+            get_fields(s, rep, with_case("housing-fraud"), &fraud, &["name"]),
+        )
+        .names(&investigation),
+        case(
+            "GetEvidence of the doorbell film",
+            pd,
+            fetch_evidence(s, rep, with_case("nuisance"), &video.evidence_id),
+        ),
+        case(
+            "ListRecords",
+            Code::Ok,
+            list(s, rep, with_case("nuisance"), me),
+        )
+        .hides(&[nuisance.as_str(), safety.as_str(), fraud.as_str()]),
+        case(
+            "UpdateRecord of the nuisance case",
+            pd,
+            update(
+                s,
+                rep,
+                with_case("nuisance"),
+                &nuisance,
+                vec![text("phone", "contact", "06-22223333")],
+            ),
+        ),
+        case(
+            "CloseRecord of the nuisance case",
+            pd,
+            close(s, rep, with_case("nuisance"), &nuisance),
+        ),
+    ];
+    let cases = cases.into_iter().map(|c| c.hides(&values)).collect();
+    run_table("a mandate and an open case", cases).await;
+    // Once the case is closed, the mandate covers it.
+    close(s, officer, nuisance_ctx(), &nuisance).await.unwrap();
+    let read = get_fields(s, rep, with_case("nuisance"), &nuisance, &[])
+        .await
+        .unwrap();
+    assert!(read.contains("shouting at night"), "{read}");
+    server.stop().await;
+}
+
+// ------------------------------------------------------------------ 3. separation of duties --
+
+/// Principal ids have one spelling: case does not make another person, look-alike letters are
+/// refused, and whoever holds or held `security-officer` never gets a data role.
+#[tokio::test]
+async fn one_principal_one_spelling_and_no_data_role_for_a_security_officer() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let so = s.token(Role::SecurityOfficer);
+    // A security officer `emp-x`, and a data-role holder `emp-y`.
+    issue_token(s, so, issue_request("emp-x", &["security-officer"], ""))
+        .await
+        .unwrap();
+    let held = issue_token(s, so, issue_request("emp-z", &["security-officer"], ""))
+        .await
+        .unwrap();
+    let held_id = held.split_whitespace().nth(1).unwrap().to_owned();
+    s.admin()
+        .await
+        .revoke_token(req(
+            so,
+            pb::RevokeTokenRequest {
+                token_id: held_id,
+                justification: "moved to another team".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    issue_token(s, so, issue_request("emp-y", &["customer-service"], ""))
+        .await
+        .unwrap();
+    let fp = Code::FailedPrecondition;
+    let bad = Code::InvalidArgument;
+    let issue = |principal: &'static str, role: &'static str| {
+        issue_token(s, so, issue_request(principal, &[role], ""))
+    };
+    let cases = vec![
+        case(
+            "TEST-SECURITY-OFFICER issues a data token to itself",
+            fp,
+            issue("TEST-SECURITY-OFFICER", "nuisance-officer"),
+        )
+        .names(&["issuer"]),
+        case(
+            "Test-Security-Officer issues an analyst token to itself",
+            fp,
+            issue("Test-Security-Officer", "analyst"),
+        )
+        .names(&["issuer"]),
+        case(
+            "a Cyrillic e in the issuer's own id",
+            bad,
+            issue("test-security-offic\u{0435}r", "nuisance-officer"),
+        )
+        .names(&["principal_id"]),
+        case(
+            "full-width letters",
+            bad,
+            issue("\u{FF54}est-security-officer", "nuisance-officer"),
+        )
+        .names(&["principal_id"]),
+        case(
+            "a dotless i",
+            bad,
+            issue("emp-\u{0131}x", "nuisance-officer"),
+        )
+        .names(&["principal_id"]),
+        case(
+            "a zero-width space",
+            bad,
+            issue("emp-x\u{200B}", "nuisance-officer"),
+        )
+        .names(&["principal_id"]),
+        case("a trailing space", bad, issue("emp-x ", "nuisance-officer")).names(&["principal_id"]),
+        case(
+            "EMP-X, a security officer, as nuisance officer",
+            fp,
+            issue("EMP-X", "nuisance-officer"),
+        )
+        .names(&["emp-x", "security-officer"]),
+        case(
+            "Emp-X as privacy officer",
+            fp,
+            issue("Emp-X", "privacy-officer"),
+        )
+        .names(&["security-officer"]),
+        case(
+            "emp-x as analyst (no personal data, still another role)",
+            fp,
+            issue("emp-x", "analyst"),
+        ),
+        case(
+            "EMP-Z, whose security-officer token was revoked, as customer service",
+            fp,
+            issue("EMP-Z", "customer-service"),
+        )
+        .names(&["held"]),
+        case(
+            "EMP-Y, who holds customer service, as security officer",
+            fp,
+            issue("EMP-Y", "security-officer"),
+        ),
+    ];
+    run_table("principal spellings", cases).await;
+    let entries = audit_entries(s);
+    assert!(
+        entries.iter().any(|e| e["action"] == "token-issue"
+            && e["decision"] == "allow"
+            && e["target"].as_str().is_some_and(|t| t.starts_with("tok_"))),
+        "issued tokens are on the trail"
+    );
+    server.stop().await;
+}
+
+/// A data token works only after a second person approved it: not the issuer, not the holder,
+/// not a security officer, not a privacy officer who also holds another role.
+#[tokio::test]
+async fn a_data_token_waits_for_a_privacy_officer_who_is_not_issuer_or_holder() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let so = s.token(Role::SecurityOfficer);
+    let parse = |answer: String| answer.split_whitespace().nth(1).unwrap().to_owned();
+    // A second privacy officer `po-2`, approved.
+    let po2 = issue_token(s, so, issue_request("po-2", &["privacy-officer"], ""))
+        .await
+        .unwrap();
+    assert!(po2.ends_with("pending true"), "{po2}");
+    let mut admin = s.admin().await;
+    let po2_issued = admin
+        .issue_token(req(so, issue_request("po-3", &["privacy-officer"], "")))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(s, &parse(po2)).await;
+    approve(s, &po2_issued.token_id).await;
+    // `po-3` holds an approved privacy-officer token; now it is also issued a data token.
+    let data = admin
+        .issue_token(req(so, issue_request("PO-3", &["nuisance-officer"], "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(data.pending_approval);
+    let so2 = admin
+        .issue_token(req(so, issue_request("so-2", &["security-officer"], "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!so2.pending_approval, "a security officer reads no data");
+    let po_and_cs = issue_multi(s, "po-4", &[Role::PrivacyOfficer, Role::CustomerService]);
+    let id = data.token_id.as_str();
+    let hides = [data.token.as_str()];
+    let pd = Code::PermissionDenied;
+    let approvals = audited(s, "token-approve", "deny");
+    let cases = vec![
+        case(
+            "the pending token authenticates nobody",
+            Code::Unauthenticated,
+            who_am_i(s, &data.token),
+        )
+        .names(&["approv", id]),
+        case(
+            "the pending token reads nothing",
+            Code::Unauthenticated,
+            get_fields(
+                s,
+                &data.token,
+                nuisance_ctx(),
+                "rec_00000000000000000000000000000000",
+                &[],
+            ),
+        ),
+        case("the issuer approves", pd, approve_as(s, so, id)),
+        case(
+            "another security officer approves",
+            pd,
+            approve_as(s, &so2.token, id),
+        ),
+        case(
+            "the holder approves with its privacy-officer token",
+            Code::FailedPrecondition,
+            approve_as(s, &po2_issued.token, id),
+        )
+        .names(&["holder"]),
+        case(
+            "a privacy officer who is also customer service approves",
+            pd,
+            approve_as(s, &po_and_cs, id),
+        ),
+        case(
+            "customer service approves",
+            pd,
+            approve_as(s, s.token(Role::CustomerService), id),
+        ),
+        case(
+            "the nuisance officer approves",
+            pd,
+            approve_as(s, s.token(Role::NuisanceOfficer), id),
+        ),
+        case(
+            "the pending token approves itself",
+            Code::Unauthenticated,
+            approve_as(s, &data.token, id),
+        ),
+        case(
+            "still pending after all that",
+            Code::Unauthenticated,
+            who_am_i(s, &data.token),
+        ),
+        case(
+            "a privacy officer who is neither approves",
+            Code::Ok,
+            approve_as(s, s.token(Role::PrivacyOfficer), id),
+        ),
+        case(
+            "the approved token works",
+            Code::Ok,
+            who_am_i(s, &data.token),
+        )
+        .names(&["po-3", "nuisance-officer"]),
+        case(
+            "a second approval",
+            Code::FailedPrecondition,
+            approve_as(s, s.token(Role::PrivacyOfficer), id),
+        ),
+    ];
+    let cases = cases.into_iter().map(|c| c.hides(&hides)).collect();
+    run_table("approval", cases).await;
+    // Both steps are on the trail, and every refused approval too.
+    let entries = audit_entries(s);
+    let issued = entries
+        .iter()
+        .find(|e| e["action"] == "token-issue" && e["target"] == id)
+        .unwrap();
+    assert_eq!(issued["decision"], "allow");
+    assert_eq!(issued["principal"], "test-security-officer");
+    let approved = entries
+        .iter()
+        .find(|e| e["action"] == "token-approve" && e["decision"] == "allow" && e["target"] == id)
+        .unwrap();
+    assert_eq!(approved["principal"], "test-privacy-officer");
+    assert_eq!(approved["justification"], "checked with the team lead");
+    // Issuer, second security officer, holder, multi-role, customer service, nuisance officer.
+    assert!(
+        audited(s, "token-approve", "deny") >= approvals + 6,
+        "refused approvals are on the trail"
+    );
+    let listed = admin
+        .list_tokens(req(
+            so,
+            pb::ListTokensRequest {
+                include_inactive: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let row = listed.iter().find(|t| t.token_id == id).unwrap();
+    assert_eq!(row.state, "active");
+    assert_eq!(row.requested_by, "test-security-officer");
+    assert_eq!(row.approved_by, "test-privacy-officer");
+    server.stop().await;
+}
