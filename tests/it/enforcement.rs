@@ -23,6 +23,9 @@ use crate::common::*;
 /// The answer to a hostile request: the response rendered as text, or the refusal.
 type Answer = Result<String, Status>;
 
+/// A request on its way, boxed so that requests of different kinds sit in one list.
+type Call<'a> = Pin<Box<dyn Future<Output = Answer> + 'a>>;
+
 /// One row of the table.
 struct Case<'a> {
     name: String,
@@ -31,7 +34,7 @@ struct Case<'a> {
     names: Vec<String>,
     /// What the answer must never show.
     hides: Vec<String>,
-    call: Pin<Box<dyn Future<Output = Answer> + 'a>>,
+    call: Call<'a>,
 }
 
 fn case<'a>(
@@ -187,31 +190,28 @@ async fn get_fields(
         .map(|r| render_record(&r.into_inner()))
 }
 
-async fn put_labelled(
-    server: &TestServer,
-    token: &str,
+/// PutRecord with labels; the labels are taken at once, so they may be temporaries.
+fn put_labelled<'a>(
+    server: &'a TestServer,
+    token: &'a str,
     context: Option<pb::AccessContext>,
     subject: &str,
     fields: Vec<pb::FieldValue>,
     labels: &[(&str, &str)],
-) -> Answer {
-    let mut client = server.client().await;
-    answer(
-        client
-            .put_record(req(
-                token,
-                pb::PutRecordRequest {
-                    context,
-                    subject_id: subject.into(),
-                    fields,
-                    labels: labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                },
-            ))
-            .await,
-    )
+) -> impl Future<Output = Answer> + 'a {
+    let request = pb::PutRecordRequest {
+        context,
+        subject_id: subject.into(),
+        fields,
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    async move {
+        let mut client = server.client().await;
+        answer(client.put_record(req(token, request)).await)
+    }
 }
 
 async fn update(
@@ -472,7 +472,7 @@ async fn grant_mandate(
 
 /// A future answer, boxed, so that cases of different requests sit in one list.
 trait Boxed<'a>: Future<Output = Answer> + Sized + 'a {
-    fn boxed(self) -> Pin<Box<dyn Future<Output = Answer> + 'a>> {
+    fn boxed(self) -> Call<'a> {
         Box::pin(self)
     }
 }
@@ -2925,13 +2925,7 @@ async fn every_admin_listing_is_on_the_trail() {
     let lc = s.token(Role::LegalCounsel);
     let admin = s.admin().await;
     // (what, who, audit action, expected code, call)
-    let listings: Vec<(
-        &str,
-        &str,
-        &str,
-        Code,
-        Pin<Box<dyn Future<Output = Answer> + '_>>,
-    )> = vec![
+    let listings: Vec<(&str, &str, &str, Code, Call<'_>)> = vec![
         ("ListTokens", so, "token-list", Code::Ok, {
             let mut a = admin.clone();
             async move {
@@ -3511,4 +3505,436 @@ fn serve_refuses_a_data_directory_or_key_file_open_to_others() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+// ------------------------------------------------------- 8. the BSN guard on every clear string --
+
+/// A BSN in any spelling, in any string kluis keeps in clear or writes to the trail (hold reasons
+/// and case references, principal ids, mandates, request notes, justifications, evidence file
+/// names and media types, label keys), is refused: INVALID_ARGUMENT naming the field, the value
+/// never echoed, nothing stored.
+#[tokio::test]
+async fn a_bsn_in_any_clear_string_is_refused_naming_the_field() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    let nuisance = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![text("statement", "nuisance-evidence", "shouting at night")],
+    )
+    .await;
+    let mut admin = s.admin().await;
+    let hold_id = admin
+        .place_hold(req(
+            s.token(Role::LegalCounsel),
+            pb::PlaceHoldRequest {
+                subject_id: me.into(),
+                record_id: String::new(),
+                reason: "claim pending".into(),
+                case_ref: "LD-2026-3".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold_id;
+    let request_id = admin
+        .open_subject_request(req(
+            s.token(Role::PrivacyOfficer),
+            pb::OpenSubjectRequestRequest {
+                subject_id: me.into(),
+                kind: "access".into(),
+                received_at: None,
+                note: "letter 2026-77".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .request_id;
+    let nuisance_id = nuisance.as_str();
+    let before = audit_entries(s).len();
+    let spellings = [
+        "\u{FF11}\u{FF11}\u{FF11}\u{FF12}\u{FF12}\u{FF12}\u{FF13}\u{FF13}\u{FF13}",
+        "111\u{00A0}222\u{00A0}333",
+        "111-222-333",
+        "BSN:111222333",
+        "bsn: 1234.56.782",
+        "123\u{2013}456\u{2013}782",
+    ];
+    let lc = s.token(Role::LegalCounsel);
+    let po = s.token(Role::PrivacyOfficer);
+    let so = s.token(Role::SecurityOfficer);
+    let officer = s.token(Role::NuisanceOfficer);
+    let bad = Code::InvalidArgument;
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    for v in spellings {
+        let note = format!("zie {v}, graag");
+        let hold = |reason: String, case_ref: String| {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.place_hold(req(
+                        lc,
+                        pb::PlaceHoldRequest {
+                            subject_id: me.into(),
+                            record_id: String::new(),
+                            reason,
+                            case_ref,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let mut a = admin.clone();
+        let hid = hold_id.clone();
+        let release = {
+            let note = note.clone();
+            async move {
+                answer(
+                    a.release_hold(req(
+                        po,
+                        pb::ReleaseHoldRequest {
+                            hold_id: hid,
+                            justification: note,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let mandate = |representative: String, justification: String| {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.grant_mandate(req(
+                        po,
+                        pb::GrantMandateRequest {
+                            subject_id: me.into(),
+                            representative_id: representative,
+                            purposes: vec!["contract".into()],
+                            categories: vec!["contact".into()],
+                            valid_until: Some(prost_types::Timestamp {
+                                seconds: kluis::domain::now_unix() + 86_400,
+                                nanos: 0,
+                            }),
+                            justification,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let open_request = {
+            let mut a = admin.clone();
+            let note = note.clone();
+            async move {
+                answer(
+                    a.open_subject_request(req(
+                        po,
+                        pb::OpenSubjectRequestRequest {
+                            subject_id: me.into(),
+                            kind: "erasure".into(),
+                            received_at: None,
+                            note,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let complete_request = {
+            let mut a = admin.clone();
+            let note = note.clone();
+            let id = request_id.clone();
+            async move {
+                answer(
+                    a.complete_subject_request(req(
+                        po,
+                        pb::CompleteSubjectRequestRequest {
+                            request_id: id,
+                            justification: note,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let consent = {
+            let mut a = admin.clone();
+            let note = note.clone();
+            async move {
+                answer(
+                    a.record_consent(req(
+                        po,
+                        pb::RecordConsentRequest {
+                            subject_id: me.into(),
+                            purpose: "financial-screening".into(),
+                            state: "objected".into(),
+                            justification: note,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let report = {
+            let mut a = admin.clone();
+            let note = note.clone();
+            async move {
+                answer(
+                    a.subject_access_report(req(
+                        po,
+                        pb::SubjectAccessReportRequest {
+                            subject_id: me.into(),
+                            justification: note,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let evidence = |media: String, file: String| async move {
+            upload_bytes(
+                s,
+                officer,
+                evidence_start(nuisance_ctx(), "", nuisance_id, "clip", &media, &file),
+                b"not really a video",
+            )
+            .await
+            .map(|r| format!("stored {}", r.evidence_id))
+        };
+        let rows: Vec<(&str, &str, Call<'_>)> = vec![
+            (
+                "hold reason",
+                "reason",
+                hold(note.clone(), "LD-2026-3".into()).boxed(),
+            ),
+            (
+                "hold case reference",
+                "case_ref",
+                hold("claim pending".into(), format!("LD-{v}")).boxed(),
+            ),
+            (
+                "hold release justification",
+                "justification",
+                release.boxed(),
+            ),
+            (
+                "principal id",
+                "principal_id",
+                issue_token(s, so, issue_request(v, &["analyst"], "")).boxed(),
+            ),
+            (
+                "principal id with a prefix",
+                "principal_id",
+                issue_token(s, so, issue_request(&format!("emp-{v}"), &["analyst"], "")).boxed(),
+            ),
+            (
+                "token justification",
+                "justification",
+                issue_token(
+                    s,
+                    so,
+                    pb::IssueTokenRequest {
+                        justification: note.clone(),
+                        ..issue_request("emp-77", &["analyst"], "")
+                    },
+                )
+                .boxed(),
+            ),
+            (
+                "mandate representative",
+                "representative_id",
+                mandate(v.to_owned(), "volmacht".into()).boxed(),
+            ),
+            (
+                "mandate justification",
+                "justification",
+                mandate("test-representative".into(), note.clone()).boxed(),
+            ),
+            ("request note", "note", open_request.boxed()),
+            (
+                "request completion justification",
+                "justification",
+                complete_request.boxed(),
+            ),
+            ("objection justification", "justification", consent.boxed()),
+            (
+                "access report justification",
+                "justification",
+                report.boxed(),
+            ),
+            (
+                "evidence file name",
+                "start.file_name",
+                evidence("video/mp4".into(), format!("scan {v}.mp4")).boxed(),
+            ),
+            (
+                "evidence media type",
+                "start.media_type",
+                evidence(format!("video/x-{v}"), "clip.mp4".into()).boxed(),
+            ),
+            (
+                "label key",
+                "labels",
+                put_labelled(
+                    s,
+                    officer,
+                    nuisance_ctx(),
+                    me,
+                    vec![text("phone", "contact", "06-12345678")],
+                    &[(v, "x")],
+                )
+                .boxed(),
+            ),
+            (
+                "label key with a prefix",
+                "labels",
+                put_labelled(
+                    s,
+                    officer,
+                    nuisance_ctx(),
+                    me,
+                    vec![text("phone", "contact", "06-12345678")],
+                    &[(&format!("ref-{v}"), "x")],
+                )
+                .boxed(),
+            ),
+        ];
+        for (what, field, call) in rows {
+            cases.push(Case {
+                name: format!("{what}: {v:?}"),
+                code: bad,
+                names: vec![field.to_owned()],
+                hides: [v, "111222333", "123456782", "222", "56.782", "56782"]
+                    .map(str::to_owned)
+                    .to_vec(),
+                call,
+            });
+        }
+    }
+    let tried = run_table("BSN in clear strings", cases).await;
+    assert!(tried >= 90, "{tried}");
+    // Nothing stored: no hold, token, mandate, request, evidence or record beyond the setup, and
+    // no allowed entry on the trail since.
+    let entries = audit_entries(s);
+    let allowed: Vec<&serde_json::Value> = entries[before..]
+        .iter()
+        .filter(|e| e["decision"] == "allow")
+        .collect();
+    assert!(
+        allowed.is_empty(),
+        "a refused request left an allowed entry: {allowed:?}"
+    );
+    let trail = serde_json::to_string(&entries).unwrap();
+    for v in spellings {
+        assert!(!trail.contains(v), "the trail holds {v:?}");
+    }
+    assert!(!trail.contains("111222333") && !trail.contains("123456782"));
+    let holds = admin
+        .list_holds(req(
+            po,
+            pb::ListHoldsRequest {
+                subject_id: me.into(),
+                include_released: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .holds;
+    assert_eq!(holds.len(), 1);
+    assert!(holds[0].released_at.is_none());
+    let mandates = admin
+        .list_mandates(req(
+            po,
+            pb::ListMandatesRequest {
+                subject_id: me.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .mandates;
+    assert!(mandates.is_empty());
+    let listed = list(s, officer, nuisance_ctx(), me).await.unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(!listed.contains("clip"), "{listed}");
+    server.stop().await;
+}
+
+/// A file name that says it is a copy of an identity document is refused, whatever its case,
+/// accents or separators; an ordinary name passes.
+#[tokio::test]
+async fn an_evidence_file_named_as_an_identity_document_is_refused() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let officer = s.token(Role::NuisanceOfficer);
+    let id = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-0300",
+        vec![text("statement", "nuisance-evidence", "shouting at night")],
+    )
+    .await;
+    let try_upload = |file: &'static str, media: &'static str, target: &'static str| {
+        let id = id.clone();
+        async move {
+            let (subject, record) = if target == "new" {
+                ("REL-0300", "")
+            } else {
+                ("", id.as_str())
+            };
+            upload_bytes(
+                s,
+                officer,
+                evidence_start(nuisance_ctx(), subject, record, "scan", media, file),
+                b"\xFF\xD8\xFF\xE0 not really a picture",
+            )
+            .await
+            .map(|r| format!("stored {}", r.evidence_id))
+        }
+    };
+    let names: &[(&'static str, &'static str, &'static str)] = &[
+        ("Kopie ID-kaart.jpg", "image/jpeg", "existing"),
+        ("paspoort scan.png", "image/png", "existing"),
+        ("PASPOORT.PDF", "application/pdf", "new"),
+        ("id_kaart achterkant.jpg", "image/jpeg", "new"),
+        ("Paspoört-kopie.jpg", "image/jpeg", "existing"),
+        ("rijbewijs voorkant.jpeg", "image/jpeg", "existing"),
+        ("driver's license.png", "image/png", "new"),
+        (
+            "verblijfsvergunning 2026.pdf",
+            "application/pdf",
+            "existing",
+        ),
+        ("scan_identiteitsbewijs.tiff", "image/tiff", "new"),
+    ];
+    let mut cases = Vec::new();
+    for &(file, media, target) in names {
+        cases.push(
+            case(
+                format!("{file} ({target} record)"),
+                Code::InvalidArgument,
+                try_upload(file, media, target),
+            )
+            .names(&["start.file_name", "identity document"])
+            .hides(&[file]),
+        );
+    }
+    cases.push(case(
+        "an ordinary name",
+        Code::Ok,
+        try_upload("deurbel 2026-03-14.mp4", "video/mp4", "existing"),
+    ));
+    run_table("identity document file names", cases).await;
+    let listed = list(s, officer, nuisance_ctx(), "REL-0300").await.unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    server.stop().await;
 }
