@@ -2,7 +2,8 @@
 //!
 //! Modules: `api` (the request path end to end), `storage` (what lies on disk, tampering),
 //! `unseal` (root key and restarts), `guard` (bad input), `admin` (credentials), `policy_table`
-//! (the default policy over every role × purpose × category), `cli` (the `kluis` binary).
+//! (the default policy over every role × purpose × category), `cli` (the `kluis` binary),
+//! `enforcement` (the hostile-request table: what an attacker tries, class by class).
 
 #![allow(
     clippy::unwrap_used,
@@ -20,6 +21,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod crash;
+mod enforcement;
 mod evidence;
 mod guard;
 mod hygiene;
