@@ -520,51 +520,85 @@ impl Vault {
             })
             .collect();
         let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
-        self.require_all(
-            principal, ctx, "update", &subject, record_id, &resources, &decisions,
-        )?;
-        // Checked only now, after the decision: the caller may not learn about fields otherwise.
-        for f in &fields {
-            if let Some(existing) = rows.iter().find(|r| r.name == f.name.as_str())
-                && existing.category != f.category.as_str()
-            {
-                // The stored category is not named: the caller may write this field, not
-                // necessarily learn what else it holds.
+        let replaces = fields
+            .iter()
+            .any(|f| rows.iter().any(|r| r.name == f.name.as_str()));
+        // Checked only after the decision, and before the entry: the caller learns about the
+        // record's other fields only what it may, and a stopped update is on the trail as such.
+        let precondition = || -> Result<(), VaultError> {
+            for f in &fields {
+                let Some(existing) = rows.iter().find(|r| r.name == f.name.as_str()) else {
+                    continue;
+                };
+                if existing.category == f.category.as_str() {
+                    continue;
+                }
+                // May the caller know the stored field at all? If not, it is refused like any
+                // field the policy keeps from it, and its category is not named either way.
+                let stored = resource(&record, meta.purpose, existing)?;
+                let known = self
+                    .decide(principal, Action::List, ctx, std::slice::from_ref(&stored))?
+                    .first()
+                    .is_some_and(Decision::is_allow);
+                if !known {
+                    return Err(VaultError::Denied(format!(
+                        "field `{}`: you may not write it on this record",
+                        f.name
+                    )));
+                }
                 return Err(VaultError::FailedPrecondition(format!(
                     "field `{}` is stored under another category than `{}`; delete the record \
                      and store it anew to change a category",
                     f.name, f.category
                 )));
             }
-        }
-        let new_count = fields
-            .iter()
-            .filter(|f| !rows.iter().any(|r| r.name == f.name.as_str()))
-            .count();
-        if rows.len() + new_count > self.limits.max_fields {
-            return Err(InputError::new(
-                "fields",
-                format!("a record holds at most {} fields", self.limits.max_fields),
-            )
-            .into());
-        }
-        let kept: usize = rows
-            .iter()
-            .filter(|r| !fields.iter().any(|f| f.name.as_str() == r.name))
-            .map(|r| r.sealed.len())
-            .sum();
-        let added: usize = fields.iter().map(|f| f.value.len()).sum();
-        if kept + added > self.limits.max_record_bytes {
-            return Err(InputError::new(
-                "fields",
-                format!(
-                    "a record holds at most {} bytes",
-                    self.limits.max_record_bytes
-                ),
-            )
-            .into());
-        }
-        self.check_holds(&record.subject)?;
+            let new_count = fields
+                .iter()
+                .filter(|f| !rows.iter().any(|r| r.name == f.name.as_str()))
+                .count();
+            if rows.len() + new_count > self.limits.max_fields {
+                return Err(InputError::new(
+                    "fields",
+                    format!("a record holds at most {} fields", self.limits.max_fields),
+                )
+                .into());
+            }
+            let kept: usize = rows
+                .iter()
+                .filter(|r| !fields.iter().any(|f| f.name.as_str() == r.name))
+                .map(|r| r.sealed.len())
+                .sum();
+            let added: usize = fields.iter().map(|f| f.value.len()).sum();
+            if kept + added > self.limits.max_record_bytes {
+                return Err(InputError::new(
+                    "fields",
+                    format!(
+                        "a record holds at most {} bytes",
+                        self.limits.max_record_bytes
+                    ),
+                )
+                .into());
+            }
+            // A hold keeps stored values; adding a field replaces nothing.
+            if replaces {
+                if let Some(hold) = self.hold_on(&record)? {
+                    return Err(held(record_id, &hold));
+                }
+            } else {
+                self.check_holds(&record.subject)?;
+            }
+            Ok(())
+        };
+        self.require_all_then(
+            principal,
+            ctx,
+            "update",
+            &subject,
+            record_id,
+            &resources,
+            &decisions,
+            precondition,
+        )?;
         let now = self.clock.now();
         let mut attempt = 0;
         loop {
@@ -574,7 +608,18 @@ impl Vault {
                     attempt += 1;
                     self.keyring.forget(&subject, meta.purpose);
                 }
-                Err(StoreError::Held(hold)) => return Err(held(record_id, &hold)),
+                Err(StoreError::Held(hold)) => {
+                    let refusal = held(record_id, &hold);
+                    self.not_carried_out(
+                        principal,
+                        ctx,
+                        "update",
+                        &subject,
+                        record_id,
+                        &refusal.to_string(),
+                    )?;
+                    return Err(refusal);
+                }
                 Ok(false) => return Err(VaultError::NotFound(format!("record `{record_id}`"))),
                 other => break other.map(drop)?,
             }
@@ -602,10 +647,19 @@ impl Vault {
             resources.push(evidence_resource(&record, meta.purpose, &ev)?);
         }
         let decisions = self.decide(principal, Action::Delete, ctx, &resources)?;
-        self.require_all(
-            principal, ctx, "delete", &subject, record_id, &resources, &decisions,
+        self.require_all_then(
+            principal,
+            ctx,
+            "delete",
+            &subject,
+            record_id,
+            &resources,
+            &decisions,
+            || match self.hold_on(&record)? {
+                Some(hold) => Err(held(record_id, &hold)),
+                None => Ok(()),
+            },
         )?;
-        self.check_holds(&record.subject)?;
         match self.store.delete_record(record_id.as_str()) {
             Ok(None) => Err(VaultError::NotFound(format!("record `{record_id}`"))),
             Ok(Some(shredded)) => {
@@ -614,7 +668,18 @@ impl Vault {
                 }
                 Ok(())
             }
-            Err(StoreError::Held(hold)) => Err(held(record_id, &hold)),
+            Err(StoreError::Held(hold)) => {
+                let refusal = held(record_id, &hold);
+                self.not_carried_out(
+                    principal,
+                    ctx,
+                    "delete",
+                    &subject,
+                    record_id,
+                    &refusal.to_string(),
+                )?;
+                Err(refusal)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -739,21 +804,98 @@ impl Vault {
         resources: &[FieldResource],
         decisions: &[Decision],
     ) -> Result<(), VaultError> {
+        self.require_all_then(
+            principal,
+            ctx,
+            action,
+            subject,
+            record_id,
+            resources,
+            decisions,
+            || Ok(()),
+        )
+    }
+
+    /// `require_all`, with the vault's own preconditions (a legal hold, a category that cannot
+    /// change, a limit) checked once the policy allowed and before the entry is written: a
+    /// request they stop is on the trail as refused, with why, never as done.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "all parts of one audited decision"
+    )]
+    fn require_all_then(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        action: &str,
+        subject: &SubjectId,
+        record_id: &RecordId,
+        resources: &[FieldResource],
+        decisions: &[Decision],
+        precondition: impl FnOnce() -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
         // Deny by default: a request that decides nothing (no fields) is not allowed.
         let all = !decisions.is_empty() && decisions.iter().all(Decision::is_allow);
         let mut event = self.event(principal, ctx, action, Some(subject), Some(record_id));
         event.fields = audit_fields(resources, decisions);
-        event.decision = if all { "allow" } else { "deny" }.into();
+        let stopped = if all { precondition().err() } else { None };
+        event.decision = if all && stopped.is_none() {
+            "allow"
+        } else {
+            "deny"
+        }
+        .into();
+        if let Some(e) = &stopped {
+            event.reason = Some(match e {
+                VaultError::FailedPrecondition(m) | VaultError::Denied(m) => m.clone(),
+                VaultError::Input(e) => e.to_string(),
+                other => format!("not carried out: {other}"),
+            });
+        }
         self.audit.append(&event)?;
-        if all {
+        if let Some(e) = stopped {
+            Err(e)
+        } else if all {
             Ok(())
         } else if matches!(action, "delete" | "close") {
-            // The fields of a stored record are not the caller's to learn from a refusal: only
-            // the fields a caller named itself (a write) are named back.
-            Err(VaultError::Denied(distinct_reasons(decisions)))
+            // Neither the fields of a stored record nor their categories are the caller's to
+            // learn from a refusal: the reasons stay on the trail. Only the fields a caller
+            // named itself (a write) are named back.
+            Err(VaultError::Denied(format!(
+                "you may not {action} this record (the reasons are on the audit trail)"
+            )))
         } else {
             Err(VaultError::Denied(deny_summary(resources, decisions)))
         }
+    }
+
+    /// Records that a change the trail shows as allowed was not carried out after all (the
+    /// store refused it in its own transaction, e.g. a hold placed in between).
+    fn not_carried_out(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        action: &str,
+        subject: &SubjectId,
+        record_id: &RecordId,
+        why: &str,
+    ) -> Result<(), VaultError> {
+        let mut event = self.event(principal, ctx, action, Some(subject), Some(record_id));
+        event.decision = "deny".into();
+        event.reason = Some(format!("not carried out: {why}"));
+        self.audit.append(&event)?;
+        Ok(())
+    }
+
+    /// The active hold covering `record`, on authentic hold rows only.
+    fn hold_on(&self, record: &RecordRow) -> Result<Option<String>, VaultError> {
+        self.check_holds(&record.subject)?;
+        Ok(self
+            .store
+            .holds(Some(&record.subject), true)?
+            .into_iter()
+            .find(|h| h.record_id.as_ref().is_none_or(|r| r == &record.id))
+            .map(|h| h.id))
     }
 
     /// Seals `fields` of a record under the current subject key of (subject, purpose), with the

@@ -72,22 +72,28 @@ impl Vault {
         // The recorded accesses, each shown only as far as the records it is about are.
         let lines = self.access_lines(principal, ctx, subject, &records)?;
         let shown = lines.iter().filter(|l| l.visible).count();
-        // With no record left, whether the caller may export this subject's data at all.
-        let entitled = if records.is_empty() {
-            let probe = FieldResource {
-                record: "rec_export_probe".into(),
-                name: String::new(),
-                category: Category::Identity,
-                purpose: ctx.purpose,
-                subject: subject.as_str().into(),
-                flags: FieldFlags {
-                    record_closed: true,
-                    ..FieldFlags::default()
-                },
-            };
-            self.decide(principal, Action::Export, ctx, &[probe])?
-        } else {
-            Vec::new()
+        // Whether the caller may export this subject's data at all: then an export with nothing
+        // to show is an empty one, not a refusal that would tell an open case exists.
+        let entitled = {
+            // Any closed record of any purpose and category the caller could export: the answer
+            // depends on the caller and the subject, never on what is stored.
+            let probes: Vec<FieldResource> = Purpose::ALL
+                .iter()
+                .flat_map(|&purpose| {
+                    Category::ALL.iter().map(move |&category| FieldResource {
+                        record: "rec_export_probe".into(),
+                        name: String::new(),
+                        category,
+                        purpose,
+                        subject: subject.as_str().into(),
+                        flags: FieldFlags {
+                            record_closed: true,
+                            ..FieldFlags::default()
+                        },
+                    })
+                })
+                .collect();
+            self.decide(principal, Action::Export, ctx, &probes)?
         };
         let permitted = allowed > 0 || entitled.iter().any(Decision::is_allow);
         let mut event = self.event(principal, ctx, "export", Some(subject), None);
@@ -100,12 +106,10 @@ impl Vault {
         ));
         let seq = self.audit.append(&event)?;
         if !permitted {
-            let reasons = if decisions.is_empty() {
-                super::distinct_reasons(&entitled)
-            } else {
-                super::distinct_reasons(&decisions)
-            };
-            return Err(VaultError::Denied(reasons));
+            // Said without the reasons, which would list purposes and categories.
+            return Err(VaultError::Denied(
+                "you may export nothing of this subject's data".into(),
+            ));
         }
 
         let header = json!({
@@ -287,8 +291,8 @@ impl Vault {
     /// The one place a recorded access to `subject` becomes an answer: every data line of the
     /// trail about them, each with whether `principal` may see it. A line tells who worked on
     /// which record, for which purpose and case, and why, so it is shown only when the caller may
-    /// export every field it names, decided as those fields are (the record's current state, or
-    /// closed when the record is gone). A line that names no field (a listing, an export) is
+    /// export every field it names, decided as those fields are: under the record's own purpose
+    /// and current state, or, when the record is gone, the declared purpose and closed. A line that names no field (a listing, an export) is
     /// decided as every field of the subject's records of its purpose, or, with none left, as a
     /// closed record of that purpose.
     pub(crate) fn access_lines(
@@ -308,15 +312,22 @@ impl Vault {
             entries.push((seq, e.clone()));
             true
         })?;
-        let closed: std::collections::BTreeMap<&str, bool> = records
+        // A line about a record still stored is decided as that record: its own purpose (not
+        // the one the access declared, which may be a compatible reuse) and its state.
+        let stored: std::collections::BTreeMap<&str, (&str, bool)> = records
             .iter()
-            .map(|(r, _, _)| (r.id.as_str(), r.closed_at.is_some()))
+            .map(|(r, _, _)| (r.id.as_str(), (r.purpose.as_str(), r.closed_at.is_some())))
             .collect();
         let mut resources: Vec<FieldResource> = Vec::new();
         // Per entry: the range of its resources, or None when it cannot be decided (hidden).
         let mut spans: Vec<Option<std::ops::Range<usize>>> = Vec::with_capacity(entries.len());
         for (_, e) in &entries {
-            let Some(purpose) = e.purpose.as_deref().and_then(|p| p.parse::<Purpose>().ok()) else {
+            let about = e.record.as_deref().and_then(|r| stored.get(r));
+            let declared = match about {
+                Some((purpose, _)) => Some(*purpose),
+                None => e.purpose.as_deref(),
+            };
+            let Some(purpose) = declared.and_then(|p| p.parse::<Purpose>().ok()) else {
                 spans.push(None);
                 continue;
             };
@@ -328,7 +339,7 @@ impl Vault {
                 purpose,
                 subject: subject.as_str().into(),
                 flags: FieldFlags {
-                    record_closed: closed.get(record).copied().unwrap_or(true),
+                    record_closed: stored.get(record).is_none_or(|(_, closed)| *closed),
                     ..FieldFlags::default()
                 },
             };

@@ -85,14 +85,21 @@ impl Vault {
             resources.push(super::evidence_resource(&record, meta.purpose, &ev)?);
         }
         let decisions = self.decide(principal, Action::Close, ctx, &resources)?;
-        self.require_all(
-            principal, ctx, "close", &subject, record_id, &resources, &decisions,
+        self.require_all_then(
+            principal,
+            ctx,
+            "close",
+            &subject,
+            record_id,
+            &resources,
+            &decisions,
+            || match record.closed_at {
+                Some(_) => Err(VaultError::FailedPrecondition(format!(
+                    "record `{record_id}` is closed already"
+                ))),
+                None => Ok(()),
+            },
         )?;
-        if record.closed_at.is_some() {
-            return Err(VaultError::FailedPrecondition(format!(
-                "record `{record_id}` is closed already"
-            )));
-        }
         let now = self.clock.now();
         let retention = self.retention.of(meta.purpose);
         let expires_at = match retention.from {
