@@ -21,6 +21,7 @@ mod common;
 mod concurrency;
 mod crash;
 mod evidence;
+mod freshness;
 mod guard;
 mod hygiene;
 mod lifecycle;
