@@ -98,6 +98,9 @@ pub type PolicyLoader = Box<dyn Fn() -> Result<Engine, String> + Send + Sync>;
 const META_POLICY_DIGEST: &str = "policy_digest";
 /// Store metadata key set once the store's head is kept in a head file: the head directory.
 const META_HEAD_DIR: &str = "audit_head_dir";
+/// Store metadata key of a store made by `serve --dev`: the sequence number of its
+/// `dev-store-created` audit entry.
+const META_DEV_STORE: &str = "dev_store";
 
 /// A field value in clear. Wiped on drop; `Debug` shows only its kind and length.
 pub enum Value {
@@ -439,6 +442,52 @@ impl Vault {
     /// The audit trail.
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Whether `store` says it was made by `kluis serve --dev` (without checking that claim:
+    /// `is_dev_store` does, once unsealed). Lets `serve --dev` refuse any other store before it
+    /// reads a key.
+    pub fn claims_dev_store(store: &dyn Store) -> Result<bool, VaultError> {
+        Ok(store.meta(META_DEV_STORE)?.is_some())
+    }
+
+    /// Marks a store just made by `kluis serve --dev` as such: a `dev-store-created` entry on
+    /// the trail naming the store id, and a meta row pointing at it. The entry is MAC'd under
+    /// the audit key, so the mark cannot be made by editing the database.
+    pub fn mark_dev_store(&self) -> Result<(), VaultError> {
+        let seq = self.audit.append(&AuditEvent {
+            time: now_unix(),
+            principal: "kluis-dev".into(),
+            action: "dev-store-created".into(),
+            decision: "allow".into(),
+            target: Some(self.audit.store_id().to_hex()),
+            reason: Some(
+                "made by `kluis serve --dev`: development only; tokens for every role are minted \
+                 without a policy check"
+                    .into(),
+            ),
+            ..AuditEvent::default()
+        })?;
+        self.store
+            .set_meta(META_DEV_STORE, seq.value().to_string().as_bytes())?;
+        Ok(())
+    }
+
+    /// Whether this store was made by `kluis serve --dev`: its meta row points at an authentic
+    /// `dev-store-created` entry naming this store.
+    pub fn is_dev_store(&self) -> Result<bool, VaultError> {
+        let Some(seq) = self
+            .store
+            .meta(META_DEV_STORE)?
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return Ok(false);
+        };
+        let store_id = self.audit.store_id().to_hex();
+        Ok(self.audit.authentic_entry(seq)?.is_some_and(|e| {
+            e.action == "dev-store-created" && e.target.as_deref() == Some(store_id.as_str())
+        }))
     }
 
     /// Stores a new record for `subject` under `ctx.purpose`. Returns its id and expiry.

@@ -208,11 +208,25 @@ fn open(cfg: &Config) -> Result<Vault, Exit> {
 }
 
 /// Opens the dev store, creating it with a dev key file and one token per role on first use.
+/// Refuses a store it did not create (exit code 4): `--dev` mints tokens for every role.
 fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     config::create_private_dir(&cfg.data_dir)
         .map_err(|e| fail(format!("cannot create `{}`: {e}", cfg.data_dir.display())))?;
     let store = config::open_store(&cfg.data_dir).map_err(fail)?;
     let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;
+    let not_dev = || {
+        eprintln!(
+            "error: `{dir}` holds a store that `kluis serve --dev` did not create (made by \
+             `kluis init`, or restored from a backup); --dev would mint a token for every role \
+             on it. Serve it with `kluis serve --data-dir {dir} --key-file FILE` (or \
+             --passphrase-file) and its own root key, or give --dev a new directory",
+            dir = cfg.data_dir.display()
+        );
+        Exit::CheckFailed
+    };
+    if !fresh && !Vault::claims_dev_store(store.as_ref()).map_err(fail)? {
+        return Err(not_dev());
+    }
     if fresh {
         let secret = match &cfg.key_source {
             config::KeySource::KeyFile(path) if !path.exists() => {
@@ -224,6 +238,11 @@ fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     }
     drop(store);
     let vault = open(cfg)?;
+    if fresh {
+        vault.mark_dev_store().map_err(fail)?;
+    } else if !vault.is_dev_store().map_err(fail)? {
+        return Err(not_dev());
+    }
     let tokens_path = cfg.data_dir.join("dev-tokens.json");
     if fresh || !tokens_path.exists() {
         let mut tokens = BTreeMap::new();

@@ -342,3 +342,68 @@ async fn the_first_start_with_a_head_directory_anchors_the_trail_on_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a head directory"));
 }
+
+/// Runs `kluis serve --dev` on `data` and expects a refusal: exit code 4, the message.
+fn dev_refused(data: &Path) -> String {
+    let out = kluis()
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("`kluis serve --dev` did not create") && stderr.contains("kluis serve --data-dir"),
+        "{stderr}"
+    );
+    assert!(
+        !data.join("dev-tokens.json").exists(),
+        "no dev tokens for a store --dev did not create"
+    );
+    stderr
+}
+
+#[tokio::test]
+async fn serve_dev_refuses_a_store_it_did_not_create() {
+    // A store made by `kluis init`: refused before any key is read or token minted.
+    let store = Store::init(None);
+    let before = store.trail();
+    dev_refused(&store.data);
+    assert_eq!(store.trail(), before, "nothing was appended");
+
+    // The mark set by editing the database, with the root key where --dev looks for it: the
+    // mark must point at an entry only the audit key makes, so it is refused all the same.
+    let db = kluis::store::SqliteStore::open(&store.data.join("kluis.db")).unwrap();
+    db.set_meta("dev_store", b"1").unwrap();
+    drop(db);
+    std::fs::copy(&store.key, store.data.join("dev-root.key")).unwrap();
+    dev_refused(&store.data);
+    let minted = store
+        .trail()
+        .iter()
+        .filter(|(action, _)| action == "token-issue")
+        .count();
+    assert_eq!(minted, 1, "only the token of `kluis init`");
+
+    // A store `serve --dev` made is served again by `serve --dev`.
+    let tmp = crate::common::private_tempdir();
+    let dev = tmp.path().join("dev");
+    for _ in 0..2 {
+        let mut child = kluis()
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dev)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let banner = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map(Result::unwrap)
+            .find(|l| l.starts_with("kluis dev server on"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(banner.is_some(), "serve --dev did not start on its own store");
+    }
+    assert!(tmp.path().join("dev-head").is_dir(), "--dev keeps its head beside the store");
+}
