@@ -421,7 +421,9 @@ impl Audit {
             )));
         }
         let Some(want) = parse_hash(&head.hash) else {
-            return Ok(Some("the head file's hash is not 64 hexadecimal digits".into()));
+            return Ok(Some(
+                "the head file's hash is not 64 hexadecimal digits".into(),
+            ));
         };
         let found = if head.seq == 0 {
             Some(self.genesis)
@@ -963,9 +965,13 @@ mod tests {
         assert_eq!(audit.check_fresh(&head).unwrap(), None);
         // The store's last entries gone: behind its head.
         let conn = rusqlite::Connection::open(store.path()).unwrap();
-        conn.execute("DELETE FROM audit WHERE seq >= 4", []).unwrap();
+        conn.execute("DELETE FROM audit WHERE seq >= 4", [])
+            .unwrap();
         let p = audit.check_fresh(&head).unwrap().unwrap();
-        assert!(p.contains("ends at entry 3") && p.contains("entry 4"), "{p}");
+        assert!(
+            p.contains("ends at entry 3") && p.contains("entry 4"),
+            "{p}"
+        );
     }
 
     #[test]
@@ -1036,7 +1042,10 @@ mod tests {
         let id = audit.store_id();
         drop(audit);
         let head = file.read().unwrap().unwrap();
-        assert_eq!((head.seq, head.store_id.as_str()), (5, id.to_hex().as_str()));
+        assert_eq!(
+            (head.seq, head.store_id.as_str()),
+            (5, id.to_hex().as_str())
+        );
         let again = Audit::open(store, AuditKey::from_bytes(&[0u8; 32]), id).unwrap();
         // Under another audit key the same head is refused: the MAC is the key's.
         assert!(again.check_fresh(&head).unwrap().is_some());

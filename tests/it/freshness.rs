@@ -33,10 +33,7 @@ impl Running {
     /// Stops the server as Ctrl-C does and waits for a clean exit.
     fn stop(mut self) {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
         assert!(status.success());
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "kluis serve exited with {exit}");
@@ -266,7 +263,10 @@ async fn a_store_rolled_back_as_a_whole_is_refused_unless_accepted_on_the_trail(
     );
     // From then on the head file follows this trail: a plain start serves again.
     store.session(1, &[]).await;
-    assert_eq!(store.head()["seq"].as_u64().unwrap(), store.trail().len() as u64);
+    assert_eq!(
+        store.head()["seq"].as_u64().unwrap(),
+        store.trail().len() as u64
+    );
 }
 
 #[tokio::test]
@@ -328,12 +328,21 @@ async fn the_first_start_with_a_head_directory_anchors_the_trail_on_it() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&store.heads).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&store.heads)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
     }
     // `--accept-rollback` without a head directory is refused: there is nothing to accept.
     let out = kluis()
-        .args(["serve", "--accept-rollback", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--accept-rollback",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&store.data)
         .arg("--key-file")
         .arg(&store.key)
@@ -354,7 +363,8 @@ fn dev_refused(data: &Path) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
-        stderr.contains("`kluis serve --dev` did not create") && stderr.contains("kluis serve --data-dir"),
+        stderr.contains("`kluis serve --dev` did not create")
+            && stderr.contains("kluis serve --data-dir"),
         "{stderr}"
     );
     assert!(
@@ -403,7 +413,13 @@ async fn serve_dev_refuses_a_store_it_did_not_create() {
             .find(|l| l.starts_with("kluis dev server on"));
         let _ = child.kill();
         let _ = child.wait();
-        assert!(banner.is_some(), "serve --dev did not start on its own store");
+        assert!(
+            banner.is_some(),
+            "serve --dev did not start on its own store"
+        );
     }
-    assert!(tmp.path().join("dev-head").is_dir(), "--dev keeps its head beside the store");
+    assert!(
+        tmp.path().join("dev-head").is_dir(),
+        "--dev keeps its head beside the store"
+    );
 }
