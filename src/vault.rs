@@ -267,6 +267,8 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     rate_limit: tokens::RateLimiter,
     channels: Channels,
+    /// Serialises the steps of root changes.
+    root_change_lock: std::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Vault {
@@ -420,6 +422,7 @@ impl Vault {
             clock: Arc::new(SystemClock),
             rate_limit: tokens::RateLimiter::default(),
             channels: Channels::default(),
+            root_change_lock: std::sync::Mutex::new(()),
         })
     }
 
