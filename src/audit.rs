@@ -11,7 +11,9 @@
 //! needs one, so nothing is decrypted before its audit entry is durable.
 //! Invariant: knows neither gRPC nor SQL.
 
-use std::sync::{Arc, mpsc};
+pub mod anchor;
+
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -238,7 +240,9 @@ struct Pending {
 }
 
 /// The audit trail of one store. Appends go through one writer thread that commits whatever is
-/// queued in one transaction (group commit), so concurrent requests share a commit.
+/// queued in one transaction (group commit), so concurrent requests share a commit. With
+/// `keep_head`, a second thread copies the head of what is committed into a head file outside
+/// the store (`anchor`).
 pub struct Audit {
     store: Arc<dyn Store>,
     keys: Arc<MacKeys>,
@@ -246,6 +250,53 @@ pub struct Audit {
     genesis: [u8; 32],
     queue: Option<mpsc::Sender<Pending>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    committed: Arc<Committed>,
+    keeper: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The last committed entry (sequence number and hash), published by the writer after every
+/// commit for the head keeper; `closed` once the writer has stopped.
+#[derive(Default)]
+struct Committed {
+    state: Mutex<CommittedState>,
+    changed: Condvar,
+}
+
+#[derive(Clone, Copy, Default)]
+struct CommittedState {
+    seq: u64,
+    hash: [u8; 32],
+    closed: bool,
+}
+
+impl Committed {
+    fn publish(&self, seq: u64, hash: [u8; 32]) {
+        // Plain numbers: a panic elsewhere cannot leave them half-written.
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seq >= state.seq {
+            state.seq = seq;
+            state.hash = hash;
+        }
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .closed = true;
+        self.changed.notify_all();
+    }
+
+    fn get(&self) -> CommittedState {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for Audit {
@@ -256,10 +307,15 @@ impl std::fmt::Debug for Audit {
 
 impl Drop for Audit {
     fn drop(&mut self) {
-        // Closing the queue ends the writer after it has committed what is queued.
+        // Closing the queue ends the writer after it has committed what is queued; then the
+        // head keeper writes the last head and stops.
         self.queue.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        self.committed.close();
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
         }
     }
 }
@@ -286,13 +342,18 @@ impl Audit {
         drop(key);
         let genesis = genesis_hash(store_id);
         let tail = read_tail(store.as_ref(), genesis)?;
+        let committed = Arc::new(Committed::default());
+        committed.publish(tail.0, tail.1);
         let (tx, rx) = mpsc::channel();
         let writer = {
             let store = Arc::clone(&store);
             let keys = Arc::clone(&keys);
+            let committed = Arc::clone(&committed);
             std::thread::Builder::new()
                 .name("kluis-audit".into())
-                .spawn(move || write_loop(store.as_ref(), &keys.entry, &rx, tail, genesis))
+                .spawn(move || {
+                    write_loop(store.as_ref(), &keys.entry, &rx, tail, genesis, &committed);
+                })
                 .map_err(|e| {
                     AuditError::Unavailable(format!("cannot start the audit writer: {e}"))
                 })?
@@ -304,6 +365,8 @@ impl Audit {
             genesis,
             queue: Some(tx),
             writer: Some(writer),
+            committed,
+            keeper: None,
         })
     }
 
@@ -333,16 +396,126 @@ impl Audit {
     /// The current head, MAC'd under the head subkey together with the store id.
     pub fn head(&self) -> Result<Head, AuditError> {
         let (seq, hash) = read_tail(self.store.as_ref(), self.genesis)?;
-        Ok(Head {
-            seq,
-            hash: hex::encode(hash),
-            mac: hex::encode(self.head_mac(seq, &hash)),
-            store_id: self.store_id.to_hex(),
-        })
+        Ok(make_head(&self.keys.head, self.store_id, seq, &hash))
     }
 
     fn head_mac(&self, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
         head_mac(&self.keys.head, self.store_id, seq, hash)
+    }
+
+    /// Checks that this store's trail is not behind `head`, an anchor kept outside the store
+    /// (a head file): `head` must be this store's (its id, its MAC), and the trail must hold
+    /// entry `head.seq` with the hash `head` names, that entry consistent with its own hash and
+    /// MAC. `None` when fresh; otherwise what was found. Reads one entry: a trail rolled back as
+    /// a whole is found here; an edited or spliced trail is `verify`'s to find.
+    pub fn check_fresh(&self, head: &Head) -> Result<Option<String>, AuditError> {
+        if let Some(Verification::Broken { problem, .. }) = self.refuse_anchor(head) {
+            return Ok(Some(problem.replace("the anchored head", "the head file")));
+        }
+        let (tail, _) = read_tail(self.store.as_ref(), self.genesis)?;
+        if head.seq > tail {
+            return Ok(Some(format!(
+                "the trail ends at entry {tail} but the head file names entry {}: the store is \
+                 behind its head (rolled back to an older copy, or its last entries removed)",
+                head.seq
+            )));
+        }
+        let Some(want) = parse_hash(&head.hash) else {
+            return Ok(Some(
+                "the head file's hash is not 64 hexadecimal digits".into(),
+            ));
+        };
+        let found = if head.seq == 0 {
+            Some(self.genesis)
+        } else {
+            self.store
+                .audit_entries(head.seq, 1)?
+                .into_iter()
+                .find(|row| row.seq == head.seq)
+                .and_then(|row| {
+                    let prev: [u8; 32] = row.prev_hash.as_slice().try_into().ok()?;
+                    let hash = entry_hash(row.seq, &prev, &row.entry);
+                    let mac = kdf::mac(&self.keys.entry, &hash);
+                    (bool::from(row.hash.ct_eq(&hash)) && bool::from(row.mac.ct_eq(&mac)))
+                        .then_some(hash)
+                })
+        };
+        if found != Some(want) {
+            return Ok(Some(format!(
+                "entry {} of the trail is not the one the head file names: the store holds \
+                 another history (an older copy written on since, or another trail)",
+                head.seq
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Entry `seq`, when it is there and consistent with its own hash and MAC (not checked
+    /// against its neighbours: `verify` does that). Only the audit key makes an entry that
+    /// passes, so an entry read here was written by this store's kluis.
+    pub fn authentic_entry(&self, seq: u64) -> Result<Option<AuditEvent>, AuditError> {
+        let Some(row) = self
+            .store
+            .audit_entries(seq, 1)?
+            .into_iter()
+            .find(|row| row.seq == seq)
+        else {
+            return Ok(None);
+        };
+        let Ok(prev) = <[u8; 32]>::try_from(row.prev_hash.as_slice()) else {
+            return Ok(None);
+        };
+        let hash = entry_hash(row.seq, &prev, &row.entry);
+        let mac = kdf::mac(&self.keys.entry, &hash);
+        if !bool::from(row.hash.ct_eq(&hash)) || !bool::from(row.mac.ct_eq(&mac)) {
+            return Ok(None);
+        }
+        Ok(serde_json::from_slice(&row.entry).ok())
+    }
+
+    /// The head of what the writer has committed, MAC'd.
+    fn committed_head(&self) -> Head {
+        let state = self.committed.get();
+        make_head(&self.keys.head, self.store_id, state.seq, &state.hash)
+    }
+
+    /// Writes the head of what is committed to `file` now.
+    pub fn write_head(&self, file: &anchor::HeadFile) -> Result<Head, AuditError> {
+        let head = self.committed_head();
+        file.write(&head).map_err(|e| {
+            AuditError::Unavailable(format!(
+                "cannot write the head file `{}`: {e}",
+                file.path().display()
+            ))
+        })?;
+        Ok(head)
+    }
+
+    /// From now on copies the head of what is committed into `file`: soon after a commit, at
+    /// most once per `interval`, and once more when the trail closes. A failed write is logged
+    /// and tried again an `interval` later.
+    pub fn keep_head(
+        &mut self,
+        file: anchor::HeadFile,
+        interval: std::time::Duration,
+    ) -> Result<(), AuditError> {
+        if self.keeper.is_some() {
+            return Ok(());
+        }
+        let keys = Arc::clone(&self.keys);
+        let committed = Arc::clone(&self.committed);
+        let store_id = self.store_id;
+        let written = self.committed.get().seq;
+        let keeper = std::thread::Builder::new()
+            .name("kluis-audit-head".into())
+            .spawn(move || {
+                anchor::keep(&file, &committed, interval, written, |state| {
+                    make_head(&keys.head, store_id, state.seq, &state.hash)
+                });
+            })
+            .map_err(|e| AuditError::Unavailable(format!("cannot start the head keeper: {e}")))?;
+        self.keeper = Some(keeper);
+        Ok(())
     }
 
     /// Checks an anchored head before the walk: it must name this store and carry this store's
@@ -522,6 +695,7 @@ fn write_loop(
     queue: &mpsc::Receiver<Pending>,
     mut tail: (u64, [u8; 32]),
     genesis: [u8; 32],
+    committed: &Committed,
 ) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -556,6 +730,7 @@ fn write_loop(
                 Ok(()) => {
                     outcome = Ok(tail.0 + 1);
                     tail = (seq, prev);
+                    committed.publish(seq, prev);
                     break;
                 }
                 // Another writer (another node) took these numbers: move to the real tail.
@@ -596,6 +771,16 @@ fn genesis_hash(store_id: StoreId) -> [u8; 32] {
     h.update(b"kluis.v2.audit.genesis");
     h.update(store_id.as_bytes());
     h.finalize().into()
+}
+
+/// The head at (`seq`, `hash`) of store `store_id`, MAC'd.
+fn make_head(key: &Subkey, store_id: StoreId, seq: u64, hash: &[u8; 32]) -> Head {
+    Head {
+        seq,
+        hash: hex::encode(hash),
+        mac: hex::encode(head_mac(key, store_id, seq, hash)),
+        store_id: store_id.to_hex(),
+    }
 }
 
 /// The MAC of a head: store id, sequence number and hash under the head subkey.
@@ -764,6 +949,112 @@ mod tests {
         let head = audit.head().unwrap();
         assert_eq!(head.mac, hex::encode(head_mac(&head_key, id, 1, &hash)));
         assert_ne!(head.mac, hex::encode(head_mac(&entry, id, 1, &hash)));
+    }
+
+    #[test]
+    fn a_fresh_trail_passes_its_head_and_a_rolled_back_one_does_not() {
+        let (_d, store, audit) = trail();
+        assert_eq!(audit.check_fresh(&audit.head().unwrap()).unwrap(), None);
+        for n in 0..4 {
+            audit.append(&event(n)).unwrap();
+        }
+        let head = audit.head().unwrap();
+        assert_eq!(audit.check_fresh(&head).unwrap(), None);
+        // A head behind the trail is fine: the store went on after it was written.
+        audit.append(&event(9)).unwrap();
+        assert_eq!(audit.check_fresh(&head).unwrap(), None);
+        // The store's last entries gone: behind its head.
+        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        conn.execute("DELETE FROM audit WHERE seq >= 4", [])
+            .unwrap();
+        let p = audit.check_fresh(&head).unwrap().unwrap();
+        assert!(
+            p.contains("ends at entry 3") && p.contains("entry 4"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn another_history_of_the_same_store_does_not_pass_its_head() {
+        let id = StoreId::generate();
+        let (_da, _sa, a) = trail_of(AuditKey::from_bytes(&KEY), id);
+        let (_db, _sb, b) = trail_of(AuditKey::from_bytes(&KEY), id);
+        for n in 0..3 {
+            a.append(&event(n)).unwrap();
+            b.append(&event(n + 100)).unwrap();
+        }
+        // B is an older copy of A written on since: same store, same length, other entries.
+        let p = b.check_fresh(&a.head().unwrap()).unwrap().unwrap();
+        assert!(p.contains("another history"), "{p}");
+        assert_eq!(a.check_fresh(&a.head().unwrap()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_head_file_without_its_mac_or_of_another_store_is_not_an_anchor() {
+        let (_d, _s, audit) = trail();
+        audit.append(&event(1)).unwrap();
+        let head = audit.head().unwrap();
+        for bad in [
+            Head {
+                mac: String::new(),
+                ..head.clone()
+            },
+            Head {
+                mac: hex::encode([7u8; 32]),
+                ..head.clone()
+            },
+            Head {
+                seq: 0,
+                ..head.clone()
+            },
+        ] {
+            let p = audit.check_fresh(&bad).unwrap().unwrap();
+            assert!(p.contains("head file") && p.contains("MAC"), "{p}");
+        }
+        let (_d2, _s2, other) = trail();
+        other.append(&event(1)).unwrap();
+        let p = audit.check_fresh(&other.head().unwrap()).unwrap().unwrap();
+        assert!(p.contains("not of this store"), "{p}");
+    }
+
+    #[test]
+    fn the_head_keeper_writes_the_committed_head_and_the_last_one_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_d, store, mut audit) = trail();
+        let file = anchor::HeadFile::new(&dir.path().join("heads"), audit.store_id());
+        assert_eq!(file.read().unwrap(), None);
+        audit
+            .keep_head(file.clone(), std::time::Duration::from_secs(3600))
+            .unwrap();
+        audit.append(&event(1)).unwrap();
+        // Soon after the first commit, without waiting for the interval.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while file.read().unwrap().map(|h| h.seq) != Some(1) {
+            assert!(std::time::Instant::now() < deadline, "no head written");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for n in 2..=5 {
+            audit.append(&event(n)).unwrap();
+        }
+        // Within the (long) interval nothing more is written; closing writes the last head.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(file.read().unwrap().map(|h| h.seq), Some(1));
+        let id = audit.store_id();
+        drop(audit);
+        let head = file.read().unwrap().unwrap();
+        assert_eq!(
+            (head.seq, head.store_id.as_str()),
+            (5, id.to_hex().as_str())
+        );
+        let again = Audit::open(store, AuditKey::from_bytes(&[0u8; 32]), id).unwrap();
+        // Under another audit key the same head is refused: the MAC is the key's.
+        assert!(again.check_fresh(&head).unwrap().is_some());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     fn event(n: i64) -> AuditEvent {

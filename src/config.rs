@@ -86,6 +86,17 @@ pub struct RawConfig {
     /// The closed list of channels a request may declare (default: `app`, `counter`, `phone`,
     /// `email`, `letter`, `portal`, `social-media`).
     pub channels: Option<Vec<String>>,
+    /// The audit trail.
+    pub audit: Option<RawAudit>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Directory outside the store where the trail's MAC'd head is kept
+    /// (`head-<store id>.json`); a store whose trail is behind it is refused at start.
+    pub head_dir: Option<PathBuf>,
 }
 
 /// `[lifecycle]`.
@@ -192,6 +203,10 @@ pub struct Config {
     pub retention_sweep_interval: std::time::Duration,
     /// The channels a request may declare.
     pub channels: Channels,
+    /// Where the trail's head is kept outside the store; none: not kept.
+    pub head_dir: Option<PathBuf>,
+    /// Start on a store behind its head file (`--accept-rollback`; never from the file).
+    pub accept_rollback: bool,
 }
 
 /// Configuration problems, all of them.
@@ -223,6 +238,9 @@ impl RawConfig {
         }
         if let Some(v) = env.var("KLUIS_PASSPHRASE_FILE") {
             self.passphrase_file = Some(v.into());
+        }
+        if let Some(v) = env.var("KLUIS_HEAD_DIR") {
+            self.audit.get_or_insert_with(RawAudit::default).head_dir = Some(v.into());
         }
         if let (Some(cert), Some(key)) = (env.var("KLUIS_TLS_CERT"), env.var("KLUIS_TLS_KEY")) {
             self.tls = Some(RawTls {
@@ -335,6 +353,18 @@ impl RawConfig {
                 .max(1),
         );
         let policy = self.policy.unwrap_or_default();
+        let head_dir = self.audit.and_then(|a| a.head_dir);
+        if let Some(dir) = &head_dir
+            && !data_dir.as_os_str().is_empty()
+            && dir.starts_with(&data_dir)
+        {
+            problems.push(format!(
+                "`audit.head_dir` `{}` lies inside the data directory: a copy of the data \
+                 directory would carry its head along; put it on another volume or at least \
+                 beside the data directory",
+                dir.display()
+            ));
+        }
         let channels = match self.channels {
             None => Channels::default(),
             Some(names) => Channels::new(&names).unwrap_or_else(|e| {
@@ -360,6 +390,8 @@ impl RawConfig {
             key_sweep_interval,
             retention_sweep_interval,
             channels,
+            head_dir,
+            accept_rollback: false,
         })
     }
 }
@@ -548,12 +580,20 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
     let schema = config.policy_schema.clone();
     let files = config.policy_files.clone();
     let loader = move || load_policy(schema.as_deref(), &files).map_err(|e| e.to_string());
-    Ok(Vault::new(
+    let anchor = config
+        .head_dir
+        .as_ref()
+        .map(|dir| crate::audit::anchor::Anchor {
+            dir: dir.clone(),
+            accept_rollback: config.accept_rollback,
+        });
+    Ok(Vault::with_anchor(
         store,
         keyring,
         policy,
         config.retention.clone(),
         config.limits,
+        anchor.as_ref(),
     )?
     .with_key_settings(config.key_settings)
     .with_channels(config.channels.clone())

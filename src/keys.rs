@@ -157,7 +157,7 @@ impl RootSecret {
 }
 
 /// How the root key is made, as stored in the store's `root` metadata.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "source", rename_all = "kebab-case")]
 enum RootMeta {
     Passphrase {
@@ -177,6 +177,35 @@ const META_STORE_ID: &str = "store_id";
 /// The key format of stores this kluis writes and reads: 2, a subkey per use of every key
 /// (`crypto::subkey`), envelopes and segments of format 2, a store id.
 pub const KEY_FORMAT: u32 = 2;
+
+/// What a pending root change keeps of its new secret: how the new root key is derived from it
+/// (for a passphrase, the fresh salt and Argon2id parameters) and the new key's check value.
+/// Never the key: with it the same secret can be recognised later, nothing more.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RootCheck {
+    meta: RootMeta,
+    check: String,
+}
+
+impl RootCheck {
+    /// The new root key's check value, hex (safe to show: it is a MAC of a constant).
+    pub fn check_value(&self) -> &str {
+        &self.check
+    }
+}
+
+/// A new root key derived from a secret that matched a `RootCheck`, ready for `rotate_root`.
+/// Wiped on drop.
+pub struct NewRoot {
+    meta: RootMeta,
+    root: RootKey,
+}
+
+impl std::fmt::Debug for NewRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewRoot(<redacted>)")
+    }
+}
 
 /// The unsealed key hierarchy of a running vault.
 pub struct Keyring {
@@ -480,11 +509,42 @@ impl Keyring {
         Ok((done, rows.len()))
     }
 
-    /// Changes the root key: rewraps every purpose key version that still has material, and the
-    /// audit key, under the new root key, and replaces the key check value, in one transaction.
-    /// The old passphrase or key file no longer opens the store.
-    pub fn rotate_root(&self, secret: &RootSecret) -> Result<(), KeyError> {
-        let (meta, new_root) = root_from_secret(secret)?;
+    /// The check of a new root secret for a pending root change: derives its root key (for a
+    /// passphrase under a fresh salt) and keeps how, and its key check value.
+    pub fn root_check(secret: &RootSecret) -> Result<RootCheck, KeyError> {
+        let (meta, root) = root_from_secret(secret)?;
+        Ok(RootCheck {
+            meta,
+            check: hex::encode(kdf::key_check_value(&root)?),
+        })
+    }
+
+    /// The root key `secret` gives under `check`'s derivation, when its key check value is the
+    /// one `check` recorded; `None` for another secret.
+    pub fn new_root(secret: &RootSecret, check: &RootCheck) -> Result<Option<NewRoot>, KeyError> {
+        let Ok(stored) = hex::decode(&check.check) else {
+            return Err(KeyError::CorruptMeta);
+        };
+        let root = match derive_root(&check.meta, secret) {
+            Ok(root) => root,
+            Err(KeyError::SourceMismatch { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(kdf::key_matches(&root, &stored).then(|| NewRoot {
+            meta: check.meta.clone(),
+            root,
+        }))
+    }
+
+    /// Changes the root key to `new`: rewraps every purpose key version that still has
+    /// material, and the audit key, under it, and replaces the key check value, in one
+    /// transaction that also writes the metadata rows `also`. The old passphrase or key file no
+    /// longer opens the store.
+    pub fn rotate_root(&self, new: NewRoot, also: &[(&str, Vec<u8>)]) -> Result<(), KeyError> {
+        let NewRoot {
+            meta,
+            root: new_root,
+        } = new;
         let meta_json = serde_json::to_vec(&meta).map_err(|_| KeyError::CorruptMeta)?;
         let mut root = self.root.write().map_err(|_| KeyError::CorruptMeta)?;
         let mut rows = Vec::new();
@@ -511,14 +571,13 @@ impl Keyring {
         let audit_bytes = crypto::open(&*root, &audit_aad, &wrapped_audit)?;
         let rewrapped_audit =
             crypto::seal(&new_root, self.root_algorithm, 1, &audit_aad, &audit_bytes)?;
-        self.store.rewrap_root(
-            &rows,
-            &[
-                (META_ROOT, meta_json),
-                (META_KEY_CHECK, kdf::key_check_value(&new_root)?.to_vec()),
-                (META_AUDIT_KEY, rewrapped_audit),
-            ],
-        )?;
+        let mut meta_rows = vec![
+            (META_ROOT, meta_json),
+            (META_KEY_CHECK, kdf::key_check_value(&new_root)?.to_vec()),
+            (META_AUDIT_KEY, rewrapped_audit),
+        ];
+        meta_rows.extend(also.iter().map(|(k, v)| (*k, v.clone())));
+        self.store.rewrap_root(&rows, &meta_rows)?;
         *root = new_root;
         Ok(())
     }
@@ -696,7 +755,21 @@ fn root_from_secret(secret: &RootSecret) -> Result<(RootMeta, RootKey), KeyError
 fn check_root(store: &dyn Store, secret: &RootSecret) -> Result<RootKey, KeyError> {
     let meta = store.meta(META_ROOT)?.ok_or(StoreError::NotInitialized)?;
     let meta: RootMeta = serde_json::from_slice(&meta).map_err(|_| KeyError::CorruptMeta)?;
-    let root = match (&meta, secret) {
+    let root = derive_root(&meta, secret)?;
+    let check = store.meta(META_KEY_CHECK)?.ok_or(KeyError::CorruptMeta)?;
+    if !kdf::key_matches(&root, &check) {
+        tracing::warn!(
+            source = secret.kind(),
+            "unseal refused: root key check failed"
+        );
+        return Err(KeyError::WrongRootKey);
+    }
+    Ok(root)
+}
+
+/// The root key `secret` gives under the derivation `meta` records.
+fn derive_root(meta: &RootMeta, secret: &RootSecret) -> Result<RootKey, KeyError> {
+    Ok(match (meta, secret) {
         (
             RootMeta::Passphrase {
                 kdf: name,
@@ -723,16 +796,7 @@ fn check_root(store: &dyn Store, secret: &RootSecret) -> Result<RootKey, KeyErro
                 expected: "key file",
             });
         }
-    };
-    let check = store.meta(META_KEY_CHECK)?.ok_or(KeyError::CorruptMeta)?;
-    if !kdf::key_matches(&root, &check) {
-        tracing::warn!(
-            source = secret.kind(),
-            "unseal refused: root key check failed"
-        );
-        return Err(KeyError::WrongRootKey);
-    }
-    Ok(root)
+    })
 }
 
 /// A bounded cache of unwrapped subject keys; evicts the oldest entry when full.
@@ -1008,7 +1072,19 @@ mod tests {
         assert_eq!(before.key.expose_secret(), after.expose_secret());
 
         let new_secret = RootSecret::create_key_file(&dir.path().join("new.key")).unwrap();
-        ring.rotate_root(&new_secret).unwrap();
+        let check = Keyring::root_check(&new_secret).unwrap();
+        let other = RootSecret::create_key_file(&dir.path().join("other.key")).unwrap();
+        assert!(Keyring::new_root(&other, &check).unwrap().is_none());
+        assert!(
+            Keyring::new_root(
+                &RootSecret::Passphrase(Zeroizing::new("a passphrase, not a key".into())),
+                &check
+            )
+            .unwrap()
+            .is_none()
+        );
+        let new_root = Keyring::new_root(&new_secret, &check).unwrap().unwrap();
+        ring.rotate_root(new_root, &[]).unwrap();
         assert!(matches!(
             Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0),
             Err(KeyError::WrongRootKey)

@@ -77,6 +77,10 @@ pub enum VaultError {
     /// The audit trail failed while reading.
     #[error(transparent)]
     Audit(AuditError),
+    /// The store is behind the head kept outside it (rolled back), or that head cannot vouch
+    /// for it; the vault does not start.
+    #[error("{0}")]
+    Rollback(String),
 }
 
 impl From<AuditError> for VaultError {
@@ -93,6 +97,11 @@ pub type PolicyLoader = Box<dyn Fn() -> Result<Engine, String> + Send + Sync>;
 
 /// Store metadata key of the digest of the policy set in force.
 const META_POLICY_DIGEST: &str = "policy_digest";
+/// Store metadata key set once the store's head is kept in a head file: the head directory.
+const META_HEAD_DIR: &str = "audit_head_dir";
+/// Store metadata key of a store made by `serve --dev`: the sequence number of its
+/// `dev-store-created` audit entry.
+const META_DEV_STORE: &str = "dev_store";
 
 /// A field value in clear. Wiped on drop; `Debug` shows only its kind and length.
 pub enum Value {
@@ -260,12 +269,91 @@ pub struct Vault {
     rate_limit: tokens::RateLimiter,
     channels: Channels,
     rows: rows::RowAuth,
+    /// Serialises the steps of root changes.
+    root_change_lock: std::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vault").finish_non_exhaustive()
     }
+}
+
+/// Checks the trail against its head file before anything is appended, records an accepted
+/// rollback or the first use of the head directory, and starts keeping the head there.
+fn anchor_trail(
+    store: &dyn Store,
+    audit: &mut Audit,
+    anchor: &crate::audit::anchor::Anchor,
+) -> Result<(), VaultError> {
+    use crate::audit::anchor::{HEAD_INTERVAL, HeadFile};
+    let file = HeadFile::new(&anchor.dir, audit.store_id());
+    let shown = file.path().display().to_string();
+    let marker = store.meta(META_HEAD_DIR)?;
+    let (problem, from) = match file.read() {
+        Err(problem) => (Some(problem), None),
+        Ok(Some(head)) => (audit.check_fresh(&head)?, Some(head.seq)),
+        Ok(None) => match &marker {
+            Some(dir) => (
+                Some(format!(
+                    "the store keeps its audit head in `{}` since it was first served with a \
+                     head directory, but there is no head file: it was deleted or moved, or the \
+                     head directory changed (copy `head-{}.json` into the new one)",
+                    String::from_utf8_lossy(dir),
+                    audit.store_id()
+                )),
+                None,
+            ),
+            None => (None, None),
+        },
+    };
+    let tail = audit.head()?.seq;
+    if let Some(problem) = problem {
+        if !anchor.accept_rollback {
+            return Err(VaultError::Rollback(format!(
+                "refusing to serve store {}: {problem} (head file `{shown}`). If the store was \
+                 restored or put back on purpose, start with --accept-rollback, which is recorded \
+                 on the audit trail; otherwise find out who replaced the data directory",
+                audit.store_id()
+            )));
+        }
+        tracing::warn!(%problem, head_file = %shown, "starting on a rolled-back store (--accept-rollback)");
+        audit.append(&AuditEvent {
+            time: now_unix(),
+            principal: "kluis".into(),
+            action: "audit-rollback-accepted".into(),
+            decision: "allow".into(),
+            target: Some(shown.clone()),
+            reason: Some(format!(
+                "{problem}; started with --accept-rollback: the head moves from entry {} to \
+                 entry {tail}",
+                from.map_or_else(|| "(none)".to_owned(), |s| s.to_string())
+            )),
+            ..AuditEvent::default()
+        })?;
+    }
+    audit.write_head(&file).map_err(VaultError::Audit)?;
+    if marker.is_none() {
+        let dir = anchor.dir.display().to_string();
+        store.set_meta(META_HEAD_DIR, dir.as_bytes())?;
+        if tail > 0 {
+            tracing::warn!(head_file = %shown, entries = tail, "no head file yet for a trail of {tail} entries; anchoring from here on");
+        }
+        audit.append(&AuditEvent {
+            time: now_unix(),
+            principal: "kluis".into(),
+            action: "audit-head-anchor".into(),
+            decision: "allow".into(),
+            target: Some(shown),
+            reason: Some(format!(
+                "the head is kept in `{dir}` from entry {tail} on; the store is refused at start \
+                 when its trail is behind it"
+            )),
+            ..AuditEvent::default()
+        })?;
+    }
+    audit.keep_head(file, HEAD_INTERVAL)?;
+    Ok(())
 }
 
 impl Vault {
@@ -277,9 +365,26 @@ impl Vault {
         retention: RetentionTable,
         limits: Limits,
     ) -> Result<Self, VaultError> {
+        Self::with_anchor(store, keyring, policy, retention, limits, None)
+    }
+
+    /// Like `new`, keeping the trail's head in a head file outside the store when `anchor` is
+    /// given: refuses (`Rollback`) a store whose trail is behind its head file, unless
+    /// `accept_rollback`, which is recorded on the trail.
+    pub fn with_anchor(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        policy: Engine,
+        retention: RetentionTable,
+        limits: Limits,
+        anchor: Option<&crate::audit::anchor::Anchor>,
+    ) -> Result<Self, VaultError> {
         let audit_key = keyring.audit_key()?;
         let rows = rows::RowAuth::new(&audit_key).map_err(KeyError::Crypto)?;
-        let audit = Audit::open(Arc::clone(&store), audit_key, keyring.store_id())?;
+        let mut audit = Audit::open(Arc::clone(&store), audit_key, keyring.store_id())?;
+        if let Some(anchor) = anchor {
+            anchor_trail(store.as_ref(), &mut audit, anchor)?;
+        }
         // Record which policy set decides from now on, and whether it changed since last time.
         let previous = store.meta(META_POLICY_DIGEST)?;
         let changed = previous
@@ -322,6 +427,7 @@ impl Vault {
             rate_limit: tokens::RateLimiter::default(),
             channels: Channels::default(),
             rows,
+            root_change_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -344,6 +450,52 @@ impl Vault {
     /// The audit trail.
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Whether `store` says it was made by `kluis serve --dev` (without checking that claim:
+    /// `is_dev_store` does, once unsealed). Lets `serve --dev` refuse any other store before it
+    /// reads a key.
+    pub fn claims_dev_store(store: &dyn Store) -> Result<bool, VaultError> {
+        Ok(store.meta(META_DEV_STORE)?.is_some())
+    }
+
+    /// Marks a store just made by `kluis serve --dev` as such: a `dev-store-created` entry on
+    /// the trail naming the store id, and a meta row pointing at it. The entry is MAC'd under
+    /// the audit key, so the mark cannot be made by editing the database.
+    pub fn mark_dev_store(&self) -> Result<(), VaultError> {
+        let seq = self.audit.append(&AuditEvent {
+            time: now_unix(),
+            principal: "kluis-dev".into(),
+            action: "dev-store-created".into(),
+            decision: "allow".into(),
+            target: Some(self.audit.store_id().to_hex()),
+            reason: Some(
+                "made by `kluis serve --dev`: development only; tokens for every role are minted \
+                 without a policy check"
+                    .into(),
+            ),
+            ..AuditEvent::default()
+        })?;
+        self.store
+            .set_meta(META_DEV_STORE, seq.value().to_string().as_bytes())?;
+        Ok(())
+    }
+
+    /// Whether this store was made by `kluis serve --dev`: its meta row points at an authentic
+    /// `dev-store-created` entry naming this store.
+    pub fn is_dev_store(&self) -> Result<bool, VaultError> {
+        let Some(seq) = self
+            .store
+            .meta(META_DEV_STORE)?
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return Ok(false);
+        };
+        let store_id = self.audit.store_id().to_hex();
+        Ok(self.audit.authentic_entry(seq)?.is_some_and(|e| {
+            e.action == "dev-store-created" && e.target.as_deref() == Some(store_id.as_str())
+        }))
     }
 
     /// Stores a new record for `subject` under `ctx.purpose`. Returns its id and expiry.

@@ -551,7 +551,7 @@ impl AdminRpc for AdminApi {
     async fn rotate_root(
         &self,
         request: Request<pb::RotateRootRequest>,
-    ) -> Result<Response<pb::KeyAdminResponse>, Status> {
+    ) -> Result<Response<pb::RotateRootResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
             let secret = match req.secret {
                 Some(pb::rotate_root_request::Secret::Passphrase(p)) => {
@@ -581,8 +581,39 @@ impl AdminRpc for AdminApi {
                     );
                 }
             };
-            vault.rotate_root(principal, &secret, &req.justification)?;
-            Ok(pb::KeyAdminResponse {})
+            if req.request_id.is_empty() {
+                let asked = vault.request_root_change(principal, &secret, &req.justification)?;
+                return Ok(pb::RotateRootResponse {
+                    request_id: asked.id,
+                    rotated: false,
+                    expires_at: Some(convert::timestamp(asked.expires_at)),
+                });
+            }
+            vault.rotate_root(principal, &req.request_id, &secret, &req.justification)?;
+            Ok(pb::RotateRootResponse {
+                request_id: req.request_id,
+                rotated: true,
+                expires_at: None,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn approve_root_change(
+        &self,
+        request: Request<pb::ApproveRootChangeRequest>,
+    ) -> Result<Response<pb::ApproveRootChangeResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            if req.request_id.is_empty() {
+                return Err(InputError::new(
+                    "request_id",
+                    "the id of the root change to approve is required (`root_…`)",
+                )
+                .into());
+            }
+            vault.approve_root_change(principal, &req.request_id, &req.justification)?;
+            Ok(pb::ApproveRootChangeResponse {})
         })
         .await
         .map(Response::new)

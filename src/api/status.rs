@@ -12,7 +12,9 @@ pub fn to_status(e: VaultError) -> Status {
         VaultError::Denied(m) => Status::permission_denied(format!("access denied: {m}")),
         VaultError::Input(e) => Status::invalid_argument(e.to_string()),
         e @ VaultError::NotFound(_) => Status::not_found(e.to_string()),
-        VaultError::FailedPrecondition(m) => Status::failed_precondition(m),
+        VaultError::FailedPrecondition(m) | VaultError::Rollback(m) => {
+            Status::failed_precondition(m)
+        }
         VaultError::RateLimited(m) => Status::resource_exhausted(m),
         e @ VaultError::DataLoss(_) => {
             tracing::error!(error = %e, "integrity check failed");

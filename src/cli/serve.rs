@@ -47,6 +47,15 @@ pub struct ServeArgs {
     /// File holding the root passphrase (overrides the configuration).
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
+    /// Directory outside the store where the audit trail's MAC'd head is kept, as
+    /// `head-<store id>.json` (overrides `[audit] head_dir` and KLUIS_HEAD_DIR). A store whose
+    /// trail is behind it is refused (exit code 4). `--dev` defaults to `<data dir>-head`.
+    #[arg(long)]
+    pub head_dir: Option<PathBuf>,
+    /// Start even though the store is behind its head file (a restored backup, an older copy
+    /// put back on purpose): the accepted rollback is recorded on the audit trail.
+    #[arg(long)]
+    pub accept_rollback: bool,
     /// Lock all of the process's memory in RAM (mlockall), so keys and plaintext never reach
     /// swap; fails when the memlock limit (`ulimit -l`, LimitMEMLOCK=) is too small.
     #[arg(long)]
@@ -83,6 +92,9 @@ pub fn run(args: &ServeArgs) -> Exit {
         raw.passphrase_file = Some(p.clone());
         raw.key_file = None;
     }
+    if let Some(h) = &args.head_dir {
+        raw.audit.get_or_insert_with(Default::default).head_dir = Some(h.clone());
+    }
     if args.dev {
         let dir = raw
             .data_dir
@@ -91,11 +103,22 @@ pub fn run(args: &ServeArgs) -> Exit {
         if raw.key_file.is_none() && raw.passphrase_file.is_none() {
             raw.key_file = Some(dir.join("dev-root.key"));
         }
+        let audit = raw.audit.get_or_insert_with(Default::default);
+        if audit.head_dir.is_none() {
+            audit.head_dir = Some(dev_head_dir(&dir));
+        }
     }
-    let cfg = match raw.validate(env.var("KLUIS_PASSPHRASE").is_some()) {
+    let mut cfg = match raw.validate(env.var("KLUIS_PASSPHRASE").is_some()) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    if args.accept_rollback && cfg.head_dir.is_none() {
+        return fail(
+            "--accept-rollback needs a head directory (--head-dir, `[audit] head_dir` or \
+             KLUIS_HEAD_DIR): without one there is no head to be behind",
+        );
+    }
+    cfg.accept_rollback = args.accept_rollback;
     let vault = match if args.dev { open_dev(&cfg) } else { open(&cfg) } {
         Ok(v) => v,
         Err(exit) => return exit,
@@ -145,11 +168,27 @@ pub fn run(args: &ServeArgs) -> Exit {
             key_sweep_interval: cfg.key_sweep_interval,
             retention_sweep_interval: cfg.retention_sweep_interval,
         };
-        match server::serve(vault, listener, options, shutdown).await {
+        let served = server::serve(Arc::clone(&vault), listener, options, shutdown).await;
+        // The head file gets the last head now; the trail's own close writes it once more.
+        if let Some(dir) = &cfg.head_dir {
+            let file = kluis::audit::anchor::HeadFile::new(dir, vault.audit().store_id());
+            if let Err(e) = vault.audit().write_head(&file) {
+                tracing::error!(error = %e, "cannot write the last audit head");
+            }
+        }
+        match served {
             Ok(()) => Exit::Success,
             Err(e) => fail(e),
         }
     })
+}
+
+/// The head directory of `--dev` when none is given: beside the data directory.
+fn dev_head_dir(data_dir: &Path) -> PathBuf {
+    match data_dir.file_name() {
+        Some(name) => data_dir.with_file_name(format!("{}-head", name.to_string_lossy())),
+        None => data_dir.join("..").join("kluis-dev-head"),
+    }
 }
 
 fn open(cfg: &Config) -> Result<Vault, Exit> {
@@ -158,6 +197,7 @@ fn open(cfg: &Config) -> Result<Vault, Exit> {
         if matches!(
             e,
             config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)
+                | config::OpenError::Vault(kluis::vault::VaultError::Rollback(_))
         ) {
             eprintln!("error: {e}");
             Exit::CheckFailed
@@ -168,11 +208,25 @@ fn open(cfg: &Config) -> Result<Vault, Exit> {
 }
 
 /// Opens the dev store, creating it with a dev key file and one token per role on first use.
+/// Refuses a store it did not create (exit code 4): `--dev` mints tokens for every role.
 fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     config::create_private_dir(&cfg.data_dir)
         .map_err(|e| fail(format!("cannot create `{}`: {e}", cfg.data_dir.display())))?;
     let store = config::open_store(&cfg.data_dir).map_err(fail)?;
     let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;
+    let not_dev = || {
+        eprintln!(
+            "error: `{dir}` holds a store that `kluis serve --dev` did not create (made by \
+             `kluis init`, or restored from a backup); --dev would mint a token for every role \
+             on it. Serve it with `kluis serve --data-dir {dir} --key-file FILE` (or \
+             --passphrase-file) and its own root key, or give --dev a new directory",
+            dir = cfg.data_dir.display()
+        );
+        Exit::CheckFailed
+    };
+    if !fresh && !Vault::claims_dev_store(store.as_ref()).map_err(fail)? {
+        return Err(not_dev());
+    }
     if fresh {
         let secret = match &cfg.key_source {
             config::KeySource::KeyFile(path) if !path.exists() => {
@@ -184,6 +238,11 @@ fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     }
     drop(store);
     let vault = open(cfg)?;
+    if fresh {
+        vault.mark_dev_store().map_err(fail)?;
+    } else if !vault.is_dev_store().map_err(fail)? {
+        return Err(not_dev());
+    }
     let tokens_path = cfg.data_dir.join("dev-tokens.json");
     if fresh || !tokens_path.exists() {
         let mut tokens = BTreeMap::new();

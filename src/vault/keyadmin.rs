@@ -14,10 +14,46 @@ use crate::{
     audit::AuditEvent,
     crypto::{self, Algorithm},
     domain::{Category, Principal, Purpose, SubjectId, now_unix},
-    keys::{KeyError, RootSecret},
+    keys::{KeyError, Keyring, RootCheck, RootSecret},
     policy::AdminAction,
     store::{ResealItem, StoreError},
 };
+
+/// How long a root change request may wait for its approval and its carrying out: 24 hours.
+pub const ROOT_CHANGE_TTL_SECS: i64 = 86_400;
+
+/// Store metadata key of the pending root change (JSON; empty: none).
+const META_ROOT_CHANGE: &str = "root_change";
+
+/// A pending change of the root key, as kept in the store: never the key, only its check.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct RootChange {
+    id: String,
+    requested_by: String,
+    requested_at: i64,
+    expires_at: i64,
+    check: RootCheck,
+    approved_by: Option<String>,
+    approved_at: Option<i64>,
+}
+
+/// A root change just requested.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RootChangeRequest {
+    /// Its id, for `approve_root_change` and `rotate_root`.
+    pub id: String,
+    /// Unix seconds after which it can no longer be approved or carried out.
+    pub expires_at: i64,
+}
+
+fn corrupt(e: serde_json::Error) -> VaultError {
+    VaultError::Store(StoreError::Corrupt(format!("pending root change: {e}")))
+}
+
+/// Whether the stored principal id `stored` is `actor` (compared in normal form).
+fn same_principal(stored: &str, actor: &Principal) -> bool {
+    crate::domain::PrincipalId::parse("principal", stored).is_ok_and(|p| p == actor.id)
+}
 
 /// How key jobs run.
 #[derive(Clone, Copy, Debug)]
@@ -610,29 +646,181 @@ impl Vault {
         Ok(())
     }
 
-    /// Changes the root key: rewraps the purpose keys (and the audit key) under the key from
-    /// `secret`. The old passphrase or key file stops working.
-    pub fn rotate_root(
+    /// Asks for a change of the root key to `secret` (first step of two): records a pending
+    /// root change with its id, the requester and the new secret's check (never the key). It
+    /// takes effect only after a privacy officer who is not the requester approves it
+    /// (`approve_root_change`) and the requester then calls `rotate_root` with the same secret
+    /// and the id, within `ROOT_CHANGE_TTL_SECS`. A new request replaces one still pending.
+    pub fn request_root_change(
         &self,
         actor: &Principal,
         secret: &RootSecret,
         justification: &str,
+    ) -> Result<RootChangeRequest, VaultError> {
+        let _one = self.lock_root_change();
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            "root-change-request",
+            None,
+            justification,
+        )?;
+        let check = Keyring::root_check(secret)?;
+        let now = now_unix();
+        let change = RootChange {
+            id: format!("root_{}", hex::encode(rand::random::<[u8; 8]>())),
+            requested_by: actor.id.as_str().to_owned(),
+            requested_at: now,
+            expires_at: now.saturating_add(ROOT_CHANGE_TTL_SECS),
+            check,
+            approved_by: None,
+            approved_at: None,
+        };
+        event.target = Some(change.id.clone());
+        event.reason = Some(format!(
+            "new root key (check value {}) awaits approval by a privacy officer until {}{}",
+            change.check.check_value().get(..16).unwrap_or_default(),
+            change.expires_at,
+            match self.root_change()? {
+                Some(old) => format!("; replaces pending request {}", old.id),
+                None => String::new(),
+            }
+        ));
+        event.commit()?;
+        self.store.set_meta(
+            META_ROOT_CHANGE,
+            &serde_json::to_vec(&change).map_err(corrupt)?,
+        )?;
+        Ok(RootChangeRequest {
+            id: change.id,
+            expires_at: change.expires_at,
+        })
+    }
+
+    /// Approves a pending root change as its second person: a privacy officer who did not
+    /// request it. Audited either way.
+    pub fn approve_root_change(
+        &self,
+        actor: &Principal,
+        request_id: &str,
+        justification: &str,
     ) -> Result<(), VaultError> {
+        let _one = self.lock_root_change();
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::Approve,
+            "root-change-approve",
+            Some(request_id),
+            justification,
+        )?;
+        let Some(mut change) = self.root_change()?.filter(|c| c.id == request_id) else {
+            return Err(VaultError::NotFound(format!(
+                "pending root change `{request_id}`"
+            )));
+        };
+        if change.approved_by.is_some() {
+            return Err(VaultError::FailedPrecondition(format!(
+                "root change `{request_id}` is approved already"
+            )));
+        }
+        if change.expires_at <= now_unix() {
+            return event.refuse(format!(
+                "root change `{request_id}` expired; the security officer asks again \
+                 (`kluis admin root rotate`)"
+            ));
+        }
+        if same_principal(&change.requested_by, actor) {
+            return event.refuse(
+                "the requester of a root change cannot approve it; ask a privacy officer who did \
+                 not request it"
+                    .into(),
+            );
+        }
+        event.reason = Some(format!(
+            "root change requested by `{}`; the requester may now carry it out until {}",
+            change.requested_by, change.expires_at
+        ));
+        event.commit()?;
+        change.approved_by = Some(actor.id.as_str().to_owned());
+        change.approved_at = Some(now_unix());
+        self.store.set_meta(
+            META_ROOT_CHANGE,
+            &serde_json::to_vec(&change).map_err(corrupt)?,
+        )?;
+        Ok(())
+    }
+
+    /// Changes the root key (second step): only for the approved, unexpired root change
+    /// `request_id`, by its requester, with the secret it was requested for. Rewraps the purpose
+    /// keys (and the audit key) under the new root key and closes the request in the same
+    /// transaction. The old passphrase or key file stops working.
+    pub fn rotate_root(
+        &self,
+        actor: &Principal,
+        request_id: &str,
+        secret: &RootSecret,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let _one = self.lock_root_change();
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageKeys,
             "root-rotate",
-            None,
+            Some(request_id),
             justification,
         )?;
-        event.reason = Some(
-            "purpose keys rewrapped under a new root key; the old one no longer opens the store"
-                .into(),
-        );
+        let Some(change) = self.root_change()?.filter(|c| c.id == request_id) else {
+            return event.refuse(format!(
+                "no pending root change `{request_id}`; ask for one first (`kluis admin root \
+                 rotate` without --request)"
+            ));
+        };
+        if !same_principal(&change.requested_by, actor) {
+            return event.refuse(format!(
+                "root change `{request_id}` was requested by `{}`; only they carry it out",
+                change.requested_by
+            ));
+        }
+        if change.expires_at <= now_unix() {
+            return event.refuse(format!(
+                "root change `{request_id}` expired; ask again (`kluis admin root rotate`)"
+            ));
+        }
+        let Some(approver) = change.approved_by.clone() else {
+            return event.refuse(format!(
+                "root change `{request_id}` awaits approval by a privacy officer (`kluis admin \
+                 root approve {request_id}`)"
+            ));
+        };
+        let Some(new_root) = Keyring::new_root(secret, &change.check)? else {
+            return event.refuse(format!(
+                "the new root secret is not the one root change `{request_id}` was requested \
+                 and approved for; ask again for this one"
+            ));
+        };
+        event.reason = Some(format!(
+            "purpose keys rewrapped under a new root key (approved by `{approver}`); the old one \
+             no longer opens the store"
+        ));
         event.commit()?;
-        self.keyring.rotate_root(secret)?;
+        self.keyring
+            .rotate_root(new_root, &[(META_ROOT_CHANGE, Vec::new())])?;
         tracing::info!("root key changed");
         Ok(())
+    }
+
+    /// The pending root change, if any (an empty row: none).
+    fn root_change(&self) -> Result<Option<RootChange>, VaultError> {
+        match self.store.meta(META_ROOT_CHANGE)? {
+            Some(v) if !v.is_empty() => Ok(Some(serde_json::from_slice(&v).map_err(corrupt)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn lock_root_change(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.root_change_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Continues what an interrupted server left: rewraps to the active versions and

@@ -23,6 +23,7 @@ mod concurrency;
 mod crash;
 mod enforcement;
 mod evidence;
+mod freshness;
 mod guard;
 mod hygiene;
 mod lifecycle;

@@ -448,23 +448,113 @@ async fn rekey_to_xchacha_reencrypts_every_field_and_drops_old_subject_keys() {
     server.stop().await;
 }
 
+/// Asks for a root change to `secret` as `so`: the request id.
+async fn request_root(
+    admin: &mut AdminClient<Channel>,
+    so: &str,
+    secret: pb::rotate_root_request::Secret,
+) -> String {
+    let resp = admin
+        .rotate_root(req(
+            so,
+            pb::RotateRootRequest {
+                secret: Some(secret),
+                justification: "custodian change".into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resp.rotated, "a request changes nothing yet");
+    assert!(resp.request_id.starts_with("root_"), "{}", resp.request_id);
+    assert!(resp.expires_at.is_some());
+    resp.request_id
+}
+
+/// Carries out root change `id` with `secret` as `so`.
+async fn carry_out_root(
+    admin: &mut AdminClient<Channel>,
+    so: &str,
+    id: &str,
+    secret: pb::rotate_root_request::Secret,
+) -> Result<pb::RotateRootResponse, tonic::Status> {
+    admin
+        .rotate_root(req(
+            so,
+            pb::RotateRootRequest {
+                secret: Some(secret),
+                justification: String::new(),
+                request_id: id.into(),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Approves root change `id` with `token`.
+async fn approve_root(
+    admin: &mut AdminClient<Channel>,
+    token: &str,
+    id: &str,
+) -> Result<(), tonic::Status> {
+    admin
+        .approve_root_change(req(
+            token,
+            pb::ApproveRootChangeRequest {
+                request_id: id.into(),
+                justification: "checked with the key custodian".into(),
+            },
+        ))
+        .await
+        .map(drop)
+}
+
+/// Asks for, approves (as the privacy officer) and carries out a root change to `secret`.
+async fn change_root(server: &TestServer, secret: pb::rotate_root_request::Secret) {
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let id = request_root(&mut admin, &so, secret.clone()).await;
+    approve_root(&mut admin, server.token(Role::PrivacyOfficer), &id)
+        .await
+        .unwrap();
+    let done = carry_out_root(&mut admin, &so, &id, secret).await.unwrap();
+    assert!(done.rotated);
+}
+
+/// The actions and decisions of the trail's root-change entries.
+fn root_entries(server: &TestServer) -> Vec<(String, String)> {
+    audit_entries(server)
+        .into_iter()
+        .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("root-")))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["decision"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn root_key_change_refuses_the_old_key_and_opens_with_the_new() {
     let server = TestServer::start().await;
     let records = store_many(&server, 4).await;
-    let so = server.token(Role::SecurityOfficer).to_owned();
-    let mut admin = server.admin().await;
     let new_key = [0x42u8; 32];
-    admin
-        .rotate_root(req(
-            &so,
-            pb::RotateRootRequest {
-                secret: Some(pb::rotate_root_request::Secret::Key(new_key.to_vec())),
-                justification: "custodian change".into(),
-            },
-        ))
-        .await
-        .unwrap();
+    change_root(
+        &server,
+        pb::rotate_root_request::Secret::Key(new_key.to_vec()),
+    )
+    .await;
+    assert_eq!(
+        root_entries(&server),
+        [
+            ("root-change-request", "allow"),
+            ("root-change-approve", "allow"),
+            ("root-rotate", "allow")
+        ]
+        .map(|(a, d)| (a.to_owned(), d.to_owned()))
+    );
     read_all(&server, &records).await;
     let dir = server.dir.clone();
     let tokens_server = server;
@@ -487,25 +577,203 @@ async fn root_key_change_refuses_the_old_key_and_opens_with_the_new() {
         "{err}"
     );
     // And to a passphrase, through the admin command's other form.
-    let mut admin = reopened.admin().await;
-    admin
-        .rotate_root(req(
-            reopened.token(Role::SecurityOfficer),
-            pb::RotateRootRequest {
-                secret: Some(pb::rotate_root_request::Secret::Passphrase(
-                    "a brand new long passphrase".into(),
-                )),
-                justification: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
+    change_root(
+        &reopened,
+        pb::rotate_root_request::Secret::Passphrase("a brand new long passphrase".into()),
+    )
+    .await;
     let tmp = reopened.stop().await;
     let pass = RootSecret::Passphrase(Zeroizing::new("a brand new long passphrase".into()));
     let server = TestServer::open(&dir, &pass).await.unwrap();
     let resp = server.vault.audit().verify(None).unwrap();
     assert!(matches!(resp, kluis::audit::Verification::Intact { .. }));
     server.stop().await;
+    drop(tmp);
+}
+
+/// The root key in force still opens the store of a stopped `server`, and `other` does not.
+async fn root_unchanged(server: TestServer, other: &[u8; 32]) {
+    let dir = server.dir.clone();
+    let tmp = server.stop().await;
+    let key = RootSecret::read_key_file(&dir.join("root.key")).unwrap();
+    let again = TestServer::open(&dir, &key).await.unwrap();
+    again.stop().await;
+    std::fs::write(dir.join("other.key"), format!("{}\n", hex::encode(other))).unwrap();
+    let other = RootSecret::read_key_file(&dir.join("other.key")).unwrap();
+    assert!(TestServer::open(&dir, &other).await.is_err());
+    drop(tmp);
+}
+
+#[tokio::test]
+async fn a_root_change_without_approval_is_refused() {
+    let server = TestServer::start().await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let new_key = pb::rotate_root_request::Secret::Key(vec![0x43; 32]);
+    // No request at all: an invented id is refused.
+    let status = carry_out_root(&mut admin, &so, "root_0000000000000000", new_key.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("no pending root change"),
+        "{status:?}"
+    );
+    // Asked for, not approved: refused, and it says who approves.
+    let id = request_root(&mut admin, &so, new_key.clone()).await;
+    let status = carry_out_root(&mut admin, &so, &id, new_key.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("awaits approval by a privacy officer")
+            && status
+                .message()
+                .contains(&format!("kluis admin root approve {id}")),
+        "{status:?}"
+    );
+    assert_eq!(
+        root_entries(&server),
+        [
+            ("root-rotate", "deny"),
+            ("root-change-request", "allow"),
+            ("root-rotate", "deny")
+        ]
+        .map(|(a, d)| (a.to_owned(), d.to_owned()))
+    );
+    root_unchanged(server, &[0x43; 32]).await;
+}
+
+#[tokio::test]
+async fn the_requester_of_a_root_change_cannot_approve_it() {
+    // Under the default policy a security officer does not approve at all.
+    let server = TestServer::start().await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let new_key = pb::rotate_root_request::Secret::Key(vec![0x44; 32]);
+    let id = request_root(&mut admin, &so, new_key.clone()).await;
+    let status = approve_root(&mut admin, &so, &id).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    server.stop().await;
+
+    // Under a policy that lets security officers approve, the vault still refuses the requester.
+    let tmp = crate::common::private_tempdir();
+    let files = [
+        ("default.cedar", kluis::policy::DEFAULT_POLICIES.to_owned()),
+        (
+            "officers-approve.cedar",
+            "@id(\"test-security-officer-approves\")\npermit (principal in \
+             Kluis::Role::\"security-officer\", action == Kluis::Action::\"approve\", \
+             resource);\n"
+                .to_owned(),
+        ),
+    ]
+    .map(|(name, text)| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let server = TestServer::start_with_policies(files.to_vec()).await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let id = request_root(&mut admin, &so, new_key.clone()).await;
+    let status = approve_root(&mut admin, &so, &id).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("the requester of a root change cannot approve it"),
+        "{status:?}"
+    );
+    let status = carry_out_root(&mut admin, &so, &id, new_key.clone())
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("awaits approval"), "{status:?}");
+    assert!(
+        root_entries(&server).contains(&("root-change-approve".into(), "deny".into())),
+        "the refused approval is on the trail"
+    );
+    root_unchanged(server, &[0x44; 32]).await;
+}
+
+#[tokio::test]
+async fn an_approved_root_change_takes_only_its_own_new_key_and_requester() {
+    let server = TestServer::start().await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let approved = pb::rotate_root_request::Secret::Key(vec![0x45; 32]);
+    let id = request_root(&mut admin, &so, approved.clone()).await;
+    approve_root(&mut admin, server.token(Role::PrivacyOfficer), &id)
+        .await
+        .unwrap();
+    // A second approval is not needed and not taken.
+    let status = approve_root(&mut admin, server.token(Role::PrivacyOfficer), &id)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // Another new key than the approved one: refused.
+    for other in [
+        pb::rotate_root_request::Secret::Key(vec![0x46; 32]),
+        pb::rotate_root_request::Secret::Passphrase("a passphrase nobody approved".into()),
+    ] {
+        let status = carry_out_root(&mut admin, &so, &id, other)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("is not the one root change"),
+            "{status:?}"
+        );
+    }
+    // Another security officer than the requester: refused.
+    let second = server
+        .vault
+        .bootstrap_token(&kluis::vault::tokens::TokenSpec {
+            principal: PrincipalId::parse("p", "second-security-officer").unwrap(),
+            roles: vec![Role::SecurityOfficer],
+            ttl_secs: 3600,
+            scope_subject: None,
+        })
+        .unwrap();
+    let status = carry_out_root(
+        &mut admin,
+        second.token.expose_secret(),
+        &id,
+        approved.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        status.message().contains("only they carry it out"),
+        "{status:?}"
+    );
+
+    // The approved key by its requester: done, and the request is used up.
+    assert!(
+        carry_out_root(&mut admin, &so, &id, approved.clone())
+            .await
+            .unwrap()
+            .rotated
+    );
+    let status = carry_out_root(&mut admin, &so, &id, approved)
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("no pending root change"),
+        "{status:?}"
+    );
+    let dir = server.dir.clone();
+    let tmp = server.stop().await;
+    std::fs::write(
+        dir.join("new.key"),
+        format!("{}\n", hex::encode([0x45u8; 32])),
+    )
+    .unwrap();
+    let new = RootSecret::read_key_file(&dir.join("new.key")).unwrap();
+    TestServer::open(&dir, &new).await.unwrap().stop().await;
     drop(tmp);
 }
 

@@ -102,8 +102,11 @@ pub enum KeysCommand {
 /// Root key subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RootCommand {
-    /// Change the root key: the purpose keys are rewrapped; the old passphrase or key file stops
-    /// working. Point the server's configuration at the new one before its next start.
+    /// Change the root key, in two steps with a second person. Without --request: ask for the
+    /// change (prints its id; a privacy officer approves it with `kluis admin root approve ID`).
+    /// With --request ID, once approved and within 24 hours, with the same new key or passphrase:
+    /// the purpose keys are rewrapped and the old passphrase or key file stops working. Point the
+    /// server's configuration at the new one before its next start.
     Rotate {
         /// New root key file: used if it exists, created (mode 0600) if not.
         #[arg(long, conflicts_with = "new_passphrase_file")]
@@ -111,6 +114,17 @@ pub enum RootCommand {
         /// File holding the new passphrase (else a prompt).
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,
+        /// The id of the approved root change to carry out (`root_…`).
+        #[arg(long)]
+        request: Option<String>,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Approve a pending root change (privacy officer; not the person who asked for it).
+    Approve {
+        /// The id of the root change (`root_…`).
+        request_id: String,
         /// Why (audited).
         #[arg(long, default_value = "")]
         justification: String,
@@ -352,11 +366,33 @@ pub async fn keys(
 
 /// Runs a root subcommand.
 pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootCommand) -> Exit {
-    let RootCommand::Rotate {
-        new_key_file,
-        new_passphrase_file,
-        justification,
-    } = cmd;
+    let (new_key_file, new_passphrase_file, request, justification) = match cmd {
+        RootCommand::Rotate {
+            new_key_file,
+            new_passphrase_file,
+            request,
+            justification,
+        } => (new_key_file, new_passphrase_file, request, justification),
+        RootCommand::Approve {
+            request_id,
+            justification,
+        } => {
+            let req = pb::ApproveRootChangeRequest {
+                request_id: request_id.clone(),
+                justification: justification.clone(),
+            };
+            return match client.approve_root_change(authed(token, req)).await {
+                Ok(_) => {
+                    println!(
+                        "root change {request_id} approved; its requester can now carry it out \
+                         (`kluis admin root rotate --request {request_id}` with the same new key)"
+                    );
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            };
+        }
+    };
     let secret = match (new_key_file, new_passphrase_file) {
         (Some(path), _) if path.exists() => RootSecret::read_key_file(path),
         (Some(path), _) => RootSecret::create_key_file(path),
@@ -386,13 +422,28 @@ pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootComm
     let req = pb::RotateRootRequest {
         secret: Some(secret),
         justification: justification.clone(),
+        request_id: request.clone().unwrap_or_default(),
     };
     match client.rotate_root(authed(token, req)).await {
-        Ok(_) => {
+        Ok(r) if r.get_ref().rotated => {
             println!(
                 "root key changed: the purpose keys are rewrapped; the old passphrase or key file no longer opens the store."
             );
             println!("point the server's configuration at the new one before its next start.");
+            Exit::Success
+        }
+        Ok(r) => {
+            let r = r.into_inner();
+            println!(
+                "root change {} requested; it awaits approval by a privacy officer:",
+                r.request_id
+            );
+            println!("  kluis admin root approve {}", r.request_id);
+            println!("then, within 24 hours, carry it out with the same new key or passphrase:");
+            println!(
+                "  kluis admin root rotate --request {} (and the same --new-key-file or --new-passphrase-file)",
+                r.request_id
+            );
             Exit::Success
         }
         Err(s) => status_exit(&s),
