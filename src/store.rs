@@ -567,14 +567,15 @@ pub trait Store: Send + Sync {
         segments: &[SegmentRow],
     ) -> Result<(), StoreError>;
 
-    /// Completes an upload: checks that exactly `segments` segments are stored, records size and
-    /// digest and makes it readable; sets the record's `updated_at`. One transaction.
+    /// Completes an upload: checks that exactly `segments` segments are stored, records the size
+    /// and the sealed name (which now holds the sealed digest too) and makes it readable; sets
+    /// the record's `updated_at`. One transaction.
     fn finish_evidence(
         &self,
         evidence_id: &str,
         size: u64,
         segments: u64,
-        sha256: &str,
+        sealed_name: &[u8],
         at: i64,
     ) -> Result<(), StoreError>;
 

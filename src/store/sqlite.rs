@@ -1092,7 +1092,7 @@ impl Store for SqliteStore {
         evidence_id: &str,
         size: u64,
         segments: u64,
-        sha256: &str,
+        sealed_name: &[u8],
         at: i64,
     ) -> Result<(), StoreError> {
         let mut conn = self.write()?;
@@ -1128,9 +1128,13 @@ impl Store for SqliteStore {
         }
         let n = tx
             .execute(
-                "UPDATE evidence SET complete = 1, size = ?2, sha256 = ?3
+                "UPDATE evidence SET complete = 1, size = ?2, file_name = ?3, sha256 = ''
                  WHERE id = ?1 AND complete = 0",
-                params![evidence_id, i64::try_from(size).unwrap_or(i64::MAX), sha256],
+                params![
+                    evidence_id,
+                    i64::try_from(size).unwrap_or(i64::MAX),
+                    sealed_name
+                ],
             )
             .map_err(db)?;
         if n == 0 {

@@ -270,6 +270,9 @@ impl Vault {
             guard_carry: text_like.then(|| Zeroizing::new(Vec::new())),
             expires_at: record.expires_at,
             finished: false,
+            file_name: Zeroizing::new(start.file_name.clone()),
+            name_key: active,
+            aad,
         })
     }
 
@@ -365,7 +368,7 @@ impl Vault {
             last: None,
             evidence,
         };
-        let file_name = download.file_name()?;
+        let (file_name, sha256) = split_name_and_digest(&download.file_name()?);
         let ev = &download.evidence;
         let info = EvidenceInfo {
             evidence_id: ev.id.clone(),
@@ -375,7 +378,7 @@ impl Vault {
             media_type: ev.media_type.clone(),
             file_name,
             size: ev.size,
-            sha256: ev.sha256.clone(),
+            sha256,
             offset,
             length,
         };
@@ -408,6 +411,11 @@ pub struct Upload {
     guard_carry: Option<Zeroizing<Vec<u8>>>,
     expires_at: Option<i64>,
     finished: bool,
+    /// The file name and the key it was sealed under: sealed again at the end together with
+    /// the file's digest, which is kept only there (see `seal_name_and_digest`).
+    file_name: Zeroizing<String>,
+    name_key: crate::keys::ActiveSubjectKey,
+    aad: Vec<u8>,
 }
 
 impl fmt::Debug for Upload {
@@ -471,13 +479,17 @@ impl Upload {
         self.flush()?;
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         let now = self.vault.clock.now();
+        // The plaintext digest would confirm a guessed file to whoever holds the database: it is
+        // sealed with the file name, for readers only.
+        let sealed_name =
+            seal_name_and_digest(&self.name_key, &self.aad, &self.file_name, &sha256)?;
         self.vault
             .store
             .finish_evidence(
                 &self.evidence_id,
                 self.size,
                 u64::from(self.next_index),
-                &sha256,
+                &sealed_name,
                 now,
             )
             .map_err(key_replaced)?;
@@ -712,6 +724,37 @@ impl Download {
 }
 
 /// Opens the sealed file name of an evidence file.
+/// Seals an evidence file's name and its plaintext SHA-256 (hex) together, under the subject
+/// key's evidence-name subkey: `name ‖ 0x00 ‖ digest` (a file name holds no control
+/// characters).
+fn seal_name_and_digest(
+    key: &crate::keys::ActiveSubjectKey,
+    aad: &[u8],
+    name: &str,
+    sha256: &str,
+) -> Result<Vec<u8>, VaultError> {
+    let mut plain = Zeroizing::new(Vec::with_capacity(name.len() + 1 + sha256.len()));
+    plain.extend_from_slice(name.as_bytes());
+    plain.push(0);
+    plain.extend_from_slice(sha256.as_bytes());
+    crypto::seal(
+        &key.key.evidence_names(),
+        key.algorithm,
+        key.generation,
+        aad,
+        &plain,
+    )
+    .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
+}
+
+/// An opened name blob split into the file name and, once the upload finished, the digest.
+pub(crate) fn split_name_and_digest(opened: &str) -> (Zeroizing<String>, String) {
+    match opened.split_once('\0') {
+        Some((name, digest)) => (Zeroizing::new(name.to_owned()), digest.to_owned()),
+        None => (Zeroizing::new(opened.to_owned()), String::new()),
+    }
+}
+
 pub(crate) fn open_file_name(
     vault: &Vault,
     subject: &SubjectId,

@@ -217,8 +217,9 @@ impl Vault {
                     category,
                     meta.purpose,
                 );
-                let file_name =
-                    super::evidence::open_file_name(self, &subject_id, meta.purpose, ev, &aad)?;
+                let (file_name, sha256) = super::evidence::split_name_and_digest(
+                    &super::evidence::open_file_name(self, &subject_id, meta.purpose, ev, &aad)?,
+                );
                 evidence_lines.push(json!({
                     "name": ev.name,
                     "category": category.as_str(),
@@ -226,7 +227,7 @@ impl Vault {
                     "media_type": ev.media_type,
                     "file_name": file_name.as_str(),
                     "size": ev.size,
-                    "sha256": ev.sha256,
+                    "sha256": sha256,
                     "created_at": ev.created_at,
                 }));
             }

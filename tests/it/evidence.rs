@@ -57,7 +57,8 @@ async fn files_round_trip_at_every_segment_boundary() {
         assert_eq!(info.file_name, "hallway.mp4");
         assert_eq!(info.media_type, "video/mp4");
     }
-    // Listed as evidence, with media type, size and digest and never the content.
+    // Listed as evidence, with media type and size and never the content; the digest is sealed
+    // with the file name, so a listing (which decrypts nothing) does not carry it.
     let mut client = server.client().await;
     let list = client
         .list_records(req(
@@ -80,10 +81,15 @@ async fn files_round_trip_at_every_segment_boundary() {
     assert_eq!(field.size, 3 * SEG + 17);
     let meta = field.evidence.as_ref().unwrap();
     assert_eq!(meta.media_type, "video/mp4");
-    assert_eq!(meta.sha256, file_sha256(5, 3 * SEG + 17));
-    // Nothing of the file name or content lies in the database in clear.
+    assert_eq!(meta.sha256, "");
+    // Nothing of the file name, content or digest lies in the database in clear: whoever holds
+    // the file cannot confirm that a known recording is there.
     let raw = std::fs::read(server.db_path()).unwrap();
     assert!(!raw.windows(11).any(|w| w == b"hallway.mp4"));
+    let digest = file_sha256(5, 3 * SEG + 17);
+    assert!(!raw.windows(64).any(|w| w == digest.as_bytes()));
+    let digest_bytes = hex::decode(&digest).unwrap();
+    assert!(!raw.windows(32).any(|w| w == digest_bytes.as_slice()));
     let sample = file_bytes(5, SEG, 64);
     assert!(!raw.windows(64).any(|w| w == sample.as_slice()));
     server.stop().await;
