@@ -57,6 +57,9 @@ pub enum AadContext<'a> {
         purpose: &'a str,
         /// `text` or `binary`.
         kind: &'a str,
+        /// The value's version: random per write, so an older ciphertext put back in the
+        /// field's place no longer opens.
+        version: &'a str,
     },
     /// A subject data key wrapped under a purpose key version.
     SubjectKey {
@@ -113,9 +116,10 @@ pub fn aad(ctx: &AadContext<'_>) -> Vec<u8> {
             category,
             purpose,
             kind,
+            version,
         } => {
-            part(&mut out, b"kluis.v1.field");
-            for p in [subject, record, field, category, purpose, kind] {
+            part(&mut out, b"kluis.v2.field");
+            for p in [subject, record, field, category, purpose, kind, version] {
                 part(&mut out, p.as_bytes());
             }
         }
@@ -170,7 +174,7 @@ mod tests {
             version: 1,
         });
         assert_ne!(a, b);
-        let f = |subject, record| {
+        let f = |subject, record, version| {
             aad(&AadContext::Field {
                 subject,
                 record,
@@ -178,8 +182,11 @@ mod tests {
                 category: "contact",
                 purpose: "contract",
                 kind: "text",
+                version,
             })
         };
-        assert_ne!(f("s1", "r"), f("s", "1r"));
+        assert_ne!(f("s1", "r", "v"), f("s", "1r", "v"));
+        // Another version of the same field's value is another place.
+        assert_ne!(f("s", "r", "v1"), f("s", "r", "v2"));
     }
 }

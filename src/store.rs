@@ -126,7 +126,9 @@ pub struct FieldRow {
     pub key_gen: u32,
     /// The value sealed under the subject key (see `crypto::envelope`).
     pub sealed: Vec<u8>,
-    /// The MAC of the field's place (record, name, category, kind), computed by the core.
+    /// The value's version: random per write, bound into its associated data.
+    pub version: String,
+    /// The MAC of the field's place (record, name, category, kind, version), computed by the core.
     pub mac: Vec<u8>,
 }
 
@@ -155,6 +157,8 @@ pub struct FieldMeta {
     pub evidence: Option<EvidenceMeta>,
     /// `text` or `binary` (empty for an evidence file).
     pub kind: String,
+    /// The value's version (empty for an evidence file).
+    pub version: String,
     /// The field row's MAC (empty for an evidence file).
     pub mac: Vec<u8>,
 }

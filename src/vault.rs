@@ -1064,6 +1064,8 @@ impl Vault {
             .iter()
             .map(|f| {
                 let kind = f.value.kind();
+                // Each write is a new version of the value, bound into its associated data.
+                let version = hex::encode(rand::random::<[u8; 16]>());
                 let aad = field_aad(
                     subject.as_str(),
                     record_id.as_str(),
@@ -1071,6 +1073,7 @@ impl Vault {
                     f.category,
                     purpose,
                     kind,
+                    &version,
                 );
                 let sealed = crypto::seal(
                     &active.key.fields(),
@@ -1088,6 +1091,7 @@ impl Vault {
                         kind: kind.into(),
                         key_gen: active.generation,
                         sealed,
+                        version,
                         mac: Vec::new(),
                     },
                 ))
@@ -1156,6 +1160,7 @@ fn open_field(
         category,
         purpose,
         &row.kind,
+        &row.version,
     );
     let bytes = crypto::open(&key.fields(), &aad, &row.sealed)
         .map_err(|_| VaultError::DataLoss(place()))?;
@@ -1190,6 +1195,7 @@ fn field_aad(
     category: Category,
     purpose: Purpose,
     kind: &str,
+    version: &str,
 ) -> Vec<u8> {
     crypto::aad(&AadContext::Field {
         subject,
@@ -1198,6 +1204,7 @@ fn field_aad(
         category: category.as_str(),
         purpose: purpose.as_str(),
         kind,
+        version,
     })
 }
 

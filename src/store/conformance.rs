@@ -77,6 +77,7 @@ pub fn run_all(store: &dyn Store) {
     };
     let field = |name: &str, sealed: u8| FieldRow {
         mac: vec![0xCD; 32],
+        version: "v1".into(),
         name: name.into(),
         category: "contact".into(),
         kind: "text".into(),
@@ -145,6 +146,7 @@ pub fn run_all(store: &dyn Store) {
     };
     let stale = FieldRow {
         mac: vec![0xCD; 32],
+        version: "v1".into(),
         key_gen: 7,
         ..field("x", 1)
     };
@@ -329,6 +331,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     };
     let f = FieldRow {
         mac: vec![0xCD; 32],
+        version: "v1".into(),
         name: "a".into(),
         category: "contact".into(),
         kind: "text".into(),
@@ -431,6 +434,7 @@ fn lifecycle(store: &dyn Store) {
     };
     let field = FieldRow {
         mac: vec![0xCD; 32],
+        version: "v1".into(),
         name: "a".into(),
         category: "contact".into(),
         kind: "text".into(),
@@ -490,6 +494,7 @@ fn lifecycle(store: &dyn Store) {
     let (_, held_fields) = store.record("rec_l1").unwrap().unwrap();
     let replaced = FieldRow {
         mac: vec![0xCD; 32],
+        version: "v1".into(),
         sealed: vec![9; 12],
         ..held_fields[0].clone()
     };
@@ -500,6 +505,7 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(store.record("rec_l1").unwrap().unwrap().1, held_fields);
     let added = FieldRow {
         mac: vec![0xCD; 32],
+        version: "v1".into(),
         name: "added".into(),
         ..held_fields[0].clone()
     };

@@ -181,6 +181,7 @@ ALTER TABLE mandates ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE consents ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE records ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE fields ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+ALTER TABLE fields ADD COLUMN version TEXT NOT NULL DEFAULT '';
 ALTER TABLE subject_requests ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ",
 ];
@@ -791,7 +792,8 @@ impl Store for SqliteStore {
         let fields: Vec<(String, FieldRow)> = {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT f.record_id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac
+                    "SELECT f.record_id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac,
+                        f.version
                      FROM fields f JOIN records r ON r.id = f.record_id
                      WHERE r.subject = ?1 AND r.purpose = ?2 AND f.key_gen < ?3",
                 )
@@ -808,6 +810,7 @@ impl Store for SqliteStore {
                             key_gen: r.get(4)?,
                             sealed: r.get(5)?,
                             mac: r.get(6)?,
+                            version: r.get(7)?,
                         },
                     ))
                 },
@@ -902,14 +905,14 @@ impl Store for SqliteStore {
             insert_record_row(tx, &record)?;
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(db)?;
             for f in &fields {
                 check_key_exists(tx, &record.subject, &record.purpose, f.key_gen)?;
                 stmt.execute(params![
-                    record.id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac
+                    record.id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
                 ])
                 .map_err(|e| {
                     if is_constraint(&e) {
@@ -935,7 +938,7 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let mut stmt = c.prepare_cached(
-                "SELECT name, category, kind, key_gen, sealed, mac FROM fields WHERE record_id = ?1 ORDER BY name",
+                "SELECT name, category, kind, key_gen, sealed, mac, version FROM fields WHERE record_id = ?1 ORDER BY name",
             )?;
             let fields = stmt
                 .query_map([id], |r| {
@@ -946,6 +949,7 @@ impl Store for SqliteStore {
                         key_gen: r.get(3)?,
                         sealed: r.get(4)?,
                         mac: r.get(5)?,
+                        version: r.get(6)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -994,11 +998,12 @@ impl Store for SqliteStore {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (record_id, name) DO UPDATE SET
                         category = excluded.category, kind = excluded.kind,
-                        key_gen = excluded.key_gen, sealed = excluded.sealed, mac = excluded.mac",
+                        key_gen = excluded.key_gen, sealed = excluded.sealed, mac = excluded.mac,
+                        version = excluded.version",
                 )
                 .map_err(db)?;
             let (subject, purpose): (String, String) = tx
@@ -1011,7 +1016,7 @@ impl Store for SqliteStore {
             for f in fields {
                 check_key_exists(&tx, &subject, &purpose, f.key_gen)?;
                 stmt.execute(params![
-                    id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac
+                    id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
                 ])
                 .map_err(db)?;
             }
@@ -1281,14 +1286,14 @@ impl Store for SqliteStore {
             ))?;
             let records = stmt.query_map([subject], record_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
             let mut fstmt = c.prepare_cached(
-                "SELECT name, category, length(sealed), kind, mac FROM fields WHERE record_id = ?1 ORDER BY name",
+                "SELECT name, category, length(sealed), kind, mac, version FROM fields WHERE record_id = ?1 ORDER BY name",
             )?;
             let mut out = Vec::with_capacity(records.len());
             for rec in records {
                 let fields = fstmt
                     .query_map([&rec.0.id], |r| {
                         let size: i64 = r.get(2)?;
-                        Ok(FieldMeta { name: r.get(0)?, category: r.get(1)?, size: u64::try_from(size).unwrap_or(0), evidence: None, kind: r.get(3)?, mac: r.get(4)? })
+                        Ok(FieldMeta { name: r.get(0)?, category: r.get(1)?, size: u64::try_from(size).unwrap_or(0), evidence: None, kind: r.get(3)?, mac: r.get(4)?, version: r.get(5)? })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 let mut fields = fields;
@@ -1303,6 +1308,7 @@ impl Store for SqliteStore {
                         size: e.size,
                         evidence: Some(EvidenceMeta { id: e.id, media_type: e.media_type, sha256: e.sha256 }),
                         kind: String::new(),
+                        version: String::new(),
                         mac: Vec::new(),
                     }))
                     .collect::<rusqlite::Result<Vec<_>>>()?,

@@ -387,6 +387,7 @@ impl Vault {
                         category,
                         purpose,
                         &field.kind,
+                        &field.version,
                     );
                     let plain = crypto::open(&old.fields(), &aad, &field.sealed).map_err(|_| {
                         VaultError::DataLoss(format!(

@@ -255,6 +255,8 @@ pub(crate) struct FieldPlace<'a> {
     pub category: &'a str,
     /// `text` or `binary`.
     pub kind: &'a str,
+    /// The value's version.
+    pub version: &'a str,
     /// The MAC as stored.
     pub mac: &'a [u8],
 }
@@ -267,6 +269,7 @@ impl<'a> FieldPlace<'a> {
             name: &row.name,
             category: &row.category,
             kind: &row.kind,
+            version: &row.version,
             mac: &row.mac,
         }
     }
@@ -287,7 +290,8 @@ impl Authenticated for FieldPlace<'_> {
         out.str(self.record)
             .str(self.name)
             .str(self.category)
-            .str(self.kind);
+            .str(self.kind)
+            .str(self.version);
     }
 }
 
@@ -378,6 +382,7 @@ impl RowAuth {
                     name: &f.name,
                     category: &f.category,
                     kind: &f.kind,
+                    version: &f.version,
                     mac: &f.mac,
                 })
             })

@@ -528,3 +528,71 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
     assert!(names(&rows, "hold", &hold.hold_id), "{rows:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
+    let server = TestServer::start().await;
+    let cs = server.token(Role::CustomerService).to_owned();
+    let id = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-RECT",
+        vec![text("email", "contact", "old@example.nl")],
+    )
+    .await;
+    let old: Vec<u8> = db(&server)
+        .query_row(
+            "SELECT sealed FROM fields WHERE record_id = ?1 AND name = 'email'",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    server
+        .client()
+        .await
+        .update_record(req(
+            &cs,
+            pb::UpdateRecordRequest {
+                context: ctx("contract", "", ""),
+                record_id: id.clone(),
+                fields: vec![text("email", "contact", "new@example.nl")],
+            },
+        ))
+        .await
+        .unwrap();
+    // Twin: the rectified value reads.
+    let read = get(&server, &cs, ctx("contract", "", ""), &id)
+        .await
+        .unwrap();
+    assert_eq!(text_of(&read.fields[0]), "new@example.nl");
+    // The old ciphertext put back in the field's place: bound to its own version, it fails.
+    db(&server)
+        .execute(
+            "UPDATE fields SET sealed = ?2 WHERE record_id = ?1 AND name = 'email'",
+            params![id, old],
+        )
+        .unwrap();
+    let status = get(&server, &cs, ctx("contract", "", ""), &id)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss);
+    assert!(!status.message().contains("old@example.nl"));
+    // Moving the version along with it makes the row fail its MAC instead.
+    db(&server)
+        .execute(
+            "UPDATE fields SET version = 'v-forged' WHERE record_id = ?1 AND name = 'email'",
+            [&id],
+        )
+        .unwrap();
+    assert_eq!(
+        get(&server, &cs, ctx("contract", "", ""), &id)
+            .await
+            .err()
+            .unwrap()
+            .code(),
+        Code::DataLoss
+    );
+    server.stop().await;
+}
