@@ -142,6 +142,7 @@ fn unaudited_read(f: &Fixture, id: &RecordId) -> usize {
                 category: res.category.as_str(),
                 purpose: f.ctx.purpose.as_str(),
                 kind: &row.kind,
+                version: &row.version,
             });
             n += crypto::open(&key.fields(), &aad, &row.sealed)
                 .unwrap()

@@ -36,6 +36,7 @@ fn field_aad() -> Vec<u8> {
         category: "medical",
         purpose: "home-adaptation",
         kind: "text",
+        version: "0123456789abcdef0123456789abcdef",
     })
 }
 
