@@ -202,6 +202,9 @@ pub struct EvidenceRow {
     pub owns_record: bool,
     /// Unix seconds.
     pub created_at: i64,
+    /// The row's MAC, computed by the core (not covering the sealed file name, which is
+    /// authenticated by its own AEAD, nor the salt, which the file key is derived from).
+    pub mac: Vec<u8>,
 }
 
 impl std::fmt::Debug for EvidenceRow {
@@ -581,6 +584,7 @@ pub trait Store: Send + Sync {
         segments: u64,
         sealed_name: &[u8],
         at: i64,
+        mac: &[u8],
     ) -> Result<(), StoreError>;
 
     /// Deletes an evidence file with its segments (and the record when the upload created it

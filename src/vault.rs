@@ -796,6 +796,7 @@ impl Vault {
             .collect::<Result<Vec<_>, _>>()?;
         // Evidence files go with the record, so the caller must be allowed to delete them too.
         for ev in self.store.record_evidence(record_id.as_str())? {
+            self.rows.check(&ev)?;
             resources.push(evidence_resource(&record, meta.purpose, &ev)?);
         }
         let decisions = self.decide(principal, Action::Delete, ctx, &resources)?;
@@ -848,6 +849,10 @@ impl Vault {
         for (r, fields) in &records {
             self.rows.check(r)?;
             self.rows.check_field_metas(&r.id, fields)?;
+            // Evidence metadata (media type, size) is listed: only from authentic rows.
+            if fields.iter().any(|f| f.evidence.is_some()) {
+                self.rows.check_all(&self.store.record_evidence(&r.id)?)?;
+            }
         }
         // Decide once per distinct (purpose, category, name, closed), not per row.
         let mut distinct: BTreeMap<(String, String, String, bool), usize> = BTreeMap::new();

@@ -183,6 +183,7 @@ ALTER TABLE records ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE fields ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE fields ADD COLUMN version TEXT NOT NULL DEFAULT '';
 ALTER TABLE subject_requests ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+ALTER TABLE evidence ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ",
 ];
 
@@ -1054,7 +1055,7 @@ impl Store for SqliteStore {
         tx.execute(
             &format!(
                 "INSERT INTO evidence ({EVIDENCE_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ),
             params![
                 row.id,
@@ -1068,7 +1069,8 @@ impl Store for SqliteStore {
                 row.salt,
                 row.complete,
                 row.owns_record,
-                row.created_at
+                row.created_at,
+                row.mac
             ],
         )
         .map_err(|e| {
@@ -1099,6 +1101,7 @@ impl Store for SqliteStore {
         segments: u64,
         sealed_name: &[u8],
         at: i64,
+        mac: &[u8],
     ) -> Result<(), StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
@@ -1133,12 +1136,13 @@ impl Store for SqliteStore {
         }
         let n = tx
             .execute(
-                "UPDATE evidence SET complete = 1, size = ?2, file_name = ?3, sha256 = ''
+                "UPDATE evidence SET complete = 1, size = ?2, file_name = ?3, sha256 = '', mac = ?4
                  WHERE id = ?1 AND complete = 0",
                 params![
                     evidence_id,
                     i64::try_from(size).unwrap_or(i64::MAX),
-                    sealed_name
+                    sealed_name,
+                    mac
                 ],
             )
             .map_err(db)?;
@@ -1975,7 +1979,7 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
 }
 
 const EVIDENCE_COLUMNS: &str = "id, record_id, name, category, media_type, file_name, size, \
-     sha256, salt, complete, owns_record, created_at";
+     sha256, salt, complete, owns_record, created_at, mac";
 
 fn evidence_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EvidenceRow> {
     let size: i64 = r.get(6)?;
@@ -1992,6 +1996,7 @@ fn evidence_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EvidenceRow> {
         complete: r.get(9)?,
         owns_record: r.get(10)?,
         created_at: r.get(11)?,
+        mac: r.get(12)?,
     })
 }
 

@@ -235,7 +235,10 @@ impl Vault {
             complete: false,
             owns_record: new_record,
             created_at: now,
+            mac: Vec::new(),
         };
+        let row = self.rows.seal(row, |r, mac| r.mac = mac);
+        let begun = row.clone();
         self.store
             .begin_evidence(new_record.then_some(&record), &row)
             .map_err(|e| match e {
@@ -273,6 +276,7 @@ impl Vault {
             file_name: Zeroizing::new(start.file_name.clone()),
             name_key: active,
             aad,
+            begun,
         })
     }
 
@@ -292,6 +296,7 @@ impl Vault {
             .filter(|(_, e)| e.complete)
             .ok_or_else(|| VaultError::NotFound(format!("evidence `{evidence_id}`")))?;
         self.rows.check(&record)?;
+        self.rows.check(&evidence)?;
         let meta = record_meta(&record)?;
         let category: Category = parse_stored(&evidence.category, &record.id)?;
         let subject = SubjectId::parse("subject", &record.subject)
@@ -416,6 +421,8 @@ pub struct Upload {
     file_name: Zeroizing<String>,
     name_key: crate::keys::ActiveSubjectKey,
     aad: Vec<u8>,
+    /// The row as begun: its MAC is computed again for the finished row.
+    begun: EvidenceRow,
 }
 
 impl fmt::Debug for Upload {
@@ -483,6 +490,12 @@ impl Upload {
         // sealed with the file name, for readers only.
         let sealed_name =
             seal_name_and_digest(&self.name_key, &self.aad, &self.file_name, &sha256)?;
+        let done = EvidenceRow {
+            size: self.size,
+            complete: true,
+            ..self.begun.clone()
+        };
+        let mac = self.vault.rows.mac(&done);
         self.vault
             .store
             .finish_evidence(
@@ -491,6 +504,7 @@ impl Upload {
                 u64::from(self.next_index),
                 &sealed_name,
                 now,
+                &mac,
             )
             .map_err(key_replaced)?;
         self.finished = true;

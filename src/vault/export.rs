@@ -50,6 +50,7 @@ impl Vault {
                 self.rows.check(&rec)?;
                 self.rows.check_fields(&rec.id, &rows)?;
                 let evidence = self.store.record_evidence(&rec.id)?;
+                self.rows.check_all(&evidence)?;
                 records.push((rec, rows, evidence));
             }
         }

@@ -82,6 +82,7 @@ impl Vault {
             .collect::<Result<Vec<_>, _>>()?;
         // Evidence files are part of the record: closing is decided on them too.
         for ev in self.store.record_evidence(record_id.as_str())? {
+            self.rows.check(&ev)?;
             resources.push(super::evidence_resource(&record, meta.purpose, &ev)?);
         }
         let decisions = self.decide(principal, Action::Close, ctx, &resources)?;

@@ -10,7 +10,8 @@
 //! Covered: tokens (all columns), legal holds, mandates, consent states, records (subject,
 //! purpose, labels, creation, closing and expiry; not `updated_at`, which shapes nothing), and
 //! field rows (record, name, category, kind; the key generation is authenticated by the value's
-//! envelope header), and subject requests (their deadlines).
+//! envelope header), subject requests (their deadlines) and evidence files (record, name,
+//! category, media type, size, completeness).
 //! Not covered here: a deleted row (an erased hold or objection) has no MAC to fail; the trail
 //! records every hold and consent change, and `kluis admin store verify` compares them.
 //!
@@ -28,7 +29,8 @@ use crate::{
     domain::Principal,
     policy::AdminAction,
     store::{
-        ConsentRow, FieldMeta, FieldRow, HoldRow, MandateRow, RecordRow, RequestRow, TokenRow,
+        ConsentRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow, RecordRow, RequestRow,
+        TokenRow,
     },
 };
 
@@ -198,6 +200,30 @@ impl Authenticated for RequestRow {
             .str(&self.opened_by)
             .opt_int(self.completed_at)
             .str(&self.note);
+    }
+}
+
+impl Authenticated for EvidenceRow {
+    const KIND: &'static str = "evidence";
+
+    fn row_id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        &self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.id)
+            .str(&self.record_id)
+            .str(&self.name)
+            .str(&self.category)
+            .str(&self.media_type)
+            .int(i64::try_from(self.size).unwrap_or(i64::MAX))
+            .int(i64::from(self.complete))
+            .int(i64::from(self.owns_record))
+            .int(self.created_at);
     }
 }
 
@@ -463,6 +489,9 @@ impl Vault {
                             self.rows.is_authentic(&place),
                         );
                     }
+                }
+                for e in self.store.record_evidence(&r.id)? {
+                    check(EvidenceRow::KIND, e.row_id(), self.rows.is_authentic(&e));
                 }
             }
         }

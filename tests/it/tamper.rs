@@ -596,3 +596,75 @@ async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_rows_edited_by_hand_are_not_obeyed() {
+    let server = TestServer::start().await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let put = upload(
+        &server,
+        &officer,
+        evidence_start(
+            nuisance_ctx(),
+            "REL-EV-T",
+            "",
+            "doorbell",
+            "video/mp4",
+            "doorbell.mp4",
+        ),
+        3,
+        70_000,
+        16_384,
+    )
+    .await
+    .unwrap();
+    // Twin: untouched, it downloads, with its digest for the reader.
+    let (info, bytes) = download(&server, &officer, nuisance_ctx(), &put.evidence_id, None)
+        .await
+        .unwrap();
+    assert_eq!(bytes.len(), 70_000);
+    assert_eq!(info.sha256, put.sha256);
+    for (sql, what) in [
+        (
+            "UPDATE evidence SET media_type = 'text/plain' WHERE id = ?1",
+            "media type",
+        ),
+        ("UPDATE evidence SET size = 10 WHERE id = ?1", "size"),
+        (
+            "UPDATE evidence SET category = 'contact' WHERE id = ?1",
+            "category",
+        ),
+    ] {
+        let before: (String, i64, String) = db(&server)
+            .query_row(
+                "SELECT media_type, size, category FROM evidence WHERE id = ?1",
+                [&put.evidence_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        db(&server).execute(sql, [&put.evidence_id]).unwrap();
+        let status = download(&server, &officer, nuisance_ctx(), &put.evidence_id, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::DataLoss, "{what}");
+        let (code, rows) = store_verify(&server);
+        assert_eq!(code, 4, "{what}");
+        assert!(
+            names(&rows, "evidence", &put.evidence_id),
+            "{what}: {rows:?}"
+        );
+        db(&server)
+            .execute(
+                "UPDATE evidence SET media_type = ?2, size = ?3, category = ?4 WHERE id = ?1",
+                params![put.evidence_id, before.0, before.1, before.2],
+            )
+            .unwrap();
+    }
+    assert!(
+        download(&server, &officer, nuisance_ctx(), &put.evidence_id, None)
+            .await
+            .is_ok()
+    );
+    server.stop().await;
+}
