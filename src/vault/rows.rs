@@ -321,6 +321,32 @@ impl Authenticated for FieldPlace<'_> {
     }
 }
 
+/// A value the core keeps in the store's meta table (a pending root change, say).
+struct MetaValue<'a> {
+    key: &'a str,
+    bytes: &'a [u8],
+    mac: &'a [u8],
+}
+
+impl Authenticated for MetaValue<'_> {
+    const KIND: &'static str = "meta";
+
+    fn row_id(&self) -> String {
+        self.key.to_owned()
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(self.key).bytes(self.bytes);
+    }
+}
+
+/// Length of a MAC appended to a meta value.
+const MAC_LEN: usize = 32;
+
 /// Computes and checks row MACs.
 pub struct RowAuth {
     key: Subkey,
@@ -412,6 +438,30 @@ impl RowAuth {
                     mac: &f.mac,
                 })
             })
+    }
+
+    /// `bytes` for the meta row `key`, with its MAC appended.
+    pub(crate) fn seal_meta(&self, key: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        out.extend(self.mac(&MetaValue {
+            key,
+            bytes,
+            mac: &[],
+        }));
+        out
+    }
+
+    /// The value of the meta row `key` as sealed by `seal_meta`; fails closed (and logs) when
+    /// its MAC does not check.
+    pub(crate) fn open_meta<'a>(
+        &self,
+        key: &str,
+        stored: &'a [u8],
+    ) -> Result<&'a [u8], VaultError> {
+        let split = stored.len().saturating_sub(MAC_LEN);
+        let (bytes, mac) = stored.split_at(split);
+        self.check(&MetaValue { key, bytes, mac })?;
+        Ok(bytes)
     }
 
     /// Checks every row of `rows`.

@@ -1134,3 +1134,52 @@ async fn admin_keys_commands_report_clearly_to_people_and_scripts() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach kluis"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_approval_of_a_root_change_written_into_the_database_is_not_obeyed() {
+    let server = TestServer::start().await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let new_key = pb::rotate_root_request::Secret::Key(vec![0x44; 32]);
+    let id = request_root(&mut admin, &so, new_key.clone()).await;
+    // The security officer writes the privacy officer's approval into the pending request.
+    let conn = Connection::open(server.db_path()).unwrap();
+    let stored: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'root_change'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let (json, mac) = stored.split_at(stored.len() - 32);
+    let mut change: serde_json::Value = serde_json::from_slice(json).unwrap();
+    change["approved_by"] = "test-privacy-officer".into();
+    change["approved_at"] = 1.into();
+    let mut forged = serde_json::to_vec(&change).unwrap();
+    forged.extend_from_slice(mac);
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'root_change'",
+        [&forged],
+    )
+    .unwrap();
+    let status = carry_out_root(&mut admin, &so, &id, new_key.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    // Twin: the request as stored, approved through the API, goes through.
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'root_change'",
+        [&stored],
+    )
+    .unwrap();
+    approve_root(&mut admin, server.token(Role::PrivacyOfficer), &id)
+        .await
+        .unwrap();
+    assert!(
+        carry_out_root(&mut admin, &so, &id, new_key)
+            .await
+            .unwrap()
+            .rotated
+    );
+    server.stop().await;
+}
