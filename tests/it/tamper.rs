@@ -668,3 +668,51 @@ async fn evidence_rows_edited_by_hand_are_not_obeyed() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_request_deadline_moved_by_hand_is_not_obeyed() {
+    let server = TestServer::start().await;
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let opened = admin
+        .open_subject_request(req(
+            &po,
+            pb::OpenSubjectRequestRequest {
+                subject_id: "REL-SAR".into(),
+                kind: "access".into(),
+                received_at: Some(prost_types::Timestamp {
+                    seconds: kluis::domain::now_unix() - 40 * 86_400,
+                    nanos: 0,
+                }),
+                note: "letter 12".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let overdue = || pb::ListSubjectRequestsRequest { overdue_only: true };
+    // Twin: untouched, it is listed as overdue.
+    let listed = admin
+        .list_subject_requests(req(&po, overdue()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.requests.len(), 1);
+    // The deadline moved forward by hand, to hide that it is overdue: not obeyed.
+    db(&server)
+        .execute(
+            "UPDATE subject_requests SET due_at = due_at + 90 * 86400 WHERE id = ?1",
+            [&opened.request_id],
+        )
+        .unwrap();
+    let status = admin
+        .list_subject_requests(req(&po, overdue()))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss);
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    assert!(names(&rows, "request", &opened.request_id), "{rows:?}");
+    server.stop().await;
+}
