@@ -576,6 +576,9 @@ impl Vault {
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse("subject", &record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        // A field the caller named that the record does not hold, and one it holds that the
+        // caller may not know of, get the same answer.
+        const UNAVAILABLE: &str = "not in this record, or not yours to know of";
         let mut withheld = Vec::new();
         let mut selected = Vec::new();
         if wanted.is_empty() {
@@ -586,7 +589,7 @@ impl Vault {
                     Some(r) => selected.push(r),
                     None => withheld.push(Withheld {
                         name: name.as_str().into(),
-                        reason: "no such field in this record".into(),
+                        reason: UNAVAILABLE.into(),
                     }),
                 }
             }
@@ -596,6 +599,8 @@ impl Vault {
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
         let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
+        // Which withheld fields the caller may know of: only those are named with a reason.
+        let known = self.decide(principal, Action::List, ctx, &resources)?;
 
         let mut event = self.event(principal, ctx, "read", Some(&subject), Some(record_id));
         event.fields = audit_fields(&resources, &decisions);
@@ -603,8 +608,20 @@ impl Vault {
         event.decision = if any_allowed { "allow" } else { "deny" }.into();
         let seq = self.audit.append(&event)?;
         if !any_allowed {
-            // Name the rules, not the fields: the caller may not even learn which fields exist.
-            return Err(VaultError::Denied(distinct_reasons(&decisions)));
+            // Name the rules, not the fields, and only the rules about fields the caller may know
+            // of: a rule about the others (an open investigation, a special category) would
+            // tell what the record holds.
+            let knowable: Vec<Decision> = decisions
+                .iter()
+                .zip(&known)
+                .filter(|(_, k)| k.is_allow())
+                .map(|(d, _)| d.clone())
+                .collect();
+            return Err(VaultError::Denied(if knowable.is_empty() {
+                "you may not read this record (the reasons are on the audit trail)".into()
+            } else {
+                distinct_reasons(&knowable)
+            }));
         }
 
         let grants: Vec<(Grant, &FieldRow, Category)> = decisions
@@ -615,11 +632,24 @@ impl Vault {
         withheld.extend(
             decisions
                 .iter()
+                .zip(&known)
                 .zip(&resources)
-                .filter(|(d, _)| !d.is_allow())
-                .map(|(d, r)| Withheld {
-                    name: r.name.clone(),
-                    reason: d.reason.clone(),
+                .filter(|((d, _), _)| !d.is_allow())
+                .filter_map(|((d, k), r)| {
+                    if k.is_allow() {
+                        Some(Withheld {
+                            name: r.name.clone(),
+                            reason: d.reason.clone(),
+                        })
+                    } else if !wanted.is_empty() {
+                        // Named by the caller: answered as a field the record does not hold.
+                        Some(Withheld {
+                            name: r.name.clone(),
+                            reason: UNAVAILABLE.into(),
+                        })
+                    } else {
+                        None
+                    }
                 }),
         );
         let fields = match self.open_granted(&grants, &subject, &record, meta.purpose)? {
@@ -1046,11 +1076,12 @@ impl Vault {
 
     /// The active hold covering `record`, on authentic hold rows only.
     fn hold_on(&self, record: &RecordRow) -> Result<Option<String>, VaultError> {
-        self.check_holds(&record.subject)?;
-        Ok(self
-            .store
-            .holds(Some(&record.subject), true)?
+        // One read: the rows checked are the rows used.
+        let holds = self.store.holds(Some(&record.subject), false)?;
+        self.rows.check_all(&holds)?;
+        Ok(holds
             .into_iter()
+            .filter(|h| h.released_at.is_none())
             .find(|h| h.record_id.as_ref().is_none_or(|r| r == &record.id))
             .map(|h| h.id))
     }

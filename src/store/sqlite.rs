@@ -289,8 +289,7 @@ fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> 
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let conn = Connection::open_with_flags(path, flags).map_err(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -401,6 +400,9 @@ const HOLD_ON_RECORD: &str = "SELECT h.id FROM holds h JOIN records r ON h.subje
     AND (h.record_id IS NULL OR h.record_id = r.id)
     WHERE r.id = ?1 AND h.released_at IS NULL ORDER BY h.placed_at, h.id LIMIT 1";
 
+/// How long a connection waits for a lock another connection holds.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a checkpoint that readers hold up is retried before it is left to the next one.
 const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -409,6 +411,17 @@ const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 /// holds up with `busy`; that is retried for up to `CHECKPOINT_RETRY`, not taken as done.
 /// Returns whether the log was emptied.
 fn checkpoint_truncate(conn: &Connection) -> bool {
+    // Without the connection's 10 s busy handler: a reader in the way answers `busy` at once,
+    // and the retry below bounds the wait.
+    let _ = conn.busy_timeout(std::time::Duration::ZERO);
+    let done = checkpoint_retrying(conn);
+    if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+        tracing::warn!(error = %e, "cannot restore the busy timeout after a checkpoint");
+    }
+    done
+}
+
+fn checkpoint_retrying(conn: &Connection) -> bool {
     let deadline = std::time::Instant::now() + CHECKPOINT_RETRY;
     loop {
         let outcome = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
@@ -622,7 +635,10 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         }
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        // The purpose keys wrapped under the old root key must not linger in the log.
+        self.truncate_log(&conn);
+        Ok(())
     }
 
     fn min_decrypt_version(&self, purpose: &str) -> Result<u32, StoreError> {
@@ -887,6 +903,9 @@ impl Store for SqliteStore {
             params![purpose, kind],
         )
         .map_err(db)?;
+        // A rekey deleted old subject keys and replaced ciphertexts, a rewrap replaced wrapped
+        // keys: once per job, the log goes into the database (`secure_delete`) and is truncated.
+        self.truncate_log(&conn);
         Ok(())
     }
 

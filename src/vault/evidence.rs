@@ -323,9 +323,18 @@ impl Vault {
             event.reason = Some(format!("bytes {offset}+{length}"));
         }
         let seq = self.audit.append(&event)?;
-        let grant = grant
-            .and_then(|d| d.grant(&seq))
-            .ok_or_else(|| VaultError::Denied(super::distinct_reasons(&decisions)))?;
+        let Some(grant) = grant.and_then(|d| d.grant(&seq)) else {
+            // The reasons only to a caller who may know the file exists.
+            let known = self
+                .decide(principal, Action::List, ctx, &resources)?
+                .first()
+                .is_some_and(crate::policy::Decision::is_allow);
+            return Err(VaultError::Denied(if known {
+                super::distinct_reasons(&decisions)
+            } else {
+                "you may not read this evidence (the reasons are on the audit trail)".into()
+            }));
+        };
         // The range is checked only now: a caller without a grant learns nothing of the size.
         let (offset, length) = match range {
             None => (0, evidence.size),

@@ -294,7 +294,8 @@ impl Vault {
     /// trail about them, each with whether `principal` may see it. A line tells who worked on
     /// which record, for which purpose and case, and why, so it is shown only when the caller may
     /// export every field it names, decided as those fields are: under the record's own purpose
-    /// and current state, or, when the record is gone, the declared purpose and closed. A line that names no field (a listing, an export) is
+    /// and current state, or, when the record is gone, the declared purpose, and closed only when
+    /// the trail shows it was closed. A line that names no field (a listing, an export) is
     /// decided as every field of the subject's records of its purpose, or, with none left, as a
     /// closed record of that purpose.
     pub(crate) fn access_lines(
@@ -320,6 +321,13 @@ impl Vault {
             .iter()
             .map(|(r, _, _)| (r.id.as_str(), (r.purpose.as_str(), r.closed_at.is_some())))
             .collect();
+        // A record that is gone counts as closed only when the trail shows it was closed; one
+        // deleted, refused or never stored while its case was open stays open.
+        let closed_on_trail: std::collections::BTreeSet<&str> = entries
+            .iter()
+            .filter(|(_, e)| e.action == "close" && e.decision == "allow")
+            .filter_map(|(_, e)| e.record.as_deref())
+            .collect();
         let mut resources: Vec<FieldResource> = Vec::new();
         // Per entry: the range of its resources, or None when it cannot be decided (hidden).
         let mut spans: Vec<Option<std::ops::Range<usize>>> = Vec::with_capacity(entries.len());
@@ -341,7 +349,10 @@ impl Vault {
                 purpose,
                 subject: subject.as_str().into(),
                 flags: FieldFlags {
-                    record_closed: stored.get(record).is_none_or(|(_, closed)| *closed),
+                    record_closed: match stored.get(record) {
+                        Some((_, closed)) => *closed,
+                        None => closed_on_trail.contains(record),
+                    },
                     ..FieldFlags::default()
                 },
             };
@@ -359,7 +370,11 @@ impl Vault {
                     }
                 }
                 if resources.len() == start {
-                    resources.push(resource("", Category::Identity, "rec_access_line"));
+                    // Nothing of that purpose left: decided as an open record of it, in every
+                    // category, so no category opens a line the others would keep back.
+                    for &c in Category::ALL {
+                        resources.push(resource("", c, "rec_access_line"));
+                    }
                 }
             } else {
                 let record = e.record.as_deref().unwrap_or("rec_access_line");

@@ -629,6 +629,21 @@ impl Vault {
         }
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(target.clone());
+        // Checked before the entry, so a refusal is on the trail as one (the store checks again
+        // in its own transaction).
+        let below: u64 = self
+            .store
+            .subject_key_counts(purpose.as_str())?
+            .into_iter()
+            .filter(|(v, _)| *v < version)
+            .map(|(_, n)| n)
+            .sum();
+        if below > 0 {
+            return event.refuse(format!(
+                "{below} subject keys of `{purpose}` are still wrapped under versions below \
+                 {version}; rewrap first"
+            ));
+        }
         event.commit()?;
         match self
             .store

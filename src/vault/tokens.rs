@@ -381,10 +381,13 @@ impl Vault {
         let mut event =
             self.require_admin(actor, AdminAction::ManageTokens, "token-list", None, "")?;
         let now = now_unix();
+        // A row written by hand is not listed as a credential (the check logs it; `kluis admin
+        // store verify` names it).
         let tokens: Vec<TokenRow> = self
             .store
             .tokens()?
             .into_iter()
+            .filter(|t| self.rows.check(t).is_ok())
             .filter(|t| include_inactive || (t.revoked_at.is_none() && t.expires_at > now))
             .collect();
         event.reason = Some(format!("{} tokens listed", tokens.len()));
@@ -533,6 +536,8 @@ impl Drop for AdminEntry<'_> {
             return;
         }
         let mut event = std::mem::take(&mut self.event);
+        // Allowed by the policy, but it did not happen: on the trail as not done.
+        event.decision = "deny".into();
         event.reason = Some(match event.reason.take() {
             Some(r) => format!("{r}; not carried out"),
             None => "not carried out".into(),

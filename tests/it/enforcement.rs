@@ -685,8 +685,10 @@ async fn an_export_shows_no_access_line_about_an_open_case() {
             Code::PermissionDenied,
             get_fields(s, subject, sar(), &nuisance, &[]),
         )
-        .names(&["subject-not-during-open-investigation"])
-        .hides(&secrets[2..]),
+        // Not even which rule kept it back: that would tell an investigation is open.
+        .names(&["you may not read this record"])
+        .hides(&secrets[2..])
+        .hides(&["subject-not-during-open-investigation"]),
     ];
     run_table("access lines about an open case", cases).await;
     server.stop().await;
@@ -1877,7 +1879,8 @@ async fn a_mandate_does_not_open_an_open_case() {
     ];
     let with_case = |purpose: &str| cx(purpose, "VM-2026-1", "acting for my mother", "app");
     let pd = Code::PermissionDenied;
-    let investigation = ["subject-not-during-open-investigation"];
+    // The refusal names no rule that would tell an investigation is open.
+    let investigation = ["you may not read this record"];
     let mut break_glass = cx("safety", "VM-2026-1", "emergency", "app");
     break_glass.as_mut().unwrap().break_glass = true;
     let cases = vec![

@@ -56,10 +56,12 @@ async fn a_subject_reads_their_own_data_but_not_an_open_investigation_or_anyone_
     .err()
     .unwrap();
     assert_eq!(status.code(), Code::PermissionDenied);
+    // Not which rule kept it back: that would tell an investigation is open.
     assert!(
-        status
+        !status
             .message()
-            .contains("subject-not-during-open-investigation"),
+            .contains("subject-not-during-open-investigation")
+            && status.message().contains("you may not read this record"),
         "{}",
         status.message()
     );
@@ -163,9 +165,9 @@ async fn a_representative_reads_within_the_mandate_until_it_ends() {
     let resp = read().await.unwrap();
     assert_eq!(resp.fields.len(), 1, "contact is in scope");
     assert_eq!(text_of(&resp.fields[0]), "me@example.nl");
-    assert_eq!(
-        resp.withheld[0].name, "name",
-        "identity is outside the mandate"
+    assert!(
+        resp.withheld.is_empty(),
+        "identity is outside the mandate, and not named to a caller who may not know of it"
     );
 
     // Expiry takes effect at once ...
