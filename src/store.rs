@@ -633,8 +633,14 @@ pub trait Store: Send + Sync {
     /// Holds, of one subject or all, active only or all.
     fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError>;
 
-    /// Up to `limit` records whose expiry is at or before `now` and that no active hold covers.
-    fn expired_records(&self, now: i64, limit: usize) -> Result<Vec<RecordRow>, StoreError>;
+    /// Up to `limit` records whose expiry is at or before `now` and that no active hold covers,
+    /// in (expiry, id) order, after `after` (the last (expiry, id) of the previous page).
+    fn expired_records(
+        &self,
+        now: i64,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, StoreError>;
 
     /// Destroys records of one subject in one transaction: their fields and rows, and the subject
     /// key of every purpose under which the subject has no record left (crypto-shredding).

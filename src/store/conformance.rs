@@ -464,7 +464,7 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(first.len(), 1);
     let expired = |now| {
         store
-            .expired_records(now, 10)
+            .expired_records(now, None, 10)
             .unwrap()
             .into_iter()
             .map(|r| r.id)
@@ -472,6 +472,20 @@ fn lifecycle(store: &dyn Store) {
     };
     assert_eq!(expired(55), ["rec_l2"]);
     assert_eq!(expired(70), ["rec_l2", "rec_l1"]);
+    // Paged by (expiry, id): the page after rec_l2 holds only rec_l1.
+    let next: Vec<String> = store
+        .expired_records(70, Some((50, "rec_l2")), 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(next, ["rec_l1"]);
+    assert!(
+        store
+            .expired_records(70, Some((60, "rec_l1")), 10)
+            .unwrap()
+            .is_empty()
+    );
     let hold = HoldRow {
         mac: vec![0xAB; 32],
         id: "hold_1".into(),

@@ -1424,15 +1424,25 @@ impl Store for SqliteStore {
         })
     }
 
-    fn expired_records(&self, now: i64, limit: usize) -> Result<Vec<RecordRow>, StoreError> {
+    fn expired_records(
+        &self,
+        now: i64,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (Some(at), id),
+            None => (None, ""),
+        };
         let rows = self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {RECORD_COLUMNS} FROM records r
                  WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND {NOT_HELD}
+                   AND (?3 IS NULL OR expires_at > ?3 OR (expires_at = ?3 AND id > ?4))
                  ORDER BY expires_at, id LIMIT ?2"
             ))?
-            .query_map(params![now, limit], record_from_row)?
+            .query_map(params![now, limit, after_at, after_id], record_from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         rows.into_iter().map(with_labels).collect()

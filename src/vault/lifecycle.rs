@@ -249,36 +249,30 @@ impl Vault {
         };
         let now = self.clock.now();
         let mut swept = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
+        // Pages follow (expiry, id), so records skipped (not authentic, a hold placed in
+        // between) never block the ones after them.
+        let mut after: Option<(i64, String)> = None;
         // A dry run lists everything at once; a real sweep works in pages of 500.
         let limit = if dry_run { 100_000 } else { 500 };
         loop {
-            let batch: Vec<RecordRow> = self
-                .store
-                .expired_records(now, limit)?
-                .into_iter()
-                .filter(|r| !seen.contains(&r.id))
-                .collect();
+            let page: Vec<RecordRow> = self.store.expired_records(
+                now,
+                after.as_ref().map(|(at, id)| (*at, id.as_str())),
+                limit,
+            )?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some((last.expires_at.unwrap_or(now), last.id.clone()));
             // A record whose row fails its MAC (an expiry moved forward by hand, say) is not
             // destroyed on its word: it is skipped and logged, and `store verify` names it.
-            let batch: Vec<RecordRow> = batch
+            let batch: Vec<RecordRow> = page
                 .into_iter()
-                .filter(|r| {
-                    if self.rows.is_authentic(r) {
-                        return true;
-                    }
-                    seen.insert(r.id.clone());
-                    let _ = self.rows.check(r);
-                    false
-                })
+                .filter(|r| self.rows.check(r).is_ok())
                 .collect();
-            if batch.is_empty() {
-                break;
-            }
             let mut by_subject: std::collections::BTreeMap<String, Vec<RecordRow>> =
                 Default::default();
             for r in batch {
-                seen.insert(r.id.clone());
                 by_subject.entry(r.subject.clone()).or_default().push(r);
             }
             for (subject, records) in by_subject {
@@ -315,6 +309,21 @@ impl Vault {
                 let ids: Vec<String> = listed.iter().map(|s| s.record_id.clone()).collect();
                 let (destroyed, shredded) = self.store.shred_records(&subject, &ids)?;
                 self.forget_shredded(&subject, &shredded);
+                // A record the store kept after all (a hold placed in between) is on the trail
+                // as not destroyed.
+                for s in listed.iter().filter(|s| !destroyed.contains(&s.record_id)) {
+                    let mut event = AuditEvent {
+                        time: now_unix(),
+                        ..template.clone()
+                    };
+                    event.action = "retention-destroy".into();
+                    event.decision = "deny".into();
+                    event.subject = Some(subject.clone());
+                    event.record = Some(s.record_id.clone());
+                    event.purpose = Some(s.purpose.clone());
+                    event.reason = Some("not carried out: a legal hold covers it now".into());
+                    self.audit.append(&event)?;
+                }
                 swept.extend(
                     listed
                         .into_iter()

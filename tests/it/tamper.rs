@@ -716,3 +716,57 @@ async fn a_subject_request_deadline_moved_by_hand_is_not_obeyed() {
     assert!(names(&rows, "request", &opened.request_id), "{rows:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn forged_expired_rows_do_not_stall_the_retention_sweep() {
+    let clock = TestClock::at_now();
+    let server = TestServer::start_with_clock(clock.clone()).await;
+    let genuine = put(
+        &server,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        "REL-SWEEP",
+        vec![text("phone", "contact", "06-3333")],
+    )
+    .await;
+    // 600 record rows written by hand, expired long ago: more than a page of the sweep.
+    let conn = db(&server);
+    for i in 0..600 {
+        conn.execute(
+            "INSERT INTO records (id, subject, purpose, labels, created_at, updated_at,
+                closed_at, expires_at, mac)
+             VALUES (?1, 'REL-FORGED', 'customer-service', '{}', 1, 1, NULL, 1, x'00')",
+            [format!("rec_{i:032x}")],
+        )
+        .unwrap();
+    }
+    clock.advance(3 * 365 * 86_400);
+    let swept = server
+        .admin()
+        .await
+        .sweep_retention(req(
+            server.token(Role::PrivacyOfficer),
+            pb::SweepRetentionRequest { dry_run: false },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // The genuine expired record is destroyed; none of the forged ones is obeyed or destroyed.
+    assert_eq!(
+        swept
+            .records
+            .iter()
+            .map(|r| r.record_id.as_str())
+            .collect::<Vec<_>>(),
+        [genuine.as_str()]
+    );
+    let left: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM records WHERE subject = 'REL-FORGED'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 600);
+    server.stop().await;
+}
