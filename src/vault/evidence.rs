@@ -137,17 +137,10 @@ impl Vault {
         let now = self.clock.now();
         let (record, new_record) = match &start.target {
             EvidenceTarget::Record(id) => {
+                // Decided under the record's own purpose below: a declared purpose that differs
+                // is refused by the policy (purpose limitation) and audited, never answered
+                // before the decision with the record's purpose.
                 let (record, _) = self.load(id)?;
-                if record.purpose != ctx.purpose.as_str() {
-                    return Err(InputError::new(
-                        "start.context.purpose",
-                        format!(
-                            "record `{id}` is kept for purpose `{}`; declare that purpose",
-                            record.purpose
-                        ),
-                    )
-                    .into());
-                }
                 (record, false)
             }
             EvidenceTarget::Subject(subject) => (
@@ -172,11 +165,12 @@ impl Vault {
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let record_id = RecordId::parse("record", &record.id)
             .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
+        let purpose: crate::domain::Purpose = parse_stored(&record.purpose, &record.id)?;
         let resource = FieldResource {
             record: record.id.clone(),
             name: start.name.as_str().into(),
             category: start.category,
-            purpose: ctx.purpose,
+            purpose,
             subject: record.subject.clone(),
             flags: FieldFlags {
                 record_closed: record.closed_at.is_some(),
@@ -196,7 +190,7 @@ impl Vault {
         )?;
 
         let evidence_id = format!("ev_{}", hex::encode(rand::random::<[u8; 16]>()));
-        let active = self.keyring.subject_key_or_create(&subject, ctx.purpose)?;
+        let active = self.keyring.subject_key_or_create(&subject, purpose)?;
         let salt = stream::new_salt();
         let aad = evidence_aad(
             &subject,
@@ -204,7 +198,7 @@ impl Vault {
             &evidence_id,
             start.name.as_str(),
             start.category,
-            ctx.purpose,
+            purpose,
         );
         let key = FileKey::derive(
             &active.key,
@@ -263,7 +257,7 @@ impl Vault {
             evidence_id,
             record_id: record.id,
             subject,
-            purpose: ctx.purpose,
+            purpose,
             key,
             buffer: Zeroizing::new(Vec::with_capacity(SEGMENT_SIZE)),
             next_index: 0,

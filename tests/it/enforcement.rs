@@ -3930,3 +3930,45 @@ async fn an_evidence_file_named_as_an_identity_document_is_refused() {
     assert_eq!(listed.lines().count(), 1, "{listed}");
     server.stop().await;
 }
+
+/// An upload into an existing record under another purpose is decided and audited like any
+/// write, and the refusal does not name the record's purpose.
+#[tokio::test]
+async fn an_upload_under_another_purpose_is_decided_not_told_the_records_purpose() {
+    let server = TestServer::start().await;
+    let record = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-EV-P",
+        vec![text("statement", "nuisance-evidence", "shouting")],
+    )
+    .await;
+    let status = upload_bytes(
+        &server,
+        server.token(Role::CustomerService),
+        evidence_start(
+            ctx("customer-service", "", ""),
+            "",
+            &record,
+            "photo",
+            "image/jpeg",
+            "photo.jpg",
+        ),
+        b"not really a jpeg",
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        !status.message().contains("nuisance"),
+        "{}",
+        status.message()
+    );
+    let refused = audit_entries(&server)
+        .into_iter()
+        .any(|e| e["action"] == "evidence-upload" && e["decision"] == "deny");
+    assert!(refused, "the refusal is on the trail");
+    server.stop().await;
+}
