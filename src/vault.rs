@@ -600,7 +600,12 @@ impl Vault {
             .collect::<Result<Vec<_>, _>>()?;
         let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
         // Which withheld fields the caller may know of: only those are named with a reason.
-        let known = self.decide(principal, Action::List, ctx, &resources)?;
+        // Asked only when something is withheld (the common read withholds nothing).
+        let known = if decisions.iter().all(Decision::is_allow) {
+            Vec::new()
+        } else {
+            self.decide(principal, Action::List, ctx, &resources)?
+        };
 
         let mut event = self.event(principal, ctx, "read", Some(&subject), Some(record_id));
         event.fields = audit_fields(&resources, &decisions);

@@ -1524,40 +1524,20 @@ impl Store for SqliteStore {
 
     fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(
-                "SELECT subject, purpose, state, at, recorded_by, mac FROM consents
-                 WHERE subject = ?1 ORDER BY purpose",
-            )?
-            .query_map([subject], |r| {
-                Ok(ConsentRow {
-                    subject: r.get(0)?,
-                    purpose: r.get(1)?,
-                    state: r.get(2)?,
-                    at: r.get(3)?,
-                    recorded_by: r.get(4)?,
-                    mac: r.get(5)?,
-                })
-            })?
+            c.prepare_cached(&format!(
+                "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
+            ))?
+            .query_map([subject], consent_from_row)?
             .collect()
         })
     }
 
     fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(
-                "SELECT subject, purpose, state, at, recorded_by, mac FROM consents
-                 ORDER BY subject, purpose",
-            )?
-            .query_map([], |r| {
-                Ok(ConsentRow {
-                    subject: r.get(0)?,
-                    purpose: r.get(1)?,
-                    state: r.get(2)?,
-                    at: r.get(3)?,
-                    recorded_by: r.get(4)?,
-                    mac: r.get(5)?,
-                })
-            })?
+            c.prepare_cached(&format!(
+                "SELECT {CONSENT_COLUMNS} FROM consents ORDER BY subject, purpose"
+            ))?
+            .query_map([], consent_from_row)?
             .collect()
         })
     }
@@ -2009,6 +1989,19 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
 
 const EVIDENCE_COLUMNS: &str = "id, record_id, name, category, media_type, file_name, size, \
      sha256, salt, complete, owns_record, created_at, mac";
+
+const CONSENT_COLUMNS: &str = "subject, purpose, state, at, recorded_by, mac";
+
+fn consent_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConsentRow> {
+    Ok(ConsentRow {
+        subject: r.get(0)?,
+        purpose: r.get(1)?,
+        state: r.get(2)?,
+        at: r.get(3)?,
+        recorded_by: r.get(4)?,
+        mac: r.get(5)?,
+    })
+}
 
 fn evidence_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EvidenceRow> {
     let size: i64 = r.get(6)?;
