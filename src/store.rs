@@ -71,6 +71,11 @@ pub struct PurposeKeyRow {
     pub destroy_after: Option<i64>,
     /// When its material was erased (unix seconds).
     pub destroyed_at: Option<i64>,
+    /// Below the purpose's minimum decryption version: never used to unwrap again.
+    pub barred: bool,
+    /// The row's MAC, computed by the core (see `vault::rows`); `wrapped` is not covered (it is
+    /// sealed under the root key with the purpose and version as associated data).
+    pub mac: Vec<u8>,
 }
 
 /// A subject data key, wrapped under a purpose key version.
@@ -442,24 +447,23 @@ pub trait Store: Send + Sync {
     /// is stored afterwards (so two concurrent writers end up with the same key).
     fn insert_subject_key(&self, row: &SubjectKeyRow) -> Result<SubjectKeyRow, StoreError>;
 
-    /// Makes `new` the active version of its purpose and the active one before it
-    /// `decrypt-only`, in one transaction.
-    fn rotate_purpose_key(&self, new: &PurposeKeyRow) -> Result<(), StoreError>;
-
-    /// Moves a purpose key version from state `from` to `to` (scheduling or cancelling its
-    /// destruction). Returns false when it was not in state `from` (any more).
-    fn set_purpose_key_state(
+    /// Stores `new` as the active version of its purpose and `retired` (the version that was
+    /// active, now `decrypt-only`, with its new MAC), in one transaction. Fails with
+    /// `Conflict` when `retired` is not the active version any more, or `new` exists.
+    fn rotate_purpose_key(
         &self,
-        purpose: &str,
-        version: u32,
-        from: &str,
-        to: &str,
-        destroy_after: Option<i64>,
-    ) -> Result<bool, StoreError>;
+        retired: Option<&PurposeKeyRow>,
+        new: &PurposeKeyRow,
+    ) -> Result<(), StoreError>;
 
-    /// Erases a version's material, in one transaction with the check that no subject key is
-    /// wrapped under it. Fails with `InUse(count)` otherwise.
-    fn destroy_purpose_key(&self, purpose: &str, version: u32, at: i64) -> Result<(), StoreError>;
+    /// Writes the state, dates, bar and MAC of `row` when its stored state is still `from`
+    /// (scheduling or cancelling a destruction). Returns false when it was not.
+    fn update_purpose_key(&self, row: &PurposeKeyRow, from: &str) -> Result<bool, StoreError>;
+
+    /// Erases a version's material and writes `row` (state `destroyed`, with its MAC), in one
+    /// transaction with the check that no subject key is wrapped under it. Fails with
+    /// `InUse(count)` otherwise.
+    fn destroy_purpose_key(&self, row: &PurposeKeyRow) -> Result<(), StoreError>;
 
     /// Replaces the wrapped material of purpose key versions and metadata values, in one
     /// transaction (a root key change).
@@ -469,12 +473,15 @@ pub trait Store: Send + Sync {
         meta: &[(&str, Vec<u8>)],
     ) -> Result<(), StoreError>;
 
-    /// The minimum purpose key version that may still be used to unwrap (0: none set).
-    fn min_decrypt_version(&self, purpose: &str) -> Result<u32, StoreError>;
-
-    /// Sets the minimum decryption version; fails with `InUse(count)` when subject keys are
-    /// still wrapped under older versions.
-    fn set_min_decrypt_version(&self, purpose: &str, version: u32) -> Result<(), StoreError>;
+    /// Raises the minimum decryption version of `purpose` to `version`: writes `barred` (the
+    /// versions below it, each barred, with its MAC), in one transaction with the check that no
+    /// subject key is wrapped under a version below it. Fails with `InUse(count)` otherwise.
+    fn set_min_decrypt_version(
+        &self,
+        purpose: &str,
+        version: u32,
+        barred: &[PurposeKeyRow],
+    ) -> Result<(), StoreError>;
 
     /// How many subject keys each version of a purpose key wraps: (version, count).
     fn subject_key_counts(&self, purpose: &str) -> Result<Vec<(u32, u64)>, StoreError>;

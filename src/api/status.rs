@@ -16,7 +16,7 @@ pub fn to_status(e: VaultError) -> Status {
             Status::failed_precondition(m)
         }
         VaultError::RateLimited(m) => Status::resource_exhausted(m),
-        e @ VaultError::DataLoss(_) => {
+        e @ (VaultError::DataLoss(_) | VaultError::Key(crate::keys::KeyError::Tampered(_))) => {
             tracing::error!(error = %e, "integrity check failed");
             Status::data_loss(e.to_string())
         }

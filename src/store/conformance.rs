@@ -29,6 +29,8 @@ pub fn run_all(store: &dyn Store) {
         retired_at: None,
         destroy_after: None,
         destroyed_at: None,
+        barred: false,
+        mac: vec![0x11; 32],
     };
     store
         .initialize(&[("root", b"params".to_vec())], std::slice::from_ref(&pk))
@@ -237,22 +239,39 @@ pub fn run_all(store: &dyn Store) {
     reason = "a test suite: failures must panic"
 )]
 fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
-    // Rotation: v2 active, v1 decrypt-only, in one step.
+    // Rotation: v2 active, v1 decrypt-only with the MAC the core gave it, in one step.
     let v2 = PurposeKeyRow {
         version: 2,
         wrapped: vec![4, 5, 6],
         created_at: 20,
+        mac: vec![0x22; 32],
         ..v1.clone()
     };
-    store.rotate_purpose_key(&v2).unwrap();
+    let retired = PurposeKeyRow {
+        state: "decrypt-only".into(),
+        retired_at: Some(20),
+        mac: vec![0x12; 32],
+        ..v1.clone()
+    };
+    // Without naming the active version it retires, a rotation is refused.
     assert!(matches!(
-        store.rotate_purpose_key(&v2),
+        store.rotate_purpose_key(None, &v2),
+        Err(StoreError::Conflict(_))
+    ));
+    store.rotate_purpose_key(Some(&retired), &v2).unwrap();
+    // A second rotation from the same (no longer active) version is refused.
+    let v3 = PurposeKeyRow {
+        version: 3,
+        ..v2.clone()
+    };
+    assert!(matches!(
+        store.rotate_purpose_key(Some(&retired), &v3),
         Err(StoreError::Conflict(_))
     ));
     let versions = store.purpose_keys("nuisance").unwrap();
-    assert_eq!(versions[0].state, "decrypt-only");
-    assert_eq!(versions[0].retired_at, Some(20));
-    assert_eq!(versions[1].state, "active");
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0], PurposeKeyRow { ..retired.clone() });
+    assert_eq!(versions[1], v2);
 
     // Subject keys under v1 are counted, listed and rewrapped conditionally.
     for i in 0..3 {
@@ -268,14 +287,28 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     }
     let counts = store.subject_key_counts("nuisance").unwrap();
     assert_eq!(counts, vec![(1, 4)]);
+    let destroyed = PurposeKeyRow {
+        state: "destroyed".into(),
+        wrapped: Vec::new(),
+        destroyed_at: Some(60),
+        destroy_after: None,
+        mac: vec![0x14; 32],
+        ..retired.clone()
+    };
+    let barred = PurposeKeyRow {
+        barred: true,
+        mac: vec![0x15; 32],
+        ..destroyed.clone()
+    };
     assert!(matches!(
-        store.destroy_purpose_key("nuisance", 1, 40),
+        store.destroy_purpose_key(&destroyed),
         Err(StoreError::InUse(4))
     ));
     assert!(matches!(
-        store.set_min_decrypt_version("nuisance", 2),
+        store.set_min_decrypt_version("nuisance", 2, std::slice::from_ref(&barred)),
         Err(StoreError::InUse(4))
     ));
+    assert_eq!(store.purpose_keys("nuisance").unwrap()[0], retired);
     let below = store.subject_keys_below("nuisance", 2, 10).unwrap();
     assert_eq!(below.len(), 4);
     let rewrapped: Vec<SubjectKeyRow> = below
@@ -293,29 +326,44 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     assert_eq!(store.subject_key_counts("nuisance").unwrap(), vec![(2, 4)]);
 
     // Destruction and the minimum version, once nothing depends on v1.
+    let scheduled = PurposeKeyRow {
+        state: "scheduled".into(),
+        destroy_after: Some(50),
+        mac: vec![0x13; 32],
+        ..retired.clone()
+    };
     assert!(
         store
-            .set_purpose_key_state("nuisance", 1, "decrypt-only", "scheduled", Some(50))
+            .update_purpose_key(&scheduled, "decrypt-only")
             .unwrap()
     );
     // A change from a state it is not in does nothing.
-    assert!(
-        !store
-            .set_purpose_key_state("nuisance", 1, "decrypt-only", "scheduled", Some(99))
-            .unwrap()
-    );
-    assert_eq!(
-        store.purpose_keys("nuisance").unwrap()[0].destroy_after,
-        Some(50)
-    );
-    store.destroy_purpose_key("nuisance", 1, 60).unwrap();
+    let again = PurposeKeyRow {
+        destroy_after: Some(99),
+        ..scheduled.clone()
+    };
+    assert!(!store.update_purpose_key(&again, "decrypt-only").unwrap());
+    assert_eq!(store.purpose_keys("nuisance").unwrap()[0], scheduled);
+    store.destroy_purpose_key(&destroyed).unwrap();
     let v1_now = &store.purpose_keys("nuisance").unwrap()[0];
-    assert_eq!(v1_now.state, "destroyed");
+    assert_eq!(v1_now, &destroyed);
     assert!(v1_now.wrapped.is_empty());
-    assert_eq!(v1_now.destroyed_at, Some(60));
-    store.set_min_decrypt_version("nuisance", 2).unwrap();
-    assert_eq!(store.min_decrypt_version("nuisance").unwrap(), 2);
-    assert_eq!(store.min_decrypt_version("contract").unwrap(), 0);
+    // A bar must name a version below the minimum.
+    let not_below = PurposeKeyRow {
+        barred: true,
+        ..v2.clone()
+    };
+    assert!(
+        store
+            .set_min_decrypt_version("nuisance", 2, std::slice::from_ref(&not_below))
+            .is_err()
+    );
+    store
+        .set_min_decrypt_version("nuisance", 2, std::slice::from_ref(&barred))
+        .unwrap();
+    let versions = store.purpose_keys("nuisance").unwrap();
+    assert_eq!(versions[0], barred);
+    assert!(!versions[1].barred);
 
     // Rekey: a new generation, fields resealed, the old generation gone, in one step.
     let rec = RecordRow {

@@ -185,6 +185,16 @@ ALTER TABLE fields ADD COLUMN version TEXT NOT NULL DEFAULT '';
 ALTER TABLE subject_requests ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE evidence ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
 ",
+    // Purpose key states carry a MAC too, and the minimum decryption version lives in the rows
+    // it bars (a deleted settings row must not lower it).
+    r"
+ALTER TABLE purpose_keys ADD COLUMN barred INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE purpose_keys ADD COLUMN mac BLOB NOT NULL DEFAULT x'';
+UPDATE purpose_keys SET barred = 1
+ WHERE version < (SELECT s.min_decrypt_version FROM purpose_settings s
+                  WHERE s.purpose = purpose_keys.purpose);
+DROP TABLE purpose_settings;
+",
 ];
 
 /// Reader connections kept open between reads. Opening one parses the schema and loses its
@@ -551,39 +561,42 @@ impl Store for SqliteStore {
         })
     }
 
-    fn rotate_purpose_key(&self, new: &PurposeKeyRow) -> Result<(), StoreError> {
+    fn rotate_purpose_key(
+        &self,
+        retired: Option<&PurposeKeyRow>,
+        new: &PurposeKeyRow,
+    ) -> Result<(), StoreError> {
         let mut conn = self.write()?;
-        let tx = conn.transaction().map_err(db)?;
-        tx.execute(
-            "UPDATE purpose_keys SET state = 'decrypt-only', retired_at = ?2
-             WHERE purpose = ?1 AND state = 'active'",
-            params![new.purpose, new.created_at],
-        )
-        .map_err(db)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let active: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM purpose_keys WHERE purpose = ?1 AND state = 'active'",
+                [&new.purpose],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let retired_ok = match retired {
+            Some(old) => active == 1 && update_key_row(&tx, old, "active").map_err(db)? == 1,
+            None => active == 0,
+        };
+        if !retired_ok {
+            return Err(StoreError::Conflict(format!(
+                "the active version of purpose key `{}` changed meanwhile",
+                new.purpose
+            )));
+        }
         insert_purpose_key(&tx, new)?;
         tx.commit().map_err(db)
     }
 
-    fn set_purpose_key_state(
-        &self,
-        purpose: &str,
-        version: u32,
-        from: &str,
-        to: &str,
-        destroy_after: Option<i64>,
-    ) -> Result<bool, StoreError> {
+    fn update_purpose_key(&self, row: &PurposeKeyRow, from: &str) -> Result<bool, StoreError> {
         let conn = self.write()?;
-        let n = conn
-            .execute(
-                "UPDATE purpose_keys SET state = ?4, destroy_after = ?5
-                 WHERE purpose = ?1 AND version = ?2 AND state = ?3",
-                params![purpose, version, from, to, destroy_after],
-            )
-            .map_err(db)?;
-        Ok(n > 0)
+        Ok(update_key_row(&conn, row, from).map_err(db)? > 0)
     }
 
-    fn destroy_purpose_key(&self, purpose: &str, version: u32, at: i64) -> Result<(), StoreError> {
+    fn destroy_purpose_key(&self, row: &PurposeKeyRow) -> Result<(), StoreError> {
         let mut conn = self.write()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -591,7 +604,7 @@ impl Store for SqliteStore {
         let in_use: i64 = tx
             .query_row(
                 "SELECT count(*) FROM subject_keys WHERE purpose = ?1 AND purpose_version = ?2",
-                params![purpose, version],
+                params![row.purpose, row.version],
                 |r| r.get(0),
             )
             .map_err(db)?;
@@ -599,10 +612,18 @@ impl Store for SqliteStore {
             return Err(StoreError::InUse(u64::try_from(in_use).unwrap_or(0)));
         }
         tx.execute(
-            "UPDATE purpose_keys SET state = 'destroyed', wrapped = x'', destroyed_at = ?3,
-                destroy_after = NULL
+            "UPDATE purpose_keys SET state = ?3, wrapped = x'', destroyed_at = ?4,
+                destroy_after = ?5, barred = ?6, mac = ?7
              WHERE purpose = ?1 AND version = ?2",
-            params![purpose, version, at],
+            params![
+                row.purpose,
+                row.version,
+                row.state,
+                row.destroyed_at,
+                row.destroy_after,
+                row.barred,
+                row.mac
+            ],
         )
         .map_err(db)?;
         tx.commit().map_err(db)?;
@@ -641,19 +662,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn min_decrypt_version(&self, purpose: &str) -> Result<u32, StoreError> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT min_decrypt_version FROM purpose_settings WHERE purpose = ?1",
-                [purpose],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(Option::unwrap_or_default)
-        })
-    }
-
-    fn set_min_decrypt_version(&self, purpose: &str, version: u32) -> Result<(), StoreError> {
+    fn set_min_decrypt_version(
+        &self,
+        purpose: &str,
+        version: u32,
+        barred: &[PurposeKeyRow],
+    ) -> Result<(), StoreError> {
         let mut conn = self.write()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -668,12 +682,19 @@ impl Store for SqliteStore {
         if older > 0 {
             return Err(StoreError::InUse(u64::try_from(older).unwrap_or(0)));
         }
-        tx.execute(
-            "INSERT INTO purpose_settings (purpose, min_decrypt_version) VALUES (?1, ?2)
-             ON CONFLICT (purpose) DO UPDATE SET min_decrypt_version = excluded.min_decrypt_version",
-            params![purpose, version],
-        )
-        .map_err(db)?;
+        for row in barred {
+            if row.purpose != purpose || row.version >= version || !row.barred {
+                return Err(StoreError::Corrupt(format!(
+                    "purpose key `{}` v{} is not barred below v{version}",
+                    row.purpose, row.version
+                )));
+            }
+            tx.execute(
+                "UPDATE purpose_keys SET barred = 1, mac = ?3 WHERE purpose = ?1 AND version = ?2",
+                params![row.purpose, row.version, row.mac],
+            )
+            .map_err(db)?;
+        }
         tx.commit().map_err(db)
     }
 
@@ -1824,7 +1845,7 @@ impl Store for SqliteStore {
     }
 }
 
-const PURPOSE_KEY_COLUMNS: &str = "purpose, version, state, algorithm, wrapped, created_at, retired_at, destroy_after, destroyed_at";
+const PURPOSE_KEY_COLUMNS: &str = "purpose, version, state, algorithm, wrapped, created_at, retired_at, destroy_after, destroyed_at, barred, mac";
 
 fn purpose_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PurposeKeyRow> {
     Ok(PurposeKeyRow {
@@ -1837,13 +1858,35 @@ fn purpose_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PurposeKeyRow
         retired_at: r.get(6)?,
         destroy_after: r.get(7)?,
         destroyed_at: r.get(8)?,
+        barred: r.get(9)?,
+        mac: r.get(10)?,
     })
+}
+
+/// Writes the state, dates, bar and MAC of `row` where its state is `from`; the count changed.
+fn update_key_row(c: &Connection, row: &PurposeKeyRow, from: &str) -> rusqlite::Result<usize> {
+    c.execute(
+        "UPDATE purpose_keys SET state = ?4, retired_at = ?5, destroy_after = ?6,
+            destroyed_at = ?7, barred = ?8, mac = ?9
+         WHERE purpose = ?1 AND version = ?2 AND state = ?3",
+        params![
+            row.purpose,
+            row.version,
+            from,
+            row.state,
+            row.retired_at,
+            row.destroy_after,
+            row.destroyed_at,
+            row.barred,
+            row.mac
+        ],
+    )
 }
 
 fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreError> {
     c.execute(
         &format!(
-            "INSERT INTO purpose_keys ({PURPOSE_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            "INSERT INTO purpose_keys ({PURPOSE_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ),
         params![
             k.purpose,
@@ -1854,7 +1897,9 @@ fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreErro
             k.created_at,
             k.retired_at,
             k.destroy_after,
-            k.destroyed_at
+            k.destroyed_at,
+            k.barred,
+            k.mac
         ],
     )
     .map_err(|e| {

@@ -488,13 +488,10 @@ impl Vault {
         event.reason = Some(format!("due at {due}"));
         // The trail first: nothing happens to a key that is not on record.
         event.commit()?;
-        if !self.store.set_purpose_key_state(
-            purpose.as_str(),
-            version,
-            "decrypt-only",
-            "scheduled",
-            Some(due),
-        )? {
+        if !self
+            .keyring
+            .set_key_state(purpose, version, "decrypt-only", "scheduled", Some(due))?
+        {
             return Err(VaultError::FailedPrecondition(format!(
                 "`{target}` changed state meanwhile; look again"
             )));
@@ -522,13 +519,10 @@ impl Vault {
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(target.clone());
         event.commit()?;
-        if !self.store.set_purpose_key_state(
-            purpose.as_str(),
-            version,
-            "scheduled",
-            "decrypt-only",
-            None,
-        )? {
+        if !self
+            .keyring
+            .set_key_state(purpose, version, "scheduled", "decrypt-only", None)?
+        {
             return Err(VaultError::FailedPrecondition(format!(
                 "`{target}` is not scheduled for destruction (or was destroyed meanwhile)"
             )));
@@ -556,7 +550,7 @@ impl Vault {
         let now = now_unix();
         let mut destroyed = Vec::new();
         for &purpose in Purpose::ALL {
-            for row in self.store.purpose_keys(purpose.as_str())? {
+            for row in self.keyring.purpose_key_rows(purpose)? {
                 if row.state != "scheduled" || row.destroy_after.is_none_or(|t| t > now) {
                     continue;
                 }
@@ -569,12 +563,8 @@ impl Vault {
                 event.target = Some(format!("{purpose} v{}", row.version));
                 event.reason = Some("erasing the key material from the store".into());
                 self.audit.append(&event)?;
-                match self
-                    .store
-                    .destroy_purpose_key(purpose.as_str(), row.version, now)
-                {
+                match self.keyring.destroy_version(purpose, row.version, now) {
                     Ok(()) => {
-                        self.keyring.forget_purpose_key(purpose, row.version);
                         tracing::info!(
                             purpose = purpose.as_str(),
                             version = row.version,
@@ -582,7 +572,7 @@ impl Vault {
                         );
                         destroyed.push((purpose, row.version));
                     }
-                    Err(StoreError::InUse(n)) => {
+                    Err(KeyError::Store(StoreError::InUse(n))) => {
                         tracing::warn!(
                             purpose = purpose.as_str(),
                             version = row.version,
@@ -645,21 +635,14 @@ impl Vault {
             ));
         }
         event.commit()?;
-        match self
-            .store
-            .set_min_decrypt_version(purpose.as_str(), version)
-        {
-            Err(StoreError::InUse(n)) => {
-                return Err(VaultError::FailedPrecondition(format!(
+        match self.keyring.set_min_decrypt_version(purpose, version) {
+            Err(KeyError::Store(StoreError::InUse(n))) => {
+                Err(VaultError::FailedPrecondition(format!(
                     "{n} subject keys of `{purpose}` are still wrapped under versions below {version}; rewrap first"
-                )));
+                )))
             }
-            other => other?,
+            other => Ok(other?),
         }
-        for v in 1..version {
-            self.keyring.forget_purpose_key(purpose, v);
-        }
-        Ok(())
     }
 
     /// Asks for a change of the root key to `secret` (first step of two): records a pending
@@ -886,7 +869,8 @@ impl Vault {
                     .subject_key_counts(purpose.as_str())?
                     .into_iter()
                     .collect();
-                let rows = self.store.purpose_keys(purpose.as_str())?;
+                let rows = self.keyring.purpose_key_rows(purpose)?;
+                let min_decrypt_version = self.keyring.min_decrypt_version(purpose)?;
                 let versions: Vec<KeyVersionInfo> = rows
                     .iter()
                     .map(|r| KeyVersionInfo {
@@ -907,7 +891,7 @@ impl Vault {
                         .rev()
                         .find(|r| r.state == "active")
                         .map_or(0, |r| r.version),
-                    min_decrypt_version: self.store.min_decrypt_version(purpose.as_str())?,
+                    min_decrypt_version,
                     keys_on_destroyed_versions: versions
                         .iter()
                         .filter(|v| v.state == "destroyed")
@@ -925,8 +909,8 @@ impl Vault {
     }
 
     fn active_version(&self, purpose: Purpose) -> Result<u32, VaultError> {
-        self.store
-            .purpose_keys(purpose.as_str())?
+        self.keyring
+            .purpose_key_rows(purpose)?
             .iter()
             .rev()
             .find(|r| r.state == "active")
@@ -939,8 +923,8 @@ impl Vault {
         purpose: Purpose,
         version: u32,
     ) -> Result<crate::store::PurposeKeyRow, VaultError> {
-        self.store
-            .purpose_keys(purpose.as_str())?
+        self.keyring
+            .purpose_key_rows(purpose)?
             .into_iter()
             .find(|r| r.version == version)
             .ok_or_else(|| VaultError::NotFound(format!("key version `{purpose} v{version}`")))

@@ -10,8 +10,10 @@
 //! Covered: tokens (all columns), legal holds, mandates, consent states, records (subject,
 //! purpose, labels, creation, closing and expiry; not `updated_at`, which shapes nothing), and
 //! field rows (record, name, category, kind; the key generation is authenticated by the value's
-//! envelope header), subject requests (their deadlines) and evidence files (record, name,
-//! category, media type, size, completeness).
+//! envelope header), subject requests (their deadlines), evidence files (record, name,
+//! category, media type, size, completeness) and purpose key versions (state, algorithm, dates
+//! and the bar of the minimum decryption version; the wrapped material is sealed under the root
+//! key with its purpose and version as associated data).
 //! Not covered here: a deleted row (an erased hold or objection) has no MAC to fail; the trail
 //! records every hold and consent change, and `kluis admin store verify` compares them.
 //!
@@ -29,8 +31,8 @@ use crate::{
     domain::Principal,
     policy::AdminAction,
     store::{
-        ConsentRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow, RecordRow, RequestRow,
-        TokenRow,
+        ConsentRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow, PurposeKeyRow,
+        RecordRow, RequestRow, TokenRow,
     },
 };
 
@@ -270,6 +272,30 @@ impl Authenticated for RecordRow {
     }
 }
 
+impl Authenticated for PurposeKeyRow {
+    const KIND: &'static str = "purpose-key";
+
+    fn row_id(&self) -> String {
+        format!("{} v{}", self.purpose, self.version)
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        &self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.purpose)
+            .int(i64::from(self.version))
+            .str(&self.state)
+            .str(&self.algorithm)
+            .int(self.created_at)
+            .opt_int(self.retired_at)
+            .opt_int(self.destroy_after)
+            .opt_int(self.destroyed_at)
+            .int(i64::from(self.barred));
+    }
+}
+
 /// A field row's place: what its MAC covers. The value's key generation is not covered: the
 /// envelope header carries it under the value's own authentication, and a rekey changes it.
 pub(crate) struct FieldPlace<'a> {
@@ -501,6 +527,13 @@ impl Vault {
                 });
             }
         };
+        let mut key_rows = 0usize;
+        for &purpose in crate::domain::Purpose::ALL {
+            for k in self.store.purpose_keys(purpose.as_str())? {
+                key_rows += 1;
+                check(PurposeKeyRow::KIND, k.row_id(), self.rows.is_authentic(&k));
+            }
+        }
         let tokens = self.store.tokens()?;
         for t in &tokens {
             check(TokenRow::KIND, t.row_id(), self.rows.is_authentic(t));
@@ -611,7 +644,7 @@ impl Vault {
             }
         }
         event.reason = Some(format!(
-            "{} tokens, {} holds, {} mandates, {} consents, {records} records checked; {} bad",
+            "{key_rows} key versions, {} tokens, {} holds, {} mandates, {} consents, {records} records checked; {} bad",
             tokens.len(),
             holds.len(),
             mandates.len(),

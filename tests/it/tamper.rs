@@ -770,3 +770,103 @@ async fn forged_expired_rows_do_not_stall_the_retention_sweep() {
     assert_eq!(left, 600);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purpose_key_states_edited_by_hand_are_not_obeyed() {
+    let server = TestServer::start().await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let rotated = admin
+        .rotate_key(req(
+            &so,
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                algorithm: String::new(),
+                justification: "yearly".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.version, 2);
+    let write = |subject: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .client()
+                .await
+                .put_record(req(
+                    server.token(Role::NuisanceOfficer),
+                    pb::PutRecordRequest {
+                        context: ctx("nuisance", "N-7", "complaint"),
+                        subject_id: subject.into(),
+                        fields: vec![text("phone", "contact", "06-2222")],
+                        labels: Default::default(),
+                    },
+                ))
+                .await
+        }
+    };
+    write("REL-K1").await.unwrap();
+    let restore = |server: &TestServer| {
+        db(server)
+            .execute(
+                "UPDATE purpose_keys SET state = CASE version WHEN 1 THEN 'decrypt-only' ELSE 'active' END,
+                    algorithm = 'aes-256-gcm', destroy_after = NULL, barred = 0
+                 WHERE purpose = 'nuisance'",
+                [],
+            )
+            .unwrap();
+    };
+    for (edit, what) in [
+        (
+            "UPDATE purpose_keys SET state = 'active' WHERE purpose = 'nuisance' AND version = 1",
+            "a retired version made active again",
+        ),
+        (
+            "UPDATE purpose_keys SET algorithm = 'xchacha20-poly1305' WHERE purpose = 'nuisance' AND version = 2",
+            "the algorithm of the active version changed",
+        ),
+        (
+            "UPDATE purpose_keys SET state = 'scheduled', destroy_after = 1 WHERE purpose = 'nuisance' AND version = 1",
+            "a destruction scheduled by hand",
+        ),
+        (
+            "UPDATE purpose_keys SET barred = 1 WHERE purpose = 'nuisance' AND version = 1",
+            "a minimum raised by hand",
+        ),
+    ] {
+        db(&server).execute(edit, []).unwrap();
+        let status = write("REL-K2")
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: obeyed"));
+        assert_eq!(status.code(), Code::DataLoss, "{what}: {status:?}");
+        assert!(!status.message().contains("06-2222"));
+        let (code, rows) = store_verify(&server);
+        assert_eq!(code, 4, "{what}");
+        assert!(
+            names(&rows, "purpose-key", "nuisance v1")
+                || names(&rows, "purpose-key", "nuisance v2"),
+            "{what}: {rows:?}"
+        );
+        // The twin: the row put back as kluis wrote it, writes work again.
+        restore(&server);
+        write("REL-K2")
+            .await
+            .unwrap_or_else(|s| panic!("{what}: twin {s:?}"));
+    }
+    // An older copy of the active row put back beside the new one: two active versions.
+    db(&server)
+        .execute(
+            "UPDATE purpose_keys SET state = 'active', retired_at = NULL,
+                mac = (SELECT mac FROM purpose_keys WHERE purpose = 'nuisance' AND version = 2)
+             WHERE purpose = 'nuisance' AND version = 1",
+            [],
+        )
+        .unwrap();
+    assert_eq!(write("REL-K3").await.unwrap_err().code(), Code::DataLoss);
+    let (code, _) = store_verify(&server);
+    assert_eq!(code, 4);
+    server.stop().await;
+}
