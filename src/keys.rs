@@ -25,7 +25,7 @@ use crate::{
         kdf::{self, KdfParams},
     },
     domain::{Purpose, SubjectId, now_unix},
-    store::{PurposeKeyRow, Store, StoreError, SubjectKeyRow},
+    store::{AnchorRow, PurposeKeyRow, Store, StoreError, SubjectKeyRow},
     vault::rows::RowAuth,
 };
 
@@ -486,11 +486,22 @@ impl Keyring {
                 // Another request may have created one meanwhile: use whichever the store kept.
                 // A rotation between wrapping and storing makes the store refuse a key wrapped
                 // under a version that is no longer live: wrap it again under the active one.
+                // A subject's first key comes with its anchor, counting nothing yet (the
+                // decision before this checked that it has no holds or consent states).
+                let anchor = self.rows.seal(
+                    AnchorRow {
+                        subject: subject.as_str().into(),
+                        holds: 0,
+                        consents: 0,
+                        mac: Vec::new(),
+                    },
+                    |r, m| r.mac = m,
+                );
                 let (row, _) = self.new_subject_key(subject, purpose, 1)?;
-                match self.store.insert_subject_key(&row) {
+                match self.store.insert_subject_key(&row, &anchor) {
                     Err(StoreError::Conflict(_)) => {
                         let (row, _) = self.new_subject_key(subject, purpose, 1)?;
-                        self.store.insert_subject_key(&row)?
+                        self.store.insert_subject_key(&row, &anchor)?
                     }
                     other => other?,
                 }
@@ -1329,7 +1340,17 @@ mod tests {
             subject: "rel-2".into(),
             ..row
         };
-        store.insert_subject_key(&moved).unwrap();
+        store
+            .insert_subject_key(
+                &moved,
+                &crate::store::AnchorRow {
+                    subject: "rel-2".into(),
+                    holds: 0,
+                    consents: 0,
+                    mac: Vec::new(),
+                },
+            )
+            .unwrap();
         let s2 = SubjectId::parse("s", "rel-2").unwrap();
         assert!(matches!(
             ring.subject_key_at(&s2, Purpose::Nuisance, 1),

@@ -28,6 +28,9 @@ pub enum StoreError {
     /// A row that must be unique exists already.
     #[error("{0} exists already")]
     Conflict(String),
+    /// A row changed between the core reading it and writing what follows from it: read again.
+    #[error("{0} changed meanwhile")]
+    Stale(String),
     /// A key is still in use: the count of what it protects.
     #[error("still in use by {0}")]
     InUse(u64),
@@ -247,6 +250,36 @@ impl std::fmt::Debug for SegmentRow {
     }
 }
 
+/// A subject's anchor: how many legal holds were ever placed on the subject and for how many
+/// purposes it has a consent state, under a MAC. Hold and consent rows are never deleted, so the
+/// counts only grow; a hold or consent row deleted by hand leaves the anchor counting more rows
+/// than are stored. Every subject with a subject key, a record, a hold or a consent state has one,
+/// and it is never deleted.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct AnchorRow {
+    /// The subject.
+    pub subject: String,
+    /// Legal holds ever placed on the subject (released ones included).
+    pub holds: u32,
+    /// Purposes the subject has a consent state for.
+    pub consents: u32,
+    /// The row's MAC, computed by the core.
+    pub mac: Vec<u8>,
+}
+
+/// What the core checks a subject's restrictions against, read together.
+#[derive(Clone, Debug, Default, Eq, PartialEq)]
+pub struct SubjectFacts {
+    /// The subject's anchor, if stored.
+    pub anchor: Option<AnchorRow>,
+    /// The subject's consent states, by purpose.
+    pub consents: Vec<ConsentRow>,
+    /// How many hold rows the subject has (released ones included).
+    pub holds: u32,
+    /// Whether the subject has a subject key or a record.
+    pub keyed: bool,
+}
+
 /// A legal hold: suspends destruction of a subject's data (or one record) until released.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct HoldRow {
@@ -444,8 +477,13 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<SubjectKeyRow>, StoreError>;
 
     /// Stores a new subject key unless one exists for (subject, purpose); returns the one that
-    /// is stored afterwards (so two concurrent writers end up with the same key).
-    fn insert_subject_key(&self, row: &SubjectKeyRow) -> Result<SubjectKeyRow, StoreError>;
+    /// is stored afterwards (so two concurrent writers end up with the same key). Stores
+    /// `anchor` (a fresh one, counting nothing) in the same transaction when the subject has none.
+    fn insert_subject_key(
+        &self,
+        row: &SubjectKeyRow,
+        anchor: &AnchorRow,
+    ) -> Result<SubjectKeyRow, StoreError>;
 
     /// Stores `new` as the active version of its purpose and `retired` (the version that was
     /// active, now `decrypt-only`, with its new MAC), in one transaction. Fails with
@@ -631,8 +669,14 @@ pub trait Store: Send + Sync {
         mac: &[u8],
     ) -> Result<bool, StoreError>;
 
-    /// Stores a legal hold.
-    fn insert_hold(&self, row: &HoldRow) -> Result<(), StoreError>;
+    /// Stores a legal hold and replaces the subject's anchor `prev` (`None`: it had none) with
+    /// `next`, in one transaction. Fails with `Stale` when the stored anchor is not `prev`.
+    fn insert_hold(
+        &self,
+        row: &HoldRow,
+        prev: Option<&AnchorRow>,
+        next: &AnchorRow,
+    ) -> Result<(), StoreError>;
 
     /// Releases a hold. Returns false when no active hold has this id.
     fn release_hold(&self, id: &str, at: i64, by: &str, mac: &[u8]) -> Result<bool, StoreError>;
@@ -660,8 +704,21 @@ pub trait Store: Send + Sync {
     ) -> Result<(Vec<String>, Vec<String>), StoreError>;
 
     /// Records a subject's consent state for a purpose (`given`, `withdrawn`, `objected`),
-    /// replacing the one before.
-    fn set_consent(&self, row: &ConsentRow) -> Result<(), StoreError>;
+    /// replacing the one before, and replaces the subject's anchor `prev` with `next`, in one
+    /// transaction. Fails with `Stale` when the stored anchor is not `prev`.
+    fn set_consent(
+        &self,
+        row: &ConsentRow,
+        prev: Option<&AnchorRow>,
+        next: &AnchorRow,
+    ) -> Result<(), StoreError>;
+
+    /// A subject's anchor, consent states, number of holds and whether it has a key or a record,
+    /// read in one snapshot.
+    fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, StoreError>;
+
+    /// Every subject anchor.
+    fn anchors(&self) -> Result<Vec<AnchorRow>, StoreError>;
 
     /// A subject's consent states, by purpose.
     fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError>;

@@ -1079,8 +1079,10 @@ impl Vault {
         Ok(())
     }
 
-    /// The active hold covering `record`, on authentic hold rows only.
+    /// The active hold covering `record`, on authentic hold rows only, all counted by the
+    /// subject's anchor.
     fn hold_on(&self, record: &RecordRow) -> Result<Option<String>, VaultError> {
+        self.subject_facts(&record.subject)?;
         // One read: the rows checked are the rows used.
         let holds = self.store.holds(Some(&record.subject), false)?;
         self.rows.check_all(&holds)?;

@@ -4,9 +4,19 @@
 use std::collections::BTreeMap;
 
 use super::{
-    AuditRow, ConsentRow, FieldRow, HoldRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Store, StoreError, SubjectKeyRow, TokenRow,
+    AnchorRow, AuditRow, ConsentRow, FieldRow, HoldRow, MandateRow, PurposeKeyRow, RecordRow,
+    RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
 };
+
+/// A fresh anchor of `subject`, as the core stores it with the subject's first key.
+fn anchor(subject: &str) -> AnchorRow {
+    AnchorRow {
+        subject: subject.into(),
+        holds: 0,
+        consents: 0,
+        mac: vec![0x77; 32],
+    }
+}
 
 /// Runs every conformance check against an empty `store`. Panics on the first failure, so call
 /// it from a test.
@@ -53,12 +63,20 @@ pub fn run_all(store: &dyn Store) {
         wrapped: vec![9; 40],
         created_at: 11,
     };
-    assert_eq!(store.insert_subject_key(&sk).unwrap(), sk);
+    assert_eq!(
+        store.insert_subject_key(&sk, &anchor(&sk.subject)).unwrap(),
+        sk
+    );
     let other = SubjectKeyRow {
         wrapped: vec![8; 40],
         ..sk.clone()
     };
-    assert_eq!(store.insert_subject_key(&other).unwrap(), sk);
+    assert_eq!(
+        store
+            .insert_subject_key(&other, &anchor(&other.subject))
+            .unwrap(),
+        sk
+    );
     assert_eq!(
         store.subject_key("rel-1", "nuisance").unwrap(),
         Some(sk.clone())
@@ -138,7 +156,7 @@ pub fn run_all(store: &dyn Store) {
     assert_eq!(store.delete_record("rec_1").unwrap(), None);
     assert!(store.record("rec_1").unwrap().is_none());
     assert_eq!(store.subject_key("rel-1", "nuisance").unwrap(), None);
-    store.insert_subject_key(&sk).unwrap();
+    store.insert_subject_key(&sk, &anchor(&sk.subject)).unwrap();
 
     // A field sealed under a subject key generation that does not exist is refused.
     let rec3 = RecordRow {
@@ -283,7 +301,9 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
             wrapped: vec![i; 40],
             created_at: 30,
         };
-        store.insert_subject_key(&row).unwrap();
+        store
+            .insert_subject_key(&row, &anchor(&row.subject))
+            .unwrap();
     }
     let counts = store.subject_key_counts("nuisance").unwrap();
     assert_eq!(counts, vec![(1, 4)]);
@@ -468,7 +488,9 @@ fn lifecycle(store: &dyn Store) {
         wrapped: vec![3; 40],
         created_at: 1,
     };
-    store.insert_subject_key(&key).unwrap();
+    store
+        .insert_subject_key(&key, &anchor(&key.subject))
+        .unwrap();
     let rec = |id: &str, expires: Option<i64>| RecordRow {
         mac: vec![0xAB; 32],
         id: id.into(),
@@ -546,7 +568,26 @@ fn lifecycle(store: &dyn Store) {
         released_at: None,
         released_by: None,
     };
-    store.insert_hold(&hold).unwrap();
+    // A hold is stored with the anchor that counts it, only over the anchor as it was read.
+    let before = store.subject_facts("life-1").unwrap();
+    assert_eq!(before.anchor, Some(anchor("life-1")));
+    assert_eq!((before.holds, before.keyed), (0, true));
+    let counted = AnchorRow {
+        holds: 1,
+        mac: vec![0x78; 32],
+        ..anchor("life-1")
+    };
+    assert!(matches!(
+        store.insert_hold(&hold, None, &counted),
+        Err(StoreError::Stale(_))
+    ));
+    assert!(store.holds(Some("life-1"), false).unwrap().is_empty());
+    store
+        .insert_hold(&hold, before.anchor.as_ref(), &counted)
+        .unwrap();
+    let after = store.subject_facts("life-1").unwrap();
+    assert_eq!((after.anchor.as_ref(), after.holds), (Some(&counted), 1));
+    assert!(store.anchors().unwrap().contains(&counted));
     assert_eq!(expired(70), ["rec_l2"]);
     // A held record is neither deleted nor has a stored value replaced; adding a field is fine.
     assert!(matches!(
@@ -596,7 +637,9 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(shredded, ["nuisance"]);
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_none());
     // Another subject's record is not theirs to shred.
-    store.insert_subject_key(&key).unwrap();
+    store
+        .insert_subject_key(&key, &anchor(&key.subject))
+        .unwrap();
     store
         .insert_record(&rec("rec_l3", None), std::slice::from_ref(&field))
         .unwrap();
@@ -627,9 +670,32 @@ fn lifecycle(store: &dyn Store) {
         recorded_by: "po".into(),
         mac: vec![u8::try_from(at).unwrap(); 32],
     };
-    store.set_consent(&consent("objected", 5)).unwrap();
-    store.set_consent(&consent("given", 6)).unwrap();
+    let prev = store.subject_facts("life-1").unwrap().anchor.unwrap();
+    let next = AnchorRow {
+        consents: 1,
+        mac: vec![0x79; 32],
+        ..prev.clone()
+    };
+    assert!(matches!(
+        store.set_consent(&consent("objected", 5), Some(&next), &next),
+        Err(StoreError::Stale(_))
+    ));
+    assert!(store.consents("life-1").unwrap().is_empty());
+    store
+        .set_consent(&consent("objected", 5), Some(&prev), &next)
+        .unwrap();
+    store
+        .set_consent(&consent("given", 6), Some(&next), &next)
+        .unwrap();
     assert_eq!(store.consents("life-1").unwrap(), vec![consent("given", 6)]);
+    let facts = store.subject_facts("life-1").unwrap();
+    assert_eq!(facts.consents, vec![consent("given", 6)]);
+    assert_eq!(facts.anchor, Some(next));
+    // A subject never written about has no facts.
+    assert_eq!(
+        store.subject_facts("nobody").unwrap(),
+        super::SubjectFacts::default()
+    );
     assert_eq!(store.all_consents().unwrap(), vec![consent("given", 6)]);
     let mandate = MandateRow {
         mac: vec![0xAB; 32],

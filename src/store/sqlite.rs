@@ -17,9 +17,9 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow,
-    PurposeKeyRow, RecordRow, RequestRow, ResealItem, SegmentRow, Store, StoreError, SubjectKeyRow,
-    TokenRow,
+    AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, HoldRow,
+    MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem, SegmentRow, Store, StoreError,
+    SubjectFacts, SubjectKeyRow, TokenRow,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -194,6 +194,15 @@ UPDATE purpose_keys SET barred = 1
  WHERE version < (SELECT s.min_decrypt_version FROM purpose_settings s
                   WHERE s.purpose = purpose_keys.purpose);
 DROP TABLE purpose_settings;
+",
+    // A subject's anchor counts its holds and consent states, so a deleted row is noticed.
+    r"
+CREATE TABLE subject_anchors (
+    subject  TEXT PRIMARY KEY,
+    holds    INTEGER NOT NULL,
+    consents INTEGER NOT NULL,
+    mac      BLOB    NOT NULL
+);
 ",
 ];
 
@@ -535,10 +544,28 @@ impl Store for SqliteStore {
         self.read(|c| select_subject_key(c, subject, purpose))
     }
 
-    fn insert_subject_key(&self, row: &SubjectKeyRow) -> Result<SubjectKeyRow, StoreError> {
+    fn insert_subject_key(
+        &self,
+        row: &SubjectKeyRow,
+        anchor: &AnchorRow,
+    ) -> Result<SubjectKeyRow, StoreError> {
         let row = row.clone();
+        let anchor = anchor.clone();
         self.group.run(&self.writer, move |tx| {
             check_version_live(tx, &row.purpose, row.purpose_version)?;
+            tx.prepare_cached(
+                "INSERT INTO subject_anchors (subject, holds, consents, mac) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (subject) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    anchor.subject,
+                    anchor.holds,
+                    anchor.consents,
+                    anchor.mac
+                ])
+            })
+            .map_err(db)?;
             tx.prepare_cached(
                 "INSERT INTO subject_keys (subject, purpose, generation, purpose_version, wrapped, created_at)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6
@@ -1385,9 +1412,18 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
-    fn insert_hold(&self, row: &HoldRow) -> Result<(), StoreError> {
-        let conn = self.write()?;
-        conn.execute(
+    fn insert_hold(
+        &self,
+        row: &HoldRow,
+        prev: Option<&AnchorRow>,
+        next: &AnchorRow,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        replace_anchor(&tx, prev, next)?;
+        tx.execute(
             &format!(
                 "INSERT INTO holds ({HOLD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ),
@@ -1405,7 +1441,7 @@ impl Store for SqliteStore {
             ],
         )
         .map_err(db)?;
-        Ok(())
+        tx.commit().map_err(db)
     }
 
     fn release_hold(&self, id: &str, at: i64, by: &str, mac: &[u8]) -> Result<bool, StoreError> {
@@ -1522,9 +1558,18 @@ impl Store for SqliteStore {
         Ok((destroyed, shredded))
     }
 
-    fn set_consent(&self, row: &ConsentRow) -> Result<(), StoreError> {
-        let conn = self.write()?;
-        conn.execute(
+    fn set_consent(
+        &self,
+        row: &ConsentRow,
+        prev: Option<&AnchorRow>,
+        next: &AnchorRow,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        replace_anchor(&tx, prev, next)?;
+        tx.execute(
             "INSERT INTO consents (subject, purpose, state, at, recorded_by, mac)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (subject, purpose) DO UPDATE SET
@@ -1540,7 +1585,47 @@ impl Store for SqliteStore {
             ],
         )
         .map_err(db)?;
-        Ok(())
+        tx.commit().map_err(db)
+    }
+
+    fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, StoreError> {
+        self.read(|c| {
+            // One read transaction: the anchor and the rows it counts from one snapshot.
+            let tx = c.unchecked_transaction()?;
+            let anchor = select_anchor(&tx, subject)?;
+            let consents = tx
+                .prepare_cached(&format!(
+                    "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
+                ))?
+                .query_map([subject], consent_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let holds: u32 = tx
+                .prepare_cached("SELECT count(*) FROM holds WHERE subject = ?1")?
+                .query_row([subject], |r| r.get(0))?;
+            let keyed: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
+                         OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)",
+                )?
+                .query_row([subject], |r| r.get(0))?;
+            tx.finish()?;
+            Ok(SubjectFacts {
+                anchor,
+                consents,
+                holds,
+                keyed,
+            })
+        })
+    }
+
+    fn anchors(&self) -> Result<Vec<AnchorRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT subject, holds, consents, mac FROM subject_anchors ORDER BY subject",
+            )?
+            .query_map([], anchor_from_row)?
+            .collect()
+        })
     }
 
     fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError> {
@@ -1861,6 +1946,47 @@ fn purpose_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PurposeKeyRow
         barred: r.get(9)?,
         mac: r.get(10)?,
     })
+}
+
+fn anchor_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AnchorRow> {
+    Ok(AnchorRow {
+        subject: r.get(0)?,
+        holds: r.get(1)?,
+        consents: r.get(2)?,
+        mac: r.get(3)?,
+    })
+}
+
+fn select_anchor(c: &Connection, subject: &str) -> rusqlite::Result<Option<AnchorRow>> {
+    c.prepare_cached(
+        "SELECT subject, holds, consents, mac FROM subject_anchors WHERE subject = ?1",
+    )?
+    .query_row([subject], anchor_from_row)
+    .optional()
+}
+
+/// Replaces the anchor `prev` (`None`: none stored) with `next`; `Stale` when the stored one
+/// is not `prev`.
+fn replace_anchor(
+    c: &Connection,
+    prev: Option<&AnchorRow>,
+    next: &AnchorRow,
+) -> Result<(), StoreError> {
+    let stored = select_anchor(c, &next.subject).map_err(db)?;
+    if stored.as_ref() != prev {
+        return Err(StoreError::Stale(format!(
+            "the anchor of subject `{}`",
+            next.subject
+        )));
+    }
+    c.execute(
+        "INSERT INTO subject_anchors (subject, holds, consents, mac) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (subject) DO UPDATE SET
+            holds = excluded.holds, consents = excluded.consents, mac = excluded.mac",
+        params![next.subject, next.holds, next.consents, next.mac],
+    )
+    .map_err(db)?;
+    Ok(())
 }
 
 /// Writes the state, dates, bar and MAC of `row` where its state is `from`; the count changed.

@@ -168,8 +168,16 @@ impl Vault {
         event.record = row.record_id.clone();
         event.case_ref = Some(case_ref.into());
         event.target = Some(row.id.clone());
+        // Checked before the entry, so that a subject whose restrictions do not add up gets no
+        // hold on record that is not stored.
+        self.subject_facts(subject.as_str())?;
         event.commit()?;
-        self.store.insert_hold(&row)?;
+        self.change_restrictions(
+            subject.as_str(),
+            1,
+            |_| false,
+            |prev, next| self.store.insert_hold(&row, prev, next),
+        )?;
         Ok(row)
     }
 
@@ -532,10 +540,12 @@ impl Vault {
         Ok(requests)
     }
 
-    /// Refuses when any hold of `subject`, active or released, fails its MAC: a hold released
-    /// or edited by hand must not let destruction through. (The store re-checks the active
+    /// Refuses when any hold of `subject`, active or released, fails its MAC, or when the
+    /// subject's anchor counts a hold or consent state that is not stored: a hold released,
+    /// edited or deleted by hand must not let destruction through. (The store re-checks the active
     /// holds in the destroying transaction.)
     pub(crate) fn check_holds(&self, subject: &str) -> Result<(), VaultError> {
+        self.subject_facts(subject)?;
         self.rows
             .check_all(&self.store.holds(Some(subject), false)?)
     }

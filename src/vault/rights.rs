@@ -61,10 +61,11 @@ impl Vault {
         let subjects: BTreeSet<String> = resources.iter().map(|r| r.subject.clone()).collect();
         let now = self.clock.now();
         for subject in subjects {
-            // Facts the policy decides on: each row must be authentic, or nothing is decided.
-            let consents = self.store.consents(&subject)?;
-            self.rows.check_all(&consents)?;
-            let stopped: BTreeSet<String> = consents
+            // Facts the policy decides on: each row must be authentic and the subject's anchor
+            // must count them all (none deleted), or nothing is decided.
+            let stopped: BTreeSet<String> = self
+                .subject_facts(&subject)?
+                .consents
                 .into_iter()
                 .filter(|c| c.state == "withdrawn" || c.state == "objected")
                 .map(|c| c.purpose)
@@ -143,8 +144,12 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        self.store.set_consent(&row)?;
-        Ok(())
+        self.change_restrictions(
+            subject.as_str(),
+            0,
+            |facts| !facts.consents.iter().any(|c| c.purpose == row.purpose),
+            |prev, next| self.store.set_consent(&row, prev, next),
+        )
     }
 
     /// Records a mandate: `representative` may act for `subject` for these purposes and

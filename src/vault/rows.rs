@@ -14,8 +14,14 @@
 //! category, media type, size, completeness) and purpose key versions (state, algorithm, dates
 //! and the bar of the minimum decryption version; the wrapped material is sealed under the root
 //! key with its purpose and version as associated data).
-//! Not covered here: a deleted row (an erased hold or objection) has no MAC to fail; the trail
-//! records every hold and consent change, and `kluis admin store verify` compares them.
+//! A deleted row has no MAC to fail, so every subject with a subject key, a record, a hold or a
+//! consent state has an anchor (`AnchorRow`, itself authenticated and never deleted) that counts
+//! its holds and consent states; hold and consent rows are never deleted, so a row erased by
+//! hand leaves the count above what is stored, and the subject's decisions and destructive
+//! paths fail closed. What an anchor cannot see: a subject with no key and no record whose
+//! anchor is deleted together with its holds and consents, or an older copy of the anchor put
+//! back with the rows it counted; the trail records every hold and consent change, and
+//! `kluis admin store verify` compares them with the store.
 //!
 //! Invariant: a row whose MAC fails is never obeyed; the call fails closed and an error is
 //! logged naming the row, never its contents.
@@ -31,8 +37,8 @@ use crate::{
     domain::Principal,
     policy::AdminAction,
     store::{
-        ConsentRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow, PurposeKeyRow,
-        RecordRow, RequestRow, TokenRow,
+        AnchorRow, ConsentRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow,
+        PurposeKeyRow, RecordRow, RequestRow, StoreError, SubjectFacts, TokenRow,
     },
 };
 
@@ -272,6 +278,24 @@ impl Authenticated for RecordRow {
     }
 }
 
+impl Authenticated for AnchorRow {
+    const KIND: &'static str = "anchor";
+
+    fn row_id(&self) -> String {
+        self.subject.clone()
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        &self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.subject)
+            .int(i64::from(self.holds))
+            .int(i64::from(self.consents));
+    }
+}
+
 impl Authenticated for PurposeKeyRow {
     const KIND: &'static str = "purpose-key";
 
@@ -499,10 +523,88 @@ impl RowAuth {
     }
 }
 
+/// Why `facts` do not add up for `subject`, if they do not (the MACs of the anchor and the
+/// consent rows are checked apart).
+fn anchor_problem(facts: &SubjectFacts) -> Option<&'static str> {
+    let consents = u32::try_from(facts.consents.len()).unwrap_or(u32::MAX);
+    match &facts.anchor {
+        Some(a) if a.holds != facts.holds || a.consents != consents => {
+            Some("counts other holds or consent states than are stored (a row deleted by hand)")
+        }
+        Some(_) => None,
+        None if facts.holds > 0 || consents > 0 || facts.keyed => Some(
+            "is missing for a subject with holds, consent states, keys or records (deleted by hand)",
+        ),
+        None => None,
+    }
+}
+
+/// How often a change to a subject's restrictions is tried again when another came between.
+const ANCHOR_ATTEMPTS: usize = 5;
+
+impl Vault {
+    /// The subject's restriction facts (anchor, consent states, holds), checked: every consent
+    /// row and the anchor must carry their MACs, and the anchor must count exactly the hold
+    /// and consent rows stored, or the call fails closed (`DataLoss`) and an error is logged.
+    pub(crate) fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, VaultError> {
+        let facts = self.store.subject_facts(subject)?;
+        self.rows.check_all(&facts.consents)?;
+        if let Some(a) = &facts.anchor {
+            self.rows.check(a)?;
+            if a.subject != subject {
+                return Err(VaultError::DataLoss(format!(
+                    "stored anchor `{}`",
+                    a.subject
+                )));
+            }
+        }
+        if let Some(problem) = anchor_problem(&facts) {
+            tracing::error!(kind = AnchorRow::KIND, row = %subject, problem, "a subject's restrictions do not add up and are not obeyed; run `kluis admin store verify`");
+            return Err(VaultError::DataLoss(format!(
+                "stored holds and consent states of `{subject}`"
+            )));
+        }
+        Ok(facts)
+    }
+
+    /// Changes a subject's restrictions: `write` gets the anchor as stored and the next one,
+    /// counting `holds` more holds and, when `new_purpose`, one more consent state; it is
+    /// tried again when another change came between.
+    pub(crate) fn change_restrictions(
+        &self,
+        subject: &str,
+        holds: u32,
+        new_purpose: impl Fn(&SubjectFacts) -> bool,
+        write: impl Fn(Option<&AnchorRow>, &AnchorRow) -> Result<(), StoreError>,
+    ) -> Result<(), VaultError> {
+        for _ in 0..ANCHOR_ATTEMPTS {
+            let facts = self.subject_facts(subject)?;
+            let consents = u32::try_from(facts.consents.len()).unwrap_or(u32::MAX);
+            let next = self.rows.seal(
+                AnchorRow {
+                    subject: subject.into(),
+                    holds: facts.holds.saturating_add(holds),
+                    consents: consents.saturating_add(u32::from(new_purpose(&facts))),
+                    mac: Vec::new(),
+                },
+                |r, m| r.mac = m,
+            );
+            match write(facts.anchor.as_ref(), &next) {
+                Err(StoreError::Stale(_)) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(VaultError::FailedPrecondition(format!(
+            "the holds or consent states of `{subject}` kept changing meanwhile; try again"
+        )))
+    }
+}
+
 /// A stored row that fails verification: what it is and what is wrong. Never its contents.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct BadRow {
-    /// `token`, `hold`, `mandate`, `consent`, `record` or `field`.
+    /// `token`, `hold`, `mandate`, `consent`, `anchor`, `record`, `field`, `evidence`,
+    /// `request`, `purpose-key` or `meta`.
     pub kind: &'static str,
     /// The row's id (for a consent: `subject/purpose`).
     pub id: String,
@@ -554,6 +656,16 @@ impl Vault {
         for r in &requests {
             check(RequestRow::KIND, r.row_id(), self.rows.is_authentic(r));
         }
+        let anchors = self.store.anchors()?;
+        for a in &anchors {
+            check(AnchorRow::KIND, a.row_id(), self.rows.is_authentic(a));
+        }
+        let mut subjects: std::collections::BTreeSet<String> = anchors
+            .iter()
+            .map(|a| a.subject.clone())
+            .chain(holds.iter().map(|h| h.subject.clone()))
+            .chain(consents.iter().map(|c| c.subject.clone()))
+            .collect();
         let mut after = String::new();
         let mut records = 0usize;
         loop {
@@ -562,6 +674,7 @@ impl Vault {
             after = last.id.clone();
             for r in &page {
                 records += 1;
+                subjects.insert(r.subject.clone());
                 check(RecordRow::KIND, r.row_id(), self.rows.is_authentic(r));
                 if let Some((_, fields)) = self.store.record(&r.id)? {
                     for f in &fields {
@@ -576,6 +689,15 @@ impl Vault {
                 for e in self.store.record_evidence(&r.id)? {
                     check(EvidenceRow::KIND, e.row_id(), self.rows.is_authentic(&e));
                 }
+            }
+        }
+        for subject in &subjects {
+            if let Some(problem) = anchor_problem(&self.store.subject_facts(subject)?) {
+                bad.push(BadRow {
+                    kind: AnchorRow::KIND,
+                    id: subject.clone(),
+                    problem: format!("the anchor of this subject {problem}"),
+                });
             }
         }
         // What the trail says must still be there.

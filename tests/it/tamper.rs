@@ -398,8 +398,58 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
     assert_eq!(code, 4);
     let consent_id = format!("{subject}/financial-screening");
     assert!(names(&rows, "consent", &consent_id), "{rows:?}");
-    // Deleted outright: the request path cannot see a missing row, verification does.
+    // The twin: the state put back, the objection is obeyed again.
+    db(&server)
+        .execute("UPDATE consents SET state = 'objected'", [])
+        .unwrap();
+    let screening_read = || {
+        get(
+            &server,
+            &allocation,
+            ctx("financial-screening", "", ""),
+            &screening,
+        )
+    };
+    assert_eq!(
+        screening_read().await.err().unwrap().code(),
+        Code::PermissionDenied
+    );
+    // Deleted outright: the subject's anchor counts a consent state that is not stored, so
+    // the request path fails closed, and verification names both.
+    let saved: (String, String, String, i64, String, Vec<u8>) = db(&server)
+        .query_row(
+            "SELECT subject, purpose, state, at, recorded_by, mac FROM consents",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .unwrap();
     db(&server).execute("DELETE FROM consents", []).unwrap();
+    assert_eq!(screening_read().await.err().unwrap().code(), Code::DataLoss);
+    // Writing under another purpose for the subject fails closed too.
+    let status = server
+        .client()
+        .await
+        .put_record(req(
+            server.token(Role::CustomerService),
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: subject.into(),
+                fields: vec![text("email", "contact", "me@example.nl")],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 4);
     assert!(
@@ -407,6 +457,37 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
             && r["id"] == consent_id.as_str()
             && r["problem"].as_str().unwrap().contains("deleted")),
         "{rows:?}"
+    );
+    assert!(names(&rows, "anchor", subject), "{rows:?}");
+    // The anchor deleted as well: the subject has records, so it must have one.
+    let anchor: (i64, i64, Vec<u8>) = db(&server)
+        .query_row(
+            "SELECT holds, consents, mac FROM subject_anchors WHERE subject = ?1",
+            [subject],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    db(&server)
+        .execute("DELETE FROM subject_anchors WHERE subject = ?1", [subject])
+        .unwrap();
+    assert_eq!(screening_read().await.err().unwrap().code(), Code::DataLoss);
+    // The twin: both rows put back as kluis wrote them, the objection is obeyed again.
+    db(&server)
+        .execute(
+            "INSERT INTO subject_anchors (subject, holds, consents, mac) VALUES (?1, ?2, ?3, ?4)",
+            params![subject, anchor.0, anchor.1, anchor.2],
+        )
+        .unwrap();
+    db(&server)
+        .execute(
+            "INSERT INTO consents (subject, purpose, state, at, recorded_by, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![saved.0, saved.1, saved.2, saved.3, saved.4, saved.5],
+        )
+        .unwrap();
+    assert_eq!(
+        screening_read().await.err().unwrap().code(),
+        Code::PermissionDenied
     );
 
     // A mandate widened by hand.
@@ -519,13 +600,44 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
         .is_ok(),
         "the record is still there"
     );
+    // Deleted outright: the anchor counts it, so deletion is still refused.
     db(&server)
         .execute("DELETE FROM holds WHERE id = ?1", [&hold.hold_id])
         .unwrap();
+    let status = client
+        .delete_record(req(server.token(Role::CustomerService), delete()))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    let status = admin
+        .erase_subject(req(
+            &po,
+            pb::EraseSubjectRequest {
+                subject_id: "REL-HOLD".into(),
+                justification: "art. 17".into(),
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(
+        get(
+            &server,
+            server.token(Role::CustomerService),
+            ctx("customer-service", "", ""),
+            &held
+        )
+        .await
+        .is_err(),
+        "nothing about the subject is decided while its restrictions do not add up"
+    );
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 4);
     assert!(names(&rows, "mandate", &mandate.mandate_id), "{rows:?}");
     assert!(names(&rows, "hold", &hold.hold_id), "{rows:?}");
+    assert!(names(&rows, "anchor", "REL-HOLD"), "{rows:?}");
     server.stop().await;
 }
 
