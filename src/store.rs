@@ -119,6 +119,9 @@ pub struct RecordRow {
     pub expires_at: Option<i64>,
     /// The row's MAC, computed by the core (see `vault::rows`); `updated_at` is not covered.
     pub mac: Vec<u8>,
+    /// A MAC over the record id and the names and versions of its fields (`vault::rows`): a
+    /// field row deleted, or an older one put back, no longer matches it.
+    pub fields_mac: Vec<u8>,
 }
 
 /// One encrypted field of a record.
@@ -248,6 +251,15 @@ impl std::fmt::Debug for SegmentRow {
             .field("sealed_len", &self.sealed.len())
             .finish()
     }
+}
+
+/// The field-set MAC of a record before and after a change to its fields.
+#[derive(Clone, Copy, Debug)]
+pub struct FieldsMac<'a> {
+    /// As read before the change: the store refuses (`Stale`) when it is no longer stored.
+    pub prev: &'a [u8],
+    /// As it is after the change.
+    pub next: &'a [u8],
 }
 
 /// A subject's anchor: how many legal holds were ever placed on the subject and for how many
@@ -590,14 +602,17 @@ pub trait Store: Send + Sync {
     /// A record with all its fields.
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError>;
 
-    /// Replaces or adds `fields` of a record and sets `updated_at`, in one transaction. Returns
-    /// false when the record does not exist. Fails with `Held` when an active legal hold covers
-    /// the record and a stored value would be replaced (adding a field is allowed).
+    /// Replaces or adds `fields` of a record, sets `updated_at` and replaces its field-set MAC,
+    /// in one transaction. Returns false when the record does not exist. Fails with `Held` when
+    /// an active legal hold covers the record and a stored value would be replaced (adding a
+    /// field is allowed), and with `Stale` when the stored field-set MAC is not `fields_mac.prev`
+    /// (another change came between).
     fn update_fields(
         &self,
         id: &str,
         fields: &[FieldRow],
         updated_at: i64,
+        fields_mac: FieldsMac<'_>,
     ) -> Result<bool, StoreError>;
 
     /// Starts an evidence upload: stores `row` (not complete) and, when given, the new record it

@@ -35,7 +35,7 @@ use crate::{
     },
     keys::{KeyError, Keyring},
     policy::{Action, Decision, Engine, FieldFlags, FieldResource, Grant, PolicyError},
-    store::{FieldRow, RecordRow, Store, StoreError},
+    store::{FieldRow, FieldsMac, RecordRow, Store, StoreError},
 };
 
 /// Errors of the domain core. Mapped to gRPC status codes in one place (`api::status`).
@@ -271,7 +271,14 @@ pub struct Vault {
     rows: rows::RowAuth,
     /// Serialises the steps of root changes.
     root_change_lock: std::sync::Mutex<()>,
+    /// Serialises the writes of one record's fields in this process (striped by record id), so
+    /// that its field-set MAC is replaced over the one read; the store's check of that MAC
+    /// (`Stale`) guards writers in other processes.
+    record_locks: [std::sync::Mutex<()>; RECORD_LOCK_STRIPES],
 }
+
+/// Stripes of `Vault::record_locks`.
+const RECORD_LOCK_STRIPES: usize = 64;
 
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -428,6 +435,7 @@ impl Vault {
             channels: Channels::default(),
             rows,
             root_change_lock: std::sync::Mutex::new(()),
+            record_locks: std::array::from_fn(|_| std::sync::Mutex::new(())),
         })
     }
 
@@ -527,7 +535,7 @@ impl Vault {
 
         let now = self.clock.now();
         let expires_at = self.retention.expires_at(ctx.purpose, now);
-        let record = self.rows.seal(
+        let mut record = self.rows.seal(
             RecordRow {
                 id: record_id.as_str().into(),
                 subject: subject.as_str().into(),
@@ -538,6 +546,7 @@ impl Vault {
                 closed_at: None,
                 expires_at,
                 mac: Vec::new(),
+                fields_mac: Vec::new(),
             },
             |r, mac| r.mac = mac,
         );
@@ -546,6 +555,10 @@ impl Vault {
         let mut attempt = 0;
         loop {
             let rows = self.seal_fields(subject, &record_id, ctx.purpose, &fields)?;
+            record.fields_mac = self.rows.fields_mac(
+                record_id.as_str(),
+                rows.iter().map(|f| (f.name.as_str(), f.version.as_str())),
+            );
             match self.store.insert_record(&record, &rows) {
                 Err(StoreError::Conflict(_)) if attempt == 0 => {
                     attempt += 1;
@@ -788,12 +801,41 @@ impl Vault {
         )?;
         let now = self.clock.now();
         let mut attempt = 0;
+        let (mut stored, mut stored_rows) = (record, rows);
+        let _one_writer = self.record_lock(record_id);
         loop {
             let sealed = self.seal_fields(&subject, record_id, meta.purpose, &fields)?;
-            match self.store.update_fields(record_id.as_str(), &sealed, now) {
+            // The set after the change: the stored fields, the written ones in their place.
+            let next = self.rows.fields_mac(
+                record_id.as_str(),
+                stored_rows
+                    .iter()
+                    .filter(|r| !sealed.iter().any(|f| f.name == r.name))
+                    .chain(&sealed)
+                    .map(|f| (f.name.as_str(), f.version.as_str())),
+            );
+            let fields_mac = FieldsMac {
+                prev: &stored.fields_mac,
+                next: &next,
+            };
+            match self
+                .store
+                .update_fields(record_id.as_str(), &sealed, now, fields_mac)
+            {
                 Err(StoreError::Conflict(_)) if attempt == 0 => {
                     attempt += 1;
                     self.keyring.forget(&subject, meta.purpose);
+                }
+                // Another write to the record came between (here before the lock was taken, or
+                // in another process): read its fields again.
+                Err(StoreError::Stale(_)) if attempt < 8 => {
+                    attempt += 1;
+                    (stored, stored_rows) = self.load(record_id)?;
+                }
+                Err(StoreError::Stale(_)) => {
+                    return Err(VaultError::FailedPrecondition(format!(
+                        "record `{record_id}` kept changing meanwhile; try again"
+                    )));
                 }
                 Err(StoreError::Held(hold)) => {
                     let refusal = held(record_id, &hold);
@@ -883,7 +925,7 @@ impl Vault {
         let records = self.store.subject_records(subject.as_str())?;
         for (r, fields) in &records {
             self.rows.check(r)?;
-            self.rows.check_field_metas(&r.id, fields)?;
+            self.rows.check_field_metas(r, fields)?;
             // Evidence metadata (media type, size) is listed: only from authentic rows.
             if fields.iter().any(|f| f.evidence.is_some()) {
                 self.rows.check_all(&self.store.record_evidence(&r.id)?)?;
@@ -1079,6 +1121,19 @@ impl Vault {
         Ok(())
     }
 
+    /// The lock of `record_id`'s stripe of `record_locks`.
+    fn record_lock(&self, record_id: &RecordId) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(record_id.as_str());
+        let stripe = usize::try_from(stripe % RECORD_LOCK_STRIPES as u64).unwrap_or(0);
+        let lock = self
+            .record_locks
+            .get(stripe)
+            .unwrap_or(&self.record_locks[0]);
+        lock.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The active hold covering `record`, on authentic hold rows only, all counted by the
     /// subject's anchor.
     fn hold_on(&self, record: &RecordRow) -> Result<Option<String>, VaultError> {
@@ -1178,7 +1233,7 @@ impl Vault {
             .record(record_id.as_str())?
             .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
         self.rows.check(&record)?;
-        self.rows.check_fields(&record.id, &fields)?;
+        self.rows.check_fields(&record, &fields)?;
         Ok((record, fields))
     }
 }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    AnchorRow, AuditRow, ConsentRow, FieldRow, HoldRow, MandateRow, PurposeKeyRow, RecordRow,
-    RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
+    AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, MandateRow, PurposeKeyRow,
+    RecordRow, RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -94,6 +94,7 @@ pub fn run_all(store: &dyn Store) {
         updated_at: 100,
         closed_at: None,
         expires_at: Some(200),
+        fields_mac: vec![0x01; 32],
     };
     let field = |name: &str, sealed: u8| FieldRow {
         mac: vec![0xCD; 32],
@@ -128,19 +129,34 @@ pub fn run_all(store: &dyn Store) {
         Err(StoreError::Conflict(_))
     ));
 
-    // Updates replace and add fields.
+    // Updates replace and add fields, over the field-set MAC as read only.
+    let (one, two) = (vec![0x01; 32], vec![0x02; 32]);
+    let stale = FieldsMac {
+        prev: &two,
+        next: &two,
+    };
+    assert!(matches!(
+        store.update_fields("rec_1", &[field("phone", 7)], 150, stale),
+        Err(StoreError::Stale(_))
+    ));
+    assert_eq!(store.record("rec_1").unwrap().unwrap().1, fields);
+    let change = FieldsMac {
+        prev: &one,
+        next: &two,
+    };
     assert!(
         store
-            .update_fields("rec_1", &[field("phone", 7), field("city", 3)], 150)
+            .update_fields("rec_1", &[field("phone", 7), field("city", 3)], 150, change)
             .unwrap()
     );
     assert!(
         !store
-            .update_fields("rec_nope", &[field("phone", 7)], 150)
+            .update_fields("rec_nope", &[field("phone", 7)], 150, change)
             .unwrap()
     );
     let (got, fields) = store.record("rec_1").unwrap().unwrap();
     assert_eq!(got.updated_at, 150);
+    assert_eq!(got.fields_mac, two);
     assert_eq!(fields.len(), 3);
     let phone = fields.iter().find(|f| f.name == "phone").unwrap();
     assert_eq!(phone.sealed, vec![7; 30]);
@@ -388,6 +404,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     // Rekey: a new generation, fields resealed, the old generation gone, in one step.
     let rec = RecordRow {
         mac: vec![0xAB; 32],
+        fields_mac: Vec::new(),
         id: "rec_rk".into(),
         subject: "rot-0".into(),
         purpose: "nuisance".into(),
@@ -493,6 +510,7 @@ fn lifecycle(store: &dyn Store) {
         .unwrap();
     let rec = |id: &str, expires: Option<i64>| RecordRow {
         mac: vec![0xAB; 32],
+        fields_mac: vec![0x01; 32],
         id: id.into(),
         subject: "life-1".into(),
         purpose: "nuisance".into(),
@@ -602,7 +620,15 @@ fn lifecycle(store: &dyn Store) {
         ..held_fields[0].clone()
     };
     assert!(matches!(
-        store.update_fields("rec_l1", std::slice::from_ref(&replaced), 61),
+        store.update_fields(
+            "rec_l1",
+            std::slice::from_ref(&replaced),
+            61,
+            FieldsMac {
+                prev: &[0x01; 32],
+                next: &[0x02; 32]
+            }
+        ),
         Err(StoreError::Held(h)) if h == "hold_1"
     ));
     assert_eq!(store.record("rec_l1").unwrap().unwrap().1, held_fields);
@@ -612,7 +638,19 @@ fn lifecycle(store: &dyn Store) {
         name: "added".into(),
         ..held_fields[0].clone()
     };
-    assert!(store.update_fields("rec_l1", &[added], 61).unwrap());
+    assert!(
+        store
+            .update_fields(
+                "rec_l1",
+                &[added],
+                61,
+                FieldsMac {
+                    prev: &[0x01; 32],
+                    next: &[0x02; 32]
+                }
+            )
+            .unwrap()
+    );
     assert_eq!(
         store.holds(Some("life-1"), true).unwrap(),
         vec![hold.clone()]

@@ -17,9 +17,9 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, HoldRow,
-    MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem, SegmentRow, Store, StoreError,
-    SubjectFacts, SubjectKeyRow, TokenRow,
+    AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, FieldsMac,
+    HoldRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem, SegmentRow, Store,
+    StoreError, SubjectFacts, SubjectKeyRow, TokenRow,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -203,6 +203,7 @@ CREATE TABLE subject_anchors (
     consents INTEGER NOT NULL,
     mac      BLOB    NOT NULL
 );
+ALTER TABLE records ADD COLUMN fields_mac BLOB NOT NULL DEFAULT x'';
 ",
 ];
 
@@ -363,6 +364,7 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RecordRow, String
             closed_at: r.get(6)?,
             expires_at: r.get(7)?,
             mac: r.get(8)?,
+            fields_mac: r.get(9)?,
         },
         r.get(3)?,
     ))
@@ -480,7 +482,7 @@ const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM holds h WHERE h.released_at IS
 const TOKEN_COLUMNS: &str = "id, hash, principal, roles, scope_subject, created_at, expires_at, \
      revoked_at, requested_by, needs_approval, approved_by, approved_at, mac";
 const RECORD_COLUMNS: &str =
-    "id, subject, purpose, labels, created_at, updated_at, closed_at, expires_at, mac";
+    "id, subject, purpose, labels, created_at, updated_at, closed_at, expires_at, mac, fields_mac";
 
 impl Store for SqliteStore {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -996,6 +998,9 @@ impl Store for SqliteStore {
 
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError> {
         let found = self.read(|c| {
+            // One read transaction: the record and its fields from one snapshot, so that its
+            // field-set MAC is checked against the fields it was written with.
+            let c = &c.unchecked_transaction()?;
             let Some(rec) = c
                 .prepare_cached(&format!(
                     "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
@@ -1033,6 +1038,7 @@ impl Store for SqliteStore {
         id: &str,
         fields: &[FieldRow],
         updated_at: i64,
+        fields_mac: FieldsMac<'_>,
     ) -> Result<bool, StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
@@ -1056,12 +1062,21 @@ impl Store for SqliteStore {
         }
         let n = tx
             .execute(
-                "UPDATE records SET updated_at = ?2 WHERE id = ?1",
-                params![id, updated_at],
+                "UPDATE records SET updated_at = ?2, fields_mac = ?4 WHERE id = ?1 AND fields_mac = ?3",
+                params![id, updated_at, fields_mac.prev, fields_mac.next],
             )
             .map_err(db)?;
         if n == 0 {
-            return Ok(false);
+            let exists = tx
+                .query_row("SELECT 1 FROM records WHERE id = ?1", [id], |_| Ok(()))
+                .optional()
+                .map_err(db)?
+                .is_some();
+            return if exists {
+                Err(StoreError::Stale(format!("the fields of record `{id}`")))
+            } else {
+                Ok(false)
+            };
         }
         {
             let mut stmt = tx
@@ -1352,6 +1367,8 @@ impl Store for SqliteStore {
         subject: &str,
     ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
         let rows = self.read(|c| {
+            // One read transaction: records and fields from one snapshot (see `record`).
+            let c = &c.unchecked_transaction()?;
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RECORD_COLUMNS} FROM records WHERE subject = ?1 ORDER BY created_at, id"
             ))?;
@@ -2133,7 +2150,7 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
     let labels =
         serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
     tx.prepare_cached(&format!(
-        "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -2145,7 +2162,8 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
             record.updated_at,
             record.closed_at,
             record.expires_at,
-            record.mac
+            record.mac,
+            record.fields_mac
         ])
     })
     .map_err(|e| {

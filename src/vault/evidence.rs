@@ -135,6 +135,7 @@ impl Vault {
     ) -> Result<Upload, VaultError> {
         check_start(&start)?;
         let now = self.clock.now();
+        let new_id = RecordId::generate();
         let (record, new_record) = match &start.target {
             EvidenceTarget::Record(id) => {
                 // Decided under the record's own purpose below: a declared purpose that differs
@@ -146,7 +147,7 @@ impl Vault {
             EvidenceTarget::Subject(subject) => (
                 self.rows.seal(
                     RecordRow {
-                        id: RecordId::generate().as_str().into(),
+                        id: new_id.as_str().into(),
                         subject: subject.as_str().into(),
                         purpose: ctx.purpose.as_str().into(),
                         labels: BTreeMap::new(),
@@ -155,8 +156,12 @@ impl Vault {
                         closed_at: None,
                         expires_at: self.retention.expires_at(ctx.purpose, now),
                         mac: Vec::new(),
+                        fields_mac: Vec::new(),
                     },
-                    |r, mac| r.mac = mac,
+                    |r, mac| {
+                        r.mac = mac;
+                        r.fields_mac = self.rows.fields_mac(new_id.as_str(), []);
+                    },
                 ),
                 true,
             ),

@@ -48,7 +48,7 @@ impl Vault {
         for (meta, _) in &listed {
             if let Some((rec, rows)) = self.store.record(&meta.id)? {
                 self.rows.check(&rec)?;
-                self.rows.check_fields(&rec.id, &rows)?;
+                self.rows.check_fields(&rec, &rows)?;
                 let evidence = self.store.record_evidence(&rec.id)?;
                 self.rows.check_all(&evidence)?;
                 records.push((rec, rows, evidence));

@@ -371,6 +371,51 @@ impl Authenticated for FieldPlace<'_> {
     }
 }
 
+/// The set of a record's fields: their names and versions, in name order. Its MAC, kept in the
+/// record row, changes with every write of a value, so a field row deleted or an older one put
+/// back (its own MAC intact) no longer matches.
+struct FieldSet<'a> {
+    record: &'a str,
+    fields: Vec<(&'a str, &'a str)>,
+    mac: &'a [u8],
+}
+
+impl Authenticated for FieldSet<'_> {
+    const KIND: &'static str = "field-set";
+
+    fn row_id(&self) -> String {
+        self.record.to_owned()
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(self.record)
+            .int(i64::try_from(self.fields.len()).unwrap_or(i64::MAX));
+        for (name, version) in &self.fields {
+            out.str(name).str(version);
+        }
+    }
+}
+
+impl<'a> FieldSet<'a> {
+    fn new(
+        record: &'a str,
+        fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+        mac: &'a [u8],
+    ) -> Self {
+        let mut fields: Vec<(&str, &str)> = fields.into_iter().collect();
+        fields.sort_unstable();
+        Self {
+            record,
+            fields,
+            mac,
+        }
+    }
+}
+
 /// A value the core keeps in the store's meta table (a pending root change, say).
 struct MetaValue<'a> {
     key: &'a str,
@@ -462,32 +507,55 @@ impl RowAuth {
         field
     }
 
-    /// Checks the field rows of `record` (fails closed as `check` does).
-    pub(crate) fn check_fields(&self, record: &str, fields: &[FieldRow]) -> Result<(), VaultError> {
-        fields
-            .iter()
-            .try_for_each(|f| self.check(&FieldPlace::of(record, f)))
+    /// The field-set MAC of `record` holding the fields (name, version) `fields`.
+    pub(crate) fn fields_mac<'a>(
+        &self,
+        record: &'a str,
+        fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<u8> {
+        self.mac(&FieldSet::new(record, fields, &[]))
     }
 
-    /// Checks the listed field rows of `record` (evidence files are not field rows).
-    pub(crate) fn check_field_metas(
+    /// Checks the field rows of `record` and that they are the set it was written with (fails
+    /// closed as `check` does).
+    pub(crate) fn check_fields(
         &self,
-        record: &str,
-        fields: &[FieldMeta],
+        record: &RecordRow,
+        fields: &[FieldRow],
     ) -> Result<(), VaultError> {
         fields
             .iter()
-            .filter(|f| f.evidence.is_none())
-            .try_for_each(|f| {
-                self.check(&FieldPlace {
-                    record,
-                    name: &f.name,
-                    category: &f.category,
-                    kind: &f.kind,
-                    version: &f.version,
-                    mac: &f.mac,
-                })
+            .try_for_each(|f| self.check(&FieldPlace::of(&record.id, f)))?;
+        self.check(&FieldSet::new(
+            &record.id,
+            fields.iter().map(|f| (f.name.as_str(), f.version.as_str())),
+            &record.fields_mac,
+        ))
+    }
+
+    /// Checks the listed field rows of `record` and their set (evidence files are not field
+    /// rows).
+    pub(crate) fn check_field_metas(
+        &self,
+        record: &RecordRow,
+        fields: &[FieldMeta],
+    ) -> Result<(), VaultError> {
+        let rows = || fields.iter().filter(|f| f.evidence.is_none());
+        rows().try_for_each(|f| {
+            self.check(&FieldPlace {
+                record: &record.id,
+                name: &f.name,
+                category: &f.category,
+                kind: &f.kind,
+                version: &f.version,
+                mac: &f.mac,
             })
+        })?;
+        self.check(&FieldSet::new(
+            &record.id,
+            rows().map(|f| (f.name.as_str(), f.version.as_str())),
+            &record.fields_mac,
+        ))
     }
 
     /// `bytes` for the meta row `key`, with its MAC appended.
@@ -666,6 +734,7 @@ impl Vault {
             .chain(holds.iter().map(|h| h.subject.clone()))
             .chain(consents.iter().map(|c| c.subject.clone()))
             .collect();
+        let mut bad_sets = Vec::new();
         let mut after = String::new();
         let mut records = 0usize;
         loop {
@@ -685,12 +754,27 @@ impl Vault {
                             self.rows.is_authentic(&place),
                         );
                     }
+                    let set = FieldSet::new(
+                        &r.id,
+                        fields.iter().map(|f| (f.name.as_str(), f.version.as_str())),
+                        &r.fields_mac,
+                    );
+                    if !self.rows.is_authentic(&set) {
+                        bad_sets.push(BadRow {
+                            kind: FieldSet::KIND,
+                            id: r.id.clone(),
+                            problem: "its fields are not the ones it was written with (a field \
+                                      row deleted, or an older one put back, by hand)"
+                                .into(),
+                        });
+                    }
                 }
                 for e in self.store.record_evidence(&r.id)? {
                     check(EvidenceRow::KIND, e.row_id(), self.rows.is_authentic(&e));
                 }
             }
         }
+        bad.extend(bad_sets);
         for subject in &subjects {
             if let Some(problem) = anchor_problem(&self.store.subject_facts(subject)?) {
                 bad.push(BadRow {

@@ -641,7 +641,8 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
     server.stop().await;
 }
 
-#[tokio::test]
+// The `kluis` child process is awaited synchronously: keep a worker free for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
     let server = TestServer::start().await;
     let cs = server.token(Role::CustomerService).to_owned();
@@ -650,7 +651,10 @@ async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
         Role::CustomerService,
         ctx("contract", "", ""),
         "REL-RECT",
-        vec![text("email", "contact", "old@example.nl")],
+        vec![
+            text("email", "contact", "old@example.nl"),
+            text("phone", "contact", "06-3333"),
+        ],
     )
     .await;
     let old: Vec<u8> = db(&server)
@@ -660,6 +664,40 @@ async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
             |r| r.get(0),
         )
         .unwrap();
+    // The whole older row, with its own version and MAC, kept aside by the attacker.
+    type Row = (String, String, i64, Vec<u8>, Vec<u8>, String);
+    let whole = |name: &str| -> Row {
+        db(&server)
+            .query_row(
+                "SELECT category, kind, key_gen, sealed, mac, version FROM fields
+                 WHERE record_id = ?1 AND name = ?2",
+                params![id, name],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .unwrap()
+    };
+    let put_back = |name: &str, row: &Row| {
+        db(&server)
+            .execute(
+                "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (record_id, name) DO UPDATE SET category = excluded.category,
+                    kind = excluded.kind, key_gen = excluded.key_gen, sealed = excluded.sealed,
+                    mac = excluded.mac, version = excluded.version",
+                params![id, name, row.0, row.1, row.2, row.3, row.4, row.5],
+            )
+            .unwrap();
+    };
+    let older = whole("email");
     server
         .client()
         .await
@@ -677,7 +715,9 @@ async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
     let read = get(&server, &cs, ctx("contract", "", ""), &id)
         .await
         .unwrap();
-    assert_eq!(text_of(&read.fields[0]), "new@example.nl");
+    let email = read.fields.iter().find(|f| f.name == "email").unwrap();
+    assert_eq!(text_of(email), "new@example.nl");
+    let current = whole("email");
     // The old ciphertext put back in the field's place: bound to its own version, it fails.
     db(&server)
         .execute(
@@ -698,14 +738,49 @@ async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
             [&id],
         )
         .unwrap();
-    assert_eq!(
+    let read_code = || async {
         get(&server, &cs, ctx("contract", "", ""), &id)
             .await
             .err()
-            .unwrap()
-            .code(),
-        Code::DataLoss
-    );
+            .map(|s| s.code())
+    };
+    assert_eq!(read_code().await, Some(Code::DataLoss));
+    // The whole older row put back (ciphertext, version and its own MAC together): the
+    // record's field set names the newer version, so it does not open either.
+    put_back("email", &older);
+    assert_eq!(read_code().await, Some(Code::DataLoss));
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    assert!(names(&rows, "field-set", &id), "{rows:?}");
+    // The twin: the current row put back, the record reads again with the rectified value.
+    put_back("email", &current);
+    let read = get(&server, &cs, ctx("contract", "", ""), &id)
+        .await
+        .unwrap();
+    assert_eq!(read.fields.len(), 2);
+    // A field row deleted outright (its MAC goes with it): the set no longer matches.
+    let phone = whole("phone");
+    db(&server)
+        .execute(
+            "DELETE FROM fields WHERE record_id = ?1 AND name = 'phone'",
+            [&id],
+        )
+        .unwrap();
+    assert_eq!(read_code().await, Some(Code::DataLoss));
+    let listed = server
+        .client()
+        .await
+        .list_records(req(
+            &cs,
+            pb::ListRecordsRequest {
+                context: ctx("contract", "", ""),
+                subject_id: "REL-RECT".into(),
+            },
+        ))
+        .await;
+    assert_eq!(listed.err().map(|s| s.code()), Some(Code::DataLoss));
+    put_back("phone", &phone);
+    assert_eq!(read_code().await, None);
     server.stop().await;
 }
 
@@ -980,5 +1055,59 @@ async fn purpose_key_states_edited_by_hand_are_not_obeyed() {
     assert_eq!(write("REL-K3").await.unwrap_err().code(), Code::DataLoss);
     let (code, _) = store_verify(&server);
     assert_eq!(code, 4);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rectifications_keep_the_field_set_whole() {
+    let server = TestServer::start().await;
+    let cs = server.token(Role::CustomerService).to_owned();
+    let id = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-CONC",
+        vec![text("email", "contact", "a@example.nl")],
+    )
+    .await;
+    // Sixteen writers, each rectifying or adding its own field of the same record at once: the
+    // field-set MAC is replaced over the one each read, so none is lost and none breaks it.
+    let mut writers = Vec::new();
+    for i in 0..16 {
+        let (server_addr, cs, id) = (server.addr, cs.clone(), id.clone());
+        writers.push(tokio::spawn(async move {
+            let mut client =
+                kluis::pb::vault_client::VaultClient::connect(format!("http://{server_addr}"))
+                    .await
+                    .unwrap();
+            for round in 0..3 {
+                let name = if i % 2 == 0 {
+                    "email".to_owned()
+                } else {
+                    format!("note{i}")
+                };
+                client
+                    .update_record(req(
+                        &cs,
+                        pb::UpdateRecordRequest {
+                            context: ctx("contract", "", ""),
+                            record_id: id.clone(),
+                            fields: vec![text(&name, "contact", &format!("v{i}-{round}"))],
+                        },
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let read = get(&server, &cs, ctx("contract", "", ""), &id)
+        .await
+        .unwrap();
+    assert_eq!(read.fields.len(), 9, "email and eight notes");
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 0, "{rows:?}");
     server.stop().await;
 }
