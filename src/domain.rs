@@ -189,6 +189,16 @@ impl Role {
     pub fn reads_personal_data(self) -> bool {
         !matches!(self, Role::SecurityOfficer | Role::Analyst)
     }
+
+    /// The investigation a role works on, if it is an investigating role: whatever it touches
+    /// tells of a case of that purpose, so an access line of it is decided as one.
+    pub fn investigation(self) -> Option<Purpose> {
+        match self {
+            Role::NuisanceOfficer => Some(Purpose::Nuisance),
+            Role::FraudInvestigator => Some(Purpose::HousingFraud),
+            _ => None,
+        }
+    }
 }
 
 /// Checks that `roles` may be held together, by one token, with `scope` as its subject. The one

@@ -277,6 +277,11 @@ pub struct Vault {
     record_locks: [std::sync::Mutex<()>; RECORD_LOCK_STRIPES],
 }
 
+/// How often a write is sealed again when a rekey replaced the subject key it was sealed under
+/// (the store refuses the stale generation); a rekey job moves on after one subject, so a
+/// writer meets it only a few times in a row.
+const REKEY_RETRIES: u32 = 3;
+
 /// Stripes of `Vault::record_locks`.
 const RECORD_LOCK_STRIPES: usize = 64;
 
@@ -552,7 +557,7 @@ impl Vault {
         );
         // A rekey may replace the subject key between sealing and storing: the store then refuses
         // the stale generation, and the fields are sealed again under the current key.
-        let mut attempt = 0;
+        let mut rekeyed = 0;
         loop {
             let rows = self.seal_fields(subject, &record_id, ctx.purpose, &fields)?;
             record.fields_mac = self.rows.fields_mac(
@@ -560,8 +565,8 @@ impl Vault {
                 rows.iter().map(|f| (f.name.as_str(), f.version.as_str())),
             );
             match self.store.insert_record(&record, &rows) {
-                Err(StoreError::Conflict(_)) if attempt == 0 => {
-                    attempt += 1;
+                Err(StoreError::Conflict(_)) if rekeyed < REKEY_RETRIES => {
+                    rekeyed += 1;
                     self.keyring.forget(subject, ctx.purpose);
                 }
                 other => break other?,
@@ -800,7 +805,7 @@ impl Vault {
             precondition,
         )?;
         let now = self.clock.now();
-        let mut attempt = 0;
+        let (mut rekeyed, mut stale) = (0, 0);
         let (mut stored, mut stored_rows) = (record, rows);
         let _one_writer = self.record_lock(record_id);
         loop {
@@ -822,14 +827,14 @@ impl Vault {
                 .store
                 .update_fields(record_id.as_str(), &sealed, now, fields_mac)
             {
-                Err(StoreError::Conflict(_)) if attempt == 0 => {
-                    attempt += 1;
+                Err(StoreError::Conflict(_)) if rekeyed < REKEY_RETRIES => {
+                    rekeyed += 1;
                     self.keyring.forget(&subject, meta.purpose);
                 }
                 // Another write to the record came between (here before the lock was taken, or
                 // in another process): read its fields again.
-                Err(StoreError::Stale(_)) if attempt < 8 => {
-                    attempt += 1;
+                Err(StoreError::Stale(_)) if stale < 8 => {
+                    stale += 1;
                     (stored, stored_rows) = self.load(record_id)?;
                 }
                 Err(StoreError::Stale(_)) => {

@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use crate::vault::VaultError;
+use crate::{crypto::CryptoError, keys::KeyError, vault::VaultError};
 
 /// Maps a core error to the status the caller sees.
 pub fn to_status(e: VaultError) -> Status {
@@ -16,9 +16,18 @@ pub fn to_status(e: VaultError) -> Status {
             Status::failed_precondition(m)
         }
         VaultError::RateLimited(m) => Status::resource_exhausted(m),
-        e @ (VaultError::DataLoss(_) | VaultError::Key(crate::keys::KeyError::Tampered(_))) => {
+        e @ (VaultError::DataLoss(_) | VaultError::Key(KeyError::Tampered(_))) => {
             tracing::error!(error = %e, "integrity check failed");
             Status::data_loss(e.to_string())
+        }
+        // The root key is checked at start, so a stored wrapped key that does not open was
+        // damaged or tampered with (swapped, edited): not an internal fault.
+        VaultError::Key(KeyError::Crypto(CryptoError::Open)) => {
+            tracing::error!("a stored wrapped key failed to open; run `kluis admin store verify`");
+            Status::data_loss(
+                "a stored key failed its integrity check; the stored data is damaged or was \
+                 tampered with",
+            )
         }
         e @ VaultError::AuditUnavailable => {
             tracing::error!("audit trail unavailable; request refused");

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     audit::{AuditEvent, Filter},
-    domain::{AccessContext, Category, Principal, Purpose, SubjectId},
+    domain::{AccessContext, Category, Principal, Purpose, Role, SubjectId},
     policy::{Action, Decision, FieldFlags, FieldResource, Grant},
     store::{EvidenceRow, FieldRow, RecordRow},
 };
@@ -295,9 +295,12 @@ impl Vault {
     /// which record, for which purpose and case, and why, so it is shown only when the caller may
     /// export every field it names, decided as those fields are: under the record's own purpose
     /// and current state, or, when the record is gone, the declared purpose, and closed only when
-    /// the trail shows it was closed. A line that names no field (a listing, an export) is
-    /// decided as every field of the subject's records of its purpose, or, with none left, as a
-    /// closed record of that purpose.
+    /// the trail shows it was closed; each field both in the category the access named and the
+    /// one it is stored under. A line whose declared purpose differs from the record's is also
+    /// decided under the declared purpose, and a line of an investigating role under that
+    /// investigation's purpose, each as an open case of it. A line that names no field (a
+    /// listing, an export) is decided as every field of the subject's records of its purpose,
+    /// or, with none left, in every category of that purpose.
     pub(crate) fn access_lines(
         &self,
         principal: &Principal,
@@ -315,12 +318,6 @@ impl Vault {
             entries.push((seq, e.clone()));
             true
         })?;
-        // A line about a record still stored is decided as that record: its own purpose (not
-        // the one the access declared, which may be a compatible reuse) and its state.
-        let stored: std::collections::BTreeMap<&str, (&str, bool)> = records
-            .iter()
-            .map(|(r, _, _)| (r.id.as_str(), (r.purpose.as_str(), r.closed_at.is_some())))
-            .collect();
         // A record that is gone counts as closed only when the trail shows it was closed; one
         // deleted, refused or never stored while its case was open stays open.
         let closed_on_trail: std::collections::BTreeSet<&str> = entries
@@ -332,64 +329,132 @@ impl Vault {
         // Per entry: the range of its resources, or None when it cannot be decided (hidden).
         let mut spans: Vec<Option<std::ops::Range<usize>>> = Vec::with_capacity(entries.len());
         for (_, e) in &entries {
-            let about = e.record.as_deref().and_then(|r| stored.get(r));
-            let declared = match about {
-                Some((purpose, _)) => Some(*purpose),
-                None => e.purpose.as_deref(),
-            };
-            let Some(purpose) = declared.and_then(|p| p.parse::<Purpose>().ok()) else {
-                spans.push(None);
-                continue;
-            };
             let start = resources.len();
-            let resource = |name: &str, category: Category, record: &str| FieldResource {
-                record: record.to_owned(),
-                name: name.to_owned(),
-                category,
-                purpose,
-                subject: subject.as_str().into(),
-                flags: FieldFlags {
-                    record_closed: match stored.get(record) {
-                        Some((_, closed)) => *closed,
-                        None => closed_on_trail.contains(record),
-                    },
-                    ..FieldFlags::default()
-                },
-            };
-            if e.fields.is_empty() {
-                for (rec, rows, evidence) in records {
-                    if rec.purpose != purpose.as_str() {
-                        continue;
-                    }
-                    let purpose = parse_stored(&rec.purpose, &rec.id)?;
-                    for row in rows {
-                        resources.push(super::resource(rec, purpose, row)?);
-                    }
-                    for ev in evidence {
-                        resources.push(super::evidence_resource(rec, purpose, ev)?);
-                    }
-                }
-                if resources.len() == start {
-                    // Nothing of that purpose left: decided as an open record of it, in every
-                    // category, so no category opens a line the others would keep back.
-                    for &c in Category::ALL {
-                        resources.push(resource("", c, "rec_access_line"));
-                    }
-                }
-            } else {
-                let record = e.record.as_deref().unwrap_or("rec_access_line");
-                let mut undecidable = false;
-                for f in &e.fields {
-                    match f.category.parse::<Category>() {
-                        Ok(c) => resources.push(resource(&f.name, c, record)),
-                        Err(_) => undecidable = true,
-                    }
-                }
-                if undecidable {
-                    resources.truncate(start);
+            let about = e
+                .record
+                .as_deref()
+                .and_then(|r| records.iter().find(|(rec, _, _)| rec.id == r));
+            let declared = match e.purpose.as_deref().map(str::parse::<Purpose>) {
+                Some(Err(_)) => {
                     spans.push(None);
                     continue;
                 }
+                Some(Ok(p)) => Some(p),
+                None => None,
+            };
+            // The line is decided as the record it is about (its own purpose and state), and
+            // also under the purpose the access declared when that differs, as an open case
+            // of it: a case reference and justification of an open investigation stay with
+            // those who may see that investigation.
+            let mut under: Vec<(Purpose, bool)> = Vec::with_capacity(2);
+            match about {
+                Some((rec, _, _)) => {
+                    under.push((
+                        parse_stored(&rec.purpose, &rec.id)?,
+                        rec.closed_at.is_some(),
+                    ));
+                }
+                None => {
+                    if let Some(p) = declared {
+                        let closed = e
+                            .record
+                            .as_deref()
+                            .is_some_and(|r| closed_on_trail.contains(r));
+                        under.push((p, closed));
+                    }
+                }
+            }
+            // And under the investigation an investigating role of the caller works on: who
+            // looked tells of a case as much as why.
+            let investigations = e
+                .roles
+                .iter()
+                .filter_map(|r| r.parse::<Role>().ok())
+                .filter_map(Role::investigation);
+            for p in declared.into_iter().chain(investigations) {
+                if !under.iter().any(|(q, _)| *q == p) {
+                    under.push((p, false));
+                }
+            }
+            if under.is_empty() {
+                spans.push(None);
+                continue;
+            }
+            let mut undecidable = false;
+            for (n, &(purpose, closed)) in under.iter().enumerate() {
+                // The first purpose is the record's own: decided as its stored fields.
+                let as_stored = n == 0;
+                let resource = |name: &str, category: Category, record: &str| FieldResource {
+                    record: record.to_owned(),
+                    name: name.to_owned(),
+                    category,
+                    purpose,
+                    subject: subject.as_str().into(),
+                    flags: FieldFlags {
+                        record_closed: closed,
+                        ..FieldFlags::default()
+                    },
+                };
+                let record = match (as_stored, e.record.as_deref()) {
+                    (true, Some(r)) => r,
+                    _ => "rec_access_line",
+                };
+                if e.fields.is_empty() {
+                    let before = resources.len();
+                    if as_stored {
+                        for (rec, rows, evidence) in records {
+                            if rec.purpose != purpose.as_str() {
+                                continue;
+                            }
+                            let purpose = parse_stored(&rec.purpose, &rec.id)?;
+                            for row in rows {
+                                resources.push(super::resource(rec, purpose, row)?);
+                            }
+                            for ev in evidence {
+                                resources.push(super::evidence_resource(rec, purpose, ev)?);
+                            }
+                        }
+                    }
+                    if resources.len() == before {
+                        // Nothing of that purpose left (or another purpose than the record's):
+                        // decided in every category, so no category opens a line the others
+                        // would keep back.
+                        for &c in Category::ALL {
+                            resources.push(resource("", c, record));
+                        }
+                    }
+                    continue;
+                }
+                for f in &e.fields {
+                    let Ok(sent) = f.category.parse::<Category>() else {
+                        undecidable = true;
+                        break;
+                    };
+                    resources.push(resource(&f.name, sent, record));
+                    // A field the record holds under another category than the access named
+                    // is decided as it is stored as well.
+                    let stored_as = about.and_then(|(_, rows, evidence)| {
+                        rows.iter()
+                            .find(|r| r.name == f.name)
+                            .map(|r| r.category.as_str())
+                            .or_else(|| {
+                                evidence
+                                    .iter()
+                                    .find(|v| v.name == f.name)
+                                    .map(|v| v.category.as_str())
+                            })
+                    });
+                    match stored_as.map(str::parse::<Category>) {
+                        Some(Ok(c)) if c != sent => resources.push(resource(&f.name, c, record)),
+                        Some(Err(_)) => undecidable = true,
+                        _ => {}
+                    }
+                }
+            }
+            if undecidable {
+                resources.truncate(start);
+                spans.push(None);
+                continue;
             }
             spans.push(Some(start..resources.len()));
         }

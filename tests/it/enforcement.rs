@@ -3972,3 +3972,116 @@ async fn an_upload_under_another_purpose_is_decided_not_told_the_records_purpose
     assert!(refused, "the refusal is on the trail");
     server.stop().await;
 }
+
+/// A refused access to a record of another purpose carries the purpose, case reference and
+/// justification the caller declared: its line is decided under that purpose too (as an open
+/// case of it), not only under the record's, so it does not tip the subject off. A field an
+/// access named under another category than it is stored under is decided as stored as well.
+#[tokio::test]
+async fn an_access_line_is_decided_under_its_declared_purpose_and_stored_category() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    let contract = put(
+        s,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        me,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    update(
+        s,
+        s.token(Role::FinanceOfficer),
+        ctx("contract", "", ""),
+        &contract,
+        vec![text("iban", "financial", "NL91ABNA0417164300")],
+    )
+    .await
+    .unwrap();
+    // Refused reads and listings whose declared purpose is an investigation.
+    let probe = get_fields(
+        s,
+        s.token(Role::NuisanceOfficer),
+        cx(
+            "nuisance",
+            "N-2026-0077",
+            "aggression at the counter",
+            "app",
+        ),
+        &contract,
+        &[],
+    )
+    .await;
+    assert_eq!(probe.err().map(|e| e.code()), Some(Code::PermissionDenied));
+    list(
+        s,
+        s.token(Role::FraudInvestigator),
+        cx("contract", "F-2026-0123", "check if sublet", "app"),
+        me,
+    )
+    .await
+    .ok();
+    // A write naming the stored financial field as contact data: refused, and on the trail.
+    let write = update(
+        s,
+        s.token(Role::CustomerService),
+        ctx("contract", "", ""),
+        &contract,
+        vec![text("iban", "contact", "NL02RABO0123456789")],
+    )
+    .await;
+    assert!(write.is_err(), "{write:?}");
+    grant_mandate(s, me, "test-representative", &["contract"], &["contact"]).await;
+    let secrets = [
+        "N-2026-0077",
+        "aggression",
+        "F-2026-0123",
+        "check if sublet",
+        "\"iban\"",
+    ];
+    let sar = || {
+        cx(
+            "customer-service",
+            "SAR-2026-6",
+            "subject access request",
+            "app",
+        )
+    };
+    let ok = Code::Ok;
+    let cases = vec![
+        case(
+            "the subject's export",
+            ok,
+            export(s, s.token(Role::Subject), sar(), me),
+        )
+        .names(&[contract.as_str(), "\"type\":\"access\""])
+        .hides(&secrets[..4]),
+        case(
+            "a representative's export, mandate for contact data only",
+            ok,
+            export(s, s.token(Role::Representative), sar(), me),
+        )
+        .names(&[contract.as_str(), "\"email\""])
+        .hides(&secrets),
+        // The twin: the privacy officer, who may see the investigations, sees the lines.
+        case(
+            "the privacy officer's export",
+            ok,
+            export(
+                s,
+                s.token(Role::PrivacyOfficer),
+                cx(
+                    "customer-service",
+                    "SAR-2026-6",
+                    "subject access request",
+                    "app",
+                ),
+                me,
+            ),
+        )
+        .names(&["N-2026-0077", "F-2026-0123"]),
+    ];
+    run_table("access lines under their declared purpose", cases).await;
+    server.stop().await;
+}

@@ -1111,3 +1111,50 @@ async fn concurrent_rectifications_keep_the_field_set_whole() {
     assert_eq!(code, 0, "{rows:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_keys_swapped_by_hand_fail_as_data_loss() {
+    let server = TestServer::start().await;
+    let cs = server.token(Role::CustomerService).to_owned();
+    let a = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-SWAP-A",
+        vec![text("email", "contact", "a@example.nl")],
+    )
+    .await;
+    put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-SWAP-B",
+        vec![text("email", "contact", "b@example.nl")],
+    )
+    .await;
+    let swap = |path: &std::path::Path| {
+        let db = Connection::open(path).unwrap();
+        db.execute_batch(
+            "UPDATE subject_keys SET subject = 'tmp' WHERE subject = 'REL-SWAP-A';
+             UPDATE subject_keys SET subject = 'REL-SWAP-A' WHERE subject = 'REL-SWAP-B';
+             UPDATE subject_keys SET subject = 'REL-SWAP-B' WHERE subject = 'tmp';",
+        )
+        .unwrap();
+    };
+    // B's wrapped key presented as A's (after a restart, so nothing is cached): not an
+    // internal fault but damaged data, and no value of either subject.
+    let server = server.restart_with(swap).await;
+    let status = get(&server, &cs, ctx("contract", "", ""), &a)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(!status.message().contains("example.nl"));
+    // The twin: swapped back, A reads again.
+    let server = server.restart_with(swap).await;
+    let read = get(&server, &cs, ctx("contract", "", ""), &a)
+        .await
+        .unwrap();
+    assert_eq!(text_of(&read.fields[0]), "a@example.nl");
+    server.stop().await;
+}
