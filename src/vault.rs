@@ -803,7 +803,8 @@ impl Vault {
             &resources,
             &decisions,
             precondition,
-        )?;
+        )
+        .map_err(|e| self.write_refusal(principal, ctx, &record, &resources, e))?;
         let now = self.clock.now();
         let (mut rekeyed, mut stale) = (0, 0);
         let (mut stored, mut stored_rows) = (record, rows);
@@ -1105,6 +1106,51 @@ impl Vault {
             )))
         } else {
             Err(VaultError::Denied(deny_summary(resources, decisions)))
+        }
+    }
+
+    /// A refusal of a write into the stored `record`: its reasons name the record's purpose and
+    /// the rules that kept the write back, so they are given only to a caller who may list
+    /// something of the record; any other gets the same answer whatever the record holds.
+    pub(crate) fn write_refusal(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        record: &RecordRow,
+        named: &[FieldResource],
+        e: VaultError,
+    ) -> VaultError {
+        let VaultError::Denied(_) = &e else { return e };
+        let known = || -> Result<bool, VaultError> {
+            let purpose = record_meta(record)?.purpose;
+            let mut stored = Vec::new();
+            if let Some((_, fields)) = self.store.record(&record.id)? {
+                for f in &fields {
+                    stored.push(resource(record, purpose, f)?);
+                }
+            }
+            for ev in self.store.record_evidence(&record.id)? {
+                stored.push(evidence_resource(record, purpose, &ev)?);
+            }
+            Ok(!stored.is_empty()
+                && self
+                    .decide(principal, Action::List, ctx, &stored)?
+                    .iter()
+                    .any(Decision::is_allow))
+        };
+        match known() {
+            Ok(true) => e,
+            // Only the fields the caller named itself are named back.
+            Ok(false) => VaultError::Denied(format!(
+                "{}: you may not write {} on this record (the reasons are on the audit trail)",
+                named
+                    .iter()
+                    .map(|r| format!("field `{}`", r.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if named.len() == 1 { "it" } else { "them" }
+            )),
+            Err(other) => other,
         }
     }
 

@@ -184,7 +184,44 @@ impl Vault {
         };
         let resources = [resource];
         let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
-        self.require_all(
+        // A field or file of that name on the record is checked once the policy allowed and
+        // before the entry: named back only to a caller who may list it, refused like any
+        // field the policy keeps from it otherwise, and on the trail as refused either way.
+        let precondition = || -> Result<(), VaultError> {
+            if new_record {
+                return Ok(());
+            }
+            let Some((stored, fields)) = self.store.record(&record.id)? else {
+                return Ok(());
+            };
+            let name = start.name.as_str();
+            let taken: Option<FieldResource> = match fields.iter().find(|f| f.name == name) {
+                Some(f) => Some(super::resource(&stored, purpose, f)?),
+                None => self
+                    .store
+                    .record_evidence(&record.id)?
+                    .iter()
+                    .find(|e| e.name == name)
+                    .map(|e| super::evidence_resource(&stored, purpose, e))
+                    .transpose()?,
+            };
+            let Some(taken) = taken else { return Ok(()) };
+            let known = self
+                .decide(principal, Action::List, ctx, std::slice::from_ref(&taken))?
+                .first()
+                .is_some_and(crate::policy::Decision::is_allow);
+            Err(if known {
+                VaultError::FailedPrecondition(format!(
+                    "record `{}` has a field `{name}` already; choose another field name",
+                    record.id
+                ))
+            } else {
+                VaultError::Denied(format!(
+                    "field `{name}`: you may not write it on this record"
+                ))
+            })
+        };
+        self.require_all_then(
             principal,
             ctx,
             "evidence-upload",
@@ -192,7 +229,27 @@ impl Vault {
             &record_id,
             &resources,
             &decisions,
-        )?;
+            precondition,
+        )
+        .map_err(|e| {
+            if new_record {
+                e
+            } else {
+                self.write_refusal(principal, ctx, &record, &resources, e)
+            }
+        })?;
+        // Should the upload not be finished (cancelled, failed), the trail says so.
+        let mut unfinished = self.event(
+            principal,
+            ctx,
+            "evidence-upload",
+            Some(&subject),
+            Some(&record_id),
+        );
+        unfinished.fields = super::audit_fields(&resources, &decisions);
+        unfinished.decision = "deny".into();
+        unfinished.reason =
+            Some("not carried out: the upload was not finished; nothing was stored".into());
 
         let evidence_id = format!("ev_{}", hex::encode(rand::random::<[u8; 16]>()));
         let active = self.keyring.subject_key_or_create(&subject, purpose)?;
@@ -276,6 +333,7 @@ impl Vault {
             name_key: active,
             aad,
             begun,
+            unfinished,
         })
     }
 
@@ -431,6 +489,8 @@ pub struct Upload {
     aad: Vec<u8>,
     /// The row as begun: its MAC is computed again for the finished row.
     begun: EvidenceRow,
+    /// The entry that records an upload dropped before it finished.
+    unfinished: crate::audit::AuditEvent,
 }
 
 impl fmt::Debug for Upload {
@@ -569,6 +629,14 @@ impl Drop for Upload {
     fn drop(&mut self) {
         if self.finished {
             return;
+        }
+        self.unfinished.time = crate::domain::now_unix();
+        if let Err(e) = self.vault.audit.append(&self.unfinished) {
+            tracing::warn!(
+                evidence_id = self.evidence_id.as_str(),
+                error = %e,
+                "could not record an unfinished upload on the trail"
+            );
         }
         match self.vault.store.discard_evidence(&self.evidence_id) {
             Ok(_) => tracing::info!(

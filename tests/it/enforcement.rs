@@ -126,6 +126,10 @@ fn answer<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>) -> Answer {
     r.map(|resp| format!("{:?}", resp.into_inner()))
 }
 
+fn answer_of<T: std::fmt::Debug>(r: Result<T, Status>) -> Answer {
+    r.map(|v| format!("{v:?}"))
+}
+
 /// A record as text: what a caller got, values included.
 fn render_record(r: &pb::GetRecordResponse) -> String {
     let fields: Vec<String> = r
@@ -4083,5 +4087,165 @@ async fn an_access_line_is_decided_under_its_declared_purpose_and_stored_categor
         .names(&["N-2026-0077", "F-2026-0123"]),
     ];
     run_table("access lines under their declared purpose", cases).await;
+    server.stop().await;
+}
+
+/// A write into a stored record the caller may not know of is refused without naming the
+/// record's purpose or the rules (only the fields the caller named itself); an upload under a
+/// field name the record holds is refused as any write the policy keeps back, and on the trail as
+/// refused, not allowed; an upload that is not finished is on the trail as not carried out.
+#[tokio::test]
+async fn writes_into_a_record_tell_nothing_of_it_and_unfinished_uploads_are_on_the_trail() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let me = SCOPED_SUBJECT;
+    let nuisance = nuisance_file(s, me).await;
+    let contract = put(
+        s,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        me,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    update(
+        s,
+        s.token(Role::FinanceOfficer),
+        ctx("contract", "", ""),
+        &contract,
+        vec![text("iban", "financial", "NL91ABNA0417164300")],
+    )
+    .await
+    .unwrap();
+    let subject = s.token(Role::Subject);
+    let cs = s.token(Role::CustomerService);
+    let mut as_contact = evidence_start(
+        ctx("contract", "", ""),
+        "",
+        &contract,
+        "iban",
+        "image/png",
+        "scan.png",
+    );
+    if let Some(pb::evidence_chunk::Part::Start(st)) = &mut as_contact.part {
+        st.category = "contact".into();
+    }
+    let mut fresh = as_contact.clone();
+    if let Some(pb::evidence_chunk::Part::Start(st)) = &mut fresh.part {
+        st.field = "counter-photo".into();
+    }
+    let hidden = [
+        "nuisance",
+        "no policy",
+        "policy",
+        "financial",
+        "iban` already",
+    ];
+    let cases = vec![
+        case(
+            "the subject rectifies its own open nuisance file",
+            Code::PermissionDenied,
+            update(
+                s,
+                subject,
+                ctx("customer-service", "", ""),
+                &nuisance,
+                vec![text("phone", "contact", "06-99990000")],
+            ),
+        )
+        .names(&["field `phone`", "audit trail"])
+        .hides(&hidden),
+        case(
+            "the subject uploads into its own open nuisance file",
+            Code::PermissionDenied,
+            async {
+                answer_of(
+                    upload_bytes(
+                        s,
+                        subject,
+                        evidence_start(
+                            ctx("customer-service", "", ""),
+                            "",
+                            &nuisance,
+                            "photo2",
+                            "image/png",
+                            "p.png",
+                        ),
+                        b"png",
+                    )
+                    .await,
+                )
+            },
+        )
+        .hides(&hidden),
+        case(
+            "customer service uploads under the name of a financial field it may not list",
+            Code::PermissionDenied,
+            async { answer_of(upload_bytes(s, cs, as_contact.clone(), b"png").await) },
+        )
+        .names(&["field `iban`"])
+        .hides(&["already", "financial"]),
+        // The twin: a name the record does not hold is stored.
+        case(
+            "customer service uploads under a new name",
+            Code::Ok,
+            async { answer_of(upload_bytes(s, cs, fresh.clone(), b"png").await) },
+        ),
+    ];
+    run_table("writes into a stored record", cases).await;
+    // The refused upload is on the trail as refused, never as allowed.
+    let entries = audit_entries(s);
+    let uploads: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "evidence-upload" && e["record"] == contract.as_str())
+        .collect();
+    assert!(
+        uploads
+            .iter()
+            .any(|e| e["decision"] == "deny" && e["fields"][0]["name"] == "iban"),
+        "{uploads:?}"
+    );
+    assert!(
+        !uploads
+            .iter()
+            .any(|e| e["decision"] == "allow" && e["fields"][0]["name"] == "iban"),
+        "{uploads:?}"
+    );
+    // An upload that fails half-way (a second `start`) is on the trail as not carried out.
+    let mut again = fresh.clone();
+    if let Some(pb::evidence_chunk::Part::Start(st)) = &mut again.part {
+        st.field = "half-way".into();
+    }
+    let messages = vec![again.clone(), again];
+    let status = s
+        .client()
+        .await
+        .put_evidence(req(cs, tokio_stream::iter(messages)))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // The unfinished upload is discarded on a blocking thread after the answer: wait for it.
+    let mut half: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        half = audit_entries(s)
+            .into_iter()
+            .filter(|e| e["action"] == "evidence-upload" && e["fields"][0]["name"] == "half-way")
+            .collect();
+        if half.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(half.len(), 2, "{half:?}");
+    assert_eq!(half[0]["decision"], "allow");
+    assert_eq!(half[1]["decision"], "deny");
+    assert!(
+        half[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not carried out"),
+        "{half:?}"
+    );
     server.stop().await;
 }
