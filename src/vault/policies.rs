@@ -135,6 +135,29 @@ impl Vault {
             )?
             .commit()?;
             principal.roles = vec![role];
+        } else {
+            // For the caller's own roles no admin right is needed, but it is an answer about
+            // the policy all the same: on the trail, with what was asked (never a value).
+            let mut event = AuditEvent {
+                time: now_unix(),
+                principal: caller.id.as_str().into(),
+                roles: caller.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+                token_id: caller.token_id.clone(),
+                action: "policy-explain".into(),
+                decision: "allow".into(),
+                purpose: Some(ctx.purpose.as_str().into()),
+                channel: Some(ctx.channel.clone()),
+                reason: Some(format!(
+                    "{} of `{}` data, for the caller's own roles",
+                    action.as_str(),
+                    resource.category
+                )),
+                ..AuditEvent::default()
+            };
+            if !resource.subject.is_empty() {
+                event.subject = Some(resource.subject.clone());
+            }
+            self.audit.append(&event)?;
         }
         let engine = self.policy();
         let decision = engine

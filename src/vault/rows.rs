@@ -682,8 +682,8 @@ pub struct BadRow {
 
 impl Vault {
     /// Checks every authenticated row of the store and compares the rows the trail says must
-    /// exist (holds placed, mandates granted, consent changes) with what is stored, so that a
-    /// deleted hold or objection is found too. Security officer (`verify-audit`); audited.
+    /// exist (holds placed, mandates granted, consent changes, subject requests opened) with what
+    /// is stored, so that a deleted hold, objection or request is found too. Security officer (`verify-audit`); audited.
     pub fn verify_store(&self, actor: &Principal) -> Result<Vec<BadRow>, VaultError> {
         let mut event =
             self.require_admin(actor, AdminAction::VerifyAudit, "store-verify", None, "")?;
@@ -787,9 +787,10 @@ impl Vault {
         // What the trail says must still be there.
         let mut placed: BTreeMap<String, u64> = BTreeMap::new();
         let mut granted: BTreeMap<String, u64> = BTreeMap::new();
+        let mut opened: BTreeMap<String, u64> = BTreeMap::new();
         let mut consent_state: BTreeMap<String, (String, u64)> = BTreeMap::new();
         let filter = Filter {
-            actions: ["hold-place", "mandate-grant", "consent"]
+            actions: ["hold-place", "mandate-grant", "consent", "request-open"]
                 .iter()
                 .map(|a| (*a).to_owned())
                 .collect(),
@@ -803,6 +804,9 @@ impl Vault {
                     }
                     ("mandate-grant", Some(id)) => {
                         granted.insert(id.clone(), seq);
+                    }
+                    ("request-open", Some(id)) => {
+                        opened.insert(id.clone(), seq);
                     }
                     ("consent", _) => {
                         if let (Some(s), Some(p), Some(state)) = (&e.subject, &e.purpose, &e.reason)
@@ -828,6 +832,11 @@ impl Vault {
         for (id, seq) in &granted {
             if !mandates.iter().any(|m| &m.id == id) {
                 bad.push(missing(MandateRow::KIND, id, *seq, "granted"));
+            }
+        }
+        for (id, seq) in &opened {
+            if !requests.iter().any(|r| &r.id == id) {
+                bad.push(missing(RequestRow::KIND, id, *seq, "opened"));
             }
         }
         for (key, (state, seq)) in &consent_state {

@@ -439,6 +439,14 @@ async fn explain_tells_staff_why_a_field_was_withheld() {
         .into_inner();
     assert_eq!(own.decision, "deny");
     assert!(own.reason.contains("no policy permits"), "{}", own.reason);
+    // Even for the caller's own roles, the question is on the trail.
+    let entries = audit_entries(&server);
+    let asked = entries
+        .iter()
+        .filter(|e| e["action"] == "policy-explain" && e["principal"] == "test-customer-service")
+        .collect::<Vec<_>>();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0]["purpose"], "contract");
     let status = admin
         .explain_decision(explain(
             server.token(Role::CustomerService),

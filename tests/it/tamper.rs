@@ -901,6 +901,21 @@ async fn a_subject_request_deadline_moved_by_hand_is_not_obeyed() {
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 4);
     assert!(names(&rows, "request", &opened.request_id), "{rows:?}");
+    // Deleted outright: the trail says it was opened, so verification finds it missing.
+    db(&server)
+        .execute(
+            "DELETE FROM subject_requests WHERE id = ?1",
+            [&opened.request_id],
+        )
+        .unwrap();
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "request"
+            && r["id"] == opened.request_id.as_str()
+            && r["problem"].as_str().unwrap().contains("deleted")),
+        "{rows:?}"
+    );
     server.stop().await;
 }
 
