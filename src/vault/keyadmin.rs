@@ -214,8 +214,8 @@ impl Vault {
             "new active version requested ({})",
             algorithm.map_or("current algorithm", Algorithm::as_str)
         ));
-        event.commit()?;
-        let (version, algorithm) = self.keyring.rotate(purpose, algorithm)?;
+        let (version, algorithm) =
+            event.commit_then(|| Ok(self.keyring.rotate(purpose, algorithm)?))?;
         tracing::info!(
             purpose = purpose.as_str(),
             version,

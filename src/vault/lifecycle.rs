@@ -171,13 +171,14 @@ impl Vault {
         // Checked before the entry, so that a subject whose restrictions do not add up gets no
         // hold on record that is not stored.
         self.subject_facts(subject.as_str())?;
-        event.commit()?;
-        self.change_restrictions(
-            subject.as_str(),
-            1,
-            |_| false,
-            |prev, next| self.store.insert_hold(&row, prev, next),
-        )?;
+        event.commit_then(|| {
+            self.change_restrictions(
+                subject.as_str(),
+                1,
+                |_| false,
+                |prev, next| self.store.insert_hold(&row, prev, next),
+            )
+        })?;
         Ok(row)
     }
 
@@ -211,10 +212,18 @@ impl Vault {
             ..hold
         };
         let mac = self.rows.mac(&released);
-        event.commit()?;
-        self.store
-            .release_hold(hold_id, now, actor.id.as_str(), &mac)?;
-        Ok(())
+        event.commit_then(|| {
+            if self
+                .store
+                .release_hold(hold_id, now, actor.id.as_str(), &mac)?
+            {
+                Ok(())
+            } else {
+                Err(VaultError::FailedPrecondition(format!(
+                    "hold `{hold_id}` was released meanwhile"
+                )))
+            }
+        })
     }
 
     /// Holds, of one subject or all.
@@ -506,9 +515,15 @@ impl Vault {
         };
         let mac = self.rows.mac(&completed);
         event.target = Some(id.into());
-        event.commit()?;
-        self.store.complete_request(id, now, &mac)?;
-        Ok(())
+        event.commit_then(|| {
+            if self.store.complete_request(id, now, &mac)? {
+                Ok(())
+            } else {
+                Err(VaultError::FailedPrecondition(format!(
+                    "request `{id}` was completed meanwhile"
+                )))
+            }
+        })
     }
 
     /// Subject requests with whether each is overdue; only open, overdue ones when asked.

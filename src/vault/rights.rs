@@ -132,7 +132,6 @@ impl Vault {
         event.subject = Some(subject.as_str().into());
         event.purpose = Some(purpose.as_str().into());
         event.reason = Some(consent.as_str().into());
-        event.commit()?;
         let row = self.rows.seal(
             ConsentRow {
                 subject: subject.as_str().into(),
@@ -144,12 +143,14 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        self.change_restrictions(
-            subject.as_str(),
-            0,
-            |facts| !facts.consents.iter().any(|c| c.purpose == row.purpose),
-            |prev, next| self.store.set_consent(&row, prev, next),
-        )
+        event.commit_then(|| {
+            self.change_restrictions(
+                subject.as_str(),
+                0,
+                |facts| !facts.consents.iter().any(|c| c.purpose == row.purpose),
+                |prev, next| self.store.set_consent(&row, prev, next),
+            )
+        })
     }
 
     /// Records a mandate: `representative` may act for `subject` for these purposes and
@@ -240,9 +241,15 @@ impl Vault {
             ..m
         };
         let mac = self.rows.mac(&revoked);
-        event.commit()?;
-        self.store.revoke_mandate(id, now, &mac)?;
-        Ok(())
+        event.commit_then(|| {
+            if self.store.revoke_mandate(id, now, &mac)? {
+                Ok(())
+            } else {
+                Err(VaultError::FailedPrecondition(format!(
+                    "mandate `{id}` was revoked meanwhile"
+                )))
+            }
+        })
     }
 
     /// Mandates, of one subject or all.

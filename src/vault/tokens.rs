@@ -199,8 +199,7 @@ impl Vault {
             reason.push_str("; awaits approval by a privacy officer");
         }
         // The trail first: no credential exists that is not on record.
-        event.commit()?;
-        self.create_token(spec, id, Some(&actor.id), pending)
+        event.commit_then(|| self.create_token(spec, id, Some(&actor.id), pending))
     }
 
     /// Approves a token waiting for its second person: a privacy officer who neither issued it
@@ -367,9 +366,15 @@ impl Vault {
             revoked.mac.clone()
         };
         event.target = Some(token_id.into());
-        event.commit()?;
-        self.store.revoke_token(token_id, now, &mac)?;
-        Ok(())
+        event.commit_then(|| {
+            if self.store.revoke_token(token_id, now, &mac)? {
+                Ok(())
+            } else {
+                Err(VaultError::FailedPrecondition(format!(
+                    "token `{token_id}` was revoked meanwhile"
+                )))
+            }
+        })
     }
 
     /// Lists tokens (never the tokens themselves).
@@ -497,6 +502,26 @@ impl AdminEntry<'_> {
     pub(crate) fn commit(mut self) -> Result<crate::audit::AuditSeq, VaultError> {
         self.done = true;
         Ok(self.audit.append(&self.event)?)
+    }
+
+    /// Appends the entry, then carries out `act`. Should `act` fail (the store refused it, say),
+    /// a second entry says the action was not carried out, and why, so the trail never shows as
+    /// done what did not happen.
+    pub(crate) fn commit_then<T>(
+        self,
+        act: impl FnOnce() -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let audit = self.audit;
+        let mut followup = self.event.clone();
+        self.commit()?;
+        act().inspect_err(|e| {
+            followup.time = now_unix();
+            followup.decision = "deny".into();
+            followup.reason = Some(format!("not carried out: {e}"));
+            if let Err(a) = audit.append(&followup) {
+                tracing::error!(error = %a, action = %followup.action, "cannot audit an administrative action that failed");
+            }
+        })
     }
 
     /// Refuses the action after all (a check of the vault's own, beyond the policy): the entry

@@ -1173,3 +1173,57 @@ async fn subject_keys_swapped_by_hand_fail_as_data_loss() {
     assert_eq!(text_of(&read.fields[0]), "a@example.nl");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_admin_action_the_store_refuses_is_on_the_trail_as_not_carried_out() {
+    let server = TestServer::start().await;
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let place = |subject: &str| {
+        req(
+            &po,
+            pb::PlaceHoldRequest {
+                subject_id: subject.into(),
+                record_id: String::new(),
+                reason: "pending claim".into(),
+                case_ref: "LD-12".into(),
+            },
+        )
+    };
+    // The database refuses every new hold (a full disk, a constraint): the policy allowed it,
+    // the entry was written first, so a second entry must say it did not happen.
+    db(&server)
+        .execute_batch(
+            "CREATE TRIGGER no_holds BEFORE INSERT ON holds
+             BEGIN SELECT RAISE(ABORT, 'refused by the database'); END;",
+        )
+        .unwrap();
+    let status = admin.place_hold(place("REL-NOHOLD")).await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    let entries = audit_entries(&server);
+    let holds: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "hold-place" && e["subject"] == "REL-NOHOLD")
+        .collect();
+    assert_eq!(holds.len(), 2, "{holds:?}");
+    assert_eq!(holds[0]["decision"], "allow");
+    assert_eq!(holds[1]["decision"], "deny");
+    assert!(
+        holds[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not carried out"),
+        "{holds:?}"
+    );
+    // The twin: with the database willing again, the hold is placed and on the trail once.
+    db(&server).execute_batch("DROP TRIGGER no_holds;").unwrap();
+    admin.place_hold(place("REL-YESHOLD")).await.unwrap();
+    let entries = audit_entries(&server);
+    let placed: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "hold-place" && e["subject"] == "REL-YESHOLD")
+        .collect();
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    assert_eq!(placed[0]["decision"], "allow");
+    server.stop().await;
+}
