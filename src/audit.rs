@@ -734,7 +734,7 @@ fn write_loop(
                     break;
                 }
                 // Another writer (another node) took these numbers: move to the real tail.
-                Err(StoreError::Conflict(_)) => match read_tail(store, genesis) {
+                Err(StoreError::Exists(_)) => match read_tail(store, genesis) {
                     Ok(t) => tail = t,
                     Err(e) => {
                         outcome = Err(AuditError::Unavailable(e.to_string()));

@@ -499,7 +499,7 @@ impl Keyring {
                 );
                 let (row, _) = self.new_subject_key(subject, purpose, 1)?;
                 match self.store.insert_subject_key(&row, &anchor) {
-                    Err(StoreError::Conflict(_)) => {
+                    Err(StoreError::NotLive { .. }) => {
                         let (row, _) = self.new_subject_key(subject, purpose, 1)?;
                         self.store.insert_subject_key(&row, &anchor)?
                     }

@@ -27,7 +27,29 @@ pub enum StoreError {
     NotInitialized,
     /// A row that must be unique exists already.
     #[error("{0} exists already")]
-    Conflict(String),
+    Exists(String),
+    /// A row the change needs does not exist (any more): the record of an upload, an unfinished
+    /// upload that was discarded.
+    #[error("{0} does not exist")]
+    Missing(String),
+    /// The subject key generation a value was sealed under is gone: a rekey replaced it
+    /// meanwhile. Seal again under the current one.
+    #[error("subject key generation {generation} of `{subject}` was replaced")]
+    StaleGeneration {
+        /// The subject.
+        subject: String,
+        /// The generation the value was sealed under.
+        generation: u32,
+    },
+    /// The purpose key version a key was wrapped under cannot wrap any more (rotated or
+    /// destroyed meanwhile). Wrap again under the active one.
+    #[error("purpose key `{purpose}` v{version} is not live")]
+    NotLive {
+        /// The purpose.
+        purpose: String,
+        /// The version.
+        version: u32,
+    },
     /// A row changed between the core reading it and writing what follows from it: read again.
     #[error("{0} changed meanwhile")]
     Stale(String),
@@ -499,7 +521,7 @@ pub trait Store: Send + Sync {
 
     /// Stores `new` as the active version of its purpose and `retired` (the version that was
     /// active, now `decrypt-only`, with its new MAC), in one transaction. Fails with
-    /// `Conflict` when `retired` is not the active version any more, or `new` exists.
+    /// `Stale` when `retired` is not the active version any more, `Exists` when `new` exists.
     fn rotate_purpose_key(
         &self,
         retired: Option<&PurposeKeyRow>,
@@ -595,8 +617,9 @@ pub trait Store: Send + Sync {
     /// Unfinished key jobs: (purpose, kind, started_at).
     fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
 
-    /// Stores a record with its fields in one transaction. Fails with `Conflict` when a field's
-    /// subject key generation does not exist (any more): the caller must fetch the current key.
+    /// Stores a record with its fields in one transaction. Fails with `StaleGeneration` when a
+    /// field's subject key generation does not exist (any more): the caller must fetch the
+    /// current key; with `Exists` when the record or a field name is taken.
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError>;
 
     /// A record with all its fields.
@@ -616,7 +639,7 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Starts an evidence upload: stores `row` (not complete) and, when given, the new record it
-    /// belongs to, in one transaction. Fails with `Conflict` when the record has a field or
+    /// belongs to, in one transaction. Fails with `Exists` when the record has a field or
     /// evidence of that name already.
     fn begin_evidence(
         &self,
@@ -624,7 +647,7 @@ pub trait Store: Send + Sync {
         row: &EvidenceRow,
     ) -> Result<(), StoreError>;
 
-    /// Appends segments to an unfinished upload in one transaction. Fails with `Conflict` when
+    /// Appends segments to an unfinished upload in one transaction. Fails with `Missing` when
     /// the upload is gone or complete, or a segment's subject key generation no longer exists.
     fn append_segments(
         &self,
@@ -786,7 +809,7 @@ pub trait Store: Send + Sync {
     /// returned open for reading (and already unlinked where the platform allows).
     fn snapshot(&self) -> Result<std::fs::File, StoreError>;
 
-    /// Appends audit entries in one transaction (all or none); fails with `Conflict` when a
+    /// Appends audit entries in one transaction (all or none); fails with `Exists` when a
     /// sequence number is taken.
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError>;
 

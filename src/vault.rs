@@ -565,7 +565,7 @@ impl Vault {
                 rows.iter().map(|f| (f.name.as_str(), f.version.as_str())),
             );
             match self.store.insert_record(&record, &rows) {
-                Err(StoreError::Conflict(_)) if rekeyed < REKEY_RETRIES => {
+                Err(StoreError::StaleGeneration { .. }) if rekeyed < REKEY_RETRIES => {
                     rekeyed += 1;
                     self.keyring.forget(subject, ctx.purpose);
                 }
@@ -828,7 +828,7 @@ impl Vault {
                 .store
                 .update_fields(record_id.as_str(), &sealed, now, fields_mac)
             {
-                Err(StoreError::Conflict(_)) if rekeyed < REKEY_RETRIES => {
+                Err(StoreError::StaleGeneration { .. }) if rekeyed < REKEY_RETRIES => {
                     rekeyed += 1;
                     self.keyring.forget(&subject, meta.purpose);
                 }

@@ -126,7 +126,7 @@ pub fn run_all(store: &dyn Store) {
     assert!(store.record("rec_2").unwrap().is_none());
     assert!(matches!(
         store.insert_record(&rec, &[]),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Exists(_))
     ));
 
     // Updates replace and add fields, over the field-set MAC as read only.
@@ -188,7 +188,7 @@ pub fn run_all(store: &dyn Store) {
     };
     assert!(matches!(
         store.insert_record(&rec3, &[stale]),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::StaleGeneration { generation: 7, .. })
     ));
     assert!(store.record("rec_3").unwrap().is_none());
 
@@ -214,7 +214,7 @@ pub fn run_all(store: &dyn Store) {
     store.insert_token(&tok).unwrap();
     assert!(matches!(
         store.insert_token(&tok),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Exists(_))
     ));
     assert_eq!(store.token_by_hash(&[5; 32]).unwrap(), Some(tok.clone()));
     assert_eq!(store.token_by_hash(&[6; 32]).unwrap(), None);
@@ -251,12 +251,12 @@ pub fn run_all(store: &dyn Store) {
         .unwrap();
     assert!(matches!(
         store.append_audit(&[entry(3)]),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Exists(_))
     ));
     // A batch with one taken sequence number writes nothing.
     assert!(matches!(
         store.append_audit(&[entry(6), entry(5)]),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Exists(_))
     ));
     assert_eq!(store.audit_tail().unwrap(), Some(entry(5)));
     let page = store.audit_entries(2, 2).unwrap();
@@ -290,7 +290,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     // Without naming the active version it retires, a rotation is refused.
     assert!(matches!(
         store.rotate_purpose_key(None, &v2),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Stale(_))
     ));
     store.rotate_purpose_key(Some(&retired), &v2).unwrap();
     // A second rotation from the same (no longer active) version is refused.
@@ -300,7 +300,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     };
     assert!(matches!(
         store.rotate_purpose_key(Some(&retired), &v3),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Stale(_))
     ));
     let versions = store.purpose_keys("nuisance").unwrap();
     assert_eq!(versions.len(), 2);

@@ -611,8 +611,8 @@ impl Store for SqliteStore {
             None => active == 0,
         };
         if !retired_ok {
-            return Err(StoreError::Conflict(format!(
-                "the active version of purpose key `{}` changed meanwhile",
+            return Err(StoreError::Stale(format!(
+                "the active version of purpose key `{}`",
                 new.purpose
             )));
         }
@@ -986,7 +986,7 @@ impl Store for SqliteStore {
                 ])
                 .map_err(|e| {
                     if is_constraint(&e) {
-                        StoreError::Conflict(format!("field `{}`", f.name))
+                        StoreError::Exists(format!("field `{}`", f.name))
                     } else {
                         db(e)
                     }
@@ -1132,7 +1132,7 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         if taken > 0 {
-            return Err(StoreError::Conflict(format!("field `{}`", row.name)));
+            return Err(StoreError::Exists(format!("field `{}`", row.name)));
         }
         tx.execute(
             &format!(
@@ -1157,7 +1157,7 @@ impl Store for SqliteStore {
         )
         .map_err(|e| {
             if is_constraint(&e) {
-                StoreError::Conflict(format!("record `{}`", row.record_id))
+                StoreError::Missing(format!("record `{}`", row.record_id))
             } else {
                 db(e)
             }
@@ -1207,12 +1207,12 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         if orphaned > 0 {
-            return Err(StoreError::Conflict(format!(
+            return Err(StoreError::Stale(format!(
                 "upload `{evidence_id}`: its subject key was replaced"
             )));
         }
         if u64::try_from(stored).ok() != Some(segments) {
-            return Err(StoreError::Conflict(format!(
+            return Err(StoreError::Stale(format!(
                 "upload `{evidence_id}` ({stored} of {segments} segments stored)"
             )));
         }
@@ -1229,7 +1229,7 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         if n == 0 {
-            return Err(StoreError::Conflict(format!("upload `{evidence_id}`")));
+            return Err(StoreError::Missing(format!("upload `{evidence_id}`")));
         }
         tx.execute(
             "UPDATE records SET updated_at = ?2
@@ -1815,7 +1815,7 @@ impl Store for SqliteStore {
         )
         .map_err(|e| {
             if is_constraint(&e) {
-                StoreError::Conflict(format!("token `{}`", row.id))
+                StoreError::Exists(format!("token `{}`", row.id))
             } else {
                 db(e)
             }
@@ -1913,7 +1913,7 @@ impl Store for SqliteStore {
                 stmt.execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
                     .map_err(|e| {
                         if is_constraint(&e) {
-                            StoreError::Conflict(format!("audit entry {}", row.seq))
+                            StoreError::Exists(format!("audit entry {}", row.seq))
                         } else {
                             db(e)
                         }
@@ -2047,7 +2047,7 @@ fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreErro
     )
     .map_err(|e| {
         if is_constraint(&e) {
-            StoreError::Conflict(format!("purpose key `{}` v{}", k.purpose, k.version))
+            StoreError::Exists(format!("purpose key `{}` v{}", k.purpose, k.version))
         } else {
             db(e)
         }
@@ -2055,7 +2055,7 @@ fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Fails with `Conflict` unless the purpose key version can still wrap keys (active or
+/// Fails with `NotLive` unless the purpose key version can still wrap keys (active or
 /// decrypt-only): a key wrapped just before a rotation must not land on a destroyed version.
 fn check_version_live(c: &Connection, purpose: &str, version: u32) -> Result<(), StoreError> {
     let state: Option<String> = c
@@ -2068,13 +2068,14 @@ fn check_version_live(c: &Connection, purpose: &str, version: u32) -> Result<(),
         .map_err(db)?;
     match state.as_deref() {
         Some("active" | "decrypt-only") => Ok(()),
-        _ => Err(StoreError::Conflict(format!(
-            "purpose key `{purpose}` v{version} is not live"
-        ))),
+        _ => Err(StoreError::NotLive {
+            purpose: purpose.to_owned(),
+            version,
+        }),
     }
 }
 
-/// Fails with `Conflict` when the subject key a field was sealed under does not exist: a rekey
+/// Fails with `StaleGeneration` when the subject key a field was sealed under does not exist: a rekey
 /// replaced it while the value was being sealed.
 fn check_key_exists(
     c: &Connection,
@@ -2093,9 +2094,10 @@ fn check_key_exists(
         .map_err(db)?;
     match found {
         Some(_) => Ok(()),
-        None => Err(StoreError::Conflict(format!(
-            "subject key generation {generation}"
-        ))),
+        None => Err(StoreError::StaleGeneration {
+            subject: subject.to_owned(),
+            generation,
+        }),
     }
 }
 
@@ -2117,7 +2119,7 @@ fn append_segments_tx(
         .optional()
         .map_err(db)?;
     if open.is_none() {
-        return Err(StoreError::Conflict(format!("upload `{evidence_id}`")));
+        return Err(StoreError::Missing(format!("upload `{evidence_id}`")));
     }
     {
         let mut stmt = tx
@@ -2135,7 +2137,7 @@ fn append_segments_tx(
             stmt.execute(params![evidence_id, s.index, s.key_gen, s.sealed])
                 .map_err(|e| {
                     if is_constraint(&e) {
-                        StoreError::Conflict(format!("segment {}", s.index))
+                        StoreError::Exists(format!("segment {}", s.index))
                     } else {
                         db(e)
                     }
@@ -2145,7 +2147,7 @@ fn append_segments_tx(
     tx.commit().map_err(db)
 }
 
-/// Inserts a record's row (not its fields); `Conflict` when the id is taken.
+/// Inserts a record's row (not its fields); `Exists` when the id is taken.
 fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreError> {
     let labels =
         serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
@@ -2168,7 +2170,7 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
     })
     .map_err(|e| {
         if is_constraint(&e) {
-            StoreError::Conflict(format!("record `{}`", record.id))
+            StoreError::Exists(format!("record `{}`", record.id))
         } else {
             db(e)
         }

@@ -298,13 +298,11 @@ impl Vault {
         self.store
             .begin_evidence(new_record.then_some(&record), &row)
             .map_err(|e| match e {
-                StoreError::Conflict(what) if what.starts_with("field") => {
-                    VaultError::FailedPrecondition(format!(
-                        "record `{}` has a {what} already; choose another field name",
-                        record.id
-                    ))
-                }
-                StoreError::Conflict(_) => VaultError::NotFound(format!("record `{}`", record.id)),
+                StoreError::Exists(what) => VaultError::FailedPrecondition(format!(
+                    "record `{}` has a {what} already; choose another field name",
+                    record.id
+                )),
+                StoreError::Missing(_) => VaultError::NotFound(format!("record `{}`", record.id)),
                 other => other.into(),
             })?;
         tracing::info!(
@@ -655,7 +653,7 @@ impl Drop for Upload {
 
 fn key_replaced(e: StoreError) -> VaultError {
     match e {
-        StoreError::Conflict(_) => VaultError::FailedPrecondition(
+        StoreError::StaleGeneration { .. } | StoreError::Stale(_) | StoreError::Missing(_) => VaultError::FailedPrecondition(
             "the subject key was replaced by a key rotation during the upload, or the record was \
              deleted; nothing was stored, upload the file again"
                 .into(),

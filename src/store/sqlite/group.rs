@@ -192,7 +192,7 @@ mod tests {
     fn insert(id: i64) -> impl FnOnce(&Connection) -> Result<i64, StoreError> + Send + 'static {
         move |c| {
             c.execute("INSERT INTO t (id) VALUES (?1)", [id])
-                .map_err(|_| StoreError::Conflict(format!("row {id}")))?;
+                .map_err(|_| StoreError::Exists(format!("row {id}")))?;
             Ok(id)
         }
     }
@@ -225,7 +225,7 @@ mod tests {
         let results: Vec<_> = callers.into_iter().map(|c| c.join().unwrap()).collect();
         let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
         assert_eq!(failed.len(), 1, "{results:?}");
-        assert!(matches!(failed[0], Err(StoreError::Conflict(_))));
+        assert!(matches!(failed[0], Err(StoreError::Exists(_))));
         assert_eq!(count(&writer), 7);
         // The first caller alone, then the seven that queued behind it together.
         assert_eq!(group.lock().batches, 2);
