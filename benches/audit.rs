@@ -24,7 +24,7 @@ use kluis::{
     },
     keys::{Keyring, RootSecret},
     policy::{Action, Engine, FieldResource},
-    store::{SqliteStore, Store},
+    store::{SqliteStore, prelude::*},
     vault::{NewField, RetentionTable, Value, Vault},
 };
 use zeroize::Zeroizing;

@@ -22,7 +22,7 @@ use kluis::{
     crypto::Algorithm,
     domain::{Purpose, SubjectId},
     keys::{Keyring, RootSecret},
-    store::{SqliteStore, Store},
+    store::{SqliteStore, prelude::*},
 };
 use rusqlite::params;
 

@@ -805,7 +805,7 @@ fn entry_hash(seq: u64, prev_hash: &[u8; 32], entry: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{SqliteStore, prelude::*};
 
     fn trail() -> (tempfile::TempDir, Arc<SqliteStore>, Audit) {
         trail_of(AuditKey::generate(), StoreId::generate())

@@ -1,5 +1,7 @@
 //! The storage trait: a narrow interface of rows and transactions that the core uses, with the
-//! SQL dialect kept inside each implementation.
+//! SQL dialect kept inside each implementation. It is made of one small trait per aggregate
+//! (metadata, keys, records and fields, evidence, lifecycle, tokens and rights, audit); `Store`
+//! is all of them, and `prelude` brings them into scope for callers of a concrete store.
 //!
 //! Invariant: every multi-row change (a record with its fields, an initialisation) is one
 //! transaction in the implementation: it happens whole or not at all.
@@ -484,8 +486,8 @@ pub enum ResealItem<'a> {
 /// Re-encrypts one item during a rekey and returns its new ciphertext.
 pub type Reseal<'a> = dyn FnMut(ResealItem<'_>) -> Result<Vec<u8>, StoreError> + 'a;
 
-/// What kluis needs from a store.
-pub trait Store: Send + Sync {
+/// The store's metadata, its initialisation and online snapshots.
+pub trait MetaStore: Send + Sync {
     /// A value of the store's metadata (root key parameters, key check value, wrapped audit key).
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
@@ -500,6 +502,13 @@ pub trait Store: Send + Sync {
         purpose_keys: &[PurposeKeyRow],
     ) -> Result<(), StoreError>;
 
+    /// A consistent snapshot of the whole store as one file, taken online while writers go on,
+    /// returned open for reading (and already unlinked where the platform allows).
+    fn snapshot(&self) -> Result<std::fs::File, StoreError>;
+}
+
+/// Purpose key versions, subject keys and key jobs.
+pub trait KeyStore: Send + Sync {
     /// All versions of a purpose key, oldest first.
     fn purpose_keys(&self, purpose: &str) -> Result<Vec<PurposeKeyRow>, StoreError>;
 
@@ -616,7 +625,10 @@ pub trait Store: Send + Sync {
 
     /// Unfinished key jobs: (purpose, kind, started_at).
     fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
+}
 
+/// Records and their fields, retention and shredding.
+pub trait RecordStore: Send + Sync {
     /// Stores a record with its fields in one transaction. Fails with `StaleGeneration` when a
     /// field's subject key generation does not exist (any more): the caller must fetch the
     /// current key; with `Exists` when the record or a field name is taken.
@@ -638,6 +650,52 @@ pub trait Store: Send + Sync {
         fields_mac: FieldsMac<'_>,
     ) -> Result<bool, StoreError>;
 
+    /// Deletes a record with its fields and evidence in one transaction, and the subject key of
+    /// its purpose when it was the subject's last record under that purpose (crypto-shredding).
+    /// Fails with `Held` when an active legal hold covers the record. Returns `None` when it did
+    /// not exist, else whether the subject key went too.
+    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError>;
+
+    /// The records of a subject with their field metadata (no ciphertext), oldest first.
+    fn subject_records(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
+
+    /// Closes a record: sets its closing time and the expiry that follows from it.
+    fn close_record(
+        &self,
+        id: &str,
+        closed_at: i64,
+        expires_at: Option<i64>,
+        mac: &[u8],
+    ) -> Result<bool, StoreError>;
+
+    /// Up to `limit` records whose expiry is at or before `now` and that no active hold covers,
+    /// in (expiry, id) order, after `after` (the last (expiry, id) of the previous page).
+    fn expired_records(
+        &self,
+        now: i64,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, StoreError>;
+
+    /// Destroys records of one subject in one transaction: their fields and rows, and the subject
+    /// key of every purpose under which the subject has no record left (crypto-shredding).
+    /// Records an active hold covers are skipped. Returns the records destroyed and the purposes
+    /// whose subject key was destroyed.
+    fn shred_records(
+        &self,
+        subject: &str,
+        record_ids: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), StoreError>;
+
+    /// Up to `limit` record rows with ids after `after`, in id order (for verification).
+    fn records_page(&self, after: &str, limit: usize) -> Result<Vec<RecordRow>, StoreError>;
+}
+
+/// Evidence files, streamed in segments.
+pub trait EvidenceStore: Send + Sync {
     /// Starts an evidence upload: stores `row` (not complete) and, when given, the new record it
     /// belongs to, in one transaction. Fails with `Exists` when the record has a field or
     /// evidence of that name already.
@@ -685,28 +743,10 @@ pub trait Store: Send + Sync {
 
     /// One segment of an evidence file.
     fn segment(&self, evidence_id: &str, index: u32) -> Result<Option<SegmentRow>, StoreError>;
+}
 
-    /// Deletes a record with its fields and evidence in one transaction, and the subject key of
-    /// its purpose when it was the subject's last record under that purpose (crypto-shredding).
-    /// Fails with `Held` when an active legal hold covers the record. Returns `None` when it did
-    /// not exist, else whether the subject key went too.
-    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError>;
-
-    /// The records of a subject with their field metadata (no ciphertext), oldest first.
-    fn subject_records(
-        &self,
-        subject: &str,
-    ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
-
-    /// Closes a record: sets its closing time and the expiry that follows from it.
-    fn close_record(
-        &self,
-        id: &str,
-        closed_at: i64,
-        expires_at: Option<i64>,
-        mac: &[u8],
-    ) -> Result<bool, StoreError>;
-
+/// Legal holds, subject anchors and subject requests.
+pub trait LifecycleStore: Send + Sync {
     /// Stores a legal hold and replaces the subject's anchor `prev` (`None`: it had none) with
     /// `next`, in one transaction. Fails with `Stale` when the stored anchor is not `prev`.
     fn insert_hold(
@@ -722,25 +762,25 @@ pub trait Store: Send + Sync {
     /// Holds, of one subject or all, active only or all.
     fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError>;
 
-    /// Up to `limit` records whose expiry is at or before `now` and that no active hold covers,
-    /// in (expiry, id) order, after `after` (the last (expiry, id) of the previous page).
-    fn expired_records(
-        &self,
-        now: i64,
-        after: Option<(i64, &str)>,
-        limit: usize,
-    ) -> Result<Vec<RecordRow>, StoreError>;
+    /// A subject's anchor, consent states, number of holds and whether it has a key or a record,
+    /// read in one snapshot.
+    fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, StoreError>;
 
-    /// Destroys records of one subject in one transaction: their fields and rows, and the subject
-    /// key of every purpose under which the subject has no record left (crypto-shredding).
-    /// Records an active hold covers are skipped. Returns the records destroyed and the purposes
-    /// whose subject key was destroyed.
-    fn shred_records(
-        &self,
-        subject: &str,
-        record_ids: &[String],
-    ) -> Result<(Vec<String>, Vec<String>), StoreError>;
+    /// Every subject anchor.
+    fn anchors(&self) -> Result<Vec<AnchorRow>, StoreError>;
 
+    /// Stores a subject request.
+    fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError>;
+
+    /// Marks a request answered. Returns false when no open request has this id.
+    fn complete_request(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError>;
+
+    /// All subject requests, oldest first.
+    fn requests(&self) -> Result<Vec<RequestRow>, StoreError>;
+}
+
+/// Consent states, mandates and tokens.
+pub trait RightsStore: Send + Sync {
     /// Records a subject's consent state for a purpose (`given`, `withdrawn`, `objected`),
     /// replacing the one before, and replaces the subject's anchor `prev` with `next`, in one
     /// transaction. Fails with `Stale` when the stored anchor is not `prev`.
@@ -751,21 +791,11 @@ pub trait Store: Send + Sync {
         next: &AnchorRow,
     ) -> Result<(), StoreError>;
 
-    /// A subject's anchor, consent states, number of holds and whether it has a key or a record,
-    /// read in one snapshot.
-    fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, StoreError>;
-
-    /// Every subject anchor.
-    fn anchors(&self) -> Result<Vec<AnchorRow>, StoreError>;
-
     /// A subject's consent states, by purpose.
     fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError>;
 
     /// Every subject's consent states (for `kluis admin store verify`).
     fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError>;
-
-    /// Up to `limit` record rows with ids after `after`, in id order (for verification).
-    fn records_page(&self, after: &str, limit: usize) -> Result<Vec<RecordRow>, StoreError>;
 
     /// Stores a mandate.
     fn insert_mandate(&self, row: &MandateRow) -> Result<(), StoreError>;
@@ -779,15 +809,6 @@ pub trait Store: Send + Sync {
         subject: Option<&str>,
         representative: Option<&str>,
     ) -> Result<Vec<MandateRow>, StoreError>;
-
-    /// Stores a subject request.
-    fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError>;
-
-    /// Marks a request answered. Returns false when no open request has this id.
-    fn complete_request(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError>;
-
-    /// All subject requests, oldest first.
-    fn requests(&self) -> Result<Vec<RequestRow>, StoreError>;
 
     /// Stores a token row.
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;
@@ -804,11 +825,10 @@ pub trait Store: Send + Sync {
 
     /// All tokens, oldest first.
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+}
 
-    /// A consistent snapshot of the whole store as one file, taken online while writers go on,
-    /// returned open for reading (and already unlinked where the platform allows).
-    fn snapshot(&self) -> Result<std::fs::File, StoreError>;
-
+/// The audit trail's rows.
+pub trait AuditStore: Send + Sync {
     /// Appends audit entries in one transaction (all or none); fails with `Exists` when a
     /// sequence number is taken.
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError>;
@@ -818,4 +838,29 @@ pub trait Store: Send + Sync {
 
     /// Up to `limit` audit entries from sequence number `from`, in order.
     fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
+}
+
+/// What kluis needs from a store.
+pub trait Store:
+    MetaStore + KeyStore + RecordStore + EvidenceStore + LifecycleStore + RightsStore + AuditStore
+{
+}
+
+impl<T> Store for T where
+    T: MetaStore
+        + KeyStore
+        + RecordStore
+        + EvidenceStore
+        + LifecycleStore
+        + RightsStore
+        + AuditStore
+{
+}
+
+/// The store's traits, for callers of their methods.
+pub mod prelude {
+    pub use super::{
+        AuditStore, EvidenceStore, KeyStore, LifecycleStore, MetaStore, RecordStore, RightsStore,
+        Store,
+    };
 }

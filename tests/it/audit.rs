@@ -567,7 +567,7 @@ fn a_changed_policy_set_is_recorded_at_start() {
     .unwrap();
     drop(open(Some(vec![stricter])));
     let store = kluis::store::SqliteStore::open(&dir.join("kluis.db")).unwrap();
-    use kluis::store::Store;
+    use kluis::store::prelude::*;
     let actions: Vec<(String, String)> = store
         .audit_entries(1, 100)
         .unwrap()

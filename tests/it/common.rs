@@ -341,7 +341,7 @@ pub async fn get(
 
 /// The audit entries as JSON values.
 pub fn audit_entries(server: &TestServer) -> Vec<serde_json::Value> {
-    use kluis::store::Store;
+    use kluis::store::prelude::*;
     let store = kluis::store::SqliteStore::open(&server.db_path()).unwrap();
     store
         .audit_entries(1, 100_000)

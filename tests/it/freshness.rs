@@ -9,7 +9,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use kluis::{pb, store::Store as _};
+use kluis::{pb, store::prelude::*};
 
 use crate::common::req;
 

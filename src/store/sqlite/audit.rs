@@ -1,0 +1,53 @@
+//! The SQLite store: the audit trail's rows.
+
+use super::*;
+
+impl AuditStore for SqliteStore {
+    fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db)?;
+            for row in rows {
+                let seq = i64::try_from(row.seq)
+                    .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
+                stmt.execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
+                    .map_err(|e| {
+                        if is_constraint(&e) {
+                            StoreError::Exists(format!("audit entry {}", row.seq))
+                        } else {
+                            db(e)
+                        }
+                    })?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT seq, entry, prev_hash, hash, mac FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                audit_from_row,
+            )
+            .optional()
+        })
+    }
+
+    fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT seq, entry, prev_hash, hash, mac FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            )?
+            .query_map(params![from, limit], audit_from_row)?
+            .collect()
+        })
+    }
+}

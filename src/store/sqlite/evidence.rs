@@ -1,0 +1,207 @@
+//! The SQLite store: evidence files, streamed in segments.
+
+use super::*;
+
+impl EvidenceStore for SqliteStore {
+    fn begin_evidence(
+        &self,
+        new_record: Option<&RecordRow>,
+        row: &EvidenceRow,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        if let Some(record) = new_record {
+            insert_record_row(&tx, record)?;
+        }
+        let taken: i64 = tx
+            .query_row(
+                "SELECT (SELECT count(*) FROM fields WHERE record_id = ?1 AND name = ?2)
+                      + (SELECT count(*) FROM evidence WHERE record_id = ?1 AND name = ?2)",
+                params![row.record_id, row.name],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if taken > 0 {
+            return Err(StoreError::Exists(format!("field `{}`", row.name)));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO evidence ({EVIDENCE_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ),
+            params![
+                row.id,
+                row.record_id,
+                row.name,
+                row.category,
+                row.media_type,
+                row.file_name,
+                i64::try_from(row.size).unwrap_or(i64::MAX),
+                row.sha256,
+                row.salt,
+                row.complete,
+                row.owns_record,
+                row.created_at,
+                row.mac
+            ],
+        )
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::Missing(format!("record `{}`", row.record_id))
+            } else {
+                db(e)
+            }
+        })?;
+        tx.commit().map_err(db)
+    }
+
+    fn append_segments(
+        &self,
+        evidence_id: &str,
+        subject: &str,
+        purpose: &str,
+        segments: &[SegmentRow],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        append_segments_tx(&mut conn, evidence_id, subject, purpose, segments)
+    }
+
+    fn finish_evidence(
+        &self,
+        evidence_id: &str,
+        size: u64,
+        segments: u64,
+        sealed_name: &[u8],
+        at: i64,
+        mac: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let stored: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM evidence_segments WHERE evidence_id = ?1",
+                [evidence_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        // A rekey that ran during the upload destroyed the key its segments were sealed under.
+        let orphaned: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM evidence_segments s
+                 JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
+                 WHERE s.evidence_id = ?1 AND NOT EXISTS (
+                    SELECT 1 FROM subject_keys k WHERE k.subject = r.subject
+                    AND k.purpose = r.purpose AND k.generation = s.key_gen)",
+                [evidence_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if orphaned > 0 {
+            return Err(StoreError::Stale(format!(
+                "upload `{evidence_id}`: its subject key was replaced"
+            )));
+        }
+        if u64::try_from(stored).ok() != Some(segments) {
+            return Err(StoreError::Stale(format!(
+                "upload `{evidence_id}` ({stored} of {segments} segments stored)"
+            )));
+        }
+        let n = tx
+            .execute(
+                "UPDATE evidence SET complete = 1, size = ?2, file_name = ?3, sha256 = '', mac = ?4
+                 WHERE id = ?1 AND complete = 0",
+                params![
+                    evidence_id,
+                    i64::try_from(size).unwrap_or(i64::MAX),
+                    sealed_name,
+                    mac
+                ],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::Missing(format!("upload `{evidence_id}`")));
+        }
+        tx.execute(
+            "UPDATE records SET updated_at = ?2
+             WHERE id = (SELECT record_id FROM evidence WHERE id = ?1)",
+            params![evidence_id, at],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn discard_evidence(&self, evidence_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let found = discard_one(&tx, evidence_id)?;
+        tx.commit().map_err(db)?;
+        Ok(found)
+    }
+
+    fn discard_unfinished_evidence(&self) -> Result<u64, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let ids: Vec<String> = tx
+            .prepare("SELECT id FROM evidence WHERE complete = 0")
+            .map_err(db)?
+            .query_map([], |r| r.get(0))
+            .map_err(db)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db)?;
+        for id in &ids {
+            discard_one(&tx, id)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(u64::try_from(ids.len()).unwrap_or(0))
+    }
+
+    fn evidence(&self, evidence_id: &str) -> Result<Option<(RecordRow, EvidenceRow)>, StoreError> {
+        let found = self.read(|c| {
+            let Some(ev) = c
+                .prepare_cached(&format!(
+                    "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE id = ?1"
+                ))?
+                .query_row([evidence_id], evidence_from_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let rec = c
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
+                ))?
+                .query_row([&ev.record_id], record_from_row)
+                .optional()?;
+            Ok(rec.map(|r| (r, ev)))
+        })?;
+        found.map(|(r, e)| Ok((with_labels(r)?, e))).transpose()
+    }
+
+    fn record_evidence(&self, record_id: &str) -> Result<Vec<EvidenceRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1
+                 ORDER BY name"
+            ))?
+            .query_map([record_id], evidence_from_row)?
+            .collect()
+        })
+    }
+
+    fn segment(&self, evidence_id: &str, index: u32) -> Result<Option<SegmentRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT idx, key_gen, sealed FROM evidence_segments
+                 WHERE evidence_id = ?1 AND idx = ?2",
+            )?
+            .query_row(params![evidence_id, index], |r| {
+                Ok(SegmentRow {
+                    index: r.get(0)?,
+                    key_gen: r.get(1)?,
+                    sealed: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+    }
+}

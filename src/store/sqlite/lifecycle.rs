@@ -1,0 +1,158 @@
+//! The SQLite store: legal holds, subject anchors and subject requests.
+
+use super::*;
+
+impl LifecycleStore for SqliteStore {
+    fn insert_hold(
+        &self,
+        row: &HoldRow,
+        prev: Option<&AnchorRow>,
+        next: &AnchorRow,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        replace_anchor(&tx, prev, next)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO holds ({HOLD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ),
+            params![
+                row.id,
+                row.subject,
+                row.record_id,
+                row.reason,
+                row.case_ref,
+                row.placed_by,
+                row.placed_at,
+                row.released_at,
+                row.released_by,
+                row.mac
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn release_hold(&self, id: &str, at: i64, by: &str, mac: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE holds SET released_at = ?2, released_by = ?3, mac = ?4
+                 WHERE id = ?1 AND released_at IS NULL",
+                params![id, at, by, mac],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {HOLD_COLUMNS} FROM holds
+                 WHERE (?1 IS NULL OR subject = ?1) AND (?2 = 0 OR released_at IS NULL)
+                 ORDER BY placed_at, id"
+            ))?
+            .query_map(params![subject, active_only], |r| {
+                Ok(HoldRow {
+                    id: r.get(0)?,
+                    subject: r.get(1)?,
+                    record_id: r.get(2)?,
+                    reason: r.get(3)?,
+                    case_ref: r.get(4)?,
+                    placed_by: r.get(5)?,
+                    placed_at: r.get(6)?,
+                    released_at: r.get(7)?,
+                    released_by: r.get(8)?,
+                    mac: r.get(9)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, StoreError> {
+        self.read(|c| {
+            // One read transaction: the anchor and the rows it counts from one snapshot.
+            let tx = c.unchecked_transaction()?;
+            let anchor = select_anchor(&tx, subject)?;
+            let consents = tx
+                .prepare_cached(&format!(
+                    "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
+                ))?
+                .query_map([subject], consent_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let holds: u32 = tx
+                .prepare_cached("SELECT count(*) FROM holds WHERE subject = ?1")?
+                .query_row([subject], |r| r.get(0))?;
+            let keyed: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
+                         OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)",
+                )?
+                .query_row([subject], |r| r.get(0))?;
+            tx.finish()?;
+            Ok(SubjectFacts {
+                anchor,
+                consents,
+                holds,
+                keyed,
+            })
+        })
+    }
+
+    fn anchors(&self) -> Result<Vec<AnchorRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT subject, holds, consents, mac FROM subject_anchors ORDER BY subject",
+            )?
+            .query_map([], anchor_from_row)?
+            .collect()
+        })
+    }
+
+    fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            &format!("INSERT INTO subject_requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![row.id, row.subject, row.kind, row.received_at, row.due_at, row.opened_by, row.completed_at, row.note, row.mac],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn complete_request(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE subject_requests SET completed_at = ?2, mac = ?3
+                 WHERE id = ?1 AND completed_at IS NULL",
+                params![id, at, mac],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn requests(&self) -> Result<Vec<RequestRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM subject_requests ORDER BY received_at, id"
+            ))?
+            .query_map([], |r| {
+                Ok(RequestRow {
+                    id: r.get(0)?,
+                    subject: r.get(1)?,
+                    kind: r.get(2)?,
+                    received_at: r.get(3)?,
+                    due_at: r.get(4)?,
+                    opened_by: r.get(5)?,
+                    completed_at: r.get(6)?,
+                    note: r.get(7)?,
+                    mac: r.get(8)?,
+                })
+            })?
+            .collect()
+        })
+    }
+}

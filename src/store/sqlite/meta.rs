@@ -1,0 +1,80 @@
+//! The SQLite store: the store's metadata, its initialisation and online snapshots.
+
+use super::*;
+
+impl MetaStore for SqliteStore {
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn initialize(
+        &self,
+        meta: &[(&str, Vec<u8>)],
+        purpose_keys: &[PurposeKeyRow],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let existing: i64 = tx
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+            .map_err(db)?;
+        if existing > 0 {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        for (key, value) in meta {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(db)?;
+        }
+        for k in purpose_keys {
+            insert_purpose_key(&tx, k)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn snapshot(&self) -> Result<std::fs::File, StoreError> {
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        let tmp = dir.join(format!(
+            ".backup-{}.db",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        create_private(&tmp)?;
+        let result = (|| {
+            let source = open_connection(&self.path, false)?;
+            let mut target = Connection::open(&tmp).map_err(db)?;
+            {
+                let backup = rusqlite::backup::Backup::new(&source, &mut target).map_err(db)?;
+                // All pages in one step: one read transaction, so one consistent snapshot while
+                // writers go on beside it (WAL).
+                match backup.step(-1).map_err(db)? {
+                    rusqlite::backup::StepResult::Done => {}
+                    _ => {
+                        return Err(StoreError::Database(
+                            "the database was busy; try the backup again".into(),
+                        ));
+                    }
+                }
+            }
+            target.close().map_err(|(_, e)| db(e))?;
+            std::fs::File::open(&tmp).map_err(|e| StoreError::Database(e.to_string()))
+        })();
+        // The open file stays readable; nothing of it is left behind in the data directory.
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+}

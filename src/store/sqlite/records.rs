@@ -1,0 +1,352 @@
+//! The SQLite store: records and their fields, retention and shredding.
+
+use super::*;
+
+impl RecordStore for SqliteStore {
+    fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
+        let (record, fields) = (record.clone(), fields.to_vec());
+        self.group.run(&self.writer, move |tx| {
+            insert_record_row(tx, &record)?;
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db)?;
+            for f in &fields {
+                check_key_exists(tx, &record.subject, &record.purpose, f.key_gen)?;
+                stmt.execute(params![
+                    record.id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
+                ])
+                .map_err(|e| {
+                    if is_constraint(&e) {
+                        StoreError::Exists(format!("field `{}`", f.name))
+                    } else {
+                        db(e)
+                    }
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError> {
+        let found = self.read(|c| {
+            // One read transaction: the record and its fields from one snapshot, so that its
+            // field-set MAC is checked against the fields it was written with.
+            let c = &c.unchecked_transaction()?;
+            let Some(rec) = c
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
+                ))?
+                .query_row([id], record_from_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT name, category, kind, key_gen, sealed, mac, version FROM fields WHERE record_id = ?1 ORDER BY name",
+            )?;
+            let fields = stmt
+                .query_map([id], |r| {
+                    Ok(FieldRow {
+                        name: r.get(0)?,
+                        category: r.get(1)?,
+                        kind: r.get(2)?,
+                        key_gen: r.get(3)?,
+                        sealed: r.get(4)?,
+                        mac: r.get(5)?,
+                        version: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some((rec, fields)))
+        })?;
+        found
+            .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
+            .transpose()
+    }
+
+    fn update_fields(
+        &self,
+        id: &str,
+        fields: &[FieldRow],
+        updated_at: i64,
+        fields_mac: FieldsMac<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let replaces = {
+            let mut exists = tx
+                .prepare_cached("SELECT 1 FROM fields WHERE record_id = ?1 AND name = ?2")
+                .map_err(db)?;
+            let mut any = false;
+            for f in fields {
+                any |= exists.exists(params![id, f.name]).map_err(db)?;
+            }
+            any
+        };
+        if replaces
+            && let Some(hold) = tx
+                .query_row(HOLD_ON_RECORD, [id], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(db)?
+        {
+            return Err(StoreError::Held(hold));
+        }
+        let n = tx
+            .execute(
+                "UPDATE records SET updated_at = ?2, fields_mac = ?4 WHERE id = ?1 AND fields_mac = ?3",
+                params![id, updated_at, fields_mac.prev, fields_mac.next],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            let exists = tx
+                .query_row("SELECT 1 FROM records WHERE id = ?1", [id], |_| Ok(()))
+                .optional()
+                .map_err(db)?
+                .is_some();
+            return if exists {
+                Err(StoreError::Stale(format!("the fields of record `{id}`")))
+            } else {
+                Ok(false)
+            };
+        }
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (record_id, name) DO UPDATE SET
+                        category = excluded.category, kind = excluded.kind,
+                        key_gen = excluded.key_gen, sealed = excluded.sealed, mac = excluded.mac,
+                        version = excluded.version",
+                )
+                .map_err(db)?;
+            let (subject, purpose): (String, String) = tx
+                .query_row(
+                    "SELECT subject, purpose FROM records WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db)?;
+            for f in fields {
+                check_key_exists(&tx, &subject, &purpose, f.key_gen)?;
+                stmt.execute(params![
+                    id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
+                ])
+                .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        if replaces {
+            // The replaced ciphertext was overwritten in the database pages (`secure_delete`);
+            // move the log in too, so no old copy lingers there.
+            self.truncate_log(&conn);
+        }
+        Ok(true)
+    }
+
+    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let Some((subject, purpose)) = tx
+            .query_row(
+                "SELECT subject, purpose FROM records WHERE id = ?1",
+                [id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        if let Some(hold) = tx
+            .query_row(HOLD_ON_RECORD, [id], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(db)?
+        {
+            return Err(StoreError::Held(hold));
+        }
+        tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
+            .map_err(db)?;
+        // Evidence and its segments go with the record (foreign keys cascade).
+        tx.execute("DELETE FROM records WHERE id = ?1", [id])
+            .map_err(db)?;
+        let left: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM records WHERE subject = ?1 AND purpose = ?2",
+                params![subject, purpose],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if left == 0 {
+            tx.execute(
+                "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2",
+                params![subject, purpose],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        self.truncate_log(&conn);
+        Ok(Some(left == 0))
+    }
+
+    fn subject_records(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
+        let rows = self.read(|c| {
+            // One read transaction: records and fields from one snapshot (see `record`).
+            let c = &c.unchecked_transaction()?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE subject = ?1 ORDER BY created_at, id"
+            ))?;
+            let records = stmt.query_map([subject], record_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut fstmt = c.prepare_cached(
+                "SELECT name, category, length(sealed), kind, mac, version FROM fields WHERE record_id = ?1 ORDER BY name",
+            )?;
+            let mut out = Vec::with_capacity(records.len());
+            for rec in records {
+                let fields = fstmt
+                    .query_map([&rec.0.id], |r| {
+                        let size: i64 = r.get(2)?;
+                        Ok(FieldMeta { name: r.get(0)?, category: r.get(1)?, size: u64::try_from(size).unwrap_or(0), evidence: None, kind: r.get(3)?, mac: r.get(4)?, version: r.get(5)? })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut fields = fields;
+                fields.extend(
+                    c.prepare_cached(&format!(
+                        "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1"
+                    ))?
+                    .query_map([&rec.0.id], evidence_from_row)?
+                    .map(|e| e.map(|e| FieldMeta {
+                        name: e.name,
+                        category: e.category,
+                        size: e.size,
+                        evidence: Some(EvidenceMeta { id: e.id, media_type: e.media_type, sha256: e.sha256 }),
+                        kind: String::new(),
+                        version: String::new(),
+                        mac: Vec::new(),
+                    }))
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                );
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
+                out.push((rec, fields));
+            }
+            Ok(out)
+        })?;
+        rows.into_iter()
+            .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
+            .collect()
+    }
+
+    fn close_record(
+        &self,
+        id: &str,
+        closed_at: i64,
+        expires_at: Option<i64>,
+        mac: &[u8],
+    ) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE records SET closed_at = ?2, expires_at = ?3, updated_at = ?2, mac = ?4
+                 WHERE id = ?1",
+                params![id, closed_at, expires_at, mac],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn expired_records(
+        &self,
+        now: i64,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (Some(at), id),
+            None => (None, ""),
+        };
+        let rows = self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records r
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND {NOT_HELD}
+                   AND (?3 IS NULL OR expires_at > ?3 OR (expires_at = ?3 AND id > ?4))
+                 ORDER BY expires_at, id LIMIT ?2"
+            ))?
+            .query_map(params![now, limit, after_at, after_id], record_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().map(with_labels).collect()
+    }
+
+    fn shred_records(
+        &self,
+        subject: &str,
+        record_ids: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut destroyed = Vec::new();
+        let mut purposes = std::collections::BTreeSet::new();
+        for id in record_ids {
+            let purpose: Option<String> = tx
+                .query_row(
+                    &format!("SELECT purpose FROM records r WHERE id = ?1 AND subject = ?2 AND {NOT_HELD}"),
+                    params![id, subject],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some(purpose) = purpose else { continue };
+            tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
+                .map_err(db)?;
+            tx.execute("DELETE FROM records WHERE id = ?1", [id])
+                .map_err(db)?;
+            destroyed.push(id.clone());
+            purposes.insert(purpose);
+        }
+        let mut shredded = Vec::new();
+        for purpose in purposes {
+            let left: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM records WHERE subject = ?1 AND purpose = ?2",
+                    params![subject, purpose],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if left == 0 {
+                tx.execute(
+                    "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2",
+                    params![subject, purpose],
+                )
+                .map_err(db)?;
+                shredded.push(purpose);
+            }
+        }
+        tx.commit().map_err(db)?;
+        // `secure_delete` overwrote the rows in the database pages; fold the WAL in and truncate
+        // it so no copy of them lingers there.
+        self.truncate_log(&conn);
+        Ok((destroyed, shredded))
+    }
+
+    fn records_page(&self, after: &str, limit: usize) -> Result<Vec<RecordRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?
+            .query_map(params![after, limit], record_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().map(with_labels).collect()
+    }
+}

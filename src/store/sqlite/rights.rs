@@ -1,0 +1,201 @@
+//! The SQLite store: consent states, mandates and tokens.
+
+use super::*;
+
+impl RightsStore for SqliteStore {
+    fn set_consent(
+        &self,
+        row: &ConsentRow,
+        prev: Option<&AnchorRow>,
+        next: &AnchorRow,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        replace_anchor(&tx, prev, next)?;
+        tx.execute(
+            "INSERT INTO consents (subject, purpose, state, at, recorded_by, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (subject, purpose) DO UPDATE SET
+                state = excluded.state, at = excluded.at, recorded_by = excluded.recorded_by,
+                mac = excluded.mac",
+            params![
+                row.subject,
+                row.purpose,
+                row.state,
+                row.at,
+                row.recorded_by,
+                row.mac
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
+            ))?
+            .query_map([subject], consent_from_row)?
+            .collect()
+        })
+    }
+
+    fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {CONSENT_COLUMNS} FROM consents ORDER BY subject, purpose"
+            ))?
+            .query_map([], consent_from_row)?
+            .collect()
+        })
+    }
+
+    fn insert_mandate(&self, row: &MandateRow) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            &format!("INSERT INTO mandates ({MANDATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            params![
+                row.id,
+                row.subject,
+                row.representative,
+                row.purposes.join(","),
+                row.categories.join(","),
+                row.valid_from,
+                row.valid_until,
+                row.granted_by,
+                row.revoked_at,
+                row.mac
+            ],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn revoke_mandate(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE mandates SET revoked_at = ?2, mac = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at, mac],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn mandates(
+        &self,
+        subject: Option<&str>,
+        representative: Option<&str>,
+    ) -> Result<Vec<MandateRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {MANDATE_COLUMNS} FROM mandates
+                 WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR representative = ?2)
+                 ORDER BY valid_from, id"
+            ))?
+            .query_map(params![subject, representative], |r| {
+                let purposes: String = r.get(3)?;
+                let categories: String = r.get(4)?;
+                let split = |s: &str| {
+                    s.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                };
+                Ok(MandateRow {
+                    id: r.get(0)?,
+                    subject: r.get(1)?,
+                    representative: r.get(2)?,
+                    purposes: split(&purposes),
+                    categories: split(&categories),
+                    valid_from: r.get(5)?,
+                    valid_until: r.get(6)?,
+                    granted_by: r.get(7)?,
+                    revoked_at: r.get(8)?,
+                    mac: r.get(9)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            &format!(
+                "INSERT INTO tokens ({TOKEN_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ),
+            params![
+                row.id,
+                row.hash,
+                row.principal,
+                row.roles.join(","),
+                row.scope_subject,
+                row.created_at,
+                row.expires_at,
+                row.revoked_at,
+                row.requested_by,
+                row.needs_approval,
+                row.approved_by,
+                row.approved_at,
+                row.mac
+            ],
+        )
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::Exists(format!("token `{}`", row.id))
+            } else {
+                db(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"
+            ))?
+            .query_row([hash], token_from_row)
+            .optional()
+        })
+    }
+
+    fn revoke_token(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at, mac],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn approve_token(&self, id: &str, by: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE tokens SET approved_by = ?2, approved_at = ?3, mac = ?4
+                 WHERE id = ?1 AND needs_approval = 1 AND approved_at IS NULL
+                   AND revoked_at IS NULL",
+                params![id, by, at, mac],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"
+            ))?
+            .query_map([], token_from_row)?
+            .collect()
+        })
+    }
+}
