@@ -800,7 +800,11 @@ impl Vault {
             precondition,
         )?;
         let now = self.clock.now();
-        let mut attempt = 0;
+        // A rekey may replace the subject key between sealing and storing (`Conflict`: seal
+        // again under the current key, once), and another write may change the record between
+        // reading and writing (`Stale`: read it again). Each has its own count: a reseal is
+        // still owed after re-reads, and the other way round.
+        let (mut resealed, mut reread) = (false, 0);
         let (mut stored, mut stored_rows) = (record, rows);
         let _one_writer = self.record_lock(record_id);
         loop {
@@ -822,14 +826,14 @@ impl Vault {
                 .store
                 .update_fields(record_id.as_str(), &sealed, now, fields_mac)
             {
-                Err(StoreError::Conflict(_)) if attempt == 0 => {
-                    attempt += 1;
+                Err(StoreError::Conflict(_)) if !resealed => {
+                    resealed = true;
                     self.keyring.forget(&subject, meta.purpose);
                 }
                 // Another write to the record came between (here before the lock was taken, or
                 // in another process): read its fields again.
-                Err(StoreError::Stale(_)) if attempt < 8 => {
-                    attempt += 1;
+                Err(StoreError::Stale(_)) if reread < 8 => {
+                    reread += 1;
                     (stored, stored_rows) = self.load(record_id)?;
                 }
                 Err(StoreError::Stale(_)) => {
