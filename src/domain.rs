@@ -421,18 +421,61 @@ impl SubjectId {
     /// Longest accepted subject id in bytes.
     pub const MAX_LEN: usize = 128;
 
-    /// Parses a subject id named `field` in the request.
+    /// Parses a subject id named `field` in the request, in its one spelling: ASCII letters
+    /// (compared without case, kept in upper case, as relation numbers are written), digits and
+    /// `-`, `.`, `_`, `:`, `/`, starting with a letter or digit, at most [`Self::MAX_LEN`]
+    /// bytes. `rel-0001` and `REL-0001` are the same subject; look-alike letters from other
+    /// scripts, full-width forms, other hyphens, spaces and invisible characters are refused
+    /// rather than taken for another subject, whose records would escape the first one's
+    /// export and erasure.
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
         check_token(field, s, Self::MAX_LEN, "subject id")?;
-        guard::check_text(field, s)?;
-        if guard::is_bsn(s) {
+        if let Some(bad) = s.chars().find(|&c| !Self::allowed(c)) {
+            let what = if bad.is_ascii() {
+                "a character other than ASCII letters, digits and `-._:/`"
+            } else {
+                "a non-ASCII character (a subject id has one spelling: look-alike letters, \
+                 full-width forms and other hyphens are refused)"
+            };
+            return Err(InputError::new(
+                field,
+                format!("subject id holds {what}; use the case app's relation number"),
+            ));
+        }
+        if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(InputError::new(
+                field,
+                "subject id must start with an ASCII letter or digit",
+            ));
+        }
+        let id = s.to_ascii_uppercase();
+        guard::check_text(field, &id)?;
+        if guard::is_bsn(&id) {
             return Err(InputError::new(
                 field,
                 "subject id is a BSN (citizen service number); kluis stores no BSNs, use the case \
                  app's own relation number",
             ));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(id))
+    }
+
+    /// A subject id read back from the store: accepted only in the one spelling `parse` gives,
+    /// so that a row written otherwise (by hand, or by a kluis that kept ids as given) is never
+    /// taken for, or beside, the subject of that spelling.
+    pub fn parse_stored(s: &str) -> Result<Self, InputError> {
+        let id = Self::parse("subject", s)?;
+        if id.0 != s {
+            return Err(InputError::new(
+                "subject",
+                "stored subject id is not in its one spelling (upper case)",
+            ));
+        }
+        Ok(id)
+    }
+
+    fn allowed(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '/')
     }
 }
 
@@ -816,6 +859,57 @@ mod tests {
         assert!(SubjectId::parse("subject_id", &"x".repeat(129)).is_err());
         assert!(SubjectId::parse("subject_id", "123456789").is_ok());
         assert!(SubjectId::parse("subject_id", "REL-000123").is_ok());
+    }
+
+    #[test]
+    fn one_subject_has_one_spelling() {
+        let canonical = SubjectId::parse("subject_id", "REL-0001").unwrap();
+        assert_eq!(canonical.as_str(), "REL-0001");
+        for same in ["rel-0001", "Rel-0001", "rEL-0001"] {
+            assert_eq!(
+                SubjectId::parse("subject_id", same).unwrap(),
+                canonical,
+                "{same}"
+            );
+        }
+        for ok in ["12345", "urn:rel/0001", "K.2026_7", "a"] {
+            let id = SubjectId::parse("subject_id", ok).unwrap();
+            assert_eq!(id.as_str(), ok.to_ascii_uppercase());
+            assert_eq!(SubjectId::parse_stored(id.as_str()).unwrap(), id);
+        }
+        let look_alikes = [
+            "REL-0001\u{200B}",
+            "\u{200B}REL-0001",
+            "REL\u{200D}-0001",
+            "REL-0001\u{FEFF}",
+            "\u{202E}REL-0001",
+            "\u{FF32}\u{FF25}\u{FF2C}-\u{FF10}\u{FF10}\u{FF10}\u{FF11}",
+            "REL\u{2011}0001",
+            "REL\u{2010}0001",
+            "REL\u{2212}0001",
+            "R\u{0415}L-0001",
+            "REL-0001\u{FE0F}",
+            "REL-0001\u{E0041}",
+            "REL 0001",
+            "REL\u{00A0}0001",
+            "REL-0001 ",
+            "REL\t0001",
+            "REL,0001",
+            "REL-0001'",
+            "-REL-0001",
+            "/REL-0001",
+            "\u{0130}REL",
+        ];
+        for bad in look_alikes {
+            let err = SubjectId::parse("subject_id", bad).unwrap_err();
+            assert_eq!(err.field, "subject_id", "{bad:?}");
+            assert!(!err.problem.contains("0001"), "{bad:?} echoed: {err}");
+        }
+        assert!(SubjectId::parse("subject_id", &"R".repeat(SubjectId::MAX_LEN)).is_ok());
+        assert!(SubjectId::parse("subject_id", &"R".repeat(SubjectId::MAX_LEN + 1)).is_err());
+        // A row in the store is taken only in the one spelling.
+        assert!(SubjectId::parse_stored("rel-0001").is_err());
+        assert!(SubjectId::parse_stored("REL-0001").is_ok());
     }
 
     #[test]

@@ -105,7 +105,19 @@ pub fn inputs(data: &[u8]) {
         let _ = guard::check_binary("f", data);
         return;
     };
-    let _ = SubjectId::parse("f", s);
+    // A subject has one spelling: what parses is ASCII in upper case, parses to itself, and
+    // every other case of it is the same subject.
+    if let Ok(id) = SubjectId::parse("f", s) {
+        assert!(id.as_str().is_ascii() && id.as_str() == id.as_str().to_ascii_uppercase());
+        assert_eq!(
+            SubjectId::parse_stored(id.as_str()).ok().as_ref(),
+            Some(&id)
+        );
+        assert_eq!(
+            SubjectId::parse("f", &s.to_ascii_lowercase()).ok().as_ref(),
+            Some(&id)
+        );
+    }
     let _ = RecordId::parse("f", s);
     let _ = FieldName::parse("f", s);
     let _ = parse_purpose("f", s);

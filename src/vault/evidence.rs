@@ -166,7 +166,7 @@ impl Vault {
                 true,
             ),
         };
-        let subject = SubjectId::parse("subject", &record.subject)
+        let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let record_id = RecordId::parse("record", &record.id)
             .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
@@ -298,7 +298,7 @@ impl Vault {
         self.rows.check(&evidence)?;
         let meta = record_meta(&record)?;
         let category: Category = parse_stored(&evidence.category, &record.id)?;
-        let subject = SubjectId::parse("subject", &record.subject)
+        let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let record_id = RecordId::parse("record", &record.id)
             .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
@@ -830,7 +830,7 @@ pub(crate) fn reseal_segment(
             segment.index, evidence.id
         ))
     };
-    let subject = SubjectId::parse("subject", subject).map_err(|_| damaged())?;
+    let subject = SubjectId::parse_stored(subject).map_err(|_| damaged())?;
     let category: Category = parse_stored(&evidence.category, &evidence.record_id)?;
     let aad = evidence_aad(
         &subject,
@@ -865,7 +865,7 @@ pub(crate) fn reseal_file_name(
     new: (&SubjectKey, Algorithm, u32),
 ) -> Result<Vec<u8>, VaultError> {
     let damaged = || VaultError::DataLoss(format!("the file name of evidence `{}`", evidence.id));
-    let subject = SubjectId::parse("subject", subject).map_err(|_| damaged())?;
+    let subject = SubjectId::parse_stored(subject).map_err(|_| damaged())?;
     let category: Category = parse_stored(&evidence.category, &evidence.record_id)?;
     let aad = evidence_aad(
         &subject,
@@ -946,7 +946,7 @@ mod tests {
 
     fn start(category: Category, media: &str, file: &str) -> EvidenceStart {
         EvidenceStart {
-            target: EvidenceTarget::Subject(SubjectId::parse("s", "rel-1").unwrap()),
+            target: EvidenceTarget::Subject(SubjectId::parse("s", "REL-1").unwrap()),
             name: FieldName::parse("n", "photo").unwrap(),
             category,
             media_type: media.into(),

@@ -346,7 +346,7 @@ impl Vault {
         purpose: Purpose,
         started: i64,
     ) -> Result<u64, VaultError> {
-        let subject_id = SubjectId::parse("subject", subject)
+        let subject_id = SubjectId::parse_stored(subject)
             .map_err(|_| StoreError::Corrupt(format!("subject key of `{subject}`")))?;
         let current = self
             .store

@@ -73,7 +73,7 @@ impl Vault {
     ) -> Result<Option<i64>, VaultError> {
         let (record, rows) = self.load(record_id)?;
         let meta = super::record_meta(&record)?;
-        let subject = SubjectId::parse("subject", &record.subject).map_err(|_| {
+        let subject = SubjectId::parse_stored(&record.subject).map_err(|_| {
             crate::store::StoreError::Corrupt(format!("subject of `{}`", record.id))
         })?;
         let mut resources = rows
@@ -551,7 +551,7 @@ impl Vault {
     }
 
     fn forget_shredded(&self, subject: &str, purposes: &[String]) {
-        if let Ok(subject) = SubjectId::parse("subject", subject) {
+        if let Ok(subject) = SubjectId::parse_stored(subject) {
             for p in purposes.iter().filter_map(|p| p.parse::<Purpose>().ok()) {
                 self.keyring.forget(&subject, p);
             }

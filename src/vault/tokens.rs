@@ -578,7 +578,7 @@ fn principal_from_row(row: &TokenRow) -> Result<Principal, VaultError> {
         roles,
         row.scope_subject
             .as_deref()
-            .map(|s| SubjectId::parse("scope", s))
+            .map(SubjectId::parse_stored)
             .transpose()
             .map_err(|_| corrupt())?,
         row.id.clone(),

@@ -5,7 +5,7 @@
 //!
 //! Classes: every answer about a subject is a decision; roles cannot widen each other;
 //! separation of duties; closed vocabularies; legal holds; the accountable trail; file modes;
-//! the BSN guard on every clear string.
+//! the BSN guard on every clear string; one subject, one spelling.
 
 use std::{future::Future, pin::Pin};
 
@@ -3970,5 +3970,435 @@ async fn an_upload_under_another_purpose_is_decided_not_told_the_records_purpose
         .into_iter()
         .any(|e| e["action"] == "evidence-upload" && e["decision"] == "deny");
     assert!(refused, "the refusal is on the trail");
+    server.stop().await;
+}
+
+// ------------------------------------------------------ 9. one subject, one spelling --
+
+/// Every door that names a subject, as a hostile request with the subject id `v`: the field it
+/// names in a refusal, and the call.
+fn subject_doors<'a>(s: &'a TestServer, v: &str) -> Vec<(&'static str, &'static str, Call<'a>)> {
+    let officer = s.token(Role::NuisanceOfficer);
+    let po = s.token(Role::PrivacyOfficer);
+    let lc = s.token(Role::LegalCounsel);
+    let so = s.token(Role::SecurityOfficer);
+    let v = v.to_owned();
+    let sar = || cx("customer-service", "SAR-2026-9", "access request", "app");
+    let admin = move |token: &'a str| async move { (s.admin().await, token) };
+    vec![
+        (
+            "PutRecord",
+            "subject_id",
+            put_labelled(
+                s,
+                officer,
+                nuisance_ctx(),
+                &v,
+                vec![text("phone", "contact", "06-33333333")],
+                &[],
+            )
+            .boxed(),
+        ),
+        (
+            "ListRecords",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move { list(s, officer, nuisance_ctx(), &v).await }
+            }
+            .boxed(),
+        ),
+        (
+            "ExportSubject",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move { export(s, po, sar(), &v).await }
+            }
+            .boxed(),
+        ),
+        (
+            "PutEvidence",
+            "start.subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    upload_bytes(
+                        s,
+                        officer,
+                        evidence_start(nuisance_ctx(), &v, "", "clip", "video/mp4", "clip.mp4"),
+                        b"not really a video",
+                    )
+                    .await
+                    .map(|r| format!("stored {}", r.evidence_id))
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "PlaceHold",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(lc).await;
+                    answer(
+                        a.place_hold(req(
+                            t,
+                            pb::PlaceHoldRequest {
+                                subject_id: v,
+                                record_id: String::new(),
+                                reason: "claim pending".into(),
+                                case_ref: "LD-2026-3".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "ListHolds",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(lc).await;
+                    answer(
+                        a.list_holds(req(
+                            t,
+                            pb::ListHoldsRequest {
+                                subject_id: v,
+                                include_released: true,
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "GrantMandate",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.grant_mandate(req(
+                            t,
+                            pb::GrantMandateRequest {
+                                subject_id: v,
+                                representative_id: "rep-17".into(),
+                                purposes: vec!["contract".into()],
+                                categories: vec!["contact".into()],
+                                valid_until: Some(prost_types::Timestamp {
+                                    seconds: kluis::domain::now_unix() + 30 * 86_400,
+                                    nanos: 0,
+                                }),
+                                justification: "signed volmacht".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "ListMandates",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.list_mandates(req(t, pb::ListMandatesRequest { subject_id: v }))
+                            .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "RecordConsent",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.record_consent(req(
+                            t,
+                            pb::RecordConsentRequest {
+                                subject_id: v,
+                                purpose: "financial-screening".into(),
+                                state: "objected".into(),
+                                justification: "letter 2026-12".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "OpenSubjectRequest",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.open_subject_request(req(
+                            t,
+                            pb::OpenSubjectRequestRequest {
+                                subject_id: v,
+                                kind: "erasure".into(),
+                                received_at: None,
+                                note: "letter 2026-13".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "EraseSubject",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.erase_subject(req(
+                            t,
+                            pb::EraseSubjectRequest {
+                                subject_id: v,
+                                justification: "ER-2026-9".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "SubjectAccessReport",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.subject_access_report(req(
+                            t,
+                            pb::SubjectAccessReportRequest {
+                                subject_id: v,
+                                justification: "SAR-2026-9".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "ExportAudit",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    a.export_audit(req(
+                        t,
+                        pb::ExportAuditRequest {
+                            subject_id: v,
+                            justification: "SAR-2026-9".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .map(|_| "an export stream".to_owned())
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "IssueToken",
+            "scope_subject_id",
+            issue_token(s, so, issue_request("plumber-22", &["contractor"], &v)).boxed(),
+        ),
+    ]
+}
+
+/// A subject id has one spelling: ASCII letters compared without case (kept in upper case),
+/// digits and `-._:/`. Look-alike spellings of `REL-0001` (a zero-width space, full-width
+/// letters, a non-breaking hyphen, a Cyrillic letter, a variation selector, a right-to-left
+/// override) are refused at every door that names a subject, naming the field, not repeating the
+/// id and storing nothing; `rel-0001` is the same subject as `REL-0001`, so a record stored under
+/// it is in the subject's listing and export, bound by its hold and gone with its erasure.
+#[tokio::test]
+async fn a_subject_has_one_spelling_at_every_door() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let officer = s.token(Role::NuisanceOfficer);
+    let po = s.token(Role::PrivacyOfficer);
+    let me = SCOPED_SUBJECT;
+    assert_eq!(me, "REL-0001");
+    let upper = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![text("phone", "contact", "06-11111111")],
+    )
+    .await;
+    // The untouched twin in another case: accepted, and the same subject.
+    let lower = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "rel-0001",
+        vec![text("email", "contact", "a@example.nl")],
+    )
+    .await;
+    let read = get(s, officer, nuisance_ctx(), &lower).await.unwrap();
+    assert_eq!(read.subject_id, me, "stored under the one spelling");
+
+    let before = audit_entries(s).len();
+    let look_alikes = [
+        "REL-0001\u{200B}",
+        "\u{200B}REL-0001",
+        "\u{FF32}\u{FF25}\u{FF2C}-\u{FF10}\u{FF10}\u{FF10}\u{FF11}",
+        "REL\u{2011}0001",
+        "R\u{0415}L-0001",
+        "REL-0001\u{FE0F}",
+        "\u{202E}1000-LER",
+        "REL-0001\u{00A0}",
+        "REL 0001",
+    ];
+    let mut cases = Vec::new();
+    for v in look_alikes {
+        for (door, field, call) in subject_doors(s, v) {
+            cases.push(Case {
+                name: format!("{door} with {v:?}"),
+                code: Code::InvalidArgument,
+                names: vec![format!("`{field}`"), "subject id".into()],
+                hides: vec![v.to_owned(), "0001".into(), "1000".into()],
+                call,
+            });
+        }
+    }
+    let tried = run_table("look-alike subject ids", cases).await;
+    assert!(tried >= 9 * 14, "{tried}");
+    // Nothing stored, nothing decided: no entry since, and none holds a look-alike.
+    let entries = audit_entries(s);
+    assert_eq!(entries.len(), before, "{:?}", &entries[before..]);
+    let trail = serde_json::to_string(&entries).unwrap();
+    for v in look_alikes {
+        assert!(!trail.contains(v), "the trail holds {v:?}");
+    }
+    let listed = list(s, officer, nuisance_ctx(), me).await.unwrap();
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    // Every door takes another case of the id as the one subject.
+    let listed = list(s, officer, nuisance_ctx(), "Rel-0001").await.unwrap();
+    assert!(
+        listed.contains(&upper) && listed.contains(&lower),
+        "{listed}"
+    );
+    let sar = || cx("customer-service", "SAR-2026-9", "access request", "app");
+    let exported = export(s, po, sar(), "rel-0001").await.unwrap();
+    let header: serde_json::Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
+    assert_eq!(header["subject_id"], me);
+    assert!(
+        exported.contains(&upper) && exported.contains(&lower),
+        "{exported}"
+    );
+    let mut admin = s.admin().await;
+    let hold = admin
+        .place_hold(req(
+            s.token(Role::LegalCounsel),
+            pb::PlaceHoldRequest {
+                subject_id: "rel-0001".into(),
+                record_id: String::new(),
+                reason: "claim pending".into(),
+                case_ref: "LD-2026-3".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hold.subject_id, me);
+    let refused = delete(s, officer, nuisance_ctx(), &upper)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains(&hold.hold_id), "{refused:?}");
+    let issued = issue_token(
+        s,
+        s.token(Role::SecurityOfficer),
+        issue_request("plumber-22", &["contractor"], "rel-0001"),
+    )
+    .await
+    .unwrap();
+    let token_id = issued.split_whitespace().nth(1).unwrap();
+    let listed = admin
+        .list_tokens(req(
+            s.token(Role::SecurityOfficer),
+            pb::ListTokensRequest {
+                include_inactive: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let scoped = listed.iter().find(|t| t.token_id == token_id).unwrap();
+    assert_eq!(scoped.scope_subject_id, me);
+    admin
+        .release_hold(req(
+            po,
+            pb::ReleaseHoldRequest {
+                hold_id: hold.hold_id.clone(),
+                justification: "claim settled".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let erased = admin
+        .erase_subject(req(
+            po,
+            pb::EraseSubjectRequest {
+                subject_id: "rEL-0001".into(),
+                justification: "ER-2026-9".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut destroyed = erased.destroyed_record_ids.clone();
+    destroyed.sort();
+    let mut both = vec![upper.clone(), lower.clone()];
+    both.sort();
+    assert_eq!(
+        destroyed, both,
+        "the erasure takes every spelling's records"
+    );
+    assert_eq!(list(s, officer, nuisance_ctx(), me).await.unwrap(), "");
+    // The trail knows the subject by one spelling only.
+    for e in audit_entries(s) {
+        if let Some(subject) = e["subject"].as_str() {
+            assert_eq!(subject, subject.to_ascii_uppercase(), "{e}");
+        }
+    }
     server.stop().await;
 }
