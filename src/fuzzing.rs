@@ -17,7 +17,10 @@ use crate::{
         self, Algorithm, Header, SubjectKey,
         stream::{FileKey, SALT_LEN, SegmentHeader},
     },
-    domain::{FieldName, RecordId, SubjectId, parse_category, parse_purpose, parse_role},
+    domain::{
+        FieldName, Need, RecordId, SubjectId, check_free_text, parse_category, parse_purpose,
+        parse_role,
+    },
     policy::{DEFAULT_SCHEMA, Engine},
     vault::guard,
 };
@@ -117,6 +120,9 @@ pub fn inputs(data: &[u8]) {
             SubjectId::parse("f", &s.to_ascii_lowercase()).ok().as_ref(),
             Some(&id)
         );
+    }
+    if let Err(e) = check_free_text("f", s, "text", 1024, Need::Optional) {
+        assert!(s.len() < 9 || !e.to_string().contains(s));
     }
     let _ = RecordId::parse("f", s);
     let _ = FieldName::parse("f", s);

@@ -7,7 +7,8 @@ use zeroize::Zeroizing;
 
 use crate::{
     domain::{
-        AccessContext, Channels, FieldName, InputError, Limits, RecordId, SubjectId, parse_category,
+        AccessContext, Channels, FieldName, InputError, Limits, Need, RecordId, SubjectId,
+        check_free_text, parse_category,
     },
     pb,
     vault::{
@@ -107,7 +108,8 @@ fn check_size(i: usize, kind: &str, len: usize, limits: &Limits) -> Result<(), I
     Ok(())
 }
 
-/// Parses record labels: few, short, no control characters, and guarded (they are stored in clear).
+/// Parses record labels: few, short, printable (`check_free_text`), and guarded (they are stored
+/// in clear).
 pub fn labels(
     labels: HashMap<String, String>,
     limits: &Limits,
@@ -120,7 +122,6 @@ pub fn labels(
     }
     let mut out = BTreeMap::new();
     for (k, v) in labels {
-        let field = format!("labels[{k:.32}]");
         let key_ok = !k.is_empty()
             && k.len() <= MAX_LABEL_KEY
             && k.bytes().all(|b| {
@@ -134,16 +135,10 @@ pub fn labels(
                 ),
             ));
         }
-        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
-            return Err(InputError::new(
-                field,
-                format!(
-                    "label values are at most {MAX_LABEL_VALUE} bytes without control characters"
-                ),
-            ));
-        }
+        // The key names the value in errors: only once the guard has passed it.
         guard::check_text("labels", &k)?;
-        guard::check_text(&field, &v)?;
+        let field = format!("labels[{k:.32}]");
+        check_free_text(&field, &v, "label value", MAX_LABEL_VALUE, Need::Optional)?;
         out.insert(k, v);
     }
     Ok(out)

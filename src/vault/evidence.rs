@@ -911,21 +911,16 @@ fn check_start(start: &EvidenceStart) -> Result<(), InputError> {
             ),
         ));
     }
-    let name = &start.file_name;
-    if name.len() > MAX_FILE_NAME {
-        return Err(InputError::new(
-            "start.file_name",
-            format!("file name is longer than {MAX_FILE_NAME} bytes"),
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(InputError::new(
-            "start.file_name",
-            "file name holds control characters",
-        ));
-    }
     guard::check_text("start.media_type", media)?;
-    guard::check_text("start.file_name", name)?;
+    // Shown as given to whoever reads the file: no direction override makes `exe.pdf` of it.
+    let name = &start.file_name;
+    crate::domain::check_free_text(
+        "start.file_name",
+        name,
+        "file name",
+        MAX_FILE_NAME,
+        crate::domain::Need::Optional,
+    )?;
     guard::check_file_name("start.file_name", name)
 }
 
@@ -981,6 +976,18 @@ mod tests {
             ),
             (
                 start(Category::NuisanceEvidence, "image/jpeg", "scan\n.jpg"),
+                "start.file_name",
+            ),
+            (
+                start(
+                    Category::NuisanceEvidence,
+                    "video/mp4",
+                    "clip\u{202E}4pm.exe",
+                ),
+                "start.file_name",
+            ),
+            (
+                start(Category::NuisanceEvidence, "video/mp4", "clip\u{200B}.mp4"),
                 "start.file_name",
             ),
         ] {

@@ -15,7 +15,8 @@ use super::{Vault, VaultError};
 use crate::{
     audit::AuditEvent,
     domain::{
-        InputError, Principal, PrincipalId, Role, SubjectId, check_roles, now_unix, parse_role,
+        InputError, Need, Principal, PrincipalId, Role, SubjectId, check_free_text, check_roles,
+        now_unix, parse_role,
     },
     policy::AdminAction,
     store::TokenRow,
@@ -452,17 +453,7 @@ impl Vault {
         target: Option<&str>,
         justification: &str,
     ) -> Result<AdminEntry<'_>, VaultError> {
-        if justification.len() > crate::domain::AccessContext::MAX_JUSTIFICATION {
-            return Err(InputError::new(
-                "justification",
-                format!(
-                    "at most {} bytes",
-                    crate::domain::AccessContext::MAX_JUSTIFICATION
-                ),
-            )
-            .into());
-        }
-        super::guard::check_text("justification", justification)?;
+        check_justification(justification, Need::Optional)?;
         let decision = self.policy().decide_admin(actor, admin)?;
         let mut event = admin_event(actor, action, justification);
         event.policies = decision.policies.clone();
@@ -548,6 +539,17 @@ impl Drop for AdminEntry<'_> {
     }
 }
 
+/// Checks the justification of an administrative action (`check_free_text`).
+pub(crate) fn check_justification(justification: &str, need: Need) -> Result<(), InputError> {
+    check_free_text(
+        "justification",
+        justification,
+        "justification",
+        crate::domain::AccessContext::MAX_JUSTIFICATION,
+        need,
+    )
+}
+
 fn new_token_id() -> String {
     format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()))
 }
@@ -559,7 +561,9 @@ pub(crate) fn admin_event(actor: &Principal, action: &str, justification: &str) 
         roles: actor.roles.iter().map(|r| r.as_str().to_owned()).collect(),
         token_id: actor.token_id.clone(),
         action: action.into(),
-        justification: (!justification.is_empty()).then(|| justification.to_owned()),
+        justification: Some(justification.trim())
+            .filter(|j| !j.is_empty())
+            .map(str::to_owned),
         ..AuditEvent::default()
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Classes: every answer about a subject is a decision; roles cannot widen each other;
 //! separation of duties; closed vocabularies; legal holds; the accountable trail; file modes;
-//! the BSN guard on every clear string; one subject, one spelling.
+//! the BSN guard on every clear string; one subject, one spelling; invisible text meets no rule.
 
 use std::{future::Future, pin::Pin};
 
@@ -4400,5 +4400,455 @@ async fn a_subject_has_one_spelling_at_every_door() {
             assert_eq!(subject, subject.to_ascii_uppercase(), "{e}");
         }
     }
+    server.stop().await;
+}
+
+// ------------------------------------------------- 10. invisible text satisfies no rule --
+
+/// A case reference or justification made of an invisible or text-direction character (a
+/// zero-width space, a right-to-left override, a tag or variation selector, a Hangul filler) is
+/// no case reference or justification: it is refused at every door that takes free text, naming
+/// the field, so it neither meets the special-category rule or break-glass nor reaches the trail,
+/// where it would change how entries display. Whitespace alone counts as empty. The untouched
+/// twins pass.
+#[tokio::test]
+async fn invisible_text_meets_no_rule_and_never_reaches_the_trail() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let officer = s.token(Role::NuisanceOfficer);
+    let po = s.token(Role::PrivacyOfficer);
+    let lc = s.token(Role::LegalCounsel);
+    let so = s.token(Role::SecurityOfficer);
+    let me = "REL-INV";
+    let record = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![
+            text("statement", "nuisance-evidence", "shouting at night"),
+            text("phone", "contact", "06-44444444"),
+        ],
+    )
+    .await;
+    let mut admin = s.admin().await;
+    let hold_id = admin
+        .place_hold(req(
+            lc,
+            pb::PlaceHoldRequest {
+                subject_id: me.into(),
+                record_id: String::new(),
+                reason: "claim pending".into(),
+                case_ref: "LD-2026-3".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold_id;
+    let request_id = admin
+        .open_subject_request(req(
+            po,
+            pb::OpenSubjectRequestRequest {
+                subject_id: me.into(),
+                kind: "access".into(),
+                received_at: None,
+                note: "letter 2026-77".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .request_id;
+    let before = audit_entries(s).len();
+    let emergency = |justification: &str| {
+        let mut c = cx("safety", "", justification, "app");
+        c.as_mut().unwrap().break_glass = true;
+        c
+    };
+    let invisible = [
+        "\u{200B}",
+        "\u{200C}",
+        "\u{200D}",
+        "\u{200F}",
+        "\u{202E}",
+        "\u{202A}",
+        "\u{2066}",
+        "\u{2069}",
+        "\u{2060}",
+        "\u{FEFF}",
+        "\u{00AD}",
+        "\u{180E}",
+        "\u{061C}",
+        "\u{E0041}",
+        "\u{E007F}",
+        "\u{FE0F}",
+        "\u{034F}",
+        "\u{115F}",
+        "\u{3164}",
+        "\u{FFA0}",
+    ];
+    let bad = Code::InvalidArgument;
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    for c in invisible {
+        let hold = |reason: String, case_ref: String| {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.place_hold(req(
+                        lc,
+                        pb::PlaceHoldRequest {
+                            subject_id: me.into(),
+                            record_id: String::new(),
+                            reason,
+                            case_ref,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let release = {
+            let mut a = admin.clone();
+            let hold_id = hold_id.clone();
+            async move {
+                answer(
+                    a.release_hold(req(
+                        po,
+                        pb::ReleaseHoldRequest {
+                            hold_id,
+                            justification: format!("claim{c} settled"),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let note = {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.open_subject_request(req(
+                        po,
+                        pb::OpenSubjectRequestRequest {
+                            subject_id: me.into(),
+                            kind: "erasure".into(),
+                            received_at: None,
+                            note: format!("letter{c} 78"),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let complete = {
+            let mut a = admin.clone();
+            let request_id = request_id.clone();
+            async move {
+                answer(
+                    a.complete_subject_request(req(
+                        po,
+                        pb::CompleteSubjectRequestRequest {
+                            request_id,
+                            justification: c.into(),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let mandate = {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.grant_mandate(req(
+                        po,
+                        pb::GrantMandateRequest {
+                            subject_id: me.into(),
+                            representative_id: "rep-17".into(),
+                            purposes: vec!["contract".into()],
+                            categories: vec!["contact".into()],
+                            valid_until: Some(prost_types::Timestamp {
+                                seconds: kluis::domain::now_unix() + 30 * 86_400,
+                                nanos: 0,
+                            }),
+                            justification: c.into(),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let erase = {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.erase_subject(req(
+                        po,
+                        pb::EraseSubjectRequest {
+                            subject_id: me.into(),
+                            justification: c.into(),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let rows: Vec<(&str, &str, Call<'_>)> = vec![
+            (
+                "a case reference of only it",
+                "context.case_ref",
+                get_fields(
+                    s,
+                    officer,
+                    cx("nuisance", c, "complaint", "app"),
+                    &record,
+                    &["statement"],
+                )
+                .boxed(),
+            ),
+            (
+                "a case reference holding it",
+                "context.case_ref",
+                get_fields(
+                    s,
+                    officer,
+                    cx("nuisance", &format!("N-2026{c}-0042"), "complaint", "app"),
+                    &record,
+                    &["statement"],
+                )
+                .boxed(),
+            ),
+            (
+                "a justification of only it",
+                "context.justification",
+                get_fields(
+                    s,
+                    officer,
+                    cx("nuisance", "N-2026-0042", c, "app"),
+                    &record,
+                    &["statement"],
+                )
+                .boxed(),
+            ),
+            (
+                "a justification holding it",
+                "context.justification",
+                get_fields(
+                    s,
+                    officer,
+                    cx("nuisance", "N-2026-0042", &format!("complaint{c}"), "app"),
+                    &record,
+                    &["statement"],
+                )
+                .boxed(),
+            ),
+            (
+                "a break-glass justification of only it",
+                "context.justification",
+                get_fields(s, officer, emergency(c), &record, &["phone"]).boxed(),
+            ),
+            (
+                "a write's case reference",
+                "context.case_ref",
+                put_labelled(
+                    s,
+                    officer,
+                    cx("nuisance", c, "complaint", "app"),
+                    me,
+                    vec![text("statement", "nuisance-evidence", "again")],
+                    &[],
+                )
+                .boxed(),
+            ),
+            (
+                "a label value",
+                "labels[ref]",
+                put_labelled(
+                    s,
+                    officer,
+                    nuisance_ctx(),
+                    me,
+                    vec![text("phone", "contact", "06-12345678")],
+                    &[("ref", &format!("N{c}-1"))],
+                )
+                .boxed(),
+            ),
+            (
+                "a hold reason",
+                "reason",
+                hold(c.into(), "LD-2026-3".into()).boxed(),
+            ),
+            (
+                "a hold case reference",
+                "case_ref",
+                hold("claim pending".into(), format!("LD{c}-2026-3")).boxed(),
+            ),
+            (
+                "a hold release justification",
+                "justification",
+                release.boxed(),
+            ),
+            ("a request note", "note", note.boxed()),
+            (
+                "a request completion justification",
+                "justification",
+                complete.boxed(),
+            ),
+            ("a mandate justification", "justification", mandate.boxed()),
+            ("an erasure justification", "justification", erase.boxed()),
+            (
+                "a token justification",
+                "justification",
+                issue_token(
+                    s,
+                    so,
+                    pb::IssueTokenRequest {
+                        justification: c.into(),
+                        ..issue_request("emp-78", &["analyst"], "")
+                    },
+                )
+                .boxed(),
+            ),
+            (
+                "an evidence file name",
+                "start.file_name",
+                {
+                    let start = evidence_start(
+                        nuisance_ctx(),
+                        "",
+                        &record,
+                        "clip",
+                        "video/mp4",
+                        &format!("clip{c}4pm.exe"),
+                    );
+                    async move {
+                        upload_bytes(s, officer, start, b"not really a video")
+                            .await
+                            .map(|r| format!("stored {}", r.evidence_id))
+                    }
+                }
+                .boxed(),
+            ),
+        ];
+        for (what, field, call) in rows {
+            cases.push(Case {
+                name: format!("{what}: U+{:04X}", u32::from(c.chars().next().unwrap())),
+                code: bad,
+                names: vec![format!("`{field}`"), "invisible".into()],
+                hides: vec![c.to_owned()],
+                call,
+            });
+        }
+    }
+    // Whitespace alone is no justification: the rules that need one are not met (and a hold,
+    // which needs a reason, is refused).
+    let pd = Code::PermissionDenied;
+    cases.push(
+        case(
+            "a special category read justified by spaces",
+            pd,
+            get_fields(
+                s,
+                officer,
+                cx("nuisance", "N-2026-0042", " \u{3000} ", "app"),
+                &record,
+                &["statement"],
+            ),
+        )
+        .names(&["special-category-needs-case-and-justification"])
+        .hides(&["shouting"]),
+    );
+    cases.push(
+        case(
+            "break-glass justified by spaces",
+            pd,
+            get_fields(s, officer, emergency("   "), &record, &["phone"]),
+        )
+        .hides(&["06-44444444"]),
+    );
+    cases.push(
+        case("a hold reason of spaces", bad, {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.place_hold(req(
+                        lc,
+                        pb::PlaceHoldRequest {
+                            subject_id: me.into(),
+                            record_id: String::new(),
+                            reason: "  \t ".into(),
+                            case_ref: "LD-2026-3".into(),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        })
+        .names(&["`reason`", "required"]),
+    );
+    let tried = run_table("invisible text", cases).await;
+    assert!(tried >= invisible.len() * 16, "{tried}");
+    // Nothing was allowed or stored since, and the trail holds none of them.
+    let entries = audit_entries(s);
+    let allowed: Vec<&serde_json::Value> = entries[before..]
+        .iter()
+        .filter(|e| e["decision"] == "allow")
+        .collect();
+    assert!(allowed.is_empty(), "{allowed:?}");
+    let trail = serde_json::to_string(&entries).unwrap();
+    for c in invisible {
+        assert!(
+            !trail.contains(c),
+            "the trail holds U+{:04X}",
+            u32::from(c.chars().next().unwrap())
+        );
+    }
+    let holds = admin
+        .list_holds(req(
+            lc,
+            pb::ListHoldsRequest {
+                subject_id: me.into(),
+                include_released: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .holds;
+    assert_eq!(holds.len(), 1);
+    assert!(holds[0].released_at.is_none());
+    let listed = list(s, officer, nuisance_ctx(), me).await.unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(!listed.contains("clip"), "{listed}");
+
+    // The untouched twins: a real case reference and justification read the special category,
+    // a real justification breaks the glass, and text in any script is a reason.
+    let read = get_fields(s, officer, nuisance_ctx(), &record, &["statement"])
+        .await
+        .unwrap();
+    assert!(read.contains("shouting at night"), "{read}");
+    let read = get_fields(
+        s,
+        officer,
+        emergency("resident threatened staff"),
+        &record,
+        &["phone"],
+    )
+    .await
+    .unwrap();
+    assert!(read.contains("06-44444444"), "{read}");
+    admin
+        .place_hold(req(
+            lc,
+            pb::PlaceHoldRequest {
+                subject_id: me.into(),
+                record_id: String::new(),
+                reason: "klacht van één buurman, zaak «17»".into(),
+                case_ref: "LD-2026-4".into(),
+            },
+        ))
+        .await
+        .unwrap();
     server.stop().await;
 }
