@@ -455,6 +455,11 @@ impl Vault {
         &self.channels
     }
 
+    /// The lifecycle's now (unix seconds): what times in a request are bounded against.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     /// The audit trail.
     pub fn audit(&self) -> &Audit {
         &self.audit

@@ -365,12 +365,14 @@ impl Vault {
 
     /// Erases a subject (GDPR art. 17): destroys all their records and subject keys, except
     /// records under a legal hold or kept under a legal obligation; those are reported with why.
+    /// A justification (the erasure request's reference) is required.
     pub fn erase_subject(
         &self,
         actor: &Principal,
         subject: &SubjectId,
         justification: &str,
     ) -> Result<Erasure, VaultError> {
+        super::tokens::check_justification(justification, Need::Required)?;
         let template = self
             .require_admin(
                 actor,

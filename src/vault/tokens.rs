@@ -205,13 +205,14 @@ impl Vault {
     }
 
     /// Approves a token waiting for its second person: a privacy officer who neither issued it
-    /// nor is its holder. Audited either way.
+    /// nor is its holder, saying why (a justification is required). Audited either way.
     pub fn approve_token(
         &self,
         actor: &Principal,
         token_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        check_justification(justification, Need::Required)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::Approve,
@@ -539,7 +540,9 @@ impl Drop for AdminEntry<'_> {
     }
 }
 
-/// Checks the justification of an administrative action (`check_free_text`).
+/// Checks the justification of an administrative action (`check_free_text`). An action that
+/// destroys data or is a second person's approval (an erasure, a token's or a root change's
+/// approval) needs one: `Need::Required`, checked before the policy is asked.
 pub(crate) fn check_justification(justification: &str, need: Need) -> Result<(), InputError> {
     check_free_text(
         "justification",

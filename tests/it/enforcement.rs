@@ -5,7 +5,8 @@
 //!
 //! Classes: every answer about a subject is a decision; roles cannot widen each other;
 //! separation of duties; closed vocabularies; legal holds; the accountable trail; file modes;
-//! the BSN guard on every clear string; one subject, one spelling; invisible text meets no rule.
+//! the BSN guard on every clear string; one subject, one spelling; invisible text meets no rule;
+//! times and admin numbers in range.
 
 use std::{future::Future, pin::Pin};
 
@@ -4850,5 +4851,517 @@ async fn invisible_text_meets_no_rule_and_never_reaches_the_trail() {
         ))
         .await
         .unwrap();
+    server.stop().await;
+}
+
+// -------------------------------------------- 11. times and admin numbers in range --
+
+fn ts(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos })
+}
+
+/// Every time a request carries is bounded (a mandate ends in the future and within five years,
+/// a subject request was received within the past year and not in the future, an audit export
+/// starts between 1970 and now, nanos within a second), key versions start at 1 and the minimum
+/// decryption version only rises, a key destruction waits at most a year, an erasure and an
+/// approval need a justification, and ids of things kluis issued have their form. Each refusal
+/// names the field and the limit and changes nothing; the untouched twins pass.
+#[tokio::test]
+async fn times_and_admin_numbers_outside_their_range_are_refused() {
+    const DAY: i64 = 86_400;
+    let server = TestServer::start().await;
+    let s = &server;
+    let po = s.token(Role::PrivacyOfficer);
+    let so = s.token(Role::SecurityOfficer);
+    let me = "REL-TIME";
+    let record = put(
+        s,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        me,
+        vec![text("email", "contact", "tijd@example.nl")],
+    )
+    .await;
+    let mut admin = s.admin().await;
+    // Nuisance gets version 2 and, wrapping nothing below it, minimum 2.
+    admin
+        .rotate_key(req(
+            so,
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                algorithm: String::new(),
+                justification: "yearly rotation".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    admin
+        .set_min_decrypt_version(req(
+            so,
+            pb::KeyVersionRequest {
+                purpose: "nuisance".into(),
+                version: 2,
+                justification: "v1 retired".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    // A token waiting for its approval, and a root change waiting for its.
+    let pending = admin
+        .issue_token(req(so, issue_request("emp-79", &["customer-service"], "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pending.pending_approval);
+    let root_change = admin
+        .rotate_root(req(
+            so,
+            pb::RotateRootRequest {
+                secret: Some(pb::rotate_root_request::Secret::Key(vec![7u8; 32])),
+                justification: "custodian change".into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .request_id;
+    let hold_id = admin
+        .place_hold(req(
+            s.token(Role::LegalCounsel),
+            pb::PlaceHoldRequest {
+                subject_id: "REL-HELD".into(),
+                record_id: String::new(),
+                reason: "claim pending".into(),
+                case_ref: "LD-2026-5".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold_id;
+    let before = audit_entries(s).len();
+    let now = kluis::domain::now_unix();
+    let mut direct = admin.clone();
+
+    let mandate =
+        |valid_until: Option<prost_types::Timestamp>, purposes: &[&str], categories: &[&str]| {
+            let mut a = admin.clone();
+            let request = pb::GrantMandateRequest {
+                subject_id: me.into(),
+                representative_id: "rep-17".into(),
+                purposes: purposes.iter().map(|p| (*p).to_owned()).collect(),
+                categories: categories.iter().map(|c| (*c).to_owned()).collect(),
+                valid_until,
+                justification: "signed volmacht".into(),
+            };
+            async move { answer(a.grant_mandate(req(po, request)).await) }
+        };
+    let until = |seconds: i64, nanos: i32| mandate(ts(seconds, nanos), &["contract"], &["contact"]);
+    let received = |received_at: Option<prost_types::Timestamp>| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.open_subject_request(req(
+                    po,
+                    pb::OpenSubjectRequestRequest {
+                        subject_id: me.into(),
+                        kind: "access".into(),
+                        received_at,
+                        note: "letter 2026-80".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let since = |since: Option<prost_types::Timestamp>| {
+        let mut a = admin.clone();
+        async move {
+            a.export_audit(req(
+                po,
+                pb::ExportAuditRequest {
+                    since,
+                    justification: "SAR-2026-10".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| "an export stream".to_owned())
+        }
+    };
+    let minimum = |purpose: &'static str, version: u32| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.set_min_decrypt_version(req(
+                    so,
+                    pb::KeyVersionRequest {
+                        purpose: purpose.into(),
+                        version,
+                        justification: "retire old versions".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let schedule = |version: u32, wait_seconds: Option<u64>| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.schedule_key_destruction(req(
+                    so,
+                    pb::ScheduleKeyDestructionRequest {
+                        purpose: "nuisance".into(),
+                        version,
+                        wait_seconds,
+                        justification: "retired".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let cancel = |version: u32| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.cancel_key_destruction(req(
+                    so,
+                    pb::KeyVersionRequest {
+                        purpose: "nuisance".into(),
+                        version,
+                        justification: "not yet".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let erase = |justification: &'static str| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.erase_subject(req(
+                    po,
+                    pb::EraseSubjectRequest {
+                        subject_id: me.into(),
+                        justification: justification.into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let approve_token = |justification: &'static str| {
+        let mut a = admin.clone();
+        let token_id = pending.token_id.clone();
+        async move {
+            answer(
+                a.approve_token(req(
+                    po,
+                    pb::ApproveTokenRequest {
+                        token_id,
+                        justification: justification.into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let approve_root = |justification: &'static str| {
+        let mut a = admin.clone();
+        let request_id = root_change.clone();
+        async move {
+            answer(
+                a.approve_root_change(req(
+                    po,
+                    pb::ApproveRootChangeRequest {
+                        request_id,
+                        justification: justification.into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let release = |hold_id: &str| {
+        let mut a = admin.clone();
+        let hold_id = hold_id.to_owned();
+        async move {
+            answer(
+                a.release_hold(req(
+                    po,
+                    pb::ReleaseHoldRequest {
+                        hold_id,
+                        justification: "claim settled".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let revoke_token = |token_id: &str| {
+        let mut a = admin.clone();
+        let token_id = token_id.to_owned();
+        async move {
+            answer(
+                a.revoke_token(req(
+                    so,
+                    pb::RevokeTokenRequest {
+                        token_id,
+                        justification: "left".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let complete = |request_id: &str| {
+        let mut a = admin.clone();
+        let request_id = request_id.to_owned();
+        async move {
+            answer(
+                a.complete_subject_request(req(
+                    po,
+                    pb::CompleteSubjectRequestRequest {
+                        request_id,
+                        justification: "copy sent".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let revoke_mandate = |mandate_id: &str| {
+        let mut a = admin.clone();
+        let mandate_id = mandate_id.to_owned();
+        async move {
+            answer(
+                a.revoke_mandate(req(
+                    po,
+                    pb::RevokeMandateRequest {
+                        mandate_id,
+                        justification: "withdrawn".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+
+    let bad = Code::InvalidArgument;
+    let fp = Code::FailedPrecondition;
+    let within_5y = ["`valid_until`", "5 years"];
+    let within_year = ["`received_at`", "a year", "future"];
+    let cases = vec![
+        case("mandate until 2^63-1", bad, until(i64::MAX, 0)).names(&within_5y),
+        case(
+            "mandate until six years on",
+            bad,
+            until(now + 6 * 366 * DAY, 0),
+        )
+        .names(&within_5y),
+        case("mandate until a minute ago", bad, until(now - 60, 0)).names(&within_5y),
+        case("mandate until 1970", bad, until(0, 0)).names(&within_5y),
+        case("mandate until -2^63", bad, until(i64::MIN, 0)).names(&within_5y),
+        case("mandate nanos -1", bad, until(now + 30 * DAY, -1))
+            .names(&["`valid_until.nanos`", "999999999"]),
+        case(
+            "mandate nanos 10^9",
+            bad,
+            until(now + 30 * DAY, 1_000_000_000),
+        )
+        .names(&["`valid_until.nanos`", "999999999"]),
+        case(
+            "mandate without an end",
+            bad,
+            mandate(None, &["contract"], &["contact"]),
+        )
+        .names(&["`valid_until`", "required"]),
+        case(
+            "mandate without purposes",
+            bad,
+            mandate(ts(now + 30 * DAY, 0), &[], &["contact"]),
+        )
+        .names(&["`purposes`"])
+        .hides(&["`categories`"]),
+        case(
+            "mandate without categories",
+            bad,
+            mandate(ts(now + 30 * DAY, 0), &["contract"], &[]),
+        )
+        .names(&["`categories`"])
+        .hides(&["`purposes`"]),
+        case(
+            "request received -10^12",
+            bad,
+            received(ts(-1_000_000_000_000, 0)),
+        )
+        .names(&within_year),
+        case(
+            "request received 400 days ago",
+            bad,
+            received(ts(now - 400 * DAY, 0)),
+        )
+        .names(&within_year),
+        case("request received tomorrow", bad, received(ts(now + DAY, 0))).names(&within_year),
+        case("request received at 2^63-1", bad, received(ts(i64::MAX, 0))).names(&within_year),
+        case(
+            "request received with nanos -1",
+            bad,
+            received(ts(now - DAY, -1)),
+        )
+        .names(&["`received_at.nanos`"]),
+        case("audit since -1", bad, since(ts(-1, 0))).names(&["`since`", "1970"]),
+        case("audit since tomorrow", bad, since(ts(now + DAY, 0))).names(&["`since`", "now"]),
+        case(
+            "audit since with nanos 2*10^9",
+            bad,
+            since(ts(now - DAY, 2_000_000_000)),
+        )
+        .names(&["`since.nanos`"]),
+        case("minimum version 0", bad, minimum("nuisance", 0)).names(&["`version`", "start at 1"]),
+        case("minimum version 2 again", fp, minimum("nuisance", 2))
+            .names(&["only ever rises", "above 2"]),
+        case("minimum version lowered to 1", fp, minimum("nuisance", 1))
+            .names(&["only ever rises", "above 2"]),
+        case("minimum 1 where none is set", fp, minimum("contract", 1))
+            .names(&["only ever rises", "above 1"]),
+        case(
+            "minimum above the active version",
+            fp,
+            minimum("nuisance", 3),
+        )
+        .names(&["no version 3"]),
+        case("destruction of version 0", bad, schedule(0, Some(3600))).names(&["`version`"]),
+        case(
+            "destruction waiting 2^64-1 s",
+            bad,
+            schedule(1, Some(u64::MAX)),
+        )
+        .names(&["`wait_seconds`", "366 days"]),
+        case("cancelled destruction of version 0", bad, cancel(0)).names(&["`version`"]),
+        case("erasure without a justification", bad, erase(""))
+            .names(&["`justification`", "required"]),
+        case("erasure justified by spaces", bad, erase("   "))
+            .names(&["`justification`", "required"]),
+        case(
+            "token approval without a justification",
+            bad,
+            approve_token(""),
+        )
+        .names(&["`justification`", "required"]),
+        case(
+            "root change approval without a justification",
+            bad,
+            approve_root(" "),
+        )
+        .names(&["`justification`", "required"]),
+        case(
+            "hold id with a direction override",
+            bad,
+            release("hold_\u{202E}1"),
+        )
+        .names(&["`hold_id`"])
+        .hides(&["\u{202E}"]),
+        case("token id holding a BSN", bad, revoke_token("tok_111222333"))
+            .names(&["`token_id`"])
+            .hides(&["111222333"]),
+        case("request id with a space", bad, complete("req_ 1")).names(&["`request_id`"]),
+        case("no mandate id", bad, revoke_mandate("")).names(&["`mandate_id`", "required"]),
+    ];
+    run_table("times and admin numbers", cases).await;
+    // Nothing was carried out: no allowed entry since, no mandate or request, the minimum still
+    // 2, the token still waiting, the record still there.
+    let entries = audit_entries(s);
+    let allowed: Vec<&serde_json::Value> = entries[before..]
+        .iter()
+        .filter(|e| e["decision"] == "allow")
+        .collect();
+    assert!(allowed.is_empty(), "{allowed:?}");
+    let refused_minimums = entries[before..]
+        .iter()
+        .filter(|e| e["action"] == "key-set-minimum" && e["decision"] == "deny")
+        .count();
+    assert_eq!(
+        refused_minimums, 4,
+        "a refused minimum is on the trail as refused"
+    );
+    let requests = direct
+        .list_subject_requests(req(
+            po,
+            pb::ListSubjectRequestsRequest {
+                overdue_only: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    assert!(requests.is_empty(), "{requests:?}");
+    let mandates = direct
+        .list_mandates(req(
+            po,
+            pb::ListMandatesRequest {
+                subject_id: me.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .mandates;
+    assert!(mandates.is_empty(), "{mandates:?}");
+    let keys = direct
+        .list_keys(req(
+            so,
+            pb::ListKeysRequest {
+                purpose: "nuisance".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .purposes;
+    assert_eq!(keys[0].min_decrypt_version, 2);
+    assert!(keys[0].versions.iter().all(|v| v.destroy_after.is_none()));
+    assert_eq!(
+        who_am_i(s, &pending.token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let cs = s.token(Role::CustomerService);
+    let listed = list(s, cs, ctx("customer-service", "", ""), me)
+        .await
+        .unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+
+    // The untouched twins.
+    until(now + 30 * DAY, 999_999_999).await.unwrap();
+    until(now + 5 * 365 * DAY, 0).await.unwrap();
+    received(ts(now - 40 * DAY, 0)).await.unwrap();
+    let skewed = direct
+        .open_subject_request(req(
+            po,
+            pb::OpenSubjectRequestRequest {
+                subject_id: me.into(),
+                kind: "erasure".into(),
+                received_at: ts(now + 60, 0),
+                note: "a clock a minute fast".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(skewed.received_at.unwrap().seconds <= kluis::domain::now_unix());
+    since(ts(now - 3600, 0)).await.unwrap();
+    schedule(1, Some(3600)).await.unwrap();
+    cancel(1).await.unwrap();
+    approve_token("checked with the team lead").await.unwrap();
+    who_am_i(s, &pending.token).await.unwrap();
+    approve_root("custodian change").await.unwrap();
+    release(&hold_id).await.unwrap();
+    let erased = erase("ER-2026-10").await.unwrap();
+    assert!(erased.contains(&record), "{erased}");
     server.stop().await;
 }
