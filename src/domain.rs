@@ -362,8 +362,8 @@ impl Default for Limits {
     }
 }
 
-/// Checks a short identifier-like string: not empty, at most `max` bytes, printable, no
-/// surrounding whitespace.
+/// Checks a short identifier-like string: not empty, at most `max` bytes, printable (no control
+/// or invisible characters), no surrounding whitespace.
 fn check_token(field: &str, s: &str, max: usize, what: &str) -> Result<(), InputError> {
     if s.is_empty() {
         return Err(InputError::new(field, format!("{what} is required")));
@@ -374,12 +374,7 @@ fn check_token(field: &str, s: &str, max: usize, what: &str) -> Result<(), Input
             format!("{what} is longer than {max} bytes"),
         ));
     }
-    if s.chars().any(char::is_control) {
-        return Err(InputError::new(
-            field,
-            format!("{what} holds control characters"),
-        ));
-    }
+    check_printable(field, s, what)?;
     if s.trim() != s {
         return Err(InputError::new(
             field,
@@ -387,6 +382,68 @@ fn check_token(field: &str, s: &str, max: usize, what: &str) -> Result<(), Input
         ));
     }
     Ok(())
+}
+
+/// Refuses control characters, line and paragraph separators, and characters that show nothing
+/// or change how the text around them shows (`guard::is_invisible`: zero-width spaces and
+/// joiners, direction marks, overrides and isolates, variation selectors, tags, fillers).
+fn check_printable(field: &str, s: &str, what: &str) -> Result<(), InputError> {
+    if s.chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return Err(InputError::new(
+            field,
+            format!("{what} holds control characters or line breaks"),
+        ));
+    }
+    if s.chars().any(guard::is_invisible) {
+        return Err(InputError::new(
+            field,
+            format!(
+                "{what} holds an invisible or text-direction character (a zero-width space or \
+                 joiner, a direction mark, override or isolate, a variation selector, tag or \
+                 filler: Unicode format characters); write it without them"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a free text must hold something.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Need {
+    /// A value is required: empty, or only whitespace, is refused.
+    Required,
+    /// May be empty.
+    Optional,
+}
+
+/// Checks a free text that kluis keeps in clear or decides on (a case reference, justification,
+/// hold reason, request note, label value, file name): when `need` is `Required`, something
+/// besides whitespace; at most `max` bytes; no control characters, line breaks or invisible
+/// characters (`check_printable`); and no BSN or MRZ (`guard::check_text`). The one check every
+/// such text goes through. The error names `field` and `what` and never repeats the text.
+pub fn check_free_text(
+    field: &str,
+    s: &str,
+    what: &str,
+    max: usize,
+    need: Need,
+) -> Result<(), InputError> {
+    if need == Need::Required && s.trim().is_empty() {
+        return Err(InputError::new(
+            field,
+            format!("{what} is required; whitespace alone does not count"),
+        ));
+    }
+    if s.len() > max {
+        return Err(InputError::new(
+            field,
+            format!("{what} is longer than {max} bytes"),
+        ));
+    }
+    check_printable(field, s, what)?;
+    guard::check_text(field, s)
 }
 
 macro_rules! string_newtype {
@@ -431,18 +488,61 @@ impl SubjectId {
     /// Longest accepted subject id in bytes.
     pub const MAX_LEN: usize = 128;
 
-    /// Parses a subject id named `field` in the request.
+    /// Parses a subject id named `field` in the request, in its one spelling: ASCII letters
+    /// (compared without case, kept in upper case, as relation numbers are written), digits and
+    /// `-`, `.`, `_`, `:`, `/`, starting with a letter or digit, at most [`Self::MAX_LEN`]
+    /// bytes. `rel-0001` and `REL-0001` are the same subject; look-alike letters from other
+    /// scripts, full-width forms, other hyphens, spaces and invisible characters are refused
+    /// rather than taken for another subject, whose records would escape the first one's
+    /// export and erasure.
     pub fn parse(field: &str, s: &str) -> Result<Self, InputError> {
         check_token(field, s, Self::MAX_LEN, "subject id")?;
-        guard::check_text(field, s)?;
-        if guard::is_bsn(s) {
+        if let Some(bad) = s.chars().find(|&c| !Self::allowed(c)) {
+            let what = if bad.is_ascii() {
+                "a character other than ASCII letters, digits and `-._:/`"
+            } else {
+                "a non-ASCII character (a subject id has one spelling: look-alike letters, \
+                 full-width forms and other hyphens are refused)"
+            };
+            return Err(InputError::new(
+                field,
+                format!("subject id holds {what}; use the case app's relation number"),
+            ));
+        }
+        if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(InputError::new(
+                field,
+                "subject id must start with an ASCII letter or digit",
+            ));
+        }
+        let id = s.to_ascii_uppercase();
+        guard::check_text(field, &id)?;
+        if guard::is_bsn(&id) {
             return Err(InputError::new(
                 field,
                 "subject id is a BSN (citizen service number); kluis stores no BSNs, use the case \
                  app's own relation number",
             ));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(id))
+    }
+
+    /// A subject id read back from the store: accepted only in the one spelling `parse` gives,
+    /// so that a row written otherwise (by hand, or by a kluis that kept ids as given) is never
+    /// taken for, or beside, the subject of that spelling.
+    pub fn parse_stored(s: &str) -> Result<Self, InputError> {
+        let id = Self::parse("subject", s)?;
+        if id.0 != s {
+            return Err(InputError::new(
+                "subject",
+                "stored subject id is not in its one spelling (upper case)",
+            ));
+        }
+        Ok(id)
+    }
+
+    fn allowed(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '/')
     }
 }
 
@@ -638,7 +738,8 @@ pub struct AccessContext {
     pub purpose: Purpose,
     /// The case reference; empty when none was given.
     pub case_ref: String,
-    /// The justification; empty when none was given.
+    /// The justification, trimmed; empty when none, or only whitespace, was given (and then a
+    /// rule that needs one is not met).
     pub justification: String,
     /// The channel, e.g. `app`, `counter`, `social-media`; `app` when none was given.
     pub channel: String,
@@ -674,16 +775,13 @@ impl AccessContext {
             )?;
             guard::check_text(&format!("{prefix}.case_ref"), case_ref)?;
         }
-        if justification.len() > Self::MAX_JUSTIFICATION {
-            return Err(InputError::new(
-                format!("{prefix}.justification"),
-                format!(
-                    "justification is longer than {} bytes",
-                    Self::MAX_JUSTIFICATION
-                ),
-            ));
-        }
-        guard::check_text(&format!("{prefix}.justification"), justification)?;
+        check_free_text(
+            &format!("{prefix}.justification"),
+            justification,
+            "justification",
+            Self::MAX_JUSTIFICATION,
+            Need::Optional,
+        )?;
         let channel = if channel.is_empty() { "app" } else { channel };
         if !channels.contains(channel) {
             return Err(InputError::new(
@@ -826,6 +924,172 @@ mod tests {
         assert!(SubjectId::parse("subject_id", &"x".repeat(129)).is_err());
         assert!(SubjectId::parse("subject_id", "123456789").is_ok());
         assert!(SubjectId::parse("subject_id", "REL-000123").is_ok());
+    }
+
+    #[test]
+    fn one_subject_has_one_spelling() {
+        let canonical = SubjectId::parse("subject_id", "REL-0001").unwrap();
+        assert_eq!(canonical.as_str(), "REL-0001");
+        for same in ["rel-0001", "Rel-0001", "rEL-0001"] {
+            assert_eq!(
+                SubjectId::parse("subject_id", same).unwrap(),
+                canonical,
+                "{same}"
+            );
+        }
+        for ok in ["12345", "urn:rel/0001", "K.2026_7", "a"] {
+            let id = SubjectId::parse("subject_id", ok).unwrap();
+            assert_eq!(id.as_str(), ok.to_ascii_uppercase());
+            assert_eq!(SubjectId::parse_stored(id.as_str()).unwrap(), id);
+        }
+        let look_alikes = [
+            "REL-0001\u{200B}",
+            "\u{200B}REL-0001",
+            "REL\u{200D}-0001",
+            "REL-0001\u{FEFF}",
+            "\u{202E}REL-0001",
+            "\u{FF32}\u{FF25}\u{FF2C}-\u{FF10}\u{FF10}\u{FF10}\u{FF11}",
+            "REL\u{2011}0001",
+            "REL\u{2010}0001",
+            "REL\u{2212}0001",
+            "R\u{0415}L-0001",
+            "REL-0001\u{FE0F}",
+            "REL-0001\u{E0041}",
+            "REL 0001",
+            "REL\u{00A0}0001",
+            "REL-0001 ",
+            "REL\t0001",
+            "REL,0001",
+            "REL-0001'",
+            "-REL-0001",
+            "/REL-0001",
+            "\u{0130}REL",
+        ];
+        for bad in look_alikes {
+            let err = SubjectId::parse("subject_id", bad).unwrap_err();
+            assert_eq!(err.field, "subject_id", "{bad:?}");
+            assert!(!err.problem.contains("0001"), "{bad:?} echoed: {err}");
+        }
+        assert!(SubjectId::parse("subject_id", &"R".repeat(SubjectId::MAX_LEN)).is_ok());
+        assert!(SubjectId::parse("subject_id", &"R".repeat(SubjectId::MAX_LEN + 1)).is_err());
+        // A row in the store is taken only in the one spelling.
+        assert!(SubjectId::parse_stored("rel-0001").is_err());
+        assert!(SubjectId::parse_stored("REL-0001").is_ok());
+    }
+
+    #[test]
+    fn free_text_refuses_invisible_and_direction_characters() {
+        let invisible = [
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{202A}',
+            '\u{202B}',
+            '\u{202C}',
+            '\u{202D}',
+            '\u{202E}',
+            '\u{2060}',
+            '\u{2061}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{180E}',
+            '\u{061C}',
+            '\u{E0001}',
+            '\u{E0041}',
+            '\u{E007F}',
+            '\u{FE00}',
+            '\u{FE0F}',
+            '\u{E0100}',
+            '\u{034F}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{3164}',
+            '\u{FFA0}',
+            '\u{2800}',
+            '\u{0600}',
+            '\u{FFF9}',
+            '\u{1D173}',
+        ];
+        for c in invisible {
+            for text in [c.to_string(), format!("claim{c}"), format!("{c} pending")] {
+                for need in [Need::Required, Need::Optional] {
+                    let err = check_free_text("reason", &text, "reason", 1024, need)
+                        .expect_err(&format!("{:04X} accepted", u32::from(c)));
+                    assert_eq!(err.field, "reason");
+                    assert!(err.problem.contains("invisible"), "{err}");
+                }
+            }
+            let err = AccessContext::parse(
+                "context",
+                "nuisance",
+                &format!("N-1{c}"),
+                "case work",
+                "",
+                false,
+                &Channels::default(),
+            )
+            .unwrap_err();
+            assert_eq!(err.field, "context.case_ref", "{:04X}", u32::from(c));
+            let err = AccessContext::parse(
+                "context",
+                "nuisance",
+                "N-1",
+                &c.to_string(),
+                "",
+                true,
+                &Channels::default(),
+            )
+            .unwrap_err();
+            assert_eq!(err.field, "context.justification", "{:04X}", u32::from(c));
+        }
+        for control in [
+            "a\nb",
+            "a\rb",
+            "a\u{1B}[31mb",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "\u{0}",
+        ] {
+            let err = check_free_text("note", control, "note", 1024, Need::Optional).unwrap_err();
+            assert!(err.problem.contains("control"), "{err}");
+        }
+        for blank in ["", " ", "\t", "\u{3000}", "\u{00A0} "] {
+            let err = check_free_text("reason", blank, "reason", 1024, Need::Required);
+            assert!(err.is_err(), "{blank:?}");
+        }
+        // The untouched twins pass: ordinary text, accents, other scripts, an emoji.
+        for ok in [
+            "claim pending",
+            "Zaak 2026/17: één buurman",
+            "جار مزعج",
+            "😀 ok",
+        ] {
+            check_free_text("reason", ok, "reason", 1024, Need::Required).unwrap();
+        }
+        assert!(
+            check_free_text("reason", &"x".repeat(1025), "reason", 1024, Need::Optional).is_err()
+        );
+        let ctx = AccessContext::parse(
+            "context",
+            "nuisance",
+            "N-1",
+            "  ",
+            "",
+            true,
+            &Channels::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            ctx.justification, "",
+            "a blank justification is no justification"
+        );
     }
 
     #[test]

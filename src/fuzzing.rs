@@ -17,7 +17,10 @@ use crate::{
         self, Algorithm, Header, SubjectKey,
         stream::{FileKey, SALT_LEN, SegmentHeader},
     },
-    domain::{FieldName, RecordId, SubjectId, parse_category, parse_purpose, parse_role},
+    domain::{
+        FieldName, Need, RecordId, SubjectId, check_free_text, parse_category, parse_purpose,
+        parse_role,
+    },
     policy::{DEFAULT_SCHEMA, Engine},
     vault::guard,
 };
@@ -105,7 +108,22 @@ pub fn inputs(data: &[u8]) {
         let _ = guard::check_binary("f", data);
         return;
     };
-    let _ = SubjectId::parse("f", s);
+    // A subject has one spelling: what parses is ASCII in upper case, parses to itself, and
+    // every other case of it is the same subject.
+    if let Ok(id) = SubjectId::parse("f", s) {
+        assert!(id.as_str().is_ascii() && id.as_str() == id.as_str().to_ascii_uppercase());
+        assert_eq!(
+            SubjectId::parse_stored(id.as_str()).ok().as_ref(),
+            Some(&id)
+        );
+        assert_eq!(
+            SubjectId::parse("f", &s.to_ascii_lowercase()).ok().as_ref(),
+            Some(&id)
+        );
+    }
+    if let Err(e) = check_free_text("f", s, "text", 1024, Need::Optional) {
+        assert!(s.len() < 9 || !e.to_string().contains(s));
+    }
     let _ = RecordId::parse("f", s);
     let _ = FieldName::parse("f", s);
     let _ = parse_purpose("f", s);

@@ -84,7 +84,8 @@ pub enum KeyError {
     #[error(
         "this store has key format {found}; this kluis reads key format {KEY_FORMAT} only \
          (older formats are not migrated: format 1 used each key directly for more than one \
-         purpose, format 2 kept purpose key states unauthenticated): initialise a new store"
+         purpose, format 2 kept purpose key states unauthenticated, format 3 kept one subject \
+         under several spellings): initialise a new store"
     )]
     UnsupportedFormat {
         /// The format the store records (`1` when it records none).
@@ -180,10 +181,12 @@ const META_AUDIT_KEY: &str = "audit_key";
 const META_KEY_FORMAT: &str = "key_format";
 const META_STORE_ID: &str = "store_id";
 
-/// The key format of stores this kluis writes and reads: 3, a subkey per use of every key
-/// (`crypto::subkey`), envelopes and segments of format 2, a store id, and purpose key rows
-/// that carry a MAC of their state (format 2 had none).
-pub const KEY_FORMAT: u32 = 3;
+/// The key format of stores this kluis writes and reads: 4, a subkey per use of every key
+/// (`crypto::subkey`), envelopes and segments of format 2, a store id, purpose key rows that
+/// carry a MAC of their state (format 2 had none), and subject ids in their one spelling in
+/// every row, associated data and MAC (format 3 kept them as given, so `rel-1` and `REL-1` were
+/// two subjects with their own keys).
+pub const KEY_FORMAT: u32 = 4;
 
 /// What a pending root change keeps of its new secret: how the new root key is derived from it
 /// (for a passphrase, the fresh salt and Argon2id parameters) and the new key's check value.
@@ -1048,7 +1051,7 @@ mod tests {
         let (dir, store) = store();
         let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
         Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
-        assert_eq!(store.meta(META_KEY_FORMAT).unwrap().unwrap(), b"3");
+        assert_eq!(store.meta(META_KEY_FORMAT).unwrap().unwrap(), b"4");
         Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
         // A store as format 1 left it: no format recorded.
         let conn = rusqlite::Connection::open(dir.path().join("k.db")).unwrap();
@@ -1066,8 +1069,16 @@ mod tests {
             Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0),
             Err(KeyError::UnsupportedFormat { found }) if found == "2"
         ));
-        // The twin: the format put back, the store unseals again.
         store.set_meta(META_KEY_FORMAT, b"3").unwrap();
+        let err =
+            Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap_err();
+        assert!(
+            matches!(&err, KeyError::UnsupportedFormat { found } if found == "3"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("several spellings"), "{err}");
+        // The twin: the format put back, the store unseals again.
+        store.set_meta(META_KEY_FORMAT, b"4").unwrap();
         Keyring::unseal(store, &secret, Algorithm::Aes256Gcm, 0).unwrap();
     }
 
@@ -1250,8 +1261,8 @@ mod tests {
         Keyring::initialize(store.as_ref(), &secret, Algorithm::XChaCha20Poly1305).unwrap();
         let ring =
             Keyring::unseal(Arc::clone(&store), &secret, Algorithm::XChaCha20Poly1305, 1).unwrap();
-        let s1 = SubjectId::parse("s", "rel-1").unwrap();
-        let s2 = SubjectId::parse("s", "rel-2").unwrap();
+        let s1 = SubjectId::parse("s", "REL-1").unwrap();
+        let s2 = SubjectId::parse("s", "REL-2").unwrap();
         assert!(
             ring.subject_key_at(&s1, Purpose::Nuisance, 1)
                 .unwrap()
@@ -1276,7 +1287,7 @@ mod tests {
         let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
         Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
         let ring = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
-        let s1 = SubjectId::parse("s", "rel-1").unwrap();
+        let s1 = SubjectId::parse("s", "REL-1").unwrap();
         let before = ring.subject_key_or_create(&s1, Purpose::Safety).unwrap();
         let (v, alg) = ring
             .rotate(Purpose::Safety, Some(Algorithm::XChaCha20Poly1305))
@@ -1286,7 +1297,7 @@ mod tests {
         assert_eq!(ring.rewrap_batch(Purpose::Safety, 10).unwrap(), (0, 0));
         assert_eq!(
             store
-                .subject_key("rel-1", "safety")
+                .subject_key("REL-1", "safety")
                 .unwrap()
                 .unwrap()
                 .purpose_version,
@@ -1332,26 +1343,26 @@ mod tests {
         let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
         Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
         let ring = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
-        let s1 = SubjectId::parse("s", "rel-1").unwrap();
+        let s1 = SubjectId::parse("s", "REL-1").unwrap();
         ring.subject_key_or_create(&s1, Purpose::Nuisance).unwrap();
         // A wrapped key of one subject presented as another's must not unwrap.
-        let row = store.subject_key("rel-1", "nuisance").unwrap().unwrap();
+        let row = store.subject_key("REL-1", "nuisance").unwrap().unwrap();
         let moved = SubjectKeyRow {
-            subject: "rel-2".into(),
+            subject: "REL-2".into(),
             ..row
         };
         store
             .insert_subject_key(
                 &moved,
                 &crate::store::AnchorRow {
-                    subject: "rel-2".into(),
+                    subject: "REL-2".into(),
                     holds: 0,
                     consents: 0,
                     mac: Vec::new(),
                 },
             )
             .unwrap();
-        let s2 = SubjectId::parse("s", "rel-2").unwrap();
+        let s2 = SubjectId::parse("s", "REL-2").unwrap();
         assert!(matches!(
             ring.subject_key_at(&s2, Purpose::Nuisance, 1),
             Err(KeyError::Crypto(CryptoError::Open))

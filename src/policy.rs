@@ -761,7 +761,7 @@ mod tests {
             name: name.into(),
             category,
             purpose,
-            subject: "rel-1".into(),
+            subject: "REL-1".into(),
             flags: Default::default(),
         }
     }
@@ -772,7 +772,7 @@ mod tests {
         use rand::{Rng, SeedableRng, seq::SliceRandom};
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x006b_6c75_6973);
         let names = ["name", "surname", "phone", "medical_need", "meds", "x"];
-        let subjects = ["rel-1", "rel-2"];
+        let subjects = ["REL-1", "REL-2"];
         let case_refs = ["", "N-1", "N-2"];
         let justifications = ["", "case work"];
         let channels = ["app", "social-media"];
@@ -781,7 +781,7 @@ mod tests {
             let n = rng.gen_range(1..=2);
             let mut roles: Vec<Role> = Role::ALL.choose_multiple(&mut rng, n).copied().collect();
             roles.dedup();
-            let scope = [None, Some("rel-1"), Some("rel-2")][rng.gen_range(0..3)];
+            let scope = [None, Some("REL-1"), Some("REL-2")][rng.gen_range(0..3)];
             let p = principal(&roles, scope);
             let c = AccessContext::parse(
                 "c",
@@ -927,9 +927,9 @@ mod tests {
             principal(&[Role::NuisanceOfficer, Role::SecurityOfficer], None),
             principal(
                 &[Role::NuisanceOfficer, Role::Representative],
-                Some("rel-1"),
+                Some("REL-1"),
             ),
-            principal(&[Role::Subject, Role::CustomerService], Some("rel-1")),
+            principal(&[Role::Subject, Role::CustomerService], Some("REL-1")),
             principal(&[Role::Contractor], None),
             principal(&[Role::Representative], None),
             principal(&[], None),
@@ -977,7 +977,7 @@ mod tests {
     #[test]
     fn contractor_sees_name_and_contact_of_their_subject_only() {
         let engine = Engine::default_policies().unwrap();
-        let p = principal(&[Role::Contractor], Some("rel-1"));
+        let p = principal(&[Role::Contractor], Some("REL-1"));
         let c = ctx(Purpose::Maintenance);
         let fields = [
             field("name", Category::Identity, Purpose::Maintenance),
@@ -990,7 +990,7 @@ mod tests {
             [true, false, true]
         );
         let other = FieldResource {
-            subject: "rel-2".into(),
+            subject: "REL-2".into(),
             ..fields[2].clone()
         };
         let d = engine

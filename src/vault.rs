@@ -460,6 +460,11 @@ impl Vault {
         &self.channels
     }
 
+    /// The lifecycle's now (unix seconds): what times in a request are bounded against.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     /// The audit trail.
     pub fn audit(&self) -> &Audit {
         &self.audit
@@ -592,7 +597,7 @@ impl Vault {
     ) -> Result<RecordView, VaultError> {
         let (record, rows) = self.load(record_id)?;
         let meta = record_meta(&record)?;
-        let subject = SubjectId::parse("subject", &record.subject)
+        let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         // A field the caller named that the record does not hold, and one it holds that the
         // caller may not know of, get the same answer.
@@ -711,7 +716,7 @@ impl Vault {
         check_fields(&fields, &self.limits)?;
         let (record, rows) = self.load(record_id)?;
         let meta = record_meta(&record)?;
-        let subject = SubjectId::parse("subject", &record.subject)
+        let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let resources: Vec<FieldResource> = fields
             .iter()
@@ -871,7 +876,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let (record, rows) = self.load(record_id)?;
         let meta = record_meta(&record)?;
-        let subject = SubjectId::parse("subject", &record.subject)
+        let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let mut resources = rows
             .iter()

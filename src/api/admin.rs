@@ -76,8 +76,16 @@ impl AdminRpc for AdminApi {
                 .collect::<Result<Vec<_>, _>>()?;
             let until = req
                 .valid_until
-                .map(|t| t.seconds)
-                .ok_or_else(|| InputError::new("valid_until", "is required"))?;
+                .as_ref()
+                .ok_or_else(|| InputError::new("valid_until", "is required"))
+                .and_then(|t| {
+                    convert::request_time(
+                        "valid_until",
+                        t,
+                        vault.now(),
+                        convert::MANDATE_VALID_UNTIL,
+                    )
+                })?;
             let m = vault.grant_mandate(
                 principal,
                 &subject,
@@ -98,7 +106,8 @@ impl AdminRpc for AdminApi {
         request: Request<pb::RevokeMandateRequest>,
     ) -> Result<Response<pb::RevokeMandateResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            vault.revoke_mandate(principal, &req.mandate_id, &req.justification)?;
+            let id = convert::issued_id("mandate_id", "mdt_", &req.mandate_id)?;
+            vault.revoke_mandate(principal, id, &req.justification)?;
             Ok(pb::RevokeMandateResponse {})
         })
         .await
@@ -237,7 +246,8 @@ impl AdminRpc for AdminApi {
         request: Request<pb::ReleaseHoldRequest>,
     ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            vault.release_hold(principal, &req.hold_id, &req.justification)?;
+            let id = convert::issued_id("hold_id", "hold_", &req.hold_id)?;
+            vault.release_hold(principal, id, &req.justification)?;
             Ok(pb::ReleaseHoldResponse {})
         })
         .await
@@ -319,13 +329,17 @@ impl AdminRpc for AdminApi {
                 .kind
                 .parse()
                 .map_err(|e: String| InputError::new("kind", e))?;
-            let row = vault.open_request(
-                principal,
-                &subject,
-                kind,
-                req.received_at.map(|t| t.seconds),
-                &req.note,
-            )?;
+            let now = vault.now();
+            // A time within the clock skew ahead is taken as now.
+            let received_at = req
+                .received_at
+                .as_ref()
+                .map(|t| {
+                    convert::request_time("received_at", t, now, convert::REQUEST_RECEIVED_AT)
+                        .map(|at| at.min(now))
+                })
+                .transpose()?;
+            let row = vault.open_request(principal, &subject, kind, received_at, &req.note)?;
             Ok(request_message(RequestStatus {
                 request: row,
                 overdue: false,
@@ -340,7 +354,8 @@ impl AdminRpc for AdminApi {
         request: Request<pb::CompleteSubjectRequestRequest>,
     ) -> Result<Response<pb::CompleteSubjectRequestResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            vault.complete_request(principal, &req.request_id, &req.justification)?;
+            let id = convert::issued_id("request_id", "req_", &req.request_id)?;
+            vault.complete_request(principal, id, &req.justification)?;
             Ok(pb::CompleteSubjectRequestResponse {})
         })
         .await
@@ -494,8 +509,8 @@ impl AdminRpc for AdminApi {
             let due = vault.schedule_key_destruction(
                 principal,
                 purpose,
-                req.version,
-                req.wait_seconds,
+                convert::key_version("version", req.version)?,
+                convert::destroy_wait(req.wait_seconds)?,
                 &req.justification,
             )?;
             Ok(pb::ScheduleKeyDestructionResponse {
@@ -512,7 +527,8 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<pb::KeyAdminResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
             let purpose = parse_purpose("purpose", &req.purpose)?;
-            vault.cancel_key_destruction(principal, purpose, req.version, &req.justification)?;
+            let version = convert::key_version("version", req.version)?;
+            vault.cancel_key_destruction(principal, purpose, version, &req.justification)?;
             Ok(pb::KeyAdminResponse {})
         })
         .await
@@ -541,7 +557,8 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<pb::KeyAdminResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
             let purpose = parse_purpose("purpose", &req.purpose)?;
-            vault.set_min_decrypt_version(principal, purpose, req.version, &req.justification)?;
+            let version = convert::key_version("version", req.version)?;
+            vault.set_min_decrypt_version(principal, purpose, version, &req.justification)?;
             Ok(pb::KeyAdminResponse {})
         })
         .await
@@ -589,7 +606,8 @@ impl AdminRpc for AdminApi {
                     expires_at: Some(convert::timestamp(asked.expires_at)),
                 });
             }
-            vault.rotate_root(principal, &req.request_id, &secret, &req.justification)?;
+            let id = convert::issued_id("request_id", "root_", &req.request_id)?;
+            vault.rotate_root(principal, id, &secret, &req.justification)?;
             Ok(pb::RotateRootResponse {
                 request_id: req.request_id,
                 rotated: true,
@@ -605,14 +623,8 @@ impl AdminRpc for AdminApi {
         request: Request<pb::ApproveRootChangeRequest>,
     ) -> Result<Response<pb::ApproveRootChangeResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            if req.request_id.is_empty() {
-                return Err(InputError::new(
-                    "request_id",
-                    "the id of the root change to approve is required (`root_…`)",
-                )
-                .into());
-            }
-            vault.approve_root_change(principal, &req.request_id, &req.justification)?;
+            let id = convert::issued_id("request_id", "root_", &req.request_id)?;
+            vault.approve_root_change(principal, id, &req.justification)?;
             Ok(pb::ApproveRootChangeResponse {})
         })
         .await
@@ -683,14 +695,8 @@ impl AdminRpc for AdminApi {
         request: Request<pb::ApproveTokenRequest>,
     ) -> Result<Response<pb::ApproveTokenResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            if req.token_id.is_empty() {
-                return Err(crate::domain::InputError::new(
-                    "token_id",
-                    "the id of the token to approve is required (`tok_…`)",
-                )
-                .into());
-            }
-            vault.approve_token(principal, &req.token_id, &req.justification)?;
+            let id = convert::issued_id("token_id", "tok_", &req.token_id)?;
+            vault.approve_token(principal, id, &req.justification)?;
             Ok(pb::ApproveTokenResponse {})
         })
         .await
@@ -702,14 +708,8 @@ impl AdminRpc for AdminApi {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
-            if req.token_id.is_empty() {
-                return Err(crate::domain::InputError::new(
-                    "token_id",
-                    "the id of the token to revoke is required (`tok_…`)",
-                )
-                .into());
-            }
-            vault.revoke_token(principal, &req.token_id, &req.justification)?;
+            let id = convert::issued_id("token_id", "tok_", &req.token_id)?;
+            vault.revoke_token(principal, id, &req.justification)?;
             Ok(pb::RevokeTokenResponse {})
         })
         .await
@@ -847,7 +847,11 @@ impl AdminRpc for AdminApi {
                             .map(|p| p.as_str().to_owned())
                     })
                     .transpose()?,
-                since: req.since.map(|t| t.seconds),
+                since: req
+                    .since
+                    .as_ref()
+                    .map(|t| convert::request_time("since", t, now_unix(), convert::AUDIT_SINCE))
+                    .transpose()?,
                 break_glass: req.break_glass_only,
                 actions: Vec::new(),
             };

@@ -7,7 +7,8 @@ use zeroize::Zeroizing;
 
 use crate::{
     domain::{
-        AccessContext, Channels, FieldName, InputError, Limits, RecordId, SubjectId, parse_category,
+        AccessContext, Channels, FieldName, InputError, Limits, Need, RecordId, SubjectId,
+        check_free_text, parse_category,
     },
     pb,
     vault::{
@@ -107,7 +108,8 @@ fn check_size(i: usize, kind: &str, len: usize, limits: &Limits) -> Result<(), I
     Ok(())
 }
 
-/// Parses record labels: few, short, no control characters, and guarded (they are stored in clear).
+/// Parses record labels: few, short, printable (`check_free_text`), and guarded (they are stored
+/// in clear).
 pub fn labels(
     labels: HashMap<String, String>,
     limits: &Limits,
@@ -120,7 +122,6 @@ pub fn labels(
     }
     let mut out = BTreeMap::new();
     for (k, v) in labels {
-        let field = format!("labels[{k:.32}]");
         let key_ok = !k.is_empty()
             && k.len() <= MAX_LABEL_KEY
             && k.bytes().all(|b| {
@@ -134,19 +135,134 @@ pub fn labels(
                 ),
             ));
         }
-        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
-            return Err(InputError::new(
-                field,
-                format!(
-                    "label values are at most {MAX_LABEL_VALUE} bytes without control characters"
-                ),
-            ));
-        }
+        // The key names the value in errors: only once the guard has passed it.
         guard::check_text("labels", &k)?;
-        guard::check_text(&field, &v)?;
+        let field = format!("labels[{k:.32}]");
+        check_free_text(&field, &v, "label value", MAX_LABEL_VALUE, Need::Optional)?;
         out.insert(k, v);
     }
     Ok(out)
+}
+
+/// Where a time in a request may lie, relative to now, and how the error states it.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct TimeBounds {
+    /// The earliest time accepted, in seconds from now (negative: before now); `None`: any
+    /// time from 1970 on.
+    pub earliest: Option<i64>,
+    /// The latest time accepted, in seconds from now.
+    pub latest: i64,
+    /// The rule as the error states it.
+    pub rule: &'static str,
+}
+
+/// How far ahead of kluis's clock a caller's clock may run: 5 minutes.
+pub const CLOCK_SKEW_SECS: i64 = 300;
+
+const DAY: i64 = 86_400;
+
+/// A mandate's end: after now, at most five years (1,827 days) ahead.
+pub const MANDATE_VALID_UNTIL: TimeBounds = TimeBounds {
+    earliest: Some(1),
+    latest: 1_827 * DAY,
+    rule: "must lie after now and at most 5 years (1827 days) ahead",
+};
+
+/// When a subject request was received: within the past year (366 days), not in the future
+/// beyond [`CLOCK_SKEW_SECS`].
+pub const REQUEST_RECEIVED_AT: TimeBounds = TimeBounds {
+    earliest: Some(-366 * DAY),
+    latest: CLOCK_SKEW_SECS,
+    rule: "must lie at most a year (366 days) ago and not in the future (5 minutes of clock \
+           skew allowed)",
+};
+
+/// The start of an audit export: from 1970 on, not in the future beyond [`CLOCK_SKEW_SECS`].
+pub const AUDIT_SINCE: TimeBounds = TimeBounds {
+    earliest: None,
+    latest: CLOCK_SKEW_SECS,
+    rule: "must lie between 1970 and now",
+};
+
+/// Reads the time `t` of the request field `field` as unix seconds: `nanos` in
+/// 0..=999,999,999 (and then dropped: kluis keeps seconds), `seconds` within `bounds` of
+/// `now`. The one conversion of a request's timestamps; the error names the field and the
+/// limit and does not repeat the time.
+pub fn request_time(
+    field: &str,
+    t: &prost_types::Timestamp,
+    now: i64,
+    bounds: TimeBounds,
+) -> Result<i64, InputError> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(InputError::new(
+            format!("{field}.nanos"),
+            "must lie between 0 and 999999999",
+        ));
+    }
+    let earliest = bounds.earliest.map_or(0, |e| now.saturating_add(e));
+    let latest = now.saturating_add(bounds.latest);
+    if t.seconds < earliest || t.seconds > latest {
+        return Err(InputError::new(field, bounds.rule));
+    }
+    Ok(t.seconds)
+}
+
+/// Most seconds a scheduled key destruction may wait: 366 days (cancel it instead of waiting
+/// longer).
+pub const MAX_DESTROY_WAIT_SECS: u64 = 366 * 86_400;
+
+/// Checks the waiting period of a key destruction (`wait_seconds`), when given.
+pub fn destroy_wait(wait: Option<u64>) -> Result<Option<u64>, InputError> {
+    match wait {
+        Some(w) if w > MAX_DESTROY_WAIT_SECS => Err(InputError::new(
+            "wait_seconds",
+            format!("at most {MAX_DESTROY_WAIT_SECS} seconds (366 days)"),
+        )),
+        w => Ok(w),
+    }
+}
+
+/// Checks a purpose key version named in a request: versions start at 1.
+pub fn key_version(field: &str, version: u32) -> Result<u32, InputError> {
+    if version == 0 {
+        return Err(InputError::new(
+            field,
+            "key versions start at 1 (`kluis admin keys list` shows them)",
+        ));
+    }
+    Ok(version)
+}
+
+/// Checks the id of something kluis issued (`tok_…`, `hold_…`, `mdt_…`, `req_…`, `root_…`)
+/// named `field`: `prefix` and then lowercase ASCII letters, digits or `_`, at most 64 bytes,
+/// and no BSN. An id goes onto the audit trail as given, so nothing else may pass; one of the
+/// right form that names nothing is `NOT_FOUND`.
+pub fn issued_id<'a>(field: &str, prefix: &str, s: &'a str) -> Result<&'a str, InputError> {
+    if s.is_empty() {
+        return Err(InputError::new(
+            field,
+            format!("the id is required (`{prefix}…`)"),
+        ));
+    }
+    let ok = s.len() <= 64
+        && s.strip_prefix(prefix).is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        });
+    if !ok {
+        return Err(InputError::new(
+            field,
+            format!(
+                "not an id of this kind: expected `{prefix}` and lowercase letters or digits, at \
+                 most 64 bytes"
+            ),
+        ));
+    }
+    guard::check_text(field, s)?;
+    Ok(s)
 }
 
 /// A unix time as a protobuf timestamp.

@@ -69,8 +69,8 @@ pub enum AdminCommand {
         /// The subject.
         #[arg(long)]
         subject: String,
-        /// E.g. the reference of the erasure request (audited).
-        #[arg(long, default_value = "")]
+        /// The reference of the erasure request (required; audited).
+        #[arg(long)]
         justification: String,
     },
     /// Subject requests and their four-week deadline.
@@ -194,8 +194,8 @@ pub enum TokenCommand {
     Approve {
         /// The token id (`tok_…`).
         token_id: String,
-        /// Why (audited).
-        #[arg(long, default_value = "")]
+        /// Why (required; audited).
+        #[arg(long)]
         justification: String,
     },
     /// List tokens (never the tokens themselves).

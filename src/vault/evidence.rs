@@ -166,7 +166,7 @@ impl Vault {
                 true,
             ),
         };
-        let subject = SubjectId::parse("subject", &record.subject)
+        let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let record_id = RecordId::parse("record", &record.id)
             .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
@@ -354,7 +354,7 @@ impl Vault {
         self.rows.check(&evidence)?;
         let meta = record_meta(&record)?;
         let category: Category = parse_stored(&evidence.category, &record.id)?;
-        let subject = SubjectId::parse("subject", &record.subject)
+        let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let record_id = RecordId::parse("record", &record.id)
             .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
@@ -896,7 +896,7 @@ pub(crate) fn reseal_segment(
             segment.index, evidence.id
         ))
     };
-    let subject = SubjectId::parse("subject", subject).map_err(|_| damaged())?;
+    let subject = SubjectId::parse_stored(subject).map_err(|_| damaged())?;
     let category: Category = parse_stored(&evidence.category, &evidence.record_id)?;
     let aad = evidence_aad(
         &subject,
@@ -931,7 +931,7 @@ pub(crate) fn reseal_file_name(
     new: (&SubjectKey, Algorithm, u32),
 ) -> Result<Vec<u8>, VaultError> {
     let damaged = || VaultError::DataLoss(format!("the file name of evidence `{}`", evidence.id));
-    let subject = SubjectId::parse("subject", subject).map_err(|_| damaged())?;
+    let subject = SubjectId::parse_stored(subject).map_err(|_| damaged())?;
     let category: Category = parse_stored(&evidence.category, &evidence.record_id)?;
     let aad = evidence_aad(
         &subject,
@@ -977,21 +977,16 @@ fn check_start(start: &EvidenceStart) -> Result<(), InputError> {
             ),
         ));
     }
-    let name = &start.file_name;
-    if name.len() > MAX_FILE_NAME {
-        return Err(InputError::new(
-            "start.file_name",
-            format!("file name is longer than {MAX_FILE_NAME} bytes"),
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(InputError::new(
-            "start.file_name",
-            "file name holds control characters",
-        ));
-    }
     guard::check_text("start.media_type", media)?;
-    guard::check_text("start.file_name", name)?;
+    // Shown as given to whoever reads the file: no direction override makes `exe.pdf` of it.
+    let name = &start.file_name;
+    crate::domain::check_free_text(
+        "start.file_name",
+        name,
+        "file name",
+        MAX_FILE_NAME,
+        crate::domain::Need::Optional,
+    )?;
     guard::check_file_name("start.file_name", name)
 }
 
@@ -1012,7 +1007,7 @@ mod tests {
 
     fn start(category: Category, media: &str, file: &str) -> EvidenceStart {
         EvidenceStart {
-            target: EvidenceTarget::Subject(SubjectId::parse("s", "rel-1").unwrap()),
+            target: EvidenceTarget::Subject(SubjectId::parse("s", "REL-1").unwrap()),
             name: FieldName::parse("n", "photo").unwrap(),
             category,
             media_type: media.into(),
@@ -1047,6 +1042,18 @@ mod tests {
             ),
             (
                 start(Category::NuisanceEvidence, "image/jpeg", "scan\n.jpg"),
+                "start.file_name",
+            ),
+            (
+                start(
+                    Category::NuisanceEvidence,
+                    "video/mp4",
+                    "clip\u{202E}4pm.exe",
+                ),
+                "start.file_name",
+            ),
+            (
+                start(Category::NuisanceEvidence, "video/mp4", "clip\u{200B}.mp4"),
                 "start.file_name",
             ),
         ] {

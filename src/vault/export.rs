@@ -179,7 +179,7 @@ impl Vault {
                 }
                 continue;
             }
-            let subject_id = SubjectId::parse("subject", &rec.subject).map_err(|_| {
+            let subject_id = SubjectId::parse_stored(&rec.subject).map_err(|_| {
                 crate::store::StoreError::Corrupt(format!("subject of `{}`", rec.id))
             })?;
             for (grant, row) in &granted {

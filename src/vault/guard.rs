@@ -6,8 +6,9 @@
 //! The guard reads text the way a person does, not byte by byte. Before it looks for a BSN it
 //! folds the text to Unicode compatibility form (NFKC: full-width `１１１` becomes `111`), reads
 //! every Unicode decimal digit by its value (Arabic-Indic `١١١`, Devanagari `१११`, ...), drops
-//! invisible characters (zero-width spaces and joiners, word joiner, byte order mark, soft
-//! hyphen, direction marks) and treats every kind of space, dots, dashes, the minus sign,
+//! invisible characters ([`INVISIBLE`] and every other format character: zero-width spaces and
+//! joiners, word joiner, byte order mark, soft hyphen, direction marks, variation selectors,
+//! tags) and treats every kind of space, dots, dashes, the minus sign,
 //! slashes and underscores as separators between groups of digits, up to
 //! [`MAX_SEPARATOR_RUN`] of them in a row (`111 - 222 - 333`).
 //!
@@ -223,18 +224,45 @@ fn units(text: &str) -> Vec<Unit> {
         .collect()
 }
 
-/// Characters that show nothing and may sit unseen between digits.
-fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-    )
+/// Characters that show nothing, or change how the text around them shows, as ranges: the one
+/// table of them in kluis. The guard reads text without them (a BSN with a zero-width space
+/// between its digits is still a BSN), and `domain::check_free_text` refuses every free text
+/// kept in clear that holds one, so that nothing on the trail or in a rule hides a value or
+/// displays otherwise than it reads.
+///
+/// Besides every other format character (general category Cf, which `is_invisible` also asks
+/// Unicode about) these are: format and direction controls, and characters of other categories
+/// that render as nothing (fillers, joiners, variation selectors, the blank braille pattern).
+pub const INVISIBLE: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),   // soft hyphen
+    ('\u{034F}', '\u{034F}'),   // combining grapheme joiner
+    ('\u{061C}', '\u{061C}'),   // Arabic letter mark
+    ('\u{115F}', '\u{1160}'),   // Hangul choseong and jungseong fillers
+    ('\u{17B4}', '\u{17B5}'),   // Khmer inherent vowels
+    ('\u{180B}', '\u{180F}'),   // Mongolian free variation selectors, vowel separator
+    ('\u{200B}', '\u{200F}'),   // zero-width space, non-joiner, joiner; LRM, RLM
+    ('\u{202A}', '\u{202E}'),   // direction embeddings, pop, overrides (LRO, RLO)
+    ('\u{2060}', '\u{2064}'),   // word joiner, invisible operators
+    ('\u{2066}', '\u{2069}'),   // direction isolates
+    ('\u{206A}', '\u{206F}'),   // deprecated format characters
+    ('\u{2800}', '\u{2800}'),   // braille pattern blank
+    ('\u{3164}', '\u{3164}'),   // Hangul filler
+    ('\u{FE00}', '\u{FE0F}'),   // variation selectors
+    ('\u{FEFF}', '\u{FEFF}'),   // zero-width no-break space, byte order mark
+    ('\u{FFA0}', '\u{FFA0}'),   // half-width Hangul filler
+    ('\u{FFF9}', '\u{FFFB}'),   // interlinear annotation controls
+    ('\u{1BCA0}', '\u{1BCA3}'), // shorthand format controls
+    ('\u{1D173}', '\u{1D17A}'), // musical symbol format controls
+    ('\u{E0000}', '\u{E007F}'), // tag characters
+    ('\u{E0100}', '\u{E01EF}'), // variation selectors supplement
+];
+
+/// Whether `c` shows nothing or changes how the text around it shows: in [`INVISIBLE`], or a
+/// format character (general category Cf).
+pub fn is_invisible(c: char) -> bool {
+    // No ASCII character is one; field values are mostly ASCII and read whole.
+    !c.is_ascii() && INVISIBLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+        || c.general_category() == GeneralCategory::Format
 }
 
 fn classify(c: char) -> Unit {

@@ -346,7 +346,7 @@ impl Vault {
         purpose: Purpose,
         started: i64,
     ) -> Result<u64, VaultError> {
-        let subject_id = SubjectId::parse("subject", subject)
+        let subject_id = SubjectId::parse_stored(subject)
             .map_err(|_| StoreError::Corrupt(format!("subject key of `{subject}`")))?;
         let current = self
             .store
@@ -595,8 +595,10 @@ impl Vault {
         Ok(destroyed)
     }
 
-    /// Sets the minimum decryption version of `purpose`; refused while older versions still
-    /// wrap subject keys.
+    /// Raises the minimum decryption version of `purpose` to `version`; refused while older
+    /// versions still wrap subject keys. The minimum only ever rises: a version at or below the
+    /// current one (version 1, the first, when none is set; so also version 0) is refused, and
+    /// audited as refused.
     pub fn set_min_decrypt_version(
         &self,
         actor: &Principal,
@@ -612,13 +614,17 @@ impl Vault {
             Some(&target),
             justification,
         )?;
-        if version > self.active_version(purpose)? {
-            return Err(VaultError::FailedPrecondition(format!(
-                "`{purpose}` has no version {version} yet"
-            )));
-        }
         event.purpose = Some(purpose.as_str().into());
-        event.target = Some(target.clone());
+        if version > self.active_version(purpose)? {
+            return event.refuse(format!("`{purpose}` has no version {version} yet"));
+        }
+        let current = self.keyring.min_decrypt_version(purpose)?.max(1);
+        if version <= current {
+            return event.refuse(format!(
+                "the minimum decryption version of `{purpose}` is {current} already and only \
+                 ever rises; give a version above {current}"
+            ));
+        }
         // Checked before the entry, so a refusal is on the trail as one (the store checks again
         // in its own transaction).
         let below: u64 = self
@@ -700,13 +706,14 @@ impl Vault {
     }
 
     /// Approves a pending root change as its second person: a privacy officer who did not
-    /// request it. Audited either way.
+    /// request it, saying why (a justification is required). Audited either way.
     pub fn approve_root_change(
         &self,
         actor: &Principal,
         request_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        super::tokens::check_justification(justification, crate::domain::Need::Required)?;
         let _one = self.lock_root_change();
         let mut event = self.require_admin(
             actor,

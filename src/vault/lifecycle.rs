@@ -13,8 +13,8 @@ use super::{Vault, VaultError};
 use crate::{
     audit::AuditEvent,
     domain::{
-        AccessContext, Clock, InputError, Principal, Purpose, REQUEST_DEADLINE_SECS, RecordId,
-        RequestKind, RetentionStart, SubjectId, now_unix,
+        AccessContext, Clock, InputError, Need, Principal, Purpose, REQUEST_DEADLINE_SECS,
+        RecordId, RequestKind, RetentionStart, SubjectId, check_free_text, now_unix,
     },
     policy::{Action, AdminAction},
     store::{HoldRow, RecordRow, RequestRow},
@@ -73,7 +73,7 @@ impl Vault {
     ) -> Result<Option<i64>, VaultError> {
         let (record, rows) = self.load(record_id)?;
         let meta = super::record_meta(&record)?;
-        let subject = SubjectId::parse("subject", &record.subject).map_err(|_| {
+        let subject = SubjectId::parse_stored(&record.subject).map_err(|_| {
             crate::store::StoreError::Corrupt(format!("subject of `{}`", record.id))
         })?;
         let mut resources = rows
@@ -132,8 +132,14 @@ impl Vault {
         reason: &str,
         case_ref: &str,
     ) -> Result<HoldRow, VaultError> {
-        check_text("reason", reason, true)?;
-        check_text("case_ref", case_ref, true)?;
+        check_free_text("reason", reason, "hold reason", MAX_TEXT, Need::Required)?;
+        check_free_text(
+            "case_ref",
+            case_ref,
+            "case reference",
+            MAX_TEXT,
+            Need::Required,
+        )?;
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageHolds,
@@ -368,12 +374,14 @@ impl Vault {
 
     /// Erases a subject (GDPR art. 17): destroys all their records and subject keys, except
     /// records under a legal hold or kept under a legal obligation; those are reported with why.
+    /// A justification (the erasure request's reference) is required.
     pub fn erase_subject(
         &self,
         actor: &Principal,
         subject: &SubjectId,
         justification: &str,
     ) -> Result<Erasure, VaultError> {
+        super::tokens::check_justification(justification, Need::Required)?;
         let template = self
             .require_admin(
                 actor,
@@ -451,7 +459,7 @@ impl Vault {
         received_at: Option<i64>,
         note: &str,
     ) -> Result<RequestRow, VaultError> {
-        check_text("note", note, false)?;
+        check_free_text("note", note, "note", MAX_TEXT, Need::Optional)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageLifecycle,
@@ -566,7 +574,7 @@ impl Vault {
     }
 
     fn forget_shredded(&self, subject: &str, purposes: &[String]) {
-        if let Ok(subject) = SubjectId::parse("subject", subject) {
+        if let Ok(subject) = SubjectId::parse_stored(subject) {
             for p in purposes.iter().filter_map(|p| p.parse::<Purpose>().ok()) {
                 self.keyring.forget(&subject, p);
             }
@@ -581,17 +589,4 @@ fn system_event(action: &str) -> AuditEvent {
         decision: "allow".into(),
         ..AuditEvent::default()
     }
-}
-
-fn check_text(field: &str, s: &str, required: bool) -> Result<(), InputError> {
-    if required && s.trim().is_empty() {
-        return Err(InputError::new(field, "is required"));
-    }
-    if s.len() > MAX_TEXT {
-        return Err(InputError::new(field, format!("at most {MAX_TEXT} bytes")));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(InputError::new(field, "holds control characters"));
-    }
-    super::guard::check_text(field, s)
 }

@@ -166,10 +166,17 @@ impl Vault {
         valid_until: i64,
         justification: &str,
     ) -> Result<MandateRow, VaultError> {
-        if purposes.is_empty() || categories.is_empty() {
+        if purposes.is_empty() {
             return Err(InputError::new(
                 "purposes",
-                "a mandate names at least one purpose and one category",
+                "a mandate names at least one purpose (and one category)",
+            )
+            .into());
+        }
+        if categories.is_empty() {
+            return Err(InputError::new(
+                "categories",
+                "a mandate names at least one category (and one purpose)",
             )
             .into());
         }

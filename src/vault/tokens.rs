@@ -15,7 +15,8 @@ use super::{Vault, VaultError};
 use crate::{
     audit::AuditEvent,
     domain::{
-        InputError, Principal, PrincipalId, Role, SubjectId, check_roles, now_unix, parse_role,
+        InputError, Need, Principal, PrincipalId, Role, SubjectId, check_free_text, check_roles,
+        now_unix, parse_role,
     },
     policy::AdminAction,
     store::TokenRow,
@@ -203,13 +204,14 @@ impl Vault {
     }
 
     /// Approves a token waiting for its second person: a privacy officer who neither issued it
-    /// nor is its holder. Audited either way.
+    /// nor is its holder, saying why (a justification is required). Audited either way.
     pub fn approve_token(
         &self,
         actor: &Principal,
         token_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        check_justification(justification, Need::Required)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::Approve,
@@ -457,17 +459,7 @@ impl Vault {
         target: Option<&str>,
         justification: &str,
     ) -> Result<AdminEntry<'_>, VaultError> {
-        if justification.len() > crate::domain::AccessContext::MAX_JUSTIFICATION {
-            return Err(InputError::new(
-                "justification",
-                format!(
-                    "at most {} bytes",
-                    crate::domain::AccessContext::MAX_JUSTIFICATION
-                ),
-            )
-            .into());
-        }
-        super::guard::check_text("justification", justification)?;
+        check_justification(justification, Need::Optional)?;
         let decision = self.policy().decide_admin(actor, admin)?;
         let mut event = admin_event(actor, action, justification);
         event.policies = decision.policies.clone();
@@ -573,6 +565,19 @@ impl Drop for AdminEntry<'_> {
     }
 }
 
+/// Checks the justification of an administrative action (`check_free_text`). An action that
+/// destroys data or is a second person's approval (an erasure, a token's or a root change's
+/// approval) needs one: `Need::Required`, checked before the policy is asked.
+pub(crate) fn check_justification(justification: &str, need: Need) -> Result<(), InputError> {
+    check_free_text(
+        "justification",
+        justification,
+        "justification",
+        crate::domain::AccessContext::MAX_JUSTIFICATION,
+        need,
+    )
+}
+
 fn new_token_id() -> String {
     format!("tok_{}", hex::encode(rand::random::<[u8; 8]>()))
 }
@@ -584,7 +589,9 @@ pub(crate) fn admin_event(actor: &Principal, action: &str, justification: &str) 
         roles: actor.roles.iter().map(|r| r.as_str().to_owned()).collect(),
         token_id: actor.token_id.clone(),
         action: action.into(),
-        justification: (!justification.is_empty()).then(|| justification.to_owned()),
+        justification: Some(justification.trim())
+            .filter(|j| !j.is_empty())
+            .map(str::to_owned),
         ..AuditEvent::default()
     }
 }
@@ -603,7 +610,7 @@ fn principal_from_row(row: &TokenRow) -> Result<Principal, VaultError> {
         roles,
         row.scope_subject
             .as_deref()
-            .map(|s| SubjectId::parse("scope", s))
+            .map(SubjectId::parse_stored)
             .transpose()
             .map_err(|_| corrupt())?,
         row.id.clone(),

@@ -5,7 +5,8 @@
 //!
 //! Classes: every answer about a subject is a decision; roles cannot widen each other;
 //! separation of duties; closed vocabularies; legal holds; the accountable trail; file modes;
-//! the BSN guard on every clear string.
+//! the BSN guard on every clear string; one subject, one spelling; invisible text meets no rule;
+//! times and admin numbers in range.
 
 use std::{future::Future, pin::Pin};
 
@@ -4247,5 +4248,1397 @@ async fn writes_into_a_record_tell_nothing_of_it_and_unfinished_uploads_are_on_t
             .contains("not carried out"),
         "{half:?}"
     );
+    server.stop().await;
+}
+
+// ------------------------------------------------------ 9. one subject, one spelling --
+
+/// Every door that names a subject, as a hostile request with the subject id `v`: the field it
+/// names in a refusal, and the call.
+fn subject_doors<'a>(s: &'a TestServer, v: &str) -> Vec<(&'static str, &'static str, Call<'a>)> {
+    let officer = s.token(Role::NuisanceOfficer);
+    let po = s.token(Role::PrivacyOfficer);
+    let lc = s.token(Role::LegalCounsel);
+    let so = s.token(Role::SecurityOfficer);
+    let v = v.to_owned();
+    let sar = || cx("customer-service", "SAR-2026-9", "access request", "app");
+    let admin = move |token: &'a str| async move { (s.admin().await, token) };
+    vec![
+        (
+            "PutRecord",
+            "subject_id",
+            put_labelled(
+                s,
+                officer,
+                nuisance_ctx(),
+                &v,
+                vec![text("phone", "contact", "06-33333333")],
+                &[],
+            )
+            .boxed(),
+        ),
+        (
+            "ListRecords",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move { list(s, officer, nuisance_ctx(), &v).await }
+            }
+            .boxed(),
+        ),
+        (
+            "ExportSubject",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move { export(s, po, sar(), &v).await }
+            }
+            .boxed(),
+        ),
+        (
+            "PutEvidence",
+            "start.subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    upload_bytes(
+                        s,
+                        officer,
+                        evidence_start(nuisance_ctx(), &v, "", "clip", "video/mp4", "clip.mp4"),
+                        b"not really a video",
+                    )
+                    .await
+                    .map(|r| format!("stored {}", r.evidence_id))
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "PlaceHold",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(lc).await;
+                    answer(
+                        a.place_hold(req(
+                            t,
+                            pb::PlaceHoldRequest {
+                                subject_id: v,
+                                record_id: String::new(),
+                                reason: "claim pending".into(),
+                                case_ref: "LD-2026-3".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "ListHolds",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(lc).await;
+                    answer(
+                        a.list_holds(req(
+                            t,
+                            pb::ListHoldsRequest {
+                                subject_id: v,
+                                include_released: true,
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "GrantMandate",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.grant_mandate(req(
+                            t,
+                            pb::GrantMandateRequest {
+                                subject_id: v,
+                                representative_id: "rep-17".into(),
+                                purposes: vec!["contract".into()],
+                                categories: vec!["contact".into()],
+                                valid_until: Some(prost_types::Timestamp {
+                                    seconds: kluis::domain::now_unix() + 30 * 86_400,
+                                    nanos: 0,
+                                }),
+                                justification: "signed volmacht".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "ListMandates",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.list_mandates(req(t, pb::ListMandatesRequest { subject_id: v }))
+                            .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "RecordConsent",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.record_consent(req(
+                            t,
+                            pb::RecordConsentRequest {
+                                subject_id: v,
+                                purpose: "financial-screening".into(),
+                                state: "objected".into(),
+                                justification: "letter 2026-12".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "OpenSubjectRequest",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.open_subject_request(req(
+                            t,
+                            pb::OpenSubjectRequestRequest {
+                                subject_id: v,
+                                kind: "erasure".into(),
+                                received_at: None,
+                                note: "letter 2026-13".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "EraseSubject",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.erase_subject(req(
+                            t,
+                            pb::EraseSubjectRequest {
+                                subject_id: v,
+                                justification: "ER-2026-9".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "SubjectAccessReport",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    answer(
+                        a.subject_access_report(req(
+                            t,
+                            pb::SubjectAccessReportRequest {
+                                subject_id: v,
+                                justification: "SAR-2026-9".into(),
+                            },
+                        ))
+                        .await,
+                    )
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "ExportAudit",
+            "subject_id",
+            {
+                let v = v.clone();
+                async move {
+                    let (mut a, t) = admin(po).await;
+                    a.export_audit(req(
+                        t,
+                        pb::ExportAuditRequest {
+                            subject_id: v,
+                            justification: "SAR-2026-9".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .map(|_| "an export stream".to_owned())
+                }
+            }
+            .boxed(),
+        ),
+        (
+            "IssueToken",
+            "scope_subject_id",
+            issue_token(s, so, issue_request("plumber-22", &["contractor"], &v)).boxed(),
+        ),
+    ]
+}
+
+/// A subject id has one spelling: ASCII letters compared without case (kept in upper case),
+/// digits and `-._:/`. Look-alike spellings of `REL-0001` (a zero-width space, full-width
+/// letters, a non-breaking hyphen, a Cyrillic letter, a variation selector, a right-to-left
+/// override) are refused at every door that names a subject, naming the field, not repeating the
+/// id and storing nothing; `rel-0001` is the same subject as `REL-0001`, so a record stored under
+/// it is in the subject's listing and export, bound by its hold and gone with its erasure.
+#[tokio::test]
+async fn a_subject_has_one_spelling_at_every_door() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let officer = s.token(Role::NuisanceOfficer);
+    let po = s.token(Role::PrivacyOfficer);
+    let me = SCOPED_SUBJECT;
+    assert_eq!(me, "REL-0001");
+    let upper = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![text("phone", "contact", "06-11111111")],
+    )
+    .await;
+    // The untouched twin in another case: accepted, and the same subject.
+    let lower = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "rel-0001",
+        vec![text("email", "contact", "a@example.nl")],
+    )
+    .await;
+    let read = get(s, officer, nuisance_ctx(), &lower).await.unwrap();
+    assert_eq!(read.subject_id, me, "stored under the one spelling");
+
+    let before = audit_entries(s).len();
+    let look_alikes = [
+        "REL-0001\u{200B}",
+        "\u{200B}REL-0001",
+        "\u{FF32}\u{FF25}\u{FF2C}-\u{FF10}\u{FF10}\u{FF10}\u{FF11}",
+        "REL\u{2011}0001",
+        "R\u{0415}L-0001",
+        "REL-0001\u{FE0F}",
+        "\u{202E}1000-LER",
+        "REL-0001\u{00A0}",
+        "REL 0001",
+    ];
+    let mut cases = Vec::new();
+    for v in look_alikes {
+        for (door, field, call) in subject_doors(s, v) {
+            cases.push(Case {
+                name: format!("{door} with {v:?}"),
+                code: Code::InvalidArgument,
+                names: vec![format!("`{field}`"), "subject id".into()],
+                hides: vec![v.to_owned(), "0001".into(), "1000".into()],
+                call,
+            });
+        }
+    }
+    let tried = run_table("look-alike subject ids", cases).await;
+    assert!(tried >= 9 * 14, "{tried}");
+    // Nothing stored, nothing decided: no entry since, and none holds a look-alike.
+    let entries = audit_entries(s);
+    assert_eq!(entries.len(), before, "{:?}", &entries[before..]);
+    let trail = serde_json::to_string(&entries).unwrap();
+    for v in look_alikes {
+        assert!(!trail.contains(v), "the trail holds {v:?}");
+    }
+    let listed = list(s, officer, nuisance_ctx(), me).await.unwrap();
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    // Every door takes another case of the id as the one subject.
+    let listed = list(s, officer, nuisance_ctx(), "Rel-0001").await.unwrap();
+    assert!(
+        listed.contains(&upper) && listed.contains(&lower),
+        "{listed}"
+    );
+    let sar = || cx("customer-service", "SAR-2026-9", "access request", "app");
+    let exported = export(s, po, sar(), "rel-0001").await.unwrap();
+    let header: serde_json::Value = serde_json::from_str(exported.lines().next().unwrap()).unwrap();
+    assert_eq!(header["subject_id"], me);
+    assert!(
+        exported.contains(&upper) && exported.contains(&lower),
+        "{exported}"
+    );
+    let mut admin = s.admin().await;
+    let hold = admin
+        .place_hold(req(
+            s.token(Role::LegalCounsel),
+            pb::PlaceHoldRequest {
+                subject_id: "rel-0001".into(),
+                record_id: String::new(),
+                reason: "claim pending".into(),
+                case_ref: "LD-2026-3".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hold.subject_id, me);
+    let refused = delete(s, officer, nuisance_ctx(), &upper)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains(&hold.hold_id), "{refused:?}");
+    let issued = issue_token(
+        s,
+        s.token(Role::SecurityOfficer),
+        issue_request("plumber-22", &["contractor"], "rel-0001"),
+    )
+    .await
+    .unwrap();
+    let token_id = issued.split_whitespace().nth(1).unwrap();
+    let listed = admin
+        .list_tokens(req(
+            s.token(Role::SecurityOfficer),
+            pb::ListTokensRequest {
+                include_inactive: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let scoped = listed.iter().find(|t| t.token_id == token_id).unwrap();
+    assert_eq!(scoped.scope_subject_id, me);
+    admin
+        .release_hold(req(
+            po,
+            pb::ReleaseHoldRequest {
+                hold_id: hold.hold_id.clone(),
+                justification: "claim settled".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let erased = admin
+        .erase_subject(req(
+            po,
+            pb::EraseSubjectRequest {
+                subject_id: "rEL-0001".into(),
+                justification: "ER-2026-9".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut destroyed = erased.destroyed_record_ids.clone();
+    destroyed.sort();
+    let mut both = vec![upper.clone(), lower.clone()];
+    both.sort();
+    assert_eq!(
+        destroyed, both,
+        "the erasure takes every spelling's records"
+    );
+    assert_eq!(list(s, officer, nuisance_ctx(), me).await.unwrap(), "");
+    // The trail knows the subject by one spelling only.
+    for e in audit_entries(s) {
+        if let Some(subject) = e["subject"].as_str() {
+            assert_eq!(subject, subject.to_ascii_uppercase(), "{e}");
+        }
+    }
+    server.stop().await;
+}
+
+// ------------------------------------------------- 10. invisible text satisfies no rule --
+
+/// A case reference or justification made of an invisible or text-direction character (a
+/// zero-width space, a right-to-left override, a tag or variation selector, a Hangul filler) is
+/// no case reference or justification: it is refused at every door that takes free text, naming
+/// the field, so it neither meets the special-category rule or break-glass nor reaches the trail,
+/// where it would change how entries display. Whitespace alone counts as empty. The untouched
+/// twins pass.
+#[tokio::test]
+async fn invisible_text_meets_no_rule_and_never_reaches_the_trail() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let officer = s.token(Role::NuisanceOfficer);
+    let po = s.token(Role::PrivacyOfficer);
+    let lc = s.token(Role::LegalCounsel);
+    let so = s.token(Role::SecurityOfficer);
+    let me = "REL-INV";
+    let record = put(
+        s,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![
+            text("statement", "nuisance-evidence", "shouting at night"),
+            text("phone", "contact", "06-44444444"),
+        ],
+    )
+    .await;
+    let mut admin = s.admin().await;
+    let hold_id = admin
+        .place_hold(req(
+            lc,
+            pb::PlaceHoldRequest {
+                subject_id: me.into(),
+                record_id: String::new(),
+                reason: "claim pending".into(),
+                case_ref: "LD-2026-3".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold_id;
+    let request_id = admin
+        .open_subject_request(req(
+            po,
+            pb::OpenSubjectRequestRequest {
+                subject_id: me.into(),
+                kind: "access".into(),
+                received_at: None,
+                note: "letter 2026-77".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .request_id;
+    let before = audit_entries(s).len();
+    let emergency = |justification: &str| {
+        let mut c = cx("safety", "", justification, "app");
+        c.as_mut().unwrap().break_glass = true;
+        c
+    };
+    let invisible = [
+        "\u{200B}",
+        "\u{200C}",
+        "\u{200D}",
+        "\u{200F}",
+        "\u{202E}",
+        "\u{202A}",
+        "\u{2066}",
+        "\u{2069}",
+        "\u{2060}",
+        "\u{FEFF}",
+        "\u{00AD}",
+        "\u{180E}",
+        "\u{061C}",
+        "\u{E0041}",
+        "\u{E007F}",
+        "\u{FE0F}",
+        "\u{034F}",
+        "\u{115F}",
+        "\u{3164}",
+        "\u{FFA0}",
+    ];
+    let bad = Code::InvalidArgument;
+    let mut cases: Vec<Case<'_>> = Vec::new();
+    for c in invisible {
+        let hold = |reason: String, case_ref: String| {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.place_hold(req(
+                        lc,
+                        pb::PlaceHoldRequest {
+                            subject_id: me.into(),
+                            record_id: String::new(),
+                            reason,
+                            case_ref,
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let release = {
+            let mut a = admin.clone();
+            let hold_id = hold_id.clone();
+            async move {
+                answer(
+                    a.release_hold(req(
+                        po,
+                        pb::ReleaseHoldRequest {
+                            hold_id,
+                            justification: format!("claim{c} settled"),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let note = {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.open_subject_request(req(
+                        po,
+                        pb::OpenSubjectRequestRequest {
+                            subject_id: me.into(),
+                            kind: "erasure".into(),
+                            received_at: None,
+                            note: format!("letter{c} 78"),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let complete = {
+            let mut a = admin.clone();
+            let request_id = request_id.clone();
+            async move {
+                answer(
+                    a.complete_subject_request(req(
+                        po,
+                        pb::CompleteSubjectRequestRequest {
+                            request_id,
+                            justification: c.into(),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let mandate = {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.grant_mandate(req(
+                        po,
+                        pb::GrantMandateRequest {
+                            subject_id: me.into(),
+                            representative_id: "rep-17".into(),
+                            purposes: vec!["contract".into()],
+                            categories: vec!["contact".into()],
+                            valid_until: Some(prost_types::Timestamp {
+                                seconds: kluis::domain::now_unix() + 30 * 86_400,
+                                nanos: 0,
+                            }),
+                            justification: c.into(),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let erase = {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.erase_subject(req(
+                        po,
+                        pb::EraseSubjectRequest {
+                            subject_id: me.into(),
+                            justification: c.into(),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        };
+        let rows: Vec<(&str, &str, Call<'_>)> = vec![
+            (
+                "a case reference of only it",
+                "context.case_ref",
+                get_fields(
+                    s,
+                    officer,
+                    cx("nuisance", c, "complaint", "app"),
+                    &record,
+                    &["statement"],
+                )
+                .boxed(),
+            ),
+            (
+                "a case reference holding it",
+                "context.case_ref",
+                get_fields(
+                    s,
+                    officer,
+                    cx("nuisance", &format!("N-2026{c}-0042"), "complaint", "app"),
+                    &record,
+                    &["statement"],
+                )
+                .boxed(),
+            ),
+            (
+                "a justification of only it",
+                "context.justification",
+                get_fields(
+                    s,
+                    officer,
+                    cx("nuisance", "N-2026-0042", c, "app"),
+                    &record,
+                    &["statement"],
+                )
+                .boxed(),
+            ),
+            (
+                "a justification holding it",
+                "context.justification",
+                get_fields(
+                    s,
+                    officer,
+                    cx("nuisance", "N-2026-0042", &format!("complaint{c}"), "app"),
+                    &record,
+                    &["statement"],
+                )
+                .boxed(),
+            ),
+            (
+                "a break-glass justification of only it",
+                "context.justification",
+                get_fields(s, officer, emergency(c), &record, &["phone"]).boxed(),
+            ),
+            (
+                "a write's case reference",
+                "context.case_ref",
+                put_labelled(
+                    s,
+                    officer,
+                    cx("nuisance", c, "complaint", "app"),
+                    me,
+                    vec![text("statement", "nuisance-evidence", "again")],
+                    &[],
+                )
+                .boxed(),
+            ),
+            (
+                "a label value",
+                "labels[ref]",
+                put_labelled(
+                    s,
+                    officer,
+                    nuisance_ctx(),
+                    me,
+                    vec![text("phone", "contact", "06-12345678")],
+                    &[("ref", &format!("N{c}-1"))],
+                )
+                .boxed(),
+            ),
+            (
+                "a hold reason",
+                "reason",
+                hold(c.into(), "LD-2026-3".into()).boxed(),
+            ),
+            (
+                "a hold case reference",
+                "case_ref",
+                hold("claim pending".into(), format!("LD{c}-2026-3")).boxed(),
+            ),
+            (
+                "a hold release justification",
+                "justification",
+                release.boxed(),
+            ),
+            ("a request note", "note", note.boxed()),
+            (
+                "a request completion justification",
+                "justification",
+                complete.boxed(),
+            ),
+            ("a mandate justification", "justification", mandate.boxed()),
+            ("an erasure justification", "justification", erase.boxed()),
+            (
+                "a token justification",
+                "justification",
+                issue_token(
+                    s,
+                    so,
+                    pb::IssueTokenRequest {
+                        justification: c.into(),
+                        ..issue_request("emp-78", &["analyst"], "")
+                    },
+                )
+                .boxed(),
+            ),
+            (
+                "an evidence file name",
+                "start.file_name",
+                {
+                    let start = evidence_start(
+                        nuisance_ctx(),
+                        "",
+                        &record,
+                        "clip",
+                        "video/mp4",
+                        &format!("clip{c}4pm.exe"),
+                    );
+                    async move {
+                        upload_bytes(s, officer, start, b"not really a video")
+                            .await
+                            .map(|r| format!("stored {}", r.evidence_id))
+                    }
+                }
+                .boxed(),
+            ),
+        ];
+        for (what, field, call) in rows {
+            cases.push(Case {
+                name: format!("{what}: U+{:04X}", u32::from(c.chars().next().unwrap())),
+                code: bad,
+                names: vec![format!("`{field}`"), "invisible".into()],
+                hides: vec![c.to_owned()],
+                call,
+            });
+        }
+    }
+    // Whitespace alone is no justification: the rules that need one are not met (and a hold,
+    // which needs a reason, is refused).
+    let pd = Code::PermissionDenied;
+    cases.push(
+        case(
+            "a special category read justified by spaces",
+            pd,
+            get_fields(
+                s,
+                officer,
+                cx("nuisance", "N-2026-0042", " \u{3000} ", "app"),
+                &record,
+                &["statement"],
+            ),
+        )
+        .names(&["special-category-needs-case-and-justification"])
+        .hides(&["shouting"]),
+    );
+    cases.push(
+        case(
+            "break-glass justified by spaces",
+            pd,
+            get_fields(s, officer, emergency("   "), &record, &["phone"]),
+        )
+        .hides(&["06-44444444"]),
+    );
+    cases.push(
+        case("a hold reason of spaces", bad, {
+            let mut a = admin.clone();
+            async move {
+                answer(
+                    a.place_hold(req(
+                        lc,
+                        pb::PlaceHoldRequest {
+                            subject_id: me.into(),
+                            record_id: String::new(),
+                            reason: "  \t ".into(),
+                            case_ref: "LD-2026-3".into(),
+                        },
+                    ))
+                    .await,
+                )
+            }
+        })
+        .names(&["`reason`", "required"]),
+    );
+    let tried = run_table("invisible text", cases).await;
+    assert!(tried >= invisible.len() * 16, "{tried}");
+    // Nothing was allowed or stored since, and the trail holds none of them.
+    let entries = audit_entries(s);
+    let allowed: Vec<&serde_json::Value> = entries[before..]
+        .iter()
+        .filter(|e| e["decision"] == "allow")
+        .collect();
+    assert!(allowed.is_empty(), "{allowed:?}");
+    let trail = serde_json::to_string(&entries).unwrap();
+    for c in invisible {
+        assert!(
+            !trail.contains(c),
+            "the trail holds U+{:04X}",
+            u32::from(c.chars().next().unwrap())
+        );
+    }
+    let holds = admin
+        .list_holds(req(
+            lc,
+            pb::ListHoldsRequest {
+                subject_id: me.into(),
+                include_released: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .holds;
+    assert_eq!(holds.len(), 1);
+    assert!(holds[0].released_at.is_none());
+    let listed = list(s, officer, nuisance_ctx(), me).await.unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(!listed.contains("clip"), "{listed}");
+
+    // The untouched twins: a real case reference and justification read the special category,
+    // a real justification breaks the glass, and text in any script is a reason.
+    let read = get_fields(s, officer, nuisance_ctx(), &record, &["statement"])
+        .await
+        .unwrap();
+    assert!(read.contains("shouting at night"), "{read}");
+    let read = get_fields(
+        s,
+        officer,
+        emergency("resident threatened staff"),
+        &record,
+        &["phone"],
+    )
+    .await
+    .unwrap();
+    assert!(read.contains("06-44444444"), "{read}");
+    admin
+        .place_hold(req(
+            lc,
+            pb::PlaceHoldRequest {
+                subject_id: me.into(),
+                record_id: String::new(),
+                reason: "klacht van één buurman, zaak «17»".into(),
+                case_ref: "LD-2026-4".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+// -------------------------------------------- 11. times and admin numbers in range --
+
+fn ts(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos })
+}
+
+/// Every time a request carries is bounded (a mandate ends in the future and within five years,
+/// a subject request was received within the past year and not in the future, an audit export
+/// starts between 1970 and now, nanos within a second), key versions start at 1 and the minimum
+/// decryption version only rises, a key destruction waits at most a year, an erasure and an
+/// approval need a justification, and ids of things kluis issued have their form. Each refusal
+/// names the field and the limit and changes nothing; the untouched twins pass.
+#[tokio::test]
+async fn times_and_admin_numbers_outside_their_range_are_refused() {
+    const DAY: i64 = 86_400;
+    let server = TestServer::start().await;
+    let s = &server;
+    let po = s.token(Role::PrivacyOfficer);
+    let so = s.token(Role::SecurityOfficer);
+    let me = "REL-TIME";
+    let record = put(
+        s,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        me,
+        vec![text("email", "contact", "tijd@example.nl")],
+    )
+    .await;
+    let mut admin = s.admin().await;
+    // Nuisance gets version 2 and, wrapping nothing below it, minimum 2.
+    admin
+        .rotate_key(req(
+            so,
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                algorithm: String::new(),
+                justification: "yearly rotation".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    admin
+        .set_min_decrypt_version(req(
+            so,
+            pb::KeyVersionRequest {
+                purpose: "nuisance".into(),
+                version: 2,
+                justification: "v1 retired".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    // A token waiting for its approval, and a root change waiting for its.
+    let pending = admin
+        .issue_token(req(so, issue_request("emp-79", &["customer-service"], "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pending.pending_approval);
+    let root_change = admin
+        .rotate_root(req(
+            so,
+            pb::RotateRootRequest {
+                secret: Some(pb::rotate_root_request::Secret::Key(vec![7u8; 32])),
+                justification: "custodian change".into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .request_id;
+    let hold_id = admin
+        .place_hold(req(
+            s.token(Role::LegalCounsel),
+            pb::PlaceHoldRequest {
+                subject_id: "REL-HELD".into(),
+                record_id: String::new(),
+                reason: "claim pending".into(),
+                case_ref: "LD-2026-5".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .hold_id;
+    let before = audit_entries(s).len();
+    let now = kluis::domain::now_unix();
+    let mut direct = admin.clone();
+
+    let mandate =
+        |valid_until: Option<prost_types::Timestamp>, purposes: &[&str], categories: &[&str]| {
+            let mut a = admin.clone();
+            let request = pb::GrantMandateRequest {
+                subject_id: me.into(),
+                representative_id: "rep-17".into(),
+                purposes: purposes.iter().map(|p| (*p).to_owned()).collect(),
+                categories: categories.iter().map(|c| (*c).to_owned()).collect(),
+                valid_until,
+                justification: "signed volmacht".into(),
+            };
+            async move { answer(a.grant_mandate(req(po, request)).await) }
+        };
+    let until = |seconds: i64, nanos: i32| mandate(ts(seconds, nanos), &["contract"], &["contact"]);
+    let received = |received_at: Option<prost_types::Timestamp>| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.open_subject_request(req(
+                    po,
+                    pb::OpenSubjectRequestRequest {
+                        subject_id: me.into(),
+                        kind: "access".into(),
+                        received_at,
+                        note: "letter 2026-80".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let since = |since: Option<prost_types::Timestamp>| {
+        let mut a = admin.clone();
+        async move {
+            a.export_audit(req(
+                po,
+                pb::ExportAuditRequest {
+                    since,
+                    justification: "SAR-2026-10".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| "an export stream".to_owned())
+        }
+    };
+    let minimum = |purpose: &'static str, version: u32| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.set_min_decrypt_version(req(
+                    so,
+                    pb::KeyVersionRequest {
+                        purpose: purpose.into(),
+                        version,
+                        justification: "retire old versions".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let schedule = |version: u32, wait_seconds: Option<u64>| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.schedule_key_destruction(req(
+                    so,
+                    pb::ScheduleKeyDestructionRequest {
+                        purpose: "nuisance".into(),
+                        version,
+                        wait_seconds,
+                        justification: "retired".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let cancel = |version: u32| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.cancel_key_destruction(req(
+                    so,
+                    pb::KeyVersionRequest {
+                        purpose: "nuisance".into(),
+                        version,
+                        justification: "not yet".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let erase = |justification: &'static str| {
+        let mut a = admin.clone();
+        async move {
+            answer(
+                a.erase_subject(req(
+                    po,
+                    pb::EraseSubjectRequest {
+                        subject_id: me.into(),
+                        justification: justification.into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let approve_token = |justification: &'static str| {
+        let mut a = admin.clone();
+        let token_id = pending.token_id.clone();
+        async move {
+            answer(
+                a.approve_token(req(
+                    po,
+                    pb::ApproveTokenRequest {
+                        token_id,
+                        justification: justification.into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let approve_root = |justification: &'static str| {
+        let mut a = admin.clone();
+        let request_id = root_change.clone();
+        async move {
+            answer(
+                a.approve_root_change(req(
+                    po,
+                    pb::ApproveRootChangeRequest {
+                        request_id,
+                        justification: justification.into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let release = |hold_id: &str| {
+        let mut a = admin.clone();
+        let hold_id = hold_id.to_owned();
+        async move {
+            answer(
+                a.release_hold(req(
+                    po,
+                    pb::ReleaseHoldRequest {
+                        hold_id,
+                        justification: "claim settled".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let revoke_token = |token_id: &str| {
+        let mut a = admin.clone();
+        let token_id = token_id.to_owned();
+        async move {
+            answer(
+                a.revoke_token(req(
+                    so,
+                    pb::RevokeTokenRequest {
+                        token_id,
+                        justification: "left".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let complete = |request_id: &str| {
+        let mut a = admin.clone();
+        let request_id = request_id.to_owned();
+        async move {
+            answer(
+                a.complete_subject_request(req(
+                    po,
+                    pb::CompleteSubjectRequestRequest {
+                        request_id,
+                        justification: "copy sent".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+    let revoke_mandate = |mandate_id: &str| {
+        let mut a = admin.clone();
+        let mandate_id = mandate_id.to_owned();
+        async move {
+            answer(
+                a.revoke_mandate(req(
+                    po,
+                    pb::RevokeMandateRequest {
+                        mandate_id,
+                        justification: "withdrawn".into(),
+                    },
+                ))
+                .await,
+            )
+        }
+    };
+
+    let bad = Code::InvalidArgument;
+    let fp = Code::FailedPrecondition;
+    let within_5y = ["`valid_until`", "5 years"];
+    let within_year = ["`received_at`", "a year", "future"];
+    let cases = vec![
+        case("mandate until 2^63-1", bad, until(i64::MAX, 0)).names(&within_5y),
+        case(
+            "mandate until six years on",
+            bad,
+            until(now + 6 * 366 * DAY, 0),
+        )
+        .names(&within_5y),
+        case("mandate until a minute ago", bad, until(now - 60, 0)).names(&within_5y),
+        case("mandate until 1970", bad, until(0, 0)).names(&within_5y),
+        case("mandate until -2^63", bad, until(i64::MIN, 0)).names(&within_5y),
+        case("mandate nanos -1", bad, until(now + 30 * DAY, -1))
+            .names(&["`valid_until.nanos`", "999999999"]),
+        case(
+            "mandate nanos 10^9",
+            bad,
+            until(now + 30 * DAY, 1_000_000_000),
+        )
+        .names(&["`valid_until.nanos`", "999999999"]),
+        case(
+            "mandate without an end",
+            bad,
+            mandate(None, &["contract"], &["contact"]),
+        )
+        .names(&["`valid_until`", "required"]),
+        case(
+            "mandate without purposes",
+            bad,
+            mandate(ts(now + 30 * DAY, 0), &[], &["contact"]),
+        )
+        .names(&["`purposes`"])
+        .hides(&["`categories`"]),
+        case(
+            "mandate without categories",
+            bad,
+            mandate(ts(now + 30 * DAY, 0), &["contract"], &[]),
+        )
+        .names(&["`categories`"])
+        .hides(&["`purposes`"]),
+        case(
+            "request received -10^12",
+            bad,
+            received(ts(-1_000_000_000_000, 0)),
+        )
+        .names(&within_year),
+        case(
+            "request received 400 days ago",
+            bad,
+            received(ts(now - 400 * DAY, 0)),
+        )
+        .names(&within_year),
+        case("request received tomorrow", bad, received(ts(now + DAY, 0))).names(&within_year),
+        case("request received at 2^63-1", bad, received(ts(i64::MAX, 0))).names(&within_year),
+        case(
+            "request received with nanos -1",
+            bad,
+            received(ts(now - DAY, -1)),
+        )
+        .names(&["`received_at.nanos`"]),
+        case("audit since -1", bad, since(ts(-1, 0))).names(&["`since`", "1970"]),
+        case("audit since tomorrow", bad, since(ts(now + DAY, 0))).names(&["`since`", "now"]),
+        case(
+            "audit since with nanos 2*10^9",
+            bad,
+            since(ts(now - DAY, 2_000_000_000)),
+        )
+        .names(&["`since.nanos`"]),
+        case("minimum version 0", bad, minimum("nuisance", 0)).names(&["`version`", "start at 1"]),
+        case("minimum version 2 again", fp, minimum("nuisance", 2))
+            .names(&["only ever rises", "above 2"]),
+        case("minimum version lowered to 1", fp, minimum("nuisance", 1))
+            .names(&["only ever rises", "above 2"]),
+        case("minimum 1 where none is set", fp, minimum("contract", 1))
+            .names(&["only ever rises", "above 1"]),
+        case(
+            "minimum above the active version",
+            fp,
+            minimum("nuisance", 3),
+        )
+        .names(&["no version 3"]),
+        case("destruction of version 0", bad, schedule(0, Some(3600))).names(&["`version`"]),
+        case(
+            "destruction waiting 2^64-1 s",
+            bad,
+            schedule(1, Some(u64::MAX)),
+        )
+        .names(&["`wait_seconds`", "366 days"]),
+        case("cancelled destruction of version 0", bad, cancel(0)).names(&["`version`"]),
+        case("erasure without a justification", bad, erase(""))
+            .names(&["`justification`", "required"]),
+        case("erasure justified by spaces", bad, erase("   "))
+            .names(&["`justification`", "required"]),
+        case(
+            "token approval without a justification",
+            bad,
+            approve_token(""),
+        )
+        .names(&["`justification`", "required"]),
+        case(
+            "root change approval without a justification",
+            bad,
+            approve_root(" "),
+        )
+        .names(&["`justification`", "required"]),
+        case(
+            "hold id with a direction override",
+            bad,
+            release("hold_\u{202E}1"),
+        )
+        .names(&["`hold_id`"])
+        .hides(&["\u{202E}"]),
+        case("token id holding a BSN", bad, revoke_token("tok_111222333"))
+            .names(&["`token_id`"])
+            .hides(&["111222333"]),
+        case("request id with a space", bad, complete("req_ 1")).names(&["`request_id`"]),
+        case("no mandate id", bad, revoke_mandate("")).names(&["`mandate_id`", "required"]),
+    ];
+    run_table("times and admin numbers", cases).await;
+    // Nothing was carried out: no allowed entry since, no mandate or request, the minimum still
+    // 2, the token still waiting, the record still there.
+    let entries = audit_entries(s);
+    let allowed: Vec<&serde_json::Value> = entries[before..]
+        .iter()
+        .filter(|e| e["decision"] == "allow")
+        .collect();
+    assert!(allowed.is_empty(), "{allowed:?}");
+    let refused_minimums = entries[before..]
+        .iter()
+        .filter(|e| e["action"] == "key-set-minimum" && e["decision"] == "deny")
+        .count();
+    assert_eq!(
+        refused_minimums, 4,
+        "a refused minimum is on the trail as refused"
+    );
+    let requests = direct
+        .list_subject_requests(req(
+            po,
+            pb::ListSubjectRequestsRequest {
+                overdue_only: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    assert!(requests.is_empty(), "{requests:?}");
+    let mandates = direct
+        .list_mandates(req(
+            po,
+            pb::ListMandatesRequest {
+                subject_id: me.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .mandates;
+    assert!(mandates.is_empty(), "{mandates:?}");
+    let keys = direct
+        .list_keys(req(
+            so,
+            pb::ListKeysRequest {
+                purpose: "nuisance".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .purposes;
+    assert_eq!(keys[0].min_decrypt_version, 2);
+    assert!(keys[0].versions.iter().all(|v| v.destroy_after.is_none()));
+    assert_eq!(
+        who_am_i(s, &pending.token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let cs = s.token(Role::CustomerService);
+    let listed = list(s, cs, ctx("customer-service", "", ""), me)
+        .await
+        .unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+
+    // The untouched twins.
+    until(now + 30 * DAY, 999_999_999).await.unwrap();
+    until(now + 5 * 365 * DAY, 0).await.unwrap();
+    received(ts(now - 40 * DAY, 0)).await.unwrap();
+    let skewed = direct
+        .open_subject_request(req(
+            po,
+            pb::OpenSubjectRequestRequest {
+                subject_id: me.into(),
+                kind: "erasure".into(),
+                received_at: ts(now + 60, 0),
+                note: "a clock a minute fast".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(skewed.received_at.unwrap().seconds <= kluis::domain::now_unix());
+    since(ts(now - 3600, 0)).await.unwrap();
+    schedule(1, Some(3600)).await.unwrap();
+    cancel(1).await.unwrap();
+    approve_token("checked with the team lead").await.unwrap();
+    who_am_i(s, &pending.token).await.unwrap();
+    approve_root("custodian change").await.unwrap();
+    release(&hold_id).await.unwrap();
+    let erased = erase("ER-2026-10").await.unwrap();
+    assert!(erased.contains(&record), "{erased}");
     server.stop().await;
 }

@@ -250,13 +250,29 @@ async fn erasure_leaves_only_what_a_hold_or_the_law_keeps_and_says_why() {
             server.token(Role::CustomerService),
             pb::EraseSubjectRequest {
                 subject_id: "REL-E".into(),
-                justification: String::new(),
+                justification: "ER-2026-4".into(),
             },
         ))
         .await
         .err()
         .unwrap();
     assert_eq!(status.code(), Code::PermissionDenied);
+    // And says why: an erasure without a justification destroys nothing.
+    for justification in ["", "   "] {
+        let status = admin
+            .erase_subject(req(
+                server.token(Role::PrivacyOfficer),
+                pb::EraseSubjectRequest {
+                    subject_id: "REL-E".into(),
+                    justification: justification.into(),
+                },
+            ))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("`justification`"), "{status:?}");
+    }
     let erased = admin
         .erase_subject(req(
             server.token(Role::PrivacyOfficer),

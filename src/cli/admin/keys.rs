@@ -125,8 +125,8 @@ pub enum RootCommand {
     Approve {
         /// The id of the root change (`root_…`).
         request_id: String,
-        /// Why (audited).
-        #[arg(long, default_value = "")]
+        /// Why (required; audited).
+        #[arg(long)]
         justification: String,
     },
 }

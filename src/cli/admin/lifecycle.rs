@@ -66,7 +66,8 @@ pub enum RequestsCommand {
         /// `access`, `rectification`, `erasure` or `objection`.
         #[arg(long)]
         kind: String,
-        /// When it was received: unix seconds or YYYY-MM-DD; today when omitted.
+        /// When it was received: unix seconds or YYYY-MM-DD, within the past year; now when
+        /// omitted.
         #[arg(long)]
         received: Option<String>,
         /// A note without personal data, e.g. the letter's reference.
@@ -389,7 +390,7 @@ pub enum MandateCommand {
         /// A category it covers (repeat for several).
         #[arg(long = "category", required = true)]
         categories: Vec<String>,
-        /// Valid until: unix seconds or YYYY-MM-DD.
+        /// Valid until: unix seconds or YYYY-MM-DD, in the future and at most 5 years ahead.
         #[arg(long)]
         until: String,
         /// Why, e.g. the signed mandate's reference (audited).
