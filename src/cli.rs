@@ -1,6 +1,17 @@
 //! The command line: one file per subcommand, clap derive, `///` as help text, exit codes that
 //! separate *denied* from *error*.
 
+/// `println!` for the command's output: when whoever reads it has gone (`kluis … | head`), the
+/// command ends quietly with status 0 instead of panicking.
+macro_rules! out {
+    () => {
+        $crate::cli::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 pub mod admin;
 pub mod init;
 pub mod policy;
@@ -8,6 +19,24 @@ pub mod restore;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
+
+/// Writes one line of output (see `out!`). A closed pipe ends the process with status 0; any
+/// other failure to write ends it with status 1 and says why on stderr.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("kluis: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// kluis: a vault for special-category personal data, served over gRPC.
 #[derive(Debug, Parser)]

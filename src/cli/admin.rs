@@ -274,9 +274,11 @@ async fn run_async(args: &AdminArgs) -> Exit {
             {
                 Ok(resp) => {
                     let r = resp.into_inner();
-                    println!(
+                    out!(
                         "policies in force: sha256:{} ({} policies, changed: {})",
-                        r.digest, r.policies, r.changed
+                        r.digest,
+                        r.policies,
+                        r.changed
                     );
                     Exit::Success
                 }
@@ -309,7 +311,7 @@ async fn run_async(args: &AdminArgs) -> Exit {
                     let r = resp.into_inner();
                     let expires = r.expires_at.map(|t| t.seconds).unwrap_or_default();
                     if args.json {
-                        println!(
+                        out!(
                             "{}",
                             serde_json::json!({
                                 "token_id": r.token_id, "token": r.token, "expires_at": expires,
@@ -317,17 +319,17 @@ async fn run_async(args: &AdminArgs) -> Exit {
                             })
                         );
                     } else {
-                        println!("token id:   {}", r.token_id);
-                        println!("expires at: {} (unix seconds)", expires);
+                        out!("token id:   {}", r.token_id);
+                        out!("expires at: {} (unix seconds)", expires);
                         if r.pending_approval {
-                            println!(
+                            out!(
                                 "pending:    works once a privacy officer runs \
                                  `kluis admin token approve {}`",
                                 r.token_id
                             );
                         }
-                        println!("token (shown once):");
-                        println!("{}", r.token);
+                        out!("token (shown once):");
+                        out!("{}", r.token);
                     }
                     Exit::Success
                 }
@@ -345,9 +347,9 @@ async fn run_async(args: &AdminArgs) -> Exit {
             match client.revoke_token(authed(&token, req)).await {
                 Ok(_) => {
                     if args.json {
-                        println!("{}", serde_json::json!({"revoked": token_id}));
+                        out!("{}", serde_json::json!({"revoked": token_id}));
                     } else {
-                        println!("revoked {token_id}");
+                        out!("revoked {token_id}");
                     }
                     Exit::Success
                 }
@@ -365,9 +367,9 @@ async fn run_async(args: &AdminArgs) -> Exit {
             match client.approve_token(authed(&token, req)).await {
                 Ok(_) => {
                     if args.json {
-                        println!("{}", serde_json::json!({"approved": token_id}));
+                        out!("{}", serde_json::json!({"approved": token_id}));
                     } else {
-                        println!("approved {token_id}");
+                        out!("approved {token_id}");
                     }
                     Exit::Success
                 }
@@ -387,7 +389,7 @@ async fn run_async(args: &AdminArgs) -> Exit {
                 let tokens = resp.into_inner().tokens;
                 if args.json {
                     for t in &tokens {
-                        println!(
+                        out!(
                             "{}",
                             serde_json::json!({
                                 "token_id": t.token_id, "principal_id": t.principal_id, "roles": t.roles,
@@ -398,12 +400,15 @@ async fn run_async(args: &AdminArgs) -> Exit {
                         );
                     }
                 } else {
-                    println!(
+                    out!(
                         "{:<22} {:<24} {:<8} {:<12} ROLES",
-                        "TOKEN ID", "PRINCIPAL", "STATE", "SUBJECT"
+                        "TOKEN ID",
+                        "PRINCIPAL",
+                        "STATE",
+                        "SUBJECT"
                     );
                     for t in &tokens {
-                        println!(
+                        out!(
                             "{:<22} {:<24} {:<8} {:<12} {}",
                             t.token_id,
                             t.principal_id,
@@ -429,17 +434,17 @@ async fn verify_store(client: &mut AdminClient<Channel>, token: &str, json: bool
             let bad = resp.into_inner().bad_rows;
             if json {
                 for b in &bad {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({"kind": b.kind, "id": b.id, "problem": b.problem})
                     );
                 }
             } else if bad.is_empty() {
-                println!("OK: every authenticated row is sound and matches the audit trail");
+                out!("OK: every authenticated row is sound and matches the audit trail");
             } else {
-                println!("{:<8} {:<40} PROBLEM", "KIND", "ID");
+                out!("{:<8} {:<40} PROBLEM", "KIND", "ID");
                 for b in &bad {
-                    println!("{:<8} {:<40} {}", b.kind, b.id, b.problem);
+                    out!("{:<8} {:<40} {}", b.kind, b.id, b.problem);
                 }
             }
             if bad.is_empty() {
@@ -466,12 +471,12 @@ async fn audit(
             Ok(resp) => {
                 let h = resp.into_inner().head.unwrap_or_default();
                 if json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({"seq": h.seq, "hash": h.hash, "mac": h.mac, "store_id": h.store_id})
                     );
                 } else {
-                    println!("{}:{}:{}:{}", h.seq, h.hash, h.mac, h.store_id);
+                    out!("{}:{}:{}:{}", h.seq, h.hash, h.mac, h.store_id);
                 }
                 Exit::Success
             }
@@ -489,15 +494,15 @@ async fn audit(
                 Ok(resp) => {
                     let r = resp.into_inner();
                     if json {
-                        println!(
+                        out!(
                             "{}",
                             serde_json::json!({"intact": r.intact, "count": r.count, "head_hash": r.head_hash,
                                 "broken_seq": r.broken_seq, "problem": r.problem})
                         );
                     } else if r.intact {
-                        println!("OK: {} entries, head {}", r.count, r.head_hash);
+                        out!("OK: {} entries, head {}", r.count, r.head_hash);
                     } else {
-                        println!("BROKEN at entry {}: {}", r.broken_seq, r.problem);
+                        out!("BROKEN at entry {}: {}", r.broken_seq, r.problem);
                     }
                     if r.intact {
                         Exit::Success
@@ -532,7 +537,7 @@ async fn audit(
             };
             loop {
                 match stream.message().await {
-                    Ok(Some(entry)) => println!("{}", entry.json),
+                    Ok(Some(entry)) => out!("{}", entry.json),
                     Ok(None) => return Exit::Success,
                     Err(s) => return status_exit(&s),
                 }
@@ -552,7 +557,7 @@ async fn audit(
                     for e in &r.events {
                         let time = e.time.as_ref().map(|t| t.seconds).unwrap_or_default();
                         if json {
-                            println!(
+                            out!(
                                 "{}",
                                 serde_json::json!({"seq": e.seq, "time": time, "principal_id": e.principal_id,
                                     "roles": e.roles, "action": e.action, "purpose": e.purpose,
@@ -562,7 +567,7 @@ async fn audit(
                                     "fields_denied": e.fields_denied})
                             );
                         } else {
-                            println!(
+                            out!(
                                 "{time} {} ({}) {} {} for {} case={} fields={} [{}] why: {}",
                                 e.principal_id,
                                 e.roles.join(","),
@@ -577,7 +582,7 @@ async fn audit(
                         }
                     }
                     if !json {
-                        println!("{} recorded accesses to {}", r.events.len(), r.subject_id);
+                        out!("{} recorded accesses to {}", r.events.len(), r.subject_id);
                     }
                     Exit::Success
                 }
@@ -656,12 +661,12 @@ async fn backup(
     }
     let digest = hex::encode(hash.finalize());
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({"file": file.display().to_string(), "bytes": written, "sha256": digest})
         );
     } else {
-        println!(
+        out!(
             "backup written to {} ({written} bytes, sha256 {digest}); it holds ciphertext and \
              wrapped keys only. Restore with `kluis restore {} --data-dir DIR`.",
             file.display(),

@@ -132,40 +132,36 @@ pub fn run(args: &InitArgs) -> Exit {
             "privacy_officer_token_id": privacy.as_ref().map(|p| p.id.clone()),
             "privacy_officer_token": privacy.as_ref().map(|p| p.token.expose_secret()),
         });
-        println!("{out}");
+        out!("{out}");
     } else {
-        println!("kluis store initialised in {}", args.data_dir.display());
-        println!();
-        println!("First security-officer token (shown once; kluis keeps only its hash):");
-        println!();
-        println!("  {}", issued.token.expose_secret());
-        println!();
-        println!(
+        out!("kluis store initialised in {}", args.data_dir.display());
+        out!();
+        out!("First security-officer token (shown once; kluis keeps only its hash):");
+        out!();
+        out!("  {}", issued.token.expose_secret());
+        out!();
+        out!(
             "Token id {} expires in 30 days. Store it in a secret manager and use it with",
             issued.id
         );
-        println!("`kluis admin token issue` to create the tokens your staff and apps need.");
+        out!("`kluis admin token issue` to create the tokens your staff and apps need.");
         match &privacy {
             Some(p) => {
-                println!();
-                println!("First privacy-officer token (shown once), id {}:", p.id);
-                println!();
-                println!("  {}", p.token.expose_secret());
-                println!();
-                println!(
-                    "Tokens that read personal data work once a privacy officer approves them"
-                );
-                println!("with `kluis admin token approve TOKEN_ID`.");
+                out!();
+                out!("First privacy-officer token (shown once), id {}:", p.id);
+                out!();
+                out!("  {}", p.token.expose_secret());
+                out!();
+                out!("Tokens that read personal data work once a privacy officer approves them");
+                out!("with `kluis admin token approve TOKEN_ID`.");
             }
             None => {
-                println!();
-                println!(
+                out!();
+                out!(
                     "Tokens that read personal data work once a privacy officer approves them; \
                      no privacy officer"
                 );
-                println!(
-                    "exists yet (`kluis init --privacy-officer ID` makes the first one at init)."
-                );
+                out!("exists yet (`kluis init --privacy-officer ID` makes the first one at init).");
             }
         }
     }

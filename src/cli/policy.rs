@@ -101,7 +101,7 @@ pub fn run(args: &PolicyArgs) -> Exit {
     match &args.command {
         PolicyCommand::Validate { schema, files } => match load(schema.as_ref(), files) {
             Ok(engine) => {
-                println!(
+                out!(
                     "policies are valid ({} policies, sha256:{})",
                     engine.len(),
                     engine.digest()
@@ -122,9 +122,9 @@ pub fn run(args: &PolicyArgs) -> Exit {
             match table::run(&engine, &text) {
                 Ok(report) => {
                     for f in &report.failures {
-                        println!("{}:{}: {} -> got {}", file.display(), f.line, f.row, f.got);
+                        out!("{}:{}: {} -> got {}", file.display(), f.line, f.row, f.got);
                     }
-                    println!(
+                    out!(
                         "policy: {} passed, {} failed",
                         report.passed,
                         report.failures.len()
@@ -223,10 +223,10 @@ pub fn run(args: &PolicyArgs) -> Exit {
             } else {
                 "DENY"
             };
-            println!("{verdict}: {}", decision.reason);
+            out!("{verdict}: {}", decision.reason);
             for id in &decision.policies {
-                println!("\n-- {id}");
-                println!("{}", engine.policy_text(id).unwrap_or_default());
+                out!("\n-- {id}");
+                out!("{}", engine.policy_text(id).unwrap_or_default());
             }
             if decision.effect == Effect::Allow {
                 Exit::Success

@@ -53,7 +53,7 @@ pub fn run(args: &RestoreArgs) -> Exit {
     match outcome {
         Ok((bytes, unsealed)) => {
             if args.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({
                         "data_dir": args.data_dir.display().to_string(),
@@ -62,7 +62,7 @@ pub fn run(args: &RestoreArgs) -> Exit {
                     })
                 );
             } else {
-                println!(
+                out!(
                     "restored {bytes} bytes into {}{}",
                     args.data_dir.display(),
                     if unsealed {

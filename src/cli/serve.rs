@@ -298,20 +298,20 @@ fn print_dev_banner(data_dir: &Path, addr: SocketAddr) {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    println!(
+    out!(
         "kluis dev server on http://{addr} (data in {}; NOT for real data)",
         data_dir.display()
     );
-    println!();
-    println!("Tokens, one per role (also in {}):", tokens_path.display());
+    out!();
+    out!("Tokens, one per role (also in {}):", tokens_path.display());
     for (role, token) in &tokens {
-        println!("  {role:<20} {token}");
+        out!("  {role:<20} {token}");
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "Scoped roles (contractor, bailiff, lawyer, subject, representative) are bound to subject {DEV_SUBJECT}."
     );
-    println!(
+    out!(
         "Try:  grpcurl -plaintext -H \"authorization: Bearer $(jq -r '.\"nuisance-officer\"' {})\" {addr} kluis.v1.Vault/WhoAmI",
         tokens_path.display()
     );

@@ -108,6 +108,25 @@ async fn serve_dev_is_ready_to_use_and_keeps_data_across_restarts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("dev-nuisance-officer"));
+    // Its output piped into a reader that has gone (`| head -0`): a quiet end, status 0.
+    let mut piped = kluis()
+        .args([
+            "admin",
+            "--server",
+            &format!("http://{}", server.1),
+            "token",
+            "list",
+        ])
+        .env("KLUIS_TOKEN", so)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let closed = piped.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert_eq!(closed.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let out = kluis()
         .args([
             "admin",

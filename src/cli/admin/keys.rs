@@ -165,16 +165,17 @@ pub async fn keys(
                 Ok(resp) => {
                     let r = resp.into_inner();
                     if json {
-                        println!(
+                        out!(
                             "{}",
                             serde_json::json!({"purpose": purpose, "version": r.version, "algorithm": r.algorithm})
                         );
                     } else {
-                        println!(
+                        out!(
                             "{purpose}: version {} ({}) is active; older subject keys are being rewrapped",
-                            r.version, r.algorithm
+                            r.version,
+                            r.algorithm
                         );
-                        println!("watch it with: kluis admin keys rewrap --purpose {purpose}");
+                        out!("watch it with: kluis admin keys rewrap --purpose {purpose}");
                     }
                     Exit::Success
                 }
@@ -213,7 +214,7 @@ pub async fn keys(
                 match stream.message().await {
                     Ok(Some(p)) => {
                         if json {
-                            println!(
+                            out!(
                                 "{}",
                                 serde_json::json!({"purpose": p.purpose, "done": p.done, "total": p.total, "finished": p.finished})
                             );
@@ -230,7 +231,7 @@ pub async fn keys(
                                 eprintln!();
                             }
                             if !json {
-                                println!("{purpose}: done, {} {what}", p.done);
+                                out!("{purpose}: done, {} {what}", p.done);
                             }
                             return Exit::Success;
                         }
@@ -268,12 +269,12 @@ pub async fn keys(
                         .map(|t| t.seconds)
                         .unwrap_or_default();
                     if json {
-                        println!(
+                        out!(
                             "{}",
                             serde_json::json!({"purpose": purpose, "version": version, "destroy_after": due})
                         );
                     } else {
-                        println!(
+                        out!(
                             "{purpose} v{version} will be destroyed at {due} (unix seconds); cancel with `keys cancel-destroy`"
                         );
                     }
@@ -294,7 +295,7 @@ pub async fn keys(
             };
             match client.cancel_key_destruction(authed(token, req)).await {
                 Ok(_) => {
-                    println!("{purpose} v{version} is no longer scheduled for destruction");
+                    out!("{purpose} v{version} is no longer scheduled for destruction");
                     Exit::Success
                 }
                 Err(s) => status_exit(&s),
@@ -307,12 +308,12 @@ pub async fn keys(
             Ok(resp) => {
                 let destroyed = resp.into_inner().destroyed;
                 if json {
-                    println!("{}", serde_json::json!({"destroyed": destroyed}));
+                    out!("{}", serde_json::json!({"destroyed": destroyed}));
                 } else if destroyed.is_empty() {
-                    println!("nothing was due");
+                    out!("nothing was due");
                 } else {
                     for d in destroyed {
-                        println!("destroyed {d}");
+                        out!("destroyed {d}");
                     }
                 }
                 Exit::Success
@@ -331,7 +332,7 @@ pub async fn keys(
             };
             match client.set_min_decrypt_version(authed(token, req)).await {
                 Ok(_) => {
-                    println!("{purpose}: versions below {version} can no longer decrypt");
+                    out!("{purpose}: versions below {version} can no longer decrypt");
                     Exit::Success
                 }
                 Err(s) => status_exit(&s),
@@ -346,9 +347,9 @@ pub async fn keys(
                 print_keys(&r.purposes, json);
                 if !json {
                     if r.sound {
-                        println!("\nno record depends on destroyed key material");
+                        out!("\nno record depends on destroyed key material");
                     } else {
-                        println!(
+                        out!(
                             "\nWARNING: records depend on destroyed key material (see orphan and destroyed counts)"
                         );
                     }
@@ -383,7 +384,7 @@ pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootComm
             };
             return match client.approve_root_change(authed(token, req)).await {
                 Ok(_) => {
-                    println!(
+                    out!(
                         "root change {request_id} approved; its requester can now carry it out \
                          (`kluis admin root rotate --request {request_id}` with the same new key)"
                     );
@@ -426,21 +427,21 @@ pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootComm
     };
     match client.rotate_root(authed(token, req)).await {
         Ok(r) if r.get_ref().rotated => {
-            println!(
+            out!(
                 "root key changed: the purpose keys are rewrapped; the old passphrase or key file no longer opens the store."
             );
-            println!("point the server's configuration at the new one before its next start.");
+            out!("point the server's configuration at the new one before its next start.");
             Exit::Success
         }
         Ok(r) => {
             let r = r.into_inner();
-            println!(
+            out!(
                 "root change {} requested; it awaits approval by a privacy officer:",
                 r.request_id
             );
-            println!("  kluis admin root approve {}", r.request_id);
-            println!("then, within 24 hours, carry it out with the same new key or passphrase:");
-            println!(
+            out!("  kluis admin root approve {}", r.request_id);
+            out!("then, within 24 hours, carry it out with the same new key or passphrase:");
+            out!(
                 "  kluis admin root rotate --request {} (and the same --new-key-file or --new-passphrase-file)",
                 r.request_id
             );
@@ -480,7 +481,7 @@ fn print_keys(purposes: &[pb::PurposeKeys], json: bool) {
                     })
                 })
                 .collect();
-            println!(
+            out!(
                 "{}",
                 serde_json::json!({
                     "purpose": p.purpose, "active_version": p.active_version,
@@ -492,16 +493,22 @@ fn print_keys(purposes: &[pb::PurposeKeys], json: bool) {
         }
         return;
     }
-    println!(
+    out!(
         "{:<20} {:>4} {:<13} {:<19} {:>12} {:>12} {:>12}",
-        "PURPOSE", "VER", "STATE", "ALGORITHM", "SUBJECT KEYS", "CREATED", "RETIRED"
+        "PURPOSE",
+        "VER",
+        "STATE",
+        "ALGORITHM",
+        "SUBJECT KEYS",
+        "CREATED",
+        "RETIRED"
     );
     for p in purposes {
         for v in &p.versions {
             let t = |x: &Option<prost_types::Timestamp>| {
                 x.as_ref().map_or("-".to_owned(), |t| t.seconds.to_string())
             };
-            println!(
+            out!(
                 "{:<20} {:>4} {:<13} {:<19} {:>12} {:>12} {:>12}",
                 p.purpose,
                 v.version,

@@ -110,14 +110,16 @@ pub async fn retention(
             for r in &records {
                 let expired = r.expired_at.as_ref().map(|t| t.seconds).unwrap_or_default();
                 if json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({"record_id": r.record_id, "subject_id": r.subject_id, "purpose": r.purpose, "expired_at": expired})
                     );
                 } else {
-                    println!(
+                    out!(
                         "{} {} {} expired at {expired}",
-                        r.record_id, r.subject_id, r.purpose
+                        r.record_id,
+                        r.subject_id,
+                        r.purpose
                     );
                 }
             }
@@ -127,7 +129,7 @@ pub async fn retention(
                 } else {
                     "destroyed"
                 };
-                println!("{} records {verb}", records.len());
+                out!("{} records {verb}", records.len());
             }
             Exit::Success
         }
@@ -159,9 +161,9 @@ pub async fn hold(
                 Ok(resp) => {
                     let h = resp.into_inner();
                     if json {
-                        println!("{}", serde_json::json!({"hold_id": h.hold_id}));
+                        out!("{}", serde_json::json!({"hold_id": h.hold_id}));
                     } else {
-                        println!("placed {} on {}", h.hold_id, h.subject_id);
+                        out!("placed {} on {}", h.hold_id, h.subject_id);
                     }
                     Exit::Success
                 }
@@ -178,7 +180,7 @@ pub async fn hold(
             };
             match client.release_hold(authed(token, req)).await {
                 Ok(_) => {
-                    println!("released {hold_id}");
+                    out!("released {hold_id}");
                     Exit::Success
                 }
                 Err(s) => status_exit(&s),
@@ -194,7 +196,7 @@ pub async fn hold(
                     for h in resp.into_inner().holds {
                         let released = h.released_at.as_ref().map(|t| t.seconds);
                         if json {
-                            println!(
+                            out!(
                                 "{}",
                                 serde_json::json!({"hold_id": h.hold_id, "subject_id": h.subject_id, "record_id": h.record_id,
                                     "reason": h.reason, "case_ref": h.case_ref, "placed_by": h.placed_by,
@@ -211,9 +213,12 @@ pub async fn hold(
                             } else {
                                 "active"
                             };
-                            println!(
+                            out!(
                                 "{} {} ({scope}) {state} case={} reason: {}",
-                                h.hold_id, h.subject_id, h.case_ref, h.reason
+                                h.hold_id,
+                                h.subject_id,
+                                h.case_ref,
+                                h.reason
                             );
                         }
                     }
@@ -246,17 +251,17 @@ pub async fn erase(
                     .iter()
                     .map(|k| serde_json::json!({"record_id": k.record_id, "purpose": k.purpose, "reason": k.reason}))
                     .collect();
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"destroyed": r.destroyed_record_ids, "shredded_purposes": r.shredded_purposes, "kept": kept})
                 );
             } else {
-                println!(
+                out!(
                     "{subject}: {} records destroyed",
                     r.destroyed_record_ids.len()
                 );
                 for k in &r.kept {
-                    println!("kept {} ({}): {}", k.record_id, k.purpose, k.reason);
+                    out!("kept {} ({}): {}", k.record_id, k.purpose, k.reason);
                 }
             }
             Exit::Success
@@ -294,12 +299,12 @@ pub async fn requests(
                     let r = resp.into_inner();
                     let due = r.due_at.as_ref().map(|t| t.seconds).unwrap_or_default();
                     if json {
-                        println!(
+                        out!(
                             "{}",
                             serde_json::json!({"request_id": r.request_id, "due_at": due})
                         );
                     } else {
-                        println!("{} registered, due at {due}", r.request_id);
+                        out!("{} registered, due at {due}", r.request_id);
                     }
                     Exit::Success
                 }
@@ -316,7 +321,7 @@ pub async fn requests(
             };
             match client.complete_subject_request(authed(token, req)).await {
                 Ok(_) => {
-                    println!("{request_id} answered");
+                    out!("{request_id} answered");
                     Exit::Success
                 }
                 Err(s) => status_exit(&s),
@@ -337,7 +342,7 @@ pub async fn requests(
                     for r in &requests {
                         let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(|t| t.seconds);
                         if json {
-                            println!(
+                            out!(
                                 "{}",
                                 serde_json::json!({"request_id": r.request_id, "subject_id": r.subject_id, "kind": r.kind,
                                     "received_at": t(&r.received_at), "due_at": t(&r.due_at),
@@ -351,7 +356,7 @@ pub async fn requests(
                             } else {
                                 "open"
                             };
-                            println!(
+                            out!(
                                 "{} {} {} received {} due {} {state}",
                                 r.request_id,
                                 r.subject_id,
@@ -423,7 +428,7 @@ pub async fn mandate(
     let print = |m: &pb::Mandate| {
         let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(|t| t.seconds);
         if json {
-            println!(
+            out!(
                 "{}",
                 serde_json::json!({"mandate_id": m.mandate_id, "subject_id": m.subject_id,
                     "representative_id": m.representative_id, "purposes": m.purposes, "categories": m.categories,
@@ -435,7 +440,7 @@ pub async fn mandate(
             } else {
                 "active"
             };
-            println!(
+            out!(
                 "{} {} -> {} purposes={} categories={} until {} {state}",
                 m.mandate_id,
                 m.subject_id,
@@ -488,7 +493,7 @@ pub async fn mandate(
             };
             match client.revoke_mandate(authed(token, req)).await {
                 Ok(_) => {
-                    println!("revoked {mandate_id}");
+                    out!("revoked {mandate_id}");
                     Exit::Success
                 }
                 Err(s) => status_exit(&s),
@@ -526,7 +531,7 @@ pub async fn consent(
     };
     match client.record_consent(authed(token, req)).await {
         Ok(_) => {
-            println!("{subject}: {purpose} {state}");
+            out!("{subject}: {purpose} {state}");
             Exit::Success
         }
         Err(s) => status_exit(&s),
