@@ -256,10 +256,12 @@ pub struct Audit {
 
 /// The last committed entry (sequence number and hash), published by the writer after every
 /// commit for the head keeper; `closed` once the writer has stopped.
-#[derive(Default)]
 struct Committed {
     state: Mutex<CommittedState>,
     changed: Condvar,
+    /// Whether the last batch the writer tried was committed (false after a failed append,
+    /// until one succeeds again).
+    writable: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -270,6 +272,19 @@ struct CommittedState {
 }
 
 impl Committed {
+    fn set_writable(&self, ok: bool) {
+        let was = self.writable.swap(ok, std::sync::atomic::Ordering::SeqCst);
+        if was != ok {
+            if ok {
+                tracing::warn!("the audit trail can be written again");
+            } else {
+                tracing::error!(
+                    "the audit trail cannot be written: every call that needs an entry fails"
+                );
+            }
+        }
+    }
+
     fn publish(&self, seq: u64, hash: [u8; 32]) {
         // Plain numbers: a panic elsewhere cannot leave them half-written.
         let mut state = self
@@ -342,7 +357,11 @@ impl Audit {
         drop(key);
         let genesis = genesis_hash(store_id);
         let tail = read_tail(store.as_ref(), genesis)?;
-        let committed = Arc::new(Committed::default());
+        let committed = Arc::new(Committed {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            writable: std::sync::atomic::AtomicBool::new(true),
+        });
         committed.publish(tail.0, tail.1);
         let (tx, rx) = mpsc::channel();
         let writer = {
@@ -368,6 +387,14 @@ impl Audit {
             committed,
             keeper: None,
         })
+    }
+
+    /// Whether the trail can be written, as far as the last append showed: false from a failed
+    /// append until one succeeds again.
+    pub fn writable(&self) -> bool {
+        self.committed
+            .writable
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Appends `event` and returns once it is committed. Fails with `Unavailable` when it
@@ -731,6 +758,7 @@ fn write_loop(
                     outcome = Ok(tail.0 + 1);
                     tail = (seq, prev);
                     committed.publish(seq, prev);
+                    committed.set_writable(true);
                     break;
                 }
                 // Another writer (another node) took these numbers: move to the real tail.
@@ -755,6 +783,7 @@ fn write_loop(
                 }
             }
             Err(e) => {
+                committed.set_writable(false);
                 let message = e.to_string();
                 for p in batch {
                     let _ = p.reply.send(Err(AuditError::Unavailable(message.clone())));

@@ -76,6 +76,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let tls = options.tls;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_health = stop_rx.clone();
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -113,10 +114,18 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VaultServer<VaultApi>>().await;
     health.set_serving::<AdminServer<AdminApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    watch_health(&vault, health, stop_rx_health);
+    // Reflection in both versions: older grpcurl and IDE clients ask `v1alpha`.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     // No server-wide timeout: it would cut off a long evidence upload. Unary calls time out in
@@ -140,6 +149,7 @@ pub async fn serve(
     builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(
             VaultServer::new(VaultApi::new(Arc::clone(&vault)))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -193,6 +203,54 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
 }
 
 /// Runs `job` on a blocking thread every `period` until `stop` changes.
+/// How often health is brought up to date with the audit trail.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps `grpc.health.v1` honest: `NOT_SERVING` (for the server and each service) while the
+/// audit trail cannot be written, since every data call then fails; while it is down, the trail
+/// is tried again every `HEALTH_INTERVAL`, and health says `SERVING` again by itself once it
+/// takes an entry.
+fn watch_health(
+    vault: &Arc<Vault>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let vault = Arc::clone(vault);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+        let mut serving = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let v = Arc::clone(&vault);
+            let ok =
+                tokio::task::spawn_blocking(move || v.audit_writable() || v.probe_audit().is_ok())
+                    .await
+                    .unwrap_or(false);
+            if ok == serving {
+                continue;
+            }
+            serving = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            if ok {
+                health.set_serving::<VaultServer<VaultApi>>().await;
+                health.set_serving::<AdminServer<AdminApi>>().await;
+            } else {
+                health.set_not_serving::<VaultServer<VaultApi>>().await;
+                health.set_not_serving::<AdminServer<AdminApi>>().await;
+            }
+        }
+    });
+}
+
 fn periodic(
     vault: &Arc<Vault>,
     period: Duration,

@@ -450,6 +450,26 @@ impl Vault {
         self
     }
 
+    /// Whether the audit trail can be written (as the last append showed). While it cannot,
+    /// every call that needs an entry fails with `UNAVAILABLE`, and health says `NOT_SERVING`.
+    pub fn audit_writable(&self) -> bool {
+        self.audit.writable()
+    }
+
+    /// Tries to write the trail again after a failure: appends an entry saying it is available
+    /// again, which on success makes `audit_writable` true.
+    pub fn probe_audit(&self) -> Result<(), VaultError> {
+        self.audit.append(&AuditEvent {
+            time: now_unix(),
+            principal: "kluis".into(),
+            action: "audit-available".into(),
+            decision: "allow".into(),
+            reason: Some("the trail can be written again after a failure".into()),
+            ..AuditEvent::default()
+        })?;
+        Ok(())
+    }
+
     /// The request limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -608,5 +608,111 @@ async fn health_and_reflection_are_served() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"kluis.v1.Vault".to_owned()), "{names:?}");
     assert!(names.contains(&"kluis.v1.Admin".to_owned()), "{names:?}");
+
+    // The older `v1alpha` protocol, which older grpcurl and IDE clients ask for.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut reflection = ServerReflectionClient::new(server.raw_channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("no service list over v1alpha")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"kluis.v1.Vault".to_owned()), "{names:?}");
+    }
+    server.stop().await;
+}
+
+/// Health says `NOT_SERVING` while the audit trail cannot be written (every data call fails
+/// then), and `SERVING` again by itself once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_whether_the_audit_trail_can_be_written() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let server = TestServer::start().await;
+    let mut health = HealthClient::new(server.raw_channel().await);
+    let status_of = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let probe = health.clone();
+    let wait_for = |want: ServingStatus| {
+        let mut health = probe.clone();
+        async move {
+            for _ in 0..100 {
+                let now = health
+                    .check(status_of(""))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status;
+                let vault = health
+                    .check(status_of("kluis.v1.Vault"))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status;
+                if now == want as i32 && vault == want as i32 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("health never became {want:?}");
+        }
+    };
+    assert_eq!(
+        health
+            .check(status_of(""))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        ServingStatus::Serving as i32
+    );
+    // The database refuses audit entries (a full disk, say): a data call fails UNAVAILABLE,
+    // and health follows.
+    let db = rusqlite::Connection::open(server.db_path()).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit
+         BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let status = server
+        .client()
+        .await
+        .put_record(req(
+            server.token(Role::CustomerService),
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: "REL-HEALTH".into(),
+                fields: vec![text("email", "contact", "h@example.nl")],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    wait_for(ServingStatus::NotServing).await;
+    // The disk has room again: health recovers without a restart, and the trail says so.
+    db.execute_batch("DROP TRIGGER no_audit;").unwrap();
+    wait_for(ServingStatus::Serving).await;
+    assert!(
+        audit_entries(&server)
+            .iter()
+            .any(|e| e["action"] == "audit-available")
+    );
     server.stop().await;
 }
