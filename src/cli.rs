@@ -20,6 +20,38 @@ pub mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// `t` as an RFC 3339 date and time in UTC (`2026-11-30T08:05:52Z`), as the CLI shows every
+/// moment.
+pub fn time(t: &prost_types::Timestamp) -> String {
+    rfc3339(t.seconds)
+}
+
+/// Unix seconds as an RFC 3339 date and time in UTC; out of range (before year 0 or after 9999)
+/// as the plain number.
+pub fn rfc3339(seconds: i64) -> String {
+    // Days from the civil date: Howard Hinnant's `civil_from_days`.
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return seconds.to_string();
+    }
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// Writes one line of output (see `out!`). A closed pipe ends the process with status 0; any
 /// other failure to write ends it with status 1 and says why on stderr.
 pub fn write_line(args: std::fmt::Arguments<'_>) {
@@ -119,4 +151,24 @@ pub fn init_logging(json: bool) {
 pub fn fail(message: impl std::fmt::Display) -> Exit {
     eprintln!("error: {message}");
     Exit::Error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_show_as_rfc3339_in_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(1_795_824_000), "2026-11-28T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        // Out of the four-digit years: the number itself, never a wrong date.
+        assert_eq!(rfc3339(253_402_300_800), "253402300800");
+        assert_eq!(rfc3339(i64::MIN), i64::MIN.to_string());
+        assert_eq!(rfc3339(i64::MAX), i64::MAX.to_string());
+    }
 }

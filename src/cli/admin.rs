@@ -309,7 +309,10 @@ async fn run_async(args: &AdminArgs) -> Exit {
             match client.issue_token(authed(&token, req)).await {
                 Ok(resp) => {
                     let r = resp.into_inner();
-                    let expires = r.expires_at.map(|t| t.seconds).unwrap_or_default();
+                    let expires = r
+                        .expires_at
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), crate::cli::time);
                     if args.json {
                         out!(
                             "{}",
@@ -320,7 +323,7 @@ async fn run_async(args: &AdminArgs) -> Exit {
                         );
                     } else {
                         out!("token id:   {}", r.token_id);
-                        out!("expires at: {} (unix seconds)", expires);
+                        out!("expires at: {} (UTC)", expires);
                         if r.pending_approval {
                             out!(
                                 "pending:    works once a privacy officer runs \
@@ -394,7 +397,7 @@ async fn run_async(args: &AdminArgs) -> Exit {
                             serde_json::json!({
                                 "token_id": t.token_id, "principal_id": t.principal_id, "roles": t.roles,
                                 "scope_subject_id": t.scope_subject_id, "state": t.state,
-                                "expires_at": t.expires_at.as_ref().map(|x| x.seconds),
+                                "expires_at": t.expires_at.as_ref().map(crate::cli::time),
                                 "requested_by": t.requested_by, "approved_by": t.approved_by,
                             })
                         );
@@ -555,7 +558,7 @@ async fn audit(
                 Ok(resp) => {
                     let r = resp.into_inner();
                     for e in &r.events {
-                        let time = e.time.as_ref().map(|t| t.seconds).unwrap_or_default();
+                        let time = e.time.as_ref().map(crate::cli::time).unwrap_or_default();
                         if json {
                             out!(
                                 "{}",

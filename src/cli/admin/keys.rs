@@ -266,8 +266,8 @@ pub async fn keys(
                     let due = resp
                         .into_inner()
                         .destroy_after
-                        .map(|t| t.seconds)
-                        .unwrap_or_default();
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), crate::cli::time);
                     if json {
                         out!(
                             "{}",
@@ -275,7 +275,7 @@ pub async fn keys(
                         );
                     } else {
                         out!(
-                            "{purpose} v{version} will be destroyed at {due} (unix seconds); cancel with `keys cancel-destroy`"
+                            "{purpose} v{version} will be destroyed at {due} (UTC); cancel with `keys cancel-destroy`"
                         );
                     }
                     Exit::Success
@@ -474,10 +474,10 @@ fn print_keys(purposes: &[pb::PurposeKeys], json: bool) {
                     serde_json::json!({
                         "version": v.version, "state": v.state, "algorithm": v.algorithm,
                         "subject_keys": v.subject_keys,
-                        "created_at": v.created_at.as_ref().map(|t| t.seconds),
-                        "retired_at": v.retired_at.as_ref().map(|t| t.seconds),
-                        "destroy_after": v.destroy_after.as_ref().map(|t| t.seconds),
-                        "destroyed_at": v.destroyed_at.as_ref().map(|t| t.seconds),
+                        "created_at": v.created_at.as_ref().map(crate::cli::time),
+                        "retired_at": v.retired_at.as_ref().map(crate::cli::time),
+                        "destroy_after": v.destroy_after.as_ref().map(crate::cli::time),
+                        "destroyed_at": v.destroyed_at.as_ref().map(crate::cli::time),
                     })
                 })
                 .collect();
@@ -487,14 +487,14 @@ fn print_keys(purposes: &[pb::PurposeKeys], json: bool) {
                     "purpose": p.purpose, "active_version": p.active_version,
                     "min_decrypt_version": p.min_decrypt_version, "versions": versions,
                     "orphan_fields": p.orphan_fields, "keys_on_destroyed_versions": p.keys_on_destroyed_versions,
-                    "rekey_pending_since": p.rekey_pending_since.as_ref().map(|t| t.seconds),
+                    "rekey_pending_since": p.rekey_pending_since.as_ref().map(crate::cli::time),
                 })
             );
         }
         return;
     }
     out!(
-        "{:<20} {:>4} {:<13} {:<19} {:>12} {:>12} {:>12}",
+        "{:<20} {:>4} {:<13} {:<19} {:>12} {:<20} {:<20}",
         "PURPOSE",
         "VER",
         "STATE",
@@ -506,10 +506,10 @@ fn print_keys(purposes: &[pb::PurposeKeys], json: bool) {
     for p in purposes {
         for v in &p.versions {
             let t = |x: &Option<prost_types::Timestamp>| {
-                x.as_ref().map_or("-".to_owned(), |t| t.seconds.to_string())
+                x.as_ref().map_or("-".to_owned(), crate::cli::time)
             };
             out!(
-                "{:<20} {:>4} {:<13} {:<19} {:>12} {:>12} {:>12}",
+                "{:<20} {:>4} {:<13} {:<19} {:>12} {:<20} {:<20}",
                 p.purpose,
                 v.version,
                 v.state,

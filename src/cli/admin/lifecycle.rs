@@ -108,7 +108,11 @@ pub async fn retention(
         Ok(resp) => {
             let records = resp.into_inner().records;
             for r in &records {
-                let expired = r.expired_at.as_ref().map(|t| t.seconds).unwrap_or_default();
+                let expired = r
+                    .expired_at
+                    .as_ref()
+                    .map(crate::cli::time)
+                    .unwrap_or_default();
                 if json {
                     out!(
                         "{}",
@@ -194,13 +198,13 @@ pub async fn hold(
             match client.list_holds(authed(token, req)).await {
                 Ok(resp) => {
                     for h in resp.into_inner().holds {
-                        let released = h.released_at.as_ref().map(|t| t.seconds);
+                        let released = h.released_at.as_ref().map(crate::cli::time);
                         if json {
                             out!(
                                 "{}",
                                 serde_json::json!({"hold_id": h.hold_id, "subject_id": h.subject_id, "record_id": h.record_id,
                                     "reason": h.reason, "case_ref": h.case_ref, "placed_by": h.placed_by,
-                                    "placed_at": h.placed_at.as_ref().map(|t| t.seconds), "released_at": released})
+                                    "placed_at": h.placed_at.as_ref().map(crate::cli::time), "released_at": released})
                             );
                         } else {
                             let scope = if h.record_id.is_empty() {
@@ -297,7 +301,7 @@ pub async fn requests(
             match client.open_subject_request(authed(token, req)).await {
                 Ok(resp) => {
                     let r = resp.into_inner();
-                    let due = r.due_at.as_ref().map(|t| t.seconds).unwrap_or_default();
+                    let due = r.due_at.as_ref().map(crate::cli::time).unwrap_or_default();
                     if json {
                         out!(
                             "{}",
@@ -340,7 +344,8 @@ pub async fn requests(
                 Ok(resp) => {
                     let requests = resp.into_inner().requests;
                     for r in &requests {
-                        let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(|t| t.seconds);
+                        let t =
+                            |x: &Option<prost_types::Timestamp>| x.as_ref().map(crate::cli::time);
                         if json {
                             out!(
                                 "{}",
@@ -426,7 +431,7 @@ pub async fn mandate(
     json: bool,
 ) -> Exit {
     let print = |m: &pb::Mandate| {
-        let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(|t| t.seconds);
+        let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(crate::cli::time);
         if json {
             out!(
                 "{}",
