@@ -25,7 +25,7 @@ use crate::{
         kdf::{self, KdfParams},
     },
     domain::{Purpose, SubjectId, now_unix},
-    store::{AnchorRow, PurposeKeyRow, Store, StoreError, SubjectKeyRow},
+    store::{AnchorRow, KeyState, PurposeKeyRow, Store, StoreError, SubjectKeyRow},
     vault::rows::RowAuth,
 };
 
@@ -270,8 +270,8 @@ impl Keyring {
             let row = PurposeKeyRow {
                 purpose: purpose.as_str().into(),
                 version: 1,
-                state: "active".into(),
-                algorithm: algorithm.as_str().into(),
+                state: KeyState::Active,
+                algorithm,
                 wrapped: wrap_purpose_key(&root, algorithm, purpose, 1, &key)?,
                 created_at: now,
                 retired_at: None,
@@ -356,7 +356,7 @@ impl Keyring {
                 return Err(KeyError::Tampered(id));
             }
         }
-        if rows.iter().filter(|r| r.state == "active").count() > 1 {
+        if rows.iter().filter(|r| r.state == KeyState::Active).count() > 1 {
             tracing::error!(
                 purpose = purpose.as_str(),
                 "more than one active purpose key version: an older row was put back"
@@ -380,8 +380,8 @@ impl Keyring {
         &self,
         purpose: Purpose,
         version: u32,
-        from: &str,
-        to: &str,
+        from: KeyState,
+        to: KeyState,
         destroy_after: Option<i64>,
     ) -> Result<bool, KeyError> {
         let Some(row) = self
@@ -392,7 +392,7 @@ impl Keyring {
             return Ok(false);
         };
         let row = PurposeKeyRow {
-            state: to.into(),
+            state: to,
             destroy_after,
             ..row
         };
@@ -409,7 +409,7 @@ impl Keyring {
             .find(|r| r.version == version)
             .ok_or_else(|| KeyError::MissingPurposeKey(format!("{purpose} v{version}")))?;
         let row = PurposeKeyRow {
-            state: "destroyed".into(),
+            state: KeyState::Destroyed,
             wrapped: Vec::new(),
             destroyed_at: Some(at),
             destroy_after: None,
@@ -571,9 +571,9 @@ impl Keyring {
         algorithm: Option<Algorithm>,
     ) -> Result<(u32, Algorithm), KeyError> {
         let rows = self.purpose_key_rows(purpose)?;
-        let current = rows.iter().rev().find(|r| r.state == "active");
+        let current = rows.iter().rev().find(|r| r.state == KeyState::Active);
         let algorithm = algorithm
-            .or_else(|| current.and_then(|r| Algorithm::parse(&r.algorithm)))
+            .or_else(|| current.map(|r| r.algorithm))
             .unwrap_or_default();
         let version = rows.iter().map(|r| r.version).max().unwrap_or(0) + 1;
         let key = PurposeKey::generate();
@@ -581,8 +581,8 @@ impl Keyring {
         let row = PurposeKeyRow {
             purpose: purpose.as_str().into(),
             version,
-            state: "active".into(),
-            algorithm: algorithm.as_str().into(),
+            state: KeyState::Active,
+            algorithm,
             wrapped: wrap_purpose_key(&root, self.root_algorithm, purpose, version, &key)?,
             created_at: now_unix(),
             retired_at: None,
@@ -595,7 +595,7 @@ impl Keyring {
         let retired = current.map(|c| {
             self.rows.seal(
                 PurposeKeyRow {
-                    state: "decrypt-only".into(),
+                    state: KeyState::DecryptOnly,
                     retired_at: Some(row.created_at),
                     ..c.clone()
                 },
@@ -685,7 +685,7 @@ impl Keyring {
         let mut rows = Vec::new();
         for &purpose in Purpose::ALL {
             for row in self.purpose_key_rows(purpose)? {
-                if row.wrapped.is_empty() || row.state == "destroyed" {
+                if row.wrapped.is_empty() || row.state == KeyState::Destroyed {
                     continue;
                 }
                 let aad = crypto::aad(&AadContext::PurposeKey {
@@ -767,9 +767,9 @@ impl Keyring {
         let active = rows
             .iter()
             .rev()
-            .find(|r| r.state == "active")
+            .find(|r| r.state == KeyState::Active)
             .ok_or_else(|| KeyError::MissingPurposeKey(purpose.as_str().into()))?;
-        let algorithm = Algorithm::parse(&active.algorithm).ok_or(KeyError::CorruptMeta)?;
+        let algorithm = active.algorithm;
         Ok((
             active.version,
             self.purpose_key(purpose, active.version)?,
@@ -799,7 +799,7 @@ impl Keyring {
                 min,
             });
         }
-        if row.state == "destroyed" || row.wrapped.is_empty() {
+        if row.state == KeyState::Destroyed || row.wrapped.is_empty() {
             return Err(KeyError::Destroyed {
                 purpose: purpose.as_str().into(),
                 version,
@@ -1131,7 +1131,7 @@ mod tests {
             conn.execute(
                 "UPDATE purpose_keys SET state = ?2, algorithm = ?3, destroy_after = ?4, barred = ?5
                  WHERE purpose = ?1 AND version = 1",
-                rusqlite::params![p.as_str(), before.state, before.algorithm, before.destroy_after, before.barred],
+                rusqlite::params![p.as_str(), before.state.as_str(), before.algorithm.as_str(), before.destroy_after, before.barred],
             )
             .unwrap();
             assert_eq!(fresh().purpose_key_rows(p).unwrap(), good);

@@ -77,6 +77,49 @@ pub enum StoreError {
     Database(String),
 }
 
+/// The state of a purpose key version.
+#[derive(Clone, Copy, Debug, Eq, PartialEq, Hash)]
+pub enum KeyState {
+    /// Wraps new subject keys (one version per purpose).
+    Active,
+    /// Replaced by a newer version; still unwraps the subject keys it wraps.
+    DecryptOnly,
+    /// Due for destruction at `destroy_after`.
+    Scheduled,
+    /// Its material is erased.
+    Destroyed,
+}
+
+impl KeyState {
+    /// The name kept in the store and shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::DecryptOnly => "decrypt-only",
+            KeyState::Scheduled => "scheduled",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+
+    /// The state named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            KeyState::Active,
+            KeyState::DecryptOnly,
+            KeyState::Scheduled,
+            KeyState::Destroyed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One version of a purpose key, wrapped under the root key.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct PurposeKeyRow {
@@ -84,10 +127,10 @@ pub struct PurposeKeyRow {
     pub purpose: String,
     /// Version, from 1.
     pub version: u32,
-    /// `active`, `decrypt-only`, `scheduled` (for destruction) or `destroyed`.
-    pub state: String,
-    /// The AEAD this version seals with (`aes-256-gcm`, `xchacha20-poly1305`).
-    pub algorithm: String,
+    /// Its state.
+    pub state: KeyState,
+    /// The AEAD this version seals with.
+    pub algorithm: crate::crypto::Algorithm,
     /// The purpose key sealed under the root key; empty once destroyed.
     pub wrapped: Vec<u8>,
     /// Unix seconds.
@@ -539,7 +582,7 @@ pub trait KeyStore: Send + Sync {
 
     /// Writes the state, dates, bar and MAC of `row` when its stored state is still `from`
     /// (scheduling or cancelling a destruction). Returns false when it was not.
-    fn update_purpose_key(&self, row: &PurposeKeyRow, from: &str) -> Result<bool, StoreError>;
+    fn update_purpose_key(&self, row: &PurposeKeyRow, from: KeyState) -> Result<bool, StoreError>;
 
     /// Erases a version's material and writes `row` (state `destroyed`, with its MAC), in one
     /// transaction with the check that no subject key is wrapped under it. Fails with

@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use crate::{crypto::CryptoError, keys::KeyError, vault::VaultError};
+use crate::{crypto::CryptoError, keys::KeyError, store::StoreError, vault::VaultError};
 
 /// Maps a core error to the status the caller sees.
 pub fn to_status(e: VaultError) -> Status {
@@ -19,6 +19,15 @@ pub fn to_status(e: VaultError) -> Status {
         e @ (VaultError::DataLoss(_) | VaultError::Key(KeyError::Tampered(_))) => {
             tracing::error!(error = %e, "integrity check failed");
             Status::data_loss(e.to_string())
+        }
+        // A stored value that is none of the values it stands for was edited by hand.
+        e @ (VaultError::Store(StoreError::Corrupt(_))
+        | VaultError::Key(KeyError::Store(StoreError::Corrupt(_)))) => {
+            tracing::error!(error = %e, "a stored row cannot be read");
+            Status::data_loss(
+                "a stored row cannot be read; the store is damaged or was tampered with; run \
+                 `kluis admin store verify`",
+            )
         }
         // The root key is checked at start, so a stored wrapped key that does not open was
         // damaged or tampered with (swapped, edited): not an internal fault.

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, MandateRow, PurposeKeyRow,
-    RecordRow, RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
+    AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyState, MandateRow,
+    PurposeKeyRow, RecordRow, RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -32,8 +32,8 @@ pub fn run_all(store: &dyn Store) {
     let pk = PurposeKeyRow {
         purpose: "nuisance".into(),
         version: 1,
-        state: "active".into(),
-        algorithm: "aes-256-gcm".into(),
+        state: KeyState::Active,
+        algorithm: crate::crypto::Algorithm::Aes256Gcm,
         wrapped: vec![1, 2, 3],
         created_at: 10,
         retired_at: None,
@@ -282,7 +282,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         ..v1.clone()
     };
     let retired = PurposeKeyRow {
-        state: "decrypt-only".into(),
+        state: KeyState::DecryptOnly,
         retired_at: Some(20),
         mac: vec![0x12; 32],
         ..v1.clone()
@@ -324,7 +324,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     let counts = store.subject_key_counts("nuisance").unwrap();
     assert_eq!(counts, vec![(1, 4)]);
     let destroyed = PurposeKeyRow {
-        state: "destroyed".into(),
+        state: KeyState::Destroyed,
         wrapped: Vec::new(),
         destroyed_at: Some(60),
         destroy_after: None,
@@ -363,14 +363,14 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
 
     // Destruction and the minimum version, once nothing depends on v1.
     let scheduled = PurposeKeyRow {
-        state: "scheduled".into(),
+        state: KeyState::Scheduled,
         destroy_after: Some(50),
         mac: vec![0x13; 32],
         ..retired.clone()
     };
     assert!(
         store
-            .update_purpose_key(&scheduled, "decrypt-only")
+            .update_purpose_key(&scheduled, KeyState::DecryptOnly)
             .unwrap()
     );
     // A change from a state it is not in does nothing.
@@ -378,7 +378,11 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         destroy_after: Some(99),
         ..scheduled.clone()
     };
-    assert!(!store.update_purpose_key(&again, "decrypt-only").unwrap());
+    assert!(
+        !store
+            .update_purpose_key(&again, KeyState::DecryptOnly)
+            .unwrap()
+    );
     assert_eq!(store.purpose_keys("nuisance").unwrap()[0], scheduled);
     store.destroy_purpose_key(&destroyed).unwrap();
     let v1_now = &store.purpose_keys("nuisance").unwrap()[0];

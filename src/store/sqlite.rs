@@ -29,8 +29,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, FieldsMac,
-    HoldRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem, SegmentRow, StoreError,
-    SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
+    HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem, SegmentRow,
+    StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -356,7 +356,12 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(_, _, cause) => {
+            StoreError::Corrupt(cause.to_string())
+        }
+        e => StoreError::Database(e.to_string()),
+    }
 }
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
@@ -497,12 +502,29 @@ const RECORD_COLUMNS: &str =
 
 const PURPOSE_KEY_COLUMNS: &str = "purpose, version, state, algorithm, wrapped, created_at, retired_at, destroy_after, destroyed_at, barred, mac";
 
+/// A stored name that is none of the values it stands for: the row is corrupt (decoding fails
+/// with a conversion error that `db` reports as `Corrupt`).
+fn unknown(column: usize, what: &str, found: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!(
+            "unknown {what} `{}`",
+            found.chars().take(32).collect::<String>()
+        )
+        .into(),
+    )
+}
+
 fn purpose_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PurposeKeyRow> {
+    let state: String = r.get(2)?;
+    let algorithm: String = r.get(3)?;
     Ok(PurposeKeyRow {
         purpose: r.get(0)?,
         version: r.get(1)?,
-        state: r.get(2)?,
-        algorithm: r.get(3)?,
+        state: KeyState::parse(&state).ok_or_else(|| unknown(2, "key state", &state))?,
+        algorithm: crate::crypto::Algorithm::parse(&algorithm)
+            .ok_or_else(|| unknown(3, "algorithm", &algorithm))?,
         wrapped: r.get(4)?,
         created_at: r.get(5)?,
         retired_at: r.get(6)?,
@@ -555,7 +577,7 @@ fn replace_anchor(
 }
 
 /// Writes the state, dates, bar and MAC of `row` where its state is `from`; the count changed.
-fn update_key_row(c: &Connection, row: &PurposeKeyRow, from: &str) -> rusqlite::Result<usize> {
+fn update_key_row(c: &Connection, row: &PurposeKeyRow, from: KeyState) -> rusqlite::Result<usize> {
     c.execute(
         "UPDATE purpose_keys SET state = ?4, retired_at = ?5, destroy_after = ?6,
             destroyed_at = ?7, barred = ?8, mac = ?9
@@ -563,8 +585,8 @@ fn update_key_row(c: &Connection, row: &PurposeKeyRow, from: &str) -> rusqlite::
         params![
             row.purpose,
             row.version,
-            from,
-            row.state,
+            from.as_str(),
+            row.state.as_str(),
             row.retired_at,
             row.destroy_after,
             row.destroyed_at,
@@ -582,8 +604,8 @@ fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreErro
         params![
             k.purpose,
             k.version,
-            k.state,
-            k.algorithm,
+            k.state.as_str(),
+            k.algorithm.as_str(),
             k.wrapped,
             k.created_at,
             k.retired_at,

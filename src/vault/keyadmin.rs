@@ -16,7 +16,7 @@ use crate::{
     domain::{Category, Principal, Purpose, SubjectId, now_unix},
     keys::{KeyError, Keyring, RootCheck, RootSecret},
     policy::AdminAction,
-    store::{ResealItem, StoreError},
+    store::{KeyState, ResealItem, StoreError},
 };
 
 /// How long a root change request may wait for its approval and its carrying out: 24 hours.
@@ -461,18 +461,18 @@ impl Vault {
             justification,
         )?;
         let row = self.version_row(purpose, version)?;
-        match row.state.as_str() {
-            "active" => {
+        match row.state {
+            KeyState::Active => {
                 return Err(VaultError::FailedPrecondition(format!(
                     "`{target}` is the active version; rotate first (`kluis admin keys rotate --purpose {purpose}`)"
                 )));
             }
-            "destroyed" => {
+            KeyState::Destroyed => {
                 return Err(VaultError::FailedPrecondition(format!(
                     "`{target}` is destroyed already"
                 )));
             }
-            _ => {}
+            KeyState::DecryptOnly | KeyState::Scheduled => {}
         }
         let wraps = self.wrapped_by(purpose, version)?;
         if wraps > 0 {
@@ -488,10 +488,13 @@ impl Vault {
         event.reason = Some(format!("due at {due}"));
         // The trail first: nothing happens to a key that is not on record.
         event.commit()?;
-        if !self
-            .keyring
-            .set_key_state(purpose, version, "decrypt-only", "scheduled", Some(due))?
-        {
+        if !self.keyring.set_key_state(
+            purpose,
+            version,
+            KeyState::DecryptOnly,
+            KeyState::Scheduled,
+            Some(due),
+        )? {
             return Err(VaultError::FailedPrecondition(format!(
                 "`{target}` changed state meanwhile; look again"
             )));
@@ -519,10 +522,13 @@ impl Vault {
         event.purpose = Some(purpose.as_str().into());
         event.target = Some(target.clone());
         event.commit()?;
-        if !self
-            .keyring
-            .set_key_state(purpose, version, "scheduled", "decrypt-only", None)?
-        {
+        if !self.keyring.set_key_state(
+            purpose,
+            version,
+            KeyState::Scheduled,
+            KeyState::DecryptOnly,
+            None,
+        )? {
             return Err(VaultError::FailedPrecondition(format!(
                 "`{target}` is not scheduled for destruction (or was destroyed meanwhile)"
             )));
@@ -551,7 +557,7 @@ impl Vault {
         let mut destroyed = Vec::new();
         for &purpose in Purpose::ALL {
             for row in self.keyring.purpose_key_rows(purpose)? {
-                if row.state != "scheduled" || row.destroy_after.is_none_or(|t| t > now) {
+                if row.state != KeyState::Scheduled || row.destroy_after.is_none_or(|t| t > now) {
                     continue;
                 }
                 // The trail first: no key material goes that is not on record.
@@ -882,8 +888,8 @@ impl Vault {
                     .iter()
                     .map(|r| KeyVersionInfo {
                         version: r.version,
-                        state: r.state.clone(),
-                        algorithm: r.algorithm.clone(),
+                        state: r.state.as_str().to_owned(),
+                        algorithm: r.algorithm.as_str().to_owned(),
                         subject_keys: counts.get(&r.version).copied().unwrap_or(0),
                         created_at: r.created_at,
                         retired_at: r.retired_at,
@@ -896,12 +902,12 @@ impl Vault {
                     active_version: rows
                         .iter()
                         .rev()
-                        .find(|r| r.state == "active")
+                        .find(|r| r.state == KeyState::Active)
                         .map_or(0, |r| r.version),
                     min_decrypt_version,
                     keys_on_destroyed_versions: versions
                         .iter()
-                        .filter(|v| v.state == "destroyed")
+                        .filter(|v| v.state == KeyState::Destroyed.as_str())
                         .map(|v| v.subject_keys)
                         .sum(),
                     versions,
@@ -920,7 +926,7 @@ impl Vault {
             .purpose_key_rows(purpose)?
             .iter()
             .rev()
-            .find(|r| r.state == "active")
+            .find(|r| r.state == KeyState::Active)
             .map(|r| r.version)
             .ok_or_else(|| VaultError::Key(KeyError::MissingPurposeKey(purpose.as_str().into())))
     }

@@ -310,8 +310,8 @@ impl Authenticated for PurposeKeyRow {
     fn encode(&self, out: &mut Encoder) {
         out.str(&self.purpose)
             .int(i64::from(self.version))
-            .str(&self.state)
-            .str(&self.algorithm)
+            .str(self.state.as_str())
+            .str(self.algorithm.as_str())
             .int(self.created_at)
             .opt_int(self.retired_at)
             .opt_int(self.destroy_after)
@@ -698,10 +698,21 @@ impl Vault {
             }
         };
         let mut key_rows = 0usize;
+        let mut unreadable = Vec::new();
         for &purpose in crate::domain::Purpose::ALL {
-            for k in self.store.purpose_keys(purpose.as_str())? {
-                key_rows += 1;
-                check(PurposeKeyRow::KIND, k.row_id(), self.rows.is_authentic(&k));
+            match self.store.purpose_keys(purpose.as_str()) {
+                Ok(keys) => {
+                    for k in keys {
+                        key_rows += 1;
+                        check(PurposeKeyRow::KIND, k.row_id(), self.rows.is_authentic(&k));
+                    }
+                }
+                Err(StoreError::Corrupt(what)) => unreadable.push(BadRow {
+                    kind: PurposeKeyRow::KIND,
+                    id: purpose.as_str().into(),
+                    problem: format!("a version cannot be read ({what}): edited by hand"),
+                }),
+                Err(e) => return Err(e.into()),
             }
         }
         let tokens = self.store.tokens()?;
@@ -774,6 +785,7 @@ impl Vault {
                 }
             }
         }
+        bad.extend(unreadable);
         bad.extend(bad_sets);
         for subject in &subjects {
             if let Some(problem) = anchor_problem(&self.store.subject_facts(subject)?) {

@@ -1037,6 +1037,10 @@ async fn purpose_key_states_edited_by_hand_are_not_obeyed() {
             "UPDATE purpose_keys SET barred = 1 WHERE purpose = 'nuisance' AND version = 1",
             "a minimum raised by hand",
         ),
+        (
+            "UPDATE purpose_keys SET state = 'Active ' WHERE purpose = 'nuisance' AND version = 2",
+            "a state no kluis writes",
+        ),
     ] {
         db(&server).execute(edit, []).unwrap();
         let status = write("REL-K2")
@@ -1049,7 +1053,8 @@ async fn purpose_key_states_edited_by_hand_are_not_obeyed() {
         assert_eq!(code, 4, "{what}");
         assert!(
             names(&rows, "purpose-key", "nuisance v1")
-                || names(&rows, "purpose-key", "nuisance v2"),
+                || names(&rows, "purpose-key", "nuisance v2")
+                || names(&rows, "purpose-key", "nuisance"),
             "{what}: {rows:?}"
         );
         // The twin: the row put back as kluis wrote it, writes work again.

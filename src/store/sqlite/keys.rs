@@ -81,7 +81,9 @@ impl KeyStore for SqliteStore {
             )
             .map_err(db)?;
         let retired_ok = match retired {
-            Some(old) => active == 1 && update_key_row(&tx, old, "active").map_err(db)? == 1,
+            Some(old) => {
+                active == 1 && update_key_row(&tx, old, KeyState::Active).map_err(db)? == 1
+            }
             None => active == 0,
         };
         if !retired_ok {
@@ -94,7 +96,7 @@ impl KeyStore for SqliteStore {
         tx.commit().map_err(db)
     }
 
-    fn update_purpose_key(&self, row: &PurposeKeyRow, from: &str) -> Result<bool, StoreError> {
+    fn update_purpose_key(&self, row: &PurposeKeyRow, from: KeyState) -> Result<bool, StoreError> {
         let conn = self.write()?;
         Ok(update_key_row(&conn, row, from).map_err(db)? > 0)
     }
@@ -121,7 +123,7 @@ impl KeyStore for SqliteStore {
             params![
                 row.purpose,
                 row.version,
-                row.state,
+                row.state.as_str(),
                 row.destroyed_at,
                 row.destroy_after,
                 row.barred,
