@@ -26,14 +26,15 @@ pub struct AdminArgs {
         long,
         visible_alias = "addr",
         env = "KLUIS_SERVER",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        global = true
     )]
     pub server: String,
     /// CA certificate (PEM) to trust for an https server.
-    #[arg(long, env = "KLUIS_CA_CERT")]
+    #[arg(long, env = "KLUIS_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
     /// File holding your bearer token (else the KLUIS_TOKEN environment variable).
-    #[arg(long, env = "KLUIS_TOKEN_FILE")]
+    #[arg(long, env = "KLUIS_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// Print results as JSON.
     #[arg(long, global = true)]

@@ -108,14 +108,15 @@ async fn serve_dev_is_ready_to_use_and_keeps_data_across_restarts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("dev-nuisance-officer"));
-    // Its output piped into a reader that has gone (`| head -0`): a quiet end, status 0.
+    // Its output piped into a reader that has gone (`| head -0`): a quiet end, status 0. The
+    // server may also be named after the subcommand.
     let mut piped = kluis()
         .args([
             "admin",
-            "--server",
-            &format!("http://{}", server.1),
             "token",
             "list",
+            "--server",
+            &format!("http://{}", server.1),
         ])
         .env("KLUIS_TOKEN", so)
         .stdout(std::process::Stdio::piped())
