@@ -76,22 +76,34 @@ impl LifecycleStore for SqliteStore {
         self.read(|c| {
             // One read transaction: the anchor and the rows it counts from one snapshot.
             let tx = c.unchecked_transaction()?;
-            let anchor = select_anchor(&tx, subject)?;
+            // The anchor, the hold count and whether the subject has a key or record: one
+            // statement; the consent rows: one more.
+            let (anchor, holds, keyed) = tx
+                .prepare_cached(
+                    "SELECT a.subject, a.holds, a.consents, a.mac,
+                        (SELECT count(*) FROM holds WHERE subject = ?1),
+                        EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
+                            OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)
+                     FROM (SELECT 1) LEFT JOIN subject_anchors a ON a.subject = ?1",
+                )?
+                .query_row([subject], |r| {
+                    let anchor = match r.get::<_, Option<String>>(0)? {
+                        Some(subject) => Some(AnchorRow {
+                            subject,
+                            holds: r.get(1)?,
+                            consents: r.get(2)?,
+                            mac: r.get(3)?,
+                        }),
+                        None => None,
+                    };
+                    Ok((anchor, r.get::<_, u32>(4)?, r.get::<_, bool>(5)?))
+                })?;
             let consents = tx
                 .prepare_cached(&format!(
                     "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
                 ))?
                 .query_map([subject], consent_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let holds: u32 = tx
-                .prepare_cached("SELECT count(*) FROM holds WHERE subject = ?1")?
-                .query_row([subject], |r| r.get(0))?;
-            let keyed: bool = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
-                         OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)",
-                )?
-                .query_row([subject], |r| r.get(0))?;
             tx.finish()?;
             Ok(SubjectFacts {
                 anchor,
