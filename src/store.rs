@@ -771,12 +771,13 @@ pub trait EvidenceStore: Send + Sync {
         mac: &[u8],
     ) -> Result<(), StoreError>;
 
-    /// Deletes an evidence file with its segments (and the record when the upload created it
-    /// and it holds nothing else). Returns false when it did not exist.
+    /// Deletes an unfinished upload with its segments (and the record when the upload created
+    /// it and it holds nothing else). Returns false when there is no unfinished upload of that
+    /// id: a finished file is never discarded.
     fn discard_evidence(&self, evidence_id: &str) -> Result<bool, StoreError>;
 
-    /// Discards every unfinished upload (at start-up, when none can be running). Returns how many.
-    fn discard_unfinished_evidence(&self) -> Result<u64, StoreError>;
+    /// The unfinished uploads (at start-up, when none can be running, they are discarded).
+    fn unfinished_evidence(&self) -> Result<Vec<EvidenceRow>, StoreError>;
 
     /// An evidence file with its record.
     fn evidence(&self, evidence_id: &str) -> Result<Option<(RecordRow, EvidenceRow)>, StoreError>;

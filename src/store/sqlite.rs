@@ -788,7 +788,7 @@ fn evidence_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EvidenceRow> {
 fn discard_one(tx: &Connection, evidence_id: &str) -> Result<bool, StoreError> {
     let found: Option<(String, bool)> = tx
         .query_row(
-            "SELECT record_id, owns_record FROM evidence WHERE id = ?1",
+            "SELECT record_id, owns_record FROM evidence WHERE id = ?1 AND complete = 0",
             [evidence_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

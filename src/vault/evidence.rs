@@ -348,10 +348,14 @@ impl Vault {
         let (record, evidence) = self
             .store
             .evidence(evidence_id)?
-            .filter(|(_, e)| e.complete)
             .ok_or_else(|| VaultError::NotFound(format!("evidence `{evidence_id}`")))?;
+        // Checked before its completeness is believed: a finished file marked unfinished by
+        // hand is damaged, not absent.
         self.rows.check(&record)?;
         self.rows.check(&evidence)?;
+        if !evidence.complete {
+            return Err(VaultError::NotFound(format!("evidence `{evidence_id}`")));
+        }
         let meta = record_meta(&record)?;
         let category: Category = parse_stored(&evidence.category, &record.id)?;
         let subject = SubjectId::parse_stored(&record.subject)
@@ -456,7 +460,17 @@ impl Vault {
 
     /// Discards uploads a crash left unfinished. Run at start-up, when no upload can be running.
     pub fn discard_unfinished_evidence(&self) -> Result<u64, VaultError> {
-        let n = self.store.discard_unfinished_evidence()?;
+        let mut n = 0u64;
+        for row in self.store.unfinished_evidence()? {
+            // Only an upload kluis itself left unfinished: a finished file marked unfinished by
+            // hand fails its MAC and is kept (and named by `kluis admin store verify`).
+            if self.rows.check(&row).is_err() {
+                continue;
+            }
+            if self.store.discard_evidence(&row.id)? {
+                n += 1;
+            }
+        }
         if n > 0 {
             tracing::info!(uploads = n, "discarded unfinished evidence uploads");
         }

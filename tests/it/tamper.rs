@@ -853,6 +853,44 @@ async fn evidence_rows_edited_by_hand_are_not_obeyed() {
             .await
             .is_ok()
     );
+    // Marked unfinished by hand: not taken for an interrupted upload at start (which would be
+    // discarded), but kept, and damaged rather than absent.
+    let id = put.evidence_id.clone();
+    let mark = move |path: &std::path::Path| {
+        Connection::open(path)
+            .unwrap()
+            .execute("UPDATE evidence SET complete = 0 WHERE id = ?1", [&id])
+            .unwrap();
+    };
+    let server = server.restart_with(mark).await;
+    // Start-up discards what uploads a crash left unfinished beside serving: give it time.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let status = download(&server, &officer, nuisance_ctx(), &put.evidence_id, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    let segments: i64 = db(&server)
+        .query_row(
+            "SELECT count(*) FROM evidence_segments WHERE evidence_id = ?1",
+            [&put.evidence_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(segments > 0, "the file's segments are still there");
+    // The twin: marked complete again, it downloads whole.
+    let id = put.evidence_id.clone();
+    let unmark = move |path: &std::path::Path| {
+        Connection::open(path)
+            .unwrap()
+            .execute("UPDATE evidence SET complete = 1 WHERE id = ?1", [&id])
+            .unwrap();
+    };
+    let server = server.restart_with(unmark).await;
+    let (_, bytes) = download(&server, &officer, nuisance_ctx(), &put.evidence_id, None)
+        .await
+        .unwrap();
+    assert_eq!(bytes.len(), 70_000);
     server.stop().await;
 }
 

@@ -138,21 +138,14 @@ impl EvidenceStore for SqliteStore {
         Ok(found)
     }
 
-    fn discard_unfinished_evidence(&self) -> Result<u64, StoreError> {
-        let mut conn = self.write()?;
-        let tx = conn.transaction().map_err(db)?;
-        let ids: Vec<String> = tx
-            .prepare("SELECT id FROM evidence WHERE complete = 0")
-            .map_err(db)?
-            .query_map([], |r| r.get(0))
-            .map_err(db)?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(db)?;
-        for id in &ids {
-            discard_one(&tx, id)?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(u64::try_from(ids.len()).unwrap_or(0))
+    fn unfinished_evidence(&self) -> Result<Vec<EvidenceRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete = 0 ORDER BY id"
+            ))?
+            .query_map([], evidence_from_row)?
+            .collect()
+        })
     }
 
     fn evidence(&self, evidence_id: &str) -> Result<Option<(RecordRow, EvidenceRow)>, StoreError> {
