@@ -271,6 +271,9 @@ pub struct Vault {
     rows: rows::RowAuth,
     /// Serialises the steps of root changes.
     root_change_lock: std::sync::Mutex<()>,
+    /// The MAC each token row must carry (`tokens::TokenRegister`): a row put back from an older
+    /// copy (a revocation undone) authenticates nobody.
+    token_register: tokens::TokenRegister,
     /// Serialises the writes of one record's fields in this process (striped by record id), so
     /// that its field-set MAC is replaced over the one read; the store's check of that MAC
     /// (`Stale`) guards writers in other processes.
@@ -440,6 +443,7 @@ impl Vault {
             channels: Channels::default(),
             rows,
             root_change_lock: std::sync::Mutex::new(()),
+            token_register: tokens::TokenRegister::default(),
             record_locks: std::array::from_fn(|_| std::sync::Mutex::new(())),
         })
     }

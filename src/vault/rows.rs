@@ -716,8 +716,28 @@ impl Vault {
             }
         }
         let tokens = self.store.tokens()?;
+        let mut stale_tokens = Vec::new();
         for t in &tokens {
-            check(TokenRow::KIND, t.row_id(), self.rows.is_authentic(t));
+            let authentic = self.rows.is_authentic(t);
+            check(TokenRow::KIND, t.row_id(), authentic);
+            if authentic && !self.is_registered(t)? {
+                stale_tokens.push(BadRow {
+                    kind: TokenRow::KIND,
+                    id: t.row_id(),
+                    problem: "is not the row kluis last wrote (an older copy put back by hand: a \
+                              revocation or approval undone)"
+                        .into(),
+                });
+            }
+        }
+        for id in self.registered_tokens()? {
+            if !tokens.iter().any(|t| t.id == id) {
+                stale_tokens.push(BadRow {
+                    kind: TokenRow::KIND,
+                    id,
+                    problem: "was issued but is not in the store: deleted by hand".into(),
+                });
+            }
         }
         let holds = self.store.holds(None, false)?;
         for h in &holds {
@@ -786,6 +806,7 @@ impl Vault {
             }
         }
         bad.extend(unreadable);
+        bad.extend(stale_tokens);
         bad.extend(bad_sets);
         for subject in &subjects {
             if let Some(problem) = anchor_problem(&self.store.subject_facts(subject)?) {

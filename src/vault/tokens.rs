@@ -130,7 +130,79 @@ impl TokenSpec {
     }
 }
 
+/// Store metadata key of the token register.
+const META_TOKEN_REGISTER: &str = "token_register";
+
+/// The MAC every token row must carry, by token id, kept under a MAC of its own in the store's
+/// meta and in memory. Written before the row it registers, so a crash between leaves a row
+/// that authenticates nobody, never one that authenticates too much. A token row put back from
+/// an older copy (a revocation or approval undone) carries another MAC than the register names
+/// and authenticates nobody; one missing from the register likewise.
+#[derive(Default)]
+pub(crate) struct TokenRegister {
+    /// `None` until first read from the store.
+    macs: std::sync::Mutex<Option<std::collections::BTreeMap<String, String>>>,
+}
+
 impl Vault {
+    /// The register's MACs, read from the store on first use (its own MAC checked).
+    fn with_register<T>(
+        &self,
+        f: impl FnOnce(&mut std::collections::BTreeMap<String, String>) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let mut guard = self
+            .token_register
+            .macs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            let map = match self.store.meta(META_TOKEN_REGISTER)? {
+                None => std::collections::BTreeMap::new(),
+                Some(stored) => {
+                    let bytes = self.rows.open_meta(META_TOKEN_REGISTER, &stored)?;
+                    serde_json::from_slice(bytes)
+                        .map_err(|_| VaultError::DataLoss("stored token register".into()))?
+                }
+            };
+            *guard = Some(map);
+        }
+        let map = guard.get_or_insert_with(std::collections::BTreeMap::new);
+        f(map)
+    }
+
+    /// Registers `row`'s MAC as the one its token must carry, in the store (before the row is
+    /// written) and in memory.
+    fn register_token(&self, row: &TokenRow) -> Result<(), VaultError> {
+        self.with_register(|map| {
+            let mut next = map.clone();
+            next.insert(row.id.clone(), hex::encode(&row.mac));
+            let bytes = serde_json::to_vec(&next).map_err(|e| {
+                VaultError::Store(crate::store::StoreError::Database(e.to_string()))
+            })?;
+            self.store.set_meta(
+                META_TOKEN_REGISTER,
+                &self.rows.seal_meta(META_TOKEN_REGISTER, &bytes),
+            )?;
+            *map = next;
+            Ok(())
+        })
+    }
+
+    /// Whether `row` carries the MAC the register names for it (compared in constant time).
+    pub(crate) fn is_registered(&self, row: &TokenRow) -> Result<bool, VaultError> {
+        self.with_register(|map| {
+            Ok(map.get(&row.id).is_some_and(|mac| {
+                let want = hex::encode(&row.mac);
+                mac.len() == want.len() && bool::from(mac.as_bytes().ct_eq(want.as_bytes()))
+            }))
+        })
+    }
+
+    /// Token ids the register names, for `store verify`.
+    pub(crate) fn registered_tokens(&self) -> Result<Vec<String>, VaultError> {
+        self.with_register(|map| Ok(map.keys().cloned().collect()))
+    }
+
     /// Establishes who presents `token`. Unknown, expired and revoked tokens are refused alike
     /// in the message the caller sees.
     pub fn authenticate(&self, token: &BearerToken) -> Result<Principal, VaultError> {
@@ -150,6 +222,12 @@ impl Vault {
         // A token row written to the database by hand (inserted, a role edited, a revocation
         // undone) authenticates nobody; the row check logs it.
         if self.rows.check(&row).is_err() {
+            return Err(unauthenticated());
+        }
+        // An older copy of the row put back (a revocation or approval undone) carries a MAC of
+        // its own, not the one kluis last wrote.
+        if !self.is_registered(&row)? {
+            tracing::error!(kind = "token", row = %row.id, "a token row is not the one kluis last wrote (an older copy put back?) and authenticates nobody; run `kluis admin store verify`");
             return Err(unauthenticated());
         }
         if row.is_pending() {
@@ -260,6 +338,10 @@ impl Vault {
         };
         let mac = self.rows.mac(&approved);
         event.commit()?;
+        self.register_token(&TokenRow {
+            mac: mac.clone(),
+            ..approved
+        })?;
         if !self
             .store
             .approve_token(token_id, actor.id.as_str(), now, &mac)?
@@ -369,6 +451,12 @@ impl Vault {
         };
         event.target = Some(token_id.into());
         event.commit_then(|| {
+            // The register first: from here on only the revoked row is the one kluis wrote (for
+            // a row that failed its check, a MAC no stored row carries).
+            self.register_token(&TokenRow {
+                mac: self.rows.mac(&revoked),
+                ..revoked.clone()
+            })?;
             if self.store.revoke_token(token_id, now, &mac)? {
                 Ok(())
             } else {
@@ -437,6 +525,7 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
+        self.register_token(&row)?;
         self.store.insert_token(&row)?;
         Ok(IssuedToken {
             id,

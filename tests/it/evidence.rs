@@ -384,16 +384,60 @@ async fn an_interrupted_upload_leaves_nothing_behind() {
     // The record the upload created went with it.
     assert_eq!(count(&server, "SELECT count(*) FROM records"), 0);
 
-    // An upload a crash left unfinished is discarded when the server starts.
-    let id = four_segments(&server, "REL-I", 32).await;
-    let server = server
-        .restart_with(|db| {
-            Connection::open(db)
-                .unwrap()
-                .execute("UPDATE evidence SET complete = 0", [])
+    // An upload a crash left unfinished (its row as kluis began it, some segments, and no
+    // `finish` nor discard: the process died) is discarded when the server starts.
+    let id = {
+        use kluis::{
+            domain::{AccessContext, Category, FieldName, SubjectId},
+            vault::{
+                evidence::{EvidenceStart, EvidenceTarget},
+                tokens::BearerToken,
+            },
+        };
+        let vault = std::sync::Arc::clone(&server.vault);
+        let token = server.token(Role::NuisanceOfficer).to_owned();
+        tokio::task::spawn_blocking(move || {
+            let principal = vault.authenticate(&BearerToken::new(token)).unwrap();
+            let ctx = AccessContext::parse(
+                "context",
+                "nuisance",
+                "N-2026-0042",
+                "complaint",
+                "app",
+                false,
+                vault.channels(),
+            )
+            .unwrap();
+            let mut upload = vault
+                .begin_evidence(
+                    &principal,
+                    &ctx,
+                    EvidenceStart {
+                        target: EvidenceTarget::Subject(SubjectId::parse("s", "REL-I").unwrap()),
+                        name: FieldName::parse("field", "doorbell").unwrap(),
+                        category: Category::NuisanceEvidence,
+                        media_type: "video/mp4".into(),
+                        file_name: "crash.mp4".into(),
+                    },
+                )
                 .unwrap();
+            // Enough segments that some batches are stored.
+            upload.write(&vec![7u8; 40 * 65_536]).unwrap();
+            // The process dies here: nothing finishes or discards it.
+            std::mem::forget(upload);
         })
-        .await;
+        .await
+        .unwrap();
+        let id: String = Connection::open(server.db_path())
+            .unwrap()
+            .query_row("SELECT id FROM evidence WHERE complete = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        id
+    };
+    assert!(count(&server, "SELECT count(*) FROM evidence_segments") > 0);
+    let server = server.restart_with(|_| {}).await;
     // Start-up discards it before it serves.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while count(&server, "SELECT count(*) FROM evidence_segments") > 0 {

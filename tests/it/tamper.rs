@@ -1270,3 +1270,82 @@ async fn an_allowed_admin_action_the_store_refuses_is_on_the_trail_as_not_carrie
     assert_eq!(placed[0]["decision"], "allow");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_copy_of_a_token_row_put_back_authenticates_nobody() {
+    let server = TestServer::start().await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let mut admin = server.admin().await;
+    // A customer-service token, as the privacy officer approved it.
+    let issued = admin
+        .issue_token(req(
+            &so,
+            pb::IssueTokenRequest {
+                principal_id: "emp-rollback".into(),
+                roles: vec!["customer-service".into()],
+                ttl_seconds: 3600,
+                scope_subject_id: String::new(),
+                justification: "new colleague".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    approve(&server, &issued.token_id).await;
+    let token = issued.token.clone();
+    assert!(who_am_i(&server, &token).await.is_ok(), "twin: it works");
+    // The attacker keeps a copy of the live row, then the token is revoked.
+    let copy: Vec<u8> = db(&server)
+        .query_row(
+            "SELECT mac FROM tokens WHERE id = ?1",
+            [&issued.token_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    admin
+        .revoke_token(req(
+            &so,
+            pb::RevokeTokenRequest {
+                token_id: issued.token_id.clone(),
+                justification: "left".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        who_am_i(&server, &token).await.err().unwrap().code(),
+        Code::Unauthenticated
+    );
+    // The older row put back: authentic by its own MAC, but not the row kluis last wrote.
+    db(&server)
+        .execute(
+            "UPDATE tokens SET revoked_at = NULL, mac = ?2 WHERE id = ?1",
+            params![issued.token_id, copy],
+        )
+        .unwrap();
+    assert_eq!(
+        who_am_i(&server, &token).await.err().unwrap().code(),
+        Code::Unauthenticated
+    );
+    // Also after a restart (nothing of it held in memory).
+    let server = server.restart_with(|_| {}).await;
+    assert_eq!(
+        who_am_i(&server, &token).await.err().unwrap().code(),
+        Code::Unauthenticated
+    );
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    assert!(
+        rows.iter().any(|r| r["kind"] == "token"
+            && r["id"] == issued.token_id.as_str()
+            && r["problem"].as_str().unwrap().contains("older copy")),
+        "{rows:?}"
+    );
+    // The twin: every other token still works.
+    assert!(
+        who_am_i(&server, server.token(Role::CustomerService))
+            .await
+            .is_ok()
+    );
+    server.stop().await;
+}
