@@ -707,6 +707,8 @@ impl Vault {
         request_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("request_id", request_id)?;
         let _one = self.lock_root_change();
         let mut event = self.require_admin(
             actor,
@@ -766,6 +768,8 @@ impl Vault {
         secret: &RootSecret,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("request_id", request_id)?;
         let _one = self.lock_root_change();
         let mut event = self.require_admin(
             actor,

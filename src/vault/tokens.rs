@@ -211,6 +211,8 @@ impl Vault {
         token_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("token_id", token_id)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::Approve,
@@ -338,6 +340,8 @@ impl Vault {
         token_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("token_id", token_id)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageTokens,
