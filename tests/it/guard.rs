@@ -1031,3 +1031,72 @@ async fn a_bsn_in_a_name_or_id_kept_in_clear_is_refused_before_it_is_stored_or_a
     assert!(!store_holds(&server, b"_111222333"));
     server.stop().await;
 }
+
+/// Digits hidden between invisible or odd characters, one spelling of each kind, are refused
+/// in a field value over gRPC, and the same spelling of digits that fail the eleven-test is
+/// stored as it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_hidden_by_invisible_or_odd_characters_are_refused_and_their_twins_stored() {
+    let server = TestServer::start().await;
+    let s = "REL-0821";
+    let spell = |d: &str, how: usize| -> String {
+        let c: Vec<char> = d.chars().collect();
+        let each = |sep: &str| c.iter().map(|x| format!("{x}{sep}")).collect::<String>();
+        let groups = |sep: &str| {
+            let g = |a: usize| c[a..a + 3].iter().collect::<String>();
+            format!("{}{sep}{}{sep}{}", g(0), g(3), g(6))
+        };
+        match how {
+            0 => each("\u{FE0F}"),
+            1 => each("\u{E0020}"),
+            2 => groups("\u{3164}"),
+            3 => each("\u{034F}"),
+            4 => c.iter().map(|x| format!("{x}\u{0301} ")).collect(),
+            5 => groups(" -- "),
+            6 => groups("|"),
+            7 => groups("+"),
+            8 => groups("x"),
+            9 => {
+                let g = |a: usize| c[a..a + 3].iter().collect::<String>();
+                format!("{}<b>{}</b>{}", g(0), g(3), g(6))
+            }
+            10 => groups("&nbsp;"),
+            _ => groups(","),
+        }
+    };
+    let mut twins = Vec::new();
+    for how in 0..12 {
+        let value = format!("melding: {}.", spell("111222333", how));
+        let msg = invalid(
+            try_put(&server, s, vec![text("note", "contact", &value)]).await,
+            "fields[0].text",
+        );
+        assert!(msg.contains("BSN"), "{how}: {msg}");
+        twins.push(format!("melding: {}.", spell("123456789", how)));
+    }
+    assert_eq!(stored_records(&server, s).await, 0);
+    let id = try_put(
+        &server,
+        s,
+        twins
+            .iter()
+            .enumerate()
+            .map(|(i, v)| text(&format!("note{i}"), "contact", v))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let resp = get(
+        &server,
+        server.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &id,
+    )
+    .await
+    .unwrap();
+    for (i, twin) in twins.iter().enumerate() {
+        let f = field(&resp, &format!("note{i}")).unwrap();
+        assert_eq!(text_of(f), twin);
+    }
+    server.stop().await;
+}
