@@ -47,10 +47,7 @@
 
 use std::sync::OnceLock;
 
-use unicode_normalization::{
-    UnicodeNormalization,
-    char::{decompose_compatible, is_combining_mark},
-};
+use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use zeroize::Zeroizing;
 
@@ -80,20 +77,26 @@ pub fn check_binary(field: &str, bytes: &[u8]) -> Result<(), InputError> {
     scanner.finish(field)
 }
 
-/// Refuses a file name named `field` that says the file is an identity document: Dutch and
-/// English names of passports, identity cards, driving licences and residence permits, also
-/// with "kopie", "scan" or "copy" glued on (`paspoortkopie.pdf`).
+/// Refuses a file name named `field` that says the file is an identity document: Dutch, English,
+/// French and German names of passports, identity cards, driving licences and residence
+/// documents, also with "kopie", "scan", "copy" or "copie" glued on (`paspoortkopie.pdf`) and
+/// compounds that end in a document's name (`kinderpaspoort.jpg`, `Kinderreisepass.pdf`).
 ///
-/// The name is read as words: accents are stripped (NFKD), case is ignored, and everything but
-/// letters (`-`, `_`, `.`, spaces, digits) separates words; up to four consecutive words are
-/// also read together, so `id-kaart`, `ID card`, `id_card` and `driver's license` are found.
-/// Only whole words count: `rapid.jpg`, `idee.txt` and `video.mp4` pass, and so do compounds
-/// that name something other than the document itself (`paspoortfoto-beleid.pdf`, a policy on
-/// passport photos). A bare `id` says nothing and passes.
+/// The name is read as words: accents are stripped (NFKD), case is ignored, letters of other
+/// scripts that look like Latin ones are read as those (`pаspoort` with a Cyrillic `а`), `ß`
+/// as `ss`, and everything but letters (`-`, `_`, `.`, spaces, digits) separates words. Any run
+/// of consecutive words is also read joined, so `id-kaart`, `ID card`, `p a s p o o r t` and
+/// `driver's license` are found. The name is read three times: with digits as separators, and
+/// with `0 1 3 5` read as the letters they stand in for (`o l e s`, and `o i e s`), so
+/// `pasp0ort.jpg` is found. Only whole words count: `rapid.jpg`, `idee.txt` and `video.mp4`
+/// pass, and so do compounds that name something other than the document itself
+/// (`paspoortfoto-beleid.pdf`, a policy on passport photos). A bare `id` says nothing and
+/// passes.
 ///
 /// ```
 /// use kluis::vault::guard::check_file_name;
 /// assert!(check_file_name("file_name", "Kopie ID kaart.png").is_err());
+/// assert!(check_file_name("file_name", "p\u{0430}sp0ort.jpg").is_err());
 /// assert!(check_file_name("file_name", "rapid.jpg").is_ok());
 /// ```
 pub fn check_file_name(field: &str, name: &str) -> Result<(), InputError> {
@@ -1707,14 +1710,21 @@ const IDENTITY_DOCUMENT_NAMES: &[&str] = &[
     "identiteitsdocument",
     "identiteitsdocumenten",
     "idbewijs",
+    "idbewijzen",
     "legitimatiebewijs",
+    "legitimatiebewijzen",
     "rijbewijs",
     "rijbewijzen",
     "verblijfsvergunning",
     "verblijfsvergunningen",
     "verblijfsdocument",
+    "verblijfsdocumenten",
     "verblijfspas",
+    "verblijfspassen",
+    "vreemdelingendocument",
+    "vreemdelingendocumenten",
     "reisdocument",
+    "reisdocumenten",
     "kopieid",
     "idkopie",
     "idscan",
@@ -1726,6 +1736,7 @@ const IDENTITY_DOCUMENT_NAMES: &[&str] = &[
     "identitycard",
     "identitycards",
     "identitydocument",
+    "identitydocuments",
     "drivinglicence",
     "drivinglicense",
     "driverslicence",
@@ -1734,39 +1745,177 @@ const IDENTITY_DOCUMENT_NAMES: &[&str] = &[
     "driverlicense",
     "residencepermit",
     "residencepermits",
+    "residencecard",
+    "traveldocument",
     "copyid",
     "idcopy",
+    // French
+    "passeport",
+    "passeports",
+    "cartedidentite",
+    "cartesdidentite",
+    "cartenationaledidentite",
+    "piecedidentite",
+    "titredesejour",
+    "cartedesejour",
+    "permisdeconduire",
+    // German
+    "personalausweis",
+    "personalausweise",
+    "reisepass",
+    "reisepasse",
+    "ausweis",
+    "ausweise",
+    "ausweisdokument",
+    "identitatskarte",
+    "identitaetskarte",
+    "fuhrerschein",
+    "fuehrerschein",
+    "aufenthaltstitel",
+    "aufenthaltserlaubnis",
+    "aufenthaltskarte",
 ];
 
 /// Words glued to a document's name that still make it a copy of the document.
-const COPY_WORDS: &[&str] = &["kopie", "scan", "copy"];
+const COPY_WORDS: &[&str] = &["kopie", "scan", "copy", "copie"];
+
+/// A compound word that ends in a document name this long or longer names that document
+/// (`kinderpaspoort`, `noodpaspoort`, `kinderreisepass`); shorter names (`idkaart`, `ausweis`)
+/// count only as whole words.
+const COMPOUND_NAME: usize = 8;
 
 /// Whether `name` names an identity document, as [`check_file_name`] describes.
 fn names_identity_document(name: &str) -> bool {
-    let folded: String = name
-        .nfkd()
-        .filter(|&c| !is_combining_mark(c))
-        .flat_map(char::to_lowercase)
-        .collect();
-    let words: Vec<&str> = folded
-        .split(|c: char| !c.is_alphabetic())
-        .filter(|w| !w.is_empty())
-        .collect();
-    let is_document = |w: &str| {
-        IDENTITY_DOCUMENT_NAMES.contains(&w)
-            || COPY_WORDS.iter().any(|copy| {
-                let glued = |rest: Option<&str>| {
-                    rest.is_some_and(|r| !r.is_empty() && IDENTITY_DOCUMENT_NAMES.contains(&r))
-                };
-                glued(w.strip_prefix(*copy)) || glued(w.strip_suffix(*copy))
-            })
-    };
-    (0..words.len()).any(|i| {
-        let mut joined = String::new();
-        words.iter().skip(i).take(4).any(|w| {
-            joined.push_str(w);
-            is_document(&joined)
+    [None, Some('l'), Some('i')].into_iter().any(|one| {
+        let folded = fold_name(name, one);
+        let words: Vec<&str> = folded
+            .split(|c: char| !c.is_alphabetic())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let longest = IDENTITY_DOCUMENT_NAMES
+            .iter()
+            .map(|n| n.len())
+            .max()
+            .unwrap_or(0)
+            + COPY_WORDS.iter().map(|c| c.len()).max().unwrap_or(0);
+        (0..words.len()).any(|i| {
+            let mut joined = String::new();
+            for (k, w) in words.iter().skip(i).enumerate() {
+                joined.push_str(w);
+                if k > 0 && joined.len() > longest {
+                    return false;
+                }
+                if is_document(&joined, k == 0) {
+                    return true;
+                }
+            }
+            false
         })
+    })
+}
+
+/// Whether `word` (or words joined, when not `single`) names a document, or a copy of one.
+fn is_document(word: &str, single: bool) -> bool {
+    let named = |w: &str| {
+        IDENTITY_DOCUMENT_NAMES
+            .iter()
+            .any(|n| w == *n || (single && n.len() >= COMPOUND_NAME && w.ends_with(n)))
+    };
+    named(word)
+        || COPY_WORDS.iter().any(|copy| {
+            [word.strip_prefix(copy), word.strip_suffix(copy)]
+                .into_iter()
+                .flatten()
+                .any(|rest| !rest.is_empty() && named(rest))
+        })
+}
+
+/// `name` in lower-case Latin letters as far as it goes: decomposed without marks and
+/// ignorable code points, look-alike letters of other scripts read as the Latin ones, and, when
+/// `one` is given, the digits `0 1 3 5` read as `o`, `one`, `e`, `s`.
+fn fold_name(name: &str, one: Option<char>) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        decompose_compatible(c, |d| {
+            if is_ignorable(d) {
+                return;
+            }
+            if let Some(latin) = look_alike(d) {
+                out.push_str(latin);
+                return;
+            }
+            match (d, one) {
+                ('0', Some(_)) => out.push('o'),
+                ('1', Some(l)) => out.push(l),
+                ('3', Some(_)) => out.push('e'),
+                ('5', Some(_)) => out.push('s'),
+                _ => out.extend(d.to_lowercase()),
+            }
+        });
+    }
+    out
+}
+
+/// The Latin letters a letter of another script (or a Latin letter that NFKD leaves alone)
+/// looks like or is written as: Cyrillic and Greek look-alikes, `ß`, ligatures.
+fn look_alike(c: char) -> Option<&'static str> {
+    Some(match c {
+        'ß' | 'ẞ' => "ss",
+        'æ' | 'Æ' => "ae",
+        'œ' | 'Œ' => "oe",
+        'ø' | 'Ø' => "o",
+        'ł' | 'Ł' => "l",
+        'đ' | 'Đ' => "d",
+        'ı' | 'ɩ' => "i",
+        'ȷ' => "j",
+        'ɑ' => "a",
+        'ɡ' => "g",
+        // Cyrillic
+        'а' | 'А' => "a",
+        'в' | 'В' | 'ь' => "b",
+        'е' | 'Е' => "e",
+        'к' | 'К' => "k",
+        'м' | 'М' => "m",
+        'н' | 'Н' | 'һ' | 'Һ' => "h",
+        'о' | 'О' => "o",
+        'р' | 'Р' => "p",
+        'с' | 'С' => "c",
+        'т' | 'Т' => "t",
+        'у' | 'У' | 'ү' | 'Ү' => "y",
+        'х' | 'Х' => "x",
+        'ѕ' | 'Ѕ' => "s",
+        'і' | 'І' | 'ӏ' | 'Ӏ' => "i",
+        'ј' | 'Ј' => "j",
+        'ԁ' => "d",
+        'ԛ' | 'Ԛ' => "q",
+        'ԝ' | 'Ԝ' => "w",
+        'п' => "n",
+        // Greek
+        'α' | 'Α' => "a",
+        'β' | 'Β' => "b",
+        'ε' | 'Ε' => "e",
+        'ζ' | 'Ζ' => "z",
+        'Η' => "h",
+        'η' => "n",
+        'ι' | 'Ι' => "i",
+        'κ' | 'Κ' => "k",
+        'Μ' => "m",
+        'Ν' => "n",
+        'ν' => "v",
+        'ο' | 'Ο' => "o",
+        'ρ' | 'Ρ' => "p",
+        'τ' | 'Τ' => "t",
+        'υ' => "u",
+        'Υ' | 'γ' => "y",
+        'χ' | 'Χ' => "x",
+        'ω' => "w",
+        // Armenian
+        'օ' | 'Օ' => "o",
+        'ս' | 'Ս' => "u",
+        'հ' => "h",
+        'ո' => "n",
+        'ց' => "g",
+        _ => return None,
     })
 }
 
@@ -2766,6 +2915,70 @@ mod tests {
         s.finish("data").unwrap();
         let after: Vec<usize> = s.views.iter().map(|v| v.units.capacity()).collect();
         assert_eq!(after, capacity);
+    }
+
+    #[test]
+    fn identity_document_file_names_are_refused_however_they_are_spelled() {
+        for name in [
+            "p\u{0430}spoort.jpg",
+            "\u{0440}\u{0430}sp\u{043E}\u{043E}rt.jpg",
+            "\u{03A1}\u{0391}SSP\u{039F}RT.PNG",
+            "pasp0ort.jpg",
+            "PA5P00RT.JPG",
+            "r1jbewijs.png",
+            "1d-kaart.jpg",
+            "p a s p o o r t.jpg",
+            "p.a.s.p.o.o.r.t.pdf",
+            "pas\u{200B}poort.jpg",
+            "Pa\u{00DF}port.jpg",
+            "REISEPA\u{1E9E}.jpg",
+            "passeport.jpg",
+            "PASSEPORT.PDF",
+            "copie passeport.pdf",
+            "carte d'identit\u{00E9}.pdf",
+            "Carte_nationale_d_identite.png",
+            "titre de s\u{00E9}jour.pdf",
+            "permis de conduire.jpg",
+            "Personalausweis.jpg",
+            "Reisepass.jpg",
+            "F\u{00FC}hrerschein.jpg",
+            "Aufenthaltstitel.pdf",
+            "vreemdelingendocument.pdf",
+            "verblijfsdocument.pdf",
+            "ID-bewijs.pdf",
+            "kinderpaspoort.jpg",
+            "noodpaspoort_2024.pdf",
+            "Kinderreisepass.jpg",
+            "vluchtelingenpaspoortkopie.png",
+        ] {
+            let err = check_file_name("start.file_name", name)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {name:?}"));
+            assert_eq!(err.field, "start.file_name");
+            assert!(!err.problem.contains(name));
+        }
+        for name in [
+            "pasfoto.jpg",
+            "paspoortfoto-beleid.pdf",
+            "passe-partout.jpg",
+            "sport.jpg",
+            "compas sport.jpg",
+            "transport.pdf",
+            "rapport 2024.pdf",
+            "Reisplan.pdf",
+            "Ausweichroute.pdf",
+            "Mitgliedsausweis.pdf",
+            "cartes.pdf",
+            "DSC_0001.JPG",
+            "IMG_1035.jpg",
+            "5can.jpg",
+            "scan 2024-03-12.pdf",
+        ] {
+            assert!(
+                check_file_name("start.file_name", name).is_ok(),
+                "refused: {name:?}"
+            );
+        }
     }
 
     /// Whether `s` shows a date (`d-m-yyyy`, `yyyy-mm-dd`, one and the same dash, slash or dot

@@ -663,6 +663,59 @@ async fn an_upload_holding_a_bsn_or_mrz_is_refused_whatever_media_type_it_declar
     server.stop().await;
 }
 
+/// File names that say they are an identity document are refused however they are spelled:
+/// look-alike letters, digits for letters, spaces between the letters, `ß`, and the names in
+/// French and German. Their ordinary neighbours are stored.
+#[tokio::test]
+async fn identity_document_file_names_are_refused_however_they_are_spelled() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let start =
+        |name: &str| evidence_start(nuisance_ctx(), "REL-EVF", "", "scan", "image/jpeg", name);
+    for name in [
+        "p\u{0430}spoort.jpg",
+        "pasp0ort.jpg",
+        "p a s p o o r t.jpg",
+        "Pa\u{00DF}port.jpg",
+        "passeport.jpg",
+        "Personalausweis.jpg",
+        "vreemdelingendocument.pdf",
+        "carte d'identit\u{00E9}.png",
+        "ID-bewijs.pdf",
+    ] {
+        let status = upload_bytes(&server, &token, start(name), b"jpeg")
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("accepted {name:?}"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+        assert!(status.message().contains("`start.file_name`"), "{status:?}");
+        assert!(!status.message().contains(name));
+    }
+    assert_eq!(count(&server, "SELECT count(*) FROM evidence"), 0);
+    for (i, name) in [
+        "pasfoto.jpg",
+        "paspoortfoto-beleid.pdf",
+        "transport.jpg",
+        "sport 5.jpg",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let first = evidence_start(
+            nuisance_ctx(),
+            "REL-EVF",
+            "",
+            &format!("scan{i}"),
+            "image/jpeg",
+            name,
+        );
+        upload_bytes(&server, &token, first, b"jpeg")
+            .await
+            .unwrap_or_else(|s| panic!("refused {name:?}: {s:?}"));
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_reencrypts_segments_and_the_file_still_reads() {
     let server = TestServer::start().await;
