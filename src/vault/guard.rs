@@ -49,7 +49,7 @@ use std::sync::OnceLock;
 
 use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::domain::InputError;
 
@@ -1690,6 +1690,16 @@ impl View {
         self.cut = cut;
         self.carried = self.units.len();
         Ok(())
+    }
+}
+
+// The decoder's state holds part of a character of the data: wiped with the buffers.
+impl Drop for View {
+    fn drop(&mut self) {
+        self.lead.zeroize();
+        self.code.zeroize();
+        self.half.zeroize();
+        self.high.zeroize();
     }
 }
 
