@@ -599,6 +599,9 @@ impl FieldName {
                  digits, `_`, `-` and `.`",
             ));
         }
+        // Field names are kept in clear, in the record and in every audit entry that names
+        // the field.
+        guard::check_text(field, s)?;
         Ok(Self(s.to_owned()))
     }
 }
@@ -1100,6 +1103,36 @@ mod tests {
             assert!(FieldName::parse("f", bad).is_err(), "{bad}");
         }
         assert!(FieldName::parse("f", &"a".repeat(65)).is_err());
+    }
+
+    /// Field names are kept in clear (in the record and in every audit entry that names the
+    /// field), so they pass the BSN guard like any other clear string. A BSN glued to letters
+    /// is a code and passes, as everywhere.
+    #[test]
+    fn field_names_holding_a_bsn_are_refused() {
+        for bad in [
+            "bsn.111222333",
+            "a-111222333",
+            "x_111222333",
+            "ref.111.222.333",
+            "note-1112-22-333",
+            "b.12345672",
+        ] {
+            let err = FieldName::parse("fields[0].name", bad).unwrap_err();
+            assert_eq!(err.field, "fields[0].name");
+            assert!(err.problem.contains("BSN"), "{bad}: {err}");
+            assert!(!err.problem.contains("111"), "{bad}: {err}");
+        }
+        for good in [
+            "bsn.123456789",
+            "a-123456789",
+            "x_123456789",
+            "a111222333",
+            "note-2024-03-12",
+            "address.line_2",
+        ] {
+            assert!(FieldName::parse("fields[0].name", good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -30,8 +30,6 @@ use crate::{
 
 /// Segments written per store transaction (1 MiB).
 const SEGMENTS_PER_BATCH: usize = 16;
-/// Bytes of text carried from one chunk to the next so the guard sees values that straddle them.
-const GUARD_CARRY: usize = 128;
 /// Longest media type accepted.
 const MAX_MEDIA_TYPE: usize = 127;
 /// Longest file name accepted.
@@ -311,7 +309,6 @@ impl Vault {
             purpose = ctx.purpose.as_str(),
             "evidence upload started"
         );
-        let text_like = is_text_like(&start.media_type);
         Ok(Upload {
             vault: Arc::clone(self),
             evidence_id,
@@ -324,7 +321,7 @@ impl Vault {
             size: 0,
             hasher: Sha256::new(),
             batch: Vec::with_capacity(SEGMENTS_PER_BATCH),
-            guard_carry: text_like.then(|| Zeroizing::new(Vec::new())),
+            guard: guard::Scanner::new(),
             expires_at: record.expires_at,
             finished: false,
             file_name: Zeroizing::new(start.file_name.clone()),
@@ -491,7 +488,8 @@ pub struct Upload {
     size: u64,
     hasher: Sha256,
     batch: Vec<SegmentRow>,
-    guard_carry: Option<Zeroizing<Vec<u8>>>,
+    /// Reads every byte for a BSN or an MRZ, whatever the declared media type, across chunks.
+    guard: guard::Scanner,
     expires_at: Option<i64>,
     finished: bool,
     /// The file name and the key it was sealed under: sealed again at the end together with
@@ -531,18 +529,7 @@ impl Upload {
             )
             .into());
         }
-        if let Some(carry) = &mut self.guard_carry {
-            // A new buffer of the right size rather than growing the old one: a reallocation
-            // would leave the old bytes behind unwiped. The lossy text is an owned, wiped copy.
-            let mut joined = Zeroizing::new(Vec::with_capacity(carry.len() + data.len()));
-            joined.extend_from_slice(carry);
-            joined.extend_from_slice(data);
-            *carry = joined;
-            let text = Zeroizing::new(String::from_utf8_lossy(carry).into_owned());
-            guard::check_text("data", &text)?;
-            let keep = carry.len().saturating_sub(GUARD_CARRY);
-            carry.drain(..keep);
-        }
+        self.guard.write("data", data)?;
         self.hasher.update(data);
         while !data.is_empty() {
             if self.buffer.len() == SEGMENT_SIZE {
@@ -562,6 +549,7 @@ impl Upload {
 
     /// Seals the last segment, stores what is left and makes the evidence readable.
     pub fn finish(mut self) -> Result<EvidenceReceipt, VaultError> {
+        self.guard.finish("data")?;
         self.seal_buffer(true)?;
         self.flush()?;
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
@@ -1004,17 +992,6 @@ fn check_start(start: &EvidenceStart) -> Result<(), InputError> {
     guard::check_file_name("start.file_name", name)
 }
 
-/// Media whose bytes are text, which the BSN/MRZ guard reads as it streams in.
-fn is_text_like(media_type: &str) -> bool {
-    let m = media_type.to_ascii_lowercase();
-    m.starts_with("text/")
-        || m.starts_with("message/")
-        || matches!(
-            m.as_str(),
-            "application/json" | "application/xml" | "application/mbox"
-        )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1074,12 +1051,5 @@ mod tests {
             let e = check_start(&s).unwrap_err();
             assert_eq!(e.field, field);
         }
-    }
-
-    #[test]
-    fn text_media_is_recognised() {
-        assert!(is_text_like("text/plain"));
-        assert!(is_text_like("message/rfc822"));
-        assert!(!is_text_like("video/mp4"));
     }
 }

@@ -720,6 +720,8 @@ impl Vault {
         justification: &str,
     ) -> Result<(), VaultError> {
         super::tokens::check_justification(justification, crate::domain::Need::Required)?;
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("request_id", request_id)?;
         let _one = self.lock_root_change();
         let mut event = self.require_admin(
             actor,
@@ -779,6 +781,8 @@ impl Vault {
         secret: &RootSecret,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("request_id", request_id)?;
         let _one = self.lock_root_change();
         let mut event = self.require_admin(
             actor,

@@ -195,6 +195,8 @@ impl Vault {
         hold_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("hold_id", hold_id)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageHolds,
@@ -500,6 +502,8 @@ impl Vault {
         id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("request_id", id)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageLifecycle,

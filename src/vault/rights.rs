@@ -225,6 +225,8 @@ impl Vault {
         id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("mandate_id", id)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageLifecycle,

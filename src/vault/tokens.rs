@@ -290,6 +290,8 @@ impl Vault {
         justification: &str,
     ) -> Result<(), VaultError> {
         check_justification(justification, Need::Required)?;
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("token_id", token_id)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::Approve,
@@ -421,6 +423,8 @@ impl Vault {
         token_id: &str,
         justification: &str,
     ) -> Result<(), VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("token_id", token_id)?;
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageTokens,

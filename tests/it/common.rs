@@ -487,6 +487,26 @@ pub async fn upload_bytes(
         .map(tonic::Response::into_inner)
 }
 
+/// Uploads `bytes` as one file after `start`, in messages of `chunk` bytes.
+pub async fn upload_in_chunks(
+    server: &TestServer,
+    token: &str,
+    start: pb::EvidenceChunk,
+    bytes: &[u8],
+    chunk: usize,
+) -> Result<pb::PutEvidenceResponse, tonic::Status> {
+    let messages: Vec<pb::EvidenceChunk> = std::iter::once(start)
+        .chain(bytes.chunks(chunk).map(|c| pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(c.to_vec().into())),
+        }))
+        .collect();
+    let mut client = server.client().await;
+    client
+        .put_evidence(req(token, tokio_stream::iter(messages)))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// Downloads an evidence file (or a range): the info message and the bytes.
 pub async fn download(
     server: &TestServer,

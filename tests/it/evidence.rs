@@ -580,6 +580,186 @@ async fn bad_uploads_are_refused_with_the_field_named_and_nothing_stored() {
     server.stop().await;
 }
 
+/// Bytes as the BSN/MRZ guard may meet them in a file: `text` in UTF-8, or in UTF-16 either
+/// way, with or without a byte order mark, at an even or odd offset, between noise and ended
+/// by a NUL, placed so that it straddles the boundary of two 64 KiB messages.
+fn hidden_in_a_file(text: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let le = |t: &str| {
+        t.encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect::<Vec<u8>>()
+    };
+    let be = |t: &str| {
+        t.encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect::<Vec<u8>>()
+    };
+    let encodings: Vec<(&'static str, Vec<u8>, usize)> = vec![
+        ("UTF-8", text.as_bytes().to_vec(), 0),
+        (
+            "UTF-16LE with BOM",
+            [vec![0xFF, 0xFE], le(text)].concat(),
+            0,
+        ),
+        ("UTF-16BE without BOM", be(text), 0),
+        ("UTF-16LE without BOM at an odd offset", le(text), 1),
+    ];
+    encodings
+        .into_iter()
+        .map(|(how, bytes, odd)| {
+            let at = 65_536 - 9 + odd;
+            let file = [
+                file_bytes(31, 0, at - 2),
+                vec![0, 0],
+                bytes,
+                vec![0, 0],
+                file_bytes(32, 0, 70_000),
+            ]
+            .concat();
+            (how, file)
+        })
+        .collect()
+}
+
+/// The guard reads every upload, whatever media type it declares: a BSN or an MRZ in UTF-8 or
+/// UTF-16 anywhere in a photo, a PDF, a CSV file or plain bytes is refused (`data`, the value
+/// not repeated, nothing stored), across message boundaries, and so are the same bytes as a
+/// binary field value. The twin with digits that fail the eleven-test is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_holding_a_bsn_or_mrz_is_refused_whatever_media_type_it_declares() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let mrz = "P<NLDDE<BRUIJN<<WILLEKE<LISELOTTE<<<<<<<<<<<\n\
+               SPECI20142NLD6503101F2403096999999990<<<<<84";
+    let media = [
+        "application/octet-stream",
+        "image/svg+xml",
+        "application/csv",
+        "application/pdf",
+        "image/jpeg",
+        "text/plain",
+    ];
+    let mut client = server.client().await;
+    let mut refused = 0;
+    for (i, media_type) in media.iter().enumerate() {
+        let subject = format!("REL-EVG{i}");
+        for (secret, twin) in [
+            ("bsn 111222333", "bsn 123456789"),
+            (mrz, "P<NLD DE BRUIJN WILLEKE LISELOTTE"),
+        ] {
+            for ((how, bytes), (_, twin_bytes)) in hidden_in_a_file(secret)
+                .into_iter()
+                .zip(hidden_in_a_file(twin))
+            {
+                let start =
+                    || evidence_start(nuisance_ctx(), &subject, "", "file", media_type, "bijlage");
+                let status = upload_in_chunks(&server, &token, start(), &bytes, 65_536)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| panic!("{secret:?} in {how} as {media_type} accepted"));
+                assert_eq!(status.code(), Code::InvalidArgument, "{how}: {status:?}");
+                assert!(status.message().contains("`data`"), "{}", status.message());
+                for echo in ["111222333", "SPECI", "BRUIJN"] {
+                    assert!(!status.message().contains(echo));
+                }
+                refused += 1;
+                // The same bytes as a binary value of a record.
+                let status = client
+                    .put_record(req(
+                        &token,
+                        pb::PutRecordRequest {
+                            context: nuisance_ctx(),
+                            subject_id: subject.clone(),
+                            fields: vec![binary("file", "nuisance-evidence", &bytes)],
+                            labels: Default::default(),
+                        },
+                    ))
+                    .await
+                    .err()
+                    .unwrap_or_else(|| panic!("{secret:?} in {how} as a binary value accepted"));
+                assert_eq!(status.code(), Code::InvalidArgument);
+                assert!(status.message().contains("fields[0].binary"));
+                // The twin is stored, whole.
+                let field = format!("twin{refused}");
+                let put = upload_in_chunks(
+                    &server,
+                    &token,
+                    evidence_start(nuisance_ctx(), &subject, "", &field, media_type, "bijlage"),
+                    &twin_bytes,
+                    65_536,
+                )
+                .await
+                .unwrap_or_else(|s| panic!("twin of {secret:?} in {how} refused: {s:?}"));
+                assert_eq!(put.size, twin_bytes.len() as u64);
+            }
+        }
+    }
+    assert_eq!(refused, media.len() * 2 * 4);
+    // Only the twins were kept: one record each, no segment of a refused upload.
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM evidence"),
+        refused as i64
+    );
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM records"),
+        refused as i64
+    );
+    server.stop().await;
+}
+
+/// File names that say they are an identity document are refused however they are spelled:
+/// look-alike letters, digits for letters, spaces between the letters, `ß`, and the names in
+/// French and German. Their ordinary neighbours are stored.
+#[tokio::test]
+async fn identity_document_file_names_are_refused_however_they_are_spelled() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let start =
+        |name: &str| evidence_start(nuisance_ctx(), "REL-EVF", "", "scan", "image/jpeg", name);
+    for name in [
+        "p\u{0430}spoort.jpg",
+        "pasp0ort.jpg",
+        "p a s p o o r t.jpg",
+        "Pa\u{00DF}port.jpg",
+        "passeport.jpg",
+        "Personalausweis.jpg",
+        "vreemdelingendocument.pdf",
+        "carte d'identit\u{00E9}.png",
+        "ID-bewijs.pdf",
+    ] {
+        let status = upload_bytes(&server, &token, start(name), b"jpeg")
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("accepted {name:?}"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+        assert!(status.message().contains("`start.file_name`"), "{status:?}");
+        assert!(!status.message().contains(name));
+    }
+    assert_eq!(count(&server, "SELECT count(*) FROM evidence"), 0);
+    for (i, name) in [
+        "pasfoto.jpg",
+        "paspoortfoto-beleid.pdf",
+        "transport.jpg",
+        "sport 5.jpg",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let first = evidence_start(
+            nuisance_ctx(),
+            "REL-EVF",
+            "",
+            &format!("scan{i}"),
+            "image/jpeg",
+            name,
+        );
+        upload_bytes(&server, &token, first, b"jpeg")
+            .await
+            .unwrap_or_else(|s| panic!("refused {name:?}: {s:?}"));
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_reencrypts_segments_and_the_file_still_reads() {
     let server = TestServer::start().await;

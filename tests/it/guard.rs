@@ -881,3 +881,249 @@ async fn a_bsn_or_mrz_in_any_spelling_is_refused_wherever_it_is_kept_in_clear() 
     assert_eq!(stored_records(&server, s).await, 1);
     server.stop().await;
 }
+
+/// Whether the store (database and write-ahead log) holds `needle` anywhere, in any row.
+fn store_holds(server: &TestServer, needle: &[u8]) -> bool {
+    let db = server.db_path();
+    let wal = db.with_extension("db-wal");
+    [db, wal]
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+}
+
+/// Field names, label keys, the field names of an evidence upload and of a read, and the ids
+/// of administrative calls are kept in clear (in rows and in audit entries): a BSN in any of
+/// them is refused with INVALID_ARGUMENT naming the field, before anything is stored or
+/// audited. Their twins, with digits that fail the eleven-test or glued to letters, pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bsn_in_a_name_or_id_kept_in_clear_is_refused_before_it_is_stored_or_audited() {
+    let server = TestServer::start().await;
+    let s = "REL-0820";
+    let mut client = server.client().await;
+    let mut admin = server.admin().await;
+    for name in [
+        "bsn.111222333",
+        "a-111222333",
+        "x_111222333",
+        "ref.1112.22.333",
+    ] {
+        let msg = invalid(
+            try_put(&server, s, vec![text(name, "contact", "x")]).await,
+            "fields[0].name",
+        );
+        assert!(msg.contains("BSN"), "{msg}");
+        let msg = invalid(
+            try_put(
+                &server,
+                s,
+                vec![
+                    text("phone", "contact", "06-1"),
+                    binary(name, "contact", b"x"),
+                ],
+            )
+            .await,
+            "fields[1].name",
+        );
+        assert!(!msg.contains("111"), "{msg}");
+        let mut labelled = pb::PutRecordRequest {
+            context: nuisance_ctx(),
+            subject_id: s.into(),
+            fields: vec![text("phone", "contact", "06-1")],
+            labels: Default::default(),
+        };
+        labelled.labels.insert(name.replace('_', "-"), "v".into());
+        let status = client
+            .put_record(req(server.token(Role::NuisanceOfficer), labelled))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("label key {name:?} accepted"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("labels"), "{status:?}");
+        let status = client
+            .get_record(req(
+                server.token(Role::NuisanceOfficer),
+                pb::GetRecordRequest {
+                    context: nuisance_ctx(),
+                    record_id: format!("rec_{}", "0".repeat(32)),
+                    fields: vec![name.into()],
+                },
+            ))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("fields[0]"), "{status:?}");
+        let status = upload_bytes(
+            &server,
+            server.token(Role::NuisanceOfficer),
+            evidence_start(nuisance_ctx(), s, "", name, "image/jpeg", "foto.jpg"),
+            b"jpeg",
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("evidence field {name:?} accepted"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("`start.field`"), "{status:?}");
+    }
+    let privacy = server.token(Role::PrivacyOfficer);
+    let security = server.token(Role::SecurityOfficer);
+    for (id, twin) in [
+        ("hold_111222333", "hold_123456789"),
+        ("hold-111.222.333", "hold_a111222333"),
+    ] {
+        let release = |hold_id: &str| {
+            req(
+                privacy,
+                pb::ReleaseHoldRequest {
+                    hold_id: hold_id.into(),
+                    justification: "vrijgeven".into(),
+                },
+            )
+        };
+        let status = admin.release_hold(release(id)).await.err().unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("`hold_id`"), "{status:?}");
+        let status = admin.release_hold(release(twin)).await.err().unwrap();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        let status = admin
+            .revoke_token(req(
+                security,
+                pb::RevokeTokenRequest {
+                    token_id: id.replace("hold", "tok"),
+                    justification: "weg".into(),
+                },
+            ))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("`token_id`"), "{status:?}");
+        let status = admin
+            .revoke_mandate(req(
+                privacy,
+                pb::RevokeMandateRequest {
+                    mandate_id: id.replace("hold", "mdt"),
+                    justification: "weg".into(),
+                },
+            ))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("`mandate_id`"), "{status:?}");
+    }
+    assert_eq!(stored_records(&server, s).await, 0);
+
+    // The twins are stored and read back under their names.
+    let names = ["bsn.123456789", "a-123456789", "x_123456789", "a111222333"];
+    let id = try_put(
+        &server,
+        s,
+        names.iter().map(|n| text(n, "contact", "x")).collect(),
+    )
+    .await
+    .unwrap();
+    let resp = get(
+        &server,
+        server.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &id,
+    )
+    .await
+    .unwrap();
+    let mut stored: Vec<&str> = resp.fields.iter().map(|f| f.name.as_str()).collect();
+    stored.sort_unstable();
+    let mut expected = names.to_vec();
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
+
+    // Nothing refused reached the audit trail or any row.
+    let trail = serde_json::to_string(&audit_entries(&server)).unwrap();
+    for needle in [
+        "-111222333",
+        ".111222333",
+        "_111222333",
+        "111.222.333",
+        "1112.22.333",
+    ] {
+        assert!(!trail.contains(needle), "the audit trail holds {needle}");
+    }
+    assert!(trail.contains("a111222333"), "the twin is on the trail");
+    drop((client, admin));
+    let dir_db = server.db_path();
+    assert!(dir_db.exists());
+    assert!(!store_holds(&server, b"-111222333"));
+    assert!(!store_holds(&server, b".111222333"));
+    assert!(!store_holds(&server, b"_111222333"));
+    server.stop().await;
+}
+
+/// Digits hidden between invisible or odd characters, one spelling of each kind, are refused
+/// in a field value over gRPC, and the same spelling of digits that fail the eleven-test is
+/// stored as it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_hidden_by_invisible_or_odd_characters_are_refused_and_their_twins_stored() {
+    let server = TestServer::start().await;
+    let s = "REL-0821";
+    let spell = |d: &str, how: usize| -> String {
+        let c: Vec<char> = d.chars().collect();
+        let each = |sep: &str| c.iter().map(|x| format!("{x}{sep}")).collect::<String>();
+        let groups = |sep: &str| {
+            let g = |a: usize| c[a..a + 3].iter().collect::<String>();
+            format!("{}{sep}{}{sep}{}", g(0), g(3), g(6))
+        };
+        match how {
+            0 => each("\u{FE0F}"),
+            1 => each("\u{E0020}"),
+            2 => groups("\u{3164}"),
+            3 => each("\u{034F}"),
+            4 => c.iter().map(|x| format!("{x}\u{0301} ")).collect(),
+            5 => groups(" -- "),
+            6 => groups("|"),
+            7 => groups("+"),
+            8 => groups("x"),
+            9 => {
+                let g = |a: usize| c[a..a + 3].iter().collect::<String>();
+                format!("{}<b>{}</b>{}", g(0), g(3), g(6))
+            }
+            10 => groups("&nbsp;"),
+            _ => groups(","),
+        }
+    };
+    let mut twins = Vec::new();
+    for how in 0..12 {
+        let value = format!("melding: {}.", spell("111222333", how));
+        let msg = invalid(
+            try_put(&server, s, vec![text("note", "contact", &value)]).await,
+            "fields[0].text",
+        );
+        assert!(msg.contains("BSN"), "{how}: {msg}");
+        twins.push(format!("melding: {}.", spell("123456789", how)));
+    }
+    assert_eq!(stored_records(&server, s).await, 0);
+    let id = try_put(
+        &server,
+        s,
+        twins
+            .iter()
+            .enumerate()
+            .map(|(i, v)| text(&format!("note{i}"), "contact", v))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let resp = get(
+        &server,
+        server.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &id,
+    )
+    .await
+    .unwrap();
+    for (i, twin) in twins.iter().enumerate() {
+        let f = field(&resp, &format!("note{i}")).unwrap();
+        assert_eq!(text_of(f), twin);
+    }
+    server.stop().await;
+}
