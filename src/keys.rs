@@ -25,7 +25,7 @@ use crate::{
         kdf::{self, KdfParams},
     },
     domain::{Purpose, SubjectId, now_unix},
-    store::{AnchorRow, KeyState, PurposeKeyRow, Store, StoreError, SubjectKeyRow},
+    store::{KeyState, PurposeKeyRow, Store, StoreError, SubjectKeyRow},
     vault::rows::RowAuth,
 };
 
@@ -491,15 +491,9 @@ impl Keyring {
                 // under a version that is no longer live: wrap it again under the active one.
                 // A subject's first key comes with its anchor, counting nothing yet (the
                 // decision before this checked that it has no holds or consent states).
-                let anchor = self.rows.seal(
-                    AnchorRow {
-                        subject: subject.as_str().into(),
-                        holds: 0,
-                        consents: 0,
-                        mac: Vec::new(),
-                    },
-                    |r, m| r.mac = m,
-                );
+                let anchor = self
+                    .rows
+                    .anchor_of(subject.as_str(), &crate::store::SubjectFacts::default());
                 let (row, _) = self.new_subject_key(subject, purpose, 1)?;
                 match self.store.insert_subject_key(&row, &anchor) {
                     Err(StoreError::NotLive { .. }) => {
@@ -1358,6 +1352,7 @@ mod tests {
                     subject: "REL-2".into(),
                     holds: 0,
                     consents: 0,
+                    digest: Vec::new(),
                     mac: Vec::new(),
                 },
             )

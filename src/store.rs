@@ -342,8 +342,22 @@ pub struct AnchorRow {
     pub holds: u32,
     /// Purposes the subject has a consent state for.
     pub consents: u32,
+    /// A digest of the MACs of the subject's hold, consent and mandate rows, computed by the
+    /// core: an older copy of one of them put back (a revocation or a withdrawal undone) no
+    /// longer matches.
+    pub digest: Vec<u8>,
     /// The row's MAC, computed by the core.
     pub mac: Vec<u8>,
+}
+
+/// A change of a subject's anchor, written in the transaction of the change it counts: the
+/// anchor as the core read it (`None`: none stored) and the one after.
+#[derive(Clone, Copy, Debug)]
+pub struct AnchorChange<'a> {
+    /// As read; the store refuses (`Stale`) when it is no longer stored.
+    pub prev: Option<&'a AnchorRow>,
+    /// As it is after the change.
+    pub next: &'a AnchorRow,
 }
 
 /// What the core checks a subject's restrictions against, read together.
@@ -353,8 +367,10 @@ pub struct SubjectFacts {
     pub anchor: Option<AnchorRow>,
     /// The subject's consent states, by purpose.
     pub consents: Vec<ConsentRow>,
-    /// How many hold rows the subject has (released ones included).
-    pub holds: u32,
+    /// The subject's holds (released ones included).
+    pub holds: Vec<HoldRow>,
+    /// The mandates the subject gave (revoked and expired ones included).
+    pub mandates: Vec<MandateRow>,
     /// Whether the subject has a subject key or a record.
     pub keyed: bool,
 }
@@ -800,13 +816,21 @@ pub trait LifecycleStore: Send + Sync {
         next: &AnchorRow,
     ) -> Result<(), StoreError>;
 
-    /// Releases a hold. Returns false when no active hold has this id.
-    fn release_hold(&self, id: &str, at: i64, by: &str, mac: &[u8]) -> Result<bool, StoreError>;
+    /// Releases a hold and changes its subject's anchor, in one transaction. Returns false when
+    /// no active hold has this id; `Stale` when the anchor changed meanwhile.
+    fn release_hold(
+        &self,
+        id: &str,
+        at: i64,
+        by: &str,
+        mac: &[u8],
+        anchor: AnchorChange<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Holds, of one subject or all, active only or all.
     fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError>;
 
-    /// A subject's anchor, consent states, number of holds and whether it has a key or a record,
+    /// A subject's anchor, consent states, holds, mandates and whether it has a key or a record,
     /// read in one snapshot.
     fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, StoreError>;
 
@@ -841,11 +865,19 @@ pub trait RightsStore: Send + Sync {
     /// Every subject's consent states (for `kluis admin store verify`).
     fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError>;
 
-    /// Stores a mandate.
-    fn insert_mandate(&self, row: &MandateRow) -> Result<(), StoreError>;
+    /// Stores a mandate and changes its subject's anchor, in one transaction (`Stale` when the
+    /// anchor changed meanwhile).
+    fn insert_mandate(&self, row: &MandateRow, anchor: AnchorChange<'_>) -> Result<(), StoreError>;
 
-    /// Revokes a mandate. Returns false when no active mandate has this id.
-    fn revoke_mandate(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError>;
+    /// Revokes a mandate and changes its subject's anchor, in one transaction. Returns false
+    /// when no active mandate has this id; `Stale` when the anchor changed meanwhile.
+    fn revoke_mandate(
+        &self,
+        id: &str,
+        at: i64,
+        mac: &[u8],
+        anchor: AnchorChange<'_>,
+    ) -> Result<bool, StoreError>;
 
     /// Mandates, of one subject and/or one representative.
     fn mandates(

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyState, MandateRow,
-    PurposeKeyRow, RecordRow, RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyState,
+    MandateRow, PurposeKeyRow, RecordRow, RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -14,6 +14,7 @@ fn anchor(subject: &str) -> AnchorRow {
         subject: subject.into(),
         holds: 0,
         consents: 0,
+        digest: vec![0x76; 32],
         mac: vec![0x77; 32],
     }
 }
@@ -593,7 +594,7 @@ fn lifecycle(store: &dyn Store) {
     // A hold is stored with the anchor that counts it, only over the anchor as it was read.
     let before = store.subject_facts("life-1").unwrap();
     assert_eq!(before.anchor, Some(anchor("life-1")));
-    assert_eq!((before.holds, before.keyed), (0, true));
+    assert_eq!((before.holds.len(), before.keyed), (0, true));
     let counted = AnchorRow {
         holds: 1,
         mac: vec![0x78; 32],
@@ -608,7 +609,8 @@ fn lifecycle(store: &dyn Store) {
         .insert_hold(&hold, before.anchor.as_ref(), &counted)
         .unwrap();
     let after = store.subject_facts("life-1").unwrap();
-    assert_eq!((after.anchor.as_ref(), after.holds), (Some(&counted), 1));
+    assert_eq!(after.anchor.as_ref(), Some(&counted));
+    assert_eq!(after.holds, vec![hold.clone()]);
     assert!(store.anchors().unwrap().contains(&counted));
     assert_eq!(expired(70), ["rec_l2"]);
     // A held record is neither deleted nor has a stored value replaced; adding a field is fine.
@@ -666,8 +668,53 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(destroyed, ["rec_l2"]);
     assert!(shredded.is_empty());
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_some());
-    assert!(store.release_hold("hold_1", 80, "po", &[4; 32]).unwrap());
-    assert!(!store.release_hold("hold_1", 81, "po", &[4; 32]).unwrap());
+    // A release changes the anchor with it, only over the anchor as it was read.
+    let released_anchor = AnchorRow {
+        digest: vec![0x70; 32],
+        mac: vec![0x71; 32],
+        ..counted.clone()
+    };
+    let change = AnchorChange {
+        prev: Some(&counted),
+        next: &released_anchor,
+    };
+    assert!(matches!(
+        store.release_hold(
+            "hold_1",
+            80,
+            "po",
+            &[4; 32],
+            AnchorChange {
+                prev: None,
+                next: &released_anchor
+            }
+        ),
+        Err(StoreError::Stale(_))
+    ));
+    assert!(store.holds(Some("life-1"), true).unwrap().len() == 1);
+    assert!(
+        store
+            .release_hold("hold_1", 80, "po", &[4; 32], change)
+            .unwrap()
+    );
+    assert_eq!(
+        store.subject_facts("life-1").unwrap().anchor,
+        Some(released_anchor.clone())
+    );
+    // Released already: nothing changes, the anchor neither.
+    let again = AnchorChange {
+        prev: Some(&released_anchor),
+        next: &counted,
+    };
+    assert!(
+        !store
+            .release_hold("hold_1", 81, "po", &[4; 32], again)
+            .unwrap()
+    );
+    assert_eq!(
+        store.subject_facts("life-1").unwrap().anchor,
+        Some(released_anchor.clone())
+    );
     assert_eq!(
         store.holds(Some("life-1"), false).unwrap()[0].mac,
         vec![4; 32]
@@ -751,14 +798,43 @@ fn lifecycle(store: &dyn Store) {
         granted_by: "po".into(),
         revoked_at: None,
     };
-    store.insert_mandate(&mandate).unwrap();
+    let anchor_now = store.subject_facts("life-1").unwrap().anchor.unwrap();
+    let with_mandate = AnchorRow {
+        digest: vec![0x72; 32],
+        ..anchor_now.clone()
+    };
+    store
+        .insert_mandate(
+            &mandate,
+            AnchorChange {
+                prev: Some(&anchor_now),
+                next: &with_mandate,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        store.subject_facts("life-1").unwrap().mandates,
+        vec![mandate.clone()]
+    );
     assert_eq!(
         store.mandates(None, Some("rep-1")).unwrap(),
         vec![mandate.clone()]
     );
     assert!(store.mandates(Some("life-2"), None).unwrap().is_empty());
-    assert!(store.revoke_mandate("mdt_1", 7, &[5; 32]).unwrap());
-    assert!(!store.revoke_mandate("mdt_1", 8, &[5; 32]).unwrap());
+    let revoked_anchor = AnchorRow {
+        digest: vec![0x73; 32],
+        ..with_mandate.clone()
+    };
+    let change = AnchorChange {
+        prev: Some(&with_mandate),
+        next: &revoked_anchor,
+    };
+    assert!(store.revoke_mandate("mdt_1", 7, &[5; 32], change).unwrap());
+    let again = AnchorChange {
+        prev: Some(&revoked_anchor),
+        next: &with_mandate,
+    };
+    assert!(!store.revoke_mandate("mdt_1", 8, &[5; 32], again).unwrap());
     assert_eq!(
         store.mandates(Some("life-1"), None).unwrap()[0].mac,
         vec![5; 32]

@@ -28,9 +28,9 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow, FieldsMac,
-    HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem, SegmentRow,
-    StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
+    FieldsMac, HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem,
+    SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -215,6 +215,11 @@ CREATE TABLE subject_anchors (
     mac      BLOB    NOT NULL
 );
 ALTER TABLE records ADD COLUMN fields_mac BLOB NOT NULL DEFAULT x'';
+",
+    // The anchor covers the MACs of the rows it counts, so an older copy of one is noticed.
+    r"
+ALTER TABLE subject_anchors ADD COLUMN digest BLOB NOT NULL DEFAULT x'';
+CREATE INDEX mandates_by_subject ON mandates (subject);
 ",
 ];
 
@@ -541,12 +546,51 @@ fn anchor_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AnchorRow> {
         holds: r.get(1)?,
         consents: r.get(2)?,
         mac: r.get(3)?,
+        digest: r.get(4)?,
+    })
+}
+
+fn hold_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HoldRow> {
+    Ok(HoldRow {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        record_id: r.get(2)?,
+        reason: r.get(3)?,
+        case_ref: r.get(4)?,
+        placed_by: r.get(5)?,
+        placed_at: r.get(6)?,
+        released_at: r.get(7)?,
+        released_by: r.get(8)?,
+        mac: r.get(9)?,
+    })
+}
+
+fn mandate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MandateRow> {
+    let purposes: String = r.get(3)?;
+    let categories: String = r.get(4)?;
+    let split = |s: &str| {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    Ok(MandateRow {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        representative: r.get(2)?,
+        purposes: split(&purposes),
+        categories: split(&categories),
+        valid_from: r.get(5)?,
+        valid_until: r.get(6)?,
+        granted_by: r.get(7)?,
+        revoked_at: r.get(8)?,
+        mac: r.get(9)?,
     })
 }
 
 fn select_anchor(c: &Connection, subject: &str) -> rusqlite::Result<Option<AnchorRow>> {
     c.prepare_cached(
-        "SELECT subject, holds, consents, mac FROM subject_anchors WHERE subject = ?1",
+        "SELECT subject, holds, consents, mac, digest FROM subject_anchors WHERE subject = ?1",
     )?
     .query_row([subject], anchor_from_row)
     .optional()
@@ -567,10 +611,18 @@ fn replace_anchor(
         )));
     }
     c.execute(
-        "INSERT INTO subject_anchors (subject, holds, consents, mac) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (subject) DO UPDATE SET
-            holds = excluded.holds, consents = excluded.consents, mac = excluded.mac",
-        params![next.subject, next.holds, next.consents, next.mac],
+            holds = excluded.holds, consents = excluded.consents, mac = excluded.mac,
+            digest = excluded.digest",
+        params![
+            next.subject,
+            next.holds,
+            next.consents,
+            next.mac,
+            next.digest
+        ],
     )
     .map_err(db)?;
     Ok(())

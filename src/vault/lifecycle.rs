@@ -17,7 +17,7 @@ use crate::{
         RecordId, RequestKind, RetentionStart, SubjectId, check_free_text, now_unix,
     },
     policy::{Action, AdminAction},
-    store::{HoldRow, RecordRow, RequestRow},
+    store::{AnchorChange, HoldRow, RecordRow, RequestRow},
 };
 
 /// Records destroyed (or, in a dry run, that would be) by a retention sweep.
@@ -180,9 +180,8 @@ impl Vault {
         event.commit_then(|| {
             self.change_restrictions(
                 subject.as_str(),
-                1,
-                |_| false,
-                |prev, next| self.store.insert_hold(&row, prev, next),
+                |facts| facts.holds.push(row.clone()),
+                |prev, next| self.store.insert_hold(&row, prev, next).map(|()| true),
             )
         })?;
         Ok(row)
@@ -220,11 +219,29 @@ impl Vault {
             ..hold
         };
         let mac = self.rows.mac(&released);
+        let released = HoldRow {
+            mac: mac.clone(),
+            ..released
+        };
+        let subject = released.subject.clone();
         event.commit_then(|| {
-            if self
-                .store
-                .release_hold(hold_id, now, actor.id.as_str(), &mac)?
-            {
+            if self.change_restrictions(
+                &subject,
+                |facts| {
+                    for h in facts.holds.iter_mut().filter(|h| h.id == hold_id) {
+                        *h = released.clone();
+                    }
+                },
+                |prev, next| {
+                    self.store.release_hold(
+                        hold_id,
+                        now,
+                        actor.id.as_str(),
+                        &mac,
+                        AnchorChange { prev, next },
+                    )
+                },
+            )? {
                 Ok(())
             } else {
                 Err(VaultError::FailedPrecondition(format!(

@@ -11,7 +11,7 @@ use super::{Vault, VaultError};
 use crate::{
     domain::{Category, InputError, Principal, PrincipalId, Purpose, Role, SubjectId},
     policy::{Action, AdminAction, Decision, FieldResource},
-    store::{ConsentRow, MandateRow},
+    store::{AnchorChange, ConsentRow, MandateRow},
 };
 
 /// A subject's stance on one purpose.
@@ -62,22 +62,25 @@ impl Vault {
         let now = self.clock.now();
         for subject in subjects {
             // Facts the policy decides on: each row must be authentic and the subject's anchor
-            // must count them all (none deleted), or nothing is decided.
-            let stopped: BTreeSet<String> = self
-                .subject_facts(&subject)?
+            // must name them all as they are (none deleted, none an older copy), or nothing is
+            // decided.
+            let facts = self.subject_facts(&subject)?;
+            let stopped: BTreeSet<String> = facts
                 .consents
                 .into_iter()
                 .filter(|c| c.state == "withdrawn" || c.state == "objected")
                 .map(|c| c.purpose)
                 .collect();
+            // The mandates the subject gave this representative, from the same checked facts.
             let mandates: Vec<MandateRow> = if principal.roles.contains(&Role::Representative) {
-                let all = self
-                    .store
-                    .mandates(Some(&subject), Some(principal.id.as_str()))?;
-                self.rows.check_all(&all)?;
-                all.into_iter()
+                facts
+                    .mandates
+                    .into_iter()
                     .filter(|m| {
-                        m.revoked_at.is_none() && m.valid_from <= now && now < m.valid_until
+                        m.representative == principal.id.as_str()
+                            && m.revoked_at.is_none()
+                            && m.valid_from <= now
+                            && now < m.valid_until
                     })
                     .collect()
             } else {
@@ -146,10 +149,13 @@ impl Vault {
         event.commit_then(|| {
             self.change_restrictions(
                 subject.as_str(),
-                0,
-                |facts| !facts.consents.iter().any(|c| c.purpose == row.purpose),
-                |prev, next| self.store.set_consent(&row, prev, next),
+                |facts| {
+                    facts.consents.retain(|c| c.purpose != row.purpose);
+                    facts.consents.push(row.clone());
+                },
+                |prev, next| self.store.set_consent(&row, prev, next).map(|()| true),
             )
+            .map(drop)
         })
     }
 
@@ -213,8 +219,20 @@ impl Vault {
             row.purposes.join(","),
             row.categories.join(",")
         ));
-        event.commit()?;
-        self.store.insert_mandate(&row)?;
+        // Checked before the entry, so that a subject whose restrictions do not add up gets no
+        // mandate on record that is not stored.
+        self.subject_facts(subject.as_str())?;
+        event.commit_then(|| {
+            self.change_restrictions(
+                subject.as_str(),
+                |facts| facts.mandates.push(row.clone()),
+                |prev, next| {
+                    self.store
+                        .insert_mandate(&row, AnchorChange { prev, next })
+                        .map(|()| true)
+                },
+            )
+        })?;
         Ok(row)
     }
 
@@ -250,8 +268,24 @@ impl Vault {
             ..m
         };
         let mac = self.rows.mac(&revoked);
+        let revoked = MandateRow {
+            mac: mac.clone(),
+            ..revoked
+        };
+        let subject = revoked.subject.clone();
         event.commit_then(|| {
-            if self.store.revoke_mandate(id, now, &mac)? {
+            if self.change_restrictions(
+                &subject,
+                |facts| {
+                    for m in facts.mandates.iter_mut().filter(|m| m.id == id) {
+                        *m = revoked.clone();
+                    }
+                },
+                |prev, next| {
+                    self.store
+                        .revoke_mandate(id, now, &mac, AnchorChange { prev, next })
+                },
+            )? {
                 Ok(())
             } else {
                 Err(VaultError::FailedPrecondition(format!(

@@ -292,8 +292,46 @@ impl Authenticated for AnchorRow {
     fn encode(&self, out: &mut Encoder) {
         out.str(&self.subject)
             .int(i64::from(self.holds))
-            .int(i64::from(self.consents));
+            .int(i64::from(self.consents))
+            .bytes(&self.digest);
     }
+}
+
+/// The digest an anchor keeps of the MACs of its subject's consent, hold and mandate rows (each
+/// list in id order), so that an older copy of one of them put back no longer matches.
+pub(crate) fn anchor_digest(
+    consents: &[ConsentRow],
+    holds: &[HoldRow],
+    mandates: &[MandateRow],
+) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = Encoder::default();
+    out.str("kluis.v2.anchor");
+    let mut c: Vec<(&str, &[u8])> = consents
+        .iter()
+        .map(|r| (r.purpose.as_str(), r.mac.as_slice()))
+        .collect();
+    let mut h: Vec<(&str, &[u8])> = holds
+        .iter()
+        .map(|r| (r.id.as_str(), r.mac.as_slice()))
+        .collect();
+    let mut m: Vec<(&str, &[u8])> = mandates
+        .iter()
+        .map(|r| (r.id.as_str(), r.mac.as_slice()))
+        .collect();
+    for (label, list) in [
+        ("consents", &mut c),
+        ("holds", &mut h),
+        ("mandates", &mut m),
+    ] {
+        list.sort_unstable();
+        out.str(label)
+            .int(i64::try_from(list.len()).unwrap_or(i64::MAX));
+        for (id, mac) in list.iter() {
+            out.str(id).bytes(mac);
+        }
+    }
+    Sha256::digest(&out.0).to_vec()
 }
 
 impl Authenticated for PurposeKeyRow {
@@ -501,6 +539,20 @@ impl RowAuth {
         Err(VaultError::DataLoss(format!("stored {} `{id}`", R::KIND)))
     }
 
+    /// The anchor of `subject` with `facts`' rows, with its MAC.
+    pub(crate) fn anchor_of(&self, subject: &str, facts: &SubjectFacts) -> AnchorRow {
+        self.seal(
+            AnchorRow {
+                subject: subject.into(),
+                holds: u32::try_from(facts.holds.len()).unwrap_or(u32::MAX),
+                consents: u32::try_from(facts.consents.len()).unwrap_or(u32::MAX),
+                digest: anchor_digest(&facts.consents, &facts.holds, &facts.mandates),
+                mac: Vec::new(),
+            },
+            |r, m| r.mac = m,
+        )
+    }
+
     /// `field` of `record` with its MAC set.
     pub(crate) fn seal_field(&self, record: &str, mut field: FieldRow) -> FieldRow {
         field.mac = self.mac(&FieldPlace::of(record, &field));
@@ -595,13 +647,21 @@ impl RowAuth {
 /// consent rows are checked apart).
 fn anchor_problem(facts: &SubjectFacts) -> Option<&'static str> {
     let consents = u32::try_from(facts.consents.len()).unwrap_or(u32::MAX);
+    let holds = u32::try_from(facts.holds.len()).unwrap_or(u32::MAX);
     match &facts.anchor {
-        Some(a) if a.holds != facts.holds || a.consents != consents => {
+        Some(a) if a.holds != holds || a.consents != consents => {
             Some("counts other holds or consent states than are stored (a row deleted by hand)")
         }
+        Some(a) if a.digest != anchor_digest(&facts.consents, &facts.holds, &facts.mandates) => {
+            Some(
+                "names other hold, consent or mandate rows than are stored (an older copy put \
+                 back by hand: a release, withdrawal or revocation undone)",
+            )
+        }
         Some(_) => None,
-        None if facts.holds > 0 || consents > 0 || facts.keyed => Some(
-            "is missing for a subject with holds, consent states, keys or records (deleted by hand)",
+        None if holds > 0 || consents > 0 || !facts.mandates.is_empty() || facts.keyed => Some(
+            "is missing for a subject with holds, consent states, mandates, keys or records \
+             (deleted by hand)",
         ),
         None => None,
     }
@@ -617,6 +677,8 @@ impl Vault {
     pub(crate) fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, VaultError> {
         let facts = self.store.subject_facts(subject)?;
         self.rows.check_all(&facts.consents)?;
+        self.rows.check_all(&facts.holds)?;
+        self.rows.check_all(&facts.mandates)?;
         if let Some(a) = &facts.anchor {
             self.rows.check(a)?;
             if a.subject != subject {
@@ -635,35 +697,28 @@ impl Vault {
         Ok(facts)
     }
 
-    /// Changes a subject's restrictions: `write` gets the anchor as stored and the next one,
-    /// counting `holds` more holds and, when `new_purpose`, one more consent state; it is
-    /// tried again when another change came between.
+    /// Changes a subject's restrictions: `apply` makes the change to the facts as read (a hold
+    /// placed or released, a consent state recorded, a mandate granted or revoked), and `write`
+    /// stores it with the anchor as read and the anchor of the changed facts; it is tried again
+    /// when another change came between. Returns what `write` returned.
     pub(crate) fn change_restrictions(
         &self,
         subject: &str,
-        holds: u32,
-        new_purpose: impl Fn(&SubjectFacts) -> bool,
-        write: impl Fn(Option<&AnchorRow>, &AnchorRow) -> Result<(), StoreError>,
-    ) -> Result<(), VaultError> {
+        apply: impl Fn(&mut SubjectFacts),
+        write: impl Fn(Option<&AnchorRow>, &AnchorRow) -> Result<bool, StoreError>,
+    ) -> Result<bool, VaultError> {
         for _ in 0..ANCHOR_ATTEMPTS {
             let facts = self.subject_facts(subject)?;
-            let consents = u32::try_from(facts.consents.len()).unwrap_or(u32::MAX);
-            let next = self.rows.seal(
-                AnchorRow {
-                    subject: subject.into(),
-                    holds: facts.holds.saturating_add(holds),
-                    consents: consents.saturating_add(u32::from(new_purpose(&facts))),
-                    mac: Vec::new(),
-                },
-                |r, m| r.mac = m,
-            );
+            let mut changed = facts.clone();
+            apply(&mut changed);
+            let next = self.rows.anchor_of(subject, &changed);
             match write(facts.anchor.as_ref(), &next) {
                 Err(StoreError::Stale(_)) => continue,
                 other => return Ok(other?),
             }
         }
         Err(VaultError::FailedPrecondition(format!(
-            "the holds or consent states of `{subject}` kept changing meanwhile; try again"
+            "the holds, consent states or mandates of `{subject}` kept changing meanwhile; try again"
         )))
     }
 }

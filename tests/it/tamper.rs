@@ -460,11 +460,11 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
     );
     assert!(names(&rows, "anchor", subject), "{rows:?}");
     // The anchor deleted as well: the subject has records, so it must have one.
-    let anchor: (i64, i64, Vec<u8>) = db(&server)
+    let anchor: (i64, i64, Vec<u8>, Vec<u8>) = db(&server)
         .query_row(
-            "SELECT holds, consents, mac FROM subject_anchors WHERE subject = ?1",
+            "SELECT holds, consents, mac, digest FROM subject_anchors WHERE subject = ?1",
             [subject],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .unwrap();
     db(&server)
@@ -474,8 +474,9 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
     // The twin: both rows put back as kluis wrote them, the objection is obeyed again.
     db(&server)
         .execute(
-            "INSERT INTO subject_anchors (subject, holds, consents, mac) VALUES (?1, ?2, ?3, ?4)",
-            params![subject, anchor.0, anchor.1, anchor.2],
+            "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![subject, anchor.0, anchor.1, anchor.2, anchor.3],
         )
         .unwrap();
     db(&server)
@@ -589,7 +590,14 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
         .err()
         .unwrap();
     assert_eq!(status.code(), Code::DataLoss, "{status:?}");
-    assert!(
+    // Not deleted; and while its hold does not check, nothing about the subject is decided.
+    let kept: i64 = db(&server)
+        .query_row("SELECT count(*) FROM records WHERE id = ?1", [&held], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(kept, 1, "the record is still there");
+    assert_eq!(
         get(
             &server,
             server.token(Role::CustomerService),
@@ -597,8 +605,10 @@ async fn consents_mandates_and_holds_edited_or_deleted_by_hand_are_not_obeyed() 
             &held
         )
         .await
-        .is_ok(),
-        "the record is still there"
+        .err()
+        .unwrap()
+        .code(),
+        Code::DataLoss
     );
     // Deleted outright: the anchor counts it, so deletion is still refused.
     db(&server)
@@ -1347,5 +1357,149 @@ async fn an_older_copy_of_a_token_row_put_back_authenticates_nobody() {
             .await
             .is_ok()
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_copy_of_a_consent_mandate_or_hold_row_put_back_is_not_obeyed() {
+    let server = TestServer::start().await;
+    let subject = SCOPED_SUBJECT;
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let contract = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        subject,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    let rep = server.token(Role::Representative).to_owned();
+    let rep_read = || {
+        get(
+            &server,
+            &rep,
+            ctx("contract", "", "for my mother"),
+            &contract,
+        )
+    };
+    // A mandate, copied by the attacker while it is live, then revoked.
+    let mandate = admin
+        .grant_mandate(req(
+            &po,
+            pb::GrantMandateRequest {
+                subject_id: subject.into(),
+                representative_id: "test-representative".into(),
+                purposes: vec!["contract".into()],
+                categories: vec!["contact".into()],
+                valid_until: Some(prost_types::Timestamp {
+                    seconds: kluis::domain::now_unix() + 86_400,
+                    nanos: 0,
+                }),
+                justification: "volmacht".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rep_read().await.is_ok(), "twin: the mandate works");
+    let live: Vec<u8> = db(&server)
+        .query_row(
+            "SELECT mac FROM mandates WHERE id = ?1",
+            [&mandate.mandate_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    admin
+        .revoke_mandate(req(
+            &po,
+            pb::RevokeMandateRequest {
+                mandate_id: mandate.mandate_id.clone(),
+                justification: "withdrawn by the subject".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        rep_read().await.err().unwrap().code(),
+        Code::PermissionDenied
+    );
+    // The live copy put back: the revocation undone by hand is not obeyed.
+    let revoked: (Option<i64>, Vec<u8>) = db(&server)
+        .query_row(
+            "SELECT revoked_at, mac FROM mandates WHERE id = ?1",
+            [&mandate.mandate_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    db(&server)
+        .execute(
+            "UPDATE mandates SET revoked_at = NULL, mac = ?2 WHERE id = ?1",
+            params![mandate.mandate_id, live],
+        )
+        .unwrap();
+    assert_eq!(rep_read().await.err().unwrap().code(), Code::DataLoss);
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4);
+    assert!(names(&rows, "anchor", subject), "{rows:?}");
+    // The twin: the row as kluis wrote it, the representative is refused as before.
+    db(&server)
+        .execute(
+            "UPDATE mandates SET revoked_at = ?2, mac = ?3 WHERE id = ?1",
+            params![mandate.mandate_id, revoked.0, revoked.1],
+        )
+        .unwrap();
+    assert_eq!(
+        rep_read().await.err().unwrap().code(),
+        Code::PermissionDenied
+    );
+
+    // A consent given, copied, then withdrawn; the copy put back.
+    let adaptation = put(
+        &server,
+        Role::AdaptationAdvisor,
+        ctx("home-adaptation", "WA-1", "stairlift"),
+        subject,
+        vec![text("diagnosis", "medical", "arthrosis")],
+    )
+    .await;
+    let consent = |state: &str| {
+        req(
+            &po,
+            pb::RecordConsentRequest {
+                subject_id: subject.into(),
+                purpose: "home-adaptation".into(),
+                state: state.into(),
+                justification: "signed form".into(),
+            },
+        )
+    };
+    admin.record_consent(consent("given")).await.unwrap();
+    let given: (String, i64, Vec<u8>) = db(&server)
+        .query_row(
+            "SELECT state, at, mac FROM consents WHERE subject = ?1 AND purpose = 'home-adaptation'",
+            [subject],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    admin.record_consent(consent("withdrawn")).await.unwrap();
+    let advisor = server.token(Role::AdaptationAdvisor).to_owned();
+    let advise = || {
+        get(
+            &server,
+            &advisor,
+            ctx("home-adaptation", "WA-1", "stairlift"),
+            &adaptation,
+        )
+    };
+    assert_eq!(advise().await.err().unwrap().code(), Code::PermissionDenied);
+    db(&server)
+        .execute(
+            "UPDATE consents SET state = ?2, at = ?3, mac = ?4
+             WHERE subject = ?1 AND purpose = 'home-adaptation'",
+            params![subject, given.0, given.1, given.2],
+        )
+        .unwrap();
+    assert_eq!(advise().await.err().unwrap().code(), Code::DataLoss);
     server.stop().await;
 }

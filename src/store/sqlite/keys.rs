@@ -30,7 +30,8 @@ impl KeyStore for SqliteStore {
         self.group.run(&self.writer, move |tx| {
             check_version_live(tx, &row.purpose, row.purpose_version)?;
             tx.prepare_cached(
-                "INSERT INTO subject_anchors (subject, holds, consents, mac) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (subject) DO NOTHING",
             )
             .and_then(|mut s| {
@@ -38,7 +39,8 @@ impl KeyStore for SqliteStore {
                     anchor.subject,
                     anchor.holds,
                     anchor.consents,
-                    anchor.mac
+                    anchor.mac,
+                    anchor.digest
                 ])
             })
             .map_err(db)?;

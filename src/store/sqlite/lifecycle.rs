@@ -35,16 +35,31 @@ impl LifecycleStore for SqliteStore {
         tx.commit().map_err(db)
     }
 
-    fn release_hold(&self, id: &str, at: i64, by: &str, mac: &[u8]) -> Result<bool, StoreError> {
-        let conn = self.write()?;
-        let n = conn
+    fn release_hold(
+        &self,
+        id: &str,
+        at: i64,
+        by: &str,
+        mac: &[u8],
+        anchor: AnchorChange<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let n = tx
             .execute(
                 "UPDATE holds SET released_at = ?2, released_by = ?3, mac = ?4
                  WHERE id = ?1 AND released_at IS NULL",
                 params![id, at, by, mac],
             )
             .map_err(db)?;
-        Ok(n > 0)
+        if n == 0 {
+            return Ok(false);
+        }
+        replace_anchor(&tx, anchor.prev, anchor.next)?;
+        tx.commit().map_err(db)?;
+        Ok(true)
     }
 
     fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError> {
@@ -54,20 +69,7 @@ impl LifecycleStore for SqliteStore {
                  WHERE (?1 IS NULL OR subject = ?1) AND (?2 = 0 OR released_at IS NULL)
                  ORDER BY placed_at, id"
             ))?
-            .query_map(params![subject, active_only], |r| {
-                Ok(HoldRow {
-                    id: r.get(0)?,
-                    subject: r.get(1)?,
-                    record_id: r.get(2)?,
-                    reason: r.get(3)?,
-                    case_ref: r.get(4)?,
-                    placed_by: r.get(5)?,
-                    placed_at: r.get(6)?,
-                    released_at: r.get(7)?,
-                    released_by: r.get(8)?,
-                    mac: r.get(9)?,
-                })
-            })?
+            .query_map(params![subject, active_only], hold_from_row)?
             .collect()
         })
     }
@@ -76,12 +78,11 @@ impl LifecycleStore for SqliteStore {
         self.read(|c| {
             // One read transaction: the anchor and the rows it counts from one snapshot.
             let tx = c.unchecked_transaction()?;
-            // The anchor, the hold count and whether the subject has a key or record: one
-            // statement; the consent rows: one more.
-            let (anchor, holds, keyed) = tx
+            // The anchor and whether the subject has a key or record: one statement; the
+            // consent, hold and mandate rows it covers: one each.
+            let (anchor, keyed) = tx
                 .prepare_cached(
-                    "SELECT a.subject, a.holds, a.consents, a.mac,
-                        (SELECT count(*) FROM holds WHERE subject = ?1),
+                    "SELECT a.subject, a.holds, a.consents, a.mac, a.digest,
                         EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
                             OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)
                      FROM (SELECT 1) LEFT JOIN subject_anchors a ON a.subject = ?1",
@@ -93,10 +94,11 @@ impl LifecycleStore for SqliteStore {
                             holds: r.get(1)?,
                             consents: r.get(2)?,
                             mac: r.get(3)?,
+                            digest: r.get(4)?,
                         }),
                         None => None,
                     };
-                    Ok((anchor, r.get::<_, u32>(4)?, r.get::<_, bool>(5)?))
+                    Ok((anchor, r.get::<_, bool>(5)?))
                 })?;
             let consents = tx
                 .prepare_cached(&format!(
@@ -104,11 +106,24 @@ impl LifecycleStore for SqliteStore {
                 ))?
                 .query_map([subject], consent_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let holds = tx
+                .prepare_cached(&format!(
+                    "SELECT {HOLD_COLUMNS} FROM holds WHERE subject = ?1 ORDER BY id"
+                ))?
+                .query_map([subject], hold_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mandates = tx
+                .prepare_cached(&format!(
+                    "SELECT {MANDATE_COLUMNS} FROM mandates WHERE subject = ?1 ORDER BY id"
+                ))?
+                .query_map([subject], mandate_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             tx.finish()?;
             Ok(SubjectFacts {
                 anchor,
                 consents,
                 holds,
+                mandates,
                 keyed,
             })
         })
@@ -117,7 +132,7 @@ impl LifecycleStore for SqliteStore {
     fn anchors(&self) -> Result<Vec<AnchorRow>, StoreError> {
         self.read(|c| {
             c.prepare_cached(
-                "SELECT subject, holds, consents, mac FROM subject_anchors ORDER BY subject",
+                "SELECT subject, holds, consents, mac, digest FROM subject_anchors ORDER BY subject",
             )?
             .query_map([], anchor_from_row)?
             .collect()

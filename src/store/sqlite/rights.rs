@@ -53,9 +53,13 @@ impl RightsStore for SqliteStore {
         })
     }
 
-    fn insert_mandate(&self, row: &MandateRow) -> Result<(), StoreError> {
-        let conn = self.write()?;
-        conn.execute(
+    fn insert_mandate(&self, row: &MandateRow, anchor: AnchorChange<'_>) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        replace_anchor(&tx, anchor.prev, anchor.next)?;
+        tx.execute(
             &format!("INSERT INTO mandates ({MANDATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
             params![
                 row.id,
@@ -71,18 +75,32 @@ impl RightsStore for SqliteStore {
             ],
         )
         .map_err(db)?;
-        Ok(())
+        tx.commit().map_err(db)
     }
 
-    fn revoke_mandate(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
-        let conn = self.write()?;
-        let n = conn
+    fn revoke_mandate(
+        &self,
+        id: &str,
+        at: i64,
+        mac: &[u8],
+        anchor: AnchorChange<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let n = tx
             .execute(
                 "UPDATE mandates SET revoked_at = ?2, mac = ?3 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, at, mac],
             )
             .map_err(db)?;
-        Ok(n > 0)
+        if n == 0 {
+            return Ok(false);
+        }
+        replace_anchor(&tx, anchor.prev, anchor.next)?;
+        tx.commit().map_err(db)?;
+        Ok(true)
     }
 
     fn mandates(
@@ -96,28 +114,7 @@ impl RightsStore for SqliteStore {
                  WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR representative = ?2)
                  ORDER BY valid_from, id"
             ))?
-            .query_map(params![subject, representative], |r| {
-                let purposes: String = r.get(3)?;
-                let categories: String = r.get(4)?;
-                let split = |s: &str| {
-                    s.split(',')
-                        .filter(|x| !x.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                };
-                Ok(MandateRow {
-                    id: r.get(0)?,
-                    subject: r.get(1)?,
-                    representative: r.get(2)?,
-                    purposes: split(&purposes),
-                    categories: split(&categories),
-                    valid_from: r.get(5)?,
-                    valid_until: r.get(6)?,
-                    granted_by: r.get(7)?,
-                    revoked_at: r.get(8)?,
-                    mac: r.get(9)?,
-                })
-            })?
+            .query_map(params![subject, representative], mandate_from_row)?
             .collect()
         })
     }
