@@ -406,6 +406,23 @@ fn check_printable(field: &str, s: &str, what: &str) -> Result<(), InputError> {
             ),
         ));
     }
+    // A combining mark shows only on the character before it: one that opens the text, or a
+    // text of marks and spaces alone, shows nothing (or dresses what comes before it).
+    let is_mark = |c: char| {
+        use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+        !c.is_ascii() && c.general_category_group() == GeneralCategoryGroup::Mark
+    };
+    if s.chars().next().is_some_and(is_mark)
+        || (s.chars().any(is_mark) && s.chars().all(|c| c.is_whitespace() || is_mark(c)))
+    {
+        return Err(InputError::new(
+            field,
+            format!(
+                "{what} begins with a combining mark or holds nothing but marks and spaces: it \
+                 shows nothing; write it out"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -1063,6 +1080,30 @@ mod tests {
             let err = check_free_text("note", control, "note", 1024, Need::Optional).unwrap_err();
             assert!(err.problem.contains("control"), "{err}");
         }
+        // Marks alone, or a mark first, show nothing: refused however the text is needed.
+        for marks in [
+            "\u{0301}",
+            "\u{20D0}",
+            " \u{0301} ",
+            "\u{0301}abc",
+            "\u{0903}",
+        ] {
+            for need in [Need::Required, Need::Optional] {
+                assert!(
+                    check_free_text("reason", marks, "reason", 1024, need).is_err(),
+                    "{marks:?}"
+                );
+            }
+        }
+        // The twin: a mark on a letter is ordinary text.
+        check_free_text(
+            "reason",
+            "ge\u{0301}ne\u{0301}",
+            "reason",
+            1024,
+            Need::Required,
+        )
+        .unwrap();
         for blank in ["", " ", "\t", "\u{3000}", "\u{00A0} "] {
             let err = check_free_text("reason", blank, "reason", 1024, Need::Required);
             assert!(err.is_err(), "{blank:?}");

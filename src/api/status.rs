@@ -20,6 +20,19 @@ pub fn to_status(e: VaultError) -> Status {
             tracing::error!(error = %e, "integrity check failed");
             Status::data_loss(e.to_string())
         }
+        // A stored subject key wrapped under a version that cannot unwrap, or a purpose with no
+        // active version: the key rows were edited by hand (kluis never leaves either).
+        e @ VaultError::Key(
+            KeyError::MissingPurposeKey(_)
+            | KeyError::BelowMinimum { .. }
+            | KeyError::Destroyed { .. },
+        ) => {
+            tracing::error!(error = %e, "stored keys are inconsistent");
+            Status::data_loss(
+                "stored keys are inconsistent; the store is damaged or was tampered with; run \
+                 `kluis admin keys report` and `kluis admin store verify`",
+            )
+        }
         // A stored value that is none of the values it stands for was edited by hand.
         e @ (VaultError::Store(StoreError::Corrupt(_))
         | VaultError::Key(KeyError::Store(StoreError::Corrupt(_)))) => {

@@ -117,9 +117,10 @@ pub struct PurposeKeysInfo {
 }
 
 impl PurposeKeysInfo {
-    /// True when no record depends on destroyed key material.
+    /// True when the purpose has an active version and no record depends on destroyed key
+    /// material.
     pub fn is_sound(&self) -> bool {
-        self.orphan_fields == 0 && self.keys_on_destroyed_versions == 0
+        self.active_version > 0 && self.orphan_fields == 0 && self.keys_on_destroyed_versions == 0
     }
 }
 
