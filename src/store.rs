@@ -721,7 +721,8 @@ pub trait RecordStore: Send + Sync {
         subject: &str,
     ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
 
-    /// Closes a record: sets its closing time and the expiry that follows from it.
+    /// Closes an open record: sets its closing time and the expiry that follows from it.
+    /// Returns false when there is no open record of that id (closed or deleted meanwhile).
     fn close_record(
         &self,
         id: &str,

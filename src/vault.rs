@@ -738,6 +738,9 @@ impl Vault {
         fields: Vec<NewField>,
     ) -> Result<i64, VaultError> {
         check_fields(&fields, &self.limits)?;
+        // One writer of this record in this process from the read on: what is decided and
+        // checked below is what the write replaces.
+        let _one_writer = self.record_lock(record_id);
         let (record, rows) = self.load(record_id)?;
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse_stored(&record.subject)
@@ -835,9 +838,8 @@ impl Vault {
         )
         .map_err(|e| self.write_refusal(principal, ctx, &record, &resources, e))?;
         let now = self.clock.now();
-        let (mut rekeyed, mut stale) = (0, 0);
-        let (mut stored, mut stored_rows) = (record, rows);
-        let _one_writer = self.record_lock(record_id);
+        let mut rekeyed = 0;
+        let (stored, stored_rows) = (record, rows);
         loop {
             let sealed = self.seal_fields(&subject, record_id, meta.purpose, &fields)?;
             // The set after the change: the stored fields, the written ones in their place.
@@ -861,15 +863,11 @@ impl Vault {
                     rekeyed += 1;
                     self.keyring.forget(&subject, meta.purpose);
                 }
-                // Another write to the record came between (here before the lock was taken, or
-                // in another process): read its fields again.
-                Err(StoreError::Stale(_)) if stale < 8 => {
-                    stale += 1;
-                    (stored, stored_rows) = self.load(record_id)?;
-                }
+                // Another process wrote the record since it was read: what was decided and
+                // checked is not what would be replaced.
                 Err(StoreError::Stale(_)) => {
                     return Err(VaultError::FailedPrecondition(format!(
-                        "record `{record_id}` kept changing meanwhile; try again"
+                        "record `{record_id}` changed meanwhile; read it and try again"
                     )));
                 }
                 Err(StoreError::Held(hold)) => {
@@ -1217,11 +1215,10 @@ impl Vault {
     /// The active hold covering `record`, on authentic hold rows only, all counted by the
     /// subject's anchor.
     fn hold_on(&self, record: &RecordRow) -> Result<Option<String>, VaultError> {
-        self.subject_facts(&record.subject)?;
-        // One read: the rows checked are the rows used.
-        let holds = self.store.holds(Some(&record.subject), false)?;
-        self.rows.check_all(&holds)?;
-        Ok(holds
+        // One read: the rows checked (each MAC, and the anchor over them) are the rows used.
+        Ok(self
+            .subject_facts(&record.subject)?
+            .holds
             .into_iter()
             .filter(|h| h.released_at.is_none())
             .find(|h| h.record_id.as_ref().is_none_or(|r| r == &record.id))

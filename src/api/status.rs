@@ -55,6 +55,10 @@ pub fn to_status(e: VaultError) -> Status {
             tracing::error!("audit trail unavailable; request refused");
             Status::unavailable(e.to_string())
         }
+        // Another change came between reading and writing: the caller may simply try again.
+        e @ VaultError::Store(StoreError::Stale(_) | StoreError::NotLive { .. }) => {
+            Status::aborted(format!("{e}; try again"))
+        }
         e @ (VaultError::Store(_)
         | VaultError::Key(_)
         | VaultError::Policy(_)

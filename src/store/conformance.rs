@@ -549,6 +549,14 @@ fn lifecycle(store: &dyn Store) {
     );
     assert!(!store.close_record("rec_nope", 40, None, &[3; 32]).unwrap());
     assert_eq!(store.record("rec_l1").unwrap().unwrap().0.mac, vec![3; 32]);
+    // Closed once: a second close (a concurrent one) changes nothing.
+    assert!(
+        !store
+            .close_record("rec_l1", 45, Some(90), &[8; 32])
+            .unwrap()
+    );
+    let (closed, _) = store.record("rec_l1").unwrap().unwrap();
+    assert_eq!((closed.closed_at, closed.expires_at), (Some(40), Some(60)));
     // Records page by id.
     let page = store.records_page("rec_l1", 10).unwrap();
     assert!(page.iter().all(|r| r.id.as_str() > "rec_l1"));

@@ -249,8 +249,21 @@ impl Vault {
         unfinished.reason =
             Some("not carried out: the upload was not finished; nothing was stored".into());
 
+        // Anything that stops the upload from here on is on the trail as not carried out.
+        let not_carried_out = |e: VaultError| {
+            let mut entry = unfinished.clone();
+            entry.time = crate::domain::now_unix();
+            entry.reason = Some(format!("not carried out: {e}"));
+            if let Err(a) = self.audit.append(&entry) {
+                tracing::error!(error = %a, "cannot audit an upload that did not start");
+            }
+            e
+        };
         let evidence_id = format!("ev_{}", hex::encode(rand::random::<[u8; 16]>()));
-        let active = self.keyring.subject_key_or_create(&subject, purpose)?;
+        let active = self
+            .keyring
+            .subject_key_or_create(&subject, purpose)
+            .map_err(|e| not_carried_out(e.into()))?;
         let salt = stream::new_salt();
         let aad = evidence_aad(
             &subject,
@@ -267,7 +280,7 @@ impl Vault {
             &salt,
             &aad,
         )
-        .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        .map_err(|e| not_carried_out(VaultError::Key(KeyError::Crypto(e))))?;
         let file_name = crypto::seal(
             &active.key.evidence_names(),
             active.algorithm,
@@ -275,7 +288,7 @@ impl Vault {
             &aad,
             start.file_name.as_bytes(),
         )
-        .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        .map_err(|e| not_carried_out(VaultError::Key(KeyError::Crypto(e))))?;
         let row = EvidenceRow {
             id: evidence_id.clone(),
             record_id: record.id.clone(),
@@ -302,7 +315,8 @@ impl Vault {
                 )),
                 StoreError::Missing(_) => VaultError::NotFound(format!("record `{}`", record.id)),
                 other => other.into(),
-            })?;
+            })
+            .map_err(not_carried_out)?;
         tracing::info!(
             evidence_id = evidence_id.as_str(),
             record_id = record.id.as_str(),

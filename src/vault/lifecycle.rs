@@ -117,7 +117,9 @@ impl Vault {
             .store
             .close_record(record_id.as_str(), now, expires_at, &mac)?
         {
-            return Err(VaultError::NotFound(format!("record `{record_id}`")));
+            return Err(VaultError::FailedPrecondition(format!(
+                "record `{record_id}` was closed or deleted meanwhile"
+            )));
         }
         Ok(expires_at)
     }
@@ -411,8 +413,13 @@ impl Vault {
             )?
             .into_template();
         let now = self.clock.now();
-        self.check_holds(subject.as_str())?;
-        let holds = self.store.holds(Some(subject.as_str()), true)?;
+        // The holds as checked (each MAC, and the anchor over them), active ones.
+        let holds: Vec<HoldRow> = self
+            .subject_facts(subject.as_str())?
+            .holds
+            .into_iter()
+            .filter(|h| h.released_at.is_none())
+            .collect();
         let records = self.store.subject_records(subject.as_str())?;
         self.rows.check_all(records.iter().map(|(r, _)| r))?;
         let mut outcome = Erasure::default();
@@ -589,9 +596,8 @@ impl Vault {
     /// edited or deleted by hand must not let destruction through. (The store re-checks the active
     /// holds in the destroying transaction.)
     pub(crate) fn check_holds(&self, subject: &str) -> Result<(), VaultError> {
-        self.subject_facts(subject)?;
-        self.rows
-            .check_all(&self.store.holds(Some(subject), false)?)
+        // `subject_facts` checks every hold row's MAC and the anchor over them.
+        self.subject_facts(subject).map(drop)
     }
 
     fn forget_shredded(&self, subject: &str, purposes: &[String]) {

@@ -819,6 +819,7 @@ impl Vault {
             .map(|a| a.subject.clone())
             .chain(holds.iter().map(|h| h.subject.clone()))
             .chain(consents.iter().map(|c| c.subject.clone()))
+            .chain(mandates.iter().map(|m| m.subject.clone()))
             .collect();
         let mut bad_sets = Vec::new();
         let mut after = String::new();
@@ -831,7 +832,8 @@ impl Vault {
                 records += 1;
                 subjects.insert(r.subject.clone());
                 check(RecordRow::KIND, r.row_id(), self.rows.is_authentic(r));
-                if let Some((_, fields)) = self.store.record(&r.id)? {
+                // The record row and its fields from one snapshot (the page may be older).
+                if let Some((r, fields)) = self.store.record(&r.id)? {
                     for f in &fields {
                         let place = FieldPlace::of(&r.id, f);
                         check(

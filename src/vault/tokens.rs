@@ -170,21 +170,40 @@ impl Vault {
         f(map)
     }
 
-    /// Registers `row`'s MAC as the one its token must carry, in the store (before the row is
-    /// written) and in memory.
-    fn register_token(&self, row: &TokenRow) -> Result<(), VaultError> {
+    /// Registers `row`'s MAC as the one its token must carry, in the store, then writes the row
+    /// with `write`, both under the register's lock (so two changes of one token cannot leave
+    /// the register naming the one that lost); when `write` fails, the register is put back.
+    fn register_token<T>(
+        &self,
+        row: &TokenRow,
+        write: impl FnOnce() -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
         self.with_register(|map| {
+            let store_map = |m: &std::collections::BTreeMap<String, String>| {
+                let bytes = serde_json::to_vec(m).map_err(|e| {
+                    VaultError::Store(crate::store::StoreError::Database(e.to_string()))
+                })?;
+                self.store.set_meta(
+                    META_TOKEN_REGISTER,
+                    &self.rows.seal_meta(META_TOKEN_REGISTER, &bytes),
+                )?;
+                Ok::<_, VaultError>(())
+            };
             let mut next = map.clone();
             next.insert(row.id.clone(), hex::encode(&row.mac));
-            let bytes = serde_json::to_vec(&next).map_err(|e| {
-                VaultError::Store(crate::store::StoreError::Database(e.to_string()))
-            })?;
-            self.store.set_meta(
-                META_TOKEN_REGISTER,
-                &self.rows.seal_meta(META_TOKEN_REGISTER, &bytes),
-            )?;
-            *map = next;
-            Ok(())
+            store_map(&next)?;
+            match write() {
+                Ok(t) => {
+                    *map = next;
+                    Ok(t)
+                }
+                Err(e) => {
+                    if let Err(undo) = store_map(map) {
+                        tracing::error!(error = %undo, token = %row.id, "could not put the token register back after a failed write");
+                    }
+                    Err(e)
+                }
+            }
         })
     }
 
@@ -303,6 +322,11 @@ impl Vault {
             return Err(VaultError::NotFound(format!("token `{token_id}`")));
         };
         self.rows.check(&row)?;
+        // An older copy of the row put back (a revoked token as it was while pending) is not
+        // the row kluis last wrote: approving it would bring it back.
+        if !self.is_registered(&row)? {
+            return Err(VaultError::DataLoss(format!("stored token `{token_id}`")));
+        }
         if !row.is_pending() || row.revoked_at.is_some() {
             return Err(VaultError::FailedPrecondition(format!(
                 "token `{token_id}` is not waiting for approval"
@@ -339,20 +363,26 @@ impl Vault {
             ..row
         };
         let mac = self.rows.mac(&approved);
-        event.commit()?;
-        self.register_token(&TokenRow {
-            mac: mac.clone(),
-            ..approved
-        })?;
-        if !self
-            .store
-            .approve_token(token_id, actor.id.as_str(), now, &mac)?
-        {
-            return Err(VaultError::FailedPrecondition(format!(
-                "token `{token_id}` is not waiting for approval"
-            )));
-        }
-        Ok(())
+        event.commit_then(|| {
+            self.register_token(
+                &TokenRow {
+                    mac: mac.clone(),
+                    ..approved
+                },
+                || {
+                    if self
+                        .store
+                        .approve_token(token_id, actor.id.as_str(), now, &mac)?
+                    {
+                        Ok(())
+                    } else {
+                        Err(VaultError::FailedPrecondition(format!(
+                            "token `{token_id}` is not waiting for approval"
+                        )))
+                    }
+                },
+            )
+        })
     }
 
     /// Separation of duties across tokens: a principal that holds or ever held
@@ -457,17 +487,21 @@ impl Vault {
         event.commit_then(|| {
             // The register first: from here on only the revoked row is the one kluis wrote (for
             // a row that failed its check, a MAC no stored row carries).
-            self.register_token(&TokenRow {
-                mac: self.rows.mac(&revoked),
-                ..revoked.clone()
-            })?;
-            if self.store.revoke_token(token_id, now, &mac)? {
-                Ok(())
-            } else {
-                Err(VaultError::FailedPrecondition(format!(
-                    "token `{token_id}` was revoked meanwhile"
-                )))
-            }
+            self.register_token(
+                &TokenRow {
+                    mac: self.rows.mac(&revoked),
+                    ..revoked.clone()
+                },
+                || {
+                    if self.store.revoke_token(token_id, now, &mac)? {
+                        Ok(())
+                    } else {
+                        Err(VaultError::FailedPrecondition(format!(
+                            "token `{token_id}` was revoked meanwhile"
+                        )))
+                    }
+                },
+            )
         })
     }
 
@@ -486,7 +520,7 @@ impl Vault {
             .store
             .tokens()?
             .into_iter()
-            .filter(|t| self.rows.check(t).is_ok())
+            .filter(|t| self.rows.check(t).is_ok() && self.is_registered(t).unwrap_or(false))
             .filter(|t| include_inactive || (t.revoked_at.is_none() && t.expires_at > now))
             .collect();
         event.reason = Some(format!("{} tokens listed", tokens.len()));
@@ -529,8 +563,7 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        self.register_token(&row)?;
-        self.store.insert_token(&row)?;
+        self.register_token(&row, || Ok(self.store.insert_token(&row)?))?;
         Ok(IssuedToken {
             id,
             token,

@@ -1301,6 +1301,14 @@ async fn an_older_copy_of_a_token_row_put_back_authenticates_nobody() {
         .await
         .unwrap()
         .into_inner();
+    // The row as it was while it waited for approval, kept by the attacker.
+    let pending: (Vec<u8>,) = db(&server)
+        .query_row(
+            "SELECT mac FROM tokens WHERE id = ?1",
+            [&issued.token_id],
+            |r| Ok((r.get(0)?,)),
+        )
+        .unwrap();
     approve(&server, &issued.token_id).await;
     let token = issued.token.clone();
     assert!(who_am_i(&server, &token).await.is_ok(), "twin: it works");
@@ -1350,6 +1358,33 @@ async fn an_older_copy_of_a_token_row_put_back_authenticates_nobody() {
             && r["id"] == issued.token_id.as_str()
             && r["problem"].as_str().unwrap().contains("older copy")),
         "{rows:?}"
+    );
+    // The pending copy put back and shown to a privacy officer: approving it would bring the
+    // revoked token back, so it is refused, and it is not listed as waiting.
+    db(&server)
+        .execute(
+            "UPDATE tokens SET revoked_at = NULL, approved_by = NULL, approved_at = NULL, mac = ?2
+             WHERE id = ?1",
+            params![issued.token_id, pending.0],
+        )
+        .unwrap();
+    let status = server
+        .admin()
+        .await
+        .approve_token(req(
+            server.token(Role::PrivacyOfficer),
+            pb::ApproveTokenRequest {
+                token_id: issued.token_id.clone(),
+                justification: "looks fine".into(),
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert_eq!(
+        who_am_i(&server, &token).await.err().unwrap().code(),
+        Code::Unauthenticated
     );
     // The twin: every other token still works.
     assert!(

@@ -254,7 +254,7 @@ impl RecordStore for SqliteStore {
         let n = conn
             .execute(
                 "UPDATE records SET closed_at = ?2, expires_at = ?3, updated_at = ?2, mac = ?4
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND closed_at IS NULL",
                 params![id, closed_at, expires_at, mac],
             )
             .map_err(db)?;
