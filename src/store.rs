@@ -860,9 +860,6 @@ pub trait RightsStore: Send + Sync {
         next: &AnchorRow,
     ) -> Result<(), StoreError>;
 
-    /// A subject's consent states, by purpose.
-    fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError>;
-
     /// Every subject's consent states (for `kluis admin store verify`).
     fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError>;
 

@@ -14,14 +14,17 @@
 //! category, media type, size, completeness) and purpose key versions (state, algorithm, dates
 //! and the bar of the minimum decryption version; the wrapped material is sealed under the root
 //! key with its purpose and version as associated data).
-//! A deleted row has no MAC to fail, so every subject with a subject key, a record, a hold or a
-//! consent state has an anchor (`AnchorRow`, itself authenticated and never deleted) that counts
-//! its holds and consent states; hold and consent rows are never deleted, so a row erased by
-//! hand leaves the count above what is stored, and the subject's decisions and destructive
-//! paths fail closed. What an anchor cannot see: a subject with no key and no record whose
-//! anchor is deleted together with its holds and consents, or an older copy of the anchor put
-//! back with the rows it counted; the trail records every hold and consent change, and
-//! `kluis admin store verify` compares them with the store.
+//! A deleted row has no MAC to fail, and an older copy put back carries a valid one, so every
+//! subject with a subject key, a record, a hold, a consent state or a mandate has an anchor
+//! (`AnchorRow`, itself authenticated and never deleted) that counts its holds and consent
+//! states and covers the MACs of its hold, consent and mandate rows; those rows are never
+//! deleted, so a row erased or an older one put back by hand no longer matches, and the
+//! subject's decisions and destructive paths fail closed. A record's field set is covered in
+//! its row (`FieldSet`); token rows by the token register (`vault::tokens`). What an anchor
+//! cannot see: a subject with no key and no record whose anchor is deleted together with its
+//! rows, or an older copy of the anchor put back with the rows it covered; the trail records
+//! every hold, consent and mandate change, and `kluis admin store verify` compares them with
+//! the store.
 //!
 //! Invariant: a row whose MAC fails is never obeyed; the call fails closed and an error is
 //! logged naming the row, never its contents.

@@ -33,16 +33,6 @@ impl RightsStore for SqliteStore {
         tx.commit().map_err(db)
     }
 
-    fn consents(&self, subject: &str) -> Result<Vec<ConsentRow>, StoreError> {
-        self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
-            ))?
-            .query_map([subject], consent_from_row)?
-            .collect()
-        })
-    }
-
     fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError> {
         self.read(|c| {
             c.prepare_cached(&format!(
