@@ -12,10 +12,12 @@
 //! per request, which suits SQLite and a synchronous PostgreSQL client alike.
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of the storage layer.
@@ -75,6 +77,21 @@ pub enum StoreError {
     /// The database failed (I/O, locking, constraint).
     #[error("database error: {0}")]
     Database(String),
+    /// The database cannot be reached (down, restarting, the network): the call may succeed
+    /// later, and kluis reconnects by itself.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The store's settings cannot work (a connection string, TLS settings).
+    #[error("{0}")]
+    Config(String),
+    /// What the core asked is not something this kind of store does (e.g. a snapshot of a
+    /// PostgreSQL store, which its own tools take).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A transaction lost a conflict with another writer; the store runs it again itself and
+    /// answers `Stale` only when it keeps losing.
+    #[error("a transaction conflicted with another writer")]
+    Retry,
 }
 
 /// The state of a purpose key version.

@@ -56,9 +56,17 @@ pub fn to_status(e: VaultError) -> Status {
             Status::unavailable(e.to_string())
         }
         // Another change came between reading and writing: the caller may simply try again.
-        e @ VaultError::Store(StoreError::Stale(_) | StoreError::NotLive { .. }) => {
-            Status::aborted(format!("{e}; try again"))
+        e @ VaultError::Store(
+            StoreError::Stale(_) | StoreError::NotLive { .. } | StoreError::Retry,
+        ) => Status::aborted(format!("{e}; try again")),
+        // The database is down or restarting: nothing was decrypted or changed, and kluis
+        // reconnects by itself.
+        e @ (VaultError::Store(StoreError::Unavailable(_))
+        | VaultError::Key(KeyError::Store(StoreError::Unavailable(_)))) => {
+            tracing::warn!(error = %e, "store unavailable; request refused");
+            Status::unavailable("the database is unavailable; try again shortly")
         }
+        VaultError::Store(StoreError::Unsupported(m)) => Status::failed_precondition(m),
         e @ (VaultError::Store(_)
         | VaultError::Key(_)
         | VaultError::Policy(_)

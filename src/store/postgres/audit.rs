@@ -1,0 +1,50 @@
+//! The PostgreSQL store: the audit trail's rows. Sequence numbers are the primary key, so two
+//! nodes appending at once cannot both take one: the second fails with `Exists`, reads the new
+//! tail and chains on it.
+
+use super::*;
+
+impl AuditStore for PgStore {
+    fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for row in rows {
+                tx.insert(
+                    &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"),
+                    &[
+                        &big(row.seq)?,
+                        &row.entry,
+                        &row.prev_hash,
+                        &row.hash,
+                        &row.mac,
+                    ],
+                    || format!("audit entry {}", row.seq),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError> {
+        self.read(|tx| {
+            tx.opt(
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"),
+                &[],
+            )?
+            .map(|r| audit_from_row(&r))
+            .transpose()
+        })
+    }
+
+    fn audit_entries(&self, from: u64, max: usize) -> Result<Vec<AuditRow>, StoreError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            tx.all(
+                &format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2"),
+                &[&from, &limit(max)],
+            )?
+            .iter()
+            .map(audit_from_row)
+            .collect()
+        })
+    }
+}

@@ -1,0 +1,474 @@
+//! The PostgreSQL store: purpose key versions, subject keys and key jobs. Every write that
+//! wraps under a purpose key version checks in its own transaction that the version is still
+//! live, so a node that has not yet seen a rotation or destruction cannot store a key nobody
+//! can unwrap.
+
+use super::*;
+
+impl KeyStore for PgStore {
+    fn purpose_keys(&self, purpose: &str) -> Result<Vec<PurposeKeyRow>, StoreError> {
+        self.read(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {PURPOSE_KEY_COLUMNS} FROM purpose_keys WHERE purpose = $1
+                     ORDER BY version"
+                ),
+                &[&purpose],
+            )?
+            .iter()
+            .map(purpose_key_from_row)
+            .collect()
+        })
+    }
+
+    fn subject_key(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> Result<Option<SubjectKeyRow>, StoreError> {
+        self.read(|tx| select_subject_key(tx, subject, purpose))
+    }
+
+    fn insert_subject_key(
+        &self,
+        row: &SubjectKeyRow,
+        anchor: &AnchorRow,
+    ) -> Result<SubjectKeyRow, StoreError> {
+        self.write(|tx| {
+            check_version_live(tx, &row.purpose, row.purpose_version)?;
+            tx.exec(
+                "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject) DO NOTHING",
+                &[
+                    &anchor.subject,
+                    &i64::from(anchor.holds),
+                    &i64::from(anchor.consents),
+                    &anchor.mac,
+                    &anchor.digest,
+                ],
+            )?;
+            tx.exec(
+                &format!(
+                    "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
+                     SELECT $1, $2, $3, $4, $5, $6
+                     WHERE NOT EXISTS (SELECT 1 FROM subject_keys
+                                       WHERE subject = $1 AND purpose = $2)"
+                ),
+                &[
+                    &row.subject,
+                    &row.purpose,
+                    &i64::from(row.generation),
+                    &i64::from(row.purpose_version),
+                    &row.wrapped,
+                    &row.created_at,
+                ],
+            )?;
+            select_subject_key(tx, &row.subject, &row.purpose)?
+                .ok_or_else(|| StoreError::Database("subject key vanished after insert".into()))
+        })
+    }
+
+    fn rotate_purpose_key(
+        &self,
+        retired: Option<&PurposeKeyRow>,
+        new: &PurposeKeyRow,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let active = tx.count(
+                "SELECT count(*) FROM purpose_keys WHERE purpose = $1 AND state = 'active'",
+                &[&new.purpose],
+            )?;
+            let retired_ok = match retired {
+                Some(old) => active == 1 && update_key_row(tx, old, KeyState::Active)? == 1,
+                None => active == 0,
+            };
+            if !retired_ok {
+                return Err(StoreError::Stale(format!(
+                    "the active version of purpose key `{}`",
+                    new.purpose
+                )));
+            }
+            insert_purpose_key(tx, new)
+        })
+    }
+
+    fn update_purpose_key(&self, row: &PurposeKeyRow, from: KeyState) -> Result<bool, StoreError> {
+        self.write(|tx| Ok(update_key_row(tx, row, from)? > 0))
+    }
+
+    fn destroy_purpose_key(&self, row: &PurposeKeyRow) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let in_use = tx.count(
+                "SELECT count(*) FROM subject_keys WHERE purpose = $1 AND purpose_version = $2",
+                &[&row.purpose, &i64::from(row.version)],
+            )?;
+            if in_use > 0 {
+                return Err(StoreError::InUse(in_use));
+            }
+            tx.exec(
+                "UPDATE purpose_keys SET state = $3, wrapped = '\\x', destroyed_at = $4,
+                    destroy_after = $5, barred = $6, mac = $7
+                 WHERE purpose = $1 AND version = $2",
+                &[
+                    &row.purpose,
+                    &i64::from(row.version),
+                    &row.state.as_str(),
+                    &row.destroyed_at,
+                    &row.destroy_after,
+                    &row.barred,
+                    &row.mac,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn rewrap_root(
+        &self,
+        keys: &[PurposeKeyRow],
+        meta: &[(&str, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for k in keys {
+                tx.exec(
+                    "UPDATE purpose_keys SET wrapped = $3
+                     WHERE purpose = $1 AND version = $2 AND state <> 'destroyed'
+                       AND wrapped <> '\\x'",
+                    &[&k.purpose, &i64::from(k.version), &k.wrapped],
+                )?;
+            }
+            for (key, value) in meta {
+                tx.exec(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[key, value],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_min_decrypt_version(
+        &self,
+        purpose: &str,
+        version: u32,
+        barred: &[PurposeKeyRow],
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let older = tx.count(
+                "SELECT count(*) FROM subject_keys WHERE purpose = $1 AND purpose_version < $2",
+                &[&purpose, &i64::from(version)],
+            )?;
+            if older > 0 {
+                return Err(StoreError::InUse(older));
+            }
+            for row in barred {
+                if row.purpose != purpose || row.version >= version || !row.barred {
+                    return Err(StoreError::Corrupt(format!(
+                        "purpose key `{}` v{} is not barred below v{version}",
+                        row.purpose, row.version
+                    )));
+                }
+                tx.exec(
+                    "UPDATE purpose_keys SET barred = TRUE, mac = $3
+                     WHERE purpose = $1 AND version = $2",
+                    &[&row.purpose, &i64::from(row.version), &row.mac],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn subject_key_counts(&self, purpose: &str) -> Result<Vec<(u32, u64)>, StoreError> {
+        self.read(|tx| {
+            tx.all(
+                "SELECT purpose_version, count(*) FROM subject_keys WHERE purpose = $1
+                 GROUP BY purpose_version ORDER BY purpose_version",
+                &[&purpose],
+            )?
+            .iter()
+            .map(|r| Ok((get_u32(r, 0)?, get_u64(r, 1)?)))
+            .collect()
+        })
+    }
+
+    fn subject_keys_below(
+        &self,
+        purpose: &str,
+        version: u32,
+        max: usize,
+    ) -> Result<Vec<SubjectKeyRow>, StoreError> {
+        self.read(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {SUBJECT_KEY_COLUMNS} FROM subject_keys
+                     WHERE purpose = $1 AND purpose_version < $2
+                     ORDER BY subject, generation LIMIT $3"
+                ),
+                &[&purpose, &i64::from(version), &limit(max)],
+            )?
+            .iter()
+            .map(subject_key_from_row)
+            .collect()
+        })
+    }
+
+    fn rewrap_subject_keys(
+        &self,
+        rows: &[SubjectKeyRow],
+        from: &[u32],
+    ) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let mut n = 0u64;
+            for (row, old) in rows.iter().zip(from) {
+                // The new version must still be live: a node that rewraps under a version
+                // another node rotated away or destroyed meanwhile stores nothing.
+                check_version_live(tx, &row.purpose, row.purpose_version)?;
+                n += tx.exec(
+                    "UPDATE subject_keys SET purpose_version = $4, wrapped = $5
+                     WHERE subject = $1 AND purpose = $2 AND generation = $3
+                       AND purpose_version = $6",
+                    &[
+                        &row.subject,
+                        &row.purpose,
+                        &i64::from(row.generation),
+                        &i64::from(row.purpose_version),
+                        &row.wrapped,
+                        &i64::from(*old),
+                    ],
+                )?;
+            }
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        })
+    }
+
+    fn subject_key_at(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+    ) -> Result<Option<SubjectKeyRow>, StoreError> {
+        self.read(|tx| {
+            tx.opt(
+                &format!(
+                    "SELECT {SUBJECT_KEY_COLUMNS} FROM subject_keys
+                     WHERE subject = $1 AND purpose = $2 AND generation = $3"
+                ),
+                &[&subject, &purpose, &i64::from(generation)],
+            )?
+            .map(|r| subject_key_from_row(&r))
+            .transpose()
+        })
+    }
+
+    fn subjects_keyed_before(
+        &self,
+        purpose: &str,
+        before: i64,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            tx.all(
+                "SELECT subject FROM subject_keys k WHERE purpose = $1
+                 AND generation = (SELECT max(generation) FROM subject_keys
+                                   WHERE subject = k.subject AND purpose = k.purpose)
+                 AND created_at < $2
+                 ORDER BY subject LIMIT $3",
+                &[&purpose, &before, &limit(max)],
+            )?
+            .iter()
+            .map(|r| get(r, 0))
+            .collect()
+        })
+    }
+
+    fn rekey_subject(
+        &self,
+        new_key: &SubjectKeyRow,
+        before: i64,
+        reseal: &mut crate::store::Reseal<'_>,
+    ) -> Result<Option<u64>, StoreError> {
+        let generation = i64::from(new_key.generation);
+        self.write(|tx| {
+            // The subject's current key, locked: a rekey of the same subject on another node
+            // waits here and then finds the subject done.
+            let current = tx
+                .opt(
+                    &format!(
+                        "SELECT {SUBJECT_KEY_COLUMNS} FROM subject_keys
+                         WHERE subject = $1 AND purpose = $2
+                         ORDER BY generation DESC LIMIT 1 FOR UPDATE"
+                    ),
+                    &[&new_key.subject, &new_key.purpose],
+                )?
+                .map(|r| subject_key_from_row(&r))
+                .transpose()?;
+            match current {
+                Some(k) if k.created_at < before && k.generation < new_key.generation => {}
+                _ => return Ok(None),
+            }
+            check_version_live(tx, &new_key.purpose, new_key.purpose_version)?;
+            tx.exec(
+                &format!(
+                    "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6)"
+                ),
+                &[
+                    &new_key.subject,
+                    &new_key.purpose,
+                    &generation,
+                    &i64::from(new_key.purpose_version),
+                    &new_key.wrapped,
+                    &new_key.created_at,
+                ],
+            )?;
+            let fields = tx.all(
+                &format!(
+                    "SELECT f.record_id, {} FROM fields f JOIN records r ON r.id = f.record_id
+                     WHERE r.subject = $1 AND r.purpose = $2 AND f.key_gen < $3",
+                    FIELD_COLUMNS
+                        .split(", ")
+                        .map(|c| format!("f.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                &[&new_key.subject, &new_key.purpose, &generation],
+            )?;
+            let mut done = 0u64;
+            for r in &fields {
+                let record_id: String = get(r, 0)?;
+                let field = field_from_row(r, 1)?;
+                let sealed = reseal(ResealItem::Field {
+                    record_id: &record_id,
+                    field: &field,
+                })?;
+                tx.exec(
+                    "UPDATE fields SET sealed = $3, key_gen = $4
+                     WHERE record_id = $1 AND name = $2",
+                    &[&record_id, &field.name, &sealed, &generation],
+                )?;
+                done += 1;
+            }
+            done += reseal_segments(tx, new_key, reseal)?;
+            tx.exec(
+                "DELETE FROM subject_keys WHERE subject = $1 AND purpose = $2 AND generation < $3",
+                &[&new_key.subject, &new_key.purpose, &generation],
+            )?;
+            Ok(Some(done))
+        })
+    }
+
+    fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError> {
+        self.read(|tx| {
+            tx.count(
+                "SELECT (SELECT count(*) FROM fields f JOIN records r ON r.id = f.record_id
+                 WHERE r.purpose = $1 AND NOT EXISTS (
+                    SELECT 1 FROM subject_keys k
+                    WHERE k.subject = r.subject AND k.purpose = r.purpose
+                      AND k.generation = f.key_gen))
+                 + (SELECT count(*) FROM evidence_segments s
+                    JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
+                 WHERE r.purpose = $1 AND e.complete AND NOT EXISTS (
+                    SELECT 1 FROM subject_keys k
+                    WHERE k.subject = r.subject AND k.purpose = r.purpose
+                      AND k.generation = s.key_gen))",
+                &[&purpose],
+            )
+        })
+    }
+
+    fn start_key_job(&self, purpose: &str, kind: &str, at: i64) -> Result<i64, StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO key_jobs (purpose, kind, started_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (purpose, kind) DO NOTHING",
+                &[&purpose, &kind, &at],
+            )?;
+            get(
+                &tx.one(
+                    "SELECT started_at FROM key_jobs WHERE purpose = $1 AND kind = $2",
+                    &[&purpose, &kind],
+                )?,
+                0,
+            )
+        })
+    }
+
+    fn finish_key_job(&self, purpose: &str, kind: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM key_jobs WHERE purpose = $1 AND kind = $2",
+                &[&purpose, &kind],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.read(|tx| {
+            tx.all(
+                "SELECT purpose, kind, started_at FROM key_jobs ORDER BY purpose, kind",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)))
+            .collect()
+        })
+    }
+}
+
+/// Reseals, one segment at a time, every evidence segment of the subject sealed under a
+/// generation older than `new_key`'s. Returns how many.
+fn reseal_segments(
+    tx: &mut Tx<'_>,
+    new_key: &SubjectKeyRow,
+    reseal: &mut crate::store::Reseal<'_>,
+) -> Result<u64, StoreError> {
+    let generation = i64::from(new_key.generation);
+    let files: Vec<EvidenceRow> = tx
+        .all(
+            &format!(
+                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete AND record_id IN
+                 (SELECT id FROM records WHERE subject = $1 AND purpose = $2)"
+            ),
+            &[&new_key.subject, &new_key.purpose],
+        )?
+        .iter()
+        .map(evidence_from_row)
+        .collect::<Result<_, _>>()?;
+    let mut done = 0u64;
+    for file in &files {
+        let file_name = reseal(ResealItem::FileName { evidence: file })?;
+        tx.exec(
+            "UPDATE evidence SET file_name = $2 WHERE id = $1",
+            &[&file.id, &file_name],
+        )?;
+        let stale: Vec<i64> = tx
+            .all(
+                "SELECT idx FROM evidence_segments WHERE evidence_id = $1 AND key_gen < $2
+                 ORDER BY idx",
+                &[&file.id, &generation],
+            )?
+            .iter()
+            .map(|r| get(r, 0))
+            .collect::<Result<_, _>>()?;
+        for index in stale {
+            let segment = segment_from_row(&tx.one(
+                "SELECT idx, key_gen, sealed FROM evidence_segments
+                 WHERE evidence_id = $1 AND idx = $2",
+                &[&file.id, &index],
+            )?)?;
+            let sealed = reseal(ResealItem::Segment {
+                evidence: file,
+                segment: &segment,
+            })?;
+            tx.exec(
+                "UPDATE evidence_segments SET sealed = $3, key_gen = $4
+                 WHERE evidence_id = $1 AND idx = $2",
+                &[&file.id, &index, &sealed, &generation],
+            )?;
+            done += 1;
+        }
+    }
+    Ok(done)
+}

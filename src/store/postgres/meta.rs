@@ -1,0 +1,58 @@
+//! The PostgreSQL store: the store's metadata and its initialisation. Snapshots are taken with
+//! PostgreSQL's own tools (`pg_dump`), which see every node's writes.
+
+use super::*;
+
+impl MetaStore for PgStore {
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|tx| {
+            tx.opt("SELECT value FROM meta WHERE key = $1", &[&key])?
+                .map(|r| get(&r, 0))
+                .transpose()
+        })
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn initialize(
+        &self,
+        meta: &[(&str, Vec<u8>)],
+        purpose_keys: &[PurposeKeyRow],
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            // Two nodes initialising an empty database at once: one waits for the other and
+            // then finds it initialised.
+            tx.exec("LOCK TABLE meta IN EXCLUSIVE MODE", &[])?;
+            if tx.count("SELECT count(*) FROM meta", &[])? > 0 {
+                return Err(StoreError::AlreadyInitialized);
+            }
+            for (key, value) in meta {
+                tx.exec(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2)",
+                    &[key, value],
+                )?;
+            }
+            for k in purpose_keys {
+                insert_purpose_key(tx, k)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn snapshot(&self) -> Result<std::fs::File, StoreError> {
+        Err(StoreError::Unsupported(format!(
+            "a PostgreSQL store is backed up with PostgreSQL's own tools: run `pg_dump \
+             --format=custom` against {} (see the README, \"Backup and restore\")",
+            self.target
+        )))
+    }
+}

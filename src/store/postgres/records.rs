@@ -1,0 +1,317 @@
+//! The PostgreSQL store: records and their fields, retention and shredding.
+
+use super::*;
+
+const INSERT_FIELD: &str = "INSERT INTO fields
+    (record_id, name, category, kind, key_gen, sealed, mac, version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+impl RecordStore for PgStore {
+    fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            insert_record_row(tx, record)?;
+            let mut checked = None;
+            for f in fields {
+                if checked != Some(f.key_gen) {
+                    check_key_exists(tx, &record.subject, &record.purpose, f.key_gen)?;
+                    checked = Some(f.key_gen);
+                }
+                tx.insert(
+                    INSERT_FIELD,
+                    &[
+                        &record.id,
+                        &f.name,
+                        &f.category,
+                        &f.kind,
+                        &i64::from(f.key_gen),
+                        &f.sealed,
+                        &f.mac,
+                        &f.version,
+                    ],
+                    || format!("field `{}`", f.name),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError> {
+        // One snapshot: the record and its fields, so that its field-set MAC is checked against
+        // the fields it was written with.
+        self.read(|tx| {
+            let Some(rec) = tx.opt(
+                &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = $1"),
+                &[&id],
+            )?
+            else {
+                return Ok(None);
+            };
+            let rec = record_from_row(&rec)?;
+            let fields = tx
+                .all(
+                    &format!(
+                        "SELECT {FIELD_COLUMNS} FROM fields WHERE record_id = $1 ORDER BY name"
+                    ),
+                    &[&id],
+                )?
+                .iter()
+                .map(|r| field_from_row(r, 0))
+                .collect::<Result<_, _>>()?;
+            Ok(Some((rec, fields)))
+        })
+    }
+
+    fn update_fields(
+        &self,
+        id: &str,
+        fields: &[FieldRow],
+        updated_at: i64,
+        fields_mac: FieldsMac<'_>,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let mut replaces = false;
+            for f in fields {
+                replaces |= tx
+                    .opt(
+                        "SELECT 1 FROM fields WHERE record_id = $1 AND name = $2",
+                        &[&id, &f.name],
+                    )?
+                    .is_some();
+            }
+            if replaces && let Some(hold) = tx.opt(HOLD_ON_RECORD, &[&id])? {
+                return Err(StoreError::Held(get(&hold, 0)?));
+            }
+            let n = tx.exec(
+                "UPDATE records SET updated_at = $2, fields_mac = $4
+                 WHERE id = $1 AND fields_mac = $3",
+                &[&id, &updated_at, &fields_mac.prev, &fields_mac.next],
+            )?;
+            let Some(found) =
+                tx.opt("SELECT subject, purpose FROM records WHERE id = $1", &[&id])?
+            else {
+                return Ok(false);
+            };
+            if n == 0 {
+                return Err(StoreError::Stale(format!("the fields of record `{id}`")));
+            }
+            let subject: String = get(&found, 0)?;
+            let purpose: String = get(&found, 1)?;
+            for f in fields {
+                check_key_exists(tx, &subject, &purpose, f.key_gen)?;
+                tx.exec(
+                    &format!(
+                        "{INSERT_FIELD} ON CONFLICT (record_id, name) DO UPDATE SET
+                            category = excluded.category, kind = excluded.kind,
+                            key_gen = excluded.key_gen, sealed = excluded.sealed,
+                            mac = excluded.mac, version = excluded.version"
+                    ),
+                    &[
+                        &id,
+                        &f.name,
+                        &f.category,
+                        &f.kind,
+                        &i64::from(f.key_gen),
+                        &f.sealed,
+                        &f.mac,
+                        &f.version,
+                    ],
+                )?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        self.write(|tx| {
+            let Some(found) = tx.opt(
+                "SELECT subject, purpose FROM records WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )?
+            else {
+                return Ok(None);
+            };
+            let subject: String = get(&found, 0)?;
+            let purpose: String = get(&found, 1)?;
+            if let Some(hold) = tx.opt(HOLD_ON_RECORD, &[&id])? {
+                return Err(StoreError::Held(get(&hold, 0)?));
+            }
+            // Fields, evidence and its segments go with the record (foreign keys cascade).
+            tx.exec("DELETE FROM records WHERE id = $1", &[&id])?;
+            let left = tx.count(
+                "SELECT count(*) FROM records WHERE subject = $1 AND purpose = $2",
+                &[&subject, &purpose],
+            )?;
+            if left == 0 {
+                tx.exec(
+                    "DELETE FROM subject_keys WHERE subject = $1 AND purpose = $2",
+                    &[&subject, &purpose],
+                )?;
+            }
+            Ok(Some(left == 0))
+        })
+    }
+
+    fn subject_records(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
+        // One snapshot: records and fields together (see `record`).
+        self.read(|tx| {
+            let records = tx
+                .all(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM records WHERE subject = $1
+                         ORDER BY created_at, id"
+                    ),
+                    &[&subject],
+                )?
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::with_capacity(records.len());
+            for rec in records {
+                let mut fields = tx
+                    .all(
+                        "SELECT name, category, octet_length(sealed)::BIGINT, kind, mac, version
+                         FROM fields WHERE record_id = $1 ORDER BY name",
+                        &[&rec.id],
+                    )?
+                    .iter()
+                    .map(|r| {
+                        Ok(FieldMeta {
+                            name: get(r, 0)?,
+                            category: get(r, 1)?,
+                            size: get_u64(r, 2)?,
+                            evidence: None,
+                            kind: get(r, 3)?,
+                            mac: get(r, 4)?,
+                            version: get(r, 5)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                for r in tx.all(
+                    &format!(
+                        "SELECT {EVIDENCE_COLUMNS} FROM evidence
+                         WHERE record_id = $1 AND complete"
+                    ),
+                    &[&rec.id],
+                )? {
+                    let e = evidence_from_row(&r)?;
+                    fields.push(FieldMeta {
+                        name: e.name,
+                        category: e.category,
+                        size: e.size,
+                        evidence: Some(EvidenceMeta {
+                            id: e.id,
+                            media_type: e.media_type,
+                            sha256: e.sha256,
+                        }),
+                        kind: String::new(),
+                        version: String::new(),
+                        mac: Vec::new(),
+                    });
+                }
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
+                out.push((rec, fields));
+            }
+            Ok(out)
+        })
+    }
+
+    fn close_record(
+        &self,
+        id: &str,
+        closed_at: i64,
+        expires_at: Option<i64>,
+        mac: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            Ok(tx.exec(
+                "UPDATE records SET closed_at = $2, expires_at = $3, updated_at = $2, mac = $4
+                 WHERE id = $1 AND closed_at IS NULL",
+                &[&id, &closed_at, &expires_at, &mac],
+            )? > 0)
+        })
+    }
+
+    fn expired_records(
+        &self,
+        now: i64,
+        after: Option<(i64, &str)>,
+        max: usize,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (Some(at), id),
+            None => (None, ""),
+        };
+        self.read(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM records r
+                     WHERE expires_at IS NOT NULL AND expires_at <= $1 AND {NOT_HELD}
+                       AND ($3::BIGINT IS NULL OR expires_at > $3
+                            OR (expires_at = $3 AND id > $4))
+                     ORDER BY expires_at, id LIMIT $2"
+                ),
+                &[&now, &limit(max), &after_at, &after_id],
+            )?
+            .iter()
+            .map(record_from_row)
+            .collect()
+        })
+    }
+
+    fn shred_records(
+        &self,
+        subject: &str,
+        record_ids: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        self.write(|tx| {
+            let mut destroyed = Vec::new();
+            let mut purposes = std::collections::BTreeSet::new();
+            for id in record_ids {
+                let Some(found) = tx.opt(
+                    &format!(
+                        "SELECT purpose FROM records r WHERE id = $1 AND subject = $2
+                         AND {NOT_HELD}"
+                    ),
+                    &[id, &subject],
+                )?
+                else {
+                    continue;
+                };
+                let purpose: String = get(&found, 0)?;
+                tx.exec("DELETE FROM records WHERE id = $1", &[id])?;
+                destroyed.push(id.clone());
+                purposes.insert(purpose);
+            }
+            let mut shredded = Vec::new();
+            for purpose in purposes {
+                let left = tx.count(
+                    "SELECT count(*) FROM records WHERE subject = $1 AND purpose = $2",
+                    &[&subject, &purpose],
+                )?;
+                if left == 0 {
+                    tx.exec(
+                        "DELETE FROM subject_keys WHERE subject = $1 AND purpose = $2",
+                        &[&subject, &purpose],
+                    )?;
+                    shredded.push(purpose);
+                }
+            }
+            Ok((destroyed, shredded))
+        })
+    }
+
+    fn records_page(&self, after: &str, max: usize) -> Result<Vec<RecordRow>, StoreError> {
+        self.read(|tx| {
+            tx.all(
+                &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id > $1 ORDER BY id LIMIT $2"),
+                &[&after, &limit(max)],
+            )?
+            .iter()
+            .map(record_from_row)
+            .collect()
+        })
+    }
+}
