@@ -371,7 +371,7 @@ impl Audit {
             std::thread::Builder::new()
                 .name("kluis-audit".into())
                 .spawn(move || {
-                    write_loop(store.as_ref(), &keys.entry, &rx, tail, genesis, &committed);
+                    write_loop(store.as_ref(), &keys.entry, &rx, genesis, &committed);
                 })
                 .map_err(|e| {
                     AuditError::Unavailable(format!("cannot start the audit writer: {e}"))
@@ -714,13 +714,12 @@ fn read_tail(store: &dyn Store, genesis: [u8; 32]) -> Result<(u64, [u8; 32]), Au
     }
 }
 
-/// The writer: takes what is queued (up to `MAX_BATCH`), chains it onto the tail, commits it in
+/// The writer: takes what is queued (up to `MAX_BATCH`), chains it onto the stored tail, commits it in
 /// one transaction, then answers every waiting request.
 fn write_loop(
     store: &dyn Store,
     key: &Subkey,
     queue: &mpsc::Receiver<Pending>,
-    mut tail: (u64, [u8; 32]),
     genesis: [u8; 32],
     committed: &Committed,
 ) {
@@ -732,12 +731,20 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let mut outcome = Err(AuditError::Unavailable(
-            "could not claim audit sequence numbers".into(),
-        ));
-        for _attempt in 0..3 {
-            let (mut seq, mut prev) = tail;
-            let rows: Vec<AuditRow> = batch
+        // The store hands over its tail inside the transaction that appends (locked against
+        // other nodes), so the chain is built on what is stored, never on a tail in memory.
+        let mut chain = |stored: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
+            let (mut seq, mut prev) = match stored {
+                None => (0, genesis),
+                Some(row) => (
+                    row.seq,
+                    row.hash
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt(format!("audit entry {}", row.seq)))?,
+                ),
+            };
+            Ok(batch
                 .iter()
                 .map(|p| {
                     seq += 1;
@@ -752,30 +759,23 @@ fn write_loop(
                     prev = hash;
                     row
                 })
-                .collect();
-            match store.append_audit(&rows) {
-                Ok(()) => {
-                    outcome = Ok(tail.0 + 1);
-                    tail = (seq, prev);
-                    committed.publish(seq, prev);
+                .collect())
+        };
+        let outcome = match store.append_chained(&mut chain) {
+            Ok(rows) => match (rows.first(), rows.last()) {
+                (Some(first), Some(last)) => {
+                    let hash: [u8; 32] = last.hash.as_slice().try_into().unwrap_or([0; 32]);
+                    committed.publish(last.seq, hash);
                     committed.set_writable(true);
-                    break;
+                    Ok(first.seq)
                 }
-                // Another writer (another node) took these numbers: move to the real tail.
-                Err(StoreError::Exists(_)) => match read_tail(store, genesis) {
-                    Ok(t) => tail = t,
-                    Err(e) => {
-                        outcome = Err(AuditError::Unavailable(e.to_string()));
-                        break;
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, entries = rows.len(), "audit append failed");
-                    outcome = Err(AuditError::Unavailable(e.to_string()));
-                    break;
-                }
+                _ => Err(AuditError::Unavailable("nothing was appended".into())),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, entries = batch.len(), "audit append failed");
+                Err(AuditError::Unavailable(e.to_string()))
             }
-        }
+        };
         match outcome {
             Ok(first_seq) => {
                 for (i, p) in batch.into_iter().enumerate() {

@@ -20,7 +20,7 @@ use crate::{
     domain::{Channels, Limits, Purpose, Retention},
     keys::{KeyError, Keyring, RootSecret},
     policy::{self, Engine, PolicyError},
-    store::{SqliteStore, StoreError},
+    store::{SqliteStore, Store, StoreError},
     vault::{RetentionTable, Vault, VaultError, keyadmin::KeySettings},
 };
 
@@ -63,6 +63,8 @@ pub struct RawConfig {
     pub listen: Option<String>,
     /// Directory of the store.
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL store: a libpq-style connection string. Without it, SQLite in `data_dir`.
+    pub store: Option<String>,
     /// AEAD for new ciphertexts: `aes-256-gcm` or `xchacha20-poly1305`.
     pub algorithm: Option<String>,
     /// File holding the root key (64 hex digits).
@@ -177,8 +179,10 @@ pub enum KeySource {
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Data directory.
+    /// Data directory (of the SQLite store; with a PostgreSQL store, of local files only).
     pub data_dir: PathBuf,
+    /// The PostgreSQL store, if one is configured; else SQLite in `data_dir`.
+    pub store: Option<StoreUrl>,
     /// AEAD for new ciphertexts.
     pub algorithm: Algorithm,
     /// Root key source.
@@ -230,6 +234,9 @@ impl RawConfig {
         if let Some(v) = env.var("KLUIS_DATA_DIR") {
             self.data_dir = Some(v.into());
         }
+        if let Some(v) = env.var("KLUIS_STORE") {
+            self.store = Some(v);
+        }
         if let Some(v) = env.var("KLUIS_ALGORITHM") {
             self.algorithm = Some(v);
         }
@@ -262,10 +269,33 @@ impl RawConfig {
             ));
             SocketAddr::from(([127, 0, 0, 1], 50051))
         });
-        let data_dir = self.data_dir.unwrap_or_else(|| {
-            problems.push("`data_dir` is required (or set KLUIS_DATA_DIR)".into());
-            PathBuf::new()
-        });
+        let store = match self.store {
+            None => None,
+            Some(url) if crate::store::postgres::is_postgres_url(&url) => Some(StoreUrl(url)),
+            Some(_) => {
+                problems.push(
+                    "`store` is not a PostgreSQL connection string: write \
+                     `postgresql://user@host:5432/db?sslmode=verify-full&sslrootcert=FILE` or \
+                     `host=/run/postgresql dbname=kluis`, or leave it out for SQLite in \
+                     `data_dir`"
+                        .into(),
+                );
+                None
+            }
+        };
+        let data_dir = match (self.data_dir, &store) {
+            (Some(d), _) => d,
+            // A node on a PostgreSQL store keeps nothing of the store locally.
+            (None, Some(_)) => PathBuf::new(),
+            (None, None) => {
+                problems.push(
+                    "`data_dir` is required (or set KLUIS_DATA_DIR), or a PostgreSQL `store` \
+                     (KLUIS_STORE)"
+                        .into(),
+                );
+                PathBuf::new()
+            }
+        };
         let algorithm = match self.algorithm.as_deref() {
             None => Algorithm::default(),
             Some(a) => Algorithm::parse(a).unwrap_or_else(|| {
@@ -378,6 +408,7 @@ impl RawConfig {
         Ok(Config {
             listen,
             data_dir,
+            store,
             algorithm,
             key_source,
             key_cache_size: self.key_cache_size.unwrap_or(10_000),
@@ -555,6 +586,94 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A PostgreSQL connection string. Its `Debug` and `Display` show no password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The connection string, credentials included: for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The connection string with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `url` with the password of `scheme://user:password@host` or `password=…` replaced.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, tail) = match rest.find(['/', '?']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => format!("{userinfo}@{host}"),
+            },
+            None => authority.to_owned(),
+        };
+        let tail = tail
+            .split('&')
+            .map(|p| {
+                if p.starts_with("password=") || p.contains("?password=") {
+                    match p.split_once("password=") {
+                        Some((head, _)) => format!("{head}password=***"),
+                        None => p.to_owned(),
+                    }
+                } else {
+                    p.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        format!("{scheme}://{authority}{tail}")
+    } else {
+        url.split_whitespace()
+            .map(|p| {
+                if p.starts_with("password=") {
+                    "password=***".to_owned()
+                } else {
+                    p.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Opens the configured store: PostgreSQL when `store` is given (running its migrations), else
+/// SQLite in `data_dir` (creating the file if needed). Neither is initialised here.
+pub fn open_configured_store(
+    data_dir: &Path,
+    store: Option<&StoreUrl>,
+) -> Result<Arc<dyn Store>, OpenError> {
+    match store {
+        Some(url) => crate::store::PgStore::connect(url.expose())
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|source| OpenError::Store {
+                path: url.redacted(),
+                source,
+            }),
+        None => open_store(data_dir).map(|s| s as Arc<dyn Store>),
+    }
+}
+
 /// Opens the store in `data_dir` (creating the file if needed, not initialising it).
 pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, OpenError> {
     let path = data_dir.join(DB_FILE);
@@ -568,9 +687,11 @@ pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, OpenError> {
 
 /// Opens an initialised vault: store, unseal with `secret`, policies, vault.
 pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenError> {
-    check_private(&config.data_dir)?;
+    if config.store.is_none() {
+        check_private(&config.data_dir)?;
+    }
     let policy = load_policy(config.policy_schema.as_deref(), &config.policy_files)?;
-    let store = open_store(&config.data_dir)?;
+    let store = open_configured_store(&config.data_dir, config.store.as_ref())?;
     let keyring = Keyring::unseal(
         store.clone(),
         secret,
@@ -644,6 +765,45 @@ mod tests {
             .unwrap();
         assert_eq!(cfg.listen.port(), 2);
         assert_eq!(cfg.key_source, KeySource::KeyFile("/k".into()));
+    }
+
+    #[test]
+    fn a_postgres_store_needs_no_data_dir_and_its_password_is_never_shown() {
+        let raw: RawConfig = toml::from_str(
+            "store = \"postgresql://kluis:hunter2@db.example.org/kluis?sslmode=verify-full\"",
+        )
+        .unwrap();
+        let cfg = raw.validate(false).unwrap();
+        let url = cfg.store.as_ref().unwrap();
+        assert!(url.expose().contains("hunter2"));
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert!(!url.to_string().contains("hunter2"));
+        assert_eq!(
+            redact_url("host=/tmp dbname=k password=hunter2 user=k"),
+            "host=/tmp dbname=k password=*** user=k"
+        );
+        assert_eq!(
+            redact_url("postgresql://k@h/db?password=hunter2&sslmode=disable"),
+            "postgresql://k@h/db?password=***&sslmode=disable"
+        );
+        let env_cfg = RawConfig::default()
+            .with_env(&env(&[(
+                "KLUIS_STORE",
+                "host=/run/postgresql dbname=kluis",
+            )]))
+            .validate(false)
+            .unwrap();
+        assert!(env_cfg.store.is_some());
+        let err = RawConfig {
+            store: Some("/var/lib/kluis/kluis.db".into()),
+            ..Default::default()
+        }
+        .validate(false)
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("PostgreSQL connection string"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -812,6 +812,31 @@ impl Keyring {
         Ok(key)
     }
 
+    /// Forgets every unwrapped purpose key version and subject key held in memory: another
+    /// node changed key states, shredded or rekeyed, and what this node holds may be gone.
+    pub fn forget_all(&self) {
+        if let Ok(mut map) = self.purpose_keys.write() {
+            map.clear();
+        }
+        if let Ok(mut cache) = self.subject_keys.lock() {
+            let capacity = cache.capacity;
+            *cache = SubjectKeyCache::new(capacity);
+        }
+    }
+
+    /// Whether the root key this process holds is the one the store's keys are wrapped under
+    /// (compared by key check value, in constant time): false once another node changed it.
+    pub fn root_is_current(&self) -> Result<bool, KeyError> {
+        use subtle::ConstantTimeEq;
+        let stored = self
+            .store
+            .meta(META_KEY_CHECK)?
+            .ok_or(KeyError::CorruptMeta)?;
+        let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
+        let mine = kdf::key_check_value(&root)?;
+        Ok(stored.len() == mine.len() && bool::from(stored.as_slice().ct_eq(&mine[..])))
+    }
+
     /// Forgets an unwrapped purpose key version (after its destruction or a minimum change).
     pub fn forget_purpose_key(&self, purpose: Purpose, version: u32) {
         if let Ok(mut map) = self.purpose_keys.write() {

@@ -250,8 +250,19 @@ impl Grant {
     }
 }
 
+/// The texts a policy set was built from: kept in the store, so that every node of a shared
+/// store decides by the same set.
+#[derive(Clone, Debug, Eq, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PolicySources {
+    /// The Cedar schema.
+    pub schema: String,
+    /// The policy files: (name, text).
+    pub files: Vec<(String, String)>,
+}
+
 /// A validated schema and policy set, ready to decide.
 pub struct Engine {
+    sources: std::sync::Arc<PolicySources>,
     schema: Schema,
     policies: PolicySet,
     authorizer: Authorizer,
@@ -344,6 +355,10 @@ impl Engine {
             .join("\n");
         let abstraction = memo::Abstraction::of(&policies);
         Ok(Self {
+            sources: std::sync::Arc::new(PolicySources {
+                schema: schema_src.to_owned(),
+                files: files.to_vec(),
+            }),
             schema,
             policies,
             authorizer: Authorizer::new(),
@@ -351,6 +366,11 @@ impl Engine {
             abstraction,
             memo: memo::Memo::default(),
         })
+    }
+
+    /// The texts this set was built from.
+    pub fn sources(&self) -> &PolicySources {
+        &self.sources
     }
 
     /// SHA-256 (hex) of the schema and policy texts: names the policy set in the audit trail.

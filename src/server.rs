@@ -77,6 +77,7 @@ pub async fn serve(
     let tls = options.tls;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_health = stop_rx.clone();
+    let stop_rx_follow = stop_rx.clone();
     let shutdown = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -111,6 +112,7 @@ pub async fn serve(
         "the retention sweep",
         |v| v.sweep_retention(None, false).map(drop),
     );
+    follow_store(&vault, stop_rx_follow);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VaultServer<VaultApi>>().await;
     health.set_serving::<AdminServer<AdminApi>>().await;
@@ -226,10 +228,9 @@ fn watch_health(
                 _ = stop.changed() => break,
             }
             let v = Arc::clone(&vault);
-            let ok =
-                tokio::task::spawn_blocking(move || v.audit_writable() || v.probe_audit().is_ok())
-                    .await
-                    .unwrap_or(false);
+            let ok = tokio::task::spawn_blocking(move || v.is_serving())
+                .await
+                .unwrap_or(false);
             if ok == serving {
                 continue;
             }
@@ -246,6 +247,31 @@ fn watch_health(
             } else {
                 health.set_not_serving::<VaultServer<VaultApi>>().await;
                 health.set_not_serving::<AdminServer<AdminApi>>().await;
+            }
+        }
+    });
+}
+
+/// Takes in what other nodes of a shared store changed, every `nodes::FOLLOW_INTERVAL`.
+fn follow_store(vault: &Arc<Vault>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let vault = Arc::clone(vault);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::vault::nodes::FOLLOW_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let v = Arc::clone(&vault);
+            match tokio::task::spawn_blocking(move || v.follow_store()).await {
+                Ok(Ok(_)) => failing = false,
+                Ok(Err(e)) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the changes other nodes made; retrying");
+                }
+                _ => {}
             }
         }
     });

@@ -559,6 +559,9 @@ pub enum ResealItem<'a> {
     },
 }
 
+/// Builds the audit rows of a batch on the stored tail (`None`: the trail is empty).
+pub type Chain<'a> = dyn FnMut(Option<&AuditRow>) -> Result<Vec<AuditRow>, StoreError> + 'a;
+
 /// Re-encrypts one item during a rekey and returns its new ciphertext.
 pub type Reseal<'a> = dyn FnMut(ResealItem<'_>) -> Result<Vec<u8>, StoreError> + 'a;
 
@@ -569,6 +572,17 @@ pub trait MetaStore: Send + Sync {
 
     /// Sets a metadata value (insert or replace).
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Replaces the metadata value `key` when it is still `prev` (`None`: not stored), in one
+    /// transaction; `Stale` otherwise (another node changed it since it was read).
+    fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError>;
+
+    /// A number that changes with every change other nodes must take into account before they
+    /// use what they hold in memory: purpose key versions and their states, the root key's
+    /// wrapping, subject keys deleted (shredding, rekey), tokens, metadata (the policy set, the
+    /// token register). `None` for a store only one process uses (SQLite), where the process
+    /// itself knows every change.
+    fn change_epoch(&self) -> Result<Option<i64>, StoreError>;
 
     /// Initialises an empty store with its metadata and first purpose keys, in one transaction.
     /// Fails with `AlreadyInitialized` when the store holds metadata already.
@@ -923,6 +937,14 @@ pub trait AuditStore: Send + Sync {
     /// Appends audit entries in one transaction (all or none); fails with `Exists` when a
     /// sequence number is taken.
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError>;
+
+    /// Appends the entries `chain` builds on the stored tail (`None`: the trail is empty), in
+    /// one transaction that holds every other appender (of any node) off between reading the
+    /// tail and committing; returns the rows appended.
+    fn append_chained(
+        &self,
+        chain: &mut crate::store::Chain<'_>,
+    ) -> Result<Vec<AuditRow>, StoreError>;
 
     /// The last audit entry.
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError>;

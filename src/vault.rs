@@ -12,6 +12,7 @@ pub mod export;
 pub mod guard;
 pub mod keyadmin;
 pub mod lifecycle;
+pub mod nodes;
 pub mod policies;
 pub mod rights;
 pub mod rows;
@@ -65,6 +66,9 @@ pub enum VaultError {
     /// The audit trail cannot be written; nothing was decrypted.
     #[error("audit trail unavailable; the request was not carried out")]
     AuditUnavailable,
+    /// This node cannot serve now (see the message); another node may.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -278,6 +282,8 @@ pub struct Vault {
     /// that its field-set MAC is replaced over the one read; the store's check of that MAC
     /// (`Stale`) guards writers in other processes.
     record_locks: [std::sync::Mutex<()>; RECORD_LOCK_STRIPES],
+    /// What this node last took in of the changes other nodes made (`nodes`).
+    follower: nodes::Follower,
 }
 
 /// How often a write is sealed again when a rekey replaced the subject key it was sealed under
@@ -396,6 +402,7 @@ impl Vault {
     ) -> Result<Self, VaultError> {
         let audit_key = keyring.audit_key()?;
         let rows = rows::RowAuth::new(&audit_key).map_err(KeyError::Crypto)?;
+        let policy = nodes::policy_at_start(store.as_ref(), &rows, policy)?;
         let mut audit = Audit::open(Arc::clone(&store), audit_key, keyring.store_id())?;
         if let Some(anchor) = anchor {
             anchor_trail(store.as_ref(), &mut audit, anchor)?;
@@ -429,6 +436,7 @@ impl Vault {
         if previous.as_deref() != Some(policy.digest().as_bytes()) {
             store.set_meta(META_POLICY_DIGEST, policy.digest().as_bytes())?;
         }
+        nodes::store_policy_set(store.as_ref(), &rows, &policy)?;
         Ok(Self {
             store,
             keyring,
@@ -444,6 +452,7 @@ impl Vault {
             rows,
             root_change_lock: std::sync::Mutex::new(()),
             token_register: tokens::TokenRegister::default(),
+            follower: nodes::Follower::default(),
             record_locks: std::array::from_fn(|_| std::sync::Mutex::new(())),
         })
     }

@@ -51,6 +51,7 @@ pub fn to_status(e: VaultError) -> Status {
                  tampered with",
             )
         }
+        VaultError::Unavailable(m) => Status::unavailable(m),
         e @ VaultError::AuditUnavailable => {
             tracing::error!("audit trail unavailable; request refused");
             Status::unavailable(e.to_string())

@@ -18,8 +18,13 @@ use super::{Exit, fail};
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Directory for the store (created if missing).
-    #[arg(long, env = "KLUIS_DATA_DIR")]
-    pub data_dir: PathBuf,
+    #[arg(long, env = "KLUIS_DATA_DIR", required_unless_present = "store")]
+    pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL store instead of SQLite in the data directory: a libpq-style connection
+    /// string (`postgresql://user@host:5432/db?sslmode=verify-full&sslrootcert=FILE`, or
+    /// `host=/run/postgresql dbname=kluis`).
+    #[arg(long, env = "KLUIS_STORE")]
+    pub store: Option<String>,
     /// Root key file: used if it exists, created (64 hex digits, mode 0600) if not.
     #[arg(long, conflicts_with = "passphrase_file")]
     pub key_file: Option<PathBuf>,
@@ -45,8 +50,24 @@ pub struct InitArgs {
 pub fn run(args: &InitArgs) -> Exit {
     let env = SystemEnv;
     let algorithm = Algorithm::parse(&args.algorithm).unwrap_or_default();
-    if let Err(e) = config::create_private_dir(&args.data_dir) {
-        return fail(format!("cannot create `{}`: {e}", args.data_dir.display()));
+    let cfg = match (config::RawConfig {
+        data_dir: args.data_dir.clone(),
+        store: args.store.clone(),
+        ..Default::default()
+    })
+    .validate(false)
+    {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let location = match &cfg.store {
+        Some(url) => url.to_string(),
+        None => format!("data dir `{}`", cfg.data_dir.display()),
+    };
+    if cfg.store.is_none()
+        && let Err(e) = config::create_private_dir(&cfg.data_dir)
+    {
+        return fail(format!("cannot create `{}`: {e}", cfg.data_dir.display()));
     }
     let secret = match &args.key_file {
         Some(path) if path.exists() => {
@@ -68,22 +89,14 @@ pub fn run(args: &InitArgs) -> Exit {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let store = match config::open_store(&args.data_dir) {
+    let store = match config::open_configured_store(&cfg.data_dir, cfg.store.as_ref()) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     if let Err(e) = Keyring::initialize(store.as_ref(), &secret, algorithm) {
-        return fail(format!("{e} (data dir `{}`)", args.data_dir.display()));
+        return fail(format!("{e} ({location})"));
     }
-    let cfg = match (config::RawConfig {
-        data_dir: Some(args.data_dir.clone()),
-        ..Default::default()
-    })
-    .validate(false)
-    {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
+    drop(store);
     let vault = match config::open_vault(&cfg, &secret) {
         Ok(v) => v,
         Err(e) => return fail(e),
@@ -125,7 +138,8 @@ pub fn run(args: &InitArgs) -> Exit {
     };
     if args.json {
         let out = serde_json::json!({
-            "data_dir": args.data_dir,
+            "data_dir": cfg.store.is_none().then(|| cfg.data_dir.display().to_string()),
+            "store": cfg.store.as_ref().map(|u| u.to_string()),
             "token_id": issued.id,
             "token": issued.token.expose_secret(),
             "expires_at": issued.expires_at,
@@ -134,7 +148,7 @@ pub fn run(args: &InitArgs) -> Exit {
         });
         out!("{out}");
     } else {
-        out!("kluis store initialised in {}", args.data_dir.display());
+        out!("kluis store initialised ({location})");
         out!();
         out!("First security-officer token (shown once; kluis keeps only its hash):");
         out!();

@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// Directory of the store (overrides the configuration).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL store (overrides `store` and KLUIS_STORE): a libpq-style connection string,
+    /// e.g. `postgresql://kluis@db:5432/kluis?sslmode=verify-full&sslrootcert=/etc/kluis/db-ca.pem`
+    /// or `host=/run/postgresql dbname=kluis`. Several nodes serve one such store.
+    #[arg(long)]
+    pub store: Option<String>,
     /// Address to listen on, e.g. 127.0.0.1:50051 (overrides the configuration).
     #[arg(long)]
     pub listen: Option<String>,
@@ -83,6 +88,9 @@ pub fn run(args: &ServeArgs) -> Exit {
     }
     if let Some(l) = &args.listen {
         raw.listen = Some(l.clone());
+    }
+    if let Some(url) = &args.store {
+        raw.store = Some(url.clone());
     }
     if let Some(k) = &args.key_file {
         raw.key_file = Some(k.clone());
@@ -151,7 +159,12 @@ pub fn run(args: &ServeArgs) -> Exit {
         let addr = listener.local_addr().unwrap_or(cfg.listen);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let tls_on = tls.is_some();
-        tracing::info!(%addr, tls = tls_on, data_dir = %cfg.data_dir.display(), "kluis serving");
+        match &cfg.store {
+            Some(url) => tracing::info!(%addr, tls = tls_on, store = %url, "kluis serving"),
+            None => {
+                tracing::info!(%addr, tls = tls_on, data_dir = %cfg.data_dir.display(), "kluis serving");
+            }
+        }
         if args.dev {
             print_dev_banner(&cfg.data_dir, addr);
         } else {
@@ -212,16 +225,24 @@ fn open(cfg: &Config) -> Result<Vault, Exit> {
 fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     config::create_private_dir(&cfg.data_dir)
         .map_err(|e| fail(format!("cannot create `{}`: {e}", cfg.data_dir.display())))?;
-    let store = config::open_store(&cfg.data_dir).map_err(fail)?;
+    let store = config::open_configured_store(&cfg.data_dir, cfg.store.as_ref()).map_err(fail)?;
     let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;
     let not_dev = || {
-        eprintln!(
-            "error: `{dir}` holds a store that `kluis serve --dev` did not create (made by \
-             `kluis init`, or restored from a backup); --dev would mint a token for every role \
-             on it. Serve it with `kluis serve --data-dir {dir} --key-file FILE` (or \
-             --passphrase-file) and its own root key, or give --dev a new directory",
-            dir = cfg.data_dir.display()
-        );
+        match &cfg.store {
+            Some(url) => eprintln!(
+                "error: {url} holds a store that `kluis serve --dev` did not create (made by \
+                 `kluis init`, or restored from a backup); --dev would mint a token for every \
+                 role on it. Serve it with `kluis serve --store URL --key-file FILE` (or \
+                 --passphrase-file) and its own root key, or give --dev an empty database"
+            ),
+            None => eprintln!(
+                "error: `{dir}` holds a store that `kluis serve --dev` did not create (made by \
+                 `kluis init`, or restored from a backup); --dev would mint a token for every \
+                 role on it. Serve it with `kluis serve --data-dir {dir} --key-file FILE` (or \
+                 --passphrase-file) and its own root key, or give --dev a new directory",
+                dir = cfg.data_dir.display()
+            ),
+        }
         Exit::CheckFailed
     };
     if !fresh && !Vault::claims_dev_store(store.as_ref()).map_err(fail)? {

@@ -288,12 +288,42 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         mac: vec![0x12; 32],
         ..v1.clone()
     };
+    // Subject keys under v1 (made while it is active) are counted, listed and rewrapped
+    // conditionally.
+    for i in 0..3 {
+        let row = SubjectKeyRow {
+            subject: format!("rot-{i}"),
+            purpose: "nuisance".into(),
+            generation: 1,
+            purpose_version: 1,
+            wrapped: vec![i; 40],
+            created_at: 30,
+        };
+        store
+            .insert_subject_key(&row, &anchor(&row.subject))
+            .unwrap();
+    }
     // Without naming the active version it retires, a rotation is refused.
     assert!(matches!(
         store.rotate_purpose_key(None, &v2),
         Err(StoreError::Stale(_))
     ));
     store.rotate_purpose_key(Some(&retired), &v2).unwrap();
+    // A node that has not seen the rotation yet wraps a new subject key under v1: refused, so
+    // that every new key is under the active version.
+    let late = SubjectKeyRow {
+        subject: "rot-late".into(),
+        purpose: "nuisance".into(),
+        generation: 1,
+        purpose_version: 1,
+        wrapped: vec![7; 40],
+        created_at: 31,
+    };
+    assert!(matches!(
+        store.insert_subject_key(&late, &anchor(&late.subject)),
+        Err(StoreError::NotLive { version: 1, .. })
+    ));
+    assert_eq!(store.subject_key("rot-late", "nuisance").unwrap(), None);
     // A second rotation from the same (no longer active) version is refused.
     let v3 = PurposeKeyRow {
         version: 3,
@@ -308,20 +338,6 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     assert_eq!(versions[0], PurposeKeyRow { ..retired.clone() });
     assert_eq!(versions[1], v2);
 
-    // Subject keys under v1 are counted, listed and rewrapped conditionally.
-    for i in 0..3 {
-        let row = SubjectKeyRow {
-            subject: format!("rot-{i}"),
-            purpose: "nuisance".into(),
-            generation: 1,
-            purpose_version: 1,
-            wrapped: vec![i; 40],
-            created_at: 30,
-        };
-        store
-            .insert_subject_key(&row, &anchor(&row.subject))
-            .unwrap();
-    }
     let counts = store.subject_key_counts("nuisance").unwrap();
     assert_eq!(counts, vec![(1, 4)]);
     let destroyed = PurposeKeyRow {

@@ -196,6 +196,11 @@ CREATE TABLE subject_anchors (
     mac      BYTEA  NOT NULL,
     digest   BYTEA  NOT NULL
 );
+CREATE TABLE kluis_epoch (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    n        BIGINT NOT NULL
+);
+INSERT INTO kluis_epoch (n) VALUES (0);
 CREATE TABLE audit (
     seq       BIGINT PRIMARY KEY,
     entry     BYTEA NOT NULL,
@@ -462,6 +467,17 @@ impl PgStore {
             tx.tx.commit().map_err(db)?;
             Ok(value)
         })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Closing a connection blocks on its runtime: step aside from an async worker first.
+        let idle = match self.idle.get_mut() {
+            Ok(pool) => std::mem::take(&mut pool.idle),
+            Err(poisoned) => std::mem::take(&mut poisoned.into_inner().idle),
+        };
+        blocking(move || drop(idle));
     }
 }
 
@@ -1006,6 +1022,13 @@ const HOLD_ON_RECORD: &str = "SELECT h.id FROM holds h JOIN records r ON h.subje
 const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM holds h WHERE h.released_at IS NULL
     AND h.subject = r.subject AND (h.record_id IS NULL OR h.record_id = r.id))";
 
+/// Moves the change epoch on (see `MetaStore::change_epoch`), in the transaction of the change:
+/// other nodes see the new number once the change is visible to them.
+fn bump_epoch(tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    tx.exec("UPDATE kluis_epoch SET n = n + 1", &[])?;
+    Ok(())
+}
+
 fn select_anchor(tx: &mut Tx<'_>, subject: &str) -> Result<Option<AnchorRow>, StoreError> {
     tx.opt(
         &format!("SELECT {ANCHOR_COLUMNS} FROM subject_anchors WHERE subject = $1"),
@@ -1090,9 +1113,9 @@ fn update_key_row(tx: &mut Tx<'_>, row: &PurposeKeyRow, from: KeyState) -> Resul
     )
 }
 
-/// Fails with `NotLive` unless the purpose key version can still wrap keys (active or
-/// decrypt-only): a key wrapped by a node that has not yet seen a rotation or destruction must
-/// not land on a version that cannot unwrap it.
+/// Fails with `NotLive` unless the purpose key version is the active one: a key wrapped just
+/// before a rotation (or by a node that has not seen it yet) must not land on a retired or
+/// destroyed version; the core wraps it again under the active one.
 fn check_version_live(tx: &mut Tx<'_>, purpose: &str, version: u32) -> Result<(), StoreError> {
     let state: Option<String> = tx
         .opt(
@@ -1102,7 +1125,7 @@ fn check_version_live(tx: &mut Tx<'_>, purpose: &str, version: u32) -> Result<()
         .map(|r| get(&r, 0))
         .transpose()?;
     match state.as_deref() {
-        Some("active" | "decrypt-only") => Ok(()),
+        Some("active") => Ok(()),
         _ => Err(StoreError::NotLive {
             purpose: purpose.to_owned(),
             version,

@@ -677,8 +677,9 @@ fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Fails with `NotLive` unless the purpose key version can still wrap keys (active or
-/// decrypt-only): a key wrapped just before a rotation must not land on a destroyed version.
+/// Fails with `NotLive` unless the purpose key version is the active one: a key wrapped just
+/// before a rotation (or by a node that has not seen it yet) must not land on a retired or
+/// destroyed version; the core wraps it again under the active one.
 fn check_version_live(c: &Connection, purpose: &str, version: u32) -> Result<(), StoreError> {
     let state: Option<String> = c
         .query_row(
@@ -689,7 +690,7 @@ fn check_version_live(c: &Connection, purpose: &str, version: u32) -> Result<(),
         .optional()
         .map_err(db)?;
     match state.as_deref() {
-        Some("active" | "decrypt-only") => Ok(()),
+        Some("active") => Ok(()),
         _ => Err(StoreError::NotLive {
             purpose: purpose.to_owned(),
             version,

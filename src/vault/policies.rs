@@ -95,6 +95,8 @@ impl Vault {
         self.audit.append(&event)?;
         self.store
             .set_meta(META_POLICY_DIGEST, engine.digest().as_bytes())?;
+        // The set in force lives in the store: the other nodes take it up within a second.
+        super::nodes::store_policy_set(self.store.as_ref(), &self.rows, &engine)?;
         match self.policy.write() {
             Ok(mut p) => *p = Arc::new(engine),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),

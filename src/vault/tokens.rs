@@ -140,15 +140,38 @@ const META_TOKEN_REGISTER: &str = "token_register";
 /// and authenticates nobody; one missing from the register likewise.
 #[derive(Default)]
 pub(crate) struct TokenRegister {
-    /// `None` until first read from the store.
-    macs: std::sync::Mutex<Option<std::collections::BTreeMap<String, String>>>,
+    /// `None` until first read from the store, and again once another node changed it.
+    macs: std::sync::Mutex<Option<RegisterCopy>>,
 }
 
+/// The register as this node last read or wrote it: the MACs and the stored bytes they came
+/// from (what a change must find still stored).
+struct RegisterCopy {
+    map: std::collections::BTreeMap<String, String>,
+    stored: Option<Vec<u8>>,
+}
+
+/// How often a register change is tried again when another node changed the register first.
+const REGISTER_RETRIES: usize = 16;
+
 impl Vault {
+    fn read_register(&self) -> Result<RegisterCopy, VaultError> {
+        let stored = self.store.meta(META_TOKEN_REGISTER)?;
+        let map = match &stored {
+            None => std::collections::BTreeMap::new(),
+            Some(stored) => {
+                let bytes = self.rows.open_meta(META_TOKEN_REGISTER, stored)?;
+                serde_json::from_slice(bytes)
+                    .map_err(|_| VaultError::DataLoss("stored token register".into()))?
+            }
+        };
+        Ok(RegisterCopy { map, stored })
+    }
+
     /// The register's MACs, read from the store on first use (its own MAC checked).
     fn with_register<T>(
         &self,
-        f: impl FnOnce(&mut std::collections::BTreeMap<String, String>) -> Result<T, VaultError>,
+        f: impl FnOnce(&std::collections::BTreeMap<String, String>) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let mut guard = self
             .token_register
@@ -156,55 +179,106 @@ impl Vault {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if guard.is_none() {
-            let map = match self.store.meta(META_TOKEN_REGISTER)? {
-                None => std::collections::BTreeMap::new(),
-                Some(stored) => {
-                    let bytes = self.rows.open_meta(META_TOKEN_REGISTER, &stored)?;
-                    serde_json::from_slice(bytes)
-                        .map_err(|_| VaultError::DataLoss("stored token register".into()))?
-                }
-            };
-            *guard = Some(map);
+            *guard = Some(self.read_register()?);
         }
-        let map = guard.get_or_insert_with(std::collections::BTreeMap::new);
-        f(map)
+        match guard.as_ref() {
+            Some(copy) => f(&copy.map),
+            None => f(&std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// Forgets the register held in memory: another node changed it.
+    pub(crate) fn forget_token_register(&self) {
+        *self
+            .token_register
+            .macs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Sets the register's entry for `id` to `mac` (`None`: removes it) when it is `expect`,
+    /// compare-and-set against the stored register so that changes by other nodes are not
+    /// lost; reads the register again when another node changed it first. Returns the entry
+    /// before the change.
+    fn change_register(
+        &self,
+        copy: &mut Option<RegisterCopy>,
+        id: &str,
+        mac: Option<String>,
+        expect: Option<Option<&str>>,
+    ) -> Result<Option<String>, VaultError> {
+        for _ in 0..REGISTER_RETRIES {
+            let current = match copy.take() {
+                Some(c) => c,
+                None => self.read_register()?,
+            };
+            let before = current.map.get(id).cloned();
+            if let Some(expected) = expect
+                && before.as_deref() != expected
+            {
+                *copy = Some(current);
+                return Ok(before);
+            }
+            let mut next = current.map.clone();
+            match &mac {
+                Some(m) => next.insert(id.to_owned(), m.clone()),
+                None => next.remove(id),
+            };
+            let bytes = serde_json::to_vec(&next).map_err(|e| {
+                VaultError::Store(crate::store::StoreError::Database(e.to_string()))
+            })?;
+            let sealed = self.rows.seal_meta(META_TOKEN_REGISTER, &bytes);
+            match self
+                .store
+                .replace_meta(META_TOKEN_REGISTER, current.stored.as_deref(), &sealed)
+            {
+                Ok(()) => {
+                    *copy = Some(RegisterCopy {
+                        map: next,
+                        stored: Some(sealed),
+                    });
+                    return Ok(before);
+                }
+                // Another node changed the register since it was read: read it again.
+                Err(crate::store::StoreError::Stale(_)) => *copy = None,
+                Err(e) => {
+                    *copy = Some(current);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(VaultError::Store(crate::store::StoreError::Stale(
+            "the token register (other nodes kept changing it)".into(),
+        )))
     }
 
     /// Registers `row`'s MAC as the one its token must carry, in the store, then writes the row
-    /// with `write`, both under the register's lock (so two changes of one token cannot leave
-    /// the register naming the one that lost); when `write` fails, the register is put back.
+    /// with `write`, both under the register's lock (so two changes of one token in this
+    /// process cannot leave the register naming the one that lost); when `write` fails, the
+    /// entry is put back as it was, unless another change replaced it meanwhile.
     fn register_token<T>(
         &self,
         row: &TokenRow,
         write: impl FnOnce() -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
-        self.with_register(|map| {
-            let store_map = |m: &std::collections::BTreeMap<String, String>| {
-                let bytes = serde_json::to_vec(m).map_err(|e| {
-                    VaultError::Store(crate::store::StoreError::Database(e.to_string()))
-                })?;
-                self.store.set_meta(
-                    META_TOKEN_REGISTER,
-                    &self.rows.seal_meta(META_TOKEN_REGISTER, &bytes),
-                )?;
-                Ok::<_, VaultError>(())
-            };
-            let mut next = map.clone();
-            next.insert(row.id.clone(), hex::encode(&row.mac));
-            store_map(&next)?;
-            match write() {
-                Ok(t) => {
-                    *map = next;
-                    Ok(t)
+        let mut guard = self
+            .token_register
+            .macs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mac = hex::encode(&row.mac);
+        let before = self.change_register(&mut guard, &row.id, Some(mac.clone()), None)?;
+        match write() {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                if let Err(undo) =
+                    self.change_register(&mut guard, &row.id, before, Some(Some(&mac)))
+                {
+                    tracing::error!(error = %undo, token = %row.id, "could not put the token register back after a failed write");
                 }
-                Err(e) => {
-                    if let Err(undo) = store_map(map) {
-                        tracing::error!(error = %undo, token = %row.id, "could not put the token register back after a failed write");
-                    }
-                    Err(e)
-                }
+                Err(e)
             }
-        })
+        }
     }
 
     /// Whether `row` carries the MAC the register names for it (compared in constant time).
@@ -225,6 +299,7 @@ impl Vault {
     /// Establishes who presents `token`. Unknown, expired and revoked tokens are refused alike
     /// in the message the caller sees.
     pub fn authenticate(&self, token: &BearerToken) -> Result<Principal, VaultError> {
+        self.check_root_current()?;
         let unauthenticated =
             || VaultError::Unauthenticated("unknown, expired or revoked token".into());
         let hash = token.hash();

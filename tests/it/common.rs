@@ -92,6 +92,54 @@ impl TestServer {
         server
     }
 
+    /// A node on the PostgreSQL store `url`, initialised with `secret` when it is empty; local
+    /// files (none of the store) in `dir`.
+    pub async fn start_node(url: &str, dir: &Path, secret: &RootSecret) -> Self {
+        let cfg = RawConfig {
+            data_dir: Some(dir.to_owned()),
+            store: Some(url.to_owned()),
+            ..Default::default()
+        };
+        let validated = RawConfig {
+            data_dir: Some(dir.to_owned()),
+            store: Some(url.to_owned()),
+            ..Default::default()
+        }
+        .validate(false)
+        .unwrap();
+        let store = config::open_configured_store(dir, validated.store.as_ref()).unwrap();
+        if !Keyring::is_initialized(store.as_ref()).unwrap() {
+            Keyring::initialize(store.as_ref(), secret, Algorithm::Aes256Gcm).unwrap();
+        }
+        Self::open_config(dir, secret, None, cfg).await.unwrap()
+    }
+
+    /// Like `start_node`, with the policies of `file` (reloadable).
+    pub async fn start_node_with_policies(
+        url: &str,
+        dir: &Path,
+        secret: &RootSecret,
+        file: &Path,
+    ) -> Self {
+        let first = Self::start_node(url, dir, secret).await;
+        drop(first.stop().await);
+        let cfg = RawConfig {
+            data_dir: Some(dir.to_owned()),
+            store: Some(url.to_owned()),
+            policy: Some(config::RawPolicy {
+                schema: None,
+                policies: Some(vec![file.to_owned()]),
+            }),
+            ..Default::default()
+        };
+        Self::open_config(dir, secret, None, cfg).await.unwrap()
+    }
+
+    /// Uses the role tokens `other` issued (on the same store).
+    pub fn share_tokens(&mut self, other: &TestServer) {
+        self.tokens = other.tokens.clone();
+    }
+
     /// A server over an existing store in `dir`.
     pub async fn open(dir: &Path, secret: &RootSecret) -> Result<Self, config::OpenError> {
         Self::open_with(dir, secret, None, None).await

@@ -27,6 +27,7 @@ mod freshness;
 mod guard;
 mod hygiene;
 mod lifecycle;
+mod nodes;
 mod pg;
 mod policy_reload;
 mod policy_table;

@@ -181,6 +181,10 @@ impl Cluster {
 
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start(&self) {
+        blocking(|| self.start_blocking());
+    }
+
+    fn start_blocking(&self) {
         let options = format!(
             "-k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off \
              -c max_connections=400 -c shared_buffers=64MB",
@@ -204,7 +208,9 @@ impl Cluster {
 
     /// Stops the server (fast shutdown: connections are cut).
     pub fn stop(&self) {
-        run(&mut self.command("pg_ctl", &["stop", "-w", "-m", "fast", "-D"], &[&self.data]));
+        blocking(|| {
+            run(&mut self.command("pg_ctl", &["stop", "-w", "-m", "fast", "-D"], &[&self.data]))
+        });
     }
 
     /// The server's log, for failure messages.
@@ -226,6 +232,10 @@ impl Cluster {
 
     /// A new, empty database; its connection string.
     pub fn database(&self) -> String {
+        blocking(|| self.create_database())
+    }
+
+    fn create_database(&self) -> String {
         let name = format!("kluis_{}", self.next_db.fetch_add(1, Ordering::Relaxed));
         let mut admin = postgres::Client::connect(&self.admin_url(), postgres::NoTls).unwrap();
         admin
@@ -251,6 +261,10 @@ impl Cluster {
 
     /// Restores a dump made by `dump` into the new database `database`.
     pub fn restore(&self, database: &str, file: &Path) {
+        blocking(|| self.restore_blocking(database, file));
+    }
+
+    fn restore_blocking(&self, database: &str, file: &Path) {
         let mut admin = postgres::Client::connect(&self.admin_url(), postgres::NoTls).unwrap();
         admin
             .batch_execute(&format!("CREATE DATABASE {database}"))
@@ -299,6 +313,16 @@ fn run(c: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs `f`, which blocks, outside an async runtime's scheduler when called on one.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 fn rand_u32() -> u32 {

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// The advisory lock key appenders of the trail take ("audit" in ASCII).
+const AUDIT_LOCK: i64 = 0x0061_7564_6974;
+
 impl AuditStore for PgStore {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -21,6 +24,38 @@ impl AuditStore for PgStore {
                 )?;
             }
             Ok(())
+        })
+    }
+
+    fn append_chained(
+        &self,
+        chain: &mut crate::store::Chain<'_>,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        self.write(|tx| {
+            // One appender at a time across all nodes, until this transaction ends.
+            tx.exec("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
+            let tail = tx
+                .opt(
+                    &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"),
+                    &[],
+                )?
+                .map(|r| audit_from_row(&r))
+                .transpose()?;
+            let rows = chain(tail.as_ref())?;
+            for row in &rows {
+                tx.insert(
+                    &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"),
+                    &[
+                        &big(row.seq)?,
+                        &row.entry,
+                        &row.prev_hash,
+                        &row.hash,
+                        &row.mac,
+                    ],
+                    || format!("audit entry {}", row.seq),
+                )?;
+            }
+            Ok(rows)
         })
     }
 

@@ -88,12 +88,19 @@ impl KeyStore for PgStore {
                     new.purpose
                 )));
             }
-            insert_purpose_key(tx, new)
+            insert_purpose_key(tx, new)?;
+            bump_epoch(tx)
         })
     }
 
     fn update_purpose_key(&self, row: &PurposeKeyRow, from: KeyState) -> Result<bool, StoreError> {
-        self.write(|tx| Ok(update_key_row(tx, row, from)? > 0))
+        self.write(|tx| {
+            let changed = update_key_row(tx, row, from)? > 0;
+            if changed {
+                bump_epoch(tx)?;
+            }
+            Ok(changed)
+        })
     }
 
     fn destroy_purpose_key(&self, row: &PurposeKeyRow) -> Result<(), StoreError> {
@@ -119,7 +126,7 @@ impl KeyStore for PgStore {
                     &row.mac,
                 ],
             )?;
-            Ok(())
+            bump_epoch(tx)
         })
     }
 
@@ -144,7 +151,7 @@ impl KeyStore for PgStore {
                     &[key, value],
                 )?;
             }
-            Ok(())
+            bump_epoch(tx)
         })
     }
 
@@ -175,7 +182,7 @@ impl KeyStore for PgStore {
                     &[&row.purpose, &i64::from(row.version), &row.mac],
                 )?;
             }
-            Ok(())
+            bump_epoch(tx)
         })
     }
 
@@ -354,6 +361,8 @@ impl KeyStore for PgStore {
                 "DELETE FROM subject_keys WHERE subject = $1 AND purpose = $2 AND generation < $3",
                 &[&new_key.subject, &new_key.purpose, &generation],
             )?;
+            // Other nodes drop the old generation they may hold in memory.
+            bump_epoch(tx)?;
             Ok(Some(done))
         })
     }

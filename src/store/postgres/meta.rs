@@ -19,7 +19,35 @@ impl MetaStore for PgStore {
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 &[&key, &value],
             )?;
-            Ok(())
+            bump_epoch(tx)
+        })
+    }
+
+    fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let stored: Option<Vec<u8>> = tx
+                .opt("SELECT value FROM meta WHERE key = $1 FOR UPDATE", &[&key])?
+                .map(|r| get(&r, 0))
+                .transpose()?;
+            if stored.as_deref() != prev {
+                return Err(StoreError::Stale(format!("metadata `{key}`")));
+            }
+            tx.exec(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &next],
+            )?;
+            bump_epoch(tx)
+        })
+    }
+
+    fn change_epoch(&self) -> Result<Option<i64>, StoreError> {
+        self.with_conn(|c| {
+            let row = c
+                .client
+                .query_one("SELECT n FROM kluis_epoch", &[])
+                .map_err(db)?;
+            Ok(Some(get(&row, 0)?))
         })
     }
 

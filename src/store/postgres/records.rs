@@ -146,6 +146,8 @@ impl RecordStore for PgStore {
                     "DELETE FROM subject_keys WHERE subject = $1 AND purpose = $2",
                     &[&subject, &purpose],
                 )?;
+                // Other nodes drop the shredded key they may hold in memory.
+                bump_epoch(tx)?;
             }
             Ok(Some(left == 0))
         })
@@ -298,6 +300,9 @@ impl RecordStore for PgStore {
                     )?;
                     shredded.push(purpose);
                 }
+            }
+            if !shredded.is_empty() {
+                bump_epoch(tx)?;
             }
             Ok((destroyed, shredded))
         })

@@ -134,7 +134,7 @@ impl RightsStore for PgStore {
                 ],
                 || format!("token `{}`", row.id),
             )?;
-            Ok(())
+            bump_epoch(tx)
         })
     }
 
@@ -151,21 +151,29 @@ impl RightsStore for PgStore {
 
     fn revoke_token(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
         self.write(|tx| {
-            Ok(tx.exec(
+            let changed = tx.exec(
                 "UPDATE tokens SET revoked_at = $2, mac = $3 WHERE id = $1 AND revoked_at IS NULL",
                 &[&id, &at, &mac],
-            )? > 0)
+            )? > 0;
+            if changed {
+                bump_epoch(tx)?;
+            }
+            Ok(changed)
         })
     }
 
     fn approve_token(&self, id: &str, by: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
         self.write(|tx| {
-            Ok(tx.exec(
+            let changed = tx.exec(
                 "UPDATE tokens SET approved_by = $2, approved_at = $3, mac = $4
                  WHERE id = $1 AND needs_approval AND approved_at IS NULL
                    AND revoked_at IS NULL",
                 &[&id, &by, &at, &mac],
-            )? > 0)
+            )? > 0;
+            if changed {
+                bump_epoch(tx)?;
+            }
+            Ok(changed)
         })
     }
 

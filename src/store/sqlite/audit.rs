@@ -28,6 +28,46 @@ impl AuditStore for SqliteStore {
         tx.commit().map_err(db)
     }
 
+    fn append_chained(
+        &self,
+        chain: &mut crate::store::Chain<'_>,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let tail = tx
+            .prepare_cached(
+                "SELECT seq, entry, prev_hash, hash, mac FROM audit ORDER BY seq DESC LIMIT 1",
+            )
+            .map_err(db)?
+            .query_row([], audit_from_row)
+            .optional()
+            .map_err(db)?;
+        let rows = chain(tail.as_ref())?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db)?;
+            for row in &rows {
+                let seq = i64::try_from(row.seq)
+                    .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
+                stmt.execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
+                    .map_err(|e| {
+                        if is_constraint(&e) {
+                            StoreError::Exists(format!("audit entry {}", row.seq))
+                        } else {
+                            db(e)
+                        }
+                    })?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(rows)
+    }
+
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError> {
         self.read(|c| {
             c.query_row(

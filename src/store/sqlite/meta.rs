@@ -21,6 +21,31 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let stored: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        if stored.as_deref() != prev {
+            return Err(StoreError::Stale(format!("metadata `{key}`")));
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, next],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn change_epoch(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
+
     fn initialize(
         &self,
         meta: &[(&str, Vec<u8>)],

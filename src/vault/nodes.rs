@@ -1,0 +1,157 @@
+//! Several nodes on one store: what a node holds in memory (unwrapped keys, the token register,
+//! the policy set in force, the root key) follows the changes other nodes make, within
+//! `FOLLOW_INTERVAL` and the time one poll takes.
+//!
+//! The store moves a change epoch in the transaction of every change other nodes must take in
+//! (`MetaStore::change_epoch`); the server polls it and, when it moved, this node forgets its
+//! unwrapped keys and token register and takes up the policy set the store holds. Correctness
+//! does not rest on this: the store refuses what a node that has not caught up would do wrong
+//! (a key wrapped under a retired version, a value sealed under a replaced subject key, an
+//! anchor or field set changed meanwhile), and decisions read holds, consents and mandates from
+//! the store each time.
+//!
+//! A node whose root key another node replaced can unwrap nothing new: it stops serving
+//! (`UNAVAILABLE`, health `NOT_SERVING`) until it is restarted with the new secret.
+
+use std::sync::{Mutex, atomic::AtomicBool, atomic::Ordering};
+
+use super::{Vault, VaultError, rows::RowAuth};
+use crate::{
+    policy::{Engine, PolicySources},
+    store::Store,
+};
+
+/// How often a node looks for changes other nodes made. The README states the bound: a change
+/// made through any node is in force on every node within one second.
+pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Store metadata key of the policy set in force (its texts, under a MAC of the row key).
+pub(crate) const META_POLICY_SET: &str = "policy_set";
+
+/// What a node last took in.
+#[derive(Default)]
+pub(crate) struct Follower {
+    epoch: Mutex<Option<i64>>,
+    /// Set once another node replaced the root key this node holds.
+    root_replaced: AtomicBool,
+}
+
+/// Stores `engine`'s texts as the policy set in force, when they are not stored already.
+pub(crate) fn store_policy_set(
+    store: &dyn Store,
+    rows: &RowAuth,
+    engine: &Engine,
+) -> Result<(), VaultError> {
+    if let Some(stored) = stored_policy_set(store, rows)?
+        && stored == *engine.sources()
+    {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(engine.sources())
+        .map_err(|e| VaultError::Store(crate::store::StoreError::Database(e.to_string())))?;
+    store.set_meta(META_POLICY_SET, &rows.seal_meta(META_POLICY_SET, &bytes))?;
+    Ok(())
+}
+
+/// The policy set the store holds, its MAC checked.
+pub(crate) fn stored_policy_set(
+    store: &dyn Store,
+    rows: &RowAuth,
+) -> Result<Option<PolicySources>, VaultError> {
+    let Some(stored) = store.meta(META_POLICY_SET)? else {
+        return Ok(None);
+    };
+    let bytes = rows.open_meta(META_POLICY_SET, &stored)?;
+    serde_json::from_slice(bytes)
+        .map(Some)
+        .map_err(|_| VaultError::DataLoss("the stored policy set".into()))
+}
+
+/// The policy set a node starting on a shared store decides by: the one in force on the other
+/// nodes (the store's), not its own files, which take effect only through a reload on it.
+pub(crate) fn policy_at_start(
+    store: &dyn Store,
+    rows: &RowAuth,
+    local: Engine,
+) -> Result<Engine, VaultError> {
+    if store.change_epoch()?.is_none() {
+        return Ok(local);
+    }
+    let Some(sources) = stored_policy_set(store, rows)? else {
+        return Ok(local);
+    };
+    if sources == *local.sources() {
+        return Ok(local);
+    }
+    let engine = Engine::from_files(&sources.schema, &sources.files)?;
+    tracing::warn!(
+        in_force = %engine.digest(),
+        local = %local.digest(),
+        "this node's policy files differ from the set in force on the shared store; the set in \
+         force decides here too. Run `kluis admin policy reload` against this node to make its \
+         files the set in force everywhere"
+    );
+    Ok(engine)
+}
+
+impl Vault {
+    /// Takes in the changes other nodes made since the last call: forgets unwrapped keys and
+    /// the token register, takes up the stored policy set, and stops serving when the root key
+    /// was replaced. Returns whether anything had changed. Does nothing on a store only this
+    /// process uses.
+    pub fn follow_store(&self) -> Result<bool, VaultError> {
+        let Some(epoch) = self.store.change_epoch()? else {
+            return Ok(false);
+        };
+        let mut last = self
+            .follower
+            .epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last == Some(epoch) {
+            return Ok(false);
+        }
+        // Read the epoch first, then drop what may be stale: a change committed meanwhile moves
+        // the epoch again and is taken in at the next call.
+        self.keyring.forget_all();
+        self.forget_token_register();
+        if !self.keyring.root_is_current()?
+            && !self.follower.root_replaced.swap(true, Ordering::SeqCst)
+        {
+            tracing::error!(
+                "another node changed the root key: this node can unwrap nothing new and stops \
+                 serving; restart it with the new passphrase or key file"
+            );
+        }
+        if let Some(sources) = stored_policy_set(self.store.as_ref(), &self.rows)?
+            && sources != *self.policy().sources()
+        {
+            let engine = Engine::from_files(&sources.schema, &sources.files)?;
+            tracing::info!(digest = %engine.digest(), "policy set changed on another node; in force here now");
+            match self.policy.write() {
+                Ok(mut p) => *p = std::sync::Arc::new(engine),
+                Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(engine),
+            }
+        }
+        *last = Some(epoch);
+        Ok(true)
+    }
+
+    /// Fails with `UNAVAILABLE` once another node replaced the root key this node holds.
+    pub(crate) fn check_root_current(&self) -> Result<(), VaultError> {
+        if self.follower.root_replaced.load(Ordering::SeqCst) {
+            return Err(VaultError::Unavailable(
+                "this node's root key was replaced on another node; restart it with the new \
+                 passphrase or key file"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this node can serve: its trail can be written and its root key is current.
+    pub fn is_serving(&self) -> bool {
+        !self.follower.root_replaced.load(Ordering::SeqCst)
+            && (self.audit_writable() || self.probe_audit().is_ok())
+    }
+}

@@ -1,0 +1,490 @@
+//! Several kluis nodes on one PostgreSQL store, over real gRPC: what one node writes the other
+//! reads, a change made through one is in force on the other within a second (the bound the
+//! README states), the audit trail stays one chain, and a database that goes away answers
+//! `UNAVAILABLE` and is used again by itself when it is back.
+
+use std::time::{Duration, Instant};
+
+use kluis::{domain::Role, keys::RootSecret, pb, policy::DEFAULT_POLICIES};
+use tonic::Code;
+
+use crate::{common::*, pg};
+
+/// The bound the README states for a change to be in force on every node.
+const IN_FORCE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Two nodes on a fresh database of `cluster`, with role tokens issued on A.
+async fn two_nodes(
+    cluster: &pg::Cluster,
+    policy_file: Option<&std::path::Path>,
+) -> (tempfile::TempDir, TestServer, TestServer) {
+    let url = cluster.database();
+    let tmp = private_tempdir();
+    let secret = RootSecret::create_key_file(&tmp.path().join("root.key")).unwrap();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&dir_a, &dir_b] {
+        kluis::config::create_private_dir(d).unwrap();
+    }
+    let mut a = match policy_file {
+        None => TestServer::start_node(&url, &dir_a, &secret).await,
+        Some(f) => TestServer::start_node_with_policies(&url, &dir_a, &secret, f).await,
+    };
+    a.issue_role_tokens();
+    let mut b = match policy_file {
+        None => TestServer::start_node(&url, &dir_b, &secret).await,
+        Some(f) => TestServer::start_node_with_policies(&url, &dir_b, &secret, f).await,
+    };
+    b.share_tokens(&a);
+    (tmp, a, b)
+}
+
+/// Polls `check` until it holds, for at most the stated bound (plus a margin for a loaded test
+/// machine); returns how long it took.
+async fn within_bound(what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < IN_FORCE_WITHIN + Duration::from_millis(500),
+            "{what}: not in force on the other node after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_one_node_writes_the_other_reads_and_the_trail_is_one_chain() {
+    let Some(cluster) = pg::cluster() else { return };
+    let (_tmp, a, b) = two_nodes(cluster, None).await;
+    let id = put(
+        &a,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-N1",
+        vec![text("report", "nuisance-evidence", "loud music at night")],
+    )
+    .await;
+    let read = get(&b, b.token(Role::NuisanceOfficer), nuisance_ctx(), &id)
+        .await
+        .unwrap();
+    assert_eq!(
+        text_of(field(&read, "report").unwrap()),
+        "loud music at night"
+    );
+
+    // Both nodes write at once, many times: every write lands, and the trail is one chain.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let addr = node.addr;
+        let token = node.token(Role::NuisanceOfficer).to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut client = pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            client
+                .put_record(req(
+                    &token,
+                    pb::PutRecordRequest {
+                        context: nuisance_ctx(),
+                        subject_id: format!("REL-C{}", i % 5),
+                        fields: vec![text("report", "nuisance-evidence", &format!("report {i}"))],
+                        labels: Default::default(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .record_id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let node = if i % 2 == 0 { &b } else { &a };
+        let r = get(node, node.token(Role::NuisanceOfficer), nuisance_ctx(), id)
+            .await
+            .unwrap();
+        assert_eq!(text_of(field(&r, "report").unwrap()), format!("report {i}"));
+    }
+    for node in [&a, &b] {
+        let verified = node
+            .admin()
+            .await
+            .verify_audit(req(
+                node.token(Role::SecurityOfficer),
+                pb::VerifyAuditRequest { expect_head: None },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(verified.intact, "{}", verified.problem);
+        // Both nodes' writes and reads are on it: an entry for each.
+        assert!(verified.count >= 82, "{}", verified.count);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_made_on_one_node_are_in_force_on_the_other_within_a_second() {
+    let Some(cluster) = pg::cluster() else { return };
+    let tmp = private_tempdir();
+    let policy = tmp.path().join("policies.cedar");
+    std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
+    let (_nodes, a, b) = two_nodes(cluster, Some(&policy)).await;
+    let so = a.token(Role::SecurityOfficer).to_owned();
+    let id = put(
+        &a,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-F1",
+        vec![text("email", "contact", "f1@example.nl")],
+    )
+    .await;
+    get(
+        &b,
+        b.token(Role::CustomerService),
+        ctx("contract", "", ""),
+        &id,
+    )
+    .await
+    .unwrap();
+
+    // A token issued on A works on B (B had read the token register before).
+    let issued = a
+        .admin()
+        .await
+        .issue_token(req(
+            &so,
+            pb::IssueTokenRequest {
+                principal_id: "analyst-7".into(),
+                roles: vec!["analyst".into()],
+                ttl_seconds: 3600,
+                scope_subject_id: String::new(),
+                justification: "monthly figures".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let who = |node: &TestServer, token: String| {
+        let addr = node.addr;
+        async move {
+            let mut c = pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            c.who_am_i(req(&token, pb::WhoAmIRequest {})).await
+        }
+    };
+    let took = within_bound("token issue", async || {
+        who(&b, issued.token.clone()).await.is_ok()
+    })
+    .await;
+    eprintln!("token issued on A works on B after {took:?}");
+
+    // Revoked on A: refused on B.
+    a.admin()
+        .await
+        .revoke_token(req(
+            &so,
+            pb::RevokeTokenRequest {
+                token_id: issued.token_id.clone(),
+                justification: "no longer needed".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    within_bound("token revocation", async || {
+        who(&b, issued.token.clone())
+            .await
+            .is_err_and(|s| s.code() == Code::Unauthenticated)
+    })
+    .await;
+
+    // A stricter policy set reloaded on A decides on B.
+    std::fs::write(
+        &policy,
+        format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
+        ),
+    )
+    .unwrap();
+    let reloaded = a
+        .admin()
+        .await
+        .reload_policies(req(&so, pb::ReloadPoliciesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reloaded.changed);
+    let took = within_bound("policy reload", async || {
+        get(
+            &b,
+            b.token(Role::CustomerService),
+            ctx("contract", "", ""),
+            &id,
+        )
+        .await
+        .is_err_and(|s| {
+            s.code() == Code::PermissionDenied
+                && s.message()
+                    .contains("no-contract-reads-by-customer-service")
+        })
+    })
+    .await;
+    eprintln!("policy reloaded on A decides on B after {took:?}");
+
+    // A purpose key rotated on A: B wraps a new subject's key under the new version.
+    let rotated = a
+        .admin()
+        .await
+        .rotate_key(req(
+            &so,
+            pb::RotateKeyRequest {
+                purpose: "nuisance".into(),
+                algorithm: String::new(),
+                justification: "yearly rotation".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.version, 2);
+    let mut n = 0;
+    within_bound("key rotation", async || {
+        n += 1;
+        let subject = format!("REL-R{n}");
+        put(
+            &b,
+            Role::NuisanceOfficer,
+            nuisance_ctx(),
+            &subject,
+            vec![text("report", "nuisance-evidence", "after rotation")],
+        )
+        .await;
+        let keys = a
+            .admin()
+            .await
+            .list_keys(req(
+                &so,
+                pb::ListKeysRequest {
+                    purpose: "nuisance".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        // No nuisance subject key existed before the rotation: every one is B's, and each is
+        // under the new version.
+        let nuisance = keys
+            .purposes
+            .iter()
+            .find(|p| p.purpose == "nuisance")
+            .unwrap();
+        let under = |v: u32| {
+            nuisance
+                .versions
+                .iter()
+                .find(|k| k.version == v)
+                .map_or(0, |k| k.subject_keys)
+        };
+        under(1) == 0 && under(2) >= 1
+    })
+    .await;
+
+    // A hold placed on A stops a deletion on B; a consent withdrawn on A stops reads on B.
+    let hold_subject = "REL-H1";
+    let held = put(
+        &b,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        hold_subject,
+        vec![text("report", "nuisance-evidence", "held")],
+    )
+    .await;
+    let adaptation = || ctx("home-adaptation", "WV-2026-3", "stair lift assessment");
+    a.admin()
+        .await
+        .record_consent(req(
+            a.token(Role::PrivacyOfficer),
+            pb::RecordConsentRequest {
+                subject_id: hold_subject.into(),
+                purpose: "home-adaptation".into(),
+                state: "given".into(),
+                justification: "signed consent form".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let medical = put(
+        &b,
+        Role::AdaptationAdvisor,
+        adaptation(),
+        hold_subject,
+        vec![text("needs", "medical", "stair lift")],
+    )
+    .await;
+    get(&b, b.token(Role::AdaptationAdvisor), adaptation(), &medical)
+        .await
+        .unwrap();
+    a.admin()
+        .await
+        .place_hold(req(
+            a.token(Role::LegalCounsel),
+            pb::PlaceHoldRequest {
+                subject_id: hold_subject.into(),
+                record_id: String::new(),
+                reason: "claim pending".into(),
+                case_ref: "LD-2026-9".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut client = b.client().await;
+    let status = client
+        .delete_record(req(
+            b.token(Role::NuisanceOfficer),
+            pb::DeleteRecordRequest {
+                context: nuisance_ctx(),
+                record_id: held.clone(),
+            },
+        ))
+        .await
+        .expect_err("a held record was deleted through the other node");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    a.admin()
+        .await
+        .record_consent(req(
+            a.token(Role::PrivacyOfficer),
+            pb::RecordConsentRequest {
+                subject_id: hold_subject.into(),
+                purpose: "home-adaptation".into(),
+                state: "withdrawn".into(),
+                justification: "withdrawn by letter".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let Err(status) = get(&b, b.token(Role::AdaptationAdvisor), adaptation(), &medical).await
+    else {
+        panic!("medical data was read through the other node after consent was withdrawn");
+    };
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_restart_fails_calls_unavailable_then_kluis_recovers_by_itself() {
+    let Some(cluster) = pg::private_cluster("nodes-restart") else {
+        return;
+    };
+    let (_tmp, a, _b) = two_nodes(&cluster, None).await;
+    let id = put(
+        &a,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-D1",
+        vec![text("report", "nuisance-evidence", "before the restart")],
+    )
+    .await;
+    tokio::task::block_in_place(|| cluster.stop());
+    let Err(status) = get(&a, a.token(Role::NuisanceOfficer), nuisance_ctx(), &id).await else {
+        panic!("a read succeeded while the database was down");
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!status.message().contains("report"), "{status:?}");
+    let mut client = a.client().await;
+    let status = client
+        .put_record(req(
+            a.token(Role::NuisanceOfficer),
+            pb::PutRecordRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-D2".into(),
+                fields: vec![text("report", "nuisance-evidence", "while down")],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .expect_err("a write succeeded while the database was down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    tokio::task::block_in_place(|| cluster.start());
+    // No restart of kluis: the next calls reconnect.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let read = loop {
+        match get(&a, a.token(Role::NuisanceOfficer), nuisance_ctx(), &id).await {
+            Ok(r) => break r,
+            Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("after the restart: {s:?}"),
+        }
+    };
+    assert_eq!(
+        text_of(field(&read, "report").unwrap()),
+        "before the restart"
+    );
+    put(
+        &a,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-D2",
+        vec![text("report", "nuisance-evidence", "after the restart")],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pg_dump_restored_into_a_new_database_serves_the_same_data() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let tmp = private_tempdir();
+    let secret = RootSecret::create_key_file(&tmp.path().join("root.key")).unwrap();
+    let mut a = TestServer::start_node(&url, tmp.path(), &secret).await;
+    a.issue_role_tokens();
+    let id = put(
+        &a,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-B1",
+        vec![text("report", "nuisance-evidence", "kept in the dump")],
+    )
+    .await;
+    let database = url
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("dbname="))
+        .unwrap()
+        .to_owned();
+    let dump = tmp.path().join("kluis.dump");
+    tokio::task::block_in_place(|| {
+        cluster.dump(&database, &dump);
+        cluster.restore(&format!("{database}_restored"), &dump);
+    });
+    let restored_url = cluster.url(&format!("{database}_restored"));
+    let dir = tmp.path().join("restored");
+    kluis::config::create_private_dir(&dir).unwrap();
+    let mut restored = TestServer::start_node(&restored_url, &dir, &secret).await;
+    restored.share_tokens(&a);
+    let r = get(
+        &restored,
+        restored.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &id,
+    )
+    .await
+    .unwrap();
+    assert_eq!(text_of(field(&r, "report").unwrap()), "kept in the dump");
+    let verified = restored
+        .admin()
+        .await
+        .verify_audit(req(
+            restored.token(Role::SecurityOfficer),
+            pb::VerifyAuditRequest { expect_head: None },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.intact, "{}", verified.problem);
+}
