@@ -103,14 +103,34 @@ pub async fn serve(
         options.key_sweep_interval,
         stop_rx.clone(),
         "destroying due key versions",
-        |v| v.destroy_due_keys(None).map(drop),
+        // One node of a shared store at a time; another takes over when it stops.
+        |v, ttl| {
+            v.as_only_node("key-sweep", ttl, |v| v.destroy_due_keys(None))
+                .map(drop)
+        },
     );
     periodic(
         &vault,
         options.retention_sweep_interval,
-        stop_rx,
+        stop_rx.clone(),
         "the retention sweep",
-        |v| v.sweep_retention(None, false).map(drop),
+        |v, ttl| {
+            v.as_only_node("retention-sweep", ttl, |v| v.sweep_retention(None, false))
+                .map(drop)
+        },
+    );
+    periodic(
+        &vault,
+        KEY_JOB_CHECK,
+        stop_rx,
+        "resuming key jobs another node left",
+        |v, _| {
+            // Only a shared store has other nodes whose jobs could be left unfinished.
+            if v.store_is_shared()? {
+                v.resume_key_jobs()?;
+            }
+            Ok(())
+        },
     );
     follow_store(&vault, stop_rx_follow);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -252,6 +272,9 @@ fn watch_health(
     });
 }
 
+/// How often a node looks for key jobs a node of a shared store left unfinished (it died).
+const KEY_JOB_CHECK: Duration = Duration::from_secs(30);
+
 /// Takes in what other nodes of a shared store changed, every `nodes::FOLLOW_INTERVAL`.
 fn follow_store(vault: &Arc<Vault>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let vault = Arc::clone(vault);
@@ -282,17 +305,20 @@ fn periodic(
     period: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
-    job: fn(&Vault) -> Result<(), crate::vault::VaultError>,
+    job: fn(&Vault, i64) -> Result<(), crate::vault::VaultError>,
 ) {
     let vault = Arc::clone(vault);
     let period = period.max(Duration::from_secs(1));
+    // A lease that outlives two missed runs: a live node keeps it, a dead one loses it.
+    let ttl =
+        i64::try_from(period.as_secs().saturating_mul(2).saturating_add(60)).unwrap_or(i64::MAX);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     let v = Arc::clone(&vault);
-                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || job(&v)).await {
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || job(&v, ttl)).await {
                         tracing::error!(error = %e, "{what} failed");
                     }
                 }

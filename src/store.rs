@@ -577,6 +577,15 @@ pub trait MetaStore: Send + Sync {
     /// transaction; `Stale` otherwise (another node changed it since it was read).
     fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError>;
 
+    /// Takes the lease `name` (a job only one node may run at a time) for `holder`, or renews
+    /// it, for `ttl_secs` by the store's clock, when it is free, expired or held by `holder`
+    /// already. Returns whether `holder` holds it now. A node that dies stops renewing, and
+    /// another takes the lease once it expires.
+    fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError>;
+
+    /// Gives up the lease `name` when `holder` holds it.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
     /// A number that changes with every change other nodes must take into account before they
     /// use what they hold in memory: purpose key versions and their states, the root key's
     /// wrapping, subject keys deleted (shredding, rekey), tokens, metadata (the policy set, the

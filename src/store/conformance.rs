@@ -55,6 +55,36 @@ pub fn run_all(store: &dyn Store) {
     assert_eq!(store.purpose_keys("nuisance").unwrap(), vec![pk.clone()]);
     assert!(store.purpose_keys("contract").unwrap().is_empty());
 
+    // Compare-and-set of metadata: a change over a value another writer replaced is refused.
+    store.replace_meta("cas", None, b"1").unwrap();
+    assert!(matches!(
+        store.replace_meta("cas", None, b"2"),
+        Err(StoreError::Stale(_))
+    ));
+    store.replace_meta("cas", Some(b"1"), b"2").unwrap();
+    assert!(matches!(
+        store.replace_meta("cas", Some(b"1"), b"3"),
+        Err(StoreError::Stale(_))
+    ));
+    assert_eq!(store.meta("cas").unwrap().unwrap(), b"2");
+    // A store several processes share moves its change epoch with such a change.
+    if let Some(before) = store.change_epoch().unwrap() {
+        store.replace_meta("cas", Some(b"2"), b"3").unwrap();
+        assert!(store.change_epoch().unwrap().unwrap() > before);
+    }
+
+    // Leases: one holder at a time; the holder renews; another takes it once it is given up
+    // (or expired: a lease of -1 s is expired at once).
+    assert!(store.take_lease("rekey:nuisance", "node-a", 30).unwrap());
+    assert!(!store.take_lease("rekey:nuisance", "node-b", 30).unwrap());
+    assert!(store.take_lease("rekey:nuisance", "node-a", 30).unwrap());
+    assert!(store.take_lease("retention-sweep", "node-b", 30).unwrap());
+    store.release_lease("rekey:nuisance", "node-b").unwrap();
+    assert!(!store.take_lease("rekey:nuisance", "node-b", 30).unwrap());
+    store.release_lease("rekey:nuisance", "node-a").unwrap();
+    assert!(store.take_lease("rekey:nuisance", "node-b", -1).unwrap());
+    assert!(store.take_lease("rekey:nuisance", "node-a", 30).unwrap());
+
     // The first subject key wins; a second insert returns the stored one.
     let sk = SubjectKeyRow {
         subject: "rel-1".into(),

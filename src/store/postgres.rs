@@ -196,6 +196,11 @@ CREATE TABLE subject_anchors (
     mac      BYTEA  NOT NULL,
     digest   BYTEA  NOT NULL
 );
+CREATE TABLE leases (
+    name   TEXT COLLATE "C" PRIMARY KEY,
+    holder TEXT   NOT NULL,
+    until  BIGINT NOT NULL
+);
 CREATE TABLE kluis_epoch (
     only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
     n        BIGINT NOT NULL

@@ -221,6 +221,14 @@ ALTER TABLE records ADD COLUMN fields_mac BLOB NOT NULL DEFAULT x'';
 ALTER TABLE subject_anchors ADD COLUMN digest BLOB NOT NULL DEFAULT x'';
 CREATE INDEX mandates_by_subject ON mandates (subject);
 ",
+    // Jobs only one process may run at a time hold a lease.
+    r"
+CREATE TABLE leases (
+    name   TEXT PRIMARY KEY,
+    holder TEXT    NOT NULL,
+    until  INTEGER NOT NULL
+);
+",
 ];
 
 /// Reader connections kept open between reads. Opening one parses the schema and loses its

@@ -122,6 +122,10 @@ impl fmt::Debug for EvidenceInfo {
     }
 }
 
+/// How old an unfinished upload on a shared store must be to count as abandoned by a node that
+/// died: longer than an upload runs (the stream times out when the client goes quiet).
+pub const ABANDONED_UPLOAD_SECS: i64 = 24 * 3600;
+
 impl Vault {
     /// Starts an upload: checks the declaration, decides and audits the write, and stores the
     /// unfinished evidence row (and the new record). Data follows through `Upload::write`.
@@ -469,10 +473,19 @@ impl Vault {
         Ok((info, download))
     }
 
-    /// Discards uploads a crash left unfinished. Run at start-up, when no upload can be running.
+    /// Discards uploads a crash left unfinished. Run at start-up, when no upload of this
+    /// process can be running; on a shared store, only uploads older than
+    /// `ABANDONED_UPLOAD_SECS` (other nodes may be receiving the younger ones).
     pub fn discard_unfinished_evidence(&self) -> Result<u64, VaultError> {
         let mut n = 0u64;
+        // On a shared store another node may be receiving an upload right now: only uploads
+        // left for longer than any upload runs are abandoned.
+        let shared = self.store_is_shared()?;
+        let now = crate::domain::now_unix();
         for row in self.store.unfinished_evidence()? {
+            if shared && now.saturating_sub(row.created_at) < ABANDONED_UPLOAD_SECS {
+                continue;
+            }
             // Only an upload kluis itself left unfinished: a finished file marked unfinished by
             // hand fails its MAC and is kept (and named by `kluis admin store verify`).
             if self.rows.check(&row).is_err() {

@@ -25,6 +25,14 @@ pub const ROOT_CHANGE_TTL_SECS: i64 = 86_400;
 /// Store metadata key of the pending root change (JSON; empty: none).
 const META_ROOT_CHANGE: &str = "root_change";
 
+/// The answer to a key job that another node of a shared store is running.
+fn elsewhere(job: &str, purpose: Purpose) -> VaultError {
+    VaultError::FailedPrecondition(format!(
+        "a {job} of `{purpose}` is running on another node; it finishes there (or here, once \
+         that node stops); `kluis admin keys report` shows its progress"
+    ))
+}
+
 /// A pending change of the root key, as kept in the store: never the key, only its check.
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 struct RootChange {
@@ -254,6 +262,10 @@ impl Vault {
         purpose: Purpose,
         mut progress: impl FnMut(Progress) -> bool,
     ) -> Result<Progress, VaultError> {
+        // One node at a time (another node's rewrap holds the lease).
+        let lease = self
+            .job_lease(&format!("rewrap:{purpose}"))?
+            .ok_or_else(|| elsewhere("rewrap", purpose))?;
         let active = self.active_version(purpose)?;
         let total: u64 = self
             .store
@@ -270,6 +282,9 @@ impl Vault {
             state.done += done as u64;
             if found == 0 || !progress(state) {
                 break;
+            }
+            if !lease.renew()? {
+                return Err(elsewhere("rewrap", purpose));
             }
             if !self.key_settings.batch_pause.is_zero() {
                 std::thread::sleep(self.key_settings.batch_pause);
@@ -293,6 +308,10 @@ impl Vault {
         purpose: Purpose,
         mut progress: impl FnMut(Progress) -> bool,
     ) -> Result<Progress, VaultError> {
+        // One node at a time (another node's rekey holds the lease).
+        let lease = self
+            .job_lease(&format!("rekey:{purpose}"))?
+            .ok_or_else(|| elsewhere("rekey", purpose))?;
         // A subject key created in the same second as the job start counts as done, so the job
         // starts one second from now.
         let started = self
@@ -324,6 +343,9 @@ impl Vault {
             }
             if !progress(state) {
                 return Ok(state);
+            }
+            if !lease.renew()? {
+                return Err(elsewhere("rekey", purpose));
             }
             if !self.key_settings.batch_pause.is_zero() {
                 std::thread::sleep(self.key_settings.batch_pause);
@@ -857,6 +879,11 @@ impl Vault {
         let mut first_error = None;
         for (purpose, kind, _) in self.store.key_jobs()? {
             if let (Ok(p), "rekey") = (purpose.parse::<Purpose>(), kind.as_str()) {
+                // Running on another node (of a shared store): that node finishes it, or this
+                // one takes it over once that node stops renewing its lease.
+                let Some(_free) = self.job_lease(&format!("rekey:{p}"))? else {
+                    continue;
+                };
                 tracing::info!(purpose = p.as_str(), "resuming an interrupted rekey");
                 if let Err(e) = self.rekey(p, |_| true) {
                     tracing::error!(purpose = p.as_str(), error = %e, "resumed rekey failed");
@@ -865,6 +892,9 @@ impl Vault {
             }
         }
         for &purpose in Purpose::ALL {
+            let Some(_free) = self.job_lease(&format!("rewrap:{purpose}"))? else {
+                continue;
+            };
             if let Err(e) = self.rewrap(purpose, |_| true) {
                 tracing::error!(purpose = purpose.as_str(), error = %e, "resumed rewrap failed");
                 first_error.get_or_insert(e);

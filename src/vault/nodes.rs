@@ -29,11 +29,26 @@ pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 pub(crate) const META_POLICY_SET: &str = "policy_set";
 
 /// What a node last took in.
-#[derive(Default)]
 pub(crate) struct Follower {
+    /// This node's id, in the leases it holds: random per process.
+    node: String,
     epoch: Mutex<Option<i64>>,
     /// Set once another node replaced the root key this node holds.
     root_replaced: AtomicBool,
+}
+
+impl Default for Follower {
+    fn default() -> Self {
+        Self {
+            node: format!(
+                "node-{}-{}",
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 4]>())
+            ),
+            epoch: Mutex::new(None),
+            root_replaced: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Stores `engine`'s texts as the policy set in force, when they are not stored already.
@@ -153,5 +168,75 @@ impl Vault {
     pub fn is_serving(&self) -> bool {
         !self.follower.root_replaced.load(Ordering::SeqCst)
             && (self.audit_writable() || self.probe_audit().is_ok())
+    }
+}
+
+/// How long a job's lease lasts without renewal: a node that dies mid-job leaves it for another
+/// node after this long. Jobs renew it after every batch.
+pub const JOB_LEASE_SECS: i64 = 60;
+
+/// A lease this node holds; given up when dropped.
+pub(crate) struct Lease<'a> {
+    vault: &'a Vault,
+    name: String,
+}
+
+impl Lease<'_> {
+    /// Renews the lease; false when another node took it (this one stalled past its expiry).
+    pub(crate) fn renew(&self) -> Result<bool, VaultError> {
+        Ok(self
+            .vault
+            .store
+            .take_lease(&self.name, &self.vault.follower.node, JOB_LEASE_SECS)?)
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .vault
+            .store
+            .release_lease(&self.name, &self.vault.follower.node)
+        {
+            tracing::warn!(lease = %self.name, error = %e, "cannot give up a job lease; it expires by itself");
+        }
+    }
+}
+
+impl Vault {
+    /// This node's id in leases and logs.
+    pub fn node_id(&self) -> &str {
+        &self.follower.node
+    }
+
+    /// Takes the lease of the job `name` for this node: `None` while another node runs it.
+    pub(crate) fn job_lease(&self, name: &str) -> Result<Option<Lease<'_>>, VaultError> {
+        Ok(self
+            .store
+            .take_lease(name, &self.follower.node, JOB_LEASE_SECS)?
+            .then(|| Lease {
+                vault: self,
+                name: name.to_owned(),
+            }))
+    }
+
+    /// Runs `job` when this node holds (or takes) the lease `name`, kept for `ttl_secs` and
+    /// renewed at each run, so that one node runs a periodic job and another takes over when it
+    /// dies. Returns `None` when another node holds it.
+    pub fn as_only_node<T>(
+        &self,
+        name: &str,
+        ttl_secs: i64,
+        job: impl FnOnce(&Vault) -> Result<T, VaultError>,
+    ) -> Result<Option<T>, VaultError> {
+        if !self.store.take_lease(name, &self.follower.node, ttl_secs)? {
+            return Ok(None);
+        }
+        job(self).map(Some)
+    }
+
+    /// Whether other nodes may share this node's store.
+    pub fn store_is_shared(&self) -> Result<bool, VaultError> {
+        Ok(self.store.change_epoch()?.is_some())
     }
 }

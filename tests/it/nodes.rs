@@ -13,12 +13,27 @@ use crate::{common::*, pg};
 /// The bound the README states for a change to be in force on every node.
 const IN_FORCE_WITHIN: Duration = Duration::from_secs(1);
 
+/// Two nodes on the database `url`, with role tokens issued on A.
+async fn two_nodes_on(
+    _cluster: &pg::Cluster,
+    url: &str,
+) -> (tempfile::TempDir, TestServer, TestServer) {
+    two_nodes_at(url, None).await
+}
+
 /// Two nodes on a fresh database of `cluster`, with role tokens issued on A.
 async fn two_nodes(
     cluster: &pg::Cluster,
     policy_file: Option<&std::path::Path>,
 ) -> (tempfile::TempDir, TestServer, TestServer) {
-    let url = cluster.database();
+    two_nodes_at(&cluster.database(), policy_file).await
+}
+
+async fn two_nodes_at(
+    url: &str,
+    policy_file: Option<&std::path::Path>,
+) -> (tempfile::TempDir, TestServer, TestServer) {
+    let url = url.to_owned();
     let tmp = private_tempdir();
     let secret = RootSecret::create_key_file(&tmp.path().join("root.key")).unwrap();
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -487,4 +502,141 @@ async fn a_pg_dump_restored_into_a_new_database_serves_the_same_data() {
         .unwrap()
         .into_inner();
     assert!(verified.intact, "{}", verified.problem);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rekey_started_on_both_nodes_runs_once() {
+    use kluis::store::prelude::*;
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (_tmp, a, b) = two_nodes_on(cluster, &url).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(
+            put(
+                &a,
+                Role::NuisanceOfficer,
+                nuisance_ctx(),
+                &format!("REL-K{i}"),
+                vec![text("report", "nuisance-evidence", &format!("report {i}"))],
+            )
+            .await,
+        );
+    }
+    let rekey = |node: &TestServer| {
+        let addr = node.addr;
+        let token = node.token(Role::SecurityOfficer).to_owned();
+        async move {
+            let mut admin = pb::admin_client::AdminClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let mut stream = admin
+                .rekey(req(
+                    &token,
+                    pb::KeyJobRequest {
+                        purpose: "nuisance".into(),
+                        justification: "suspected key exposure".into(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            let mut last = None;
+            while let Some(p) = stream.message().await? {
+                last = Some(p);
+            }
+            Ok::<_, tonic::Status>(last)
+        }
+    };
+    // Both at once: the job waits a second before it starts, so the second call comes while
+    // the first holds the job.
+    let (on_a, on_b) = tokio::join!(rekey(&a), rekey(&b));
+    let outcomes = [on_a, on_b];
+    let ran: Vec<_> = outcomes.iter().filter(|o| o.is_ok()).collect();
+    let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert_eq!(ran.len(), 1, "{outcomes:?}");
+    assert_eq!(refused.len(), 1, "{outcomes:?}");
+    assert_eq!(refused[0].code(), Code::FailedPrecondition);
+    assert!(
+        refused[0].message().contains("running on another node"),
+        "{}",
+        refused[0].message()
+    );
+    // Every subject was rekeyed once: one new generation each, and every value reads back.
+    let entries: Vec<serde_json::Value> = tokio::task::block_in_place(|| {
+        let store = kluis::store::PgStore::connect(&url).unwrap();
+        store
+            .audit_entries(1, 100_000)
+            .unwrap()
+            .into_iter()
+            .map(|row| serde_json::from_slice::<serde_json::Value>(&row.entry).unwrap())
+            .filter(|e| e["action"] == "key-rekey")
+            .collect()
+    });
+    // Both requests are on the trail; one rekey ran to its end.
+    assert_eq!(
+        entries.iter().filter(|e| e["principal"] != "kluis").count(),
+        2,
+        "{entries:?}"
+    );
+    let done: Vec<_> = entries
+        .iter()
+        .filter(|e| e["principal"] == "kluis")
+        .collect();
+    assert_eq!(done.len(), 1, "{entries:?}");
+    assert!(
+        done[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("12 subjects rekeyed"),
+        "{done:?}"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let r = get(&b, b.token(Role::NuisanceOfficer), nuisance_ctx(), id)
+            .await
+            .unwrap();
+        assert_eq!(text_of(field(&r, "report").unwrap()), format!("report {i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_job_a_dead_node_left_is_taken_over_once_its_lease_expires() {
+    use kluis::store::prelude::*;
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (_tmp, a, _b) = two_nodes_on(cluster, &url).await;
+    for i in 0..3 {
+        put(
+            &a,
+            Role::NuisanceOfficer,
+            nuisance_ctx(),
+            &format!("REL-L{i}"),
+            vec![text("report", "nuisance-evidence", "x")],
+        )
+        .await;
+    }
+    // A node recorded a rekey, held its lease and died: its lease runs out in two seconds.
+    let store = tokio::task::block_in_place(|| kluis::store::PgStore::connect(&url).unwrap());
+    tokio::task::block_in_place(|| {
+        store
+            .start_key_job("nuisance", "rekey", kluis::domain::now_unix())
+            .unwrap();
+        assert!(store.take_lease("rekey:nuisance", "node-dead", 2).unwrap());
+    });
+    let vault = std::sync::Arc::clone(&a.vault);
+    let jobs = |v: std::sync::Arc<kluis::vault::Vault>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            v.resume_key_jobs().unwrap();
+            let store = kluis::store::PgStore::connect(&url).unwrap();
+            store.key_jobs().unwrap()
+        })
+    };
+    // While the dead node's lease runs, the job is left alone.
+    let left = jobs(std::sync::Arc::clone(&vault)).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Then this node takes it over and finishes it.
+    let left = jobs(vault).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    tokio::task::block_in_place(|| drop(store));
 }

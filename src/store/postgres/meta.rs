@@ -51,6 +51,32 @@ impl MetaStore for PgStore {
         })
     }
 
+    fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError> {
+        // The database's clock decides, so nodes with skewed clocks agree on expiry.
+        self.write(|tx| {
+            let held = tx.opt(
+                "INSERT INTO leases (name, holder, until)
+                 VALUES ($1, $2, extract(epoch FROM clock_timestamp())::BIGINT + $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE leases.until < extract(epoch FROM clock_timestamp())::BIGINT
+                    OR leases.holder = excluded.holder
+                 RETURNING holder",
+                &[&name, &holder, &ttl_secs],
+            )?;
+            Ok(held.is_some())
+        })
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                &[&name, &holder],
+            )?;
+            Ok(())
+        })
+    }
+
     fn initialize(
         &self,
         meta: &[(&str, Vec<u8>)],

@@ -46,6 +46,34 @@ impl MetaStore for SqliteStore {
         Ok(None)
     }
 
+    fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let held: Option<String> = conn
+            .query_row(
+                "INSERT INTO leases (name, holder, until)
+                 VALUES (?1, ?2, CAST(strftime('%s', 'now') AS INTEGER) + ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE leases.until < CAST(strftime('%s', 'now') AS INTEGER)
+                    OR leases.holder = excluded.holder
+                 RETURNING holder",
+                params![name, holder, ttl_secs],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        Ok(held.as_deref() == Some(holder))
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute(
+            "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+            params![name, holder],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
     fn initialize(
         &self,
         meta: &[(&str, Vec<u8>)],
