@@ -640,3 +640,180 @@ async fn a_key_job_a_dead_node_left_is_taken_over_once_its_lease_expires() {
     assert!(left.is_empty(), "{left:?}");
     tokio::task::block_in_place(|| drop(store));
 }
+
+/// A `kluis` process; killed when dropped.
+struct Node {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kluis serve` with `args`; waits for the line that names its address, on standard
+/// output (`--dev`) or standard error.
+fn spawn_node(args: &[&str], dev: bool) -> Node {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .env_remove("KLUIS_PASSPHRASE")
+        .env_remove("KLUIS_DATA_DIR")
+        .env_remove("KLUIS_STORE")
+        .env("KLUIS_LOG", "warn")
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (prefix, out): (&str, Box<dyn std::io::Read + Send>) = if dev {
+        (
+            "kluis dev server on http://",
+            Box::new(child.stdout.take().unwrap()),
+        )
+    } else {
+        (
+            "kluis listening on http://",
+            Box::new(child.stderr.take().unwrap()),
+        )
+    };
+    let mut lines = BufReader::new(out).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix(prefix) {
+            let addr = rest.split_whitespace().next().unwrap().to_owned();
+            std::thread::spawn(move || for _ in lines {});
+            return Node { child, addr };
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    panic!("kluis serve {args:?} did not start ({status}): {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_under_load_loses_no_acknowledged_write_and_the_other_keeps_serving() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let tmp = private_tempdir();
+    let dev_dir = tmp.path().join("dev");
+    let dev = dev_dir.to_str().unwrap();
+    // The README's two-node start: a dev node initialises the empty database and writes its
+    // tokens and key; a second node joins with that key.
+    let a = tokio::task::block_in_place(|| {
+        spawn_node(&["--dev", "--store", &url, "--data-dir", dev], true)
+    });
+    let tokens: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(dev_dir.join("dev-tokens.json")).unwrap()).unwrap();
+    let key = dev_dir.join("dev-root.key");
+    assert!(key.is_file());
+    let b = tokio::task::block_in_place(|| {
+        spawn_node(
+            &["--store", &url, "--key-file", key.to_str().unwrap()],
+            false,
+        )
+    });
+    let officer = tokens["nuisance-officer"].clone();
+    let mut on_b = pb::vault_client::VaultClient::connect(format!("http://{}", b.addr))
+        .await
+        .unwrap();
+
+    // Eight writers, four on each node, for two seconds; A is SIGKILLed (no clean shutdown, no
+    // flush) after one. Every write either is acknowledged or fails; what was acknowledged must
+    // be there.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8usize {
+        let addr = if w % 2 == 0 {
+            a.addr.clone()
+        } else {
+            b.addr.clone()
+        };
+        let officer = officer.clone();
+        let stop = std::sync::Arc::clone(&stop);
+        writers.push(tokio::spawn(async move {
+            let mut c = pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let (mut acknowledged, mut failed) = (Vec::new(), 0usize);
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let value = format!("writer {w} report {i}");
+                let put = c
+                    .put_record(req(
+                        &officer,
+                        pb::PutRecordRequest {
+                            context: nuisance_ctx(),
+                            subject_id: format!("REL-S{}", i % 7),
+                            fields: vec![text("report", "nuisance-evidence", &value)],
+                            labels: Default::default(),
+                        },
+                    ))
+                    .await;
+                match put {
+                    Ok(r) => acknowledged.push((r.into_inner().record_id, value)),
+                    Err(_) if w % 2 == 0 => {
+                        failed += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(s) => panic!("node B stopped serving: {s:?}"),
+                }
+                i += 1;
+            }
+            (acknowledged, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(a);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    let (mut on_killed, mut on_survivor) = (0, 0);
+    for (w, t) in writers.into_iter().enumerate() {
+        let (acks, failed) = t.await.unwrap();
+        if w % 2 == 0 {
+            on_killed += acks.len();
+            assert!(failed > 0, "writer {w} never saw node A go");
+        } else {
+            on_survivor += acks.len();
+        }
+        acknowledged.extend(acks);
+    }
+    assert!(
+        on_killed > 0 && on_survivor > on_killed,
+        "{on_killed} {on_survivor}"
+    );
+    for (id, value) in &acknowledged {
+        let r = on_b
+            .get_record(req(
+                &officer,
+                pb::GetRecordRequest {
+                    context: nuisance_ctx(),
+                    record_id: id.clone(),
+                    fields: vec![],
+                },
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("acknowledged write `{value}` lost: {s:?}"))
+            .into_inner();
+        assert_eq!(text_of(field(&r, "report").unwrap()), value);
+    }
+    let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", b.addr))
+        .await
+        .unwrap();
+    let verified = admin
+        .verify_audit(req(
+            &tokens["security-officer"],
+            pb::VerifyAuditRequest { expect_head: None },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.intact, "{}", verified.problem);
+    drop(b);
+}
