@@ -30,6 +30,10 @@ pub struct Cluster {
     watchdog: Mutex<Option<(Child, ChildStdin)>>,
     next_db: AtomicU32,
     as_postgres: bool,
+    /// Server settings added at start (`-c name=value …`), e.g. TLS on a TCP port.
+    settings: Mutex<String>,
+    /// The port, which also names the Unix socket.
+    port: Mutex<u16>,
 }
 
 /// The shared cluster of this test process, or `None` (with a loud note) where PostgreSQL is
@@ -117,6 +121,8 @@ impl Cluster {
             watchdog: Mutex::new(None),
             next_db: AtomicU32::new(0),
             as_postgres,
+            settings: Mutex::new(String::new()),
+            port: Mutex::new(5432),
         };
         run(&mut cluster.command(
             "initdb",
@@ -185,10 +191,16 @@ impl Cluster {
     }
 
     fn start_blocking(&self) {
+        let settings = self.settings.lock().unwrap().clone();
         let options = format!(
-            "-k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off \
-             -c max_connections=400 -c shared_buffers=64MB",
-            self.dir.display()
+            "-k {} -c fsync=off -c full_page_writes=off -c max_connections=400 \
+             -c shared_buffers=64MB {}",
+            self.dir.display(),
+            if settings.is_empty() {
+                "-c listen_addresses=''".to_owned()
+            } else {
+                settings
+            }
         );
         run(&mut self.command(
             "pg_ctl",
@@ -206,11 +218,42 @@ impl Cluster {
         }
     }
 
+    /// Restarts the server listening on 127.0.0.1:`port` too, with TLS (when `tls`) from the
+    /// PEM files `cert` and `key`, which are copied into the cluster's directory.
+    pub fn listen_tcp(&self, port: u16, tls: Option<(&Path, &Path)>) {
+        blocking(|| {
+            self.stop_blocking();
+            let mut settings = format!("-c listen_addresses=127.0.0.1 -c port={port}");
+            if let Some((cert, key)) = tls {
+                let (c, k) = (self.dir.join("server.crt"), self.dir.join("server.key"));
+                std::fs::copy(cert, &c).unwrap();
+                std::fs::copy(key, &k).unwrap();
+                if self.as_postgres {
+                    run(Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(&c)
+                        .arg(&k));
+                }
+                run(Command::new("chmod").arg("600").arg(&k));
+                settings.push_str(&format!(
+                    " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                    c.display(),
+                    k.display()
+                ));
+            }
+            *self.settings.lock().unwrap() = settings;
+            *self.port.lock().unwrap() = port;
+            self.start_blocking();
+        });
+    }
+
     /// Stops the server (fast shutdown: connections are cut).
     pub fn stop(&self) {
-        blocking(|| {
-            run(&mut self.command("pg_ctl", &["stop", "-w", "-m", "fast", "-D"], &[&self.data]))
-        });
+        blocking(|| self.stop_blocking());
+    }
+
+    fn stop_blocking(&self) {
+        run(&mut self.command("pg_ctl", &["stop", "-w", "-m", "fast", "-D"], &[&self.data]));
     }
 
     /// The server's log, for failure messages.
@@ -221,8 +264,9 @@ impl Cluster {
     /// A connection string for `database`.
     pub fn url(&self, database: &str) -> String {
         format!(
-            "host={} port=5432 user=postgres dbname={database}",
-            self.dir.display()
+            "host={} port={} user=postgres dbname={database}",
+            self.dir.display(),
+            self.port.lock().unwrap()
         )
     }
 

@@ -66,3 +66,142 @@ fn a_database_that_is_down_answers_unavailable_and_comes_back() {
     store.set_meta("k", b"w").unwrap();
     assert_eq!(store.meta("k").unwrap().unwrap(), b"w");
 }
+
+/// Makes a CA and a certificate for `localhost` signed by it, with the `openssl` tool: (CA
+/// certificate, server certificate, server key).
+fn make_certs(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 3] {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("the `openssl` tool (Debian package openssl) makes the test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: &std::path::PathBuf| p.to_str().unwrap().to_owned();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("server.key"),
+        p("server.csr"),
+        p("server.pem"),
+        p("ext.cnf"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &s(&ca_key),
+        "-out",
+        &s(&ca),
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN=kluis test CA {name}"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&csr),
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(&ext, "subjectAltName=DNS:localhost\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&ca),
+        "-CAkey",
+        &s(&ca_key),
+        "-CAcreateserial",
+        "-out",
+        &s(&cert),
+        "-days",
+        "2",
+        "-extfile",
+        &s(&ext),
+    ]);
+    [ca, cert, key]
+}
+
+#[test]
+fn tls_to_the_database_is_verified_and_never_falls_back_to_plaintext() {
+    let Some(cluster) = pg::private_cluster("tls") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = make_certs(tmp.path(), "right");
+    let [other_ca, _, _] = make_certs(tmp.path(), "other");
+    let port = 20_000 + u16::try_from(std::process::id() % 20_000).unwrap();
+    cluster.listen_tcp(port, Some((&cert, &key)));
+    let url = |ca: &std::path::Path| {
+        format!(
+            "postgresql://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        )
+    };
+    // The right CA: connects, over TLS.
+    let store = PgStore::connect(&url(&ca)).unwrap();
+    store.set_meta("k", b"v").unwrap();
+    // Its pooled connection stays open: the server says it is encrypted.
+    let mut check = postgres::Client::connect(
+        &format!(
+            "host={} port={port} user=postgres dbname=postgres",
+            "127.0.0.1"
+        ),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let tls_sessions: i64 = check
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+             WHERE s.ssl AND a.application_name = 'kluis'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let plain_sessions: i64 = check
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+             WHERE NOT s.ssl AND a.application_name = 'kluis'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(tls_sessions >= 1, "no TLS session of kluis");
+    assert_eq!(plain_sessions, 0, "a plaintext session of kluis");
+    drop(store);
+    // Another CA: refused, with the reason; nothing is tried in plaintext.
+    match PgStore::connect(&url(&other_ca)) {
+        Err(StoreError::Unavailable(m)) => assert!(m.to_lowercase().contains("certificate"), "{m}"),
+        other => panic!("a server with a certificate from another CA was accepted: {other:?}"),
+    }
+    // A server that does not speak TLS: refused, not used in plaintext.
+    cluster.listen_tcp(port, None);
+    match PgStore::connect(&url(&ca)) {
+        Err(StoreError::Unavailable(m)) => assert!(
+            m.contains("TLS") || m.contains("SSL") || m.contains("ssl"),
+            "{m}"
+        ),
+        other => panic!("verify-full fell back to plaintext: {other:?}"),
+    }
+}
