@@ -739,6 +739,8 @@ mod tests {
             scope_subject: scope.map(|s| SubjectId::parse("s", s).unwrap()),
             token_id: "tok_x".into(),
             expires_at: i64::MAX,
+            service: None,
+            employee: None,
         }
     }
 

@@ -1299,7 +1299,7 @@ impl Vault {
             break_glass: ctx.break_glass,
             subject: subject.map(|s| s.as_str().to_owned()),
             record: record.map(|r| r.as_str().to_owned()),
-            ..AuditEvent::default()
+            ..caller_event(principal)
         }
     }
 
@@ -1512,6 +1512,18 @@ fn deny_summary(resources: &[FieldResource], decisions: &[Decision]) -> String {
         "no fields".into()
     } else {
         denied.join("; ")
+    }
+}
+
+/// An audit event that names who called: the service and the employee it acts for, as
+/// `Principal` carries them. Every entry about a caller starts from it.
+pub(crate) fn caller_event(principal: &Principal) -> AuditEvent {
+    AuditEvent {
+        service: principal.service.as_ref().map(|s| s.as_str().to_owned()),
+        issuer: principal.employee.as_ref().map(|e| e.issuer.clone()),
+        sub: principal.employee.as_ref().map(|e| e.sub.clone()),
+        display_name: principal.employee.as_ref().and_then(|e| e.display.clone()),
+        ..AuditEvent::default()
     }
 }
 
