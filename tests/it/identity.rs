@@ -834,3 +834,155 @@ roles_claim = "roles"
     let typo = "[[oidc]]\nissuer = \"x\"\naudience = \"y\"\nroles_claims = \"roles\"\n";
     assert!(toml::from_str::<RawConfig>(typo).is_err());
 }
+
+/// The `kluis` binary at trace level with a provider (keys from a file) and a service with a
+/// kluis token: valid and refused provider tokens, as bearer and in `x-kluis-user`; then no
+/// token, claim value or key is in the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_hold_no_provider_tokens_claim_values_or_keys() {
+    use std::{
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    use kluis::pb::admin_client::AdminClient;
+
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let k = keys();
+    let tmp = crate::common::private_tempdir();
+    let dir = tmp.path().join("data");
+    let key = tmp.path().join("root.key");
+    let init = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args(["init", "--json", "--data-dir"])
+        .arg(&dir)
+        .arg("--key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let init: Value = serde_json::from_slice(&init.stdout).unwrap();
+    let so = init["token"].as_str().unwrap().to_owned();
+    let jwks_file = write(tmp.path(), "jwks.json", &jwks(&[&k.rsa, &k.ec]));
+    let config = write(
+        tmp.path(),
+        "kluis.toml",
+        &format!(
+            r#"
+[[service]]
+principal = "token-app"
+may_act_for = ["customer-service"]
+
+[[oidc]]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_file = "{jwks_file}"
+roles_claim = "realm_access.roles"
+display_claim = "preferred_username"
+[oidc.role_map]
+"kluis-nuisance" = "nuisance-officer"
+"kluis-cs" = "customer-service"
+"#
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = tmp.path().join("server.log");
+    let server = Child(
+        Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args(["serve", "--config", &config, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--key-file")
+            .arg(&key)
+            .env("KLUIS_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        match Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("kluis did not come up: {e}"),
+        }
+    };
+    let service = AdminClient::new(channel.clone())
+        .issue_token(req(
+            &so,
+            pb::IssueTokenRequest {
+                principal_id: "token-app".into(),
+                roles: vec!["analyst".into()],
+                ttl_seconds: 600,
+                scope_subject_id: String::new(),
+                justification: "the case app".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut c = VaultClient::new(channel);
+    let valid = token(&k.ec);
+    let me = who(&mut c, Some(&valid), Some(&service)).await.unwrap();
+    assert_eq!(me.roles, vec!["customer-service"]);
+    let bearer = token(&k.rsa);
+    assert!(who(&mut c, None, Some(&bearer)).await.is_ok());
+    let expired = token_with(&k.rsa, |c| c["exp"] = json!(now_unix() - 3600));
+    let wrong_audience = token_with(&k.ec, |c| c["aud"] = json!("other"));
+    let unknown = sign(&k.rotated, Algorithm::RS256, &claims());
+    for bad in [&expired, &wrong_audience, &unknown] {
+        assert!(who(&mut c, Some(bad), Some(&service)).await.is_err());
+        assert!(who(&mut c, None, Some(bad)).await.is_err());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(server);
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("TRACE"), "trace-level lines are there");
+    assert!(
+        log.contains("refreshing the provider's keys") || log.contains("refreshed the provider"),
+        "the refresh for the unknown kid is logged:\n{log}"
+    );
+    for token in [
+        &valid,
+        &bearer,
+        &expired,
+        &wrong_audience,
+        &unknown,
+        &service,
+    ] {
+        // Any of the token's three parts would do: the signature is the one that must not leak.
+        for part in token.split('.') {
+            assert!(!log.contains(part), "a token is in the logs");
+        }
+    }
+    for claim in [EMPLOYEE, "j.jansen", "kluis-nuisance", "kluis-cs"] {
+        assert!(!log.contains(claim), "claim value `{claim}` is in the logs");
+    }
+    for jwk in [&k.rsa.jwk, &k.ec.jwk] {
+        for part in ["n", "x", "y"] {
+            if let Some(v) = jwk[part].as_str() {
+                assert!(!log.contains(v), "a provider key is in the logs");
+            }
+        }
+    }
+}
