@@ -499,7 +499,13 @@ impl Identity {
         }
         let Some(bearer) = &creds.bearer else {
             return Err(unauthenticated(match (&creds.user, &creds.peer) {
-                (Some(_), _) => format!(
+                (Some(_), Some(peer)) => format!(
+                    "`{USER_METADATA}` is taken only from an authenticated service, and the \
+                     client certificate ({}) names no `[[service]]`; add its name to the \
+                     service's `dns` or `uri`",
+                    peer.names()
+                ),
+                (Some(_), None) => format!(
                     "`{USER_METADATA}` is taken only from an authenticated service: a client \
                      certificate named in a `[[service]]` table, or a kluis service token in \
                      `authorization`"
@@ -540,8 +546,12 @@ impl Identity {
             )
             .map_err(|e| VaultError::Denied(e.to_string()));
         }
-        let principal = vault.authenticate(bearer)?;
+        let mut principal = vault.authenticate(bearer)?;
         let Some(user) = &creds.user else {
+            // A service calling on its own with its kluis token is audited as the service.
+            if self.services.iter().any(|s| s.principal == principal.id) {
+                principal.service = Some(principal.id.clone());
+            }
             return Ok(principal);
         };
         let Some(service) = self.services.iter().find(|s| s.principal == principal.id) else {
@@ -760,6 +770,27 @@ mod tests {
         second.principal = "other".into();
         let p = problems(vec![service(&[], &[]), second], Vec::new());
         assert!(p.iter().any(|m| m.contains("`service[1].dns[0]`")), "{p:?}");
+    }
+
+    #[test]
+    fn credentials_never_print_their_tokens() {
+        let creds = Credentials {
+            bearer: Some(BearerToken::new("kluis_secret-bearer".into())),
+            user: Some(BearerToken::new("eyJhbGciOi.secret-user.sig".into())),
+            peer: None,
+        };
+        let shown = format!("{creds:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        let employee = Employee {
+            issuer: "https://idp.example".into(),
+            sub: "secret-sub".into(),
+            display: Some("secret name".into()),
+        };
+        let shown = format!("{employee:?}");
+        assert!(
+            shown.contains("idp.example") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ struct Pki {
     app: Pem,
     batch: Pem,
     expired_app: Pem,
+    future_app: Pem,
     stranger: Pem,
 }
 
@@ -64,12 +65,27 @@ fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
     (cert.pem(), Issuer::new(params, key))
 }
 
-fn leaf(issuer: &Issuer<'_, KeyPair>, sans: Vec<SanType>, expired: bool) -> Pem {
+/// When a certificate is valid: now, in the past or in the future.
+#[derive(Clone, Copy)]
+enum Validity {
+    Now,
+    Past,
+    Future,
+}
+
+fn leaf(issuer: &Issuer<'_, KeyPair>, sans: Vec<SanType>, validity: Validity) -> Pem {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.subject_alt_names = sans;
-    if expired {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    match validity {
+        Validity::Now => {}
+        Validity::Past => {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        Validity::Future => {
+            params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        }
     }
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
@@ -91,19 +107,20 @@ fn pki() -> &'static Pki {
                 dns("localhost"),
                 SanType::IpAddress("127.0.0.1".parse().unwrap()),
             ],
-            false,
+            Validity::Now,
         );
         Pki {
             ca: ca_pem,
             server,
-            app: leaf(&issuer, vec![dns(APP_DNS)], false),
+            app: leaf(&issuer, vec![dns(APP_DNS)], Validity::Now),
             batch: leaf(
                 &issuer,
                 vec![SanType::URI(BATCH_URI.try_into().unwrap())],
-                false,
+                Validity::Now,
             ),
-            expired_app: leaf(&issuer, vec![dns(APP_DNS)], true),
-            stranger: leaf(&other, vec![dns(APP_DNS)], false),
+            expired_app: leaf(&issuer, vec![dns(APP_DNS)], Validity::Past),
+            future_app: leaf(&issuer, vec![dns(APP_DNS)], Validity::Future),
+            stranger: leaf(&other, vec![dns(APP_DNS)], Validity::Now),
         }
     })
 }
@@ -560,6 +577,11 @@ async fn kluis_service_token_acts_for_employee() {
         assert_eq!(me.service_id, "token-app");
         assert!(me.token_id.starts_with("tok_"));
     }
+    // Alone, the service token acts with its own roles, as the service.
+    let me = who(&mut c, None, Some(&service_token)).await.unwrap();
+    assert_eq!(me.principal_id, "token-app");
+    assert_eq!(me.roles, vec!["analyst"]);
+    assert_eq!(me.service_id, "token-app");
     // A kluis token of a principal that is no `[[service]]` may not act for anyone.
     let employee = token(&k.rsa);
     let refused = who(&mut c, Some(&employee), Some(server.token(Role::Analyst)))
@@ -781,6 +803,12 @@ async fn required_client_certificate_refuses_callers_without_one() {
     // An expired certificate from the right CA.
     let mut expired = client(&server, Some(&pki().expired_app)).await;
     refused(who(&mut expired, None, None).await, "expired certificate");
+    // A certificate not valid yet.
+    let mut future = client(&server, Some(&pki().future_app)).await;
+    refused(
+        who(&mut future, None, None).await,
+        "not-yet-valid certificate",
+    );
     // The right certificate: in.
     let mut app = client(&server, Some(&pki().app)).await;
     assert_eq!(
