@@ -169,7 +169,7 @@ impl Provider {
         let data = jsonwebtoken::decode::<Value>(token, &key.decoding, &validation)
             .map_err(|e| TokenError(refusal(e.kind()).into()))?;
         let claims = data.claims;
-        let iat = claims.get("iat").and_then(Value::as_i64).ok_or_else(|| {
+        let iat = claims.get("iat").and_then(seconds).ok_or_else(|| {
             TokenError("the token has no `iat` claim (a number of seconds)".into())
         })?;
         let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(60);
@@ -178,7 +178,7 @@ impl Provider {
                 "the token was issued in the future (`iat`); check the clocks".into(),
             ));
         }
-        let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        let expires_at = claims.get("exp").and_then(seconds).unwrap_or(0);
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -290,6 +290,16 @@ impl Provider {
         }
         self.current().get(kid).map(Arc::clone)
     }
+}
+
+/// A NumericDate in whole seconds (an integer, or a number with a fraction, which RFC 7519
+/// allows).
+fn seconds(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && f.abs() < 1e15)
+            .map(|f| f.trunc() as i64)
+    })
 }
 
 /// Whether the unverified `aud` (a string or an array of strings) holds `audience`.
@@ -510,6 +520,20 @@ mod tests {
         let claims = serde_json::json!({"realm_access": {"roles": "nuisance"}});
         assert_eq!(p.roles(&claims), vec![Role::NuisanceOfficer]);
         assert!(p.roles(&serde_json::json!({"roles": ["cs"]})).is_empty());
+    }
+
+    #[test]
+    fn numeric_dates_may_carry_a_fraction() {
+        assert_eq!(
+            seconds(&serde_json::json!(1_795_000_000)),
+            Some(1_795_000_000)
+        );
+        assert_eq!(
+            seconds(&serde_json::json!(1_795_000_000.7)),
+            Some(1_795_000_000)
+        );
+        assert_eq!(seconds(&serde_json::json!("1795000000")), None);
+        assert_eq!(seconds(&serde_json::json!(1e300)), None);
     }
 
     #[test]
