@@ -579,8 +579,30 @@ impl Identity {
             .map(|s| (s, peer))
     }
 
+    /// A provider whose P-256 key `one` is known and whose private key is not: for the fuzz
+    /// checks, which send it anything and expect nothing to authenticate.
+    pub(crate) fn for_fuzzing() -> Self {
+        const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"one","use":"sig",
+            "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        let config = ProviderConfig {
+            key: "oidc[0]".into(),
+            issuer: "https://idp.example".into(),
+            audience: "kluis".into(),
+            jwks: JwksSource::File(PathBuf::new()),
+            roles_claim: vec!["roles".into()],
+            principal_claim: "sub".into(),
+            display_claim: Some("name".into()),
+            role_map: BTreeMap::from([("cs".into(), vec![Role::CustomerService])]),
+        };
+        Self {
+            services: Vec::new(),
+            providers: vec![Provider::with_jwks(config, JWKS)],
+        }
+    }
+
     /// Validates an OpenID Connect token sent in `key`.
-    fn verify(&self, token: &str, key: &str) -> Result<oidc::Verified, VaultError> {
+    pub(crate) fn verify(&self, token: &str, key: &str) -> Result<oidc::Verified, VaultError> {
         let refuse = |m: &str| VaultError::Unauthenticated(format!("`{key}`: {m}"));
         if self.providers.is_empty() {
             return Err(refuse(

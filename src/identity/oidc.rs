@@ -132,6 +132,20 @@ impl Provider {
         }
     }
 
+    /// The provider with the keys of a JWKS document, fetching nothing (the fuzz checks).
+    pub(crate) fn with_jwks(config: ProviderConfig, jwks: &str) -> Self {
+        Self {
+            config,
+            keys: RwLock::new(Arc::new(parse_jwks(jwks).unwrap_or_default())),
+            // No refresh for an unknown `kid` (the source is not read) for a year.
+            last_refresh: Mutex::new(Some(
+                Instant::now()
+                    .checked_add(Duration::from_secs(86_400 * 365))
+                    .unwrap_or_else(Instant::now),
+            )),
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ProviderConfig {
         &self.config
