@@ -457,6 +457,61 @@ impl Identity {
         }
     }
 
+    /// Whether nothing is configured (kluis tokens only).
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.providers.is_empty()
+    }
+
+    /// The configuration in force, for the audit trail: each service with its certificate
+    /// names, the roles it may act for and its own roles; each provider with its issuer,
+    /// audience and role map. Configuration only, never a key.
+    pub fn summary(&self) -> String {
+        let roles = |rs: &[Role]| {
+            if rs.is_empty() {
+                "none".to_owned()
+            } else {
+                rs.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        };
+        let mut lines = Vec::new();
+        for s in &self.services {
+            let names: Vec<String> = s
+                .dns
+                .iter()
+                .map(|d| format!("dns:{d}"))
+                .chain(s.uri.iter().map(|u| format!("uri:{u}")))
+                .collect();
+            lines.push(format!(
+                "service `{}` ({}): may act for {}; own roles {}",
+                s.principal,
+                if names.is_empty() {
+                    "kluis token only".to_owned()
+                } else {
+                    names.join(", ")
+                },
+                roles(&s.may_act_for),
+                roles(&s.roles)
+            ));
+        }
+        for p in &self.providers {
+            let c = p.config();
+            let map: Vec<String> = c
+                .role_map
+                .iter()
+                .map(|(value, rs)| format!("`{value}` → {}", roles(rs)))
+                .collect();
+            lines.push(format!(
+                "{} `{}` audience `{}`, roles from `{}`: {}",
+                c.key,
+                c.issuer,
+                c.audience,
+                c.roles_claim.join("."),
+                map.join("; ")
+            ));
+        }
+        lines.join("\n")
+    }
+
     /// Establishes who called. See README, "Identity from the organisation", for each refusal.
     pub fn authenticate(
         &self,

@@ -123,6 +123,18 @@ pub async fn serve(
             .map_err(|e| ServeError::Transport(e.to_string()))?
             .map_err(|e| ServeError::Transport(format!("discarding unfinished uploads: {e}")))?;
     }
+    if !identity.is_empty() {
+        let vault = Arc::clone(&vault);
+        let summary = identity.summary();
+        // Roles from the organisation's identity come from the configuration: each change of it
+        // is on the trail before the first call.
+        tokio::task::spawn_blocking(move || vault.record_identity_config(&summary))
+            .await
+            .map_err(|e| ServeError::Transport(e.to_string()))?
+            .map_err(|e| {
+                ServeError::Transport(format!("recording the identity configuration: {e}"))
+            })?;
+    }
     {
         let vault = Arc::clone(&vault);
         tokio::task::spawn_blocking(move || {

@@ -496,6 +496,32 @@ async fn service_acts_for_employee_with_the_roles_both_allow() {
     // No token anywhere on the trail.
     let trail = serde_json::to_string(&entries).unwrap();
     assert!(!trail.contains(&employee));
+    // The configuration that granted the roles is on the trail too, from the start.
+    let config = entries
+        .iter()
+        .find(|e| e["action"] == "identity-config")
+        .unwrap();
+    let summary = config["reason"].as_str().unwrap();
+    assert!(
+        summary.contains("service `case-app` (dns:case-app.corp.example): may act for customer-service; own roles none"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("`kluis-nuisance` → nuisance-officer"),
+        "{summary}"
+    );
+    // Once per change: the same configuration again (a restart) adds no entry, another does.
+    let recorded = |server: &TestServer| {
+        audit_entries(server)
+            .iter()
+            .filter(|e| e["action"] == "identity-config")
+            .count()
+    };
+    server.vault.record_identity_config(summary).unwrap();
+    assert_eq!(recorded(&server), 1);
+    let changed = summary.replace("may act for customer-service", "may act for analyst");
+    server.vault.record_identity_config(&changed).unwrap();
+    assert_eq!(recorded(&server), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
