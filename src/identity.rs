@@ -520,7 +520,7 @@ impl Identity {
     ) -> Result<Principal, VaultError> {
         let unauthenticated = |m: String| VaultError::Unauthenticated(m);
         let by_cert = match &creds.peer {
-            Some(peer) => self.service_for(peer),
+            Some(peer) => self.service_for(peer)?,
             None => None,
         };
         if let Some((service, peer)) = by_cert {
@@ -620,18 +620,26 @@ impl Identity {
         on_behalf(service, &principal.token_id, principal.expires_at, employee)
     }
 
-    /// The service a certificate names, first match in configuration order.
+    /// The service a certificate names; a certificate that names two services identifies
+    /// neither.
     fn service_for<'a>(
         &'a self,
         peer: &'a PeerCertificate,
-    ) -> Option<(&'a Service, &'a PeerCertificate)> {
-        self.services
-            .iter()
-            .find(|s| {
-                s.dns.iter().any(|d| peer.dns.contains(d))
-                    || s.uri.iter().any(|u| peer.uri.contains(u))
-            })
-            .map(|s| (s, peer))
+    ) -> Result<Option<(&'a Service, &'a PeerCertificate)>, VaultError> {
+        let mut named = self.services.iter().filter(|s| {
+            s.dns.iter().any(|d| peer.dns.contains(d)) || s.uri.iter().any(|u| peer.uri.contains(u))
+        });
+        let first = named.next();
+        if let (Some(a), Some(b)) = (first, named.next()) {
+            return Err(VaultError::Unauthenticated(format!(
+                "the client certificate ({}) names two services, `{}` and `{}`; give each \
+                 service a certificate of its own",
+                peer.names(),
+                a.principal,
+                b.principal
+            )));
+        }
+        Ok(first.map(|s| (s, peer)))
     }
 
     /// A provider whose P-256 key `one` is known and whose private key is not: for the fuzz

@@ -53,6 +53,7 @@ struct Pki {
     batch: Pem,
     expired_app: Pem,
     future_app: Pem,
+    both: Pem,
     stranger: Pem,
 }
 
@@ -120,6 +121,11 @@ fn pki() -> &'static Pki {
             ),
             expired_app: leaf(&issuer, vec![dns(APP_DNS)], Validity::Past),
             future_app: leaf(&issuer, vec![dns(APP_DNS)], Validity::Future),
+            both: leaf(
+                &issuer,
+                vec![dns(APP_DNS), SanType::URI(BATCH_URI.try_into().unwrap())],
+                Validity::Now,
+            ),
             stranger: leaf(&other, vec![dns(APP_DNS)], Validity::Now),
         }
     })
@@ -568,6 +574,15 @@ async fn service_without_employee_acts_as_itself_and_is_audited_as_such() {
     assert_eq!(entry["service"], "case-app");
     assert_eq!(entry["decision"], "deny");
     assert!(entry.get("sub").is_none(), "{entry}");
+
+    // A certificate naming two services identifies neither.
+    let mut both = client(&server, Some(&pki().both)).await;
+    let ambiguous = who(&mut both, None, None).await.unwrap_err();
+    assert_eq!(ambiguous.code(), Code::Unauthenticated, "{ambiguous:?}");
+    assert!(
+        ambiguous.message().contains("two services"),
+        "{ambiguous:?}"
+    );
 
     // A certificate and an `authorization` header together are refused: one identity per call.
     let both = who(&mut app, None, Some(server.token(Role::Analyst)))
