@@ -93,10 +93,18 @@ pub fn credentials<T>(request: &Request<T>) -> Result<Credentials, Status> {
 /// How long a unary call may take.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What every handler runs against: the vault, and the identity that judges its callers.
+#[derive(Clone, Debug)]
+pub(crate) struct Backend {
+    /// The vault.
+    pub(crate) vault: Arc<Vault>,
+    /// Services and identity providers.
+    pub(crate) identity: Arc<Identity>,
+}
+
 /// Runs `f` with the authenticated principal on a blocking thread and maps its error.
 pub(crate) async fn run<Req, T, F>(
-    vault: &Arc<Vault>,
-    identity: &Arc<Identity>,
+    backend: &Backend,
     request: Request<Req>,
     f: F,
 ) -> Result<T, Status>
@@ -107,8 +115,8 @@ where
 {
     let creds = credentials(&request)?;
     let message = request.into_inner();
-    let vault = Arc::clone(vault);
-    let identity = Arc::clone(identity);
+    let vault = Arc::clone(&backend.vault);
+    let identity = Arc::clone(&backend.identity);
     let task = tokio::task::spawn_blocking(move || {
         let principal = identity.authenticate(&vault, &creds)?;
         f(&vault, &principal, message)

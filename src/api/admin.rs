@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{convert, run};
+use super::{Backend, convert, run};
 use crate::{
     audit::{Filter, Head, Verification},
     crypto::{Algorithm, RootKey},
@@ -27,8 +27,7 @@ use crate::{
 /// The gRPC face of the vault's administration.
 #[derive(Clone, Debug)]
 pub struct AdminApi {
-    vault: Arc<Vault>,
-    identity: Arc<Identity>,
+    vault: Backend,
 }
 
 impl AdminApi {
@@ -37,9 +36,11 @@ impl AdminApi {
         Self::with_identity(vault, Arc::new(Identity::none()))
     }
 
-    /// Serves `vault` to callers `identity` establishes.
+    /// Serves `vault` to the callers `identity` establishes.
     pub fn with_identity(vault: Arc<Vault>, identity: Arc<Identity>) -> Self {
-        Self { vault, identity }
+        Self {
+            vault: Backend { vault, identity },
+        }
     }
 }
 
@@ -51,18 +52,13 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                let purpose = parse_purpose("purpose", &req.purpose)?;
-                let consent = Consent::parse("state", &req.state)?;
-                vault.record_consent(principal, &subject, purpose, consent, &req.justification)?;
-                Ok(pb::RecordConsentResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            let consent = Consent::parse("state", &req.state)?;
+            vault.record_consent(principal, &subject, purpose, consent, &req.justification)?;
+            Ok(pb::RecordConsentResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -71,50 +67,44 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::GrantMandateRequest>,
     ) -> Result<Response<pb::Mandate>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                let representative =
-                    PrincipalId::parse("representative_id", &req.representative_id)?;
-                let purposes = req
-                    .purposes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| parse_purpose(&format!("purposes[{i}]"), p))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let categories = req
-                    .categories
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| crate::domain::parse_category(&format!("categories[{i}]"), c))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let until = req
-                    .valid_until
-                    .as_ref()
-                    .ok_or_else(|| InputError::new("valid_until", "is required"))
-                    .and_then(|t| {
-                        convert::request_time(
-                            "valid_until",
-                            t,
-                            vault.now(),
-                            convert::MANDATE_VALID_UNTIL,
-                        )
-                    })?;
-                let m = vault.grant_mandate(
-                    principal,
-                    &subject,
-                    &representative,
-                    &purposes,
-                    &categories,
-                    until,
-                    &req.justification,
-                )?;
-                Ok(mandate_message(m))
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let representative = PrincipalId::parse("representative_id", &req.representative_id)?;
+            let purposes = req
+                .purposes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| parse_purpose(&format!("purposes[{i}]"), p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let categories = req
+                .categories
+                .iter()
+                .enumerate()
+                .map(|(i, c)| crate::domain::parse_category(&format!("categories[{i}]"), c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let until = req
+                .valid_until
+                .as_ref()
+                .ok_or_else(|| InputError::new("valid_until", "is required"))
+                .and_then(|t| {
+                    convert::request_time(
+                        "valid_until",
+                        t,
+                        vault.now(),
+                        convert::MANDATE_VALID_UNTIL,
+                    )
+                })?;
+            let m = vault.grant_mandate(
+                principal,
+                &subject,
+                &representative,
+                &purposes,
+                &categories,
+                until,
+                &req.justification,
+            )?;
+            Ok(mandate_message(m))
+        })
         .await
         .map(Response::new)
     }
@@ -123,16 +113,11 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::RevokeMandateRequest>,
     ) -> Result<Response<pb::RevokeMandateResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let id = convert::issued_id("mandate_id", "mdt_", &req.mandate_id)?;
-                vault.revoke_mandate(principal, id, &req.justification)?;
-                Ok(pb::RevokeMandateResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let id = convert::issued_id("mandate_id", "mdt_", &req.mandate_id)?;
+            vault.revoke_mandate(principal, id, &req.justification)?;
+            Ok(pb::RevokeMandateResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -141,24 +126,19 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ListMandatesRequest>,
     ) -> Result<Response<pb::ListMandatesResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let subject = if req.subject_id.is_empty() {
-                    None
-                } else {
-                    Some(SubjectId::parse("subject_id", &req.subject_id)?)
-                };
-                let mandates = vault
-                    .list_mandates(principal, subject.as_ref())?
-                    .into_iter()
-                    .map(mandate_message)
-                    .collect();
-                Ok(pb::ListMandatesResponse { mandates })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = if req.subject_id.is_empty() {
+                None
+            } else {
+                Some(SubjectId::parse("subject_id", &req.subject_id)?)
+            };
+            let mandates = vault
+                .list_mandates(principal, subject.as_ref())?
+                .into_iter()
+                .map(mandate_message)
+                .collect();
+            Ok(pb::ListMandatesResponse { mandates })
+        })
         .await
         .map(Response::new)
     }
@@ -167,69 +147,64 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ExplainDecisionRequest>,
     ) -> Result<Response<pb::ExplainDecisionResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let ctx = convert::context(req.context, vault.channels())?;
-                let role = if req.role.is_empty() {
-                    None
-                } else {
-                    Some(crate::domain::parse_role("role", &req.role)?)
-                };
-                let action = match req.action.as_str() {
-                    "" => crate::policy::Action::Read,
-                    name => match crate::policy::Action::from_name(name) {
-                        Some(a) => a,
-                        None => {
-                            return Err(InputError::new(
-                                "action",
-                                format!("expected one of {}", crate::policy::Action::names()),
-                            )
-                            .into());
-                        }
-                    },
-                };
-                let record_purpose = if req.record_purpose.is_empty() {
-                    ctx.purpose
-                } else {
-                    parse_purpose("record_purpose", &req.record_purpose)?
-                };
-                let resource = crate::policy::FieldResource {
-                    record: "rec_explain".into(),
-                    name: if req.field.is_empty() {
-                        "value".into()
-                    } else {
-                        crate::domain::FieldName::parse("field", &req.field)?
-                            .as_str()
-                            .into()
-                    },
-                    category: crate::domain::parse_category("category", &req.category)?,
-                    purpose: record_purpose,
-                    subject: principal
-                        .scope_subject
-                        .as_ref()
-                        .map_or("REL-EXPLAIN".to_owned(), |s| s.as_str().to_owned()),
-                    flags: Default::default(),
-                };
-                let e = vault.explain(principal, role, action, &ctx, resource)?;
-                Ok(pb::ExplainDecisionResponse {
-                    decision: if e.decision.is_allow() {
-                        "allow"
-                    } else {
-                        "deny"
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let role = if req.role.is_empty() {
+                None
+            } else {
+                Some(crate::domain::parse_role("role", &req.role)?)
+            };
+            let action = match req.action.as_str() {
+                "" => crate::policy::Action::Read,
+                name => match crate::policy::Action::from_name(name) {
+                    Some(a) => a,
+                    None => {
+                        return Err(InputError::new(
+                            "action",
+                            format!("expected one of {}", crate::policy::Action::names()),
+                        )
+                        .into());
                     }
-                    .into(),
-                    reason: e.decision.reason,
-                    policies: e
-                        .policies
-                        .into_iter()
-                        .map(|(id, text)| pb::ExplainedPolicy { id, text })
-                        .collect(),
-                })
-            },
-        )
+                },
+            };
+            let record_purpose = if req.record_purpose.is_empty() {
+                ctx.purpose
+            } else {
+                parse_purpose("record_purpose", &req.record_purpose)?
+            };
+            let resource = crate::policy::FieldResource {
+                record: "rec_explain".into(),
+                name: if req.field.is_empty() {
+                    "value".into()
+                } else {
+                    crate::domain::FieldName::parse("field", &req.field)?
+                        .as_str()
+                        .into()
+                },
+                category: crate::domain::parse_category("category", &req.category)?,
+                purpose: record_purpose,
+                subject: principal
+                    .scope_subject
+                    .as_ref()
+                    .map_or("REL-EXPLAIN".to_owned(), |s| s.as_str().to_owned()),
+                flags: Default::default(),
+            };
+            let e = vault.explain(principal, role, action, &ctx, resource)?;
+            Ok(pb::ExplainDecisionResponse {
+                decision: if e.decision.is_allow() {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .into(),
+                reason: e.decision.reason,
+                policies: e
+                    .policies
+                    .into_iter()
+                    .map(|(id, text)| pb::ExplainedPolicy { id, text })
+                    .collect(),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -238,19 +213,14 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ReloadPoliciesRequest>,
     ) -> Result<Response<pb::ReloadPoliciesResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, _req| {
-                let r = vault.reload_policies(Some(principal))?;
-                Ok(pb::ReloadPoliciesResponse {
-                    digest: r.digest,
-                    policies: u32::try_from(r.policies).unwrap_or(u32::MAX),
-                    changed: r.changed,
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, _req| {
+            let r = vault.reload_policies(Some(principal))?;
+            Ok(pb::ReloadPoliciesResponse {
+                digest: r.digest,
+                policies: u32::try_from(r.policies).unwrap_or(u32::MAX),
+                changed: r.changed,
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -259,27 +229,22 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::PlaceHoldRequest>,
     ) -> Result<Response<pb::Hold>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                let record = if req.record_id.is_empty() {
-                    None
-                } else {
-                    Some(RecordId::parse("record_id", &req.record_id)?)
-                };
-                let hold = vault.place_hold(
-                    principal,
-                    &subject,
-                    record.as_ref(),
-                    &req.reason,
-                    &req.case_ref,
-                )?;
-                Ok(hold_message(hold))
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let record = if req.record_id.is_empty() {
+                None
+            } else {
+                Some(RecordId::parse("record_id", &req.record_id)?)
+            };
+            let hold = vault.place_hold(
+                principal,
+                &subject,
+                record.as_ref(),
+                &req.reason,
+                &req.case_ref,
+            )?;
+            Ok(hold_message(hold))
+        })
         .await
         .map(Response::new)
     }
@@ -288,16 +253,11 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ReleaseHoldRequest>,
     ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let id = convert::issued_id("hold_id", "hold_", &req.hold_id)?;
-                vault.release_hold(principal, id, &req.justification)?;
-                Ok(pb::ReleaseHoldResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let id = convert::issued_id("hold_id", "hold_", &req.hold_id)?;
+            vault.release_hold(principal, id, &req.justification)?;
+            Ok(pb::ReleaseHoldResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -306,22 +266,17 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ListHoldsRequest>,
     ) -> Result<Response<pb::ListHoldsResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let subject = if req.subject_id.is_empty() {
-                    None
-                } else {
-                    Some(SubjectId::parse("subject_id", &req.subject_id)?)
-                };
-                let holds = vault.list_holds(principal, subject.as_ref(), req.include_released)?;
-                Ok(pb::ListHoldsResponse {
-                    holds: holds.into_iter().map(hold_message).collect(),
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = if req.subject_id.is_empty() {
+                None
+            } else {
+                Some(SubjectId::parse("subject_id", &req.subject_id)?)
+            };
+            let holds = vault.list_holds(principal, subject.as_ref(), req.include_released)?;
+            Ok(pb::ListHoldsResponse {
+                holds: holds.into_iter().map(hold_message).collect(),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -330,24 +285,19 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::SweepRetentionRequest>,
     ) -> Result<Response<pb::SweepRetentionResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let records = vault
-                    .sweep_retention(Some(principal), req.dry_run)?
-                    .into_iter()
-                    .map(|s| pb::SweptRecord {
-                        record_id: s.record_id,
-                        subject_id: s.subject,
-                        purpose: s.purpose,
-                        expired_at: Some(convert::timestamp(s.expired_at)),
-                    })
-                    .collect();
-                Ok(pb::SweepRetentionResponse { records })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let records = vault
+                .sweep_retention(Some(principal), req.dry_run)?
+                .into_iter()
+                .map(|s| pb::SweptRecord {
+                    record_id: s.record_id,
+                    subject_id: s.subject,
+                    purpose: s.purpose,
+                    expired_at: Some(convert::timestamp(s.expired_at)),
+                })
+                .collect();
+            Ok(pb::SweepRetentionResponse { records })
+        })
         .await
         .map(Response::new)
     }
@@ -356,28 +306,23 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::EraseSubjectRequest>,
     ) -> Result<Response<pb::EraseSubjectResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                let erasure = vault.erase_subject(principal, &subject, &req.justification)?;
-                Ok(pb::EraseSubjectResponse {
-                    destroyed_record_ids: erasure.destroyed,
-                    shredded_purposes: erasure.shredded,
-                    kept: erasure
-                        .kept
-                        .into_iter()
-                        .map(|(record_id, purpose, reason)| pb::KeptRecord {
-                            record_id,
-                            purpose,
-                            reason,
-                        })
-                        .collect(),
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let erasure = vault.erase_subject(principal, &subject, &req.justification)?;
+            Ok(pb::EraseSubjectResponse {
+                destroyed_record_ids: erasure.destroyed,
+                shredded_purposes: erasure.shredded,
+                kept: erasure
+                    .kept
+                    .into_iter()
+                    .map(|(record_id, purpose, reason)| pb::KeptRecord {
+                        record_id,
+                        purpose,
+                        reason,
+                    })
+                    .collect(),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -386,33 +331,28 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::OpenSubjectRequestRequest>,
     ) -> Result<Response<pb::SubjectRequest>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                let kind: RequestKind = req
-                    .kind
-                    .parse()
-                    .map_err(|e: String| InputError::new("kind", e))?;
-                let now = vault.now();
-                // A time within the clock skew ahead is taken as now.
-                let received_at = req
-                    .received_at
-                    .as_ref()
-                    .map(|t| {
-                        convert::request_time("received_at", t, now, convert::REQUEST_RECEIVED_AT)
-                            .map(|at| at.min(now))
-                    })
-                    .transpose()?;
-                let row = vault.open_request(principal, &subject, kind, received_at, &req.note)?;
-                Ok(request_message(RequestStatus {
-                    request: row,
-                    overdue: false,
-                }))
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let kind: RequestKind = req
+                .kind
+                .parse()
+                .map_err(|e: String| InputError::new("kind", e))?;
+            let now = vault.now();
+            // A time within the clock skew ahead is taken as now.
+            let received_at = req
+                .received_at
+                .as_ref()
+                .map(|t| {
+                    convert::request_time("received_at", t, now, convert::REQUEST_RECEIVED_AT)
+                        .map(|at| at.min(now))
+                })
+                .transpose()?;
+            let row = vault.open_request(principal, &subject, kind, received_at, &req.note)?;
+            Ok(request_message(RequestStatus {
+                request: row,
+                overdue: false,
+            }))
+        })
         .await
         .map(Response::new)
     }
@@ -421,16 +361,11 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::CompleteSubjectRequestRequest>,
     ) -> Result<Response<pb::CompleteSubjectRequestResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let id = convert::issued_id("request_id", "req_", &req.request_id)?;
-                vault.complete_request(principal, id, &req.justification)?;
-                Ok(pb::CompleteSubjectRequestResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let id = convert::issued_id("request_id", "req_", &req.request_id)?;
+            vault.complete_request(principal, id, &req.justification)?;
+            Ok(pb::CompleteSubjectRequestResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -439,19 +374,14 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ListSubjectRequestsRequest>,
     ) -> Result<Response<pb::ListSubjectRequestsResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let requests = vault
-                    .list_requests(principal, req.overdue_only)?
-                    .into_iter()
-                    .map(request_message)
-                    .collect();
-                Ok(pb::ListSubjectRequestsResponse { requests })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let requests = vault
+                .list_requests(principal, req.overdue_only)?
+                .into_iter()
+                .map(request_message)
+                .collect();
+            Ok(pb::ListSubjectRequestsResponse { requests })
+        })
         .await
         .map(Response::new)
     }
@@ -463,12 +393,9 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        let mut file = run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| vault.backup(principal, &req.justification),
-        )
+        let mut file = run(&self.vault, request, |vault, principal, req| {
+            vault.backup(principal, &req.justification)
+        })
         .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -503,24 +430,19 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let only = if req.purpose.is_empty() {
-                    None
-                } else {
-                    Some(parse_purpose("purpose", &req.purpose)?)
-                };
-                let purposes = vault
-                    .list_keys(principal, only)?
-                    .into_iter()
-                    .map(purpose_keys)
-                    .collect();
-                Ok(pb::ListKeysResponse { purposes })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let only = if req.purpose.is_empty() {
+                None
+            } else {
+                Some(parse_purpose("purpose", &req.purpose)?)
+            };
+            let purposes = vault
+                .list_keys(principal, only)?
+                .into_iter()
+                .map(purpose_keys)
+                .collect();
+            Ok(pb::ListKeysResponse { purposes })
+        })
         .await
         .map(Response::new)
     }
@@ -529,36 +451,31 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        let (purpose, response) = run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let purpose = parse_purpose("purpose", &req.purpose)?;
-                let algorithm = if req.algorithm.is_empty() {
-                    None
-                } else {
-                    Some(Algorithm::parse(&req.algorithm).ok_or_else(|| {
-                        InputError::new(
-                            "algorithm",
-                            "expected `aes-256-gcm` or `xchacha20-poly1305`",
-                        )
-                    })?)
-                };
-                let (version, algorithm) =
-                    vault.rotate_key(principal, purpose, algorithm, &req.justification)?;
-                Ok((
-                    purpose,
-                    pb::RotateKeyResponse {
-                        version,
-                        algorithm: algorithm.as_str().into(),
-                    },
-                ))
-            },
-        )
+        let (purpose, response) = run(&self.vault, request, |vault, principal, req| {
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            let algorithm = if req.algorithm.is_empty() {
+                None
+            } else {
+                Some(Algorithm::parse(&req.algorithm).ok_or_else(|| {
+                    InputError::new(
+                        "algorithm",
+                        "expected `aes-256-gcm` or `xchacha20-poly1305`",
+                    )
+                })?)
+            };
+            let (version, algorithm) =
+                vault.rotate_key(principal, purpose, algorithm, &req.justification)?;
+            Ok((
+                purpose,
+                pb::RotateKeyResponse {
+                    version,
+                    algorithm: algorithm.as_str().into(),
+                },
+            ))
+        })
         .await?;
         // Move the existing subject keys over at once, in the background.
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = vault.rewrap(purpose, |_| true) {
                 tracing::error!(purpose = purpose.as_str(), error = %e, "rewrap after rotation failed; run `kluis admin keys rewrap`");
@@ -571,9 +488,9 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::KeyJobRequest>,
     ) -> Result<Response<Self::RewrapStream>, Status> {
-        let purpose = authorize_job(&self.vault, &self.identity, request, "key-rewrap").await?;
+        let purpose = authorize_job(&self.vault, request, "key-rewrap").await?;
         Ok(Response::new(key_job(
-            &self.vault,
+            &self.vault.vault,
             purpose,
             move |vault, progress| vault.rewrap(purpose, progress),
         )))
@@ -583,9 +500,9 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::KeyJobRequest>,
     ) -> Result<Response<Self::RekeyStream>, Status> {
-        let purpose = authorize_job(&self.vault, &self.identity, request, "key-rekey").await?;
+        let purpose = authorize_job(&self.vault, request, "key-rekey").await?;
         Ok(Response::new(key_job(
-            &self.vault,
+            &self.vault.vault,
             purpose,
             move |vault, progress| vault.rekey(purpose, progress),
         )))
@@ -595,24 +512,19 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ScheduleKeyDestructionRequest>,
     ) -> Result<Response<pb::ScheduleKeyDestructionResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let purpose = parse_purpose("purpose", &req.purpose)?;
-                let due = vault.schedule_key_destruction(
-                    principal,
-                    purpose,
-                    convert::key_version("version", req.version)?,
-                    convert::destroy_wait(req.wait_seconds)?,
-                    &req.justification,
-                )?;
-                Ok(pb::ScheduleKeyDestructionResponse {
-                    destroy_after: Some(convert::timestamp(due)),
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            let due = vault.schedule_key_destruction(
+                principal,
+                purpose,
+                convert::key_version("version", req.version)?,
+                convert::destroy_wait(req.wait_seconds)?,
+                &req.justification,
+            )?;
+            Ok(pb::ScheduleKeyDestructionResponse {
+                destroy_after: Some(convert::timestamp(due)),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -621,17 +533,12 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::KeyVersionRequest>,
     ) -> Result<Response<pb::KeyAdminResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let purpose = parse_purpose("purpose", &req.purpose)?;
-                let version = convert::key_version("version", req.version)?;
-                vault.cancel_key_destruction(principal, purpose, version, &req.justification)?;
-                Ok(pb::KeyAdminResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            let version = convert::key_version("version", req.version)?;
+            vault.cancel_key_destruction(principal, purpose, version, &req.justification)?;
+            Ok(pb::KeyAdminResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -640,19 +547,14 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::DestroyDueKeysRequest>,
     ) -> Result<Response<pb::DestroyDueKeysResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, _req| {
-                let destroyed = vault
-                    .destroy_due_keys(Some(principal))?
-                    .into_iter()
-                    .map(|(p, v)| format!("{p} v{v}"))
-                    .collect();
-                Ok(pb::DestroyDueKeysResponse { destroyed })
-            },
-        )
+        run(&self.vault, request, |vault, principal, _req| {
+            let destroyed = vault
+                .destroy_due_keys(Some(principal))?
+                .into_iter()
+                .map(|(p, v)| format!("{p} v{v}"))
+                .collect();
+            Ok(pb::DestroyDueKeysResponse { destroyed })
+        })
         .await
         .map(Response::new)
     }
@@ -661,17 +563,12 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::KeyVersionRequest>,
     ) -> Result<Response<pb::KeyAdminResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let purpose = parse_purpose("purpose", &req.purpose)?;
-                let version = convert::key_version("version", req.version)?;
-                vault.set_min_decrypt_version(principal, purpose, version, &req.justification)?;
-                Ok(pb::KeyAdminResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let purpose = parse_purpose("purpose", &req.purpose)?;
+            let version = convert::key_version("version", req.version)?;
+            vault.set_min_decrypt_version(principal, purpose, version, &req.justification)?;
+            Ok(pb::KeyAdminResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -680,59 +577,51 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::RotateRootRequest>,
     ) -> Result<Response<pb::RotateRootResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let secret = match req.secret {
-                    Some(pb::rotate_root_request::Secret::Passphrase(p)) => {
-                        let p = zeroize::Zeroizing::new(p);
-                        if p.chars().count() < crate::config::MIN_PASSPHRASE_CHARS {
-                            return Err(InputError::new(
-                                "passphrase",
-                                format!(
-                                    "at least {} characters",
-                                    crate::config::MIN_PASSPHRASE_CHARS
-                                ),
-                            )
-                            .into());
-                        }
-                        RootSecret::Passphrase(zeroize::Zeroizing::new(p.to_string()))
-                    }
-                    Some(pb::rotate_root_request::Secret::Key(k)) => {
-                        let k = zeroize::Zeroizing::new(k);
-                        RootSecret::KeyFile(
-                            RootKey::from_slice(&k)
-                                .ok_or_else(|| InputError::new("key", "expected 32 bytes"))?,
-                        )
-                    }
-                    None => {
+        run(&self.vault, request, |vault, principal, req| {
+            let secret = match req.secret {
+                Some(pb::rotate_root_request::Secret::Passphrase(p)) => {
+                    let p = zeroize::Zeroizing::new(p);
+                    if p.chars().count() < crate::config::MIN_PASSPHRASE_CHARS {
                         return Err(InputError::new(
-                            "secret",
-                            "give the new `passphrase` or `key`",
+                            "passphrase",
+                            format!(
+                                "at least {} characters",
+                                crate::config::MIN_PASSPHRASE_CHARS
+                            ),
                         )
                         .into());
                     }
-                };
-                if req.request_id.is_empty() {
-                    let asked =
-                        vault.request_root_change(principal, &secret, &req.justification)?;
-                    return Ok(pb::RotateRootResponse {
-                        request_id: asked.id,
-                        rotated: false,
-                        expires_at: Some(convert::timestamp(asked.expires_at)),
-                    });
+                    RootSecret::Passphrase(zeroize::Zeroizing::new(p.to_string()))
                 }
-                let id = convert::issued_id("request_id", "root_", &req.request_id)?;
-                vault.rotate_root(principal, id, &secret, &req.justification)?;
-                Ok(pb::RotateRootResponse {
-                    request_id: req.request_id,
-                    rotated: true,
-                    expires_at: None,
-                })
-            },
-        )
+                Some(pb::rotate_root_request::Secret::Key(k)) => {
+                    let k = zeroize::Zeroizing::new(k);
+                    RootSecret::KeyFile(
+                        RootKey::from_slice(&k)
+                            .ok_or_else(|| InputError::new("key", "expected 32 bytes"))?,
+                    )
+                }
+                None => {
+                    return Err(
+                        InputError::new("secret", "give the new `passphrase` or `key`").into(),
+                    );
+                }
+            };
+            if req.request_id.is_empty() {
+                let asked = vault.request_root_change(principal, &secret, &req.justification)?;
+                return Ok(pb::RotateRootResponse {
+                    request_id: asked.id,
+                    rotated: false,
+                    expires_at: Some(convert::timestamp(asked.expires_at)),
+                });
+            }
+            let id = convert::issued_id("request_id", "root_", &req.request_id)?;
+            vault.rotate_root(principal, id, &secret, &req.justification)?;
+            Ok(pb::RotateRootResponse {
+                request_id: req.request_id,
+                rotated: true,
+                expires_at: None,
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -741,16 +630,11 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ApproveRootChangeRequest>,
     ) -> Result<Response<pb::ApproveRootChangeResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let id = convert::issued_id("request_id", "root_", &req.request_id)?;
-                vault.approve_root_change(principal, id, &req.justification)?;
-                Ok(pb::ApproveRootChangeResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let id = convert::issued_id("request_id", "root_", &req.request_id)?;
+            vault.approve_root_change(principal, id, &req.justification)?;
+            Ok(pb::ApproveRootChangeResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -759,19 +643,14 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::KeyReportRequest>,
     ) -> Result<Response<pb::KeyReportResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, _req| {
-                let info = vault.key_report(principal)?;
-                let sound = info.iter().all(PurposeKeysInfo::is_sound);
-                Ok(pb::KeyReportResponse {
-                    purposes: info.into_iter().map(purpose_keys).collect(),
-                    sound,
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, _req| {
+            let info = vault.key_report(principal)?;
+            let sound = info.iter().all(PurposeKeysInfo::is_sound);
+            Ok(pb::KeyReportResponse {
+                purposes: info.into_iter().map(purpose_keys).collect(),
+                sound,
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -780,26 +659,21 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let spec = TokenSpec::parse(
-                    &req.principal_id,
-                    &req.roles,
-                    req.ttl_seconds,
-                    &req.scope_subject_id,
-                )?;
-                let issued = vault.issue_token(principal, &spec, &req.justification)?;
-                Ok(pb::IssueTokenResponse {
-                    token_id: issued.id,
-                    token: issued.token.expose_secret().to_owned(),
-                    expires_at: Some(convert::timestamp(issued.expires_at)),
-                    pending_approval: issued.pending_approval,
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let spec = TokenSpec::parse(
+                &req.principal_id,
+                &req.roles,
+                req.ttl_seconds,
+                &req.scope_subject_id,
+            )?;
+            let issued = vault.issue_token(principal, &spec, &req.justification)?;
+            Ok(pb::IssueTokenResponse {
+                token_id: issued.id,
+                token: issued.token.expose_secret().to_owned(),
+                expires_at: Some(convert::timestamp(issued.expires_at)),
+                pending_approval: issued.pending_approval,
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -808,23 +682,18 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::VerifyStoreRequest>,
     ) -> Result<Response<pb::VerifyStoreResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, _req| {
-                let bad_rows = vault
-                    .verify_store(principal)?
-                    .into_iter()
-                    .map(|b| pb::BadRow {
-                        kind: b.kind.into(),
-                        id: b.id,
-                        problem: b.problem,
-                    })
-                    .collect();
-                Ok(pb::VerifyStoreResponse { bad_rows })
-            },
-        )
+        run(&self.vault, request, |vault, principal, _req| {
+            let bad_rows = vault
+                .verify_store(principal)?
+                .into_iter()
+                .map(|b| pb::BadRow {
+                    kind: b.kind.into(),
+                    id: b.id,
+                    problem: b.problem,
+                })
+                .collect();
+            Ok(pb::VerifyStoreResponse { bad_rows })
+        })
         .await
         .map(Response::new)
     }
@@ -833,16 +702,11 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ApproveTokenRequest>,
     ) -> Result<Response<pb::ApproveTokenResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let id = convert::issued_id("token_id", "tok_", &req.token_id)?;
-                vault.approve_token(principal, id, &req.justification)?;
-                Ok(pb::ApproveTokenResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let id = convert::issued_id("token_id", "tok_", &req.token_id)?;
+            vault.approve_token(principal, id, &req.justification)?;
+            Ok(pb::ApproveTokenResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -851,16 +715,11 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let id = convert::issued_id("token_id", "tok_", &req.token_id)?;
-                vault.revoke_token(principal, id, &req.justification)?;
-                Ok(pb::RevokeTokenResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let id = convert::issued_id("token_id", "tok_", &req.token_id)?;
+            vault.revoke_token(principal, id, &req.justification)?;
+            Ok(pb::RevokeTokenResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -869,40 +728,35 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let now = now_unix();
-                let tokens = vault
-                    .list_tokens(principal, req.include_inactive)?
-                    .into_iter()
-                    .map(|t| pb::TokenInfo {
-                        state: if t.revoked_at.is_some() {
-                            "revoked"
-                        } else if t.expires_at <= now {
-                            "expired"
-                        } else if t.is_pending() {
-                            "pending"
-                        } else {
-                            "active"
-                        }
-                        .into(),
-                        requested_by: t.requested_by.clone().unwrap_or_default(),
-                        approved_by: t.approved_by.clone().unwrap_or_default(),
-                        token_id: t.id,
-                        principal_id: t.principal,
-                        roles: t.roles,
-                        scope_subject_id: t.scope_subject.unwrap_or_default(),
-                        created_at: Some(convert::timestamp(t.created_at)),
-                        expires_at: Some(convert::timestamp(t.expires_at)),
-                        revoked_at: t.revoked_at.map(convert::timestamp),
-                    })
-                    .collect();
-                Ok(pb::ListTokensResponse { tokens })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let now = now_unix();
+            let tokens = vault
+                .list_tokens(principal, req.include_inactive)?
+                .into_iter()
+                .map(|t| pb::TokenInfo {
+                    state: if t.revoked_at.is_some() {
+                        "revoked"
+                    } else if t.expires_at <= now {
+                        "expired"
+                    } else if t.is_pending() {
+                        "pending"
+                    } else {
+                        "active"
+                    }
+                    .into(),
+                    requested_by: t.requested_by.clone().unwrap_or_default(),
+                    approved_by: t.approved_by.clone().unwrap_or_default(),
+                    token_id: t.id,
+                    principal_id: t.principal,
+                    roles: t.roles,
+                    scope_subject_id: t.scope_subject.unwrap_or_default(),
+                    created_at: Some(convert::timestamp(t.created_at)),
+                    expires_at: Some(convert::timestamp(t.expires_at)),
+                    revoked_at: t.revoked_at.map(convert::timestamp),
+                })
+                .collect();
+            Ok(pb::ListTokensResponse { tokens })
+        })
         .await
         .map(Response::new)
     }
@@ -911,22 +765,17 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::AuditHeadRequest>,
     ) -> Result<Response<pb::AuditHeadResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, _req| {
-                let head = vault.audit_head(principal)?;
-                Ok(pb::AuditHeadResponse {
-                    head: Some(pb::AuditHead {
-                        seq: head.seq,
-                        hash: head.hash,
-                        mac: head.mac,
-                        store_id: head.store_id,
-                    }),
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, _req| {
+            let head = vault.audit_head(principal)?;
+            Ok(pb::AuditHeadResponse {
+                head: Some(pb::AuditHead {
+                    seq: head.seq,
+                    hash: head.hash,
+                    mac: head.mac,
+                    store_id: head.store_id,
+                }),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -935,61 +784,55 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let expect = req.expect_head.map(|h| Head {
-                    seq: h.seq,
-                    hash: h.hash,
-                    mac: h.mac,
-                    store_id: h.store_id,
-                });
-                let hex_of = |s: &str, len: usize| {
-                    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-                };
-                if let Some(h) = &expect {
-                    if !hex_of(&h.hash, 64) {
-                        return Err(InputError::new(
-                            "expect_head.hash",
-                            "expected 64 hexadecimal digits",
-                        )
-                        .into());
-                    }
-                    // An empty MAC or store id is refused by the verification itself (and recorded);
-                    // anything else must have the right form.
-                    if !h.mac.is_empty() && !hex_of(&h.mac, 64) {
-                        return Err(InputError::new(
-                            "expect_head.mac",
-                            "expected 64 hexadecimal digits",
-                        )
-                        .into());
-                    }
-                    if !h.store_id.is_empty() && !hex_of(&h.store_id, 32) {
-                        return Err(InputError::new(
-                            "expect_head.store_id",
-                            "expected 32 hexadecimal digits",
-                        )
-                        .into());
-                    }
+        run(&self.vault, request, |vault, principal, req| {
+            let expect = req.expect_head.map(|h| Head {
+                seq: h.seq,
+                hash: h.hash,
+                mac: h.mac,
+                store_id: h.store_id,
+            });
+            let hex_of =
+                |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+            if let Some(h) = &expect {
+                if !hex_of(&h.hash, 64) {
+                    return Err(InputError::new(
+                        "expect_head.hash",
+                        "expected 64 hexadecimal digits",
+                    )
+                    .into());
                 }
-                Ok(match vault.verify_audit(principal, expect.as_ref())? {
-                    Verification::Intact { count, head } => pb::VerifyAuditResponse {
-                        intact: true,
-                        count,
-                        head_hash: head,
-                        ..Default::default()
-                    },
-                    Verification::Broken { seq, problem } => pb::VerifyAuditResponse {
-                        intact: false,
-                        broken_seq: seq,
-                        problem,
-                        ..Default::default()
-                    },
-                })
-            },
-        )
+                // An empty MAC or store id is refused by the verification itself (and recorded);
+                // anything else must have the right form.
+                if !h.mac.is_empty() && !hex_of(&h.mac, 64) {
+                    return Err(InputError::new(
+                        "expect_head.mac",
+                        "expected 64 hexadecimal digits",
+                    )
+                    .into());
+                }
+                if !h.store_id.is_empty() && !hex_of(&h.store_id, 32) {
+                    return Err(InputError::new(
+                        "expect_head.store_id",
+                        "expected 32 hexadecimal digits",
+                    )
+                    .into());
+                }
+            }
+            Ok(match vault.verify_audit(principal, expect.as_ref())? {
+                Verification::Intact { count, head } => pb::VerifyAuditResponse {
+                    intact: true,
+                    count,
+                    head_hash: head,
+                    ..Default::default()
+                },
+                Verification::Broken { seq, problem } => pb::VerifyAuditResponse {
+                    intact: false,
+                    broken_seq: seq,
+                    problem,
+                    ..Default::default()
+                },
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -998,41 +841,34 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
-        let (filter, upto) = run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let filter = Filter {
-                    subject: (!req.subject_id.is_empty())
-                        .then(|| {
-                            SubjectId::parse("subject_id", &req.subject_id)
-                                .map(|s| s.as_str().to_owned())
-                        })
-                        .transpose()?,
-                    principal: (!req.principal_id.is_empty())
-                        .then(|| {
-                            PrincipalId::parse("principal_id", &req.principal_id)
-                                .map(|p| p.as_str().to_owned())
-                        })
-                        .transpose()?,
-                    since: req
-                        .since
-                        .as_ref()
-                        .map(|t| {
-                            convert::request_time("since", t, now_unix(), convert::AUDIT_SINCE)
-                        })
-                        .transpose()?,
-                    break_glass: req.break_glass_only,
-                    actions: Vec::new(),
-                };
-                let upto = vault.begin_audit_export(principal, &filter, &req.justification)?;
-                Ok((filter, upto))
-            },
-        )
+        let (filter, upto) = run(&self.vault, request, |vault, principal, req| {
+            let filter = Filter {
+                subject: (!req.subject_id.is_empty())
+                    .then(|| {
+                        SubjectId::parse("subject_id", &req.subject_id)
+                            .map(|s| s.as_str().to_owned())
+                    })
+                    .transpose()?,
+                principal: (!req.principal_id.is_empty())
+                    .then(|| {
+                        PrincipalId::parse("principal_id", &req.principal_id)
+                            .map(|p| p.as_str().to_owned())
+                    })
+                    .transpose()?,
+                since: req
+                    .since
+                    .as_ref()
+                    .map(|t| convert::request_time("since", t, now_unix(), convert::AUDIT_SINCE))
+                    .transpose()?,
+                break_glass: req.break_glass_only,
+                actions: Vec::new(),
+            };
+            let upto = vault.begin_audit_export(principal, &filter, &req.justification)?;
+            Ok((filter, upto))
+        })
         .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
             let result = vault.scan_audit_export(&filter, upto, |seq, raw| {
                 let json = String::from_utf8_lossy(raw).into_owned();
@@ -1050,42 +886,37 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::SubjectAccessReportRequest>,
     ) -> Result<Response<pb::SubjectAccessReportResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                let events = vault
-                    .subject_access_report(principal, &subject, &req.justification)?
-                    .into_iter()
-                    .map(|(seq, e)| {
-                        let (allowed, denied): (Vec<_>, Vec<_>) =
-                            e.fields.into_iter().partition(|f| f.decision == "allow");
-                        pb::AccessEvent {
-                            seq,
-                            time: Some(convert::timestamp(e.time)),
-                            principal_id: e.principal,
-                            roles: e.roles,
-                            action: e.action,
-                            purpose: e.purpose.unwrap_or_default(),
-                            case_ref: e.case_ref.unwrap_or_default(),
-                            justification: e.justification.unwrap_or_default(),
-                            channel: e.channel.unwrap_or_default(),
-                            break_glass: e.break_glass,
-                            record_id: e.record.unwrap_or_default(),
-                            decision: e.decision,
-                            fields_allowed: allowed.into_iter().map(|f| f.name).collect(),
-                            fields_denied: denied.into_iter().map(|f| f.name).collect(),
-                        }
-                    })
-                    .collect();
-                Ok(pb::SubjectAccessReportResponse {
-                    subject_id: subject.as_str().into(),
-                    events,
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let events = vault
+                .subject_access_report(principal, &subject, &req.justification)?
+                .into_iter()
+                .map(|(seq, e)| {
+                    let (allowed, denied): (Vec<_>, Vec<_>) =
+                        e.fields.into_iter().partition(|f| f.decision == "allow");
+                    pb::AccessEvent {
+                        seq,
+                        time: Some(convert::timestamp(e.time)),
+                        principal_id: e.principal,
+                        roles: e.roles,
+                        action: e.action,
+                        purpose: e.purpose.unwrap_or_default(),
+                        case_ref: e.case_ref.unwrap_or_default(),
+                        justification: e.justification.unwrap_or_default(),
+                        channel: e.channel.unwrap_or_default(),
+                        break_glass: e.break_glass,
+                        record_id: e.record.unwrap_or_default(),
+                        decision: e.decision,
+                        fields_allowed: allowed.into_iter().map(|f| f.name).collect(),
+                        fields_denied: denied.into_iter().map(|f| f.name).collect(),
+                    }
                 })
-            },
-        )
+                .collect();
+            Ok(pb::SubjectAccessReportResponse {
+                subject_id: subject.as_str().into(),
+                events,
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -1118,12 +949,11 @@ fn purpose_keys(p: PurposeKeysInfo) -> pb::PurposeKeys {
 
 /// Authenticates and authorizes the start of a key job; returns its purpose.
 async fn authorize_job(
-    vault: &Arc<Vault>,
-    identity: &Arc<Identity>,
+    vault: &Backend,
     request: Request<pb::KeyJobRequest>,
     action: &'static str,
 ) -> Result<Purpose, Status> {
-    run(vault, identity, request, move |vault, principal, req| {
+    run(vault, request, move |vault, principal, req| {
         let purpose = parse_purpose("purpose", &req.purpose)?;
         vault.authorize_key_job(principal, action, purpose, &req.justification)?;
         Ok(purpose)

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, run};
+use super::{Backend, convert, run};
 use crate::{
     domain::{FieldName, InputError, RecordId, SubjectId},
     identity::Identity,
@@ -19,8 +19,7 @@ use crate::{
 /// The gRPC face of a `Vault`.
 #[derive(Clone, Debug)]
 pub struct VaultApi {
-    vault: Arc<Vault>,
-    identity: Arc<Identity>,
+    vault: Backend,
 }
 
 impl VaultApi {
@@ -29,9 +28,11 @@ impl VaultApi {
         Self::with_identity(vault, Arc::new(Identity::none()))
     }
 
-    /// Serves `vault` to callers `identity` establishes.
+    /// Serves `vault` to the callers `identity` establishes.
     pub fn with_identity(vault: Arc<Vault>, identity: Arc<Identity>) -> Self {
-        Self { vault, identity }
+        Self {
+            vault: Backend { vault, identity },
+        }
     }
 }
 
@@ -117,7 +118,7 @@ impl VaultRpc for VaultApi {
         request: Request<Streaming<pb::EvidenceChunk>>,
     ) -> Result<Response<pb::PutEvidenceResponse>, Status> {
         let creds = super::credentials(&request)?;
-        let identity = Arc::clone(&self.identity);
+        let identity = Arc::clone(&self.vault.identity);
         let mut stream = request.into_inner();
         let first = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
             .await
@@ -131,7 +132,7 @@ impl VaultRpc for VaultApi {
                  record, field, category, media type, file name)",
             ));
         };
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         let upload = blocking(move || {
             let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(start.context.clone(), vault.channels())?;
@@ -209,9 +210,9 @@ impl VaultRpc for VaultApi {
         // Everything that can refuse the read happens before the stream starts, so a denied
         // caller gets a status and no byte.
         let creds = super::credentials(&request)?;
-        let identity = Arc::clone(&self.identity);
+        let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         let (info, download) = blocking(move || {
             let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(req.context, vault.channels())?;
@@ -296,10 +297,10 @@ impl VaultRpc for VaultApi {
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
         let creds = super::credentials(&request)?;
-        let identity = Arc::clone(&self.identity);
+        let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
             let result = (|| {
                 let principal = identity.authenticate(&vault, &creds)?;
@@ -326,23 +327,17 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::PutRecordRequest>,
     ) -> Result<Response<pb::PutRecordResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let ctx = convert::context(req.context, vault.channels())?;
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                let fields = convert::new_fields(req.fields, vault.limits())?;
-                let labels = convert::labels(req.labels, vault.limits())?;
-                let (id, expires_at) =
-                    vault.put_record(principal, &ctx, &subject, fields, labels)?;
-                Ok(pb::PutRecordResponse {
-                    record_id: id.as_str().into(),
-                    expires_at: expires_at.map(convert::timestamp),
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let fields = convert::new_fields(req.fields, vault.limits())?;
+            let labels = convert::labels(req.labels, vault.limits())?;
+            let (id, expires_at) = vault.put_record(principal, &ctx, &subject, fields, labels)?;
+            Ok(pb::PutRecordResponse {
+                record_id: id.as_str().into(),
+                expires_at: expires_at.map(convert::timestamp),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -351,56 +346,51 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let ctx = convert::context(req.context, vault.channels())?;
-                let id = RecordId::parse("record_id", &req.record_id)?;
-                if req.fields.len() > vault.limits().max_fields {
-                    return Err(InputError::new(
-                        "fields",
-                        format!("at most {} field names", vault.limits().max_fields),
-                    )
-                    .into());
-                }
-                let wanted = req
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let id = RecordId::parse("record_id", &req.record_id)?;
+            if req.fields.len() > vault.limits().max_fields {
+                return Err(InputError::new(
+                    "fields",
+                    format!("at most {} field names", vault.limits().max_fields),
+                )
+                .into());
+            }
+            let wanted = req
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| FieldName::parse(&format!("fields[{i}]"), f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let view = vault.get_record(principal, &ctx, &id, &wanted)?;
+            let meta = view.meta;
+            Ok(pb::GetRecordResponse {
+                record_id: meta.id,
+                subject_id: meta.subject,
+                purpose: meta.purpose.as_str().into(),
+                fields: view
                     .fields
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| FieldName::parse(&format!("fields[{i}]"), f))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let view = vault.get_record(principal, &ctx, &id, &wanted)?;
-                let meta = view.meta;
-                Ok(pb::GetRecordResponse {
-                    record_id: meta.id,
-                    subject_id: meta.subject,
-                    purpose: meta.purpose.as_str().into(),
-                    fields: view
-                        .fields
-                        .into_iter()
-                        .map(|f| pb::FieldValue {
-                            name: f.name,
-                            category: f.category.as_str().into(),
-                            value: Some(convert::value(f.value)),
-                        })
-                        .collect(),
-                    withheld: view
-                        .withheld
-                        .into_iter()
-                        .map(|w| pb::WithheldField {
-                            name: w.name,
-                            reason: w.reason,
-                        })
-                        .collect(),
-                    labels: meta.labels.into_iter().collect(),
-                    created_at: Some(convert::timestamp(meta.created_at)),
-                    updated_at: Some(convert::timestamp(meta.updated_at)),
-                    expires_at: meta.expires_at.map(convert::timestamp),
-                })
-            },
-        )
+                    .into_iter()
+                    .map(|f| pb::FieldValue {
+                        name: f.name,
+                        category: f.category.as_str().into(),
+                        value: Some(convert::value(f.value)),
+                    })
+                    .collect(),
+                withheld: view
+                    .withheld
+                    .into_iter()
+                    .map(|w| pb::WithheldField {
+                        name: w.name,
+                        reason: w.reason,
+                    })
+                    .collect(),
+                labels: meta.labels.into_iter().collect(),
+                created_at: Some(convert::timestamp(meta.created_at)),
+                updated_at: Some(convert::timestamp(meta.updated_at)),
+                expires_at: meta.expires_at.map(convert::timestamp),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -409,21 +399,16 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::UpdateRecordRequest>,
     ) -> Result<Response<pb::UpdateRecordResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let ctx = convert::context(req.context, vault.channels())?;
-                let id = RecordId::parse("record_id", &req.record_id)?;
-                let fields = convert::new_fields(req.fields, vault.limits())?;
-                let updated_at = vault.update_record(principal, &ctx, &id, fields)?;
-                Ok(pb::UpdateRecordResponse {
-                    record_id: id.as_str().into(),
-                    updated_at: Some(convert::timestamp(updated_at)),
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let id = RecordId::parse("record_id", &req.record_id)?;
+            let fields = convert::new_fields(req.fields, vault.limits())?;
+            let updated_at = vault.update_record(principal, &ctx, &id, fields)?;
+            Ok(pb::UpdateRecordResponse {
+                record_id: id.as_str().into(),
+                updated_at: Some(convert::timestamp(updated_at)),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -432,17 +417,12 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::DeleteRecordRequest>,
     ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let ctx = convert::context(req.context, vault.channels())?;
-                let id = RecordId::parse("record_id", &req.record_id)?;
-                vault.delete_record(principal, &ctx, &id)?;
-                Ok(pb::DeleteRecordResponse {})
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let id = RecordId::parse("record_id", &req.record_id)?;
+            vault.delete_record(principal, &ctx, &id)?;
+            Ok(pb::DeleteRecordResponse {})
+        })
         .await
         .map(Response::new)
     }
@@ -451,19 +431,14 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::CloseRecordRequest>,
     ) -> Result<Response<pb::CloseRecordResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let ctx = convert::context(req.context, vault.channels())?;
-                let id = RecordId::parse("record_id", &req.record_id)?;
-                let expires_at = vault.close_record(principal, &ctx, &id)?;
-                Ok(pb::CloseRecordResponse {
-                    expires_at: expires_at.map(convert::timestamp),
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let id = RecordId::parse("record_id", &req.record_id)?;
+            let expires_at = vault.close_record(principal, &ctx, &id)?;
+            Ok(pb::CloseRecordResponse {
+                expires_at: expires_at.map(convert::timestamp),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -472,19 +447,14 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::ListRecordsRequest>,
     ) -> Result<Response<pb::ListRecordsResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |vault, principal, req| {
-                let ctx = convert::context(req.context, vault.channels())?;
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                let records = vault.list_records(principal, &ctx, &subject)?;
-                Ok(pb::ListRecordsResponse {
-                    records: records.into_iter().map(record_info).collect(),
-                })
-            },
-        )
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let records = vault.list_records(principal, &ctx, &subject)?;
+            Ok(pb::ListRecordsResponse {
+                records: records.into_iter().map(record_info).collect(),
+            })
+        })
         .await
         .map(Response::new)
     }
@@ -493,48 +463,43 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        run(
-            &self.vault,
-            &self.identity,
-            request,
-            |_vault, principal, _req| {
-                Ok(pb::WhoAmIResponse {
-                    principal_id: principal.id.as_str().into(),
-                    roles: principal
-                        .roles
-                        .iter()
-                        .map(|r| r.as_str().to_owned())
-                        .collect(),
-                    scope_subject_id: principal
-                        .scope_subject
-                        .as_ref()
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_default(),
-                    expires_at: Some(convert::timestamp(principal.expires_at)),
-                    token_id: principal.token_id.clone(),
-                    service_id: principal
-                        .service
-                        .as_ref()
-                        .map(|s| s.as_str().to_owned())
-                        .unwrap_or_default(),
-                    employee_issuer: principal
-                        .employee
-                        .as_ref()
-                        .map(|e| e.issuer.clone())
-                        .unwrap_or_default(),
-                    employee_sub: principal
-                        .employee
-                        .as_ref()
-                        .map(|e| e.sub.clone())
-                        .unwrap_or_default(),
-                    employee_display_name: principal
-                        .employee
-                        .as_ref()
-                        .and_then(|e| e.display.clone())
-                        .unwrap_or_default(),
-                })
-            },
-        )
+        run(&self.vault, request, |_vault, principal, _req| {
+            Ok(pb::WhoAmIResponse {
+                principal_id: principal.id.as_str().into(),
+                roles: principal
+                    .roles
+                    .iter()
+                    .map(|r| r.as_str().to_owned())
+                    .collect(),
+                scope_subject_id: principal
+                    .scope_subject
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                expires_at: Some(convert::timestamp(principal.expires_at)),
+                token_id: principal.token_id.clone(),
+                service_id: principal
+                    .service
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                employee_issuer: principal
+                    .employee
+                    .as_ref()
+                    .map(|e| e.issuer.clone())
+                    .unwrap_or_default(),
+                employee_sub: principal
+                    .employee
+                    .as_ref()
+                    .map(|e| e.sub.clone())
+                    .unwrap_or_default(),
+                employee_display_name: principal
+                    .employee
+                    .as_ref()
+                    .and_then(|e| e.display.clone())
+                    .unwrap_or_default(),
+            })
+        })
         .await
         .map(Response::new)
     }
