@@ -217,6 +217,12 @@ fn validate_service(
     {
         problems.push(format!("`{key}.roles`: {}", e.problem));
     }
+    if roles.contains(&Role::SecurityOfficer) && !may_act_for.is_empty() {
+        problems.push(format!(
+            "`{key}`: a service holding `security-officer` (`roles`) acts for no employee \
+             (`may_act_for`); separation of duties: give the key jobs a service of their own"
+        ));
+    }
     if problems.len() > before {
         return None;
     }
@@ -616,6 +622,13 @@ impl Identity {
                 principal.id
             )));
         };
+        if principal.scope_subject.is_some() || principal.roles.contains(&Role::SecurityOfficer) {
+            return Err(VaultError::Denied(format!(
+                "token `{}` is bound to one subject or carries `security-officer`, and acts for \
+                 no employee (`{USER_METADATA}`); give the service a token of its own",
+                principal.token_id
+            )));
+        }
         let employee = self.verify(user.expose_secret(), USER_METADATA)?;
         on_behalf(service, &principal.token_id, principal.expires_at, employee)
     }
@@ -847,6 +860,20 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn service_holding_security_officer_acts_for_nobody() {
+        let p = problems(
+            vec![service(&["customer-service"], &["security-officer"])],
+            Vec::new(),
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("`service[0]`: a service holding")),
+            "{p:?}"
+        );
+        assert!(problems(vec![service(&[], &["security-officer"])], Vec::new()).is_empty());
     }
 
     #[test]
