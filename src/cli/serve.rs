@@ -127,6 +127,9 @@ pub fn run(args: &ServeArgs) -> Exit {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
+    if tls.is_none() && !cfg.identity.providers.is_empty() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(listen = %cfg.listen, "employees' provider tokens would cross the network in clear: configure `[tls]`");
+    }
     // Before the runtime: the providers' keys are fetched now, with a short timeout each.
     let identity = Arc::new(kluis::identity::Identity::load(&cfg.identity));
     let runtime = match tokio::runtime::Runtime::new() {
