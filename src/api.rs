@@ -1,5 +1,6 @@
-//! The gRPC edge: tonic services for `kluis.v1.Vault` and `kluis.v1.Admin`, bearer-token
-//! authentication, proto ⇄ domain conversion and the one mapping from `VaultError` to `Status`.
+//! The gRPC edge: tonic services for `kluis.v1.Vault` and `kluis.v1.Admin`, the caller's
+//! credentials (bearer token, `x-kluis-user`, client certificate) handed to `identity`, proto ⇄
+//! domain conversion and the one mapping from `VaultError` to `Status`.
 //!
 //! Invariant: the only module that sees proto types; it converts them by hand.
 //! Invariant: never formats a request, metadata map or token with `{:?}`.
@@ -14,7 +15,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Status, metadata::MetadataMap};
 
-use crate::vault::{Vault, VaultError, tokens::BearerToken};
+use crate::{
+    identity::{Credentials, Identity, PeerCertificate, USER_METADATA},
+    vault::{Vault, VaultError, tokens::BearerToken},
+};
 
 pub use admin::AdminApi;
 pub use vault::VaultApi;
@@ -33,18 +37,74 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<BearerToken, Status> {
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(missing)?
         .trim();
-    if token.is_empty() || token.len() > 256 {
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
         return Err(missing());
     }
     Ok(BearerToken::new(token.to_owned()))
 }
 
+/// Longest token taken from metadata, in bytes: a kluis token is 70, an identity provider's
+/// access token with many groups a few KiB.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// What the caller presented: `authorization`, `x-kluis-user` and the client certificate the TLS
+/// layer verified. Judged by `Identity::authenticate` on the blocking thread.
+pub fn credentials<T>(request: &Request<T>) -> Result<Credentials, Status> {
+    let metadata = request.metadata();
+    let bearer = if metadata.contains_key("authorization") {
+        Some(bearer_token(metadata)?)
+    } else {
+        None
+    };
+    let user = match metadata.get(USER_METADATA) {
+        None => None,
+        Some(value) => {
+            let bad = || {
+                Status::unauthenticated(format!(
+                    "`{USER_METADATA}`: send the employee's OpenID Connect access token as it is \
+                     (at most {MAX_TOKEN_BYTES} bytes)"
+                ))
+            };
+            let value = value.to_str().map_err(|_| bad())?.trim();
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .unwrap_or(value)
+                .trim();
+            if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+                return Err(bad());
+            }
+            Some(BearerToken::new(token.to_owned()))
+        }
+    };
+    let peer =
+        match request.peer_certs() {
+            None => None,
+            Some(chain) => match chain.first() {
+                None => None,
+                Some(leaf) => Some(PeerCertificate::parse(leaf).ok_or_else(|| {
+                    Status::unauthenticated("the client certificate cannot be read")
+                })?),
+            },
+        };
+    Ok(Credentials { bearer, user, peer })
+}
+
 /// How long a unary call may take.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What every handler runs against: the vault, and the identity that judges its callers.
+#[derive(Clone, Debug)]
+pub(crate) struct Backend {
+    /// The vault.
+    pub(crate) vault: Arc<Vault>,
+    /// Services and identity providers.
+    pub(crate) identity: Arc<Identity>,
+}
+
 /// Runs `f` with the authenticated principal on a blocking thread and maps its error.
 pub(crate) async fn run<Req, T, F>(
-    vault: &Arc<Vault>,
+    backend: &Backend,
     request: Request<Req>,
     f: F,
 ) -> Result<T, Status>
@@ -53,11 +113,12 @@ where
     T: Send + 'static,
     F: FnOnce(&Vault, &crate::domain::Principal, Req) -> Result<T, VaultError> + Send + 'static,
 {
-    let token = bearer_token(request.metadata())?;
+    let creds = credentials(&request)?;
     let message = request.into_inner();
-    let vault = Arc::clone(vault);
+    let vault = Arc::clone(&backend.vault);
+    let identity = Arc::clone(&backend.identity);
     let task = tokio::task::spawn_blocking(move || {
-        let principal = vault.authenticate(&token)?;
+        let principal = identity.authenticate(&vault, &creds)?;
         f(&vault, &principal, message)
     });
     tokio::time::timeout(REQUEST_TIMEOUT, task)

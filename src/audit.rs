@@ -129,8 +129,22 @@ pub struct AuditEvent {
     pub principal: String,
     /// The principal's roles.
     pub roles: Vec<String>,
-    /// The id of the token used.
+    /// The id of the credential used: a kluis token id, `cert:` and the client certificate's
+    /// SHA-256 (first 16 hex digits), or `jwt` (with `:` and its `jti` when it has one).
     pub token_id: String,
+    /// The service that made the call (mutual TLS or a kluis service token): acting for the
+    /// employee named by `issuer` and `sub`, or on its own (a batch job) when they are absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The identity provider (`iss`) that signed the employee in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The employee's `sub` at that provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The employee's display claim, when one is configured and present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     /// What was attempted: `read`, `write`, `delete`, `list`, `token-issue`, `token-revoke`, ...
     pub action: String,
     /// Declared purpose.

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use crate::{
     crypto::Algorithm,
     domain::{Channels, Limits, Purpose, Retention},
+    identity::{IdentityConfig, RawOidc, RawService},
     keys::{KeyError, Keyring, RootSecret},
     policy::{self, Engine, PolicyError},
     store::{SqliteStore, Store, StoreError},
@@ -90,6 +91,11 @@ pub struct RawConfig {
     pub channels: Option<Vec<String>>,
     /// The audit trail.
     pub audit: Option<RawAudit>,
+    /// Services (case apps, jobs) known by their client certificate or kluis token, and the
+    /// roles they may act for on behalf of an employee.
+    pub service: Option<Vec<RawService>>,
+    /// OpenID Connect identity providers whose tokens sign staff in.
+    pub oidc: Option<Vec<RawOidc>>,
 }
 
 /// `[audit]`.
@@ -131,6 +137,11 @@ pub struct RawTls {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+    /// PEM certificates of the CA that signs client certificates: the server asks for one.
+    pub client_ca: Option<PathBuf>,
+    /// `required` (the default with `client_ca`: a connection without a client certificate
+    /// fails its handshake) or `optional` (kluis tokens without a certificate still work).
+    pub client_auth: Option<String>,
 }
 
 /// `[policy]`.
@@ -191,6 +202,12 @@ pub struct Config {
     pub key_cache_size: usize,
     /// TLS files.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The CA that signs client certificates (`[tls] client_ca`).
+    pub client_ca: Option<PathBuf>,
+    /// Connections without a client certificate are accepted (`client_auth = "optional"`).
+    pub client_auth_optional: bool,
+    /// `[[service]]` and `[[oidc]]`.
+    pub identity: IdentityConfig,
     /// Schema file, or the built-in schema.
     pub policy_schema: Option<PathBuf>,
     /// Policy files, or the built-in policies.
@@ -250,9 +267,16 @@ impl RawConfig {
             self.audit.get_or_insert_with(RawAudit::default).head_dir = Some(v.into());
         }
         if let (Some(cert), Some(key)) = (env.var("KLUIS_TLS_CERT"), env.var("KLUIS_TLS_KEY")) {
+            let (client_ca, client_auth) = self
+                .tls
+                .take()
+                .map(|t| (t.client_ca, t.client_auth))
+                .unwrap_or_default();
             self.tls = Some(RawTls {
                 cert: cert.into(),
                 key: key.into(),
+                client_ca,
+                client_auth,
             });
         }
         self
@@ -402,10 +426,54 @@ impl RawConfig {
                 Channels::default()
             }),
         };
+        let (client_ca, client_auth_optional) = match &self.tls {
+            None => (None, false),
+            Some(t) => {
+                let optional = match (t.client_ca.is_some(), t.client_auth.as_deref()) {
+                    (_, None | Some("required")) => false,
+                    (true, Some("optional")) => true,
+                    (false, Some(_)) => {
+                        problems.push(
+                            "`tls.client_auth` needs `tls.client_ca`: the CA that signs the \
+                             client certificates"
+                                .into(),
+                        );
+                        false
+                    }
+                    (true, Some(other)) => {
+                        problems.push(format!(
+                            "`tls.client_auth`: `{other}` is not `required` or `optional`"
+                        ));
+                        false
+                    }
+                };
+                (t.client_ca.clone(), optional)
+            }
+        };
+        let names_certificates = self
+            .service
+            .iter()
+            .flatten()
+            .any(|s| !s.dns.is_empty() || !s.uri.is_empty());
+        let identity = IdentityConfig::validate(
+            self.service.unwrap_or_default(),
+            self.oidc.unwrap_or_default(),
+            &mut problems,
+        );
+        if client_ca.is_none() && names_certificates {
+            problems.push(
+                "`service`: a `[[service]]` names certificate names (`dns`, `uri`) but \
+                 `[tls] client_ca` is not set, so no client certificate is asked for"
+                    .into(),
+            );
+        }
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
         Ok(Config {
+            client_ca,
+            client_auth_optional,
+            identity,
             listen,
             data_dir,
             store,

@@ -838,6 +838,32 @@ pub struct Principal {
     pub token_id: String,
     /// When the token expires (unix seconds).
     pub expires_at: i64,
+    /// The service that made the call: the case app acting for `employee`, or acting on its own
+    /// (a batch job) when there is no employee.
+    pub service: Option<PrincipalId>,
+    /// The person signed in at the organisation's identity provider, when the credential is
+    /// (or carries) an OpenID Connect token.
+    pub employee: Option<Employee>,
+}
+
+/// A person as the organisation's identity provider names them. What is audited of them; the
+/// `Debug` output shows the issuer only.
+#[derive(Clone, Eq, PartialEq)]
+pub struct Employee {
+    /// The provider's `iss`, exactly as configured.
+    pub issuer: String,
+    /// The provider's `sub` for the person.
+    pub sub: String,
+    /// The configured display claim (a name or account), when configured and present.
+    pub display: Option<String>,
+}
+
+impl fmt::Debug for Employee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Employee")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Principal {
@@ -857,6 +883,35 @@ impl Principal {
             scope_subject,
             token_id: token_id.into(),
             expires_at,
+            service: None,
+            employee: None,
+        })
+    }
+
+    /// A principal the organisation's identity established: a service by its client
+    /// certificate, an employee by the provider's token, or an employee through a service.
+    /// `roles` may be empty (a service with no roles of its own, an employee with none the
+    /// service may act for): such a principal is refused every decision, and each refusal is
+    /// audited with who asked. Roles bound to one subject are refused: they are kluis tokens.
+    pub fn organisational(
+        id: PrincipalId,
+        roles: Vec<Role>,
+        token_id: impl Into<String>,
+        expires_at: i64,
+        service: Option<PrincipalId>,
+        employee: Option<Employee>,
+    ) -> Result<Self, InputError> {
+        if !roles.is_empty() {
+            check_roles(&roles, None)?;
+        }
+        Ok(Self {
+            id,
+            roles,
+            scope_subject: None,
+            token_id: token_id.into(),
+            expires_at,
+            service,
+            employee,
         })
     }
 

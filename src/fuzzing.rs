@@ -78,7 +78,27 @@ pub fn token(data: &[u8]) {
     map.insert("authorization", value);
     if let Ok(token) = crate::api::bearer_token(&map) {
         let t = token.expose_secret();
-        assert!(!t.is_empty() && t.len() <= 256);
+        assert!(!t.is_empty() && t.len() <= crate::api::MAX_TOKEN_BYTES);
+    }
+}
+
+/// An employee's provider token and a client certificate, as they arrive: the parsers never
+/// panic, and no input authenticates (the provider's public key is known, its private key is
+/// not); a refusal never repeats the token.
+pub fn identity(data: &[u8]) {
+    use std::sync::OnceLock;
+    static IDENTITY: OnceLock<crate::identity::Identity> = OnceLock::new();
+    let _ = crate::identity::PeerCertificate::parse(data);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let identity = IDENTITY.get_or_init(crate::identity::Identity::for_fuzzing);
+    match identity.verify(text, "x-kluis-user") {
+        Ok(_) => panic!("a token without a signature by the provider authenticated"),
+        Err(e) => {
+            let message = e.to_string();
+            assert!(text.len() < 8 || !message.contains(text), "{message}");
+        }
     }
 }
 
@@ -151,9 +171,11 @@ mod tests {
             b"@id(\"x\") forbid(principal, action, resource) when { resource.category == \"medical\" };",
             b"111 222 333",
             b"P<NLDDE<BRUIJN<<WILLEKE<LISELOTTE<<<<<<<<<<<",
+            b"eyJhbGciOiJFUzI1NiIsImtpZCI6Im9uZSJ9.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwiYXVkIjoia2x1aXMiLCJzdWIiOiJ4IiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjF9.c2ln",
+            b"eyJhbGciOiJub25lIn0.e30.",
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x006b_6c75_6973);
-        let targets: [fn(&[u8]); 6] = [envelope, segment, token, config, policy, inputs];
+        let targets: [fn(&[u8]); 7] = [envelope, segment, token, config, policy, inputs, identity];
         for target in targets {
             for seed in seeds {
                 target(seed);

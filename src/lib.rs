@@ -13,6 +13,7 @@
 //! - `audit`: the hash-chained, MAC'd trail;
 //! - `store`: the storage trait and the SQLite store;
 //! - `vault`: the domain core (records, request path, credentials);
+//! - `identity`: services by client certificate, staff by OpenID Connect token, on behalf of;
 //! - `api`: the gRPC services; `server`: assembling and serving them;
 //! - `config`: configuration and start-up.
 
@@ -25,6 +26,7 @@ pub mod crypto;
 pub mod domain;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod identity;
 pub mod keys;
 pub mod policy;
 pub mod server;

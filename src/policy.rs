@@ -196,11 +196,17 @@ impl Decision {
     /// The deny of a principal whose roles may not be held together (see
     /// `domain::check_roles`): no policy is asked, so no rule written for one role can widen
     /// another.
-    fn invalid_roles(field: Option<(String, String)>) -> Self {
+    fn invalid_roles(principal: &Principal, field: Option<(String, String)>) -> Self {
+        let reason = if principal.roles.is_empty() {
+            "the caller holds no role (a service alone has only its own `roles`; acting for an \
+             employee, only the employee's roles it `may_act_for`); denied"
+        } else {
+            "the token's roles may not be held together; denied"
+        };
         Decision {
             effect: Effect::Deny,
             policies: Vec::new(),
-            reason: "the token's roles may not be held together; denied".into(),
+            reason: reason.into(),
             field,
         }
     }
@@ -409,7 +415,9 @@ impl Engine {
         if !principal.roles_are_valid() {
             return Ok(fields
                 .iter()
-                .map(|f| Decision::invalid_roles(Some((f.record.clone(), f.name.clone()))))
+                .map(|f| {
+                    Decision::invalid_roles(principal, Some((f.record.clone(), f.name.clone())))
+                })
                 .collect());
         }
         if !self.abstraction.memoisable() {
@@ -485,7 +493,10 @@ impl Engine {
             return Ok(fields
                 .iter()
                 .map(|&(_, f)| {
-                    let d = Decision::invalid_roles(Some((f.record.clone(), f.name.clone())));
+                    let d = Decision::invalid_roles(
+                        principal,
+                        Some((f.record.clone(), f.name.clone())),
+                    );
                     (d, false)
                 })
                 .collect());
@@ -590,7 +601,7 @@ impl Engine {
         action: AdminAction,
     ) -> Result<Decision, PolicyError> {
         if !principal.roles_are_valid() {
-            return Ok(Decision::invalid_roles(None));
+            return Ok(Decision::invalid_roles(principal, None));
         }
         let principal_uid = principal_uid(principal)?;
         let system = uid("Kluis::System", "kluis")?;
@@ -759,6 +770,8 @@ mod tests {
             scope_subject: scope.map(|s| SubjectId::parse("s", s).unwrap()),
             token_id: "tok_x".into(),
             expires_at: i64::MAX,
+            service: None,
+            employee: None,
         }
     }
 
@@ -958,11 +971,12 @@ mod tests {
                 let d = engine.decide_fields(&p, *action, &c, &f).unwrap();
                 assert!(!d[0].is_allow(), "{:?} {action:?}", p.roles);
                 assert!(d[0].policies.is_empty());
-                assert!(
-                    d[0].reason.contains("may not be held together"),
-                    "{}",
-                    d[0].reason
-                );
+                let why = if p.roles.is_empty() {
+                    "holds no role"
+                } else {
+                    "may not be held together"
+                };
+                assert!(d[0].reason.contains(why), "{}", d[0].reason);
                 // The memo is not consulted either way: the unmemoised path agrees.
                 let fresh = engine
                     .decide_fields_unmemoised(&p, *action, &c, &f)

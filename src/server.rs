@@ -1,14 +1,17 @@
 //! Assembles the gRPC server: the `Vault` and `Admin` services, `grpc.health.v1`, server
-//! reflection, TLS (rustls) when configured, message size limits and timeouts.
+//! reflection, TLS (rustls) when configured, with client certificates verified against
+//! `[tls] client_ca` when set, message size limits and timeouts.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 
 use crate::{
     api::{AdminApi, VaultApi},
+    config::Config,
+    identity::Identity,
     pb::{admin_server::AdminServer, vault_server::VaultServer},
     vault::Vault,
 };
@@ -37,6 +40,33 @@ pub struct TlsPem {
     pub cert: Vec<u8>,
     /// Private key.
     pub key: zeroize::Zeroizing<Vec<u8>>,
+    /// CA certificates that sign client certificates; the server asks for one when set.
+    pub client_ca: Option<Vec<u8>>,
+    /// Connections without a client certificate are accepted.
+    pub client_auth_optional: bool,
+}
+
+impl TlsPem {
+    /// Reads the TLS files `cfg` names, or `None` when TLS is not configured.
+    pub fn read(cfg: &Config) -> Result<Option<Self>, String> {
+        let Some((cert, key)) = &cfg.tls else {
+            return Ok(None);
+        };
+        let read = |what: &str, key: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read {what} `{}` (`{key}`): {e}", path.display()))
+        };
+        let client_ca = match &cfg.client_ca {
+            Some(path) => Some(read("client CA", "tls.client_ca", path)?),
+            None => None,
+        };
+        Ok(Some(Self {
+            cert: read("TLS certificate", "tls.cert", cert)?,
+            key: zeroize::Zeroizing::new(read("TLS key", "tls.key", key)?),
+            client_ca,
+            client_auth_optional: cfg.client_auth_optional,
+        }))
+    }
 }
 
 impl std::fmt::Debug for TlsPem {
@@ -54,6 +84,8 @@ pub struct ServeOptions {
     pub key_sweep_interval: Duration,
     /// How often records past their retention are destroyed.
     pub retention_sweep_interval: Duration,
+    /// Services and identity providers; none: kluis tokens only.
+    pub identity: Arc<Identity>,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +94,7 @@ impl Default for ServeOptions {
             tls: None,
             key_sweep_interval: Duration::from_secs(60),
             retention_sweep_interval: Duration::from_secs(3600),
+            identity: Arc::new(Identity::none()),
         }
     }
 }
@@ -75,6 +108,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let tls = options.tls;
+    let identity = options.identity;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_health = stop_rx.clone();
     let stop_rx_follow = stop_rx.clone();
@@ -89,6 +123,18 @@ pub async fn serve(
             .await
             .map_err(|e| ServeError::Transport(e.to_string()))?
             .map_err(|e| ServeError::Transport(format!("discarding unfinished uploads: {e}")))?;
+    }
+    if !identity.is_empty() {
+        let vault = Arc::clone(&vault);
+        let summary = identity.summary();
+        // Roles from the organisation's identity come from the configuration: each change of it
+        // is on the trail before the first call.
+        tokio::task::spawn_blocking(move || vault.record_identity_config(&summary))
+            .await
+            .map_err(|e| ServeError::Transport(e.to_string()))?
+            .map_err(|e| {
+                ServeError::Transport(format!("recording the identity configuration: {e}"))
+            })?;
     }
     {
         let vault = Arc::clone(&vault);
@@ -163,9 +209,15 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
     if let Some(tls) = tls {
-        let identity = Identity::from_pem(tls.cert, tls.key.as_slice());
+        let mut config =
+            ServerTlsConfig::new().identity(TlsIdentity::from_pem(tls.cert, tls.key.as_slice()));
+        if let Some(ca) = tls.client_ca {
+            config = config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(tls.client_auth_optional);
+        }
         builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
+            .tls_config(config)
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     builder
@@ -173,11 +225,17 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(
-            VaultServer::new(VaultApi::new(Arc::clone(&vault)))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            VaultServer::new(VaultApi::with_identity(
+                Arc::clone(&vault),
+                Arc::clone(&identity),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(AdminServer::new(AdminApi::new(vault)).max_decoding_message_size(1024 * 1024))
+        .add_service(
+            AdminServer::new(AdminApi::with_identity(vault, identity))
+                .max_decoding_message_size(1024 * 1024),
+        )
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))

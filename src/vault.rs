@@ -106,6 +106,8 @@ const META_HEAD_DIR: &str = "audit_head_dir";
 /// Store metadata key of a store made by `serve --dev`: the sequence number of its
 /// `dev-store-created` audit entry.
 const META_DEV_STORE: &str = "dev_store";
+/// Store metadata key of the SHA-256 of the identity configuration last put on the trail.
+const META_IDENTITY_CONFIG: &str = "identity_config";
 
 /// A field value in clear. Wiped on drop; `Debug` shows only its kind and length.
 pub enum Value {
@@ -529,6 +531,33 @@ impl Vault {
         })?;
         self.store
             .set_meta(META_DEV_STORE, seq.value().to_string().as_bytes())?;
+        Ok(())
+    }
+
+    /// Puts the identity configuration in force (`summary`: which services act for which roles,
+    /// which provider claim values give which roles) on the trail as an `identity-config` entry,
+    /// when it differs from the one last recorded: roles from the organisation's identity are
+    /// granted by the configuration, and the privacy officer sees each change there.
+    pub fn record_identity_config(&self, summary: &str) -> Result<(), VaultError> {
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(summary.as_bytes()));
+        if self
+            .store
+            .meta(META_IDENTITY_CONFIG)?
+            .is_some_and(|d| d == digest.as_bytes())
+        {
+            return Ok(());
+        }
+        self.audit.append(&AuditEvent {
+            time: now_unix(),
+            principal: "kluis".into(),
+            action: "identity-config".into(),
+            decision: "allow".into(),
+            reason: Some(summary.to_owned()),
+            ..AuditEvent::default()
+        })?;
+        self.store
+            .set_meta(META_IDENTITY_CONFIG, digest.as_bytes())?;
         Ok(())
     }
 
@@ -1308,7 +1337,7 @@ impl Vault {
             break_glass: ctx.break_glass,
             subject: subject.map(|s| s.as_str().to_owned()),
             record: record.map(|r| r.as_str().to_owned()),
-            ..AuditEvent::default()
+            ..caller_event(principal)
         }
     }
 
@@ -1521,6 +1550,18 @@ fn deny_summary(resources: &[FieldResource], decisions: &[Decision]) -> String {
         "no fields".into()
     } else {
         denied.join("; ")
+    }
+}
+
+/// An audit event that names who called: the service and the employee it acts for, as
+/// `Principal` carries them. Every entry about a caller starts from it.
+pub(crate) fn caller_event(principal: &Principal) -> AuditEvent {
+    AuditEvent {
+        service: principal.service.as_ref().map(|s| s.as_str().to_owned()),
+        issuer: principal.employee.as_ref().map(|e| e.issuer.clone()),
+        sub: principal.employee.as_ref().map(|e| e.sub.clone()),
+        display_name: principal.employee.as_ref().and_then(|e| e.display.clone()),
+        ..AuditEvent::default()
     }
 }
 

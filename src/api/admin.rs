@@ -5,13 +5,14 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{convert, run};
+use super::{Backend, convert, run};
 use crate::{
     audit::{Filter, Head, Verification},
     crypto::{Algorithm, RootKey},
     domain::{
         InputError, PrincipalId, Purpose, RecordId, RequestKind, SubjectId, now_unix, parse_purpose,
     },
+    identity::Identity,
     keys::RootSecret,
     pb::{self, admin_server::Admin as AdminRpc},
     vault::{
@@ -26,13 +27,20 @@ use crate::{
 /// The gRPC face of the vault's administration.
 #[derive(Clone, Debug)]
 pub struct AdminApi {
-    vault: Arc<Vault>,
+    vault: Backend,
 }
 
 impl AdminApi {
-    /// Serves `vault`.
+    /// Serves `vault` to callers with kluis tokens.
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+        Self::with_identity(vault, Arc::new(Identity::none()))
+    }
+
+    /// Serves `vault` to the callers `identity` establishes.
+    pub fn with_identity(vault: Arc<Vault>, identity: Arc<Identity>) -> Self {
+        Self {
+            vault: Backend { vault, identity },
+        }
     }
 }
 
@@ -467,7 +475,7 @@ impl AdminRpc for AdminApi {
         })
         .await?;
         // Move the existing subject keys over at once, in the background.
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = vault.rewrap(purpose, |_| true) {
                 tracing::error!(purpose = purpose.as_str(), error = %e, "rewrap after rotation failed; run `kluis admin keys rewrap`");
@@ -482,7 +490,7 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<Self::RewrapStream>, Status> {
         let purpose = authorize_job(&self.vault, request, "key-rewrap").await?;
         Ok(Response::new(key_job(
-            &self.vault,
+            &self.vault.vault,
             purpose,
             move |vault, progress| vault.rewrap(purpose, progress),
         )))
@@ -494,7 +502,7 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<Self::RekeyStream>, Status> {
         let purpose = authorize_job(&self.vault, request, "key-rekey").await?;
         Ok(Response::new(key_job(
-            &self.vault,
+            &self.vault.vault,
             purpose,
             move |vault, progress| vault.rekey(purpose, progress),
         )))
@@ -860,7 +868,7 @@ impl AdminRpc for AdminApi {
         })
         .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
             let result = vault.scan_audit_export(&filter, upto, |seq, raw| {
                 let json = String::from_utf8_lossy(raw).into_owned();
@@ -941,7 +949,7 @@ fn purpose_keys(p: PurposeKeysInfo) -> pb::PurposeKeys {
 
 /// Authenticates and authorizes the start of a key job; returns its purpose.
 async fn authorize_job(
-    vault: &Arc<Vault>,
+    vault: &Backend,
     request: Request<pb::KeyJobRequest>,
     action: &'static str,
 ) -> Result<Purpose, Status> {

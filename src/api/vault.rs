@@ -5,9 +5,10 @@ use std::{sync::Arc, time::Duration};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, run};
+use super::{Backend, convert, run};
 use crate::{
     domain::{FieldName, InputError, RecordId, SubjectId},
+    identity::Identity,
     pb::{self, vault_server::Vault as VaultRpc},
     vault::{
         FieldInfo, RecordMeta, Vault, VaultError,
@@ -18,13 +19,20 @@ use crate::{
 /// The gRPC face of a `Vault`.
 #[derive(Clone, Debug)]
 pub struct VaultApi {
-    vault: Arc<Vault>,
+    vault: Backend,
 }
 
 impl VaultApi {
-    /// Serves `vault`.
+    /// Serves `vault` to callers with kluis tokens.
     pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+        Self::with_identity(vault, Arc::new(Identity::none()))
+    }
+
+    /// Serves `vault` to the callers `identity` establishes.
+    pub fn with_identity(vault: Arc<Vault>, identity: Arc<Identity>) -> Self {
+        Self {
+            vault: Backend { vault, identity },
+        }
     }
 }
 
@@ -109,7 +117,8 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<Streaming<pb::EvidenceChunk>>,
     ) -> Result<Response<pb::PutEvidenceResponse>, Status> {
-        let token = super::bearer_token(request.metadata())?;
+        let creds = super::credentials(&request)?;
+        let identity = Arc::clone(&self.vault.identity);
         let mut stream = request.into_inner();
         let first = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
             .await
@@ -123,9 +132,9 @@ impl VaultRpc for VaultApi {
                  record, field, category, media type, file name)",
             ));
         };
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         let upload = blocking(move || {
-            let principal = vault.authenticate(&token)?;
+            let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(start.context.clone(), vault.channels())?;
             let start = convert::evidence_start(start)?;
             vault.begin_evidence(&principal, &ctx, start)
@@ -200,11 +209,12 @@ impl VaultRpc for VaultApi {
     ) -> Result<Response<Self::GetEvidenceStream>, Status> {
         // Everything that can refuse the read happens before the stream starts, so a denied
         // caller gets a status and no byte.
-        let token = super::bearer_token(request.metadata())?;
+        let creds = super::credentials(&request)?;
+        let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         let (info, download) = blocking(move || {
-            let principal = vault.authenticate(&token)?;
+            let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(req.context, vault.channels())?;
             let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
             let range = req.range.map(|r| (r.offset, r.length));
@@ -286,13 +296,14 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
-        let token = super::bearer_token(request.metadata())?;
+        let creds = super::credentials(&request)?;
+        let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let vault = Arc::clone(&self.vault);
+        let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
             let result = (|| {
-                let principal = vault.authenticate(&token)?;
+                let principal = identity.authenticate(&vault, &creds)?;
                 let ctx = convert::context(req.context, vault.channels())?;
                 let subject = SubjectId::parse("subject_id", &req.subject_id)?;
                 // A closed channel means the client went away: stop.
@@ -467,6 +478,26 @@ impl VaultRpc for VaultApi {
                     .unwrap_or_default(),
                 expires_at: Some(convert::timestamp(principal.expires_at)),
                 token_id: principal.token_id.clone(),
+                service_id: principal
+                    .service
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                employee_issuer: principal
+                    .employee
+                    .as_ref()
+                    .map(|e| e.issuer.clone())
+                    .unwrap_or_default(),
+                employee_sub: principal
+                    .employee
+                    .as_ref()
+                    .map(|e| e.sub.clone())
+                    .unwrap_or_default(),
+                employee_display_name: principal
+                    .employee
+                    .as_ref()
+                    .and_then(|e| e.display.clone())
+                    .unwrap_or_default(),
             })
         })
         .await

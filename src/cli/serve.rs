@@ -131,22 +131,15 @@ pub fn run(args: &ServeArgs) -> Exit {
         Ok(v) => v,
         Err(exit) => return exit,
     };
-    let tls = match &cfg.tls {
-        None => None,
-        Some((cert, key)) => match (std::fs::read(cert), std::fs::read(key)) {
-            (Ok(cert), Ok(key)) => Some(TlsPem {
-                cert,
-                key: zeroize::Zeroizing::new(key),
-            }),
-            (Err(e), _) => {
-                return fail(format!(
-                    "cannot read TLS certificate `{}`: {e}",
-                    cert.display()
-                ));
-            }
-            (_, Err(e)) => return fail(format!("cannot read TLS key `{}`: {e}", key.display())),
-        },
+    let tls = match TlsPem::read(&cfg) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
     };
+    if tls.is_none() && !cfg.identity.providers.is_empty() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(listen = %cfg.listen, "employees' provider tokens would cross the network in clear: configure `[tls]`");
+    }
+    // Before the runtime: the providers' keys are fetched now, with a short timeout each.
+    let identity = Arc::new(kluis::identity::Identity::load(&cfg.identity));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
@@ -180,6 +173,7 @@ pub fn run(args: &ServeArgs) -> Exit {
             tls,
             key_sweep_interval: cfg.key_sweep_interval,
             retention_sweep_interval: cfg.retention_sweep_interval,
+            identity,
         };
         let served = server::serve(Arc::clone(&vault), listener, options, shutdown).await;
         // The head file gets the last head now; the trail's own close writes it once more.

@@ -111,6 +111,8 @@ pub fn run(engine: &Engine, csv: &str) -> Result<Report, PolicyError> {
                 .map_err(|e| bad(e.to_string()))?,
             token_id: "tok_table".into(),
             expires_at: i64::MAX,
+            service: None,
+            employee: None,
         };
         let resource = FieldResource {
             record: "rec_table".into(),

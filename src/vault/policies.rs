@@ -154,7 +154,7 @@ impl Vault {
                     action.as_str(),
                     resource.category
                 )),
-                ..AuditEvent::default()
+                ..super::caller_event(caller)
             };
             if !resource.subject.is_empty() {
                 event.subject = Some(resource.subject.clone());

@@ -335,6 +335,13 @@ impl Vault {
         principal_from_row(&row)
     }
 
+    /// Takes one request from the rate-limit bucket of `key` (`[limits] requests_per_second`),
+    /// for callers authenticated without a kluis token: a service's certificate, an employee's
+    /// provider token.
+    pub fn admit(&self, key: &str) -> Result<(), VaultError> {
+        self.rate_limit.admit(key, self.limits.requests_per_second)
+    }
+
     /// Issues a token, when the policy lets `actor` manage tokens. Audited either way.
     pub fn issue_token(
         &self,
@@ -793,7 +800,7 @@ pub(crate) fn admin_event(actor: &Principal, action: &str, justification: &str) 
         justification: Some(justification.trim())
             .filter(|j| !j.is_empty())
             .map(str::to_owned),
-        ..AuditEvent::default()
+        ..super::caller_event(actor)
     }
 }
 

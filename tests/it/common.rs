@@ -140,6 +140,20 @@ impl TestServer {
         self.tokens = other.tokens.clone();
     }
 
+    /// A server over a fresh store with this configuration (TLS, `[[service]]`, `[[oidc]]`);
+    /// `cfg.data_dir` is set here.
+    pub async fn start_with_config(mut cfg: RawConfig) -> Self {
+        let tmp = crate::common::private_tempdir();
+        let dir = tmp.path().to_owned();
+        let secret = RootSecret::create_key_file(&dir.join("root.key")).unwrap();
+        init_store(&dir, &secret, Algorithm::Aes256Gcm);
+        cfg.data_dir = Some(dir.clone());
+        let mut server = Self::open_config(&dir, &secret, None, cfg).await.unwrap();
+        server.issue_role_tokens();
+        server._tmp = Some(tmp);
+        server
+    }
+
     /// A server over an existing store in `dir`.
     pub async fn open(dir: &Path, secret: &RootSecret) -> Result<Self, config::OpenError> {
         Self::open_with(dir, secret, None, None).await
@@ -175,8 +189,19 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let v = Arc::clone(&vault);
+        let tls = kluis::server::TlsPem::read(&cfg).unwrap();
+        let identity = cfg.identity.clone();
+        let identity =
+            tokio::task::spawn_blocking(move || kluis::identity::Identity::load(&identity))
+                .await
+                .unwrap();
+        let options = kluis::server::ServeOptions {
+            tls,
+            identity: Arc::new(identity),
+            ..Default::default()
+        };
         let handle = tokio::spawn(async move {
-            kluis::server::serve(v, listener, Default::default(), async {
+            kluis::server::serve(v, listener, options, async {
                 let _ = rx.await;
             })
             .await

@@ -3,7 +3,8 @@
 //! Modules: `api` (the request path end to end), `storage` (what lies on disk, tampering),
 //! `unseal` (root key and restarts), `guard` (bad input), `admin` (credentials), `policy_table`
 //! (the default policy over every role × purpose × category), `cli` (the `kluis` binary),
-//! `enforcement` (the hostile-request table: what an attacker tries, class by class).
+//! `enforcement` (the hostile-request table: what an attacker tries, class by class), `identity`
+//! (client certificates, provider tokens, acting on behalf of an employee).
 
 #![allow(
     clippy::unwrap_used,
@@ -26,6 +27,7 @@ mod evidence;
 mod freshness;
 mod guard;
 mod hygiene;
+mod identity;
 mod lifecycle;
 mod nodes;
 mod pg;
