@@ -117,7 +117,7 @@ fn unaudited_read(f: &Fixture, id: &RecordId) -> usize {
         .map(|r| FieldResource {
             record: rec.id.clone(),
             name: r.name.clone(),
-            category: r.category.parse().unwrap(),
+            category: r.category,
             purpose: f.ctx.purpose,
             subject: rec.subject.clone(),
             flags: Default::default(),
@@ -141,7 +141,7 @@ fn unaudited_read(f: &Fixture, id: &RecordId) -> usize {
                 field: &row.name,
                 category: res.category.as_str(),
                 purpose: f.ctx.purpose.as_str(),
-                kind: &row.kind,
+                kind: row.kind.as_str(),
                 version: &row.version,
             });
             n += crypto::open(&key.fields(), &aad, &row.sealed)

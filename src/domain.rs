@@ -953,6 +953,28 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// What a stored field value is: text (UTF-8) or bytes.
+    pub enum FieldKind ("field kind") {
+        /// UTF-8 text.
+        Text = "text",
+        /// Bytes.
+        Binary = "binary",
+    }
+}
+
+string_enum! {
+    /// A subject's recorded stance on one purpose.
+    pub enum ConsentState ("consent state") {
+        /// Consent given (consent-based purposes).
+        Given = "given",
+        /// Consent withdrawn.
+        Withdrawn = "withdrawn",
+        /// Objection made (purposes on legitimate interest that allow it).
+        Objected = "objected",
+    }
+}
+
 /// How long the vault has to answer a subject request: four weeks.
 pub const REQUEST_DEADLINE_SECS: i64 = 28 * 86_400;
 

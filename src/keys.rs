@@ -268,7 +268,7 @@ impl Keyring {
         for &purpose in Purpose::ALL {
             let key = PurposeKey::generate();
             let row = PurposeKeyRow {
-                purpose: purpose.as_str().into(),
+                purpose,
                 version: 1,
                 state: KeyState::Active,
                 algorithm,
@@ -350,7 +350,7 @@ impl Keyring {
     pub fn purpose_key_rows(&self, purpose: Purpose) -> Result<Vec<PurposeKeyRow>, KeyError> {
         let rows = self.store.purpose_keys(purpose.as_str())?;
         for row in &rows {
-            if row.purpose != purpose.as_str() || !self.rows.is_authentic(row) {
+            if row.purpose != purpose || !self.rows.is_authentic(row) {
                 let id = format!("{} v{}", row.purpose, row.version);
                 tracing::error!(kind = "purpose-key", row = %id, "a stored row failed its integrity check and is not obeyed; run `kluis admin store verify`");
                 return Err(KeyError::Tampered(id));
@@ -530,7 +530,7 @@ impl Keyring {
         });
         let row = SubjectKeyRow {
             subject: subject.as_str().into(),
-            purpose: purpose.as_str().into(),
+            purpose,
             generation,
             purpose_version: version,
             wrapped: crypto::seal(
@@ -573,7 +573,7 @@ impl Keyring {
         let key = PurposeKey::generate();
         let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
         let row = PurposeKeyRow {
-            purpose: purpose.as_str().into(),
+            purpose,
             version,
             state: KeyState::Active,
             algorithm,

@@ -17,6 +17,8 @@ pub mod sqlite;
 
 use std::collections::BTreeMap;
 
+use crate::domain::{Category, ConsentState, FieldKind, Purpose, RequestKind};
+
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -140,8 +142,8 @@ impl std::fmt::Display for KeyState {
 /// One version of a purpose key, wrapped under the root key.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct PurposeKeyRow {
-    /// The purpose id.
-    pub purpose: String,
+    /// The purpose.
+    pub purpose: Purpose,
     /// Version, from 1.
     pub version: u32,
     /// Its state.
@@ -170,8 +172,8 @@ pub struct PurposeKeyRow {
 pub struct SubjectKeyRow {
     /// The data subject.
     pub subject: String,
-    /// The purpose id.
-    pub purpose: String,
+    /// The purpose.
+    pub purpose: Purpose,
     /// Generation of this subject key, from 1.
     pub generation: u32,
     /// The purpose key version that wraps it.
@@ -189,8 +191,8 @@ pub struct RecordRow {
     pub id: String,
     /// The data subject.
     pub subject: String,
-    /// The purpose id.
-    pub purpose: String,
+    /// The purpose.
+    pub purpose: Purpose,
     /// Labels in clear, for the case app's bookkeeping.
     pub labels: BTreeMap<String, String>,
     /// Unix seconds.
@@ -213,10 +215,10 @@ pub struct RecordRow {
 pub struct FieldRow {
     /// Field name.
     pub name: String,
-    /// Category id.
-    pub category: String,
-    /// `text` or `binary`.
-    pub kind: String,
+    /// Category.
+    pub category: Category,
+    /// Text or bytes.
+    pub kind: FieldKind,
     /// The generation of the subject key that sealed it.
     pub key_gen: u32,
     /// The value sealed under the subject key (see `crypto::envelope`).
@@ -244,14 +246,14 @@ impl std::fmt::Debug for FieldRow {
 pub struct FieldMeta {
     /// Field name.
     pub name: String,
-    /// Category id.
-    pub category: String,
+    /// Category.
+    pub category: Category,
     /// Size of the ciphertext in bytes (of an evidence file: its plaintext size).
     pub size: u64,
     /// Set when the field is an evidence file.
     pub evidence: Option<EvidenceMeta>,
-    /// `text` or `binary` (empty for an evidence file).
-    pub kind: String,
+    /// Text or bytes (`None` for an evidence file).
+    pub kind: Option<FieldKind>,
     /// The value's version (empty for an evidence file).
     pub version: String,
     /// The field row's MAC (empty for an evidence file).
@@ -279,8 +281,8 @@ pub struct EvidenceRow {
     pub record_id: String,
     /// Field name within the record.
     pub name: String,
-    /// Category id.
-    pub category: String,
+    /// Category.
+    pub category: Category,
     /// The declared media type.
     pub media_type: String,
     /// The file name, sealed under the subject key (it may name people).
@@ -447,10 +449,10 @@ pub struct MandateRow {
 pub struct ConsentRow {
     /// The subject.
     pub subject: String,
-    /// The purpose id.
-    pub purpose: String,
-    /// `given`, `withdrawn` or `objected`.
-    pub state: String,
+    /// The purpose.
+    pub purpose: Purpose,
+    /// Given, withdrawn or objected.
+    pub state: ConsentState,
     /// Unix seconds.
     pub at: i64,
     /// Who recorded it.
@@ -466,8 +468,8 @@ pub struct RequestRow {
     pub id: String,
     /// The subject.
     pub subject: String,
-    /// `access`, `rectification`, `erasure` or `objection`.
-    pub kind: String,
+    /// Access, rectification, erasure or objection.
+    pub kind: RequestKind,
     /// When the request was received (unix seconds).
     pub received_at: i64,
     /// When it must be answered (unix seconds).
@@ -585,6 +587,10 @@ pub trait MetaStore: Send + Sync {
 
     /// Gives up the lease `name` when `holder` holds it.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Voids every lease: for a store only one process uses (`change_epoch` is `None`), called
+    /// when that process starts, since the holder of any lease found then has died.
+    fn clear_leases(&self) -> Result<(), StoreError>;
 
     /// A number that changes with every change other nodes must take into account before they
     /// use what they hold in memory: purpose key versions and their states, the root key's

@@ -31,8 +31,8 @@ use crate::{
     audit::{Audit, AuditError, AuditEvent, AuditField},
     crypto::{self, AadContext},
     domain::{
-        AccessContext, Category, Channels, Clock, FieldName, InputError, Limits, Principal,
-        Purpose, RecordId, Retention, RetentionStart, SubjectId, SystemClock, now_unix,
+        AccessContext, Category, Channels, Clock, FieldKind, FieldName, InputError, Limits,
+        Principal, Purpose, RecordId, Retention, RetentionStart, SubjectId, SystemClock, now_unix,
     },
     keys::{KeyError, Keyring},
     policy::{Action, Decision, Engine, FieldFlags, FieldResource, Grant, PolicyError},
@@ -118,10 +118,10 @@ pub enum Value {
 }
 
 impl Value {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> FieldKind {
         match self {
-            Value::Text(_) => "text",
-            Value::Binary(_) => "binary",
+            Value::Text(_) => FieldKind::Text,
+            Value::Binary(_) => FieldKind::Binary,
         }
     }
 
@@ -405,6 +405,10 @@ impl Vault {
         let audit_key = keyring.audit_key()?;
         let rows = rows::RowAuth::new(&audit_key).map_err(KeyError::Crypto)?;
         let policy = nodes::policy_at_start(store.as_ref(), &rows, policy)?;
+        // A store only this process uses: whoever held a job's lease before has died.
+        if store.change_epoch()?.is_none() {
+            store.clear_leases()?;
+        }
         let mut audit = Audit::open(Arc::clone(&store), audit_key, keyring.store_id())?;
         if let Some(anchor) = anchor {
             anchor_trail(store.as_ref(), &mut audit, anchor)?;
@@ -611,7 +615,7 @@ impl Vault {
             RecordRow {
                 id: record_id.as_str().into(),
                 subject: subject.as_str().into(),
-                purpose: ctx.purpose.as_str().into(),
+                purpose: ctx.purpose,
                 labels,
                 created_at: now,
                 updated_at: now,
@@ -805,7 +809,7 @@ impl Vault {
                 let Some(existing) = rows.iter().find(|r| r.name == f.name.as_str()) else {
                     continue;
                 };
-                if existing.category == f.category.as_str() {
+                if existing.category == f.category {
                     continue;
                 }
                 // May the caller know the stored field at all? If not, it is refused like any
@@ -1003,24 +1007,19 @@ impl Vault {
             }
         }
         // Decide once per distinct (purpose, category, name, closed), not per row.
-        let mut distinct: BTreeMap<(String, String, String, bool), usize> = BTreeMap::new();
+        let mut distinct: BTreeMap<(Purpose, Category, String, bool), usize> = BTreeMap::new();
         let mut resources = Vec::new();
         for (rec, fields) in &records {
-            let purpose = parse_stored::<Purpose>(&rec.purpose, &rec.id)?;
+            let purpose = rec.purpose;
             for f in fields {
                 let closed = rec.closed_at.is_some();
-                let key = (
-                    rec.purpose.clone(),
-                    f.category.clone(),
-                    f.name.clone(),
-                    closed,
-                );
+                let key = (rec.purpose, f.category, f.name.clone(), closed);
                 if let std::collections::btree_map::Entry::Vacant(e) = distinct.entry(key) {
                     e.insert(resources.len());
                     resources.push(FieldResource {
                         record: format!("list-{}", resources.len()),
                         name: f.name.clone(),
-                        category: parse_stored(&f.category, &rec.id)?,
+                        category: f.category,
                         purpose,
                         subject: subject.as_str().into(),
                         flags: FieldFlags {
@@ -1041,8 +1040,8 @@ impl Vault {
                 .into_iter()
                 .filter_map(|f| {
                     let i = *distinct.get(&(
-                        rec.purpose.clone(),
-                        f.category.clone(),
+                        rec.purpose,
+                        f.category,
                         f.name.clone(),
                         rec.closed_at.is_some(),
                     ))?;
@@ -1050,7 +1049,7 @@ impl Vault {
                     let readable = reads.get(i).is_some_and(Decision::is_allow);
                     Some(FieldInfo {
                         name: f.name,
-                        category: f.category,
+                        category: f.category.as_str().into(),
                         size: if readable { f.size } else { 0 },
                         evidence: if readable { f.evidence } else { None },
                     })
@@ -1300,8 +1299,8 @@ impl Vault {
                     record_id.as_str(),
                     FieldRow {
                         name: f.name.as_str().into(),
-                        category: f.category.as_str().into(),
-                        kind: kind.into(),
+                        category: f.category,
+                        kind,
                         key_gen: active.generation,
                         sealed,
                         version,
@@ -1372,15 +1371,16 @@ fn open_field(
         &row.name,
         category,
         purpose,
-        &row.kind,
+        row.kind,
         &row.version,
     );
     let bytes = crypto::open(&key.fields(), &aad, &row.sealed)
         .map_err(|_| VaultError::DataLoss(place()))?;
-    let value = match row.kind.as_str() {
-        "text" => Value::Text(into_text(bytes).ok_or_else(|| VaultError::DataLoss(place()))?),
-        "binary" => Value::Binary(bytes),
-        _ => return Err(VaultError::DataLoss(place())),
+    let value = match row.kind {
+        FieldKind::Text => {
+            Value::Text(into_text(bytes).ok_or_else(|| VaultError::DataLoss(place()))?)
+        }
+        FieldKind::Binary => Value::Binary(bytes),
     };
     Ok(OpenField {
         name: row.name.clone(),
@@ -1407,7 +1407,7 @@ fn field_aad(
     field: &str,
     category: Category,
     purpose: Purpose,
-    kind: &str,
+    kind: FieldKind,
     version: &str,
 ) -> Vec<u8> {
     crypto::aad(&AadContext::Field {
@@ -1416,7 +1416,7 @@ fn field_aad(
         field,
         category: category.as_str(),
         purpose: purpose.as_str(),
-        kind,
+        kind: kind.as_str(),
         version,
     })
 }
@@ -1461,7 +1461,7 @@ fn resource(
     Ok(FieldResource {
         record: record.id.clone(),
         name: row.name.clone(),
-        category: parse_stored(&row.category, &record.id)?,
+        category: row.category,
         purpose,
         subject: record.subject.clone(),
         flags: FieldFlags {
@@ -1480,7 +1480,7 @@ fn evidence_resource(
     Ok(FieldResource {
         record: record.id.clone(),
         name: ev.name.clone(),
-        category: parse_stored(&ev.category, &record.id)?,
+        category: ev.category,
         purpose,
         subject: record.subject.clone(),
         flags: FieldFlags {
@@ -1488,11 +1488,6 @@ fn evidence_resource(
             ..FieldFlags::default()
         },
     })
-}
-
-fn parse_stored<T: std::str::FromStr>(s: &str, record: &str) -> Result<T, VaultError> {
-    s.parse()
-        .map_err(|_| VaultError::Store(StoreError::Corrupt(format!("record `{record}`"))))
 }
 
 /// The refusal of a destructive change under a legal hold, naming the hold.
@@ -1507,7 +1502,7 @@ fn record_meta(rec: &RecordRow) -> Result<RecordMeta, VaultError> {
     Ok(RecordMeta {
         id: rec.id.clone(),
         subject: rec.subject.clone(),
-        purpose: parse_stored(&rec.purpose, &rec.id)?,
+        purpose: rec.purpose,
         labels: rec.labels.clone(),
         created_at: rec.created_at,
         updated_at: rec.updated_at,

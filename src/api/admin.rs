@@ -1014,7 +1014,7 @@ fn request_message(s: RequestStatus) -> pb::SubjectRequest {
     pb::SubjectRequest {
         request_id: r.id,
         subject_id: r.subject,
-        kind: r.kind,
+        kind: r.kind.as_str().into(),
         received_at: Some(convert::timestamp(r.received_at)),
         due_at: Some(convert::timestamp(r.due_at)),
         completed_at: r.completed_at.map(convert::timestamp),

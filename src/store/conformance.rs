@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::domain::{Category, ConsentState, FieldKind, Purpose, RequestKind};
+
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyState,
     MandateRow, PurposeKeyRow, RecordRow, RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
@@ -31,7 +33,7 @@ pub fn run_all(store: &dyn Store) {
     // Initialisation is all-or-nothing and happens once.
     assert_eq!(store.meta("root").unwrap(), None);
     let pk = PurposeKeyRow {
-        purpose: "nuisance".into(),
+        purpose: Purpose::Nuisance,
         version: 1,
         state: KeyState::Active,
         algorithm: crate::crypto::Algorithm::Aes256Gcm,
@@ -88,7 +90,7 @@ pub fn run_all(store: &dyn Store) {
     // The first subject key wins; a second insert returns the stored one.
     let sk = SubjectKeyRow {
         subject: "rel-1".into(),
-        purpose: "nuisance".into(),
+        purpose: Purpose::Nuisance,
         generation: 1,
         purpose_version: 1,
         wrapped: vec![9; 40],
@@ -119,7 +121,7 @@ pub fn run_all(store: &dyn Store) {
         mac: vec![0xAB; 32],
         id: "rec_1".into(),
         subject: "rel-1".into(),
-        purpose: "nuisance".into(),
+        purpose: Purpose::Nuisance,
         labels: BTreeMap::from([("case".into(), "N-1".into())]),
         created_at: 100,
         updated_at: 100,
@@ -131,8 +133,8 @@ pub fn run_all(store: &dyn Store) {
         mac: vec![0xCD; 32],
         version: "v1".into(),
         name: name.into(),
-        category: "contact".into(),
-        kind: "text".into(),
+        category: Category::Contact,
+        kind: FieldKind::Text,
         key_gen: 1,
         sealed: vec![sealed; 30],
     };
@@ -323,7 +325,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     for i in 0..3 {
         let row = SubjectKeyRow {
             subject: format!("rot-{i}"),
-            purpose: "nuisance".into(),
+            purpose: Purpose::Nuisance,
             generation: 1,
             purpose_version: 1,
             wrapped: vec![i; 40],
@@ -343,7 +345,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     // that every new key is under the active version.
     let late = SubjectKeyRow {
         subject: "rot-late".into(),
-        purpose: "nuisance".into(),
+        purpose: Purpose::Nuisance,
         generation: 1,
         purpose_version: 1,
         wrapped: vec![7; 40],
@@ -458,7 +460,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         fields_mac: Vec::new(),
         id: "rec_rk".into(),
         subject: "rot-0".into(),
-        purpose: "nuisance".into(),
+        purpose: Purpose::Nuisance,
         labels: BTreeMap::new(),
         created_at: 1,
         updated_at: 1,
@@ -469,8 +471,8 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         mac: vec![0xCD; 32],
         version: "v1".into(),
         name: "a".into(),
-        category: "contact".into(),
-        kind: "text".into(),
+        category: Category::Contact,
+        kind: FieldKind::Text,
         key_gen: 1,
         sealed: vec![1; 20],
     };
@@ -484,7 +486,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     );
     let gen2 = SubjectKeyRow {
         subject: "rot-0".into(),
-        purpose: "nuisance".into(),
+        purpose: Purpose::Nuisance,
         generation: 2,
         purpose_version: 2,
         wrapped: vec![2; 40],
@@ -550,7 +552,7 @@ fn lifecycle(store: &dyn Store) {
     // Two records of one subject under one purpose (v2 is the live version after key_rotation).
     let key = SubjectKeyRow {
         subject: "life-1".into(),
-        purpose: "nuisance".into(),
+        purpose: Purpose::Nuisance,
         generation: 1,
         purpose_version: 2,
         wrapped: vec![3; 40],
@@ -564,7 +566,7 @@ fn lifecycle(store: &dyn Store) {
         fields_mac: vec![0x01; 32],
         id: id.into(),
         subject: "life-1".into(),
-        purpose: "nuisance".into(),
+        purpose: Purpose::Nuisance,
         labels: BTreeMap::new(),
         created_at: 1,
         updated_at: 1,
@@ -575,8 +577,8 @@ fn lifecycle(store: &dyn Store) {
         mac: vec![0xCD; 32],
         version: "v1".into(),
         name: "a".into(),
-        category: "contact".into(),
-        kind: "text".into(),
+        category: Category::Contact,
+        kind: FieldKind::Text,
         key_gen: 1,
         sealed: vec![1; 20],
     };
@@ -805,10 +807,10 @@ fn lifecycle(store: &dyn Store) {
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_none());
 
     // Consent, mandates and subject requests.
-    let consent = |state: &str, at: i64| ConsentRow {
+    let consent = |state: ConsentState, at: i64| ConsentRow {
         subject: "life-1".into(),
-        purpose: "financial-screening".into(),
-        state: state.into(),
+        purpose: Purpose::FinancialScreening,
+        state,
         at,
         recorded_by: "po".into(),
         mac: vec![u8::try_from(at).unwrap(); 32],
@@ -820,25 +822,28 @@ fn lifecycle(store: &dyn Store) {
         ..prev.clone()
     };
     assert!(matches!(
-        store.set_consent(&consent("objected", 5), Some(&next), &next),
+        store.set_consent(&consent(ConsentState::Objected, 5), Some(&next), &next),
         Err(StoreError::Stale(_))
     ));
     assert!(store.subject_facts("life-1").unwrap().consents.is_empty());
     store
-        .set_consent(&consent("objected", 5), Some(&prev), &next)
+        .set_consent(&consent(ConsentState::Objected, 5), Some(&prev), &next)
         .unwrap();
     store
-        .set_consent(&consent("given", 6), Some(&next), &next)
+        .set_consent(&consent(ConsentState::Given, 6), Some(&next), &next)
         .unwrap();
     let facts = store.subject_facts("life-1").unwrap();
-    assert_eq!(facts.consents, vec![consent("given", 6)]);
+    assert_eq!(facts.consents, vec![consent(ConsentState::Given, 6)]);
     assert_eq!(facts.anchor, Some(next));
     // A subject never written about has no facts.
     assert_eq!(
         store.subject_facts("nobody").unwrap(),
         super::SubjectFacts::default()
     );
-    assert_eq!(store.all_consents().unwrap(), vec![consent("given", 6)]);
+    assert_eq!(
+        store.all_consents().unwrap(),
+        vec![consent(ConsentState::Given, 6)]
+    );
     let mandate = MandateRow {
         mac: vec![0xAB; 32],
         id: "mdt_1".into(),
@@ -895,7 +900,7 @@ fn lifecycle(store: &dyn Store) {
     let request = RequestRow {
         id: "req_1".into(),
         subject: "life-1".into(),
-        kind: "access".into(),
+        kind: RequestKind::Access,
         received_at: 10,
         due_at: 20,
         opened_by: "po".into(),

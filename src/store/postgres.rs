@@ -609,6 +609,18 @@ fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T,
         .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
 }
 
+/// A text column holding one of a closed set of names (a purpose, a category …): a name none of
+/// them has was written by hand, and the row is `Corrupt`.
+fn get_named<T: std::str::FromStr>(row: &Row, i: usize, what: &str) -> Result<T, StoreError> {
+    let s: String = get(row, i)?;
+    s.parse().map_err(|_| {
+        StoreError::Corrupt(format!(
+            "unknown {what} `{}`",
+            s.chars().take(32).collect::<String>()
+        ))
+    })
+}
+
 /// A `BIGINT` column that holds a `u32`.
 fn get_u32(row: &Row, i: usize) -> Result<u32, StoreError> {
     let n: i64 = get(row, i)?;
@@ -802,7 +814,7 @@ fn record_from_row(r: &Row) -> Result<RecordRow, StoreError> {
     Ok(RecordRow {
         id,
         subject: get(r, 1)?,
-        purpose: get(r, 2)?,
+        purpose: get_named(r, 2, "purpose")?,
         labels,
         created_at: get(r, 4)?,
         updated_at: get(r, 5)?,
@@ -818,8 +830,8 @@ const FIELD_COLUMNS: &str = "name, category, kind, key_gen, sealed, mac, version
 fn field_from_row(r: &Row, at: usize) -> Result<FieldRow, StoreError> {
     Ok(FieldRow {
         name: get(r, at)?,
-        category: get(r, at + 1)?,
-        kind: get(r, at + 2)?,
+        category: get_named(r, at + 1, "category")?,
+        kind: get_named(r, at + 2, "field kind")?,
         key_gen: get_u32(r, at + 3)?,
         sealed: get(r, at + 4)?,
         mac: get(r, at + 5)?,
@@ -913,7 +925,7 @@ fn request_from_row(r: &Row) -> Result<RequestRow, StoreError> {
     Ok(RequestRow {
         id: get(r, 0)?,
         subject: get(r, 1)?,
-        kind: get(r, 2)?,
+        kind: get_named(r, 2, "request kind")?,
         received_at: get(r, 3)?,
         due_at: get(r, 4)?,
         opened_by: get(r, 5)?,
@@ -928,8 +940,8 @@ const CONSENT_COLUMNS: &str = "subject, purpose, state, at, recorded_by, mac";
 fn consent_from_row(r: &Row) -> Result<ConsentRow, StoreError> {
     Ok(ConsentRow {
         subject: get(r, 0)?,
-        purpose: get(r, 1)?,
-        state: get(r, 2)?,
+        purpose: get_named(r, 1, "purpose")?,
+        state: get_named(r, 2, "consent state")?,
         at: get(r, 3)?,
         recorded_by: get(r, 4)?,
         mac: get(r, 5)?,
@@ -956,7 +968,7 @@ fn purpose_key_from_row(r: &Row) -> Result<PurposeKeyRow, StoreError> {
     let algorithm: String = get(r, 3)?;
     let shown = |s: &str| s.chars().take(32).collect::<String>();
     Ok(PurposeKeyRow {
-        purpose: get(r, 0)?,
+        purpose: get_named(r, 0, "purpose")?,
         version: get_u32(r, 1)?,
         state: KeyState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown key state `{}`", shown(&state))))?,
@@ -979,7 +991,7 @@ const SUBJECT_KEY_COLUMNS: &str =
 fn subject_key_from_row(r: &Row) -> Result<SubjectKeyRow, StoreError> {
     Ok(SubjectKeyRow {
         subject: get(r, 0)?,
-        purpose: get(r, 1)?,
+        purpose: get_named(r, 1, "purpose")?,
         generation: get_u32(r, 2)?,
         purpose_version: get_u32(r, 3)?,
         wrapped: get(r, 4)?,
@@ -995,7 +1007,7 @@ fn evidence_from_row(r: &Row) -> Result<EvidenceRow, StoreError> {
         id: get(r, 0)?,
         record_id: get(r, 1)?,
         name: get(r, 2)?,
-        category: get(r, 3)?,
+        category: get_named(r, 3, "category")?,
         media_type: get(r, 4)?,
         file_name: get(r, 5)?,
         size: get_u64(r, 6)?,
@@ -1081,7 +1093,7 @@ fn insert_purpose_key(tx: &mut Tx<'_>, k: &PurposeKeyRow) -> Result<(), StoreErr
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ),
         &[
-            &k.purpose,
+            &k.purpose.as_str(),
             &i64::from(k.version),
             &k.state.as_str(),
             &k.algorithm.as_str(),
@@ -1105,7 +1117,7 @@ fn update_key_row(tx: &mut Tx<'_>, row: &PurposeKeyRow, from: KeyState) -> Resul
             destroyed_at = $7, barred = $8, mac = $9
          WHERE purpose = $1 AND version = $2 AND state = $3",
         &[
-            &row.purpose,
+            &row.purpose.as_str(),
             &i64::from(row.version),
             &from.as_str(),
             &row.state.as_str(),
@@ -1186,7 +1198,7 @@ fn insert_record_row(tx: &mut Tx<'_>, record: &RecordRow) -> Result<(), StoreErr
         &[
             &record.id,
             &record.subject,
-            &record.purpose,
+            &record.purpose.as_str(),
             &labels,
             &record.created_at,
             &record.updated_at,

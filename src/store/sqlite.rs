@@ -33,6 +33,44 @@ use super::{
     SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
 };
 
+/// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
+/// to decode and the row is `Corrupt`.
+macro_rules! stored_by_name {
+    ($($t:ty),*) => {$(
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let s = value.as_str()?;
+                s.parse().map_err(|_: String| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!(
+                            "unknown {} `{}`",
+                            stringify!($t),
+                            s.chars().take(32).collect::<String>()
+                        )
+                        .into(),
+                    )
+                })
+            }
+        }
+    )*};
+}
+
+stored_by_name!(
+    crate::domain::Purpose,
+    crate::domain::Category,
+    crate::domain::FieldKind,
+    crate::domain::ConsentState,
+    crate::domain::RequestKind
+);
+
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
 const MIGRATIONS: &[&str] = &[
     r"

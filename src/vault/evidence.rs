@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{Vault, VaultError, guard, parse_stored, record_meta};
+use super::{Vault, VaultError, guard, record_meta};
 use crate::{
     crypto::{
         self, AadContext, Algorithm, SubjectKey,
@@ -151,7 +151,7 @@ impl Vault {
                     RecordRow {
                         id: new_id.as_str().into(),
                         subject: subject.as_str().into(),
-                        purpose: ctx.purpose.as_str().into(),
+                        purpose: ctx.purpose,
                         labels: BTreeMap::new(),
                         created_at: now,
                         updated_at: now,
@@ -172,7 +172,7 @@ impl Vault {
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let record_id = RecordId::parse("record", &record.id)
             .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
-        let purpose: crate::domain::Purpose = parse_stored(&record.purpose, &record.id)?;
+        let purpose: crate::domain::Purpose = record.purpose;
         let resource = FieldResource {
             record: record.id.clone(),
             name: start.name.as_str().into(),
@@ -297,7 +297,7 @@ impl Vault {
             id: evidence_id.clone(),
             record_id: record.id.clone(),
             name: start.name.as_str().into(),
-            category: start.category.as_str().into(),
+            category: start.category,
             media_type: start.media_type.clone(),
             file_name,
             size: 0,
@@ -372,7 +372,7 @@ impl Vault {
             return Err(VaultError::NotFound(format!("evidence `{evidence_id}`")));
         }
         let meta = record_meta(&record)?;
-        let category: Category = parse_stored(&evidence.category, &record.id)?;
+        let category: Category = evidence.category;
         let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let record_id = RecordId::parse("record", &record.id)
@@ -926,7 +926,7 @@ pub(crate) fn reseal_segment(
         ))
     };
     let subject = SubjectId::parse_stored(subject).map_err(|_| damaged())?;
-    let category: Category = parse_stored(&evidence.category, &evidence.record_id)?;
+    let category: Category = evidence.category;
     let aad = evidence_aad(
         &subject,
         &evidence.record_id,
@@ -961,7 +961,7 @@ pub(crate) fn reseal_file_name(
 ) -> Result<Vec<u8>, VaultError> {
     let damaged = || VaultError::DataLoss(format!("the file name of evidence `{}`", evidence.id));
     let subject = SubjectId::parse_stored(subject).map_err(|_| damaged())?;
-    let category: Category = parse_stored(&evidence.category, &evidence.record_id)?;
+    let category: Category = evidence.category;
     let aad = evidence_aad(
         &subject,
         &evidence.record_id,

@@ -8,8 +8,7 @@
 use serde_json::{Value as Json, json};
 
 use super::{
-    Vault, VaultError, evidence_resource, open_field, parse_stored, record_meta, resource,
-    trail::DATA_ACTIONS,
+    Vault, VaultError, evidence_resource, open_field, record_meta, resource, trail::DATA_ACTIONS,
 };
 use crate::{
     audit::{AuditEvent, Filter},
@@ -57,7 +56,7 @@ impl Vault {
         // Per record: its fields, then its evidence files.
         let mut resources = Vec::new();
         for (rec, rows, evidence) in &records {
-            let purpose = parse_stored(&rec.purpose, &rec.id)?;
+            let purpose = rec.purpose;
             for row in rows {
                 resources.push(resource(rec, purpose, row)?);
             }
@@ -183,7 +182,7 @@ impl Vault {
                 crate::store::StoreError::Corrupt(format!("subject of `{}`", rec.id))
             })?;
             for (grant, row) in &granted {
-                let category = parse_stored(&row.category, &rec.id)?;
+                let category = row.category;
                 let key = self
                     .keyring
                     .subject_key_at(&subject_id, meta.purpose, row.key_gen)?
@@ -209,7 +208,7 @@ impl Vault {
                         ev.id
                     )));
                 }
-                let category = parse_stored(&ev.category, &rec.id)?;
+                let category = ev.category;
                 let aad = super::evidence::evidence_aad(
                     &subject_id,
                     &rec.id,
@@ -349,10 +348,7 @@ impl Vault {
             let mut under: Vec<(Purpose, bool)> = Vec::with_capacity(2);
             match about {
                 Some((rec, _, _)) => {
-                    under.push((
-                        parse_stored(&rec.purpose, &rec.id)?,
-                        rec.closed_at.is_some(),
-                    ));
+                    under.push((rec.purpose, rec.closed_at.is_some()));
                 }
                 None => {
                     if let Some(p) = declared {
@@ -403,10 +399,10 @@ impl Vault {
                     let before = resources.len();
                     if as_stored {
                         for (rec, rows, evidence) in records {
-                            if rec.purpose != purpose.as_str() {
+                            if rec.purpose != purpose {
                                 continue;
                             }
-                            let purpose = parse_stored(&rec.purpose, &rec.id)?;
+                            let purpose = rec.purpose;
                             for row in rows {
                                 resources.push(super::resource(rec, purpose, row)?);
                             }

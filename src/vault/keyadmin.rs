@@ -398,10 +398,7 @@ impl Vault {
             };
             let result = (|| match item {
                 ResealItem::Field { record_id, field } => {
-                    let category: Category = field
-                        .category
-                        .parse()
-                        .map_err(|_| StoreError::Corrupt(format!("record `{record_id}`")))?;
+                    let category: Category = field.category;
                     let old = old_key(field.key_gen, record_id)?;
                     let aad = field_aad(
                         subject,
@@ -409,7 +406,7 @@ impl Vault {
                         &field.name,
                         category,
                         purpose,
-                        &field.kind,
+                        field.kind,
                         &field.version,
                     );
                     let plain = crypto::open(&old.fields(), &aad, &field.sealed).map_err(|_| {

@@ -329,7 +329,7 @@ impl Vault {
                     .map(|r| Swept {
                         record_id: r.id.clone(),
                         subject: subject.clone(),
-                        purpose: r.purpose.clone(),
+                        purpose: r.purpose.as_str().into(),
                         expired_at: r.expires_at.unwrap_or(now),
                     })
                     .collect();
@@ -425,10 +425,7 @@ impl Vault {
         let mut outcome = Erasure::default();
         let mut to_destroy = Vec::new();
         for (rec, _) in &records {
-            let purpose: Purpose = rec
-                .purpose
-                .parse()
-                .map_err(|_| crate::store::StoreError::Corrupt(format!("record `{}`", rec.id)))?;
+            let purpose: Purpose = rec.purpose;
             let hold = holds
                 .iter()
                 .find(|h| h.record_id.as_ref().is_none_or(|r| r == &rec.id));
@@ -436,7 +433,7 @@ impl Vault {
             if let Some(h) = hold {
                 outcome.kept.push((
                     rec.id.clone(),
-                    rec.purpose.clone(),
+                    rec.purpose.as_str().into(),
                     format!("legal hold `{}`: {} (case {})", h.id, h.reason, h.case_ref),
                 ));
             } else if purpose.survives_erasure() && live {
@@ -447,7 +444,7 @@ impl Vault {
                     });
                 outcome.kept.push((
                     rec.id.clone(),
-                    rec.purpose.clone(),
+                    rec.purpose.as_str().into(),
                     format!(
                         "kept under a legal obligation ({}) until {until}",
                         purpose.lawful_basis()
@@ -501,7 +498,7 @@ impl Vault {
             RequestRow {
                 id: format!("req_{}", hex::encode(rand::random::<[u8; 8]>())),
                 subject: subject.as_str().into(),
-                kind: kind.as_str().into(),
+                kind,
                 received_at,
                 due_at: received_at.saturating_add(REQUEST_DEADLINE_SECS),
                 opened_by: actor.id.as_str().into(),

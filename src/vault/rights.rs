@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 
 use super::{Vault, VaultError};
 use crate::{
-    domain::{Category, InputError, Principal, PrincipalId, Purpose, Role, SubjectId},
+    domain::{
+        Category, ConsentState, InputError, Principal, PrincipalId, Purpose, Role, SubjectId,
+    },
     policy::{Action, AdminAction, Decision, FieldResource},
     store::{AnchorChange, ConsentRow, MandateRow},
 };
@@ -39,11 +41,12 @@ impl Consent {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The state it leaves stored.
+    fn state(self) -> ConsentState {
         match self {
-            Consent::Give => "given",
-            Consent::Withdraw => "withdrawn",
-            Consent::Object => "objected",
+            Consent::Give => ConsentState::Given,
+            Consent::Withdraw => ConsentState::Withdrawn,
+            Consent::Object => ConsentState::Objected,
         }
     }
 }
@@ -65,10 +68,10 @@ impl Vault {
             // must name them all as they are (none deleted, none an older copy), or nothing is
             // decided.
             let facts = self.subject_facts(&subject)?;
-            let stopped: BTreeSet<String> = facts
+            let stopped: BTreeSet<crate::domain::Purpose> = facts
                 .consents
                 .into_iter()
-                .filter(|c| c.state == "withdrawn" || c.state == "objected")
+                .filter(|c| matches!(c.state, ConsentState::Withdrawn | ConsentState::Objected))
                 .map(|c| c.purpose)
                 .collect();
             // The mandates the subject gave this representative, from the same checked facts.
@@ -87,7 +90,7 @@ impl Vault {
                 Vec::new()
             };
             for r in resources.iter_mut().filter(|r| r.subject == subject) {
-                r.flags.objected = stopped.contains(r.purpose.as_str());
+                r.flags.objected = stopped.contains(&r.purpose);
                 r.flags.mandated = mandates.iter().any(|m| {
                     m.purposes.iter().any(|p| p == r.purpose.as_str())
                         && m.categories.iter().any(|c| c == r.category.as_str())
@@ -119,7 +122,7 @@ impl Vault {
                 format!(
                     "`{}` does not apply to `{purpose}` (lawful basis: {}); objection is for \
                      `financial-screening`, consent for `home-adaptation`",
-                    consent.as_str(),
+                    consent.state().as_str(),
                     purpose.lawful_basis()
                 ),
             )
@@ -134,12 +137,12 @@ impl Vault {
         )?;
         event.subject = Some(subject.as_str().into());
         event.purpose = Some(purpose.as_str().into());
-        event.reason = Some(consent.as_str().into());
+        event.reason = Some(consent.state().as_str().into());
         let row = self.rows.seal(
             ConsentRow {
                 subject: subject.as_str().into(),
-                purpose: purpose.as_str().into(),
-                state: consent.as_str().into(),
+                purpose,
+                state: consent.state(),
                 at: self.clock.now(),
                 recorded_by: actor.id.as_str().into(),
                 mac: Vec::new(),

@@ -205,7 +205,7 @@ impl Authenticated for RequestRow {
     fn encode(&self, out: &mut Encoder) {
         out.str(&self.id)
             .str(&self.subject)
-            .str(&self.kind)
+            .str(self.kind.as_str())
             .int(self.received_at)
             .int(self.due_at)
             .str(&self.opened_by)
@@ -229,7 +229,7 @@ impl Authenticated for EvidenceRow {
         out.str(&self.id)
             .str(&self.record_id)
             .str(&self.name)
-            .str(&self.category)
+            .str(self.category.as_str())
             .str(&self.media_type)
             .int(i64::try_from(self.size).unwrap_or(i64::MAX))
             .int(i64::from(self.complete))
@@ -251,8 +251,8 @@ impl Authenticated for ConsentRow {
 
     fn encode(&self, out: &mut Encoder) {
         out.str(&self.subject)
-            .str(&self.purpose)
-            .str(&self.state)
+            .str(self.purpose.as_str())
+            .str(self.state.as_str())
             .int(self.at)
             .str(&self.recorded_by);
     }
@@ -270,7 +270,9 @@ impl Authenticated for RecordRow {
     }
 
     fn encode(&self, out: &mut Encoder) {
-        out.str(&self.id).str(&self.subject).str(&self.purpose);
+        out.str(&self.id)
+            .str(&self.subject)
+            .str(self.purpose.as_str());
         out.int(i64::try_from(self.labels.len()).unwrap_or(i64::MAX));
         for (k, v) in &self.labels {
             out.str(k).str(v);
@@ -349,7 +351,7 @@ impl Authenticated for PurposeKeyRow {
     }
 
     fn encode(&self, out: &mut Encoder) {
-        out.str(&self.purpose)
+        out.str(self.purpose.as_str())
             .int(i64::from(self.version))
             .str(self.state.as_str())
             .str(self.algorithm.as_str())
@@ -384,8 +386,8 @@ impl<'a> FieldPlace<'a> {
         Self {
             record,
             name: &row.name,
-            category: &row.category,
-            kind: &row.kind,
+            category: row.category.as_str(),
+            kind: row.kind.as_str(),
             version: &row.version,
             mac: &row.mac,
         }
@@ -600,8 +602,8 @@ impl RowAuth {
             self.check(&FieldPlace {
                 record: &record.id,
                 name: &f.name,
-                category: &f.category,
-                kind: &f.kind,
+                category: f.category.as_str(),
+                kind: f.kind.map_or("", crate::domain::FieldKind::as_str),
                 version: &f.version,
                 mac: &f.mac,
             })
@@ -940,7 +942,7 @@ impl Vault {
                     *seq,
                     &format!("recorded as `{state}`"),
                 )),
-                Some(c) if &c.state != state => bad.push(BadRow {
+                Some(c) if c.state.as_str() != state.as_str() => bad.push(BadRow {
                     kind: ConsentRow::KIND,
                     id: key.clone(),
                     problem: format!(
@@ -1037,20 +1039,20 @@ mod tests {
         // The same strings as a mandate and as a consent, or shifted between fields, differ.
         let c1 = ConsentRow {
             subject: "ab".into(),
-            purpose: "c".into(),
-            state: "objected".into(),
+            purpose: crate::domain::Purpose::Contract,
+            state: crate::domain::ConsentState::Objected,
             at: 1,
             recorded_by: "po".into(),
             mac: Vec::new(),
         };
         let c2 = ConsentRow {
             subject: "a".into(),
-            purpose: "bc".into(),
+            purpose: crate::domain::Purpose::Payments,
             ..c1.clone()
         };
         assert_ne!(a.mac(&c1), a.mac(&c2));
         let withdrawn = ConsentRow {
-            state: "withdrawn".into(),
+            state: crate::domain::ConsentState::Withdrawn,
             ..c1.clone()
         };
         let sealed = a.seal(c1, |r, m| r.mac = m);

@@ -32,7 +32,7 @@ impl EvidenceStore for PgStore {
                         &row.id,
                         &row.record_id,
                         &row.name,
-                        &row.category,
+                        &row.category.as_str(),
                         &row.media_type,
                         &row.file_name,
                         &big(row.size)?,

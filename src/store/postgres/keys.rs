@@ -35,7 +35,7 @@ impl KeyStore for PgStore {
         anchor: &AnchorRow,
     ) -> Result<SubjectKeyRow, StoreError> {
         self.write(|tx| {
-            check_version_live(tx, &row.purpose, row.purpose_version)?;
+            check_version_live(tx, row.purpose.as_str(), row.purpose_version)?;
             tx.exec(
                 "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject) DO NOTHING",
@@ -56,14 +56,14 @@ impl KeyStore for PgStore {
                 ),
                 &[
                     &row.subject,
-                    &row.purpose,
+                    &row.purpose.as_str(),
                     &i64::from(row.generation),
                     &i64::from(row.purpose_version),
                     &row.wrapped,
                     &row.created_at,
                 ],
             )?;
-            select_subject_key(tx, &row.subject, &row.purpose)?
+            select_subject_key(tx, &row.subject, row.purpose.as_str())?
                 .ok_or_else(|| StoreError::Database("subject key vanished after insert".into()))
         })
     }
@@ -76,7 +76,7 @@ impl KeyStore for PgStore {
         self.write(|tx| {
             let active = tx.count(
                 "SELECT count(*) FROM purpose_keys WHERE purpose = $1 AND state = 'active'",
-                &[&new.purpose],
+                &[&new.purpose.as_str()],
             )?;
             let retired_ok = match retired {
                 Some(old) => active == 1 && update_key_row(tx, old, KeyState::Active)? == 1,
@@ -107,7 +107,7 @@ impl KeyStore for PgStore {
         self.write(|tx| {
             let in_use = tx.count(
                 "SELECT count(*) FROM subject_keys WHERE purpose = $1 AND purpose_version = $2",
-                &[&row.purpose, &i64::from(row.version)],
+                &[&row.purpose.as_str(), &i64::from(row.version)],
             )?;
             if in_use > 0 {
                 return Err(StoreError::InUse(in_use));
@@ -117,7 +117,7 @@ impl KeyStore for PgStore {
                     destroy_after = $5, barred = $6, mac = $7
                  WHERE purpose = $1 AND version = $2",
                 &[
-                    &row.purpose,
+                    &row.purpose.as_str(),
                     &i64::from(row.version),
                     &row.state.as_str(),
                     &row.destroyed_at,
@@ -141,7 +141,7 @@ impl KeyStore for PgStore {
                     "UPDATE purpose_keys SET wrapped = $3
                      WHERE purpose = $1 AND version = $2 AND state <> 'destroyed'
                        AND wrapped <> '\\x'",
-                    &[&k.purpose, &i64::from(k.version), &k.wrapped],
+                    &[&k.purpose.as_str(), &i64::from(k.version), &k.wrapped],
                 )?;
             }
             for (key, value) in meta {
@@ -170,7 +170,7 @@ impl KeyStore for PgStore {
                 return Err(StoreError::InUse(older));
             }
             for row in barred {
-                if row.purpose != purpose || row.version >= version || !row.barred {
+                if row.purpose.as_str() != purpose || row.version >= version || !row.barred {
                     return Err(StoreError::Corrupt(format!(
                         "purpose key `{}` v{} is not barred below v{version}",
                         row.purpose, row.version
@@ -179,7 +179,7 @@ impl KeyStore for PgStore {
                 tx.exec(
                     "UPDATE purpose_keys SET barred = TRUE, mac = $3
                      WHERE purpose = $1 AND version = $2",
-                    &[&row.purpose, &i64::from(row.version), &row.mac],
+                    &[&row.purpose.as_str(), &i64::from(row.version), &row.mac],
                 )?;
             }
             bump_epoch(tx)
@@ -230,14 +230,14 @@ impl KeyStore for PgStore {
             for (row, old) in rows.iter().zip(from) {
                 // The new version must still be live: a node that rewraps under a version
                 // another node rotated away or destroyed meanwhile stores nothing.
-                check_version_live(tx, &row.purpose, row.purpose_version)?;
+                check_version_live(tx, row.purpose.as_str(), row.purpose_version)?;
                 n += tx.exec(
                     "UPDATE subject_keys SET purpose_version = $4, wrapped = $5
                      WHERE subject = $1 AND purpose = $2 AND generation = $3
                        AND purpose_version = $6",
                     &[
                         &row.subject,
-                        &row.purpose,
+                        &row.purpose.as_str(),
                         &i64::from(row.generation),
                         &i64::from(row.purpose_version),
                         &row.wrapped,
@@ -306,7 +306,7 @@ impl KeyStore for PgStore {
                          WHERE subject = $1 AND purpose = $2
                          ORDER BY generation DESC LIMIT 1 FOR UPDATE"
                     ),
-                    &[&new_key.subject, &new_key.purpose],
+                    &[&new_key.subject, &new_key.purpose.as_str()],
                 )?
                 .map(|r| subject_key_from_row(&r))
                 .transpose()?;
@@ -314,7 +314,7 @@ impl KeyStore for PgStore {
                 Some(k) if k.created_at < before && k.generation < new_key.generation => {}
                 _ => return Ok(None),
             }
-            check_version_live(tx, &new_key.purpose, new_key.purpose_version)?;
+            check_version_live(tx, new_key.purpose.as_str(), new_key.purpose_version)?;
             tx.exec(
                 &format!(
                     "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
@@ -322,7 +322,7 @@ impl KeyStore for PgStore {
                 ),
                 &[
                     &new_key.subject,
-                    &new_key.purpose,
+                    &new_key.purpose.as_str(),
                     &generation,
                     &i64::from(new_key.purpose_version),
                     &new_key.wrapped,
@@ -339,7 +339,7 @@ impl KeyStore for PgStore {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                &[&new_key.subject, &new_key.purpose, &generation],
+                &[&new_key.subject, &new_key.purpose.as_str(), &generation],
             )?;
             let mut done = 0u64;
             for r in &fields {
@@ -359,7 +359,7 @@ impl KeyStore for PgStore {
             done += reseal_segments(tx, new_key, reseal)?;
             tx.exec(
                 "DELETE FROM subject_keys WHERE subject = $1 AND purpose = $2 AND generation < $3",
-                &[&new_key.subject, &new_key.purpose, &generation],
+                &[&new_key.subject, &new_key.purpose.as_str(), &generation],
             )?;
             // Other nodes drop the old generation they may hold in memory.
             bump_epoch(tx)?;
@@ -440,7 +440,7 @@ fn reseal_segments(
                 "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete AND record_id IN
                  (SELECT id FROM records WHERE subject = $1 AND purpose = $2)"
             ),
-            &[&new_key.subject, &new_key.purpose],
+            &[&new_key.subject, &new_key.purpose.as_str()],
         )?
         .iter()
         .map(evidence_from_row)

@@ -146,7 +146,7 @@ impl LifecycleStore for PgStore {
                 &[
                     &row.id,
                     &row.subject,
-                    &row.kind,
+                    &row.kind.as_str(),
                     &row.received_at,
                     &row.due_at,
                     &row.opened_by,

@@ -67,6 +67,13 @@ impl MetaStore for PgStore {
         })
     }
 
+    fn clear_leases(&self) -> Result<(), StoreError> {
+        // Other nodes may hold leases: they expire by themselves.
+        Err(StoreError::Unsupported(
+            "the leases of a shared store expire by themselves".into(),
+        ))
+    }
+
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.exec(

@@ -13,7 +13,7 @@ impl RecordStore for PgStore {
             let mut checked = None;
             for f in fields {
                 if checked != Some(f.key_gen) {
-                    check_key_exists(tx, &record.subject, &record.purpose, f.key_gen)?;
+                    check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
                     checked = Some(f.key_gen);
                 }
                 tx.insert(
@@ -21,8 +21,8 @@ impl RecordStore for PgStore {
                     &[
                         &record.id,
                         &f.name,
-                        &f.category,
-                        &f.kind,
+                        &f.category.as_str(),
+                        &f.kind.as_str(),
                         &i64::from(f.key_gen),
                         &f.sealed,
                         &f.mac,
@@ -108,8 +108,8 @@ impl RecordStore for PgStore {
                     &[
                         &id,
                         &f.name,
-                        &f.category,
-                        &f.kind,
+                        &f.category.as_str(),
+                        &f.kind.as_str(),
                         &i64::from(f.key_gen),
                         &f.sealed,
                         &f.mac,
@@ -182,10 +182,10 @@ impl RecordStore for PgStore {
                     .map(|r| {
                         Ok(FieldMeta {
                             name: get(r, 0)?,
-                            category: get(r, 1)?,
+                            category: get_named(r, 1, "category")?,
                             size: get_u64(r, 2)?,
                             evidence: None,
-                            kind: get(r, 3)?,
+                            kind: Some(get_named(r, 3, "field kind")?),
                             mac: get(r, 4)?,
                             version: get(r, 5)?,
                         })
@@ -208,7 +208,7 @@ impl RecordStore for PgStore {
                             media_type: e.media_type,
                             sha256: e.sha256,
                         }),
-                        kind: String::new(),
+                        kind: None,
                         version: String::new(),
                         mac: Vec::new(),
                     });

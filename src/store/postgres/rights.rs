@@ -20,8 +20,8 @@ impl RightsStore for PgStore {
                 ),
                 &[
                     &row.subject,
-                    &row.purpose,
-                    &row.state,
+                    &row.purpose.as_str(),
+                    &row.state.as_str(),
                     &row.at,
                     &row.recorded_by,
                     &row.mac,

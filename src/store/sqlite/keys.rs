@@ -28,7 +28,7 @@ impl KeyStore for SqliteStore {
         let row = row.clone();
         let anchor = anchor.clone();
         self.group.run(&self.writer, move |tx| {
-            check_version_live(tx, &row.purpose, row.purpose_version)?;
+            check_version_live(tx, row.purpose.as_str(), row.purpose_version)?;
             tx.prepare_cached(
                 "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -60,7 +60,7 @@ impl KeyStore for SqliteStore {
                 ])
             })
             .map_err(db)?;
-            select_subject_key(tx, &row.subject, &row.purpose)
+            select_subject_key(tx, &row.subject, row.purpose.as_str())
                 .map_err(db)?
                 .ok_or_else(|| StoreError::Database("subject key vanished after insert".into()))
         })
@@ -190,7 +190,7 @@ impl KeyStore for SqliteStore {
             return Err(StoreError::InUse(u64::try_from(older).unwrap_or(0)));
         }
         for row in barred {
-            if row.purpose != purpose || row.version >= version || !row.barred {
+            if row.purpose.as_str() != purpose || row.version >= version || !row.barred {
                 return Err(StoreError::Corrupt(format!(
                     "purpose key `{}` v{} is not barred below v{version}",
                     row.purpose, row.version
@@ -314,12 +314,13 @@ impl KeyStore for SqliteStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
-        let current = select_subject_key(&tx, &new_key.subject, &new_key.purpose).map_err(db)?;
+        let current =
+            select_subject_key(&tx, &new_key.subject, new_key.purpose.as_str()).map_err(db)?;
         match current {
             Some(k) if k.created_at < before && k.generation < new_key.generation => {}
             _ => return Ok(None),
         }
-        check_version_live(&tx, &new_key.purpose, new_key.purpose_version)?;
+        check_version_live(&tx, new_key.purpose.as_str(), new_key.purpose_version)?;
         tx.execute(
             &format!(
                 "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"

@@ -64,6 +64,12 @@ impl MetaStore for SqliteStore {
         Ok(held.as_deref() == Some(holder))
     }
 
+    fn clear_leases(&self) -> Result<(), StoreError> {
+        let conn = self.write()?;
+        conn.execute("DELETE FROM leases", []).map_err(db)?;
+        Ok(())
+    }
+
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let conn = self.write()?;
         conn.execute(

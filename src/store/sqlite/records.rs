@@ -14,7 +14,7 @@ impl RecordStore for SqliteStore {
                 )
                 .map_err(db)?;
             for f in &fields {
-                check_key_exists(tx, &record.subject, &record.purpose, f.key_gen)?;
+                check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
                 stmt.execute(params![
                     record.id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
                 ])
@@ -227,7 +227,7 @@ impl RecordStore for SqliteStore {
                         category: e.category,
                         size: e.size,
                         evidence: Some(EvidenceMeta { id: e.id, media_type: e.media_type, sha256: e.sha256 }),
-                        kind: String::new(),
+                        kind: None,
                         version: String::new(),
                         mac: Vec::new(),
                     }))
