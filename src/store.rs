@@ -537,35 +537,65 @@ pub struct AuditRow {
     pub mac: Vec<u8>,
 }
 
-/// What a rekey re-encrypts, as stored.
-#[derive(Debug)]
-pub enum ResealItem<'a> {
-    /// A field of a record.
-    Field {
-        /// The record id.
-        record_id: &'a str,
-        /// The field.
-        field: &'a FieldRow,
-    },
-    /// The sealed file name of an evidence file (`evidence.file_name`).
-    FileName {
-        /// The evidence file.
-        evidence: &'a EvidenceRow,
-    },
-    /// A segment of an evidence file.
-    Segment {
-        /// The evidence file.
-        evidence: &'a EvidenceRow,
-        /// The segment.
-        segment: &'a SegmentRow,
-    },
-}
-
 /// Builds the audit rows of a batch on the stored tail (`None`: the trail is empty).
 pub type Chain<'a> = dyn FnMut(Option<&AuditRow>) -> Result<Vec<AuditRow>, StoreError> + 'a;
 
-/// Re-encrypts one item during a rekey and returns its new ciphertext.
-pub type Reseal<'a> = dyn FnMut(ResealItem<'_>) -> Result<Vec<u8>, StoreError> + 'a;
+/// A value a rekey sealed again under the new subject key generation, to be written back only
+/// over the ciphertext it was made from (a value rectified meanwhile is left as it is).
+#[derive(Clone, Eq, PartialEq)]
+pub enum Resealed {
+    /// A field: written where its version and generation are still these.
+    Field {
+        /// The record.
+        record_id: String,
+        /// The field name.
+        name: String,
+        /// The value's version it was made from.
+        version: String,
+        /// The generation it was sealed under.
+        from: u32,
+        /// The new ciphertext.
+        sealed: Vec<u8>,
+    },
+    /// A segment of an evidence file: written where its generation is still this.
+    Segment {
+        /// The evidence file.
+        evidence_id: String,
+        /// The segment's position.
+        index: u32,
+        /// The generation it was sealed under.
+        from: u32,
+        /// The new ciphertext.
+        sealed: Vec<u8>,
+    },
+    /// The sealed file name of an evidence file: written where it is still `from`.
+    FileName {
+        /// The evidence file.
+        evidence_id: String,
+        /// The sealed name it was made from.
+        from: Vec<u8>,
+        /// The new sealed name.
+        sealed: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Resealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resealed::Field {
+                record_id, name, ..
+            } => {
+                write!(f, "Resealed::Field({record_id}/{name})")
+            }
+            Resealed::Segment {
+                evidence_id, index, ..
+            } => write!(f, "Resealed::Segment({evidence_id}#{index})"),
+            Resealed::FileName { evidence_id, .. } => {
+                write!(f, "Resealed::FileName({evidence_id})")
+            }
+        }
+    }
+}
 
 /// The store's metadata, its initialisation and online snapshots.
 pub trait MetaStore: Send + Sync {
@@ -697,8 +727,9 @@ pub trait KeyStore: Send + Sync {
         generation: u32,
     ) -> Result<Option<SubjectKeyRow>, StoreError>;
 
-    /// Up to `limit` subjects of `purpose` whose current subject key was created before
-    /// `before` (the subjects a rekey started at `before` still has to do).
+    /// Up to `limit` subjects of `purpose` a rekey started at `before` still has to do: whose
+    /// current subject key was created before `before`, or who still have an older generation
+    /// (a rekey begun and not finished).
     fn subjects_keyed_before(
         &self,
         purpose: &str,
@@ -706,16 +737,56 @@ pub trait KeyStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<String>, StoreError>;
 
-    /// Re-encrypts a subject's data of `purpose` under `new_key` in one transaction: stores
-    /// `new_key`, reseals every field and evidence segment sealed under an older generation with
-    /// `reseal` (segment by segment, so memory stays bounded), and deletes the older generations. Skips (returns `None`) when the current key
-    /// was created at or after `before` (done already). Returns the number of fields resealed.
-    fn rekey_subject(
+    /// Begins a subject's rekey: stores `new_key` as the subject's current key of its purpose,
+    /// unless the current one was created at or after `before` or is of a generation as high
+    /// (returns false: begun or done already). `NotLive` unless `new_key` is wrapped under the
+    /// active purpose key version. From here on new values are sealed under `new_key`; older
+    /// values stay readable under their generations until `finish_rekey`.
+    fn begin_rekey(&self, new_key: &SubjectKeyRow, before: i64) -> Result<bool, StoreError>;
+
+    /// Up to `limit` fields of the subject's records of `purpose` sealed under a generation
+    /// older than `generation`: (record id, field).
+    fn stale_fields(
         &self,
-        new_key: &SubjectKeyRow,
-        before: i64,
-        reseal: &mut Reseal<'_>,
-    ) -> Result<Option<u64>, StoreError>;
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        limit: usize,
+    ) -> Result<Vec<(String, FieldRow)>, StoreError>;
+
+    /// Up to `limit` segments of the subject's complete evidence files of `purpose` sealed
+    /// under a generation older than `generation`, with their files.
+    fn stale_segments(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        limit: usize,
+    ) -> Result<Vec<(EvidenceRow, SegmentRow)>, StoreError>;
+
+    /// The subject's complete evidence files of `purpose`.
+    fn subject_evidence(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> Result<Vec<EvidenceRow>, StoreError>;
+
+    /// Writes resealed values back under `generation`, in one transaction, each only over the
+    /// ciphertext it was made from. Returns how many were written.
+    fn write_resealed(&self, generation: u32, items: &[Resealed]) -> Result<u64, StoreError>;
+
+    /// Finishes a subject's rekey: deletes the subject's generations of `purpose` older than
+    /// `generation`, in one transaction with the check that no field or complete evidence
+    /// segment is sealed under one of them and that `files` names every complete evidence file
+    /// (the files whose names were resealed or found new). `Stale` otherwise: a value came in
+    /// under an older generation meanwhile; reseal again.
+    fn finish_rekey(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        files: &[String],
+    ) -> Result<(), StoreError>;
 
     /// Fields and evidence segments of `purpose` whose subject key generation no longer exists
     /// (must be 0).

@@ -492,20 +492,60 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         wrapped: vec![2; 40],
         created_at: 100,
     };
-    let resealed = store
-        .rekey_subject(&gen2, 100, &mut |item| match item {
-            super::ResealItem::Field { field, .. } => Ok(vec![field.sealed[0] + 1; 20]),
-            super::ResealItem::Segment { segment, .. } => Ok(segment.sealed.clone()),
-            super::ResealItem::FileName { evidence } => Ok(evidence.file_name.clone()),
-        })
-        .unwrap();
-    assert_eq!(resealed, Some(1));
+    // A rekey begins: the new generation is the subject's current key, the older one stays
+    // until nothing is sealed under it.
+    assert!(store.begin_rekey(&gen2, 100).unwrap());
+    assert!(!store.begin_rekey(&gen2, 100).unwrap());
+    let current = store.subject_key("rot-0", "nuisance").unwrap().unwrap();
+    assert_eq!(current.generation, 2);
+    assert!(
+        store
+            .subject_key_at("rot-0", "nuisance", 1)
+            .unwrap()
+            .is_some()
+    );
+    assert!(matches!(
+        store.finish_rekey("rot-0", "nuisance", 2, &[]),
+        Err(StoreError::Stale(_))
+    ));
+    // Begun, not finished: still to do.
     assert_eq!(
         store
-            .rekey_subject(&gen2, 100, &mut |_| Ok(vec![]))
-            .unwrap(),
-        None
+            .subjects_keyed_before("nuisance", 100, 10)
+            .unwrap()
+            .len(),
+        4
     );
+    let stale = store.stale_fields("rot-0", "nuisance", 2, 10).unwrap();
+    assert_eq!(stale.len(), 1);
+    let (record_id, field) = &stale[0];
+    assert_eq!((record_id.as_str(), field.key_gen), ("rec_rk", 1));
+    // Written back only over the ciphertext it was made from: another version (rectified
+    // meanwhile) or generation writes nothing.
+    let write = |version: &str, from: u32| {
+        store
+            .write_resealed(
+                2,
+                &[super::Resealed::Field {
+                    record_id: record_id.clone(),
+                    name: field.name.clone(),
+                    version: version.into(),
+                    from,
+                    sealed: vec![2; 20],
+                }],
+            )
+            .unwrap()
+    };
+    assert_eq!(write("v0", 1), 0);
+    assert_eq!(write(&field.version, 2), 0);
+    assert_eq!(write(&field.version, 1), 1);
+    assert!(
+        store
+            .stale_fields("rot-0", "nuisance", 2, 10)
+            .unwrap()
+            .is_empty()
+    );
+    store.finish_rekey("rot-0", "nuisance", 2, &[]).unwrap();
     let (_, fields) = store.record("rec_rk").unwrap().unwrap();
     assert_eq!((fields[0].key_gen, fields[0].sealed[0]), (2, 2));
     assert!(

@@ -38,7 +38,7 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem,
+    FieldsMac, HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Resealed,
     SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
 };
 

@@ -29,7 +29,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, ResealItem,
+    FieldsMac, HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Resealed,
     SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
 };
 
@@ -908,72 +908,6 @@ fn discard_one(tx: &Connection, evidence_id: &str) -> Result<bool, StoreError> {
         .map_err(db)?;
     }
     Ok(true)
-}
-
-/// Reseals, one segment at a time, every evidence segment of the subject sealed under a
-/// generation older than `new_key`'s. Returns how many.
-fn reseal_segments(
-    tx: &Connection,
-    new_key: &SubjectKeyRow,
-    reseal: &mut super::Reseal<'_>,
-) -> Result<u64, StoreError> {
-    let files: Vec<EvidenceRow> = tx
-        .prepare_cached(&format!(
-            "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete = 1 AND record_id IN
-             (SELECT id FROM records WHERE subject = ?1 AND purpose = ?2)"
-        ))
-        .map_err(db)?
-        .query_map(params![new_key.subject, new_key.purpose], evidence_from_row)
-        .map_err(db)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(db)?;
-    let mut done = 0u64;
-    for file in &files {
-        let file_name = reseal(ResealItem::FileName { evidence: file })?;
-        tx.prepare_cached("UPDATE evidence SET file_name = ?2 WHERE id = ?1")
-            .map_err(db)?
-            .execute(params![file.id, file_name])
-            .map_err(db)?;
-        let stale: Vec<u32> = tx
-            .prepare_cached(
-                "SELECT idx FROM evidence_segments WHERE evidence_id = ?1 AND key_gen < ?2
-                 ORDER BY idx",
-            )
-            .map_err(db)?
-            .query_map(params![file.id, new_key.generation], |r| r.get(0))
-            .map_err(db)?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(db)?;
-        for index in stale {
-            let segment = tx
-                .prepare_cached(
-                    "SELECT idx, key_gen, sealed FROM evidence_segments
-                     WHERE evidence_id = ?1 AND idx = ?2",
-                )
-                .map_err(db)?
-                .query_row(params![file.id, index], |r| {
-                    Ok(SegmentRow {
-                        index: r.get(0)?,
-                        key_gen: r.get(1)?,
-                        sealed: r.get(2)?,
-                    })
-                })
-                .map_err(db)?;
-            let sealed = reseal(ResealItem::Segment {
-                evidence: file,
-                segment: &segment,
-            })?;
-            tx.prepare_cached(
-                "UPDATE evidence_segments SET sealed = ?3, key_gen = ?4
-                 WHERE evidence_id = ?1 AND idx = ?2",
-            )
-            .map_err(db)?
-            .execute(params![file.id, index, sealed, new_key.generation])
-            .map_err(db)?;
-            done += 1;
-        }
-    }
-    Ok(done)
 }
 
 fn subject_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SubjectKeyRow> {

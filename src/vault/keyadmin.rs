@@ -13,10 +13,10 @@ use super::{Vault, VaultError, field_aad};
 use crate::{
     audit::AuditEvent,
     crypto::{self, Algorithm},
-    domain::{Category, Principal, Purpose, SubjectId, now_unix},
+    domain::{Principal, Purpose, SubjectId, now_unix},
     keys::{KeyError, Keyring, RootCheck, RootSecret},
     policy::AdminAction,
-    store::{KeyState, ResealItem, StoreError},
+    store::{KeyState, Resealed, StoreError},
 };
 
 /// How long a root change request may wait for its approval and its carrying out: 24 hours.
@@ -24,6 +24,14 @@ pub const ROOT_CHANGE_TTL_SECS: i64 = 86_400;
 
 /// Store metadata key of the pending root change (JSON; empty: none).
 const META_ROOT_CHANGE: &str = "root_change";
+
+/// Fields a rekey reseals per transaction.
+const REKEY_FIELD_BATCH: usize = 256;
+/// Evidence segments (64 KiB each) a rekey reseals per transaction.
+const REKEY_SEGMENT_BATCH: usize = 16;
+/// How often a subject's rekey reseals again what came in under an older generation while it
+/// ran, before it gives up (the job continues it on its next run).
+const REKEY_FINISH_ATTEMPTS: usize = 8;
 
 /// The answer to a key job that another node of a shared store is running.
 fn elsewhere(job: &str, purpose: Purpose) -> VaultError {
@@ -363,6 +371,12 @@ impl Vault {
         Ok(state)
     }
 
+    /// Rekeys one subject's data of `purpose`, driven from here: stores a new subject key
+    /// generation (new values are sealed under it from then on), reseals what is sealed under
+    /// older generations in batches, each written back only over the ciphertext it was made from,
+    /// and deletes the older generations once nothing is sealed under them. Each step is its own
+    /// transaction, so memory and the time a transaction holds the store stay bounded; a job
+    /// interrupted anywhere continues where it stopped. Returns the values resealed.
     fn rekey_subject(
         &self,
         subject: &str,
@@ -371,40 +385,65 @@ impl Vault {
     ) -> Result<u64, VaultError> {
         let subject_id = SubjectId::parse_stored(subject)
             .map_err(|_| StoreError::Corrupt(format!("subject key of `{subject}`")))?;
+        let corrupt = || StoreError::Corrupt(format!("subject key of `{subject}`"));
         let current = self
             .store
             .subject_key(subject, purpose.as_str())?
-            .ok_or_else(|| StoreError::Corrupt(format!("subject key of `{subject}`")))?;
-        let generation = current.generation + 1;
-        let (row, new_key) = self
+            .ok_or_else(corrupt)?;
+        if current.created_at < started {
+            let (row, _) =
+                self.keyring
+                    .new_subject_key(&subject_id, purpose, current.generation + 1)?;
+            // False: begun meanwhile (another run of this job); it is continued below.
+            self.store.begin_rekey(&row, started)?;
+            self.keyring.forget(&subject_id, purpose);
+        }
+        let current = self
+            .store
+            .subject_key(subject, purpose.as_str())?
+            .ok_or_else(corrupt)?;
+        let generation = current.generation;
+        let new_key = self
             .keyring
-            .new_subject_key(&subject_id, purpose, generation)?;
+            .subject_key_at(&subject_id, purpose, generation)?
+            .ok_or_else(corrupt)?;
         let algorithm = self.keyring.active_algorithm(purpose)?;
         let mut old_keys: BTreeMap<u32, Arc<crypto::SubjectKey>> = BTreeMap::new();
-        let mut failure: Option<VaultError> = None;
-        let mut reseal = |item: ResealItem<'_>| -> Result<Vec<u8>, StoreError> {
-            let mut old_key = |key_gen: u32, record_id: &str| match old_keys.get(&key_gen) {
-                Some(k) => Ok(Arc::clone(k)),
-                None => {
-                    let k = self
-                        .keyring
-                        .subject_key_at(&subject_id, purpose, key_gen)?
-                        .ok_or_else(|| {
-                            VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
-                        })?;
-                    old_keys.insert(key_gen, Arc::clone(&k));
-                    Ok::<_, VaultError>(k)
+        let mut old_key =
+            |key_gen: u32, record_id: &str| -> Result<Arc<crypto::SubjectKey>, VaultError> {
+                if let Some(k) = old_keys.get(&key_gen) {
+                    return Ok(Arc::clone(k));
                 }
+                let k = self
+                    .keyring
+                    .subject_key_at(&subject_id, purpose, key_gen)?
+                    .ok_or_else(|| {
+                        VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
+                    })?;
+                old_keys.insert(key_gen, Arc::clone(&k));
+                Ok(k)
             };
-            let result = (|| match item {
-                ResealItem::Field { record_id, field } => {
-                    let category: Category = field.category;
+        let new = (&*new_key, algorithm, generation);
+        let mut done = 0u64;
+        for _attempt in 0..REKEY_FINISH_ATTEMPTS {
+            loop {
+                let batch = self.store.stale_fields(
+                    subject,
+                    purpose.as_str(),
+                    generation,
+                    REKEY_FIELD_BATCH,
+                )?;
+                if batch.is_empty() {
+                    break;
+                }
+                let mut resealed = Vec::with_capacity(batch.len());
+                for (record_id, field) in &batch {
                     let old = old_key(field.key_gen, record_id)?;
                     let aad = field_aad(
                         subject,
                         record_id,
                         &field.name,
-                        category,
+                        field.category,
                         purpose,
                         field.kind,
                         &field.version,
@@ -415,51 +454,85 @@ impl Vault {
                             field.name
                         ))
                     })?;
-                    crypto::seal(&new_key.fields(), algorithm, generation, &aad, &plain)
-                        .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
+                    let sealed =
+                        crypto::seal(&new_key.fields(), algorithm, generation, &aad, &plain)
+                            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+                    resealed.push(Resealed::Field {
+                        record_id: record_id.clone(),
+                        name: field.name.clone(),
+                        version: field.version.clone(),
+                        from: field.key_gen,
+                        sealed,
+                    });
                 }
-                ResealItem::FileName { evidence } => {
-                    let key_ref = crypto::Header::parse(&evidence.file_name)
-                        .map_err(|_| {
-                            VaultError::DataLoss(format!(
-                                "the file name of evidence `{}`",
-                                evidence.id
-                            ))
-                        })?
-                        .key_ref;
-                    let old = old_key(key_ref, &evidence.record_id)?;
-                    super::evidence::reseal_file_name(
-                        subject,
-                        purpose,
-                        evidence,
-                        &old,
-                        (&new_key, algorithm, generation),
-                    )
+                done += self.store.write_resealed(generation, &resealed)?;
+            }
+            loop {
+                let batch = self.store.stale_segments(
+                    subject,
+                    purpose.as_str(),
+                    generation,
+                    REKEY_SEGMENT_BATCH,
+                )?;
+                if batch.is_empty() {
+                    break;
                 }
-                ResealItem::Segment { evidence, segment } => {
+                let mut resealed = Vec::with_capacity(batch.len());
+                for (evidence, segment) in &batch {
                     let old = old_key(segment.key_gen, &evidence.record_id)?;
-                    super::evidence::reseal_segment(
-                        subject,
-                        purpose,
-                        evidence,
-                        segment,
-                        &old,
-                        (&new_key, algorithm, generation),
-                    )
+                    resealed.push(Resealed::Segment {
+                        evidence_id: evidence.id.clone(),
+                        index: segment.index,
+                        from: segment.key_gen,
+                        sealed: super::evidence::reseal_segment(
+                            subject, purpose, evidence, segment, &old, new,
+                        )?,
+                    });
                 }
-            })();
-            result.map_err(|e: VaultError| {
-                let message = e.to_string();
-                failure = Some(e);
-                StoreError::Database(message)
-            })
-        };
-        let outcome = self.store.rekey_subject(&row, started, &mut reseal);
-        if let Some(e) = failure {
-            return Err(e);
+                done += self.store.write_resealed(generation, &resealed)?;
+            }
+            // The sealed file names, and which files were seen (the finish refuses a file that
+            // completed since).
+            let files = self.store.subject_evidence(subject, purpose.as_str())?;
+            let mut names = Vec::new();
+            for evidence in &files {
+                let key_ref = crypto::Header::parse(&evidence.file_name)
+                    .map_err(|_| {
+                        VaultError::DataLoss(format!("the file name of evidence `{}`", evidence.id))
+                    })?
+                    .key_ref;
+                if key_ref >= generation {
+                    continue;
+                }
+                let old = old_key(key_ref, &evidence.record_id)?;
+                names.push(Resealed::FileName {
+                    evidence_id: evidence.id.clone(),
+                    from: evidence.file_name.clone(),
+                    sealed: super::evidence::reseal_file_name(
+                        subject, purpose, evidence, &old, new,
+                    )?,
+                });
+            }
+            if !names.is_empty() {
+                self.store.write_resealed(generation, &names)?;
+            }
+            let seen: Vec<String> = files.into_iter().map(|e| e.id).collect();
+            match self
+                .store
+                .finish_rekey(subject, purpose.as_str(), generation, &seen)
+            {
+                Ok(()) => {
+                    self.keyring.forget(&subject_id, purpose);
+                    return Ok(done);
+                }
+                // Something came in under an older generation meanwhile: reseal it too.
+                Err(StoreError::Stale(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        self.keyring.forget(&subject_id, purpose);
-        Ok(outcome?.unwrap_or(0))
+        Err(VaultError::Store(StoreError::Stale(format!(
+            "the values of `{subject}` kept arriving under older subject key generations"
+        ))))
     }
 
     /// Schedules the destruction of a version that wraps nothing any more, after `wait_secs`

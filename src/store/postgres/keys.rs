@@ -276,10 +276,12 @@ impl KeyStore for PgStore {
     ) -> Result<Vec<String>, StoreError> {
         self.read(|tx| {
             tx.all(
-                "SELECT subject FROM subject_keys k WHERE purpose = $1
-                 AND generation = (SELECT max(generation) FROM subject_keys
-                                   WHERE subject = k.subject AND purpose = k.purpose)
-                 AND created_at < $2
+                "SELECT DISTINCT subject FROM subject_keys k WHERE purpose = $1
+                 AND ((generation = (SELECT max(generation) FROM subject_keys
+                                     WHERE subject = k.subject AND purpose = k.purpose)
+                       AND created_at < $2)
+                      OR generation < (SELECT max(generation) FROM subject_keys
+                                       WHERE subject = k.subject AND purpose = k.purpose))
                  ORDER BY subject LIMIT $3",
                 &[&purpose, &before, &limit(max)],
             )?
@@ -289,16 +291,10 @@ impl KeyStore for PgStore {
         })
     }
 
-    fn rekey_subject(
-        &self,
-        new_key: &SubjectKeyRow,
-        before: i64,
-        reseal: &mut crate::store::Reseal<'_>,
-    ) -> Result<Option<u64>, StoreError> {
-        let generation = i64::from(new_key.generation);
+    fn begin_rekey(&self, new_key: &SubjectKeyRow, before: i64) -> Result<bool, StoreError> {
         self.write(|tx| {
-            // The subject's current key, locked: a rekey of the same subject on another node
-            // waits here and then finds the subject done.
+            // The subject's current key, locked: a rekey of the same subject elsewhere waits
+            // here and then finds it begun.
             let current = tx
                 .opt(
                     &format!(
@@ -312,7 +308,7 @@ impl KeyStore for PgStore {
                 .transpose()?;
             match current {
                 Some(k) if k.created_at < before && k.generation < new_key.generation => {}
-                _ => return Ok(None),
+                _ => return Ok(false),
             }
             check_version_live(tx, new_key.purpose.as_str(), new_key.purpose_version)?;
             tx.exec(
@@ -323,47 +319,188 @@ impl KeyStore for PgStore {
                 &[
                     &new_key.subject,
                     &new_key.purpose.as_str(),
-                    &generation,
+                    &i64::from(new_key.generation),
                     &i64::from(new_key.purpose_version),
                     &new_key.wrapped,
                     &new_key.created_at,
                 ],
             )?;
-            let fields = tx.all(
+            // Other nodes drop the generation they hold in memory and seal under the new one.
+            bump_epoch(tx)?;
+            Ok(true)
+        })
+    }
+
+    fn stale_fields(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        max: usize,
+    ) -> Result<Vec<(String, FieldRow)>, StoreError> {
+        self.read(|tx| {
+            tx.all(
                 &format!(
                     "SELECT f.record_id, {} FROM fields f JOIN records r ON r.id = f.record_id
-                     WHERE r.subject = $1 AND r.purpose = $2 AND f.key_gen < $3",
+                     WHERE r.subject = $1 AND r.purpose = $2 AND f.key_gen < $3
+                     ORDER BY f.record_id, f.name LIMIT $4",
                     FIELD_COLUMNS
                         .split(", ")
                         .map(|c| format!("f.{c}"))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                &[&new_key.subject, &new_key.purpose.as_str(), &generation],
-            )?;
-            let mut done = 0u64;
-            for r in &fields {
-                let record_id: String = get(r, 0)?;
-                let field = field_from_row(r, 1)?;
-                let sealed = reseal(ResealItem::Field {
-                    record_id: &record_id,
-                    field: &field,
-                })?;
-                tx.exec(
-                    "UPDATE fields SET sealed = $3, key_gen = $4
-                     WHERE record_id = $1 AND name = $2",
-                    &[&record_id, &field.name, &sealed, &generation],
-                )?;
-                done += 1;
+                &[&subject, &purpose, &i64::from(generation), &limit(max)],
+            )?
+            .iter()
+            .map(|r| Ok((get(r, 0)?, field_from_row(r, 1)?)))
+            .collect()
+        })
+    }
+
+    fn stale_segments(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        max: usize,
+    ) -> Result<Vec<(EvidenceRow, SegmentRow)>, StoreError> {
+        let columns = EVIDENCE_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.read(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {columns}, s.idx, s.key_gen, s.sealed
+                     FROM evidence_segments s JOIN evidence e ON e.id = s.evidence_id
+                     JOIN records r ON r.id = e.record_id
+                     WHERE r.subject = $1 AND r.purpose = $2 AND e.complete AND s.key_gen < $3
+                     ORDER BY s.evidence_id, s.idx LIMIT $4"
+                ),
+                &[&subject, &purpose, &i64::from(generation), &limit(max)],
+            )?
+            .iter()
+            .map(|r| {
+                Ok((
+                    evidence_from_row(r)?,
+                    SegmentRow {
+                        index: get_u32(r, 13)?,
+                        key_gen: get_u32(r, 14)?,
+                        sealed: get(r, 15)?,
+                    },
+                ))
+            })
+            .collect()
+        })
+    }
+
+    fn subject_evidence(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> Result<Vec<EvidenceRow>, StoreError> {
+        self.read(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete AND record_id IN
+                     (SELECT id FROM records WHERE subject = $1 AND purpose = $2) ORDER BY id"
+                ),
+                &[&subject, &purpose],
+            )?
+            .iter()
+            .map(evidence_from_row)
+            .collect()
+        })
+    }
+
+    fn write_resealed(&self, generation: u32, items: &[Resealed]) -> Result<u64, StoreError> {
+        let generation = i64::from(generation);
+        self.write(|tx| {
+            let mut n = 0u64;
+            for item in items {
+                n += match item {
+                    Resealed::Field {
+                        record_id,
+                        name,
+                        version,
+                        from,
+                        sealed,
+                    } => tx.exec(
+                        "UPDATE fields SET sealed = $5, key_gen = $6
+                         WHERE record_id = $1 AND name = $2 AND version = $3 AND key_gen = $4",
+                        &[
+                            record_id,
+                            name,
+                            version,
+                            &i64::from(*from),
+                            sealed,
+                            &generation,
+                        ],
+                    )?,
+                    Resealed::Segment {
+                        evidence_id,
+                        index,
+                        from,
+                        sealed,
+                    } => tx.exec(
+                        "UPDATE evidence_segments SET sealed = $4, key_gen = $5
+                         WHERE evidence_id = $1 AND idx = $2 AND key_gen = $3",
+                        &[
+                            evidence_id,
+                            &i64::from(*index),
+                            &i64::from(*from),
+                            sealed,
+                            &generation,
+                        ],
+                    )?,
+                    Resealed::FileName {
+                        evidence_id,
+                        from,
+                        sealed,
+                    } => tx.exec(
+                        "UPDATE evidence SET file_name = $3 WHERE id = $1 AND file_name = $2",
+                        &[evidence_id, from, sealed],
+                    )?,
+                };
             }
-            done += reseal_segments(tx, new_key, reseal)?;
+            Ok(n)
+        })
+    }
+
+    fn finish_rekey(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        files: &[String],
+    ) -> Result<(), StoreError> {
+        let generation = i64::from(generation);
+        self.write(|tx| {
+            let stale = tx.count(
+                "SELECT (SELECT count(*) FROM fields f JOIN records r ON r.id = f.record_id
+                         WHERE r.subject = $1 AND r.purpose = $2 AND f.key_gen < $3)
+                      + (SELECT count(*) FROM evidence_segments s
+                         JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
+                         WHERE r.subject = $1 AND r.purpose = $2 AND e.complete
+                           AND s.key_gen < $3)
+                      + (SELECT count(*) FROM evidence e JOIN records r ON r.id = e.record_id
+                         WHERE r.subject = $1 AND r.purpose = $2 AND e.complete
+                           AND NOT (e.id = ANY($4)))",
+                &[&subject, &purpose, &generation, &files],
+            )?;
+            if stale > 0 {
+                return Err(StoreError::Stale(format!(
+                    "the values of `{subject}` under older subject key generations"
+                )));
+            }
             tx.exec(
                 "DELETE FROM subject_keys WHERE subject = $1 AND purpose = $2 AND generation < $3",
-                &[&new_key.subject, &new_key.purpose.as_str(), &generation],
+                &[&subject, &purpose, &generation],
             )?;
             // Other nodes drop the old generation they may hold in memory.
-            bump_epoch(tx)?;
-            Ok(Some(done))
+            bump_epoch(tx)
         })
     }
 
@@ -424,60 +561,4 @@ impl KeyStore for PgStore {
             .collect()
         })
     }
-}
-
-/// Reseals, one segment at a time, every evidence segment of the subject sealed under a
-/// generation older than `new_key`'s. Returns how many.
-fn reseal_segments(
-    tx: &mut Tx<'_>,
-    new_key: &SubjectKeyRow,
-    reseal: &mut crate::store::Reseal<'_>,
-) -> Result<u64, StoreError> {
-    let generation = i64::from(new_key.generation);
-    let files: Vec<EvidenceRow> = tx
-        .all(
-            &format!(
-                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete AND record_id IN
-                 (SELECT id FROM records WHERE subject = $1 AND purpose = $2)"
-            ),
-            &[&new_key.subject, &new_key.purpose.as_str()],
-        )?
-        .iter()
-        .map(evidence_from_row)
-        .collect::<Result<_, _>>()?;
-    let mut done = 0u64;
-    for file in &files {
-        let file_name = reseal(ResealItem::FileName { evidence: file })?;
-        tx.exec(
-            "UPDATE evidence SET file_name = $2 WHERE id = $1",
-            &[&file.id, &file_name],
-        )?;
-        let stale: Vec<i64> = tx
-            .all(
-                "SELECT idx FROM evidence_segments WHERE evidence_id = $1 AND key_gen < $2
-                 ORDER BY idx",
-                &[&file.id, &generation],
-            )?
-            .iter()
-            .map(|r| get(r, 0))
-            .collect::<Result<_, _>>()?;
-        for index in stale {
-            let segment = segment_from_row(&tx.one(
-                "SELECT idx, key_gen, sealed FROM evidence_segments
-                 WHERE evidence_id = $1 AND idx = $2",
-                &[&file.id, &index],
-            )?)?;
-            let sealed = reseal(ResealItem::Segment {
-                evidence: file,
-                segment: &segment,
-            })?;
-            tx.exec(
-                "UPDATE evidence_segments SET sealed = $3, key_gen = $4
-                 WHERE evidence_id = $1 AND idx = $2",
-                &[&file.id, &index, &sealed, &generation],
-            )?;
-            done += 1;
-        }
-    }
-    Ok(done)
 }

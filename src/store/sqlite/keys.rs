@@ -293,10 +293,12 @@ impl KeyStore for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|c| {
             c.prepare_cached(
-                "SELECT subject FROM subject_keys k WHERE purpose = ?1
-                 AND generation = (SELECT max(generation) FROM subject_keys
-                                   WHERE subject = k.subject AND purpose = k.purpose)
-                 AND created_at < ?2
+                "SELECT DISTINCT subject FROM subject_keys k WHERE purpose = ?1
+                 AND ((generation = (SELECT max(generation) FROM subject_keys
+                                     WHERE subject = k.subject AND purpose = k.purpose)
+                       AND created_at < ?2)
+                      OR generation < (SELECT max(generation) FROM subject_keys
+                                       WHERE subject = k.subject AND purpose = k.purpose))
                  ORDER BY subject LIMIT ?3",
             )?
             .query_map(params![purpose, before, limit], |r| r.get(0))?
@@ -304,12 +306,7 @@ impl KeyStore for SqliteStore {
         })
     }
 
-    fn rekey_subject(
-        &self,
-        new_key: &SubjectKeyRow,
-        before: i64,
-        reseal: &mut crate::store::Reseal<'_>,
-    ) -> Result<Option<u64>, StoreError> {
+    fn begin_rekey(&self, new_key: &SubjectKeyRow, before: i64) -> Result<bool, StoreError> {
         let mut conn = self.write()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -318,7 +315,7 @@ impl KeyStore for SqliteStore {
             select_subject_key(&tx, &new_key.subject, new_key.purpose.as_str()).map_err(db)?;
         match current {
             Some(k) if k.created_at < before && k.generation < new_key.generation => {}
-            _ => return Ok(None),
+            _ => return Ok(false),
         }
         check_version_live(&tx, new_key.purpose.as_str(), new_key.purpose_version)?;
         tx.execute(
@@ -335,59 +332,188 @@ impl KeyStore for SqliteStore {
             ],
         )
         .map_err(db)?;
-        let fields: Vec<(String, FieldRow)> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT f.record_id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac,
-                        f.version
-                     FROM fields f JOIN records r ON r.id = f.record_id
-                     WHERE r.subject = ?1 AND r.purpose = ?2 AND f.key_gen < ?3",
-                )
-                .map_err(db)?;
-            stmt.query_map(
-                params![new_key.subject, new_key.purpose, new_key.generation],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        FieldRow {
-                            name: r.get(1)?,
-                            category: r.get(2)?,
-                            kind: r.get(3)?,
-                            key_gen: r.get(4)?,
-                            sealed: r.get(5)?,
-                            mac: r.get(6)?,
-                            version: r.get(7)?,
-                        },
-                    ))
-                },
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    fn stale_fields(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        limit: usize,
+    ) -> Result<Vec<(String, FieldRow)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT f.record_id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac,
+                    f.version
+                 FROM fields f JOIN records r ON r.id = f.record_id
+                 WHERE r.subject = ?1 AND r.purpose = ?2 AND f.key_gen < ?3
+                 ORDER BY f.record_id, f.name LIMIT ?4",
+            )?
+            .query_map(params![subject, purpose, generation, limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    FieldRow {
+                        name: r.get(1)?,
+                        category: r.get(2)?,
+                        kind: r.get(3)?,
+                        key_gen: r.get(4)?,
+                        sealed: r.get(5)?,
+                        mac: r.get(6)?,
+                        version: r.get(7)?,
+                    },
+                ))
+            })?
+            .collect()
+        })
+    }
+
+    fn stale_segments(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        limit: usize,
+    ) -> Result<Vec<(EvidenceRow, SegmentRow)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let columns = EVIDENCE_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {columns}, s.idx, s.key_gen, s.sealed
+                 FROM evidence_segments s JOIN evidence e ON e.id = s.evidence_id
+                 JOIN records r ON r.id = e.record_id
+                 WHERE r.subject = ?1 AND r.purpose = ?2 AND e.complete = 1 AND s.key_gen < ?3
+                 ORDER BY s.evidence_id, s.idx LIMIT ?4"
+            ))?
+            .query_map(params![subject, purpose, generation, limit], |r| {
+                Ok((
+                    evidence_from_row(r)?,
+                    SegmentRow {
+                        index: r.get(13)?,
+                        key_gen: r.get(14)?,
+                        sealed: r.get(15)?,
+                    },
+                ))
+            })?
+            .collect()
+        })
+    }
+
+    fn subject_evidence(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> Result<Vec<EvidenceRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete = 1 AND record_id IN
+                 (SELECT id FROM records WHERE subject = ?1 AND purpose = ?2) ORDER BY id"
+            ))?
+            .query_map(params![subject, purpose], evidence_from_row)?
+            .collect()
+        })
+    }
+
+    fn write_resealed(&self, generation: u32, items: &[Resealed]) -> Result<u64, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn.transaction().map_err(db)?;
+        let mut n = 0u64;
+        for item in items {
+            let written = match item {
+                Resealed::Field {
+                    record_id,
+                    name,
+                    version,
+                    from,
+                    sealed,
+                } => tx
+                    .prepare_cached(
+                        "UPDATE fields SET sealed = ?5, key_gen = ?6
+                         WHERE record_id = ?1 AND name = ?2 AND version = ?3 AND key_gen = ?4",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![record_id, name, version, from, sealed, generation])
+                    }),
+                Resealed::Segment {
+                    evidence_id,
+                    index,
+                    from,
+                    sealed,
+                } => tx
+                    .prepare_cached(
+                        "UPDATE evidence_segments SET sealed = ?4, key_gen = ?5
+                         WHERE evidence_id = ?1 AND idx = ?2 AND key_gen = ?3",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![evidence_id, index, from, sealed, generation])
+                    }),
+                Resealed::FileName {
+                    evidence_id,
+                    from,
+                    sealed,
+                } => tx
+                    .prepare_cached(
+                        "UPDATE evidence SET file_name = ?3 WHERE id = ?1 AND file_name = ?2",
+                    )
+                    .and_then(|mut s| s.execute(params![evidence_id, from, sealed])),
+            }
+            .map_err(db)?;
+            n += u64::try_from(written).unwrap_or(0);
+        }
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+
+    fn finish_rekey(
+        &self,
+        subject: &str,
+        purpose: &str,
+        generation: u32,
+        files: &[String],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let stale: i64 = tx
+            .query_row(
+                "SELECT (SELECT count(*) FROM fields f JOIN records r ON r.id = f.record_id
+                         WHERE r.subject = ?1 AND r.purpose = ?2 AND f.key_gen < ?3)
+                      + (SELECT count(*) FROM evidence_segments s
+                         JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
+                         WHERE r.subject = ?1 AND r.purpose = ?2 AND e.complete = 1
+                           AND s.key_gen < ?3)",
+                params![subject, purpose, generation],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let stored: Vec<String> = tx
+            .prepare_cached(
+                "SELECT id FROM evidence WHERE complete = 1 AND record_id IN
+                 (SELECT id FROM records WHERE subject = ?1 AND purpose = ?2)",
             )
             .map_err(db)?
-            .collect::<rusqlite::Result<_>>()
+            .query_map(params![subject, purpose], |r| r.get(0))
             .map_err(db)?
-        };
-        {
-            let mut update = tx
-                .prepare_cached("UPDATE fields SET sealed = ?3, key_gen = ?4 WHERE record_id = ?1 AND name = ?2")
-                .map_err(db)?;
-            for (record_id, field) in &fields {
-                let sealed = reseal(ResealItem::Field { record_id, field })?;
-                update
-                    .execute(params![record_id, field.name, sealed, new_key.generation])
-                    .map_err(db)?;
-            }
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db)?;
+        if stale > 0 || stored.iter().any(|id| !files.contains(id)) {
+            return Err(StoreError::Stale(format!(
+                "the values of `{subject}` under older subject key generations"
+            )));
         }
-        let segments = reseal_segments(&tx, new_key, reseal)?;
         tx.execute(
             "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2 AND generation < ?3",
-            params![new_key.subject, new_key.purpose, new_key.generation],
+            params![subject, purpose, generation],
         )
         .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(Some(
-            u64::try_from(fields.len())
-                .unwrap_or(0)
-                .saturating_add(segments),
-        ))
+        tx.commit().map_err(db)
     }
 
     fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError> {
