@@ -402,6 +402,8 @@ impl Vault {
         limits: Limits,
         anchor: Option<&crate::audit::anchor::Anchor>,
     ) -> Result<Self, VaultError> {
+        // Where other nodes' changes stand before anything is loaded (see `nodes`).
+        let epoch = store.change_epoch()?;
         let audit_key = keyring.audit_key()?;
         let rows = rows::RowAuth::new(&audit_key).map_err(KeyError::Crypto)?;
         let policy = nodes::policy_at_start(store.as_ref(), &rows, policy)?;
@@ -443,7 +445,7 @@ impl Vault {
             store.set_meta(META_POLICY_DIGEST, policy.digest().as_bytes())?;
         }
         nodes::store_policy_set(store.as_ref(), &rows, &policy)?;
-        Ok(Self {
+        let vault = Self {
             store,
             keyring,
             policy: RwLock::new(Arc::new(policy)),
@@ -460,7 +462,9 @@ impl Vault {
             token_register: tokens::TokenRegister::default(),
             follower: nodes::Follower::default(),
             record_locks: std::array::from_fn(|_| std::sync::Mutex::new(())),
-        })
+        };
+        vault.note_epoch(epoch);
+        Ok(vault)
     }
 
     /// Accepts requests through `channels` only (the configuration's closed list).

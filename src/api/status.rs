@@ -57,9 +57,12 @@ pub fn to_status(e: VaultError) -> Status {
             Status::unavailable(e.to_string())
         }
         // Another change came between reading and writing: the caller may simply try again.
-        e @ VaultError::Store(
+        e @ (VaultError::Store(
             StoreError::Stale(_) | StoreError::NotLive { .. } | StoreError::Retry,
-        ) => Status::aborted(format!("{e}; try again")),
+        )
+        | VaultError::Key(KeyError::Store(
+            StoreError::Stale(_) | StoreError::NotLive { .. } | StoreError::Retry,
+        ))) => Status::aborted(format!("{e}; try again")),
         // The database is down or restarting: nothing was decrypted or changed, and kluis
         // reconnects by itself.
         e @ (VaultError::Store(StoreError::Unavailable(_))

@@ -415,6 +415,26 @@ impl PgStore {
     /// PostgreSQL reports a serialization failure or a deadlock.
     fn write<T>(
         &self,
+        f: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_at(IsolationLevel::Serializable, f)
+    }
+
+    /// Like `write`, in a `READ COMMITTED` transaction: for changes whose every statement is
+    /// guarded by itself (an update that names the state it replaces) or by a lock it takes
+    /// (the audit trail's advisory lock, `FOR SHARE` on a purpose key version), where the
+    /// predicate locks of `SERIALIZABLE` would only cost (a rewrap of a thousand keys runs out
+    /// of them).
+    fn write_guarded<T>(
+        &self,
+        f: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_at(IsolationLevel::ReadCommitted, f)
+    }
+
+    fn write_at<T>(
+        &self,
+        level: IsolationLevel,
         mut f: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.with_conn(|c| {
@@ -425,15 +445,15 @@ impl PgStore {
                     let tx = c
                         .client
                         .build_transaction()
-                        .isolation_level(IsolationLevel::Serializable)
+                        .isolation_level(level)
                         .start()
                         .map_err(db)?;
                     let mut tx = Tx {
-                        tx,
+                        tx: Session::Tx(tx),
                         statements: &mut c.statements,
                     };
                     let value = f(&mut tx)?;
-                    tx.tx.commit().map_err(db)?;
+                    tx.commit()?;
                     Ok(value)
                 })();
                 match outcome {
@@ -465,13 +485,87 @@ impl PgStore {
                 .start()
                 .map_err(db)?;
             let mut tx = Tx {
-                tx,
+                tx: Session::Tx(tx),
                 statements: &mut c.statements,
             };
             let value = f(&mut tx)?;
-            tx.tx.commit().map_err(db)?;
+            tx.commit()?;
             Ok(value)
         })
+    }
+
+    /// Runs `f`, which reads with one statement, without a transaction of its own: one round
+    /// trip instead of three.
+    fn read_one<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_conn(|c| {
+            let mut tx = Tx {
+                tx: Session::Direct(&mut c.client),
+                statements: &mut c.statements,
+            };
+            f(&mut tx)
+        })
+    }
+}
+
+/// Where statements run: in a transaction, or directly (a single statement commits by itself).
+enum Session<'a> {
+    Tx(postgres::Transaction<'a>),
+    Direct(&'a mut Client),
+}
+
+impl Session<'_> {
+    fn prepare(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        match self {
+            Session::Tx(t) => t.prepare(sql),
+            Session::Direct(c) => c.prepare(sql),
+        }
+    }
+
+    fn execute(
+        &mut self,
+        s: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        match self {
+            Session::Tx(t) => t.execute(s, params),
+            Session::Direct(c) => c.execute(s, params),
+        }
+    }
+
+    fn query(
+        &mut self,
+        s: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        match self {
+            Session::Tx(t) => t.query(s, params),
+            Session::Direct(c) => c.query(s, params),
+        }
+    }
+
+    fn query_opt(
+        &mut self,
+        s: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        match self {
+            Session::Tx(t) => t.query_opt(s, params),
+            Session::Direct(c) => c.query_opt(s, params),
+        }
+    }
+
+    fn query_one(
+        &mut self,
+        s: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, postgres::Error> {
+        match self {
+            Session::Tx(t) => t.query_one(s, params),
+            Session::Direct(c) => c.query_one(s, params),
+        }
     }
 }
 
@@ -486,13 +580,20 @@ impl Drop for PgStore {
     }
 }
 
-/// A transaction with the connection's prepared statements.
+/// A transaction (or a single statement) with the connection's prepared statements.
 struct Tx<'a> {
-    tx: postgres::Transaction<'a>,
+    tx: Session<'a>,
     statements: &'a mut HashMap<String, Statement>,
 }
 
 impl Tx<'_> {
+    fn commit(self) -> Result<(), StoreError> {
+        match self.tx {
+            Session::Tx(t) => t.commit().map_err(db),
+            Session::Direct(_) => Ok(()),
+        }
+    }
+
     fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
@@ -1136,7 +1237,7 @@ fn update_key_row(tx: &mut Tx<'_>, row: &PurposeKeyRow, from: KeyState) -> Resul
 fn check_version_live(tx: &mut Tx<'_>, purpose: &str, version: u32) -> Result<(), StoreError> {
     let state: Option<String> = tx
         .opt(
-            "SELECT state FROM purpose_keys WHERE purpose = $1 AND version = $2",
+            "SELECT state FROM purpose_keys WHERE purpose = $1 AND version = $2 FOR SHARE",
             &[&purpose, &i64::from(version)],
         )?
         .map(|r| get(&r, 0))

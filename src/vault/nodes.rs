@@ -110,6 +110,16 @@ pub(crate) fn policy_at_start(
 }
 
 impl Vault {
+    /// Records where the store's changes stood (`epoch`, read before this node loaded anything
+    /// into memory), so that its first poll forgets only what changed since.
+    pub(crate) fn note_epoch(&self, epoch: Option<i64>) {
+        *self
+            .follower
+            .epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = epoch;
+    }
+
     /// Takes in the changes other nodes made since the last call: forgets unwrapped keys and
     /// the token register, takes up the stored policy set, and stops serving when the root key
     /// was replaced. Returns whether anything had changed. Does nothing on a store only this

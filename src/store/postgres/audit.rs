@@ -31,7 +31,7 @@ impl AuditStore for PgStore {
         &self,
         chain: &mut crate::store::Chain<'_>,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             // One appender at a time across all nodes, until this transaction ends.
             tx.exec("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
             let tail = tx
@@ -60,7 +60,7 @@ impl AuditStore for PgStore {
     }
 
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.opt(
                 &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"),
                 &[],
@@ -72,7 +72,7 @@ impl AuditStore for PgStore {
 
     fn audit_entries(&self, from: u64, max: usize) -> Result<Vec<AuditRow>, StoreError> {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2"),
                 &[&from, &limit(max)],

@@ -153,7 +153,7 @@ impl EvidenceStore for PgStore {
     }
 
     fn unfinished_evidence(&self) -> Result<Vec<EvidenceRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!("SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE NOT complete ORDER BY id"),
                 &[],
@@ -183,7 +183,7 @@ impl EvidenceStore for PgStore {
     }
 
     fn record_evidence(&self, record_id: &str) -> Result<Vec<EvidenceRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = $1 AND complete

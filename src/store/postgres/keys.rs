@@ -7,7 +7,7 @@ use super::*;
 
 impl KeyStore for PgStore {
     fn purpose_keys(&self, purpose: &str) -> Result<Vec<PurposeKeyRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT {PURPOSE_KEY_COLUMNS} FROM purpose_keys WHERE purpose = $1
@@ -26,7 +26,7 @@ impl KeyStore for PgStore {
         subject: &str,
         purpose: &str,
     ) -> Result<Option<SubjectKeyRow>, StoreError> {
-        self.read(|tx| select_subject_key(tx, subject, purpose))
+        self.read_one(|tx| select_subject_key(tx, subject, purpose))
     }
 
     fn insert_subject_key(
@@ -94,7 +94,7 @@ impl KeyStore for PgStore {
     }
 
     fn update_purpose_key(&self, row: &PurposeKeyRow, from: KeyState) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             let changed = update_key_row(tx, row, from)? > 0;
             if changed {
                 bump_epoch(tx)?;
@@ -187,7 +187,7 @@ impl KeyStore for PgStore {
     }
 
     fn subject_key_counts(&self, purpose: &str) -> Result<Vec<(u32, u64)>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 "SELECT purpose_version, count(*) FROM subject_keys WHERE purpose = $1
                  GROUP BY purpose_version ORDER BY purpose_version",
@@ -205,7 +205,7 @@ impl KeyStore for PgStore {
         version: u32,
         max: usize,
     ) -> Result<Vec<SubjectKeyRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT {SUBJECT_KEY_COLUMNS} FROM subject_keys
@@ -225,7 +225,7 @@ impl KeyStore for PgStore {
         rows: &[SubjectKeyRow],
         from: &[u32],
     ) -> Result<usize, StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             let mut n = 0u64;
             for (row, old) in rows.iter().zip(from) {
                 // The new version must still be live: a node that rewraps under a version
@@ -255,7 +255,7 @@ impl KeyStore for PgStore {
         purpose: &str,
         generation: u32,
     ) -> Result<Option<SubjectKeyRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.opt(
                 &format!(
                     "SELECT {SUBJECT_KEY_COLUMNS} FROM subject_keys
@@ -274,7 +274,7 @@ impl KeyStore for PgStore {
         before: i64,
         max: usize,
     ) -> Result<Vec<String>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 "SELECT DISTINCT subject FROM subject_keys k WHERE purpose = $1
                  AND ((generation = (SELECT max(generation) FROM subject_keys
@@ -338,7 +338,7 @@ impl KeyStore for PgStore {
         generation: u32,
         max: usize,
     ) -> Result<Vec<(String, FieldRow)>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT f.record_id, {} FROM fields f JOIN records r ON r.id = f.record_id
@@ -370,7 +370,7 @@ impl KeyStore for PgStore {
             .map(|c| format!("e.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT {columns}, s.idx, s.key_gen, s.sealed
@@ -401,7 +401,7 @@ impl KeyStore for PgStore {
         subject: &str,
         purpose: &str,
     ) -> Result<Vec<EvidenceRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete AND record_id IN
@@ -417,7 +417,7 @@ impl KeyStore for PgStore {
 
     fn write_resealed(&self, generation: u32, items: &[Resealed]) -> Result<u64, StoreError> {
         let generation = i64::from(generation);
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             let mut n = 0u64;
             for item in items {
                 n += match item {
@@ -505,7 +505,7 @@ impl KeyStore for PgStore {
     }
 
     fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.count(
                 "SELECT (SELECT count(*) FROM fields f JOIN records r ON r.id = f.record_id
                  WHERE r.purpose = $1 AND NOT EXISTS (
@@ -524,7 +524,7 @@ impl KeyStore for PgStore {
     }
 
     fn start_key_job(&self, purpose: &str, kind: &str, at: i64) -> Result<i64, StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             tx.exec(
                 "INSERT INTO key_jobs (purpose, kind, started_at) VALUES ($1, $2, $3)
                  ON CONFLICT (purpose, kind) DO NOTHING",
@@ -541,7 +541,7 @@ impl KeyStore for PgStore {
     }
 
     fn finish_key_job(&self, purpose: &str, kind: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             tx.exec(
                 "DELETE FROM key_jobs WHERE purpose = $1 AND kind = $2",
                 &[&purpose, &kind],
@@ -551,7 +551,7 @@ impl KeyStore for PgStore {
     }
 
     fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 "SELECT purpose, kind, started_at FROM key_jobs ORDER BY purpose, kind",
                 &[],

@@ -57,7 +57,7 @@ impl LifecycleStore for PgStore {
     }
 
     fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT {HOLD_COLUMNS} FROM holds
@@ -125,7 +125,7 @@ impl LifecycleStore for PgStore {
     }
 
     fn anchors(&self) -> Result<Vec<AnchorRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!("SELECT {ANCHOR_COLUMNS} FROM subject_anchors ORDER BY subject"),
                 &[],
@@ -161,7 +161,7 @@ impl LifecycleStore for PgStore {
     }
 
     fn complete_request(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             Ok(tx.exec(
                 "UPDATE subject_requests SET completed_at = $2, mac = $3
                  WHERE id = $1 AND completed_at IS NULL",
@@ -171,7 +171,7 @@ impl LifecycleStore for PgStore {
     }
 
     fn requests(&self) -> Result<Vec<RequestRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!("SELECT {REQUEST_COLUMNS} FROM subject_requests ORDER BY received_at, id"),
                 &[],

@@ -5,7 +5,7 @@ use super::*;
 
 impl MetaStore for PgStore {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.opt("SELECT value FROM meta WHERE key = $1", &[&key])?
                 .map(|r| get(&r, 0))
                 .transpose()
@@ -13,7 +13,7 @@ impl MetaStore for PgStore {
     }
 
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             tx.exec(
                 "INSERT INTO meta (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -53,7 +53,7 @@ impl MetaStore for PgStore {
 
     fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError> {
         // The database's clock decides, so nodes with skewed clocks agree on expiry.
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             let held = tx.opt(
                 "INSERT INTO leases (name, holder, until)
                  VALUES ($1, $2, extract(epoch FROM clock_timestamp())::BIGINT + $3)
@@ -75,7 +75,7 @@ impl MetaStore for PgStore {
     }
 
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             tx.exec(
                 "DELETE FROM leases WHERE name = $1 AND holder = $2",
                 &[&name, &holder],

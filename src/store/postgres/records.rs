@@ -227,7 +227,7 @@ impl RecordStore for PgStore {
         expires_at: Option<i64>,
         mac: &[u8],
     ) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             Ok(tx.exec(
                 "UPDATE records SET closed_at = $2, expires_at = $3, updated_at = $2, mac = $4
                  WHERE id = $1 AND closed_at IS NULL",
@@ -246,7 +246,7 @@ impl RecordStore for PgStore {
             Some((at, id)) => (Some(at), id),
             None => (None, ""),
         };
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT {RECORD_COLUMNS} FROM records r
@@ -309,7 +309,7 @@ impl RecordStore for PgStore {
     }
 
     fn records_page(&self, after: &str, max: usize) -> Result<Vec<RecordRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id > $1 ORDER BY id LIMIT $2"),
                 &[&after, &limit(max)],

@@ -32,7 +32,7 @@ impl RightsStore for PgStore {
     }
 
     fn all_consents(&self) -> Result<Vec<ConsentRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!("SELECT {CONSENT_COLUMNS} FROM consents ORDER BY subject, purpose"),
                 &[],
@@ -94,7 +94,7 @@ impl RightsStore for PgStore {
         subject: Option<&str>,
         representative: Option<&str>,
     ) -> Result<Vec<MandateRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!(
                     "SELECT {MANDATE_COLUMNS} FROM mandates
@@ -139,7 +139,7 @@ impl RightsStore for PgStore {
     }
 
     fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.opt(
                 &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = $1"),
                 &[&hash],
@@ -150,7 +150,7 @@ impl RightsStore for PgStore {
     }
 
     fn revoke_token(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             let changed = tx.exec(
                 "UPDATE tokens SET revoked_at = $2, mac = $3 WHERE id = $1 AND revoked_at IS NULL",
                 &[&id, &at, &mac],
@@ -163,7 +163,7 @@ impl RightsStore for PgStore {
     }
 
     fn approve_token(&self, id: &str, by: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        self.write_guarded(|tx| {
             let changed = tx.exec(
                 "UPDATE tokens SET approved_by = $2, approved_at = $3, mac = $4
                  WHERE id = $1 AND needs_approval AND approved_at IS NULL
@@ -178,7 +178,7 @@ impl RightsStore for PgStore {
     }
 
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        self.read(|tx| {
+        self.read_one(|tx| {
             tx.all(
                 &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, id"),
                 &[],
