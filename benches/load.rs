@@ -47,9 +47,8 @@
 //!
 //! Every case also says where the CPU went (see `load/cpu.rs`): cores busy on average in kluis
 //! (this process but the load generator), the load generator, PostgreSQL's processes, pgbench and
-//! the whole machine, and kluis's and PostgreSQL's CPU per request. On a machine with as many
-//! cores as this one has (two), a case where the busy cores add up to the machine's is bound by
-//! CPU, not by a lock or a wait.
+//! the whole machine, and kluis's and PostgreSQL's CPU per request. A case where the busy cores
+//! add up to all the machine's cores is bound by CPU, not by a lock or a wait.
 //!
 //! `--json F` writes every figure: per case rate, latencies and CPU (`results`), the ratios to
 //! PostgreSQL (`versus_postgresql`), the node comparison (`nodes_comparison`), and the store and
