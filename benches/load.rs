@@ -20,20 +20,59 @@
 //! before it), and a 256 MiB evidence file up and down against AES-256-GCM in process and the
 //! same bytes unencrypted through a bare stream service. `--subjects 1000000` is the 1M-subject
 //! run; `--no-pg` skips PostgreSQL; `--evidence-mib N` sizes the file.
+//!
+//! ```text
+//! cargo bench --bench load -- --store postgres                  # kluis on PostgreSQL
+//! cargo bench --bench load -- --store postgres --nodes 2        # and two nodes against one
+//! ```
+//!
+//! `--store postgres` runs kluis on a database of its own on the same throwaway cluster as the
+//! pgcrypto baseline (which then starts first; without PostgreSQL binaries the run fails), opened
+//! as `kluis serve --store URL` opens it. The baseline is then only the fast variant (key
+//! stretching off), and the comparison reports kluis's reads and writes against it at the same
+//! client counts, in the same rounds: the aim is reads at 64 clients ≥ 1.0×, writes ≥ 0.5×. The
+//! subjects are loaded from 16 threads instead of 4, as every write is a transaction of its own.
+//! `--store sqlite` is the default and the run described above.
+//!
+//! `--nodes N` (with `--store postgres`) starts N kluis nodes on the one database, each on its
+//! own listener and following the others' changes as `kluis serve` does, and adds four cases at
+//! 64 clients: `GetRecord` and `PutRecord` spread over the N nodes (one connection each, client
+//! `c` on node `c % N`) and the same calls on node A alone over N connections, so that both
+//! sides have as many HTTP/2 connections and differ only in the nodes. Reported: the N-node rate
+//! over the one-node rate, and where the CPU goes on each side.
+//!
+//! On PostgreSQL every node reads every record once before the rounds: a node forgets the
+//! subject keys it holds when it first polls the store for other nodes' changes (as `serve`
+//! starts), while the SQLite node holds all of them from loading; so all runs start alike.
+//!
+//! Every case also says where the CPU went (see `load/cpu.rs`): cores busy on average in kluis
+//! (this process but the load generator), the load generator, PostgreSQL's processes, pgbench and
+//! the whole machine, and kluis's and PostgreSQL's CPU per request. A case where the busy cores
+//! add up to all the machine's cores is bound by CPU, not by a lock or a wait.
+//!
+//! `--json F` writes every figure: per case rate, latencies and CPU (`results`), the ratios to
+//! PostgreSQL (`versus_postgresql`), the node comparison (`nodes_comparison`), and the store and
+//! node count of the run. It is written once after the rounds (`"complete": false`) and again
+//! at the end, so that a failure in the rewrap or evidence part keeps the rounds' figures.
 
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::print_stdout,
     clippy::indexing_slicing,
+    clippy::panic,
     missing_docs,
     reason = "a benchmark binary: panics on setup failure, prints its figures"
 )]
 
+#[path = "load/cpu.rs"]
+mod cpu;
 #[path = "shared/evidence.rs"]
 mod evidence_io;
 #[path = "load/pg.rs"]
 mod pg;
+#[path = "load/store.rs"]
+mod store;
 
 use std::{
     collections::BTreeMap,
@@ -45,9 +84,8 @@ use std::{
 };
 
 use kluis::{
-    crypto::Algorithm,
-    domain::{AccessContext, Category, FieldName, Limits, PrincipalId, Purpose, Role, SubjectId},
-    keys::{Keyring, RootSecret},
+    domain::{AccessContext, Category, FieldName, PrincipalId, Purpose, Role, SubjectId},
+    keys::RootSecret,
     pb::{
         self,
         bench::{
@@ -59,8 +97,7 @@ use kluis::{
         vault_client::VaultClient,
     },
     policy::{Action, Engine, FieldResource},
-    store::SqliteStore,
-    vault::{NewField, RetentionTable, Value, Vault, tokens::TokenSpec},
+    vault::{NewField, Value, Vault, tokens::TokenSpec},
 };
 use prost::Message;
 use rand::Rng;
@@ -70,6 +107,8 @@ use tonic::{
     transport::{Channel, Endpoint, Server},
 };
 use zeroize::Zeroizing;
+
+use crate::store::StoreKind;
 
 struct EchoService;
 
@@ -89,6 +128,10 @@ struct Options {
     evidence_mib: u64,
     /// Drive only the call of this name (and the echo), for profiling.
     only: Option<String>,
+    /// Where kluis keeps its data.
+    store: StoreKind,
+    /// kluis nodes on the one store (PostgreSQL only).
+    nodes: usize,
 }
 
 fn options() -> Options {
@@ -99,6 +142,8 @@ fn options() -> Options {
         pg: true,
         evidence_mib: 256,
         only: None,
+        store: StoreKind::Sqlite,
+        nodes: 1,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -125,10 +170,31 @@ fn options() -> Options {
                 o.only = Some(args[i + 1].clone());
                 i += 1;
             }
+            "--store" => {
+                o.store = match args[i + 1].as_str() {
+                    "sqlite" => StoreKind::Sqlite,
+                    "postgres" => StoreKind::Postgres,
+                    other => panic!("--store sqlite|postgres, not `{other}`"),
+                };
+                i += 1;
+            }
+            "--nodes" => {
+                o.nodes = args[i + 1].parse().expect("--nodes N");
+                i += 1;
+            }
             _ => {}
         }
         i += 1;
     }
+    assert!(o.nodes >= 1, "--nodes is at least 1");
+    assert!(
+        o.nodes == 1 || o.store == StoreKind::Postgres,
+        "--nodes needs --store postgres: nodes share a PostgreSQL store"
+    );
+    assert!(
+        o.pg || o.store == StoreKind::Sqlite,
+        "--store postgres runs on the PostgreSQL cluster that --no-pg leaves out"
+    );
     o
 }
 
@@ -196,20 +262,55 @@ fn authed<T>(token: &str, msg: T) -> Request<T> {
 #[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd)]
 enum Target {
     Echo,
-    Get,
-    Put,
+    Get(Via),
+    Put(Via),
     PgRead(pg::Variant),
     PgWrite(pg::Variant),
+}
+
+/// Which kluis servers a call's clients go to: `connections` HTTP/2 connections spread over
+/// `nodes` nodes (starting with node A); client `c` takes connection `c % connections`.
+#[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd)]
+struct Via {
+    nodes: usize,
+    connections: usize,
+}
+
+/// Node A over one connection: the calls compared with the echo and with PostgreSQL.
+const NODE_A: Via = Via {
+    nodes: 1,
+    connections: 1,
+};
+
+impl Via {
+    fn suffix(self) -> String {
+        if self == NODE_A {
+            String::new()
+        } else if self.nodes == 1 {
+            format!(", 1 node, {} conns", self.connections)
+        } else {
+            format!(", {} nodes", self.nodes)
+        }
+    }
 }
 
 impl Target {
     fn name(self) -> String {
         match self {
             Target::Echo => "echo".into(),
-            Target::Get => "GetRecord".into(),
-            Target::Put => "PutRecord".into(),
+            Target::Get(via) => format!("GetRecord{}", via.suffix()),
+            Target::Put(via) => format!("PutRecord{}", via.suffix()),
             Target::PgRead(v) => format!("{} read", v.name()),
             Target::PgWrite(v) => format!("{} write", v.name()),
+        }
+    }
+
+    /// Whether the case runs with `clients` clients: the node comparison only at 64, where
+    /// clients are spread over nodes (at one client every case would use node A alone).
+    fn runs_with(self, clients: usize) -> bool {
+        match self {
+            Target::Get(via) | Target::Put(via) if via != NODE_A => clients > 1,
+            _ => true,
         }
     }
 }
@@ -229,11 +330,28 @@ fn pg_values() -> [String; 5] {
 }
 
 struct Env {
+    /// Node A, over the connection the calls compared with the echo and PostgreSQL use.
     vault: Channel,
+    /// With several nodes: as many more connections to node A as there are nodes …
+    node_a: Vec<Channel>,
+    /// … and one more connection to each node.
+    nodes: Vec<Channel>,
     echo: Channel,
     token: String,
     records: Arc<Vec<String>>,
     payload: usize,
+}
+
+impl Env {
+    fn channels(&self, via: Via) -> &[Channel] {
+        if via == NODE_A {
+            std::slice::from_ref(&self.vault)
+        } else if via.nodes == 1 {
+            &self.node_a
+        } else {
+            &self.nodes
+        }
+    }
 }
 
 /// Runs `clients` concurrent clients against `target` for `secs`; returns the latencies (µs).
@@ -259,10 +377,23 @@ async fn drive_until(
     stop: Arc<AtomicBool>,
 ) -> (usize, Vec<u32>) {
     let mut tasks = Vec::new();
+    let via = match target {
+        Target::Get(via) | Target::Put(via) => via,
+        _ => NODE_A,
+    };
+    // The subjects a case writes: as in the one-node case, new in the first round and
+    // written again in the second, and not those of another case.
+    let prefix = if via == NODE_A {
+        "REL-P".to_owned()
+    } else {
+        format!("REL-P{}n{}c-", via.nodes, via.connections)
+    };
     for c in 0..clients {
         let stop = Arc::clone(&stop);
+        let channels = env.channels(via);
+        let prefix = prefix.clone();
         let (vault, echo, token, records, payload) = (
-            env.vault.clone(),
+            channels[c % channels.len()].clone(),
             env.echo.clone(),
             env.token.clone(),
             Arc::clone(&env.records),
@@ -285,27 +416,16 @@ async fn drive_until(
                         .await
                         .unwrap();
                     }
-                    Target::Get => {
+                    Target::Get(_) => {
                         let id = records[rand::thread_rng().gen_range(0..records.len())].clone();
-                        let r = v
-                            .get_record(authed(
-                                &token,
-                                pb::GetRecordRequest {
-                                    context: Some(context()),
-                                    record_id: id,
-                                    fields: vec![],
-                                },
-                            ))
-                            .await
-                            .unwrap();
-                        assert_eq!(r.get_ref().fields.len(), 5);
+                        read(&mut v, &token, id).await;
                     }
-                    Target::Put => {
+                    Target::Put(_) => {
                         v.put_record(authed(
                             &token,
                             pb::PutRecordRequest {
                                 context: Some(context()),
-                                subject_id: format!("REL-P{c}-{i}"),
+                                subject_id: format!("{prefix}{c}-{i}"),
                                 fields: pb_fields(i),
                                 labels: Default::default(),
                             },
@@ -327,6 +447,39 @@ async fn drive_until(
     (all.len(), all)
 }
 
+/// A `GetRecord` of the whole record `id`.
+async fn read(v: &mut VaultClient<Channel>, token: &str, id: String) {
+    let r = v
+        .get_record(authed(
+            token,
+            pb::GetRecordRequest {
+                context: Some(context()),
+                record_id: id,
+                fields: vec![],
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().fields.len(), 5);
+}
+
+/// Reads every record once over `channel`, from 64 clients.
+async fn read_all(env: &Env, channel: &Channel) {
+    let mut tasks = Vec::new();
+    for c in 0..64 {
+        let (records, token) = (Arc::clone(&env.records), env.token.clone());
+        let mut v = VaultClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            for id in records.iter().skip(c).step_by(64) {
+                read(&mut v, &token, id.clone()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -336,25 +489,39 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 }
 
 fn main() {
+    // kluis's errors (an `internal error` answer logs its cause) on stderr; more with RUST_LOG.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let o = options();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("kluis.db")).unwrap());
     let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
-    Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
-    let limits = Limits {
-        requests_per_second: 0,
-        ..Limits::default()
+    // On PostgreSQL, kluis's database is on the baseline's cluster, which therefore starts first.
+    let mut pg = None;
+    let (vaults, variants) = match o.store {
+        StoreKind::Sqlite => (
+            vec![store::sqlite(dir.path(), &secret)],
+            vec![pg::Variant::Stretched, pg::Variant::Fast],
+        ),
+        StoreKind::Postgres => {
+            let variants = vec![pg::Variant::Fast];
+            let cluster = start_pg(o.subjects, &variants)
+                .unwrap_or_else(|why| panic!("--store postgres needs PostgreSQL: {why}"));
+            let url = cluster.database("kluis").unwrap();
+            let vaults = store::postgres(&url, dir.path(), &secret, o.nodes);
+            println!(
+                "kluis on PostgreSQL: {} node(s) on database `kluis` of the same cluster",
+                vaults.len()
+            );
+            pg = Some(cluster);
+            (vaults, variants)
+        }
     };
-    let vault = Arc::new(
-        Vault::new(
-            store.clone(),
-            Keyring::unseal(store.clone(), &secret, Algorithm::Aes256Gcm, 1_000_000).unwrap(),
-            Engine::default_policies().unwrap(),
-            RetentionTable::default(),
-            limits,
-        )
-        .unwrap(),
-    );
+    let vault = Arc::clone(&vaults[0]);
     let issued = vault
         .bootstrap_token(&TokenSpec {
             principal: PrincipalId::parse("p", "bench-nuisance-officer").unwrap(),
@@ -368,9 +535,13 @@ fn main() {
         .authenticate(&kluis::vault::tokens::BearerToken::new(token.clone()))
         .unwrap();
 
-    // Load: a contact record and a nuisance record per subject, from a few threads.
+    // Load: a contact record and a nuisance record per subject, from a few threads (more on
+    // PostgreSQL, where every write is a transaction and a commit of its own), on node A.
     let t = Instant::now();
-    let threads = 4;
+    let threads = match o.store {
+        StoreKind::Sqlite => 4,
+        StoreKind::Postgres => 16,
+    };
     let records: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|k| {
@@ -450,15 +621,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (vault_addr, echo_addr, stream_addr) = server_rt.block_on(async {
-        let vl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (vault_addrs, echo_addr, stream_addr) = server_rt.block_on(async {
         let el = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (va, ea, sa) = (
-            vl.local_addr().unwrap(),
-            el.local_addr().unwrap(),
-            sl.local_addr().unwrap(),
-        );
+        let (ea, sa) = (el.local_addr().unwrap(), sl.local_addr().unwrap());
         tokio::spawn(async move {
             Server::builder()
                 .max_concurrent_streams(Some(256))
@@ -472,12 +638,17 @@ fn main() {
                 .await
                 .unwrap();
         });
-        let v = Arc::clone(&vault);
-        tokio::spawn(async move {
-            kluis::server::serve(v, vl, Default::default(), std::future::pending())
-                .await
-                .unwrap();
-        });
+        let mut vas = Vec::new();
+        for v in &vaults {
+            let vl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            vas.push(vl.local_addr().unwrap());
+            let v = Arc::clone(v);
+            tokio::spawn(async move {
+                kluis::server::serve(v, vl, Default::default(), std::future::pending())
+                    .await
+                    .unwrap();
+            });
+        }
         // The same transport settings as kluis's server.
         tokio::spawn(async move {
             Server::builder()
@@ -491,33 +662,42 @@ fn main() {
                 .await
                 .unwrap();
         });
-        (va, ea, sa)
+        (vas, ea, sa)
     });
+    let vault_addr = vault_addrs[0];
 
-    let mut pg = if o.pg {
-        let rows = o.subjects.min(20_000);
-        let t = Instant::now();
-        match pg::Pg::start(rows, &pg_values()) {
-            Ok(pg) => {
-                println!(
-                    "PostgreSQL baseline: {}, {rows} records per variant loaded in {:.0} s",
-                    pg.version,
-                    t.elapsed().as_secs_f64()
-                );
-                Some(pg)
-            }
-            Err(why) => {
-                println!("PostgreSQL baseline skipped: {why}");
-                None
-            }
-        }
-    } else {
-        println!("PostgreSQL baseline skipped: --no-pg");
-        None
-    };
-    let mut targets = vec![Target::Echo, Target::Get, Target::Put];
+    if o.store == StoreKind::Sqlite {
+        pg = if o.pg {
+            start_pg(o.subjects, &variants)
+                .map_err(|why| println!("PostgreSQL baseline skipped: {why}"))
+                .ok()
+        } else {
+            println!("PostgreSQL baseline skipped: --no-pg");
+            None
+        };
+    }
+    let postmaster = pg.as_ref().map(pg::Pg::postmaster);
+    let mut targets = vec![Target::Echo, Target::Get(NODE_A), Target::Put(NODE_A)];
+    let (one_node, spread) = (
+        Via {
+            nodes: 1,
+            connections: o.nodes,
+        },
+        Via {
+            nodes: o.nodes,
+            connections: o.nodes,
+        },
+    );
+    if o.nodes > 1 {
+        targets.extend([
+            Target::Get(one_node),
+            Target::Get(spread),
+            Target::Put(one_node),
+            Target::Put(spread),
+        ]);
+    }
     if pg.is_some() {
-        for v in [pg::Variant::Stretched, pg::Variant::Fast] {
+        for &v in &variants {
             targets.push(Target::PgRead(v));
             targets.push(Target::PgWrite(v));
         }
@@ -529,11 +709,13 @@ fn main() {
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(cpu::LOAD_THREADS)
         .enable_all()
         .build()
         .unwrap();
     let mut results: BTreeMap<(usize, Target), Vec<u32>> = BTreeMap::new();
     let mut counts: BTreeMap<(usize, Target), (usize, f64)> = BTreeMap::new();
+    let mut cpu_of: BTreeMap<(usize, Target), cpu::Split> = BTreeMap::new();
     let seconds = o.seconds as f64;
     let records = Arc::new(records);
     let env = client_rt.block_on(async {
@@ -545,8 +727,17 @@ fn main() {
                 .await
                 .unwrap()
         };
+        let (mut node_a, mut nodes) = (Vec::new(), Vec::new());
+        if vault_addrs.len() > 1 {
+            for &addr in &vault_addrs {
+                node_a.push(connect(vault_addr).await);
+                nodes.push(connect(addr).await);
+            }
+        }
         Env {
             vault: connect(vault_addr).await,
+            node_a,
+            nodes,
             echo: connect(echo_addr).await,
             token: token.clone(),
             records: Arc::clone(&records),
@@ -554,14 +745,37 @@ fn main() {
         }
     });
     client_rt.block_on(async {
-        // Warm up every path.
-        for target in [Target::Echo, Target::Get, Target::Put] {
-            drive(&env, target, 8, 0.5).await;
+        // Warm up every path; the other nodes take in the subject keys node A holds.
+        for &target in &targets {
+            if matches!(target, Target::Echo | Target::Get(_) | Target::Put(_)) {
+                drive(&env, target, 8, 0.5).await;
+            }
+        }
+        // A node on PostgreSQL forgets the subject keys it holds when it first polls the store
+        // for other nodes' changes, as `serve` starts; the SQLite node keeps those of loading.
+        // Every PostgreSQL node reads every record once, so that all start as that one does.
+        if o.store == StoreKind::Postgres {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let channels = if env.nodes.is_empty() {
+                std::slice::from_ref(&env.vault)
+            } else {
+                &env.nodes[..]
+            };
+            for (n, channel) in channels.iter().enumerate() {
+                let t = Instant::now();
+                read_all(&env, channel).await;
+                println!(
+                    "node {} read every record once in {:.0} s",
+                    char::from(b'A' + u8::try_from(n).unwrap_or(25)),
+                    t.elapsed().as_secs_f64()
+                );
+            }
         }
         for clients in [1, 64] {
             // A B A B: each gets half its time in each of two rounds.
             for _round in 0..2 {
-                for &target in &targets {
+                for &target in targets.iter().filter(|t| t.runs_with(clients)) {
+                    let before = cpu::sample(postmaster);
                     let (n, secs, lat) = match (target, pg.as_mut()) {
                         (Target::PgRead(v) | Target::PgWrite(v), Some(pg)) => {
                             let write = matches!(target, Target::PgWrite(_));
@@ -575,6 +789,12 @@ fn main() {
                             (n, seconds / 2.0, lat)
                         }
                     };
+                    if let (Some(before), Some(after)) = (before, cpu::sample(postmaster)) {
+                        cpu_of
+                            .entry((clients, target))
+                            .or_default()
+                            .add(&cpu::Split::between(&before, &after));
+                    }
                     let c = counts.entry((clients, target)).or_default();
                     c.0 += n;
                     c.1 += secs;
@@ -583,15 +803,31 @@ fn main() {
             }
         }
     });
-    drop(pg);
+    // The baseline's cluster goes; kluis's own store stays for what follows.
+    if o.store == StoreKind::Sqlite {
+        drop(pg.take());
+    }
 
     let mut rows = Vec::new();
+    let name_width = targets
+        .iter()
+        .map(|t| t.name().chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(22);
     println!(
-        "\nload, {} subjects, {payload}-byte answers, {} s per case (2 cores shared)",
-        o.subjects, o.seconds
+        "\nload, {} subjects, {payload}-byte answers, {} s per case (2 cores shared), store {}{}",
+        o.subjects,
+        o.seconds,
+        o.store.name(),
+        if o.nodes > 1 {
+            format!(", {} nodes", o.nodes)
+        } else {
+            String::new()
+        }
     );
     println!(
-        "{:>8} {:<22} {:>10} {:>8} {:>8} {:>8} {:>10}",
+        "{:>8} {:<name_width$} {:>10} {:>8} {:>8} {:>8} {:>10}",
         "clients", "call", "req/s", "p50 µs", "p99 µs", "p999 µs", "× echo"
     );
     let mut rps_of: BTreeMap<(usize, Target), f64> = BTreeMap::new();
@@ -603,7 +839,7 @@ fn main() {
                 .map_or(0.0, |(n, s)| *n as f64 / s)
         };
         let echo_rps = rate(Target::Echo);
-        for &target in &targets {
+        for &target in targets.iter().filter(|t| t.runs_with(clients)) {
             let mut lat = results.remove(&(clients, target)).unwrap_or_default();
             lat.sort_unstable();
             let rps = rate(target);
@@ -613,39 +849,78 @@ fn main() {
                 percentile(&lat, 0.99),
                 percentile(&lat, 0.999),
             );
-            if clients == 64 && target == Target::Get {
+            if clients == 64 && target == Target::Get(NODE_A) {
                 get_p99_64 = p99;
             }
             println!(
-                "{clients:>8} {:<22} {rps:>10.0} {p50:>8} {p99:>8} {p999:>8} {:>10.2}",
+                "{clients:>8} {:<name_width$} {rps:>10.0} {p50:>8} {p99:>8} {p999:>8} {:>10.2}",
                 target.name(),
                 rps / echo_rps
             );
+            let n = counts.get(&(clients, target)).map_or(0, |c| c.0);
             rows.push(json!({
                 "clients": clients, "call": target.name(), "requests_per_second": rps,
                 "p50_us": p50, "p99_us": p99, "p999_us": p999, "ratio_to_echo": rps / echo_rps,
+                "cpu": cpu_of.get(&(clients, target)).map(|s| s.json(n)),
             }));
         }
     }
+    print_cpu(&targets, &counts, &cpu_of, name_width);
+
     let mut versus_pg = Vec::new();
-    if o.only.is_none() && targets.len() > 3 {
-        println!("\nkluis against PostgreSQL + pgcrypto (same client count, durable writes):");
+    if o.only.is_none() && targets.iter().any(|t| matches!(t, Target::PgRead(_))) {
+        match o.store {
+            StoreKind::Sqlite => println!(
+                "\nkluis against PostgreSQL + pgcrypto (same client count, durable writes):"
+            ),
+            StoreKind::Postgres => println!(
+                "\nkluis on PostgreSQL against PostgreSQL + pgcrypto on the same cluster (same \
+                 client count, durable writes; aim: reads at 64 clients ≥ 1.0×, writes ≥ 0.5×):"
+            ),
+        }
         for clients in [1, 64] {
-            for v in [pg::Variant::Stretched, pg::Variant::Fast] {
-                let read = rps_of[&(clients, Target::Get)] / rps_of[&(clients, Target::PgRead(v))];
-                let write =
-                    rps_of[&(clients, Target::Put)] / rps_of[&(clients, Target::PgWrite(v))];
+            for &v in &variants {
+                let read =
+                    rps_of[&(clients, Target::Get(NODE_A))] / rps_of[&(clients, Target::PgRead(v))];
+                let write = rps_of[&(clients, Target::Put(NODE_A))]
+                    / rps_of[&(clients, Target::PgWrite(v))];
                 println!(
                     "{clients:>8} clients, {:<14} reads {read:>6.2}×   writes {write:>6.2}×",
                     v.name()
                 );
                 versus_pg.push(json!({
-                    "clients": clients, "baseline": v.name(),
+                    "clients": clients, "baseline": v.name(), "store": o.store.name(),
                     "read_ratio": read, "write_ratio": write,
                 }));
             }
         }
     }
+
+    let nodes_comparison = if o.only.is_none() && o.nodes > 1 {
+        compare_nodes(o.nodes, [one_node, spread], &rps_of, &counts, &cpu_of)
+    } else {
+        serde_json::Value::Null
+    };
+
+    let mut doc = json!({
+        "benchmark": "kluis load",
+        "store": o.store.name(),
+        "nodes": o.nodes,
+        "subjects": o.subjects,
+        "seconds_per_case": o.seconds,
+        "answer_bytes": payload,
+        "results": rows,
+        "versus_postgresql": versus_pg,
+        "nodes_comparison": nodes_comparison,
+        "complete": false,
+    });
+    // The rounds' figures are written at once, so that a failure in what follows keeps them.
+    let write = |doc: &serde_json::Value| {
+        if let Some(path) = &o.json {
+            std::fs::write(path, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+        }
+    };
+    write(&doc);
 
     let (policy, rewrap, evidence) = if o.only.is_none() {
         (
@@ -663,22 +938,156 @@ fn main() {
     };
     drop(env);
 
-    if let Some(path) = o.json {
-        let doc = json!({
-            "benchmark": "kluis load",
-            "subjects": o.subjects,
-            "seconds_per_case": o.seconds,
-            "answer_bytes": payload,
-            "results": rows,
-            "versus_postgresql": versus_pg,
-            "policy": policy,
-            "rewrap": rewrap,
-            "evidence": evidence,
-        });
-        std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    doc["policy"] = policy;
+    doc["rewrap"] = rewrap;
+    doc["evidence"] = evidence;
+    doc["complete"] = json!(true);
+    write(&doc);
+    if let Some(path) = &o.json {
         println!("\nwritten to {path}");
     }
+    // Servers first, then the nodes' stores, then the cluster under them.
     drop(server_rt);
+    drop((vault, vaults));
+    drop(pg);
+}
+
+/// Starts the PostgreSQL cluster with the baseline's tables for `variants`.
+fn start_pg(subjects: usize, variants: &[pg::Variant]) -> Result<pg::Pg, String> {
+    let rows = subjects.min(20_000);
+    let t = Instant::now();
+    let pg = pg::Pg::start(rows, &pg_values(), variants)?;
+    println!(
+        "PostgreSQL baseline: {}, {rows} records per variant loaded in {:.0} s",
+        pg.version,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(pg)
+}
+
+/// Prints where the CPU went in each case: cores busy on average, and CPU per request.
+fn print_cpu(
+    targets: &[Target],
+    counts: &BTreeMap<(usize, Target), (usize, f64)>,
+    cpu_of: &BTreeMap<(usize, Target), cpu::Split>,
+    name_width: usize,
+) {
+    if cpu_of.is_empty() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "\nwhere the CPU goes: cores busy on average (machine: all users of its {cores} cores), \
+         and CPU µs per request"
+    );
+    println!(
+        "{:>8} {:<name_width$} {:>6} {:>6} {:>6} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+        "clients",
+        "call",
+        "kluis",
+        "load",
+        "pg",
+        "pgbench",
+        "machine",
+        "kluis µs",
+        "pg µs",
+        "pgb. µs"
+    );
+    for clients in [1, 64] {
+        for &target in targets.iter().filter(|t| t.runs_with(clients)) {
+            let (Some(s), Some(&(n, _))) = (
+                cpu_of.get(&(clients, target)),
+                counts.get(&(clients, target)),
+            ) else {
+                continue;
+            };
+            let per = |cpu: f64| cpu * 1e6 / n.max(1) as f64;
+            println!(
+                "{clients:>8} {:<name_width$} {:>6.2} {:>6.2} {:>6.2} {:>7.2} {:>7.2} | {:>8.0} \
+                 {:>8.0} {:>8.0}",
+                target.name(),
+                s.cores(s.kluis),
+                s.cores(s.load),
+                s.cores(s.postgres),
+                s.cores(s.pgbench),
+                s.cores(s.machine),
+                per(s.kluis),
+                per(s.postgres),
+                per(s.pgbench),
+            );
+        }
+    }
+}
+
+/// Prints and returns `nodes` nodes against one: the calls spread over the nodes (`vias[1]`)
+/// against the same calls on node A over as many connections (`vias[0]`), at 64 clients.
+fn compare_nodes(
+    nodes: usize,
+    vias: [Via; 2],
+    rps_of: &BTreeMap<(usize, Target), f64>,
+    counts: &BTreeMap<(usize, Target), (usize, f64)>,
+    cpu_of: &BTreeMap<(usize, Target), cpu::Split>,
+) -> serde_json::Value {
+    let clients = 64;
+    let [one, spread] = vias;
+    println!(
+        "\n{nodes} nodes against one, on one PostgreSQL store, {clients} clients ({nodes} \
+         connections on each side; client c on node c % {nodes}):"
+    );
+    let mut out = serde_json::Map::new();
+    for (call, of) in [
+        ("reads", Target::Get as fn(Via) -> Target),
+        ("writes", Target::Put),
+    ] {
+        let rate = |via: Via| rps_of.get(&(clients, of(via))).copied().unwrap_or(0.0);
+        let ratio = rate(spread) / rate(one);
+        let to_one_connection = rate(spread) / rate(NODE_A);
+        println!(
+            "  {call:<6} {ratio:>5.2}×  ({:.0} against {:.0} req/s; {to_one_connection:.2}× node A \
+             over one connection, {:.0} req/s)",
+            rate(spread),
+            rate(one),
+            rate(NODE_A)
+        );
+        let side = |via: Via| {
+            let n = counts.get(&(clients, of(via))).map_or(0, |c| c.0);
+            cpu_of.get(&(clients, of(via))).copied().map(|s| (s, n))
+        };
+        if let (Some((a, na)), Some((b, nb))) = (side(one), side(spread)) {
+            let per = |cpu: f64, n: usize| cpu * 1e6 / n.max(1) as f64;
+            let ours = |s: &cpu::Split| s.cores(s.kluis + s.load + s.postgres + s.pgbench);
+            println!(
+                "         CPU µs per call, 1 → {nodes} nodes: kluis {:.0} → {:.0}, PostgreSQL \
+                 {:.0} → {:.0}, load generator {:.0} → {:.0}; cores busy: these {:.2} → {:.2}, \
+                 machine {:.2} → {:.2}",
+                per(a.kluis, na),
+                per(b.kluis, nb),
+                per(a.postgres, na),
+                per(b.postgres, nb),
+                per(a.load, na),
+                per(b.load, nb),
+                ours(&a),
+                ours(&b),
+                a.cores(a.machine),
+                b.cores(b.machine),
+            );
+        }
+        out.insert(
+            call.into(),
+            json!({
+                "clients": clients,
+                "ratio": ratio,
+                "ratio_to_one_connection": to_one_connection,
+                "one_node_requests_per_second": rate(one),
+                "nodes_requests_per_second": rate(spread),
+                "one_node_one_connection_requests_per_second": rate(NODE_A),
+                "one_node_cpu": side(one).map(|(s, n)| s.json(n)),
+                "nodes_cpu": side(spread).map(|(s, n)| s.json(n)),
+            }),
+        );
+    }
+    out.insert("nodes".into(), json!(nodes));
+    serde_json::Value::Object(out)
 }
 
 /// Policy decisions per second and their latency, one field per decision, with the default
@@ -777,7 +1186,7 @@ async fn rewrap_during_reads(env: &Env, vault: &Arc<Vault>, p99_before: u32) -> 
             (done.done, took)
         })
     };
-    let (_, mut lat) = drive_until(env, Target::Get, 64, stop).await;
+    let (_, mut lat) = drive_until(env, Target::Get(NODE_A), 64, stop).await;
     let (keys, took) = job.join().unwrap();
     lat.sort_unstable();
     let p99 = percentile(&lat, 0.99);

@@ -6,6 +6,9 @@
 //! Two variants: pgcrypto's defaults (iterated, salted key stretching on every value: what one
 //! gets by following the manual) and key stretching off (`s2k-mode=1`, the fair variant). Both
 //! use AES-256, as kluis does.
+//!
+//! The same cluster also holds kluis's own database when kluis runs on PostgreSQL
+//! (`--store postgres`): see [`Pg::database`].
 
 use std::{
     path::{Path, PathBuf},
@@ -148,9 +151,9 @@ fn quote(s: &str) -> String {
 }
 
 impl Pg {
-    /// Starts a cluster and loads `rows` records per variant with `values` as their five field
-    /// values. `Err` says why the baseline is skipped.
-    pub fn start(rows: usize, values: &[String; 5]) -> Result<Self, String> {
+    /// Starts a cluster and loads `rows` records for each of `variants` with `values` as their
+    /// five field values. `Err` says why the baseline is skipped.
+    pub fn start(rows: usize, values: &[String; 5], variants: &[Variant]) -> Result<Self, String> {
         let bin = find_bin().ok_or(
             "no PostgreSQL installation (initdb, pg_ctl, postgres, pg_isready, psql, pgbench) on PATH or in /usr/lib/postgresql/*/bin",
         )?;
@@ -230,7 +233,7 @@ impl Pg {
         }
         let v: Vec<String> = values.iter().map(|v| quote(v)).collect();
         let mut sql = String::from("CREATE EXTENSION pgcrypto;\n");
-        for variant in [Variant::Stretched, Variant::Fast] {
+        for &variant in variants {
             let t = variant.table();
             let o = quote(variant.options());
             let k = quote(KEY);
@@ -253,6 +256,21 @@ impl Pg {
         pg.psql(&sql)?;
         pg.psql("VACUUM ANALYZE")?;
         Ok(pg)
+    }
+
+    /// Creates the database `name` on this cluster; returns its connection string (over the
+    /// cluster's Unix socket, as the superuser the baseline uses).
+    pub fn database(&self, name: &str) -> Result<String, String> {
+        self.psql(&format!("CREATE DATABASE {name}"))?;
+        Ok(format!(
+            "host={} port={PORT} user=kluis dbname={name}",
+            self.dir.path().display()
+        ))
+    }
+
+    /// The process id of the server (the postmaster; backends are its children).
+    pub fn postmaster(&self) -> u32 {
+        self.server.id()
     }
 
     fn psql(&self, sql: &str) -> Result<String, String> {
