@@ -918,3 +918,61 @@ async fn a_rewrap_on_one_node_beside_reads_on_both_keeps_the_trail_writable() {
     }
     assert!(a.vault.audit_writable() && b.vault.audit_writable());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_key_changed_on_one_node_stops_the_other_until_it_starts_with_the_new_one() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (tmp, a, b) = two_nodes_on(cluster, &url).await;
+    let id = put(
+        &a,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-RT1",
+        vec![text(
+            "report",
+            "nuisance-evidence",
+            "before the root change",
+        )],
+    )
+    .await;
+    get(&b, b.token(Role::NuisanceOfficer), nuisance_ctx(), &id)
+        .await
+        .unwrap();
+    let new_key: [u8; 32] = rand::random();
+    crate::rotation::change_root(&a, pb::rotate_root_request::Secret::Key(new_key.to_vec())).await;
+    // B holds the old root key: it stops serving within the bound, saying why.
+    let took = within_bound("root change", async || {
+        get(&b, b.token(Role::NuisanceOfficer), nuisance_ctx(), &id)
+            .await
+            .is_err_and(|s| {
+                s.code() == Code::Unavailable && s.message().contains("root key was replaced")
+            })
+    })
+    .await;
+    eprintln!("root change on A stops B after {took:?}");
+    assert!(!b.vault.is_serving());
+    // A goes on; B, started again with the new key, serves again.
+    get(&a, a.token(Role::NuisanceOfficer), nuisance_ctx(), &id)
+        .await
+        .unwrap();
+    let tokens_from = a;
+    drop(b.stop().await);
+    let key_file = tmp.path().join("new-root.key");
+    std::fs::write(&key_file, hex::encode(new_key)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let secret = RootSecret::read_key_file(&key_file).unwrap();
+    let mut b = TestServer::start_node(&url, &tmp.path().join("b"), &secret).await;
+    b.share_tokens(&tokens_from);
+    let r = get(&b, b.token(Role::NuisanceOfficer), nuisance_ctx(), &id)
+        .await
+        .unwrap();
+    assert_eq!(
+        text_of(field(&r, "report").unwrap()),
+        "before the root change"
+    );
+}

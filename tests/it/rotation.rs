@@ -511,7 +511,7 @@ async fn approve_root(
 }
 
 /// Asks for, approves (as the privacy officer) and carries out a root change to `secret`.
-async fn change_root(server: &TestServer, secret: pb::rotate_root_request::Secret) {
+pub(crate) async fn change_root(server: &TestServer, secret: pb::rotate_root_request::Secret) {
     let so = server.token(Role::SecurityOfficer).to_owned();
     let mut admin = server.admin().await;
     let id = request_root(&mut admin, &so, secret.clone()).await;
