@@ -396,7 +396,7 @@ async fn a_database_restart_fails_calls_unavailable_then_kluis_recovers_by_itsel
     let Some(cluster) = pg::private_cluster("nodes-restart") else {
         return;
     };
-    let (_tmp, a, _b) = two_nodes(&cluster, None).await;
+    let (_tmp, a, b) = two_nodes(&cluster, None).await;
     let id = put(
         &a,
         Role::NuisanceOfficer,
@@ -405,7 +405,60 @@ async fn a_database_restart_fails_calls_unavailable_then_kluis_recovers_by_itsel
         vec![text("report", "nuisance-evidence", "before the restart")],
     )
     .await;
+    // Load on both nodes while the database goes away and comes back: every call either
+    // succeeds or answers UNAVAILABLE (never INTERNAL, never a value without its entry).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..6usize {
+        let node = if w % 2 == 0 { &a } else { &b };
+        let (addr, token) = (node.addr, node.token(Role::NuisanceOfficer).to_owned());
+        let (id, stop) = (id.clone(), std::sync::Arc::clone(&stop));
+        load.push(tokio::spawn(async move {
+            let mut c = pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let (mut ok, mut unavailable, mut i) = (0usize, 0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let outcome = if w < 3 {
+                    c.get_record(req(
+                        &token,
+                        pb::GetRecordRequest {
+                            context: nuisance_ctx(),
+                            record_id: id.clone(),
+                            fields: vec![],
+                        },
+                    ))
+                    .await
+                    .map(drop)
+                } else {
+                    c.put_record(req(
+                        &token,
+                        pb::PutRecordRequest {
+                            context: nuisance_ctx(),
+                            subject_id: format!("REL-DL{w}"),
+                            fields: vec![text("report", "nuisance-evidence", &format!("{i}"))],
+                            labels: Default::default(),
+                        },
+                    ))
+                    .await
+                    .map(drop)
+                };
+                match outcome {
+                    Ok(()) => ok += 1,
+                    Err(s) if s.code() == Code::Unavailable => {
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(s) => panic!("under load while the database restarts: {s:?}"),
+                }
+                i += 1;
+            }
+            (ok, unavailable)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::task::block_in_place(|| cluster.stop());
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let Err(status) = get(&a, a.token(Role::NuisanceOfficer), nuisance_ctx(), &id).await else {
         panic!("a read succeeded while the database was down");
     };
@@ -441,6 +494,15 @@ async fn a_database_restart_fails_calls_unavailable_then_kluis_recovers_by_itsel
         text_of(field(&read, "report").unwrap()),
         "before the restart"
     );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        let (ok, unavailable) = t.await.unwrap();
+        assert!(
+            ok > 0 && unavailable > 0,
+            "{ok} answered, {unavailable} unavailable"
+        );
+    }
     put(
         &a,
         Role::NuisanceOfficer,
@@ -975,4 +1037,45 @@ async fn a_root_key_changed_on_one_node_stops_the_other_until_it_starts_with_the
         text_of(field(&r, "report").unwrap()),
         "before the root change"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evidence_uploaded_through_one_node_streams_from_the_other() {
+    let Some(cluster) = pg::cluster() else { return };
+    let (_tmp, a, b) = two_nodes(cluster, None).await;
+    // Three segments and a bit: rows of 64 KiB in the database.
+    let bytes = file_bytes(7, 0, 3 * 65_536 + 1234);
+    let start = evidence_start(
+        nuisance_ctx(),
+        "REL-E1",
+        "",
+        "video",
+        "video/mp4",
+        "hallway.mp4",
+    );
+    let up = upload_bytes(&a, a.token(Role::NuisanceOfficer), start, &bytes)
+        .await
+        .unwrap();
+    let (info, down) = download(
+        &b,
+        b.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &up.evidence_id,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.size, bytes.len() as u64);
+    assert!(down == bytes, "the file read through B differs");
+    // A range across a segment boundary.
+    let (_, part) = download(
+        &b,
+        b.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &up.evidence_id,
+        Some((65_530, 20)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(part, bytes[65_530..65_550]);
 }
