@@ -174,9 +174,11 @@ impl Vault {
         Ok(())
     }
 
-    /// Whether this node can serve: its trail can be written and its root key is current.
+    /// Whether this node can serve: its root key is current, a database server holding the
+    /// store answers (a query; SQLite has none to ask), and its trail can be written.
     pub fn is_serving(&self) -> bool {
         !self.follower.root_replaced.load(Ordering::SeqCst)
+            && self.store.change_epoch().is_ok()
             && (self.audit_writable() || self.probe_audit().is_ok())
     }
 }

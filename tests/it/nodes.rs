@@ -459,6 +459,8 @@ async fn a_database_restart_fails_calls_unavailable_then_kluis_recovers_by_itsel
     tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::task::block_in_place(|| cluster.stop());
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Health says so while the trail cannot be written.
+    assert!(!tokio::task::block_in_place(|| a.vault.is_serving()));
     let Err(status) = get(&a, a.token(Role::NuisanceOfficer), nuisance_ctx(), &id).await else {
         panic!("a read succeeded while the database was down");
     };
@@ -494,6 +496,7 @@ async fn a_database_restart_fails_calls_unavailable_then_kluis_recovers_by_itsel
         text_of(field(&read, "report").unwrap()),
         "before the restart"
     );
+    assert!(tokio::task::block_in_place(|| a.vault.is_serving()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in load {
