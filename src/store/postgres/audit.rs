@@ -1,30 +1,33 @@
-//! The PostgreSQL store: the audit trail's rows. Sequence numbers are the primary key, so two
-//! nodes appending at once cannot both take one: the second fails with `Exists`, reads the new
-//! tail and chains on it.
+//! The PostgreSQL store: the audit trail's rows. Appenders of every node take one advisory lock
+//! and chain on the stored tail (`append_chained`); sequence numbers are the primary key as well,
+//! so a row written beside the lock (`append_audit`) cannot take a number twice (`Exists`).
 
 use super::*;
 
 /// The advisory lock key appenders of the trail take ("audit" in ASCII).
 const AUDIT_LOCK: i64 = 0x0061_7564_6974;
 
+/// Inserts audit rows; `Exists` when a sequence number is taken.
+fn insert_rows(tx: &mut Tx<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
+    for row in rows {
+        tx.insert(
+            &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"),
+            &[
+                &big(row.seq)?,
+                &row.entry,
+                &row.prev_hash,
+                &row.hash,
+                &row.mac,
+            ],
+            || format!("audit entry {}", row.seq),
+        )?;
+    }
+    Ok(())
+}
+
 impl AuditStore for PgStore {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
-        self.write(|tx| {
-            for row in rows {
-                tx.insert(
-                    &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"),
-                    &[
-                        &big(row.seq)?,
-                        &row.entry,
-                        &row.prev_hash,
-                        &row.hash,
-                        &row.mac,
-                    ],
-                    || format!("audit entry {}", row.seq),
-                )?;
-            }
-            Ok(())
-        })
+        self.write(|tx| insert_rows(tx, rows))
     }
 
     fn append_chained(
@@ -42,19 +45,7 @@ impl AuditStore for PgStore {
                 .map(|r| audit_from_row(&r))
                 .transpose()?;
             let rows = chain(tail.as_ref())?;
-            for row in &rows {
-                tx.insert(
-                    &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"),
-                    &[
-                        &big(row.seq)?,
-                        &row.entry,
-                        &row.prev_hash,
-                        &row.hash,
-                        &row.mac,
-                    ],
-                    || format!("audit entry {}", row.seq),
-                )?;
-            }
+            insert_rows(tx, &rows)?;
             Ok(rows)
         })
     }

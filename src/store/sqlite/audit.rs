@@ -2,29 +2,33 @@
 
 use super::*;
 
+/// Inserts audit rows; `Exists` when a sequence number is taken.
+fn insert_rows(tx: &Connection, rows: &[AuditRow]) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(db)?;
+    for row in rows {
+        let seq = i64::try_from(row.seq)
+            .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
+        stmt.execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    StoreError::Exists(format!("audit entry {}", row.seq))
+                } else {
+                    db(e)
+                }
+            })?;
+    }
+    Ok(())
+}
+
 impl AuditStore for SqliteStore {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(db)?;
-            for row in rows {
-                let seq = i64::try_from(row.seq)
-                    .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
-                stmt.execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
-                    .map_err(|e| {
-                        if is_constraint(&e) {
-                            StoreError::Exists(format!("audit entry {}", row.seq))
-                        } else {
-                            db(e)
-                        }
-                    })?;
-            }
-        }
+        insert_rows(&tx, rows)?;
         tx.commit().map_err(db)
     }
 
@@ -45,25 +49,7 @@ impl AuditStore for SqliteStore {
             .optional()
             .map_err(db)?;
         let rows = chain(tail.as_ref())?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(db)?;
-            for row in &rows {
-                let seq = i64::try_from(row.seq)
-                    .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
-                stmt.execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
-                    .map_err(|e| {
-                        if is_constraint(&e) {
-                            StoreError::Exists(format!("audit entry {}", row.seq))
-                        } else {
-                            db(e)
-                        }
-                    })?;
-            }
-        }
+        insert_rows(&tx, &rows)?;
         tx.commit().map_err(db)?;
         Ok(rows)
     }
