@@ -2,6 +2,32 @@
 
 use super::*;
 
+/// A subject's facts in one statement: every row in one shape (kind; seven texts; three
+/// numbers; two byte strings; a sort key), kind 0 the anchor, 1 consents (by purpose), 2 holds
+/// and 3 mandates (by id), 4 whether the subject has a key or a record.
+const FACTS: &str = r#"
+SELECT 0::SMALLINT, subject, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT,
+       NULL::TEXT, holds, consents, NULL::BIGINT, mac, digest, ''::TEXT COLLATE "C"
+  FROM subject_anchors WHERE subject = $1
+UNION ALL
+SELECT 1::SMALLINT, subject, purpose, state, recorded_by, NULL, NULL, NULL, at, NULL, NULL, mac,
+       NULL::BYTEA, purpose
+  FROM consents WHERE subject = $1
+UNION ALL
+SELECT 2::SMALLINT, id, subject, record_id, reason, case_ref, placed_by, released_by, placed_at,
+       released_at, NULL, mac, NULL, id
+  FROM holds WHERE subject = $1
+UNION ALL
+SELECT 3::SMALLINT, id, subject, representative, purposes, categories, granted_by, NULL,
+       valid_from, valid_until, revoked_at, mac, NULL, id
+  FROM mandates WHERE subject = $1
+UNION ALL
+SELECT 4::SMALLINT, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1)
+        OR EXISTS (SELECT 1 FROM records WHERE subject = $1))::INT::BIGINT,
+       NULL, NULL, NULL, NULL, ''
+ORDER BY 1, 14"#;
+
 impl LifecycleStore for PgStore {
     fn insert_hold(
         &self,
@@ -74,53 +100,62 @@ impl LifecycleStore for PgStore {
     }
 
     fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, StoreError> {
-        // One snapshot: the anchor and the rows it counts.
-        self.read(|tx| {
-            let anchor = select_anchor(tx, subject)?;
-            let keyed: bool = get(
-                &tx.one(
-                    "SELECT EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1)
-                         OR EXISTS (SELECT 1 FROM records WHERE subject = $1)",
-                    &[&subject],
-                )?,
-                0,
-            )?;
-            let consents = tx
-                .all(
-                    &format!(
-                        "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = $1
-                         ORDER BY purpose"
-                    ),
-                    &[&subject],
-                )?
-                .iter()
-                .map(consent_from_row)
-                .collect::<Result<_, _>>()?;
-            let holds = tx
-                .all(
-                    &format!("SELECT {HOLD_COLUMNS} FROM holds WHERE subject = $1 ORDER BY id"),
-                    &[&subject],
-                )?
-                .iter()
-                .map(hold_from_row)
-                .collect::<Result<_, _>>()?;
-            let mandates = tx
-                .all(
-                    &format!(
-                        "SELECT {MANDATE_COLUMNS} FROM mandates WHERE subject = $1 ORDER BY id"
-                    ),
-                    &[&subject],
-                )?
-                .iter()
-                .map(mandate_from_row)
-                .collect::<Result<_, _>>()?;
-            Ok(SubjectFacts {
-                anchor,
-                consents,
-                holds,
-                mandates,
-                keyed,
-            })
+        // One statement, so one snapshot and one round trip: the anchor, whether the subject
+        // has a key or record, and the rows the anchor counts, in one shape (see `FACTS`).
+        self.read_one(|tx| {
+            let mut facts = SubjectFacts::default();
+            for r in tx.all(FACTS, &[&subject])? {
+                let kind: i16 = get(&r, 0)?;
+                match kind {
+                    0 => {
+                        facts.anchor = Some(AnchorRow {
+                            subject: get(&r, 1)?,
+                            holds: get_u32(&r, 8)?,
+                            consents: get_u32(&r, 9)?,
+                            mac: get(&r, 11)?,
+                            digest: get(&r, 12)?,
+                        });
+                    }
+                    1 => facts.consents.push(ConsentRow {
+                        subject: get(&r, 1)?,
+                        purpose: get_named(&r, 2, "purpose")?,
+                        state: get_named(&r, 3, "consent state")?,
+                        recorded_by: get(&r, 4)?,
+                        at: get(&r, 8)?,
+                        mac: get(&r, 11)?,
+                    }),
+                    2 => facts.holds.push(HoldRow {
+                        id: get(&r, 1)?,
+                        subject: get(&r, 2)?,
+                        record_id: get(&r, 3)?,
+                        reason: get(&r, 4)?,
+                        case_ref: get(&r, 5)?,
+                        placed_by: get(&r, 6)?,
+                        released_by: get(&r, 7)?,
+                        placed_at: get(&r, 8)?,
+                        released_at: get(&r, 9)?,
+                        mac: get(&r, 11)?,
+                    }),
+                    3 => {
+                        let purposes: String = get(&r, 4)?;
+                        let categories: String = get(&r, 5)?;
+                        facts.mandates.push(MandateRow {
+                            id: get(&r, 1)?,
+                            subject: get(&r, 2)?,
+                            representative: get(&r, 3)?,
+                            purposes: split_list(&purposes),
+                            categories: split_list(&categories),
+                            granted_by: get(&r, 6)?,
+                            valid_from: get(&r, 8)?,
+                            valid_until: get(&r, 9)?,
+                            revoked_at: get(&r, 10)?,
+                            mac: get(&r, 11)?,
+                        });
+                    }
+                    _ => facts.keyed = get::<i64>(&r, 8)? != 0,
+                }
+            }
+            Ok(facts)
         })
     }
 

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How many columns `RECORD_COLUMNS` names.
+const RECORD_WIDTH: usize = 10;
+
 const INSERT_FIELD: &str = "INSERT INTO fields
     (record_id, name, category, kind, key_gen, sealed, mac, version)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -36,27 +39,36 @@ impl RecordStore for PgStore {
     }
 
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError> {
-        // One snapshot: the record and its fields, so that its field-set MAC is checked against
-        // the fields it was written with.
-        self.read(|tx| {
-            let Some(rec) = tx.opt(
-                &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = $1"),
+        // One statement, so one snapshot (the field-set MAC is checked against the fields it
+        // was written with) and one round trip: the record on every row, a field on each.
+        self.read_one(|tx| {
+            let rows = tx.all(
+                &format!(
+                    "SELECT {}, {} FROM records r LEFT JOIN fields f ON f.record_id = r.id
+                     WHERE r.id = $1 ORDER BY f.name",
+                    RECORD_COLUMNS
+                        .split(", ")
+                        .map(|c| format!("r.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    FIELD_COLUMNS
+                        .split(", ")
+                        .map(|c| format!("f.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 &[&id],
-            )?
-            else {
+            )?;
+            let Some(first) = rows.first() else {
                 return Ok(None);
             };
-            let rec = record_from_row(&rec)?;
-            let fields = tx
-                .all(
-                    &format!(
-                        "SELECT {FIELD_COLUMNS} FROM fields WHERE record_id = $1 ORDER BY name"
-                    ),
-                    &[&id],
-                )?
-                .iter()
-                .map(|r| field_from_row(r, 0))
-                .collect::<Result<_, _>>()?;
+            let rec = record_from_row(first)?;
+            let mut fields = Vec::with_capacity(rows.len());
+            for r in &rows {
+                if get::<Option<String>>(r, RECORD_WIDTH)?.is_some() {
+                    fields.push(field_from_row(r, RECORD_WIDTH)?);
+                }
+            }
             Ok(Some((rec, fields)))
         })
     }
