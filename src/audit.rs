@@ -299,6 +299,14 @@ impl Committed {
         }
     }
 
+    /// The sequence number of the last entry published as committed.
+    fn last_seq(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .seq
+    }
+
     fn publish(&self, seq: u64, hash: [u8; 32]) {
         // Plain numbers: a panic elsewhere cannot leave them half-written.
         let mut state = self
@@ -747,16 +755,39 @@ fn write_loop(
         }
         // The store hands over its tail inside the transaction that appends (locked against
         // other nodes), so the chain is built on what is stored, never on a tail in memory.
+        // The tail handed over must be authentic and not behind what this process committed
+        // itself: a trail cut back while kluis runs is not continued from the cut.
+        let known = committed.last_seq();
         let mut chain = |stored: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
+            let behind = |seq: u64| {
+                StoreError::Corrupt(format!(
+                    "the audit trail ends at entry {seq}, before entry {known} this node \
+                     committed: it was cut back"
+                ))
+            };
             let (mut seq, mut prev) = match stored {
+                None if known > 0 => return Err(behind(0)),
                 None => (0, genesis),
-                Some(row) => (
-                    row.seq,
-                    row.hash
+                Some(row) => {
+                    if row.seq < known {
+                        return Err(behind(row.seq));
+                    }
+                    let hash: [u8; 32] = row
+                        .hash
                         .as_slice()
                         .try_into()
-                        .map_err(|_| StoreError::Corrupt(format!("audit entry {}", row.seq)))?,
-                ),
+                        .map_err(|_| StoreError::Corrupt(format!("audit entry {}", row.seq)))?;
+                    let mac = kdf::mac(key, &hash);
+                    if row.mac.len() != mac.len()
+                        || !bool::from(subtle::ConstantTimeEq::ct_eq(row.mac.as_slice(), &mac[..]))
+                    {
+                        return Err(StoreError::Corrupt(format!(
+                            "audit entry {} (its MAC does not match)",
+                            row.seq
+                        )));
+                    }
+                    (row.seq, hash)
+                }
             };
             Ok(batch
                 .iter()
@@ -880,6 +911,33 @@ mod tests {
             Verification::Broken { problem, .. } => problem,
             Verification::Intact { .. } => panic!("intact: {v:?}"),
         }
+    }
+
+    #[test]
+    fn a_trail_cut_back_or_with_a_forged_tail_is_not_continued() {
+        let (dir, _store, audit) = trail();
+        for n in 0..3 {
+            audit.append(&event(n)).unwrap();
+        }
+        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        // Cut back by hand while the writer runs: the next append is refused, not chained on
+        // entry 2 as if 3 had never been.
+        db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+        assert!(audit.append(&event(9)).is_err());
+        // Its twin: the row put back, the trail goes on.
+        let (_d2, s2, a2) = trail();
+        for n in 0..3 {
+            a2.append(&event(n)).unwrap();
+        }
+        a2.append(&event(9)).unwrap();
+        assert_eq!(s2.audit_tail().unwrap().unwrap().seq, 4);
+        // A tail whose MAC does not match (written by hand) is not chained on either.
+        let (dir3, _s3, a3) = trail();
+        a3.append(&event(0)).unwrap();
+        let db3 = rusqlite::Connection::open(dir3.path().join("a.db")).unwrap();
+        db3.execute("UPDATE audit SET mac = zeroblob(32) WHERE seq = 1", [])
+            .unwrap();
+        assert!(a3.append(&event(1)).is_err());
     }
 
     #[test]

@@ -664,7 +664,7 @@ impl StoreUrl {
         &self.0
     }
 
-    /// The connection string with any password replaced by `***`.
+    /// The hosts, database and user it names; never a password.
     pub fn redacted(&self) -> String {
         redact_url(&self.0)
     }
@@ -682,47 +682,10 @@ impl std::fmt::Display for StoreUrl {
     }
 }
 
-/// `url` with the password of `scheme://user:password@host` or `password=…` replaced.
+/// What `url` names, for messages: its hosts, database and user, never anything else of it
+/// (a password may be spelled in many ways; none of them is copied).
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, tail) = match rest.find(['/', '?']) {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let authority = match authority.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***@{host}"),
-                None => format!("{userinfo}@{host}"),
-            },
-            None => authority.to_owned(),
-        };
-        let tail = tail
-            .split('&')
-            .map(|p| {
-                if p.starts_with("password=") || p.contains("?password=") {
-                    match p.split_once("password=") {
-                        Some((head, _)) => format!("{head}password=***"),
-                        None => p.to_owned(),
-                    }
-                } else {
-                    p.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("&");
-        format!("{scheme}://{authority}{tail}")
-    } else {
-        url.split_whitespace()
-            .map(|p| {
-                if p.starts_with("password=") {
-                    "password=***".to_owned()
-                } else {
-                    p.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
+    crate::store::postgres::describe_url(url)
 }
 
 /// Opens the configured store: PostgreSQL when `store` is given (running its migrations), else
@@ -846,13 +809,20 @@ mod tests {
         assert!(url.expose().contains("hunter2"));
         assert!(!format!("{cfg:?}").contains("hunter2"));
         assert!(!url.to_string().contains("hunter2"));
+        for url in [
+            "host=/tmp dbname=k password=hunter2 user=k",
+            "host=db password = hunter2 dbname=k",
+            "host=db password='correct hunter2 horse' dbname=k",
+            "postgresql://k@h/db?password=hunter2&sslmode=disable",
+            "postgresql://k:hunter2@h/db",
+            "not a connection string hunter2",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("hunter2"), "{url} → {shown}");
+        }
         assert_eq!(
-            redact_url("host=/tmp dbname=k password=hunter2 user=k"),
-            "host=/tmp dbname=k password=*** user=k"
-        );
-        assert_eq!(
-            redact_url("postgresql://k@h/db?password=hunter2&sslmode=disable"),
-            "postgresql://k@h/db?password=***&sslmode=disable"
+            redact_url("host=/run/postgresql dbname=kluis user=k password=hunter2"),
+            "PostgreSQL at /run/postgresql (database `kluis`, user `k`)"
         );
         let env_cfg = RawConfig::default()
             .with_env(&env(&[(

@@ -268,6 +268,37 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// What a connection string names, for messages and logs: hosts, database and user, parsed
+/// out of it; nothing else of it is copied, so no spelling of a password gets through.
+pub fn describe_url(url: &str) -> String {
+    let (rest, _, _) = split_tls_params(url);
+    match rest.parse::<postgres::Config>() {
+        Ok(config) => describe(&config),
+        Err(_) => "a PostgreSQL connection string that cannot be read".into(),
+    }
+}
+
+fn describe(config: &postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    format!(
+        "PostgreSQL at {} (database `{}`, user `{}`)",
+        if hosts.is_empty() {
+            "<default host>".to_owned()
+        } else {
+            hosts.join(",")
+        },
+        config.get_dbname().unwrap_or("<default>"),
+        config.get_user().unwrap_or("<default>")
+    )
+}
+
 /// Whether `url` names a PostgreSQL store (rather than a SQLite file).
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgresql://")
@@ -744,17 +775,13 @@ fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Parses a libpq-style URL or key/value string into the client's settings and how the
-/// connection is secured. `sslmode` and `sslrootcert` are read here: the client library knows
-/// only modes that may fall back to plaintext.
-fn parse_url(url: &str) -> Result<(postgres::Config, Tls, String), StoreError> {
-    let bad = |m: String| StoreError::Config(m);
+/// Takes `sslmode` and `sslrootcert` out of a connection string (the client library knows only
+/// modes that may fall back to plaintext): the rest, and the two.
+fn split_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
     let mut sslmode = None;
     let mut sslrootcert = None;
-    let rest = if let Some((base, query)) = url
-        .split_once('?')
-        .filter(|_| url.starts_with("postgres://") || url.starts_with("postgresql://"))
-    {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let rest = if let Some((base, query)) = url.split_once('?').filter(|_| is_url) {
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
@@ -768,7 +795,7 @@ fn parse_url(url: &str) -> Result<(postgres::Config, Tls, String), StoreError> {
         } else {
             format!("{base}?{}", kept.join("&"))
         }
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    } else if is_url {
         url.to_owned()
     } else {
         let mut kept = Vec::new();
@@ -781,6 +808,15 @@ fn parse_url(url: &str) -> Result<(postgres::Config, Tls, String), StoreError> {
         }
         kept.join(" ")
     };
+    (rest, sslmode, sslrootcert)
+}
+
+/// Parses a libpq-style URL or key/value string into the client's settings and how the
+/// connection is secured. `sslmode` and `sslrootcert` are read here: the client library knows
+/// only modes that may fall back to plaintext.
+fn parse_url(url: &str) -> Result<(postgres::Config, Tls, String), StoreError> {
+    let bad = |m: String| StoreError::Config(m);
+    let (rest, sslmode, sslrootcert) = split_tls_params(url);
     let mut config: postgres::Config = rest.parse().map_err(|e| {
         bad(format!(
             "the store URL is not a PostgreSQL connection string: {e}; write it as \
@@ -807,11 +843,7 @@ fn parse_url(url: &str) -> Result<(postgres::Config, Tls, String), StoreError> {
             matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
         }
     });
-    let target = format!(
-        "PostgreSQL at {} (database `{}`)",
-        hosts.join(","),
-        config.get_dbname().unwrap_or("<default>")
-    );
+    let target = describe(&config);
     let tls = match sslmode.as_deref() {
         None | Some("disable") if local => Tls::Plain,
         None | Some("disable") => {

@@ -385,11 +385,10 @@ impl Vault {
     ) -> Result<u64, VaultError> {
         let subject_id = SubjectId::parse_stored(subject)
             .map_err(|_| StoreError::Corrupt(format!("subject key of `{subject}`")))?;
-        let corrupt = || StoreError::Corrupt(format!("subject key of `{subject}`"));
-        let current = self
-            .store
-            .subject_key(subject, purpose.as_str())?
-            .ok_or_else(corrupt)?;
+        // A subject whose last record went meanwhile (erased, expired) has no key left to do.
+        let Some(current) = self.store.subject_key(subject, purpose.as_str())? else {
+            return Ok(0);
+        };
         if current.created_at < started {
             let (row, _) =
                 self.keyring
@@ -398,15 +397,16 @@ impl Vault {
             self.store.begin_rekey(&row, started)?;
             self.keyring.forget(&subject_id, purpose);
         }
-        let current = self
-            .store
-            .subject_key(subject, purpose.as_str())?
-            .ok_or_else(corrupt)?;
+        let Some(current) = self.store.subject_key(subject, purpose.as_str())? else {
+            return Ok(0);
+        };
         let generation = current.generation;
-        let new_key = self
+        let Some(new_key) = self
             .keyring
             .subject_key_at(&subject_id, purpose, generation)?
-            .ok_or_else(corrupt)?;
+        else {
+            return Ok(0);
+        };
         let algorithm = self.keyring.active_algorithm(purpose)?;
         let mut old_keys: BTreeMap<u32, Arc<crypto::SubjectKey>> = BTreeMap::new();
         let mut old_key =

@@ -35,6 +35,8 @@ pub(crate) struct Follower {
     epoch: Mutex<Option<i64>>,
     /// Set once another node replaced the root key this node holds.
     root_replaced: AtomicBool,
+    /// Set while the policy set in force on the other nodes cannot be taken up here.
+    policy_behind: AtomicBool,
 }
 
 impl Default for Follower {
@@ -47,6 +49,7 @@ impl Default for Follower {
             ),
             epoch: Mutex::new(None),
             root_replaced: AtomicBool::new(false),
+            policy_behind: AtomicBool::new(false),
         }
     }
 }
@@ -148,26 +151,49 @@ impl Vault {
                  serving; restart it with the new passphrase or key file"
             );
         }
-        if let Some(sources) = stored_policy_set(self.store.as_ref(), &self.rows)?
-            && sources != *self.policy().sources()
-        {
-            let engine = Engine::from_files(&sources.schema, &sources.files)?;
-            tracing::info!(digest = %engine.digest(), "policy set changed on another node; in force here now");
-            match self.policy.write() {
-                Ok(mut p) => *p = std::sync::Arc::new(engine),
-                Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(engine),
+        // A policy set this node cannot take up (a MAC that fails, a set this build cannot
+        // read) must not leave it deciding by the old one: it stops serving until it can.
+        let adopted = stored_policy_set(self.store.as_ref(), &self.rows).and_then(|stored| {
+            match stored {
+                Some(sources) if sources != *self.policy().sources() => {
+                    let engine = Engine::from_files(&sources.schema, &sources.files)?;
+                    tracing::info!(digest = %engine.digest(), "policy set changed on another node; in force here now");
+                    match self.policy.write() {
+                        Ok(mut p) => *p = std::sync::Arc::new(engine),
+                        Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(engine),
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
             }
+        });
+        if let Err(e) = adopted {
+            if !self.follower.policy_behind.swap(true, Ordering::SeqCst) {
+                tracing::error!(error = %e, "cannot take up the policy set in force on the other nodes; this node stops serving until it can");
+            }
+            return Err(e);
+        }
+        if self.follower.policy_behind.swap(false, Ordering::SeqCst) {
+            tracing::warn!("the policy set in force is taken up; this node serves again");
         }
         *last = Some(epoch);
         Ok(true)
     }
 
-    /// Fails with `UNAVAILABLE` once another node replaced the root key this node holds.
+    /// Fails with `UNAVAILABLE` once another node replaced the root key this node holds, and
+    /// while this node cannot take up the policy set in force on the others.
     pub(crate) fn check_root_current(&self) -> Result<(), VaultError> {
         if self.follower.root_replaced.load(Ordering::SeqCst) {
             return Err(VaultError::Unavailable(
                 "this node's root key was replaced on another node; restart it with the new \
                  passphrase or key file"
+                    .into(),
+            ));
+        }
+        if self.follower.policy_behind.load(Ordering::SeqCst) {
+            return Err(VaultError::Unavailable(
+                "this node cannot take up the policy set in force on the other nodes (see its \
+                 log); another node can serve"
                     .into(),
             ));
         }
@@ -178,6 +204,7 @@ impl Vault {
     /// store answers (a query; SQLite has none to ask), and its trail can be written.
     pub fn is_serving(&self) -> bool {
         !self.follower.root_replaced.load(Ordering::SeqCst)
+            && !self.follower.policy_behind.load(Ordering::SeqCst)
             && self.store.change_epoch().is_ok()
             && (self.audit_writable() || self.probe_audit().is_ok())
     }
