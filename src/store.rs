@@ -537,6 +537,16 @@ pub struct AuditRow {
     pub mac: Vec<u8>,
 }
 
+/// A list of column names (`a, b, c`) with each prefixed by a table alias (`t.a, t.b, t.c`),
+/// for the stores' joins.
+pub(crate) fn qualified(columns: &str, alias: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Builds the audit rows of a batch on the stored tail (`None`: the trail is empty).
 pub type Chain<'a> = dyn FnMut(Option<&AuditRow>) -> Result<Vec<AuditRow>, StoreError> + 'a;
 

@@ -39,7 +39,7 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
     FieldsMac, HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Resealed,
-    SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
+    SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use

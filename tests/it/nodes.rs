@@ -14,10 +14,7 @@ use crate::{common::*, pg};
 const IN_FORCE_WITHIN: Duration = Duration::from_secs(1);
 
 /// Two nodes on the database `url`, with role tokens issued on A.
-async fn two_nodes_on(
-    _cluster: &pg::Cluster,
-    url: &str,
-) -> (tempfile::TempDir, TestServer, TestServer) {
+async fn two_nodes_on(url: &str) -> (tempfile::TempDir, TestServer, TestServer) {
     two_nodes_at(url, None).await
 }
 
@@ -574,7 +571,7 @@ async fn a_rekey_started_on_both_nodes_runs_once() {
     use kluis::store::prelude::*;
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
-    let (_tmp, a, b) = two_nodes_on(cluster, &url).await;
+    let (_tmp, a, b) = two_nodes_on(&url).await;
     let mut ids = Vec::new();
     for i in 0..12 {
         ids.push(
@@ -668,7 +665,7 @@ async fn a_key_job_a_dead_node_left_is_taken_over_once_its_lease_expires() {
     use kluis::store::prelude::*;
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
-    let (_tmp, a, _b) = two_nodes_on(cluster, &url).await;
+    let (_tmp, a, _b) = two_nodes_on(&url).await;
     for i in 0..3 {
         put(
             &a,
@@ -988,7 +985,7 @@ async fn a_rewrap_on_one_node_beside_reads_on_both_keeps_the_trail_writable() {
 async fn a_root_key_changed_on_one_node_stops_the_other_until_it_starts_with_the_new_one() {
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
-    let (tmp, a, b) = two_nodes_on(cluster, &url).await;
+    let (tmp, a, b) = two_nodes_on(&url).await;
     let id = put(
         &a,
         Role::NuisanceOfficer,
@@ -1081,4 +1078,37 @@ async fn evidence_uploaded_through_one_node_streams_from_the_other() {
     .await
     .unwrap();
     assert_eq!(part, bytes[65_530..65_550]);
+
+    // A rekey on B reseals the file's segments and its name in batches; A still streams it.
+    let mut admin = b.admin().await;
+    let mut job = admin
+        .rekey(req(
+            b.token(Role::SecurityOfficer),
+            pb::KeyJobRequest {
+                purpose: "nuisance".into(),
+                justification: "suspected key exposure".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = job.message().await.unwrap() {
+        last = Some(p);
+    }
+    assert!(last.is_some_and(|p| p.finished && p.done == 1));
+    let (info, down) = download(
+        &a,
+        a.token(Role::NuisanceOfficer),
+        nuisance_ctx(),
+        &up.evidence_id,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.file_name, "hallway.mp4");
+    assert!(
+        down == bytes,
+        "the file read through A after the rekey differs"
+    );
 }

@@ -344,11 +344,7 @@ impl KeyStore for PgStore {
                     "SELECT f.record_id, {} FROM fields f JOIN records r ON r.id = f.record_id
                      WHERE r.subject = $1 AND r.purpose = $2 AND f.key_gen < $3
                      ORDER BY f.record_id, f.name LIMIT $4",
-                    FIELD_COLUMNS
-                        .split(", ")
-                        .map(|c| format!("f.{c}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    qualified(FIELD_COLUMNS, "f")
                 ),
                 &[&subject, &purpose, &i64::from(generation), &limit(max)],
             )?
@@ -365,11 +361,7 @@ impl KeyStore for PgStore {
         generation: u32,
         max: usize,
     ) -> Result<Vec<(EvidenceRow, SegmentRow)>, StoreError> {
-        let columns = EVIDENCE_COLUMNS
-            .split(", ")
-            .map(|c| format!("e.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = qualified(EVIDENCE_COLUMNS, "e");
         self.read_one(|tx| {
             tx.all(
                 &format!(

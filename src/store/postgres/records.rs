@@ -46,16 +46,8 @@ impl RecordStore for PgStore {
                 &format!(
                     "SELECT {}, {} FROM records r LEFT JOIN fields f ON f.record_id = r.id
                      WHERE r.id = $1 ORDER BY f.name",
-                    RECORD_COLUMNS
-                        .split(", ")
-                        .map(|c| format!("r.{c}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    FIELD_COLUMNS
-                        .split(", ")
-                        .map(|c| format!("f.{c}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    qualified(RECORD_COLUMNS, "r"),
+                    qualified(FIELD_COLUMNS, "f")
                 ),
                 &[&id],
             )?;

@@ -378,11 +378,7 @@ impl KeyStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(EvidenceRow, SegmentRow)>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let columns = EVIDENCE_COLUMNS
-            .split(", ")
-            .map(|c| format!("e.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = crate::store::qualified(EVIDENCE_COLUMNS, "e");
         self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {columns}, s.idx, s.key_gen, s.sealed
