@@ -112,77 +112,6 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_health = stop_rx.clone();
     let stop_rx_follow = stop_rx.clone();
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    {
-        let vault = Arc::clone(&vault);
-        // No upload can be running yet: what a crash left unfinished goes.
-        tokio::task::spawn_blocking(move || vault.discard_unfinished_evidence())
-            .await
-            .map_err(|e| ServeError::Transport(e.to_string()))?
-            .map_err(|e| ServeError::Transport(format!("discarding unfinished uploads: {e}")))?;
-    }
-    if !identity.is_empty() {
-        let vault = Arc::clone(&vault);
-        let summary = identity.summary();
-        // Roles from the organisation's identity come from the configuration: each change of it
-        // is on the trail before the first call.
-        tokio::task::spawn_blocking(move || vault.record_identity_config(&summary))
-            .await
-            .map_err(|e| ServeError::Transport(e.to_string()))?
-            .map_err(|e| {
-                ServeError::Transport(format!("recording the identity configuration: {e}"))
-            })?;
-    }
-    {
-        let vault = Arc::clone(&vault);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = vault.resume_key_jobs() {
-                tracing::error!(error = %e, "resuming key jobs failed; run `kluis admin keys rewrap` / `rekey`");
-            }
-        });
-    }
-    periodic(
-        &vault,
-        options.key_sweep_interval,
-        stop_rx.clone(),
-        "destroying due key versions",
-        // One node of a shared store at a time; another takes over when it stops.
-        |v, ttl| {
-            v.as_only_node("key-sweep", ttl, |v| v.destroy_due_keys(None))
-                .map(drop)
-        },
-    );
-    periodic(
-        &vault,
-        options.retention_sweep_interval,
-        stop_rx.clone(),
-        "the retention sweep",
-        |v, ttl| {
-            v.as_only_node("retention-sweep", ttl, |v| v.sweep_retention(None, false))
-                .map(drop)
-        },
-    );
-    periodic(
-        &vault,
-        KEY_JOB_CHECK,
-        stop_rx,
-        "resuming key jobs another node left",
-        |v, _| {
-            // Only a shared store has other nodes whose jobs could be left unfinished.
-            if v.store_is_shared()? {
-                v.resume_key_jobs()?;
-            }
-            Ok(())
-        },
-    );
-    follow_store(&vault, stop_rx_follow);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<VaultServer<VaultApi>>().await;
-    health.set_serving::<AdminServer<AdminApi>>().await;
-    watch_health(&vault, health, stop_rx_health);
     // Reflection in both versions: older grpcurl and IDE clients ask `v1alpha`.
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
@@ -220,7 +149,81 @@ pub async fn serve(
             .tls_config(config)
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
-    builder
+    // The tasks beside the server: stopped and waited for before `serve` returns, so that a
+    // caller who then drops the vault closes the store and the audit trail for good.
+    let mut background = Vec::new();
+    {
+        let vault = Arc::clone(&vault);
+        // No upload can be running yet: what a crash left unfinished goes.
+        tokio::task::spawn_blocking(move || vault.discard_unfinished_evidence())
+            .await
+            .map_err(|e| ServeError::Transport(e.to_string()))?
+            .map_err(|e| ServeError::Transport(format!("discarding unfinished uploads: {e}")))?;
+    }
+    if !identity.is_empty() {
+        let vault = Arc::clone(&vault);
+        let summary = identity.summary();
+        // Roles from the organisation's identity come from the configuration: each change of it
+        // is on the trail before the first call.
+        tokio::task::spawn_blocking(move || vault.record_identity_config(&summary))
+            .await
+            .map_err(|e| ServeError::Transport(e.to_string()))?
+            .map_err(|e| {
+                ServeError::Transport(format!("recording the identity configuration: {e}"))
+            })?;
+    }
+    {
+        let vault = Arc::clone(&vault);
+        background.push(tokio::task::spawn_blocking(move || {
+            if let Err(e) = vault.resume_key_jobs() {
+                tracing::error!(error = %e, "resuming key jobs failed; run `kluis admin keys rewrap` / `rekey`");
+            }
+        }));
+    }
+    background.push(periodic(
+        &vault,
+        options.key_sweep_interval,
+        stop_rx.clone(),
+        "destroying due key versions",
+        // One node of a shared store at a time; another takes over when it stops.
+        |v, ttl| {
+            v.as_only_node("key-sweep", ttl, |v| v.destroy_due_keys(None))
+                .map(drop)
+        },
+    ));
+    background.push(periodic(
+        &vault,
+        options.retention_sweep_interval,
+        stop_rx.clone(),
+        "the retention sweep",
+        |v, ttl| {
+            v.as_only_node("retention-sweep", ttl, |v| v.sweep_retention(None, false))
+                .map(drop)
+        },
+    ));
+    background.push(periodic(
+        &vault,
+        KEY_JOB_CHECK,
+        stop_rx,
+        "resuming key jobs another node left",
+        |v, _| {
+            // Only a shared store has other nodes whose jobs could be left unfinished.
+            if v.store_is_shared()? {
+                v.resume_key_jobs()?;
+            }
+            Ok(())
+        },
+    ));
+    background.push(follow_store(&vault, stop_rx_follow));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<VaultServer<VaultApi>>().await;
+    health.set_serving::<AdminServer<AdminApi>>().await;
+    background.push(watch_health(&vault, health, stop_rx_health));
+    let shutdown = async {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let served = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -238,7 +241,12 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
-        .map_err(|e| ServeError::Transport(e.to_string()))
+        .map_err(|e| ServeError::Transport(e.to_string()));
+    let _ = stop_tx.send(true);
+    for task in background {
+        let _ = task.await;
+    }
+    served
 }
 
 /// Hardens the process that holds the keys: no core dumps (`RLIMIT_CORE` 0), not dumpable (no
@@ -282,7 +290,6 @@ pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming 
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Runs `job` on a blocking thread every `period` until `stop` changes.
 /// How often health is brought up to date with the audit trail.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -294,7 +301,7 @@ fn watch_health(
     vault: &Arc<Vault>,
     health: tonic_health::server::HealthReporter,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> tokio::task::JoinHandle<()> {
     use tonic_health::ServingStatus;
     let vault = Arc::clone(vault);
     tokio::spawn(async move {
@@ -327,14 +334,17 @@ fn watch_health(
                 health.set_not_serving::<AdminServer<AdminApi>>().await;
             }
         }
-    });
+    })
 }
 
 /// How often a node looks for key jobs a node of a shared store left unfinished (it died).
 const KEY_JOB_CHECK: Duration = Duration::from_secs(30);
 
 /// Takes in what other nodes of a shared store changed, every `nodes::FOLLOW_INTERVAL`.
-fn follow_store(vault: &Arc<Vault>, mut stop: tokio::sync::watch::Receiver<bool>) {
+fn follow_store(
+    vault: &Arc<Vault>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let vault = Arc::clone(vault);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::vault::nodes::FOLLOW_INTERVAL);
@@ -355,16 +365,17 @@ fn follow_store(vault: &Arc<Vault>, mut stop: tokio::sync::watch::Receiver<bool>
                 _ => {}
             }
         }
-    });
+    })
 }
 
+/// Runs `job` on a blocking thread every `period` until `stop` changes.
 fn periodic(
     vault: &Arc<Vault>,
     period: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
     job: fn(&Vault, i64) -> Result<(), crate::vault::VaultError>,
-) {
+) -> tokio::task::JoinHandle<()> {
     let vault = Arc::clone(vault);
     let period = period.max(Duration::from_secs(1));
     // A lease that outlives two missed runs: a live node keeps it, a dead one loses it.
@@ -383,5 +394,5 @@ fn periodic(
                 _ = stop.changed() => break,
             }
         }
-    });
+    })
 }
