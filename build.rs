@@ -8,7 +8,11 @@ use std::{env, path::PathBuf};
     reason = "build scripts read OUT_DIR from the environment"
 )]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/kluis/v1/vault.proto", "proto/kluis/v1/admin.proto"];
+    let protos = [
+        "proto/kluis/v1/vault.proto",
+        "proto/kluis/v1/admin.proto",
+        "proto/kluis/v1/operator.proto",
+    ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -31,6 +35,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".kluis.v1.EvidenceStart",
             ".kluis.v1.EvidenceData",
             ".kluis.v1.EvidenceInfo",
+            ".kluis.v1.UnsealRequest",
+            ".kluis.v1.ReplaceSharesRequest",
+            ".kluis.v1.ShareSet",
         ])
         .bytes(".kluis.v1.EvidenceChunk.data")
         .bytes(".kluis.v1.EvidenceData.data")

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod operator;
 pub mod status;
 pub mod vault;
 
@@ -21,6 +22,7 @@ use crate::{
 };
 
 pub use admin::AdminApi;
+pub use operator::OperatorApi;
 pub use vault::VaultApi;
 
 /// Takes the bearer token from `authorization: Bearer <token>` metadata.

@@ -14,6 +14,7 @@ macro_rules! out {
 
 pub mod admin;
 pub mod init;
+pub mod operator;
 pub mod policy;
 pub mod restore;
 pub mod serve;
@@ -91,6 +92,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Administer a running server: tokens, keys, the audit trail, retention, holds, backups.
     Admin(admin::AdminArgs),
+    /// Custody of the root key: unseal a server with shares, see whether it is sealed, make a
+    /// new set of shares. No token: a quorum of shares is the authority.
+    Operator(operator::OperatorArgs),
     /// Check policies without a server.
     Policy(policy::PolicyArgs),
     /// Restore a backup (`kluis admin backup`) into a new data directory.
@@ -122,6 +126,7 @@ pub fn run(cli: &Cli) -> Exit {
         Command::Init(args) => init::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Operator(args) => operator::run(args),
         Command::Policy(args) => policy::run(args),
         Command::Restore(args) => restore::run(args),
     }

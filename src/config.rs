@@ -96,6 +96,25 @@ pub struct RawConfig {
     pub service: Option<Vec<RawService>>,
     /// OpenID Connect identity providers whose tokens sign staff in.
     pub oidc: Option<Vec<RawOidc>>,
+    /// What seals the root key besides a key file or passphrase: an HSM.
+    pub seal: Option<RawSeal>,
+}
+
+/// `[seal]`: an HSM through PKCS#11 (`type = "pkcs11"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSeal {
+    /// `pkcs11`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The PKCS#11 module (shared library).
+    pub module: Option<PathBuf>,
+    /// The token's label.
+    pub token_label: Option<String>,
+    /// The AES key's label.
+    pub key_label: Option<String>,
+    /// A file holding the user PIN (mode 0600).
+    pub pin_file: Option<PathBuf>,
 }
 
 /// `[audit]`.
@@ -186,7 +205,7 @@ pub enum KeySource {
 }
 
 /// A validated configuration.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Listen address.
     pub listen: SocketAddr,
@@ -228,6 +247,8 @@ pub struct Config {
     pub head_dir: Option<PathBuf>,
     /// Start on a store behind its head file (`--accept-rollback`; never from the file).
     pub accept_rollback: bool,
+    /// The HSM of `[seal]`, if configured.
+    pub hsm: Option<crate::seal::pkcs11::HsmConfig>,
 }
 
 /// Configuration problems, all of them.
@@ -328,6 +349,46 @@ impl RawConfig {
                 ));
                 Algorithm::default()
             }),
+        };
+        let hsm = match self.seal {
+            None => None,
+            Some(seal) => match seal.kind.as_deref() {
+                Some("pkcs11") => {
+                    let mut missing = |key: &str| {
+                        problems.push(format!("`[seal] {key}` is required with type \"pkcs11\""));
+                    };
+                    let module = seal.module.unwrap_or_else(|| {
+                        missing("module");
+                        PathBuf::new()
+                    });
+                    let token_label = seal.token_label.unwrap_or_else(|| {
+                        missing("token_label");
+                        String::new()
+                    });
+                    let key_label = seal.key_label.unwrap_or_else(|| {
+                        missing("key_label");
+                        String::new()
+                    });
+                    let pin_file = seal.pin_file.unwrap_or_else(|| {
+                        missing("pin_file");
+                        PathBuf::new()
+                    });
+                    Some(crate::seal::pkcs11::HsmConfig {
+                        module,
+                        token_label,
+                        key_label,
+                        pin_file,
+                    })
+                }
+                other => {
+                    problems.push(format!(
+                        "`[seal] type`: {} is not \"pkcs11\" (a store sealed by shares needs no \
+                         `[seal]`: it starts sealed and custodians unseal it)",
+                        other.map_or_else(|| "nothing".to_owned(), |t| format!("`{t}`"))
+                    ));
+                    None
+                }
+            },
         };
         let key_source = match (self.key_file, self.passphrase_file) {
             (Some(_), Some(_)) => {
@@ -491,6 +552,7 @@ impl RawConfig {
             channels,
             head_dir,
             accept_rollback: false,
+            hsm,
         })
     }
 }
@@ -739,6 +801,21 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
             dir: dir.clone(),
             accept_rollback: config.accept_rollback,
         });
+    // The HSM of `[seal]`, for root changes to it: the one that opened the store, else opened
+    // now (a failure only means no change to it can be asked for).
+    let hsm = match secret {
+        RootSecret::Hsm(hsm) => Some(Arc::clone(hsm)),
+        _ => config
+            .hsm
+            .as_ref()
+            .and_then(|c| match crate::seal::pkcs11::Hsm::open(c) {
+                Ok(h) => Some(Arc::new(h)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the HSM of `[seal]` cannot be used");
+                    None
+                }
+            }),
+    };
     Ok(Vault::with_anchor(
         store,
         keyring,
@@ -747,6 +824,7 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
         config.limits,
         anchor.as_ref(),
     )?
+    .with_hsm(hsm)
     .with_key_settings(config.key_settings)
     .with_channels(config.channels.clone())
     .with_policy_loader(Box::new(loader)))

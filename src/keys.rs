@@ -25,6 +25,11 @@ use crate::{
         kdf::{self, KdfParams},
     },
     domain::{Purpose, SubjectId, now_unix},
+    seal::{
+        SealError,
+        pkcs11::{Hsm, SealedRoot},
+        shares::{self, Share, ShareSetMeta},
+    },
     store::{KeyState, PurposeKeyRow, Store, StoreError, SubjectKeyRow},
     vault::rows::RowAuth,
 };
@@ -91,6 +96,9 @@ pub enum KeyError {
         /// The format the store records (`1` when it records none).
         found: String,
     },
+    /// A share or the HSM refused (says which, and what to check).
+    #[error(transparent)]
+    Seal(#[from] SealError),
     /// A wrapped key failed to unwrap or a KDF failed.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -99,12 +107,18 @@ pub enum KeyError {
     Store(#[from] StoreError),
 }
 
-/// What unlocks the root key: a passphrase (Argon2id) or the contents of a key file.
+/// What unlocks the root key: a passphrase (Argon2id), the contents of a key file, a quorum of
+/// shares, or an HSM.
 pub enum RootSecret {
     /// A passphrase, stretched with Argon2id.
     Passphrase(Zeroizing<String>),
     /// 32 random bytes read from a key file.
     KeyFile(RootKey),
+    /// Shares of the root key: to open a store, at least its threshold of them; to make a new
+    /// seal, a whole new set (as `seal::shares::split` made it).
+    Shares(Vec<Share>),
+    /// An HSM whose AES key seals the root key.
+    Hsm(Arc<Hsm>),
 }
 
 impl std::fmt::Debug for RootSecret {
@@ -112,6 +126,10 @@ impl std::fmt::Debug for RootSecret {
         match self {
             RootSecret::Passphrase(_) => f.write_str("RootSecret::Passphrase(<redacted>)"),
             RootSecret::KeyFile(_) => f.write_str("RootSecret::KeyFile(<redacted>)"),
+            RootSecret::Shares(s) => {
+                write!(f, "RootSecret::Shares({} shares, <redacted>)", s.len())
+            }
+            RootSecret::Hsm(h) => write!(f, "RootSecret::Hsm({h:?})"),
         }
     }
 }
@@ -159,6 +177,8 @@ impl RootSecret {
         match self {
             RootSecret::Passphrase(_) => "passphrase",
             RootSecret::KeyFile(_) => "key file",
+            RootSecret::Shares(_) => "shares",
+            RootSecret::Hsm(_) => "HSM",
         }
     }
 }
@@ -173,6 +193,58 @@ enum RootMeta {
         salt: String,
     },
     KeyFile,
+    /// A random root key split into shares; the store keeps a digest of each.
+    Shares(ShareSetMeta),
+    /// A random root key sealed by an HSM's AES key.
+    Pkcs11(SealedRoot),
+}
+
+/// What seals a store's root key, as its metadata says (nothing secret).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum StoreSeal {
+    /// A passphrase, stretched with Argon2id.
+    Passphrase,
+    /// A key file.
+    KeyFile,
+    /// Shares with a quorum.
+    Shares(ShareSetMeta),
+    /// An HSM.
+    Pkcs11(SealedRoot),
+}
+
+impl StoreSeal {
+    /// `passphrase`, `key-file`, `shares`, `pkcs11`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreSeal::Passphrase => "passphrase",
+            StoreSeal::KeyFile => "key-file",
+            StoreSeal::Shares(_) => "shares",
+            StoreSeal::Pkcs11(_) => "pkcs11",
+        }
+    }
+
+    /// What it is, for people: `shares: any 3 of 5 (set …)`.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreSeal::Passphrase => "passphrase (Argon2id)".into(),
+            StoreSeal::KeyFile => "key file".into(),
+            StoreSeal::Shares(m) => format!("shares: any {}", m.describe()),
+            StoreSeal::Pkcs11(s) => {
+                format!("HSM: key `{}` on token `{}`", s.key_label, s.token_label)
+            }
+        }
+    }
+}
+
+impl From<&RootMeta> for StoreSeal {
+    fn from(meta: &RootMeta) -> Self {
+        match meta {
+            RootMeta::Passphrase { .. } => StoreSeal::Passphrase,
+            RootMeta::KeyFile => StoreSeal::KeyFile,
+            RootMeta::Shares(m) => StoreSeal::Shares(m.clone()),
+            RootMeta::Pkcs11(s) => StoreSeal::Pkcs11(s.clone()),
+        }
+    }
 }
 
 const META_ROOT: &str = "root";
@@ -180,6 +252,8 @@ const META_KEY_CHECK: &str = "root_key_check";
 const META_AUDIT_KEY: &str = "audit_key";
 const META_KEY_FORMAT: &str = "key_format";
 const META_STORE_ID: &str = "store_id";
+/// When the seal (what unlocks the root key) last changed: Unix seconds, decimal.
+const META_SEAL_CHANGED_AT: &str = "seal_changed_at";
 
 /// The key format of stores this kluis writes and reads: 4, a subkey per use of every key
 /// (`crypto::subkey`), envelopes and segments of format 2, a store id, purpose key rows that
@@ -258,10 +332,10 @@ impl Keyring {
         secret: &RootSecret,
         algorithm: Algorithm,
     ) -> Result<(), KeyError> {
-        let (meta, root) = root_from_secret(secret)?;
+        let store_id = StoreId::generate();
+        let (meta, root) = root_from_secret(secret, store_id)?;
         let meta_json = serde_json::to_vec(&meta).map_err(|_| KeyError::CorruptMeta)?;
         let now = now_unix();
-        let store_id = StoreId::generate();
         let audit_key = AuditKey::generate();
         let rows = RowAuth::new(&audit_key)?;
         let mut purpose_rows = Vec::with_capacity(Purpose::ALL.len());
@@ -298,6 +372,7 @@ impl Keyring {
                 (META_ROOT, meta_json),
                 (META_KEY_CHECK, kdf::key_check_value(&root)?.to_vec()),
                 (META_AUDIT_KEY, wrapped_audit),
+                (META_SEAL_CHANGED_AT, now.to_string().into_bytes()),
             ],
             &purpose_rows,
         )?;
@@ -307,6 +382,80 @@ impl Keyring {
     /// True when the store has been initialised (has root key metadata).
     pub fn is_initialized(store: &dyn Store) -> Result<bool, KeyError> {
         Ok(store.meta(META_ROOT)?.is_some())
+    }
+
+    /// What seals the root key of an initialised store, read before any key is derived (a
+    /// server decides by it whether it starts sealed, waiting for shares).
+    pub fn store_seal(store: &dyn Store) -> Result<StoreSeal, KeyError> {
+        check_format(store)?;
+        Ok(StoreSeal::from(&read_meta(store)?))
+    }
+
+    /// What seals this store's root key, and when that last changed (Unix seconds; `None` for
+    /// a store made before kluis recorded it).
+    pub fn seal(&self) -> Result<(StoreSeal, Option<i64>), KeyError> {
+        let seal = StoreSeal::from(&read_meta(self.store.as_ref())?);
+        let changed = self
+            .store
+            .meta(META_SEAL_CHANGED_AT)?
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok());
+        Ok((seal, changed))
+    }
+
+    /// Replaces the store's set of shares by `new` (a whole set) without changing the root
+    /// key: `old` must be a quorum of the recorded set and both must give the root key in use.
+    /// Returns the old and the new set's record. `Stale` when another node changed the seal
+    /// at the same time.
+    pub fn replace_shares(
+        &self,
+        old: &[Share],
+        new: &[Share],
+    ) -> Result<(ShareSetMeta, ShareSetMeta), KeyError> {
+        // Root key changes wait: the seal replaced is the one in force.
+        let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
+        let prev = self
+            .store
+            .meta(META_ROOT)?
+            .ok_or(StoreError::NotInitialized)?;
+        let RootMeta::Shares(recorded) =
+            serde_json::from_slice(&prev).map_err(|_| KeyError::CorruptMeta)?
+        else {
+            return Err(KeyError::SourceMismatch {
+                expected: "key file, passphrase or HSM (this store has no shares to replace)",
+            });
+        };
+        for share in old {
+            recorded.check(share)?;
+        }
+        let check = kdf::key_check_value(&root)?;
+        let opens = |shares: &[Share]| -> Result<bool, KeyError> {
+            let key = shares::combine(shares)?;
+            Ok(kdf::key_matches(&key, &check))
+        };
+        if !opens(old)? {
+            return Err(KeyError::WrongRootKey);
+        }
+        let next = ShareSetMeta::of(new)?;
+        if next.set == recorded.set {
+            return Err(
+                SealError::Share("the new shares are the old set; split anew".into()).into(),
+            );
+        }
+        if !opens(new)? {
+            return Err(SealError::Quorum(
+                "the new shares do not give this store's root key; split it again from a quorum                  of the old shares"
+                    .into(),
+            )
+            .into());
+        }
+        let json = serde_json::to_vec(&RootMeta::Shares(next.clone()))
+            .map_err(|_| KeyError::CorruptMeta)?;
+        self.store.replace_meta(META_ROOT, Some(&prev), &json)?;
+        self.store
+            .set_meta(META_SEAL_CHANGED_AT, now_unix().to_string().as_bytes())?;
+        drop(root);
+        Ok((recorded, next))
     }
 
     /// Unseals the key hierarchy of an initialised store: checks its key format, derives or
@@ -319,7 +468,7 @@ impl Keyring {
         cache_capacity: usize,
     ) -> Result<Self, KeyError> {
         let store_id = check_format(store.as_ref())?;
-        let root = check_root(store.as_ref(), secret)?;
+        let root = check_root(store.as_ref(), secret, store_id)?;
         let audit_key = open_audit_key(store.as_ref(), &root, store_id)?;
         Ok(Self {
             store,
@@ -639,9 +788,10 @@ impl Keyring {
     }
 
     /// The check of a new root secret for a pending root change: derives its root key (for a
-    /// passphrase under a fresh salt) and keeps how, and its key check value.
-    pub fn root_check(secret: &RootSecret) -> Result<RootCheck, KeyError> {
-        let (meta, root) = root_from_secret(secret)?;
+    /// passphrase under a fresh salt; for shares, from the whole new set; for an HSM, a new
+    /// random key it seals) and keeps how, and its key check value.
+    pub fn root_check(&self, secret: &RootSecret) -> Result<RootCheck, KeyError> {
+        let (meta, root) = root_from_secret(secret, self.store_id)?;
         Ok(RootCheck {
             meta,
             check: hex::encode(kdf::key_check_value(&root)?),
@@ -650,11 +800,15 @@ impl Keyring {
 
     /// The root key `secret` gives under `check`'s derivation, when its key check value is the
     /// one `check` recorded; `None` for another secret.
-    pub fn new_root(secret: &RootSecret, check: &RootCheck) -> Result<Option<NewRoot>, KeyError> {
+    pub fn new_root(
+        &self,
+        secret: &RootSecret,
+        check: &RootCheck,
+    ) -> Result<Option<NewRoot>, KeyError> {
         let Ok(stored) = hex::decode(&check.check) else {
             return Err(KeyError::CorruptMeta);
         };
-        let root = match derive_root(&check.meta, secret) {
+        let root = match derive_root(&check.meta, secret, self.store_id) {
             Ok(root) => root,
             Err(KeyError::SourceMismatch { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -704,6 +858,7 @@ impl Keyring {
             (META_ROOT, meta_json),
             (META_KEY_CHECK, kdf::key_check_value(&new_root)?.to_vec()),
             (META_AUDIT_KEY, rewrapped_audit),
+            (META_SEAL_CHANGED_AT, now_unix().to_string().into_bytes()),
         ];
         meta_rows.extend(also.iter().map(|(k, v)| (*k, v.clone())));
         self.store.rewrap_root(&rows, &meta_rows)?;
@@ -908,8 +1063,18 @@ fn check_format(store: &dyn Store) -> Result<StoreId, KeyError> {
     StoreId::from_slice(&id).ok_or(KeyError::CorruptMeta)
 }
 
+/// The associated data an HSM seals the root key of store `store_id` under.
+fn hsm_aad(store_id: StoreId) -> Vec<u8> {
+    let mut aad = b"kluis.v1.root-key-seal".to_vec();
+    aad.extend_from_slice(store_id.as_bytes());
+    aad
+}
+
 /// Derives a root key from a secret, with the metadata that lets it be derived again.
-fn root_from_secret(secret: &RootSecret) -> Result<(RootMeta, RootKey), KeyError> {
+fn root_from_secret(
+    secret: &RootSecret,
+    store_id: StoreId,
+) -> Result<(RootMeta, RootKey), KeyError> {
     Ok(match secret {
         RootSecret::Passphrase(p) => {
             let mut salt = [0u8; 16];
@@ -926,14 +1091,28 @@ fn root_from_secret(secret: &RootSecret) -> Result<(RootMeta, RootKey), KeyError
             )
         }
         RootSecret::KeyFile(k) => (RootMeta::KeyFile, RootKey::from_bytes(k.expose_secret())),
+        RootSecret::Shares(shares) => {
+            // A new seal takes the whole set, so that every share is known to open it.
+            let meta = ShareSetMeta::of(shares)?;
+            (RootMeta::Shares(meta), shares::combine(shares)?)
+        }
+        RootSecret::Hsm(hsm) => {
+            hsm.ensure_key()?;
+            let root = RootKey::generate();
+            let sealed = hsm.seal_root(&root, &hsm_aad(store_id))?;
+            (RootMeta::Pkcs11(sealed), root)
+        }
     })
 }
 
 /// Derives or reads the root key for `secret` and checks it against the stored key check value.
-fn check_root(store: &dyn Store, secret: &RootSecret) -> Result<RootKey, KeyError> {
-    let meta = store.meta(META_ROOT)?.ok_or(StoreError::NotInitialized)?;
-    let meta: RootMeta = serde_json::from_slice(&meta).map_err(|_| KeyError::CorruptMeta)?;
-    let root = derive_root(&meta, secret)?;
+fn check_root(
+    store: &dyn Store,
+    secret: &RootSecret,
+    store_id: StoreId,
+) -> Result<RootKey, KeyError> {
+    let meta = read_meta(store)?;
+    let root = derive_root(&meta, secret, store_id)?;
     let check = store.meta(META_KEY_CHECK)?.ok_or(KeyError::CorruptMeta)?;
     if !kdf::key_matches(&root, &check) {
         tracing::warn!(
@@ -945,8 +1124,17 @@ fn check_root(store: &dyn Store, secret: &RootSecret) -> Result<RootKey, KeyErro
     Ok(root)
 }
 
+fn read_meta(store: &dyn Store) -> Result<RootMeta, KeyError> {
+    let meta = store.meta(META_ROOT)?.ok_or(StoreError::NotInitialized)?;
+    serde_json::from_slice(&meta).map_err(|_| KeyError::CorruptMeta)
+}
+
 /// The root key `secret` gives under the derivation `meta` records.
-fn derive_root(meta: &RootMeta, secret: &RootSecret) -> Result<RootKey, KeyError> {
+fn derive_root(
+    meta: &RootMeta,
+    secret: &RootSecret,
+    store_id: StoreId,
+) -> Result<RootKey, KeyError> {
     Ok(match (meta, secret) {
         (
             RootMeta::Passphrase {
@@ -964,6 +1152,23 @@ fn derive_root(meta: &RootMeta, secret: &RootSecret) -> Result<RootKey, KeyError
             kdf::derive_root_key(p.as_bytes(), &salt, *params)?
         }
         (RootMeta::KeyFile, RootSecret::KeyFile(k)) => RootKey::from_bytes(k.expose_secret()),
+        (RootMeta::Shares(set), RootSecret::Shares(given)) => {
+            for share in given {
+                set.check(share)?;
+            }
+            shares::combine(given)?
+        }
+        (RootMeta::Pkcs11(sealed), RootSecret::Hsm(hsm)) => {
+            hsm.open_root(sealed, &hsm_aad(store_id))?
+        }
+        (RootMeta::Shares(_), _) => {
+            return Err(KeyError::SourceMismatch {
+                expected: "quorum of key shares",
+            });
+        }
+        (RootMeta::Pkcs11(_), _) => {
+            return Err(KeyError::SourceMismatch { expected: "HSM" });
+        }
         (RootMeta::Passphrase { .. }, _) => {
             return Err(KeyError::SourceMismatch {
                 expected: "passphrase",
@@ -1329,18 +1534,18 @@ mod tests {
         assert_eq!(before.key.expose_secret(), after.expose_secret());
 
         let new_secret = RootSecret::create_key_file(&dir.path().join("new.key")).unwrap();
-        let check = Keyring::root_check(&new_secret).unwrap();
+        let check = ring.root_check(&new_secret).unwrap();
         let other = RootSecret::create_key_file(&dir.path().join("other.key")).unwrap();
-        assert!(Keyring::new_root(&other, &check).unwrap().is_none());
+        assert!(ring.new_root(&other, &check).unwrap().is_none());
         assert!(
-            Keyring::new_root(
+            ring.new_root(
                 &RootSecret::Passphrase(Zeroizing::new("a passphrase, not a key".into())),
                 &check
             )
             .unwrap()
             .is_none()
         );
-        let new_root = Keyring::new_root(&new_secret, &check).unwrap().unwrap();
+        let new_root = ring.new_root(&new_secret, &check).unwrap().unwrap();
         ring.rotate_root(new_root, &[]).unwrap();
         assert!(matches!(
             Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0),

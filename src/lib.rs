@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod keys;
 pub mod policy;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod vault;

@@ -9,12 +9,17 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 
 use crate::{
-    api::{AdminApi, VaultApi},
+    api::{AdminApi, OperatorApi, VaultApi},
     config::Config,
     identity::Identity,
-    pb::{admin_server::AdminServer, vault_server::VaultServer},
+    pb::{admin_server::AdminServer, operator_server::OperatorServer, vault_server::VaultServer},
     vault::Vault,
 };
+
+mod node;
+
+pub use crate::api::operator::NodeSource;
+pub use node::serve_node;
 
 /// Largest gRPC message accepted, in bytes. Above the field limits, so that the field limits
 /// give the more precise error.
@@ -35,6 +40,7 @@ pub enum ServeError {
 }
 
 /// PEM-encoded certificate chain and private key for TLS.
+#[derive(Clone)]
 pub struct TlsPem {
     /// Certificate chain.
     pub cert: Vec<u8>,
@@ -76,7 +82,7 @@ impl std::fmt::Debug for TlsPem {
 }
 
 /// How to serve, beyond the vault and the listener.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// TLS certificate and key; plain HTTP/2 when `None`.
     pub tls: Option<TlsPem>,
@@ -86,6 +92,18 @@ pub struct ServeOptions {
     pub retention_sweep_interval: Duration,
     /// Services and identity providers; none: kluis tokens only.
     pub identity: Arc<Identity>,
+    /// Reload the policy set on SIGHUP (the binary; not a test or benchmark in-process).
+    pub reload_on_hangup: bool,
+}
+
+/// Why serving a vault ended.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum ServeEnd {
+    /// The shutdown future completed.
+    Shutdown,
+    /// A security officer sealed the node (`Operator/Seal`): the caller drops the vault and
+    /// serves sealed.
+    Sealed,
 }
 
 impl Default for ServeOptions {
@@ -95,60 +113,30 @@ impl Default for ServeOptions {
             key_sweep_interval: Duration::from_secs(60),
             retention_sweep_interval: Duration::from_secs(3600),
             identity: Arc::new(Identity::none()),
+            reload_on_hangup: false,
         }
     }
 }
 
-/// Serves `vault` on `listener` until `shutdown` completes. Also resumes interrupted key jobs
-/// (rewrap, rekey) and destroys scheduled key versions when they are due.
+/// Serves `vault` on `listener` until `shutdown` completes or a security officer seals the
+/// node. Also resumes interrupted key jobs (rewrap, rekey) and destroys scheduled key versions
+/// when they are due. Returns after every task it started has stopped, so that a caller who
+/// drops the vault then has closed the store and the audit trail.
 pub async fn serve(
     vault: Arc<Vault>,
     listener: TcpListener,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> Result<ServeEnd, ServeError> {
     let tls = options.tls;
     let identity = options.identity;
+    let seal = Arc::new(tokio::sync::Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_health = stop_rx.clone();
     let stop_rx_follow = stop_rx.clone();
-    // Reflection in both versions: older grpcurl and IDE clients ask `v1alpha`.
-    let reflection_builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection = reflection_builder()
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_alpha = reflection_builder()
-        .build_v1alpha()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-
-    // No server-wide timeout: it would cut off a long evidence upload. Unary calls time out in
-    // `api::run`, evidence streams when the client goes quiet.
-    let mut builder = Server::builder()
-        .concurrency_limit_per_connection(256)
-        .max_concurrent_streams(Some(256))
-        // Small frames (window updates, short responses) must not wait for Nagle's algorithm.
-        .tcp_nodelay(true)
-        // HTTP/2's default 64 KiB window would allow one evidence segment per round trip.
-        .initial_stream_window_size(Some(1024 * 1024))
-        .initial_connection_window_size(Some(4 * 1024 * 1024))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    if let Some(tls) = tls {
-        let mut config =
-            ServerTlsConfig::new().identity(TlsIdentity::from_pem(tls.cert, tls.key.as_slice()));
-        if let Some(ca) = tls.client_ca {
-            config = config
-                .client_ca_root(Certificate::from_pem(ca))
-                .client_auth_optional(tls.client_auth_optional);
-        }
-        builder = builder
-            .tls_config(config)
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
-    }
+    let stop_rx_hangup = stop_rx.clone();
+    let (reflection, reflection_alpha) = reflection()?;
+    let mut builder = server_builder(tls)?;
     // The tasks beside the server: stopped and waited for before `serve` returns, so that a
     // caller who then drops the vault closes the store and the audit trail for good.
     let mut background = Vec::new();
@@ -219,12 +207,25 @@ pub async fn serve(
     health.set_serving::<VaultServer<VaultApi>>().await;
     health.set_serving::<AdminServer<AdminApi>>().await;
     background.push(watch_health(&vault, health, stop_rx_health));
+    if options.reload_on_hangup {
+        background.push(reload_on_hangup(&vault, stop_rx_hangup));
+    }
+    let mut sealed = false;
     let shutdown = async {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = seal.notified() => sealed = true,
+        }
         let _ = stop_tx.send(true);
     };
+    let operator = OperatorServer::new(OperatorApi::unsealed(
+        Arc::clone(&vault),
+        Arc::clone(&identity),
+        Arc::clone(&seal),
+    ));
     let served = builder
         .add_service(health_service)
+        .add_service(operator)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(
@@ -246,7 +247,105 @@ pub async fn serve(
     for task in background {
         let _ = task.await;
     }
-    served
+    served?;
+    Ok(if sealed {
+        ServeEnd::Sealed
+    } else {
+        ServeEnd::Shutdown
+    })
+}
+
+/// Reloads the policy set on SIGHUP until `stop` changes; an invalid set is logged and the old
+/// one stays in force.
+fn reload_on_hangup(
+    vault: &Arc<Vault>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let vault = Arc::clone(vault);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    got = hangups.recv() => if got.is_none() { return },
+                    _ = stop.changed() => return,
+                }
+                let v = Arc::clone(&vault);
+                match tokio::task::spawn_blocking(move || v.reload_policies(None)).await {
+                    Ok(Ok(r)) => eprintln!(
+                        "policies reloaded: sha256:{} ({} policies)",
+                        r.digest, r.policies
+                    ),
+                    Ok(Err(e)) => eprintln!("error: {e}"),
+                    Err(_) => {}
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = stop.changed().await;
+            drop(vault);
+        }
+    })
+}
+
+/// Server reflection in both versions: older grpcurl and IDE clients ask `v1alpha`.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection_builder()
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    Ok((v1, v1alpha))
+}
+
+/// The transport, sealed or not: limits, keepalive and TLS.
+fn server_builder(tls: Option<TlsPem>) -> Result<Server, ServeError> {
+    // No server-wide timeout: it would cut off a long evidence upload. Unary calls time out in
+    // `api::run`, evidence streams when the client goes quiet.
+    let mut builder = Server::builder()
+        .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(Some(256))
+        // Small frames (window updates, short responses) must not wait for Nagle's algorithm.
+        .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB window would allow one evidence segment per round trip.
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(4 * 1024 * 1024))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = tls {
+        let mut config =
+            ServerTlsConfig::new().identity(TlsIdentity::from_pem(tls.cert, tls.key.as_slice()));
+        if let Some(ca) = tls.client_ca {
+            config = config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(tls.client_auth_optional);
+        }
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    Ok(builder)
 }
 
 /// Hardens the process that holds the keys: no core dumps (`RLIMIT_CORE` 0), not dumpable (no

@@ -7,6 +7,7 @@
 //! stored with its fields in one store transaction.
 //! Invariant: knows neither gRPC nor SQL; errors never carry plaintext.
 
+pub mod custody;
 pub mod evidence;
 pub mod export;
 pub mod guard;
@@ -286,6 +287,8 @@ pub struct Vault {
     record_locks: [std::sync::Mutex<()>; RECORD_LOCK_STRIPES],
     /// What this node last took in of the changes other nodes made (`nodes`).
     follower: nodes::Follower,
+    /// The HSM of `[seal]`, when configured: a root change to it seals the new root key there.
+    hsm: Option<Arc<crate::seal::pkcs11::Hsm>>,
 }
 
 /// How often a write is sealed again when a rekey replaced the subject key it was sealed under
@@ -454,6 +457,7 @@ impl Vault {
             retention,
             limits,
             key_settings: keyadmin::KeySettings::default(),
+            hsm: None,
             clock: Arc::new(SystemClock),
             rate_limit: tokens::RateLimiter::default(),
             channels: Channels::default(),

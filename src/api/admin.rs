@@ -600,10 +600,33 @@ impl AdminRpc for AdminApi {
                             .ok_or_else(|| InputError::new("key", "expected 32 bytes"))?,
                     )
                 }
+                Some(pb::rotate_root_request::Secret::Shares(set)) => {
+                    let shares = set
+                        .shares
+                        .iter()
+                        .enumerate()
+                        .map(|(i, text)| {
+                            crate::seal::shares::Share::parse(&format!("shares[{i}]"), text)
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| InputError::new("shares", e.to_string()))?;
+                    RootSecret::Shares(shares)
+                }
+                Some(pb::rotate_root_request::Secret::Hsm(_)) => {
+                    RootSecret::Hsm(vault.hsm().ok_or_else(|| {
+                        crate::vault::VaultError::FailedPrecondition(
+                            "this server has no HSM configured (`[seal] type = \"pkcs11\"`); \
+                             configure it and restart before changing the seal to it"
+                                .into(),
+                        )
+                    })?)
+                }
                 None => {
-                    return Err(
-                        InputError::new("secret", "give the new `passphrase` or `key`").into(),
-                    );
+                    return Err(InputError::new(
+                        "secret",
+                        "give the new `passphrase`, `key`, `shares` or `hsm`",
+                    )
+                    .into());
                 }
             };
             if req.request_id.is_empty() {
@@ -646,9 +669,12 @@ impl AdminRpc for AdminApi {
         run(&self.vault, request, |vault, principal, _req| {
             let info = vault.key_report(principal)?;
             let sound = info.iter().all(PurposeKeysInfo::is_sound);
+            let (seal, changed) = vault.seal_info()?;
             Ok(pb::KeyReportResponse {
                 purposes: info.into_iter().map(purpose_keys).collect(),
                 sound,
+                seal: seal.describe(),
+                seal_changed_at: changed.map(convert::timestamp),
             })
         })
         .await

@@ -3,7 +3,9 @@
 
 use tonic::Status;
 
-use crate::{crypto::CryptoError, keys::KeyError, store::StoreError, vault::VaultError};
+use crate::{
+    crypto::CryptoError, keys::KeyError, seal::SealError, store::StoreError, vault::VaultError,
+};
 
 /// Maps a core error to the status the caller sees.
 pub fn to_status(e: VaultError) -> Status {
@@ -71,6 +73,18 @@ pub fn to_status(e: VaultError) -> Status {
             Status::unavailable("the database is unavailable; try again shortly")
         }
         VaultError::Store(StoreError::Unsupported(m)) => Status::failed_precondition(m),
+        // A share named as mistyped, foreign or short of a quorum; a secret of another kind
+        // than the store's; an HSM that refused: the caller's to correct.
+        VaultError::Key(KeyError::Seal(SealError::Hsm(m))) => {
+            Status::failed_precondition(format!("HSM: {m}"))
+        }
+        VaultError::Key(KeyError::Seal(e)) => Status::invalid_argument(e.to_string()),
+        e @ VaultError::Key(KeyError::SourceMismatch { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
+        VaultError::Key(KeyError::WrongRootKey) => {
+            Status::invalid_argument("the shares given do not open this store's root key")
+        }
         e @ (VaultError::Store(_)
         | VaultError::Key(_)
         | VaultError::Policy(_)

@@ -2,6 +2,7 @@
 
 mod keys;
 mod lifecycle;
+mod reseal;
 
 use std::path::PathBuf;
 
@@ -56,9 +57,13 @@ pub enum AdminCommand {
     /// Rotate, rewrap, rekey, retire and destroy purpose keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Change the root key.
+    /// Change the root key, or what seals it.
     #[command(subcommand)]
     Root(keys::RootCommand),
+    /// Seal the server again (security officer): its keys are wiped from memory until
+    /// custodians unseal it (`kluis operator unseal`).
+    #[command(subcommand)]
+    Operator(OperatorAdminCommand),
     /// Retention: destroy what has expired.
     #[command(subcommand)]
     Retention(lifecycle::RetentionCommand),
@@ -207,6 +212,17 @@ pub enum TokenCommand {
     },
 }
 
+/// `kluis admin operator` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OperatorAdminCommand {
+    /// Seal the server now: it stops serving data, wipes its keys, and waits for custodians.
+    Seal {
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+}
+
 /// Runs `kluis admin`.
 pub fn run(args: &AdminArgs) -> Exit {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -228,7 +244,7 @@ async fn run_async(args: &AdminArgs) -> Exit {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut client = AdminClient::new(channel);
+    let mut client = AdminClient::new(channel.clone());
     let cmd = match &args.command {
         AdminCommand::Token(cmd) => cmd,
         AdminCommand::Audit(cmd) => return audit(&mut client, &token, cmd, args.json).await,
@@ -237,6 +253,9 @@ async fn run_async(args: &AdminArgs) -> Exit {
         }
         AdminCommand::Keys(cmd) => return keys::keys(&mut client, &token, cmd, args.json).await,
         AdminCommand::Root(cmd) => return keys::root(&mut client, &token, cmd).await,
+        AdminCommand::Operator(OperatorAdminCommand::Seal { justification }) => {
+            return super::operator::seal(channel, &token, justification, args.json).await;
+        }
         AdminCommand::Retention(cmd) => {
             return lifecycle::retention(&mut client, &token, cmd, args.json).await;
         }
@@ -734,7 +753,7 @@ fn parse_since(s: &str) -> Result<i64, String> {
 }
 
 /// Wraps `msg` in a request carrying `authorization: Bearer <token>`.
-fn authed<T>(token: &str, msg: T) -> Request<T> {
+pub(super) fn authed<T>(token: &str, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     if let Ok(v) = format!("Bearer {token}").parse() {
         req.metadata_mut().insert("authorization", v);
@@ -757,12 +776,20 @@ fn read_token(args: &AdminArgs) -> Result<Zeroizing<String>, String> {
 }
 
 async fn connect(args: &AdminArgs) -> Result<Channel, String> {
-    let mut endpoint = Channel::from_shared(args.server.clone())
-        .map_err(|e| format!("--server `{}`: {e}", args.server))?
+    connect_to(&args.server, args.ca_cert.as_deref()).await
+}
+
+/// A channel to the kluis at `server`, trusting `ca_cert` for https.
+pub(super) async fn connect_to(
+    server: &str,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<Channel, String> {
+    let mut endpoint = Channel::from_shared(server.to_owned())
+        .map_err(|e| format!("--server `{server}`: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(10));
-    if args.server.starts_with("https://") {
+    if server.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &args.ca_cert {
+        if let Some(ca) = ca_cert {
             let pem =
                 std::fs::read(ca).map_err(|e| format!("cannot read CA `{}`: {e}", ca.display()))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
@@ -772,10 +799,10 @@ async fn connect(args: &AdminArgs) -> Result<Channel, String> {
     endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot reach kluis at {}: {e}", args.server))
+        .map_err(|e| format!("cannot reach kluis at {server}: {e}"))
 }
 
-fn status_exit(s: &tonic::Status) -> Exit {
+pub(super) fn status_exit(s: &tonic::Status) -> Exit {
     eprintln!("error: {}", s.message());
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied => Exit::Denied,

@@ -14,7 +14,8 @@ use clap::Args;
 use kluis::{
     config::{self, Config, Env, RawConfig, SystemEnv},
     domain::{PrincipalId, Role, SubjectId},
-    keys::{Keyring, RootSecret},
+    keys::{Keyring, RootSecret, StoreSeal},
+    seal::pkcs11::Hsm,
     server::{self, TlsPem},
     vault::{Vault, tokens::TokenSpec},
 };
@@ -127,8 +128,12 @@ pub fn run(args: &ServeArgs) -> Exit {
         );
     }
     cfg.accept_rollback = args.accept_rollback;
-    let vault = match if args.dev { open_dev(&cfg) } else { open(&cfg) } {
-        Ok(v) => v,
+    let first = match if args.dev {
+        open_dev(&cfg).map(Ok)
+    } else {
+        open_node(&cfg)
+    } {
+        Ok(first) => first,
         Err(exit) => return exit,
     };
     let tls = match TlsPem::read(&cfg) {
@@ -140,12 +145,16 @@ pub fn run(args: &ServeArgs) -> Exit {
     }
     // Before the runtime: the providers' keys are fetched now, with a short timeout each.
     let identity = Arc::new(kluis::identity::Identity::load(&cfg.identity));
+    let source = match node_source(&cfg) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(e),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+        let listener = match std::net::TcpListener::bind(cfg.listen) {
             Ok(l) => l,
             Err(e) => return fail(format!("cannot listen on {}: {e}", cfg.listen)),
         };
@@ -160,11 +169,14 @@ pub fn run(args: &ServeArgs) -> Exit {
         }
         if args.dev {
             print_dev_banner(&cfg.data_dir, addr);
+        } else if let Err(why) = &first {
+            eprintln!(
+                "kluis listening on {scheme}://{addr}, SEALED ({why}): custodians unseal it with \
+                 `kluis operator unseal`"
+            );
         } else {
             eprintln!("kluis listening on {scheme}://{addr}");
         }
-        let vault = Arc::new(vault);
-        reload_on_sighup(&vault);
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down");
@@ -174,20 +186,62 @@ pub fn run(args: &ServeArgs) -> Exit {
             key_sweep_interval: cfg.key_sweep_interval,
             retention_sweep_interval: cfg.retention_sweep_interval,
             identity,
+            reload_on_hangup: true,
         };
-        let served = server::serve(Arc::clone(&vault), listener, options, shutdown).await;
-        // The head file gets the last head now; the trail's own close writes it once more.
-        if let Some(dir) = &cfg.head_dir {
-            let file = kluis::audit::anchor::HeadFile::new(dir, vault.audit().store_id());
-            if let Err(e) = vault.audit().write_head(&file) {
-                tracing::error!(error = %e, "cannot write the last audit head");
-            }
-        }
-        match served {
+        // The trail's close, when the vault is dropped at the end of a phase, writes the last
+        // head to the head file.
+        match server::serve_node(source, first, listener, options, shutdown).await {
             Ok(()) => Exit::Success,
             Err(e) => fail(e),
         }
     })
+}
+
+/// Where the node gets its vault from once custodians unseal it, and what seals the store.
+fn node_source(cfg: &Config) -> Result<server::NodeSource, config::OpenError> {
+    let store = config::open_configured_store(&cfg.data_dir, cfg.store.as_ref())?;
+    let open_cfg = cfg.clone();
+    Ok(server::NodeSource {
+        seal: Box::new(move || Ok(Keyring::store_seal(store.as_ref())?)),
+        open: Box::new(move |secret| config::open_vault(&open_cfg, secret)),
+        hsm: cfg.hsm.clone(),
+    })
+}
+
+/// Opens the vault when the root key can be had without a person at the server: a key file or
+/// passphrase as configured, or the HSM of `[seal]`. `Ok(Err(why))`: the node starts sealed (a
+/// store sealed by shares, or an HSM that failed).
+fn open_node(cfg: &Config) -> Result<Result<Vault, String>, Exit> {
+    let store = config::open_configured_store(&cfg.data_dir, cfg.store.as_ref()).map_err(fail)?;
+    let seal = Keyring::store_seal(store.as_ref()).map_err(fail)?;
+    drop(store);
+    match seal {
+        StoreSeal::Shares(meta) => Ok(Err(format!(
+            "its root key is split into shares, any {} open it",
+            meta.describe()
+        ))),
+        StoreSeal::Pkcs11(_) => {
+            let Some(hsm) = &cfg.hsm else {
+                return Ok(Err(
+                    "its root key is sealed by an HSM and no `[seal] type = \"pkcs11\"` is \
+                     configured"
+                        .into(),
+                ));
+            };
+            let secret = match Hsm::open(hsm) {
+                Ok(h) => RootSecret::Hsm(Arc::new(h)),
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            match config::open_vault(cfg, &secret) {
+                Ok(v) => Ok(Ok(v)),
+                Err(config::OpenError::Key(kluis::keys::KeyError::Seal(e))) => {
+                    Ok(Err(e.to_string()))
+                }
+                Err(e) => Err(open_failed(e)),
+            }
+        }
+        StoreSeal::Passphrase | StoreSeal::KeyFile => open(cfg).map(Ok),
+    }
 }
 
 /// The head directory of `--dev` when none is given: beside the data directory.
@@ -200,18 +254,21 @@ fn dev_head_dir(data_dir: &Path) -> PathBuf {
 
 fn open(cfg: &Config) -> Result<Vault, Exit> {
     let secret = config::read_secret(&cfg.key_source, &SystemEnv, false).map_err(fail)?;
-    config::open_vault(cfg, &secret).map_err(|e| {
-        if matches!(
-            e,
-            config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)
-                | config::OpenError::Vault(kluis::vault::VaultError::Rollback(_))
-        ) {
-            eprintln!("error: {e}");
-            Exit::CheckFailed
-        } else {
-            fail(e)
-        }
-    })
+    config::open_vault(cfg, &secret).map_err(open_failed)
+}
+
+/// A wrong root key or a store behind its head exits 4; anything else 1.
+fn open_failed(e: config::OpenError) -> Exit {
+    if matches!(
+        e,
+        config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)
+            | config::OpenError::Vault(kluis::vault::VaultError::Rollback(_))
+    ) {
+        eprintln!("error: {e}");
+        Exit::CheckFailed
+    } else {
+        fail(e)
+    }
 }
 
 /// Opens the dev store, creating it with a dev key file and one token per role on first use.
@@ -331,29 +388,4 @@ fn print_dev_banner(data_dir: &Path, addr: SocketAddr) {
         tokens_path.display()
     );
     let _ = std::io::stdout().flush();
-}
-
-/// Reloads the policy set on SIGHUP; an invalid set is logged and the old one stays in force.
-fn reload_on_sighup(vault: &Arc<Vault>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let vault = Arc::clone(vault);
-        tokio::spawn(async move {
-            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hangups.recv().await.is_some() {
-                let v = Arc::clone(&vault);
-                match tokio::task::spawn_blocking(move || v.reload_policies(None)).await {
-                    Ok(Ok(r)) => eprintln!(
-                        "policies reloaded: sha256:{} ({} policies)",
-                        r.digest, r.policies
-                    ),
-                    Ok(Err(e)) => eprintln!("error: {e}"),
-                    Err(_) => {}
-                }
-            }
-        });
-    }
 }

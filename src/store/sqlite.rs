@@ -350,19 +350,28 @@ impl SqliteStore {
 }
 
 /// Creates the database file readable by its owner only, before SQLite does (SQLite gives the
-/// `-wal` and `-shm` files the same permissions as the database).
+/// `-wal` and `-shm` files the same permissions as the database). An existing file is not
+/// opened: closing a descriptor of it would drop the POSIX locks that the process's open SQLite
+/// connections hold on it (a second store handle in the process, such as a sealed node's).
 fn create_private(path: &Path) -> Result<(), StoreError> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(false);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options
-        .open(path)
-        .map(drop)
-        .map_err(|e| StoreError::Database(format!("cannot create `{}`: {e}", path.display())))
+    match options.open(path) {
+        Ok(file) => {
+            drop(file);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Database(format!(
+            "cannot create `{}`: {e}",
+            path.display()
+        ))),
+    }
 }
 
 fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {

@@ -14,7 +14,7 @@ use crate::{
     audit::AuditEvent,
     crypto::{self, Algorithm},
     domain::{Principal, Purpose, SubjectId, now_unix},
-    keys::{KeyError, Keyring, RootCheck, RootSecret},
+    keys::{KeyError, RootCheck, RootSecret},
     policy::AdminAction,
     store::{KeyState, Resealed, StoreError},
 };
@@ -769,7 +769,7 @@ impl Vault {
             None,
             justification,
         )?;
-        let check = Keyring::root_check(secret)?;
+        let check = self.keyring.root_check(secret)?;
         let now = now_unix();
         let change = RootChange {
             id: format!("root_{}", hex::encode(rand::random::<[u8; 8]>())),
@@ -907,7 +907,7 @@ impl Vault {
                  root approve {request_id}`)"
             ));
         };
-        let Some(new_root) = Keyring::new_root(secret, &change.check)? else {
+        let Some(new_root) = self.keyring.new_root(secret, &change.check)? else {
             return event.refuse(format!(
                 "the new root secret is not the one root change `{request_id}` was requested \
                  and approved for; ask again for this one"

@@ -121,6 +121,10 @@ pub enum RootCommand {
         #[arg(long, default_value = "")]
         justification: String,
     },
+    /// Change what seals the root key (shares, the server's HSM, a passphrase, a key file): a
+    /// new root key under the new seal, in the same two steps as `rotate` (ask; a privacy
+    /// officer approves; carry it out with --request). The old seal stops opening the store.
+    Reseal(super::reseal::ResealArgs),
     /// Approve a pending root change (privacy officer; not the person who asked for it).
     Approve {
         /// The id of the root change (`root_…`).
@@ -374,6 +378,7 @@ pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootComm
             request,
             justification,
         } => (new_key_file, new_passphrase_file, request, justification),
+        RootCommand::Reseal(args) => return super::reseal::reseal(client, token, args).await,
         RootCommand::Approve {
             request_id,
             justification,
@@ -419,6 +424,9 @@ pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootComm
     let secret = match &secret {
         RootSecret::Passphrase(p) => pb::rotate_root_request::Secret::Passphrase(p.to_string()),
         RootSecret::KeyFile(k) => pb::rotate_root_request::Secret::Key(k.expose_secret().to_vec()),
+        RootSecret::Shares(_) | RootSecret::Hsm(_) => {
+            return fail("a new seal by shares or an HSM is `kluis admin root reseal --to …`");
+        }
     };
     let req = pb::RotateRootRequest {
         secret: Some(secret),

@@ -1,0 +1,549 @@
+//! `kluis.v1.Operator`: custody of the root key on one node. While the node is sealed, a
+//! `Gate` takes shares (or a passphrase, a key, a new try of the HSM) until it can open the
+//! vault; while it is unsealed, a security officer can seal it again and custodians can replace
+//! the set of shares.
+//!
+//! Invariant: a share, passphrase or key is never logged, echoed or kept beyond the gate's
+//! list of valid shares of the set in force, which a restart forgets.
+//! Invariant: calls that need no token are rate-limited (`ATTEMPTS_PER_MINUTE`).
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tonic::{Request, Response, Status};
+
+use super::{Backend, run, status};
+use crate::{
+    config::OpenError,
+    identity::Identity,
+    keys::{KeyError, RootSecret, StoreSeal},
+    pb::{self, operator_server::Operator as OperatorRpc},
+    seal::{
+        pkcs11::{Hsm, HsmConfig},
+        shares::Share,
+    },
+    vault::{Vault, VaultError},
+};
+
+/// Calls without a token (unseal, replacing shares) a node takes per minute.
+pub const ATTEMPTS_PER_MINUTE: usize = 20;
+
+/// How many refusals a gate remembers for the trail.
+const REFUSALS_KEPT: usize = 32;
+
+/// Opens the vault with a root secret.
+pub type Opener = Box<dyn Fn(&RootSecret) -> Result<Vault, OpenError> + Send + Sync>;
+
+/// Where a node gets its vault from: the store's seal (read without any key), the opening of
+/// the vault with a root secret, and the HSM of `[seal]`.
+pub struct NodeSource {
+    /// What seals the store's root key.
+    pub seal: Box<dyn Fn() -> Result<StoreSeal, OpenError> + Send + Sync>,
+    /// Opens the vault with a root secret (checked against the store's key check value).
+    pub open: Opener,
+    /// The configured HSM, if any.
+    pub hsm: Option<HsmConfig>,
+}
+
+impl std::fmt::Debug for NodeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSource")
+            .field("hsm", &self.hsm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A window of recent attempts: at most `ATTEMPTS_PER_MINUTE` in any minute.
+#[derive(Debug, Default)]
+pub struct Attempts(Mutex<VecDeque<Instant>>);
+
+impl Attempts {
+    fn take(&self) -> Result<(), Status> {
+        let mut window = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            window.pop_front();
+        }
+        if window.len() >= ATTEMPTS_PER_MINUTE {
+            let wait = window
+                .front()
+                .map_or(60, |t| 60 - now.duration_since(*t).as_secs());
+            return Err(Status::resource_exhausted(format!(
+                "more than {ATTEMPTS_PER_MINUTE} attempts in a minute; wait {wait} s"
+            )));
+        }
+        window.push_back(now);
+        Ok(())
+    }
+}
+
+/// What a sealed node holds between the custodians' calls.
+#[derive(Default)]
+struct Pending {
+    /// Valid, distinct shares of the set in force.
+    given: Vec<Share>,
+    /// What was refused, for the trail once unsealed (never a share's value).
+    refused: VecDeque<String>,
+}
+
+impl Pending {
+    fn refuse(&mut self, what: String) {
+        if self.refused.len() == REFUSALS_KEPT {
+            self.refused.pop_front();
+        }
+        self.refused.push_back(what);
+    }
+}
+
+/// The sealed state of a node: takes unseal calls until the vault opens, then hands it over.
+pub struct Gate {
+    source: Arc<NodeSource>,
+    pending: Mutex<Pending>,
+    attempts: Arc<Attempts>,
+    /// The vault once opened, for the server to take.
+    opened: Mutex<Option<Vault>>,
+    /// Told when `opened` is set.
+    pub(crate) unsealed: tokio::sync::Notify,
+    /// Why the node is sealed (an HSM's refusal at start, a security officer's seal).
+    why: String,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").finish_non_exhaustive()
+    }
+}
+
+impl Gate {
+    /// A sealed node's gate; `why` is told to whoever asks for the status.
+    pub fn new(source: Arc<NodeSource>, attempts: Arc<Attempts>, why: String) -> Self {
+        Self {
+            source,
+            pending: Mutex::default(),
+            attempts,
+            opened: Mutex::new(None),
+            unsealed: tokio::sync::Notify::new(),
+            why,
+        }
+    }
+
+    /// The vault the custodians opened, once.
+    pub fn take_opened(&self) -> Option<Vault> {
+        self.opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn seal(&self) -> Result<StoreSeal, Status> {
+        (self.source.seal)().map_err(|e| Status::unavailable(format!("sealed, and {e}")))
+    }
+
+    fn status(&self, seal: &StoreSeal, pending: &Pending, message: String) -> pb::SealStatus {
+        let (threshold, total) = match seal {
+            StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
+            _ => (0, 0),
+        };
+        pb::SealStatus {
+            sealed: true,
+            seal: seal.kind().into(),
+            description: seal.describe(),
+            threshold,
+            total,
+            progress: u32::try_from(pending.given.len()).unwrap_or(u32::MAX),
+            given: pending
+                .given
+                .iter()
+                .map(|s| u32::from(s.number()))
+                .collect(),
+            message,
+        }
+    }
+
+    /// What to do to unseal a store sealed by `seal`.
+    fn how_to_unseal(seal: &StoreSeal) -> &'static str {
+        match seal {
+            StoreSeal::Shares(_) => {
+                "custodians give their shares: `kluis operator unseal --share-file FILE`"
+            }
+            StoreSeal::Pkcs11(_) => {
+                "correct the HSM (`[seal]`, the token, the PIN file) and try again: `kluis operator unseal --hsm`"
+            }
+            StoreSeal::Passphrase => {
+                "give the passphrase: `kluis operator unseal --passphrase-file FILE` (or at the prompt)"
+            }
+            StoreSeal::KeyFile => "give the key file: `kluis operator unseal --key-file FILE`",
+        }
+    }
+
+    fn current_status(&self) -> Result<pb::SealStatus, Status> {
+        let seal = self.seal()?;
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let message = format!("sealed ({}); {}", self.why, Self::how_to_unseal(&seal));
+        Ok(self.status(&seal, &pending, message))
+    }
+
+    fn unseal(&self, req: pb::UnsealRequest) -> Result<pb::SealStatus, Status> {
+        self.attempts.take()?;
+        let seal = self.seal()?;
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+        {
+            return Err(Status::failed_precondition(
+                "this node is unsealed already (it is starting to serve)",
+            ));
+        }
+        // Shares of a set that is no longer in force (replaced meanwhile) count no more.
+        if let StoreSeal::Shares(meta) = &seal {
+            pending.given.retain(|s| s.set() == meta.set);
+        }
+        if req.reset {
+            pending.given.clear();
+            if req.secret.is_none() {
+                return Ok(self.status(&seal, &pending, "the shares given were forgotten".into()));
+            }
+        }
+        let wrong_kind = |given: &str| {
+            Status::failed_precondition(format!(
+                "this store is sealed by {}, not by a {given}; {}",
+                seal.describe(),
+                Self::how_to_unseal(&seal)
+            ))
+        };
+        let secret = match req.secret {
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "`secret`: nothing given; {}",
+                    Self::how_to_unseal(&seal)
+                )));
+            }
+            Some(pb::unseal_request::Secret::Share(text)) => {
+                let text = zeroize::Zeroizing::new(text);
+                let StoreSeal::Shares(meta) = &seal else {
+                    return Err(wrong_kind("share"));
+                };
+                let share = match Share::parse("the share given", &text)
+                    .and_then(|s| meta.check(&s).map(|()| s))
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let message = e.to_string();
+                        tracing::warn!(problem = %message, "unseal: a share was refused");
+                        pending.refuse(message.clone());
+                        return Err(Status::invalid_argument(format!(
+                            "{message}; nothing of it was kept"
+                        )));
+                    }
+                };
+                if pending.given.iter().any(|g| g.number() == share.number()) {
+                    let message = format!(
+                        "{} was given already; {} of {} given",
+                        share.describe(),
+                        pending.given.len(),
+                        meta.threshold
+                    );
+                    return Ok(self.status(&seal, &pending, message));
+                }
+                pending.given.push(share);
+                let have = pending.given.len();
+                let need = usize::from(meta.threshold);
+                if have < need {
+                    let message = format!(
+                        "{have} of {need} shares given; {} more to unseal",
+                        need - have
+                    );
+                    return Ok(self.status(&seal, &pending, message));
+                }
+                RootSecret::Shares(pending.given.clone())
+            }
+            Some(pb::unseal_request::Secret::Passphrase(p)) => {
+                if seal != StoreSeal::Passphrase {
+                    return Err(wrong_kind("passphrase"));
+                }
+                RootSecret::Passphrase(zeroize::Zeroizing::new(p))
+            }
+            Some(pb::unseal_request::Secret::Key(k)) => {
+                let k = zeroize::Zeroizing::new(k);
+                if seal != StoreSeal::KeyFile {
+                    return Err(wrong_kind("key file"));
+                }
+                RootSecret::KeyFile(
+                    crate::crypto::RootKey::from_slice(&k)
+                        .ok_or_else(|| Status::invalid_argument("`key`: expected 32 bytes"))?,
+                )
+            }
+            Some(pb::unseal_request::Secret::Hsm(_)) => {
+                if !matches!(seal, StoreSeal::Pkcs11(_)) {
+                    return Err(wrong_kind("HSM"));
+                }
+                let config = self.source.hsm.as_ref().ok_or_else(|| {
+                    Status::failed_precondition(
+                        "this store is sealed by an HSM and this node has none configured: set \
+                         `[seal] type = \"pkcs11\"` and restart",
+                    )
+                })?;
+                RootSecret::Hsm(Arc::new(
+                    Hsm::open(config).map_err(|e| Status::failed_precondition(e.to_string()))?,
+                ))
+            }
+        };
+        let how = match &secret {
+            RootSecret::Shares(given) => {
+                let mut numbers: Vec<u8> = given.iter().map(Share::number).collect();
+                numbers.sort_unstable();
+                format!(
+                    "unsealed by shares {} of {}",
+                    numbers
+                        .iter()
+                        .map(u8::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    seal.describe()
+                )
+            }
+            RootSecret::Hsm(_) => format!("unsealed by {}", seal.describe()),
+            RootSecret::Passphrase(_) | RootSecret::KeyFile(_) => {
+                format!("unsealed by its {}", seal.describe())
+            }
+        };
+        let refused = pending.refused.len();
+        match (self.source.open)(&secret) {
+            Ok(vault) => {
+                let mut summary = how;
+                if refused > 0 {
+                    summary.push_str(&format!(
+                        "; refused while sealed: {}",
+                        pending
+                            .refused
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ));
+                }
+                vault.record_unseal(&summary).map_err(status::to_status)?;
+                pending.given.clear();
+                pending.refused.clear();
+                tracing::info!("unsealed");
+                *self
+                    .opened
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(vault);
+                self.unsealed.notify_one();
+                Ok(pb::SealStatus {
+                    sealed: false,
+                    seal: seal.kind().into(),
+                    description: seal.describe(),
+                    message: "unsealed: the node serves in a moment".into(),
+                    ..Default::default()
+                })
+            }
+            Err(e) => {
+                pending.given.clear();
+                let message = e.to_string();
+                tracing::warn!(error = %message, "unseal failed");
+                pending.refuse(message.clone());
+                Err(match e {
+                    OpenError::Key(KeyError::WrongRootKey) => Status::invalid_argument(
+                        "this does not open the store: wrong passphrase, key or shares; the \
+                         shares given were forgotten",
+                    ),
+                    OpenError::Key(KeyError::Seal(s)) => Status::failed_precondition(s.to_string()),
+                    other => Status::unavailable(format!("still sealed: {other}")),
+                })
+            }
+        }
+    }
+}
+
+/// How the Operator service serves: a sealed node's gate, or an unsealed node's vault.
+enum Mode {
+    Sealed(Arc<Gate>),
+    Unsealed {
+        backend: Backend,
+        seal: Arc<tokio::sync::Notify>,
+    },
+}
+
+/// The `kluis.v1.Operator` service.
+pub struct OperatorApi {
+    mode: Mode,
+    attempts: Arc<Attempts>,
+}
+
+impl OperatorApi {
+    /// For a sealed node.
+    pub fn sealed(gate: Arc<Gate>) -> Self {
+        let attempts = Arc::clone(&gate.attempts);
+        Self {
+            mode: Mode::Sealed(gate),
+            attempts,
+        }
+    }
+
+    /// For an unsealed node: `seal` is told when a security officer seals it.
+    pub fn unsealed(
+        vault: Arc<Vault>,
+        identity: Arc<Identity>,
+        seal: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            mode: Mode::Unsealed {
+                backend: Backend { vault, identity },
+                seal,
+            },
+            attempts: Arc::default(),
+        }
+    }
+}
+
+fn parse_shares(field: &str, texts: &[String]) -> Result<Vec<Share>, VaultError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Share::parse(&format!("{field}[{i}]"), text)
+                .map_err(|e| crate::domain::InputError::new(field, e.to_string()).into())
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl OperatorRpc for OperatorApi {
+    async fn unseal(
+        &self,
+        request: Request<pb::UnsealRequest>,
+    ) -> Result<Response<pb::SealStatus>, Status> {
+        match &self.mode {
+            Mode::Sealed(gate) => {
+                let gate = Arc::clone(gate);
+                let req = request.into_inner();
+                tokio::task::spawn_blocking(move || gate.unseal(req))
+                    .await
+                    .map_err(|_| Status::internal("internal error"))?
+                    .map(Response::new)
+            }
+            Mode::Unsealed { .. } => Err(Status::failed_precondition(
+                "this node is not sealed; nothing to unseal",
+            )),
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::SealStatusRequest>,
+    ) -> Result<Response<pb::SealStatus>, Status> {
+        match &self.mode {
+            Mode::Sealed(gate) => {
+                let gate = Arc::clone(gate);
+                tokio::task::spawn_blocking(move || gate.current_status())
+                    .await
+                    .map_err(|_| Status::internal("internal error"))?
+                    .map(Response::new)
+            }
+            Mode::Unsealed { backend, .. } => {
+                let vault = Arc::clone(&backend.vault);
+                let (seal, _) = tokio::task::spawn_blocking(move || vault.seal_info())
+                    .await
+                    .map_err(|_| Status::internal("internal error"))?
+                    .map_err(status::to_status)?;
+                let (threshold, total) = match &seal {
+                    StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
+                    _ => (0, 0),
+                };
+                Ok(Response::new(pb::SealStatus {
+                    sealed: false,
+                    seal: seal.kind().into(),
+                    description: seal.describe(),
+                    threshold,
+                    total,
+                    message: "unsealed".into(),
+                    ..Default::default()
+                }))
+            }
+        }
+    }
+
+    async fn seal(
+        &self,
+        request: Request<pb::SealRequest>,
+    ) -> Result<Response<pb::SealStatus>, Status> {
+        match &self.mode {
+            Mode::Sealed(_) => Err(Status::failed_precondition("this node is sealed already")),
+            Mode::Unsealed { backend, seal } => {
+                let kind = run(backend, request, |vault, principal, req| {
+                    vault.allow_seal(principal, &req.justification)?;
+                    Ok(vault.seal_info()?.0)
+                })
+                .await?;
+                seal.notify_one();
+                tracing::warn!("sealed by a security officer");
+                let (threshold, total) = match &kind {
+                    StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
+                    _ => (0, 0),
+                };
+                Ok(Response::new(pb::SealStatus {
+                    sealed: true,
+                    seal: kind.kind().into(),
+                    description: kind.describe(),
+                    threshold,
+                    total,
+                    message: format!(
+                        "sealing: the node stops serving and wipes its keys; {}",
+                        Gate::how_to_unseal(&kind)
+                    ),
+                    ..Default::default()
+                }))
+            }
+        }
+    }
+
+    async fn replace_shares(
+        &self,
+        request: Request<pb::ReplaceSharesRequest>,
+    ) -> Result<Response<pb::ReplaceSharesResponse>, Status> {
+        self.attempts.take()?;
+        let Mode::Unsealed { backend, .. } = &self.mode else {
+            return Err(Status::failed_precondition(
+                "this node is sealed; unseal it first (`kluis operator unseal`)",
+            ));
+        };
+        let vault = Arc::clone(&backend.vault);
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || {
+            let old = parse_shares("old_shares", &req.old_shares)?;
+            let new = parse_shares("new_shares", &req.new_shares)?;
+            vault.replace_shares(&old, &new)?;
+            let first = new.first();
+            Ok::<_, VaultError>(pb::ReplaceSharesResponse {
+                old_set: old.first().map(Share::set).unwrap_or_default(),
+                new_set: first.map(Share::set).unwrap_or_default(),
+                threshold: first.map_or(0, |s| u32::from(s.threshold())),
+                total: first.map_or(0, |s| u32::from(s.total())),
+            })
+        })
+        .await
+        .map_err(|_| Status::internal("internal error"))?
+        .map(Response::new)
+        .map_err(status::to_status)
+    }
+}

@@ -1,0 +1,179 @@
+//! A node's life between sealed and unsealed: sealed it serves `Operator`, health
+//! (`NOT_SERVING`) and reflection, and answers every `Vault` and `Admin` call with
+//! `UNAVAILABLE`; once custodians unseal it, it serves the vault until it is shut down or a
+//! security officer seals it again, which drops the vault (its keys wiped) and seals the node.
+//!
+//! Invariant: no vault (and so no key) exists while the node is sealed; the vault of the
+//! unsealed phase is dropped before the node serves sealed again.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tonic::{
+    Status,
+    body::Body,
+    codegen::{BoxFuture, Service, http},
+    server::NamedService,
+};
+
+use super::{ServeEnd, ServeError, ServeOptions, incoming, reflection, serve, server_builder};
+use crate::{
+    api::operator::{Attempts, Gate, NodeSource, OperatorApi},
+    pb::operator_server::OperatorServer,
+    vault::Vault,
+};
+
+/// Serves one node from `source` on `listener` until `shutdown` completes: unsealed from the
+/// start with `first` when the root key could be had without a person (key file, passphrase,
+/// HSM), sealed otherwise, with `why` telling operators the reason.
+pub async fn serve_node(
+    source: Arc<NodeSource>,
+    first: Result<Vault, String>,
+    listener: std::net::TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let attempts = Arc::new(Attempts::default());
+    let mut next = first;
+    loop {
+        let phase_listener = listener
+            .try_clone()
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .map_err(|e| ServeError::Transport(format!("listener: {e}")))?;
+        let mut stop = stop_rx.clone();
+        match next {
+            Ok(vault) => {
+                let end = serve(
+                    Arc::new(vault),
+                    phase_listener,
+                    options.clone(),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await?;
+                if end == ServeEnd::Shutdown {
+                    return Ok(());
+                }
+                // The vault is gone with the phase: every task that held it has stopped.
+                next = Err("sealed by a security officer".into());
+            }
+            Err(why) => {
+                tracing::warn!(reason = %why, "kluis is sealed");
+                let gate = Arc::new(Gate::new(Arc::clone(&source), Arc::clone(&attempts), why));
+                serve_sealed(Arc::clone(&gate), phase_listener, &options, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await?;
+                match gate.take_opened() {
+                    Some(vault) => next = Ok(vault),
+                    None => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Serves a sealed node until `shutdown` completes or custodians unseal it (the vault is then
+/// in the gate).
+async fn serve_sealed(
+    gate: Arc<Gate>,
+    listener: tokio::net::TcpListener,
+    options: &ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    use tonic_health::ServingStatus;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", VAULT, ADMIN] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let (reflection, reflection_alpha) = reflection()?;
+    let opened = Arc::clone(&gate);
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = opened.unsealed.notified() => {}
+        }
+    };
+    server_builder(options.tls.clone())?
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(OperatorServer::new(OperatorApi::sealed(gate)))
+        .add_service(Sealed::<VaultName>::default())
+        .add_service(Sealed::<AdminName>::default())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await
+        .map_err(|e| ServeError::Transport(e.to_string()))
+}
+
+const VAULT: &str = "kluis.v1.Vault";
+const ADMIN: &str = "kluis.v1.Admin";
+
+/// Names a service `Sealed` stands in for.
+pub trait ServiceName: Send + Sync + 'static {
+    /// The gRPC service name.
+    const NAME: &'static str;
+}
+
+/// `kluis.v1.Vault`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VaultName;
+impl ServiceName for VaultName {
+    const NAME: &'static str = VAULT;
+}
+
+/// `kluis.v1.Admin`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdminName;
+impl ServiceName for AdminName {
+    const NAME: &'static str = ADMIN;
+}
+
+/// Answers every call of the service `N` with `UNAVAILABLE`, saying the node is sealed.
+#[derive(Debug, Default)]
+pub struct Sealed<N>(std::marker::PhantomData<N>);
+
+impl<N> Clone for Sealed<N> {
+    fn clone(&self) -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<N: ServiceName> NamedService for Sealed<N> {
+    const NAME: &'static str = N::NAME;
+}
+
+impl<N: ServiceName> Service<http::Request<Body>> for Sealed<N> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
+        Box::pin(async {
+            Ok(Status::unavailable(
+                "kluis is sealed: no key is in memory until custodians unseal it (`kluis \
+                 operator status` shows how far they are)",
+            )
+            .into_http())
+        })
+    }
+}
