@@ -292,14 +292,18 @@ impl Hsm {
                 .decrypt(&Mechanism::AesGcm(params), key, &data)
                 .map_err(|e| match e {
                     // SoftHSM and others report a failed tag as a generic failure.
-                    CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::FunctionFailed, _) => {
-                        SealError::Hsm(
-                            "the HSM key does not open this store's root key (another key under \
+                    CkError::Pkcs11(
+                        RvError::EncryptedDataInvalid
+                        | RvError::EncryptedDataLenRange
+                        | RvError::FunctionFailed
+                        | RvError::GeneralError,
+                        _,
+                    ) => SealError::Hsm(
+                        "the HSM key does not open this store's root key (another key under \
                              that label, another store's sealed key, or the sealed key was \
                              altered)"
-                                .into(),
-                        )
-                    }
+                            .into(),
+                    ),
                     other => {
                         SealError::Hsm(format!("cannot open the root key: {}", explain(&other)))
                     }

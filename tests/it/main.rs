@@ -36,6 +36,7 @@ mod policy_table;
 mod postgres;
 mod rights;
 mod rotation;
+mod seal;
 mod storage;
 mod tamper;
 mod unseal;

@@ -349,7 +349,17 @@ pub async fn keys(
             Ok(resp) => {
                 let r = resp.into_inner();
                 print_keys(&r.purposes, json);
-                if !json {
+                let changed = r
+                    .seal_changed_at
+                    .as_ref()
+                    .map_or_else(|| "unknown".to_owned(), crate::cli::time);
+                if json {
+                    out!(
+                        "{}",
+                        serde_json::json!({"seal": r.seal, "seal_changed_at": changed})
+                    );
+                } else {
+                    out!("\nroot key sealed by {} (since {changed})", r.seal);
                     if r.sound {
                         out!("\nno record depends on destroyed key material");
                     } else {
