@@ -662,6 +662,24 @@ impl AdminRpc for AdminApi {
         .map(Response::new)
     }
 
+    async fn unseal(
+        &self,
+        _request: Request<pb::UnsealRequest>,
+    ) -> Result<Response<pb::SealStatus>, Status> {
+        Err(Status::failed_precondition(
+            "this node is not sealed; nothing to unseal",
+        ))
+    }
+
+    async fn seal_status(
+        &self,
+        _request: Request<pb::SealStatusRequest>,
+    ) -> Result<Response<pb::SealStatus>, Status> {
+        super::operator::unsealed_status(Arc::clone(&self.vault.vault))
+            .await
+            .map(Response::new)
+    }
+
     async fn key_report(
         &self,
         request: Request<pb::KeyReportRequest>,

@@ -416,6 +416,27 @@ impl OperatorApi {
     }
 }
 
+/// The status of an unsealed node: what seals its store.
+pub(crate) async fn unsealed_status(vault: Arc<Vault>) -> Result<pb::SealStatus, Status> {
+    let (seal, _) = tokio::task::spawn_blocking(move || vault.seal_info())
+        .await
+        .map_err(|_| Status::internal("internal error"))?
+        .map_err(status::to_status)?;
+    let (threshold, total) = match &seal {
+        StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
+        _ => (0, 0),
+    };
+    Ok(pb::SealStatus {
+        sealed: false,
+        seal: seal.kind().into(),
+        description: seal.describe(),
+        threshold,
+        total,
+        message: "unsealed".into(),
+        ..Default::default()
+    })
+}
+
 fn parse_shares(field: &str, texts: &[String]) -> Result<Vec<Share>, VaultError> {
     texts
         .iter()
@@ -460,26 +481,9 @@ impl OperatorRpc for OperatorApi {
                     .map_err(|_| Status::internal("internal error"))?
                     .map(Response::new)
             }
-            Mode::Unsealed { backend, .. } => {
-                let vault = Arc::clone(&backend.vault);
-                let (seal, _) = tokio::task::spawn_blocking(move || vault.seal_info())
-                    .await
-                    .map_err(|_| Status::internal("internal error"))?
-                    .map_err(status::to_status)?;
-                let (threshold, total) = match &seal {
-                    StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
-                    _ => (0, 0),
-                };
-                Ok(Response::new(pb::SealStatus {
-                    sealed: false,
-                    seal: seal.kind().into(),
-                    description: seal.describe(),
-                    threshold,
-                    total,
-                    message: "unsealed".into(),
-                    ..Default::default()
-                }))
-            }
+            Mode::Unsealed { backend, .. } => unsealed_status(Arc::clone(&backend.vault))
+                .await
+                .map(Response::new),
         }
     }
 

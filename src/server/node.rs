@@ -109,13 +109,14 @@ async fn serve_sealed(
             () = opened.unsealed.notified() => {}
         }
     };
+    let operator = OperatorServer::new(OperatorApi::sealed(gate));
     server_builder(options.tls.clone())?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(OperatorServer::new(OperatorApi::sealed(gate)))
+        .add_service(operator.clone())
         .add_service(Sealed::<VaultName>::default())
-        .add_service(Sealed::<AdminName>::default())
+        .add_service(SealedAdmin(operator))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))
@@ -137,11 +138,39 @@ impl ServiceName for VaultName {
     const NAME: &'static str = VAULT;
 }
 
-/// `kluis.v1.Admin`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AdminName;
-impl ServiceName for AdminName {
+/// A sealed node's `kluis.v1.Admin`: `Unseal` and `SealStatus` go to the gate (as
+/// `kluis.v1.Operator/Unseal` and `/Status`), every other call is `UNAVAILABLE`.
+#[derive(Clone)]
+struct SealedAdmin(OperatorServer<OperatorApi>);
+
+impl NamedService for SealedAdmin {
     const NAME: &'static str = ADMIN;
+}
+
+impl Service<http::Request<Body>> for SealedAdmin {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let to = match req.uri().path() {
+            "/kluis.v1.Admin/Unseal" => Some("/kluis.v1.Operator/Unseal"),
+            "/kluis.v1.Admin/SealStatus" => Some("/kluis.v1.Operator/Status"),
+            _ => None,
+        };
+        match to.and_then(|path| http::Uri::builder().path_and_query(path).build().ok()) {
+            Some(uri) => {
+                *req.uri_mut() = uri;
+                let mut operator = self.0.clone();
+                Box::pin(async move { operator.call(req).await })
+            }
+            None => Sealed::<VaultName>::unavailable(),
+        }
+    }
 }
 
 /// Answers every call of the service `N` with `UNAVAILABLE`, saying the node is sealed.
@@ -151,6 +180,18 @@ pub struct Sealed<N>(std::marker::PhantomData<N>);
 impl<N> Clone for Sealed<N> {
     fn clone(&self) -> Self {
         Self(std::marker::PhantomData)
+    }
+}
+
+impl<N> Sealed<N> {
+    fn unavailable() -> BoxFuture<http::Response<Body>, Infallible> {
+        Box::pin(async {
+            Ok(Status::unavailable(
+                "kluis is sealed: no key is in memory until custodians unseal it (`kluis \
+                 operator status` shows how far they are)",
+            )
+            .into_http())
+        })
     }
 }
 
@@ -168,12 +209,6 @@ impl<N: ServiceName> Service<http::Request<Body>> for Sealed<N> {
     }
 
     fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
-        Box::pin(async {
-            Ok(Status::unavailable(
-                "kluis is sealed: no key is in memory until custodians unseal it (`kluis \
-                 operator status` shows how far they are)",
-            )
-            .into_http())
-        })
+        Self::unavailable()
     }
 }
