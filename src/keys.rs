@@ -1,8 +1,11 @@
-//! The key hierarchy: the root key (from a passphrase via Argon2id, or a key file), versioned
+//! The key hierarchy: the root key (from a passphrase via Argon2id, a key file, a quorum of
+//! shares or an HSM, see `seal`), versioned
 //! purpose keys wrapped under it, and a data key per (subject, purpose) wrapped under a purpose key
 //! version. Unwrapped keys are cached in memory with a bound; nothing is ever stored in clear.
 //!
-//! Invariant: the root key is never written anywhere; the store holds only its key check value.
+//! Invariant: the root key is never written anywhere in clear; the store holds its key check
+//! value and, under an HSM seal, the root key encrypted by the HSM's key (shares are written to
+//! their custodians' files, never to the store).
 //! Invariant: a wrong passphrase or key file is refused at `unseal`, before anything is decrypted.
 //! Invariant: knows neither gRPC nor SQL (the store comes in as `dyn Store`).
 
