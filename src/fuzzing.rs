@@ -154,6 +154,49 @@ pub fn inputs(data: &[u8]) {
     }
 }
 
+/// A share as a custodian gives it: parsing never panics, a refusal never repeats the value,
+/// and no input passes a store's record of its shares (its digests are of shares no input
+/// knows); a genuine share with one character changed fails its checksum.
+pub fn share(data: &[u8]) {
+    use crate::seal::shares::{self, Share, ShareSetMeta};
+    use std::sync::OnceLock;
+    static RECORD: OnceLock<(ShareSetMeta, String)> = OnceLock::new();
+    let (record, genuine) = RECORD.get_or_init(|| {
+        let set = shares::split(&crate::crypto::RootKey::generate(), 2, 3).unwrap();
+        (
+            ShareSetMeta::of(&set).unwrap(),
+            set[0].to_text().to_string(),
+        )
+    });
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Share::parse("fuzz", text) {
+        Ok(share) => assert!(record.check(&share).is_err(), "an unknown share passed"),
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                text.len() < 8 || !message.contains(text.trim()),
+                "{message}"
+            );
+        }
+    }
+    if let Some(&b) = data.first() {
+        let at = usize::from(b) % genuine.len();
+        let mut changed = genuine.clone().into_bytes();
+        let c = changed[at];
+        changed[at] = if c == b'0' { b'1' } else { b'0' };
+        if let Ok(changed) = String::from_utf8(changed)
+            && changed != *genuine
+        {
+            assert!(
+                Share::parse("fuzz", &changed).is_err(),
+                "a changed share parsed"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,9 +216,12 @@ mod tests {
             b"P<NLDDE<BRUIJN<<WILLEKE<LISELOTTE<<<<<<<<<<<",
             b"eyJhbGciOiJFUzI1NiIsImtpZCI6Im9uZSJ9.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwiYXVkIjoia2x1aXMiLCJzdWIiOiJ4IiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjF9.c2ln",
             b"eyJhbGciOiJub25lIn0.e30.",
+            b"kluis-share-v1:0011223344556677:1:3:2:00:00000000",
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x006b_6c75_6973);
-        let targets: [fn(&[u8]); 7] = [envelope, segment, token, config, policy, inputs, identity];
+        let targets: [fn(&[u8]); 8] = [
+            envelope, segment, token, config, policy, inputs, identity, share,
+        ];
         for target in targets {
             for seed in seeds {
                 target(seed);
