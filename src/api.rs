@@ -28,6 +28,7 @@ pub use vault::VaultApi;
 /// Takes the bearer token from `authorization: Bearer <token>` metadata.
 pub fn bearer_token(metadata: &MetadataMap) -> Result<BearerToken, Status> {
     let missing = || {
+        crate::metrics::auth_failure("missing-credentials");
         Status::unauthenticated(
             "missing credentials: send `authorization: Bearer <token>` metadata",
         )

@@ -806,12 +806,14 @@ fn write_loop(
                 })
                 .collect())
         };
+        let started = std::time::Instant::now();
         let outcome = match store.append_chained(&mut chain) {
             Ok(rows) => match (rows.first(), rows.last()) {
                 (Some(first), Some(last)) => {
                     let hash: [u8; 32] = last.hash.as_slice().try_into().unwrap_or([0; 32]);
                     committed.publish(last.seq, hash);
                     committed.set_writable(true);
+                    crate::metrics::audit_committed(rows.len(), started.elapsed());
                     Ok(first.seq)
                 }
                 _ => Err(AuditError::Unavailable("nothing was appended".into())),
@@ -829,6 +831,7 @@ fn write_loop(
             }
             Err(e) => {
                 committed.set_writable(false);
+                crate::metrics::audit_failed();
                 let message = e.to_string();
                 for p in batch {
                     let _ = p.reply.send(Err(AuditError::Unavailable(message.clone())));

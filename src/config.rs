@@ -98,6 +98,16 @@ pub struct RawConfig {
     pub oidc: Option<Vec<RawOidc>>,
     /// What seals the root key besides a key file or passphrase: an HSM.
     pub seal: Option<RawSeal>,
+    /// Prometheus metrics.
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// `host:port` of the HTTP listener that serves `/metrics`.
+    pub listen: Option<String>,
 }
 
 /// `[seal]`: an HSM through PKCS#11 (`type = "pkcs11"`).
@@ -249,6 +259,8 @@ pub struct Config {
     pub accept_rollback: bool,
     /// The HSM of `[seal]`, if configured.
     pub hsm: Option<crate::seal::pkcs11::HsmConfig>,
+    /// Where `/metrics` is served (`[metrics] listen`); none: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Configuration problems, all of them.
@@ -268,6 +280,9 @@ impl RawConfig {
     pub fn with_env(mut self, env: &dyn Env) -> Self {
         if let Some(v) = env.var("KLUIS_LISTEN") {
             self.listen = Some(v);
+        }
+        if let Some(v) = env.var("KLUIS_METRICS_LISTEN") {
+            self.metrics.get_or_insert_with(RawMetrics::default).listen = Some(v);
         }
         if let Some(v) = env.var("KLUIS_DATA_DIR") {
             self.data_dir = Some(v.into());
@@ -350,6 +365,18 @@ impl RawConfig {
                 Algorithm::default()
             }),
         };
+        let metrics_listen =
+            self.metrics
+                .and_then(|m| m.listen)
+                .and_then(|l| match l.parse::<SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        problems.push(format!(
+                            "`[metrics] listen`: `{l}` is not an address like 127.0.0.1:9464"
+                        ));
+                        None
+                    }
+                });
         let hsm = match self.seal {
             None => None,
             Some(seal) => match seal.kind.as_deref() {
@@ -553,6 +580,7 @@ impl RawConfig {
             head_dir,
             accept_rollback: false,
             hsm,
+            metrics_listen,
         })
     }
 }

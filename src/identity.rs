@@ -526,7 +526,10 @@ impl Identity {
     ) -> Result<Principal, VaultError> {
         // Whoever calls: a node whose root key another node replaced serves nobody.
         vault.check_root_current()?;
-        let unauthenticated = |m: String| VaultError::Unauthenticated(m);
+        let unauthenticated = |m: String| {
+            crate::metrics::auth_failure("on-behalf");
+            VaultError::Unauthenticated(m)
+        };
         let by_cert = match &creds.peer {
             Some(peer) => self.service_for(peer)?,
             None => None,
@@ -646,6 +649,7 @@ impl Identity {
         });
         let first = named.next();
         if let (Some(a), Some(b)) = (first, named.next()) {
+            crate::metrics::auth_failure("certificate");
             return Err(VaultError::Unauthenticated(format!(
                 "the client certificate ({}) names two services, `{}` and `{}`; give each \
                  service a certificate of its own",
@@ -681,7 +685,10 @@ impl Identity {
 
     /// Validates an OpenID Connect token sent in `key`.
     pub(crate) fn verify(&self, token: &str, key: &str) -> Result<oidc::Verified, VaultError> {
-        let refuse = |m: &str| VaultError::Unauthenticated(format!("`{key}`: {m}"));
+        let refuse = |m: &str| {
+            crate::metrics::auth_failure("provider-token");
+            VaultError::Unauthenticated(format!("`{key}`: {m}"))
+        };
         if self.providers.is_empty() {
             return Err(refuse(
                 "an OpenID Connect token, but no `[[oidc]]` provider is configured",

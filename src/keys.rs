@@ -569,6 +569,7 @@ impl Keyring {
         };
         let row = self.rows.seal(row, |r, m| r.mac = m);
         self.store.destroy_purpose_key(&row)?;
+        crate::metrics::key_operation("destroy");
         self.forget_purpose_key(purpose, version);
         Ok(())
     }
@@ -752,6 +753,7 @@ impl Keyring {
         // waits for it, so no version is left wrapped under a replaced root key.
         self.store.rotate_purpose_key(retired.as_ref(), &row)?;
         drop(root);
+        crate::metrics::key_operation("rotate");
         if let Ok(mut map) = self.purpose_keys.write() {
             map.insert((purpose, version), Arc::new(key));
         }
@@ -787,6 +789,7 @@ impl Keyring {
             from.push(row.purpose_version);
         }
         let done = self.store.rewrap_subject_keys(&new_rows, &from)?;
+        crate::metrics::key_operation("rewrap-batch");
         Ok((done, rows.len()))
     }
 
@@ -866,6 +869,7 @@ impl Keyring {
         meta_rows.extend(also.iter().map(|(k, v)| (*k, v.clone())));
         self.store.rewrap_root(&rows, &meta_rows)?;
         *root = new_root;
+        crate::metrics::key_operation("root-change");
         Ok(())
     }
 
@@ -877,7 +881,9 @@ impl Keyring {
 
     fn cached(&self, subject: &SubjectId, purpose: Purpose) -> Option<(u32, Arc<SubjectKey>)> {
         let cache = self.subject_keys.lock().ok()?;
-        cache.get(subject, purpose)
+        let found = cache.get(subject, purpose);
+        crate::metrics::key_cache_lookup(found.is_some());
+        found
     }
 
     fn remember(
@@ -889,6 +895,9 @@ impl Keyring {
     ) {
         if let Ok(mut cache) = self.subject_keys.lock() {
             cache.insert(subject.clone(), purpose, generation, Arc::clone(key));
+            crate::metrics::get()
+                .key_cache_entries
+                .set(i64::try_from(cache.map.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -979,6 +988,7 @@ impl Keyring {
         if let Ok(mut cache) = self.subject_keys.lock() {
             let capacity = cache.capacity;
             *cache = SubjectKeyCache::new(capacity);
+            crate::metrics::get().key_cache_entries.set(0);
         }
     }
 

@@ -28,6 +28,7 @@ pub mod domain;
 pub mod fuzzing;
 pub mod identity;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod seal;
 pub mod server;

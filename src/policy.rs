@@ -425,7 +425,10 @@ impl Engine {
             return Ok(self
                 .evaluate_fields(principal, action, ctx, &all)?
                 .into_iter()
-                .map(|(d, _)| d)
+                .map(|(d, _)| {
+                    crate::metrics::decision(action.as_str(), d.is_allow(), false);
+                    d
+                })
                 .collect());
         }
         let mut decided: Vec<Option<Decision>> = Vec::with_capacity(fields.len());
@@ -436,6 +439,7 @@ impl Engine {
             if let Some(hit) = self.memo.get(&key) {
                 let mut d = Decision::clone(&hit);
                 d.field = Some((f.record.clone(), f.name.clone()));
+                crate::metrics::decision(action.as_str(), d.is_allow(), true);
                 decided.push(Some(d));
             } else {
                 decided.push(None);
@@ -447,6 +451,7 @@ impl Engine {
                 misses.iter().map(|(i, f, _)| (*i, *f)).collect();
             let evaluated = self.evaluate_fields(principal, action, ctx, &todo)?;
             for ((i, _, key), (decision, clean)) in misses.into_iter().zip(evaluated) {
+                crate::metrics::decision(action.as_str(), decision.is_allow(), false);
                 if clean {
                     let mut memoised = decision.clone();
                     memoised.field = None;
@@ -625,6 +630,7 @@ impl Engine {
                 action.as_str()
             );
         }
+        crate::metrics::decision(action.as_str(), decision.is_allow(), false);
         Ok(decision)
     }
 

@@ -16,6 +16,7 @@ use crate::{
     vault::Vault,
 };
 
+mod metered;
 mod node;
 
 pub use crate::api::operator::NodeSource;
@@ -135,6 +136,7 @@ pub async fn serve(
     let stop_rx_health = stop_rx.clone();
     let stop_rx_follow = stop_rx.clone();
     let stop_rx_hangup = stop_rx.clone();
+    let stop_rx_count = stop_rx.clone();
     let (reflection, reflection_alpha) = reflection()?;
     let mut builder = server_builder(tls)?;
     // The tasks beside the server: stopped and waited for before `serve` returns, so that a
@@ -173,6 +175,7 @@ pub async fn serve(
         options.key_sweep_interval,
         stop_rx.clone(),
         "destroying due key versions",
+        "key-sweep",
         // One node of a shared store at a time; another takes over when it stops.
         |v, ttl| {
             v.as_only_node("key-sweep", ttl, |v| v.destroy_due_keys(None))
@@ -184,6 +187,7 @@ pub async fn serve(
         options.retention_sweep_interval,
         stop_rx.clone(),
         "the retention sweep",
+        "retention-sweep",
         |v, ttl| {
             v.as_only_node("retention-sweep", ttl, |v| v.sweep_retention(None, false))
                 .map(drop)
@@ -194,6 +198,7 @@ pub async fn serve(
         KEY_JOB_CHECK,
         stop_rx,
         "resuming key jobs another node left",
+        "key-job-resume",
         |v, _| {
             // Only a shared store has other nodes whose jobs could be left unfinished.
             if v.store_is_shared()? {
@@ -206,6 +211,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<VaultServer<VaultApi>>().await;
     health.set_serving::<AdminServer<AdminApi>>().await;
+    background.push(count_state(&vault, stop_rx_count));
     background.push(watch_health(&vault, health, stop_rx_health));
     if options.reload_on_hangup {
         background.push(reload_on_hangup(&vault, stop_rx_hangup));
@@ -319,8 +325,10 @@ fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
-/// The transport, sealed or not: limits, keepalive and TLS.
-fn server_builder(tls: Option<TlsPem>) -> Result<Server, ServeError> {
+/// The transport, sealed or not: limits, keepalive, TLS, and every call counted (`metrics`).
+fn server_builder(
+    tls: Option<TlsPem>,
+) -> Result<Server<tower_layer::Stack<metered::MeteredLayer, tower_layer::Identity>>, ServeError> {
     // No server-wide timeout: it would cut off a long evidence upload. Unary calls time out in
     // `api::run`, evidence streams when the client goes quiet.
     let mut builder = Server::builder()
@@ -345,7 +353,7 @@ fn server_builder(tls: Option<TlsPem>) -> Result<Server, ServeError> {
             .tls_config(config)
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
-    Ok(builder)
+    Ok(builder.layer(metered::MeteredLayer))
 }
 
 /// Hardens the process that holds the keys: no core dumps (`RLIMIT_CORE` 0), not dumpable (no
@@ -436,6 +444,61 @@ fn watch_health(
     })
 }
 
+/// How often the state the operations metrics show (holds, requests, tokens) is counted.
+const COUNT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Keeps the metrics of the store's state current: at start, then every `COUNT_INTERVAL`.
+fn count_state(
+    vault: &Arc<Vault>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let vault = Arc::clone(vault);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COUNT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let v = Arc::clone(&vault);
+            if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || v.state_counts()).await {
+                let m = crate::metrics::get();
+                let set = |g: &prometheus_client::metrics::gauge::Gauge, n: u64| {
+                    g.set(i64::try_from(n).unwrap_or(i64::MAX));
+                };
+                set(&m.holds_open, counts.holds_open);
+                set(&m.requests_open, counts.requests_open);
+                set(&m.requests_overdue, counts.requests_overdue);
+                set(&m.tokens_expiring, counts.tokens_expiring);
+            }
+        }
+    })
+}
+
+/// Serves `/metrics` (the OpenMetrics text format) on `listener` until `shutdown` completes:
+/// plain HTTP/1, nothing else on it. Bind it to an address only the monitoring can reach.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    use axum::{Router, http::header, response::IntoResponse, routing::get};
+    async fn metrics() -> impl IntoResponse {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            crate::metrics::get().encode(),
+        )
+    }
+    let app = Router::new().route("/metrics", get(metrics));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServeError::Transport(format!("metrics: {e}")))
+}
+
 /// How often a node looks for key jobs a node of a shared store left unfinished (it died).
 const KEY_JOB_CHECK: Duration = Duration::from_secs(30);
 
@@ -473,6 +536,7 @@ fn periodic(
     period: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
+    sweep: &'static str,
     job: fn(&Vault, i64) -> Result<(), crate::vault::VaultError>,
 ) -> tokio::task::JoinHandle<()> {
     let vault = Arc::clone(vault);
@@ -486,8 +550,13 @@ fn periodic(
             tokio::select! {
                 _ = tick.tick() => {
                     let v = Arc::clone(&vault);
-                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || job(&v, ttl)).await {
-                        tracing::error!(error = %e, "{what} failed");
+                    match tokio::task::spawn_blocking(move || job(&v, ttl)).await {
+                        Ok(Err(e)) => {
+                            crate::metrics::sweep(sweep, false);
+                            tracing::error!(error = %e, "{what} failed");
+                        }
+                        Ok(Ok(())) => crate::metrics::sweep(sweep, true),
+                        Err(_) => crate::metrics::sweep(sweep, false),
                     }
                 }
                 _ = stop.changed() => break,

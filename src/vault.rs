@@ -10,6 +10,7 @@
 pub mod custody;
 pub mod evidence;
 pub mod export;
+pub mod gauges;
 pub mod guard;
 pub mod keyadmin;
 pub mod lifecycle;

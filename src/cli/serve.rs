@@ -177,10 +177,28 @@ pub fn run(args: &ServeArgs) -> Exit {
         } else {
             eprintln!("kluis listening on {scheme}://{addr}");
         }
-        let shutdown = async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+        let stopped = move || {
+            let mut stop = stop_rx.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
         };
+        if let Some(addr) = cfg.metrics_listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+                    tokio::spawn(server::serve_metrics(l, stopped()));
+                }
+                Err(e) => return fail(format!("cannot listen on {addr} (`[metrics] listen`): {e}")),
+            }
+        }
+        let shutdown = stopped();
         let options = server::ServeOptions {
             tls,
             key_sweep_interval: cfg.key_sweep_interval,

@@ -53,6 +53,7 @@ pub async fn serve_node(
             })
             .map_err(|e| ServeError::Transport(format!("listener: {e}")))?;
         let mut stop = stop_rx.clone();
+        crate::metrics::get().sealed.set(i64::from(next.is_err()));
         match next {
             Ok(vault) => {
                 let end = serve(

@@ -288,6 +288,7 @@ impl Vault {
                 .keyring
                 .rewrap_batch(purpose, self.key_settings.batch_size.max(1))?;
             state.done += done as u64;
+            crate::metrics::key_job("rewrap", purpose.as_str(), state.done, state.total);
             if found == 0 || !progress(state) {
                 break;
             }
@@ -348,7 +349,9 @@ impl Vault {
             for subject in subjects {
                 fields += self.rekey_subject(&subject, purpose, started)?;
                 state.done += 1;
+                crate::metrics::key_operation("rekey-subject");
             }
+            crate::metrics::key_job("rekey", purpose.as_str(), state.done, state.total);
             if !progress(state) {
                 return Ok(state);
             }
@@ -360,6 +363,7 @@ impl Vault {
             }
         }
         self.store.finish_key_job(purpose.as_str(), "rekey")?;
+        crate::metrics::key_job("rekey", purpose.as_str(), state.done, state.done);
         self.system_event(
             "key-rekey",
             purpose,

@@ -302,29 +302,36 @@ impl Vault {
         self.check_root_current()?;
         let unauthenticated =
             || VaultError::Unauthenticated("unknown, expired or revoked token".into());
+        let refuse = |reason: &'static str| {
+            crate::metrics::auth_failure(reason);
+            unauthenticated()
+        };
         let hash = token.hash();
-        let row = self
-            .store
-            .token_by_hash(&hash)?
-            .ok_or_else(unauthenticated)?;
-        if !bool::from(row.hash.ct_eq(&hash))
-            || row.revoked_at.is_some()
-            || row.expires_at <= now_unix()
-        {
-            return Err(unauthenticated());
+        let Some(row) = self.store.token_by_hash(&hash)? else {
+            return Err(refuse("unknown-token"));
+        };
+        if !bool::from(row.hash.ct_eq(&hash)) {
+            return Err(refuse("unknown-token"));
+        }
+        if row.revoked_at.is_some() {
+            return Err(refuse("revoked-token"));
+        }
+        if row.expires_at <= now_unix() {
+            return Err(refuse("expired-token"));
         }
         // A token row written to the database by hand (inserted, a role edited, a revocation
         // undone) authenticates nobody; the row check logs it.
         if self.rows.check(&row).is_err() {
-            return Err(unauthenticated());
+            return Err(refuse("altered-token-row"));
         }
         // An older copy of the row put back (a revocation or approval undone) carries a MAC of
         // its own, not the one kluis last wrote.
         if !self.is_registered(&row)? {
             tracing::error!(kind = "token", row = %row.id, "a token row is not the one kluis last wrote (an older copy put back?) and authenticates nobody; run `kluis admin store verify`");
-            return Err(unauthenticated());
+            return Err(refuse("altered-token-row"));
         }
         if row.is_pending() {
+            crate::metrics::auth_failure("pending-approval");
             return Err(VaultError::Unauthenticated(format!(
                 "token `{}` awaits approval by a privacy officer (`kluis admin token approve {}`)",
                 row.id, row.id

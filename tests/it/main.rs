@@ -29,6 +29,7 @@ mod guard;
 mod hygiene;
 mod identity;
 mod lifecycle;
+mod metrics;
 mod nodes;
 mod pg;
 mod policy_reload;
