@@ -33,7 +33,7 @@ use crate::{
         pkcs11::{Hsm, SealedRoot},
         shares::{self, Share, ShareSetMeta},
     },
-    store::{KeyState, PurposeKeyRow, Store, StoreError, SubjectKeyRow},
+    store::{KeyRowChange, KeyState, PurposeKeyRow, Store, StoreError, SubjectKeyRow},
     vault::rows::RowAuth,
 };
 
@@ -543,13 +543,18 @@ impl Keyring {
         else {
             return Ok(false);
         };
+        let prev_mac = row.mac.clone();
         let row = PurposeKeyRow {
             state: to,
             destroy_after,
             ..row
         };
         let row = self.rows.seal(row, |r, m| r.mac = m);
-        Ok(self.store.update_purpose_key(&row, from)?)
+        // Written only over the row read: a change another node made meanwhile (a cancelled
+        // destruction, a bar) is not overwritten.
+        Ok(self
+            .store
+            .update_purpose_key(&KeyRowChange { row, prev_mac })?)
     }
 
     /// Erases the material of version `version` of `purpose` (its state becomes `destroyed`);
@@ -560,6 +565,7 @@ impl Keyring {
             .into_iter()
             .find(|r| r.version == version)
             .ok_or_else(|| KeyError::MissingPurposeKey(format!("{purpose} v{version}")))?;
+        let prev_mac = row.mac.clone();
         let row = PurposeKeyRow {
             state: KeyState::Destroyed,
             wrapped: Vec::new(),
@@ -568,7 +574,8 @@ impl Keyring {
             ..row
         };
         let row = self.rows.seal(row, |r, m| r.mac = m);
-        self.store.destroy_purpose_key(&row)?;
+        self.store
+            .destroy_purpose_key(&KeyRowChange { row, prev_mac })?;
         crate::metrics::key_operation("destroy");
         self.forget_purpose_key(purpose, version);
         Ok(())
@@ -578,13 +585,15 @@ impl Keyring {
     /// is barred in its own authenticated row, so no deleted or edited setting lowers it. The
     /// store refuses with `InUse` while subject keys are wrapped under a barred version.
     pub fn set_min_decrypt_version(&self, purpose: Purpose, version: u32) -> Result<(), KeyError> {
-        let barred: Vec<PurposeKeyRow> = self
+        let barred: Vec<KeyRowChange> = self
             .purpose_key_rows(purpose)?
             .into_iter()
             .filter(|r| r.version < version && !r.barred)
-            .map(|r| {
-                self.rows
-                    .seal(PurposeKeyRow { barred: true, ..r }, |r, m| r.mac = m)
+            .map(|r| KeyRowChange {
+                prev_mac: r.mac.clone(),
+                row: self
+                    .rows
+                    .seal(PurposeKeyRow { barred: true, ..r }, |r, m| r.mac = m),
             })
             .collect();
         self.store
@@ -739,15 +748,16 @@ impl Keyring {
             mac: Vec::new(),
         };
         let row = self.rows.seal(row, |r, m| r.mac = m);
-        let retired = current.map(|c| {
-            self.rows.seal(
+        let retired = current.map(|c| KeyRowChange {
+            prev_mac: c.mac.clone(),
+            row: self.rows.seal(
                 PurposeKeyRow {
                     state: KeyState::DecryptOnly,
                     retired_at: Some(row.created_at),
                     ..c.clone()
                 },
                 |r, m| r.mac = m,
-            )
+            ),
         });
         // Hold the root key's read lock until the new version is stored: a root key change
         // waits for it, so no version is left wrapped under a replaced root key.

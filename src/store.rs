@@ -167,6 +167,17 @@ pub struct PurposeKeyRow {
     pub mac: Vec<u8>,
 }
 
+/// A change of one purpose key version's row, written only over the row it was made from: two
+/// changes of one version at the same moment (a sweep on one node, a cancellation on another)
+/// cannot both land, and none lands over a row that changed since it was read.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct KeyRowChange {
+    /// The row as it is to be, with its new MAC.
+    pub row: PurposeKeyRow,
+    /// The MAC of the row it replaces, as read.
+    pub prev_mac: Vec<u8>,
+}
+
 /// A subject data key, wrapped under a purpose key version.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct SubjectKeyRow {
@@ -674,22 +685,24 @@ pub trait KeyStore: Send + Sync {
     ) -> Result<SubjectKeyRow, StoreError>;
 
     /// Stores `new` as the active version of its purpose and `retired` (the version that was
-    /// active, now `decrypt-only`, with its new MAC), in one transaction. Fails with
-    /// `Stale` when `retired` is not the active version any more, `Exists` when `new` exists.
+    /// active, now `decrypt-only`, with its new MAC, over the row it was made from), in one
+    /// transaction. Fails with `Stale` when `retired` is not the active version any more or its
+    /// row changed, `Exists` when `new` exists.
     fn rotate_purpose_key(
         &self,
-        retired: Option<&PurposeKeyRow>,
+        retired: Option<&KeyRowChange>,
         new: &PurposeKeyRow,
     ) -> Result<(), StoreError>;
 
-    /// Writes the state, dates, bar and MAC of `row` when its stored state is still `from`
-    /// (scheduling or cancelling a destruction). Returns false when it was not.
-    fn update_purpose_key(&self, row: &PurposeKeyRow, from: KeyState) -> Result<bool, StoreError>;
+    /// Writes the state, dates, bar and MAC of `change.row` when the stored row is still the one
+    /// it was made from (its MAC is `change.prev_mac`): scheduling or cancelling a destruction.
+    /// Returns false when it was not.
+    fn update_purpose_key(&self, change: &KeyRowChange) -> Result<bool, StoreError>;
 
-    /// Erases a version's material and writes `row` (state `destroyed`, with its MAC), in one
-    /// transaction with the check that no subject key is wrapped under it. Fails with
-    /// `InUse(count)` otherwise.
-    fn destroy_purpose_key(&self, row: &PurposeKeyRow) -> Result<(), StoreError>;
+    /// Erases a version's material and writes `change.row` (state `destroyed`, with its MAC),
+    /// in one transaction with the checks that the stored row is still the one it was made
+    /// from (`Stale` otherwise) and that no subject key is wrapped under it (`InUse(count)`).
+    fn destroy_purpose_key(&self, change: &KeyRowChange) -> Result<(), StoreError>;
 
     /// Replaces the wrapped material of purpose key versions and metadata values, in one
     /// transaction (a root key change).
@@ -700,13 +713,14 @@ pub trait KeyStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Raises the minimum decryption version of `purpose` to `version`: writes `barred` (the
-    /// versions below it, each barred, with its MAC), in one transaction with the check that no
-    /// subject key is wrapped under a version below it. Fails with `InUse(count)` otherwise.
+    /// versions below it, each barred, with its MAC, over the row it was made from), in one
+    /// transaction with the check that no subject key is wrapped under a version below it.
+    /// Fails with `InUse(count)` otherwise, `Stale` when a row changed since it was read.
     fn set_min_decrypt_version(
         &self,
         purpose: &str,
         version: u32,
-        barred: &[PurposeKeyRow],
+        barred: &[KeyRowChange],
     ) -> Result<(), StoreError>;
 
     /// How many subject keys each version of a purpose key wraps: (version, count).

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use crate::domain::{Category, ConsentState, FieldKind, Purpose, RequestKind};
 
 use super::{
-    AnchorChange, AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyState,
-    MandateRow, PurposeKeyRow, RecordRow, RequestRow, Store, StoreError, SubjectKeyRow, TokenRow,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyRowChange,
+    KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Store, StoreError, SubjectKeyRow,
+    TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -300,6 +301,14 @@ pub fn run_all(store: &dyn Store) {
     panic!("audit_entries past the tail must be empty");
 }
 
+/// `row` written over `prev` (its MAC as read).
+fn over(row: &PurposeKeyRow, prev: &PurposeKeyRow) -> KeyRowChange {
+    KeyRowChange {
+        row: row.clone(),
+        prev_mac: prev.mac.clone(),
+    }
+}
+
 #[expect(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -340,7 +349,18 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         store.rotate_purpose_key(None, &v2),
         Err(StoreError::Stale(_))
     ));
-    store.rotate_purpose_key(Some(&retired), &v2).unwrap();
+    // A retirement made from a row other than the stored one is refused.
+    let forged_prev = KeyRowChange {
+        row: retired.clone(),
+        prev_mac: vec![0x99; 32],
+    };
+    assert!(matches!(
+        store.rotate_purpose_key(Some(&forged_prev), &v2),
+        Err(StoreError::Stale(_))
+    ));
+    store
+        .rotate_purpose_key(Some(&over(&retired, v1)), &v2)
+        .unwrap();
     // A node that has not seen the rotation yet wraps a new subject key under v1: refused, so
     // that every new key is under the active version.
     let late = SubjectKeyRow {
@@ -362,7 +382,11 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         ..v2.clone()
     };
     assert!(matches!(
-        store.rotate_purpose_key(Some(&retired), &v3),
+        store.rotate_purpose_key(Some(&over(&retired, v1)), &v3),
+        Err(StoreError::Stale(_))
+    ));
+    assert!(matches!(
+        store.rotate_purpose_key(Some(&over(&retired, &retired)), &v3),
         Err(StoreError::Stale(_))
     ));
     let versions = store.purpose_keys("nuisance").unwrap();
@@ -386,11 +410,11 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         ..destroyed.clone()
     };
     assert!(matches!(
-        store.destroy_purpose_key(&destroyed),
+        store.destroy_purpose_key(&over(&destroyed, &retired)),
         Err(StoreError::InUse(4))
     ));
     assert!(matches!(
-        store.set_min_decrypt_version("nuisance", 2, std::slice::from_ref(&barred)),
+        store.set_min_decrypt_version("nuisance", 2, &[over(&barred, &retired)]),
         Err(StoreError::InUse(4))
     ));
     assert_eq!(store.purpose_keys("nuisance").unwrap()[0], retired);
@@ -419,21 +443,38 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     };
     assert!(
         store
-            .update_purpose_key(&scheduled, KeyState::DecryptOnly)
+            .update_purpose_key(&over(&scheduled, &retired))
             .unwrap()
     );
-    // A change from a state it is not in does nothing.
+    // A change made from the row as it was before (two changes of one version at once, on two
+    // nodes) does nothing, and so does a destruction or a bar made from that row.
     let again = PurposeKeyRow {
         destroy_after: Some(99),
         ..scheduled.clone()
     };
-    assert!(
-        !store
-            .update_purpose_key(&again, KeyState::DecryptOnly)
-            .unwrap()
-    );
+    assert!(!store.update_purpose_key(&over(&again, &retired)).unwrap());
+    assert!(matches!(
+        store.destroy_purpose_key(&over(&destroyed, &retired)),
+        Err(StoreError::Stale(_))
+    ));
+    assert!(matches!(
+        store.set_min_decrypt_version(
+            "nuisance",
+            2,
+            &[over(
+                &PurposeKeyRow {
+                    barred: true,
+                    ..retired.clone()
+                },
+                &retired
+            )]
+        ),
+        Err(StoreError::Stale(_))
+    ));
     assert_eq!(store.purpose_keys("nuisance").unwrap()[0], scheduled);
-    store.destroy_purpose_key(&destroyed).unwrap();
+    store
+        .destroy_purpose_key(&over(&destroyed, &scheduled))
+        .unwrap();
     let v1_now = &store.purpose_keys("nuisance").unwrap()[0];
     assert_eq!(v1_now, &destroyed);
     assert!(v1_now.wrapped.is_empty());
@@ -444,11 +485,11 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     };
     assert!(
         store
-            .set_min_decrypt_version("nuisance", 2, std::slice::from_ref(&not_below))
+            .set_min_decrypt_version("nuisance", 2, &[over(&not_below, &v2)])
             .is_err()
     );
     store
-        .set_min_decrypt_version("nuisance", 2, std::slice::from_ref(&barred))
+        .set_min_decrypt_version("nuisance", 2, &[over(&barred, &destroyed)])
         .unwrap();
     let versions = store.purpose_keys("nuisance").unwrap();
     assert_eq!(versions[0], barred);

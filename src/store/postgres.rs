@@ -38,8 +38,8 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Resealed,
-    SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*, qualified,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
+    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use
@@ -1244,15 +1244,18 @@ fn insert_purpose_key(tx: &mut Tx<'_>, k: &PurposeKeyRow) -> Result<(), StoreErr
 }
 
 /// Writes the state, dates, bar and MAC of `row` where its state is `from`; the count changed.
-fn update_key_row(tx: &mut Tx<'_>, row: &PurposeKeyRow, from: KeyState) -> Result<u64, StoreError> {
+/// Writes `change.row` over the stored row when its MAC is still `change.prev_mac`; the rows
+/// written (0 or 1).
+fn update_key_row(tx: &mut Tx<'_>, change: &KeyRowChange) -> Result<u64, StoreError> {
+    let row = &change.row;
     tx.exec(
         "UPDATE purpose_keys SET state = $4, retired_at = $5, destroy_after = $6,
             destroyed_at = $7, barred = $8, mac = $9
-         WHERE purpose = $1 AND version = $2 AND state = $3",
+         WHERE purpose = $1 AND version = $2 AND mac = $3",
         &[
             &row.purpose.as_str(),
             &i64::from(row.version),
-            &from.as_str(),
+            &change.prev_mac,
             &row.state.as_str(),
             &row.retired_at,
             &row.destroy_after,

@@ -29,8 +29,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Resealed,
-    SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
+    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
@@ -684,15 +684,18 @@ fn replace_anchor(
 }
 
 /// Writes the state, dates, bar and MAC of `row` where its state is `from`; the count changed.
-fn update_key_row(c: &Connection, row: &PurposeKeyRow, from: KeyState) -> rusqlite::Result<usize> {
+/// Writes `change.row` over the stored row when its MAC is still `change.prev_mac`; the rows
+/// written (0 or 1).
+fn update_key_row(c: &Connection, change: &KeyRowChange) -> rusqlite::Result<usize> {
+    let row = &change.row;
     c.execute(
         "UPDATE purpose_keys SET state = ?4, retired_at = ?5, destroy_after = ?6,
             destroyed_at = ?7, barred = ?8, mac = ?9
-         WHERE purpose = ?1 AND version = ?2 AND state = ?3",
+         WHERE purpose = ?1 AND version = ?2 AND mac = ?3",
         params![
             row.purpose,
             row.version,
-            from.as_str(),
+            change.prev_mac,
             row.state.as_str(),
             row.retired_at,
             row.destroy_after,

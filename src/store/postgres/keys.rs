@@ -70,7 +70,7 @@ impl KeyStore for PgStore {
 
     fn rotate_purpose_key(
         &self,
-        retired: Option<&PurposeKeyRow>,
+        retired: Option<&KeyRowChange>,
         new: &PurposeKeyRow,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -79,7 +79,16 @@ impl KeyStore for PgStore {
                 &[&new.purpose.as_str()],
             )?;
             let retired_ok = match retired {
-                Some(old) => active == 1 && update_key_row(tx, old, KeyState::Active)? == 1,
+                Some(old) => {
+                    active == 1
+                        && old.row.purpose == new.purpose
+                        && tx.count(
+                            "SELECT count(*) FROM purpose_keys
+                             WHERE purpose = $1 AND version = $2 AND state = 'active'",
+                            &[&old.row.purpose.as_str(), &i64::from(old.row.version)],
+                        )? == 1
+                        && update_key_row(tx, old)? == 1
+                }
                 None => active == 0,
             };
             if !retired_ok {
@@ -93,9 +102,9 @@ impl KeyStore for PgStore {
         })
     }
 
-    fn update_purpose_key(&self, row: &PurposeKeyRow, from: KeyState) -> Result<bool, StoreError> {
+    fn update_purpose_key(&self, change: &KeyRowChange) -> Result<bool, StoreError> {
         self.write_guarded(|tx| {
-            let changed = update_key_row(tx, row, from)? > 0;
+            let changed = update_key_row(tx, change)? > 0;
             if changed {
                 bump_epoch(tx)?;
             }
@@ -103,7 +112,8 @@ impl KeyStore for PgStore {
         })
     }
 
-    fn destroy_purpose_key(&self, row: &PurposeKeyRow) -> Result<(), StoreError> {
+    fn destroy_purpose_key(&self, change: &KeyRowChange) -> Result<(), StoreError> {
+        let row = &change.row;
         self.write(|tx| {
             let in_use = tx.count(
                 "SELECT count(*) FROM subject_keys WHERE purpose = $1 AND purpose_version = $2",
@@ -112,10 +122,10 @@ impl KeyStore for PgStore {
             if in_use > 0 {
                 return Err(StoreError::InUse(in_use));
             }
-            tx.exec(
+            let written = tx.exec(
                 "UPDATE purpose_keys SET state = $3, wrapped = '\\x', destroyed_at = $4,
                     destroy_after = $5, barred = $6, mac = $7
-                 WHERE purpose = $1 AND version = $2",
+                 WHERE purpose = $1 AND version = $2 AND mac = $8",
                 &[
                     &row.purpose.as_str(),
                     &i64::from(row.version),
@@ -124,8 +134,15 @@ impl KeyStore for PgStore {
                     &row.destroy_after,
                     &row.barred,
                     &row.mac,
+                    &change.prev_mac,
                 ],
             )?;
+            if written != 1 {
+                return Err(StoreError::Stale(format!(
+                    "purpose key `{}` v{} changed since it was read",
+                    row.purpose, row.version
+                )));
+            }
             bump_epoch(tx)
         })
     }
@@ -159,7 +176,7 @@ impl KeyStore for PgStore {
         &self,
         purpose: &str,
         version: u32,
-        barred: &[PurposeKeyRow],
+        barred: &[KeyRowChange],
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             let older = tx.count(
@@ -169,18 +186,30 @@ impl KeyStore for PgStore {
             if older > 0 {
                 return Err(StoreError::InUse(older));
             }
-            for row in barred {
+            for change in barred {
+                let row = &change.row;
                 if row.purpose.as_str() != purpose || row.version >= version || !row.barred {
                     return Err(StoreError::Corrupt(format!(
                         "purpose key `{}` v{} is not barred below v{version}",
                         row.purpose, row.version
                     )));
                 }
-                tx.exec(
+                let written = tx.exec(
                     "UPDATE purpose_keys SET barred = TRUE, mac = $3
-                     WHERE purpose = $1 AND version = $2",
-                    &[&row.purpose.as_str(), &i64::from(row.version), &row.mac],
+                     WHERE purpose = $1 AND version = $2 AND mac = $4",
+                    &[
+                        &row.purpose.as_str(),
+                        &i64::from(row.version),
+                        &row.mac,
+                        &change.prev_mac,
+                    ],
                 )?;
+                if written != 1 {
+                    return Err(StoreError::Stale(format!(
+                        "purpose key `{}` v{} changed since it was read",
+                        row.purpose, row.version
+                    )));
+                }
             }
             bump_epoch(tx)
         })

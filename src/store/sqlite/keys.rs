@@ -68,7 +68,7 @@ impl KeyStore for SqliteStore {
 
     fn rotate_purpose_key(
         &self,
-        retired: Option<&PurposeKeyRow>,
+        retired: Option<&KeyRowChange>,
         new: &PurposeKeyRow,
     ) -> Result<(), StoreError> {
         let mut conn = self.write()?;
@@ -82,12 +82,23 @@ impl KeyStore for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(db)?;
-        let retired_ok = match retired {
-            Some(old) => {
-                active == 1 && update_key_row(&tx, old, KeyState::Active).map_err(db)? == 1
-            }
-            None => active == 0,
-        };
+        let retired_ok =
+            match retired {
+                Some(old) => active == 1
+                    && old.row.purpose == new.purpose
+                    && tx
+                        .query_row(
+                            "SELECT state FROM purpose_keys WHERE purpose = ?1 AND version = ?2",
+                            params![old.row.purpose, old.row.version],
+                            |r| r.get::<_, String>(0),
+                        )
+                        .optional()
+                        .map_err(db)?
+                        .as_deref()
+                        == Some(KeyState::Active.as_str())
+                    && update_key_row(&tx, old).map_err(db)? == 1,
+                None => active == 0,
+            };
         if !retired_ok {
             return Err(StoreError::Stale(format!(
                 "the active version of purpose key `{}`",
@@ -98,12 +109,13 @@ impl KeyStore for SqliteStore {
         tx.commit().map_err(db)
     }
 
-    fn update_purpose_key(&self, row: &PurposeKeyRow, from: KeyState) -> Result<bool, StoreError> {
+    fn update_purpose_key(&self, change: &KeyRowChange) -> Result<bool, StoreError> {
         let conn = self.write()?;
-        Ok(update_key_row(&conn, row, from).map_err(db)? > 0)
+        Ok(update_key_row(&conn, change).map_err(db)? > 0)
     }
 
-    fn destroy_purpose_key(&self, row: &PurposeKeyRow) -> Result<(), StoreError> {
+    fn destroy_purpose_key(&self, change: &KeyRowChange) -> Result<(), StoreError> {
+        let row = &change.row;
         let mut conn = self.write()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -118,21 +130,29 @@ impl KeyStore for SqliteStore {
         if in_use > 0 {
             return Err(StoreError::InUse(u64::try_from(in_use).unwrap_or(0)));
         }
-        tx.execute(
-            "UPDATE purpose_keys SET state = ?3, wrapped = x'', destroyed_at = ?4,
-                destroy_after = ?5, barred = ?6, mac = ?7
-             WHERE purpose = ?1 AND version = ?2",
-            params![
-                row.purpose,
-                row.version,
-                row.state.as_str(),
-                row.destroyed_at,
-                row.destroy_after,
-                row.barred,
-                row.mac
-            ],
-        )
-        .map_err(db)?;
+        let written = tx
+            .execute(
+                "UPDATE purpose_keys SET state = ?3, wrapped = x'', destroyed_at = ?4,
+                    destroy_after = ?5, barred = ?6, mac = ?7
+                 WHERE purpose = ?1 AND version = ?2 AND mac = ?8",
+                params![
+                    row.purpose,
+                    row.version,
+                    row.state.as_str(),
+                    row.destroyed_at,
+                    row.destroy_after,
+                    row.barred,
+                    row.mac,
+                    change.prev_mac
+                ],
+            )
+            .map_err(db)?;
+        if written != 1 {
+            return Err(StoreError::Stale(format!(
+                "purpose key `{}` v{} changed since it was read",
+                row.purpose, row.version
+            )));
+        }
         tx.commit().map_err(db)?;
         // `secure_delete` overwrote the old material in the database pages; move the WAL into the
         // database and truncate it so no copy of the old page lingers there either.
@@ -173,7 +193,7 @@ impl KeyStore for SqliteStore {
         &self,
         purpose: &str,
         version: u32,
-        barred: &[PurposeKeyRow],
+        barred: &[KeyRowChange],
     ) -> Result<(), StoreError> {
         let mut conn = self.write()?;
         let tx = conn
@@ -189,18 +209,27 @@ impl KeyStore for SqliteStore {
         if older > 0 {
             return Err(StoreError::InUse(u64::try_from(older).unwrap_or(0)));
         }
-        for row in barred {
+        for change in barred {
+            let row = &change.row;
             if row.purpose.as_str() != purpose || row.version >= version || !row.barred {
                 return Err(StoreError::Corrupt(format!(
                     "purpose key `{}` v{} is not barred below v{version}",
                     row.purpose, row.version
                 )));
             }
-            tx.execute(
-                "UPDATE purpose_keys SET barred = 1, mac = ?3 WHERE purpose = ?1 AND version = ?2",
-                params![row.purpose, row.version, row.mac],
-            )
-            .map_err(db)?;
+            let written = tx
+                .execute(
+                    "UPDATE purpose_keys SET barred = 1, mac = ?3
+                     WHERE purpose = ?1 AND version = ?2 AND mac = ?4",
+                    params![row.purpose, row.version, row.mac, change.prev_mac],
+                )
+                .map_err(db)?;
+            if written != 1 {
+                return Err(StoreError::Stale(format!(
+                    "purpose key `{}` v{} changed since it was read",
+                    row.purpose, row.version
+                )));
+            }
         }
         tx.commit().map_err(db)
     }
