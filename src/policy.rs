@@ -11,6 +11,7 @@
 //! Invariant: knows neither gRPC nor SQL.
 
 mod memo;
+mod slices;
 pub mod table;
 
 use std::{collections::HashSet, str::FromStr};
@@ -126,6 +127,18 @@ pub enum AdminAction {
 }
 
 impl AdminAction {
+    /// Every administrative action.
+    pub const ALL: &'static [AdminAction] = &[
+        AdminAction::ManageTokens,
+        AdminAction::ManageKeys,
+        AdminAction::ManagePolicies,
+        AdminAction::ManageHolds,
+        AdminAction::ManageLifecycle,
+        AdminAction::ReadAudit,
+        AdminAction::VerifyAudit,
+        AdminAction::Approve,
+    ];
+
     /// The Cedar action id.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -275,6 +288,8 @@ pub struct Engine {
     digest: String,
     abstraction: memo::Abstraction,
     memo: memo::Memo,
+    /// The policies each action and role can match (see `slices`).
+    slices: slices::Slices,
 }
 
 impl std::fmt::Debug for Engine {
@@ -360,6 +375,12 @@ impl Engine {
             .collect::<Vec<_>>()
             .join("\n");
         let abstraction = memo::Abstraction::of(&policies);
+        let actions: Vec<&str> = Action::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .chain(AdminAction::ALL.iter().map(|a| a.as_str()))
+            .collect();
+        let slices = slices::Slices::of(&policies, &actions);
         Ok(Self {
             sources: std::sync::Arc::new(PolicySources {
                 schema: schema_src.to_owned(),
@@ -371,6 +392,7 @@ impl Engine {
             digest: digest(schema_src, &all),
             abstraction,
             memo: memo::Memo::default(),
+            slices,
         })
     }
 
@@ -479,7 +501,7 @@ impl Engine {
     ) -> Result<Vec<Decision>, PolicyError> {
         let todo: Vec<(usize, &FieldResource)> = fields.iter().enumerate().collect();
         Ok(self
-            .evaluate_fields(principal, action, ctx, &todo)?
+            .evaluate_fields_in(principal, action, ctx, &todo, &self.policies)?
             .into_iter()
             .map(|(d, _)| d)
             .collect())
@@ -493,6 +515,22 @@ impl Engine {
         action: Action,
         ctx: &AccessContext,
         fields: &[(usize, &FieldResource)],
+    ) -> Result<Vec<(Decision, bool)>, PolicyError> {
+        let set = self
+            .slices
+            .get(action.as_str(), &principal.roles)
+            .unwrap_or(&self.policies);
+        self.evaluate_fields_in(principal, action, ctx, fields, set)
+    }
+
+    /// `evaluate_fields` against the policies `set` (a slice, or the whole set).
+    fn evaluate_fields_in(
+        &self,
+        principal: &Principal,
+        action: Action,
+        ctx: &AccessContext,
+        fields: &[(usize, &FieldResource)],
+        set: &PolicySet,
     ) -> Result<Vec<(Decision, bool)>, PolicyError> {
         if !principal.roles_are_valid() {
             return Ok(fields
@@ -582,7 +620,7 @@ impl Engine {
                     None,
                 )
                 .map_err(|e| PolicyError::Request(e.to_string()))?;
-                let (mut decision, clean) = self.evaluate(&request, &entities);
+                let (mut decision, clean) = self.evaluate(&request, &entities, set);
                 if clean && decision.effect == Effect::Deny && decision.policies.is_empty() {
                     decision.reason = format!(
                         "no policy permits {} to {} `{}` data of purpose `{}` for purpose `{}`",
@@ -605,6 +643,20 @@ impl Engine {
         principal: &Principal,
         action: AdminAction,
     ) -> Result<Decision, PolicyError> {
+        let set = self
+            .slices
+            .get(action.as_str(), &principal.roles)
+            .unwrap_or(&self.policies);
+        self.decide_admin_in(principal, action, set)
+    }
+
+    /// `decide_admin` against the policies `set` (a slice, or the whole set).
+    fn decide_admin_in(
+        &self,
+        principal: &Principal,
+        action: AdminAction,
+        set: &PolicySet,
+    ) -> Result<Decision, PolicyError> {
         if !principal.roles_are_valid() {
             return Ok(Decision::invalid_roles(principal, None));
         }
@@ -622,7 +674,7 @@ impl Engine {
             Some(&self.schema),
         )
         .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let (mut decision, clean) = self.evaluate(&request, &entities);
+        let (mut decision, clean) = self.evaluate(&request, &entities, set);
         if clean && decision.effect == Effect::Deny && decision.policies.is_empty() {
             decision.reason = format!(
                 "no policy permits {} to {}",
@@ -634,11 +686,15 @@ impl Engine {
         Ok(decision)
     }
 
-    /// One Cedar evaluation; false beside the decision when evaluation hit an error (a deny).
-    fn evaluate(&self, request: &Request, entities: &Entities) -> (Decision, bool) {
-        let response = self
-            .authorizer
-            .is_authorized(request, &self.policies, entities);
+    /// One Cedar evaluation against `set` (the slice the request can match, or the whole set);
+    /// false beside the decision when evaluation hit an error (a deny).
+    fn evaluate(
+        &self,
+        request: &Request,
+        entities: &Entities,
+        set: &PolicySet,
+    ) -> (Decision, bool) {
+        let response = self.authorizer.is_authorized(request, set, entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -876,6 +932,46 @@ mod tests {
         } else {
             assert_eq!(engine.memo.len(), 0);
         }
+    }
+
+    #[test]
+    fn administrative_decisions_of_a_slice_equal_those_of_the_whole_set() {
+        let engine = Engine::default_policies().unwrap();
+        let mut role_sets: Vec<Vec<Role>> = Role::ALL.iter().map(|r| vec![*r]).collect();
+        for (i, a) in Role::ALL.iter().enumerate() {
+            for b in Role::ALL.iter().skip(i + 1) {
+                role_sets.push(vec![*a, *b]);
+            }
+        }
+        let mut allowed = 0;
+        for roles in &role_sets {
+            let p = principal(roles, None);
+            for &action in AdminAction::ALL {
+                let sliced = engine.decide_admin(&p, action).unwrap();
+                let whole = engine
+                    .decide_admin_in(&p, action, &engine.policies)
+                    .unwrap();
+                assert_eq!(sliced, whole, "{roles:?} {action:?}");
+                allowed += usize::from(sliced.is_allow());
+            }
+        }
+        assert!(
+            allowed > 0,
+            "no administrative decision allowed: the test shows nothing"
+        );
+    }
+
+    #[test]
+    fn a_slice_holds_only_what_can_apply() {
+        let engine = Engine::default_policies().unwrap();
+        let whole = engine.policies.policies().count();
+        let slice = engine
+            .slices
+            .get(Action::Read.as_str(), &[Role::NuisanceOfficer])
+            .unwrap()
+            .policies()
+            .count();
+        assert!(slice > 0 && slice < whole / 2, "{slice} of {whole}");
     }
 
     #[test]
