@@ -447,7 +447,8 @@ impl Keyring {
         }
         if !opens(new)? {
             return Err(SealError::Quorum(
-                "the new shares do not give this store's root key; split it again from a quorum                  of the old shares"
+                "the new shares do not give this store's root key; split it again from a quorum \
+                 of the old shares"
                     .into(),
             )
             .into());
@@ -455,8 +456,14 @@ impl Keyring {
         let json = serde_json::to_vec(&RootMeta::Shares(next.clone()))
             .map_err(|_| KeyError::CorruptMeta)?;
         self.store.replace_meta(META_ROOT, Some(&prev), &json)?;
-        self.store
-            .set_meta(META_SEAL_CHANGED_AT, now_unix().to_string().as_bytes())?;
+        // The new set is in force; the date is for the report, and its failure is not the
+        // change's (saying otherwise would have the new shares thrown away).
+        if let Err(e) = self
+            .store
+            .set_meta(META_SEAL_CHANGED_AT, now_unix().to_string().as_bytes())
+        {
+            tracing::warn!(error = %e, "the new set of shares is in force; the date of the change was not recorded");
+        }
         drop(root);
         Ok((recorded, next))
     }

@@ -398,29 +398,51 @@ pub fn call(path: &str, code: &str, took: Duration) {
         .observe(took.as_secs_f64());
 }
 
-/// `/kluis.v1.Vault/GetRecord` → (`kluis.v1.Vault`, `GetRecord`); anything that is not a
-/// path of one of kluis's own services counts as `other`, so a caller cannot make labels up.
-fn split_path(path: &str) -> (&'static str, &str) {
-    const SERVICES: [&str; 6] = [
-        "kluis.v1.Vault",
-        "kluis.v1.Admin",
-        "kluis.v1.Operator",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ];
+/// Every method kluis serves, as `(service, method)`: its own from the descriptor set it is
+/// built with, and those of health and reflection.
+fn methods() -> &'static std::collections::HashSet<(String, String)> {
+    static METHODS: OnceLock<std::collections::HashSet<(String, String)>> = OnceLock::new();
+    METHODS.get_or_init(|| {
+        let mut set: std::collections::HashSet<(String, String)> = [
+            ("grpc.health.v1.Health", "Check"),
+            ("grpc.health.v1.Health", "Watch"),
+            (
+                "grpc.reflection.v1.ServerReflection",
+                "ServerReflectionInfo",
+            ),
+            (
+                "grpc.reflection.v1alpha.ServerReflection",
+                "ServerReflectionInfo",
+            ),
+        ]
+        .into_iter()
+        .map(|(s, m)| (s.to_owned(), m.to_owned()))
+        .collect();
+        if let Ok(fds) = <prost_types::FileDescriptorSet as prost::Message>::decode(
+            crate::pb::FILE_DESCRIPTOR_SET,
+        ) {
+            for file in fds.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let name = format!("{package}.{}", service.name.unwrap_or_default());
+                    for method in service.method {
+                        set.insert((name.clone(), method.name.unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        set
+    })
+}
+
+/// `/kluis.v1.Vault/GetRecord` → (`kluis.v1.Vault`, `GetRecord`); a path that is not one of the
+/// methods kluis serves counts as (`other`, `other`), so a caller cannot make labels up.
+fn split_path(path: &str) -> (&'static str, &'static str) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let service = parts.next().unwrap_or_default();
     let method = parts.next().unwrap_or_default();
-    match SERVICES.iter().find(|s| **s == service) {
-        Some(s)
-            if !method.is_empty()
-                && method.len() <= 64
-                && method.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-        {
-            (s, method)
-        }
-        Some(s) => (s, "other"),
+    match methods().get(&(service.to_owned(), method.to_owned())) {
+        Some((s, m)) => (s.as_str(), m.as_str()),
         None => ("other", "other"),
     }
 }
@@ -459,9 +481,14 @@ mod tests {
             split_path("/kluis.v1.Vault/GetRecord"),
             ("kluis.v1.Vault", "GetRecord")
         );
+        assert_eq!(split_path("/kluis.v1.Vault/REL0001"), ("other", "other"));
         assert_eq!(
-            split_path("/kluis.v1.Vault/REL-0001"),
-            ("kluis.v1.Vault", "other")
+            split_path("/kluis.v1.Operator/Unseal"),
+            ("kluis.v1.Operator", "Unseal")
+        );
+        assert_eq!(
+            split_path("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health", "Check")
         );
         assert_eq!(split_path("/evil/REL-0001"), ("other", "other"));
         assert_eq!(split_path(""), ("other", "other"));

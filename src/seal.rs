@@ -25,6 +25,10 @@ pub enum SealError {
     /// The HSM (or its PKCS#11 module) refused or failed; says what to check.
     #[error("HSM: {0}")]
     Hsm(String),
+    /// The HSM refused the PIN (wrong or locked): trying again with the same PIN only brings
+    /// the token's lock-out nearer.
+    #[error("HSM: {0}")]
+    HsmPin(String),
     /// The parameters of a split are out of range.
     #[error("{0}")]
     Parameters(String),

@@ -16,6 +16,7 @@ use crate::{
     vault::Vault,
 };
 
+mod killable;
 mod metered;
 mod node;
 
@@ -217,13 +218,19 @@ pub async fn serve(
         background.push(reload_on_hangup(&vault, stop_rx_hangup));
     }
     let mut sealed = false;
+    let mut drain = stop_tx.subscribe();
+    let stopping = Arc::clone(&vault);
     let shutdown = async {
         tokio::select! {
             () = shutdown => {}
             () = seal.notified() => sealed = true,
         }
         let _ = stop_tx.send(true);
+        stopping.stop_jobs();
     };
+    // Connections get `DRAIN` to finish after the shutdown or the seal; then they are cut, so
+    // no client holding a stream open keeps this vault alive.
+    let (kill, switch) = tokio::sync::watch::channel(false);
     let operator = OperatorServer::new(OperatorApi::unsealed(
         Arc::clone(&vault),
         Arc::clone(&identity),
@@ -246,10 +253,12 @@ pub async fn serve(
             AdminServer::new(AdminApi::with_identity(vault, identity))
                 .max_decoding_message_size(1024 * 1024),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(killable::incoming(listener, switch), shutdown);
+    let served = drained(served, &mut drain, kill)
         .await
         .map_err(|e| ServeError::Transport(e.to_string()));
     let _ = stop_tx.send(true);
+    stopping.stop_jobs();
     for task in background {
         let _ = task.await;
     }
@@ -259,6 +268,27 @@ pub async fn serve(
     } else {
         ServeEnd::Shutdown
     })
+}
+
+/// Runs `server` until it ends; once `stop` turns true, it gets `killable::DRAIN` more before
+/// `kill` cuts its connections (it then ends as soon as their tasks see it).
+async fn drained<E>(
+    server: impl Future<Output = Result<(), E>>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    kill: tokio::sync::watch::Sender<bool>,
+) -> Result<(), E> {
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r,
+        () = async {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(killable::DRAIN).await;
+        } => {
+            tracing::warn!("connections still open after the drain are cut");
+            let _ = kill.send(true);
+            server.await
+        }
+    }
 }
 
 /// Reloads the policy set on SIGHUP until `stop` changes; an invalid set is logged and the old

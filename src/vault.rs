@@ -290,6 +290,9 @@ pub struct Vault {
     follower: nodes::Follower,
     /// The HSM of `[seal]`, when configured: a root change to it seals the new root key there.
     hsm: Option<Arc<crate::seal::pkcs11::Hsm>>,
+    /// Set when the node stops serving this vault (shut down or sealed): key jobs stop after
+    /// their current batch.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// How often a write is sealed again when a rekey replaced the subject key it was sealed under
@@ -459,6 +462,7 @@ impl Vault {
             limits,
             key_settings: keyadmin::KeySettings::default(),
             hsm: None,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             clock: Arc::new(SystemClock),
             rate_limit: tokens::RateLimiter::default(),
             channels: Channels::default(),

@@ -8,7 +8,8 @@
 //! Invariant: calls that need no token are rate-limited (`ATTEMPTS_PER_MINUTE`).
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -22,6 +23,7 @@ use crate::{
     keys::{KeyError, RootSecret, StoreSeal},
     pb::{self, operator_server::Operator as OperatorRpc},
     seal::{
+        SealError,
         pkcs11::{Hsm, HsmConfig},
         shares::Share,
     },
@@ -46,6 +48,17 @@ pub struct NodeSource {
     pub open: Opener,
     /// The configured HSM, if any.
     pub hsm: Option<HsmConfig>,
+    /// The PIN file as it was when the HSM last refused its PIN: a new try with the same file
+    /// only brings the token's lock-out nearer, so it waits for the file to change.
+    pub pin_refused: Mutex<Option<PinStamp>>,
+}
+
+/// A PIN file's modification time and length.
+pub type PinStamp = (Option<std::time::SystemTime>, u64);
+
+/// The stamp of the PIN file at `path` now.
+pub fn pin_stamp(path: &std::path::Path) -> PinStamp {
+    std::fs::metadata(path).map_or((None, 0), |m| (m.modified().ok(), m.len()))
 }
 
 impl std::fmt::Debug for NodeSource {
@@ -56,33 +69,71 @@ impl std::fmt::Debug for NodeSource {
     }
 }
 
-/// A window of recent attempts: at most `ATTEMPTS_PER_MINUTE` in any minute.
+/// Refused attempts per caller (by address) in the last minute: a caller with
+/// `ATTEMPTS_PER_MINUTE` of them is refused until the oldest is a minute old. Valid shares are
+/// never charged, so a stranger's guessing does not lock the custodians out.
 #[derive(Debug, Default)]
-pub struct Attempts(Mutex<VecDeque<Instant>>);
+pub struct Attempts(Mutex<HashMap<Option<IpAddr>, VecDeque<Instant>>>);
+
+/// At most this many callers are tracked; beyond it, new callers wait.
+const TRACKED_CALLERS: usize = 4096;
 
 impl Attempts {
-    fn take(&self) -> Result<(), Status> {
-        let mut window = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn window(
+        map: &mut HashMap<Option<IpAddr>, VecDeque<Instant>>,
+        peer: Option<IpAddr>,
+    ) -> Option<&mut VecDeque<Instant>> {
         let now = Instant::now();
+        if map.len() >= TRACKED_CALLERS {
+            map.retain(|_, w| {
+                w.back()
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+            });
+        }
+        if map.len() >= TRACKED_CALLERS && !map.contains_key(&peer) {
+            return None;
+        }
+        let window = map.entry(peer).or_default();
         while window
             .front()
             .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
         {
             window.pop_front();
         }
+        Some(window)
+    }
+
+    /// Refuses a caller who was refused `ATTEMPTS_PER_MINUTE` times in the last minute.
+    fn check(&self, peer: Option<IpAddr>) -> Result<(), Status> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(window) = Self::window(&mut map, peer) else {
+            return Err(Status::resource_exhausted(
+                "too many callers are being refused; wait a minute",
+            ));
+        };
         if window.len() >= ATTEMPTS_PER_MINUTE {
-            let wait = window
-                .front()
-                .map_or(60, |t| 60 - now.duration_since(*t).as_secs());
+            let wait = window.front().map_or(60, |t| {
+                60u64.saturating_sub(Instant::now().duration_since(*t).as_secs())
+            });
             return Err(Status::resource_exhausted(format!(
-                "more than {ATTEMPTS_PER_MINUTE} attempts in a minute; wait {wait} s"
+                "{ATTEMPTS_PER_MINUTE} refused attempts from you in a minute; wait {wait} s"
             )));
         }
-        window.push_back(now);
         Ok(())
+    }
+
+    /// Counts a refused attempt of `peer`.
+    fn charge(&self, peer: Option<IpAddr>) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(window) = Self::window(&mut map, peer) {
+            window.push_back(Instant::now());
+        }
     }
 }
 
@@ -93,12 +144,15 @@ struct Pending {
     given: Vec<Share>,
     /// What was refused, for the trail once unsealed (never a share's value).
     refused: VecDeque<String>,
+    /// Refusals beyond `REFUSALS_KEPT`, counted.
+    dropped: usize,
 }
 
 impl Pending {
     fn refuse(&mut self, what: String) {
         if self.refused.len() == REFUSALS_KEPT {
             self.refused.pop_front();
+            self.dropped += 1;
         }
         self.refused.push_back(what);
     }
@@ -115,6 +169,9 @@ pub struct Gate {
     pub(crate) unsealed: tokio::sync::Notify,
     /// Why the node is sealed (an HSM's refusal at start, a security officer's seal).
     why: String,
+    /// A security officer sealed it: an HSM store does not unseal itself again on anyone's
+    /// word, only by a restart of the service.
+    by_officer: bool,
 }
 
 impl std::fmt::Debug for Gate {
@@ -124,15 +181,25 @@ impl std::fmt::Debug for Gate {
 }
 
 impl Gate {
-    /// A sealed node's gate; `why` is told to whoever asks for the status.
-    pub fn new(source: Arc<NodeSource>, attempts: Arc<Attempts>, why: String) -> Self {
+    /// A sealed node's gate; `why` is told to whoever asks for the status; `by_officer` when a
+    /// security officer sealed it.
+    pub fn new(
+        source: Arc<NodeSource>,
+        attempts: Arc<Attempts>,
+        why: String,
+        by_officer: bool,
+    ) -> Self {
         Self {
             source,
-            pending: Mutex::default(),
+            pending: Mutex::new(Pending {
+                given: Vec::with_capacity(usize::from(crate::seal::shares::MAX_SHARES)),
+                ..Pending::default()
+            }),
             attempts,
             opened: Mutex::new(None),
             unsealed: tokio::sync::Notify::new(),
             why,
+            by_officer,
         }
     }
 
@@ -195,8 +262,26 @@ impl Gate {
         Ok(self.status(&seal, &pending, message))
     }
 
-    fn unseal(&self, req: pb::UnsealRequest) -> Result<pb::SealStatus, Status> {
-        self.attempts.take()?;
+    fn unseal(
+        &self,
+        req: pb::UnsealRequest,
+        peer: Option<IpAddr>,
+    ) -> Result<pb::SealStatus, Status> {
+        self.attempts.check(peer)?;
+        let result = self.try_unseal(req);
+        // Only refusals count against the caller: a custodian's valid share never does.
+        if let Err(status) = &result
+            && matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+            )
+        {
+            self.attempts.charge(peer);
+        }
+        result
+    }
+
+    fn try_unseal(&self, req: pb::UnsealRequest) -> Result<pb::SealStatus, Status> {
         let seal = self.seal()?;
         let mut pending = self
             .pending
@@ -216,12 +301,6 @@ impl Gate {
         if let StoreSeal::Shares(meta) = &seal {
             pending.given.retain(|s| s.set() == meta.set);
         }
-        if req.reset {
-            pending.given.clear();
-            if req.secret.is_none() {
-                return Ok(self.status(&seal, &pending, "the shares given were forgotten".into()));
-            }
-        }
         let wrong_kind = |given: &str| {
             Status::failed_precondition(format!(
                 "this store is sealed by {}, not by a {given}; {}",
@@ -230,6 +309,12 @@ impl Gate {
             ))
         };
         let secret = match req.secret {
+            None if req.reset => {
+                return Err(Status::invalid_argument(
+                    "`reset`: give your share with it (`kluis operator unseal --reset \
+                     --share-file FILE`): the shares given are forgotten and yours counts",
+                ));
+            }
             None => {
                 return Err(Status::invalid_argument(format!(
                     "`secret`: nothing given; {}",
@@ -254,6 +339,10 @@ impl Gate {
                         )));
                     }
                 };
+                // Only a custodian with a valid share may start over.
+                if req.reset {
+                    pending.given.clear();
+                }
                 if pending.given.iter().any(|g| g.number() == share.number()) {
                     let message = format!(
                         "{} was given already; {} of {} given",
@@ -276,10 +365,11 @@ impl Gate {
                 RootSecret::Shares(pending.given.clone())
             }
             Some(pb::unseal_request::Secret::Passphrase(p)) => {
+                let p = zeroize::Zeroizing::new(p);
                 if seal != StoreSeal::Passphrase {
                     return Err(wrong_kind("passphrase"));
                 }
-                RootSecret::Passphrase(zeroize::Zeroizing::new(p))
+                RootSecret::Passphrase(zeroize::Zeroizing::new(p.to_string()))
             }
             Some(pb::unseal_request::Secret::Key(k)) => {
                 let k = zeroize::Zeroizing::new(k);
@@ -291,20 +381,7 @@ impl Gate {
                         .ok_or_else(|| Status::invalid_argument("`key`: expected 32 bytes"))?,
                 )
             }
-            Some(pb::unseal_request::Secret::Hsm(_)) => {
-                if !matches!(seal, StoreSeal::Pkcs11(_)) {
-                    return Err(wrong_kind("HSM"));
-                }
-                let config = self.source.hsm.as_ref().ok_or_else(|| {
-                    Status::failed_precondition(
-                        "this store is sealed by an HSM and this node has none configured: set \
-                         `[seal] type = \"pkcs11\"` and restart",
-                    )
-                })?;
-                RootSecret::Hsm(Arc::new(
-                    Hsm::open(config).map_err(|e| Status::failed_precondition(e.to_string()))?,
-                ))
-            }
+            Some(pb::unseal_request::Secret::Hsm(_)) => self.hsm_secret(&seal)?,
         };
         let how = match &secret {
             RootSecret::Shares(given) => {
@@ -325,11 +402,10 @@ impl Gate {
                 format!("unsealed by its {}", seal.describe())
             }
         };
-        let refused = pending.refused.len();
         match (self.source.open)(&secret) {
             Ok(vault) => {
                 let mut summary = how;
-                if refused > 0 {
+                if !pending.refused.is_empty() {
                     summary.push_str(&format!(
                         "; refused while sealed: {}",
                         pending
@@ -340,9 +416,13 @@ impl Gate {
                             .join("; ")
                     ));
                 }
+                if pending.dropped > 0 {
+                    summary.push_str(&format!(" (and {} earlier refusals)", pending.dropped));
+                }
                 vault.record_unseal(&summary).map_err(status::to_status)?;
                 pending.given.clear();
                 pending.refused.clear();
+                pending.dropped = 0;
                 tracing::info!("unsealed");
                 *self
                     .opened
@@ -357,19 +437,85 @@ impl Gate {
                     ..Default::default()
                 })
             }
-            Err(e) => {
+            Err(OpenError::Key(KeyError::WrongRootKey)) => {
                 pending.given.clear();
-                let message = e.to_string();
-                tracing::warn!(error = %message, "unseal failed");
-                pending.refuse(message.clone());
-                Err(match e {
-                    OpenError::Key(KeyError::WrongRootKey) => Status::invalid_argument(
-                        "this does not open the store: wrong passphrase, key or shares; the \
-                         shares given were forgotten",
-                    ),
-                    OpenError::Key(KeyError::Seal(s)) => Status::failed_precondition(s.to_string()),
-                    other => Status::unavailable(format!("still sealed: {other}")),
-                })
+                tracing::warn!("unseal refused: the secret does not give the root key");
+                pending.refuse("a secret that does not open the store".into());
+                Err(Status::invalid_argument(
+                    "this does not open the store: wrong passphrase, key or shares; the shares \
+                     given were forgotten",
+                ))
+            }
+            Err(OpenError::Key(KeyError::Seal(e))) => {
+                if let (SealError::HsmPin(_), Some(config)) = (&e, &self.source.hsm) {
+                    *self
+                        .source
+                        .pin_refused
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(pin_stamp(&config.pin_file));
+                }
+                pending.refuse(e.to_string());
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e) => {
+                // Not about the secret (the store, the trail, a rollback): the shares stay,
+                // and the details go to the log, not to a caller without a token.
+                tracing::error!(error = %e, "unseal: the store did not open");
+                Err(Status::unavailable(
+                    "still sealed: the store did not open (see the server log); the shares \
+                     given are kept, try again",
+                ))
+            }
+        }
+    }
+
+    /// The HSM as the secret of a new try, when one may be made: not after a security officer
+    /// sealed the node, and not with the PIN file the HSM last refused.
+    fn hsm_secret(&self, seal: &StoreSeal) -> Result<RootSecret, Status> {
+        if !matches!(seal, StoreSeal::Pkcs11(_)) {
+            return Err(Status::failed_precondition(format!(
+                "this store is sealed by {}, not by an HSM; {}",
+                seal.describe(),
+                Self::how_to_unseal(seal)
+            )));
+        }
+        if self.by_officer {
+            return Err(Status::failed_precondition(
+                "a security officer sealed this node; a store sealed by an HSM unseals again \
+                 only when the service is restarted by someone with access to the host",
+            ));
+        }
+        let config = self.source.hsm.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this store is sealed by an HSM and this node has none configured: set \
+                 `[seal] type = \"pkcs11\"` and restart",
+            )
+        })?;
+        let refused = *self
+            .source
+            .pin_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.is_some_and(|stamp| stamp == pin_stamp(&config.pin_file)) {
+            return Err(Status::failed_precondition(format!(
+                "the HSM refused the PIN in `{}` and the file has not changed since; correct it \
+                 first (each wrong try brings the token's lock-out nearer)",
+                config.pin_file.display()
+            )));
+        }
+        match Hsm::open(config) {
+            Ok(h) => Ok(RootSecret::Hsm(Arc::new(h))),
+            Err(e) => {
+                if matches!(e, SealError::HsmPin(_)) {
+                    *self
+                        .source
+                        .pin_refused
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(pin_stamp(&config.pin_file));
+                }
+                Err(Status::failed_precondition(e.to_string()))
             }
         }
     }
@@ -457,8 +603,9 @@ impl OperatorRpc for OperatorApi {
         match &self.mode {
             Mode::Sealed(gate) => {
                 let gate = Arc::clone(gate);
+                let peer = request.remote_addr().map(|a| a.ip());
                 let req = request.into_inner();
-                tokio::task::spawn_blocking(move || gate.unseal(req))
+                tokio::task::spawn_blocking(move || gate.unseal(req, peer))
                     .await
                     .map_err(|_| Status::internal("internal error"))?
                     .map(Response::new)
@@ -525,7 +672,8 @@ impl OperatorRpc for OperatorApi {
         &self,
         request: Request<pb::ReplaceSharesRequest>,
     ) -> Result<Response<pb::ReplaceSharesResponse>, Status> {
-        self.attempts.take()?;
+        let peer = request.remote_addr().map(|a| a.ip());
+        self.attempts.check(peer)?;
         let Mode::Unsealed { backend, .. } = &self.mode else {
             return Err(Status::failed_precondition(
                 "this node is sealed; unseal it first (`kluis operator unseal`)",
@@ -548,6 +696,12 @@ impl OperatorRpc for OperatorApi {
         .await
         .map_err(|_| Status::internal("internal error"))?
         .map(Response::new)
-        .map_err(status::to_status)
+        .map_err(|e| {
+            let status = status::to_status(e);
+            if status.code() == tonic::Code::InvalidArgument {
+                self.attempts.charge(peer);
+            }
+            status
+        })
     }
 }

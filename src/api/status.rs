@@ -75,7 +75,7 @@ pub fn to_status(e: VaultError) -> Status {
         VaultError::Store(StoreError::Unsupported(m)) => Status::failed_precondition(m),
         // A share named as mistyped, foreign or short of a quorum; a secret of another kind
         // than the store's; an HSM that refused: the caller's to correct.
-        VaultError::Key(KeyError::Seal(SealError::Hsm(m))) => {
+        VaultError::Key(KeyError::Seal(SealError::Hsm(m) | SealError::HsmPin(m))) => {
             Status::failed_precondition(format!("HSM: {m}"))
         }
         VaultError::Key(KeyError::Seal(e)) => Status::invalid_argument(e.to_string()),

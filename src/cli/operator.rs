@@ -304,15 +304,24 @@ async fn rekey_shares(
             Exit::Success
         }
         Err(s) => {
-            // Refused: the store keeps the old set, and the new files open nothing.
-            if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown {
+            // Refused before anything changed: the store keeps the old set, and the new files
+            // open nothing. Any other outcome may have put the new set in force: keep them.
+            if matches!(
+                s.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::Aborted
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+            ) {
                 for f in &files {
                     let _ = std::fs::remove_file(f);
                 }
             } else {
                 eprintln!(
-                    "the answer was lost; `kluis operator status` shows which set is in force \
-                     (the new files are in `{}`)",
+                    "the outcome is not known; `kluis operator status` shows which set is in \
+                     force (the new files are kept in `{}`)",
                     share_dir.display()
                 );
             }

@@ -128,12 +128,15 @@ pub fn run(args: &ServeArgs) -> Exit {
         );
     }
     cfg.accept_rollback = args.accept_rollback;
-    let first = match if args.dev {
-        open_dev(&cfg).map(Ok)
+    let opened = if args.dev {
+        open_dev(&cfg).and_then(|v| Ok((Ok(v), node_source(&cfg).map_err(fail)?)))
     } else {
-        open_node(&cfg)
-    } {
-        Ok(first) => first,
+        node_source(&cfg)
+            .map_err(fail)
+            .and_then(|source| Ok((open_node(&cfg, &source)?, source)))
+    };
+    let (first, source) = match opened {
+        Ok((first, source)) => (first, Arc::new(source)),
         Err(exit) => return exit,
     };
     let tls = match TlsPem::read(&cfg) {
@@ -143,12 +146,11 @@ pub fn run(args: &ServeArgs) -> Exit {
     if tls.is_none() && !cfg.identity.providers.is_empty() && !cfg.listen.ip().is_loopback() {
         tracing::warn!(listen = %cfg.listen, "employees' provider tokens would cross the network in clear: configure `[tls]`");
     }
+    if tls.is_none() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(listen = %cfg.listen, "shares, passphrases and keys given to `kluis operator unseal` would cross the network in clear: configure `[tls]`");
+    }
     // Before the runtime: the providers' keys are fetched now, with a short timeout each.
     let identity = Arc::new(kluis::identity::Identity::load(&cfg.identity));
-    let source = match node_source(&cfg) {
-        Ok(s) => Arc::new(s),
-        Err(e) => return fail(e),
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
@@ -223,13 +225,14 @@ fn node_source(cfg: &Config) -> Result<server::NodeSource, config::OpenError> {
         seal: Box::new(move || Ok(Keyring::store_seal(store.as_ref())?)),
         open: Box::new(move |secret| config::open_vault(&open_cfg, secret)),
         hsm: cfg.hsm.clone(),
+        pin_refused: std::sync::Mutex::new(None),
     })
 }
 
 /// Opens the vault when the root key can be had without a person at the server: a key file or
 /// passphrase as configured, or the HSM of `[seal]`. `Ok(Err(why))`: the node starts sealed (a
 /// store sealed by shares, or an HSM that failed).
-fn open_node(cfg: &Config) -> Result<Result<Vault, String>, Exit> {
+fn open_node(cfg: &Config, source: &server::NodeSource) -> Result<Result<Vault, String>, Exit> {
     let store = config::open_configured_store(&cfg.data_dir, cfg.store.as_ref()).map_err(fail)?;
     let seal = Keyring::store_seal(store.as_ref()).map_err(fail)?;
     drop(store);
@@ -246,13 +249,25 @@ fn open_node(cfg: &Config) -> Result<Result<Vault, String>, Exit> {
                         .into(),
                 ));
             };
+            // A refused PIN is remembered: a new try waits for the PIN file to change.
+            let refused = |e: &kluis::seal::SealError| {
+                if matches!(e, kluis::seal::SealError::HsmPin(_))
+                    && let Ok(mut stamp) = source.pin_refused.lock()
+                {
+                    *stamp = Some(kluis::api::operator::pin_stamp(&hsm.pin_file));
+                }
+            };
             let secret = match Hsm::open(hsm) {
                 Ok(h) => RootSecret::Hsm(Arc::new(h)),
-                Err(e) => return Ok(Err(e.to_string())),
+                Err(e) => {
+                    refused(&e);
+                    return Ok(Err(e.to_string()));
+                }
             };
             match config::open_vault(cfg, &secret) {
                 Ok(v) => Ok(Ok(v)),
                 Err(config::OpenError::Key(kluis::keys::KeyError::Seal(e))) => {
+                    refused(&e);
                     Ok(Err(e.to_string()))
                 }
                 Err(e) => Err(open_failed(e)),

@@ -184,6 +184,12 @@ impl Hsm {
         let pin = AuthPin::from(self.pin.as_str().to_owned());
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(
+                e @ CkError::Pkcs11(
+                    RvError::PinIncorrect | RvError::PinLocked | RvError::PinInvalid,
+                    _,
+                ),
+            ) => Err(SealError::HsmPin(explain(&e))),
             Err(e) => Err(SealError::Hsm(explain(&e))),
         }
     }
@@ -212,7 +218,8 @@ impl Hsm {
     /// never extractable) when no key has the label. True when it was created now.
     pub fn ensure_key(&self) -> Result<bool, SealError> {
         let session = self.session()?;
-        if self.find_key(&session)?.is_some() {
+        if let Some(key) = self.find_key(&session)? {
+            self.check_unexportable(&session, key)?;
             return Ok(false);
         }
         session
@@ -233,6 +240,36 @@ impl Hsm {
             )
             .map_err(|e| SealError::Hsm(format!("cannot create the key: {}", explain(&e))))?;
         Ok(true)
+    }
+
+    /// Refuses a key that could leave the token: one made extractable or not sensitive (by
+    /// someone with the PIN, before kluis first used the label) would let a copy of it open every
+    /// backup elsewhere.
+    fn check_unexportable(&self, session: &Session, key: ObjectHandle) -> Result<(), SealError> {
+        use cryptoki::object::AttributeType;
+        let attributes = session
+            .get_attributes(key, &[AttributeType::Extractable, AttributeType::Sensitive])
+            .map_err(|e| {
+                SealError::Hsm(format!("cannot read the key's attributes: {}", explain(&e)))
+            })?;
+        let mut extractable = true;
+        let mut sensitive = false;
+        for a in attributes {
+            match a {
+                Attribute::Extractable(v) => extractable = v,
+                Attribute::Sensitive(v) => sensitive = v,
+                _ => {}
+            }
+        }
+        if extractable || !sensitive {
+            return Err(SealError::Hsm(format!(
+                "the AES key labelled `{}` on token `{}` can leave the token (extractable or not \
+                 sensitive); kluis seals only under a key that cannot: remove it, or give \
+                 `[seal] key_label` a new label for kluis to create",
+                self.config.key_label, self.config.token_label
+            )));
+        }
+        Ok(())
     }
 
     fn key(&self, session: &Session) -> Result<ObjectHandle, SealError> {

@@ -120,9 +120,13 @@ impl Share {
             return Err(bad("has the wrong number of parts; expected \
                  kluis-share-v1:SET:NUMBER:TOTAL:THRESHOLD:VALUE:CHECKSUM"));
         };
-        let body = &line[..line.len() - sum.len() - 1];
+        // Hex may be typed in either case: the checksum is over the lower-case form.
+        let body = line
+            .get(..line.len() - sum.len() - 1)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if !bool::from(
-            checksum(body)
+            checksum(&body)
                 .as_bytes()
                 .ct_eq(sum.to_ascii_lowercase().as_bytes()),
         ) {
@@ -131,7 +135,7 @@ impl Share {
             ));
         }
         let mut set_bytes = [0u8; 8];
-        hex::decode_to_slice(set, &mut set_bytes)
+        hex::decode_to_slice(set.to_ascii_lowercase(), &mut set_bytes)
             .map_err(|_| bad("its set is not 16 hexadecimal digits"))?;
         let parse_u8 = |s: &str, name: &str| {
             s.parse::<u8>().map_err(|_| {

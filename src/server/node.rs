@@ -20,7 +20,7 @@ use tonic::{
     server::NamedService,
 };
 
-use super::{ServeEnd, ServeError, ServeOptions, incoming, reflection, serve, server_builder};
+use super::{ServeEnd, ServeError, ServeOptions, reflection, serve, server_builder};
 use crate::{
     api::operator::{Attempts, Gate, NodeSource, OperatorApi},
     pb::operator_server::OperatorServer,
@@ -44,6 +44,7 @@ pub async fn serve_node(
     });
     let attempts = Arc::new(Attempts::default());
     let mut next = first;
+    let mut by_officer = false;
     loop {
         let phase_listener = listener
             .try_clone()
@@ -70,16 +71,25 @@ pub async fn serve_node(
                 }
                 // The vault is gone with the phase: every task that held it has stopped.
                 next = Err("sealed by a security officer".into());
+                by_officer = true;
             }
             Err(why) => {
                 tracing::warn!(reason = %why, "kluis is sealed");
-                let gate = Arc::new(Gate::new(Arc::clone(&source), Arc::clone(&attempts), why));
+                let gate = Arc::new(Gate::new(
+                    Arc::clone(&source),
+                    Arc::clone(&attempts),
+                    why,
+                    by_officer,
+                ));
                 serve_sealed(Arc::clone(&gate), phase_listener, &options, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await?;
                 match gate.take_opened() {
-                    Some(vault) => next = Ok(vault),
+                    Some(vault) => {
+                        next = Ok(vault);
+                        by_officer = false;
+                    }
                     None => return Ok(()),
                 }
             }
@@ -104,21 +114,25 @@ async fn serve_sealed(
     }
     let (reflection, reflection_alpha) = reflection()?;
     let opened = Arc::clone(&gate);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         tokio::select! {
             () = shutdown => {}
             () = opened.unsealed.notified() => {}
         }
+        let _ = stop_tx.send(true);
     };
+    let (kill, switch) = tokio::sync::watch::channel(false);
     let operator = OperatorServer::new(OperatorApi::sealed(gate));
-    server_builder(options.tls.clone())?
+    let served = server_builder(options.tls.clone())?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(operator.clone())
         .add_service(Sealed::<VaultName>::default())
         .add_service(SealedAdmin(operator))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(super::killable::incoming(listener, switch), shutdown);
+    super::drained(served, &mut stop_rx, kill)
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))
 }

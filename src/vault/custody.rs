@@ -19,6 +19,18 @@ impl Vault {
         self
     }
 
+    /// Tells the key jobs of this vault to stop after their current batch (the node is shutting
+    /// down or sealing); they resume where they stopped when a vault serves the store again.
+    pub fn stop_jobs(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether `stop_jobs` was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The configured HSM, if any.
     pub fn hsm(&self) -> Option<Arc<Hsm>> {
         self.hsm.clone()

@@ -289,7 +289,7 @@ impl Vault {
                 .rewrap_batch(purpose, self.key_settings.batch_size.max(1))?;
             state.done += done as u64;
             crate::metrics::key_job("rewrap", purpose.as_str(), state.done, state.total);
-            if found == 0 || !progress(state) {
+            if found == 0 || !progress(state) || self.is_stopping() {
                 break;
             }
             if !lease.renew()? {
@@ -352,7 +352,7 @@ impl Vault {
                 crate::metrics::key_operation("rekey-subject");
             }
             crate::metrics::key_job("rekey", purpose.as_str(), state.done, state.total);
-            if !progress(state) {
+            if !progress(state) || self.is_stopping() {
                 return Ok(state);
             }
             if !lease.renew()? {

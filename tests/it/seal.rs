@@ -356,6 +356,14 @@ async fn a_store_on_shares_starts_sealed_and_custodians_unseal_it_one_by_one() {
         Code::InvalidArgument,
         "not a kluis share",
     );
+    // Nobody without a share may make the custodians start over.
+    let reset = OperatorClient::new(node.channel().await)
+        .unseal(pb::UnsealRequest {
+            secret: None,
+            reset: true,
+        })
+        .await;
+    assert_status(reset, Code::InvalidArgument, "give your share with it");
     // The same share twice counts once.
     let again = node.unseal_text(&share_line(&files[0])).await.unwrap();
     assert!(again.message.contains("given already"), "{again:?}");
@@ -519,12 +527,32 @@ async fn a_security_officer_seals_a_running_node_and_custodians_unseal_it_again(
     assert_status(anonymous, Code::Unauthenticated, "");
     assert!(!node.status().await.sealed);
 
+    // A client holding a stream open (a health watch) does not keep the vault alive: the
+    // seal drains for a few seconds, then cuts it.
+    let mut watch = HealthClient::new(node.channel().await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
     let o = node.admin(
         &tokens.so,
         &["operator", "seal", "--justification", "incident 42"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     node.wait_sealed().await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch stream outlived the seal");
     assert_status(node.who_am_i(&tokens.so).await, Code::Unavailable, "sealed");
     assert_eq!(node.health("").await, ServingStatus::NotServing);
     assert_status(
@@ -795,12 +823,33 @@ async fn an_hsm_unseals_the_server_by_itself_and_a_wrong_pin_keeps_it_sealed() {
     assert!(status.message.contains("PIN"), "{status:?}");
     assert_status(node.who_am_i(&tokens.so).await, Code::Unavailable, "sealed");
     assert_eq!(node.health("").await, ServingStatus::NotServing);
+    // Trying again with the PIN file unchanged is refused before the token sees it (each wrong
+    // PIN brings its lock-out nearer).
+    let o = node.operator(&["unseal", "--hsm"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("has not changed"), "{}", stderr(&o));
     // Put right, one more try unseals it.
+    std::thread::sleep(Duration::from_millis(20));
     write_private(&hsm.pin, "4321\n");
     let o = node.operator(&["unseal", "--hsm"]);
     assert!(o.status.success(), "{}", stderr(&o));
     node.wait_serving(&tokens.so).await;
     assert!(!node.log_text().contains("4321"), "the PIN is in the log");
+    // Sealed by a security officer, the HSM does not unseal it on anyone's word: only a restart.
+    let o = node.admin(
+        &tokens.so,
+        &["operator", "seal", "--justification", "incident"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    node.wait_sealed().await;
+    let o = node.operator(&["unseal", "--hsm"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("security officer sealed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(node.status().await.sealed);
     drop(node);
 
     // The sealed root key altered in the database: sealed, not opened with something else.
