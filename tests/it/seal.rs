@@ -544,12 +544,7 @@ async fn a_security_officer_seals_a_running_node_and_custodians_unseal_it_again(
     assert!(o.status.success(), "{}", stderr(&o));
     node.wait_sealed().await;
     let ended = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                _ => break,
-            }
-        }
+        while let Ok(Some(_)) = watch.message().await {}
     })
     .await;
     assert!(ended.is_ok(), "the watch stream outlived the seal");
