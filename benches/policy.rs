@@ -2,7 +2,8 @@
 //! a one-line permit-all policy over the same schema as the baseline (the cost of Cedar itself:
 //! entities, request validation, evaluation). Decisions are memoised per engine (see
 //! `policy::memo`): `default-policies` measures a memoised decision, `default-policies-fresh` one
-//! for a principal the engine has never seen.
+//! for a principal the engine has never seen, and `default-policies-fresh-whole-set` the same
+//! with every policy evaluated (no slices per action and role), in the same run.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,6 +21,7 @@ use kluis::{
 
 fn decide(c: &mut Criterion) {
     let default = Engine::default_policies().unwrap();
+    let whole_set = Engine::default_policies().unwrap().without_slices();
     let baseline = Engine::from_sources(
         DEFAULT_SCHEMA,
         r#"@id("all") permit(principal, action, resource);"#,
@@ -91,6 +93,24 @@ fn decide(c: &mut Criterion) {
                     )
                     .unwrap();
                     default.decide_fields(&p, Action::Read, &ctx, f).unwrap()
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("default-policies-fresh-whole-set", n),
+            &fields,
+            |b, f| {
+                b.iter(|| {
+                    k += 1;
+                    let p = Principal::new(
+                        PrincipalId::parse("p", &format!("emp-f{k}")).unwrap(),
+                        principal.roles.clone(),
+                        None,
+                        "tok_bench",
+                        i64::MAX,
+                    )
+                    .unwrap();
+                    whole_set.decide_fields(&p, Action::Read, &ctx, f).unwrap()
                 });
             },
         );

@@ -396,6 +396,14 @@ impl Engine {
         })
     }
 
+    /// This engine evaluating every policy for every request, as before the set was cut per
+    /// action and role: the baseline the policy benchmark measures the slices against.
+    #[doc(hidden)]
+    pub fn without_slices(mut self) -> Self {
+        self.slices = slices::Slices::default();
+        self
+    }
+
     /// The texts this set was built from.
     pub fn sources(&self) -> &PolicySources {
         &self.sources
