@@ -262,6 +262,20 @@ impl Vault {
         Ok(())
     }
 
+    /// How far `purpose` is rewrapped, whoever does it: its subject keys under the active
+    /// version, and all its subject keys. For reporting on a rewrap the caller was allowed.
+    pub fn rewrap_standing(&self, purpose: Purpose) -> Result<(u64, u64), VaultError> {
+        let active = self.active_version(purpose)?;
+        let counts = self.store.subject_key_counts(purpose.as_str())?;
+        let all = counts.iter().map(|(_, n)| n).sum();
+        let on_active = counts
+            .iter()
+            .filter(|(v, _)| *v == active)
+            .map(|(_, n)| n)
+            .sum();
+        Ok((on_active, all))
+    }
+
     /// Rewraps every subject key of `purpose` under an older version to the active version, in
     /// batches of one transaction each, calling `progress` after each batch (return false to
     /// stop). Safe to run beside traffic and beside another rewrap; resumes where it stopped.

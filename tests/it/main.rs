@@ -39,3 +39,4 @@ mod rotation;
 mod storage;
 mod tamper;
 mod unseal;
+mod watch;
