@@ -2,6 +2,7 @@
 
 mod keys;
 mod lifecycle;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -12,7 +13,7 @@ use kluis::{
 };
 use tonic::{
     Code, Request,
-    transport::{Certificate, Channel, ClientTlsConfig},
+    transport::{Channel, ClientTlsConfig},
 };
 use zeroize::Zeroizing;
 
@@ -240,6 +241,10 @@ pub fn run(args: &AdminArgs) -> Exit {
 }
 
 async fn run_async(args: &AdminArgs) -> Exit {
+    // What the user typed is checked before anything is read or sent: a usage error is one.
+    if let Err(e) = check_values(&args.command) {
+        return usage(e);
+    }
     let token = match read_token(args) {
         Ok(t) => t,
         Err(e) => return fail(e),
@@ -812,6 +817,34 @@ fn parse_head(s: &str) -> Result<pb::AuditHead, String> {
     }
 }
 
+/// Checks the values of `command` that the CLI parses itself (moments, durations, heads), so
+/// that a mistyped one is a usage error (exit 2) before any connection is made.
+fn check_values(command: &AdminCommand) -> Result<(), String> {
+    use crate::cli::{parse_duration, parse_moment};
+    match command {
+        AdminCommand::Token(TokenCommand::Issue { ttl, .. }) => {
+            parse_duration("--ttl", ttl).map(drop)
+        }
+        AdminCommand::Audit(AuditCommand::Export {
+            since: Some(since), ..
+        }) => parse_moment("--since", since).map(drop),
+        AdminCommand::Audit(AuditCommand::Verify {
+            expect_head: Some(head),
+        }) => parse_head(head).map(drop),
+        AdminCommand::Keys(keys::KeysCommand::ScheduleDestroy {
+            wait: Some(wait), ..
+        }) => parse_duration("--wait", wait).map(drop),
+        AdminCommand::Mandate(lifecycle::MandateCommand::Grant { until, .. }) => {
+            parse_moment("--until", until).map(drop)
+        }
+        AdminCommand::Requests(lifecycle::RequestsCommand::Open {
+            received: Some(received),
+            ..
+        }) => parse_moment("--received", received).map(drop),
+        _ => Ok(()),
+    }
+}
+
 /// Wraps `msg` in a request carrying `authorization: Bearer <token>`.
 fn authed<T>(token: &str, msg: T) -> Request<T> {
     let mut req = Request::new(msg);
@@ -869,28 +902,54 @@ async fn connect(args: &AdminArgs) -> Result<Channel, Exit> {
              https://{server} (TLS)"
         )));
     }
-    let mut endpoint = Channel::from_shared(server.to_owned())
+    let endpoint = Channel::from_shared(server.to_owned())
         .map_err(|e| usage(format!("--server `{server}` is not a URL: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(10));
-    if server.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &args.ca_cert {
-            let pem = std::fs::read(ca).map_err(|e| {
-                fail(format!(
-                    "cannot read the CA certificate `{}` (--ca-cert): {e}",
-                    ca.display()
-                ))
-            })?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| fail(format!("TLS: {e}")))?;
+    if !server.starts_with("https://") {
+        return endpoint
+            .connect()
+            .await
+            .map_err(|e| fail(connect_error(server, &e)));
     }
-    endpoint
-        .connect()
+    let Some(ca) = &args.ca_cert else {
+        // Without --ca-cert: tonic's TLS with the roots kluis is built with (none: an https
+        // server is reached with its CA given).
+        return endpoint
+            .tls_config(ClientTlsConfig::new())
+            .map_err(|e| fail(format!("TLS: {e}")))?
+            .connect()
+            .await
+            .map_err(|e| fail(connect_error(server, &e)));
+    };
+    let pem = std::fs::read(ca).map_err(|e| {
+        fail(format!(
+            "cannot read the CA certificate `{}` (--ca-cert): {e}",
+            ca.display()
+        ))
+    })?;
+    // TLS beneath tonic, which then speaks plain HTTP/2 over it.
+    let uri: tonic::transport::Uri = server
+        .parse()
+        .map_err(|e| usage(format!("--server `{server}` is not a URL: {e}")))?;
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let plain = format!(
+        "http://{}",
+        uri.authority().map(|a| a.as_str()).unwrap_or("")
+    );
+    let endpoint = Channel::from_shared(plain)
+        .map_err(|e| usage(format!("--server `{server}` is not a URL: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(10));
+    tls::connect(endpoint, host, &pem)
         .await
-        .map_err(|e| fail(connect_error(server, &e)))
+        .map_err(|e| match e {
+            Ok(e) => fail(connect_error(server, &e)),
+            Err(message) => fail(message),
+        })
 }
 
 /// Why `connect` failed, for a person: what is wrong and what to do.
