@@ -22,6 +22,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod crash;
+mod deploy;
 mod enforcement;
 mod evidence;
 mod freshness;
