@@ -1131,7 +1131,10 @@ async fn admin_keys_commands_report_clearly_to_people_and_scripts() {
         .output()
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach kluis"));
+    assert!(
+        String::from_utf8_lossy(&unreachable.stderr)
+            .contains("connection refused at http://127.0.0.1:9")
+    );
     server.stop().await;
 }
 
