@@ -76,6 +76,18 @@ pub fn parse_moment(flag: &str, s: &str) -> Result<i64, String> {
         .map_err(|_| bad())
 }
 
+/// Parses a moment ahead: a duration from now (`90d`, `12h`) or a moment as `parse_moment`
+/// takes it.
+pub fn parse_moment_ahead(flag: &str, s: &str, now: i64) -> Result<i64, String> {
+    if let Ok(d) = parse_duration(flag, s) {
+        return i64::try_from(d)
+            .ok()
+            .and_then(|d| now.checked_add(d))
+            .ok_or_else(|| format!("{flag} `{s}` lies too far ahead"));
+    }
+    parse_moment(flag, s).map_err(|e| format!("{e}, or a duration from now such as 90d"))
+}
+
 /// Parses a duration: a whole number and a unit, `w` (weeks), `d` (days), `h` (hours), `m`
 /// (minutes) or `s` (seconds): `7d`, `12h`, `30m`, `90s`. `0` alone is zero. `flag` names the
 /// option in the message.
@@ -371,6 +383,20 @@ mod tests {
         );
         assert_eq!(with_flags("no fields here"), "no fields here");
         assert_eq!(with_flags("an odd ` quote"), "an odd ` quote");
+    }
+
+    #[test]
+    fn a_moment_ahead_may_be_a_duration_from_now() {
+        assert_eq!(
+            parse_moment_ahead("--until", "90d", 1_000),
+            Ok(1_000 + 90 * 86_400)
+        );
+        assert_eq!(
+            parse_moment_ahead("--until", "2026-11-28", 1_000),
+            Ok(1_795_824_000)
+        );
+        let e = parse_moment_ahead("--until", "soon", 1_000).unwrap_err();
+        assert!(e.contains("90d") && e.contains("RFC 3339"), "{e}");
     }
 
     #[test]

@@ -835,7 +835,7 @@ fn check_values(command: &AdminCommand) -> Result<(), String> {
             wait: Some(wait), ..
         }) => parse_duration("--wait", wait).map(drop),
         AdminCommand::Mandate(lifecycle::MandateCommand::Grant { until, .. }) => {
-            parse_moment("--until", until).map(drop)
+            crate::cli::parse_moment_ahead("--until", until, 0).map(drop)
         }
         AdminCommand::Requests(lifecycle::RequestsCommand::Open {
             received: Some(received),

@@ -416,8 +416,8 @@ pub enum MandateCommand {
         /// A category it covers (repeat for several).
         #[arg(long = "category", required = true)]
         categories: Vec<String>,
-        /// Valid until: RFC 3339 (2026-01-31T17:00:00Z), a date (2026-01-31) or unix seconds, in
-        /// the future and at most 5 years ahead.
+        /// Valid until: a duration from now (`90d`, `2w`), RFC 3339 (2026-01-31T17:00:00Z), a
+        /// date (2026-01-31) or unix seconds; in the future and at most 5 years ahead.
         #[arg(long)]
         until: String,
         /// Why, e.g. the signed mandate's reference (audited).
@@ -487,7 +487,8 @@ pub async fn mandate(
             until,
             justification,
         } => {
-            let valid_until = match parse_moment("--until", until) {
+            let now = kluis::domain::now_unix();
+            let valid_until = match crate::cli::parse_moment_ahead("--until", until, now) {
                 Ok(s) => Some(prost_types::Timestamp {
                     seconds: s,
                     nanos: 0,
