@@ -1186,3 +1186,67 @@ async fn an_approval_of_a_root_change_written_into_the_database_is_not_obeyed() 
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_rewrap_another_node_runs_is_followed_and_taken_over_when_it_stops() {
+    let server = TestServer::start().await;
+    store_many(&server, 3).await;
+    let so_principal = Principal::new(
+        PrincipalId::parse("p", "so").unwrap(),
+        vec![Role::SecurityOfficer],
+        None,
+        "tok_so",
+        i64::MAX,
+    )
+    .unwrap();
+    // Rotated in the core (no rewrap of its own here) while "another node" holds the rewrap's
+    // lease for two more seconds and does nothing: as a node that died in its rewrap.
+    server
+        .vault
+        .rotate_key(&so_principal, Purpose::Nuisance, None, "")
+        .unwrap();
+    Connection::open(server.db_path())
+        .unwrap()
+        .execute(
+            "INSERT INTO leases (name, holder, until) \
+             VALUES ('rewrap:nuisance', 'another-node', CAST(strftime('%s', 'now') AS INTEGER) + 2) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until",
+            [],
+        )
+        .unwrap();
+    let mut admin = server.admin().await;
+    let mut stream = admin
+        .rewrap(req(
+            server.token(Role::SecurityOfficer),
+            pb::KeyJobRequest {
+                purpose: "nuisance".into(),
+                justification: "test".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(p) = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("the rewrap neither followed nor finished")
+        .unwrap()
+    {
+        let finished = p.finished;
+        messages.push(p);
+        if finished {
+            break;
+        }
+    }
+    // First it followed: nothing done here, three subject keys left, none yet on v2.
+    let first = &messages[0];
+    assert!(!first.finished);
+    assert_eq!((first.done, first.total), (0, 3));
+    assert_eq!((first.keys_on_active, first.keys_total), (0, 3));
+    // Then, the lease lapsed, it took the job over and did it.
+    let last = messages.last().unwrap();
+    assert!(last.finished);
+    assert_eq!(last.done, 3);
+    assert_eq!((last.keys_on_active, last.keys_total), (3, 3));
+    server.stop().await;
+}
