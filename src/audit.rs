@@ -478,8 +478,9 @@ impl Audit {
     /// Up to `limit` entries from `from` on, as committed, each checked before it is handed
     /// out: the sequence numbers run on without a gap, each entry's `prev_hash` is the hash of
     /// the one before (`prev`, the hash of entry `from - 1` as read earlier; the genesis hash
-    /// for entry 1; not checked for the first entry when `None`), and its hash and MAC are its
-    /// own. An entry that fails is `Corrupt`, named: `verify` says more.
+    /// for entry 1; when `None`, entry `from - 1` is read and checked for it), and its hash and
+    /// MAC are its own. An entry that fails is `Corrupt`, named (`verify` says more); the good
+    /// entries before it are handed out first.
     pub fn chained_entries(
         &self,
         from: u64,
@@ -487,7 +488,20 @@ impl Audit {
         limit: usize,
     ) -> Result<Vec<ChainedEntry>, AuditError> {
         let from = from.max(1);
-        let mut prev = if from == 1 { Some(self.genesis) } else { prev };
+        let mut prev = match prev {
+            _ if from == 1 => Some(self.genesis),
+            Some(prev) => Some(prev),
+            // Resuming: the entry before is read (and checked) for its hash, so the first one
+            // handed out is checked against it too.
+            None => self
+                .store
+                .audit_entries(from - 1, 1)?
+                .into_iter()
+                .find(|row| row.seq == from - 1)
+                .map(|row| self.check_chained(row, from - 1, None))
+                .transpose()?
+                .map(|entry| entry.hash),
+        };
         let mut out = Vec::new();
         for (row, expected) in self
             .store
@@ -495,36 +509,55 @@ impl Audit {
             .into_iter()
             .zip(from..)
         {
-            let corrupt = |what: &str| {
-                AuditError::Store(StoreError::Corrupt(format!(
-                    "audit entry {expected} ({what}); run `kluis admin audit verify`"
-                )))
-            };
-            if row.seq != expected {
-                return Err(corrupt("missing"));
+            match self.check_chained(row, expected, prev) {
+                Ok(entry) => {
+                    prev = Some(entry.hash);
+                    out.push(entry);
+                }
+                // The entries before a bad one are handed out; the next call starts at it and
+                // fails.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
             }
-            let row_prev: [u8; 32] = row
-                .prev_hash
-                .as_slice()
-                .try_into()
-                .map_err(|_| corrupt("its previous hash is not 32 bytes"))?;
-            if prev.is_some_and(|p| !bool::from(p.ct_eq(&row_prev))) {
-                return Err(corrupt("it does not follow the entry before it"));
-            }
-            let hash = entry_hash(row.seq, &row_prev, &row.entry);
-            let mac = kdf::mac(&self.keys.entry, &hash);
-            if !bool::from(row.hash.ct_eq(&hash)) || !bool::from(row.mac.ct_eq(&mac)) {
-                return Err(corrupt("its hash or MAC does not match"));
-            }
-            prev = Some(hash);
-            out.push(ChainedEntry {
-                seq: row.seq,
-                prev_hash: row_prev,
-                hash,
-                entry: row.entry,
-            });
         }
         Ok(out)
+    }
+
+    /// `row`, when it is entry `expected`, follows `prev` (when known) and carries its own hash
+    /// and MAC.
+    fn check_chained(
+        &self,
+        row: AuditRow,
+        expected: u64,
+        prev: Option<[u8; 32]>,
+    ) -> Result<ChainedEntry, AuditError> {
+        let corrupt = |what: &str| {
+            AuditError::Store(StoreError::Corrupt(format!(
+                "audit entry {expected} ({what}); run `kluis admin audit verify`"
+            )))
+        };
+        if row.seq != expected {
+            return Err(corrupt("missing"));
+        }
+        let row_prev: [u8; 32] = row
+            .prev_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("its previous hash is not 32 bytes"))?;
+        if prev.is_some_and(|p| !bool::from(p.ct_eq(&row_prev))) {
+            return Err(corrupt("it does not follow the entry before it"));
+        }
+        let hash = entry_hash(row.seq, &row_prev, &row.entry);
+        let mac = kdf::mac(&self.keys.entry, &hash);
+        if !bool::from(row.hash.ct_eq(&hash)) || !bool::from(row.mac.ct_eq(&mac)) {
+            return Err(corrupt("its hash or MAC does not match"));
+        }
+        Ok(ChainedEntry {
+            seq: row.seq,
+            prev_hash: row_prev,
+            hash,
+            entry: row.entry,
+        })
     }
 
     /// The id of the store this trail belongs to.

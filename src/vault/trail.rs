@@ -4,7 +4,7 @@
 
 use super::{Vault, VaultError};
 use crate::{
-    audit::{AuditEvent, ChainedEntry, Filter, Head, Verification},
+    audit::{AuditError, AuditEvent, ChainedEntry, Filter, Head, Verification},
     domain::{InputError, Principal, SubjectId},
     policy::AdminAction,
 };
@@ -136,7 +136,13 @@ impl Vault {
         prev: Option<[u8; 32]>,
         limit: usize,
     ) -> Result<Vec<ChainedEntry>, VaultError> {
-        Ok(self.audit.chained_entries(from, prev, limit)?)
+        // An entry that fails its checks is a damaged store (`DATA_LOSS`), not an internal error.
+        self.audit
+            .chained_entries(from, prev, limit)
+            .map_err(|e| match e {
+                AuditError::Store(e) => VaultError::Store(e),
+                other => other.into(),
+            })
     }
 
     /// News of this process's commits to the trail (`Audit::commits`).

@@ -231,6 +231,53 @@ async fn since_resumes_exactly_after_the_entry_named() {
 }
 
 #[tokio::test]
+async fn an_entry_edited_in_the_database_is_not_sent_and_ends_the_watch_with_data_loss() {
+    let server = TestServer::start().await;
+    put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-3100",
+        vec![text("phone", "contact", "06-70707070")],
+    )
+    .await;
+    let write_seq: i64 = rusqlite::Connection::open(server.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT max(seq) FROM audit WHERE CAST(entry AS TEXT) LIKE '%\"write\"%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    rusqlite::Connection::open(server.db_path())
+        .unwrap()
+        .execute(
+            "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'REL-3100', 'REL-3199') AS BLOB) \
+             WHERE seq = ?1",
+            [write_seq],
+        )
+        .unwrap();
+    let mut stream = watch(&server, Role::SecurityOfficer, watch_req(Some(0), 0, false))
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    let status = loop {
+        match stream
+            .next()
+            .await
+            .expect("the watch ended without an error")
+        {
+            Ok(e) => sent.push(e.seq),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DataLoss, "{}", status.message());
+    // Everything before it, nothing from it on.
+    let expected: Vec<u64> = (1..u64::try_from(write_seq).unwrap()).collect();
+    assert_eq!(sent, expected);
+}
+
+#[tokio::test]
 async fn only_the_privacy_and_security_officers_may_watch() {
     let server = TestServer::start().await;
     for role in [
