@@ -80,18 +80,14 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<Self::WatchAuditStream>, Status> {
         let follow = request.get_ref().follow;
         let watch = run(&self.vault, request, |vault, principal, req| {
-            if req.last > WATCH_LAST_MAX {
+            if req.last.is_some_and(|last| last > WATCH_LAST_MAX) {
                 return Err(InputError::new(
                     "last",
                     format!("at most {WATCH_LAST_MAX} entries; resume with `after_seq` instead"),
                 )
                 .into());
             }
-            let last = if req.last == 0 {
-                WATCH_LAST_DEFAULT
-            } else {
-                u64::from(req.last)
-            };
+            let last = req.last.map_or(WATCH_LAST_DEFAULT, u64::from);
             vault.begin_audit_watch(
                 principal,
                 req.after_seq,

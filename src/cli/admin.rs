@@ -160,7 +160,8 @@ pub enum AuditCommand {
         /// Keep printing entries as they are written, until interrupted.
         #[arg(short, long)]
         follow: bool,
-        /// How many of the last entries to print first.
+        /// How many of the last entries to print first; with --follow, 0 prints only what is
+        /// written from now on.
         #[arg(short = 'n', long = "lines", default_value_t = 20, value_name = "N")]
         lines: u32,
         /// Resume after this entry (the last sequence number you received): print every entry
@@ -655,7 +656,7 @@ async fn tail(
     use sha2::Digest;
     let req = pb::WatchAuditRequest {
         after_seq: since,
-        last: lines,
+        last: Some(lines),
         follow,
         justification: justification.to_owned(),
     };

@@ -15,7 +15,7 @@ use tonic::{Code, Streaming};
 
 use crate::common::*;
 
-fn watch_req(after_seq: Option<u64>, last: u32, follow: bool) -> pb::WatchAuditRequest {
+fn watch_req(after_seq: Option<u64>, last: Option<u32>, follow: bool) -> pb::WatchAuditRequest {
     pb::WatchAuditRequest {
         after_seq,
         last,
@@ -89,9 +89,13 @@ fn action(e: &pb::AuditWatchEntry) -> String {
 #[tokio::test]
 async fn entries_written_after_the_watch_started_arrive_in_order_and_chained() {
     let server = TestServer::start().await;
-    let mut stream = watch(&server, Role::SecurityOfficer, watch_req(None, 1, true))
-        .await
-        .unwrap();
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(None, Some(1), true),
+    )
+    .await
+    .unwrap();
     // First the last entry, which is the watch's own: it says where the watch starts.
     let own = next_entries(&mut stream, 1).await.remove(0);
     assert_eq!(action(&own), "audit-watch");
@@ -140,6 +144,24 @@ async fn entries_written_after_the_watch_started_arrive_in_order_and_chained() {
     let more = next_entries(&mut stream, 1).await;
     assert_eq!(more[0].prev_hash, last.hash);
     assert_eq!(action(&more[0]), "audit-head");
+    // `last: 0`: nothing of the past, not even its own entry; then what commits.
+    let mut from_now = watch(
+        &server,
+        Role::PrivacyOfficer,
+        watch_req(None, Some(0), true),
+    )
+    .await
+    .unwrap();
+    put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-209",
+        vec![text("phone", "contact", "06-70707070")],
+    )
+    .await;
+    let first = next_entries(&mut from_now, 1).await.remove(0);
+    assert_eq!(action(&first), "write");
 }
 
 #[tokio::test]
@@ -156,12 +178,16 @@ async fn since_resumes_exactly_after_the_entry_named() {
         .await;
     }
     // The whole trail, then from a point in its middle: the same entries from there on.
-    let all: Vec<_> = watch(&server, Role::PrivacyOfficer, watch_req(Some(0), 0, false))
-        .await
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-        .await;
+    let all: Vec<_> = watch(
+        &server,
+        Role::PrivacyOfficer,
+        watch_req(Some(0), None, false),
+    )
+    .await
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+    .await;
     assert_eq!(all[0].seq, 1);
     assert_chained(&all);
     assert_eq!(
@@ -173,7 +199,7 @@ async fn since_resumes_exactly_after_the_entry_named() {
     let resumed: Vec<_> = watch(
         &server,
         Role::PrivacyOfficer,
-        watch_req(Some(cut), 0, false),
+        watch_req(Some(cut), None, false),
     )
     .await
     .unwrap()
@@ -202,12 +228,16 @@ async fn since_resumes_exactly_after_the_entry_named() {
         own.json
     );
     // Without `after_seq`: the last `last` entries, ending at its own.
-    let tail: Vec<_> = watch(&server, Role::PrivacyOfficer, watch_req(None, 3, false))
-        .await
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-        .await;
+    let tail: Vec<_> = watch(
+        &server,
+        Role::PrivacyOfficer,
+        watch_req(None, Some(3), false),
+    )
+    .await
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+    .await;
     assert_eq!(
         tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [own.seq - 1, own.seq, own.seq + 1]
@@ -218,7 +248,7 @@ async fn since_resumes_exactly_after_the_entry_named() {
     let beyond = watch(
         &server,
         Role::PrivacyOfficer,
-        watch_req(Some(own.seq + 100), 0, false),
+        watch_req(Some(own.seq + 100), None, false),
     )
     .await
     .unwrap_err();
@@ -257,9 +287,13 @@ async fn an_entry_edited_in_the_database_is_not_sent_and_ends_the_watch_with_dat
             [write_seq],
         )
         .unwrap();
-    let mut stream = watch(&server, Role::SecurityOfficer, watch_req(Some(0), 0, false))
-        .await
-        .unwrap();
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(Some(0), None, false),
+    )
+    .await
+    .unwrap();
     let mut sent = Vec::new();
     let status = loop {
         match stream
@@ -287,7 +321,7 @@ async fn only_the_privacy_and_security_officers_may_watch() {
         Role::Analyst,
         Role::LegalCounsel,
     ] {
-        let status = watch(&server, role, watch_req(None, 0, true))
+        let status = watch(&server, role, watch_req(None, None, true))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{role:?}");
@@ -298,7 +332,7 @@ async fn only_the_privacy_and_security_officers_may_watch() {
         .count();
     assert_eq!(denied, 5, "each refusal is on the trail");
     for role in [Role::PrivacyOfficer, Role::SecurityOfficer] {
-        watch(&server, role, watch_req(None, 0, false))
+        watch(&server, role, watch_req(None, None, false))
             .await
             .unwrap();
     }
@@ -307,9 +341,13 @@ async fn only_the_privacy_and_security_officers_may_watch() {
 #[tokio::test]
 async fn a_reader_that_stops_reading_for_a_while_loses_nothing() {
     let server = TestServer::start().await;
-    let mut stream = watch(&server, Role::SecurityOfficer, watch_req(None, 1, true))
-        .await
-        .unwrap();
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(None, Some(1), true),
+    )
+    .await
+    .unwrap();
     let own = next_entries(&mut stream, 1).await.remove(0);
     // Far more entries than the server queues for a watch (two pages of 256) and than HTTP/2's
     // windows hold (about 4 MiB of entries of some 300 bytes), written while nobody reads.
@@ -340,9 +378,13 @@ async fn a_reader_that_stops_reading_for_a_while_loses_nothing() {
 #[tokio::test]
 async fn a_stopping_server_ends_a_watch_saying_where_to_resume() {
     let server = TestServer::start().await;
-    let mut stream = watch(&server, Role::SecurityOfficer, watch_req(None, 1, true))
-        .await
-        .unwrap();
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(None, Some(1), true),
+    )
+    .await
+    .unwrap();
     let own = next_entries(&mut stream, 1).await.remove(0);
     // The server stops without waiting for the watch to end by itself.
     tokio::time::timeout(Duration::from_secs(20), server.stop())
