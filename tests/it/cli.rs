@@ -344,6 +344,32 @@ fn policy_explain_names_and_prints_the_deciding_policies() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ALLOW: permitted by `auditor`"));
+    // A role or purpose that does not exist is a usage error, naming the option typed.
+    let out = kluis()
+        .args(["policy", "explain", "--role", "nurse", "--purpose", "audit"])
+        .args(["--category", "financial"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("`--role`"), "{}", stderr_of(&out));
+    let out = kluis()
+        .args([
+            "policy",
+            "explain",
+            "--role",
+            "auditor",
+            "--purpose",
+            "gossip",
+        ])
+        .args(["--category", "financial"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("`--purpose`"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[cfg(target_os = "linux")]
