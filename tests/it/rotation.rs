@@ -275,7 +275,10 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
         .unwrap();
     assert_eq!(status.code(), Code::PermissionDenied);
 
-    assert_eq!(run_job(&mut admin, &so, "nuisance", false).await.done, 5);
+    // All five under v2 afterwards, whoever moved them: the server's start resumes key jobs in
+    // the background, and on a busy machine that may come after the rotation above.
+    let done = run_job(&mut admin, &so, "nuisance", false).await;
+    assert_eq!((done.keys_on_active, done.keys_total), (5, 5));
     // The default wait is a week: nothing is due yet; cancelling works.
     admin
         .schedule_key_destruction(schedule(1, None))
