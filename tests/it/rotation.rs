@@ -1202,20 +1202,23 @@ async fn a_rewrap_another_node_runs_is_followed_and_taken_over_when_it_stops() {
         i64::MAX,
     )
     .unwrap();
-    // Rotated in the core (no rewrap of its own here) while "another node" holds the rewrap's
-    // lease for two more seconds and does nothing: as a node that died in its rewrap.
-    server
-        .vault
-        .rotate_key(&so_principal, Purpose::Nuisance, None, "")
-        .unwrap();
+    // "Another node" holds the rewrap's lease for three more seconds and does nothing, as a
+    // node that died in its rewrap. Taken before the rotation, so that the rewrap this server's
+    // start resumes in the background cannot move the keys itself.
     Connection::open(server.db_path())
         .unwrap()
         .execute(
             "INSERT INTO leases (name, holder, until) \
-             VALUES ('rewrap:nuisance', 'another-node', CAST(strftime('%s', 'now') AS INTEGER) + 2) \
+             VALUES ('rewrap:nuisance', 'another-node', CAST(strftime('%s', 'now') AS INTEGER) + 3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until",
             [],
         )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Rotated in the core: no rewrap of its own.
+    server
+        .vault
+        .rotate_key(&so_principal, Purpose::Nuisance, None, "")
         .unwrap();
     let mut admin = server.admin().await;
     let mut stream = admin
@@ -1243,7 +1246,7 @@ async fn a_rewrap_another_node_runs_is_followed_and_taken_over_when_it_stops() {
     }
     // First it followed: nothing done here, three subject keys left, none yet on v2.
     let first = &messages[0];
-    assert!(!first.finished);
+    assert!(!first.finished, "it followed before it took over");
     assert_eq!((first.done, first.total), (0, 3));
     assert_eq!((first.keys_on_active, first.keys_total), (0, 3));
     // Then, the lease lapsed, it took the job over and did it.
