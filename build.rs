@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".kluis.v1.IssueTokenResponse",
             ".kluis.v1.RotateRootRequest",
             ".kluis.v1.ExportLine",
+            ".kluis.v1.AuditWatchEntry",
             ".kluis.v1.EvidenceChunk",
             ".kluis.v1.EvidenceStart",
             ".kluis.v1.EvidenceData",

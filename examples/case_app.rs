@@ -11,6 +11,11 @@
 use kluis::pb::{self, vault_client::VaultClient};
 use tonic::Request;
 
+/// What the server said, for a person: its status code and message.
+fn said(status: tonic::Status) -> String {
+    format!("kluis answered {:?}: {}", status.code(), status.message())
+}
+
 fn with_token<T>(token: &str, msg: T) -> Result<Request<T>, Box<dyn std::error::Error>> {
     let mut req = Request::new(msg);
     req.metadata_mut()
@@ -19,14 +24,32 @@ fn with_token<T>(token: &str, msg: T) -> Result<Request<T>, Box<dyn std::error::
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    // A message for a person, not the error's debug form.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("case_app: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().unwrap_or_else(|| ".kluis-dev".into());
     let url = args
         .next()
         .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let tokens_file = format!("{dir}/dev-tokens.json");
     let tokens: std::collections::HashMap<String, String> =
-        serde_json::from_slice(&std::fs::read(format!("{dir}/dev-tokens.json"))?)?;
+        serde_json::from_slice(&std::fs::read(&tokens_file).map_err(|e| {
+            format!(
+                "cannot read `{tokens_file}` ({e}): start the development server first \
+                 (`cargo run -- serve --dev`), or name its data directory: \
+                 `cargo run --example case_app -- DIR URL`"
+            )
+        })?)?;
     let officer = tokens
         .get("nuisance-officer")
         .ok_or("no nuisance-officer token")?;
@@ -40,7 +63,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         channel: "app".into(),
         break_glass: false,
     };
-    let mut client = VaultClient::connect(url).await?;
+    let mut client = VaultClient::connect(url.clone()).await.map_err(|_| {
+        format!(
+            "cannot reach kluis at {url}: is the server running (`cargo run -- serve --dev`)? \
+             Another address: `cargo run --example case_app -- DIR URL`"
+        )
+    })?;
 
     let put = client
         .put_record(with_token(
@@ -65,7 +93,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 labels: [("case".to_owned(), "N-2026-0042".to_owned())].into(),
             },
         )?)
-        .await?
+        .await
+        .map_err(said)?
         .into_inner();
     println!("stored {}", put.record_id);
 
@@ -78,7 +107,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 fields: vec![],
             },
         )?)
-        .await?
+        .await
+        .map_err(said)?
         .into_inner();
     for f in &got.fields {
         if let Some(pb::field_value::Value::Text(t)) = &f.value {

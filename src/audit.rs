@@ -218,6 +218,29 @@ pub struct Head {
     pub store_id: String,
 }
 
+/// One committed entry with its place in the chain (`Audit::chained_entries`).
+#[derive(Clone)]
+pub struct ChainedEntry {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The hash of the entry before it (the genesis hash for entry 1).
+    pub prev_hash: [u8; 32],
+    /// SHA-256 over `kluis.v1.audit`, the sequence number (8 bytes, big-endian), `prev_hash`
+    /// and `entry`.
+    pub hash: [u8; 32],
+    /// The entry as stored (JSON).
+    pub entry: Vec<u8>,
+}
+
+impl std::fmt::Debug for ChainedEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The entry names subjects: only its place in the chain is shown.
+        f.debug_struct("ChainedEntry")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Which entries to read.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -276,6 +299,9 @@ struct Committed {
     /// Whether the last batch the writer tried was committed (false after a failed append,
     /// until one succeeds again).
     writable: std::sync::atomic::AtomicBool,
+    /// The same news for async readers (`Audit::commits`): the last committed sequence number,
+    /// and whether the trail has closed.
+    news: tokio::sync::watch::Sender<(u64, bool)>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -317,14 +343,17 @@ impl Committed {
             state.seq = seq;
             state.hash = hash;
         }
+        self.news.send_replace((state.seq, state.closed));
         self.changed.notify_all();
     }
 
     fn close(&self) {
-        self.state
+        let mut state = self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .closed = true;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.closed = true;
+        self.news.send_replace((state.seq, true));
         self.changed.notify_all();
     }
 
@@ -383,6 +412,7 @@ impl Audit {
             state: Mutex::default(),
             changed: Condvar::new(),
             writable: std::sync::atomic::AtomicBool::new(true),
+            news: tokio::sync::watch::Sender::new((0, false)),
         });
         committed.publish(tail.0, tail.1);
         let (tx, rx) = mpsc::channel();
@@ -435,6 +465,99 @@ impl Audit {
             .recv()
             .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))??;
         Ok(AuditSeq(seq))
+    }
+
+    /// News of commits for a reader that follows the trail without polling: the receiver sees
+    /// the last sequence number this process committed, and `true` once the trail has closed.
+    /// Entries other nodes of a shared store commit are not announced here: a follower reads
+    /// the store now and then as well.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<(u64, bool)> {
+        self.committed.news.subscribe()
+    }
+
+    /// Up to `limit` entries from `from` on, as committed, each checked before it is handed
+    /// out: the sequence numbers run on without a gap, each entry's `prev_hash` is the hash of
+    /// the one before (`prev`, the hash of entry `from - 1` as read earlier; the genesis hash
+    /// for entry 1; when `None`, entry `from - 1` is read and checked for it), and its hash and
+    /// MAC are its own. An entry that fails is `Corrupt`, named (`verify` says more); the good
+    /// entries before it are handed out first.
+    pub fn chained_entries(
+        &self,
+        from: u64,
+        prev: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<ChainedEntry>, AuditError> {
+        let from = from.max(1);
+        let mut prev = match prev {
+            _ if from == 1 => Some(self.genesis),
+            Some(prev) => Some(prev),
+            // Resuming: the entry before is read (and checked) for its hash, so the first one
+            // handed out is checked against it too.
+            None => self
+                .store
+                .audit_entries(from - 1, 1)?
+                .into_iter()
+                .find(|row| row.seq == from - 1)
+                .map(|row| self.check_chained(row, from - 1, None))
+                .transpose()?
+                .map(|entry| entry.hash),
+        };
+        let mut out = Vec::new();
+        for (row, expected) in self
+            .store
+            .audit_entries(from, limit)?
+            .into_iter()
+            .zip(from..)
+        {
+            match self.check_chained(row, expected, prev) {
+                Ok(entry) => {
+                    prev = Some(entry.hash);
+                    out.push(entry);
+                }
+                // The entries before a bad one are handed out; the next call starts at it and
+                // fails.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `row`, when it is entry `expected`, follows `prev` (when known) and carries its own hash
+    /// and MAC.
+    fn check_chained(
+        &self,
+        row: AuditRow,
+        expected: u64,
+        prev: Option<[u8; 32]>,
+    ) -> Result<ChainedEntry, AuditError> {
+        let corrupt = |what: &str| {
+            AuditError::Store(StoreError::Corrupt(format!(
+                "audit entry {expected} ({what}); run `kluis admin audit verify`"
+            )))
+        };
+        if row.seq != expected {
+            return Err(corrupt("missing"));
+        }
+        let row_prev: [u8; 32] = row
+            .prev_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("its previous hash is not 32 bytes"))?;
+        if prev.is_some_and(|p| !bool::from(p.ct_eq(&row_prev))) {
+            return Err(corrupt("it does not follow the entry before it"));
+        }
+        let hash = entry_hash(row.seq, &row_prev, &row.entry);
+        let mac = kdf::mac(&self.keys.entry, &hash);
+        if !bool::from(row.hash.ct_eq(&hash)) || !bool::from(row.mac.ct_eq(&mac)) {
+            return Err(corrupt("its hash or MAC does not match"));
+        }
+        Ok(ChainedEntry {
+            seq: row.seq,
+            prev_hash: row_prev,
+            hash,
+            entry: row.entry,
+        })
     }
 
     /// The id of the store this trail belongs to.

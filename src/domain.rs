@@ -975,8 +975,34 @@ string_enum! {
     }
 }
 
-/// How long the vault has to answer a subject request: four weeks.
-pub const REQUEST_DEADLINE_SECS: i64 = 28 * 86_400;
+/// How long the vault has to answer a subject request: four weeks, counted in days of the
+/// organisation's calendar (`REQUEST_TIME_ZONE`).
+pub const REQUEST_DEADLINE_DAYS: i32 = 28;
+
+/// The time zone whose calendar days count for subject requests.
+pub const REQUEST_TIME_ZONE: &str = "Europe/Amsterdam";
+
+/// When a subject request received at `received_at` (unix seconds) must be answered: at the end
+/// of the day four weeks after the day it was received on, in Amsterdam: the last second of
+/// that day (23:59:59 local time, whether summer or winter time). A request received at 23:50
+/// on 1 March is due at the end of 29 March, not at 23:50, and one received at 00:10 on 2 March
+/// at the end of 30 March. Falls back to four times 7 × 24 hours after the day began in UTC
+/// should the zone be unknown or the date out of range.
+pub fn request_due_at(received_at: i64) -> i64 {
+    let in_zone = || -> Result<i64, jiff::Error> {
+        let zone = jiff::tz::TimeZone::get(REQUEST_TIME_ZONE)?;
+        let day = jiff::Timestamp::from_second(received_at)?
+            .to_zoned(zone.clone())
+            .date();
+        let next_day = day.checked_add(jiff::Span::new().days(REQUEST_DEADLINE_DAYS + 1))?;
+        // The first moment of the day after the due day, less one second.
+        Ok(next_day.to_zoned(zone)?.timestamp().as_second() - 1)
+    };
+    in_zone().unwrap_or_else(|_| {
+        let day_start = received_at - received_at.rem_euclid(86_400);
+        day_start.saturating_add(i64::from(REQUEST_DEADLINE_DAYS + 1) * 86_400 - 1)
+    })
+}
 
 /// The current time in unix seconds.
 pub fn now_unix() -> i64 {
@@ -989,6 +1015,26 @@ pub fn now_unix() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_due_at_the_end_of_the_day_four_weeks_later_in_amsterdam() {
+        // 23:50 on 1 March (winter time, UTC+1): due at the end of 29 March, the day summer
+        // time starts (UTC+2), so at 21:59:59 UTC.
+        assert_eq!(request_due_at(1_772_405_400), 1_774_821_599); // 2026-03-29T21:59:59Z
+        // Twenty minutes later it is 2 March in Amsterdam (still 1 March in UTC): a day later.
+        assert_eq!(request_due_at(1_772_406_600), 1_774_907_999); // 2026-03-30T21:59:59Z
+        // Received in summer time, due in winter time (25 October 2026): 23:59:59 UTC+1.
+        assert_eq!(request_due_at(1_790_848_800), 1_793_314_799); // 2026-10-29T22:59:59Z
+        // The last second of 10 June and the first of 11 June in Amsterdam.
+        assert_eq!(request_due_at(1_781_128_799), 1_783_547_999); // 2026-07-08T21:59:59Z
+        assert_eq!(request_due_at(1_781_128_800), 1_783_634_399); // 2026-07-09T21:59:59Z
+        // Never before four weeks have passed, nor after four weeks and a day.
+        for received in (1_767_225_600..1_798_761_600).step_by(3_607) {
+            let due = request_due_at(received);
+            assert!(due - received >= 28 * 86_400 - 3_600, "{received}");
+            assert!(due - received < 29 * 86_400 + 3_600, "{received}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {

@@ -136,6 +136,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_health = stop_rx.clone();
     let stop_rx_follow = stop_rx.clone();
+    let stop_rx_admin = stop_rx.clone();
     let stop_rx_hangup = stop_rx.clone();
     let stop_rx_count = stop_rx.clone();
     let (reflection, reflection_alpha) = reflection()?;
@@ -250,7 +251,7 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            AdminServer::new(AdminApi::with_identity(vault, identity))
+            AdminServer::new(AdminApi::with_identity(vault, identity).with_stop(stop_rx_admin))
                 .max_decoding_message_size(1024 * 1024),
         )
         .serve_with_incoming_shutdown(killable::incoming(listener, switch), shutdown);

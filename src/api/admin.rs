@@ -28,6 +28,9 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AdminApi {
     vault: Backend,
+    /// Becomes true when the server stops: ends the streams that would otherwise never end
+    /// (`WatchAudit` with `follow`), so that a graceful shutdown does not wait for them.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AdminApi {
@@ -40,13 +43,138 @@ impl AdminApi {
     pub fn with_identity(vault: Arc<Vault>, identity: Arc<Identity>) -> Self {
         Self {
             vault: Backend { vault, identity },
+            stop: tokio::sync::watch::Sender::new(false).subscribe(),
         }
     }
+
+    /// Ends the streams that follow the trail once `stop` says true (the server stopping).
+    #[must_use]
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
+    }
 }
+
+/// Entries read from the store at a time for `WatchAudit`, and entries queued for the client:
+/// whatever the reader's pace, a watch holds at most about twice this many in memory.
+pub const WATCH_PAGE: usize = 256;
+
+/// How often a follower looks at the store when no commit of this process was announced: other
+/// nodes of a shared store commit too.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Entries `WatchAudit` sends first when the request says neither where to resume nor how many.
+const WATCH_LAST_DEFAULT: u64 = 20;
+
+/// Most entries `WatchAudit` sends first on request (`last`).
+const WATCH_LAST_MAX: u32 = 10_000;
 
 #[tonic::async_trait]
 impl AdminRpc for AdminApi {
     type ExportAuditStream = ReceiverStream<Result<pb::AuditEntry, Status>>;
+    type WatchAuditStream = ReceiverStream<Result<pb::AuditWatchEntry, Status>>;
+
+    async fn watch_audit(
+        &self,
+        request: Request<pb::WatchAuditRequest>,
+    ) -> Result<Response<Self::WatchAuditStream>, Status> {
+        let follow = request.get_ref().follow;
+        let watch = run(&self.vault, request, |vault, principal, req| {
+            if req.last.is_some_and(|last| last > WATCH_LAST_MAX) {
+                return Err(InputError::new(
+                    "last",
+                    format!("at most {WATCH_LAST_MAX} entries; resume with `after_seq` instead"),
+                )
+                .into());
+            }
+            let last = req.last.map_or(WATCH_LAST_DEFAULT, u64::from);
+            vault.begin_audit_watch(
+                principal,
+                req.after_seq,
+                last,
+                req.follow,
+                &req.justification,
+            )
+        })
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_PAGE);
+        let vault = Arc::clone(&self.vault.vault);
+        let mut stop = self.stop.clone();
+        let mut commits = vault.audit_commits();
+        tokio::spawn(async move {
+            let (mut next, mut prev) = (watch.start, None);
+            loop {
+                // Read behind what is committed, one page at a time: the next page is read once
+                // this one is in the channel, which holds at most a page, so a slow reader
+                // holds the watch at two pages.
+                let page = {
+                    let vault = Arc::clone(&vault);
+                    tokio::task::spawn_blocking(move || {
+                        vault.audit_entries_from(next, prev, WATCH_PAGE)
+                    })
+                    .await
+                };
+                let page = match page {
+                    Ok(Ok(page)) => page,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(super::status::to_status(e))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit watch task failed");
+                        let _ = tx.send(Err(Status::internal("internal error"))).await;
+                        return;
+                    }
+                };
+                let got = page.len();
+                for entry in page {
+                    if !follow && entry.seq > watch.own {
+                        return;
+                    }
+                    next = entry.seq + 1;
+                    prev = Some(entry.hash);
+                    let message = pb::AuditWatchEntry {
+                        seq: entry.seq,
+                        json: String::from_utf8_lossy(&entry.entry).into_owned(),
+                        hash: hex::encode(entry.hash),
+                        prev_hash: hex::encode(entry.prev_hash),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return; // The client went away.
+                    }
+                }
+                if !follow && next > watch.own {
+                    return;
+                }
+                if got == WATCH_PAGE {
+                    continue;
+                }
+                // Caught up: wait for a commit of this process, a while for other nodes', the
+                // client to leave, or the server to stop.
+                let stopping = tokio::select! {
+                    changed = commits.changed() => changed.is_err() || commits.borrow().1,
+                    () = tokio::time::sleep(WATCH_POLL) => false,
+                    () = tx.closed() => return,
+                    () = async {
+                        // A server that never says stop (its sender gone) never stops a watch.
+                        if stop.wait_for(|stopped| *stopped).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    } => true,
+                };
+                if stopping {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "the server is stopping; resume after entry {} once it is back",
+                            next - 1
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn record_consent(
         &self,
@@ -492,6 +620,7 @@ impl AdminRpc for AdminApi {
         Ok(Response::new(key_job(
             &self.vault.vault,
             purpose,
+            true,
             move |vault, progress| vault.rewrap(purpose, progress),
         )))
     }
@@ -504,6 +633,7 @@ impl AdminRpc for AdminApi {
         Ok(Response::new(key_job(
             &self.vault.vault,
             purpose,
+            false,
             move |vault, progress| vault.rekey(purpose, progress),
         )))
     }
@@ -1006,10 +1136,12 @@ async fn authorize_job(
 }
 
 /// Runs a key job on a blocking thread, streaming its progress. The job goes on when the client
-/// goes away (it is resumable anyway); it just stops reporting.
+/// goes away (it is resumable anyway); it just stops reporting. With `standing`, each message
+/// also says how many of the purpose's subject keys are under its active version (a rewrap).
 fn key_job(
     vault: &Arc<Vault>,
     purpose: Purpose,
+    standing: bool,
     job: impl FnOnce(
         &Vault,
         &mut dyn FnMut(Progress) -> bool,
@@ -1020,20 +1152,32 @@ fn key_job(
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let vault = Arc::clone(vault);
     tokio::task::spawn_blocking(move || {
-        let message = |p: Progress, finished| pb::KeyJobProgress {
-            purpose: purpose.as_str().into(),
-            done: p.done,
-            total: p.total,
-            finished,
+        let message = |vault: &Vault, p: Progress, finished| {
+            let (keys_on_active, keys_total) = if standing {
+                vault.rewrap_standing(purpose).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot count the subject keys of a purpose");
+                    (0, 0)
+                })
+            } else {
+                (0, 0)
+            };
+            pb::KeyJobProgress {
+                purpose: purpose.as_str().into(),
+                done: p.done,
+                total: p.total,
+                finished,
+                keys_on_active,
+                keys_total,
+            }
         };
         let mut report = |p: Progress| {
-            let _ = tx.try_send(Ok(message(p, false)));
+            let _ = tx.try_send(Ok(message(&vault, p, false)));
             true
         };
         let result = job(&vault, &mut report);
         let _ = tx.blocking_send(
             result
-                .map(|p| message(p, true))
+                .map(|p| message(&vault, p, true))
                 .map_err(super::status::to_status),
         );
     });

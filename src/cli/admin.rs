@@ -3,6 +3,7 @@
 mod keys;
 mod lifecycle;
 mod reseal;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -13,11 +14,11 @@ use kluis::{
 };
 use tonic::{
     Code, Request,
-    transport::{Certificate, Channel, ClientTlsConfig},
+    transport::{Channel, ClientTlsConfig},
 };
 use zeroize::Zeroizing;
 
-use super::{Exit, fail};
+use super::{Exit, fail, usage};
 
 /// Arguments of `kluis admin`.
 #[derive(Args, Debug)]
@@ -145,12 +146,33 @@ pub enum AuditCommand {
         /// Only entries by this principal.
         #[arg(long)]
         principal: Option<String>,
-        /// Only entries since this moment: unix seconds or a date (YYYY-MM-DD, UTC).
+        /// Only entries since this moment: RFC 3339 (2026-01-31T17:00:00Z), a date (2026-01-31) or
+        /// unix seconds.
         #[arg(long)]
         since: Option<String>,
         /// Only break-glass accesses.
         #[arg(long)]
         break_glass: bool,
+        /// Why the trail is read (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Print the last entries of the trail and end, or with --follow keep printing each entry
+    /// as it commits (to ship the trail to a SIEM). Every entry comes with its sequence number
+    /// and chain hash, and the chain is checked as it arrives: exit 4 when it does not follow
+    /// on. Privacy and security officers; the watch is itself audited.
+    Tail {
+        /// Keep printing entries as they are written, until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last entries to print first; with --follow, 0 prints only what is
+        /// written from now on.
+        #[arg(short = 'n', long = "lines", default_value_t = 20, value_name = "N")]
+        lines: u32,
+        /// Resume after this entry (the last sequence number you received): print every entry
+        /// after it, instead of the last N. `--since 0` starts at the first entry.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
         /// Why the trail is read (audited).
         #[arg(long, default_value = "")]
         justification: String,
@@ -177,7 +199,7 @@ pub enum TokenCommand {
         /// A role (repeat for several).
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
-        /// Lifetime: `30d`, `12h`, `90m`; at most 400 days.
+        /// Lifetime: `30d`, `12h`, `30m`, `90s` (or `2w`); at most 400 days.
         #[arg(long, default_value = "30d")]
         ttl: String,
         /// Bind the token to one subject (required for contractor, bailiff, lawyer, subject).
@@ -236,13 +258,17 @@ pub fn run(args: &AdminArgs) -> Exit {
 }
 
 async fn run_async(args: &AdminArgs) -> Exit {
+    // What the user typed is checked before anything is read or sent: a usage error is one.
+    if let Err(e) = check_values(&args.command) {
+        return usage(e);
+    }
     let token = match read_token(args) {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
     let channel = match connect(args).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(exit) => return exit,
     };
     let mut client = AdminClient::new(channel.clone());
     let cmd = match &args.command {
@@ -314,10 +340,9 @@ async fn run_async(args: &AdminArgs) -> Exit {
             subject,
             justification,
         } => {
-            let Some(ttl_seconds) = parse_ttl(ttl) else {
-                return fail(format!(
-                    "--ttl `{ttl}` is not a duration like 30d, 12h or 90m"
-                ));
+            let ttl_seconds = match crate::cli::parse_duration("--ttl", ttl) {
+                Ok(t) => t,
+                Err(e) => return usage(e),
             };
             let req = pb::IssueTokenRequest {
                 principal_id: principal.clone(),
@@ -508,8 +533,9 @@ async fn audit(
         AuditCommand::Verify { expect_head } => {
             let expect_head = match expect_head.as_deref().map(parse_head).transpose() {
                 Ok(h) => h,
-                Err(e) => return fail(e),
+                Err(e) => return usage(e),
             };
+            let anchor = expect_head.as_ref().map(|h| (h.seq, h.hash.clone()));
             match client
                 .verify_audit(authed(token, pb::VerifyAuditRequest { expect_head }))
                 .await
@@ -520,11 +546,21 @@ async fn audit(
                         out!(
                             "{}",
                             serde_json::json!({"intact": r.intact, "count": r.count, "head_hash": r.head_hash,
-                                "broken_seq": r.broken_seq, "problem": r.problem})
+                                "broken_seq": r.broken_seq, "problem": r.problem,
+                                "expected_head_found": anchor.as_ref().map(|_| r.intact)})
                         );
                     } else if r.intact {
+                        if let Some((seq, hash)) = &anchor {
+                            out!("FOUND: entry {seq} of this trail has the expected hash {hash}");
+                        }
                         out!("OK: {} entries, head {}", r.count, r.head_hash);
                     } else {
+                        if let Some((seq, _)) = &anchor {
+                            out!(
+                                "NOT FOUND: the expected head is not entry {seq} of this trail, or the \
+                                 trail is broken before it"
+                            );
+                        }
                         out!("BROKEN at entry {}: {}", r.broken_seq, r.problem);
                     }
                     if r.intact {
@@ -543,9 +579,13 @@ async fn audit(
             break_glass,
             justification,
         } => {
-            let since = match since.as_deref().map(parse_since).transpose() {
+            let since = match since
+                .as_deref()
+                .map(|s| crate::cli::parse_moment("--since", s))
+                .transpose()
+            {
                 Ok(s) => s,
-                Err(e) => return fail(e),
+                Err(e) => return usage(e),
             };
             let req = pb::ExportAuditRequest {
                 subject_id: subject.clone().unwrap_or_default(),
@@ -566,6 +606,12 @@ async fn audit(
                 }
             }
         }
+        AuditCommand::Tail {
+            follow,
+            lines,
+            since,
+            justification,
+        } => tail(client, token, *follow, *lines, *since, justification, json).await,
         AuditCommand::Report {
             subject,
             justification,
@@ -615,6 +661,72 @@ async fn audit(
     }
 }
 
+/// `audit tail`: prints entries from `WatchAudit` as they come, checking that each follows on
+/// from the one before (sequence number, previous hash, its own hash).
+async fn tail(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    follow: bool,
+    lines: u32,
+    since: Option<u64>,
+    justification: &str,
+    json: bool,
+) -> Exit {
+    use sha2::Digest;
+    let req = pb::WatchAuditRequest {
+        after_seq: since,
+        last: Some(lines),
+        follow,
+        justification: justification.to_owned(),
+    };
+    let mut stream = match client.watch_audit(authed(token, req)).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) => return status_exit(&s),
+    };
+    let mut last: Option<(u64, String)> = None;
+    loop {
+        let entry = match stream.message().await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Exit::Success,
+            Err(s) => {
+                let exit = status_exit(&s);
+                if let Some((seq, _)) = &last {
+                    eprintln!("the last entry received is {seq}: resume with --since {seq}");
+                }
+                return exit;
+            }
+        };
+        let hash = hex::encode(
+            sha2::Sha256::new()
+                .chain_update(b"kluis.v1.audit")
+                .chain_update(entry.seq.to_be_bytes())
+                .chain_update(hex::decode(&entry.prev_hash).unwrap_or_default())
+                .chain_update(entry.json.as_bytes())
+                .finalize(),
+        );
+        let follows = last
+            .as_ref()
+            .is_none_or(|(seq, prev)| entry.seq == seq + 1 && &entry.prev_hash == prev);
+        if hash != entry.hash || !follows {
+            eprintln!(
+                "error: entry {} does not follow on from the entry before it or does not match                  its hash; run `kluis admin audit verify` on the server",
+                entry.seq
+            );
+            return Exit::CheckFailed;
+        }
+        if json {
+            out!(
+                "{}",
+                serde_json::json!({"seq": entry.seq, "hash": entry.hash,
+                    "prev_hash": entry.prev_hash, "json": entry.json})
+            );
+        } else {
+            out!("{} {} {}", entry.seq, entry.hash, entry.json);
+        }
+        last = Some((entry.seq, entry.hash));
+    }
+}
+
 /// Streams an online backup from the server into a new file (0600), written as `.partial` first.
 async fn backup(
     client: &mut AdminClient<Channel>,
@@ -648,6 +760,7 @@ async fn backup(
         Err(e) => return fail(format!("cannot create `{}`: {e}", partial.display())),
     };
     let (mut written, mut size, mut hash) = (0u64, 0u64, sha2::Sha256::new());
+    let mut bar = super::progress::Progress::new("backup", json);
     let outcome = loop {
         match stream.message().await {
             Ok(Some(chunk)) => {
@@ -658,16 +771,18 @@ async fn backup(
                     break Err(fail(format!("cannot write `{}`: {e}", partial.display())));
                 }
                 hash.update(&chunk.data);
-                let before = written;
                 written += chunk.data.len() as u64;
-                if !json && written / (64 << 20) != before / (64 << 20) {
-                    eprintln!("{} of {} MiB", written >> 20, size >> 20);
-                }
+                bar.update(
+                    written,
+                    size,
+                    format_args!("{} of {} MiB", written >> 20, size >> 20),
+                );
             }
             Ok(None) => break Ok(()),
             Err(s) => break Err(status_exit(&s)),
         }
     };
+    bar.finish();
     let outcome = outcome.and_then(|()| {
         if written != size {
             return Err(fail(format!(
@@ -722,34 +837,32 @@ fn parse_head(s: &str) -> Result<pb::AuditHead, String> {
     }
 }
 
-/// Parses unix seconds or a UTC date `YYYY-MM-DD`.
-fn parse_since(s: &str) -> Result<i64, String> {
-    let bad = || format!("--since `{s}` is not unix seconds or a date like 2026-01-31");
-    if let Ok(n) = s.parse::<i64>() {
-        return Ok(n);
+/// Checks the values of `command` that the CLI parses itself (moments, durations, heads), so
+/// that a mistyped one is a usage error (exit 2) before any connection is made.
+fn check_values(command: &AdminCommand) -> Result<(), String> {
+    use crate::cli::{parse_duration, parse_moment};
+    match command {
+        AdminCommand::Token(TokenCommand::Issue { ttl, .. }) => {
+            parse_duration("--ttl", ttl).map(drop)
+        }
+        AdminCommand::Audit(AuditCommand::Export {
+            since: Some(since), ..
+        }) => parse_moment("--since", since).map(drop),
+        AdminCommand::Audit(AuditCommand::Verify {
+            expect_head: Some(head),
+        }) => parse_head(head).map(drop),
+        AdminCommand::Keys(keys::KeysCommand::ScheduleDestroy {
+            wait: Some(wait), ..
+        }) => parse_duration("--wait", wait).map(drop),
+        AdminCommand::Mandate(lifecycle::MandateCommand::Grant { until, .. }) => {
+            crate::cli::parse_moment_ahead("--until", until, 0).map(drop)
+        }
+        AdminCommand::Requests(lifecycle::RequestsCommand::Open {
+            received: Some(received),
+            ..
+        }) => parse_moment("--received", received).map(drop),
+        _ => Ok(()),
     }
-    let mut parts = s.split('-');
-    let (Some(y), Some(m), Some(d), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    let (y, m, d): (i64, i64, i64) = (
-        y.parse().map_err(|_| bad())?,
-        m.parse().map_err(|_| bad())?,
-        d.parse().map_err(|_| bad())?,
-    );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return Err(bad());
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) * 86_400)
 }
 
 /// Wraps `msg` in a request carrying `authorization: Bearer <token>`.
@@ -763,6 +876,7 @@ pub(super) fn authed<T>(token: &str, msg: T) -> Request<T> {
 
 fn read_token(args: &AdminArgs) -> Result<Zeroizing<String>, String> {
     if let Some(path) = &args.token_file {
+        check_private(path)?;
         let text = Zeroizing::new(
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read token file `{}`: {e}", path.display()))?,
@@ -775,70 +889,144 @@ fn read_token(args: &AdminArgs) -> Result<Zeroizing<String>, String> {
         .ok_or_else(|| "no credentials: give --token-file or set KLUIS_TOKEN".to_owned())
 }
 
-async fn connect(args: &AdminArgs) -> Result<Channel, String> {
+/// Refuses a token file that others may read, as the server refuses its key files: a bearer
+/// token is a credential.
+fn check_private(path: &std::path::Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read token file `{}`: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "token file `{}` may be read by others (mode {:03o}): run `chmod 600 {}` (and \
+                 consider the token exposed if others could read it)",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Connects to `--server`. A URL without its scheme, and a server that cannot be reached, are
+/// said so, with what to do.
+async fn connect(args: &AdminArgs) -> Result<Channel, Exit> {
     connect_to(&args.server, args.ca_cert.as_deref()).await
 }
 
-/// A channel to the kluis at `server`, trusting `ca_cert` for https.
+/// A channel to the kluis at `server`, trusting `ca_cert` (a CA, or the server's self-signed
+/// certificate) for https.
 pub(super) async fn connect_to(
     server: &str,
     ca_cert: Option<&std::path::Path>,
-) -> Result<Channel, String> {
-    let mut endpoint = Channel::from_shared(server.to_owned())
-        .map_err(|e| format!("--server `{server}`: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(10));
-    if server.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = ca_cert {
-            let pem =
-                std::fs::read(ca).map_err(|e| format!("cannot read CA `{}`: {e}", ca.display()))?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+) -> Result<Channel, Exit> {
+    let server = server.trim();
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        return Err(usage(format!(
+            "--server `{server}` needs its scheme: http://{server} (plain, on this host) or \
+             https://{server} (TLS)"
+        )));
     }
-    endpoint
-        .connect()
+    let endpoint = Channel::from_shared(server.to_owned())
+        .map_err(|e| usage(format!("--server `{server}` is not a URL: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if !server.starts_with("https://") {
+        return endpoint
+            .connect()
+            .await
+            .map_err(|e| fail(connect_error(server, &e)));
+    }
+    let Some(ca) = ca_cert else {
+        // Without --ca-cert: tonic's TLS with the roots kluis is built with (none: an https
+        // server is reached with its CA given).
+        return endpoint
+            .tls_config(ClientTlsConfig::new())
+            .map_err(|e| fail(format!("TLS: {e}")))?
+            .connect()
+            .await
+            .map_err(|e| fail(connect_error(server, &e)));
+    };
+    let pem = std::fs::read(ca).map_err(|e| {
+        fail(format!(
+            "cannot read the CA certificate `{}` (--ca-cert): {e}",
+            ca.display()
+        ))
+    })?;
+    // TLS beneath tonic, which then speaks plain HTTP/2 over it.
+    let uri: tonic::transport::Uri = server
+        .parse()
+        .map_err(|e| usage(format!("--server `{server}` is not a URL: {e}")))?;
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let plain = format!(
+        "http://{}",
+        uri.authority().map(|a| a.as_str()).unwrap_or("")
+    );
+    let endpoint = Channel::from_shared(plain)
+        .map_err(|e| usage(format!("--server `{server}` is not a URL: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(10));
+    tls::connect(endpoint, host, &pem)
         .await
-        .map_err(|e| format!("cannot reach kluis at {server}: {e}"))
+        .map_err(|e| match e {
+            Ok(e) => fail(connect_error(server, &e)),
+            Err(message) => fail(message),
+        })
 }
 
+/// Why `connect` failed, for a person: what is wrong and what to do.
+fn connect_error(server: &str, e: &tonic::transport::Error) -> String {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return format!(
+                        "connection refused at {server}: is kluis running there, on that port? \
+                         (give the server with --server or KLUIS_SERVER)"
+                    );
+                }
+                std::io::ErrorKind::TimedOut => {
+                    return format!(
+                        "no answer from {server} within 10 s: check the address and any firewall"
+                    );
+                }
+                _ => {}
+            }
+        }
+        let text = cause.to_string();
+        if text.contains("certificate") || text.contains("Certificate") {
+            return format!(
+                "the TLS certificate of {server} is not trusted ({text}): give the server's CA \
+                 certificate, or its self-signed certificate, with --ca-cert"
+            );
+        }
+        source = cause.source();
+    }
+    format!("cannot reach kluis at {server}: {e}")
+}
+
+/// Says why the server refused or failed, in the options the user typed, and picks the exit
+/// code.
 pub(super) fn status_exit(s: &tonic::Status) -> Exit {
-    eprintln!("error: {}", s.message());
+    eprintln!("error: {}", crate::cli::with_flags(s.message()));
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied => Exit::Denied,
         _ => Exit::Error,
     }
 }
 
-/// Parses a waiting period; `0s` (or `0`) is allowed.
-fn parse_ttl_or_zero(s: &str) -> Result<u64, String> {
-    if s.trim() == "0" {
-        return Ok(0);
-    }
-    parse_ttl(s).ok_or_else(|| format!("`{s}` is not a duration like 7d, 12h, 90m or 0s"))
-}
-
-/// Parses `30d`, `12h`, `90m` or `3600s` into seconds.
-fn parse_ttl(s: &str) -> Option<u64> {
-    let s = s.trim();
-    [('d', 86_400u64), ('h', 3_600), ('m', 60), ('s', 1)]
-        .iter()
-        .find_map(|&(unit, secs)| s.strip_suffix(unit).map(|n| (n, secs)))
-        .and_then(|(n, secs)| n.parse::<u64>().ok()?.checked_mul(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_parse_to_unix_seconds() {
-        assert_eq!(parse_since("1970-01-01").unwrap(), 0);
-        assert_eq!(parse_since("2026-11-28").unwrap(), 1_795_824_000);
-        assert_eq!(parse_since("1700000000").unwrap(), 1_700_000_000);
-        assert!(parse_since("2026-13-01").is_err());
-        assert!(parse_since("yesterday").is_err());
-    }
 
     #[test]
     fn heads_parse() {

@@ -93,7 +93,7 @@ pub fn run(args: &OperatorArgs) -> Exit {
     runtime.block_on(async {
         let channel = match admin::connect_to(&args.server, args.ca_cert.as_deref()).await {
             Ok(c) => c,
-            Err(e) => return fail(e),
+            Err(exit) => return exit,
         };
         let mut client = OperatorClient::new(channel);
         match &args.command {

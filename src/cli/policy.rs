@@ -11,7 +11,7 @@ use kluis::{
     policy::{Action, Effect, Engine, FieldResource, table},
 };
 
-use super::{Exit, fail};
+use super::{Exit, fail, usage};
 
 /// Arguments of `kluis policy`.
 #[derive(Args, Debug)]
@@ -198,10 +198,10 @@ pub fn run(args: &PolicyArgs) -> Exit {
             })();
             let (principal, ctx, resource) = match parsed {
                 Ok(p) => p,
-                Err(e) => return fail(e),
+                Err(e) => return usage(super::with_flags(&e.to_string())),
             };
             let Some(action) = Action::from_name(action) else {
-                return fail(format!(
+                return usage(format!(
                     "--action `{action}`: expected one of {}",
                     Action::names()
                 ));
@@ -231,7 +231,7 @@ pub fn run(args: &PolicyArgs) -> Exit {
             if decision.effect == Effect::Allow {
                 Exit::Success
             } else {
-                Exit::Denied
+                Exit::PolicyDeny
             }
         }
     }

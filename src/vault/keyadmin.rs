@@ -34,6 +34,9 @@ const REKEY_SEGMENT_BATCH: usize = 16;
 const REKEY_FINISH_ATTEMPTS: usize = 8;
 
 /// The answer to a key job that another node of a shared store is running.
+/// How often a rewrap that another node runs is looked at by one that follows it.
+const REWRAP_FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+
 fn elsewhere(job: &str, purpose: Purpose) -> VaultError {
     VaultError::FailedPrecondition(format!(
         "a {job} of `{purpose}` is running on another node; it finishes there (or here, once \
@@ -262,18 +265,52 @@ impl Vault {
         Ok(())
     }
 
+    /// How far `purpose` is rewrapped, whoever does it: its subject keys under the active
+    /// version, and all its subject keys. For reporting on a rewrap the caller was allowed.
+    pub fn rewrap_standing(&self, purpose: Purpose) -> Result<(u64, u64), VaultError> {
+        let active = self.active_version(purpose)?;
+        let counts = self.store.subject_key_counts(purpose.as_str())?;
+        let all = counts.iter().map(|(_, n)| n).sum();
+        let on_active = counts
+            .iter()
+            .filter(|(v, _)| *v == active)
+            .map(|(_, n)| n)
+            .sum();
+        Ok((on_active, all))
+    }
+
     /// Rewraps every subject key of `purpose` under an older version to the active version, in
     /// batches of one transaction each, calling `progress` after each batch (return false to
     /// stop). Safe to run beside traffic and beside another rewrap; resumes where it stopped.
+    /// While another node's rewrap of the purpose runs, follows it instead (`progress` with
+    /// what is left, nothing done here) and takes over if that node stops.
     pub fn rewrap(
         &self,
         purpose: Purpose,
         mut progress: impl FnMut(Progress) -> bool,
     ) -> Result<Progress, VaultError> {
-        // One node at a time (another node's rewrap holds the lease).
-        let lease = self
-            .job_lease(&format!("rewrap:{purpose}"))?
-            .ok_or_else(|| elsewhere("rewrap", purpose))?;
+        // One node at a time. While another node's rewrap holds the lease (the one its rotation
+        // started), follow it: report how much is left until nothing is, and take over should
+        // its lease lapse (that node stopped).
+        let lease = loop {
+            if let Some(lease) = self.job_lease(&format!("rewrap:{purpose}"))? {
+                break lease;
+            }
+            let (on_active, all) = self.rewrap_standing(purpose)?;
+            let left = all.saturating_sub(on_active);
+            if left == 0
+                || !progress(Progress {
+                    done: 0,
+                    total: left,
+                })
+            {
+                return Ok(Progress {
+                    done: 0,
+                    total: left,
+                });
+            }
+            std::thread::sleep(REWRAP_FOLLOW_INTERVAL);
+        };
         let active = self.active_version(purpose)?;
         let total: u64 = self
             .store

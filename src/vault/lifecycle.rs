@@ -13,8 +13,8 @@ use super::{Vault, VaultError};
 use crate::{
     audit::AuditEvent,
     domain::{
-        AccessContext, Clock, InputError, Need, Principal, Purpose, REQUEST_DEADLINE_SECS,
-        RecordId, RequestKind, RetentionStart, SubjectId, check_free_text, now_unix,
+        AccessContext, Clock, InputError, Need, Principal, Purpose, RecordId, RequestKind,
+        RetentionStart, SubjectId, check_free_text, now_unix, request_due_at,
     },
     policy::{Action, AdminAction},
     store::{AnchorChange, HoldRow, RecordRow, RequestRow},
@@ -472,8 +472,8 @@ impl Vault {
         Ok(outcome)
     }
 
-    /// Registers a subject request received at `received_at` (now when `None`); its deadline is
-    /// four weeks later.
+    /// Registers a subject request received at `received_at` (now when `None`); it is due at the
+    /// end of the day four weeks later, in Amsterdam (`request_due_at`).
     pub fn open_request(
         &self,
         actor: &Principal,
@@ -500,7 +500,7 @@ impl Vault {
                 subject: subject.as_str().into(),
                 kind,
                 received_at,
-                due_at: received_at.saturating_add(REQUEST_DEADLINE_SECS),
+                due_at: request_due_at(received_at),
                 opened_by: actor.id.as_str().into(),
                 completed_at: None,
                 note: note.into(),

@@ -4,8 +4,8 @@
 
 use super::{Vault, VaultError};
 use crate::{
-    audit::{AuditEvent, Filter, Head, Verification},
-    domain::{Principal, SubjectId},
+    audit::{AuditError, AuditEvent, ChainedEntry, Filter, Head, Verification},
+    domain::{InputError, Principal, SubjectId},
     policy::AdminAction,
 };
 
@@ -84,6 +84,72 @@ impl Vault {
         Ok(())
     }
 
+    /// Starts a watch of the trail for the privacy or security officer (shipping to a SIEM):
+    /// checks the policy and records the watch, saying where it starts. Returns the entry it
+    /// starts at and its own entry: after `after` when given (it must not lie beyond the
+    /// trail), else the last `last` entries up to and including its own.
+    pub fn begin_audit_watch(
+        &self,
+        actor: &Principal,
+        after: Option<u64>,
+        last: u64,
+        follow: bool,
+        justification: &str,
+    ) -> Result<AuditWatch, VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ReadAudit,
+            "audit-watch",
+            None,
+            justification,
+        )?;
+        let head = self.audit.head()?.seq;
+        // Its own entry is the next one, unless another node commits first: then later.
+        let start = match after {
+            Some(after) if after > head => {
+                return Err(InputError::new(
+                    "after_seq",
+                    format!(
+                        "entry {after} is beyond the trail, which ends at entry {head}: resume                          from a sequence number this store's trail has given (is it the right                          server?)"
+                    ),
+                )
+                .into());
+            }
+            Some(after) => after + 1,
+            None => (head + 2).saturating_sub(last).max(1),
+        };
+        let how = if follow {
+            "following"
+        } else {
+            "up to this entry"
+        };
+        event.reason = Some(format!("from entry {start}, {how}"));
+        let own = event.commit()?.value();
+        Ok(AuditWatch { start, own })
+    }
+
+    /// Entries of the trail from `from` on, checked (`Audit::chained_entries`): for a watch
+    /// begun with `begin_audit_watch`.
+    pub fn audit_entries_from(
+        &self,
+        from: u64,
+        prev: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<ChainedEntry>, VaultError> {
+        // An entry that fails its checks is a damaged store (`DATA_LOSS`), not an internal error.
+        self.audit
+            .chained_entries(from, prev, limit)
+            .map_err(|e| match e {
+                AuditError::Store(e) => VaultError::Store(e),
+                other => other.into(),
+            })
+    }
+
+    /// News of this process's commits to the trail (`Audit::commits`).
+    pub fn audit_commits(&self) -> tokio::sync::watch::Receiver<(u64, bool)> {
+        self.audit.commits()
+    }
+
     /// Every recorded access to `subject`'s data: who, in which role, for which purpose and case,
     /// why, which fields, and the decision.
     pub fn subject_access_report(
@@ -115,6 +181,15 @@ impl Vault {
         })?;
         Ok(out)
     }
+}
+
+/// Where a watch of the trail starts (`Vault::begin_audit_watch`).
+#[derive(Clone, Copy, Debug)]
+pub struct AuditWatch {
+    /// The first entry to send.
+    pub start: u64,
+    /// The entry that records the watch.
+    pub own: u64,
 }
 
 fn describe(filter: &Filter) -> String {

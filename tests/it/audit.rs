@@ -519,7 +519,13 @@ async fn admin_audit_commands_work_against_a_running_server() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+    // Whether the expected head was found, then the verdict on the whole trail.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("FOUND: "), "{stdout}");
+    assert!(
+        stdout.lines().nth(1).unwrap().starts_with("OK: "),
+        "{stdout}"
+    );
     let out = run(&["audit", "export", "--subject", "REL-1000"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
@@ -534,6 +540,7 @@ async fn admin_audit_commands_work_against_a_running_server() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["intact"], false);
     assert_eq!(r["broken_seq"], seq);
+    assert_eq!(r["expected_head_found"], false);
     server.stop().await;
 }
 

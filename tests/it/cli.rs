@@ -317,7 +317,8 @@ fn policy_explain_names_and_prints_the_deciding_policies() {
         .args(["--record-purpose", "nuisance", "--category", "contact"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    // A deny decided here, not a refusal by a server (3).
+    assert_eq!(out.status.code(), Some(5));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.starts_with("DENY: forbidden by `purpose-limitation`"),
@@ -343,6 +344,32 @@ fn policy_explain_names_and_prints_the_deciding_policies() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ALLOW: permitted by `auditor`"));
+    // A role or purpose that does not exist is a usage error, naming the option typed.
+    let out = kluis()
+        .args(["policy", "explain", "--role", "nurse", "--purpose", "audit"])
+        .args(["--category", "financial"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("`--role`"), "{}", stderr_of(&out));
+    let out = kluis()
+        .args([
+            "policy",
+            "explain",
+            "--role",
+            "auditor",
+            "--purpose",
+            "gossip",
+        ])
+        .args(["--category", "financial"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("`--purpose`"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[cfg(target_os = "linux")]
@@ -358,4 +385,390 @@ fn the_server_process_writes_no_core_dumps() {
     let fields: Vec<&str> = core.split_whitespace().collect();
     // "Max core file size  <soft> <hard> bytes"
     assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+}
+
+/// `kluis admin …` against the in-process `server`, as `role`. The test must run on several
+/// threads: the server runs in this process while the test waits for the command.
+fn admin_as(server: &crate::common::TestServer, role: kluis::domain::Role) -> Command {
+    let mut c = kluis();
+    c.env_remove("KLUIS_TOKEN_FILE")
+        .env_remove("KLUIS_CA_CERT")
+        .env("KLUIS_TOKEN", server.token(role))
+        .env("KLUIS_SERVER", format!("http://{}", server.addr))
+        .arg("admin");
+    c
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_token_file_others_may_read_is_refused_saying_chmod_600() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = crate::common::private_tempdir();
+    let file = tmp.path().join("token");
+    std::fs::write(&file, "kt_whatever").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = kluis()
+        .args(["admin", "token", "list", "--token-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("chmod 600 {}", file.display())),
+        "{err}"
+    );
+    assert!(!err.contains("kt_whatever"), "never the token itself");
+    // Its twin: mode 0600 passes the check and gets as far as the (absent) server.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = kluis()
+        .args(["admin", "token", "list", "--server", "http://127.0.0.1:9"])
+        .arg("--token-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!stderr_of(&out).contains("chmod"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn an_unreachable_server_or_a_url_without_scheme_is_said_so() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = kluis()
+        .env("KLUIS_TOKEN", "kt_x")
+        .args(["admin", "token", "list", "--server"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("connection refused at http://127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("transport error"), "{err}");
+    let out = kluis()
+        .env("KLUIS_TOKEN", "kt_x")
+        .args(["admin", "token", "list", "--server"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = stderr_of(&out);
+    assert!(err.contains("http://") && err.contains("https://"), "{err}");
+}
+
+#[test]
+fn values_the_cli_cannot_parse_exit_2_naming_the_option() {
+    for (args, flag) in [
+        (
+            &[
+                "token",
+                "issue",
+                "--principal",
+                "p",
+                "--role",
+                "analyst",
+                "--ttl",
+                "3x",
+            ][..],
+            "--ttl",
+        ),
+        (
+            &["audit", "export", "--since", "last tuesday"][..],
+            "--since",
+        ),
+        (
+            &["audit", "verify", "--expect-head", "12:ab"][..],
+            "--expect-head",
+        ),
+        (
+            &[
+                "mandate",
+                "grant",
+                "--subject",
+                "REL-1",
+                "--representative",
+                "r",
+            ][..],
+            "--purpose",
+        ),
+    ] {
+        let out = kluis()
+            .env("KLUIS_TOKEN", "kt_x")
+            .arg("admin")
+            .args(args)
+            .args(["--server", "http://127.0.0.1:9"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains(flag),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_refusals_name_the_options_the_user_typed() {
+    use kluis::domain::Role;
+    let server = crate::common::TestServer::start().await;
+    let out = admin_as(&server, Role::SecurityOfficer)
+        .args(["token", "issue", "--principal", "p-1", "--role", "nurse"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr_of(&out);
+    assert!(err.contains("`--role`"), "{err}");
+    assert!(!err.contains("roles["), "{err}");
+    let out = admin_as(&server, Role::SecurityOfficer)
+        .args([
+            "token",
+            "issue",
+            "--principal",
+            "p-1",
+            "--role",
+            "contractor",
+        ])
+        .args(["--subject", "REL 1"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(err.contains("`--subject`"), "{err}");
+    assert!(!err.contains("scope_subject_id"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_the_command_quietly_with_status_0() {
+    use kluis::domain::Role;
+    let server = crate::common::TestServer::start().await;
+    // Far more output than a pipe buffers (64 KiB), so the writer meets the closed pipe.
+    let mut admin = server.admin().await;
+    for _ in 0..400 {
+        admin
+            .audit_head(req(
+                server.token(Role::SecurityOfficer),
+                pb::AuditHeadRequest {},
+            ))
+            .await
+            .unwrap();
+    }
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "\"{}\" admin audit tail --since 0 --json | head -1 >/dev/null; exit ${{PIPESTATUS[0]}}",
+            env!("CARGO_BIN_EXE_kluis")
+        ))
+        .env("KLUIS_TOKEN", server.token(Role::SecurityOfficer))
+        .env("KLUIS_SERVER", format!("http://{}", server.addr))
+        .env("KLUIS_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "nothing on stderr: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rewrap_after_rotate_reports_the_rotations_own_work() {
+    use kluis::domain::Role;
+    let server = crate::common::TestServer::start().await;
+    for n in 0..4 {
+        crate::common::put(
+            &server,
+            Role::NuisanceOfficer,
+            crate::common::nuisance_ctx(),
+            &format!("REL-50{n}"),
+            vec![text("phone", "contact", "06-12121212")],
+        )
+        .await;
+    }
+    let so = |args: &[&str]| {
+        admin_as(&server, Role::SecurityOfficer)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        so(&["keys", "rotate", "--purpose", "nuisance"])
+            .status
+            .success()
+    );
+    let out = so(&["keys", "rewrap", "--purpose", "nuisance"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("nuisance: done, 4 of 4 subject keys under the active version"),
+        "{stdout}"
+    );
+    // Not a terminal: plain progress lines on stderr, no carriage returns.
+    assert!(!stderr_of(&out).contains('\r'));
+    // The report ends with its verdict and reasons, as JSON.
+    let out = so(&["keys", "report", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let verdict: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(verdict["verdict"], "sound");
+    assert_eq!(verdict["reasons"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_says_whether_the_expected_head_was_found() {
+    use kluis::domain::Role;
+    let server = crate::common::TestServer::start().await;
+    let so = |args: &[&str]| {
+        admin_as(&server, Role::SecurityOfficer)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let head = String::from_utf8(so(&["audit", "head"]).stdout).unwrap();
+    let head = head.trim();
+    let out = so(&["audit", "verify", "--expect-head", head]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let seq = head.split(':').next().unwrap();
+    assert!(
+        stdout.starts_with(&format!("FOUND: entry {seq} ")),
+        "{stdout}"
+    );
+    // The same head with another hash (and so a MAC that does not match): not found, exit 4.
+    let mut parts: Vec<String> = head.split(':').map(str::to_owned).collect();
+    parts[1] = "00".repeat(32);
+    let out = so(&["audit", "verify", "--expect-head", &parts.join(":")]);
+    assert_eq!(out.status.code(), Some(4));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("NOT FOUND: the expected head is not entry {seq}")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandates_past_their_end_are_listed_as_expired_and_local_time_has_its_offset() {
+    use kluis::domain::Role;
+    let server = crate::common::TestServer::start().await;
+    let until = kluis::domain::now_unix() + 2;
+    let po = |args: &[&str]| {
+        admin_as(&server, Role::PrivacyOfficer)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = po(&[
+        "mandate",
+        "grant",
+        "--subject",
+        "REL-0002",
+        "--representative",
+        "rep-1",
+        "--purpose",
+        "contract",
+        "--category",
+        "contact",
+        "--until",
+        &until.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let listed = String::from_utf8(po(&["mandate", "list"]).stdout).unwrap();
+    assert!(listed.trim_end().ends_with(" active"), "{listed}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let listed = String::from_utf8(po(&["mandate", "list", "--json"]).stdout).unwrap();
+    let m: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(m["state"], "expired");
+    assert!(
+        m["valid_until"].as_str().unwrap().ends_with('Z'),
+        "UTC by default"
+    );
+    // With --local, in the zone TZ names, with its offset.
+    let out = admin_as(&server, Role::PrivacyOfficer)
+        .env("TZ", "Europe/Amsterdam")
+        .args(["--local", "mandate", "list"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("+01:00 expired") || listed.contains("+02:00 expired"),
+        "{listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_cert_trusts_a_self_signed_server_certificate_made_by_openssl() {
+    use kluis::domain::Role;
+    let files = crate::common::private_tempdir();
+    let (cert, key) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    // As an operator makes one: `openssl req -x509` (a self-signed certificate, CA:TRUE).
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=kluis.test"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed for this test");
+    assert!(made.status.success(), "{}", stderr_of(&made));
+    let cfg = kluis::config::RawConfig {
+        tls: Some(kluis::config::RawTls {
+            cert: cert.clone(),
+            key,
+            client_ca: None,
+            client_auth: None,
+        }),
+        ..Default::default()
+    };
+    let server = crate::common::TestServer::start_with_config(cfg).await;
+    let list = |ca: Option<&Path>| {
+        let mut c = admin_as(&server, Role::SecurityOfficer);
+        c.env(
+            "KLUIS_SERVER",
+            format!("https://127.0.0.1:{}", server.addr.port()),
+        );
+        if let Some(ca) = ca {
+            c.arg("--ca-cert").arg(ca);
+        }
+        c.args(["token", "list"]).output().unwrap()
+    };
+    let out = list(Some(&cert));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    // Its twin: without it the certificate is not trusted, and the message says what to do.
+    let out = list(None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("--ca-cert"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let tmp = crate::common::private_tempdir();
+    let mut child = kluis()
+        .env("KLUIS_LOG", "info")
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("dev"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!first.contains('\u{1b}'), "{first:?}");
+    assert!(first.contains("INFO"), "{first:?}");
 }

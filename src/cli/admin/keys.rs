@@ -1,6 +1,6 @@
 //! `kluis admin keys …` and `kluis admin root rotate`: key rotation against a running server.
 
-use std::{io::IsTerminal, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::Subcommand;
 use kluis::{
@@ -61,7 +61,8 @@ pub enum KeysCommand {
         /// The version.
         #[arg(long)]
         version: u32,
-        /// Waiting period: `7d`, `12h`, `0s`; the server's default (7 days) when omitted.
+        /// Waiting period: `7d`, `12h`, `30m`, `90s` or `0`; the server's default (7 days) when
+        /// omitted.
         #[arg(long)]
         wait: Option<String>,
         /// Why (audited).
@@ -213,29 +214,47 @@ pub async fn keys(
             } else {
                 "subject keys rewrapped"
             };
-            let bar = std::io::stderr().is_terminal() && !json;
+            let job = if rekey { "rekey" } else { "rewrap" };
+            let mut bar = crate::cli::progress::Progress::new(format!("{job} of {purpose}"), json);
             loop {
                 match stream.message().await {
                     Ok(Some(p)) => {
                         if json {
                             out!(
                                 "{}",
-                                serde_json::json!({"purpose": p.purpose, "done": p.done, "total": p.total, "finished": p.finished})
+                                serde_json::json!({"purpose": p.purpose, "done": p.done, "total": p.total,
+                                    "finished": p.finished, "keys_on_active": (!rekey).then_some(p.keys_on_active),
+                                    "keys_total": (!rekey).then_some(p.keys_total)})
                             );
-                        } else if bar {
-                            eprint!(
-                                "\r{} {}/{} {what}",
-                                progress_bar(p.done, p.total),
+                        } else if rekey {
+                            bar.update(
                                 p.done,
-                                p.total
+                                p.total,
+                                format_args!("{}/{} {what}", p.done, p.total),
+                            );
+                        } else {
+                            // The purpose's standing, whoever does the work: a rotation starts a
+                            // rewrap of its own, which may have done it all already.
+                            bar.update(
+                                p.keys_on_active,
+                                p.keys_total,
+                                format_args!(
+                                    "{}/{} subject keys under the active version",
+                                    p.keys_on_active, p.keys_total
+                                ),
                             );
                         }
                         if p.finished {
-                            if bar {
-                                eprintln!();
-                            }
-                            if !json {
+                            bar.finish();
+                            if rekey && !json {
                                 out!("{purpose}: done, {} {what}", p.done);
+                            } else if !json {
+                                out!(
+                                    "{purpose}: done, {} of {} subject keys under the active version ({} rewrapped by this run)",
+                                    p.keys_on_active,
+                                    p.keys_total,
+                                    p.done
+                                );
                             }
                             return Exit::Success;
                         }
@@ -255,9 +274,13 @@ pub async fn keys(
             wait,
             justification,
         } => {
-            let wait_seconds = match wait.as_deref().map(super::parse_ttl_or_zero).transpose() {
+            let wait_seconds = match wait
+                .as_deref()
+                .map(|w| crate::cli::parse_duration("--wait", w))
+                .transpose()
+            {
                 Ok(w) => w,
-                Err(e) => return fail(e),
+                Err(e) => return crate::cli::usage(e),
             };
             let req = pb::ScheduleKeyDestructionRequest {
                 purpose: purpose.clone(),
@@ -348,24 +371,38 @@ pub async fn keys(
         {
             Ok(resp) => {
                 let r = resp.into_inner();
-                print_keys(&r.purposes, json);
+                let reasons = unsound_reasons(&r.purposes);
+                let verdict = if r.sound { "sound" } else { "unsound" };
                 let changed = r
                     .seal_changed_at
                     .as_ref()
                     .map_or_else(|| "unknown".to_owned(), crate::cli::time);
                 if json {
+                    print_keys(&r.purposes, true);
                     out!(
                         "{}",
-                        serde_json::json!({"seal": r.seal, "seal_changed_at": changed})
+                        serde_json::json!({
+                            "verdict": verdict,
+                            "sound": r.sound,
+                            "reasons": reasons,
+                            "seal": r.seal,
+                            "seal_changed_at": changed,
+                        })
                     );
                 } else {
-                    out!("\nroot key sealed by {} (since {changed})", r.seal);
+                    print_keys(&r.purposes, false);
+                    out!(
+                        "
+root key sealed by {} (since {changed})",
+                        r.seal
+                    );
                     if r.sound {
                         out!("\nno record depends on destroyed key material");
                     } else {
-                        out!(
-                            "\nWARNING: records depend on destroyed key material (see orphan and destroyed counts)"
-                        );
+                        out!("\nWARNING: records depend on destroyed key material:");
+                        for reason in &reasons {
+                            out!("  - {reason}");
+                        }
                     }
                 }
                 if r.sound {
@@ -377,6 +414,30 @@ pub async fn keys(
             Err(s) => status_exit(&s),
         },
     }
+}
+
+/// Why a key report is not sound, purpose by purpose: fields whose subject key is gone, and
+/// subject keys wrapped under a destroyed version.
+fn unsound_reasons(purposes: &[pb::PurposeKeys]) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for p in purposes {
+        if p.active_version == 0 {
+            reasons.push(format!("{}: no active key version", p.purpose));
+        }
+        if p.orphan_fields > 0 {
+            reasons.push(format!(
+                "{}: {} fields have no subject key left to open them",
+                p.purpose, p.orphan_fields
+            ));
+        }
+        if p.keys_on_destroyed_versions > 0 {
+            reasons.push(format!(
+                "{}: {} subject keys are wrapped under a destroyed version",
+                p.purpose, p.keys_on_destroyed_versions
+            ));
+        }
+    }
+    reasons
 }
 
 /// Runs a root subcommand.
@@ -467,19 +528,6 @@ pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootComm
         }
         Err(s) => status_exit(&s),
     }
-}
-
-fn progress_bar(done: u64, total: u64) -> String {
-    let width = 30u64;
-    let filled = (done.min(total) * width)
-        .checked_div(total)
-        .unwrap_or(width);
-    let filled = usize::try_from(filled).unwrap_or(0);
-    format!(
-        "[{}{}]",
-        "#".repeat(filled),
-        " ".repeat(30usize.saturating_sub(filled))
-    )
 }
 
 fn print_keys(purposes: &[pb::PurposeKeys], json: bool) {

@@ -4,7 +4,8 @@ use clap::Subcommand;
 use kluis::pb::{self, admin_client::AdminClient};
 use tonic::transport::Channel;
 
-use super::{Exit, authed, fail, parse_since, status_exit};
+use super::{Exit, authed, status_exit};
+use crate::cli::{parse_moment, usage};
 
 /// Retention subcommands.
 #[derive(Debug, Subcommand)]
@@ -66,8 +67,9 @@ pub enum RequestsCommand {
         /// `access`, `rectification`, `erasure` or `objection`.
         #[arg(long)]
         kind: String,
-        /// When it was received: unix seconds or YYYY-MM-DD, within the past year; now when
-        /// omitted.
+        /// When it was received: RFC 3339 (2026-01-31T17:00:00Z), a date (2026-01-31) or unix
+        /// seconds, within the past year; now when omitted. It is due at the end of the day four
+        /// weeks later, in Amsterdam.
         #[arg(long)]
         received: Option<String>,
         /// A note without personal data, e.g. the letter's reference.
@@ -98,13 +100,23 @@ pub async fn retention(
     json: bool,
 ) -> Exit {
     let RetentionCommand::Sweep { dry_run } = cmd;
-    match client
-        .sweep_retention(authed(
-            token,
-            pb::SweepRetentionRequest { dry_run: *dry_run },
-        ))
-        .await
-    {
+    // The server answers at the end of the sweep: until then, how long it has been running.
+    let mut bar = crate::cli::progress::Progress::new("retention sweep", json);
+    let started = std::time::Instant::now();
+    let sweep = client.sweep_retention(authed(
+        token,
+        pb::SweepRetentionRequest { dry_run: *dry_run },
+    ));
+    tokio::pin!(sweep);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let answer = loop {
+        tokio::select! {
+            answer = &mut sweep => break answer,
+            _ = tick.tick() => bar.waiting(started.elapsed()),
+        }
+    };
+    bar.finish();
+    match answer {
         Ok(resp) => {
             let records = resp.into_inner().records;
             for r in &records {
@@ -288,9 +300,13 @@ pub async fn requests(
             received,
             note,
         } => {
-            let received_at = match received.as_deref().map(parse_since).transpose() {
+            let received_at = match received
+                .as_deref()
+                .map(|r| parse_moment("--received", r))
+                .transpose()
+            {
                 Ok(r) => r.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
-                Err(e) => return fail(e.replace("--since", "--received")),
+                Err(e) => return usage(e),
             };
             let req = pb::OpenSubjectRequestRequest {
                 subject_id: subject.clone(),
@@ -400,7 +416,8 @@ pub enum MandateCommand {
         /// A category it covers (repeat for several).
         #[arg(long = "category", required = true)]
         categories: Vec<String>,
-        /// Valid until: unix seconds or YYYY-MM-DD, in the future and at most 5 years ahead.
+        /// Valid until: a duration from now (`90d`, `2w`), RFC 3339 (2026-01-31T17:00:00Z), a
+        /// date (2026-01-31) or unix seconds; in the future and at most 5 years ahead.
         #[arg(long)]
         until: String,
         /// Why, e.g. the signed mandate's reference (audited).
@@ -430,21 +447,26 @@ pub async fn mandate(
     cmd: &MandateCommand,
     json: bool,
 ) -> Exit {
+    let now = kluis::domain::now_unix();
     let print = |m: &pb::Mandate| {
         let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(crate::cli::time);
+        // A mandate past its end no longer lets the representative act: say so.
+        let state = if m.revoked_at.is_some() {
+            "revoked"
+        } else if m.valid_until.as_ref().is_some_and(|u| u.seconds <= now) {
+            "expired"
+        } else {
+            "active"
+        };
         if json {
             out!(
                 "{}",
                 serde_json::json!({"mandate_id": m.mandate_id, "subject_id": m.subject_id,
                     "representative_id": m.representative_id, "purposes": m.purposes, "categories": m.categories,
-                    "valid_from": t(&m.valid_from), "valid_until": t(&m.valid_until), "revoked_at": t(&m.revoked_at)})
+                    "valid_from": t(&m.valid_from), "valid_until": t(&m.valid_until), "revoked_at": t(&m.revoked_at),
+                    "state": state})
             );
         } else {
-            let state = if m.revoked_at.is_some() {
-                "revoked"
-            } else {
-                "active"
-            };
             out!(
                 "{} {} -> {} purposes={} categories={} until {} {state}",
                 m.mandate_id,
@@ -465,12 +487,13 @@ pub async fn mandate(
             until,
             justification,
         } => {
-            let valid_until = match parse_since(until) {
+            let now = kluis::domain::now_unix();
+            let valid_until = match crate::cli::parse_moment_ahead("--until", until, now) {
                 Ok(s) => Some(prost_types::Timestamp {
                     seconds: s,
                     nanos: 0,
                 }),
-                Err(e) => return fail(e.replace("--since", "--until")),
+                Err(e) => return usage(e),
             };
             let req = pb::GrantMandateRequest {
                 subject_id: subject.clone(),

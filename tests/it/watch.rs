@@ -1,0 +1,489 @@
+//! Following the audit trail (`Admin/WatchAudit`, `kluis admin audit tail`): entries arrive as
+//! they commit, in order, chained; a watch resumes exactly where it is told; officers only; a
+//! reader that stops reading for a while loses nothing; a stopping server ends the watch.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use kluis::{domain::Role, pb};
+use sha2::{Digest, Sha256};
+use tokio_stream::StreamExt;
+use tonic::{Code, Streaming};
+
+use crate::common::*;
+
+fn watch_req(after_seq: Option<u64>, last: Option<u32>, follow: bool) -> pb::WatchAuditRequest {
+    pb::WatchAuditRequest {
+        after_seq,
+        last,
+        follow,
+        justification: "shipping to the SIEM".into(),
+    }
+}
+
+async fn watch(
+    server: &TestServer,
+    role: Role,
+    request: pb::WatchAuditRequest,
+) -> Result<Streaming<pb::AuditWatchEntry>, tonic::Status> {
+    server
+        .admin()
+        .await
+        .watch_audit(req(server.token(role), request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The next `n` entries of `stream`, each within 10 s.
+async fn next_entries(
+    stream: &mut Streaming<pb::AuditWatchEntry>,
+    n: usize,
+) -> Vec<pb::AuditWatchEntry> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let entry = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} entries arrived", out.len()))
+            .expect("the stream ended early")
+            .unwrap();
+        out.push(entry);
+    }
+    out
+}
+
+/// What a receiver checks: each entry's hash is its own, and each follows on from the one
+/// before.
+fn assert_chained(entries: &[pb::AuditWatchEntry]) {
+    for e in entries {
+        let hash = Sha256::new()
+            .chain_update(b"kluis.v1.audit")
+            .chain_update(e.seq.to_be_bytes())
+            .chain_update(hex::decode(&e.prev_hash).unwrap())
+            .chain_update(e.json.as_bytes())
+            .finalize();
+        assert_eq!(
+            hex::encode(hash),
+            e.hash,
+            "entry {} has its own hash",
+            e.seq
+        );
+    }
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "consecutive sequence numbers");
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "entry {} chains",
+            pair[1].seq
+        );
+    }
+}
+
+fn action(e: &pb::AuditWatchEntry) -> String {
+    let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+    v["action"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn entries_written_after_the_watch_started_arrive_in_order_and_chained() {
+    let server = TestServer::start().await;
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(None, Some(1), true),
+    )
+    .await
+    .unwrap();
+    // First the last entry, which is the watch's own: it says where the watch starts.
+    let own = next_entries(&mut stream, 1).await.remove(0);
+    assert_eq!(action(&own), "audit-watch");
+    assert!(
+        own.json.contains(&format!("from entry {}", own.seq)),
+        "{}",
+        own.json
+    );
+
+    for n in 0..5 {
+        put(
+            &server,
+            Role::NuisanceOfficer,
+            nuisance_ctx(),
+            &format!("REL-20{n}"),
+            vec![text("phone", "contact", "06-70707070")],
+        )
+        .await;
+    }
+    let mut entries = vec![own];
+    entries.extend(next_entries(&mut stream, 5).await);
+    assert_chained(&entries);
+    assert_eq!(
+        entries[1..].iter().map(action).collect::<Vec<_>>(),
+        vec!["write"; 5]
+    );
+    // The hashes are those of the trail: the head names the last one.
+    let head = server
+        .admin()
+        .await
+        .audit_head(req(
+            server.token(Role::PrivacyOfficer),
+            pb::AuditHeadRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .head
+        .unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(
+        (head.seq, head.hash.as_str()),
+        (last.seq, last.hash.as_str())
+    );
+    // The head call is itself an entry, after the five writes.
+    let more = next_entries(&mut stream, 1).await;
+    assert_eq!(more[0].prev_hash, last.hash);
+    assert_eq!(action(&more[0]), "audit-head");
+    // `last: 0`: nothing of the past, not even its own entry; then what commits.
+    let mut from_now = watch(
+        &server,
+        Role::PrivacyOfficer,
+        watch_req(None, Some(0), true),
+    )
+    .await
+    .unwrap();
+    put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-209",
+        vec![text("phone", "contact", "06-70707070")],
+    )
+    .await;
+    let first = next_entries(&mut from_now, 1).await.remove(0);
+    assert_eq!(action(&first), "write");
+}
+
+#[tokio::test]
+async fn since_resumes_exactly_after_the_entry_named() {
+    let server = TestServer::start().await;
+    for n in 0..3 {
+        put(
+            &server,
+            Role::NuisanceOfficer,
+            nuisance_ctx(),
+            &format!("REL-30{n}"),
+            vec![text("phone", "contact", "06-70707070")],
+        )
+        .await;
+    }
+    // The whole trail, then from a point in its middle: the same entries from there on.
+    let all: Vec<_> = watch(
+        &server,
+        Role::PrivacyOfficer,
+        watch_req(Some(0), None, false),
+    )
+    .await
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+    .await;
+    assert_eq!(all[0].seq, 1);
+    assert_chained(&all);
+    assert_eq!(
+        action(all.last().unwrap()),
+        "audit-watch",
+        "it ends at its own entry"
+    );
+    let cut = all[all.len() / 2].seq;
+    let resumed: Vec<_> = watch(
+        &server,
+        Role::PrivacyOfficer,
+        watch_req(Some(cut), None, false),
+    )
+    .await
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+    .await;
+    assert_eq!(resumed[0].seq, cut + 1);
+    assert_eq!(resumed[0].prev_hash, all[all.len() / 2].hash);
+    let overlap = all.len() - all.len() / 2 - 1;
+    assert_eq!(
+        resumed[..overlap]
+            .iter()
+            .map(|e| &e.hash)
+            .collect::<Vec<_>>(),
+        all[all.len() / 2 + 1..]
+            .iter()
+            .map(|e| &e.hash)
+            .collect::<Vec<_>>()
+    );
+    // It ends at its own entry, right after the first watch's, and says where it started.
+    let own = resumed.last().unwrap();
+    assert_eq!(own.seq, all.last().unwrap().seq + 1);
+    assert!(
+        own.json.contains(&format!("from entry {}", cut + 1)),
+        "{}",
+        own.json
+    );
+    // Without `after_seq`: the last `last` entries, ending at its own.
+    let tail: Vec<_> = watch(
+        &server,
+        Role::PrivacyOfficer,
+        watch_req(None, Some(3), false),
+    )
+    .await
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+    .await;
+    assert_eq!(
+        tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [own.seq - 1, own.seq, own.seq + 1]
+    );
+    assert_eq!(action(&tail[2]), "audit-watch");
+    assert_chained(&tail);
+    // A sequence number beyond the trail is another store's, or a mistake: refused.
+    let beyond = watch(
+        &server,
+        Role::PrivacyOfficer,
+        watch_req(Some(own.seq + 100), None, false),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(beyond.code(), Code::InvalidArgument, "{}", beyond.message());
+    assert!(
+        beyond.message().contains("beyond the trail"),
+        "{}",
+        beyond.message()
+    );
+}
+
+#[tokio::test]
+async fn an_entry_edited_in_the_database_is_not_sent_and_ends_the_watch_with_data_loss() {
+    let server = TestServer::start().await;
+    put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-3100",
+        vec![text("phone", "contact", "06-70707070")],
+    )
+    .await;
+    let write_seq: i64 = rusqlite::Connection::open(server.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT max(seq) FROM audit WHERE CAST(entry AS TEXT) LIKE '%\"write\"%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    rusqlite::Connection::open(server.db_path())
+        .unwrap()
+        .execute(
+            "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'REL-3100', 'REL-3199') AS BLOB) \
+             WHERE seq = ?1",
+            [write_seq],
+        )
+        .unwrap();
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(Some(0), None, false),
+    )
+    .await
+    .unwrap();
+    let mut sent = Vec::new();
+    let status = loop {
+        match stream
+            .next()
+            .await
+            .expect("the watch ended without an error")
+        {
+            Ok(e) => sent.push(e.seq),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DataLoss, "{}", status.message());
+    // Everything before it, nothing from it on.
+    let expected: Vec<u64> = (1..u64::try_from(write_seq).unwrap()).collect();
+    assert_eq!(sent, expected);
+}
+
+#[tokio::test]
+async fn only_the_privacy_and_security_officers_may_watch() {
+    let server = TestServer::start().await;
+    for role in [
+        Role::NuisanceOfficer,
+        Role::CustomerService,
+        Role::Auditor,
+        Role::Analyst,
+        Role::LegalCounsel,
+    ] {
+        let status = watch(&server, role, watch_req(None, None, true))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{role:?}");
+    }
+    let denied = audit_entries(&server)
+        .into_iter()
+        .filter(|e| e["action"] == "audit-watch" && e["decision"] == "deny")
+        .count();
+    assert_eq!(denied, 5, "each refusal is on the trail");
+    for role in [Role::PrivacyOfficer, Role::SecurityOfficer] {
+        watch(&server, role, watch_req(None, None, false))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_for_a_while_loses_nothing() {
+    let server = TestServer::start().await;
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(None, Some(1), true),
+    )
+    .await
+    .unwrap();
+    let own = next_entries(&mut stream, 1).await.remove(0);
+    // Far more entries than the server queues for a watch (two pages of 256) and than HTTP/2's
+    // windows hold (about 4 MiB of entries of some 300 bytes), written while nobody reads.
+    let (writers, each) = (16, 250);
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let mut admin = server.admin().await;
+        let token = server.token(Role::PrivacyOfficer).to_owned();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..each {
+                admin
+                    .audit_head(req(&token, pb::AuditHeadRequest {}))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut entries = vec![own];
+    entries.extend(next_entries(&mut stream, writers * each).await);
+    assert_chained(&entries);
+    assert!(entries[1..].iter().all(|e| action(e) == "audit-head"));
+}
+
+#[tokio::test]
+async fn a_stopping_server_ends_a_watch_saying_where_to_resume() {
+    let server = TestServer::start().await;
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(None, Some(1), true),
+    )
+    .await
+    .unwrap();
+    let own = next_entries(&mut stream, 1).await.remove(0);
+    // The server stops without waiting for the watch to end by itself.
+    tokio::time::timeout(Duration::from_secs(20), server.stop())
+        .await
+        .expect("a watch kept the server from stopping");
+    let Err(status) = stream.next().await.unwrap() else {
+        panic!("an entry after the server stopped");
+    };
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains(&format!("resume after entry {}", own.seq)),
+        "{}",
+        status.message()
+    );
+}
+
+fn kluis_admin(server: &TestServer, role: Role) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kluis"));
+    c.env_remove("KLUIS_TOKEN_FILE")
+        .env("KLUIS_LOG", "warn")
+        .env("KLUIS_TOKEN", server.token(role))
+        .env("KLUIS_SERVER", format!("http://{}", server.addr))
+        .arg("admin");
+    c
+}
+
+// Several threads: the server runs in this process while the test waits for the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tail_prints_one_json_object_per_line_and_follows() {
+    let server = TestServer::start().await;
+    let out = kluis_admin(&server, Role::SecurityOfficer)
+        .args(["audit", "tail", "-n", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for l in &lines {
+        assert!(l["seq"].is_u64() && l["hash"].is_string() && l["prev_hash"].is_string());
+        let entry: serde_json::Value = serde_json::from_str(l["json"].as_str().unwrap()).unwrap();
+        assert!(entry["action"].is_string());
+    }
+    let last = lines.last().unwrap()["seq"].as_u64().unwrap();
+
+    // Following: an entry written afterwards arrives on its own line as it commits.
+    let mut child = kluis_admin(&server, Role::SecurityOfficer)
+        .args(["audit", "tail", "--follow", "--json", "--since"])
+        .arg(last.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let line = |rx: &std::sync::mpsc::Receiver<String>| -> serde_json::Value {
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap()
+    };
+    let own = line(&rx);
+    assert_eq!(
+        own["seq"].as_u64(),
+        Some(last + 1),
+        "--since resumes after SEQ"
+    );
+    put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-4000",
+        vec![text("phone", "contact", "06-70707070")],
+    )
+    .await;
+    let write = line(&rx);
+    assert_eq!(write["seq"].as_u64(), Some(last + 2));
+    assert_eq!(write["prev_hash"], own["hash"]);
+    assert!(write["json"].as_str().unwrap().contains("\"write\""));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A role that may not read the trail: refused, with the refusal's exit code.
+    let out = kluis_admin(&server, Role::NuisanceOfficer)
+        .args(["audit", "tail"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
