@@ -117,6 +117,9 @@ pub fn run(args: &InitArgs) -> Exit {
             else {
                 return fail("--shares needs --threshold and --share-dir");
             };
+            if let Err(e) = kluis::seal::shares::check_parameters(threshold, total) {
+                return super::usage(e);
+            }
             let root = kluis::crypto::RootKey::generate();
             let set = match kluis::seal::shares::split(&root, threshold, total) {
                 Ok(s) => s,

@@ -246,6 +246,9 @@ async fn rekey_shares(
     share_dir: &std::path::Path,
     json: bool,
 ) -> Exit {
+    if let Err(e) = shares::check_parameters(threshold, total) {
+        return super::usage(e);
+    }
     let old = match share_files
         .iter()
         .map(|p| Share::read_file(p))

@@ -1054,3 +1054,23 @@ async fn a_store_moves_from_key_file_to_hsm_and_back_and_on_to_shares() {
     let o = node.admin(&tokens.so, &["audit", "verify"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 }
+
+#[test]
+fn a_split_that_is_not_one_is_a_usage_error_naming_the_option() {
+    let tmp = private_tempdir();
+    for (shares, threshold, flag) in [
+        ("3", "1", "--threshold"),
+        ("3", "4", "--threshold"),
+        ("17", "2", "--shares"),
+    ] {
+        let mut c = kluis();
+        c.args(["init", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .args(["--shares", shares, "--threshold", threshold, "--share-dir"])
+            .arg(tmp.path().join("shares"));
+        let o = run(c);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
+        assert!(!tmp.path().join("shares").exists(), "no share was written");
+    }
+}

@@ -60,6 +60,9 @@ pub async fn reseal(client: &mut AdminClient<Channel>, token: &str, args: &Resea
             else {
                 return fail("--to shares needs --shares N, --threshold K and --share-dir DIR");
             };
+            if let Err(e) = shares::check_parameters(threshold, total) {
+                return crate::cli::usage(e);
+            }
             let root = RootKey::generate();
             let set = match shares::split(&root, threshold, total) {
                 Ok(s) => s,
