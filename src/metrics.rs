@@ -5,7 +5,7 @@
 //!
 //! Invariant: no label carries a subject, record, principal, token, share or value: labels are
 //! services, methods, status codes, actions, effects, purposes, job and sweep names and reasons,
-//! all from closed sets.
+//! all from closed sets, as `&'static str` (counting allocates nothing on the request path).
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -24,56 +24,56 @@ use prometheus_client::{
 #[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
 pub struct CallLabels {
     /// The gRPC service, e.g. `kluis.v1.Vault`.
-    pub service: String,
+    pub service: &'static str,
     /// The method, e.g. `GetRecord`.
-    pub method: String,
+    pub method: &'static str,
     /// The status code, e.g. `OK`, `PERMISSION_DENIED`.
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// A gRPC method, for latency.
 #[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
 pub struct MethodLabels {
     /// The gRPC service.
-    pub service: String,
+    pub service: &'static str,
     /// The method.
-    pub method: String,
+    pub method: &'static str,
 }
 
 /// A policy decision.
 #[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
 pub struct DecisionLabels {
     /// The Cedar action, e.g. `read`, `manage-keys`.
-    pub action: String,
+    pub action: &'static str,
     /// `allow` or `deny`.
-    pub effect: String,
+    pub effect: &'static str,
     /// `fresh` (evaluated) or `memoised` (reused, see `policy::memo`).
-    pub evaluation: String,
+    pub evaluation: &'static str,
 }
 
 /// One label, named by the metric's help.
 #[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
 pub struct OperationLabels {
     /// A key operation: `rotate`, `rewrap-batch`, `rekey-subject`, `destroy`, `root-change`, …
-    pub operation: String,
+    pub operation: &'static str,
 }
 
 /// A key job of one purpose.
 #[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
 pub struct JobLabels {
     /// `rewrap` or `rekey`.
-    pub job: String,
+    pub job: &'static str,
     /// The purpose.
-    pub purpose: String,
+    pub purpose: &'static str,
 }
 
 /// A periodic sweep and how it ended.
 #[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
 pub struct SweepLabels {
     /// `key-sweep`, `retention-sweep`.
-    pub sweep: String,
+    pub sweep: &'static str,
     /// `ok` or `error`.
-    pub outcome: String,
+    pub outcome: &'static str,
 }
 
 /// Why an authentication failed.
@@ -81,14 +81,14 @@ pub struct SweepLabels {
 pub struct ReasonLabels {
     /// A closed set: `missing-credentials`, `unknown-token`, `expired-token`, `revoked-token`,
     /// `altered-token-row`, `pending-approval`, `provider-token`, `certificate`, `on-behalf`.
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 /// A cache lookup.
 #[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `hit` or `miss`.
-    pub result: String,
+    pub result: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -293,33 +293,28 @@ pub fn get() -> &'static Metrics {
 }
 
 /// Counts a policy decision.
-pub fn decision(action: &str, allow: bool, memoised: bool) {
+pub fn decision(action: &'static str, allow: bool, memoised: bool) {
     get()
         .decisions
         .get_or_create(&DecisionLabels {
-            action: action.to_owned(),
-            effect: if allow { "allow" } else { "deny" }.to_owned(),
-            evaluation: if memoised { "memoised" } else { "fresh" }.to_owned(),
+            action,
+            effect: if allow { "allow" } else { "deny" },
+            evaluation: if memoised { "memoised" } else { "fresh" },
         })
         .inc();
 }
 
 /// Counts a key operation.
-pub fn key_operation(operation: &str) {
+pub fn key_operation(operation: &'static str) {
     get()
         .key_operations
-        .get_or_create(&OperationLabels {
-            operation: operation.to_owned(),
-        })
+        .get_or_create(&OperationLabels { operation })
         .inc();
 }
 
 /// Records a key job's progress.
-pub fn key_job(job: &str, purpose: &str, done: u64, total: u64) {
-    let labels = JobLabels {
-        job: job.to_owned(),
-        purpose: purpose.to_owned(),
-    };
+pub fn key_job(job: &'static str, purpose: &'static str, done: u64, total: u64) {
+    let labels = JobLabels { job, purpose };
     let m = get();
     m.key_job_done
         .get_or_create(&labels)
@@ -333,12 +328,12 @@ pub fn key_job(job: &str, purpose: &str, done: u64, total: u64) {
 }
 
 /// Counts a sweep run.
-pub fn sweep(sweep: &str, ok: bool) {
+pub fn sweep(sweep: &'static str, ok: bool) {
     get()
         .sweeps
         .get_or_create(&SweepLabels {
-            sweep: sweep.to_owned(),
-            outcome: if ok { "ok" } else { "error" }.to_owned(),
+            sweep,
+            outcome: if ok { "ok" } else { "error" },
         })
         .inc();
 }
@@ -347,9 +342,7 @@ pub fn sweep(sweep: &str, ok: bool) {
 pub fn auth_failure(reason: &'static str) {
     get()
         .auth_failures
-        .get_or_create(&ReasonLabels {
-            reason: reason.to_owned(),
-        })
+        .get_or_create(&ReasonLabels { reason })
         .inc();
 }
 
@@ -358,7 +351,7 @@ pub fn key_cache_lookup(hit: bool) {
     get()
         .key_cache_lookups
         .get_or_create(&ResultLabels {
-            result: if hit { "hit" } else { "miss" }.to_owned(),
+            result: if hit { "hit" } else { "miss" },
         })
         .inc();
 }
@@ -380,21 +373,18 @@ pub fn audit_failed() {
 }
 
 /// Records a finished gRPC call.
-pub fn call(path: &str, code: &str, took: Duration) {
+pub fn call(path: &str, code: &'static str, took: Duration) {
     let (service, method) = split_path(path);
     let m = get();
     m.calls
         .get_or_create(&CallLabels {
-            service: service.to_owned(),
-            method: method.to_owned(),
-            code: code.to_owned(),
+            service,
+            method,
+            code,
         })
         .inc();
     m.call_seconds
-        .get_or_create(&MethodLabels {
-            service: service.to_owned(),
-            method: method.to_owned(),
-        })
+        .get_or_create(&MethodLabels { service, method })
         .observe(took.as_secs_f64());
 }
 

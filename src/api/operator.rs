@@ -216,10 +216,7 @@ impl Gate {
     }
 
     fn status(&self, seal: &StoreSeal, pending: &Pending, message: String) -> pb::SealStatus {
-        let (threshold, total) = match seal {
-            StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
-            _ => (0, 0),
-        };
+        let (threshold, total) = share_counts(seal);
         pb::SealStatus {
             sealed: true,
             seal: seal.kind().into(),
@@ -562,16 +559,21 @@ impl OperatorApi {
     }
 }
 
+/// For a store on shares: how many open it and how many were made; (0, 0) otherwise.
+fn share_counts(seal: &StoreSeal) -> (u32, u32) {
+    match seal {
+        StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
+        _ => (0, 0),
+    }
+}
+
 /// The status of an unsealed node: what seals its store.
 pub(crate) async fn unsealed_status(vault: Arc<Vault>) -> Result<pb::SealStatus, Status> {
     let (seal, _) = tokio::task::spawn_blocking(move || vault.seal_info())
         .await
         .map_err(|_| Status::internal("internal error"))?
         .map_err(status::to_status)?;
-    let (threshold, total) = match &seal {
-        StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
-        _ => (0, 0),
-    };
+    let (threshold, total) = share_counts(&seal);
     Ok(pb::SealStatus {
         sealed: false,
         seal: seal.kind().into(),
@@ -648,10 +650,7 @@ impl OperatorRpc for OperatorApi {
                 .await?;
                 seal.notify_one();
                 tracing::warn!("sealed by a security officer");
-                let (threshold, total) = match &kind {
-                    StoreSeal::Shares(m) => (u32::from(m.threshold), u32::from(m.total)),
-                    _ => (0, 0),
-                };
+                let (threshold, total) = share_counts(&kind);
                 Ok(Response::new(pb::SealStatus {
                     sealed: true,
                     seal: kind.kind().into(),
