@@ -467,6 +467,33 @@ impl Audit {
         Ok(AuditSeq(seq))
     }
 
+    /// Appends `events` (queued together, so the writer commits them in one group) and returns
+    /// once every one is committed. Fails when any cannot be written.
+    pub fn append_all(&self, events: &[AuditEvent]) -> Result<Vec<AuditSeq>, AuditError> {
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| AuditError::Unavailable("audit trail closed".into()))?;
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
+            let (reply, answer) = mpsc::sync_channel(1);
+            queue
+                .send(Pending { entry, reply })
+                .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?;
+            answers.push(answer);
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                let seq = answer
+                    .recv()
+                    .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))??;
+                Ok(AuditSeq(seq))
+            })
+            .collect()
+    }
+
     /// News of commits for a reader that follows the trail without polling: the receiver sees
     /// the last sequence number this process committed, and `true` once the trail has closed.
     /// Entries other nodes of a shared store commit are not announced here: a follower reads

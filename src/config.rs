@@ -100,6 +100,8 @@ pub struct RawConfig {
     pub seal: Option<RawSeal>,
     /// Prometheus metrics.
     pub metrics: Option<RawMetrics>,
+    /// Searchable fields per purpose: `[search.contract] fields = ["email", "iban"]`.
+    pub search: Option<std::collections::BTreeMap<String, crate::search::RawSearch>>,
 }
 
 /// `[metrics]`.
@@ -261,6 +263,8 @@ pub struct Config {
     pub hsm: Option<crate::seal::pkcs11::HsmConfig>,
     /// Where `/metrics` is served (`[metrics] listen`); none: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Searchable fields per purpose (`[search.<purpose>]`).
+    pub search: crate::search::SearchConfig,
 }
 
 /// Configuration problems, all of them.
@@ -555,10 +559,13 @@ impl RawConfig {
                     .into(),
             );
         }
+        let search =
+            crate::search::SearchConfig::from_raw(self.search.unwrap_or_default(), &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
         Ok(Config {
+            search,
             client_ca,
             client_auth_optional,
             identity,
@@ -855,6 +862,7 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
     .with_hsm(hsm)
     .with_key_settings(config.key_settings)
     .with_channels(config.channels.clone())
+    .with_search(config.search.clone())
     .with_policy_loader(Box::new(loader)))
 }
 

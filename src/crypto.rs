@@ -15,7 +15,7 @@ pub mod stream;
 pub mod subkey;
 
 pub use envelope::{Algorithm, Header, open, seal};
-pub use keys::{AuditKey, PurposeKey, RootKey, SubjectKey};
+pub use keys::{AuditKey, IndexKey, PurposeKey, RootKey, SubjectKey};
 pub use subkey::{EnvelopeKey, Subkey};
 
 /// Errors of the crypto layer. Deliberately uninformative about why an open failed.
@@ -82,6 +82,13 @@ pub enum AadContext<'a> {
         /// The store id fixed at initialisation (16 bytes).
         store_id: &'a [u8],
     },
+    /// A blind-index key version wrapped under the root key, bound to its store and version.
+    IndexKey {
+        /// The store id fixed at initialisation (16 bytes).
+        store_id: &'a [u8],
+        /// The version.
+        version: u32,
+    },
     /// An evidence file: its segments and its sealed file name.
     Evidence {
         /// The data subject.
@@ -141,6 +148,11 @@ pub fn aad(ctx: &AadContext<'_>) -> Vec<u8> {
         AadContext::AuditKey { store_id } => {
             part(&mut out, b"kluis.v2.audit-key");
             part(&mut out, store_id);
+        }
+        AadContext::IndexKey { store_id, version } => {
+            part(&mut out, b"kluis.v2.index-key");
+            part(&mut out, store_id);
+            part(&mut out, &version.to_be_bytes());
         }
         AadContext::Evidence {
             subject,

@@ -37,6 +37,9 @@ use crate::{
     vault::rows::RowAuth,
 };
 
+mod index;
+pub use index::{IndexKeyState, IndexKeys};
+
 /// Errors of the key hierarchy.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -304,6 +307,8 @@ pub struct Keyring {
     subject_keys: Mutex<SubjectKeyCache>,
     /// Authenticates the purpose key rows (states, dates, the minimum's bar).
     rows: RowAuth,
+    /// The blind-index key versions, unwrapped (`index.rs`).
+    index_keys: RwLock<Option<Arc<index::IndexKeys>>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -488,6 +493,7 @@ impl Keyring {
             purpose_keys: RwLock::new(HashMap::new()),
             subject_keys: Mutex::new(SubjectKeyCache::new(cache_capacity)),
             rows: RowAuth::new(&audit_key)?,
+            index_keys: RwLock::new(None),
         })
     }
 
@@ -883,6 +889,9 @@ impl Keyring {
             (META_AUDIT_KEY, rewrapped_audit),
             (META_SEAL_CHANGED_AT, now_unix().to_string().into_bytes()),
         ];
+        if let Some(index_keys) = self.index_keys_under(&root, &new_root)? {
+            meta_rows.push((index::META_INDEX_KEYS, index_keys));
+        }
         meta_rows.extend(also.iter().map(|(k, v)| (*k, v.clone())));
         self.store.rewrap_root(&rows, &meta_rows)?;
         *root = new_root;
@@ -1002,6 +1011,7 @@ impl Keyring {
         if let Ok(mut map) = self.purpose_keys.write() {
             map.clear();
         }
+        self.forget_index_keys();
         if let Ok(mut cache) = self.subject_keys.lock() {
             let capacity = cache.capacity;
             *cache = SubjectKeyCache::new(capacity);

@@ -31,6 +31,7 @@ pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod seal;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod vault;

@@ -238,6 +238,21 @@ pub struct FieldRow {
     pub version: String,
     /// The MAC of the field's place (record, name, category, kind, version), computed by the core.
     pub mac: Vec<u8>,
+    /// The blind-index tags of the value, written with it (replacing the field's tags); empty
+    /// for a field that is not searchable, and when read back.
+    pub tags: Vec<TagRow>,
+}
+
+/// A blind-index tag of a field value (`keys::IndexKeys::tags`): the index key version it was
+/// made under, its width in bits, and its value (the first `bits` bits of an HMAC-SHA-256).
+#[derive(Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct TagRow {
+    /// The index key version.
+    pub version: u32,
+    /// The width in bits.
+    pub bits: u8,
+    /// The tag.
+    pub tag: i64,
 }
 
 impl std::fmt::Debug for FieldRow {
@@ -893,6 +908,46 @@ pub trait RecordStore: Send + Sync {
 
     /// Up to `limit` record rows with ids after `after`, in id order (for verification).
     fn records_page(&self, after: &str, limit: usize) -> Result<Vec<RecordRow>, StoreError>;
+
+    /// The ids of up to `limit` records of `purpose` whose field `field` carries one of the
+    /// tags `probes`, in id order, without repeats.
+    fn find_tagged(
+        &self,
+        purpose: &str,
+        field: &str,
+        probes: &[TagRow],
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Up to `limit` records of `purpose` with ids after `after`, in id order, whose field
+    /// `field` carries no tag under index key version `version` at width `bits`, each with that
+    /// field (for the backfill).
+    fn untagged_fields(
+        &self,
+        purpose: &str,
+        field: &str,
+        version: u32,
+        bits: u8,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(RecordRow, FieldRow)>, StoreError>;
+
+    /// Adds `tags` to field `field` of record `record` (replacing a tag under the same index key
+    /// version), only while the stored value is the one of `value_version`. False when the
+    /// value changed or went meanwhile.
+    fn write_tags(
+        &self,
+        record: &str,
+        field: &str,
+        value_version: &str,
+        tags: &[TagRow],
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes every tag made under index key version `version`; returns how many.
+    fn drop_tags(&self, version: u32) -> Result<u64, StoreError>;
+
+    /// How many tags were made under index key version `version`.
+    fn tag_count(&self, version: u32) -> Result<u64, StoreError>;
 }
 
 /// Evidence files, streamed in segments.

@@ -18,6 +18,7 @@ pub mod nodes;
 pub mod policies;
 pub mod rights;
 pub mod rows;
+pub mod search;
 pub mod tokens;
 pub mod trail;
 
@@ -293,6 +294,8 @@ pub struct Vault {
     /// Set when the node stops serving this vault (shut down or sealed): key jobs stop after
     /// their current batch.
     stopping: std::sync::atomic::AtomicBool,
+    /// Which fields of which purposes are searchable (`search`).
+    search: crate::search::SearchConfig,
 }
 
 /// How often a write is sealed again when a rekey replaced the subject key it was sealed under
@@ -471,6 +474,7 @@ impl Vault {
             token_register: tokens::TokenRegister::default(),
             follower: nodes::Follower::default(),
             record_locks: std::array::from_fn(|_| std::sync::Mutex::new(())),
+            search: crate::search::SearchConfig::default(),
         };
         vault.note_epoch(epoch);
         Ok(vault)
@@ -1011,6 +1015,23 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
         let records = self.store.subject_records(subject.as_str())?;
+        let out = self.visible_metadata(principal, ctx, records)?;
+        let mut event = self.event(principal, ctx, "list", Some(subject), None);
+        event.decision = if out.is_empty() { "deny" } else { "allow" }.into();
+        event.reason = Some(format!("{} record(s) listed", out.len()));
+        self.audit.append(&event)?;
+        Ok(out)
+    }
+
+    /// The metadata of `records` the caller may know of: each record with the fields the policy
+    /// lets them list (sizes and evidence metadata only where they may read), records with no
+    /// such field left out. Rows are checked first. Nothing is decrypted.
+    fn visible_metadata(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        records: Vec<(RecordRow, Vec<crate::store::FieldMeta>)>,
+    ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
         for (r, fields) in &records {
             self.rows.check(r)?;
             self.rows.check_field_metas(r, fields)?;
@@ -1019,14 +1040,21 @@ impl Vault {
                 self.rows.check_all(&self.store.record_evidence(&r.id)?)?;
             }
         }
-        // Decide once per distinct (purpose, category, name, closed), not per row.
-        let mut distinct: BTreeMap<(Purpose, Category, String, bool), usize> = BTreeMap::new();
+        // Decide once per distinct (subject, purpose, category, name, closed), not per row.
+        let mut distinct: BTreeMap<(String, Purpose, Category, String, bool), usize> =
+            BTreeMap::new();
         let mut resources = Vec::new();
         for (rec, fields) in &records {
             let purpose = rec.purpose;
             for f in fields {
                 let closed = rec.closed_at.is_some();
-                let key = (rec.purpose, f.category, f.name.clone(), closed);
+                let key = (
+                    rec.subject.clone(),
+                    rec.purpose,
+                    f.category,
+                    f.name.clone(),
+                    closed,
+                );
                 if let std::collections::btree_map::Entry::Vacant(e) = distinct.entry(key) {
                     e.insert(resources.len());
                     resources.push(FieldResource {
@@ -1034,7 +1062,7 @@ impl Vault {
                         name: f.name.clone(),
                         category: f.category,
                         purpose,
-                        subject: subject.as_str().into(),
+                        subject: rec.subject.clone(),
                         flags: FieldFlags {
                             record_closed: closed,
                             ..FieldFlags::default()
@@ -1053,6 +1081,7 @@ impl Vault {
                 .into_iter()
                 .filter_map(|f| {
                     let i = *distinct.get(&(
+                        rec.subject.clone(),
                         rec.purpose,
                         f.category,
                         f.name.clone(),
@@ -1072,10 +1101,6 @@ impl Vault {
                 out.push((record_meta(&rec)?, visible));
             }
         }
-        let mut event = self.event(principal, ctx, "list", Some(subject), None);
-        event.decision = if out.is_empty() { "deny" } else { "allow" }.into();
-        event.reason = Some(format!("{} record(s) listed", out.len()));
-        self.audit.append(&event)?;
         Ok(out)
     }
 
@@ -1318,6 +1343,7 @@ impl Vault {
                         sealed,
                         version,
                         mac: Vec::new(),
+                        tags: self.tags_for(purpose, f.name.as_str(), &f.value)?,
                     },
                 ))
             })

@@ -515,6 +515,7 @@ impl AdminRpc for AdminApi {
     }
     type RewrapStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
     type RekeyStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
+    type ReindexStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
     type BackupStream = ReceiverStream<Result<pb::BackupChunk, Status>>;
 
     async fn backup(
@@ -623,6 +624,65 @@ impl AdminRpc for AdminApi {
             true,
             move |vault, progress| vault.rewrap(purpose, progress),
         )))
+    }
+
+    async fn rotate_index_key(
+        &self,
+        request: Request<pb::RotateIndexKeyRequest>,
+    ) -> Result<Response<pb::RotateIndexKeyResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let version = vault.rotate_index_key(principal, &req.justification)?;
+            Ok(pb::RotateIndexKeyResponse { version })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn reindex(
+        &self,
+        request: Request<pb::KeyJobRequest>,
+    ) -> Result<Response<Self::ReindexStream>, Status> {
+        let purpose = run(&self.vault, request, |vault, principal, req| {
+            let purpose = if req.purpose.is_empty() {
+                None
+            } else {
+                Some(parse_purpose("purpose", &req.purpose)?)
+            };
+            vault.authorize_reindex(principal, purpose, &req.justification)?;
+            Ok(purpose)
+        })
+        .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let vault = Arc::clone(&self.vault.vault);
+        let name = purpose.map(|p| p.as_str().to_owned()).unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            let message = |p: Progress, finished| pb::KeyJobProgress {
+                purpose: name.clone(),
+                done: p.done,
+                total: p.total,
+                finished,
+                keys_on_active: 0,
+                keys_total: 0,
+            };
+            let result = vault.reindex(purpose, |p| {
+                let _ = tx.try_send(Ok(message(p, false)));
+                true
+            });
+            let _ = tx.blocking_send(
+                result
+                    .map(|b| {
+                        message(
+                            Progress {
+                                done: b.tagged,
+                                total: b.tagged,
+                            },
+                            true,
+                        )
+                    })
+                    .map_err(super::status::to_status),
+            );
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn rekey(

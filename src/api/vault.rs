@@ -459,6 +459,23 @@ impl VaultRpc for VaultApi {
         .map(Response::new)
     }
 
+    async fn find_records(
+        &self,
+        request: Request<pb::FindRecordsRequest>,
+    ) -> Result<Response<pb::FindRecordsResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let field = FieldName::parse("field", &req.field)?;
+            let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+            let records = vault.find_records(principal, &ctx, &field, &req.value, limit)?;
+            Ok(pb::FindRecordsResponse {
+                records: records.into_iter().map(record_info).collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn who_am_i(
         &self,
         request: Request<pb::WhoAmIRequest>,

@@ -60,6 +60,11 @@ key_type!(
     /// The audit MAC key: separate from all data keys; stored wrapped under the root key.
     AuditKey
 );
+key_type!(
+    /// One version of the blind-index key: separate from every encryption key; stored wrapped
+    /// under the root key. Only HKDF input for the tag key of each (purpose, field).
+    IndexKey
+);
 
 #[cfg(test)]
 mod tests {

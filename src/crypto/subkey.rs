@@ -13,6 +13,7 @@
 //! audit key     MAC of each trail entry                 kluis.v2.audit.entry-mac
 //!               MAC of an anchored head                 kluis.v2.audit.head-mac
 //!               MAC of stored rows (tokens, holds, …)   kluis.v2.audit.row-mac
+//! index key     blind-index tags of one (purpose, field) kluis.v2.index.tag ‖ purpose ‖ field
 //! ```
 //!
 //! `<algorithm>` is `aes-256-gcm` or `xchacha20-poly1305`, so a key that seals under both AEADs
@@ -27,7 +28,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{Algorithm, AuditKey, CryptoError, PurposeKey, RootKey, SubjectKey};
+use super::{Algorithm, AuditKey, CryptoError, IndexKey, PurposeKey, RootKey, SubjectKey};
 
 /// Every use a key of the hierarchy is put to.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -50,11 +51,14 @@ pub enum KeyUse {
     AuditHeadMac,
     /// The audit key MAC'ing the stored rows that grant, withhold or shape access.
     AuditRowMac,
+    /// An index key version as the input of the tag key of one (purpose, field); the label is
+    /// followed by the length-prefixed purpose and field name.
+    IndexTag,
 }
 
 impl KeyUse {
     /// Every use, for the tests that keep the labels apart.
-    pub const ALL: [KeyUse; 13] = [
+    pub const ALL: [KeyUse; 14] = [
         KeyUse::RootWrap(Algorithm::Aes256Gcm),
         KeyUse::RootWrap(Algorithm::XChaCha20Poly1305),
         KeyUse::RootKeyCheck,
@@ -68,6 +72,7 @@ impl KeyUse {
         KeyUse::AuditEntryMac,
         KeyUse::AuditHeadMac,
         KeyUse::AuditRowMac,
+        KeyUse::IndexTag,
     ];
 
     /// The HKDF info of this use.
@@ -89,6 +94,7 @@ impl KeyUse {
             KeyUse::AuditEntryMac => b"kluis.v2.audit.entry-mac",
             KeyUse::AuditHeadMac => b"kluis.v2.audit.head-mac",
             KeyUse::AuditRowMac => b"kluis.v2.audit.row-mac",
+            KeyUse::IndexTag => b"kluis.v2.index.tag",
         }
     }
 }
@@ -123,6 +129,23 @@ fn derive(parent: &[u8; 32], usage: KeyUse) -> Result<Subkey, CryptoError> {
     let mut key = Box::new(Zeroizing::new([0u8; 32]));
     Hkdf::<Sha256>::new(None, parent)
         .expand(usage.label(), key.as_mut_slice())
+        .map_err(|_| CryptoError::Kdf("HKDF-SHA-256 refused a 32-byte output".into()))?;
+    Ok(Subkey { key, usage })
+}
+
+/// HKDF-SHA-256 of `parent` (no salt) with the label of `usage` followed by `parts`, each
+/// length-prefixed, so that no two lists of parts give the same info.
+fn derive_with(parent: &[u8; 32], usage: KeyUse, parts: &[&[u8]]) -> Result<Subkey, CryptoError> {
+    let mut info = usage.label().to_vec();
+    for part in parts {
+        let len = u32::try_from(part.len())
+            .map_err(|_| CryptoError::Kdf("an HKDF info part over 4 GiB".into()))?;
+        info.extend_from_slice(&len.to_be_bytes());
+        info.extend_from_slice(part);
+    }
+    let mut key = Box::new(Zeroizing::new([0u8; 32]));
+    Hkdf::<Sha256>::new(None, parent)
+        .expand(&info, key.as_mut_slice())
         .map_err(|_| CryptoError::Kdf("HKDF-SHA-256 refused a 32-byte output".into()))?;
     Ok(Subkey { key, usage })
 }
@@ -185,6 +208,18 @@ impl RootKey {
     /// The subkey of the key check value.
     pub fn key_check_subkey(&self) -> Result<Subkey, CryptoError> {
         derive(self.expose_secret(), KeyUse::RootKeyCheck)
+    }
+}
+
+impl IndexKey {
+    /// The HMAC-SHA-256 key of the blind-index tags of `field` in records of `purpose`: one per
+    /// (purpose, field), so equal values in two fields or purposes get unrelated tags.
+    pub fn tag_subkey(&self, purpose: &str, field: &str) -> Result<Subkey, CryptoError> {
+        derive_with(
+            self.expose_secret(),
+            KeyUse::IndexTag,
+            &[purpose.as_bytes(), field.as_bytes()],
+        )
     }
 }
 
@@ -257,6 +292,36 @@ mod tests {
         assert_eq!(entry.usage(), KeyUse::AuditEntryMac);
         assert_eq!(entry.expose_secret(), again.expose_secret());
         assert_ne!(entry.expose_secret(), other.expose_secret());
+    }
+
+    #[test]
+    fn each_purpose_and_field_gets_its_own_tag_key() {
+        let key = IndexKey::from_bytes(&MATERIAL);
+        let a = key.tag_subkey("contract", "email").unwrap();
+        let again = key.tag_subkey("contract", "email").unwrap();
+        assert_eq!(a.expose_secret(), again.expose_secret());
+        assert_eq!(a.usage(), KeyUse::IndexTag);
+        for (purpose, field) in [
+            ("contract", "phone"),
+            ("payments", "email"),
+            // Shifting a byte between the parts gives another key.
+            ("contrac", "temail"),
+            ("contracte", "mail"),
+        ] {
+            let b = key.tag_subkey(purpose, field).unwrap();
+            assert_ne!(a.expose_secret(), b.expose_secret(), "{purpose}/{field}");
+        }
+        // Another index key version gives another tag key for the same place, and none is the
+        // plain derivation of the label.
+        let other = IndexKey::from_bytes(&[0x5b; 32]);
+        assert_ne!(
+            a.expose_secret(),
+            other.tag_subkey("contract", "email").unwrap().expose_secret()
+        );
+        assert_ne!(
+            a.expose_secret(),
+            derive(&MATERIAL, KeyUse::IndexTag).unwrap().expose_secret()
+        );
     }
 
     #[test]

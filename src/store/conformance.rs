@@ -8,7 +8,7 @@ use crate::domain::{Category, ConsentState, FieldKind, Purpose, RequestKind};
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyRowChange,
     KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Store, StoreError, SubjectKeyRow,
-    TokenRow,
+    TagRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -138,6 +138,7 @@ pub fn run_all(store: &dyn Store) {
         kind: FieldKind::Text,
         key_gen: 1,
         sealed: vec![sealed; 30],
+        tags: Vec::new(),
     };
     store
         .insert_record(&rec, &[field("phone", 1), field("email", 2)])
@@ -226,6 +227,7 @@ pub fn run_all(store: &dyn Store) {
     ));
     assert!(store.record("rec_3").unwrap().is_none());
 
+    search_tags(store, &sk, &rec);
     key_rotation(store, &pk);
     lifecycle(store);
 
@@ -302,6 +304,133 @@ pub fn run_all(store: &dyn Store) {
 }
 
 /// `row` written over `prev` (its MAC as read).
+/// Blind-index tags: written with their value, replaced with it, found by tag, backfilled only
+/// over the value they were made from, dropped by version, and gone with their record.
+fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
+    let sk = SubjectKeyRow {
+        subject: "rel-s".into(),
+        ..sk.clone()
+    };
+    store.insert_subject_key(&sk, &anchor("rel-s")).unwrap();
+    let tag = |version: u32, tag: i64| TagRow {
+        version,
+        bits: 16,
+        tag,
+    };
+    let field = |name: &str, version: &str, tags: Vec<TagRow>| FieldRow {
+        mac: vec![0xCD; 32],
+        version: version.into(),
+        name: name.into(),
+        category: Category::Contact,
+        kind: FieldKind::Text,
+        key_gen: sk.generation,
+        sealed: vec![1; 30],
+        tags,
+    };
+    let record = |id: &str| RecordRow {
+        id: id.into(),
+        subject: "rel-s".into(),
+        ..rec.clone()
+    };
+    let purpose = rec.purpose.as_str();
+    store
+        .insert_record(
+            &record("rec_s1"),
+            &[
+                field("email", "a", vec![tag(1, 7)]),
+                field("phone", "a", vec![tag(1, 9)]),
+            ],
+        )
+        .unwrap();
+    store
+        .insert_record(&record("rec_s2"), &[field("email", "a", vec![tag(1, 7)])])
+        .unwrap();
+    store
+        .insert_record(&record("rec_s3"), &[field("email", "a", Vec::new())])
+        .unwrap();
+    // Read back without tags; found by tag, per field and purpose.
+    assert!(store.record("rec_s1").unwrap().unwrap().1[0].tags.is_empty());
+    assert_eq!(
+        store.find_tagged(purpose, "email", &[tag(1, 7)], 10).unwrap(),
+        ["rec_s1", "rec_s2"]
+    );
+    assert_eq!(
+        store.find_tagged(purpose, "email", &[tag(1, 7)], 1).unwrap(),
+        ["rec_s1"]
+    );
+    assert!(store.find_tagged(purpose, "phone", &[tag(1, 7)], 10).unwrap().is_empty());
+    assert!(store.find_tagged("contract", "email", &[tag(1, 7)], 10).unwrap().is_empty());
+    assert!(
+        store
+            .find_tagged(purpose, "email", &[TagRow { bits: 17, ..tag(1, 7) }], 10)
+            .unwrap()
+            .is_empty()
+    );
+    // A replaced value's tags go with it.
+    let (_, fields) = store.record("rec_s2").unwrap().unwrap();
+    let _ = fields;
+    store
+        .update_fields(
+            "rec_s2",
+            &[field("email", "b", vec![tag(1, 8)])],
+            101,
+            FieldsMac {
+                prev: &rec.fields_mac,
+                next: &rec.fields_mac,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        store.find_tagged(purpose, "email", &[tag(1, 7)], 10).unwrap(),
+        ["rec_s1"]
+    );
+    assert_eq!(
+        store
+            .find_tagged(purpose, "email", &[tag(1, 8), tag(1, 7)], 10)
+            .unwrap(),
+        ["rec_s1", "rec_s2"]
+    );
+    // The backfill: what lacks a tag under (version, bits), and tags written only over the
+    // value they were made from.
+    let untagged = |version| {
+        store
+            .untagged_fields(purpose, "email", version, 16, "", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(r, f)| (r.id, f.version))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(untagged(1), [("rec_s3".to_owned(), "a".to_owned())]);
+    assert_eq!(untagged(2).len(), 3);
+    assert_eq!(
+        store
+            .untagged_fields(purpose, "email", 2, 16, "rec_s1", 10)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(!store.write_tags("rec_s2", "email", "a", &[tag(2, 5)]).unwrap());
+    assert!(!store.write_tags("rec_gone", "email", "a", &[tag(2, 5)]).unwrap());
+    for (id, version) in [("rec_s1", "a"), ("rec_s2", "b"), ("rec_s3", "a")] {
+        assert!(store.write_tags(id, "email", version, &[tag(2, 5)]).unwrap());
+    }
+    assert!(untagged(2).is_empty());
+    assert_eq!(store.tag_count(2).unwrap(), 3);
+    assert_eq!(store.tag_count(1).unwrap(), 3);
+    assert_eq!(store.drop_tags(1).unwrap(), 3);
+    assert_eq!(store.tag_count(1).unwrap(), 0);
+    assert!(store.find_tagged(purpose, "phone", &[tag(1, 9)], 10).unwrap().is_empty());
+    // Deleting a record, or shredding its subject's records, takes its tags.
+    assert_eq!(store.delete_record("rec_s1").unwrap(), Some(false));
+    assert_eq!(store.tag_count(2).unwrap(), 2);
+    let (destroyed, _) = store
+        .shred_records("rel-s", &["rec_s2".to_owned(), "rec_s3".to_owned()])
+        .unwrap();
+    assert_eq!(destroyed.len(), 2);
+    assert_eq!(store.tag_count(2).unwrap(), 0);
+    assert!(store.find_tagged(purpose, "email", &[tag(2, 5)], 10).unwrap().is_empty());
+}
+
 fn over(row: &PurposeKeyRow, prev: &PurposeKeyRow) -> KeyRowChange {
     KeyRowChange {
         row: row.clone(),
@@ -516,6 +645,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         kind: FieldKind::Text,
         key_gen: 1,
         sealed: vec![1; 20],
+        tags: Vec::new(),
     };
     store.insert_record(&rec, &[f]).unwrap();
     assert_eq!(
@@ -662,6 +792,7 @@ fn lifecycle(store: &dyn Store) {
         kind: FieldKind::Text,
         key_gen: 1,
         sealed: vec![1; 20],
+        tags: Vec::new(),
     };
     store
         .insert_record(&rec("rec_l1", None), std::slice::from_ref(&field))

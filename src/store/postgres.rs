@@ -39,7 +39,8 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
     FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*, qualified,
+    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagRow, TokenRow, prelude::*,
+    qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use
@@ -213,7 +214,23 @@ CREATE TABLE audit (
     hash      BYTEA NOT NULL,
     mac       BYTEA NOT NULL
 );
-"#];
+"#,
+    // Blind-index tags of searchable field values; they go with the value they tag.
+    r#"
+CREATE TABLE search_tags (
+    record_id TEXT COLLATE "C" NOT NULL,
+    field     TEXT COLLATE "C" NOT NULL,
+    purpose   TEXT   NOT NULL,
+    version   BIGINT NOT NULL,
+    bits      BIGINT NOT NULL,
+    tag       BIGINT NOT NULL,
+    PRIMARY KEY (record_id, field, version),
+    FOREIGN KEY (record_id, field) REFERENCES fields (record_id, name) ON DELETE CASCADE
+);
+CREATE INDEX search_tags_lookup ON search_tags (purpose, field, version, bits, tag);
+CREATE INDEX search_tags_by_version ON search_tags (version);
+"#,
+];
 
 /// The advisory lock key under which migrations run ("kluis" in ASCII), so that nodes starting
 /// at once migrate one after the other.
@@ -969,6 +986,7 @@ fn field_from_row(r: &Row, at: usize) -> Result<FieldRow, StoreError> {
         sealed: get(r, at + 4)?,
         mac: get(r, at + 5)?,
         version: get(r, at + 6)?,
+        tags: Vec::new(),
     })
 }
 

@@ -30,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
     FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
+    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagRow, TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
@@ -266,6 +266,21 @@ CREATE TABLE leases (
     holder TEXT    NOT NULL,
     until  INTEGER NOT NULL
 );
+",
+    // Blind-index tags of searchable field values; they go with the value they tag.
+    r"
+CREATE TABLE search_tags (
+    record_id TEXT    NOT NULL,
+    field     TEXT    NOT NULL,
+    purpose   TEXT    NOT NULL,
+    version   INTEGER NOT NULL,
+    bits      INTEGER NOT NULL,
+    tag       INTEGER NOT NULL,
+    PRIMARY KEY (record_id, field, version),
+    FOREIGN KEY (record_id, field) REFERENCES fields (record_id, name) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX search_tags_lookup ON search_tags (purpose, field, version, bits, tag);
+CREATE INDEX search_tags_by_version ON search_tags (version);
 ",
 ];
 

@@ -401,6 +401,12 @@ impl Vault {
         }
         self.store.finish_key_job(purpose.as_str(), "rekey")?;
         crate::metrics::key_job("rekey", purpose.as_str(), state.done, state.done);
+        // The rekey also tags the purpose's searchable values under the active index key
+        // version (the backfill after an index key rotation).
+        if self.search_config().of(purpose).is_some() {
+            drop(lease);
+            self.reindex(Some(purpose), |_| !self.is_stopping())?;
+        }
         self.system_event(
             "key-rekey",
             purpose,

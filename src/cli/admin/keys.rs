@@ -53,6 +53,24 @@ pub enum KeysCommand {
         #[arg(long, default_value = "")]
         justification: String,
     },
+    /// Make a new blind-index key version active: new values are tagged under it and the one
+    /// before until `keys reindex` has tagged every searchable value under it.
+    RotateIndex {
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
+    /// Tag every searchable value that has no tag under the active index key version (after an
+    /// index key rotation, a new searchable field or another `tag_bits`), with progress; drops
+    /// the retiring version once nothing is left. Resumable.
+    Reindex {
+        /// One purpose only; all purposes with searchable fields when omitted.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        justification: String,
+    },
     /// Schedule the destruction of a version that wraps nothing any more.
     ScheduleDestroy {
         /// The purpose.
@@ -255,6 +273,73 @@ pub async fn keys(
                                     p.keys_total,
                                     p.done
                                 );
+                            }
+                            return Exit::Success;
+                        }
+                    }
+                    Ok(None) => {
+                        return fail(
+                            "the server ended the job without a result; run the command again to resume",
+                        );
+                    }
+                    Err(s) => return status_exit(&s),
+                }
+            }
+        }
+        KeysCommand::RotateIndex { justification } => {
+            let req = pb::RotateIndexKeyRequest {
+                justification: justification.clone(),
+            };
+            match client.rotate_index_key(authed(token, req)).await {
+                Ok(resp) => {
+                    let version = resp.into_inner().version;
+                    if json {
+                        out!("{}", serde_json::json!({"index_key_version": version}));
+                    } else {
+                        out!(
+                            "index key version {version} is active; the one before still tags and                              is still searched until every value is tagged again"
+                        );
+                        out!("tag them with: kluis admin keys reindex");
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
+        KeysCommand::Reindex {
+            purpose,
+            justification,
+        } => {
+            let req = pb::KeyJobRequest {
+                purpose: purpose.clone().unwrap_or_default(),
+                justification: justification.clone(),
+            };
+            let mut stream = match client.reindex(authed(token, req)).await {
+                Ok(s) => s.into_inner(),
+                Err(s) => return status_exit(&s),
+            };
+            let scope = purpose.as_deref().unwrap_or("all purposes");
+            let mut bar = crate::cli::progress::Progress::new(format!("reindex of {scope}"), json);
+            loop {
+                match stream.message().await {
+                    Ok(Some(p)) => {
+                        if json {
+                            out!(
+                                "{}",
+                                serde_json::json!({"purpose": p.purpose, "done": p.done,
+                                    "total": p.total, "finished": p.finished})
+                            );
+                        } else {
+                            bar.update(
+                                p.done,
+                                p.total,
+                                format_args!("{}/{} values looked at", p.done, p.total),
+                            );
+                        }
+                        if p.finished {
+                            bar.finish();
+                            if !json {
+                                out!("{scope}: done, {} value(s) tagged", p.done);
                             }
                             return Exit::Success;
                         }

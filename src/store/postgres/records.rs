@@ -33,6 +33,7 @@ impl RecordStore for PgStore {
                     ],
                     || format!("field `{}`", f.name),
                 )?;
+                insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
             }
             Ok(())
         })
@@ -120,6 +121,12 @@ impl RecordStore for PgStore {
                         &f.version,
                     ],
                 )?;
+                // The replaced value's tags go with it.
+                tx.exec(
+                    "DELETE FROM search_tags WHERE record_id = $1 AND field = $2",
+                    &[&id, &f.name],
+                )?;
+                insert_tags(tx, id, &purpose, f)?;
             }
             Ok(true)
         })
@@ -323,4 +330,149 @@ impl RecordStore for PgStore {
             .collect()
         })
     }
+
+
+    fn find_tagged(
+        &self,
+        purpose: &str,
+        field: &str,
+        probes: &[TagRow],
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let versions: Vec<i64> = probes.iter().map(|p| i64::from(p.version)).collect();
+        let bits: Vec<i64> = probes.iter().map(|p| i64::from(p.bits)).collect();
+        let tags: Vec<i64> = probes.iter().map(|p| p.tag).collect();
+        self.read_one(|tx| {
+            tx.all(
+                "SELECT DISTINCT t.record_id FROM search_tags t
+                 JOIN unnest($3::BIGINT[], $4::BIGINT[], $5::BIGINT[]) AS p (version, bits, tag)
+                   ON t.version = p.version AND t.bits = p.bits AND t.tag = p.tag
+                 WHERE t.purpose = $1 AND t.field = $2
+                 ORDER BY t.record_id LIMIT $6",
+                &[&purpose, &field, &versions, &bits, &tags, &limit],
+            )?
+            .iter()
+            .map(|r| get(r, 0))
+            .collect()
+        })
+    }
+
+    fn untagged_fields(
+        &self,
+        purpose: &str,
+        field: &str,
+        version: u32,
+        bits: u8,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(RecordRow, FieldRow)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read_one(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {}, {} FROM records r
+                     JOIN fields f ON f.record_id = r.id AND f.name = $2
+                     WHERE r.purpose = $1 AND r.id > $5
+                       AND NOT EXISTS (SELECT 1 FROM search_tags t
+                                       WHERE t.record_id = r.id AND t.field = f.name
+                                         AND t.version = $3 AND t.bits = $4)
+                     ORDER BY r.id LIMIT $6",
+                    qualified(RECORD_COLUMNS, "r"),
+                    qualified(FIELD_COLUMNS, "f")
+                ),
+                &[
+                    &purpose,
+                    &field,
+                    &i64::from(version),
+                    &i64::from(bits),
+                    &after,
+                    &limit,
+                ],
+            )?
+            .iter()
+            .map(|r| Ok((record_from_row(r)?, field_from_row(r, RECORD_WIDTH)?)))
+            .collect()
+        })
+    }
+
+    fn write_tags(
+        &self,
+        record: &str,
+        field: &str,
+        value_version: &str,
+        tags: &[TagRow],
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let Some(found) = tx.opt(
+                "SELECT r.purpose FROM records r JOIN fields f ON f.record_id = r.id
+                 WHERE r.id = $1 AND f.name = $2 AND f.version = $3 FOR UPDATE OF f",
+                &[&record, &field, &value_version],
+            )?
+            else {
+                return Ok(false);
+            };
+            let purpose: String = get(&found, 0)?;
+            for t in tags {
+                tx.exec(
+                    "INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (record_id, field, version) DO UPDATE SET
+                        bits = excluded.bits, tag = excluded.tag",
+                    &[
+                        &record,
+                        &field,
+                        &purpose,
+                        &i64::from(t.version),
+                        &i64::from(t.bits),
+                        &t.tag,
+                    ],
+                )?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn drop_tags(&self, version: u32) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            tx.exec(
+                "DELETE FROM search_tags WHERE version = $1",
+                &[&i64::from(version)],
+            )
+        })
+    }
+
+    fn tag_count(&self, version: u32) -> Result<u64, StoreError> {
+        self.read_one(|tx| {
+            let row = tx.one(
+                "SELECT count(*) FROM search_tags WHERE version = $1",
+                &[&i64::from(version)],
+            )?;
+            let n: i64 = get(&row, 0)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }}
+
+/// Stores the tags of a field value just written.
+fn insert_tags(
+    tx: &mut Tx<'_>,
+    record: &str,
+    purpose: &str,
+    f: &FieldRow,
+) -> Result<(), StoreError> {
+    for t in &f.tags {
+        tx.exec(
+            "INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &record,
+                &f.name,
+                &purpose,
+                &i64::from(t.version),
+                &i64::from(t.bits),
+                &t.tag,
+            ],
+        )?;
+    }
+    Ok(())
 }

@@ -392,6 +392,7 @@ impl KeyStore for SqliteStore {
                         sealed: r.get(5)?,
                         mac: r.get(6)?,
                         version: r.get(7)?,
+                        tags: Vec::new(),
                     },
                 ))
             })?

@@ -1,6 +1,7 @@
 //! The SQLite store: records and their fields, retention and shredding.
 
 use super::*;
+use crate::store::qualified;
 
 impl RecordStore for SqliteStore {
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
@@ -25,6 +26,7 @@ impl RecordStore for SqliteStore {
                         db(e)
                     }
                 })?;
+                insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
             }
             Ok(())
         })
@@ -57,6 +59,7 @@ impl RecordStore for SqliteStore {
                         sealed: r.get(4)?,
                         mac: r.get(5)?,
                         version: r.get(6)?,
+                        tags: Vec::new(),
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -136,6 +139,12 @@ impl RecordStore for SqliteStore {
                     id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
                 ])
                 .map_err(db)?;
+                // The replaced value's tags go with it.
+                tx.prepare_cached("DELETE FROM search_tags WHERE record_id = ?1 AND field = ?2")
+                    .map_err(db)?
+                    .execute(params![id, f.name])
+                    .map_err(db)?;
+                insert_tags(&tx, id, &purpose, f)?;
             }
         }
         tx.commit().map_err(db)?;
@@ -349,4 +358,161 @@ impl RecordStore for SqliteStore {
         })?;
         rows.into_iter().map(with_labels).collect()
     }
+
+    fn find_tagged(
+        &self,
+        purpose: &str,
+        field: &str,
+        probes: &[TagRow],
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut ids = std::collections::BTreeSet::new();
+            let mut stmt = c.prepare_cached(
+                "SELECT record_id FROM search_tags
+                 WHERE purpose = ?1 AND field = ?2 AND version = ?3 AND bits = ?4 AND tag = ?5
+                 ORDER BY record_id LIMIT ?6",
+            )?;
+            for p in probes {
+                for id in stmt.query_map(
+                    params![purpose, field, p.version, p.bits, p.tag, limit],
+                    |r| r.get::<_, String>(0),
+                )? {
+                    ids.insert(id?);
+                }
+            }
+            Ok(ids
+                .into_iter()
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .collect())
+        })
+    }
+
+    fn untagged_fields(
+        &self,
+        purpose: &str,
+        field: &str,
+        version: u32,
+        bits: u8,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(RecordRow, FieldRow)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {}, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
+                 FROM records r JOIN fields f ON f.record_id = r.id AND f.name = ?2
+                 WHERE r.purpose = ?1 AND r.id > ?5
+                   AND NOT EXISTS (SELECT 1 FROM search_tags t
+                                   WHERE t.record_id = r.id AND t.field = f.name
+                                     AND t.version = ?3 AND t.bits = ?4)
+                 ORDER BY r.id LIMIT ?6",
+                qualified(RECORD_COLUMNS, "r")
+            ))?
+            .query_map(params![purpose, field, version, bits, after, limit], |r| {
+                let rec = record_from_row(r)?;
+                let at = RECORD_COLUMNS.split(',').count();
+                Ok((
+                    rec,
+                    FieldRow {
+                        name: r.get(at)?,
+                        category: r.get(at + 1)?,
+                        kind: r.get(at + 2)?,
+                        key_gen: r.get(at + 3)?,
+                        sealed: r.get(at + 4)?,
+                        mac: r.get(at + 5)?,
+                        version: r.get(at + 6)?,
+                        tags: Vec::new(),
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|(rec, f)| Ok((with_labels(rec)?, f)))
+            .collect()
+    }
+
+    fn write_tags(
+        &self,
+        record: &str,
+        field: &str,
+        value_version: &str,
+        tags: &[TagRow],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let purpose: Option<String> = tx
+            .query_row(
+                "SELECT r.purpose FROM records r JOIN fields f ON f.record_id = r.id
+                 WHERE r.id = ?1 AND f.name = ?2 AND f.version = ?3",
+                params![record, field, value_version],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some(purpose) = purpose else {
+            return Ok(false);
+        };
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (record_id, field, version) DO UPDATE SET
+                    bits = excluded.bits, tag = excluded.tag",
+            )
+            .map_err(db)?;
+        for t in tags {
+            stmt.execute(params![record, field, purpose, t.version, t.bits, t.tag])
+                .map_err(db)?;
+        }
+        drop(stmt);
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    fn drop_tags(&self, version: u32) -> Result<u64, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute("DELETE FROM search_tags WHERE version = ?1", [version])
+            .map_err(db)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn tag_count(&self, version: u32) -> Result<u64, StoreError> {
+        let n: i64 = self.read(|c| {
+            c.query_row(
+                "SELECT count(*) FROM search_tags WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
+        })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Stores the tags of a field value just written.
+fn insert_tags(
+    tx: &rusqlite::Connection,
+    record: &str,
+    purpose: &str,
+    f: &FieldRow,
+) -> Result<(), StoreError> {
+    if f.tags.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(db)?;
+    for t in &f.tags {
+        stmt.execute(params![record, f.name, purpose, t.version, t.bits, t.tag])
+            .map_err(db)?;
+    }
+    Ok(())
 }

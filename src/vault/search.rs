@@ -1,0 +1,443 @@
+//! Equality search on encrypted fields (`FindRecords`), and the index key's rotation and
+//! backfill.
+//!
+//! A search turns the value into its tags under every index key version in force, asks the
+//! store for the records of the declared purpose whose field carries one of them (candidates:
+//! tags are short, so unrelated values collide), decides `read` of that field for every
+//! candidate, puts the search on the trail (`find`, with the field name and how many candidates
+//! are compared, never the value), opens the allowed candidates under that entry's grants and
+//! compares them with the value inside the vault, and puts the outcome on the trail (`found`
+//! per hit, with its subject and record; `find-result` with the number of hits) before it
+//! answers. A candidate that is not a hit, or that the caller may not read, never leaves.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use subtle::ConstantTimeEq;
+use super::{FieldInfo, RecordMeta, Value, Vault, VaultError, field_aad, resource};
+use crate::{
+    audit::AuditEvent,
+    crypto,
+    domain::{AccessContext, FieldName, InputError, Principal, Purpose, RecordId, SubjectId, now_unix},
+    keys::KeyError,
+    policy::{Action, AdminAction, Grant},
+    search::{FieldType, MAX_VALUE_BYTES, SearchConfig},
+    store::{FieldRow, RecordRow, StoreError},
+};
+
+/// The most candidates one search compares: a tag shared by more records than this asks for
+/// a search that tells records apart (or a wider tag).
+pub const MAX_CANDIDATES: usize = 1000;
+
+/// The most hits one search answers.
+pub const MAX_HITS: usize = 100;
+
+/// Values tagged per step of the backfill.
+const BACKFILL_BATCH: usize = 256;
+
+/// How far a backfill got: values tagged, and whether every searchable field is tagged under
+/// the active index key version (so the retiring one was dropped).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct Backfill {
+    /// Values tagged by this run.
+    pub tagged: u64,
+    /// Every searchable value carries a tag under the active version.
+    pub complete: bool,
+    /// The retiring versions dropped by this run.
+    pub dropped: u32,
+}
+
+impl Vault {
+    /// Makes `search` the searchable fields per purpose.
+    pub fn with_search(mut self, search: SearchConfig) -> Self {
+        self.search = search;
+        self
+    }
+
+    /// The searchable fields per purpose.
+    pub fn search_config(&self) -> &SearchConfig {
+        &self.search
+    }
+
+    /// The tags of a value about to be written to `field` of a record of `purpose`: empty when
+    /// the field is not searchable, the value is bytes, or nothing is left of it to search for.
+    pub(crate) fn tags_for(
+        &self,
+        purpose: Purpose,
+        field: &str,
+        value: &Value,
+    ) -> Result<Vec<crate::store::TagRow>, VaultError> {
+        let Some((kind, bits)) = self.search.field(purpose, field) else {
+            return Ok(Vec::new());
+        };
+        let Value::Text(text) = value else {
+            return Ok(Vec::new());
+        };
+        let Ok(normal) = kind.normalise(field, text) else {
+            return Ok(Vec::new());
+        };
+        let keys = self.keyring.index_keys()?;
+        keys.tags(purpose.as_str(), field, normal.as_bytes(), bits)
+            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))
+    }
+
+    /// The records of the declared purpose whose `field` equals `value` (after normalising),
+    /// among those the caller may read that field of: their metadata, as `list_records` gives
+    /// it. At most `limit` (1 to 100; 0 means 20).
+    pub fn find_records(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        field: &FieldName,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
+        let purpose = ctx.purpose;
+        let limit = match limit {
+            0 => 20,
+            n if n > MAX_HITS => {
+                return Err(InputError::new("limit", format!("at most {MAX_HITS}")).into());
+            }
+            n => n,
+        };
+        let Some((kind, bits)) = self.search.field(purpose, field.as_str()) else {
+            return Err(VaultError::FailedPrecondition(format!(
+                "field `{field}` is not searchable in records of `{purpose}`; an operator makes \
+                 it so with `[search.{purpose}] fields = [\"{field}\", …]`"
+            )));
+        };
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(InputError::new("value", format!("at most {MAX_VALUE_BYTES} bytes")).into());
+        }
+        let wanted = kind.normalise("value", value)?;
+        let keys = self.keyring.index_keys()?;
+        let probes = keys
+            .tags(purpose.as_str(), field.as_str(), wanted.as_bytes(), bits)
+            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        let ids =
+            self.store
+                .find_tagged(purpose.as_str(), field.as_str(), &probes, MAX_CANDIDATES + 1)?;
+        let mut event = self.event(principal, ctx, "find", None, None);
+        if ids.len() > MAX_CANDIDATES {
+            event.decision = "deny".into();
+            event.reason = Some(format!(
+                "field `{field}`: more than {MAX_CANDIDATES} candidates"
+            ));
+            self.audit.append(&event)?;
+            return Err(VaultError::FailedPrecondition(format!(
+                "more than {MAX_CANDIDATES} records of `{purpose}` share the tag of this value \
+                 in `{field}`; search a field that tells them apart"
+            )));
+        }
+        // The candidates, from authentic rows only; a tag that points elsewhere (another
+        // purpose, a field the record does not hold) is no candidate.
+        let mut candidates: Vec<(RecordRow, FieldRow)> = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let Some((record, rows)) = self.store.record(id)? else {
+                continue;
+            };
+            self.rows.check(&record)?;
+            self.rows.check_fields(&record, &rows)?;
+            if record.purpose != purpose {
+                continue;
+            }
+            if let Some(row) = rows.into_iter().find(|r| r.name == field.as_str()) {
+                candidates.push((record, row));
+            }
+        }
+        let resources = candidates
+            .iter()
+            .map(|(record, row)| resource(record, purpose, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
+        let allowed = decisions.iter().filter(|d| d.is_allow()).count();
+        event.decision = "allow".into();
+        event.reason = Some(format!(
+            "field `{field}`: {} candidate(s), {allowed} the caller may read compared",
+            candidates.len()
+        ));
+        let seq = self.audit.append(&event)?;
+
+        let mut hits: Vec<&RecordRow> = Vec::new();
+        for ((record, row), decision) in candidates.iter().zip(&decisions) {
+            if hits.len() == limit {
+                break;
+            }
+            let Some(grant) = decision.grant(&seq) else {
+                continue;
+            };
+            if self.matches(grant, record, row, kind, &wanted)? {
+                hits.push(record);
+            }
+        }
+
+        // The outcome on the trail before anything of it is answered: each hit under its
+        // subject (so it is in that subject's access report), then the count.
+        let mut entries: Vec<AuditEvent> = hits
+            .iter()
+            .map(|record| {
+                let subject = SubjectId::parse_stored(&record.subject).ok();
+                let record_id = RecordId::parse("record_id", &record.id).ok();
+                let mut e = self.event(principal, ctx, "found", subject.as_ref(), record_id.as_ref());
+                e.decision = "allow".into();
+                e.reason = Some(format!("found by `{field}`"));
+                e
+            })
+            .collect();
+        let mut result = self.event(principal, ctx, "find-result", None, None);
+        result.decision = "allow".into();
+        result.reason = Some(format!("field `{field}`: {} hit(s)", hits.len()));
+        entries.push(result);
+        self.audit.append_all(&entries)?;
+
+        let mut by_subject: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for record in &hits {
+            by_subject
+                .entry(record.subject.as_str())
+                .or_default()
+                .insert(record.id.as_str());
+        }
+        let mut found = Vec::new();
+        for (subject, ids) in by_subject {
+            for (record, fields) in self.store.subject_records(subject)? {
+                if ids.contains(record.id.as_str()) {
+                    found.push((record, fields));
+                }
+            }
+        }
+        let mut out = self.visible_metadata(principal, ctx, found)?;
+        // In the order the hits were found (record id).
+        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(out)
+    }
+
+    /// Opens one granted candidate and compares it with `wanted`, in constant time, inside the
+    /// vault.
+    fn matches(
+        &self,
+        grant: Grant,
+        record: &RecordRow,
+        row: &FieldRow,
+        kind: FieldType,
+        wanted: &str,
+    ) -> Result<bool, VaultError> {
+        let subject = SubjectId::parse_stored(&record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let granted = [(grant, row, row.category)];
+        let Some(mut opened) = self.open_granted(&granted, &subject, record, record.purpose)?
+        else {
+            // A rekey moved the subject on since the candidate was read: not compared now.
+            return Ok(false);
+        };
+        let Some(field) = opened.pop() else {
+            return Ok(false);
+        };
+        let Value::Text(text) = field.value else {
+            return Ok(false);
+        };
+        let Ok(normal) = kind.normalise("value", &text) else {
+            return Ok(false);
+        };
+        Ok(bool::from(normal.as_bytes().ct_eq(wanted.as_bytes())))
+    }
+
+    /// Makes a new index key version active (the active one starts retiring: new values are
+    /// tagged under both, searches ask both, until `reindex` has tagged every value under the
+    /// new one). A security officer's action, on the trail first.
+    pub fn rotate_index_key(
+        &self,
+        actor: &Principal,
+        justification: &str,
+    ) -> Result<u32, VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            "index-key-rotate",
+            Some("index"),
+            justification,
+        )?;
+        event.reason = Some("new active index key version requested".into());
+        let version = event.commit_then(|| Ok(self.keyring.rotate_index_key()?))?;
+        tracing::info!(version, "index key rotated");
+        Ok(version)
+    }
+
+    /// Allows and audits a reindex of `purpose` (or of every purpose) by `actor`.
+    pub fn authorize_reindex(
+        &self,
+        actor: &Principal,
+        purpose: Option<Purpose>,
+        justification: &str,
+    ) -> Result<(), VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageKeys,
+            "index-reindex",
+            Some(purpose.map_or("all purposes", Purpose::as_str)),
+            justification,
+        )?;
+        event.purpose = purpose.map(|p| p.as_str().into());
+        event.commit()?;
+        Ok(())
+    }
+
+    /// Tags every searchable value of `purpose` (or of every purpose) that has no tag under
+    /// the active index key version at the configured width, in batches, calling `progress`
+    /// after each (false stops). When no searchable value is left untagged anywhere, drops the
+    /// tags of retiring versions and then the versions themselves. One node at a time.
+    pub fn reindex(
+        &self,
+        only: Option<Purpose>,
+        mut progress: impl FnMut(super::keyadmin::Progress) -> bool,
+    ) -> Result<Backfill, VaultError> {
+        let _lease = self.job_lease("reindex")?.ok_or_else(|| {
+            VaultError::FailedPrecondition(
+                "a reindex is running on another node; it finishes there".into(),
+            )
+        })?;
+        let keys = self.keyring.index_keys()?;
+        let active = keys.active();
+        let mut state = super::keyadmin::Progress { done: 0, total: 0 };
+        let mut tagged = 0u64;
+        let targets: Vec<(Purpose, String, FieldType, u8)> = self
+            .search
+            .all()
+            .filter(|(p, _, _, _)| only.is_none_or(|o| o == *p))
+            .map(|(p, f, t, b)| (p, f.to_owned(), t, b))
+            .collect();
+        for (purpose, field, kind, bits) in &targets {
+            let mut after = String::new();
+            loop {
+                let batch = self.store.untagged_fields(
+                    purpose.as_str(),
+                    field,
+                    active,
+                    *bits,
+                    &after,
+                    BACKFILL_BATCH,
+                )?;
+                let Some((last, _)) = batch.last() else {
+                    break;
+                };
+                after = last.id.clone();
+                state.total += batch.len() as u64;
+                for (record, row) in &batch {
+                    self.rows.check(record)?;
+                    if let Some(tags) = self.tags_of_stored(record, row, *kind, *bits)?
+                        && self
+                            .store
+                            .write_tags(&record.id, &row.name, &row.version, &tags)?
+                    {
+                        tagged += 1;
+                    }
+                    state.done += 1;
+                }
+                crate::metrics::key_job("reindex", purpose.as_str(), state.done, state.total);
+                if !progress(state) || self.is_stopping() {
+                    return Ok(Backfill {
+                        tagged,
+                        complete: false,
+                        dropped: 0,
+                    });
+                }
+            }
+        }
+        // Complete only when no searchable field of any purpose is left untagged (values
+        // written meanwhile are tagged under every version in force).
+        let mut complete = true;
+        for (purpose, field, _, bits) in self.search.all() {
+            if !self
+                .store
+                .untagged_fields(purpose.as_str(), field, active, bits, "", 1)?
+                .is_empty()
+            {
+                complete = false;
+                break;
+            }
+        }
+        let retiring = keys.retiring();
+        let mut dropped = 0;
+        if complete && !retiring.is_empty() {
+            for v in &retiring {
+                self.store.drop_tags(*v)?;
+            }
+            self.keyring.drop_index_keys(&retiring)?;
+            dropped = u32::try_from(retiring.len()).unwrap_or(u32::MAX);
+        }
+        self.audit.append(&AuditEvent {
+            time: now_unix(),
+            principal: "kluis".into(),
+            action: "index-backfill".into(),
+            decision: "allow".into(),
+            purpose: only.map(|p| p.as_str().into()),
+            reason: Some(format!(
+                "{tagged} value(s) tagged under index key v{active}{}",
+                if dropped > 0 {
+                    format!("; retiring version(s) {retiring:?} dropped")
+                } else if complete {
+                    String::new()
+                } else {
+                    "; values of other purposes are still to be tagged".into()
+                }
+            )),
+            ..AuditEvent::default()
+        })?;
+        Ok(Backfill {
+            tagged,
+            complete,
+            dropped,
+        })
+    }
+
+    /// The tags of a stored value under every index key version in force, opened inside the
+    /// vault (never answered); `None` when it is bytes, or its subject key went meanwhile.
+    fn tags_of_stored(
+        &self,
+        record: &RecordRow,
+        row: &FieldRow,
+        kind: FieldType,
+        bits: u8,
+    ) -> Result<Option<Vec<crate::store::TagRow>>, VaultError> {
+        if row.kind != crate::domain::FieldKind::Text {
+            return Ok(None);
+        }
+        let subject = SubjectId::parse_stored(&record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let Some(key) = self
+            .keyring
+            .subject_key_at(&subject, record.purpose, row.key_gen)?
+        else {
+            return Ok(None);
+        };
+        let aad = field_aad(
+            &record.subject,
+            &record.id,
+            &row.name,
+            row.category,
+            record.purpose,
+            row.kind,
+            &row.version,
+        );
+        let plain = crypto::open(&key.fields(), &aad, &row.sealed).map_err(|_| {
+            VaultError::DataLoss(format!("field `{}` of record `{}`", row.name, record.id))
+        })?;
+        let Some(text) = super::into_text(plain) else {
+            return Ok(None);
+        };
+        let Ok(normal) = kind.normalise(&row.name, &text) else {
+            return Ok(None);
+        };
+        let keys = self.keyring.index_keys()?;
+        let tags = keys
+            .tags(record.purpose.as_str(), &row.name, normal.as_bytes(), bits)
+            .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
+        Ok(Some(tags))
+    }
+
+    /// The index key versions and how many values each tags (for the key report).
+    pub fn index_key_report(&self) -> Result<Vec<(u32, &'static str, i64, u64)>, VaultError> {
+        let keys = self.keyring.index_keys()?;
+        keys.versions()
+            .map(|(v, s, at)| Ok((v, s.as_str(), at, self.store.tag_count(v)?)))
+            .collect()
+    }
+}
