@@ -281,7 +281,10 @@ mod tests {
         assert_eq!(n(FieldType::Postcode, "1234 ab"), "1234AB");
         assert_eq!(n(FieldType::Text, "  Jan \t de  Vries "), "jan de vries");
         // The twin: another value stays another value.
-        assert_ne!(n(FieldType::Phone, "0612345679"), n(FieldType::Phone, "0612345678"));
+        assert_ne!(
+            n(FieldType::Phone, "0612345679"),
+            n(FieldType::Phone, "0612345678")
+        );
         assert_ne!(n(FieldType::Postcode, "1234 AC"), "1234AB");
     }
 

@@ -316,7 +316,10 @@ mod tests {
         let other = IndexKey::from_bytes(&[0x5b; 32]);
         assert_ne!(
             a.expose_secret(),
-            other.tag_subkey("contract", "email").unwrap().expose_secret()
+            other
+                .tag_subkey("contract", "email")
+                .unwrap()
+                .expose_secret()
         );
         assert_ne!(
             a.expose_secret(),

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{KeyError, Keyring};
-use crate::domain::now_unix;
 use crate::crypto::{self, AadContext, CryptoError, IndexKey, RootKey, kdf};
+use crate::domain::now_unix;
 use crate::store::{StoreError, TagRow};
 
 /// The meta row that holds the index key versions.

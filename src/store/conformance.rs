@@ -306,6 +306,11 @@ pub fn run_all(store: &dyn Store) {
 /// `row` written over `prev` (its MAC as read).
 /// Blind-index tags: written with their value, replaced with it, found by tag, backfilled only
 /// over the value they were made from, dropped by version, and gone with their record.
+#[expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a test suite: failures must panic"
+)]
 fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
     let sk = SubjectKeyRow {
         subject: "rel-s".into(),
@@ -349,26 +354,50 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
         .insert_record(&record("rec_s3"), &[field("email", "a", Vec::new())])
         .unwrap();
     // Read back without tags; found by tag, per field and purpose.
-    assert!(store.record("rec_s1").unwrap().unwrap().1[0].tags.is_empty());
+    assert!(
+        store.record("rec_s1").unwrap().unwrap().1[0]
+            .tags
+            .is_empty()
+    );
     assert_eq!(
-        store.find_tagged(purpose, "email", &[tag(1, 7)], 10).unwrap(),
+        store
+            .find_tagged(purpose, "email", &[tag(1, 7)], 10)
+            .unwrap(),
         ["rec_s1", "rec_s2"]
     );
     assert_eq!(
-        store.find_tagged(purpose, "email", &[tag(1, 7)], 1).unwrap(),
+        store
+            .find_tagged(purpose, "email", &[tag(1, 7)], 1)
+            .unwrap(),
         ["rec_s1"]
     );
-    assert!(store.find_tagged(purpose, "phone", &[tag(1, 7)], 10).unwrap().is_empty());
-    assert!(store.find_tagged("contract", "email", &[tag(1, 7)], 10).unwrap().is_empty());
     assert!(
         store
-            .find_tagged(purpose, "email", &[TagRow { bits: 17, ..tag(1, 7) }], 10)
+            .find_tagged(purpose, "phone", &[tag(1, 7)], 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .find_tagged("contract", "email", &[tag(1, 7)], 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .find_tagged(
+                purpose,
+                "email",
+                &[TagRow {
+                    bits: 17,
+                    ..tag(1, 7)
+                }],
+                10
+            )
             .unwrap()
             .is_empty()
     );
     // A replaced value's tags go with it.
-    let (_, fields) = store.record("rec_s2").unwrap().unwrap();
-    let _ = fields;
     store
         .update_fields(
             "rec_s2",
@@ -381,7 +410,9 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
         )
         .unwrap();
     assert_eq!(
-        store.find_tagged(purpose, "email", &[tag(1, 7)], 10).unwrap(),
+        store
+            .find_tagged(purpose, "email", &[tag(1, 7)], 10)
+            .unwrap(),
         ["rec_s1"]
     );
     assert_eq!(
@@ -409,17 +440,34 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
             .len(),
         2
     );
-    assert!(!store.write_tags("rec_s2", "email", "a", &[tag(2, 5)]).unwrap());
-    assert!(!store.write_tags("rec_gone", "email", "a", &[tag(2, 5)]).unwrap());
+    assert!(
+        !store
+            .write_tags("rec_s2", "email", "a", &[tag(2, 5)])
+            .unwrap()
+    );
+    assert!(
+        !store
+            .write_tags("rec_gone", "email", "a", &[tag(2, 5)])
+            .unwrap()
+    );
     for (id, version) in [("rec_s1", "a"), ("rec_s2", "b"), ("rec_s3", "a")] {
-        assert!(store.write_tags(id, "email", version, &[tag(2, 5)]).unwrap());
+        assert!(
+            store
+                .write_tags(id, "email", version, &[tag(2, 5)])
+                .unwrap()
+        );
     }
     assert!(untagged(2).is_empty());
     assert_eq!(store.tag_count(2).unwrap(), 3);
     assert_eq!(store.tag_count(1).unwrap(), 3);
     assert_eq!(store.drop_tags(1).unwrap(), 3);
     assert_eq!(store.tag_count(1).unwrap(), 0);
-    assert!(store.find_tagged(purpose, "phone", &[tag(1, 9)], 10).unwrap().is_empty());
+    assert!(
+        store
+            .find_tagged(purpose, "phone", &[tag(1, 9)], 10)
+            .unwrap()
+            .is_empty()
+    );
     // Deleting a record, or shredding its subject's records, takes its tags.
     assert_eq!(store.delete_record("rec_s1").unwrap(), Some(false));
     assert_eq!(store.tag_count(2).unwrap(), 2);
@@ -428,7 +476,12 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
         .unwrap();
     assert_eq!(destroyed.len(), 2);
     assert_eq!(store.tag_count(2).unwrap(), 0);
-    assert!(store.find_tagged(purpose, "email", &[tag(2, 5)], 10).unwrap().is_empty());
+    assert!(
+        store
+            .find_tagged(purpose, "email", &[tag(2, 5)], 10)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn over(row: &PurposeKeyRow, prev: &PurposeKeyRow) -> KeyRowChange {

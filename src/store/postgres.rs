@@ -45,7 +45,8 @@ use super::{
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use
 /// the `C` collation, so that ordering and paging by id are by bytes, as on SQLite.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT COLLATE "C" PRIMARY KEY,
     value BYTEA NOT NULL

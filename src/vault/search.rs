@@ -12,17 +12,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use subtle::ConstantTimeEq;
 use super::{FieldInfo, RecordMeta, Value, Vault, VaultError, field_aad, resource};
 use crate::{
     audit::AuditEvent,
     crypto,
-    domain::{AccessContext, FieldName, InputError, Principal, Purpose, RecordId, SubjectId, now_unix},
+    domain::{
+        AccessContext, FieldName, InputError, Principal, Purpose, RecordId, SubjectId, now_unix,
+    },
     keys::KeyError,
     policy::{Action, AdminAction, Grant},
     search::{FieldType, MAX_VALUE_BYTES, SearchConfig},
     store::{FieldRow, RecordRow, StoreError},
 };
+use subtle::ConstantTimeEq;
 
 /// The most candidates one search compares: a tag shared by more records than this asks for
 /// a search that tells records apart (or a wider tag).
@@ -106,16 +108,21 @@ impl Vault {
             )));
         };
         if value.len() > MAX_VALUE_BYTES {
-            return Err(InputError::new("value", format!("at most {MAX_VALUE_BYTES} bytes")).into());
+            return Err(
+                InputError::new("value", format!("at most {MAX_VALUE_BYTES} bytes")).into(),
+            );
         }
         let wanted = kind.normalise("value", value)?;
         let keys = self.keyring.index_keys()?;
         let probes = keys
             .tags(purpose.as_str(), field.as_str(), wanted.as_bytes(), bits)
             .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
-        let ids =
-            self.store
-                .find_tagged(purpose.as_str(), field.as_str(), &probes, MAX_CANDIDATES + 1)?;
+        let ids = self.store.find_tagged(
+            purpose.as_str(),
+            field.as_str(),
+            &probes,
+            MAX_CANDIDATES + 1,
+        )?;
         let mut event = self.event(principal, ctx, "find", None, None);
         if ids.len() > MAX_CANDIDATES {
             event.decision = "deny".into();
@@ -177,7 +184,13 @@ impl Vault {
             .map(|record| {
                 let subject = SubjectId::parse_stored(&record.subject).ok();
                 let record_id = RecordId::parse("record_id", &record.id).ok();
-                let mut e = self.event(principal, ctx, "found", subject.as_ref(), record_id.as_ref());
+                let mut e = self.event(
+                    principal,
+                    ctx,
+                    "found",
+                    subject.as_ref(),
+                    record_id.as_ref(),
+                );
                 e.decision = "allow".into();
                 e.reason = Some(format!("found by `{field}`"));
                 e

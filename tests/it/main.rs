@@ -39,6 +39,7 @@ mod postgres;
 mod rights;
 mod rotation;
 mod seal;
+mod search;
 mod storage;
 mod tamper;
 mod unseal;

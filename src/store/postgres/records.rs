@@ -331,7 +331,6 @@ impl RecordStore for PgStore {
         })
     }
 
-
     fn find_tagged(
         &self,
         purpose: &str,
@@ -451,7 +450,8 @@ impl RecordStore for PgStore {
             let n: i64 = get(&row, 0)?;
             Ok(u64::try_from(n).unwrap_or(0))
         })
-    }}
+    }
+}
 
 /// Stores the tags of a field value just written.
 fn insert_tags(

@@ -1,0 +1,632 @@
+//! Equality search on encrypted fields (`FindRecords`): exact and normalised matches, colliding
+//! tags removed inside the vault, nothing found that the caller may not read, the value never on
+//! the trail, tags replaced with their value and gone with it (checked in the database file), a
+//! tag edited by hand that only costs a comparison, and the index key's rotation with searches
+//! during the backfill.
+
+use std::collections::BTreeMap;
+
+use kluis::{domain::Role, pb, search::RawSearch};
+use tonic::Code;
+
+use crate::common::{TestServer, audit_entries, ctx, put, req, text};
+
+fn search_config(tag_bits: u8) -> kluis::config::RawConfig {
+    kluis::config::RawConfig {
+        search: Some(BTreeMap::from([(
+            "contract".to_owned(),
+            RawSearch {
+                fields: vec![
+                    "email".into(),
+                    "phone".into(),
+                    "iban".into(),
+                    "postcode".into(),
+                ],
+                tag_bits: Some(tag_bits),
+                types: None,
+            },
+        )])),
+        ..Default::default()
+    }
+}
+
+fn contract() -> Option<pb::AccessContext> {
+    ctx("contract", "", "")
+}
+
+async fn find(
+    server: &TestServer,
+    role: Role,
+    field: &str,
+    value: &str,
+    limit: u32,
+) -> Result<Vec<pb::RecordInfo>, tonic::Status> {
+    server
+        .client()
+        .await
+        .find_records(req(
+            server.token(role),
+            pb::FindRecordsRequest {
+                context: contract(),
+                field: field.into(),
+                value: value.into(),
+                limit,
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().records)
+}
+
+fn subjects(records: &[pb::RecordInfo]) -> Vec<String> {
+    records.iter().map(|r| r.subject_id.clone()).collect()
+}
+
+fn db(server: &TestServer) -> rusqlite::Connection {
+    rusqlite::Connection::open(server.db_path()).unwrap()
+}
+
+fn tags_of(server: &TestServer, record: &str) -> Vec<(String, i64)> {
+    let conn = db(server);
+    let mut stmt = conn
+        .prepare(
+            "SELECT field, version FROM search_tags WHERE record_id = ?1 ORDER BY field, version",
+        )
+        .unwrap();
+    stmt.query_map([record], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Stores `n` contract records with contact fields, subject `T<i>`; returns their ids.
+async fn tenants(server: &TestServer, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(
+            put(
+                server,
+                Role::CustomerService,
+                contract(),
+                &format!("T{i}"),
+                vec![
+                    text("email", "contact", &format!("tenant{i}@example.nl")),
+                    text("phone", "contact", &format!("06-1234{i:04}")),
+                    text(
+                        "postcode",
+                        "contact",
+                        if i % 2 == 0 { "1234 AB" } else { "9999 ZZ" },
+                    ),
+                    text("surname", "identity", "Jansen"),
+                ],
+            )
+            .await,
+        );
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exact_and_normalised_values_are_found_and_colliding_tags_never_leave_the_vault() {
+    // Eight-bit tags: 300 values in 256 tags must collide.
+    let server = TestServer::start_with_config(search_config(8)).await;
+    tenants(&server, 300).await;
+
+    // Exact, and in other spellings.
+    for (field, value) in [
+        ("email", "tenant7@example.nl"),
+        ("email", "  TENANT7@Example.NL "),
+        ("phone", "0612340007"),
+        ("phone", "+31 6 1234 0007"),
+        ("phone", "0031-6-12340007"),
+    ] {
+        let found = find(&server, Role::CustomerService, field, value, 0)
+            .await
+            .unwrap();
+        assert_eq!(subjects(&found), ["T7"], "{field} = {value:?}");
+        // Metadata as ListRecords gives it: the fields the caller may know of, no values.
+        let names: Vec<&str> = found[0].fields.iter().map(|f| f.name.as_str()).collect();
+        assert!(
+            names.contains(&"email") && names.contains(&"surname"),
+            "{names:?}"
+        );
+    }
+    // The twin: a near miss is no hit.
+    for (field, value) in [
+        ("email", "tenant7@example.com"),
+        ("phone", "0612340700"),
+        ("email", "nobody@example.nl"),
+    ] {
+        assert!(
+            find(&server, Role::CustomerService, field, value, 0)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{field} = {value:?}"
+        );
+    }
+    // Every value finds exactly its own record, although tags collide.
+    for i in 0..300 {
+        let found = find(
+            &server,
+            Role::CustomerService,
+            "email",
+            &format!("tenant{i}@example.nl"),
+            0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(subjects(&found), [format!("T{i}")]);
+    }
+    let entries = audit_entries(&server);
+    let finds: Vec<&serde_json::Value> = entries.iter().filter(|e| e["action"] == "find").collect();
+    let candidates = |e: &serde_json::Value| -> usize {
+        let reason = e["reason"].as_str().unwrap();
+        reason
+            .split(": ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        finds.iter().any(|e| candidates(e) > 1),
+        "no search met a colliding tag"
+    );
+    // Many hits: a shared postcode, at most `limit`.
+    let shared = find(&server, Role::CustomerService, "postcode", "1234ab", 100)
+        .await
+        .unwrap();
+    assert_eq!(shared.len(), 100);
+    assert!(shared.iter().all(|r| {
+        let n: usize = r.subject_id[1..].parse().unwrap();
+        n.is_multiple_of(2)
+    }));
+    assert_eq!(
+        find(&server, Role::CustomerService, "postcode", "1234ab", 5)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // The trail: the search with its field and counts, each hit under its subject; never the
+    // value, in any spelling.
+    let found_t7: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "found" && e["subject"] == "T7")
+        .collect();
+    assert!(!found_t7.is_empty());
+    assert!(entries.iter().any(|e| e["action"] == "find-result"
+        && e["reason"].as_str().unwrap().contains("`email`: 1 hit(s)")));
+    let trail = serde_json::to_string(&entries).unwrap().to_lowercase();
+    for value in ["tenant7@", "12340007", "1234ab", "1234 ab", "nobody@"] {
+        assert!(!trail.contains(value), "`{value}` on the trail");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_found_that_the_caller_may_not_read() {
+    let server = TestServer::start_with_config(search_config(16)).await;
+    tenants(&server, 3).await;
+    // Bank details on a contract record, kept by the finance officer: customer service sees the
+    // record, not these fields.
+    put(
+        &server,
+        Role::FinanceOfficer,
+        contract(),
+        "T1",
+        vec![text("iban", "financial", "NL91ABNA0417164300")],
+    )
+    .await;
+    let finance = find(
+        &server,
+        Role::FinanceOfficer,
+        "iban",
+        "nl91 abna 0417 1643 00",
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(subjects(&finance), ["T1"]);
+    assert!(
+        find(
+            &server,
+            Role::CustomerService,
+            "iban",
+            "NL91ABNA0417164300",
+            0
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    // A role with no business in contracts finds nothing, and learns nothing from an error.
+    for role in [
+        Role::MaintenancePlanner,
+        Role::NuisanceOfficer,
+        Role::Auditor,
+    ] {
+        let found = find(&server, role, "email", "tenant1@example.nl", 0).await;
+        assert!(
+            found.as_ref().is_ok_and(Vec::is_empty),
+            "{role:?}: {found:?}"
+        );
+    }
+    // A token bound to one subject finds only that subject.
+    let own = server.issue(Role::Subject, Some("T2"));
+    let mut client = server.client().await;
+    for (value, expected) in [("tenant2@example.nl", 1), ("tenant1@example.nl", 0)] {
+        let found = client
+            .find_records(req(
+                &own,
+                pb::FindRecordsRequest {
+                    context: contract(),
+                    field: "email".into(),
+                    value: value.into(),
+                    limit: 0,
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().records.len());
+        assert!(
+            matches!(found, Ok(n) if n == expected) || (expected == 0 && found.is_err()),
+            "{value}: {found:?}"
+        );
+    }
+    // Bad requests: the right status, the field named, nothing about values.
+    for (field, value, limit, code, named) in [
+        (
+            "surname",
+            "Jansen",
+            0,
+            Code::FailedPrecondition,
+            "[search.contract]",
+        ),
+        ("Not A Field", "x", 0, Code::InvalidArgument, "`field`"),
+        ("email", "   ", 0, Code::InvalidArgument, "`value`"),
+        (
+            "email",
+            &"a".repeat(1025),
+            0,
+            Code::InvalidArgument,
+            "`value`",
+        ),
+        ("email", "a@b.nl", 101, Code::InvalidArgument, "`limit`"),
+    ] {
+        let status = find(&server, Role::CustomerService, field, value, limit)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{field}: {status:?}");
+        assert!(status.message().contains(named), "{status:?}");
+    }
+    // Without a token: nothing.
+    let status = server
+        .client()
+        .await
+        .find_records(tonic::Request::new(pb::FindRecordsRequest {
+            context: contract(),
+            field: "email".into(),
+            value: "tenant1@example.nl".into(),
+            limit: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_follow_their_value_and_go_with_it() {
+    let server = TestServer::start_with_config(search_config(16)).await;
+    let ids = tenants(&server, 3).await;
+    // Searchable fields are tagged, the others not.
+    assert_eq!(
+        tags_of(&server, &ids[0])
+            .iter()
+            .map(|(f, _)| f.as_str())
+            .collect::<Vec<_>>(),
+        ["email", "phone", "postcode"]
+    );
+    // A rectified value: found by the new value only.
+    server
+        .client()
+        .await
+        .update_record(req(
+            server.token(Role::CustomerService),
+            pb::UpdateRecordRequest {
+                context: contract(),
+                record_id: ids[1].clone(),
+                fields: vec![text("email", "contact", "moved@example.nl")],
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(
+        find(
+            &server,
+            Role::CustomerService,
+            "email",
+            "tenant1@example.nl",
+            0
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert_eq!(
+        subjects(
+            &find(
+                &server,
+                Role::CustomerService,
+                "email",
+                "moved@example.nl",
+                0
+            )
+            .await
+            .unwrap()
+        ),
+        ["T1"]
+    );
+    assert_eq!(tags_of(&server, &ids[1]).len(), 3);
+
+    // An attacker with the database file points T0's email tag at T2's record, and at a record
+    // of another purpose: the search compares the candidate and finds only T0.
+    let nuisance = put(
+        &server,
+        Role::NuisanceOfficer,
+        crate::common::nuisance_ctx(),
+        "T0",
+        vec![text("email", "contact", "tenant0@example.nl")],
+    )
+    .await;
+    {
+        let conn = db(&server);
+        for target in [&ids[2], &nuisance] {
+            conn.execute(
+                "INSERT OR REPLACE INTO search_tags (record_id, field, purpose, version, bits, tag)
+                 SELECT ?2, field, purpose, version, bits, tag FROM search_tags
+                 WHERE record_id = ?1 AND field = 'email'",
+                rusqlite::params![ids[0], target],
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(
+        subjects(
+            &find(
+                &server,
+                Role::CustomerService,
+                "email",
+                "tenant0@example.nl",
+                0
+            )
+            .await
+            .unwrap()
+        ),
+        ["T0"]
+    );
+    // T2's own value: its tag was overwritten, so it is not found until it is tagged again.
+    assert!(
+        find(
+            &server,
+            Role::CustomerService,
+            "email",
+            "tenant2@example.nl",
+            0
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+
+    // Deleting a record takes its tags; erasing a subject takes theirs.
+    server
+        .client()
+        .await
+        .delete_record(req(
+            server.token(Role::CustomerService),
+            pb::DeleteRecordRequest {
+                context: contract(),
+                record_id: ids[0].clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(tags_of(&server, &ids[0]).is_empty());
+    server
+        .admin()
+        .await
+        .erase_subject(req(
+            server.token(Role::PrivacyOfficer),
+            pb::EraseSubjectRequest {
+                subject_id: "T1".into(),
+                justification: "ER-2026-11".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(tags_of(&server, &ids[1]).is_empty());
+    let left: i64 = db(&server)
+        .query_row(
+            "SELECT count(*) FROM search_tags t JOIN records r ON r.id = t.record_id
+             WHERE r.subject IN ('T0', 'T1') AND r.purpose = 'contract'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0);
+    assert!(
+        find(
+            &server,
+            Role::CustomerService,
+            "email",
+            "moved@example.nl",
+            0
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
+async fn reindex(server: &TestServer) -> pb::KeyJobProgress {
+    let mut stream = server
+        .admin()
+        .await
+        .reindex(req(
+            server.token(Role::SecurityOfficer),
+            pb::KeyJobRequest {
+                purpose: String::new(),
+                justification: "index key rotation".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let p = stream.message().await.unwrap().expect("no result");
+        if p.finished {
+            return p;
+        }
+    }
+}
+
+async fn rotate_index(server: &TestServer) -> Result<u32, tonic::Status> {
+    server
+        .admin()
+        .await
+        .rotate_index_key(req(
+            server.token(Role::SecurityOfficer),
+            pb::RotateIndexKeyRequest {
+                justification: "yearly".into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().version)
+}
+
+fn versions(server: &TestServer) -> BTreeMap<i64, i64> {
+    let conn = db(server);
+    let mut stmt = conn
+        .prepare("SELECT version, count(*) FROM search_tags GROUP BY version")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_index_key_rotates_and_searches_keep_finding_during_the_backfill() {
+    let server = TestServer::start_with_config(search_config(16)).await;
+    let ids = tenants(&server, 400).await;
+    assert_eq!(versions(&server), BTreeMap::from([(1, 1200)]));
+    // Only the security officer rotates.
+    let status = server
+        .admin()
+        .await
+        .rotate_index_key(req(
+            server.token(Role::PrivacyOfficer),
+            pb::RotateIndexKeyRequest {
+                justification: "yearly".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(rotate_index(&server).await.unwrap(), 2);
+    // A second rotation waits for the backfill of the first.
+    let status = rotate_index(&server).await.unwrap_err();
+    assert!(status.message().contains("reindex"), "{status:?}");
+
+    // Old values are found under the retiring version, new ones carry both tags.
+    assert_eq!(
+        subjects(
+            &find(
+                &server,
+                Role::CustomerService,
+                "email",
+                "tenant5@example.nl",
+                0
+            )
+            .await
+            .unwrap()
+        ),
+        ["T5"]
+    );
+    let new = put(
+        &server,
+        Role::CustomerService,
+        contract(),
+        "T-NEW",
+        vec![text("email", "contact", "new@example.nl")],
+    )
+    .await;
+    assert_eq!(
+        tags_of(&server, &new),
+        [("email".to_owned(), 1), ("email".to_owned(), 2)]
+    );
+
+    // Searches while the backfill runs find what they look for.
+    let searching = {
+        let tokens = server.token(Role::CustomerService).to_owned();
+        let mut client = server.client().await;
+        tokio::spawn(async move {
+            let mut misses = Vec::new();
+            for i in (0..400).step_by(7) {
+                let found = client
+                    .find_records(req(
+                        &tokens,
+                        pb::FindRecordsRequest {
+                            context: contract(),
+                            field: "phone".into(),
+                            value: format!("0612340{i:03}"),
+                            limit: 0,
+                        },
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .records;
+                if subjects(&found) != [format!("T{i}")] {
+                    misses.push(i);
+                }
+            }
+            misses
+        })
+    };
+    let done = reindex(&server).await;
+    assert!(done.finished);
+    assert_eq!(searching.await.unwrap(), Vec::<usize>::new());
+    // Every value tagged under version 2 only; version 1 dropped.
+    assert_eq!(versions(&server), BTreeMap::from([(2, 1201)]));
+    assert_eq!(tags_of(&server, &ids[9]).len(), 3);
+    for (field, value, who) in [
+        ("email", "tenant399@example.nl", "T399"),
+        ("email", "new@example.nl", "T-NEW"),
+    ] {
+        let found = find(&server, Role::CustomerService, field, value, 0)
+            .await
+            .unwrap();
+        assert_eq!(subjects(&found), [who], "{field}");
+    }
+    let odd = find(&server, Role::CustomerService, "postcode", "9999zz", 100)
+        .await
+        .unwrap();
+    assert_eq!(odd.len(), 100);
+    assert!(odd.iter().all(|r| {
+        !r.subject_id[1..]
+            .parse::<usize>()
+            .unwrap()
+            .is_multiple_of(2)
+    }));
+    // And it can rotate again.
+    assert_eq!(rotate_index(&server).await.unwrap(), 3);
+    let entries = audit_entries(&server);
+    for action in ["index-key-rotate", "index-reindex", "index-backfill"] {
+        assert!(
+            entries.iter().any(|e| e["action"] == action),
+            "{action} not on the trail"
+        );
+    }
+}
