@@ -50,6 +50,10 @@
 //! the whole machine, and kluis's and PostgreSQL's CPU per request. A case where the busy cores
 //! add up to all the machine's cores is bound by CPU, not by a lock or a wait.
 //!
+//! `FindRecords` searches the name of a nuisance record (searchable under 16-bit tags, so among
+//! a million records a search compares about 16 candidates besides its hit); after the table, its
+//! p50 at one client is given against `GetRecord`'s (aim: ≤ 2×).
+//!
 //! `--json F` writes every figure: per case rate, latencies and CPU (`results`), the ratios to
 //! PostgreSQL (`versus_postgresql`), the node comparison (`nodes_comparison`), and the store and
 //! node count of the run. It is written once after the rounds (`"complete": false`) and again
@@ -263,6 +267,8 @@ fn authed<T>(token: &str, msg: T) -> Request<T> {
 enum Target {
     Echo,
     Get(Via),
+    /// `FindRecords` of one subject's name among all nuisance records (node A).
+    Find,
     Put(Via),
     PgRead(pg::Variant),
     PgWrite(pg::Variant),
@@ -299,6 +305,7 @@ impl Target {
         match self {
             Target::Echo => "echo".into(),
             Target::Get(via) => format!("GetRecord{}", via.suffix()),
+            Target::Find => "FindRecords".into(),
             Target::Put(via) => format!("PutRecord{}", via.suffix()),
             Target::PgRead(v) => format!("{} read", v.name()),
             Target::PgWrite(v) => format!("{} write", v.name()),
@@ -419,6 +426,22 @@ async fn drive_until(
                     Target::Get(_) => {
                         let id = records[rand::thread_rng().gen_range(0..records.len())].clone();
                         read(&mut v, &token, id).await;
+                    }
+                    Target::Find => {
+                        let n = rand::thread_rng().gen_range(0..records.len());
+                        let found = v
+                            .find_records(authed(
+                                &token,
+                                pb::FindRecordsRequest {
+                                    context: Some(context()),
+                                    field: store::SEARCHED.into(),
+                                    value: format!("bewoner {n}"),
+                                    limit: 0,
+                                },
+                            ))
+                            .await
+                            .unwrap();
+                        assert!(!found.get_ref().records.is_empty(), "no hit for {n}");
                     }
                     Target::Put(_) => {
                         v.put_record(authed(
@@ -677,7 +700,12 @@ fn main() {
         };
     }
     let postmaster = pg.as_ref().map(pg::Pg::postmaster);
-    let mut targets = vec![Target::Echo, Target::Get(NODE_A), Target::Put(NODE_A)];
+    let mut targets = vec![
+        Target::Echo,
+        Target::Get(NODE_A),
+        Target::Put(NODE_A),
+        Target::Find,
+    ];
     let (one_node, spread) = (
         Via {
             nodes: 1,
@@ -747,7 +775,10 @@ fn main() {
     client_rt.block_on(async {
         // Warm up every path; the other nodes take in the subject keys node A holds.
         for &target in &targets {
-            if matches!(target, Target::Echo | Target::Get(_) | Target::Put(_)) {
+            if matches!(
+                target,
+                Target::Echo | Target::Get(_) | Target::Put(_) | Target::Find
+            ) {
                 drive(&env, target, 8, 0.5).await;
             }
         }
@@ -831,6 +862,7 @@ fn main() {
         "clients", "call", "req/s", "p50 µs", "p99 µs", "p999 µs", "× echo"
     );
     let mut rps_of: BTreeMap<(usize, Target), f64> = BTreeMap::new();
+    let mut p50_of: BTreeMap<(usize, Target), u32> = BTreeMap::new();
     let mut get_p99_64 = 0;
     for clients in [1, 64] {
         let rate = |t: Target| {
@@ -849,6 +881,7 @@ fn main() {
                 percentile(&lat, 0.99),
                 percentile(&lat, 0.999),
             );
+            p50_of.insert((clients, target), p50);
             if clients == 64 && target == Target::Get(NODE_A) {
                 get_p99_64 = p99;
             }
@@ -866,6 +899,21 @@ fn main() {
         }
     }
     print_cpu(&targets, &counts, &cpu_of, name_width);
+    let find_vs_get = match (
+        p50_of.get(&(1, Target::Find)),
+        p50_of.get(&(1, Target::Get(NODE_A))),
+    ) {
+        (Some(&find), Some(&get)) if get > 0 => {
+            let ratio = f64::from(find) / f64::from(get);
+            println!(
+                "\nFindRecords among {} records, p50 at one client: {find} µs against GetRecord's \
+                 {get} µs: {ratio:.2}× (aim ≤ 2×)",
+                records.len()
+            );
+            Some(ratio)
+        }
+        _ => None,
+    };
 
     let mut versus_pg = Vec::new();
     if o.only.is_none() && targets.iter().any(|t| matches!(t, Target::PgRead(_))) {
@@ -911,6 +959,7 @@ fn main() {
         "answer_bytes": payload,
         "results": rows,
         "versus_postgresql": versus_pg,
+        "find_p50_over_get_p50": find_vs_get,
         "nodes_comparison": nodes_comparison,
         "complete": false,
     });

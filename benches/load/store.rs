@@ -12,9 +12,18 @@ use kluis::{
     domain::Limits,
     keys::{Keyring, RootSecret},
     policy::Engine,
+    search::{RawSearch, SearchConfig},
     store::SqliteStore,
     vault::{RetentionTable, Vault},
 };
+
+/// The field `FindRecords` searches: the name on every nuisance record, unique per subject,
+/// under 16-bit tags (so a search among a million records compares about 16 candidates).
+pub const SEARCHED: &str = "name";
+
+fn search() -> SearchConfig {
+    SearchConfig::default().with(kluis::domain::Purpose::Nuisance, &[SEARCHED], 16)
+}
 
 /// Unwrapped subject keys a node keeps: all of them, at the sizes this benchmark runs.
 const KEY_CACHE: usize = 1_000_000;
@@ -53,7 +62,8 @@ pub fn sqlite(dir: &Path, secret: &RootSecret) -> Arc<Vault> {
             RetentionTable::default(),
             limits,
         )
-        .unwrap(),
+        .unwrap()
+        .with_search(search()),
     )
 }
 
@@ -65,6 +75,14 @@ pub fn postgres(url: &str, dir: &Path, secret: &RootSecret, nodes: usize) -> Vec
             data_dir: Some(data_dir.to_owned()),
             store: Some(url.to_owned()),
             key_cache_size: Some(KEY_CACHE),
+            search: Some(std::collections::BTreeMap::from([(
+                "nuisance".to_owned(),
+                RawSearch {
+                    fields: vec![SEARCHED.to_owned()],
+                    tag_bits: Some(16),
+                    types: None,
+                },
+            )])),
             limits: Some(RawLimits {
                 requests_per_second: Some(0),
                 ..Default::default()
