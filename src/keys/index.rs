@@ -111,21 +111,6 @@ impl IndexKeys {
             .map(|(version, _, _, key)| tag_under(key, *version, purpose, field, value, bits))
             .collect()
     }
-
-    /// The tag under the active version only (for the backfill).
-    pub fn active_tag(
-        &self,
-        purpose: &str,
-        field: &str,
-        value: &[u8],
-        bits: u8,
-    ) -> Result<Option<TagRow>, CryptoError> {
-        self.versions
-            .iter()
-            .find(|(_, s, _, _)| *s == IndexKeyState::Active)
-            .map(|(version, _, _, key)| tag_under(key, *version, purpose, field, value, bits))
-            .transpose()
-    }
 }
 
 fn tag_under(
@@ -336,5 +321,123 @@ impl Keyring {
         if let Ok(mut cache) = self.index_keys.write() {
             *cache = None;
         }
+    }
+}
+
+#[cfg(test)]
+#[expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test code: a failed expectation must panic"
+)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        crypto::Algorithm,
+        keys::RootSecret,
+        store::{SqliteStore, prelude::*},
+    };
+
+    fn ring() -> (tempfile::TempDir, Arc<SqliteStore>, RootSecret, Keyring) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).unwrap());
+        let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
+        Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
+        let ring = Keyring::unseal(store.clone(), &secret, Algorithm::Aes256Gcm, 0).unwrap();
+        (dir, store, secret, ring)
+    }
+
+    fn tag(ring: &Keyring) -> Vec<TagRow> {
+        ring.index_keys()
+            .unwrap()
+            .tags("contract", "email", b"j@example.nl", 16)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_index_key_is_made_once_and_gives_the_same_tags_on_every_node() {
+        let (_dir, store, secret, ring) = ring();
+        assert!(store.meta(META_INDEX_KEYS).unwrap().is_none());
+        let first = tag(&ring);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].version, 1);
+        assert!(first[0].tag < 1 << 16);
+        // Another node (another keyring on the store) reads the same key.
+        let other = Keyring::unseal(store.clone(), &secret, Algorithm::Aes256Gcm, 0).unwrap();
+        assert_eq!(tag(&other), first);
+        // The twin: another value, field or purpose gets another tag.
+        let keys = ring.index_keys().unwrap();
+        let others = [
+            keys.tags("contract", "email", b"k@example.nl", 16).unwrap(),
+            keys.tags("contract", "phone", b"j@example.nl", 16).unwrap(),
+            keys.tags("payments", "email", b"j@example.nl", 16).unwrap(),
+        ];
+        assert!(others.iter().filter(|t| **t == first).count() == 0);
+        // Truncation keeps the leading bits.
+        let wide = keys.tags("contract", "email", b"j@example.nl", 32).unwrap();
+        assert_eq!(wide[0].tag >> 16, first[0].tag);
+    }
+
+    #[test]
+    fn rotation_tags_under_both_until_the_old_version_is_dropped() {
+        let (_dir, store, secret, ring) = ring();
+        let v1 = tag(&ring);
+        assert_eq!(ring.rotate_index_key().unwrap(), 2);
+        let both = tag(&ring);
+        assert_eq!(both.len(), 2);
+        assert_eq!(both[0], v1[0]);
+        assert_eq!(both[1].version, 2);
+        assert_ne!(both[1].tag, v1[0].tag);
+        assert_eq!(ring.index_keys().unwrap().retiring(), [1]);
+        assert!(ring.rotate_index_key().is_err());
+        ring.drop_index_keys(&[1]).unwrap();
+        let after = tag(&ring);
+        assert_eq!(after, [both[1]]);
+        // A root change reseals the index keys: same tags under the new root, none under the old.
+        let new_secret = RootSecret::create_key_file(&_dir.path().join("new.key")).unwrap();
+        let check = ring.root_check(&new_secret).unwrap();
+        let new_root = ring.new_root(&new_secret, &check).unwrap().unwrap();
+        ring.rotate_root(new_root, &[]).unwrap();
+        let reopened =
+            Keyring::unseal(store.clone(), &new_secret, Algorithm::Aes256Gcm, 0).unwrap();
+        assert_eq!(tag(&reopened), after);
+        drop(secret);
+    }
+
+    #[test]
+    fn index_keys_edited_in_the_store_are_refused() {
+        let (dir, store, secret, ring) = ring();
+        let good = tag(&ring);
+        let stored = store.meta(META_INDEX_KEYS).unwrap().unwrap();
+        let fresh = || Keyring::unseal(store.clone(), &secret, Algorithm::Aes256Gcm, 0).unwrap();
+        // Its state turned (retiring for active), the MAC left as it was.
+        let json_end = stored.len() - 32;
+        let edited = String::from_utf8(stored[..json_end].to_vec())
+            .unwrap()
+            .replace("\"active\"", "\"retiring\"");
+        let mut forged = edited.into_bytes();
+        forged.extend_from_slice(&stored[json_end..]);
+        let conn = rusqlite::Connection::open(dir.path().join("k.db")).unwrap();
+        let put = |bytes: &[u8]| {
+            conn.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'index_keys'",
+                [bytes],
+            )
+            .unwrap();
+        };
+        put(&forged);
+        assert!(matches!(fresh().index_keys(), Err(KeyError::Tampered(_))));
+        // Another key sealed in with a valid MAC cannot be made without the audit key; a
+        // wrapped key from another store does not open here either.
+        let (_d2, other_store, other_secret, other_ring) = self::ring();
+        tag(&other_ring);
+        put(&other_store.meta(META_INDEX_KEYS).unwrap().unwrap());
+        assert!(fresh().index_keys().is_err());
+        drop(other_secret);
+        // The twin: the row as it was works again.
+        put(&stored);
+        assert_eq!(tag(&fresh()), good);
     }
 }

@@ -445,12 +445,4 @@ impl Vault {
             .map_err(|e| VaultError::Key(KeyError::Crypto(e)))?;
         Ok(Some(tags))
     }
-
-    /// The index key versions and how many values each tags (for the key report).
-    pub fn index_key_report(&self) -> Result<Vec<(u32, &'static str, i64, u64)>, VaultError> {
-        let keys = self.keyring.index_keys()?;
-        keys.versions()
-            .map(|(v, s, at)| Ok((v, s.as_str(), at, self.store.tag_count(v)?)))
-            .collect()
-    }
 }

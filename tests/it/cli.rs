@@ -772,3 +772,66 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     assert!(!first.contains('\u{1b}'), "{first:?}");
     assert!(first.contains("INFO"), "{first:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_key_rotates_and_reindexes_from_the_command_line() {
+    use kluis::domain::Role;
+    let server = crate::common::TestServer::start_with_config(kluis::config::RawConfig {
+        search: Some(std::collections::BTreeMap::from([(
+            "nuisance".to_owned(),
+            kluis::search::RawSearch {
+                fields: vec!["phone".into()],
+                ..Default::default()
+            },
+        )])),
+        ..Default::default()
+    })
+    .await;
+    for n in 0..3 {
+        crate::common::put(
+            &server,
+            Role::NuisanceOfficer,
+            crate::common::nuisance_ctx(),
+            &format!("REL-51{n}"),
+            vec![text("phone", "contact", &format!("06-1212121{n}"))],
+        )
+        .await;
+    }
+    let so = |args: &[&str]| {
+        admin_as(&server, Role::SecurityOfficer)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = so(&["keys", "rotate-index", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rotated["index_key_version"], 2);
+    // A second rotation before the backfill: refused, saying what to run.
+    let out = so(&["keys", "rotate-index"]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("reindex"), "{}", stderr_of(&out));
+    let out = so(&["keys", "reindex", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["finished"], true);
+    assert_eq!(last["done"], 3);
+    let out = so(&["keys", "reindex", "--purpose", "nuisance"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nuisance: done, 0 value(s) tagged"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Only a security officer.
+    let out = admin_as(&server, Role::PrivacyOfficer)
+        .args(["keys", "rotate-index"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // A purpose that does not exist is named.
+    let out = so(&["keys", "reindex", "--purpose", "gossip"]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("purpose"), "{}", stderr_of(&out));
+}
