@@ -325,11 +325,6 @@ impl Keyring {
 }
 
 #[cfg(test)]
-#[expect(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    reason = "test code: a failed expectation must panic"
-)]
 mod tests {
     use std::sync::Arc;
 
