@@ -40,6 +40,7 @@ mod rights;
 mod rotation;
 mod seal;
 mod storage;
+mod subject_rights;
 mod tamper;
 mod unseal;
 mod watch;
