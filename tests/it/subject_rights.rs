@@ -1156,3 +1156,316 @@ async fn a_portable_export_holds_only_what_the_subject_provided_in_the_documente
     assert_eq!(again.len(), lines.len());
     server.stop().await;
 }
+
+/// `kluis admin …` against `server` with `token`: exit code, stdout, stderr.
+fn admin_cli(server: &TestServer, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args(["admin", "--server", &format!("http://{}", server.addr)])
+        .args(args)
+        .env_remove("KLUIS_TOKEN_FILE")
+        .env("KLUIS_TOKEN", token)
+        .env("KLUIS_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+// The `kluis` child process is awaited synchronously: keep a worker free for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restrict_and_extend_on_the_command_line_with_their_exit_codes() {
+    let server = TestServer::start().await;
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let cs = server.token(Role::CustomerService).to_owned();
+    // Usage errors (2) before anything is sent: no reason, or both modes.
+    let (code, _, err) = admin_cli(&server, &po, &["restrict", "--subject", "REL-5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--reason"), "{err}");
+    let (code, _, err) = admin_cli(&server, &po, &["restrict", "--lift", "--list"]);
+    assert_eq!(code, 2, "{err}");
+    // Refused by the policy: 3.
+    let (code, _, err) = admin_cli(
+        &server,
+        &cs,
+        &["restrict", "--subject", "REL-5", "--reason", "contested"],
+    );
+    assert_eq!(code, 3, "{err}");
+    let (code, out, err) = admin_cli(
+        &server,
+        &po,
+        &[
+            "--json",
+            "restrict",
+            "--subject",
+            "REL-5",
+            "--reason",
+            "contested",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let placed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(placed["state"], "in force");
+    assert_eq!(placed["subject_id"], "REL-5");
+    let (code, out, _) = admin_cli(&server, &po, &["restrict", "--list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(placed["restriction_id"].as_str().unwrap()) && out.contains("in force"));
+    let (code, out, err) = admin_cli(&server, &po, &["restrict", "--lift", "--subject", "REL-5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lifted"), "{out}");
+    // Nothing in force any more: an error (1), named.
+    let (code, _, err) = admin_cli(&server, &po, &["restrict", "--lift", "--subject", "REL-5"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("REL-5"), "{err}");
+
+    // Extensions: `m` is refused as ambiguous, months are `mo`.
+    let (code, out, err) = admin_cli(
+        &server,
+        &po,
+        &[
+            "--json",
+            "requests",
+            "open",
+            "--subject",
+            "REL-5",
+            "--kind",
+            "access",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, _, err) = admin_cli(
+        &server,
+        &po,
+        &[
+            "requests", "extend", &id, "--by", "2m", "--reason", "complex",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("2mo") && err.contains("ambiguous"), "{err}");
+    let (code, _, err) = admin_cli(
+        &server,
+        &po,
+        &[
+            "requests", "extend", &id, "--by", "3mo", "--reason", "complex",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("2 months"), "{err}");
+    let (code, out, err) = admin_cli(
+        &server,
+        &po,
+        &[
+            "requests",
+            "extend",
+            &id,
+            "--by",
+            "1mo",
+            "--reason",
+            "complex request",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("extended"), "{out}");
+    let (code, out, _) = admin_cli(&server, &po, &["--json", "requests", "list"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(listed["extended"], true);
+    assert_eq!(listed["extension_reason"], "complex request");
+    assert_ne!(listed["due_at"], listed["original_due_at"]);
+    server.stop().await;
+}
+
+// The `kluis` child process is awaited synchronously: keep a worker free for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_writes_each_evidence_file_beside_the_lines_checked_against_its_digest() {
+    let server = TestServer::start().await;
+    let me = SCOPED_SUBJECT;
+    let record = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![text("statement", "nuisance-evidence", "noise at night")],
+    )
+    .await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let photo = upload(
+        &server,
+        &officer,
+        evidence_start(
+            nuisance_ctx(),
+            "",
+            &record,
+            "photo",
+            "image/jpeg",
+            "hall way.jpg",
+        ),
+        7,
+        300_000,
+        64 * 1024,
+    )
+    .await
+    .unwrap();
+    let sound = upload(
+        &server,
+        &officer,
+        evidence_start(
+            nuisance_ctx(),
+            "",
+            &record,
+            "sound",
+            "audio/ogg",
+            "../night.ogg",
+        ),
+        8,
+        70_000,
+        64 * 1024,
+    )
+    .await
+    .unwrap();
+    put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        me,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let dir = private_tempdir();
+    let evidence = dir.path().join("evidence");
+    let lines = dir.path().join("export.jsonl");
+    let args = |force: bool| {
+        let mut a = vec![
+            "export",
+            "--subject",
+            me,
+            "--case-ref",
+            "SAR-2026-9",
+            "--justification",
+            "subject access request",
+            "--with-evidence",
+            evidence.to_str().unwrap(),
+            "--output",
+            lines.to_str().unwrap(),
+        ];
+        if force {
+            a.push("--force");
+        }
+        a
+    };
+    let (code, out, err) = admin_cli(&server, &po, &args(false));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("evidence"), "progress on stderr: {err}");
+    let written: Vec<serde_json::Value> = std::fs::read_to_string(&lines)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written[0]["schema"], "kluis.export.v1");
+    let listed: Vec<&serde_json::Value> = written
+        .iter()
+        .filter_map(|l| l["evidence"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(listed.len(), 2);
+    let mut files: Vec<String> = std::fs::read_dir(&evidence)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let mut want = vec![
+        format!("{}-hall_way.jpg", photo.evidence_id),
+        format!("{}-_night.ogg", sound.evidence_id),
+    ];
+    want.sort();
+    assert_eq!(files, want);
+    for (put, seed, size) in [(&photo, 7, 300_000), (&sound, 8, 70_000)] {
+        let name = files
+            .iter()
+            .find(|f| f.starts_with(&put.evidence_id))
+            .unwrap();
+        let bytes = std::fs::read(evidence.join(name)).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(bytes, file_bytes(seed, 0, size as usize));
+        let line = listed
+            .iter()
+            .find(|l| l["evidence_id"] == put.evidence_id.as_str())
+            .unwrap();
+        assert_eq!(line["sha256"], file_sha256(seed, size).as_str());
+    }
+    // Each download decided as an export and on the trail as such.
+    let entries = audit_entries(&server);
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["action"] == "evidence-export" && e["decision"] == "allow")
+            .count(),
+        2
+    );
+    // Nothing is replaced without --force: refused before anything is asked or written.
+    std::fs::write(evidence.join(&files[0]), b"mine").unwrap();
+    let (code, _, err) = admin_cli(&server, &po, &args(false));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(evidence.join(&files[0])).unwrap(), b"mine");
+    std::fs::remove_file(&lines).unwrap();
+    let (code, _, err) = admin_cli(&server, &po, &args(false));
+    assert_eq!(code, 1, "{err}");
+    assert!(!lines.exists());
+    let (code, _, err) = admin_cli(&server, &po, &args(true));
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(std::fs::read(evidence.join(&files[0])).unwrap(), b"mine");
+    // No temporary file is left behind.
+    assert_eq!(std::fs::read_dir(&evidence).unwrap().count(), 2);
+    // Without the right to export, nothing is written (3).
+    let empty = dir.path().join("none");
+    let (code, _, err) = admin_cli(
+        &server,
+        server.token(Role::CustomerService),
+        &[
+            "export",
+            "--subject",
+            me,
+            "--purpose",
+            "contract",
+            "--with-evidence",
+            empty.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(!empty.exists());
+    // The portable export through the command: to stdout, in its schema, no evidence.
+    let (code, out, err) = admin_cli(
+        &server,
+        &po,
+        &[
+            "export",
+            "--subject",
+            me,
+            "--portable",
+            "--case-ref",
+            "P-1",
+            "--justification",
+            "art. 20",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let portable: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    check_portable_schema(&portable);
+    assert!(
+        out.contains("me@example.nl") && !out.contains("noise at night"),
+        "{out}"
+    );
+    server.stop().await;
+}
