@@ -1,5 +1,6 @@
 //! The data lifecycle and subject rights: closing records, retention with crypto-shredding,
-//! legal holds, erasure, and tracking subject requests against their four-week deadline.
+//! legal holds, erasure, and tracking subject requests against their four-week deadline (extended
+//! by at most two months, GDPR art. 12(3)).
 //!
 //! Invariant: a record under an active legal hold is never destroyed; the store re-checks holds
 //! inside the destroying transaction.

@@ -10,14 +10,16 @@
 //! Covered: tokens (all columns), legal holds, mandates, consent states, records (subject,
 //! purpose, labels, creation, closing and expiry; not `updated_at`, which shapes nothing), and
 //! field rows (record, name, category, kind; the key generation is authenticated by the value's
-//! envelope header), subject requests (their deadlines), evidence files (record, name,
+//! envelope header), subject requests (their deadlines, extended ones included), restrictions of
+//! processing, evidence files (record, name,
 //! category, media type, size, completeness) and purpose key versions (state, algorithm, dates
 //! and the bar of the minimum decryption version; the wrapped material is sealed under the root
 //! key with its purpose and version as associated data).
 //! A deleted row has no MAC to fail, and an older copy put back carries a valid one, so every
-//! subject with a subject key, a record, a hold, a consent state or a mandate has an anchor
-//! (`AnchorRow`, itself authenticated and never deleted) that counts its holds and consent
-//! states and covers the MACs of its hold, consent and mandate rows; those rows are never
+//! subject with a subject key, a record, a hold, a consent state, a mandate or a restriction has
+//! an anchor (`AnchorRow`, itself authenticated and never deleted) that counts its holds and
+//! consent states and covers the MACs of its hold, consent, mandate and restriction rows (the
+//! last only once the subject has one, so older anchors keep their digest); those rows are never
 //! deleted, so a row erased or an older one put back by hand no longer matches, and the
 //! subject's decisions and destructive paths fail closed. A record's field set is covered in
 //! its row (`FieldSet`); token rows by the token register (`vault::tokens`). What an anchor

@@ -788,7 +788,7 @@ async fn an_extension_moves_the_deadline_at_most_two_months_and_overdue_follows_
         "{}",
         status.message()
     );
-    assert_eq!(overdue(&server).await[0].extended, false);
+    assert!(!overdue(&server).await[0].extended);
     // One month: no longer overdue; the listing shows the extension and why.
     let once = extend(&server, &late.request_id, 1, 0, "many records in archives")
         .await
