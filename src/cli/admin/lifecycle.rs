@@ -753,3 +753,23 @@ pub async fn consent(
         Err(s) => status_exit(&s),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_take_calendar_months_weeks_and_days_and_refuse_a_bare_m() {
+        let p = |s| parse_extension("--by", s);
+        assert_eq!(p("2mo"), Ok((2, 0)));
+        assert_eq!(p("1mo"), Ok((1, 0)));
+        assert_eq!(p("2w"), Ok((0, 14)));
+        assert_eq!(p("60d"), Ok((0, 60)));
+        let e = p("2m").unwrap_err();
+        assert!(e.contains("ambiguous") && e.contains("`2mo`"), "{e}");
+        for bad in ["2", "mo", "2h", "1.5mo", "-1mo", "2 months", "", "99999999999w"] {
+            let e = p(bad).unwrap_err();
+            assert!(e.starts_with("--by `"), "{bad}: {e}");
+        }
+    }
+}
