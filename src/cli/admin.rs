@@ -661,6 +661,29 @@ async fn audit(
                             );
                         }
                     }
+                    for x in &r.restrictions {
+                        let t =
+                            |t: &Option<prost_types::Timestamp>| t.as_ref().map(crate::cli::time);
+                        if json {
+                            out!(
+                                "{}",
+                                serde_json::json!({"type": "restriction", "restriction_id": x.restriction_id,
+                                    "reason": x.reason, "placed_by": x.placed_by, "placed_at": t(&x.placed_at),
+                                    "lifted_at": t(&x.lifted_at)})
+                            );
+                        } else {
+                            out!(
+                                "processing restricted {} by {} ({}){}: {}",
+                                t(&x.placed_at).unwrap_or_default(),
+                                x.placed_by,
+                                x.restriction_id,
+                                t(&x.lifted_at)
+                                    .map(|l| format!(", lifted {l}"))
+                                    .unwrap_or_default(),
+                                x.reason
+                            );
+                        }
+                    }
                     if !json {
                         out!("{} recorded accesses to {}", r.events.len(), r.subject_id);
                     }

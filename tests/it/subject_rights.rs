@@ -1256,7 +1256,7 @@ async fn restrict_and_extend_on_the_command_line_with_their_exit_codes() {
         ],
     );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("2 months"), "{err}");
+    assert!(err.contains("2 months") && err.contains("`--by`"), "{err}");
     let (code, out, err) = admin_cli(
         &server,
         &po,

@@ -767,7 +767,16 @@ mod tests {
         assert_eq!(p("60d"), Ok((0, 60)));
         let e = p("2m").unwrap_err();
         assert!(e.contains("ambiguous") && e.contains("`2mo`"), "{e}");
-        for bad in ["2", "mo", "2h", "1.5mo", "-1mo", "2 months", "", "99999999999w"] {
+        for bad in [
+            "2",
+            "mo",
+            "2h",
+            "1.5mo",
+            "-1mo",
+            "2 months",
+            "",
+            "99999999999w",
+        ] {
             let e = p(bad).unwrap_err();
             assert!(e.starts_with("--by `"), "{bad}: {e}");
         }
