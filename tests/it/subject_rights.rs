@@ -764,6 +764,7 @@ async fn an_extension_moves_the_deadline_at_most_two_months_and_overdue_follows_
     let late = open_request(&server, "REL-X", "access", 29, now).await;
     let original = late.due_at.unwrap().seconds;
     assert_eq!(overdue(&server).await.len(), 1);
+    assert_eq!(server.vault.state_counts().unwrap().requests_overdue, 1);
     // A reason is required, and guarded; no extension of nothing.
     for (months, days, reason, field) in [
         (1, 0, "", "reason"),
@@ -802,6 +803,9 @@ async fn an_extension_moves_the_deadline_at_most_two_months_and_overdue_follows_
     assert!(once.extended);
     assert_eq!(once.extension_reason, "many records in archives");
     assert!(overdue(&server).await.is_empty());
+    // The metric counts from the extended deadline too (it runs on the system clock, which the
+    // test clock started at).
+    assert_eq!(server.vault.state_counts().unwrap().requests_overdue, 0);
     // Several extensions do not add up past two months beyond the original date.
     let status = extend(&server, &late.request_id, 1, 1, "more")
         .await
