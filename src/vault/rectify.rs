@@ -105,6 +105,23 @@ impl Vault {
                 Some(_) => {}
             }
         }
+        // The record stays within its size limit, as `update_record` keeps it.
+        let kept: usize = rows
+            .iter()
+            .filter(|r| !fields.iter().any(|f| f.name.as_str() == r.name))
+            .map(|r| r.sealed.len())
+            .sum();
+        let added: usize = fields.iter().map(|f| f.value.len()).sum();
+        if kept + added > self.limits.max_record_bytes {
+            return Err(InputError::new(
+                "fields",
+                format!(
+                    "a record holds at most {} bytes",
+                    self.limits.max_record_bytes
+                ),
+            )
+            .into());
+        }
         let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         if let Some(hold) = self.hold_on(&record)? {

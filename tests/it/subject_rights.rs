@@ -1473,3 +1473,62 @@ async fn an_export_writes_each_evidence_file_beside_the_lines_checked_against_it
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_rectification_keeps_the_record_within_its_size_limit() {
+    let server = TestServer::start_with_limits(kluis::config::RawLimits {
+        max_record_bytes: Some(400),
+        ..Default::default()
+    })
+    .await;
+    let me = SCOPED_SUBJECT;
+    let record = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        me,
+        vec![
+            text("email", "contact", "old@example.nl"),
+            text("surname", "identity", "Jansen"),
+        ],
+    )
+    .await;
+    let request = open_request(&server, me, "rectification", 1, kluis::domain::now_unix()).await;
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let status = rectify(
+        &server,
+        &po,
+        &request.request_id,
+        &record,
+        vec![text("email", "contact", &"a".repeat(390))],
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("`fields`") && status.message().contains("400 bytes"),
+        "{}",
+        status.message()
+    );
+    // Twin: a value that fits is written.
+    rectify(
+        &server,
+        &po,
+        &request.request_id,
+        &record,
+        vec![text("email", "contact", "right@example.nl")],
+    )
+    .await
+    .unwrap();
+    let resp = get(
+        &server,
+        server.token(Role::CustomerService),
+        ctx("contract", "", ""),
+        &record,
+    )
+    .await
+    .unwrap();
+    assert_eq!(text_of(field(&resp, "email").unwrap()), "right@example.nl");
+    server.stop().await;
+}
