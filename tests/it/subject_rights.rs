@@ -1471,6 +1471,28 @@ async fn an_export_writes_each_evidence_file_beside_the_lines_checked_against_it
         out.contains("me@example.nl") && !out.contains("noise at night"),
         "{out}"
     );
+    // The PO may not read evidence: only the export decides for them (twin of the export above).
+    let status = download(&server, &po, nuisance_ctx(), &photo.evidence_id, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // Restricted: the officer no longer reads the file; the privacy officer's export still
+    // writes it.
+    download(&server, &officer, nuisance_ctx(), &photo.evidence_id, None)
+        .await
+        .unwrap();
+    restrict(&server, &po, me, "accuracy contested")
+        .await
+        .unwrap();
+    let status = download(&server, &officer, nuisance_ctx(), &photo.evidence_id, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let (code, _, err) = admin_cli(&server, &po, &args(true));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_dir(&evidence).unwrap().count(), 2);
     server.stop().await;
 }
 
