@@ -321,8 +321,16 @@ impl Vault {
                 by_subject.entry(r.subject.clone()).or_default().push(r);
             }
             for (subject, records) in by_subject {
-                if self.check_holds(&subject).is_err() {
-                    // Logged by the check; nothing of this subject is destroyed on a forged word.
+                // Checks every hold, consent, mandate and restriction row and the anchor over
+                // them; on a failure (logged by the check) nothing of this subject is destroyed
+                // on a forged word.
+                let Ok(facts) = self.subject_facts(&subject) else {
+                    continue;
+                };
+                // A restriction of processing (art. 18) keeps the data stored: the subject may
+                // need it for a legal claim after the landlord no longer does (18(1)(c)). Its
+                // records are destroyed by a sweep after the restriction is lifted.
+                if facts.restrictions.iter().any(|r| r.lifted_at.is_none()) {
                     continue;
                 }
                 let listed: Vec<Swept> = records

@@ -1554,3 +1554,65 @@ async fn a_rectification_keeps_the_record_within_its_size_limit() {
     assert_eq!(text_of(field(&resp, "email").unwrap()), "right@example.nl");
     server.stop().await;
 }
+
+async fn sweep(server: &TestServer) -> Vec<String> {
+    server
+        .admin()
+        .await
+        .sweep_retention(req(
+            server.token(Role::PrivacyOfficer),
+            pb::SweepRetentionRequest { dry_run: false },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+        .into_iter()
+        .map(|r| r.record_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_keeps_a_restricted_subjects_records_until_the_restriction_is_lifted() {
+    let clock = TestClock::at_now();
+    let server = TestServer::start_with_clock(clock.clone()).await;
+    let cs = || ctx("customer-service", "", "");
+    let restricted = put(
+        &server,
+        Role::CustomerService,
+        cs(),
+        "REL-A",
+        vec![text("phone", "contact", "0611111111")],
+    )
+    .await;
+    let free = put(
+        &server,
+        Role::CustomerService,
+        cs(),
+        "REL-B",
+        vec![text("phone", "contact", "0622222222")],
+    )
+    .await;
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    restrict(&server, &po, "REL-A", "needed for the subject's claim")
+        .await
+        .unwrap();
+    clock.advance(731 * DAY);
+    // The unrestricted subject's expired record goes; the restricted one's stays.
+    assert_eq!(sweep(&server).await, [free.as_str()]);
+    let stored = |id: &str| {
+        db(&server)
+            .query_row("SELECT COUNT(*) FROM records WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+    };
+    assert_eq!(stored(&free), 0);
+    assert_eq!(stored(&restricted), 1);
+    assert!(sweep(&server).await.is_empty());
+    // Lifted: the next sweep destroys it.
+    lift(&server, "REL-A").await.unwrap();
+    assert_eq!(sweep(&server).await, [restricted.as_str()]);
+    assert_eq!(stored(&restricted), 0);
+    server.stop().await;
+}
