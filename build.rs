@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".kluis.v1.GetRecordResponse",
             ".kluis.v1.UpdateRecordRequest",
             ".kluis.v1.FindRecordsRequest",
+            ".kluis.v1.RectifyRecordRequest",
             ".kluis.v1.IssueTokenResponse",
             ".kluis.v1.RotateRootRequest",
             ".kluis.v1.ExportLine",

@@ -293,6 +293,8 @@ const FIELD_FLAGS: &[(&str, &str)] = &[
     ("context.justification", "--justification"),
     ("context.channel", "--channel"),
     ("scope", "--scope"),
+    ("months", "--by"),
+    ("days", "--by"),
 ];
 
 /// `message` with the request fields it names in backticks (`` `scope_subject_id` ``,

@@ -1004,6 +1004,30 @@ pub fn request_due_at(received_at: i64) -> i64 {
     })
 }
 
+/// Most calendar months a subject request's deadline may be extended by in all (GDPR art.
+/// 12(3): "by two further months where necessary").
+pub const REQUEST_EXTENSION_MONTHS: u32 = 2;
+
+/// `at` moved by `months` calendar months and `days` days, in Amsterdam (a month from the 31st
+/// ends on the last day of a shorter month); `None` when out of range.
+pub fn request_deadline_plus(at: i64, months: u32, days: u32) -> Option<i64> {
+    let zone = jiff::tz::TimeZone::get(REQUEST_TIME_ZONE).ok()?;
+    let zoned = jiff::Timestamp::from_second(at).ok()?.to_zoned(zone);
+    let span = jiff::Span::new()
+        .try_months(i64::from(months))
+        .ok()?
+        .try_days(i64::from(days))
+        .ok()?;
+    Some(zoned.checked_add(span).ok()?.timestamp().as_second())
+}
+
+/// The latest a subject request first due at `due_at` may be extended to: two calendar months
+/// later, in Amsterdam.
+pub fn request_extension_limit(due_at: i64) -> i64 {
+    request_deadline_plus(due_at, REQUEST_EXTENSION_MONTHS, 0)
+        .unwrap_or_else(|| due_at.saturating_add(61 * 86_400))
+}
+
 /// The current time in unix seconds.
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
@@ -1034,6 +1058,21 @@ mod tests {
             assert!(due - received >= 28 * 86_400 - 3_600, "{received}");
             assert!(due - received < 29 * 86_400 + 3_600, "{received}");
         }
+    }
+
+    #[test]
+    fn an_extension_counts_calendar_months_in_amsterdam() {
+        // Due at the end of 29 March 2026 (summer time): two months later is the end of 29 May.
+        assert_eq!(request_extension_limit(1_774_821_599), 1_780_091_999); // 2026-05-29T21:59:59Z
+        // Two months from the end of 31 December (winter time) end on the last day of February
+        // (28 February 2027), not on 3 March.
+        let dec31 = 1_798_757_999; // 2026-12-31T22:59:59Z
+        assert_eq!(
+            request_deadline_plus(dec31, 2, 0),
+            Some(1_803_855_599) // 2027-02-28T22:59:59Z
+        );
+        assert_eq!(request_deadline_plus(dec31, 0, 1), Some(dec31 + 86_400));
+        assert_eq!(request_deadline_plus(dec31, 0, 0), Some(dec31));
     }
 
     #[test]

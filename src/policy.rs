@@ -180,6 +180,8 @@ pub struct FieldFlags {
     pub objected: bool,
     /// The caller holds an active mandate of the subject covering this field.
     pub mandated: bool,
+    /// The subject's processing is restricted (GDPR art. 18): stored, not read.
+    pub restricted: bool,
 }
 
 /// Allow or deny.
@@ -577,6 +579,10 @@ impl Engine {
                 ),
                 ("objected", RestrictedExpression::new_bool(f.flags.objected)),
                 ("mandated", RestrictedExpression::new_bool(f.flags.mandated)),
+                (
+                    "restricted",
+                    RestrictedExpression::new_bool(f.flags.restricted),
+                ),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -914,6 +920,7 @@ mod tests {
                         record_closed: rng.gen_bool(0.3),
                         objected: rng.gen_bool(0.2),
                         mandated: rng.gen_bool(0.3),
+                        restricted: rng.gen_bool(0.2),
                     },
                 })
                 .collect();

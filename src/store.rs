@@ -416,6 +416,8 @@ pub struct SubjectFacts {
     pub holds: Vec<HoldRow>,
     /// The mandates the subject gave (revoked and expired ones included).
     pub mandates: Vec<MandateRow>,
+    /// Restrictions of processing placed on the subject (lifted ones included).
+    pub restrictions: Vec<RestrictionRow>,
     /// Whether the subject has a subject key or a record.
     pub keyed: bool,
 }
@@ -470,6 +472,29 @@ pub struct MandateRow {
     pub mac: Vec<u8>,
 }
 
+/// A restriction of processing (GDPR art. 18): while it is not lifted, the subject's data is
+/// stored but read only for legal claims and by the privacy officer. Never deleted: a lifted
+/// one stays, with who lifted it and when.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct RestrictionRow {
+    /// `rst_…`.
+    pub id: String,
+    /// The subject restricted.
+    pub subject: String,
+    /// Why (e.g. the accuracy is contested; no personal data).
+    pub reason: String,
+    /// Who placed it.
+    pub placed_by: String,
+    /// Unix seconds.
+    pub placed_at: i64,
+    /// Unix seconds, once lifted.
+    pub lifted_at: Option<i64>,
+    /// Who lifted it.
+    pub lifted_by: Option<String>,
+    /// The row's MAC, computed by the core.
+    pub mac: Vec<u8>,
+}
+
 /// A subject's consent state for one purpose.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct ConsentRow {
@@ -498,8 +523,12 @@ pub struct RequestRow {
     pub kind: RequestKind,
     /// When the request was received (unix seconds).
     pub received_at: i64,
-    /// When it must be answered (unix seconds).
+    /// When it must be answered (unix seconds), as first set: four weeks after receipt.
     pub due_at: i64,
+    /// The deadline as extended (GDPR art. 12(3)), at most two months beyond `due_at`.
+    pub extended_due_at: Option<i64>,
+    /// Why it was extended (the last extension's reason; no personal data).
+    pub extension_reason: Option<String>,
     /// Who registered it.
     pub opened_by: String,
     /// When it was answered.
@@ -508,6 +537,13 @@ pub struct RequestRow {
     pub note: String,
     /// The row's MAC, computed by the core.
     pub mac: Vec<u8>,
+}
+
+impl RequestRow {
+    /// The deadline in force: the extended one, else the first.
+    pub fn due_in_force(&self) -> i64 {
+        self.extended_due_at.unwrap_or(self.due_at)
+    }
 }
 
 /// A bearer token, stored only as its hash.
@@ -1042,6 +1078,17 @@ pub trait LifecycleStore: Send + Sync {
 
     /// All subject requests, oldest first.
     fn requests(&self) -> Result<Vec<RequestRow>, StoreError>;
+
+    /// Extends an open request's deadline: writes `extended_due_at`, `reason` and `mac` where
+    /// the stored MAC is still `prev_mac` and the request is open. Returns false otherwise.
+    fn extend_request(
+        &self,
+        id: &str,
+        prev_mac: &[u8],
+        extended_due_at: i64,
+        reason: &str,
+        mac: &[u8],
+    ) -> Result<bool, StoreError>;
 }
 
 /// Consent states, mandates and tokens.
@@ -1079,6 +1126,28 @@ pub trait RightsStore: Send + Sync {
         subject: Option<&str>,
         representative: Option<&str>,
     ) -> Result<Vec<MandateRow>, StoreError>;
+
+    /// Stores a restriction of processing and changes its subject's anchor, in one transaction
+    /// (`Stale` when the anchor changed meanwhile).
+    fn insert_restriction(
+        &self,
+        row: &RestrictionRow,
+        anchor: AnchorChange<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// Lifts a restriction and changes its subject's anchor, in one transaction. Returns false
+    /// when no restriction in force has this id; `Stale` when the anchor changed meanwhile.
+    fn lift_restriction(
+        &self,
+        id: &str,
+        at: i64,
+        by: &str,
+        mac: &[u8],
+        anchor: AnchorChange<'_>,
+    ) -> Result<bool, StoreError>;
+
+    /// Restrictions of processing, of one subject or all, oldest first (lifted ones included).
+    fn restrictions(&self, subject: Option<&str>) -> Result<Vec<RestrictionRow>, StoreError>;
 
     /// Stores a token row.
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;

@@ -16,6 +16,7 @@ pub mod keyadmin;
 pub mod lifecycle;
 pub mod nodes;
 pub mod policies;
+pub mod rectify;
 pub mod rights;
 pub mod rows;
 pub mod search;
@@ -161,6 +162,33 @@ pub struct NewField {
     pub category: Category,
     /// Value in clear.
     pub value: Value,
+}
+
+/// Why `Vault::write_fields` did not write.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// Another write came between the read and this one.
+    Stale,
+    /// An active legal hold keeps the stored values (its id).
+    Held(String),
+    /// The record is gone.
+    Gone,
+    /// Anything else.
+    Vault(VaultError),
+}
+
+impl WriteError {
+    /// As the caller of a write of `record_id` is answered (a hold named by `held`).
+    pub(crate) fn into_vault(self, record_id: &RecordId) -> VaultError {
+        match self {
+            WriteError::Stale => VaultError::FailedPrecondition(format!(
+                "record `{record_id}` changed meanwhile; read it and try again"
+            )),
+            WriteError::Held(hold) => held(record_id, &hold),
+            WriteError::Gone => VaultError::NotFound(format!("record `{record_id}`")),
+            WriteError::Vault(e) => e,
+        }
+    }
 }
 
 /// A field returned to the caller.
@@ -897,21 +925,62 @@ impl Vault {
         )
         .map_err(|e| self.write_refusal(principal, ctx, &record, &resources, e))?;
         let now = self.clock.now();
+        match self.write_fields(
+            &subject,
+            record_id,
+            &record,
+            &rows,
+            meta.purpose,
+            &fields,
+            now,
+        ) {
+            Err(WriteError::Held(hold)) => {
+                let refusal = held(record_id, &hold);
+                self.not_carried_out(
+                    principal,
+                    ctx,
+                    "update",
+                    &subject,
+                    record_id,
+                    &refusal.to_string(),
+                )?;
+                Err(refusal)
+            }
+            other => other.map_err(|e| e.into_vault(record_id)),
+        }?;
+        Ok(now)
+    }
+
+    /// Seals `fields` and writes them into the stored `record` (whose fields were read as
+    /// `rows`), replacing values of the same name: one transaction, guarded by the record's
+    /// field-set MAC as read (`Stale` when another write came between) and by the store's own
+    /// check of active holds when a value is replaced. A rekey meanwhile seals again.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one write")]
+    pub(crate) fn write_fields(
+        &self,
+        subject: &SubjectId,
+        record_id: &RecordId,
+        record: &RecordRow,
+        rows: &[FieldRow],
+        purpose: Purpose,
+        fields: &[NewField],
+        now: i64,
+    ) -> Result<(), WriteError> {
         let mut rekeyed = 0;
-        let (stored, stored_rows) = (record, rows);
         loop {
-            let sealed = self.seal_fields(&subject, record_id, meta.purpose, &fields)?;
+            let sealed = self
+                .seal_fields(subject, record_id, purpose, fields)
+                .map_err(WriteError::Vault)?;
             // The set after the change: the stored fields, the written ones in their place.
             let next = self.rows.fields_mac(
                 record_id.as_str(),
-                stored_rows
-                    .iter()
+                rows.iter()
                     .filter(|r| !sealed.iter().any(|f| f.name == r.name))
                     .chain(&sealed)
                     .map(|f| (f.name.as_str(), f.version.as_str())),
             );
             let fields_mac = FieldsMac {
-                prev: &stored.fields_mac,
+                prev: &record.fields_mac,
                 next: &next,
             };
             match self
@@ -920,32 +989,15 @@ impl Vault {
             {
                 Err(StoreError::StaleGeneration { .. }) if rekeyed < REKEY_RETRIES => {
                     rekeyed += 1;
-                    self.keyring.forget(&subject, meta.purpose);
+                    self.keyring.forget(subject, purpose);
                 }
-                // Another process wrote the record since it was read: what was decided and
-                // checked is not what would be replaced.
-                Err(StoreError::Stale(_)) => {
-                    return Err(VaultError::FailedPrecondition(format!(
-                        "record `{record_id}` changed meanwhile; read it and try again"
-                    )));
-                }
-                Err(StoreError::Held(hold)) => {
-                    let refusal = held(record_id, &hold);
-                    self.not_carried_out(
-                        principal,
-                        ctx,
-                        "update",
-                        &subject,
-                        record_id,
-                        &refusal.to_string(),
-                    )?;
-                    return Err(refusal);
-                }
-                Ok(false) => return Err(VaultError::NotFound(format!("record `{record_id}`"))),
-                other => break other.map(drop)?,
+                Err(StoreError::Stale(_)) => return Err(WriteError::Stale),
+                Err(StoreError::Held(hold)) => return Err(WriteError::Held(hold)),
+                Ok(false) => return Err(WriteError::Gone),
+                Ok(true) => return Ok(()),
+                Err(e) => return Err(WriteError::Vault(e.into())),
             }
         }
-        Ok(now)
     }
 
     /// Deletes a record and all its fields, when the policy allows deleting every field of it.

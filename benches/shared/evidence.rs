@@ -86,6 +86,7 @@ pub async fn download(client: &mut VaultClient<Channel>, token: &str, id: &str) 
                 context: context(),
                 evidence_id: id.into(),
                 range: None,
+                export: false,
             },
         ))
         .await

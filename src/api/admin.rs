@@ -498,6 +498,87 @@ impl AdminRpc for AdminApi {
         .map(Response::new)
     }
 
+    async fn extend_subject_request(
+        &self,
+        request: Request<pb::ExtendSubjectRequestRequest>,
+    ) -> Result<Response<pb::SubjectRequest>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let id = convert::issued_id("request_id", "req_", &req.request_id)?;
+            let status = vault.extend_request(principal, id, req.months, req.days, &req.reason)?;
+            Ok(request_message(status))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn rectify_record(
+        &self,
+        request: Request<pb::RectifyRecordRequest>,
+    ) -> Result<Response<pb::RectifyRecordResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let request_id = convert::issued_id("request_id", "req_", &req.request_id)?;
+            let id = crate::domain::RecordId::parse("record_id", &req.record_id)?;
+            let fields = convert::new_fields(req.fields, vault.limits())?;
+            let names = fields.iter().map(|f| f.name.as_str().to_owned()).collect();
+            let updated_at =
+                vault.rectify_record(principal, request_id, &id, fields, &req.justification)?;
+            Ok(pb::RectifyRecordResponse {
+                record_id: id.as_str().into(),
+                updated_at: Some(convert::timestamp(updated_at)),
+                fields: names,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn restrict_processing(
+        &self,
+        request: Request<pb::RestrictProcessingRequest>,
+    ) -> Result<Response<pb::Restriction>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let row = vault.restrict_processing(principal, &subject, &req.reason)?;
+            Ok(restriction_message(row))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn lift_restriction(
+        &self,
+        request: Request<pb::LiftRestrictionRequest>,
+    ) -> Result<Response<pb::Restriction>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let row = vault.lift_restriction(principal, &subject, &req.justification)?;
+            Ok(restriction_message(row))
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_restrictions(
+        &self,
+        request: Request<pb::ListRestrictionsRequest>,
+    ) -> Result<Response<pb::ListRestrictionsResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = if req.subject_id.is_empty() {
+                None
+            } else {
+                Some(SubjectId::parse("subject_id", &req.subject_id)?)
+            };
+            let restrictions = vault
+                .list_restrictions(principal, subject.as_ref())?
+                .into_iter()
+                .map(restriction_message)
+                .collect();
+            Ok(pb::ListRestrictionsResponse { restrictions })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn list_subject_requests(
         &self,
         request: Request<pb::ListSubjectRequestsRequest>,
@@ -1146,9 +1227,16 @@ impl AdminRpc for AdminApi {
                     }
                 })
                 .collect();
+            // The report was decided and audited above: the restrictions go with it.
+            let restrictions = vault
+                .restrictions_of(&subject)?
+                .into_iter()
+                .map(restriction_message)
+                .collect();
             Ok(pb::SubjectAccessReportResponse {
                 subject_id: subject.as_str().into(),
                 events,
+                restrictions,
             })
         })
         .await
@@ -1260,14 +1348,29 @@ fn hold_message(h: crate::store::HoldRow) -> pb::Hold {
 fn request_message(s: RequestStatus) -> pb::SubjectRequest {
     let r = s.request;
     pb::SubjectRequest {
+        due_at: Some(convert::timestamp(r.due_in_force())),
+        original_due_at: Some(convert::timestamp(r.due_at)),
+        extended: r.extended_due_at.is_some(),
+        extension_reason: r.extension_reason.unwrap_or_default(),
         request_id: r.id,
         subject_id: r.subject,
         kind: r.kind.as_str().into(),
         received_at: Some(convert::timestamp(r.received_at)),
-        due_at: Some(convert::timestamp(r.due_at)),
         completed_at: r.completed_at.map(convert::timestamp),
         overdue: s.overdue,
         note: r.note,
+    }
+}
+
+fn restriction_message(r: crate::store::RestrictionRow) -> pb::Restriction {
+    pb::Restriction {
+        restriction_id: r.id,
+        subject_id: r.subject,
+        reason: r.reason,
+        placed_by: r.placed_by,
+        placed_at: Some(convert::timestamp(r.placed_at)),
+        lifted_at: r.lifted_at.map(convert::timestamp),
+        lifted_by: r.lifted_by.unwrap_or_default(),
     }
 }
 

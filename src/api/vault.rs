@@ -218,7 +218,12 @@ impl VaultRpc for VaultApi {
             let ctx = convert::context(req.context, vault.channels())?;
             let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
             let range = req.range.map(|r| (r.offset, r.length));
-            vault.open_evidence(&principal, &ctx, &id, range)
+            let action = if req.export {
+                crate::policy::Action::Export
+            } else {
+                crate::policy::Action::Read
+            };
+            vault.open_evidence_as(&principal, &ctx, &id, range, action)
         })
         .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -307,12 +312,17 @@ impl VaultRpc for VaultApi {
                 let ctx = convert::context(req.context, vault.channels())?;
                 let subject = SubjectId::parse("subject_id", &req.subject_id)?;
                 // A closed channel means the client went away: stop.
-                vault.export_subject(&principal, &ctx, &subject, |line| {
+                let emit = |line: serde_json::Value| {
                     tx.blocking_send(Ok(pb::ExportLine {
                         json: line.to_string(),
                     }))
                     .is_ok()
-                })
+                };
+                if req.portable {
+                    vault.export_portable(&principal, &ctx, &subject, emit)
+                } else {
+                    vault.export_subject(&principal, &ctx, &subject, emit)
+                }
             })();
             if let Err(e) = result {
                 let _ = tx.blocking_send(Err(super::status::to_status(e)));

@@ -1,5 +1,6 @@
 //! `kluis admin`: administer a running server over the `Admin` gRPC service.
 
+mod export;
 mod keys;
 mod lifecycle;
 mod reseal;
@@ -101,6 +102,12 @@ pub enum AdminCommand {
         #[arg(long, default_value = "")]
         justification: String,
     },
+    /// Restrict the processing of a subject's data (GDPR art. 18): stored, but read only for a
+    /// legal claim and by the privacy officer; `--lift` ends it, `--list` shows restrictions.
+    Restrict(lifecycle::RestrictArgs),
+    /// Write a subject's export (JSON lines) to stdout or `--output`, with `--with-evidence
+    /// DIR` each evidence file beside it, checked against its SHA-256 digest.
+    Export(export::ExportArgs),
     /// Check the stored rows that grant, withhold or shape access against their MACs and the
     /// audit trail; exit 4 and list every bad row when one is found.
     #[command(subcommand)]
@@ -300,6 +307,10 @@ async fn run_async(args: &AdminArgs) -> Exit {
         AdminCommand::Mandate(cmd) => {
             return lifecycle::mandate(&mut client, &token, cmd, args.json).await;
         }
+        AdminCommand::Restrict(cmd) => {
+            return lifecycle::restrict(&mut client, &token, cmd, args.json).await;
+        }
+        AdminCommand::Export(cmd) => return export::run(channel, &token, cmd, args.json).await,
         AdminCommand::Consent {
             subject,
             purpose,
@@ -650,6 +661,29 @@ async fn audit(
                             );
                         }
                     }
+                    for x in &r.restrictions {
+                        let t =
+                            |t: &Option<prost_types::Timestamp>| t.as_ref().map(crate::cli::time);
+                        if json {
+                            out!(
+                                "{}",
+                                serde_json::json!({"type": "restriction", "restriction_id": x.restriction_id,
+                                    "reason": x.reason, "placed_by": x.placed_by, "placed_at": t(&x.placed_at),
+                                    "lifted_at": t(&x.lifted_at)})
+                            );
+                        } else {
+                            out!(
+                                "processing restricted {} by {} ({}){}: {}",
+                                t(&x.placed_at).unwrap_or_default(),
+                                x.placed_by,
+                                x.restriction_id,
+                                t(&x.lifted_at)
+                                    .map(|l| format!(", lifted {l}"))
+                                    .unwrap_or_default(),
+                                x.reason
+                            );
+                        }
+                    }
                     if !json {
                         out!("{} recorded accesses to {}", r.events.len(), r.subject_id);
                     }
@@ -861,6 +895,9 @@ fn check_values(command: &AdminCommand) -> Result<(), String> {
             received: Some(received),
             ..
         }) => parse_moment("--received", received).map(drop),
+        AdminCommand::Requests(lifecycle::RequestsCommand::Extend { by, .. }) => {
+            lifecycle::parse_extension("--by", by).map(drop)
+        }
         _ => Ok(()),
     }
 }

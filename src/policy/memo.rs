@@ -299,6 +299,7 @@ impl Abstraction {
             u8::from(field.flags.record_closed),
             u8::from(field.flags.objected),
             u8::from(field.flags.mandated),
+            u8::from(field.flags.restricted),
         ]);
         if self.resource_uid {
             out.push(1);

@@ -7,8 +7,8 @@ use crate::domain::{Category, ConsentState, FieldKind, Purpose, RequestKind};
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyRowChange,
-    KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, Store, StoreError, SubjectKeyRow,
-    TagRow, TokenRow,
+    KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, RestrictionRow, Store, StoreError,
+    SubjectKeyRow, TagRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -1172,10 +1172,114 @@ fn lifecycle(store: &dyn Store) {
         completed_at: None,
         note: "letter".into(),
         mac: vec![6; 32],
+        extended_due_at: None,
+        extension_reason: None,
     };
     store.insert_request(&request).unwrap();
+    // An extension is written only over the MAC as read, and only while the request is open.
+    assert!(
+        !store
+            .extend_request("req_1", &[9; 32], 30, "complex", &[10; 32])
+            .unwrap()
+    );
+    assert!(
+        store
+            .extend_request("req_1", &[6; 32], 30, "complex", &[10; 32])
+            .unwrap()
+    );
+    let extended = store.requests().unwrap()[0].clone();
+    assert_eq!(extended.extended_due_at, Some(30));
+    assert_eq!(extended.extension_reason.as_deref(), Some("complex"));
+    assert_eq!(extended.due_at, 20);
+    assert_eq!(extended.mac, vec![10; 32]);
     assert!(store.complete_request("req_1", 15, &[7; 32]).unwrap());
     assert!(!store.complete_request("req_1", 16, &[8; 32]).unwrap());
     assert_eq!(store.requests().unwrap()[0].mac, vec![7; 32]);
     assert_eq!(store.requests().unwrap()[0].completed_at, Some(15));
+    assert_eq!(store.requests().unwrap()[0].extended_due_at, Some(30));
+    assert!(
+        !store
+            .extend_request("req_1", &[7; 32], 40, "again", &[11; 32])
+            .unwrap()
+    );
+
+    // Restrictions of processing: stored with the anchor, lifted once, read in the facts.
+    let restriction = RestrictionRow {
+        id: "rst_1".into(),
+        subject: "life-1".into(),
+        reason: "accuracy contested".into(),
+        placed_by: "po".into(),
+        placed_at: 50,
+        lifted_at: None,
+        lifted_by: None,
+        mac: vec![12; 32],
+    };
+    let stale = AnchorChange {
+        prev: Some(&with_mandate),
+        next: &with_mandate,
+    };
+    assert!(matches!(
+        store.insert_restriction(&restriction, stale),
+        Err(StoreError::Stale(_))
+    ));
+    assert!(store.restrictions(Some("life-1")).unwrap().is_empty());
+    let restricted_anchor = AnchorRow {
+        digest: vec![0x74; 32],
+        ..revoked_anchor.clone()
+    };
+    store
+        .insert_restriction(
+            &restriction,
+            AnchorChange {
+                prev: Some(&revoked_anchor),
+                next: &restricted_anchor,
+            },
+        )
+        .unwrap();
+    let facts = store.subject_facts("life-1").unwrap();
+    assert_eq!(facts.restrictions, vec![restriction.clone()]);
+    assert_eq!(facts.anchor.as_ref(), Some(&restricted_anchor));
+    assert_eq!(facts.mandates.len(), 1);
+    assert!(store.restrictions(Some("life-2")).unwrap().is_empty());
+    assert_eq!(store.restrictions(None).unwrap(), vec![restriction.clone()]);
+    let lifted_anchor = AnchorRow {
+        digest: vec![0x75; 32],
+        ..restricted_anchor.clone()
+    };
+    assert!(
+        store
+            .lift_restriction(
+                "rst_1",
+                60,
+                "po2",
+                &[13; 32],
+                AnchorChange {
+                    prev: Some(&restricted_anchor),
+                    next: &lifted_anchor,
+                },
+            )
+            .unwrap()
+    );
+    // Lifted once only; the anchor stays as the lift left it.
+    assert!(
+        !store
+            .lift_restriction(
+                "rst_1",
+                61,
+                "po3",
+                &[14; 32],
+                AnchorChange {
+                    prev: Some(&lifted_anchor),
+                    next: &restricted_anchor,
+                },
+            )
+            .unwrap()
+    );
+    let facts = store.subject_facts("life-1").unwrap();
+    assert_eq!(facts.anchor.as_ref(), Some(&lifted_anchor));
+    let lifted = &facts.restrictions[0];
+    assert_eq!(lifted.lifted_at, Some(60));
+    assert_eq!(lifted.lifted_by.as_deref(), Some("po2"));
+    assert_eq!(lifted.mac, vec![13; 32]);
+    assert_eq!(lifted.reason, "accuracy contested");
 }

@@ -39,8 +39,8 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
     FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagRow, TokenRow, prelude::*,
-    qualified,
+    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagRow,
+    TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use
@@ -230,6 +230,23 @@ CREATE TABLE search_tags (
 );
 CREATE INDEX search_tags_lookup ON search_tags (purpose, field, version, bits, tag);
 CREATE INDEX search_tags_by_version ON search_tags (version);
+"#,
+    // Restriction of processing (GDPR art. 18), covered by the subject's anchor, and the
+    // extended deadline of a subject request (art. 12(3)), covered by the request's MAC.
+    r#"
+CREATE TABLE restrictions (
+    id        TEXT COLLATE "C" PRIMARY KEY,
+    subject   TEXT COLLATE "C" NOT NULL,
+    reason    TEXT   NOT NULL,
+    placed_by TEXT   NOT NULL,
+    placed_at BIGINT NOT NULL,
+    lifted_at BIGINT,
+    lifted_by TEXT,
+    mac       BYTEA  NOT NULL
+);
+CREATE INDEX restrictions_by_subject ON restrictions (subject);
+ALTER TABLE subject_requests ADD COLUMN extended_due_at BIGINT;
+ALTER TABLE subject_requests ADD COLUMN extension_reason TEXT;
 "#,
 ];
 
@@ -1070,8 +1087,24 @@ fn hold_from_row(r: &Row) -> Result<HoldRow, StoreError> {
     })
 }
 
-const REQUEST_COLUMNS: &str =
-    "id, subject, kind, received_at, due_at, opened_by, completed_at, note, mac";
+const REQUEST_COLUMNS: &str = "id, subject, kind, received_at, due_at, opened_by, completed_at, \
+    note, mac, extended_due_at, extension_reason";
+
+const RESTRICTION_COLUMNS: &str =
+    "id, subject, reason, placed_by, placed_at, lifted_at, lifted_by, mac";
+
+fn restriction_from_row(r: &Row) -> Result<RestrictionRow, StoreError> {
+    Ok(RestrictionRow {
+        id: get(r, 0)?,
+        subject: get(r, 1)?,
+        reason: get(r, 2)?,
+        placed_by: get(r, 3)?,
+        placed_at: get(r, 4)?,
+        lifted_at: get(r, 5)?,
+        lifted_by: get(r, 6)?,
+        mac: get(r, 7)?,
+    })
+}
 
 fn request_from_row(r: &Row) -> Result<RequestRow, StoreError> {
     Ok(RequestRow {
@@ -1084,6 +1117,8 @@ fn request_from_row(r: &Row) -> Result<RequestRow, StoreError> {
         completed_at: get(r, 6)?,
         note: get(r, 7)?,
         mac: get(r, 8)?,
+        extended_due_at: get(r, 9)?,
+        extension_reason: get(r, 10)?,
     })
 }
 

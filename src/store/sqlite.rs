@@ -30,7 +30,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
     FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagRow, TokenRow, prelude::*,
+    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagRow,
+    TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
@@ -282,6 +283,23 @@ CREATE TABLE search_tags (
 CREATE INDEX search_tags_lookup ON search_tags (purpose, field, version, bits, tag);
 CREATE INDEX search_tags_by_version ON search_tags (version);
 ",
+    // Restriction of processing (GDPR art. 18), covered by the subject's anchor, and the
+    // extended deadline of a subject request (art. 12(3)), covered by the request's MAC.
+    r"
+CREATE TABLE restrictions (
+    id        TEXT PRIMARY KEY,
+    subject   TEXT    NOT NULL,
+    reason    TEXT    NOT NULL,
+    placed_by TEXT    NOT NULL,
+    placed_at INTEGER NOT NULL,
+    lifted_at INTEGER,
+    lifted_by TEXT,
+    mac       BLOB    NOT NULL
+);
+CREATE INDEX restrictions_by_subject ON restrictions (subject);
+ALTER TABLE subject_requests ADD COLUMN extended_due_at INTEGER;
+ALTER TABLE subject_requests ADD COLUMN extension_reason TEXT;
+",
 ];
 
 /// Reader connections kept open between reads. Opening one parses the schema and loses its
@@ -504,8 +522,10 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
 const MANDATE_COLUMNS: &str = "id, subject, representative, purposes, categories, valid_from, valid_until, granted_by, revoked_at, mac";
 const HOLD_COLUMNS: &str =
     "id, subject, record_id, reason, case_ref, placed_by, placed_at, released_at, released_by, mac";
-const REQUEST_COLUMNS: &str =
-    "id, subject, kind, received_at, due_at, opened_by, completed_at, note, mac";
+const REQUEST_COLUMNS: &str = "id, subject, kind, received_at, due_at, opened_by, completed_at, \
+    note, mac, extended_due_at, extension_reason";
+const RESTRICTION_COLUMNS: &str =
+    "id, subject, reason, placed_by, placed_at, lifted_at, lifted_by, mac";
 /// SQL condition: no active hold covers record `r`.
 /// The id of an active hold covering record `?1`, if any.
 const HOLD_ON_RECORD: &str = "SELECT h.id FROM holds h JOIN records r ON h.subject = r.subject
@@ -632,6 +652,19 @@ fn hold_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HoldRow> {
         released_at: r.get(7)?,
         released_by: r.get(8)?,
         mac: r.get(9)?,
+    })
+}
+
+fn restriction_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RestrictionRow> {
+    Ok(RestrictionRow {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        reason: r.get(2)?,
+        placed_by: r.get(3)?,
+        placed_at: r.get(4)?,
+        lifted_at: r.get(5)?,
+        lifted_by: r.get(6)?,
+        mac: r.get(7)?,
     })
 }
 

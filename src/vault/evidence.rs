@@ -360,6 +360,30 @@ impl Vault {
         evidence_id: &str,
         range: Option<(u64, u64)>,
     ) -> Result<(EvidenceInfo, Download), VaultError> {
+        self.open_evidence_as(principal, ctx, evidence_id, range, Action::Read)
+    }
+
+    /// As `open_evidence`, decided as `action`: `Read`, or `Export` for the copy of a subject's
+    /// data that the export lists it in (audited as `evidence-export`). Any other action is
+    /// refused.
+    pub fn open_evidence_as(
+        self: &Arc<Self>,
+        principal: &Principal,
+        ctx: &AccessContext,
+        evidence_id: &str,
+        range: Option<(u64, u64)>,
+        action: Action,
+    ) -> Result<(EvidenceInfo, Download), VaultError> {
+        let audited = match action {
+            Action::Read => "evidence-read",
+            Action::Export => "evidence-export",
+            _ => {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "evidence is downloaded to read or export it, not to {}",
+                    action.as_str()
+                )));
+            }
+        };
         let (record, evidence) = self
             .store
             .evidence(evidence_id)?
@@ -378,14 +402,8 @@ impl Vault {
         let record_id = RecordId::parse("record", &record.id)
             .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
         let resources = [super::evidence_resource(&record, meta.purpose, &evidence)?];
-        let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
-        let mut event = self.event(
-            principal,
-            ctx,
-            "evidence-read",
-            Some(&subject),
-            Some(&record_id),
-        );
+        let decisions = self.decide(principal, action, ctx, &resources)?;
+        let mut event = self.event(principal, ctx, audited, Some(&subject), Some(&record_id));
         event.fields = super::audit_fields(&resources, &decisions);
         event.target = Some(evidence.id.clone());
         let grant = decisions.first().and_then(|d| {

@@ -2,6 +2,9 @@
 //! retention and decrypted values, and the "who accessed my data, and why" report, as JSON lines
 //! in a stable, documented schema (`kluis.export.v1`, README "Subject access export").
 //!
+//! With `portable` (GDPR art. 20) only the data the subject provided, in the schema
+//! `kluis.portable.v1` (docs/portability.schema.json).
+//!
 //! Invariant: decided per field (`export` action) and audited before anything is decrypted,
 //! like any read.
 
@@ -30,6 +33,41 @@ pub(crate) struct AccessLine {
 
 /// The schema name of the export's first line.
 pub const EXPORT_SCHEMA: &str = "kluis.export.v1";
+
+/// The schema name of the portable export's first line (docs/portability.schema.json).
+pub const PORTABLE_SCHEMA: &str = "kluis.portable.v1";
+
+/// Purposes whose records hold data the subject provided under a lawful basis that art. 20
+/// covers: the agreement (art. 6(1)(b)) or consent (art. 6(1)(a), 9(2)(a)). Not those under a
+/// legal obligation (allocation checks, the audit) or the landlord's own legitimate interest
+/// (debt collection, complaints, disputes, screening, analyses, nuisance, fraud, safety).
+pub fn portable_purpose(purpose: Purpose) -> bool {
+    matches!(
+        purpose,
+        Purpose::Contract
+            | Purpose::Payments
+            | Purpose::Maintenance
+            | Purpose::CustomerService
+            | Purpose::HomeAdaptation
+    )
+}
+
+/// Whether a field of `category` in a record of `purpose` is data the subject provided:
+/// identity, contact, bank and payment details, income, the agreement's data, and (for a home
+/// adaptation, on consent) medical data; never evidence, fraud or criminal data, which officers
+/// gather.
+pub fn portable_field(purpose: Purpose, category: Category) -> bool {
+    portable_purpose(purpose)
+        && match category {
+            Category::Identity
+            | Category::Contact
+            | Category::Financial
+            | Category::Income
+            | Category::Contract => true,
+            Category::Medical => purpose == Purpose::HomeAdaptation,
+            Category::NuisanceEvidence | Category::Fraud | Category::Criminal => false,
+        }
+}
 
 impl Vault {
     /// Exports everything the vault holds on `subject` that `principal` may export, calling
@@ -96,6 +134,12 @@ impl Vault {
             self.decide(principal, Action::Export, ctx, &probes)?
         };
         let permitted = allowed > 0 || entitled.iter().any(Decision::is_allow);
+        // Read only for a permitted export, through the subject's anchor.
+        let restrictions = if permitted {
+            self.restrictions_of(subject)?
+        } else {
+            Vec::new()
+        };
         let mut event = self.event(principal, ctx, "export", Some(subject), None);
         event.decision = if permitted { "allow" } else { "deny" }.into();
         event.reason = Some(format!(
@@ -255,6 +299,21 @@ impl Vault {
                 return Ok(());
             }
         }
+        // Restrictions of processing (art. 18) the subject asked for, lifted ones included.
+        for r in &restrictions {
+            let line = json!({
+                "type": "restriction",
+                "restriction_id": r.id,
+                "reason": r.reason,
+                "placed_by": r.placed_by,
+                "placed_at": r.placed_at,
+                "lifted_at": r.lifted_at,
+                "lifted_by": r.lifted_by,
+            });
+            if !emit(line) {
+                return Ok(());
+            }
+        }
         for AccessLine {
             seq: entry_seq,
             event: e,
@@ -280,6 +339,134 @@ impl Vault {
                 "channel": e.channel,
                 "decision": e.decision,
                 "record_id": e.record,
+                "fields": fields,
+            });
+            if !emit(line) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The data `subject` provided (GDPR art. 20) that `principal` may export, as JSON lines in
+    /// the schema `kluis.portable.v1` (docs/portability.schema.json): a header, then one line
+    /// per record with portable fields (`portable_field`). Decided per field as `export` and
+    /// audited (action `export`, reason `portable`) before anything is decrypted; denied when
+    /// nothing at all may be exported. No labels, evidence files, withheld fields, restrictions
+    /// or access lines: those are the controller's, not what the subject provided.
+    pub fn export_portable(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+        mut emit: impl FnMut(Json) -> bool,
+    ) -> Result<(), VaultError> {
+        let listed = self.store.subject_records(subject.as_str())?;
+        let mut records = Vec::with_capacity(listed.len());
+        for (meta, _) in &listed {
+            if !portable_purpose(meta.purpose) {
+                continue;
+            }
+            if let Some((rec, rows)) = self.store.record(&meta.id)? {
+                self.rows.check(&rec)?;
+                self.rows.check_fields(&rec, &rows)?;
+                let rows: Vec<FieldRow> = rows
+                    .into_iter()
+                    .filter(|r| portable_field(rec.purpose, r.category))
+                    .collect();
+                if !rows.is_empty() {
+                    records.push((rec, rows));
+                }
+            }
+        }
+        let mut resources = Vec::new();
+        for (rec, rows) in &records {
+            for row in rows {
+                resources.push(resource(rec, rec.purpose, row)?);
+            }
+        }
+        let decisions = self.decide(principal, Action::Export, ctx, &resources)?;
+        let allowed = decisions.iter().filter(|d| d.is_allow()).count();
+        let probes: Vec<FieldResource> = Purpose::ALL
+            .iter()
+            .filter(|p| portable_purpose(**p))
+            .flat_map(|&purpose| {
+                Category::ALL
+                    .iter()
+                    .filter(move |c| portable_field(purpose, **c))
+                    .map(move |&category| FieldResource {
+                        record: "rec_export_probe".into(),
+                        name: String::new(),
+                        category,
+                        purpose,
+                        subject: subject.as_str().into(),
+                        flags: FieldFlags {
+                            record_closed: true,
+                            ..FieldFlags::default()
+                        },
+                    })
+            })
+            .collect();
+        let entitled = self.decide(principal, Action::Export, ctx, &probes)?;
+        let permitted = allowed > 0 || entitled.iter().any(Decision::is_allow);
+        let mut event = self.event(principal, ctx, "export", Some(subject), None);
+        event.decision = if permitted { "allow" } else { "deny" }.into();
+        event.fields = super::audit_fields(&resources, &decisions);
+        event.reason = Some(format!(
+            "portable (art. 20): {} records, {allowed} of {} fields exported",
+            records.len(),
+            decisions.len()
+        ));
+        let seq = self.audit.append(&event)?;
+        if !permitted {
+            return Err(VaultError::Denied(
+                "you may export nothing of this subject's data".into(),
+            ));
+        }
+        let header = json!({
+            "schema": PORTABLE_SCHEMA,
+            "subject_id": subject.as_str(),
+            "generated_at": self.clock.now(),
+        });
+        if !emit(header) {
+            return Ok(());
+        }
+        let mut decision_iter = decisions.iter();
+        for (rec, rows) in &records {
+            let mut fields = Vec::new();
+            for row in rows {
+                let Some(d) = decision_iter.next() else {
+                    break;
+                };
+                let Some(grant) = d.grant(&seq) else {
+                    continue;
+                };
+                let key = self
+                    .keyring
+                    .subject_key_at(subject, rec.purpose, row.key_gen)?
+                    .ok_or_else(|| {
+                        VaultError::DataLoss(format!("the subject key of record `{}`", rec.id))
+                    })?;
+                let open = open_field(&grant, &key, rec, rec.purpose, row.category, row)?;
+                fields.push(match &open.value {
+                    super::Value::Text(t) => {
+                        json!({"name": open.name, "category": row.category.as_str(), "text": t.as_str()})
+                    }
+                    super::Value::Binary(b) => {
+                        json!({"name": open.name, "category": row.category.as_str(), "binary_hex": hex::encode(b.as_slice())})
+                    }
+                });
+            }
+            if fields.is_empty() {
+                continue;
+            }
+            let line = json!({
+                "type": "record",
+                "record_id": rec.id,
+                "purpose": rec.purpose.as_str(),
+                "lawful_basis": rec.purpose.lawful_basis(),
+                "created_at": rec.created_at,
+                "updated_at": rec.updated_at,
                 "fields": fields,
             });
             if !emit(line) {

@@ -36,7 +36,8 @@ impl Vault {
         Ok(StateCounts {
             holds_open: count(holds.iter().filter(|h| self.rows.is_authentic(*h)).count()),
             requests_open: count(open.len()),
-            requests_overdue: count(open.iter().filter(|r| r.due_at < now).count()),
+            // Past the deadline in force: an extended one when extended.
+            requests_overdue: count(open.iter().filter(|r| r.due_in_force() < now).count()),
             tokens_expiring: count(
                 tokens
                     .iter()

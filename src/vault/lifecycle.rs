@@ -1,5 +1,6 @@
 //! The data lifecycle and subject rights: closing records, retention with crypto-shredding,
-//! legal holds, erasure, and tracking subject requests against their four-week deadline.
+//! legal holds, erasure, and tracking subject requests against their four-week deadline (extended
+//! by at most two months, GDPR art. 12(3)).
 //!
 //! Invariant: a record under an active legal hold is never destroyed; the store re-checks holds
 //! inside the destroying transaction.
@@ -13,8 +14,8 @@ use super::{Vault, VaultError};
 use crate::{
     audit::AuditEvent,
     domain::{
-        AccessContext, Clock, InputError, Need, Principal, Purpose, RecordId, RequestKind,
-        RetentionStart, SubjectId, check_free_text, now_unix, request_due_at,
+        self as domain, AccessContext, Clock, InputError, Need, Principal, Purpose, RecordId,
+        RequestKind, RetentionStart, SubjectId, check_free_text, now_unix, request_due_at,
     },
     policy::{Action, AdminAction},
     store::{AnchorChange, HoldRow, RecordRow, RequestRow},
@@ -320,8 +321,16 @@ impl Vault {
                 by_subject.entry(r.subject.clone()).or_default().push(r);
             }
             for (subject, records) in by_subject {
-                if self.check_holds(&subject).is_err() {
-                    // Logged by the check; nothing of this subject is destroyed on a forged word.
+                // Checks every hold, consent, mandate and restriction row and the anchor over
+                // them; on a failure (logged by the check) nothing of this subject is destroyed
+                // on a forged word.
+                let Ok(facts) = self.subject_facts(&subject) else {
+                    continue;
+                };
+                // A restriction of processing (art. 18) keeps the data stored: the subject may
+                // need it for a legal claim after the landlord no longer does (18(1)(c)). Its
+                // records are destroyed by a sweep after the restriction is lifted.
+                if facts.restrictions.iter().any(|r| r.lifted_at.is_none()) {
                     continue;
                 }
                 let listed: Vec<Swept> = records
@@ -501,6 +510,8 @@ impl Vault {
                 kind,
                 received_at,
                 due_at: request_due_at(received_at),
+                extended_due_at: None,
+                extension_reason: None,
                 opened_by: actor.id.as_str().into(),
                 completed_at: None,
                 note: note.into(),
@@ -559,6 +570,95 @@ impl Vault {
         })
     }
 
+    /// Extends the deadline of an open subject request (GDPR art. 12(3)) by `months` calendar
+    /// months and `days` days from the deadline in force, at most two months beyond the original
+    /// due date in all (several extensions together included). The reason is required and kept
+    /// with the request; the request row's MAC covers the extended date.
+    pub fn extend_request(
+        &self,
+        actor: &Principal,
+        id: &str,
+        months: u32,
+        days: u32,
+        reason: &str,
+    ) -> Result<RequestStatus, VaultError> {
+        // The id is written to the audit entry in clear, also when it names nothing.
+        super::guard::check_text("request_id", id)?;
+        check_free_text("reason", reason, "reason", MAX_TEXT, Need::Required)?;
+        if months == 0 && days == 0 {
+            return Err(InputError::new(
+                "months",
+                "an extension moves the deadline by at least one day (months and days are 0)",
+            )
+            .into());
+        }
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "request-extend",
+            Some(id),
+            "",
+        )?;
+        let Some(request) = self.store.requests()?.into_iter().find(|r| r.id == id) else {
+            return Err(VaultError::NotFound(format!("request `{id}`")));
+        };
+        self.rows.check(&request)?;
+        event.subject = Some(request.subject.clone());
+        if request.completed_at.is_some() {
+            return event.refuse(format!(
+                "request `{id}` is answered already; only an open request is extended"
+            ));
+        }
+        let limit = domain::request_extension_limit(request.due_at);
+        let extended = domain::request_deadline_plus(request.due_in_force(), months, days)
+            .filter(|&t| t <= limit)
+            .ok_or_else(|| {
+                InputError::new(
+                    "months",
+                    format!(
+                        "{months} months and {days} days beyond the deadline in force ({}) pass \
+                         the limit of {} months beyond the original due date ({}): at most until \
+                         {}",
+                        moment(request.due_in_force()),
+                        domain::REQUEST_EXTENSION_MONTHS,
+                        moment(request.due_at),
+                        moment(limit)
+                    ),
+                )
+            })?;
+        let prev_mac = request.mac.clone();
+        let row = self.rows.seal(
+            RequestRow {
+                extended_due_at: Some(extended),
+                extension_reason: Some(reason.into()),
+                ..request
+            },
+            |r, mac| r.mac = mac,
+        );
+        event.target = Some(id.into());
+        event.reason = Some(format!(
+            "due at {} extended to {} (by {months} months {days} days): {reason}",
+            moment(row.due_at),
+            moment(extended)
+        ));
+        event.commit_then(|| {
+            if self
+                .store
+                .extend_request(id, &prev_mac, extended, reason, &row.mac)?
+            {
+                Ok(())
+            } else {
+                Err(VaultError::FailedPrecondition(format!(
+                    "request `{id}` changed meanwhile; list it and try again"
+                )))
+            }
+        })?;
+        Ok(RequestStatus {
+            overdue: self.clock.now() > extended,
+            request: row,
+        })
+    }
+
     /// Subject requests with whether each is overdue; only open, overdue ones when asked.
     pub fn list_requests(
         &self,
@@ -578,7 +678,7 @@ impl Vault {
         let requests: Vec<RequestStatus> = stored
             .into_iter()
             .map(|request| RequestStatus {
-                overdue: request.completed_at.is_none() && now > request.due_at,
+                overdue: request.completed_at.is_none() && now > request.due_in_force(),
                 request,
             })
             .filter(|s| !overdue_only || s.overdue)
@@ -604,6 +704,11 @@ impl Vault {
             }
         }
     }
+}
+
+/// Unix seconds as RFC 3339 in UTC, for messages (the number itself when out of range).
+fn moment(t: i64) -> String {
+    jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |m| m.to_string())
 }
 
 fn system_event(action: &str) -> AuditEvent {

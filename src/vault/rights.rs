@@ -1,6 +1,7 @@
 //! Subject rights beyond access and erasure: consent and objection per purpose (GDPR art. 7 and
-//! 21), and mandates ("volmacht") that let a representative act for a subject within a scope.
-//! Both become facts on the fields the policy decides on (`objected`, `mandated`).
+//! 21), restriction of processing (art. 18), and mandates ("volmacht") that let a representative
+//! act for a subject within a scope. Each becomes a fact on the fields the policy decides on
+//! (`objected`, `restricted`, `mandated`).
 //!
 //! Invariant: the facts are established from the store on every request, so a withdrawal,
 //! objection, expiry or revocation takes effect at once.
@@ -10,11 +11,15 @@ use std::collections::BTreeSet;
 use super::{Vault, VaultError};
 use crate::{
     domain::{
-        Category, ConsentState, InputError, Principal, PrincipalId, Purpose, Role, SubjectId,
+        Category, ConsentState, InputError, Need, Principal, PrincipalId, Purpose, Role, SubjectId,
+        check_free_text,
     },
     policy::{Action, AdminAction, Decision, FieldResource},
-    store::{AnchorChange, ConsentRow, MandateRow},
+    store::{AnchorChange, ConsentRow, MandateRow, RestrictionRow},
 };
+
+/// Longest restriction reason, in bytes.
+const MAX_REASON: usize = 1024;
 
 /// A subject's stance on one purpose.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -89,7 +94,10 @@ impl Vault {
             } else {
                 Vec::new()
             };
+            // A restriction in force (art. 18) shapes every field of the subject.
+            let restricted = facts.restrictions.iter().any(|r| r.lifted_at.is_none());
             for r in resources.iter_mut().filter(|r| r.subject == subject) {
+                r.flags.restricted = restricted;
                 r.flags.objected = stopped.contains(&r.purpose);
                 r.flags.mandated = mandates.iter().any(|m| {
                     m.purposes.iter().any(|p| p == r.purpose.as_str())
@@ -317,5 +325,180 @@ impl Vault {
         event.reason = Some(format!("{} mandates listed", mandates.len()));
         event.commit()?;
         Ok(mandates)
+    }
+
+    /// Restricts the processing of `subject`'s data (GDPR art. 18): from now on it is stored but
+    /// read, listed and exported only for a legal claim and by the privacy officer (policy
+    /// `restriction-of-processing`). Refused while a restriction is in force already.
+    pub fn restrict_processing(
+        &self,
+        actor: &Principal,
+        subject: &SubjectId,
+        reason: &str,
+    ) -> Result<RestrictionRow, VaultError> {
+        check_free_text("reason", reason, "reason", MAX_REASON, Need::Required)?;
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "restrict",
+            Some(subject.as_str()),
+            "",
+        )?;
+        event.subject = Some(subject.as_str().into());
+        let facts = self.subject_facts(subject.as_str())?;
+        if let Some(r) = facts.restrictions.iter().find(|r| r.lifted_at.is_none()) {
+            return Err(VaultError::FailedPrecondition(format!(
+                "the processing of `{subject}` is restricted already (restriction `{}`)",
+                r.id
+            )));
+        }
+        let row = self.rows.seal(
+            RestrictionRow {
+                id: format!("rst_{}", hex::encode(rand::random::<[u8; 8]>())),
+                subject: subject.as_str().into(),
+                reason: reason.into(),
+                placed_by: actor.id.as_str().into(),
+                placed_at: self.clock.now(),
+                lifted_at: None,
+                lifted_by: None,
+                mac: Vec::new(),
+            },
+            |r, mac| r.mac = mac,
+        );
+        event.target = Some(row.id.clone());
+        event.reason = Some(format!("restricted: {reason}"));
+        event
+            .commit_then(|| {
+                self.change_restrictions(
+                    subject.as_str(),
+                    |facts| facts.restrictions.push(row.clone()),
+                    |prev, next| {
+                        if let Some(r) = self
+                            .store
+                            .restrictions(Some(subject.as_str()))?
+                            .iter()
+                            .find(|r| r.lifted_at.is_none())
+                        {
+                            return Err(crate::store::StoreError::Exists(format!(
+                                "restriction `{}`",
+                                r.id
+                            )));
+                        }
+                        self.store
+                            .insert_restriction(&row, AnchorChange { prev, next })
+                            .map(|()| true)
+                    },
+                )
+            })
+            .map_err(|e| match e {
+                VaultError::Store(crate::store::StoreError::Exists(what)) => {
+                    VaultError::FailedPrecondition(format!(
+                        "the processing of `{subject}` was restricted meanwhile ({what})"
+                    ))
+                }
+                other => other,
+            })?;
+        Ok(row)
+    }
+
+    /// Lifts the restriction of processing in force for `subject`: their data is read as before.
+    pub fn lift_restriction(
+        &self,
+        actor: &Principal,
+        subject: &SubjectId,
+        justification: &str,
+    ) -> Result<RestrictionRow, VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "restriction-lift",
+            Some(subject.as_str()),
+            justification,
+        )?;
+        event.subject = Some(subject.as_str().into());
+        let facts = self.subject_facts(subject.as_str())?;
+        let Some(active) = facts
+            .restrictions
+            .into_iter()
+            .find(|r| r.lifted_at.is_none())
+        else {
+            return Err(VaultError::NotFound(format!(
+                "a restriction in force for `{subject}`"
+            )));
+        };
+        let now = self.clock.now();
+        let lifted = self.rows.seal(
+            RestrictionRow {
+                lifted_at: Some(now),
+                lifted_by: Some(actor.id.as_str().into()),
+                ..active
+            },
+            |r, mac| r.mac = mac,
+        );
+        event.target = Some(lifted.id.clone());
+        let id = lifted.id.clone();
+        event.commit_then(|| {
+            if self.change_restrictions(
+                subject.as_str(),
+                |facts| {
+                    for r in facts.restrictions.iter_mut().filter(|r| r.id == id) {
+                        *r = lifted.clone();
+                    }
+                },
+                |prev, next| {
+                    self.store.lift_restriction(
+                        &id,
+                        now,
+                        actor.id.as_str(),
+                        &lifted.mac,
+                        AnchorChange { prev, next },
+                    )
+                },
+            )? {
+                Ok(())
+            } else {
+                Err(VaultError::FailedPrecondition(format!(
+                    "restriction `{id}` was lifted meanwhile"
+                )))
+            }
+        })?;
+        Ok(lifted)
+    }
+
+    /// Restrictions of processing (lifted ones included), of one subject or all, each checked.
+    pub fn list_restrictions(
+        &self,
+        actor: &Principal,
+        subject: Option<&SubjectId>,
+    ) -> Result<Vec<RestrictionRow>, VaultError> {
+        let mut event = self.require_admin(
+            actor,
+            AdminAction::ManageLifecycle,
+            "restriction-list",
+            subject.map(SubjectId::as_str),
+            "",
+        )?;
+        event.subject = subject.map(|s| s.as_str().to_owned());
+        let rows = match subject {
+            // One subject's through its anchor, so that a row deleted by hand fails closed.
+            Some(s) => self.subject_facts(s.as_str())?.restrictions,
+            None => {
+                let rows = self.store.restrictions(None)?;
+                self.rows.check_all(&rows)?;
+                rows
+            }
+        };
+        event.reason = Some(format!("{} restrictions listed", rows.len()));
+        event.commit()?;
+        Ok(rows)
+    }
+
+    /// The restrictions of `subject` (lifted ones included), checked against the anchor; for
+    /// answers that already decided the caller may know of the subject (export, access report).
+    pub(crate) fn restrictions_of(
+        &self,
+        subject: &SubjectId,
+    ) -> Result<Vec<RestrictionRow>, VaultError> {
+        Ok(self.subject_facts(subject.as_str())?.restrictions)
     }
 }

@@ -10,14 +10,16 @@
 //! Covered: tokens (all columns), legal holds, mandates, consent states, records (subject,
 //! purpose, labels, creation, closing and expiry; not `updated_at`, which shapes nothing), and
 //! field rows (record, name, category, kind; the key generation is authenticated by the value's
-//! envelope header), subject requests (their deadlines), evidence files (record, name,
+//! envelope header), subject requests (their deadlines, extended ones included), restrictions of
+//! processing, evidence files (record, name,
 //! category, media type, size, completeness) and purpose key versions (state, algorithm, dates
 //! and the bar of the minimum decryption version; the wrapped material is sealed under the root
 //! key with its purpose and version as associated data).
 //! A deleted row has no MAC to fail, and an older copy put back carries a valid one, so every
-//! subject with a subject key, a record, a hold, a consent state or a mandate has an anchor
-//! (`AnchorRow`, itself authenticated and never deleted) that counts its holds and consent
-//! states and covers the MACs of its hold, consent and mandate rows; those rows are never
+//! subject with a subject key, a record, a hold, a consent state, a mandate or a restriction has
+//! an anchor (`AnchorRow`, itself authenticated and never deleted) that counts its holds and
+//! consent states and covers the MACs of its hold, consent, mandate and restriction rows (the
+//! last only once the subject has one, so older anchors keep their digest); those rows are never
 //! deleted, so a row erased or an older one put back by hand no longer matches, and the
 //! subject's decisions and destructive paths fail closed. A record's field set is covered in
 //! its row (`FieldSet`); token rows by the token register (`vault::tokens`). What an anchor
@@ -41,7 +43,7 @@ use crate::{
     policy::AdminAction,
     store::{
         AnchorRow, ConsentRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow,
-        PurposeKeyRow, RecordRow, RequestRow, StoreError, SubjectFacts, TokenRow,
+        PurposeKeyRow, RecordRow, RequestRow, RestrictionRow, StoreError, SubjectFacts, TokenRow,
     },
 };
 
@@ -211,6 +213,38 @@ impl Authenticated for RequestRow {
             .str(&self.opened_by)
             .opt_int(self.completed_at)
             .str(&self.note);
+        // Covered only once extended, so that a request stored before extensions existed keeps
+        // its MAC; clearing the extension by hand changes what is covered and fails.
+        if let Some(extended) = self.extended_due_at {
+            out.str("extended")
+                .int(extended)
+                .opt_str(self.extension_reason.as_deref());
+        } else if self.extension_reason.is_some() {
+            out.str("reason-without-extension")
+                .opt_str(self.extension_reason.as_deref());
+        }
+    }
+}
+
+impl Authenticated for RestrictionRow {
+    const KIND: &'static str = "restriction";
+
+    fn row_id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        &self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.id)
+            .str(&self.subject)
+            .str(&self.reason)
+            .str(&self.placed_by)
+            .int(self.placed_at)
+            .opt_int(self.lifted_at)
+            .opt_str(self.lifted_by.as_deref());
     }
 }
 
@@ -302,13 +336,13 @@ impl Authenticated for AnchorRow {
     }
 }
 
-/// The digest an anchor keeps of the MACs of its subject's consent, hold and mandate rows (each
-/// list in id order), so that an older copy of one of them put back no longer matches.
-pub(crate) fn anchor_digest(
-    consents: &[ConsentRow],
-    holds: &[HoldRow],
-    mandates: &[MandateRow],
-) -> Vec<u8> {
+/// The digest an anchor keeps of the MACs of its subject's consent, hold, mandate and
+/// restriction rows (each list in id order), so that an older copy of one of them put back, or
+/// one deleted, no longer matches. Restrictions are in it only when the subject has one, so
+/// that the anchors of subjects never restricted keep the digest they were written with; once
+/// a subject has one, the digest covers it, and deleting it changes the digest.
+pub(crate) fn anchor_digest(facts: &SubjectFacts) -> Vec<u8> {
+    let (consents, holds, mandates) = (&facts.consents, &facts.holds, &facts.mandates);
     use sha2::{Digest, Sha256};
     let mut out = Encoder::default();
     out.str("kluis.v2.anchor");
@@ -333,6 +367,19 @@ pub(crate) fn anchor_digest(
         out.str(label)
             .int(i64::try_from(list.len()).unwrap_or(i64::MAX));
         for (id, mac) in list.iter() {
+            out.str(id).bytes(mac);
+        }
+    }
+    if !facts.restrictions.is_empty() {
+        let mut r: Vec<(&str, &[u8])> = facts
+            .restrictions
+            .iter()
+            .map(|r| (r.id.as_str(), r.mac.as_slice()))
+            .collect();
+        r.sort_unstable();
+        out.str("restrictions")
+            .int(i64::try_from(r.len()).unwrap_or(i64::MAX));
+        for (id, mac) in &r {
             out.str(id).bytes(mac);
         }
     }
@@ -551,7 +598,7 @@ impl RowAuth {
                 subject: subject.into(),
                 holds: u32::try_from(facts.holds.len()).unwrap_or(u32::MAX),
                 consents: u32::try_from(facts.consents.len()).unwrap_or(u32::MAX),
-                digest: anchor_digest(&facts.consents, &facts.holds, &facts.mandates),
+                digest: anchor_digest(facts),
                 mac: Vec::new(),
             },
             |r, m| r.mac = m,
@@ -657,17 +704,23 @@ fn anchor_problem(facts: &SubjectFacts) -> Option<&'static str> {
         Some(a) if a.holds != holds || a.consents != consents => {
             Some("counts other holds or consent states than are stored (a row deleted by hand)")
         }
-        Some(a) if a.digest != anchor_digest(&facts.consents, &facts.holds, &facts.mandates) => {
+        Some(a) if a.digest != anchor_digest(facts) => Some(
+            "names other hold, consent, mandate or restriction rows than are stored (one \
+                 deleted, or an older copy put back, by hand: a release, withdrawal, revocation \
+                 or restriction undone)",
+        ),
+        Some(_) => None,
+        None if holds > 0
+            || consents > 0
+            || !facts.mandates.is_empty()
+            || !facts.restrictions.is_empty()
+            || facts.keyed =>
+        {
             Some(
-                "names other hold, consent or mandate rows than are stored (an older copy put \
-                 back by hand: a release, withdrawal or revocation undone)",
+                "is missing for a subject with holds, consent states, mandates, restrictions, \
+                 keys or records (deleted by hand)",
             )
         }
-        Some(_) => None,
-        None if holds > 0 || consents > 0 || !facts.mandates.is_empty() || facts.keyed => Some(
-            "is missing for a subject with holds, consent states, mandates, keys or records \
-             (deleted by hand)",
-        ),
         None => None,
     }
 }
@@ -684,6 +737,7 @@ impl Vault {
         self.rows.check_all(&facts.consents)?;
         self.rows.check_all(&facts.holds)?;
         self.rows.check_all(&facts.mandates)?;
+        self.rows.check_all(&facts.restrictions)?;
         if let Some(a) = &facts.anchor {
             self.rows.check(a)?;
             if a.subject != subject {
@@ -731,8 +785,8 @@ impl Vault {
 /// A stored row that fails verification: what it is and what is wrong. Never its contents.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct BadRow {
-    /// `token`, `hold`, `mandate`, `consent`, `anchor`, `record`, `field`, `evidence`,
-    /// `request`, `purpose-key` or `meta`.
+    /// `token`, `hold`, `mandate`, `consent`, `restriction`, `anchor`, `record`, `field`,
+    /// `evidence`, `request`, `purpose-key` or `meta`.
     pub kind: &'static str,
     /// The row's id (for a consent: `subject/purpose`).
     pub id: String,
@@ -815,6 +869,10 @@ impl Vault {
         for r in &requests {
             check(RequestRow::KIND, r.row_id(), self.rows.is_authentic(r));
         }
+        let restrictions = self.store.restrictions(None)?;
+        for r in &restrictions {
+            check(RestrictionRow::KIND, r.row_id(), self.rows.is_authentic(r));
+        }
         let anchors = self.store.anchors()?;
         for a in &anchors {
             check(AnchorRow::KIND, a.row_id(), self.rows.is_authentic(a));
@@ -825,6 +883,7 @@ impl Vault {
             .chain(holds.iter().map(|h| h.subject.clone()))
             .chain(consents.iter().map(|c| c.subject.clone()))
             .chain(mandates.iter().map(|m| m.subject.clone()))
+            .chain(restrictions.iter().map(|r| r.subject.clone()))
             .collect();
         let mut bad_sets = Vec::new();
         let mut after = String::new();
@@ -883,12 +942,19 @@ impl Vault {
         let mut placed: BTreeMap<String, u64> = BTreeMap::new();
         let mut granted: BTreeMap<String, u64> = BTreeMap::new();
         let mut opened: BTreeMap<String, u64> = BTreeMap::new();
+        let mut restricted: BTreeMap<String, u64> = BTreeMap::new();
         let mut consent_state: BTreeMap<String, (String, u64)> = BTreeMap::new();
         let filter = Filter {
-            actions: ["hold-place", "mandate-grant", "consent", "request-open"]
-                .iter()
-                .map(|a| (*a).to_owned())
-                .collect(),
+            actions: [
+                "hold-place",
+                "mandate-grant",
+                "consent",
+                "request-open",
+                "restrict",
+            ]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect(),
             ..Filter::default()
         };
         self.audit.scan(&filter, |seq, e, _| {
@@ -902,6 +968,9 @@ impl Vault {
                     }
                     ("request-open", Some(id)) => {
                         opened.insert(id.clone(), seq);
+                    }
+                    ("restrict", Some(id)) => {
+                        restricted.insert(id.clone(), seq);
                     }
                     ("consent", _) => {
                         if let (Some(s), Some(p), Some(state)) = (&e.subject, &e.purpose, &e.reason)
@@ -932,6 +1001,11 @@ impl Vault {
         for (id, seq) in &opened {
             if !requests.iter().any(|r| &r.id == id) {
                 bad.push(missing(RequestRow::KIND, id, *seq, "opened"));
+            }
+        }
+        for (id, seq) in &restricted {
+            if !restrictions.iter().any(|r| &r.id == id) {
+                bad.push(missing(RestrictionRow::KIND, id, *seq, "placed"));
             }
         }
         for (key, (state, seq)) in &consent_state {

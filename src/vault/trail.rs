@@ -20,6 +20,8 @@ pub const DATA_ACTIONS: &[&str] = &[
     "export",
     "evidence-read",
     "evidence-upload",
+    "evidence-export",
+    "rectify",
 ];
 
 impl Vault {

@@ -596,6 +596,7 @@ pub async fn download(
                 context,
                 evidence_id: evidence_id.into(),
                 range: range.map(|(offset, length)| pb::ByteRange { offset, length }),
+                export: false,
             },
         ))
         .await?

@@ -342,6 +342,7 @@ async fn export(
             pb::ExportSubjectRequest {
                 context,
                 subject_id: subject.into(),
+                portable: false,
             },
         ))
         .await?

@@ -289,6 +289,7 @@ async fn a_denied_caller_gets_no_byte_and_the_denial_is_audited() {
                     context: nuisance_ctx(),
                     evidence_id: id.clone(),
                     range: None,
+                    export: false,
                 },
             ))
             .await

@@ -164,6 +164,7 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
                     offset: 10,
                     length: 100_000,
                 }),
+                export: false,
             },
         ))
         .await

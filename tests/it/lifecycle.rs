@@ -431,6 +431,7 @@ async fn export(
             pb::ExportSubjectRequest {
                 context: ctx("customer-service", "SAR-2026-5", "subject access request"),
                 subject_id: subject.into(),
+                portable: false,
             },
         ))
         .await?

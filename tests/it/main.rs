@@ -41,6 +41,7 @@ mod rotation;
 mod seal;
 mod search;
 mod storage;
+mod subject_rights;
 mod tamper;
 mod unseal;
 mod watch;

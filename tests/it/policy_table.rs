@@ -571,3 +571,119 @@ fn shipped_decision_table_is_the_role_table() {
     assert!(report.failures.is_empty(), "{:?}", report.failures.first());
     assert_eq!(report.passed, rows.len() - 1);
 }
+
+/// Restriction of processing (GDPR art. 18): for every role, purpose and category, a restricted
+/// subject's field is read, listed or exported only when it would be unrestricted and the caller
+/// declares a legal claim (`legal-disputes` with a case reference) or is the privacy officer;
+/// writes decide as they would unrestricted.
+#[test]
+fn restriction_keeps_reads_to_legal_claims_and_the_privacy_officer() {
+    let engine = Engine::default_policies().unwrap();
+    let mut checked = 0;
+    let mut mismatches = Vec::new();
+    for row in TABLE {
+        let p = principal(row.role);
+        for &declared in Purpose::ALL {
+            // The record's own purpose, and two others (a compatible reuse and one not).
+            let mut stored_as = vec![declared, P::Nuisance, P::Contract];
+            stored_as.sort_unstable();
+            stored_as.dedup();
+            for stored in stored_as {
+                let resources = fields(stored);
+                let restricted: Vec<FieldResource> = resources
+                    .iter()
+                    .cloned()
+                    .map(|mut f| {
+                        f.flags.restricted = true;
+                        f
+                    })
+                    .collect();
+                for action in [Action::Read, Action::List, Action::Export, Action::Write] {
+                    for case in [true, false] {
+                        let c = context(declared, case, "app");
+                        let free = engine.decide_fields(&p, action, &c, &resources).unwrap();
+                        let held = engine.decide_fields(&p, action, &c, &restricted).unwrap();
+                        for ((f, d), r) in resources.iter().zip(&free).zip(&held) {
+                            checked += 1;
+                            let reads =
+                                matches!(action, Action::Read | Action::List | Action::Export);
+                            let excepted = (declared == P::LegalDisputes && case)
+                                || row.role == Role::PrivacyOfficer;
+                            let want = d.is_allow() && (!reads || excepted);
+                            if r.is_allow() != want {
+                                mismatches.push(format!(
+                                    "{} {action:?} declared {declared} stored {stored} `{}` ({}) case={case}: expected {}, got {} ({})",
+                                    row.role, f.category, f.name,
+                                    if want { "allow" } else { "deny" },
+                                    if r.is_allow() { "allow" } else { "deny" }, r.reason
+                                ));
+                            }
+                            if reads && d.is_allow() && !excepted {
+                                assert_eq!(r.policies, ["restriction-of-processing"]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {checked} decisions differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    // Some of each kind were decided: an allowed claim, the privacy officer's export, a denied
+    // ordinary read.
+    let d = |role, action, declared, stored, category| {
+        let f = FieldResource {
+            record: "rec_t".into(),
+            name: "value".into(),
+            category,
+            purpose: stored,
+            subject: SUBJECT.into(),
+            flags: kluis::policy::FieldFlags {
+                restricted: true,
+                ..Default::default()
+            },
+        };
+        engine
+            .decide_fields(
+                &principal(role),
+                action,
+                &context(declared, true, "app"),
+                &[f],
+            )
+            .unwrap()[0]
+            .is_allow()
+    };
+    assert!(d(
+        Role::LegalCounsel,
+        Action::Read,
+        P::LegalDisputes,
+        P::LegalDisputes,
+        C::Contact
+    ));
+    assert!(d(
+        Role::PrivacyOfficer,
+        Action::Export,
+        P::Contract,
+        P::Contract,
+        C::Contact
+    ));
+    assert!(!d(
+        Role::CustomerService,
+        Action::Read,
+        P::Contract,
+        P::Contract,
+        C::Contact
+    ));
+    assert!(d(
+        Role::CustomerService,
+        Action::Write,
+        P::Contract,
+        P::Contract,
+        C::Contact
+    ));
+    assert!(checked > 20_000, "{checked}");
+}

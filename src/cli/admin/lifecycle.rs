@@ -1,4 +1,4 @@
-//! `kluis admin retention|hold|erase|requests`: the data lifecycle and subject rights.
+//! `kluis admin retention|hold|erase|requests|restrict`: the data lifecycle and subject rights.
 
 use clap::Subcommand;
 use kluis::pb::{self, admin_client::AdminClient};
@@ -84,12 +84,151 @@ pub enum RequestsCommand {
         #[arg(long, default_value = "")]
         justification: String,
     },
-    /// List requests; `--overdue` for the open ones past their deadline (exit code 4 if any).
+    /// List requests; `--overdue` for the open ones past their deadline in force, extended or
+    /// not (exit code 4 if any).
     List {
         /// Only overdue requests.
         #[arg(long)]
         overdue: bool,
     },
+    /// Extend an open request's deadline (GDPR art. 12(3)): at most two months beyond the
+    /// original due date in all, however many extensions.
+    Extend {
+        /// The request id (`req_…`).
+        request_id: String,
+        /// By how much, from the deadline in force: calendar months as `1mo` or `2mo`, or
+        /// days as `14d` or weeks as `2w` (Europe/Amsterdam). `m` alone is refused: it means
+        /// minutes in other options.
+        #[arg(long)]
+        by: String,
+        /// Why the request needs longer (required; no personal data; audited and listed).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Parses the `--by` of an extension: `Nmo` (calendar months), `Nw` or `Nd`; into (months,
+/// days).
+pub fn parse_extension(flag: &str, s: &str) -> Result<(u32, u32), String> {
+    let t = s.trim();
+    let number = |n: &str| -> Option<u32> {
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| n.parse::<u32>().ok())
+            .flatten()
+    };
+    if let Some(n) = t.strip_suffix("mo").and_then(number) {
+        return Ok((n, 0));
+    }
+    if let Some(n) = t.strip_suffix('w').and_then(number) {
+        return n
+            .checked_mul(7)
+            .map(|d| (0, d))
+            .ok_or_else(|| format!("{flag} `{s}` is too long"));
+    }
+    if let Some(n) = t.strip_suffix('d').and_then(number) {
+        return Ok((0, n));
+    }
+    if t.strip_suffix('m').and_then(number).is_some() {
+        return Err(format!(
+            "{flag} `{s}` is ambiguous: write calendar months as `{}mo`, or days as `60d`",
+            t.trim_end_matches('m')
+        ));
+    }
+    Err(format!(
+        "{flag} `{s}` is not an extension: give a number and a unit, such as 1mo, 2mo, 2w or 30d"
+    ))
+}
+
+/// Restriction of processing (GDPR art. 18), as `kluis admin restrict`.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("mode").args(["lift", "list"])))]
+pub struct RestrictArgs {
+    /// The subject (required except with `--list`).
+    #[arg(long, required_unless_present = "list")]
+    pub subject: Option<String>,
+    /// Why the processing is restricted, e.g. the accuracy is contested (required to restrict;
+    /// no personal data; audited).
+    #[arg(long, required_unless_present_any = ["lift", "list"], conflicts_with_all = ["lift", "list"])]
+    pub reason: Option<String>,
+    /// Lift the restriction in force instead.
+    #[arg(long)]
+    pub lift: bool,
+    /// List restrictions (of `--subject`, or all), lifted ones included.
+    #[arg(long)]
+    pub list: bool,
+    /// Why it is lifted (audited).
+    #[arg(long, default_value = "", requires = "lift")]
+    pub justification: String,
+}
+
+/// Runs `restrict`.
+pub async fn restrict(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    args: &RestrictArgs,
+    json: bool,
+) -> Exit {
+    let print = |r: &pb::Restriction| {
+        let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(crate::cli::time);
+        let state = if r.lifted_at.is_some() {
+            "lifted"
+        } else {
+            "in force"
+        };
+        if json {
+            out!(
+                "{}",
+                serde_json::json!({"restriction_id": r.restriction_id, "subject_id": r.subject_id,
+                    "reason": r.reason, "placed_by": r.placed_by, "placed_at": t(&r.placed_at),
+                    "lifted_at": t(&r.lifted_at), "lifted_by": (!r.lifted_by.is_empty()).then_some(&r.lifted_by),
+                    "state": state})
+            );
+        } else {
+            out!(
+                "{} {} {state} since {} by {}{}: {}",
+                r.restriction_id,
+                r.subject_id,
+                t(&r.placed_at).unwrap_or_default(),
+                r.placed_by,
+                t(&r.lifted_at)
+                    .map(|l| format!(", lifted {l} by {}", r.lifted_by))
+                    .unwrap_or_default(),
+                r.reason
+            );
+        }
+    };
+    let subject = args.subject.clone().unwrap_or_default();
+    let answer = if args.list {
+        let req = pb::ListRestrictionsRequest {
+            subject_id: subject,
+        };
+        match client.list_restrictions(authed(token, req)).await {
+            Ok(resp) => {
+                resp.into_inner().restrictions.iter().for_each(print);
+                return Exit::Success;
+            }
+            Err(s) => Err(s),
+        }
+    } else if args.lift {
+        let req = pb::LiftRestrictionRequest {
+            subject_id: subject,
+            justification: args.justification.clone(),
+        };
+        client.lift_restriction(authed(token, req)).await
+    } else {
+        let req = pb::RestrictProcessingRequest {
+            subject_id: subject,
+            reason: args.reason.clone().unwrap_or_default(),
+        };
+        client.restrict_processing(authed(token, req)).await
+    };
+    match answer {
+        Ok(resp) => {
+            print(&resp.into_inner());
+            Exit::Success
+        }
+        Err(s) => status_exit(&s),
+    }
 }
 
 /// Runs `retention`.
@@ -347,6 +486,44 @@ pub async fn requests(
                 Err(s) => status_exit(&s),
             }
         }
+        RequestsCommand::Extend {
+            request_id,
+            by,
+            reason,
+        } => {
+            let (months, days) = match parse_extension("--by", by) {
+                Ok(x) => x,
+                Err(e) => return usage(e),
+            };
+            let req = pb::ExtendSubjectRequestRequest {
+                request_id: request_id.clone(),
+                months,
+                days,
+                reason: reason.clone(),
+            };
+            match client.extend_subject_request(authed(token, req)).await {
+                Ok(resp) => {
+                    let r = resp.into_inner();
+                    let t = |x: &Option<prost_types::Timestamp>| x.as_ref().map(crate::cli::time);
+                    if json {
+                        out!(
+                            "{}",
+                            serde_json::json!({"request_id": r.request_id, "due_at": t(&r.due_at),
+                                "original_due_at": t(&r.original_due_at), "extension_reason": r.extension_reason})
+                        );
+                    } else {
+                        out!(
+                            "{} extended: due {} (originally {})",
+                            r.request_id,
+                            t(&r.due_at).unwrap_or_default(),
+                            t(&r.original_due_at).unwrap_or_default()
+                        );
+                    }
+                    Exit::Success
+                }
+                Err(s) => status_exit(&s),
+            }
+        }
         RequestsCommand::List { overdue } => {
             match client
                 .list_subject_requests(authed(
@@ -367,6 +544,8 @@ pub async fn requests(
                                 "{}",
                                 serde_json::json!({"request_id": r.request_id, "subject_id": r.subject_id, "kind": r.kind,
                                     "received_at": t(&r.received_at), "due_at": t(&r.due_at),
+                                    "original_due_at": t(&r.original_due_at), "extended": r.extended,
+                                    "extension_reason": r.extended.then_some(&r.extension_reason),
                                     "completed_at": t(&r.completed_at), "overdue": r.overdue, "note": r.note})
                             );
                         } else {
@@ -377,8 +556,17 @@ pub async fn requests(
                             } else {
                                 "open"
                             };
+                            let extension = if r.extended {
+                                format!(
+                                    " (extended from {}: {})",
+                                    t(&r.original_due_at).unwrap_or_default(),
+                                    r.extension_reason
+                                )
+                            } else {
+                                String::new()
+                            };
                             out!(
-                                "{} {} {} received {} due {} {state}",
+                                "{} {} {} received {} due {}{extension} {state}",
                                 r.request_id,
                                 r.subject_id,
                                 r.kind,
@@ -563,5 +751,34 @@ pub async fn consent(
             Exit::Success
         }
         Err(s) => status_exit(&s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_take_calendar_months_weeks_and_days_and_refuse_a_bare_m() {
+        let p = |s| parse_extension("--by", s);
+        assert_eq!(p("2mo"), Ok((2, 0)));
+        assert_eq!(p("1mo"), Ok((1, 0)));
+        assert_eq!(p("2w"), Ok((0, 14)));
+        assert_eq!(p("60d"), Ok((0, 60)));
+        let e = p("2m").unwrap_err();
+        assert!(e.contains("ambiguous") && e.contains("`2mo`"), "{e}");
+        for bad in [
+            "2",
+            "mo",
+            "2h",
+            "1.5mo",
+            "-1mo",
+            "2 months",
+            "",
+            "99999999999w",
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.starts_with("--by `"), "{bad}: {e}");
+        }
     }
 }

@@ -22,6 +22,10 @@ SELECT 3::SMALLINT, id, subject, representative, purposes, categories, granted_b
        valid_from, valid_until, revoked_at, mac, NULL, id
   FROM mandates WHERE subject = $1
 UNION ALL
+SELECT 5::SMALLINT, id, subject, reason, placed_by, lifted_by, NULL, NULL, placed_at, lifted_at,
+       NULL, mac, NULL, id
+  FROM restrictions WHERE subject = $1
+UNION ALL
 SELECT 4::SMALLINT, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1)
         OR EXISTS (SELECT 1 FROM records WHERE subject = $1))::INT::BIGINT,
@@ -152,6 +156,16 @@ impl LifecycleStore for PgStore {
                             mac: get(&r, 11)?,
                         });
                     }
+                    5 => facts.restrictions.push(RestrictionRow {
+                        id: get(&r, 1)?,
+                        subject: get(&r, 2)?,
+                        reason: get(&r, 3)?,
+                        placed_by: get(&r, 4)?,
+                        lifted_by: get(&r, 5)?,
+                        placed_at: get(&r, 8)?,
+                        lifted_at: get(&r, 9)?,
+                        mac: get(&r, 11)?,
+                    }),
                     _ => facts.keyed = get::<i64>(&r, 8)? != 0,
                 }
             }
@@ -176,7 +190,7 @@ impl LifecycleStore for PgStore {
             tx.insert(
                 &format!(
                     "INSERT INTO subject_requests ({REQUEST_COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
                 ),
                 &[
                     &row.id,
@@ -188,6 +202,8 @@ impl LifecycleStore for PgStore {
                     &row.completed_at,
                     &row.note,
                     &row.mac,
+                    &row.extended_due_at,
+                    &row.extension_reason,
                 ],
                 || format!("subject request `{}`", row.id),
             )?;
@@ -201,6 +217,24 @@ impl LifecycleStore for PgStore {
                 "UPDATE subject_requests SET completed_at = $2, mac = $3
                  WHERE id = $1 AND completed_at IS NULL",
                 &[&id, &at, &mac],
+            )? > 0)
+        })
+    }
+
+    fn extend_request(
+        &self,
+        id: &str,
+        prev_mac: &[u8],
+        extended_due_at: i64,
+        reason: &str,
+        mac: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.write_guarded(|tx| {
+            Ok(tx.exec(
+                "UPDATE subject_requests
+                    SET extended_due_at = $3, extension_reason = $4, mac = $5
+                  WHERE id = $1 AND mac = $2 AND completed_at IS NULL",
+                &[&id, &prev_mac, &extended_due_at, &reason, &mac],
             )? > 0)
         })
     }

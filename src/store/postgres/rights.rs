@@ -110,6 +110,72 @@ impl RightsStore for PgStore {
         })
     }
 
+    fn insert_restriction(
+        &self,
+        row: &RestrictionRow,
+        anchor: AnchorChange<'_>,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            replace_anchor(tx, anchor.prev, anchor.next)?;
+            tx.insert(
+                &format!(
+                    "INSERT INTO restrictions ({RESTRICTION_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                ),
+                &[
+                    &row.id,
+                    &row.subject,
+                    &row.reason,
+                    &row.placed_by,
+                    &row.placed_at,
+                    &row.lifted_at,
+                    &row.lifted_by,
+                    &row.mac,
+                ],
+                || format!("restriction `{}`", row.id),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn lift_restriction(
+        &self,
+        id: &str,
+        at: i64,
+        by: &str,
+        mac: &[u8],
+        anchor: AnchorChange<'_>,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx.exec(
+                "UPDATE restrictions SET lifted_at = $2, lifted_by = $3, mac = $4
+                 WHERE id = $1 AND lifted_at IS NULL",
+                &[&id, &at, &by, &mac],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            replace_anchor(tx, anchor.prev, anchor.next)?;
+            Ok(true)
+        })
+    }
+
+    fn restrictions(&self, subject: Option<&str>) -> Result<Vec<RestrictionRow>, StoreError> {
+        self.read_one(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {RESTRICTION_COLUMNS} FROM restrictions
+                     WHERE ($1::TEXT IS NULL OR subject = $1)
+                     ORDER BY placed_at, id"
+                ),
+                &[&subject],
+            )?
+            .iter()
+            .map(restriction_from_row)
+            .collect()
+        })
+    }
+
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.insert(

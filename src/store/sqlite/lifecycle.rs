@@ -118,12 +118,19 @@ impl LifecycleStore for SqliteStore {
                 ))?
                 .query_map([subject], mandate_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let restrictions = tx
+                .prepare_cached(&format!(
+                    "SELECT {RESTRICTION_COLUMNS} FROM restrictions WHERE subject = ?1 ORDER BY id"
+                ))?
+                .query_map([subject], restriction_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             tx.finish()?;
             Ok(SubjectFacts {
                 anchor,
                 consents,
                 holds,
                 mandates,
+                restrictions,
                 keyed,
             })
         })
@@ -142,8 +149,8 @@ impl LifecycleStore for SqliteStore {
     fn insert_request(&self, row: &RequestRow) -> Result<(), StoreError> {
         let conn = self.write()?;
         conn.execute(
-            &format!("INSERT INTO subject_requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-            params![row.id, row.subject, row.kind, row.received_at, row.due_at, row.opened_by, row.completed_at, row.note, row.mac],
+            &format!("INSERT INTO subject_requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![row.id, row.subject, row.kind, row.received_at, row.due_at, row.opened_by, row.completed_at, row.note, row.mac, row.extended_due_at, row.extension_reason],
         )
         .map_err(db)?;
         Ok(())
@@ -156,6 +163,25 @@ impl LifecycleStore for SqliteStore {
                 "UPDATE subject_requests SET completed_at = ?2, mac = ?3
                  WHERE id = ?1 AND completed_at IS NULL",
                 params![id, at, mac],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn extend_request(
+        &self,
+        id: &str,
+        prev_mac: &[u8],
+        extended_due_at: i64,
+        reason: &str,
+        mac: &[u8],
+    ) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let n = conn
+            .execute(
+                "UPDATE subject_requests SET extended_due_at = ?3, extension_reason = ?4, mac = ?5
+                 WHERE id = ?1 AND mac = ?2 AND completed_at IS NULL",
+                params![id, prev_mac, extended_due_at, reason, mac],
             )
             .map_err(db)?;
         Ok(n > 0)
@@ -177,6 +203,8 @@ impl LifecycleStore for SqliteStore {
                     completed_at: r.get(6)?,
                     note: r.get(7)?,
                     mac: r.get(8)?,
+                    extended_due_at: r.get(9)?,
+                    extension_reason: r.get(10)?,
                 })
             })?
             .collect()

@@ -109,6 +109,80 @@ impl RightsStore for SqliteStore {
         })
     }
 
+    fn insert_restriction(
+        &self,
+        row: &RestrictionRow,
+        anchor: AnchorChange<'_>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        replace_anchor(&tx, anchor.prev, anchor.next)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO restrictions ({RESTRICTION_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                row.id,
+                row.subject,
+                row.reason,
+                row.placed_by,
+                row.placed_at,
+                row.lifted_at,
+                row.lifted_by,
+                row.mac
+            ],
+        )
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::Exists(format!("restriction `{}`", row.id))
+            } else {
+                db(e)
+            }
+        })?;
+        tx.commit().map_err(db)
+    }
+
+    fn lift_restriction(
+        &self,
+        id: &str,
+        at: i64,
+        by: &str,
+        mac: &[u8],
+        anchor: AnchorChange<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.write()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let n = tx
+            .execute(
+                "UPDATE restrictions SET lifted_at = ?2, lifted_by = ?3, mac = ?4
+                 WHERE id = ?1 AND lifted_at IS NULL",
+                params![id, at, by, mac],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        replace_anchor(&tx, anchor.prev, anchor.next)?;
+        tx.commit().map_err(db)?;
+        Ok(true)
+    }
+
+    fn restrictions(&self, subject: Option<&str>) -> Result<Vec<RestrictionRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {RESTRICTION_COLUMNS} FROM restrictions
+                 WHERE (?1 IS NULL OR subject = ?1) ORDER BY placed_at, id"
+            ))?
+            .query_map(params![subject], restriction_from_row)?
+            .collect()
+        })
+    }
+
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError> {
         let conn = self.write()?;
         conn.execute(
