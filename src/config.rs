@@ -22,7 +22,7 @@ use crate::{
     keys::{KeyError, Keyring, RootSecret},
     policy::{self, Engine, PolicyError},
     store::{SqliteStore, Store, StoreError},
-    vault::{RetentionTable, Vault, VaultError, keyadmin::KeySettings},
+    vault::{RetentionTable, Vault, VaultError, keyadmin::KeySettings, mask::MaskTable},
 };
 
 /// The default listen address.
@@ -100,6 +100,9 @@ pub struct RawConfig {
     pub seal: Option<RawSeal>,
     /// Prometheus metrics.
     pub metrics: Option<RawMetrics>,
+    /// Which mask a field a policy allows `read-masked` gets: mask name → field names, e.g.
+    /// `iban = ["iban", "rekening"]` (replacing that mask's default fields).
+    pub masks: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// `[metrics]`.
@@ -261,6 +264,8 @@ pub struct Config {
     pub hsm: Option<crate::seal::pkcs11::HsmConfig>,
     /// Where `/metrics` is served (`[metrics] listen`); none: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Which mask each field allowed `read-masked` gets (`[masks]`).
+    pub masks: MaskTable,
 }
 
 /// Configuration problems, all of them.
@@ -514,6 +519,10 @@ impl RawConfig {
                 Channels::default()
             }),
         };
+        let masks = match &self.masks {
+            None => MaskTable::default(),
+            Some(raw) => MaskTable::from_config(raw, &mut problems),
+        };
         let (client_ca, client_auth_optional) = match &self.tls {
             None => (None, false),
             Some(t) => {
@@ -581,6 +590,7 @@ impl RawConfig {
             accept_rollback: false,
             hsm,
             metrics_listen,
+            masks,
         })
     }
 }
@@ -855,6 +865,7 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
     .with_hsm(hsm)
     .with_key_settings(config.key_settings)
     .with_channels(config.channels.clone())
+    .with_masks(config.masks.clone())
     .with_policy_loader(Box::new(loader)))
 }
 

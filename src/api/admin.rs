@@ -1066,8 +1066,12 @@ impl AdminRpc for AdminApi {
                 .subject_access_report(principal, &subject, &req.justification)?
                 .into_iter()
                 .map(|(seq, e)| {
+                    let (masked, rest): (Vec<_>, Vec<_>) = e
+                        .fields
+                        .into_iter()
+                        .partition(|f| f.decision == crate::vault::READ_MASKED);
                     let (allowed, denied): (Vec<_>, Vec<_>) =
-                        e.fields.into_iter().partition(|f| f.decision == "allow");
+                        rest.into_iter().partition(|f| f.decision == "allow");
                     pb::AccessEvent {
                         seq,
                         time: Some(convert::timestamp(e.time)),
@@ -1083,6 +1087,7 @@ impl AdminRpc for AdminApi {
                         decision: e.decision,
                         fields_allowed: allowed.into_iter().map(|f| f.name).collect(),
                         fields_denied: denied.into_iter().map(|f| f.name).collect(),
+                        fields_masked: masked.into_iter().map(|f| f.name).collect(),
                     }
                 })
                 .collect();

@@ -66,6 +66,12 @@ pub fn new_fields(
         .map(|(i, f)| {
             let name = FieldName::parse(&format!("fields[{i}].name"), &f.name)?;
             let category = parse_category(&format!("fields[{i}].category"), &f.category)?;
+            if f.masked {
+                return Err(InputError::new(
+                    format!("fields[{i}].masked"),
+                    "a masked view is never stored: send the value itself, with `masked` unset",
+                ));
+            }
             let value = match f.value {
                 Some(pb::field_value::Value::Text(t)) => {
                     let t = Zeroizing::new(t);

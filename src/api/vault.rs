@@ -375,6 +375,7 @@ impl VaultRpc for VaultApi {
                         name: f.name,
                         category: f.category.as_str().into(),
                         value: Some(convert::value(f.value)),
+                        masked: f.masked,
                     })
                     .collect(),
                 withheld: view

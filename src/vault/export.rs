@@ -267,6 +267,12 @@ impl Vault {
                 .filter(|f| f.decision == "allow")
                 .map(|f| f.name.as_str())
                 .collect();
+            let masked: Vec<&str> = e
+                .fields
+                .iter()
+                .filter(|f| f.decision == super::READ_MASKED)
+                .map(|f| f.name.as_str())
+                .collect();
             let line = json!({
                 "type": "access",
                 "seq": entry_seq,
@@ -281,6 +287,7 @@ impl Vault {
                 "decision": e.decision,
                 "record_id": e.record,
                 "fields": fields,
+                "fields_masked": masked,
             });
             if !emit(line) {
                 return Ok(());

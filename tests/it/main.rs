@@ -30,6 +30,7 @@ mod guard;
 mod hygiene;
 mod identity;
 mod lifecycle;
+mod masked;
 mod metrics;
 mod nodes;
 mod pg;
