@@ -8,6 +8,7 @@
 //! Invariant: knows neither gRPC nor SQL; errors never carry plaintext.
 
 pub mod custody;
+pub mod disclosures;
 pub mod evidence;
 pub mod export;
 pub mod gauges;
@@ -778,6 +779,17 @@ impl Vault {
         }
         let any_allowed = (0..decisions.len()).any(returned);
         event.decision = if any_allowed { "allow" } else { "deny" }.into();
+        if any_allowed {
+            // A read by an external party is a disclosure: registered before its entry is
+            // written and before anything is opened, or the read does not happen.
+            let disclosed: Vec<&FieldResource> = resources
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| returned(*i))
+                .map(|(_, r)| r)
+                .collect();
+            event.target = self.register_external_read(principal, ctx, &record, &disclosed)?;
+        }
         let seq = self.audit.append(&event)?;
         if !any_allowed {
             // Name the rules, not the fields, and only the rules about fields the caller may know

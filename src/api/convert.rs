@@ -279,6 +279,25 @@ pub fn timestamp(unix: i64) -> prost_types::Timestamp {
     }
 }
 
+/// A disclosure register row for the wire.
+pub fn disclosure(d: crate::store::DisclosureRow) -> pb::Disclosure {
+    pb::Disclosure {
+        disclosure_id: d.id,
+        subject_id: d.subject,
+        record_id: d.record_id,
+        purpose: d.purpose.as_str().into(),
+        fields: d.fields,
+        categories: d.categories,
+        recipient: d.recipient,
+        recipient_kind: d.recipient_kind.as_str().into(),
+        legal_basis: d.legal_basis,
+        case_ref: d.case_ref,
+        disclosed_at: Some(timestamp(d.disclosed_at)),
+        recorded_by: d.recorded_by,
+        automatic: d.automatic,
+    }
+}
+
 /// Converts a decrypted value for the wire.
 pub fn value(v: Value) -> pb::field_value::Value {
     match v {

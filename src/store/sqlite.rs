@@ -12,6 +12,7 @@
 //! share stay here.
 
 mod audit;
+mod disclosures;
 mod evidence;
 mod group;
 mod keys;
@@ -28,9 +29,10 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow, prelude::*,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceMeta, EvidenceRow,
+    FieldMeta, FieldRow, FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow,
+    RecordRow, RequestRow, Resealed, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TokenRow,
+    prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
@@ -68,7 +70,8 @@ stored_by_name!(
     crate::domain::Category,
     crate::domain::FieldKind,
     crate::domain::ConsentState,
-    crate::domain::RequestKind
+    crate::domain::RequestKind,
+    crate::domain::RecipientKind
 );
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -266,6 +269,33 @@ CREATE TABLE leases (
     holder TEXT    NOT NULL,
     until  INTEGER NOT NULL
 );
+",
+    // The disclosure register; a subject's disclosures go with their last record, in the
+    // transaction that deletes it, whichever path deletes it.
+    r"
+CREATE TABLE disclosures (
+    id             TEXT PRIMARY KEY,
+    subject        TEXT    NOT NULL,
+    record_id      TEXT    NOT NULL,
+    purpose        TEXT    NOT NULL,
+    fields         TEXT    NOT NULL,
+    categories     TEXT    NOT NULL,
+    recipient      TEXT    NOT NULL,
+    recipient_kind TEXT    NOT NULL,
+    legal_basis    TEXT    NOT NULL,
+    case_ref       TEXT    NOT NULL,
+    disclosed_at   INTEGER NOT NULL,
+    recorded_by    TEXT    NOT NULL,
+    automatic      INTEGER NOT NULL,
+    mac            BLOB    NOT NULL
+);
+CREATE INDEX disclosures_by_subject ON disclosures (subject, disclosed_at);
+CREATE INDEX disclosures_by_time ON disclosures (disclosed_at);
+CREATE TRIGGER disclosures_go_with_the_last_record AFTER DELETE ON records
+WHEN NOT EXISTS (SELECT 1 FROM records WHERE subject = OLD.subject)
+BEGIN
+    DELETE FROM disclosures WHERE subject = OLD.subject;
+END;
 ",
 ];
 
@@ -489,6 +519,8 @@ fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
 const MANDATE_COLUMNS: &str = "id, subject, representative, purposes, categories, valid_from, valid_until, granted_by, revoked_at, mac";
 const HOLD_COLUMNS: &str =
     "id, subject, record_id, reason, case_ref, placed_by, placed_at, released_at, released_by, mac";
+const DISCLOSURE_COLUMNS: &str = "id, subject, record_id, purpose, fields, categories, recipient, \
+     recipient_kind, legal_basis, case_ref, disclosed_at, recorded_by, automatic, mac";
 const REQUEST_COLUMNS: &str =
     "id, subject, kind, received_at, due_at, opened_by, completed_at, note, mac";
 /// SQL condition: no active hold covers record `r`.
@@ -640,6 +672,31 @@ fn mandate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MandateRow> {
         granted_by: r.get(7)?,
         revoked_at: r.get(8)?,
         mac: r.get(9)?,
+    })
+}
+
+fn disclosure_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DisclosureRow> {
+    let list = |s: String| -> Vec<String> {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    Ok(DisclosureRow {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        record_id: r.get(2)?,
+        purpose: r.get(3)?,
+        fields: list(r.get(4)?),
+        categories: list(r.get(5)?),
+        recipient: r.get(6)?,
+        recipient_kind: r.get(7)?,
+        legal_basis: r.get(8)?,
+        case_ref: r.get(9)?,
+        disclosed_at: r.get(10)?,
+        recorded_by: r.get(11)?,
+        automatic: r.get(12)?,
+        mac: r.get(13)?,
     })
 }
 

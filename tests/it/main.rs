@@ -23,6 +23,7 @@ mod common;
 mod concurrency;
 mod crash;
 mod deploy;
+mod disclosures;
 mod enforcement;
 mod evidence;
 mod freshness;
