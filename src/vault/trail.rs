@@ -167,8 +167,18 @@ impl Vault {
             justification,
         )?;
         event.subject = Some(subject.as_str().into());
-        // The disclosure register of the subject, every row checked before the entry is written.
-        let disclosures = self.subject_disclosures(subject.as_str())?;
+        // The disclosure register of the subject, every row checked before the entry is written;
+        // only for a reader who may see the register (`manage-lifecycle`: the privacy officer),
+        // never for the security officer, who reads the trail but no personal data.
+        let disclosures = if self
+            .policy()
+            .decide_admin(actor, AdminAction::ManageLifecycle)?
+            .is_allow()
+        {
+            self.subject_disclosures(subject.as_str())?
+        } else {
+            Vec::new()
+        };
         let upto = event.commit()?.value();
         let filter = Filter {
             subject: Some(subject.as_str().into()),

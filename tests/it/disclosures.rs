@@ -225,6 +225,20 @@ async fn a_disclosure_is_recorded_listed_exported_and_reported() {
         .into_inner();
     assert_eq!(report.disclosures.len(), 1);
     assert_eq!(report.disclosures[0].disclosure_id, d.disclosure_id);
+    // The security officer reads the trail, not the register (recipients are personal data).
+    let report = admin
+        .subject_access_report(req(
+            server.token(Role::SecurityOfficer),
+            pb::SubjectAccessReportRequest {
+                subject_id: SUBJECT.into(),
+                justification: "SAR-2026-9".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!report.events.is_empty());
+    assert!(report.disclosures.is_empty());
     assert!(bad_rows(&server).await.is_empty());
     server.stop().await;
 }
