@@ -1401,4 +1401,53 @@ mod tests {
         assert!(RecordId::parse("r", "rec_XYZ").is_err());
         assert!(RecordId::parse("r", "' or 1=1 --").is_err());
     }
+
+    #[test]
+    fn a_disclosure_parses_only_with_its_texts_checked_and_named() {
+        let ok =
+            DisclosureInput::parse(" Politie Utrecht ", "police", "vordering art. 126nd Sv", "")
+                .unwrap();
+        assert_eq!(ok.recipient, "Politie Utrecht");
+        assert_eq!(ok.kind, RecipientKind::Police);
+        assert_eq!(ok.case_ref, "");
+        let err =
+            |r: &str, k: &str, b: &str, c: &str| DisclosureInput::parse(r, k, b, c).unwrap_err();
+        assert_eq!(err("", "police", "b", "").field, "recipient");
+        let long = err(&"x".repeat(201), "police", "b", "");
+        assert_eq!(long.field, "recipient");
+        assert!(long.problem.contains("200"), "{}", long.problem);
+        assert_eq!(
+            err("burger 111222333", "police", "b", "").field,
+            "recipient"
+        );
+        assert_eq!(err("Van\u{202E}Dam", "police", "b", "").field, "recipient");
+        let kind = err("r", "press", "b", "");
+        assert_eq!(kind.field, "recipient_kind");
+        assert!(
+            kind.problem.contains("care-institution"),
+            "{}",
+            kind.problem
+        );
+        assert_eq!(err("r", "police", " ", "").field, "legal_basis");
+        assert!(
+            err("r", "police", &"x".repeat(501), "")
+                .problem
+                .contains("500")
+        );
+        assert_eq!(err("r", "police", "b", "CASE 1 ").field, "case_ref");
+        assert_eq!(err("r", "police", "b", &"c".repeat(129)).field, "case_ref");
+    }
+
+    #[test]
+    fn only_external_roles_make_a_read_a_disclosure() {
+        for &role in Role::ALL {
+            let kind = RecipientKind::of_external(role);
+            match role {
+                Role::Contractor => assert_eq!(kind, Some(RecipientKind::Contractor)),
+                Role::Bailiff => assert_eq!(kind, Some(RecipientKind::Bailiff)),
+                Role::Lawyer => assert_eq!(kind, Some(RecipientKind::Lawyer)),
+                _ => assert_eq!(kind, None, "{role}"),
+            }
+        }
+    }
 }
