@@ -5,7 +5,10 @@
 use kluis::{domain::Role, pb};
 use prost::Message;
 
-use crate::common::{TestServer, audit_entries, ctx, field, get, put, req, text, text_of};
+use crate::common::{
+    TestServer, audit_entries, ctx, download, evidence_start, field, get, put, req, text, text_of,
+    upload_bytes,
+};
 
 const IBAN: &str = "NL91ABNA0417164300";
 const SUBJECT: &str = "REL-0100";
@@ -308,6 +311,39 @@ async fn the_whole_value_reaches_customer_service_through_no_other_door() {
         ))
         .await
         .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(!leaks(refused.message().as_bytes(), IBAN));
+    // Evidence (a bank statement on the contract record) is never a masked view: refused.
+    let mut start = evidence_start(
+        ctx("contract", "", ""),
+        "",
+        &id,
+        "statement",
+        "application/pdf",
+        "afschrift.pdf",
+    );
+    if let Some(pb::evidence_chunk::Part::Start(s)) = &mut start.part {
+        s.category = "financial".into();
+    }
+    let statement = format!("%PDF-1.7 {IBAN}");
+    let file = upload_bytes(
+        &server,
+        server.token(Role::FinanceOfficer),
+        start,
+        statement.as_bytes(),
+    )
+    .await
+    .unwrap();
+    let refused = download(
+        &server,
+        cs,
+        ctx("contract", "", ""),
+        &file.evidence_id,
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(!leaks(refused.message().as_bytes(), IBAN));
     // The stored value is the one the finance officer wrote.
