@@ -241,6 +241,7 @@ fn pb_fields(i: usize) -> Vec<pb::FieldValue> {
                 Value::Text(t) => t.as_str().into(),
                 Value::Binary(_) => String::new(),
             })),
+            masked: false,
         })
         .collect()
 }

@@ -81,6 +81,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                         name: "phone".into(),
                         category: "contact".into(),
                         value: Some(pb::field_value::Value::Text("06-11223344".into())),
+                        masked: false,
                     },
                     pb::FieldValue {
                         name: "incident".into(),
@@ -88,6 +89,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                         value: Some(pb::field_value::Value::Text(
                             "loud music after midnight, 3 nights".into(),
                         )),
+                        masked: false,
                     },
                 ],
                 labels: [("case".to_owned(), "N-2026-0042".to_owned())].into(),

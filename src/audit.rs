@@ -114,7 +114,7 @@ pub struct AuditField {
     pub name: String,
     /// Field category.
     pub category: String,
-    /// `allow` or `deny`.
+    /// `allow`, `deny`, or `read-masked` (a read returned only a masked view of the field).
     pub decision: String,
     /// Ids of the deciding policies.
     pub policies: Vec<String>,

@@ -22,7 +22,7 @@ use crate::{
     keys::{KeyError, Keyring, RootSecret},
     policy::{self, Engine, PolicyError},
     store::{SqliteStore, Store, StoreError},
-    vault::{RetentionTable, Vault, VaultError, keyadmin::KeySettings},
+    vault::{RetentionTable, Vault, VaultError, keyadmin::KeySettings, mask::MaskTable},
 };
 
 /// The default listen address.
@@ -102,6 +102,9 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     /// Searchable fields per purpose: `[search.contract] fields = ["email", "iban"]`.
     pub search: Option<std::collections::BTreeMap<String, crate::search::RawSearch>>,
+    /// Which mask a field a policy allows `read-masked` gets: mask name → field names, e.g.
+    /// `iban = ["iban", "rekening"]` (replacing that mask's default fields).
+    pub masks: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// `[metrics]`.
@@ -265,6 +268,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Searchable fields per purpose (`[search.<purpose>]`).
     pub search: crate::search::SearchConfig,
+    /// Which mask each field allowed `read-masked` gets (`[masks]`).
+    pub masks: MaskTable,
 }
 
 /// Configuration problems, all of them.
@@ -518,6 +523,10 @@ impl RawConfig {
                 Channels::default()
             }),
         };
+        let masks = match &self.masks {
+            None => MaskTable::default(),
+            Some(raw) => MaskTable::from_config(raw, &mut problems),
+        };
         let (client_ca, client_auth_optional) = match &self.tls {
             None => (None, false),
             Some(t) => {
@@ -588,6 +597,7 @@ impl RawConfig {
             accept_rollback: false,
             hsm,
             metrics_listen,
+            masks,
         })
     }
 }
@@ -863,6 +873,7 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
     .with_key_settings(config.key_settings)
     .with_channels(config.channels.clone())
     .with_search(config.search.clone())
+    .with_masks(config.masks.clone())
     .with_policy_loader(Box::new(loader)))
 }
 

@@ -954,6 +954,101 @@ string_enum! {
 }
 
 string_enum! {
+    /// Who a subject's data was disclosed to (DOMAIN.md, rule 11).
+    pub enum RecipientKind ("recipient kind") {
+        /// The police or the public prosecutor.
+        Police = "police",
+        /// A municipality.
+        Municipality = "municipality",
+        /// A bailiff ("deurwaarder").
+        Bailiff = "bailiff",
+        /// A lawyer.
+        Lawyer = "lawyer",
+        /// A care institution.
+        CareInstitution = "care-institution",
+        /// A contractor (plumber, builder).
+        Contractor = "contractor",
+        /// Any other party; the recipient and legal basis say who and why.
+        Other = "other",
+    }
+}
+
+impl RecipientKind {
+    /// The kind of recipient a read by an external role is a disclosure to, if it is one:
+    /// contractors, bailiffs and lawyers work outside the organisation.
+    pub fn of_external(role: Role) -> Option<Self> {
+        match role {
+            Role::Contractor => Some(RecipientKind::Contractor),
+            Role::Bailiff => Some(RecipientKind::Bailiff),
+            Role::Lawyer => Some(RecipientKind::Lawyer),
+            _ => None,
+        }
+    }
+}
+
+/// A disclosure as the caller describes it (`Vault/RecordDisclosure`), parsed and checked:
+/// every text through `check_free_text` or `check_token` and the BSN/MRZ guard.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct DisclosureInput {
+    /// Who received the data: an organisation or a person in their role.
+    pub recipient: String,
+    /// What kind of party that is.
+    pub kind: RecipientKind,
+    /// The legal basis of the disclosure (a court order, a statutory duty, the contract).
+    pub legal_basis: String,
+    /// The case reference; empty when none was given.
+    pub case_ref: String,
+}
+
+impl DisclosureInput {
+    /// Longest accepted recipient in bytes.
+    pub const MAX_RECIPIENT: usize = 200;
+    /// Longest accepted legal basis in bytes.
+    pub const MAX_LEGAL_BASIS: usize = 500;
+
+    /// Parses the parts of a disclosure; each error names its request field and limit.
+    pub fn parse(
+        recipient: &str,
+        kind: &str,
+        legal_basis: &str,
+        case_ref: &str,
+    ) -> Result<Self, InputError> {
+        check_free_text(
+            "recipient",
+            recipient,
+            "recipient",
+            Self::MAX_RECIPIENT,
+            Need::Required,
+        )?;
+        let kind = kind
+            .parse::<RecipientKind>()
+            .map_err(|e| InputError::new("recipient_kind", e))?;
+        check_free_text(
+            "legal_basis",
+            legal_basis,
+            "legal basis",
+            Self::MAX_LEGAL_BASIS,
+            Need::Required,
+        )?;
+        if !case_ref.is_empty() {
+            check_token(
+                "case_ref",
+                case_ref,
+                AccessContext::MAX_CASE_REF,
+                "case reference",
+            )?;
+            guard::check_text("case_ref", case_ref)?;
+        }
+        Ok(Self {
+            recipient: recipient.trim().to_owned(),
+            kind,
+            legal_basis: legal_basis.trim().to_owned(),
+            case_ref: case_ref.to_owned(),
+        })
+    }
+}
+
+string_enum! {
     /// What a stored field value is: text (UTF-8) or bytes.
     pub enum FieldKind ("field kind") {
         /// UTF-8 text.
@@ -1344,5 +1439,54 @@ mod tests {
         assert_eq!(RecordId::parse("r", id.as_str()).unwrap(), id);
         assert!(RecordId::parse("r", "rec_XYZ").is_err());
         assert!(RecordId::parse("r", "' or 1=1 --").is_err());
+    }
+
+    #[test]
+    fn a_disclosure_parses_only_with_its_texts_checked_and_named() {
+        let ok =
+            DisclosureInput::parse(" Politie Utrecht ", "police", "vordering art. 126nd Sv", "")
+                .unwrap();
+        assert_eq!(ok.recipient, "Politie Utrecht");
+        assert_eq!(ok.kind, RecipientKind::Police);
+        assert_eq!(ok.case_ref, "");
+        let err =
+            |r: &str, k: &str, b: &str, c: &str| DisclosureInput::parse(r, k, b, c).unwrap_err();
+        assert_eq!(err("", "police", "b", "").field, "recipient");
+        let long = err(&"x".repeat(201), "police", "b", "");
+        assert_eq!(long.field, "recipient");
+        assert!(long.problem.contains("200"), "{}", long.problem);
+        assert_eq!(
+            err("burger 111222333", "police", "b", "").field,
+            "recipient"
+        );
+        assert_eq!(err("Van\u{202E}Dam", "police", "b", "").field, "recipient");
+        let kind = err("r", "press", "b", "");
+        assert_eq!(kind.field, "recipient_kind");
+        assert!(
+            kind.problem.contains("care-institution"),
+            "{}",
+            kind.problem
+        );
+        assert_eq!(err("r", "police", " ", "").field, "legal_basis");
+        assert!(
+            err("r", "police", &"x".repeat(501), "")
+                .problem
+                .contains("500")
+        );
+        assert_eq!(err("r", "police", "b", "CASE 1 ").field, "case_ref");
+        assert_eq!(err("r", "police", "b", &"c".repeat(129)).field, "case_ref");
+    }
+
+    #[test]
+    fn only_external_roles_make_a_read_a_disclosure() {
+        for &role in Role::ALL {
+            let kind = RecipientKind::of_external(role);
+            match role {
+                Role::Contractor => assert_eq!(kind, Some(RecipientKind::Contractor)),
+                Role::Bailiff => assert_eq!(kind, Some(RecipientKind::Bailiff)),
+                Role::Lawyer => assert_eq!(kind, Some(RecipientKind::Lawyer)),
+                _ => assert_eq!(kind, None, "{role}"),
+            }
+        }
     }
 }

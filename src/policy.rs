@@ -5,7 +5,8 @@
 //! Every decision names the policies that decided it, so a denial can be explained and audited.
 //!
 //! Invariant: a `Grant` is built only here, and only from an allowing `Decision` plus the
-//! `AuditSeq` of a committed audit entry. Decrypting a field needs a `Grant`.
+//! `AuditSeq` of a committed audit entry. Decrypting a field needs a `Grant`. An allowed
+//! `read-masked` makes a `MaskedGrant` instead, never a `Grant`: it opens a value only to mask it.
 //! Invariant: an evaluation error is a deny (a `forbid` that failed to evaluate must not let a
 //! request through).
 //! Invariant: knows neither gRPC nor SQL.
@@ -64,6 +65,9 @@ pub enum Action {
     Export,
     /// Close a record (end a tenancy, close a case): decided per field of it.
     Close,
+    /// Return a masked form of a field value (the last digits of an IBAN, the year of a date of
+    /// birth), decided only for a field the caller may not `read`; never the value itself.
+    ReadMasked,
 }
 
 impl Action {
@@ -76,6 +80,7 @@ impl Action {
             Action::List => "list",
             Action::Export => "export",
             Action::Close => "close",
+            Action::ReadMasked => "read-masked",
         }
     }
 
@@ -87,6 +92,7 @@ impl Action {
         Action::List,
         Action::Export,
         Action::Close,
+        Action::ReadMasked,
     ];
 
     /// The action named `s` (its Cedar id), if any.
@@ -205,6 +211,8 @@ pub struct Decision {
     pub reason: String,
     /// The record and field decided on; empty for administrative actions.
     field: Option<(String, String)>,
+    /// The field action decided; empty for administrative actions.
+    action: Option<Action>,
 }
 
 impl Decision {
@@ -223,6 +231,7 @@ impl Decision {
             policies: Vec::new(),
             reason: reason.into(),
             field,
+            action: None,
         }
     }
 
@@ -232,15 +241,60 @@ impl Decision {
     }
 
     /// Turns an allowing decision into the capability to decrypt its field, given the proof that
-    /// the audit entry recording it is committed. `None` for a deny.
+    /// the audit entry recording it is committed. `None` for a deny, and for an allowed
+    /// `read-masked`, which grants a masked view only (`masked_grant`).
     pub fn grant(&self, audit_seq: &AuditSeq) -> Option<Grant> {
         let (record, field) = self.field.clone()?;
+        if self.action == Some(Action::ReadMasked) {
+            return None;
+        }
         self.is_allow().then(|| Grant {
             record,
             field,
             audit_seq: audit_seq.value(),
             _private: (),
         })
+    }
+
+    /// Turns an allowed `read-masked` into the capability to return a masked view of its field,
+    /// given the proof that the audit entry recording it is committed. `None` for a deny and for
+    /// any other action.
+    pub fn masked_grant(&self, audit_seq: &AuditSeq) -> Option<MaskedGrant> {
+        let (record, field) = self.field.clone()?;
+        (self.is_allow() && self.action == Some(Action::ReadMasked)).then(|| MaskedGrant {
+            record,
+            field,
+            audit_seq: audit_seq.value(),
+            _private: (),
+        })
+    }
+}
+
+/// Proof that the policy allowed a masked view of one field (`read-masked`) and that the decision
+/// is in the audit trail. Only `Decision::masked_grant` constructs it; the vault opens a field
+/// under it only to mask the value, which never leaves in full.
+#[derive(Debug)]
+pub struct MaskedGrant {
+    record: String,
+    field: String,
+    audit_seq: u64,
+    _private: (),
+}
+
+impl MaskedGrant {
+    /// The record the grant is for.
+    pub fn record(&self) -> &str {
+        &self.record
+    }
+
+    /// The field the grant is for.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// The audit entry that recorded the decision.
+    pub fn audit_seq(&self) -> u64 {
+        self.audit_seq
     }
 }
 
@@ -471,6 +525,7 @@ impl Engine {
             if let Some(hit) = self.memo.get(&key) {
                 let mut d = Decision::clone(&hit);
                 d.field = Some((f.record.clone(), f.name.clone()));
+                d.action = Some(action);
                 crate::metrics::decision(action.as_str(), d.is_allow(), true);
                 decided.push(Some(d));
             } else {
@@ -646,6 +701,7 @@ impl Engine {
                     );
                 }
                 decision.field = Some((f.record.clone(), f.name.clone()));
+                decision.action = Some(action);
                 Ok((decision, clean))
             })
             .collect()
@@ -729,6 +785,7 @@ impl Engine {
                 policies,
                 reason: "policy evaluation error; denied".into(),
                 field: None,
+                action: None,
             };
             return (decision, false);
         }
@@ -738,6 +795,7 @@ impl Engine {
                 reason: format!("permitted by {}", quoted(&policies)),
                 policies,
                 field: None,
+                action: None,
             },
             CedarDecision::Deny => Decision {
                 effect: Effect::Deny,
@@ -748,6 +806,7 @@ impl Engine {
                 },
                 policies,
                 field: None,
+                action: None,
             },
         };
         (decision, true)
@@ -908,7 +967,8 @@ mod tests {
                 Action::Delete,
                 Action::List,
                 Action::Export,
-            ][rng.gen_range(0..5)];
+                Action::ReadMasked,
+            ][rng.gen_range(0..6)];
             let fields: Vec<FieldResource> = (0..rng.gen_range(1..4))
                 .map(|_| FieldResource {
                     record: "rec_1".into(),
@@ -1189,6 +1249,39 @@ mod tests {
             Engine::from_sources(DEFAULT_SCHEMA, syntax),
             Err(PolicyError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn an_allowed_read_masked_grants_a_masked_view_only() {
+        let engine = Engine::default_policies().unwrap();
+        let p = principal(&[Role::CustomerService], None);
+        let iban = field("iban", Category::Financial, Purpose::Contract);
+        let seq = AuditSeq::for_tests(1);
+        let masked = engine
+            .decide_fields(
+                &p,
+                Action::ReadMasked,
+                &ctx(Purpose::Contract),
+                std::slice::from_ref(&iban),
+            )
+            .unwrap();
+        assert!(masked[0].is_allow());
+        assert_eq!(masked[0].policies, ["customer-service-masked-bank-details"]);
+        assert!(masked[0].grant(&seq).is_none(), "never the value");
+        assert_eq!(masked[0].masked_grant(&seq).unwrap().field(), "iban");
+        let read = engine
+            .decide_fields(&p, Action::Read, &ctx(Purpose::Contract), &[iban])
+            .unwrap();
+        assert!(!read[0].is_allow());
+        assert!(read[0].masked_grant(&seq).is_none());
+        // A read allowed grants the value, not a masked view.
+        let fo = principal(&[Role::FinanceOfficer], None);
+        let f = field("iban", Category::Financial, Purpose::Payments);
+        let read = engine
+            .decide_fields(&fo, Action::Read, &ctx(Purpose::Payments), &[f])
+            .unwrap();
+        assert!(read[0].grant(&seq).is_some());
+        assert!(read[0].masked_grant(&seq).is_none());
     }
 
     #[test]

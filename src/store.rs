@@ -495,6 +495,41 @@ pub struct RestrictionRow {
     pub mac: Vec<u8>,
 }
 
+/// A disclosure of a subject's data to another party (DOMAIN.md, rule 11): who disclosed what
+/// to whom, on which legal basis, when. Recorded by a caller (`Vault/RecordDisclosure`) or by
+/// the vault for every read by an external role. Destroyed with the subject's last record.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct DisclosureRow {
+    /// `dsc_…`.
+    pub id: String,
+    /// The subject the data is about.
+    pub subject: String,
+    /// The record the fields were taken from.
+    pub record_id: String,
+    /// That record's purpose.
+    pub purpose: Purpose,
+    /// The names of the fields disclosed.
+    pub fields: Vec<String>,
+    /// Their categories, in the order of `fields`.
+    pub categories: Vec<String>,
+    /// Who received them.
+    pub recipient: String,
+    /// What kind of party that is.
+    pub recipient_kind: crate::domain::RecipientKind,
+    /// The legal basis of the disclosure.
+    pub legal_basis: String,
+    /// The case reference; empty when none.
+    pub case_ref: String,
+    /// When (unix seconds).
+    pub disclosed_at: i64,
+    /// The principal who recorded it (for a read by an external role: that reader).
+    pub recorded_by: String,
+    /// Recorded by the vault itself for a read by an external role.
+    pub automatic: bool,
+    /// The row's MAC, computed by the core.
+    pub mac: Vec<u8>,
+}
+
 /// A subject's consent state for one purpose.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct ConsentRow {
@@ -1166,6 +1201,24 @@ pub trait RightsStore: Send + Sync {
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
 }
 
+/// The disclosure register's rows. A subject's disclosures go with their last record: every
+/// transaction that deletes a subject's last record (a deletion, the retention sweep, an
+/// erasure, a discarded upload) deletes them too.
+pub trait DisclosureStore: Send + Sync {
+    /// Stores a disclosure, in one transaction with the check that its record exists and
+    /// belongs to its subject (`Missing` otherwise: nothing is stored).
+    fn insert_disclosure(&self, row: &DisclosureRow) -> Result<(), StoreError>;
+
+    /// Disclosures, of one subject or all, disclosed at or after `since`, oldest first (by time,
+    /// then id), at most `limit`.
+    fn disclosures(
+        &self,
+        subject: Option<&str>,
+        since: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DisclosureRow>, StoreError>;
+}
+
 /// The audit trail's rows.
 pub trait AuditStore: Send + Sync {
     /// Appends audit entries in one transaction (all or none); fails with `Exists` when a
@@ -1189,7 +1242,14 @@ pub trait AuditStore: Send + Sync {
 
 /// What kluis needs from a store.
 pub trait Store:
-    MetaStore + KeyStore + RecordStore + EvidenceStore + LifecycleStore + RightsStore + AuditStore
+    MetaStore
+    + KeyStore
+    + RecordStore
+    + EvidenceStore
+    + LifecycleStore
+    + RightsStore
+    + DisclosureStore
+    + AuditStore
 {
 }
 
@@ -1200,6 +1260,7 @@ impl<T> Store for T where
         + EvidenceStore
         + LifecycleStore
         + RightsStore
+        + DisclosureStore
         + AuditStore
 {
 }
@@ -1207,7 +1268,7 @@ impl<T> Store for T where
 /// The store's traits, for callers of their methods.
 pub mod prelude {
     pub use super::{
-        AuditStore, EvidenceStore, KeyStore, LifecycleStore, MetaStore, RecordStore, RightsStore,
-        Store,
+        AuditStore, DisclosureStore, EvidenceStore, KeyStore, LifecycleStore, MetaStore,
+        RecordStore, RightsStore, Store,
     };
 }

@@ -8,12 +8,14 @@
 //! Invariant: knows neither gRPC nor SQL; errors never carry plaintext.
 
 pub mod custody;
+pub mod disclosures;
 pub mod evidence;
 pub mod export;
 pub mod gauges;
 pub mod guard;
 pub mod keyadmin;
 pub mod lifecycle;
+pub mod mask;
 pub mod nodes;
 pub mod policies;
 pub mod rectify;
@@ -39,7 +41,9 @@ use crate::{
         Principal, Purpose, RecordId, Retention, RetentionStart, SubjectId, SystemClock, now_unix,
     },
     keys::{KeyError, Keyring},
-    policy::{Action, Decision, Engine, FieldFlags, FieldResource, Grant, PolicyError},
+    policy::{
+        Action, Decision, Engine, FieldFlags, FieldResource, Grant, MaskedGrant, PolicyError,
+    },
     store::{FieldRow, FieldsMac, RecordRow, Store, StoreError},
 };
 
@@ -198,8 +202,25 @@ pub struct OpenField {
     pub name: String,
     /// Category.
     pub category: Category,
-    /// Value in clear.
+    /// Value in clear, or its masked form when `masked`.
     pub value: Value,
+    /// The value is masked (`read-masked`): a caller who may not `read` it sees only this form.
+    pub masked: bool,
+}
+
+/// The capability a field of a read is opened under: the whole value, or its masked form.
+enum FieldGrant {
+    Full(Grant),
+    Masked(MaskedGrant),
+}
+
+impl FieldGrant {
+    fn field(&self) -> &str {
+        match self {
+            FieldGrant::Full(g) => g.field(),
+            FieldGrant::Masked(g) => g.field(),
+        }
+    }
 }
 
 /// A field the policy kept back.
@@ -305,6 +326,8 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     rate_limit: tokens::RateLimiter,
     channels: Channels,
+    /// Which mask a field allowed `read-masked` gets (`[masks]`).
+    masks: mask::MaskTable,
     rows: rows::RowAuth,
     /// Serialises the steps of root changes.
     root_change_lock: std::sync::Mutex<()>,
@@ -325,6 +348,9 @@ pub struct Vault {
     /// Which fields of which purposes are searchable (`search`).
     search: crate::search::SearchConfig,
 }
+
+/// The decision an audit entry names for a field returned masked.
+pub const READ_MASKED: &str = "read-masked";
 
 /// How often a write is sealed again when a rekey replaced the subject key it was sealed under
 /// (the store refuses the stale generation); a rekey job moves on after one subject, so a
@@ -497,6 +523,7 @@ impl Vault {
             clock: Arc::new(SystemClock),
             rate_limit: tokens::RateLimiter::default(),
             channels: Channels::default(),
+            masks: mask::MaskTable::default(),
             rows,
             root_change_lock: std::sync::Mutex::new(()),
             token_register: tokens::TokenRegister::default(),
@@ -511,6 +538,12 @@ impl Vault {
     /// Accepts requests through `channels` only (the configuration's closed list).
     pub fn with_channels(mut self, channels: Channels) -> Self {
         self.channels = channels;
+        self
+    }
+
+    /// Masks fields allowed `read-masked` as `masks` says (`[masks]` of the configuration).
+    pub fn with_masks(mut self, masks: mask::MaskTable) -> Self {
+        self.masks = masks;
         self
     }
 
@@ -733,9 +766,36 @@ impl Vault {
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
         let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
+        // A field denied `read` may still be allowed a masked view; binary values never are.
+        let maskable: Vec<usize> = decisions
+            .iter()
+            .zip(&selected)
+            .enumerate()
+            .filter(|(_, (d, row))| !d.is_allow() && row.kind == FieldKind::Text)
+            .map(|(i, _)| i)
+            .collect();
+        let mut masked: Vec<Option<Decision>> = vec![None; decisions.len()];
+        if !maskable.is_empty() {
+            let candidates: Vec<FieldResource> = maskable
+                .iter()
+                .filter_map(|&i| resources.get(i).cloned())
+                .collect();
+            let masked_decisions = self.decide(principal, Action::ReadMasked, ctx, &candidates)?;
+            for (&i, d) in maskable.iter().zip(masked_decisions) {
+                if d.is_allow()
+                    && let Some(slot) = masked.get_mut(i)
+                {
+                    *slot = Some(d);
+                }
+            }
+        }
+        let returned = |i: usize| {
+            decisions.get(i).is_some_and(Decision::is_allow)
+                || masked.get(i).is_some_and(Option::is_some)
+        };
         // Which withheld fields the caller may know of: only those are named with a reason.
         // Asked only when something is withheld (the common read withholds nothing).
-        let known = if decisions.iter().all(Decision::is_allow) {
+        let known = if (0..decisions.len()).all(returned) {
             Vec::new()
         } else {
             self.decide(principal, Action::List, ctx, &resources)?
@@ -743,8 +803,25 @@ impl Vault {
 
         let mut event = self.event(principal, ctx, "read", Some(&subject), Some(record_id));
         event.fields = audit_fields(&resources, &decisions);
-        let any_allowed = decisions.iter().any(Decision::is_allow);
+        for (field, m) in event.fields.iter_mut().zip(&masked) {
+            if let Some(m) = m {
+                field.decision = READ_MASKED.into();
+                field.policies = m.policies.clone();
+            }
+        }
+        let any_allowed = (0..decisions.len()).any(returned);
         event.decision = if any_allowed { "allow" } else { "deny" }.into();
+        if any_allowed {
+            // A read by an external party is a disclosure: registered before its entry is
+            // written and before anything is opened, or the read does not happen.
+            let disclosed: Vec<&FieldResource> = resources
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| returned(*i))
+                .map(|(_, r)| r)
+                .collect();
+            event.target = self.register_external_read(principal, ctx, &record, &disclosed)?;
+        }
         let seq = self.audit.append(&event)?;
         if !any_allowed {
             // Name the rules, not the fields, and only the rules about fields the caller may know
@@ -763,18 +840,27 @@ impl Vault {
             }));
         }
 
-        let grants: Vec<(Grant, &FieldRow, Category)> = decisions
+        let grants: Vec<(FieldGrant, &FieldRow, Category)> = decisions
             .iter()
+            .zip(&masked)
             .zip(selected.iter().zip(&resources))
-            .filter_map(|(d, (row, res))| d.grant(&seq).map(|g| (g, *row, res.category)))
+            .filter_map(|((d, m), (row, res))| {
+                let grant = match (d.grant(&seq), m) {
+                    (Some(g), _) => FieldGrant::Full(g),
+                    (None, Some(m)) => FieldGrant::Masked(m.masked_grant(&seq)?),
+                    (None, None) => return None,
+                };
+                Some((grant, *row, res.category))
+            })
             .collect();
         withheld.extend(
             decisions
                 .iter()
                 .zip(&known)
                 .zip(&resources)
-                .filter(|((d, _), _)| !d.is_allow())
-                .filter_map(|((d, k), r)| {
+                .enumerate()
+                .filter(|(i, _)| !returned(*i))
+                .filter_map(|(_, ((d, k), r))| {
                     if k.is_allow() {
                         Some(Withheld {
                             name: r.name.clone(),
@@ -797,7 +883,7 @@ impl Vault {
                 // A rekey moved the subject to a new key generation after the record was read:
                 // read the resealed values again (the grants are for the same fields).
                 let (record, rows) = self.load(record_id)?;
-                let regranted: Vec<(Grant, &FieldRow, Category)> = grants
+                let regranted: Vec<(FieldGrant, &FieldRow, Category)> = grants
                     .into_iter()
                     .filter_map(|(g, _, c)| {
                         rows.iter().find(|r| r.name == g.field()).map(|r| (g, r, c))
@@ -1160,7 +1246,7 @@ impl Vault {
     /// (a rekey replaced it since the fields were read).
     fn open_granted(
         &self,
-        grants: &[(Grant, &FieldRow, Category)],
+        grants: &[(FieldGrant, &FieldRow, Category)],
         subject: &SubjectId,
         record: &RecordRow,
         purpose: Purpose,
@@ -1178,7 +1264,15 @@ impl Vault {
                     None => return Ok(None),
                 },
             };
-            fields.push(open_field(grant, &key, record, purpose, *category, row)?);
+            fields.push(match grant {
+                FieldGrant::Full(grant) => {
+                    open_field(grant, &key, record, purpose, *category, row)?
+                }
+                FieldGrant::Masked(grant) => {
+                    let mask = self.masks.of(&row.name);
+                    open_masked(grant, mask, &key, record, purpose, *category, row)?
+                }
+            });
         }
         Ok(Some(fields))
     }
@@ -1452,10 +1546,62 @@ fn open_field(
     category: Category,
     row: &FieldRow,
 ) -> Result<OpenField, VaultError> {
-    let place = || format!("field `{}` of record `{}`", row.name, record.id);
     if grant.record() != record.id || grant.field() != row.name {
-        return Err(VaultError::Denied(format!("no grant for {}", place())));
+        return Err(VaultError::Denied(format!(
+            "no grant for field `{}` of record `{}`",
+            row.name, record.id
+        )));
     }
+    Ok(OpenField {
+        name: row.name.clone(),
+        category,
+        value: open_value(key, record, purpose, category, row)?,
+        masked: false,
+    })
+}
+
+/// Decrypts one text field only to mask it: the value is wiped once its masked form is made,
+/// and only that form is returned. Needs the masked grant for exactly this record and field; a
+/// binary value is never opened and reads `****`.
+fn open_masked(
+    grant: &MaskedGrant,
+    mask: mask::Mask,
+    key: &crate::crypto::SubjectKey,
+    record: &RecordRow,
+    purpose: Purpose,
+    category: Category,
+    row: &FieldRow,
+) -> Result<OpenField, VaultError> {
+    if grant.record() != record.id || grant.field() != row.name {
+        return Err(VaultError::Denied(format!(
+            "no grant for field `{}` of record `{}`",
+            row.name, record.id
+        )));
+    }
+    let shown = match row.kind {
+        FieldKind::Text => match open_value(key, record, purpose, category, row)? {
+            Value::Text(text) => mask.apply(&text),
+            Value::Binary(_) => mask::FULL.to_owned(),
+        },
+        FieldKind::Binary => mask::FULL.to_owned(),
+    };
+    Ok(OpenField {
+        name: row.name.clone(),
+        category,
+        value: Value::Text(Zeroizing::new(shown)),
+        masked: true,
+    })
+}
+
+/// The AEAD open of one stored field; callers hold its grant.
+fn open_value(
+    key: &crate::crypto::SubjectKey,
+    record: &RecordRow,
+    purpose: Purpose,
+    category: Category,
+    row: &FieldRow,
+) -> Result<Value, VaultError> {
+    let place = || format!("field `{}` of record `{}`", row.name, record.id);
     let aad = field_aad(
         &record.subject,
         &record.id,
@@ -1467,16 +1613,11 @@ fn open_field(
     );
     let bytes = crypto::open(&key.fields(), &aad, &row.sealed)
         .map_err(|_| VaultError::DataLoss(place()))?;
-    let value = match row.kind {
+    Ok(match row.kind {
         FieldKind::Text => {
             Value::Text(into_text(bytes).ok_or_else(|| VaultError::DataLoss(place()))?)
         }
         FieldKind::Binary => Value::Binary(bytes),
-    };
-    Ok(OpenField {
-        name: row.name.clone(),
-        category,
-        value,
     })
 }
 

@@ -271,6 +271,33 @@ impl AdminRpc for AdminApi {
         .map(Response::new)
     }
 
+    async fn list_disclosures(
+        &self,
+        request: Request<pb::ListDisclosuresRequest>,
+    ) -> Result<Response<pb::ListDisclosuresResponse>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let subject = if req.subject_id.is_empty() {
+                None
+            } else {
+                Some(SubjectId::parse("subject_id", &req.subject_id)?)
+            };
+            let since = req
+                .since
+                .as_ref()
+                .map(|t| convert::request_time("since", t, now_unix(), convert::AUDIT_SINCE))
+                .transpose()?;
+            let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+            let disclosures = vault
+                .list_disclosures(principal, subject.as_ref(), since, limit)?
+                .into_iter()
+                .map(convert::disclosure)
+                .collect();
+            Ok(pb::ListDisclosuresResponse { disclosures })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn explain_decision(
         &self,
         request: Request<pb::ExplainDecisionRequest>,
@@ -1203,12 +1230,19 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<pb::SubjectAccessReportResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-            let events = vault
-                .subject_access_report(principal, &subject, &req.justification)?
+            let crate::vault::trail::SubjectAccessReport {
+                events,
+                disclosures,
+            } = vault.subject_access_report(principal, &subject, &req.justification)?;
+            let events = events
                 .into_iter()
                 .map(|(seq, e)| {
+                    let (masked, rest): (Vec<_>, Vec<_>) = e
+                        .fields
+                        .into_iter()
+                        .partition(|f| f.decision == crate::vault::READ_MASKED);
                     let (allowed, denied): (Vec<_>, Vec<_>) =
-                        e.fields.into_iter().partition(|f| f.decision == "allow");
+                        rest.into_iter().partition(|f| f.decision == "allow");
                     pb::AccessEvent {
                         seq,
                         time: Some(convert::timestamp(e.time)),
@@ -1224,6 +1258,7 @@ impl AdminRpc for AdminApi {
                         decision: e.decision,
                         fields_allowed: allowed.into_iter().map(|f| f.name).collect(),
                         fields_denied: denied.into_iter().map(|f| f.name).collect(),
+                        fields_masked: masked.into_iter().map(|f| f.name).collect(),
                     }
                 })
                 .collect();
@@ -1234,6 +1269,7 @@ impl AdminRpc for AdminApi {
                 .map(restriction_message)
                 .collect();
             Ok(pb::SubjectAccessReportResponse {
+                disclosures: disclosures.into_iter().map(convert::disclosure).collect(),
                 subject_id: subject.as_str().into(),
                 events,
                 restrictions,

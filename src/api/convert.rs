@@ -66,6 +66,12 @@ pub fn new_fields(
         .map(|(i, f)| {
             let name = FieldName::parse(&format!("fields[{i}].name"), &f.name)?;
             let category = parse_category(&format!("fields[{i}].category"), &f.category)?;
+            if f.masked {
+                return Err(InputError::new(
+                    format!("fields[{i}].masked"),
+                    "a masked view is never stored: send the value itself, with `masked` unset",
+                ));
+            }
             let value = match f.value {
                 Some(pb::field_value::Value::Text(t)) => {
                     let t = Zeroizing::new(t);
@@ -270,6 +276,25 @@ pub fn timestamp(unix: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: unix,
         nanos: 0,
+    }
+}
+
+/// A disclosure register row for the wire.
+pub fn disclosure(d: crate::store::DisclosureRow) -> pb::Disclosure {
+    pb::Disclosure {
+        disclosure_id: d.id,
+        subject_id: d.subject,
+        record_id: d.record_id,
+        purpose: d.purpose.as_str().into(),
+        fields: d.fields,
+        categories: d.categories,
+        recipient: d.recipient,
+        recipient_kind: d.recipient_kind.as_str().into(),
+        legal_basis: d.legal_basis,
+        case_ref: d.case_ref,
+        disclosed_at: Some(timestamp(d.disclosed_at)),
+        recorded_by: d.recorded_by,
+        automatic: d.automatic,
     }
 }
 

@@ -352,6 +352,40 @@ impl VaultRpc for VaultApi {
         .map(Response::new)
     }
 
+    async fn record_disclosure(
+        &self,
+        request: Request<pb::RecordDisclosureRequest>,
+    ) -> Result<Response<pb::Disclosure>, Status> {
+        run(&self.vault, request, |vault, principal, req| {
+            let ctx = convert::context(req.context, vault.channels())?;
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let id = RecordId::parse("record_id", &req.record_id)?;
+            if req.fields.len() > vault.limits().max_fields {
+                return Err(InputError::new(
+                    "fields",
+                    format!("at most {} field names", vault.limits().max_fields),
+                )
+                .into());
+            }
+            let fields = req
+                .fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| FieldName::parse(&format!("fields[{i}]"), f))
+                .collect::<Result<Vec<_>, _>>()?;
+            let input = crate::domain::DisclosureInput::parse(
+                &req.recipient,
+                &req.recipient_kind,
+                &req.legal_basis,
+                &req.case_ref,
+            )?;
+            let row = vault.record_disclosure(principal, &ctx, &subject, &id, &fields, input)?;
+            Ok(convert::disclosure(row))
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn get_record(
         &self,
         request: Request<pb::GetRecordRequest>,
@@ -385,6 +419,7 @@ impl VaultRpc for VaultApi {
                         name: f.name,
                         category: f.category.as_str().into(),
                         value: Some(convert::value(f.value)),
+                        masked: f.masked,
                     })
                     .collect(),
                 withheld: view

@@ -1,5 +1,6 @@
 //! `kluis admin`: administer a running server over the `Admin` gRPC service.
 
+mod disclosures;
 mod export;
 mod keys;
 mod lifecycle;
@@ -87,6 +88,9 @@ pub enum AdminCommand {
     /// Mandates ("volmacht") of representatives.
     #[command(subcommand)]
     Mandate(lifecycle::MandateCommand),
+    /// The disclosure register: who received a subject's data, on which basis, when.
+    #[command(subcommand)]
+    Disclosures(disclosures::DisclosuresCommand),
     /// Record a subject's consent (home adaptation) or objection (financial screening).
     Consent {
         /// The subject.
@@ -311,6 +315,9 @@ async fn run_async(args: &AdminArgs) -> Exit {
             return lifecycle::restrict(&mut client, &token, cmd, args.json).await;
         }
         AdminCommand::Export(cmd) => return export::run(channel, &token, cmd, args.json).await,
+        AdminCommand::Disclosures(cmd) => {
+            return disclosures::disclosures(&mut client, &token, cmd, args.json).await;
+        }
         AdminCommand::Consent {
             subject,
             purpose,
@@ -891,6 +898,10 @@ fn check_values(command: &AdminCommand) -> Result<(), String> {
         AdminCommand::Mandate(lifecycle::MandateCommand::Grant { until, .. }) => {
             crate::cli::parse_moment_ahead("--until", until, 0).map(drop)
         }
+        AdminCommand::Disclosures(disclosures::DisclosuresCommand::List {
+            since: Some(since),
+            ..
+        }) => disclosures::parse_since("--since", since, kluis::domain::now_unix()).map(drop),
         AdminCommand::Requests(lifecycle::RequestsCommand::Open {
             received: Some(received),
             ..

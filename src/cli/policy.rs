@@ -62,7 +62,7 @@ pub struct ExplainArgs {
     /// Principal id (for the audit-style output only).
     #[arg(long, default_value = "someone")]
     principal: String,
-    /// `read`, `write`, `delete`, `list` or `export`.
+    /// `read`, `write`, `delete`, `list`, `export`, `close` or `read-masked`.
     #[arg(long, default_value = "read")]
     action: String,
     /// The declared purpose.

@@ -533,6 +533,7 @@ mod tests {
             policies: vec![],
             reason: String::new(),
             field: None,
+            action: None,
         };
         for i in 0..(3 * CAPACITY) {
             memo.put(&i.to_be_bytes(), d.clone());

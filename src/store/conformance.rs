@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::{Category, ConsentState, FieldKind, Purpose, RequestKind};
+use crate::domain::{Category, ConsentState, FieldKind, Purpose, RecipientKind, RequestKind};
 
 use super::{
-    AnchorChange, AnchorRow, AuditRow, ConsentRow, FieldRow, FieldsMac, HoldRow, KeyRowChange,
-    KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, RestrictionRow, Store, StoreError,
-    SubjectKeyRow, TagRow, TokenRow,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, FieldRow, FieldsMac, HoldRow,
+    KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow, RestrictionRow,
+    Store, StoreError, SubjectKeyRow, TagRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -230,6 +230,7 @@ pub fn run_all(store: &dyn Store) {
     search_tags(store, &sk, &rec);
     key_rotation(store, &pk);
     lifecycle(store);
+    disclosures(store);
 
     // Tokens: looked up by hash, revoked once.
     let tok = TokenRow {
@@ -301,6 +302,135 @@ pub fn run_all(store: &dyn Store) {
         return;
     }
     panic!("audit_entries past the tail must be empty");
+}
+
+/// The disclosure register: stored only for a record of its subject, listed by subject and
+/// time, and gone with the subject's last record, whichever path deletes it.
+#[expect(clippy::unwrap_used, reason = "a test suite: failures must panic")]
+fn disclosures(store: &dyn Store) {
+    for subject in ["dsc-1", "dsc-2"] {
+        let key = SubjectKeyRow {
+            subject: subject.into(),
+            purpose: Purpose::Nuisance,
+            generation: 1,
+            purpose_version: 2,
+            wrapped: vec![3; 40],
+            created_at: 1,
+        };
+        store.insert_subject_key(&key, &anchor(subject)).unwrap();
+    }
+    let rec = |id: &str, subject: &str| RecordRow {
+        mac: vec![0xAB; 32],
+        fields_mac: vec![0x01; 32],
+        id: id.into(),
+        subject: subject.into(),
+        purpose: Purpose::Nuisance,
+        labels: BTreeMap::new(),
+        created_at: 1,
+        updated_at: 1,
+        closed_at: None,
+        expires_at: Some(100),
+    };
+    let field = FieldRow {
+        mac: vec![0xCD; 32],
+        version: "v1".into(),
+        name: "phone".into(),
+        category: Category::Contact,
+        kind: FieldKind::Text,
+        key_gen: 1,
+        sealed: vec![1; 20],
+        tags: Vec::new(),
+    };
+    for (id, subject) in [
+        ("rec_d1", "dsc-1"),
+        ("rec_d2", "dsc-1"),
+        ("rec_d3", "dsc-2"),
+    ] {
+        store
+            .insert_record(&rec(id, subject), std::slice::from_ref(&field))
+            .unwrap();
+    }
+    let row = |id: &str, subject: &str, record: &str, at: i64| DisclosureRow {
+        id: id.into(),
+        subject: subject.into(),
+        record_id: record.into(),
+        purpose: Purpose::Nuisance,
+        fields: vec!["phone".into(), "name".into()],
+        categories: vec!["contact".into(), "identity".into()],
+        recipient: "Politie Midden-Nederland".into(),
+        recipient_kind: RecipientKind::Police,
+        legal_basis: "art. 8 Politiewet, vordering".into(),
+        case_ref: if at > 20 {
+            String::new()
+        } else {
+            "PL-2026-7".into()
+        },
+        disclosed_at: at,
+        recorded_by: "emp-7".into(),
+        automatic: at > 20,
+        mac: vec![0x5A; 32],
+    };
+    let d1 = row("dsc_1", "dsc-1", "rec_d1", 10);
+    let d2 = row("dsc_2", "dsc-1", "rec_d2", 30);
+    let d3 = row("dsc_3", "dsc-2", "rec_d3", 20);
+    for d in [&d1, &d2, &d3] {
+        store.insert_disclosure(d).unwrap();
+    }
+    // Only for a record of the subject it names: another's record, or none, stores nothing.
+    assert!(matches!(
+        store.insert_disclosure(&row("dsc_x", "dsc-2", "rec_d1", 40)),
+        Err(StoreError::Missing(_))
+    ));
+    assert!(matches!(
+        store.insert_disclosure(&row("dsc_y", "dsc-1", "rec_none", 40)),
+        Err(StoreError::Missing(_))
+    ));
+    assert!(store.insert_disclosure(&d1).is_err(), "ids are unique");
+    assert_eq!(
+        store.disclosures(None, None, 100).unwrap(),
+        [d1.clone(), d3.clone(), d2.clone()]
+    );
+    assert_eq!(
+        store.disclosures(Some("dsc-1"), None, 100).unwrap(),
+        [d1.clone(), d2.clone()]
+    );
+    assert_eq!(
+        store.disclosures(None, Some(20), 100).unwrap(),
+        [d3.clone(), d2.clone()]
+    );
+    assert_eq!(
+        store.disclosures(None, None, 1).unwrap(),
+        std::slice::from_ref(&d1)
+    );
+    assert!(
+        store
+            .disclosures(Some("dsc-9"), None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    // A record goes, the subject keeps others: the disclosures stay. The last goes: they go too,
+    // by deletion or by the retention sweep; another subject's stay.
+    store.delete_record("rec_d1").unwrap();
+    assert_eq!(
+        store.disclosures(Some("dsc-1"), None, 100).unwrap(),
+        [d1, d2]
+    );
+    store.delete_record("rec_d2").unwrap();
+    assert!(
+        store
+            .disclosures(Some("dsc-1"), None, 100)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.disclosures(None, None, 100).unwrap(),
+        std::slice::from_ref(&d3)
+    );
+    let (destroyed, _) = store
+        .shred_records("dsc-2", &["rec_d3".to_owned()])
+        .unwrap();
+    assert_eq!(destroyed, ["rec_d3"]);
+    assert!(store.disclosures(None, None, 100).unwrap().is_empty());
 }
 
 /// `row` written over `prev` (its MAC as read).

@@ -21,6 +21,7 @@
 //! `spawn_blocking`); on a multi-threaded runtime's worker they step aside with `block_in_place`.
 
 mod audit;
+mod disclosures;
 mod evidence;
 mod keys;
 mod lifecycle;
@@ -37,10 +38,10 @@ use std::{
 use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::ToSql};
 
 use super::{
-    AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagRow,
-    TokenRow, prelude::*, qualified,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceMeta, EvidenceRow,
+    FieldMeta, FieldRow, FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow,
+    RecordRow, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts,
+    SubjectKeyRow, TagRow, TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use
@@ -247,6 +248,39 @@ CREATE TABLE restrictions (
 CREATE INDEX restrictions_by_subject ON restrictions (subject);
 ALTER TABLE subject_requests ADD COLUMN extended_due_at BIGINT;
 ALTER TABLE subject_requests ADD COLUMN extension_reason TEXT;
+"#,
+    // The disclosure register; a subject's disclosures go with their last record, in the
+    // transaction that deletes it, whichever path deletes it.
+    r#"
+CREATE TABLE disclosures (
+    id             TEXT COLLATE "C" PRIMARY KEY,
+    subject        TEXT COLLATE "C" NOT NULL,
+    record_id      TEXT COLLATE "C" NOT NULL,
+    purpose        TEXT    NOT NULL,
+    fields         TEXT    NOT NULL,
+    categories     TEXT    NOT NULL,
+    recipient      TEXT    NOT NULL,
+    recipient_kind TEXT    NOT NULL,
+    legal_basis    TEXT    NOT NULL,
+    case_ref       TEXT    NOT NULL,
+    disclosed_at   BIGINT  NOT NULL,
+    recorded_by    TEXT    NOT NULL,
+    automatic      BOOLEAN NOT NULL,
+    mac            BYTEA   NOT NULL
+);
+CREATE INDEX disclosures_by_subject ON disclosures (subject, disclosed_at);
+CREATE INDEX disclosures_by_time ON disclosures (disclosed_at);
+CREATE FUNCTION kluis_disclosures_go_with_the_last_record() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM records WHERE subject = OLD.subject) THEN
+        DELETE FROM disclosures WHERE subject = OLD.subject;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER disclosures_go_with_the_last_record AFTER DELETE ON records
+FOR EACH ROW EXECUTE FUNCTION kluis_disclosures_go_with_the_last_record();
 "#,
 ];
 
@@ -1071,6 +1105,30 @@ fn mandate_from_row(r: &Row) -> Result<MandateRow, StoreError> {
 
 const HOLD_COLUMNS: &str =
     "id, subject, record_id, reason, case_ref, placed_by, placed_at, released_at, released_by, mac";
+
+const DISCLOSURE_COLUMNS: &str = "id, subject, record_id, purpose, fields, categories, recipient, \
+     recipient_kind, legal_basis, case_ref, disclosed_at, recorded_by, automatic, mac";
+
+fn disclosure_from_row(r: &Row) -> Result<DisclosureRow, StoreError> {
+    let fields: String = get(r, 4)?;
+    let categories: String = get(r, 5)?;
+    Ok(DisclosureRow {
+        id: get(r, 0)?,
+        subject: get(r, 1)?,
+        record_id: get(r, 2)?,
+        purpose: get_named(r, 3, "purpose")?,
+        fields: split_list(&fields),
+        categories: split_list(&categories),
+        recipient: get(r, 6)?,
+        recipient_kind: get_named(r, 7, "recipient kind")?,
+        legal_basis: get(r, 8)?,
+        case_ref: get(r, 9)?,
+        disclosed_at: get(r, 10)?,
+        recorded_by: get(r, 11)?,
+        automatic: get(r, 12)?,
+        mac: get(r, 13)?,
+    })
+}
 
 fn hold_from_row(r: &Row) -> Result<HoldRow, StoreError> {
     Ok(HoldRow {

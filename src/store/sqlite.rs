@@ -12,6 +12,7 @@
 //! share stay here.
 
 mod audit;
+mod disclosures;
 mod evidence;
 mod group;
 mod keys;
@@ -28,10 +29,10 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AnchorChange, AnchorRow, AuditRow, ConsentRow, EvidenceMeta, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagRow,
-    TokenRow, prelude::*,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceMeta, EvidenceRow,
+    FieldMeta, FieldRow, FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow,
+    RecordRow, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts,
+    SubjectKeyRow, TagRow, TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
@@ -69,7 +70,8 @@ stored_by_name!(
     crate::domain::Category,
     crate::domain::FieldKind,
     crate::domain::ConsentState,
-    crate::domain::RequestKind
+    crate::domain::RequestKind,
+    crate::domain::RecipientKind
 );
 
 /// The migrations, in order; `PRAGMA user_version` counts how many have run.
@@ -300,6 +302,33 @@ CREATE INDEX restrictions_by_subject ON restrictions (subject);
 ALTER TABLE subject_requests ADD COLUMN extended_due_at INTEGER;
 ALTER TABLE subject_requests ADD COLUMN extension_reason TEXT;
 ",
+    // The disclosure register; a subject's disclosures go with their last record, in the
+    // transaction that deletes it, whichever path deletes it.
+    r"
+CREATE TABLE disclosures (
+    id             TEXT PRIMARY KEY,
+    subject        TEXT    NOT NULL,
+    record_id      TEXT    NOT NULL,
+    purpose        TEXT    NOT NULL,
+    fields         TEXT    NOT NULL,
+    categories     TEXT    NOT NULL,
+    recipient      TEXT    NOT NULL,
+    recipient_kind TEXT    NOT NULL,
+    legal_basis    TEXT    NOT NULL,
+    case_ref       TEXT    NOT NULL,
+    disclosed_at   INTEGER NOT NULL,
+    recorded_by    TEXT    NOT NULL,
+    automatic      INTEGER NOT NULL,
+    mac            BLOB    NOT NULL
+);
+CREATE INDEX disclosures_by_subject ON disclosures (subject, disclosed_at);
+CREATE INDEX disclosures_by_time ON disclosures (disclosed_at);
+CREATE TRIGGER disclosures_go_with_the_last_record AFTER DELETE ON records
+WHEN NOT EXISTS (SELECT 1 FROM records WHERE subject = OLD.subject)
+BEGIN
+    DELETE FROM disclosures WHERE subject = OLD.subject;
+END;
+",
 ];
 
 /// Reader connections kept open between reads. Opening one parses the schema and loses its
@@ -526,6 +555,8 @@ const REQUEST_COLUMNS: &str = "id, subject, kind, received_at, due_at, opened_by
     note, mac, extended_due_at, extension_reason";
 const RESTRICTION_COLUMNS: &str =
     "id, subject, reason, placed_by, placed_at, lifted_at, lifted_by, mac";
+const DISCLOSURE_COLUMNS: &str = "id, subject, record_id, purpose, fields, categories, recipient, \
+     recipient_kind, legal_basis, case_ref, disclosed_at, recorded_by, automatic, mac";
 /// SQL condition: no active hold covers record `r`.
 /// The id of an active hold covering record `?1`, if any.
 const HOLD_ON_RECORD: &str = "SELECT h.id FROM holds h JOIN records r ON h.subject = r.subject
@@ -688,6 +719,31 @@ fn mandate_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MandateRow> {
         granted_by: r.get(7)?,
         revoked_at: r.get(8)?,
         mac: r.get(9)?,
+    })
+}
+
+fn disclosure_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DisclosureRow> {
+    let list = |s: String| -> Vec<String> {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    Ok(DisclosureRow {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        record_id: r.get(2)?,
+        purpose: r.get(3)?,
+        fields: list(r.get(4)?),
+        categories: list(r.get(5)?),
+        recipient: r.get(6)?,
+        recipient_kind: r.get(7)?,
+        legal_basis: r.get(8)?,
+        case_ref: r.get(9)?,
+        disclosed_at: r.get(10)?,
+        recorded_by: r.get(11)?,
+        automatic: r.get(12)?,
+        mac: r.get(13)?,
     })
 }
 

@@ -414,6 +414,18 @@ impl Vault {
         if let Some((offset, length)) = range {
             event.reason = Some(format!("bytes {offset}+{length}"));
         }
+        if grant.is_some() {
+            // A download by an external party is a disclosure: registered before its entry is
+            // written and before a segment is opened (the entry's reason names it).
+            let file: Vec<&crate::policy::FieldResource> = resources.iter().collect();
+            if let Some(id) = self.register_external_read(principal, ctx, &record, &file)? {
+                let range = event.reason.take();
+                event.reason = Some(match range {
+                    Some(r) => format!("{r}; disclosure {id}"),
+                    None => format!("disclosure {id}"),
+                });
+            }
+        }
         let seq = self.audit.append(&event)?;
         let Some(grant) = grant.and_then(|d| d.grant(&seq)) else {
             // The reasons only to a caller who may know the file exists.

@@ -133,6 +133,14 @@ impl Vault {
                 .collect();
             self.decide(principal, Action::Export, ctx, &probes)?
         };
+        // The disclosures of the subject's data, each shown as far as the fields it names are.
+        let disclosures = self.subject_disclosures(subject.as_str())?;
+        let disclosure_visible =
+            self.visible_disclosures(principal, ctx, &disclosures, |record_id| {
+                records
+                    .iter()
+                    .any(|(r, _, _)| r.id == record_id && r.closed_at.is_some())
+            })?;
         let permitted = allowed > 0 || entitled.iter().any(Decision::is_allow);
         // Read only for a permitted export, through the subject's anchor.
         let restrictions = if permitted {
@@ -326,6 +334,12 @@ impl Vault {
                 .filter(|f| f.decision == "allow")
                 .map(|f| f.name.as_str())
                 .collect();
+            let masked: Vec<&str> = e
+                .fields
+                .iter()
+                .filter(|f| f.decision == super::READ_MASKED)
+                .map(|f| f.name.as_str())
+                .collect();
             let line = json!({
                 "type": "access",
                 "seq": entry_seq,
@@ -340,6 +354,36 @@ impl Vault {
                 "decision": e.decision,
                 "record_id": e.record,
                 "fields": fields,
+                "fields_masked": masked,
+            });
+            if !emit(line) {
+                return Ok(());
+            }
+        }
+        // Who received the subject's data, on which basis, when (DOMAIN.md, rule 11). The case
+        // reference and who recorded it are the organisation's own bookkeeping and stay out.
+        for (d, _) in disclosures
+            .iter()
+            .zip(&disclosure_visible)
+            .filter(|(_, visible)| **visible)
+        {
+            let fields: Vec<Json> = d
+                .fields
+                .iter()
+                .zip(&d.categories)
+                .map(|(n, c)| json!({"name": n, "category": c}))
+                .collect();
+            let line = json!({
+                "type": "disclosure",
+                "disclosure_id": d.id,
+                "record_id": d.record_id,
+                "purpose": d.purpose.as_str(),
+                "fields": fields,
+                "recipient": d.recipient,
+                "recipient_kind": d.recipient_kind.as_str(),
+                "legal_basis": d.legal_basis,
+                "disclosed_at": d.disclosed_at,
+                "automatic": d.automatic,
             });
             if !emit(line) {
                 return Ok(());

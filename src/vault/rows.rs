@@ -42,8 +42,9 @@ use crate::{
     domain::Principal,
     policy::AdminAction,
     store::{
-        AnchorRow, ConsentRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, MandateRow,
-        PurposeKeyRow, RecordRow, RequestRow, RestrictionRow, StoreError, SubjectFacts, TokenRow,
+        AnchorRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow, HoldRow,
+        MandateRow, PurposeKeyRow, RecordRow, RequestRow, RestrictionRow, StoreError, SubjectFacts,
+        TokenRow,
     },
 };
 
@@ -190,6 +191,34 @@ impl Authenticated for MandateRow {
             .int(self.valid_until)
             .str(&self.granted_by)
             .opt_int(self.revoked_at);
+    }
+}
+
+impl Authenticated for DisclosureRow {
+    const KIND: &'static str = "disclosure";
+
+    fn row_id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        &self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.id)
+            .str(&self.subject)
+            .str(&self.record_id)
+            .str(self.purpose.as_str())
+            .list(&self.fields)
+            .list(&self.categories)
+            .str(&self.recipient)
+            .str(self.recipient_kind.as_str())
+            .str(&self.legal_basis)
+            .str(&self.case_ref)
+            .int(self.disclosed_at)
+            .str(&self.recorded_by)
+            .int(i64::from(self.automatic));
     }
 }
 
@@ -785,8 +814,8 @@ impl Vault {
 /// A stored row that fails verification: what it is and what is wrong. Never its contents.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct BadRow {
-    /// `token`, `hold`, `mandate`, `consent`, `restriction`, `anchor`, `record`, `field`,
-    /// `evidence`, `request`, `purpose-key` or `meta`.
+    /// `token`, `hold`, `mandate`, `consent`, `restriction`, `disclosure`, `anchor`, `record`,
+    /// `field`, `evidence`, `request`, `purpose-key` or `meta`.
     pub kind: &'static str,
     /// The row's id (for a consent: `subject/purpose`).
     pub id: String,
@@ -873,6 +902,10 @@ impl Vault {
         for r in &restrictions {
             check(RestrictionRow::KIND, r.row_id(), self.rows.is_authentic(r));
         }
+        let disclosures = self.store.disclosures(None, None, usize::MAX)?;
+        for d in &disclosures {
+            check(DisclosureRow::KIND, d.row_id(), self.rows.is_authentic(d));
+        }
         let anchors = self.store.anchors()?;
         for a in &anchors {
             check(AnchorRow::KIND, a.row_id(), self.rows.is_authentic(a));
@@ -944,6 +977,10 @@ impl Vault {
         let mut opened: BTreeMap<String, u64> = BTreeMap::new();
         let mut restricted: BTreeMap<String, u64> = BTreeMap::new();
         let mut consent_state: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        let mut disclosed: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        // The last entry that destroyed records of a subject: its disclosures may have gone with
+        // its last record.
+        let mut destroyed: BTreeMap<String, u64> = BTreeMap::new();
         let filter = Filter {
             actions: [
                 "hold-place",
@@ -951,6 +988,11 @@ impl Vault {
                 "consent",
                 "request-open",
                 "restrict",
+                "disclosure",
+                "read",
+                "delete",
+                "retention-destroy",
+                "erase-subject",
             ]
             .iter()
             .map(|a| (*a).to_owned())
@@ -971,6 +1013,18 @@ impl Vault {
                     }
                     ("restrict", Some(id)) => {
                         restricted.insert(id.clone(), seq);
+                    }
+                    // A disclosure recorded by a caller, or a read by an external party that
+                    // the vault registered (the read's entry names it).
+                    ("disclosure" | "read", Some(id)) if id.starts_with("dsc_") => {
+                        if let Some(s) = &e.subject {
+                            disclosed.insert(id.clone(), (s.clone(), seq));
+                        }
+                    }
+                    ("delete" | "retention-destroy" | "erase-subject", _) => {
+                        if let Some(s) = &e.subject {
+                            destroyed.insert(s.clone(), seq);
+                        }
                     }
                     ("consent", _) => {
                         if let (Some(s), Some(p), Some(state)) = (&e.subject, &e.purpose, &e.reason)
@@ -1006,6 +1060,12 @@ impl Vault {
         for (id, seq) in &restricted {
             if !restrictions.iter().any(|r| &r.id == id) {
                 bad.push(missing(RestrictionRow::KIND, id, *seq, "placed"));
+            }
+        }
+        for (id, (subject, seq)) in &disclosed {
+            let gone_with_records = destroyed.get(subject).is_some_and(|d| d > seq);
+            if !gone_with_records && !disclosures.iter().any(|d| &d.id == id) {
+                bad.push(missing(DisclosureRow::KIND, id, *seq, "recorded"));
             }
         }
         for (key, (state, seq)) in &consent_state {

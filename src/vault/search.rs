@@ -235,7 +235,7 @@ impl Vault {
     ) -> Result<bool, VaultError> {
         let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
-        let granted = [(grant, row, row.category)];
+        let granted = [(super::FieldGrant::Full(grant), row, row.category)];
         let Some(mut opened) = self.open_granted(&granted, &subject, record, record.purpose)?
         else {
             // A rekey moved the subject on since the candidate was read: not compared now.

@@ -153,13 +153,14 @@ impl Vault {
     }
 
     /// Every recorded access to `subject`'s data: who, in which role, for which purpose and case,
-    /// why, which fields, and the decision.
+    /// why, which fields, and the decision; and the subject's disclosure register (a row that
+    /// fails its MAC refuses the report, `DATA_LOSS`).
     pub fn subject_access_report(
         &self,
         actor: &Principal,
         subject: &SubjectId,
         justification: &str,
-    ) -> Result<Vec<(u64, AuditEvent)>, VaultError> {
+    ) -> Result<SubjectAccessReport, VaultError> {
         let mut event = self.require_admin(
             actor,
             AdminAction::ReadAudit,
@@ -168,6 +169,18 @@ impl Vault {
             justification,
         )?;
         event.subject = Some(subject.as_str().into());
+        // The disclosure register of the subject, every row checked before the entry is written;
+        // only for a reader who may see the register (`manage-lifecycle`: the privacy officer),
+        // never for the security officer, who reads the trail but no personal data.
+        let disclosures = if self
+            .policy()
+            .decide_admin(actor, AdminAction::ManageLifecycle)?
+            .is_allow()
+        {
+            self.subject_disclosures(subject.as_str())?
+        } else {
+            Vec::new()
+        };
         let upto = event.commit()?.value();
         let filter = Filter {
             subject: Some(subject.as_str().into()),
@@ -181,8 +194,21 @@ impl Vault {
             }
             seq < upto
         })?;
-        Ok(out)
+        Ok(SubjectAccessReport {
+            events: out,
+            disclosures,
+        })
     }
+}
+
+/// What the privacy officer reports to a subject: every recorded access to their data (with
+/// its sequence number) and their disclosure register.
+#[derive(Debug)]
+pub struct SubjectAccessReport {
+    /// The accesses, oldest first.
+    pub events: Vec<(u64, AuditEvent)>,
+    /// The disclosures of their data, oldest first.
+    pub disclosures: Vec<crate::store::DisclosureRow>,
 }
 
 /// Where a watch of the trail starts (`Vault::begin_audit_watch`).

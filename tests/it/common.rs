@@ -344,6 +344,7 @@ pub fn text(name: &str, category: &str, value: &str) -> pb::FieldValue {
         name: name.into(),
         category: category.into(),
         value: Some(pb::field_value::Value::Text(value.into())),
+        masked: false,
     }
 }
 
@@ -352,6 +353,7 @@ pub fn binary(name: &str, category: &str, value: &[u8]) -> pb::FieldValue {
         name: name.into(),
         category: category.into(),
         value: Some(pb::field_value::Value::Binary(value.to_vec())),
+        masked: false,
     }
 }
 

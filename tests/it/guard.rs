@@ -188,6 +188,7 @@ async fn malformed_requests_name_the_field_and_store_nothing() {
                 name: "a".into(),
                 category: "contact".into(),
                 value: None,
+                masked: false,
             }],
             "fields[0]",
         ),

@@ -13,6 +13,8 @@ use crate::common::{ctx, evidence_start, nuisance_ctx, req, text};
 
 const VALUE: &str = "Geheime-Diagnose-QX7-hygiene";
 const FILE_NAME: &str = "Jansen-QX7-portiek.mp4";
+/// A bank account customer service sees masked only: neither it nor its digits may be logged.
+const IBAN: &str = "NL91ABNA0417164300";
 
 struct Server(std::process::Child);
 
@@ -112,6 +114,67 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
         .unwrap();
     let officer = officer.token;
     let mut vault = VaultClient::new(channel);
+    // A masked view: the finance officer stores an IBAN, customer service reads it masked.
+    let mut role_token = async |principal: &str, role: &str| {
+        let t = admin
+            .issue_token(req(
+                &so,
+                pb::IssueTokenRequest {
+                    principal_id: principal.into(),
+                    roles: vec![role.into()],
+                    ttl_seconds: 600,
+                    scope_subject_id: String::new(),
+                    justification: "hygiene".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        admin
+            .approve_token(req(
+                &po,
+                pb::ApproveTokenRequest {
+                    token_id: t.token_id.clone(),
+                    justification: "hygiene".into(),
+                },
+            ))
+            .await
+            .unwrap();
+        t.token
+    };
+    let finance = role_token("emp-2", "finance-officer").await;
+    let service = role_token("emp-3", "customer-service").await;
+    let contract = vault
+        .put_record(req(
+            &finance,
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: "REL-HY".into(),
+                fields: vec![text("iban", "financial", IBAN)],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_id;
+    let masked = vault
+        .get_record(req(
+            &service,
+            pb::GetRecordRequest {
+                context: ctx("contract", "", ""),
+                record_id: contract,
+                fields: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(masked.fields[0].masked);
+    assert_eq!(
+        crate::common::text_of(&masked.fields[0]),
+        "NL** **** **** **43 00"
+    );
     let id = vault
         .put_record(req(
             &officer,
@@ -228,6 +291,11 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
     );
     assert!(contains(b"TRACE"), "trace-level lines are there");
     assert!(!contains(VALUE.as_bytes()), "a field value is in the logs");
+    assert!(!contains(IBAN.as_bytes()), "a masked IBAN is in the logs");
+    assert!(
+        !contains(b"0417164300"),
+        "the digits of a masked IBAN are in the logs"
+    );
     assert!(!contains(officer.as_bytes()), "a token is in the logs");
     assert!(
         !contains(so.as_bytes()),
