@@ -1019,6 +1019,9 @@ pub trait RecordStore: Send + Sync {
 
     /// How many tags were made under index key version `version`.
     fn tag_count(&self, version: u32) -> Result<u64, StoreError>;
+
+    /// Whether any tag is stored, under any index key version.
+    fn any_tags(&self) -> Result<bool, StoreError>;
 }
 
 /// Evidence files, streamed in segments.

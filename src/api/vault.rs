@@ -512,7 +512,8 @@ impl VaultRpc for VaultApi {
             let ctx = convert::context(req.context, vault.channels())?;
             let field = FieldName::parse("field", &req.field)?;
             let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-            let records = vault.find_records(principal, &ctx, &field, &req.value, limit)?;
+            let value = zeroize::Zeroizing::new(req.value);
+            let records = vault.find_records(principal, &ctx, &field, &value, limit)?;
             Ok(pb::FindRecordsResponse {
                 records: records.into_iter().map(record_info).collect(),
             })

@@ -164,6 +164,14 @@ impl Keyring {
                     .map_err(|_| KeyError::Crypto(CryptoError::Open))?;
                 return self.open_index_keys(&root, stored);
             }
+            // Tags without the keys they were made under: the row was deleted, not never made.
+            // A new key would leave every stored value unfindable without a word.
+            if self.store.any_tags()? {
+                return Err(KeyError::Tampered(
+                    "index keys (the store holds tags but not the keys they were made under)"
+                        .into(),
+                ));
+            }
             let key = IndexKey::generate();
             let next = self.seal_index_keys(&[(1, IndexKeyState::Active, now_unix(), &key)])?;
             match self.store.replace_meta(META_INDEX_KEYS, None, &next) {
@@ -434,5 +442,23 @@ mod tests {
         // The twin: the row as it was works again.
         put(&stored);
         assert_eq!(tag(&fresh()), good);
+        // Deleted while tags are stored: refused, not silently replaced by a new key.
+        conn.execute(
+            "INSERT INTO records (id, subject, purpose, labels, created_at, updated_at, mac, fields_mac)
+             VALUES ('rec_t', 'S', 'contract', '{}', 0, 0, x'', x'')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+             VALUES ('rec_t', 'email', 'contact', 'text', 1, x'00', x'', 'v')",
+            [],
+        )
+        .unwrap();
+        assert!(store.write_tags("rec_t", "email", "v", &good).unwrap());
+        conn.execute("DELETE FROM meta WHERE key = 'index_keys'", [])
+            .unwrap();
+        assert!(matches!(fresh().index_keys(), Err(KeyError::Tampered(_))));
+        assert!(store.meta(META_INDEX_KEYS).unwrap().is_none());
     }
 }

@@ -102,6 +102,16 @@ impl Vault {
                         f.name, stored.category, f.category
                     ));
                 }
+                // Text stays text and bytes stay bytes: a rectification corrects a value, it
+                // does not change what kind of value the field holds.
+                Some(stored) if stored.kind != f.value.kind() => {
+                    return event.refuse(format!(
+                        "field `{}` holds {}, not {}; a rectification keeps the kind of value",
+                        f.name,
+                        stored.kind.as_str(),
+                        f.value.kind().as_str()
+                    ));
+                }
                 Some(_) => {}
             }
         }

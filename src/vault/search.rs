@@ -125,11 +125,32 @@ impl Vault {
         )?;
         let mut event = self.event(principal, ctx, "find", None, None);
         if ids.len() > MAX_CANDIDATES {
+            // Said only to a caller who may read the field of such a record: to anyone else,
+            // how many records share a tag is itself something of the data.
+            let mut entitled = false;
+            if let Some(id) = ids.first()
+                && let Some((record, rows)) = self.store.record(id)?
+            {
+                self.rows.check(&record)?;
+                self.rows.check_fields(&record, &rows)?;
+                if let Some(row) = rows.iter().find(|r| r.name == field.as_str())
+                    && record.purpose == purpose
+                {
+                    let probe = [resource(&record, purpose, row)?];
+                    entitled = self
+                        .decide(principal, Action::Read, ctx, &probe)?
+                        .first()
+                        .is_some_and(|d| d.is_allow());
+                }
+            }
             event.decision = "deny".into();
             event.reason = Some(format!(
                 "field `{field}`: more than {MAX_CANDIDATES} candidates"
             ));
             self.audit.append(&event)?;
+            if !entitled {
+                return Ok(Vec::new());
+            }
             return Err(VaultError::FailedPrecondition(format!(
                 "more than {MAX_CANDIDATES} records of `{purpose}` share the tag of this value \
                  in `{field}`; search a field that tells them apart"
@@ -179,23 +200,41 @@ impl Vault {
 
         // The outcome on the trail before anything of it is answered: each hit under its
         // subject (so it is in that subject's access report), then the count.
-        let mut entries: Vec<AuditEvent> = hits
-            .iter()
-            .map(|record| {
-                let subject = SubjectId::parse_stored(&record.subject).ok();
-                let record_id = RecordId::parse("record_id", &record.id).ok();
-                let mut e = self.event(
-                    principal,
-                    ctx,
-                    "found",
-                    subject.as_ref(),
-                    record_id.as_ref(),
-                );
-                e.decision = "allow".into();
-                e.reason = Some(format!("found by `{field}`"));
-                e
-            })
-            .collect();
+        let mut entries: Vec<AuditEvent> = Vec::with_capacity(hits.len() + 1);
+        for record in &hits {
+            let hit = candidates
+                .iter()
+                .zip(&resources)
+                .find(|((r, _), _)| r.id == record.id)
+                .map(|(_, res)| res);
+            // A hit tells an external party that the subject's field holds the value: a
+            // disclosure, registered as one of its reads is, before the answer.
+            let disclosure = match hit {
+                Some(res) => self.register_external_read(principal, ctx, record, &[res])?,
+                None => None,
+            };
+            let subject = SubjectId::parse_stored(&record.subject).ok();
+            let record_id = RecordId::parse("record_id", &record.id).ok();
+            let mut e = self.event(
+                principal,
+                ctx,
+                "found",
+                subject.as_ref(),
+                record_id.as_ref(),
+            );
+            e.decision = "allow".into();
+            e.reason = Some(format!("found by `{field}`"));
+            e.target = disclosure;
+            if let Some(res) = hit {
+                e.fields = vec![crate::audit::AuditField {
+                    name: res.name.clone(),
+                    category: res.category.as_str().into(),
+                    decision: "allow".into(),
+                    policies: Vec::new(),
+                }];
+            }
+            entries.push(e);
+        }
         let mut result = self.event(principal, ctx, "find-result", None, None);
         result.decision = "allow".into();
         result.reason = Some(format!("field `{field}`: {} hit(s)", hits.len()));
@@ -268,6 +307,13 @@ impl Vault {
             Some("index"),
             justification,
         )?;
+        if !self.keyring.index_keys()?.retiring().is_empty() {
+            return Err(VaultError::FailedPrecondition(
+                "an earlier rotation of the index key is still being backfilled; run `kluis admin \
+                 keys reindex` until it reports the old version dropped"
+                    .into(),
+            ));
+        }
         event.reason = Some("new active index key version requested".into());
         let version = event.commit_then(|| Ok(self.keyring.rotate_index_key()?))?;
         tracing::info!(version, "index key rotated");

@@ -22,6 +22,7 @@ pub const DATA_ACTIONS: &[&str] = &[
     "evidence-upload",
     "evidence-export",
     "rectify",
+    "found",
 ];
 
 impl Vault {

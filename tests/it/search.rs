@@ -199,6 +199,25 @@ async fn exact_and_normalised_values_are_found_and_colliding_tags_never_leave_th
     assert!(!found_t7.is_empty());
     assert!(entries.iter().any(|e| e["action"] == "find-result"
         && e["reason"].as_str().unwrap().contains("`email`: 1 hit(s)")));
+    // The subject's access report names the search that found them.
+    let report = server
+        .admin()
+        .await
+        .subject_access_report(req(
+            server.token(Role::PrivacyOfficer),
+            pb::SubjectAccessReportRequest {
+                subject_id: "T7".into(),
+                justification: "SAR-2026-7".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        report.events.iter().any(|e| e.action == "found"),
+        "{:?}",
+        report.events.iter().map(|e| &e.action).collect::<Vec<_>>()
+    );
     let trail = serde_json::to_string(&entries).unwrap().to_lowercase();
     for value in ["tenant7@", "12340007", "1234ab", "1234 ab", "nobody@"] {
         assert!(!trail.contains(value), "`{value}` on the trail");
@@ -629,4 +648,88 @@ async fn the_index_key_rotates_and_searches_keep_finding_during_the_backfill() {
             "{action} not on the trail"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_partys_hit_is_registered_as_a_disclosure() {
+    let server = TestServer::start_with_config(kluis::config::RawConfig {
+        search: Some(BTreeMap::from([(
+            "maintenance".to_owned(),
+            RawSearch {
+                fields: vec!["email".into()],
+                ..Default::default()
+            },
+        )])),
+        ..Default::default()
+    })
+    .await;
+    for subject in ["T1", "T2"] {
+        put(
+            &server,
+            Role::MaintenancePlanner,
+            ctx("maintenance", "", ""),
+            subject,
+            vec![text(
+                "email",
+                "contact",
+                &format!("{}@example.nl", subject.to_lowercase()),
+            )],
+        )
+        .await;
+    }
+    let contractor = server.issue(Role::Contractor, Some("T1"));
+    let find = |value: &'static str| {
+        let token = contractor.clone();
+        let server = &server;
+        async move {
+            server
+                .client()
+                .await
+                .find_records(req(
+                    &token,
+                    pb::FindRecordsRequest {
+                        context: ctx("maintenance", "", ""),
+                        field: "email".into(),
+                        value: value.into(),
+                        limit: 0,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .records
+        }
+    };
+    assert_eq!(subjects(&find("t1@example.nl").await), ["T1"]);
+    // Another subject's value: not found, nothing registered.
+    assert!(find("t2@example.nl").await.is_empty());
+    let found: Vec<serde_json::Value> = audit_entries(&server)
+        .into_iter()
+        .filter(|e| e["action"] == "found")
+        .collect();
+    assert_eq!(found.len(), 1);
+    let disclosure = found[0]["target"].as_str().unwrap().to_owned();
+    assert!(disclosure.starts_with("dsc_"), "{disclosure}");
+    let register = server
+        .admin()
+        .await
+        .list_disclosures(req(
+            server.token(Role::PrivacyOfficer),
+            pb::ListDisclosuresRequest {
+                subject_id: "T1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .disclosures;
+    assert!(
+        register.iter().any(|d| d.disclosure_id == disclosure),
+        "{:?}",
+        register
+            .iter()
+            .map(|d| &d.disclosure_id)
+            .collect::<Vec<_>>()
+    );
 }

@@ -297,7 +297,8 @@ pub async fn keys(
                         out!("{}", serde_json::json!({"index_key_version": version}));
                     } else {
                         out!(
-                            "index key version {version} is active; the one before still tags and                              is still searched until every value is tagged again"
+                            "index key version {version} is active; the one before still tags and is still \
+                             searched until every value is tagged again"
                         );
                         out!("tag them with: kluis admin keys reindex");
                     }

@@ -451,6 +451,13 @@ impl RecordStore for PgStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
+
+    fn any_tags(&self) -> Result<bool, StoreError> {
+        self.read_one(|tx| {
+            let row = tx.one("SELECT EXISTS (SELECT 1 FROM search_tags)", &[])?;
+            get(&row, 0)
+        })
+    }
 }
 
 /// Stores the tags of a field value just written.

@@ -492,6 +492,14 @@ impl RecordStore for SqliteStore {
         })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+
+    fn any_tags(&self) -> Result<bool, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT EXISTS (SELECT 1 FROM search_tags)", [], |r| {
+                r.get(0)
+            })
+        })
+    }
 }
 
 /// Stores the tags of a field value just written.
