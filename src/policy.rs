@@ -240,12 +240,15 @@ impl Decision {
         self.effect == Effect::Allow
     }
 
-    /// Turns an allowing decision into the capability to decrypt its field, given the proof that
-    /// the audit entry recording it is committed. `None` for a deny, and for an allowed
-    /// `read-masked`, which grants a masked view only (`masked_grant`).
+    /// Turns an allowing `read` or `export` decision into the capability to decrypt its field,
+    /// given the proof that the audit entry recording it is committed. `None` for a deny, for
+    /// the other actions, and for an allowed `read-masked`, which grants a masked view only
+    /// (`masked_grant`).
     pub fn grant(&self, audit_seq: &AuditSeq) -> Option<Grant> {
         let (record, field) = self.field.clone()?;
-        if self.action == Some(Action::ReadMasked) {
+        // Only a read or an export opens a value: an allowed listing, write, deletion or
+        // closing (or a masked view) is no capability to decrypt.
+        if !matches!(self.action, Some(Action::Read | Action::Export)) {
             return None;
         }
         self.is_allow().then(|| Grant {
@@ -1302,5 +1305,37 @@ mod tests {
             .unwrap();
         assert!(!d[0].is_allow());
         assert!(d[0].grant(&AuditSeq::for_tests(1)).is_none());
+    }
+
+    #[test]
+    fn only_an_allowed_read_or_export_is_a_capability_to_decrypt() {
+        let engine = Engine::default_policies().unwrap();
+        let p = principal(&[Role::NuisanceOfficer], None);
+        let f = field("phone", Category::Contact, Purpose::Nuisance);
+        let seq = AuditSeq::for_tests(1);
+        for action in Action::ALL {
+            let d = engine
+                .decide_fields(
+                    &p,
+                    *action,
+                    &ctx(Purpose::Nuisance),
+                    std::slice::from_ref(&f),
+                )
+                .unwrap();
+            if !d[0].is_allow() {
+                continue;
+            }
+            let opens = d[0].grant(&seq).is_some();
+            assert_eq!(
+                opens,
+                matches!(action, Action::Read | Action::Export),
+                "{action:?}"
+            );
+        }
+        // The twin: the allowed read does open.
+        let read = engine
+            .decide_fields(&p, Action::Read, &ctx(Purpose::Nuisance), &[f])
+            .unwrap();
+        assert!(read[0].grant(&seq).is_some());
     }
 }

@@ -63,9 +63,7 @@ impl Vault {
         let (record, rows) = self.load(record_id)?;
         if record.subject != subject.as_str() {
             // Answered as a record that does not exist: the caller named another subject's.
-            return Err(VaultError::NotFound(format!(
-                "record `{record_id}` of subject `{subject}`"
-            )));
+            return Err(VaultError::NotFound(format!("record `{record_id}`")));
         }
         let purpose = record.purpose;
         let mut resources = Vec::with_capacity(fields.len());
