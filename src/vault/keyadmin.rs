@@ -401,12 +401,6 @@ impl Vault {
         }
         self.store.finish_key_job(purpose.as_str(), "rekey")?;
         crate::metrics::key_job("rekey", purpose.as_str(), state.done, state.done);
-        // The rekey also tags the purpose's searchable values under the active index key
-        // version (the backfill after an index key rotation).
-        if self.search_config().of(purpose).is_some() {
-            drop(lease);
-            self.reindex(Some(purpose), |_| !self.is_stopping())?;
-        }
         self.system_event(
             "key-rekey",
             purpose,
@@ -415,6 +409,20 @@ impl Vault {
                 state.done
             ),
         )?;
+        // The rekey also tags the purpose's searchable values under the active index key
+        // version (the backfill after an index key rotation), once the rekey is on the trail,
+        // so a failed backfill never hides a finished rekey. A reindex running on another node
+        // does the same work.
+        if self.search_config().of(purpose).is_some() {
+            drop(lease);
+            match self.reindex(Some(purpose), |_| !self.is_stopping()) {
+                Ok(_) => {}
+                Err(VaultError::FailedPrecondition(why)) => {
+                    tracing::info!(purpose = purpose.as_str(), %why, "backfill left to the running reindex");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(state)
     }
 

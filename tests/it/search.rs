@@ -733,3 +733,46 @@ async fn an_external_partys_hit_is_registered_as_a_disclosure() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rekey_of_a_purpose_backfills_its_tags_after_an_index_key_rotation() {
+    let server = TestServer::start_with_config(search_config(16)).await;
+    tenants(&server, 5).await;
+    assert_eq!(rotate_index(&server).await.unwrap(), 2);
+    let mut stream = server
+        .admin()
+        .await
+        .rekey(req(
+            server.token(Role::SecurityOfficer),
+            pb::KeyJobRequest {
+                purpose: "contract".into(),
+                justification: "yearly".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(p) = stream.message().await.unwrap() {
+        if p.finished {
+            break;
+        }
+    }
+    // Every value tagged under the new version only, the old one dropped, and still found.
+    assert_eq!(versions(&server), BTreeMap::from([(2, 15)]));
+    assert_eq!(
+        subjects(
+            &find(&server, Role::CustomerService, "email", "tenant3@example.nl", 0)
+                .await
+                .unwrap()
+        ),
+        ["T3"]
+    );
+    // The rekey's own entry is on the trail before the backfill's.
+    let actions: Vec<String> = audit_entries(&server)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let rekey = actions.iter().position(|a| a == "key-rekey").unwrap();
+    let backfill = actions.iter().rposition(|a| a == "index-backfill").unwrap();
+    assert!(rekey < backfill, "{actions:?}");
+}
