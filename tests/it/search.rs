@@ -761,9 +761,15 @@ async fn a_rekey_of_a_purpose_backfills_its_tags_after_an_index_key_rotation() {
     assert_eq!(versions(&server), BTreeMap::from([(2, 15)]));
     assert_eq!(
         subjects(
-            &find(&server, Role::CustomerService, "email", "tenant3@example.nl", 0)
-                .await
-                .unwrap()
+            &find(
+                &server,
+                Role::CustomerService,
+                "email",
+                "tenant3@example.nl",
+                0
+            )
+            .await
+            .unwrap()
         ),
         ["T3"]
     );
