@@ -51,7 +51,8 @@
 //!
 //! `FindRecords` searches the name of a nuisance record (searchable under 16-bit tags, so among
 //! a million records a search compares about 16 candidates besides its hit); after the table, its
-//! p50 at one client is given against `GetRecord`'s (aim: ≤ 2×).
+//! p50 at one client is given against `GetRecord`'s (aim: ≤ 2×). `--tag-bits N` narrows or
+//! widens the tags (8 among 20,000 records makes about 80 candidates: the cost per candidate).
 //!
 //! `--json F` writes every figure: per case rate, latencies and CPU (`results`), the ratios to
 //! PostgreSQL (`versus_postgresql`), the node comparison (`nodes_comparison`), and the store and
@@ -135,6 +136,8 @@ struct Options {
     store: StoreKind,
     /// kluis nodes on the one store (PostgreSQL only).
     nodes: usize,
+    /// Width of the searched field's tags.
+    tag_bits: u8,
 }
 
 fn options() -> Options {
@@ -147,6 +150,7 @@ fn options() -> Options {
         only: None,
         store: StoreKind::Sqlite,
         nodes: 1,
+        tag_bits: 16,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -179,6 +183,10 @@ fn options() -> Options {
                     "postgres" => StoreKind::Postgres,
                     other => panic!("--store sqlite|postgres, not `{other}`"),
                 };
+                i += 1;
+            }
+            "--tag-bits" => {
+                o.tag_bits = args[i + 1].parse().expect("--tag-bits N");
                 i += 1;
             }
             "--nodes" => {
@@ -527,7 +535,7 @@ fn main() {
     let mut pg = None;
     let (vaults, variants) = match o.store {
         StoreKind::Sqlite => (
-            vec![store::sqlite(dir.path(), &secret)],
+            vec![store::sqlite(dir.path(), &secret, o.tag_bits)],
             vec![pg::Variant::Stretched, pg::Variant::Fast],
         ),
         StoreKind::Postgres => {
@@ -535,7 +543,7 @@ fn main() {
             let cluster = start_pg(o.subjects, &variants)
                 .unwrap_or_else(|why| panic!("--store postgres needs PostgreSQL: {why}"));
             let url = cluster.database("kluis").unwrap();
-            let vaults = store::postgres(&url, dir.path(), &secret, o.nodes);
+            let vaults = store::postgres(&url, dir.path(), &secret, o.nodes, o.tag_bits);
             println!(
                 "kluis on PostgreSQL: {} node(s) on database `kluis` of the same cluster",
                 vaults.len()

@@ -923,6 +923,16 @@ pub trait RecordStore: Send + Sync {
     /// A record with all its fields.
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError>;
 
+    /// The records of `ids` that exist, each with all its fields (each from one snapshot, as
+    /// `record` gives it), in the order of `ids`.
+    fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.record(id)?);
+        }
+        Ok(found)
+    }
+
     /// Replaces or adds `fields` of a record, sets `updated_at` and replaces its field-set MAC,
     /// in one transaction. Returns false when the record does not exist. Fails with `Held` when
     /// an active legal hold covers the record and a stored value would be replaced (adding a
@@ -1104,6 +1114,11 @@ pub trait LifecycleStore: Send + Sync {
     /// A subject's anchor, consent states, holds, mandates and whether it has a key or a record,
     /// read in one snapshot.
     fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, StoreError>;
+
+    /// `subject_facts` of each of `subjects`, in their order.
+    fn subjects_facts(&self, subjects: &[&str]) -> Result<Vec<SubjectFacts>, StoreError> {
+        subjects.iter().map(|s| self.subject_facts(s)).collect()
+    }
 
     /// Every subject anchor.
     fn anchors(&self) -> Result<Vec<AnchorRow>, StoreError>;

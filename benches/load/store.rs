@@ -18,11 +18,12 @@ use kluis::{
 };
 
 /// The field `FindRecords` searches: the name on every nuisance record, unique per subject,
-/// under 16-bit tags (so a search among a million records compares about 16 candidates).
+/// under 16-bit tags by default (so a search among a million records compares about 16
+/// candidates).
 pub const SEARCHED: &str = "name";
 
-fn search() -> SearchConfig {
-    SearchConfig::default().with(kluis::domain::Purpose::Nuisance, &[SEARCHED], 16)
+fn search(tag_bits: u8) -> SearchConfig {
+    SearchConfig::default().with(kluis::domain::Purpose::Nuisance, &[SEARCHED], tag_bits)
 }
 
 /// Unwrapped subject keys a node keeps: all of them, at the sizes this benchmark runs.
@@ -47,7 +48,7 @@ impl StoreKind {
 }
 
 /// One node on a new SQLite store in `dir`, initialised with `secret`.
-pub fn sqlite(dir: &Path, secret: &RootSecret) -> Arc<Vault> {
+pub fn sqlite(dir: &Path, secret: &RootSecret, tag_bits: u8) -> Arc<Vault> {
     let store = Arc::new(SqliteStore::open(&dir.join("kluis.db")).unwrap());
     Keyring::initialize(store.as_ref(), secret, Algorithm::Aes256Gcm).unwrap();
     let limits = Limits {
@@ -63,13 +64,19 @@ pub fn sqlite(dir: &Path, secret: &RootSecret) -> Arc<Vault> {
             limits,
         )
         .unwrap()
-        .with_search(search()),
+        .with_search(search(tag_bits)),
     )
 }
 
 /// `nodes` nodes on the empty PostgreSQL database `url`, which the first initialises with
 /// `secret`; each node has a data directory of its own under `dir`.
-pub fn postgres(url: &str, dir: &Path, secret: &RootSecret, nodes: usize) -> Vec<Arc<Vault>> {
+pub fn postgres(
+    url: &str,
+    dir: &Path,
+    secret: &RootSecret,
+    nodes: usize,
+    tag_bits: u8,
+) -> Vec<Arc<Vault>> {
     let config = |data_dir: &Path| {
         RawConfig {
             data_dir: Some(data_dir.to_owned()),
@@ -79,7 +86,7 @@ pub fn postgres(url: &str, dir: &Path, secret: &RootSecret, nodes: usize) -> Vec
                 "nuisance".to_owned(),
                 RawSearch {
                     fields: vec![SEARCHED.to_owned()],
-                    tag_bits: Some(16),
+                    tag_bits: Some(tag_bits),
                     types: None,
                 },
             )])),

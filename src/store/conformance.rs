@@ -159,6 +159,12 @@ pub fn run_all(store: &dyn Store) {
     let dup = store.insert_record(&rec2, &[field("a", 1), field("a", 2)]);
     assert!(dup.is_err());
     assert!(store.record("rec_2").unwrap().is_none());
+    // Read together: the records that exist, each as `record` gives it, in the order asked.
+    assert_eq!(
+        store.records(&["rec_2", "rec_1", "rec_none"]).unwrap(),
+        vec![store.record("rec_1").unwrap().unwrap()]
+    );
+    assert!(store.records(&[]).unwrap().is_empty());
     assert!(matches!(
         store.insert_record(&rec, &[]),
         Err(StoreError::Exists(_))
@@ -1234,6 +1240,17 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(
         store.subject_facts("nobody").unwrap(),
         super::SubjectFacts::default()
+    );
+    // Read together: one set of facts per subject asked, in the order asked.
+    assert_eq!(
+        store
+            .subjects_facts(&["nobody", "life-1", "nobody"])
+            .unwrap(),
+        vec![
+            super::SubjectFacts::default(),
+            store.subject_facts("life-1").unwrap(),
+            super::SubjectFacts::default(),
+        ]
     );
     assert_eq!(
         store.all_consents().unwrap(),

@@ -66,13 +66,18 @@ impl Vault {
         resources: &[FieldResource],
     ) -> Result<Vec<Decision>, VaultError> {
         let mut resources = resources.to_vec();
-        let subjects: BTreeSet<String> = resources.iter().map(|r| r.subject.clone()).collect();
+        let subjects: Vec<String> = resources
+            .iter()
+            .map(|r| r.subject.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        // Facts the policy decides on: each row must be authentic and the subject's anchor must
+        // name them all as they are (none deleted, none an older copy), or nothing is decided.
+        let all_facts = self.subjects_facts(&names)?;
         let now = self.clock.now();
-        for subject in subjects {
-            // Facts the policy decides on: each row must be authentic and the subject's anchor
-            // must name them all as they are (none deleted, none an older copy), or nothing is
-            // decided.
-            let facts = self.subject_facts(&subject)?;
+        for (subject, facts) in subjects.iter().zip(all_facts) {
             let stopped: BTreeSet<crate::domain::Purpose> = facts
                 .consents
                 .into_iter()
@@ -96,7 +101,7 @@ impl Vault {
             };
             // A restriction in force (art. 18) shapes every field of the subject.
             let restricted = facts.restrictions.iter().any(|r| r.lifted_at.is_none());
-            for r in resources.iter_mut().filter(|r| r.subject == subject) {
+            for r in resources.iter_mut().filter(|r| r.subject == *subject) {
                 r.flags.restricted = restricted;
                 r.flags.objected = stopped.contains(&r.purpose);
                 r.flags.mandated = mandates.iter().any(|m| {

@@ -763,6 +763,30 @@ impl Vault {
     /// and consent rows stored, or the call fails closed (`DataLoss`) and an error is logged.
     pub(crate) fn subject_facts(&self, subject: &str) -> Result<SubjectFacts, VaultError> {
         let facts = self.store.subject_facts(subject)?;
+        self.check_facts(subject, &facts)?;
+        Ok(facts)
+    }
+
+    /// `subject_facts` of each of `subjects`, in their order, read together.
+    pub(crate) fn subjects_facts(
+        &self,
+        subjects: &[&str],
+    ) -> Result<Vec<SubjectFacts>, VaultError> {
+        let facts = self.store.subjects_facts(subjects)?;
+        if facts.len() != subjects.len() {
+            return Err(VaultError::DataLoss(
+                "the store answered the facts of other subjects than were asked".into(),
+            ));
+        }
+        for (subject, f) in subjects.iter().zip(&facts) {
+            self.check_facts(subject, f)?;
+        }
+        Ok(facts)
+    }
+
+    /// Checks the facts read for `subject`: every row authentic, and the anchor naming them
+    /// all as they are.
+    fn check_facts(&self, subject: &str, facts: &SubjectFacts) -> Result<(), VaultError> {
         self.rows.check_all(&facts.consents)?;
         self.rows.check_all(&facts.holds)?;
         self.rows.check_all(&facts.mandates)?;
@@ -776,13 +800,13 @@ impl Vault {
                 )));
             }
         }
-        if let Some(problem) = anchor_problem(&facts) {
+        if let Some(problem) = anchor_problem(facts) {
             tracing::error!(kind = AnchorRow::KIND, row = %subject, problem, "a subject's restrictions do not add up and are not obeyed; run `kluis admin store verify`");
             return Err(VaultError::DataLoss(format!(
                 "stored holds and consent states of `{subject}`"
             )));
         }
-        Ok(facts)
+        Ok(())
     }
 
     /// Changes a subject's restrictions: `apply` makes the change to the facts as read (a hold

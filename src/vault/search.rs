@@ -159,10 +159,8 @@ impl Vault {
         // The candidates, from authentic rows only; a tag that points elsewhere (another
         // purpose, a field the record does not hold) is no candidate.
         let mut candidates: Vec<(RecordRow, FieldRow)> = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let Some((record, rows)) = self.store.record(id)? else {
-                continue;
-            };
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for (record, rows) in self.store.records(&ids)? {
             self.rows.check(&record)?;
             self.rows.check_fields(&record, &rows)?;
             if record.purpose != purpose {

@@ -78,61 +78,23 @@ impl LifecycleStore for SqliteStore {
         self.read(|c| {
             // One read transaction: the anchor and the rows it counts from one snapshot.
             let tx = c.unchecked_transaction()?;
-            // The anchor and whether the subject has a key or record: one statement; the
-            // consent, hold and mandate rows it covers: one each.
-            let (anchor, keyed) = tx
-                .prepare_cached(
-                    "SELECT a.subject, a.holds, a.consents, a.mac, a.digest,
-                        EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
-                            OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)
-                     FROM (SELECT 1) LEFT JOIN subject_anchors a ON a.subject = ?1",
-                )?
-                .query_row([subject], |r| {
-                    let anchor = match r.get::<_, Option<String>>(0)? {
-                        Some(subject) => Some(AnchorRow {
-                            subject,
-                            holds: r.get(1)?,
-                            consents: r.get(2)?,
-                            mac: r.get(3)?,
-                            digest: r.get(4)?,
-                        }),
-                        None => None,
-                    };
-                    Ok((anchor, r.get::<_, bool>(5)?))
-                })?;
-            let consents = tx
-                .prepare_cached(&format!(
-                    "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
-                ))?
-                .query_map([subject], consent_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let holds = tx
-                .prepare_cached(&format!(
-                    "SELECT {HOLD_COLUMNS} FROM holds WHERE subject = ?1 ORDER BY id"
-                ))?
-                .query_map([subject], hold_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mandates = tx
-                .prepare_cached(&format!(
-                    "SELECT {MANDATE_COLUMNS} FROM mandates WHERE subject = ?1 ORDER BY id"
-                ))?
-                .query_map([subject], mandate_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let restrictions = tx
-                .prepare_cached(&format!(
-                    "SELECT {RESTRICTION_COLUMNS} FROM restrictions WHERE subject = ?1 ORDER BY id"
-                ))?
-                .query_map([subject], restriction_from_row)?
+            let facts = facts_in(&tx, subject)?;
+            tx.finish()?;
+            Ok(facts)
+        })
+    }
+
+    fn subjects_facts(&self, subjects: &[&str]) -> Result<Vec<SubjectFacts>, StoreError> {
+        self.read(|c| {
+            // One read transaction for all of them (each subject's rows from one snapshot as
+            // well), and one start of a read instead of one per subject.
+            let tx = c.unchecked_transaction()?;
+            let facts = subjects
+                .iter()
+                .map(|s| facts_in(&tx, s))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             tx.finish()?;
-            Ok(SubjectFacts {
-                anchor,
-                consents,
-                holds,
-                mandates,
-                restrictions,
-                keyed,
-            })
+            Ok(facts)
         })
     }
 
@@ -210,4 +172,62 @@ impl LifecycleStore for SqliteStore {
             .collect()
         })
     }
+}
+
+/// A subject's anchor, the rows it counts and whether it has a key or a record, read on `c`.
+fn facts_in(c: &Connection, subject: &str) -> rusqlite::Result<SubjectFacts> {
+    // The anchor and whether the subject has a key or record: one statement; the
+    // consent, hold and mandate rows it covers: one each.
+    let (anchor, keyed) = c
+        .prepare_cached(
+            "SELECT a.subject, a.holds, a.consents, a.mac, a.digest,
+                EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
+                    OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)
+             FROM (SELECT 1) LEFT JOIN subject_anchors a ON a.subject = ?1",
+        )?
+        .query_row([subject], |r| {
+            let anchor = match r.get::<_, Option<String>>(0)? {
+                Some(subject) => Some(AnchorRow {
+                    subject,
+                    holds: r.get(1)?,
+                    consents: r.get(2)?,
+                    mac: r.get(3)?,
+                    digest: r.get(4)?,
+                }),
+                None => None,
+            };
+            Ok((anchor, r.get::<_, bool>(5)?))
+        })?;
+    let consents = c
+        .prepare_cached(&format!(
+            "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
+        ))?
+        .query_map([subject], consent_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let holds = c
+        .prepare_cached(&format!(
+            "SELECT {HOLD_COLUMNS} FROM holds WHERE subject = ?1 ORDER BY id"
+        ))?
+        .query_map([subject], hold_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mandates = c
+        .prepare_cached(&format!(
+            "SELECT {MANDATE_COLUMNS} FROM mandates WHERE subject = ?1 ORDER BY id"
+        ))?
+        .query_map([subject], mandate_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let restrictions = c
+        .prepare_cached(&format!(
+            "SELECT {RESTRICTION_COLUMNS} FROM restrictions WHERE subject = ?1 ORDER BY id"
+        ))?
+        .query_map([subject], restriction_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(SubjectFacts {
+        anchor,
+        consents,
+        holds,
+        mandates,
+        restrictions,
+        keyed,
+    })
 }

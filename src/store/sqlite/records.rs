@@ -33,41 +33,37 @@ impl RecordStore for SqliteStore {
     }
 
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError> {
+        // One read transaction: the record and its fields from one snapshot, so that its
+        // field-set MAC is checked against the fields it was written with.
         let found = self.read(|c| {
-            // One read transaction: the record and its fields from one snapshot, so that its
-            // field-set MAC is checked against the fields it was written with.
-            let c = &c.unchecked_transaction()?;
-            let Some(rec) = c
-                .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
-                ))?
-                .query_row([id], record_from_row)
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            let mut stmt = c.prepare_cached(
-                "SELECT name, category, kind, key_gen, sealed, mac, version FROM fields WHERE record_id = ?1 ORDER BY name",
-            )?;
-            let fields = stmt
-                .query_map([id], |r| {
-                    Ok(FieldRow {
-                        name: r.get(0)?,
-                        category: r.get(1)?,
-                        kind: r.get(2)?,
-                        key_gen: r.get(3)?,
-                        sealed: r.get(4)?,
-                        mac: r.get(5)?,
-                        version: r.get(6)?,
-                        tags: Vec::new(),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some((rec, fields)))
+            let tx = c.unchecked_transaction()?;
+            let found = record_in(&tx, id)?;
+            tx.finish()?;
+            Ok(found)
         })?;
         found
             .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
             .transpose()
+    }
+
+    fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {
+        // One read transaction for all of them: one snapshot, and one start of a read (which
+        // may find the page cache stale) instead of one per record.
+        let found = self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(r) = record_in(&tx, id)? {
+                    found.push(r);
+                }
+            }
+            tx.finish()?;
+            Ok(found)
+        })?;
+        found
+            .into_iter()
+            .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
+            .collect()
     }
 
     fn update_fields(
@@ -523,4 +519,42 @@ fn insert_tags(
             .map_err(db)?;
     }
     Ok(())
+}
+
+/// A record (with its labels still as stored) and all its fields, read on `c`.
+#[expect(
+    clippy::type_complexity,
+    reason = "a record row with its labels, and its fields"
+)]
+fn record_in(
+    c: &Connection,
+    id: &str,
+) -> rusqlite::Result<Option<((RecordRow, String), Vec<FieldRow>)>> {
+    let Some(rec) = c
+        .prepare_cached(&format!(
+            "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
+        ))?
+        .query_row([id], record_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = c.prepare_cached(
+        "SELECT name, category, kind, key_gen, sealed, mac, version FROM fields WHERE record_id = ?1 ORDER BY name",
+    )?;
+    let fields = stmt
+        .query_map([id], |r| {
+            Ok(FieldRow {
+                name: r.get(0)?,
+                category: r.get(1)?,
+                kind: r.get(2)?,
+                key_gen: r.get(3)?,
+                sealed: r.get(4)?,
+                mac: r.get(5)?,
+                version: r.get(6)?,
+                tags: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some((rec, fields)))
 }
