@@ -282,6 +282,11 @@ $$;
 CREATE TRIGGER disclosures_go_with_the_last_record AFTER DELETE ON records
 FOR EACH ROW EXECUTE FUNCTION kluis_disclosures_go_with_the_last_record();
 "#,
+    // A search finds its candidates in the lookup index alone, already in record order.
+    r#"
+DROP INDEX search_tags_lookup;
+CREATE INDEX search_tags_lookup ON search_tags (purpose, field, version, bits, tag, record_id);
+"#,
 ];
 
 /// The advisory lock key under which migrations run ("kluis" in ASCII), so that nodes starting

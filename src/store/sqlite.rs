@@ -329,6 +329,11 @@ BEGIN
     DELETE FROM disclosures WHERE subject = OLD.subject;
 END;
 ",
+    // A search finds its candidates in the lookup index alone, already in record order.
+    r"
+DROP INDEX search_tags_lookup;
+CREATE INDEX search_tags_lookup ON search_tags (purpose, field, version, bits, tag, record_id);
+",
 ];
 
 /// Reader connections kept open between reads. Opening one parses the schema and loses its
