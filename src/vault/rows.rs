@@ -949,12 +949,20 @@ impl Vault {
             let page = self.store.records_page(&after, 1000)?;
             let Some(last) = page.last() else { break };
             after = last.id.clone();
+            // Each record row with its fields from one snapshot (the page may be older), read
+            // together for the page.
+            let ids: Vec<&str> = page.iter().map(|r| r.id.as_str()).collect();
+            let mut read: BTreeMap<String, (RecordRow, Vec<FieldRow>)> = self
+                .store
+                .records(&ids)?
+                .into_iter()
+                .map(|(r, fields)| (r.id.clone(), (r, fields)))
+                .collect();
             for r in &page {
                 records += 1;
                 subjects.insert(r.subject.clone());
                 check(RecordRow::KIND, r.row_id(), self.rows.is_authentic(r));
-                // The record row and its fields from one snapshot (the page may be older).
-                if let Some((r, fields)) = self.store.record(&r.id)? {
+                if let Some((r, fields)) = read.remove(&r.id) {
                     for f in &fields {
                         let place = FieldPlace::of(&r.id, f);
                         check(
@@ -986,13 +994,16 @@ impl Vault {
         bad.extend(unreadable);
         bad.extend(stale_tokens);
         bad.extend(bad_sets);
-        for subject in &subjects {
-            if let Some(problem) = anchor_problem(&self.store.subject_facts(subject)?) {
-                bad.push(BadRow {
-                    kind: AnchorRow::KIND,
-                    id: subject.clone(),
-                    problem: format!("the anchor of this subject {problem}"),
-                });
+        let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        for chunk in subjects.chunks(1000) {
+            for (subject, facts) in chunk.iter().zip(self.store.subjects_facts(chunk)?) {
+                if let Some(problem) = anchor_problem(&facts) {
+                    bad.push(BadRow {
+                        kind: AnchorRow::KIND,
+                        id: (*subject).to_owned(),
+                        problem: format!("the anchor of this subject {problem}"),
+                    });
+                }
             }
         }
         // What the trail says must still be there.
@@ -1014,6 +1025,8 @@ impl Vault {
                 "restrict",
                 "disclosure",
                 "read",
+                "found",
+                "evidence-read",
                 "delete",
                 "retention-destroy",
                 "erase-subject",
@@ -1038,11 +1051,23 @@ impl Vault {
                     ("restrict", Some(id)) => {
                         restricted.insert(id.clone(), seq);
                     }
-                    // A disclosure recorded by a caller, or a read by an external party that
-                    // the vault registered (the read's entry names it).
-                    ("disclosure" | "read", Some(id)) if id.starts_with("dsc_") => {
+                    // A disclosure recorded by a caller, or a read or search hit by an
+                    // external party that the vault registered (the entry names it).
+                    ("disclosure" | "read" | "found", Some(id)) if id.starts_with("dsc_") => {
                         if let Some(s) = &e.subject {
                             disclosed.insert(id.clone(), (s.clone(), seq));
+                        }
+                    }
+                    // An evidence download by an external party: the entry's reason names the
+                    // disclosure (its target is the file).
+                    ("evidence-read", _) => {
+                        let id = e
+                            .reason
+                            .as_deref()
+                            .and_then(|r| r.split("disclosure ").nth(1))
+                            .filter(|id| id.starts_with("dsc_"));
+                        if let (Some(id), Some(s)) = (id, &e.subject) {
+                            disclosed.insert(id.to_owned(), (s.clone(), seq));
                         }
                     }
                     ("delete" | "retention-destroy" | "erase-subject", _) => {

@@ -522,6 +522,26 @@ async fn reads_by_external_parties_are_registered_as_disclosures_before_they_hap
         .unwrap();
     assert_eq!(read_entry["target"], by_bailiff.disclosure_id.as_str());
     assert!(bad_rows(&server).await.is_empty());
+    // Registered by the vault and deleted by hand: the read's and the download's entries name
+    // them, so verification finds both gone.
+    let db = Connection::open(server.db_path()).unwrap();
+    for d in [&by_bailiff.disclosure_id, &by_download.disclosure_id] {
+        db.execute("DELETE FROM disclosures WHERE id = ?1", [d])
+            .unwrap();
+    }
+    let mut gone: Vec<String> = bad_rows(&server)
+        .await
+        .into_iter()
+        .filter(|b| b.kind == "disclosure" && b.problem.contains("deleted by hand"))
+        .map(|b| b.id)
+        .collect();
+    gone.sort();
+    let mut expected = vec![
+        by_bailiff.disclosure_id.clone(),
+        by_download.disclosure_id.clone(),
+    ];
+    expected.sort();
+    assert_eq!(gone, expected);
     server.stop().await;
 }
 

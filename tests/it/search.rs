@@ -732,6 +732,28 @@ async fn an_external_partys_hit_is_registered_as_a_disclosure() {
             .map(|d| &d.disclosure_id)
             .collect::<Vec<_>>()
     );
+    // Deleted by hand, the hit's disclosure is named by verification: its entry says it was
+    // registered.
+    rusqlite::Connection::open(server.db_path())
+        .unwrap()
+        .execute("DELETE FROM disclosures WHERE id = ?1", [&disclosure])
+        .unwrap();
+    let bad = server
+        .admin()
+        .await
+        .verify_store(req(
+            server.token(Role::SecurityOfficer),
+            pb::VerifyStoreRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .bad_rows;
+    assert!(
+        bad.iter()
+            .any(|b| b.kind == "disclosure" && b.id == disclosure),
+        "{bad:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
