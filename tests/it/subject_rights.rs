@@ -429,6 +429,30 @@ async fn a_restriction_deleted_or_lifted_in_the_database_fails_closed() {
         )
         .unwrap();
     assert_eq!(read().await.err().unwrap().code(), Code::PermissionDenied);
+    // Lifted, then the authentic row of before the lift put back: every listing fails closed,
+    // the one of all subjects as well, instead of showing a restriction that is not in force.
+    let before: (String, i64, Vec<u8>) = db(&server)
+        .query_row("SELECT id, placed_at, mac FROM restrictions", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    lift(&server, me).await.unwrap();
+    let all = || async {
+        server
+            .admin()
+            .await
+            .list_restrictions(req(&po, pb::ListRestrictionsRequest::default()))
+            .await
+    };
+    assert_eq!(all().await.unwrap().into_inner().restrictions.len(), 1);
+    db(&server)
+        .execute(
+            "UPDATE restrictions SET lifted_at = NULL, lifted_by = NULL, mac = ?2 WHERE id = ?1",
+            rusqlite::params![before.0, before.2],
+        )
+        .unwrap();
+    assert_eq!(all().await.err().unwrap().code(), Code::DataLoss);
+    assert_eq!(read().await.err().unwrap().code(), Code::DataLoss);
     // Deleted outright: the anchor covers it, so reads and writes of the subject fail closed.
     db(&server).execute("DELETE FROM restrictions", []).unwrap();
     assert_eq!(read().await.err().unwrap().code(), Code::DataLoss);
