@@ -24,6 +24,7 @@ mod concurrency;
 mod crash;
 mod deploy;
 mod disclosures;
+mod dos;
 mod enforcement;
 mod evidence;
 mod freshness;
