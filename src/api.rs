@@ -10,6 +10,7 @@ pub mod admin;
 pub mod convert;
 pub mod operator;
 pub mod status;
+pub mod stream;
 pub mod vault;
 
 use std::sync::Arc;
@@ -132,4 +133,40 @@ where
             Status::internal("internal error")
         })?
         .map_err(status::to_status)
+}
+
+/// `run` for an export or a backup: once the caller is authenticated, it takes a place under
+/// the caps on exports (`stream::Streams::admit`) before `f` does any work, and hands the place
+/// back with `f`'s result, to be held while the stream is produced.
+pub(crate) async fn run_export<Req, T, F>(
+    backend: &Backend,
+    streams: &Arc<stream::Streams>,
+    request: Request<Req>,
+    f: F,
+) -> Result<(T, stream::ExportPermit), Status>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&Vault, &crate::domain::Principal, Req) -> Result<T, VaultError> + Send + 'static,
+{
+    let creds = credentials(&request)?;
+    let message = request.into_inner();
+    let vault = Arc::clone(&backend.vault);
+    let identity = Arc::clone(&backend.identity);
+    let streams = Arc::clone(streams);
+    let task = tokio::task::spawn_blocking(move || {
+        let principal = identity
+            .authenticate(&vault, &creds)
+            .map_err(status::to_status)?;
+        let permit = streams.admit(&principal.id)?;
+        let done = f(&vault, &principal, message).map_err(status::to_status)?;
+        Ok((done, permit))
+    });
+    tokio::time::timeout(REQUEST_TIMEOUT, task)
+        .await
+        .map_err(|_| Status::deadline_exceeded("the request took longer than 60 s"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "request task failed");
+            Status::internal("internal error")
+        })?
 }

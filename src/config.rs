@@ -204,6 +204,18 @@ pub struct RawLimits {
     pub max_evidence_bytes: Option<u64>,
     /// Requests per second per token (0: no limit).
     pub requests_per_second: Option<u32>,
+    /// Connections open at once, in all (kept below the open file limit).
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one address (an IPv6 /64).
+    pub max_connections_per_address: Option<usize>,
+    /// Seconds a connection gets to finish the TLS handshake and send the HTTP/2 preface.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds a server stream waits for the client to read before it ends.
+    pub stream_idle_secs: Option<u64>,
+    /// Subject exports, audit exports and backups running at once, in all.
+    pub max_exports: Option<usize>,
+    /// Subject exports, audit exports and backups running at once per caller.
+    pub max_exports_per_caller: Option<usize>,
 }
 
 /// Where the root key comes from.
@@ -270,6 +282,10 @@ pub struct Config {
     pub search: crate::search::SearchConfig,
     /// Which mask each field allowed `read-masked` gets (`[masks]`).
     pub masks: MaskTable,
+    /// The connection caps and the time a connection gets to start (`[limits]`).
+    pub connections: crate::server::ConnectionLimits,
+    /// The idle limit of server streams and the caps on exports (`[limits]`).
+    pub streams: crate::api::stream::StreamLimits,
 }
 
 /// Configuration problems, all of them.
@@ -455,7 +471,52 @@ impl RawConfig {
             }
         }
         let mut limits = Limits::default();
+        let mut connections = crate::server::ConnectionLimits::default();
+        let mut streams = crate::api::stream::StreamLimits::default();
         if let Some(l) = self.limits {
+            let mut count = |key: &str, value: Option<usize>, into: &mut usize| match value {
+                Some(0) => problems.push(format!("`limits.{key}` must be at least 1")),
+                Some(n) => *into = n,
+                None => {}
+            };
+            count(
+                "max_connections",
+                l.max_connections,
+                &mut connections.max_connections,
+            );
+            count(
+                "max_connections_per_address",
+                l.max_connections_per_address,
+                &mut connections.max_connections_per_address,
+            );
+            count("max_exports", l.max_exports, &mut streams.max_exports);
+            count(
+                "max_exports_per_caller",
+                l.max_exports_per_caller,
+                &mut streams.max_exports_per_caller,
+            );
+            let mut secs = |key: &str,
+                            value: Option<u64>,
+                            max: u64,
+                            into: &mut std::time::Duration| {
+                match value {
+                    Some(n) if (1..=max).contains(&n) => *into = std::time::Duration::from_secs(n),
+                    Some(_) => problems.push(format!("`limits.{key}` must be 1 to {max} seconds")),
+                    None => {}
+                }
+            };
+            secs(
+                "handshake_timeout_secs",
+                l.handshake_timeout_secs,
+                60,
+                &mut connections.handshake_timeout,
+            );
+            secs(
+                "stream_idle_secs",
+                l.stream_idle_secs,
+                3600,
+                &mut streams.idle,
+            );
             limits.max_fields = l.max_fields.unwrap_or(limits.max_fields);
             limits.max_value_bytes = l.max_value_bytes.unwrap_or(limits.max_value_bytes);
             limits.max_labels = l.max_labels.unwrap_or(limits.max_labels);
@@ -598,6 +659,8 @@ impl RawConfig {
             hsm,
             metrics_listen,
             masks,
+            connections,
+            streams,
         })
     }
 }

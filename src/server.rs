@@ -6,7 +6,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 
-use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::{
     api::{AdminApi, OperatorApi, VaultApi},
@@ -16,9 +16,12 @@ use crate::{
     vault::Vault,
 };
 
+mod accept;
 mod killable;
 mod metered;
 mod node;
+
+pub use accept::ConnectionLimits;
 
 pub use crate::api::operator::NodeSource;
 pub use node::serve_node;
@@ -96,6 +99,10 @@ pub struct ServeOptions {
     pub identity: Arc<Identity>,
     /// Reload the policy set on SIGHUP (the binary; not a test or benchmark in-process).
     pub reload_on_hangup: bool,
+    /// The connection caps and the time a connection gets to start (`[limits]`).
+    pub connections: ConnectionLimits,
+    /// The idle limit of server streams and the caps on exports (`[limits]`).
+    pub streams: crate::api::stream::StreamLimits,
 }
 
 /// Why serving a vault ended.
@@ -116,6 +123,8 @@ impl Default for ServeOptions {
             retention_sweep_interval: Duration::from_secs(3600),
             identity: Arc::new(Identity::none()),
             reload_on_hangup: false,
+            connections: ConnectionLimits::default(),
+            streams: crate::api::stream::StreamLimits::default(),
         }
     }
 }
@@ -130,8 +139,9 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<ServeEnd, ServeError> {
-    let tls = options.tls;
+    let tls = tls_acceptor(options.tls)?;
     let identity = options.identity;
+    let streams = Arc::new(crate::api::stream::Streams::new(options.streams));
     let seal = Arc::new(tokio::sync::Notify::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx_health = stop_rx.clone();
@@ -140,7 +150,7 @@ pub async fn serve(
     let stop_rx_hangup = stop_rx.clone();
     let stop_rx_count = stop_rx.clone();
     let (reflection, reflection_alpha) = reflection()?;
-    let mut builder = server_builder(tls)?;
+    let mut builder = server_builder();
     // The tasks beside the server: stopped and waited for before `serve` returns, so that a
     // caller who then drops the vault closes the store and the audit trail for good.
     let mut background = Vec::new();
@@ -237,24 +247,28 @@ pub async fn serve(
         Arc::clone(&identity),
         Arc::clone(&seal),
     ));
-    let served = builder
+    let router = builder
         .add_service(health_service)
         .add_service(operator)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(
-            VaultServer::new(VaultApi::with_identity(
-                Arc::clone(&vault),
-                Arc::clone(&identity),
-            ))
+            VaultServer::new(
+                VaultApi::with_identity(Arc::clone(&vault), Arc::clone(&identity))
+                    .with_streams(Arc::clone(&streams)),
+            )
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            AdminServer::new(AdminApi::with_identity(vault, identity).with_stop(stop_rx_admin))
-                .max_decoding_message_size(1024 * 1024),
-        )
-        .serve_with_incoming_shutdown(killable::incoming(listener, switch), shutdown);
+            AdminServer::new(
+                AdminApi::with_identity(vault, identity)
+                    .with_stop(stop_rx_admin)
+                    .with_streams(streams),
+            )
+            .max_decoding_message_size(1024 * 1024),
+        );
+    let served = serve_on(router, listener, options.connections, tls, switch, shutdown);
     let served = drained(served, &mut drain, kill)
         .await
         .map_err(|e| ServeError::Transport(e.to_string()));
@@ -356,13 +370,15 @@ fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
-/// The transport, sealed or not: limits, keepalive, TLS, and every call counted (`metrics`).
-fn server_builder(
-    tls: Option<TlsPem>,
-) -> Result<Server<tower_layer::Stack<metered::MeteredLayer, tower_layer::Identity>>, ServeError> {
+/// The layers around every service.
+type Layers = tower_layer::Stack<metered::MeteredLayer, tower_layer::Identity>;
+
+/// The transport, sealed or not: limits, keepalive, and every call counted (`metrics`). TLS is
+/// done by the accept loop (`accept`), which bounds the handshake.
+fn server_builder() -> Server<Layers> {
     // No server-wide timeout: it would cut off a long evidence upload. Unary calls time out in
-    // `api::run`, evidence streams when the client goes quiet.
-    let mut builder = Server::builder()
+    // `api::run`, streams when the client goes quiet (`api::stream`).
+    Server::builder()
         .concurrency_limit_per_connection(256)
         .max_concurrent_streams(Some(256))
         // Small frames (window updates, short responses) must not wait for Nagle's algorithm.
@@ -371,20 +387,95 @@ fn server_builder(
         .initial_stream_window_size(Some(1024 * 1024))
         .initial_connection_window_size(Some(4 * 1024 * 1024))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    if let Some(tls) = tls {
-        let mut config =
-            ServerTlsConfig::new().identity(TlsIdentity::from_pem(tls.cert, tls.key.as_slice()));
-        if let Some(ca) = tls.client_ca {
-            config = config
-                .client_ca_root(Certificate::from_pem(ca))
-                .client_auth_optional(tls.client_auth_optional);
-        }
-        builder = builder
-            .tls_config(config)
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(metered::MeteredLayer)
+}
+
+/// The future of a server: `router` on the connections of `listener` (TLS when `tls`), cut when
+/// `switch` is thrown, until `shutdown` completes.
+fn serve_on<'a>(
+    router: tonic::transport::server::Router<Layers>,
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    switch: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'a,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>> {
+    let switch = Some(switch);
+    match tls {
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            accept::incoming(listener, limits, switch, accept::Plain),
+            shutdown,
+        )),
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            accept::incoming(listener, limits, switch, accept::Tls(tls)),
+            shutdown,
+        )),
     }
-    Ok(builder.layer(metered::MeteredLayer))
+}
+
+/// The TLS acceptor for `tls`: rustls with ring, HTTP/2 by ALPN, and client certificates
+/// verified against `client_ca` when set (required unless `client_auth_optional`).
+fn tls_acceptor(tls: Option<TlsPem>) -> Result<Option<tokio_rustls::TlsAcceptor>, ServeError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let Some(tls) = tls else {
+        return Ok(None);
+    };
+    let bad = |what: &str, e: &dyn std::fmt::Display| ServeError::Tls(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_slice_iter(ca)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("client CA", &e))?;
+            roots.add_parsable_certificates(certs);
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if tls.client_auth_optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            }
+            .build()
+            .map_err(|e| bad("client CA", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let certs = CertificateDer::pem_slice_iter(&tls.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key.as_slice()).map_err(|e| bad("key", &e))?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate and key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, so that the
+/// connection caps, not the descriptor limit, decide who is refused. Returns the limit now in
+/// force.
+pub fn raise_fd_limit() -> Result<u64, String> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Ok(hard),
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the open file limit");
+            Ok(soft)
+        }
+    }
 }
 
 /// Hardens the process that holds the keys: no core dumps (`RLIMIT_CORE` 0), not dumpable (no
@@ -421,11 +512,21 @@ pub fn harden_process(lock_memory: bool) -> Result<(), String> {
     }
 }
 
-/// The accepted connections of `listener`, with Nagle's algorithm off: tonic's `tcp_nodelay`
-/// applies only to listeners it binds itself, and a short answer held back until the client's
-/// delayed ACK costs 40 ms.
-pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// The accepted connections of `listener` (plain HTTP/2) within the default `ConnectionLimits`,
+/// with Nagle's algorithm off: for a server of one's own (the benchmarks).
+pub fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<
+        impl tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    >,
+> {
+    accept::incoming(listener, ConnectionLimits::default(), None, accept::Plain)
 }
 
 /// How often health is brought up to date with the audit trail.

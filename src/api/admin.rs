@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Backend, convert, run};
+use super::{
+    Backend, convert, run, run_export,
+    stream::{ServerStream, Streams},
+};
 use crate::{
     audit::{Filter, Head, Verification},
     crypto::{Algorithm, RootKey},
@@ -31,6 +33,7 @@ pub struct AdminApi {
     /// Becomes true when the server stops: ends the streams that would otherwise never end
     /// (`WatchAudit` with `follow`), so that a graceful shutdown does not wait for them.
     stop: tokio::sync::watch::Receiver<bool>,
+    streams: Arc<Streams>,
 }
 
 impl AdminApi {
@@ -44,6 +47,7 @@ impl AdminApi {
         Self {
             vault: Backend { vault, identity },
             stop: tokio::sync::watch::Sender::new(false).subscribe(),
+            streams: Arc::default(),
         }
     }
 
@@ -51,6 +55,13 @@ impl AdminApi {
     #[must_use]
     pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
         self.stop = stop;
+        self
+    }
+
+    /// Sends server streams under `streams` (shared with `VaultApi`: one cap on exports).
+    #[must_use]
+    pub fn with_streams(mut self, streams: Arc<Streams>) -> Self {
+        self.streams = streams;
         self
     }
 }
@@ -71,8 +82,8 @@ const WATCH_LAST_MAX: u32 = 10_000;
 
 #[tonic::async_trait]
 impl AdminRpc for AdminApi {
-    type ExportAuditStream = ReceiverStream<Result<pb::AuditEntry, Status>>;
-    type WatchAuditStream = ReceiverStream<Result<pb::AuditWatchEntry, Status>>;
+    type ExportAuditStream = ServerStream<pb::AuditEntry>;
+    type WatchAuditStream = ServerStream<pb::AuditWatchEntry>;
 
     async fn watch_audit(
         &self,
@@ -97,7 +108,7 @@ impl AdminRpc for AdminApi {
             )
         })
         .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_PAGE);
+        let (tx, stream) = self.streams.channel(WATCH_PAGE);
         let vault = Arc::clone(&self.vault.vault);
         let mut stop = self.stop.clone();
         let mut commits = vault.audit_commits();
@@ -117,12 +128,12 @@ impl AdminRpc for AdminApi {
                 let page = match page {
                     Ok(Ok(page)) => page,
                     Ok(Err(e)) => {
-                        let _ = tx.send(Err(super::status::to_status(e))).await;
+                        tx.send(Err(super::status::to_status(e))).await;
                         return;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "audit watch task failed");
-                        let _ = tx.send(Err(Status::internal("internal error"))).await;
+                        tx.send(Err(Status::internal("internal error"))).await;
                         return;
                     }
                 };
@@ -139,8 +150,8 @@ impl AdminRpc for AdminApi {
                         hash: hex::encode(entry.hash),
                         prev_hash: hex::encode(entry.prev_hash),
                     };
-                    if tx.send(Ok(message)).await.is_err() {
-                        return; // The client went away.
+                    if !tx.send(Ok(message)).await {
+                        return; // The client went away or stopped reading.
                     }
                 }
                 if !follow && next > watch.own {
@@ -173,7 +184,7 @@ impl AdminRpc for AdminApi {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 
     async fn record_consent(
@@ -621,22 +632,26 @@ impl AdminRpc for AdminApi {
         .await
         .map(Response::new)
     }
-    type RewrapStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
-    type RekeyStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
-    type ReindexStream = ReceiverStream<Result<pb::KeyJobProgress, Status>>;
-    type BackupStream = ReceiverStream<Result<pb::BackupChunk, Status>>;
+    type RewrapStream = ServerStream<pb::KeyJobProgress>;
+    type RekeyStream = ServerStream<pb::KeyJobProgress>;
+    type ReindexStream = ServerStream<pb::KeyJobProgress>;
+    type BackupStream = ServerStream<pb::BackupChunk>;
 
     async fn backup(
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        let mut file = run(&self.vault, request, |vault, principal, req| {
-            vault.backup(principal, &req.justification)
-        })
+        let (mut file, permit) = run_export(
+            &self.vault,
+            &self.streams,
+            request,
+            |vault, principal, req| vault.backup(principal, &req.justification),
+        )
         .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (tx, stream) = self.streams.channel(4);
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
+            let _permit = permit;
             let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
             loop {
                 let mut chunk = vec![0u8; 1024 * 1024];
@@ -654,13 +669,13 @@ impl AdminRpc for AdminApi {
                         Err(Status::internal("reading the backup snapshot failed"))
                     }
                 };
-                let failed = message.is_err();
-                if tx.blocking_send(message).is_err() || failed {
+                // False after an error too: it is the last message.
+                if !tx.send_blocking(message) {
                     return;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 
     async fn list_keys(
@@ -728,6 +743,7 @@ impl AdminRpc for AdminApi {
         let purpose = authorize_job(&self.vault, request, "key-rewrap").await?;
         Ok(Response::new(key_job(
             &self.vault.vault,
+            &self.streams,
             purpose,
             true,
             move |vault, progress| vault.rewrap(purpose, progress),
@@ -760,7 +776,7 @@ impl AdminRpc for AdminApi {
             Ok(purpose)
         })
         .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (tx, stream) = self.streams.channel(16);
         let vault = Arc::clone(&self.vault.vault);
         let name = purpose.map(|p| p.as_str().to_owned()).unwrap_or_default();
         tokio::task::spawn_blocking(move || {
@@ -773,10 +789,10 @@ impl AdminRpc for AdminApi {
                 keys_total: 0,
             };
             let result = vault.reindex(purpose, |p| {
-                let _ = tx.try_send(Ok(message(p, false)));
+                tx.offer(Ok(message(p, false)));
                 true
             });
-            let _ = tx.blocking_send(
+            tx.send_blocking(
                 result
                     .map(|b| {
                         message(
@@ -790,7 +806,7 @@ impl AdminRpc for AdminApi {
                     .map_err(super::status::to_status),
             );
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 
     async fn rekey(
@@ -800,6 +816,7 @@ impl AdminRpc for AdminApi {
         let purpose = authorize_job(&self.vault, request, "key-rekey").await?;
         Ok(Response::new(key_job(
             &self.vault.vault,
+            &self.streams,
             purpose,
             false,
             move |vault, progress| vault.rekey(purpose, progress),
@@ -1183,45 +1200,53 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
-        let (filter, upto) = run(&self.vault, request, |vault, principal, req| {
-            let filter = Filter {
-                subject: (!req.subject_id.is_empty())
-                    .then(|| {
-                        SubjectId::parse("subject_id", &req.subject_id)
-                            .map(|s| s.as_str().to_owned())
-                    })
-                    .transpose()?,
-                principal: (!req.principal_id.is_empty())
-                    .then(|| {
-                        PrincipalId::parse("principal_id", &req.principal_id)
-                            .map(|p| p.as_str().to_owned())
-                    })
-                    .transpose()?,
-                since: req
-                    .since
-                    .as_ref()
-                    .map(|t| convert::request_time("since", t, now_unix(), convert::AUDIT_SINCE))
-                    .transpose()?,
-                break_glass: req.break_glass_only,
-                actions: Vec::new(),
-            };
-            let upto = vault.begin_audit_export(principal, &filter, &req.justification)?;
-            Ok((filter, upto))
-        })
+        let ((filter, upto), permit) = run_export(
+            &self.vault,
+            &self.streams,
+            request,
+            |vault, principal, req| {
+                let filter = Filter {
+                    subject: (!req.subject_id.is_empty())
+                        .then(|| {
+                            SubjectId::parse("subject_id", &req.subject_id)
+                                .map(|s| s.as_str().to_owned())
+                        })
+                        .transpose()?,
+                    principal: (!req.principal_id.is_empty())
+                        .then(|| {
+                            PrincipalId::parse("principal_id", &req.principal_id)
+                                .map(|p| p.as_str().to_owned())
+                        })
+                        .transpose()?,
+                    since: req
+                        .since
+                        .as_ref()
+                        .map(|t| {
+                            convert::request_time("since", t, now_unix(), convert::AUDIT_SINCE)
+                        })
+                        .transpose()?,
+                    break_glass: req.break_glass_only,
+                    actions: Vec::new(),
+                };
+                let upto = vault.begin_audit_export(principal, &filter, &req.justification)?;
+                Ok((filter, upto))
+            },
+        )
         .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (tx, stream) = self.streams.channel(64);
         let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let result = vault.scan_audit_export(&filter, upto, |seq, raw| {
                 let json = String::from_utf8_lossy(raw).into_owned();
-                // A closed channel means the client went away: stop reading.
-                tx.blocking_send(Ok(pb::AuditEntry { seq, json })).is_ok()
+                // False when the client went away or stopped reading: stop reading.
+                tx.send_blocking(Ok(pb::AuditEntry { seq, json }))
             });
             if let Err(e) = result {
-                let _ = tx.blocking_send(Err(super::status::to_status(e)));
+                tx.send_blocking(Err(super::status::to_status(e)));
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 
     async fn subject_access_report(
@@ -1324,6 +1349,7 @@ async fn authorize_job(
 /// also says how many of the purpose's subject keys are under its active version (a rewrap).
 fn key_job(
     vault: &Arc<Vault>,
+    streams: &Streams,
     purpose: Purpose,
     standing: bool,
     job: impl FnOnce(
@@ -1332,8 +1358,8 @@ fn key_job(
     ) -> Result<Progress, crate::vault::VaultError>
     + Send
     + 'static,
-) -> ReceiverStream<Result<pb::KeyJobProgress, Status>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+) -> ServerStream<pb::KeyJobProgress> {
+    let (tx, stream) = streams.channel(16);
     let vault = Arc::clone(vault);
     tokio::task::spawn_blocking(move || {
         let message = |vault: &Vault, p: Progress, finished| {
@@ -1355,17 +1381,17 @@ fn key_job(
             }
         };
         let mut report = |p: Progress| {
-            let _ = tx.try_send(Ok(message(&vault, p, false)));
+            tx.offer(Ok(message(&vault, p, false)));
             true
         };
         let result = job(&vault, &mut report);
-        let _ = tx.blocking_send(
+        tx.send_blocking(
             result
                 .map(|p| message(&vault, p, true))
                 .map_err(super::status::to_status),
         );
     });
-    ReceiverStream::new(rx)
+    stream
 }
 
 fn hold_message(h: crate::store::HoldRow) -> pb::Hold {

@@ -2,10 +2,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Backend, convert, run};
+use super::{
+    Backend, convert, run,
+    stream::{ServerStream, Streams},
+};
 use crate::{
     domain::{FieldName, InputError, RecordId, SubjectId},
     identity::Identity,
@@ -20,6 +22,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct VaultApi {
     vault: Backend,
+    streams: Arc<Streams>,
 }
 
 impl VaultApi {
@@ -32,13 +35,21 @@ impl VaultApi {
     pub fn with_identity(vault: Arc<Vault>, identity: Arc<Identity>) -> Self {
         Self {
             vault: Backend { vault, identity },
+            streams: Arc::default(),
         }
+    }
+
+    /// Sends server streams under `streams` (shared with `AdminApi`: one cap on exports).
+    #[must_use]
+    pub fn with_streams(mut self, streams: Arc<Streams>) -> Self {
+        self.streams = streams;
+        self
     }
 }
 
 /// Largest `data` chunk of an upload.
 pub const MAX_EVIDENCE_CHUNK: usize = 1024 * 1024;
-/// How long an evidence stream may wait for the client's next message.
+/// How long an upload may wait for the client's next message.
 const EVIDENCE_IDLE: Duration = Duration::from_secs(30);
 
 /// An upload in progress in a handler: when the handler ends without finishing it (an error, a
@@ -107,11 +118,8 @@ fn read_batch(mut download: Download) -> (Option<Download>, Vec<Result<pb::Evide
 
 #[tonic::async_trait]
 impl VaultRpc for VaultApi {
-    type ExportSubjectStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::ExportLine, Status>>;
-    type GetEvidenceStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::EvidenceData, Status>> + Send + 'static>,
-    >;
+    type ExportSubjectStream = ServerStream<pb::ExportLine>;
+    type GetEvidenceStream = ServerStream<pb::EvidenceData>;
 
     async fn put_evidence(
         &self,
@@ -226,9 +234,7 @@ impl VaultRpc for VaultApi {
             vault.open_evidence_as(&principal, &ctx, &id, range, action)
         })
         .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = Arc::clone(&stalled);
+        let (tx, stream) = self.streams.channel(4);
         tokio::spawn(async move {
             let first = pb::EvidenceData {
                 part: Some(pb::evidence_data::Part::Info(pb::EvidenceInfo {
@@ -245,18 +251,8 @@ impl VaultRpc for VaultApi {
                 })),
             };
             // A full channel waits here until the client reads (back-pressure), but not for
-            // ever: a client that stops reading loses the stream, and no thread waits for it.
-            let send = |message: Result<pb::EvidenceData, Status>| async {
-                let failed = message.is_err();
-                match tokio::time::timeout(EVIDENCE_IDLE, tx.send(message)).await {
-                    Ok(Ok(())) => !failed,
-                    Ok(Err(_)) => false,
-                    Err(_) => {
-                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                        false
-                    }
-                }
-            };
+            // ever: a client that stops reading loses the stream, and no task waits for it.
+            let send = |message| tx.send(message);
             if !send(Ok(first)).await {
                 return;
             }
@@ -281,20 +277,7 @@ impl VaultRpc for VaultApi {
                 }
             }
         });
-        // A stream cut off because the client stopped reading ends with an error, never as if
-        // the file were complete.
-        let end = tokio_stream::iter(std::iter::from_fn(move || {
-            stalled
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
-                .then(|| {
-                    Err(Status::deadline_exceeded(
-                        "the client read nothing for 30 s; request the rest as a range",
-                    ))
-                })
-        }));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx).chain(end),
-        )))
+        Ok(Response::new(stream))
     }
 
     async fn export_subject(
@@ -304,33 +287,35 @@ impl VaultRpc for VaultApi {
         let creds = super::credentials(&request)?;
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let vault = Arc::clone(&self.vault.vault);
+        let (principal, ctx, subject, portable) = blocking(move || {
+            let principal = identity.authenticate(&vault, &creds)?;
+            let ctx = convert::context(req.context, vault.channels())?;
+            let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            Ok((principal, ctx, subject, req.portable))
+        })
+        .await?;
+        let permit = self.streams.admit(&principal.id)?;
+        let (tx, stream) = self.streams.channel(16);
         let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
-            let result = (|| {
-                let principal = identity.authenticate(&vault, &creds)?;
-                let ctx = convert::context(req.context, vault.channels())?;
-                let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-                // A closed channel means the client went away: stop.
-                let emit = |line: serde_json::Value| {
-                    tx.blocking_send(Ok(pb::ExportLine {
-                        json: line.to_string(),
-                    }))
-                    .is_ok()
-                };
-                if req.portable {
-                    vault.export_portable(&principal, &ctx, &subject, emit)
-                } else {
-                    vault.export_subject(&principal, &ctx, &subject, emit)
-                }
-            })();
+            let _permit = permit;
+            // False when the client went away or stopped reading: stop.
+            let emit = |line: serde_json::Value| {
+                tx.send_blocking(Ok(pb::ExportLine {
+                    json: line.to_string(),
+                }))
+            };
+            let result = if portable {
+                vault.export_portable(&principal, &ctx, &subject, emit)
+            } else {
+                vault.export_subject(&principal, &ctx, &subject, emit)
+            };
             if let Err(e) = result {
-                let _ = tx.blocking_send(Err(super::status::to_status(e)));
+                tx.send_blocking(Err(super::status::to_status(e)));
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        Ok(Response::new(stream))
     }
 
     async fn put_record(

@@ -201,12 +201,32 @@ pub fn run(args: &ServeArgs) -> Exit {
             }
         }
         let shutdown = stopped();
+        // The connection caps, not the open file limit, decide who is refused.
+        let connections = match server::raise_fd_limit() {
+            Ok(nofile) => {
+                let fitted = cfg.connections.fitted(nofile);
+                if fitted != cfg.connections {
+                    tracing::warn!(
+                        nofile,
+                        max_connections = fitted.max_connections,
+                        "`limits.max_connections` lowered below the open file limit"
+                    );
+                }
+                fitted
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the open file limit is unknown");
+                cfg.connections
+            }
+        };
         let options = server::ServeOptions {
             tls,
             key_sweep_interval: cfg.key_sweep_interval,
             retention_sweep_interval: cfg.retention_sweep_interval,
             identity,
             reload_on_hangup: true,
+            connections,
+            streams: cfg.streams,
         };
         // The trail's close, when the vault is dropped at the end of a phase, writes the last
         // head to the head file.

@@ -1,8 +1,11 @@
-//! Connections that end when their phase ends. A graceful shutdown waits for every connection to
-//! close, and a client that holds a stream open (a health `Watch`, a reflection stream) would
-//! keep a sealed node's vault, and its keys, alive for as long as it likes. Each accepted
-//! connection is wrapped so that it fails its next read or write, and wakes to do so, once its
-//! phase's switch is thrown or dropped: the server drains for `DRAIN`, then throws it.
+//! Connections that end when their phase ends, or when they do not start. A graceful shutdown
+//! waits for every connection to close, and a client that holds a stream open (a health
+//! `Watch`, a reflection stream) would keep a sealed node's vault, and its keys, alive for as
+//! long as it likes. Each accepted connection is wrapped so that it fails its next read or write,
+//! and wakes to do so, once its phase's switch is thrown or dropped: the server drains for
+//! `DRAIN`, then throws it. A connection that has not sent the HTTP/2 preface (24 bytes, after
+//! the TLS handshake when TLS is on) by its deadline fails the same way, and the slot it holds
+//! in the connection caps (`accept::Slot`) goes with it.
 
 use std::{
     future::Future,
@@ -12,86 +15,125 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-};
-use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+use super::accept::Slot;
 
 /// How long open connections get to finish after a shutdown or a seal.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
-/// A TCP connection that a switch can cut.
-pub struct Killable {
-    inner: TcpStream,
+/// Length of the HTTP/2 connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const PREFACE: usize = 24;
+
+/// A connection that a switch can cut, and that must start by a deadline.
+pub struct Killable<IO> {
+    inner: IO,
     kill: Pin<Box<dyn Future<Output = ()> + Send>>,
     killed: bool,
+    /// Until the preface is read: when the connection is cut if it has not been.
+    preface: Option<Pin<Box<tokio::time::Sleep>>>,
+    read: usize,
+    _slot: Option<Slot>,
 }
 
-impl std::fmt::Debug for Killable {
+impl<IO> std::fmt::Debug for Killable<IO> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Killable")
             .field("killed", &self.killed)
+            .field("started", &self.preface.is_none())
             .finish_non_exhaustive()
     }
 }
 
-impl Killable {
-    fn new(inner: TcpStream, mut switch: tokio::sync::watch::Receiver<bool>) -> Self {
+impl<IO> Killable<IO> {
+    /// Wraps `inner`, cut when `switch` is thrown or dropped (never with `None`) and when it has
+    /// not sent the preface by `deadline` (never with `None`).
+    pub(super) fn new(
+        inner: IO,
+        switch: Option<tokio::sync::watch::Receiver<bool>>,
+        deadline: Option<tokio::time::Instant>,
+        slot: Option<Slot>,
+    ) -> Self {
         Self {
             inner,
             kill: Box::pin(async move {
-                // Thrown, or its sender gone with the phase: either way, the end.
-                let _ = switch.wait_for(|k| *k).await;
+                match switch {
+                    // Thrown, or its sender gone with the phase: either way, the end.
+                    Some(mut switch) => {
+                        let _ = switch.wait_for(|k| *k).await;
+                    }
+                    None => std::future::pending().await,
+                }
             }),
             killed: false,
+            preface: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            read: 0,
+            _slot: slot,
         }
     }
 
-    fn is_killed(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Whether the connection is over (cut or not started in time); registers the wakers that
+    /// end it otherwise.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if !self.killed && self.kill.as_mut().poll(cx).is_ready() {
             self.killed = true;
         }
-        self.killed
+        if self.killed {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the node stopped serving (shut down or sealed)",
+            ));
+        }
+        if let Some(sleep) = &mut self.preface
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            self.killed = true;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface in time: the connection is closed",
+            ));
+        }
+        Ok(())
     }
 }
 
-fn cut() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "the node stopped serving (shut down or sealed)",
-    )
-}
-
-impl AsyncRead for Killable {
+impl<IO: AsyncRead + Unpin> AsyncRead for Killable<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.is_killed(cx) {
-            return Poll::Ready(Err(cut()));
+        if let Err(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.preface.is_some() && matches!(polled, Poll::Ready(Ok(()))) {
+            self.read = self.read.saturating_add(buf.filled().len() - before);
+            if self.read >= PREFACE {
+                self.preface = None;
+            }
+        }
+        polled
     }
 }
 
-impl AsyncWrite for Killable {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Killable<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.is_killed(cx) {
-            return Poll::Ready(Err(cut()));
+        if let Err(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.is_killed(cx) {
-            return Poll::Ready(Err(cut()));
+        if let Err(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -101,19 +143,10 @@ impl AsyncWrite for Killable {
     }
 }
 
-impl Connected for Killable {
-    type ConnectInfo = TcpConnectInfo;
+impl<IO: Connected> Connected for Killable<IO> {
+    type ConnectInfo = IO::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
-}
-
-/// The accepted connections of `listener`, with Nagle's algorithm off, each cut when `switch`
-/// is thrown or dropped.
-pub fn incoming(
-    listener: TcpListener,
-    switch: tokio::sync::watch::Receiver<bool>,
-) -> impl Stream<Item = io::Result<Killable>> {
-    super::incoming(listener).map(move |conn| conn.map(|c| Killable::new(c, switch.clone())))
 }

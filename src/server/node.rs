@@ -20,7 +20,9 @@ use tonic::{
     server::NamedService,
 };
 
-use super::{ServeEnd, ServeError, ServeOptions, reflection, serve, server_builder};
+use super::{
+    ServeEnd, ServeError, ServeOptions, reflection, serve, serve_on, server_builder, tls_acceptor,
+};
 use crate::{
     api::operator::{Attempts, Gate, NodeSource, OperatorApi},
     pb::operator_server::OperatorServer,
@@ -124,14 +126,15 @@ async fn serve_sealed(
     };
     let (kill, switch) = tokio::sync::watch::channel(false);
     let operator = OperatorServer::new(OperatorApi::sealed(gate));
-    let served = server_builder(options.tls.clone())?
+    let tls = tls_acceptor(options.tls.clone())?;
+    let router = server_builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(operator.clone())
         .add_service(Sealed::<VaultName>::default())
-        .add_service(SealedAdmin(operator))
-        .serve_with_incoming_shutdown(super::killable::incoming(listener, switch), shutdown);
+        .add_service(SealedAdmin(operator));
+    let served = serve_on(router, listener, options.connections, tls, switch, shutdown);
     super::drained(served, &mut stop_rx, kill)
         .await
         .map_err(|e| ServeError::Transport(e.to_string()))

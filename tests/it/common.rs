@@ -198,6 +198,8 @@ impl TestServer {
         let options = kluis::server::ServeOptions {
             tls,
             identity: Arc::new(identity),
+            connections: cfg.connections,
+            streams: cfg.streams,
             ..Default::default()
         };
         let handle = tokio::spawn(async move {

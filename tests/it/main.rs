@@ -4,7 +4,8 @@
 //! `unseal` (root key and restarts), `guard` (bad input), `admin` (credentials), `policy_table`
 //! (the default policy over every role × purpose × category), `cli` (the `kluis` binary),
 //! `enforcement` (the hostile-request table: what an attacker tries, class by class), `identity`
-//! (client certificates, provider tokens, acting on behalf of an employee).
+//! (client certificates, provider tokens, acting on behalf of an employee), `dos` (clients that
+//! stop reading, idle connections, past every cap).
 
 #![allow(
     clippy::unwrap_used,
@@ -24,6 +25,7 @@ mod concurrency;
 mod crash;
 mod deploy;
 mod disclosures;
+mod dos;
 mod enforcement;
 mod evidence;
 mod freshness;

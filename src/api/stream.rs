@@ -1,0 +1,306 @@
+//! Server streams: the one way every streaming call sends (`Streams::channel`), and the caps on
+//! exports and backups (`Streams::admit`).
+//!
+//! A client that stops reading (its HTTP/2 window at zero) fills the stream's channel; the
+//! producer then waits at most `idle` for room, and otherwise stops: the blocking thread it ran
+//! on is free again, and the stream ends with `DEADLINE_EXCEEDED` saying the client stopped
+//! reading, never as if it were complete.
+//!
+//! Invariant: no send of a server stream waits longer than `StreamLimits::idle`.
+//! Invariant: an export, audit export or backup runs only while it holds an `ExportPermit`.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio_stream::Stream;
+use tonic::Status;
+
+use crate::domain::PrincipalId;
+
+/// The idle limit of server streams and the caps on exports and backups (`[limits]`).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct StreamLimits {
+    /// How long a stream waits for the client to take a message before it ends.
+    pub idle: Duration,
+    /// Exports, audit exports and backups running at once, in all.
+    pub max_exports: usize,
+    /// Exports, audit exports and backups running at once for one caller (principal).
+    pub max_exports_per_caller: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(30),
+            max_exports: 64,
+            max_exports_per_caller: 4,
+        }
+    }
+}
+
+/// The server streams of one server: their limits and the exports running.
+#[derive(Debug, Default)]
+pub struct Streams {
+    limits: StreamLimits,
+    running: Mutex<Running>,
+}
+
+#[derive(Debug, Default)]
+struct Running {
+    total: usize,
+    per_caller: HashMap<String, usize>,
+}
+
+/// A server stream as a handler returns it.
+pub type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl Streams {
+    /// Streams under `limits`.
+    pub fn new(limits: StreamLimits) -> Self {
+        Self {
+            limits,
+            running: Mutex::default(),
+        }
+    }
+
+    /// A stream holding at most `capacity` messages the client has not taken, and its sender.
+    pub(crate) fn channel<T: Send + 'static>(
+        &self,
+        capacity: usize,
+    ) -> (Sender<T>, ServerStream<T>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let sender = Sender {
+            tx,
+            idle: self.limits.idle,
+            stalled: Arc::clone(&stalled),
+        };
+        let stream = Receiver {
+            rx,
+            stalled,
+            idle: self.limits.idle,
+            ended: false,
+        };
+        (sender, Box::pin(stream))
+    }
+
+    /// A place for one export or backup of `caller`, or `RESOURCE_EXHAUSTED` naming the cap
+    /// that is reached.
+    pub(crate) fn admit(self: &Arc<Self>, caller: &PrincipalId) -> Result<ExportPermit, Status> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.total >= self.limits.max_exports {
+            return Err(Status::resource_exhausted(format!(
+                "{} exports and backups are running (`limits.max_exports`); retry when a \
+                 running export finishes",
+                self.limits.max_exports
+            )));
+        }
+        let mine = running
+            .per_caller
+            .entry(caller.as_str().to_owned())
+            .or_insert(0);
+        if *mine >= self.limits.max_exports_per_caller {
+            return Err(Status::resource_exhausted(format!(
+                "this caller already runs {} exports or backups (`limits.max_exports_per_caller`); \
+                 retry when a running export finishes",
+                self.limits.max_exports_per_caller
+            )));
+        }
+        *mine += 1;
+        running.total += 1;
+        Ok(ExportPermit {
+            streams: Arc::clone(self),
+            caller: caller.as_str().to_owned(),
+        })
+    }
+}
+
+/// One running export or backup; its place is given back when it is dropped.
+#[derive(Debug)]
+pub(crate) struct ExportPermit {
+    streams: Arc<Streams>,
+    caller: String,
+}
+
+impl Drop for ExportPermit {
+    fn drop(&mut self) {
+        let mut running = self
+            .streams
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        running.total = running.total.saturating_sub(1);
+        if let Some(n) = running.per_caller.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.per_caller.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// The sending end of a server stream.
+pub(crate) struct Sender<T> {
+    tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
+    idle: Duration,
+    stalled: Arc<AtomicBool>,
+}
+
+impl<T: Send + 'static> Sender<T> {
+    /// Sends `message`, waiting at most the idle limit for the client to make room. False when
+    /// the stream is over: the client went away or stopped reading (the stream then ends with
+    /// `DEADLINE_EXCEEDED`), or `message` was an error (the last message of a stream).
+    pub(crate) async fn send(&self, message: Result<T, Status>) -> bool {
+        let last = message.is_err();
+        match tokio::time::timeout(self.idle, self.tx.send(message)).await {
+            Ok(Ok(())) => !last,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.stalled.store(true, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    /// Completes when the client has gone away.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    /// `send` from a blocking thread.
+    pub(crate) fn send_blocking(&self, message: Result<T, Status>) -> bool {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(self.send(message)),
+            // Not inside the runtime: there is no client to wait for.
+            Err(_) => false,
+        }
+    }
+
+    /// Sends `message` only when there is room (progress reports, which the next one replaces).
+    /// False when the client went away.
+    pub(crate) fn offer(&self, message: Result<T, Status>) -> bool {
+        !matches!(
+            self.tx.try_send(message),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+        )
+    }
+}
+
+/// The receiving end: what tonic sends to the client.
+struct Receiver<T> {
+    rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+    stalled: Arc<AtomicBool>,
+    idle: Duration,
+    ended: bool,
+}
+
+impl<T> Stream for Receiver<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        // A stream cut off because the client stopped reading ends with an error, never as if
+        // it were complete; what was queued is not sent.
+        if self.stalled.load(Ordering::SeqCst) {
+            self.ended = true;
+            return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                "the client stopped reading: nothing taken for {} s, so the stream was ended \
+                 (`limits.stream_idle_secs`); request it again and read it as it comes",
+                self.idle.as_secs()
+            )))));
+        }
+        self.rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streams(total: usize, per: usize) -> Arc<Streams> {
+        Arc::new(Streams::new(StreamLimits {
+            idle: Duration::from_millis(50),
+            max_exports: total,
+            max_exports_per_caller: per,
+        }))
+    }
+
+    fn caller(name: &str) -> PrincipalId {
+        PrincipalId::parse("caller", name).unwrap()
+    }
+
+    #[test]
+    fn a_caller_at_its_cap_is_refused_naming_the_limit() {
+        let s = streams(10, 1);
+        let held = s.admit(&caller("a")).unwrap();
+        let refused = s.admit(&caller("a")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("limits.max_exports_per_caller"));
+        assert!(s.admit(&caller("b")).is_ok());
+        drop(held);
+        assert!(
+            s.admit(&caller("a")).is_ok(),
+            "a finished export gives its place back"
+        );
+    }
+
+    #[test]
+    fn the_total_cap_holds_across_callers() {
+        let s = streams(1, 1);
+        let _held = s.admit(&caller("a")).unwrap();
+        let refused = s.admit(&caller("b")).unwrap_err();
+        assert!(refused.message().contains("`limits.max_exports`"));
+        assert!(
+            refused
+                .message()
+                .contains("retry when a running export finishes")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_nobody_reads_stops_its_producer_and_ends_with_an_error() {
+        use tokio_stream::StreamExt;
+        let s = streams(1, 1);
+        let (tx, mut rx) = s.channel::<u32>(1);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut sent = 0;
+            while tx.send_blocking(Ok(sent)) {
+                sent += 1;
+            }
+            sent
+        });
+        let sent = tokio::time::timeout(Duration::from_secs(5), producer)
+            .await
+            .expect("the producer stops by itself")
+            .unwrap();
+        assert_eq!(sent, 1, "one message fits; the next waits, then gives up");
+        let end = rx.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::DeadlineExceeded);
+        assert!(end.message().contains("stopped reading"));
+        assert!(rx.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_is_read_is_complete() {
+        use tokio_stream::StreamExt;
+        let s = streams(1, 1);
+        let (tx, rx) = s.channel::<u32>(1);
+        tokio::task::spawn_blocking(move || {
+            for i in 0..100 {
+                assert!(tx.send_blocking(Ok(i)));
+            }
+        });
+        let got: Vec<u32> = rx.map(Result::unwrap).collect().await;
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,455 @@
+//! What a client that wants to stall the server tries: streams it never reads, more of them than
+//! the caps allow, idle connections that never start, more than the open file limit would allow.
+//! Each test checks that another client is still served, that the excess is refused, and that
+//! what was held is let go.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use kluis::{config::RawLimits, domain::Role, pb};
+use tokio::{io::AsyncReadExt, net::TcpSocket};
+use tonic::{Code, transport::Endpoint};
+
+use crate::common::{SCOPED_SUBJECT, TestServer, ctx, get, put, req, text};
+
+fn export_request(server: &TestServer, role: Role) -> tonic::Request<pb::ExportSubjectRequest> {
+    req(
+        server.token(role),
+        pb::ExportSubjectRequest {
+            portable: false,
+            context: ctx("customer-service", "SAR-2026-9", "subject access request"),
+            subject_id: SCOPED_SUBJECT.into(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exports_nobody_reads_are_capped_and_end_after_the_idle_limit() {
+    let server = TestServer::start_with_limits(RawLimits {
+        stream_idle_secs: Some(1),
+        max_exports: Some(3),
+        max_exports_per_caller: Some(2),
+        ..Default::default()
+    })
+    .await;
+    // Enough for an export to be far larger than a small flow-control window.
+    let mut records = Vec::new();
+    for i in 0..60 {
+        records.push(
+            put(
+                &server,
+                Role::CustomerService,
+                ctx("contract", "", ""),
+                SCOPED_SUBJECT,
+                vec![text(
+                    "name",
+                    "identity",
+                    &format!("{i} {}", "A".repeat(4000)),
+                )],
+            )
+            .await,
+        );
+    }
+    // The staller: a window of 1 KiB it never opens further, since it never reads.
+    let staller = Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled_client = pb::vault_client::VaultClient::new(staller.clone());
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            stalled_client
+                .export_subject(export_request(&server, Role::PrivacyOfficer))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let refused = stalled_client
+        .export_subject(export_request(&server, Role::PrivacyOfficer))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("limits.max_exports_per_caller")
+            && refused
+                .message()
+                .contains("retry when a running export finishes"),
+        "{}",
+        refused.message()
+    );
+    // Another caller (the subject, with their own token) takes the last place in all.
+    held.push(
+        stalled_client
+            .export_subject(export_request(&server, Role::Subject))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    // Far more calls than the blocking threads (512) that used to be held one each: all
+    // refused at once, over three connections (256 streams each).
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..600 {
+        let mut client = pb::vault_client::VaultClient::new(staller.clone());
+        let role = if i % 2 == 0 {
+            Role::Subject
+        } else {
+            Role::PrivacyOfficer
+        };
+        let request = export_request(&server, role);
+        calls.spawn(async move { client.export_subject(request).await.map(drop) });
+        if calls.len() >= 200 {
+            let status = calls.join_next().await.unwrap().unwrap().unwrap_err();
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        }
+    }
+    // Meanwhile a case worker on another connection is served at once.
+    let started = Instant::now();
+    let read = get(
+        &server,
+        server.token(Role::CustomerService),
+        ctx("contract", "", ""),
+        &records[0],
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.record_id, records[0]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    while let Some(call) = calls.join_next().await {
+        let status = call.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("limits.max_exports"));
+    }
+    // After the idle limit the stalled exports have let their places go: a reader's export is
+    // admitted and complete.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let mut client = server.client().await;
+        match client
+            .export_subject(export_request(&server, Role::PrivacyOfficer))
+            .await
+        {
+            Ok(r) => {
+                let mut stream = r.into_inner();
+                let mut lines = 0;
+                while stream.message().await.unwrap().is_some() {
+                    lines += 1;
+                }
+                break lines;
+            }
+            Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("the stalled exports still hold their places: {s:?}"),
+        }
+    };
+    assert!(lines >= records.len(), "{lines} lines");
+    // A stalled stream, read at last, ends with an error saying why, never as if complete.
+    // (Read all at once: they share the staller's tiny connection window.)
+    let mut reads = tokio::task::JoinSet::new();
+    for mut stream in held {
+        reads.spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("a stalled export ended as if it were complete"),
+                    Err(status) => break status,
+                }
+            }
+        });
+    }
+    while let Some(end) = tokio::time::timeout(Duration::from_secs(30), reads.join_next())
+        .await
+        .expect("a stalled export neither ended nor went on")
+    {
+        let end = end.unwrap();
+        assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+        assert!(
+            end.message().contains("stopped reading"),
+            "{}",
+            end.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_audit_export_nobody_reads_ends_and_frees_its_place() {
+    let server = TestServer::start_with_limits(RawLimits {
+        stream_idle_secs: Some(1),
+        max_exports: Some(1),
+        max_exports_per_caller: Some(1),
+        ..Default::default()
+    })
+    .await;
+    for i in 0..300 {
+        put(
+            &server,
+            Role::CustomerService,
+            ctx("contract", "", ""),
+            &format!("REL-{i:04}"),
+            vec![text("name", "identity", "A. Jansen")],
+        )
+        .await;
+    }
+    let staller = Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let export = || {
+        req(
+            server.token(Role::PrivacyOfficer),
+            pb::ExportAuditRequest {
+                justification: "audit of the contract records".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut admin = pb::admin_client::AdminClient::new(staller);
+    let mut held = admin.export_audit(export()).await.unwrap().into_inner();
+    // The one place is taken: a backup waits for it, saying so.
+    let refused = server
+        .admin()
+        .await
+        .backup(req(
+            server.token(Role::SecurityOfficer),
+            pb::BackupRequest {
+                justification: "nightly".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("limits.max_exports"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let backup = server
+            .admin()
+            .await
+            .backup(req(
+                server.token(Role::SecurityOfficer),
+                pb::BackupRequest {
+                    justification: "nightly".into(),
+                },
+            ))
+            .await;
+        match backup {
+            Ok(r) => {
+                let mut stream = r.into_inner();
+                while stream.message().await.unwrap().is_some() {}
+                break;
+            }
+            Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("the stalled audit export still holds its place: {s:?}"),
+        }
+    }
+    let end = loop {
+        match held.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("a stalled audit export ended as if it were complete"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), Code::DeadlineExceeded);
+}
+
+/// A TCP connection from `from` to `to` that sends nothing.
+async fn idle_connection(from: IpAddr, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), socket.connect(to))
+        .await
+        .expect("connect timed out")
+        .unwrap()
+}
+
+/// How the server ended an idle connection.
+#[derive(Debug)]
+enum Ending {
+    /// Closed without sending anything.
+    Refused,
+    /// Closed after sending its HTTP/2 settings.
+    ClosedAfterSettings,
+    /// Not closed in time.
+    Open,
+}
+
+async fn ending(conn: &mut tokio::net::TcpStream, wait: Duration) -> Ending {
+    let mut buf = [0u8; 256];
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return Ending::Open,
+            Ok(Ok(0) | Err(_)) if got == 0 => return Ending::Refused,
+            Ok(Ok(0) | Err(_)) => return Ending::ClosedAfterSettings,
+            Ok(Ok(n)) => got += n,
+        }
+    }
+}
+
+/// Whether the server has closed `conn` within `wait`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // The server's SETTINGS frame, or nothing yet: read on.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// User and system CPU time of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_beyond_the_open_file_limit_are_refused_or_closed_and_clients_served() {
+    // This process opens more sockets than the server may hold.
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    let tmp = crate::common::private_tempdir();
+    let config = tmp.path().join("kluis.toml");
+    std::fs::File::create(&config)
+        .unwrap()
+        .write_all(b"[limits]\nmax_connections_per_address = 32\nhandshake_timeout_secs = 3\n")
+        .unwrap();
+    // An open file limit of 256, soft and hard: the server may not raise it, and fits its
+    // connection cap below it.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_kluis"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .env_remove("KLUIS_PASSPHRASE")
+        .env("KLUIS_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let pid = server.0.id();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr: SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("kluis exited before its banner")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("kluis dev server on http://") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 256 ")),
+        "{limits}"
+    );
+    let cpu_before = cpu_ticks(pid);
+
+    // 3 addresses × 100 idle connections: more than the 256 descriptors the server has.
+    let attackers: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let mut idle = Vec::new();
+    for from in &attackers {
+        for _ in 0..100 {
+            idle.push(idle_connection(*from, addr).await);
+        }
+    }
+    // A real client is served all the same.
+    let health = |addr: SocketAddr| async move {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    let started = Instant::now();
+    assert_eq!(
+        health(addr).await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Past its cap an address is refused: closed without a byte. The 32 it may hold get the
+    // server's HTTP/2 SETTINGS, then, sending no preface, are closed after the handshake
+    // timeout (3 s).
+    let mut check = tokio::task::JoinSet::new();
+    for mut conn in idle {
+        check.spawn(async move { ending(&mut conn, Duration::from_secs(10)).await });
+    }
+    let (mut refused, mut held) = (0, 0);
+    while let Some(done) = check.join_next().await {
+        match done.unwrap() {
+            Ending::Refused => refused += 1,
+            Ending::ClosedAfterSettings => held += 1,
+            Ending::Open => panic!("an idle connection outlived the handshake timeout"),
+        }
+    }
+    assert_eq!(refused + held, 300);
+    assert!(
+        held <= 3 * 32 + 6 && refused >= 3 * 68 - 6,
+        "{held} held, {refused} refused"
+    );
+    // Slots were given back: the first attacker address connects again and is held.
+    let mut again = idle_connection(attackers[0], addr).await;
+    assert!(!closed_within(&mut again, Duration::from_millis(300)).await);
+    drop(again);
+    // No spinning: the whole attack cost the server little CPU (generous bound).
+    let cpu = cpu_ticks(pid) - cpu_before;
+    assert!(cpu < 300, "the server used {cpu} ticks of CPU");
+    assert_eq!(
+        health(addr).await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    drop(server);
+}
