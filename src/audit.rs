@@ -847,7 +847,12 @@ impl Audit {
     ) -> Result<(), AuditError> {
         let mut from = 1u64;
         loop {
-            let page = self.store.audit_entries(from, 1000)?;
+            // The entries about one subject from the store's index of them; the filter below
+            // still checks each entry's own subject.
+            let page = match &filter.subject {
+                Some(subject) => self.store.subject_audit_entries(subject, from, 1000)?,
+                None => self.store.audit_entries(from, 1000)?,
+            };
             let Some(last) = page.last() else {
                 return Ok(());
             };

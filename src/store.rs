@@ -1256,6 +1256,15 @@ pub trait AuditStore: Send + Sync {
 
     /// Up to `limit` audit entries from sequence number `from`, in order.
     fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Up to `limit` audit entries about `subject` (whose `subject` is it) from sequence number
+    /// `from`, in order: from an index of the entries themselves, not a scan of the trail.
+    fn subject_audit_entries(
+        &self,
+        subject: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError>;
 }
 
 /// What kluis needs from a store.

@@ -283,7 +283,13 @@ pub fn run_all(store: &dyn Store) {
     assert_eq!(store.audit_tail().unwrap(), None);
     let entry = |seq| AuditRow {
         seq,
-        entry: format!("{{\"seq\":{seq}}}").into_bytes(),
+        // Odd entries are about one subject, 2 about another, 4 about none.
+        entry: match seq {
+            4 => format!("{{\"seq\":{seq}}}"),
+            2 => format!("{{\"seq\":{seq},\"subject\":\"REL-B\"}}"),
+            _ => format!("{{\"seq\":{seq},\"subject\":\"REL-A\"}}"),
+        }
+        .into_bytes(),
         prev_hash: vec![0; 32],
         hash: vec![u8::try_from(seq).unwrap(); 32],
         mac: vec![1; 32],
@@ -304,6 +310,23 @@ pub fn run_all(store: &dyn Store) {
     assert_eq!(store.audit_tail().unwrap(), Some(entry(5)));
     let page = store.audit_entries(2, 2).unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    // By subject: the entries that name it, in order, from `from`, at most `limit`.
+    let seqs = |subject: &str, from: u64, limit: usize| {
+        store
+            .subject_audit_entries(subject, from, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seqs("REL-A", 1, 10), [1, 3, 5]);
+    assert_eq!(seqs("REL-A", 2, 1), [3]);
+    assert_eq!(seqs("REL-B", 1, 10), [2]);
+    assert!(seqs("REL-C", 1, 10).is_empty());
+    assert_eq!(
+        store.subject_audit_entries("REL-A", 5, 10).unwrap(),
+        vec![entry(5)]
+    );
     if store.audit_entries(6, 10).unwrap().is_empty() {
         return;
     }

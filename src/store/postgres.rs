@@ -287,6 +287,16 @@ FOR EACH ROW EXECUTE FUNCTION kluis_disclosures_go_with_the_last_record();
 DROP INDEX search_tags_lookup;
 CREATE INDEX search_tags_lookup ON search_tags (purpose, field, version, bits, tag, record_id);
 "#,
+    // The entries about a subject without a scan of the trail (its export and access report):
+    // an index over the subject each entry names, computed from the entry itself, so that it
+    // cannot disagree with it. The entries are UTF-8 JSON, written by kluis; the function is
+    // immutable for them.
+    r#"
+CREATE FUNCTION kluis_audit_subject(entry BYTEA) RETURNS TEXT
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT convert_from(entry, 'UTF8')::jsonb ->> 'subject' $$;
+CREATE INDEX audit_by_subject ON audit (kluis_audit_subject(entry), seq);
+"#,
 ];
 
 /// The advisory lock key under which migrations run ("kluis" in ASCII), so that nodes starting

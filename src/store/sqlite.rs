@@ -334,6 +334,17 @@ END;
 DROP INDEX search_tags_lookup;
 CREATE INDEX search_tags_lookup ON search_tags (purpose, field, version, bits, tag, record_id);
 ",
+    // The entries about a subject without a scan of the trail (its export and access report):
+    // an index over the subject each entry names, computed from the entry itself, so that it
+    // cannot disagree with it. (A BLOB given to the JSON functions is read as SQLite's binary
+    // JSON, hence the cast; an entry that is not JSON has no subject.)
+    r"
+ALTER TABLE audit ADD COLUMN subject TEXT GENERATED ALWAYS AS (
+    CASE WHEN json_valid(CAST(entry AS TEXT))
+         THEN json_extract(CAST(entry AS TEXT), '$.subject') END
+) VIRTUAL;
+CREATE INDEX audit_by_subject ON audit (subject, seq);
+",
 ];
 
 /// Reader connections kept open between reads. Opening one parses the schema and loses its

@@ -73,4 +73,25 @@ impl AuditStore for PgStore {
             .collect()
         })
     }
+
+    fn subject_audit_entries(
+        &self,
+        subject: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        self.read_one(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit
+                     WHERE kluis_audit_subject(entry) = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
+                ),
+                &[&subject, &from, &limit(max)],
+            )?
+            .iter()
+            .map(audit_from_row)
+            .collect()
+        })
+    }
 }

@@ -76,4 +76,22 @@ impl AuditStore for SqliteStore {
             .collect()
         })
     }
+
+    fn subject_audit_entries(
+        &self,
+        subject: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT seq, entry, prev_hash, hash, mac FROM audit
+                 WHERE subject = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+            )?
+            .query_map(params![subject, from, limit], audit_from_row)?
+            .collect()
+        })
+    }
 }
