@@ -17,6 +17,7 @@
 
 mod admin;
 mod api;
+mod attack;
 mod audit;
 mod backup;
 mod cli;
