@@ -29,8 +29,9 @@ pub const MAX_LIST: usize = 10_000;
 
 impl Vault {
     /// Records that `fields` of record `record_id` (a record of `subject`) were disclosed to a
-    /// recipient. The caller must be allowed to `read` every named field (decided per field, in
-    /// `ctx`); the decision is audited (`disclosure`) before the row is stored.
+    /// recipient. The caller must be staff (no subject-side or external role) allowed to `read`
+    /// every named field (decided per field, in `ctx`); the decision is audited (`disclosure`)
+    /// before the row is stored.
     pub fn record_disclosure(
         &self,
         principal: &Principal,
@@ -59,6 +60,20 @@ impl Vault {
                 )
                 .into());
             }
+        }
+        // The register is the organisation's account of what it disclosed: the subject, a
+        // representative or an external party records nothing in it (their reads are
+        // registered by kluis itself), before anything of the record is looked at.
+        if principal.roles.iter().any(|r| r.is_subject_bound()) {
+            let mut event =
+                self.event(principal, ctx, "disclosure", Some(subject), Some(record_id));
+            event.decision = "deny".into();
+            event.reason = Some("a subject-side or external party records no disclosures".into());
+            self.audit.append(&event)?;
+            return Err(VaultError::Denied(
+                "disclosures are recorded by the organisation's staff; reads by external parties                  are registered by kluis itself"
+                    .into(),
+            ));
         }
         let (record, rows) = self.load(record_id)?;
         if record.subject != subject.as_str() {

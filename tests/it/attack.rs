@@ -1059,6 +1059,7 @@ async fn attack_disclosure_register_is_not_written_by_subjects_or_external_parti
     let mut written = Vec::new();
     for (role, context, record, field) in [
         (Role::Subject, contract(), &contract_rec, "email"),
+        (Role::Representative, contract(), &contract_rec, "email"),
         (Role::Contractor, ctx("maintenance", "", ""), &job, "phone"),
         (
             Role::Bailiff,
@@ -1079,17 +1080,24 @@ async fn attack_disclosure_register_is_not_written_by_subjects_or_external_parti
             disclosure_request(context, SCOPED_SUBJECT, record, &[field]),
         )
         .await;
-        if let Ok(d) = r {
-            written.push(format!(
+        match r {
+            Ok(d) => written.push(format!(
                 "{role}: {} to {:?} ({})",
                 d.disclosure_id, d.recipient, d.recipient_kind
-            ));
+            )),
+            Err(s) => assert_eq!(s.code(), Code::PermissionDenied, "{role}: {s:?}"),
         }
     }
     assert!(
         written.is_empty(),
         "recipients wrote the controller's register: {written:#?}"
     );
+    // Each attempt is on the trail, refused.
+    let refused = audit_entries(&server)
+        .into_iter()
+        .filter(|e| e["action"] == "disclosure" && e["decision"] == "deny")
+        .count();
+    assert_eq!(refused, 5);
     server.stop().await;
 }
 
