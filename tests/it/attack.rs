@@ -9,8 +9,8 @@ use kluis::{config::RawConfig, domain::Role, pb, search::RawSearch};
 use tonic::Code;
 
 use crate::common::{
-    SCOPED_SUBJECT, TestServer, audit_entries, binary, ctx, download, evidence_start, field, get,
-    nuisance_ctx, private_tempdir, put, req, text, text_of, upload_bytes,
+    SCOPED_SUBJECT, TestServer, audit_entries, binary, ctx, download, evidence_start, export,
+    field, get, list_records, nuisance_ctx, private_tempdir, put, req, text, text_of, upload_bytes,
 };
 
 fn searchable(fields: &[&str]) -> RawSearch {
@@ -72,53 +72,6 @@ fn outcome(r: &Result<Vec<pb::RecordInfo>, tonic::Status>) -> String {
         ),
         Err(s) => format!("{:?}: {}", s.code(), s.message()),
     }
-}
-
-async fn list_records(
-    server: &TestServer,
-    token: &str,
-    context: Option<pb::AccessContext>,
-    subject: &str,
-) -> Result<Vec<pb::RecordInfo>, tonic::Status> {
-    server
-        .client()
-        .await
-        .list_records(req(
-            token,
-            pb::ListRecordsRequest {
-                context,
-                subject_id: subject.into(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().records)
-}
-
-async fn export(
-    server: &TestServer,
-    token: &str,
-    context: Option<pb::AccessContext>,
-    subject: &str,
-    portable: bool,
-) -> Result<Vec<serde_json::Value>, tonic::Status> {
-    let mut stream = server
-        .client()
-        .await
-        .export_subject(req(
-            token,
-            pb::ExportSubjectRequest {
-                context,
-                subject_id: subject.into(),
-                portable,
-            },
-        ))
-        .await?
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(line) = stream.message().await? {
-        lines.push(serde_json::from_str(&line.json).unwrap());
-    }
-    Ok(lines)
 }
 
 async fn restrict(server: &TestServer, subject: &str) {

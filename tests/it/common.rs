@@ -636,3 +636,52 @@ pub async fn approve(server: &TestServer, token_id: &str) {
         .await
         .unwrap();
 }
+
+/// `ListRecords` of `subject` with `token` in `context`: the records answered.
+pub async fn list_records(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    subject: &str,
+) -> Result<Vec<pb::RecordInfo>, tonic::Status> {
+    server
+        .client()
+        .await
+        .list_records(req(
+            token,
+            pb::ListRecordsRequest {
+                context,
+                subject_id: subject.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().records)
+}
+
+/// `ExportSubject` of `subject` with `token` in `context`: every line, parsed.
+pub async fn export(
+    server: &TestServer,
+    token: &str,
+    context: Option<pb::AccessContext>,
+    subject: &str,
+    portable: bool,
+) -> Result<Vec<serde_json::Value>, tonic::Status> {
+    let mut stream = server
+        .client()
+        .await
+        .export_subject(req(
+            token,
+            pb::ExportSubjectRequest {
+                context,
+                subject_id: subject.into(),
+                portable,
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(line) = stream.message().await? {
+        lines.push(serde_json::from_str(&line.json).unwrap());
+    }
+    Ok(lines)
+}

@@ -51,53 +51,6 @@ async fn lift(server: &TestServer, subject: &str) -> Result<pb::Restriction, ton
         .map(tonic::Response::into_inner)
 }
 
-async fn list(
-    server: &TestServer,
-    token: &str,
-    context: Option<pb::AccessContext>,
-    subject: &str,
-) -> Result<Vec<pb::RecordInfo>, tonic::Status> {
-    server
-        .client()
-        .await
-        .list_records(req(
-            token,
-            pb::ListRecordsRequest {
-                context,
-                subject_id: subject.into(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().records)
-}
-
-async fn export(
-    server: &TestServer,
-    token: &str,
-    context: Option<pb::AccessContext>,
-    subject: &str,
-    portable: bool,
-) -> Result<Vec<serde_json::Value>, tonic::Status> {
-    let mut stream = server
-        .client()
-        .await
-        .export_subject(req(
-            token,
-            pb::ExportSubjectRequest {
-                context,
-                subject_id: subject.into(),
-                portable,
-            },
-        ))
-        .await?
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(line) = stream.message().await? {
-        lines.push(serde_json::from_str(&line.json).unwrap());
-    }
-    Ok(lines)
-}
-
 async fn update(
     server: &TestServer,
     role: Role,
@@ -185,7 +138,7 @@ async fn a_restricted_subject_is_stored_but_read_only_for_legal_claims_and_the_p
         get(&server, server.token(*role), context.clone(), record)
             .await
             .unwrap_or_else(|s| panic!("{role}: {s:?}"));
-        let listed = list(&server, server.token(*role), context.clone(), me)
+        let listed = list_records(&server, server.token(*role), context.clone(), me)
             .await
             .unwrap();
         assert!(!listed.is_empty(), "{role}");
@@ -247,7 +200,7 @@ async fn a_restricted_subject_is_stored_but_read_only_for_legal_claims_and_the_p
             .err()
             .unwrap();
         assert_eq!(status.code(), Code::PermissionDenied, "{role}");
-        let listed = list(&server, server.token(role), context.clone(), me).await;
+        let listed = list_records(&server, server.token(role), context.clone(), me).await;
         assert!(
             listed.as_ref().map_or(true, Vec::is_empty),
             "{role} listed {listed:?}"
@@ -271,7 +224,7 @@ async fn a_restricted_subject_is_stored_but_read_only_for_legal_claims_and_the_p
     assert_eq!(text_of(&resp.fields[0]), "Dorpsstraat 1");
     // The privacy officer lists and exports, the restriction named in the export.
     assert_eq!(
-        list(&server, &po, ctx("contract", "", ""), me)
+        list_records(&server, &po, ctx("contract", "", ""), me)
             .await
             .unwrap()
             .len(),
