@@ -498,6 +498,19 @@ fn db(e: rusqlite::Error) -> StoreError {
         rusqlite::Error::FromSqlConversionFailure(_, _, cause) => {
             StoreError::Corrupt(cause.to_string())
         }
+        // Busy past the busy timeout (another process holding the file, a checkpoint under
+        // heavy load): nothing was done, and the call may succeed when it is tried again.
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Unavailable(format!(
+                "the database file stayed busy for {} s",
+                BUSY_TIMEOUT.as_secs()
+            ))
+        }
         e => StoreError::Database(e.to_string()),
     }
 }
@@ -1072,6 +1085,42 @@ fn select_subject_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_busy_past_the_timeout_is_unavailable_not_an_internal_error() {
+        for code in [rusqlite::ffi::SQLITE_BUSY, rusqlite::ffi::SQLITE_LOCKED] {
+            let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+            assert!(matches!(db(e), StoreError::Unavailable(_)), "{code}");
+        }
+        // Twin: another failure stays a database error.
+        let e = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            None,
+        );
+        assert!(matches!(db(e), StoreError::Database(_)));
+    }
+
+    #[test]
+    fn a_writer_held_by_another_connection_is_answered_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        {
+            // Without waiting the whole busy timeout in a test.
+            let conn = store.writer.lock().unwrap();
+            conn.busy_timeout(std::time::Duration::from_millis(50))
+                .unwrap();
+        }
+        let refused = store.replace_meta("k", None, b"v");
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        store.replace_meta("k", None, b"v").unwrap();
+    }
 
     #[test]
     fn sqlite_passes_the_conformance_suite() {
