@@ -36,7 +36,9 @@ async fn exports_nobody_reads_are_capped_and_end_after_the_idle_limit() {
         ..Default::default()
     })
     .await;
-    // Enough for an export to be far larger than a small flow-control window.
+    // Enough for an export to be far larger than a small flow-control window and than what
+    // HTTP/2 buffers on the server's side beyond it (a send buffer of some hundreds of KiB per
+    // stream): otherwise a "stalled" export may be handed over whole and end as complete.
     let mut records = Vec::new();
     for i in 0..60 {
         records.push(
@@ -48,7 +50,7 @@ async fn exports_nobody_reads_are_capped_and_end_after_the_idle_limit() {
                 vec![text(
                     "name",
                     "identity",
-                    &format!("{i} {}", "A".repeat(4000)),
+                    &format!("{i} {}", "A".repeat(64 * 1024)),
                 )],
             )
             .await,
