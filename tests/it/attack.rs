@@ -10,7 +10,8 @@ use tonic::Code;
 
 use crate::common::{
     SCOPED_SUBJECT, TestServer, audit_entries, binary, ctx, download, evidence_start, export,
-    field, get, list_records, nuisance_ctx, private_tempdir, put, req, text, text_of, upload_bytes,
+    field, get, list_records, nuisance_ctx, private_tempdir, put, rectify, req, text, text_of,
+    upload_bytes,
 };
 
 fn searchable(fields: &[&str]) -> RawSearch {
@@ -1718,29 +1719,6 @@ async fn open_request(server: &TestServer, subject: &str, kind: &str) -> pb::Sub
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn rectify(
-    server: &TestServer,
-    token: &str,
-    request_id: &str,
-    record_id: &str,
-    fields: Vec<pb::FieldValue>,
-) -> Result<pb::RectifyRecordResponse, tonic::Status> {
-    server
-        .admin()
-        .await
-        .rectify_record(req(
-            token,
-            pb::RectifyRecordRequest {
-                request_id: request_id.into(),
-                record_id: record_id.into(),
-                fields,
-                justification: "letter 12".into(),
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 /// The privacy officer replaces no kind, no evidence file, nothing masked, nothing twice, nothing

@@ -685,3 +685,27 @@ pub async fn export(
     }
     Ok(lines)
 }
+
+/// `RectifyRecord` of `record_id` under the rectification request `request_id`, with `token`.
+pub async fn rectify(
+    server: &TestServer,
+    token: &str,
+    request_id: &str,
+    record_id: &str,
+    fields: Vec<pb::FieldValue>,
+) -> Result<pb::RectifyRecordResponse, tonic::Status> {
+    server
+        .admin()
+        .await
+        .rectify_record(req(
+            token,
+            pb::RectifyRecordRequest {
+                request_id: request_id.into(),
+                record_id: record_id.into(),
+                fields,
+                justification: "letter 2026-91".into(),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}

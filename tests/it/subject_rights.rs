@@ -462,29 +462,6 @@ async fn open_request(
         .into_inner()
 }
 
-async fn rectify(
-    server: &TestServer,
-    token: &str,
-    request_id: &str,
-    record_id: &str,
-    fields: Vec<pb::FieldValue>,
-) -> Result<pb::RectifyRecordResponse, tonic::Status> {
-    server
-        .admin()
-        .await
-        .rectify_record(req(
-            token,
-            pb::RectifyRecordRequest {
-                request_id: request_id.into(),
-                record_id: record_id.into(),
-                fields,
-                justification: "letter 2026-91".into(),
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 #[tokio::test]
 async fn the_privacy_officer_rectifies_named_fields_only_under_an_open_rectification_request() {
     let server = TestServer::start().await;
