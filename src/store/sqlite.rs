@@ -1123,6 +1123,28 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_is_built_without_process_wide_page_cache_and_allocation_locks() {
+        // `.cargo/config.toml` sets the build flags; without them every reader thread queues
+        // on two global mutexes for each page it fetches.
+        let c = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = c
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+
+    #[test]
     fn sqlite_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("kluis.db")).unwrap();
