@@ -418,7 +418,9 @@ pub struct SubjectFacts {
     pub mandates: Vec<MandateRow>,
     /// Restrictions of processing placed on the subject (lifted ones included).
     pub restrictions: Vec<RestrictionRow>,
-    /// Whether the subject has a subject key or a record.
+    /// Whether the subject has a subject key or a record. Only asked of a subject without an
+    /// anchor (which then should have neither): with an anchor, a store may answer `true`
+    /// without looking.
     pub keyed: bool,
 }
 

@@ -176,28 +176,20 @@ impl LifecycleStore for SqliteStore {
 
 /// A subject's anchor, the rows it counts and whether it has a key or a record, read on `c`.
 fn facts_in(c: &Connection, subject: &str) -> rusqlite::Result<SubjectFacts> {
-    // The anchor and whether the subject has a key or record: one statement; the
-    // consent, hold and mandate rows it covers: one each.
-    let (anchor, keyed) = c
-        .prepare_cached(
-            "SELECT a.subject, a.holds, a.consents, a.mac, a.digest,
-                EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
-                    OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)
-             FROM (SELECT 1) LEFT JOIN subject_anchors a ON a.subject = ?1",
-        )?
-        .query_row([subject], |r| {
-            let anchor = match r.get::<_, Option<String>>(0)? {
-                Some(subject) => Some(AnchorRow {
-                    subject,
-                    holds: r.get(1)?,
-                    consents: r.get(2)?,
-                    mac: r.get(3)?,
-                    digest: r.get(4)?,
-                }),
-                None => None,
-            };
-            Ok((anchor, r.get::<_, bool>(5)?))
-        })?;
+    // The anchor, and only when there is none whether the subject has a key or record (which
+    // it then should not have); the consent, hold, mandate and restriction rows: one statement
+    // each, read even where the anchor counts none, so that rows an older anchor put back
+    // does not count are seen.
+    let anchor = select_anchor(c, subject)?;
+    let keyed = match anchor {
+        Some(_) => true,
+        None => c
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1)
+                    OR EXISTS (SELECT 1 FROM records WHERE subject = ?1)",
+            )?
+            .query_row([subject], |r| r.get(0))?,
+    };
     let consents = c
         .prepare_cached(&format!(
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
