@@ -21,6 +21,31 @@ pub const DEFAULT_TAG_BITS: u8 = 16;
 /// The narrowest and widest tags allowed.
 pub const TAG_BITS: std::ops::RangeInclusive<u8> = 8..=32;
 
+/// How many values sharing a tag the width planner aims at when asked for no other number: a
+/// search then compares about two records besides its hits, and each tag still stands for
+/// about two values.
+pub const DEFAULT_PLAN_CANDIDATES: u32 = 2;
+
+/// The narrowest width (within `TAG_BITS`) at which `values` tagged values share each tag with
+/// at most about `candidates` others: the smallest `bits` with `values / 2^bits <= candidates`
+/// (CipherSweet's planner, by row count). Narrower leaks less and costs more candidates per
+/// search; it pays to plan for the number of values the field will hold, as a change of width
+/// takes a reindex.
+pub fn planned_tag_bits(values: u64, candidates: u32) -> u8 {
+    let candidates = u64::from(candidates.max(1));
+    let mut bits = *TAG_BITS.start();
+    while bits < *TAG_BITS.end() && values > candidates << bits {
+        bits += 1;
+    }
+    bits
+}
+
+/// About how many other values share a value's tag among `values` tagged at `bits`: what a
+/// search decides, opens and compares besides its hits.
+pub fn candidates_per_search(values: u64, bits: u8) -> f64 {
+    values as f64 / 2f64.powi(i32::from(bits))
+}
+
 /// The longest search value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024;
 
@@ -260,6 +285,27 @@ pub struct RawSearch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_planner_picks_the_narrowest_width_that_keeps_the_candidates() {
+        // A housing association's 30,000 addresses, two candidates per search: 14 bits
+        // (30,000 / 16,384 = 1.8), as 13 bits would give 3.7.
+        assert_eq!(planned_tag_bits(30_000, 2), 14);
+        assert!(candidates_per_search(30_000, 14) <= 2.0);
+        assert!(candidates_per_search(30_000, 13) > 2.0);
+        // A million values: 19 bits for two, 18 for four, 20 for one.
+        assert_eq!(planned_tag_bits(1_000_000, 2), 19);
+        assert_eq!(planned_tag_bits(1_000_000, 4), 18);
+        assert_eq!(planned_tag_bits(1_000_000, 1), 20);
+        // Exactly on the edge: 2 * 2^16 values at two candidates is 16 bits, one more is 17.
+        assert_eq!(planned_tag_bits(2 << 16, 2), 16);
+        assert_eq!(planned_tag_bits((2 << 16) + 1, 2), 17);
+        // Never outside the widths kluis accepts; zero candidates is read as one.
+        assert_eq!(planned_tag_bits(0, 2), 8);
+        assert_eq!(planned_tag_bits(u64::MAX, 2), 32);
+        assert_eq!(planned_tag_bits(1_000_000, 0), 20);
+        assert!((candidates_per_search(1_000_000, 16) - 15.26).abs() < 0.01);
+    }
 
     fn n(t: FieldType, v: &str) -> String {
         t.normalise("f", v).unwrap().to_string()

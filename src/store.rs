@@ -1032,8 +1032,25 @@ pub trait RecordStore: Send + Sync {
     /// How many tags were made under index key version `version`.
     fn tag_count(&self, version: u32) -> Result<u64, StoreError>;
 
+    /// The tags made under index key version `version`, counted per purpose, field and width,
+    /// ordered by purpose, field and width.
+    fn tag_counts(&self, version: u32) -> Result<Vec<TagCount>, StoreError>;
+
     /// Whether any tag is stored, under any index key version.
     fn any_tags(&self) -> Result<bool, StoreError>;
+}
+
+/// How many values of one field of one purpose carry a tag of one width (`tag_counts`).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct TagCount {
+    /// The purpose.
+    pub purpose: String,
+    /// The field.
+    pub field: String,
+    /// The tag width in bits.
+    pub bits: u8,
+    /// Tags of this purpose, field and width.
+    pub tags: u64,
 }
 
 /// Evidence files, streamed in segments.

@@ -999,15 +999,28 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::KeyReportRequest>,
     ) -> Result<Response<pb::KeyReportResponse>, Status> {
-        run(&self.vault, request, |vault, principal, _req| {
-            let info = vault.key_report(principal)?;
-            let sound = info.iter().all(PurposeKeysInfo::is_sound);
+        run(&self.vault, request, |vault, principal, req| {
+            let report = vault.key_report(principal, req.search_candidates)?;
+            let sound = report.purposes.iter().all(PurposeKeysInfo::is_sound);
             let (seal, changed) = vault.seal_info()?;
             Ok(pb::KeyReportResponse {
-                purposes: info.into_iter().map(purpose_keys).collect(),
+                purposes: report.purposes.into_iter().map(purpose_keys).collect(),
                 sound,
                 seal: seal.describe(),
                 seal_changed_at: changed.map(convert::timestamp),
+                search: report
+                    .search
+                    .into_iter()
+                    .map(|s| pb::SearchIndex {
+                        purpose: s.purpose.as_str().into(),
+                        field: s.field,
+                        tag_bits: s.tag_bits.into(),
+                        values: s.values,
+                        values_at_other_widths: s.values_at_other_widths,
+                        candidates_per_search: s.candidates_per_search,
+                        planned_tag_bits: s.planned_tag_bits.into(),
+                    })
+                    .collect(),
             })
         })
         .await

@@ -619,6 +619,26 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
     assert!(untagged(2).is_empty());
     assert_eq!(store.tag_count(2).unwrap(), 3);
     assert_eq!(store.tag_count(1).unwrap(), 3);
+    // Counted per purpose, field and width, for the width planner of the key report.
+    assert_eq!(
+        store.tag_counts(2).unwrap(),
+        [crate::store::TagCount {
+            purpose: purpose.into(),
+            field: "email".into(),
+            bits: 16,
+            tags: 3,
+        }]
+    );
+    assert_eq!(
+        store
+            .tag_counts(1)
+            .unwrap()
+            .iter()
+            .map(|c| c.tags)
+            .sum::<u64>(),
+        3
+    );
+    assert!(store.tag_counts(9).unwrap().is_empty());
     assert_eq!(store.drop_tags(1).unwrap(), 3);
     assert_eq!(store.tag_count(1).unwrap(), 0);
     assert!(

@@ -41,7 +41,7 @@ use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceMeta, EvidenceRow,
     FieldMeta, FieldRow, FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow,
     RecordRow, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts,
-    SubjectKeyRow, TagRow, TokenRow, prelude::*, qualified,
+    SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use

@@ -116,6 +116,37 @@ pub struct KeyVersionInfo {
     pub destroyed_at: Option<i64>,
 }
 
+/// One searchable field's blind index, as the key report shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchIndexInfo {
+    /// The purpose.
+    pub purpose: Purpose,
+    /// The field.
+    pub field: String,
+    /// The width configured (`[search.<purpose>] tag_bits`).
+    pub tag_bits: u8,
+    /// Values tagged under the active index key version at that width.
+    pub values: u64,
+    /// Values tagged under the active version at another width (a change of `tag_bits` that
+    /// no reindex has followed yet).
+    pub values_at_other_widths: u64,
+    /// About how many other values share a value's tag: what a search compares besides its
+    /// hits (`search::candidates_per_search`).
+    pub candidates_per_search: f64,
+    /// The narrowest width at which the values would share a tag with at most the planner's
+    /// aim of others (`search::planned_tag_bits`).
+    pub planned_tag_bits: u8,
+}
+
+/// The key report: every purpose's keys, and every searchable field's index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyReport {
+    /// Every purpose's keys.
+    pub purposes: Vec<PurposeKeysInfo>,
+    /// Every searchable field's index, by purpose and field.
+    pub search: Vec<SearchIndexInfo>,
+}
+
 /// The keys of one purpose.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct PurposeKeysInfo {
@@ -175,18 +206,72 @@ impl Vault {
     }
 
     /// The attestation a security officer files after a rotation: every version, what was
-    /// destroyed and when, and whether anything still depends on destroyed material.
-    pub fn key_report(&self, actor: &Principal) -> Result<Vec<PurposeKeysInfo>, VaultError> {
+    /// destroyed and when, and whether anything still depends on destroyed material; and
+    /// every searchable field's index with the width that would share each tag among at most
+    /// `candidates` values (0: `search::DEFAULT_PLAN_CANDIDATES`).
+    pub fn key_report(&self, actor: &Principal, candidates: u32) -> Result<KeyReport, VaultError> {
+        let candidates = match candidates {
+            0 => crate::search::DEFAULT_PLAN_CANDIDATES,
+            n if n as usize > super::search::MAX_CANDIDATES => {
+                return Err(crate::domain::InputError::new(
+                    "search_candidates",
+                    format!("at most {}", super::search::MAX_CANDIDATES),
+                )
+                .into());
+            }
+            n => n,
+        };
         let mut event =
             self.require_admin(actor, AdminAction::ManageKeys, "keys-report", None, "")?;
-        let info = self.keys_info(None)?;
+        let purposes = self.keys_info(None)?;
+        let search = self.search_indexes(candidates)?;
         event.reason = Some(format!(
-            "{} of {} purposes sound",
-            info.iter().filter(|p| p.is_sound()).count(),
-            info.len()
+            "{} of {} purposes sound; {} searchable fields",
+            purposes.iter().filter(|p| p.is_sound()).count(),
+            purposes.len(),
+            search.len()
         ));
         event.commit()?;
-        Ok(info)
+        Ok(KeyReport { purposes, search })
+    }
+
+    /// Every searchable field's index: values tagged under the active index key version, and
+    /// the width the planner gives them for `candidates`.
+    fn search_indexes(&self, candidates: u32) -> Result<Vec<SearchIndexInfo>, VaultError> {
+        let fields: Vec<_> = self.search.all().collect();
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let active = self.keyring.index_keys()?.active();
+        let counts = self.store.tag_counts(active)?;
+        Ok(fields
+            .into_iter()
+            .map(|(purpose, field, _, tag_bits)| {
+                let (mut values, mut values_at_other_widths) = (0, 0);
+                for c in counts
+                    .iter()
+                    .filter(|c| c.purpose == purpose.as_str() && c.field == field)
+                {
+                    if c.bits == tag_bits {
+                        values += c.tags;
+                    } else {
+                        values_at_other_widths += c.tags;
+                    }
+                }
+                SearchIndexInfo {
+                    purpose,
+                    field: field.to_owned(),
+                    tag_bits,
+                    values,
+                    values_at_other_widths,
+                    candidates_per_search: crate::search::candidates_per_search(values, tag_bits),
+                    planned_tag_bits: crate::search::planned_tag_bits(
+                        values + values_at_other_widths,
+                        candidates,
+                    ),
+                }
+            })
+            .collect())
     }
 
     /// A consistent snapshot of the whole store (ciphertext, wrapped keys, the trail), open for

@@ -618,6 +618,9 @@ async fn keys_rewrap_after_rotate_reports_the_rotations_own_work() {
     let verdict: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(verdict["verdict"], "sound");
     assert_eq!(verdict["reasons"], serde_json::json!([]));
+    // No searchable field here; the planner's default aim is said.
+    assert_eq!(verdict["search"], serde_json::json!([]));
+    assert_eq!(verdict["search_candidates"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

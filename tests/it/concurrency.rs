@@ -162,7 +162,7 @@ async fn scenario() {
     let report = admin
         .key_report(req(
             server.token(Role::SecurityOfficer),
-            pb::KeyReportRequest {},
+            pb::KeyReportRequest::default(),
         ))
         .await
         .unwrap()

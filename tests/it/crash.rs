@@ -364,7 +364,7 @@ async fn verify(channel: &Channel, officer: &str, so: &str, ledger: &Ledger, dir
         .into_inner();
     assert!(audit.intact, "audit chain broken: {}", audit.problem);
     let report = admin
-        .key_report(req(so, pb::KeyReportRequest {}))
+        .key_report(req(so, pb::KeyReportRequest::default()))
         .await
         .unwrap()
         .into_inner();

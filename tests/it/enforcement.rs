@@ -3102,7 +3102,8 @@ async fn every_admin_listing_is_on_the_trail() {
         }),
         ("KeyReport", so, "keys-report", Code::Ok, {
             let mut a = admin.clone();
-            async move { answer(a.key_report(req(so, pb::KeyReportRequest {})).await) }.boxed()
+            async move { answer(a.key_report(req(so, pb::KeyReportRequest::default())).await) }
+                .boxed()
         }),
         (
             "ListTokens by customer service",

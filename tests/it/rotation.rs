@@ -361,7 +361,7 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
     read_all(&server, &records).await;
 
     let report = admin
-        .key_report(req(&so, pb::KeyReportRequest {}))
+        .key_report(req(&so, pb::KeyReportRequest::default()))
         .await
         .unwrap()
         .into_inner();

@@ -306,7 +306,7 @@ async fn a_store_on_shares_starts_sealed_and_custodians_unseal_it_one_by_one() {
     );
     assert_status(node.who_am_i(&tokens.so).await, Code::Unavailable, "sealed");
     let report = AdminClient::new(node.channel().await)
-        .key_report(req(&tokens.so, pb::KeyReportRequest {}))
+        .key_report(req(&tokens.so, pb::KeyReportRequest::default()))
         .await;
     assert_status(report, Code::Unavailable, "sealed");
     let status = node.status().await;

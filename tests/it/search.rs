@@ -804,3 +804,81 @@ async fn a_rekey_of_a_purpose_backfills_its_tags_after_an_index_key_rotation() {
     let backfill = actions.iter().rposition(|a| a == "index-backfill").unwrap();
     assert!(rekey < backfill, "{actions:?}");
 }
+
+async fn key_report(
+    server: &TestServer,
+    search_candidates: u32,
+) -> Result<pb::KeyReportResponse, tonic::Status> {
+    server
+        .admin()
+        .await
+        .key_report(req(
+            server.token(Role::SecurityOfficer),
+            pb::KeyReportRequest { search_candidates },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_report_counts_each_indexs_values_and_plans_its_width() {
+    let server = TestServer::start_with_config(search_config(16)).await;
+    tenants(&server, 40).await;
+    let report = key_report(&server, 0).await.unwrap();
+    let by_field: BTreeMap<&str, &pb::SearchIndex> = report
+        .search
+        .iter()
+        .map(|s| (s.field.as_str(), s))
+        .collect();
+    assert_eq!(
+        by_field.keys().copied().collect::<Vec<_>>(),
+        ["email", "iban", "phone", "postcode"]
+    );
+    let email = by_field["email"];
+    assert_eq!(
+        (email.purpose.as_str(), email.tag_bits, email.values),
+        ("contract", 16, 40)
+    );
+    assert!((email.candidates_per_search - 40.0 / 65536.0).abs() < 1e-9);
+    // Forty values share no tag at 8 bits either: the narrowest width is planned.
+    assert_eq!(email.planned_tag_bits, 8);
+    assert_eq!(
+        (by_field["iban"].values, by_field["postcode"].values),
+        (0, 40)
+    );
+    // The plan follows the values, not the configured width: with at most one other value
+    // per tag, 40 values still fit 8 bits.
+    let strict = key_report(&server, 1).await.unwrap();
+    assert!(strict.search.iter().all(|s| s.planned_tag_bits == 8));
+
+    // Tags at another width (as after a change of `tag_bits` before the reindex) are counted
+    // apart, and the plan covers them.
+    db(&server)
+        .execute("UPDATE search_tags SET bits = 12 WHERE field = 'phone'", [])
+        .unwrap();
+    let report = key_report(&server, 0).await.unwrap();
+    let phone = report.search.iter().find(|s| s.field == "phone").unwrap();
+    assert_eq!((phone.values, phone.values_at_other_widths), (0, 40));
+
+    // The aim is bounded, and only a security officer reads the report.
+    let status = key_report(&server, 1001).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("search_candidates") && status.message().contains("1000"),
+        "{status:?}"
+    );
+    let status = server
+        .admin()
+        .await
+        .key_report(req(
+            server.token(Role::CustomerService),
+            pb::KeyReportRequest::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // No searched-for or stored value reaches the trail through the report.
+    let trail = serde_json::to_string(&audit_entries(&server)).unwrap();
+    assert!(!trail.contains("tenant1@example.nl"));
+    server.stop().await;
+}

@@ -114,8 +114,13 @@ pub enum KeysCommand {
         justification: String,
     },
     /// The attestation to file after a rotation: versions, destructions, and that no record
-    /// depends on destroyed material. Exit code 4 when something does.
-    Report,
+    /// depends on destroyed material (exit code 4 when something does); and each searchable
+    /// field's index: values tagged, candidates per search, and the width to plan for.
+    Report {
+        /// The width planner's aim: at most this many other values sharing a tag (1 to 1000).
+        #[arg(long, default_value_t = kluis::search::DEFAULT_PLAN_CANDIDATES)]
+        search_candidates: u32,
+    },
 }
 
 /// Root key subcommands.
@@ -451,8 +456,13 @@ pub async fn keys(
                 Err(s) => status_exit(&s),
             }
         }
-        KeysCommand::Report => match client
-            .key_report(authed(token, pb::KeyReportRequest {}))
+        KeysCommand::Report { search_candidates } => match client
+            .key_report(authed(
+                token,
+                pb::KeyReportRequest {
+                    search_candidates: *search_candidates,
+                },
+            ))
             .await
         {
             Ok(resp) => {
@@ -465,6 +475,21 @@ pub async fn keys(
                     .map_or_else(|| "unknown".to_owned(), crate::cli::time);
                 if json {
                     print_keys(&r.purposes, true);
+                    let search: Vec<serde_json::Value> = r
+                        .search
+                        .iter()
+                        .map(|s| {
+                            serde_json::json!({
+                                "purpose": s.purpose,
+                                "field": s.field,
+                                "tag_bits": s.tag_bits,
+                                "values": s.values,
+                                "values_at_other_widths": s.values_at_other_widths,
+                                "candidates_per_search": s.candidates_per_search,
+                                "planned_tag_bits": s.planned_tag_bits,
+                            })
+                        })
+                        .collect();
                     out!(
                         "{}",
                         serde_json::json!({
@@ -473,10 +498,13 @@ pub async fn keys(
                             "reasons": reasons,
                             "seal": r.seal,
                             "seal_changed_at": changed,
+                            "search": search,
+                            "search_candidates": search_candidates,
                         })
                     );
                 } else {
                     print_keys(&r.purposes, false);
+                    print_search(&r.search, *search_candidates);
                     out!(
                         "
 root key sealed by {} (since {changed})",
@@ -499,6 +527,38 @@ root key sealed by {} (since {changed})",
             }
             Err(s) => status_exit(&s),
         },
+    }
+}
+
+/// The search part of the key report, for people: each searchable field's index and the
+/// width the planner gives it.
+fn print_search(search: &[pb::SearchIndex], candidates: u32) {
+    if search.is_empty() {
+        return;
+    }
+    out!(
+        "\nsearch indexes (values tagged under the active index key; planned: at most \
+         {candidates} other values per tag):"
+    );
+    for s in search {
+        let mut line = format!(
+            "  {}.{}: {} values at {} bits, about {:.1} other values per tag (compared by \
+             each search); planned width {} bits",
+            s.purpose, s.field, s.values, s.tag_bits, s.candidates_per_search, s.planned_tag_bits
+        );
+        if s.planned_tag_bits != s.tag_bits {
+            line.push_str(&format!(
+                " (set `[search.{}] tag_bits = {}`, then `kluis admin keys reindex`)",
+                s.purpose, s.planned_tag_bits
+            ));
+        }
+        if s.values_at_other_widths > 0 {
+            line.push_str(&format!(
+                "; {} values still tagged at another width (run `kluis admin keys reindex`)",
+                s.values_at_other_widths
+            ));
+        }
+        out!("{line}");
     }
 }
 

@@ -452,6 +452,29 @@ impl RecordStore for PgStore {
         })
     }
 
+    fn tag_counts(&self, version: u32) -> Result<Vec<TagCount>, StoreError> {
+        self.read_one(|tx| {
+            tx.all(
+                "SELECT purpose, field, bits, count(*) FROM search_tags WHERE version = $1
+                 GROUP BY purpose, field, bits ORDER BY purpose, field, bits",
+                &[&i64::from(version)],
+            )?
+            .iter()
+            .map(|r| {
+                let bits: i64 = get(r, 2)?;
+                let tags: i64 = get(r, 3)?;
+                Ok(TagCount {
+                    purpose: get(r, 0)?,
+                    field: get(r, 1)?,
+                    bits: u8::try_from(bits)
+                        .map_err(|_| StoreError::Corrupt(format!("tag width {bits}")))?,
+                    tags: u64::try_from(tags).unwrap_or(0),
+                })
+            })
+            .collect()
+        })
+    }
+
     fn any_tags(&self) -> Result<bool, StoreError> {
         self.read_one(|tx| {
             let row = tx.one("SELECT EXISTS (SELECT 1 FROM search_tags)", &[])?;

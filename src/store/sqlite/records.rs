@@ -489,6 +489,24 @@ impl RecordStore for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    fn tag_counts(&self, version: u32) -> Result<Vec<TagCount>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT purpose, field, bits, count(*) FROM search_tags WHERE version = ?1
+                 GROUP BY purpose, field, bits ORDER BY purpose, field, bits",
+            )?
+            .query_map([version], |r| {
+                Ok(TagCount {
+                    purpose: r.get(0)?,
+                    field: r.get(1)?,
+                    bits: r.get(2)?,
+                    tags: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })?
+            .collect()
+        })
+    }
+
     fn any_tags(&self) -> Result<bool, StoreError> {
         self.read(|c| {
             c.query_row("SELECT EXISTS (SELECT 1 FROM search_tags)", [], |r| {
