@@ -367,7 +367,13 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         create_private(path)?;
-        let writer = open_connection(path, true)?;
+        let mut writer = open_connection(path, true)?;
+        // Every transaction of the writer takes the write lock when it begins, waiting for it
+        // as long as the busy timeout allows. A deferred one that reads first and then writes
+        // would have to upgrade, and SQLite refuses an upgrade at once (SQLITE_BUSY, no
+        // waiting) while any other connection holds the write lock, if only for a moment: a
+        // reader that finds the WAL index header torn by a commit takes it to read it again.
+        writer.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         migrate(&writer)?;
         Ok(Self {
             path: path.to_owned(),
@@ -1120,6 +1126,43 @@ mod tests {
         );
         other.execute_batch("ROLLBACK").unwrap();
         store.replace_meta("k", None, b"v").unwrap();
+    }
+
+    #[test]
+    fn a_write_that_reads_first_waits_for_a_lock_held_for_a_moment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.execute_batch("ROLLBACK").unwrap();
+        });
+        // `initialize` counts the meta rows, then inserts: a read, then a write, in one
+        // transaction. Begun deferred, its write would be refused at once.
+        let started = std::time::Instant::now();
+        store.initialize(&[("k", b"v".to_vec())], &[]).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        release.join().unwrap();
+        // So does a grouped write (many callers' jobs in one transaction).
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.execute_batch("ROLLBACK").unwrap();
+        });
+        let writer = &store.writer;
+        let read_then_write = store.group.run(writer, |c| {
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+                .map_err(db)?;
+            c.execute("INSERT INTO meta (key, value) VALUES ('n', ?1)", [n])
+                .map_err(db)?;
+            Ok(n)
+        });
+        assert_eq!(read_then_write.unwrap(), 1);
+        release.join().unwrap();
     }
 
     #[test]
