@@ -13,7 +13,10 @@
 
 pub mod anchor;
 
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -271,13 +274,68 @@ impl Filter {
 /// Most entries written in one transaction.
 const MAX_BATCH: usize = 512;
 
-struct Pending {
-    entry: Vec<u8>,
-    reply: mpsc::SyncSender<Result<u64, AuditError>>,
+/// Entries waiting for their commit, and whether a caller is committing (LevelDB's writer
+/// queue, as `store::sqlite::group`). A caller queues its entries; when no commit is under way
+/// it leads the next one on its own thread: it takes everything queued, chains it onto the
+/// stored tail, commits it in one transaction and answers every caller of the batch. Callers
+/// that queued meanwhile find their answer when they wake, or lead the next batch. A lone
+/// request commits its own entry without handing it to another thread.
+///
+/// Invariant: a caller is answered with sequence numbers only after the transaction holding
+/// its entries has committed; when that commit fails, every caller of the batch is answered
+/// with the error and nothing of the batch is kept.
+#[derive(Default)]
+struct Appender {
+    state: Mutex<AppendState>,
+    done: Condvar,
 }
 
-/// The audit trail of one store. Appends go through one writer thread that commits whatever is
-/// queued in one transaction (group commit), so concurrent requests share a commit. With
+#[derive(Default)]
+struct AppendState {
+    /// The id the next queued entry gets.
+    next: u64,
+    /// Queued entries, by id, in order.
+    queue: Vec<(u64, Vec<u8>)>,
+    /// The answers not yet taken: an entry's sequence number, or why its batch failed.
+    answers: HashMap<u64, Result<u64, String>>,
+    /// Whether a caller is committing a batch.
+    leading: bool,
+}
+
+impl Appender {
+    fn lock(&self) -> MutexGuard<'_, AppendState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The lead of one batch: when dropped (after the commit, or in an unwind), answers the
+/// batch's callers, gives up the lead and wakes everyone waiting.
+struct Lead<'a> {
+    appender: &'a Appender,
+    ids: Vec<u64>,
+    outcome: Option<Result<u64, String>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut state = self.appender.lock();
+        let outcome = self.outcome.take().unwrap_or_else(|| {
+            Err("the audit append failed unexpectedly; it may not have been committed".into())
+        });
+        for (i, id) in self.ids.iter().enumerate() {
+            let answer = match &outcome {
+                Ok(first) => Ok(first + i as u64),
+                Err(e) => Err(e.clone()),
+            };
+            state.answers.insert(*id, answer);
+        }
+        state.leading = false;
+        self.appender.done.notify_all();
+    }
+}
+
+/// The audit trail of one store. Appends are committed in groups by the callers themselves
+/// (`Appender`), so concurrent requests share a commit and none waits for another thread. With
 /// `keep_head`, a second thread copies the head of what is committed into a head file outside
 /// the store (`anchor`).
 pub struct Audit {
@@ -285,8 +343,7 @@ pub struct Audit {
     keys: Arc<MacKeys>,
     store_id: StoreId,
     genesis: [u8; 32],
-    queue: Option<mpsc::Sender<Pending>>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    appender: Appender,
     committed: Arc<Committed>,
     keeper: Option<std::thread::JoinHandle<()>>,
 }
@@ -373,12 +430,8 @@ impl std::fmt::Debug for Audit {
 
 impl Drop for Audit {
     fn drop(&mut self) {
-        // Closing the queue ends the writer after it has committed what is queued; then the
-        // head keeper writes the last head and stops.
-        self.queue.take();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
+        // No append is under way (it would hold a reference): the head keeper writes the last
+        // head and stops.
         self.committed.close();
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.join();
@@ -415,27 +468,12 @@ impl Audit {
             news: tokio::sync::watch::Sender::new((0, false)),
         });
         committed.publish(tail.0, tail.1);
-        let (tx, rx) = mpsc::channel();
-        let writer = {
-            let store = Arc::clone(&store);
-            let keys = Arc::clone(&keys);
-            let committed = Arc::clone(&committed);
-            std::thread::Builder::new()
-                .name("kluis-audit".into())
-                .spawn(move || {
-                    write_loop(store.as_ref(), &keys.entry, &rx, genesis, &committed);
-                })
-                .map_err(|e| {
-                    AuditError::Unavailable(format!("cannot start the audit writer: {e}"))
-                })?
-        };
         Ok(Self {
             store,
             keys,
             store_id,
             genesis,
-            queue: Some(tx),
-            writer: Some(writer),
+            appender: Appender::default(),
             committed,
             keeper: None,
         })
@@ -453,45 +491,69 @@ impl Audit {
     /// cannot be written.
     pub fn append(&self, event: &AuditEvent) -> Result<AuditSeq, AuditError> {
         let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
-        let (reply, answer) = mpsc::sync_channel(1);
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| AuditError::Unavailable("audit trail closed".into()))?;
-        queue
-            .send(Pending { entry, reply })
-            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?;
-        let seq = answer
-            .recv()
-            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))??;
-        Ok(AuditSeq(seq))
+        let seqs = self.append_entries(vec![entry])?;
+        seqs.first()
+            .copied()
+            .ok_or_else(|| AuditError::Unavailable("nothing was appended".into()))
     }
 
-    /// Appends `events` (queued together, so the writer commits them in one group) and returns
-    /// once every one is committed. Fails when any cannot be written.
+    /// Appends `events` (queued together, so that they are committed in one group, in order)
+    /// and returns once every one is committed. Fails when any cannot be written.
     pub fn append_all(&self, events: &[AuditEvent]) -> Result<Vec<AuditSeq>, AuditError> {
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| AuditError::Unavailable("audit trail closed".into()))?;
-        let mut answers = Vec::with_capacity(events.len());
-        for event in events {
-            let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
-            let (reply, answer) = mpsc::sync_channel(1);
-            queue
-                .send(Pending { entry, reply })
-                .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?;
-            answers.push(answer);
+        let entries = events
+            .iter()
+            .map(|e| serde_json::to_vec(e).map_err(|_| AuditError::Encode))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.append_entries(entries)
+    }
+
+    /// Queues `entries` and returns their sequence numbers once they are committed, leading
+    /// the commit of what is queued when no other caller is (see `Appender`).
+    fn append_entries(&self, entries: Vec<Vec<u8>>) -> Result<Vec<AuditSeq>, AuditError> {
+        let mut state = self.appender.lock();
+        let first = state.next;
+        let ids = first..first + entries.len() as u64;
+        state.next = ids.end;
+        state.queue.extend(ids.clone().zip(entries));
+        loop {
+            if ids.clone().all(|id| state.answers.contains_key(&id)) {
+                let answers: Vec<Result<u64, String>> = ids
+                    .clone()
+                    .filter_map(|id| state.answers.remove(&id))
+                    .collect();
+                drop(state);
+                return answers
+                    .into_iter()
+                    .map(|a| a.map(AuditSeq).map_err(AuditError::Unavailable))
+                    .collect();
+            }
+            if state.leading {
+                state = self
+                    .appender
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            state.leading = true;
+            let take = state.queue.len().min(MAX_BATCH);
+            let (batch_ids, batch): (Vec<u64>, Vec<Vec<u8>>) = state.queue.drain(..take).unzip();
+            drop(state);
+            let mut lead = Lead {
+                appender: &self.appender,
+                ids: batch_ids,
+                outcome: None,
+            };
+            lead.outcome = Some(commit_batch(
+                self.store.as_ref(),
+                &self.keys.entry,
+                &batch,
+                self.genesis,
+                &self.committed,
+            ));
+            drop(lead);
+            state = self.appender.lock();
         }
-        answers
-            .into_iter()
-            .map(|answer| {
-                let seq = answer
-                    .recv()
-                    .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))??;
-                Ok(AuditSeq(seq))
-            })
-            .collect()
     }
 
     /// News of commits for a reader that follows the trail without polling: the receiver sees
@@ -891,109 +953,88 @@ fn read_tail(store: &dyn Store, genesis: [u8; 32]) -> Result<(u64, [u8; 32]), Au
     }
 }
 
-/// The writer: takes what is queued (up to `MAX_BATCH`), chains it onto the stored tail, commits it in
-/// one transaction, then answers every waiting request.
-fn write_loop(
+/// Chains `batch` onto the stored tail and commits it in one transaction; returns the first
+/// entry's sequence number, or why nothing was committed.
+fn commit_batch(
     store: &dyn Store,
     key: &Subkey,
-    queue: &mpsc::Receiver<Pending>,
+    batch: &[Vec<u8>],
     genesis: [u8; 32],
     committed: &Committed,
-) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        // The store hands over its tail inside the transaction that appends (locked against
-        // other nodes), so the chain is built on what is stored, never on a tail in memory.
-        // The tail handed over must be authentic and not behind what this process committed
-        // itself: a trail cut back while kluis runs is not continued from the cut.
-        let known = committed.last_seq();
-        let mut chain = |stored: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
-            let behind = |seq: u64| {
-                StoreError::Corrupt(format!(
-                    "the audit trail ends at entry {seq}, before entry {known} this node \
-                     committed: it was cut back"
-                ))
-            };
-            let (mut seq, mut prev) = match stored {
-                None if known > 0 => return Err(behind(0)),
-                None => (0, genesis),
-                Some(row) => {
-                    if row.seq < known {
-                        return Err(behind(row.seq));
-                    }
-                    let hash: [u8; 32] = row
-                        .hash
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt(format!("audit entry {}", row.seq)))?;
-                    let mac = kdf::mac(key, &hash);
-                    if row.mac.len() != mac.len()
-                        || !bool::from(subtle::ConstantTimeEq::ct_eq(row.mac.as_slice(), &mac[..]))
-                    {
-                        return Err(StoreError::Corrupt(format!(
-                            "audit entry {} (its MAC does not match)",
-                            row.seq
-                        )));
-                    }
-                    (row.seq, hash)
-                }
-            };
-            Ok(batch
-                .iter()
-                .map(|p| {
-                    seq += 1;
-                    let hash = entry_hash(seq, &prev, &p.entry);
-                    let row = AuditRow {
-                        seq,
-                        entry: p.entry.clone(),
-                        prev_hash: prev.to_vec(),
-                        hash: hash.to_vec(),
-                        mac: kdf::mac(key, &hash).to_vec(),
-                    };
-                    prev = hash;
-                    row
-                })
-                .collect())
+) -> Result<u64, String> {
+    // The store hands over its tail inside the transaction that appends (locked against
+    // other nodes), so the chain is built on what is stored, never on a tail in memory.
+    // The tail handed over must be authentic and not behind what this process committed
+    // itself: a trail cut back while kluis runs is not continued from the cut.
+    let known = committed.last_seq();
+    let mut chain = |stored: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
+        let behind = |seq: u64| {
+            StoreError::Corrupt(format!(
+                "the audit trail ends at entry {seq}, before entry {known} this node \
+                 committed: it was cut back"
+            ))
         };
-        let started = std::time::Instant::now();
-        let outcome = match store.append_chained(&mut chain) {
-            Ok(rows) => match (rows.first(), rows.last()) {
-                (Some(first), Some(last)) => {
-                    let hash: [u8; 32] = last.hash.as_slice().try_into().unwrap_or([0; 32]);
-                    committed.publish(last.seq, hash);
-                    committed.set_writable(true);
-                    crate::metrics::audit_committed(rows.len(), started.elapsed());
-                    Ok(first.seq)
+        let (mut seq, mut prev) = match stored {
+            None if known > 0 => return Err(behind(0)),
+            None => (0, genesis),
+            Some(row) => {
+                if row.seq < known {
+                    return Err(behind(row.seq));
                 }
-                _ => Err(AuditError::Unavailable("nothing was appended".into())),
-            },
-            Err(e) => {
-                tracing::error!(error = %e, entries = batch.len(), "audit append failed");
-                Err(AuditError::Unavailable(e.to_string()))
+                let hash: [u8; 32] = row
+                    .hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("audit entry {}", row.seq)))?;
+                let mac = kdf::mac(key, &hash);
+                if row.mac.len() != mac.len() || !bool::from(row.mac.as_slice().ct_eq(&mac[..])) {
+                    return Err(StoreError::Corrupt(format!(
+                        "audit entry {} (its MAC does not match)",
+                        row.seq
+                    )));
+                }
+                (row.seq, hash)
             }
         };
-        match outcome {
-            Ok(first_seq) => {
-                for (i, p) in batch.into_iter().enumerate() {
-                    let _ = p.reply.send(Ok(first_seq + i as u64));
-                }
+        Ok(batch
+            .iter()
+            .map(|entry| {
+                seq += 1;
+                let hash = entry_hash(seq, &prev, entry);
+                let row = AuditRow {
+                    seq,
+                    entry: entry.clone(),
+                    prev_hash: prev.to_vec(),
+                    hash: hash.to_vec(),
+                    mac: kdf::mac(key, &hash).to_vec(),
+                };
+                prev = hash;
+                row
+            })
+            .collect())
+    };
+    let started = std::time::Instant::now();
+    let outcome = match store.append_chained(&mut chain) {
+        Ok(rows) => match (rows.first(), rows.last()) {
+            (Some(first), Some(last)) => {
+                let hash: [u8; 32] = last.hash.as_slice().try_into().unwrap_or([0; 32]);
+                committed.publish(last.seq, hash);
+                committed.set_writable(true);
+                crate::metrics::audit_committed(rows.len(), started.elapsed());
+                Ok(first.seq)
             }
-            Err(e) => {
-                committed.set_writable(false);
-                crate::metrics::audit_failed();
-                let message = e.to_string();
-                for p in batch {
-                    let _ = p.reply.send(Err(AuditError::Unavailable(message.clone())));
-                }
-            }
+            _ => Err("nothing was appended".to_owned()),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, entries = batch.len(), "audit append failed");
+            Err(e.to_string())
         }
+    };
+    if outcome.is_err() {
+        committed.set_writable(false);
+        crate::metrics::audit_failed();
     }
+    outcome
 }
 
 /// The "previous hash" of a store's first entry: SHA-256 of a label and the store id. Every
