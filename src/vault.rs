@@ -765,7 +765,10 @@ impl Vault {
             .iter()
             .map(|r| resource(&record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
-        let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
+        // Every decision of this read (read, a masked view, knowing of a field) on the same
+        // facts, read once.
+        let facts = self.facts_of(principal, &resources)?;
+        let decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
         // A field denied `read` may still be allowed a masked view; binary values never are.
         let maskable: Vec<usize> = decisions
             .iter()
@@ -780,7 +783,8 @@ impl Vault {
                 .iter()
                 .filter_map(|&i| resources.get(i).cloned())
                 .collect();
-            let masked_decisions = self.decide(principal, Action::ReadMasked, ctx, &candidates)?;
+            let masked_decisions =
+                self.decide_on(principal, Action::ReadMasked, ctx, &candidates, &facts)?;
             for (&i, d) in maskable.iter().zip(masked_decisions) {
                 if d.is_allow()
                     && let Some(slot) = masked.get_mut(i)
@@ -798,7 +802,7 @@ impl Vault {
         let known = if (0..decisions.len()).all(returned) {
             Vec::new()
         } else {
-            self.decide(principal, Action::List, ctx, &resources)?
+            self.decide_on(principal, Action::List, ctx, &resources, &facts)?
         };
 
         let mut event = self.event(principal, ctx, "read", Some(&subject), Some(record_id));
@@ -1153,7 +1157,7 @@ impl Vault {
         subject: &SubjectId,
     ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
         let records = self.store.subject_records(subject.as_str())?;
-        let out = self.visible_metadata(principal, ctx, records)?;
+        let out = self.visible_metadata(principal, ctx, records, None)?;
         let mut event = self.event(principal, ctx, "list", Some(subject), None);
         event.decision = if out.is_empty() { "deny" } else { "allow" }.into();
         event.reason = Some(format!("{} record(s) listed", out.len()));
@@ -1169,6 +1173,7 @@ impl Vault {
         principal: &Principal,
         ctx: &AccessContext,
         records: Vec<(RecordRow, Vec<crate::store::FieldMeta>)>,
+        facts: Option<&rights::DecisionFacts>,
     ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
         for (r, fields) in &records {
             self.rows.check(r)?;
@@ -1209,10 +1214,20 @@ impl Vault {
                 }
             }
         }
-        let decisions = self.decide(principal, Action::List, ctx, &resources)?;
+        // Both decisions on the same facts: those given when they cover every subject listed,
+        // else read once.
+        let read;
+        let facts = match facts {
+            Some(f) if f.covers(&resources) => f,
+            _ => {
+                read = self.facts_of(principal, &resources)?;
+                &read
+            }
+        };
+        let decisions = self.decide_on(principal, Action::List, ctx, &resources, facts)?;
         // Sizes and evidence metadata (media type, size, digest) tell something of the value:
         // shown only to a caller who may read the field.
-        let reads = self.decide(principal, Action::Read, ctx, &resources)?;
+        let reads = self.decide_on(principal, Action::Read, ctx, &resources, facts)?;
         let mut out = Vec::new();
         for (rec, fields) in records {
             let visible: Vec<FieldInfo> = fields

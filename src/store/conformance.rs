@@ -207,6 +207,12 @@ pub fn run_all(store: &dyn Store) {
     assert_eq!(listed[0].1.len(), 3);
     assert_eq!(listed[0].1[0].size, 30);
     assert!(store.subject_records("rel-2").unwrap().is_empty());
+    // By id: those that exist, in the order asked, as the subject's listing gives them.
+    assert_eq!(
+        store.record_metas(&["rec_nope", "rec_1", "rec_1"]).unwrap(),
+        [listed[0].clone(), listed[0].clone()]
+    );
+    assert!(store.record_metas(&[]).unwrap().is_empty());
 
     // The subject's last record of the purpose: its subject key goes in the same transaction.
     assert_eq!(store.delete_record("rec_1").unwrap(), Some(true));

@@ -6,7 +6,7 @@
 //! Invariant: the facts are established from the store on every request, so a withdrawal,
 //! objection, expiry or revocation takes effect at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Vault, VaultError};
 use crate::{
@@ -65,7 +65,17 @@ impl Vault {
         ctx: &crate::domain::AccessContext,
         resources: &[FieldResource],
     ) -> Result<Vec<Decision>, VaultError> {
-        let mut resources = resources.to_vec();
+        let facts = self.facts_of(principal, resources)?;
+        self.decide_on(principal, action, ctx, resources, &facts)
+    }
+
+    /// The facts the policy decides on for `resources`, read once for several decisions about
+    /// them (`decide_on`).
+    pub(crate) fn facts_of(
+        &self,
+        principal: &Principal,
+        resources: &[FieldResource],
+    ) -> Result<DecisionFacts, VaultError> {
         let subjects: Vec<String> = resources
             .iter()
             .map(|r| r.subject.clone())
@@ -77,7 +87,8 @@ impl Vault {
         // name them all as they are (none deleted, none an older copy), or nothing is decided.
         let all_facts = self.subjects_facts(&names)?;
         let now = self.clock.now();
-        for (subject, facts) in subjects.iter().zip(all_facts) {
+        let mut out = BTreeMap::new();
+        for (subject, facts) in subjects.into_iter().zip(all_facts) {
             let stopped: BTreeSet<crate::domain::Purpose> = facts
                 .consents
                 .into_iter()
@@ -101,14 +112,41 @@ impl Vault {
             };
             // A restriction in force (art. 18) shapes every field of the subject.
             let restricted = facts.restrictions.iter().any(|r| r.lifted_at.is_none());
-            for r in resources.iter_mut().filter(|r| r.subject == *subject) {
-                r.flags.restricted = restricted;
-                r.flags.objected = stopped.contains(&r.purpose);
-                r.flags.mandated = mandates.iter().any(|m| {
-                    m.purposes.iter().any(|p| p == r.purpose.as_str())
-                        && m.categories.iter().any(|c| c == r.category.as_str())
-                });
-            }
+            out.insert(
+                subject,
+                SubjectFlags {
+                    stopped,
+                    mandates,
+                    restricted,
+                },
+            );
+        }
+        Ok(DecisionFacts(out))
+    }
+
+    /// Decides `action` on `resources` with `facts` (from `facts_of` for the same principal
+    /// and resources). A resource whose subject `facts` does not cover is refused as data loss.
+    pub(crate) fn decide_on(
+        &self,
+        principal: &Principal,
+        action: Action,
+        ctx: &crate::domain::AccessContext,
+        resources: &[FieldResource],
+        facts: &DecisionFacts,
+    ) -> Result<Vec<Decision>, VaultError> {
+        let mut resources = resources.to_vec();
+        for r in &mut resources {
+            let Some(f) = facts.0.get(&r.subject) else {
+                return Err(VaultError::DataLoss(
+                    "a decision without the facts of its subject".into(),
+                ));
+            };
+            r.flags.restricted = f.restricted;
+            r.flags.objected = f.stopped.contains(&r.purpose);
+            r.flags.mandated = f.mandates.iter().any(|m| {
+                m.purposes.iter().any(|p| p == r.purpose.as_str())
+                    && m.categories.iter().any(|c| c == r.category.as_str())
+            });
         }
         Ok(self
             .policy()
@@ -522,4 +560,25 @@ impl Vault {
     ) -> Result<Vec<RestrictionRow>, VaultError> {
         Ok(self.subject_facts(subject.as_str())?.restrictions)
     }
+}
+
+/// What a decision needs to know of each subject, from its checked facts (`Vault::facts_of`).
+#[derive(Debug)]
+pub(crate) struct DecisionFacts(BTreeMap<String, SubjectFlags>);
+
+impl DecisionFacts {
+    /// Whether these are the facts of every subject of `resources`.
+    pub(crate) fn covers(&self, resources: &[FieldResource]) -> bool {
+        resources.iter().all(|r| self.0.contains_key(&r.subject))
+    }
+}
+
+#[derive(Debug)]
+struct SubjectFlags {
+    /// Purposes the subject withdrew consent for or objected to.
+    stopped: BTreeSet<crate::domain::Purpose>,
+    /// The mandates in force the subject gave the deciding representative.
+    mandates: Vec<MandateRow>,
+    /// Whether a restriction of processing is in force.
+    restricted: bool,
 }

@@ -10,8 +10,6 @@
 //! per hit, with its subject and record; `find-result` with the number of hits) before it
 //! answers. A candidate that is not a hit, or that the caller may not read, never leaves.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use super::{FieldInfo, RecordMeta, Value, Vault, VaultError, field_aad, resource};
 use crate::{
     audit::AuditEvent,
@@ -174,7 +172,8 @@ impl Vault {
             .iter()
             .map(|(record, row)| resource(record, purpose, row))
             .collect::<Result<Vec<_>, _>>()?;
-        let decisions = self.decide(principal, Action::Read, ctx, &resources)?;
+        let facts = self.facts_of(principal, &resources)?;
+        let decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
         let allowed = decisions.iter().filter(|d| d.is_allow()).count();
         event.decision = "allow".into();
         event.reason = Some(format!(
@@ -239,22 +238,11 @@ impl Vault {
         entries.push(result);
         self.audit.append_all(&entries)?;
 
-        let mut by_subject: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for record in &hits {
-            by_subject
-                .entry(record.subject.as_str())
-                .or_default()
-                .insert(record.id.as_str());
-        }
-        let mut found = Vec::new();
-        for (subject, ids) in by_subject {
-            for (record, fields) in self.store.subject_records(subject)? {
-                if ids.contains(record.id.as_str()) {
-                    found.push((record, fields));
-                }
-            }
-        }
-        let mut out = self.visible_metadata(principal, ctx, found)?;
+        // The hits' metadata as `ListRecords` gives it, decided on the facts the candidates
+        // were decided on.
+        let ids: Vec<&str> = hits.iter().map(|r| r.id.as_str()).collect();
+        let found = self.store.record_metas(&ids)?;
+        let mut out = self.visible_metadata(principal, ctx, found, Some(&facts))?;
         // In the order the hits were found (record id).
         out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         Ok(out)

@@ -209,37 +209,33 @@ impl RecordStore for SqliteStore {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RECORD_COLUMNS} FROM records WHERE subject = ?1 ORDER BY created_at, id"
             ))?;
-            let records = stmt.query_map([subject], record_from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut fstmt = c.prepare_cached(
-                "SELECT name, category, length(sealed), kind, mac, version FROM fields WHERE record_id = ?1 ORDER BY name",
-            )?;
+            let records = stmt
+                .query_map([subject], record_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(records.len());
             for rec in records {
-                let fields = fstmt
-                    .query_map([&rec.0.id], |r| {
-                        let size: i64 = r.get(2)?;
-                        Ok(FieldMeta { name: r.get(0)?, category: r.get(1)?, size: u64::try_from(size).unwrap_or(0), evidence: None, kind: r.get(3)?, mac: r.get(4)?, version: r.get(5)? })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                let mut fields = fields;
-                fields.extend(
-                    c.prepare_cached(&format!(
-                        "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1"
-                    ))?
-                    .query_map([&rec.0.id], evidence_from_row)?
-                    .map(|e| e.map(|e| FieldMeta {
-                        name: e.name,
-                        category: e.category,
-                        size: e.size,
-                        evidence: Some(EvidenceMeta { id: e.id, media_type: e.media_type, sha256: e.sha256 }),
-                        kind: None,
-                        version: String::new(),
-                        mac: Vec::new(),
-                    }))
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-                );
-                fields.sort_by(|a, b| a.name.cmp(&b.name));
+                let fields = field_metas_in(c, &rec.0.id)?;
                 out.push((rec, fields));
+            }
+            Ok(out)
+        })?;
+        rows.into_iter()
+            .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
+            .collect()
+    }
+
+    fn record_metas(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
+        let rows = self.read(|c| {
+            let c = &c.unchecked_transaction()?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
+            ))?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(rec) = stmt.query_row([id], record_from_row).optional()? {
+                    let fields = field_metas_in(c, &rec.0.id)?;
+                    out.push((rec, fields));
+                }
             }
             Ok(out)
         })?;
@@ -575,4 +571,49 @@ fn record_in(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Some((rec, fields)))
+}
+
+/// The field and evidence metadata of record `id` (no ciphertext), by name, read on `c`.
+fn field_metas_in(c: &Connection, id: &str) -> rusqlite::Result<Vec<FieldMeta>> {
+    let mut fields = c
+        .prepare_cached(
+            "SELECT name, category, length(sealed), kind, mac, version FROM fields WHERE record_id = ?1 ORDER BY name",
+        )?
+        .query_map([id], |r| {
+            let size: i64 = r.get(2)?;
+            Ok(FieldMeta {
+                name: r.get(0)?,
+                category: r.get(1)?,
+                size: u64::try_from(size).unwrap_or(0),
+                evidence: None,
+                kind: r.get(3)?,
+                mac: r.get(4)?,
+                version: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    fields.extend(
+        c.prepare_cached(&format!(
+            "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1"
+        ))?
+        .query_map([id], evidence_from_row)?
+        .map(|e| {
+            e.map(|e| FieldMeta {
+                name: e.name,
+                category: e.category,
+                size: e.size,
+                evidence: Some(EvidenceMeta {
+                    id: e.id,
+                    media_type: e.media_type,
+                    sha256: e.sha256,
+                }),
+                kind: None,
+                version: String::new(),
+                mac: Vec::new(),
+            })
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()?,
+    );
+    fields.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(fields)
 }
