@@ -49,10 +49,12 @@
 //! the whole machine, and kluis's and PostgreSQL's CPU per request. A case where the busy cores
 //! add up to all the machine's cores is bound by CPU, not by a lock or a wait.
 //!
-//! `FindRecords` searches the name of a nuisance record (searchable under 16-bit tags, so among
-//! a million records a search compares about 16 candidates besides its hit); after the table, its
-//! p50 at one client is given against `GetRecord`'s (aim: ≤ 2×). `--tag-bits N` narrows or
-//! widens the tags (8 among 20,000 records makes about 80 candidates: the cost per candidate).
+//! `FindRecords` searches the name of a nuisance record, searchable under the width the key
+//! report's planner gives the number of subjects (at most 2 other values per tag: 16 bits for
+//! 100,000, 19 for a million), as an operator following the README sets it; after the table, its
+//! p50 at one client is given against `GetRecord`'s (aim: ≤ 2×). `--tag-bits N` sets another
+//! width (16 among a million makes about 15 other candidates; 8 among 20,000 about 80: the cost
+//! per candidate).
 //! `--only GetRecord,FindRecords` drives only the calls named (and the echo) and skips the parts
 //! after the rounds: the 1M-record search figure without the 1M rewrap.
 //!
@@ -138,8 +140,8 @@ struct Options {
     store: StoreKind,
     /// kluis nodes on the one store (PostgreSQL only).
     nodes: usize,
-    /// Width of the searched field's tags.
-    tag_bits: u8,
+    /// Width of the searched field's tags (`None`: planned for the number of subjects).
+    tag_bits: Option<u8>,
 }
 
 fn options() -> Options {
@@ -152,7 +154,7 @@ fn options() -> Options {
         only: None,
         store: StoreKind::Sqlite,
         nodes: 1,
-        tag_bits: 16,
+        tag_bits: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -188,7 +190,7 @@ fn options() -> Options {
                 i += 1;
             }
             "--tag-bits" => {
-                o.tag_bits = args[i + 1].parse().expect("--tag-bits N");
+                o.tag_bits = Some(args[i + 1].parse().expect("--tag-bits N"));
                 i += 1;
             }
             "--nodes" => {
@@ -531,13 +533,25 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let o = options();
+    // The searched names: one per subject, tagged at the width given or the one planned.
+    let tag_bits = o.tag_bits.unwrap_or_else(|| {
+        kluis::search::planned_tag_bits(
+            o.subjects as u64,
+            kluis::search::DEFAULT_PLAN_CANDIDATES,
+        )
+    });
+    println!(
+        "search: {tag_bits}-bit tags{}, about {:.1} other values per tag",
+        if o.tag_bits.is_some() { "" } else { " (planned)" },
+        kluis::search::candidates_per_search(o.subjects as u64, tag_bits)
+    );
     let dir = tempfile::tempdir().unwrap();
     let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
     // On PostgreSQL, kluis's database is on the baseline's cluster, which therefore starts first.
     let mut pg = None;
     let (vaults, variants) = match o.store {
         StoreKind::Sqlite => (
-            vec![store::sqlite(dir.path(), &secret, o.tag_bits)],
+            vec![store::sqlite(dir.path(), &secret, tag_bits)],
             vec![pg::Variant::Stretched, pg::Variant::Fast],
         ),
         StoreKind::Postgres => {
@@ -545,7 +559,7 @@ fn main() {
             let cluster = start_pg(o.subjects, &variants)
                 .unwrap_or_else(|why| panic!("--store postgres needs PostgreSQL: {why}"));
             let url = cluster.database("kluis").unwrap();
-            let vaults = store::postgres(&url, dir.path(), &secret, o.nodes, o.tag_bits);
+            let vaults = store::postgres(&url, dir.path(), &secret, o.nodes, tag_bits);
             println!(
                 "kluis on PostgreSQL: {} node(s) on database `kluis` of the same cluster",
                 vaults.len()
@@ -968,6 +982,7 @@ fn main() {
         "results": rows,
         "versus_postgresql": versus_pg,
         "find_p50_over_get_p50": find_vs_get,
+        "find_tag_bits": tag_bits,
         "nodes_comparison": nodes_comparison,
         "complete": false,
     });

@@ -17,9 +17,8 @@ use kluis::{
     vault::{RetentionTable, Vault},
 };
 
-/// The field `FindRecords` searches: the name on every nuisance record, unique per subject,
-/// under 16-bit tags by default (so a search among a million records compares about 16
-/// candidates).
+/// The field `FindRecords` searches: the name on every nuisance record, unique per subject, under
+/// the tag width the load run is given (or plans).
 pub const SEARCHED: &str = "name";
 
 fn search(tag_bits: u8) -> SearchConfig {
