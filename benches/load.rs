@@ -535,14 +535,15 @@ fn main() {
     let o = options();
     // The searched names: one per subject, tagged at the width given or the one planned.
     let tag_bits = o.tag_bits.unwrap_or_else(|| {
-        kluis::search::planned_tag_bits(
-            o.subjects as u64,
-            kluis::search::DEFAULT_PLAN_CANDIDATES,
-        )
+        kluis::search::planned_tag_bits(o.subjects as u64, kluis::search::DEFAULT_PLAN_CANDIDATES)
     });
     println!(
         "search: {tag_bits}-bit tags{}, about {:.1} other values per tag",
-        if o.tag_bits.is_some() { "" } else { " (planned)" },
+        if o.tag_bits.is_some() {
+            ""
+        } else {
+            " (planned)"
+        },
         kluis::search::candidates_per_search(o.subjects as u64, tag_bits)
     );
     let dir = tempfile::tempdir().unwrap();

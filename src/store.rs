@@ -286,6 +286,25 @@ pub struct FieldMeta {
     pub mac: Vec<u8>,
 }
 
+impl FieldMeta {
+    /// A complete evidence file as a field of its record's listing.
+    pub fn of_evidence(e: EvidenceRow) -> Self {
+        Self {
+            name: e.name,
+            category: e.category,
+            size: e.size,
+            evidence: Some(EvidenceMeta {
+                id: e.id,
+                media_type: e.media_type,
+                sha256: e.sha256,
+            }),
+            kind: None,
+            version: String::new(),
+            mac: Vec::new(),
+        }
+    }
+}
+
 /// What is known of an evidence file without decrypting it.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct EvidenceMeta {

@@ -38,10 +38,10 @@ use std::{
 use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::ToSql};
 
 use super::{
-    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceMeta, EvidenceRow,
-    FieldMeta, FieldRow, FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow,
-    RecordRow, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts,
-    SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*, qualified,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
+    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagCount,
+    TagRow, TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use

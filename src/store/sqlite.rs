@@ -29,10 +29,10 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceMeta, EvidenceRow,
-    FieldMeta, FieldRow, FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow,
-    RecordRow, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts,
-    SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
+    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagCount,
+    TagRow, TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails

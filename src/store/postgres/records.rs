@@ -209,20 +209,7 @@ impl RecordStore for PgStore {
                     ),
                     &[&rec.id],
                 )? {
-                    let e = evidence_from_row(&r)?;
-                    fields.push(FieldMeta {
-                        name: e.name,
-                        category: e.category,
-                        size: e.size,
-                        evidence: Some(EvidenceMeta {
-                            id: e.id,
-                            media_type: e.media_type,
-                            sha256: e.sha256,
-                        }),
-                        kind: None,
-                        version: String::new(),
-                        mac: Vec::new(),
-                    });
+                    fields.push(FieldMeta::of_evidence(evidence_from_row(&r)?));
                 }
                 fields.sort_by(|a, b| a.name.cmp(&b.name));
                 out.push((rec, fields));

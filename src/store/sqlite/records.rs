@@ -212,16 +212,9 @@ impl RecordStore for SqliteStore {
             let records = stmt
                 .query_map([subject], record_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut out = Vec::with_capacity(records.len());
-            for rec in records {
-                let fields = field_metas_in(c, &rec.0.id)?;
-                out.push((rec, fields));
-            }
-            Ok(out)
+            with_field_metas_in(c, records)
         })?;
-        rows.into_iter()
-            .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
-            .collect()
+        labelled(rows)
     }
 
     fn record_metas(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
@@ -230,18 +223,15 @@ impl RecordStore for SqliteStore {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
             ))?;
-            let mut out = Vec::with_capacity(ids.len());
+            let mut records = Vec::with_capacity(ids.len());
             for id in ids {
                 if let Some(rec) = stmt.query_row([id], record_from_row).optional()? {
-                    let fields = field_metas_in(c, &rec.0.id)?;
-                    out.push((rec, fields));
+                    records.push(rec);
                 }
             }
-            Ok(out)
+            with_field_metas_in(c, records)
         })?;
-        rows.into_iter()
-            .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
-            .collect()
+        labelled(rows)
     }
 
     fn close_record(
@@ -573,6 +563,30 @@ fn record_in(
     Ok(Some((rec, fields)))
 }
 
+/// Record rows as read (labels still JSON) with their field metadata, read on `c`.
+type RowsWithMetas = Vec<((RecordRow, String), Vec<FieldMeta>)>;
+
+/// `records` each with the metadata of its fields, read on `c` (in the caller's snapshot).
+fn with_field_metas_in(
+    c: &Connection,
+    records: Vec<(RecordRow, String)>,
+) -> rusqlite::Result<RowsWithMetas> {
+    records
+        .into_iter()
+        .map(|rec| {
+            let fields = field_metas_in(c, &rec.0.id)?;
+            Ok((rec, fields))
+        })
+        .collect()
+}
+
+/// `rows` with their labels decoded.
+fn labelled(rows: RowsWithMetas) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
+    rows.into_iter()
+        .map(|(rec, fields)| Ok((with_labels(rec)?, fields)))
+        .collect()
+}
+
 /// The field and evidence metadata of record `id` (no ciphertext), by name, read on `c`.
 fn field_metas_in(c: &Connection, id: &str) -> rusqlite::Result<Vec<FieldMeta>> {
     let mut fields = c
@@ -597,21 +611,7 @@ fn field_metas_in(c: &Connection, id: &str) -> rusqlite::Result<Vec<FieldMeta>> 
             "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1"
         ))?
         .query_map([id], evidence_from_row)?
-        .map(|e| {
-            e.map(|e| FieldMeta {
-                name: e.name,
-                category: e.category,
-                size: e.size,
-                evidence: Some(EvidenceMeta {
-                    id: e.id,
-                    media_type: e.media_type,
-                    sha256: e.sha256,
-                }),
-                kind: None,
-                version: String::new(),
-                mac: Vec::new(),
-            })
-        })
+        .map(|e| e.map(FieldMeta::of_evidence))
         .collect::<rusqlite::Result<Vec<_>>>()?,
     );
     fields.sort_by(|a, b| a.name.cmp(&b.name));
