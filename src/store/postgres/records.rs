@@ -181,37 +181,30 @@ impl RecordStore for PgStore {
                 .iter()
                 .map(record_from_row)
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut out = Vec::with_capacity(records.len());
-            for rec in records {
-                let mut fields = tx
-                    .all(
-                        "SELECT name, category, octet_length(sealed)::BIGINT, kind, mac, version
-                         FROM fields WHERE record_id = $1 ORDER BY name",
-                        &[&rec.id],
-                    )?
-                    .iter()
-                    .map(|r| {
-                        Ok(FieldMeta {
-                            name: get(r, 0)?,
-                            category: get_named(r, 1, "category")?,
-                            size: get_u64(r, 2)?,
-                            evidence: None,
-                            kind: Some(get_named(r, 3, "field kind")?),
-                            mac: get(r, 4)?,
-                            version: get(r, 5)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                for r in tx.all(
-                    &format!(
-                        "SELECT {EVIDENCE_COLUMNS} FROM evidence
-                         WHERE record_id = $1 AND complete"
-                    ),
-                    &[&rec.id],
-                )? {
-                    fields.push(FieldMeta::of_evidence(evidence_from_row(&r)?));
-                }
-                fields.sort_by(|a, b| a.name.cmp(&b.name));
+            records
+                .into_iter()
+                .map(|rec| {
+                    let fields = field_metas(tx, &rec.id)?;
+                    Ok((rec, fields))
+                })
+                .collect()
+        })
+    }
+
+    fn record_metas(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
+        // One snapshot for all of them, as on SQLite.
+        self.read(|tx| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(row) = tx.opt(
+                    &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = $1"),
+                    &[id],
+                )?
+                else {
+                    continue;
+                };
+                let rec = record_from_row(&row)?;
+                let fields = field_metas(tx, &rec.id)?;
                 out.push((rec, fields));
             }
             Ok(out)
@@ -492,4 +485,38 @@ fn insert_tags(
         )?;
     }
     Ok(())
+}
+
+/// The field and evidence metadata of record `id` (no ciphertext), by name, read in `tx`.
+fn field_metas(tx: &mut Tx<'_>, id: &str) -> Result<Vec<FieldMeta>, StoreError> {
+    let mut fields = tx
+        .all(
+            "SELECT name, category, octet_length(sealed)::BIGINT, kind, mac, version
+             FROM fields WHERE record_id = $1 ORDER BY name",
+            &[&id],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(FieldMeta {
+                name: get(r, 0)?,
+                category: get_named(r, 1, "category")?,
+                size: get_u64(r, 2)?,
+                evidence: None,
+                kind: Some(get_named(r, 3, "field kind")?),
+                mac: get(r, 4)?,
+                version: get(r, 5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    for r in tx.all(
+        &format!(
+            "SELECT {EVIDENCE_COLUMNS} FROM evidence
+             WHERE record_id = $1 AND complete"
+        ),
+        &[&id],
+    )? {
+        fields.push(FieldMeta::of_evidence(evidence_from_row(&r)?));
+    }
+    fields.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(fields)
 }
