@@ -974,21 +974,8 @@ pub trait RecordStore: Send + Sync {
     fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError>;
 
     /// The records `ids` that exist, in the order of `ids`, with their field metadata as
-    /// `subject_records` gives it, read in one snapshot where the store can.
-    fn record_metas(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some((record, _)) = self.record(id)?
-                && let Some(found) = self
-                    .subject_records(&record.subject)?
-                    .into_iter()
-                    .find(|(r, _)| r.id == *id)
-            {
-                out.push(found);
-            }
-        }
-        Ok(out)
-    }
+    /// `subject_records` gives it, read in one snapshot.
+    fn record_metas(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
 
     /// The records of a subject with their field metadata (no ciphertext), oldest first.
     fn subject_records(

@@ -1128,32 +1128,30 @@ mod tests {
         store.replace_meta("k", None, b"v").unwrap();
     }
 
+    /// Holds the write lock of the database at `path` from another connection for 300 ms.
+    fn hold_write_lock(path: &Path) -> std::thread::JoinHandle<()> {
+        let other = Connection::open(path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.execute_batch("ROLLBACK").unwrap();
+        })
+    }
+
     #[test]
     fn a_write_that_reads_first_waits_for_a_lock_held_for_a_moment() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kluis.db");
         let store = SqliteStore::open(&path).unwrap();
-        let other = Connection::open(&path).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            other.execute_batch("ROLLBACK").unwrap();
-        });
         // `initialize` counts the meta rows, then inserts: a read, then a write, in one
-        // transaction. Begun deferred, its write would be refused at once.
-        let started = std::time::Instant::now();
+        // transaction. Begun deferred, its write would be refused at once (SQLITE_BUSY
+        // without the busy timeout) instead of waiting for the lock.
+        let release = hold_write_lock(&path);
         store.initialize(&[("k", b"v".to_vec())], &[]).unwrap();
-        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
         release.join().unwrap();
         // So does a grouped write (many callers' jobs in one transaction).
-        let other = Connection::open(&path).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            other.execute_batch("ROLLBACK").unwrap();
-        });
-        let writer = &store.writer;
-        let read_then_write = store.group.run(writer, |c| {
+        let release = hold_write_lock(&path);
+        let read_then_write = store.group.run(&store.writer, |c| {
             let n: i64 = c
                 .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
                 .map_err(db)?;
