@@ -688,6 +688,10 @@ struct SoftHsm {
     pin: PathBuf,
 }
 
+/// The test token's user PIN: long and unlike anything else a log holds, so that finding it in
+/// the log means the PIN leaked (a four-digit PIN turns up by chance in timestamps and ports).
+const HSM_PIN: &str = "kluis-test-pin-Qx7wZ";
+
 #[expect(
     clippy::disallowed_methods,
     reason = "CI says through the environment that SoftHSM2 is required"
@@ -727,7 +731,7 @@ fn softhsm(dir: &Path) -> Option<SoftHsm> {
             "--label",
             "kluis-test",
             "--pin",
-            "4321",
+            HSM_PIN,
             "--so-pin",
             "8765",
         ])
@@ -736,7 +740,7 @@ fn softhsm(dir: &Path) -> Option<SoftHsm> {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let pin = dir.join("hsm.pin");
-    write_private(&pin, "4321\n");
+    write_private(&pin, &format!("{HSM_PIN}\n"));
     let config = dir.join("kluis.toml");
     std::fs::write(
         &config,
@@ -825,11 +829,11 @@ async fn an_hsm_unseals_the_server_by_itself_and_a_wrong_pin_keeps_it_sealed() {
     assert!(stderr(&o).contains("has not changed"), "{}", stderr(&o));
     // Put right, one more try unseals it.
     std::thread::sleep(Duration::from_millis(20));
-    write_private(&hsm.pin, "4321\n");
+    write_private(&hsm.pin, &format!("{HSM_PIN}\n"));
     let o = node.operator(&["unseal", "--hsm"]);
     assert!(o.status.success(), "{}", stderr(&o));
     node.wait_serving(&tokens.so).await;
-    assert!(!node.log_text().contains("4321"), "the PIN is in the log");
+    assert!(!node.log_text().contains(HSM_PIN), "the PIN is in the log");
     // Sealed by a security officer, the HSM does not unseal it on anyone's word: only a restart.
     let o = node.admin(
         &tokens.so,
