@@ -341,7 +341,6 @@ pub struct PolicySources {
 /// A validated schema and policy set, ready to decide.
 pub struct Engine {
     sources: std::sync::Arc<PolicySources>,
-    schema: Schema,
     policies: PolicySet,
     authorizer: Authorizer,
     digest: String,
@@ -349,6 +348,9 @@ pub struct Engine {
     memo: memo::Memo,
     /// The policies each action and role can match (see `slices`).
     slices: slices::Slices,
+    /// The schema's action entities, when any action is in a group: what `action in` a group
+    /// needs at evaluation. Empty otherwise (an action is then `in` only itself).
+    action_groups: Vec<Entity>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -439,19 +441,21 @@ impl Engine {
             .map(|a| a.as_str())
             .chain(AdminAction::ALL.iter().map(|a| a.as_str()))
             .collect();
-        let slices = slices::Slices::of(&policies, &actions);
+        let slices = slices::Slices::of(&policies, &schema, &actions);
+        let action_groups = action_groups(&schema)?;
+        conforms(&schema)?;
         Ok(Self {
             sources: std::sync::Arc::new(PolicySources {
                 schema: schema_src.to_owned(),
                 files: files.to_vec(),
             }),
-            schema,
             policies,
             authorizer: Authorizer::new(),
             digest: digest(schema_src, &all),
             abstraction,
             memo: memo::Memo::default(),
             slices,
+            action_groups,
         })
     }
 
@@ -613,77 +617,24 @@ impl Engine {
                 .collect());
         }
         let principal_uid = principal_uid(principal)?;
-        let mut entities = principal_entities(principal, &principal_uid)?;
-        let mut field_uids = Vec::with_capacity(fields.len());
-        for &(i, f) in fields {
-            let uid = uid("Kluis::Field", &format!("{}#{i}", f.record))?;
-            let attrs = [
-                ("name", RestrictedExpression::new_string(f.name.clone())),
-                (
-                    "category",
-                    RestrictedExpression::new_string(f.category.as_str().into()),
-                ),
-                (
-                    "purpose",
-                    RestrictedExpression::new_string(f.purpose.as_str().into()),
-                ),
-                (
-                    "subject",
-                    RestrictedExpression::new_string(f.subject.clone()),
-                ),
-                (
-                    "record_closed",
-                    RestrictedExpression::new_bool(f.flags.record_closed),
-                ),
-                ("objected", RestrictedExpression::new_bool(f.flags.objected)),
-                ("mandated", RestrictedExpression::new_bool(f.flags.mandated)),
-                (
-                    "restricted",
-                    RestrictedExpression::new_bool(f.flags.restricted),
-                ),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            entities.push(
-                Entity::new(uid.clone(), attrs, HashSet::new())
-                    .map_err(|e| PolicyError::Request(e.to_string()))?,
-            );
-            field_uids.push(uid);
-        }
-        let entities = Entities::from_entities(entities, Some(&self.schema))
-            .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let context = Context::from_pairs([
-            (
-                "purpose".to_owned(),
-                RestrictedExpression::new_string(ctx.purpose.as_str().into()),
-            ),
-            (
-                "case_ref".to_owned(),
-                RestrictedExpression::new_string(ctx.case_ref.clone()),
-            ),
-            (
-                "justification".to_owned(),
-                RestrictedExpression::new_string(ctx.justification.clone()),
-            ),
-            (
-                "channel".to_owned(),
-                RestrictedExpression::new_string(ctx.channel.clone()),
-            ),
-            (
-                "break_glass".to_owned(),
-                RestrictedExpression::new_bool(ctx.break_glass),
-            ),
-        ])
+        let (entities, field_uids) = request_entities(principal, &principal_uid, fields)?;
+        let entities = Entities::from_entities(
+            entities
+                .into_iter()
+                .chain(self.action_groups.iter().cloned()),
+            None,
+        )
         .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let context = context_of(ctx)?;
         let action_uid = uid("Kluis::Action", action.as_str())?;
         fields
             .iter()
             .zip(field_uids)
             .map(|(&(_, f), resource)| {
-                // The entities were checked against the schema above and the context is built
-                // here with the schema's types; validating every request again would double the
-                // cost of a decision. Should they ever disagree, evaluation errors deny.
+                // The entities and context are built by `request_entities` and `context_of`,
+                // which `conforms` checked against the schema when the set was loaded;
+                // validating every request again would double the cost of a decision. Should
+                // they ever disagree, evaluation errors deny.
                 let request = Request::new(
                     principal_uid.clone(),
                     action_uid.clone(),
@@ -734,17 +685,21 @@ impl Engine {
             return Ok(Decision::invalid_roles(principal, None));
         }
         let principal_uid = principal_uid(principal)?;
-        let system = uid("Kluis::System", "kluis")?;
-        let mut entities = principal_entities(principal, &principal_uid)?;
-        entities.push(Entity::new_no_attrs(system.clone(), HashSet::new()));
-        let entities = Entities::from_entities(entities, Some(&self.schema))
-            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let (entities, system) = admin_entities(principal, &principal_uid)?;
+        let entities = Entities::from_entities(
+            entities
+                .into_iter()
+                .chain(self.action_groups.iter().cloned()),
+            None,
+        )
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        // Checked against the schema when the set was loaded (`conforms`), as for fields.
         let request = Request::new(
             principal_uid,
             uid("Kluis::Action", action.as_str())?,
             system,
             Context::empty(),
-            Some(&self.schema),
+            None,
         )
         .map_err(|e| PolicyError::Request(e.to_string()))?;
         let (mut decision, clean) = self.evaluate(&request, &entities, set);
@@ -835,9 +790,29 @@ fn digest(schema: &str, policies: &str) -> String {
     hex::encode(h.finalize())
 }
 
+/// The entity types requests are built from, parsed once (Cedar parses a type name with its
+/// policy parser).
+static TYPE_NAMES: std::sync::LazyLock<std::collections::HashMap<&'static str, EntityTypeName>> =
+    std::sync::LazyLock::new(|| {
+        [
+            "Kluis::Principal",
+            "Kluis::Role",
+            "Kluis::Field",
+            "Kluis::Action",
+            "Kluis::System",
+        ]
+        .into_iter()
+        .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
+        .collect()
+    });
+
 fn uid(type_name: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    let ty =
-        EntityTypeName::from_str(type_name).map_err(|e| PolicyError::Request(e.to_string()))?;
+    let ty = match TYPE_NAMES.get(type_name) {
+        Some(ty) => ty.clone(),
+        None => {
+            EntityTypeName::from_str(type_name).map_err(|e| PolicyError::Request(e.to_string()))?
+        }
+    };
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
@@ -845,13 +820,186 @@ fn principal_uid(principal: &Principal) -> Result<EntityUid, PolicyError> {
     uid("Kluis::Principal", principal.id.as_str())
 }
 
-fn principal_entities(principal: &Principal, uid_: &EntityUid) -> Result<Vec<Entity>, PolicyError> {
-    let mut entities = Vec::with_capacity(principal.roles.len() + 2);
-    let mut parents = HashSet::new();
+/// The entities of a decision on `fields`: the principal's and one per field (`record#position`),
+/// with the fields' uids in order.
+fn request_entities(
+    principal: &Principal,
+    principal_uid: &EntityUid,
+    fields: &[(usize, &FieldResource)],
+) -> Result<(Vec<Entity>, Vec<EntityUid>), PolicyError> {
+    let mut entities = Vec::with_capacity(fields.len() + 1);
+    entities.push(principal_entity(principal, principal_uid)?);
+    let mut field_uids = Vec::with_capacity(fields.len());
+    for &(i, f) in fields {
+        let uid = uid("Kluis::Field", &format!("{}#{i}", f.record))?;
+        let attrs = [
+            ("name", RestrictedExpression::new_string(f.name.clone())),
+            (
+                "category",
+                RestrictedExpression::new_string(f.category.as_str().into()),
+            ),
+            (
+                "purpose",
+                RestrictedExpression::new_string(f.purpose.as_str().into()),
+            ),
+            (
+                "subject",
+                RestrictedExpression::new_string(f.subject.clone()),
+            ),
+            (
+                "record_closed",
+                RestrictedExpression::new_bool(f.flags.record_closed),
+            ),
+            ("objected", RestrictedExpression::new_bool(f.flags.objected)),
+            ("mandated", RestrictedExpression::new_bool(f.flags.mandated)),
+            (
+                "restricted",
+                RestrictedExpression::new_bool(f.flags.restricted),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        entities.push(
+            Entity::new(uid.clone(), attrs, HashSet::new())
+                .map_err(|e| PolicyError::Request(e.to_string()))?,
+        );
+        field_uids.push(uid);
+    }
+    Ok((entities, field_uids))
+}
+
+/// The context of a decision on fields: the caller's declared purpose and case.
+fn context_of(ctx: &AccessContext) -> Result<Context, PolicyError> {
+    Context::from_pairs([
+        (
+            "purpose".to_owned(),
+            RestrictedExpression::new_string(ctx.purpose.as_str().into()),
+        ),
+        (
+            "case_ref".to_owned(),
+            RestrictedExpression::new_string(ctx.case_ref.clone()),
+        ),
+        (
+            "justification".to_owned(),
+            RestrictedExpression::new_string(ctx.justification.clone()),
+        ),
+        (
+            "channel".to_owned(),
+            RestrictedExpression::new_string(ctx.channel.clone()),
+        ),
+        (
+            "break_glass".to_owned(),
+            RestrictedExpression::new_bool(ctx.break_glass),
+        ),
+    ])
+    .map_err(|e| PolicyError::Request(e.to_string()))
+}
+
+/// The entities of an administrative decision: the principal's and the vault's, with the
+/// vault's uid.
+fn admin_entities(
+    principal: &Principal,
+    principal_uid: &EntityUid,
+) -> Result<(Vec<Entity>, EntityUid), PolicyError> {
+    let system = uid("Kluis::System", "kluis")?;
+    let entities = vec![
+        principal_entity(principal, principal_uid)?,
+        Entity::new_no_attrs(system.clone(), HashSet::new()),
+    ];
+    Ok((entities, system))
+}
+
+/// The schema's action entities when any action is in a group, none otherwise.
+fn action_groups(schema: &Schema) -> Result<Vec<Entity>, PolicyError> {
+    let actions = schema
+        .action_entities()
+        .map_err(|e| PolicyError::Schema(miette_text(&e)))?;
+    let grouped = actions.iter().any(|a| {
+        actions
+            .ancestors(&a.uid())
+            .is_some_and(|mut groups| groups.next().is_some())
+    });
+    Ok(if grouped {
+        actions.iter().cloned().collect()
+    } else {
+        Vec::new()
+    })
+}
+
+/// Checks, once when a set loads, that the entities and contexts kluis builds for its requests
+/// conform to the schema (a custom schema may demand attributes kluis does not supply): every
+/// request after that is evaluated without checking them again.
+fn conforms(schema: &Schema) -> Result<(), PolicyError> {
+    let unfit = |e: &dyn std::error::Error| {
+        PolicyError::Schema(format!(
+            "the schema does not describe the requests kluis makes: {}",
+            miette_text(e)
+        ))
+    };
+    let field = FieldResource {
+        record: "rec_probe".into(),
+        name: "name".into(),
+        category: crate::domain::Category::Identity,
+        purpose: crate::domain::Purpose::CustomerService,
+        subject: "REL-probe".into(),
+        flags: FieldFlags::default(),
+    };
+    let ctx = AccessContext {
+        purpose: crate::domain::Purpose::CustomerService,
+        case_ref: String::new(),
+        justification: String::new(),
+        channel: "app".into(),
+        break_glass: false,
+    };
+    for scope in [None, Some("REL-probe")] {
+        let principal = Principal {
+            id: crate::domain::PrincipalId::parse("principal", "probe")
+                .map_err(|e| PolicyError::Request(e.to_string()))?,
+            roles: vec![crate::domain::Role::CustomerService],
+            scope_subject: scope
+                .map(|s| crate::domain::SubjectId::parse("scope_subject", s))
+                .transpose()
+                .map_err(|e| PolicyError::Request(e.to_string()))?,
+            token_id: String::new(),
+            expires_at: 0,
+            service: None,
+            employee: None,
+        };
+        let principal_uid = principal_uid(&principal)?;
+        let (entities, field_uids) = request_entities(&principal, &principal_uid, &[(0, &field)])?;
+        Entities::from_entities(entities, Some(schema)).map_err(|e| unfit(&e))?;
+        let (admin, system) = admin_entities(&principal, &principal_uid)?;
+        Entities::from_entities(admin, Some(schema)).map_err(|e| unfit(&e))?;
+        let ctx = &ctx;
+        let field_requests = Action::ALL.iter().flat_map(|a| {
+            field_uids
+                .iter()
+                .map(move |f| (a.as_str(), f.clone(), context_of(ctx)))
+        });
+        let admin_requests = AdminAction::ALL
+            .iter()
+            .map(|a| (a.as_str(), system.clone(), Ok(Context::empty())));
+        for (action, resource, context) in field_requests.chain(admin_requests) {
+            Request::new(
+                principal_uid.clone(),
+                uid("Kluis::Action", action)?,
+                resource,
+                context?,
+                Some(schema),
+            )
+            .map_err(|e| unfit(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The principal's entity, a member of its roles. The roles themselves need no entities: a role
+/// has no attributes and no groups, and `principal in role` reads only the principal's parents.
+fn principal_entity(principal: &Principal, uid_: &EntityUid) -> Result<Entity, PolicyError> {
+    let mut parents = HashSet::with_capacity(principal.roles.len());
     for role in &principal.roles {
-        let role_uid = uid("Kluis::Role", role.as_str())?;
-        entities.push(Entity::new_no_attrs(role_uid.clone(), HashSet::new()));
-        parents.insert(role_uid);
+        parents.insert(uid("Kluis::Role", role.as_str())?);
     }
     let mut attrs = std::collections::HashMap::new();
     // A rule that exempts a role holds only for a token that carries that role alone.
@@ -865,11 +1013,7 @@ fn principal_entities(principal: &Principal, uid_: &EntityUid) -> Result<Vec<Ent
             RestrictedExpression::new_string(scope.as_str().to_owned()),
         );
     }
-    entities.push(
-        Entity::new(uid_.clone(), attrs, parents)
-            .map_err(|e| PolicyError::Request(e.to_string()))?,
-    );
-    Ok(entities)
+    Entity::new(uid_.clone(), attrs, parents).map_err(|e| PolicyError::Request(e.to_string()))
 }
 
 fn roles_text(principal: &Principal) -> String {
@@ -937,11 +1081,14 @@ mod tests {
         }
     }
 
-    /// Decides a seeded random sample of requests with the memo and without it, twice over so
-    /// that the second pass is answered from the memo, and demands the same decisions.
-    fn memo_agrees(engine: &Engine, samples: usize) {
+    /// A request: who, what, in which context, on which fields.
+    type Sample = (Principal, Action, AccessContext, Vec<FieldResource>);
+
+    /// A seeded random sample of requests over every action, role (one or two), purpose,
+    /// category, flag and free-text class the default policies tell apart.
+    fn sample_requests(samples: usize, seed: u64) -> Vec<Sample> {
         use rand::{Rng, SeedableRng, seq::SliceRandom};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x006b_6c75_6973);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let names = ["name", "surname", "phone", "medical_need", "meds", "x"];
         let subjects = ["REL-1", "REL-2"];
         let case_refs = ["", "N-1", "N-2"];
@@ -964,14 +1111,7 @@ mod tests {
                 &crate::domain::Channels::default(),
             )
             .unwrap();
-            let action = [
-                Action::Read,
-                Action::Write,
-                Action::Delete,
-                Action::List,
-                Action::Export,
-                Action::ReadMasked,
-            ][rng.gen_range(0..6)];
+            let action = Action::ALL[rng.gen_range(0..Action::ALL.len())];
             let fields: Vec<FieldResource> = (0..rng.gen_range(1..4))
                 .map(|_| FieldResource {
                     record: "rec_1".into(),
@@ -989,6 +1129,31 @@ mod tests {
                 .collect();
             requests.push((p, action, c, fields));
         }
+        requests
+    }
+
+    /// Decides a seeded random sample of requests against the specialised slices and against
+    /// the whole set, and demands the same decisions, with the same evaluation errors. Returns
+    /// how many fields were allowed and how many decisions hit an error.
+    fn slices_agree(engine: &Engine, samples: usize) -> (usize, usize) {
+        let (mut allowed, mut errors) = (0, 0);
+        for (p, action, c, fields) in sample_requests(samples, 0x736c_6963_6573) {
+            let todo: Vec<(usize, &FieldResource)> = fields.iter().enumerate().collect();
+            let sliced = engine.evaluate_fields(&p, action, &c, &todo).unwrap();
+            let whole = engine
+                .evaluate_fields_in(&p, action, &c, &todo, &engine.policies)
+                .unwrap();
+            assert_eq!(sliced, whole, "{:?} {action:?} {c:?} {fields:?}", p.roles);
+            allowed += sliced.iter().filter(|(d, _)| d.is_allow()).count();
+            errors += sliced.iter().filter(|(_, clean)| !clean).count();
+        }
+        (allowed, errors)
+    }
+
+    /// Decides a seeded random sample of requests with the memo and without it, twice over so
+    /// that the second pass is answered from the memo, and demands the same decisions.
+    fn memo_agrees(engine: &Engine, samples: usize) {
+        let requests = sample_requests(samples, 0x006b_6c75_6973);
         let mut decided = 0;
         for _pass in 0..2 {
             for (p, action, c, fields) in &requests {
@@ -1050,6 +1215,132 @@ mod tests {
             .policies()
             .count();
         assert!(slice > 0 && slice < whole / 2, "{slice} of {whole}");
+    }
+
+    #[test]
+    fn a_slice_leaves_out_what_can_never_fire_for_its_role() {
+        let engine = Engine::default_policies().unwrap();
+        let ids = |action: Action, role: Role| -> Vec<String> {
+            engine
+                .slices
+                .get(action.as_str(), &[role])
+                .unwrap()
+                .policies()
+                .map(|p| p.id().to_string())
+                .collect()
+        };
+        let nuisance = ids(Action::Read, Role::NuisanceOfficer);
+        for never in [
+            "separation-of-duties",
+            "special-category-never-for-these-roles",
+            "external-roles-need-scope",
+            "bailiff-lawyer",
+            "subject-not-during-open-investigation",
+        ] {
+            assert!(
+                !nuisance.contains(&never.to_owned()),
+                "{never} in {nuisance:?}"
+            );
+        }
+        for kept in [
+            "nuisance-officer",
+            "purpose-limitation",
+            "scoped-token-one-subject",
+        ] {
+            assert!(
+                nuisance.contains(&kept.to_owned()),
+                "{kept} not in {nuisance:?}"
+            );
+        }
+        // The twin: for the roles it names, the same forbid stays.
+        assert!(ids(Action::Read, Role::SecurityOfficer).contains(&"separation-of-duties".into()));
+        assert!(ids(Action::Read, Role::Bailiff).contains(&"external-roles-need-scope".into()));
+    }
+
+    #[test]
+    fn specialised_slices_decide_as_the_whole_default_set() {
+        let engine = Engine::default_policies().unwrap();
+        let (allowed, _) = slices_agree(&engine, 4000);
+        assert!(allowed > 20, "{allowed} allowed: the sample shows little");
+    }
+
+    #[test]
+    fn specialised_slices_keep_every_evaluation_error_and_every_rewrite_right() {
+        // Each policy puts a role or action test, which the slices replace by its value, beside
+        // something else: an attribute of the third field, which a request with fewer fields does
+        // not have (evaluation fails, and a rewrite must not drop that), `if`, `!`, `unless`, `!=`, a comparison written the other
+        // way round, an action group, `single_role`, and sets of literals.
+        let schema = DEFAULT_SCHEMA.replace(
+            r#"action "read", "write", "delete", "list", "export", "close", "read-masked" appliesTo {"#,
+            r#"action "field-access";
+  action "read", "write", "delete", "list", "export", "close", "read-masked" in ["field-access"] appliesTo {"#,
+        );
+        assert_ne!(schema, DEFAULT_SCHEMA, "the action group was not added");
+        let policies = r#"
+            @id("fails-before-role") forbid(principal, action, resource)
+              when { Kluis::Field::"rec_1#2".name == "x" && principal in Kluis::Role::"bailiff" };
+            @id("role-before-fails") forbid(principal, action, resource)
+              when { principal in Kluis::Role::"lawyer" && Kluis::Field::"rec_1#2".name == "x" };
+            @id("fails-or-role") forbid(principal, action, resource)
+              when { Kluis::Field::"rec_1#2".name == "x" || principal in Kluis::Role::"analyst" };
+            @id("group") permit(principal, action in Kluis::Action::"field-access", resource)
+              when { ["identity", "contact"].contains(resource.category) &&
+                     (principal in Kluis::Role::"customer-service" || principal in Kluis::Role::"contractor") };
+            @id("reversed") permit(principal, action, resource)
+              when { Kluis::Action::"export" == action && principal.single_role &&
+                     principal in [Kluis::Role::"privacy-officer", Kluis::Role::"auditor"] };
+            @id("not-equal") forbid(principal, action, resource)
+              when { action != Kluis::Action::"read" && resource.category == "medical" };
+            @id("if") permit(principal, action, resource)
+              when { if principal in Kluis::Role::"nuisance-officer"
+                     then context.purpose == "nuisance" else !(context.purpose == "nuisance") };
+            @id("unless") forbid(principal, action, resource)
+              when { resource.restricted }
+              unless { principal.single_role && principal in Kluis::Role::"privacy-officer" };
+            @id("scope") permit(principal in Kluis::Role::"subject", action, resource)
+              when { principal has scope_subject && principal.scope_subject == resource.subject };
+        "#;
+        let field_actions = r#"action in [Kluis::Action::"read", Kluis::Action::"write", Kluis::Action::"delete", Kluis::Action::"list", Kluis::Action::"export", Kluis::Action::"close", Kluis::Action::"read-masked"],"#;
+        let policies = policies.replace("action,", field_actions);
+        let engine = Engine::from_sources(&schema, &policies).unwrap();
+        assert!(!engine.action_groups.is_empty());
+        let (allowed, errors) = slices_agree(&engine, 3000);
+        assert!(allowed > 50, "{allowed} allowed: the sample shows little");
+        assert!(
+            errors > 50,
+            "{errors} errors: the failing policies were not evaluated"
+        );
+        // The policies that can fail stay in every slice, for every role.
+        for &role in Role::ALL {
+            let slice = engine.slices.get(Action::Read.as_str(), &[role]).unwrap();
+            assert!(slice.policy(&PolicyId::new("fails-before-role")).is_some());
+            assert!(slice.policy(&PolicyId::new("fails-or-role")).is_some());
+        }
+        memo_agrees(&engine, 800);
+    }
+
+    #[test]
+    fn a_schema_that_does_not_describe_kluis_requests_is_refused_when_it_loads() {
+        let schema = DEFAULT_SCHEMA.replace(
+            r#""restricted": Bool,"#,
+            r#""restricted": Bool,
+    "department": String,"#,
+        );
+        assert_ne!(schema, DEFAULT_SCHEMA);
+        let err = Engine::from_sources(&schema, DEFAULT_POLICIES).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the schema does not describe the requests kluis makes"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("department"), "{err}");
+        // A schema with the attribute optional describes them.
+        let optional = DEFAULT_SCHEMA.replace(
+            r#""restricted": Bool,"#,
+            r#""restricted": Bool,
+    "department"?: String,"#,
+        );
+        Engine::from_sources(&optional, DEFAULT_POLICIES).unwrap();
     }
 
     #[test]
