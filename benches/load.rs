@@ -938,6 +938,27 @@ fn main() {
         _ => None,
     };
 
+    // The aim for a lone read: the echo's p50, plus one fsync of the disk the data directory is
+    // on (every read waits for its audit entry to be durable), plus 60 µs.
+    let get_p50_aim = match (
+        p50_of.get(&(1, Target::Get(NODE_A))),
+        p50_of.get(&(1, Target::Echo)),
+    ) {
+        (Some(&get), Some(&echo)) => {
+            let fsync = fsync_p50(dir.path());
+            let bound = echo + fsync + 60;
+            let met = get <= bound;
+            println!(
+                "\nGetRecord p50 at one client: {get} µs; echo {echo} µs + one fsync of the data \
+                 directory's disk {fsync} µs (p50 of 200, measured now) + 60 µs = {bound} µs: {}",
+                if met { "met" } else { "missed" }
+            );
+            json!({"get_p50_us": get, "echo_p50_us": echo, "fsync_p50_us": fsync,
+                   "bound_us": bound, "met": met})
+        }
+        _ => serde_json::Value::Null,
+    };
+
     let mut versus_pg = Vec::new();
     if o.only.is_none() && targets.iter().any(|t| matches!(t, Target::PgRead(_))) {
         match o.store {
@@ -983,6 +1004,7 @@ fn main() {
         "results": rows,
         "versus_postgresql": versus_pg,
         "find_p50_over_get_p50": find_vs_get,
+        "get_p50_aim": get_p50_aim,
         "find_tag_bits": tag_bits,
         "nodes_comparison": nodes_comparison,
         "complete": false,
@@ -1161,6 +1183,30 @@ fn compare_nodes(
     }
     out.insert("nodes".into(), json!(nodes));
     serde_json::Value::Object(out)
+}
+
+/// The p50 of appending 4 KiB to a file in `dir` and `fdatasync`ing it, 200 times: what one
+/// durable commit costs on the disk the data directory is on, in µs.
+fn fsync_p50(dir: &std::path::Path) -> u32 {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let block = [0x5a_u8; 4096];
+    let mut lat = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        f.write_all(&block).unwrap();
+        f.sync_data().unwrap();
+        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    lat.sort_unstable();
+    percentile(&lat, 0.5)
 }
 
 /// Policy decisions per second and their latency, one field per decision, with the default

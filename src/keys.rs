@@ -331,6 +331,25 @@ pub struct ActiveSubjectKey {
     pub algorithm: Algorithm,
 }
 
+/// The key a write seals under (see `Keyring::subject_key_for_write`).
+#[derive(Debug)]
+pub struct KeyForWrite {
+    /// The key.
+    pub active: ActiveSubjectKey,
+    /// The subject's first key of the purpose, to be stored with the record; `None` when the
+    /// key is stored already.
+    pub new: Option<NewSubjectKey>,
+}
+
+/// A subject's first key of a purpose, not stored yet.
+#[derive(Debug)]
+pub struct NewSubjectKey {
+    /// Its row (wrapped under the purpose's active version).
+    pub row: SubjectKeyRow,
+    /// The subject's anchor, stored unless the subject has one.
+    pub anchor: crate::store::AnchorRow,
+}
+
 impl Keyring {
     /// Initialises an empty store: its key format and a fresh random store id, root key
     /// metadata and key check value, version 1 of every purpose key and the audit key (bound to
@@ -686,6 +705,61 @@ impl Keyring {
             key,
             algorithm,
         })
+    }
+
+    /// The current subject key of (subject, purpose) for a write that stores it with the record
+    /// when there is none: the key the record is to be sealed under, and, when the subject has
+    /// no key of the purpose yet, a fresh one with its row and the subject's anchor (counting
+    /// nothing yet), not stored. The caller stores both with the record in one transaction
+    /// (`RecordStore::insert_record_with_key`) and then calls `stored`.
+    pub fn subject_key_for_write(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+    ) -> Result<KeyForWrite, KeyError> {
+        let (_, _, algorithm) = self.active_version(purpose)?;
+        if let Some((generation, key)) = self.cached(subject, purpose) {
+            return Ok(KeyForWrite {
+                active: ActiveSubjectKey {
+                    generation,
+                    key,
+                    algorithm,
+                },
+                new: None,
+            });
+        }
+        if let Some(row) = self.store.subject_key(subject.as_str(), purpose.as_str())? {
+            let key = self.unwrap_subject_key(subject, purpose, &row)?;
+            self.remember(subject, purpose, row.generation, &key);
+            return Ok(KeyForWrite {
+                active: ActiveSubjectKey {
+                    generation: row.generation,
+                    key,
+                    algorithm,
+                },
+                new: None,
+            });
+        }
+        let (row, key) = self.new_subject_key(subject, purpose, 1)?;
+        let anchor = self
+            .rows
+            .anchor_of(subject.as_str(), &crate::store::SubjectFacts::default());
+        Ok(KeyForWrite {
+            active: ActiveSubjectKey {
+                generation: row.generation,
+                key: Arc::new(key),
+                algorithm,
+            },
+            new: Some(NewSubjectKey { row, anchor }),
+        })
+    }
+
+    /// Notes that the new key of `write` was stored: later writes and reads use it from the
+    /// cache.
+    pub fn stored(&self, subject: &SubjectId, purpose: Purpose, write: &KeyForWrite) {
+        if write.new.is_some() {
+            self.remember(subject, purpose, write.active.generation, &write.active.key);
+        }
     }
 
     /// A fresh subject key of `generation`, wrapped under the purpose's active version (not

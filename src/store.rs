@@ -941,6 +941,20 @@ pub trait RecordStore: Send + Sync {
     /// current key; with `Exists` when the record or a field name is taken.
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError>;
 
+    /// Stores a subject's first key of the record's purpose (with the subject's anchor, kept if
+    /// one exists) and the record with its fields sealed under it, in one transaction: a new
+    /// subject's first record costs one commit. Fails with `Exists` when the subject already
+    /// has a key of that purpose (another writer stored one first: seal again under that one),
+    /// with `NotLive` when `key` is wrapped under a purpose key version that is no longer
+    /// active, and otherwise as `insert_record`; nothing is stored then.
+    fn insert_record_with_key(
+        &self,
+        key: &SubjectKeyRow,
+        anchor: &AnchorRow,
+        record: &RecordRow,
+        fields: &[FieldRow],
+    ) -> Result<(), StoreError>;
+
     /// A record with all its fields.
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError>;
 

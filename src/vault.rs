@@ -704,22 +704,40 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        // A rekey may replace the subject key between sealing and storing: the store then refuses
-        // the stale generation, and the fields are sealed again under the current key.
-        let mut rekeyed = 0;
+        // A subject's first record stores its first key of the purpose in the same transaction
+        // (one commit, not two). The fields are sealed again, under the key the store has, when
+        // a rekey replaced the subject key between sealing and storing (the store refuses the
+        // stale generation), when another write stored the subject's first key first (`Exists`),
+        // or when a rotation retired the version the new key was wrapped under (`NotLive`).
+        let mut retried = 0;
         loop {
-            let rows = self.seal_fields(subject, &record_id, ctx.purpose, &fields)?;
+            let write = self.keyring.subject_key_for_write(subject, ctx.purpose)?;
+            let rows =
+                self.seal_fields_under(&write.active, subject, &record_id, ctx.purpose, &fields)?;
             record.fields_mac = self.rows.fields_mac(
                 record_id.as_str(),
                 rows.iter().map(|f| (f.name.as_str(), f.version.as_str())),
             );
-            match self.store.insert_record(&record, &rows) {
-                Err(StoreError::StaleGeneration { .. }) if rekeyed < REKEY_RETRIES => {
-                    rekeyed += 1;
+            let stored = match &write.new {
+                None => self.store.insert_record(&record, &rows),
+                Some(new) => {
+                    self.store
+                        .insert_record_with_key(&new.row, &new.anchor, &record, &rows)
+                }
+            };
+            match stored {
+                Ok(()) => {
+                    self.keyring.stored(subject, ctx.purpose, &write);
+                    break;
+                }
+                Err(StoreError::StaleGeneration { .. }) if retried < REKEY_RETRIES => {
                     self.keyring.forget(subject, ctx.purpose);
                 }
-                other => break other?,
+                Err(StoreError::Exists(_) | StoreError::NotLive { .. })
+                    if write.new.is_some() && retried < REKEY_RETRIES => {}
+                Err(e) => return Err(e.into()),
             }
+            retried += 1;
         }
         tracing::info!(
             record_id = record_id.as_str(),
@@ -1471,6 +1489,18 @@ impl Vault {
         fields: &[NewField],
     ) -> Result<Vec<FieldRow>, VaultError> {
         let active = self.keyring.subject_key_or_create(subject, purpose)?;
+        self.seal_fields_under(&active, subject, record_id, purpose, fields)
+    }
+
+    /// Seals `fields` of a record under the subject key `active`.
+    fn seal_fields_under(
+        &self,
+        active: &crate::keys::ActiveSubjectKey,
+        subject: &SubjectId,
+        record_id: &RecordId,
+        purpose: Purpose,
+        fields: &[NewField],
+    ) -> Result<Vec<FieldRow>, VaultError> {
         fields
             .iter()
             .map(|f| {

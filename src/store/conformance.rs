@@ -170,6 +170,88 @@ pub fn run_all(store: &dyn Store) {
         Err(StoreError::Exists(_))
     ));
 
+    // A subject's first key goes in with its first record, in one transaction: when either
+    // cannot be stored, neither is (nor the subject's anchor).
+    let first_key = SubjectKeyRow {
+        subject: "rel-first".into(),
+        ..sk.clone()
+    };
+    let first = RecordRow {
+        id: "rec_first".into(),
+        subject: "rel-first".into(),
+        ..rec.clone()
+    };
+    let has_anchor = |subject: &str| {
+        store
+            .anchors()
+            .unwrap()
+            .iter()
+            .any(|a| a.subject == subject)
+    };
+    let id_taken = RecordRow {
+        subject: "rel-first".into(),
+        ..rec.clone()
+    };
+    assert!(matches!(
+        store.insert_record_with_key(
+            &first_key,
+            &anchor("rel-first"),
+            &id_taken,
+            &[field("phone", 1)]
+        ),
+        Err(StoreError::Exists(_))
+    ));
+    let not_live = SubjectKeyRow {
+        purpose_version: 2,
+        ..first_key.clone()
+    };
+    assert!(matches!(
+        store.insert_record_with_key(
+            &not_live,
+            &anchor("rel-first"),
+            &first,
+            &[field("phone", 1)]
+        ),
+        Err(StoreError::NotLive { version: 2, .. })
+    ));
+    assert_eq!(store.subject_key("rel-first", "nuisance").unwrap(), None);
+    assert!(store.record("rec_first").unwrap().is_none());
+    assert!(!has_anchor("rel-first"));
+    store
+        .insert_record_with_key(
+            &first_key,
+            &anchor("rel-first"),
+            &first,
+            &[field("phone", 1)],
+        )
+        .unwrap();
+    assert_eq!(
+        store.subject_key("rel-first", "nuisance").unwrap(),
+        Some(first_key.clone())
+    );
+    assert_eq!(store.record("rec_first").unwrap().unwrap().0, first);
+    assert!(has_anchor("rel-first"));
+    // Another writer's first key for the same subject and purpose comes too late: `Exists`, and
+    // its record is not stored; the key stored first stays.
+    let late = RecordRow {
+        id: "rec_late".into(),
+        ..first.clone()
+    };
+    let late_key = SubjectKeyRow {
+        wrapped: vec![7; 40],
+        ..first_key.clone()
+    };
+    assert!(matches!(
+        store.insert_record_with_key(&late_key, &anchor("rel-first"), &late, &[field("phone", 2)]),
+        Err(StoreError::Exists(_))
+    ));
+    assert!(store.record("rec_late").unwrap().is_none());
+    assert_eq!(
+        store.subject_key("rel-first", "nuisance").unwrap(),
+        Some(first_key)
+    );
+    assert_eq!(store.delete_record("rec_first").unwrap(), Some(true));
+
     // Updates replace and add fields, over the field-set MAC as read only.
     let (one, two) = (vec![0x01; 32], vec![0x02; 32]);
     let stale = FieldsMac {

@@ -173,3 +173,41 @@ async fn scenario() {
         kluis::audit::Verification::Intact { .. }
     ));
 }
+
+/// A new subject's first record stores its first key in the same transaction. Many first
+/// records of one new subject written at once: one key wins, the others are sealed again under
+/// it, and every record opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_records_of_one_new_subject_written_at_once_all_open() {
+    let server = Arc::new(TestServer::start().await);
+    let mut writes = Vec::new();
+    for i in 0..16 {
+        let server = Arc::clone(&server);
+        writes.push(tokio::spawn(async move {
+            let id = put(
+                &server,
+                Role::NuisanceOfficer,
+                nuisance_ctx(),
+                "REL-NEW-1",
+                vec![text("note", "contact", &format!("value {i}"))],
+            )
+            .await;
+            (i, id)
+        }));
+    }
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    for w in writes {
+        let (i, id) = w.await.unwrap();
+        let got = get(&server, &officer, nuisance_ctx(), &id).await.unwrap();
+        assert_eq!(text_of(field(&got, "note").unwrap()), format!("value {i}"));
+    }
+    let db = rusqlite::Connection::open(server.db_path()).unwrap();
+    let keys: i64 = db
+        .query_row(
+            "SELECT count(*) FROM subject_keys WHERE subject = 'REL-NEW-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(keys, 1, "one subject key for the subject and purpose");
+}

@@ -35,34 +35,7 @@ impl KeyStore for PgStore {
         anchor: &AnchorRow,
     ) -> Result<SubjectKeyRow, StoreError> {
         self.write(|tx| {
-            check_version_live(tx, row.purpose.as_str(), row.purpose_version)?;
-            tx.exec(
-                "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject) DO NOTHING",
-                &[
-                    &anchor.subject,
-                    &i64::from(anchor.holds),
-                    &i64::from(anchor.consents),
-                    &anchor.mac,
-                    &anchor.digest,
-                ],
-            )?;
-            tx.exec(
-                &format!(
-                    "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
-                     SELECT $1, $2, $3, $4, $5, $6
-                     WHERE NOT EXISTS (SELECT 1 FROM subject_keys
-                                       WHERE subject = $1 AND purpose = $2)"
-                ),
-                &[
-                    &row.subject,
-                    &row.purpose.as_str(),
-                    &i64::from(row.generation),
-                    &i64::from(row.purpose_version),
-                    &row.wrapped,
-                    &row.created_at,
-                ],
-            )?;
+            insert_first_subject_key(tx, row, anchor)?;
             select_subject_key(tx, &row.subject, row.purpose.as_str())?
                 .ok_or_else(|| StoreError::Database("subject key vanished after insert".into()))
         })
@@ -582,4 +555,42 @@ impl KeyStore for PgStore {
             .collect()
         })
     }
+}
+
+/// Inserts a subject's first key of a purpose, with the subject's anchor unless it has one, in
+/// the caller's transaction: `false` when the subject already has a key of that purpose (nothing
+/// inserted), `NotLive` when the key is wrapped under a version that is no longer active.
+pub(super) fn insert_first_subject_key(
+    tx: &mut Tx<'_>,
+    row: &SubjectKeyRow,
+    anchor: &AnchorRow,
+) -> Result<bool, StoreError> {
+    check_version_live(tx, row.purpose.as_str(), row.purpose_version)?;
+    tx.exec(
+        "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject) DO NOTHING",
+        &[
+            &anchor.subject,
+            &i64::from(anchor.holds),
+            &i64::from(anchor.consents),
+            &anchor.mac,
+            &anchor.digest,
+        ],
+    )?;
+    let inserted = tx.exec(
+        &format!(
+            "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1 AND purpose = $2)"
+        ),
+        &[
+            &row.subject,
+            &row.purpose.as_str(),
+            &i64::from(row.generation),
+            &i64::from(row.purpose_version),
+            &row.wrapped,
+            &row.created_at,
+        ],
+    )?;
+    Ok(inserted == 1)
 }

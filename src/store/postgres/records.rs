@@ -11,31 +11,24 @@ const INSERT_FIELD: &str = "INSERT INTO fields
 
 impl RecordStore for PgStore {
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
+        self.write(|tx| insert_record_in(tx, record, fields))
+    }
+
+    fn insert_record_with_key(
+        &self,
+        key: &SubjectKeyRow,
+        anchor: &AnchorRow,
+        record: &RecordRow,
+        fields: &[FieldRow],
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
-            insert_record_row(tx, record)?;
-            let mut checked = None;
-            for f in fields {
-                if checked != Some(f.key_gen) {
-                    check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
-                    checked = Some(f.key_gen);
-                }
-                tx.insert(
-                    INSERT_FIELD,
-                    &[
-                        &record.id,
-                        &f.name,
-                        &f.category.as_str(),
-                        &f.kind.as_str(),
-                        &i64::from(f.key_gen),
-                        &f.sealed,
-                        &f.mac,
-                        &f.version,
-                    ],
-                    || format!("field `{}`", f.name),
-                )?;
-                insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
+            if !super::keys::insert_first_subject_key(tx, key, anchor)? {
+                return Err(StoreError::Exists(format!(
+                    "the subject key of purpose `{}`",
+                    key.purpose
+                )));
             }
-            Ok(())
+            insert_record_in(tx, record, fields)
         })
     }
 
@@ -519,4 +512,36 @@ fn field_metas(tx: &mut Tx<'_>, id: &str) -> Result<Vec<FieldMeta>, StoreError> 
     }
     fields.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(fields)
+}
+
+/// Inserts a record and its fields (with their search tags) in the caller's transaction.
+fn insert_record_in(
+    tx: &mut Tx<'_>,
+    record: &RecordRow,
+    fields: &[FieldRow],
+) -> Result<(), StoreError> {
+    insert_record_row(tx, record)?;
+    let mut checked = None;
+    for f in fields {
+        if checked != Some(f.key_gen) {
+            check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
+            checked = Some(f.key_gen);
+        }
+        tx.insert(
+            INSERT_FIELD,
+            &[
+                &record.id,
+                &f.name,
+                &f.category.as_str(),
+                &f.kind.as_str(),
+                &i64::from(f.key_gen),
+                &f.sealed,
+                &f.mac,
+                &f.version,
+            ],
+            || format!("field `{}`", f.name),
+        )?;
+        insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
+    }
+    Ok(())
 }

@@ -28,38 +28,7 @@ impl KeyStore for SqliteStore {
         let row = row.clone();
         let anchor = anchor.clone();
         self.group.run(&self.writer, move |tx| {
-            check_version_live(tx, row.purpose.as_str(), row.purpose_version)?;
-            tx.prepare_cached(
-                "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (subject) DO NOTHING",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    anchor.subject,
-                    anchor.holds,
-                    anchor.consents,
-                    anchor.mac,
-                    anchor.digest
-                ])
-            })
-            .map_err(db)?;
-            tx.prepare_cached(
-                "INSERT INTO subject_keys (subject, purpose, generation, purpose_version, wrapped, created_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
-                 WHERE NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1 AND purpose = ?2)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    row.subject,
-                    row.purpose,
-                    row.generation,
-                    row.purpose_version,
-                    row.wrapped,
-                    row.created_at
-                ])
-            })
-            .map_err(db)?;
+            insert_first_subject_key(tx, &row, &anchor)?;
             select_subject_key(tx, &row.subject, row.purpose.as_str())
                 .map_err(db)?
                 .ok_or_else(|| StoreError::Database("subject key vanished after insert".into()))
@@ -599,4 +568,48 @@ impl KeyStore for SqliteStore {
             .collect()
         })
     }
+}
+
+/// Inserts a subject's first key of a purpose, with the subject's anchor unless it has one, in
+/// the caller's transaction: `false` when the subject already has a key of that purpose (nothing
+/// inserted), `NotLive` when the key is wrapped under a version that is no longer active.
+pub(super) fn insert_first_subject_key(
+    tx: &Connection,
+    row: &SubjectKeyRow,
+    anchor: &AnchorRow,
+) -> Result<bool, StoreError> {
+    check_version_live(tx, row.purpose.as_str(), row.purpose_version)?;
+    tx.prepare_cached(
+        "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (subject) DO NOTHING",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            anchor.subject,
+            anchor.holds,
+            anchor.consents,
+            anchor.mac,
+            anchor.digest
+        ])
+    })
+    .map_err(db)?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO subject_keys (subject, purpose, generation, purpose_version, wrapped, created_at)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6
+             WHERE NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = ?1 AND purpose = ?2)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                row.subject,
+                row.purpose,
+                row.generation,
+                row.purpose_version,
+                row.wrapped,
+                row.created_at
+            ])
+        })
+        .map_err(db)?;
+    Ok(inserted == 1)
 }

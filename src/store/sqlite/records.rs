@@ -7,28 +7,27 @@ impl RecordStore for SqliteStore {
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
         let (record, fields) = (record.clone(), fields.to_vec());
         self.group.run(&self.writer, move |tx| {
-            insert_record_row(tx, &record)?;
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(db)?;
-            for f in &fields {
-                check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
-                stmt.execute(params![
-                    record.id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
-                ])
-                .map_err(|e| {
-                    if is_constraint(&e) {
-                        StoreError::Exists(format!("field `{}`", f.name))
-                    } else {
-                        db(e)
-                    }
-                })?;
-                insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
+            insert_record_in(tx, &record, &fields)
+        })
+    }
+
+    fn insert_record_with_key(
+        &self,
+        key: &SubjectKeyRow,
+        anchor: &AnchorRow,
+        record: &RecordRow,
+        fields: &[FieldRow],
+    ) -> Result<(), StoreError> {
+        let (key, anchor) = (key.clone(), anchor.clone());
+        let (record, fields) = (record.clone(), fields.to_vec());
+        self.group.run(&self.writer, move |tx| {
+            if !super::keys::insert_first_subject_key(tx, &key, &anchor)? {
+                return Err(StoreError::Exists(format!(
+                    "the subject key of purpose `{}`",
+                    key.purpose
+                )));
             }
-            Ok(())
+            insert_record_in(tx, &record, &fields)
         })
     }
 
@@ -616,4 +615,34 @@ fn field_metas_in(c: &Connection, id: &str) -> rusqlite::Result<Vec<FieldMeta>> 
     );
     fields.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(fields)
+}
+
+/// Inserts a record and its fields (with their search tags) in the caller's transaction.
+fn insert_record_in(
+    tx: &Connection,
+    record: &RecordRow,
+    fields: &[FieldRow],
+) -> Result<(), StoreError> {
+    insert_record_row(tx, record)?;
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(db)?;
+    for f in fields {
+        check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
+        stmt.execute(params![
+            record.id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
+        ])
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::Exists(format!("field `{}`", f.name))
+            } else {
+                db(e)
+            }
+        })?;
+        insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
+    }
+    Ok(())
 }
