@@ -630,8 +630,13 @@ fn insert_record_in(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(db)?;
+    let mut checked = None;
     for f in fields {
-        check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
+        // The fields of one write are sealed under one generation: checked once.
+        if checked != Some(f.key_gen) {
+            check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
+            checked = Some(f.key_gen);
+        }
         stmt.execute(params![
             record.id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
         ])
