@@ -952,11 +952,25 @@ fn conforms(schema: &Schema) -> Result<(), PolicyError> {
         channel: "app".into(),
         break_glass: false,
     };
+    // Every role kluis knows, as the principal's parents and as entities of their own: a schema
+    // that leaves a role out (an enumerated `Role`) or gives roles attributes would be refused
+    // by every request of that role; it is refused here, once.
+    let roles = crate::domain::Role::ALL.to_vec();
+    let role_entities = roles
+        .iter()
+        .map(|r| {
+            Ok(Entity::new_no_attrs(
+                uid("Kluis::Role", r.as_str())?,
+                HashSet::new(),
+            ))
+        })
+        .collect::<Result<Vec<_>, PolicyError>>()?;
+    Entities::from_entities(role_entities, Some(schema)).map_err(|e| unfit(&e))?;
     for scope in [None, Some("REL-probe")] {
         let principal = Principal {
             id: crate::domain::PrincipalId::parse("principal", "probe")
                 .map_err(|e| PolicyError::Request(e.to_string()))?,
-            roles: vec![crate::domain::Role::CustomerService],
+            roles: roles.clone(),
             scope_subject: scope
                 .map(|s| crate::domain::SubjectId::parse("scope_subject", s))
                 .transpose()
@@ -1317,6 +1331,94 @@ mod tests {
             assert!(slice.policy(&PolicyId::new("fails-or-role")).is_some());
         }
         memo_agrees(&engine, 800);
+    }
+
+    #[test]
+    fn an_action_group_of_another_namespace_is_obeyed_by_every_slice() {
+        let schema = format!(
+            "namespace Groups {{ action \"personal-data\"; }}\n{}",
+            DEFAULT_SCHEMA.replace(
+                r#"action "read", "write", "delete", "list", "export", "close", "read-masked" appliesTo {"#,
+                r#"action "read", "write", "delete", "list", "export", "close", "read-masked" in [Groups::Action::"personal-data"] appliesTo {"#,
+            )
+        );
+        let policies = format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-phone\") forbid(principal, action in Groups::Action::\"personal-data\", resource) when {{ resource.name == \"phone\" }};\n\
+             @id(\"group-in-condition\") forbid(principal, action, resource) when {{ action in Groups::Action::\"personal-data\" && resource.name == \"meds\" }};"
+        );
+        let engine = Engine::from_sources(&schema, &policies).unwrap();
+        for roles in [
+            &[Role::CustomerService][..],
+            &[Role::CustomerService, Role::Analyst],
+        ] {
+            let p = principal(roles, None);
+            let c = ctx(Purpose::CustomerService);
+            let d = engine
+                .decide_fields(
+                    &p,
+                    Action::Read,
+                    &c,
+                    &[
+                        field("phone", Category::Contact, Purpose::CustomerService),
+                        field("meds", Category::Contact, Purpose::CustomerService),
+                        field("email", Category::Contact, Purpose::CustomerService),
+                    ],
+                )
+                .unwrap();
+            assert!(!d[0].is_allow(), "{roles:?}: {:?}", d[0]);
+            assert!(
+                d[0].policies.contains(&"no-phone".to_owned()),
+                "{roles:?}: {:?}",
+                d[0]
+            );
+            assert!(!d[1].is_allow(), "{roles:?}: {:?}", d[1]);
+            assert!(
+                d[1].policies.contains(&"group-in-condition".to_owned()),
+                "{roles:?}: {:?}",
+                d[1]
+            );
+            // The twin: a field the group's policies do not name.
+            assert_eq!(d[2].is_allow(), roles.len() == 1, "{roles:?}: {:?}", d[2]);
+        }
+        slices_agree(&engine, 1500);
+    }
+
+    #[test]
+    fn a_schema_that_leaves_out_a_role_or_gives_roles_attributes_is_refused() {
+        let roles: Vec<String> = Role::ALL
+            .iter()
+            .filter(|r| **r != Role::Contractor)
+            .map(|r| format!("\"{}\"", r.as_str()))
+            .collect();
+        let enumerated = DEFAULT_SCHEMA.replace(
+            "entity Role;",
+            &format!("entity Role enum [{}];", roles.join(", ")),
+        );
+        let with_attribute =
+            DEFAULT_SCHEMA.replace("entity Role;", "entity Role = { \"rank\": Long };");
+        // Policies that name no role: they validate under either schema.
+        let policies = r#"@id("list-identity") permit(principal, action == Kluis::Action::"list", resource)
+            when { resource.category == "identity" };"#;
+        for schema in [enumerated, with_attribute] {
+            assert_ne!(schema, DEFAULT_SCHEMA);
+            let err = Engine::from_sources(&schema, policies).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("the schema does not describe the requests kluis makes"),
+                "{err}"
+            );
+        }
+        // The twin: every role enumerated is a schema that describes them.
+        let all: Vec<String> = Role::ALL
+            .iter()
+            .map(|r| format!("\"{}\"", r.as_str()))
+            .collect();
+        let every = DEFAULT_SCHEMA.replace(
+            "entity Role;",
+            &format!("entity Role enum [{}];", all.join(", ")),
+        );
+        Engine::from_sources(&every, policies).unwrap();
+        Engine::from_sources(&every, DEFAULT_POLICIES).unwrap();
     }
 
     #[test]

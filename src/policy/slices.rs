@@ -92,7 +92,7 @@ impl std::fmt::Debug for Slices {
 /// One action's share of the set.
 struct ForAction {
     action: String,
-    action_in: HashSet<String>,
+    action_in: HashSet<(String, String)>,
     policies: Vec<Policy>,
 }
 
@@ -100,22 +100,27 @@ struct ForAction {
 struct Known<'a> {
     /// The action's id.
     action: &'a str,
-    /// The ids of the action and of every action group it is in.
-    action_in: &'a HashSet<String>,
+    /// The action and every action group it is in, as (type, id): a group may be an action of
+    /// another namespace.
+    action_in: &'a HashSet<(String, String)>,
     /// The one role the principal holds, for a slice per role.
     role: Option<Role>,
 }
 
+/// The (type, id) of an entity uid.
+fn type_and_id(uid: &EntityUid) -> (String, String) {
+    (uid.type_name().to_string(), uid.id().unescaped().to_owned())
+}
+
 /// Whether the policy's action scope holds for `action`, which is in the groups `action_in`
-/// (itself included).
-fn action_matches(policy: &Policy, action: &str, action_in: &HashSet<String>) -> bool {
-    let is_action = |uid: &EntityUid| uid.type_name().to_string() == ACTION_TYPE;
+/// (itself included, each as (type, id)).
+fn action_matches(policy: &Policy, action: &str, action_in: &HashSet<(String, String)>) -> bool {
     match policy.action_constraint() {
         ActionConstraint::Any => true,
-        ActionConstraint::Eq(uid) => is_action(&uid) && uid.id().unescaped() == action,
-        ActionConstraint::In(uids) => uids
-            .iter()
-            .any(|uid| is_action(uid) && action_in.contains(uid.id().unescaped())),
+        ActionConstraint::Eq(uid) => {
+            uid.type_name().to_string() == ACTION_TYPE && uid.id().unescaped() == action
+        }
+        ActionConstraint::In(uids) => uids.iter().any(|uid| action_in.contains(&type_and_id(uid))),
     }
 }
 
@@ -194,23 +199,20 @@ impl Slices {
     }
 }
 
-/// Per action id: the ids of the action and of the groups it is in (`action "read" in
-/// ["field-access"]` in the schema). An action the schema does not know gets only itself.
-fn action_groups(schema: &Schema, actions: &[&str]) -> HashMap<String, HashSet<String>> {
+/// Per action id: the action and the groups it is in (`action "read" in ["field-access"]` in the
+/// schema, or a group of another namespace), each as (type, id). An action the schema does not
+/// know gets only itself.
+fn action_groups(schema: &Schema, actions: &[&str]) -> HashMap<String, HashSet<(String, String)>> {
     let entities = schema.action_entities().ok();
     actions
         .iter()
         .map(|&action| {
-            let mut ids = HashSet::from([action.to_owned()]);
+            let mut ids = HashSet::from([(ACTION_TYPE.to_owned(), action.to_owned())]);
             if let (Some(entities), Ok(ty)) = (entities.as_ref(), ACTION_TYPE.parse())
                 && let Some(ancestors) =
                     entities.ancestors(&EntityUid::from_type_name_and_id(ty, EntityId::new(action)))
             {
-                ids.extend(
-                    ancestors
-                        .filter(|a| a.type_name().to_string() == ACTION_TYPE)
-                        .map(|a| a.id().unescaped().to_owned()),
-                );
+                ids.extend(ancestors.map(type_and_id));
             }
             (action.to_owned(), ids)
         })
@@ -477,7 +479,7 @@ fn known_relation(op: &str, left: &Json, right: &Json, k: &Known<'_>) -> Option<
         ("action", "in") => Some(
             entities
                 .iter()
-                .any(|(t, id)| t == ACTION_TYPE && k.action_in.contains(id)),
+                .any(|(t, id)| k.action_in.contains(&(t.clone(), id.clone()))),
         ),
         ("principal", "in") => {
             let role = k.role?;
