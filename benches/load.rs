@@ -13,6 +13,10 @@
 //! cargo bench --bench load -- --subjects 10000 --seconds 3 --json load.json
 //! ```
 //!
+//! Run as a test (`cargo test --bench load`, `--all-targets`: cargo passes no `--bench`), it is a
+//! smoke run of every part: 2,000 subjects, 1 s per case, no PostgreSQL, an 8 MiB evidence file,
+//! unless options say otherwise.
+//!
 //! Where PostgreSQL server binaries are found, a throwaway cluster with pgcrypto takes the same
 //! reads and writes from the same client counts (see `load/pg.rs`), in the same rounds. After the
 //! rounds: policy decisions per second (fresh and memoised), and a rewrap of every nuisance
@@ -157,6 +161,13 @@ fn options() -> Options {
         tag_bits: None,
     };
     let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("run as a test (no --bench): a smoke run, not a measurement");
+        o.subjects = 2_000;
+        o.seconds = 1;
+        o.pg = false;
+        o.evidence_mib = 8;
+    }
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
