@@ -618,13 +618,7 @@ impl Engine {
         }
         let principal_uid = principal_uid(principal)?;
         let (entities, field_uids) = request_entities(principal, &principal_uid, fields)?;
-        let entities = Entities::from_entities(
-            entities
-                .into_iter()
-                .chain(self.action_groups.iter().cloned()),
-            None,
-        )
-        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let entities = self.entities(entities)?;
         let context = context_of(ctx)?;
         let action_uid = uid("Kluis::Action", action.as_str())?;
         fields
@@ -686,13 +680,7 @@ impl Engine {
         }
         let principal_uid = principal_uid(principal)?;
         let (entities, system) = admin_entities(principal, &principal_uid)?;
-        let entities = Entities::from_entities(
-            entities
-                .into_iter()
-                .chain(self.action_groups.iter().cloned()),
-            None,
-        )
-        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let entities = self.entities(entities)?;
         // Checked against the schema when the set was loaded (`conforms`), as for fields.
         let request = Request::new(
             principal_uid,
@@ -712,6 +700,18 @@ impl Engine {
         }
         crate::metrics::decision(action.as_str(), decision.is_allow(), false);
         Ok(decision)
+    }
+
+    /// A request's entities, with the schema's action entities when actions are grouped. Not
+    /// checked against the schema: `conforms` checked what kluis builds when the set loaded.
+    fn entities(&self, request: Vec<Entity>) -> Result<Entities, PolicyError> {
+        Entities::from_entities(
+            request
+                .into_iter()
+                .chain(self.action_groups.iter().cloned()),
+            None,
+        )
+        .map_err(|e| PolicyError::Request(e.to_string()))
     }
 
     /// One Cedar evaluation against `set` (the slice the request can match, or the whole set);

@@ -96,6 +96,14 @@ pub enum StoreError {
     Retry,
 }
 
+impl StoreError {
+    /// A subject's first key of `purpose` offered with a record while the subject has one
+    /// already (`RecordStore::insert_record_with_key`).
+    pub(crate) fn first_key_taken(purpose: Purpose) -> Self {
+        StoreError::Exists(format!("the subject key of purpose `{purpose}`"))
+    }
+}
+
 /// The state of a purpose key version.
 #[derive(Clone, Copy, Debug, Eq, PartialEq, Hash)]
 pub enum KeyState {

@@ -23,10 +23,7 @@ impl RecordStore for PgStore {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             if !super::keys::insert_first_subject_key(tx, key, anchor)? {
-                return Err(StoreError::Exists(format!(
-                    "the subject key of purpose `{}`",
-                    key.purpose
-                )));
+                return Err(StoreError::first_key_taken(key.purpose));
             }
             insert_record_in(tx, record, fields)
         })

@@ -22,10 +22,7 @@ impl RecordStore for SqliteStore {
         let (record, fields) = (record.clone(), fields.to_vec());
         self.group.run(&self.writer, move |tx| {
             if !super::keys::insert_first_subject_key(tx, &key, &anchor)? {
-                return Err(StoreError::Exists(format!(
-                    "the subject key of purpose `{}`",
-                    key.purpose
-                )));
+                return Err(StoreError::first_key_taken(key.purpose));
             }
             insert_record_in(tx, &record, &fields)
         })
