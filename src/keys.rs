@@ -669,41 +669,26 @@ impl Keyring {
         subject: &SubjectId,
         purpose: Purpose,
     ) -> Result<ActiveSubjectKey, KeyError> {
-        let (_, _, algorithm) = self.active_version(purpose)?;
-        if let Some((generation, key)) = self.cached(subject, purpose) {
-            return Ok(ActiveSubjectKey {
-                generation,
-                key,
-                algorithm,
-            });
-        }
-        let row = match self.store.subject_key(subject.as_str(), purpose.as_str())? {
-            Some(row) => row,
-            None => {
-                // Another request may have created one meanwhile: use whichever the store kept.
-                // A rotation between wrapping and storing makes the store refuse a key wrapped
-                // under a version that is no longer live: wrap it again under the active one.
-                // A subject's first key comes with its anchor, counting nothing yet (the
-                // decision before this checked that it has no holds or consent states).
-                let anchor = self
-                    .rows
-                    .anchor_of(subject.as_str(), &crate::store::SubjectFacts::default());
+        let write = self.subject_key_for_write(subject, purpose)?;
+        let Some(new) = write.new else {
+            return Ok(write.active);
+        };
+        // Another request may have created one meanwhile: use whichever the store kept. A
+        // rotation between wrapping and storing makes the store refuse a key wrapped under a
+        // version that is no longer live: wrap it again under the active one.
+        let row = match self.store.insert_subject_key(&new.row, &new.anchor) {
+            Err(StoreError::NotLive { .. }) => {
                 let (row, _) = self.new_subject_key(subject, purpose, 1)?;
-                match self.store.insert_subject_key(&row, &anchor) {
-                    Err(StoreError::NotLive { .. }) => {
-                        let (row, _) = self.new_subject_key(subject, purpose, 1)?;
-                        self.store.insert_subject_key(&row, &anchor)?
-                    }
-                    other => other?,
-                }
+                self.store.insert_subject_key(&row, &new.anchor)?
             }
+            other => other?,
         };
         let key = self.unwrap_subject_key(subject, purpose, &row)?;
         self.remember(subject, purpose, row.generation, &key);
         Ok(ActiveSubjectKey {
             generation: row.generation,
             key,
-            algorithm,
+            algorithm: write.active.algorithm,
         })
     }
 

@@ -350,7 +350,7 @@ pub struct Engine {
     slices: slices::Slices,
     /// The schema's action entities, when any action is in a group: what `action in` a group
     /// needs at evaluation. Empty otherwise (an action is then `in` only itself).
-    action_groups: Vec<Entity>,
+    action_entities: Vec<Entity>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -442,7 +442,7 @@ impl Engine {
             .chain(AdminAction::ALL.iter().map(|a| a.as_str()))
             .collect();
         let slices = slices::Slices::of(&policies, &schema, &actions);
-        let action_groups = action_groups(&schema)?;
+        let action_entities = grouped_action_entities(&schema)?;
         conforms(&schema)?;
         Ok(Self {
             sources: std::sync::Arc::new(PolicySources {
@@ -455,7 +455,7 @@ impl Engine {
             abstraction,
             memo: memo::Memo::default(),
             slices,
-            action_groups,
+            action_entities,
         })
     }
 
@@ -708,7 +708,7 @@ impl Engine {
         Entities::from_entities(
             request
                 .into_iter()
-                .chain(self.action_groups.iter().cloned()),
+                .chain(self.action_entities.iter().cloned()),
             None,
         )
         .map_err(|e| PolicyError::Request(e.to_string()))
@@ -911,7 +911,7 @@ fn admin_entities(
 }
 
 /// The schema's action entities when any action is in a group, none otherwise.
-fn action_groups(schema: &Schema) -> Result<Vec<Entity>, PolicyError> {
+fn grouped_action_entities(schema: &Schema) -> Result<Vec<Entity>, PolicyError> {
     let actions = schema
         .action_entities()
         .map_err(|e| PolicyError::Schema(miette_text(&e)))?;
@@ -1317,7 +1317,7 @@ mod tests {
         let field_actions = r#"action in [Kluis::Action::"read", Kluis::Action::"write", Kluis::Action::"delete", Kluis::Action::"list", Kluis::Action::"export", Kluis::Action::"close", Kluis::Action::"read-masked"],"#;
         let policies = policies.replace("action,", field_actions);
         let engine = Engine::from_sources(&schema, &policies).unwrap();
-        assert!(!engine.action_groups.is_empty());
+        assert!(!engine.action_entities.is_empty());
         let (allowed, errors) = slices_agree(&engine, 3000);
         assert!(allowed > 50, "{allowed} allowed: the sample shows little");
         assert!(

@@ -346,7 +346,7 @@ fn specialised_json(est: &Json, known: &Known<'_>) -> Option<Json> {
         };
         condition = Some(match condition {
             None => term,
-            Some(so_far) => fold_and(so_far, term),
+            Some(so_far) => fold_logic(true, so_far, term),
         });
     }
     if readable && condition.as_ref().and_then(as_bool) == Some(false) {
@@ -516,11 +516,6 @@ fn fold_logic(and: bool, l: Json, r: Json) -> Json {
         (None, Some(b)) if cannot_fail(&l) => boolean(b),
         _ => binary(if and { "&&" } else { "||" }, l, r),
     }
-}
-
-/// `l && r` of two folded expressions, simplified.
-fn fold_and(l: Json, r: Json) -> Json {
-    fold_logic(true, l, r)
 }
 
 /// `e` with what `k` knows put in, simplified.
