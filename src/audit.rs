@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 
 use crate::{
     crypto::{AuditKey, CryptoError, Subkey, kdf},
-    store::{AuditRow, Store, StoreError},
+    store::{AuditRow, RecordWrite, Store, StoreError},
 };
 
 /// The id of a store: 128 random bits fixed when the store is initialised, kept in its metadata
@@ -281,9 +281,12 @@ const MAX_BATCH: usize = 512;
 /// that queued meanwhile find their answer when they wake, or lead the next batch. A lone
 /// request commits its own entry without handing it to another thread.
 ///
+/// An entry may carry a record write (`Audit::append_writing`), which the store makes in the
+/// transaction that appends the batch, so that a write and its entry share one commit.
+///
 /// Invariant: a caller is answered with sequence numbers only after the transaction holding
 /// its entries has committed; when that commit fails, every caller of the batch is answered
-/// with the error and nothing of the batch is kept.
+/// with the error and nothing of the batch is kept, the writes included.
 #[derive(Default)]
 struct Appender {
     state: Mutex<AppendState>,
@@ -294,10 +297,12 @@ struct Appender {
 struct AppendState {
     /// The id the next queued entry gets.
     next: u64,
-    /// Queued entries, by id, in order.
-    queue: Vec<(u64, Vec<u8>)>,
+    /// Queued entries, by id, in order, each with the record write it carries.
+    queue: Vec<(u64, Vec<u8>, Option<RecordWrite>)>,
     /// The answers not yet taken: an entry's sequence number, or why its batch failed.
     answers: HashMap<u64, Result<u64, String>>,
+    /// The outcomes of carried writes not yet taken, by the id of their entry.
+    written: HashMap<u64, Carried>,
     /// Whether a caller is committing a batch.
     leading: bool,
 }
@@ -314,6 +319,15 @@ struct Lead<'a> {
     appender: &'a Appender,
     ids: Vec<u64>,
     outcome: Option<Result<u64, String>>,
+    written: Vec<(u64, Carried)>,
+}
+
+/// What became of a record write an entry carried (`Audit::append_writing`).
+pub enum Carried {
+    /// The store made it in the transaction of the entry: its outcome.
+    Made(Result<(), StoreError>),
+    /// The store does not make writes with entries: the write, for the caller to make now.
+    Left(Box<RecordWrite>),
 }
 
 impl Drop for Lead<'_> {
@@ -329,6 +343,7 @@ impl Drop for Lead<'_> {
             };
             state.answers.insert(*id, answer);
         }
+        state.written.extend(std::mem::take(&mut self.written));
         state.leading = false;
         self.appender.done.notify_all();
     }
@@ -507,25 +522,63 @@ impl Audit {
         self.append_entries(entries)
     }
 
+    /// Appends `event` and, in the same transaction where the store can, makes `write` (a
+    /// write the event allows): one commit for both. Returns once the entry is committed, with
+    /// the write's outcome, or the write itself when the store does not make writes with
+    /// entries: the caller makes it now, after its entry, as without this call. When the
+    /// entry cannot be committed, nothing is written and the call fails as `append` does.
+    pub fn append_writing(
+        &self,
+        event: &AuditEvent,
+        write: RecordWrite,
+    ) -> Result<(AuditSeq, Carried), AuditError> {
+        let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
+        let (seqs, carried) = self.append_queued(vec![entry], Some(write))?;
+        let seq = seqs
+            .first()
+            .copied()
+            .ok_or_else(|| AuditError::Unavailable("nothing was appended".into()))?;
+        let carried = carried.ok_or_else(|| {
+            AuditError::Unavailable("the write carried by the entry has no outcome".into())
+        })?;
+        Ok((seq, carried))
+    }
+
     /// Queues `entries` and returns their sequence numbers once they are committed, leading
     /// the commit of what is queued when no other caller is (see `Appender`).
     fn append_entries(&self, entries: Vec<Vec<u8>>) -> Result<Vec<AuditSeq>, AuditError> {
+        Ok(self.append_queued(entries, None)?.0)
+    }
+
+    /// `append_entries`, the last entry carrying `write`; returns what became of it too.
+    fn append_queued(
+        &self,
+        entries: Vec<Vec<u8>>,
+        write: Option<RecordWrite>,
+    ) -> Result<(Vec<AuditSeq>, Option<Carried>), AuditError> {
         let mut state = self.appender.lock();
         let first = state.next;
         let ids = first..first + entries.len() as u64;
         state.next = ids.end;
-        state.queue.extend(ids.clone().zip(entries));
+        let last = ids.end.checked_sub(1);
+        let mut write = write;
+        for (id, entry) in ids.clone().zip(entries) {
+            let carried = if Some(id) == last { write.take() } else { None };
+            state.queue.push((id, entry, carried));
+        }
         loop {
             if ids.clone().all(|id| state.answers.contains_key(&id)) {
                 let answers: Vec<Result<u64, String>> = ids
                     .clone()
                     .filter_map(|id| state.answers.remove(&id))
                     .collect();
+                let written = last.and_then(|id| state.written.remove(&id));
                 drop(state);
-                return answers
+                let seqs = answers
                     .into_iter()
                     .map(|a| a.map(AuditSeq).map_err(AuditError::Unavailable))
-                    .collect();
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Ok((seqs, written));
             }
             if state.leading {
                 state = self
@@ -537,20 +590,41 @@ impl Audit {
             }
             state.leading = true;
             let take = state.queue.len().min(MAX_BATCH);
-            let (batch_ids, batch): (Vec<u64>, Vec<Vec<u8>>) = state.queue.drain(..take).unzip();
+            let mut batch_ids = Vec::with_capacity(take);
+            let mut batch = Vec::with_capacity(take);
+            let mut writes = Vec::new();
+            for (id, entry, write) in state.queue.drain(..take) {
+                batch_ids.push(id);
+                batch.push(entry);
+                writes.extend(write.map(|w| (id, w)));
+            }
             drop(state);
             let mut lead = Lead {
                 appender: &self.appender,
                 ids: batch_ids,
                 outcome: None,
+                written: Vec::new(),
             };
-            lead.outcome = Some(commit_batch(
+            let (write_ids, writes): (Vec<u64>, Vec<RecordWrite>) = writes.into_iter().unzip();
+            let (outcome, written) = commit_batch(
                 self.store.as_ref(),
                 &self.keys.entry,
                 &batch,
+                &writes,
                 self.genesis,
                 &self.committed,
-            ));
+            );
+            lead.written = match written {
+                Some(outcomes) => write_ids
+                    .into_iter()
+                    .zip(outcomes.into_iter().map(Carried::Made))
+                    .collect(),
+                None => write_ids
+                    .into_iter()
+                    .zip(writes.into_iter().map(|w| Carried::Left(Box::new(w))))
+                    .collect(),
+            };
+            lead.outcome = Some(outcome);
             drop(lead);
             state = self.appender.lock();
         }
@@ -953,15 +1027,21 @@ fn read_tail(store: &dyn Store, genesis: [u8; 32]) -> Result<(u64, [u8; 32]), Au
     }
 }
 
-/// Chains `batch` onto the stored tail and commits it in one transaction; returns the first
-/// entry's sequence number, or why nothing was committed.
+/// Chains `batch` onto the stored tail and commits it in one transaction, with `writes` where
+/// the store makes them there; returns the first entry's sequence number, or why nothing was
+/// committed, and each write's outcome (`None` when the store did not make them).
+#[expect(
+    clippy::type_complexity,
+    reason = "the first sequence number, and one outcome per write"
+)]
 fn commit_batch(
     store: &dyn Store,
     key: &Subkey,
     batch: &[Vec<u8>],
+    writes: &[RecordWrite],
     genesis: [u8; 32],
     committed: &Committed,
-) -> Result<u64, String> {
+) -> (Result<u64, String>, Option<Vec<Result<(), StoreError>>>) {
     // The store hands over its tail inside the transaction that appends (locked against
     // other nodes), so the chain is built on what is stored, never on a tail in memory.
     // The tail handed over must be authentic and not behind what this process committed
@@ -1014,13 +1094,15 @@ fn commit_batch(
             .collect())
     };
     let started = std::time::Instant::now();
-    let outcome = match store.append_chained(&mut chain) {
-        Ok(rows) => match (rows.first(), rows.last()) {
+    let mut written = None;
+    let outcome = match store.append_chained_writing(&mut chain, writes) {
+        Ok((rows, made)) => match (rows.first(), rows.last()) {
             (Some(first), Some(last)) => {
                 let hash: [u8; 32] = last.hash.as_slice().try_into().unwrap_or([0; 32]);
                 committed.publish(last.seq, hash);
                 committed.set_writable(true);
                 crate::metrics::audit_committed(rows.len(), started.elapsed());
+                written = made;
                 Ok(first.seq)
             }
             _ => Err("nothing was appended".to_owned()),
@@ -1034,7 +1116,7 @@ fn commit_batch(
         committed.set_writable(false);
         crate::metrics::audit_failed();
     }
-    outcome
+    (outcome, written)
 }
 
 /// The "previous hash" of a store's first entry: SHA-256 of a label and the store id. Every

@@ -676,6 +676,45 @@ pub(crate) fn qualified(columns: &str, alias: &str) -> String {
 /// Builds the audit rows of a batch on the stored tail (`None`: the trail is empty).
 pub type Chain<'a> = dyn FnMut(Option<&AuditRow>) -> Result<Vec<AuditRow>, StoreError> + 'a;
 
+/// A record write that can go in the transaction appending its audit entry
+/// (`AuditStore::append_chained_writing`), so that a write and its entry share one commit.
+#[derive(Clone)]
+pub enum RecordWrite {
+    /// What `RecordStore::insert_record` stores.
+    Insert {
+        /// The record.
+        record: RecordRow,
+        /// Its fields.
+        fields: Vec<FieldRow>,
+    },
+    /// What `RecordStore::insert_record_with_key` stores.
+    InsertWithKey {
+        /// The subject's first key of the record's purpose.
+        key: SubjectKeyRow,
+        /// The subject's anchor, kept if one is stored.
+        anchor: AnchorRow,
+        /// The record.
+        record: RecordRow,
+        /// Its fields.
+        fields: Vec<FieldRow>,
+    },
+}
+
+impl RecordWrite {
+    /// Makes the write through `store`'s own `RecordStore` call, in a transaction of its own.
+    pub fn make(&self, store: &(impl RecordStore + ?Sized)) -> Result<(), StoreError> {
+        match self {
+            RecordWrite::Insert { record, fields } => store.insert_record(record, fields),
+            RecordWrite::InsertWithKey {
+                key,
+                anchor,
+                record,
+                fields,
+            } => store.insert_record_with_key(key, anchor, record, fields),
+        }
+    }
+}
+
 /// A value a rekey sealed again under the new subject key generation, to be written back only
 /// over the ciphertext it was made from (a value rectified meanwhile is left as it is).
 #[derive(Clone, Eq, PartialEq)]
@@ -1314,6 +1353,24 @@ pub trait AuditStore: Send + Sync {
         &self,
         chain: &mut crate::store::Chain<'_>,
     ) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Appends as `append_chained` does and, where the store can, makes `writes` in the same
+    /// transaction after the entries, each in a savepoint of its own: a write that fails is
+    /// undone alone, while the entries and the other writes commit. Returns the rows appended
+    /// and each write's outcome in order, or `None` for the writes when this store does not
+    /// make them with the entries (the caller then makes them after the entries committed,
+    /// as it would without this call: the default).
+    #[expect(
+        clippy::type_complexity,
+        reason = "the rows appended, and one outcome per write"
+    )]
+    fn append_chained_writing(
+        &self,
+        chain: &mut crate::store::Chain<'_>,
+        _writes: &[RecordWrite],
+    ) -> Result<(Vec<AuditRow>, Option<Vec<Result<(), StoreError>>>), StoreError> {
+        Ok((self.append_chained(chain)?, None))
+    }
 
     /// The last audit entry.
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError>;

@@ -34,7 +34,7 @@ use std::{
 use zeroize::Zeroizing;
 
 use crate::{
-    audit::{Audit, AuditError, AuditEvent, AuditField},
+    audit::{Audit, AuditError, AuditEvent, AuditField, Carried},
     crypto::{self, AadContext},
     domain::{
         AccessContext, Category, Channels, Clock, FieldKind, FieldName, InputError, Limits,
@@ -683,9 +683,17 @@ impl Vault {
             })
             .collect();
         let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
-        self.require_all(
-            principal, ctx, "write", subject, &record_id, &resources, &decisions,
-        )?;
+        // Allowed, the entry goes on the trail in the transaction that stores the record.
+        let mut entry = Some(self.allowed_entry(
+            principal,
+            ctx,
+            "write",
+            subject,
+            &record_id,
+            &resources,
+            &decisions,
+            || Ok(()),
+        )?);
 
         let now = self.clock.now();
         let expires_at = self.retention.expires_at(ctx.purpose, now);
@@ -704,26 +712,55 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        // A subject's first record stores its first key of the purpose in the same transaction
-        // (one commit, not two). The fields are sealed again, under the key the store has, when
-        // a rekey replaced the subject key between sealing and storing (the store refuses the
-        // stale generation), when another write stored the subject's first key first (`Exists`),
-        // or when a rotation retired the version the new key was wrapped under (`NotLive`).
+        // The write's entry, the record and, for a subject's first record of the purpose, the
+        // subject's first key of it go in one transaction where the store can (one commit, not
+        // three); otherwise the entry commits first and the record after it. The fields are
+        // sealed again, under the key the store has, when a rekey replaced the subject key
+        // between sealing and storing (the store refuses the stale generation), when another
+        // write stored the subject's first key first (`Exists`), or when a rotation retired the
+        // version the new key was wrapped under (`NotLive`); the entry stands then, once.
         let mut retried = 0;
         loop {
-            let write = self.keyring.subject_key_for_write(subject, ctx.purpose)?;
-            let rows =
-                self.seal_fields_under(&write.active, subject, &record_id, ctx.purpose, &fields)?;
+            let prepared = self
+                .keyring
+                .subject_key_for_write(subject, ctx.purpose)
+                .map_err(VaultError::from)
+                .and_then(|write| {
+                    let rows = self.seal_fields_under(
+                        &write.active,
+                        subject,
+                        &record_id,
+                        ctx.purpose,
+                        &fields,
+                    )?;
+                    Ok((write, rows))
+                });
+            let (write, rows) = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => return Err(self.not_written(entry.take(), e)),
+            };
             record.fields_mac = self.rows.fields_mac(
                 record_id.as_str(),
                 rows.iter().map(|f| (f.name.as_str(), f.version.as_str())),
             );
-            let stored = match &write.new {
-                None => self.store.insert_record(&record, &rows),
-                Some(new) => {
-                    self.store
-                        .insert_record_with_key(&new.row, &new.anchor, &record, &rows)
-                }
+            let made = match &write.new {
+                None => crate::store::RecordWrite::Insert {
+                    record: record.clone(),
+                    fields: rows,
+                },
+                Some(new) => crate::store::RecordWrite::InsertWithKey {
+                    key: new.row.clone(),
+                    anchor: new.anchor.clone(),
+                    record: record.clone(),
+                    fields: rows,
+                },
+            };
+            let stored = match entry.take() {
+                Some(event) => match self.audit.append_writing(&event, made)? {
+                    (_, Carried::Made(outcome)) => outcome,
+                    (_, Carried::Left(made)) => made.make(self.store.as_ref()),
+                },
+                None => made.make(self.store.as_ref()),
             };
             match stored {
                 Ok(()) => {
@@ -1310,36 +1347,10 @@ impl Vault {
         Ok(Some(fields))
     }
 
-    /// Audits a write-like request and refuses it unless every field is allowed.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "all parts of one audited decision"
-    )]
-    fn require_all(
-        &self,
-        principal: &Principal,
-        ctx: &AccessContext,
-        action: &str,
-        subject: &SubjectId,
-        record_id: &RecordId,
-        resources: &[FieldResource],
-        decisions: &[Decision],
-    ) -> Result<(), VaultError> {
-        self.require_all_then(
-            principal,
-            ctx,
-            action,
-            subject,
-            record_id,
-            resources,
-            decisions,
-            || Ok(()),
-        )
-    }
-
-    /// `require_all`, with the vault's own preconditions (a legal hold, a category that cannot
-    /// change, a limit) checked once the policy allowed and before the entry is written: a
-    /// request they stop is on the trail as refused, with why, never as done.
+    /// Audits a write-like request and refuses it unless every field is allowed, with the
+    /// vault's own preconditions (a legal hold, a category that cannot change, a limit) checked
+    /// once the policy allowed and before the entry is written: a request they stop is on the
+    /// trail as refused, with why, never as done.
     #[expect(
         clippy::too_many_arguments,
         reason = "all parts of one audited decision"
@@ -1355,6 +1366,38 @@ impl Vault {
         decisions: &[Decision],
         precondition: impl FnOnce() -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
+        let event = self.allowed_entry(
+            principal,
+            ctx,
+            action,
+            subject,
+            record_id,
+            resources,
+            decisions,
+            precondition,
+        )?;
+        self.audit.append(&event)?;
+        Ok(())
+    }
+
+    /// The decision of `require_all_then` without its entry when it allows: a refusal is on the
+    /// trail (committed) and answered as an error; an allowed request gets its entry, not yet
+    /// appended, for the caller to commit before (or with) what it allows.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "all parts of one audited decision"
+    )]
+    fn allowed_entry(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        action: &str,
+        subject: &SubjectId,
+        record_id: &RecordId,
+        resources: &[FieldResource],
+        decisions: &[Decision],
+        precondition: impl FnOnce() -> Result<(), VaultError>,
+    ) -> Result<AuditEvent, VaultError> {
         // Deny by default: a request that decides nothing (no fields) is not allowed.
         let all = !decisions.is_empty() && decisions.iter().all(Decision::is_allow);
         let mut event = self.event(principal, ctx, action, Some(subject), Some(record_id));
@@ -1373,11 +1416,12 @@ impl Vault {
                 other => format!("not carried out: {other}"),
             });
         }
+        if all && stopped.is_none() {
+            return Ok(event);
+        }
         self.audit.append(&event)?;
         if let Some(e) = stopped {
             Err(e)
-        } else if all {
-            Ok(())
         } else if matches!(action, "delete" | "close") {
             // Neither the fields of a stored record nor their categories are the caller's to
             // learn from a refusal: the reasons stay on the trail. Only the fields a caller
@@ -1432,6 +1476,18 @@ impl Vault {
                 if named.len() == 1 { "it" } else { "them" }
             )),
             Err(other) => other,
+        }
+    }
+
+    /// A write that failed before its allowed entry went on the trail: the entry goes on now,
+    /// saying it was not carried out and why, so that the decision is on the trail all the
+    /// same. The failure, or the trail's when the entry cannot be written.
+    fn not_written(&self, entry: Option<AuditEvent>, e: VaultError) -> VaultError {
+        let Some(mut event) = entry else { return e };
+        event.reason = Some(format!("not carried out: {e}"));
+        match self.audit.append(&event) {
+            Ok(_) => e,
+            Err(trail) => trail.into(),
         }
     }
 

@@ -30,9 +30,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagCount,
-    TagRow, TokenRow, prelude::*,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RecordWrite,
+    RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow,
+    TagCount, TagRow, TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
@@ -513,8 +513,9 @@ fn db(e: rusqlite::Error) -> StoreError {
             ) =>
         {
             StoreError::Unavailable(format!(
-                "the database file stayed busy for {} s",
-                BUSY_TIMEOUT.as_secs()
+                "the database file stayed busy for {} s (SQLite code {})",
+                BUSY_TIMEOUT.as_secs(),
+                f.extended_code
             ))
         }
         e => StoreError::Database(e.to_string()),

@@ -36,8 +36,16 @@ impl AuditStore for SqliteStore {
         &self,
         chain: &mut crate::store::Chain<'_>,
     ) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(self.append_chained_writing(chain, &[])?.0)
+    }
+
+    fn append_chained_writing(
+        &self,
+        chain: &mut crate::store::Chain<'_>,
+        writes: &[RecordWrite],
+    ) -> Result<(Vec<AuditRow>, Option<Vec<Result<(), StoreError>>>), StoreError> {
         let mut conn = self.write()?;
-        let tx = conn
+        let mut tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
         let tail = tx
@@ -50,8 +58,26 @@ impl AuditStore for SqliteStore {
             .map_err(db)?;
         let rows = chain(tail.as_ref())?;
         insert_rows(&tx, &rows)?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let sp = tx.savepoint().map_err(db)?;
+            let outcome = super::records::make_write(&sp, write);
+            match &outcome {
+                Ok(()) => sp.commit().map_err(db)?,
+                // Undo this write only; should that fail, nothing of the transaction is kept.
+                Err(_) => sp.finish().map_err(db)?,
+            }
+            // An error SQLite answers by rolling back the whole transaction (disk full, I/O)
+            // leaves the connection in autocommit: the entries are gone with it.
+            if tx.is_autocommit() {
+                return Err(StoreError::Database(
+                    "the transaction was rolled back by SQLite".into(),
+                ));
+            }
+            outcomes.push(outcome);
+        }
         tx.commit().map_err(db)?;
-        Ok(rows)
+        Ok((rows, Some(outcomes)))
     }
 
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError> {

@@ -131,9 +131,17 @@ fn batch(
     writer: &Mutex<Connection>,
     jobs: Vec<(u64, Job)>,
 ) -> Vec<(u64, Result<Output, StoreError>)> {
+    // Every caller of a failed batch gets the failure; a busy database stays `Unavailable` (try
+    // again), anything else is a database error.
     let fail_all = |jobs: Vec<u64>, e: &StoreError| -> Vec<(u64, Result<Output, StoreError>)> {
         jobs.into_iter()
-            .map(|id| (id, Err(StoreError::Database(e.to_string()))))
+            .map(|id| {
+                let e = match e {
+                    StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+                    e => StoreError::Database(e.to_string()),
+                };
+                (id, Err(e))
+            })
             .collect()
     };
     let ids: Vec<u64> = jobs.iter().map(|(id, _)| *id).collect();

@@ -5,10 +5,12 @@ use crate::store::qualified;
 
 impl RecordStore for SqliteStore {
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
-        let (record, fields) = (record.clone(), fields.to_vec());
-        self.group.run(&self.writer, move |tx| {
-            insert_record_in(tx, &record, &fields)
-        })
+        let write = RecordWrite::Insert {
+            record: record.clone(),
+            fields: fields.to_vec(),
+        };
+        self.group
+            .run(&self.writer, move |tx| make_write(tx, &write))
     }
 
     fn insert_record_with_key(
@@ -18,14 +20,14 @@ impl RecordStore for SqliteStore {
         record: &RecordRow,
         fields: &[FieldRow],
     ) -> Result<(), StoreError> {
-        let (key, anchor) = (key.clone(), anchor.clone());
-        let (record, fields) = (record.clone(), fields.to_vec());
-        self.group.run(&self.writer, move |tx| {
-            if !super::keys::insert_first_subject_key(tx, &key, &anchor)? {
-                return Err(StoreError::first_key_taken(key.purpose));
-            }
-            insert_record_in(tx, &record, &fields)
-        })
+        let write = RecordWrite::InsertWithKey {
+            key: key.clone(),
+            anchor: anchor.clone(),
+            record: record.clone(),
+            fields: fields.to_vec(),
+        };
+        self.group
+            .run(&self.writer, move |tx| make_write(tx, &write))
     }
 
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError> {
@@ -615,6 +617,25 @@ fn field_metas_in(c: &Connection, id: &str) -> rusqlite::Result<Vec<FieldMeta>> 
 }
 
 /// Inserts a record and its fields (with their search tags) in the caller's transaction.
+/// Makes `write` in the transaction `tx` (a grouped write's savepoint, or the savepoint of an
+/// audit append that carries it).
+pub(super) fn make_write(tx: &Connection, write: &RecordWrite) -> Result<(), StoreError> {
+    match write {
+        RecordWrite::Insert { record, fields } => insert_record_in(tx, record, fields),
+        RecordWrite::InsertWithKey {
+            key,
+            anchor,
+            record,
+            fields,
+        } => {
+            if !super::keys::insert_first_subject_key(tx, key, anchor)? {
+                return Err(StoreError::first_key_taken(key.purpose));
+            }
+            insert_record_in(tx, record, fields)
+        }
+    }
+}
+
 fn insert_record_in(
     tx: &Connection,
     record: &RecordRow,
