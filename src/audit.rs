@@ -560,10 +560,24 @@ impl Audit {
         let first = state.next;
         let ids = first..first + entries.len() as u64;
         state.next = ids.end;
-        let last = ids.end.checked_sub(1);
+        // The id of the entry that carries the write: the last one, when there is a write and
+        // an entry to carry it.
+        let carrier = ids
+            .end
+            .checked_sub(1)
+            .filter(|id| write.is_some() && ids.contains(id));
+        if write.is_some() && carrier.is_none() {
+            return Err(AuditError::Unavailable(
+                "a write needs an entry to carry it".into(),
+            ));
+        }
         let mut write = write;
         for (id, entry) in ids.clone().zip(entries) {
-            let carried = if Some(id) == last { write.take() } else { None };
+            let carried = if Some(id) == carrier {
+                write.take()
+            } else {
+                None
+            };
             state.queue.push((id, entry, carried));
         }
         loop {
@@ -572,7 +586,7 @@ impl Audit {
                     .clone()
                     .filter_map(|id| state.answers.remove(&id))
                     .collect();
-                let written = last.and_then(|id| state.written.remove(&id));
+                let written = carrier.and_then(|id| state.written.remove(&id));
                 drop(state);
                 let seqs = answers
                     .into_iter()
@@ -1102,7 +1116,26 @@ fn commit_batch(
                 committed.publish(last.seq, hash);
                 committed.set_writable(true);
                 crate::metrics::audit_committed(rows.len(), started.elapsed());
-                written = made;
+                written = made.map(|outcomes| {
+                    if outcomes.len() == writes.len() {
+                        return outcomes;
+                    }
+                    // Not one outcome per write: which were made cannot be told, so none is
+                    // answered as made.
+                    tracing::error!(
+                        writes = writes.len(),
+                        outcomes = outcomes.len(),
+                        "the store answered a carried write batch with the wrong count"
+                    );
+                    writes
+                        .iter()
+                        .map(|_| {
+                            Err(StoreError::Database(
+                                "the store did not answer every carried write".into(),
+                            ))
+                        })
+                        .collect()
+                });
                 Ok(first.seq)
             }
             _ => Err("nothing was appended".to_owned()),

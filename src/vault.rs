@@ -1480,10 +1480,12 @@ impl Vault {
     }
 
     /// A write that failed before its allowed entry went on the trail: the entry goes on now,
-    /// saying it was not carried out and why, so that the decision is on the trail all the
-    /// same. The failure, or the trail's when the entry cannot be written.
+    /// as `deny` with `not carried out` and why (as `not_carried_out` records one the store
+    /// refused), so that the request is on the trail all the same. The failure, or the trail's
+    /// when the entry cannot be written.
     fn not_written(&self, entry: Option<AuditEvent>, e: VaultError) -> VaultError {
         let Some(mut event) = entry else { return e };
+        event.decision = "deny".into();
         event.reason = Some(format!("not carried out: {e}"));
         match self.audit.append(&event) {
             Ok(_) => e,

@@ -455,6 +455,18 @@ pub fn run_all(store: &dyn Store) {
             record: carried_first.clone(),
             fields: vec![field("phone", 5)],
         },
+        // Its record row goes in before its field, sealed under a generation that does not
+        // exist, fails: `StaleGeneration`, and the record row is undone with it.
+        RecordWrite::Insert {
+            record: RecordRow {
+                id: "rec_carried_stale".into(),
+                ..rec.clone()
+            },
+            fields: vec![FieldRow {
+                key_gen: 7,
+                ..field("phone", 6)
+            }],
+        },
     ];
     let mut refuse = |_: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
         Err(StoreError::Corrupt("the tail".into()))
@@ -475,7 +487,12 @@ pub fn run_all(store: &dyn Store) {
             assert!(
                 matches!(
                     outcomes.as_slice(),
-                    [Ok(()), Err(StoreError::Exists(_)), Ok(())]
+                    [
+                        Ok(()),
+                        Err(StoreError::Exists(_)),
+                        Ok(()),
+                        Err(StoreError::StaleGeneration { .. })
+                    ]
                 ),
                 "{outcomes:?}"
             );
@@ -493,6 +510,7 @@ pub fn run_all(store: &dyn Store) {
                 store.subject_key("rel-carried", "nuisance").unwrap(),
                 Some(carried_key)
             );
+            assert!(store.record("rec_carried_stale").unwrap().is_none());
         }
         // A store that does not make writes with entries has made none of them.
         None => {

@@ -616,7 +616,6 @@ fn field_metas_in(c: &Connection, id: &str) -> rusqlite::Result<Vec<FieldMeta>> 
     Ok(fields)
 }
 
-/// Inserts a record and its fields (with their search tags) in the caller's transaction.
 /// Makes `write` in the transaction `tx` (a grouped write's savepoint, or the savepoint of an
 /// audit append that carries it).
 pub(super) fn make_write(tx: &Connection, write: &RecordWrite) -> Result<(), StoreError> {
@@ -636,6 +635,7 @@ pub(super) fn make_write(tx: &Connection, write: &RecordWrite) -> Result<(), Sto
     }
 }
 
+/// Inserts a record and its fields (with their search tags) in the caller's transaction.
 fn insert_record_in(
     tx: &Connection,
     record: &RecordRow,
