@@ -1097,6 +1097,21 @@ async fn purpose_key_states_edited_by_hand_are_not_obeyed() {
             .unwrap_or_else(|| panic!("{what}: obeyed"));
         assert_eq!(status.code(), Code::DataLoss, "{what}: {status:?}");
         assert!(!status.message().contains("06-2222"));
+        // The allowed write that could not be carried out is on the trail all the same.
+        let entry = audit_entries(&server)
+            .into_iter()
+            .rev()
+            .find(|e| e["action"] == "write")
+            .unwrap();
+        assert_eq!(entry["subject"], "REL-K2", "{what}: {entry}");
+        assert_eq!(entry["decision"], "deny", "{what}: {entry}");
+        assert!(
+            entry["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("not carried out")),
+            "{what}: {entry}"
+        );
+        assert!(!entry.to_string().contains("06-2222"));
         let (code, rows) = store_verify(&server);
         assert_eq!(code, 4, "{what}");
         assert!(
