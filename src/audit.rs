@@ -276,10 +276,14 @@ const MAX_BATCH: usize = 512;
 
 /// Entries waiting for their commit, and whether a caller is committing (LevelDB's writer
 /// queue, as `store::sqlite::group`). A caller queues its entries; when no commit is under way
-/// it leads the next one on its own thread: it takes everything queued, chains it onto the
-/// stored tail, commits it in one transaction and answers every caller of the batch. Callers
-/// that queued meanwhile find their answer when they wake, or lead the next batch. A lone
-/// request commits its own entry without handing it to another thread.
+/// it leads the next one on its own thread: it takes what is queued, chains it onto the stored
+/// tail, commits it in one transaction and answers every caller of the batch. A lone request
+/// commits its own entry without handing it to another thread.
+///
+/// Each caller waits on a place of its own (`Waiter`): a leader wakes exactly the callers it
+/// answered, and once its own entries are committed it hands the lead to the first caller still
+/// queued, if any. Nobody wakes to find nothing for it, and no crowd of woken callers queues on
+/// one lock (the cost a shared condition variable had under many concurrent requests).
 ///
 /// An entry may carry a record write (`Audit::append_writing`), which the store makes in the
 /// transaction that appends the batch, so that a write and its entry share one commit.
@@ -287,39 +291,101 @@ const MAX_BATCH: usize = 512;
 /// Invariant: a caller is answered with sequence numbers only after the transaction holding
 /// its entries has committed; when that commit fails, every caller of the batch is answered
 /// with the error and nothing of the batch is kept, the writes included.
+/// Invariant: while anything is queued, one caller leads (`leading`), and it is either
+/// committing or about to take the queue; the lead passes on even when a leader unwinds.
 #[derive(Default)]
 struct Appender {
     state: Mutex<AppendState>,
-    done: Condvar,
 }
 
 #[derive(Default)]
 struct AppendState {
-    /// The id the next queued entry gets.
-    next: u64,
-    /// Queued entries, by id, in order, each with the record write it carries.
-    queue: Vec<(u64, Vec<u8>, Option<RecordWrite>)>,
-    /// The answers not yet taken: an entry's sequence number, or why its batch failed.
-    answers: HashMap<u64, Result<u64, String>>,
-    /// The outcomes of carried writes not yet taken, by the id of their entry.
-    written: HashMap<u64, Carried>,
-    /// Whether a caller is committing a batch.
+    /// The callers waiting for a batch to take them, in order.
+    queue: std::collections::VecDeque<Queued>,
+    /// Whether a caller leads: commits a batch or is about to.
     leading: bool,
+}
+
+/// One caller's entries, the record write the last of them carries, and where it waits.
+struct Queued {
+    entries: Vec<Vec<u8>>,
+    write: Option<RecordWrite>,
+    waiter: Arc<Waiter>,
+}
+
+/// Where one caller waits to be answered or to lead.
+#[derive(Default)]
+struct Waiter {
+    wake: Mutex<Option<Wake>>,
+    woken: Condvar,
+}
+
+/// Why a waiting caller wakes.
+enum Wake {
+    /// The batch holding its entries: the first one's sequence number, or why the batch
+    /// failed; with what became of the write it carried.
+    Answered(Result<u64, String>, Option<Carried>),
+    /// It leads the next batch (its entries are still queued).
+    Lead,
+}
+
+impl Waiter {
+    fn give(&self, wake: Wake) {
+        *self.wake.lock().unwrap_or_else(PoisonError::into_inner) = Some(wake);
+        self.woken.notify_one();
+    }
+
+    fn wait(&self) -> Wake {
+        let mut wake = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(w) = wake.take() {
+                return w;
+            }
+            wake = self
+                .woken
+                .wait(wake)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The answer left for a leader that answered itself, if any.
+    fn take_answer(&self) -> Option<(Result<u64, String>, Option<Carried>)> {
+        let mut wake = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
+        match wake.take() {
+            Some(Wake::Answered(outcome, carried)) => Some((outcome, carried)),
+            other => {
+                *wake = other;
+                None
+            }
+        }
+    }
 }
 
 impl Appender {
     fn lock(&self) -> MutexGuard<'_, AppendState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Gives the lead to the first caller queued, or gives it up when nobody is.
+    fn pass_lead(&self, state: &mut AppendState) {
+        match state.queue.front() {
+            Some(next) => next.waiter.give(Wake::Lead),
+            None => state.leading = false,
+        }
+    }
 }
 
 /// The lead of one batch: when dropped (after the commit, or in an unwind), answers the
-/// batch's callers, gives up the lead and wakes everyone waiting.
+/// batch's callers; in an unwind it also passes the lead on, as its caller will not.
 struct Lead<'a> {
     appender: &'a Appender,
-    ids: Vec<u64>,
+    /// The leader's own place, taken out of the queue should it unwind.
+    own: &'a Arc<Waiter>,
+    /// The batch's callers, each with the number of its entries.
+    callers: Vec<(Arc<Waiter>, usize)>,
     outcome: Option<Result<u64, String>>,
-    written: Vec<(u64, Carried)>,
+    /// What became of each caller's write, by its place in `callers`.
+    written: Vec<(usize, Carried)>,
 }
 
 /// What became of a record write an entry carried (`Audit::append_writing`).
@@ -332,20 +398,22 @@ pub enum Carried {
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        let mut state = self.appender.lock();
         let outcome = self.outcome.take().unwrap_or_else(|| {
             Err("the audit append failed unexpectedly; it may not have been committed".into())
         });
-        for (i, id) in self.ids.iter().enumerate() {
-            let answer = match &outcome {
-                Ok(first) => Ok(first + i as u64),
-                Err(e) => Err(e.clone()),
-            };
-            state.answers.insert(*id, answer);
+        let mut written: HashMap<usize, Carried> =
+            std::mem::take(&mut self.written).into_iter().collect();
+        let mut next = outcome.as_ref().ok().copied().unwrap_or(0);
+        for (i, (waiter, n)) in self.callers.iter().enumerate() {
+            let answer = outcome.as_ref().map(|_| next).map_err(Clone::clone);
+            next += *n as u64;
+            waiter.give(Wake::Answered(answer, written.remove(&i)));
         }
-        state.written.extend(std::mem::take(&mut self.written));
-        state.leading = false;
-        self.appender.done.notify_all();
+        if std::thread::panicking() {
+            let mut state = self.appender.lock();
+            state.queue.retain(|q| !Arc::ptr_eq(&q.waiter, self.own));
+            self.appender.pass_lead(&mut state);
+        }
     }
 }
 
@@ -556,70 +624,67 @@ impl Audit {
         entries: Vec<Vec<u8>>,
         write: Option<RecordWrite>,
     ) -> Result<(Vec<AuditSeq>, Option<Carried>), AuditError> {
-        let mut state = self.appender.lock();
-        let first = state.next;
-        let ids = first..first + entries.len() as u64;
-        state.next = ids.end;
-        // The id of the entry that carries the write: the last one, when there is a write and
-        // an entry to carry it.
-        let carrier = ids
-            .end
-            .checked_sub(1)
-            .filter(|id| write.is_some() && ids.contains(id));
-        if write.is_some() && carrier.is_none() {
-            return Err(AuditError::Unavailable(
-                "a write needs an entry to carry it".into(),
-            ));
-        }
-        let mut write = write;
-        for (id, entry) in ids.clone().zip(entries) {
-            let carried = if Some(id) == carrier {
-                write.take()
-            } else {
-                None
+        if entries.is_empty() {
+            return match write {
+                Some(_) => Err(AuditError::Unavailable(
+                    "a write needs an entry to carry it".into(),
+                )),
+                None => Ok((Vec::new(), None)),
             };
-            state.queue.push((id, entry, carried));
         }
-        loop {
-            if ids.clone().all(|id| state.answers.contains_key(&id)) {
-                let answers: Vec<Result<u64, String>> = ids
-                    .clone()
-                    .filter_map(|id| state.answers.remove(&id))
-                    .collect();
-                let written = carrier.and_then(|id| state.written.remove(&id));
-                drop(state);
-                let seqs = answers
-                    .into_iter()
-                    .map(|a| a.map(AuditSeq).map_err(AuditError::Unavailable))
-                    .collect::<Result<Vec<_>, _>>()?;
-                return Ok((seqs, written));
-            }
+        let count = entries.len() as u64;
+        let own = Arc::new(Waiter::default());
+        let answer = |(outcome, carried): (Result<u64, String>, Option<Carried>)| {
+            let first = outcome.map_err(AuditError::Unavailable)?;
+            Ok(((first..first + count).map(AuditSeq).collect(), carried))
+        };
+        {
+            let mut state = self.appender.lock();
+            state.queue.push_back(Queued {
+                entries,
+                write,
+                waiter: Arc::clone(&own),
+            });
             if state.leading {
-                state = self
-                    .appender
-                    .done
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
+                drop(state);
+                match own.wait() {
+                    Wake::Answered(outcome, carried) => return answer((outcome, carried)),
+                    Wake::Lead => {}
+                }
+            } else {
+                state.leading = true;
             }
-            state.leading = true;
-            let take = state.queue.len().min(MAX_BATCH);
-            let mut batch_ids = Vec::with_capacity(take);
-            let mut batch = Vec::with_capacity(take);
+        }
+        // This caller leads: it commits batches until its own entries are committed, then
+        // passes the lead on.
+        loop {
+            let mut callers = Vec::new();
+            let mut batch = Vec::new();
             let mut writes = Vec::new();
-            for (id, entry, write) in state.queue.drain(..take) {
-                batch_ids.push(id);
-                batch.push(entry);
-                writes.extend(write.map(|w| (id, w)));
+            {
+                let mut state = self.appender.lock();
+                while let Some(next) = state.queue.front() {
+                    if !batch.is_empty() && batch.len() + next.entries.len() > MAX_BATCH {
+                        break;
+                    }
+                    let Some(queued) = state.queue.pop_front() else {
+                        break;
+                    };
+                    let i = callers.len();
+                    callers.push((queued.waiter, queued.entries.len()));
+                    batch.extend(queued.entries);
+                    writes.extend(queued.write.map(|w| (i, w)));
+                }
             }
-            drop(state);
             let mut lead = Lead {
                 appender: &self.appender,
-                ids: batch_ids,
+                own: &own,
+                callers,
                 outcome: None,
                 written: Vec::new(),
             };
-            let (write_ids, writes): (Vec<u64>, Vec<RecordWrite>) = writes.into_iter().unzip();
+            let (write_callers, writes): (Vec<usize>, Vec<RecordWrite>) =
+                writes.into_iter().unzip();
             let (outcome, written) = commit_batch(
                 self.store.as_ref(),
                 &self.keys.entry,
@@ -629,18 +694,23 @@ impl Audit {
                 &self.committed,
             );
             lead.written = match written {
-                Some(outcomes) => write_ids
+                Some(outcomes) => write_callers
                     .into_iter()
                     .zip(outcomes.into_iter().map(Carried::Made))
                     .collect(),
-                None => write_ids
+                None => write_callers
                     .into_iter()
                     .zip(writes.into_iter().map(|w| Carried::Left(Box::new(w))))
                     .collect(),
             };
             lead.outcome = Some(outcome);
             drop(lead);
-            state = self.appender.lock();
+            if let Some(done) = own.take_answer() {
+                let mut state = self.appender.lock();
+                self.appender.pass_lead(&mut state);
+                drop(state);
+                return answer(done);
+            }
         }
     }
 
@@ -1535,6 +1605,118 @@ mod tests {
             audit.verify(None).unwrap(),
             Verification::Intact { count: 400, .. }
         ));
+    }
+
+    #[test]
+    fn every_caller_gets_the_sequence_numbers_of_its_own_entries() {
+        // Callers of one, two and three entries at once, and one caller with more entries than
+        // a batch takes: each is answered with consecutive numbers, and the entries stored
+        // under them are its own, in its order.
+        let (_d, _s, audit) = trail();
+        let audit = Arc::new(audit);
+        let mut threads: Vec<_> = (0..6i64)
+            .map(|t| {
+                let audit = Arc::clone(&audit);
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for n in 0..40i64 {
+                        let events: Vec<AuditEvent> = (0..=n % 3)
+                            .map(|k| event(t * 1_000_000 + n * 10 + k))
+                            .collect();
+                        let seqs = audit.append_all(&events).unwrap();
+                        assert_eq!(seqs.len(), events.len());
+                        for (seq, e) in seqs.iter().zip(&events) {
+                            mine.push((seq.value(), e.time));
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        threads.push({
+            let audit = Arc::clone(&audit);
+            std::thread::spawn(move || {
+                let events: Vec<AuditEvent> = (0..MAX_BATCH as i64 + 88)
+                    .map(|k| event(9_000_000 + k))
+                    .collect();
+                let seqs = audit.append_all(&events).unwrap();
+                seqs.iter()
+                    .zip(&events)
+                    .map(|(s, e)| (s.value(), e.time))
+                    .collect()
+            })
+        });
+        let mut answered: Vec<(u64, i64)> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        answered.sort_unstable();
+        let total = 6 * (14 + 13 * 2 + 13 * 3) + MAX_BATCH + 88;
+        assert_eq!(answered.len(), total);
+        let stored: Vec<(u64, i64)> = audit
+            .chained_entries(1, None, total + 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let event: AuditEvent = serde_json::from_slice(&e.entry).unwrap();
+                (e.seq, event.time)
+            })
+            .collect();
+        assert_eq!(answered, stored);
+        // Each caller's entries are consecutive.
+        let big: Vec<u64> = answered
+            .iter()
+            .filter(|(_, t)| *t >= 9_000_000)
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(big.windows(2).all(|w| w[1] == w[0] + 1), "{big:?}");
+    }
+
+    #[test]
+    fn a_leader_that_unwinds_answers_its_batch_and_passes_the_lead_on() {
+        let appender = Appender::default();
+        let own = Arc::new(Waiter::default());
+        let in_batch = Arc::new(Waiter::default());
+        let next = Arc::new(Waiter::default());
+        {
+            let mut state = appender.lock();
+            state.leading = true;
+            for waiter in [&own, &next] {
+                state.queue.push_back(Queued {
+                    entries: vec![b"{}".to_vec()],
+                    write: None,
+                    waiter: Arc::clone(waiter),
+                });
+            }
+        }
+        let unwound = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _lead = Lead {
+                        appender: &appender,
+                        own: &own,
+                        callers: vec![(Arc::clone(&in_batch), 1)],
+                        outcome: None,
+                        written: Vec::new(),
+                    };
+                    panic!("the commit unwinds");
+                })
+                .join()
+        });
+        assert!(unwound.is_err());
+        // The batch's caller hears that its entry may not be committed; the leader's own place
+        // leaves the queue, and the next caller leads.
+        let woken = |w: &Waiter| w.wake.lock().unwrap().take();
+        assert!(matches!(
+            woken(&in_batch),
+            Some(Wake::Answered(Err(_), None))
+        ));
+        assert!(matches!(woken(&next), Some(Wake::Lead)));
+        assert!(woken(&own).is_none());
+        let state = appender.lock();
+        assert!(state.leading);
+        assert_eq!(state.queue.len(), 1);
+        assert!(state.queue.iter().all(|q| Arc::ptr_eq(&q.waiter, &next)));
     }
 
     #[test]
