@@ -123,8 +123,6 @@ pub fn seal<K: EnvelopeKey + ?Sized>(
     out.push(FORMAT);
     out.push(algorithm.id());
     out.extend_from_slice(&key_ref.to_be_bytes());
-    let subkey = key.aead_subkey(algorithm)?;
-    let key = subkey.expose_secret();
     let nonce = nonce(algorithm);
     let full_aad = [out.as_slice(), aad].concat();
     let payload = Payload {
@@ -132,11 +130,19 @@ pub fn seal<K: EnvelopeKey + ?Sized>(
         aad: &full_aad,
     };
     let ciphertext = match algorithm {
-        Algorithm::Aes256Gcm => {
-            Aes256Gcm::new(key.into()).encrypt(aes_gcm::Nonce::from_slice(&nonce), payload)
+        Algorithm::Aes256Gcm => match key.prepared_aes() {
+            Some(cipher) => cipher.encrypt(aes_gcm::Nonce::from_slice(&nonce), payload),
+            None => {
+                let subkey = key.aead_subkey(algorithm)?;
+                Aes256Gcm::new(subkey.expose_secret().into())
+                    .encrypt(aes_gcm::Nonce::from_slice(&nonce), payload)
+            }
+        },
+        Algorithm::XChaCha20Poly1305 => {
+            let subkey = key.aead_subkey(algorithm)?;
+            XChaCha20Poly1305::new(subkey.expose_secret().into())
+                .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload)
         }
-        Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(key.into())
-            .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
     }
     .map_err(|_| CryptoError::Seal)?;
     out.extend_from_slice(&nonce);
@@ -165,14 +171,20 @@ pub fn open<K: EnvelopeKey + ?Sized>(
         msg: ciphertext,
         aad: &full_aad,
     };
-    let subkey = key.aead_subkey(header.algorithm)?;
-    let key = subkey.expose_secret();
     let plaintext = match header.algorithm {
-        Algorithm::Aes256Gcm => {
-            Aes256Gcm::new(key.into()).decrypt(aes_gcm::Nonce::from_slice(nonce), payload)
+        Algorithm::Aes256Gcm => match key.prepared_aes() {
+            Some(cipher) => cipher.decrypt(aes_gcm::Nonce::from_slice(nonce), payload),
+            None => {
+                let subkey = key.aead_subkey(header.algorithm)?;
+                Aes256Gcm::new(subkey.expose_secret().into())
+                    .decrypt(aes_gcm::Nonce::from_slice(nonce), payload)
+            }
+        },
+        Algorithm::XChaCha20Poly1305 => {
+            let subkey = key.aead_subkey(header.algorithm)?;
+            XChaCha20Poly1305::new(subkey.expose_secret().into())
+                .decrypt(chacha20poly1305::XNonce::from_slice(nonce), payload)
         }
-        Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(key.into())
-            .decrypt(chacha20poly1305::XNonce::from_slice(nonce), payload),
     }
     .map_err(|_| CryptoError::Open)?;
     Ok(Zeroizing::new(plaintext))
@@ -242,6 +254,77 @@ mod tests {
                 b"Kastanjelaan 12"
             );
         }
+    }
+
+    /// A subject key's field use that derives its subkey for every call, as before the cipher
+    /// was kept prepared.
+    struct Derived<'a>(&'a SubjectKey);
+
+    impl EnvelopeKey for Derived<'_> {
+        fn aead_subkey(&self, algorithm: Algorithm) -> Result<crate::crypto::Subkey, CryptoError> {
+            crate::crypto::subkey::derive(self.0.expose_secret(), KeyUse::SubjectField(algorithm))
+        }
+    }
+
+    #[test]
+    fn the_prepared_field_cipher_is_the_derived_one_and_kept() {
+        let k = key();
+        assert!(
+            k.fields_aes.get().is_none(),
+            "prepared before its first use"
+        );
+        let by_derived = seal(
+            &Derived(&k),
+            Algorithm::Aes256Gcm,
+            1,
+            b"ctx",
+            b"Kastanjelaan 12",
+        )
+        .unwrap();
+        let by_prepared = seal(
+            &k.fields(),
+            Algorithm::Aes256Gcm,
+            1,
+            b"ctx",
+            b"Kastanjelaan 12",
+        )
+        .unwrap();
+        let kept = k.fields_aes.get().map(|c| std::ptr::from_ref(c.as_ref()));
+        assert!(kept.is_some(), "not kept after its first use");
+        assert_eq!(
+            open(&k.fields(), b"ctx", &by_derived).unwrap().as_slice(),
+            b"Kastanjelaan 12"
+        );
+        assert_eq!(
+            open(&Derived(&k), b"ctx", &by_prepared).unwrap().as_slice(),
+            b"Kastanjelaan 12"
+        );
+        assert_eq!(
+            k.fields_aes.get().map(|c| std::ptr::from_ref(c.as_ref())),
+            kept,
+            "prepared again"
+        );
+        // The tamper twin: the prepared cipher refuses what is changed, another key's refuses
+        // what is not.
+        let mut bad = by_derived.clone();
+        if let Some(last) = bad.last_mut() {
+            *last ^= 0x80;
+        }
+        assert!(matches!(
+            open(&k.fields(), b"ctx", &bad),
+            Err(CryptoError::Open)
+        ));
+        assert!(matches!(
+            open(&k.fields(), b"ctX", &by_derived),
+            Err(CryptoError::Open)
+        ));
+        let other = SubjectKey::from_bytes(&[8; 32]);
+        assert!(matches!(
+            open(&other.fields(), b"ctx", &by_derived),
+            Err(CryptoError::Open)
+        ));
+        // The evidence-name use of the same key has a subkey of its own.
+        assert!(open(&k.evidence_names(), b"ctx", &by_prepared).is_err());
     }
 
     #[test]

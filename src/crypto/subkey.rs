@@ -125,7 +125,7 @@ impl fmt::Debug for Subkey {
 }
 
 /// HKDF-SHA-256 of `parent` (no salt) with the label of `usage`.
-fn derive(parent: &[u8; 32], usage: KeyUse) -> Result<Subkey, CryptoError> {
+pub(crate) fn derive(parent: &[u8; 32], usage: KeyUse) -> Result<Subkey, CryptoError> {
     let mut key = Box::new(Zeroizing::new([0u8; 32]));
     Hkdf::<Sha256>::new(None, parent)
         .expand(usage.label(), key.as_mut_slice())
@@ -155,6 +155,12 @@ fn derive_with(parent: &[u8; 32], usage: KeyUse, parts: &[&[u8]]) -> Result<Subk
 pub trait EnvelopeKey {
     /// The subkey that seals and opens under `algorithm`.
     fn aead_subkey(&self, algorithm: Algorithm) -> Result<Subkey, CryptoError>;
+
+    /// The AES-256-GCM cipher of `aead_subkey(Algorithm::Aes256Gcm)`, when the key keeps it
+    /// prepared; `None` makes the envelope derive the subkey for the one call.
+    fn prepared_aes(&self) -> Option<&aes_gcm::Aes256Gcm> {
+        None
+    }
 }
 
 impl EnvelopeKey for RootKey {
@@ -176,6 +182,18 @@ pub struct FieldKey<'a>(&'a SubjectKey);
 impl EnvelopeKey for FieldKey<'_> {
     fn aead_subkey(&self, algorithm: Algorithm) -> Result<Subkey, CryptoError> {
         derive(self.0.expose_secret(), KeyUse::SubjectField(algorithm))
+    }
+
+    /// Prepared the first time it is asked for, and kept by the subject key.
+    fn prepared_aes(&self) -> Option<&aes_gcm::Aes256Gcm> {
+        use aes_gcm::KeyInit;
+        let cell = &self.0.fields_aes;
+        if let Some(cipher) = cell.get() {
+            return Some(cipher);
+        }
+        let subkey = self.aead_subkey(Algorithm::Aes256Gcm).ok()?;
+        let cipher = aes_gcm::Aes256Gcm::new(subkey.expose_secret().into());
+        Some(cell.get_or_init(|| Box::new(cipher)))
     }
 }
 
