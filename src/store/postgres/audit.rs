@@ -7,20 +7,38 @@ use super::*;
 /// The advisory lock key appenders of the trail take ("audit" in ASCII).
 const AUDIT_LOCK: i64 = 0x0061_7564_6974;
 
-/// Inserts audit rows; `Exists` when a sequence number is taken.
+/// Inserts audit rows, all in one statement (one round trip, however large the batch: the
+/// appenders of every node wait on the trail's lock while it runs); `Exists` when a sequence
+/// number is taken.
 fn insert_rows(tx: &mut Tx<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
-    for row in rows {
-        tx.insert(
-            &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"),
-            &[
-                &big(row.seq)?,
-                &row.entry,
-                &row.prev_hash,
-                &row.hash,
-                &row.mac,
-            ],
-            || format!("audit entry {}", row.seq),
-        )?;
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Ok(());
+    };
+    let seqs = rows
+        .iter()
+        .map(|r| big(r.seq))
+        .collect::<Result<Vec<i64>, _>>()?;
+    let column = |f: fn(&AuditRow) -> &[u8]| rows.iter().map(f).collect::<Vec<&[u8]>>();
+    let entries = column(|r| &r.entry);
+    let prev_hashes = column(|r| &r.prev_hash);
+    let hashes = column(|r| &r.hash);
+    let macs = column(|r| &r.mac);
+    let inserted = tx.insert(
+        &format!(
+            "INSERT INTO audit ({AUDIT_COLUMNS})
+             SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[], $3::BYTEA[], $4::BYTEA[], $5::BYTEA[])"
+        ),
+        &[&seqs, &entries, &prev_hashes, &hashes, &macs],
+        || match rows.len() {
+            1 => format!("audit entry {}", first.seq),
+            _ => format!("audit entries {} to {}", first.seq, last.seq),
+        },
+    )?;
+    if usize::try_from(inserted).ok() != Some(rows.len()) {
+        return Err(StoreError::Database(format!(
+            "{inserted} audit rows stored of {}",
+            rows.len()
+        )));
     }
     Ok(())
 }
