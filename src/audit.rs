@@ -314,11 +314,7 @@ struct Queued {
 }
 
 /// Where one caller waits to be answered or to lead.
-#[derive(Default)]
-struct Waiter {
-    wake: Mutex<Option<Wake>>,
-    woken: Condvar,
-}
+type Waiter = crate::wait::Slot<Wake>;
 
 /// Why a waiting caller wakes.
 enum Wake {
@@ -327,38 +323,6 @@ enum Wake {
     Answered(Result<u64, String>, Option<Carried>),
     /// It leads the next batch (its entries are still queued).
     Lead,
-}
-
-impl Waiter {
-    fn give(&self, wake: Wake) {
-        *self.wake.lock().unwrap_or_else(PoisonError::into_inner) = Some(wake);
-        self.woken.notify_one();
-    }
-
-    fn wait(&self) -> Wake {
-        let mut wake = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(w) = wake.take() {
-                return w;
-            }
-            wake = self
-                .woken
-                .wait(wake)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// The answer left for a leader that answered itself, if any.
-    fn take_answer(&self) -> Option<(Result<u64, String>, Option<Carried>)> {
-        let mut wake = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
-        match wake.take() {
-            Some(Wake::Answered(outcome, carried)) => Some((outcome, carried)),
-            other => {
-                *wake = other;
-                None
-            }
-        }
-    }
 }
 
 impl Appender {
@@ -705,11 +669,13 @@ impl Audit {
             };
             lead.outcome = Some(outcome);
             drop(lead);
-            if let Some(done) = own.take_answer() {
+            if let Some(Wake::Answered(outcome, carried)) =
+                own.take_if(|w| matches!(w, Wake::Answered(..)))
+            {
                 let mut state = self.appender.lock();
                 self.appender.pass_lead(&mut state);
                 drop(state);
-                return answer(done);
+                return answer((outcome, carried));
             }
         }
     }
@@ -1706,7 +1672,7 @@ mod tests {
         assert!(unwound.is_err());
         // The batch's caller hears that its entry may not be committed; the leader's own place
         // leaves the queue, and the next caller leads.
-        let woken = |w: &Waiter| w.wake.lock().unwrap().take();
+        let woken = |w: &Waiter| w.take_if(|_| true);
         assert!(matches!(
             woken(&in_batch),
             Some(Wake::Answered(Err(_), None))

@@ -35,6 +35,7 @@ pub mod search;
 pub mod server;
 pub mod store;
 pub mod vault;
+mod wait;
 
 /// Code generated from `proto/kluis/v1/*.proto`.
 #[allow(

@@ -3,8 +3,8 @@
 //!
 //! The scheme is LevelDB's writer queue: a caller queues its job; when no batch is running it
 //! becomes the leader, takes every queued job, runs them in one transaction on the writer
-//! connection, commits, hands each caller its result and wakes them. Callers that queued while a
-//! batch ran find their result when they wake, or lead the next batch.
+//! connection, commits, and hands each caller its result, waking only that caller
+//! (`crate::wait::Slot`). Then it hands the lead to the first caller that queued meanwhile.
 //!
 //! Invariant: a caller gets `Ok` only after the transaction holding its work has committed; if
 //! the commit fails, every caller of the batch gets the error and nothing of the batch is kept.
@@ -16,8 +16,8 @@
 
 use std::{
     any::Any,
-    collections::HashMap,
-    sync::{Condvar, Mutex, MutexGuard, PoisonError},
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use rusqlite::Connection;
@@ -31,17 +31,26 @@ type Job = Box<dyn FnOnce(&Connection) -> Result<Output, StoreError> + Send>;
 #[derive(Default)]
 pub(super) struct Group {
     state: Mutex<State>,
-    done: Condvar,
 }
 
 #[derive(Default)]
 struct State {
-    next: u64,
-    queue: Vec<(u64, Job)>,
-    results: HashMap<u64, Result<Output, StoreError>>,
+    /// The jobs waiting for a batch to take them, each with where its caller waits.
+    queue: VecDeque<(Job, Arc<Waiter>)>,
+    /// Whether a caller leads: runs a batch or is about to.
     leading: bool,
     /// Transactions committed (or tried), for tests.
     batches: u64,
+}
+
+/// Where a caller waits (`crate::wait`): woken only with its own result, or to lead.
+type Waiter = crate::wait::Slot<Wake>;
+
+enum Wake {
+    /// The job's result, once the transaction holding it committed (or failed).
+    Done(Result<Output, StoreError>),
+    /// Lead the next batch (the job is still queued).
+    Lead,
 }
 
 impl std::fmt::Debug for Group {
@@ -63,88 +72,105 @@ impl Group {
         job: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let job: Job = Box::new(move |c| job(c).map(|t| Box::new(t) as Output));
-        let mut state = self.lock();
-        let id = state.next;
-        state.next += 1;
-        state.queue.push((id, job));
-        loop {
-            if let Some(result) = state.results.remove(&id) {
-                return result.and_then(|out| {
-                    out.downcast::<T>()
-                        .map(|t| *t)
-                        .map_err(|_| StoreError::Database("grouped write: wrong result".into()))
-                });
+        let own = Arc::new(Waiter::default());
+        let result = 'led: {
+            {
+                let mut state = self.lock();
+                state.queue.push_back((job, Arc::clone(&own)));
+                if state.leading {
+                    drop(state);
+                    match own.wait() {
+                        Wake::Done(result) => break 'led result,
+                        Wake::Lead => {}
+                    }
+                } else {
+                    state.leading = true;
+                }
             }
-            if state.leading {
-                state = self
-                    .done
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
+            // Leading: a batch takes everything queued, this caller's job with it.
+            loop {
+                let jobs: Vec<(Job, Arc<Waiter>)> = {
+                    let mut state = self.lock();
+                    state.batches += 1;
+                    state.queue.drain(..).collect()
+                };
+                let (jobs, waiters): (Vec<Job>, Vec<Arc<Waiter>>) = jobs.into_iter().unzip();
+                // Should the batch unwind, the guard still answers its callers and hands on
+                // the lead.
+                let mut lead = Lead {
+                    group: self,
+                    own: &own,
+                    waiters,
+                    results: None,
+                };
+                lead.results = Some(batch(writer, jobs));
+                drop(lead);
+                if let Some(Wake::Done(result)) = own.take_if(|w| matches!(w, Wake::Done(_))) {
+                    let mut state = self.lock();
+                    self.pass_lead(&mut state);
+                    break 'led result;
+                }
             }
-            state.leading = true;
-            let jobs = std::mem::take(&mut state.queue);
-            state.batches += 1;
-            drop(state);
-            let ids: Vec<u64> = jobs.iter().map(|(id, _)| *id).collect();
-            // Should the batch unwind, the guard still answers its callers and hands on the lead.
-            let mut lead = Lead {
-                group: self,
-                ids,
-                results: None,
-            };
-            lead.results = Some(batch(writer, jobs));
-            drop(lead);
-            state = self.lock();
+        };
+        result.and_then(|out| {
+            out.downcast::<T>()
+                .map(|t| *t)
+                .map_err(|_| StoreError::Database("grouped write: wrong result".into()))
+        })
+    }
+
+    /// Gives the lead to the first caller queued, or gives it up when nobody is.
+    fn pass_lead(&self, state: &mut State) {
+        match state.queue.front() {
+            Some((_, next)) => next.give(Wake::Lead),
+            None => state.leading = false,
         }
     }
 }
 
-/// The lead of one batch: when dropped, hands the batch's results to its callers (an error for
-/// any without one), gives up the lead and wakes everyone waiting.
+/// The lead of one batch: when dropped, hands each of the batch's callers its result (an error
+/// for any without one); in an unwind it also passes the lead on, as its caller will not.
 struct Lead<'a> {
     group: &'a Group,
-    ids: Vec<u64>,
-    results: Option<Vec<(u64, Result<Output, StoreError>)>>,
+    own: &'a Arc<Waiter>,
+    waiters: Vec<Arc<Waiter>>,
+    results: Option<Vec<Result<Output, StoreError>>>,
 }
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        let mut state = self.group.lock();
-        state
-            .results
-            .extend(self.results.take().unwrap_or_default());
-        for id in &self.ids {
-            state.results.entry(*id).or_insert_with(|| {
+        let mut results = self.results.take().unwrap_or_default().into_iter();
+        for waiter in &self.waiters {
+            let result = results.next().unwrap_or_else(|| {
                 Err(StoreError::Database(
                     "the grouped write failed unexpectedly; nothing of it was stored".into(),
                 ))
             });
+            waiter.give(Wake::Done(result));
         }
-        state.leading = false;
-        self.group.done.notify_all();
+        if std::thread::panicking() {
+            let mut state = self.group.lock();
+            state.queue.retain(|(_, w)| !Arc::ptr_eq(w, self.own));
+            self.group.pass_lead(&mut state);
+        }
     }
 }
 
 /// Runs `jobs` in one transaction, each in a savepoint, and commits.
-fn batch(
-    writer: &Mutex<Connection>,
-    jobs: Vec<(u64, Job)>,
-) -> Vec<(u64, Result<Output, StoreError>)> {
+fn batch(writer: &Mutex<Connection>, jobs: Vec<Job>) -> Vec<Result<Output, StoreError>> {
     // Every caller of a failed batch gets the failure; a busy database stays `Unavailable` (try
     // again), anything else is a database error.
-    let fail_all = |jobs: Vec<u64>, e: &StoreError| -> Vec<(u64, Result<Output, StoreError>)> {
-        jobs.into_iter()
-            .map(|id| {
-                let e = match e {
+    let fail_all = |n: usize, e: &StoreError| -> Vec<Result<Output, StoreError>> {
+        (0..n)
+            .map(|_| {
+                Err(match e {
                     StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
                     e => StoreError::Database(e.to_string()),
-                };
-                (id, Err(e))
+                })
             })
             .collect()
     };
-    let ids: Vec<u64> = jobs.iter().map(|(id, _)| *id).collect();
+    let ids = jobs.len();
     let Ok(mut conn) = writer.lock() else {
         return fail_all(ids, &StoreError::Database("writer lock poisoned".into()));
     };
@@ -153,7 +179,7 @@ fn batch(
         Err(e) => return fail_all(ids, &e),
     };
     let mut results = Vec::with_capacity(jobs.len());
-    for (id, job) in jobs {
+    for job in jobs {
         let result = match tx.savepoint().map_err(db) {
             Ok(sp) => match job(&sp) {
                 Ok(out) => sp.commit().map_err(db).map(|()| out),
@@ -176,7 +202,7 @@ fn batch(
                 &StoreError::Database("the transaction was rolled back by SQLite".into()),
             );
         }
-        results.push((id, result));
+        results.push(result);
     }
     match tx.commit().map_err(db) {
         Ok(()) => results,
@@ -237,7 +263,7 @@ mod tests {
         assert_eq!(count(&writer), 7);
         // The first caller alone, then the seven that queued behind it together.
         assert_eq!(group.lock().batches, 2);
-        assert!(group.lock().results.is_empty() && !group.lock().leading);
+        assert!(group.lock().queue.is_empty() && !group.lock().leading);
     }
 
     #[test]
