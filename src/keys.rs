@@ -1080,13 +1080,19 @@ impl Keyring {
 
     /// Whether the root key this process holds is the one the store's keys are wrapped under
     /// (compared by key check value, in constant time): false once another node changed it.
+    ///
+    /// The root key is held (read-locked) while the stored check value is read: `rotate_root`
+    /// holds it write-locked from before it stores the new check value until this process holds
+    /// the new key, so the two read here are of one moment. Read the other way round, a check
+    /// value read just before this node's own root change, compared with the key taken just
+    /// after it, would make the node think another node had replaced its key.
     pub fn root_is_current(&self) -> Result<bool, KeyError> {
         use subtle::ConstantTimeEq;
+        let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
         let stored = self
             .store
             .meta(META_KEY_CHECK)?
             .ok_or(KeyError::CorruptMeta)?;
-        let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
         let mine = kdf::key_check_value(&root)?;
         Ok(stored.len() == mine.len() && bool::from(stored.as_slice().ct_eq(&mine[..])))
     }
@@ -1658,6 +1664,47 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(before.key.expose_secret(), again.expose_secret());
+    }
+
+    #[test]
+    fn a_node_changing_its_own_root_key_never_takes_itself_for_replaced() {
+        // One thread changes the root key back and forth while another keeps asking whether
+        // the key held is the stored one, as a node's follower does: the answer is always yes.
+        let (dir, store) = store();
+        let secrets = [
+            RootSecret::create_key_file(&dir.path().join("a.key")).unwrap(),
+            RootSecret::create_key_file(&dir.path().join("b.key")).unwrap(),
+        ];
+        Keyring::initialize(store.as_ref(), &secrets[0], Algorithm::Aes256Gcm).unwrap();
+        let ring = Arc::new(
+            Keyring::unseal(Arc::clone(&store), &secrets[0], Algorithm::Aes256Gcm, 0).unwrap(),
+        );
+        let checks = [
+            ring.root_check(&secrets[0]).unwrap(),
+            ring.root_check(&secrets[1]).unwrap(),
+        ];
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let asker = {
+            let (ring, done) = (Arc::clone(&ring), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut asked = 0u32;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(ring.root_is_current().unwrap(), "after {asked} answers");
+                    asked += 1;
+                }
+                asked
+            })
+        };
+        for n in 0..40 {
+            let next = (n + 1) % 2;
+            let root = ring
+                .new_root(&secrets[next], &checks[next])
+                .unwrap()
+                .unwrap();
+            ring.rotate_root(root, &[]).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(asker.join().unwrap() > 0);
     }
 
     #[test]
