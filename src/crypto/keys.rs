@@ -7,21 +7,24 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 macro_rules! key_type {
-    ($(#[$meta:meta])* $name:ident) => {
+    ($(#[$meta:meta])* $name:ident $(, $(#[$fmeta:meta])* $field:ident: $ty:ty)* $(,)?) => {
         $(#[$meta])*
-        pub struct $name(Box<Zeroizing<[u8; 32]>>);
+        pub struct $name {
+            key: Box<Zeroizing<[u8; 32]>>,
+            $($(#[$fmeta])* pub(crate) $field: $ty,)*
+        }
 
         impl $name {
             /// A fresh random key from the operating system's CSPRNG.
             pub fn generate() -> Self {
                 let mut key = Box::new(Zeroizing::new([0u8; 32]));
                 rand::rngs::OsRng.fill_bytes(key.as_mut_slice());
-                Self(key)
+                Self::from_box(key)
             }
 
             /// Takes ownership of key bytes; the source is wiped when it is a `Zeroizing`.
             pub fn from_bytes(bytes: &[u8; 32]) -> Self {
-                Self(Box::new(Zeroizing::new(*bytes)))
+                Self::from_box(Box::new(Zeroizing::new(*bytes)))
             }
 
             /// Takes 32 bytes from a slice, or `None` when the length is wrong.
@@ -32,7 +35,14 @@ macro_rules! key_type {
 
             /// The key bytes. The only way to reach them; grep for it when reviewing.
             pub fn expose_secret(&self) -> &[u8; 32] {
-                &self.0
+                &self.key
+            }
+
+            fn from_box(key: Box<Zeroizing<[u8; 32]>>) -> Self {
+                Self {
+                    key,
+                    $($field: Default::default(),)*
+                }
             }
         }
 
@@ -52,53 +62,17 @@ key_type!(
     /// One version of a purpose key: wraps subject keys; stored wrapped under the root key.
     PurposeKey
 );
-/// A data key per (subject, purpose): encrypts field values; stored wrapped under a purpose key.
-///
-/// Keeps the AES-256-GCM cipher of its field subkey once it has been used (`SubjectKey::fields`),
-/// so that a key the keyring caches does not derive a subkey and expand AES round keys for every
-/// field it seals or opens. The cipher is wiped with the key.
-pub struct SubjectKey {
-    key: Box<Zeroizing<[u8; 32]>>,
-    pub(crate) fields_aes: std::sync::OnceLock<Box<aes_gcm::Aes256Gcm>>,
-}
-
-impl SubjectKey {
-    /// A fresh random key from the operating system's CSPRNG.
-    pub fn generate() -> Self {
-        let mut key = Box::new(Zeroizing::new([0u8; 32]));
-        rand::rngs::OsRng.fill_bytes(key.as_mut_slice());
-        Self::from_box(key)
-    }
-
-    /// Takes ownership of key bytes; the source is wiped when it is a `Zeroizing`.
-    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
-        Self::from_box(Box::new(Zeroizing::new(*bytes)))
-    }
-
-    /// Takes 32 bytes from a slice, or `None` when the length is wrong.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        let arr: &[u8; 32] = bytes.try_into().ok()?;
-        Some(Self::from_bytes(arr))
-    }
-
-    /// The key bytes. The only way to reach them; grep for it when reviewing.
-    pub fn expose_secret(&self) -> &[u8; 32] {
-        &self.key
-    }
-
-    fn from_box(key: Box<Zeroizing<[u8; 32]>>) -> Self {
-        Self {
-            key,
-            fields_aes: std::sync::OnceLock::new(),
-        }
-    }
-}
-
-impl fmt::Debug for SubjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SubjectKey(<redacted>)")
-    }
-}
+key_type!(
+    /// A data key per (subject, purpose): encrypts field values; stored wrapped under a purpose
+    /// key.
+    ///
+    /// Keeps the AES-256-GCM cipher of its field subkey once it has been used
+    /// (`SubjectKey::fields`), so that a key the keyring caches does not derive a subkey and
+    /// expand AES round keys for every field it seals or opens. The cipher is wiped with the key.
+    SubjectKey,
+    /// The field cipher, prepared at its first use (`EnvelopeKey::prepared_aes`).
+    fields_aes: std::sync::OnceLock<Box<aes_gcm::Aes256Gcm>>,
+);
 key_type!(
     /// The audit MAC key: separate from all data keys; stored wrapped under the root key.
     AuditKey
