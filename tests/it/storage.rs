@@ -223,10 +223,22 @@ fn wal_commits(server: &TestServer) -> (Vec<u8>, u64) {
 }
 
 /// The fewest commits a `put` of the record `subject(i)` gives over ten tries. The server's own
-/// background work (a sweep taking and giving back its lease) may commit while a put runs, so
+/// background work (a job taking and giving back its lease) may commit while a put runs, so
 /// a try can only count more than the put's own commits, never fewer; a try over which the log
 /// started over (another salt) does not count.
 async fn commits_of_a_put(server: &TestServer, subject: impl Fn(usize) -> String) -> u64 {
+    // The key jobs a server resumes when it starts take and give back a lease per purpose,
+    // commits of their own: wait (up to 20 s) until the log has seen none for 300 ms.
+    let started = std::time::Instant::now();
+    let mut last = wal_commits(server);
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = wal_commits(server);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let mut fewest = u64::MAX;
     let mut tries = Vec::new();
     for i in 0..10 {
