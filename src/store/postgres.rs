@@ -27,6 +27,8 @@ mod keys;
 mod lifecycle;
 mod meta;
 mod records;
+
+pub use records::FIND_TAGGED;
 mod rights;
 
 use std::{

@@ -205,3 +205,108 @@ fn tls_to_the_database_is_verified_and_never_falls_back_to_plaintext() {
         other => panic!("verify-full fell back to plaintext: {other:?}"),
     }
 }
+
+/// `FindRecords` reads its candidates with one index lookup per probe, also where the planner
+/// has no statistics of the tags yet (a bulk load before autovacuum's analyze): a plan that
+/// walks every tag of the field and filters by the probes costs milliseconds per call.
+#[test]
+fn a_find_looks_up_each_probe_whatever_the_statistics() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let store = PgStore::connect(&url).unwrap();
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    // 5,000 tagged records the planner knows nothing of: analysed while empty, and left so.
+    db.batch_execute(
+        "ALTER TABLE search_tags SET (autovacuum_enabled = false);
+         ALTER TABLE records SET (autovacuum_enabled = false);
+         ALTER TABLE fields SET (autovacuum_enabled = false);
+         ANALYZE search_tags; ANALYZE records; ANALYZE fields;
+         INSERT INTO records (id, subject, purpose, labels, created_at, updated_at, mac, fields_mac)
+             SELECT 'rec-' || i, 'REL-' || i, 'nuisance', '{}', 0, 0, '\\x00', '\\x00'
+             FROM generate_series(1, 5000) AS i;
+         INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+             SELECT 'rec-' || i, 'name', 'identity', 'text', 1, '\\x00', '\\x00', 'v'
+             FROM generate_series(1, 5000) AS i;
+         INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
+             SELECT 'rec-' || i, 'name', 'nuisance', 1, 12, i % 4096
+             FROM generate_series(1, 5000) AS i;",
+    )
+    .unwrap();
+    let probes = [
+        kluis::store::TagRow {
+            version: 1,
+            bits: 12,
+            tag: 7,
+        },
+        kluis::store::TagRow {
+            version: 1,
+            bits: 12,
+            tag: 4000,
+        },
+    ];
+    // The right records: tags 7 (records 7 and 4103) and 4000 (record 4000), in id order.
+    assert_eq!(
+        store.find_tagged("nuisance", "name", &probes, 10).unwrap(),
+        vec!["rec-4000", "rec-4103", "rec-7"]
+    );
+    assert_eq!(
+        store.find_tagged("nuisance", "name", &probes, 1).unwrap(),
+        vec!["rec-4000"]
+    );
+    // And how: every scan of `search_tags` looks the probe up on all five columns of its
+    // index, and reads no more tags than it finds.
+    let plan: Vec<String> = db
+        .query(
+            &format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
+                kluis::store::postgres::FIND_TAGGED
+            ),
+            &[
+                &"nuisance",
+                &"name",
+                &vec![1i64, 1],
+                &vec![12i64, 12],
+                &vec![7i64, 4000],
+                &10i64,
+            ],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let text = plan.join("\n");
+    let scans: Vec<usize> = plan
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("Scan") && l.contains(" on search_tags"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!scans.is_empty(), "no scan of search_tags:\n{text}");
+    for at in scans {
+        assert!(plan[at].contains("Index"), "not an index scan:\n{text}");
+        // Its condition is on the next lines, before the next node.
+        let cond = plan[at + 1..]
+            .iter()
+            .take_while(|l| !l.contains("->"))
+            .find(|l| l.contains("Index Cond"))
+            .unwrap_or_else(|| panic!("no index condition:\n{text}"));
+        for column in ["purpose", "field", "version", "bits", "tag"] {
+            assert!(cond.contains(column), "`{column}` not looked up:\n{text}");
+        }
+        // `(actual rows=R loops=L)`: R rows per loop on average.
+        let number = |key: &str| -> f64 {
+            let rest = &plan[at][plan[at].find(key).unwrap() + key.len()..];
+            rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // R is rounded, so the product may show up to half a row per loop more than read.
+        let (rows, loops) = (number("rows="), number("loops="));
+        assert!(
+            rows * loops <= 3.0 + 0.5 * loops,
+            "{rows} × {loops} tags read for 3 found:\n{text}"
+        );
+    }
+}
