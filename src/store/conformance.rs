@@ -700,6 +700,16 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
     store
         .insert_record(&record("rec_s3"), &[field("email", "a", Vec::new())])
         .unwrap();
+    // Several read together: each as `record` gives it (all its fields), in the order asked,
+    // as often as asked, the missing left out.
+    let one = |id: &str| store.record(id).unwrap().unwrap();
+    assert_eq!(
+        store
+            .records(&["rec_s3", "rec_none", "rec_s1", "rec_s2", "rec_s1"])
+            .unwrap(),
+        vec![one("rec_s3"), one("rec_s1"), one("rec_s2"), one("rec_s1")]
+    );
+    assert_eq!(one("rec_s1").1.len(), 2);
     // Read back without tags; found by tag, per field and purpose.
     assert!(
         store.record("rec_s1").unwrap().unwrap().1[0]

@@ -72,6 +72,44 @@ impl RecordStore for PgStore {
         })
     }
 
+    fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for all of them: one snapshot and one round trip, not one per record.
+        let wanted: Vec<&str> = ids.to_vec();
+        let rows = self.read_one(|tx| {
+            tx.all(
+                &format!(
+                    "SELECT {}, {} FROM records r LEFT JOIN fields f ON f.record_id = r.id
+                     WHERE r.id = ANY($1) ORDER BY r.id, f.name",
+                    qualified(RECORD_COLUMNS, "r"),
+                    qualified(FIELD_COLUMNS, "f")
+                ),
+                &[&wanted],
+            )
+        })?;
+        let mut found: std::collections::HashMap<String, (RecordRow, Vec<FieldRow>)> =
+            std::collections::HashMap::with_capacity(ids.len());
+        for r in &rows {
+            let id: String = get(r, 0)?;
+            let entry = match found.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((record_from_row(r)?, Vec::new()))
+                }
+            };
+            if get::<Option<String>>(r, RECORD_WIDTH)?.is_some() {
+                entry.1.push(field_from_row(r, RECORD_WIDTH)?);
+            }
+        }
+        // In the order of `ids`, as often as each is named.
+        Ok(ids
+            .iter()
+            .filter_map(|id| found.get(*id).cloned())
+            .collect())
+    }
+
     fn update_fields(
         &self,
         id: &str,
