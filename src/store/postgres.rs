@@ -27,9 +27,9 @@ mod keys;
 mod lifecycle;
 mod meta;
 mod records;
+mod rights;
 
 pub use records::FIND_TAGGED;
-mod rights;
 
 use std::{
     collections::HashMap,
