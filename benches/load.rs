@@ -662,6 +662,13 @@ fn main() {
         records.len() * 2,
         t.elapsed().as_secs_f64()
     );
+    // Statistics of what was loaded, as the baseline's tables get them (autovacuum would take
+    // up to a minute to analyse them, longer than a run).
+    if let (StoreKind::Postgres, Some(cluster)) = (o.store, pg.as_ref()) {
+        cluster
+            .analyze("kluis")
+            .unwrap_or_else(|why| panic!("analysing kluis's database: {why}"));
+    }
 
     // The echo answers with as many bytes as a GetRecord answer carries.
     let sample = pb::GetRecordResponse {

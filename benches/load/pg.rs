@@ -273,11 +273,21 @@ impl Pg {
         self.server.id()
     }
 
+    /// Vacuums and analyses the database `name` after a bulk load, as the baseline's tables
+    /// are, so that both sides are planned with statistics of what they hold.
+    pub fn analyze(&self, name: &str) -> Result<(), String> {
+        self.psql_on(name, "VACUUM ANALYZE").map(drop)
+    }
+
     fn psql(&self, sql: &str) -> Result<String, String> {
+        self.psql_on("postgres", sql)
+    }
+
+    fn psql_on(&self, database: &str, sql: &str) -> Result<String, String> {
         let mut c = command(&self.bin, "psql", None);
         c.arg("-h")
             .arg(self.dir.path())
-            .args(["-p", PORT, "-U", "kluis", "-d", "postgres", "-q"])
+            .args(["-p", PORT, "-U", "kluis", "-d", database, "-q"])
             .args(["-v", "ON_ERROR_STOP=1", "-c", sql]);
         run(c, "psql")
     }
