@@ -67,7 +67,7 @@ key_type!(
     /// key.
     ///
     /// Keeps the AES-256-GCM cipher of its field subkey once it has been used
-    /// (`SubjectKey::fields`), so that a key the keyring caches does not derive a subkey and
+    /// (`fields_aes`), so that a key the keyring caches does not derive a subkey and
     /// expand AES round keys for every field it seals or opens. The cipher is wiped with the key.
     SubjectKey,
     /// The field cipher, prepared at its first use (`EnvelopeKey::prepared_aes`).

@@ -170,13 +170,13 @@ fn batch(writer: &Mutex<Connection>, jobs: Vec<Job>) -> Vec<Result<Output, Store
             })
             .collect()
     };
-    let ids = jobs.len();
+    let n = jobs.len();
     let Ok(mut conn) = writer.lock() else {
-        return fail_all(ids, &StoreError::Database("writer lock poisoned".into()));
+        return fail_all(n, &StoreError::Database("writer lock poisoned".into()));
     };
     let mut tx = match conn.transaction().map_err(db) {
         Ok(tx) => tx,
-        Err(e) => return fail_all(ids, &e),
+        Err(e) => return fail_all(n, &e),
     };
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -187,7 +187,7 @@ fn batch(writer: &Mutex<Connection>, jobs: Vec<Job>) -> Vec<Result<Output, Store
                     // Undo this job's work only (rollback to the savepoint, then release it). If
                     // that fails, its partial work would be committed with the others: fail all.
                     if let Err(undo) = sp.finish() {
-                        return fail_all(ids, &db(undo));
+                        return fail_all(n, &db(undo));
                     }
                     Err(e)
                 }
@@ -198,7 +198,7 @@ fn batch(writer: &Mutex<Connection>, jobs: Vec<Job>) -> Vec<Result<Output, Store
         // the connection in autocommit: later jobs would commit one by one. Fail the batch.
         if tx.is_autocommit() {
             return fail_all(
-                ids,
+                n,
                 &StoreError::Database("the transaction was rolled back by SQLite".into()),
             );
         }
@@ -206,7 +206,7 @@ fn batch(writer: &Mutex<Connection>, jobs: Vec<Job>) -> Vec<Result<Output, Store
     }
     match tx.commit().map_err(db) {
         Ok(()) => results,
-        Err(e) => fail_all(ids, &e),
+        Err(e) => fail_all(n, &e),
     }
 }
 
