@@ -382,12 +382,19 @@ struct Folds {
     /// `index[c] = start << 8 | len`.
     index: Box<[u32]>,
     units: Box<[Unit]>,
+    /// Per character of the plane, the one unit it folds to, or [`Folds::SLOW`] when it folds
+    /// to none or several, or is a surrogate: one load for the common case of the decoders.
+    direct: Box<[u8]>,
 }
 
 impl Folds {
     const NOTHING: u8 = 0;
     const MANY: u8 = 1;
     const FIRST_SINGLE: u8 = 2;
+    /// In `direct`: several units, or a surrogate. No unit has this value (units are ASCII,
+    /// `LETTER`, `OTHER` or `BREAK`), nor [`Folds::NONE`]: a character that folds to nothing.
+    const SLOW: u8 = 0xFE;
+    const NONE: u8 = 0xFD;
 
     fn get() -> &'static Folds {
         static FOLDS: OnceLock<Folds> = OnceLock::new();
@@ -399,6 +406,7 @@ impl Folds {
         let mut single: Vec<Unit> = Vec::new();
         let mut index = Vec::with_capacity(0x1_0000);
         let mut units = Vec::new();
+        let mut direct = Vec::with_capacity(0x1_0000);
         let mut one = Vec::with_capacity(MAX_FOLD);
         for cp in 0..=0xFFFFu32 {
             one.clear();
@@ -407,6 +415,11 @@ impl Folds {
                 // Surrogates never reach `fold`.
                 None => one.push(Unit::BREAK),
             }
+            direct.push(match (char::from_u32(cp), one.as_slice()) {
+                (Some(_), []) => Self::NONE,
+                (Some(_), [u]) if u.0 <= Unit::OTHER.0 => u.0,
+                _ => Self::SLOW,
+            });
             code.push(match one.as_slice() {
                 [] => Self::NOTHING,
                 [u] => {
@@ -429,13 +442,33 @@ impl Folds {
             single,
             index: index.into_boxed_slice(),
             units: units.into_boxed_slice(),
+            direct: direct.into_boxed_slice(),
         }
+    }
+
+    /// The one unit the character of the Basic Multilingual Plane `cp` folds to, or
+    /// [`Folds::NONE`] when it folds to nothing, or [`Folds::SLOW`] when it folds to several
+    /// or is a surrogate ([`Folds::fold`] then says what).
+    #[inline]
+    fn direct(&self, cp: u16) -> u8 {
+        self.direct
+            .get(usize::from(cp))
+            .copied()
+            .unwrap_or(Self::SLOW)
     }
 
     /// Folds one character to the units it shows: its compatibility decomposition without
     /// combining marks and default-ignorable code points, classified.
+    #[inline]
     fn fold(&self, c: char, out: &mut impl FnMut(Unit)) {
         let cp = u32::from(c);
+        if let Ok(plane) = u16::try_from(cp) {
+            match self.direct(plane) {
+                Self::NONE => return,
+                u if u <= Unit::OTHER.0 => return out(Unit(u)),
+                _ => {}
+            }
+        }
         let Some(&code) = usize::try_from(cp).ok().and_then(|i| self.code.get(i)) else {
             fold_slowly(c, out);
             return;
@@ -462,15 +495,12 @@ impl Folds {
     }
 
     /// The unit of an ASCII byte.
+    #[inline]
     fn ascii(&self, b: u8) -> Unit {
-        self.code
-            .get(usize::from(b))
-            .and_then(|&k| {
-                self.single
-                    .get(usize::from(k.wrapping_sub(Self::FIRST_SINGLE)))
-            })
-            .copied()
-            .unwrap_or_else(|| ascii_unit(b))
+        match self.direct(u16::from(b)) {
+            u @ 0..=0x7F => Unit(u),
+            _ => ascii_unit(b),
+        }
     }
 }
 
@@ -915,7 +945,7 @@ fn scan_bsns(
                 continue;
             }
             _ => {
-                i += 1;
+                i = number_start(u, i + 1);
                 continue;
             }
         }
@@ -952,6 +982,25 @@ fn scan_bsns(
         resume: u.len().max(start),
         cut: false,
     }
+}
+
+/// The first unit at or after `from` that can start a number or a character reference (a
+/// digit or `&`), or the end of `u`: a block at a time.
+fn number_start(u: &[Unit], from: usize) -> usize {
+    let starts = |x: Unit| x.is_digit() || x.0 == b'&';
+    let rest = u.get(from..).unwrap_or_default();
+    let blocks = rest.chunks_exact(BLOCK);
+    let tail = blocks.remainder();
+    for (b, block) in blocks.enumerate() {
+        let found = mask(block, starts);
+        if found != 0 {
+            return from + b * BLOCK + found.trailing_zeros() as usize;
+        }
+    }
+    let base = from + rest.len() - tail.len();
+    tail.iter()
+        .position(|&x| starts(x))
+        .map_or(u.len(), |k| base + k)
 }
 
 /// Where a long row is read again when more of it arrives. Only its trailing groups of at
@@ -1219,6 +1268,7 @@ pub const MAX_MRZ_SPACE: usize = 8;
 const MRZ_CARRY: usize = 1024;
 
 /// How far a pass got.
+#[derive(Debug, Eq, PartialEq)]
 enum MrzScan {
     Found,
     /// No MRZ; `Some` with the start of the run of MRZ characters still going on at the end.
@@ -1234,8 +1284,74 @@ fn mrz_char(u: Unit) -> Option<u8> {
     }
 }
 
+/// Whether a unit can be inside a run of MRZ characters: an MRZ character or a space. Any
+/// other unit ends a run.
+#[inline]
+fn in_mrz_run(x: Unit) -> bool {
+    x.0.wrapping_sub(b'0') < 10 || x.0.wrapping_sub(b'a') < 26 || x.0 == b'<' || x.0 == b' '
+}
+
+/// Units the block passes of the guard read at once, as the bits of one mask.
+const BLOCK: usize = 32;
+
+/// The units of `block` (at most [`BLOCK`]) for which `class` holds, as bits from the lowest.
+/// Written without branches on the data, so that the compiler reads a block at once.
+#[inline]
+fn mask(block: &[Unit], class: impl Fn(Unit) -> bool) -> u32 {
+    block
+        .iter()
+        .enumerate()
+        .fold(0, |m, (k, &x)| m | u32::from(class(x)) << (k % BLOCK))
+}
+
 /// Looks for an MRZ in the runs of MRZ characters of `u`; `run` is a buffer to collect them in.
+///
+/// Most data (binary data read as text, and four of the five readings of any text) has no
+/// stretch of units that could be inside a run as long as an MRZ line: a block pass finds
+/// that, and only the last stretch, which the next pass may continue, is read unit by unit.
+/// Otherwise [`scan_mrz_whole`] reads everything.
 fn scan_mrz(u: &[Unit], run: &mut Zeroizing<Vec<u8>>) -> MrzScan {
+    // The length of the stretch of run units that ends where the pass is, and where it began.
+    let mut stretch = 0;
+    let mut tail = 0;
+    let blocks = u.chunks_exact(BLOCK);
+    let rest = blocks.remainder();
+    for (b, block) in blocks.enumerate() {
+        let inside = mask(block, in_mrz_run);
+        // A stretch of MRZ_LINE ends in this block or runs on through it, or one lies inside
+        // it: read everything.
+        if stretch + inside.trailing_ones() as usize >= MRZ_LINE
+            || inside.count_ones() as usize >= MRZ_LINE
+        {
+            return scan_mrz_whole(u, run);
+        }
+        let after = inside.leading_ones() as usize;
+        stretch = after;
+        tail = (b + 1) * BLOCK - after;
+    }
+    let base = u.len() - rest.len();
+    for (k, &x) in rest.iter().enumerate() {
+        if in_mrz_run(x) {
+            stretch += 1;
+            if stretch >= MRZ_LINE {
+                return scan_mrz_whole(u, run);
+            }
+        } else {
+            stretch = 0;
+            tail = base + k + 1;
+        }
+    }
+    // No run as long as a line: what the whole pass would say, from the last stretch alone
+    // (every unit that is not a run unit starts its count afresh).
+    match scan_mrz_whole(u.get(tail..).unwrap_or_default(), run) {
+        MrzScan::Open(start) => MrzScan::Open(start.map(|s| tail + s)),
+        // A stretch shorter than a line holds none.
+        MrzScan::Found => MrzScan::Found,
+    }
+}
+
+/// [`scan_mrz`] reading every unit.
+fn scan_mrz_whole(u: &[Unit], run: &mut Zeroizing<Vec<u8>>) -> MrzScan {
     // A quick pass without branches on the data: the longest run, and where the last began.
     let (mut count, mut spaces, mut longest, mut last_start) = (0usize, 0usize, 0usize, 0usize);
     for (i, &x) in u.iter().enumerate() {
@@ -1536,10 +1652,12 @@ impl View {
                 now = after;
                 self.utf8_byte(b);
             }
+            let (units, folds) = (&mut *self.units, self.folds);
             let mut i = 0;
+            let mut past = None;
             while let Some(&b) = now.get(i) {
                 if b < 0x80 {
-                    self.units.push(self.folds.ascii(b));
+                    units.push(folds.ascii(b));
                     i += 1;
                     continue;
                 }
@@ -1548,32 +1666,31 @@ impl View {
                     0xE0..=0xEF => 2,
                     0xF0..=0xF4 => 3,
                     _ => {
-                        self.push_break();
+                        push_break(units);
                         i += 1;
                         continue;
                     }
                 };
                 let Some(sequence) = now.get(i..=i + need) else {
-                    // It runs past the batch.
-                    for &b in now.get(i..).unwrap_or_default() {
-                        self.utf8_byte(b);
-                    }
+                    past = Some(i);
                     break;
                 };
-                match std::str::from_utf8(sequence)
-                    .ok()
-                    .and_then(|s| s.chars().next())
-                {
+                match utf8_char(sequence) {
                     Some(c) => {
-                        let units = &mut self.units;
-                        self.folds.fold(c, &mut |u| units.push(u));
+                        folds.fold(c, &mut |u| units.push(u));
                         i += 1 + need;
                     }
                     None => {
                         // Not UTF-8: the lead byte is a break, and what follows is read anew.
-                        self.push_break();
+                        push_break(units);
                         i += 1;
                     }
+                }
+            }
+            // A sequence that runs past the batch.
+            if let Some(i) = past {
+                for &b in now.get(i..).unwrap_or_default() {
+                    self.utf8_byte(b);
                 }
             }
         }
@@ -1619,9 +1736,7 @@ impl View {
 
     /// A break; several in a row are one.
     fn push_break(&mut self) {
-        if self.units.last() != Some(&Unit::BREAK) {
-            self.units.push(Unit::BREAK);
-        }
+        push_break(&mut self.units);
     }
 
     fn begin_utf8(&mut self, lead: u8, need: u8, mask: u8) {
@@ -1651,9 +1766,17 @@ impl View {
         while bytes.len() >= 2 {
             let take = self.room()?.clamp(1, bytes.len() / 2) * 2;
             let (now, rest) = bytes.split_at(take);
+            let (units, high, folds) = (&mut *self.units, &mut self.high, self.folds);
             for pair in now.chunks_exact(2) {
                 if let [a, b] = pair {
-                    self.code_unit(unit(*a, *b));
+                    let cu = unit(*a, *b);
+                    // Most code units are one character of one unit, with no surrogate
+                    // waiting: one load.
+                    match folds.direct(cu) {
+                        u if u <= Unit::OTHER.0 && high.is_none() => units.push(Unit(u)),
+                        Folds::NONE if high.is_none() => {}
+                        _ => code_unit(units, high, folds, cu),
+                    }
                 }
             }
             bytes = rest;
@@ -1665,35 +1788,7 @@ impl View {
     }
 
     fn code_unit(&mut self, cu: u16) {
-        match cu {
-            0xD800..=0xDBFF => {
-                if self.high.replace(cu).is_some() {
-                    self.push_break();
-                }
-            }
-            0xDC00..=0xDFFF => match self.high.take() {
-                Some(high) => {
-                    let code =
-                        0x10000 + ((u32::from(high) - 0xD800) << 10) + (u32::from(cu) - 0xDC00);
-                    let c = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
-                    let units = &mut self.units;
-                    self.folds.fold(c, &mut |u| units.push(u));
-                }
-                None => self.push_break(),
-            },
-            _ => {
-                if self.high.take().is_some() {
-                    self.push_break();
-                }
-                match char::from_u32(u32::from(cu)) {
-                    Some(c) => {
-                        let units = &mut self.units;
-                        self.folds.fold(c, &mut |u| units.push(u));
-                    }
-                    None => self.push_break(),
-                }
-            }
-        }
+        code_unit(&mut self.units, &mut self.high, self.folds, cu);
     }
 
     /// How many more bytes or code units can be decoded before the units must be read: each
@@ -1732,6 +1827,71 @@ impl View {
         self.carried = self.units.len();
         Ok(())
     }
+}
+
+/// A break; several in a row are one.
+fn push_break(units: &mut Vec<Unit>) {
+    if units.last() != Some(&Unit::BREAK) {
+        units.push(Unit::BREAK);
+    }
+}
+
+/// Decodes one UTF-16 code unit, `high` the surrogate waiting for its pair.
+fn code_unit(units: &mut Vec<Unit>, high: &mut Option<u16>, folds: &Folds, cu: u16) {
+    match cu {
+        0xD800..=0xDBFF => {
+            if high.replace(cu).is_some() {
+                push_break(units);
+            }
+        }
+        0xDC00..=0xDFFF => match high.take() {
+            Some(high) => {
+                let code = 0x10000 + ((u32::from(high) - 0xD800) << 10) + (u32::from(cu) - 0xDC00);
+                let c = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
+                folds.fold(c, &mut |u| units.push(u));
+            }
+            None => push_break(units),
+        },
+        _ => {
+            if high.take().is_some() {
+                push_break(units);
+            }
+            match char::from_u32(u32::from(cu)) {
+                Some(c) => folds.fold(c, &mut |u| units.push(u)),
+                None => push_break(units),
+            }
+        }
+    }
+}
+
+/// The character of one UTF-8 sequence (a lead byte and as many continuation bytes as it
+/// announces), or `None` when it is not one: what `std::str::from_utf8` accepts of one
+/// sequence (no overlong forms, no surrogates, nothing above U+10FFFF), without its call.
+#[inline]
+fn utf8_char(sequence: &[u8]) -> Option<char> {
+    let (&lead, rest) = sequence.split_first()?;
+    let (mask, second) = match lead {
+        0xC2..=0xDF => (0x1F, 0x80..=0xBF),
+        0xE0 => (0x0F, 0xA0..=0xBF),
+        0xED => (0x0F, 0x80..=0x9F),
+        0xE1..=0xEF => (0x0F, 0x80..=0xBF),
+        0xF0 => (0x07, 0x90..=0xBF),
+        0xF4 => (0x07, 0x80..=0x8F),
+        0xF1..=0xF3 => (0x07, 0x80..=0xBF),
+        _ => return None,
+    };
+    let (&first, more) = rest.split_first()?;
+    if !second.contains(&first) {
+        return None;
+    }
+    let mut code = u32::from(lead & mask) << 6 | u32::from(first & 0x3F);
+    for &b in more {
+        if b & 0xC0 != 0x80 {
+            return None;
+        }
+        code = code << 6 | u32::from(b & 0x3F);
+    }
+    char::from_u32(code)
 }
 
 // The decoder's state holds part of a character of the data: wiped with the buffers.
@@ -3157,6 +3317,95 @@ mod tests {
         "\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}\u{200B}",
     ];
 
+    /// The decoders' one-load table says what folding says, for every character of the
+    /// plane: one unit, nothing, or (`SLOW`) several or a surrogate.
+    #[test]
+    fn the_direct_table_agrees_with_folding() {
+        let folds = Folds::get();
+        for cp in 0..=0xFFFFu16 {
+            let slow = char::from_u32(u32::from(cp)).map(|c| {
+                let mut v = Vec::new();
+                fold_slowly(c, &mut |u| v.push(u));
+                v
+            });
+            match (folds.direct(cp), slow.as_deref()) {
+                (Folds::NONE, Some([])) => {}
+                (Folds::SLOW, None | Some([_, _, ..])) => {}
+                (u, Some([one])) if u <= Unit::OTHER.0 => assert_eq!(Unit(u), *one, "{cp:#x}"),
+                (u, slow) => panic!("{cp:#x}: table {u:#x}, folding {slow:?}"),
+            }
+            // And `fold`, which reads the table first, folds as `fold_slowly` does.
+            if let (Some(c), Some(slow)) = (char::from_u32(u32::from(cp)), &slow) {
+                let mut fast = Vec::new();
+                folds.fold(c, &mut |u| fast.push(u));
+                assert_eq!(&fast, slow, "{cp:#x}");
+            }
+        }
+    }
+
+    /// One UTF-8 sequence is read as the standard library reads it: every two- and
+    /// three-byte sequence, and four-byte ones at every lead with the edges of each range.
+    #[test]
+    fn utf8_sequences_are_read_as_the_standard_library_reads_them() {
+        let std_char = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.chars().next());
+        for lead in 0xC2..=0xDFu8 {
+            for b in 0..=0xFFu8 {
+                assert_eq!(
+                    utf8_char(&[lead, b]),
+                    std_char(&[lead, b]),
+                    "{lead:x} {b:x}"
+                );
+            }
+        }
+        for lead in 0xE0..=0xEFu8 {
+            for b in 0..=0xFFu8 {
+                for c in 0..=0xFFu8 {
+                    let seq = [lead, b, c];
+                    assert_eq!(utf8_char(&seq), std_char(&seq), "{seq:x?}");
+                }
+            }
+        }
+        let edges = [0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xFF];
+        for lead in 0xF0..=0xF4u8 {
+            for b in 0..=0xFFu8 {
+                for c in edges {
+                    for d in edges {
+                        let seq = [lead, b, c, d];
+                        assert_eq!(utf8_char(&seq), std_char(&seq), "{seq:x?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Units for the block passes: MRZ characters, spaces and the rest, in runs.
+    fn unit_runs(runs: &[(u8, usize)]) -> Vec<Unit> {
+        const ALPHABET: &[u8] = b"0a9z< .-$&\x80\x81\xff";
+        runs.iter()
+            .flat_map(|&(k, n)| {
+                let u = ALPHABET.get(usize::from(k) % ALPHABET.len()).copied();
+                std::iter::repeat_n(Unit(u.unwrap_or(b' ')), n)
+            })
+            .collect()
+    }
+
+    /// Lines of a real MRZ and stretches just long and just short of a line, for the block
+    /// pass of `scan_mrz` to meet at every offset of a block.
+    const MRZ_PIECES: &[&str] = &[
+        "P<NLDDE<BRUIJN<<WILLEKE<LISELOTTE<<<<<<<<<<<",
+        "SPECI20142NLD6503101F2403096999999990<<<<<84",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "a a a a a a a a a a a a a a a a a a a a a a a a a a a a",
+        "         ",
+        ".",
+        "\u{4E00}",
+        "1",
+        "I<NLDSPECI20212999999990<<<<<<",
+        "6503101F2403096NLD<<<<<<<<<<<8",
+        "DE<BRUIJN<<WILLEKE<LISELOTTE<<",
+    ];
+
     proptest::proptest! {
         /// Whatever the bytes and wherever they are cut, a scanner that reads what it holds
         /// often comes to the answer of one that reads everything at once; and binary data
@@ -3188,6 +3437,40 @@ mod tests {
             if encoding == 0 && check_text("f", &text).is_err() {
                 proptest::prop_assert!(whole);
             }
+        }
+
+        /// The block pass of `scan_mrz` says what reading every unit says.
+        #[test]
+        fn the_mrz_block_pass_agrees_with_the_whole_pass(
+            runs in proptest::collection::vec((0u8..13, 0usize..40), 0..60),
+            pieces in proptest::collection::vec(0usize..MRZ_PIECES.len(), 0..12),
+            pad in 0usize..64,
+        ) {
+            // The pieces after `pad` units that end a run, at every offset of a block.
+            let mut u = vec![Unit(b'.'); pad];
+            for &p in &pieces {
+                u.extend(MRZ_PIECES.get(p).map_or(Vec::new(), |t| units(t).to_vec()));
+            }
+            u.extend(unit_runs(&runs));
+            let mut run = Zeroizing::new(Vec::new());
+            let fast = scan_mrz(&u, &mut run);
+            proptest::prop_assert_eq!(fast, scan_mrz_whole(&u, &mut run));
+        }
+
+        /// The block search for the start of a number finds the first digit or `&`.
+        #[test]
+        fn the_number_search_finds_the_first_digit_or_reference(
+            runs in proptest::collection::vec((0u8..13, 0usize..70), 0..40),
+            from in 0usize..3000,
+        ) {
+            let u = unit_runs(&runs);
+            let naive = u
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, x)| x.is_digit() || x.0 == b'&')
+                .map_or(u.len(), |(i, _)| i);
+            proptest::prop_assert_eq!(number_start(&u, from), naive);
         }
 
         #[test]
