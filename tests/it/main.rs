@@ -41,6 +41,7 @@ mod pg;
 mod policy_reload;
 mod policy_table;
 mod postgres;
+mod proto;
 mod rights;
 mod rotation;
 mod seal;
