@@ -122,8 +122,10 @@ where
     let vault = Arc::clone(&backend.vault);
     let identity = Arc::clone(&backend.identity);
     let task = tokio::task::spawn_blocking(move || {
-        let principal = identity.authenticate(&vault, &creds)?;
-        f(&vault, &principal, message)
+        identity
+            .authenticate(&vault, &creds)
+            .and_then(|principal| f(&vault, &principal, message))
+            .map_err(|e| vault.after_failure(e))
     });
     tokio::time::timeout(REQUEST_TIMEOUT, task)
         .await
@@ -157,9 +159,10 @@ where
     let task = tokio::task::spawn_blocking(move || {
         let principal = identity
             .authenticate(&vault, &creds)
-            .map_err(status::to_status)?;
+            .map_err(|e| status::to_status(vault.after_failure(e)))?;
         let permit = streams.admit(&principal.id)?;
-        let done = f(&vault, &principal, message).map_err(status::to_status)?;
+        let done = f(&vault, &principal, message)
+            .map_err(|e| status::to_status(vault.after_failure(e)))?;
         Ok((done, permit))
     });
     tokio::time::timeout(REQUEST_TIMEOUT, task)

@@ -312,7 +312,7 @@ impl VaultRpc for VaultApi {
                 vault.export_subject(&principal, &ctx, &subject, emit)
             };
             if let Err(e) = result {
-                tx.send_blocking(Err(super::status::to_status(e)));
+                tx.send_blocking(Err(super::status::to_status(vault.after_failure(e))));
             }
         });
         Ok(Response::new(stream))

@@ -140,17 +140,14 @@ impl Vault {
             return Ok(false);
         }
         // Read the epoch first, then drop what may be stale: a change committed meanwhile moves
-        // the epoch again and is taken in at the next call.
+        // the epoch again and is taken in at the next call. A replaced root key stops this node
+        // before its keys are dropped: a request in between would find the rewrapped keys and
+        // take them for tampered ones.
+        if !self.keyring.root_is_current()? {
+            self.stop_for_replaced_root();
+        }
         self.keyring.forget_all();
         self.forget_token_register();
-        if !self.keyring.root_is_current()?
-            && !self.follower.root_replaced.swap(true, Ordering::SeqCst)
-        {
-            tracing::error!(
-                "another node changed the root key: this node can unwrap nothing new and stops \
-                 serving; restart it with the new passphrase or key file"
-            );
-        }
         // A policy set this node cannot take up (a MAC that fails, a set this build cannot
         // read) must not leave it deciding by the old one: it stops serving until it can.
         let adopted = stored_policy_set(self.store.as_ref(), &self.rows).and_then(|stored| {
@@ -178,6 +175,46 @@ impl Vault {
         }
         *last = Some(epoch);
         Ok(true)
+    }
+
+    fn stop_for_replaced_root(&self) {
+        if !self.follower.root_replaced.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                "another node changed the root key: this node can unwrap nothing new and stops \
+                 serving; restart it with the new passphrase or key file"
+            );
+        }
+    }
+
+    /// `e`, or `UNAVAILABLE` when `e` says a stored key or row failed its integrity check
+    /// because another node replaced the root key since this node's last look: the keys it
+    /// rewrapped do not open under this node's root key, and that is no sign of tampering. A
+    /// change of root commits the rewrapped keys and the new key check value together, so a
+    /// key that did not open is followed by a key check that tells.
+    pub(crate) fn after_failure(&self, e: VaultError) -> VaultError {
+        use crate::{crypto::CryptoError, keys::KeyError, store::StoreError};
+        let integrity = matches!(
+            e,
+            VaultError::DataLoss(_)
+                | VaultError::Store(StoreError::Corrupt(_))
+                | VaultError::Key(
+                    KeyError::Tampered(_)
+                        | KeyError::Crypto(CryptoError::Open)
+                        | KeyError::CorruptMeta
+                        | KeyError::Store(StoreError::Corrupt(_))
+                )
+        );
+        // Only a store other nodes share can have its root key changed under this node.
+        if !integrity || !matches!(self.store.change_epoch(), Ok(Some(_))) {
+            return e;
+        }
+        match self.keyring.root_is_current() {
+            Ok(false) => {
+                self.stop_for_replaced_root();
+                self.check_root_current().err().unwrap_or(e)
+            }
+            _ => e,
+        }
     }
 
     /// Fails with `UNAVAILABLE` once another node replaced the root key this node holds, and

@@ -1039,6 +1039,74 @@ async fn a_root_key_changed_on_one_node_stops_the_other_until_it_starts_with_the
     );
 }
 
+/// Between a root change on A and B's next look at the store, B meets keys rewrapped under a
+/// root it does not hold. That is no tampering: B answers `UNAVAILABLE` (go to another node),
+/// never `DATA_LOSS`, which tells an operator to look for an edited store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_meeting_keys_of_a_root_changed_elsewhere_answers_unavailable_not_data_loss() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (_tmp, a, b) = two_nodes_on(&url).await;
+    // Records B has never read: it unwraps their keys only after the change.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            put(
+                &a,
+                Role::NuisanceOfficer,
+                nuisance_ctx(),
+                &format!("REL-RT2-{i}"),
+                vec![text("report", "nuisance-evidence", "after the root change")],
+            )
+            .await,
+        );
+    }
+    // A change B takes in makes it forget the keys it unwrapped (its purpose keys with them);
+    // B reads nothing until the root has changed.
+    let so = a.token(Role::SecurityOfficer).to_owned();
+    a.admin()
+        .await
+        .issue_token(req(
+            &so,
+            pb::IssueTokenRequest {
+                principal_id: "analyst-8".into(),
+                roles: vec!["analyst".into()],
+                ttl_seconds: 3600,
+                scope_subject_id: String::new(),
+                justification: "monthly figures".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(IN_FORCE_WITHIN).await;
+    let new_key: [u8; 32] = rand::random();
+    crate::rotation::change_root(&a, pb::rotate_root_request::Secret::Key(new_key.to_vec())).await;
+    let start = Instant::now();
+    let mut codes = Vec::new();
+    while start.elapsed() < IN_FORCE_WITHIN {
+        for id in &ids {
+            match get(&b, b.token(Role::NuisanceOfficer), nuisance_ctx(), id).await {
+                Ok(_) => codes.push(Code::Ok),
+                Err(s) => {
+                    assert_ne!(
+                        s.code(),
+                        Code::DataLoss,
+                        "B took the new root's keys for tampering: {s:?}"
+                    );
+                    codes.push(s.code());
+                }
+            }
+        }
+    }
+    // B stops at its first call or at its next look at the store (every 250 ms).
+    assert_eq!(codes.last(), Some(&Code::Unavailable), "{codes:?}");
+    assert!(!b.vault.is_serving());
+    eprintln!(
+        "B's first answers after the change: {:?}",
+        codes.get(..8.min(codes.len()))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn evidence_uploaded_through_one_node_streams_from_the_other() {
     let Some(cluster) = pg::cluster() else { return };
