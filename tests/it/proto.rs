@@ -5,9 +5,12 @@
 
 use std::path::Path;
 
-/// The rpcs of one service: name, and the types they take and return as written.
-fn services(text: &str) -> Vec<(String, Vec<(String, Vec<String>)>)> {
-    let mut out: Vec<(String, Vec<(String, Vec<String>)>)> = Vec::new();
+/// An rpc: its name, and the types it takes and returns as written.
+type Rpc = (String, Vec<String>);
+
+/// The services of a `.proto` file, each with its rpcs.
+fn services(text: &str) -> Vec<(String, Vec<Rpc>)> {
+    let mut out: Vec<(String, Vec<Rpc>)> = Vec::new();
     // Comments out, then read statement by statement.
     let code: String = text
         .lines()
