@@ -6,6 +6,14 @@
 //! An error of `accept` itself (out of descriptors: `EMFILE`) is met with a pause of 10 to
 //! 100 ms and logged once per run of them, never with a spinning loop.
 //!
+//! A full cap does not let idle connections lock out the clients that would use it: a new
+//! connection takes the place of the one (of its address, or of any, for the cap in all) that
+//! has gone longest without a call of use, once that is at least `EVICT_AFTER` ago and no call
+//! is running on it. A call of use is one that was not refused as unauthenticated or cancelled,
+//! outside the health and reflection services that need no token (`metered` reports them to
+//! the connection's `Activity`). Anyone can open connections that send nothing, answer every
+//! ping and ask for health; only a caller with a credential keeps a place when it is wanted.
+//!
 //! Invariant: every accepted socket is either handed to the server inside a `Killable` holding
 //! its `Slot`, or closed.
 
@@ -13,9 +21,12 @@ use std::{
     collections::HashMap,
     future::Future,
     io,
-    net::IpAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, LazyLock, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use tokio::net::{TcpListener, TcpStream};
@@ -105,6 +116,7 @@ pub(super) fn incoming<H: Handshake>(
     let slots = Arc::new(Slots {
         open: Mutex::new(Open::default()),
         limits,
+        evict_after: EVICT_AFTER,
     });
     tokio::spawn(async move {
         let mut pause = Duration::ZERO;
@@ -133,7 +145,8 @@ pub(super) fn incoming<H: Handshake>(
                     continue;
                 }
             };
-            let slot = match Slots::take(&slots, peer.ip()) {
+            let local = tcp.local_addr().ok();
+            let slot = match Slots::take(&slots, peer.ip(), local.map(|l| (l, peer))) {
                 Ok(slot) => slot,
                 Err(cap) => {
                     refused.note(cap, &limits);
@@ -219,34 +232,201 @@ impl Refused {
     }
 }
 
+/// How long a connection must have gone without a call of use (and have none running) before
+/// a new connection may take its place in a full cap.
+pub const EVICT_AFTER: Duration = Duration::from_secs(2);
+
+/// What the calls on one connection tell of its use, reported by `metered`.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    /// Calls whose response has not ended.
+    running: AtomicUsize,
+    /// When the last call of use ended (or the connection was accepted), in ms after `since`.
+    last: AtomicU64,
+    since: Instant,
+    evicted: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            running: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+            since: Instant::now(),
+            evicted: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A call starts on the connection; it ends when the returned guard is dropped.
+    pub(crate) fn call(self: &Arc<Self>) -> Running {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Running {
+            activity: Arc::clone(self),
+            of_use: false,
+        }
+    }
+
+    /// How long the connection has gone without a call of use; `None` while a call runs.
+    fn idle(&self) -> Option<Duration> {
+        if self.running.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::SeqCst));
+        Some(self.since.elapsed().saturating_sub(last))
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Completes once a new connection took this one's place.
+    pub(super) async fn evicted(&self) {
+        loop {
+            let woken = self.wake.notified();
+            if self.evicted.load(Ordering::SeqCst) {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+/// A call running on a connection.
+#[derive(Debug)]
+pub(crate) struct Running {
+    activity: Arc<Activity>,
+    of_use: bool,
+}
+
+impl Running {
+    /// The call ended with gRPC status `code`: of use unless refused as unauthenticated or
+    /// cancelled.
+    pub(crate) fn ended(&mut self, code: i32) {
+        const CANCELLED: i32 = 1;
+        const UNAUTHENTICATED: i32 = 16;
+        self.of_use = code != CANCELLED && code != UNAUTHENTICATED;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.of_use {
+            let now = u64::try_from(self.activity.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.activity.last.fetch_max(now, Ordering::SeqCst);
+        }
+        self.activity.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection's local and peer address.
+type Ends = (SocketAddr, SocketAddr);
+
+/// The activity of every open connection of this process, by its local and peer address (the
+/// connect info every request carries).
+static CONNECTIONS: LazyLock<RwLock<HashMap<Ends, Arc<Activity>>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// The activity of the connection between `local` and `peer`, while it is open.
+pub(crate) fn activity_of(local: SocketAddr, peer: SocketAddr) -> Option<Arc<Activity>> {
+    CONNECTIONS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&(local, peer))
+        .cloned()
+}
+
 /// The connections open, in all and per address.
 struct Slots {
     open: Mutex<Open>,
     limits: ConnectionLimits,
+    /// `EVICT_AFTER` (tests take less).
+    evict_after: Duration,
 }
 
 #[derive(Default)]
 struct Open {
     total: usize,
     per_address: HashMap<IpAddr, usize>,
+    /// Every connection holding a slot, by slot number: its address and activity.
+    live: HashMap<u64, (IpAddr, Arc<Activity>)>,
+    next: u64,
+}
+
+impl Open {
+    /// Gives up the slot `id` (a connection closed, or evicted): true when it was held.
+    fn release(&mut self, id: u64) -> bool {
+        let Some((address, _)) = self.live.remove(&id) else {
+            return false;
+        };
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_address.get_mut(&address) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_address.remove(&address);
+            }
+        }
+        true
+    }
+
+    /// Evicts the connection (of `address`, or of any) longest without a call of use, when
+    /// that is at least `after` and none runs on it; true when one was.
+    fn evict_idle(&mut self, address: Option<IpAddr>, after: Duration) -> bool {
+        let oldest = self
+            .live
+            .iter()
+            .filter(|(_, (a, _))| address.is_none_or(|want| *a == want))
+            .filter_map(|(id, (_, activity))| Some((*id, activity.idle()?)))
+            .filter(|(_, idle)| *idle >= after)
+            .max_by_key(|(_, idle)| *idle);
+        let Some((id, _)) = oldest else {
+            return false;
+        };
+        if let Some((_, activity)) = self.live.get(&id) {
+            activity.evict();
+        }
+        self.release(id)
+    }
 }
 
 impl Slots {
-    fn take(slots: &Arc<Self>, ip: IpAddr) -> Result<Slot, Cap> {
+    /// A slot for a connection from `ip` (`conn`: its local and peer address, under which
+    /// requests find its activity), taking an idle connection's when a cap is full.
+    fn take(
+        slots: &Arc<Self>,
+        ip: IpAddr,
+        conn: Option<(SocketAddr, SocketAddr)>,
+    ) -> Result<Slot, Cap> {
         let address = address_key(ip);
         let mut open = slots.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.total >= slots.limits.max_connections {
-            return Err(Cap::Total);
-        }
-        let mine = open.per_address.entry(address).or_insert(0);
-        if *mine >= slots.limits.max_connections_per_address {
+        let per_address = |open: &Open| open.per_address.get(&address).copied().unwrap_or(0);
+        if per_address(&open) >= slots.limits.max_connections_per_address
+            && !open.evict_idle(Some(address), slots.evict_after)
+        {
             return Err(Cap::PerAddress);
         }
-        *mine += 1;
+        if open.total >= slots.limits.max_connections && !open.evict_idle(None, slots.evict_after) {
+            return Err(Cap::Total);
+        }
+        *open.per_address.entry(address).or_insert(0) += 1;
         open.total += 1;
+        let id = open.next;
+        open.next += 1;
+        let activity = Arc::new(Activity::new());
+        open.live.insert(id, (address, Arc::clone(&activity)));
+        if let Some(key) = conn {
+            CONNECTIONS
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, Arc::clone(&activity));
+        }
         Ok(Slot {
             slots: Arc::clone(slots),
-            address,
+            id,
+            conn,
+            activity,
         })
     }
 }
@@ -263,20 +443,39 @@ fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A connection's place in the caps, given back when it is dropped.
+/// A connection's place in the caps, given back when it is dropped (or taken by a new
+/// connection while it is idle).
 pub(crate) struct Slot {
     slots: Arc<Slots>,
-    address: IpAddr,
+    id: u64,
+    conn: Option<(SocketAddr, SocketAddr)>,
+    activity: Arc<Activity>,
+}
+
+impl Slot {
+    /// What the calls on the connection tell.
+    pub(super) fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.total = open.total.saturating_sub(1);
-        if let Some(n) = open.per_address.get_mut(&self.address) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.per_address.remove(&self.address);
+        self.slots
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(self.id);
+        if let Some(key) = self.conn {
+            let mut all = CONNECTIONS
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Only this connection's: the addresses may be in use again by a newer one.
+            if all
+                .get(&key)
+                .is_some_and(|a| Arc::ptr_eq(a, &self.activity))
+            {
+                all.remove(&key);
             }
         }
     }
@@ -294,7 +493,98 @@ mod tests {
                 max_connections_per_address: per,
                 handshake_timeout: Duration::from_secs(1),
             },
+            evict_after: EVICTED_IN_TESTS,
         })
+    }
+
+    /// Long enough that the tests which take slots back to back never see one as idle.
+    const EVICTED_IN_TESTS: Duration = Duration::from_millis(300);
+
+    fn idle_for_long() {
+        std::thread::sleep(EVICTED_IN_TESTS + Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_new_connection_takes_the_place_of_the_longest_idle_one() {
+        let s = slots(2, 2);
+        let first = Slots::take(&s, "10.0.0.1".parse().unwrap(), None).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        let second = Slots::take(&s, "10.0.0.2".parse().unwrap(), None).unwrap();
+        // Not idle long enough yet: refused, as without eviction.
+        assert_eq!(
+            Slots::take(&s, "10.0.0.3".parse().unwrap(), None).err(),
+            Some(Cap::Total)
+        );
+        idle_for_long();
+        let third = Slots::take(&s, "10.0.0.3".parse().unwrap(), None).unwrap();
+        assert!(first.activity.evicted.load(Ordering::SeqCst));
+        assert!(!second.activity.evicted.load(Ordering::SeqCst));
+        // The evicted connection's slot is not given back twice when it closes.
+        drop(first);
+        let open = s.open.lock().unwrap();
+        assert_eq!((open.total, open.live.len()), (2, 2));
+        drop(open);
+        drop((second, third));
+        assert_eq!(s.open.lock().unwrap().total, 0);
+    }
+
+    #[test]
+    fn a_connection_with_a_call_running_or_of_recent_use_keeps_its_place() {
+        let s = slots(1, 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let held = Slots::take(&s, a, None).unwrap();
+        let mut call = held.activity.call();
+        idle_for_long();
+        assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
+        // The call ends, of use: the connection counts as used just now.
+        call.ended(0);
+        drop(call);
+        assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
+        idle_for_long();
+        assert!(Slots::take(&s, a, None).is_ok());
+        assert!(held.activity.evicted.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn calls_refused_as_unauthenticated_or_cancelled_are_of_no_use() {
+        for code in [1, 16] {
+            let s = slots(1, 1);
+            let a: IpAddr = "10.0.0.1".parse().unwrap();
+            let held = Slots::take(&s, a, None).unwrap();
+            idle_for_long();
+            let mut call = held.activity.call();
+            call.ended(code);
+            drop(call);
+            assert!(Slots::take(&s, a, None).is_ok(), "{code}");
+            assert!(held.activity.evicted.load(Ordering::SeqCst));
+        }
+    }
+
+    #[test]
+    fn a_full_address_takes_only_its_own_idle_connections() {
+        let s = slots(10, 1);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let of_a = Slots::take(&s, a, None).unwrap();
+        let of_b = Slots::take(&s, b, None).unwrap();
+        idle_for_long();
+        assert!(Slots::take(&s, a, None).is_ok());
+        assert!(of_a.activity.evicted.load(Ordering::SeqCst));
+        assert!(!of_b.activity.evicted.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_wakes_its_waiter() {
+        let activity = Arc::new(Activity::new());
+        let waiter = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.evicted().await }
+        });
+        tokio::task::yield_now().await;
+        activity.evict();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]
@@ -302,12 +592,15 @@ mod tests {
         let s = slots(10, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let held = [Slots::take(&s, a).unwrap(), Slots::take(&s, a).unwrap()];
-        assert_eq!(Slots::take(&s, a).err(), Some(Cap::PerAddress));
-        assert!(Slots::take(&s, b).is_ok());
+        let held = [
+            Slots::take(&s, a, None).unwrap(),
+            Slots::take(&s, a, None).unwrap(),
+        ];
+        assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
+        assert!(Slots::take(&s, b, None).is_ok());
         drop(held);
         assert!(
-            Slots::take(&s, a).is_ok(),
+            Slots::take(&s, a, None).is_ok(),
             "a closed connection gives its slot back"
         );
     }
@@ -315,10 +608,10 @@ mod tests {
     #[test]
     fn the_total_cap_holds_across_addresses() {
         let s = slots(2, 2);
-        let _one = Slots::take(&s, "10.0.0.1".parse().unwrap()).unwrap();
-        let _two = Slots::take(&s, "10.0.0.2".parse().unwrap()).unwrap();
+        let _one = Slots::take(&s, "10.0.0.1".parse().unwrap(), None).unwrap();
+        let _two = Slots::take(&s, "10.0.0.2".parse().unwrap(), None).unwrap();
         assert_eq!(
-            Slots::take(&s, "10.0.0.3".parse().unwrap()).err(),
+            Slots::take(&s, "10.0.0.3".parse().unwrap(), None).err(),
             Some(Cap::Total)
         );
     }
@@ -326,12 +619,12 @@ mod tests {
     #[test]
     fn ipv6_peers_count_by_their_slash_64() {
         let s = slots(10, 1);
-        let _held = Slots::take(&s, "2001:db8::1".parse().unwrap()).unwrap();
+        let _held = Slots::take(&s, "2001:db8::1".parse().unwrap(), None).unwrap();
         assert_eq!(
-            Slots::take(&s, "2001:db8::ffff:1".parse().unwrap()).err(),
+            Slots::take(&s, "2001:db8::ffff:1".parse().unwrap(), None).err(),
             Some(Cap::PerAddress)
         );
-        assert!(Slots::take(&s, "2001:db8:0:1::1".parse().unwrap()).is_ok());
+        assert!(Slots::take(&s, "2001:db8:0:1::1".parse().unwrap(), None).is_ok());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! and wakes to do so, once its phase's switch is thrown or dropped: the server drains for
 //! `DRAIN`, then throws it. A connection that has not sent the HTTP/2 preface (24 bytes, after
 //! the TLS handshake when TLS is on) by its deadline fails the same way, and the slot it holds
-//! in the connection caps (`accept::Slot`) goes with it.
+//! in the connection caps (`accept::Slot`) goes with it; so does an idle connection whose place
+//! a new one took (`accept`, "a full cap").
 
 use std::{
     future::Future,
@@ -29,8 +30,9 @@ const PREFACE: usize = 24;
 /// A connection that a switch can cut, and that must start by a deadline.
 pub struct Killable<IO> {
     inner: IO,
-    kill: Pin<Box<dyn Future<Output = ()> + Send>>,
-    killed: bool,
+    /// Completes with the reason when the connection is to end.
+    kill: Pin<Box<dyn Future<Output = &'static str> + Send>>,
+    killed: Option<&'static str>,
     /// Until the preface is read: when the connection is cut if it has not been.
     preface: Option<Pin<Box<tokio::time::Sleep>>>,
     read: usize,
@@ -40,33 +42,47 @@ pub struct Killable<IO> {
 impl<IO> std::fmt::Debug for Killable<IO> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Killable")
-            .field("killed", &self.killed)
+            .field("killed", &self.killed.is_some())
             .field("started", &self.preface.is_none())
             .finish_non_exhaustive()
     }
 }
 
 impl<IO> Killable<IO> {
-    /// Wraps `inner`, cut when `switch` is thrown or dropped (never with `None`) and when it has
-    /// not sent the preface by `deadline` (never with `None`).
+    /// Wraps `inner`, cut when `switch` is thrown or dropped (never with `None`), when it has
+    /// not sent the preface by `deadline` (never with `None`), and when a new connection takes
+    /// its `slot`.
     pub(super) fn new(
         inner: IO,
         switch: Option<tokio::sync::watch::Receiver<bool>>,
         deadline: Option<tokio::time::Instant>,
         slot: Option<Slot>,
     ) -> Self {
+        let activity = slot.as_ref().map(Slot::activity);
         Self {
             inner,
             kill: Box::pin(async move {
-                match switch {
-                    // Thrown, or its sender gone with the phase: either way, the end.
-                    Some(mut switch) => {
-                        let _ = switch.wait_for(|k| *k).await;
+                let switched = async {
+                    match switch {
+                        // Thrown, or its sender gone with the phase: either way, the end.
+                        Some(mut switch) => {
+                            let _ = switch.wait_for(|k| *k).await;
+                        }
+                        None => std::future::pending().await,
                     }
-                    None => std::future::pending().await,
+                };
+                let evicted = async {
+                    match activity {
+                        Some(activity) => activity.evicted().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = switched => "the node stopped serving (shut down or sealed)",
+                    () = evicted => "idle while the connection caps were full: a new connection took its place",
                 }
             }),
-            killed: false,
+            killed: None,
             preface: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             read: 0,
             _slot: slot,
@@ -76,19 +92,18 @@ impl<IO> Killable<IO> {
     /// Whether the connection is over (cut or not started in time); registers the wakers that
     /// end it otherwise.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if !self.killed && self.kill.as_mut().poll(cx).is_ready() {
-            self.killed = true;
+        if self.killed.is_none()
+            && let Poll::Ready(why) = self.kill.as_mut().poll(cx)
+        {
+            self.killed = Some(why);
         }
-        if self.killed {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the node stopped serving (shut down or sealed)",
-            ));
+        if let Some(why) = self.killed {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, why));
         }
         if let Some(sleep) = &mut self.preface
             && sleep.as_mut().poll(cx).is_ready()
         {
-            self.killed = true;
+            self.killed = Some("no HTTP/2 preface in time: the connection is closed");
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no HTTP/2 preface in time: the connection is closed",

@@ -2,6 +2,11 @@
 //! response (`metrics`): a tower layer around the server's routes. The status is read from the
 //! response headers (a trailers-only answer, as errors are) or from the trailers at the end of
 //! the body; a response dropped before its end (the client went away) counts as `CANCELLED`.
+//!
+//! It also tells each call's connection (`accept::Activity`) that a call runs and, at its end,
+//! whether it was of use, so that a full connection cap hands out idle connections' places.
+//! Calls of the health and reflection services, which need no token, are not reported: they
+//! keep no connection's place.
 
 use std::{
     pin::Pin,
@@ -45,6 +50,12 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path().to_owned();
         let start = Instant::now();
+        let running = if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+        {
+            None
+        } else {
+            connection_of(req.extensions()).map(|a| a.call())
+        };
         let response = self.0.call(req);
         Box::pin(async move {
             let response = response.await?;
@@ -56,10 +67,22 @@ where
                     inner: body,
                     call: Some((path, start)),
                     code,
+                    running,
                 },
             ))
         })
     }
+}
+
+/// The activity of the connection a request came on, from the connect info the server puts on
+/// every request (the TCP addresses, inside TLS's when TLS is on).
+fn connection_of(ext: &http::Extensions) -> Option<std::sync::Arc<super::accept::Activity>> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let tcp = ext.get::<TcpConnectInfo>().or_else(|| {
+        ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(|t| t.get_ref())
+    })?;
+    super::accept::activity_of(tcp.local_addr()?, tcp.remote_addr()?)
 }
 
 fn status_of(headers: &http::HeaderMap) -> Option<i32> {
@@ -77,6 +100,8 @@ pub struct MeteredBody<B> {
     call: Option<(String, Instant)>,
     /// The status, once known.
     code: Option<i32>,
+    /// The call as its connection counts it, until it ends.
+    running: Option<super::accept::Running>,
 }
 
 impl<B> MeteredBody<B> {
@@ -84,6 +109,9 @@ impl<B> MeteredBody<B> {
         if let Some((path, start)) = self.call.take() {
             let code = self.code.unwrap_or(fallback);
             crate::metrics::call(&path, crate::metrics::code_name(code), start.elapsed());
+            if let Some(mut running) = self.running.take() {
+                running.ended(code);
+            }
         }
     }
 }

@@ -455,3 +455,89 @@ async fn idle_connections_beyond_the_open_file_limit_are_refused_or_closed_and_c
     );
     drop(server);
 }
+
+/// The HTTP/2 preface and an empty SETTINGS frame: a connection started as a client starts it.
+const PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// A full cap does not lock out the clients that would use it: anyone can open connections
+/// that start HTTP/2 and then sit there (past the handshake limit, answering nothing), but
+/// once they have made no call of use for two seconds a new connection takes the place of one.
+/// A connection in use keeps its place: with the cap full of callers, a newcomer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_give_their_places_to_clients_that_call_and_callers_keep_theirs() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with_limits(RawLimits {
+        max_connections_per_address: Some(8),
+        ..RawLimits::default()
+    })
+    .await;
+    let here: IpAddr = "127.0.0.1".parse().unwrap();
+    let token = server.token(Role::CustomerService).to_owned();
+    let who = |addr: SocketAddr, token: String| async move {
+        let mut c = pb::vault_client::VaultClient::connect(format!("http://{addr}")).await?;
+        c.who_am_i(req(&token, pb::WhoAmIRequest {}))
+            .await
+            .map_err(Into::into)
+    };
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let mut conn = idle_connection(here, server.addr).await;
+        conn.write_all(PREFACE_AND_SETTINGS).await.unwrap();
+        idle.push(conn);
+    }
+    // Within the first two seconds the cap holds: a ninth connection is closed at once.
+    let mut early = idle_connection(here, server.addr).await;
+    assert!(matches!(
+        ending(&mut early, Duration::from_secs(1)).await,
+        Ending::Refused
+    ));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Then a client that calls gets a place, and an idle connection lost its own.
+    let answered: Result<_, Box<dyn std::error::Error + Send + Sync>> =
+        who(server.addr, token.clone()).await;
+    assert!(answered.is_ok(), "{answered:?}");
+    let mut closed = 0;
+    for conn in &mut idle {
+        if closed_within(conn, Duration::from_millis(200)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection gave its place");
+    drop(idle);
+
+    // Eight clients that call every 200 ms fill the cap and keep it: a newcomer that has made
+    // no call is refused, two seconds on as at first.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (addr, token, stop) = (server.addr, token.clone(), stop.clone());
+        callers.spawn(async move {
+            let mut c = pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let mut calls = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.who_am_i(req(&token, pb::WhoAmIRequest {})).await.unwrap();
+                calls += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            calls
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut late = idle_connection(here, server.addr).await;
+    let refused = matches!(
+        ending(&mut late, Duration::from_secs(1)).await,
+        Ending::Refused
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    while let Some(calls) = callers.join_next().await {
+        // Every caller kept calling on its connection, none was cut.
+        assert!(calls.unwrap() >= 10);
+    }
+    assert!(
+        refused,
+        "a connection in use lost its place to one that made no call"
+    );
+}
