@@ -201,13 +201,13 @@ impl Vault {
         for record in &hits {
             let hit = candidates
                 .iter()
-                .zip(&resources)
+                .zip(resources.iter().zip(&decisions))
                 .find(|((r, _), _)| r.id == record.id)
-                .map(|(_, res)| res);
+                .map(|(_, hit)| hit);
             // A hit tells an external party that the subject's field holds the value: a
             // disclosure, registered as one of its reads is, before the answer.
             let disclosure = match hit {
-                Some(res) => self.register_external_read(principal, ctx, record, &[res])?,
+                Some((res, _)) => self.register_external_read(principal, ctx, record, &[res])?,
                 None => None,
             };
             let subject = SubjectId::parse_stored(&record.subject).ok();
@@ -222,12 +222,13 @@ impl Vault {
             e.decision = "allow".into();
             e.reason = Some(format!("found by `{field}`"));
             e.target = disclosure;
-            if let Some(res) = hit {
+            // With the policies that allowed it, as a read's entry names them.
+            if let Some((res, decision)) = hit {
                 e.fields = vec![crate::audit::AuditField {
                     name: res.name.clone(),
                     category: res.category.as_str().into(),
                     decision: "allow".into(),
-                    policies: Vec::new(),
+                    policies: decision.policies.clone(),
                 }];
             }
             entries.push(e);

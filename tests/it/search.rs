@@ -197,6 +197,15 @@ async fn exact_and_normalised_values_are_found_and_colliding_tags_never_leave_th
         .filter(|e| e["action"] == "found" && e["subject"] == "T7")
         .collect();
     assert!(!found_t7.is_empty());
+    // Each names the policies that allowed it, as a read's entry does.
+    for e in &found_t7 {
+        let fields = e["fields"].as_array().unwrap();
+        assert!(!fields.is_empty(), "{e}");
+        for f in fields {
+            let policies = f["policies"].as_array().unwrap();
+            assert!(!policies.is_empty(), "a found entry names no policy: {e}");
+        }
+    }
     assert!(entries.iter().any(|e| e["action"] == "find-result"
         && e["reason"].as_str().unwrap().contains("`email`: 1 hit(s)")));
     // The subject's access report names the search that found them.
