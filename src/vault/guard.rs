@@ -189,7 +189,14 @@ pub fn contains_mrz(text: &str) -> bool {
 /// dropped.
 pub struct Scanner {
     views: [View; 5],
+    /// Writes of at least this many bytes are read on two threads.
+    parallel_from: usize,
 }
+
+/// Writes of at least this many bytes are read two readings on the caller's thread and three on
+/// another (an upload's chunks are 64 KiB): the readings are independent, and each reads every
+/// byte.
+pub const PARALLEL_FROM: usize = 16 * 1024;
 
 impl Scanner {
     /// A scanner for one stream of bytes.
@@ -208,16 +215,29 @@ impl Scanner {
                 View::new(Encoding::Utf16 { big_endian: true }, false, scan_at),
                 View::new(Encoding::Utf16 { big_endian: true }, true, scan_at),
             ],
+            parallel_from: PARALLEL_FROM,
         }
     }
 
     /// Takes the next bytes; refuses them (naming `field`) as soon as what arrived so far holds
     /// a BSN or an MRZ that nothing after it can make harmless.
     pub fn write(&mut self, field: &str, bytes: &[u8]) -> Result<(), InputError> {
-        for view in &mut self.views {
-            view.write(bytes).map_err(|f| f.refuse(field))?;
-        }
-        Ok(())
+        let write_all = |views: &mut [View]| views.iter_mut().try_for_each(|v| v.write(bytes));
+        let found = if bytes.len() >= self.parallel_from {
+            // The first finding in the order of the readings, as when read one after another.
+            let (first, rest) = self.views.split_at_mut(2);
+            std::thread::scope(|s| {
+                let other = s.spawn(|| write_all(rest));
+                let mine = write_all(first);
+                let theirs = other
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                mine.and(theirs)
+            })
+        } else {
+            write_all(&mut self.views)
+        };
+        found.map_err(|f| f.refuse(field))
     }
 
     /// Reads what is left at the end of the data. Call it once, after the last `write`.
@@ -2957,12 +2977,47 @@ mod tests {
     /// Whether a scanner reading every `scan_at` units refuses `bytes` fed in `chunk`-sized
     /// pieces.
     fn scan_refuses(bytes: &[u8], scan_at: usize, chunk: usize) -> bool {
+        scan_answer(bytes, scan_at, chunk, PARALLEL_FROM).is_err()
+    }
+
+    /// What a scanner reading every `scan_at` units, on two threads from writes of
+    /// `parallel_from` bytes, says of `bytes` fed in `chunk`-sized pieces.
+    fn scan_answer(
+        bytes: &[u8],
+        scan_at: usize,
+        chunk: usize,
+        parallel_from: usize,
+    ) -> Result<(), InputError> {
         let mut s = Scanner::scanning_every(scan_at);
+        s.parallel_from = parallel_from;
         bytes
             .chunks(chunk.max(1))
             .try_for_each(|c| s.write("data", c))
             .and_then(|()| s.finish("data"))
-            .is_err()
+    }
+
+    /// Read on two threads, data gets the answer it gets on one, BSN or MRZ alike, in every
+    /// embedding and wherever the chunks are cut.
+    #[test]
+    fn two_threads_give_the_answer_of_one() {
+        let mrz = format!("{TD3_NAME}\n{TD3_DATA}");
+        for text in ["bsn 111222333 ", "bsn 123456789 ", mrz.as_str()] {
+            let both = format!("{mrz} en bsn 111222333");
+            for t in [text, both.as_str()] {
+                for (how, data) in embeddings(t) {
+                    // (A thread per write: no writes of a byte here.)
+                    for chunk in [509, 4096] {
+                        let one = scan_answer(&data, 512, chunk, usize::MAX);
+                        let two = scan_answer(&data, 512, chunk, 1);
+                        assert_eq!(
+                            one.as_ref().err().map(|e| &e.problem),
+                            two.as_ref().err().map(|e| &e.problem),
+                            "{t:?} as {how} in {chunk}s"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -3434,6 +3489,11 @@ mod tests {
             };
             let whole = check_binary("f", &bytes).is_err();
             proptest::prop_assert_eq!(scan_refuses(&bytes, scan_at, chunk), whole);
+            // On two threads, the same.
+            proptest::prop_assert_eq!(
+                scan_answer(&bytes, scan_at, chunk + 64, 64).is_err(),
+                whole
+            );
             if encoding == 0 && check_text("f", &text).is_err() {
                 proptest::prop_assert!(whole);
             }
