@@ -12,7 +12,9 @@
 //! is running on it. A call of use is one that was not refused as unauthenticated or cancelled,
 //! outside the health and reflection services that need no token (`metered` reports them to
 //! the connection's `Activity`). Anyone can open connections that send nothing, answer every
-//! ping and ask for health; only a caller with a credential keeps a place when it is wanted.
+//! ping and ask for health; only a caller with a credential keeps a place when it is wanted. A
+//! look that finds no idle connection is not repeated for `LOOK_PAUSE`, so that a flood of
+//! newcomers at caps full of callers costs a look per pause, not one each.
 //!
 //! Invariant: every accepted socket is either handed to the server inside a `Killable` holding
 //! its `Slot`, or closed.
@@ -353,7 +355,13 @@ struct Open {
     /// Every connection holding a slot, by slot number: its address and activity.
     live: HashMap<u64, (IpAddr, Arc<Activity>)>,
     next: u64,
+    /// When a look for an idle connection last found none: a flood of newcomers at caps full
+    /// of callers costs a look every `LOOK_PAUSE`, not one each.
+    found_none: Option<Instant>,
 }
+
+/// How long after a look for an idle connection found none a full cap refuses without looking.
+const LOOK_PAUSE: Duration = Duration::from_millis(100);
 
 impl Open {
     /// Gives up the slot `id` (a connection closed, or evicted): true when it was held.
@@ -374,6 +382,9 @@ impl Open {
     /// Evicts the connection (of `address`, or of any) longest without a call of use, when
     /// that is at least `after` and none runs on it; true when one was.
     fn evict_idle(&mut self, address: Option<IpAddr>, after: Duration) -> bool {
+        if self.found_none.is_some_and(|at| at.elapsed() < LOOK_PAUSE) {
+            return false;
+        }
         let oldest = self
             .live
             .iter()
@@ -382,8 +393,10 @@ impl Open {
             .filter(|(_, idle)| *idle >= after)
             .max_by_key(|(_, idle)| *idle);
         let Some((id, _)) = oldest else {
+            self.found_none = Some(Instant::now());
             return false;
         };
+        self.found_none = None;
         if let Some((_, activity)) = self.live.get(&id) {
             activity.evict();
         }
@@ -558,6 +571,22 @@ mod tests {
             assert!(Slots::take(&s, a, None).is_ok(), "{code}");
             assert!(held.activity.evicted.load(Ordering::SeqCst));
         }
+    }
+
+    #[test]
+    fn a_look_that_found_no_idle_connection_is_not_repeated_at_once() {
+        let s = slots(1, 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let held = Slots::take(&s, a, None).unwrap();
+        assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
+        let looked = s.open.lock().unwrap().found_none;
+        assert!(looked.is_some());
+        // Refused again without a look: the time of the last look stands.
+        assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
+        assert_eq!(s.open.lock().unwrap().found_none, looked);
+        idle_for_long();
+        assert!(Slots::take(&s, a, None).is_ok());
+        assert!(held.activity.evicted.load(Ordering::SeqCst));
     }
 
     #[test]
