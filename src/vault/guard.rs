@@ -223,19 +223,25 @@ impl Scanner {
     /// a BSN or an MRZ that nothing after it can make harmless.
     pub fn write(&mut self, field: &str, bytes: &[u8]) -> Result<(), InputError> {
         let write_all = |views: &mut [View]| views.iter_mut().try_for_each(|v| v.write(bytes));
-        let found = if bytes.len() >= self.parallel_from {
-            // The first finding in the order of the readings, as when read one after another.
+        // The first finding in the order of the readings, as when read one after another.
+        let parallel = (bytes.len() >= self.parallel_from).then(|| {
             let (first, rest) = self.views.split_at_mut(2);
             std::thread::scope(|s| {
-                let other = s.spawn(|| write_all(rest));
+                let other = std::thread::Builder::new()
+                    .name("kluis-guard".into())
+                    .spawn_scoped(s, || write_all(rest))
+                    .ok()?;
                 let mine = write_all(first);
                 let theirs = other
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                mine.and(theirs)
+                Some(mine.and(theirs))
             })
-        } else {
-            write_all(&mut self.views)
+        });
+        // Without a second thread (the system has none to give), one reads them all.
+        let found = match parallel.flatten() {
+            Some(found) => found,
+            None => write_all(&mut self.views),
         };
         found.map_err(|f| f.refuse(field))
     }
