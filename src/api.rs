@@ -91,7 +91,16 @@ pub fn credentials<T>(request: &Request<T>) -> Result<Credentials, Status> {
                 })?),
             },
         };
-    Ok(Credentials { bearer, user, peer })
+    Ok(Credentials {
+        bearer,
+        user,
+        peer,
+        authenticated: request
+            .extensions()
+            .get::<crate::identity::CallMark>()
+            .cloned()
+            .unwrap_or_default(),
+    })
 }
 
 /// How long a unary call may take.

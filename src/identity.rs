@@ -434,6 +434,33 @@ pub struct Credentials {
     pub user: Option<BearerToken>,
     /// The verified client certificate.
     pub peer: Option<PeerCertificate>,
+    /// Told when the caller is authenticated.
+    pub authenticated: CallMark,
+}
+
+/// A call's mark that its caller was authenticated, put on each request by the server's
+/// metering layer: the connection caps keep a place for connections whose callers had a
+/// credential (`server::accept`).
+#[derive(Clone, Default)]
+pub struct CallMark(Option<std::sync::Arc<dyn Fn() + Send + Sync>>);
+
+impl CallMark {
+    /// A mark that runs `set` when the caller is authenticated.
+    pub fn new(set: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Some(std::sync::Arc::new(set)))
+    }
+
+    fn set(&self) {
+        if let Some(set) = &self.0 {
+            set();
+        }
+    }
+}
+
+impl std::fmt::Debug for CallMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallMark")
+    }
 }
 
 /// The configured services and providers, with the providers' keys.
@@ -524,6 +551,12 @@ impl Identity {
         vault: &Vault,
         creds: &Credentials,
     ) -> Result<Principal, VaultError> {
+        let principal = self.judge(vault, creds)?;
+        creds.authenticated.set();
+        Ok(principal)
+    }
+
+    fn judge(&self, vault: &Vault, creds: &Credentials) -> Result<Principal, VaultError> {
         // Whoever calls: a node whose root key another node replaced serves nobody.
         vault.check_root_current()?;
         let unauthenticated = |m: String| {
@@ -899,6 +932,7 @@ mod tests {
             bearer: Some(BearerToken::new("kluis_secret-bearer".into())),
             user: Some(BearerToken::new("eyJhbGciOi.secret-user.sig".into())),
             peer: None,
+            authenticated: CallMark::default(),
         };
         let shown = format!("{creds:?}");
         assert!(!shown.contains("secret"), "{shown}");

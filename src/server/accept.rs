@@ -9,10 +9,11 @@
 //! A full cap does not let idle connections lock out the clients that would use it: a new
 //! connection takes the place of the one (of its address, or of any, for the cap in all) that
 //! has gone longest without a call of use, once that is at least `EVICT_AFTER` ago and no call
-//! is running on it. A call of use is one that was not refused as unauthenticated or cancelled,
-//! outside the health and reflection services that need no token (`metered` reports them to
-//! the connection's `Activity`). Anyone can open connections that send nothing, answer every
-//! ping and ask for health; only a caller with a credential keeps a place when it is wanted. A
+//! of use is running on it. A call of use is one whose caller was authenticated (`metered`
+//! puts a `CallMark` on every request for `identity` to set, and tells the connection's
+//! `Activity`). Anyone can open connections that send nothing, answer every ping, ask for
+//! health, call methods that do not exist or send a request a byte at a time; only a caller
+//! with a credential keeps a place when it is wanted. A
 //! look that finds no idle connection is not repeated for `LOOK_PAUSE`, so that a flood of
 //! newcomers at caps full of callers costs a look per pause, not one each.
 //!
@@ -241,7 +242,7 @@ pub const EVICT_AFTER: Duration = Duration::from_secs(2);
 /// What the calls on one connection tell of its use, reported by `metered`.
 #[derive(Debug)]
 pub(crate) struct Activity {
-    /// Calls whose response has not ended.
+    /// Calls of use (their caller authenticated) whose response has not ended.
     running: AtomicUsize,
     /// When the last call of use ended (or the connection was accepted), in ms after `since`.
     last: AtomicU64,
@@ -261,16 +262,16 @@ impl Activity {
         }
     }
 
-    /// A call starts on the connection; it ends when the returned guard is dropped.
+    /// A call starts on the connection; it ends when the returned guard is dropped, and is of
+    /// use from when its mark (`Running::mark`) is set.
     pub(crate) fn call(self: &Arc<Self>) -> Running {
-        self.running.fetch_add(1, Ordering::SeqCst);
-        Running {
+        Running(Arc::new(Call {
             activity: Arc::clone(self),
-            of_use: false,
-        }
+            of_use: AtomicBool::new(false),
+        }))
     }
 
-    /// How long the connection has gone without a call of use; `None` while a call runs.
+    /// How long the connection has gone without a call of use; `None` while one runs.
     fn idle(&self) -> Option<Duration> {
         if self.running.load(Ordering::SeqCst) > 0 {
             return None;
@@ -296,30 +297,43 @@ impl Activity {
     }
 }
 
-/// A call running on a connection.
+/// One call on a connection.
 #[derive(Debug)]
-pub(crate) struct Running {
+struct Call {
     activity: Arc<Activity>,
-    of_use: bool,
+    /// Its caller was authenticated: it counts among `Activity::running`.
+    of_use: AtomicBool,
 }
 
+impl Call {
+    fn authenticated(&self) {
+        if !self.of_use.swap(true, Ordering::SeqCst) {
+            self.activity.running.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A call running on a connection, until dropped.
+#[derive(Debug)]
+pub(crate) struct Running(Arc<Call>);
+
 impl Running {
-    /// The call ended with gRPC status `code`: of use unless refused as unauthenticated or
-    /// cancelled.
-    pub(crate) fn ended(&mut self, code: i32) {
-        const CANCELLED: i32 = 1;
-        const UNAUTHENTICATED: i32 = 16;
-        self.of_use = code != CANCELLED && code != UNAUTHENTICATED;
+    /// The mark `identity` sets when the call's caller is authenticated.
+    pub(crate) fn mark(&self) -> crate::identity::CallMark {
+        let call = Arc::clone(&self.0);
+        crate::identity::CallMark::new(move || call.authenticated())
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.of_use {
-            let now = u64::try_from(self.activity.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.activity.last.fetch_max(now, Ordering::SeqCst);
+        let call = &self.0;
+        if call.of_use.load(Ordering::SeqCst) {
+            let activity = &call.activity;
+            let now = u64::try_from(activity.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+            activity.last.fetch_max(now, Ordering::SeqCst);
+            activity.running.fetch_sub(1, Ordering::SeqCst);
         }
-        self.activity.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -407,11 +421,7 @@ impl Open {
 impl Slots {
     /// A slot for a connection from `ip` (`conn`: its local and peer address, under which
     /// requests find its activity), taking an idle connection's when a cap is full.
-    fn take(
-        slots: &Arc<Self>,
-        ip: IpAddr,
-        conn: Option<(SocketAddr, SocketAddr)>,
-    ) -> Result<Slot, Cap> {
+    fn take(slots: &Arc<Self>, ip: IpAddr, conn: Option<Ends>) -> Result<Slot, Cap> {
         let address = address_key(ip);
         let mut open = slots.open.lock().unwrap_or_else(|p| p.into_inner());
         let per_address = |open: &Open| open.per_address.get(&address).copied().unwrap_or(0);
@@ -461,7 +471,7 @@ fn address_key(ip: IpAddr) -> IpAddr {
 pub(crate) struct Slot {
     slots: Arc<Slots>,
     id: u64,
-    conn: Option<(SocketAddr, SocketAddr)>,
+    conn: Option<Ends>,
     activity: Arc<Activity>,
 }
 
@@ -517,6 +527,11 @@ mod tests {
         std::thread::sleep(EVICTED_IN_TESTS + Duration::from_millis(50));
     }
 
+    /// Past the pause after a look that found nothing.
+    fn idle_pause() {
+        std::thread::sleep(LOOK_PAUSE + Duration::from_millis(20));
+    }
+
     #[test]
     fn a_new_connection_takes_the_place_of_the_longest_idle_one() {
         let s = slots(2, 2);
@@ -546,12 +561,13 @@ mod tests {
         let s = slots(1, 1);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let held = Slots::take(&s, a, None).unwrap();
-        let mut call = held.activity.call();
+        let call = held.activity.call();
+        call.0.authenticated();
         idle_for_long();
         assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
-        // The call ends, of use: the connection counts as used just now.
-        call.ended(0);
+        // The call ends: the connection counts as used just now.
         drop(call);
+        idle_pause();
         assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
         idle_for_long();
         assert!(Slots::take(&s, a, None).is_ok());
@@ -559,16 +575,21 @@ mod tests {
     }
 
     #[test]
-    fn calls_refused_as_unauthenticated_or_cancelled_are_of_no_use() {
-        for code in [1, 16] {
+    fn calls_whose_caller_was_not_authenticated_are_of_no_use() {
+        // One that ended, and one still running (a request sent a byte at a time).
+        for ended in [true, false] {
             let s = slots(1, 1);
             let a: IpAddr = "10.0.0.1".parse().unwrap();
             let held = Slots::take(&s, a, None).unwrap();
             idle_for_long();
-            let mut call = held.activity.call();
-            call.ended(code);
-            drop(call);
-            assert!(Slots::take(&s, a, None).is_ok(), "{code}");
+            let call = held.activity.call();
+            if ended {
+                drop(call);
+                assert!(Slots::take(&s, a, None).is_ok(), "{ended}");
+            } else {
+                assert!(Slots::take(&s, a, None).is_ok(), "{ended}");
+                drop(call);
+            }
             assert!(held.activity.evicted.load(Ordering::SeqCst));
         }
     }

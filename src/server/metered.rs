@@ -3,10 +3,10 @@
 //! response headers (a trailers-only answer, as errors are) or from the trailers at the end of
 //! the body; a response dropped before its end (the client went away) counts as `CANCELLED`.
 //!
-//! It also tells each call's connection (`accept::Activity`) that a call runs and, at its end,
-//! whether it was of use, so that a full connection cap hands out idle connections' places.
-//! Calls of the health and reflection services, which need no token, are not reported: they
-//! keep no connection's place.
+//! It also tells each call's connection (`accept::Activity`) that a call runs, until its
+//! response ends, and puts a `CallMark` on the request that `identity` sets when the caller is
+//! authenticated: only such calls keep the connection's place when a full connection cap wants
+//! it for a newcomer.
 
 use std::{
     pin::Pin,
@@ -47,15 +47,13 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path().to_owned();
         let start = Instant::now();
-        let running = if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-        {
-            None
-        } else {
-            connection_of(req.extensions()).map(|a| a.call())
-        };
+        let running = connection_of(req.extensions()).map(|a| a.call());
+        if let Some(running) = &running {
+            req.extensions_mut().insert(running.mark());
+        }
         let response = self.0.call(req);
         Box::pin(async move {
             let response = response.await?;
@@ -109,9 +107,7 @@ impl<B> MeteredBody<B> {
         if let Some((path, start)) = self.call.take() {
             let code = self.code.unwrap_or(fallback);
             crate::metrics::call(&path, crate::metrics::code_name(code), start.elapsed());
-            if let Some(mut running) = self.running.take() {
-                running.ended(code);
-            }
+            self.running = None;
         }
     }
 }

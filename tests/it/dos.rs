@@ -460,10 +460,12 @@ async fn idle_connections_beyond_the_open_file_limit_are_refused_or_closed_and_c
 const PREFACE_AND_SETTINGS: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
-/// A full cap does not lock out the clients that would use it: anyone can open connections
-/// that start HTTP/2 and then sit there (past the handshake limit, answering nothing), but
-/// once they have made no call of use for two seconds a new connection takes the place of one.
-/// A connection in use keeps its place: with the cap full of callers, a newcomer is refused.
+/// A full cap does not lock out the clients that would use it. Anyone can open connections
+/// that start HTTP/2 and then sit there (past the handshake limit, answering nothing), or that
+/// keep calling a method that does not exist, with no credential; once such a connection has
+/// made no call of use for two seconds, a new connection takes its place. A connection in use
+/// (its caller authenticated) keeps its place: with the cap full of callers, a newcomer is
+/// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_connections_give_their_places_to_clients_that_call_and_callers_keep_theirs() {
     use tokio::io::AsyncWriteExt;
@@ -474,17 +476,43 @@ async fn idle_connections_give_their_places_to_clients_that_call_and_callers_kee
     .await;
     let here: IpAddr = "127.0.0.1".parse().unwrap();
     let token = server.token(Role::CustomerService).to_owned();
-    let who = |addr: SocketAddr, token: String| async move {
-        let mut c = pb::vault_client::VaultClient::connect(format!("http://{addr}")).await?;
-        c.who_am_i(req(&token, pb::WhoAmIRequest {}))
-            .await
-            .map_err(Into::into)
-    };
+    // Four that sit there, then four that call a method that does not exist every 100 ms.
     let mut idle = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..4 {
         let mut conn = idle_connection(here, server.addr).await;
         conn.write_all(PREFACE_AND_SETTINGS).await.unwrap();
         idle.push(conn);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut nonsense = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let channel = Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let stop = stop.clone();
+        nonsense.spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            // Until the connection is cut: then its calls fail otherwise.
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                grpc.ready().await.unwrap();
+                let codec =
+                    tonic_prost::ProstCodec::<pb::WhoAmIRequest, pb::WhoAmIResponse>::default();
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/kluis.v1.Vault/NoSuchMethod",
+                );
+                match grpc
+                    .unary(tonic::Request::new(pb::WhoAmIRequest {}), path, codec)
+                    .await
+                {
+                    Err(s) if s.code() == Code::Unimplemented => {}
+                    _ => return true,
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        });
     }
     // Within the first two seconds the cap holds: a ninth connection is closed at once.
     let mut early = idle_connection(here, server.addr).await;
@@ -493,18 +521,38 @@ async fn idle_connections_give_their_places_to_clients_that_call_and_callers_kee
         Ending::Refused
     ));
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    // Then a client that calls gets a place, and an idle connection lost its own.
-    let answered: Result<_, Box<dyn std::error::Error + Send + Sync>> =
-        who(server.addr, token.clone()).await;
-    assert!(answered.is_ok(), "{answered:?}");
+    // Then clients that call get places: the first four those of the connections that sit
+    // there (the longest idle), the fifth one of those that call for nothing.
+    // (Each keeps its connection open.)
+    let mut served = Vec::new();
+    for _ in 0..5 {
+        let mut c = pb::vault_client::VaultClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap();
+        let answered = c.who_am_i(req(&token, pb::WhoAmIRequest {})).await;
+        assert!(answered.is_ok(), "{answered:?}");
+        served.push(c);
+    }
     let mut closed = 0;
     for conn in &mut idle {
         if closed_within(conn, Duration::from_millis(200)).await {
             closed += 1;
         }
     }
-    assert!(closed >= 1, "no idle connection gave its place");
-    drop(idle);
+    assert_eq!(closed, 4, "connections that sat there kept their places");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut cut = 0;
+    while let Some(was_cut) = nonsense.join_next().await {
+        cut += usize::from(was_cut.unwrap());
+    }
+    assert!(
+        cut >= 1,
+        "calls with no credential kept a connection's place"
+    );
+    drop((idle, served));
+    // Their places are given back once the server has seen them close.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Eight clients that call every 200 ms fill the cap and keep it: a newcomer that has made
     // no call is refused, two seconds on as at first.
