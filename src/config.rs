@@ -216,6 +216,13 @@ pub struct RawLimits {
     pub max_exports: Option<usize>,
     /// Subject exports, audit exports and backups running at once per caller.
     pub max_exports_per_caller: Option<usize>,
+    /// Seconds a response may wait for its client to take any of it before the connection is
+    /// closed.
+    pub unread_response_secs: Option<u64>,
+    /// Bytes of responses waiting for their clients to read them, in all.
+    pub unread_response_bytes: Option<usize>,
+    /// Bytes of responses waiting for their clients to read them, per peer address.
+    pub unread_response_bytes_per_address: Option<usize>,
 }
 
 /// Where the root key comes from.
@@ -517,6 +524,33 @@ impl RawConfig {
                 3600,
                 &mut streams.idle,
             );
+            secs(
+                "unread_response_secs",
+                l.unread_response_secs,
+                3600,
+                &mut connections.unread_timeout,
+            );
+            // A response of the largest message must fit.
+            let largest = crate::server::MAX_MESSAGE_BYTES;
+            if let Some(n) = l.unread_response_bytes_per_address {
+                connections.unread_bytes_per_address = n;
+            }
+            if let Some(n) = l.unread_response_bytes {
+                connections.unread_bytes = n;
+            }
+            if connections.unread_bytes_per_address < largest {
+                problems.push(format!(
+                    "`limits.unread_response_bytes_per_address` must be at least {largest} bytes \
+                     (the largest message)"
+                ));
+            }
+            if connections.unread_bytes < connections.unread_bytes_per_address {
+                problems.push(
+                    "`limits.unread_response_bytes` must be at least \
+                     `limits.unread_response_bytes_per_address`"
+                        .into(),
+                );
+            }
             limits.max_fields = l.max_fields.unwrap_or(limits.max_fields);
             limits.max_value_bytes = l.max_value_bytes.unwrap_or(limits.max_value_bytes);
             limits.max_labels = l.max_labels.unwrap_or(limits.max_labels);
@@ -965,6 +999,45 @@ mod tests {
         .unwrap();
         let err = raw.validate(false).unwrap_err();
         assert_eq!(err.0.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn the_unread_response_limits_are_checked() {
+        let check = |limits: &str| {
+            toml::from_str::<RawConfig>(&format!("data_dir = \"/d\"\n[limits]\n{limits}"))
+                .unwrap()
+                .validate(false)
+        };
+        let ok = check(
+            "unread_response_secs = 5\nunread_response_bytes = 33554432\n\
+             unread_response_bytes_per_address = 16777216",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                ok.connections.unread_timeout,
+                ok.connections.unread_bytes,
+                ok.connections.unread_bytes_per_address
+            ),
+            (std::time::Duration::from_secs(5), 32 << 20, 16 << 20)
+        );
+        for (limits, says) in [
+            (
+                "unread_response_secs = 0",
+                "`limits.unread_response_secs` must be 1 to 3600",
+            ),
+            (
+                "unread_response_bytes_per_address = 1000",
+                "`limits.unread_response_bytes_per_address` must be at least 16777216",
+            ),
+            (
+                "unread_response_bytes = 16777216",
+                "`limits.unread_response_bytes` must be at least `limits.unread_response_bytes_per_address`",
+            ),
+        ] {
+            let err = check(limits).unwrap_err().to_string();
+            assert!(err.contains(says), "{limits}: {err}");
+        }
     }
 
     #[test]

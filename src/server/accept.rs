@@ -17,6 +17,14 @@
 //! look that finds no idle connection is not repeated for `LOOK_PAUSE`, so that a flood of
 //! newcomers at caps full of callers costs a look per pause, not one each.
 //!
+//! No client holds the server's memory by not reading. `metered` hands every response on in
+//! pieces of at most `metered::CHUNK`, so HTTP/2 holds at most a piece or two of a stream
+//! beyond the client's window, and it counts the bytes of responses that wait for their clients
+//! (taken from the service, not yet given window) against `unread_bytes_per_address` and
+//! `unread_bytes`: a response that would pass either ends with `RESOURCE_EXHAUSTED` instead. A
+//! connection with a response that has waited `unread_timeout` for its client to take any of it
+//! is closed (`Slots::close_unread`, looked for by a sweep), and what it held goes with it.
+//!
 //! Invariant: every accepted socket is either handed to the server inside a `Killable` holding
 //! its `Slot`, or closed.
 
@@ -46,6 +54,13 @@ pub struct ConnectionLimits {
     pub max_connections_per_address: usize,
     /// Time from accept to the end of the TLS handshake and the HTTP/2 preface.
     pub handshake_timeout: Duration,
+    /// How long a response may wait for its client to take any of it before the connection
+    /// is closed.
+    pub unread_timeout: Duration,
+    /// Bytes of responses waiting for their clients, in all.
+    pub unread_bytes: usize,
+    /// Bytes of responses waiting for their clients at one peer address (an IPv6 /64).
+    pub unread_bytes_per_address: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -54,6 +69,9 @@ impl Default for ConnectionLimits {
             max_connections: 4096,
             max_connections_per_address: 256,
             handshake_timeout: Duration::from_secs(5),
+            unread_timeout: Duration::from_secs(60),
+            unread_bytes: 1024 * 1024 * 1024,
+            unread_bytes_per_address: 128 * 1024 * 1024,
         }
     }
 }
@@ -116,11 +134,8 @@ pub(super) fn incoming<H: Handshake>(
     handshake: H,
 ) -> ReceiverStream<io::Result<Killable<H::Io>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let slots = Arc::new(Slots {
-        open: Mutex::new(Open::default()),
-        limits,
-        evict_after: EVICT_AFTER,
-    });
+    let slots = Arc::new(Slots::new(limits, EVICT_AFTER));
+    tokio::spawn(sweep_unread(Arc::clone(&slots), tx.clone()));
     tokio::spawn(async move {
         let mut pause = Duration::ZERO;
         let mut refused = Refused::default();
@@ -175,6 +190,29 @@ pub(super) fn incoming<H: Handshake>(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Closes the connections with a response that has waited `unread_timeout` for its client,
+/// looking a few times per limit, until `tx`'s receiver is gone.
+async fn sweep_unread<T>(slots: Arc<Slots>, tx: tokio::sync::mpsc::Sender<T>) {
+    let limit = slots.limits.unread_timeout;
+    let every = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tx.closed() => return,
+        }
+        let closed = slots.close_unread();
+        if closed > 0 {
+            tracing::warn!(
+                closed,
+                limit_secs = limit.as_secs_f64(),
+                "connections closed: a response waited `limits.unread_response_secs` for its client to read it"
+            );
+        }
+    }
 }
 
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
@@ -239,6 +277,49 @@ impl Refused {
 /// a new connection may take its place in a full cap.
 pub const EVICT_AFTER: Duration = Duration::from_secs(2);
 
+/// Bytes of responses that wait for their clients: taken from the service by a response body
+/// and not yet given window by the client (`metered`), against a limit.
+#[derive(Debug)]
+pub(crate) struct Unread {
+    bytes: AtomicUsize,
+    limit: usize,
+    /// The configuration key of the limit.
+    key: &'static str,
+}
+
+impl Unread {
+    fn new(limit: usize, key: &'static str) -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            limit,
+            key,
+        }
+    }
+
+    /// Counts `n` more bytes, unless that would pass the limit.
+    fn hold(&self, n: usize) -> bool {
+        let before = self.bytes.fetch_add(n, Ordering::SeqCst);
+        if before.saturating_add(n) > self.limit {
+            self.bytes.fetch_sub(n, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+/// A response refused because the responses waiting for their clients would pass a limit.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(crate) struct Overfull {
+    /// The configuration key of the limit.
+    pub(crate) key: &'static str,
+    /// The limit, in bytes.
+    pub(crate) limit: usize,
+}
+
 /// What the calls on one connection tell of its use, reported by `metered`.
 #[derive(Debug)]
 pub(crate) struct Activity {
@@ -249,26 +330,62 @@ pub(crate) struct Activity {
     since: Instant,
     evicted: AtomicBool,
     wake: tokio::sync::Notify,
+    /// The calls started here, while they last (those that ended are dropped as it grows).
+    calls: Mutex<Vec<std::sync::Weak<Call>>>,
+    /// The unread bytes of the connection's address, and in all.
+    unread: [Arc<Unread>; 2],
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(unread: [Arc<Unread>; 2]) -> Self {
         Self {
             running: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             since: Instant::now(),
             evicted: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            calls: Mutex::new(Vec::new()),
+            unread,
         }
     }
 
     /// A call starts on the connection; it ends when the returned guard is dropped, and is of
     /// use from when its mark (`Running::mark`) is set.
     pub(crate) fn call(self: &Arc<Self>) -> Running {
-        Running(Arc::new(Call {
+        let call = Arc::new(Call {
             activity: Arc::clone(self),
             of_use: AtomicBool::new(false),
-        }))
+            waiting: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
+        });
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        // Before the list would grow: the calls that ended go (amortised, as the growth is).
+        if calls.len() == calls.capacity() {
+            calls.retain(|c| c.strong_count() > 0);
+        }
+        calls.push(Arc::downgrade(&call));
+        Running(call)
+    }
+
+    /// Milliseconds since the connection was accepted.
+    fn now(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How long the response that has waited longest for its client has waited; `None` when
+    /// none waits.
+    fn unread_for(&self) -> Option<Duration> {
+        let now = self.now();
+        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        calls
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter_map(|c| match c.waiting.load(Ordering::SeqCst) {
+                0 => None,
+                since => Some(now.saturating_sub(since - 1)),
+            })
+            .max()
+            .map(Duration::from_millis)
     }
 
     /// How long the connection has gone without a call of use; `None` while one runs.
@@ -303,6 +420,11 @@ struct Call {
     activity: Arc<Activity>,
     /// Its caller was authenticated: it counts among `Activity::running`.
     of_use: AtomicBool,
+    /// Since when (ms after `Activity::since`, plus one) its response has waited for the client
+    /// to take a piece; 0 while it does not.
+    waiting: AtomicU64,
+    /// The bytes it holds of the connection's `Activity::unread`.
+    held: AtomicUsize,
 }
 
 impl Call {
@@ -323,11 +445,54 @@ impl Running {
         let call = Arc::clone(&self.0);
         crate::identity::CallMark::new(move || call.authenticated())
     }
+
+    /// Counts `n` bytes of the response as waiting for the client, or says which limit that
+    /// would pass.
+    pub(crate) fn hold(&self, n: usize) -> Result<(), Overfull> {
+        let [address, total] = &self.0.activity.unread;
+        for (i, unread) in [address, total].into_iter().enumerate() {
+            if !unread.hold(n) {
+                if i == 1 {
+                    address.release(n);
+                }
+                return Err(Overfull {
+                    key: unread.key,
+                    limit: unread.limit,
+                });
+            }
+        }
+        self.0.held.fetch_add(n, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `n` bytes of the response no longer wait for the client.
+    pub(crate) fn release(&self, n: usize) {
+        let held = self.0.held.load(Ordering::SeqCst);
+        let n = n.min(held);
+        self.0.held.store(held - n, Ordering::SeqCst);
+        for unread in &self.0.activity.unread {
+            unread.release(n);
+        }
+    }
+
+    /// The response waits for the client to take a piece (`true`), or not.
+    pub(crate) fn waiting(&self, waits: bool) {
+        let since = if waits {
+            self.0.activity.now().saturating_add(1)
+        } else {
+            0
+        };
+        self.0.waiting.store(since, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let call = &self.0;
+        let held = call.held.swap(0, Ordering::SeqCst);
+        for unread in &call.activity.unread {
+            unread.release(held);
+        }
         if call.of_use.load(Ordering::SeqCst) {
             let activity = &call.activity;
             let now = u64::try_from(activity.since.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -360,18 +525,27 @@ struct Slots {
     limits: ConnectionLimits,
     /// `EVICT_AFTER` (tests take less).
     evict_after: Duration,
+    /// Bytes of responses waiting for their clients, in all.
+    unread: Arc<Unread>,
 }
 
 #[derive(Default)]
 struct Open {
     total: usize,
-    per_address: HashMap<IpAddr, usize>,
+    per_address: HashMap<IpAddr, Address>,
     /// Every connection holding a slot, by slot number: its address and activity.
     live: HashMap<u64, (IpAddr, Arc<Activity>)>,
     next: u64,
     /// When a look for an idle connection last found none: a flood of newcomers at caps full
     /// of callers costs a look every `LOOK_PAUSE`, not one each.
     found_none: Option<Instant>,
+}
+
+/// The connections of one address.
+struct Address {
+    open: usize,
+    /// Bytes of responses waiting for their clients at this address.
+    unread: Arc<Unread>,
 }
 
 /// How long after a look for an idle connection found none a full cap refuses without looking.
@@ -384,9 +558,9 @@ impl Open {
             return false;
         };
         self.total = self.total.saturating_sub(1);
-        if let Some(n) = self.per_address.get_mut(&address) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(a) = self.per_address.get_mut(&address) {
+            a.open = a.open.saturating_sub(1);
+            if a.open == 0 {
                 self.per_address.remove(&address);
             }
         }
@@ -419,12 +593,47 @@ impl Open {
 }
 
 impl Slots {
+    fn new(limits: ConnectionLimits, evict_after: Duration) -> Self {
+        Self {
+            open: Mutex::new(Open::default()),
+            limits,
+            evict_after,
+            unread: Arc::new(Unread::new(
+                limits.unread_bytes,
+                "limits.unread_response_bytes",
+            )),
+        }
+    }
+
+    /// Closes every connection with a response that has waited `unread_timeout` for its
+    /// client; gives how many.
+    fn close_unread(&self) -> usize {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let stalled: Vec<u64> = open
+            .live
+            .iter()
+            .filter(|(_, (_, activity))| {
+                activity
+                    .unread_for()
+                    .is_some_and(|waited| waited >= self.limits.unread_timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &stalled {
+            if let Some((_, activity)) = open.live.get(id) {
+                activity.evict();
+            }
+            open.release(*id);
+        }
+        stalled.len()
+    }
+
     /// A slot for a connection from `ip` (`conn`: its local and peer address, under which
     /// requests find its activity), taking an idle connection's when a cap is full.
     fn take(slots: &Arc<Self>, ip: IpAddr, conn: Option<Ends>) -> Result<Slot, Cap> {
         let address = address_key(ip);
         let mut open = slots.open.lock().unwrap_or_else(|p| p.into_inner());
-        let per_address = |open: &Open| open.per_address.get(&address).copied().unwrap_or(0);
+        let per_address = |open: &Open| open.per_address.get(&address).map_or(0, |a| a.open);
         if per_address(&open) >= slots.limits.max_connections_per_address
             && !open.evict_idle(Some(address), slots.evict_after)
         {
@@ -433,11 +642,19 @@ impl Slots {
         if open.total >= slots.limits.max_connections && !open.evict_idle(None, slots.evict_after) {
             return Err(Cap::Total);
         }
-        *open.per_address.entry(address).or_insert(0) += 1;
+        let of_address = open.per_address.entry(address).or_insert_with(|| Address {
+            open: 0,
+            unread: Arc::new(Unread::new(
+                slots.limits.unread_bytes_per_address,
+                "limits.unread_response_bytes_per_address",
+            )),
+        });
+        of_address.open += 1;
+        let unread = [Arc::clone(&of_address.unread), Arc::clone(&slots.unread)];
         open.total += 1;
         let id = open.next;
         open.next += 1;
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(unread));
         open.live.insert(id, (address, Arc::clone(&activity)));
         if let Some(key) = conn {
             CONNECTIONS
@@ -509,15 +726,14 @@ mod tests {
     use super::*;
 
     fn slots(total: usize, per: usize) -> Arc<Slots> {
-        Arc::new(Slots {
-            open: Mutex::new(Open::default()),
-            limits: ConnectionLimits {
+        Arc::new(Slots::new(
+            ConnectionLimits {
                 max_connections: total,
                 max_connections_per_address: per,
-                handshake_timeout: Duration::from_secs(1),
+                ..ConnectionLimits::default()
             },
-            evict_after: EVICTED_IN_TESTS,
-        })
+            EVICTED_IN_TESTS,
+        ))
     }
 
     /// Long enough that the tests which take slots back to back never see one as idle.
@@ -624,7 +840,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_evicted_connection_wakes_its_waiter() {
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new([
+            Arc::new(Unread::new(usize::MAX, "a")),
+            Arc::new(Unread::new(usize::MAX, "b")),
+        ]));
         let waiter = tokio::spawn({
             let activity = Arc::clone(&activity);
             async move { activity.evicted().await }
@@ -635,6 +854,83 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    fn unread_slots(per_address: usize, total: usize, timeout: Duration) -> Arc<Slots> {
+        Arc::new(Slots::new(
+            ConnectionLimits {
+                unread_bytes_per_address: per_address,
+                unread_bytes: total,
+                unread_timeout: timeout,
+                ..ConnectionLimits::default()
+            },
+            EVICTED_IN_TESTS,
+        ))
+    }
+
+    #[test]
+    fn responses_waiting_for_their_clients_are_held_to_the_limits_of_the_address_and_in_all() {
+        let s = unread_slots(100, 150, Duration::from_secs(60));
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let (a1, a2, b1) = (
+            Slots::take(&s, a, None).unwrap(),
+            Slots::take(&s, a, None).unwrap(),
+            Slots::take(&s, b, None).unwrap(),
+        );
+        let on_a1 = a1.activity.call();
+        on_a1.hold(60).unwrap();
+        // The address's limit counts both its connections.
+        let on_a2 = a2.activity.call();
+        let over = on_a2.hold(41).unwrap_err();
+        assert_eq!(
+            (over.key, over.limit),
+            ("limits.unread_response_bytes_per_address", 100)
+        );
+        on_a2.hold(40).unwrap();
+        // Another address has its own, within the limit in all.
+        let on_b1 = b1.activity.call();
+        let over = on_b1.hold(51).unwrap_err();
+        assert_eq!(
+            (over.key, over.limit),
+            ("limits.unread_response_bytes", 150)
+        );
+        // A refusal counts nothing.
+        on_b1.hold(50).unwrap();
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 150);
+        // Released piece by piece, never below what a call holds, and the rest when it ends.
+        on_a1.release(10);
+        on_a1.release(1000);
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 90);
+        drop(on_a2);
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 50);
+        on_a1.hold(100).unwrap();
+        drop((on_a1, on_b1));
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_connection_whose_response_waits_too_long_for_its_client_is_closed() {
+        let s = unread_slots(100, 100, Duration::from_secs(1));
+        let slow = Slots::take(&s, "10.0.0.1".parse().unwrap(), None).unwrap();
+        let quick = Slots::take(&s, "10.0.0.2".parse().unwrap(), None).unwrap();
+        let waits = slow.activity.call();
+        waits.waiting(true);
+        let taken = quick.activity.call();
+        taken.waiting(true);
+        taken.waiting(false);
+        // A call that ended, waiting or not, is not looked at.
+        let ended = quick.activity.call();
+        ended.waiting(true);
+        drop(ended);
+        assert_eq!(s.close_unread(), 0);
+        std::thread::sleep(Duration::from_millis(1050));
+        assert_eq!(s.close_unread(), 1);
+        assert!(slow.activity.evicted.load(Ordering::SeqCst));
+        assert!(!quick.activity.evicted.load(Ordering::SeqCst));
+        assert_eq!(s.open.lock().unwrap().total, 1);
+        // Closed once: the sweep after does not count it again.
+        assert_eq!(s.close_unread(), 0);
+        drop(waits);
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! response ends, and puts a `CallMark` on the request that `identity` sets when the caller is
 //! authenticated: only such calls keep the connection's place when a full connection cap wants
 //! it for a newcomer.
+//!
+//! And it hands each response on in pieces of at most `CHUNK`: hyper asks for the next piece
+//! only once HTTP/2 has window for the last, so a client that does not read leaves the rest
+//! here, counted against the unread limits (`accept::Unread`; a response that would pass one
+//! ends with `RESOURCE_EXHAUSTED`), and marked as waiting for the client, which closes the
+//! connection after `limits.unread_response_secs` (`accept`).
 
 use std::{
     pin::Pin,
@@ -14,6 +20,7 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tonic::codegen::{BoxFuture, Service, http};
 
@@ -37,7 +44,7 @@ impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Metered<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
-    ResBody: Body + Unpin,
+    ResBody: Body<Data = Bytes> + Unpin,
 {
     type Response = http::Response<MeteredBody<ResBody>>;
     type Error = S::Error;
@@ -62,7 +69,9 @@ where
             Ok(http::Response::from_parts(
                 parts,
                 MeteredBody {
-                    inner: body,
+                    inner: Some(body),
+                    rest: Bytes::new(),
+                    handed: 0,
                     call: Some((path, start)),
                     code,
                     running,
@@ -90,10 +99,19 @@ fn status_of(headers: &http::HeaderMap) -> Option<i32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A response body that records its call when it ends.
+/// The largest piece of a response handed to HTTP/2 at a time.
+pub const CHUNK: usize = 64 * 1024;
+
+/// A response body that records its call when it ends, and hands the response on in pieces.
 #[derive(Debug)]
 pub struct MeteredBody<B> {
-    inner: B,
+    /// The service's body; `None` once a response was refused for the unread limits.
+    inner: Option<B>,
+    /// Of the last data frame taken from `inner`, what is still to be handed on.
+    rest: Bytes,
+    /// The length of the piece handed on last: it waits for the client until the body is
+    /// polled again (hyper polls once HTTP/2 has window for it).
+    handed: usize,
     /// The call's path and start, until recorded.
     call: Option<(String, Instant)>,
     /// The status, once known.
@@ -110,40 +128,103 @@ impl<B> MeteredBody<B> {
             self.running = None;
         }
     }
+
+    /// Ends the response with `RESOURCE_EXHAUSTED`: taking it on would pass `over`.
+    fn refuse(&mut self, over: super::accept::Overfull) -> Frame<Bytes> {
+        // The service's work goes now: a stream's producer sees its receiver gone.
+        self.inner = None;
+        self.rest = Bytes::new();
+        let status = tonic::Status::resource_exhausted(format!(
+            "responses waiting for their clients to read them hold `{}` = {} bytes: read \
+             the responses already asked for, then retry",
+            over.key, over.limit
+        ));
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        }
+        self.code = Some(8);
+        self.record(8);
+        Frame::trailers(trailers)
+    }
 }
 
-impl<B: Body + Unpin> Body for MeteredBody<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(status_of) {
-                    self.code = Some(code);
-                    self.record(code);
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        // Polled again: the piece handed on last has its window (or the call is over).
+        if let Some(running) = &this.running {
+            running.waiting(false);
+            if this.handed > 0 {
+                running.release(this.handed);
+            }
+        }
+        this.handed = 0;
+        if this.rest.is_empty() {
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Some(running) = &this.running
+                            && let Err(over) = running.hold(data.len())
+                        {
+                            return Poll::Ready(Some(Ok(this.refuse(over))));
+                        }
+                        this.rest = data;
+                    }
+                    Err(frame) => {
+                        if let Some(code) = frame.trailers_ref().and_then(status_of) {
+                            this.code = Some(code);
+                            this.record(code);
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                },
+                // A body that fails mid-way ends the call as an internal error.
+                Some(Err(e)) => {
+                    this.record(13);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                // The end without trailers: the status came with the headers (or nothing said
+                // otherwise, which gRPC reads as OK only with a status; count it as unknown).
+                None => {
+                    this.record(2);
+                    return Poll::Ready(None);
                 }
             }
-            // A body that fails mid-way ends the call as an internal error.
-            Poll::Ready(Some(Err(_))) => self.record(13),
-            // The end without trailers: the status came with the headers (or nothing said
-            // otherwise, which gRPC reads as OK only with a status; count it as unknown).
-            Poll::Ready(None) => self.record(2),
-            Poll::Pending => {}
         }
-        polled
+        let piece = this.rest.split_to(this.rest.len().min(CHUNK));
+        this.handed = piece.len();
+        if let Some(running) = &this.running {
+            running.waiting(true);
+        }
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let rest = self.rest.len() as u64;
+        let Some(inner) = &self.inner else {
+            return SizeHint::with_exact(rest);
+        };
+        let inner = inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
     }
 }
 
@@ -151,5 +232,79 @@ impl<B> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         // Dropped before its end: the client went away.
         self.record(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A body of given frames.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn metered(frames: Vec<Frame<Bytes>>) -> MeteredBody<Frames> {
+        MeteredBody {
+            inner: Some(Frames(frames.into())),
+            rest: Bytes::new(),
+            handed: 0,
+            call: None,
+            code: None,
+            running: None,
+        }
+    }
+
+    fn next(body: &mut MeteredBody<Frames>) -> Option<Frame<Bytes>> {
+        let waker = std::task::Waker::noop();
+        match Pin::new(body).poll_frame(&mut Context::from_waker(waker)) {
+            Poll::Ready(frame) => frame.map(|f| f.unwrap()),
+            Poll::Pending => panic!("pending"),
+        }
+    }
+
+    #[test]
+    fn a_response_is_handed_on_in_pieces_of_at_most_a_chunk_and_whole() {
+        let big: Bytes = (0..(2 * CHUNK + 100)).map(|i| i as u8).collect();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let mut body = metered(vec![
+            Frame::data(Bytes::from_static(b"small")),
+            Frame::data(big.clone()),
+            Frame::trailers(trailers),
+        ]);
+        let mut pieces = Vec::new();
+        let mut got = Vec::new();
+        while let Some(frame) = next(&mut body) {
+            match frame.into_data() {
+                Ok(piece) => {
+                    assert!(!body.is_end_stream());
+                    pieces.push(piece.len());
+                    got.extend_from_slice(&piece);
+                }
+                Err(frame) => assert!(frame.is_trailers()),
+            }
+        }
+        assert_eq!(pieces, [5, CHUNK, CHUNK, 100]);
+        assert_eq!(&got[..5], b"small");
+        assert_eq!(&got[5..], &big[..]);
+        assert!(body.is_end_stream());
+        assert_eq!(body.code, Some(0));
     }
 }

@@ -589,3 +589,107 @@ async fn idle_connections_give_their_places_to_clients_that_call_and_callers_kee
         "a connection in use lost its place to one that made no call"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn responses_nobody_reads_are_capped_per_address_and_their_connection_closed() {
+    const MIB: usize = 1024 * 1024;
+    let server = TestServer::start_with_limits(RawLimits {
+        unread_response_secs: Some(5),
+        unread_response_bytes_per_address: Some(16 * MIB),
+        unread_response_bytes: Some(64 * MIB),
+        ..RawLimits::default()
+    })
+    .await;
+    // A record of about 5 MiB.
+    let fields = (0..5)
+        .map(|i| text(&format!("note{i}"), "identity", &"x".repeat(MIB - 1024)))
+        .collect();
+    let record = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        SCOPED_SUBJECT,
+        fields,
+    )
+    .await;
+    let token = server.token(Role::CustomerService).to_owned();
+    let from = |ip: &str| {
+        Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .local_address(Some(ip.parse().unwrap()))
+    };
+    let read = |channel: tonic::transport::Channel| {
+        let request = req(
+            &token,
+            pb::GetRecordRequest {
+                context: ctx("contract", "", ""),
+                record_id: record.clone(),
+                fields: vec![],
+            },
+        );
+        async move {
+            pb::vault_client::VaultClient::new(channel)
+                .max_decoding_message_size(16 * MIB)
+                .get_record(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    // A client that reads, from the address of the staller below, and one from another.
+    let neighbour = from("127.0.0.2").connect().await.unwrap();
+    let other = from("127.0.0.3").connect().await.unwrap();
+    assert_eq!(read(neighbour.clone()).await.unwrap().fields.len(), 5);
+    // The staller: a window of 1 KiB it never opens further, since it never reads. Three
+    // answers of 5 MiB wait for it.
+    let staller = from("127.0.0.2")
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut call = Box::pin(read(staller.clone()));
+        // It goes out and its answer starts to come; then nobody polls it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut call)
+                .await
+                .is_err(),
+            "a 5 MiB answer came through a 1 KiB window"
+        );
+        held.push(call);
+    }
+    // 15 MiB of the address's 16 wait: another answer of 5 MiB to that address is refused,
+    // saying which limit and what to do; another address is served.
+    let Err(refused) = read(neighbour.clone()).await else {
+        panic!("an answer of 5 MiB passed the address's limit of unread bytes");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("`limits.unread_response_bytes_per_address` = 16777216")
+            && refused
+                .message()
+                .contains("read the responses already asked for"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(read(other.clone()).await.unwrap().fields.len(), 5);
+    // Past the limit of 5 s, the staller's connection is closed: its answers end in errors
+    // when it reads at last (had it been left open, they would come whole), and what they
+    // held is let go: the neighbour is served again.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for call in held {
+        let ended = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect(
+                "the connection of answers nobody read for longer than the limit was not closed",
+            );
+        assert!(
+            ended.is_err(),
+            "an answer nobody read for longer than the limit kept its connection"
+        );
+    }
+    assert_eq!(read(neighbour).await.unwrap().fields.len(), 5);
+}
