@@ -494,6 +494,50 @@ async fn drive_until(
 }
 
 /// A `GetRecord` of the whole record `id`.
+/// One client, a data subject's own token (of `REL-0000000`), searching names interleaved: one
+/// that only another subject's record carries (a candidate the caller may not read) and one
+/// that no record carries. Decoys make both read and decide the same number of records; without
+/// them the first cost a record, its subject's facts and a decision more.
+async fn search_timing(channel: Channel, token: &str, subjects: usize) -> serde_json::Value {
+    const ROUNDS: usize = 1500;
+    let mut v = VaultClient::new(channel);
+    let (mut others, mut nobody) = (Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS));
+    for i in 0..ROUNDS {
+        let other = format!("bewoner {}", 1 + i % (subjects - 1));
+        for (value, into) in [(other, &mut others), (format!("niemand {i}"), &mut nobody)] {
+            let t = Instant::now();
+            let found = v
+                .find_records(authed(
+                    token,
+                    pb::FindRecordsRequest {
+                        context: Some(context()),
+                        field: store::SEARCHED.into(),
+                        value,
+                        limit: 0,
+                    },
+                ))
+                .await;
+            into.push(t.elapsed());
+            assert!(
+                found.map_or(true, |f| f.get_ref().records.is_empty()),
+                "a data subject found another's record"
+            );
+        }
+    }
+    let p50 = |d: &mut Vec<Duration>| {
+        d.sort();
+        u64::try_from(d[d.len() / 2].as_micros()).unwrap_or(u64::MAX)
+    };
+    let (others, nobody) = (p50(&mut others), p50(&mut nobody));
+    let ratio = others as f64 / nobody.max(1) as f64;
+    println!(
+        "\nFindRecords by a data subject, one client, p50 of {ROUNDS} each, interleaved: a name only \
+         another subject's record carries {others} µs, a name no record carries {nobody} µs: \
+         {ratio:.2}× (decoys make them read and decide as many records)"
+    );
+    json!({"others_p50_us": others, "nobody_p50_us": nobody, "ratio": ratio})
+}
+
 async fn read(v: &mut VaultClient<Channel>, token: &str, id: String) {
     let r = v
         .get_record(authed(
@@ -956,6 +1000,22 @@ fn main() {
         _ => None,
     };
 
+    // Whether a search's time tells that records the caller may not read carry the value's tag.
+    let search_timing = if targets.contains(&Target::Find) && o.subjects > 1 {
+        let own = vault
+            .bootstrap_token(&TokenSpec {
+                principal: PrincipalId::parse("p", "bench-subject").unwrap(),
+                roles: vec![Role::Subject],
+                ttl_secs: 86_400,
+                scope_subject: Some(SubjectId::parse("s", "REL-0000000").unwrap()),
+            })
+            .unwrap();
+        let own = own.token.expose_secret().to_owned();
+        client_rt.block_on(search_timing(env.vault.clone(), &own, o.subjects))
+    } else {
+        serde_json::Value::Null
+    };
+
     // The aim for a lone read: the echo's p50, plus one fsync of the disk the data directory is
     // on (every read waits for its audit entry to be durable), plus 60 µs.
     let get_p50_aim = match (
@@ -1022,6 +1082,7 @@ fn main() {
         "results": rows,
         "versus_postgresql": versus_pg,
         "find_p50_over_get_p50": find_vs_get,
+        "search_timing": search_timing,
         "get_p50_aim": get_p50_aim,
         "find_tag_bits": tag_bits,
         "nodes_comparison": nodes_comparison,

@@ -1086,6 +1086,18 @@ pub trait RecordStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Up to `limit` ids of records of `purpose` whose field `field` carries a tag of
+    /// `from`'s version and width, from `from`'s tag on in (tag, record id) order, wrapping
+    /// round to the smallest tag when that end is reached: the decoys a search decides beside
+    /// its candidates, from a random tag.
+    fn tagged_from(
+        &self,
+        purpose: &str,
+        field: &str,
+        from: &TagRow,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Up to `limit` records of `purpose` with ids after `after`, in id order, whose field
     /// `field` carries no tag under index key version `version` at width `bits`, each with that
     /// field (for the backfill).

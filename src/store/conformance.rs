@@ -778,6 +778,30 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
             .unwrap(),
         ["rec_s1", "rec_s2"]
     );
+    // A search's decoys: from a tag on, in tag order, wrapping round to the smallest; of the
+    // field, purpose, version and width asked only.
+    let from = |t: i64, limit| {
+        store
+            .tagged_from(purpose, "email", &tag(1, t), limit)
+            .unwrap()
+    };
+    assert_eq!(from(8, 10), ["rec_s2", "rec_s1"]);
+    assert_eq!(from(0, 10), ["rec_s1", "rec_s2"]);
+    assert_eq!(from(9, 10), ["rec_s1", "rec_s2"]);
+    assert_eq!(from(8, 1), ["rec_s2"]);
+    assert_eq!(from(7, 1), ["rec_s1"]);
+    assert!(
+        store
+            .tagged_from("contract", "email", &tag(1, 0), 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .tagged_from(purpose, "email", &tag(2, 0), 10)
+            .unwrap()
+            .is_empty()
+    );
     // The backfill: what lacks a tag under (version, bits), and tags written only over the
     // value they were made from.
     let untagged = |version| {

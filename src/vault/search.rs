@@ -9,6 +9,13 @@
 //! compares them with the value inside the vault, and puts the outcome on the trail (`found`
 //! per hit, with its subject and record; `find-result` with the number of hits) before it
 //! answers. A candidate that is not a hit, or that the caller may not read, never leaves.
+//!
+//! Nor does its time tell. A search with fewer than `PADDED_CANDIDATES` candidates reads and
+//! decides decoys beside them (records whose field carries a tag from a random one on) up to
+//! that number: what a candidate the caller may not read costs (its record, its subject's facts,
+//! the decision) a decoy costs too, so how long a search takes does not say whether records the
+//! caller may not read carry the value's tag. Decoys are never opened, compared or answered;
+//! the `find` entry says how many were decided.
 
 use super::{FieldInfo, RecordMeta, Value, Vault, VaultError, field_aad, resource};
 use crate::{
@@ -27,6 +34,10 @@ use subtle::ConstantTimeEq;
 /// The most candidates one search compares: a tag shared by more records than this asks for
 /// a search that tells records apart (or a wider tag).
 pub const MAX_CANDIDATES: usize = 1000;
+
+/// The fewest records a search reads and decides: its candidates, and decoys up to this
+/// number.
+pub const PADDED_CANDIDATES: usize = 4;
 
 /// The most hits one search answers.
 pub const MAX_HITS: usize = 100;
@@ -154,31 +165,46 @@ impl Vault {
                  in `{field}`; search a field that tells them apart"
             )));
         }
+        let decoys = self.decoys(purpose, field, &probes, &ids)?;
         // The candidates, from authentic rows only; a tag that points elsewhere (another
-        // purpose, a field the record does not hold) is no candidate.
+        // purpose, a field the record does not hold) is no candidate. The decoys are read,
+        // checked and decided the same way, in the same statements.
         let mut candidates: Vec<(RecordRow, FieldRow)> = Vec::with_capacity(ids.len());
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        for (record, rows) in self.store.records(&ids)? {
+        let mut decoyed: Vec<(RecordRow, FieldRow)> = Vec::with_capacity(decoys.len());
+        let read: Vec<&str> = ids.iter().chain(&decoys).map(String::as_str).collect();
+        for (record, rows) in self.store.records(&read)? {
             self.rows.check(&record)?;
             self.rows.check_fields(&record, &rows)?;
             if record.purpose != purpose {
                 continue;
             }
             if let Some(row) = rows.into_iter().find(|r| r.name == field.as_str()) {
-                candidates.push((record, row));
+                if decoys.contains(&record.id) {
+                    decoyed.push((record, row));
+                } else {
+                    candidates.push((record, row));
+                }
             }
         }
+        let real = candidates.len();
+        candidates.append(&mut decoyed);
         let resources = candidates
             .iter()
             .map(|(record, row)| resource(record, purpose, row))
             .collect::<Result<Vec<_>, _>>()?;
         let facts = self.facts_of(principal, &resources)?;
-        let decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
+        let mut decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
+        // What was decided of the decoys goes no further.
+        let decided_decoys = candidates.len() - real;
+        candidates.truncate(real);
+        decisions.truncate(real);
+        let mut resources = resources;
+        resources.truncate(real);
         let allowed = decisions.iter().filter(|d| d.is_allow()).count();
         event.decision = "allow".into();
         event.reason = Some(format!(
-            "field `{field}`: {} candidate(s), {allowed} the caller may read compared",
-            candidates.len()
+            "field `{field}`: {real} candidate(s), {allowed} the caller may read compared, \
+             {decided_decoys} decoy(s) decided beside them"
         ));
         let seq = self.audit.append(&event)?;
 
@@ -247,6 +273,36 @@ impl Vault {
         // In the order the hits were found (record id).
         out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         Ok(out)
+    }
+
+    /// Decoys for a search with the candidates `ids`: up to `PADDED_CANDIDATES` of them in all,
+    /// records whose field carries a tag of the active probe's version and width, from a
+    /// random tag on; none a candidate.
+    fn decoys(
+        &self,
+        purpose: Purpose,
+        field: &FieldName,
+        probes: &[crate::store::TagRow],
+        ids: &[String],
+    ) -> Result<Vec<String>, VaultError> {
+        use rand::Rng;
+        let wanted = PADDED_CANDIDATES.saturating_sub(ids.len());
+        let Some(probe) = probes.first().filter(|_| wanted > 0) else {
+            return Ok(Vec::new());
+        };
+        let from = crate::store::TagRow {
+            tag: rand::thread_rng().gen_range(0..1i64 << probe.bits),
+            ..*probe
+        };
+        // As many more as there are candidates, in case the walk meets them.
+        let found =
+            self.store
+                .tagged_from(purpose.as_str(), field.as_str(), &from, wanted + ids.len())?;
+        Ok(found
+            .into_iter()
+            .filter(|id| !ids.contains(id))
+            .take(wanted)
+            .collect())
     }
 
     /// Opens one granted candidate and compares it with `wanted`, in constant time, inside the

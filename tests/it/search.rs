@@ -344,6 +344,62 @@ async fn nothing_is_found_that_the_caller_may_not_read() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_search_decides_as_many_records_whether_or_not_others_carry_the_values_tag() {
+    let server = TestServer::start_with_config(search_config(16)).await;
+    tenants(&server, 6).await;
+    // The data subject T2's own token: T1's record carries the tag of T1's address, and T2
+    // may not read it. Were only candidates read and decided, that search would cost a
+    // record, its subject's facts and a decision more than a search for an address nobody
+    // has: the time would tell that someone's record holds it.
+    let own = server.issue(Role::Subject, Some("T2"));
+    let mut client = server.client().await;
+    let values = [
+        "tenant1@example.nl",
+        "nobody-at-all@example.nl",
+        "tenant2@example.nl",
+    ];
+    for value in values {
+        let found = client
+            .find_records(req(
+                &own,
+                pb::FindRecordsRequest {
+                    context: contract(),
+                    field: "email".into(),
+                    value: value.into(),
+                    limit: 0,
+                },
+            ))
+            .await
+            .map(|r| subjects(&r.into_inner().records));
+        let expected: &[&str] = if value == "tenant2@example.nl" {
+            &["T2"]
+        } else {
+            &[]
+        };
+        assert!(
+            found.as_ref().is_ok_and(|f| f == expected),
+            "{value}: {found:?}"
+        );
+    }
+    // Each search read and decided four records: its candidates and decoys beside them.
+    let counts: Vec<(usize, usize, usize)> = audit_entries(&server)
+        .iter()
+        .filter(|e| e["action"] == "find")
+        .map(|e| {
+            let reason = e["reason"].as_str().unwrap();
+            let numbers: Vec<usize> = reason
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            assert_eq!(numbers.len(), 3, "{reason}");
+            (numbers[0], numbers[1], numbers[2])
+        })
+        .collect();
+    // (candidates, of them allowed, decoys)
+    assert_eq!(counts, [(1, 0, 3), (0, 0, 4), (1, 1, 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tags_follow_their_value_and_go_with_it() {
     let server = TestServer::start_with_config(search_config(16)).await;
     let ids = tenants(&server, 3).await;

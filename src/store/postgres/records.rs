@@ -378,6 +378,38 @@ impl RecordStore for PgStore {
         })
     }
 
+    fn tagged_from(
+        &self,
+        purpose: &str,
+        field: &str,
+        from: &TagRow,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (version, bits) = (i64::from(from.version), i64::from(from.bits));
+        self.read_one(|tx| {
+            // Two walks of the lookup index: from the tag on, then from the start.
+            tx.all(
+                "SELECT record_id FROM (
+                     (SELECT 0 AS part, tag, record_id FROM search_tags
+                      WHERE purpose = $1 AND field = $2 AND version = $3 AND bits = $4
+                        AND tag >= $5
+                      ORDER BY tag, record_id LIMIT $6)
+                     UNION ALL
+                     (SELECT 1 AS part, tag, record_id FROM search_tags
+                      WHERE purpose = $1 AND field = $2 AND version = $3 AND bits = $4
+                        AND tag < $5
+                      ORDER BY tag, record_id LIMIT $6)
+                 ) s
+                 ORDER BY part, tag, record_id LIMIT $6",
+                &[&purpose, &field, &version, &bits, &from.tag, &limit],
+            )?
+            .iter()
+            .map(|r| get(r, 0))
+            .collect()
+        })
+    }
+
     fn untagged_fields(
         &self,
         purpose: &str,

@@ -369,6 +369,39 @@ impl RecordStore for SqliteStore {
         })
     }
 
+    fn tagged_from(
+        &self,
+        purpose: &str,
+        field: &str,
+        from: &TagRow,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            // Two walks of the lookup index: from the tag on, then from the start.
+            let mut stmt = c.prepare_cached(
+                "SELECT record_id FROM (
+                     SELECT * FROM (SELECT 0 AS part, tag, record_id FROM search_tags
+                         WHERE purpose = ?1 AND field = ?2 AND version = ?3 AND bits = ?4
+                           AND tag >= ?5
+                         ORDER BY tag, record_id LIMIT ?6)
+                     UNION ALL
+                     SELECT * FROM (SELECT 1 AS part, tag, record_id FROM search_tags
+                         WHERE purpose = ?1 AND field = ?2 AND version = ?3 AND bits = ?4
+                           AND tag < ?5
+                         ORDER BY tag, record_id LIMIT ?6))
+                 ORDER BY part, tag, record_id LIMIT ?6",
+            )?;
+            let ids = stmt
+                .query_map(
+                    params![purpose, field, from.version, from.bits, from.tag, limit],
+                    |r| r.get::<_, String>(0),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ids)
+        })
+    }
+
     fn untagged_fields(
         &self,
         purpose: &str,
