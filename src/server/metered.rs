@@ -100,7 +100,7 @@ fn status_of(headers: &http::HeaderMap) -> Option<i32> {
 }
 
 /// The largest piece of a response handed to HTTP/2 at a time.
-pub const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 128 * 1024;
 
 /// A response body that records its call when it ends, and hands the response on in pieces.
 #[derive(Debug)]
