@@ -693,3 +693,72 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
     }
     assert_eq!(read(neighbour).await.unwrap().fields.len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_nobody_reads_loses_its_connection_after_the_unread_limit() {
+    let server = TestServer::start_with_limits(RawLimits {
+        stream_idle_secs: Some(1),
+        unread_response_secs: Some(3),
+        ..RawLimits::default()
+    })
+    .await;
+    for i in 0..20 {
+        put(
+            &server,
+            Role::CustomerService,
+            ctx("contract", "", ""),
+            SCOPED_SUBJECT,
+            vec![text(
+                "name",
+                "identity",
+                &format!("{i} {}", "A".repeat(64 * 1024)),
+            )],
+        )
+        .await;
+    }
+    // A window of 1 KiB it never opens further.
+    let staller = Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = pb::vault_client::VaultClient::new(staller)
+        .export_subject(export_request(&server, Role::PrivacyOfficer))
+        .await
+        .unwrap()
+        .into_inner();
+    // Past the stream's idle limit (it ends, its place is free) and the unread limit (what it
+    // left waiting goes with its connection): read at last, it neither comes whole nor ends
+    // with the status that waited behind it, as the connection is gone.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the connection of a stream nobody read for longer than the limit was not closed");
+    let status = ended.expect("a stalled export ended as if it were complete");
+    assert_ne!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // Another client is served.
+    let mut client = server.client().await;
+    let lines = {
+        let mut s = client
+            .export_subject(export_request(&server, Role::PrivacyOfficer))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while s.message().await.unwrap().is_some() {
+            n += 1;
+        }
+        n
+    };
+    assert!(lines >= 20, "{lines} lines");
+}
