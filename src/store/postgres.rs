@@ -41,9 +41,9 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RecordWrite,
-    RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow,
-    TagCount, TagRow, TokenRow, prelude::*, qualified,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
+    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagCount,
+    TagRow, TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use
@@ -327,8 +327,6 @@ enum Tls {
 struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
-    /// A session lock may still be held (its release failed): closed, never pooled.
-    spoilt: bool,
 }
 
 /// The PostgreSQL store.
@@ -466,7 +464,6 @@ impl PgStore {
         Ok(Conn {
             client,
             statements: HashMap::new(),
-            spoilt: false,
         })
     }
 
@@ -522,7 +519,7 @@ impl PgStore {
 
     fn give_back(&self, conn: Conn) {
         if let Ok(mut pool) = self.idle.lock() {
-            if conn.client.is_closed() || conn.spoilt {
+            if conn.client.is_closed() {
                 pool.open = pool.open.saturating_sub(1);
             } else {
                 pool.idle.push(conn);
@@ -711,14 +708,6 @@ impl Tx<'_> {
         match self.tx {
             Session::Tx(t) => t.commit().map_err(db),
             Session::Direct(_) => Ok(()),
-        }
-    }
-
-    /// Runs `sql` (statements without parameters, such as `SAVEPOINT`) as it is.
-    fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
-        match &mut self.tx {
-            Session::Tx(t) => t.batch_execute(sql).map_err(db),
-            Session::Direct(c) => c.batch_execute(sql).map_err(db),
         }
     }
 

@@ -1,12 +1,6 @@
 //! The PostgreSQL store: the audit trail's rows. Appenders of every node take one advisory lock
 //! and chain on the stored tail (`append_chained`); sequence numbers are the primary key as well,
 //! so a row written beside the lock (`append_audit`) cannot take a number twice (`Exists`).
-//!
-//! A batch that carries record writes (`append_chained_writing`) commits them with its entries,
-//! in one `SERIALIZABLE` transaction (as the writes are made on their own), each in a savepoint.
-//! Its appender takes the trail's lock for the session before the transaction starts: such a
-//! transaction sees the database as of its first statement, so a lock taken inside it would
-//! leave it reading the tail from before the previous holder's commit.
 
 use super::*;
 
@@ -49,72 +43,6 @@ fn insert_rows(tx: &mut Tx<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The body of `append_chained_writing`, under the trail's session lock: the entries `chain`
-/// builds on the tail, then each write in a savepoint of its own, in one `SERIALIZABLE`
-/// transaction, all again from the start when PostgreSQL cannot serialise it.
-#[expect(
-    clippy::type_complexity,
-    reason = "the rows appended, and one outcome per write"
-)]
-fn append_carrying(
-    c: &mut Conn,
-    chain: &mut crate::store::Chain<'_>,
-    writes: &[RecordWrite],
-) -> Result<(Vec<AuditRow>, Vec<Result<(), StoreError>>), StoreError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let outcome = (|| {
-            let tx = c
-                .client
-                .build_transaction()
-                .isolation_level(IsolationLevel::Serializable)
-                .start()
-                .map_err(db)?;
-            let mut tx = Tx {
-                tx: Session::Tx(tx),
-                statements: &mut c.statements,
-            };
-            let tail = tx
-                .opt(
-                    &format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq DESC LIMIT 1"),
-                    &[],
-                )?
-                .map(|r| audit_from_row(&r))
-                .transpose()?;
-            let rows = chain(tail.as_ref())?;
-            insert_rows(&mut tx, &rows)?;
-            let mut outcomes = Vec::with_capacity(writes.len());
-            for write in writes {
-                tx.simple("SAVEPOINT kluis_carried")?;
-                let made = super::records::make_write(&mut tx, write);
-                match &made {
-                    Ok(()) => {}
-                    // Not serialisable: the whole transaction again, not this write alone.
-                    Err(StoreError::Retry) => return Err(StoreError::Retry),
-                    // Undo this write only; should that fail, nothing of the transaction is kept.
-                    Err(_) => tx.simple("ROLLBACK TO SAVEPOINT kluis_carried")?,
-                }
-                tx.simple("RELEASE SAVEPOINT kluis_carried")?;
-                outcomes.push(made);
-            }
-            tx.commit()?;
-            Ok((rows, outcomes))
-        })();
-        match outcome {
-            Err(StoreError::Retry) if attempt < MAX_RETRIES => {
-                std::thread::sleep(Duration::from_millis(u64::from(attempt) * 2));
-            }
-            Err(StoreError::Retry) => {
-                return Err(StoreError::Stale(
-                    "rows that other writers kept changing".into(),
-                ));
-            }
-            other => return other,
-        }
-    }
-}
-
 impl AuditStore for PgStore {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
         self.write(|tx| insert_rows(tx, rows))
@@ -137,32 +65,6 @@ impl AuditStore for PgStore {
             let rows = chain(tail.as_ref())?;
             insert_rows(tx, &rows)?;
             Ok(rows)
-        })
-    }
-
-    fn append_chained_writing(
-        &self,
-        chain: &mut crate::store::Chain<'_>,
-        writes: &[RecordWrite],
-    ) -> Result<(Vec<AuditRow>, Option<Vec<Result<(), StoreError>>>), StoreError> {
-        if writes.is_empty() {
-            return Ok((self.append_chained(chain)?, None));
-        }
-        self.with_conn(|c| {
-            c.client
-                .execute("SELECT pg_advisory_lock($1)", &[&AUDIT_LOCK])
-                .map_err(db)?;
-            let appended = append_carrying(c, chain, writes);
-            // Should the release fail, the connection goes: its end releases the lock.
-            match c
-                .client
-                .query_one("SELECT pg_advisory_unlock($1)", &[&AUDIT_LOCK])
-            {
-                Ok(row) if row.try_get::<_, bool>(0).unwrap_or(false) => {}
-                _ => c.spoilt = true,
-            }
-            let (rows, outcomes) = appended?;
-            Ok((rows, Some(outcomes)))
         })
     }
 

@@ -595,24 +595,6 @@ fn field_metas(tx: &mut Tx<'_>, id: &str) -> Result<Vec<FieldMeta>, StoreError> 
 }
 
 /// Inserts a record and its fields (with their search tags) in the caller's transaction.
-/// Makes `write` in `tx`, as `RecordWrite::make` would in a transaction of its own.
-pub(super) fn make_write(tx: &mut Tx<'_>, write: &RecordWrite) -> Result<(), StoreError> {
-    match write {
-        RecordWrite::Insert { record, fields } => insert_record_in(tx, record, fields),
-        RecordWrite::InsertWithKey {
-            key,
-            anchor,
-            record,
-            fields,
-        } => {
-            if !super::keys::insert_first_subject_key(tx, key, anchor)? {
-                return Err(StoreError::first_key_taken(key.purpose));
-            }
-            insert_record_in(tx, record, fields)
-        }
-    }
-}
-
 fn insert_record_in(
     tx: &mut Tx<'_>,
     record: &RecordRow,
