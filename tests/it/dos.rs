@@ -27,23 +27,16 @@ fn export_request(server: &TestServer, role: Role) -> tonic::Request<pb::ExportS
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn exports_nobody_reads_are_capped_and_end_after_the_idle_limit() {
-    let server = TestServer::start_with_limits(RawLimits {
-        stream_idle_secs: Some(1),
-        max_exports: Some(3),
-        max_exports_per_caller: Some(2),
-        ..Default::default()
-    })
-    .await;
-    // Enough for an export to be far larger than a small flow-control window and than what
-    // HTTP/2 buffers on the server's side beyond it (a send buffer of some hundreds of KiB per
-    // stream): otherwise a "stalled" export may be handed over whole and end as complete.
-    let mut records = Vec::new();
-    for i in 0..60 {
+/// `n` records of 64 KiB of the scoped subject: enough, from about 20, for an export to be far
+/// larger than a small flow-control window and than what HTTP/2 buffers on the server's side
+/// beyond it (a send buffer of some hundreds of KiB per stream); otherwise a "stalled" export
+/// may be handed over whole and end as complete.
+async fn large_records(server: &TestServer, n: usize) -> Vec<String> {
+    let mut records = Vec::with_capacity(n);
+    for i in 0..n {
         records.push(
             put(
-                &server,
+                server,
                 Role::CustomerService,
                 ctx("contract", "", ""),
                 SCOPED_SUBJECT,
@@ -56,14 +49,31 @@ async fn exports_nobody_reads_are_capped_and_end_after_the_idle_limit() {
             .await,
         );
     }
-    // The staller: a window of 1 KiB it never opens further, since it never reads.
-    let staller = Endpoint::from_shared(format!("http://{}", server.addr))
+    records
+}
+
+/// A client that stalls: a window of 1 KiB it never opens further, since it never reads.
+async fn staller(server: &TestServer) -> tonic::transport::Channel {
+    Endpoint::from_shared(format!("http://{}", server.addr))
         .unwrap()
         .initial_stream_window_size(Some(1024))
         .initial_connection_window_size(Some(1024))
         .connect()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exports_nobody_reads_are_capped_and_end_after_the_idle_limit() {
+    let server = TestServer::start_with_limits(RawLimits {
+        stream_idle_secs: Some(1),
+        max_exports: Some(3),
+        max_exports_per_caller: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let records = large_records(&server, 60).await;
+    let staller = staller(&server).await;
     let mut stalled_client = pb::vault_client::VaultClient::new(staller.clone());
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -702,29 +712,8 @@ async fn a_stream_nobody_reads_loses_its_connection_after_the_unread_limit() {
         ..RawLimits::default()
     })
     .await;
-    for i in 0..20 {
-        put(
-            &server,
-            Role::CustomerService,
-            ctx("contract", "", ""),
-            SCOPED_SUBJECT,
-            vec![text(
-                "name",
-                "identity",
-                &format!("{i} {}", "A".repeat(64 * 1024)),
-            )],
-        )
-        .await;
-    }
-    // A window of 1 KiB it never opens further.
-    let staller = Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .initial_stream_window_size(Some(1024))
-        .initial_connection_window_size(Some(1024))
-        .connect()
-        .await
-        .unwrap();
-    let mut stream = pb::vault_client::VaultClient::new(staller)
+    large_records(&server, 20).await;
+    let mut stream = pb::vault_client::VaultClient::new(staller(&server).await)
         .export_subject(export_request(&server, Role::PrivacyOfficer))
         .await
         .unwrap()
