@@ -13,9 +13,10 @@
 //! Nor does its time tell. A search with fewer than `PADDED_CANDIDATES` candidates reads and
 //! decides decoys beside them (records whose field carries a tag from a random one on) up to
 //! that number: what a candidate the caller may not read costs (its record, its subject's facts,
-//! the decision) a decoy costs too, so how long a search takes does not say whether records the
-//! caller may not read carry the value's tag. Decoys are never opened, compared or answered;
-//! the `find` entry says how many were decided.
+//! the decision) a decoy costs too, so how long a search takes does not say how many records
+//! the caller may not read carry the value's tag, up to that number; only what one record costs
+//! against another (its size, its subject's facts) is left to measure. Decoys are never opened,
+//! compared or answered; the `find` entry says how many were decided.
 
 use super::{FieldInfo, RecordMeta, Value, Vault, VaultError, field_aad, resource};
 use crate::{
