@@ -530,8 +530,9 @@ impl RawConfig {
                 3600,
                 &mut connections.unread_timeout,
             );
-            // A response of the largest message must fit.
-            let largest = crate::server::MAX_MESSAGE_BYTES;
+            // A response of the largest message must fit, with its framing and the smaller
+            // messages a stream packs before it (up to 32 KiB).
+            let largest = crate::server::MAX_MESSAGE_BYTES + 64 * 1024;
             if let Some(n) = l.unread_response_bytes_per_address {
                 connections.unread_bytes_per_address = n;
             }
@@ -541,7 +542,7 @@ impl RawConfig {
             if connections.unread_bytes_per_address < largest {
                 problems.push(format!(
                     "`limits.unread_response_bytes_per_address` must be at least {largest} bytes \
-                     (the largest message)"
+                     (the largest message with its framing)"
                 ));
             }
             if connections.unread_bytes < connections.unread_bytes_per_address {
@@ -1010,7 +1011,7 @@ mod tests {
         };
         let ok = check(
             "unread_response_secs = 5\nunread_response_bytes = 33554432\n\
-             unread_response_bytes_per_address = 16777216",
+             unread_response_bytes_per_address = 16842752",
         )
         .unwrap();
         assert_eq!(
@@ -1019,7 +1020,11 @@ mod tests {
                 ok.connections.unread_bytes,
                 ok.connections.unread_bytes_per_address
             ),
-            (std::time::Duration::from_secs(5), 32 << 20, 16 << 20)
+            (
+                std::time::Duration::from_secs(5),
+                32 << 20,
+                (16 << 20) + (64 << 10)
+            )
         );
         for (limits, says) in [
             (
@@ -1028,10 +1033,10 @@ mod tests {
             ),
             (
                 "unread_response_bytes_per_address = 1000",
-                "`limits.unread_response_bytes_per_address` must be at least 16777216",
+                "`limits.unread_response_bytes_per_address` must be at least 16842752",
             ),
             (
-                "unread_response_bytes = 16777216",
+                "unread_response_bytes = 16842751",
                 "`limits.unread_response_bytes` must be at least `limits.unread_response_bytes_per_address`",
             ),
         ] {

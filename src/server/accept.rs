@@ -296,14 +296,14 @@ impl Unread {
         }
     }
 
-    /// Counts `n` more bytes, unless that would pass the limit.
+    /// Counts `n` more bytes, unless that would pass the limit (a refused hold never counts,
+    /// not even for a moment another hold could see).
     fn hold(&self, n: usize) -> bool {
-        let before = self.bytes.fetch_add(n, Ordering::SeqCst);
-        if before.saturating_add(n) > self.limit {
-            self.bytes.fetch_sub(n, Ordering::SeqCst);
-            return false;
-        }
-        true
+        self.bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(n).filter(|&after| after <= self.limit)
+            })
+            .is_ok()
     }
 
     fn release(&self, n: usize) {
@@ -493,6 +493,8 @@ impl Drop for Running {
         for unread in &call.activity.unread {
             unread.release(held);
         }
+        // Ended: it waits for nobody, however long something else keeps the call.
+        call.waiting.store(0, Ordering::SeqCst);
         if call.of_use.load(Ordering::SeqCst) {
             let activity = &call.activity;
             let now = u64::try_from(activity.since.elapsed().as_millis()).unwrap_or(u64::MAX);

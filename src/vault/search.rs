@@ -174,13 +174,26 @@ impl Vault {
         let mut decoyed: Vec<(RecordRow, FieldRow)> = Vec::with_capacity(decoys.len());
         let read: Vec<&str> = ids.iter().chain(&decoys).map(String::as_str).collect();
         for (record, rows) in self.store.records(&read)? {
-            self.rows.check(&record)?;
-            self.rows.check_fields(&record, &rows)?;
+            let decoy = decoys.contains(&record.id);
+            let checked = self
+                .rows
+                .check(&record)
+                .and_then(|()| self.rows.check_fields(&record, &rows));
+            match checked {
+                Ok(()) => {}
+                // A damaged record the search did not ask for fails no search (the store's
+                // own verification reports it); a candidate does, as a read of it would.
+                Err(e) if decoy => {
+                    tracing::warn!(error = %e, "a search's decoy failed its integrity check; left out");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if record.purpose != purpose {
                 continue;
             }
             if let Some(row) = rows.into_iter().find(|r| r.name == field.as_str()) {
-                if decoys.contains(&record.id) {
+                if decoy {
                     decoyed.push((record, row));
                 } else {
                     candidates.push((record, row));
@@ -193,7 +206,19 @@ impl Vault {
             .iter()
             .map(|(record, row)| resource(record, purpose, row))
             .collect::<Result<Vec<_>, _>>()?;
-        let facts = self.facts_of(principal, &resources)?;
+        let facts = match self.facts_of(principal, &resources) {
+            Ok(facts) => facts,
+            // Damaged facts of a decoy's subject: decided without the decoys (the candidates'
+            // own facts fail the search as before).
+            Err(e) if candidates.len() > real => {
+                tracing::warn!(error = %e, "the facts of a search's decoys failed their checks; left out");
+                candidates.truncate(real);
+                let resources = resources.get(..real).unwrap_or_default();
+                self.facts_of(principal, resources)?
+            }
+            Err(e) => return Err(e),
+        };
+        let resources: Vec<_> = resources.into_iter().take(candidates.len()).collect();
         let mut decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
         // What was decided of the decoys goes no further.
         let decided_decoys = candidates.len() - real;
@@ -277,8 +302,8 @@ impl Vault {
     }
 
     /// Decoys for a search with the candidates `ids`: up to `PADDED_CANDIDATES` of them in all,
-    /// records whose field carries a tag of the active probe's version and width, from a
-    /// random tag on; none a candidate.
+    /// records whose field carries a tag of the first probe's version and width (every version
+    /// in force tags every value), from a random tag on; none a candidate.
     fn decoys(
         &self,
         purpose: Purpose,

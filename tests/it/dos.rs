@@ -605,7 +605,7 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
     const MIB: usize = 1024 * 1024;
     let server = TestServer::start_with_limits(RawLimits {
         unread_response_secs: Some(5),
-        unread_response_bytes_per_address: Some(16 * MIB),
+        unread_response_bytes_per_address: Some(16 * MIB + 64 * 1024),
         unread_response_bytes: Some(64 * MIB),
         ..RawLimits::default()
     })
@@ -678,7 +678,7 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
     assert!(
         refused
             .message()
-            .contains("`limits.unread_response_bytes_per_address` = 16777216")
+            .contains("`limits.unread_response_bytes_per_address` = 16842752")
             && refused
                 .message()
                 .contains("read the responses already asked for"),

@@ -400,6 +400,46 @@ async fn a_search_decides_as_many_records_whether_or_not_others_carry_the_values
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_record_fails_the_searches_that_find_it_and_no_other() {
+    let server = TestServer::start_with_config(search_config(16)).await;
+    let ids = tenants(&server, 5).await;
+    // T4's record edited in the database file: its MAC no longer matches.
+    db(&server)
+        .execute(
+            "UPDATE records SET mac = zeroblob(32) WHERE id = ?1",
+            [&ids[4]],
+        )
+        .unwrap();
+    // Other searches meet it among their decoys now and then (1 in 4 records here): it fails
+    // none of them, and none names it.
+    for _ in 0..20 {
+        let found = find(
+            &server,
+            Role::CustomerService,
+            "email",
+            "tenant1@example.nl",
+            0,
+        )
+        .await;
+        assert!(
+            found.as_ref().is_ok_and(|f| subjects(f) == ["T1"]),
+            "{found:?}"
+        );
+    }
+    // A search that finds it as a candidate fails, as a read of it does.
+    let status = find(
+        &server,
+        Role::CustomerService,
+        "email",
+        "tenant4@example.nl",
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tags_follow_their_value_and_go_with_it() {
     let server = TestServer::start_with_config(search_config(16)).await;
     let ids = tenants(&server, 3).await;
