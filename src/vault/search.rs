@@ -202,7 +202,7 @@ impl Vault {
         }
         let real = candidates.len();
         candidates.append(&mut decoyed);
-        let resources = candidates
+        let mut resources = candidates
             .iter()
             .map(|(record, row)| resource(record, purpose, row))
             .collect::<Result<Vec<_>, _>>()?;
@@ -213,18 +213,16 @@ impl Vault {
             Err(e) if candidates.len() > real => {
                 tracing::warn!(error = %e, "the facts of a search's decoys failed their checks; left out");
                 candidates.truncate(real);
-                let resources = resources.get(..real).unwrap_or_default();
-                self.facts_of(principal, resources)?
+                resources.truncate(real);
+                self.facts_of(principal, &resources)?
             }
             Err(e) => return Err(e),
         };
-        let resources: Vec<_> = resources.into_iter().take(candidates.len()).collect();
         let mut decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
         // What was decided of the decoys goes no further.
         let decided_decoys = candidates.len() - real;
         candidates.truncate(real);
         decisions.truncate(real);
-        let mut resources = resources;
         resources.truncate(real);
         let allowed = decisions.iter().filter(|d| d.is_allow()).count();
         event.decision = "allow".into();
