@@ -4,7 +4,8 @@
 //!
 //! Invariant: the only module that sees proto types; it converts them by hand.
 //! Invariant: never formats a request, metadata map or token with `{:?}`.
-//! Invariant: each call runs its core work on one blocking thread (`spawn_blocking`).
+//! Invariant: each call runs its core work on one blocking thread (`spawn_blocking`), under a
+//! place of `Limits::max_calls_running` it holds until that work ends (`take_place`).
 
 pub mod admin;
 pub mod convert;
@@ -130,20 +131,38 @@ where
     let message = request.into_inner();
     let vault = Arc::clone(&backend.vault);
     let identity = Arc::clone(&backend.identity);
-    let task = tokio::task::spawn_blocking(move || {
-        identity
-            .authenticate(&vault, &creds)
-            .and_then(|principal| f(&vault, &principal, message))
-            .map_err(|e| vault.after_failure(e))
-    });
+    let task = async move {
+        let place = take_place(&vault).await?;
+        Ok::<_, Status>(
+            tokio::task::spawn_blocking(move || {
+                let _place = place;
+                identity
+                    .authenticate(&vault, &creds)
+                    .and_then(|principal| f(&vault, &principal, message))
+                    .map_err(|e| vault.after_failure(e))
+            })
+            .await,
+        )
+    };
     tokio::time::timeout(REQUEST_TIMEOUT, task)
         .await
-        .map_err(|_| Status::deadline_exceeded("the request took longer than 60 s"))?
+        .map_err(|_| Status::deadline_exceeded("the request took longer than 60 s"))??
         .map_err(|e| {
             tracing::error!(error = %e, "request task failed");
             Status::internal("internal error")
         })?
         .map_err(status::to_status)
+}
+
+/// A place among the calls running on blocking threads (`Limits::max_calls_running`), waited
+/// for in turn: a flood of calls queues here, cheaply, instead of holding a thread and its
+/// memory each. Moved into the blocking closure, so that it is held while the work runs even
+/// when the client goes away.
+pub(crate) async fn take_place(vault: &Vault) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    Arc::clone(vault.call_places())
+        .acquire_owned()
+        .await
+        .map_err(|_| Status::unavailable("the node is stopping"))
 }
 
 /// `run` for an export or a backup: once the caller is authenticated, it takes a place under
@@ -165,18 +184,25 @@ where
     let vault = Arc::clone(&backend.vault);
     let identity = Arc::clone(&backend.identity);
     let streams = Arc::clone(streams);
-    let task = tokio::task::spawn_blocking(move || {
-        let principal = identity
-            .authenticate(&vault, &creds)
-            .map_err(|e| status::to_status(vault.after_failure(e)))?;
-        let permit = streams.admit(&principal.id)?;
-        let done = f(&vault, &principal, message)
-            .map_err(|e| status::to_status(vault.after_failure(e)))?;
-        Ok((done, permit))
-    });
+    let task = async move {
+        let place = take_place(&vault).await?;
+        Ok::<_, Status>(
+            tokio::task::spawn_blocking(move || {
+                let _place = place;
+                let principal = identity
+                    .authenticate(&vault, &creds)
+                    .map_err(|e| status::to_status(vault.after_failure(e)))?;
+                let permit = streams.admit(&principal.id)?;
+                let done = f(&vault, &principal, message)
+                    .map_err(|e| status::to_status(vault.after_failure(e)))?;
+                Ok((done, permit))
+            })
+            .await,
+        )
+    };
     tokio::time::timeout(REQUEST_TIMEOUT, task)
         .await
-        .map_err(|_| Status::deadline_exceeded("the request took longer than 60 s"))?
+        .map_err(|_| Status::deadline_exceeded("the request took longer than 60 s"))??
         .map_err(|e| {
             tracing::error!(error = %e, "request task failed");
             Status::internal("internal error")

@@ -30,6 +30,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "kluis.db";
 
+/// Most calls `limits.max_calls_running` may let run at once: the blocking threads the runtime
+/// keeps (tokio's default), which exports and downloads share.
+pub const MAX_CALLS_RUNNING: usize = 512;
+
 /// Where environment variables come from (the process, or a map in tests).
 pub trait Env {
     /// The value of `name`, if set and valid UTF-8.
@@ -223,6 +227,12 @@ pub struct RawLimits {
     pub unread_response_bytes: Option<usize>,
     /// Bytes of responses waiting for their clients to read them, per peer address.
     pub unread_response_bytes_per_address: Option<usize>,
+    /// Calls running on blocking threads at once; the others wait their turn.
+    pub max_calls_running: Option<usize>,
+    /// Bytes of record values being opened and answered at once, in all.
+    pub answer_bytes: Option<usize>,
+    /// Bytes of record values being opened and answered at once for one caller.
+    pub answer_bytes_per_caller: Option<usize>,
 }
 
 /// Where the root key comes from.
@@ -559,6 +569,33 @@ impl RawConfig {
             limits.max_evidence_bytes = l.max_evidence_bytes.unwrap_or(limits.max_evidence_bytes);
             limits.requests_per_second =
                 l.requests_per_second.unwrap_or(limits.requests_per_second);
+            match l.max_calls_running {
+                Some(n) if (1..=MAX_CALLS_RUNNING).contains(&n) => limits.max_calls_running = n,
+                Some(_) => problems.push(format!(
+                    "`limits.max_calls_running` must be 1 to {MAX_CALLS_RUNNING} (the blocking \
+                     threads the runtime keeps)"
+                )),
+                None => {}
+            }
+            limits.answer_bytes = l.answer_bytes.unwrap_or(limits.answer_bytes);
+            limits.answer_bytes_per_caller = l
+                .answer_bytes_per_caller
+                .unwrap_or(limits.answer_bytes_per_caller);
+            // The largest record, as stored (each value sealed with a nonce and a tag), must fit
+            // one caller's place.
+            let largest = limits.max_record_bytes + 64 * 1024;
+            if limits.answer_bytes_per_caller < largest {
+                problems.push(format!(
+                    "`limits.answer_bytes_per_caller` must be at least {largest} bytes (the \
+                     largest record, `limits.max_record_bytes`, as stored)"
+                ));
+            }
+            if limits.answer_bytes < limits.answer_bytes_per_caller {
+                problems.push(
+                    "`limits.answer_bytes` must be at least `limits.answer_bytes_per_caller`"
+                        .into(),
+                );
+            }
             if limits.max_record_bytes > crate::server::MAX_MESSAGE_BYTES / 2 {
                 problems.push(format!(
                     "`limits.max_record_bytes` may be at most {} bytes",
@@ -1000,6 +1037,58 @@ mod tests {
         .unwrap();
         let err = raw.validate(false).unwrap_err();
         assert_eq!(err.0.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn the_limits_on_calls_running_and_answers_are_checked() {
+        let check = |limits: &str| {
+            toml::from_str::<RawConfig>(&format!("data_dir = \"/d\"\n[limits]\n{limits}"))
+                .unwrap()
+                .validate(false)
+        };
+        let ok = check(
+            "max_calls_running = 8\nmax_record_bytes = 1048576\n\
+             answer_bytes_per_caller = 1114112\nanswer_bytes = 1114112",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                ok.limits.max_calls_running,
+                ok.limits.answer_bytes_per_caller,
+                ok.limits.answer_bytes
+            ),
+            (8, (1 << 20) + (64 << 10), (1 << 20) + (64 << 10))
+        );
+        let defaults = check("").unwrap().limits;
+        assert_eq!(
+            (
+                defaults.max_calls_running,
+                defaults.answer_bytes_per_caller,
+                defaults.answer_bytes
+            ),
+            (64, 64 << 20, 512 << 20)
+        );
+        for (limits, says) in [
+            (
+                "max_calls_running = 0",
+                "`limits.max_calls_running` must be 1 to 512",
+            ),
+            (
+                "max_calls_running = 513",
+                "`limits.max_calls_running` must be 1 to 512",
+            ),
+            (
+                "answer_bytes_per_caller = 8454143",
+                "`limits.answer_bytes_per_caller` must be at least 8454144",
+            ),
+            (
+                "max_record_bytes = 1048576\nanswer_bytes_per_caller = 2000000\nanswer_bytes = 1999999",
+                "`limits.answer_bytes` must be at least `limits.answer_bytes_per_caller`",
+            ),
+        ] {
+            let err = check(limits).unwrap_err().to_string();
+            assert!(err.contains(says), "{limits}: {err}");
+        }
     }
 
     #[test]

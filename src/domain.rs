@@ -347,6 +347,12 @@ pub struct Limits {
     /// Requests per second one token may make on average (0: no limit); bursts of twice as many
     /// pass.
     pub requests_per_second: u32,
+    /// Calls running on blocking threads at once; the others wait their turn, in order.
+    pub max_calls_running: usize,
+    /// Bytes of record values being opened and answered at once, in all.
+    pub answer_bytes: usize,
+    /// Bytes of record values being opened and answered at once for one caller (principal).
+    pub answer_bytes_per_caller: usize,
 }
 
 impl Default for Limits {
@@ -358,6 +364,9 @@ impl Default for Limits {
             max_record_bytes: 8 * 1024 * 1024,
             max_evidence_bytes: 8 * 1024 * 1024 * 1024,
             requests_per_second: 2000,
+            max_calls_running: 64,
+            answer_bytes: 512 * 1024 * 1024,
+            answer_bytes_per_caller: 64 * 1024 * 1024,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! stored with its fields in one store transaction.
 //! Invariant: knows neither gRPC nor SQL; errors never carry plaintext.
 
+pub mod answers;
 pub mod custody;
 pub mod disclosures;
 pub mod evidence;
@@ -71,6 +72,9 @@ pub enum VaultError {
     /// The token made more requests than its rate allows.
     #[error("{0}")]
     RateLimited(String),
+    /// The request needs more of the node than its limits leave now (see the message).
+    #[error("{0}")]
+    Exhausted(String),
     /// The audit trail cannot be written; nothing was decrypted.
     #[error("audit trail unavailable; the request was not carried out")]
     AuditUnavailable,
@@ -260,6 +264,8 @@ pub struct RecordView {
     pub fields: Vec<OpenField>,
     /// The fields kept back, with reasons.
     pub withheld: Vec<Withheld>,
+    /// The place of this answer's bytes (`answers`), let go with the view.
+    _hold: answers::AnswerHold,
 }
 
 /// A field listed without its value.
@@ -347,6 +353,11 @@ pub struct Vault {
     stopping: std::sync::atomic::AtomicBool,
     /// Which fields of which purposes are searchable (`search`).
     search: crate::search::SearchConfig,
+    /// The places of the reads being answered (`answers`).
+    answers: answers::Answers,
+    /// Places for calls running on blocking threads (`Limits::max_calls_running`): a call
+    /// waits for one before it starts.
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 /// The decision an audit entry names for a field returned masked.
@@ -530,6 +541,8 @@ impl Vault {
             follower: nodes::Follower::default(),
             record_locks: std::array::from_fn(|_| std::sync::Mutex::new(())),
             search: crate::search::SearchConfig::default(),
+            answers: answers::Answers::new(limits.answer_bytes_per_caller, limits.answer_bytes),
+            calls: Arc::new(tokio::sync::Semaphore::new(limits.max_calls_running)),
         };
         vault.note_epoch(epoch);
         Ok(vault)
@@ -570,6 +583,12 @@ impl Vault {
     /// The request limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The places for calls running on blocking threads: a call takes one before it starts
+    /// and holds it until its work is done.
+    pub fn call_places(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.calls
     }
 
     /// The channels a request may arrive through.
@@ -794,6 +813,13 @@ impl Vault {
         record_id: &RecordId,
         wanted: &[FieldName],
     ) -> Result<RecordView, VaultError> {
+        // A place for the values this read opens, taken before they are loaded when the store
+        // can measure them, and made right once they are (`answers`).
+        let measured = self
+            .store
+            .record_value_bytes(record_id.as_str())?
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let mut hold = self.answers.hold(principal.id.as_str(), measured)?;
         let (record, rows) = self.load(record_id)?;
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse_stored(&record.subject)
@@ -815,6 +841,10 @@ impl Vault {
                     }),
                 }
             }
+        }
+        let loaded: usize = rows.iter().map(|r| r.sealed.len()).sum();
+        if loaded > measured {
+            hold.grow(&self.answers, loaded - measured)?;
         }
         let resources = selected
             .iter()
@@ -958,6 +988,7 @@ impl Vault {
             meta,
             fields,
             withheld,
+            _hold: hold,
         })
     }
 

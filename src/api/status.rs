@@ -17,7 +17,7 @@ pub fn to_status(e: VaultError) -> Status {
         VaultError::FailedPrecondition(m) | VaultError::Rollback(m) => {
             Status::failed_precondition(m)
         }
-        VaultError::RateLimited(m) => Status::resource_exhausted(m),
+        VaultError::RateLimited(m) | VaultError::Exhausted(m) => Status::resource_exhausted(m),
         e @ (VaultError::DataLoss(_) | VaultError::Key(KeyError::Tampered(_))) => {
             tracing::error!(error = %e, "integrity check failed");
             Status::data_loss(e.to_string())

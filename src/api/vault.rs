@@ -80,17 +80,23 @@ impl Drop for WriteGuard {
     }
 }
 
-/// Runs `f` on a blocking thread and maps its error to a status.
+/// Runs `f` on a blocking thread, under a place among `vault`'s calls running
+/// (`super::take_place`), and maps its error to a status.
 async fn blocking<T: Send + 'static>(
+    vault: &Vault,
     f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "request task failed");
-            Status::internal("internal error")
-        })?
-        .map_err(super::status::to_status)
+    let place = super::take_place(vault).await?;
+    tokio::task::spawn_blocking(move || {
+        let _place = place;
+        f()
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "request task failed");
+        Status::internal("internal error")
+    })?
+    .map_err(super::status::to_status)
 }
 
 /// Segments read and opened per blocking call of a download.
@@ -141,7 +147,7 @@ impl VaultRpc for VaultApi {
             ));
         };
         let vault = Arc::clone(&self.vault.vault);
-        let upload = blocking(move || {
+        let upload = blocking(&self.vault.vault, move || {
             let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(start.context.clone(), vault.channels())?;
             let start = convert::evidence_start(start)?;
@@ -177,7 +183,7 @@ impl VaultRpc for VaultApi {
                     let Some(u) = upload.0.take() else {
                         return Err(Status::internal("internal error"));
                     };
-                    let receipt = blocking(move || u.finish()).await?;
+                    let receipt = blocking(&self.vault.vault, move || u.finish()).await?;
                     return Ok(Response::new(pb::PutEvidenceResponse {
                         evidence_id: receipt.evidence_id,
                         record_id: receipt.record_id,
@@ -221,7 +227,7 @@ impl VaultRpc for VaultApi {
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault.vault);
-        let (info, download) = blocking(move || {
+        let (info, download) = blocking(&self.vault.vault, move || {
             let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(req.context, vault.channels())?;
             let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
@@ -288,7 +294,7 @@ impl VaultRpc for VaultApi {
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault.vault);
-        let (principal, ctx, subject, portable) = blocking(move || {
+        let (principal, ctx, subject, portable) = blocking(&self.vault.vault, move || {
             let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(req.context, vault.channels())?;
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;

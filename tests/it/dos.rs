@@ -751,3 +751,209 @@ async fn a_stream_nobody_reads_loses_its_connection_after_the_unread_limit() {
     };
     assert!(lines >= 20, "{lines} lines");
 }
+
+/// `kluis serve --dev` with `limits` as its `[limits]`, in `dir`: the server, its address.
+fn serve_dev_with_limits(dir: &std::path::Path, limits: &str) -> (Server, SocketAddr) {
+    let config = dir.join("kluis.toml");
+    std::fs::write(&config, format!("[limits]\n{limits}")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("KLUIS_PASSPHRASE")
+        .env("KLUIS_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let addr: SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("kluis exited before its banner")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("kluis dev server on http://") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (server, addr)
+}
+
+/// A line of `/proc/<pid>/status`, as a number (`Threads`, `VmHWM` in kB).
+fn proc_status(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{key}` in {status}"))
+}
+
+/// One caller asks for a large record 200 times at once. Each read would open and answer all
+/// of it before any limit on responses saw it: gigabytes, a thread each. Instead the calls wait
+/// in turn for one of `limits.max_calls_running` places (no thread each), and a read takes a
+/// place for the bytes it opens before it opens them, within the caller's share
+/// (`limits.answer_bytes_per_caller`): the rest are refused at once, saying which limit and what
+/// to do. Another caller is served meanwhile, and the server's memory stays a small multiple of
+/// the bytes the limits allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_large_reads_at_once_wait_their_turn_or_are_refused_before_anything_is_opened() {
+    const MIB: usize = 1024 * 1024;
+    const CALLS: usize = 200;
+    let tmp = crate::common::private_tempdir();
+    let (server, addr) = serve_dev_with_limits(
+        tmp.path(),
+        "max_calls_running = 8\nanswer_bytes_per_caller = 8454144\nanswer_bytes = 16908288\n",
+    );
+    let pid = server.0.id();
+    let tokens: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("data").join("dev-tokens.json")).unwrap(),
+    )
+    .unwrap();
+    let token = |role: &str| tokens[role].as_str().unwrap().to_owned();
+    let (reader, other) = (token("customer-service"), token("nuisance-officer"));
+    let channel = |_: usize| async move {
+        Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let client = |c: tonic::transport::Channel| {
+        pb::vault_client::VaultClient::new(c).max_decoding_message_size(16 * MIB)
+    };
+    let put = |token: String, purpose: &'static str, fields: Vec<pb::FieldValue>| {
+        let c = channel(0);
+        async move {
+            client(c.await)
+                .put_record(req(
+                    &token,
+                    pb::PutRecordRequest {
+                        context: ctx(purpose, "N-1", "complaint"),
+                        subject_id: SCOPED_SUBJECT.into(),
+                        fields,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .record_id
+        }
+    };
+    // A record of about 4 MiB, and a small one another caller reads.
+    let large = put(
+        reader.clone(),
+        "contract",
+        (0..4)
+            .map(|i| text(&format!("note{i}"), "identity", &"x".repeat(MIB - 1024)))
+            .collect(),
+    )
+    .await;
+    let small = put(
+        other.clone(),
+        "nuisance",
+        vec![text("complaint", "nuisance-evidence", "music at night")],
+    )
+    .await;
+    let read = |c: tonic::transport::Channel, token: String, purpose: &'static str, id: String| async move {
+        client(c)
+            .get_record(req(
+                &token,
+                pb::GetRecordRequest {
+                    context: ctx(purpose, "N-1", "complaint"),
+                    record_id: id,
+                    fields: vec![],
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().fields.len())
+    };
+    // Alone, the large record is read whole.
+    let first = channel(0).await;
+    assert_eq!(
+        read(first.clone(), reader.clone(), "contract", large.clone())
+            .await
+            .unwrap(),
+        4
+    );
+    let threads_before = proc_status(pid, "Threads");
+
+    // Watch the server's threads while the calls run.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = std::sync::Arc::clone(&watching);
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(proc_status(pid, "Threads"));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        })
+    };
+    let mut channels = Vec::new();
+    for i in 0..4 {
+        channels.push(channel(i).await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..CALLS {
+        let c = channels[i % channels.len()].clone();
+        calls.spawn(read(c, reader.clone(), "contract", large.clone()));
+    }
+    // Meanwhile another caller is served.
+    let served = read(channel(9).await, other.clone(), "nuisance", small.clone()).await;
+    let (mut whole, mut refused) = (0, 0);
+    while let Some(done) = calls.join_next().await {
+        match done.unwrap() {
+            Ok(n) => {
+                assert_eq!(n, 4);
+                whole += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status
+                        .message()
+                        .contains("`limits.answer_bytes_per_caller` = 8454144")
+                        && status
+                            .message()
+                            .contains("read fewer large records at once"),
+                    "{}",
+                    status.message()
+                );
+                refused += 1;
+            }
+        }
+    }
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let most_threads = watcher.join().unwrap();
+    assert_eq!(served.unwrap(), 1, "another caller was not served");
+    assert_eq!(whole + refused, CALLS);
+    assert!(
+        whole >= 1 && refused >= 1,
+        "{whole} read whole, {refused} refused"
+    );
+    // No thread per call: at most the 8 places beside what the server ran before.
+    assert!(
+        most_threads <= threads_before + 8 + 8,
+        "{most_threads} threads while the calls ran, {threads_before} before"
+    );
+    // The server never held more than a small multiple of what the limits allow (200 reads
+    // opened at once would have taken well over a gigabyte).
+    let peak_kib = proc_status(pid, "VmHWM");
+    eprintln!(
+        "FIG whole {whole} refused {refused} threads {most_threads} before {threads_before} peak {peak_kib}"
+    );
+    assert!(
+        peak_kib < 400 * 1024,
+        "the server's memory peaked at {peak_kib} KiB"
+    );
+    // Afterwards the caller reads the record whole again: every place was let go.
+    assert_eq!(read(first, reader, "contract", large).await.unwrap(), 4);
+    drop(server);
+}

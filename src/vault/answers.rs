@@ -1,0 +1,159 @@
+//! What a read may take of the node's memory while it is being answered.
+//!
+//! A read of a record decrypts its values and builds an answer of about the same size; with
+//! many of them at once, of large records, the node would hold several times those bytes before
+//! any limit on responses sees them (`server::metered` counts an answer only once it is built).
+//! So a read first takes a place for the bytes it will open, per caller and in all, and is
+//! refused at once (`RESOURCE_EXHAUSTED`, naming the limit) when there is none: nothing opened,
+//! no decision, no entry on the trail. The place is let go when the answer has been handed on.
+//!
+//! Invariant: the bytes held are the sums of the live `AnswerHold`s, per caller and in all, and
+//! neither passes its limit (`Limits::answer_bytes`, `Limits::answer_bytes_per_caller`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use super::VaultError;
+
+/// The places of the answers being made, per caller and in all.
+#[derive(Debug)]
+pub(crate) struct Answers {
+    per_caller: usize,
+    total: usize,
+    held: Arc<Mutex<Held>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    per_caller: HashMap<String, usize>,
+}
+
+/// A place for the bytes of one answer; let go when dropped.
+#[derive(Debug)]
+pub struct AnswerHold {
+    caller: String,
+    bytes: usize,
+    held: Arc<Mutex<Held>>,
+}
+
+impl Answers {
+    /// Places for `per_caller` bytes per caller and `total` in all.
+    pub(crate) fn new(per_caller: usize, total: usize) -> Self {
+        Self {
+            per_caller,
+            total,
+            held: Arc::default(),
+        }
+    }
+
+    /// A place for `bytes` of `caller`'s answer, or `Exhausted` naming the limit it would pass.
+    pub(crate) fn hold(&self, caller: &str, bytes: usize) -> Result<AnswerHold, VaultError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = held.per_caller.get(caller).copied().unwrap_or(0);
+        if mine.saturating_add(bytes) > self.per_caller {
+            return Err(VaultError::Exhausted(format!(
+                "your reads being answered already hold {mine} bytes and this one needs {bytes} \
+                 (`limits.answer_bytes_per_caller` = {}); read fewer large records at once, or \
+                 name the fields you need",
+                self.per_caller
+            )));
+        }
+        if held.total.saturating_add(bytes) > self.total {
+            return Err(VaultError::Exhausted(format!(
+                "the reads being answered hold {} bytes and this one needs {bytes} \
+                 (`limits.answer_bytes` = {}); retry shortly",
+                held.total, self.total
+            )));
+        }
+        held.total += bytes;
+        *held.per_caller.entry(caller.to_owned()).or_insert(0) += bytes;
+        Ok(AnswerHold {
+            caller: caller.to_owned(),
+            bytes,
+            held: Arc::clone(&self.held),
+        })
+    }
+
+    /// Bytes held in all.
+    #[cfg(test)]
+    fn total_held(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+impl AnswerHold {
+    /// Grows this place by `more` bytes within `answers`' limits (a record that grew between the
+    /// measure and the read); refused as `Answers::hold` refuses.
+    pub(crate) fn grow(&mut self, answers: &Answers, more: usize) -> Result<(), VaultError> {
+        let mut extra = answers.hold(&self.caller, more)?;
+        // `extra`'s bytes now belong to this hold, to be let go of once, with it.
+        self.bytes += std::mem::take(&mut extra.bytes);
+        Ok(())
+    }
+}
+
+impl Drop for AnswerHold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.total = held.total.saturating_sub(self.bytes);
+        if let Some(mine) = held.per_caller.get_mut(&self.caller) {
+            *mine = mine.saturating_sub(self.bytes);
+            if *mine == 0 {
+                held.per_caller.remove(&self.caller);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(r: Result<AnswerHold, VaultError>) -> String {
+        match r {
+            Err(VaultError::Exhausted(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_caller_holds_at_most_its_share_and_all_callers_at_most_the_total() {
+        let answers = Answers::new(100, 150);
+        let a = answers.hold("alice", 60).unwrap();
+        // Alice's share is 100: 60 + 50 would pass it.
+        let m = refusal(answers.hold("alice", 50));
+        assert!(m.contains("`limits.answer_bytes_per_caller` = 100"), "{m}");
+        // Bob has a share of his own, but the total is 150.
+        let b = answers.hold("bob", 80).unwrap();
+        let m = refusal(answers.hold("carol", 20));
+        assert!(m.contains("`limits.answer_bytes` = 150"), "{m}");
+        assert_eq!(answers.total_held(), 140);
+        // A refusal held nothing; dropping a place lets go of exactly its bytes.
+        drop(a);
+        assert_eq!(answers.total_held(), 80);
+        let _c = answers.hold("alice", 70).unwrap();
+        drop(b);
+        assert_eq!(answers.total_held(), 70);
+    }
+
+    #[test]
+    fn a_place_grows_within_the_limits_and_is_let_go_of_whole() {
+        let answers = Answers::new(100, 1000);
+        let mut a = answers.hold("alice", 0).unwrap();
+        a.grow(&answers, 90).unwrap();
+        assert_eq!(answers.total_held(), 90);
+        // Growing past the share is refused and changes nothing.
+        assert!(matches!(
+            a.grow(&answers, 20),
+            Err(VaultError::Exhausted(_))
+        ));
+        assert_eq!(answers.total_held(), 90);
+        drop(a);
+        assert_eq!(answers.total_held(), 0);
+        // Alice's whole share is free again.
+        let _full = answers.hold("alice", 100).unwrap();
+    }
+}
