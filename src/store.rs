@@ -229,6 +229,10 @@ pub struct RecordRow {
     pub fields_mac: Vec<u8>,
 }
 
+/// A record as `RecordStore::records_with_field` reads it: the record, the metadata of its
+/// field rows, the whole row of the one field asked for.
+pub type RecordWithField = (RecordRow, Vec<FieldMeta>, Option<FieldRow>);
+
 /// One encrypted field of a record.
 #[derive(Clone, Eq, PartialEq)]
 pub struct FieldRow {
@@ -1021,6 +1025,16 @@ pub trait RecordStore: Send + Sync {
         }
         Ok(found)
     }
+
+    /// The records of `ids` that exist, in the order of `ids` (as often as named), each read in
+    /// one snapshot with the metadata of its field rows (no evidence files) and the whole row of
+    /// its field `field`, when it holds one: what a search checks and compares, without the
+    /// other values.
+    fn records_with_field(
+        &self,
+        ids: &[&str],
+        field: &str,
+    ) -> Result<Vec<RecordWithField>, StoreError>;
 
     /// Replaces or adds `fields` of a record, sets `updated_at` and replaces its field-set MAC,
     /// in one transaction. Returns false when the record does not exist. Fails with `Held` when

@@ -710,6 +710,36 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
         vec![one("rec_s3"), one("rec_s1"), one("rec_s2"), one("rec_s1")]
     );
     assert_eq!(one("rec_s1").1.len(), 2);
+    // With one field's value: as often as asked, the missing left out; each record as `record`
+    // gives it, its field rows' metadata as `record_metas` lists them, and the whole row of the
+    // field asked for, none of another.
+    let metas = |id: &str| {
+        let mut listed = store.record_metas(&[id]).unwrap();
+        assert_eq!(listed.len(), 1);
+        listed
+            .remove(0)
+            .1
+            .into_iter()
+            .filter(|m| m.evidence.is_none())
+            .collect::<Vec<_>>()
+    };
+    let with_email = store
+        .records_with_field(&["rec_s3", "rec_none", "rec_s1", "rec_s1"], "email")
+        .unwrap();
+    assert_eq!(with_email.len(), 3);
+    for ((record, listed, value), id) in with_email.iter().zip(["rec_s3", "rec_s1", "rec_s1"]) {
+        let (whole, fields) = one(id);
+        assert_eq!(record, &whole);
+        assert_eq!(listed, &metas(id));
+        assert_eq!(value.as_ref(), fields.iter().find(|f| f.name == "email"));
+        assert!(value.is_some());
+    }
+    assert_eq!(metas("rec_s1").len(), 2);
+    let without = store.records_with_field(&["rec_s1"], "fax").unwrap();
+    assert_eq!(without.len(), 1);
+    assert_eq!(without[0].1, metas("rec_s1"));
+    assert!(without[0].2.is_none());
+    assert!(store.records_with_field(&[], "email").unwrap().is_empty());
     // Read back without tags; found by tag, per field and purpose.
     assert!(
         store.record("rec_s1").unwrap().unwrap().1[0]

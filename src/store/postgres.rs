@@ -41,9 +41,9 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RequestRow,
-    Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagCount,
-    TagRow, TokenRow, prelude::*, qualified,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow,
+    RecordWithField, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts,
+    SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use

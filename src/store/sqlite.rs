@@ -30,9 +30,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RecordWrite,
-    RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts, SubjectKeyRow,
-    TagCount, TagRow, TokenRow, prelude::*,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow,
+    RecordWithField, RecordWrite, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError,
+    SubjectFacts, SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails

@@ -173,12 +173,14 @@ impl Vault {
         let mut candidates: Vec<(RecordRow, FieldRow)> = Vec::with_capacity(ids.len());
         let mut decoyed: Vec<(RecordRow, FieldRow)> = Vec::with_capacity(decoys.len());
         let read: Vec<&str> = ids.iter().chain(&decoys).map(String::as_str).collect();
-        for (record, rows) in self.store.records(&read)? {
+        // Of each record only the value of `field` is read, and of its other fields what
+        // checks them: a search never holds the rest of a record in memory.
+        for (record, metas, value) in self.store.records_with_field(&read, field.as_str())? {
             let decoy = decoys.contains(&record.id);
             let checked = self
                 .rows
                 .check(&record)
-                .and_then(|()| self.rows.check_fields(&record, &rows));
+                .and_then(|()| self.rows.check_field_metas(&record, &metas));
             match checked {
                 Ok(()) => {}
                 // A damaged record the search did not ask for fails no search (the store's
@@ -192,7 +194,7 @@ impl Vault {
             if record.purpose != purpose {
                 continue;
             }
-            if let Some(row) = rows.into_iter().find(|r| r.name == field.as_str()) {
+            if let Some(row) = value {
                 if decoy {
                     decoyed.push((record, row));
                 } else {

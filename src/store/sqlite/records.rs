@@ -73,6 +73,64 @@ impl RecordStore for SqliteStore {
             .collect()
     }
 
+    fn records_with_field(
+        &self,
+        ids: &[&str],
+        field: &str,
+    ) -> Result<Vec<RecordWithField>, StoreError> {
+        let rows = self.read(|c| {
+            let c = &c.unchecked_transaction()?;
+            let mut record_stmt = c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"
+            ))?;
+            // The value of `field` only; of the others, what checks them.
+            let mut field_stmt = c.prepare_cached(
+                "SELECT name, category, length(sealed), kind, mac, version, key_gen,
+                        CASE WHEN name = ?2 THEN sealed END
+                 FROM fields WHERE record_id = ?1 ORDER BY name",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(rec) = record_stmt.query_row([id], record_from_row).optional()? else {
+                    continue;
+                };
+                let mut metas = Vec::new();
+                let mut found = None;
+                let mut rows = field_stmt.query(params![id, field])?;
+                while let Some(r) = rows.next()? {
+                    let size: i64 = r.get(2)?;
+                    let meta = FieldMeta {
+                        name: r.get(0)?,
+                        category: r.get(1)?,
+                        size: u64::try_from(size).unwrap_or(0),
+                        evidence: None,
+                        kind: Some(r.get(3)?),
+                        mac: r.get(4)?,
+                        version: r.get(5)?,
+                    };
+                    if let Some(sealed) = r.get::<_, Option<Vec<u8>>>(7)? {
+                        found = Some(FieldRow {
+                            name: meta.name.clone(),
+                            category: meta.category,
+                            kind: r.get(3)?,
+                            key_gen: r.get(6)?,
+                            sealed,
+                            mac: meta.mac.clone(),
+                            version: meta.version.clone(),
+                            tags: Vec::new(),
+                        });
+                    }
+                    metas.push(meta);
+                }
+                out.push((rec, metas, found));
+            }
+            Ok(out)
+        })?;
+        rows.into_iter()
+            .map(|(rec, metas, found)| Ok((with_labels(rec)?, metas, found)))
+            .collect()
+    }
+
     fn update_fields(
         &self,
         id: &str,
