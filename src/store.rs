@@ -1009,13 +1009,6 @@ pub trait RecordStore: Send + Sync {
     /// A record with all its fields.
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError>;
 
-    /// The bytes of a record's stored values, measured without reading them, when the store
-    /// can tell them cheaply (`None`: it cannot, or the record does not exist). A read takes its
-    /// place for them (`vault::answers`) before it loads the values.
-    fn record_value_bytes(&self, _id: &str) -> Result<Option<u64>, StoreError> {
-        Ok(None)
-    }
-
     /// The records of `ids` that exist, each with all its fields (each from one snapshot, as
     /// `record` gives it), in the order of `ids`.
     fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {

@@ -265,7 +265,7 @@ pub struct RecordView {
     /// The fields kept back, with reasons.
     pub withheld: Vec<Withheld>,
     /// The place of this answer's bytes (`answers`), let go with the view.
-    _hold: answers::AnswerHold,
+    _hold: Option<answers::AnswerHold>,
 }
 
 /// A field listed without its value.
@@ -813,13 +813,6 @@ impl Vault {
         record_id: &RecordId,
         wanted: &[FieldName],
     ) -> Result<RecordView, VaultError> {
-        // A place for the values this read opens, taken before they are loaded when the store
-        // can measure them, and made right once they are (`answers`).
-        let measured = self
-            .store
-            .record_value_bytes(record_id.as_str())?
-            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-        let mut hold = self.answers.hold(principal.id.as_str(), measured)?;
         let (record, rows) = self.load(record_id)?;
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse_stored(&record.subject)
@@ -841,10 +834,6 @@ impl Vault {
                     }),
                 }
             }
-        }
-        let loaded: usize = rows.iter().map(|r| r.sealed.len()).sum();
-        if loaded > measured {
-            hold.grow(&self.answers, loaded - measured)?;
         }
         let resources = selected
             .iter()
@@ -899,6 +888,20 @@ impl Vault {
             }
         }
         let any_allowed = (0..decisions.len()).any(returned);
+        // A place for the values this read will open (`answers`), taken once the policy has
+        // allowed them and before anything is registered, written or opened: a refusal says
+        // nothing of a record, or of fields, the caller may not read.
+        let hold = if any_allowed {
+            let bytes = selected
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| returned(*i))
+                .map(|(_, r)| r.sealed.len())
+                .sum();
+            Some(self.answers.hold(principal.id.as_str(), bytes)?)
+        } else {
+            None
+        };
         event.decision = if any_allowed { "allow" } else { "deny" }.into();
         if any_allowed {
             // A read by an external party is a disclosure: registered before its entry is

@@ -3,9 +3,12 @@
 //! A read of a record decrypts its values and builds an answer of about the same size; with
 //! many of them at once, of large records, the node would hold several times those bytes before
 //! any limit on responses sees them (`server::metered` counts an answer only once it is built).
-//! So a read first takes a place for the bytes it will open, per caller and in all, and is
-//! refused at once (`RESOURCE_EXHAUSTED`, naming the limit) when there is none: nothing opened,
-//! no decision, no entry on the trail. The place is let go when the answer has been handed on.
+//! So a read, once the policy has allowed it, takes a place for the bytes it will open, per
+//! caller and in all, and is refused at once (`RESOURCE_EXHAUSTED`, naming the limit) when there
+//! is none: nothing registered, opened or put on the trail. Taken after the decision, a refusal
+//! tells nothing of what the caller may not read. The place is let go when the answer has been
+//! handed on. (What a read loads before its decision is bounded by the calls running at once,
+//! `Limits::max_calls_running`, each at most `Limits::max_record_bytes`.)
 //!
 //! Invariant: the bytes held are the sums of the live `AnswerHold`s, per caller and in all, and
 //! neither passes its limit (`Limits::answer_bytes`, `Limits::answer_bytes_per_caller`).
@@ -84,17 +87,6 @@ impl Answers {
     }
 }
 
-impl AnswerHold {
-    /// Grows this place by `more` bytes within `answers`' limits (a record that grew between the
-    /// measure and the read); refused as `Answers::hold` refuses.
-    pub(crate) fn grow(&mut self, answers: &Answers, more: usize) -> Result<(), VaultError> {
-        let mut extra = answers.hold(&self.caller, more)?;
-        // `extra`'s bytes now belong to this hold, to be let go of once, with it.
-        self.bytes += std::mem::take(&mut extra.bytes);
-        Ok(())
-    }
-}
-
 impl Drop for AnswerHold {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,23 +129,5 @@ mod tests {
         let _c = answers.hold("alice", 70).unwrap();
         drop(b);
         assert_eq!(answers.total_held(), 70);
-    }
-
-    #[test]
-    fn a_place_grows_within_the_limits_and_is_let_go_of_whole() {
-        let answers = Answers::new(100, 1000);
-        let mut a = answers.hold("alice", 0).unwrap();
-        a.grow(&answers, 90).unwrap();
-        assert_eq!(answers.total_held(), 90);
-        // Growing past the share is refused and changes nothing.
-        assert!(matches!(
-            a.grow(&answers, 20),
-            Err(VaultError::Exhausted(_))
-        ));
-        assert_eq!(answers.total_held(), 90);
-        drop(a);
-        assert_eq!(answers.total_held(), 0);
-        // Alice's whole share is free again.
-        let _full = answers.hold("alice", 100).unwrap();
     }
 }

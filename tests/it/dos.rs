@@ -860,6 +860,22 @@ async fn many_large_reads_at_once_wait_their_turn_or_are_refused_before_anything
         vec![text("complaint", "nuisance-evidence", "music at night")],
     )
     .await;
+    // As large, but not the reader's to read: under pressure it is still denied, never refused
+    // for want of a place (which would tell that it exists, and how large it is).
+    let hidden = put(
+        other.clone(),
+        "nuisance",
+        (0..4)
+            .map(|i| {
+                text(
+                    &format!("letter{i}"),
+                    "nuisance-evidence",
+                    &"y".repeat(MIB - 1024),
+                )
+            })
+            .collect(),
+    )
+    .await;
     let read = |c: tonic::transport::Channel, token: String, purpose: &'static str, id: String| async move {
         client(c)
             .get_record(req(
@@ -901,9 +917,19 @@ async fn many_large_reads_at_once_wait_their_turn_or_are_refused_before_anything
         channels.push(channel(i).await);
     }
     let mut calls = tokio::task::JoinSet::new();
+    let mut probes = tokio::task::JoinSet::new();
     for i in 0..CALLS {
         let c = channels[i % channels.len()].clone();
-        calls.spawn(read(c, reader.clone(), "contract", large.clone()));
+        calls.spawn(read(c.clone(), reader.clone(), "contract", large.clone()));
+        if i % 4 == 0 {
+            probes.spawn(read(c.clone(), reader.clone(), "nuisance", hidden.clone()));
+            probes.spawn(read(
+                c,
+                reader.clone(),
+                "nuisance",
+                format!("rec_{}", "0".repeat(32)),
+            ));
+        }
     }
     // Meanwhile another caller is served.
     let served = read(channel(9).await, other.clone(), "nuisance", small.clone()).await;
@@ -929,6 +955,15 @@ async fn many_large_reads_at_once_wait_their_turn_or_are_refused_before_anything
                 refused += 1;
             }
         }
+    }
+    while let Some(done) = probes.join_next().await {
+        let status = done
+            .unwrap()
+            .expect_err("a record not the reader's was read");
+        assert!(
+            matches!(status.code(), Code::PermissionDenied | Code::NotFound),
+            "{status:?}"
+        );
     }
     watching.store(false, std::sync::atomic::Ordering::SeqCst);
     let most_threads = watcher.join().unwrap();

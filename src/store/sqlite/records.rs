@@ -44,15 +44,6 @@ impl RecordStore for SqliteStore {
             .transpose()
     }
 
-    fn record_value_bytes(&self, id: &str) -> Result<Option<u64>, StoreError> {
-        // `length` of a blob reads its size from the row's header, not the blob.
-        self.read(|c| {
-            c.prepare_cached("SELECT sum(length(sealed)) FROM fields WHERE record_id = ?1")?
-                .query_row([id], |r| r.get::<_, Option<i64>>(0))
-        })
-        .map(|n| n.and_then(|n| u64::try_from(n).ok()))
-    }
-
     fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {
         // One read transaction for all of them: one snapshot, and one start of a read (which
         // may find the page cache stale) instead of one per record.
