@@ -212,6 +212,8 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     /// Connections open at once from one address (an IPv6 /64).
     pub max_connections_per_address: Option<usize>,
+    /// Connections of one principal that keep their places against newcomers.
+    pub max_connections_per_caller: Option<usize>,
     /// Seconds a connection gets to finish the TLS handshake and send the HTTP/2 preface.
     pub handshake_timeout_secs: Option<u64>,
     /// Seconds a server stream waits for the client to read before it ends.
@@ -505,6 +507,11 @@ impl RawConfig {
                 "max_connections_per_address",
                 l.max_connections_per_address,
                 &mut connections.max_connections_per_address,
+            );
+            count(
+                "max_connections_per_caller",
+                l.max_connections_per_caller,
+                &mut connections.max_connections_per_caller,
             );
             count("max_exports", l.max_exports, &mut streams.max_exports);
             count(

@@ -442,17 +442,20 @@ pub struct Credentials {
 /// metering layer: the connection caps keep a place for connections whose callers had a
 /// credential (`server::accept`).
 #[derive(Clone, Default)]
-pub struct CallMark(Option<std::sync::Arc<dyn Fn() + Send + Sync>>);
+pub struct CallMark(Option<std::sync::Arc<MarkFn>>);
+
+/// What a `CallMark` runs, with the principal's id.
+type MarkFn = dyn Fn(&str) + Send + Sync;
 
 impl CallMark {
-    /// A mark that runs `set` when the caller is authenticated.
-    pub fn new(set: impl Fn() + Send + Sync + 'static) -> Self {
+    /// A mark that runs `set` with the principal's id when the caller is authenticated.
+    pub fn new(set: impl Fn(&str) + Send + Sync + 'static) -> Self {
         Self(Some(std::sync::Arc::new(set)))
     }
 
-    fn set(&self) {
+    fn set(&self, principal: &str) {
         if let Some(set) = &self.0 {
-            set();
+            set(principal);
         }
     }
 }
@@ -552,7 +555,7 @@ impl Identity {
         creds: &Credentials,
     ) -> Result<Principal, VaultError> {
         let principal = self.judge(vault, creds)?;
-        creds.authenticated.set();
+        creds.authenticated.set(principal.id.as_str());
         Ok(principal)
     }
 

@@ -52,6 +52,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Connections open at once from one peer address (an IPv6 /64).
     pub max_connections_per_address: usize,
+    /// Connections whose last caller was one principal that keep their places against
+    /// newcomers; that principal's others give theirs up as idle ones do.
+    pub max_connections_per_caller: usize,
     /// Time from accept to the end of the TLS handshake and the HTTP/2 preface.
     pub handshake_timeout: Duration,
     /// How long a response may wait for its client to take any of it before the connection
@@ -68,6 +71,7 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: 4096,
             max_connections_per_address: 256,
+            max_connections_per_caller: 32,
             handshake_timeout: Duration::from_secs(5),
             unread_timeout: Duration::from_secs(60),
             unread_bytes: 1024 * 1024 * 1024,
@@ -334,11 +338,15 @@ pub(crate) struct Activity {
     calls: Mutex<Vec<std::sync::Weak<Call>>>,
     /// The unread bytes of the connection's address, and in all.
     unread: [Arc<Unread>; 2],
+    /// The principal of the last call of use: a principal keeps at most
+    /// `ConnectionLimits::max_connections_per_caller` places against newcomers.
+    caller: Mutex<Option<Arc<str>>>,
 }
 
 impl Activity {
     fn new(unread: [Arc<Unread>; 2]) -> Self {
         Self {
+            caller: Mutex::new(None),
             running: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             since: Instant::now(),
@@ -397,6 +405,21 @@ impl Activity {
         Some(self.since.elapsed().saturating_sub(last))
     }
 
+    /// The principal of the last call of use, if any.
+    fn caller(&self) -> Option<Arc<str>> {
+        self.caller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn note_caller(&self, principal: &str) {
+        let mut caller = self.caller.lock().unwrap_or_else(|p| p.into_inner());
+        if caller.as_deref() != Some(principal) {
+            *caller = Some(Arc::from(principal));
+        }
+    }
+
     fn evict(&self) {
         self.evicted.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
@@ -428,7 +451,8 @@ struct Call {
 }
 
 impl Call {
-    fn authenticated(&self) {
+    fn authenticated(&self, principal: &str) {
+        self.activity.note_caller(principal);
         if !self.of_use.swap(true, Ordering::SeqCst) {
             self.activity.running.fetch_add(1, Ordering::SeqCst);
         }
@@ -443,7 +467,7 @@ impl Running {
     /// The mark `identity` sets when the call's caller is authenticated.
     pub(crate) fn mark(&self) -> crate::identity::CallMark {
         let call = Arc::clone(&self.0);
-        crate::identity::CallMark::new(move || call.authenticated())
+        crate::identity::CallMark::new(move |principal| call.authenticated(principal))
     }
 
     /// Counts `n` bytes of the response as waiting for the client, or says which limit that
@@ -570,18 +594,39 @@ impl Open {
     }
 
     /// Evicts the connection (of `address`, or of any) longest without a call of use, when
-    /// that is at least `after` and none runs on it; true when one was.
-    fn evict_idle(&mut self, address: Option<IpAddr>, after: Duration) -> bool {
+    /// that is at least `after` and none runs on it; else, of the principals whose calls hold
+    /// more than `per_caller` connections, the one longest without a call of use among those
+    /// with none running. True when one was.
+    fn evict_idle(&mut self, address: Option<IpAddr>, after: Duration, per_caller: usize) -> bool {
         if self.found_none.is_some_and(|at| at.elapsed() < LOOK_PAUSE) {
             return false;
         }
+        let here = |a: &IpAddr| address.is_none_or(|want| *a == want);
         let oldest = self
             .live
             .iter()
-            .filter(|(_, (a, _))| address.is_none_or(|want| *a == want))
+            .filter(|(_, (a, _))| here(a))
             .filter_map(|(id, (_, activity))| Some((*id, activity.idle()?)))
             .filter(|(_, idle)| *idle >= after)
             .max_by_key(|(_, idle)| *idle);
+        let oldest = oldest.or_else(|| {
+            // A principal's places count wherever its connections come from.
+            let mut held: HashMap<Arc<str>, usize> = HashMap::new();
+            for (_, activity) in self.live.values() {
+                if let Some(caller) = activity.caller() {
+                    *held.entry(caller).or_insert(0) += 1;
+                }
+            }
+            self.live
+                .iter()
+                .filter(|(_, (a, _))| here(a))
+                .filter_map(|(id, (_, activity))| {
+                    let caller = activity.caller()?;
+                    (held.get(&caller).copied().unwrap_or(0) > per_caller)
+                        .then_some((*id, activity.idle()?))
+                })
+                .max_by_key(|(_, idle)| *idle)
+        });
         let Some((id, _)) = oldest else {
             self.found_none = Some(Instant::now());
             return false;
@@ -637,11 +682,21 @@ impl Slots {
         let mut open = slots.open.lock().unwrap_or_else(|p| p.into_inner());
         let per_address = |open: &Open| open.per_address.get(&address).map_or(0, |a| a.open);
         if per_address(&open) >= slots.limits.max_connections_per_address
-            && !open.evict_idle(Some(address), slots.evict_after)
+            && !open.evict_idle(
+                Some(address),
+                slots.evict_after,
+                slots.limits.max_connections_per_caller,
+            )
         {
             return Err(Cap::PerAddress);
         }
-        if open.total >= slots.limits.max_connections && !open.evict_idle(None, slots.evict_after) {
+        if open.total >= slots.limits.max_connections
+            && !open.evict_idle(
+                None,
+                slots.evict_after,
+                slots.limits.max_connections_per_caller,
+            )
+        {
             return Err(Cap::Total);
         }
         let of_address = open.per_address.entry(address).or_insert_with(|| Address {
@@ -775,12 +830,59 @@ mod tests {
     }
 
     #[test]
+    fn a_principal_keeps_its_share_of_places_and_gives_up_the_rest_to_newcomers() {
+        let s = Arc::new(Slots::new(
+            ConnectionLimits {
+                max_connections: 5,
+                max_connections_per_address: 5,
+                max_connections_per_caller: 2,
+                ..ConnectionLimits::default()
+            },
+            EVICTED_IN_TESTS,
+        ));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        // Alice calls on four connections, from two addresses, just now; one call still runs.
+        let mut alice = Vec::new();
+        let mut running = None;
+        for (i, ip) in [a, a, b, b].into_iter().enumerate() {
+            let slot = Slots::take(&s, ip, None).unwrap();
+            let call = slot.activity.call();
+            call.0.authenticated("alice");
+            if i == 0 {
+                running = Some(call);
+            }
+            alice.push(slot);
+        }
+        // Bob's one connection, used just now.
+        let bob = Slots::take(&s, b, None).unwrap();
+        drop(bob.activity.call());
+        bob.activity.call().0.authenticated("bob");
+        // The cap is full of connections used just now: newcomers take Alice's places beyond
+        // her two, never Bob's, nor the one with her call running.
+        let first = Slots::take(&s, a, None).unwrap();
+        let second = Slots::take(&s, b, None).unwrap();
+        let evicted = |slots: &[Slot]| {
+            slots
+                .iter()
+                .filter(|s| s.activity.evicted.load(Ordering::SeqCst))
+                .count()
+        };
+        assert_eq!(evicted(&alice), 2);
+        assert!(!alice[0].activity.evicted.load(Ordering::SeqCst));
+        assert!(!bob.activity.evicted.load(Ordering::SeqCst));
+        // Within her share, her places are kept.
+        assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::Total));
+        drop((running, first, second, alice, bob));
+    }
+
+    #[test]
     fn a_connection_with_a_call_running_or_of_recent_use_keeps_its_place() {
         let s = slots(1, 1);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let held = Slots::take(&s, a, None).unwrap();
         let call = held.activity.call();
-        call.0.authenticated();
+        call.0.authenticated("someone");
         idle_for_long();
         assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
         // The call ends: the connection counts as used just now.

@@ -992,3 +992,65 @@ async fn many_large_reads_at_once_wait_their_turn_or_are_refused_before_anything
     assert_eq!(read(first, reader, "contract", large).await.unwrap(), 4);
     drop(server);
 }
+
+/// A caller with a credential, even a data subject's own, that keeps calling on many
+/// connections keeps `limits.max_connections_per_caller` of their places against newcomers, not
+/// the whole cap: another client gets a place and is served, and the caller's calls go on
+/// (its channels connect again when one of its connections was closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_caller_on_many_connections_keeps_its_share_of_places_not_the_cap() {
+    let server = TestServer::start_with_limits(RawLimits {
+        max_connections_per_address: Some(8),
+        max_connections_per_caller: Some(3),
+        ..RawLimits::default()
+    })
+    .await;
+    let subject = server.token(Role::Subject).to_owned();
+    // Eight connections of the subject, each calling every 200 ms: the address's cap is full.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hogs = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (addr, token, stop) = (server.addr, subject.clone(), stop.clone());
+        hogs.spawn(async move {
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut c = pb::vault_client::VaultClient::new(channel);
+            let (mut answered, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match c.who_am_i(req(&token, pb::WhoAmIRequest {})).await {
+                    Ok(_) => answered += 1,
+                    Err(_) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (answered, failed)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A newcomer with another credential is let in and served, again and again.
+    let token = server.token(Role::CustomerService).to_owned();
+    for _ in 0..3 {
+        let channel = Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let answered = pb::vault_client::VaultClient::new(channel)
+            .who_am_i(req(&token, pb::WhoAmIRequest {}))
+            .await;
+        assert!(
+            answered.is_ok(),
+            "one caller's connections kept a newcomer out: {answered:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut answered = 0;
+    while let Some(done) = hogs.join_next().await {
+        answered += done.unwrap().0;
+    }
+    assert!(answered >= 8 * 5, "the subject's calls stopped: {answered}");
+}
