@@ -5,7 +5,8 @@
 //! Invariant: the only module that sees proto types; it converts them by hand.
 //! Invariant: never formats a request, metadata map or token with `{:?}`.
 //! Invariant: each call runs its core work on one blocking thread (`spawn_blocking`), under a
-//! place of `Limits::max_calls_running` it holds until that work ends (`take_place`).
+//! place (`vault::places`: its credential's share, and one of all) it holds until that work
+//! ends (`take_place`).
 
 pub mod admin;
 pub mod convert;
@@ -131,8 +132,9 @@ where
     let message = request.into_inner();
     let vault = Arc::clone(&backend.vault);
     let identity = Arc::clone(&backend.identity);
+    let key = caller_key(&creds);
     let task = async move {
-        let place = take_place(&vault).await?;
+        let place = take_place(&vault, key).await?;
         Ok::<_, Status>(
             tokio::task::spawn_blocking(move || {
                 let _place = place;
@@ -158,11 +160,34 @@ where
 /// for in turn: a flood of calls queues here, cheaply, instead of holding a thread and its
 /// memory each. Moved into the blocking closure, so that it is held while the work runs even
 /// when the client goes away.
-pub(crate) async fn take_place(vault: &Vault) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-    Arc::clone(vault.call_places())
-        .acquire_owned()
+pub(crate) async fn take_place(
+    vault: &Vault,
+    key: crate::vault::places::CallerKey,
+) -> Result<crate::vault::places::CallPlace, Status> {
+    vault
+        .call_places()
+        .take(key)
         .await
         .map_err(|_| Status::unavailable("the node is stopping"))
+}
+
+/// Who a call counts under among the places (`vault::places`), before it is judged: a digest
+/// of the employee's token, else of the bearer token, else of the client certificate; calls
+/// with none share one key.
+pub(crate) fn caller_key(creds: &Credentials) -> crate::vault::places::CallerKey {
+    use sha2::{Digest, Sha256};
+    let (kind, secret): (&[u8], &[u8]) = match (&creds.user, &creds.bearer, &creds.peer) {
+        (Some(user), _, _) => (b"user", user.expose_secret().as_bytes()),
+        (None, Some(bearer), _) => (b"bearer", bearer.expose_secret().as_bytes()),
+        (None, None, Some(peer)) => (b"cert", peer.id.as_bytes()),
+        (None, None, None) => return [0; 32],
+    };
+    Sha256::new()
+        .chain_update(kind)
+        .chain_update([0])
+        .chain_update(secret)
+        .finalize()
+        .into()
 }
 
 /// `run` for an export or a backup: once the caller is authenticated, it takes a place under
@@ -184,8 +209,9 @@ where
     let vault = Arc::clone(&backend.vault);
     let identity = Arc::clone(&backend.identity);
     let streams = Arc::clone(streams);
+    let key = caller_key(&creds);
     let task = async move {
-        let place = take_place(&vault).await?;
+        let place = take_place(&vault, key).await?;
         Ok::<_, Status>(
             tokio::task::spawn_blocking(move || {
                 let _place = place;

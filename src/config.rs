@@ -231,6 +231,8 @@ pub struct RawLimits {
     pub unread_response_bytes_per_address: Option<usize>,
     /// Calls running on blocking threads at once; the others wait their turn.
     pub max_calls_running: Option<usize>,
+    /// Of those, calls of one caller (one credential).
+    pub max_calls_running_per_caller: Option<usize>,
     /// Bytes of record values being opened and answered at once, in all.
     pub answer_bytes: Option<usize>,
     /// Bytes of record values being opened and answered at once for one caller.
@@ -583,6 +585,18 @@ impl RawConfig {
                      threads the runtime keeps)"
                 )),
                 None => {}
+            }
+            limits.max_calls_running_per_caller = l.max_calls_running_per_caller.unwrap_or(
+                limits
+                    .max_calls_running_per_caller
+                    .min(limits.max_calls_running),
+            );
+            if !(1..=limits.max_calls_running).contains(&limits.max_calls_running_per_caller) {
+                problems.push(
+                    "`limits.max_calls_running_per_caller` must be 1 to \
+                     `limits.max_calls_running`"
+                        .into(),
+                );
             }
             limits.answer_bytes = l.answer_bytes.unwrap_or(limits.answer_bytes);
             limits.answer_bytes_per_caller = l
@@ -1066,6 +1080,8 @@ mod tests {
             ),
             (8, (1 << 20) + (64 << 10), (1 << 20) + (64 << 10))
         );
+        // The share of one caller follows a smaller total.
+        assert_eq!(ok.limits.max_calls_running_per_caller, 8);
         let defaults = check("").unwrap().limits;
         assert_eq!(
             (
@@ -1075,6 +1091,7 @@ mod tests {
             ),
             (64, 64 << 20, 512 << 20)
         );
+        assert_eq!(defaults.max_calls_running_per_caller, 16);
         for (limits, says) in [
             (
                 "max_calls_running = 0",
@@ -1083,6 +1100,14 @@ mod tests {
             (
                 "max_calls_running = 513",
                 "`limits.max_calls_running` must be 1 to 512",
+            ),
+            (
+                "max_calls_running = 8\nmax_calls_running_per_caller = 9",
+                "`limits.max_calls_running_per_caller` must be 1 to `limits.max_calls_running`",
+            ),
+            (
+                "max_calls_running_per_caller = 0",
+                "`limits.max_calls_running_per_caller` must be 1 to `limits.max_calls_running`",
             ),
             (
                 "answer_bytes_per_caller = 8454143",

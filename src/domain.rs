@@ -349,6 +349,8 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Calls running on blocking threads at once; the others wait their turn, in order.
     pub max_calls_running: usize,
+    /// Of those, calls of one caller (one credential).
+    pub max_calls_running_per_caller: usize,
     /// Bytes of record values being opened and answered at once, in all.
     pub answer_bytes: usize,
     /// Bytes of record values being opened and answered at once for one caller (principal).
@@ -365,6 +367,7 @@ impl Default for Limits {
             max_evidence_bytes: 8 * 1024 * 1024 * 1024,
             requests_per_second: 2000,
             max_calls_running: 64,
+            max_calls_running_per_caller: 16,
             answer_bytes: 512 * 1024 * 1024,
             answer_bytes_per_caller: 64 * 1024 * 1024,
         }

@@ -18,6 +18,7 @@ pub mod keyadmin;
 pub mod lifecycle;
 pub mod mask;
 pub mod nodes;
+pub mod places;
 pub mod policies;
 pub mod rectify;
 pub mod rights;
@@ -355,9 +356,9 @@ pub struct Vault {
     search: crate::search::SearchConfig,
     /// The places of the reads being answered (`answers`).
     answers: answers::Answers,
-    /// Places for calls running on blocking threads (`Limits::max_calls_running`): a call
-    /// waits for one before it starts.
-    calls: Arc<tokio::sync::Semaphore>,
+    /// Places for calls running on blocking threads (`places`): a call waits for one before
+    /// it starts.
+    calls: places::CallPlaces,
 }
 
 /// The decision an audit entry names for a field returned masked.
@@ -542,7 +543,10 @@ impl Vault {
             record_locks: std::array::from_fn(|_| std::sync::Mutex::new(())),
             search: crate::search::SearchConfig::default(),
             answers: answers::Answers::new(limits.answer_bytes_per_caller, limits.answer_bytes),
-            calls: Arc::new(tokio::sync::Semaphore::new(limits.max_calls_running)),
+            calls: places::CallPlaces::new(
+                limits.max_calls_running,
+                limits.max_calls_running_per_caller,
+            ),
         };
         vault.note_epoch(epoch);
         Ok(vault)
@@ -587,7 +591,7 @@ impl Vault {
 
     /// The places for calls running on blocking threads: a call takes one before it starts
     /// and holds it until its work is done.
-    pub fn call_places(&self) -> &Arc<tokio::sync::Semaphore> {
+    pub fn call_places(&self) -> &places::CallPlaces {
         &self.calls
     }
 

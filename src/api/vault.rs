@@ -84,9 +84,10 @@ impl Drop for WriteGuard {
 /// (`super::take_place`), and maps its error to a status.
 async fn blocking<T: Send + 'static>(
     vault: &Vault,
+    key: crate::vault::places::CallerKey,
     f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
 ) -> Result<T, Status> {
-    let place = super::take_place(vault).await?;
+    let place = super::take_place(vault, key).await?;
     tokio::task::spawn_blocking(move || {
         let _place = place;
         f()
@@ -132,6 +133,7 @@ impl VaultRpc for VaultApi {
         request: Request<Streaming<pb::EvidenceChunk>>,
     ) -> Result<Response<pb::PutEvidenceResponse>, Status> {
         let creds = super::credentials(&request)?;
+        let key = super::caller_key(&creds);
         let identity = Arc::clone(&self.vault.identity);
         let mut stream = request.into_inner();
         let first = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
@@ -147,7 +149,7 @@ impl VaultRpc for VaultApi {
             ));
         };
         let vault = Arc::clone(&self.vault.vault);
-        let upload = blocking(&self.vault.vault, move || {
+        let upload = blocking(&self.vault.vault, key, move || {
             let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(start.context.clone(), vault.channels())?;
             let start = convert::evidence_start(start)?;
@@ -183,7 +185,7 @@ impl VaultRpc for VaultApi {
                     let Some(u) = upload.0.take() else {
                         return Err(Status::internal("internal error"));
                     };
-                    let receipt = blocking(&self.vault.vault, move || u.finish()).await?;
+                    let receipt = blocking(&self.vault.vault, key, move || u.finish()).await?;
                     return Ok(Response::new(pb::PutEvidenceResponse {
                         evidence_id: receipt.evidence_id,
                         record_id: receipt.record_id,
@@ -224,10 +226,11 @@ impl VaultRpc for VaultApi {
         // Everything that can refuse the read happens before the stream starts, so a denied
         // caller gets a status and no byte.
         let creds = super::credentials(&request)?;
+        let key = super::caller_key(&creds);
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault.vault);
-        let (info, download) = blocking(&self.vault.vault, move || {
+        let (info, download) = blocking(&self.vault.vault, key, move || {
             let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(req.context, vault.channels())?;
             let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
@@ -291,10 +294,11 @@ impl VaultRpc for VaultApi {
         request: Request<pb::ExportSubjectRequest>,
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
         let creds = super::credentials(&request)?;
+        let key = super::caller_key(&creds);
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault.vault);
-        let (principal, ctx, subject, portable) = blocking(&self.vault.vault, move || {
+        let (principal, ctx, subject, portable) = blocking(&self.vault.vault, key, move || {
             let principal = identity.authenticate(&vault, &creds)?;
             let ctx = convert::context(req.context, vault.channels())?;
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;
