@@ -306,7 +306,9 @@ impl VaultRpc for VaultApi {
         })
         .await?;
         let permit = self.streams.admit(&principal.id)?;
-        let (tx, stream) = self.streams.channel(16);
+        // A line is a whole record (up to twice `limits.max_record_bytes` as JSON): two wait
+        // for the client at most.
+        let (tx, stream) = self.streams.channel(2);
         let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;

@@ -69,6 +69,19 @@ pub fn portable_field(purpose: Purpose, category: Category) -> bool {
         }
 }
 
+/// Why a field decided on is not in an export.
+const CHANGED: &str = "changed while this export ran; export again for its current value";
+
+/// `rows` without their values: what an export decides on.
+fn without_values(rows: Vec<FieldRow>) -> Vec<FieldRow> {
+    rows.into_iter()
+        .map(|mut r| {
+            r.sealed = Vec::new();
+            r
+        })
+        .collect()
+}
+
 impl Vault {
     /// Exports everything the vault holds on `subject` that `principal` may export, calling
     /// `emit` with each JSON line (return false to stop): a header, one line per record, one per
@@ -88,7 +101,7 @@ impl Vault {
                 self.rows.check_fields(&rec, &rows)?;
                 let evidence = self.store.record_evidence(&rec.id)?;
                 self.rows.check_all(&evidence)?;
-                records.push((rec, rows, evidence));
+                records.push((rec, without_values(rows), evidence));
             }
         }
         // Per record: its fields, then its evidence files.
@@ -233,7 +246,15 @@ impl Vault {
             let subject_id = SubjectId::parse_stored(&rec.subject).map_err(|_| {
                 crate::store::StoreError::Corrupt(format!("subject of `{}`", rec.id))
             })?;
-            for (grant, row) in &granted {
+            let current = self.current_values(rec, granted.iter().map(|(_, row)| *row))?;
+            let mut opened = Vec::with_capacity(granted.len());
+            for ((grant, decided), now) in granted.iter().zip(current) {
+                match now {
+                    Some(row) => opened.push((grant, row)),
+                    None => withheld.push(json!({"name": decided.name, "reason": CHANGED})),
+                }
+            }
+            for (grant, row) in &opened {
                 let category = row.category;
                 let key = self
                     .keyring
@@ -414,7 +435,7 @@ impl Vault {
             if let Some((rec, rows)) = self.store.record(&meta.id)? {
                 self.rows.check(&rec)?;
                 self.rows.check_fields(&rec, &rows)?;
-                let rows: Vec<FieldRow> = rows
+                let rows: Vec<FieldRow> = without_values(rows)
                     .into_iter()
                     .filter(|r| portable_field(rec.purpose, r.category))
                     .collect();
@@ -478,13 +499,25 @@ impl Vault {
         let mut decision_iter = decisions.iter();
         for (rec, rows) in &records {
             let mut fields = Vec::new();
+            let mut granted = Vec::new();
             for row in rows {
                 let Some(d) = decision_iter.next() else {
                     break;
                 };
-                let Some(grant) = d.grant(&seq) else {
-                    continue;
-                };
+                if let Some(grant) = d.grant(&seq) {
+                    granted.push((grant, row));
+                }
+            }
+            let current = self.current_values(rec, granted.iter().map(|(_, row)| *row))?;
+            for ((grant, decided), now) in granted.into_iter().zip(current) {
+                // A portable export has no place for a withheld field: it ends unfinished.
+                let row = now.ok_or_else(|| {
+                    VaultError::FailedPrecondition(format!(
+                        "field `{}` of record `{}` {CHANGED}",
+                        decided.name, rec.id
+                    ))
+                })?;
+                let row = &row;
                 let key = self
                     .keyring
                     .subject_key_at(subject, rec.purpose, row.key_gen)?
@@ -518,6 +551,39 @@ impl Vault {
             }
         }
         Ok(())
+    }
+
+    /// The rows of `decided` (fields of `record` without their values, as the export decided
+    /// on them) as stored now, with their values, read and checked one record at a time: an
+    /// export holds one record's values, not the whole subject's. `None` for a field whose
+    /// version changed, or that went, since the decision.
+    fn current_values<'a>(
+        &self,
+        record: &RecordRow,
+        decided: impl Iterator<Item = &'a FieldRow>,
+    ) -> Result<Vec<Option<FieldRow>>, VaultError> {
+        let decided: Vec<&FieldRow> = decided.collect();
+        if decided.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some((now, rows)) = self.store.record(&record.id)? else {
+            return Ok(vec![None; decided.len()]);
+        };
+        self.rows.check(&now)?;
+        self.rows.check_fields(&now, &rows)?;
+        Ok(decided
+            .iter()
+            .map(|d| {
+                rows.iter()
+                    .find(|r| {
+                        r.name == d.name
+                            && r.version == d.version
+                            && r.category == d.category
+                            && r.kind == d.kind
+                    })
+                    .cloned()
+            })
+            .collect())
     }
 
     /// The one place a recorded access to `subject` becomes an answer: every data line of the

@@ -1155,3 +1155,86 @@ async fn a_flood_of_one_callers_calls_waits_behind_its_own_share_of_places() {
         "{before} of the flood's {FLOOD} reads did their work before another caller's one"
     );
 }
+
+/// An export holds one record's values at a time, and two lines waiting for the client, not
+/// the whole subject: four exports of a subject with 64 MiB of records that nobody reads leave
+/// the server's memory a small multiple of one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exports_nobody_reads_hold_a_record_or_two_each_not_the_whole_subject() {
+    const MIB: usize = 1024 * 1024;
+    let tmp = crate::common::private_tempdir();
+    let (server, addr) = serve_dev_with_limits(tmp.path(), "stream_idle_secs = 30\n");
+    let pid = server.0.id();
+    let tokens: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("data").join("dev-tokens.json")).unwrap(),
+    )
+    .unwrap();
+    let token = |role: &str| tokens[role].as_str().unwrap().to_owned();
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let writer = token("customer-service");
+    let mut client = pb::vault_client::VaultClient::new(channel);
+    for r in 0..16 {
+        client
+            .put_record(req(
+                &writer,
+                pb::PutRecordRequest {
+                    context: ctx("contract", "", ""),
+                    subject_id: SCOPED_SUBJECT.into(),
+                    fields: (0..4)
+                        .map(|i| {
+                            text(
+                                &format!("note{i}"),
+                                "identity",
+                                &format!("{r}{}", "x".repeat(MIB - 1024)),
+                            )
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let before_kib = proc_status(pid, "VmRSS");
+    // Four exports by the privacy officer through a window of 1 KiB, never read.
+    let officer = token("privacy-officer");
+    let staller = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let stream = pb::vault_client::VaultClient::new(staller.clone())
+            .export_subject(req(
+                &officer,
+                pb::ExportSubjectRequest {
+                    portable: false,
+                    context: ctx("customer-service", "SAR-2026-9", "subject access request"),
+                    subject_id: SCOPED_SUBJECT.into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        held.push(stream);
+    }
+    // The producers run until the lines waiting fill up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now_kib = proc_status(pid, "VmRSS");
+    let grew_mib = now_kib.saturating_sub(before_kib) / 1024;
+    // Had each export held the subject (64 MiB of values, more as JSON), four would have
+    // taken about 300 MiB (442 MiB with 96 MiB of records, checked).
+    assert!(
+        grew_mib < 160,
+        "four exports nobody reads took {grew_mib} MiB more"
+    );
+    drop(held);
+    drop(server);
+}
