@@ -103,8 +103,30 @@ async fn blocking<T: Send + 'static>(
 /// Segments read and opened per blocking call of a download.
 const DOWNLOAD_BATCH: usize = 16;
 
+/// `read_batch` on a blocking thread, under a place among the calls running of the caller
+/// `key` (`super::take_place`): downloads nobody reads take no thread each. `None` when it
+/// failed or the node is stopping.
+fn next_batch(
+    vault: Arc<Vault>,
+    key: crate::vault::places::CallerKey,
+    download: Download,
+) -> tokio::task::JoinHandle<Option<DownloadBatch>> {
+    tokio::spawn(async move {
+        let place = super::take_place(&vault, key).await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            let _place = place;
+            read_batch(download)
+        })
+        .await
+        .ok()
+    })
+}
+
+/// A download's next messages, and the download when it has more.
+type DownloadBatch = (Option<Download>, Vec<Result<pb::EvidenceData, Status>>);
+
 /// The next `DOWNLOAD_BATCH` messages of a download, and the download when it has more.
-fn read_batch(mut download: Download) -> (Option<Download>, Vec<Result<pb::EvidenceData, Status>>) {
+fn read_batch(mut download: Download) -> DownloadBatch {
     let mut batch = Vec::with_capacity(DOWNLOAD_BATCH);
     for _ in 0..DOWNLOAD_BATCH {
         match download.next_chunk() {
@@ -244,6 +266,7 @@ impl VaultRpc for VaultApi {
         })
         .await?;
         let (tx, stream) = self.streams.channel(4);
+        let vault = Arc::clone(&self.vault.vault);
         tokio::spawn(async move {
             let first = pb::EvidenceData {
                 part: Some(pb::evidence_data::Part::Info(pb::EvidenceInfo {
@@ -267,9 +290,9 @@ impl VaultRpc for VaultApi {
             }
             // Segments are read and opened a batch at a time on a blocking thread, the next batch
             // while the current one is sent: at most two batches (2 MiB) are held.
-            let mut next = Some(tokio::task::spawn_blocking(move || read_batch(download)));
+            let mut next = Some(next_batch(Arc::clone(&vault), key, download));
             while let Some(task) = next.take() {
-                let Ok((download, batch)) = task.await else {
+                let Ok(Some((download, batch))) = task.await else {
                     // Never end as if the file were complete.
                     tracing::error!("evidence read task failed");
                     send(Err(Status::internal(
@@ -278,7 +301,7 @@ impl VaultRpc for VaultApi {
                     .await;
                     return;
                 };
-                next = download.map(|d| tokio::task::spawn_blocking(move || read_batch(d)));
+                next = download.map(|d| next_batch(Arc::clone(&vault), key, d));
                 for message in batch {
                     if !send(message).await {
                         return;
