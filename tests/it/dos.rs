@@ -4,7 +4,7 @@
 //! what was held is let go.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -353,41 +353,14 @@ async fn idle_connections_beyond_the_open_file_limit_are_refused_or_closed_and_c
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     }
     let tmp = crate::common::private_tempdir();
-    let config = tmp.path().join("kluis.toml");
-    std::fs::File::create(&config)
-        .unwrap()
-        .write_all(b"[limits]\nmax_connections_per_address = 32\nhandshake_timeout_secs = 3\n")
-        .unwrap();
     // An open file limit of 256, soft and hard: the server may not raise it, and fits its
     // connection cap below it.
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_kluis"))
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(tmp.path().join("data"))
-        .env_remove("KLUIS_PASSPHRASE")
-        .env("KLUIS_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
+    let (server, addr) = serve_dev(
+        tmp.path(),
+        "max_connections_per_address = 32\nhandshake_timeout_secs = 3\n",
+        Some(256),
+    );
     let pid = server.0.id();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr: SocketAddr = loop {
-        let line = lines
-            .next()
-            .expect("kluis exited before its banner")
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("kluis dev server on http://") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     assert!(
         limits
@@ -754,9 +727,25 @@ async fn a_stream_nobody_reads_loses_its_connection_after_the_unread_limit() {
 
 /// `kluis serve --dev` with `limits` as its `[limits]`, in `dir`: the server, its address.
 fn serve_dev_with_limits(dir: &std::path::Path, limits: &str) -> (Server, SocketAddr) {
+    serve_dev(dir, limits, None)
+}
+
+/// `kluis serve --dev` in `dir` with `limits` as its `[limits]`, under an open file limit of
+/// `nofile` (soft and hard) when given: the server, its address.
+fn serve_dev(dir: &std::path::Path, limits: &str, nofile: Option<u32>) -> (Server, SocketAddr) {
     let config = dir.join("kluis.toml");
     std::fs::write(&config, format!("[limits]\n{limits}")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kluis"))
+    let mut command = match nofile {
+        Some(n) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_kluis"));
+            sh
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_kluis")),
+    };
+    let mut child = command
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data-dir")
@@ -781,6 +770,14 @@ fn serve_dev_with_limits(dir: &std::path::Path, limits: &str) -> (Server, Socket
     };
     std::thread::spawn(move || for _ in lines {});
     (server, addr)
+}
+
+/// The dev token of `role` of the server `serve_dev` started in `dir`.
+fn dev_token(dir: &std::path::Path, role: &str) -> String {
+    let tokens: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("data").join("dev-tokens.json")).unwrap())
+            .unwrap();
+    tokens[role].as_str().unwrap().to_owned()
 }
 
 /// A line of `/proc/<pid>/status`, as a number (`Threads`, `VmHWM` in kB).
@@ -810,11 +807,7 @@ async fn many_large_reads_at_once_wait_their_turn_or_are_refused_before_anything
         "max_calls_running = 8\nanswer_bytes_per_caller = 8454144\nanswer_bytes = 16908288\n",
     );
     let pid = server.0.id();
-    let tokens: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
-        &std::fs::read(tmp.path().join("data").join("dev-tokens.json")).unwrap(),
-    )
-    .unwrap();
-    let token = |role: &str| tokens[role].as_str().unwrap().to_owned();
+    let token = |role: &str| dev_token(tmp.path(), role);
     let (reader, other) = (token("customer-service"), token("nuisance-officer"));
     let channel = |_: usize| async move {
         Endpoint::from_shared(format!("http://{addr}"))
@@ -1165,11 +1158,7 @@ async fn exports_nobody_reads_hold_a_record_or_two_each_not_the_whole_subject() 
     let tmp = crate::common::private_tempdir();
     let (server, addr) = serve_dev_with_limits(tmp.path(), "stream_idle_secs = 30\n");
     let pid = server.0.id();
-    let tokens: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(
-        &std::fs::read(tmp.path().join("data").join("dev-tokens.json")).unwrap(),
-    )
-    .unwrap();
-    let token = |role: &str| tokens[role].as_str().unwrap().to_owned();
+    let token = |role: &str| dev_token(tmp.path(), role);
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
