@@ -1091,7 +1091,7 @@ mod tests {
             ),
             (64, 64 << 20, 512 << 20)
         );
-        assert_eq!(defaults.max_calls_running_per_caller, 32);
+        assert_eq!(defaults.max_calls_running_per_caller, 64);
         for (limits, says) in [
             (
                 "max_calls_running = 0",

@@ -367,7 +367,7 @@ impl Default for Limits {
             max_evidence_bytes: 8 * 1024 * 1024 * 1024,
             requests_per_second: 2000,
             max_calls_running: 64,
-            max_calls_running_per_caller: 32,
+            max_calls_running_per_caller: 64,
             answer_bytes: 512 * 1024 * 1024,
             answer_bytes_per_caller: 64 * 1024 * 1024,
         }
