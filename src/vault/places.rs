@@ -3,9 +3,10 @@
 //!
 //! There are `Limits::max_calls_running` places in all, and a caller (told apart by its
 //! credential, before it is judged) takes at most `Limits::max_calls_running_per_caller` of them:
-//! its further calls wait behind its own, not in front of everyone else's. A flood of slow calls
-//! (searches over many candidates, reads of large records) from one credential leaves the other
-//! places to the others.
+//! its further calls wait in a line of their own, not in front of everyone else's. A call waits
+//! for the total only once it has its caller's place, so when a flood of slow calls (searches
+//! over many candidates, reads of large records) from one credential holds every place, another
+//! caller still gets the next one that frees; a share below the total also leaves places free.
 //!
 //! Invariant: a `CallPlace` holds one permit of its caller's semaphore and one of the total; a
 //! caller's semaphore is in the map while anything holds or waits for one of its permits.
