@@ -265,8 +265,16 @@ pub struct RecordView {
     pub fields: Vec<OpenField>,
     /// The fields kept back, with reasons.
     pub withheld: Vec<Withheld>,
-    /// The place of this answer's bytes (`answers`), let go with the view.
-    _hold: Option<answers::AnswerHold>,
+    /// The place of this answer's bytes (`answers`), let go with the view unless taken to go
+    /// with the response (`RecordView::hold`).
+    hold: Option<answers::AnswerHold>,
+}
+
+impl RecordView {
+    /// The place of this answer's bytes, to keep until the response is handed on.
+    pub fn hold(&self) -> Option<answers::AnswerHold> {
+        self.hold.clone()
+    }
 }
 
 /// A field listed without its value.
@@ -995,7 +1003,7 @@ impl Vault {
             meta,
             fields,
             withheld,
-            _hold: hold,
+            hold,
         })
     }
 

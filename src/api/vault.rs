@@ -427,8 +427,9 @@ impl VaultRpc for VaultApi {
                 .map(|(i, f)| FieldName::parse(&format!("fields[{i}]"), f))
                 .collect::<Result<Vec<_>, _>>()?;
             let view = vault.get_record(principal, &ctx, &id, &wanted)?;
+            let hold = view.hold();
             let meta = view.meta;
-            Ok(pb::GetRecordResponse {
+            let answer = pb::GetRecordResponse {
                 record_id: meta.id,
                 subject_id: meta.subject,
                 purpose: meta.purpose.as_str().into(),
@@ -454,10 +455,19 @@ impl VaultRpc for VaultApi {
                 created_at: Some(convert::timestamp(meta.created_at)),
                 updated_at: Some(convert::timestamp(meta.updated_at)),
                 expires_at: meta.expires_at.map(convert::timestamp),
-            })
+            };
+            Ok((answer, hold))
         })
         .await
-        .map(Response::new)
+        .map(|(answer, hold)| {
+            // The answer's place goes with the response until it is handed on
+            // (`server::metered`).
+            let mut response = Response::new(answer);
+            if let Some(hold) = hold {
+                response.extensions_mut().insert(hold);
+            }
+            response
+        })
     }
 
     async fn update_record(

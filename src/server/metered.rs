@@ -12,7 +12,9 @@
 //! only once HTTP/2 has window for the last, so a client that does not read leaves the rest
 //! here, counted against the unread limits (`accept::Unread`; a response that would pass one
 //! ends with `RESOURCE_EXHAUSTED`), and marked as waiting for the client, which closes the
-//! connection after `limits.unread_response_secs` (`accept`).
+//! connection after `limits.unread_response_secs` (`accept`). An answer's place among the
+//! reads being answered (`vault::answers`), which the service puts on the response's
+//! extensions, is held until the call ends.
 
 use std::{
     pin::Pin,
@@ -63,8 +65,11 @@ where
         }
         let response = self.0.call(req);
         Box::pin(async move {
-            let response = response.await?;
+            let mut response = response.await?;
             let code = status_of(response.headers());
+            let answer = response
+                .extensions_mut()
+                .remove::<crate::vault::answers::AnswerHold>();
             let (parts, body) = response.into_parts();
             Ok(http::Response::from_parts(
                 parts,
@@ -75,6 +80,7 @@ where
                     call: Some((path, start)),
                     code,
                     running,
+                    answer,
                 },
             ))
         })
@@ -118,10 +124,14 @@ pub struct MeteredBody<B> {
     code: Option<i32>,
     /// The call as its connection counts it, until it ends.
     running: Option<super::accept::Running>,
+    /// The place of the answer's bytes among the reads being answered (`vault::answers`),
+    /// until the call ends.
+    answer: Option<crate::vault::answers::AnswerHold>,
 }
 
 impl<B> MeteredBody<B> {
     fn record(&mut self, fallback: i32) {
+        self.answer = None;
         if let Some((path, start)) = self.call.take() {
             let code = self.code.unwrap_or(fallback);
             crate::metrics::call(&path, crate::metrics::code_name(code), start.elapsed());
@@ -268,6 +278,7 @@ mod tests {
             call: None,
             code: None,
             running: None,
+            answer: None,
         }
     }
 
@@ -306,5 +317,30 @@ mod tests {
         assert_eq!(&got[5..], &big[..]);
         assert!(body.is_end_stream());
         assert_eq!(body.code, Some(0));
+    }
+
+    #[test]
+    fn an_answers_place_is_held_until_the_response_ends() {
+        let answers = crate::vault::answers::Answers::new(1000, 1000);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let big: Bytes = vec![7; CHUNK + 1].into();
+        let mut body = metered(vec![Frame::data(big), Frame::trailers(trailers)]);
+        body.answer = Some(answers.hold("alice", 600).unwrap());
+        // Handed on in part: the place is held.
+        assert!(next(&mut body).is_some_and(|f| f.is_data()));
+        assert_eq!(answers.total_held(), 600);
+        assert!(next(&mut body).is_some_and(|f| f.is_data()));
+        assert_eq!(answers.total_held(), 600);
+        // The trailers: the call is over, the place let go.
+        assert!(next(&mut body).is_some_and(|f| f.is_trailers()));
+        assert_eq!(answers.total_held(), 0);
+
+        // A response dropped before its end lets go of its place too.
+        let mut body = metered(vec![Frame::data(Bytes::from_static(b"x"))]);
+        body.answer = Some(answers.hold("alice", 600).unwrap());
+        assert!(next(&mut body).is_some_and(|f| f.is_data()));
+        drop(body);
+        assert_eq!(answers.total_held(), 0);
     }
 }

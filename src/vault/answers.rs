@@ -6,12 +6,17 @@
 //! So a read, once the policy has allowed it, takes a place for the bytes it will open, per
 //! caller and in all, and is refused at once (`RESOURCE_EXHAUSTED`, naming the limit) when there
 //! is none: nothing registered, opened or put on the trail. Taken after the decision, a refusal
-//! tells nothing of what the caller may not read. The place is let go when the answer has been
-//! handed on. (What a read loads before its decision is bounded by the calls running at once,
-//! `Limits::max_calls_running`, each at most `Limits::max_record_bytes`.)
+//! tells nothing of what the caller may not read. The place goes with the answer to the
+//! response (`api`, on the response's extensions) and is let go when the response's last piece
+//! has been handed to HTTP/2, or the response is dropped (`server::metered`): answers waiting
+//! for clients that do not read keep their places, so further reads are refused before they
+//! open anything, not built and then thrown away. (What a read loads before its decision is
+//! bounded by the calls running at once, `Limits::max_calls_running`, each at most
+//! `Limits::max_record_bytes`.)
 //!
-//! Invariant: the bytes held are the sums of the live `AnswerHold`s, per caller and in all, and
-//! neither passes its limit (`Limits::answer_bytes`, `Limits::answer_bytes_per_caller`).
+//! Invariant: the bytes held are the sums of the live `AnswerHold`s (a hold and its clones
+//! count once), per caller and in all, and neither passes its limit (`Limits::answer_bytes`,
+//! `Limits::answer_bytes_per_caller`).
 
 use std::{
     collections::HashMap,
@@ -34,9 +39,15 @@ struct Held {
     per_caller: HashMap<String, usize>,
 }
 
-/// A place for the bytes of one answer; let go when dropped.
-#[derive(Debug)]
+/// A place for the bytes of one answer; let go when the hold and all its clones are dropped
+/// (a clone travels with the response, see the module).
+#[derive(Clone, Debug)]
 pub struct AnswerHold {
+    _place: Arc<Place>,
+}
+
+#[derive(Debug)]
+struct Place {
     caller: String,
     bytes: usize,
     held: Arc<Mutex<Held>>,
@@ -74,20 +85,22 @@ impl Answers {
         held.total += bytes;
         *held.per_caller.entry(caller.to_owned()).or_insert(0) += bytes;
         Ok(AnswerHold {
-            caller: caller.to_owned(),
-            bytes,
-            held: Arc::clone(&self.held),
+            _place: Arc::new(Place {
+                caller: caller.to_owned(),
+                bytes,
+                held: Arc::clone(&self.held),
+            }),
         })
     }
 
     /// Bytes held in all.
     #[cfg(test)]
-    fn total_held(&self) -> usize {
+    pub(crate) fn total_held(&self) -> usize {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 }
 
-impl Drop for AnswerHold {
+impl Drop for Place {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         held.total = held.total.saturating_sub(self.bytes);
@@ -129,5 +142,20 @@ mod tests {
         let _c = answers.hold("alice", 70).unwrap();
         drop(b);
         assert_eq!(answers.total_held(), 70);
+    }
+
+    #[test]
+    fn a_hold_and_its_clone_count_once_and_go_with_the_last() {
+        let answers = Answers::new(100, 150);
+        let a = answers.hold("alice", 60).unwrap();
+        let travelling = a.clone();
+        assert_eq!(answers.total_held(), 60);
+        drop(a);
+        // The clone on the response still holds the place.
+        assert_eq!(answers.total_held(), 60);
+        assert!(answers.hold("alice", 50).is_err());
+        drop(travelling);
+        assert_eq!(answers.total_held(), 0);
+        let _b = answers.hold("alice", 100).unwrap();
     }
 }

@@ -14,7 +14,7 @@ use kluis::{config::RawLimits, domain::Role, pb};
 use tokio::{io::AsyncReadExt, net::TcpSocket};
 use tonic::{Code, transport::Endpoint};
 
-use crate::common::{SCOPED_SUBJECT, TestServer, ctx, get, put, req, text};
+use crate::common::{SCOPED_SUBJECT, TestServer, audit_entries, ctx, get, put, req, text};
 
 fn export_request(server: &TestServer, role: Role) -> tonic::Request<pb::ExportSubjectRequest> {
     req(
@@ -1226,4 +1226,97 @@ async fn exports_nobody_reads_hold_a_record_or_two_each_not_the_whole_subject() 
     );
     drop(held);
     drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_nobody_reads_keeps_its_place_so_the_callers_next_read_is_refused_unopened() {
+    const MIB: usize = 1024 * 1024;
+    // One caller's answers may hold about one record of at most 8 MiB; its connection is
+    // closed 4 s after an answer stopped being read.
+    let server = TestServer::start_with_limits(RawLimits {
+        max_record_bytes: Some(8 * MIB),
+        answer_bytes_per_caller: Some(8 * MIB + 64 * 1024),
+        answer_bytes: Some(16 * MIB),
+        unread_response_secs: Some(4),
+        ..RawLimits::default()
+    })
+    .await;
+    // A record of about 6 MiB.
+    let fields = (0..6)
+        .map(|i| text(&format!("note{i}"), "identity", &"x".repeat(MIB - 1024)))
+        .collect();
+    let record = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        SCOPED_SUBJECT,
+        fields,
+    )
+    .await;
+    let token = server.token(Role::CustomerService).to_owned();
+    let from = |ip: &str| {
+        Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .local_address(Some(ip.parse().unwrap()))
+    };
+    let read = |channel: tonic::transport::Channel| {
+        let request = req(
+            &token,
+            pb::GetRecordRequest {
+                context: ctx("contract", "", ""),
+                record_id: record.clone(),
+                fields: vec![],
+            },
+        );
+        async move {
+            pb::vault_client::VaultClient::new(channel)
+                .max_decoding_message_size(16 * MIB)
+                .get_record(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let reader = from("127.0.0.3").connect().await.unwrap();
+    assert_eq!(read(reader.clone()).await.unwrap().fields.len(), 6);
+    // The same caller on a connection that never reads (a window of 1 KiB it never opens).
+    let staller = from("127.0.0.2")
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled = Box::pin(read(staller.clone()));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut stalled)
+            .await
+            .is_err(),
+        "a 6 MiB answer came through a 1 KiB window"
+    );
+    // Its answer, built and waiting, still holds the caller's place: the next read is refused
+    // before it opens anything (once built, an answer let go of its place and the next was
+    // built too, to wait or be thrown away), saying which limit and what to do.
+    let trail_before = audit_entries(&server).len();
+    let Err(refused) = read(reader.clone()).await else {
+        panic!("an answer waiting for a client that does not read let go of its place");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("`limits.answer_bytes_per_caller` = 8454144"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        audit_entries(&server).len(),
+        trail_before,
+        "a refused read left an entry: it went on past its answer's place"
+    );
+    // Once the staller's connection is closed for not reading, the place is let go.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("the connection of an answer nobody read was not closed");
+    assert!(ended.is_err(), "an answer nobody read kept its connection");
+    assert_eq!(read(reader).await.unwrap().fields.len(), 6);
 }
