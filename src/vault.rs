@@ -46,7 +46,7 @@ use crate::{
     policy::{
         Action, Decision, Engine, FieldFlags, FieldResource, Grant, MaskedGrant, PolicyError,
     },
-    store::{FieldRow, FieldsMac, RecordRow, Store, StoreError},
+    store::{FieldMeta, FieldRow, FieldsMac, RecordRow, Store, StoreError},
 };
 
 /// Errors of the domain core. Mapped to gRPC status codes in one place (`api::status`).
@@ -1019,7 +1019,7 @@ impl Vault {
         // One writer of this record in this process from the read on: what is decided and
         // checked below is what the write replaces.
         let _one_writer = self.record_lock(record_id);
-        let (record, rows) = self.load(record_id)?;
+        let (record, rows) = self.load_metas(record_id)?;
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
@@ -1050,7 +1050,7 @@ impl Vault {
                 }
                 // May the caller know the stored field at all? If not, it is refused like any
                 // field the policy keeps from it, and its category is not named either way.
-                let stored = resource(&record, meta.purpose, existing)?;
+                let stored = meta_resource(&record, meta.purpose, existing);
                 let known = self
                     .decide(principal, Action::List, ctx, std::slice::from_ref(&stored))?
                     .first()
@@ -1078,11 +1078,10 @@ impl Vault {
                 )
                 .into());
             }
-            let kept: usize = rows
-                .iter()
-                .filter(|r| !fields.iter().any(|f| f.name.as_str() == r.name))
-                .map(|r| r.sealed.len())
-                .sum();
+            let kept = stored_bytes(
+                rows.iter()
+                    .filter(|r| !fields.iter().any(|f| f.name.as_str() == r.name)),
+            );
             let added: usize = fields.iter().map(|f| f.value.len()).sum();
             if kept + added > self.limits.max_record_bytes {
                 return Err(InputError::new(
@@ -1143,7 +1142,7 @@ impl Vault {
     }
 
     /// Seals `fields` and writes them into the stored `record` (whose fields were read as
-    /// `rows`), replacing values of the same name: one transaction, guarded by the record's
+    /// `rows`, without their values), replacing values of the same name: one transaction, guarded by the record's
     /// field-set MAC as read (`Stale` when another write came between) and by the store's own
     /// check of active holds when a value is replaced. A rekey meanwhile seals again.
     #[expect(clippy::too_many_arguments, reason = "the parts of one write")]
@@ -1152,7 +1151,7 @@ impl Vault {
         subject: &SubjectId,
         record_id: &RecordId,
         record: &RecordRow,
-        rows: &[FieldRow],
+        rows: &[FieldMeta],
         purpose: Purpose,
         fields: &[NewField],
         now: i64,
@@ -1167,8 +1166,8 @@ impl Vault {
                 record_id.as_str(),
                 rows.iter()
                     .filter(|r| !sealed.iter().any(|f| f.name == r.name))
-                    .chain(&sealed)
-                    .map(|f| (f.name.as_str(), f.version.as_str())),
+                    .map(|f| (f.name.as_str(), f.version.as_str()))
+                    .chain(sealed.iter().map(|f| (f.name.as_str(), f.version.as_str()))),
             );
             let fields_mac = FieldsMac {
                 prev: &record.fields_mac,
@@ -1198,14 +1197,14 @@ impl Vault {
         ctx: &AccessContext,
         record_id: &RecordId,
     ) -> Result<(), VaultError> {
-        let (record, rows) = self.load(record_id)?;
+        let (record, rows) = self.load_metas(record_id)?;
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let mut resources = rows
             .iter()
-            .map(|r| resource(&record, meta.purpose, r))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|r| meta_resource(&record, meta.purpose, r))
+            .collect::<Vec<_>>();
         // Evidence files go with the record, so the caller must be allowed to delete them too.
         for ev in self.store.record_evidence(record_id.as_str())? {
             self.rows.check(&ev)?;
@@ -1684,6 +1683,25 @@ impl Vault {
         self.rows.check_fields(&record, &fields)?;
         Ok((record, fields))
     }
+
+    /// A record with the metadata of its fields, checked, without their values: what a call
+    /// that decides on, lists or rewrites fields needs, at a cost that does not grow with the
+    /// values (a record of 8 MiB is not read to register a disclosure of it).
+    pub(crate) fn load_metas(
+        &self,
+        record_id: &RecordId,
+    ) -> Result<(RecordRow, Vec<FieldMeta>), VaultError> {
+        // No field is named "" (`FieldName` refuses it): the metadata alone.
+        let (record, metas, _) = self
+            .store
+            .records_with_field(&[record_id.as_str()], "")?
+            .into_iter()
+            .next()
+            .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
+        self.rows.check(&record)?;
+        self.rows.check_field_metas(&record, &metas)?;
+        Ok((record, metas))
+    }
 }
 
 /// Decrypts one field. Needs the grant for exactly this record and field.
@@ -1850,6 +1868,28 @@ fn resource(
             ..FieldFlags::default()
         },
     })
+}
+
+/// The bytes `metas`' values take as stored.
+fn stored_bytes<'a>(metas: impl Iterator<Item = &'a FieldMeta>) -> usize {
+    metas.fold(0, |n, m| {
+        n.saturating_add(usize::try_from(m.size).unwrap_or(usize::MAX))
+    })
+}
+
+/// The policy resource of field `meta` of `record`, read without its value.
+fn meta_resource(record: &RecordRow, purpose: Purpose, meta: &FieldMeta) -> FieldResource {
+    FieldResource {
+        record: record.id.clone(),
+        name: meta.name.clone(),
+        category: meta.category,
+        purpose,
+        subject: record.subject.clone(),
+        flags: FieldFlags {
+            record_closed: record.closed_at.is_some(),
+            ..FieldFlags::default()
+        },
+    }
 }
 
 /// The policy resource of an evidence file of `record`.

@@ -345,6 +345,27 @@ ALTER TABLE audit ADD COLUMN subject TEXT GENERATED ALWAYS AS (
 ) VIRTUAL;
 CREATE INDEX audit_by_subject ON audit (subject, seq);
 ",
+    // A field's value last in its row: a value larger than a page spills to overflow pages,
+    // and a column after it could be read only by walking them, so reading a record's field
+    // metadata (a listing, a search's candidates, a disclosure) cost as much as its values.
+    // (Run with foreign keys off, see `migrate`: dropping the old table must not cascade.)
+    r"
+CREATE TABLE fields_sealed_last (
+    record_id TEXT    NOT NULL REFERENCES records (id) ON DELETE CASCADE,
+    name      TEXT    NOT NULL,
+    category  TEXT    NOT NULL,
+    kind      TEXT    NOT NULL,
+    key_gen   INTEGER NOT NULL,
+    mac       BLOB    NOT NULL DEFAULT x'',
+    version   TEXT    NOT NULL DEFAULT '',
+    sealed    BLOB    NOT NULL,
+    PRIMARY KEY (record_id, name)
+) WITHOUT ROWID;
+INSERT INTO fields_sealed_last (record_id, name, category, kind, key_gen, mac, version, sealed)
+    SELECT record_id, name, category, kind, key_gen, mac, version, sealed FROM fields;
+DROP TABLE fields;
+ALTER TABLE fields_sealed_last RENAME TO fields;
+",
 ];
 
 /// Reader connections kept open between reads. Opening one parses the schema and loses its
@@ -486,17 +507,39 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             supported,
         });
     }
-    for (i, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(current).unwrap_or(0))
-    {
-        let tx = conn.unchecked_transaction().map_err(db)?;
-        tx.execute_batch(sql).map_err(db)?;
-        tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
-        tx.commit().map_err(db)?;
+    if current == supported {
+        return Ok(());
     }
-    Ok(())
+    // A migration that rebuilds a table drops the old one, and with foreign keys on, that
+    // deletes what refers to it (SQLite's way to change a table: foreign keys off outside the
+    // transaction, and each migration checked to leave no reference dangling before it commits).
+    conn.pragma_update(None, "foreign_keys", false)
+        .map_err(db)?;
+    let migrated = (|| {
+        for (i, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(current).unwrap_or(0))
+        {
+            let tx = conn.unchecked_transaction().map_err(db)?;
+            tx.execute_batch(sql).map_err(db)?;
+            let dangling: Option<String> = tx
+                .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                .optional()
+                .map_err(db)?;
+            if let Some(table) = dangling {
+                return Err(StoreError::Corrupt(format!(
+                    "migration {} leaves rows of `{table}` referring to nothing",
+                    i + 1
+                )));
+            }
+            tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
+            tx.commit().map_err(db)?;
+        }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
+    migrated
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -1217,5 +1260,81 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn a_store_of_the_old_field_layout_is_migrated_with_its_values_last_and_nothing_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let last = MIGRATIONS.len() - 1;
+        {
+            // A store as the migrations before the last left it, with a field and its tag.
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", true).unwrap();
+            for sql in &MIGRATIONS[..last] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", last).unwrap();
+            conn.execute_batch(
+                "INSERT INTO records (id, subject, purpose, labels, created_at, updated_at)
+                     VALUES ('rec_1', 'REL-1', 'contract', '[]', 1, 1);
+                 INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+                     VALUES ('rec_1', 'iban', 'financial', 'text', 1, x'0102', x'aa', 'v1');
+                 INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
+                     VALUES ('rec_1', 'iban', 'contract', 1, 12, 7);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('fields')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            columns,
+            [
+                "record_id",
+                "name",
+                "category",
+                "kind",
+                "key_gen",
+                "mac",
+                "version",
+                "sealed"
+            ]
+        );
+        let field: (Vec<u8>, Vec<u8>, String) = conn
+            .query_row(
+                "SELECT sealed, mac, version FROM fields WHERE record_id = 'rec_1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(field, (vec![1, 2], vec![0xaa], "v1".to_owned()));
+        // The tag that refers to the field survived the old table's drop, and still goes with
+        // the field.
+        let tags = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM search_tags", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(tags(&conn), 1);
+        let on: bool = store
+            .writer
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(on, "foreign keys stayed off after the migration");
+        store
+            .writer
+            .lock()
+            .unwrap()
+            .execute("DELETE FROM fields WHERE record_id = 'rec_1'", [])
+            .unwrap();
+        assert_eq!(tags(&conn), 0);
     }
 }

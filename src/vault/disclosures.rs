@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Vault, VaultError, audit_fields, resource};
+use super::{Vault, VaultError, audit_fields, meta_resource};
 use crate::{
     domain::{
         AccessContext, Category, DisclosureInput, FieldName, InputError, Principal, Purpose,
@@ -75,7 +75,7 @@ impl Vault {
                     .into(),
             ));
         }
-        let (record, rows) = self.load(record_id)?;
+        let (record, metas) = self.load_metas(record_id)?;
         if record.subject != subject.as_str() {
             // Answered as a record that does not exist: the caller named another subject's.
             return Err(VaultError::NotFound(format!("record `{record_id}`")));
@@ -84,8 +84,8 @@ impl Vault {
         let mut resources = Vec::with_capacity(fields.len());
         let mut absent = false;
         for name in fields {
-            match rows.iter().find(|r| r.name == name.as_str()) {
-                Some(row) => resources.push(resource(&record, purpose, row)?),
+            match metas.iter().find(|r| r.name == name.as_str()) {
+                Some(meta) => resources.push(meta_resource(&record, purpose, meta)),
                 None => absent = true,
             }
         }

@@ -143,7 +143,7 @@ impl Vault {
                 // Decided under the record's own purpose below: a declared purpose that differs
                 // is refused by the policy (purpose limitation) and audited, never answered
                 // before the decision with the record's purpose.
-                let (record, _) = self.load(id)?;
+                let (record, _) = self.load_metas(id)?;
                 (record, false)
             }
             EvidenceTarget::Subject(subject) => (

@@ -72,15 +72,15 @@ impl Vault {
         ctx: &AccessContext,
         record_id: &RecordId,
     ) -> Result<Option<i64>, VaultError> {
-        let (record, rows) = self.load(record_id)?;
+        let (record, rows) = self.load_metas(record_id)?;
         let meta = super::record_meta(&record)?;
         let subject = SubjectId::parse_stored(&record.subject).map_err(|_| {
             crate::store::StoreError::Corrupt(format!("subject of `{}`", record.id))
         })?;
         let mut resources = rows
             .iter()
-            .map(|r| super::resource(&record, meta.purpose, r))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|r| super::meta_resource(&record, meta.purpose, r))
+            .collect::<Vec<_>>();
         // Evidence files are part of the record: closing is decided on them too.
         for ev in self.store.record_evidence(record_id.as_str())? {
             self.rows.check(&ev)?;
@@ -151,7 +151,7 @@ impl Vault {
             reason,
         )?;
         if let Some(r) = record {
-            let (row, _) = self.load(r)?;
+            let (row, _) = self.load_metas(r)?;
             if row.subject != subject.as_str() {
                 return Err(
                     InputError::new("record_id", "the record belongs to another subject").into(),

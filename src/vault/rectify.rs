@@ -74,7 +74,7 @@ impl Vault {
                 "request `{request_id}` is answered already; rectify under an open request"
             ));
         }
-        let (record, rows) = match self.load(record_id) {
+        let (record, rows) = match self.load_metas(record_id) {
             Ok(loaded) => loaded,
             Err(VaultError::NotFound(what)) => return event.refuse(format!("{what} not found")),
             Err(e) => return Err(e),
@@ -104,11 +104,13 @@ impl Vault {
                 }
                 // Text stays text and bytes stay bytes: a rectification corrects a value, it
                 // does not change what kind of value the field holds.
-                Some(stored) if stored.kind != f.value.kind() => {
+                Some(stored) if stored.kind != Some(f.value.kind()) => {
                     return event.refuse(format!(
                         "field `{}` holds {}, not {}; a rectification keeps the kind of value",
                         f.name,
-                        stored.kind.as_str(),
+                        stored
+                            .kind
+                            .map_or("a file", crate::domain::FieldKind::as_str),
                         f.value.kind().as_str()
                     ));
                 }
@@ -116,11 +118,10 @@ impl Vault {
             }
         }
         // The record stays within its size limit, as `update_record` keeps it.
-        let kept: usize = rows
-            .iter()
-            .filter(|r| !fields.iter().any(|f| f.name.as_str() == r.name))
-            .map(|r| r.sealed.len())
-            .sum();
+        let kept = super::stored_bytes(
+            rows.iter()
+                .filter(|r| !fields.iter().any(|f| f.name.as_str() == r.name)),
+        );
         let added: usize = fields.iter().map(|f| f.value.len()).sum();
         if kept + added > self.limits.max_record_bytes {
             return Err(InputError::new(

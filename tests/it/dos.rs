@@ -1320,3 +1320,84 @@ async fn an_answer_nobody_reads_keeps_its_place_so_the_callers_next_read_is_refu
     assert!(ended.is_err(), "an answer nobody read kept its connection");
     assert_eq!(read(reader).await.unwrap().fields.len(), 6);
 }
+
+/// Registering a disclosure of a field decides on the record's field metadata, not its values:
+/// 200 at once of a record of 7 MiB, each under one of the 64 places, leave the server's memory
+/// far below what 64 whole records read at once would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disclosures_of_a_large_record_at_once_read_no_values() {
+    const MIB: usize = 1024 * 1024;
+    const CALLS: usize = 200;
+    let tmp = crate::common::private_tempdir();
+    let (server, addr) = serve_dev_with_limits(tmp.path(), "");
+    let pid = server.0.id();
+    let token = dev_token(tmp.path(), "customer-service");
+    let channel = || async move {
+        Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let client = |c: tonic::transport::Channel| {
+        pb::vault_client::VaultClient::new(c).max_decoding_message_size(16 * MIB)
+    };
+    let record = client(channel().await)
+        .put_record(req(
+            &token,
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: SCOPED_SUBJECT.into(),
+                fields: (0..7)
+                    .map(|i| text(&format!("note{i}"), "identity", &"x".repeat(MIB - 1024)))
+                    .collect(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_id;
+    let disclose = |c: tonic::transport::Channel, field: usize| {
+        let request = req(
+            &token,
+            pb::RecordDisclosureRequest {
+                context: ctx("contract", "", ""),
+                subject_id: SCOPED_SUBJECT.into(),
+                record_id: record.clone(),
+                fields: vec![format!("note{}", field % 7)],
+                recipient: "Politie Midden-Nederland".into(),
+                recipient_kind: "police".into(),
+                legal_basis: "vordering art. 126nd Sv".into(),
+                case_ref: "PV-2026-1".into(),
+            },
+        );
+        async move { client(c).record_disclosure(request).await }
+    };
+    // The peak so far (storing the record took its share).
+    let before_kib = proc_status(pid, "VmHWM");
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(channel().await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..CALLS {
+        calls.spawn(disclose(channels[i % channels.len()].clone(), i));
+    }
+    let mut registered = 0;
+    while let Some(done) = calls.join_next().await {
+        done.unwrap().expect("a disclosure was not registered");
+        registered += 1;
+    }
+    assert_eq!(registered, CALLS);
+    let peak_kib = proc_status(pid, "VmHWM");
+    eprintln!("FIG disclosures: peak before {before_kib} KiB, after {peak_kib} KiB");
+    // 64 records of 7 MiB read at once could add over 450 MiB; read whole, 200 calls added
+    // 111 MiB here (2 cores), their metadata alone 68 MiB, and as many calls on a small record
+    // 31 MiB (2026-12-02).
+    assert!(
+        peak_kib < before_kib + 90 * 1024,
+        "the server's memory peaked at {peak_kib} KiB ({before_kib} KiB before)"
+    );
+    drop(server);
+}
