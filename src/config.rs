@@ -229,6 +229,12 @@ pub struct RawLimits {
     pub unread_response_bytes: Option<usize>,
     /// Bytes of responses waiting for their clients to read them, per peer address.
     pub unread_response_bytes_per_address: Option<usize>,
+    /// Bytes of request messages being received (begun, not yet whole), in all.
+    pub request_bytes: Option<usize>,
+    /// Bytes of request messages being received, per peer address.
+    pub request_bytes_per_address: Option<usize>,
+    /// Seconds a request message that has begun may wait for its next bytes.
+    pub request_idle_secs: Option<u64>,
     /// Calls running on blocking threads at once; the others wait their turn.
     pub max_calls_running: Option<usize>,
     /// Of those, calls of one caller (one credential).
@@ -549,6 +555,12 @@ impl RawConfig {
                 3600,
                 &mut connections.unread_timeout,
             );
+            secs(
+                "request_idle_secs",
+                l.request_idle_secs,
+                3600,
+                &mut connections.receiving_timeout,
+            );
             // A response of the largest message must fit, with its framing and the smaller
             // messages a stream packs before it (up to 32 KiB).
             let largest = crate::server::MAX_MESSAGE_BYTES + 64 * 1024;
@@ -568,6 +580,25 @@ impl RawConfig {
                 problems.push(
                     "`limits.unread_response_bytes` must be at least \
                      `limits.unread_response_bytes_per_address`"
+                        .into(),
+                );
+            }
+            if let Some(n) = l.request_bytes_per_address {
+                connections.receiving_bytes_per_address = n;
+            }
+            if let Some(n) = l.request_bytes {
+                connections.receiving_bytes = n;
+            }
+            // The largest message must fit, with its framing.
+            if connections.receiving_bytes_per_address < largest {
+                problems.push(format!(
+                    "`limits.request_bytes_per_address` must be at least {largest} bytes (the \
+                     largest message with its framing)"
+                ));
+            }
+            if connections.receiving_bytes < connections.receiving_bytes_per_address {
+                problems.push(
+                    "`limits.request_bytes` must be at least `limits.request_bytes_per_address`"
                         .into(),
                 );
             }
@@ -1116,6 +1147,54 @@ mod tests {
             (
                 "max_record_bytes = 1048576\nanswer_bytes_per_caller = 2000000\nanswer_bytes = 1999999",
                 "`limits.answer_bytes` must be at least `limits.answer_bytes_per_caller`",
+            ),
+        ] {
+            let err = check(limits).unwrap_err().to_string();
+            assert!(err.contains(says), "{limits}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_limits_on_messages_being_received_are_checked() {
+        let check = |limits: &str| {
+            toml::from_str::<RawConfig>(&format!("data_dir = \"/d\"\n[limits]\n{limits}"))
+                .unwrap()
+                .validate(false)
+        };
+        let ok = check(
+            "request_idle_secs = 3\nrequest_bytes = 33554432\n\
+             request_bytes_per_address = 16842752",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                ok.connections.receiving_timeout,
+                ok.connections.receiving_bytes,
+                ok.connections.receiving_bytes_per_address
+            ),
+            (std::time::Duration::from_secs(3), 32 << 20, 16842752)
+        );
+        let defaults = check("").unwrap().connections;
+        assert_eq!(
+            (
+                defaults.receiving_timeout,
+                defaults.receiving_bytes,
+                defaults.receiving_bytes_per_address
+            ),
+            (std::time::Duration::from_secs(10), 1 << 30, 256 << 20)
+        );
+        for (limits, says) in [
+            (
+                "request_idle_secs = 0",
+                "`limits.request_idle_secs` must be 1 to 3600 seconds",
+            ),
+            (
+                "request_bytes_per_address = 16842751",
+                "`limits.request_bytes_per_address` must be at least 16842752",
+            ),
+            (
+                "request_bytes_per_address = 16842752\nrequest_bytes = 16842751",
+                "`limits.request_bytes` must be at least `limits.request_bytes_per_address`",
             ),
         ] {
             let err = check(limits).unwrap_err().to_string();

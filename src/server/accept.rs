@@ -64,6 +64,12 @@ pub struct ConnectionLimits {
     pub unread_bytes: usize,
     /// Bytes of responses waiting for their clients at one peer address (an IPv6 /64).
     pub unread_bytes_per_address: usize,
+    /// Bytes of request messages being received (begun, not yet whole), in all.
+    pub receiving_bytes: usize,
+    /// Bytes of request messages being received from one peer address (an IPv6 /64).
+    pub receiving_bytes_per_address: usize,
+    /// How long a request message that has begun may wait for its next bytes.
+    pub receiving_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -76,6 +82,9 @@ impl Default for ConnectionLimits {
             unread_timeout: Duration::from_secs(60),
             unread_bytes: 1024 * 1024 * 1024,
             unread_bytes_per_address: 128 * 1024 * 1024,
+            receiving_bytes: 1024 * 1024 * 1024,
+            receiving_bytes_per_address: 256 * 1024 * 1024,
+            receiving_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -338,14 +347,18 @@ pub(crate) struct Activity {
     calls: Mutex<Vec<std::sync::Weak<Call>>>,
     /// The unread bytes of the connection's address, and in all.
     unread: [Arc<Unread>; 2],
+    /// The bytes of request messages being received from the connection's address, and in
+    /// all; and how long such a message may wait for its next bytes.
+    receiving: ([Arc<Unread>; 2], Duration),
     /// The principal of the last call of use: a principal keeps at most
     /// `ConnectionLimits::max_connections_per_caller` places against newcomers.
     caller: Mutex<Option<Arc<str>>>,
 }
 
 impl Activity {
-    fn new(unread: [Arc<Unread>; 2]) -> Self {
+    fn new(unread: [Arc<Unread>; 2], receiving: ([Arc<Unread>; 2], Duration)) -> Self {
         Self {
+            receiving,
             caller: Mutex::new(None),
             running: AtomicUsize::new(0),
             last: AtomicU64::new(0),
@@ -373,6 +386,16 @@ impl Activity {
         }
         calls.push(Arc::downgrade(&call));
         Running(call)
+    }
+
+    /// The count of a request body's bytes being received on this connection (`metered`).
+    pub(crate) fn receiving(&self) -> Receiving {
+        let (counters, timeout) = &self.receiving;
+        Receiving {
+            counters: counters.clone(),
+            held: 0,
+            timeout: *timeout,
+        }
     }
 
     /// Milliseconds since the connection was accepted.
@@ -456,6 +479,56 @@ impl Call {
         if !self.of_use.swap(true, Ordering::SeqCst) {
             self.activity.running.fetch_add(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// The bytes of one request body's message being received, held against the limits of its
+/// connection's address and of all until the message is whole or the body is dropped.
+#[derive(Debug)]
+pub(crate) struct Receiving {
+    counters: [Arc<Unread>; 2],
+    held: usize,
+    /// How long a message that has begun may wait for its next bytes.
+    pub(crate) timeout: Duration,
+}
+
+impl Receiving {
+    /// Counts `n` more bytes, or says which limit that would pass (and counts none).
+    pub(crate) fn hold(&mut self, n: usize) -> Result<(), Overfull> {
+        let [address, total] = &self.counters;
+        for (i, counter) in [address, total].into_iter().enumerate() {
+            if !counter.hold(n) {
+                if i == 1 {
+                    address.release(n);
+                }
+                return Err(Overfull {
+                    key: counter.key,
+                    limit: counter.limit,
+                });
+            }
+        }
+        self.held += n;
+        Ok(())
+    }
+
+    /// `n` of the bytes held are no longer being received (their message is whole).
+    pub(crate) fn release(&mut self, n: usize) {
+        let n = n.min(self.held);
+        self.held -= n;
+        for counter in &self.counters {
+            counter.release(n);
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.release(self.held);
     }
 }
 
@@ -553,6 +626,8 @@ struct Slots {
     evict_after: Duration,
     /// Bytes of responses waiting for their clients, in all.
     unread: Arc<Unread>,
+    /// Bytes of request messages being received, in all.
+    receiving: Arc<Unread>,
 }
 
 #[derive(Default)]
@@ -572,6 +647,8 @@ struct Address {
     open: usize,
     /// Bytes of responses waiting for their clients at this address.
     unread: Arc<Unread>,
+    /// Bytes of request messages being received from this address.
+    receiving: Arc<Unread>,
 }
 
 /// How long after a look for an idle connection found none a full cap refuses without looking.
@@ -649,6 +726,7 @@ impl Slots {
                 limits.unread_bytes,
                 "limits.unread_response_bytes",
             )),
+            receiving: Arc::new(Unread::new(limits.receiving_bytes, "limits.request_bytes")),
         }
     }
 
@@ -705,13 +783,24 @@ impl Slots {
                 slots.limits.unread_bytes_per_address,
                 "limits.unread_response_bytes_per_address",
             )),
+            receiving: Arc::new(Unread::new(
+                slots.limits.receiving_bytes_per_address,
+                "limits.request_bytes_per_address",
+            )),
         });
         of_address.open += 1;
         let unread = [Arc::clone(&of_address.unread), Arc::clone(&slots.unread)];
+        let receiving = (
+            [
+                Arc::clone(&of_address.receiving),
+                Arc::clone(&slots.receiving),
+            ],
+            slots.limits.receiving_timeout,
+        );
         open.total += 1;
         let id = open.next;
         open.next += 1;
-        let activity = Arc::new(Activity::new(unread));
+        let activity = Arc::new(Activity::new(unread, receiving));
         open.live.insert(id, (address, Arc::clone(&activity)));
         if let Some(key) = conn {
             CONNECTIONS
@@ -944,10 +1033,19 @@ mod tests {
 
     #[tokio::test]
     async fn an_evicted_connection_wakes_its_waiter() {
-        let activity = Arc::new(Activity::new([
-            Arc::new(Unread::new(usize::MAX, "a")),
-            Arc::new(Unread::new(usize::MAX, "b")),
-        ]));
+        let activity = Arc::new(Activity::new(
+            [
+                Arc::new(Unread::new(usize::MAX, "a")),
+                Arc::new(Unread::new(usize::MAX, "b")),
+            ],
+            (
+                [
+                    Arc::new(Unread::new(usize::MAX, "c")),
+                    Arc::new(Unread::new(usize::MAX, "d")),
+                ],
+                Duration::from_secs(10),
+            ),
+        ));
         let waiter = tokio::spawn({
             let activity = Arc::clone(&activity);
             async move { activity.evicted().await }

@@ -44,7 +44,7 @@ pub struct Metered<S>(S);
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Metered<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<ReceivedBody<ReqBody>>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     ResBody: Body<Data = Bytes> + Unpin,
 {
@@ -59,10 +59,17 @@ where
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path().to_owned();
         let start = Instant::now();
-        let running = connection_of(req.extensions()).map(|a| a.call());
+        let connection = connection_of(req.extensions());
+        let running = connection.as_ref().map(|a| a.call());
         if let Some(running) = &running {
             req.extensions_mut().insert(running.mark());
         }
+        let req = req.map(|body| ReceivedBody {
+            inner: body,
+            receiving: connection.map(|a| a.receiving()),
+            framing: Framing::default(),
+            idle: None,
+        });
         let response = self.0.call(req);
         Box::pin(async move {
             let mut response = response.await?;
@@ -245,6 +252,150 @@ impl<B> Drop for MeteredBody<B> {
     }
 }
 
+/// A request body whose message being received is counted against the limits of its
+/// connection's address and of all (`accept::Receiving`): from its first bytes until it is
+/// whole (the service decodes it then) or the body is dropped. A message that would pass a
+/// limit, or that waits longer than the limit for its next bytes, ends the body with an error
+/// the service answers (`RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`): no caller, whether it has a
+/// credential or not, makes the node keep more than the limits of messages it never finishes.
+#[derive(Debug)]
+pub struct ReceivedBody<B> {
+    inner: B,
+    /// `None` for a request that came on no counted connection (tests).
+    receiving: Option<super::accept::Receiving>,
+    framing: Framing,
+    /// Until when the message begun may wait for its next bytes.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Where a stream of gRPC messages (a flag byte, a four-byte length, the message) stands.
+#[derive(Debug, Default)]
+struct Framing {
+    /// Bytes of the current message's prefix read so far (0 to 5), and the prefix.
+    prefix: [u8; 5],
+    have: usize,
+    /// Bytes of the current message still to come, once its prefix is read.
+    left: usize,
+}
+
+impl Framing {
+    /// Reads `data`; gives how many of its bytes end messages (the rest belong to a message
+    /// not yet whole).
+    fn feed(&mut self, data: &[u8]) -> usize {
+        let mut at = 0;
+        let mut whole = 0;
+        while at < data.len() {
+            if self.have < 5 {
+                let take = (5 - self.have).min(data.len() - at);
+                if let (Some(to), Some(from)) = (
+                    self.prefix.get_mut(self.have..self.have + take),
+                    data.get(at..at + take),
+                ) {
+                    to.copy_from_slice(from);
+                }
+                self.have += take;
+                at += take;
+                if self.have == 5 {
+                    let [_, a, b, c, d] = self.prefix;
+                    self.left = u32::from_be_bytes([a, b, c, d]) as usize;
+                    if self.left == 0 {
+                        self.have = 0;
+                        whole = at;
+                    }
+                }
+                continue;
+            }
+            let take = self.left.min(data.len() - at);
+            self.left -= take;
+            at += take;
+            if self.left == 0 {
+                self.have = 0;
+                whole = at;
+            }
+        }
+        whole
+    }
+
+    /// A message has begun and is not whole.
+    fn within(&self) -> bool {
+        self.have > 0
+    }
+}
+
+/// Why a request body ended early.
+fn refusal(status: tonic::Status) -> tonic::codegen::StdError {
+    Box::new(status)
+}
+
+impl<B> Body for ReceivedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(receiving) = this.receiving.as_mut() else {
+            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        };
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Err(over) = receiving.hold(data.len()) {
+                        return Poll::Ready(Some(Err(refusal(tonic::Status::resource_exhausted(
+                            format!(
+                                "request messages being received hold `{}` = {} bytes:                                  send fewer large messages at once, or retry shortly",
+                                over.key, over.limit
+                            ),
+                        )))));
+                    }
+                    // The bytes that end messages are the service's to decode now; those of
+                    // a message begun are held until it is whole.
+                    let whole = this.framing.feed(data);
+                    if whole > 0 {
+                        let begun = data.len() - whole;
+                        receiving.release(receiving.held().saturating_sub(begun));
+                    }
+                    this.idle = if this.framing.within() {
+                        Some(Box::pin(tokio::time::sleep(receiving.timeout)))
+                    } else {
+                        None
+                    };
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if let Some(idle) = this.idle.as_mut()
+                    && idle.as_mut().poll(cx).is_ready()
+                {
+                    let secs = receiving.timeout.as_secs();
+                    return Poll::Ready(Some(Err(refusal(tonic::Status::deadline_exceeded(
+                        format!(
+                            "a request message waited more than {secs} s for its next bytes                              (`limits.request_idle_secs`); send each message whole"
+                        ),
+                    )))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -342,5 +493,46 @@ mod tests {
         assert!(next(&mut body).is_some_and(|f| f.is_data()));
         drop(body);
         assert_eq!(answers.total_held(), 0);
+    }
+
+    #[test]
+    fn the_framing_of_messages_tells_where_each_ends_however_the_bytes_are_cut() {
+        let message = |len: u32| {
+            let mut m = vec![0u8];
+            m.extend_from_slice(&len.to_be_bytes());
+            m.extend(std::iter::repeat_n(7u8, len as usize));
+            m
+        };
+        let mut stream = message(3);
+        stream.extend(message(0));
+        stream.extend(message(10));
+        // The ends: after 8 bytes, after 13, after 28; then a message begun.
+        stream.extend(&message(100)[..20]);
+        for cut in 1..stream.len() {
+            let mut framing = Framing::default();
+            let mut ends = Vec::new();
+            let mut at = 0;
+            for piece in stream.chunks(cut) {
+                let whole = framing.feed(piece);
+                if whole > 0 {
+                    ends.push(at + whole);
+                }
+                at += piece.len();
+            }
+            assert_eq!(ends.last(), Some(&28), "cut {cut}");
+            assert!(framing.within(), "cut {cut}");
+            // Twin: the same bytes with the last message whole end outside a message.
+            let mut framing = Framing::default();
+            let mut whole_stream = stream[..28].to_vec();
+            whole_stream.extend(message(100));
+            let mut last = 0;
+            for piece in whole_stream.chunks(cut) {
+                if framing.feed(piece) > 0 {
+                    last = 1;
+                }
+            }
+            assert_eq!(last, 1);
+            assert!(!framing.within(), "cut {cut}");
+        }
     }
 }

@@ -1401,3 +1401,126 @@ async fn disclosures_of_a_large_record_at_once_read_no_values() {
     );
     drop(server);
 }
+
+/// A request body that sends `frames` and then neither ends nor sends more.
+struct Unfinished(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Unfinished {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.0.pop_front() {
+            Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// A `PutRecord` without a credential whose message announces `announced` bytes and sends
+/// `sent` of them, never the rest: the status it ends with.
+async fn unfinished_put(
+    channel: tonic::transport::Channel,
+    announced: u32,
+    sent: usize,
+) -> tonic::Status {
+    use tower::ServiceExt;
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&announced.to_be_bytes());
+    let mut frames: std::collections::VecDeque<bytes::Bytes> = [bytes::Bytes::from(prefix)].into();
+    for _ in 0..sent / (1024 * 1024) {
+        frames.push_back(bytes::Bytes::from(vec![b'x'; 1024 * 1024]));
+    }
+    let request =
+        tonic::codegen::http::Request::post(format!("http://{}/kluis.v1.Vault/PutRecord", "kluis"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(Unfinished(frames)))
+            .unwrap();
+    let response = channel.oneshot(request).await.unwrap();
+    tonic::Status::from_header_map(response.headers()).expect("no status in the response's headers")
+}
+
+/// Request messages begun and never finished, even without a credential, were kept whole, as
+/// many as a connection's streams allow (an outside attack held 1.4 GB on one connection):
+/// now the bytes of messages being received count against the limits of their address and of
+/// all, and a message that waits longer than its limit for its next bytes ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_never_finished_are_held_within_the_limits_and_ended_when_idle() {
+    const MIB: usize = 1024 * 1024;
+    let server = TestServer::start_with_limits(RawLimits {
+        request_bytes_per_address: Some(16 * MIB + 64 * 1024),
+        request_bytes: Some(64 * MIB),
+        request_idle_secs: Some(2),
+        ..RawLimits::default()
+    })
+    .await;
+    let from = |ip: &str| {
+        Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .local_address(Some(ip.parse().unwrap()))
+    };
+    let attacker = from("127.0.0.2").connect().await.unwrap();
+    // Four messages of 8 MiB announced, 6 MiB of each sent: 24 MiB from one address.
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        calls.spawn(unfinished_put(attacker.clone(), 8 * 1024 * 1024, 6 * MIB));
+    }
+    // Another address is served meanwhile.
+    let other = from("127.0.0.3").connect().await.unwrap();
+    let token = server.token(Role::CustomerService).to_owned();
+    pb::vault_client::VaultClient::new(other)
+        .put_record(req(
+            &token,
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: SCOPED_SUBJECT.into(),
+                fields: vec![text("name", "identity", "J. Jansen")],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("another address was not served");
+    let (mut over, mut idle) = (0, 0);
+    while let Some(done) = tokio::time::timeout(Duration::from_secs(20), calls.join_next())
+        .await
+        .expect("a message never finished was kept past its idle limit")
+    {
+        let status = done.unwrap();
+        match status.code() {
+            Code::ResourceExhausted => {
+                assert!(
+                    status
+                        .message()
+                        .contains("`limits.request_bytes_per_address` = 16842752"),
+                    "{}",
+                    status.message()
+                );
+                over += 1;
+            }
+            Code::DeadlineExceeded => {
+                assert!(
+                    status.message().contains("`limits.request_idle_secs`"),
+                    "{}",
+                    status.message()
+                );
+                idle += 1;
+            }
+            other => panic!("{other:?}: {}", status.message()),
+        }
+    }
+    // 16 MiB hold two of the messages begun; the others are refused at once.
+    assert_eq!(
+        (over, idle),
+        (2, 2),
+        "refused for the bytes, ended when idle"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // What they held is let go: the address sends a message again.
+    let status = unfinished_put(attacker, 8 * 1024 * 1024, 6 * MIB).await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
