@@ -15,6 +15,7 @@ use crate::{
     vault::{
         FieldInfo, RecordMeta, Vault, VaultError,
         evidence::{Download, Upload},
+        places::CallerKey,
     },
 };
 
@@ -53,27 +54,50 @@ pub const MAX_EVIDENCE_CHUNK: usize = 1024 * 1024;
 const EVIDENCE_IDLE: Duration = Duration::from_secs(30);
 
 /// An upload in progress in a handler: when the handler ends without finishing it (an error, a
-/// timeout, the client gone), the upload is dropped, and so discarded, on a blocking thread.
-struct UploadGuard(Option<Upload>);
+/// timeout, the client gone), the upload is dropped, and so discarded, on a blocking thread,
+/// under a place among the calls running (`discard`): thousands of uploads abandoned at once
+/// wait their turn instead of taking a thread each.
+struct UploadGuard {
+    upload: Option<Upload>,
+    vault: Arc<Vault>,
+    key: CallerKey,
+}
 
 impl Drop for UploadGuard {
     fn drop(&mut self) {
-        if let Some(upload) = self.0.take() {
-            tokio::task::spawn_blocking(move || drop(upload));
+        if let Some(upload) = self.upload.take() {
+            discard(Arc::clone(&self.vault), self.key, upload);
         }
     }
 }
 
+/// Drops (and so discards) `upload` on a blocking thread once the caller `key` has a place among
+/// the calls running; at once when the node is stopping.
+fn discard(vault: Arc<Vault>, key: CallerKey, upload: Upload) {
+    tokio::spawn(async move {
+        let place = super::take_place(&vault, key).await.ok();
+        tokio::task::spawn_blocking(move || {
+            let _place = place;
+            drop(upload);
+        });
+    });
+}
+
 /// A chunk being written on a blocking thread. Dropped before the write is awaited (the handler
 /// ended early), it hands the upload, once written, to a blocking thread to be discarded.
-struct WriteGuard(Option<tokio::task::JoinHandle<Result<Upload, VaultError>>>);
+struct WriteGuard {
+    task: Option<tokio::task::JoinHandle<Result<Upload, VaultError>>>,
+    vault: Arc<Vault>,
+    key: CallerKey,
+}
 
 impl Drop for WriteGuard {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
+        if let Some(task) = self.task.take() {
+            let (vault, key) = (Arc::clone(&self.vault), self.key);
             tokio::spawn(async move {
                 if let Ok(Ok(upload)) = task.await {
-                    tokio::task::spawn_blocking(move || drop(upload));
+                    discard(vault, key, upload);
                 }
             });
         }
@@ -181,8 +205,16 @@ impl VaultRpc for VaultApi {
         // Each chunk is sealed and stored on a blocking thread while the client's next message is
         // read; the message after that is read only when the store has taken the chunk
         // (back-pressure: at most two chunks are held), and no thread waits for a client.
-        let mut upload = UploadGuard(Some(upload));
-        let mut writing = WriteGuard(None);
+        let mut upload = UploadGuard {
+            upload: Some(upload),
+            vault: Arc::clone(&self.vault.vault),
+            key,
+        };
+        let mut writing = WriteGuard {
+            task: None,
+            vault: Arc::clone(&self.vault.vault),
+            key,
+        };
         loop {
             let message = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
                 .await
@@ -191,9 +223,9 @@ impl VaultRpc for VaultApi {
                         "no data for 30 s; the upload was discarded, send it again",
                     )
                 })??;
-            if let Some(task) = writing.0.take() {
+            if let Some(task) = writing.task.take() {
                 // On an error the upload was dropped on the blocking thread, which discards it.
-                upload.0 = Some(
+                upload.upload = Some(
                     task.await
                         .map_err(|e| {
                             tracing::error!(error = %e, "request task failed");
@@ -204,7 +236,7 @@ impl VaultRpc for VaultApi {
             }
             match message {
                 None => {
-                    let Some(u) = upload.0.take() else {
+                    let Some(u) = upload.upload.take() else {
                         return Err(Status::internal("internal error"));
                     };
                     let receipt = blocking(&self.vault.vault, key, move || u.finish()).await?;
@@ -224,10 +256,14 @@ impl VaultRpc for VaultApi {
                             "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes"
                         )));
                     }
-                    let Some(mut u) = upload.0.take() else {
+                    // Each chunk is sealed and stored under a place among the calls running,
+                    // as every call's blocking work is: a flood of uploads waits its turn.
+                    let place = super::take_place(&self.vault.vault, key).await?;
+                    let Some(mut u) = upload.upload.take() else {
                         return Err(Status::internal("internal error"));
                     };
-                    writing.0 = Some(tokio::task::spawn_blocking(move || {
+                    writing.task = Some(tokio::task::spawn_blocking(move || {
+                        let _place = place;
                         u.write(&data)?;
                         Ok(u)
                     }));

@@ -324,6 +324,23 @@ impl Unread {
     }
 }
 
+/// Counts `n` bytes against an address's counter and the one of all, or says which limit that
+/// would pass (and counts none on either).
+fn hold_both([address, total]: &[Arc<Unread>; 2], n: usize) -> Result<(), Overfull> {
+    for (i, counter) in [address, total].into_iter().enumerate() {
+        if !counter.hold(n) {
+            if i == 1 {
+                address.release(n);
+            }
+            return Err(Overfull {
+                key: counter.key,
+                limit: counter.limit,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A response refused because the responses waiting for their clients would pass a limit.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub(crate) struct Overfull {
@@ -495,18 +512,7 @@ pub(crate) struct Receiving {
 impl Receiving {
     /// Counts `n` more bytes, or says which limit that would pass (and counts none).
     pub(crate) fn hold(&mut self, n: usize) -> Result<(), Overfull> {
-        let [address, total] = &self.counters;
-        for (i, counter) in [address, total].into_iter().enumerate() {
-            if !counter.hold(n) {
-                if i == 1 {
-                    address.release(n);
-                }
-                return Err(Overfull {
-                    key: counter.key,
-                    limit: counter.limit,
-                });
-            }
-        }
+        hold_both(&self.counters, n)?;
         self.held += n;
         Ok(())
     }
@@ -546,18 +552,7 @@ impl Running {
     /// Counts `n` bytes of the response as waiting for the client, or says which limit that
     /// would pass.
     pub(crate) fn hold(&self, n: usize) -> Result<(), Overfull> {
-        let [address, total] = &self.0.activity.unread;
-        for (i, unread) in [address, total].into_iter().enumerate() {
-            if !unread.hold(n) {
-                if i == 1 {
-                    address.release(n);
-                }
-                return Err(Overfull {
-                    key: unread.key,
-                    limit: unread.limit,
-                });
-            }
-        }
+        hold_both(&self.0.activity.unread, n)?;
         self.0.held.fetch_add(n, Ordering::SeqCst);
         Ok(())
     }

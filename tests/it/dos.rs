@@ -1524,3 +1524,115 @@ async fn messages_never_finished_are_held_within_the_limits_and_ended_when_idle(
     let status = unfinished_put(attacker, 8 * 1024 * 1024, 6 * MIB).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
+
+/// One credential opens many evidence uploads, sends a chunk of each and drops them all at
+/// once. Each chunk is stored, and each abandoned upload discarded, under one of
+/// `limits.max_calls_running` places: the uploads wait their turn instead of taking a blocking
+/// thread each (an outside attack: 6000 abandoned uploads took the pool's 512 threads and kept
+/// other callers waiting 7–10 s), and another caller is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
+    use tokio_stream::StreamExt as _;
+    const UPLOADS: usize = 1500;
+    let tmp = crate::common::private_tempdir();
+    let (server, addr) = serve_dev_with_limits(tmp.path(), "max_calls_running = 8\n");
+    let pid = server.0.id();
+    let officer = dev_token(tmp.path(), "nuisance-officer");
+    let other = dev_token(tmp.path(), "customer-service");
+    let channel = || async move {
+        Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        channels.push(channel().await);
+    }
+    // What the server runs once it has served a few calls at once.
+    let mut warm = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let c = channels[i % channels.len()].clone();
+        let request = req(
+            &other,
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: SCOPED_SUBJECT.into(),
+                fields: vec![text("name", "identity", "J. Jansen")],
+                ..Default::default()
+            },
+        );
+        warm.spawn(async move {
+            pb::vault_client::VaultClient::new(c)
+                .put_record(request)
+                .await
+        });
+    }
+    while let Some(done) = warm.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let threads_before = proc_status(pid, "Threads");
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = std::sync::Arc::clone(&watching);
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(proc_status(pid, "Threads"));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        })
+    };
+    let mut uploads = tokio::task::JoinSet::new();
+    for i in 0..UPLOADS {
+        let chunks = tokio_stream::iter(vec![
+            crate::common::evidence_start(
+                crate::common::nuisance_ctx(),
+                &format!("REL-{:04}", 500 + i),
+                "",
+                "recording",
+                "video/mp4",
+                "hallway.mp4",
+            ),
+            pb::EvidenceChunk {
+                part: Some(pb::evidence_chunk::Part::Data(vec![7u8; 64 * 1024].into())),
+            },
+        ])
+        .chain(tokio_stream::pending());
+        let request = req(&officer, chunks);
+        let c = channels[i % channels.len()].clone();
+        uploads.spawn(async move {
+            pb::vault_client::VaultClient::new(c)
+                .put_evidence(request)
+                .await
+        });
+    }
+    // The uploads begin and take their chunks; then the client drops them all.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    uploads.abort_all();
+    while uploads.join_next().await.is_some() {}
+    // Another caller is served while they are discarded.
+    let served = pb::vault_client::VaultClient::new(channel().await)
+        .put_record(req(
+            &other,
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: SCOPED_SUBJECT.into(),
+                fields: vec![text("name", "identity", "J. Jansen")],
+                ..Default::default()
+            },
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let most_threads = watcher.join().unwrap();
+    eprintln!("FIG uploads: threads {most_threads}, before {threads_before}");
+    served.expect("another caller was not served");
+    assert!(
+        most_threads <= threads_before + 8 + 8,
+        "{most_threads} threads while the uploads ran and were discarded, {threads_before} before"
+    );
+    drop(server);
+}
