@@ -222,6 +222,10 @@ pub struct RawLimits {
     pub max_exports: Option<usize>,
     /// Subject exports, audit exports and backups running at once per caller.
     pub max_exports_per_caller: Option<usize>,
+    /// Evidence uploads open at once, in all.
+    pub max_uploads: Option<usize>,
+    /// Evidence uploads open at once per caller.
+    pub max_uploads_per_caller: Option<usize>,
     /// Seconds a response may wait for its client to take any of it before the connection is
     /// closed.
     pub unread_response_secs: Option<u64>,
@@ -526,6 +530,12 @@ impl RawConfig {
                 "max_exports_per_caller",
                 l.max_exports_per_caller,
                 &mut streams.max_exports_per_caller,
+            );
+            count("max_uploads", l.max_uploads, &mut streams.max_uploads);
+            count(
+                "max_uploads_per_caller",
+                l.max_uploads_per_caller,
+                &mut streams.max_uploads_per_caller,
             );
             let mut secs = |key: &str,
                             value: Option<u64>,

@@ -1,5 +1,5 @@
-//! Server streams: the one way every streaming call sends (`Streams::channel`), and the caps on
-//! exports and backups (`Streams::admit`).
+//! Server streams: the one way every streaming call sends (`Streams::channel`), the caps on
+//! exports and backups (`Streams::admit`) and on evidence uploads open (`Streams::admit_upload`).
 //!
 //! A client that stops reading (its HTTP/2 window at zero) fills the stream's channel; the
 //! producer then waits at most `idle` for room, and otherwise stops: the blocking thread it ran
@@ -7,7 +7,8 @@
 //! reading, never as if it were complete.
 //!
 //! Invariant: no send of a server stream waits longer than `StreamLimits::idle`.
-//! Invariant: an export, audit export or backup runs only while it holds an `ExportPermit`.
+//! Invariant: an export, audit export or backup runs only while it holds an `ExportPermit` of
+//! the exports, and an upload is begun and received only while it holds one of the uploads.
 
 use std::{
     collections::HashMap,
@@ -34,6 +35,10 @@ pub struct StreamLimits {
     pub max_exports: usize,
     /// Exports, audit exports and backups running at once for one caller (principal).
     pub max_exports_per_caller: usize,
+    /// Evidence uploads open at once, in all.
+    pub max_uploads: usize,
+    /// Evidence uploads open at once for one caller (principal).
+    pub max_uploads_per_caller: usize,
 }
 
 impl Default for StreamLimits {
@@ -42,6 +47,8 @@ impl Default for StreamLimits {
             idle: Duration::from_secs(30),
             max_exports: 64,
             max_exports_per_caller: 4,
+            max_uploads: 256,
+            max_uploads_per_caller: 16,
         }
     }
 }
@@ -51,6 +58,7 @@ impl Default for StreamLimits {
 pub struct Streams {
     limits: StreamLimits,
     running: Mutex<Running>,
+    uploads: Mutex<Running>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +76,7 @@ impl Streams {
         Self {
             limits,
             running: Mutex::default(),
+            uploads: Mutex::default(),
         }
     }
 
@@ -119,24 +128,62 @@ impl Streams {
         Ok(ExportPermit {
             streams: Arc::clone(self),
             caller: caller.as_str().to_owned(),
+            upload: false,
+        })
+    }
+
+    /// A place for one evidence upload of `caller`, or `RESOURCE_EXHAUSTED` naming the cap
+    /// that is reached.
+    pub(crate) fn admit_upload(
+        self: &Arc<Self>,
+        caller: &PrincipalId,
+    ) -> Result<ExportPermit, Status> {
+        let mut open = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if open.total >= self.limits.max_uploads {
+            return Err(Status::resource_exhausted(format!(
+                "{} evidence uploads are open (`limits.max_uploads`); retry when one finishes",
+                self.limits.max_uploads
+            )));
+        }
+        let mine = open
+            .per_caller
+            .entry(caller.as_str().to_owned())
+            .or_insert(0);
+        if *mine >= self.limits.max_uploads_per_caller {
+            return Err(Status::resource_exhausted(format!(
+                "this caller already has {} evidence uploads open \
+                 (`limits.max_uploads_per_caller`); finish or cancel one first",
+                self.limits.max_uploads_per_caller
+            )));
+        }
+        *mine += 1;
+        open.total += 1;
+        Ok(ExportPermit {
+            streams: Arc::clone(self),
+            caller: caller.as_str().to_owned(),
+            upload: true,
         })
     }
 }
 
-/// One running export or backup; its place is given back when it is dropped.
+/// One running export or backup, or one open upload; its place is given back when it is
+/// dropped.
 #[derive(Debug)]
 pub(crate) struct ExportPermit {
     streams: Arc<Streams>,
     caller: String,
+    /// Of the uploads, not of the exports.
+    upload: bool,
 }
 
 impl Drop for ExportPermit {
     fn drop(&mut self) {
-        let mut running = self
-            .streams
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let places = if self.upload {
+            &self.streams.uploads
+        } else {
+            &self.streams.running
+        };
+        let mut running = places.lock().unwrap_or_else(|p| p.into_inner());
         running.total = running.total.saturating_sub(1);
         if let Some(n) = running.per_caller.get_mut(&self.caller) {
             *n = n.saturating_sub(1);
@@ -232,6 +279,8 @@ mod tests {
             idle: Duration::from_millis(50),
             max_exports: total,
             max_exports_per_caller: per,
+            max_uploads: total,
+            max_uploads_per_caller: per,
         }))
     }
 
@@ -265,6 +314,27 @@ mod tests {
                 .message()
                 .contains("retry when a running export finishes")
         );
+    }
+
+    #[test]
+    fn uploads_have_caps_of_their_own_and_give_their_places_back() {
+        let s = streams(2, 1);
+        let upload = s.admit_upload(&caller("a")).unwrap();
+        let refused = s.admit_upload(&caller("a")).unwrap_err();
+        assert!(
+            refused
+                .message()
+                .contains("`limits.max_uploads_per_caller`"),
+            "{}",
+            refused.message()
+        );
+        // An export of the same caller is counted apart.
+        let _export = s.admit(&caller("a")).unwrap();
+        let _other = s.admit_upload(&caller("b")).unwrap();
+        let refused = s.admit_upload(&caller("c")).unwrap_err();
+        assert!(refused.message().contains("`limits.max_uploads`"));
+        drop(upload);
+        let _again = s.admit_upload(&caller("a")).unwrap();
     }
 
     #[tokio::test]

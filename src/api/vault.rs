@@ -195,11 +195,18 @@ impl VaultRpc for VaultApi {
             ));
         };
         let vault = Arc::clone(&self.vault.vault);
-        let upload = blocking(&self.vault.vault, key, move || {
+        let streams = Arc::clone(&self.streams);
+        let (upload, _open) = blocking(&self.vault.vault, key, move || {
             let principal = identity.authenticate(&vault, &creds)?;
+            // One of the caller's places among the uploads open, held while this one is.
+            let open = streams
+                .admit_upload(&principal.id)
+                .map_err(|s| VaultError::Exhausted(s.message().to_owned()))?;
             let ctx = convert::context(start.context.clone(), vault.channels())?;
             let start = convert::evidence_start(start)?;
-            vault.begin_evidence(&principal, &ctx, start)
+            vault
+                .begin_evidence(&principal, &ctx, start)
+                .map(|upload| (upload, open))
         })
         .await?;
         // Each chunk is sealed and stored on a blocking thread while the client's next message is

@@ -1636,3 +1636,86 @@ async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
     );
     drop(server);
 }
+
+/// An evidence upload begun and left open holds one of its caller's places among the uploads
+/// open (`limits.max_uploads_per_caller`): past them the next is refused at once, saying which
+/// limit and what to do, another caller still begins one, and a dropped upload gives its place
+/// back (an outside attack held 6000 open uploads, 695 MB, under one token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_keeps_at_most_its_share_of_open_uploads() {
+    use tokio_stream::StreamExt as _;
+    let server = TestServer::start_with_limits(RawLimits {
+        max_uploads_per_caller: Some(4),
+        ..RawLimits::default()
+    })
+    .await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let privacy = server.token(Role::PrivacyOfficer).to_owned();
+    let open = |token: String, n: usize| {
+        let chunks = tokio_stream::iter(vec![crate::common::evidence_start(
+            crate::common::nuisance_ctx(),
+            &format!("REL-{:04}", 700 + n),
+            "",
+            "recording",
+            "video/mp4",
+            "hallway.mp4",
+        )])
+        .chain(tokio_stream::pending());
+        let request = req(&token, chunks);
+        let addr = server.addr;
+        async move {
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            pb::vault_client::VaultClient::new(channel)
+                .put_evidence(request)
+                .await
+        }
+    };
+    let mut held = Vec::new();
+    for n in 0..4 {
+        let mut upload = Box::pin(open(officer.clone(), n));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut upload)
+                .await
+                .is_err(),
+            "upload {n} of the caller's four ended"
+        );
+        held.push(upload);
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(5), open(officer.clone(), 4))
+        .await
+        .expect("a fifth open upload was neither refused nor ended")
+        .expect_err("a fifth open upload was begun");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("`limits.max_uploads_per_caller`")
+            && refused.message().contains("finish or cancel one first"),
+        "{}",
+        refused.message()
+    );
+    // Another caller has places of its own: its upload is begun (not merely refused later).
+    let not_nuisance = tokio::time::timeout(Duration::from_millis(500), open(privacy, 5)).await;
+    if let Ok(Err(status)) = &not_nuisance {
+        assert_ne!(status.code(), Code::ResourceExhausted, "{status:?}");
+    }
+    // A dropped upload gives its place back once its handler sees the client gone.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut upload = Box::pin(open(officer.clone(), 6));
+        match tokio::time::timeout(Duration::from_millis(200), &mut upload).await {
+            Err(_) => {
+                again = Some(upload);
+                break;
+            }
+            Ok(Err(status)) if status.code() == Code::ResourceExhausted => {}
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(again.is_some(), "a dropped upload kept its place");
+}
