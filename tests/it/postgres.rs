@@ -151,7 +151,14 @@ fn tls_to_the_database_is_verified_and_never_falls_back_to_plaintext() {
     let tmp = tempfile::tempdir().unwrap();
     let [ca, cert, key] = make_certs(tmp.path(), "right");
     let [other_ca, _, _] = make_certs(tmp.path(), "other");
-    let port = 20_000 + u16::try_from(std::process::id() % 20_000).unwrap();
+    // A port nothing listens on now: one the system hands out for the asking (a port derived
+    // from the process id could be another test's ephemeral port, and the server fail to
+    // start).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     cluster.listen_tcp(port, Some((&cert, &key)));
     let url = |ca: &std::path::Path| {
         format!(
