@@ -1698,7 +1698,8 @@ async fn a_caller_keeps_at_most_its_share_of_open_uploads() {
         "{}",
         refused.message()
     );
-    // Another caller has places of its own: its upload is begun (not merely refused later).
+    // Another caller has places of its own: whatever else its upload meets (this role may not
+    // upload nuisance evidence), it is not refused for the first caller's share.
     let not_nuisance = tokio::time::timeout(Duration::from_millis(500), open(privacy, 5)).await;
     if let Ok(Err(status)) = &not_nuisance {
         assert_ne!(status.code(), Code::ResourceExhausted, "{status:?}");
