@@ -1058,6 +1058,16 @@ pub trait RecordStore: Send + Sync {
         subject: &str,
     ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
 
+    /// Up to `limit` records of a subject with their field metadata, in `subject_records`' order
+    /// (oldest first), after `after` (the (creation time, id) of the last record of the previous
+    /// page), read in one snapshot.
+    fn subject_records_page(
+        &self,
+        subject: &str,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError>;
+
     /// Closes an open record: sets its closing time and the expiry that follows from it.
     /// Returns false when there is no open record of that id (closed or deleted meanwhile).
     fn close_record(

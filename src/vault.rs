@@ -290,6 +290,100 @@ pub struct FieldInfo {
     pub evidence: Option<crate::store::EvidenceMeta>,
 }
 
+/// Records as listed: each with the fields the caller may know of.
+pub type Listed = Vec<(RecordMeta, Vec<FieldInfo>)>;
+
+/// Which page of a subject's records `list_records` examines: at most `size` of them, oldest
+/// first, after `after`. A page costs the same whatever the subject has beyond it, so a subject
+/// with thousands of records (seen or not) is listed in calls of bounded work.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct ListPage {
+    /// The record the page before ended with; `None` for the first page.
+    pub after: Option<ListCursor>,
+    /// Records examined, 1 to [`ListPage::MAX_SIZE`].
+    pub size: usize,
+}
+
+/// Where a listing goes on: after the record of this creation time and id (the order in which
+/// a subject's records are listed).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct ListCursor {
+    created_at: i64,
+    record_id: String,
+}
+
+impl ListPage {
+    /// Records a page examines when the request names no size.
+    pub const DEFAULT_SIZE: usize = 100;
+    /// Most records a page examines.
+    pub const MAX_SIZE: usize = 1000;
+
+    /// The page a request asks for: `size` (0 for the default) and `token` (empty for the
+    /// first page, else a `next_page_token` as it was given).
+    pub fn parse(size: u32, token: &str) -> Result<Self, InputError> {
+        let size = match usize::try_from(size).unwrap_or(usize::MAX) {
+            0 => Self::DEFAULT_SIZE,
+            n if n > Self::MAX_SIZE => {
+                return Err(InputError::new(
+                    "page_size",
+                    format!(
+                        "at most {} records a page; follow `next_page_token` for the rest",
+                        Self::MAX_SIZE
+                    ),
+                ));
+            }
+            n => n,
+        };
+        let after = if token.is_empty() {
+            None
+        } else {
+            Some(ListCursor::parse(token)?)
+        };
+        Ok(Self { after, size })
+    }
+}
+
+impl ListCursor {
+    const PREFIX: &'static str = "p1.";
+
+    fn parse(token: &str) -> Result<Self, InputError> {
+        let bad = || {
+            InputError::new(
+                "page_token",
+                "not a page token of kluis: pass `next_page_token` of the page before as it \
+                 was given, or leave it empty for the first page",
+            )
+        };
+        let rest = token.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
+        let (at, id) = rest.split_once('.').ok_or_else(bad)?;
+        // One spelling of the number: digits with no sign or leading zero (but `0` itself).
+        if at.is_empty()
+            || !at.bytes().all(|b| b.is_ascii_digit())
+            || (at.len() > 1 && at.starts_with('0'))
+        {
+            return Err(bad());
+        }
+        let created_at = at.parse::<i64>().map_err(|_| bad())?;
+        let record_id = RecordId::parse("page_token", id).map_err(|_| bad())?;
+        Ok(Self {
+            created_at,
+            record_id: record_id.as_str().to_owned(),
+        })
+    }
+
+    fn of(record: &RecordRow) -> Self {
+        Self {
+            created_at: record.created_at,
+            record_id: record.id.clone(),
+        }
+    }
+
+    /// The token that names this place, for `next_page_token`.
+    pub fn token(&self) -> String {
+        format!("{}{}.{}", Self::PREFIX, self.created_at, self.record_id)
+    }
+}
+
 /// Retention per purpose.
 #[derive(Clone, Debug)]
 pub struct RetentionTable(BTreeMap<Purpose, Retention>);
@@ -1248,21 +1342,38 @@ impl Vault {
         }
     }
 
-    /// Lists the records of `subject` the caller may know about, with only the fields the policy
-    /// lets them know of. Metadata only: nothing is decrypted.
+    /// Lists the records of `subject` the caller may know about among one page of them, with
+    /// only the fields the policy lets them know of, and where the next page starts when there
+    /// is one. Metadata only: nothing is decrypted.
     pub fn list_records(
         &self,
         principal: &Principal,
         ctx: &AccessContext,
         subject: &SubjectId,
-    ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
-        let records = self.store.subject_records(subject.as_str())?;
+        page: &ListPage,
+    ) -> Result<(Listed, Option<ListCursor>), VaultError> {
+        let after = page
+            .after
+            .as_ref()
+            .map(|c| (c.created_at, c.record_id.as_str()));
+        // One more than the page, to tell whether another follows.
+        let mut records = self.store.subject_records_page(
+            subject.as_str(),
+            after,
+            page.size.saturating_add(1),
+        )?;
+        let next = if records.len() > page.size {
+            records.truncate(page.size);
+            records.last().map(|(r, _)| ListCursor::of(r))
+        } else {
+            None
+        };
         let out = self.visible_metadata(principal, ctx, records, None)?;
         let mut event = self.event(principal, ctx, "list", Some(subject), None);
         event.decision = if out.is_empty() { "deny" } else { "allow" }.into();
         event.reason = Some(format!("{} record(s) listed", out.len()));
         self.audit.append(&event)?;
-        Ok(out)
+        Ok((out, next))
     }
 
     /// The metadata of `records` the caller may know of: each record with the fields the policy

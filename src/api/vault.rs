@@ -13,7 +13,7 @@ use crate::{
     identity::Identity,
     pb::{self, vault_server::Vault as VaultRpc},
     vault::{
-        FieldInfo, RecordMeta, Vault, VaultError,
+        FieldInfo, ListPage, RecordMeta, Vault, VaultError,
         evidence::{Download, Upload},
         places::CallerKey,
     },
@@ -568,9 +568,11 @@ impl VaultRpc for VaultApi {
         run(&self.vault, request, |vault, principal, req| {
             let ctx = convert::context(req.context, vault.channels())?;
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;
-            let records = vault.list_records(principal, &ctx, &subject)?;
+            let page = ListPage::parse(req.page_size, &req.page_token)?;
+            let (records, next) = vault.list_records(principal, &ctx, &subject, &page)?;
             Ok(pb::ListRecordsResponse {
                 records: records.into_iter().map(record_info).collect(),
+                next_page_token: next.map(|c| c.token()).unwrap_or_default(),
             })
         })
         .await

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use crate::domain::{Category, ConsentState, FieldKind, Purpose, RecipientKind, RequestKind};
 
 use super::{
-    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, FieldRow, FieldsMac, HoldRow,
-    KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RecordWrite, RequestRow,
+    AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, FieldMeta, FieldRow, FieldsMac,
+    HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RecordWrite, RequestRow,
     RestrictionRow, Store, StoreError, SubjectKeyRow, TagRow, TokenRow,
 };
 
@@ -700,6 +700,44 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
     store
         .insert_record(&record("rec_s3"), &[field("email", "a", Vec::new())])
         .unwrap();
+    // A subject's records a page at a time: as `subject_records` lists them, in its order (the
+    // id breaks a tie of creation times), each page after the last (creation time, id) given.
+    let all = store.subject_records("rel-s").unwrap();
+    let ids = |page: &[(RecordRow, Vec<FieldMeta>)]| {
+        page.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&all), ["rec_s1", "rec_s2", "rec_s3"]);
+    let first = store.subject_records_page("rel-s", None, 2).unwrap();
+    assert_eq!(first, all[..2]);
+    let last = &first[1].0;
+    let rest = store
+        .subject_records_page("rel-s", Some((last.created_at, &last.id)), 2)
+        .unwrap();
+    assert_eq!(rest, all[2..]);
+    let after_all = Some((last.created_at + 1, ""));
+    assert!(
+        store
+            .subject_records_page("rel-s", after_all, 2)
+            .unwrap()
+            .is_empty()
+    );
+    let before_all = Some((last.created_at - 1, "zzz"));
+    assert_eq!(
+        store.subject_records_page("rel-s", before_all, 9).unwrap(),
+        all
+    );
+    assert!(
+        store
+            .subject_records_page("rel-none", None, 9)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .subject_records_page("rel-s", None, 0)
+            .unwrap()
+            .is_empty()
+    );
     // Several read together: each as `record` gives it (all its fields), in the order asked,
     // as often as asked, the missing left out.
     let one = |id: &str| store.record(id).unwrap().unwrap();

@@ -397,6 +397,7 @@ async fn a_denied_write_stores_nothing() {
             pb::ListRecordsRequest {
                 context: ctx("contract", "", "subject access request"),
                 subject_id: "REL-0300".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -425,6 +426,7 @@ async fn list_records_shows_metadata_the_caller_may_know_and_no_values() {
             pb::ListRecordsRequest {
                 context: ctx(purpose, "", ""),
                 subject_id: "REL-0200".into(),
+                ..Default::default()
             },
         )
     };
@@ -455,6 +457,127 @@ async fn list_records_shows_metadata_the_caller_may_know_and_no_values() {
             "{secret} leaked into a listing"
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_records_examines_one_bounded_page_a_call_whatever_the_subject_has() {
+    let server = TestServer::start().await;
+    // Three records a nuisance officer may list among 60 they may not know of (contract data).
+    let mut visible = Vec::new();
+    for n in 0..63 {
+        if n % 21 == 0 {
+            visible.push(
+                put(
+                    &server,
+                    Role::NuisanceOfficer,
+                    nuisance_ctx(),
+                    "REL-PAGES",
+                    vec![text("phone", "contact", PHONE)],
+                )
+                .await,
+            );
+        } else {
+            put(
+                &server,
+                Role::CustomerService,
+                ctx("contract", "", ""),
+                "REL-PAGES",
+                vec![text("name", "identity", "J. de Vries")],
+            )
+            .await;
+        }
+    }
+    let mut client = server.client().await;
+    let page = |size: u32, page_token: &str| {
+        req(
+            server.token(Role::NuisanceOfficer),
+            pb::ListRecordsRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-PAGES".into(),
+                page_size: size,
+                page_token: page_token.into(),
+            },
+        )
+    };
+    // Pages of 10: every call examines ten records, so 63 take seven calls, most of which list
+    // nothing the caller may know of and still say where to go on.
+    let (mut listed, mut calls, mut empty_pages_going_on) = (Vec::new(), 0, 0);
+    let mut token = String::new();
+    loop {
+        let got = client
+            .list_records(page(10, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        calls += 1;
+        assert!(got.records.len() <= 10);
+        if got.records.is_empty() && !got.next_page_token.is_empty() {
+            empty_pages_going_on += 1;
+        }
+        listed.extend(got.records.into_iter().map(|r| r.record_id));
+        if got.next_page_token.is_empty() {
+            break;
+        }
+        token = got.next_page_token;
+    }
+    assert_eq!(calls, 7);
+    assert!(empty_pages_going_on >= 3, "{empty_pages_going_on}");
+    let (mut got, mut want) = (listed.clone(), visible.clone());
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "each record listed once, none missing");
+    // One page of all: no token; the default page (100) holds them too.
+    for size in [0, 63, 1000] {
+        let all = client
+            .list_records(page(size, ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.records.len(), 3);
+        assert!(all.next_page_token.is_empty(), "size {size}");
+    }
+    // A page ends where the records go on, whoever asks.
+    let first = client.list_records(page(3, "")).await.unwrap().into_inner();
+    assert!(!first.next_page_token.is_empty());
+
+    // A page too large, or a token kluis did not give: refused, naming the field.
+    let status = client.list_records(page(1001, "")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("page_size") && status.message().contains("1000"));
+    let good = client
+        .list_records(page(10, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
+    let (at, id) = good.strip_prefix("p1.").unwrap().split_once('.').unwrap();
+    for bad in [
+        "x".to_owned(),
+        format!("p2.{at}.{id}"),
+        format!("p1.0{at}.{id}"),
+        format!("p1.+{at}.{id}"),
+        format!("p1.-{at}.{id}"),
+        format!("p1.{at}.{}", id.to_uppercase()),
+        format!("p1.{at}.{id}x"),
+        format!("p1.{at}"),
+        format!("p1.99999999999999999999.{id}"),
+        format!("p1.{at}.{id}\0"),
+    ] {
+        let status = client.list_records(page(10, &bad)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
+        assert!(
+            status.message().contains("page_token"),
+            "{bad}: {}",
+            status.message()
+        );
+    }
+    // Every page given is on the trail, as a listing; the refused ones never reached the vault.
+    let lists = audit_entries(&server)
+        .into_iter()
+        .filter(|e| e["action"] == "list" && e["subject"] == "REL-PAGES")
+        .count();
+    assert_eq!(lists, 7 + 3 + 1 + 1);
     server.stop().await;
 }
 

@@ -387,6 +387,7 @@ async fn reads_fail_closed_when_the_trail_cannot_be_written() {
             pb::ListRecordsRequest {
                 context: nuisance_ctx(),
                 subject_id: "REL-1002".into(),
+                ..Default::default()
             },
         ))
         .await

@@ -637,25 +637,36 @@ pub async fn approve(server: &TestServer, token_id: &str) {
         .unwrap();
 }
 
-/// `ListRecords` of `subject` with `token` in `context`: the records answered.
+/// `ListRecords` of `subject` with `token` in `context`, page after page: the records of all
+/// pages.
 pub async fn list_records(
     server: &TestServer,
     token: &str,
     context: Option<pb::AccessContext>,
     subject: &str,
 ) -> Result<Vec<pb::RecordInfo>, tonic::Status> {
-    server
-        .client()
-        .await
-        .list_records(req(
-            token,
-            pb::ListRecordsRequest {
-                context,
-                subject_id: subject.into(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().records)
+    let mut client = server.client().await;
+    let mut records = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_records(req(
+                token,
+                pb::ListRecordsRequest {
+                    context: context.clone(),
+                    subject_id: subject.into(),
+                    page_size: 0,
+                    page_token,
+                },
+            ))
+            .await?
+            .into_inner();
+        records.extend(page.records);
+        if page.next_page_token.is_empty() {
+            return Ok(records);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// `ExportSubject` of `subject` with `token` in `context`: every line, parsed.

@@ -296,6 +296,7 @@ async fn list(
             pb::ListRecordsRequest {
                 context,
                 subject_id: subject.into(),
+                ..Default::default()
             },
         ))
         .await?
@@ -502,6 +503,7 @@ async fn evidence_of(server: &TestServer, record_id: &str) -> String {
             pb::ListRecordsRequest {
                 context: nuisance_ctx(),
                 subject_id: rec.subject_id,
+                ..Default::default()
             },
         ))
         .await

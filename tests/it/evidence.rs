@@ -66,6 +66,7 @@ async fn files_round_trip_at_every_segment_boundary() {
             pb::ListRecordsRequest {
                 context: nuisance_ctx(),
                 subject_id: "REL-EV".into(),
+                ..Default::default()
             },
         ))
         .await

@@ -43,6 +43,7 @@ async fn stored_records(server: &TestServer, subject: &str) -> usize {
             pb::ListRecordsRequest {
                 context: ctx("nuisance", "", ""),
                 subject_id: subject.into(),
+                ..Default::default()
             },
         ))
         .await
@@ -583,6 +584,7 @@ async fn a_table_of_hostile_requests_gets_the_documented_status_and_stores_nothi
             pb::ListRecordsRequest {
                 context: ctx("nuisance", "", ""),
                 subject_id: "REL-SQL".into(),
+                ..Default::default()
             },
         ))
         .await

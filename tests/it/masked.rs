@@ -214,6 +214,7 @@ async fn the_whole_value_reaches_customer_service_through_no_other_door() {
             pb::ListRecordsRequest {
                 context: ctx("contract", "", ""),
                 subject_id: SUBJECT.into(),
+                ..Default::default()
             },
         ))
         .await

@@ -192,6 +192,7 @@ async fn record_rows_edited_by_hand_are_not_obeyed() {
             pb::ListRecordsRequest {
                 context: nuisance_ctx(),
                 subject_id: subject.into(),
+                ..Default::default()
             },
         ))
         .await
@@ -289,6 +290,7 @@ async fn record_rows_edited_by_hand_are_not_obeyed() {
             pb::ListRecordsRequest {
                 context: nuisance_ctx(),
                 subject_id: subject.into(),
+                ..Default::default()
             },
         ))
         .await
@@ -785,6 +787,7 @@ async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
             pb::ListRecordsRequest {
                 context: ctx("contract", "", ""),
                 subject_id: "REL-RECT".into(),
+                ..Default::default()
             },
         ))
         .await;

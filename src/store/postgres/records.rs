@@ -303,6 +303,40 @@ impl RecordStore for PgStore {
         })
     }
 
+    fn subject_records_page(
+        &self,
+        subject: &str,
+        after: Option<(i64, &str)>,
+        max: usize,
+    ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (Some(at), id),
+            None => (None, ""),
+        };
+        self.read(|tx| {
+            let records = tx
+                .all(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM records WHERE subject = $1
+                           AND ($3::BIGINT IS NULL OR created_at > $3
+                                OR (created_at = $3 AND id > $4))
+                         ORDER BY created_at, id LIMIT $2"
+                    ),
+                    &[&subject, &limit(max), &after_at, &after_id],
+                )?
+                .iter()
+                .map(record_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            records
+                .into_iter()
+                .map(|rec| {
+                    let fields = field_metas(tx, &rec.id)?;
+                    Ok((rec, fields))
+                })
+                .collect()
+        })
+    }
+
     fn record_metas(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
         // One snapshot for all of them, as on SQLite.
         self.read(|tx| {

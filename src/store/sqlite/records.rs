@@ -273,6 +273,32 @@ impl RecordStore for SqliteStore {
         labelled(rows)
     }
 
+    fn subject_records_page(
+        &self,
+        subject: &str,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (Some(at), id),
+            None => (None, ""),
+        };
+        let rows = self.read(|c| {
+            let c = &c.unchecked_transaction()?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE subject = ?1
+                   AND (?3 IS NULL OR created_at > ?3 OR (created_at = ?3 AND id > ?4))
+                 ORDER BY created_at, id LIMIT ?2"
+            ))?;
+            let records = stmt
+                .query_map(params![subject, limit, after_at, after_id], record_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            with_field_metas_in(c, records)
+        })?;
+        labelled(rows)
+    }
+
     fn record_metas(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
         let rows = self.read(|c| {
             let c = &c.unchecked_transaction()?;
