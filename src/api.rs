@@ -198,7 +198,7 @@ pub(crate) async fn run_export<Req, T, F>(
     streams: &Arc<stream::Streams>,
     request: Request<Req>,
     f: F,
-) -> Result<(T, stream::ExportPermit), Status>
+) -> Result<(T, stream::Permit), Status>
 where
     Req: Send + 'static,
     T: Send + 'static,
@@ -218,7 +218,7 @@ where
                 let principal = identity
                     .authenticate(&vault, &creds)
                     .map_err(|e| status::to_status(vault.after_failure(e)))?;
-                let permit = streams.admit(&principal.id)?;
+                let permit = streams.admit(stream::Long::Export, &principal.id)?;
                 let done = f(&vault, &principal, message)
                     .map_err(|e| status::to_status(vault.after_failure(e)))?;
                 Ok((done, permit))

@@ -226,6 +226,10 @@ pub struct RawLimits {
     pub max_uploads: Option<usize>,
     /// Evidence uploads open at once per caller.
     pub max_uploads_per_caller: Option<usize>,
+    /// Evidence downloads being sent at once, in all.
+    pub max_downloads: Option<usize>,
+    /// Evidence downloads being sent at once per caller.
+    pub max_downloads_per_caller: Option<usize>,
     /// Seconds a response may wait for its client to take any of it before the connection is
     /// closed.
     pub unread_response_secs: Option<u64>,
@@ -239,6 +243,9 @@ pub struct RawLimits {
     pub request_bytes_per_address: Option<usize>,
     /// Seconds a request message that has begun may wait for its next bytes.
     pub request_idle_secs: Option<u64>,
+    /// The slowest pace a request message may arrive at, in bytes per second (after
+    /// `request_idle_secs` of grace).
+    pub request_min_bytes_per_sec: Option<u64>,
     /// Calls running on blocking threads at once; the others wait their turn.
     pub max_calls_running: Option<usize>,
     /// Of those, calls of one caller (one credential).
@@ -537,6 +544,12 @@ impl RawConfig {
                 l.max_uploads_per_caller,
                 &mut streams.max_uploads_per_caller,
             );
+            count("max_downloads", l.max_downloads, &mut streams.max_downloads);
+            count(
+                "max_downloads_per_caller",
+                l.max_downloads_per_caller,
+                &mut streams.max_downloads_per_caller,
+            );
             let mut secs = |key: &str,
                             value: Option<u64>,
                             max: u64,
@@ -611,6 +624,15 @@ impl RawConfig {
                     "`limits.request_bytes` must be at least `limits.request_bytes_per_address`"
                         .into(),
                 );
+            }
+            match l.request_min_bytes_per_sec {
+                Some(n) if (1024..=1 << 30).contains(&n) => connections.receiving_min_rate = n,
+                Some(_) => problems.push(
+                    "`limits.request_min_bytes_per_sec` must be 1024 to 1073741824 (1 KiB/s to \
+                     1 GiB/s)"
+                        .into(),
+                ),
+                None => {}
             }
             limits.max_fields = l.max_fields.unwrap_or(limits.max_fields);
             limits.max_value_bytes = l.max_value_bytes.unwrap_or(limits.max_value_bytes);
@@ -1173,30 +1195,41 @@ mod tests {
         };
         let ok = check(
             "request_idle_secs = 3\nrequest_bytes = 33554432\n\
-             request_bytes_per_address = 16842752",
+             request_bytes_per_address = 16842752\nrequest_min_bytes_per_sec = 2048",
         )
         .unwrap();
         assert_eq!(
             (
                 ok.connections.receiving_timeout,
                 ok.connections.receiving_bytes,
-                ok.connections.receiving_bytes_per_address
+                ok.connections.receiving_bytes_per_address,
+                ok.connections.receiving_min_rate
             ),
-            (std::time::Duration::from_secs(3), 32 << 20, 16842752)
+            (std::time::Duration::from_secs(3), 32 << 20, 16842752, 2048)
         );
         let defaults = check("").unwrap().connections;
         assert_eq!(
             (
                 defaults.receiving_timeout,
                 defaults.receiving_bytes,
-                defaults.receiving_bytes_per_address
+                defaults.receiving_bytes_per_address,
+                defaults.receiving_min_rate
             ),
-            (std::time::Duration::from_secs(10), 1 << 30, 256 << 20)
+            (
+                std::time::Duration::from_secs(10),
+                1 << 30,
+                256 << 20,
+                256 << 10
+            )
         );
         for (limits, says) in [
             (
                 "request_idle_secs = 0",
                 "`limits.request_idle_secs` must be 1 to 3600 seconds",
+            ),
+            (
+                "request_min_bytes_per_sec = 1023",
+                "`limits.request_min_bytes_per_sec` must be 1024 to 1073741824",
             ),
             (
                 "request_bytes_per_address = 16842751",

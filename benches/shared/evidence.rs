@@ -76,7 +76,15 @@ pub async fn upload(
             part: Some(pb::evidence_chunk::Part::Data(block.slice(..n))),
         }
     });
-    let messages = std::iter::once(start).chain(data);
+    let end = pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::End(pb::EvidenceEnd {
+            size,
+            sha256: String::new(),
+        })),
+    };
+    let messages = std::iter::once(start)
+        .chain(data)
+        .chain(std::iter::once(end));
     client
         .put_evidence(request(token, tokio_stream::iter(messages)))
         .await

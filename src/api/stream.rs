@@ -1,5 +1,6 @@
-//! Server streams: the one way every streaming call sends (`Streams::channel`), the caps on
-//! exports and backups (`Streams::admit`) and on evidence uploads open (`Streams::admit_upload`).
+//! Server streams: the one way every streaming call sends (`Streams::channel`), and the caps on
+//! the long calls that hold the node's memory or threads while a client takes its time
+//! (`Streams::admit`): exports and backups, evidence uploads open, evidence downloads.
 //!
 //! A client that stops reading (its HTTP/2 window at zero) fills the stream's channel; the
 //! producer then waits at most `idle` for room, and otherwise stops: the blocking thread it ran
@@ -7,8 +8,8 @@
 //! reading, never as if it were complete.
 //!
 //! Invariant: no send of a server stream waits longer than `StreamLimits::idle`.
-//! Invariant: an export, audit export or backup runs only while it holds an `ExportPermit` of
-//! the exports, and an upload is begun and received only while it holds one of the uploads.
+//! Invariant: an export, audit export or backup runs, an upload is begun and received, and a
+//! download is read and sent only while it holds a `Permit` of its kind.
 
 use std::{
     collections::HashMap,
@@ -26,7 +27,7 @@ use tonic::Status;
 
 use crate::domain::PrincipalId;
 
-/// The idle limit of server streams and the caps on exports and backups (`[limits]`).
+/// The idle limit of server streams and the caps on long calls (`[limits]`).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct StreamLimits {
     /// How long a stream waits for the client to take a message before it ends.
@@ -39,6 +40,10 @@ pub struct StreamLimits {
     pub max_uploads: usize,
     /// Evidence uploads open at once for one caller (principal).
     pub max_uploads_per_caller: usize,
+    /// Evidence downloads being sent at once, in all.
+    pub max_downloads: usize,
+    /// Evidence downloads being sent at once for one caller (principal).
+    pub max_downloads_per_caller: usize,
 }
 
 impl Default for StreamLimits {
@@ -49,16 +54,71 @@ impl Default for StreamLimits {
             max_exports_per_caller: 4,
             max_uploads: 256,
             max_uploads_per_caller: 16,
+            max_downloads: 128,
+            max_downloads_per_caller: 16,
         }
     }
 }
 
-/// The server streams of one server: their limits and the exports running.
+/// A kind of long call with caps of its own.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(crate) enum Long {
+    /// A subject export, an audit export or a backup.
+    Export,
+    /// An evidence upload, from its start to its end.
+    Upload,
+    /// An evidence download, while it is read and sent.
+    Download,
+}
+
+impl Long {
+    #[cfg(test)]
+    const ALL: [Self; 3] = [Self::Export, Self::Upload, Self::Download];
+
+    /// The caps in all and per caller, with their configuration keys.
+    fn caps(self, limits: &StreamLimits) -> ((usize, &'static str), (usize, &'static str)) {
+        match self {
+            Self::Export => (
+                (limits.max_exports, "max_exports"),
+                (limits.max_exports_per_caller, "max_exports_per_caller"),
+            ),
+            Self::Upload => (
+                (limits.max_uploads, "max_uploads"),
+                (limits.max_uploads_per_caller, "max_uploads_per_caller"),
+            ),
+            Self::Download => (
+                (limits.max_downloads, "max_downloads"),
+                (limits.max_downloads_per_caller, "max_downloads_per_caller"),
+            ),
+        }
+    }
+
+    /// What they are, in a message, and what the caller can do at a cap.
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Export => (
+                "exports and backups running",
+                "retry when a running export finishes",
+            ),
+            Self::Upload => (
+                "evidence uploads open",
+                "finish or cancel an upload, then retry",
+            ),
+            Self::Download => (
+                "evidence downloads being sent",
+                "read a download to its end or cancel it, then retry",
+            ),
+        }
+    }
+}
+
+/// The server streams of one server: their limits and the long calls running, per kind.
 #[derive(Debug, Default)]
 pub struct Streams {
     limits: StreamLimits,
-    running: Mutex<Running>,
+    exports: Mutex<Running>,
     uploads: Mutex<Running>,
+    downloads: Mutex<Running>,
 }
 
 #[derive(Debug, Default)]
@@ -75,9 +135,19 @@ impl Streams {
     pub fn new(limits: StreamLimits) -> Self {
         Self {
             limits,
-            running: Mutex::default(),
-            uploads: Mutex::default(),
+            ..Self::default()
         }
+    }
+
+    /// The long calls of `kind` running.
+    fn running(&self, kind: Long) -> std::sync::MutexGuard<'_, Running> {
+        match kind {
+            Long::Export => &self.exports,
+            Long::Upload => &self.uploads,
+            Long::Download => &self.downloads,
+        }
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
     }
 
     /// A stream holding at most `capacity` messages the client has not taken, and its sender.
@@ -101,89 +171,57 @@ impl Streams {
         (sender, Box::pin(stream))
     }
 
-    /// A place for one export or backup of `caller`, or `RESOURCE_EXHAUSTED` naming the cap
-    /// that is reached.
-    pub(crate) fn admit(self: &Arc<Self>, caller: &PrincipalId) -> Result<ExportPermit, Status> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.total >= self.limits.max_exports {
+    /// A place for one long call of `kind` of `caller`, or `RESOURCE_EXHAUSTED` naming the cap
+    /// that is reached. The place is given back when the permit is dropped.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        kind: Long,
+        caller: &PrincipalId,
+    ) -> Result<Permit, Status> {
+        let ((total, total_key), (per_caller, per_caller_key)) = kind.caps(&self.limits);
+        let (what, then) = kind.words();
+        let mut running = self.running(kind);
+        if running.total >= total {
             return Err(Status::resource_exhausted(format!(
-                "{} exports and backups are running (`limits.max_exports`); retry when a \
-                 running export finishes",
-                self.limits.max_exports
+                "{total} {what} in all (`limits.{total_key}`); {then}"
             )));
         }
         let mine = running
             .per_caller
             .entry(caller.as_str().to_owned())
             .or_insert(0);
-        if *mine >= self.limits.max_exports_per_caller {
+        if *mine >= per_caller {
             return Err(Status::resource_exhausted(format!(
-                "this caller already runs {} exports or backups (`limits.max_exports_per_caller`); \
-                 retry when a running export finishes",
-                self.limits.max_exports_per_caller
+                "this caller has {per_caller} {what} (`limits.{per_caller_key}`); {then}"
             )));
         }
         *mine += 1;
         running.total += 1;
-        Ok(ExportPermit {
+        Ok(Permit {
             streams: Arc::clone(self),
             caller: caller.as_str().to_owned(),
-            upload: false,
+            kind,
         })
     }
 
-    /// A place for one evidence upload of `caller`, or `RESOURCE_EXHAUSTED` naming the cap
-    /// that is reached.
-    pub(crate) fn admit_upload(
-        self: &Arc<Self>,
-        caller: &PrincipalId,
-    ) -> Result<ExportPermit, Status> {
-        let mut open = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        if open.total >= self.limits.max_uploads {
-            return Err(Status::resource_exhausted(format!(
-                "{} evidence uploads are open (`limits.max_uploads`); retry when one finishes",
-                self.limits.max_uploads
-            )));
-        }
-        let mine = open
-            .per_caller
-            .entry(caller.as_str().to_owned())
-            .or_insert(0);
-        if *mine >= self.limits.max_uploads_per_caller {
-            return Err(Status::resource_exhausted(format!(
-                "this caller already has {} evidence uploads open \
-                 (`limits.max_uploads_per_caller`); finish or cancel one first",
-                self.limits.max_uploads_per_caller
-            )));
-        }
-        *mine += 1;
-        open.total += 1;
-        Ok(ExportPermit {
-            streams: Arc::clone(self),
-            caller: caller.as_str().to_owned(),
-            upload: true,
-        })
+    /// The long calls of each kind running now, in all.
+    #[cfg(test)]
+    fn totals(&self) -> [usize; 3] {
+        Long::ALL.map(|k| self.running(k).total)
     }
 }
 
-/// One running export or backup, or one open upload; its place is given back when it is
-/// dropped.
+/// One running long call's place; given back when it is dropped.
 #[derive(Debug)]
-pub(crate) struct ExportPermit {
+pub(crate) struct Permit {
     streams: Arc<Streams>,
     caller: String,
-    /// Of the uploads, not of the exports.
-    upload: bool,
+    kind: Long,
 }
 
-impl Drop for ExportPermit {
+impl Drop for Permit {
     fn drop(&mut self) {
-        let places = if self.upload {
-            &self.streams.uploads
-        } else {
-            &self.streams.running
-        };
-        let mut running = places.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.streams.running(self.kind);
         running.total = running.total.saturating_sub(1);
         if let Some(n) = running.per_caller.get_mut(&self.caller) {
             *n = n.saturating_sub(1);
@@ -281,6 +319,8 @@ mod tests {
             max_exports_per_caller: per,
             max_uploads: total,
             max_uploads_per_caller: per,
+            max_downloads: total,
+            max_downloads_per_caller: per,
         }))
     }
 
@@ -290,51 +330,55 @@ mod tests {
 
     #[test]
     fn a_caller_at_its_cap_is_refused_naming_the_limit() {
-        let s = streams(10, 1);
-        let held = s.admit(&caller("a")).unwrap();
-        let refused = s.admit(&caller("a")).unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(refused.message().contains("limits.max_exports_per_caller"));
-        assert!(s.admit(&caller("b")).is_ok());
-        drop(held);
-        assert!(
-            s.admit(&caller("a")).is_ok(),
-            "a finished export gives its place back"
-        );
+        for kind in Long::ALL {
+            let s = streams(10, 1);
+            let held = s.admit(kind, &caller("a")).unwrap();
+            let refused = s.admit(kind, &caller("a")).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+            let key = kind.caps(&s.limits).1.1;
+            assert!(
+                refused.message().contains(&format!("`limits.{key}`")),
+                "{kind:?}: {}",
+                refused.message()
+            );
+            assert!(s.admit(kind, &caller("b")).is_ok());
+            drop(held);
+            assert!(
+                s.admit(kind, &caller("a")).is_ok(),
+                "{kind:?}: a finished call gives its place back"
+            );
+        }
     }
 
     #[test]
     fn the_total_cap_holds_across_callers() {
-        let s = streams(1, 1);
-        let _held = s.admit(&caller("a")).unwrap();
-        let refused = s.admit(&caller("b")).unwrap_err();
-        assert!(refused.message().contains("`limits.max_exports`"));
-        assert!(
-            refused
-                .message()
-                .contains("retry when a running export finishes")
-        );
+        for kind in Long::ALL {
+            let s = streams(1, 1);
+            let _held = s.admit(kind, &caller("a")).unwrap();
+            let refused = s.admit(kind, &caller("b")).unwrap_err();
+            let key = kind.caps(&s.limits).0.1;
+            assert!(refused.message().contains(&format!("`limits.{key}`")));
+            assert!(refused.message().contains(kind.words().1));
+        }
     }
 
     #[test]
-    fn uploads_have_caps_of_their_own_and_give_their_places_back() {
+    fn each_kind_is_counted_apart_and_gives_its_places_back() {
         let s = streams(2, 1);
-        let upload = s.admit_upload(&caller("a")).unwrap();
-        let refused = s.admit_upload(&caller("a")).unwrap_err();
-        assert!(
-            refused
-                .message()
-                .contains("`limits.max_uploads_per_caller`"),
-            "{}",
-            refused.message()
-        );
-        // An export of the same caller is counted apart.
-        let _export = s.admit(&caller("a")).unwrap();
-        let _other = s.admit_upload(&caller("b")).unwrap();
-        let refused = s.admit_upload(&caller("c")).unwrap_err();
+        let upload = s.admit(Long::Upload, &caller("a")).unwrap();
+        // The same caller's export and download are counted apart from its upload.
+        let export = s.admit(Long::Export, &caller("a")).unwrap();
+        let download = s.admit(Long::Download, &caller("a")).unwrap();
+        assert_eq!(s.totals(), [1, 1, 1]);
+        let _other = s.admit(Long::Upload, &caller("b")).unwrap();
+        let refused = s.admit(Long::Upload, &caller("c")).unwrap_err();
         assert!(refused.message().contains("`limits.max_uploads`"));
+        assert_eq!(s.totals(), [1, 2, 1]);
         drop(upload);
-        let _again = s.admit_upload(&caller("a")).unwrap();
+        drop(export);
+        drop(download);
+        assert_eq!(s.totals(), [0, 1, 0]);
+        let _again = s.admit(Long::Upload, &caller("a")).unwrap();
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     Backend, convert, run,
-    stream::{ServerStream, Streams},
+    stream::{Long, ServerStream, Streams},
 };
 use crate::{
     domain::{FieldName, InputError, RecordId, SubjectId},
@@ -14,7 +14,7 @@ use crate::{
     pb::{self, vault_server::Vault as VaultRpc},
     vault::{
         FieldInfo, ListPage, RecordMeta, Vault, VaultError,
-        evidence::{Download, Upload},
+        evidence::{Download, Upload, UploadEnd},
         places::CallerKey,
     },
 };
@@ -200,7 +200,7 @@ impl VaultRpc for VaultApi {
             let principal = identity.authenticate(&vault, &creds)?;
             // One of the caller's places among the uploads open, held while this one is.
             let open = streams
-                .admit_upload(&principal.id)
+                .admit(Long::Upload, &principal.id)
                 .map_err(|s| VaultError::Exhausted(s.message().to_owned()))?;
             let ctx = convert::context(start.context.clone(), vault.channels())?;
             let start = convert::evidence_start(start)?;
@@ -242,11 +242,24 @@ impl VaultRpc for VaultApi {
                 );
             }
             match message {
+                // A call that ends without `end` is not an upload finished: a client that
+                // stopped, or cancelled the call (HTTP/2 ends such a request body as if it were
+                // complete), leaves nothing stored.
                 None => {
+                    return Err(Status::invalid_argument(
+                        "`end`: the upload ended without its `end` message; nothing was \
+                         stored. Send the file again, and `end` with its size last",
+                    ));
+                }
+                Some(pb::EvidenceChunk {
+                    part: Some(pb::evidence_chunk::Part::End(end)),
+                }) => {
+                    let end = UploadEnd::parse(end.size, &end.sha256)
+                        .map_err(|e| super::status::to_status(VaultError::from(e)))?;
                     let Some(u) = upload.upload.take() else {
                         return Err(Status::internal("internal error"));
                     };
-                    let receipt = blocking(&self.vault.vault, key, move || u.finish()).await?;
+                    let receipt = blocking(&self.vault.vault, key, move || u.finish(&end)).await?;
                     return Ok(Response::new(pb::PutEvidenceResponse {
                         evidence_id: receipt.evidence_id,
                         record_id: receipt.record_id,
@@ -295,8 +308,14 @@ impl VaultRpc for VaultApi {
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault.vault);
-        let (info, download) = blocking(&self.vault.vault, key, move || {
+        let streams = Arc::clone(&self.streams);
+        let (info, download, permit) = blocking(&self.vault.vault, key, move || {
             let principal = identity.authenticate(&vault, &creds)?;
+            // One of the caller's places among the downloads being sent, held until this one
+            // ends: each holds up to two batches of opened segments while its client reads.
+            let permit = streams
+                .admit(Long::Download, &principal.id)
+                .map_err(|s| VaultError::Exhausted(s.message().to_owned()))?;
             let ctx = convert::context(req.context, vault.channels())?;
             let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
             let range = req.range.map(|r| (r.offset, r.length));
@@ -305,12 +324,15 @@ impl VaultRpc for VaultApi {
             } else {
                 crate::policy::Action::Read
             };
-            vault.open_evidence_as(&principal, &ctx, &id, range, action)
+            vault
+                .open_evidence_as(&principal, &ctx, &id, range, action)
+                .map(|(info, download)| (info, download, permit))
         })
         .await?;
         let (tx, stream) = self.streams.channel(4);
         let vault = Arc::clone(&self.vault.vault);
         tokio::spawn(async move {
+            let _permit = permit;
             let first = pb::EvidenceData {
                 part: Some(pb::evidence_data::Part::Info(pb::EvidenceInfo {
                     evidence_id: info.evidence_id,
@@ -371,7 +393,7 @@ impl VaultRpc for VaultApi {
             Ok((principal, ctx, subject, req.portable))
         })
         .await?;
-        let permit = self.streams.admit(&principal.id)?;
+        let permit = self.streams.admit(Long::Export, &principal.id)?;
         // A line is a whole record (up to twice `limits.max_record_bytes` as JSON): two wait
         // for the client at most.
         let (tx, stream) = self.streams.channel(2);

@@ -750,7 +750,8 @@ async fn tail(
             .is_none_or(|(seq, prev)| entry.seq == seq + 1 && &entry.prev_hash == prev);
         if hash != entry.hash || !follows {
             eprintln!(
-                "error: entry {} does not follow on from the entry before it or does not match                  its hash; run `kluis admin audit verify` on the server",
+                "error: entry {} does not follow on from the entry before it or does not match \
+                its hash; run `kluis admin audit verify` on the server",
                 entry.seq
             );
             return Exit::CheckFailed;

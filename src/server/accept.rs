@@ -70,6 +70,9 @@ pub struct ConnectionLimits {
     pub receiving_bytes_per_address: usize,
     /// How long a request message that has begun may wait for its next bytes.
     pub receiving_timeout: Duration,
+    /// The slowest pace a request message may arrive at, in bytes per second: a message of `n`
+    /// bytes is whole within `receiving_timeout` + `n` / this of its first byte.
+    pub receiving_min_rate: u64,
 }
 
 impl Default for ConnectionLimits {
@@ -85,6 +88,7 @@ impl Default for ConnectionLimits {
             receiving_bytes: 1024 * 1024 * 1024,
             receiving_bytes_per_address: 256 * 1024 * 1024,
             receiving_timeout: Duration::from_secs(10),
+            receiving_min_rate: 256 * 1024,
         }
     }
 }
@@ -366,14 +370,14 @@ pub(crate) struct Activity {
     unread: [Arc<Unread>; 2],
     /// The bytes of request messages being received from the connection's address, and in
     /// all; and how long such a message may wait for its next bytes.
-    receiving: ([Arc<Unread>; 2], Duration),
+    receiving: ([Arc<Unread>; 2], Pace),
     /// The principal of the last call of use: a principal keeps at most
     /// `ConnectionLimits::max_connections_per_caller` places against newcomers.
     caller: Mutex<Option<Arc<str>>>,
 }
 
 impl Activity {
-    fn new(unread: [Arc<Unread>; 2], receiving: ([Arc<Unread>; 2], Duration)) -> Self {
+    fn new(unread: [Arc<Unread>; 2], receiving: ([Arc<Unread>; 2], Pace)) -> Self {
         Self {
             receiving,
             caller: Mutex::new(None),
@@ -407,11 +411,11 @@ impl Activity {
 
     /// The count of a request body's bytes being received on this connection (`metered`).
     pub(crate) fn receiving(&self) -> Receiving {
-        let (counters, timeout) = &self.receiving;
+        let (counters, pace) = &self.receiving;
         Receiving {
             counters: counters.clone(),
             held: 0,
-            timeout: *timeout,
+            pace: *pace,
         }
     }
 
@@ -505,8 +509,29 @@ impl Call {
 pub(crate) struct Receiving {
     counters: [Arc<Unread>; 2],
     held: usize,
-    /// How long a message that has begun may wait for its next bytes.
-    pub(crate) timeout: Duration,
+    /// How slowly a message that has begun may arrive.
+    pub(crate) pace: Pace,
+}
+
+/// How slowly a request message may arrive: each of its pieces within `idle` of the one
+/// before, and the whole of `n` bytes within `idle` + `n` / `min_rate` of its first byte (a
+/// client that sends a byte now and then is not waited for longer than one that sends nothing).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(crate) struct Pace {
+    /// The longest wait for a message's next bytes.
+    pub(crate) idle: Duration,
+    /// The slowest pace, in bytes per second.
+    pub(crate) min_rate: u64,
+}
+
+impl Pace {
+    /// How long a message of `len` bytes may take from its first byte.
+    pub(crate) fn whole_within(&self, len: usize) -> Duration {
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        self.idle.saturating_add(Duration::from_millis(
+            len.saturating_mul(1000) / self.min_rate.max(1),
+        ))
+    }
 }
 
 impl Receiving {
@@ -790,7 +815,10 @@ impl Slots {
                 Arc::clone(&of_address.receiving),
                 Arc::clone(&slots.receiving),
             ],
-            slots.limits.receiving_timeout,
+            Pace {
+                idle: slots.limits.receiving_timeout,
+                min_rate: slots.limits.receiving_min_rate,
+            },
         );
         open.total += 1;
         let id = open.next;
@@ -1038,7 +1066,10 @@ mod tests {
                     Arc::new(Unread::new(usize::MAX, "c")),
                     Arc::new(Unread::new(usize::MAX, "d")),
                 ],
-                Duration::from_secs(10),
+                Pace {
+                    idle: Duration::from_secs(10),
+                    min_rate: 1024,
+                },
             ),
         ));
         let waiter = tokio::spawn({

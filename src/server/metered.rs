@@ -68,7 +68,8 @@ where
             inner: body,
             receiving: connection.map(|a| a.receiving()),
             framing: Framing::default(),
-            idle: None,
+            timer: None,
+            began: None,
         });
         let response = self.0.call(req);
         Box::pin(async move {
@@ -264,8 +265,11 @@ pub struct ReceivedBody<B> {
     /// `None` for a request that came on no counted connection (tests).
     receiving: Option<super::accept::Receiving>,
     framing: Framing,
-    /// Until when the message begun may wait for its next bytes.
-    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Armed while a message is being received: until its next bytes are due, or the whole of
+    /// it, whichever comes first. Allocated once, reset in place.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the message being received began, and by when it must be whole.
+    began: Option<(tokio::time::Instant, tokio::time::Instant)>,
 }
 
 /// Where a stream of gRPC messages (a flag byte, a four-byte length, the message) stands.
@@ -276,6 +280,16 @@ struct Framing {
     have: usize,
     /// Bytes of the current message still to come, once its prefix is read.
     left: usize,
+}
+
+impl Framing {
+    /// The length the current message's prefix declares, once it is read.
+    fn declared(&self) -> Option<usize> {
+        (self.have == 5).then(|| {
+            let [_, a, b, c, d] = self.prefix;
+            u32::from_be_bytes([a, b, c, d]) as usize
+        })
+    }
 }
 
 impl Framing {
@@ -349,36 +363,71 @@ where
                     if let Err(over) = receiving.hold(data.len()) {
                         return Poll::Ready(Some(Err(refusal(tonic::Status::resource_exhausted(
                             format!(
-                                "request messages being received hold `{}` = {} bytes:                                  send fewer large messages at once, or retry shortly",
+                                "request messages being received hold `{}` = {} bytes: \
+                                 send fewer large messages at once, or retry shortly",
                                 over.key, over.limit
                             ),
                         )))));
                     }
                     // The bytes that end messages are the service's to decode now; those of
                     // a message begun are held until it is whole.
+                    let was_within = this.framing.within();
                     let whole = this.framing.feed(data);
                     if whole > 0 {
                         let begun = data.len() - whole;
                         receiving.release(receiving.held().saturating_sub(begun));
                     }
-                    this.idle = if this.framing.within() {
-                        Some(Box::pin(tokio::time::sleep(receiving.timeout)))
+                    if this.framing.within() {
+                        let now = tokio::time::Instant::now();
+                        // A message begun in this piece is timed from now.
+                        let began = match this.began {
+                            Some((began, _)) if was_within && whole == 0 => began,
+                            _ => now,
+                        };
+                        let pace = receiving.pace;
+                        let whole_by =
+                            began + pace.whole_within(this.framing.declared().unwrap_or(0));
+                        this.began = Some((began, whole_by));
+                        let due = whole_by.min(now + pace.idle);
+                        match this.timer.as_mut() {
+                            Some(timer) => timer.as_mut().reset(due),
+                            None => this.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+                        }
                     } else {
-                        None
-                    };
+                        this.began = None;
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if let Some(idle) = this.idle.as_mut()
-                    && idle.as_mut().poll(cx).is_ready()
+                let Some((began, whole_by)) = this.began else {
+                    return Poll::Pending;
+                };
+                if let Some(timer) = this.timer.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
                 {
-                    let secs = receiving.timeout.as_secs();
+                    let pace = receiving.pace;
+                    if tokio::time::Instant::now() >= whole_by {
+                        let len = this.framing.declared().unwrap_or(0);
+                        let took = whole_by.duration_since(began).as_secs();
+                        return Poll::Ready(Some(Err(refusal(tonic::Status::deadline_exceeded(
+                            format!(
+                                "a request message of {len} bytes did not arrive whole within \
+                                 {took} s (`limits.request_idle_secs` = {} and \
+                                 `limits.request_min_bytes_per_sec` = {}); send each message \
+                                 whole, at least that fast",
+                                pace.idle.as_secs(),
+                                pace.min_rate
+                            ),
+                        )))));
+                    }
+                    let secs = pace.idle.as_secs();
                     return Poll::Ready(Some(Err(refusal(tonic::Status::deadline_exceeded(
                         format!(
-                            "a request message waited more than {secs} s for its next bytes                              (`limits.request_idle_secs`); send each message whole"
+                            "a request message waited more than {secs} s for its next bytes \
+                                 (`limits.request_idle_secs`); send each message whole"
                         ),
                     )))));
                 }

@@ -71,7 +71,8 @@ impl Vault {
             event.reason = Some("a subject-side or external party records no disclosures".into());
             self.audit.append(&event)?;
             return Err(VaultError::Denied(
-                "disclosures are recorded by the organisation's staff; reads by external parties                  are registered by kluis itself"
+                "disclosures are recorded by the organisation's staff; reads by external parties \
+                are registered by kluis itself"
                     .into(),
             ));
         }

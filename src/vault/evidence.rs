@@ -532,6 +532,38 @@ impl Vault {
     }
 }
 
+/// What a client says it sent, in the message that ends its upload.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct UploadEnd {
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The file's SHA-256, lowercase hex, when the client gave it.
+    pub sha256: Option<String>,
+}
+
+impl UploadEnd {
+    /// The end as a request gives it: `sha256` empty or 64 lowercase hex digits.
+    pub fn parse(size: u64, sha256: &str) -> Result<Self, InputError> {
+        if sha256.is_empty() {
+            return Ok(Self { size, sha256: None });
+        }
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(InputError::new(
+                "end.sha256",
+                "not a SHA-256: expected 64 lowercase hex digits, or nothing",
+            ));
+        }
+        Ok(Self {
+            size,
+            sha256: Some(sha256.to_owned()),
+        })
+    }
+}
+
 /// An upload in progress. Dropping it before `finish` discards everything stored of it.
 pub struct Upload {
     vault: Arc<Vault>,
@@ -604,12 +636,36 @@ impl Upload {
         Ok(())
     }
 
-    /// Seals the last segment, stores what is left and makes the evidence readable.
-    pub fn finish(mut self) -> Result<EvidenceReceipt, VaultError> {
+    /// Seals the last segment, stores what is left and makes the evidence readable, when `end`
+    /// (what the client says it sent) matches what arrived; else it is discarded.
+    pub fn finish(mut self, end: &UploadEnd) -> Result<EvidenceReceipt, VaultError> {
+        if end.size != self.size {
+            return Err(InputError::new(
+                "end.size",
+                format!(
+                    "the upload ended declaring {} bytes, but {} arrived; nothing was stored, \
+                     send the file again",
+                    end.size, self.size
+                ),
+            )
+            .into());
+        }
         self.guard.finish("data")?;
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        if end
+            .sha256
+            .as_ref()
+            .is_some_and(|declared| *declared != sha256)
+        {
+            return Err(InputError::new(
+                "end.sha256",
+                "the bytes that arrived have another SHA-256 than the one declared; nothing was \
+                 stored, send the file again",
+            )
+            .into());
+        }
         self.seal_buffer(true)?;
         self.flush()?;
-        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         let now = self.vault.clock.now();
         // The plaintext digest would confirm a guessed file to whoever holds the database: it is
         // sealed with the file name, for readers only.

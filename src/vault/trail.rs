@@ -113,7 +113,9 @@ impl Vault {
                 return Err(InputError::new(
                     "after_seq",
                     format!(
-                        "entry {after} is beyond the trail, which ends at entry {head}: resume                          from a sequence number this store's trail has given (is it the right                          server?)"
+                        "entry {after} is beyond the trail, which ends at entry {head}: resume \
+                        from a sequence number this store's trail has given (is it the right \
+                        server?)"
                     ),
                 )
                 .into());

@@ -238,8 +238,13 @@ impl TestServer {
 
     /// Issues a token for `role` directly through the vault.
     pub fn issue(&self, role: Role, scope: Option<&str>) -> String {
+        self.issue_to(&format!("test-{role}"), role, scope)
+    }
+
+    /// Issues a token of `principal` for `role` directly through the vault.
+    pub fn issue_to(&self, principal: &str, role: Role, scope: Option<&str>) -> String {
         let spec = TokenSpec {
-            principal: PrincipalId::parse("p", &format!("test-{role}")).unwrap(),
+            principal: PrincipalId::parse("p", principal).unwrap(),
             roles: vec![role],
             ttl_secs: 3600,
             scope_subject: scope.map(|s| SubjectId::parse("s", s).unwrap()),
@@ -518,6 +523,16 @@ pub fn evidence_start(
     }
 }
 
+/// The message that ends an upload of `size` bytes.
+pub fn evidence_end(size: u64) -> pb::EvidenceChunk {
+    pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::End(pb::EvidenceEnd {
+            size,
+            sha256: String::new(),
+        })),
+    }
+}
+
 /// Uploads test file `seed` of `size` bytes in chunks of `chunk` bytes after `start`.
 pub async fn upload(
     server: &TestServer,
@@ -536,7 +551,9 @@ pub async fn upload(
             )),
         }
     });
-    let messages = std::iter::once(start).chain(data);
+    let messages = std::iter::once(start)
+        .chain(data)
+        .chain(std::iter::once(evidence_end(size)));
     let mut client = server.client().await;
     client
         .put_evidence(req(token, tokio_stream::iter(messages)))
@@ -556,6 +573,7 @@ pub async fn upload_bytes(
         pb::EvidenceChunk {
             part: Some(pb::evidence_chunk::Part::Data(bytes.to_vec().into())),
         },
+        evidence_end(bytes.len() as u64),
     ];
     let mut client = server.client().await;
     client
@@ -576,6 +594,7 @@ pub async fn upload_in_chunks(
         .chain(bytes.chunks(chunk).map(|c| pb::EvidenceChunk {
             part: Some(pb::evidence_chunk::Part::Data(c.to_vec().into())),
         }))
+        .chain(std::iter::once(evidence_end(bytes.len() as u64)))
         .collect();
     let mut client = server.client().await;
     client

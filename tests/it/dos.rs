@@ -7,6 +7,7 @@ use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr},
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -1694,7 +1695,7 @@ async fn a_caller_keeps_at_most_its_share_of_open_uploads() {
         refused
             .message()
             .contains("`limits.max_uploads_per_caller`")
-            && refused.message().contains("finish or cancel one first"),
+            && refused.message().contains("finish or cancel an upload"),
         "{}",
         refused.message()
     );
@@ -1719,4 +1720,212 @@ async fn a_caller_keeps_at_most_its_share_of_open_uploads() {
         }
     }
     assert!(again.is_some(), "a dropped upload kept its place");
+}
+
+/// An evidence download its client does not read holds one of its caller's places among the
+/// downloads being sent (`limits.max_downloads_per_caller`), with the opened segments it keeps
+/// ready: past them the next is refused at once, before anything is opened, saying which limit
+/// and what to do; another caller still downloads; a dropped download gives its place back (an
+/// outside attack held 900 unread downloads, 1.9 GB of the node's memory, under one token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_keeps_at_most_its_share_of_downloads_being_sent() {
+    let server = TestServer::start_with_limits(RawLimits {
+        max_downloads_per_caller: Some(3),
+        ..RawLimits::default()
+    })
+    .await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let start = crate::common::evidence_start(
+        crate::common::nuisance_ctx(),
+        "REL-0800",
+        "",
+        "recording",
+        "video/mp4",
+        "hallway.mp4",
+    );
+    // Large enough that an unread download cannot be sent whole into the windows of HTTP/2.
+    let put = crate::common::upload(&server, &officer, start, 8, 24 << 20, 1 << 20)
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let open = |token: String| {
+        let evidence_id = put.evidence_id.clone();
+        async move {
+            // A connection of its own: one unread stream does not hold up the next.
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            pb::vault_client::VaultClient::new(channel)
+                .get_evidence(req(
+                    &token,
+                    pb::GetEvidenceRequest {
+                        context: crate::common::nuisance_ctx(),
+                        evidence_id,
+                        range: None,
+                        export: false,
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    // Three begun and never read.
+    let mut held = Vec::new();
+    for n in 0..3 {
+        let mut stream = open(officer.clone())
+            .await
+            .unwrap_or_else(|s| panic!("download {n}: {s:?}"));
+        assert!(stream.message().await.unwrap().is_some(), "download {n}");
+        held.push(stream);
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(5), open(officer.clone()))
+        .await
+        .expect("a fourth download was neither refused nor begun")
+        .expect_err("a fourth download was begun");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("`limits.max_downloads_per_caller`")
+            && refused
+                .message()
+                .contains("read a download to its end or cancel it"),
+        "{}",
+        refused.message()
+    );
+    // The refusal came before the read: the trail has three downloads of the file, not four.
+    let reads = audit_entries(&server)
+        .into_iter()
+        .filter(|e| e["action"] == "evidence-read" && e["target"] == put.evidence_id.as_str())
+        .count();
+    assert_eq!(reads, 3);
+    // Another caller has places of its own and reads the file whole.
+    let other = server.issue_to("another-nuisance-officer", Role::NuisanceOfficer, None);
+    let (_, bytes) = crate::common::download(
+        &server,
+        &other,
+        crate::common::nuisance_ctx(),
+        &put.evidence_id,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(bytes.len(), 24 << 20);
+    // A dropped download gives its place back once its sender sees the client gone.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        match open(officer.clone()).await {
+            Ok(stream) => {
+                again = Some(stream);
+                break;
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(again.is_some(), "a dropped download kept its place");
+}
+
+/// A request body that sends a message's prefix, then one byte of it every `every`, for ever.
+struct Trickle {
+    prefix: Option<bytes::Bytes>,
+    every: tokio::time::Interval,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl http_body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(prefix))));
+        }
+        match self.every.poll_tick(cx) {
+            std::task::Poll::Ready(_) => {
+                self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                    b"x",
+                )))))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// A message that arrives a byte now and then never waits as long as the idle limit for its
+/// next bytes, and was kept for as long as its sender kept it up (an outside attack held 1 GB
+/// of `limits.request_bytes`, a byte every 4 s per message, so that every larger request of
+/// every caller was refused). Now a message of `n` bytes must be whole within
+/// `limits.request_idle_secs` + `n` / `limits.request_min_bytes_per_sec` of its first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_trickled_in_is_ended_when_it_falls_behind_the_slowest_pace() {
+    use tower::ServiceExt;
+    let server = TestServer::start_with_limits(RawLimits {
+        request_idle_secs: Some(2),
+        request_min_bytes_per_sec: Some(1024 * 1024),
+        ..RawLimits::default()
+    })
+    .await;
+    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // 1 MiB announced: whole within 2 s + 1 s. A byte every 200 ms keeps the idle limit away.
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let body = Trickle {
+        prefix: Some(prefix.into()),
+        every: tokio::time::interval(Duration::from_millis(200)),
+        sent: Arc::clone(&sent),
+    };
+    let request = tonic::codegen::http::Request::post("http://kluis/kluis.v1.Vault/PutRecord")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(body))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), channel.clone().oneshot(request))
+        .await
+        .expect("a trickled message was kept past its pace")
+        .unwrap();
+    let status = tonic::Status::from_header_map(response.headers())
+        .expect("no status in the response's headers");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("of 1048576 bytes did not arrive whole within 3 s")
+            && status
+                .message()
+                .contains("`limits.request_min_bytes_per_sec` = 1048576"),
+        "{}",
+        status.message()
+    );
+    // More than the idle limit's worth of pieces came: the idle limit alone would not have
+    // ended it.
+    assert!(sent.load(std::sync::atomic::Ordering::SeqCst) >= 10);
+    // A request sent at once is served on the same connection.
+    let token = server.token(Role::CustomerService).to_owned();
+    pb::vault_client::VaultClient::new(channel)
+        .put_record(req(
+            &token,
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: SCOPED_SUBJECT.into(),
+                fields: vec![text("name", "identity", "J. Jansen")],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a request sent at once was not served");
 }

@@ -902,3 +902,134 @@ async fn erasure_and_record_deletion_take_the_evidence_with_them() {
     assert_eq!(bytes, file_bytes(61, 0, (SEG + 1) as usize));
     server.stop().await;
 }
+
+/// A file is stored only when its upload ends with `end` and `end` matches what arrived. A
+/// client that cancels the call after whole messages (HTTP/2 ends such a request body as if it
+/// were complete), one that ends the call without `end`, and one whose `end` names another size
+/// or digest all leave nothing stored: no file, no segment, no record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_upload_ended_by_a_matching_end_is_stored() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let data = |seed: u64, n: u64| pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::Data(
+            file_bytes(seed, 0, n as usize).into(),
+        )),
+    };
+    let nothing_left = |server: &TestServer| {
+        count(server, "SELECT count(*) FROM evidence")
+            + count(server, "SELECT count(*) FROM evidence_segments")
+            + count(server, "SELECT count(*) FROM records")
+    };
+    let wait_for_nothing_left = |server: &TestServer, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while nothing_left(server) > 0 {
+            assert!(std::time::Instant::now() < deadline, "{what}: left behind");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+
+    // Cancelled after whole messages, with segments already stored.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
+    let mut client = server.client().await;
+    let call = tokio::spawn({
+        let token = token.clone();
+        async move {
+            client
+                .put_evidence(req(&token, tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .await
+        }
+    });
+    tx.send(start("REL-END", "cancelled")).await.unwrap();
+    for _ in 0..40 {
+        tx.send(data(41, SEG)).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no segment stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    call.abort(); // the client cancels the call: RST_STREAM(CANCEL) after a whole message
+    drop(tx);
+    wait_for_nothing_left(&server, "a cancelled upload");
+
+    // Ended without `end`; with an `end` of another size; with another digest; with a digest
+    // that is not one: refused, naming the field, nothing stored.
+    let mut client = server.client().await;
+    let end = |size: u64, sha256: &str| pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::End(pb::EvidenceEnd {
+            size,
+            sha256: sha256.into(),
+        })),
+    };
+    let right = file_sha256(42, 5000);
+    for (what, messages, field) in [
+        (
+            "no end",
+            vec![start("REL-END", "a"), data(42, 5000)],
+            "`end`",
+        ),
+        (
+            "another size",
+            vec![start("REL-END", "b"), data(42, 5000), end(4999, "")],
+            "`end.size`",
+        ),
+        (
+            "nothing sent but an end of more",
+            vec![start("REL-END", "c"), end(1, "")],
+            "`end.size`",
+        ),
+        (
+            "another digest",
+            vec![
+                start("REL-END", "d"),
+                data(42, 5000),
+                end(5000, &file_sha256(43, 5000)),
+            ],
+            "`end.sha256`",
+        ),
+        (
+            "not a digest",
+            vec![
+                start("REL-END", "e"),
+                data(42, 5000),
+                end(5000, &right.to_uppercase()),
+            ],
+            "`end.sha256`",
+        ),
+    ] {
+        let status = client
+            .put_evidence(req(&token, tokio_stream::iter(messages)))
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(
+            status.message().contains(field) && status.message().contains("nothing"),
+            "{what}: {}",
+            status.message()
+        );
+        wait_for_nothing_left(&server, what);
+    }
+
+    // The same file ended rightly, with and without its digest: stored and read back whole.
+    for sha256 in [right.as_str(), ""] {
+        let put = client
+            .put_evidence(req(
+                &token,
+                tokio_stream::iter(vec![
+                    start("REL-END", "f"),
+                    data(42, 5000),
+                    end(5000, sha256),
+                ]),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((put.size, put.sha256.as_str()), (5000, right.as_str()));
+        let (_, bytes) = download(&server, &token, nuisance_ctx(), &put.evidence_id, None)
+            .await
+            .unwrap();
+        assert_eq!(bytes, file_bytes(42, 0, 5000));
+    }
+    server.stop().await;
+}

@@ -212,6 +212,7 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
                 pb::EvidenceChunk {
                     part: Some(pb::evidence_chunk::Part::Data(content.clone().into())),
                 },
+                crate::common::evidence_end(content.len() as u64),
             ]),
         ))
         .await
