@@ -1352,6 +1352,20 @@ impl Vault {
         subject: &SubjectId,
         page: &ListPage,
     ) -> Result<(Listed, Option<ListCursor>), VaultError> {
+        // A token scoped to a subject reaches no other (the policies forbid it for every field):
+        // refused before anything of the other subject is read, so that neither the answer nor
+        // its time tells whether that subject has records.
+        if let Some(scope) = &principal.scope_subject
+            && scope != subject
+        {
+            let mut event = self.event(principal, ctx, "list", Some(subject), None);
+            event.decision = "deny".into();
+            event.reason = Some("the token is scoped to another subject".into());
+            self.audit.append(&event)?;
+            return Err(VaultError::Denied(
+                "this token is scoped to one subject and reaches no other".into(),
+            ));
+        }
         let after = page
             .after
             .as_ref()
