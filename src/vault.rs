@@ -919,7 +919,11 @@ impl Vault {
         record_id: &RecordId,
         wanted: &[FieldName],
     ) -> Result<RecordView, VaultError> {
-        let (record, rows) = self.load(record_id)?;
+        // A read that names one field reads that field's value only.
+        let (record, rows) = match wanted {
+            [one] => self.load_one(record_id, one)?,
+            _ => self.load(record_id)?,
+        };
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
@@ -1807,6 +1811,29 @@ impl Vault {
         self.rows.check(&record)?;
         self.rows.check_fields(&record, &fields)?;
         Ok((record, fields))
+    }
+
+    /// A record with the row of its field `name` alone, when it holds one, checked as `load`
+    /// checks all of them (the row, and the set of the record's fields from their metadata):
+    /// a read that names one field of a large record does not read the other values.
+    fn load_one(
+        &self,
+        record_id: &RecordId,
+        name: &FieldName,
+    ) -> Result<(RecordRow, Vec<FieldRow>), VaultError> {
+        let (record, metas, value) = self
+            .store
+            .records_with_field(&[record_id.as_str()], name.as_str())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
+        self.rows.check(&record)?;
+        self.rows.check_field_metas(&record, &metas)?;
+        let rows: Vec<FieldRow> = value.into_iter().collect();
+        for row in &rows {
+            self.rows.check(&rows::FieldPlace::of(&record.id, row))?;
+        }
+        Ok((record, rows))
     }
 
     /// A record with the metadata of its fields, checked, without their values: what a call
