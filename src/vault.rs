@@ -293,14 +293,15 @@ pub struct FieldInfo {
 /// Records as listed: each with the fields the caller may know of.
 pub type Listed = Vec<(RecordMeta, Vec<FieldInfo>)>;
 
-/// Which page of a subject's records `list_records` examines: at most `size` of them, oldest
-/// first, after `after`. A page costs the same whatever the subject has beyond it, so a subject
-/// with thousands of records (seen or not) is listed in calls of bounded work.
+/// Which page of a subject's records `list_records` gives: at most `size` of those the caller
+/// may know of, oldest first, after `after`. One call examines at most
+/// [`ListPage::MAX_EXAMINED`] records, so a subject with any number of records (seen or not) is
+/// listed in calls of bounded work.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct ListPage {
     /// The record the page before ended with; `None` for the first page.
     pub after: Option<ListCursor>,
-    /// Records examined, 1 to [`ListPage::MAX_SIZE`].
+    /// Records listed, 1 to [`ListPage::MAX_SIZE`].
     pub size: usize,
 }
 
@@ -315,8 +316,10 @@ pub struct ListCursor {
 impl ListPage {
     /// Records a page examines when the request names no size.
     pub const DEFAULT_SIZE: usize = 100;
-    /// Most records a page examines.
+    /// Most records a page lists.
     pub const MAX_SIZE: usize = 1000;
+    /// Most records one call examines to fill its page.
+    pub const MAX_EXAMINED: usize = 10_000;
 
     /// The page a request asks for: `size` (0 for the default) and `token` (empty for the
     /// first page, else a `next_page_token` as it was given).
@@ -1370,23 +1373,47 @@ impl Vault {
                 "this token is scoped to one subject and reaches no other".into(),
             ));
         }
-        let after = page
-            .after
-            .as_ref()
-            .map(|c| (c.created_at, c.record_id.as_str()));
-        // One more than the page, to tell whether another follows.
-        let mut records = self.store.subject_records_page(
-            subject.as_str(),
-            after,
-            page.size.saturating_add(1),
-        )?;
-        let next = if records.len() > page.size {
-            records.truncate(page.size);
-            records.last().map(|(r, _)| ListCursor::of(r))
-        } else {
-            None
+        // Records are read a batch at a time until the page holds `page.size` the caller may
+        // know of, the subject's records end, or `ListPage::MAX_EXAMINED` were examined. A full
+        // page always gives a token, whatever follows, and names its last record listed: neither
+        // the token nor its presence tells of records the caller may not know of (but past
+        // `MAX_EXAMINED` hidden records in one call, whose token names the last examined).
+        let mut out: Listed = Vec::new();
+        let mut after = page.after.clone();
+        let mut examined = 0;
+        let next = loop {
+            let batch = page
+                .size
+                .max(ListPage::DEFAULT_SIZE)
+                .min(ListPage::MAX_EXAMINED - examined);
+            let records = self.store.subject_records_page(
+                subject.as_str(),
+                after.as_ref().map(|c| (c.created_at, c.record_id.as_str())),
+                batch,
+            )?;
+            let read = records.len();
+            examined += read;
+            let last = records.last().map(|(r, _)| ListCursor::of(r));
+            for listed in self.visible_metadata(principal, ctx, records, None)? {
+                out.push(listed);
+                if out.len() == page.size {
+                    break;
+                }
+            }
+            if let Some((meta, _)) = out.last().filter(|_| out.len() == page.size) {
+                break Some(ListCursor {
+                    created_at: meta.created_at,
+                    record_id: meta.id.clone(),
+                });
+            }
+            if read < batch {
+                break None;
+            }
+            if examined >= ListPage::MAX_EXAMINED {
+                break last;
+            }
+            after = last;
         };
-        let out = self.visible_metadata(principal, ctx, records, None)?;
         let mut event = self.event(principal, ctx, "list", Some(subject), None);
         event.decision = if out.is_empty() { "deny" } else { "allow" }.into();
         event.reason = Some(format!("{} record(s) listed", out.len()));
@@ -1396,7 +1423,10 @@ impl Vault {
 
     /// The metadata of `records` the caller may know of: each record with the fields the policy
     /// lets them list (sizes and evidence metadata only where they may read), records with no
-    /// such field left out. Rows are checked first. Nothing is decrypted.
+    /// such field left out. Nothing is decrypted. Decided on the rows as read; a record is
+    /// checked (its row, its fields' metadata and set, its evidence rows) before anything of it
+    /// is shown, so a row changed to be shown fails closed, and a record the caller may not know
+    /// of costs no more than its decision (what the call's time could tell of it).
     fn visible_metadata(
         &self,
         principal: &Principal,
@@ -1404,14 +1434,6 @@ impl Vault {
         records: Vec<(RecordRow, Vec<crate::store::FieldMeta>)>,
         facts: Option<&rights::DecisionFacts>,
     ) -> Result<Vec<(RecordMeta, Vec<FieldInfo>)>, VaultError> {
-        for (r, fields) in &records {
-            self.rows.check(r)?;
-            self.rows.check_field_metas(r, fields)?;
-            // Evidence metadata (media type, size) is listed: only from authentic rows.
-            if fields.iter().any(|f| f.evidence.is_some()) {
-                self.rows.check_all(&self.store.record_evidence(&r.id)?)?;
-            }
-        }
         // Decide once per distinct (subject, purpose, category, name, closed), not per row.
         let mut distinct: BTreeMap<(String, Purpose, Category, String, bool), usize> =
             BTreeMap::new();
@@ -1459,17 +1481,31 @@ impl Vault {
         let reads = self.decide_on(principal, Action::Read, ctx, &resources, facts)?;
         let mut out = Vec::new();
         for (rec, fields) in records {
+            let listed = |f: &crate::store::FieldMeta| {
+                let i = *distinct.get(&(
+                    rec.subject.clone(),
+                    rec.purpose,
+                    f.category,
+                    f.name.clone(),
+                    rec.closed_at.is_some(),
+                ))?;
+                decisions.get(i).filter(|d| d.is_allow())?;
+                Some(i)
+            };
+            if !fields.iter().any(|f| listed(f).is_some()) {
+                continue;
+            }
+            // Shown, so checked first. Evidence metadata (media type, size) is listed: only
+            // from authentic rows.
+            self.rows.check(&rec)?;
+            self.rows.check_field_metas(&rec, &fields)?;
+            if fields.iter().any(|f| f.evidence.is_some()) {
+                self.rows.check_all(&self.store.record_evidence(&rec.id)?)?;
+            }
             let visible: Vec<FieldInfo> = fields
                 .into_iter()
                 .filter_map(|f| {
-                    let i = *distinct.get(&(
-                        rec.subject.clone(),
-                        rec.purpose,
-                        f.category,
-                        f.name.clone(),
-                        rec.closed_at.is_some(),
-                    ))?;
-                    decisions.get(i).filter(|d| d.is_allow())?;
+                    let i = listed(&f)?;
                     let readable = reads.get(i).is_some_and(Decision::is_allow);
                     Some(FieldInfo {
                         name: f.name,

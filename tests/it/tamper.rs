@@ -283,10 +283,12 @@ async fn record_rows_edited_by_hand_are_not_obeyed() {
         .err()
         .unwrap();
     assert_eq!(status.code(), Code::DataLoss);
+    // Listed to whoever may know of the record: refused, as the read. (A caller who may know
+    // of none of it gets nothing of it either way: a record is checked before it is shown.)
     let mut client = server.client().await;
     let listed = client
         .list_records(req(
-            &cs,
+            &officer,
             pb::ListRecordsRequest {
                 context: nuisance_ctx(),
                 subject_id: subject.into(),
@@ -297,6 +299,13 @@ async fn record_rows_edited_by_hand_are_not_obeyed() {
         .err()
         .unwrap();
     assert_eq!(listed.code(), Code::DataLoss);
+    let hidden = list_records(&server, &cs, nuisance_ctx(), subject)
+        .await
+        .unwrap();
+    assert!(
+        hidden.is_empty(),
+        "customer service may know of no nuisance record"
+    );
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 4);
     assert!(
