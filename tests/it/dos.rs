@@ -1322,43 +1322,79 @@ async fn an_answer_nobody_reads_keeps_its_place_so_the_callers_next_read_is_refu
     assert_eq!(read(reader).await.unwrap().fields.len(), 6);
 }
 
+/// A `kluis serve --dev` holding one record of `SCOPED_SUBJECT` under the contract purpose,
+/// stored by customer service: seven values `note0`..`note6` of about 1 MiB each and a small
+/// `name`.
+struct LargeRecord {
+    server: Server,
+    addr: SocketAddr,
+    token: String,
+    record: String,
+}
+
+impl LargeRecord {
+    async fn serve(dir: &std::path::Path) -> Self {
+        const MIB: usize = 1024 * 1024;
+        let (server, addr) = serve_dev_with_limits(dir, "");
+        let token = dev_token(dir, "customer-service");
+        let mut fields: Vec<pb::FieldValue> = (0..7)
+            .map(|i| text(&format!("note{i}"), "identity", &"x".repeat(MIB - 1024)))
+            .collect();
+        fields.push(text("name", "identity", "J. Jansen"));
+        let mut large = Self {
+            server,
+            addr,
+            token,
+            record: String::new(),
+        };
+        large.record = Self::client(large.channel().await)
+            .put_record(req(
+                &large.token,
+                pb::PutRecordRequest {
+                    context: ctx("contract", "", ""),
+                    subject_id: SCOPED_SUBJECT.into(),
+                    fields,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .record_id;
+        large
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn client(
+        c: tonic::transport::Channel,
+    ) -> pb::vault_client::VaultClient<tonic::transport::Channel> {
+        pb::vault_client::VaultClient::new(c)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+}
+
 /// Registering a disclosure of a field decides on the record's field metadata, not its values:
 /// 200 at once of a record of 7 MiB, each under one of the 64 places, leave the server's memory
 /// far below what 64 whole records read at once would take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disclosures_of_a_large_record_at_once_read_no_values() {
-    const MIB: usize = 1024 * 1024;
     const CALLS: usize = 200;
     let tmp = crate::common::private_tempdir();
-    let (server, addr) = serve_dev_with_limits(tmp.path(), "");
-    let pid = server.0.id();
-    let token = dev_token(tmp.path(), "customer-service");
-    let channel = || async move {
-        Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    };
-    let client = |c: tonic::transport::Channel| {
-        pb::vault_client::VaultClient::new(c).max_decoding_message_size(16 * MIB)
-    };
-    let record = client(channel().await)
-        .put_record(req(
-            &token,
-            pb::PutRecordRequest {
-                context: ctx("contract", "", ""),
-                subject_id: SCOPED_SUBJECT.into(),
-                fields: (0..7)
-                    .map(|i| text(&format!("note{i}"), "identity", &"x".repeat(MIB - 1024)))
-                    .collect(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record_id;
+    let large = LargeRecord::serve(tmp.path()).await;
+    let (pid, token, record) = (
+        large.server.0.id(),
+        large.token.clone(),
+        large.record.clone(),
+    );
+    let (channel, client) = (|| large.channel(), LargeRecord::client);
     let disclose = |c: tonic::transport::Channel, field: usize| {
         let request = req(
             &token,
@@ -1400,7 +1436,7 @@ async fn disclosures_of_a_large_record_at_once_read_no_values() {
         peak_kib < before_kib + 90 * 1024,
         "the server's memory peaked at {peak_kib} KiB ({before_kib} KiB before)"
     );
-    drop(server);
+    drop(large);
 }
 
 /// A read that names one field of a large record reads that field's value alone: 200 at once
@@ -1413,39 +1449,13 @@ async fn reads_naming_one_small_field_of_a_large_record_read_no_other_value() {
     const MIB: usize = 1024 * 1024;
     const CALLS: usize = 200;
     let tmp = crate::common::private_tempdir();
-    let (server, addr) = serve_dev_with_limits(tmp.path(), "");
-    let pid = server.0.id();
-    let token = dev_token(tmp.path(), "customer-service");
-    let channel = || async move {
-        Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    };
-    let client = |c: tonic::transport::Channel| {
-        pb::vault_client::VaultClient::new(c)
-            .max_decoding_message_size(16 * MIB)
-            .max_encoding_message_size(16 * MIB)
-    };
-    let mut fields: Vec<pb::FieldValue> = (0..7)
-        .map(|i| text(&format!("note{i}"), "identity", &"x".repeat(MIB - 1024)))
-        .collect();
-    fields.push(text("name", "identity", "J. Jansen"));
-    let record = client(channel().await)
-        .put_record(req(
-            &token,
-            pb::PutRecordRequest {
-                context: ctx("contract", "", ""),
-                subject_id: SCOPED_SUBJECT.into(),
-                fields,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record_id;
+    let large = LargeRecord::serve(tmp.path()).await;
+    let (pid, token, record) = (
+        large.server.0.id(),
+        large.token.clone(),
+        large.record.clone(),
+    );
+    let (channel, client) = (|| large.channel(), LargeRecord::client);
     let read = |c: tonic::transport::Channel, field: &str| {
         let request = req(
             &token,
@@ -1484,7 +1494,7 @@ async fn reads_naming_one_small_field_of_a_large_record_read_no_other_value() {
         peak_kib < before_kib + 90 * 1024,
         "the server's memory peaked at {peak_kib} KiB ({before_kib} KiB before)"
     );
-    drop(server);
+    drop(large);
 }
 
 /// A request body that sends `frames` and then neither ends nor sends more.

@@ -280,27 +280,7 @@ impl RecordStore for PgStore {
         &self,
         subject: &str,
     ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
-        // One snapshot: records and fields together (see `record`).
-        self.read(|tx| {
-            let records = tx
-                .all(
-                    &format!(
-                        "SELECT {RECORD_COLUMNS} FROM records WHERE subject = $1
-                         ORDER BY created_at, id"
-                    ),
-                    &[&subject],
-                )?
-                .iter()
-                .map(record_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            records
-                .into_iter()
-                .map(|rec| {
-                    let fields = field_metas(tx, &rec.id)?;
-                    Ok((rec, fields))
-                })
-                .collect()
-        })
+        self.subject_records_page(subject, None, usize::MAX)
     }
 
     fn subject_records_page(

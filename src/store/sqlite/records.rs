@@ -259,18 +259,7 @@ impl RecordStore for SqliteStore {
         &self,
         subject: &str,
     ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
-        let rows = self.read(|c| {
-            // One read transaction: records and fields from one snapshot (see `record`).
-            let c = &c.unchecked_transaction()?;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM records WHERE subject = ?1 ORDER BY created_at, id"
-            ))?;
-            let records = stmt
-                .query_map([subject], record_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            with_field_metas_in(c, records)
-        })?;
-        labelled(rows)
+        self.subject_records_page(subject, None, usize::MAX)
     }
 
     fn subject_records_page(
