@@ -1868,6 +1868,21 @@ impl Vault {
         let rows: Vec<FieldRow> = value.into_iter().collect();
         for row in &rows {
             self.rows.check(&rows::FieldPlace::of(&record.id, row))?;
+            // The row is the one whose metadata the set was checked with (not an older row of
+            // the field, authentic in itself, that a store answered in its place).
+            let listed = metas.iter().any(|m| {
+                m.evidence.is_none()
+                    && m.name == row.name
+                    && m.version == row.version
+                    && m.mac == row.mac
+            });
+            if !listed {
+                return Err(StoreError::Corrupt(format!(
+                    "field `{}` of `{}` is not the row its record lists",
+                    row.name, record.id
+                ))
+                .into());
+            }
         }
         Ok((record, rows))
     }

@@ -283,6 +283,24 @@ async fn record_rows_edited_by_hand_are_not_obeyed() {
         .err()
         .unwrap();
     assert_eq!(status.code(), Code::DataLoss);
+    // A read naming that field alone (which reads its row only), or another field, alike.
+    for name in ["statement", "phone"] {
+        let status = server
+            .client()
+            .await
+            .get_record(req(
+                &officer,
+                pb::GetRecordRequest {
+                    context: nuisance_ctx(),
+                    record_id: id.clone(),
+                    fields: vec![name.into()],
+                },
+            ))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::DataLoss, "{name}");
+    }
     // Listed to whoever may know of the record: refused, as the read. (A caller who may know
     // of none of it gets nothing of it either way: a record is checked before it is shown.)
     let mut client = server.client().await;
