@@ -20,10 +20,13 @@
 //! No client holds the server's memory by not reading. `metered` hands every response on in
 //! pieces of at most `metered::CHUNK`, so HTTP/2 holds at most a piece or two of a stream
 //! beyond the client's window, and it counts the bytes of responses that wait for their clients
-//! (taken from the service, not yet given window) against `unread_bytes_per_address` and
-//! `unread_bytes`: a response that would pass either ends with `RESOURCE_EXHAUSTED` instead. A
-//! connection with a response that has waited `unread_timeout` for its client to take any of it
-//! is closed (`Slots::close_unread`, looked for by a sweep), and what it held goes with it.
+//! (taken from the service, not yet written to the connection) against
+//! `unread_bytes_per_address` and `unread_bytes`: a response that would pass either ends with
+//! `RESOURCE_EXHAUSTED` instead. What HTTP/2 was handed stays counted by the connection after
+//! its call ended, until the connection has written as many bytes (`Activity::wrote`, told by
+//! `Killable`). A connection with a response that has waited `unread_timeout` for its client
+//! to take any of it, or with bytes handed that it has written nothing of for as long, is
+//! closed (`Slots::close_unread`, looked for by a sweep), and what it held goes with it.
 //!
 //! Invariant: every accepted socket is either handed to the server inside a `Killable` holding
 //! its `Slot`, or closed.
@@ -368,6 +371,12 @@ pub(crate) struct Activity {
     calls: Mutex<Vec<std::sync::Weak<Call>>>,
     /// The unread bytes of the connection's address, and in all.
     unread: [Arc<Unread>; 2],
+    /// Bytes of responses handed to HTTP/2 and not yet written to the connection, held
+    /// against `unread` by the connection (the call that handed them may have ended).
+    unwritten: AtomicUsize,
+    /// When the connection last wrote while bytes were unwritten, or they began to be (ms
+    /// after `since`, plus one).
+    wrote_last: AtomicU64,
     /// The bytes of request messages being received from the connection's address, and in
     /// all; and how long such a message may wait for its next bytes.
     receiving: ([Arc<Unread>; 2], Pace),
@@ -388,6 +397,47 @@ impl Activity {
             wake: tokio::sync::Notify::new(),
             calls: Mutex::new(Vec::new()),
             unread,
+            unwritten: AtomicUsize::new(0),
+            wrote_last: AtomicU64::new(0),
+        }
+    }
+
+    /// `n` bytes of a response, held against the unread limits, were handed to HTTP/2: they
+    /// stay held, by the connection, until it has written as many (`wrote`).
+    fn handed(&self, n: usize) {
+        if n > 0 && self.unwritten.fetch_add(n, Ordering::SeqCst) == 0 {
+            self.wrote_last
+                .store(self.now().saturating_add(1), Ordering::SeqCst);
+        }
+    }
+
+    /// The connection wrote `n` bytes (frames of every kind, so what HTTP/2 holds is counted
+    /// short by the headers and control frames written meanwhile): as many of the bytes
+    /// handed to it are let go.
+    pub(crate) fn wrote(&self, n: usize) {
+        if n == 0 || self.unwritten.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Ok(before) = self
+            .unwritten
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                (u > 0).then(|| u - n.min(u))
+            })
+        else {
+            return;
+        };
+        for unread in &self.unread {
+            unread.release(n.min(before));
+        }
+        self.wrote_last
+            .store(self.now().saturating_add(1), Ordering::SeqCst);
+    }
+
+    /// The connection is gone: what it held unwritten goes with it.
+    fn closed(&self) {
+        let held = self.unwritten.swap(0, Ordering::SeqCst);
+        for unread in &self.unread {
+            unread.release(held);
         }
     }
 
@@ -426,8 +476,17 @@ impl Activity {
 
     /// How long the response that has waited longest for its client has waited; `None` when
     /// none waits.
+    /// Bytes handed to HTTP/2 that wait to be written count as a response waiting since the
+    /// connection last wrote.
     fn unread_for(&self) -> Option<Duration> {
         let now = self.now();
+        let unwritten = match self.unwritten.load(Ordering::SeqCst) {
+            0 => None,
+            _ => match self.wrote_last.load(Ordering::SeqCst) {
+                0 => None,
+                since => Some(now.saturating_sub(since - 1)),
+            },
+        };
         let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
         calls
             .iter()
@@ -436,6 +495,7 @@ impl Activity {
                 0 => None,
                 since => Some(now.saturating_sub(since - 1)),
             })
+            .chain(unwritten)
             .max()
             .map(Duration::from_millis)
     }
@@ -582,14 +642,13 @@ impl Running {
         Ok(())
     }
 
-    /// `n` bytes of the response no longer wait for the client.
-    pub(crate) fn release(&self, n: usize) {
+    /// `n` of the bytes held were handed to HTTP/2: the connection holds them from now on,
+    /// until it has written them (`Activity::wrote`), whether or not the call ends first.
+    pub(crate) fn handed(&self, n: usize) {
         let held = self.0.held.load(Ordering::SeqCst);
         let n = n.min(held);
         self.0.held.store(held - n, Ordering::SeqCst);
-        for unread in &self.0.activity.unread {
-            unread.release(n);
-        }
+        self.0.activity.handed(n);
     }
 
     /// The response waits for the client to take a piece (`true`), or not.
@@ -870,6 +929,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.activity.closed();
         self.slots
             .open
             .lock()
@@ -1125,15 +1185,32 @@ mod tests {
         // A refusal counts nothing.
         on_b1.hold(50).unwrap();
         assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 150);
-        // Released piece by piece, never below what a call holds, and the rest when it ends.
-        on_a1.release(10);
-        on_a1.release(1000);
+        // What a call hands to HTTP/2 stays held by its connection, whether or not the call
+        // ends, until the connection has written as much (never more than it holds); the rest
+        // of a call goes when it ends.
+        on_a1.handed(10);
+        on_a1.handed(1000);
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 150);
+        drop(on_a1);
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 150);
+        a1.activity.wrote(25);
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 125);
+        a1.activity.wrote(1000);
+        a1.activity.wrote(1000);
         assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 90);
         drop(on_a2);
         assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 50);
+        let on_a1 = a1.activity.call();
         on_a1.hold(100).unwrap();
-        drop((on_a1, on_b1));
+        on_a1.handed(70);
+        drop(on_a1);
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 120);
+        // A connection that closes lets go of what it had not written.
+        drop(a1);
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 50);
+        drop(on_b1);
         assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 0);
+        drop((a2, b1));
     }
 
     #[test]
@@ -1159,6 +1236,32 @@ mod tests {
         // Closed once: the sweep after does not count it again.
         assert_eq!(s.close_unread(), 0);
         drop(waits);
+    }
+
+    #[test]
+    fn a_connection_that_writes_nothing_of_what_it_was_handed_is_closed() {
+        let s = unread_slots(1000, 1000, Duration::from_secs(1));
+        let stuck = Slots::take(&s, "10.0.0.1".parse().unwrap(), None).unwrap();
+        let writing = Slots::take(&s, "10.0.0.2".parse().unwrap(), None).unwrap();
+        for conn in [&stuck, &writing] {
+            let call = conn.activity.call();
+            call.hold(500).unwrap();
+            call.handed(500);
+        }
+        std::thread::sleep(Duration::from_millis(600));
+        writing.activity.wrote(100);
+        std::thread::sleep(Duration::from_millis(600));
+        // The calls ended long ago; the stuck connection's bytes still wait to be written.
+        assert_eq!(s.close_unread(), 1);
+        assert!(stuck.activity.evicted.load(Ordering::SeqCst));
+        assert!(!writing.activity.evicted.load(Ordering::SeqCst));
+        writing.activity.wrote(400);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            s.close_unread(),
+            0,
+            "a connection that wrote all it held waits for nothing"
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Killable<IO> {
     /// Until the preface is read: when the connection is cut if it has not been.
     preface: Option<Pin<Box<tokio::time::Sleep>>>,
     read: usize,
+    /// Told of every byte written: it lets go of as many of the bytes handed to HTTP/2
+    /// (`accept::Activity::wrote`).
+    activity: Option<std::sync::Arc<super::accept::Activity>>,
     _slot: Option<Slot>,
 }
 
@@ -85,6 +88,7 @@ impl<IO> Killable<IO> {
             killed: None,
             preface: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             read: 0,
+            activity: slot.as_ref().map(Slot::activity),
             _slot: slot,
         }
     }
@@ -110,6 +114,14 @@ impl<IO> Killable<IO> {
             ));
         }
         Ok(())
+    }
+}
+
+impl<IO> Killable<IO> {
+    fn wrote(&self, written: &Poll<io::Result<usize>>) {
+        if let (Some(activity), Poll::Ready(Ok(n))) = (&self.activity, written) {
+            activity.wrote(*n);
+        }
     }
 }
 
@@ -143,7 +155,26 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Killable<IO> {
         if let Err(e) = self.check(cx) {
             return Poll::Ready(Err(e));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -12,7 +12,8 @@
 //! only once HTTP/2 has window for the last, so a client that does not read leaves the rest
 //! here, counted against the unread limits (`accept::Unread`; a response that would pass one
 //! ends with `RESOURCE_EXHAUSTED`), and marked as waiting for the client, which closes the
-//! connection after `limits.unread_response_secs` (`accept`). An answer's place among the
+//! connection after `limits.unread_response_secs` (`accept`). A piece handed on stays counted,
+//! by the connection, until the connection has written it. An answer's place among the
 //! reads being answered (`vault::answers`), which the service puts on the response's
 //! extensions, is held until the call ends.
 
@@ -84,7 +85,6 @@ where
                 MeteredBody {
                     inner: Some(body),
                     rest: Bytes::new(),
-                    handed: 0,
                     call: Some((path, start)),
                     code,
                     running,
@@ -123,9 +123,6 @@ pub struct MeteredBody<B> {
     inner: Option<B>,
     /// Of the last data frame taken from `inner`, what is still to be handed on.
     rest: Bytes,
-    /// The length of the piece handed on last: it waits for the client until the body is
-    /// polled again (hyper polls once HTTP/2 has window for it).
-    handed: usize,
     /// The call's path and start, until recorded.
     call: Option<(String, Instant)>,
     /// The status, once known.
@@ -176,14 +173,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        // Polled again: the piece handed on last has its window (or the call is over).
+        // Polled again: the piece handed on last has its window (or the call is over). Its
+        // bytes stay held by the connection until it has written them (`accept::Activity`).
         if let Some(running) = &this.running {
             running.waiting(false);
-            if this.handed > 0 {
-                running.release(this.handed);
-            }
         }
-        this.handed = 0;
         if this.rest.is_empty() {
             let Some(inner) = this.inner.as_mut() else {
                 return Poll::Ready(None);
@@ -220,8 +214,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
             }
         }
         let piece = this.rest.split_to(this.rest.len().min(CHUNK));
-        this.handed = piece.len();
         if let Some(running) = &this.running {
+            running.handed(piece.len());
             running.waiting(true);
         }
         Poll::Ready(Some(Ok(Frame::data(piece))))
@@ -474,7 +468,6 @@ mod tests {
         MeteredBody {
             inner: Some(Frames(frames.into())),
             rest: Bytes::new(),
-            handed: 0,
             call: None,
             code: None,
             running: None,

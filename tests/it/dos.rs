@@ -2023,3 +2023,236 @@ async fn a_message_trickled_in_is_ended_when_it_falls_behind_the_slowest_pace() 
         .await
         .expect("a request sent at once was not served");
 }
+
+/// A connection whose reads stop when told: a client that has given HTTP/2 all the window it
+/// wants and then never reads its socket.
+struct Deaf {
+    tcp: tokio::net::TcpStream,
+    deaf: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Deaf {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.deaf.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Deaf {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// A channel from `from` to `to` with windows of 16 MiB a stream and 64 MiB in all, whose
+/// socket is no longer read once the flag it comes with is set.
+async fn deaf_channel(
+    from: IpAddr,
+    to: SocketAddr,
+) -> (
+    tonic::transport::Channel,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let deaf = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&deaf);
+    let channel = Endpoint::from_shared(format!("http://{to}"))
+        .unwrap()
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(64 << 20))
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let deaf = Arc::clone(&flag);
+            async move {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(from, 0))?;
+                let tcp = socket.connect(to).await?;
+                tcp.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Deaf { tcp, deaf }))
+            }
+        }))
+        .await
+        .unwrap();
+    (channel, deaf)
+}
+
+/// Responses that fit HTTP/2's buffers whole were counted as waiting for the client only
+/// until HTTP/2 took them: a client that gave all the window it could and then never read its
+/// socket had every response handed to HTTP/2 and its call ended (and its place among the
+/// downloads given back) while the bytes stayed in the node's memory (an outside attack:
+/// 2,000 ranged downloads of 512 KiB from one token, RSS 301 → 1,093 MB). Now what a
+/// connection has been handed stays counted against `limits.unread_response_bytes_per_address`
+/// and `limits.unread_response_bytes` until the connection has written as many bytes, and a
+/// connection that writes none of it for `limits.unread_response_secs` is closed: by reads and
+/// by downloads alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn responses_taken_whole_into_http2_buffers_stay_counted_until_written() {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    let server = TestServer::start_with_limits(RawLimits {
+        unread_response_secs: Some(4),
+        unread_response_bytes_per_address: Some(16 * MIB + 64 * KIB),
+        unread_response_bytes: Some(64 * MIB),
+        // The caps on downloads are not what is tried here.
+        max_downloads: Some(256),
+        max_downloads_per_caller: Some(256),
+        ..RawLimits::default()
+    })
+    .await;
+    // Answers of 256 KiB: less than HTTP/2 buffers of a stream, so each is handed over whole.
+    let record = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        SCOPED_SUBJECT,
+        vec![text("note", "identity", &"x".repeat(256 * KIB))],
+    )
+    .await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let start = crate::common::evidence_start(
+        crate::common::nuisance_ctx(),
+        "REL-0800",
+        "",
+        "recording",
+        "video/mp4",
+        "hallway.mp4",
+    );
+    let evidence = crate::common::upload(&server, &officer, start, 9, 4 << 20, 1 << 20)
+        .await
+        .unwrap()
+        .evidence_id;
+    let token = server.token(Role::CustomerService).to_owned();
+    let read = |channel: tonic::transport::Channel| {
+        let request = req(
+            &token,
+            pb::GetRecordRequest {
+                context: ctx("contract", "", ""),
+                record_id: record.clone(),
+                fields: vec![],
+            },
+        );
+        async move {
+            pb::vault_client::VaultClient::new(channel)
+                .get_record(request)
+                .await
+                .map(|r| r.into_inner().fields.len())
+        }
+    };
+    let download = |channel: tonic::transport::Channel, offset: u64| {
+        let request = req(
+            &officer,
+            pb::GetEvidenceRequest {
+                context: crate::common::nuisance_ctx(),
+                evidence_id: evidence.clone(),
+                range: Some(pb::ByteRange {
+                    offset,
+                    length: 256 * KIB as u64,
+                }),
+                export: false,
+            },
+        );
+        async move {
+            let mut stream = pb::vault_client::VaultClient::new(channel)
+                .get_evidence(request)
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok::<_, tonic::Status>(1)
+        }
+    };
+    let from = |ip: &str| {
+        Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .local_address(Some(ip.parse().unwrap()))
+    };
+    let neighbour = from("127.0.0.2").connect().await.unwrap();
+    let other = from("127.0.0.3").connect().await.unwrap();
+    assert_eq!(read(neighbour.clone()).await.unwrap(), 1);
+    for door in ["GetRecord", "GetEvidence"] {
+        let (deaf, stop_reading) = deaf_channel("127.0.0.2".parse().unwrap(), server.addr).await;
+        // One call read whole: the connection is up and its settings known.
+        assert_eq!(read(deaf.clone()).await.unwrap(), 1);
+        stop_reading.store(true, std::sync::atomic::Ordering::SeqCst);
+        // 200 answers of 256 KiB (50 MiB) asked for, a few at a time, and never read.
+        let mut asked = Vec::new();
+        for n in 0..200u64 {
+            let deaf = deaf.clone();
+            asked.push(match door {
+                "GetRecord" => tokio::spawn(read(deaf)),
+                _ => tokio::spawn(download(deaf, (n % 16) * 256 * KIB as u64)),
+            });
+            if n % 16 == 15 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // What the socket could not take stays counted for the address: the neighbour's next
+        // answer of 256 KiB would pass its limit and is refused, saying which and what to do.
+        let mut refused = None;
+        for _ in 0..40 {
+            match read(neighbour.clone()).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(status) => {
+                    refused = Some(status);
+                    break;
+                }
+            }
+        }
+        let refused = refused.unwrap_or_else(|| {
+            panic!("{door}: answers handed to HTTP/2 and never written left the address's count")
+        });
+        assert_eq!(
+            refused.code(),
+            Code::ResourceExhausted,
+            "{door}: {refused:?}"
+        );
+        assert!(
+            refused
+                .message()
+                .contains("`limits.unread_response_bytes_per_address`"),
+            "{door}: {}",
+            refused.message()
+        );
+        // Another address is served.
+        assert_eq!(read(other.clone()).await.unwrap(), 1, "{door}");
+        // Past the limit of 4 s without a byte written, the deaf connection is closed, what it
+        // held is let go, and the neighbour is served again.
+        let mut served = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if read(neighbour.clone()).await.is_ok() {
+                served = true;
+                break;
+            }
+        }
+        assert!(
+            served,
+            "{door}: the deaf connection's bytes were never let go"
+        );
+        drop(deaf);
+        for call in asked {
+            call.abort();
+        }
+    }
+}
