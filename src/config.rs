@@ -241,6 +241,12 @@ pub struct RawLimits {
     pub request_bytes: Option<usize>,
     /// Bytes of request messages being received, per peer address.
     pub request_bytes_per_address: Option<usize>,
+    /// Bytes of request messages being received on connections whose calls were authenticated,
+    /// per principal (the caller of the connection's last call of use).
+    pub request_bytes_per_caller: Option<usize>,
+    /// Bytes of request messages being received on connections that have carried no
+    /// authenticated call yet, in all.
+    pub request_bytes_unauthenticated: Option<usize>,
     /// Seconds a request message that has begun may wait for its next bytes.
     pub request_idle_secs: Option<u64>,
     /// The slowest pace a request message may arrive at, in bytes per second (after
@@ -624,6 +630,28 @@ impl RawConfig {
                     "`limits.request_bytes` must be at least `limits.request_bytes_per_address`"
                         .into(),
                 );
+            }
+            for (key, given, limit) in [
+                (
+                    "request_bytes_per_caller",
+                    l.request_bytes_per_caller,
+                    &mut connections.receiving_bytes_per_caller,
+                ),
+                (
+                    "request_bytes_unauthenticated",
+                    l.request_bytes_unauthenticated,
+                    &mut connections.receiving_bytes_unauthenticated,
+                ),
+            ] {
+                if let Some(n) = given {
+                    *limit = n;
+                }
+                if *limit < largest {
+                    problems.push(format!(
+                        "`limits.{key}` must be at least {largest} bytes (the largest message \
+                         with its framing)"
+                    ));
+                }
             }
             match l.request_min_bytes_per_sec {
                 Some(n) if (1024..=1 << 30).contains(&n) => connections.receiving_min_rate = n,
@@ -1195,7 +1223,8 @@ mod tests {
         };
         let ok = check(
             "request_idle_secs = 3\nrequest_bytes = 33554432\n\
-             request_bytes_per_address = 16842752\nrequest_min_bytes_per_sec = 2048",
+             request_bytes_per_address = 16842752\nrequest_min_bytes_per_sec = 2048\n\
+             request_bytes_per_caller = 20000000\nrequest_bytes_unauthenticated = 17000000",
         )
         .unwrap();
         assert_eq!(
@@ -1203,9 +1232,18 @@ mod tests {
                 ok.connections.receiving_timeout,
                 ok.connections.receiving_bytes,
                 ok.connections.receiving_bytes_per_address,
-                ok.connections.receiving_min_rate
+                ok.connections.receiving_min_rate,
+                ok.connections.receiving_bytes_per_caller,
+                ok.connections.receiving_bytes_unauthenticated,
             ),
-            (std::time::Duration::from_secs(3), 32 << 20, 16842752, 2048)
+            (
+                std::time::Duration::from_secs(3),
+                32 << 20,
+                16842752,
+                2048,
+                20_000_000,
+                17_000_000
+            )
         );
         let defaults = check("").unwrap().connections;
         assert_eq!(
@@ -1213,13 +1251,17 @@ mod tests {
                 defaults.receiving_timeout,
                 defaults.receiving_bytes,
                 defaults.receiving_bytes_per_address,
-                defaults.receiving_min_rate
+                defaults.receiving_min_rate,
+                defaults.receiving_bytes_per_caller,
+                defaults.receiving_bytes_unauthenticated,
             ),
             (
                 std::time::Duration::from_secs(10),
                 1 << 30,
                 256 << 20,
-                256 << 10
+                256 << 10,
+                256 << 20,
+                64 << 20
             )
         );
         for (limits, says) in [
@@ -1238,6 +1280,14 @@ mod tests {
             (
                 "request_bytes_per_address = 16842752\nrequest_bytes = 16842751",
                 "`limits.request_bytes` must be at least `limits.request_bytes_per_address`",
+            ),
+            (
+                "request_bytes_per_caller = 16842751",
+                "`limits.request_bytes_per_caller` must be at least 16842752",
+            ),
+            (
+                "request_bytes_unauthenticated = 1024",
+                "`limits.request_bytes_unauthenticated` must be at least 16842752",
             ),
         ] {
             let err = check(limits).unwrap_err().to_string();

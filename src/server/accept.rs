@@ -71,6 +71,12 @@ pub struct ConnectionLimits {
     pub receiving_bytes: usize,
     /// Bytes of request messages being received from one peer address (an IPv6 /64).
     pub receiving_bytes_per_address: usize,
+    /// Bytes of request messages being received on the connections of one principal (the
+    /// caller of a connection's last call of use).
+    pub receiving_bytes_per_caller: usize,
+    /// Bytes of request messages being received on connections that have carried no call of
+    /// use (no caller authenticated on them yet), in all.
+    pub receiving_bytes_unauthenticated: usize,
     /// How long a request message that has begun may wait for its next bytes.
     pub receiving_timeout: Duration,
     /// The slowest pace a request message may arrive at, in bytes per second: a message of `n`
@@ -90,6 +96,8 @@ impl Default for ConnectionLimits {
             unread_bytes_per_address: 128 * 1024 * 1024,
             receiving_bytes: 1024 * 1024 * 1024,
             receiving_bytes_per_address: 256 * 1024 * 1024,
+            receiving_bytes_per_caller: 256 * 1024 * 1024,
+            receiving_bytes_unauthenticated: 64 * 1024 * 1024,
             receiving_timeout: Duration::from_secs(10),
             receiving_min_rate: 256 * 1024,
         }
@@ -224,6 +232,7 @@ async fn sweep_unread<T>(slots: Arc<Slots>, tx: tokio::sync::mpsc::Sender<T>) {
             _ = tick.tick() => {}
             () = tx.closed() => return,
         }
+        slots.shares.prune();
         let closed = slots.close_unread();
         if closed > 0 {
             tracing::warn!(
@@ -331,13 +340,13 @@ impl Unread {
     }
 }
 
-/// Counts `n` bytes against an address's counter and the one of all, or says which limit that
-/// would pass (and counts none on either).
-fn hold_both([address, total]: &[Arc<Unread>; 2], n: usize) -> Result<(), Overfull> {
-    for (i, counter) in [address, total].into_iter().enumerate() {
+/// Counts `n` bytes against every one of `counters` (an address's, the one of all, ...), or
+/// says which limit that would pass (and counts none on any).
+fn hold_all(counters: &[Arc<Unread>], n: usize) -> Result<(), Overfull> {
+    for (i, counter) in counters.iter().enumerate() {
         if !counter.hold(n) {
-            if i == 1 {
-                address.release(n);
+            for held in counters.iter().take(i) {
+                held.release(n);
             }
             return Err(Overfull {
                 key: counter.key,
@@ -346,6 +355,48 @@ fn hold_both([address, total]: &[Arc<Unread>; 2], n: usize) -> Result<(), Overfu
         }
     }
     Ok(())
+}
+
+/// The configuration key of the share of request bytes of connections without a caller.
+pub(crate) const UNAUTHENTICATED_KEY: &str = "limits.request_bytes_unauthenticated";
+
+/// The shares of the bytes of request messages being received: one per principal, and one
+/// for all connections on which no caller has been authenticated yet.
+#[derive(Debug)]
+pub(crate) struct Shares {
+    unauthenticated: Arc<Unread>,
+    per_caller: usize,
+    callers: Mutex<HashMap<Arc<str>, Arc<Unread>>>,
+}
+
+impl Shares {
+    fn new(limits: &ConnectionLimits) -> Self {
+        Self {
+            unauthenticated: Arc::new(Unread::new(
+                limits.receiving_bytes_unauthenticated,
+                UNAUTHENTICATED_KEY,
+            )),
+            per_caller: limits.receiving_bytes_per_caller,
+            callers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The share of `principal`.
+    fn of_caller(&self, principal: &Arc<str>) -> Arc<Unread> {
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(callers.entry(Arc::clone(principal)).or_insert_with(|| {
+            Arc::new(Unread::new(
+                self.per_caller,
+                "limits.request_bytes_per_caller",
+            ))
+        }))
+    }
+
+    /// Forgets the shares no message is being received under.
+    fn prune(&self) {
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        callers.retain(|_, share| Arc::strong_count(share) > 1);
+    }
 }
 
 /// A response refused because the responses waiting for their clients would pass a limit.
@@ -380,15 +431,22 @@ pub(crate) struct Activity {
     /// The bytes of request messages being received from the connection's address, and in
     /// all; and how long such a message may wait for its next bytes.
     receiving: ([Arc<Unread>; 2], Pace),
+    /// The shares of request bytes of callers, and of connections without one.
+    shares: Arc<Shares>,
     /// The principal of the last call of use: a principal keeps at most
     /// `ConnectionLimits::max_connections_per_caller` places against newcomers.
     caller: Mutex<Option<Arc<str>>>,
 }
 
 impl Activity {
-    fn new(unread: [Arc<Unread>; 2], receiving: ([Arc<Unread>; 2], Pace)) -> Self {
+    fn new(
+        unread: [Arc<Unread>; 2],
+        receiving: ([Arc<Unread>; 2], Pace),
+        shares: Arc<Shares>,
+    ) -> Self {
         Self {
             receiving,
+            shares,
             caller: Mutex::new(None),
             running: AtomicUsize::new(0),
             last: AtomicU64::new(0),
@@ -459,11 +517,19 @@ impl Activity {
         Running(call)
     }
 
-    /// The count of a request body's bytes being received on this connection (`metered`).
+    /// The count of a request body's bytes being received on this connection (`metered`):
+    /// against its address's limit, the limit in all, and the share of the connection's caller
+    /// (the principal of its last call of use), or, while no call on it has been authenticated,
+    /// the share of all such connections: a client without a credential cannot hold more than
+    /// that of the bytes the others need.
     pub(crate) fn receiving(&self) -> Receiving {
-        let (counters, pace) = &self.receiving;
+        let ([address, total], pace) = &self.receiving;
+        let share = match self.caller() {
+            Some(principal) => self.shares.of_caller(&principal),
+            None => Arc::clone(&self.shares.unauthenticated),
+        };
         Receiving {
-            counters: counters.clone(),
+            counters: [Arc::clone(address), Arc::clone(total), share],
             held: 0,
             pace: *pace,
         }
@@ -567,7 +633,7 @@ impl Call {
 /// connection's address and of all until the message is whole or the body is dropped.
 #[derive(Debug)]
 pub(crate) struct Receiving {
-    counters: [Arc<Unread>; 2],
+    counters: [Arc<Unread>; 3],
     held: usize,
     /// How slowly a message that has begun may arrive.
     pub(crate) pace: Pace,
@@ -597,7 +663,7 @@ impl Pace {
 impl Receiving {
     /// Counts `n` more bytes, or says which limit that would pass (and counts none).
     pub(crate) fn hold(&mut self, n: usize) -> Result<(), Overfull> {
-        hold_both(&self.counters, n)?;
+        hold_all(&self.counters, n)?;
         self.held += n;
         Ok(())
     }
@@ -637,7 +703,7 @@ impl Running {
     /// Counts `n` bytes of the response as waiting for the client, or says which limit that
     /// would pass.
     pub(crate) fn hold(&self, n: usize) -> Result<(), Overfull> {
-        hold_both(&self.0.activity.unread, n)?;
+        hold_all(&self.0.activity.unread, n)?;
         self.0.held.fetch_add(n, Ordering::SeqCst);
         Ok(())
     }
@@ -707,6 +773,8 @@ struct Slots {
     unread: Arc<Unread>,
     /// Bytes of request messages being received, in all.
     receiving: Arc<Unread>,
+    /// The shares of callers, and of connections without one, of the bytes being received.
+    shares: Arc<Shares>,
 }
 
 #[derive(Default)]
@@ -806,6 +874,7 @@ impl Slots {
                 "limits.unread_response_bytes",
             )),
             receiving: Arc::new(Unread::new(limits.receiving_bytes, "limits.request_bytes")),
+            shares: Arc::new(Shares::new(&limits)),
         }
     }
 
@@ -882,7 +951,7 @@ impl Slots {
         open.total += 1;
         let id = open.next;
         open.next += 1;
-        let activity = Arc::new(Activity::new(unread, receiving));
+        let activity = Arc::new(Activity::new(unread, receiving, Arc::clone(&slots.shares)));
         open.live.insert(id, (address, Arc::clone(&activity)));
         if let Some(key) = conn {
             CONNECTIONS
@@ -1131,6 +1200,7 @@ mod tests {
                     min_rate: 1024,
                 },
             ),
+            Arc::new(Shares::new(&ConnectionLimits::default())),
         ));
         let waiter = tokio::spawn({
             let activity = Arc::clone(&activity);
@@ -1236,6 +1306,55 @@ mod tests {
         // Closed once: the sweep after does not count it again.
         assert_eq!(s.close_unread(), 0);
         drop(waits);
+    }
+
+    #[test]
+    fn messages_count_against_the_share_of_their_connections_caller_or_of_those_without() {
+        let s = Arc::new(Slots::new(
+            ConnectionLimits {
+                receiving_bytes_per_caller: 100,
+                receiving_bytes_unauthenticated: 50,
+                ..ConnectionLimits::default()
+            },
+            EVICTED_IN_TESTS,
+        ));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let (first, second, third) = (
+            Slots::take(&s, ip, None).unwrap(),
+            Slots::take(&s, ip, None).unwrap(),
+            Slots::take(&s, ip, None).unwrap(),
+        );
+        // No caller authenticated on them yet: one share for all such connections.
+        let mut a = first.activity.receiving();
+        let mut b = second.activity.receiving();
+        a.hold(30).unwrap();
+        let over = b.hold(21).unwrap_err();
+        assert_eq!(
+            (over.key, over.limit),
+            ("limits.request_bytes_unauthenticated", 50)
+        );
+        // Refused: nothing counted anywhere.
+        assert_eq!(s.receiving.bytes.load(Ordering::SeqCst), 30);
+        // Once a caller was authenticated on a connection, its next messages count against
+        // that caller's share, which its other connections share.
+        first.activity.call().0.authenticated("alice");
+        third.activity.call().0.authenticated("alice");
+        let mut c = first.activity.receiving();
+        let mut d = third.activity.receiving();
+        c.hold(60).unwrap();
+        let over = d.hold(41).unwrap_err();
+        assert_eq!(
+            (over.key, over.limit),
+            ("limits.request_bytes_per_caller", 100)
+        );
+        second.activity.call().0.authenticated("bob");
+        second.activity.receiving().hold(100).unwrap();
+        drop((a, c, d));
+        assert_eq!(s.receiving.bytes.load(Ordering::SeqCst), 0);
+        // Shares no message is received under are forgotten.
+        s.shares.prune();
+        assert!(s.shares.callers.lock().unwrap().is_empty());
+        b.hold(50).unwrap();
     }
 
     #[test]

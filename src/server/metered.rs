@@ -355,10 +355,17 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if let Err(over) = receiving.hold(data.len()) {
+                        let what = if over.key == super::accept::UNAUTHENTICATED_KEY {
+                            "connections on which no call has been authenticated yet share \
+                             it: a connection whose caller was authenticated has a share of its \
+                             own, so make a small call with your credential on this connection \
+                             first, or retry shortly"
+                        } else {
+                            "send fewer large messages at once, or retry shortly"
+                        };
                         return Poll::Ready(Some(Err(refusal(tonic::Status::resource_exhausted(
                             format!(
-                                "request messages being received hold `{}` = {} bytes: \
-                                 send fewer large messages at once, or retry shortly",
+                                "request messages being received hold `{}` = {} bytes: {what}",
                                 over.key, over.limit
                             ),
                         )))));

@@ -2256,3 +2256,175 @@ async fn responses_taken_whole_into_http2_buffers_stay_counted_until_written() {
         }
     }
 }
+
+/// A PutRecord of about 4 MiB for `subject` on `channel` with `token`.
+async fn large_put(
+    channel: tonic::transport::Channel,
+    token: &str,
+) -> Result<pb::PutRecordResponse, tonic::Status> {
+    pb::vault_client::VaultClient::new(channel)
+        .put_record(req(
+            token,
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: SCOPED_SUBJECT.into(),
+                fields: (0..4)
+                    .map(|i| text(&format!("note{i}"), "identity", &"x".repeat(1000 * 1024)))
+                    .collect(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Request messages being received were held against the limits of their address and of all
+/// alone, whoever sent them: clients without a credential, from a few addresses, kept the pool
+/// in all full, and every large request of every caller was refused (an outside attack: four
+/// addresses kept 1.1 GB held, and 317 of 424 legitimate 1 MB PutRecords were refused). Now
+/// connections that have carried no authenticated call share `limits.request_bytes_unauthenticated`,
+/// and those of one principal `limits.request_bytes_per_caller`: a connection whose caller was
+/// authenticated is served while others hold what they may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes() {
+    const MIB: usize = 1024 * 1024;
+    let server = TestServer::start_with_limits(RawLimits {
+        request_bytes_per_address: Some(40 * MIB),
+        request_bytes: Some(64 * MIB),
+        request_bytes_unauthenticated: Some(16 * MIB + 64 * 1024),
+        request_bytes_per_caller: Some(16 * MIB + 64 * 1024),
+        request_idle_secs: Some(6),
+        ..RawLimits::default()
+    })
+    .await;
+    let from = |ip: &str| {
+        Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .local_address(Some(ip.parse().unwrap()))
+    };
+    let token = server.token(Role::CustomerService).to_owned();
+    // A client that has called with its credential before.
+    let known = from("127.0.0.3").connect().await.unwrap();
+    large_put(known.clone(), &token).await.unwrap();
+    // Without a credential, from two addresses: twelve messages of 8 MiB begun, 7 MiB of each
+    // sent (84 MiB, past the pool in all of 64 MiB).
+    let mut calls = tokio::task::JoinSet::new();
+    for ip in ["127.0.0.2", "127.0.0.4"] {
+        let attacker = from(ip).connect().await.unwrap();
+        for _ in 0..6 {
+            calls.spawn(unfinished_put(attacker.clone(), 8 * MIB as u32, 7 * MIB));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The known client is served: they hold no more than their share.
+    large_put(known.clone(), &token)
+        .await
+        .expect("clients without a credential kept a caller's large request out");
+    // A new connection's first call is counted among those without a caller, whatever its
+    // credential: refused, saying which share and what to do; once a small call with the
+    // credential was made on it, the large one is served.
+    let fresh = from("127.0.0.3").connect().await.unwrap();
+    let refused = large_put(fresh.clone(), &token).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("`limits.request_bytes_unauthenticated` = 16842752")
+            && refused
+                .message()
+                .contains("make a small call with your credential on this connection first"),
+        "{}",
+        refused.message()
+    );
+    put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        SCOPED_SUBJECT,
+        vec![text("name", "identity", "J. Jansen")],
+    )
+    .await;
+    pb::vault_client::VaultClient::new(fresh.clone())
+        .put_record(req(
+            &token,
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: SCOPED_SUBJECT.into(),
+                fields: vec![text("name", "identity", "J. Jansen")],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    large_put(fresh.clone(), &token)
+        .await
+        .expect("a connection whose caller was authenticated did not get the caller's share");
+    // Every message without a credential ended: refused for the share, or when idle.
+    let mut shares = 0;
+    while let Some(done) = tokio::time::timeout(Duration::from_secs(30), calls.join_next())
+        .await
+        .expect("a message never finished was kept past its idle limit")
+    {
+        let status = done.unwrap();
+        match status.code() {
+            Code::ResourceExhausted => {
+                assert!(
+                    status
+                        .message()
+                        .contains("`limits.request_bytes_unauthenticated`"),
+                    "{}",
+                    status.message()
+                );
+                shares += 1;
+            }
+            Code::DeadlineExceeded => {}
+            other => panic!("{other:?}: {}", status.message()),
+        }
+    }
+    // At most two messages of 7 MiB fit in 16 MiB: the others were refused.
+    assert!(shares >= 10, "{shares} of 12 refused for the share");
+    // A principal holds its own share on the connections it called on: past it, its messages
+    // are refused, naming the share, and another principal is served.
+    let greedy = from("127.0.0.5").connect().await.unwrap();
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    pb::vault_client::VaultClient::new(greedy.clone())
+        .list_records(req(
+            &officer,
+            pb::ListRecordsRequest {
+                context: crate::common::nuisance_ctx(),
+                subject_id: SCOPED_SUBJECT.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let mut greedy_calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        greedy_calls.spawn(unfinished_put(greedy.clone(), 8 * MIB as u32, 7 * MIB));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    large_put(known.clone(), &token)
+        .await
+        .expect("one principal's messages kept another's out");
+    let mut per_caller = 0;
+    while let Some(done) = tokio::time::timeout(Duration::from_secs(30), greedy_calls.join_next())
+        .await
+        .expect("a message never finished was kept past its idle limit")
+    {
+        let status = done.unwrap();
+        if status.code() == Code::ResourceExhausted {
+            assert!(
+                status
+                    .message()
+                    .contains("`limits.request_bytes_per_caller`"),
+                "{}",
+                status.message()
+            );
+            per_caller += 1;
+        }
+    }
+    assert!(
+        per_caller >= 2,
+        "{per_caller} of four refused for the caller's share"
+    );
+}
