@@ -256,6 +256,23 @@ impl VaultRpc for VaultApi {
                 }) => {
                     let end = UploadEnd::parse(end.size, &end.sha256)
                         .map_err(|e| super::status::to_status(VaultError::from(e)))?;
+                    // `end` is the last message: the file is stored once the client has
+                    // closed its side of the call with nothing after it (a message after
+                    // `end` would be data the receipt does not cover).
+                    let after = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
+                        .await
+                        .map_err(|_| {
+                            Status::deadline_exceeded(
+                                "`end`: the call was not closed within 30 s of `end`; nothing \
+                                 was stored. Close the request stream after `end`",
+                            )
+                        })??;
+                    if after.is_some() {
+                        return Err(Status::invalid_argument(
+                            "`end`: a message came after `end`, which must be the last; \
+                             nothing was stored. Send the file again, `end` last",
+                        ));
+                    }
                     let Some(u) = upload.upload.take() else {
                         return Err(Status::internal("internal error"));
                     };

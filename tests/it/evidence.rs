@@ -997,6 +997,31 @@ async fn only_an_upload_ended_by_a_matching_end_is_stored() {
             ],
             "`end.sha256`",
         ),
+        (
+            "data after the end",
+            vec![
+                start("REL-END", "f"),
+                data(42, 5000),
+                end(5000, &right),
+                data(42, 10),
+            ],
+            "`end`",
+        ),
+        (
+            "an end of nothing, then the file",
+            vec![start("REL-END", "g"), end(0, ""), data(42, 5000)],
+            "`end`",
+        ),
+        (
+            "a second end",
+            vec![
+                start("REL-END", "h"),
+                data(42, 5000),
+                end(5000, ""),
+                end(5000, ""),
+            ],
+            "`end`",
+        ),
     ] {
         let status = client
             .put_evidence(req(&token, tokio_stream::iter(messages)))
