@@ -1829,18 +1829,8 @@ async fn a_caller_keeps_at_most_its_share_of_downloads_being_sent() {
     })
     .await;
     let officer = server.token(Role::NuisanceOfficer).to_owned();
-    let start = crate::common::evidence_start(
-        crate::common::nuisance_ctx(),
-        "REL-0800",
-        "",
-        "recording",
-        "video/mp4",
-        "hallway.mp4",
-    );
     // Large enough that an unread download cannot be sent whole into the windows of HTTP/2.
-    let put = crate::common::upload(&server, &officer, start, 8, 24 << 20, 1 << 20)
-        .await
-        .unwrap();
+    let put = hallway_video(&server, 8, 24 << 20).await;
     let addr = server.addr;
     let open = |token: String| {
         let evidence_id = put.evidence_id.clone();
@@ -1923,6 +1913,22 @@ async fn a_caller_keeps_at_most_its_share_of_downloads_being_sent() {
         }
     }
     assert!(again.is_some(), "a dropped download kept its place");
+}
+
+/// A video of `size` bytes (from `seed`) the nuisance officer uploads about REL-0800.
+async fn hallway_video(server: &TestServer, seed: u64, size: u64) -> pb::PutEvidenceResponse {
+    let start = crate::common::evidence_start(
+        crate::common::nuisance_ctx(),
+        "REL-0800",
+        "",
+        "recording",
+        "video/mp4",
+        "hallway.mp4",
+    );
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    crate::common::upload(server, &officer, start, seed, size, 1 << 20)
+        .await
+        .unwrap()
 }
 
 /// A request body that sends a message's prefix, then one byte of it every `every`, for ever.
@@ -2131,18 +2137,7 @@ async fn responses_taken_whole_into_http2_buffers_stay_counted_until_written() {
     )
     .await;
     let officer = server.token(Role::NuisanceOfficer).to_owned();
-    let start = crate::common::evidence_start(
-        crate::common::nuisance_ctx(),
-        "REL-0800",
-        "",
-        "recording",
-        "video/mp4",
-        "hallway.mp4",
-    );
-    let evidence = crate::common::upload(&server, &officer, start, 9, 4 << 20, 1 << 20)
-        .await
-        .unwrap()
-        .evidence_id;
+    let evidence = hallway_video(&server, 9, 4 << 20).await.evidence_id;
     let token = server.token(Role::CustomerService).to_owned();
     let read = |channel: tonic::transport::Channel| {
         let request = req(
