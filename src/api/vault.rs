@@ -53,6 +53,10 @@ pub const MAX_EVIDENCE_CHUNK: usize = 1024 * 1024;
 /// How long an upload may wait for the client's next message.
 const EVIDENCE_IDLE: Duration = Duration::from_secs(30);
 
+/// How long an upload waits after `end` for its client to close the request stream: a client
+/// closes it with `end`, and one that does not holds its place among the uploads meanwhile.
+const AFTER_END: Duration = Duration::from_secs(5);
+
 /// An upload in progress in a handler: when the handler ends without finishing it (an error, a
 /// timeout, the client gone), the upload is dropped, and so discarded, on a blocking thread,
 /// under a place among the calls running (`discard`): thousands of uploads abandoned at once
@@ -259,11 +263,11 @@ impl VaultRpc for VaultApi {
                     // `end` is the last message: the file is stored once the client has
                     // closed its side of the call with nothing after it (a message after
                     // `end` would be data the receipt does not cover).
-                    let after = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
+                    let after = tokio::time::timeout(AFTER_END, stream.message())
                         .await
                         .map_err(|_| {
                             Status::deadline_exceeded(
-                                "`end`: the call was not closed within 30 s of `end`; nothing \
+                                "`end`: the call was not closed within 5 s of `end`; nothing \
                                  was stored. Close the request stream after `end`",
                             )
                         })??;

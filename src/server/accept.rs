@@ -96,7 +96,7 @@ impl Default for ConnectionLimits {
             unread_bytes_per_address: 128 * 1024 * 1024,
             receiving_bytes: 1024 * 1024 * 1024,
             receiving_bytes_per_address: 256 * 1024 * 1024,
-            receiving_bytes_per_caller: 256 * 1024 * 1024,
+            receiving_bytes_per_caller: 64 * 1024 * 1024,
             receiving_bytes_unauthenticated: 64 * 1024 * 1024,
             receiving_timeout: Duration::from_secs(10),
             receiving_min_rate: 256 * 1024,
@@ -428,6 +428,9 @@ pub(crate) struct Activity {
     /// When the connection last wrote while bytes were unwritten, or they began to be (ms
     /// after `since`, plus one).
     wrote_last: AtomicU64,
+    /// The connection is gone: bytes handed from now on (a response body polled once more by
+    /// its own task) will never be written, and are let go at once.
+    gone: AtomicBool,
     /// The bytes of request messages being received from the connection's address, and in
     /// all; and how long such a message may wait for its next bytes.
     receiving: ([Arc<Unread>; 2], Pace),
@@ -457,6 +460,7 @@ impl Activity {
             unread,
             unwritten: AtomicUsize::new(0),
             wrote_last: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
         }
     }
 
@@ -466,6 +470,11 @@ impl Activity {
         if n > 0 && self.unwritten.fetch_add(n, Ordering::SeqCst) == 0 {
             self.wrote_last
                 .store(self.now().saturating_add(1), Ordering::SeqCst);
+        }
+        // After the connection closed: either `closed` took these bytes too, or they are let
+        // go here (each swap takes what the other did not).
+        if self.gone.load(Ordering::SeqCst) {
+            self.let_go_unwritten();
         }
     }
 
@@ -491,11 +500,19 @@ impl Activity {
             .store(self.now().saturating_add(1), Ordering::SeqCst);
     }
 
-    /// The connection is gone: what it held unwritten goes with it.
+    /// The connection is gone: what it held unwritten goes with it, and so does what is
+    /// handed to it from now on.
     fn closed(&self) {
+        self.gone.store(true, Ordering::SeqCst);
+        self.let_go_unwritten();
+    }
+
+    fn let_go_unwritten(&self) {
         let held = self.unwritten.swap(0, Ordering::SeqCst);
-        for unread in &self.unread {
-            unread.release(held);
+        if held > 0 {
+            for unread in &self.unread {
+                unread.release(held);
+            }
         }
     }
 
@@ -1275,9 +1292,15 @@ mod tests {
         on_a1.handed(70);
         drop(on_a1);
         assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 120);
-        // A connection that closes lets go of what it had not written.
+        // A connection that closes lets go of what it had not written, and of what a body
+        // still hands it afterwards.
+        let late = a1.activity.call();
+        late.hold(30).unwrap();
         drop(a1);
+        assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 80);
+        late.handed(30);
         assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 50);
+        drop(late);
         drop(on_b1);
         assert_eq!(s.unread.bytes.load(Ordering::SeqCst), 0);
         drop((a2, b1));

@@ -2288,7 +2288,8 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
         request_bytes: Some(64 * MIB),
         request_bytes_unauthenticated: Some(16 * MIB + 64 * 1024),
         request_bytes_per_caller: Some(16 * MIB + 64 * 1024),
-        request_idle_secs: Some(6),
+        // Long enough for the messages held to stay held while the callers are tried.
+        request_idle_secs: Some(12),
         ..RawLimits::default()
     })
     .await;
@@ -2301,16 +2302,23 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
     // A client that has called with its credential before.
     let known = from("127.0.0.3").connect().await.unwrap();
     large_put(known.clone(), &token).await.unwrap();
-    // Without a credential, from two addresses: twelve messages of 8 MiB begun, 7 MiB of each
-    // sent (84 MiB, past the pool in all of 64 MiB).
+    // Without a credential, from two addresses in turn: twelve messages of 8 MiB begun, 7 MiB
+    // of each sent (84 MiB, past the pool in all of 64 MiB), one after the other, so that
+    // those that fit are held whole.
+    let attackers = [
+        from("127.0.0.2").connect().await.unwrap(),
+        from("127.0.0.4").connect().await.unwrap(),
+    ];
     let mut calls = tokio::task::JoinSet::new();
-    for ip in ["127.0.0.2", "127.0.0.4"] {
-        let attacker = from(ip).connect().await.unwrap();
-        for _ in 0..6 {
-            calls.spawn(unfinished_put(attacker.clone(), 8 * MIB as u32, 7 * MIB));
-        }
+    for n in 0..12 {
+        calls.spawn(unfinished_put(
+            attackers[n % 2].clone(),
+            8 * MIB as u32,
+            7 * MIB,
+        ));
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // The known client is served: they hold no more than their share.
     large_put(known.clone(), &token)
         .await
@@ -2376,8 +2384,8 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
             other => panic!("{other:?}: {}", status.message()),
         }
     }
-    // At most two messages of 7 MiB fit in 16 MiB: the others were refused.
-    assert!(shares >= 10, "{shares} of 12 refused for the share");
+    // Two messages of 7 MiB fit in 16 MiB: the others were refused.
+    assert_eq!(shares, 10, "of 12 refused for the share");
     // A principal holds its own share on the connections it called on: past it, its messages
     // are refused, naming the share, and another principal is served.
     let greedy = from("127.0.0.5").connect().await.unwrap();
@@ -2396,8 +2404,9 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
     let mut greedy_calls = tokio::task::JoinSet::new();
     for _ in 0..4 {
         greedy_calls.spawn(unfinished_put(greedy.clone(), 8 * MIB as u32, 7 * MIB));
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     large_put(known.clone(), &token)
         .await
         .expect("one principal's messages kept another's out");
@@ -2418,8 +2427,5 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
             per_caller += 1;
         }
     }
-    assert!(
-        per_caller >= 2,
-        "{per_caller} of four refused for the caller's share"
-    );
+    assert_eq!(per_caller, 2, "of four refused for the caller's share");
 }

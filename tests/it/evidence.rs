@@ -1036,6 +1036,27 @@ async fn only_an_upload_ended_by_a_matching_end_is_stored() {
         wait_for_nothing_left(&server, what);
     }
 
+    // Ended rightly, but the client never closes its side: after a wait, nothing is stored.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
+    for message in [start("REL-END", "open"), data(42, 5000), end(5000, &right)] {
+        tx.send(message).await.unwrap();
+    }
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        client.put_evidence(req(&token, tokio_stream::wrappers::ReceiverStream::new(rx))),
+    )
+    .await
+    .expect("an upload left open after `end` was waited for past its limit")
+    .expect_err("an upload left open after `end` was stored");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("`end`") && status.message().contains("nothing"),
+        "{}",
+        status.message()
+    );
+    drop(tx);
+    wait_for_nothing_left(&server, "left open after `end`");
+
     // The same file ended rightly, with and without its digest: stored and read back whole.
     for sha256 in [right.as_str(), ""] {
         let put = client
