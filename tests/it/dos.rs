@@ -597,28 +597,8 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
     )
     .await;
     let token = server.token(Role::CustomerService).to_owned();
-    let from = |ip: &str| {
-        Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .local_address(Some(ip.parse().unwrap()))
-    };
-    let read = |channel: tonic::transport::Channel| {
-        let request = req(
-            &token,
-            pb::GetRecordRequest {
-                context: ctx("contract", "", ""),
-                record_id: record.clone(),
-                fields: vec![],
-            },
-        );
-        async move {
-            pb::vault_client::VaultClient::new(channel)
-                .max_decoding_message_size(16 * MIB)
-                .get_record(request)
-                .await
-                .map(tonic::Response::into_inner)
-        }
-    };
+    let from = |ip: &str| from_address(&server, ip);
+    let read = |channel: tonic::transport::Channel| read_whole(channel, &token, &record);
     // A client that reads, from the address of the staller below, and one from another.
     let neighbour = from("127.0.0.2").connect().await.unwrap();
     let other = from("127.0.0.3").connect().await.unwrap();
@@ -724,6 +704,37 @@ async fn a_stream_nobody_reads_loses_its_connection_after_the_unread_limit() {
         n
     };
     assert!(lines >= 20, "{lines} lines");
+}
+
+/// An endpoint of `server` whose connections come from the local address `ip`.
+fn from_address(server: &TestServer, ip: &str) -> Endpoint {
+    Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .local_address(Some(ip.parse().unwrap()))
+}
+
+/// The whole of `record` under the contract purpose, read on `channel` with `token` (answers
+/// of up to 16 MiB).
+fn read_whole(
+    channel: tonic::transport::Channel,
+    token: &str,
+    record: &str,
+) -> impl std::future::Future<Output = Result<pb::GetRecordResponse, tonic::Status>> + use<> {
+    let request = req(
+        token,
+        pb::GetRecordRequest {
+            context: ctx("contract", "", ""),
+            record_id: record.into(),
+            fields: vec![],
+        },
+    );
+    async move {
+        pb::vault_client::VaultClient::new(channel)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .get_record(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }
 
 /// `kluis serve --dev` with `limits` as its `[limits]`, in `dir`: the server, its address.
@@ -1255,28 +1266,8 @@ async fn an_answer_nobody_reads_keeps_its_place_so_the_callers_next_read_is_refu
     )
     .await;
     let token = server.token(Role::CustomerService).to_owned();
-    let from = |ip: &str| {
-        Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .local_address(Some(ip.parse().unwrap()))
-    };
-    let read = |channel: tonic::transport::Channel| {
-        let request = req(
-            &token,
-            pb::GetRecordRequest {
-                context: ctx("contract", "", ""),
-                record_id: record.clone(),
-                fields: vec![],
-            },
-        );
-        async move {
-            pb::vault_client::VaultClient::new(channel)
-                .max_decoding_message_size(16 * MIB)
-                .get_record(request)
-                .await
-                .map(tonic::Response::into_inner)
-        }
-    };
+    let from = |ip: &str| from_address(&server, ip);
+    let read = |channel: tonic::transport::Channel| read_whole(channel, &token, &record);
     let reader = from("127.0.0.3").connect().await.unwrap();
     assert_eq!(read(reader.clone()).await.unwrap().fields.len(), 6);
     // The same caller on a connection that never reads (a window of 1 KiB it never opens).
@@ -1553,11 +1544,7 @@ async fn messages_never_finished_are_held_within_the_limits_and_ended_when_idle(
         ..RawLimits::default()
     })
     .await;
-    let from = |ip: &str| {
-        Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .local_address(Some(ip.parse().unwrap()))
-    };
+    let from = |ip: &str| from_address(&server, ip);
     let attacker = from("127.0.0.2").connect().await.unwrap();
     // Four messages of 8 MiB announced, 6 MiB of each sent: 24 MiB from one address.
     let started = Instant::now();
@@ -2140,20 +2127,8 @@ async fn responses_taken_whole_into_http2_buffers_stay_counted_until_written() {
     let evidence = hallway_video(&server, 9, 4 << 20).await.evidence_id;
     let token = server.token(Role::CustomerService).to_owned();
     let read = |channel: tonic::transport::Channel| {
-        let request = req(
-            &token,
-            pb::GetRecordRequest {
-                context: ctx("contract", "", ""),
-                record_id: record.clone(),
-                fields: vec![],
-            },
-        );
-        async move {
-            pb::vault_client::VaultClient::new(channel)
-                .get_record(request)
-                .await
-                .map(|r| r.into_inner().fields.len())
-        }
+        let read = read_whole(channel, &token, &record);
+        async move { read.await.map(|r| r.fields.len()) }
     };
     let download = |channel: tonic::transport::Channel, offset: u64| {
         let request = req(
@@ -2177,11 +2152,7 @@ async fn responses_taken_whole_into_http2_buffers_stay_counted_until_written() {
             Ok::<_, tonic::Status>(1)
         }
     };
-    let from = |ip: &str| {
-        Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .local_address(Some(ip.parse().unwrap()))
-    };
+    let from = |ip: &str| from_address(&server, ip);
     let neighbour = from("127.0.0.2").connect().await.unwrap();
     let other = from("127.0.0.3").connect().await.unwrap();
     assert_eq!(read(neighbour.clone()).await.unwrap(), 1);
@@ -2293,11 +2264,7 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
         ..RawLimits::default()
     })
     .await;
-    let from = |ip: &str| {
-        Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .local_address(Some(ip.parse().unwrap()))
-    };
+    let from = |ip: &str| from_address(&server, ip);
     let token = server.token(Role::CustomerService).to_owned();
     // A client that has called with its credential before.
     let known = from("127.0.0.3").connect().await.unwrap();
