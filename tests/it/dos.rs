@@ -746,6 +746,29 @@ fn read_whole(
     }
 }
 
+/// A small PutRecord (one name, under the contract purpose) on `channel`: a call of use that any
+/// share lets through.
+fn small_put(
+    channel: tonic::transport::Channel,
+    token: &str,
+) -> impl std::future::Future<Output = Result<tonic::Response<pb::PutRecordResponse>, tonic::Status>>
++ use<> {
+    let request = req(
+        token,
+        pb::PutRecordRequest {
+            context: ctx("contract", "", ""),
+            subject_id: SCOPED_SUBJECT.into(),
+            fields: vec![text("name", "identity", "J. Jansen")],
+            ..Default::default()
+        },
+    );
+    async move {
+        pb::vault_client::VaultClient::new(channel)
+            .put_record(request)
+            .await
+    }
+}
+
 /// `kluis serve --dev` with `limits` as its `[limits]`, in `dir`: the server, its address.
 fn serve_dev_with_limits(dir: &std::path::Path, limits: &str) -> (Server, SocketAddr) {
     serve_dev(dir, limits, None)
@@ -1564,16 +1587,7 @@ async fn messages_never_finished_are_held_within_the_limits_and_ended_when_idle(
     // Another address is served meanwhile.
     let other = from("127.0.0.3").connect().await.unwrap();
     let token = server.token(Role::CustomerService).to_owned();
-    pb::vault_client::VaultClient::new(other)
-        .put_record(req(
-            &token,
-            pb::PutRecordRequest {
-                context: ctx("contract", "", ""),
-                subject_id: SCOPED_SUBJECT.into(),
-                fields: vec![text("name", "identity", "J. Jansen")],
-                ..Default::default()
-            },
-        ))
+    small_put(other, &token)
         .await
         .expect("another address was not served");
     let (mut over, mut idle) = (0, 0);
@@ -1644,21 +1658,7 @@ async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
     // What the server runs once it has served a few calls at once.
     let mut warm = tokio::task::JoinSet::new();
     for i in 0..16 {
-        let c = channels[i % channels.len()].clone();
-        let request = req(
-            &other,
-            pb::PutRecordRequest {
-                context: ctx("contract", "", ""),
-                subject_id: SCOPED_SUBJECT.into(),
-                fields: vec![text("name", "identity", "J. Jansen")],
-                ..Default::default()
-            },
-        );
-        warm.spawn(async move {
-            pb::vault_client::VaultClient::new(c)
-                .put_record(request)
-                .await
-        });
+        warm.spawn(small_put(channels[i % channels.len()].clone(), &other));
     }
     while let Some(done) = warm.join_next().await {
         done.unwrap().unwrap();
@@ -1705,17 +1705,7 @@ async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
     uploads.abort_all();
     while uploads.join_next().await.is_some() {}
     // Another caller is served while they are discarded.
-    let served = pb::vault_client::VaultClient::new(channel().await)
-        .put_record(req(
-            &other,
-            pb::PutRecordRequest {
-                context: ctx("contract", "", ""),
-                subject_id: SCOPED_SUBJECT.into(),
-                fields: vec![text("name", "identity", "J. Jansen")],
-                ..Default::default()
-            },
-        ))
-        .await;
+    let served = small_put(channel().await, &other).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     watching.store(false, std::sync::atomic::Ordering::SeqCst);
     let most_threads = watcher.join().unwrap();
@@ -2012,16 +2002,7 @@ async fn a_message_trickled_in_is_ended_when_it_falls_behind_the_slowest_pace() 
     assert!(sent.load(std::sync::atomic::Ordering::SeqCst) >= 10);
     // A request sent at once is served on the same connection.
     let token = server.token(Role::CustomerService).to_owned();
-    pb::vault_client::VaultClient::new(channel)
-        .put_record(req(
-            &token,
-            pb::PutRecordRequest {
-                context: ctx("contract", "", ""),
-                subject_id: SCOPED_SUBJECT.into(),
-                fields: vec![text("name", "identity", "J. Jansen")],
-                ..Default::default()
-            },
-        ))
+    small_put(channel, &token)
         .await
         .expect("a request sent at once was not served");
 }
@@ -2323,18 +2304,7 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
         vec![text("name", "identity", "J. Jansen")],
     )
     .await;
-    pb::vault_client::VaultClient::new(fresh.clone())
-        .put_record(req(
-            &token,
-            pb::PutRecordRequest {
-                context: ctx("contract", "", ""),
-                subject_id: SCOPED_SUBJECT.into(),
-                fields: vec![text("name", "identity", "J. Jansen")],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    small_put(fresh.clone(), &token).await.unwrap();
     large_put(fresh.clone(), &token)
         .await
         .expect("a connection whose caller was authenticated did not get the caller's share");
