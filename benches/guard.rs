@@ -5,7 +5,7 @@
 //! Three kinds of data, 32 MiB each, fed in 64 KiB chunks as an upload arrives: random bytes (a
 //! photo, a film or sound: compressed data), Dutch letter text in ASCII (a scanned letter's text
 //! layer), and the same text in UTF-16LE (a Word document's text). `cargo bench --bench guard`;
-//! `-- --mib N` for another size.
+//! `-- --mib N` for another size, `-- --only random` (or `ascii`, `utf-16`) for one kind.
 
 #![allow(
     clippy::unwrap_used,
@@ -40,6 +40,11 @@ fn main() {
     } else {
         1
     };
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|k| k.to_lowercase());
     let size = mib * 1024 * 1024;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 
@@ -65,6 +70,12 @@ fn main() {
         ("ASCII text", &text),
         ("UTF-16 text", &utf16),
     ] {
+        if only
+            .as_deref()
+            .is_some_and(|k| !name.to_lowercase().starts_with(k))
+        {
+            continue;
+        }
         // The baseline, then the guard, then both again: the better of each.
         let mut aes = Duration::MAX;
         let mut guard = Duration::MAX;

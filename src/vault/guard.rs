@@ -1665,8 +1665,8 @@ impl View {
     }
 
     /// Decodes `bytes` in batches that cannot overflow the room left for units, reading what
-    /// has gathered between batches. Sequences within a batch are decoded in place; one that
-    /// runs past the batch goes through [`View::utf8_byte`] byte by byte.
+    /// has gathered between batches. Sequences within a batch are decoded by [`decode_utf8`];
+    /// one that runs past the batch goes through [`View::utf8_byte`] byte by byte.
     fn write_utf8(&mut self, mut bytes: &[u8]) -> Result<(), Finding> {
         while !bytes.is_empty() {
             let (mut now, rest) = bytes.split_at(self.room()?.clamp(1, bytes.len()));
@@ -1678,46 +1678,10 @@ impl View {
                 now = after;
                 self.utf8_byte(b);
             }
-            let (units, folds) = (&mut *self.units, self.folds);
-            let mut i = 0;
-            let mut past = None;
-            while let Some(&b) = now.get(i) {
-                if b < 0x80 {
-                    units.push(folds.ascii(b));
-                    i += 1;
-                    continue;
-                }
-                let need = match b {
-                    0xC2..=0xDF => 1,
-                    0xE0..=0xEF => 2,
-                    0xF0..=0xF4 => 3,
-                    _ => {
-                        push_break(units);
-                        i += 1;
-                        continue;
-                    }
-                };
-                let Some(sequence) = now.get(i..=i + need) else {
-                    past = Some(i);
-                    break;
-                };
-                match utf8_char(sequence) {
-                    Some(c) => {
-                        folds.fold(c, &mut |u| units.push(u));
-                        i += 1 + need;
-                    }
-                    None => {
-                        // Not UTF-8: the lead byte is a break, and what follows is read anew.
-                        push_break(units);
-                        i += 1;
-                    }
-                }
-            }
-            // A sequence that runs past the batch.
-            if let Some(i) = past {
-                for &b in now.get(i..).unwrap_or_default() {
-                    self.utf8_byte(b);
-                }
+            // A sequence that runs past the batch is read byte by byte.
+            let past = decode_utf8(&mut self.units, self.folds, now);
+            for &b in now.get(past..).unwrap_or_default() {
+                self.utf8_byte(b);
             }
         }
         Ok(())
@@ -1853,6 +1817,75 @@ impl View {
         self.carried = self.units.len();
         Ok(())
     }
+}
+
+/// Fewest units a stretch between two breaks needs to hold anything the guard looks for: a BSN
+/// has eight digits at least (nine, or eight with the leading zero left off), an MRZ line
+/// [`MRZ_LINE`] characters. Nothing the scanners read crosses a break (it ends a number, a row,
+/// a label, a tag, a reference and a run of MRZ characters, and separates nothing), so a
+/// shorter stretch between two breaks can be left out without changing any answer: binary
+/// data read as UTF-8 is mostly such stretches of one to three units, which the scanners then
+/// need not read.
+const SHORTEST_FINDING: usize = 8;
+
+/// Decodes the UTF-8 of `bytes` into `units` up to a sequence that runs past their end, and
+/// returns where that begins (the length of `bytes` when none does). The units of
+/// [`View::utf8_byte`] byte by byte, less the stretches between two breaks shorter than
+/// [`SHORTEST_FINDING`] that a break of this call began.
+fn decode_utf8(units: &mut Vec<Unit>, folds: &Folds, bytes: &[u8]) -> usize {
+    // Where the stretch since the last break began; one that no break of this call began
+    // (what came before is not left out) counts as long from the start.
+    let floor = units.len();
+    let mut open = if units.last() == Some(&Unit::BREAK) {
+        floor
+    } else {
+        floor.wrapping_sub(SHORTEST_FINDING)
+    };
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b < 0x80 {
+            units.push(folds.ascii(b));
+            i += 1;
+            continue;
+        }
+        let need = match b {
+            0xC2..=0xDF => 1,
+            0xE0..=0xEF => 2,
+            0xF0..=0xF4 => 3,
+            _ => {
+                end_stretch(units, &mut open);
+                i += 1;
+                continue;
+            }
+        };
+        let Some(sequence) = bytes.get(i..=i + need) else {
+            return i;
+        };
+        match utf8_char(sequence) {
+            Some(c) => {
+                folds.fold(c, &mut |u| units.push(u));
+                i += 1 + need;
+            }
+            None => {
+                // Not UTF-8: the lead byte is a break, and what follows is read anew.
+                end_stretch(units, &mut open);
+                i += 1;
+            }
+        }
+    }
+    i
+}
+
+/// A break that ends the stretch begun at `open`: the stretch is left out when it is shorter
+/// than [`SHORTEST_FINDING`] (the break that began it stands for both), and the next begins
+/// after it.
+fn end_stretch(units: &mut Vec<Unit>, open: &mut usize) {
+    if units.len().wrapping_sub(*open) < SHORTEST_FINDING {
+        units.truncate(*open);
+    } else {
+        units.push(Unit::BREAK);
+    }
+    *open = units.len();
 }
 
 /// A break; several in a row are one.
@@ -3404,25 +3437,86 @@ mod tests {
         }
     }
 
-    /// One UTF-8 sequence is read as the standard library reads it: every two- and
-    /// three-byte sequence, and four-byte ones at every lead with the edges of each range.
+    /// The units of `bytes` read one byte at a time ([`View::utf8_byte`]), with a break for a
+    /// sequence left unfinished: the reading [`decode_utf8`] is held to.
+    fn utf8_reference(bytes: &[u8]) -> Vec<Unit> {
+        let mut v = View::new(Encoding::Utf8, false, 1 << 16);
+        for &b in bytes {
+            v.utf8_byte(b);
+        }
+        if v.need > 0 {
+            v.push_break();
+        }
+        v.units.to_vec()
+    }
+
+    /// What [`decode_utf8`] makes of `bytes` on its own, ended by three `FF` bytes: breaks
+    /// that end any sequence, so that it reads every byte.
+    fn utf8_fast(bytes: &[u8]) -> Vec<Unit> {
+        let padded = [bytes, &[0xFF; 3]].concat();
+        let mut units = Vec::new();
+        let done = decode_utf8(&mut units, Folds::get(), &padded);
+        assert_eq!(done, padded.len(), "{bytes:x?}");
+        units
+    }
+
+    /// `units` with every stretch between two breaks shorter than [`SHORTEST_FINDING`] left
+    /// out, and breaks in a row as one.
+    fn left_out(units: &[Unit]) -> Vec<Unit> {
+        let mut out = Vec::new();
+        let mut since = SHORTEST_FINDING;
+        for &u in units {
+            if u == Unit::BREAK {
+                if since < SHORTEST_FINDING {
+                    out.truncate(out.len() - since);
+                } else {
+                    out.push(u);
+                }
+                since = 0;
+            } else {
+                out.push(u);
+                since = (since + 1).min(SHORTEST_FINDING);
+            }
+        }
+        out
+    }
+
+    /// One UTF-8 sequence is read as the standard library reads it, by the byte-by-byte
+    /// decoder and by [`decode_utf8`]: every two- and three-byte sequence, and four-byte ones
+    /// at every lead with the edges of each range. A sequence that is not UTF-8 begins with a
+    /// break, and both decoders read the rest alike.
     #[test]
     fn utf8_sequences_are_read_as_the_standard_library_reads_them() {
-        let std_char = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.chars().next());
+        let folds = Folds::get();
+        let check = |seq: &[u8]| {
+            let std_char = std::str::from_utf8(seq).ok().and_then(|s| s.chars().next());
+            let reference = utf8_reference(seq);
+            let fast = utf8_fast(seq);
+            match std_char {
+                Some(c) => {
+                    let mut want = Vec::new();
+                    folds.fold(c, &mut |u| want.push(u));
+                    assert_eq!(reference, want, "{seq:x?}");
+                    want.push(Unit::BREAK);
+                    assert_eq!(fast, want, "{seq:x?}");
+                }
+                None => {
+                    assert_eq!(reference.first(), Some(&Unit::BREAK), "{seq:x?}");
+                    assert_eq!(fast.first(), Some(&Unit::BREAK), "{seq:x?}");
+                }
+            }
+            let reference = [reference, vec![Unit::BREAK]].concat();
+            assert_eq!(left_out(&fast), left_out(&reference), "{seq:x?}");
+        };
         for lead in 0xC2..=0xDFu8 {
             for b in 0..=0xFFu8 {
-                assert_eq!(
-                    utf8_char(&[lead, b]),
-                    std_char(&[lead, b]),
-                    "{lead:x} {b:x}"
-                );
+                check(&[lead, b]);
             }
         }
         for lead in 0xE0..=0xEFu8 {
             for b in 0..=0xFFu8 {
                 for c in 0..=0xFFu8 {
-                    let seq = [lead, b, c];
-                    assert_eq!(utf8_char(&seq), std_char(&seq), "{seq:x?}");
+                    check(&[lead, b, c]);
                 }
             }
         }
@@ -3431,11 +3525,28 @@ mod tests {
             for b in 0..=0xFFu8 {
                 for c in edges {
                     for d in edges {
-                        let seq = [lead, b, c, d];
-                        assert_eq!(utf8_char(&seq), std_char(&seq), "{seq:x?}");
+                        check(&[lead, b, c, d]);
                     }
                 }
             }
+        }
+    }
+
+    /// Every byte read in one pass gives the units of the byte-by-byte decoder, less the short
+    /// stretches between breaks: on noise, on text, and on noise with text in it.
+    #[test]
+    fn utf8_in_one_pass_reads_what_byte_by_byte_reads() {
+        let mut inputs = vec![noise(1, 1 << 16), "Geachte heer, bsn 111 222 333.".into()];
+        for (_, data) in embeddings("bsn 111222333 \u{0661}\u{0662} \u{FF11}\u{FF12}") {
+            inputs.push(data);
+        }
+        for data in inputs {
+            let fast = utf8_fast(&data);
+            let reference = [utf8_reference(&data), vec![Unit::BREAK]].concat();
+            assert_eq!(left_out(&fast), left_out(&reference));
+            // Short stretches are left out as they are read: only the first and the last (which
+            // no break closed before the end) may stay.
+            assert!(fast.len() <= left_out(&fast).len() + 2 * SHORTEST_FINDING);
         }
     }
 
@@ -3449,6 +3560,29 @@ mod tests {
             })
             .collect()
     }
+
+    /// Stretches of text of about the shortest length that can hold a finding, findings among
+    /// them (a BSN of nine and of eight digits, an MRZ line), for
+    /// `leaving_out_short_stretches_never_changes_the_answer` to put between breaks.
+    const STRETCHES: &[&str] = &[
+        "111222333",
+        "11122233",
+        "12345672",
+        "1234567",
+        "bsn",
+        "bsn 12345672",
+        "111 222 333",
+        "111",
+        "222 333",
+        " ",
+        "<b>",
+        "&#160;",
+        "\u{0661}\u{0661}\u{0661}",
+        "\u{FF12}\u{FF12}\u{FF12}",
+        "P<NLDDE<BRUIJN<<WILLEKE<LISELOTTE<<<<<<<<<<<",
+        "P<NLDDE<BRUIJN<<WILLEKE<<<<",
+        "a",
+    ];
 
     /// Lines of a real MRZ and stretches just long and just short of a line, for the block
     /// pass of `scan_mrz` to meet at every offset of a block.
@@ -3503,6 +3637,38 @@ mod tests {
             if encoding == 0 && check_text("f", &text).is_err() {
                 proptest::prop_assert!(whole);
             }
+        }
+
+        /// Read as UTF-8 in one pass with the short stretches between breaks left out, and
+        /// in passes of any length, data gets the answer of its units read byte by byte and
+        /// all at once: pieces of numbers, labels, markup and MRZ lines with breaks (bytes that
+        /// are not UTF-8, cut sequences) and noise between them.
+        #[test]
+        fn leaving_out_short_stretches_never_changes_the_answer(
+            pieces in proptest::collection::vec((0usize..STRETCHES.len(), 0usize..6), 0..10),
+            seed in proptest::num::u64::ANY,
+            scan_at in 20usize..4000,
+            chunk in 1usize..3000,
+        ) {
+            let breaks: [&[u8]; 6] = [b"", b"\xFF", b"\x80", b"\xE0\xA0", b"\xC3", b"\xF0\x9F\x98"];
+            let mut bytes = Vec::new();
+            for (i, &(p, b)) in pieces.iter().enumerate() {
+                bytes.extend(STRETCHES.get(p).map_or(&[][..], |t| t.as_bytes()));
+                bytes.extend(breaks.get(b).copied().unwrap_or_default());
+                if seed >> (i % 64) & 1 == 1 {
+                    bytes.extend(noise(seed ^ i as u64, i % 5));
+                }
+            }
+            let want = check_units(&utf8_reference(&bytes)).is_err();
+            // In one pass, the short stretches left out.
+            proptest::prop_assert_eq!(check_units(&utf8_fast(&bytes)).is_err(), want);
+            let mut view = View::new(Encoding::Utf8, false, scan_at);
+            let got = bytes
+                .chunks(chunk)
+                .try_for_each(|c| view.write(c))
+                .and_then(|()| view.finish())
+                .is_err();
+            proptest::prop_assert_eq!(got, want);
         }
 
         /// The block pass of `scan_mrz` says what reading every unit says.
