@@ -4,9 +4,9 @@
 //!
 //! Invariant: the only module that sees proto types; it converts them by hand.
 //! Invariant: never formats a request, metadata map or token with `{:?}`.
-//! Invariant: each call runs its core work on one blocking thread (`spawn_blocking`), under a
-//! place (`vault::places`: its credential's share, and one of all) it holds until that work
-//! ends (`take_place`).
+//! Invariant: each call runs its core work on one of the node's call threads
+//! (`CallPlace::run`, no more of them than places), under a place (`vault::places`: its
+//! credential's share, and one of all) it holds until that work ends (`take_place`).
 
 pub mod admin;
 pub mod convert;
@@ -136,14 +136,14 @@ where
     let task = async move {
         let place = take_place(&vault, key).await?;
         Ok::<_, Status>(
-            tokio::task::spawn_blocking(move || {
-                let _place = place;
-                identity
-                    .authenticate(&vault, &creds)
-                    .and_then(|principal| f(&vault, &principal, message))
-                    .map_err(|e| vault.after_failure(e))
-            })
-            .await,
+            place
+                .run(move || {
+                    identity
+                        .authenticate(&vault, &creds)
+                        .and_then(|principal| f(&vault, &principal, message))
+                        .map_err(|e| vault.after_failure(e))
+                })
+                .await,
         )
     };
     tokio::time::timeout(REQUEST_TIMEOUT, task)
@@ -213,17 +213,17 @@ where
     let task = async move {
         let place = take_place(&vault, key).await?;
         Ok::<_, Status>(
-            tokio::task::spawn_blocking(move || {
-                let _place = place;
-                let principal = identity
-                    .authenticate(&vault, &creds)
-                    .map_err(|e| status::to_status(vault.after_failure(e)))?;
-                let permit = streams.admit(stream::Long::Export, &principal.id)?;
-                let done = f(&vault, &principal, message)
-                    .map_err(|e| status::to_status(vault.after_failure(e)))?;
-                Ok((done, permit))
-            })
-            .await,
+            place
+                .run(move || {
+                    let principal = identity
+                        .authenticate(&vault, &creds)
+                        .map_err(|e| status::to_status(vault.after_failure(e)))?;
+                    let permit = streams.admit(stream::Long::Export, &principal.id)?;
+                    let done = f(&vault, &principal, message)
+                        .map_err(|e| status::to_status(vault.after_failure(e)))?;
+                    Ok((done, permit))
+                })
+                .await,
         )
     };
     tokio::time::timeout(REQUEST_TIMEOUT, task)

@@ -79,18 +79,18 @@ impl Drop for UploadGuard {
 /// the calls running; at once when the node is stopping.
 fn discard(vault: Arc<Vault>, key: CallerKey, upload: Upload) {
     tokio::spawn(async move {
-        let place = super::take_place(&vault, key).await.ok();
-        tokio::task::spawn_blocking(move || {
-            let _place = place;
-            drop(upload);
-        });
+        match super::take_place(&vault, key).await {
+            Ok(place) => drop(place.run(move || drop(upload))),
+            // The node is stopping: no call thread waits for it.
+            Err(_) => drop(tokio::task::spawn_blocking(move || drop(upload))),
+        }
     });
 }
 
 /// A chunk being written on a blocking thread. Dropped before the write is awaited (the handler
 /// ended early), it hands the upload, once written, to a blocking thread to be discarded.
 struct WriteGuard {
-    task: Option<tokio::task::JoinHandle<Result<Upload, VaultError>>>,
+    task: Option<crate::vault::places::CallTask<Result<Upload, VaultError>>>,
     vault: Arc<Vault>,
     key: CallerKey,
 }
@@ -116,16 +116,14 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
 ) -> Result<T, Status> {
     let place = super::take_place(vault, key).await?;
-    tokio::task::spawn_blocking(move || {
-        let _place = place;
-        f()
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "request task failed");
-        Status::internal("internal error")
-    })?
-    .map_err(super::status::to_status)
+    place
+        .run(f)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "request task failed");
+            Status::internal("internal error")
+        })?
+        .map_err(super::status::to_status)
 }
 
 /// Segments read and opened per blocking call of a download.
@@ -141,12 +139,7 @@ fn next_batch(
 ) -> tokio::task::JoinHandle<Option<DownloadBatch>> {
     tokio::spawn(async move {
         let place = super::take_place(&vault, key).await.ok()?;
-        tokio::task::spawn_blocking(move || {
-            let _place = place;
-            read_batch(download)
-        })
-        .await
-        .ok()
+        place.run(move || read_batch(download)).await.ok()
     })
 }
 
@@ -303,8 +296,7 @@ impl VaultRpc for VaultApi {
                     let Some(mut u) = upload.upload.take() else {
                         return Err(Status::internal("internal error"));
                     };
-                    writing.task = Some(tokio::task::spawn_blocking(move || {
-                        let _place = place;
+                    writing.task = Some(place.run(move || {
                         u.write(&data)?;
                         Ok(u)
                     }));

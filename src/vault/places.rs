@@ -8,15 +8,30 @@
 //! over many candidates, reads of large records) from one credential holds every place, another
 //! caller still gets the next one that frees; a share below the total also leaves places free.
 //!
+//! A call's work runs on one of the node's call threads ([`CallPlace::run`]), at most as many
+//! as there are places: a place given back at the end of a call's work lets the next call in
+//! before its thread is idle again, and a pool that starts a thread whenever none is idle (as
+//! tokio's blocking pool does) then grows past the places under load. Here the next call waits
+//! the moment it takes that thread to be idle instead.
+//!
 //! Invariant: a `CallPlace` holds one permit of its caller's semaphore and one of the total; a
-//! caller's semaphore is in the map while anything holds or waits for one of its permits.
+//! caller's semaphore is in the map while anything holds or waits for one of its permits. The
+//! call threads number at most the total of places, and run nothing but the work of calls that
+//! hold a place.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    task::{Context, Poll},
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// Who a call counts under: a digest of its credential (never the credential).
 pub type CallerKey = [u8; 32];
@@ -27,6 +42,7 @@ pub struct CallPlaces {
     total: Arc<Semaphore>,
     per_caller: usize,
     callers: Arc<Mutex<HashMap<CallerKey, Arc<Semaphore>>>>,
+    threads: Arc<CallThreads>,
 }
 
 /// A call's place, given back when dropped.
@@ -36,6 +52,119 @@ pub struct CallPlace {
     mine: Option<OwnedSemaphorePermit>,
     key: CallerKey,
     callers: Arc<Mutex<HashMap<CallerKey, Arc<Semaphore>>>>,
+    threads: Arc<CallThreads>,
+}
+
+/// A call's work, boxed for a call thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads calls run on: started as calls need them, never more than `most`, kept while
+/// the node runs (they end when the places are dropped).
+struct CallThreads {
+    queue: Mutex<mpsc::Sender<Job>>,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    started: AtomicUsize,
+    idle: Arc<AtomicUsize>,
+    most: usize,
+}
+
+impl std::fmt::Debug for CallThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallThreads")
+            .field("started", &self.started.load(Ordering::Relaxed))
+            .field("most", &self.most)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallThreads {
+    fn new(most: usize) -> Self {
+        let (queue, jobs) = mpsc::channel();
+        Self {
+            queue: Mutex::new(queue),
+            jobs: Arc::new(Mutex::new(jobs)),
+            started: AtomicUsize::new(0),
+            idle: Arc::new(AtomicUsize::new(0)),
+            most: most.max(1),
+        }
+    }
+
+    /// Queues `job` and starts a thread for it when none is idle and fewer than `most` run.
+    fn submit(&self, job: Job) {
+        let sent = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .is_ok();
+        // INVARIANT: the receiver lives as long as `self`, so a send never fails.
+        debug_assert!(sent);
+        if self.idle.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let started = self.started.load(Ordering::SeqCst);
+        if started >= self.most
+            || self
+                .started
+                .compare_exchange(started, started + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            // All that may run are running (or another call is starting one): the job waits
+            // for the first to be done.
+            return;
+        }
+        let (jobs, idle) = (Arc::clone(&self.jobs), Arc::clone(&self.idle));
+        let spawned = std::thread::Builder::new()
+            .name("kluis-call".into())
+            .spawn(move || work(&jobs, &idle));
+        if let Err(e) = spawned {
+            self.started.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!(error = %e, "cannot start a call thread; the call waits for a running one");
+        }
+    }
+
+    /// Threads started so far.
+    #[cfg(test)]
+    fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+}
+
+/// A call thread: runs queued jobs until the queue is gone.
+fn work(jobs: &Mutex<mpsc::Receiver<Job>>, idle: &AtomicUsize) {
+    loop {
+        idle.fetch_add(1, Ordering::SeqCst);
+        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        idle.fetch_sub(1, Ordering::SeqCst);
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
+    }
+}
+
+/// A call's work that panicked (the call thread goes on).
+#[derive(Debug)]
+pub struct CallFailed;
+
+impl std::fmt::Display for CallFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the call's work panicked")
+    }
+}
+
+/// The result of [`CallPlace::run`], once its work is done.
+#[derive(Debug)]
+pub struct CallTask<T>(oneshot::Receiver<Result<T, CallFailed>>);
+
+impl<T> Future for CallTask<T> {
+    type Output = Result<T, CallFailed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(CallFailed)))
+    }
 }
 
 /// The node is stopping: no more places are given.
@@ -49,6 +178,7 @@ impl CallPlaces {
             total: Arc::new(Semaphore::new(total)),
             per_caller,
             callers: Arc::default(),
+            threads: Arc::new(CallThreads::new(total)),
         }
     }
 
@@ -68,6 +198,7 @@ impl CallPlaces {
             mine: None,
             key,
             callers: Arc::clone(&self.callers),
+            threads: Arc::clone(&self.threads),
         };
         place.mine = Some(own.acquire_owned().await.map_err(|_| Closed)?);
         place.total = Some(
@@ -83,6 +214,26 @@ impl CallPlaces {
     #[cfg(test)]
     fn callers(&self) -> usize {
         self.callers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl CallPlace {
+    /// Runs `f` on one of the node's call threads, inside the runtime of the caller (so that
+    /// `f` may wait on it), and gives this place back when `f` returns. A panic in `f` is
+    /// `CallFailed`, and the thread goes on.
+    pub fn run<T: Send + 'static>(self, f: impl FnOnce() -> T + Send + 'static) -> CallTask<T> {
+        let (tx, rx) = oneshot::channel();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let threads = Arc::clone(&self.threads);
+        threads.submit(Box::new(move || {
+            let _inside = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            let place = self;
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            drop(place);
+            // The caller may have gone (its call timed out): nobody to tell.
+            let _ = tx.send(done.map_err(|_| CallFailed));
+        }));
+        CallTask(rx)
     }
 }
 
@@ -135,6 +286,45 @@ mod tests {
         let b2 = next.await.unwrap();
         drop((a3, b2, _a2));
         // Nobody holds or waits: the map is empty again.
+        assert_eq!(places.callers(), 0);
+    }
+
+    /// Calls run on at most as many threads as there are places, however many come, each
+    /// inside the runtime; a call whose work panics fails alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_run_on_no_more_threads_than_places() {
+        let places = Arc::new(CallPlaces::new(3, 3));
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..300u64 {
+            let places = Arc::clone(&places);
+            calls.spawn(async move {
+                let place = places.take([(i % 7) as u8; 32]).await.unwrap();
+                place
+                    .run(move || {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                        assert!(tokio::runtime::Handle::try_current().is_ok());
+                        i
+                    })
+                    .await
+                    .unwrap()
+            });
+        }
+        let mut sum = 0;
+        while let Some(done) = calls.join_next().await {
+            sum += done.unwrap();
+        }
+        assert_eq!(sum, (0..300).sum::<u64>());
+        assert!(places.threads.started() <= 3, "{:?}", places.threads);
+        // A panic is this call's failure only.
+        let failed = places
+            .take([1; 32])
+            .await
+            .unwrap()
+            .run(|| -> u8 { std::panic::panic_any("boom") })
+            .await;
+        assert!(failed.is_err());
+        let ok = places.take([1; 32]).await.unwrap().run(|| 7).await;
+        assert_eq!(ok.unwrap(), 7);
         assert_eq!(places.callers(), 0);
     }
 
