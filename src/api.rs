@@ -171,6 +171,9 @@ pub(crate) async fn take_place(
         .map_err(|_| Status::unavailable("the node is stopping"))
 }
 
+/// What calls that carry no credential count under among the places: they share one line.
+pub(crate) const NO_CREDENTIAL: crate::vault::places::CallerKey = [0; 32];
+
 /// Who a call counts under among the places (`vault::places`), before it is judged: a digest
 /// of the employee's token, else of the bearer token, else of the client certificate; calls
 /// with none share one key.
@@ -180,7 +183,7 @@ pub(crate) fn caller_key(creds: &Credentials) -> crate::vault::places::CallerKey
         (Some(user), _, _) => (b"user", user.expose_secret().as_bytes()),
         (None, Some(bearer), _) => (b"bearer", bearer.expose_secret().as_bytes()),
         (None, None, Some(peer)) => (b"cert", peer.id.as_bytes()),
-        (None, None, None) => return [0; 32],
+        (None, None, None) => return NO_CREDENTIAL,
     };
     Sha256::new()
         .chain_update(kind)

@@ -1718,6 +1718,74 @@ async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
     drop(server);
 }
 
+/// `Operator.Status` needs no credential; on a serving node it reads what seals the store, on a
+/// call thread under a place in the line of the calls that carry no credential, not on a thread
+/// of its own: 2,000 asked at once add at most the places' threads, and a caller with a token
+/// is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_status_questions_takes_no_thread_each() {
+    const QUESTIONS: usize = 2000;
+    let tmp = crate::common::private_tempdir();
+    let (server, addr) = serve_dev_with_limits(tmp.path(), "max_calls_running = 8\n");
+    let pid = server.0.id();
+    let other = dev_token(tmp.path(), "customer-service");
+    let channel = || async move {
+        Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        channels.push(channel().await);
+    }
+    let ask = |c: tonic::transport::Channel| async move {
+        pb::operator_client::OperatorClient::new(c)
+            .status(pb::SealStatusRequest::default())
+            .await
+    };
+    // What the server runs once it has served a few calls at once.
+    let mut warm = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        warm.spawn(ask(channels[i % channels.len()].clone()));
+    }
+    while let Some(done) = warm.join_next().await {
+        assert!(!done.unwrap().unwrap().into_inner().sealed);
+    }
+    let threads_before = proc_status(pid, "Threads");
+    let mut questions = tokio::task::JoinSet::new();
+    for i in 0..QUESTIONS {
+        questions.spawn(ask(channels[i % channels.len()].clone()));
+    }
+    let mut most = 0;
+    let served = small_put(channel().await, &other);
+    tokio::pin!(served);
+    let mut served_ok = None;
+    while !questions.is_empty() {
+        most = most.max(proc_status(pid, "Threads"));
+        tokio::select! {
+            done = questions.join_next() => {
+                if let Some(done) = done {
+                    done.unwrap().expect("a status question failed");
+                }
+            }
+            put = &mut served, if served_ok.is_none() => served_ok = Some(put),
+        }
+    }
+    let served_ok = match served_ok {
+        Some(put) => put,
+        None => served.await,
+    };
+    eprintln!("FIG status: threads {most}, before {threads_before}");
+    served_ok.expect("a caller with a token was not served");
+    assert!(
+        most <= threads_before + 8,
+        "{most} threads while {QUESTIONS} status questions ran, {threads_before} before"
+    );
+    drop(server);
+}
+
 /// An evidence upload begun and left open holds one of its caller's places among the uploads
 /// open (`limits.max_uploads_per_caller`): past them the next is refused at once, saying which
 /// limit and what to do, another caller still begins one, and a dropped upload gives its place
