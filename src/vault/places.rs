@@ -11,12 +11,15 @@
 //! A call's work runs on one of the node's call threads ([`CallPlace::run`]), at most as many
 //! as there are places: a place given back at the end of a call's work lets the next call in
 //! before its thread is idle again, and a pool that starts a thread whenever none is idle (as
-//! tokio's blocking pool does) then grows past the places under load. Here the next call waits
-//! the moment it takes that thread to be idle instead.
+//! tokio's blocking pool does) then grows past the places under load. Here a thread is started
+//! only while there are fewer than calls whose work has not ended (a call's work ends just
+//! before it gives its place back): the next call waits the moment it takes a thread to be idle
+//! again, and never for another call's work to end.
 //!
 //! Invariant: a `CallPlace` holds one permit of its caller's semaphore and one of the total; a
 //! caller's semaphore is in the map while anything holds or waits for one of its permits. The
-//! call threads number at most the total of places, and run nothing but the work of calls that
+//! call threads number at most the total of places, at least the calls whose work has been
+//! handed to them and not ended (up to that total), and run nothing but the work of calls that
 //! hold a place.
 
 use std::{
@@ -64,7 +67,8 @@ struct CallThreads {
     queue: Mutex<mpsc::Sender<Job>>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     started: AtomicUsize,
-    idle: Arc<AtomicUsize>,
+    /// Jobs queued or running whose work has not ended.
+    unfinished: AtomicUsize,
     most: usize,
 }
 
@@ -72,6 +76,7 @@ impl std::fmt::Debug for CallThreads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallThreads")
             .field("started", &self.started.load(Ordering::Relaxed))
+            .field("unfinished", &self.unfinished.load(Ordering::Relaxed))
             .field("most", &self.most)
             .finish_non_exhaustive()
     }
@@ -84,13 +89,21 @@ impl CallThreads {
             queue: Mutex::new(queue),
             jobs: Arc::new(Mutex::new(jobs)),
             started: AtomicUsize::new(0),
-            idle: Arc::new(AtomicUsize::new(0)),
+            unfinished: AtomicUsize::new(0),
             most: most.max(1),
         }
     }
 
-    /// Queues `job` and starts a thread for it when none is idle and fewer than `most` run.
+    /// Queues `job` and starts threads until there are as many as unfinished jobs (at most
+    /// `most`): a queued job then never waits for another job's work to end, only for a
+    /// thread that has ended its own to take the next. The job must call `finished` when its
+    /// work ends, before it gives its place back.
     fn submit(&self, job: Job) {
+        let want = self
+            .unfinished
+            .fetch_add(1, Ordering::SeqCst)
+            .saturating_add(1)
+            .min(self.most);
         let sent = self
             .queue
             .lock()
@@ -99,28 +112,35 @@ impl CallThreads {
             .is_ok();
         // INVARIANT: the receiver lives as long as `self`, so a send never fails.
         debug_assert!(sent);
-        if self.idle.load(Ordering::SeqCst) > 0 {
-            return;
+        let mut started = self.started.load(Ordering::SeqCst);
+        while started < want {
+            if let Err(now) = self.started.compare_exchange(
+                started,
+                started + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                // Another call started one meanwhile: count again.
+                started = now;
+                continue;
+            }
+            let jobs = Arc::clone(&self.jobs);
+            let spawned = std::thread::Builder::new()
+                .name("kluis-call".into())
+                .spawn(move || work(&jobs));
+            if let Err(e) = spawned {
+                self.started.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!(error = %e, "cannot start a call thread; the call waits for a running one");
+                return;
+            }
+            started += 1;
         }
-        let started = self.started.load(Ordering::SeqCst);
-        if started >= self.most
-            || self
-                .started
-                .compare_exchange(started, started + 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-        {
-            // All that may run are running (or another call is starting one): the job waits
-            // for the first to be done.
-            return;
-        }
-        let (jobs, idle) = (Arc::clone(&self.jobs), Arc::clone(&self.idle));
-        let spawned = std::thread::Builder::new()
-            .name("kluis-call".into())
-            .spawn(move || work(&jobs, &idle));
-        if let Err(e) = spawned {
-            self.started.fetch_sub(1, Ordering::SeqCst);
-            tracing::error!(error = %e, "cannot start a call thread; the call waits for a running one");
-        }
+    }
+
+    /// A job's work has ended (called before its place is given back, so that the call that
+    /// takes the place next does not count it).
+    fn finished(&self) {
+        self.unfinished.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Threads started so far.
@@ -131,11 +151,9 @@ impl CallThreads {
 }
 
 /// A call thread: runs queued jobs until the queue is gone.
-fn work(jobs: &Mutex<mpsc::Receiver<Job>>, idle: &AtomicUsize) {
+fn work(jobs: &Mutex<mpsc::Receiver<Job>>) {
     loop {
-        idle.fetch_add(1, Ordering::SeqCst);
         let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        idle.fetch_sub(1, Ordering::SeqCst);
         match job {
             Ok(job) => job(),
             Err(_) => return,
@@ -229,6 +247,7 @@ impl CallPlace {
             let _inside = runtime.as_ref().map(tokio::runtime::Handle::enter);
             let place = self;
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            place.threads.finished();
             drop(place);
             // The caller may have gone (its call timed out): nobody to tell.
             let _ = tx.send(done.map_err(|_| CallFailed));
@@ -326,6 +345,37 @@ mod tests {
         let ok = places.take([1; 32]).await.unwrap().run(|| 7).await;
         assert_eq!(ok.unwrap(), 7);
         assert_eq!(places.callers(), 0);
+    }
+
+    /// A call handed to a thread that is about to take another never waits for that other
+    /// call's work: here the first blocks until the second has run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_never_waits_for_another_calls_work() {
+        for round in 0..100 {
+            let places = CallPlaces::new(4, 4);
+            // One thread started and idle again ...
+            places
+                .take([0; 32])
+                .await
+                .unwrap()
+                .run(|| ())
+                .await
+                .unwrap();
+            let (ran, seen) = std::sync::mpsc::channel::<()>();
+            let first = places.take([1; 32]).await.unwrap();
+            let second = places.take([2; 32]).await.unwrap();
+            // ... and two calls handed over at once: the first waits for the second.
+            let first =
+                first.run(move || seen.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
+            let second = second.run(move || ran.send(()).is_ok());
+            assert!(second.await.unwrap());
+            assert!(
+                first.await.unwrap(),
+                "round {round}: the second call waited for the first ({:?})",
+                places.threads
+            );
+            assert_eq!(places.threads.started(), 2, "{:?}", places.threads);
+        }
     }
 
     #[tokio::test]

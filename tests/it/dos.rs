@@ -53,6 +53,24 @@ async fn large_records(server: &TestServer, n: usize) -> Vec<String> {
     records
 }
 
+/// A connection to the server at `addr`.
+async fn connect_to(addr: SocketAddr) -> tonic::transport::Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `n` connections to the server at `addr`.
+async fn channels_to(addr: SocketAddr, n: usize) -> Vec<tonic::transport::Channel> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        channels.push(connect_to(addr).await);
+    }
+    channels
+}
+
 /// A client that stalls: a window of 1 KiB it never opens further, since it never reads.
 async fn staller(server: &TestServer) -> tonic::transport::Channel {
     Endpoint::from_shared(format!("http://{}", server.addr))
@@ -470,11 +488,7 @@ async fn idle_connections_give_their_places_to_clients_that_call_and_callers_kee
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut nonsense = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = connect_to(server.addr).await;
         let stop = stop.clone();
         nonsense.spawn(async move {
             let mut grpc = tonic::client::Grpc::new(channel);
@@ -825,7 +839,7 @@ fn dev_token(dir: &std::path::Path, role: &str) -> String {
 }
 
 /// A line of `/proc/<pid>/status`, as a number (`Threads`, `VmHWM` in kB).
-fn proc_status(pid: u32, key: &str) -> u64 {
+pub(crate) fn proc_status(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -853,13 +867,7 @@ async fn many_large_reads_at_once_wait_their_turn_or_are_refused_before_anything
     let pid = server.0.id();
     let token = |role: &str| dev_token(tmp.path(), role);
     let (reader, other) = (token("customer-service"), token("nuisance-officer"));
-    let channel = |_: usize| async move {
-        Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    };
+    let channel = |_: usize| async move { connect_to(addr).await };
     let client = |c: tonic::transport::Channel| {
         pb::vault_client::VaultClient::new(c).max_decoding_message_size(16 * MIB)
     };
@@ -1049,11 +1057,7 @@ async fn one_caller_on_many_connections_keeps_its_share_of_places_not_the_cap() 
     for _ in 0..8 {
         let (addr, token, stop) = (server.addr, subject.clone(), stop.clone());
         hogs.spawn(async move {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let channel = connect_to(addr).await;
             let mut c = pb::vault_client::VaultClient::new(channel);
             let (mut answered, mut failed) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -1070,11 +1074,7 @@ async fn one_caller_on_many_connections_keeps_its_share_of_places_not_the_cap() 
     // A newcomer with another credential is let in and served, again and again.
     let token = server.token(Role::CustomerService).to_owned();
     for _ in 0..3 {
-        let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = connect_to(server.addr).await;
         let answered = pb::vault_client::VaultClient::new(channel)
             .who_am_i(req(&token, pb::WhoAmIRequest {}))
             .await;
@@ -1123,11 +1123,7 @@ async fn a_flood_of_one_callers_calls_waits_behind_its_own_share_of_places() {
         vec![text("complaint", "nuisance-evidence", "music at night")],
     )
     .await;
-    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect_to(server.addr).await;
     let read = |token: String, purpose: &'static str, id: String| {
         let channel = channel.clone();
         async move {
@@ -1203,11 +1199,7 @@ async fn exports_nobody_reads_hold_a_record_or_two_each_not_the_whole_subject() 
     let (server, addr) = serve_dev_with_limits(tmp.path(), "stream_idle_secs = 30\n");
     let pid = server.0.id();
     let token = |role: &str| dev_token(tmp.path(), role);
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect_to(addr).await;
     let writer = token("customer-service");
     let mut client = pb::vault_client::VaultClient::new(channel);
     for r in 0..16 {
@@ -1644,17 +1636,7 @@ async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
     let pid = server.0.id();
     let officer = dev_token(tmp.path(), "nuisance-officer");
     let other = dev_token(tmp.path(), "customer-service");
-    let channel = || async move {
-        Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    };
-    let mut channels = Vec::new();
-    for _ in 0..8 {
-        channels.push(channel().await);
-    }
+    let channels = channels_to(addr, 8).await;
     // What the server runs once it has served a few calls at once.
     let mut warm = tokio::task::JoinSet::new();
     for i in 0..16 {
@@ -1705,7 +1687,7 @@ async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
     uploads.abort_all();
     while uploads.join_next().await.is_some() {}
     // Another caller is served while they are discarded.
-    let served = small_put(channel().await, &other).await;
+    let served = small_put(connect_to(addr).await, &other).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     watching.store(false, std::sync::atomic::Ordering::SeqCst);
     let most_threads = watcher.join().unwrap();
@@ -1729,17 +1711,7 @@ async fn a_flood_of_status_questions_takes_no_thread_each() {
     let (server, addr) = serve_dev_with_limits(tmp.path(), "max_calls_running = 8\n");
     let pid = server.0.id();
     let other = dev_token(tmp.path(), "customer-service");
-    let channel = || async move {
-        Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    };
-    let mut channels = Vec::new();
-    for _ in 0..8 {
-        channels.push(channel().await);
-    }
+    let channels = channels_to(addr, 8).await;
     let ask = |c: tonic::transport::Channel| async move {
         pb::operator_client::OperatorClient::new(c)
             .status(pb::SealStatusRequest::default())
@@ -1759,7 +1731,7 @@ async fn a_flood_of_status_questions_takes_no_thread_each() {
         questions.spawn(ask(channels[i % channels.len()].clone()));
     }
     let mut most = 0;
-    let served = small_put(channel().await, &other);
+    let served = small_put(connect_to(addr).await, &other);
     tokio::pin!(served);
     let mut served_ok = None;
     while !questions.is_empty() {
@@ -1813,11 +1785,7 @@ async fn a_caller_keeps_at_most_its_share_of_open_uploads() {
         let request = req(&token, chunks);
         let addr = server.addr;
         async move {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let channel = connect_to(addr).await;
             pb::vault_client::VaultClient::new(channel)
                 .put_evidence(request)
                 .await
@@ -1890,11 +1858,7 @@ async fn a_caller_keeps_at_most_its_share_of_downloads_being_sent() {
         let evidence_id = put.evidence_id.clone();
         async move {
             // A connection of its own: one unread stream does not hold up the next.
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let channel = connect_to(addr).await;
             pb::vault_client::VaultClient::new(channel)
                 .get_evidence(req(
                     &token,
@@ -2029,11 +1993,7 @@ async fn a_message_trickled_in_is_ended_when_it_falls_behind_the_slowest_pace() 
         ..RawLimits::default()
     })
     .await;
-    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect_to(server.addr).await;
     // 1 MiB announced: whole within 2 s + 1 s. A byte every 200 ms keeps the idle limit away.
     let mut prefix = vec![0u8];
     prefix.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
