@@ -172,7 +172,13 @@ pub struct Gate {
     /// A security officer sealed it: an HSM store does not unseal itself again on anyone's
     /// word, only by a restart of the service.
     by_officer: bool,
+    /// Places, and threads, for the questions being answered (status, unseal): a flood of
+    /// them, which anyone may send, waits for one instead of taking a thread each.
+    at_once: crate::vault::places::CallPlaces,
 }
+
+/// Questions a sealed node answers at once; the others wait their turn.
+const SEALED_AT_ONCE: usize = 4;
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,7 +206,25 @@ impl Gate {
             unsealed: tokio::sync::Notify::new(),
             why,
             by_officer,
+            at_once: crate::vault::places::CallPlaces::new(SEALED_AT_ONCE, SEALED_AT_ONCE),
         }
+    }
+
+    /// Runs `f` on one of the gate's threads once one of its places for questions is free.
+    async fn answer<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Gate) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let place = self
+            .at_once
+            .take(super::NO_CREDENTIAL)
+            .await
+            .map_err(|_| Status::unavailable("the node is stopping"))?;
+        let gate = Arc::clone(self);
+        place
+            .run(move || f(&gate))
+            .await
+            .map_err(|_| Status::internal("internal error"))?
     }
 
     /// The vault the custodians opened, once.
@@ -608,12 +632,10 @@ impl OperatorRpc for OperatorApi {
     ) -> Result<Response<pb::SealStatus>, Status> {
         match &self.mode {
             Mode::Sealed(gate) => {
-                let gate = Arc::clone(gate);
                 let peer = request.remote_addr().map(|a| a.ip());
                 let req = request.into_inner();
-                tokio::task::spawn_blocking(move || gate.unseal(req, peer))
+                gate.answer(move |gate| gate.unseal(req, peer))
                     .await
-                    .map_err(|_| Status::internal("internal error"))?
                     .map(Response::new)
             }
             Mode::Unsealed { .. } => Err(Status::failed_precondition(
@@ -627,13 +649,7 @@ impl OperatorRpc for OperatorApi {
         _request: Request<pb::SealStatusRequest>,
     ) -> Result<Response<pb::SealStatus>, Status> {
         match &self.mode {
-            Mode::Sealed(gate) => {
-                let gate = Arc::clone(gate);
-                tokio::task::spawn_blocking(move || gate.current_status())
-                    .await
-                    .map_err(|_| Status::internal("internal error"))?
-                    .map(Response::new)
-            }
+            Mode::Sealed(gate) => gate.answer(Gate::current_status).await.map(Response::new),
             Mode::Unsealed { backend, .. } => unsealed_status(Arc::clone(&backend.vault))
                 .await
                 .map(Response::new),
@@ -684,27 +700,31 @@ impl OperatorRpc for OperatorApi {
         };
         let vault = Arc::clone(&backend.vault);
         let req = request.into_inner();
-        tokio::task::spawn_blocking(move || {
-            let old = parse_shares("old_shares", &req.old_shares)?;
-            let new = parse_shares("new_shares", &req.new_shares)?;
-            vault.replace_shares(&old, &new)?;
-            let first = new.first();
-            Ok::<_, VaultError>(pb::ReplaceSharesResponse {
-                old_set: old.first().map(Share::set).unwrap_or_default(),
-                new_set: first.map(Share::set).unwrap_or_default(),
-                threshold: first.map_or(0, |s| u32::from(s.threshold())),
-                total: first.map_or(0, |s| u32::from(s.total())),
+        // The shares are the credential, judged on the call thread: the call waits in the
+        // line of the calls that carry none, as `Status` does, not on a thread of its own.
+        let place = super::take_place(&vault, super::NO_CREDENTIAL).await?;
+        place
+            .run(move || {
+                let old = parse_shares("old_shares", &req.old_shares)?;
+                let new = parse_shares("new_shares", &req.new_shares)?;
+                vault.replace_shares(&old, &new)?;
+                let first = new.first();
+                Ok::<_, VaultError>(pb::ReplaceSharesResponse {
+                    old_set: old.first().map(Share::set).unwrap_or_default(),
+                    new_set: first.map(Share::set).unwrap_or_default(),
+                    threshold: first.map_or(0, |s| u32::from(s.threshold())),
+                    total: first.map_or(0, |s| u32::from(s.total())),
+                })
             })
-        })
-        .await
-        .map_err(|_| Status::internal("internal error"))?
-        .map(Response::new)
-        .map_err(|e| {
-            let status = status::to_status(e);
-            if status.code() == tonic::Code::InvalidArgument {
-                self.attempts.charge(peer);
-            }
-            status
-        })
+            .await
+            .map_err(|_| Status::internal("internal error"))?
+            .map(Response::new)
+            .map_err(|e| {
+                let status = status::to_status(e);
+                if status.code() == tonic::Code::InvalidArgument {
+                    self.attempts.charge(peer);
+                }
+                status
+            })
     }
 }

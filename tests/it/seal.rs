@@ -73,6 +73,24 @@ fn init(dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Init {
     }
 }
 
+/// `init` of a store on two shares, both needed; returns the tokens and where the shares are.
+fn init_on_two_shares(dir: &Path) -> (Init, PathBuf) {
+    let shares = dir.join("shares");
+    let tokens = init(
+        dir,
+        &[
+            "--shares",
+            "2",
+            "--threshold",
+            "2",
+            "--share-dir",
+            shares.to_str().unwrap(),
+        ],
+        &[],
+    );
+    (tokens, shares)
+}
+
 /// A server process with its stderr in `log`.
 struct Node {
     _process: Process,
@@ -458,19 +476,7 @@ async fn a_store_on_shares_starts_sealed_and_custodians_unseal_it_one_by_one() {
 async fn unseal_calls_without_a_token_are_rate_limited() {
     let tmp = private_tempdir();
     let dir = tmp.path();
-    let shares = dir.join("shares");
-    init(
-        dir,
-        &[
-            "--shares",
-            "2",
-            "--threshold",
-            "2",
-            "--share-dir",
-            shares.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (_, shares) = init_on_two_shares(dir);
     let node = serve(dir, &[], &[]);
     let _ = node.channel().await;
     let mut limited = None;
@@ -490,6 +496,82 @@ async fn unseal_calls_without_a_token_are_rate_limited() {
         Code::ResourceExhausted,
         "wait",
     );
+}
+
+/// A sealed node answers `Status` and `Unseal` to anyone, without a credential. 2,000 status
+/// questions at once wait for one of a few places (`SEALED_AT_ONCE`, 4) and run on as many
+/// threads, instead of taking a blocking thread each (tokio's pool would start up to 512), and
+/// custodians' shares are taken meanwhile and open the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_questions_to_a_sealed_node_takes_no_thread_each() {
+    const QUESTIONS: usize = 2000;
+    let tmp = private_tempdir();
+    let dir = tmp.path();
+    let (tokens, shares) = init_on_two_shares(dir);
+    let node = serve(dir, &[], &[]);
+    assert!(node.status().await.sealed);
+    let pid = node._process.0.id();
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        channels.push(node.channel().await);
+    }
+    let ask = |c: Channel| async move {
+        OperatorClient::new(c)
+            .status(pb::SealStatusRequest {})
+            .await
+    };
+    // What the node runs once it has answered a few questions at once.
+    let mut warm = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        warm.spawn(ask(channels[i % channels.len()].clone()));
+    }
+    while let Some(done) = warm.join_next().await {
+        assert!(done.unwrap().unwrap().into_inner().sealed);
+    }
+    let threads_before = crate::dos::proc_status(pid, "Threads");
+    let mut questions = tokio::task::JoinSet::new();
+    for i in 0..QUESTIONS {
+        questions.spawn(ask(channels[i % channels.len()].clone()));
+    }
+    let files = share_files(&shares);
+    let share = share_line(&files[0]);
+    let first = node.unseal_text(&share);
+    tokio::pin!(first);
+    let (mut most, mut given) = (0, None);
+    while !questions.is_empty() {
+        most = most.max(crate::dos::proc_status(pid, "Threads"));
+        tokio::select! {
+            done = questions.join_next() => {
+                if let Some(done) = done {
+                    // Answered as sealed, or cut off once the second share below opened it.
+                    if let Ok(answer) = done.unwrap() {
+                        assert!(answer.into_inner().sealed);
+                    }
+                }
+            }
+            status = &mut first, if given.is_none() => given = Some(status),
+        }
+    }
+    let given = match given {
+        Some(status) => status,
+        None => first.await,
+    };
+    eprintln!("FIG sealed status: threads {most}, before {threads_before}");
+    assert_eq!(given.expect("the first share was not taken").progress, 1);
+    assert!(
+        most <= threads_before + 4,
+        "{most} threads while {QUESTIONS} status questions ran, {threads_before} before"
+    );
+    // The second share opens the node.
+    assert!(
+        !node
+            .unseal_text(&share_line(&files[1]))
+            .await
+            .unwrap()
+            .sealed
+    );
+    node.wait_serving(&tokens.so).await;
+    assert_eq!(node.health("kluis.v1.Vault").await, ServingStatus::Serving);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
