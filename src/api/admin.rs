@@ -90,6 +90,8 @@ impl AdminRpc for AdminApi {
         request: Request<pb::WatchAuditRequest>,
     ) -> Result<Response<Self::WatchAuditStream>, Status> {
         let follow = request.get_ref().follow;
+        // Each page is read under one of the caller's places, as the call itself was.
+        let key = super::caller_key(&super::credentials(&request)?);
         let watch = run(&self.vault, request, |vault, principal, req| {
             if req.last.is_some_and(|last| last > WATCH_LAST_MAX) {
                 return Err(InputError::new(
@@ -118,12 +120,17 @@ impl AdminRpc for AdminApi {
                 // Read behind what is committed, one page at a time: the next page is read once
                 // this one is in the channel, which holds at most a page, so a slow reader
                 // holds the watch at two pages.
-                let page = {
-                    let vault = Arc::clone(&vault);
-                    tokio::task::spawn_blocking(move || {
-                        vault.audit_entries_from(next, prev, WATCH_PAGE)
-                    })
-                    .await
+                let page = match super::take_place(&vault, key).await {
+                    Ok(place) => {
+                        let vault = Arc::clone(&vault);
+                        place
+                            .run(move || vault.audit_entries_from(next, prev, WATCH_PAGE))
+                            .await
+                    }
+                    Err(status) => {
+                        tx.send(Err(status)).await;
+                        return;
+                    }
                 };
                 let page = match page {
                     Ok(Ok(page)) => page,

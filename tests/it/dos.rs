@@ -62,6 +62,18 @@ async fn connect_to(addr: SocketAddr) -> tonic::transport::Channel {
         .unwrap()
 }
 
+/// Brings the server to what it runs once it has served a few calls at once: 16 small writes
+/// of `token` over `channels`.
+async fn warm_up(channels: &[tonic::transport::Channel], token: &str) {
+    let mut warm = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        warm.spawn(small_put(channels[i % channels.len()].clone(), token));
+    }
+    while let Some(done) = warm.join_next().await {
+        done.unwrap().unwrap();
+    }
+}
+
 /// `n` connections to the server at `addr`.
 async fn channels_to(addr: SocketAddr, n: usize) -> Vec<tonic::transport::Channel> {
     let mut channels = Vec::with_capacity(n);
@@ -1637,14 +1649,7 @@ async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
     let officer = dev_token(tmp.path(), "nuisance-officer");
     let other = dev_token(tmp.path(), "customer-service");
     let channels = channels_to(addr, 8).await;
-    // What the server runs once it has served a few calls at once.
-    let mut warm = tokio::task::JoinSet::new();
-    for i in 0..16 {
-        warm.spawn(small_put(channels[i % channels.len()].clone(), &other));
-    }
-    while let Some(done) = warm.join_next().await {
-        done.unwrap().unwrap();
-    }
+    warm_up(&channels, &other).await;
     let threads_before = proc_status(pid, "Threads");
     let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let watcher = {
@@ -2402,4 +2407,73 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
         }
     }
     assert_eq!(per_caller, 2, "of four refused for the caller's share");
+}
+
+/// `Admin/WatchAudit` reads the trail a page at a time for each watch. Each page was read on a
+/// thread of tokio's blocking pool, beside the places: 2,000 watches opened at once by a
+/// security officer and never read took a node from 10 to 126 threads (an outside attack).
+/// Each page is now read under one of the caller's places, on a call thread; another caller is
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watches_opened_at_once_read_their_pages_under_places_not_a_thread_each() {
+    const WATCHES: usize = 2000;
+    let tmp = crate::common::private_tempdir();
+    let (server, addr) = serve_dev_with_limits(tmp.path(), "max_calls_running = 8\n");
+    let pid = server.0.id();
+    let officer = dev_token(tmp.path(), "security-officer");
+    let other = dev_token(tmp.path(), "customer-service");
+    let channels = channels_to(addr, 8).await;
+    let watch = |c: tonic::transport::Channel, token: String| async move {
+        pb::admin_client::AdminClient::new(c)
+            .watch_audit(req(
+                &token,
+                pb::WatchAuditRequest {
+                    after_seq: None,
+                    last: None,
+                    follow: true,
+                    justification: "shipping to the SIEM".into(),
+                },
+            ))
+            .await
+    };
+    warm_up(&channels, &other).await;
+    let threads_before = proc_status(pid, "Threads");
+    let mut watches = tokio::task::JoinSet::new();
+    for i in 0..WATCHES {
+        watches.spawn(watch(channels[i % channels.len()].clone(), officer.clone()));
+    }
+    let mut most = 0;
+    let mut open = Vec::with_capacity(WATCHES);
+    let served = small_put(connect_to(addr).await, &other);
+    tokio::pin!(served);
+    let mut served_ok = None;
+    while !watches.is_empty() {
+        most = most.max(proc_status(pid, "Threads"));
+        tokio::select! {
+            done = watches.join_next() => {
+                if let Some(done) = done {
+                    // Kept open, never read.
+                    open.push(done.unwrap().expect("a watch was refused"));
+                }
+            }
+            put = &mut served, if served_ok.is_none() => served_ok = Some(put),
+        }
+    }
+    // The watches read their first pages, and a page more after each commit.
+    for _ in 0..200 {
+        most = most.max(proc_status(pid, "Threads"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let served_ok = match served_ok {
+        Some(put) => put,
+        None => served.await,
+    };
+    eprintln!("FIG watches: threads {most}, before {threads_before}");
+    served_ok.expect("another caller was not served");
+    assert!(
+        most <= threads_before + 8,
+        "{most} threads while {WATCHES} watches read their pages, {threads_before} before"
+    );
+    drop(open);
+    drop(server);
 }
