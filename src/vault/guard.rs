@@ -411,6 +411,9 @@ struct Folds {
     /// Per character of the plane, the one unit it folds to, or [`Folds::SLOW`] when it folds
     /// to none or several, or is a surrogate: one load for the common case of the decoders.
     direct: Box<[u8]>,
+    /// One bit per character of the plane: set when it folds to no digit and no MRZ character
+    /// and is not a surrogate (8 KiB: what [`quiet_utf16`] reads of most code units).
+    plain: Box<[u64]>,
 }
 
 impl Folds {
@@ -433,6 +436,7 @@ impl Folds {
         let mut index = Vec::with_capacity(0x1_0000);
         let mut units = Vec::new();
         let mut direct = Vec::with_capacity(0x1_0000);
+        let mut plain = vec![0u64; 0x1_0000 / 64];
         let mut one = Vec::with_capacity(MAX_FOLD);
         for cp in 0..=0xFFFFu32 {
             one.clear();
@@ -440,6 +444,13 @@ impl Folds {
                 Some(c) => fold_slowly(c, &mut |u| one.push(u)),
                 // Surrogates never reach `fold`.
                 None => one.push(Unit::BREAK),
+            }
+            let marked = one.iter().any(|&u| mrz_char(u).is_some());
+            if char::from_u32(cp).is_some()
+                && !marked
+                && let Some(word) = plain.get_mut((cp / 64) as usize)
+            {
+                *word |= 1 << (cp % 64);
             }
             direct.push(match (char::from_u32(cp), one.as_slice()) {
                 (Some(_), []) => Self::NONE,
@@ -469,7 +480,27 @@ impl Folds {
             index: index.into_boxed_slice(),
             units: units.into_boxed_slice(),
             direct: direct.into_boxed_slice(),
+            plain: plain.into_boxed_slice(),
         }
+    }
+
+    /// Whether the character of the plane `cp` folds to no digit and no MRZ character and is
+    /// not a surrogate.
+    #[inline]
+    fn is_plain(&self, cp: u16) -> bool {
+        self.plain
+            .get(usize::from(cp >> 6))
+            .is_some_and(|word| word >> (cp & 63) & 1 == 1)
+    }
+
+    /// How many digits, and how many MRZ characters (digits among them), `c` folds to.
+    fn marks(&self, c: char) -> (usize, usize) {
+        let (mut digits, mut mrz) = (0, 0);
+        self.fold(c, &mut |u| {
+            digits += usize::from(u.is_digit());
+            mrz += usize::from(mrz_char(u).is_some());
+        });
+        (digits, mrz)
     }
 
     /// The one unit the character of the Basic Multilingual Plane `cp` folds to, or
@@ -1757,15 +1788,34 @@ impl View {
             let take = self.room()?.clamp(1, bytes.len() / 2) * 2;
             let (now, rest) = bytes.split_at(take);
             let (units, high, folds) = (&mut *self.units, &mut self.high, self.folds);
-            for pair in now.chunks_exact(2) {
-                if let [a, b] = pair {
-                    let cu = unit(*a, *b);
-                    // Most code units are one character of one unit, with no surrogate
-                    // waiting: one load.
-                    match folds.direct(cu) {
-                        u if u <= Unit::OTHER.0 && high.is_none() => units.push(Unit(u)),
-                        Folds::NONE if high.is_none() => {}
-                        _ => code_unit(units, high, folds, cu),
+            let mut stretch = Stretch::after(units);
+            // As in `decode_utf8`: where the stretch is empty after a break, what cannot hold
+            // a finding is counted, not decoded ([`quiet_utf16`]).
+            let mut look_from = 0;
+            let mut look = |k: usize, high: &Option<u16>, stretch: &Stretch, units: &[Unit]| {
+                if k < look_from || high.is_some() || !stretch.is_empty(units) {
+                    return k;
+                }
+                let (resume, looked) = quiet_utf16(now, k, big_endian, folds);
+                look_from = looked;
+                resume
+            };
+            let from = look(0, high, &stretch, units);
+            let mut pairs = now.get(from..).unwrap_or_default().chunks_exact(2);
+            while let Some(&[a, b]) = pairs.next() {
+                let cu = unit(a, b);
+                // Most code units are one character of one unit, with no surrogate waiting:
+                // one load.
+                match folds.direct(cu) {
+                    u if u <= Unit::OTHER.0 && high.is_none() => units.push(Unit(u)),
+                    Folds::NONE if high.is_none() => {}
+                    _ => {
+                        code_unit(units, high, folds, cu, &mut stretch);
+                        let k = now.len() - 2 * pairs.len();
+                        let resume = look(k, high, &stretch, units);
+                        if resume != k {
+                            pairs = now.get(resume..).unwrap_or_default().chunks_exact(2);
+                        }
                     }
                 }
             }
@@ -1778,7 +1828,14 @@ impl View {
     }
 
     fn code_unit(&mut self, cu: u16) {
-        code_unit(&mut self.units, &mut self.high, self.folds, cu);
+        let mut stretch = Stretch::after(&self.units);
+        code_unit(
+            &mut self.units,
+            &mut self.high,
+            self.folds,
+            cu,
+            &mut stretch,
+        );
     }
 
     /// How many more bytes or code units can be decoded before the units must be read: each
@@ -1819,29 +1876,96 @@ impl View {
     }
 }
 
-/// Fewest units a stretch between two breaks needs to hold anything the guard looks for: a BSN
-/// has eight digits at least (nine, or eight with the leading zero left off), an MRZ line
-/// [`MRZ_LINE`] characters. Nothing the scanners read crosses a break (it ends a number, a row,
-/// a label, a tag, a reference and a run of MRZ characters, and separates nothing), so a
-/// shorter stretch between two breaks can be left out without changing any answer: binary
-/// data read as UTF-8 is mostly such stretches of one to three units, which the scanners then
-/// need not read.
+/// Fewest digits a BSN has: nine, or eight with the leading zero left off.
 const SHORTEST_FINDING: usize = 8;
+
+/// Whether a stretch of units between two breaks can hold anything the guard looks for: a BSN
+/// has [`SHORTEST_FINDING`] digits at least, an MRZ line [`MRZ_LINE`] MRZ characters. Nothing
+/// the scanners read crosses a break (it ends a number, a row, a label, a tag, a reference and
+/// a run of MRZ characters, and separates nothing), so a stretch between two breaks with fewer
+/// of both can be left out without changing any answer. Binary data is mostly such stretches:
+/// read as UTF-8, of one to three units; read as UTF-16, of a few dozen characters of other
+/// scripts between unpaired surrogates. The scanners then need not read them.
+fn may_hold_finding(stretch: &[Unit]) -> bool {
+    if stretch.len() < SHORTEST_FINDING {
+        return false;
+    }
+    // Every digit is an MRZ character too.
+    let (digits, mrz) = stretch.iter().fold((0usize, 0usize), |(d, m), &x| {
+        let digit = usize::from(x.is_digit());
+        let letter = usize::from(x.0.is_ascii_lowercase() || x.0 == b'<');
+        (d + digit, m + digit + letter)
+    });
+    digits >= SHORTEST_FINDING || mrz >= MRZ_LINE
+}
+
+/// The stretch of units since the last break, while a decoder appends to them: where it
+/// began, when a break of this decoder began it. Only such a stretch is left out at the break
+/// that ends it; one begun before (whose units a pass may have read in part) is kept.
+struct Stretch {
+    open: Option<usize>,
+    /// Whether stretches that cannot hold a finding are left out (the decoders), or kept (the
+    /// references the tests hold them to).
+    leaves_out: bool,
+}
+
+impl Stretch {
+    /// The stretch that goes on at the end of `units`: open to leaving out when they end in a
+    /// break.
+    fn after(units: &[Unit]) -> Self {
+        Stretch {
+            open: (units.last() == Some(&Unit::BREAK)).then_some(units.len()),
+            leaves_out: true,
+        }
+    }
+
+    /// Whether the stretch is open to leaving out and holds no unit yet: what follows can be
+    /// left out without decoding it, as far as it is known that it cannot hold a finding.
+    fn is_empty(&self, units: &[Unit]) -> bool {
+        self.leaves_out && self.open == Some(units.len())
+    }
+
+    /// A break that ends the stretch: it is left out when it cannot hold a finding (the break
+    /// that began it stands for both); several breaks in a row are one. The next begins after
+    /// it.
+    fn end(&mut self, units: &mut Vec<Unit>) {
+        match self.open {
+            Some(start)
+                if self.leaves_out && !may_hold_finding(units.get(start..).unwrap_or_default()) =>
+            {
+                units.truncate(start);
+            }
+            _ => push_break(units),
+        }
+        self.open = Some(units.len());
+    }
+}
 
 /// Decodes the UTF-8 of `bytes` into `units` up to a sequence that runs past their end, and
 /// returns where that begins (the length of `bytes` when none does). The units of
-/// [`View::utf8_byte`] byte by byte, less the stretches between two breaks shorter than
-/// [`SHORTEST_FINDING`] that a break of this call began.
+/// [`View::utf8_byte`] byte by byte, less the stretches between two breaks that cannot hold a
+/// finding ([`may_hold_finding`]) and that a break of this call began.
+///
+/// After such a break, [`quiet_utf8`] looks ahead to the next byte that is a break whatever
+/// comes before it; when what lies between cannot hold a finding, every stretch in it would be
+/// left out, and decoding goes on at that byte. Binary data is mostly such stretches, and most
+/// of its bytes are then counted, not decoded.
 fn decode_utf8(units: &mut Vec<Unit>, folds: &Folds, bytes: &[u8]) -> usize {
-    // Where the stretch since the last break began; one that no break of this call began
-    // (what came before is not left out) counts as long from the start.
-    let floor = units.len();
-    let mut open = if units.last() == Some(&Unit::BREAK) {
-        floor
-    } else {
-        floor.wrapping_sub(SHORTEST_FINDING)
+    let mut stretch = Stretch::after(units);
+    // Where the last look ahead found enough to hold a finding: none looks again before it, so
+    // that no byte is looked at twice.
+    let mut look_from = 0;
+    // Where to go on after a break at `i - 1` that left the stretch empty.
+    let mut after_break = |i: usize, stretch: &Stretch, units: &[Unit]| {
+        if i < look_from || !stretch.is_empty(units) {
+            return i;
+        }
+        let (resume, looked) = quiet_utf8(bytes, i, folds);
+        look_from = looked;
+        resume
     };
-    let mut i = 0;
+    // A call begins between sequences: after a break, its stretch is empty.
+    let mut i = after_break(0, &stretch, units);
     while let Some(&b) = bytes.get(i) {
         if b < 0x80 {
             units.push(folds.ascii(b));
@@ -1853,8 +1977,8 @@ fn decode_utf8(units: &mut Vec<Unit>, folds: &Folds, bytes: &[u8]) -> usize {
             0xE0..=0xEF => 2,
             0xF0..=0xF4 => 3,
             _ => {
-                end_stretch(units, &mut open);
-                i += 1;
+                stretch.end(units);
+                i = after_break(i + 1, &stretch, units);
                 continue;
             }
         };
@@ -1868,24 +1992,178 @@ fn decode_utf8(units: &mut Vec<Unit>, folds: &Folds, bytes: &[u8]) -> usize {
             }
             None => {
                 // Not UTF-8: the lead byte is a break, and what follows is read anew.
-                end_stretch(units, &mut open);
-                i += 1;
+                stretch.end(units);
+                i = after_break(i + 1, &stretch, units);
             }
         }
     }
     i
 }
 
-/// A break that ends the stretch begun at `open`: the stretch is left out when it is shorter
-/// than [`SHORTEST_FINDING`] (the break that began it stands for both), and the next begins
-/// after it.
-fn end_stretch(units: &mut Vec<Unit>, open: &mut usize) {
-    if units.len().wrapping_sub(*open) < SHORTEST_FINDING {
-        units.truncate(*open);
-    } else {
-        units.push(Unit::BREAK);
+/// What [`quiet_utf8`] needs to know of a byte.
+mod utf8_class {
+    /// An ASCII digit: a digit and an MRZ character.
+    pub const DIGIT: u8 = 1;
+    /// An ASCII letter or `<`: an MRZ character.
+    pub const MRZ: u8 = 2;
+    /// May begin a sequence of two to four bytes.
+    pub const LEAD: u8 = 4;
+    /// A continuation byte. One bit above [`LEAD`]: `(c << 1) & next & CONT` asks whether a
+    /// lead byte is followed by a continuation byte.
+    pub const CONT: u8 = 8;
+    const _: () = assert!(LEAD << 1 == CONT);
+    /// Ends whatever sequence came before it, and begins none: ASCII, or never part of UTF-8.
+    pub const FREE: u8 = 16;
+    /// Never part of UTF-8 (`C0`, `C1`, `F5` to `FF`): a break wherever it stands.
+    pub const NEVER: u8 = 32;
+
+    /// The classes of every byte.
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "a constant: `b` runs below 256, the length of `of`"
+    )]
+    pub static OF: [u8; 256] = {
+        let mut of = [0; 256];
+        let mut b = 0;
+        while b < 256 {
+            of[b] = match b {
+                0x30..=0x39 => DIGIT | FREE,
+                0x41..=0x5A | 0x61..=0x7A | 0x3C => MRZ | FREE,
+                0x00..=0x7F => FREE,
+                0x80..=0xBF => CONT,
+                0xC2..=0xF4 => LEAD,
+                _ => NEVER | FREE,
+            };
+            b += 1;
+        }
+        of
+    };
+}
+
+/// Looks ahead in `bytes` from `from`, where a stretch of [`decode_utf8`] begins, over the
+/// regions between bytes that are a break whatever comes before them: a byte never part of
+/// UTF-8, or a continuation byte after a byte that ends every sequence. A region whose
+/// characters hold fewer digits than a BSN and fewer MRZ characters than an MRZ line cannot
+/// hold a finding, and neither can any stretch in it. Returns where decoding goes on (the
+/// certain break that ends the last of the regions from `from` that cannot, or `from`), and
+/// how far it looked (to the digit or MRZ character that is one too many, or to the end of
+/// `bytes`): no look ahead need read those bytes again.
+///
+/// It reads binary data about a byte per cycle or two: no branch on the data but for lead
+/// bytes followed by a continuation byte (a few in a hundred of random bytes), whose
+/// character's units are counted.
+// Out of line: the decoders' loops around its calls stay as tight as without it.
+#[inline(never)]
+fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
+    use utf8_class::{CONT, DIGIT, FREE, MRZ, NEVER, OF};
+    let class = |b: u8| OF.get(usize::from(b)).copied().unwrap_or(NEVER);
+    // Up to `end`, the longest sequence a lead byte begins ends within `bytes`; what lies after
+    // it is left to the decoder.
+    let end = bytes.len().saturating_sub(3);
+    let (mut digits, mut mrz) = (0usize, 0usize);
+    // The class of the byte before; a region begins after a break, which ends every sequence.
+    let mut before = FREE;
+    let mut resume = from;
+    let mut k = from;
+    let mut next = bytes.get(k).map_or(0, |&n| class(n));
+    while k < end {
+        let (b, c) = (bytes.get(k).copied().unwrap_or(0), next);
+        next = bytes.get(k + 1).map_or(0, |&n| class(n));
+        let certain = (c & NEVER != 0) | (c & CONT != 0) & (before & FREE != 0);
+        before = c;
+        if certain {
+            resume = k;
+        }
+        // At a certain break a new region begins (the break adds nothing itself).
+        let keep = usize::from(!certain).wrapping_neg();
+        digits = (digits & keep) + usize::from(c & DIGIT);
+        mrz = (mrz & keep) + usize::from(c & (DIGIT | MRZ) != 0);
+        // A lead byte followed by a continuation byte may begin a character: its units count.
+        if (c << 1) & next & CONT != 0 {
+            let need = match b {
+                0xC2..=0xDF => 1,
+                0xE0..=0xEF => 2,
+                _ => 3,
+            };
+            if let Some(ch) = bytes.get(k..=k + need).and_then(utf8_char) {
+                let (d, m) = folds.marks(ch);
+                digits += d;
+                mrz += m;
+            }
+        }
+        if digits >= SHORTEST_FINDING || mrz >= MRZ_LINE {
+            return (resume, k);
+        }
+        k += 1;
     }
-    *open = units.len();
+    (resume, bytes.len())
+}
+
+/// [`quiet_utf8`] for UTF-16 in the byte order `big_endian`: looks ahead in `bytes` from
+/// `from` (a code unit after a break, no high surrogate waiting) over the regions between
+/// breaks that do not depend on what came before `from`: a low surrogate that does not follow a
+/// high one, and the end of a high surrogate that no low one follows. Returns where decoding
+/// goes on (the surrogate of the break that ends the last region from `from` that cannot hold
+/// a finding, or `from`) and how far it looked (to the digit or MRZ character that is one too
+/// many, to a high surrogate whose pair is past the end of `bytes`, or to the end).
+///
+/// Most code units of binary data are characters that fold to neither a digit nor an MRZ
+/// character: one bit each, and a branch that goes the same way.
+// Out of line: the decoders' loops around its calls stay as tight as without it.
+#[inline(never)]
+fn quiet_utf16(bytes: &[u8], from: usize, big_endian: bool, folds: &Folds) -> (usize, usize) {
+    let unit = |a: u8, b: u8| {
+        if big_endian {
+            u16::from_be_bytes([a, b])
+        } else {
+            u16::from_le_bytes([a, b])
+        }
+    };
+    let (mut digits, mut mrz) = (0, 0);
+    let mut resume = from;
+    // Whether the code unit before is a high surrogate (a low one after it is its pair).
+    let mut after_high = false;
+    let mut k = from;
+    while let Some(&[a, b]) = bytes.get(k..k + 2) {
+        let cu = unit(a, b);
+        if folds.is_plain(cu) {
+            after_high = false;
+            k += 2;
+            continue;
+        }
+        match cu {
+            0xD800..=0xDBFF => {
+                let Some(&[c, d]) = bytes.get(k + 2..k + 4) else {
+                    return (resume, k);
+                };
+                let low = unit(c, d);
+                if (0xDC00..=0xDFFF).contains(&low) {
+                    let code =
+                        0x10000 + ((u32::from(cu) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
+                    let (d, m) = char::from_u32(code).map_or((0, 0), |c| folds.marks(c));
+                    digits += d;
+                    mrz += m;
+                } else {
+                    // No pair: a break after this one. Decoding would go on from it.
+                    (resume, digits, mrz) = (k, 0, 0);
+                }
+                after_high = true;
+            }
+            0xDC00..=0xDFFF if after_high => after_high = false,
+            0xDC00..=0xDFFF => (resume, digits, mrz) = (k, 0, 0),
+            _ => {
+                after_high = false;
+                let (d, m) = char::from_u32(u32::from(cu)).map_or((0, 0), |c| folds.marks(c));
+                digits += d;
+                mrz += m;
+            }
+        }
+        if digits >= SHORTEST_FINDING || mrz >= MRZ_LINE {
+            return (resume, k);
+        }
+        k += 2;
+    }
+    (resume, bytes.len())
 }
 
 /// A break; several in a row are one.
@@ -1895,12 +2173,19 @@ fn push_break(units: &mut Vec<Unit>) {
     }
 }
 
-/// Decodes one UTF-16 code unit, `high` the surrogate waiting for its pair.
-fn code_unit(units: &mut Vec<Unit>, high: &mut Option<u16>, folds: &Folds, cu: u16) {
+/// Decodes one UTF-16 code unit, `high` the surrogate waiting for its pair; a break ends
+/// `stretch`.
+fn code_unit(
+    units: &mut Vec<Unit>,
+    high: &mut Option<u16>,
+    folds: &Folds,
+    cu: u16,
+    stretch: &mut Stretch,
+) {
     match cu {
         0xD800..=0xDBFF => {
             if high.replace(cu).is_some() {
-                push_break(units);
+                stretch.end(units);
             }
         }
         0xDC00..=0xDFFF => match high.take() {
@@ -1909,15 +2194,15 @@ fn code_unit(units: &mut Vec<Unit>, high: &mut Option<u16>, folds: &Folds, cu: u
                 let c = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
                 folds.fold(c, &mut |u| units.push(u));
             }
-            None => push_break(units),
+            None => stretch.end(units),
         },
         _ => {
             if high.take().is_some() {
-                push_break(units);
+                stretch.end(units);
             }
             match char::from_u32(u32::from(cu)) {
                 Some(c) => folds.fold(c, &mut |u| units.push(u)),
-                None => push_break(units),
+                None => stretch.end(units),
             }
         }
     }
@@ -3460,22 +3745,26 @@ mod tests {
         units
     }
 
-    /// `units` with every stretch between two breaks shorter than [`SHORTEST_FINDING`] left
-    /// out, and breaks in a row as one.
+    /// `units` with every stretch between two breaks that cannot hold a finding left out, and
+    /// breaks in a row as one; counted here unit by unit, as the rule says, not as
+    /// [`may_hold_finding`] counts.
     fn left_out(units: &[Unit]) -> Vec<Unit> {
         let mut out = Vec::new();
-        let mut since = SHORTEST_FINDING;
+        // The first stretch counts as one that may hold a finding: no break began it.
+        let (mut since, mut digits, mut mrz) = (0, SHORTEST_FINDING, 0);
         for &u in units {
             if u == Unit::BREAK {
-                if since < SHORTEST_FINDING {
+                if since > 0 && digits < SHORTEST_FINDING && mrz < MRZ_LINE {
                     out.truncate(out.len() - since);
-                } else {
+                } else if out.last() != Some(&Unit::BREAK) {
                     out.push(u);
                 }
-                since = 0;
+                (since, digits, mrz) = (0, 0, 0);
             } else {
                 out.push(u);
-                since = (since + 1).min(SHORTEST_FINDING);
+                since += 1;
+                digits += usize::from(u.digit().is_some());
+                mrz += usize::from(mrz_char(u).is_some());
             }
         }
         out
@@ -3543,10 +3832,82 @@ mod tests {
         for data in inputs {
             let fast = utf8_fast(&data);
             let reference = [utf8_reference(&data), vec![Unit::BREAK]].concat();
-            assert_eq!(left_out(&fast), left_out(&reference));
-            // Short stretches are left out as they are read: only the first and the last (which
-            // no break closed before the end) may stay.
-            assert!(fast.len() <= left_out(&fast).len() + 2 * SHORTEST_FINDING);
+            assert_eq!(fast, left_out(&reference));
+            // Stretches are left out as they are read: only the first, which no break of the
+            // call began, may stay.
+            let first = fast
+                .iter()
+                .position(|&u| u == Unit::BREAK)
+                .unwrap_or(fast.len());
+            assert!(fast.len() <= left_out(&fast).len() + first);
+        }
+    }
+
+    /// The units of `bytes` read as UTF-16, one code unit at a time with every break kept: the
+    /// reading [`View::write_utf16`] is held to.
+    fn utf16_reference(bytes: &[u8], big_endian: bool) -> Vec<Unit> {
+        let (mut units, mut high) = (Vec::new(), None);
+        let mut keep = Stretch {
+            open: None,
+            leaves_out: false,
+        };
+        for pair in bytes.chunks_exact(2) {
+            let cu = match pair {
+                [a, b] if big_endian => u16::from_be_bytes([*a, *b]),
+                [a, b] => u16::from_le_bytes([*a, *b]),
+                _ => continue,
+            };
+            code_unit(&mut units, &mut high, Folds::get(), cu, &mut keep);
+        }
+        if high.is_some() {
+            push_break(&mut units);
+        }
+        units
+    }
+
+    /// What a UTF-16 view makes of `bytes` in one write, with the units it has not read yet.
+    fn utf16_fast(bytes: &[u8], big_endian: bool) -> Vec<Unit> {
+        let mut view = View::new(Encoding::Utf16 { big_endian }, false, 1 << 20);
+        view.write(bytes).expect("nothing is read before the end");
+        view.units.to_vec()
+    }
+
+    /// Read as UTF-16, noise leaves almost nothing for the scanners: its stretches between
+    /// unpaired surrogates hold neither eight digits nor an MRZ line's characters. Text, and
+    /// noise with text in it, gives the units of the code-unit-by-code-unit reading less the
+    /// stretches that cannot hold a finding.
+    #[test]
+    fn utf16_in_one_pass_leaves_out_what_cannot_hold_a_finding() {
+        for big_endian in [false, true] {
+            let data = noise(3, 1 << 16);
+            let fast = utf16_fast(&data, big_endian);
+            let reference = utf16_reference(&data, big_endian);
+            assert!(
+                fast.len() * 20 < reference.len(),
+                "{} of {} units left",
+                fast.len(),
+                reference.len()
+            );
+            let mut inputs = vec![data];
+            let text =
+                "Geachte heer, bsn 111 222 333. P<NLDDE<BRUIJN<<WILLEKE<LISELOTTE<<<<<<<<<<<";
+            inputs.push(if big_endian { be(text) } else { le(text) });
+            for (_, data) in embeddings("bsn 111222333 \u{0661}\u{0662} \u{FF11}\u{FF12}") {
+                inputs.push(data);
+            }
+            for data in inputs {
+                // A lone surrogate at the end ends the last stretch as a break of the call.
+                let lone: &[u8] = if big_endian { &[0xDC, 0] } else { &[0, 0xDC] };
+                let data = [&data[..data.len() & !1], lone].concat();
+                let fast = utf16_fast(&data, big_endian);
+                let reference = utf16_reference(&data, big_endian);
+                assert_eq!(fast, left_out(&reference));
+                let first = fast
+                    .iter()
+                    .position(|&u| u == Unit::BREAK)
+                    .unwrap_or(fast.len());
+                assert!(fast.len() <= left_out(&fast).len() + first);
+            }
         }
     }
 
@@ -3599,6 +3960,28 @@ mod tests {
         "I<NLDSPECI20212999999990<<<<<<",
         "6503101F2403096NLD<<<<<<<<<<<8",
         "DE<BRUIJN<<WILLEKE<LISELOTTE<<",
+    ];
+
+    /// Pieces of text for `looking_ahead_leaves_out_exactly_what_cannot_hold_a_finding`: ASCII
+    /// digits and MRZ characters in runs that add up to either side of the thresholds, and
+    /// characters outside ASCII that fold to digits (Arabic-Indic, full-width, mathematical,
+    /// a vulgar fraction) or to letters.
+    const LOOK_AHEAD_TEXT: &[&str] = &[
+        "1234567",
+        "8",
+        "0",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZA",
+        "<<",
+        "z",
+        "- ",
+        "\u{0661}",
+        "\u{FF11}\u{FF12}",
+        "\u{1D7CF}",
+        "\u{00BD}",
+        "\u{00E9}",
+        "\u{FB00}",
+        "\u{4E00}\u{AC00}",
+        "",
     ];
 
     proptest::proptest! {
@@ -3669,6 +4052,81 @@ mod tests {
                 .and_then(|()| view.finish())
                 .is_err();
             proptest::prop_assert_eq!(got, want);
+        }
+
+        /// Read as UTF-16 (either order, from an even or an odd byte) with the stretches
+        /// that cannot hold a finding left out, in passes of any length, data gets the answer
+        /// of its code units read one at a time and all at once: the same pieces with lone
+        /// surrogates and noise between them.
+        #[test]
+        fn leaving_out_utf16_stretches_never_changes_the_answer(
+            pieces in proptest::collection::vec((0usize..STRETCHES.len(), 0usize..5), 0..10),
+            seed in proptest::num::u64::ANY,
+            order in 0u8..4,
+            scan_at in 20usize..4000,
+            chunk in 1usize..3000,
+        ) {
+            let big_endian = order & 1 == 1;
+            let odd = order & 2 == 2;
+            let encode = |t: &str| if big_endian { be(t) } else { le(t) };
+            // A lone high and a lone low surrogate, two highs, a pair (a character).
+            let breaks: [&[u16]; 5] = [&[], &[0xD800], &[0xDC00], &[0xDBFF, 0xD800], &[0xD83D, 0xDE00]];
+            let mut bytes = if odd { vec![0x41] } else { Vec::new() };
+            for (i, &(p, b)) in pieces.iter().enumerate() {
+                bytes.extend(encode(STRETCHES.get(p).copied().unwrap_or_default()));
+                for &cu in breaks.get(b).copied().unwrap_or_default() {
+                    bytes.extend(if big_endian { cu.to_be_bytes() } else { cu.to_le_bytes() });
+                }
+                if seed >> (i % 64) & 1 == 1 {
+                    bytes.extend(noise(seed ^ i as u64, 2 * (i % 5)));
+                }
+            }
+            let from = usize::from(odd);
+            let want = check_units(&utf16_reference(&bytes[from..], big_endian)).is_err();
+            let mut view = View::new(Encoding::Utf16 { big_endian }, odd, scan_at);
+            let got = bytes
+                .chunks(chunk)
+                .try_for_each(|c| view.write(c))
+                .and_then(|()| view.finish())
+                .is_err();
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        /// The look ahead of the decoders (`quiet_utf8`, `quiet_utf16`) leaves out only what
+        /// leaving out stretches would: in one pass, the units are those of the reading that
+        /// keeps every break, less the stretches that cannot hold a finding, exactly. The
+        /// pieces put the counts on either side of eight digits and 28 MRZ characters, with
+        /// characters outside ASCII that fold to digits and letters, and breaks of every kind
+        /// between them: certain ones (a lone continuation byte, a byte never in UTF-8, a lone
+        /// low surrogate) and ones that depend on what comes before.
+        #[test]
+        fn looking_ahead_leaves_out_exactly_what_cannot_hold_a_finding(
+            pieces in proptest::collection::vec((0usize..LOOK_AHEAD_TEXT.len(), 0usize..8), 0..40),
+            order in 0u8..2,
+        ) {
+            let big_endian = order == 1;
+            let utf8_breaks: [&[u8]; 8] =
+                [b"", b"\x80", b"\xFF", b"\xC0\x80", b"\xE1\x41", b"\xC3", b"\xF0\x9F\x98", b"\x41\xBF"];
+            let utf16_breaks: [&[u16]; 8] =
+                [&[], &[0xDC00], &[0xD800], &[0xDBFF, 0xD800], &[0xD835, 0xDFCF], &[0xDFFF], &[0xD800, 0x41], &[0x41, 0xDC00]];
+            let (mut utf8, mut utf16) = (Vec::new(), Vec::new());
+            for &(p, b) in &pieces {
+                let text = LOOK_AHEAD_TEXT.get(p).copied().unwrap_or_default();
+                utf8.extend(text.as_bytes());
+                utf8.extend(utf8_breaks.get(b).copied().unwrap_or_default());
+                utf16.extend(text.encode_utf16());
+                utf16.extend(utf16_breaks.get(b).copied().unwrap_or_default());
+            }
+            let reference = [utf8_reference(&utf8), vec![Unit::BREAK]].concat();
+            proptest::prop_assert_eq!(utf8_fast(&utf8), left_out(&reference));
+            // A lone low surrogate at the end ends the last stretch as a break of the call.
+            utf16.push(0xDC00);
+            let bytes: Vec<u8> = utf16
+                .iter()
+                .flat_map(|cu| if big_endian { cu.to_be_bytes() } else { cu.to_le_bytes() })
+                .collect();
+            let reference = utf16_reference(&bytes, big_endian);
+            proptest::prop_assert_eq!(utf16_fast(&bytes, big_endian), left_out(&reference));
         }
 
         /// The block pass of `scan_mrz` says what reading every unit says.
