@@ -414,6 +414,9 @@ struct Folds {
     /// One bit per character of the plane: set when it folds to no digit and no MRZ character
     /// and is not a surrogate (8 KiB: what [`quiet_utf16`] reads of most code units).
     plain: Box<[u64]>,
+    /// The most digits, and the most MRZ characters, one character of two and of three bytes
+    /// of UTF-8 folds to (for four bytes, [`MOST_OUTSIDE_PLANE`]).
+    most: [(usize, usize); 2],
 }
 
 impl Folds {
@@ -437,6 +440,7 @@ impl Folds {
         let mut units = Vec::new();
         let mut direct = Vec::with_capacity(0x1_0000);
         let mut plain = vec![0u64; 0x1_0000 / 64];
+        let mut most = [(0, 0); 2];
         let mut one = Vec::with_capacity(MAX_FOLD);
         for cp in 0..=0xFFFFu32 {
             one.clear();
@@ -446,6 +450,14 @@ impl Folds {
                 None => one.push(Unit::BREAK),
             }
             let marked = one.iter().any(|&u| mrz_char(u).is_some());
+            let digits = one.iter().filter(|u| u.is_digit()).count();
+            let mrz = one.iter().filter(|&&u| mrz_char(u).is_some()).count();
+            if let Some((d, m)) = most
+                .get_mut(usize::from(cp >= 0x800))
+                .filter(|_| cp >= 0x80)
+            {
+                (*d, *m) = ((*d).max(digits), (*m).max(mrz));
+            }
             if char::from_u32(cp).is_some()
                 && !marked
                 && let Some(word) = plain.get_mut((cp / 64) as usize)
@@ -481,6 +493,7 @@ impl Folds {
             units: units.into_boxed_slice(),
             direct: direct.into_boxed_slice(),
             plain: plain.into_boxed_slice(),
+            most,
         }
     }
 
@@ -1699,21 +1712,29 @@ impl View {
     /// has gathered between batches. Sequences within a batch are decoded by [`decode_utf8`];
     /// one that runs past the batch goes through [`View::utf8_byte`] byte by byte.
     fn write_utf8(&mut self, mut bytes: &[u8]) -> Result<(), Finding> {
+        // Where the last look ahead stopped, in `bytes`.
+        let mut look_from: usize = 0;
         while !bytes.is_empty() {
-            let (mut now, rest) = bytes.split_at(self.room()?.clamp(1, bytes.len()));
-            bytes = rest;
-            while self.need > 0 {
-                let Some((&b, after)) = now.split_first() else {
+            let mut limit = self.room()?.clamp(1, bytes.len());
+            // A sequence begun in an earlier write is finished byte by byte.
+            while self.need > 0 && limit > 0 {
+                let Some((&b, rest)) = bytes.split_first() else {
                     break;
                 };
-                now = after;
                 self.utf8_byte(b);
+                (bytes, limit) = (rest, limit - 1);
+                look_from = look_from.saturating_sub(1);
             }
-            // A sequence that runs past the batch is read byte by byte.
-            let past = decode_utf8(&mut self.units, self.folds, now);
-            for &b in now.get(past..).unwrap_or_default() {
-                self.utf8_byte(b);
+            let done = decode_utf8(&mut self.units, self.folds, bytes, limit, &mut look_from);
+            if done < limit {
+                // A sequence runs past the end of the write: read byte by byte.
+                for &b in bytes.get(done..).unwrap_or_default() {
+                    self.utf8_byte(b);
+                }
+                break;
             }
+            bytes = bytes.get(done..).unwrap_or_default();
+            look_from = look_from.saturating_sub(done);
         }
         Ok(())
     }
@@ -1784,24 +1805,30 @@ impl View {
             self.code_unit(unit(a, b));
             bytes = rest;
         }
+        // Where the last look ahead stopped, in `bytes`: none looks again before it.
+        let mut look_from = 0;
         while bytes.len() >= 2 {
             let take = self.room()?.clamp(1, bytes.len() / 2) * 2;
-            let (now, rest) = bytes.split_at(take);
             let (units, high, folds) = (&mut *self.units, &mut self.high, self.folds);
             let mut stretch = Stretch::after(units);
             // As in `decode_utf8`: where the stretch is empty after a break, what cannot hold
-            // a finding is counted, not decoded ([`quiet_utf16`]).
-            let mut look_from = 0;
+            // a finding is counted, not decoded ([`quiet_utf16`]). It adds no units, so it
+            // looks past the batch, to the end of the write.
             let mut look = |k: usize, high: &Option<u16>, stretch: &Stretch, units: &[Unit]| {
                 if k < look_from || high.is_some() || !stretch.is_empty(units) {
                     return k;
                 }
-                let (resume, looked) = quiet_utf16(now, k, big_endian, folds);
+                let (resume, looked) = quiet_utf16(bytes, k, big_endian, folds);
                 look_from = looked;
                 resume
             };
-            let from = look(0, high, &stretch, units);
-            let mut pairs = now.get(from..).unwrap_or_default().chunks_exact(2);
+            let start = look(0, high, &stretch, units);
+            // Where the batch ends: `take`, or past it where a look ahead went on.
+            let mut done = start.max(take);
+            let mut pairs = bytes
+                .get(start.min(take)..take)
+                .unwrap_or_default()
+                .chunks_exact(2);
             while let Some(&[a, b]) = pairs.next() {
                 let cu = unit(a, b);
                 // Most code units are one character of one unit, with no surrogate waiting:
@@ -1811,15 +1838,20 @@ impl View {
                     Folds::NONE if high.is_none() => {}
                     _ => {
                         code_unit(units, high, folds, cu, &mut stretch);
-                        let k = now.len() - 2 * pairs.len();
+                        let k = take - 2 * pairs.len();
                         let resume = look(k, high, &stretch, units);
+                        if resume >= take {
+                            done = resume;
+                            break;
+                        }
                         if resume != k {
-                            pairs = now.get(resume..).unwrap_or_default().chunks_exact(2);
+                            pairs = bytes.get(resume..take).unwrap_or_default().chunks_exact(2);
                         }
                     }
                 }
             }
-            bytes = rest;
+            bytes = bytes.get(done..).unwrap_or_default();
+            look_from = look_from.saturating_sub(done);
         }
         if let [a] = bytes {
             self.half = Some(*a);
@@ -1941,32 +1973,38 @@ impl Stretch {
     }
 }
 
-/// Decodes the UTF-8 of `bytes` into `units` up to a sequence that runs past their end, and
-/// returns where that begins (the length of `bytes` when none does). The units of
-/// [`View::utf8_byte`] byte by byte, less the stretches between two breaks that cannot hold a
-/// finding ([`may_hold_finding`]) and that a break of this call began.
+/// Decodes the UTF-8 of `bytes` into `units` from their start to `limit` or a little past it
+/// (the end of a sequence begun before it), or up to a sequence that runs past the end of
+/// `bytes`. Returns where it stopped: at or past `limit`, or where that sequence begins. The
+/// units of [`View::utf8_byte`] byte by byte, less the stretches between two breaks that
+/// cannot hold a finding ([`may_hold_finding`]) and that a break of this call began.
 ///
-/// After such a break, [`quiet_utf8`] looks ahead to the next byte that is a break whatever
-/// comes before it; when what lies between cannot hold a finding, every stretch in it would be
-/// left out, and decoding goes on at that byte. Binary data is mostly such stretches, and most
-/// of its bytes are then counted, not decoded.
-fn decode_utf8(units: &mut Vec<Unit>, folds: &Folds, bytes: &[u8]) -> usize {
+/// After such a break, [`quiet_utf8`] looks ahead (to the end of `bytes`: it adds no units)
+/// over what cannot hold a finding, and decoding goes on where something can. Binary data is
+/// mostly such stretches, and most of its bytes are then counted, not decoded. `look_from` is
+/// where the last look ahead stopped: none looks again before it.
+fn decode_utf8(
+    units: &mut Vec<Unit>,
+    folds: &Folds,
+    bytes: &[u8],
+    limit: usize,
+    look_from: &mut usize,
+) -> usize {
     let mut stretch = Stretch::after(units);
-    // Where the last look ahead found enough to hold a finding: none looks again before it, so
-    // that no byte is looked at twice.
-    let mut look_from = 0;
     // Where to go on after a break at `i - 1` that left the stretch empty.
     let mut after_break = |i: usize, stretch: &Stretch, units: &[Unit]| {
-        if i < look_from || !stretch.is_empty(units) {
+        if i < *look_from || !stretch.is_empty(units) {
             return i;
         }
         let (resume, looked) = quiet_utf8(bytes, i, folds);
-        look_from = looked;
+        *look_from = looked;
         resume
     };
     // A call begins between sequences: after a break, its stretch is empty.
     let mut i = after_break(0, &stretch, units);
-    while let Some(&b) = bytes.get(i) {
+    while i < limit
+        && let Some(&b) = bytes.get(i)
+    {
         if b < 0x80 {
             units.push(folds.ascii(b));
             i += 1;
@@ -2060,43 +2098,128 @@ fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
     // Up to `end`, the longest sequence a lead byte begins ends within `bytes`; what lies after
     // it is left to the decoder.
     let end = bytes.len().saturating_sub(3);
+    // The digits and MRZ characters of the region so far (at most that many, after a block).
     let (mut digits, mut mrz) = (0usize, 0usize);
     // The class of the byte before; a region begins after a break, which ends every sequence.
     let mut before = FREE;
     let mut resume = from;
     let mut k = from;
-    let mut next = bytes.get(k).map_or(0, |&n| class(n));
     while k < end {
-        let (b, c) = (bytes.get(k).copied().unwrap_or(0), next);
-        next = bytes.get(k + 1).map_or(0, |&n| class(n));
-        let certain = (c & NEVER != 0) | (c & CONT != 0) & (before & FREE != 0);
-        before = c;
-        if certain {
-            resume = k;
-        }
-        // At a certain break a new region begins (the break adds nothing itself).
-        let keep = usize::from(!certain).wrapping_neg();
-        digits = (digits & keep) + usize::from(c & DIGIT);
-        mrz = (mrz & keep) + usize::from(c & (DIGIT | MRZ) != 0);
-        // A lead byte followed by a continuation byte may begin a character: its units count.
-        if (c << 1) & next & CONT != 0 {
-            let need = match b {
-                0xC2..=0xDF => 1,
-                0xE0..=0xEF => 2,
-                _ => 3,
-            };
-            if let Some(ch) = bytes.get(k..=k + need).and_then(utf8_char) {
-                let (d, m) = folds.marks(ch);
-                digits += d;
-                mrz += m;
+        // A block whose bytes, with the region it continues, cannot hold a finding is passed
+        // over whole: its regions cannot either.
+        if k + QUIET_BLOCK <= end
+            && let Some(block) = bytes
+                .get(k..=k + QUIET_BLOCK)
+                .and_then(|b| <&[u8; QUIET_BLOCK + 1]>::try_from(b).ok())
+        {
+            let (d, m) = block_marks(block, folds);
+            if digits + d < SHORTEST_FINDING && mrz + m < MRZ_LINE {
+                match last_certain_break(block, before) {
+                    Some(j) => {
+                        resume = k + j;
+                        (digits, mrz) = block_marks_after(block, j, folds);
+                    }
+                    None => (digits, mrz) = (digits + d, mrz + m),
+                }
+                before = class(block[QUIET_BLOCK - 1]);
+                k += QUIET_BLOCK;
+                continue;
             }
         }
-        if digits >= SHORTEST_FINDING || mrz >= MRZ_LINE {
-            return (resume, k);
+        // Otherwise byte by byte, for a block's length.
+        let stop = (k + QUIET_BLOCK).min(end);
+        let mut next = bytes.get(k).map_or(0, |&n| class(n));
+        while k < stop {
+            let (b, c) = (bytes.get(k).copied().unwrap_or(0), next);
+            next = bytes.get(k + 1).map_or(0, |&n| class(n));
+            let certain = (c & NEVER != 0) | (c & CONT != 0) & (before & FREE != 0);
+            before = c;
+            if certain {
+                resume = k;
+            }
+            // At a certain break a new region begins (the break adds nothing itself).
+            let keep = usize::from(!certain).wrapping_neg();
+            digits = (digits & keep) + usize::from(c & DIGIT);
+            mrz = (mrz & keep) + usize::from(c & (DIGIT | MRZ) != 0);
+            // A lead byte followed by a continuation byte may begin a character: its units
+            // count.
+            if (c << 1) & next & CONT != 0 {
+                let need = match b {
+                    0xC2..=0xDF => 1,
+                    0xE0..=0xEF => 2,
+                    _ => 3,
+                };
+                if let Some(ch) = bytes.get(k..=k + need).and_then(utf8_char) {
+                    let (d, m) = folds.marks(ch);
+                    digits += d;
+                    mrz += m;
+                }
+            }
+            if digits >= SHORTEST_FINDING || mrz >= MRZ_LINE {
+                return (resume, k);
+            }
+            k += 1;
         }
-        k += 1;
     }
     (resume, bytes.len())
+}
+
+/// The most digits, and the most MRZ characters, a character outside the Basic Multilingual
+/// Plane (four bytes of UTF-8) folds to: a digit of another script, and `U+1F14E` (`PPV` in a
+/// square). A test holds it to every such character (too many to fold at every start).
+const MOST_OUTSIDE_PLANE: (usize, usize) = (1, 3);
+
+/// Bytes the block pass of [`quiet_utf8`] reads at a time.
+const QUIET_BLOCK: usize = 32;
+
+/// At least as many digits, and MRZ characters, as the characters that begin in the first
+/// [`QUIET_BLOCK`] bytes of `block` fold to (the byte after them says whether the last is a
+/// lead byte followed by a continuation byte): ASCII counted, and a lead byte followed by a
+/// continuation byte as the most a character of its length folds to. One pass over the bytes
+/// with no branch, which the compiler turns into vector instructions.
+fn block_marks(block: &[u8; QUIET_BLOCK + 1], folds: &Folds) -> (usize, usize) {
+    let [(d2, m2), (d3, m3)] = folds.most;
+    let (mut digits, mut mrz, mut two, mut three, mut four) = (0u8, 0u8, 0u8, 0u8, 0u8);
+    for (&b, &next) in block.iter().zip(block.iter().skip(1)) {
+        let digit = b.wrapping_sub(b'0') < 10;
+        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+        digits += u8::from(digit);
+        mrz += u8::from(digit | letter | (b == b'<'));
+        let char_follows = next & 0xC0 == 0x80;
+        two += u8::from((b.wrapping_sub(0xC2) < 0x1E) & char_follows);
+        three += u8::from((b & 0xF0 == 0xE0) & char_follows);
+        four += u8::from((b.wrapping_sub(0xF0) < 5) & char_follows);
+    }
+    let (two, three, four) = (usize::from(two), usize::from(three), usize::from(four));
+    let (d4, m4) = MOST_OUTSIDE_PLANE;
+    (
+        usize::from(digits) + two * d2 + three * d3 + four * d4,
+        usize::from(mrz) + two * m2 + three * m3 + four * m4,
+    )
+}
+
+/// [`block_marks`] of the bytes after the `j`th of the first [`QUIET_BLOCK`] of `block`.
+fn block_marks_after(block: &[u8; QUIET_BLOCK + 1], j: usize, folds: &Folds) -> (usize, usize) {
+    let mut rest = [0; QUIET_BLOCK + 1];
+    if let (Some(to), Some(from)) = (rest.get_mut(j + 1..), block.get(j + 1..)) {
+        to.copy_from_slice(from);
+    }
+    block_marks(&rest, folds)
+}
+
+/// Where the last byte of the first [`QUIET_BLOCK`] of `block` is that is a break whatever
+/// came before it (`before` the class of the byte before the block).
+fn last_certain_break(block: &[u8; QUIET_BLOCK + 1], before: u8) -> Option<usize> {
+    use utf8_class::{CONT, FREE, NEVER, OF};
+    let class = |b: u8| OF.get(usize::from(b)).copied().unwrap_or(NEVER);
+    (0..QUIET_BLOCK).rev().find(|&j| {
+        let c = block.get(j).map_or(NEVER, |&b| class(b));
+        let prev = j
+            .checked_sub(1)
+            .and_then(|i| block.get(i))
+            .map_or(before, |&b| class(b));
+        c & NEVER != 0 || (c & CONT != 0 && prev & FREE != 0)
+    })
 }
 
 /// [`quiet_utf8`] for UTF-16 in the byte order `big_endian`: looks ahead in `bytes` from
@@ -3740,7 +3863,7 @@ mod tests {
     fn utf8_fast(bytes: &[u8]) -> Vec<Unit> {
         let padded = [bytes, &[0xFF; 3]].concat();
         let mut units = Vec::new();
-        let done = decode_utf8(&mut units, Folds::get(), &padded);
+        let done = decode_utf8(&mut units, Folds::get(), &padded, padded.len(), &mut 0);
         assert_eq!(done, padded.len(), "{bytes:x?}");
         units
     }
@@ -3961,6 +4084,63 @@ mod tests {
         "6503101F2403096NLD<<<<<<<<<<<8",
         "DE<BRUIJN<<WILLEKE<LISELOTTE<<",
     ];
+
+    /// The block pass of `quiet_utf8` (a block of bytes at a time) leaves out exactly what
+    /// leaving out stretches would: stretches of seven and of eight digits in every length of
+    /// UTF-8 (ASCII, two, three and four bytes), with letters of two bytes between them, and
+    /// of 27 and 28 MRZ characters, each begun by a certain break after noise of every length
+    /// up to two blocks (so at every offset from where a block begins), and more noise after.
+    #[test]
+    fn the_block_pass_leaves_out_exactly_what_cannot_hold_a_finding() {
+        let stretches = [
+            "1234567",
+            "12345678",
+            "\u{0661}\u{0662}\u{0663}\u{0664}\u{0665}\u{0666}\u{0667}",
+            "\u{0661}\u{0662}\u{0663}\u{0664}\u{0665}\u{0666}\u{0667}\u{0668}",
+            "\u{FF11}\u{FF12}\u{FF13}\u{FF14}\u{FF15}\u{FF16}\u{FF17}",
+            "\u{FF11}\u{FF12}\u{FF13}\u{FF14}\u{FF15}\u{FF16}\u{FF17}\u{FF18}",
+            "\u{1D7CF}\u{1D7D0}\u{1D7D1}\u{1D7D2}\u{1D7D3}\u{1D7D4}\u{1D7D5}",
+            "\u{1D7CF}\u{1D7D0}\u{1D7D1}\u{1D7D2}\u{1D7D3}\u{1D7D4}\u{1D7D5}\u{1D7D6}",
+            "\u{0661}\u{0662}\u{0663}\u{00E9}\u{0664}\u{0665}\u{0666}\u{0667}\u{0668}",
+            "12\u{00E9}34\u{00E9}56\u{00E9}78",
+            "\u{FF11}\u{FF12}\u{00E9}\u{FF13}\u{FF14}\u{00E9}\u{FF15}\u{FF16}\u{00E9}\u{FF17}\u{FF18}",
+            "\u{00E9}1\u{00E9}2\u{00E9}3\u{00E9}4\u{00E9}5\u{00E9}6\u{00E9}7\u{00E9}8\u{00E9}",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZA",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZAB",
+            "\u{00E9}\u{00E9}ABCDEFGHIJ\u{00E9}KLMNOPQRST\u{00E9}UVWXYZ\u{FF21}B",
+        ];
+        for stretch in stretches {
+            for before in 0..2 * QUIET_BLOCK {
+                let mut data = noise(before as u64 + 1, 200 + before);
+                data.extend(b"x\x80");
+                data.extend(stretch.as_bytes());
+                data.push(0xFF);
+                data.extend(noise(7, 100));
+                let reference = [utf8_reference(&data), vec![Unit::BREAK]].concat();
+                assert_eq!(
+                    utf8_fast(&data),
+                    left_out(&reference),
+                    "{stretch} after {before}"
+                );
+            }
+        }
+    }
+
+    /// The bounds the block pass of `quiet_utf8` counts a character by are the most any
+    /// character of its length folds to: computed for two and three bytes, and a constant for
+    /// four that this test holds to every character outside the Basic Multilingual Plane.
+    #[test]
+    fn no_character_folds_to_more_marks_than_the_block_pass_counts() {
+        let folds = Folds::get();
+        let most = |range: std::ops::RangeInclusive<u32>| {
+            range.filter_map(char::from_u32).fold((0, 0), |(d, m), c| {
+                let (cd, cm) = folds.marks(c);
+                (d.max(cd), m.max(cm))
+            })
+        };
+        assert_eq!(most(0x10000..=0x10_FFFF), MOST_OUTSIDE_PLANE);
+        assert_eq!([most(0x80..=0x7FF), most(0x800..=0xFFFF)], folds.most);
+    }
 
     /// Pieces of text for `looking_ahead_leaves_out_exactly_what_cannot_hold_a_finding`: ASCII
     /// digits and MRZ characters in runs that add up to either side of the thresholds, and
