@@ -2002,9 +2002,8 @@ fn decode_utf8(
     };
     // A call begins between sequences: after a break, its stretch is empty.
     let mut i = after_break(0, &stretch, units);
-    while i < limit
-        && let Some(&b) = bytes.get(i)
-    {
+    let now = bytes.get(..limit).unwrap_or(bytes);
+    while let Some(&b) = now.get(i) {
         if b < 0x80 {
             units.push(folds.ascii(b));
             i += 1;
