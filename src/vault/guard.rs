@@ -4141,6 +4141,15 @@ mod tests {
         assert_eq!([most(0x80..=0x7FF), most(0x800..=0xFFFF)], folds.most);
     }
 
+    /// Whether `view` refuses `bytes` written to it in pieces of `chunk` bytes.
+    fn view_refuses(mut view: View, bytes: &[u8], chunk: usize) -> bool {
+        bytes
+            .chunks(chunk)
+            .try_for_each(|c| view.write(c))
+            .and_then(|()| view.finish())
+            .is_err()
+    }
+
     /// Pieces of text for `looking_ahead_leaves_out_exactly_what_cannot_hold_a_finding`: ASCII
     /// digits and MRZ characters in runs that add up to either side of the thresholds, and
     /// characters outside ASCII that fold to digits (Arabic-Indic, full-width, mathematical,
@@ -4224,13 +4233,8 @@ mod tests {
             let want = check_units(&utf8_reference(&bytes)).is_err();
             // In one pass, the short stretches left out.
             proptest::prop_assert_eq!(check_units(&utf8_fast(&bytes)).is_err(), want);
-            let mut view = View::new(Encoding::Utf8, false, scan_at);
-            let got = bytes
-                .chunks(chunk)
-                .try_for_each(|c| view.write(c))
-                .and_then(|()| view.finish())
-                .is_err();
-            proptest::prop_assert_eq!(got, want);
+            let view = View::new(Encoding::Utf8, false, scan_at);
+            proptest::prop_assert_eq!(view_refuses(view, &bytes, chunk), want);
         }
 
         /// Read as UTF-16 (either order, from an even or an odd byte) with the stretches
@@ -4262,13 +4266,8 @@ mod tests {
             }
             let from = usize::from(odd);
             let want = check_units(&utf16_reference(&bytes[from..], big_endian)).is_err();
-            let mut view = View::new(Encoding::Utf16 { big_endian }, odd, scan_at);
-            let got = bytes
-                .chunks(chunk)
-                .try_for_each(|c| view.write(c))
-                .and_then(|()| view.finish())
-                .is_err();
-            proptest::prop_assert_eq!(got, want);
+            let view = View::new(Encoding::Utf16 { big_endian }, odd, scan_at);
+            proptest::prop_assert_eq!(view_refuses(view, &bytes, chunk), want);
         }
 
         /// The look ahead of the decoders (`quiet_utf8`, `quiet_utf16`) leaves out only what
