@@ -1725,6 +1725,11 @@ impl View {
                 (bytes, limit) = (rest, limit - 1);
                 look_from = look_from.saturating_sub(1);
             }
+            if self.need > 0 {
+                // The room ran out inside the sequence: what follows is not between sequences,
+                // where `decode_utf8` begins (and may look ahead).
+                continue;
+            }
             let done = decode_utf8(&mut self.units, self.folds, bytes, limit, &mut look_from);
             if done < limit {
                 // A sequence runs past the end of the write: read byte by byte.
@@ -1973,7 +1978,8 @@ impl Stretch {
     }
 }
 
-/// Decodes the UTF-8 of `bytes` into `units` from their start to `limit` or a little past it
+/// Decodes the UTF-8 of `bytes`, which begin between sequences (none of an earlier call is
+/// unfinished), into `units` from their start to `limit` or a little past it
 /// (the end of a sequence begun before it), or up to a sequence that runs past the end of
 /// `bytes`. Returns where it stopped: at or past `limit`, or where that sequence begins. The
 /// units of [`View::utf8_byte`] byte by byte, less the stretches between two breaks that
@@ -4122,6 +4128,28 @@ mod tests {
                     "{stretch} after {before}"
                 );
             }
+        }
+    }
+
+    /// A sequence begun in one write and finished in the next is read whole, even when the
+    /// room of a pass runs out inside it: no look ahead starts in the middle of a sequence.
+    /// Here the pass after `E2 82` has room for one byte; a look ahead from the `x` that ends
+    /// the sequence would go on to the lone `80`, which would then finish `E2 82` as `₀`, a
+    /// digit that puts eight digits in a row that passes the eleven-test with a leading zero.
+    #[test]
+    fn no_look_ahead_starts_inside_a_sequence() {
+        let writes: [&[u8]; 2] = [b"\xFF\xE2", b"\x82x\x801234560\xFF"];
+        let whole = writes.concat();
+        assert!(check_units(&utf8_reference(&whole)).is_ok());
+        // With the `80` read as the end of `E2 82`, the answer would be a refusal.
+        assert!(check_units(&utf8_reference(b"\xFF\xE2\x82\x801234560\xFF")).is_err());
+        for scan_at in [20, 21, 40, 1000] {
+            let mut view = View::new(Encoding::Utf8, false, scan_at);
+            let answer = writes
+                .iter()
+                .try_for_each(|w| view.write(w))
+                .and_then(|()| view.finish());
+            assert!(answer.is_ok(), "scan_at {scan_at}");
         }
     }
 
