@@ -499,7 +499,8 @@ impl Folds {
 
     /// Whether the character of the plane `cp` folds to no digit and no MRZ character and is
     /// not a surrogate.
-    #[inline]
+    // Always: one load in the decoders' loops, where a call would cost more than it.
+    #[inline(always)]
     fn is_plain(&self, cp: u16) -> bool {
         self.plain
             .get(usize::from(cp >> 6))
@@ -519,7 +520,8 @@ impl Folds {
     /// The one unit the character of the Basic Multilingual Plane `cp` folds to, or
     /// [`Folds::NONE`] when it folds to nothing, or [`Folds::SLOW`] when it folds to several
     /// or is a surrogate ([`Folds::fold`] then says what).
-    #[inline]
+    // Always: one load in the decoders' loops, where a call would cost more than it.
+    #[inline(always)]
     fn direct(&self, cp: u16) -> u8 {
         self.direct
             .get(usize::from(cp))
@@ -565,7 +567,8 @@ impl Folds {
     }
 
     /// The unit of an ASCII byte.
-    #[inline]
+    // Always: one load in the decoders' loops, where a call would cost more than it.
+    #[inline(always)]
     fn ascii(&self, b: u8) -> Unit {
         match self.direct(u16::from(b)) {
             u @ 0..=0x7F => Unit(u),
@@ -1937,8 +1940,9 @@ fn may_hold_finding(stretch: &[Unit]) -> bool {
 }
 
 /// The stretch of units since the last break, while a decoder appends to them: where it
-/// began, when a break of this decoder began it. Only such a stretch is left out at the break
-/// that ends it; one begun before (whose units a pass may have read in part) is kept.
+/// began, when it began at a break no pass has read past (one of this decoder's, or the break
+/// the units ended in when it started). Only such a stretch is left out at the break that ends
+/// it; one begun before (whose units a pass may have read in part) is kept.
 struct Stretch {
     open: Option<usize>,
     /// Whether stretches that cannot hold a finding are left out (the decoders), or kept (the
