@@ -449,8 +449,8 @@ impl Folds {
                 // Surrogates never reach `fold`.
                 None => one.push(Unit::BREAK),
             }
-            let marked = one.iter().any(|&u| mrz_char(u).is_some());
             let digits = one.iter().filter(|u| u.is_digit()).count();
+            // Every digit is an MRZ character too.
             let mrz = one.iter().filter(|&&u| mrz_char(u).is_some()).count();
             if let Some((d, m)) = most
                 .get_mut(usize::from(cp >= 0x800))
@@ -459,7 +459,7 @@ impl Folds {
                 (*d, *m) = ((*d).max(digits), (*m).max(mrz));
             }
             if char::from_u32(cp).is_some()
-                && !marked
+                && mrz == 0
                 && let Some(word) = plain.get_mut((cp / 64) as usize)
             {
                 *word |= 1 << (cp % 64);
@@ -1930,12 +1930,15 @@ fn may_hold_finding(stretch: &[Unit]) -> bool {
     if stretch.len() < SHORTEST_FINDING {
         return false;
     }
-    // Every digit is an MRZ character too.
-    let (digits, mrz) = stretch.iter().fold((0usize, 0usize), |(d, m), &x| {
-        let digit = usize::from(x.is_digit());
-        let letter = usize::from(x.0.is_ascii_lowercase() || x.0 == b'<');
-        (d + digit, m + digit + letter)
-    });
+    let digits = stretch.iter().filter(|u| u.is_digit()).count();
+    let mrz = stretch.iter().filter(|&&u| mrz_char(u).is_some()).count();
+    enough_marks(digits, mrz)
+}
+
+/// Whether `digits` digits and `mrz` MRZ characters (digits among them) are enough for a
+/// finding: as many digits as the shortest BSN, or as many MRZ characters as an MRZ line.
+#[inline(always)]
+fn enough_marks(digits: usize, mrz: usize) -> bool {
     digits >= SHORTEST_FINDING || mrz >= MRZ_LINE
 }
 
@@ -2019,15 +2022,10 @@ fn decode_utf8(
             i += 1;
             continue;
         }
-        let need = match b {
-            0xC2..=0xDF => 1,
-            0xE0..=0xEF => 2,
-            0xF0..=0xF4 => 3,
-            _ => {
-                stretch.end(units);
-                i = after_break(i + 1, &stretch, units);
-                continue;
-            }
+        let Some(need) = continuation_bytes(b) else {
+            stretch.end(units);
+            i = after_break(i + 1, &stretch, units);
+            continue;
         };
         let Some(sequence) = bytes.get(i..=i + need) else {
             return i;
@@ -2122,7 +2120,7 @@ fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
                 .and_then(|b| <&[u8; QUIET_BLOCK + 1]>::try_from(b).ok())
         {
             let (d, m) = block_marks(block, folds);
-            if digits + d < SHORTEST_FINDING && mrz + m < MRZ_LINE {
+            if !enough_marks(digits + d, mrz + m) {
                 match last_certain_break(block, before) {
                     Some(j) => {
                         resume = k + j;
@@ -2152,19 +2150,15 @@ fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
             mrz = (mrz & keep) + usize::from(c & (DIGIT | MRZ) != 0);
             // A lead byte followed by a continuation byte may begin a character: its units
             // count.
-            if (c << 1) & next & CONT != 0 {
-                let need = match b {
-                    0xC2..=0xDF => 1,
-                    0xE0..=0xEF => 2,
-                    _ => 3,
-                };
-                if let Some(ch) = bytes.get(k..=k + need).and_then(utf8_char) {
-                    let (d, m) = folds.marks(ch);
-                    digits += d;
-                    mrz += m;
-                }
+            if (c << 1) & next & CONT != 0
+                && let Some(need) = continuation_bytes(b)
+                && let Some(ch) = bytes.get(k..=k + need).and_then(utf8_char)
+            {
+                let (d, m) = folds.marks(ch);
+                digits += d;
+                mrz += m;
             }
-            if digits >= SHORTEST_FINDING || mrz >= MRZ_LINE {
+            if enough_marks(digits, mrz) {
                 return (resume, k);
             }
             k += 1;
@@ -2290,12 +2284,23 @@ fn quiet_utf16(bytes: &[u8], from: usize, big_endian: bool, folds: &Folds) -> (u
                 mrz += m;
             }
         }
-        if digits >= SHORTEST_FINDING || mrz >= MRZ_LINE {
+        if enough_marks(digits, mrz) {
             return (resume, k);
         }
         k += 2;
     }
     (resume, bytes.len())
+}
+
+/// How many continuation bytes the lead byte `b` announces, when it can begin a sequence.
+#[inline(always)]
+fn continuation_bytes(b: u8) -> Option<usize> {
+    match b {
+        0xC2..=0xDF => Some(1),
+        0xE0..=0xEF => Some(2),
+        0xF0..=0xF4 => Some(3),
+        _ => None,
+    }
 }
 
 /// A break; several in a row are one.

@@ -709,6 +709,70 @@ async fn an_upload_holding_a_bsn_or_mrz_is_refused_whatever_media_type_it_declar
     server.stop().await;
 }
 
+/// The guard passes over most of a binary file without decoding it (it counts digits and MRZ
+/// characters between the bytes that break any text), so a BSN written with digits that take
+/// more than one byte must still be read: full-width digits (three bytes each in UTF-8),
+/// Arabic-Indic ones (two) and mathematical ones (four), in noise, straddling the boundary of
+/// two messages at several offsets. Each is refused; its twin with digits that fail the
+/// eleven-test is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bsn_in_wide_digits_amid_noise_is_refused() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let forms: [(&str, u32); 3] = [
+        ("full-width", 0xFF10),
+        ("Arabic-Indic", 0x0660),
+        ("mathematical", 0x1D7CE),
+    ];
+    let write = |digits: &str, zero: u32| -> String {
+        let wide: String = digits
+            .chars()
+            .map(|d| char::from_u32(zero + d.to_digit(10).unwrap()).unwrap())
+            .collect();
+        format!("bsn {wide}")
+    };
+    let mut stored = 0;
+    for (form, zero) in forms {
+        for before in [3, 10, 17, 29] {
+            for (digits, refused) in [("111222333", true), ("123456789", false)] {
+                let text = write(digits, zero);
+                let at = 65_536 - before;
+                let file = [
+                    file_bytes(41, 0, at - 1),
+                    vec![0xFF],
+                    text.as_bytes().to_vec(),
+                    vec![0xFF],
+                    file_bytes(42, 0, 70_000),
+                ]
+                .concat();
+                let field = format!("f{stored}");
+                let start =
+                    evidence_start(nuisance_ctx(), "REL-EVW", "", &field, "image/jpeg", "foto");
+                let answer = upload_in_chunks(&server, &token, start, &file, 65_536).await;
+                match (answer, refused) {
+                    (Err(status), true) => {
+                        assert_eq!(status.code(), Code::InvalidArgument, "{form}: {status:?}");
+                        assert!(status.message().contains("`data`"), "{}", status.message());
+                    }
+                    (Ok(receipt), false) => {
+                        assert_eq!(receipt.size, file.len() as u64);
+                        stored += 1;
+                    }
+                    (answer, _) => {
+                        panic!("{form} {digits} {before} bytes before the boundary: {answer:?}")
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(stored, 3 * 4);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM evidence"),
+        i64::from(stored)
+    );
+    server.stop().await;
+}
+
 /// File names that say they are an identity document are refused however they are spelled:
 /// look-alike letters, digits for letters, spaces between the letters, `ß`, and the names in
 /// French and German. Their ordinary neighbours are stored.
