@@ -62,6 +62,10 @@
 //! `--only GetRecord,FindRecords` drives only the calls named (and the echo) and skips the parts
 //! after the rounds: the 1M-record search figure without the 1M rewrap.
 //!
+//! `--pg-statements` (with `--store postgres`) has the cluster count statements
+//! (`pg_stat_statements`) and prints, for the first round of each kluis case at 64 clients,
+//! what kluis ran on PostgreSQL: calls per request, mean execution and planning time.
+//!
 //! `--json F` writes every figure: per case rate, latencies and CPU (`results`), the ratios to
 //! PostgreSQL (`versus_postgresql`), the node comparison (`nodes_comparison`), and the store and
 //! node count of the run. It is written once after the rounds (`"complete": false`) and again
@@ -146,6 +150,8 @@ struct Options {
     nodes: usize,
     /// Width of the searched field's tags (`None`: planned for the number of subjects).
     tag_bits: Option<u8>,
+    /// Count the statements kluis runs on PostgreSQL (`pg_stat_statements`) and print them.
+    pg_statements: bool,
 }
 
 fn options() -> Options {
@@ -159,6 +165,7 @@ fn options() -> Options {
         store: StoreKind::Sqlite,
         nodes: 1,
         tag_bits: None,
+        pg_statements: false,
     };
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -184,6 +191,7 @@ fn options() -> Options {
                 i += 1;
             }
             "--no-pg" => o.pg = false,
+            "--pg-statements" => o.pg_statements = true,
             "--evidence-mib" => {
                 o.evidence_mib = args[i + 1].parse().expect("--evidence-mib N");
                 i += 1;
@@ -612,7 +620,7 @@ fn main() {
         ),
         StoreKind::Postgres => {
             let variants = vec![pg::Variant::Fast];
-            let cluster = start_pg(o.subjects, &variants)
+            let cluster = start_pg(o.subjects, &variants, o.pg_statements)
                 .unwrap_or_else(|why| panic!("--store postgres needs PostgreSQL: {why}"));
             let url = cluster.database("kluis").unwrap();
             let vaults = store::postgres(&url, dir.path(), &secret, o.nodes, tag_bits);
@@ -776,7 +784,7 @@ fn main() {
 
     if o.store == StoreKind::Sqlite {
         pg = if o.pg {
-            start_pg(o.subjects, &variants)
+            start_pg(o.subjects, &variants, o.pg_statements)
                 .map_err(|why| println!("PostgreSQL baseline skipped: {why}"))
                 .ok()
         } else {
@@ -889,8 +897,18 @@ fn main() {
         }
         for clients in [1, 64] {
             // A B A B: each gets half its time in each of two rounds.
-            for _round in 0..2 {
+            for round in 0..2 {
                 for &target in targets.iter().filter(|t| t.runs_with(clients)) {
+                    // `--pg-statements`: what kluis ran on PostgreSQL in the first round of
+                    // each of its cases at 64 clients.
+                    let count_statements = o.pg_statements
+                        && o.store == StoreKind::Postgres
+                        && clients == 64
+                        && round == 0
+                        && matches!(target, Target::Get(_) | Target::Put(_) | Target::Find);
+                    if count_statements && let Some(pg) = pg.as_ref() {
+                        tokio::task::block_in_place(|| pg.reset_statements("kluis")).unwrap();
+                    }
                     let before = cpu::sample(postmaster);
                     let (n, secs, lat) = match (target, pg.as_mut()) {
                         (Target::PgRead(v) | Target::PgWrite(v), Some(pg)) => {
@@ -910,6 +928,14 @@ fn main() {
                             .entry((clients, target))
                             .or_default()
                             .add(&cpu::Split::between(&before, &after));
+                    }
+                    if count_statements && let Some(pg) = pg.as_ref() {
+                        let table =
+                            tokio::task::block_in_place(|| pg.statements("kluis", n)).unwrap();
+                        println!(
+                            "\nstatements of {} at {clients} clients ({n} requests):\n{table}",
+                            target.name()
+                        );
                     }
                     let c = counts.entry((clients, target)).or_default();
                     c.0 += n;
@@ -1127,10 +1153,10 @@ fn main() {
 }
 
 /// Starts the PostgreSQL cluster with the baseline's tables for `variants`.
-fn start_pg(subjects: usize, variants: &[pg::Variant]) -> Result<pg::Pg, String> {
+fn start_pg(subjects: usize, variants: &[pg::Variant], statements: bool) -> Result<pg::Pg, String> {
     let rows = subjects.min(20_000);
     let t = Instant::now();
-    let pg = pg::Pg::start(rows, &pg_values(), variants)?;
+    let pg = pg::Pg::start(rows, &pg_values(), variants, statements)?;
     println!(
         "PostgreSQL baseline: {}, {rows} records per variant loaded in {:.0} s",
         pg.version,

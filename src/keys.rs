@@ -702,7 +702,8 @@ impl Keyring {
         subject: &SubjectId,
         purpose: Purpose,
     ) -> Result<KeyForWrite, KeyError> {
-        let (_, _, algorithm) = self.active_version(purpose)?;
+        let active = self.active_version(purpose)?;
+        let algorithm = active.2;
         if let Some((generation, key)) = self.cached(subject, purpose) {
             return Ok(KeyForWrite {
                 active: ActiveSubjectKey {
@@ -725,7 +726,9 @@ impl Keyring {
                 new: None,
             });
         }
-        let (row, key) = self.new_subject_key(subject, purpose, 1)?;
+        // Under the version just read and checked (the store refuses it when it is no longer
+        // active by the time the key is stored).
+        let (row, key) = self.new_subject_key_under(subject, purpose, 1, active)?;
         let anchor = self
             .rows
             .anchor_of(subject.as_str(), &crate::store::SubjectFacts::default());
@@ -755,7 +758,19 @@ impl Keyring {
         purpose: Purpose,
         generation: u32,
     ) -> Result<(SubjectKeyRow, SubjectKey), KeyError> {
-        let (version, purpose_key, algorithm) = self.active_version(purpose)?;
+        let active = self.active_version(purpose)?;
+        self.new_subject_key_under(subject, purpose, generation, active)
+    }
+
+    /// `new_subject_key` under `active`, the purpose's active version as `active_version`
+    /// read it.
+    fn new_subject_key_under(
+        &self,
+        subject: &SubjectId,
+        purpose: Purpose,
+        generation: u32,
+        (version, purpose_key, algorithm): (u32, Arc<PurposeKey>, Algorithm),
+    ) -> Result<(SubjectKeyRow, SubjectKey), KeyError> {
         let key = SubjectKey::generate();
         let aad = crypto::aad(&AadContext::SubjectKey {
             subject: subject.as_str(),

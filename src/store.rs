@@ -1009,6 +1009,14 @@ pub trait RecordStore: Send + Sync {
     /// A record with all its fields.
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError>;
 
+    /// A record with all its fields and the facts of its subject (as
+    /// `LifecycleStore::subject_facts` reads them), from one snapshot: what a read opens and
+    /// what its decision rests on, read together (PostgreSQL: one statement, one round trip).
+    fn record_with_facts(
+        &self,
+        id: &str,
+    ) -> Result<Option<(RecordRow, Vec<FieldRow>, SubjectFacts)>, StoreError>;
+
     /// The records of `ids` that exist, each with all its fields (each from one snapshot, as
     /// `record` gives it), in the order of `ids`.
     fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {

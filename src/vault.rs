@@ -46,7 +46,7 @@ use crate::{
     policy::{
         Action, Decision, Engine, FieldFlags, FieldResource, Grant, MaskedGrant, PolicyError,
     },
-    store::{FieldMeta, FieldRow, FieldsMac, RecordRow, Store, StoreError},
+    store::{FieldMeta, FieldRow, FieldsMac, RecordRow, Store, StoreError, SubjectFacts},
 };
 
 /// Errors of the domain core. Mapped to gRPC status codes in one place (`api::status`).
@@ -922,10 +922,17 @@ impl Vault {
         record_id: &RecordId,
         wanted: &[FieldName],
     ) -> Result<RecordView, VaultError> {
-        // A read that names one field reads that field's value only.
-        let (record, rows) = match wanted {
-            [one] => self.load_one(record_id, one)?,
-            _ => self.load(record_id)?,
+        // A read that names one field reads that field's value only; one of all its fields
+        // reads them with the facts of its subject, together.
+        let (record, rows, read_facts) = match wanted {
+            [one] => {
+                let (record, rows) = self.load_one(record_id, one)?;
+                (record, rows, None)
+            }
+            _ => {
+                let (record, rows, facts) = self.load_with_facts(record_id)?;
+                (record, rows, Some(facts))
+            }
         };
         let meta = record_meta(&record)?;
         let subject = SubjectId::parse_stored(&record.subject)
@@ -954,7 +961,10 @@ impl Vault {
             .collect::<Result<Vec<_>, _>>()?;
         // Every decision of this read (read, a masked view, knowing of a field) on the same
         // facts, read once.
-        let facts = self.facts_of(principal, &resources)?;
+        let facts = match read_facts {
+            Some(facts) => self.decision_facts(principal, [(record.subject.clone(), facts)]),
+            None => self.facts_of(principal, &resources)?,
+        };
         let decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
         // A field denied `read` may still be allowed a masked view; binary values never are.
         let maskable: Vec<usize> = decisions
@@ -1847,6 +1857,22 @@ impl Vault {
         self.rows.check(&record)?;
         self.rows.check_fields(&record, &fields)?;
         Ok((record, fields))
+    }
+
+    /// A record with its fields and the facts of its subject, read together; the record and
+    /// its fields checked as `load` checks them, the facts as `subject_facts` checks them.
+    fn load_with_facts(
+        &self,
+        record_id: &RecordId,
+    ) -> Result<(RecordRow, Vec<FieldRow>, SubjectFacts), VaultError> {
+        let (record, fields, facts) = self
+            .store
+            .record_with_facts(record_id.as_str())?
+            .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
+        self.rows.check(&record)?;
+        self.rows.check_fields(&record, &fields)?;
+        self.check_facts(&record.subject, &facts)?;
+        Ok((record, fields, facts))
     }
 
     /// A record with the row of its field `name` alone, when it holds one, checked as `load`

@@ -153,7 +153,14 @@ fn quote(s: &str) -> String {
 impl Pg {
     /// Starts a cluster and loads `rows` records for each of `variants` with `values` as their
     /// five field values. `Err` says why the baseline is skipped.
-    pub fn start(rows: usize, values: &[String; 5], variants: &[Variant]) -> Result<Self, String> {
+    /// With `statements`, the server counts every statement (`pg_stat_statements`, see
+    /// [`Pg::statements`]).
+    pub fn start(
+        rows: usize,
+        values: &[String; 5],
+        variants: &[Variant],
+        statements: bool,
+    ) -> Result<Self, String> {
         let bin = find_bin().ok_or(
             "no PostgreSQL installation (initdb, pg_ctl, postgres, pg_isready, psql, pgbench) on PATH or in /usr/lib/postgresql/*/bin",
         )?;
@@ -197,6 +204,16 @@ impl Pg {
                 "-c",
                 "synchronous_commit=on",
             ])
+            .args(if statements {
+                &[
+                    "-c",
+                    "shared_preload_libraries=pg_stat_statements",
+                    "-c",
+                    "pg_stat_statements.track=all",
+                ][..]
+            } else {
+                &[][..]
+            })
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(dir.path().join("server.log"))
@@ -277,6 +294,33 @@ impl Pg {
     /// are, so that both sides are planned with statistics of what they hold.
     pub fn analyze(&self, name: &str) -> Result<(), String> {
         self.psql_on(name, "VACUUM ANALYZE").map(drop)
+    }
+
+    /// Forgets the statements counted so far in every database (`--pg-statements`).
+    pub fn reset_statements(&self, database: &str) -> Result<(), String> {
+        self.psql_on(
+            database,
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+        )
+        .map(drop)
+    }
+
+    /// The statements run on `database` since the last reset, most time first: calls, calls
+    /// per `per` requests, mean and total time, rows and the statement's first characters.
+    pub fn statements(&self, database: &str, per: usize) -> Result<String, String> {
+        self.psql_on(
+            database,
+            &format!(
+                "SELECT calls, round(calls::numeric / {per}, 2) AS per_request, \
+                 round(mean_exec_time::numeric * 1000) AS mean_us, \
+                 round(total_exec_time::numeric) AS total_ms, \
+                 round(mean_plan_time::numeric * 1000) AS plan_us, rows, \
+                 left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS statement \
+                 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+                 WHERE d.datname = '{database}' ORDER BY total_exec_time DESC LIMIT 25",
+                per = per.max(1)
+            ),
+        )
     }
 
     fn psql(&self, sql: &str) -> Result<String, String> {

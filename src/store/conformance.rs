@@ -1762,4 +1762,50 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(lifted.lifted_by.as_deref(), Some("po2"));
     assert_eq!(lifted.mac, vec![13; 32]);
     assert_eq!(lifted.reason, "accuracy contested");
+
+    // A record read with the facts of its subject: what each read alone answers, its fields
+    // (stored in one statement on PostgreSQL, their tags too) in name order.
+    let tagged = |name: &str, tag: i64| FieldRow {
+        name: name.into(),
+        tags: vec![TagRow {
+            version: 1,
+            bits: 16,
+            tag,
+        }],
+        ..field.clone()
+    };
+    // (Its key went with its last records: a new one, the anchor kept.)
+    store
+        .insert_subject_key(&key, &anchor(&key.subject))
+        .unwrap();
+    store
+        .insert_record(
+            &rec("rec_l3", None),
+            &[tagged("zz", 7), field.clone(), tagged("m", 9)],
+        )
+        .unwrap();
+    store.insert_record(&rec("rec_l4", None), &[]).unwrap();
+    let facts = store.subject_facts("life-1").unwrap();
+    assert!(facts.anchor.is_some() && !facts.restrictions.is_empty());
+    for id in ["rec_l3", "rec_l4"] {
+        let (record, fields) = store.record(id).unwrap().unwrap();
+        assert_eq!(
+            store.record_with_facts(id).unwrap(),
+            Some((record, fields, facts.clone())),
+            "{id}"
+        );
+    }
+    let (_, fields) = store.record("rec_l3").unwrap().unwrap();
+    let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["a", "m", "zz"]);
+    let counts = store.tag_counts(1).unwrap();
+    let count = |field: &str| {
+        counts
+            .iter()
+            .filter(|c| c.field == field && c.bits == 16)
+            .map(|c| c.tags)
+            .sum::<u64>()
+    };
+    assert_eq!((count("zz"), count("m")), (1, 1));
+    assert_eq!(store.record_with_facts("rec_none").unwrap(), None);
 }

@@ -1026,21 +1026,26 @@ const RECORD_COLUMNS: &str =
     "id, subject, purpose, labels, created_at, updated_at, closed_at, expires_at, mac, fields_mac";
 
 fn record_from_row(r: &Row) -> Result<RecordRow, StoreError> {
-    let id: String = get(r, 0)?;
-    let labels: String = get(r, 3)?;
+    record_from_row_at(r, 0)
+}
+
+/// A record from the `RECORD_COLUMNS` of `r` that start at column `at`.
+fn record_from_row_at(r: &Row, at: usize) -> Result<RecordRow, StoreError> {
+    let id: String = get(r, at)?;
+    let labels: String = get(r, at + 3)?;
     let labels = serde_json::from_str(&labels)
         .map_err(|_| StoreError::Corrupt(format!("labels of `{id}`")))?;
     Ok(RecordRow {
         id,
-        subject: get(r, 1)?,
-        purpose: get_named(r, 2, "purpose")?,
+        subject: get(r, at + 1)?,
+        purpose: get_named(r, at + 2, "purpose")?,
         labels,
-        created_at: get(r, 4)?,
-        updated_at: get(r, 5)?,
-        closed_at: get(r, 6)?,
-        expires_at: get(r, 7)?,
-        mac: get(r, 8)?,
-        fields_mac: get(r, 9)?,
+        created_at: get(r, at + 4)?,
+        updated_at: get(r, at + 5)?,
+        closed_at: get(r, at + 6)?,
+        expires_at: get(r, at + 7)?,
+        mac: get(r, at + 8)?,
+        fields_mac: get(r, at + 9)?,
     })
 }
 

@@ -15,7 +15,7 @@ use crate::{
         check_free_text,
     },
     policy::{Action, AdminAction, Decision, FieldResource},
-    store::{AnchorChange, ConsentRow, MandateRow, RestrictionRow},
+    store::{AnchorChange, ConsentRow, MandateRow, RestrictionRow, SubjectFacts},
 };
 
 /// Longest restriction reason, in bytes.
@@ -86,9 +86,19 @@ impl Vault {
         // Facts the policy decides on: each row must be authentic and the subject's anchor must
         // name them all as they are (none deleted, none an older copy), or nothing is decided.
         let all_facts = self.subjects_facts(&names)?;
+        Ok(self.decision_facts(principal, subjects.into_iter().zip(all_facts)))
+    }
+
+    /// The facts the policy decides on, from each subject's facts as read and checked
+    /// (`subjects_facts`, or a record read with the facts of its subject).
+    pub(crate) fn decision_facts(
+        &self,
+        principal: &Principal,
+        checked: impl IntoIterator<Item = (String, SubjectFacts)>,
+    ) -> DecisionFacts {
         let now = self.clock.now();
         let mut out = BTreeMap::new();
-        for (subject, facts) in subjects.into_iter().zip(all_facts) {
+        for (subject, facts) in checked {
             let stopped: BTreeSet<crate::domain::Purpose> = facts
                 .consents
                 .into_iter()
@@ -121,7 +131,7 @@ impl Vault {
                 },
             );
         }
-        Ok(DecisionFacts(out))
+        DecisionFacts(out)
     }
 
     /// Decides `action` on `resources` with `facts` (from `facts_of` for the same principal

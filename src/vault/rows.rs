@@ -786,7 +786,11 @@ impl Vault {
 
     /// Checks the facts read for `subject`: every row authentic, and the anchor naming them
     /// all as they are.
-    fn check_facts(&self, subject: &str, facts: &SubjectFacts) -> Result<(), VaultError> {
+    pub(crate) fn check_facts(
+        &self,
+        subject: &str,
+        facts: &SubjectFacts,
+    ) -> Result<(), VaultError> {
         self.rows.check_all(&facts.consents)?;
         self.rows.check_all(&facts.holds)?;
         self.rows.check_all(&facts.mandates)?;

@@ -5,7 +5,7 @@ use super::*;
 /// A subject's facts in one statement: every row in one shape (kind; seven texts; three
 /// numbers; two byte strings; a sort key), kind 0 the anchor, 1 consents (by purpose), 2 holds
 /// and 3 mandates (by id), 4 whether the subject has a key or a record.
-const FACTS: &str = r#"
+pub(super) const FACTS: &str = r#"
 SELECT 0::SMALLINT, subject, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT,
        NULL::TEXT, holds, consents, NULL::BIGINT, mac, digest, ''::TEXT COLLATE "C"
   FROM subject_anchors WHERE subject = $1
@@ -109,65 +109,7 @@ impl LifecycleStore for PgStore {
         self.read_one(|tx| {
             let mut facts = SubjectFacts::default();
             for r in tx.all(FACTS, &[&subject])? {
-                let kind: i16 = get(&r, 0)?;
-                match kind {
-                    0 => {
-                        facts.anchor = Some(AnchorRow {
-                            subject: get(&r, 1)?,
-                            holds: get_u32(&r, 8)?,
-                            consents: get_u32(&r, 9)?,
-                            mac: get(&r, 11)?,
-                            digest: get(&r, 12)?,
-                        });
-                    }
-                    1 => facts.consents.push(ConsentRow {
-                        subject: get(&r, 1)?,
-                        purpose: get_named(&r, 2, "purpose")?,
-                        state: get_named(&r, 3, "consent state")?,
-                        recorded_by: get(&r, 4)?,
-                        at: get(&r, 8)?,
-                        mac: get(&r, 11)?,
-                    }),
-                    2 => facts.holds.push(HoldRow {
-                        id: get(&r, 1)?,
-                        subject: get(&r, 2)?,
-                        record_id: get(&r, 3)?,
-                        reason: get(&r, 4)?,
-                        case_ref: get(&r, 5)?,
-                        placed_by: get(&r, 6)?,
-                        released_by: get(&r, 7)?,
-                        placed_at: get(&r, 8)?,
-                        released_at: get(&r, 9)?,
-                        mac: get(&r, 11)?,
-                    }),
-                    3 => {
-                        let purposes: String = get(&r, 4)?;
-                        let categories: String = get(&r, 5)?;
-                        facts.mandates.push(MandateRow {
-                            id: get(&r, 1)?,
-                            subject: get(&r, 2)?,
-                            representative: get(&r, 3)?,
-                            purposes: split_list(&purposes),
-                            categories: split_list(&categories),
-                            granted_by: get(&r, 6)?,
-                            valid_from: get(&r, 8)?,
-                            valid_until: get(&r, 9)?,
-                            revoked_at: get(&r, 10)?,
-                            mac: get(&r, 11)?,
-                        });
-                    }
-                    5 => facts.restrictions.push(RestrictionRow {
-                        id: get(&r, 1)?,
-                        subject: get(&r, 2)?,
-                        reason: get(&r, 3)?,
-                        placed_by: get(&r, 4)?,
-                        lifted_by: get(&r, 5)?,
-                        placed_at: get(&r, 8)?,
-                        lifted_at: get(&r, 9)?,
-                        mac: get(&r, 11)?,
-                    }),
-                    _ => facts.keyed = get::<i64>(&r, 8)? != 0,
-                }
+                add_fact(&mut facts, &r)?;
             }
             Ok(facts)
         })
@@ -250,4 +192,68 @@ impl LifecycleStore for PgStore {
             .collect()
         })
     }
+}
+
+/// Adds one row of `FACTS` (or of the statement that reads a record with them) to `facts`.
+pub(super) fn add_fact(facts: &mut SubjectFacts, r: &Row) -> Result<(), StoreError> {
+    let kind: i16 = get(r, 0)?;
+    match kind {
+        0 => {
+            facts.anchor = Some(AnchorRow {
+                subject: get(r, 1)?,
+                holds: get_u32(r, 8)?,
+                consents: get_u32(r, 9)?,
+                mac: get(r, 11)?,
+                digest: get(r, 12)?,
+            });
+        }
+        1 => facts.consents.push(ConsentRow {
+            subject: get(r, 1)?,
+            purpose: get_named(r, 2, "purpose")?,
+            state: get_named(r, 3, "consent state")?,
+            recorded_by: get(r, 4)?,
+            at: get(r, 8)?,
+            mac: get(r, 11)?,
+        }),
+        2 => facts.holds.push(HoldRow {
+            id: get(r, 1)?,
+            subject: get(r, 2)?,
+            record_id: get(r, 3)?,
+            reason: get(r, 4)?,
+            case_ref: get(r, 5)?,
+            placed_by: get(r, 6)?,
+            released_by: get(r, 7)?,
+            placed_at: get(r, 8)?,
+            released_at: get(r, 9)?,
+            mac: get(r, 11)?,
+        }),
+        3 => {
+            let purposes: String = get(r, 4)?;
+            let categories: String = get(r, 5)?;
+            facts.mandates.push(MandateRow {
+                id: get(r, 1)?,
+                subject: get(r, 2)?,
+                representative: get(r, 3)?,
+                purposes: split_list(&purposes),
+                categories: split_list(&categories),
+                granted_by: get(r, 6)?,
+                valid_from: get(r, 8)?,
+                valid_until: get(r, 9)?,
+                revoked_at: get(r, 10)?,
+                mac: get(r, 11)?,
+            });
+        }
+        5 => facts.restrictions.push(RestrictionRow {
+            id: get(r, 1)?,
+            subject: get(r, 2)?,
+            reason: get(r, 3)?,
+            placed_by: get(r, 4)?,
+            lifted_by: get(r, 5)?,
+            placed_at: get(r, 8)?,
+            lifted_at: get(r, 9)?,
+            mac: get(r, 11)?,
+        }),
+        _ => facts.keyed = get::<i64>(r, 8)? != 0,
+    }
+    Ok(())
 }

@@ -5,6 +5,9 @@ use super::*;
 /// How many columns `RECORD_COLUMNS` names.
 const RECORD_WIDTH: usize = 10;
 
+/// How many columns `FIELD_COLUMNS` names.
+const FIELD_WIDTH: usize = 7;
+
 const INSERT_FIELD: &str = "INSERT INTO fields
     (record_id, name, category, kind, key_gen, sealed, mac, version)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -27,9 +30,41 @@ pub const FIND_TAGGED: &str = "SELECT DISTINCT h.record_id
     ) h
     ORDER BY h.record_id LIMIT $6";
 
+/// How many columns a row of `FACTS` has.
+const FACTS_WIDTH: usize = 14;
+
+/// The kind (first column) of the rows of `RECORD_WITH_FACTS` that carry the record and a
+/// field; the others are rows of `FACTS`.
+const RECORD_KIND: i16 = 6;
+
+/// A record with its fields and the facts of its subject, in one statement: the rows of `FACTS`
+/// about the subject the record names (each followed by empty record and field columns), and a
+/// row of kind `RECORD_KIND` per field (one with empty field columns when it has none) after
+/// as many empty columns as `FACTS` has. No record, no rows of that kind.
+static RECORD_WITH_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let facts = super::lifecycle::FACTS
+        .trim_end()
+        .trim_end_matches("ORDER BY 1, 14")
+        .replace("$1", "(SELECT subject FROM s)");
+    let empty = |n: usize| vec!["NULL"; n].join(", ");
+    format!(
+        "WITH s AS MATERIALIZED (SELECT subject FROM records WHERE id = $1)
+         SELECT f.*, {after_facts} FROM ({facts}) f
+         UNION ALL
+         SELECT {RECORD_KIND}::SMALLINT, {before_record}, {}, {}
+           FROM records r LEFT JOIN fields fl ON fl.record_id = r.id WHERE r.id = $1
+         ORDER BY 1, 14, {field_name}",
+        qualified(RECORD_COLUMNS, "r"),
+        qualified(FIELD_COLUMNS, "fl"),
+        after_facts = empty(RECORD_WIDTH + FIELD_WIDTH),
+        before_record = empty(FACTS_WIDTH - 1),
+        field_name = FACTS_WIDTH + RECORD_WIDTH + 1,
+    )
+});
+
 impl RecordStore for PgStore {
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
-        self.write(|tx| insert_record_in(tx, record, fields))
+        self.write(|tx| insert_record_in(tx, record, fields, None))
     }
 
     fn insert_record_with_key(
@@ -43,7 +78,7 @@ impl RecordStore for PgStore {
             if !super::keys::insert_first_subject_key(tx, key, anchor)? {
                 return Err(StoreError::first_key_taken(key.purpose));
             }
-            insert_record_in(tx, record, fields)
+            insert_record_in(tx, record, fields, Some(key.generation))
         })
     }
 
@@ -71,6 +106,31 @@ impl RecordStore for PgStore {
                 }
             }
             Ok(Some((rec, fields)))
+        })
+    }
+
+    fn record_with_facts(
+        &self,
+        id: &str,
+    ) -> Result<Option<(RecordRow, Vec<FieldRow>, SubjectFacts)>, StoreError> {
+        // One statement: one snapshot and one round trip (see `RECORD_WITH_FACTS`).
+        self.read_one(|tx| {
+            let mut found: Option<(RecordRow, Vec<FieldRow>)> = None;
+            let mut facts = SubjectFacts::default();
+            for r in tx.all(&RECORD_WITH_FACTS, &[&id])? {
+                if get::<i16>(&r, 0)? != RECORD_KIND {
+                    super::lifecycle::add_fact(&mut facts, &r)?;
+                    continue;
+                }
+                let (_, fields) = match &mut found {
+                    Some(f) => f,
+                    None => found.insert((record_from_row_at(&r, FACTS_WIDTH)?, Vec::new())),
+                };
+                if get::<Option<String>>(&r, FACTS_WIDTH + RECORD_WIDTH)?.is_some() {
+                    fields.push(field_from_row(&r, FACTS_WIDTH + RECORD_WIDTH)?);
+                }
+            }
+            Ok(found.map(|(record, fields)| (record, fields, facts)))
         })
     }
 
@@ -676,33 +736,78 @@ fn field_metas(tx: &mut Tx<'_>, id: &str) -> Result<Vec<FieldMeta>, StoreError> 
 }
 
 /// Inserts a record and its fields (with their search tags) in the caller's transaction.
+/// Inserts `record` with `fields`, each sealed under a subject key generation that must be
+/// stored; `inserted` is one this transaction stored itself (not looked up again).
 fn insert_record_in(
     tx: &mut Tx<'_>,
     record: &RecordRow,
     fields: &[FieldRow],
+    inserted: Option<u32>,
 ) -> Result<(), StoreError> {
     insert_record_row(tx, record)?;
-    let mut checked = None;
+    let mut checked = inserted;
     for f in fields {
         if checked != Some(f.key_gen) {
             check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
             checked = Some(f.key_gen);
         }
-        tx.insert(
-            INSERT_FIELD,
-            &[
-                &record.id,
-                &f.name,
-                &f.category.as_str(),
-                &f.kind.as_str(),
-                &i64::from(f.key_gen),
-                &f.sealed,
-                &f.mac,
-                &f.version,
-            ],
-            || format!("field `{}`", f.name),
-        )?;
-        insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
     }
+    insert_fields(tx, &record.id, record.purpose.as_str(), fields)
+}
+
+/// Inserts the rows of `fields` of record `id` and their search tags: one statement for the
+/// fields and one for the tags, whatever their number (a round trip each, not one per row).
+fn insert_fields(
+    tx: &mut Tx<'_>,
+    id: &str,
+    purpose: &str,
+    fields: &[FieldRow],
+) -> Result<(), StoreError> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+    let categories: Vec<&str> = fields.iter().map(|f| f.category.as_str()).collect();
+    let kinds: Vec<&str> = fields.iter().map(|f| f.kind.as_str()).collect();
+    let key_gens: Vec<i64> = fields.iter().map(|f| i64::from(f.key_gen)).collect();
+    let sealed: Vec<&[u8]> = fields.iter().map(|f| f.sealed.as_slice()).collect();
+    let macs: Vec<&[u8]> = fields.iter().map(|f| f.mac.as_slice()).collect();
+    let versions: Vec<&str> = fields.iter().map(|f| f.version.as_str()).collect();
+    tx.insert(
+        "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+         SELECT $1, * FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[],
+                                  $6::BYTEA[], $7::BYTEA[], $8::TEXT[])",
+        &[
+            &id,
+            &names,
+            &categories,
+            &kinds,
+            &key_gens,
+            &sealed,
+            &macs,
+            &versions,
+        ],
+        || match names.as_slice() {
+            [one] => format!("field `{one}`"),
+            _ => format!("a field of `{}`", names.join("`, `")),
+        },
+    )?;
+    let tagged: Vec<(&str, &TagRow)> = fields
+        .iter()
+        .flat_map(|f| f.tags.iter().map(move |t| (f.name.as_str(), t)))
+        .collect();
+    if tagged.is_empty() {
+        return Ok(());
+    }
+    let tag_fields: Vec<&str> = tagged.iter().map(|(f, _)| *f).collect();
+    let tag_versions: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.version)).collect();
+    let tag_bits: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.bits)).collect();
+    let tags: Vec<i64> = tagged.iter().map(|(_, t)| t.tag).collect();
+    tx.exec(
+        "INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
+         SELECT $1, f, $2, v, b, t FROM unnest($3::TEXT[], $4::BIGINT[], $5::BIGINT[],
+                                              $6::BIGINT[]) AS u (f, v, b, t)",
+        &[&id, &purpose, &tag_fields, &tag_versions, &tag_bits, &tags],
+    )?;
     Ok(())
 }

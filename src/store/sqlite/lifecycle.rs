@@ -175,7 +175,7 @@ impl LifecycleStore for SqliteStore {
 }
 
 /// A subject's anchor, the rows it counts and whether it has a key or a record, read on `c`.
-fn facts_in(c: &Connection, subject: &str) -> rusqlite::Result<SubjectFacts> {
+pub(super) fn facts_in(c: &Connection, subject: &str) -> rusqlite::Result<SubjectFacts> {
     // The anchor, and only when there is none whether the subject has a key or record (which
     // it then should not have). The consent, hold, mandate and restriction rows, one statement
     // each, are read even where the anchor counts none: an older anchor put back by hand must

@@ -44,6 +44,29 @@ impl RecordStore for SqliteStore {
             .transpose()
     }
 
+    fn record_with_facts(
+        &self,
+        id: &str,
+    ) -> Result<Option<(RecordRow, Vec<FieldRow>, SubjectFacts)>, StoreError> {
+        // One read transaction: one snapshot, and one start of a read (which may find the page
+        // cache stale) for the record and the facts of its subject.
+        let found = self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let found = match record_in(&tx, id)? {
+                Some((rec, fields)) => {
+                    let facts = super::lifecycle::facts_in(&tx, &rec.0.subject)?;
+                    Some((rec, fields, facts))
+                }
+                None => None,
+            };
+            tx.finish()?;
+            Ok(found)
+        })?;
+        found
+            .map(|(rec, fields, facts)| Ok((with_labels(rec)?, fields, facts)))
+            .transpose()
+    }
+
     fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {
         // One read transaction for all of them: one snapshot, and one start of a read (which
         // may find the page cache stale) instead of one per record.
