@@ -333,12 +333,15 @@ impl Vault {
             record_id: record.id,
             subject,
             purpose,
-            key,
-            buffer: Zeroizing::new(Vec::with_capacity(SEGMENT_SIZE)),
-            next_index: 0,
             size: 0,
-            hasher: Sha256::new(),
-            batch: Vec::with_capacity(SEGMENTS_PER_BATCH),
+            sealer: Sealer {
+                key,
+                buffer: Zeroizing::new(Vec::with_capacity(SEGMENT_SIZE)),
+                next_index: 0,
+                hasher: Sha256::new(),
+                batch: Vec::with_capacity(SEGMENTS_PER_BATCH),
+            },
+            storing: None,
             guard: guard::Scanner::new(),
             expires_at: record.expires_at,
             finished: false,
@@ -571,12 +574,11 @@ pub struct Upload {
     record_id: String,
     subject: SubjectId,
     purpose: Purpose,
-    key: FileKey,
-    buffer: Zeroizing<Vec<u8>>,
-    next_index: u32,
     size: u64,
-    hasher: Sha256,
-    batch: Vec<SegmentRow>,
+    /// Hashes the bytes and seals them into segments, beside the guard.
+    sealer: Sealer,
+    /// The batch before the sealer's, being stored on a thread of its own (`flush`).
+    storing: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
     /// Reads every byte for a BSN or an MRZ, whatever the declared media type, across chunks.
     guard: guard::Scanner,
     expires_at: Option<i64>,
@@ -608,7 +610,7 @@ impl Upload {
     }
 
     /// Takes the next bytes of the file.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), VaultError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
         let limit = self.vault.limits.max_evidence_bytes;
         self.size = self.size.saturating_add(data.len() as u64);
         if self.size > limit {
@@ -618,19 +620,14 @@ impl Upload {
             )
             .into());
         }
-        self.guard.write("data", data)?;
-        self.hasher.update(data);
-        while !data.is_empty() {
-            if self.buffer.len() == SEGMENT_SIZE {
-                // More data follows, so this full segment is not the last one.
-                self.seal_buffer(false)?;
-            }
-            let take = (SEGMENT_SIZE - self.buffer.len()).min(data.len());
-            let (now, rest) = data.split_at(take);
-            self.buffer.extend_from_slice(now);
-            data = rest;
-        }
-        if self.batch.len() >= SEGMENTS_PER_BATCH {
+        // The bytes are hashed and sealed while the guard reads them: nothing sealed is
+        // stored before the guard has read it, and nothing of an upload is readable before
+        // `finish`.
+        let sealer = &mut self.sealer;
+        let (checked, sealed) = self.guard.write_beside("data", data, || sealer.take(data));
+        checked?;
+        sealed?;
+        if self.sealer.batch.len() >= SEGMENTS_PER_BATCH {
             self.flush()?;
         }
         Ok(())
@@ -651,7 +648,7 @@ impl Upload {
             .into());
         }
         self.guard.finish("data")?;
-        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let sha256 = hex::encode(std::mem::take(&mut self.sealer.hasher).finalize());
         if end
             .sha256
             .as_ref()
@@ -664,8 +661,10 @@ impl Upload {
             )
             .into());
         }
-        self.seal_buffer(true)?;
-        self.flush()?;
+        self.sealer.seal_buffer(true)?;
+        self.stored()?;
+        let last = std::mem::take(&mut self.sealer.batch);
+        self.append(&last)?;
         let now = self.vault.clock.now();
         // The plaintext digest would confirm a guessed file to whoever holds the database: it is
         // sealed with the file name, for readers only.
@@ -682,7 +681,7 @@ impl Upload {
             .finish_evidence(
                 &self.evidence_id,
                 self.size,
-                u64::from(self.next_index),
+                u64::from(self.sealer.next_index),
                 &sealed_name,
                 now,
                 &mac,
@@ -703,6 +702,95 @@ impl Upload {
         })
     }
 
+    /// Stores `batch` on a thread of its own, once the batch before it is stored: the next
+    /// chunks are read by the guard, hashed and sealed meanwhile. Its outcome is taken at the
+    /// next flush, at `finish`, or when the upload is dropped (before it is discarded, so that
+    /// nothing is appended to an upload after it was discarded). Segments are stored in order,
+    /// one batch after the other; none is readable before `finish`.
+    fn flush(&mut self) -> Result<(), VaultError> {
+        if self.sealer.batch.is_empty() {
+            return Ok(());
+        }
+        self.stored()?;
+        let batch = Arc::new(std::mem::replace(
+            &mut self.sealer.batch,
+            Vec::with_capacity(SEGMENTS_PER_BATCH),
+        ));
+        let (store, to_store) = (Arc::clone(&self.vault.store), Arc::clone(&batch));
+        let (id, subject, purpose) = (
+            self.evidence_id.clone(),
+            self.subject.as_str().to_owned(),
+            self.purpose,
+        );
+        let spawned = std::thread::Builder::new()
+            .name("kluis-evidence".into())
+            .spawn(move || store.append_segments(&id, &subject, purpose.as_str(), &to_store));
+        match spawned {
+            Ok(handle) => {
+                self.storing = Some(handle);
+                Ok(())
+            }
+            // Without a thread to spare, the batch is stored here.
+            Err(_) => self.append(&batch),
+        }
+    }
+
+    /// Waits for the batch being stored on its own thread (`flush`), if any: its error, if it
+    /// failed.
+    fn stored(&mut self) -> Result<(), VaultError> {
+        match self.storing.take() {
+            None => Ok(()),
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                .map_err(key_replaced),
+        }
+    }
+
+    /// Stores `batch` on this thread.
+    fn append(&self, batch: &[SegmentRow]) -> Result<(), VaultError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.vault
+            .store
+            .append_segments(
+                &self.evidence_id,
+                self.subject.as_str(),
+                self.purpose.as_str(),
+                batch,
+            )
+            .map_err(key_replaced)
+    }
+}
+
+/// What an upload does with its bytes beside the guard: hashes them, and seals them into
+/// segments of `SEGMENT_SIZE`, gathered into a batch to store.
+struct Sealer {
+    key: FileKey,
+    buffer: Zeroizing<Vec<u8>>,
+    next_index: u32,
+    hasher: Sha256,
+    batch: Vec<SegmentRow>,
+}
+
+impl Sealer {
+    /// Takes the next bytes of the file.
+    fn take(&mut self, mut data: &[u8]) -> Result<(), VaultError> {
+        self.hasher.update(data);
+        while !data.is_empty() {
+            if self.buffer.len() == SEGMENT_SIZE {
+                // More data follows, so this full segment is not the last one.
+                self.seal_buffer(false)?;
+            }
+            let take = (SEGMENT_SIZE - self.buffer.len()).min(data.len());
+            let (now, rest) = data.split_at(take);
+            self.buffer.extend_from_slice(now);
+            data = rest;
+        }
+        Ok(())
+    }
+
     fn seal_buffer(&mut self, last: bool) -> Result<(), VaultError> {
         let sealed = self
             .key
@@ -719,29 +807,25 @@ impl Upload {
         })?;
         Ok(())
     }
-
-    fn flush(&mut self) -> Result<(), VaultError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        self.vault
-            .store
-            .append_segments(
-                &self.evidence_id,
-                self.subject.as_str(),
-                self.purpose.as_str(),
-                &self.batch,
-            )
-            .map_err(key_replaced)?;
-        self.batch.clear();
-        Ok(())
-    }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
         if self.finished {
             return;
+        }
+        // The batch being stored lands before the upload is discarded, whatever its outcome.
+        match self.storing.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => tracing::info!(
+                evidence_id = self.evidence_id.as_str(),
+                error = %e,
+                "a batch of an unfinished upload was not stored"
+            ),
+            Some(Err(_)) => tracing::error!(
+                evidence_id = self.evidence_id.as_str(),
+                "storing a batch of an unfinished upload failed unexpectedly"
+            ),
         }
         self.unfinished.time = crate::domain::now_unix();
         if let Err(e) = self.vault.audit.append(&self.unfinished) {

@@ -194,8 +194,9 @@ pub struct Scanner {
 }
 
 /// Writes of at least this many bytes are read two readings on the caller's thread and three on
-/// another (an upload's chunks are 64 KiB): the readings are independent, and each reads every
-/// byte.
+/// another (an upload's chunks are 64 KiB; with `write_beside`, which hashes and seals them on
+/// the caller's thread meanwhile, one there and four on the other): the readings are
+/// independent, and each reads every byte.
 pub const PARALLEL_FROM: usize = 16 * 1024;
 
 impl Scanner {
@@ -222,28 +223,61 @@ impl Scanner {
     /// Takes the next bytes; refuses them (naming `field`) as soon as what arrived so far holds
     /// a BSN or an MRZ that nothing after it can make harmless.
     pub fn write(&mut self, field: &str, bytes: &[u8]) -> Result<(), InputError> {
+        self.write_split(field, bytes, 2, || ()).0
+    }
+
+    /// `write`, with `beside` run meanwhile on the caller's thread once it has read its
+    /// reading (the UTF-8 one; the other thread reads the four UTF-16 ones): the caller's own
+    /// work on the same bytes, such as hashing and sealing them. The guard's answer, and what
+    /// `beside` returned.
+    pub fn write_beside<T>(
+        &mut self,
+        field: &str,
+        bytes: &[u8],
+        beside: impl FnOnce() -> T,
+    ) -> (Result<(), InputError>, T) {
+        self.write_split(field, bytes, 1, beside)
+    }
+
+    /// `write` with the first `mine` readings on the caller's thread and the others on another
+    /// (from `parallel_from` bytes on), and `beside` run on the caller's thread after its
+    /// readings.
+    fn write_split<T>(
+        &mut self,
+        field: &str,
+        bytes: &[u8],
+        mine: usize,
+        beside: impl FnOnce() -> T,
+    ) -> (Result<(), InputError>, T) {
         let write_all = |views: &mut [View]| views.iter_mut().try_for_each(|v| v.write(bytes));
         // The first finding in the order of the readings, as when read one after another.
-        let parallel = (bytes.len() >= self.parallel_from).then(|| {
-            let (first, rest) = self.views.split_at_mut(2);
-            std::thread::scope(|s| {
+        let (found, done) = if bytes.len() >= self.parallel_from {
+            let (first, rest) = self.views.split_at_mut(mine);
+            let answer = std::thread::scope(|s| {
                 let other = std::thread::Builder::new()
                     .name("kluis-guard".into())
-                    .spawn_scoped(s, || write_all(rest))
-                    .ok()?;
-                let mine = write_all(first);
-                let theirs = other
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                Some(mine.and(theirs))
-            })
-        });
-        // Without a second thread (the system has none to give), one reads them all.
-        let found = match parallel.flatten() {
-            Some(found) => found,
-            None => write_all(&mut self.views),
+                    .spawn_scoped(s, || write_all(rest));
+                match other {
+                    Ok(other) => {
+                        let mine = write_all(first);
+                        let done = beside();
+                        let theirs = other
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        Ok((mine.and(theirs), done))
+                    }
+                    Err(_) => Err(beside),
+                }
+            });
+            match answer {
+                Ok(answer) => answer,
+                // Without a second thread (the system has none to give), one reads them all.
+                Err(beside) => (write_all(&mut self.views), beside()),
+            }
+        } else {
+            (write_all(&mut self.views), beside())
         };
-        found.map_err(|f| f.refuse(field))
+        (found.map_err(|f| f.refuse(field)), done)
     }
 
     /// Reads what is left at the end of the data. Call it once, after the last `write`.
@@ -3457,8 +3491,33 @@ mod tests {
             .and_then(|()| s.finish("data"))
     }
 
+    /// `scan_answer` through `write_beside`, whose work beside counts the bytes it is given:
+    /// each write's bytes exactly once, checked up to the write that is refused.
+    fn scan_answer_beside(
+        bytes: &[u8],
+        scan_at: usize,
+        chunk: usize,
+        parallel_from: usize,
+    ) -> Result<(), InputError> {
+        let mut s = Scanner::scanning_every(scan_at);
+        s.parallel_from = parallel_from;
+        let mut counted = 0;
+        let mut written = 0;
+        let answer = bytes
+            .chunks(chunk.max(1))
+            .try_for_each(|c| {
+                written += c.len();
+                let (found, given) = s.write_beside("data", c, || c.len());
+                counted += given;
+                found
+            })
+            .and_then(|()| s.finish("data"));
+        assert_eq!(counted, written, "the work beside each write ran once");
+        answer
+    }
+
     /// Read on two threads, data gets the answer it gets on one, BSN or MRZ alike, in every
-    /// embedding and wherever the chunks are cut.
+    /// embedding and wherever the chunks are cut; so with the caller's work beside.
     #[test]
     fn two_threads_give_the_answer_of_one() {
         let mrz = format!("{TD3_NAME}\n{TD3_DATA}");
@@ -3475,6 +3534,16 @@ mod tests {
                             two.as_ref().err().map(|e| &e.problem),
                             "{t:?} as {how} in {chunk}s"
                         );
+                        // With the caller's work beside (one reading on its thread, four on
+                        // the other), and on one thread.
+                        for parallel_from in [1, usize::MAX] {
+                            let beside = scan_answer_beside(&data, 512, chunk, parallel_from);
+                            assert_eq!(
+                                one.as_ref().err().map(|e| &e.problem),
+                                beside.as_ref().err().map(|e| &e.problem),
+                                "{t:?} as {how} in {chunk}s beside, from {parallel_from}"
+                            );
+                        }
                     }
                 }
             }

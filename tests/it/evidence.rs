@@ -438,7 +438,12 @@ async fn an_interrupted_upload_leaves_nothing_behind() {
             .unwrap();
         id
     };
-    assert!(count(&server, "SELECT count(*) FROM evidence_segments") > 0);
+    // The write's last batch is stored on a thread of its own: it lands meanwhile.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no segment stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let server = server.restart_with(|_| {}).await;
     // Start-up discards it before it serves.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
