@@ -206,9 +206,11 @@ impl VaultRpc for VaultApi {
                 .map(|upload| (upload, open))
         })
         .await?;
-        // Each chunk is sealed and stored on a blocking thread while the client's next message is
-        // read; the message after that is read only when the store has taken the chunk
-        // (back-pressure: at most two chunks are held), and no thread waits for a client.
+        // Each chunk is guarded, hashed and sealed on a blocking thread while the client's next
+        // message is read; the message after that is read only when that is done
+        // (back-pressure: at most two chunks are held, and the upload's batches: `Upload`
+        // stores a full one on a thread of its own while the next is sealed), and no thread
+        // waits for a client.
         let mut upload = UploadGuard {
             upload: Some(upload),
             vault: Arc::clone(&self.vault.vault),

@@ -78,7 +78,7 @@ impl RecordStore for PgStore {
             if !super::keys::insert_first_subject_key(tx, key, anchor)? {
                 return Err(StoreError::first_key_taken(key.purpose));
             }
-            insert_record_in(tx, record, fields, Some(key.generation))
+            insert_record_in(tx, record, fields, Some(key))
         })
     }
 
@@ -735,17 +735,20 @@ fn field_metas(tx: &mut Tx<'_>, id: &str) -> Result<Vec<FieldMeta>, StoreError> 
     Ok(fields)
 }
 
-/// Inserts a record and its fields (with their search tags) in the caller's transaction.
-/// Inserts `record` with `fields`, each sealed under a subject key generation that must be
-/// stored; `inserted` is one this transaction stored itself (not looked up again).
+/// Inserts a record and its fields (with their search tags) in the caller's transaction, each
+/// field sealed under a subject key generation that must be stored; `inserted` is the key this
+/// transaction stored itself (its generation is not looked up again when it is the record's
+/// subject's and purpose's).
 fn insert_record_in(
     tx: &mut Tx<'_>,
     record: &RecordRow,
     fields: &[FieldRow],
-    inserted: Option<u32>,
+    inserted: Option<&SubjectKeyRow>,
 ) -> Result<(), StoreError> {
     insert_record_row(tx, record)?;
-    let mut checked = inserted;
+    let mut checked = inserted
+        .filter(|k| k.subject == record.subject && k.purpose == record.purpose)
+        .map(|k| k.generation);
     for f in fields {
         if checked != Some(f.key_gen) {
             check_key_exists(tx, &record.subject, record.purpose.as_str(), f.key_gen)?;
