@@ -1622,11 +1622,14 @@ async fn messages_never_finished_are_held_within_the_limits_and_ended_when_idle(
             other => panic!("{other:?}: {}", status.message()),
         }
     }
-    // 16 MiB hold two of the messages begun; the others are refused at once.
-    assert_eq!(
-        (over, idle),
-        (2, 2),
-        "refused for the bytes, ended when idle"
+    // 16 MiB hold at most two of the messages begun (three would be 18 MiB); the others are
+    // refused at once. Which, and how many, depends on how the four streams' frames
+    // interleave: when each has 4 MiB in, the next mebibyte of any is refused, and the bytes
+    // of one refused are let go; at least the last one left is held until it is idle.
+    assert_eq!(over + idle, 4, "every message ended");
+    assert!(
+        over >= 2 && (1..=2).contains(&idle),
+        "refused for the bytes, ended when idle: {over} refused, {idle} idle"
     );
     assert!(started.elapsed() >= Duration::from_secs(2));
     // What they held is let go: the address sends a message again.
@@ -1635,7 +1638,7 @@ async fn messages_never_finished_are_held_within_the_limits_and_ended_when_idle(
 }
 
 /// One credential opens many evidence uploads, sends a chunk of each and drops them all at
-/// once. Each chunk is stored, and each abandoned upload discarded, under one of
+/// once. Each chunk is read and sealed, and each abandoned upload discarded, under one of
 /// `limits.max_calls_running` places: the uploads wait their turn instead of taking a blocking
 /// thread each (an outside attack: 6000 abandoned uploads took the pool's 512 threads and kept
 /// other callers waiting 7–10 s), and another caller is served meanwhile.
