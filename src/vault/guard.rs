@@ -3483,29 +3483,27 @@ mod tests {
         chunk: usize,
         parallel_from: usize,
     ) -> Result<(), InputError> {
-        let mut s = Scanner::scanning_every(scan_at);
-        s.parallel_from = parallel_from;
-        bytes
-            .chunks(chunk.max(1))
-            .try_for_each(|c| s.write("data", c))
-            .and_then(|()| s.finish("data"))
+        scan_answer_by(bytes, scan_at, chunk, parallel_from, false)
     }
 
-    /// `scan_answer` through `write_beside`, whose work beside counts the bytes it is given:
-    /// each write's bytes exactly once, checked up to the write that is refused.
-    fn scan_answer_beside(
+    /// `scan_answer`, or with `beside` through `write_beside`, whose work beside counts the
+    /// bytes it is given: each write's bytes exactly once, checked up to the write refused.
+    fn scan_answer_by(
         bytes: &[u8],
         scan_at: usize,
         chunk: usize,
         parallel_from: usize,
+        beside: bool,
     ) -> Result<(), InputError> {
         let mut s = Scanner::scanning_every(scan_at);
         s.parallel_from = parallel_from;
-        let mut counted = 0;
-        let mut written = 0;
+        let (mut counted, mut written) = (0, 0);
         let answer = bytes
             .chunks(chunk.max(1))
             .try_for_each(|c| {
+                if !beside {
+                    return s.write("data", c);
+                }
                 written += c.len();
                 let (found, given) = s.write_beside("data", c, || c.len());
                 counted += given;
@@ -3537,7 +3535,7 @@ mod tests {
                         // With the caller's work beside (one reading on its thread, four on
                         // the other), and on one thread.
                         for parallel_from in [1, usize::MAX] {
-                            let beside = scan_answer_beside(&data, 512, chunk, parallel_from);
+                            let beside = scan_answer_by(&data, 512, chunk, parallel_from, true);
                             assert_eq!(
                                 one.as_ref().err().map(|e| &e.problem),
                                 beside.as_ref().err().map(|e| &e.problem),
