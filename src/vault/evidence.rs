@@ -913,12 +913,19 @@ impl Download {
         let seg_start = index * seg;
         let from = usize::try_from(self.next - seg_start).unwrap_or(usize::MAX);
         let to = usize::try_from(self.end.min(seg_start + seg) - seg_start).unwrap_or(usize::MAX);
-        let piece = plain
-            .get(from..to)
-            .ok_or_else(|| self.damaged(index))?
-            .to_vec();
+        // A whole segment is handed on as opened; a part of one is copied out.
+        let piece = if from == 0 && to == plain.len() {
+            plain
+        } else {
+            Zeroizing::new(
+                plain
+                    .get(from..to)
+                    .ok_or_else(|| self.damaged(index))?
+                    .to_vec(),
+            )
+        };
         self.next = seg_start + to as u64;
-        Ok(Some(Zeroizing::new(piece)))
+        Ok(Some(piece))
     }
 
     fn damaged(&self, index: u64) -> VaultError {
