@@ -16,13 +16,54 @@ fn db(server: &TestServer) -> Connection {
     Connection::open(server.db_path()).unwrap()
 }
 
+/// `WhoAmI` with `token`, after trying the reads a token opens with it: of a whole record, of
+/// one that does not exist, with a malformed id, and of one field of a record. Every door must
+/// judge the token as `WhoAmI` does: all refuse it as unauthenticated, or none does.
 async fn who_am_i(server: &TestServer, token: &str) -> Result<pb::WhoAmIResponse, tonic::Status> {
-    server
-        .client()
-        .await
+    let record = put(
+        server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-DOORS",
+        vec![text("statement", "nuisance-evidence", "a letter")],
+    )
+    .await;
+    let missing = format!("rec_{}", "0".repeat(32));
+    let mut client = server.client().await;
+    let mut doors = Vec::new();
+    for (id, fields) in [
+        (record.as_str(), vec![]),
+        (missing.as_str(), vec![]),
+        ("rec_not-an-id", vec![]),
+        (record.as_str(), vec!["statement".to_owned()]),
+    ] {
+        let read = client
+            .get_record(req(
+                token,
+                pb::GetRecordRequest {
+                    context: nuisance_ctx(),
+                    record_id: id.into(),
+                    fields,
+                },
+            ))
+            .await;
+        doors.push((id.to_owned(), read.map(|_| ()).map_err(|s| s.code())));
+    }
+    let who = client
         .who_am_i(req(token, pb::WhoAmIRequest {}))
         .await
-        .map(tonic::Response::into_inner)
+        .map(tonic::Response::into_inner);
+    let refused = who
+        .as_ref()
+        .is_err_and(|s| s.code() == Code::Unauthenticated);
+    for (id, read) in &doors {
+        assert_eq!(
+            *read == Err(Code::Unauthenticated),
+            refused,
+            "GetRecord of `{id}` judged the token otherwise than WhoAmI: {read:?}, {who:?}"
+        );
+    }
+    who
 }
 
 /// `kluis admin store verify --json` against `server`: exit code and the bad rows.
