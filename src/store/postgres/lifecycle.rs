@@ -253,7 +253,12 @@ pub(super) fn add_fact(facts: &mut SubjectFacts, r: &Row) -> Result<(), StoreErr
             lifted_at: get(r, 9)?,
             mac: get(r, 11)?,
         }),
-        _ => facts.keyed = get::<i64>(r, 8)? != 0,
+        4 => facts.keyed = get::<i64>(r, 8)? != 0,
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "a subject's facts: a row of unknown kind {other}"
+            )));
+        }
     }
     Ok(())
 }
