@@ -193,12 +193,14 @@ pub(crate) fn caller_key(creds: &Credentials) -> crate::vault::places::CallerKey
         .into()
 }
 
-/// `run` for an export or a backup: once the caller is authenticated, it takes a place under
-/// the caps on exports (`stream::Streams::admit`) before `f` does any work, and hands the place
-/// back with `f`'s result, to be held while the stream is produced.
-pub(crate) async fn run_export<Req, T, F>(
+/// `run` for a long call (an export, a backup, a watch of the trail): once the caller is
+/// authenticated, it takes a place under the caps on `kind` (`stream::Streams::admit`) before
+/// `f` does any work, and hands the place back with `f`'s result, to be held while the stream is
+/// produced.
+pub(crate) async fn run_long<Req, T, F>(
     backend: &Backend,
     streams: &Arc<stream::Streams>,
+    kind: stream::Long,
     request: Request<Req>,
     f: F,
 ) -> Result<(T, stream::Permit), Status>
@@ -221,7 +223,7 @@ where
                     let principal = identity
                         .authenticate(&vault, &creds)
                         .map_err(|e| status::to_status(vault.after_failure(e)))?;
-                    let permit = streams.admit(stream::Long::Export, &principal.id)?;
+                    let permit = streams.admit(kind, &principal.id)?;
                     let done = f(&vault, &principal, message)
                         .map_err(|e| status::to_status(vault.after_failure(e)))?;
                     Ok((done, permit))

@@ -230,6 +230,10 @@ pub struct RawLimits {
     pub max_downloads: Option<usize>,
     /// Evidence downloads being sent at once per caller.
     pub max_downloads_per_caller: Option<usize>,
+    /// Watches of the audit trail open at once, in all.
+    pub max_watches: Option<usize>,
+    /// Watches of the audit trail open at once per caller.
+    pub max_watches_per_caller: Option<usize>,
     /// Seconds a response may wait for its client to take any of it before the connection is
     /// closed.
     pub unread_response_secs: Option<u64>,
@@ -555,6 +559,12 @@ impl RawConfig {
                 "max_downloads_per_caller",
                 l.max_downloads_per_caller,
                 &mut streams.max_downloads_per_caller,
+            );
+            count("max_watches", l.max_watches, &mut streams.max_watches);
+            count(
+                "max_watches_per_caller",
+                l.max_watches_per_caller,
+                &mut streams.max_watches_per_caller,
             );
             let mut secs = |key: &str,
                             value: Option<u64>,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    Backend, convert, run, run_export,
-    stream::{ServerStream, Streams},
+    Backend, convert, run, run_long,
+    stream::{Long, ServerStream, Streams},
 };
 use crate::{
     audit::{Filter, Head, Verification},
@@ -92,29 +92,40 @@ impl AdminRpc for AdminApi {
         let follow = request.get_ref().follow;
         // Each page is read under one of the caller's places, as the call itself was.
         let key = super::caller_key(&super::credentials(&request)?);
-        let watch = run(&self.vault, request, |vault, principal, req| {
-            if req.last.is_some_and(|last| last > WATCH_LAST_MAX) {
-                return Err(InputError::new(
-                    "last",
-                    format!("at most {WATCH_LAST_MAX} entries; resume with `after_seq` instead"),
+        // A place among the watches open (each reads the trail after every commit), taken
+        // before the watch's entry is written and held until it ends.
+        let (watch, permit) = run_long(
+            &self.vault,
+            &self.streams,
+            Long::Watch,
+            request,
+            |vault, principal, req| {
+                if req.last.is_some_and(|last| last > WATCH_LAST_MAX) {
+                    return Err(InputError::new(
+                        "last",
+                        format!(
+                            "at most {WATCH_LAST_MAX} entries; resume with `after_seq` instead"
+                        ),
+                    )
+                    .into());
+                }
+                let last = req.last.map_or(WATCH_LAST_DEFAULT, u64::from);
+                vault.begin_audit_watch(
+                    principal,
+                    req.after_seq,
+                    last,
+                    req.follow,
+                    &req.justification,
                 )
-                .into());
-            }
-            let last = req.last.map_or(WATCH_LAST_DEFAULT, u64::from);
-            vault.begin_audit_watch(
-                principal,
-                req.after_seq,
-                last,
-                req.follow,
-                &req.justification,
-            )
-        })
+            },
+        )
         .await?;
         let (tx, stream) = self.streams.channel(WATCH_PAGE);
         let vault = Arc::clone(&self.vault.vault);
         let mut stop = self.stop.clone();
         let mut commits = vault.audit_commits();
         tokio::spawn(async move {
+            let _permit = permit;
             let (mut next, mut prev) = (watch.start, None);
             loop {
                 // Read behind what is committed, one page at a time: the next page is read once
@@ -648,9 +659,10 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        let (mut file, permit) = run_export(
+        let (mut file, permit) = run_long(
             &self.vault,
             &self.streams,
+            Long::Export,
             request,
             |vault, principal, req| vault.backup(principal, &req.justification),
         )
@@ -1220,9 +1232,10 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
-        let ((filter, upto), permit) = run_export(
+        let ((filter, upto), permit) = run_long(
             &self.vault,
             &self.streams,
+            Long::Export,
             request,
             |vault, principal, req| {
                 let filter = Filter {

@@ -1,6 +1,7 @@
 //! Server streams: the one way every streaming call sends (`Streams::channel`), and the caps on
 //! the long calls that hold the node's memory or threads while a client takes its time
-//! (`Streams::admit`): exports and backups, evidence uploads open, evidence downloads.
+//! (`Streams::admit`): exports and backups, evidence uploads open, evidence downloads, watches
+//! of the audit trail.
 //!
 //! A client that stops reading (its HTTP/2 window at zero) fills the stream's channel; the
 //! producer then waits at most `idle` for room, and otherwise stops: the blocking thread it ran
@@ -9,7 +10,8 @@
 //!
 //! Invariant: no send of a server stream waits longer than `StreamLimits::idle`.
 //! Invariant: an export, audit export or backup runs, an upload is begun and received, and a
-//! download is read and sent only while it holds a `Permit` of its kind.
+//! download is read and sent, and a watch of the trail reads and sends, only while it holds a
+//! `Permit` of its kind.
 
 use std::{
     collections::HashMap,
@@ -44,6 +46,10 @@ pub struct StreamLimits {
     pub max_downloads: usize,
     /// Evidence downloads being sent at once for one caller (principal).
     pub max_downloads_per_caller: usize,
+    /// Watches of the audit trail (`WatchAudit`) open at once, in all.
+    pub max_watches: usize,
+    /// Watches of the audit trail open at once for one caller (principal).
+    pub max_watches_per_caller: usize,
 }
 
 impl Default for StreamLimits {
@@ -56,6 +62,8 @@ impl Default for StreamLimits {
             max_uploads_per_caller: 16,
             max_downloads: 128,
             max_downloads_per_caller: 16,
+            max_watches: 64,
+            max_watches_per_caller: 8,
         }
     }
 }
@@ -69,11 +77,14 @@ pub(crate) enum Long {
     Upload,
     /// An evidence download, while it is read and sent.
     Download,
+    /// A watch of the audit trail, from its first page to its end (with `follow`, until the
+    /// client leaves or the server stops: each reads the trail again after every commit).
+    Watch,
 }
 
 impl Long {
     #[cfg(test)]
-    const ALL: [Self; 3] = [Self::Export, Self::Upload, Self::Download];
+    const ALL: [Self; 4] = [Self::Export, Self::Upload, Self::Download, Self::Watch];
 
     /// The caps in all and per caller, with their configuration keys.
     fn caps(self, limits: &StreamLimits) -> ((usize, &'static str), (usize, &'static str)) {
@@ -89,6 +100,10 @@ impl Long {
             Self::Download => (
                 (limits.max_downloads, "max_downloads"),
                 (limits.max_downloads_per_caller, "max_downloads_per_caller"),
+            ),
+            Self::Watch => (
+                (limits.max_watches, "max_watches"),
+                (limits.max_watches_per_caller, "max_watches_per_caller"),
             ),
         }
     }
@@ -108,6 +123,10 @@ impl Long {
                 "evidence downloads being sent",
                 "read a download to its end or cancel it, then retry",
             ),
+            Self::Watch => (
+                "watches of the audit trail open",
+                "close a watch (one `follow` watch is enough to follow the trail), then retry",
+            ),
         }
     }
 }
@@ -119,6 +138,7 @@ pub struct Streams {
     exports: Mutex<Running>,
     uploads: Mutex<Running>,
     downloads: Mutex<Running>,
+    watches: Mutex<Running>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +165,7 @@ impl Streams {
             Long::Export => &self.exports,
             Long::Upload => &self.uploads,
             Long::Download => &self.downloads,
+            Long::Watch => &self.watches,
         }
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -206,7 +227,7 @@ impl Streams {
 
     /// The long calls of each kind running now, in all.
     #[cfg(test)]
-    fn totals(&self) -> [usize; 3] {
+    fn totals(&self) -> [usize; 4] {
         Long::ALL.map(|k| self.running(k).total)
     }
 }
@@ -321,6 +342,8 @@ mod tests {
             max_uploads_per_caller: per,
             max_downloads: total,
             max_downloads_per_caller: per,
+            max_watches: total,
+            max_watches_per_caller: per,
         }))
     }
 
@@ -369,15 +392,17 @@ mod tests {
         // The same caller's export and download are counted apart from its upload.
         let export = s.admit(Long::Export, &caller("a")).unwrap();
         let download = s.admit(Long::Download, &caller("a")).unwrap();
-        assert_eq!(s.totals(), [1, 1, 1]);
+        let watch = s.admit(Long::Watch, &caller("a")).unwrap();
+        assert_eq!(s.totals(), [1, 1, 1, 1]);
         let _other = s.admit(Long::Upload, &caller("b")).unwrap();
         let refused = s.admit(Long::Upload, &caller("c")).unwrap_err();
         assert!(refused.message().contains("`limits.max_uploads`"));
-        assert_eq!(s.totals(), [1, 2, 1]);
+        assert_eq!(s.totals(), [1, 2, 1, 1]);
         drop(upload);
         drop(export);
         drop(download);
-        assert_eq!(s.totals(), [0, 1, 0]);
+        drop(watch);
+        assert_eq!(s.totals(), [0, 1, 0, 0]);
         let _again = s.admit(Long::Upload, &caller("a")).unwrap();
     }
 

@@ -2421,7 +2421,11 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
 async fn watches_opened_at_once_read_their_pages_under_places_not_a_thread_each() {
     const WATCHES: usize = 2000;
     let tmp = crate::common::private_tempdir();
-    let (server, addr) = serve_dev_with_limits(tmp.path(), "max_calls_running = 8\n");
+    // The caps on watches open (`watch.rs`) are not what is tried here.
+    let (server, addr) = serve_dev_with_limits(
+        tmp.path(),
+        "max_calls_running = 8\nmax_watches = 4000\nmax_watches_per_caller = 4000\n",
+    );
     let pid = server.0.id();
     let officer = dev_token(tmp.path(), "security-officer");
     let other = dev_token(tmp.path(), "customer-service");

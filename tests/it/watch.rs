@@ -487,3 +487,94 @@ async fn audit_tail_prints_one_json_object_per_line_and_follows() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// A watch with `follow` never ends by itself, and each reads the trail again after every
+/// commit: one officer's token opening watches without end held the node's memory and its
+/// store's reads (an outside review). Past `limits.max_watches_per_caller` the next is refused at
+/// once, before its entry is written, saying which limit and what to do; another officer still
+/// watches; the cap in all holds across callers; a closed watch gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_officer_keeps_at_most_its_share_of_watches_open() {
+    let server = TestServer::start_with_limits(kluis::config::RawLimits {
+        max_watches: Some(3),
+        max_watches_per_caller: Some(2),
+        ..kluis::config::RawLimits::default()
+    })
+    .await;
+    let watches = |server: &TestServer| {
+        audit_entries(server)
+            .into_iter()
+            .filter(|e| e["action"] == "audit-watch")
+            .count()
+    };
+    // Two followed and never read past their first entry.
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let mut stream = watch(&server, Role::SecurityOfficer, watch_req(None, None, true))
+            .await
+            .unwrap_or_else(|s| panic!("watch {n}: {s:?}"));
+        next_entries(&mut stream, 1).await;
+        held.push(stream);
+    }
+    assert_eq!(watches(&server), 2);
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        watch(&server, Role::SecurityOfficer, watch_req(None, None, true)),
+    )
+    .await
+    .expect("a third watch was neither refused nor begun")
+    .expect_err("a third watch was begun");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("`limits.max_watches_per_caller`")
+            && refused.message().contains("close a watch"),
+        "{}",
+        refused.message()
+    );
+    // A watch without `follow` takes a place too, while it is sent.
+    let refused = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(None, Some(1), false),
+    )
+    .await
+    .expect_err("a watch without follow was begun past the cap");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Refused before anything was read or written: the trail has the two watches, not more.
+    assert_eq!(watches(&server), 2);
+
+    // Another officer has places of its own, up to the cap in all.
+    let mut other = watch(&server, Role::PrivacyOfficer, watch_req(None, None, true))
+        .await
+        .expect("another officer's watch was refused");
+    next_entries(&mut other, 1).await;
+    let refused = watch(&server, Role::PrivacyOfficer, watch_req(None, None, true))
+        .await
+        .expect_err("a watch past the cap in all was begun");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("`limits.max_watches`"),
+        "{}",
+        refused.message()
+    );
+
+    // A closed watch gives its place back once its task sees the client gone.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        match watch(&server, Role::SecurityOfficer, watch_req(None, None, true)).await {
+            Ok(stream) => {
+                again = Some(stream);
+                break;
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    let mut again = again.expect("a closed watch kept its place");
+    next_entries(&mut again, 1).await;
+}
