@@ -987,6 +987,16 @@ pub trait KeyStore: Send + Sync {
 
 /// Records and their fields, retention and shredding.
 pub trait RecordStore: Send + Sync {
+    /// Whether new records get ids in the order of issue (`RecordId::generate_in_order`)
+    /// rather than random ones. A store with one writer gains: a group commit of many writes
+    /// dirties the last pages of the indexes keyed by record id, not a random page of each per
+    /// write. A store written by many connections at once loses: they all insert into the same
+    /// last page and wait on its lock (PostgreSQL: `PutRecord` at 64 clients about 0.9× with
+    /// ids in order). Either is read and found alike.
+    fn record_ids_in_order(&self) -> bool {
+        false
+    }
+
     /// Stores a record with its fields in one transaction. Fails with `StaleGeneration` when a
     /// field's subject key generation does not exist (any more): the caller must fetch the
     /// current key; with `Exists` when the record or a field name is taken.

@@ -788,6 +788,16 @@ impl Vault {
         }))
     }
 
+    /// A new record's id, in the order of issue where the store keeps such ids best
+    /// (`RecordStore::record_ids_in_order`), random otherwise.
+    pub(crate) fn new_record_id(&self) -> RecordId {
+        if self.store.record_ids_in_order() {
+            RecordId::generate_in_order()
+        } else {
+            RecordId::generate()
+        }
+    }
+
     /// Stores a new record for `subject` under `ctx.purpose`. Returns its id and expiry.
     pub fn put_record(
         &self,
@@ -798,7 +808,7 @@ impl Vault {
         labels: BTreeMap<String, String>,
     ) -> Result<(RecordId, Option<i64>), VaultError> {
         check_fields(&fields, &self.limits)?;
-        let record_id = RecordId::generate();
+        let record_id = self.new_record_id();
         let resources: Vec<FieldResource> = fields
             .iter()
             .map(|f| FieldResource {

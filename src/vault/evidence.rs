@@ -137,7 +137,7 @@ impl Vault {
     ) -> Result<Upload, VaultError> {
         check_start(&start)?;
         let now = self.clock.now();
-        let new_id = RecordId::generate();
+        let new_id = self.new_record_id();
         let (record, new_record) = match &start.target {
             EvidenceTarget::Record(id) => {
                 // Decided under the record's own purpose below: a declared purpose that differs

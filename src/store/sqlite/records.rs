@@ -4,6 +4,11 @@ use super::*;
 use crate::store::qualified;
 
 impl RecordStore for SqliteStore {
+    /// One writer, one group commit at a time: ids in order keep its pages together.
+    fn record_ids_in_order(&self) -> bool {
+        true
+    }
+
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
         let write = RecordWrite::Insert {
             record: record.clone(),
