@@ -368,6 +368,10 @@ ALTER TABLE fields_sealed_last RENAME TO fields;
 ",
 ];
 
+/// Prepared statements each connection keeps (`open_connection`): more than the distinct
+/// statements of the store's code.
+const STATEMENTS_KEPT: usize = 128;
+
 /// Reader connections kept open between reads. Opening one parses the schema and loses its
 /// prepared statements, so the pool must cover the reads in flight at once (one per blocking
 /// request; the server allows 256 streams per connection, and every case app holds one or a few).
@@ -486,6 +490,10 @@ fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> 
     }
     let conn = Connection::open_with_flags(path, flags).map_err(db)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    // Every statement kluis runs is prepared once per connection and kept: a write uses a
+    // dozen, the writer and a reader over all calls several dozen, and rusqlite keeps 16 unless
+    // told (past that each use parses its SQL again).
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -540,6 +548,27 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     })();
     conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
     migrated
+}
+
+/// Runs `job` inside a savepoint of the transaction open on `tx`: kept (released) when it
+/// succeeds, undone (rolled back to, then released) when it fails. The outer result is the
+/// savepoint's own: an error there means the job's work cannot be told apart from the rest of
+/// the transaction, which must then not commit.
+///
+/// The savepoint's three statements are prepared once per connection (rusqlite's `Savepoint`
+/// parses `SAVEPOINT` and `RELEASE` on every use, a fifth of a group commit's serial work).
+fn in_savepoint<T>(
+    tx: &Connection,
+    job: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<Result<T, StoreError>, StoreError> {
+    let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    run("SAVEPOINT kluis_job").map_err(db)?;
+    let outcome = job(tx);
+    if outcome.is_err() {
+        run("ROLLBACK TO kluis_job").map_err(db)?;
+    }
+    run("RELEASE kluis_job").map_err(db)?;
+    Ok(outcome)
 }
 
 fn db(e: rusqlite::Error) -> StoreError {

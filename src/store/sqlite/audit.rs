@@ -45,7 +45,7 @@ impl AuditStore for SqliteStore {
         writes: &[RecordWrite],
     ) -> Result<(Vec<AuditRow>, Option<Vec<Result<(), StoreError>>>), StoreError> {
         let mut conn = self.write()?;
-        let mut tx = conn
+        let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
         let tail = tx
@@ -60,13 +60,9 @@ impl AuditStore for SqliteStore {
         insert_rows(&tx, &rows)?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
-            let sp = tx.savepoint().map_err(db)?;
-            let outcome = super::records::make_write(&sp, write);
-            match &outcome {
-                Ok(()) => sp.commit().map_err(db)?,
-                // Undo this write only; should that fail, nothing of the transaction is kept.
-                Err(_) => sp.finish().map_err(db)?,
-            }
+            // A failed write is undone alone; should that fail, nothing of the transaction is
+            // kept.
+            let outcome = super::in_savepoint(&tx, |sp| super::records::make_write(sp, write))?;
             // An error SQLite answers by rolling back the whole transaction (disk full, I/O)
             // leaves the connection in autocommit: the entries are gone with it.
             if tx.is_autocommit() {

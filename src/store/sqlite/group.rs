@@ -174,25 +174,17 @@ fn batch(writer: &Mutex<Connection>, jobs: Vec<Job>) -> Vec<Result<Output, Store
     let Ok(mut conn) = writer.lock() else {
         return fail_all(n, &StoreError::Database("writer lock poisoned".into()));
     };
-    let mut tx = match conn.transaction().map_err(db) {
+    let tx = match conn.transaction().map_err(db) {
         Ok(tx) => tx,
         Err(e) => return fail_all(n, &e),
     };
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let result = match tx.savepoint().map_err(db) {
-            Ok(sp) => match job(&sp) {
-                Ok(out) => sp.commit().map_err(db).map(|()| out),
-                Err(e) => {
-                    // Undo this job's work only (rollback to the savepoint, then release it). If
-                    // that fails, its partial work would be committed with the others: fail all.
-                    if let Err(undo) = sp.finish() {
-                        return fail_all(n, &db(undo));
-                    }
-                    Err(e)
-                }
-            },
-            Err(e) => Err(e),
+        // Undo a failed job's work only (rollback to its savepoint, then release it). If the
+        // savepoint itself fails, its partial work could be committed with the others: fail all.
+        let result = match super::in_savepoint(&tx, job) {
+            Ok(result) => result,
+            Err(e) => return fail_all(n, &e),
         };
         // An error SQLite answers by rolling back the whole transaction (disk full, I/O) leaves
         // the connection in autocommit: later jobs would commit one by one. Fail the batch.
