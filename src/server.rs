@@ -17,6 +17,7 @@ use crate::{
 };
 
 mod accept;
+pub(crate) use accept::address_key;
 mod killable;
 mod metered;
 mod node;

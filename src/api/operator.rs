@@ -69,9 +69,11 @@ impl std::fmt::Debug for NodeSource {
     }
 }
 
-/// Refused attempts per caller (by address) in the last minute: a caller with
-/// `ATTEMPTS_PER_MINUTE` of them is refused until the oldest is a minute old. Valid shares are
-/// never charged, so a stranger's guessing does not lock the custodians out.
+/// Refused attempts per caller (by address: IPv4 as it is, IPv6 by its /64, as the caps on
+/// connections count them, so that a host does not get a fresh allowance from each of the
+/// addresses of its /64) in the last minute: a caller with `ATTEMPTS_PER_MINUTE` of them is
+/// refused until the oldest is a minute old. Valid shares are never charged, so a stranger's
+/// guessing does not lock the custodians out.
 #[derive(Debug, Default)]
 pub struct Attempts(Mutex<HashMap<Option<IpAddr>, VecDeque<Instant>>>);
 
@@ -83,6 +85,7 @@ impl Attempts {
         map: &mut HashMap<Option<IpAddr>, VecDeque<Instant>>,
         peer: Option<IpAddr>,
     ) -> Option<&mut VecDeque<Instant>> {
+        let peer = peer.map(crate::server::address_key);
         let now = Instant::now();
         if map.len() >= TRACKED_CALLERS {
             map.retain(|_, w| {
@@ -726,5 +729,37 @@ impl OperatorRpc for OperatorApi {
                 }
                 status
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn refused_attempts_count_per_ipv4_address_and_per_ipv6_64() {
+        let attempts = Attempts::default();
+        // A host guessing from a new address of its /64 each time.
+        for n in 0..ATTEMPTS_PER_MINUTE {
+            let from = ip(&format!("2001:db8:1:2::{n:x}"));
+            attempts.check(from).unwrap();
+            attempts.charge(from);
+        }
+        let refused = attempts.check(ip("2001:db8:1:2:ffff::1")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("refused attempts from you"));
+        // Another /64, and an IPv4 caller, have allowances of their own.
+        attempts.check(ip("2001:db8:1:3::1")).unwrap();
+        for _ in 0..ATTEMPTS_PER_MINUTE {
+            attempts.check(ip("192.0.2.7")).unwrap();
+            attempts.charge(ip("::ffff:192.0.2.7"));
+        }
+        // An IPv4 address spelt as IPv4-mapped IPv6 is the same caller.
+        assert!(attempts.check(ip("192.0.2.7")).is_err());
+        assert!(attempts.check(ip("192.0.2.8")).is_ok());
     }
 }

@@ -987,7 +987,7 @@ impl Slots {
 
 /// The address a connection counts under: IPv4 as it is, IPv6 by its /64 (one host gets a
 /// whole /64 to pick from).
-fn address_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
