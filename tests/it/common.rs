@@ -422,6 +422,40 @@ pub async fn get(
 }
 
 /// The audit entries as JSON values.
+/// Asserts that `status` refuses a call at a cap (`RESOURCE_EXHAUSTED`) and that its message says
+/// each of `says` (the limit's key, what the caller can do).
+#[track_caller]
+pub fn assert_exhausted(status: &tonic::Status, says: &[&str]) {
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    for part in says {
+        assert!(
+            status.message().contains(part),
+            "`{part}` not in: {}",
+            status.message()
+        );
+    }
+}
+
+/// `call`, tried every 100 ms for 5 s while it is refused at a cap (a place given back only once
+/// the server sees its client gone): its first success. Any other error, or a cap still full at
+/// the end, fails the test.
+pub async fn once_a_place_is_free<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    for _ in 0..50 {
+        match call().await {
+            Ok(done) => return done,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("{what}: {other:?}"),
+        }
+    }
+    panic!("{what}: still refused at its cap after 5 s");
+}
+
 pub fn audit_entries(server: &TestServer) -> Vec<serde_json::Value> {
     use kluis::store::prelude::*;
     let store = kluis::store::SqliteStore::open(&server.db_path()).unwrap();

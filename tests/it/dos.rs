@@ -15,7 +15,10 @@ use kluis::{config::RawLimits, domain::Role, pb};
 use tokio::{io::AsyncReadExt, net::TcpSocket};
 use tonic::{Code, transport::Endpoint};
 
-use crate::common::{SCOPED_SUBJECT, TestServer, audit_entries, ctx, get, put, req, text};
+use crate::common::{
+    SCOPED_SUBJECT, TestServer, assert_exhausted, audit_entries, ctx, get, once_a_place_is_free,
+    put, req, text,
+};
 
 fn export_request(server: &TestServer, role: Role) -> tonic::Request<pb::ExportSubjectRequest> {
     req(
@@ -663,16 +666,12 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
             Ok(_) => panic!("an answer of 5 MiB passed the address's limit of unread bytes"),
         }
     };
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("`limits.unread_response_bytes_per_address` = 16842752")
-            && refused
-                .message()
-                .contains("read the responses already asked for"),
-        "{}",
-        refused.message()
+    assert_exhausted(
+        &refused,
+        &[
+            "`limits.unread_response_bytes_per_address` = 16842752",
+            "read the responses already asked for",
+        ],
     );
     assert_eq!(read(other.clone()).await.unwrap().fields.len(), 5);
     // Past the limit of 5 s, the staller's connection is closed: its answers end in errors
@@ -1327,14 +1326,7 @@ async fn an_answer_nobody_reads_keeps_its_place_so_the_callers_next_read_is_refu
     let Err(refused) = read(reader.clone()).await else {
         panic!("an answer waiting for a client that does not read let go of its place");
     };
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("`limits.answer_bytes_per_caller` = 8454144"),
-        "{}",
-        refused.message()
-    );
+    assert_exhausted(&refused, &["`limits.answer_bytes_per_caller` = 8454144"]);
     assert_eq!(
         audit_entries(&server).len(),
         trail_before,
@@ -1814,14 +1806,12 @@ async fn a_caller_keeps_at_most_its_share_of_open_uploads() {
         .await
         .expect("a fifth open upload was neither refused nor ended")
         .expect_err("a fifth open upload was begun");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("`limits.max_uploads_per_caller`")
-            && refused.message().contains("finish or cancel an upload"),
-        "{}",
-        refused.message()
+    assert_exhausted(
+        &refused,
+        &[
+            "`limits.max_uploads_per_caller`",
+            "finish or cancel an upload",
+        ],
     );
     // Another caller has places of its own: whatever else its upload meets (this role may not
     // upload nuisance evidence), it is not refused for the first caller's share.
@@ -1894,16 +1884,12 @@ async fn a_caller_keeps_at_most_its_share_of_downloads_being_sent() {
         .await
         .expect("a fourth download was neither refused nor begun")
         .expect_err("a fourth download was begun");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("`limits.max_downloads_per_caller`")
-            && refused
-                .message()
-                .contains("read a download to its end or cancel it"),
-        "{}",
-        refused.message()
+    assert_exhausted(
+        &refused,
+        &[
+            "`limits.max_downloads_per_caller`",
+            "read a download to its end or cancel it",
+        ],
     );
     // The refusal came before the read: the trail has three downloads of the file, not four.
     let reads = audit_entries(&server)
@@ -1925,20 +1911,7 @@ async fn a_caller_keeps_at_most_its_share_of_downloads_being_sent() {
     assert_eq!(bytes.len(), 24 << 20);
     // A dropped download gives its place back once its sender sees the client gone.
     drop(held.pop());
-    let mut again = None;
-    for _ in 0..50 {
-        match open(officer.clone()).await {
-            Ok(stream) => {
-                again = Some(stream);
-                break;
-            }
-            Err(status) if status.code() == Code::ResourceExhausted => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(other) => panic!("{other:?}"),
-        }
-    }
-    assert!(again.is_some(), "a dropped download kept its place");
+    once_a_place_is_free("a dropped download's place", || open(officer.clone())).await;
 }
 
 /// A video of `size` bytes (from `seed`) the nuisance officer uploads about REL-0800.
@@ -2321,16 +2294,12 @@ async fn clients_without_a_credential_hold_only_their_share_of_the_request_bytes
     // credential was made on it, the large one is served.
     let fresh = from("127.0.0.3").connect().await.unwrap();
     let refused = large_put(fresh.clone(), &token).await.unwrap_err();
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("`limits.request_bytes_unauthenticated` = 16842752")
-            && refused
-                .message()
-                .contains("make a small call with your credential on this connection first"),
-        "{}",
-        refused.message()
+    assert_exhausted(
+        &refused,
+        &[
+            "`limits.request_bytes_unauthenticated` = 16842752",
+            "make a small call with your credential on this connection first",
+        ],
     );
     put(
         &server,

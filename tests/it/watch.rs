@@ -524,14 +524,9 @@ async fn an_officer_keeps_at_most_its_share_of_watches_open() {
     .await
     .expect("a third watch was neither refused nor begun")
     .expect_err("a third watch was begun");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("`limits.max_watches_per_caller`")
-            && refused.message().contains("close a watch"),
-        "{}",
-        refused.message()
+    assert_exhausted(
+        &refused,
+        &["`limits.max_watches_per_caller`", "close a watch"],
     );
     // A watch without `follow` takes a place too, while it is sent.
     let refused = watch(
@@ -541,7 +536,7 @@ async fn an_officer_keeps_at_most_its_share_of_watches_open() {
     )
     .await
     .expect_err("a watch without follow was begun past the cap");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_exhausted(&refused, &["`limits.max_watches_per_caller`"]);
     // Refused before anything was read or written: the trail has the two watches, not more.
     assert_eq!(watches(&server), 2);
 
@@ -553,28 +548,13 @@ async fn an_officer_keeps_at_most_its_share_of_watches_open() {
     let refused = watch(&server, Role::PrivacyOfficer, watch_req(None, None, true))
         .await
         .expect_err("a watch past the cap in all was begun");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused.message().contains("`limits.max_watches`"),
-        "{}",
-        refused.message()
-    );
+    assert_exhausted(&refused, &["`limits.max_watches`"]);
 
     // A closed watch gives its place back once its task sees the client gone.
     drop(held.pop());
-    let mut again = None;
-    for _ in 0..50 {
-        match watch(&server, Role::SecurityOfficer, watch_req(None, None, true)).await {
-            Ok(stream) => {
-                again = Some(stream);
-                break;
-            }
-            Err(status) if status.code() == Code::ResourceExhausted => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(other) => panic!("{other:?}"),
-        }
-    }
-    let mut again = again.expect("a closed watch kept its place");
+    let mut again = once_a_place_is_free("a closed watch's place", || {
+        watch(&server, Role::SecurityOfficer, watch_req(None, None, true))
+    })
+    .await;
     next_entries(&mut again, 1).await;
 }
