@@ -25,11 +25,13 @@
 //!   zero in a spreadsheet), when they stand alone as one run and are not a date
 //!   (`ddmmyyyy`, `yyyymmdd`), or in any grouping after a BSN label (`bsn: 1234 5672`).
 //!
-//! Letters touching the digits make them part of a code, not a number (`X111222333`, an IBAN's
-//! `ABNA0417164300`), except letters that say "BSN" (`BSN111222333`, `bsn-nummer111222333`,
-//! `burgerservicenummer`, `sofinummer`) and the country prefix `NL` of an old VAT number that
-//! held the BSN (`NL111222333B01`). Letters across a separator hide nothing:
-//! `REL-111222333` is refused. Numbers that are plainly something else are left alone: a row
+//! Latin letters touching the digits make them part of a code, not a number (`X111222333`, an
+//! IBAN's `ABNA0417164300`), except letters that say "BSN" (`BSN111222333`,
+//! `bsn-nummer111222333`, `burgerservicenummer`, `sofinummer`) and the country prefix `NL` of an
+//! old VAT number that held the BSN (`NL111222333B01`). A letter of another script does not
+//! (`111222333ꂸ`, `Ж111222333`): in binary data read as UTF-16, the unit after a number is such
+//! a letter more often than not. Letters across a separator hide nothing: `REL-111222333` is
+//! refused. Numbers that are plainly something else are left alone: a row
 //! of numbers after `+` or after an area code in brackets (phone numbers), a row that starts or
 //! ends at a currency sign (amounts), and dates `dd-mm-yyyy` / `yyyy-mm-dd` inside a row of
 //! numbers. Digits joined to more digits by a single `,` or `:` are one numeral: in a number
@@ -358,6 +360,14 @@ impl Unit {
 
     fn is_letter(&self) -> bool {
         self.0.is_ascii_lowercase() || *self == Unit::LETTER
+    }
+
+    /// A letter that makes the digits it touches part of a code: a Latin letter (ASCII after
+    /// folding, so also an accented or full-width one). A letter of another script does not:
+    /// codes are written in Latin letters, and in binary data read as UTF-16 the two bytes
+    /// after a number are a letter of some script (CJK, Hangul, Yi …) more often than not.
+    fn binds(&self) -> bool {
+        self.0.is_ascii_lowercase()
     }
 
     /// Neither a letter, nor a digit, nor a break: a character that can stand between the
@@ -816,10 +826,15 @@ enum Edge {
 
 /// How the row whose first digit is at `s` meets what stands before it.
 fn left_edge(u: &[Unit], s: usize) -> Edge {
-    if s > 0 && u.get(s - 1).is_some_and(Unit::is_letter) {
+    if let Some(x) = s
+        .checked_sub(1)
+        .and_then(|i| u.get(i))
+        .filter(|x| x.is_letter())
+    {
         return match word_before(u, s).marker {
             Some(m) => Edge::Free(Some(m)),
-            None => Edge::Bound,
+            None if x.binds() => Edge::Bound,
+            None => Edge::Free(None),
         };
     }
     // Look back over a few separators: `+` before a row starts a phone number, a currency sign
@@ -855,7 +870,7 @@ fn right_edge(u: &[Unit], e: usize, marker: Option<Marker>) -> Edge {
         {
             return Edge::Free(marker);
         }
-        Some(x) if x.is_letter() => return Edge::Bound,
+        Some(x) if x.binds() => return Edge::Bound,
         _ => {}
     }
     for k in 0..MAX_SEPARATOR_RUN {
@@ -3587,6 +3602,126 @@ mod tests {
                     "{twin:?} as {how} refused in chunks"
                 );
             }
+        }
+    }
+
+    /// Only a Latin letter makes the digits it touches a code: a letter of any other script
+    /// beside a BSN, before or after it, in text or in each reading of binary data, leaves it
+    /// a BSN. The twins, Latin letters (accented and full-width ones too), still make a code.
+    #[test]
+    fn a_letter_of_another_script_does_not_hide_a_bsn() {
+        let others = [
+            "\u{A0B8}",         // Yi
+            "\u{4E00}",         // CJK
+            "\u{AC00}",         // Hangul
+            "\u{3042}",         // Hiragana
+            "\u{0416}",         // Cyrillic
+            "\u{03BB}",         // Greek
+            "\u{0628}",         // Arabic
+            "\u{05D0}",         // Hebrew
+            "\u{0915}",         // Devanagari
+            "\u{0E01}",         // Thai
+            "\u{1200}",         // Ethiopic
+            "\u{00F8}",         // a Latin letter with no ASCII letter in it (ø)
+            "\u{20E2}\u{A0B8}", // a combining mark, then a letter
+        ];
+        for letter in others {
+            for text in [
+                format!("111222333{letter}"),
+                format!("{letter}111222333"),
+                format!("{letter}111222333{letter}"),
+                format!("bsn 111222333{letter}"),
+                format!("{letter}12345672"),
+            ] {
+                assert!(contains_bsn(&text), "not taken for a BSN: {text:?}");
+                for (how, data) in embeddings(&text) {
+                    assert!(
+                        check_binary("f", &data).is_err(),
+                        "{text:?} as {how} accepted"
+                    );
+                }
+            }
+        }
+        for code in [
+            "X111222333",
+            "111222333x",
+            "\u{00C9}111222333",
+            "111222333\u{00E9}",
+            "\u{FF38}111222333",
+            "111222333\u{FF58}",
+            "\u{0416}X111222333",
+        ] {
+            assert!(!contains_bsn(code), "taken for a BSN: {code:?}");
+            // (In UTF-16 the number is refused anyway: read as UTF-8, its digits are a row of
+            // nine with NUL bytes between them.)
+            for (how, data) in embeddings(code)
+                .into_iter()
+                .filter(|(how, _)| how.starts_with("UTF-8"))
+            {
+                assert!(
+                    check_binary("f", &data).is_ok(),
+                    "{code:?} as {how} refused"
+                );
+            }
+        }
+    }
+
+    /// Text in UTF-16 that runs straight into data that is not text: whatever unit the next
+    /// two bytes make, a BSN at its end is refused, unless they read as a Latin letter or a
+    /// digit (about 62 of the 65,536 units). Both byte orders, a thousand tails each.
+    #[test]
+    fn a_bsn_in_utf16_followed_by_binary_data_is_refused() {
+        let continues = |unit: u16| {
+            char::from_u32(u32::from(unit)).is_some_and(|c| {
+                let mut folded = Vec::new();
+                Folds::get().fold(c, &mut |u| folded.push(u));
+                folded.first().is_some_and(|u| u.binds() || u.is_digit())
+            })
+        };
+        for big_endian in [false, true] {
+            let (mut refused, mut tails) = (0, 0);
+            for seed in 1..=1000 {
+                let tail = noise(seed, 64);
+                let unit = if big_endian {
+                    u16::from_be_bytes([tail[0], tail[1]])
+                } else {
+                    u16::from_le_bytes([tail[0], tail[1]])
+                };
+                // An ignorable unit (a combining mark, a zero-width character) shows nothing:
+                // the next one touches the digits.
+                if continues(unit) || Folds::get().direct(unit) == Folds::NONE {
+                    continue;
+                }
+                let text = if big_endian {
+                    be("bsn 111222333")
+                } else {
+                    le("bsn 111222333")
+                };
+                let data = [noise(seed + 5000, 33), vec![0, 0], text, tail].concat();
+                tails += 1;
+                if check_binary("f", &data).is_err() {
+                    refused += 1;
+                }
+            }
+            assert!(tails > 900, "{tails} tails tried");
+            assert_eq!(
+                refused, tails,
+                "big endian: {big_endian}: {refused} of {tails} refused"
+            );
+        }
+        // The bytes of an attack: U+20E2 (a combining mark) and U+A0B8 (a Yi letter) after
+        // the number, in UTF-16 big-endian.
+        let data = [
+            noise(9, 41),
+            vec![0, 0],
+            be("bsn 111222333"),
+            vec![0x20, 0xE2, 0xA0, 0xB8],
+            noise(10, 4096),
+        ]
+        .concat();
+        assert!(check_binary("f", &data).is_err());
+        for chunk in [1, 3, 4096] {
+            assert!(scan_refuses(&data, 512, chunk), "in chunks of {chunk}");
         }
     }
 

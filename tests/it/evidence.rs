@@ -778,6 +778,77 @@ async fn a_bsn_in_wide_digits_amid_noise_is_refused() {
     server.stop().await;
 }
 
+/// A BSN written in UTF-16 runs straight into bytes that are not text, as when a program
+/// writes a string into a binary file with no end mark: the next two bytes read as a letter of
+/// some script (Yi, CJK, Hangul, Cyrillic; after a combining mark too). That letter does not
+/// make the number a code: each file is refused, in either byte order, at several offsets
+/// from a message boundary, and nothing is stored. The twins, digits that fail the
+/// eleven-test, are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bsn_in_utf16_glued_to_binary_data_is_refused() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let utf16 = |text: &str, big_endian: bool| -> Vec<u8> {
+        text.encode_utf16()
+            .flat_map(|u| {
+                if big_endian {
+                    u.to_be_bytes()
+                } else {
+                    u.to_le_bytes()
+                }
+            })
+            .collect()
+    };
+    let mut stored = 0;
+    for (i, glued) in [
+        "\u{A0B8}",
+        "\u{20E2}\u{A0B8}",
+        "\u{4E00}",
+        "\u{AC00}",
+        "\u{0416}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for big_endian in [false, true] {
+            for before in [5, 20] {
+                for (digits, refused) in [("111222333", true), ("123456789", false)] {
+                    let at = 65_536 - before;
+                    let file = [
+                        file_bytes(51, 0, at - 1),
+                        vec![0xFF],
+                        utf16(&format!("bsn {digits}{glued}"), big_endian),
+                        file_bytes(52 + i as u64, 0, 70_000),
+                    ]
+                    .concat();
+                    let field = format!("f{i}{big_endian}{before}{digits}");
+                    let start =
+                        evidence_start(nuisance_ctx(), "REL-EVU", "", &field, "image/jpeg", "foto");
+                    let answer = upload_in_chunks(&server, &token, start, &file, 65_536).await;
+                    match (answer, refused) {
+                        (Err(status), true) => {
+                            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+                            assert!(status.message().contains("`data`"), "{}", status.message());
+                            assert!(!status.message().contains("111"), "{}", status.message());
+                        }
+                        (Ok(_), false) => stored += 1,
+                        (answer, _) => panic!(
+                            "{digits}{glued:?} big endian {big_endian}, {before} bytes before \
+                             the boundary: {answer:?}"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(stored, 5 * 2 * 2);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM evidence"),
+        i64::from(stored)
+    );
+    server.stop().await;
+}
+
 /// File names that say they are an identity document are refused however they are spelled:
 /// look-alike letters, digits for letters, spaces between the letters, `ß`, and the names in
 /// French and German. Their ordinary neighbours are stored.

@@ -722,6 +722,10 @@ async fn a_bsn_or_mrz_in_any_spelling_is_refused_wherever_it_is_kept_in_clear() 
         "bsn-nummer: 1112.22.333",
         "NL111222333B01",
         "12345672",
+        // A letter of another script touching the digits does not make them a code.
+        "111222333\u{A0B8}",
+        "\u{0416}111222333",
+        "\u{4E00}111222333\u{AC00}",
         mrz_one_line,
         "I<NLDSPECI20212999999990<<<<<<6503101F2403096NLD<<<<<<<<<<<8",
     ];
