@@ -74,6 +74,10 @@ pub const WATCH_PAGE: usize = 256;
 /// nodes of a shared store commit too.
 const WATCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often a watch judges its caller again (token, expiry, policy): a watch whose token is
+/// revoked or expires ends within about this long, as a revocation is in force on every node.
+const WATCH_JUDGED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Entries `WatchAudit` sends first when the request says neither where to resume nor how many.
 const WATCH_LAST_DEFAULT: u64 = 20;
 
@@ -90,8 +94,10 @@ impl AdminRpc for AdminApi {
         request: Request<pb::WatchAuditRequest>,
     ) -> Result<Response<Self::WatchAuditStream>, Status> {
         let follow = request.get_ref().follow;
-        // Each page is read under one of the caller's places, as the call itself was.
-        let key = super::caller_key(&super::credentials(&request)?);
+        // Each page is read under one of the caller's places, as the call itself was, and the
+        // caller is judged again at least every `WATCH_JUDGED_EVERY`.
+        let creds = Arc::new(super::credentials(&request)?);
+        let key = super::caller_key(&creds);
         // A place among the watches open (each reads the trail after every commit), taken
         // before the watch's entry is written and held until it ends.
         let (watch, permit) = run_long(
@@ -122,20 +128,38 @@ impl AdminRpc for AdminApi {
         .await?;
         let (tx, stream) = self.streams.channel(WATCH_PAGE);
         let vault = Arc::clone(&self.vault.vault);
+        let identity = Arc::clone(&self.vault.identity);
         let mut stop = self.stop.clone();
         let mut commits = vault.audit_commits();
         tokio::spawn(async move {
             let _permit = permit;
             let (mut next, mut prev) = (watch.start, None);
+            let mut judged = tokio::time::Instant::now();
             loop {
+                // A token revoked or expired, or a policy that no longer lets the caller read
+                // the trail, ends the watch: the caller is judged again before a page is read
+                // once `WATCH_JUDGED_EVERY` has passed (the wait below wakes at least as often).
+                let judge = judged.elapsed() >= WATCH_JUDGED_EVERY;
                 // Read behind what is committed, one page at a time: the next page is read once
                 // this one is in the channel, which holds at most a page, so a slow reader
                 // holds the watch at two pages.
                 let page = match super::take_place(&vault, key).await {
                     Ok(place) => {
-                        let vault = Arc::clone(&vault);
+                        let (vault, identity, creds) = (
+                            Arc::clone(&vault),
+                            Arc::clone(&identity),
+                            Arc::clone(&creds),
+                        );
                         place
-                            .run(move || vault.audit_entries_from(next, prev, WATCH_PAGE))
+                            .run(move || {
+                                if judge {
+                                    let principal = identity
+                                        .authenticate(&vault, &creds)
+                                        .map_err(|e| vault.after_failure(e))?;
+                                    vault.keep_audit_watch(&principal)?;
+                                }
+                                vault.audit_entries_from(next, prev, WATCH_PAGE)
+                            })
                             .await
                     }
                     Err(status) => {
@@ -155,6 +179,9 @@ impl AdminRpc for AdminApi {
                         return;
                     }
                 };
+                if judge {
+                    judged = tokio::time::Instant::now();
+                }
                 let got = page.len();
                 for entry in page {
                     if !follow && entry.seq > watch.own {

@@ -558,3 +558,167 @@ async fn an_officer_keeps_at_most_its_share_of_watches_open() {
     .await;
     next_entries(&mut again, 1).await;
 }
+
+/// Reads `stream` while entries keep being written, until it ends; returns how it ended and
+/// how long after `from` it did. Fails when it has not ended within 10 s.
+async fn ends_within(
+    server: &TestServer,
+    stream: &mut Streaming<pb::AuditWatchEntry>,
+    from: std::time::Instant,
+) -> (tonic::Status, Duration) {
+    let mut admin = server.admin().await;
+    let writer = server.token(Role::PrivacyOfficer).to_owned();
+    loop {
+        assert!(
+            from.elapsed() < Duration::from_secs(10),
+            "the watch still runs {:?} later",
+            from.elapsed()
+        );
+        // An entry to follow: the head, read by another officer, is audited.
+        admin
+            .audit_head(req(&writer, pb::AuditHeadRequest {}))
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
+            Err(_) | Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(status))) => return (status, from.elapsed()),
+            Ok(None) => panic!("the watch ended without saying why"),
+        }
+    }
+}
+
+/// A watch is judged again while it runs: once its token is revoked, or has expired, it ends
+/// within about a second with UNAUTHENTICATED instead of streaming the trail on, and gives its
+/// place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_once_its_token_is_revoked_or_has_expired() {
+    use kluis::{domain::PrincipalId, vault::tokens::TokenSpec};
+    let server = TestServer::start().await;
+    let issue = |principal: &str, ttl_secs| {
+        server
+            .vault
+            .bootstrap_token(&TokenSpec {
+                principal: PrincipalId::parse("p", principal).unwrap(),
+                roles: vec![Role::SecurityOfficer],
+                ttl_secs,
+                scope_subject: None,
+            })
+            .unwrap()
+    };
+    let try_open = |token: String| {
+        let server = &server;
+        async move {
+            server
+                .admin()
+                .await
+                .watch_audit(req(&token, watch_req(None, Some(1), true)))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let open = |token: String| async move { try_open(token).await.unwrap() };
+
+    // Revoked by another officer.
+    let revoked = issue("watcher-revoked", 3600);
+    let mut stream = open(revoked.token.expose_secret().to_owned()).await;
+    next_entries(&mut stream, 1).await;
+    server
+        .admin()
+        .await
+        .revoke_token(req(
+            server.token(Role::SecurityOfficer),
+            pb::RevokeTokenRequest {
+                token_id: revoked.id.clone(),
+                justification: "left the company".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let (status, after) = ends_within(&server, &mut stream, std::time::Instant::now()).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(after < Duration::from_secs(5), "ended {after:?} after");
+    assert!(stream.next().await.is_none(), "the watch went on");
+
+    // Expired: a token of a few seconds.
+    let expiring = issue("watcher-expiring", 3);
+    let opened = std::time::Instant::now();
+    let mut stream = open(expiring.token.expose_secret().to_owned()).await;
+    next_entries(&mut stream, 1).await;
+    let (status, after) = ends_within(&server, &mut stream, opened).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        after >= Duration::from_secs(2),
+        "ended {after:?} after it opened"
+    );
+    assert!(stream.next().await.is_none(), "the watch went on");
+
+    // Their places are free again: the revoked principal's share is whole for a new token.
+    let again = issue("watcher-revoked", 3600);
+    let token = again.token.expose_secret().to_owned();
+    let mut open_now = Vec::new();
+    for _ in 0..8 {
+        open_now.push(once_a_place_is_free("a watch", || try_open(token.clone())).await);
+    }
+    drop(open_now);
+    server.stop().await;
+}
+
+/// A policy set reloaded while a watch runs is in force for it too: once the officer may no
+/// longer read the trail, the watch ends with PERMISSION_DENIED, and the denial is on the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_once_the_policy_no_longer_lets_its_caller_read_the_trail() {
+    use kluis::policy::DEFAULT_POLICIES;
+    let tmp = private_tempdir();
+    let file = tmp.path().join("policies.cedar");
+    std::fs::write(&file, DEFAULT_POLICIES).unwrap();
+    let server = TestServer::start_with_policies(vec![file.clone()]).await;
+    let mut stream = watch(
+        &server,
+        Role::SecurityOfficer,
+        watch_req(None, Some(1), true),
+    )
+    .await
+    .unwrap();
+    next_entries(&mut stream, 1).await;
+    std::fs::write(
+        &file,
+        format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-trail-for-security\")\nforbid (principal in \
+             Kluis::Role::\"security-officer\", action == Kluis::Action::\"read-audit\", \
+             resource);\n"
+        ),
+    )
+    .unwrap();
+    let changed = server
+        .admin()
+        .await
+        .reload_policies(req(
+            server.token(Role::PrivacyOfficer),
+            pb::ReloadPoliciesRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(changed.changed);
+    let (status, after) = ends_within(&server, &mut stream, std::time::Instant::now()).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("no-trail-for-security"),
+        "{status:?}"
+    );
+    assert!(after < Duration::from_secs(5), "ended {after:?} after");
+    assert!(stream.next().await.is_none(), "the watch went on");
+    let entries = audit_entries(&server);
+    let denied = entries
+        .iter()
+        .find(|e| e["action"] == "audit-watch" && e["decision"] == "deny")
+        .expect("the denial is on the trail");
+    assert_eq!(denied["principal"], "test-security-officer");
+    assert!(
+        denied["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("the watch ended")),
+        "{denied}"
+    );
+    server.stop().await;
+}
