@@ -72,29 +72,65 @@ impl std::fmt::Debug for NodeSource {
 /// Refused attempts per caller (by address: IPv4 as it is, IPv6 by its /64, as the caps on
 /// connections count them, so that a host does not get a fresh allowance from each of the
 /// addresses of its /64) in the last minute: a caller with `ATTEMPTS_PER_MINUTE` of them is
-/// refused until the oldest is a minute old. Valid shares are never charged, so a stranger's
-/// guessing does not lock the custodians out.
+/// refused until the oldest is a minute old. An attempt is counted before it is judged
+/// (`Attempts::reserve`), so that calls at once get no more between them, and taken back when
+/// it was not refused: valid shares are never charged, and a share that checks out is taken
+/// even from a caller at the limit (`Gate::unseal`), so a stranger's guessing from the
+/// custodians' address does not lock them out.
 #[derive(Debug, Default)]
 pub struct Attempts(Mutex<HashMap<Option<IpAddr>, VecDeque<Instant>>>);
 
-/// At most this many callers are tracked; beyond it, new callers wait.
+/// At most this many callers are tracked; beyond it, the one refused longest ago is forgotten
+/// to make room (a caller is never turned away because others are being refused).
 const TRACKED_CALLERS: usize = 4096;
 
+/// An attempt counted against its caller ahead of its judgement: `refund` takes it back when
+/// the attempt was not refused; dropped, it stays counted.
+#[must_use = "an attempt that was not refused is refunded"]
+struct Reserved<'a> {
+    attempts: &'a Attempts,
+    peer: Option<IpAddr>,
+    at: Instant,
+}
+
+impl Reserved<'_> {
+    /// Takes the attempt back: it was not refused.
+    fn refund(self) {
+        let mut map = self.attempts.lock();
+        if let Some(window) = map.get_mut(&self.peer.map(crate::server::address_key))
+            && let Some(i) = window.iter().rposition(|t| *t == self.at)
+        {
+            window.remove(i);
+        }
+    }
+}
+
 impl Attempts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<IpAddr>, VecDeque<Instant>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn window(
         map: &mut HashMap<Option<IpAddr>, VecDeque<Instant>>,
         peer: Option<IpAddr>,
-    ) -> Option<&mut VecDeque<Instant>> {
-        let peer = peer.map(crate::server::address_key);
-        let now = Instant::now();
-        if map.len() >= TRACKED_CALLERS {
+        now: Instant,
+    ) -> &mut VecDeque<Instant> {
+        if map.len() >= TRACKED_CALLERS && !map.contains_key(&peer) {
             map.retain(|_, w| {
                 w.back()
                     .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
             });
-        }
-        if map.len() >= TRACKED_CALLERS && !map.contains_key(&peer) {
-            return None;
+            if map.len() >= TRACKED_CALLERS {
+                let longest_ago = map
+                    .iter()
+                    .min_by_key(|(_, w)| w.back().copied())
+                    .map(|(k, _)| *k);
+                if let Some(k) = longest_ago {
+                    map.remove(&k);
+                }
+            }
         }
         let window = map.entry(peer).or_default();
         while window
@@ -103,41 +139,38 @@ impl Attempts {
         {
             window.pop_front();
         }
-        Some(window)
+        window
     }
 
-    /// Refuses a caller who was refused `ATTEMPTS_PER_MINUTE` times in the last minute.
-    fn check(&self, peer: Option<IpAddr>) -> Result<(), Status> {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(window) = Self::window(&mut map, peer) else {
-            return Err(Status::resource_exhausted(
-                "too many callers are being refused; wait a minute",
-            ));
-        };
+    /// Counts an attempt of `peer` ahead of its judgement, or refuses a caller who has
+    /// `ATTEMPTS_PER_MINUTE` counted in the last minute.
+    fn reserve(&self, peer: Option<IpAddr>) -> Result<Reserved<'_>, Status> {
+        let mut map = self.lock();
+        let now = Instant::now();
+        let window = Self::window(&mut map, peer.map(crate::server::address_key), now);
         if window.len() >= ATTEMPTS_PER_MINUTE {
             let wait = window.front().map_or(60, |t| {
-                60u64.saturating_sub(Instant::now().duration_since(*t).as_secs())
+                60u64.saturating_sub(now.duration_since(*t).as_secs())
             });
             return Err(Status::resource_exhausted(format!(
                 "{ATTEMPTS_PER_MINUTE} refused attempts from you in a minute; wait {wait} s"
             )));
         }
-        Ok(())
+        window.push_back(now);
+        Ok(Reserved {
+            attempts: self,
+            peer,
+            at: now,
+        })
     }
+}
 
-    /// Counts a refused attempt of `peer`.
-    fn charge(&self, peer: Option<IpAddr>) {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(window) = Self::window(&mut map, peer) {
-            window.push_back(Instant::now());
-        }
-    }
+/// Whether `status` refuses what the caller gave (it counts against the caller).
+fn is_refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+    )
 }
 
 /// What a sealed node holds between the custodians' calls.
@@ -291,18 +324,32 @@ impl Gate {
         req: pb::UnsealRequest,
         peer: Option<IpAddr>,
     ) -> Result<pb::SealStatus, Status> {
-        self.attempts.check(peer)?;
+        let reserved = match self.attempts.reserve(peer) {
+            Ok(reserved) => Some(reserved),
+            // A share that checks out is not a guess: it is taken from a caller at the limit
+            // too (someone guessing from the custodian's address does not lock them out).
+            Err(_) if self.share_checks_out(&req) => None,
+            Err(status) => return Err(status),
+        };
         let result = self.try_unseal(req);
         // Only refusals count against the caller: a custodian's valid share never does.
-        if let Err(status) = &result
-            && matches!(
-                status.code(),
-                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
-            )
+        if let Some(reserved) = reserved
+            && !result.as_ref().is_err_and(is_refusal)
         {
-            self.attempts.charge(peer);
+            reserved.refund();
         }
         result
+    }
+
+    /// Whether `req` gives a share of the set in force that checks out (its checksum, and the
+    /// share recorded for its number, compared in constant time).
+    fn share_checks_out(&self, req: &pb::UnsealRequest) -> bool {
+        let (Ok(StoreSeal::Shares(meta)), Some(pb::unseal_request::Secret::Share(text))) =
+            (self.seal(), &req.secret)
+        else {
+            return false;
+        };
+        Share::parse("the share given", text).is_ok_and(|share| meta.check(&share).is_ok())
     }
 
     fn try_unseal(&self, req: pb::UnsealRequest) -> Result<pb::SealStatus, Status> {
@@ -695,8 +742,9 @@ impl OperatorRpc for OperatorApi {
         request: Request<pb::ReplaceSharesRequest>,
     ) -> Result<Response<pb::ReplaceSharesResponse>, Status> {
         let peer = request.remote_addr().map(|a| a.ip());
-        self.attempts.check(peer)?;
+        let reserved = self.attempts.reserve(peer)?;
         let Mode::Unsealed { backend, .. } = &self.mode else {
+            reserved.refund();
             return Err(Status::failed_precondition(
                 "this node is sealed; unseal it first (`kluis operator unseal`)",
             ));
@@ -705,8 +753,14 @@ impl OperatorRpc for OperatorApi {
         let req = request.into_inner();
         // The shares are the credential, judged on the call thread: the call waits in the
         // line of the calls that carry none, as `Status` does, not on a thread of its own.
-        let place = super::take_place(&vault, super::NO_CREDENTIAL).await?;
-        place
+        let place = match super::take_place(&vault, super::NO_CREDENTIAL).await {
+            Ok(place) => place,
+            Err(status) => {
+                reserved.refund();
+                return Err(status);
+            }
+        };
+        let answer = place
             .run(move || {
                 let old = parse_shares("old_shares", &req.old_shares)?;
                 let new = parse_shares("new_shares", &req.new_shares)?;
@@ -720,15 +774,16 @@ impl OperatorRpc for OperatorApi {
                 })
             })
             .await
-            .map_err(|_| Status::internal("internal error"))?
-            .map(Response::new)
-            .map_err(|e| {
-                let status = status::to_status(e);
-                if status.code() == tonic::Code::InvalidArgument {
-                    self.attempts.charge(peer);
-                }
-                status
-            })
+            .map_err(|_| Status::internal("internal error"))
+            .and_then(|done| done.map_err(status::to_status));
+        // Only shares refused count against the caller.
+        if !answer
+            .as_ref()
+            .is_err_and(|status| status.code() == tonic::Code::InvalidArgument)
+        {
+            reserved.refund();
+        }
+        answer.map(Response::new)
     }
 }
 
@@ -746,20 +801,64 @@ mod tests {
         // A host guessing from a new address of its /64 each time.
         for n in 0..ATTEMPTS_PER_MINUTE {
             let from = ip(&format!("2001:db8:1:2::{n:x}"));
-            attempts.check(from).unwrap();
-            attempts.charge(from);
+            drop(attempts.reserve(from).unwrap());
         }
-        let refused = attempts.check(ip("2001:db8:1:2:ffff::1")).unwrap_err();
+        let refused = attempts.reserve(ip("2001:db8:1:2:ffff::1")).err().unwrap();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(refused.message().contains("refused attempts from you"));
         // Another /64, and an IPv4 caller, have allowances of their own.
-        attempts.check(ip("2001:db8:1:3::1")).unwrap();
+        attempts.reserve(ip("2001:db8:1:3::1")).unwrap().refund();
         for _ in 0..ATTEMPTS_PER_MINUTE {
-            attempts.check(ip("192.0.2.7")).unwrap();
-            attempts.charge(ip("::ffff:192.0.2.7"));
+            drop(attempts.reserve(ip("::ffff:192.0.2.7")).unwrap());
         }
         // An IPv4 address spelt as IPv4-mapped IPv6 is the same caller.
-        assert!(attempts.check(ip("192.0.2.7")).is_err());
-        assert!(attempts.check(ip("192.0.2.8")).is_ok());
+        assert!(attempts.reserve(ip("192.0.2.7")).is_err());
+        assert!(attempts.reserve(ip("192.0.2.8")).is_ok());
+    }
+
+    /// An attempt counts from the moment it is reserved, before it is judged: attempts at once
+    /// get no more between them than one after the other. One taken back (not refused) counts
+    /// for nothing.
+    #[test]
+    fn attempts_count_before_they_are_judged_and_valid_ones_are_taken_back() {
+        let attempts = Attempts::default();
+        let from = ip("198.51.100.1");
+        let held: Vec<_> = (0..ATTEMPTS_PER_MINUTE)
+            .map(|_| attempts.reserve(from).unwrap())
+            .collect();
+        assert!(
+            attempts.reserve(from).is_err(),
+            "judged at once, counted at once"
+        );
+        for reserved in held {
+            reserved.refund();
+        }
+        for _ in 0..10 * ATTEMPTS_PER_MINUTE {
+            attempts.reserve(from).unwrap().refund();
+        }
+        assert!(attempts.reserve(from).is_ok());
+    }
+
+    /// Callers refused by the thousand do not turn a new caller away: when the table is full,
+    /// the caller refused longest ago is forgotten; those refused lately stay counted.
+    #[test]
+    fn a_full_table_of_refused_callers_turns_nobody_away() {
+        let attempts = Attempts::default();
+        let first = ip("10.0.0.1");
+        for _ in 0..ATTEMPTS_PER_MINUTE {
+            drop(attempts.reserve(first).unwrap());
+        }
+        for n in 0..TRACKED_CALLERS as u32 + 100 {
+            let filler = Some(IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + n)));
+            drop(attempts.reserve(filler).unwrap());
+        }
+        assert!(attempts.lock().len() <= TRACKED_CALLERS);
+        // A new caller is taken; the last filler is still counted.
+        attempts.reserve(ip("192.0.2.200")).unwrap().refund();
+        let last = Some(IpAddr::from(std::net::Ipv4Addr::from(
+            0x0a01_0000 + TRACKED_CALLERS as u32 + 99,
+        )));
+        let window = attempts.lock().get(&last).map(VecDeque::len);
+        assert_eq!(window, Some(1));
     }
 }
