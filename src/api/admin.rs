@@ -135,7 +135,7 @@ impl AdminRpc for AdminApi {
             let _permit = permit;
             let (mut next, mut prev) = (watch.start, None);
             let mut judged = tokio::time::Instant::now();
-            loop {
+            'pages: loop {
                 // A token revoked or expired, or a policy that no longer lets the caller read
                 // the trail, ends the watch: the caller is judged again before a page is read
                 // once `WATCH_JUDGED_EVERY` has passed (the wait below wakes at least as often).
@@ -186,6 +186,11 @@ impl AdminRpc for AdminApi {
                 for entry in page {
                     if !follow && entry.seq > watch.own {
                         return;
+                    }
+                    // A client that kept the page waiting (not reading) gets the rest of it only
+                    // after its caller is judged again: it is read again from `next`.
+                    if judged.elapsed() >= WATCH_JUDGED_EVERY {
+                        continue 'pages;
                     }
                     next = entry.seq + 1;
                     prev = Some(entry.hash);
