@@ -30,8 +30,9 @@
 //! `bsn-nummer111222333`, `burgerservicenummer`, `sofinummer`) and the country prefix `NL` of an
 //! old VAT number that held the BSN (`NL111222333B01`). A letter of another script does not
 //! (`111222333ꂸ`, `Ж111222333`): in binary data read as UTF-16, the unit after a number is such
-//! a letter more often than not. Letters across a separator hide nothing: `REL-111222333` is
-//! refused. Numbers that are plainly something else are left alone: a row
+//! a letter more often than not. Between groups of digits such a letter separates them like
+//! punctuation (`111ǀ222ǀ333`, `111一222一333`). Letters across a separator hide nothing:
+//! `REL-111222333` is refused. Numbers that are plainly something else are left alone: a row
 //! of numbers after `+` or after an area code in brackets (phone numbers), a row that starts or
 //! ends at a currency sign (amounts), and dates `dd-mm-yyyy` / `yyyy-mm-dd` inside a row of
 //! numbers. Digits joined to more digits by a single `,` or `:` are one numeral: in a number
@@ -370,10 +371,12 @@ impl Unit {
         self.0.is_ascii_lowercase()
     }
 
-    /// Neither a letter, nor a digit, nor a break: a character that can stand between the
-    /// groups of digits of one number.
+    /// Neither a Latin letter, nor a digit, nor a break: a character that can stand between
+    /// the groups of digits of one number. A letter of another script is one (`111ǀ222ǀ333`
+    /// with U+01C0, `111一222一333`): many look like the punctuation that separates, and none
+    /// makes the digits a code.
     fn is_separator(&self) -> bool {
-        !(self.is_digit() || self.is_letter() || *self == Unit::BREAK)
+        !(self.is_digit() || self.binds() || *self == Unit::BREAK)
     }
 }
 
@@ -3624,6 +3627,13 @@ mod tests {
             "\u{1200}",         // Ethiopic
             "\u{00F8}",         // a Latin letter with no ASCII letter in it (ø)
             "\u{20E2}\u{A0B8}", // a combining mark, then a letter
+            // Letters that look like punctuation: U+01C0, Lisu, katakana, Hangul, and the
+            // modifier apostrophe.
+            "\u{01C0}",
+            "\u{A4F8}",
+            "\u{30FC}",
+            "\u{3161}",
+            "\u{02BC}",
         ];
         for letter in others {
             for text in [
@@ -3632,6 +3642,11 @@ mod tests {
                 format!("{letter}111222333{letter}"),
                 format!("bsn 111222333{letter}"),
                 format!("{letter}12345672"),
+                // Between the groups, as a separator.
+                format!("111{letter}222{letter}333"),
+                format!("1112{letter}22{letter}333"),
+                format!("bsn:111{letter}222{letter}333"),
+                format!("bsn 1234{letter}5672"),
             ] {
                 assert!(contains_bsn(&text), "not taken for a BSN: {text:?}");
                 for (how, data) in embeddings(&text) {

@@ -726,6 +726,9 @@ async fn a_bsn_or_mrz_in_any_spelling_is_refused_wherever_it_is_kept_in_clear() 
         "111222333\u{A0B8}",
         "\u{0416}111222333",
         "\u{4E00}111222333\u{AC00}",
+        // Nor does one between the groups: it separates them.
+        "111\u{01C0}222\u{01C0}333",
+        "111\u{4E00}222\u{4E00}333",
         mrz_one_line,
         "I<NLDSPECI20212999999990<<<<<<6503101F2403096NLD<<<<<<<<<<<8",
     ];
