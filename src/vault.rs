@@ -452,6 +452,10 @@ pub struct Vault {
     record_locks: [std::sync::Mutex<()>; RECORD_LOCK_STRIPES],
     /// What this node last took in of the changes other nodes made (`nodes`).
     follower: nodes::Follower,
+    /// Moves whenever a judgement of a caller may have changed: a token issued, approved or
+    /// revoked here, the token register or policy set taken in from another node, a policy
+    /// reload. A long call judged once (an audit watch) judges its caller again when it moved.
+    judgements: std::sync::atomic::AtomicU64,
     /// The HSM of `[seal]`, when configured: a root change to it seals the new root key there.
     hsm: Option<Arc<crate::seal::pkcs11::Hsm>>,
     /// Set when the node stops serving this vault (shut down or sealed): key jobs stop after
@@ -645,6 +649,7 @@ impl Vault {
             root_change_lock: std::sync::Mutex::new(()),
             token_register: tokens::TokenRegister::default(),
             follower: nodes::Follower::default(),
+            judgements: std::sync::atomic::AtomicU64::new(0),
             record_locks: std::array::from_fn(|_| std::sync::Mutex::new(())),
             search: crate::search::SearchConfig::default(),
             answers: answers::Answers::new(limits.answer_bytes_per_caller, limits.answer_bytes),

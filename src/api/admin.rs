@@ -135,11 +135,19 @@ impl AdminRpc for AdminApi {
             let _permit = permit;
             let (mut next, mut prev) = (watch.start, None);
             let mut judged = tokio::time::Instant::now();
+            let mut judged_at = vault.judgements();
+            // Due for a judgement: a change that may judge callers otherwise (a revocation, a
+            // policy reload, on this node or taken in from another), or a second gone by (an
+            // expiry).
+            let due = |judged: tokio::time::Instant, judged_at: u64| {
+                judged.elapsed() >= WATCH_JUDGED_EVERY || vault.judgements() != judged_at
+            };
             'pages: loop {
                 // A token revoked or expired, or a policy that no longer lets the caller read
                 // the trail, ends the watch: the caller is judged again before a page is read
-                // once `WATCH_JUDGED_EVERY` has passed (the wait below wakes at least as often).
-                let judge = judged.elapsed() >= WATCH_JUDGED_EVERY;
+                // when one is due (the wait below wakes at least once a second).
+                let judge = due(judged, judged_at);
+                let seen = vault.judgements();
                 // Read behind what is committed, one page at a time: the next page is read once
                 // this one is in the channel, which holds at most a page, so a slow reader
                 // holds the watch at two pages.
@@ -181,15 +189,18 @@ impl AdminRpc for AdminApi {
                 };
                 if judge {
                     judged = tokio::time::Instant::now();
+                    judged_at = seen;
                 }
                 let got = page.len();
-                for entry in page {
+                for (i, entry) in page.into_iter().enumerate() {
                     if !follow && entry.seq > watch.own {
                         return;
                     }
-                    // A client that kept the page waiting (not reading) gets the rest of it only
-                    // after its caller is judged again: it is read again from `next`.
-                    if judged.elapsed() >= WATCH_JUDGED_EVERY {
+                    // The rest of a page goes out only while no judgement is due (a client
+                    // that kept it waiting, a revocation meanwhile): else it is read again
+                    // from `next` after one. The first entry after a judgement always goes,
+                    // so that the watch moves on however often judgements are due.
+                    if !(judge && i == 0) && due(judged, judged_at) {
                         continue 'pages;
                     }
                     next = entry.seq + 1;

@@ -113,6 +113,18 @@ pub(crate) fn policy_at_start(
 }
 
 impl Vault {
+    /// Where the judgements of callers stand: a number that moves whenever one may have
+    /// changed (a token's state, the token register, the policy set in force). Equal numbers
+    /// mean nothing changed in between but the clock (expiry).
+    pub fn judgements(&self) -> u64 {
+        self.judgements.load(Ordering::SeqCst)
+    }
+
+    /// Moves `judgements`: called after a change that may judge a caller otherwise.
+    pub(crate) fn judgements_changed(&self) {
+        self.judgements.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Records where the store's changes stood (`epoch`, read before this node loaded anything
     /// into memory), so that its first poll forgets only what changed since.
     pub(crate) fn note_epoch(&self, epoch: Option<i64>) {
@@ -148,6 +160,7 @@ impl Vault {
         }
         self.keyring.forget_all();
         self.forget_token_register();
+        self.judgements_changed();
         // A policy set this node cannot take up (a MAC that fails, a set this build cannot
         // read) must not leave it deciding by the old one: it stops serving until it can.
         let adopted = stored_policy_set(self.store.as_ref(), &self.rows).and_then(|stored| {
@@ -159,6 +172,7 @@ impl Vault {
                         Ok(mut p) => *p = std::sync::Arc::new(engine),
                         Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(engine),
                     }
+                    self.judgements_changed();
                     Ok(())
                 }
                 _ => Ok(()),

@@ -101,6 +101,7 @@ impl Vault {
             Ok(mut p) => *p = Arc::new(engine),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
         }
+        self.judgements_changed();
         tracing::info!(digest = %reload.digest, policies = reload.policies, changed, "policy set reloaded");
         Ok(reload)
     }

@@ -269,7 +269,10 @@ impl Vault {
         let mac = hex::encode(&row.mac);
         let before = self.change_register(&mut guard, &row.id, Some(mac.clone()), None)?;
         match write() {
-            Ok(t) => Ok(t),
+            Ok(t) => {
+                self.judgements_changed();
+                Ok(t)
+            }
             Err(e) => {
                 if let Err(undo) =
                     self.change_register(&mut guard, &row.id, before, Some(Some(&mac)))

@@ -559,15 +559,17 @@ async fn an_officer_keeps_at_most_its_share_of_watches_open() {
     next_entries(&mut again, 1).await;
 }
 
-/// Reads `stream` while entries keep being written, until it ends; returns how it ended and
-/// how long after `from` it did. Fails when it has not ended within 10 s.
+/// Reads `stream` while entries keep being written, until it ends; returns how it ended, how
+/// long after `from` it did, and the sequence numbers it delivered meanwhile. Fails when it has
+/// not ended within 10 s.
 async fn ends_within(
     server: &TestServer,
     stream: &mut Streaming<pb::AuditWatchEntry>,
     from: std::time::Instant,
-) -> (tonic::Status, Duration) {
+) -> (tonic::Status, Duration, Vec<u64>) {
     let mut admin = server.admin().await;
     let writer = server.token(Role::PrivacyOfficer).to_owned();
+    let mut delivered = Vec::new();
     loop {
         assert!(
             from.elapsed() < Duration::from_secs(10),
@@ -580,8 +582,9 @@ async fn ends_within(
             .await
             .unwrap();
         match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
-            Err(_) | Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(status))) => return (status, from.elapsed()),
+            Err(_) => {}
+            Ok(Some(Ok(entry))) => delivered.push(entry.seq),
+            Ok(Some(Err(status))) => return (status, from.elapsed(), delivered),
             Ok(None) => panic!("the watch ended without saying why"),
         }
     }
@@ -634,17 +637,30 @@ async fn a_watch_ends_once_its_token_is_revoked_or_has_expired() {
         ))
         .await
         .unwrap();
-    let (status, after) = ends_within(&server, &mut stream, std::time::Instant::now()).await;
+    let (status, after, delivered) =
+        ends_within(&server, &mut stream, std::time::Instant::now()).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(after < Duration::from_secs(5), "ended {after:?} after");
     assert!(stream.next().await.is_none(), "the watch went on");
+    // A revocation is in force for the watch at once: no entry written after it was made
+    // went out (the revocation's own entry may have, committed just before).
+    let revoked_at = audit_entries(&server)
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e["action"] == "token-revoke" && e["target"] == revoked.id.as_str())
+        .map(|(i, _)| i as u64 + 1)
+        .expect("the revocation is on the trail");
+    assert!(
+        delivered.iter().all(|&seq| seq <= revoked_at),
+        "entries after the revocation ({revoked_at}) went out: {delivered:?}"
+    );
 
     // Expired: a token of a few seconds.
     let expiring = issue("watcher-expiring", 3);
     let opened = std::time::Instant::now();
     let mut stream = open(expiring.token.expose_secret().to_owned()).await;
     next_entries(&mut stream, 1).await;
-    let (status, after) = ends_within(&server, &mut stream, opened).await;
+    let (status, after, _) = ends_within(&server, &mut stream, opened).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(
         after >= Duration::from_secs(2),
@@ -700,7 +716,7 @@ async fn a_watch_ends_once_the_policy_no_longer_lets_its_caller_read_the_trail()
         .unwrap()
         .into_inner();
     assert!(changed.changed);
-    let (status, after) = ends_within(&server, &mut stream, std::time::Instant::now()).await;
+    let (status, after, _) = ends_within(&server, &mut stream, std::time::Instant::now()).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(
         status.message().contains("no-trail-for-security"),
