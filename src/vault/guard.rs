@@ -28,8 +28,10 @@
 //! Latin letters touching the digits make them part of a code, not a number (`X111222333`, an
 //! IBAN's `ABNA0417164300`), except letters that say "BSN" (`BSN111222333`,
 //! `bsn-nummer111222333`, `burgerservicenummer`, `sofinummer`) and the country prefix `NL` of an
-//! old VAT number that held the BSN (`NL111222333B01`). A letter of another script does not
-//! (`111222333ꂸ`, `Ж111222333`): in binary data read as UTF-16, the unit after a number is such
+//! old VAT number that held the BSN (`NL111222333B01`). A letter that looks like a Latin one
+//! is read as it (`Х111222333` with a Cyrillic `Х` is a code, `BЅN111222333` a label), and a
+//! sign that decomposes to letters (`№`, `™`, `Ⓜ`, a superscript `ᵃ`) is no letter. A letter
+//! of another script does not make a code (`111222333ꂸ`, `Ж111222333`): in binary data read as UTF-16, the unit after a number is such
 //! a letter more often than not. Between groups of digits such a letter separates them like
 //! punctuation (`111ǀ222ǀ333`, `111一222一333`). Letters across a separator hide nothing:
 //! `REL-111222333` is refused. Numbers that are plainly something else are left alone: a row
@@ -638,13 +640,37 @@ fn fold_slowly(c: char, out: &mut impl FnMut(Unit)) {
         out(Unit::LETTER);
         return;
     }
+    // A sign that decomposes to letters (`™`, `№`, `Ⓜ`, `ℹ`, a Roman numeral `Ⅰ`, a superscript
+    // `ᵃ`, the ordinal `º`) reads as a sign, not as those letters: glued to a number it does
+    // not make it a code.
+    let sign = is_sign(c);
     decompose_compatible(c, |d| {
         if d.is_ascii() {
-            out(ascii_unit(d as u8));
-        } else if !is_ignorable(d) {
+            let u = ascii_unit(d as u8);
+            out(if sign && u.is_letter() {
+                Unit::OTHER
+            } else {
+                u
+            });
+        } else if is_ignorable(d) {
+        } else if let Some(latin) = look_alike(d).filter(|_| !sign) {
+            // A letter that looks like a Latin one is read as it (`BЅN` with a Cyrillic `Ѕ`).
+            latin.bytes().for_each(|b| out(ascii_unit(b)));
+        } else {
             out(classify(d));
         }
     });
+}
+
+/// Whether `c` (outside ASCII) is a sign rather than a letter of words: not an upper-, lower-
+/// or title-case letter, or one of the letter-like symbols (U+2100 to U+214F: `ℹ`, `ℓ`, `№`).
+fn is_sign(c: char) -> bool {
+    !matches!(
+        c.general_category(),
+        GeneralCategory::UppercaseLetter
+            | GeneralCategory::LowercaseLetter
+            | GeneralCategory::TitlecaseLetter
+    ) || ('\u{2100}'..='\u{214F}').contains(&c)
 }
 
 fn ascii_unit(b: u8) -> Unit {
@@ -2220,9 +2246,10 @@ fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
 }
 
 /// The most digits, and the most MRZ characters, a character outside the Basic Multilingual
-/// Plane (four bytes of UTF-8) folds to: a digit of another script, and `U+1F14E` (`PPV` in a
-/// square). A test holds it to every such character (too many to fold at every start).
-const MOST_OUTSIDE_PLANE: (usize, usize) = (1, 3);
+/// Plane (four bytes of UTF-8) folds to: a digit of another script, and two letters (signs
+/// such as `U+1F14E`, `PPV` in a square, read as no letters). A test holds it to every such
+/// character (too many to fold at every start).
+const MOST_OUTSIDE_PLANE: (usize, usize) = (1, 2);
 
 /// Bytes the block pass of [`quiet_utf8`] reads at a time.
 const QUIET_BLOCK: usize = 32;
@@ -3625,7 +3652,6 @@ mod tests {
             "\u{0915}",         // Devanagari
             "\u{0E01}",         // Thai
             "\u{1200}",         // Ethiopic
-            "\u{00F8}",         // a Latin letter with no ASCII letter in it (ø)
             "\u{20E2}\u{A0B8}", // a combining mark, then a letter
             // Letters that look like punctuation: U+01C0, Lisu, katakana, Hangul, and the
             // modifier apostrophe.
@@ -3657,9 +3683,36 @@ mod tests {
                 }
             }
         }
+        // Signs that decompose to letters are no letters; look-alike letters spell a label.
+        for sign in [
+            "\u{2116}111222333",
+            "111222333\u{2122}",
+            "\u{24C2}111222333",
+            "\u{2139}\u{FE0F}111222333",
+            "\u{2160}111222333",
+            "111222333\u{1D43}",
+            "\u{1F130}111222333",
+            "N\u{00BA}111222333",
+            "B\u{0405}N111222333",
+            "b\u{0455}n111222333",
+            "s\u{043E}finummer111222333",
+            "burgerservic\u{0435}nummer111222333",
+        ] {
+            assert!(contains_bsn(sign), "not taken for a BSN: {sign:?}");
+            for (how, data) in embeddings(sign) {
+                assert!(
+                    check_binary("f", &data).is_err(),
+                    "{sign:?} as {how} accepted"
+                );
+            }
+        }
         for code in [
             "X111222333",
             "111222333x",
+            // Letters that look like Latin ones are read as them: codes.
+            "\u{0425}111222333",
+            "111222333\u{00F8}",
+            "\u{1D400}111222333",
             "\u{00C9}111222333",
             "111222333\u{00E9}",
             "\u{FF38}111222333",

@@ -729,6 +729,10 @@ async fn a_bsn_or_mrz_in_any_spelling_is_refused_wherever_it_is_kept_in_clear() 
         // Nor does one between the groups: it separates them.
         "111\u{01C0}222\u{01C0}333",
         "111\u{4E00}222\u{4E00}333",
+        // A label in look-alike letters says BSN; a sign that decomposes to letters is none.
+        "B\u{0405}N111222333",
+        "\u{2116}111222333",
+        "111222333\u{2122}",
         mrz_one_line,
         "I<NLDSPECI20212999999990<<<<<<6503101F2403096NLD<<<<<<<<<<<8",
     ];
