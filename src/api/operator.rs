@@ -760,13 +760,18 @@ impl OperatorRpc for OperatorApi {
                 return Err(status);
             }
         };
+        // The old shares are the credential: only their refusal counts against the caller, not
+        // a new set given wrong after they checked out.
         let answer = place
             .run(move || {
-                let old = parse_shares("old_shares", &req.old_shares)?;
-                let new = parse_shares("new_shares", &req.new_shares)?;
-                vault.replace_shares(&old, &new)?;
+                let refused = |e: VaultError| (e, true);
+                let old = parse_shares("old_shares", &req.old_shares).map_err(refused)?;
+                vault.check_recorded_shares(&old).map_err(refused)?;
+                let other = |e: VaultError| (e, false);
+                let new = parse_shares("new_shares", &req.new_shares).map_err(other)?;
+                vault.replace_shares(&old, &new).map_err(other)?;
                 let first = new.first();
-                Ok::<_, VaultError>(pb::ReplaceSharesResponse {
+                Ok::<_, (VaultError, bool)>(pb::ReplaceSharesResponse {
                     old_set: old.first().map(Share::set).unwrap_or_default(),
                     new_set: first.map(Share::set).unwrap_or_default(),
                     threshold: first.map_or(0, |s| u32::from(s.threshold())),
@@ -774,16 +779,14 @@ impl OperatorRpc for OperatorApi {
                 })
             })
             .await
-            .map_err(|_| Status::internal("internal error"))
-            .and_then(|done| done.map_err(status::to_status));
-        // Only shares refused count against the caller.
-        if !answer
-            .as_ref()
-            .is_err_and(|status| status.code() == tonic::Code::InvalidArgument)
-        {
+            .map_err(|_| (Status::internal("internal error"), false))
+            .and_then(|done| done.map_err(|(e, refused)| (status::to_status(e), refused)));
+        if !answer.as_ref().is_err_and(|(status, refused)| {
+            *refused && status.code() == tonic::Code::InvalidArgument
+        }) {
             reserved.refund();
         }
-        answer.map(Response::new)
+        answer.map(Response::new).map_err(|(status, _)| status)
     }
 }
 

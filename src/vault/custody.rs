@@ -67,6 +67,22 @@ impl Vault {
         Ok(())
     }
 
+    /// Refuses any of `shares` that is not one of the recorded set (its number's share,
+    /// compared in constant time), or a store not sealed by shares.
+    pub fn check_recorded_shares(&self, shares: &[Share]) -> Result<(), VaultError> {
+        let (StoreSeal::Shares(recorded), _) = self.keyring.seal()? else {
+            return Err(VaultError::FailedPrecondition(
+                "this store is not sealed by shares; change its seal with `kluis admin root \
+                 reseal --to shares`"
+                    .into(),
+            ));
+        };
+        for share in shares {
+            recorded.check(share).map_err(crate::keys::KeyError::from)?;
+        }
+        Ok(())
+    }
+
     /// Replaces the store's set of shares by `new` (a whole set), the root key unchanged:
     /// `old` must be a quorum of the set in force. No token: the quorum is the authority. On
     /// the trail (which shares were given, the old and the new set) before the store changes;

@@ -793,6 +793,42 @@ async fn a_new_set_of_shares_replaces_the_old_without_changing_the_root_key() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let trail = stdout(&node.admin(&tokens.so, &["audit", "export"]));
     assert!(trail.contains("\"action\":\"shares-replace\""), "{trail}");
+
+    // A custodian's typos in the new set are no guesses: with old shares that check out they
+    // never count against the address; a wrong old share still does, up to the limit.
+    let replace = |old: Vec<String>, new: Vec<String>| {
+        let node = &node;
+        async move {
+            OperatorClient::new(node.channel().await)
+                .replace_shares(pb::ReplaceSharesRequest {
+                    old_shares: old,
+                    new_shares: new,
+                })
+                .await
+        }
+    };
+    let quorum: Vec<String> = new[1..].iter().map(|f| share_line(f)).collect();
+    let limit = kluis::api::operator::ATTEMPTS_PER_MINUTE;
+    for _ in 0..limit + 5 {
+        assert_status(
+            replace(quorum.clone(), vec!["not a share".into()]).await,
+            Code::InvalidArgument,
+            "new_shares",
+        );
+    }
+    let forged = vec![altered(&quorum[0], true), quorum[1].clone()];
+    for _ in 0..limit {
+        assert_status(
+            replace(forged.clone(), vec!["not a share".into()]).await,
+            Code::InvalidArgument,
+            "is not the share this store recorded",
+        );
+    }
+    assert_status(
+        replace(forged, vec!["not a share".into()]).await,
+        Code::ResourceExhausted,
+        "wait",
+    );
 }
 
 /// SoftHSM2 with one initialised token in a temporary directory, or `None` (a loud note) where
