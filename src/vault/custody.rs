@@ -9,7 +9,10 @@ use crate::{
     domain::{Principal, now_unix},
     keys::StoreSeal,
     policy::AdminAction,
-    seal::{pkcs11::Hsm, shares::Share},
+    seal::{
+        pkcs11::Hsm,
+        shares::{Share, ShareSetMeta},
+    },
 };
 
 impl Vault {
@@ -68,8 +71,9 @@ impl Vault {
     }
 
     /// Refuses any of `shares` that is not one of the recorded set (its number's share,
-    /// compared in constant time), or a store not sealed by shares.
-    pub fn check_recorded_shares(&self, shares: &[Share]) -> Result<(), VaultError> {
+    /// compared in constant time), or a store not sealed by shares; the recorded set when all
+    /// are of it.
+    pub fn check_recorded_shares(&self, shares: &[Share]) -> Result<ShareSetMeta, VaultError> {
         let (StoreSeal::Shares(recorded), _) = self.keyring.seal()? else {
             return Err(VaultError::FailedPrecondition(
                 "this store is not sealed by shares; change its seal with `kluis admin root \
@@ -80,7 +84,7 @@ impl Vault {
         for share in shares {
             recorded.check(share).map_err(crate::keys::KeyError::from)?;
         }
-        Ok(())
+        Ok(recorded)
     }
 
     /// Replaces the store's set of shares by `new` (a whole set), the root key unchanged:
@@ -88,18 +92,9 @@ impl Vault {
     /// the trail (which shares were given, the old and the new set) before the store changes;
     /// a refusal after that is on the trail too.
     pub fn replace_shares(&self, old: &[Share], new: &[Share]) -> Result<String, VaultError> {
-        let (StoreSeal::Shares(recorded), _) = self.keyring.seal()? else {
-            return Err(VaultError::FailedPrecondition(
-                "this store is not sealed by shares; change its seal with `kluis admin root \
-                 reseal --to shares`"
-                    .into(),
-            ));
-        };
         // Shares that are not of the recorded set are refused before anything is written, as
         // a call without a token is.
-        for share in old {
-            recorded.check(share).map_err(crate::keys::KeyError::from)?;
-        }
+        let recorded = self.check_recorded_shares(old)?;
         let mut given: Vec<u8> = old.iter().map(Share::number).collect();
         given.sort_unstable();
         given.dedup();
