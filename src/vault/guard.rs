@@ -791,7 +791,7 @@ fn word_before(u: &[Unit], end: usize) -> Word {
     let mut start = end;
     while start > 0 && end - start < MAX_WORD {
         match u.get(start - 1) {
-            Some(&Unit(c)) if Unit(c).is_letter() => {
+            Some(&Unit(c)) if Unit(c).binds() => {
                 if let Some(slot) = letters.get_mut(n) {
                     *slot = c;
                     n += 1;
@@ -799,7 +799,7 @@ fn word_before(u: &[Unit], end: usize) -> Word {
                 start -= 1;
             }
             Some(&Unit::JOINER)
-                if start >= 2 && u.get(start - 2).is_some_and(Unit::is_letter) && start < end =>
+                if start >= 2 && u.get(start - 2).is_some_and(Unit::binds) && start < end =>
             {
                 last_segment.get_or_insert(n);
                 start -= 1;
@@ -895,11 +895,12 @@ fn right_edge(u: &[Unit], e: usize, marker: Option<Marker>) -> Edge {
             if marker == Some(Marker::Nl)
                 && after(1).is_some_and(|x| x.is_digit())
                 && after(2).is_some_and(|x| x.is_digit())
-                && !after(3).is_some_and(|x| x.is_digit() || x.is_letter()) =>
+                && !after(3).is_some_and(|x| x.is_digit() || x.binds()) =>
         {
             return Edge::Free(marker);
         }
-        Some(x) if x.binds() => return Edge::Bound,
+        // After a BSN label a letter glued on is a suffix, not a code (`BSN: 111222333X`).
+        Some(x) if x.binds() && marker != Some(Marker::Bsn) => return Edge::Bound,
         _ => {}
     }
     for k in 0..MAX_SEPARATOR_RUN {
@@ -975,13 +976,15 @@ fn numeral(u: &[Unit], i: usize) -> Group {
 
 /// Where the next group of the row starts when the group ending at `end` is followed by a
 /// short run of separators and a digit: at most [`MAX_SEPARATOR_RUN`] separators, of which a
-/// markup tag or character reference counts as one, and so does one `x` (`111 x 222`).
+/// markup tag or character reference counts as one, and so does one `x` (`111 x 222`, the `×`
+/// of dimensions) or one `i` or `l` (`111 I 222`, `111ǀ222` with a Cyrillic palochka: the bar
+/// they look like).
 fn next_group(u: &[Unit], end: usize) -> Option<usize> {
     let mut j = end;
     let mut x = false;
     for _ in 0..MAX_SEPARATOR_RUN {
         match u.get(j)? {
-            Unit(b'x') if !x => {
+            Unit(b'x' | b'i' | b'l') if !x => {
                 x = true;
                 j += 1;
             }
@@ -3731,6 +3734,45 @@ mod tests {
                     "{code:?} as {how} refused"
                 );
             }
+        }
+    }
+
+    /// A letter that reads as a bar between groups (`I`, `l`, and every letter read as them)
+    /// separates them; an old VAT number stays one whatever letter of another script touches
+    /// it; after a BSN label a glued Latin letter is a suffix. Their twins stay codes.
+    #[test]
+    fn bars_vat_numbers_and_labelled_suffixes_do_not_hide_a_bsn() {
+        for text in [
+            "111\u{04C0}222\u{04C0}333",
+            "111\u{0399}222\u{0399}333",
+            "111\u{0456}222\u{0456}333",
+            "111\u{0131}222\u{0131}333",
+            "111\u{FF4C}222\u{FF4C}333",
+            "111\u{1D408}222\u{1D408}333",
+            "111l222l333",
+            "111I222I333",
+            "111 I 222 I 333",
+            "1234l56l782",
+            "bsn: 111 \u{04C0} 222 \u{04C0} 333",
+            "NL111222333B01\u{0416}",
+            "NL111222333B01\u{01C0}",
+            "\u{4E00}NL111222333B01",
+            "btw NL111222333B01\u{0436}",
+            "BSN: 111222333X",
+            "BSN 123456782a",
+            "bsn: 1112.22.333X",
+            "BSN 111 222 333x",
+        ] {
+            assert!(contains_bsn(text), "not taken for a BSN: {text:?}");
+            for (how, data) in embeddings(text) {
+                assert!(
+                    check_binary("f", &data).is_err(),
+                    "{text:?} as {how} accepted"
+                );
+            }
+        }
+        for code in ["X111222333", "111222333X", "111o222o333", "REL111222333x"] {
+            assert!(!contains_bsn(code), "taken for a BSN: {code:?}");
         }
     }
 

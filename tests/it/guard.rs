@@ -733,6 +733,10 @@ async fn a_bsn_or_mrz_in_any_spelling_is_refused_wherever_it_is_kept_in_clear() 
         "B\u{0405}N111222333",
         "\u{2116}111222333",
         "111222333\u{2122}",
+        // A bar-like letter between groups; a suffix after a label; a VAT number touched.
+        "111 I 222 I 333",
+        "BSN: 111222333X",
+        "NL111222333B01\u{0416}",
         mrz_one_line,
         "I<NLDSPECI20212999999990<<<<<<6503101F2403096NLD<<<<<<<<<<<8",
     ];
