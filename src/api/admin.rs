@@ -74,8 +74,9 @@ pub const WATCH_PAGE: usize = 256;
 /// nodes of a shared store commit too.
 const WATCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How often a watch judges its caller again (token, expiry, policy): a watch whose token is
-/// revoked or expires ends within about this long, as a revocation is in force on every node.
+/// How often, at the longest, a watch judges its caller again (token, expiry, policy): a watch
+/// whose token expires ends within about this long. A change that may judge it otherwise (a
+/// revocation, a policy reload: `Vault::judgements`) has it judged again before it sends on.
 const WATCH_JUDGED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Entries `WatchAudit` sends first when the request says neither where to resume nor how many.
