@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod convert;
+pub(crate) mod judge;
 pub mod operator;
 pub mod status;
 pub mod stream;

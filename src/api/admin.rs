@@ -5,7 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    Backend, convert, run, run_long,
+    Backend, convert,
+    judge::Judge,
+    run, run_long,
     stream::{Long, ServerStream, Streams},
 };
 use crate::{
@@ -17,8 +19,9 @@ use crate::{
     identity::Identity,
     keys::RootSecret,
     pb::{self, admin_server::Admin as AdminRpc},
+    policy::AdminAction,
     vault::{
-        Vault,
+        Vault, VaultError,
         keyadmin::{Progress, PurposeKeysInfo},
         lifecycle::RequestStatus,
         rights::Consent,
@@ -74,11 +77,6 @@ pub const WATCH_PAGE: usize = 256;
 /// nodes of a shared store commit too.
 const WATCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How often, at the longest, a watch judges its caller again (token, expiry, policy): a watch
-/// whose token expires ends within about this long. A change that may judge it otherwise (a
-/// revocation, a policy reload: `Vault::judgements`) has it judged again before it sends on.
-const WATCH_JUDGED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Entries `WatchAudit` sends first when the request says neither where to resume nor how many.
 const WATCH_LAST_DEFAULT: u64 = 20;
 
@@ -96,9 +94,10 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<Self::WatchAuditStream>, Status> {
         let follow = request.get_ref().follow;
         // Each page is read under one of the caller's places, as the call itself was, and the
-        // caller is judged again at least every `WATCH_JUDGED_EVERY`.
-        let creds = Arc::new(super::credentials(&request)?);
+        // caller is judged again while the watch runs (`judge`).
+        let creds = super::credentials(&request)?;
         let key = super::caller_key(&creds);
+        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
         // A place among the watches open (each reads the trail after every commit), taken
         // before the watch's entry is written and held until it ends.
         let (watch, permit) = run_long(
@@ -129,45 +128,35 @@ impl AdminRpc for AdminApi {
         .await?;
         let (tx, stream) = self.streams.channel(WATCH_PAGE);
         let vault = Arc::clone(&self.vault.vault);
-        let identity = Arc::clone(&self.vault.identity);
         let mut stop = self.stop.clone();
         let mut commits = vault.audit_commits();
         tokio::spawn(async move {
             let _permit = permit;
             let (mut next, mut prev) = (watch.start, None);
-            let mut judged = tokio::time::Instant::now();
-            let mut judged_at = vault.judgements();
-            // Due for a judgement: a change that may judge callers otherwise (a revocation, a
-            // policy reload, on this node or taken in from another), or a second gone by (an
-            // expiry).
-            let due = |judged: tokio::time::Instant, judged_at: u64| {
-                judged.elapsed() >= WATCH_JUDGED_EVERY || vault.judgements() != judged_at
-            };
             'pages: loop {
                 // A token revoked or expired, or a policy that no longer lets the caller read
                 // the trail, ends the watch: the caller is judged again before a page is read
-                // when one is due (the wait below wakes at least once a second).
-                let judge = due(judged, judged_at);
-                let seen = vault.judgements();
+                // when a judgement is due (the wait below wakes at least once a second).
+                let judging = judge.due();
                 // Read behind what is committed, one page at a time: the next page is read once
                 // this one is in the channel, which holds at most a page, so a slow reader
                 // holds the watch at two pages.
                 let page = match super::take_place(&vault, key).await {
                     Ok(place) => {
-                        let (vault, identity, creds) = (
-                            Arc::clone(&vault),
-                            Arc::clone(&identity),
-                            Arc::clone(&creds),
-                        );
+                        let (vault, mut judged) = (Arc::clone(&vault), judge.clone());
                         place
                             .run(move || {
-                                if judge {
-                                    let principal = identity
-                                        .authenticate(&vault, &creds)
-                                        .map_err(|e| vault.after_failure(e))?;
-                                    vault.keep_audit_watch(&principal)?;
+                                if judging {
+                                    judged.judge(|vault, principal| {
+                                        vault.keep_admin(
+                                            principal,
+                                            AdminAction::ReadAudit,
+                                            "audit-watch",
+                                        )
+                                    })?;
                                 }
-                                vault.audit_entries_from(next, prev, WATCH_PAGE)
+                                let page = vault.audit_entries_from(next, prev, WATCH_PAGE)?;
+                                Ok::<_, VaultError>((judged, page))
                             })
                             .await
                     }
@@ -177,9 +166,12 @@ impl AdminRpc for AdminApi {
                     }
                 };
                 let page = match page {
-                    Ok(Ok(page)) => page,
+                    Ok(Ok((judged, page))) => {
+                        judge = judged;
+                        page
+                    }
                     Ok(Err(e)) => {
-                        tx.send(Err(super::status::to_status(e))).await;
+                        tx.send(Err(judge.status(e))).await;
                         return;
                     }
                     Err(e) => {
@@ -188,20 +180,20 @@ impl AdminRpc for AdminApi {
                         return;
                     }
                 };
-                if judge {
-                    judged = tokio::time::Instant::now();
-                    judged_at = seen;
-                }
                 let got = page.len();
                 for (i, entry) in page.into_iter().enumerate() {
                     if !follow && entry.seq > watch.own {
                         return;
                     }
-                    // The rest of a page goes out only while no judgement is due (a client
-                    // that kept it waiting, a revocation meanwhile): else it is read again
-                    // from `next` after one. The first entry after a judgement always goes,
-                    // so that the watch moves on however often judgements are due.
-                    if !(judge && i == 0) && due(judged, judged_at) {
+                    // An entry goes out, once the client has made room for it, only while no
+                    // judgement is due (a client that kept it waiting, a revocation
+                    // meanwhile): else it is read again from `next` after one. The first entry
+                    // after a judgement goes however long the client took, unless a change
+                    // came meanwhile, so that the watch moves on however slow its reader.
+                    let Some(slot) = tx.reserve().await else {
+                        return; // The client went away or stopped reading.
+                    };
+                    if judge.changed() || (!(judging && i == 0) && judge.due()) {
                         continue 'pages;
                     }
                     next = entry.seq + 1;
@@ -212,9 +204,7 @@ impl AdminRpc for AdminApi {
                         hash: hex::encode(entry.hash),
                         prev_hash: hex::encode(entry.prev_hash),
                     };
-                    if !tx.send(Ok(message)).await {
-                        return; // The client went away or stopped reading.
-                    }
+                    slot.send(Ok(message));
                 }
                 if !follow && next > watch.own {
                     return;
@@ -703,6 +693,8 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
+        let creds = super::credentials(&request)?;
+        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
         let (mut file, permit) = run_long(
             &self.vault,
             &self.streams,
@@ -732,8 +724,12 @@ impl AdminRpc for AdminApi {
                         Err(Status::internal("reading the backup snapshot failed"))
                     }
                 };
-                // False after an error too: it is the last message.
-                if !tx.send_blocking(message) {
+                // A revoked or expired token, or a policy that no longer allows backups, ends
+                // the backup before its next chunk goes out. False after an error too: it is
+                // the last message.
+                if !judge.send_blocking(&tx, message, |vault, principal| {
+                    vault.keep_admin(principal, AdminAction::ManageKeys, "backup")
+                }) {
                     return;
                 }
             }
@@ -1276,6 +1272,8 @@ impl AdminRpc for AdminApi {
         &self,
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        let creds = super::credentials(&request)?;
+        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
         let ((filter, upto), permit) = run_long(
             &self.vault,
             &self.streams,
@@ -1316,8 +1314,12 @@ impl AdminRpc for AdminApi {
             let _permit = permit;
             let result = vault.scan_audit_export(&filter, upto, |seq, raw| {
                 let json = String::from_utf8_lossy(raw).into_owned();
-                // False when the client went away or stopped reading: stop reading.
-                tx.send_blocking(Ok(pb::AuditEntry { seq, json }))
+                // A revoked or expired token, or a policy that no longer lets the caller read
+                // the trail, ends the export before its next entry goes out. False then, and
+                // when the client went away or stopped reading: stop reading.
+                judge.send_blocking(&tx, Ok(pb::AuditEntry { seq, json }), |vault, principal| {
+                    vault.keep_admin(principal, AdminAction::ReadAudit, "audit-export")
+                })
             });
             if let Err(e) = result {
                 tx.send_blocking(Err(super::status::to_status(e)));

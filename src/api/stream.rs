@@ -276,6 +276,28 @@ impl<T: Send + 'static> Sender<T> {
         }
     }
 
+    /// Waits, at most the idle limit as `send` does, for room for one message, and holds it:
+    /// a long call judges its caller again once the client has made room, before the message
+    /// goes in (`judge::Judge`). `None` when the stream is over.
+    pub(crate) async fn reserve(&self) -> Option<Slot<'_, T>> {
+        match tokio::time::timeout(self.idle, self.tx.reserve()).await {
+            Ok(Ok(permit)) => Some(Slot(permit)),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                self.stalled.store(true, Ordering::SeqCst);
+                None
+            }
+        }
+    }
+
+    /// `reserve` from a blocking thread.
+    pub(crate) fn reserve_blocking(&self) -> Option<Slot<'_, T>> {
+        // Not inside the runtime: there is no client to wait for.
+        tokio::runtime::Handle::try_current()
+            .ok()?
+            .block_on(self.reserve())
+    }
+
     /// Completes when the client has gone away.
     pub(crate) async fn closed(&self) {
         self.tx.closed().await;
@@ -297,6 +319,18 @@ impl<T: Send + 'static> Sender<T> {
             self.tx.try_send(message),
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
         )
+    }
+}
+
+/// Room for one message of a server stream (`Sender::reserve`).
+pub(crate) struct Slot<'a, T>(tokio::sync::mpsc::Permit<'a, Result<T, Status>>);
+
+impl<T> Slot<'_, T> {
+    /// Puts `message` in the room held. False when it was an error (the last message).
+    pub(crate) fn send(self, message: Result<T, Status>) -> bool {
+        let last = message.is_err();
+        self.0.send(message);
+        !last
     }
 }
 

@@ -5,7 +5,9 @@ use std::{sync::Arc, time::Duration};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    Backend, convert, run,
+    Backend, convert,
+    judge::Judge,
+    run,
     stream::{Long, ServerStream, Streams},
 };
 use crate::{
@@ -322,11 +324,13 @@ impl VaultRpc for VaultApi {
         // caller gets a status and no byte.
         let creds = super::credentials(&request)?;
         let key = super::caller_key(&creds);
+        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
+        let creds = Arc::clone(judge.credentials());
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault.vault);
         let streams = Arc::clone(&self.streams);
-        let (info, download, permit) = blocking(&self.vault.vault, key, move || {
+        let (info, download, permit, keep) = blocking(&self.vault.vault, key, move || {
             let principal = identity.authenticate(&vault, &creds)?;
             // One of the caller's places among the downloads being sent, held until this one
             // ends: each holds up to two batches of opened segments while its client reads.
@@ -341,9 +345,11 @@ impl VaultRpc for VaultApi {
             } else {
                 crate::policy::Action::Read
             };
+            // What the download is judged on again while it is sent.
+            let keep = (ctx.clone(), id.as_str().to_owned(), action);
             vault
                 .open_evidence_as(&principal, &ctx, &id, range, action)
-                .map(|(info, download)| (info, download, permit))
+                .map(|(info, download)| (info, download, permit, keep))
         })
         .await?;
         let (tx, stream) = self.streams.channel(4);
@@ -385,7 +391,26 @@ impl VaultRpc for VaultApi {
                 };
                 next = download.map(|d| next_batch(Arc::clone(&vault), key, d));
                 for message in batch {
-                    if !send(message).await {
+                    // A revoked or expired token, an erasure, or a policy or facts (a mandate
+                    // revoked, a restriction) that no longer let the caller read the file, end
+                    // the download before its next piece goes out, once the client has made
+                    // room for it.
+                    let Some(slot) = tx.reserve().await else {
+                        return;
+                    };
+                    if judge.due() {
+                        let (ctx, id, action) = keep.clone();
+                        let judged = judge
+                            .judge_on_place(key, move |vault, principal| {
+                                vault.keep_evidence(principal, &ctx, &id, action)
+                            })
+                            .await;
+                        if let Err(status) = judged {
+                            slot.send(Err(status));
+                            return;
+                        }
+                    }
+                    if !slot.send(message) {
                         return;
                     }
                 }
@@ -400,6 +425,8 @@ impl VaultRpc for VaultApi {
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
         let creds = super::credentials(&request)?;
         let key = super::caller_key(&creds);
+        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
+        let creds = Arc::clone(judge.credentials());
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault.vault);
@@ -417,11 +444,17 @@ impl VaultRpc for VaultApi {
         let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            // False when the client went away or stopped reading: stop.
-            let emit = |line: serde_json::Value| {
-                tx.send_blocking(Ok(pb::ExportLine {
+            // A revoked or expired token, or a policy or facts (a mandate revoked, a
+            // restriction) that no longer let the caller export what the next line holds, end
+            // the export before that line goes out. False then, and when the client went away
+            // or stopped reading: stop.
+            let emit = |line: serde_json::Value, holds: &[crate::policy::FieldResource]| {
+                let message = Ok(pb::ExportLine {
                     json: line.to_string(),
-                }))
+                });
+                judge.send_blocking(&tx, message, |vault, principal| {
+                    vault.keep_export(principal, &ctx, &subject, holds)
+                })
             };
             let result = if portable {
                 vault.export_portable(&principal, &ctx, &subject, emit)

@@ -126,6 +126,27 @@ impl fmt::Debug for EvidenceInfo {
 /// died: longer than an upload runs (the stream times out when the client goes quiet).
 pub const ABANDONED_UPLOAD_SECS: i64 = 24 * 3600;
 
+/// A finished evidence file as stored (`Vault::stored_evidence`).
+struct Stored {
+    record: crate::store::RecordRow,
+    evidence: crate::store::EvidenceRow,
+    meta: super::RecordMeta,
+    subject: SubjectId,
+    record_id: RecordId,
+}
+
+/// The audit entry of a download to do `action`: evidence is downloaded to read or export it.
+fn download_entry(action: Action) -> Result<&'static str, VaultError> {
+    match action {
+        Action::Read => Ok("evidence-read"),
+        Action::Export => Ok("evidence-export"),
+        _ => Err(VaultError::FailedPrecondition(format!(
+            "evidence is downloaded to read or export it, not to {}",
+            action.as_str()
+        ))),
+    }
+}
+
 impl Vault {
     /// Starts an upload: checks the declaration, decides and audits the write, and stores the
     /// unfinished evidence row (and the new record). Data follows through `Upload::write`.
@@ -377,33 +398,15 @@ impl Vault {
         range: Option<(u64, u64)>,
         action: Action,
     ) -> Result<(EvidenceInfo, Download), VaultError> {
-        let audited = match action {
-            Action::Read => "evidence-read",
-            Action::Export => "evidence-export",
-            _ => {
-                return Err(VaultError::FailedPrecondition(format!(
-                    "evidence is downloaded to read or export it, not to {}",
-                    action.as_str()
-                )));
-            }
-        };
-        let (record, evidence) = self
-            .store
-            .evidence(evidence_id)?
-            .ok_or_else(|| VaultError::NotFound(format!("evidence `{evidence_id}`")))?;
-        // Checked before its completeness is believed: a finished file marked unfinished by
-        // hand is damaged, not absent.
-        self.rows.check(&record)?;
-        self.rows.check(&evidence)?;
-        if !evidence.complete {
-            return Err(VaultError::NotFound(format!("evidence `{evidence_id}`")));
-        }
-        let meta = record_meta(&record)?;
+        let audited = download_entry(action)?;
+        let Stored {
+            record,
+            evidence,
+            meta,
+            subject,
+            record_id,
+        } = self.stored_evidence(evidence_id)?;
         let category: Category = evidence.category;
-        let subject = SubjectId::parse_stored(&record.subject)
-            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
-        let record_id = RecordId::parse("record", &record.id)
-            .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
         let resources = [super::evidence_resource(&record, meta.purpose, &evidence)?];
         let decisions = self.decide(principal, action, ctx, &resources)?;
         let mut event = self.event(principal, ctx, audited, Some(&subject), Some(&record_id));
@@ -504,6 +507,75 @@ impl Vault {
             length,
         };
         Ok((info, download))
+    }
+
+    /// Whether a download begun with `open_evidence_as` may go on: the file is still stored
+    /// and complete, and the policy in force, on the subject's facts as they are now (holds,
+    /// restrictions, mandates, consents), still lets `principal` (authenticated again by the
+    /// caller) do `action` on it. Nothing is appended while it does; when it no longer does, the
+    /// denial is appended under the download's entry name, saying the download ended.
+    pub fn keep_evidence(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        evidence_id: &str,
+        action: Action,
+    ) -> Result<(), VaultError> {
+        let audited = download_entry(action)?;
+        let Stored {
+            record,
+            evidence,
+            meta,
+            subject,
+            record_id,
+        } = self.stored_evidence(evidence_id)?;
+        let resources = [super::evidence_resource(&record, meta.purpose, &evidence)?];
+        let decisions = self.decide(principal, action, ctx, &resources)?;
+        if decisions
+            .first()
+            .is_some_and(crate::policy::Decision::is_allow)
+        {
+            return Ok(());
+        }
+        let mut event = self.event(principal, ctx, audited, Some(&subject), Some(&record_id));
+        event.fields = super::audit_fields(&resources, &decisions);
+        event.target = Some(evidence.id.clone());
+        event.decision = "deny".into();
+        event.reason = Some(format!(
+            "the download ended: {}",
+            super::distinct_reasons(&decisions)
+        ));
+        self.audit.append(&event)?;
+        Err(VaultError::Denied(
+            "you may no longer read this evidence; the download ended (the reasons are on the \
+             audit trail)"
+                .into(),
+        ))
+    }
+
+    /// A finished evidence file and its record as stored, both checked.
+    fn stored_evidence(&self, evidence_id: &str) -> Result<Stored, VaultError> {
+        let gone = || VaultError::NotFound(format!("evidence `{evidence_id}`"));
+        let (record, evidence) = self.store.evidence(evidence_id)?.ok_or_else(gone)?;
+        // Checked before its completeness is believed: a finished file marked unfinished by
+        // hand is damaged, not absent.
+        self.rows.check(&record)?;
+        self.rows.check(&evidence)?;
+        if !evidence.complete {
+            return Err(gone());
+        }
+        let meta = record_meta(&record)?;
+        let subject = SubjectId::parse_stored(&record.subject)
+            .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
+        let record_id = RecordId::parse("record", &record.id)
+            .map_err(|_| StoreError::Corrupt(format!("record `{}`", record.id)))?;
+        Ok(Stored {
+            record,
+            evidence,
+            meta,
+            subject,
+            record_id,
+        })
     }
 
     /// Discards uploads a crash left unfinished. Run at start-up, when no upload of this

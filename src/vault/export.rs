@@ -85,13 +85,15 @@ fn without_values(rows: Vec<FieldRow>) -> Vec<FieldRow> {
 impl Vault {
     /// Exports everything the vault holds on `subject` that `principal` may export, calling
     /// `emit` with each JSON line (return false to stop): a header, one line per record, one per
-    /// recorded access. Denied when nothing at all may be exported.
+    /// recorded access; with each line, the fields and files whose values it holds, as decided
+    /// (`keep_export` decides them again for a long export). Denied when nothing at all may be
+    /// exported.
     pub fn export_subject(
         &self,
         principal: &Principal,
         ctx: &AccessContext,
         subject: &SubjectId,
-        mut emit: impl FnMut(Json) -> bool,
+        mut emit: impl FnMut(Json, &[FieldResource]) -> bool,
     ) -> Result<(), VaultError> {
         let listed = self.store.subject_records(subject.as_str())?;
         let mut records = Vec::with_capacity(listed.len());
@@ -182,22 +184,27 @@ impl Vault {
             "subject_id": subject.as_str(),
             "generated_at": self.clock.now(),
         });
-        if !emit(header) {
+        if !emit(header, &[]) {
             return Ok(());
         }
-        let mut decision_iter = decisions.iter().zip(known.iter());
+        let mut decision_iter = decisions.iter().zip(known.iter()).zip(resources.iter());
         for (rec, rows, evidence) in &records {
             let meta = record_meta(rec)?;
             let retention = self.retention.of(meta.purpose);
             let mut fields = Vec::new();
             let mut withheld = Vec::new();
             let mut granted: Vec<(Grant, &FieldRow)> = Vec::new();
+            // What the line holds values of, as decided.
+            let mut holds: Vec<FieldResource> = Vec::new();
             for row in rows {
-                let Some((d, k)) = decision_iter.next() else {
+                let Some(((d, k), r)) = decision_iter.next() else {
                     break;
                 };
                 match d.grant(&seq) {
-                    Some(g) => granted.push((g, row)),
+                    Some(g) => {
+                        granted.push((g, row));
+                        holds.push(r.clone());
+                    }
                     // Withheld, named only when the caller may know the field exists.
                     None if k.is_allow() => {
                         withheld.push(json!({"name": row.name, "reason": d.reason}));
@@ -207,11 +214,14 @@ impl Vault {
             }
             let mut granted_evidence: Vec<(Grant, &EvidenceRow)> = Vec::new();
             for ev in evidence {
-                let Some((d, k)) = decision_iter.next() else {
+                let Some(((d, k), r)) = decision_iter.next() else {
                     break;
                 };
                 match d.grant(&seq) {
-                    Some(g) => granted_evidence.push((g, ev)),
+                    Some(g) => {
+                        granted_evidence.push((g, ev));
+                        holds.push(r.clone());
+                    }
                     None if k.is_allow() => {
                         withheld.push(json!({"name": ev.name, "reason": d.reason}));
                     }
@@ -238,7 +248,7 @@ impl Vault {
                     "evidence": [],
                     "withheld": withheld,
                 });
-                if !emit(line) {
+                if !emit(line, &[]) {
                     return Ok(());
                 }
                 continue;
@@ -324,7 +334,7 @@ impl Vault {
                 "evidence": evidence_lines,
                 "withheld": withheld,
             });
-            if !emit(line) {
+            if !emit(line, &holds) {
                 return Ok(());
             }
         }
@@ -339,7 +349,7 @@ impl Vault {
                 "lifted_at": r.lifted_at,
                 "lifted_by": r.lifted_by,
             });
-            if !emit(line) {
+            if !emit(line, &[]) {
                 return Ok(());
             }
         }
@@ -377,7 +387,7 @@ impl Vault {
                 "fields": fields,
                 "fields_masked": masked,
             });
-            if !emit(line) {
+            if !emit(line, &[]) {
                 return Ok(());
             }
         }
@@ -406,7 +416,7 @@ impl Vault {
                 "disclosed_at": d.disclosed_at,
                 "automatic": d.automatic,
             });
-            if !emit(line) {
+            if !emit(line, &[]) {
                 return Ok(());
             }
         }
@@ -424,7 +434,7 @@ impl Vault {
         principal: &Principal,
         ctx: &AccessContext,
         subject: &SubjectId,
-        mut emit: impl FnMut(Json) -> bool,
+        mut emit: impl FnMut(Json, &[FieldResource]) -> bool,
     ) -> Result<(), VaultError> {
         let listed = self.store.subject_records(subject.as_str())?;
         let mut records = Vec::with_capacity(listed.len());
@@ -493,19 +503,22 @@ impl Vault {
             "subject_id": subject.as_str(),
             "generated_at": self.clock.now(),
         });
-        if !emit(header) {
+        if !emit(header, &[]) {
             return Ok(());
         }
-        let mut decision_iter = decisions.iter();
+        let mut decision_iter = decisions.iter().zip(resources.iter());
         for (rec, rows) in &records {
             let mut fields = Vec::new();
             let mut granted = Vec::new();
+            // What the line holds values of, as decided.
+            let mut holds: Vec<FieldResource> = Vec::new();
             for row in rows {
-                let Some(d) = decision_iter.next() else {
+                let Some((d, r)) = decision_iter.next() else {
                     break;
                 };
                 if let Some(grant) = d.grant(&seq) {
                     granted.push((grant, row));
+                    holds.push(r.clone());
                 }
             }
             let current = self.current_values(rec, granted.iter().map(|(_, row)| *row))?;
@@ -546,11 +559,45 @@ impl Vault {
                 "updated_at": rec.updated_at,
                 "fields": fields,
             });
-            if !emit(line) {
+            if !emit(line, &holds) {
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Whether a subject export may send its next line: the policy in force, on the subject's
+    /// facts as they are now (a mandate revoked, a restriction placed, consent withdrawn),
+    /// still lets `principal` (authenticated again by the caller) export each field and file
+    /// the line holds (`holds`, as passed to the export's `emit`). Nothing is appended while it
+    /// does; when it no longer does, the denial is appended, saying the export ended.
+    pub fn keep_export(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+        holds: &[FieldResource],
+    ) -> Result<(), VaultError> {
+        if holds.is_empty() {
+            return Ok(());
+        }
+        let decisions = self.decide(principal, Action::Export, ctx, holds)?;
+        if decisions.iter().all(Decision::is_allow) {
+            return Ok(());
+        }
+        let mut event = self.event(principal, ctx, "export", Some(subject), None);
+        event.fields = super::audit_fields(holds, &decisions);
+        event.decision = "deny".into();
+        event.reason = Some(format!(
+            "the export ended: {}",
+            super::distinct_reasons(&decisions)
+        ));
+        self.audit.append(&event)?;
+        Err(VaultError::Denied(
+            "you may no longer export this subject's data; the export ended (the reasons are \
+             on the audit trail)"
+                .into(),
+        ))
     }
 
     /// The rows of `decided` (fields of `record` without their values, as the export decided

@@ -114,8 +114,10 @@ pub(crate) fn policy_at_start(
 
 impl Vault {
     /// Where the judgements of callers stand: a number that moves whenever one may have
-    /// changed (a token's state, the token register, the policy set in force). Equal numbers
-    /// mean nothing changed in between but the clock (expiry).
+    /// changed (a token's state, the token register, the policy set in force, a subject's
+    /// holds, consent states, mandates or restrictions; on a shared store, any change taken in
+    /// from another node). Equal numbers mean nothing changed in between but the clock
+    /// (expiry, a mandate's end).
     pub fn judgements(&self) -> u64 {
         self.judgements.load(Ordering::SeqCst)
     }

@@ -830,7 +830,13 @@ impl Vault {
             let next = self.rows.anchor_of(subject, &changed);
             match write(facts.anchor.as_ref(), &next) {
                 Err(StoreError::Stale(_)) => continue,
-                other => return Ok(other?),
+                other => {
+                    let written = other?;
+                    // Long calls about the subject decide on these facts again before they
+                    // send on (`api::judge`).
+                    self.judgements_changed();
+                    return Ok(written);
+                }
             }
         }
         Err(VaultError::FailedPrecondition(format!(

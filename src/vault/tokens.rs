@@ -695,6 +695,29 @@ impl Vault {
         self.audit.append(&event)?;
         Err(VaultError::Denied(decision.reason))
     }
+
+    /// Whether a long call `actor` began under `admin` may go on (a watch or an export of the
+    /// trail, a backup being sent): the policy in force still allows it. `actor` was
+    /// authenticated again by the caller. Nothing is appended while it does; when it no longer
+    /// does, a denial under the call's own entry name (`action`) is appended, saying the call
+    /// ended, and the call must end.
+    pub fn keep_admin(
+        &self,
+        actor: &Principal,
+        admin: AdminAction,
+        action: &str,
+    ) -> Result<(), VaultError> {
+        let decision = self.policy().decide_admin(actor, admin)?;
+        if decision.is_allow() {
+            return Ok(());
+        }
+        let mut event = admin_event(actor, action, "");
+        event.policies = decision.policies.clone();
+        event.decision = "deny".into();
+        event.reason = Some(format!("the call ended: {}", decision.reason));
+        self.audit.append(&event)?;
+        Err(VaultError::Denied(decision.reason))
+    }
 }
 
 /// The audit entry of an allowed administrative action. `commit` appends it (before the action

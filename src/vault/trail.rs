@@ -133,22 +133,6 @@ impl Vault {
         Ok(AuditWatch { start, own })
     }
 
-    /// Whether a watch begun with `begin_audit_watch` may go on: the policy in force still lets
-    /// `actor` (authenticated again by the caller) read the trail. Nothing is appended while it
-    /// does; when it no longer does, the denial is appended and the watch must end.
-    pub fn keep_audit_watch(&self, actor: &Principal) -> Result<(), VaultError> {
-        let decision = self.policy().decide_admin(actor, AdminAction::ReadAudit)?;
-        if decision.is_allow() {
-            return Ok(());
-        }
-        let mut event = super::tokens::admin_event(actor, "audit-watch", "");
-        event.policies = decision.policies.clone();
-        event.decision = "deny".into();
-        event.reason = Some(format!("the watch ended: {}", decision.reason));
-        self.audit.append(&event)?;
-        Err(VaultError::Denied(decision.reason))
-    }
-
     /// Entries of the trail from `from` on, checked (`Audit::chained_entries`): for a watch
     /// begun with `begin_audit_watch`.
     pub fn audit_entries_from(

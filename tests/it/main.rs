@@ -42,6 +42,7 @@ mod policy_reload;
 mod policy_table;
 mod postgres;
 mod proto;
+mod rejudged;
 mod rights;
 mod rotation;
 mod seal;

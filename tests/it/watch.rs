@@ -733,7 +733,7 @@ async fn a_watch_ends_once_the_policy_no_longer_lets_its_caller_read_the_trail()
     assert!(
         denied["reason"]
             .as_str()
-            .is_some_and(|r| r.starts_with("the watch ended")),
+            .is_some_and(|r| r.starts_with("the call ended")),
         "{denied}"
     );
     server.stop().await;
