@@ -92,7 +92,7 @@ fn discard(vault: Arc<Vault>, key: CallerKey, upload: Upload) {
 /// A chunk being written on a blocking thread. Dropped before the write is awaited (the handler
 /// ended early), it hands the upload, once written, to a blocking thread to be discarded.
 struct WriteGuard {
-    task: Option<crate::vault::places::CallTask<Result<Upload, VaultError>>>,
+    task: Option<crate::vault::places::CallTask<Result<(Upload, Judge), VaultError>>>,
     vault: Arc<Vault>,
     key: CallerKey,
 }
@@ -102,7 +102,7 @@ impl Drop for WriteGuard {
         if let Some(task) = self.task.take() {
             let (vault, key) = (Arc::clone(&self.vault), self.key);
             tokio::spawn(async move {
-                if let Ok(Ok(upload)) = task.await {
+                if let Ok(Ok((upload, _))) = task.await {
                     discard(vault, key, upload);
                 }
             });
@@ -181,6 +181,8 @@ impl VaultRpc for VaultApi {
     ) -> Result<Response<pb::PutEvidenceResponse>, Status> {
         let creds = super::credentials(&request)?;
         let key = super::caller_key(&creds);
+        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
+        let creds = Arc::clone(judge.credentials());
         let identity = Arc::clone(&self.vault.identity);
         let mut stream = request.into_inner();
         let first = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
@@ -197,7 +199,7 @@ impl VaultRpc for VaultApi {
         };
         let vault = Arc::clone(&self.vault.vault);
         let streams = Arc::clone(&self.streams);
-        let (upload, _open) = blocking(&self.vault.vault, key, move || {
+        let (upload, _open, ctx) = blocking(&self.vault.vault, key, move || {
             let principal = identity.authenticate(&vault, &creds)?;
             // One of the caller's places among the uploads open, held while this one is.
             let open = streams
@@ -207,9 +209,13 @@ impl VaultRpc for VaultApi {
             let start = convert::evidence_start(start)?;
             vault
                 .begin_evidence(&principal, &ctx, start)
-                .map(|upload| (upload, open))
+                .map(|upload| (upload, open, ctx))
         })
         .await?;
+        // The caller is judged again while the upload runs, when a judgement is due, and
+        // always before it is stored: a revoked token, or a policy or facts that no longer let
+        // it write the file, end the upload with nothing stored.
+        let ctx = Arc::new(ctx);
         // Each chunk is guarded, hashed and sealed on a blocking thread while the client's next
         // message is read; the message after that is read only when that is done
         // (back-pressure: at most two chunks are held, and the upload's batches: `Upload`
@@ -235,14 +241,15 @@ impl VaultRpc for VaultApi {
                 })??;
             if let Some(task) = writing.task.take() {
                 // On an error the upload was dropped on the blocking thread, which discards it.
-                upload.upload = Some(
-                    task.await
-                        .map_err(|e| {
-                            tracing::error!(error = %e, "request task failed");
-                            Status::internal("internal error")
-                        })?
-                        .map_err(super::status::to_status)?,
-                );
+                let (written, judged) = task
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "request task failed");
+                        Status::internal("internal error")
+                    })?
+                    .map_err(super::status::to_status)?;
+                upload.upload = Some(written);
+                judge = judged;
             }
             match message {
                 // A call that ends without `end` is not an upload finished: a client that
@@ -276,10 +283,15 @@ impl VaultRpc for VaultApi {
                              nothing was stored. Send the file again, `end` last",
                         ));
                     }
-                    let Some(u) = upload.upload.take() else {
+                    let Some(mut u) = upload.upload.take() else {
                         return Err(Status::internal("internal error"));
                     };
-                    let receipt = blocking(&self.vault.vault, key, move || u.finish(&end)).await?;
+                    let ctx = Arc::clone(&ctx);
+                    let receipt = blocking(&self.vault.vault, key, move || {
+                        judge.judge(|_, principal| u.keep(principal, &ctx))?;
+                        u.finish(&end)
+                    })
+                    .await?;
                     return Ok(Response::new(pb::PutEvidenceResponse {
                         evidence_id: receipt.evidence_id,
                         record_id: receipt.record_id,
@@ -302,9 +314,11 @@ impl VaultRpc for VaultApi {
                     let Some(mut u) = upload.upload.take() else {
                         return Err(Status::internal("internal error"));
                     };
+                    let (mut judged, ctx) = (judge.clone(), Arc::clone(&ctx));
                     writing.task = Some(place.run(move || {
+                        judged.keep_up(|_, principal| u.keep(principal, &ctx))?;
                         u.write(&data)?;
-                        Ok(u)
+                        Ok((u, judged))
                     }));
                 }
                 Some(_) => {

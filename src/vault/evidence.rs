@@ -348,8 +348,10 @@ impl Vault {
             purpose = ctx.purpose.as_str(),
             "evidence upload started"
         );
+        let [decided] = resources;
         Ok(Upload {
             vault: Arc::clone(self),
+            decided,
             evidence_id,
             record_id: record.id,
             subject,
@@ -642,6 +644,8 @@ impl UploadEnd {
 /// An upload in progress. Dropping it before `finish` discards everything stored of it.
 pub struct Upload {
     vault: Arc<Vault>,
+    /// The file as its write was decided: decided again while the upload runs (`keep`).
+    decided: FieldResource,
     evidence_id: String,
     record_id: String,
     subject: SubjectId,
@@ -679,6 +683,34 @@ impl Upload {
     /// The evidence id the upload will have.
     pub fn evidence_id(&self) -> &str {
         &self.evidence_id
+    }
+
+    /// Whether the upload may go on: the policy in force, on the subject's facts as they are
+    /// now, still lets `principal` (authenticated again by the caller) write the file. When it
+    /// no longer does, the upload must be dropped: its entry ("not carried out") then says it
+    /// ended and why, and nothing is stored.
+    pub fn keep(&mut self, principal: &Principal, ctx: &AccessContext) -> Result<(), VaultError> {
+        let resources = std::slice::from_ref(&self.decided);
+        let decisions = self
+            .vault
+            .decide(principal, Action::Write, ctx, resources)?;
+        if decisions.iter().all(crate::policy::Decision::is_allow) {
+            return Ok(());
+        }
+        self.unfinished.fields = super::audit_fields(resources, &decisions);
+        self.unfinished.policies = decisions
+            .iter()
+            .flat_map(|d| d.policies.iter().cloned())
+            .collect();
+        self.unfinished.reason = Some(format!(
+            "not carried out: the upload ended: {}; nothing was stored",
+            super::distinct_reasons(&decisions)
+        ));
+        Err(VaultError::Denied(
+            "you may no longer write this file; the upload ended and nothing was stored (the \
+             reasons are on the audit trail)"
+                .into(),
+        ))
     }
 
     /// Takes the next bytes of the file.

@@ -394,3 +394,161 @@ async fn a_representatives_export_ends_once_the_mandate_is_revoked() {
     );
     server.stop().await;
 }
+
+/// An upload whose messages the test sends one by one: the sender, and the call's outcome.
+async fn open_upload(
+    server: &TestServer,
+    token: &str,
+    subject: &str,
+) -> (
+    tokio::sync::mpsc::Sender<pb::EvidenceChunk>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::PutEvidenceResponse>, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(1);
+    let mut client = server.client().await;
+    let token = token.to_owned();
+    let call = tokio::spawn(async move {
+        client
+            .put_evidence(req(&token, tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+    });
+    tx.send(evidence_start(
+        nuisance_ctx(),
+        subject,
+        "",
+        "clip",
+        "video/mp4",
+        "porch.mp4",
+    ))
+    .await
+    .unwrap();
+    (tx, call)
+}
+
+/// Piece `i` of 64 KiB of test file 11.
+fn piece(i: u64) -> pb::EvidenceChunk {
+    pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::Data(
+            crate::common::file_bytes(11, i << 16, 1 << 16).into(),
+        )),
+    }
+}
+
+/// Evidence rows of `subject` in the store, finished or not.
+fn stored_evidence(server: &TestServer) -> i64 {
+    rusqlite::Connection::open(server.db_path())
+        .unwrap()
+        .query_row("SELECT count(*) FROM evidence", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Waits (at most 10 s) until the upload's rows are gone from the store.
+async fn nothing_stored(server: &TestServer) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stored_evidence(server) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused upload was not discarded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An upload is judged again while it runs and always before it is stored: a token revoked
+/// mid-upload cannot finish it, whether the client then sends its `end` at once or goes on
+/// sending data; nothing is stored and the trail says the upload was not carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evidence_upload_ends_once_its_token_is_revoked() {
+    let server = TestServer::start().await;
+    for goes_on in [false, true] {
+        let officer = issue(&server, "uploading-officer", Role::NuisanceOfficer, None);
+        let (tx, call) = open_upload(&server, &secret(&officer), SCOPED_SUBJECT).await;
+        let mut sent = 0;
+        for _ in 0..8 {
+            tx.send(piece(sent)).await.unwrap();
+            sent += 1;
+        }
+        revoke(&server, &officer.id).await;
+        if goes_on {
+            // Data for a while after the revocation: refused within about a second.
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            while std::time::Instant::now() < until && tx.send(piece(sent)).await.is_ok() {
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let _ = tx.send(crate::common::evidence_end(sent << 16)).await;
+        drop(tx);
+        let status = call
+            .await
+            .unwrap()
+            .expect_err("a revoked token finished an upload");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        nothing_stored(&server).await;
+    }
+    let not_carried_out = audit_entries(&server)
+        .into_iter()
+        .filter(|e| {
+            e["action"] == "evidence-upload"
+                && e["decision"] == "deny"
+                && e["principal"] == "uploading-officer"
+        })
+        .count();
+    assert_eq!(not_carried_out, 2, "each refused upload is on the trail");
+    server.stop().await;
+}
+
+/// A policy reloaded mid-upload that forbids the write ends it with PERMISSION_DENIED, nothing
+/// stored, and the trail says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evidence_upload_ends_once_the_policy_forbids_it() {
+    use kluis::policy::DEFAULT_POLICIES;
+    let tmp = private_tempdir();
+    let policies = tmp.path().join("policies.cedar");
+    std::fs::write(&policies, DEFAULT_POLICIES).unwrap();
+    let server = TestServer::start_with_policies(vec![policies.clone()]).await;
+    let (tx, call) = open_upload(&server, server.token(Role::NuisanceOfficer), "REL-0077").await;
+    for i in 0..4 {
+        tx.send(piece(i)).await.unwrap();
+    }
+    std::fs::write(
+        &policies,
+        format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-new-nuisance-evidence\")\nforbid (principal in \
+             Kluis::Role::\"nuisance-officer\", action == Kluis::Action::\"write\", resource) \
+             when {{ resource.category == \"nuisance-evidence\" }};\n"
+        ),
+    )
+    .unwrap();
+    let reloaded = server
+        .admin()
+        .await
+        .reload_policies(req(
+            server.token(Role::PrivacyOfficer),
+            pb::ReloadPoliciesRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reloaded.changed);
+    let _ = tx.send(crate::common::evidence_end(4 << 16)).await;
+    drop(tx);
+    let status = call
+        .await
+        .unwrap()
+        .expect_err("a forbidden upload was stored");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    nothing_stored(&server).await;
+    let entry = audit_entries(&server)
+        .into_iter()
+        .rev()
+        .find(|e| e["action"] == "evidence-upload" && e["decision"] == "deny")
+        .expect("the refusal is on the trail");
+    assert!(
+        entry["reason"].as_str().is_some_and(
+            |r| r.contains("the upload ended") && r.contains("no-new-nuisance-evidence")
+        ),
+        "{entry}"
+    );
+    server.stop().await;
+}
