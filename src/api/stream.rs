@@ -145,6 +145,8 @@ pub struct Streams {
 struct Running {
     total: usize,
     per_caller: HashMap<String, usize>,
+    /// Watches per officer role (`Streams::admit_as`).
+    per_group: HashMap<String, usize>,
 }
 
 /// A server stream as a handler returns it.
@@ -199,6 +201,19 @@ impl Streams {
         kind: Long,
         caller: &PrincipalId,
     ) -> Result<Permit, Status> {
+        self.admit_as(kind, caller, None)
+    }
+
+    /// `admit`, for a caller of `group` (an officer role, for a watch of the trail): the callers
+    /// of one group together hold at most the cap in all less one caller's share, so that one
+    /// role's officers, however many principals they issue tokens to, leave the other role
+    /// room to watch.
+    pub(crate) fn admit_as(
+        self: &Arc<Self>,
+        kind: Long,
+        caller: &PrincipalId,
+        group: Option<&str>,
+    ) -> Result<Permit, Status> {
         let ((total, total_key), (per_caller, per_caller_key)) = kind.caps(&self.limits);
         let (what, then) = kind.words();
         let mut running = self.running(kind);
@@ -206,6 +221,15 @@ impl Streams {
             return Err(Status::resource_exhausted(format!(
                 "{total} {what} in all (`limits.{total_key}`); {then}"
             )));
+        }
+        if let Some(group) = group {
+            let share = total.saturating_sub(per_caller).max(per_caller);
+            if running.per_group.get(group).copied().unwrap_or(0) >= share {
+                return Err(Status::resource_exhausted(format!(
+                    "{share} {what} of {group}s: `limits.{total_key}` less one caller's share \
+                     (`limits.{per_caller_key}`), which is kept for the other role; {then}"
+                )));
+            }
         }
         let mine = running
             .per_caller
@@ -218,9 +242,13 @@ impl Streams {
         }
         *mine += 1;
         running.total += 1;
+        if let Some(group) = group {
+            *running.per_group.entry(group.to_owned()).or_insert(0) += 1;
+        }
         Ok(Permit {
             streams: Arc::clone(self),
             caller: caller.as_str().to_owned(),
+            group: group.map(str::to_owned),
             kind,
         })
     }
@@ -237,6 +265,7 @@ impl Streams {
 pub(crate) struct Permit {
     streams: Arc<Streams>,
     caller: String,
+    group: Option<String>,
     kind: Long,
 }
 
@@ -244,10 +273,21 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let mut running = self.streams.running(self.kind);
         running.total = running.total.saturating_sub(1);
-        if let Some(n) = running.per_caller.get_mut(&self.caller) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                running.per_caller.remove(&self.caller);
+        let Running {
+            per_caller,
+            per_group,
+            ..
+        } = &mut *running;
+        for (counts, key) in [
+            (per_caller, Some(&self.caller)),
+            (per_group, self.group.as_ref()),
+        ] {
+            let Some(key) = key else { continue };
+            if let Some(n) = counts.get_mut(key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(key);
+                }
             }
         }
     }
@@ -417,6 +457,35 @@ mod tests {
             assert!(refused.message().contains(&format!("`limits.{key}`")));
             assert!(refused.message().contains(kind.words().1));
         }
+    }
+
+    #[test]
+    fn one_group_leaves_the_other_a_callers_share() {
+        // 4 in all, 2 per caller: one group holds at most 2, whatever its number of callers.
+        let s = streams(4, 2);
+        let security = Some("security-officer");
+        let a = s.admit_as(Long::Watch, &caller("a"), security).unwrap();
+        let _b = s.admit_as(Long::Watch, &caller("b"), security).unwrap();
+        let refused = s.admit_as(Long::Watch, &caller("c"), security).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("kept for the other role"),
+            "{}",
+            refused.message()
+        );
+        // The other group has its share.
+        let privacy = Some("privacy-officer");
+        let _p = s.admit_as(Long::Watch, &caller("p"), privacy).unwrap();
+        let _q = s.admit_as(Long::Watch, &caller("p"), privacy).unwrap();
+        // A place given back is the group's again.
+        drop(a);
+        let _c = s.admit_as(Long::Watch, &caller("c"), security).unwrap();
+        // A cap in all no larger than one caller's share leaves each group that share.
+        let s = streams(3, 2);
+        let _a = s.admit_as(Long::Watch, &caller("a"), security).unwrap();
+        let _b = s.admit_as(Long::Watch, &caller("b"), security).unwrap();
+        assert!(s.admit_as(Long::Watch, &caller("c"), security).is_err());
+        assert!(s.admit_as(Long::Watch, &caller("p"), privacy).is_ok());
     }
 
     #[test]

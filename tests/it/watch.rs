@@ -559,6 +559,63 @@ async fn an_officer_keeps_at_most_its_share_of_watches_open() {
     next_entries(&mut again, 1).await;
 }
 
+/// One security officer cannot take every watch place by issuing tokens to principals of its
+/// own: security officers together hold at most the cap in all less one officer's share, so
+/// that the privacy officers can always watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_officers_of_one_role_leave_the_other_role_room_to_watch() {
+    use kluis::{domain::PrincipalId, vault::tokens::TokenSpec};
+    let server = TestServer::start_with_limits(kluis::config::RawLimits {
+        max_watches: Some(6),
+        max_watches_per_caller: Some(2),
+        ..kluis::config::RawLimits::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for n in 0..3 {
+        // Fillers, as the officer would issue them (no second person needed for this role).
+        let filler = server
+            .vault
+            .bootstrap_token(&TokenSpec {
+                principal: PrincipalId::parse("p", &format!("filler-{n}")).unwrap(),
+                roles: vec![Role::SecurityOfficer],
+                ttl_secs: 3600,
+                scope_subject: None,
+            })
+            .unwrap();
+        for _ in 0..2 {
+            let opened = server
+                .admin()
+                .await
+                .watch_audit(req(
+                    filler.token.expose_secret(),
+                    watch_req(None, Some(1), true),
+                ))
+                .await;
+            match (held.len(), opened) {
+                (0..4, Ok(stream)) => held.push(stream.into_inner()),
+                (0..4, Err(status)) => panic!("watch {}: {status:?}", held.len()),
+                (_, Ok(_)) => panic!("security officers took more than 6 - 2 places"),
+                (_, Err(status)) => assert_exhausted(
+                    &status,
+                    &["`limits.max_watches`", "kept for the other role"],
+                ),
+            }
+        }
+    }
+    assert_eq!(held.len(), 4);
+    // The privacy officer has its share, two places.
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut stream = watch(&server, Role::PrivacyOfficer, watch_req(None, None, true))
+            .await
+            .expect("the privacy officer's watch was refused");
+        next_entries(&mut stream, 1).await;
+        kept.push(stream);
+    }
+    server.stop().await;
+}
+
 /// Reads `stream` while entries keep being written, until it ends; returns how it ended, how
 /// long after `from` it did, and the sequence numbers it delivered meanwhile. Fails when it has
 /// not ended within 10 s.
