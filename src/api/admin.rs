@@ -97,10 +97,10 @@ impl AdminRpc for AdminApi {
         // caller is judged again while the watch runs (`judge`).
         let creds = super::credentials(&request)?;
         let key = super::caller_key(&creds);
-        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
+        let judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
         // A place among the watches open (each reads the trail after every commit), taken
         // before the watch's entry is written and held until it ends.
-        let (watch, permit) = run_long(
+        let ((watch, principal), permit) = run_long(
             &self.vault,
             &self.streams,
             Long::Watch,
@@ -116,16 +116,19 @@ impl AdminRpc for AdminApi {
                     .into());
                 }
                 let last = req.last.map_or(WATCH_LAST_DEFAULT, u64::from);
-                vault.begin_audit_watch(
-                    principal,
-                    req.after_seq,
-                    last,
-                    req.follow,
-                    &req.justification,
-                )
+                vault
+                    .begin_audit_watch(
+                        principal,
+                        req.after_seq,
+                        last,
+                        req.follow,
+                        &req.justification,
+                    )
+                    .map(|watch| (watch, principal.clone()))
             },
         )
         .await?;
+        let mut judge = judge.for_call(principal, "audit-watch", None, None);
         let (tx, stream) = self.streams.channel(WATCH_PAGE);
         let vault = Arc::clone(&self.vault.vault);
         let mut stop = self.stop.clone();
@@ -694,15 +697,20 @@ impl AdminRpc for AdminApi {
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         let creds = super::credentials(&request)?;
-        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
-        let (mut file, permit) = run_long(
+        let judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
+        let ((mut file, principal), permit) = run_long(
             &self.vault,
             &self.streams,
             Long::Export,
             request,
-            |vault, principal, req| vault.backup(principal, &req.justification),
+            |vault, principal, req| {
+                vault
+                    .backup(principal, &req.justification)
+                    .map(|file| (file, principal.clone()))
+            },
         )
         .await?;
+        let mut judge = judge.for_call(principal, "backup", None, None);
         let (tx, stream) = self.streams.channel(4);
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -1273,8 +1281,8 @@ impl AdminRpc for AdminApi {
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
         let creds = super::credentials(&request)?;
-        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
-        let ((filter, upto), permit) = run_long(
+        let judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
+        let ((filter, upto, principal), permit) = run_long(
             &self.vault,
             &self.streams,
             Long::Export,
@@ -1304,10 +1312,12 @@ impl AdminRpc for AdminApi {
                     actions: Vec::new(),
                 };
                 let upto = vault.begin_audit_export(principal, &filter, &req.justification)?;
-                Ok((filter, upto))
+                Ok((filter, upto, principal.clone()))
             },
         )
         .await?;
+        let subject = filter.subject.clone();
+        let mut judge = judge.for_call(principal, "audit-export", subject, None);
         let (tx, stream) = self.streams.channel(64);
         let vault = Arc::clone(&self.vault.vault);
         tokio::task::spawn_blocking(move || {

@@ -37,6 +37,17 @@ pub(crate) struct Judge {
     creds: Arc<Credentials>,
     judged: Instant,
     judged_at: u64,
+    /// The call's entry, for a call its caller's credentials no longer authenticate (`for_call`).
+    call: Option<Arc<Call>>,
+}
+
+/// Who made a call and what it is, as its first judgement found: what the trail says of a call
+/// ended because its caller's credentials no longer authenticate.
+struct Call {
+    principal: Principal,
+    action: &'static str,
+    subject: Option<String>,
+    target: Option<String>,
 }
 
 impl std::fmt::Debug for Judge {
@@ -59,7 +70,27 @@ impl Judge {
             vault: Arc::clone(vault),
             identity: Arc::clone(identity),
             creds: Arc::new(creds),
+            call: None,
         }
+    }
+
+    /// Names the call, once its first judgement let `principal` make it: when a later
+    /// judgement finds the credentials no longer authenticate (a token revoked or expired),
+    /// the trail gets an entry `action` of `principal` saying the call ended and why.
+    pub(crate) fn for_call(
+        mut self,
+        principal: Principal,
+        action: &'static str,
+        subject: Option<String>,
+        target: Option<String>,
+    ) -> Self {
+        self.call = Some(Arc::new(Call {
+            principal,
+            action,
+            subject,
+            target,
+        }));
+        self
     }
 
     /// The call's credentials, for its first judgement.
@@ -85,7 +116,21 @@ impl Judge {
     ) -> Result<(), VaultError> {
         // Read before the judgement: a change made while it runs has the next one due.
         let seen = self.vault.judgements();
-        let principal = self.identity.authenticate(&self.vault, &self.creds)?;
+        let principal = match self.identity.authenticate(&self.vault, &self.creds) {
+            Ok(principal) => principal,
+            Err(e) => {
+                if let Some(call) = &self.call {
+                    self.vault.record_call_ended(
+                        &call.principal,
+                        call.action,
+                        call.subject.as_deref(),
+                        call.target.as_deref(),
+                        &e,
+                    );
+                }
+                return Err(e);
+            }
+        };
         keep(&self.vault, &principal)?;
         self.judged = Instant::now();
         self.judged_at = seen;

@@ -288,7 +288,9 @@ impl VaultRpc for VaultApi {
                     };
                     let ctx = Arc::clone(&ctx);
                     let receipt = blocking(&self.vault.vault, key, move || {
-                        judge.judge(|_, principal| u.keep(principal, &ctx))?;
+                        judge
+                            .judge(|_, principal| u.keep(principal, &ctx))
+                            .map_err(|e| u.ended(e))?;
                         u.finish(&end)
                     })
                     .await?;
@@ -316,7 +318,9 @@ impl VaultRpc for VaultApi {
                     };
                     let (mut judged, ctx) = (judge.clone(), Arc::clone(&ctx));
                     writing.task = Some(place.run(move || {
-                        judged.keep_up(|_, principal| u.keep(principal, &ctx))?;
+                        judged
+                            .keep_up(|_, principal| u.keep(principal, &ctx))
+                            .map_err(|e| u.ended(e))?;
                         u.write(&data)?;
                         Ok((u, judged))
                     }));
@@ -338,34 +342,41 @@ impl VaultRpc for VaultApi {
         // caller gets a status and no byte.
         let creds = super::credentials(&request)?;
         let key = super::caller_key(&creds);
-        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
+        let judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
         let creds = Arc::clone(judge.credentials());
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
         let vault = Arc::clone(&self.vault.vault);
         let streams = Arc::clone(&self.streams);
-        let (info, download, permit, keep) = blocking(&self.vault.vault, key, move || {
-            let principal = identity.authenticate(&vault, &creds)?;
-            // One of the caller's places among the downloads being sent, held until this one
-            // ends: each holds up to two batches of opened segments while its client reads.
-            let permit = streams
-                .admit(Long::Download, &principal.id)
-                .map_err(|s| VaultError::Exhausted(s.message().to_owned()))?;
-            let ctx = convert::context(req.context, vault.channels())?;
-            let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
-            let range = req.range.map(|r| (r.offset, r.length));
-            let action = if req.export {
-                crate::policy::Action::Export
-            } else {
-                crate::policy::Action::Read
-            };
-            // What the download is judged on again while it is sent.
-            let keep = (ctx.clone(), id.as_str().to_owned(), action);
-            vault
-                .open_evidence_as(&principal, &ctx, &id, range, action)
-                .map(|(info, download)| (info, download, permit, keep))
-        })
-        .await?;
+        let (info, download, permit, keep, principal) =
+            blocking(&self.vault.vault, key, move || {
+                let principal = identity.authenticate(&vault, &creds)?;
+                // One of the caller's places among the downloads being sent, held until this one
+                // ends: each holds up to two batches of opened segments while its client reads.
+                let permit = streams
+                    .admit(Long::Download, &principal.id)
+                    .map_err(|s| VaultError::Exhausted(s.message().to_owned()))?;
+                let ctx = convert::context(req.context, vault.channels())?;
+                let id = convert::evidence_id("evidence_id", &req.evidence_id)?;
+                let range = req.range.map(|r| (r.offset, r.length));
+                let action = if req.export {
+                    crate::policy::Action::Export
+                } else {
+                    crate::policy::Action::Read
+                };
+                // What the download is judged on again while it is sent.
+                let keep = (ctx.clone(), id.as_str().to_owned(), action);
+                vault
+                    .open_evidence_as(&principal, &ctx, &id, range, action)
+                    .map(|(info, download)| (info, download, permit, keep, principal))
+            })
+            .await?;
+        let entry = if keep.2 == crate::policy::Action::Export {
+            "evidence-export"
+        } else {
+            "evidence-read"
+        };
+        let mut judge = judge.for_call(principal, entry, None, Some(keep.1.clone()));
         let (tx, stream) = self.streams.channel(4);
         let vault = Arc::clone(&self.vault.vault);
         tokio::spawn(async move {
@@ -439,7 +450,7 @@ impl VaultRpc for VaultApi {
     ) -> Result<Response<Self::ExportSubjectStream>, Status> {
         let creds = super::credentials(&request)?;
         let key = super::caller_key(&creds);
-        let mut judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
+        let judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
         let creds = Arc::clone(judge.credentials());
         let identity = Arc::clone(&self.vault.identity);
         let req = request.into_inner();
@@ -452,6 +463,12 @@ impl VaultRpc for VaultApi {
         })
         .await?;
         let permit = self.streams.admit(Long::Export, &principal.id)?;
+        let mut judge = judge.for_call(
+            principal.clone(),
+            "export",
+            Some(subject.as_str().to_owned()),
+            None,
+        );
         // A line is a whole record (up to twice `limits.max_record_bytes` as JSON): two wait
         // for the client at most.
         let (tx, stream) = self.streams.channel(2);

@@ -548,11 +548,11 @@ impl Vault {
             super::distinct_reasons(&decisions)
         ));
         self.audit.append(&event)?;
-        Err(VaultError::Denied(
-            "you may no longer read this evidence; the download ended (the reasons are on the \
-             audit trail)"
-                .into(),
-        ))
+        Err(VaultError::Denied(format!(
+            "you may no longer {} this evidence; the download ended (the reasons are on the \
+             audit trail)",
+            action.as_str()
+        )))
     }
 
     /// A finished evidence file and its record as stored, both checked.
@@ -711,6 +711,17 @@ impl Upload {
              reasons are on the audit trail)"
                 .into(),
         ))
+    }
+
+    /// `e`, after which the upload is dropped: unless `keep` said why already, its entry ("not
+    /// carried out") says the upload ended on `e` (a token revoked or expired).
+    pub fn ended(&mut self, e: VaultError) -> VaultError {
+        if !matches!(e, VaultError::Denied(_)) {
+            self.unfinished.reason = Some(format!(
+                "not carried out: the upload ended: {e}; nothing was stored"
+            ));
+        }
+        e
     }
 
     /// Takes the next bytes of the file.

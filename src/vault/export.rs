@@ -613,8 +613,15 @@ impl Vault {
         if decided.is_empty() {
             return Ok(Vec::new());
         }
+        // A record gone since the decision was erased or deleted meanwhile: nothing more of
+        // the subject is sent (not even the names of its fields), as a download of a file
+        // erased meanwhile ends.
         let Some((now, rows)) = self.store.record(&record.id)? else {
-            return Ok(vec![None; decided.len()]);
+            return Err(VaultError::NotFound(format!(
+                "record `{}` was erased or deleted while this export ran; nothing more was sent. \
+                 Request the export again",
+                record.id
+            )));
         };
         self.rows.check(&now)?;
         self.rows.check_fields(&now, &rows)?;

@@ -696,6 +696,28 @@ impl Vault {
         Err(VaultError::Denied(decision.reason))
     }
 
+    /// Records that a long call of `actor` (its entry `action`, about `subject` and `target`)
+    /// ended because its credentials no longer authenticate (`why`: a token revoked or
+    /// expired): the call's own entry said what it would send, this one that it was cut off.
+    /// A failure to append is logged; the call ends either way.
+    pub fn record_call_ended(
+        &self,
+        actor: &Principal,
+        action: &str,
+        subject: Option<&str>,
+        target: Option<&str>,
+        why: &VaultError,
+    ) {
+        let mut event = admin_event(actor, action, "");
+        event.subject = subject.map(str::to_owned);
+        event.target = target.map(str::to_owned);
+        event.decision = "deny".into();
+        event.reason = Some(format!("the call ended: {why}"));
+        if let Err(e) = self.audit.append(&event) {
+            tracing::warn!(error = %e, action, "could not record a long call that was cut off");
+        }
+    }
+
     /// Whether a long call `actor` began under `admin` may go on (a watch or an export of the
     /// trail, a backup being sent): the policy in force still allows it. `actor` was
     /// authenticated again by the caller. Nothing is appended while it does; when it no longer

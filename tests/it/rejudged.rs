@@ -81,6 +81,22 @@ async fn rest<T>(stream: &mut Streaming<T>) -> (usize, tonic::Status) {
     (n, ended)
 }
 
+/// The entry that says a call of `principal` (entry `action`) was cut off when its token was
+/// revoked.
+fn cut_off(server: &TestServer, action: &str, principal: &str) -> serde_json::Value {
+    let entry = audit_entries(server)
+        .into_iter()
+        .find(|e| e["action"] == action && e["decision"] == "deny" && e["principal"] == principal)
+        .unwrap_or_else(|| panic!("no entry says the {action} of {principal} was cut off"));
+    assert!(
+        entry["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("the call ended") && r.contains("revoked")),
+        "{entry}"
+    );
+    entry
+}
+
 /// A file of 12 MiB for `SCOPED_SUBJECT`, uploaded by the nuisance officer: larger than what
 /// a download or a backup holds ahead of a client (a few MiB).
 async fn large_file(server: &TestServer) -> pb::PutEvidenceResponse {
@@ -148,6 +164,8 @@ async fn an_evidence_download_ends_once_its_token_is_revoked() {
         more < PIECES / 2,
         "{more} of {PIECES} pieces after the revocation"
     );
+    let entry = cut_off(&server, "evidence-read", "downloading-officer");
+    assert_eq!(entry["target"], file.evidence_id.as_str());
     server.stop().await;
 }
 
@@ -235,6 +253,7 @@ async fn a_backup_ends_once_its_token_is_revoked() {
         "{} of {size} bytes sent",
         (more + 1) << 20
     );
+    cut_off(&server, "backup", "backing-up-officer");
     server.stop().await;
 }
 
@@ -279,6 +298,7 @@ async fn an_audit_export_ends_once_its_token_is_revoked() {
         more < 1_200,
         "{more} of about 2,400 entries after the revocation"
     );
+    cut_off(&server, "audit-export", "exporting-officer");
     server.stop().await;
 }
 
@@ -337,6 +357,8 @@ async fn a_subject_export_ends_once_its_token_is_revoked() {
     let (more, status) = rest(&mut stream).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(more < 20, "{more} of 40 records after the revocation");
+    let entry = cut_off(&server, "export", "exporting-privacy-officer");
+    assert_eq!(entry["subject"], SCOPED_SUBJECT);
     server.stop().await;
 }
 
@@ -486,15 +508,27 @@ async fn an_evidence_upload_ends_once_its_token_is_revoked() {
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
         nothing_stored(&server).await;
     }
-    let not_carried_out = audit_entries(&server)
+    let not_carried_out: Vec<_> = audit_entries(&server)
         .into_iter()
         .filter(|e| {
             e["action"] == "evidence-upload"
                 && e["decision"] == "deny"
                 && e["principal"] == "uploading-officer"
         })
-        .count();
-    assert_eq!(not_carried_out, 2, "each refused upload is on the trail");
+        .collect();
+    assert_eq!(
+        not_carried_out.len(),
+        2,
+        "each refused upload is on the trail"
+    );
+    for entry in not_carried_out {
+        assert!(
+            entry["reason"].as_str().is_some_and(|r| r
+                .starts_with("not carried out: the upload ended")
+                && r.contains("revoked")),
+            "{entry}"
+        );
+    }
     server.stop().await;
 }
 
@@ -550,5 +584,48 @@ async fn an_evidence_upload_ends_once_the_policy_forbids_it() {
         ),
         "{entry}"
     );
+    server.stop().await;
+}
+
+/// A subject erased while an export of it runs ends the export with NOT_FOUND, as a download of
+/// an erased file ends: no line about the erased records (their ids, the names of their
+/// fields) goes out after the erasure, and the export never ends as if complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_export_ends_once_the_subject_is_erased() {
+    let server = TestServer::start().await;
+    large_records(&server, 40).await;
+    let mut stream = open_export(&server, server.token(Role::PrivacyOfficer)).await;
+    let erased = server
+        .admin()
+        .await
+        .erase_subject(req(
+            server.token(Role::PrivacyOfficer),
+            pb::EraseSubjectRequest {
+                subject_id: SCOPED_SUBJECT.into(),
+                justification: "ER-2026-7".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(erased.kept.is_empty(), "{erased:?}");
+    let mut after = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(line)) => {
+                after += 1;
+                assert!(
+                    !line.json.contains("changed while this export ran"),
+                    "a line about an erased record went out: {}",
+                    &line.json[..line.json.len().min(200)]
+                );
+            }
+            Ok(None) => panic!("the export ended as if complete after the erasure"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("erased"), "{status:?}");
+    assert!(after < 20, "{after} of 40 records after the erasure");
     server.stop().await;
 }

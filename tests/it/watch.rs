@@ -711,6 +711,18 @@ async fn a_watch_ends_once_its_token_is_revoked_or_has_expired() {
         delivered.iter().all(|&seq| seq <= revoked_at),
         "entries after the revocation ({revoked_at}) went out: {delivered:?}"
     );
+    // The trail says the watch was cut off, and why.
+    assert!(
+        audit_entries(&server)
+            .iter()
+            .any(|e| e["action"] == "audit-watch"
+                && e["decision"] == "deny"
+                && e["principal"] == "watcher-revoked"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("the call ended"))),
+        "no entry says the watch was cut off"
+    );
 
     // Expired: a token of a few seconds.
     let expiring = issue("watcher-expiring", 3);
