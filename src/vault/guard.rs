@@ -23,7 +23,10 @@
 //!   whole row (`1 1 1 2 2 2 3 3 3`);
 //! - eight digits that pass the eleven-test with a leading zero put back (a BSN that lost its
 //!   zero in a spreadsheet), when they stand alone as one run and are not a date
-//!   (`ddmmyyyy`, `yyyymmdd`), or in any grouping after a BSN label (`bsn: 1234 5672`).
+//!   (`ddmmyyyy`, `yyyymmdd`), or in any grouping after a BSN label (`bsn: 1234 5672`);
+//! - after a BSN label, nine digits in a row passing the eleven-test among the digits within
+//!   [`LABEL_REACH`] units, whatever stands between them (`labelled_bsn`: `bsn nr123456782`,
+//!   `BSN € 123 456 782`, `BSN: l23456782`); a Latin word ends the label's reach.
 //!
 //! Latin letters touching the digits make them part of a code, not a number (`X111222333`, an
 //! IBAN's `ABNA0417164300`), except letters that say "BSN" (`BSN111222333`,
@@ -325,6 +328,27 @@ impl Finding {
 fn check_units(u: &[Unit]) -> Result<(), Finding> {
     if find_bsns(u, |_, _| true) {
         return Err(Finding::Bsn);
+    }
+    // Text with numeric character references is read once more with those that stand for a
+    // digit put back as it (`123&#52;56782`: markup shows the BSN).
+    if u.windows(2).any(|w| w == [Unit(b'&'), Unit(b'#')]) {
+        let mut decoded = Vec::with_capacity(u.len());
+        let mut i = 0;
+        while let Some(&x) = u.get(i) {
+            match reference_digit(u, i).filter(|_| x.0 == b'&') {
+                Some((d, next)) => {
+                    decoded.push(Unit(b'0' + d));
+                    i = next;
+                }
+                None => {
+                    decoded.push(x);
+                    i += 1;
+                }
+            }
+        }
+        if find_bsns(&decoded, |_, _| true) {
+            return Err(Finding::Bsn);
+        }
     }
     if matches!(scan_mrz(u, &mut Zeroizing::new(Vec::new())), MrzScan::Found) {
         return Err(Finding::Mrz);
@@ -1038,6 +1062,177 @@ fn reference_end(u: &[Unit], i: usize) -> Option<usize> {
     None
 }
 
+/// The digit a numeric character reference (`&#52;`, `&#x34;`) starting at `i` stands for, and
+/// the unit after it.
+fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize)> {
+    let end = reference_end(u, i)?;
+    if u.get(i + 1) != Some(&Unit(b'#')) {
+        return None;
+    }
+    let hex = u.get(i + 2) == Some(&Unit(b'x'));
+    let body = u.get(i + 2 + usize::from(hex)..end - 1)?;
+    let mut value: u32 = 0;
+    for x in body {
+        let d = char::from(x.0).to_digit(if hex { 16 } else { 10 })?;
+        value = value
+            .checked_mul(if hex { 16 } else { 10 })?
+            .checked_add(d)?;
+    }
+    let c = char::from_u32(value)?;
+    let d = c.to_digit(10).filter(|_| c.is_ascii_digit())?;
+    Some((u8::try_from(d).ok()?, end))
+}
+
+/// Units after the end of a BSN label in which its number is read whatever stands between the
+/// digits (`labelled_bsn`).
+const LABEL_REACH: usize = 48;
+
+/// Words that may stand between a BSN label and its number: `bsn nr 111222333`, `BSN no.`,
+/// `bsn is`, and `l`, `i` and `o` written for `1` and `0`.
+fn label_filler(word: &[Unit]) -> bool {
+    const FILLERS: [&[u8]; 8] = [
+        b"nr", b"no", b"num", b"nummer", b"number", b"is", b"l", b"i",
+    ];
+    FILLERS
+        .iter()
+        .chain(std::iter::once(&&b"o"[..]))
+        .any(|f| word.iter().map(|x| x.0).eq(f.iter().copied()))
+}
+
+/// The end of the BSN label that the row of numbers starting at `i` stands after, with nothing
+/// between but separators, digits and [`label_filler`] words, within [`LABEL_REACH`] units.
+fn label_before(u: &[Unit], i: usize) -> Option<usize> {
+    let mut j = i;
+    while i - j < LABEL_REACH {
+        let x = *u.get(j.checked_sub(1)?)?;
+        if x.binds() {
+            let word = word_before(u, j);
+            if word.marker == Some(Marker::Bsn) {
+                return Some(j);
+            }
+            if !label_filler(u.get(word.start..j)?) {
+                return None;
+            }
+            j = word.start;
+        } else if x == Unit::BREAK {
+            return None;
+        } else {
+            j -= 1;
+        }
+    }
+    None
+}
+
+/// The end of a date (`d-m-yyyy`, `yyyy-mm-dd`, with one and the same dash, slash or dot) or a
+/// time (`9:30`, `12:30:45`) whose first digit is at `j`: what a labelled number is often
+/// written beside, and never part of it. The year is its first four digits, also when more
+/// digits are glued to it.
+fn date_or_time_at(u: &[Unit], j: usize) -> Option<usize> {
+    // Up to `max` digits from `p` (at least `min`), their value and the unit after them.
+    let run = |p: usize, min: usize, max: usize| -> Option<(u32, usize)> {
+        let mut k = p;
+        let mut value = 0u32;
+        while k - p < max
+            && let Some(d) = u.get(k).and_then(|x| x.digit())
+        {
+            value = value * 10 + u32::from(d);
+            k += 1;
+        }
+        (k - p >= min).then_some((value, k))
+    };
+    let (a, after_a) = run(j, 1, 4)?;
+    let sep = *u.get(after_a)?;
+    if sep == Unit(b':') && after_a - j <= 2 {
+        let (minutes, k) = run(after_a + 1, 2, 2)?;
+        if a > 24 || minutes > 59 || u.get(k).is_some_and(Unit::is_digit) {
+            return None;
+        }
+        return Some(match (u.get(k), run(k + 1, 2, 2)) {
+            (Some(&Unit(b':')), Some((seconds, end))) if seconds <= 59 => end,
+            _ => k,
+        });
+    }
+    if sep != Unit::JOINER && sep != Unit::DOT {
+        return None;
+    }
+    let (b, after_b) = run(after_a + 1, 1, 2)?;
+    if u.get(after_b) != Some(&sep) {
+        return None;
+    }
+    if after_a - j == 4 {
+        let (c, end) = run(after_b + 1, 2, 2)?;
+        return is_date(c, b, a).then_some(end);
+    }
+    let (c, end) = run(after_b + 1, 4, 4)?;
+    (after_a - j <= 2 && (is_date(a, b, c) || is_date(b, a, c))).then_some(end)
+}
+
+/// Whether the number after a BSN label ending at `from` holds a BSN, read as a person reads
+/// a labelled number: every digit within [`LABEL_REACH`] units counts, whatever stands between
+/// (separators of any length, `+`, a currency sign, a decimal mark, a date before it, `nr`),
+/// `l` and `i` read as `1` and `o` as `0`, a numeric character reference as its digit; a
+/// Latin word that is no [`label_filler`], or a break, ends it; a date or a time beside it is
+/// passed over. Any nine digits in a row of those passing the eleven-test are a BSN (eight
+/// with the leading zero left off are the rows' rule, `row_has_bsn`).
+fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) -> bool) -> bool {
+    let mut digits: Vec<(u8, usize, usize)> = Vec::with_capacity(LABEL_REACH);
+    let end = (from + LABEL_REACH).min(u.len());
+    let mut j = from;
+    while j < end {
+        let Some(&x) = u.get(j) else { break };
+        if let Some(d) = x.digit() {
+            // A date or a time beside the number is no part of it.
+            match date_or_time_at(u, j)
+                .filter(|_| j == 0 || !u.get(j - 1).is_some_and(Unit::is_digit))
+            {
+                Some(next) => j = next,
+                None => {
+                    digits.push((d, j, j + 1));
+                    j += 1;
+                }
+            }
+        } else if x.binds() {
+            let mut k = j;
+            while u.get(k).is_some_and(Unit::binds) {
+                k += 1;
+            }
+            let word = u.get(j..k).unwrap_or_default();
+            if !label_filler(word) {
+                break;
+            }
+            match word {
+                [Unit(b'l' | b'i')] => digits.push((1, j, k)),
+                [Unit(b'o')] => digits.push((0, j, k)),
+                _ => {}
+            }
+            j = k;
+        } else if x == Unit::BREAK {
+            break;
+        } else if x.0 == b'&' {
+            match reference_digit(u, j) {
+                Some((d, next)) => {
+                    digits.push((d, j, next));
+                    j = next;
+                }
+                None => j = reference_end(u, j).unwrap_or(j + 1),
+            }
+        } else {
+            j += 1;
+        }
+    }
+    let values: Vec<u8> = digits.iter().map(|&(d, _, _)| d).collect();
+    let nines = values.windows(9).zip(digits.windows(9));
+    for (w, at) in nines {
+        if let (Some(first), Some(last)) = (at.first(), at.last())
+            && eleven_test(w)
+            && found(first.1, last.2)
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Units after a row that must be there before it is read: its next group, or what ends it,
 /// is never further (four separators that are each a tag of [`MAX_TAG`] units, and the `B01`
 /// of an old VAT number).
@@ -1104,6 +1299,12 @@ fn scan_bsns(
             }
         }
         let row_start = i;
+        // After a BSN label its number is read as a person reads it (`labelled_bsn`).
+        if let Some(label_end) = label_before(u, i)
+            && labelled_bsn(u, label_end, found)
+        {
+            return BsnScan::Found;
+        }
         groups.clear();
         loop {
             let g = numeral(u, i);
@@ -3774,6 +3975,64 @@ mod tests {
         for code in ["X111222333", "111222333X", "111o222o333", "REL111222333x"] {
             assert!(!contains_bsn(code), "taken for a BSN: {code:?}");
         }
+    }
+
+    /// After a BSN label its number is read as a person reads it: separators of any length, a
+    /// currency sign, `+`, a decimal mark, `nr` glued on, `l` for `1`, a date written before
+    /// it, a character reference for a digit. Without the label the same spellings are a code,
+    /// an amount or a phone number, and pass; a Latin word after the label ends its reach.
+    #[test]
+    fn a_labelled_number_is_read_whatever_stands_between_its_digits() {
+        for (labelled, unlabelled) in [
+            ("bsn nr123456782", "nr123456782"),
+            ("bsn no123456782", "no123456782"),
+            ("burgerservicenummer nr111222333", "nr111222333"),
+            ("BSN \u{20AC} 123456782", "\u{20AC} 123456782"),
+            ("bsn +123456782", "+123456782"),
+            ("BSN: +31 123456782", "+31 123456782"),
+            ("bsn 123456782,5", "123456782,5"),
+            ("BSN 123456782,00", "123456782,00"),
+            ("bsn 123.456.782,00", "123.456.782,00"),
+            (
+                "BSN 123\u{A0}\u{A0}\u{A0}\u{A0}\u{A0}456782",
+                "123\u{A0}\u{A0}\u{A0}\u{A0}\u{A0}456782",
+            ),
+            ("bsn 123_____456_____782", "123_____456_____782"),
+            ("BSN: l23456782", "l23456782"),
+            ("BSN: I23456782", "I23456782"),
+            ("BSN 12-03-2024123456782", "12-03-2024123456782"),
+            ("bsn 123&#52;56782", "123&#52;56782"),
+            (
+                "sofinummer: 111 -- -- 222 -- -- 333",
+                "111 -- -- 222 -- -- 333",
+            ),
+        ] {
+            assert!(contains_bsn(labelled), "not taken for a BSN: {labelled:?}");
+            assert!(!contains_bsn(unlabelled), "taken for a BSN: {unlabelled:?}");
+            for (how, data) in embeddings(labelled) {
+                assert!(
+                    check_binary("f", &data).is_err(),
+                    "{labelled:?} as {how} accepted"
+                );
+            }
+        }
+        for text in [
+            "BSN onbekend, bel +31 6 12345678",
+            "BSN-controle 12-03-2024 9:30 akkoord",
+            "bsn gecontroleerd op 12-03-2024",
+            "BSN zie nr123456782",
+            "BSN onbekend; bedrag \u{20AC} 123456782",
+        ] {
+            assert!(!contains_bsn(text), "taken for a BSN: {text:?}");
+        }
+        // A character reference for a digit is read as it, label or not, in text.
+        for text in [
+            "123&#52;56782",
+            "&#49;&#50;&#51;&#52;&#53;&#54;&#55;&#56;&#50;",
+        ] {
+            assert!(check_text("f", text).is_err(), "{text:?} accepted");
+        }
+        assert!(check_text("f", "123&#53;56782").is_ok(), "not a BSN");
     }
 
     /// Text in UTF-16 that runs straight into data that is not text: whatever unit the next

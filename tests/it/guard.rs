@@ -737,6 +737,15 @@ async fn a_bsn_or_mrz_in_any_spelling_is_refused_wherever_it_is_kept_in_clear() 
         "111 I 222 I 333",
         "BSN: 111222333X",
         "NL111222333B01\u{0416}",
+        // After a label the number is read whatever stands between its digits.
+        "bsn nr111222333",
+        "BSN \u{20AC} 111222333",
+        "BSN: +31 111222333",
+        "bsn 111.222.333,00",
+        "BSN 111\u{A0}\u{A0}\u{A0}\u{A0}\u{A0}222333",
+        "BSN: l23456782",
+        "BSN 12-03-2024111222333",
+        "bsn 111&#50;22333",
         mrz_one_line,
         "I<NLDSPECI20212999999990<<<<<<6503101F2403096NLD<<<<<<<<<<<8",
     ];
