@@ -1101,19 +1101,30 @@ fn label_filler(word: &[Unit]) -> bool {
 
 /// The end of the BSN label that the row of numbers starting at `i` stands after, with nothing
 /// between but separators, digits and [`label_filler`] words, within [`LABEL_REACH`] units.
+#[inline(never)]
 fn label_before(u: &[Unit], i: usize) -> Option<usize> {
     let mut j = i;
     while i - j < LABEL_REACH {
         let x = *u.get(j.checked_sub(1)?)?;
         if x.binds() {
-            let word = word_before(u, j);
-            if word.marker == Some(Marker::Bsn) {
-                return Some(j);
+            let mut start = j - 1;
+            while start > 0 && u.get(start - 1).is_some_and(Unit::binds) {
+                start -= 1;
             }
-            if !label_filler(u.get(word.start..j)?) {
+            let run = u.get(start..j)?;
+            if label_filler(run) {
+                j = start;
+                continue;
+            }
+            // Only a word with a `b` in it, or starting with `s`, or joined to the one before
+            // (`bsn-nummer`), can say BSN: most rows have another word before them.
+            let joined = start >= 2
+                && u.get(start - 1) == Some(&Unit::JOINER)
+                && u.get(start - 2).is_some_and(Unit::binds);
+            if !joined && run.first() != Some(&Unit(b's')) && !run.contains(&Unit(b'b')) {
                 return None;
             }
-            j = word.start;
+            return (word_before(u, j).marker == Some(Marker::Bsn)).then_some(j);
         } else if x == Unit::BREAK {
             return None;
         } else {
@@ -1174,6 +1185,7 @@ fn date_or_time_at(u: &[Unit], j: usize) -> Option<usize> {
 /// Latin word that is no [`label_filler`], or a break, ends it; a date or a time beside it is
 /// passed over. Any nine digits in a row of those passing the eleven-test are a BSN (eight
 /// with the leading zero left off are the rows' rule, `row_has_bsn`).
+#[inline(never)]
 fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) -> bool) -> bool {
     let mut digits: Vec<(u8, usize, usize)> = Vec::with_capacity(LABEL_REACH);
     let end = (from + LABEL_REACH).min(u.len());
