@@ -77,6 +77,12 @@ pub fn new_fields(
                     let t = Zeroizing::new(t);
                     check_size(i, "text", t.len(), limits)?;
                     guard::check_text(&format!("fields[{i}].text"), &t)?;
+                    // A field named for a BSN holds one when its value reads as the number
+                    // after a BSN label (`bsn` with `l23456782`, `€ 123456782`).
+                    if guard::names_a_bsn(name.as_str()) {
+                        let labelled = Zeroizing::new(format!("bsn {}", t.as_str()));
+                        guard::check_text(&format!("fields[{i}].text"), &labelled)?;
+                    }
                     Value::Text(t)
                 }
                 Some(pb::field_value::Value::Binary(b)) => {

@@ -1,7 +1,7 @@
 //! Long calls judged again while they run: a watch of the trail, an export of the trail or of
-//! a subject, a backup, an evidence download. Such a call is judged once when it starts, but
-//! may send for minutes; a token revoked or expired, a policy reloaded, a mandate revoked or a
-//! restriction placed meanwhile must end it, not wait for it to finish.
+//! a subject, a backup, an evidence download or upload. Such a call is judged once when it
+//! starts, but may run for minutes; a token revoked or expired, a policy reloaded, a mandate
+//! revoked or a restriction placed meanwhile must end it, not wait for it to finish.
 //!
 //! A `Judge` holds the call's credentials. Before the call sends more, it asks whether a
 //! judgement is due (`Judge::due`): a change that may judge callers otherwise was made on this

@@ -178,6 +178,18 @@ pub fn contains_bsn(text: &str) -> bool {
     find_bsns(&units(text), |_, _| true)
 }
 
+/// Whether `name` (a field's name) says its value is a BSN: it holds a BSN label
+/// (`bsn`, `bsn_nummer`, `burgerservicenummer`, `sofinummer`). Such a value is read as the
+/// number after a label (`check_text` of `bsn ` and the value).
+pub fn names_a_bsn(name: &str) -> bool {
+    let u = units(name);
+    (1..=u.len()).any(|j| {
+        u.get(j - 1).is_some_and(Unit::binds)
+            && !u.get(j).is_some_and(Unit::binds)
+            && word_before(&u, j).marker == Some(Marker::Bsn)
+    })
+}
+
 /// True when `text` holds part of an ICAO 9303 machine-readable zone: the data line of a
 /// passport (TD3) or TD2 card with its three check digits, the data line of an ID card (TD1)
 /// with its two check digits, the first line of an ID card with the check digit of its
@@ -844,7 +856,7 @@ fn word_before(u: &[Unit], end: usize) -> Word {
     let marker = if reads(last, b"nl") {
         Some(Marker::Nl)
     } else if contains(b"bsn")
-        || contains(b"burgerservicenummer")
+        || contains(b"burgerservice")
         || (backwards.len() >= 4 && reads(backwards.get(n - 4..).unwrap_or_default(), b"sofi"))
     {
         Some(Marker::Bsn)
@@ -1085,18 +1097,64 @@ fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize)> {
 
 /// Units after the end of a BSN label in which its number is read whatever stands between the
 /// digits (`labelled_bsn`).
-const LABEL_REACH: usize = 48;
+const LABEL_REACH: usize = 96;
 
 /// Words that may stand between a BSN label and its number: `bsn nr 111222333`, `BSN no.`,
-/// `bsn is`, and `l`, `i` and `o` written for `1` and `0`.
+/// `BSN n°`, `bsn nmr`, `bsn is`, `BSN's`, whose number it is (`BSN huurder:`, `partner`,
+/// `klant`, `aanvrager` …), and `l`, `i` and `o` written for `1` and `0`.
 fn label_filler(word: &[Unit]) -> bool {
-    const FILLERS: [&[u8]; 8] = [
-        b"nr", b"no", b"num", b"nummer", b"number", b"is", b"l", b"i",
-    ];
-    FILLERS
+    // By length first: this runs for the word before every row of numbers.
+    let candidates: &[&[u8]] = match word.len() {
+        1 => &[b"n", b"s", b"l", b"i", b"o", b"e"],
+        2 => &[b"nr", b"no", b"nm", b"is"],
+        3 => &[b"num", b"nmr"],
+        5 => &[b"klant"],
+        6 => &[b"nummer", b"number"],
+        7 => &[b"huurder", b"partner"],
+        8 => &[b"namelijk"],
+        9 => &[b"aanvrager"],
+        11 => &[b"medehuurder"],
+        12 => &[b"hoofdhuurder"],
+        _ => return false,
+    };
+    candidates
         .iter()
-        .chain(std::iter::once(&&b"o"[..]))
         .any(|f| word.iter().map(|x| x.0).eq(f.iter().copied()))
+}
+
+/// Whether the letters `run` ending at `j` close a BSN label spelt in parts: `b.s.n.`,
+/// `b s n`, `burger service nummer`, `citizen service number`; the label's end.
+fn label_in_parts(u: &[Unit], run: &[Unit], j: usize) -> Option<usize> {
+    // The previous word before `start` with at most two separators between, and its start.
+    let word_before_gap = |start: usize| -> Option<(usize, usize)> {
+        let mut k = start;
+        while start - k < 3 && k > 0 && u.get(k - 1).is_some_and(Unit::is_separator) {
+            k -= 1;
+        }
+        let end = k;
+        while k > 0 && u.get(k - 1).is_some_and(Unit::binds) {
+            k -= 1;
+        }
+        (k < end && end < start).then_some((k, end))
+    };
+    let is = |range: (usize, usize), word: &[u8]| {
+        u.get(range.0..range.1)
+            .is_some_and(|w| w.iter().map(|x| x.0).eq(word.iter().copied()))
+    };
+    let start = j - run.len();
+    let word = |w: &[u8]| run.iter().map(|x| x.0).eq(w.iter().copied());
+    if word(b"n") {
+        let s = word_before_gap(start)?;
+        let b = word_before_gap(s.0)?;
+        return (is(s, b"s") && is(b, b"b")).then_some(j);
+    }
+    if word(b"nummer") || word(b"number") || word(b"nr") {
+        let service = word_before_gap(start)?;
+        let who = word_before_gap(service.0)?;
+        return (is(service, b"service") && (is(who, b"burger") || is(who, b"citizen")))
+            .then_some(j);
+    }
+    None
 }
 
 /// The end of the BSN label that the row of numbers starting at `i` stands after, with nothing
@@ -1113,6 +1171,9 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
             }
             let run = u.get(start..j)?;
             if label_filler(run) {
+                if let Some(end) = label_in_parts(u, run, j) {
+                    return Some(end);
+                }
                 j = start;
                 continue;
             }
@@ -1127,6 +1188,22 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
             return (word_before(u, j).marker == Some(Marker::Bsn)).then_some(j);
         } else if x == Unit::BREAK {
             return None;
+        } else if x == Unit(b'>') || x == Unit(b';') {
+            // A markup tag or a character reference between (`<td>`, `&nbsp;`) separates.
+            let open = if x == Unit(b'>') { b'<' } else { b'&' };
+            let back = j.saturating_sub(MAX_TAG + 2);
+            let from = (back..j - 1).rev().find(|&k| u.get(k) == Some(&Unit(open)));
+            let end_at = |k: usize| {
+                if open == b'<' {
+                    markup_end(u, k)
+                } else {
+                    reference_end(u, k)
+                }
+            };
+            match from.filter(|&k| end_at(k) == Some(j)) {
+                Some(k) => j = k,
+                None => j -= 1,
+            }
         } else {
             j -= 1;
         }
@@ -1220,6 +1297,8 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
             j = k;
         } else if x == Unit::BREAK {
             break;
+        } else if x.0 == b'<' {
+            j = markup_end(u, j).unwrap_or(j + 1);
         } else if x.0 == b'&' {
             match reference_digit(u, j) {
                 Some((d, next)) => {
@@ -1251,7 +1330,9 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
 const RIGHT_CONTEXT: usize = 512;
 /// Units before a row that must be there when it is read: the separators and the label that
 /// `left_edge` and `word_before` look at.
-const LEFT_CONTEXT: usize = 64;
+const LEFT_CONTEXT: usize = 128;
+// A row's BSN label stands within its left context, so a label is seen in every pass.
+const _: () = assert!(LABEL_REACH <= LEFT_CONTEXT);
 /// A row whose start lies this far back is long and is read in overlapping parts. Nine digits
 /// in any grouping span fewer units (`RIGHT_CONTEXT` per joint at most), so a long row has more
 /// than nine digits and is never a BSN as a whole.
@@ -4045,6 +4126,60 @@ mod tests {
             assert!(check_text("f", text).is_err(), "{text:?} accepted");
         }
         assert!(check_text("f", "123&#53;56782").is_ok(), "not a BSN");
+    }
+
+    /// The label spelt in parts or followed by who the number is of, markup or a character
+    /// reference between the label and its number, and a field named for a BSN: the number is
+    /// still read as a labelled one. Their twins without a BSN label pass.
+    #[test]
+    fn a_label_in_parts_or_markup_does_not_hide_its_number() {
+        for text in [
+            "B.S.N. l23456782",
+            "b.s.n.: 12 34567 82 / 15",
+            "b s n 12 34567 82 / 15",
+            "BSN n\u{00B0} 12 34567 82 / 15",
+            "BSN n\u{00BA} l23456782",
+            "BSN nmr. 12 34567 82 / 15",
+            "BSN's: l23456782",
+            "burger service nummer: 12 34567 82 / 15",
+            "Citizen Service Number: l23456782",
+            "burgerservicenr. 12 34567 82 / 15",
+            "BSN huurder: \u{20AC} 123456782",
+            "BSN hoofdhuurder: +31 123456782",
+            "<th>BSN</th><td>l23456782</td>",
+            "<td>BSN</td><td>123.456.782,00</td>",
+            "BSN:<br>123_____456_____782",
+            "BSN&nbsp;l23456782",
+            "BSN: <span>12 34567 82 / 15</span>",
+        ] {
+            assert!(contains_bsn(text), "not taken for a BSN: {text:?}");
+            for (how, data) in embeddings(text) {
+                assert!(
+                    check_binary("f", &data).is_err(),
+                    "{text:?} as {how} accepted"
+                );
+            }
+        }
+        for text in [
+            "12 34567 82 / 15",
+            "<th>Nr</th><td>l23456782</td>",
+            "BSN: niet bekend, tel 06-12345678",
+            "b s x 12 34567 82 / 15",
+        ] {
+            assert!(!contains_bsn(text), "taken for a BSN: {text:?}");
+        }
+        for name in [
+            "bsn",
+            "bsn_nummer",
+            "burgerservicenummer",
+            "sofinummer",
+            "bsn-nr",
+        ] {
+            assert!(names_a_bsn(name), "{name}");
+        }
+        for name in ["email", "subsidie", "nummer", "besnoeiing_nr"] {
+            assert!(!names_a_bsn(name), "{name}");
+        }
     }
 
     /// Text in UTF-16 that runs straight into data that is not text: whatever unit the next

@@ -1154,3 +1154,34 @@ async fn digits_hidden_by_invisible_or_odd_characters_are_refused_and_their_twin
     }
     server.stop().await;
 }
+
+/// A field named for a BSN (`bsn`, `bsn_nummer`, `burgerservicenummer`) holds one when its
+/// value reads as the number after a BSN label, however it is written; the same value in
+/// another field is a code, an amount or a phone number, and is stored.
+#[tokio::test]
+async fn a_field_named_for_a_bsn_is_read_as_a_labelled_number() {
+    let server = TestServer::start().await;
+    for (name, value) in [
+        ("bsn", "l23456782"),
+        ("bsn_nummer", "\u{20AC} 123456782"),
+        ("burgerservicenummer", "+31 123456782"),
+        ("sofinummer", "123_____456_____782"),
+        ("bsn-nr", "123.456.782,00"),
+    ] {
+        let refused = try_put(&server, "REL-0901", vec![text(name, "identity", value)])
+            .await
+            .expect_err("a BSN in a field named for one was stored");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("fields[0].text"), "{refused:?}");
+        assert!(!refused.message().contains(value), "the value was echoed");
+        try_put(
+            &server,
+            "REL-0902",
+            vec![text("kenmerk", "identity", value)],
+        )
+        .await
+        .unwrap_or_else(|s| panic!("{value:?} in another field refused: {s:?}"));
+    }
+    assert_eq!(stored_records(&server, "REL-0901").await, 0);
+    server.stop().await;
+}
