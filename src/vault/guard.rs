@@ -1074,25 +1074,46 @@ fn reference_end(u: &[Unit], i: usize) -> Option<usize> {
     None
 }
 
-/// The digit a numeric character reference (`&#52;`, `&#x34;`) starting at `i` stands for, and
-/// the unit after it.
+/// The digit a numeric character reference (`&#52;`, `&#x34;`, `&#52` without its `;`,
+/// `&#65300;` for a full-width `４`) starting at `i` stands for, and the unit after it.
 fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize)> {
-    let end = reference_end(u, i)?;
-    if u.get(i + 1) != Some(&Unit(b'#')) {
+    if u.get(i) != Some(&Unit(b'&')) || u.get(i + 1) != Some(&Unit(b'#')) {
         return None;
     }
     let hex = u.get(i + 2) == Some(&Unit(b'x'));
-    let body = u.get(i + 2 + usize::from(hex)..end - 1)?;
+    let radix = if hex { 16 } else { 10 };
+    let body = i + 2 + usize::from(hex);
+    let mut j = body;
     let mut value: u32 = 0;
-    for x in body {
-        let d = char::from(x.0).to_digit(if hex { 16 } else { 10 })?;
-        value = value
-            .checked_mul(if hex { 16 } else { 10 })?
-            .checked_add(d)?;
+    // Markup takes a numeric reference without its `;` too (`&#49&#50`).
+    while let Some(d) = u.get(j).and_then(|x| char::from(x.0).to_digit(radix)) {
+        value = value.checked_mul(radix)?.checked_add(d)?;
+        j += 1;
+        if j - body > 8 {
+            return None;
+        }
     }
-    let c = char::from_u32(value)?;
-    let d = c.to_digit(10).filter(|_| c.is_ascii_digit())?;
-    Some((u8::try_from(d).ok()?, end))
+    if j == body {
+        return None;
+    }
+    let end = if u.get(j) == Some(&Unit(b';')) {
+        j + 1
+    } else {
+        j
+    };
+    // Any character that folds to one digit (`&#65300;` is a full-width 4).
+    let mut folded = [None; 2];
+    let mut n = 0;
+    Folds::get().fold(char::from_u32(value)?, &mut |x| {
+        if let Some(slot) = folded.get_mut(n) {
+            *slot = Some(x);
+        }
+        n += 1;
+    });
+    match (n, folded.first().copied().flatten().and_then(Unit::digit)) {
+        (1, Some(d)) => Some((d, end)),
+        _ => None,
+    }
 }
 
 /// Units after the end of a BSN label in which its number is read whatever stands between the
@@ -4125,7 +4146,18 @@ mod tests {
         ] {
             assert!(check_text("f", text).is_err(), "{text:?} accepted");
         }
+        // Without its `;`, in hex, and for a digit of another form.
+        for text in [
+            "&#49&#50&#51&#52&#53&#54&#55&#56&#50",
+            "&#x31&#x32&#x33&#x34&#x35&#x36&#x37&#x38&#x32",
+            "123&#65300;56782",
+            "123&#xFF14;56782",
+            "123&#1636;56782",
+        ] {
+            assert!(check_text("f", text).is_err(), "{text:?} accepted");
+        }
         assert!(check_text("f", "123&#53;56782").is_ok(), "not a BSN");
+        assert!(check_text("f", "123&#65301;56782").is_ok(), "not a BSN");
     }
 
     /// The label spelt in parts or followed by who the number is of, markup or a character
