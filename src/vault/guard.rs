@@ -1122,12 +1122,13 @@ const LABEL_REACH: usize = 96;
 
 /// Words that may stand between a BSN label and its number: `bsn nr 111222333`, `BSN no.`,
 /// `BSN n°`, `bsn nmr`, `bsn is`, `BSN's`, whose number it is (`BSN huurder:`, `partner`,
-/// `klant`, `aanvrager` …), and `l`, `i` and `o` written for `1` and `0`.
+/// `klant`, `aanvrager` …), `en` between parts of the number, and one `l`, `i` or `o`
+/// written for `1` or `0`.
 fn label_filler(word: &[Unit]) -> bool {
     // By length first: this runs for the word before every row of numbers.
     let candidates: &[&[u8]] = match word.len() {
         1 => &[b"n", b"s", b"l", b"i", b"o", b"e"],
-        2 => &[b"nr", b"no", b"nm", b"is"],
+        2 => &[b"nr", b"no", b"nm", b"is", b"en"],
         3 => &[b"num", b"nmr"],
         5 => &[b"klant"],
         6 => &[b"nummer", b"number"],
@@ -1334,8 +1335,16 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
     }
     let values: Vec<u8> = digits.iter().map(|&(d, _, _)| d).collect();
     let nines = values.windows(9).zip(digits.windows(9));
+    // At most one letter read as a digit: a finding holds `SHORTEST_FINDING` digits at least,
+    // which is what lets binary data between breaks with fewer go unread (`may_hold_finding`).
+    let letters = |at: &[(u8, usize, usize)]| {
+        at.iter()
+            .filter(|d| u.get(d.1).is_some_and(Unit::binds))
+            .count()
+    };
     for (w, at) in nines {
         if let (Some(first), Some(last)) = (at.first(), at.last())
+            && letters(at) <= 9 - SHORTEST_FINDING
             && eleven_test(w)
             && found(first.1, last.2)
         {
@@ -4183,6 +4192,8 @@ mod tests {
             "BSN:<br>123_____456_____782",
             "BSN&nbsp;l23456782",
             "BSN: <span>12 34567 82 / 15</span>",
+            "BSN: 123 en 456 en 782",
+            "bsn 1234 en 56782",
         ] {
             assert!(contains_bsn(text), "not taken for a BSN: {text:?}");
             for (how, data) in embeddings(text) {
@@ -4197,6 +4208,8 @@ mod tests {
             "<th>Nr</th><td>l23456782</td>",
             "BSN: niet bekend, tel 06-12345678",
             "b s x 12 34567 82 / 15",
+            "lll222333",
+            "123 en 456 en 782",
         ] {
             assert!(!contains_bsn(text), "taken for a BSN: {text:?}");
         }
