@@ -88,7 +88,12 @@ pub fn new_fields(
                 Some(pb::field_value::Value::Binary(b)) => {
                     let b = Zeroizing::new(b);
                     check_size(i, "binary", b.len(), limits)?;
-                    guard::check_binary(&format!("fields[{i}].binary"), &b)?;
+                    // A field named for a BSN: its bytes read as the number after a label.
+                    if guard::names_a_bsn(name.as_str()) {
+                        guard::check_binary_labelled(&format!("fields[{i}].binary"), &b)?;
+                    } else {
+                        guard::check_binary(&format!("fields[{i}].binary"), &b)?;
+                    }
                     Value::Binary(b)
                 }
                 None => {
@@ -151,6 +156,10 @@ pub fn labels(
         guard::check_text("labels", &k)?;
         let field = format!("labels[{k:.32}]");
         check_free_text(&field, &v, "label value", MAX_LABEL_VALUE, Need::Optional)?;
+        // A label named for a BSN (`bsn`, `klant.bsn`): its value read as the number after one.
+        if guard::names_a_bsn(&k) {
+            guard::check_text(&field, &Zeroizing::new(format!("bsn {v}")))?;
+        }
         out.insert(k, v);
     }
     Ok(out)

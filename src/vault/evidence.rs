@@ -365,7 +365,12 @@ impl Vault {
                 batch: Vec::with_capacity(SEGMENTS_PER_BATCH),
             },
             storing: None,
-            guard: guard::Scanner::new(),
+            // A field named for a BSN: its file read as the number after a label.
+            guard: if guard::names_a_bsn(start.name.as_str()) {
+                guard::Scanner::labelled()
+            } else {
+                guard::Scanner::new()
+            },
             expires_at: record.expires_at,
             finished: false,
             file_name: Zeroizing::new(start.file_name.clone()),

@@ -73,7 +73,8 @@ const MRZ_PROBLEM: &str = "value holds the machine-readable zone of an identity 
 /// Refuses `text` (a field value, label, name or free text named `field`) when it holds a BSN or
 /// an MRZ.
 pub fn check_text(field: &str, text: &str) -> Result<(), InputError> {
-    check_units(&units(text)).map_err(|f| f.refuse(field))
+    check_units(&units(text)).map_err(|f| f.refuse(field))?;
+    read_as_shown(text).map_err(|f| f.refuse(field))
 }
 
 /// Refuses binary data named `field` that holds a BSN or an MRZ when read as text: UTF-8, or
@@ -82,8 +83,29 @@ pub fn check_text(field: &str, text: &str) -> Result<(), InputError> {
 pub fn check_binary(field: &str, bytes: &[u8]) -> Result<(), InputError> {
     let mut scanner = Scanner::new();
     scanner.write(field, bytes)?;
-    scanner.finish(field)
+    scanner.finish(field)?;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => read_as_shown(text).map_err(|f| f.refuse(field)),
+        Err(_) => Ok(()),
+    }
 }
+
+/// [`check_binary`] for the value of a field named for a BSN ([`names_a_bsn`]): the data is
+/// read as the number after a BSN label, in every reading.
+pub fn check_binary_labelled(field: &str, bytes: &[u8]) -> Result<(), InputError> {
+    let mut scanner = Scanner::labelled();
+    scanner.write(field, bytes)?;
+    scanner.finish(field)?;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            read_as_shown(&Zeroizing::new(format!("{LABEL} {text}"))).map_err(|f| f.refuse(field))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// The label a value of a field named for a BSN is read after.
+const LABEL: &str = "bsn";
 
 /// Refuses a file name named `field` that says the file is an identity document: Dutch, English,
 /// French and German names of passports, identity cards, driving licences and residence
@@ -182,12 +204,19 @@ pub fn contains_bsn(text: &str) -> bool {
 /// (`bsn`, `bsn_nummer`, `burgerservicenummer`, `sofinummer`). Such a value is read as the
 /// number after a label (`check_text` of `bsn ` and the value).
 pub fn names_a_bsn(name: &str) -> bool {
-    let u = units(name);
-    (1..=u.len()).any(|j| {
+    let mut u = units(name);
+    let by_word = (1..=u.len()).any(|j| {
         u.get(j - 1).is_some_and(Unit::binds)
             && !u.get(j).is_some_and(Unit::binds)
             && word_before(&u, j).marker == Some(Marker::Bsn)
-    })
+    });
+    // A label spelt in parts (`burger.service.nummer`, `citizen_service_number`, `b.s.n`):
+    // a number written after the name would be read after it.
+    by_word || {
+        u.push(Unit::SPACE);
+        u.push(Unit(b'0'));
+        label_before(&u, u.len() - 1).is_some()
+    }
 }
 
 /// True when `text` holds part of an ICAO 9303 machine-readable zone: the data line of a
@@ -223,6 +252,18 @@ impl Scanner {
     /// A scanner for one stream of bytes.
     pub fn new() -> Self {
         Self::scanning_every(SCAN_AT)
+    }
+
+    /// A scanner for the data of a field named for a BSN ([`names_a_bsn`]): every reading of
+    /// it is read as the number after a BSN label.
+    pub fn labelled() -> Self {
+        let mut scanner = Self::new();
+        let label = units(LABEL);
+        for view in &mut scanner.views {
+            view.units.extend_from_slice(&label);
+            view.units.push(Unit::SPACE);
+        }
+        scanner
     }
 
     /// A scanner that reads what it holds every `scan_at` units of text (tests use small ones
@@ -341,31 +382,221 @@ fn check_units(u: &[Unit]) -> Result<(), Finding> {
     if find_bsns(u, |_, _| true) {
         return Err(Finding::Bsn);
     }
-    // Text with numeric character references is read once more with those that stand for a
-    // digit put back as it (`123&#52;56782`: markup shows the BSN).
-    if u.windows(2).any(|w| w == [Unit(b'&'), Unit(b'#')]) {
-        let mut decoded = Vec::with_capacity(u.len());
-        let mut i = 0;
-        while let Some(&x) = u.get(i) {
-            match reference_digit(u, i).filter(|_| x.0 == b'&') {
-                Some((d, next)) => {
-                    decoded.push(Unit(b'0' + d));
-                    i = next;
-                }
-                None => {
-                    decoded.push(x);
-                    i += 1;
-                }
-            }
-        }
-        if find_bsns(&decoded, |_, _| true) {
-            return Err(Finding::Bsn);
-        }
-    }
     if matches!(scan_mrz(u, &mut Zeroizing::new(Vec::new())), MrzScan::Found) {
         return Err(Finding::Mrz);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text read as it shows.
+
+/// Reads `text` a second time as it shows when markup renders it and a person reads it, when
+/// it could show otherwise than it is written: markup tags left out (inline ones such as
+/// `<b>` join what stands around them, `B<b>SN</b>`; others separate), comments left out,
+/// character references put back as the characters they stand for (`B&#83;N`, `&#x6c;`,
+/// `&nbsp;`, `&Bopf;`, also a reference written as a reference, `&amp;#49;`), a word broken at
+/// a line end joined (`burger-` and `servicenummer` on the next line), and every character
+/// outside ASCII read as the letter it shows: signs that decompose to letters (`ℓ`, `Ⅰ`, `ⓛ`,
+/// `ᴮ`, `ℕ`, `º`) and letters of any script that Unicode's confusables (UTS #39) take for a
+/// Latin one (`ꓐ`, `Ᏼ`, `ᴏ`, `〇`). Text in plain ASCII without `<`, `&` or such a break shows
+/// as it is written and is not read again.
+fn read_as_shown(text: &str) -> Result<(), Finding> {
+    let plain = text.is_ascii()
+        && !text.bytes().any(|b| matches!(b, b'<' | b'&'))
+        && !text.contains("-\n")
+        && !text.contains("-\r\n");
+    if plain {
+        return Ok(());
+    }
+    let mut shown = render(text);
+    if shown.contains('&') {
+        shown = render(&shown);
+    }
+    let mut u: Zeroizing<Vec<Unit>> = Zeroizing::new(Vec::with_capacity(shown.len()));
+    for c in shown.chars() {
+        fold_as_letters(c, &mut |x| u.push(x));
+    }
+    if find_bsns(&u, |_, _| true) {
+        return Err(Finding::Bsn);
+    }
+    Ok(())
+}
+
+/// Tags that show nothing between the text around them: that text joins.
+const INLINE_TAGS: &[&str] = &[
+    "a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "data", "del", "dfn", "em", "font", "i",
+    "ins", "kbd", "mark", "q", "s", "samp", "small", "span", "strike", "strong", "sub", "sup",
+    "time", "tt", "u", "var", "wbr",
+];
+
+/// `text` as markup shows it: see [`read_as_shown`].
+fn render(text: &str) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(text.len()));
+    let mut rest = text;
+    while let Some(at) = rest.find(['<', '&', '-']) {
+        let (before, tail) = rest.split_at(at);
+        out.push_str(before);
+        let used = match tail.as_bytes().first() {
+            Some(b'<') => rendered_tag(tail, &mut out),
+            Some(b'&') => rendered_reference(tail, &mut out),
+            _ => {
+                let after_letter = out.chars().next_back().is_some_and(char::is_alphabetic);
+                rendered_hyphen(tail, after_letter, &mut out)
+            }
+        };
+        rest = tail.get(used.max(1)..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Renders the tag or comment that `tail` starts with; returns how many bytes it took (the
+/// `<` alone, kept, when it starts none).
+fn rendered_tag(tail: &str, out: &mut String) -> usize {
+    if let Some(body) = tail.strip_prefix("<!--") {
+        if let Some(end) = body.find("-->") {
+            return 4 + end + 3;
+        }
+        out.push('<');
+        return 1;
+    }
+    let bytes = tail.as_bytes();
+    let starts = bytes
+        .get(1)
+        .is_some_and(|&b| b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?'));
+    let end = bytes
+        .iter()
+        .take(256)
+        .skip(1)
+        .position(|&b| b == b'>' || b == b'<')
+        .map(|p| p + 1)
+        .filter(|&p| bytes.get(p) == Some(&b'>'));
+    let (true, Some(end)) = (starts, end) else {
+        out.push('<');
+        return 1;
+    };
+    let name: String = tail
+        .get(1..end)
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if !INLINE_TAGS.contains(&name.as_str()) {
+        out.push(' ');
+    }
+    end + 1
+}
+
+/// Renders the character reference that `tail` starts with; returns how many bytes it took
+/// (the `&` alone, kept, when it starts none).
+fn rendered_reference(tail: &str, out: &mut String) -> usize {
+    let bytes = tail.as_bytes();
+    if bytes.get(1) == Some(&b'#') {
+        let hex = matches!(bytes.get(2), Some(b'x' | b'X'));
+        let body = 2 + usize::from(hex);
+        let digits = bytes
+            .iter()
+            .skip(body)
+            .take(9)
+            .take_while(|b| {
+                if hex {
+                    b.is_ascii_hexdigit()
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+            .count();
+        let value = tail
+            .get(body..body + digits)
+            .and_then(|d| u32::from_str_radix(d, if hex { 16 } else { 10 }).ok())
+            .and_then(char::from_u32);
+        if let Some(c) = value.filter(|_| digits > 0) {
+            out.push(c);
+            let end = body + digits;
+            return end + usize::from(bytes.get(end) == Some(&b';'));
+        }
+        out.push('&');
+        return 1;
+    }
+    let name_len = bytes
+        .iter()
+        .skip(1)
+        .take(32)
+        .take_while(|b| b.is_ascii_alphanumeric())
+        .count();
+    let name = tail.get(1..1 + name_len).unwrap_or_default();
+    let closed = bytes.get(1 + name_len) == Some(&b';');
+    // `&Bopf;`, `&Bscr;`, `&Bfr;`: a letter in a mathematical alphabet.
+    let math = ["opf", "scr", "fr"].iter().find_map(|suffix| {
+        name.strip_suffix(suffix)
+            .filter(|l| l.len() == 1 && l.bytes().all(|b| b.is_ascii_alphabetic()))
+    });
+    let shown = match (name, math) {
+        (_, Some(letter)) if closed => Some(letter),
+        ("nbsp" | "ensp" | "emsp" | "thinsp" | "numsp" | "puncsp" | "NewLine" | "Tab", _) => {
+            Some(" ")
+        }
+        ("shy" | "ZeroWidthSpace" | "zwj" | "zwnj" | "NoBreak" | "lrm" | "rlm", _) => Some(""),
+        ("period", _) => Some("."),
+        ("colon", _) => Some(":"),
+        ("num", _) => Some("#"),
+        ("sol", _) => Some("/"),
+        ("comma", _) => Some(","),
+        ("hyphen" | "dash" | "ndash" | "mdash" | "minus" | "horbar", _) => Some("-"),
+        ("amp" | "AMP", _) => Some("&"),
+        ("lt" | "LT", _) => Some("<"),
+        ("gt" | "GT", _) => Some(">"),
+        ("quot" | "apos" | "lsquo" | "rsquo" | "ldquo" | "rdquo", _) => Some("'"),
+        ("middot" | "centerdot", _) => Some("·"),
+        ("sup1", _) => Some("1"),
+        ("sup2", _) => Some("2"),
+        ("sup3", _) => Some("3"),
+        ("ordm", _) => Some("o"),
+        _ => None,
+    };
+    match shown {
+        Some(shown) => {
+            out.push_str(shown);
+            1 + name_len + usize::from(closed)
+        }
+        None => {
+            out.push('&');
+            1
+        }
+    }
+}
+
+/// Renders the `-` that `tail` starts with: a word broken at a line end (a letter before it,
+/// a line break and a letter after) is joined; returns how many bytes it took.
+fn rendered_hyphen(tail: &str, after_letter: bool, out: &mut String) -> usize {
+    let rest = tail.get(1..).unwrap_or_default();
+    let broken = rest
+        .strip_prefix("\r\n")
+        .or_else(|| rest.strip_prefix('\n'))
+        .map(|next| next.trim_start_matches([' ', '\t']));
+    match broken {
+        Some(next) if after_letter && next.chars().next().is_some_and(char::is_alphabetic) => {
+            tail.len() - next.len()
+        }
+        _ => {
+            out.push('-');
+            1
+        }
+    }
+}
+
+/// The Latin letter Unicode's confusables (UTS #39) take `c` for, when it is one letter.
+fn confusable_letter(c: char) -> Option<u8> {
+    let mut buffer = [0u8; 4];
+    let mut shown = unicode_security::confusable_detection::skeleton(c.encode_utf8(&mut buffer))
+        .filter(|d| !is_combining_mark(*d));
+    match (shown.next(), shown.next()) {
+        (Some(l), None) if l.is_ascii_alphabetic() => u8::try_from(l).ok(),
+        _ => None,
+    }
 }
 
 /// One character of folded text as the scanners see it, in one byte. ASCII digits, lower-case
@@ -663,6 +894,17 @@ impl Folds {
 }
 
 fn fold_slowly(c: char, out: &mut impl FnMut(Unit)) {
+    fold_with(c, false, out);
+}
+
+/// Folds one character as [`read_as_shown`] reads it: as [`Folds::fold`] does, but with signs
+/// read as the letters they decompose to and letters of other scripts as the Latin letters
+/// Unicode's confusables take them for.
+fn fold_as_letters(c: char, out: &mut impl FnMut(Unit)) {
+    fold_with(c, true, out);
+}
+
+fn fold_with(c: char, as_shown: bool, out: &mut impl FnMut(Unit)) {
     if c.is_ascii() {
         out(ascii_unit(c as u8));
         return;
@@ -678,8 +920,8 @@ fn fold_slowly(c: char, out: &mut impl FnMut(Unit)) {
     }
     // A sign that decomposes to letters (`™`, `№`, `Ⓜ`, `ℹ`, a Roman numeral `Ⅰ`, a superscript
     // `ᵃ`, the ordinal `º`) reads as a sign, not as those letters: glued to a number it does
-    // not make it a code.
-    let sign = is_sign(c);
+    // not make it a code. Read as shown, it is those letters.
+    let sign = !as_shown && is_sign(c);
     decompose_compatible(c, |d| {
         if d.is_ascii() {
             let u = ascii_unit(d as u8);
@@ -692,6 +934,11 @@ fn fold_slowly(c: char, out: &mut impl FnMut(Unit)) {
         } else if let Some(latin) = look_alike(d).filter(|_| !sign) {
             // A letter that looks like a Latin one is read as it (`BЅN` with a Cyrillic `Ѕ`).
             latin.bytes().for_each(|b| out(ascii_unit(b)));
+        } else if as_shown
+            && decimal_digit(d).is_none()
+            && let Some(latin) = confusable_letter(d)
+        {
+            out(ascii_unit(latin));
         } else {
             out(classify(d));
         }
@@ -857,6 +1104,8 @@ fn word_before(u: &[Unit], end: usize) -> Word {
         Some(Marker::Nl)
     } else if contains(b"bsn")
         || contains(b"burgerservice")
+        || contains(b"citizenservice")
+        || contains(b"sociaalfiscaal")
         || (backwards.len() >= 4 && reads(backwards.get(n - 4..).unwrap_or_default(), b"sofi"))
     {
         Some(Marker::Bsn)
@@ -1075,8 +1324,9 @@ fn reference_end(u: &[Unit], i: usize) -> Option<usize> {
 }
 
 /// The digit a numeric character reference (`&#52;`, `&#x34;`, `&#52` without its `;`,
-/// `&#65300;` for a full-width `４`) starting at `i` stands for, and the unit after it.
-fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize)> {
+/// `&#65300;` for a full-width `４`) starting at `i` stands for, the unit after it, and whether
+/// it stands for a letter written for the digit (`&#108;`, an `l`: [`digit_written_as`]).
+fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize, bool)> {
     if u.get(i) != Some(&Unit(b'&')) || u.get(i + 1) != Some(&Unit(b'#')) {
         return None;
     }
@@ -1110,9 +1360,11 @@ fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize)> {
         }
         n += 1;
     });
-    match (n, folded.first().copied().flatten().and_then(Unit::digit)) {
-        (1, Some(d)) => Some((d, end)),
-        _ => None,
+    let one = folded.first().copied().flatten().filter(|_| n == 1)?;
+    match (one.digit(), digit_written_as(one)) {
+        (Some(d), _) => Some((d, end, false)),
+        (None, Some(d)) => Some((d, end, true)),
+        (None, None) => None,
     }
 }
 
@@ -1121,22 +1373,47 @@ fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize)> {
 const LABEL_REACH: usize = 96;
 
 /// Words that may stand between a BSN label and its number: `bsn nr 111222333`, `BSN no.`,
-/// `BSN n°`, `bsn nmr`, `bsn is`, `BSN's`, whose number it is (`BSN huurder:`, `partner`,
-/// `klant`, `aanvrager` …), `en` between parts of the number, and one `l`, `i` or `o`
-/// written for `1` or `0`.
+/// `BSN n°`, `bsn nmr`, `bsn is`, `BSN's`, `luidt`, whose number it is (`BSN huurder:`,
+/// `BSN van de huurder`, `v/d klant`, `of the tenant`, `partner`, `echtgenote`, `zoon`,
+/// `cliënt`, `bewindvoerder`, `mevrouw` …), `en` between parts of the number, and one `l`, `i`
+/// or `o` written for `1` or `0`.
 fn label_filler(word: &[Unit]) -> bool {
     // By length first: this runs for the word before every row of numbers.
     let candidates: &[&[u8]] = match word.len() {
-        1 => &[b"n", b"s", b"l", b"i", b"o", b"e"],
-        2 => &[b"nr", b"no", b"nm", b"is", b"en"],
-        3 => &[b"num", b"nmr"],
-        5 => &[b"klant"],
-        6 => &[b"nummer", b"number"],
-        7 => &[b"huurder", b"partner"],
-        8 => &[b"namelijk"],
-        9 => &[b"aanvrager"],
-        11 => &[b"medehuurder"],
-        12 => &[b"hoofdhuurder"],
+        1 => &[b"n", b"s", b"l", b"i", b"o", b"e", b"v", b"d"],
+        2 => &[
+            b"nr", b"no", b"nm", b"is", b"en", b"de", b"of", b"uw", b"my", b"mr", b"hr",
+        ],
+        3 => &[
+            b"num", b"nmr", b"van", b"der", b"den", b"het", b"the", b"his", b"her", b"dhr", b"mvr",
+            b"was", b"mrs",
+        ],
+        4 => &[
+            b"mijn", b"zijn", b"haar", b"kind", b"zoon", b"heer", b"mevr", b"mede", b"oude",
+            b"your", b"wife",
+        ],
+        5 => &[b"klant", b"luidt", b"vader", b"nieuw", b"child"],
+        6 => &[
+            b"nummer", b"number", b"client", b"tenant", b"moeder", b"spouse", b"meneer", b"mother",
+            b"father",
+        ],
+        7 => &[
+            b"huurder", b"partner", b"dochter", b"bewoner", b"mevrouw", b"husband",
+        ],
+        8 => &[
+            b"namelijk",
+            b"huurster",
+            b"huurders",
+            b"resident",
+            b"bewoners",
+            b"kinderen",
+            b"daughter",
+        ],
+        9 => &[b"aanvrager", b"applicant"],
+        10 => &[b"echtgenoot", b"echtgenote", b"betrokkene", b"aanvragers"],
+        11 => &[b"medehuurder", b"gemachtigde", b"medebewoner"],
+        12 => &[b"hoofdhuurder", b"aanvraagster", b"medehuurders"],
+        13 => &[b"bewindvoerder"],
         _ => return false,
     };
     candidates
@@ -1145,9 +1422,10 @@ fn label_filler(word: &[Unit]) -> bool {
 }
 
 /// Whether the letters `run` ending at `j` close a BSN label spelt in parts: `b.s.n.`,
-/// `b s n`, `burger service nummer`, `citizen service number`; the label's end.
+/// `b s n`, `burger service(nummer)`, `burger-servicenummer`, `citizen('s) service (number)`,
+/// `sociaal-fiscaal (nummer)`; the label's end.
 fn label_in_parts(u: &[Unit], run: &[Unit], j: usize) -> Option<usize> {
-    // The previous word before `start` with at most two separators between, and its start.
+    // The previous word before `start` with at most three separators between, and its start.
     let word_before_gap = |start: usize| -> Option<(usize, usize)> {
         let mut k = start;
         while start - k < 3 && k > 0 && u.get(k - 1).is_some_and(Unit::is_separator) {
@@ -1165,18 +1443,43 @@ fn label_in_parts(u: &[Unit], run: &[Unit], j: usize) -> Option<usize> {
     };
     let start = j - run.len();
     let word = |w: &[u8]| run.iter().map(|x| x.0).eq(w.iter().copied());
-    if word(b"n") {
-        let s = word_before_gap(start)?;
-        let b = word_before_gap(s.0)?;
-        return (is(s, b"s") && is(b, b"b")).then_some(j);
+    match run.len() {
+        1 if word(b"n") => {
+            let s = word_before_gap(start)?;
+            let b = word_before_gap(s.0)?;
+            (is(s, b"s") && is(b, b"b")).then_some(())
+        }
+        7 if word(b"service") => service_of_a_citizen(&word_before_gap, &is, start),
+        7 if word(b"fiscaal") => {
+            let sociaal = word_before_gap(start)?;
+            is(sociaal, b"sociaal").then_some(())
+        }
+        9..=14
+            if [b"servicenr".as_slice(), b"servicenummer", b"servicenumber"]
+                .iter()
+                .any(|w| word(w)) =>
+        {
+            service_of_a_citizen(&word_before_gap, &is, start)
+        }
+        _ => None,
     }
-    if word(b"nummer") || word(b"number") || word(b"nr") {
-        let service = word_before_gap(start)?;
-        let who = word_before_gap(service.0)?;
-        return (is(service, b"service") && (is(who, b"burger") || is(who, b"citizen")))
-            .then_some(j);
+    .map(|_| j)
+}
+
+/// Whether the word `service` (or `servicenummer`) starting at `start` follows `burger`,
+/// `citizen`, `citizens` or `citizen's`.
+fn service_of_a_citizen(
+    word_before_gap: &impl Fn(usize) -> Option<(usize, usize)>,
+    is: &impl Fn((usize, usize), &[u8]) -> bool,
+    start: usize,
+) -> Option<()> {
+    let who = word_before_gap(start)?;
+    if is(who, b"burger") || is(who, b"burgers") || is(who, b"citizen") || is(who, b"citizens") {
+        return Some(());
     }
-    None
+    // `citizen's service number`, `citizen’s`: the `s` after the apostrophe.
+    let citizen = word_before_gap(who.0).filter(|_| is(who, b"s"))?;
+    is(citizen, b"citizen").then_some(())
 }
 
 /// The end of the BSN label that the row of numbers starting at `i` stands after, with nothing
@@ -1192,10 +1495,10 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
                 start -= 1;
             }
             let run = u.get(start..j)?;
+            if let Some(end) = label_in_parts(u, run, j) {
+                return Some(end);
+            }
             if label_filler(run) {
-                if let Some(end) = label_in_parts(u, run, j) {
-                    return Some(end);
-                }
                 j = start;
                 continue;
             }
@@ -1204,7 +1507,10 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
             let joined = start >= 2
                 && u.get(start - 1) == Some(&Unit::JOINER)
                 && u.get(start - 2).is_some_and(Unit::binds);
-            if !joined && run.first() != Some(&Unit(b's')) && !run.contains(&Unit(b'b')) {
+            if !joined
+                && !matches!(run.first(), Some(Unit(b's' | b'c')))
+                && !run.contains(&Unit(b'b'))
+            {
                 return None;
             }
             return (word_before(u, j).marker == Some(Marker::Bsn)).then_some(j);
@@ -1223,6 +1529,9 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
                 }
             };
             match from.filter(|&k| end_at(k) == Some(j)) {
+                // A tag named for the number, or with an attribute that names it
+                // (`<bsn>`, `<td data-label="BSN">`), is its label.
+                Some(k) if open == b'<' && tag_names_a_bsn(u, k, j) => return Some(j),
                 Some(k) => j = k,
                 None => j -= 1,
             }
@@ -1233,11 +1542,47 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
     None
 }
 
+/// Whether the markup tag `u[start..end]` holds a BSN label as a word: its name
+/// (`<bsn>`, `<ns:burgerservicenummer>`) or an attribute's name or value (`<field name="bsn">`).
+fn tag_names_a_bsn(u: &[Unit], start: usize, end: usize) -> bool {
+    (start + 2..end).any(|k| {
+        u.get(k - 1).is_some_and(Unit::binds)
+            && !u.get(k).is_some_and(Unit::binds)
+            && word_before(u, k).marker == Some(Marker::Bsn)
+    })
+}
+
 /// The end of a date (`d-m-yyyy`, `yyyy-mm-dd`, with one and the same dash, slash or dot) or a
 /// time (`9:30`, `12:30:45`) whose first digit is at `j`: what a labelled number is often
 /// written beside, and never part of it. The year is its first four digits, also when more
 /// digits are glued to it.
 fn date_or_time_at(u: &[Unit], j: usize) -> Option<usize> {
+    let digits_at = |k: usize, n: usize| (k..k + n).all(|p| u.get(p).is_some_and(Unit::is_digit));
+    let mut end = date_or_time_alone(u, j)?;
+    // ISO 8601: a date joined to its time by `T` (`2024-03-12T09:30:00`), and a time followed
+    // by its zone (`Z`, `+01:00`, `-0100`).
+    if u.get(end) == Some(&Unit(b't'))
+        && u.get(end + 1).is_some_and(Unit::is_digit)
+        && let Some(time) = date_or_time_alone(u, end + 1)
+    {
+        end = time;
+    }
+    match u.get(end) {
+        Some(Unit(b'z')) if !u.get(end + 1).is_some_and(Unit::binds) => end += 1,
+        Some(Unit(b'+' | b'-')) if digits_at(end + 1, 2) => {
+            let colon = usize::from(u.get(end + 3) == Some(&Unit(b':')));
+            if digits_at(end + 3 + colon, 2) {
+                end += 5 + colon;
+            }
+        }
+        _ => {}
+    }
+    Some(end)
+}
+
+/// [`date_or_time_at`] without what ISO 8601 joins to a date or time; also a time written
+/// with `h` or `u` (`9h30`, `09u30`).
+fn date_or_time_alone(u: &[Unit], j: usize) -> Option<usize> {
     // Up to `max` digits from `p` (at least `min`), their value and the unit after them.
     let run = |p: usize, min: usize, max: usize| -> Option<(u32, usize)> {
         let mut k = p;
@@ -1252,7 +1597,7 @@ fn date_or_time_at(u: &[Unit], j: usize) -> Option<usize> {
     };
     let (a, after_a) = run(j, 1, 4)?;
     let sep = *u.get(after_a)?;
-    if sep == Unit(b':') && after_a - j <= 2 {
+    if matches!(sep, Unit(b':' | b'h' | b'u')) && after_a - j <= 2 {
         let (minutes, k) = run(after_a + 1, 2, 2)?;
         if a > 24 || minutes > 59 || u.get(k).is_some_and(Unit::is_digit) {
             return None;
@@ -1286,7 +1631,15 @@ fn date_or_time_at(u: &[Unit], j: usize) -> Option<usize> {
 /// with the leading zero left off are the rows' rule, `row_has_bsn`).
 #[inline(never)]
 fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) -> bool) -> bool {
-    let mut digits: Vec<(u8, usize, usize)> = Vec::with_capacity(LABEL_REACH);
+    /// A digit read: its value, its units, and whether a letter (or a reference to one) was
+    /// written for it.
+    struct Read {
+        value: u8,
+        start: usize,
+        end: usize,
+        letter: bool,
+    }
+    let mut digits: Vec<Read> = Vec::with_capacity(LABEL_REACH);
     let end = (from + LABEL_REACH).min(u.len());
     let mut j = from;
     while j < end {
@@ -1298,7 +1651,12 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
             {
                 Some(next) => j = next,
                 None => {
-                    digits.push((d, j, j + 1));
+                    digits.push(Read {
+                        value: d,
+                        start: j,
+                        end: j + 1,
+                        letter: false,
+                    });
                     j += 1;
                 }
             }
@@ -1311,10 +1669,15 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
             if !label_filler(word) {
                 break;
             }
-            match word {
-                [Unit(b'l' | b'i')] => digits.push((1, j, k)),
-                [Unit(b'o')] => digits.push((0, j, k)),
-                _ => {}
+            if let [letter] = word
+                && let Some(value) = digit_written_as(*letter)
+            {
+                digits.push(Read {
+                    value,
+                    start: j,
+                    end: k,
+                    letter: true,
+                });
             }
             j = k;
         } else if x == Unit::BREAK {
@@ -1323,8 +1686,13 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
             j = markup_end(u, j).unwrap_or(j + 1);
         } else if x.0 == b'&' {
             match reference_digit(u, j) {
-                Some((d, next)) => {
-                    digits.push((d, j, next));
+                Some((value, next, letter)) => {
+                    digits.push(Read {
+                        value,
+                        start: j,
+                        end: next,
+                        letter,
+                    });
                     j = next;
                 }
                 None => j = reference_end(u, j).unwrap_or(j + 1),
@@ -1333,25 +1701,43 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
             j += 1;
         }
     }
-    let values: Vec<u8> = digits.iter().map(|&(d, _, _)| d).collect();
-    let nines = values.windows(9).zip(digits.windows(9));
+    let values: Vec<u8> = digits.iter().map(|d| d.value).collect();
     // At most one letter read as a digit: a finding holds `SHORTEST_FINDING` digits at least,
     // which is what lets binary data between breaks with fewer go unread (`may_hold_finding`).
-    let letters = |at: &[(u8, usize, usize)]| {
-        at.iter()
-            .filter(|d| u.get(d.1).is_some_and(Unit::binds))
-            .count()
-    };
-    for (w, at) in nines {
+    let letters = |at: &[Read]| at.iter().filter(|d| d.letter).count();
+    for (w, at) in values.windows(9).zip(digits.windows(9)) {
         if let (Some(first), Some(last)) = (at.first(), at.last())
             && letters(at) <= 9 - SHORTEST_FINDING
             && eleven_test(w)
-            && found(first.1, last.2)
+            && found(first.start, last.end)
+        {
+            return true;
+        }
+    }
+    // Eight digits, the leading zero left off, in any grouping (`BSN nr 1234 5672`), written
+    // as digits, and not cut out of a longer run of digits.
+    let glued = |k: usize| u.get(k).is_some_and(Unit::is_digit);
+    for (w, at) in values.windows(8).zip(digits.windows(8)) {
+        if let (Some(first), Some(last)) = (at.first(), at.last())
+            && letters(at) == 0
+            && !(first.start > 0 && glued(first.start - 1))
+            && !glued(last.end)
+            && eleven_test_with_zero(w)
+            && found(first.start, last.end)
         {
             return true;
         }
     }
     false
+}
+
+/// The digit a letter written in a number stands for: `l` and `i` for `1`, `o` for `0`.
+fn digit_written_as(letter: Unit) -> Option<u8> {
+    match letter {
+        Unit(b'l' | b'i') => Some(1),
+        Unit(b'o') => Some(0),
+        _ => None,
+    }
 }
 
 /// Units after a row that must be there before it is read: its next group, or what ends it,
@@ -4225,6 +4611,206 @@ mod tests {
         for name in ["email", "subsidie", "nummer", "besnoeiing_nr"] {
             assert!(!names_a_bsn(name), "{name}");
         }
+    }
+
+    /// Every way around the labelled reading an outside attack found, each with a twin that
+    /// differs where it counts (no label, another word, a number failing the eleven-test) and
+    /// is stored.
+    #[test]
+    fn a_labelled_number_is_read_in_every_spelling_of_its_label_and_its_digits() {
+        let pairs = [
+            // Eight digits after any label, filler or markup.
+            ("BSN n\u{00B0} 1234 5672", "BSN n\u{00B0} 1234 5679"),
+            ("BSN nmr 1234 5672", "BSN nmr 1234 5679"),
+            ("BSN's 1234 5672", "BSN's 1234 5679"),
+            ("BSN huurder: 1234 5672", "Nr huurder: 1234 5672"),
+            ("B.S.N. 1234 5672", "B.S.X. 1234 5672"),
+            (
+                "burger service nummer 1234 5672",
+                "klant service nummer 1234 5672",
+            ),
+            ("<th>BSN</th><td>1234 5672", "<th>Nr</th><td>1234 5672"),
+            ("BSN&nbsp; 1234 5672", "BSN&nbsp; 1234 5679"),
+            ("BSN: 1234 en 5672", "BSN: 1234 en 5679"),
+            ("BSN 12-03-2024 1234 5672", "BSN 12-03-2024 1234 5679"),
+            ("BSN 09:30:15 1234 5672", "BSN 09:30:15 1234 5679"),
+            ("BSN nr 12.345.672", "BSN nr 12.345.679"),
+            ("BSN nr 1234-5672", "BSN nr 123456789"),
+            // The label in parts.
+            (
+                "burger servicenummer l23456782",
+                "burger servicenummer l23456789",
+            ),
+            (
+                "burger service no 123456782,00",
+                "burger service no 123456789,00",
+            ),
+            ("citizen service # l23456782", "citizen survey # l23456782"),
+            (
+                "citizenservicenumber l23456782",
+                "citizenservicenumber l23456789",
+            ),
+            (
+                "citizen\u{2019}s service number l23456782",
+                "citizen\u{2019}s survey l23456782",
+            ),
+            (
+                "citizens service number l23456782",
+                "citizens survey l23456782",
+            ),
+            (
+                "burger-\nservicenummer: l23456782",
+                "burger-\nservicenummer: l23456789",
+            ),
+            (
+                "burgerser-\nvicenummer: l23456782",
+                "burgerser-\nvicenummer: l23456789",
+            ),
+            (
+                "sociaal-fiscaal nummer l23456782",
+                "sociaal-medisch nummer l23456782",
+            ),
+            // Markup and references inside the label or the number.
+            ("B<b>SN</b> l23456782", "B<b>SX</b> l23456782"),
+            ("BS<!-- x -->N l23456782", "BS<!-- x -->X l23456782"),
+            (
+                "burger<br>service<br>nummer l23456782",
+                "burger<br>survey l23456782",
+            ),
+            ("B&#83;N l23456782", "B&#84;N l23456782"),
+            ("&#66&#83&#78 l23456782", "&#66&#83&#79 l23456782"),
+            ("B&shy;SN l23456782", "B&shy;SX l23456782"),
+            (
+                "&Bopf;&Sopf;&Nopf; l23456782",
+                "&Bopf;&Sopf;&Xopf; l23456782",
+            ),
+            ("BSN&nbsp&nbsp;l23456782", "BSN&nbsp&nbsp;l23456789"),
+            ("<bsn>l23456782</bsn>", "<nr>l23456782</nr>"),
+            (
+                "<field name=\"bsn\">l23456782</field>",
+                "<field name=\"nr\">l23456782</field>",
+            ),
+            (
+                "<td data-label=\"BSN\">l23456782</td>",
+                "<td data-label=\"Nr\">l23456782</td>",
+            ),
+            ("BSN: &#108;23456782", "BSN: &#108;23456789"),
+            ("BSN: 1&#79;0000630", "BSN: 1&#79;0000631"),
+            ("12&sup3;456782", "12&sup3;456789"),
+            ("BSN: &amp;#49;23456782", "BSN: &amp;#49;23456789"),
+            // Signs and letters of other scripts that show as the label's letters or as
+            // `l`, `I` and `o`.
+            ("BSN: \u{2113}23456782", "BSN: \u{2113}23456789"),
+            ("BSN: \u{217C}23456782", "BSN: \u{217C}23456789"),
+            ("BSN: \u{2160}23456782", "BSN: \u{2160}23456789"),
+            ("BSN: 1\u{00BA}0000630", "BSN: 1\u{00BA}0000631"),
+            ("BSN: 1\u{1D0F}0000630", "BSN: 1\u{1D0F}0000631"),
+            ("BSN: 1\u{3007}0000630", "BSN: 1\u{3007}0000631"),
+            ("BSN: \u{A4F2}23456782", "BSN: \u{A4F2}23456789"),
+            (
+                "\u{1D2E}\u{02E2}\u{1D3A} l23456782",
+                "\u{1D2E}\u{02E2}\u{1D3C} l23456782",
+            ),
+            (
+                "\u{24B7}\u{24E2}\u{24DD} l23456782",
+                "\u{24B7}\u{24E2}\u{24DE} l23456782",
+            ),
+            (
+                "\u{1D539}\u{1D54A}\u{2115} l23456782",
+                "\u{1D539}\u{1D54A}\u{2115} l23456789",
+            ),
+            (
+                "\u{A4D0}\u{A4E2}\u{A4E0}: l23456782",
+                "\u{A4D0}\u{A4E2}\u{A4E0}: l23456789",
+            ),
+            ("\u{13F4}\u{13DA}N l23456782", "\u{13F4}\u{13DA}N l23456789"),
+            // Whose number it is.
+            (
+                "BSN van de huurder l23456782",
+                "BSN onbekend, huurder l23456782",
+            ),
+            ("BSN v/d huurder l23456782", "BSN v/d huurder l23456789"),
+            ("BSN mede-huurder l23456782", "BSN mede-huurder l23456789"),
+            ("BSN echtgenote l23456782", "BSN echtgenote l23456789"),
+            ("BSN cli\u{00EB}nt l23456782", "BSN cli\u{00EB}nt l23456789"),
+            ("BSN of the tenant l23456782", "BSN of the tenant l23456789"),
+            ("BSN bewindvoerder l23456782", "BSN bewindvoerder l23456789"),
+            ("BSN mevrouw l23456782", "BSN mevrouw l23456789"),
+            ("BSN luidt l23456782", "BSN ontbreekt l23456782"),
+            // A date or time beside it, as ISO 8601 and Dutch clocks write them.
+            (
+                "BSN 2024-03-12T09:30:00123456782",
+                "BSN 2024-03-12T09:30:00123456789",
+            ),
+            (
+                "BSN 2024-03-12T09:30:00Z l23456782",
+                "BSN 2024-03-12T09:30:00Z l23456789",
+            ),
+            (
+                "BSN 2024-03-12T09:30:00+01:00 l23456782",
+                "BSN 2024-03-12T09:30:00+01:00 l23456789",
+            ),
+            (
+                "BSN 12-03-2024T09:30 l23456782",
+                "BSN 12-03-2024T09:30 l23456789",
+            ),
+            ("BSN 09u30 l23456782", "BSN 09u30 l23456789"),
+            ("BSN 9h30 l23456782", "BSN 9h30 l23456789"),
+        ];
+        for (refused, twin) in pairs {
+            assert!(check_text("f", refused).is_err(), "accepted: {refused:?}");
+            assert!(check_text("f", twin).is_ok(), "refused: {twin:?}");
+            assert!(
+                check_binary("f", refused.as_bytes()).is_err(),
+                "accepted as UTF-8 data: {refused:?}"
+            );
+            assert!(
+                check_binary("f", twin.as_bytes()).is_ok(),
+                "refused as UTF-8 data: {twin:?}"
+            );
+        }
+        for name in [
+            "burger.service.nummer",
+            "citizen_service_number",
+            "citizenservicenumber",
+            "b.s.n.",
+            "b.s.n",
+        ] {
+            assert!(names_a_bsn(name), "{name}");
+        }
+        for name in ["service_nummer", "b_s_x", "klant.nummer"] {
+            assert!(!names_a_bsn(name), "{name}");
+        }
+    }
+
+    /// The value of a field named for a BSN is read after a label in every reading of its
+    /// bytes; the same bytes in another field are stored.
+    #[test]
+    fn binary_data_named_for_a_bsn_is_read_as_a_labelled_number() {
+        for value in ["l23456782", "123456782,00", "1234 5672", "123456 en 782"] {
+            for (how, data) in [
+                ("UTF-8", value.as_bytes().to_vec()),
+                ("UTF-16LE", le(value)),
+                ("UTF-16BE", be(value)),
+            ] {
+                assert!(
+                    check_binary_labelled("f", &data).is_err(),
+                    "{value:?} as {how} accepted"
+                );
+                let mut scanner = Scanner::labelled();
+                let streamed = data
+                    .chunks(3)
+                    .try_for_each(|c| scanner.write("f", c))
+                    .and_then(|()| scanner.finish("f"));
+                assert!(streamed.is_err(), "{value:?} as {how} streamed accepted");
+                assert!(
+                    check_binary("f", &data).is_ok(),
+                    "{value:?} as {how} refused"
+                );
+            }
+        }
+        assert!(check_binary_labelled("f", b"l23456789").is_ok());
+        assert!(check_binary_labelled("f", b"2024-03-12").is_ok());
     }
 
     /// Text in UTF-16 that runs straight into data that is not text: whatever unit the next

@@ -1182,6 +1182,84 @@ async fn a_field_named_for_a_bsn_is_read_as_a_labelled_number() {
         .await
         .unwrap_or_else(|s| panic!("{value:?} in another field refused: {s:?}"));
     }
+    // The other doors of a value named for a BSN: binary data (in any encoding), a label kept
+    // in clear, an evidence file.
+    for value in ["l23456782", "123456782,00", "1234 5672"] {
+        let utf16: Vec<u8> = value.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        for data in [value.as_bytes().to_vec(), utf16] {
+            let refused = try_put(&server, "REL-0901", vec![binary("bsn", "identity", &data)])
+                .await
+                .expect_err("a BSN as binary data named for one was stored");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            assert!(
+                refused.message().contains("fields[0].binary"),
+                "{refused:?}"
+            );
+            try_put(
+                &server,
+                "REL-0902",
+                vec![binary("kenmerk", "identity", &data)],
+            )
+            .await
+            .unwrap_or_else(|s| panic!("{value:?} as data in another field refused: {s:?}"));
+        }
+        let mut client = server.client().await;
+        for (key, holds) in [("bsn", true), ("klant.bsn", true), ("kenmerk", false)] {
+            let put = client
+                .put_record(req(
+                    server.token(Role::NuisanceOfficer),
+                    pb::PutRecordRequest {
+                        context: nuisance_ctx(),
+                        subject_id: if holds { "REL-0901" } else { "REL-0902" }.into(),
+                        fields: vec![text("statement", "nuisance-evidence", "noise")],
+                        labels: [(key.to_owned(), value.to_owned())].into(),
+                    },
+                ))
+                .await;
+            match (holds, put) {
+                (true, Err(refused)) => {
+                    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+                    assert!(refused.message().contains("labels["), "{refused:?}");
+                    assert!(!refused.message().contains(value), "the value was echoed");
+                }
+                (true, Ok(_)) => panic!("{value:?} in label `{key}` was stored"),
+                (false, put) => {
+                    put.unwrap_or_else(|s| panic!("{value:?} in label `{key}` refused: {s:?}"));
+                }
+            }
+        }
+    }
+    let record = try_put(
+        &server,
+        "REL-0902",
+        vec![text("statement", "nuisance-evidence", "noise")],
+    )
+    .await
+    .unwrap();
+    for (field, stored) in [
+        ("bsn", false),
+        ("burgerservicenummer", false),
+        ("photo", true),
+    ] {
+        let start = evidence_start(nuisance_ctx(), "", &record, field, "text/plain", "n.txt");
+        let put = upload_bytes(
+            &server,
+            server.token(Role::NuisanceOfficer),
+            start,
+            b"l23456782",
+        )
+        .await;
+        match put {
+            Ok(_) => assert!(
+                stored,
+                "a BSN in an evidence file named `{field}` was stored"
+            ),
+            Err(refused) => {
+                assert!(!stored, "refused in `{field}`: {refused:?}");
+                assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            }
+        }
+    }
     assert_eq!(stored_records(&server, "REL-0901").await, 0);
     server.stop().await;
 }
