@@ -76,12 +76,12 @@ pub fn new_fields(
                 Some(pb::field_value::Value::Text(t)) => {
                     let t = Zeroizing::new(t);
                     check_size(i, "text", t.len(), limits)?;
-                    guard::check_text(&format!("fields[{i}].text"), &t)?;
                     // A field named for a BSN holds one when its value reads as the number
                     // after a BSN label (`bsn` with `l23456782`, `€ 123456782`).
                     if guard::names_a_bsn(name.as_str()) {
-                        let labelled = Zeroizing::new(format!("bsn {}", t.as_str()));
-                        guard::check_text(&format!("fields[{i}].text"), &labelled)?;
+                        guard::check_labelled_text(&format!("fields[{i}].text"), &t)?;
+                    } else {
+                        guard::check_text(&format!("fields[{i}].text"), &t)?;
                     }
                     Value::Text(t)
                 }
@@ -158,7 +158,7 @@ pub fn labels(
         check_free_text(&field, &v, "label value", MAX_LABEL_VALUE, Need::Optional)?;
         // A label named for a BSN (`bsn`, `klant.bsn`): its value read as the number after one.
         if guard::names_a_bsn(&k) {
-            guard::check_text(&field, &Zeroizing::new(format!("bsn {v}")))?;
+            guard::check_labelled_text(&field, &v)?;
         }
         out.insert(k, v);
     }

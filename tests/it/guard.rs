@@ -1167,6 +1167,8 @@ async fn a_field_named_for_a_bsn_is_read_as_a_labelled_number() {
         ("burgerservicenummer", "+31 123456782"),
         ("sofinummer", "123_____456_____782"),
         ("bsn-nr", "123.456.782,00"),
+        ("bsn", "zie: l23456782"),
+        ("klant.bsn", "nvt 1234 5672"),
     ] {
         let refused = try_put(&server, "REL-0901", vec![text(name, "identity", value)])
             .await
@@ -1181,6 +1183,18 @@ async fn a_field_named_for_a_bsn_is_read_as_a_labelled_number() {
         )
         .await
         .unwrap_or_else(|s| panic!("{value:?} in another field refused: {s:?}"));
+    }
+    // A name that only mentions a BSN is no label: its numbers are read as anywhere else
+    // (Unix times, of which one in eleven would pass the eleven-test after a label).
+    for k in 0..30u64 {
+        let time = (1_716_097_655 + k * 86_413).to_string();
+        try_put(
+            &server,
+            "REL-0902",
+            vec![text("bsn_verified_at", "identity", &time)],
+        )
+        .await
+        .unwrap_or_else(|s| panic!("{time} in `bsn_verified_at` refused: {s:?}"));
     }
     // The other doors of a value named for a BSN: binary data (in any encoding), a label kept
     // in clear, an evidence file.
