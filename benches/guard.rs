@@ -5,7 +5,9 @@
 //! Three kinds of data, 32 MiB each, fed in 64 KiB chunks as an upload arrives: random bytes (a
 //! photo, a film or sound: compressed data), Dutch letter text in ASCII (a scanned letter's text
 //! layer), and the same text in UTF-16LE (a Word document's text). `cargo bench --bench guard`;
-//! `-- --mib N` for another size, `-- --only random` (or `ascii`, `utf-16`) for one kind.
+//! `-- --mib N` for another size, `-- --only random` (or `ascii`, `utf-16`, `fields`) for one
+//! kind. After them, field values of 4 KiB through `check_text`: ASCII prose, the same with
+//! accents, and as HTML (both read a second time as they show), against the ASCII rate.
 
 #![allow(
     clippy::unwrap_used,
@@ -23,7 +25,7 @@ use aes_gcm::{
 };
 use rand::{RngCore, SeedableRng};
 
-use kluis::vault::guard::Scanner;
+use kluis::vault::guard::{Scanner, check_text};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -90,6 +92,43 @@ fn main() {
             rate(aes),
             aes.as_secs_f64() / guard.as_secs_f64()
         );
+    }
+
+    // Field values of 4 KiB through `check_text`: plain ASCII is read once; text with accents
+    // or markup is read a second time as it shows.
+    let accented = prose
+        .replace("Geachte heer", "Geachte meneer Öztürk, één")
+        .replace("laten wij", "laten wíj");
+    let html = format!(
+        "<p>{}</p>",
+        prose.replace(", ", ",&nbsp;<b>").replace(". ", "</b>. ")
+    );
+    let field = |p: &str| -> Vec<String> {
+        let value: String = p.chars().cycle().take(4096).collect();
+        vec![value; size / 4096]
+    };
+    println!(" field values   check_text MB/s   × ASCII field values");
+    let mut ascii_rate = None;
+    for (name, values) in [
+        ("ASCII", field(prose)),
+        ("accented", field(&accented)),
+        ("HTML", field(&html)),
+    ] {
+        if only.as_deref().is_some_and(|k| k != "fields") {
+            continue;
+        }
+        let mut best = Duration::MAX;
+        for _ in 0..2 {
+            let start = Instant::now();
+            for v in &values {
+                check_text("value", v).unwrap();
+            }
+            best = best.min(start.elapsed());
+        }
+        let bytes: usize = values.iter().map(String::len).sum();
+        let rate = bytes as f64 / best.as_secs_f64() / 1e6;
+        let base = *ascii_rate.get_or_insert(rate);
+        println!(" {name:<13} {rate:>16.0}   {:>20.2}", rate / base);
     }
 }
 

@@ -1639,9 +1639,11 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
                 j = start;
                 continue;
             }
-            // Inside a tag (`<input name="bsn" value="…">`): a tag that names a BSN labels
-            // the number in it; another is passed over as a whole.
-            if let Some(open) = tag_around(u, start) {
+            // An attribute inside a tag (`<input name="bsn" value="…">`): a tag that names a
+            // BSN labels the number in it; another is passed over as a whole.
+            if u.get(j) == Some(&Unit(b'='))
+                && let Some(open) = tag_around(u, start)
+            {
                 if markup_end(u, open).is_some_and(|end| tag_names_a_bsn(u, open, end)) {
                     return Some(j);
                 }
