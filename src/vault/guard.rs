@@ -502,10 +502,16 @@ pub fn check_labelled_text(field: &str, text: &str) -> Result<(), InputError> {
 
 /// Tags that show nothing between the text around them: that text joins.
 const INLINE_TAGS: &[&str] = &[
-    "a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "data", "del", "dfn", "em", "font", "i",
-    "img", "ins", "kbd", "mark", "q", "s", "samp", "script", "small", "span", "strike", "strong",
-    "style", "sub", "sup", "svg", "template", "time", "tt", "u", "var", "wbr",
+    "a", "abbr", "area", "audio", "b", "base", "bdi", "bdo", "big", "canvas", "cite", "code",
+    "col", "data", "del", "dfn", "dialog", "em", "embed", "font", "i", "iframe", "img", "ins",
+    "kbd", "link", "map", "mark", "math", "meta", "noscript", "object", "param", "picture", "q",
+    "s", "samp", "script", "select", "slot", "small", "source", "span", "strike", "strong",
+    "style", "sub", "sup", "svg", "template", "textarea", "time", "title", "track", "tt", "u",
+    "var", "video", "wbr",
 ];
+
+/// Elements whose content never shows: left out with it.
+const HIDDEN_ELEMENTS: &[&str] = &["noscript", "script", "style", "svg", "template"];
 
 /// `text` as markup shows it: see [`read_as_shown`].
 fn render(text: &str) -> Zeroizing<String> {
@@ -516,11 +522,13 @@ fn render(text: &str) -> Zeroizing<String> {
     // time).
     let mut closes: Option<Option<usize>> = None;
     let mut labelled = false;
+    // Where the end of each hidden element is (as `closes`).
+    let mut hidden: Vec<(String, Option<usize>)> = Vec::new();
     while let Some(at) = rest.find(['<', '&', '-']) {
         let (before, tail) = rest.split_at(at);
         out.push_str(before);
         let used = match tail.as_bytes().first() {
-            Some(b'<') => rendered_tag(tail, &mut closes, &mut labelled, &mut out),
+            Some(b'<') => rendered_tag(tail, &mut closes, &mut hidden, &mut labelled, &mut out),
             Some(b'&') => rendered_reference(tail, &mut out),
             _ => {
                 let after_letter = out.chars().next_back().is_some_and(char::is_alphabetic);
@@ -539,6 +547,7 @@ fn render(text: &str) -> Zeroizing<String> {
 fn rendered_tag(
     tail: &str,
     closes: &mut Option<Option<usize>>,
+    hidden: &mut Vec<(String, Option<usize>)>,
     labelled: &mut bool,
     out: &mut String,
 ) -> usize {
@@ -601,10 +610,52 @@ fn rendered_tag(
         out.push_str(ends_reach);
         return end + 1;
     }
+    // Elements whose content never shows (`<style>`, `<script>`, `<template>`, `<svg>`):
+    // left out with it, when their end is there.
+    if HIDDEN_ELEMENTS.contains(&name.as_str())
+        && !inside.starts_with('/')
+        && !inside.ends_with('/')
+    {
+        let rest = tail.get(end + 1..).unwrap_or_default();
+        let known = hidden
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, c)| c)
+            .filter(|c| c.is_none_or(|from_end| from_end <= rest.len()));
+        let found = match known {
+            Some(found) => found,
+            None => {
+                let found = rest
+                    .match_indices("</")
+                    .map(|(p, _)| p)
+                    .find(|&p| {
+                        rest.get(p + 2..p + 2 + name.len())
+                            .is_some_and(|n| n.eq_ignore_ascii_case(&name))
+                    })
+                    .map(|p| rest.len() - p);
+                hidden.retain(|(n, _)| *n != name);
+                hidden.push((name.clone(), found));
+                found
+            }
+        };
+        if let Some(from_end) = found {
+            let at = tail.len() - from_end;
+            let after = tail.get(at..).unwrap_or_default();
+            return at + after.find('>').map_or(after.len(), |p| p + 1);
+        }
+    }
+    let mut attributes = render(inside);
+    for _ in 0..3 {
+        if !attributes.contains('&') {
+            break;
+        }
+        attributes = render(&attributes);
+    }
     let mut u: Vec<Unit> = Vec::with_capacity(inside.len());
-    for c in render(inside).chars() {
+    for c in attributes.chars() {
         fold_as_letters(c, &mut |x| u.push(x));
     }
+    let opens = !inside.starts_with('/') && !inside.ends_with('/');
     let value = inside
         .find("value=")
         .filter(|&at| {
@@ -621,11 +672,17 @@ fn rendered_tag(
             let stop = v.find(|c: char| Some(c) == quote || (quote.is_none() && c.is_whitespace()));
             v.get(..stop.unwrap_or(v.len())).unwrap_or_default()
         });
-    if tag_names_a_bsn(&u, 0, u.len()) || names_a_bsn(inside) {
+    if opens && (tag_names_a_bsn(&u, 0, u.len()) || names_a_bsn(inside)) {
         out.push_str(" bsn ");
-        out.push_str(value.unwrap_or_default());
-        out.push(' ');
-        *labelled = true;
+        if name == "input" {
+            // A form field's label is for its own value only.
+            out.push_str(value.unwrap_or_default());
+            out.push_str(ends_reach);
+        } else {
+            out.push_str(value.unwrap_or_default());
+            out.push(' ');
+            *labelled = true;
+        }
         return end + 1;
     }
     if tag_has_own_label(&u, 0, u.len()) {
@@ -1581,6 +1638,9 @@ fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize, bool)> {
     }
 }
 
+/// Most words, tags and references between a BSN label and the number it is looked for from.
+const MAX_LABEL_STEPS: usize = 16;
+
 /// Units after the end of a BSN label in which its number is read whatever stands between the
 /// digits (`labelled_bsn`).
 const LABEL_REACH: usize = 96;
@@ -1790,8 +1850,17 @@ fn service_of_a_citizen(
 #[inline(never)]
 fn label_before(u: &[Unit], i: usize) -> Option<usize> {
     let mut j = i;
+    // Words, tags and references passed: a label stands behind a few, not behind a page of
+    // them (`<b>9u</b>` repeated: each row would walk back over dozens).
+    let mut steps = 0;
     while i - j < LABEL_REACH {
         let x = *u.get(j.checked_sub(1)?)?;
+        if x.binds() || x == Unit(b'>') || x == Unit(b';') {
+            steps += 1;
+            if steps > MAX_LABEL_STEPS {
+                return None;
+            }
+        }
         if x.binds() {
             let mut start = j - 1;
             while start > 0 && u.get(start - 1).is_some_and(Unit::binds) {
@@ -1800,10 +1869,6 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
             let run = u.get(start..j)?;
             if let Some(end) = label_in_parts(u, run, j) {
                 return Some(end);
-            }
-            if label_filler(run) {
-                j = start;
-                continue;
             }
             // An attribute inside a tag (`<input name="bsn" value="…">`): a tag that names a
             // BSN labels the number in it; another is passed over as a whole.
@@ -1814,6 +1879,10 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
                     return Some(j);
                 }
                 j = open;
+                continue;
+            }
+            if label_filler(run) {
+                j = start;
                 continue;
             }
             // Only a word with a `b` in it, or starting with `s`, or joined to the one before
@@ -1844,8 +1913,10 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
             };
             match from.filter(|&k| end_at(k) == Some(j)) {
                 // A tag named for the number, or with an attribute that names it
-                // (`<bsn>`, `<td data-label="BSN">`), is its label.
-                Some(k) if open == b'<' && tag_names_a_bsn(u, k, j) => return Some(j),
+                // (`<bsn>`, `<td data-label="BSN">`), is its label; not one that ends an
+                // element or is one (`</bsn>`, `<bsn/>`), nor a form field, whose label is
+                // for its own value (`<input name="bsn" value="">`).
+                Some(k) if open == b'<' && labels_what_follows(u, k, j) => return Some(j),
                 Some(k) => j = k,
                 None => j -= 1,
             }
@@ -1882,6 +1953,17 @@ fn tag_around(u: &[Unit], i: usize) -> Option<usize> {
         .take_while(|&k| u.get(k) != Some(&Unit(b'>')))
         .find(|&k| u.get(k) == Some(&Unit(b'<')))?;
     markup_end(u, open).filter(|&end| end > i).map(|_| open)
+}
+
+/// Whether the markup tag `u[start..end]` names a BSN for what follows it: it names one
+/// ([`tag_names_a_bsn`]), opens an element (not `</bsn>`, `<bsn/>`) and is no form field.
+fn labels_what_follows(u: &[Unit], start: usize, end: usize) -> bool {
+    let closing = u.get(start + 1) == Some(&Unit::JOINER);
+    let empty = end >= 2 && u.get(end - 2) == Some(&Unit::JOINER);
+    let input: &[Unit] = &[Unit(b'i'), Unit(b'n'), Unit(b'p'), Unit(b'u'), Unit(b't')];
+    let field =
+        u.get(start + 1..start + 6) == Some(input) && !u.get(start + 6).is_some_and(Unit::binds);
+    !closing && !empty && !field && tag_names_a_bsn(u, start, end)
 }
 
 /// Whether the markup tag `u[start..end]` is an inline one ([`INLINE_TAGS`]), which ends no
@@ -2149,10 +2231,14 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
                 });
             }
             j = k;
-        } else if x == Unit::BREAK {
+        } else if x == Unit::BREAK || x == Unit(b'?') || x == Unit(b'!') {
+            // A question or an exclamation ends what the label says (`Vragen over uw BSN?
+            // Contactpersoon: 06-…`).
             break;
         } else if x.0 == b'<' {
             match markup_end(u, j) {
+                // After a label given by a tag, another form field has a label of its own.
+                Some(next) if label_is_a_tag && tag_value_start(u, j, next).is_some() => break,
                 // A tag with a label of its own (`<td data-label="Huurnummer">`) ends the reach,
                 // and so does the end of the element whose tag was the label
                 // (`<td data-label="BSN"></td><td>…`).
@@ -2304,6 +2390,14 @@ fn scan_bsns(
             }
         }
         let row_start = i;
+        // The fraction of a second of a time (`09:30:00.123456782`, as Java writes nine digits)
+        // is no number of its own; after a label it is read all the same (`labelled_bsn`).
+        if is_fraction_of_a_second(u, i) && label_before(u, i).is_none() {
+            while u.get(i).is_some_and(Unit::is_digit) {
+                i += 1;
+            }
+            continue;
+        }
         // After a BSN label its number is read as a person reads it (`labelled_bsn`). A label
         // has a `b`, `s` or `c` in it, or ends in a tag or an attribute's `=`: without one of
         // those within reach there is none to look for (a run of `T0930`s).
@@ -2322,8 +2416,8 @@ fn scan_bsns(
             i = g.end;
             groups.push(g);
             match next_group(u, i) {
-                Some(j) => i = j,
-                None => break,
+                Some(j) if !is_fraction_of_a_second(u, j) => i = j,
+                _ => break,
             }
         }
         let open = !last && i + RIGHT_CONTEXT > u.len();
@@ -2348,6 +2442,24 @@ fn scan_bsns(
         resume: u.len().max(start),
         cut: false,
     }
+}
+
+/// Whether the digits at `i` follow `hh:mm:ss.` or `hh:mm:ss,`: a fraction of a second.
+fn is_fraction_of_a_second(u: &[Unit], i: usize) -> bool {
+    let Some(start) = i.checked_sub(9) else {
+        return false;
+    };
+    let at = |k: usize| u.get(start + k).copied();
+    let digit = |k: usize| at(k).is_some_and(|x| x.is_digit());
+    matches!(at(8), Some(Unit(b'.' | b',')))
+        && digit(0)
+        && digit(1)
+        && at(2) == Some(Unit(b':'))
+        && digit(3)
+        && digit(4)
+        && at(5) == Some(Unit(b':'))
+        && digit(6)
+        && digit(7)
 }
 
 /// The first unit at or after `from` that can start a number or a character reference (a
@@ -5450,6 +5562,36 @@ mod tests {
                 "<abbr title=\"burgerservicenummer\">BSN</abbr> \u{2113}23456782",
                 "<abbr title=\"burgerservicenummer\">BSN</abbr> \u{2113}23456789",
             ),
+            // A fourth attack.
+            (
+                "B<style>p{color:red}</style>SN l23456782",
+                "B<style>p{color:red}</style>SX l23456782",
+            ),
+            (
+                "B<template><p>x</p></template>SN l23456782",
+                "B<template><p>x</p></template>SX l23456782",
+            ),
+            (
+                "B<svg><path d=\"M0 0\"/></svg>SN l23456782",
+                "B<svg><path d=\"M0 0\"/></svg>SX l23456782",
+            ),
+            (
+                "B<SCRIPT>x</SCRIPT>SN l23456782",
+                "B<SCRIPT>x</SCRIPT>SX l23456782",
+            ),
+            (
+                "B<video></video>SN l23456782",
+                "B<video></video>SX l23456782",
+            ),
+            (
+                "<td data-label=\"B&amp;#83;N\">1234 5672</td>",
+                "<td data-label=\"B&amp;#84;N\">1234 5672</td>",
+            ),
+            (
+                "<label for=\"bsn\">BSN</label><input value=\"1234 5672\">",
+                "<label for=\"bsn\">BSN</label><input value=\"1234 5679\">",
+            ),
+            ("BSN 09:30:00.123456782", "BSN 09:30:00.123456789"),
         ];
         for (refused, twin) in pairs {
             assert!(check_text("f", refused).is_err(), "accepted: {refused:?}");
@@ -5489,6 +5631,35 @@ mod tests {
                     "<td data-label=\"BSN\">\u{2014}</td><td data-label=\"Huurnummer\">{a:04} {b:04}</td>"
                 ),
                 format!("<td data-label=\"BSN\"></td><td>{a:04} {b:04}</td>"),
+                // A fourth attack: empty BSN elements and form fields, a question, timestamps.
+                format!(
+                    "<klant>\n  <naam>Jansen</naam>\n  <bsn/>\n  <telefoon>06{a:04}{b:04}</telefoon>\n</klant>"
+                ),
+                format!("<bsn>nvt</bsn><telefoon>06{a:04}{b:04}</telefoon>"),
+                format!("<bsn></bsn><telefoon>06{a:04}{b:04}</telefoon>"),
+                format!("</bsn> 06{a:04}{b:04}"),
+                format!(
+                    "<bsnGecontroleerd>true</bsnGecontroleerd><telefoon>06{a:04}{b:04}</telefoon>"
+                ),
+                format!(
+                    "<BG:inp.bsn xsi:nil=\"true\" StUF:noValue=\"geenWaarde\"/><BG:inp.a-nummer>98{a:04}{b:04}</BG:inp.a-nummer>"
+                ),
+                format!(
+                    "<input name=\"bsn\" value=\"\"><input name=\"telefoon\" value=\"06{a:04}{b:04}\">"
+                ),
+                format!(
+                    "<input name=\"bsn\" value=\"\"><input type=\"date\" name=\"geboortedatum\" value=\"1906-03-12\"><input name=\"tel\" value=\"06{a:04}{b:04}\">"
+                ),
+                format!(
+                    "<input placeholder=\"BSN (niet verplicht)\"><input placeholder=\"Telefoon\" value=\"06{a:04}{b:04}\">"
+                ),
+                format!("Vragen over uw BSN? Contactpersoon: 06-{a:04}{b:04}"),
+                format!("2024-03-12T09:30:00.{a:04}{b:04}7"),
+                format!(
+                    "2024-01-22T22:55:25.{a:04}{:02} {:03} ms",
+                    b % 100,
+                    b % 1000
+                ),
             ] {
                 assert!(check_text("f", &text).is_ok(), "refused: {text:?}");
             }
