@@ -126,6 +126,7 @@ pub fn policy(data: &[u8]) {
 pub fn inputs(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         let _ = guard::check_binary("f", data);
+        let _ = guard::check_binary_labelled("f", data);
         return;
     };
     // A subject has one spelling: what parses is ASCII in upper case, parses to itself, and
@@ -152,6 +153,12 @@ pub fn inputs(data: &[u8]) {
     if let Err(e) = guard::check_text("f", s) {
         assert!(s.len() < 9 || !e.to_string().contains(s));
     }
+    // A value of something named for a BSN: refused never with the value in the message.
+    if let Err(e) = guard::check_labelled_text("f", s) {
+        assert!(s.len() < 9 || !e.to_string().contains(s));
+    }
+    let _ = guard::names_a_bsn(s);
+    let _ = guard::check_binary_labelled("f", data);
 }
 
 /// A share as a custodian gives it: parsing never panics, a refusal never repeats the value,
@@ -217,6 +224,10 @@ mod tests {
             b"eyJhbGciOiJFUzI1NiIsImtpZCI6Im9uZSJ9.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwiYXVkIjoia2x1aXMiLCJzdWIiOiJ4IiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjF9.c2ln",
             b"eyJhbGciOiJub25lIn0.e30.",
             b"kluis-share-v1:0011223344556677:1:3:2:00:00000000",
+            b"<td data-label=\"B&amp;#83;N\">1234 5672</td><!-- --!><style>x</style><bsn/>",
+            "BSN 2024-03-12T09:30:00.123456789Z \u{2113}23456782 <input name=bsn value='l2'>"
+                .as_bytes(),
+            b"<!--<!--<!---><script><svg></template>&amp;amp;#49;&#x6c&Bopf;burger-\nservicenr",
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x006b_6c75_6973);
         let targets: [fn(&[u8]); 8] = [
@@ -232,6 +243,61 @@ mod tests {
                 if rng.gen_bool(0.5) {
                     // Mostly printable, so the text parsers get past UTF-8.
                     data.iter_mut().for_each(|b| *b = b' ' + *b % 95);
+                }
+                if rng.gen_bool(0.3) {
+                    // The pieces the guard's readings of markup, clocks and labels look for.
+                    const PIECES: &[&str] = &[
+                        "<",
+                        ">",
+                        "</",
+                        "/>",
+                        "<!--",
+                        "-->",
+                        "--!>",
+                        "<?",
+                        "&",
+                        "&#",
+                        "&#x",
+                        ";",
+                        "&amp;",
+                        "&nbsp",
+                        "bsn",
+                        "BSN",
+                        "b.s.n",
+                        "burger",
+                        "service",
+                        "nummer",
+                        "value=",
+                        "\"",
+                        "data-label=",
+                        "<style>",
+                        "</style>",
+                        "<input ",
+                        "-\n",
+                        "T",
+                        "Z",
+                        "+01",
+                        ":",
+                        ".",
+                        ",",
+                        "9u",
+                        "0",
+                        "1",
+                        "2",
+                        "l",
+                        "l23456782",
+                        "1234 5672",
+                        " ",
+                        "en",
+                        "van",
+                        "\u{2113}",
+                        "\u{A731}",
+                        "?",
+                        "|",
+                    ];
+                    data = (0..rng.gen_range(0..40))
+                        .flat_map(|_| PIECES[rng.gen_range(0..PIECES.len())].bytes())
+                        .collect();
                 }
                 target(&data);
             }
