@@ -436,13 +436,25 @@ fn shown_units(text: &str) -> Option<Zeroizing<Vec<Unit>>> {
 /// label from any word on (`zie: l23456782`, `NL-l23456782`, `nvt 1234 5672`): the name is its
 /// label, whatever the value says first.
 fn labelled_anywhere(u: &[Unit]) -> bool {
-    (0..u.len()).any(|p| {
-        (p == 0
+    // One reading from the start and one after each word that ends the one before, each as far
+    // as it goes (no reach): every part of the value is read once, in time linear in it.
+    let mut p = 0;
+    while p < u.len() {
+        let starts = p == 0
             || (u.get(p - 1).is_some_and(Unit::binds)
                 && !u.get(p).is_some_and(Unit::binds)
-                && !names_another_number(u, p)))
-            && labelled_bsn(u, p, &mut |_, _| true)
-    })
+                && !names_another_number(u, p));
+        if !starts {
+            p += 1;
+            continue;
+        }
+        let (hit, stop) = labelled_read(u, p, u.len(), &mut |_, _| true);
+        if hit {
+            return true;
+        }
+        p = stop.max(p + 1);
+    }
+    false
 }
 
 /// Whether the word ending at `end` says that the number after it is another one (`dossier`,
@@ -2172,6 +2184,17 @@ fn date_or_time_alone(u: &[Unit], j: usize) -> Option<usize> {
 /// with the leading zero left off are the rows' rule, `row_has_bsn`).
 #[inline(never)]
 fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) -> bool) -> bool {
+    labelled_read(u, from, LABEL_REACH, found).0
+}
+
+/// [`labelled_bsn`] within `reach` units of `from`; also where the reading stopped (the word,
+/// break or tag that ended it, or the end of the reach).
+fn labelled_read(
+    u: &[Unit],
+    from: usize,
+    reach: usize,
+    found: &mut impl FnMut(usize, usize) -> bool,
+) -> (bool, usize) {
     /// A digit read: its value, its units, and whether a letter (or a reference to one) was
     /// written for it.
     struct Read {
@@ -2181,7 +2204,7 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
         letter: bool,
     }
     let mut digits: Vec<Read> = Vec::with_capacity(LABEL_REACH);
-    let end = (from + LABEL_REACH).min(u.len());
+    let end = from.saturating_add(reach).min(u.len());
     let label_is_a_tag = from > 0 && u.get(from - 1) == Some(&Unit(b'>'));
     let mut j = from;
     while j < end {
@@ -2293,7 +2316,7 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
             && eleven_test(w)
             && found(first.start, last.end)
         {
-            return true;
+            return (true, j);
         }
     }
     // Eight digits, the leading zero left off, in any grouping (`BSN nr 1234 5672`), written
@@ -2307,10 +2330,10 @@ fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) ->
             && eleven_test_with_zero(w)
             && found(first.start, last.end)
         {
-            return true;
+            return (true, j);
         }
     }
-    false
+    (false, j)
 }
 
 /// The digit a letter written in a number stands for: `l` and `i` for `1`, `o` for `0`.
