@@ -663,7 +663,7 @@ fn rendered_tag(
         }
         attributes = render(&attributes);
     }
-    let mut u: Vec<Unit> = Vec::with_capacity(inside.len());
+    let mut u: Zeroizing<Vec<Unit>> = Zeroizing::new(Vec::with_capacity(inside.len()));
     for c in attributes.chars() {
         fold_as_letters(c, &mut |x| u.push(x));
     }
@@ -2054,9 +2054,11 @@ fn date_or_time_at(u: &[Unit], j: usize) -> Option<usize> {
         Some(end) => end,
         None => {
             // A date written `yyyymmdd` before its time (`20240312T0930`).
-            let d: Vec<u8> = (j..j + 8)
-                .filter_map(|p| u.get(p).and_then(|x| x.digit()))
-                .collect();
+            let d: Zeroizing<Vec<u8>> = Zeroizing::new(
+                (j..j + 8)
+                    .filter_map(|p| u.get(p).and_then(|x| x.digit()))
+                    .collect(),
+            );
             if digits_from(j) == 8 && is_date8(&d) && u.get(j + 8) == Some(&Unit(b't')) {
                 j + 8
             } else {
@@ -2306,7 +2308,7 @@ fn labelled_read(
             j += 1;
         }
     }
-    let values: Vec<u8> = digits.iter().map(|d| d.value).collect();
+    let values: Zeroizing<Vec<u8>> = Zeroizing::new(digits.iter().map(|d| d.value).collect());
     // At most one letter read as a digit: a finding holds `SHORTEST_FINDING` digits at least,
     // which is what lets binary data between breaks with fewer go unread (`may_hold_finding`).
     let letters = |at: &[Read]| at.iter().filter(|d| d.letter).count();
