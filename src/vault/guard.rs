@@ -427,6 +427,7 @@ fn shown_units(text: &str) -> Option<Zeroizing<Vec<Unit>>> {
     }
     let mut u: Zeroizing<Vec<Unit>> = Zeroizing::new(Vec::with_capacity(shown.len()));
     for c in shown.chars() {
+        reserve_wiped(&mut u, MAX_FOLD);
         fold_as_letters(c, &mut |x| u.push(x));
     }
     Some(u)
@@ -538,7 +539,7 @@ fn render(text: &str) -> Zeroizing<String> {
     let mut hidden: Vec<(String, Option<usize>)> = Vec::new();
     while let Some(at) = rest.find(['<', '&', '-']) {
         let (before, tail) = rest.split_at(at);
-        out.push_str(before);
+        push_str_wiped(&mut out, before);
         let used = match tail.as_bytes().first() {
             Some(b'<') => rendered_tag(tail, &mut closes, &mut hidden, &mut labelled, &mut out),
             Some(b'&') => rendered_reference(tail, &mut out),
@@ -549,7 +550,7 @@ fn render(text: &str) -> Zeroizing<String> {
         };
         rest = tail.get(used.max(1)..).unwrap_or_default();
     }
-    out.push_str(rest);
+    push_str_wiped(&mut out, rest);
     out
 }
 
@@ -561,7 +562,7 @@ fn rendered_tag(
     closes: &mut Option<Option<usize>>,
     hidden: &mut Vec<(String, Option<usize>)>,
     labelled: &mut bool,
-    out: &mut String,
+    out: &mut Zeroizing<String>,
 ) -> usize {
     if let Some(body) = tail.strip_prefix("<!--") {
         // HTML ends `<!-->` and `<!--->` at once.
@@ -586,7 +587,7 @@ fn rendered_tag(
             let bang = usize::from(tail.get(at + 2..at + 3) == Some("!"));
             return at + 3 + bang;
         }
-        out.push('<');
+        push_wiped_char(out, '<');
         return 1;
     }
     let bytes = tail.as_bytes();
@@ -601,7 +602,7 @@ fn rendered_tag(
         .map(|p| p + 1)
         .filter(|&p| bytes.get(p) == Some(&b'>'));
     let (true, Some(end)) = (starts, end) else {
-        out.push('<');
+        push_wiped_char(out, '<');
         return 1;
     };
     let inside = tail.get(1..end).unwrap_or_default();
@@ -619,7 +620,7 @@ fn rendered_tag(
     // that label does. A form field shows its value.
     let ends_reach = " end ";
     if inside.starts_with('/') && !inline && std::mem::take(labelled) {
-        out.push_str(ends_reach);
+        push_str_wiped(out, ends_reach);
         return end + 1;
     }
     // Elements whose content never shows (`<style>`, `<script>`, `<template>`, `<svg>`):
@@ -665,6 +666,7 @@ fn rendered_tag(
     }
     let mut u: Zeroizing<Vec<Unit>> = Zeroizing::new(Vec::with_capacity(inside.len()));
     for c in attributes.chars() {
+        reserve_wiped(&mut u, MAX_FOLD);
         fold_as_letters(c, &mut |x| u.push(x));
     }
     let opens = !inside.starts_with('/') && !inside.ends_with('/');
@@ -685,31 +687,31 @@ fn rendered_tag(
             v.get(..stop.unwrap_or(v.len())).unwrap_or_default()
         });
     if opens && (tag_names_a_bsn(&u, 0, u.len()) || names_a_bsn(inside)) {
-        out.push_str(" bsn ");
+        push_str_wiped(out, " bsn ");
         if name == "input" {
             // A form field's label is for its own value only.
-            out.push_str(value.unwrap_or_default());
-            out.push_str(ends_reach);
+            push_str_wiped(out, value.unwrap_or_default());
+            push_str_wiped(out, ends_reach);
         } else {
-            out.push_str(value.unwrap_or_default());
-            out.push(' ');
+            push_str_wiped(out, value.unwrap_or_default());
+            push_wiped_char(out, ' ');
             *labelled = true;
         }
         return end + 1;
     }
     if tag_has_own_label(&u, 0, u.len()) {
-        out.push_str(ends_reach);
+        push_str_wiped(out, ends_reach);
         return end + 1;
     }
     if let Some(value) = value {
-        out.push(' ');
-        out.push_str(value);
-        out.push(' ');
+        push_wiped_char(out, ' ');
+        push_str_wiped(out, value);
+        push_wiped_char(out, ' ');
         return end + 1;
     }
     // A processing instruction or declaration (`<?php ?>`, `<!doctype>`) shows nothing.
     if !(inside.starts_with(['?', '!']) || inline) {
-        out.push(' ');
+        push_wiped_char(out, ' ');
     }
     end + 1
 }
@@ -724,7 +726,7 @@ fn comment_end(body: &str) -> Option<usize> {
 
 /// Renders the character reference that `tail` starts with; returns how many bytes it took
 /// (the `&` alone, kept, when it starts none).
-fn rendered_reference(tail: &str, out: &mut String) -> usize {
+fn rendered_reference(tail: &str, out: &mut Zeroizing<String>) -> usize {
     let bytes = tail.as_bytes();
     if bytes.get(1) == Some(&b'#') {
         let hex = matches!(bytes.get(2), Some(b'x' | b'X'));
@@ -746,11 +748,11 @@ fn rendered_reference(tail: &str, out: &mut String) -> usize {
             .and_then(|d| u32::from_str_radix(d, if hex { 16 } else { 10 }).ok())
             .and_then(char::from_u32);
         if let Some(c) = value.filter(|_| digits > 0) {
-            out.push(c);
+            push_wiped_char(out, c);
             let end = body + digits;
             return end + usize::from(bytes.get(end) == Some(&b';'));
         }
-        out.push('&');
+        push_wiped_char(out, '&');
         return 1;
     }
     let name_len = bytes
@@ -791,11 +793,11 @@ fn rendered_reference(tail: &str, out: &mut String) -> usize {
     };
     match shown {
         Some(shown) => {
-            out.push_str(shown);
+            push_str_wiped(out, shown);
             1 + name_len + usize::from(closed)
         }
         None => {
-            out.push('&');
+            push_wiped_char(out, '&');
             1
         }
     }
@@ -803,7 +805,7 @@ fn rendered_reference(tail: &str, out: &mut String) -> usize {
 
 /// Renders the `-` that `tail` starts with: a word broken at a line end (a letter before it,
 /// a line break and a letter after) is joined; returns how many bytes it took.
-fn rendered_hyphen(tail: &str, after_letter: bool, out: &mut String) -> usize {
+fn rendered_hyphen(tail: &str, after_letter: bool, out: &mut Zeroizing<String>) -> usize {
     let rest = tail.get(1..).unwrap_or_default();
     let broken = rest
         .strip_prefix("\r\n")
@@ -814,7 +816,7 @@ fn rendered_hyphen(tail: &str, after_letter: bool, out: &mut String) -> usize {
             tail.len() - next.len()
         }
         _ => {
-            out.push('-');
+            push_wiped_char(out, '-');
             1
         }
     }
@@ -939,9 +941,38 @@ fn units(text: &str) -> Zeroizing<Vec<Unit>> {
     let folds = Folds::get();
     let mut out = Zeroizing::new(Vec::with_capacity(text.len()));
     for c in text.chars() {
+        reserve_wiped(&mut out, MAX_FOLD);
         folds.fold(c, &mut |u| out.push(u));
     }
     out
+}
+
+/// Makes room for `more` elements in a wiped buffer without leaving a copy behind. A `Vec`
+/// that grows frees its old buffer as it is; here the contents move into a larger buffer and
+/// the old one is wiped as it drops.
+fn reserve_wiped<T: Copy + Zeroize>(buf: &mut Zeroizing<Vec<T>>, more: usize) {
+    let need = buf.len() + more;
+    if need > buf.capacity() {
+        let mut grown = Vec::with_capacity(need.max(buf.capacity() * 2));
+        grown.extend_from_slice(buf);
+        *buf = Zeroizing::new(grown);
+    }
+}
+
+/// Appends `s` to a wiped text without leaving a copy behind (as [`reserve_wiped`]).
+fn push_str_wiped(buf: &mut Zeroizing<String>, s: &str) {
+    let need = buf.len() + s.len();
+    if need > buf.capacity() {
+        let mut grown = String::with_capacity(need.max(buf.capacity() * 2));
+        grown.push_str(buf);
+        *buf = Zeroizing::new(grown);
+    }
+    buf.push_str(s);
+}
+
+/// Appends `c` to a wiped text without leaving a copy behind (as [`reserve_wiped`]).
+fn push_wiped_char(buf: &mut Zeroizing<String>, c: char) {
+    push_str_wiped(buf, c.encode_utf8(&mut [0; 4]));
 }
 
 /// What each character of the Basic Multilingual Plane folds to, computed once with
@@ -2907,6 +2938,7 @@ const MRZ_LINE: usize = 28;
 /// Whether a run of units (MRZ characters and spaces) holds an MRZ line.
 fn mrz_units(units: &[Unit], run: &mut Zeroizing<Vec<u8>>) -> bool {
     run.clear();
+    reserve_wiped(run, units.len());
     run.extend(units.iter().filter_map(|&x| mrz_char(x)));
     mrz_run(run.as_slice())
 }
@@ -4085,6 +4117,41 @@ mod tests {
         let mut v = prefix.to_vec();
         v.push(check);
         eleven_test(&v).then_some(v)
+    }
+
+    /// A buffer of plaintext that grows moves into a larger one (the old is wiped as it
+    /// drops) and keeps its contents: a character that folds to more units than it has bytes
+    /// (U+FDFA, 3 bytes, 18 units), a rendered tag longer than it was written.
+    #[test]
+    fn wiped_buffers_keep_their_contents_as_they_grow() {
+        let one = units("\u{FDFA}");
+        assert_eq!(one.len(), MAX_FOLD);
+        let many = units(&"\u{FDFA}".repeat(40));
+        assert_eq!(many.len(), 40 * MAX_FOLD);
+        assert!(many.chunks(MAX_FOLD).all(|c| c == one.as_slice()));
+
+        let mut text = Zeroizing::new(String::with_capacity(1));
+        let mut plain = String::new();
+        for i in 0..200 {
+            let piece = format!("{i} ");
+            push_str_wiped(&mut text, &piece);
+            push_wiped_char(&mut text, 'é');
+            plain.push_str(&piece);
+            plain.push('é');
+        }
+        assert_eq!(*text, plain);
+
+        let mut u: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
+        for b in 0..=255u8 {
+            reserve_wiped(&mut u, 1);
+            assert!(u.capacity() > u.len());
+            u.push(b);
+        }
+        assert!(u.iter().copied().eq(0..=255u8));
+
+        // `<bsn></p>` renders longer than it is written.
+        let rendered = render("<bsn>123</p>");
+        assert!(rendered.len() > "<bsn>123</p>".len(), "{}", rendered.len());
     }
 
     #[test]
