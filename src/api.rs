@@ -22,7 +22,7 @@ use tonic::{Request, Status, metadata::MetadataMap};
 
 use crate::{
     identity::{Credentials, Identity, PeerCertificate, USER_METADATA},
-    vault::{Vault, VaultError, tokens::BearerToken},
+    vault::{Vault, VaultError, places, tokens::BearerToken},
 };
 
 pub use admin::AdminApi;
@@ -154,6 +154,66 @@ where
             tracing::error!(error = %e, "request task failed");
             Status::internal("internal error")
         })?
+        .map_err(status::to_status)
+}
+
+/// Where a call run with [`run_then`] hands its answer on.
+pub(crate) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, VaultError>>;
+
+/// `run` for a call whose answer comes once an audit entry it queues is committed (a read,
+/// `Vault::get_record_then`): `f` runs on a call thread, queues the entry and hands `reply` on
+/// to whatever answers once the entry is committed; that thread goes on to other work meanwhile
+/// instead of sleeping until the commit, and the answer is awaited here.
+pub(crate) async fn run_then<Req, T, F>(
+    backend: &Backend,
+    request: Request<Req>,
+    f: F,
+) -> Result<T, Status>
+where
+    Req: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&Arc<Vault>, &crate::domain::Principal, Req, Reply<T>) -> Result<(), VaultError>
+        + Send
+        + 'static,
+{
+    let creds = credentials(&request)?;
+    let message = request.into_inner();
+    let vault = Arc::clone(&backend.vault);
+    let identity = Arc::clone(&backend.identity);
+    let key = caller_key(&creds);
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    let task = async move {
+        let place = take_place(&vault, key).await?;
+        let mut call = place.run(move || {
+            identity
+                .authenticate(&vault, &creds)
+                .and_then(|principal| f(&vault, &principal, message, reply))
+                .map_err(|e| vault.after_failure(e))
+        });
+        // The answer may come before the call's work ends: a call thread that leads the
+        // commits goes on committing other calls' entries after its own.
+        let not_answered =
+            || VaultError::Unavailable("the call's audit entry was not committed".into());
+        let failed = |e: places::CallFailed| {
+            tracing::error!(error = %e, "request task failed");
+            Status::internal("internal error")
+        };
+        let answered = tokio::select! {
+            answered = &mut answer => match answered {
+                Ok(answered) => answered,
+                // Dropped unanswered: the call's work failed, or the trail closed.
+                Err(_) => call.await.map_err(failed)?.and_then(|()| Err(not_answered())),
+            },
+            done = &mut call => match done.map_err(failed)? {
+                Ok(()) => answer.await.unwrap_or_else(|_| Err(not_answered())),
+                Err(e) => Err(e),
+            },
+        };
+        Ok::<_, Status>(answered)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, task)
+        .await
+        .map_err(|_| Status::deadline_exceeded("the request took longer than 60 s"))??
         .map_err(status::to_status)
 }
 

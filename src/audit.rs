@@ -285,6 +285,14 @@ const MAX_BATCH: usize = 512;
 /// queued, if any. Nobody wakes to find nothing for it, and no crowd of woken callers queues on
 /// one lock (the cost a shared condition variable had under many concurrent requests).
 ///
+/// A caller may also queue an entry and not wait (`Audit::append_then`, a read): it leaves what
+/// is to be done once the entry is committed (`Answer::Then`), which the leader of its batch
+/// runs after the commit, and its thread goes on to other work at once. Such a caller leads
+/// when nobody does, one batch (a lone read commits its own entry without a hand-off), and
+/// passes the lead on like a caller that waits. The lead passes to the first caller queued when
+/// it waits, else to the relay thread (`relay`), which leads while callers that do not wait come
+/// first: under many reads one thread commits batch after batch, and no thread sleeps per read.
+///
 /// An entry may carry a record write (`Audit::append_writing`), which the store makes in the
 /// transaction that appends the batch, so that a write and its entry share one commit.
 ///
@@ -293,9 +301,16 @@ const MAX_BATCH: usize = 512;
 /// with the error and nothing of the batch is kept, the writes included.
 /// Invariant: while anything is queued, one caller leads (`leading`), and it is either
 /// committing or about to take the queue; the lead passes on even when a leader unwinds.
-#[derive(Default)]
+/// Invariant: `Then` runs only with the outcome of the commit that held its entry, after that
+/// commit; a `Then` dropped unrun (the leader unwound, the trail closed) is never run.
 struct Appender {
     state: Mutex<AppendState>,
+    store: Arc<dyn Store>,
+    keys: Arc<MacKeys>,
+    genesis: [u8; 32],
+    committed: Arc<Committed>,
+    /// Where the relay thread waits to lead (`true`) or to stop (`false`).
+    relay: crate::wait::Slot<bool>,
 }
 
 #[derive(Default)]
@@ -306,12 +321,23 @@ struct AppendState {
     leading: bool,
 }
 
-/// One caller's entries, the record write the last of them carries, and where it waits.
+/// One caller's entries, the record write the last of them carries, and how it is answered.
 struct Queued {
     entries: Vec<Vec<u8>>,
     write: Option<RecordWrite>,
-    waiter: Arc<Waiter>,
+    answer: Answer,
 }
+
+/// How a queued caller is answered.
+enum Answer {
+    /// Its thread waits in its place, and may be handed the lead.
+    Wait(Arc<Waiter>),
+    /// Nobody waits: run by the leader once the entry's batch is committed or has failed.
+    Then(Then),
+}
+
+/// What a caller that does not wait leaves to be done with its entry's sequence number.
+pub type Then = Box<dyn FnOnce(Result<AuditSeq, AuditError>) + Send>;
 
 /// Where one caller waits to be answered or to lead.
 type Waiter = crate::wait::Slot<Wake>;
@@ -330,11 +356,162 @@ impl Appender {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Gives the lead to the first caller queued, or gives it up when nobody is.
+    /// Gives the lead to the first caller queued, to the relay thread when that caller does
+    /// not wait, or gives it up when nobody is queued.
     fn pass_lead(&self, state: &mut AppendState) {
-        match state.queue.front() {
-            Some(next) => next.waiter.give(Wake::Lead),
+        match state.queue.front().map(|q| &q.answer) {
+            Some(Answer::Wait(next)) => next.give(Wake::Lead),
+            Some(Answer::Then(_)) => self.relay.give(true),
             None => state.leading = false,
+        }
+    }
+
+    /// Queues `entries` (the last carrying `write`), and leads when nobody does: returns once
+    /// the caller is answered (`Answer::Wait`), or at once when it does not wait and another
+    /// leads; a caller that does not wait and leads returns when the lead has passed on.
+    fn queue(
+        &self,
+        entries: Vec<Vec<u8>>,
+        write: Option<RecordWrite>,
+        answer: Answer,
+    ) -> Option<(Result<u64, String>, Option<Carried>)> {
+        let own = match &answer {
+            Answer::Wait(own) => Some(Arc::clone(own)),
+            Answer::Then(_) => None,
+        };
+        {
+            let mut state = self.lock();
+            state.queue.push_back(Queued {
+                entries,
+                write,
+                answer,
+            });
+            if state.leading {
+                drop(state);
+                match own.as_ref().map(|own| own.wait()) {
+                    Some(Wake::Answered(outcome, carried)) => return Some((outcome, carried)),
+                    Some(Wake::Lead) => {}
+                    None => return None,
+                }
+            } else {
+                state.leading = true;
+            }
+        }
+        self.lead(own.as_ref(), false)
+    }
+
+    /// Leads: commits batches of what is queued and answers their callers. A caller that waits
+    /// (`own`) leads until its own entries are committed, one that does not for one batch, and
+    /// either then passes the lead on; the relay (`relay`) leads until nothing is queued or a
+    /// caller that waits comes first, which is handed the lead.
+    fn lead(
+        &self,
+        own: Option<&Arc<Waiter>>,
+        relay: bool,
+    ) -> Option<(Result<u64, String>, Option<Carried>)> {
+        let mut later = Vec::new();
+        loop {
+            let mut callers = Vec::new();
+            let mut batch = Vec::new();
+            let mut writes = Vec::new();
+            {
+                let mut state = self.lock();
+                while let Some(next) = state.queue.front() {
+                    if !batch.is_empty() && batch.len() + next.entries.len() > MAX_BATCH {
+                        break;
+                    }
+                    let Some(queued) = state.queue.pop_front() else {
+                        break;
+                    };
+                    let i = callers.len();
+                    callers.push((Some(queued.answer), queued.entries.len()));
+                    batch.extend(queued.entries);
+                    writes.extend(queued.write.map(|w| (i, w)));
+                }
+            }
+            let mut lead = Lead {
+                appender: self,
+                own,
+                callers,
+                outcome: None,
+                written: Vec::new(),
+                later: &mut later,
+            };
+            let (write_callers, writes): (Vec<usize>, Vec<RecordWrite>) =
+                writes.into_iter().unzip();
+            let (outcome, written) = commit_batch(
+                self.store.as_ref(),
+                &self.keys.entry,
+                &batch,
+                &writes,
+                self.genesis,
+                &self.committed,
+            );
+            lead.written = match written {
+                Some(outcomes) => write_callers
+                    .into_iter()
+                    .zip(outcomes.into_iter().map(Carried::Made))
+                    .collect(),
+                None => write_callers
+                    .into_iter()
+                    .zip(writes.into_iter().map(|w| Carried::Left(Box::new(w))))
+                    .collect(),
+            };
+            lead.outcome = Some(outcome);
+            drop(lead);
+            // The callers that do not wait, after the waiting ones are woken. One that panics
+            // fails alone: the lead goes on.
+            for (then, outcome) in later.drain(..) {
+                let answer = outcome.map(AuditSeq).map_err(AuditError::Unavailable);
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || then(answer)));
+                if ran.is_err() {
+                    tracing::error!("the work after a committed audit entry panicked");
+                }
+            }
+            match own {
+                Some(own) => {
+                    if let Some(Wake::Answered(outcome, carried)) =
+                        own.take_if(|w| matches!(w, Wake::Answered(..)))
+                    {
+                        let mut state = self.lock();
+                        self.pass_lead(&mut state);
+                        return Some((outcome, carried));
+                    }
+                }
+                None if !relay => {
+                    let mut state = self.lock();
+                    self.pass_lead(&mut state);
+                    return None;
+                }
+                None => {
+                    let mut state = self.lock();
+                    match state.queue.front().map(|q| &q.answer) {
+                        Some(Answer::Then(_)) => {}
+                        Some(Answer::Wait(next)) => {
+                            next.give(Wake::Lead);
+                            return None;
+                        }
+                        None => {
+                            state.leading = false;
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The relay thread: leads when the lead passes while a caller that does not wait comes first
+/// (`Appender::pass_lead`), until the trail closes.
+fn relay(appender: &Appender) {
+    while appender.relay.wait() {
+        // A lead that unwinds has passed the lead on (`Lead`), maybe to this thread again.
+        let led =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| appender.lead(None, true)));
+        if led.is_err() {
+            tracing::error!("the audit relay's lead failed unexpectedly; it goes on");
         }
     }
 }
@@ -343,13 +520,17 @@ impl Appender {
 /// batch's callers; in an unwind it also passes the lead on, as its caller will not.
 struct Lead<'a> {
     appender: &'a Appender,
-    /// The leader's own place, taken out of the queue should it unwind.
-    own: &'a Arc<Waiter>,
+    /// The leader's own place, taken out of the queue should it unwind (none for a caller
+    /// that does not wait, and for the relay).
+    own: Option<&'a Arc<Waiter>>,
     /// The batch's callers, each with the number of its entries.
-    callers: Vec<(Arc<Waiter>, usize)>,
+    callers: Vec<(Option<Answer>, usize)>,
     outcome: Option<Result<u64, String>>,
     /// What became of each caller's write, by its place in `callers`.
     written: Vec<(usize, Carried)>,
+    /// The batch's callers that do not wait, with their answers, for the leader to run once
+    /// the lead is dropped (left unrun in an unwind).
+    later: &'a mut Vec<(Then, Result<u64, String>)>,
 }
 
 /// What became of a record write an entry carried (`Audit::append_writing`).
@@ -368,14 +549,25 @@ impl Drop for Lead<'_> {
         let mut written: HashMap<usize, Carried> =
             std::mem::take(&mut self.written).into_iter().collect();
         let mut next = outcome.as_ref().ok().copied().unwrap_or(0);
-        for (i, (waiter, n)) in self.callers.iter().enumerate() {
-            let answer = outcome.as_ref().map(|_| next).map_err(Clone::clone);
+        let unwinding = std::thread::panicking();
+        for (i, (answer, n)) in self.callers.iter_mut().enumerate() {
+            let result = outcome.as_ref().map(|_| next).map_err(Clone::clone);
             next += *n as u64;
-            waiter.give(Wake::Answered(answer, written.remove(&i)));
+            match answer.take() {
+                Some(Answer::Wait(waiter)) => {
+                    waiter.give(Wake::Answered(result, written.remove(&i)));
+                }
+                Some(Answer::Then(then)) if !unwinding => self.later.push((then, result)),
+                Some(Answer::Then(_)) | None => {}
+            }
         }
-        if std::thread::panicking() {
+        if unwinding {
             let mut state = self.appender.lock();
-            state.queue.retain(|q| !Arc::ptr_eq(&q.waiter, self.own));
+            if let Some(own) = self.own {
+                state
+                    .queue
+                    .retain(|q| !matches!(&q.answer, Answer::Wait(w) if Arc::ptr_eq(w, own)));
+            }
             self.appender.pass_lead(&mut state);
         }
     }
@@ -390,9 +582,10 @@ pub struct Audit {
     keys: Arc<MacKeys>,
     store_id: StoreId,
     genesis: [u8; 32],
-    appender: Appender,
+    appender: Arc<Appender>,
     committed: Arc<Committed>,
     keeper: Option<std::thread::JoinHandle<()>>,
+    relay: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The last committed entry (sequence number and hash), published by the writer after every
@@ -483,6 +676,10 @@ impl Drop for Audit {
         if let Some(keeper) = self.keeper.take() {
             let _ = keeper.join();
         }
+        self.appender.relay.give(false);
+        if let Some(relay) = self.relay.take() {
+            let _ = relay.join();
+        }
     }
 }
 
@@ -515,14 +712,32 @@ impl Audit {
             news: tokio::sync::watch::Sender::new((0, false)),
         });
         committed.publish(tail.0, tail.1);
+        let appender = Arc::new(Appender {
+            state: Mutex::default(),
+            store: Arc::clone(&store),
+            keys: Arc::clone(&keys),
+            genesis,
+            committed: Arc::clone(&committed),
+            relay: crate::wait::Slot::default(),
+        });
+        let relay = {
+            let appender = Arc::clone(&appender);
+            std::thread::Builder::new()
+                .name("kluis-audit".into())
+                .spawn(move || relay(&appender))
+                .map_err(|e| {
+                    AuditError::Unavailable(format!("cannot start the audit relay thread: {e}"))
+                })?
+        };
         Ok(Self {
             store,
             keys,
             store_id,
             genesis,
-            appender: Appender::default(),
+            appender,
             committed,
             keeper: None,
+            relay: Some(relay),
         })
     }
 
@@ -598,86 +813,29 @@ impl Audit {
         }
         let count = entries.len() as u64;
         let own = Arc::new(Waiter::default());
-        let answer = |(outcome, carried): (Result<u64, String>, Option<Carried>)| {
-            let first = outcome.map_err(AuditError::Unavailable)?;
-            Ok(((first..first + count).map(AuditSeq).collect(), carried))
-        };
-        {
-            let mut state = self.appender.lock();
-            state.queue.push_back(Queued {
-                entries,
-                write,
-                waiter: Arc::clone(&own),
-            });
-            if state.leading {
-                drop(state);
-                match own.wait() {
-                    Wake::Answered(outcome, carried) => return answer((outcome, carried)),
-                    Wake::Lead => {}
-                }
-            } else {
-                state.leading = true;
-            }
-        }
-        // This caller leads: it commits batches until its own entries are committed, then
-        // passes the lead on.
-        loop {
-            let mut callers = Vec::new();
-            let mut batch = Vec::new();
-            let mut writes = Vec::new();
-            {
-                let mut state = self.appender.lock();
-                while let Some(next) = state.queue.front() {
-                    if !batch.is_empty() && batch.len() + next.entries.len() > MAX_BATCH {
-                        break;
-                    }
-                    let Some(queued) = state.queue.pop_front() else {
-                        break;
-                    };
-                    let i = callers.len();
-                    callers.push((queued.waiter, queued.entries.len()));
-                    batch.extend(queued.entries);
-                    writes.extend(queued.write.map(|w| (i, w)));
-                }
-            }
-            let mut lead = Lead {
-                appender: &self.appender,
-                own: &own,
-                callers,
-                outcome: None,
-                written: Vec::new(),
-            };
-            let (write_callers, writes): (Vec<usize>, Vec<RecordWrite>) =
-                writes.into_iter().unzip();
-            let (outcome, written) = commit_batch(
-                self.store.as_ref(),
-                &self.keys.entry,
-                &batch,
-                &writes,
-                self.genesis,
-                &self.committed,
-            );
-            lead.written = match written {
-                Some(outcomes) => write_callers
-                    .into_iter()
-                    .zip(outcomes.into_iter().map(Carried::Made))
-                    .collect(),
-                None => write_callers
-                    .into_iter()
-                    .zip(writes.into_iter().map(|w| Carried::Left(Box::new(w))))
-                    .collect(),
-            };
-            lead.outcome = Some(outcome);
-            drop(lead);
-            if let Some(Wake::Answered(outcome, carried)) =
-                own.take_if(|w| matches!(w, Wake::Answered(..)))
-            {
-                let mut state = self.appender.lock();
-                self.appender.pass_lead(&mut state);
-                drop(state);
-                return answer((outcome, carried));
-            }
-        }
+        let (outcome, carried) = self
+            .appender
+            .queue(entries, write, Answer::Wait(own))
+            .ok_or_else(|| AuditError::Unavailable("the append was not answered".into()))?;
+        let first = outcome.map_err(AuditError::Unavailable)?;
+        Ok(((first..first + count).map(AuditSeq).collect(), carried))
+    }
+
+    /// Queues `event` and returns at once, without waiting for its commit: `then` runs with
+    /// its sequence number once it is committed, or with the error when it cannot be (on the
+    /// thread that committed it, which may be this one). When the trail closes first, `then`
+    /// is dropped unrun. A caller that must wait for the entry runs nothing but `then` after
+    /// it: what needs the entry durable goes inside. `then` must not append to this trail and
+    /// wait (it runs while its thread leads, and would wait for itself).
+    pub fn append_then(
+        &self,
+        event: &AuditEvent,
+        then: impl FnOnce(Result<AuditSeq, AuditError>) + Send + 'static,
+    ) -> Result<(), AuditError> {
+        let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
+        self.appender
+            .queue(vec![entry], None, Answer::Then(Box::new(then)));
+        Ok(())
     }
 
     /// News of commits for a reader that follows the trail without polling: the receiver sees
@@ -1640,10 +1798,12 @@ mod tests {
 
     #[test]
     fn a_leader_that_unwinds_answers_its_batch_and_passes_the_lead_on() {
-        let appender = Appender::default();
+        let (_d, _s, audit) = trail();
+        let appender = &audit.appender;
         let own = Arc::new(Waiter::default());
         let in_batch = Arc::new(Waiter::default());
         let next = Arc::new(Waiter::default());
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
             let mut state = appender.lock();
             state.leading = true;
@@ -1651,38 +1811,146 @@ mod tests {
                 state.queue.push_back(Queued {
                     entries: vec![b"{}".to_vec()],
                     write: None,
-                    waiter: Arc::clone(waiter),
+                    answer: Answer::Wait(Arc::clone(waiter)),
                 });
             }
         }
         let unwound = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
+                    let mut later = Vec::new();
+                    let ran = Arc::clone(&ran);
+                    let then: Then =
+                        Box::new(move |_| ran.store(true, std::sync::atomic::Ordering::SeqCst));
                     let _lead = Lead {
-                        appender: &appender,
-                        own: &own,
-                        callers: vec![(Arc::clone(&in_batch), 1)],
+                        appender,
+                        own: Some(&own),
+                        callers: vec![
+                            (Some(Answer::Wait(Arc::clone(&in_batch))), 1),
+                            (Some(Answer::Then(then)), 1),
+                        ],
                         outcome: None,
                         written: Vec::new(),
+                        later: &mut later,
                     };
                     panic!("the commit unwinds");
                 })
                 .join()
         });
         assert!(unwound.is_err());
-        // The batch's caller hears that its entry may not be committed; the leader's own place
-        // leaves the queue, and the next caller leads.
+        // The batch's caller hears that its entry may not be committed, one that does not wait
+        // is never run; the leader's own place leaves the queue, and the next caller leads.
         let woken = |w: &Waiter| w.take_if(|_| true);
         assert!(matches!(
             woken(&in_batch),
             Some(Wake::Answered(Err(_), None))
         ));
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
         assert!(matches!(woken(&next), Some(Wake::Lead)));
         assert!(woken(&own).is_none());
         let state = appender.lock();
         assert!(state.leading);
         assert_eq!(state.queue.len(), 1);
-        assert!(state.queue.iter().all(|q| Arc::ptr_eq(&q.waiter, &next)));
+        assert!(
+            state
+                .queue
+                .iter()
+                .all(|q| matches!(&q.answer, Answer::Wait(w) if Arc::ptr_eq(w, &next)))
+        );
+    }
+
+    /// Entries queued without waiting, from many threads and among callers that wait: each
+    /// `then` runs once, with its own sequence number, and only once its entry is stored; the
+    /// chain verifies. Callers that wait get the lead from those that do not and hand it to the
+    /// relay, so nothing stays queued when the callers stop.
+    #[test]
+    fn entries_queued_without_waiting_are_answered_after_their_commit() {
+        let (_d, store, audit) = trail();
+        let audit = Arc::new(audit);
+        let (tx, rx) = std::sync::mpsc::channel::<(i64, u64, bool)>();
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let audit = Arc::clone(&audit);
+                let store = Arc::clone(&store);
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for n in 0..60 {
+                        let time = t * 1000 + n;
+                        if t % 3 == 0 {
+                            let seq = audit.append(&event(time)).unwrap().value();
+                            tx.send((time, seq, true)).unwrap();
+                            continue;
+                        }
+                        let (tx, store) = (tx.clone(), Arc::clone(&store));
+                        audit
+                            .append_then(&event(time), move |seq| {
+                                let seq = seq.unwrap().value();
+                                // Stored before `then` runs.
+                                let stored = store
+                                    .audit_entries(seq, 1)
+                                    .unwrap()
+                                    .first()
+                                    .is_some_and(|e| e.seq == seq);
+                                tx.send((time, seq, stored)).unwrap();
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let answered: Vec<(i64, u64, bool)> = rx.iter().collect();
+        assert_eq!(answered.len(), 360);
+        assert!(answered.iter().all(|&(_, _, stored)| stored));
+        let mut seqs: Vec<u64> = answered.iter().map(|&(_, seq, _)| seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=360).collect::<Vec<_>>());
+        // Each answer is its own entry's number.
+        for (time, seq, _) in answered {
+            let stored = audit.chained_entries(seq, None, 1).unwrap();
+            let event: AuditEvent = serde_json::from_slice(&stored[0].entry).unwrap();
+            assert_eq!(event.time, time);
+        }
+        assert!(matches!(
+            audit.verify(None).unwrap(),
+            Verification::Intact { count: 360, .. }
+        ));
+        // The lead ends once nothing is queued (the last leader may still be running `then`s).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while audit.appender.lock().leading && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let state = audit.appender.lock();
+        assert!(!state.leading && state.queue.is_empty());
+    }
+
+    /// An entry queued without waiting whose commit fails: `then` hears the error and nothing
+    /// is stored; its twin, on an intact trail, is committed and answered.
+    #[test]
+    fn an_entry_queued_without_waiting_whose_commit_fails_is_answered_with_the_error() {
+        let answer = |audit: &Audit| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            audit
+                .append_then(&event(7), move |seq| {
+                    tx.send(seq.map(|s| s.value())).unwrap()
+                })
+                .unwrap();
+            rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap()
+        };
+        let (dir, store, audit) = trail();
+        audit.append(&event(0)).unwrap();
+        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        db.execute("UPDATE audit SET mac = zeroblob(32) WHERE seq = 1", [])
+            .unwrap();
+        assert!(matches!(answer(&audit), Err(AuditError::Unavailable(_))));
+        assert_eq!(store.audit_tail().unwrap().unwrap().seq, 1);
+        let (_d2, s2, a2) = trail();
+        a2.append(&event(0)).unwrap();
+        assert_eq!(answer(&a2).unwrap(), 2);
+        assert_eq!(s2.audit_tail().unwrap().unwrap().seq, 2);
     }
 
     #[test]

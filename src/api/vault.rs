@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{
     Backend, convert,
     judge::Judge,
-    run,
+    run, run_then,
     stream::{Long, ServerStream, Streams},
 };
 use crate::{
@@ -556,7 +556,7 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
-        run(&self.vault, request, |vault, principal, req| {
+        run_then(&self.vault, request, |vault, principal, req, reply| {
             let ctx = convert::context(req.context, vault.channels())?;
             let id = RecordId::parse("record_id", &req.record_id)?;
             if req.fields.len() > vault.limits().max_fields {
@@ -572,7 +572,14 @@ impl VaultRpc for VaultApi {
                 .enumerate()
                 .map(|(i, f)| FieldName::parse(&format!("fields[{i}]"), f))
                 .collect::<Result<Vec<_>, _>>()?;
-            let view = vault.get_record(principal, &ctx, &id, &wanted)?;
+            // The answer comes once the read's entry is committed, from the thread that
+            // committed it.
+            vault.get_record_then(principal, &ctx, &id, &wanted, move |view| {
+                let _ = reply.send(view);
+            })
+        })
+        .await
+        .map(|view| {
             let hold = view.hold();
             let meta = view.meta;
             let answer = pb::GetRecordResponse {
@@ -602,10 +609,6 @@ impl VaultRpc for VaultApi {
                 updated_at: Some(convert::timestamp(meta.updated_at)),
                 expires_at: meta.expires_at.map(convert::timestamp),
             };
-            Ok((answer, hold))
-        })
-        .await
-        .map(|(answer, hold)| {
             // The answer's place goes with the response until it is handed on
             // (`server::metered`).
             let mut response = Response::new(answer);

@@ -398,6 +398,91 @@ async fn reads_fail_closed_when_the_trail_cannot_be_written() {
     server.stop().await;
 }
 
+/// Many reads at once, with writes among them, while the trail cannot be written: every read
+/// fails `UNAVAILABLE` with no value (reads queue their entries and do not wait for them, so the
+/// answer comes from whichever thread committed the batch), and nothing is stored. Its twin, the
+/// trail writable again: every read gets the value, and the chain holds an entry for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_fail_closed_when_the_trail_cannot_be_written() {
+    let server = TestServer::start().await;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-1001",
+        vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
+    )
+    .await;
+    let channel = server.raw_channel().await;
+    let token = server.token(Role::NuisanceOfficer).to_string();
+    let storm = |round: usize| {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..48 {
+            let mut client = pb::vault_client::VaultClient::new(channel.clone());
+            let (token, id) = (token.clone(), id.clone());
+            calls.spawn(async move {
+                if i % 8 == 7 {
+                    // A write among the reads: its caller waits for its entry.
+                    let put = client
+                        .put_record(req(
+                            &token,
+                            pb::PutRecordRequest {
+                                context: nuisance_ctx(),
+                                subject_id: format!("REL-{}", 3000 + round * 100 + i),
+                                fields: vec![text("phone", "contact", "06-1")],
+                                labels: Default::default(),
+                            },
+                        ))
+                        .await;
+                    return (false, put.map(|_| Vec::new()));
+                }
+                let read = client
+                    .get_record(req(
+                        &token,
+                        pb::GetRecordRequest {
+                            context: nuisance_ctx(),
+                            record_id: id,
+                            fields: vec![],
+                        },
+                    ))
+                    .await;
+                (true, read.map(|r| r.into_inner().fields))
+            });
+        }
+        calls.join_all()
+    };
+    let entries_before = audit_entries(&server).len();
+    let conn = Connection::open(server.db_path()).unwrap();
+    conn.execute_batch("CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
+    for (_, answer) in storm(0).await {
+        let Err(status) = answer else {
+            panic!("answered while the trail cannot be written");
+        };
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(!status.message().contains(SECRET_VALUE));
+    }
+    assert_eq!(audit_entries(&server).len(), entries_before);
+    conn.execute_batch("DROP TRIGGER block_audit;").unwrap();
+    let answers = storm(1).await;
+    let reads = answers.iter().filter(|(read, _)| *read).count();
+    for (read, answer) in answers {
+        let fields = answer.unwrap_or_else(|status| panic!("{status:?}"));
+        if read {
+            assert_eq!(text_of(&fields[0]), SECRET_VALUE);
+        }
+    }
+    let entries = audit_entries(&server);
+    assert_eq!(entries.len(), entries_before + 48);
+    let read_entries = entries
+        .iter()
+        .skip(entries_before)
+        .filter(|e| e["action"] == "read" && e["decision"] == "allow")
+        .count();
+    assert_eq!(read_entries, reads);
+    assert!(verify(&server, None).await.intact);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn privacy_officer_exports_and_reports_and_nobody_else_may() {
     let server = TestServer::start().await;
