@@ -378,6 +378,32 @@ mod tests {
         }
     }
 
+    /// The call threads end once the places are gone, after the jobs still queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_threads_end_when_the_places_are_dropped() {
+        let places = CallPlaces::new(3, 3);
+        let mut calls = Vec::new();
+        for i in 0..3u8 {
+            calls.push(places.take([i; 32]).await.unwrap().run(move || i));
+        }
+        let jobs = Arc::clone(&places.threads.jobs);
+        drop(places);
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        assert_eq!(answers, [0, 1, 2]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&jobs) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            Arc::strong_count(&jobs),
+            1,
+            "a call thread is still running"
+        );
+    }
+
     #[tokio::test]
     async fn a_call_that_gives_up_waiting_leaves_nothing_behind() {
         let places = Arc::new(CallPlaces::new(1, 1));
