@@ -6,7 +6,9 @@
 //! Invariant: never formats a request, metadata map or token with `{:?}`.
 //! Invariant: each call runs its core work on one of the node's call threads
 //! (`CallPlace::run`, no more of them than places), under a place (`vault::places`: its
-//! credential's share, and one of all) it holds until that work ends (`take_place`).
+//! credential's share, and one of all) it holds until that work ends (`take_place`); a read's
+//! work after its audit entry (`run_then`: opening the values) runs on the thread that commits
+//! the entry, a call thread or the trail's relay thread (`Audit::append_then`).
 
 pub mod admin;
 pub mod convert;
@@ -190,8 +192,8 @@ where
                 .and_then(|principal| f(&vault, &principal, message, reply))
                 .map_err(|e| vault.after_failure(e))
         });
-        // The answer may come before the call's work ends: a call thread that leads the
-        // commits goes on committing other calls' entries after its own.
+        // The answer may come before the call's work ends: a call thread that leads a commit
+        // goes on with the rest of the other calls of its batch after its own.
         let not_answered =
             || VaultError::Unavailable("the call's audit entry was not committed".into());
         let failed = |e: places::CallFailed| {

@@ -45,7 +45,15 @@ struct Decided {
     subject: SubjectId,
     meta: RecordMeta,
     hold: Option<answers::AnswerHold>,
+    /// The sealed bytes of the fields returned.
+    bytes: usize,
 }
+
+/// The most sealed bytes a read opens on the thread that commits its entry (`get_record_then`);
+/// a larger read waits for its entry and opens its values on its own call thread, under its
+/// place, as `get_record` does: the committing thread opens the values of every read in its
+/// batch in turn, and one large answer there would hold up the answers of all the others.
+const OPENED_BY_COMMITTER: usize = 64 * 1024;
 
 impl Decided {
     /// Whether field `i` is returned, whole or masked.
@@ -77,7 +85,8 @@ impl Vault {
 
     /// [`Vault::get_record`] without waiting for the read's entry to be committed: returns once
     /// the read is decided and its entry queued, and `then` gets the answer once the entry is
-    /// committed (on the thread that committed it), or the error. A read refused before its
+    /// committed (on the thread that committed it), or the error. A read of more than
+    /// `OPENED_BY_COMMITTER` sealed bytes waits for its entry and runs `then` before it returns. A read refused before its
     /// entry is queued (bad input, an unknown record, the answer's bytes over the caller's
     /// share) returns the error here and never runs `then`.
     pub fn get_record_then(
@@ -89,6 +98,11 @@ impl Vault {
         then: impl FnOnce(Result<RecordView, VaultError>) + Send + 'static,
     ) -> Result<(), VaultError> {
         let (event, decided) = self.decide_read(principal, ctx, record_id, wanted)?;
+        if decided.bytes > OPENED_BY_COMMITTER {
+            let seq = self.audit.append(&event)?;
+            then(self.open_read(decided, &seq));
+            return Ok(());
+        }
         let vault = Arc::clone(self);
         self.audit.append_then(&event, move |seq| {
             let view = seq
@@ -189,6 +203,7 @@ impl Vault {
             subject,
             meta,
             hold: None,
+            bytes: 0,
         };
         // Which withheld fields the caller may know of: only those are named with a reason.
         // Asked only when something is withheld (the common read withholds nothing).
@@ -225,6 +240,7 @@ impl Vault {
                 .map(|r| r.sealed.len())
                 .sum();
             decided.hold = Some(self.answers.hold(principal.id.as_str(), bytes)?);
+            decided.bytes = bytes;
         }
         event.decision = if any_allowed { "allow" } else { "deny" }.into();
         if any_allowed {
