@@ -337,7 +337,7 @@ enum Answer {
 }
 
 /// What a caller that does not wait leaves to be done with its entry's sequence number.
-pub type Then = Box<dyn FnOnce(Result<AuditSeq, AuditError>) + Send>;
+type Then = Box<dyn FnOnce(Result<AuditSeq, AuditError>) + Send>;
 
 /// Where one caller waits to be answered or to lead.
 type Waiter = crate::wait::Slot<Wake>;
@@ -479,23 +479,21 @@ impl Appender {
                         return Some((outcome, carried));
                     }
                 }
-                None if !relay => {
-                    let mut state = self.lock();
-                    self.pass_lead(&mut state);
-                    return None;
-                }
                 None => {
+                    // The relay goes on while a caller that does not wait comes first (passing
+                    // the lead would hand it to itself).
                     let mut state = self.lock();
-                    match state.queue.front().map(|q| &q.answer) {
-                        Some(Answer::Then(_)) => {}
-                        Some(Answer::Wait(next)) => {
-                            next.give(Wake::Lead);
-                            return None;
-                        }
-                        None => {
-                            state.leading = false;
-                            return None;
-                        }
+                    let goes_on = relay
+                        && matches!(
+                            state.queue.front(),
+                            Some(Queued {
+                                answer: Answer::Then(_),
+                                ..
+                            })
+                        );
+                    if !goes_on {
+                        self.pass_lead(&mut state);
+                        return None;
                     }
                 }
             }

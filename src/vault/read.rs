@@ -86,9 +86,9 @@ impl Vault {
     /// [`Vault::get_record`] without waiting for the read's entry to be committed: returns once
     /// the read is decided and its entry queued, and `then` gets the answer once the entry is
     /// committed (on the thread that committed it), or the error. A read of more than
-    /// `OPENED_BY_COMMITTER` sealed bytes waits for its entry and runs `then` before it returns. A read refused before its
-    /// entry is queued (bad input, an unknown record, the answer's bytes over the caller's
-    /// share) returns the error here and never runs `then`.
+    /// `OPENED_BY_COMMITTER` sealed bytes waits for its entry and runs `then` before it
+    /// returns. A read refused before its entry is queued (bad input, an unknown record, the
+    /// answer's bytes over the caller's share) returns the error here and never runs `then`.
     pub fn get_record_then(
         self: &Arc<Self>,
         principal: &Principal,
@@ -100,7 +100,10 @@ impl Vault {
         let (event, decided) = self.decide_read(principal, ctx, record_id, wanted)?;
         if decided.bytes > OPENED_BY_COMMITTER {
             let seq = self.audit.append(&event)?;
-            then(self.open_read(decided, &seq));
+            then(
+                self.open_read(decided, &seq)
+                    .map_err(|e| self.after_failure(e)),
+            );
             return Ok(());
         }
         let vault = Arc::clone(self);
