@@ -79,7 +79,10 @@ pub fn check_text(field: &str, text: &str) -> Result<(), InputError> {
 
 /// Refuses binary data named `field` that holds a BSN or an MRZ when read as text: UTF-8, or
 /// UTF-16 little- or big-endian from any byte, with or without a byte order mark, anywhere in
-/// the data and whatever else the data holds. The same as feeding `bytes` to a [`Scanner`].
+/// the data and whatever else the data holds. What feeding `bytes` to a [`Scanner`] refuses,
+/// and, when the data is UTF-8, what [`check_text`] refuses as it shows (markup rendered,
+/// letters of other scripts read as the Latin ones they look like): a value arrives whole and
+/// can be read so; an evidence file streams in and is read by the scanner alone.
 pub fn check_binary(field: &str, bytes: &[u8]) -> Result<(), InputError> {
     let mut scanner = Scanner::new();
     scanner.write(field, bytes)?;
@@ -6569,10 +6572,29 @@ mod tests {
         "",
     ];
 
+    /// A case the property below found: U+FDFA is a ligature of Arabic words, a sign to the
+    /// scanner and letters that look like Latin ones read as shown. Streamed in chunks of one
+    /// byte the scanner answers as it does given everything at once; `check_binary` refuses
+    /// more, as it reads the UTF-8 text as it shows too.
+    #[test]
+    fn a_scanner_in_chunks_answers_as_it_does_at_once() {
+        let bytes = "bsn12345672222\u{FDFA}222".as_bytes();
+        let at_once = scan_answer(bytes, SCAN_AT, bytes.len(), usize::MAX).is_err();
+        assert_eq!(scan_refuses(bytes, 20, 1), at_once);
+        assert_eq!(scan_answer(bytes, 20, 65, 64).is_err(), at_once);
+        assert!(
+            !at_once,
+            "read as written, it holds eleven digits and a sign"
+        );
+        assert!(read_as_shown("bsn12345672222\u{FDFA}222").is_err());
+        assert!(check_binary("f", bytes).is_err());
+    }
+
     proptest::proptest! {
         /// Whatever the bytes and wherever they are cut, a scanner that reads what it holds
-        /// often comes to the answer of one that reads everything at once; and binary data
-        /// that is text `check_text` refuses is refused.
+        /// often comes to the answer of one that is given everything in one write; what it
+        /// refuses `check_binary` refuses (which reads UTF-8 a second time as it shows, so
+        /// refuses more); and binary data that is text `check_text` refuses is refused.
         #[test]
         fn chunking_never_changes_the_answer(
             pieces in proptest::collection::vec(0usize..PIECES.len(), 0..120),
@@ -6595,13 +6617,15 @@ mod tests {
                     out
                 }
             };
-            let whole = check_binary("f", &bytes).is_err();
-            proptest::prop_assert_eq!(scan_refuses(&bytes, scan_at, chunk), whole);
+            let at_once = scan_answer(&bytes, SCAN_AT, bytes.len(), usize::MAX).is_err();
+            proptest::prop_assert_eq!(scan_refuses(&bytes, scan_at, chunk), at_once);
             // On two threads, the same.
             proptest::prop_assert_eq!(
                 scan_answer(&bytes, scan_at, chunk + 64, 64).is_err(),
-                whole
+                at_once
             );
+            let whole = check_binary("f", &bytes).is_err();
+            proptest::prop_assert!(whole || !at_once);
             if encoding == 0 && check_text("f", &text).is_err() {
                 proptest::prop_assert!(whole);
             }
