@@ -594,8 +594,19 @@ fn db(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn is_constraint(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+/// Whether `e` is a primary key or unique constraint refusing a row: the row exists already.
+/// Other constraints (a check, `NOT NULL`, a trigger's `RAISE`) are not that and stay errors of
+/// the database, with their own message.
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+/// Whether `e` is a foreign key refusing a row: what it refers to is missing.
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RecordRow, String)> {
@@ -938,7 +949,7 @@ fn insert_purpose_key(c: &Connection, k: &PurposeKeyRow) -> Result<(), StoreErro
         ],
     )
     .map_err(|e| {
-        if is_constraint(&e) {
+        if is_unique_violation(&e) {
             StoreError::Exists(format!("purpose key `{}` v{}", k.purpose, k.version))
         } else {
             db(e)
@@ -1029,7 +1040,7 @@ fn append_segments_tx(
             }
             stmt.execute(params![evidence_id, s.index, s.key_gen, s.sealed])
                 .map_err(|e| {
-                    if is_constraint(&e) {
+                    if is_unique_violation(&e) {
                         StoreError::Exists(format!("segment {}", s.index))
                     } else {
                         db(e)
@@ -1062,7 +1073,7 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
         ])
     })
     .map_err(|e| {
-        if is_constraint(&e) {
+        if is_unique_violation(&e) {
             StoreError::Exists(format!("record `{}`", record.id))
         } else {
             db(e)
@@ -1177,6 +1188,42 @@ mod tests {
             None,
         );
         assert!(matches!(db(e), StoreError::Database(_)));
+    }
+
+    /// A trigger that refuses the trail's rows (someone with the file) is a database error
+    /// with the trigger's message, not a row that exists already; the twin: a sequence number
+    /// that is taken is `Exists`.
+    #[test]
+    fn a_refused_audit_row_is_no_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let row = |seq: u64| AuditRow {
+            seq,
+            entry: format!("{{\"seq\":{seq}}}").into_bytes(),
+            prev_hash: vec![0; 32],
+            hash: vec![1; 32],
+            mac: vec![2; 32],
+        };
+        store.append_audit(&[row(1)]).unwrap();
+        assert!(matches!(
+            store.append_audit(&[row(1)]),
+            Err(StoreError::Exists(what)) if what == "audit entry 1"
+        ));
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
+                 BEGIN SELECT RAISE(ABORT, 'the trail is closed'); END;",
+            )
+            .unwrap();
+        match store.append_audit(&[row(2)]) {
+            Err(StoreError::Database(message)) => {
+                assert!(message.contains("the trail is closed"), "{message}");
+            }
+            other => panic!("expected a database error, got {other:?}"),
+        }
+        assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(1));
     }
 
     #[test]

@@ -14,7 +14,7 @@ fn insert_rows(tx: &Connection, rows: &[AuditRow]) -> Result<(), StoreError> {
             .map_err(|_| StoreError::Database("audit sequence overflow".into()))?;
         stmt.execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
             .map_err(|e| {
-                if is_constraint(&e) {
+                if is_unique_violation(&e) {
                     StoreError::Exists(format!("audit entry {}", row.seq))
                 } else {
                     db(e)

@@ -46,7 +46,7 @@ impl EvidenceStore for SqliteStore {
             ],
         )
         .map_err(|e| {
-            if is_constraint(&e) {
+            if is_foreign_key_violation(&e) {
                 StoreError::Missing(format!("record `{}`", row.record_id))
             } else {
                 db(e)

@@ -793,7 +793,7 @@ fn insert_record_in(
             record.id, f.name, f.category, f.kind, f.key_gen, f.sealed, f.mac, f.version
         ])
         .map_err(|e| {
-            if is_constraint(&e) {
+            if is_unique_violation(&e) {
                 StoreError::Exists(format!("field `{}`", f.name))
             } else {
                 db(e)

@@ -136,7 +136,7 @@ impl RightsStore for SqliteStore {
             ],
         )
         .map_err(|e| {
-            if is_constraint(&e) {
+            if is_unique_violation(&e) {
                 StoreError::Exists(format!("restriction `{}`", row.id))
             } else {
                 db(e)
@@ -207,7 +207,7 @@ impl RightsStore for SqliteStore {
             ],
         )
         .map_err(|e| {
-            if is_constraint(&e) {
+            if is_unique_violation(&e) {
                 StoreError::Exists(format!("token `{}`", row.id))
             } else {
                 db(e)
