@@ -126,6 +126,10 @@ use zeroize::Zeroizing;
 
 use crate::store::StoreKind;
 
+/// The allocator of the `kluis` binary, as the server runs in this process.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct EchoService;
 
 #[tonic::async_trait]
