@@ -285,7 +285,8 @@ const MAX_BATCH: usize = 512;
 /// queued, if any. Nobody wakes to find nothing for it, and no crowd of woken callers queues on
 /// one lock (the cost a shared condition variable had under many concurrent requests).
 ///
-/// A caller may also queue an entry and not wait (`Audit::append_then`, a read): it leaves what
+/// A caller may also queue an entry and not wait (`Audit::append_then`, a read;
+/// `Audit::append_writing_then`, a new record with its entry): it leaves what
 /// is to be done once the entry is committed (`Answer::Then`), which the leader of its batch
 /// runs after the commit, and its thread goes on to other work at once. Such a caller leads
 /// when nobody does, one batch (a lone read commits its own entry without a hand-off), and
@@ -336,8 +337,9 @@ enum Answer {
     Then(Then),
 }
 
-/// What a caller that does not wait leaves to be done with its entry's sequence number.
-type Then = Box<dyn FnOnce(Result<AuditSeq, AuditError>) + Send>;
+/// What a caller that does not wait leaves to be done with its entry's sequence number (and
+/// what became of the write the entry carried, if any).
+type Then = Box<dyn FnOnce(Result<AuditSeq, AuditError>, Option<Carried>) + Send>;
 
 /// Where one caller waits to be answered or to lead.
 type Waiter = crate::wait::Slot<Wake>;
@@ -461,10 +463,11 @@ impl Appender {
             drop(lead);
             // The callers that do not wait, after the waiting ones are woken. One that panics
             // fails alone: the lead goes on.
-            for (then, outcome) in later.drain(..) {
+            for (then, outcome, carried) in later.drain(..) {
                 let answer = outcome.map(AuditSeq).map_err(AuditError::Unavailable);
-                let ran =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || then(answer)));
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    then(answer, carried)
+                }));
                 if ran.is_err() {
                     tracing::error!("the work after a committed audit entry panicked");
                 }
@@ -528,7 +531,7 @@ struct Lead<'a> {
     written: Vec<(usize, Carried)>,
     /// The batch's callers that do not wait, with their answers, for the leader to run once
     /// the lead is dropped (left unrun in an unwind).
-    later: &'a mut Vec<(Then, Result<u64, String>)>,
+    later: &'a mut Vec<(Then, Result<u64, String>, Option<Carried>)>,
 }
 
 /// What became of a record write an entry carried (`Audit::append_writing`).
@@ -555,7 +558,9 @@ impl Drop for Lead<'_> {
                 Some(Answer::Wait(waiter)) => {
                     waiter.give(Wake::Answered(result, written.remove(&i)));
                 }
-                Some(Answer::Then(then)) if !unwinding => self.later.push((then, result)),
+                Some(Answer::Then(then)) if !unwinding => {
+                    self.later.push((then, result, written.remove(&i)));
+                }
                 Some(Answer::Then(_)) | None => {}
             }
         }
@@ -831,8 +836,36 @@ impl Audit {
         then: impl FnOnce(Result<AuditSeq, AuditError>) + Send + 'static,
     ) -> Result<(), AuditError> {
         let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
+        self.appender.queue(
+            vec![entry],
+            None,
+            Answer::Then(Box::new(|seq, _| then(seq))),
+        );
+        Ok(())
+    }
+
+    /// [`Audit::append_writing`] without waiting, as [`Audit::append_then`] appends: `then`
+    /// runs once the entry is committed, with what became of `write` (made in the entry's
+    /// transaction, or left for the caller to make now), or with the error when the entry
+    /// cannot be committed (nothing is written then). The same rules as `append_then`: what
+    /// needs the entry (and the write) durable goes inside `then`, which must not append to
+    /// this trail and wait.
+    pub fn append_writing_then(
+        &self,
+        event: &AuditEvent,
+        write: RecordWrite,
+        then: impl FnOnce(Result<(AuditSeq, Carried), AuditError>) + Send + 'static,
+    ) -> Result<(), AuditError> {
+        let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
+        let then = move |seq: Result<AuditSeq, AuditError>, carried: Option<Carried>| {
+            then(seq.and_then(|seq| {
+                carried.map(|carried| (seq, carried)).ok_or_else(|| {
+                    AuditError::Unavailable("the write carried by the entry has no outcome".into())
+                })
+            }));
+        };
         self.appender
-            .queue(vec![entry], None, Answer::Then(Box::new(then)));
+            .queue(vec![entry], Some(write), Answer::Then(Box::new(then)));
         Ok(())
     }
 
@@ -1819,7 +1852,7 @@ mod tests {
                     let mut later = Vec::new();
                     let ran = Arc::clone(&ran);
                     let then: Then =
-                        Box::new(move |_| ran.store(true, std::sync::atomic::Ordering::SeqCst));
+                        Box::new(move |_, _| ran.store(true, std::sync::atomic::Ordering::SeqCst));
                     let _lead = Lead {
                         appender,
                         own: Some(&own),

@@ -1408,6 +1408,13 @@ pub trait AuditStore: Send + Sync {
         chain: &mut crate::store::Chain<'_>,
     ) -> Result<Vec<AuditRow>, StoreError>;
 
+    /// Whether `append_chained_writing` makes the writes in the transaction of the entries
+    /// (a caller that makes them itself after the entries does so on its own thread, not on the
+    /// one that committed them).
+    fn makes_writes_with_entries(&self) -> bool {
+        false
+    }
+
     /// Appends as `append_chained` does and, where the store can, makes `writes` in the same
     /// transaction after the entries, each in a savepoint of its own: a write that fails is
     /// undone alone, while the entries and the other writes commit. Returns the rows appended

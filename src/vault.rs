@@ -174,6 +174,19 @@ pub struct NewField {
     pub value: Value,
 }
 
+/// A new record decided and not yet stored (`Vault::put_record`).
+struct Put {
+    record_id: RecordId,
+    subject: SubjectId,
+    purpose: Purpose,
+    /// The values, kept until the record is stored: a write refused for a stale key is sealed
+    /// again.
+    fields: Vec<NewField>,
+    /// The record's row, sealed (its `fields_mac` is set per attempt).
+    record: RecordRow,
+    expires_at: Option<i64>,
+}
+
 /// Why `Vault::write_fields` did not write.
 #[derive(Debug)]
 pub(crate) enum WriteError {
@@ -813,6 +826,91 @@ impl Vault {
         fields: Vec<NewField>,
         labels: BTreeMap<String, String>,
     ) -> Result<(RecordId, Option<i64>), VaultError> {
+        let (put, entry, write, made) = self.begin_put(principal, ctx, subject, fields, labels)?;
+        let stored = match self.audit.append_writing(&entry, made)? {
+            (_, Carried::Made(outcome)) => outcome,
+            (_, Carried::Left(made)) => made.make(self.store.as_ref()),
+        };
+        self.settle_put(&put, &write, stored)?;
+        Ok(self.put_stored(put))
+    }
+
+    /// [`Vault::put_record`] without waiting for the write's entry (and, where the store makes
+    /// writes with entries, the write) to be committed: returns once the entry is queued with
+    /// the write, and `then` gets the answer once both are committed (on the thread that
+    /// committed them), or the error. Where the store makes a write after its entry (PostgreSQL),
+    /// the write waits for its entry and makes it on this thread, as `put_record` does, and
+    /// runs `then` before it returns. A write refused before its entry is queued (bad input,
+    /// the policy) returns the error here and never runs `then`.
+    pub fn put_record_then(
+        self: &Arc<Self>,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+        fields: Vec<NewField>,
+        labels: BTreeMap<String, String>,
+        then: impl FnOnce(Result<(RecordId, Option<i64>), VaultError>) + Send + 'static,
+    ) -> Result<(), VaultError> {
+        if !self.store.makes_writes_with_entries() {
+            let put = self.put_record(principal, ctx, subject, fields, labels);
+            then(put.map_err(|e| self.after_failure(e)));
+            return Ok(());
+        }
+        let (put, entry, write, made) = self.begin_put(principal, ctx, subject, fields, labels)?;
+        let vault = Arc::clone(self);
+        self.audit
+            .append_writing_then(&entry, made, move |appended| {
+                let answer = appended
+                    .map_err(VaultError::from)
+                    .and_then(|(_, carried)| {
+                        let stored = match carried {
+                            Carried::Made(outcome) => outcome,
+                            Carried::Left(made) => made.make(vault.store.as_ref()),
+                        };
+                        vault.settle_put(&put, &write, stored)
+                    })
+                    .map(|()| vault.put_stored(put))
+                    .map_err(|e| vault.after_failure(e));
+                then(answer);
+            })?;
+        Ok(())
+    }
+
+    /// A new record decided and its fields sealed: what it is, its entry, the key it is sealed
+    /// under and its write. A failure after the decision leaves the entry, denied, on the trail.
+    fn begin_put(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+        fields: Vec<NewField>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<
+        (
+            Put,
+            AuditEvent,
+            crate::keys::KeyForWrite,
+            crate::store::RecordWrite,
+        ),
+        VaultError,
+    > {
+        let (put, entry) = self.decide_put(principal, ctx, subject, fields, labels)?;
+        match self.prepare_put(&put) {
+            Ok((write, made)) => Ok((put, entry, write, made)),
+            Err(e) => Err(self.not_written(Some(entry), e)),
+        }
+    }
+
+    /// Everything of a new record before its entry: the fields checked, the policy asked, the
+    /// record's row sealed; and the entry.
+    fn decide_put(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+        fields: Vec<NewField>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(Put, AuditEvent), VaultError> {
         check_fields(&fields, &self.limits)?;
         let record_id = self.new_record_id();
         let resources: Vec<FieldResource> = fields
@@ -828,7 +926,7 @@ impl Vault {
             .collect();
         let decisions = self.decide(principal, Action::Write, ctx, &resources)?;
         // Allowed, the entry goes on the trail in the transaction that stores the record.
-        let mut entry = Some(self.allowed_entry(
+        let entry = self.allowed_entry(
             principal,
             ctx,
             "write",
@@ -837,11 +935,10 @@ impl Vault {
             &resources,
             &decisions,
             || Ok(()),
-        )?);
-
+        )?;
         let now = self.clock.now();
         let expires_at = self.retention.expires_at(ctx.purpose, now);
-        let mut record = self.rows.seal(
+        let record = self.rows.seal(
             RecordRow {
                 id: record_id.as_str().into(),
                 subject: subject.as_str().into(),
@@ -856,77 +953,97 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        // The write's entry, the record and, for a subject's first record of the purpose, the
-        // subject's first key of it go in one transaction where the store can (one commit, not
-        // three); otherwise the entry commits first and the record after it. The fields are
-        // sealed again, under the key the store has, when a rekey replaced the subject key
-        // between sealing and storing (the store refuses the stale generation), when another
-        // write stored the subject's first key first (`Exists`), or when a rotation retired the
-        // version the new key was wrapped under (`NotLive`); the entry stands then, once.
+        let put = Put {
+            record_id,
+            subject: subject.clone(),
+            purpose: ctx.purpose,
+            fields,
+            record,
+            expires_at,
+        };
+        Ok((put, entry))
+    }
+
+    /// The fields of `put` sealed under the subject key the keyring has for the write, and the
+    /// write that stores them.
+    fn prepare_put(
+        &self,
+        put: &Put,
+    ) -> Result<(crate::keys::KeyForWrite, crate::store::RecordWrite), VaultError> {
+        let write = self
+            .keyring
+            .subject_key_for_write(&put.subject, put.purpose)?;
+        let rows = self.seal_fields_under(
+            &write.active,
+            &put.subject,
+            &put.record_id,
+            put.purpose,
+            &put.fields,
+        )?;
+        let mut record = put.record.clone();
+        record.fields_mac = self.rows.fields_mac(
+            put.record_id.as_str(),
+            rows.iter().map(|f| (f.name.as_str(), f.version.as_str())),
+        );
+        let made = match &write.new {
+            None => crate::store::RecordWrite::Insert {
+                record,
+                fields: rows,
+            },
+            Some(new) => crate::store::RecordWrite::InsertWithKey {
+                key: new.row.clone(),
+                anchor: new.anchor.clone(),
+                record,
+                fields: rows,
+            },
+        };
+        Ok((write, made))
+    }
+
+    /// What the store did with the first write of `put` (made with its entry, or after it):
+    /// done, or written again without an entry (the entry stands, once). The fields are sealed
+    /// again, under the key the store has, when a rekey replaced the subject key between
+    /// sealing and storing (the store refuses the stale generation), when another write
+    /// stored the subject's first key first (`Exists`), or when a rotation retired the version
+    /// the new key was wrapped under (`NotLive`).
+    fn settle_put(
+        &self,
+        put: &Put,
+        write: &crate::keys::KeyForWrite,
+        stored: Result<(), StoreError>,
+    ) -> Result<(), VaultError> {
+        let mut attempt = (None, stored);
         let mut retried = 0;
         loop {
-            let prepared = self
-                .keyring
-                .subject_key_for_write(subject, ctx.purpose)
-                .map_err(VaultError::from)
-                .and_then(|write| {
-                    let rows = self.seal_fields_under(
-                        &write.active,
-                        subject,
-                        &record_id,
-                        ctx.purpose,
-                        &fields,
-                    )?;
-                    Ok((write, rows))
-                });
-            let (write, rows) = match prepared {
-                Ok(prepared) => prepared,
-                Err(e) => return Err(self.not_written(entry.take(), e)),
-            };
-            record.fields_mac = self.rows.fields_mac(
-                record_id.as_str(),
-                rows.iter().map(|f| (f.name.as_str(), f.version.as_str())),
-            );
-            let made = match &write.new {
-                None => crate::store::RecordWrite::Insert {
-                    record: record.clone(),
-                    fields: rows,
-                },
-                Some(new) => crate::store::RecordWrite::InsertWithKey {
-                    key: new.row.clone(),
-                    anchor: new.anchor.clone(),
-                    record: record.clone(),
-                    fields: rows,
-                },
-            };
-            let stored = match entry.take() {
-                Some(event) => match self.audit.append_writing(&event, made)? {
-                    (_, Carried::Made(outcome)) => outcome,
-                    (_, Carried::Left(made)) => made.make(self.store.as_ref()),
-                },
-                None => made.make(self.store.as_ref()),
-            };
+            let (again, stored) = attempt;
+            let write = again.as_ref().unwrap_or(write);
             match stored {
                 Ok(()) => {
-                    self.keyring.stored(subject, ctx.purpose, &write);
-                    break;
+                    self.keyring.stored(&put.subject, put.purpose, write);
+                    return Ok(());
                 }
                 Err(StoreError::StaleGeneration { .. }) if retried < REKEY_RETRIES => {
-                    self.keyring.forget(subject, ctx.purpose);
+                    self.keyring.forget(&put.subject, put.purpose);
                 }
                 Err(StoreError::Exists(_) | StoreError::NotLive { .. })
                     if write.new.is_some() && retried < REKEY_RETRIES => {}
                 Err(e) => return Err(e.into()),
             }
             retried += 1;
+            let (write, made) = self.prepare_put(put)?;
+            attempt = (Some(write), made.make(self.store.as_ref()));
         }
+    }
+
+    /// The answer of a stored `put`: its id and expiry.
+    fn put_stored(&self, put: Put) -> (RecordId, Option<i64>) {
         tracing::info!(
-            record_id = record_id.as_str(),
-            purpose = ctx.purpose.as_str(),
-            fields = fields.len(),
+            record_id = put.record_id.as_str(),
+            purpose = put.purpose.as_str(),
+            fields = put.fields.len(),
             "record stored"
         );
-        Ok((record_id, expires_at))
+        (put.record_id, put.expires_at)
     }
 
     /// Rectifies a record: replaces (or adds) `fields`. Old values are not kept anywhere.

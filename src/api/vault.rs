@@ -503,19 +503,24 @@ impl VaultRpc for VaultApi {
         &self,
         request: Request<pb::PutRecordRequest>,
     ) -> Result<Response<pb::PutRecordResponse>, Status> {
-        run(&self.vault, request, |vault, principal, req| {
+        run_then(&self.vault, request, |vault, principal, req, reply| {
             let ctx = convert::context(req.context, vault.channels())?;
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;
             let fields = convert::new_fields(req.fields, vault.limits())?;
             let labels = convert::labels(req.labels, vault.limits())?;
-            let (id, expires_at) = vault.put_record(principal, &ctx, &subject, fields, labels)?;
-            Ok(pb::PutRecordResponse {
+            // The answer comes once the write and its entry are committed, from the thread
+            // that committed them.
+            vault.put_record_then(principal, &ctx, &subject, fields, labels, move |put| {
+                let _ = reply.send(put);
+            })
+        })
+        .await
+        .map(|(id, expires_at)| {
+            Response::new(pb::PutRecordResponse {
                 record_id: id.as_str().into(),
                 expires_at: expires_at.map(convert::timestamp),
             })
         })
-        .await
-        .map(Response::new)
     }
 
     async fn record_disclosure(

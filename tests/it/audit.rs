@@ -399,9 +399,10 @@ async fn reads_fail_closed_when_the_trail_cannot_be_written() {
 }
 
 /// Many reads at once, with writes among them, while the trail cannot be written: every read
-/// fails `UNAVAILABLE` with no value (reads queue their entries and do not wait for them, so the
-/// answer comes from whichever thread committed the batch), and nothing is stored. Its twin, the
-/// trail writable again: every read gets the value, and the chain holds an entry for each.
+/// and write fails `UNAVAILABLE` with no value (reads and writes queue their entries and do not
+/// wait for them, so the answer comes from whichever thread committed the batch), and nothing
+/// is stored, no entry and no record. Its twin, the trail writable again: every read gets the
+/// value, every write's record is stored, and the chain holds an entry for each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_fail_closed_when_the_trail_cannot_be_written() {
     let server = TestServer::start().await;
@@ -422,7 +423,7 @@ async fn concurrent_reads_fail_closed_when_the_trail_cannot_be_written() {
             let (token, id) = (token.clone(), id.clone());
             calls.spawn(async move {
                 if i % 8 == 7 {
-                    // A write among the reads: its caller waits for its entry.
+                    // A write among the reads: queued with its entry, in its transaction.
                     let put = client
                         .put_record(req(
                             &token,
@@ -453,6 +454,11 @@ async fn concurrent_reads_fail_closed_when_the_trail_cannot_be_written() {
     };
     let entries_before = audit_entries(&server).len();
     let conn = Connection::open(server.db_path()).unwrap();
+    let records = || -> i64 {
+        conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+            .unwrap()
+    };
+    let records_before = records();
     conn.execute_batch("CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
     for (_, answer) in storm(0).await {
         let Err(status) = answer else {
@@ -462,6 +468,11 @@ async fn concurrent_reads_fail_closed_when_the_trail_cannot_be_written() {
         assert!(!status.message().contains(SECRET_VALUE));
     }
     assert_eq!(audit_entries(&server).len(), entries_before);
+    assert_eq!(
+        records(),
+        records_before,
+        "a write stored without its entry"
+    );
     conn.execute_batch("DROP TRIGGER block_audit;").unwrap();
     let answers = storm(1).await;
     let reads = answers.iter().filter(|(read, _)| *read).count();
@@ -471,6 +482,7 @@ async fn concurrent_reads_fail_closed_when_the_trail_cannot_be_written() {
             assert_eq!(text_of(&fields[0]), SECRET_VALUE);
         }
     }
+    assert_eq!(records(), records_before + 6);
     let entries = audit_entries(&server);
     assert_eq!(entries.len(), entries_before + 48);
     let read_entries = entries

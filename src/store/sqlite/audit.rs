@@ -39,6 +39,10 @@ impl AuditStore for SqliteStore {
         Ok(self.append_chained_writing(chain, &[])?.0)
     }
 
+    fn makes_writes_with_entries(&self) -> bool {
+        true
+    }
+
     fn append_chained_writing(
         &self,
         chain: &mut crate::store::Chain<'_>,
