@@ -840,8 +840,8 @@ impl Vault {
     /// the write, and `then` gets the answer once both are committed (on the thread that
     /// committed them), or the error. Where the store makes a write after its entry (PostgreSQL),
     /// the write waits for its entry and makes it on this thread, as `put_record` does, and
-    /// runs `then` before it returns. A write refused before its entry is queued (bad input,
-    /// the policy) returns the error here and never runs `then`.
+    /// runs `then` before it returns, with any error. Otherwise a write refused before its
+    /// entry is queued (bad input, the policy) returns the error here and never runs `then`.
     pub fn put_record_then(
         self: &Arc<Self>,
         principal: &Principal,
