@@ -534,6 +534,13 @@ struct Lead<'a> {
     later: &'a mut Vec<(Then, Result<u64, String>, Option<Carried>)>,
 }
 
+/// What became of the write an entry carried, which a committed batch always answers.
+fn answered_write(carried: Option<Carried>) -> Result<Carried, AuditError> {
+    carried.ok_or_else(|| {
+        AuditError::Unavailable("the write carried by the entry has no outcome".into())
+    })
+}
+
 /// What became of a record write an entry carried (`Audit::append_writing`).
 pub enum Carried {
     /// The store made it in the transaction of the entry: its outcome.
@@ -788,10 +795,7 @@ impl Audit {
             .first()
             .copied()
             .ok_or_else(|| AuditError::Unavailable("nothing was appended".into()))?;
-        let carried = carried.ok_or_else(|| {
-            AuditError::Unavailable("the write carried by the entry has no outcome".into())
-        })?;
-        Ok((seq, carried))
+        Ok((seq, answered_write(carried)?))
     }
 
     /// Queues `entries` and returns their sequence numbers once they are committed, leading
@@ -858,11 +862,7 @@ impl Audit {
     ) -> Result<(), AuditError> {
         let entry = serde_json::to_vec(event).map_err(|_| AuditError::Encode)?;
         let then = move |seq: Result<AuditSeq, AuditError>, carried: Option<Carried>| {
-            then(seq.and_then(|seq| {
-                carried.map(|carried| (seq, carried)).ok_or_else(|| {
-                    AuditError::Unavailable("the write carried by the entry has no outcome".into())
-                })
-            }));
+            then(seq.and_then(|seq| Ok((seq, answered_write(carried)?))));
         };
         self.appender
             .queue(vec![entry], Some(write), Answer::Then(Box::new(then)));

@@ -48,6 +48,8 @@ impl EvidenceStore for SqliteStore {
         .map_err(|e| {
             if is_foreign_key_violation(&e) {
                 StoreError::Missing(format!("record `{}`", row.record_id))
+            } else if is_unique_violation(&e) {
+                StoreError::Exists(format!("field `{}`", row.name))
             } else {
                 db(e)
             }
