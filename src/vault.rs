@@ -831,7 +831,10 @@ impl Vault {
             (_, Carried::Made(outcome)) => outcome,
             (_, Carried::Left(made)) => made.make(self.store.as_ref()),
         };
-        self.settle_put(&put, &write, stored)?;
+        // The allowed entry stands; a record the store did not take is on the trail as not
+        // carried out before the caller hears of it.
+        self.settle_put(&put, &write, stored)
+            .map_err(|e| self.not_written(Some(entry), e))?;
         Ok(self.put_stored(put))
     }
 
@@ -858,20 +861,40 @@ impl Vault {
         }
         let (put, entry, write, made) = self.begin_put(principal, ctx, subject, fields, labels)?;
         let vault = Arc::clone(self);
+        let mut unstored = entry.clone();
         self.audit
             .append_writing_then(&entry, made, move |appended| {
-                let answer = appended
-                    .map_err(VaultError::from)
-                    .and_then(|(_, carried)| {
-                        let stored = match carried {
-                            Carried::Made(outcome) => outcome,
-                            Carried::Left(made) => made.make(vault.store.as_ref()),
-                        };
-                        vault.settle_put(&put, &write, stored)
-                    })
-                    .map(|()| vault.put_stored(put))
-                    .map_err(|e| vault.after_failure(e));
-                then(answer);
+                let settled = appended.map(|(_, carried)| {
+                    let stored = match carried {
+                        Carried::Made(outcome) => outcome,
+                        Carried::Left(made) => made.make(vault.store.as_ref()),
+                    };
+                    vault.settle_put(&put, &write, stored)
+                });
+                match settled {
+                    Ok(Ok(())) => then(Ok(vault.put_stored(put))),
+                    // Neither the entry nor the record: nothing to add to the trail.
+                    Err(trail) => then(Err(vault.after_failure(trail.into()))),
+                    // The allowed entry stands and the store did not take the record: a
+                    // second entry says so, and the caller hears once it is committed. This
+                    // thread may be leading the trail's commit, so the entry is queued, not
+                    // waited for; when it cannot be committed the caller hears that instead.
+                    Ok(Err(e)) => {
+                        let failed = vault.after_failure(e);
+                        unstored.decision = "deny".into();
+                        unstored.reason = Some(format!("not carried out: {failed}"));
+                        let answer = Arc::clone(&vault);
+                        let queued = vault.audit.append_then(&unstored, move |seq| {
+                            then(Err(match seq {
+                                Ok(_) => failed,
+                                Err(trail) => answer.after_failure(trail.into()),
+                            }));
+                        });
+                        if let Err(e) = queued {
+                            tracing::error!(error = %e, "a write not carried out is not on the trail");
+                        }
+                    }
+                }
             })?;
         Ok(())
     }
@@ -1627,10 +1650,11 @@ impl Vault {
         }
     }
 
-    /// A write that failed before its allowed entry went on the trail: the entry goes on now,
-    /// as `deny` with `not carried out` and why (as `not_carried_out` records one the store
-    /// refused), so that the request is on the trail all the same. The failure, or the trail's
-    /// when the entry cannot be written.
+    /// A write that failed after it was allowed, before its entry went on the trail or after
+    /// the store refused it in the entry's own transaction: the entry goes on now, as `deny`
+    /// with `not carried out` and why (as `not_carried_out` records one the store refused), so
+    /// that the request is on the trail all the same and no allowed entry stands alone for a
+    /// change that was not made. The failure, or the trail's when the entry cannot be written.
     fn not_written(&self, entry: Option<AuditEvent>, e: VaultError) -> VaultError {
         let Some(mut event) = entry else { return e };
         event.decision = "deny".into();

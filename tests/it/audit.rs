@@ -495,6 +495,143 @@ async fn concurrent_reads_fail_closed_when_the_trail_cannot_be_written() {
     server.stop().await;
 }
 
+/// The subject whose records the store refuses in `refused_writes_are_followed_on_the_trail`.
+pub(crate) const REFUSED_SUBJECT: &str = "REL-4242";
+
+/// Writes the policy allows and the store then refuses (a trigger on `records` for
+/// `REFUSED_SUBJECT`, switched by `refuse`), among writes it takes: each refused one fails, its
+/// allowed `write` entry is followed by a `deny` entry for the same record saying it was not
+/// carried out, and no record of it exists; each taken one is stored with its allowed entry
+/// alone. `entries` reads the whole trail, `stored` the ids of the stored records.
+pub(crate) async fn refused_writes_are_followed_on_the_trail(
+    server: &TestServer,
+    refuse: impl Fn(bool),
+    entries: impl Fn() -> Vec<serde_json::Value>,
+    stored: impl Fn() -> Vec<String>,
+) {
+    let channel = server.raw_channel().await;
+    let token = server.token(Role::NuisanceOfficer).to_string();
+    let before = entries().len();
+    let stored_before = stored().len();
+    refuse(true);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let mut client = pb::vault_client::VaultClient::new(channel.clone());
+        let token = token.clone();
+        calls.spawn(async move {
+            let refused = i % 3 == 0;
+            let subject = if refused {
+                REFUSED_SUBJECT.to_string()
+            } else {
+                format!("REL-{}", 5000 + i)
+            };
+            let put = client
+                .put_record(req(
+                    &token,
+                    pb::PutRecordRequest {
+                        context: nuisance_ctx(),
+                        subject_id: subject,
+                        fields: vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
+                        labels: Default::default(),
+                    },
+                ))
+                .await;
+            (refused, put.map(|r| r.into_inner().record_id))
+        });
+    }
+    let answers = calls.join_all().await;
+    refuse(false);
+    let mut taken = Vec::new();
+    for (refused, answer) in answers {
+        match answer {
+            Ok(id) => {
+                assert!(!refused, "a write the store refused answered OK ({id})");
+                taken.push(id);
+            }
+            Err(status) => {
+                assert!(refused, "a write the store takes failed: {status:?}");
+                assert_ne!(status.code(), Code::Ok);
+                assert!(!status.message().contains(SECRET_VALUE), "{status:?}");
+            }
+        }
+    }
+    assert_eq!(taken.len(), 16);
+    let now_stored = stored();
+    assert_eq!(now_stored.len(), stored_before + 16, "{now_stored:?}");
+    for id in &taken {
+        assert!(
+            now_stored.contains(id),
+            "{id} answered OK and is not stored"
+        );
+    }
+    let trail = entries();
+    let new = trail.get(before..).unwrap_or_default();
+    let writes: Vec<&serde_json::Value> = new.iter().filter(|e| e["action"] == "write").collect();
+    let allowed: Vec<&&serde_json::Value> =
+        writes.iter().filter(|e| e["decision"] == "allow").collect();
+    assert_eq!(allowed.len(), 24, "{writes:?}");
+    for entry in allowed {
+        let record = entry["record"].as_str().unwrap();
+        let pos = new.iter().position(|e| std::ptr::eq(e, *entry)).unwrap();
+        let followed = new
+            .iter()
+            .skip(pos + 1)
+            .find(|e| e["action"] == "write" && e["decision"] == "deny" && e["record"] == record);
+        if entry["subject"] == REFUSED_SUBJECT {
+            assert!(!now_stored.iter().any(|id| id == record), "{record} stored");
+            let followed =
+                followed.unwrap_or_else(|| panic!("the refused write of {record} is not followed"));
+            let reason = followed["reason"].as_str().unwrap();
+            assert!(reason.starts_with("not carried out"), "{reason}");
+            assert!(!reason.contains(SECRET_VALUE));
+        } else {
+            // The twin: a stored record's allowed entry stands alone.
+            assert!(
+                now_stored.iter().any(|id| id == record),
+                "{record} not stored"
+            );
+            assert!(
+                followed.is_none(),
+                "{record} stored and marked not carried out"
+            );
+        }
+    }
+    assert_eq!(writes.len(), 24 + 8, "{writes:?}");
+    assert!(verify(server, None).await.intact);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
+    let server = TestServer::start().await;
+    let conn = std::sync::Mutex::new(Connection::open(server.db_path()).unwrap());
+    let sql = |sql: &str| conn.lock().unwrap().execute_batch(sql).unwrap();
+    refused_writes_are_followed_on_the_trail(
+        &server,
+        |on| {
+            if on {
+                sql(&format!(
+                    "CREATE TRIGGER refuse_record BEFORE INSERT ON records \
+                     WHEN NEW.subject = '{REFUSED_SUBJECT}' \
+                     BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;"
+                ));
+            } else {
+                sql("DROP TRIGGER refuse_record;");
+            }
+        },
+        || audit_entries(&server),
+        || {
+            let conn = conn.lock().unwrap();
+            let mut stmt = conn.prepare("SELECT id FROM records").unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn privacy_officer_exports_and_reports_and_nobody_else_may() {
     let server = TestServer::start().await;

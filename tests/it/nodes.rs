@@ -567,6 +567,57 @@ async fn a_pg_dump_restored_into_a_new_database_serves_the_same_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
+    use crate::audit::{REFUSED_SUBJECT, refused_writes_are_followed_on_the_trail};
+    use kluis::store::prelude::*;
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let tmp = private_tempdir();
+    let secret = RootSecret::create_key_file(&tmp.path().join("root.key")).unwrap();
+    let mut a = TestServer::start_node(&url, tmp.path(), &secret).await;
+    a.issue_role_tokens();
+    // A connection per use, made and dropped off the runtime's threads.
+    let db = || postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let sql = |sql: &str| tokio::task::block_in_place(|| db().batch_execute(sql).unwrap());
+    refused_writes_are_followed_on_the_trail(
+        &a,
+        |on| {
+            if on {
+                sql(&format!(
+                    "CREATE FUNCTION refuse_record() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$; \
+                     CREATE TRIGGER refuse_record BEFORE INSERT ON records FOR EACH ROW \
+                     WHEN (NEW.subject = '{REFUSED_SUBJECT}') EXECUTE FUNCTION refuse_record();"
+                ));
+            } else {
+                sql("DROP TRIGGER refuse_record ON records; DROP FUNCTION refuse_record();");
+            }
+        },
+        || {
+            tokio::task::block_in_place(|| {
+                let store = kluis::store::PgStore::connect(&url).unwrap();
+                store
+                    .audit_entries(1, 100_000)
+                    .unwrap()
+                    .into_iter()
+                    .map(|row| serde_json::from_slice(&row.entry).unwrap())
+                    .collect()
+            })
+        },
+        || {
+            tokio::task::block_in_place(|| {
+                db().query("SELECT id FROM records", &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            })
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rekey_started_on_both_nodes_runs_once() {
     use kluis::store::prelude::*;
     let Some(cluster) = pg::cluster() else { return };
