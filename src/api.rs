@@ -20,11 +20,12 @@ pub mod vault;
 
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
 use tonic::{Request, Status, metadata::MetadataMap};
 
 use crate::{
     identity::{Credentials, Identity, PeerCertificate, USER_METADATA},
-    vault::{Vault, VaultError, places, tokens::BearerToken},
+    vault::{Vault, VaultError, tokens::BearerToken},
 };
 
 pub use admin::AdminApi;
@@ -159,13 +160,43 @@ where
         .map_err(status::to_status)
 }
 
-/// Where a call run with [`run_then`] hands its answer on.
-pub(crate) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, VaultError>>;
+/// Where a call run with [`run_then`] hands its answer on: once, from whichever thread has it
+/// (the thread that committed the call's entry, or the call thread when the work failed first).
+pub(crate) struct Reply<T>(Arc<std::sync::Mutex<Option<oneshot::Sender<Answer<T>>>>>);
+
+/// What a call run with [`run_then`] answers.
+enum Answer<T> {
+    /// The work's answer.
+    Done(Result<T, VaultError>),
+    /// The work panicked before it answered.
+    Panicked,
+}
+
+impl<T> Reply<T> {
+    /// Answers the call, unless it was answered already (or its task is gone).
+    pub(crate) fn send(self, answer: Result<T, VaultError>) {
+        self.answer(Answer::Done(answer));
+    }
+
+    fn answer(&self, answer: Answer<T>) {
+        let sender = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sender) = sender {
+            // The caller may have gone (its call timed out): nobody to tell.
+            let _ = sender.send(answer);
+        }
+    }
+}
 
 /// `run` for a call whose answer comes once an audit entry it queues is committed (a read,
 /// `Vault::get_record_then`): `f` runs on a call thread, queues the entry and hands `reply` on
 /// to whatever answers once the entry is committed; that thread goes on to other work meanwhile
-/// instead of sleeping until the commit, and the answer is awaited here.
+/// instead of sleeping until the commit. The request's task waits for the answer alone, so it
+/// is woken once per call: the end of `f`'s work tells it nothing (an error or a panic in `f`
+/// before it answered is the answer).
 pub(crate) async fn run_then<Req, T, F>(
     backend: &Backend,
     request: Request<Req>,
@@ -183,35 +214,36 @@ where
     let vault = Arc::clone(&backend.vault);
     let identity = Arc::clone(&backend.identity);
     let key = caller_key(&creds);
-    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    let (sender, answer) = oneshot::channel();
+    let reply = Reply(Arc::new(std::sync::Mutex::new(Some(sender))));
     let task = async move {
         let place = take_place(&vault, key).await?;
-        let mut call = place.run(move || {
-            identity
-                .authenticate(&vault, &creds)
-                .and_then(|principal| f(&vault, &principal, message, reply))
-                .map_err(|e| vault.after_failure(e))
+        place.run_detached(move || {
+            let unanswered = Reply(Arc::clone(&reply.0));
+            let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                identity
+                    .authenticate(&vault, &creds)
+                    .and_then(|principal| f(&vault, &principal, message, reply))
+                    .map_err(|e| vault.after_failure(e))
+            }));
+            match done {
+                Ok(Ok(())) => {}
+                // Before `f` handed its reply on, or after (then the answer stands).
+                Ok(Err(e)) => unanswered.send(Err(e)),
+                Err(_) => unanswered.answer(Answer::Panicked),
+            }
         });
-        // The answer may come before the call's work ends: a call thread that leads a commit
-        // goes on with the rest of the other calls of its batch after its own.
-        let not_answered =
-            || VaultError::Unavailable("the call's audit entry was not committed".into());
-        let failed = |e: places::CallFailed| {
-            tracing::error!(error = %e, "request task failed");
-            Status::internal("internal error")
-        };
-        let answered = tokio::select! {
-            answered = &mut answer => match answered {
-                Ok(answered) => answered,
-                // Dropped unanswered: the call's work failed, or the trail closed.
-                Err(_) => call.await.map_err(failed)?.and_then(|()| Err(not_answered())),
-            },
-            done = &mut call => match done.map_err(failed)? {
-                Ok(()) => answer.await.unwrap_or_else(|_| Err(not_answered())),
-                Err(e) => Err(e),
-            },
-        };
-        Ok::<_, Status>(answered)
+        match answer.await {
+            Ok(Answer::Done(answered)) => Ok(answered),
+            Ok(Answer::Panicked) => {
+                tracing::error!("request task failed: the call's work panicked");
+                Err(Status::internal("internal error"))
+            }
+            // Dropped unanswered: the trail closed, or its commit unwound.
+            Err(_) => Ok(Err(VaultError::Unavailable(
+                "the call's audit entry was not committed".into(),
+            ))),
+        }
     };
     tokio::time::timeout(REQUEST_TIMEOUT, task)
         .await

@@ -511,7 +511,7 @@ impl VaultRpc for VaultApi {
             // The answer comes once the write and its entry are committed, from the thread
             // that committed them.
             vault.put_record_then(principal, &ctx, &subject, fields, labels, move |put| {
-                let _ = reply.send(put);
+                reply.send(put);
             })
         })
         .await
@@ -580,7 +580,7 @@ impl VaultRpc for VaultApi {
             // The answer comes once the read's entry is committed, from the thread that
             // committed it.
             vault.get_record_then(principal, &ctx, &id, &wanted, move |view| {
-                let _ = reply.send(view);
+                reply.send(view);
             })
         })
         .await

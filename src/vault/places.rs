@@ -256,6 +256,25 @@ impl CallPlace {
     }
 }
 
+impl CallPlace {
+    /// Runs `f` as [`CallPlace::run`] does, telling nobody when it ends: `f` answers its
+    /// caller itself (and catches its own panics to do so; one that escapes is logged, and the
+    /// thread goes on).
+    pub fn run_detached(self, f: impl FnOnce() + Send + 'static) {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let threads = Arc::clone(&self.threads);
+        threads.submit(Box::new(move || {
+            let _inside = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            let place = self;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                tracing::error!("a call's work panicked");
+            }
+            place.threads.finished();
+            drop(place);
+        }));
+    }
+}
+
 impl Drop for CallPlace {
     fn drop(&mut self) {
         self.total.take();
