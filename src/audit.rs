@@ -1168,6 +1168,14 @@ impl Audit {
                         });
                     }
                 }
+                // The index a subject's access report and export read the trail by: an entry
+                // it hid would be left out of them.
+                if let Some((seq, problem)) = self.store.subject_index_problem()? {
+                    return Ok(Verification::Broken {
+                        seq,
+                        problem: format!("the trail's index by subject {problem}"),
+                    });
+                }
                 return Ok(Verification::Intact {
                     count,
                     head: hex::encode(prev),
@@ -1704,6 +1712,38 @@ mod tests {
             action: "read".into(),
             decision: "allow".into(),
             ..Default::default()
+        }
+    }
+
+    /// An entry hidden from a subject's access report by an edit of the trail's index by
+    /// subject (the chain itself intact) is found by `verify`; the twin: the index as written
+    /// verifies.
+    #[test]
+    fn verify_finds_an_entry_the_subject_index_hides() {
+        let (_d, store, audit) = trail();
+        let about = |n: i64| AuditEvent {
+            subject: Some(format!("REL-{}", n % 7)),
+            ..event(n)
+        };
+        let events: Vec<AuditEvent> = (0..2100).map(about).collect();
+        for batch in events.chunks(100) {
+            audit.append_all(batch).unwrap();
+        }
+        assert!(matches!(
+            audit.verify(None).unwrap(),
+            Verification::Intact { count: 2100, .. }
+        ));
+        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        assert_eq!(
+            conn.execute("DELETE FROM audit_subjects WHERE seq = 8", [])
+                .unwrap(),
+            1
+        );
+        match audit.verify(None).unwrap() {
+            Verification::Broken { seq: 8, problem } => {
+                assert!(problem.contains("index by subject misses it"), "{problem}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -1436,6 +1436,14 @@ pub trait AuditStore: Send + Sync {
     /// The last audit entry.
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError>;
 
+    /// Where the store keeps the trail's index by subject apart from the entries (rows that
+    /// are not computed from them), the first entry it disagrees with them on and how: an
+    /// entry it misses, one it names that no entry is, or one under the wrong run. `None` when
+    /// it agrees, or when the database computes the index from the entries itself.
+    fn subject_index_problem(&self) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(None)
+    }
+
     /// Up to `limit` audit entries from sequence number `from`, in order.
     fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
 

@@ -366,6 +366,27 @@ INSERT INTO fields_sealed_last (record_id, name, category, kind, key_gen, mac, v
 DROP TABLE fields;
 ALTER TABLE fields_sealed_last RENAME TO fields;
 ",
+    // The trail's subject index in runs (`audit::index_subjects`): an index over the subject
+    // each entry names had every entry write a page of its own at a random place (the
+    // subjects in between), a page to the log per entry read by a case worker. Entries are
+    // now indexed a run at a time, sorted within the run, each run after the last: a run's
+    // rows are appended as a whole. The entries past the last run are read from the trail.
+    r"
+DROP INDEX audit_by_subject;
+CREATE TABLE audit_runs (
+    run   INTEGER PRIMARY KEY,
+    up_to INTEGER NOT NULL
+);
+CREATE TABLE audit_subjects (
+    run     INTEGER NOT NULL,
+    subject TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (run, subject, seq)
+) WITHOUT ROWID;
+INSERT INTO audit_runs (run, up_to) SELECT 1, seq FROM audit ORDER BY seq DESC LIMIT 1;
+INSERT INTO audit_subjects (run, subject, seq)
+    SELECT 1, subject, seq FROM audit WHERE subject IS NOT NULL ORDER BY subject, seq;
+",
 ];
 
 /// Prepared statements each connection keeps (`open_connection`): more than the distinct
@@ -1338,11 +1359,183 @@ mod tests {
         ));
     }
 
+    /// An audit row naming `subject` (none when empty).
+    fn audit_row(seq: u64, subject: &str) -> AuditRow {
+        let entry = if subject.is_empty() {
+            format!("{{\"seq\":{seq}}}")
+        } else {
+            format!("{{\"seq\":{seq},\"subject\":\"{subject}\"}}")
+        };
+        AuditRow {
+            seq,
+            entry: entry.into_bytes(),
+            prev_hash: vec![0; 32],
+            hash: vec![1; 32],
+            mac: vec![2; 32],
+        }
+    }
+
+    /// The subject of entry `seq` in `subject_lookups_agree_with_the_trail`.
+    fn subject_of(seq: u64) -> &'static str {
+        ["REL-A", "REL-B", "", "REL-A", "REL-C"][usize::try_from(seq % 5).unwrap()]
+    }
+
+    /// Every subject's entries, paged from several starting points and page sizes, as a scan
+    /// of the trail finds them.
+    fn subject_lookups_agree_with_the_trail(store: &SqliteStore, last: u64) {
+        for subject in ["REL-A", "REL-B", "REL-C", "REL-D"] {
+            let all: Vec<u64> = (1..=last).filter(|s| subject_of(*s) == subject).collect();
+            for (from, limit) in [(1, usize::MAX), (1, 7), (2040, 100), (4100, 3), (last, 5)] {
+                let mut want: Vec<u64> = all.iter().copied().filter(|s| *s >= from).collect();
+                want.truncate(limit);
+                let got: Vec<u64> = store
+                    .subject_audit_entries(subject, from, limit)
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.seq)
+                    .collect();
+                assert_eq!(got, want, "{subject} from {from}, {limit}");
+            }
+            // Paged to the end, as an export reads it.
+            let mut paged = Vec::new();
+            let mut from = 1;
+            loop {
+                let page = store.subject_audit_entries(subject, from, 500).unwrap();
+                let Some(end) = page.last() else { break };
+                from = end.seq + 1;
+                paged.extend(page.iter().map(|r| r.seq));
+            }
+            assert_eq!(paged, all, "{subject} paged");
+        }
+    }
+
+    #[test]
+    fn the_trail_is_found_by_subject_across_its_runs_and_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let run = u64::try_from(audit::SUBJECT_RUN).unwrap();
+        let last = 2 * run + 333;
+        let mut seq = 1;
+        while seq <= last {
+            let batch: Vec<AuditRow> = (seq..=last.min(seq + 36))
+                .map(|s| audit_row(s, subject_of(s)))
+                .collect();
+            seq += u64::try_from(batch.len()).unwrap();
+            store.append_audit(&batch).unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        let runs = |conn: &Connection| -> Vec<(i64, i64)> {
+            conn.prepare("SELECT run, up_to FROM audit_runs ORDER BY run")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        // Two runs (each at the first batch that took it past a run), the rest past them.
+        let marks = runs(&conn);
+        assert_eq!(marks.len(), 2, "{marks:?}");
+        assert!(marks[0].1 >= audit::SUBJECT_RUN && marks[1].1 - marks[0].1 >= audit::SUBJECT_RUN);
+        subject_lookups_agree_with_the_trail(&store, last);
+        // The trail cut back into the second run (a test's or a tamperer's doing, which the
+        // chain's verification finds): appending again forgets what the index holds past the
+        // cut, and the lookups agree with the trail as it is.
+        let cut = u64::try_from(marks[1].1).unwrap() - 10;
+        conn.execute("DELETE FROM audit WHERE seq > ?1", [cut])
+            .unwrap();
+        subject_lookups_agree_with_the_trail(&store, cut);
+        store
+            .append_audit(&[audit_row(cut + 1, subject_of(cut + 1))])
+            .unwrap();
+        subject_lookups_agree_with_the_trail(&store, cut + 1);
+        assert_eq!(runs(&conn).last().unwrap().1, i64::try_from(cut).unwrap());
+        assert_eq!(store.subject_index_problem().unwrap(), None);
+        // Tampering with the index (which a lookup trusts, as it trusted SQLite's own index
+        // before) is found by the check `audit verify` makes: a row deleted, one changed to
+        // name another subject, one moved to another run.
+        for (tamper, seq, problem) in [
+            ("DELETE FROM audit_subjects WHERE seq = 3", 3, "misses it"),
+            (
+                "UPDATE audit_subjects SET subject = 'REL-B' WHERE seq = 3",
+                3,
+                "",
+            ),
+            (
+                "UPDATE audit_subjects SET run = 2 WHERE seq = 3",
+                3,
+                "lists it in a run that does not cover it",
+            ),
+            (
+                "INSERT INTO audit_subjects VALUES (1, 'REL-Z', 2)",
+                2,
+                "names it for another subject, or it does not exist",
+            ),
+        ] {
+            conn.execute_batch(tamper).unwrap();
+            let found = store.subject_index_problem().unwrap();
+            assert!(
+                found.as_ref().is_some_and(|(s, p)| *s == seq
+                    && p.starts_with(problem)
+                    && p.ends_with(&format!("(entry {seq})"))),
+                "{tamper}: {found:?}"
+            );
+            // Put back (the twin: the index as kluis wrote it has no problem).
+            conn.execute_batch(
+                "DELETE FROM audit_subjects WHERE seq IN (2, 3);
+                 INSERT INTO audit_subjects VALUES (1, 'REL-A', 3);",
+            )
+            .unwrap();
+            assert_eq!(store.subject_index_problem().unwrap(), None, "{tamper}");
+        }
+    }
+
+    #[test]
+    fn a_trail_indexed_per_entry_is_migrated_to_runs_with_every_entry_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let runs = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE audit_runs"))
+            .unwrap();
+        {
+            // A store as the migrations before the runs left it, with its trail.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..runs] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", runs).unwrap();
+            let mut insert = conn
+                .prepare(
+                    "INSERT INTO audit (seq, entry, prev_hash, hash, mac) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .unwrap();
+            for seq in 1..=100 {
+                let row = audit_row(seq, subject_of(seq));
+                insert
+                    .execute(params![seq, row.entry, row.prev_hash, row.hash, row.mac])
+                    .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        subject_lookups_agree_with_the_trail(&store, 100);
+        for seq in 101..=150 {
+            store
+                .append_audit(&[audit_row(seq, subject_of(seq))])
+                .unwrap();
+        }
+        subject_lookups_agree_with_the_trail(&store, 150);
+    }
+
     #[test]
     fn a_store_of_the_old_field_layout_is_migrated_with_its_values_last_and_nothing_lost() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kluis.db");
-        let last = MIGRATIONS.len() - 1;
+        let last = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE fields_sealed_last"))
+            .unwrap();
         {
             // A store as the migrations before the last left it, with a field and its tag.
             let conn = Connection::open(&path).unwrap();
