@@ -1094,6 +1094,17 @@ impl Vault {
                 let Some(_free) = self.job_lease(&format!("rekey:{p}"))? else {
                     continue;
                 };
+                // The jobs were listed before the lease was taken: the node that held it may
+                // have finished this one since (it does so before it gives the lease up), and
+                // a second run would rekey every subject again.
+                let unfinished = self
+                    .store
+                    .key_jobs()?
+                    .iter()
+                    .any(|(q, k, _)| q == &purpose && k == "rekey");
+                if !unfinished {
+                    continue;
+                }
                 tracing::info!(purpose = p.as_str(), "resuming an interrupted rekey");
                 if let Err(e) = self.rekey(p, |_| true) {
                     tracing::error!(purpose = p.as_str(), error = %e, "resumed rekey failed");
