@@ -632,6 +632,86 @@ async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
     server.stop().await;
 }
 
+/// The trail's index by subject is kept apart from the entries (in runs of 2,048): someone
+/// with the database file who deletes an index row hides that read from the subject's access
+/// report, with the chain intact, and `audit verify` finds it. The twin: before the edit the
+/// report lists every read and the trail verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_hidden_from_the_access_report_by_an_edited_index_is_found_by_verify() {
+    let server = TestServer::start().await;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-7000",
+        vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
+    )
+    .await;
+    // Enough reads for the first run of the index.
+    let channel = server.raw_channel().await;
+    let token = server.token(Role::NuisanceOfficer).to_string();
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let mut client = pb::vault_client::VaultClient::new(channel.clone());
+        let (token, id) = (token.clone(), id.clone());
+        readers.spawn(async move {
+            for _ in 0..70 {
+                client
+                    .get_record(req(
+                        &token,
+                        pb::GetRecordRequest {
+                            context: nuisance_ctx(),
+                            record_id: id.clone(),
+                            fields: vec![],
+                        },
+                    ))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    readers.join_all().await;
+    let reads = || async {
+        let mut admin = server.admin().await;
+        admin
+            .subject_access_report(req(
+                server.token(Role::PrivacyOfficer),
+                pb::SubjectAccessReportRequest {
+                    subject_id: "REL-7000".into(),
+                    justification: "SAR-2026-70".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .iter()
+            .filter(|e| e.action == "read")
+            .count()
+    };
+    assert_eq!(reads().await, 32 * 70);
+    assert!(verify(&server, None).await.intact);
+    let conn = Connection::open(server.db_path()).unwrap();
+    let hidden: i64 = conn
+        .query_row(
+            "SELECT seq FROM audit_subjects WHERE subject = 'REL-7000' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute("DELETE FROM audit_subjects WHERE seq = ?1", [hidden])
+        .unwrap();
+    assert_eq!(reads().await, 32 * 70 - 1, "the edit hides the read");
+    let verified = verify(&server, None).await;
+    assert!(!verified.intact);
+    assert!(
+        verified.problem.contains("index by subject misses it"),
+        "{}",
+        verified.problem
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn privacy_officer_exports_and_reports_and_nobody_else_may() {
     let server = TestServer::start().await;
