@@ -12,8 +12,12 @@ pub(super) const SUBJECT_RUN: i64 = 2048;
 /// entry appended at `first` or before the end of the last run) first forgets what the index
 /// holds from `first` on. In the transaction of the append.
 fn index_subjects(tx: &Connection, first: i64, last: i64) -> Result<(), StoreError> {
+    // The last run's end is the highest (`up_to` never falls from one run to the next): read
+    // through the key, not over every run, on every append.
     let mark: i64 = tx
-        .prepare_cached("SELECT coalesce(max(up_to), 0) FROM audit_runs")
+        .prepare_cached(
+            "SELECT coalesce((SELECT up_to FROM audit_runs ORDER BY run DESC LIMIT 1), 0)",
+        )
         .map_err(db)?
         .query_row([], |r| r.get(0))
         .map_err(db)?;
@@ -162,7 +166,7 @@ impl AuditStore for SqliteStore {
     fn subject_index_problem(&self) -> Result<Option<(u64, String)>, StoreError> {
         let found: Option<(i64, String)> = self.read(|c| {
             c.query_row(
-                "WITH mark AS (SELECT coalesce(max(up_to), 0) AS up_to FROM audit_runs),
+                "WITH mark AS (SELECT coalesce((SELECT up_to FROM audit_runs ORDER BY run DESC LIMIT 1), 0) AS up_to),
                       runs AS (SELECT run, up_to,
                                       coalesce(lag(up_to) OVER (ORDER BY run), 0) AS after
                                FROM audit_runs)
@@ -208,7 +212,9 @@ impl AuditStore for SqliteStore {
                 .query_map([from], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             let mark: i64 = tx
-                .prepare_cached("SELECT coalesce(max(up_to), 0) FROM audit_runs")?
+                .prepare_cached(
+                    "SELECT coalesce((SELECT up_to FROM audit_runs ORDER BY run DESC LIMIT 1), 0)",
+                )?
                 .query_row([], |r| r.get(0))?;
             let mut seqs: Vec<i64> = Vec::new();
             {
