@@ -172,6 +172,17 @@ enum Answer<T> {
     Panicked,
 }
 
+impl<T> Drop for Reply<T> {
+    /// A reply dropped unanswered in a panic (the work after a committed entry, which the
+    /// committing thread runs) answers that the work failed, not that the entry was not
+    /// committed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.answer(Answer::Panicked);
+        }
+    }
+}
+
 impl<T> Reply<T> {
     /// Answers the call, unless it was answered already (or its task is gone).
     pub(crate) fn send(self, answer: Result<T, VaultError>) {
@@ -239,7 +250,7 @@ where
                 tracing::error!("request task failed: the call's work panicked");
                 Err(Status::internal("internal error"))
             }
-            // Dropped unanswered: the trail closed, or its commit unwound.
+            // Dropped unanswered: the trail closed, or its commit failed to run the answer.
             Err(_) => Ok(Err(VaultError::Unavailable(
                 "the call's audit entry was not committed".into(),
             ))),
@@ -343,4 +354,38 @@ where
             tracing::error!(error = %e, "request task failed");
             Status::internal("internal error")
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply() -> (Reply<u8>, oneshot::Receiver<Answer<u8>>) {
+        let (sender, answer) = oneshot::channel();
+        (Reply(Arc::new(std::sync::Mutex::new(Some(sender)))), answer)
+    }
+
+    /// A reply dropped in a panic answers `Panicked` (the call fails as an internal error);
+    /// the twin: one dropped without a panic answers nothing (the call is unavailable: its
+    /// entry was not committed), and the first answer of two is the one that stands.
+    #[test]
+    fn a_reply_dropped_in_a_panic_says_so_and_only_the_first_answer_stands() {
+        let (r, mut answer) = reply();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _held = r;
+            panic!("the work after the entry failed");
+        }));
+        assert!(unwound.is_err());
+        assert!(matches!(answer.try_recv(), Ok(Answer::Panicked)));
+
+        let (r, mut answer) = reply();
+        drop(r);
+        assert!(answer.try_recv().is_err());
+
+        let (r, mut answer) = reply();
+        let second = Reply(Arc::clone(&r.0));
+        r.send(Ok(7));
+        second.send(Ok(8));
+        assert!(matches!(answer.try_recv(), Ok(Answer::Done(Ok(7)))));
+    }
 }

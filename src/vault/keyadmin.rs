@@ -1097,11 +1097,13 @@ impl Vault {
                 // The jobs were listed before the lease was taken: the node that held it may
                 // have finished this one since (it does so before it gives the lease up), and
                 // a second run would rekey every subject again.
-                let unfinished = self
-                    .store
-                    .key_jobs()?
-                    .iter()
-                    .any(|(q, k, _)| q == &purpose && k == "rekey");
+                let unfinished = match self.store.key_jobs() {
+                    Ok(jobs) => jobs.iter().any(|(q, k, _)| q == &purpose && k == "rekey"),
+                    Err(e) => {
+                        first_error.get_or_insert(e.into());
+                        continue;
+                    }
+                };
                 if !unfinished {
                     continue;
                 }
