@@ -42,19 +42,46 @@ fn index_subjects(tx: &Connection, first: i64, last: i64) -> Result<(), StoreErr
         .map_err(db)?
         .query_row([], |r| r.get(0))
         .map_err(db)?;
-    tx.prepare_cached(
-        "INSERT INTO audit_subjects (run, subject, seq)
-         SELECT ?1, subject, seq FROM audit
-         WHERE seq > ?2 AND seq <= ?3 AND subject IS NOT NULL ORDER BY subject, seq",
-    )
-    .map_err(db)?
-    .execute([run, mark, last])
-    .map_err(db)?;
+    // Each entry's subject read from the entry itself, in Rust: nothing in the schema (an
+    // expression, a trigger) decides what a run lists.
+    let mut named: Vec<(String, i64)> = Vec::new();
+    {
+        let mut entries = tx
+            .prepare_cached("SELECT seq, entry FROM audit WHERE seq > ?1 AND seq <= ?2")
+            .map_err(db)?;
+        let mut rows = entries.query([mark, last]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let seq: i64 = row.get(0).map_err(db)?;
+            let entry: Vec<u8> = row.get(1).map_err(db)?;
+            if let Some(subject) = entry_subject(&entry) {
+                named.push((subject, seq));
+            }
+        }
+    }
+    named.sort_unstable();
+    let mut insert = tx
+        .prepare_cached("INSERT INTO audit_subjects (run, subject, seq) VALUES (?1, ?2, ?3)")
+        .map_err(db)?;
+    for (subject, seq) in named {
+        insert.execute(params![run, subject, seq]).map_err(db)?;
+    }
     tx.prepare_cached("INSERT INTO audit_runs (run, up_to) VALUES (?1, ?2)")
         .map_err(db)?
         .execute([run, last])
         .map_err(db)?;
     Ok(())
+}
+
+/// The subject an audit entry names (its `subject`, a string), read from the entry itself.
+fn entry_subject(entry: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        subject: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Named>(entry).ok()?.subject? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// Inserts audit rows (and indexes them by subject when a run is due); `Exists` when a
@@ -164,29 +191,73 @@ impl AuditStore for SqliteStore {
     }
 
     fn subject_index_problem(&self) -> Result<Option<(u64, String)>, StoreError> {
-        let found: Option<(i64, String)> = self.read(|c| {
-            c.query_row(
-                "WITH mark AS (SELECT coalesce((SELECT up_to FROM audit_runs ORDER BY run DESC LIMIT 1), 0) AS up_to),
-                      runs AS (SELECT run, up_to,
-                                      coalesce(lag(up_to) OVER (ORDER BY run), 0) AS after
-                               FROM audit_runs)
-                 SELECT seq, 'misses it' FROM (
-                     SELECT subject, seq FROM audit
-                     WHERE seq <= (SELECT up_to FROM mark) AND subject IS NOT NULL
-                     EXCEPT SELECT subject, seq FROM audit_subjects)
-                 UNION ALL
-                 SELECT seq, 'names it for another subject, or it does not exist' FROM (
-                     SELECT subject, seq FROM audit_subjects
-                     EXCEPT SELECT subject, seq FROM audit WHERE subject IS NOT NULL)
-                 UNION ALL
-                 SELECT s.seq, 'lists it in a run that does not cover it'
-                 FROM audit_subjects s LEFT JOIN runs r ON r.run = s.run
-                 WHERE r.run IS NULL OR s.seq <= r.after OR s.seq > r.up_to
-                 ORDER BY 1 LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+        // Each entry's subject is read from the entry itself (nothing in the schema is
+        // trusted for it), and the entries and the index are walked together in order.
+        let found: Option<(i64, &str)> = self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let mut runs: std::collections::HashMap<i64, (i64, i64)> =
+                std::collections::HashMap::new();
+            let mut mark = 0;
+            {
+                let mut stmt = tx.prepare("SELECT run, up_to FROM audit_runs ORDER BY run")?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let (run, up_to): (i64, i64) = (row.get(0)?, row.get(1)?);
+                    runs.insert(run, (mark, up_to));
+                    mark = up_to;
+                }
+            }
+            const MISSES: &str = "misses it";
+            const EXTRA: &str = "names it for another subject, or it does not exist";
+            const ELSEWHERE: &str = "lists it in a run that does not cover it";
+            let mut index =
+                tx.prepare("SELECT seq, subject, run FROM audit_subjects ORDER BY seq, subject")?;
+            let mut index = index.query([])?;
+            let mut next_index = || -> rusqlite::Result<Option<(i64, String, i64)>> {
+                Ok(match index.next()? {
+                    Some(row) => Some((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    None => None,
+                })
+            };
+            let mut pending = next_index()?;
+            let mut entries =
+                tx.prepare("SELECT seq, entry FROM audit WHERE seq <= ?1 ORDER BY seq")?;
+            let mut entries = entries.query([mark])?;
+            while let Some(row) = entries.next()? {
+                let seq: i64 = row.get(0)?;
+                let entry: Vec<u8> = row.get(1)?;
+                // Index rows before this entry name entries that do not exist.
+                if let Some((at, _, _)) = &pending
+                    && *at < seq
+                {
+                    return Ok(Some((*at, EXTRA)));
+                }
+                match (entry_subject(&entry), pending.take()) {
+                    (None, Some((at, _, _))) if at == seq => return Ok(Some((seq, EXTRA))),
+                    (None, other) => pending = other,
+                    (Some(subject), Some((at, s, run))) if at == seq => {
+                        if s != subject {
+                            return Ok(Some((seq, MISSES)));
+                        }
+                        let covered = runs
+                            .get(&run)
+                            .is_some_and(|(after, up_to)| *after < seq && seq <= *up_to);
+                        if !covered {
+                            return Ok(Some((seq, ELSEWHERE)));
+                        }
+                        pending = next_index()?;
+                        // A second row for the same entry.
+                        if let Some((again, _, _)) = &pending
+                            && *again == seq
+                        {
+                            return Ok(Some((seq, EXTRA)));
+                        }
+                    }
+                    (Some(_), _) => return Ok(Some((seq, MISSES))),
+                }
+            }
+            // Rows left name entries past the last run, or none.
+            Ok(pending.map(|(at, _, _)| (at, EXTRA)))
         })?;
         Ok(found.map(|(seq, problem)| {
             let seq = u64::try_from(seq).unwrap_or(0);
@@ -244,16 +315,23 @@ impl AuditStore for SqliteStore {
                     }
                 }
             }
-            let left = wanted - i64::try_from(rows.len()).unwrap_or(i64::MAX);
-            if left > 0 {
-                let tail = tx
-                    .prepare_cached(
-                        "SELECT seq, entry, prev_hash, hash, mac FROM audit
-                         WHERE seq > ?1 AND seq >= ?2 AND subject = ?3 ORDER BY seq LIMIT ?4",
-                    )?
-                    .query_map(params![mark, from, subject, left], audit_from_row)?
-                    .collect::<Result<Vec<_>, _>>()?;
-                rows.extend(tail);
+            // The entries past the last run (at most a run and a batch), each one's subject
+            // read from the entry itself.
+            if i64::try_from(rows.len()).unwrap_or(i64::MAX) < wanted {
+                let mut tail = tx.prepare_cached(
+                    "SELECT seq, entry, prev_hash, hash, mac FROM audit
+                     WHERE seq > ?1 AND seq >= ?2 ORDER BY seq",
+                )?;
+                let mut found = tail.query(params![mark, from])?;
+                while let Some(row) = found.next()? {
+                    if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= wanted {
+                        break;
+                    }
+                    let entry = audit_from_row(row)?;
+                    if entry_subject(&entry.entry).as_deref() == Some(subject) {
+                        rows.push(entry);
+                    }
+                }
             }
             Ok(rows)
         })
