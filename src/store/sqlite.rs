@@ -371,8 +371,6 @@ ALTER TABLE fields_sealed_last RENAME TO fields;
     // subjects in between), a page to the log per entry read by a case worker. Entries are
     // now indexed a run at a time, sorted within the run, each run after the last: a run's
     // rows are appended as a whole. The entries past the last run are read from the trail.
-    // The generated column goes: kluis reads an entry's subject from the entry itself (an
-    // expression in the schema can be edited in the file, the entry not without its MAC).
     r"
 DROP INDEX audit_by_subject;
 CREATE TABLE audit_runs (
@@ -388,6 +386,10 @@ CREATE TABLE audit_subjects (
 INSERT INTO audit_runs (run, up_to) SELECT 1, seq FROM audit ORDER BY seq DESC LIMIT 1;
 INSERT INTO audit_subjects (run, subject, seq)
     SELECT 1, subject, seq FROM audit WHERE subject IS NOT NULL ORDER BY subject, seq;
+",
+    // The generated column goes: kluis reads an entry's subject from the entry itself (an
+    // expression in the schema can be edited in the file, the entry not without its MAC).
+    r"
 ALTER TABLE audit DROP COLUMN subject;
 ",
 ];
