@@ -1104,8 +1104,21 @@ fn insert_record_row(tx: &Connection, record: &RecordRow) -> Result<(), StoreErr
         } else {
             db(e)
         }
-    })?;
-    Ok(())
+    })
+    .and_then(|n| kept(n, || format!("record `{}`", record.id)))
+}
+
+/// An insert that stored `n` rows stored its one row: a trigger that drops it (`RAISE(IGNORE)`,
+/// someone with the file) must not leave a write acknowledged and lost.
+fn kept(n: usize, what: impl FnOnce() -> String) -> Result<(), StoreError> {
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Database(format!(
+            "{} was not stored (the database dropped the row)",
+            what()
+        )))
+    }
 }
 
 const EVIDENCE_COLUMNS: &str = "id, record_id, name, category, media_type, file_name, size, \

@@ -712,6 +712,41 @@ async fn a_read_hidden_from_the_access_report_by_an_edited_index_is_found_by_ver
     server.stop().await;
 }
 
+/// The same with a trigger that drops the subject's field rows without an error
+/// (`RAISE(IGNORE)`): the write is not acknowledged, its entry is followed, nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_rows_the_database_drops_is_not_acknowledged() {
+    let server = TestServer::start().await;
+    let conn = std::sync::Mutex::new(Connection::open(server.db_path()).unwrap());
+    let sql = |sql: &str| conn.lock().unwrap().execute_batch(sql).unwrap();
+    refused_writes_are_followed_on_the_trail(
+        &server,
+        |on| {
+            if on {
+                sql(&format!(
+                    "CREATE TRIGGER drop_fields BEFORE INSERT ON fields \
+                     WHEN (SELECT subject FROM records WHERE id = NEW.record_id) \
+                          = '{REFUSED_SUBJECT}' \
+                     BEGIN SELECT RAISE(IGNORE); END;"
+                ));
+            } else {
+                sql("DROP TRIGGER drop_fields;");
+            }
+        },
+        || audit_entries(&server),
+        || {
+            let conn = conn.lock().unwrap();
+            let mut stmt = conn.prepare("SELECT id FROM records").unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn privacy_officer_exports_and_reports_and_nobody_else_may() {
     let server = TestServer::start().await;

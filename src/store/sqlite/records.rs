@@ -651,8 +651,10 @@ fn insert_tags(
         )
         .map_err(db)?;
     for t in &f.tags {
-        stmt.execute(params![record, f.name, purpose, t.version, t.bits, t.tag])
+        let n = stmt
+            .execute(params![record, f.name, purpose, t.version, t.bits, t.tag])
             .map_err(db)?;
+        super::kept(n, || format!("a search tag of field `{}`", f.name))?;
     }
     Ok(())
 }
@@ -798,7 +800,8 @@ fn insert_record_in(
             } else {
                 db(e)
             }
-        })?;
+        })
+        .and_then(|n| super::kept(n, || format!("field `{}`", f.name)))?;
         insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
     }
     Ok(())
