@@ -187,6 +187,13 @@ struct Put {
     expires_at: Option<i64>,
 }
 
+/// An allowed write's entry turned into the one that says it was not carried out, and why.
+fn not_carried_out_entry(mut event: AuditEvent, why: &VaultError) -> AuditEvent {
+    event.decision = "deny".into();
+    event.reason = Some(format!("not carried out: {why}"));
+    event
+}
+
 /// Why `Vault::write_fields` did not write.
 #[derive(Debug)]
 pub(crate) enum WriteError {
@@ -861,7 +868,7 @@ impl Vault {
         }
         let (put, entry, write, made) = self.begin_put(principal, ctx, subject, fields, labels)?;
         let vault = Arc::clone(self);
-        let mut unstored = entry.clone();
+        let unstored = entry.clone();
         self.audit
             .append_writing_then(&entry, made, move |appended| {
                 let settled = appended.map(|(_, carried)| {
@@ -881,8 +888,7 @@ impl Vault {
                     // waited for; when it cannot be committed the caller hears that instead.
                     Ok(Err(e)) => {
                         let failed = vault.after_failure(e);
-                        unstored.decision = "deny".into();
-                        unstored.reason = Some(format!("not carried out: {failed}"));
+                        let unstored = not_carried_out_entry(unstored, &failed);
                         let answer = Arc::clone(&vault);
                         let queued = vault.audit.append_then(&unstored, move |seq| {
                             then(Err(match seq {
@@ -1656,10 +1662,8 @@ impl Vault {
     /// that the request is on the trail all the same and no allowed entry stands alone for a
     /// change that was not made. The failure, or the trail's when the entry cannot be written.
     fn not_written(&self, entry: Option<AuditEvent>, e: VaultError) -> VaultError {
-        let Some(mut event) = entry else { return e };
-        event.decision = "deny".into();
-        event.reason = Some(format!("not carried out: {e}"));
-        match self.audit.append(&event) {
+        let Some(event) = entry else { return e };
+        match self.audit.append(&not_carried_out_entry(event, &e)) {
             Ok(_) => e,
             Err(trail) => trail.into(),
         }

@@ -600,8 +600,9 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
     assert!(verify(server, None).await.intact);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
+/// `refused_writes_are_followed_on_the_trail` on a server of its own whose SQLite file gets
+/// the trigger `create` (named `trigger`) for the refused writes.
+async fn refused_on_sqlite(trigger: &str, create: &str) {
     let server = TestServer::start().await;
     let conn = std::sync::Mutex::new(Connection::open(server.db_path()).unwrap());
     let sql = |sql: &str| conn.lock().unwrap().execute_batch(sql).unwrap();
@@ -609,13 +610,9 @@ async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
         &server,
         |on| {
             if on {
-                sql(&format!(
-                    "CREATE TRIGGER refuse_record BEFORE INSERT ON records \
-                     WHEN NEW.subject = '{REFUSED_SUBJECT}' \
-                     BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;"
-                ));
+                sql(create);
             } else {
-                sql("DROP TRIGGER refuse_record;");
+                sql(&format!("DROP TRIGGER {trigger};"));
             }
         },
         || audit_entries(&server),
@@ -630,6 +627,34 @@ async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
     )
     .await;
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
+    refused_on_sqlite(
+        "refuse_record",
+        &format!(
+            "CREATE TRIGGER refuse_record BEFORE INSERT ON records \
+             WHEN NEW.subject = '{REFUSED_SUBJECT}' \
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;"
+        ),
+    )
+    .await;
+}
+
+/// The same with a trigger that drops the subject's field rows without an error
+/// (`RAISE(IGNORE)`): the write is not acknowledged, its entry is followed, nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_rows_the_database_drops_is_not_acknowledged() {
+    refused_on_sqlite(
+        "drop_fields",
+        &format!(
+            "CREATE TRIGGER drop_fields BEFORE INSERT ON fields \
+             WHEN (SELECT subject FROM records WHERE id = NEW.record_id) = '{REFUSED_SUBJECT}' \
+             BEGIN SELECT RAISE(IGNORE); END;"
+        ),
+    )
+    .await;
 }
 
 /// The trail's index by subject is kept apart from the entries (in runs of 2,048): someone
@@ -709,41 +734,6 @@ async fn a_read_hidden_from_the_access_report_by_an_edited_index_is_found_by_ver
         "{}",
         verified.problem
     );
-    server.stop().await;
-}
-
-/// The same with a trigger that drops the subject's field rows without an error
-/// (`RAISE(IGNORE)`): the write is not acknowledged, its entry is followed, nothing is stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_rows_the_database_drops_is_not_acknowledged() {
-    let server = TestServer::start().await;
-    let conn = std::sync::Mutex::new(Connection::open(server.db_path()).unwrap());
-    let sql = |sql: &str| conn.lock().unwrap().execute_batch(sql).unwrap();
-    refused_writes_are_followed_on_the_trail(
-        &server,
-        |on| {
-            if on {
-                sql(&format!(
-                    "CREATE TRIGGER drop_fields BEFORE INSERT ON fields \
-                     WHEN (SELECT subject FROM records WHERE id = NEW.record_id) \
-                          = '{REFUSED_SUBJECT}' \
-                     BEGIN SELECT RAISE(IGNORE); END;"
-                ));
-            } else {
-                sql("DROP TRIGGER drop_fields;");
-            }
-        },
-        || audit_entries(&server),
-        || {
-            let conn = conn.lock().unwrap();
-            let mut stmt = conn.prepare("SELECT id FROM records").unwrap();
-            stmt.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        },
-    )
-    .await;
     server.stop().await;
 }
 
