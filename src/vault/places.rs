@@ -23,15 +23,15 @@
 //! hold a place.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     future::Future,
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-        mpsc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
+    thread::Thread,
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -63,9 +63,12 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The threads calls run on: started as calls need them, never more than `most`, kept while
 /// the node runs (they end when the places are dropped).
+///
+/// A job is queued, and taken by a thread that ends its work or by the thread that became idle
+/// last, woken alone: at low load the same thread, its caches warm, takes call after call, and
+/// under load a thread that ends a job takes the next without anyone being woken.
 struct CallThreads {
-    queue: Mutex<mpsc::Sender<Job>>,
-    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    pool: Arc<Mutex<Pool>>,
     started: AtomicUsize,
     /// Jobs queued or running whose work has not ended.
     unfinished: AtomicUsize,
@@ -82,12 +85,51 @@ impl std::fmt::Debug for CallThreads {
     }
 }
 
+/// What the call threads share: the jobs no thread has taken, the idle threads (the last to
+/// rest on top), how many of them have been woken and not yet looked at the queue, and whether
+/// the threads are to end.
+#[derive(Default)]
+struct Pool {
+    queue: VecDeque<Job>,
+    idle: Vec<Arc<Rest>>,
+    waking: usize,
+    closed: bool,
+}
+
+/// Where an idle call thread rests: whether it has been woken, and the thread to wake.
+struct Rest {
+    woken: AtomicBool,
+    thread: Thread,
+}
+
+/// How long a call thread that found no job looks for a wake-up before it sleeps, in spins of
+/// a few dozen cycles (some microseconds in all).
+const SPINS: u32 = 256;
+
+impl Pool {
+    /// Takes the idle thread to wake for a queued job, if one is idle and none is waking up
+    /// already (that one takes the job, or, finding another thread took it, rests again; a
+    /// thread that takes a job with more queued wakes the next one, so a burst of jobs wakes
+    /// its threads one after another and never waits for a job's work).
+    fn take_to_wake(&mut self) -> Option<Arc<Rest>> {
+        if self.waking > 0 || self.queue.is_empty() {
+            return None;
+        }
+        let rest = self.idle.pop()?;
+        rest.woken.store(true, Ordering::Release);
+        self.waking += 1;
+        Some(rest)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl CallThreads {
     fn new(most: usize) -> Self {
-        let (queue, jobs) = mpsc::channel();
         Self {
-            queue: Mutex::new(queue),
-            jobs: Arc::new(Mutex::new(jobs)),
+            pool: Arc::default(),
             started: AtomicUsize::new(0),
             unfinished: AtomicUsize::new(0),
             most: most.max(1),
@@ -104,14 +146,14 @@ impl CallThreads {
             .fetch_add(1, Ordering::SeqCst)
             .saturating_add(1)
             .min(self.most);
-        let sent = self
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .is_ok();
-        // INVARIANT: the receiver lives as long as `self`, so a send never fails.
-        debug_assert!(sent);
+        let woken = {
+            let mut pool = lock(&self.pool);
+            pool.queue.push_back(job);
+            pool.take_to_wake()
+        };
+        if let Some(rest) = woken {
+            rest.thread.unpark();
+        }
         let mut started = self.started.load(Ordering::SeqCst);
         while started < want {
             if let Err(now) = self.started.compare_exchange(
@@ -124,10 +166,10 @@ impl CallThreads {
                 started = now;
                 continue;
             }
-            let jobs = Arc::clone(&self.jobs);
+            let pool = Arc::clone(&self.pool);
             let spawned = std::thread::Builder::new()
                 .name("kluis-call".into())
-                .spawn(move || work(&jobs));
+                .spawn(move || work(&pool));
             if let Err(e) = spawned {
                 self.started.fetch_sub(1, Ordering::SeqCst);
                 tracing::error!(error = %e, "cannot start a call thread; the call waits for a running one");
@@ -143,6 +185,12 @@ impl CallThreads {
         self.unfinished.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Threads resting now.
+    #[cfg(test)]
+    fn idle(&self) -> usize {
+        lock(&self.pool).idle.len()
+    }
+
     /// Threads started so far.
     #[cfg(test)]
     fn started(&self) -> usize {
@@ -150,14 +198,62 @@ impl CallThreads {
     }
 }
 
-/// A call thread: runs queued jobs until the queue is gone.
-fn work(jobs: &Mutex<mpsc::Receiver<Job>>) {
-    loop {
-        let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        match job {
-            Ok(job) => job(),
-            Err(_) => return,
+impl Drop for CallThreads {
+    /// Ends the threads: each idle one is woken to find the pool closed, each busy one finds
+    /// it so when its job ends (no job is queued: a queued job holds a place, and a place
+    /// holds these threads).
+    fn drop(&mut self) {
+        let idle = {
+            let mut pool = lock(&self.pool);
+            pool.closed = true;
+            std::mem::take(&mut pool.idle)
+        };
+        for rest in idle {
+            rest.thread.unpark();
         }
+    }
+}
+
+/// A call thread: runs the queued jobs, then rests until it is woken for another, until the
+/// pool is closed.
+fn work(pool: &Mutex<Pool>) {
+    let rest = Arc::new(Rest {
+        woken: AtomicBool::new(false),
+        thread: std::thread::current(),
+    });
+    let mut shared = lock(pool);
+    loop {
+        if let Some(job) = shared.queue.pop_front() {
+            let next = shared.take_to_wake();
+            drop(shared);
+            if let Some(next) = next {
+                next.thread.unpark();
+            }
+            job();
+            shared = lock(pool);
+            continue;
+        }
+        if shared.closed {
+            return;
+        }
+        shared.idle.push(Arc::clone(&rest));
+        drop(shared);
+        for _ in 0..SPINS {
+            if rest.woken.load(Ordering::Acquire) {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        while !rest.woken.load(Ordering::Acquire) {
+            // A wake-up may come before this (then `park` returns at once) or without cause.
+            std::thread::park();
+            if lock(pool).closed {
+                return;
+            }
+        }
+        shared = lock(pool);
+        rest.woken.store(false, Ordering::Relaxed);
+        shared.waking -= 1;
     }
 }
 
@@ -397,6 +493,48 @@ mod tests {
         }
     }
 
+    /// Calls one after another run on the thread that ran the last: the one whose caches are
+    /// warm, woken alone, and not each on the next of the idle threads in turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_one_after_another_run_on_the_thread_that_rested_last() {
+        let places = CallPlaces::new(4, 4);
+        // Four threads, all busy at once, then all idle.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        let (ready, started) = std::sync::mpsc::channel::<()>();
+        let mut calls = Vec::new();
+        for i in 0..4u8 {
+            let (wait, ready) = (Arc::clone(&wait), ready.clone());
+            calls.push(places.take([i; 32]).await.unwrap().run(move || {
+                ready.send(()).unwrap();
+                lock(&wait).recv().unwrap();
+            }));
+        }
+        for _ in 0..4 {
+            started
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+        }
+        for _ in 0..4 {
+            go.send(()).unwrap();
+        }
+        for call in calls {
+            call.await.unwrap();
+        }
+        assert_eq!(places.threads.started(), 4);
+        let mut ran_on = std::collections::HashSet::new();
+        for i in 0..20u8 {
+            // The call before has been answered; its thread rests once it is back in the pool.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while places.threads.idle() < 4 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let place = places.take([i; 32]).await.unwrap();
+            ran_on.insert(place.run(|| std::thread::current().id()).await.unwrap());
+        }
+        assert_eq!(ran_on.len(), 1, "calls one after another ran on {ran_on:?}");
+    }
+
     /// The call threads end once the places are gone, after the jobs still queued.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn call_threads_end_when_the_places_are_dropped() {
@@ -405,7 +543,7 @@ mod tests {
         for i in 0..3u8 {
             calls.push(places.take([i; 32]).await.unwrap().run(move || i));
         }
-        let jobs = Arc::clone(&places.threads.jobs);
+        let jobs = Arc::clone(&places.threads.pool);
         drop(places);
         let mut answers = Vec::new();
         for call in calls {
