@@ -463,6 +463,24 @@ impl SqliteStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        // The writer's page cache stays valid across its own commits, where every reader's is
+        // dropped by each commit of another connection: a read that finds the writer idle reads
+        // there (outside any transaction of it: a transaction holds the lock until it ends).
+        // Its transactions begin as deferred ones for the read, as a reader's do, so that a
+        // read takes no write lock.
+        if let Ok(mut conn) = self.writer.try_lock()
+            && !self
+                .checkpoint_owed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            conn.set_transaction_behavior(rusqlite::TransactionBehavior::Deferred);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
+            conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+            return match result {
+                Ok(result) => result.map_err(db),
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+        }
         let conn = {
             let mut idle = self
                 .readers
@@ -1285,6 +1303,47 @@ mod tests {
         );
         other.execute_batch("ROLLBACK").unwrap();
         store.replace_meta("k", None, b"v").unwrap();
+    }
+
+    /// A read finds the writer idle and reads there, taking no write lock; with the writer busy
+    /// it reads on a reader; either way it sees what was committed, and the writer's
+    /// transactions take the write lock when they begin again afterwards.
+    #[test]
+    fn reads_on_the_idle_writer_or_a_reader_see_the_same_and_take_no_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.replace_meta("k", None, b"v").unwrap();
+        let read_meta = |c: &Connection| {
+            let tx = c.unchecked_transaction()?;
+            let v: Vec<u8> =
+                tx.query_row("SELECT value FROM meta WHERE key = 'k'", [], |r| r.get(0))?;
+            // Another connection can take the write lock while this read is open.
+            let other = Connection::open(&path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            tx.finish()?;
+            Ok(v)
+        };
+        // The writer idle: the read runs on it.
+        assert_eq!(store.read(read_meta).unwrap(), b"v");
+        assert!(store.readers.lock().unwrap().is_empty(), "read on a reader");
+        // The writer busy: the read runs on a reader, kept for the next.
+        {
+            let _busy = store.writer.lock().unwrap();
+            assert_eq!(store.read(read_meta).unwrap(), b"v");
+        }
+        assert_eq!(store.readers.lock().unwrap().len(), 1, "no reader used");
+        // The writer's own transactions still take the write lock when they begin.
+        {
+            let writer = store.writer.lock().unwrap();
+            let tx = writer.unchecked_transaction().unwrap();
+            let other = Connection::open(&path).unwrap();
+            other
+                .busy_timeout(std::time::Duration::from_millis(10))
+                .unwrap();
+            assert!(other.execute_batch("BEGIN IMMEDIATE").is_err());
+            tx.rollback().unwrap();
+        }
     }
 
     /// Holds the write lock of the database at `path` from another connection for 300 ms.
