@@ -726,7 +726,8 @@ impl Tx<'_> {
         self.tx.execute(&s, params).map_err(db)
     }
 
-    /// Runs a statement that may violate a unique key: `Exists(what)` when it does.
+    /// Runs an insert that may violate a unique key: `Exists(what)` when it does, an error
+    /// when it stores no row.
     fn insert(
         &mut self,
         sql: &str,
@@ -734,13 +735,19 @@ impl Tx<'_> {
         what: impl FnOnce() -> String,
     ) -> Result<u64, StoreError> {
         let s = self.statement(sql)?;
-        self.tx.execute(&s, params).map_err(|e| {
-            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                StoreError::Exists(what())
-            } else {
-                db(e)
+        match self.tx.execute(&s, params) {
+            // A trigger someone added (`BEFORE INSERT` returning `NULL`) drops a row without
+            // an error: the write would be acknowledged and is not stored.
+            Ok(0) => Err(StoreError::Database(format!(
+                "{} was not stored (the database dropped the row)",
+                what()
+            ))),
+            Ok(n) => Ok(n),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(StoreError::Exists(what()))
             }
-        })
+            Err(e) => Err(db(e)),
+        }
     }
 
     fn all(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {

@@ -331,6 +331,68 @@ async fn a_head_anchors_only_the_store_it_came_from_and_only_with_its_mac() {
     b.stop().await;
 }
 
+/// Someone with the database file adds a trigger that drops the trail's rows without an error
+/// (`RAISE(IGNORE)`): the insert "succeeds" and stores nothing. A read must not be answered
+/// (its entry is not durable), nor a write acknowledged; once the trigger is gone the same read
+/// is answered and the whole chain verifies (nothing of the refused batches was kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_fail_closed_when_the_database_drops_the_trails_rows() {
+    let server = TestServer::start().await;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-1011",
+        vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
+    )
+    .await;
+    let officer = server.token(Role::NuisanceOfficer);
+    // The twin: answered before the edit.
+    let resp = get(&server, officer, nuisance_ctx(), &id).await.unwrap();
+    assert_eq!(text_of(&resp.fields[0]), SECRET_VALUE);
+    let conn = Connection::open(server.db_path()).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER drop_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(IGNORE); END;",
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let status = get(&server, officer, nuisance_ctx(), &id)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(!status.message().contains(SECRET_VALUE));
+    }
+    let mut client = server.client().await;
+    let status = client
+        .put_record(req(
+            officer,
+            pb::PutRecordRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-1012".into(),
+                fields: vec![text("phone", "contact", "06-1")],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let stored: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM records WHERE subject = 'REL-1012'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 0, "a write without its entry was stored");
+    conn.execute_batch("DROP TRIGGER drop_audit;").unwrap();
+    let resp = get(&server, officer, nuisance_ctx(), &id).await.unwrap();
+    assert_eq!(text_of(&resp.fields[0]), SECRET_VALUE);
+    assert!(verify(&server, None).await.intact);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn reads_fail_closed_when_the_trail_cannot_be_written() {
     let server = TestServer::start().await;

@@ -568,6 +568,26 @@ async fn a_pg_dump_restored_into_a_new_database_serves_the_same_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
+    refused_on_postgres("records", "RAISE EXCEPTION 'refused for the test'").await;
+}
+
+/// The same with a trigger that drops the subject's field rows without an error (a `BEFORE`
+/// trigger returning `NULL`): the insert reports no row, and the write is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_rows_the_database_drops_is_not_acknowledged() {
+    refused_on_postgres("fields", "RETURN NULL").await;
+}
+
+/// The same with the subject's record rows dropped without an error: the write is refused (by
+/// the row count of the insert, or by the fields then naming no record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_whose_record_row_the_database_drops_is_not_acknowledged() {
+    refused_on_postgres("records", "RETURN NULL").await;
+}
+
+/// Runs `refused_writes_are_followed_on_the_trail` on a node of PostgreSQL with a trigger on
+/// `table` that runs `body` for the rows of the refused subject.
+async fn refused_on_postgres(table: &str, body: &str) {
     use crate::audit::{REFUSED_SUBJECT, refused_writes_are_followed_on_the_trail};
     use kluis::store::prelude::*;
     let Some(cluster) = pg::cluster() else { return };
@@ -583,14 +603,24 @@ async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
         &a,
         |on| {
             if on {
+                // A field row names its record; the subject is the record's.
+                let refused = if table == "records" {
+                    format!("NEW.subject = '{REFUSED_SUBJECT}'")
+                } else {
+                    format!(
+                        "(SELECT subject FROM records WHERE id = NEW.record_id) = '{REFUSED_SUBJECT}'"
+                    )
+                };
                 sql(&format!(
                     "CREATE FUNCTION refuse_record() RETURNS trigger LANGUAGE plpgsql AS \
-                     $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$; \
-                     CREATE TRIGGER refuse_record BEFORE INSERT ON records FOR EACH ROW \
-                     WHEN (NEW.subject = '{REFUSED_SUBJECT}') EXECUTE FUNCTION refuse_record();"
+                     $$ BEGIN IF {refused} THEN {body}; END IF; RETURN NEW; END $$; \
+                     CREATE TRIGGER refuse_record BEFORE INSERT ON {table} FOR EACH ROW \
+                     EXECUTE FUNCTION refuse_record();"
                 ));
             } else {
-                sql("DROP TRIGGER refuse_record ON records; DROP FUNCTION refuse_record();");
+                sql(&format!(
+                    "DROP TRIGGER refuse_record ON {table}; DROP FUNCTION refuse_record();"
+                ));
             }
         },
         || {
