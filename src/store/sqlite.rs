@@ -23,7 +23,10 @@ mod rights;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -392,6 +395,13 @@ INSERT INTO audit_subjects (run, subject, seq)
     r"
 ALTER TABLE audit DROP COLUMN subject;
 ",
+    // kluis's one trigger goes: the code that deletes a record deletes its subject's
+    // disclosures with the last one (`prune_disclosures`), and a statement that would run any
+    // trigger or view is refused (`refuse_triggers`), so that one added to the file cannot
+    // drop or change rows behind kluis's back.
+    r"
+DROP TRIGGER disclosures_go_with_the_last_record;
+",
 ];
 
 /// Prepared statements each connection keeps (`open_connection`): more than the distinct
@@ -412,6 +422,9 @@ pub struct SqliteStore {
     group: group::Group,
     /// A checkpoint after a destruction was held up: the next write tries again.
     checkpoint_owed: std::sync::atomic::AtomicBool,
+    /// A statement was refused for a trigger or view (`refuse_triggers`): the writer reads the
+    /// schema again before its next write, so that once it is dropped writes go on.
+    trigger_refused: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -426,12 +439,15 @@ impl SqliteStore {
         // reader that finds the WAL index header torn by a commit takes it to read it again.
         writer.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         migrate(&writer)?;
+        let trigger_refused = Arc::default();
+        refuse_triggers(&writer, &trigger_refused);
         Ok(Self {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             group: group::Group::default(),
             checkpoint_owed: std::sync::atomic::AtomicBool::new(false),
+            trigger_refused,
         })
     }
 
@@ -450,6 +466,14 @@ impl SqliteStore {
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             self.truncate_log(&conn);
+        }
+        if self.trigger_refused.swap(false, Ordering::Relaxed) {
+            // SQLite reads a changed schema again when a statement runs, not when one is
+            // refused while it is prepared: without this, a statement refused for a trigger
+            // would be refused again against the schema it was refused on, trigger dropped
+            // or not.
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+                .map_err(db)?;
         }
         Ok(conn)
     }
@@ -490,7 +514,11 @@ impl SqliteStore {
         };
         let conn = match conn {
             Some(c) => c,
-            None => open_connection(&self.path, false)?,
+            None => {
+                let conn = open_connection(&self.path, false)?;
+                refuse_triggers(&conn, &self.trigger_refused);
+                conn
+            }
         };
         let result = f(&conn).map_err(db);
         if let Ok(mut idle) = self.readers.lock()
@@ -615,8 +643,64 @@ fn in_savepoint<T>(
     Ok(outcome)
 }
 
+/// Makes `conn` refuse, when it prepares a statement, every statement that would run a trigger
+/// or read through a view. kluis's schema has neither (its migrations drop the one trigger it
+/// had), so one found in the file was added outside kluis: a `RAISE(IGNORE)` in it would drop
+/// a row of the trail or a hold without an error, an update in it change rows behind kluis's
+/// back. A statement prepared before such a change is prepared again when it next runs, and
+/// refused then.
+fn refuse_triggers(conn: &Connection, refused: &Arc<AtomicBool>) {
+    let refused = Arc::clone(refused);
+    conn.authorizer(Some(
+        move |ctx: rusqlite::hooks::AuthContext<'_>| match ctx.accessor {
+            Some(_) => {
+                refused.store(true, Ordering::Relaxed);
+                rusqlite::hooks::Authorization::Deny
+            }
+            None => rusqlite::hooks::Authorization::Allow,
+        },
+    ));
+}
+
+/// Deletes `subject`'s disclosures when it has no record left (in the transaction of the
+/// deletion that took its last): a subject's disclosures go with their last record.
+fn prune_disclosures(tx: &Connection, subject: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "DELETE FROM disclosures WHERE subject = ?1
+         AND NOT EXISTS (SELECT 1 FROM records WHERE subject = ?1)",
+    )
+    .and_then(|mut s| s.execute([subject]))
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Deletes the record `id` (its fields, tags and evidence gone first or by cascade) and, when
+/// it was its subject's last, the subject's disclosures; whether it was there.
+fn delete_record_row(tx: &Connection, id: &str) -> Result<bool, StoreError> {
+    let subject: Option<String> = tx
+        .prepare_cached("DELETE FROM records WHERE id = ?1 RETURNING subject")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .map_err(db)?;
+    match subject {
+        Some(subject) => prune_disclosures(tx, &subject).map(|()| true),
+        None => Ok(false),
+    }
+}
+
 fn db(e: rusqlite::Error) -> StoreError {
     match e {
+        // `refuse_triggers` refused the statement.
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::AuthorizationForStatementDenied =>
+        {
+            StoreError::Database(
+                "the database file holds a trigger or view that kluis did not create, and kluis \
+                 runs no statement that would use it; list them with `SELECT type, name, \
+                 tbl_name, sql FROM sqlite_master WHERE type IN ('trigger', 'view')`, find out \
+                 how they came there, and drop them"
+                    .into(),
+            )
+        }
         rusqlite::Error::FromSqlConversionFailure(_, _, cause) => {
             StoreError::Corrupt(cause.to_string())
         }
@@ -1191,13 +1275,20 @@ fn discard_one(tx: &Connection, evidence_id: &str) -> Result<bool, StoreError> {
     tx.execute("DELETE FROM evidence WHERE id = ?1", [evidence_id])
         .map_err(db)?;
     if owns_record {
-        tx.execute(
-            "DELETE FROM records WHERE id = ?1
-             AND NOT EXISTS (SELECT 1 FROM fields WHERE record_id = ?1)
-             AND NOT EXISTS (SELECT 1 FROM evidence WHERE record_id = ?1)",
-            [&record_id],
-        )
-        .map_err(db)?;
+        let subject: Option<String> = tx
+            .query_row(
+                "DELETE FROM records WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM fields WHERE record_id = ?1)
+                 AND NOT EXISTS (SELECT 1 FROM evidence WHERE record_id = ?1)
+                 RETURNING subject",
+                [&record_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if let Some(subject) = subject {
+            prune_disclosures(tx, &subject)?;
+        }
     }
     Ok(true)
 }
@@ -1276,11 +1367,82 @@ mod tests {
             .unwrap();
         match store.append_audit(&[row(2)]) {
             Err(StoreError::Database(message)) => {
-                assert!(message.contains("the trail is closed"), "{message}");
+                assert!(
+                    message.contains("a trigger or view that kluis did not create"),
+                    "{message}"
+                );
             }
             other => panic!("expected a database error, got {other:?}"),
         }
         assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(1));
+    }
+
+    /// A trigger added to the file, on any table and for any change, silent (`RAISE(IGNORE)`)
+    /// or not, on a connection that prepared its statements before or after it came: each
+    /// statement that would run it is refused, and nothing of the change is made. The twin:
+    /// once it is dropped the same calls succeed. kluis's own trigger is gone after the
+    /// migrations.
+    #[test]
+    fn a_statement_that_would_run_a_trigger_added_to_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let triggers: i64 = store
+            .writer
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(triggers, 0);
+        let row = |seq: u64| AuditRow {
+            seq,
+            entry: format!("{{\"seq\":{seq}}}").into_bytes(),
+            prev_hash: vec![0; 32],
+            hash: vec![1; 32],
+            mac: vec![2; 32],
+        };
+        // Statements prepared before the trigger came.
+        store.append_audit(&[row(1)]).unwrap();
+        store.replace_meta("k", None, b"v1").unwrap();
+        let other = Connection::open(&path).unwrap();
+        for (trigger, check) in [
+            (
+                "CREATE TRIGGER t BEFORE INSERT ON audit BEGIN SELECT RAISE(IGNORE); END;",
+                0,
+            ),
+            (
+                "CREATE TRIGGER t BEFORE UPDATE ON meta BEGIN SELECT RAISE(IGNORE); END;",
+                1,
+            ),
+            (
+                "CREATE TRIGGER t AFTER INSERT ON audit \
+                 BEGIN UPDATE meta SET value = x'00' WHERE key = 'k'; END;",
+                0,
+            ),
+        ] {
+            other.execute_batch(trigger).unwrap();
+            let refused = match check {
+                0 => store.append_audit(&[row(2)]),
+                _ => store.replace_meta("k", Some(b"v1"), b"v2"),
+            };
+            match refused {
+                Err(StoreError::Database(message)) => {
+                    assert!(message.contains("did not create"), "{trigger}: {message}");
+                }
+                other => panic!("{trigger}: expected a refusal, got {other:?}"),
+            }
+            assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(1));
+            assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v1"[..]));
+            other.execute_batch("DROP TRIGGER t;").unwrap();
+        }
+        store.append_audit(&[row(2)]).unwrap();
+        store.replace_meta("k", Some(b"v1"), b"v2").unwrap();
+        assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(2));
+        assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v2"[..]));
     }
 
     #[test]

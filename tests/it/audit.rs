@@ -564,9 +564,12 @@ pub(crate) const REFUSED_SUBJECT: &str = "REL-4242";
 /// `REFUSED_SUBJECT`, switched by `refuse`), among writes it takes: each refused one fails, its
 /// allowed `write` entry is followed by a `deny` entry for the same record saying it was not
 /// carried out, and no record of it exists; each taken one is stored with its allowed entry
-/// alone. `entries` reads the whole trail, `stored` the ids of the stored records.
+/// alone. With `all_refused` the store refuses every write while `refuse` is on (kluis on SQLite
+/// refuses any statement that would run a trigger added to the file), and the twin is a write
+/// after it is off. `entries` reads the whole trail, `stored` the ids of the stored records.
 pub(crate) async fn refused_writes_are_followed_on_the_trail(
     server: &TestServer,
+    all_refused: bool,
     refuse: impl Fn(bool),
     entries: impl Fn() -> Vec<serde_json::Value>,
     stored: impl Fn() -> Vec<String>,
@@ -581,8 +584,8 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
         let mut client = pb::vault_client::VaultClient::new(channel.clone());
         let token = token.clone();
         calls.spawn(async move {
-            let refused = i % 3 == 0;
-            let subject = if refused {
+            let refused = all_refused || i % 3 == 0;
+            let subject = if i % 3 == 0 {
                 REFUSED_SUBJECT.to_string()
             } else {
                 format!("REL-{}", 5000 + i)
@@ -603,6 +606,24 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
     }
     let answers = calls.join_all().await;
     refuse(false);
+    let refused_count = if all_refused { 24 } else { 8 };
+    // The twin after the refusals: a write the store takes.
+    let after = server
+        .client()
+        .await
+        .put_record(req(
+            &token,
+            pb::PutRecordRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-4243".into(),
+                fields: vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_id;
     let mut taken = Vec::new();
     for (refused, answer) in answers {
         match answer {
@@ -617,9 +638,14 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
             }
         }
     }
-    assert_eq!(taken.len(), 16);
+    assert_eq!(taken.len(), 24 - refused_count);
+    taken.push(after);
     let now_stored = stored();
-    assert_eq!(now_stored.len(), stored_before + 16, "{now_stored:?}");
+    assert_eq!(
+        now_stored.len(),
+        stored_before + 25 - refused_count,
+        "{now_stored:?}"
+    );
     for id in &taken {
         assert!(
             now_stored.contains(id),
@@ -631,7 +657,7 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
     let writes: Vec<&serde_json::Value> = new.iter().filter(|e| e["action"] == "write").collect();
     let allowed: Vec<&&serde_json::Value> =
         writes.iter().filter(|e| e["decision"] == "allow").collect();
-    assert_eq!(allowed.len(), 24, "{writes:?}");
+    assert_eq!(allowed.len(), 25, "{writes:?}");
     for entry in allowed {
         let record = entry["record"].as_str().unwrap();
         let pos = new.iter().position(|e| std::ptr::eq(e, *entry)).unwrap();
@@ -639,7 +665,11 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
             .iter()
             .skip(pos + 1)
             .find(|e| e["action"] == "write" && e["decision"] == "deny" && e["record"] == record);
-        if entry["subject"] == REFUSED_SUBJECT {
+        if !taken.iter().any(|id| id == record) {
+            assert!(
+                all_refused || entry["subject"] == REFUSED_SUBJECT,
+                "{entry}"
+            );
             assert!(!now_stored.iter().any(|id| id == record), "{record} stored");
             let followed =
                 followed.unwrap_or_else(|| panic!("the refused write of {record} is not followed"));
@@ -658,18 +688,20 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
             );
         }
     }
-    assert_eq!(writes.len(), 24 + 8, "{writes:?}");
+    assert_eq!(writes.len(), 25 + refused_count, "{writes:?}");
     assert!(verify(server, None).await.intact);
 }
 
 /// `refused_writes_are_followed_on_the_trail` on a server of its own whose SQLite file gets
-/// the trigger `create` (named `trigger`) for the refused writes.
+/// the trigger `create` (named `trigger`): kluis refuses every statement that would run it,
+/// so every write is refused while it stands, after its entry.
 async fn refused_on_sqlite(trigger: &str, create: &str) {
     let server = TestServer::start().await;
     let conn = std::sync::Mutex::new(Connection::open(server.db_path()).unwrap());
     let sql = |sql: &str| conn.lock().unwrap().execute_batch(sql).unwrap();
     refused_writes_are_followed_on_the_trail(
         &server,
+        true,
         |on| {
             if on {
                 sql(create);
@@ -704,8 +736,8 @@ async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
     .await;
 }
 
-/// The same with a trigger that drops the subject's field rows without an error
-/// (`RAISE(IGNORE)`): the write is not acknowledged, its entry is followed, nothing is stored.
+/// The same with a trigger that drops a subject's field rows without an error
+/// (`RAISE(IGNORE)`): no write is acknowledged, each entry is followed, nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_rows_the_database_drops_is_not_acknowledged() {
     refused_on_sqlite(

@@ -601,6 +601,7 @@ async fn refused_on_postgres(table: &str, body: &str) {
     let sql = |sql: &str| tokio::task::block_in_place(|| db().batch_execute(sql).unwrap());
     refused_writes_are_followed_on_the_trail(
         &a,
+        false,
         |on| {
             if on {
                 // A field row names its record; the subject is the record's.

@@ -262,8 +262,7 @@ impl RecordStore for SqliteStore {
         tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
             .map_err(db)?;
         // Evidence and its segments go with the record (foreign keys cascade).
-        tx.execute("DELETE FROM records WHERE id = ?1", [id])
-            .map_err(db)?;
+        super::delete_record_row(&tx, id)?;
         let left: i64 = tx
             .query_row(
                 "SELECT count(*) FROM records WHERE subject = ?1 AND purpose = ?2",
@@ -398,8 +397,7 @@ impl RecordStore for SqliteStore {
             let Some(purpose) = purpose else { continue };
             tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
                 .map_err(db)?;
-            tx.execute("DELETE FROM records WHERE id = ?1", [id])
-                .map_err(db)?;
+            super::delete_record_row(&tx, id)?;
             destroyed.push(id.clone());
             purposes.insert(purpose);
         }
