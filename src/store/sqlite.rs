@@ -689,11 +689,12 @@ fn delete_record_row(tx: &Connection, id: &str) -> Result<bool, StoreError> {
 
 fn db(e: rusqlite::Error) -> StoreError {
     match e {
-        // `refuse_triggers` refused the statement.
+        // `refuse_triggers` refused the statement: nothing was done, and the call succeeds
+        // again once the trigger or view is gone.
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::AuthorizationForStatementDenied =>
         {
-            StoreError::Database(
+            StoreError::Unavailable(
                 "the database file holds a trigger or view that kluis did not create, and kluis \
                  runs no statement that would use it; list them with `SELECT type, name, \
                  tbl_name, sql FROM sqlite_master WHERE type IN ('trigger', 'view')`, find out \
@@ -1366,7 +1367,7 @@ mod tests {
             )
             .unwrap();
         match store.append_audit(&[row(2)]) {
-            Err(StoreError::Database(message)) => {
+            Err(StoreError::Unavailable(message)) => {
                 assert!(
                     message.contains("a trigger or view that kluis did not create"),
                     "{message}"
@@ -1398,13 +1399,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(triggers, 0);
-        let row = |seq: u64| AuditRow {
-            seq,
-            entry: format!("{{\"seq\":{seq}}}").into_bytes(),
-            prev_hash: vec![0; 32],
-            hash: vec![1; 32],
-            mac: vec![2; 32],
-        };
+        let row = crate::store::conformance::audit_row;
         // Statements prepared before the trigger came.
         store.append_audit(&[row(1)]).unwrap();
         store.replace_meta("k", None, b"v1").unwrap();
@@ -1430,7 +1425,7 @@ mod tests {
                 _ => store.replace_meta("k", Some(b"v1"), b"v2"),
             };
             match refused {
-                Err(StoreError::Database(message)) => {
+                Err(StoreError::Unavailable(message)) => {
                     assert!(message.contains("did not create"), "{trigger}: {message}");
                 }
                 other => panic!("{trigger}: expected a refusal, got {other:?}"),
