@@ -1204,7 +1204,21 @@ impl Vault {
                 )?;
                 Err(refusal)
             }
-            other => other.map_err(|e| e.into_vault(record_id)),
+            // Any other failure after the allowed entry: nothing was written (one
+            // transaction), and the trail says so, as for a new record.
+            Err(other) => {
+                let e = other.into_vault(record_id);
+                self.not_carried_out(
+                    principal,
+                    ctx,
+                    "update",
+                    &subject,
+                    record_id,
+                    &e.to_string(),
+                )?;
+                Err(e)
+            }
+            Ok(written) => Ok(written),
         }?;
         Ok(now)
     }

@@ -751,6 +751,75 @@ async fn a_write_whose_rows_the_database_drops_is_not_acknowledged() {
     .await;
 }
 
+/// An update the policy allows and the store then refuses (a trigger on `fields` in the file,
+/// which kluis refuses to run): its allowed `update` entry is followed by a `deny` entry saying
+/// it was not carried out, and the record keeps its value. The twin: once the trigger is gone
+/// the same update is made, its allowed entry alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
+    let server = TestServer::start().await;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-7100",
+        vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
+    )
+    .await;
+    let officer = server.token(Role::NuisanceOfficer);
+    let update = |value: &'static str| {
+        let server = &server;
+        let id = id.clone();
+        async move {
+            server
+                .client()
+                .await
+                .update_record(req(
+                    officer,
+                    pb::UpdateRecordRequest {
+                        context: nuisance_ctx(),
+                        record_id: id,
+                        fields: vec![text("statement", "nuisance-evidence", value)],
+                    },
+                ))
+                .await
+        }
+    };
+    let updates = |decision: &str| {
+        audit_entries(&server)
+            .into_iter()
+            .filter(|e| e["action"] == "update" && e["record"] == id.as_str())
+            .filter(|e| e["decision"] == decision)
+            .count()
+    };
+    let conn = Connection::open(server.db_path()).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER no_updates BEFORE INSERT ON fields BEGIN SELECT RAISE(IGNORE); END;
+         CREATE TRIGGER no_replacements BEFORE UPDATE ON fields BEGIN SELECT RAISE(IGNORE); END;",
+    )
+    .unwrap();
+    let status = update("Nieuwe-verklaring-1").await.err().unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!((updates("allow"), updates("deny")), (1, 1));
+    let denied = audit_entries(&server)
+        .into_iter()
+        .find(|e| e["action"] == "update" && e["decision"] == "deny")
+        .unwrap();
+    let reason = denied["reason"].as_str().unwrap();
+    assert!(reason.starts_with("not carried out"), "{reason}");
+    assert!(!reason.contains("Nieuwe-verklaring"), "{reason}");
+    conn.execute_batch("DROP TRIGGER no_updates; DROP TRIGGER no_replacements;")
+        .unwrap();
+    let resp = get(&server, officer, nuisance_ctx(), &id).await.unwrap();
+    assert_eq!(text_of(&resp.fields[0]), SECRET_VALUE);
+    update("Nieuwe-verklaring-2").await.unwrap();
+    assert_eq!((updates("allow"), updates("deny")), (2, 1));
+    let resp = get(&server, officer, nuisance_ctx(), &id).await.unwrap();
+    assert_eq!(text_of(&resp.fields[0]), "Nieuwe-verklaring-2");
+    assert!(verify(&server, None).await.intact);
+    server.stop().await;
+}
+
 /// The trail's index by subject is kept apart from the entries (in runs of 2,048): someone
 /// with the database file who deletes an index row hides that read from the subject's access
 /// report, with the chain intact, and `audit verify` finds it. The twin: before the edit the
