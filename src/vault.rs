@@ -1192,8 +1192,14 @@ impl Vault {
             &fields,
             now,
         ) {
-            Err(WriteError::Held(hold)) => {
-                let refusal = held(record_id, &hold);
+            Ok(()) => Ok(now),
+            // Any failure after the allowed entry (a hold placed in between, the store's
+            // refusal): nothing was written (one transaction), and the trail says so.
+            Err(failed) => {
+                let refusal = match failed {
+                    WriteError::Held(hold) => held(record_id, &hold),
+                    other => other.into_vault(record_id),
+                };
                 self.not_carried_out(
                     principal,
                     ctx,
@@ -1204,23 +1210,7 @@ impl Vault {
                 )?;
                 Err(refusal)
             }
-            // Any other failure after the allowed entry: nothing was written (one
-            // transaction), and the trail says so, as for a new record.
-            Err(other) => {
-                let e = other.into_vault(record_id);
-                self.not_carried_out(
-                    principal,
-                    ctx,
-                    "update",
-                    &subject,
-                    record_id,
-                    &e.to_string(),
-                )?;
-                Err(e)
-            }
-            Ok(written) => Ok(written),
-        }?;
-        Ok(now)
+        }
     }
 
     /// Seals `fields` and writes them into the stored `record` (whose fields were read as

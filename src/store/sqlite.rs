@@ -421,7 +421,7 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     group: group::Group,
     /// A checkpoint after a destruction was held up: the next write tries again.
-    checkpoint_owed: std::sync::atomic::AtomicBool,
+    checkpoint_owed: AtomicBool,
     /// A statement was refused for a trigger or view (`refuse_triggers`): the writer reads the
     /// schema again before its next write, so that once it is dropped writes go on.
     trigger_refused: Arc<AtomicBool>,
@@ -446,7 +446,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             group: group::Group::default(),
-            checkpoint_owed: std::sync::atomic::AtomicBool::new(false),
+            checkpoint_owed: AtomicBool::new(false),
             trigger_refused,
         })
     }
@@ -461,10 +461,7 @@ impl SqliteStore {
             .writer
             .lock()
             .map_err(|_| StoreError::Database("writer lock poisoned".into()))?;
-        if self
-            .checkpoint_owed
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.checkpoint_owed.load(Ordering::Relaxed) {
             self.truncate_log(&conn);
         }
         if self.trigger_refused.swap(false, Ordering::Relaxed) {
@@ -482,8 +479,7 @@ impl SqliteStore {
     /// hold it up past the retry, the next write tries again.
     fn truncate_log(&self, conn: &Connection) {
         let done = checkpoint_truncate(conn);
-        self.checkpoint_owed
-            .store(!done, std::sync::atomic::Ordering::Relaxed);
+        self.checkpoint_owed.store(!done, Ordering::Relaxed);
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -493,9 +489,7 @@ impl SqliteStore {
         // Its transactions begin as deferred ones for the read, as a reader's do, so that a
         // read takes no write lock.
         if let Ok(mut conn) = self.writer.try_lock()
-            && !self
-                .checkpoint_owed
-                .load(std::sync::atomic::Ordering::Relaxed)
+            && !self.checkpoint_owed.load(Ordering::Relaxed)
         {
             conn.set_transaction_behavior(rusqlite::TransactionBehavior::Deferred);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
