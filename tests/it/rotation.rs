@@ -222,7 +222,19 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
         i64::MAX,
     )
     .unwrap();
-    // Rotate in the core (no background rewrap) so v1 still wraps the five subject keys.
+    // "Another node" holds the rewrap's lease, so that the rewrap this server's start resumes
+    // in the background cannot move the keys after the rotation below (on a busy machine it
+    // may run that late). Released before the rewrap further down.
+    let db = Connection::open(server.db_path()).unwrap();
+    db.execute(
+        "INSERT INTO leases (name, holder, until) \
+         VALUES ('rewrap:nuisance', 'another-node', CAST(strftime('%s', 'now') AS INTEGER) + 600) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until",
+        [],
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Rotate in the core (no rewrap of its own) so v1 still wraps the five subject keys.
     server
         .vault
         .rotate_key(&so_principal, Purpose::Nuisance, None, "")
@@ -275,8 +287,12 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
         .unwrap();
     assert_eq!(status.code(), Code::PermissionDenied);
 
-    // All five under v2 afterwards, whoever moved them: the server's start resumes key jobs in
-    // the background, and on a busy machine that may come after the rotation above.
+    // The other node gone, the rewrap moves all five to v2.
+    db.execute(
+        "DELETE FROM leases WHERE name = 'rewrap:nuisance' AND holder = 'another-node'",
+        [],
+    )
+    .unwrap();
     let done = run_job(&mut admin, &so, "nuisance", false).await;
     assert_eq!((done.keys_on_active, done.keys_total), (5, 5));
     // The default wait is a week: nothing is due yet; cancelling works.
