@@ -632,14 +632,6 @@ impl Committed {
         }
     }
 
-    /// The sequence number of the last entry published as committed.
-    fn last_seq(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .seq
-    }
-
     fn publish(&self, seq: u64, hash: [u8; 32]) {
         // Plain numbers: a panic elsewhere cannot leave them half-written.
         let mut state = self
@@ -1292,8 +1284,16 @@ fn commit_batch(
     // The store hands over its tail inside the transaction that appends (locked against
     // other nodes), so the chain is built on what is stored, never on a tail in memory.
     // The tail handed over must be authentic and not behind what this process committed
-    // itself: a trail cut back while kluis runs is not continued from the cut.
-    let known = committed.last_seq();
+    // itself: a trail cut back while kluis runs is not continued from the cut. Its MAC covers
+    // its hash, not its place: an authentic row copied into the place of the last one (the
+    // last one deleted) would carry a valid MAC. So the tail at the place this process last
+    // committed must carry the hash it committed there, and a tail past it (another node's)
+    // must hash to what it holds, which binds the hash to its place.
+    let CommittedState {
+        seq: known,
+        hash: known_hash,
+        ..
+    } = committed.get();
     let mut chain = |stored: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
         let behind = |seq: u64| {
             StoreError::Corrupt(format!(
@@ -1317,6 +1317,19 @@ fn commit_batch(
                 if row.mac.len() != mac.len() || !bool::from(row.mac.as_slice().ct_eq(&mac[..])) {
                     return Err(StoreError::Corrupt(format!(
                         "audit entry {} (its MAC does not match)",
+                        row.seq
+                    )));
+                }
+                let in_place = if row.seq == known {
+                    hash == known_hash
+                } else {
+                    <[u8; 32]>::try_from(row.prev_hash.as_slice())
+                        .is_ok_and(|prev| entry_hash(row.seq, &prev, &row.entry) == hash)
+                };
+                if !in_place {
+                    return Err(StoreError::Corrupt(format!(
+                        "audit entry {} (its hash is not the one committed in its place: \
+                         a row was put there by hand)",
                         row.seq
                     )));
                 }
@@ -1485,6 +1498,73 @@ mod tests {
         db3.execute("UPDATE audit SET mac = zeroblob(32) WHERE seq = 1", [])
             .unwrap();
         assert!(a3.append(&event(1)).is_err());
+    }
+
+    #[test]
+    fn an_authentic_row_put_in_the_tails_place_is_not_continued() {
+        let copy = |db: &rusqlite::Connection, from: i64, to: i64| {
+            db.execute(
+                "INSERT INTO audit (seq, entry, prev_hash, hash, mac) \
+                 SELECT ?2, entry, prev_hash, hash, mac FROM audit WHERE seq = ?1",
+                [from, to],
+            )
+            .unwrap();
+        };
+        // The newest entry deleted and the one before it copied into its place, MAC and all.
+        let (dir, _s, audit) = trail();
+        for n in 0..3 {
+            audit.append(&event(n)).unwrap();
+        }
+        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+        copy(&db, 2, 3);
+        let e = audit.append(&event(9)).unwrap_err();
+        assert!(e.to_string().contains("by hand"), "{e}");
+        // A copy put past the last entry, as if another node had written it: refused too.
+        let (dir, _s, audit) = trail();
+        for n in 0..3 {
+            audit.append(&event(n)).unwrap();
+        }
+        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        copy(&db, 3, 4);
+        let e = audit.append(&event(9)).unwrap_err();
+        assert!(e.to_string().contains("by hand"), "{e}");
+
+        // The twins. Another writer of the same store (another node) appends past what this one
+        // committed: its entries are chained on.
+        let id = StoreId::generate();
+        let (_d, store, audit) = trail_of(AuditKey::from_bytes(&KEY), id);
+        audit.append(&event(0)).unwrap();
+        let other = Audit::open(store.clone(), AuditKey::from_bytes(&KEY), id).unwrap();
+        other.append(&event(1)).unwrap();
+        other.append(&event(2)).unwrap();
+        audit.append(&event(3)).unwrap();
+        assert_eq!(store.audit_tail().unwrap().unwrap().seq, 4);
+        assert!(matches!(
+            audit.verify(None).unwrap(),
+            Verification::Intact { .. }
+        ));
+        // The last entry's text edited, its hash left: the chain goes on from the hash
+        // committed there, and `verify` names the entry edited.
+        let (dir, _s, audit) = trail();
+        for n in 0..3 {
+            audit.append(&event(n)).unwrap();
+        }
+        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        db.execute(
+            "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'emp-1', 'emp-2') AS BLOB) \
+             WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+        audit.append(&event(9)).unwrap();
+        match audit.verify(None).unwrap() {
+            Verification::Broken { seq, problem } => {
+                assert_eq!(seq, 3);
+                assert!(problem.contains("edited"), "{problem}");
+            }
+            v @ Verification::Intact { .. } => panic!("intact: {v:?}"),
+        }
     }
 
     #[test]

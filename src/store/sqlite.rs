@@ -24,8 +24,8 @@ mod rights;
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
 };
 
@@ -425,6 +425,8 @@ pub struct SqliteStore {
     /// A statement was refused for a trigger or view (`refuse_triggers`): the writer reads the
     /// schema again before its next write, so that once it is dropped writes go on.
     trigger_refused: Arc<AtomicBool>,
+    /// Whether the file's schema is the one the migrations made, checked before every write.
+    schema: Arc<SchemaCheck>,
 }
 
 impl SqliteStore {
@@ -448,6 +450,7 @@ impl SqliteStore {
             group: group::Group::default(),
             checkpoint_owed: AtomicBool::new(false),
             trigger_refused,
+            schema: Arc::new(SchemaCheck::default()),
         })
     }
 
@@ -456,7 +459,15 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The writer, for a write that needs the whole schema as the migrations made it.
     fn write(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        let conn = self.writer_unchecked()?;
+        self.schema.check(&conn, Scope::All)?;
+        Ok(conn)
+    }
+
+    /// The writer, for a write that checks the schema itself, in its transaction.
+    fn writer_unchecked(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         let conn = self
             .writer
             .lock()
@@ -614,6 +625,154 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     })();
     conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
     migrated
+}
+
+/// The schema objects of a database by name: type, table and SQL (`sqlite_master`), without the
+/// statistics `ANALYZE` keeps (they steer query plans only).
+type Schema = std::collections::BTreeMap<String, (String, String, Option<String>)>;
+
+fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
+    conn.prepare_cached(
+        "SELECT type, name, tbl_name, sql FROM main.sqlite_master \
+         WHERE substr(name, 1, 11) <> 'sqlite_stat'",
+    )?
+    .query_map([], |r| Ok((r.get(1)?, (r.get(0)?, r.get(2)?, r.get(3)?))))?
+    .collect()
+}
+
+/// The schema kluis's migrations make, from running them on an empty database once.
+fn migrated_schema() -> Result<&'static Schema, StoreError> {
+    static MIGRATED: OnceLock<Result<Schema, String>> = OnceLock::new();
+    MIGRATED
+        .get_or_init(|| {
+            let conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
+            migrate(&conn).map_err(|e| e.to_string())?;
+            schema_of(&conn).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| StoreError::Database(format!("cannot build the schema to compare: {e}")))
+}
+
+/// What in `found` differs from the schema the migrations make: per object, the table it
+/// belongs to and what differs.
+fn schema_differences(found: &Schema, migrated: &Schema) -> Vec<(String, String)> {
+    let mut differences = Vec::new();
+    for (name, (kind, table, sql)) in migrated {
+        match found.get(name) {
+            None => differences.push((table.clone(), format!("{kind} `{name}` is missing"))),
+            Some((k, t, s)) if k != kind || t != table || s != sql => differences.push((
+                table.clone(),
+                format!("{kind} `{name}` is not defined as kluis's migrations made it"),
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, (kind, table, _)) in found {
+        if !migrated.contains_key(name) {
+            differences.push((
+                table.clone(),
+                format!("{kind} `{name}` on `{table}` was added"),
+            ));
+        }
+    }
+    differences
+}
+
+/// The tables of the audit trail: its appends need only these as the migrations made them.
+const TRAIL_TABLES: [&str; 3] = ["audit", "audit_runs", "audit_subjects"];
+
+/// What a write needs of the schema.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// All of it, as the migrations made it.
+    All,
+    /// The trail's tables (`TRAIL_TABLES`): an edit elsewhere does not keep the trail from
+    /// recording that the writes it concerns were refused.
+    Trail,
+}
+
+/// Keeps writes to the schema kluis's migrations made. Edited in the file (a table's definition
+/// changed through `writable_schema`, a conflict clause that drops a row without an error, a
+/// foreign key that now deletes in cascade, an index, trigger or view added), the schema would
+/// decide what a write does behind kluis's back. SQLite moves `PRAGMA schema_version` with every
+/// change of it, so a write reads that number (one page already in the cache) and compares the
+/// whole schema only when it moved.
+struct SchemaCheck {
+    /// Per scope, the schema version last found to be the migrations' own there; -1 before.
+    good: [AtomicI64; 2],
+    /// The schema version whose differences were last logged (one error per change, not one
+    /// per refused write).
+    reported: AtomicI64,
+}
+
+impl Default for SchemaCheck {
+    fn default() -> Self {
+        Self {
+            good: [AtomicI64::new(-1), AtomicI64::new(-1)],
+            reported: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl SchemaCheck {
+    /// Whether `conn`'s schema is the migrations' own in `scope`; in the transaction open on
+    /// `conn`, or in one of its own.
+    fn check(&self, conn: &Connection, scope: Scope) -> Result<(), StoreError> {
+        let version = |c: &Connection| -> rusqlite::Result<i64> {
+            c.prepare_cached("PRAGMA schema_version")?
+                .query_row([], |r| r.get(0))
+        };
+        let [all, trail] = &self.good;
+        let good = match scope {
+            Scope::All => all,
+            Scope::Trail => trail,
+        };
+        if version(conn).map_err(db)? == good.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // The number and the schema from one snapshot.
+        let read = |c: &Connection| -> rusqlite::Result<(i64, Schema)> {
+            Ok((version(c)?, schema_of(c)?))
+        };
+        let (version, found) = if conn.is_autocommit() {
+            let tx = conn.unchecked_transaction().map_err(db)?;
+            let found = read(&tx).map_err(db)?;
+            tx.commit().map_err(db)?;
+            found
+        } else {
+            read(conn).map_err(db)?
+        };
+        let all = schema_differences(&found, migrated_schema()?);
+        if all.is_empty() {
+            for good in &self.good {
+                good.store(version, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        if self.reported.swap(version, Ordering::Relaxed) != version {
+            let listed: Vec<&str> = all.iter().map(|(_, what)| what.as_str()).collect();
+            tracing::error!(
+                differences = %listed.join("; "),
+                "the database file's schema is not the one kluis's migrations made: kluis makes \
+                 no write on it (the trail goes on while its own tables are untouched)"
+            );
+        }
+        let relevant: Vec<&str> = all
+            .iter()
+            .filter(|(table, _)| scope == Scope::All || TRAIL_TABLES.contains(&table.as_str()))
+            .map(|(_, what)| what.as_str())
+            .collect();
+        if relevant.is_empty() {
+            good.store(version, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "the database file's schema was changed outside kluis ({}); kluis makes no write on \
+             it. Compare `sqlite3 kluis.db .schema` with a fresh `kluis init`, find out how it \
+             came there, and put it back (or restore a backup)",
+            relevant.join("; ")
+        )))
+    }
 }
 
 /// Runs `job` inside a savepoint of the transaction open on `tx`: kept (released) when it
@@ -1360,6 +1519,7 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'the trail is closed'); END;",
             )
             .unwrap();
+        pass_schema_check(&store);
         match store.append_audit(&[row(2)]) {
             Err(StoreError::Unavailable(message)) => {
                 assert!(
@@ -1414,6 +1574,9 @@ mod tests {
             ),
         ] {
             other.execute_batch(trigger).unwrap();
+            // As if the trigger came between the schema's check before a write and its
+            // transaction: the statement itself is refused.
+            pass_schema_check(&store);
             let refused = match check {
                 0 => store.append_audit(&[row(2)]),
                 _ => store.replace_meta("k", Some(b"v1"), b"v2"),
@@ -1432,6 +1595,126 @@ mod tests {
         store.replace_meta("k", Some(b"v1"), b"v2").unwrap();
         assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(2));
         assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v2"[..]));
+    }
+
+    /// Takes the schema as it is for the migrations' own, so that a test reaches what comes
+    /// after the check.
+    fn pass_schema_check(store: &SqliteStore) {
+        let version: i64 = store
+            .writer
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
+        for good in &store.schema.good {
+            good.store(version, Ordering::Relaxed);
+        }
+    }
+
+    /// A schema edited in the file is not written on: an index added, a table given a conflict
+    /// clause that drops a row without an error, a foreign key given another action (the last
+    /// two through `writable_schema`, which SQLite does not check). Put back, writes go on
+    /// without a reopen.
+    #[test]
+    fn a_schema_edited_in_the_file_is_not_written_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.replace_meta("k", None, b"v0").unwrap();
+        let other = Connection::open(&path).unwrap();
+        let rewrite = |table: &str, from: &str, to: &str| {
+            other.execute_batch("PRAGMA writable_schema = ON").unwrap();
+            let n = other
+                .execute(
+                    "UPDATE sqlite_master SET sql = replace(sql, ?2, ?3) \
+                     WHERE name = ?1 AND instr(sql, ?2) > 0",
+                    [table, from, to],
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{table}: {from}");
+            // What such an edit needs to reach connections already open.
+            let version: i64 = other
+                .query_row("PRAGMA schema_version", [], |r| r.get(0))
+                .unwrap();
+            other
+                .execute_batch(&format!(
+                    "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF",
+                    version + 1
+                ))
+                .unwrap();
+        };
+        /// What is edited, the edit, its undoing, and what the refusal names.
+        type Edit<'a> = (&'a str, &'a dyn Fn(), &'a dyn Fn(), &'a str);
+        let edits: [Edit<'_>; 3] = [
+            (
+                "an index",
+                &|| {
+                    other
+                        .execute_batch("CREATE UNIQUE INDEX extra ON meta (value)")
+                        .unwrap();
+                },
+                &|| other.execute_batch("DROP INDEX extra").unwrap(),
+                "index `extra` on `meta` was added",
+            ),
+            (
+                "a conflict clause",
+                &|| rewrite("meta", "PRIMARY KEY,", "PRIMARY KEY ON CONFLICT IGNORE,"),
+                &|| rewrite("meta", "PRIMARY KEY ON CONFLICT IGNORE,", "PRIMARY KEY,"),
+                "table `meta` is not defined as kluis's migrations made it",
+            ),
+            (
+                "a foreign key action",
+                &|| rewrite("evidence", "ON DELETE CASCADE", "ON DELETE SET NULL"),
+                &|| rewrite("evidence", "ON DELETE SET NULL", "ON DELETE CASCADE"),
+                "table `evidence` is not defined as kluis's migrations made it",
+            ),
+        ];
+        let row = crate::store::conformance::audit_row;
+        for (value, (what, edit, undo, named)) in (0u64..).zip(edits) {
+            edit();
+            // The trail's own tables untouched, it goes on (to record what was refused).
+            let seq = value + 1;
+            store.append_audit(&[row(seq)]).unwrap();
+            assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(seq));
+            match store.replace_meta("k", Some(format!("v{value}").as_bytes()), b"x") {
+                Err(StoreError::Unavailable(message)) => {
+                    assert!(message.contains(named), "{what}: {message}");
+                    assert!(
+                        message.contains("changed outside kluis"),
+                        "{what}: {message}"
+                    );
+                }
+                other => panic!("{what}: expected a refusal, got {other:?}"),
+            }
+            assert_eq!(
+                store.meta("k").unwrap(),
+                Some(format!("v{value}").into_bytes()),
+                "{what}"
+            );
+            // The twin: put back, the same write is made.
+            undo();
+            let next = format!("v{}", value + 1);
+            store
+                .replace_meta("k", Some(format!("v{value}").as_bytes()), next.as_bytes())
+                .unwrap();
+            assert_eq!(store.meta("k").unwrap(), Some(next.into_bytes()), "{what}");
+        }
+        // An edit of the trail's tables stops the trail as well; put back, it goes on.
+        other
+            .execute_batch("CREATE INDEX audit_by_entry ON audit (entry)")
+            .unwrap();
+        match store.append_audit(&[row(4)]) {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(
+                    message.contains("`audit_by_entry` on `audit` was added"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        other.execute_batch("DROP INDEX audit_by_entry").unwrap();
+        store.append_audit(&[row(4)]).unwrap();
+        assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(4));
     }
 
     #[test]

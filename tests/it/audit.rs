@@ -696,19 +696,22 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
 /// the trigger `create` (named `trigger`): kluis refuses every statement that would run it,
 /// so every write is refused while it stands, after its entry.
 async fn refused_on_sqlite(trigger: &str, create: &str) {
+    let drop = format!("DROP TRIGGER {trigger};");
+    refused_on_edited_sqlite(|conn, on| {
+        conn.execute_batch(if on { create } else { &drop }).unwrap();
+    })
+    .await;
+}
+
+/// `refused_writes_are_followed_on_the_trail` on a server of its own whose SQLite file is
+/// edited by `edit(conn, true)` and put back by `edit(conn, false)`.
+async fn refused_on_edited_sqlite(edit: impl Fn(&Connection, bool)) {
     let server = TestServer::start().await;
     let conn = std::sync::Mutex::new(Connection::open(server.db_path()).unwrap());
-    let sql = |sql: &str| conn.lock().unwrap().execute_batch(sql).unwrap();
     refused_writes_are_followed_on_the_trail(
         &server,
         true,
-        |on| {
-            if on {
-                sql(create);
-            } else {
-                sql(&format!("DROP TRIGGER {trigger};"));
-            }
-        },
+        |on| edit(&conn.lock().unwrap(), on),
         || audit_entries(&server),
         || {
             let conn = conn.lock().unwrap();
@@ -733,6 +736,47 @@ async fn a_write_the_store_refuses_after_its_entry_is_followed_on_the_trail() {
              BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;"
         ),
     )
+    .await;
+}
+
+/// The same with the schema edited in the file: an index added, or the field rows' key given
+/// a conflict clause that drops a clashing row without an error (through `writable_schema`,
+/// which SQLite does not check). kluis writes only on the schema its migrations made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_schema_edited_in_the_file_is_refused_after_its_entry() {
+    refused_on_edited_sqlite(|conn, on| {
+        conn.execute_batch(if on {
+            "CREATE INDEX records_by_labels ON records (labels)"
+        } else {
+            "DROP INDEX records_by_labels"
+        })
+        .unwrap();
+    })
+    .await;
+    refused_on_edited_sqlite(|conn, on| {
+        let (from, to) = (
+            "PRIMARY KEY (record_id, name)",
+            "PRIMARY KEY (record_id, name) ON CONFLICT IGNORE",
+        );
+        let (from, to) = if on { (from, to) } else { (to, from) };
+        let version: i64 = conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch("PRAGMA writable_schema = ON").unwrap();
+        let n = conn
+            .execute(
+                "UPDATE sqlite_master SET sql = replace(sql, ?1, ?2) \
+                 WHERE name = 'fields' AND instr(sql, ?1) > 0",
+                [from, to],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        conn.execute_batch(&format!(
+            "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF",
+            version + 1
+        ))
+        .unwrap();
+    })
     .await;
 }
 

@@ -117,8 +117,9 @@ fn insert_rows(tx: &Connection, rows: &[AuditRow]) -> Result<(), StoreError> {
 
 impl AuditStore for SqliteStore {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
-        let mut conn = self.write()?;
+        let mut conn = self.writer_unchecked()?;
         let tx = conn.transaction().map_err(db)?;
+        self.schema.check(&tx, Scope::Trail)?;
         insert_rows(&tx, rows)?;
         tx.commit().map_err(db)
     }
@@ -139,10 +140,23 @@ impl AuditStore for SqliteStore {
         chain: &mut crate::store::Chain<'_>,
         writes: &[RecordWrite],
     ) -> Result<(Vec<AuditRow>, Option<Vec<Result<(), StoreError>>>), StoreError> {
-        let mut conn = self.write()?;
+        let mut conn = self.writer_unchecked()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
+        // Checked under the write lock: the schema cannot change before the commit. An edit
+        // outside the trail's tables refuses the writes the batch carries, not its entries,
+        // so that the trail records that they were not carried out.
+        self.schema.check(&tx, Scope::Trail)?;
+        let refused = if writes.is_empty() {
+            None
+        } else {
+            match self.schema.check(&tx, Scope::All) {
+                Ok(()) => None,
+                Err(StoreError::Unavailable(why)) => Some(why),
+                Err(e) => return Err(e),
+            }
+        };
         let tail = tx
             .prepare_cached(
                 "SELECT seq, entry, prev_hash, hash, mac FROM audit ORDER BY seq DESC LIMIT 1",
@@ -157,7 +171,10 @@ impl AuditStore for SqliteStore {
         for write in writes {
             // A failed write is undone alone; should that fail, nothing of the transaction is
             // kept.
-            let outcome = super::in_savepoint(&tx, |sp| super::records::make_write(sp, write))?;
+            let outcome = match &refused {
+                None => super::in_savepoint(&tx, |sp| super::records::make_write(sp, write))?,
+                Some(why) => Err(StoreError::Unavailable(why.clone())),
+            };
             // An error SQLite answers by rolling back the whole transaction (disk full, I/O)
             // leaves the connection in autocommit: the entries are gone with it.
             if tx.is_autocommit() {

@@ -27,7 +27,9 @@ impl KeyStore for SqliteStore {
     ) -> Result<SubjectKeyRow, StoreError> {
         let row = row.clone();
         let anchor = anchor.clone();
+        let schema = Arc::clone(&self.schema);
         self.group.run(&self.writer, move |tx| {
+            schema.check(tx, Scope::All)?;
             insert_first_subject_key(tx, &row, &anchor)?;
             select_subject_key(tx, &row.subject, row.purpose.as_str())
                 .map_err(db)?
