@@ -1136,6 +1136,13 @@ impl Audit {
         if let Some(refused) = expect.and_then(|head| self.refuse_anchor(head)) {
             return Ok(refused);
         }
+        // What this node committed last is an anchor of its own (taken before the trail is
+        // read: entries committed meanwhile come after it).
+        let CommittedState {
+            seq: known,
+            hash: known_hash,
+            ..
+        } = self.committed.get();
         let mut expected_seq = 1u64;
         let mut prev = self.genesis;
         let mut anchored = false;
@@ -1143,6 +1150,15 @@ impl Audit {
             let page = self.store.audit_entries(expected_seq, 1000)?;
             if page.is_empty() {
                 let count = expected_seq - 1;
+                if known > count {
+                    return Ok(Verification::Broken {
+                        seq: count + 1,
+                        problem: format!(
+                            "the trail ends at entry {count} but this node committed entries up \
+                             to {known}: entries were removed from the tail"
+                        ),
+                    });
+                }
                 if let Some(head) = expect {
                     if head.seq > count {
                         return Ok(Verification::Broken {
@@ -1198,6 +1214,11 @@ impl Audit {
                 let mac = kdf::mac(&self.keys.entry, &hash);
                 if !bool::from(row.mac.ct_eq(&mac)) {
                     return Ok(broken("MAC does not match (written without the audit key)"));
+                }
+                if row.seq == known && hash != known_hash {
+                    return Ok(broken(
+                        "is not the entry this node committed there (replaced)",
+                    ));
                 }
                 if let Some(head) = expect
                     && head.seq == row.seq
@@ -1484,6 +1505,14 @@ mod tests {
         // entry 2 as if 3 had never been.
         db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
         assert!(audit.append(&event(9)).is_err());
+        // `verify` names the cut with no head given: this node's own last commit anchors it.
+        match audit.verify(None).unwrap() {
+            Verification::Broken { seq, problem } => {
+                assert_eq!(seq, 3);
+                assert!(problem.contains("committed entries up to 3"), "{problem}");
+            }
+            v @ Verification::Intact { .. } => panic!("intact: {v:?}"),
+        }
         // Its twin: the row put back, the trail goes on.
         let (_d2, s2, a2) = trail();
         for n in 0..3 {
@@ -2106,7 +2135,8 @@ mod tests {
 
     #[test]
     fn head_is_maced_and_detects_truncation() {
-        let (_d, store, audit) = trail();
+        let id = StoreId::generate();
+        let (_d, store, audit) = trail_of(AuditKey::from_bytes(&KEY), id);
         for n in 0..4 {
             audit.append(&event(n)).unwrap();
         }
@@ -2124,12 +2154,20 @@ mod tests {
         assert!(p.contains("MAC is not this store's"), "{p}");
         let conn = rusqlite::Connection::open(store.path()).unwrap();
         conn.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
+        // The node that committed entry 4 finds it missing by itself; a node opened on the
+        // trail afterwards (a restart) only with the head.
         assert!(matches!(
             audit.verify(None).unwrap(),
+            Verification::Broken { seq: 4, .. }
+        ));
+        drop(audit);
+        let reopened = Audit::open(store.clone(), AuditKey::from_bytes(&KEY), id).unwrap();
+        assert!(matches!(
+            reopened.verify(None).unwrap(),
             Verification::Intact { count: 3, .. }
         ));
         assert!(matches!(
-            audit.verify(Some(&head)).unwrap(),
+            reopened.verify(Some(&head)).unwrap(),
             Verification::Broken { seq: 4, .. }
         ));
     }

@@ -784,6 +784,15 @@ pub trait MetaStore: Send + Sync {
     /// Sets a metadata value (insert or replace).
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 
+    /// What the database's own checks find wrong with the file's structure, one line each;
+    /// empty when nothing. SQLite: a schema not the one the migrations made, and what
+    /// `PRAGMA integrity_check` finds (an index whose b-tree is not its table's, a page out of
+    /// place), which reads the whole file. PostgreSQL runs its own checks (`amcheck`) under its
+    /// administrators: nothing here.
+    fn structure_problems(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Replaces the metadata value `key` when it is still `prev` (`None`: not stored), in one
     /// transaction; `Stale` otherwise (another node changed it since it was read).
     fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError>;

@@ -627,16 +627,35 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     migrated
 }
 
-/// The schema objects of a database by name: type, table and SQL (`sqlite_master`), without the
-/// statistics `ANALYZE` keeps (they steer query plans only).
-type Schema = std::collections::BTreeMap<String, (String, String, Option<String>)>;
+/// One object of a database's schema (a row of `sqlite_master`).
+struct SchemaObject {
+    kind: String,
+    table: String,
+    sql: Option<String>,
+    /// The page its b-tree starts at (0 for a trigger or view).
+    root: i64,
+}
+
+/// The schema objects of a database by name, without the statistics `ANALYZE` keeps (they
+/// steer query plans only).
+type Schema = std::collections::BTreeMap<String, SchemaObject>;
 
 fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
     conn.prepare_cached(
-        "SELECT type, name, tbl_name, sql FROM main.sqlite_master \
+        "SELECT type, name, tbl_name, sql, rootpage FROM main.sqlite_master \
          WHERE substr(name, 1, 11) <> 'sqlite_stat'",
     )?
-    .query_map([], |r| Ok((r.get(1)?, (r.get(0)?, r.get(2)?, r.get(3)?))))?
+    .query_map([], |r| {
+        Ok((
+            r.get(1)?,
+            SchemaObject {
+                kind: r.get(0)?,
+                table: r.get(2)?,
+                sql: r.get(3)?,
+                root: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+            },
+        ))
+    })?
     .collect()
 }
 
@@ -657,17 +676,20 @@ fn migrated_schema() -> Result<&'static Schema, StoreError> {
 /// belongs to and what differs.
 fn schema_differences(found: &Schema, migrated: &Schema) -> Vec<(String, String)> {
     let mut differences = Vec::new();
-    for (name, (kind, table, sql)) in migrated {
+    for (name, want) in migrated {
+        let (kind, table) = (&want.kind, &want.table);
         match found.get(name) {
             None => differences.push((table.clone(), format!("{kind} `{name}` is missing"))),
-            Some((k, t, s)) if k != kind || t != table || s != sql => differences.push((
-                table.clone(),
-                format!("{kind} `{name}` is not defined as kluis's migrations made it"),
-            )),
+            Some(o) if o.kind != want.kind || o.table != want.table || o.sql != want.sql => {
+                differences.push((
+                    table.clone(),
+                    format!("{kind} `{name}` is not defined as kluis's migrations made it"),
+                ));
+            }
             Some(_) => {}
         }
     }
-    for (name, (kind, table, _)) in found {
+    for (name, SchemaObject { kind, table, .. }) in found {
         if !migrated.contains_key(name) {
             differences.push((
                 table.clone(),
@@ -703,6 +725,12 @@ struct SchemaCheck {
     /// The schema version whose differences were last logged (one error per change, not one
     /// per refused write).
     reported: AtomicI64,
+    /// Each object's root page when the schema first matched. Nothing kluis does while it
+    /// runs moves one (no `VACUUM`, no table dropped after the migrations), so a root page that
+    /// moved means b-trees swapped by hand in `sqlite_master`: an index that then reads another
+    /// index's entries leaves rows out of what is found by it (a subject's records for an
+    /// erasure, the subject keys a rekey moves), and the SQL text is the same.
+    roots: Mutex<std::collections::BTreeMap<String, i64>>,
 }
 
 impl Default for SchemaCheck {
@@ -710,11 +738,41 @@ impl Default for SchemaCheck {
         Self {
             good: [AtomicI64::new(-1), AtomicI64::new(-1)],
             reported: AtomicI64::new(-1),
+            roots: Mutex::default(),
         }
     }
 }
 
 impl SchemaCheck {
+    /// The objects of `found` whose root page moved since the schema first matched (recorded
+    /// then).
+    fn moved_roots(&self, found: &Schema) -> Vec<(String, String)> {
+        let mut roots = self
+            .roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if roots.is_empty() {
+            roots.extend(found.iter().map(|(name, o)| (name.clone(), o.root)));
+            return Vec::new();
+        }
+        found
+            .iter()
+            .filter_map(|(name, o)| {
+                let was = *roots.get(name)?;
+                (was != o.root).then(|| {
+                    (
+                        o.table.clone(),
+                        format!(
+                            "{} `{name}` starts at page {} where it started at page {was}: \
+                             b-trees swapped by hand",
+                            o.kind, o.root
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Whether `conn`'s schema is the migrations' own in `scope`; in the transaction open on
     /// `conn`, or in one of its own.
     fn check(&self, conn: &Connection, scope: Scope) -> Result<(), StoreError> {
@@ -742,7 +800,10 @@ impl SchemaCheck {
         } else {
             read(conn).map_err(db)?
         };
-        let all = schema_differences(&found, migrated_schema()?);
+        let mut all = schema_differences(&found, migrated_schema()?);
+        if all.is_empty() {
+            all = self.moved_roots(&found);
+        }
         if all.is_empty() {
             for good in &self.good {
                 good.store(version, Ordering::Relaxed);
@@ -1645,7 +1706,33 @@ mod tests {
         };
         /// What is edited, the edit, its undoing, and what the refusal names.
         type Edit<'a> = (&'a str, &'a dyn Fn(), &'a dyn Fn(), &'a str);
-        let edits: [Edit<'_>; 3] = [
+        // Two indexes' b-trees swapped: the SQL text stays, what each index finds does not.
+        let swap = || {
+            let root = |name: &str| -> i64 {
+                other
+                    .query_row(
+                        "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .unwrap()
+            };
+            let (a, b) = (root("records_by_subject"), root("disclosures_by_subject"));
+            let version: i64 = other
+                .query_row("PRAGMA schema_version", [], |r| r.get(0))
+                .unwrap();
+            other
+                .execute_batch(&format!(
+                    "PRAGMA writable_schema = ON;
+                     UPDATE sqlite_master SET rootpage = {b} WHERE name = 'records_by_subject';
+                     UPDATE sqlite_master SET rootpage = {a} WHERE name = 'disclosures_by_subject';
+                     PRAGMA schema_version = {};
+                     PRAGMA writable_schema = OFF;",
+                    version + 1
+                ))
+                .unwrap();
+        };
+        let edits: [Edit<'_>; 4] = [
             (
                 "an index",
                 &|| {
@@ -1668,6 +1755,7 @@ mod tests {
                 &|| rewrite("evidence", "ON DELETE SET NULL", "ON DELETE CASCADE"),
                 "table `evidence` is not defined as kluis's migrations made it",
             ),
+            ("b-trees swapped", &swap, &swap, "b-trees swapped by hand"),
         ];
         let row = crate::store::conformance::audit_row;
         for (value, (what, edit, undo, named)) in (0u64..).zip(edits) {
@@ -1703,7 +1791,7 @@ mod tests {
         other
             .execute_batch("CREATE INDEX audit_by_entry ON audit (entry)")
             .unwrap();
-        match store.append_audit(&[row(4)]) {
+        match store.append_audit(&[row(5)]) {
             Err(StoreError::Unavailable(message)) => {
                 assert!(
                     message.contains("`audit_by_entry` on `audit` was added"),
@@ -1713,8 +1801,8 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         other.execute_batch("DROP INDEX audit_by_entry").unwrap();
-        store.append_audit(&[row(4)]).unwrap();
-        assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(4));
+        store.append_audit(&[row(5)]).unwrap();
+        assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(5));
     }
 
     #[test]

@@ -102,10 +102,6 @@ struct Rest {
     thread: Thread,
 }
 
-/// How long a call thread that found no job looks for a wake-up before it sleeps, in spins of
-/// a few dozen cycles (some microseconds in all).
-const SPINS: u32 = 256;
-
 impl Pool {
     /// Takes the idle thread to wake for a queued job, if one is idle and none is waking up
     /// already (that one takes the job, or, finding another thread took it, rests again; a
@@ -238,12 +234,6 @@ fn work(pool: &Mutex<Pool>) {
         }
         shared.idle.push(Arc::clone(&rest));
         drop(shared);
-        for _ in 0..SPINS {
-            if rest.woken.load(Ordering::Acquire) {
-                break;
-            }
-            std::hint::spin_loop();
-        }
         while !rest.woken.load(Ordering::Acquire) {
             // A wake-up may come before this (then `park` returns at once) or without cause.
             std::thread::park();

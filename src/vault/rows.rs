@@ -849,7 +849,8 @@ impl Vault {
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct BadRow {
     /// `token`, `hold`, `mandate`, `consent`, `restriction`, `disclosure`, `anchor`, `record`,
-    /// `field`, `evidence`, `request`, `purpose-key` or `meta`.
+    /// `field`, `evidence`, `request`, `purpose-key`, `meta`, or `database` (the file's
+    /// structure).
     pub kind: &'static str,
     /// The row's id (for a consent: `subject/purpose`).
     pub id: String,
@@ -865,6 +866,16 @@ impl Vault {
         let mut event =
             self.require_admin(actor, AdminAction::VerifyAudit, "store-verify", None, "")?;
         let mut bad = Vec::new();
+        // The file's own structure first: an index swapped for another's by hand leaves rows
+        // out of what kluis finds by it (a subject's records for an erasure, the subject keys
+        // a rekey moves).
+        for problem in self.store.structure_problems()? {
+            bad.push(BadRow {
+                kind: "database",
+                id: "structure".into(),
+                problem,
+            });
+        }
         let mut check = |kind: &'static str, id: String, ok: bool| {
             if !ok {
                 bad.push(BadRow {

@@ -1625,3 +1625,120 @@ async fn an_older_copy_of_a_consent_mandate_or_hold_row_put_back_is_not_obeyed()
     assert_eq!(advise().await.err().unwrap().code(), Code::DataLoss);
     server.stop().await;
 }
+
+/// Swaps the b-trees of the records' index by subject and the disclosures' one in the file
+/// (`sqlite_master`'s root pages; the SQL text stays): found by subject, a subject's records
+/// would be the disclosures' entries, and an erasure would leave records behind.
+fn swap_subject_indexes(path: &std::path::Path) {
+    let db = Connection::open(path).unwrap();
+    let root = |name: &str| -> i64 {
+        db.query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let (a, b) = (root("records_by_subject"), root("disclosures_by_subject"));
+    let version: i64 = db
+        .query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .unwrap();
+    db.execute_batch(&format!(
+        "PRAGMA writable_schema = ON;
+         UPDATE sqlite_master SET rootpage = {b} WHERE name = 'records_by_subject';
+         UPDATE sqlite_master SET rootpage = {a} WHERE name = 'disclosures_by_subject';
+         PRAGMA schema_version = {};
+         PRAGMA writable_schema = OFF;",
+        version + 1
+    ))
+    .unwrap();
+}
+
+async fn erase_7001(server: &TestServer) -> Result<pb::EraseSubjectResponse, tonic::Status> {
+    server
+        .admin()
+        .await
+        .erase_subject(req(
+            server.token(Role::PrivacyOfficer),
+            pb::EraseSubjectRequest {
+                subject_id: "REL-7001".into(),
+                justification: "ER-2026-7".into(),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Index b-trees swapped by hand while kluis runs: the next write, an erasure included, is
+/// refused with `UNAVAILABLE` and nothing is erased. Over a restart (kluis then knows no
+/// earlier root pages) `store verify` names the damage (exit 4). The twin: swapped back, the
+/// erasure takes both records and the store verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_b_trees_swapped_by_hand_are_refused_and_named() {
+    let server = TestServer::start().await;
+    for value in ["06-11111111", "06-22222222"] {
+        put(
+            &server,
+            Role::CustomerService,
+            ctx("contract", "", ""),
+            "REL-7001",
+            vec![text("phone", "contact", value)],
+        )
+        .await;
+    }
+    let records = |server: &TestServer| -> i64 {
+        db(server)
+            .query_row(
+                "SELECT count(*) FROM records NOT INDEXED WHERE subject = 'REL-7001'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    swap_subject_indexes(&server.db_path());
+    let status = erase_7001(&server).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(records(&server), 2);
+    let mut client = server.client().await;
+    let status = client
+        .put_record(req(
+            server.token(Role::CustomerService),
+            pb::PutRecordRequest {
+                context: ctx("contract", "", ""),
+                subject_id: "REL-7002".into(),
+                fields: vec![text("phone", "contact", "06-33333333")],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r["kind"] == "database"
+            && r["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("swapped by hand"))),
+        "{rows:?}"
+    );
+    // Over a restart: the file's own check names the index that misses its table's rows.
+    let server = server.restart_with(|_| {}).await;
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r["kind"] == "database"
+            && r["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("records_by_subject"))),
+        "{rows:?}"
+    );
+    // The twin: swapped back, the erasure takes both records, and the store verifies.
+    let server = server.restart_with(swap_subject_indexes).await;
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 0, "{rows:?}");
+    let erased = erase_7001(&server).await.unwrap();
+    assert_eq!(erased.destroyed_record_ids.len(), 2, "{erased:?}");
+    assert_eq!(records(&server), 0);
+    server.stop().await;
+}

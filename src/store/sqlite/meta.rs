@@ -21,6 +21,24 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    fn structure_problems(&self) -> Result<Vec<String>, StoreError> {
+        let schema = self.read(super::schema_of)?;
+        let mut problems: Vec<String> =
+            super::schema_differences(&schema, super::migrated_schema()?)
+                .into_iter()
+                .chain(self.schema.moved_roots(&schema))
+                .map(|(_, what)| what)
+                .collect();
+        // At most 100 lines: past that the file is to be restored, not read line by line.
+        let found: Vec<String> = self.read(|c| {
+            c.prepare("PRAGMA integrity_check(100)")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })?;
+        problems.extend(found.into_iter().filter(|line| line != "ok"));
+        Ok(problems)
+    }
+
     fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError> {
         let mut conn = self.write()?;
         let tx = conn
