@@ -616,6 +616,9 @@ struct CommittedState {
     seq: u64,
     hash: [u8; 32],
     closed: bool,
+    /// `seq` and `hash` were read from the store when the trail opened, not committed by this
+    /// process: they vouch for nothing (a row copied or edited while kluis was stopped).
+    read_at_open: bool,
 }
 
 impl Committed {
@@ -641,6 +644,7 @@ impl Committed {
         if seq >= state.seq {
             state.seq = seq;
             state.hash = hash;
+            state.read_at_open = false;
         }
         self.news.send_replace((state.seq, state.closed));
         self.changed.notify_all();
@@ -714,6 +718,11 @@ impl Audit {
             news: tokio::sync::watch::Sender::new((0, false)),
         });
         committed.publish(tail.0, tail.1);
+        committed
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read_at_open = true;
         let appender = Arc::new(Appender {
             state: Mutex::default(),
             store: Arc::clone(&store),
@@ -1141,8 +1150,11 @@ impl Audit {
         let CommittedState {
             seq: known,
             hash: known_hash,
+            read_at_open,
             ..
         } = self.committed.get();
+        // Read when the trail opened, it vouches for nothing.
+        let known = if read_at_open { 0 } else { known };
         let mut expected_seq = 1u64;
         let mut prev = self.genesis;
         let mut anchored = false;
@@ -1313,6 +1325,7 @@ fn commit_batch(
     let CommittedState {
         seq: known,
         hash: known_hash,
+        read_at_open,
         ..
     } = committed.get();
     let mut chain = |stored: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
@@ -1341,7 +1354,8 @@ fn commit_batch(
                         row.seq
                     )));
                 }
-                let in_place = if row.seq == known {
+                // The tail this process opened on must hash to what it holds as well.
+                let in_place = if row.seq == known && !read_at_open {
                     hash == known_hash
                 } else {
                     <[u8; 32]>::try_from(row.prev_hash.as_slice())
@@ -1349,8 +1363,9 @@ fn commit_batch(
                 };
                 if !in_place {
                     return Err(StoreError::Corrupt(format!(
-                        "audit entry {} (its hash is not the one committed in its place: \
-                         a row was put there by hand)",
+                        "audit entry {} (it is not the entry committed in its place, or its \
+                         text does not match its hash: the trail was edited, or lost entries \
+                         this node committed)",
                         row.seq
                     )));
                 }
@@ -1548,7 +1563,11 @@ mod tests {
         db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
         copy(&db, 2, 3);
         let e = audit.append(&event(9)).unwrap_err();
-        assert!(e.to_string().contains("by hand"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not the entry committed in its place"),
+            "{e}"
+        );
         // A copy put past the last entry, as if another node had written it: refused too.
         let (dir, _s, audit) = trail();
         for n in 0..3 {
@@ -1557,7 +1576,41 @@ mod tests {
         let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
         copy(&db, 3, 4);
         let e = audit.append(&event(9)).unwrap_err();
-        assert!(e.to_string().contains("by hand"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not the entry committed in its place"),
+            "{e}"
+        );
+
+        // The same while kluis was stopped: a copy put past the last entry is not opened on.
+        let id = StoreId::generate();
+        let (dir, store, audit) = trail_of(AuditKey::from_bytes(&KEY), id);
+        for n in 0..3 {
+            audit.append(&event(n)).unwrap();
+        }
+        drop(audit);
+        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        copy(&db, 3, 4);
+        let reopened = Audit::open(store.clone(), AuditKey::from_bytes(&KEY), id).unwrap();
+        let e = reopened.append(&event(9)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not the entry committed in its place"),
+            "{e}"
+        );
+        assert!(matches!(
+            reopened.verify(None).unwrap(),
+            Verification::Broken { seq: 4, .. }
+        ));
+        // Its twin: the copy gone, the reopened trail goes on.
+        drop(reopened);
+        db.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
+        let reopened = Audit::open(store.clone(), AuditKey::from_bytes(&KEY), id).unwrap();
+        reopened.append(&event(9)).unwrap();
+        assert!(matches!(
+            reopened.verify(None).unwrap(),
+            Verification::Intact { count: 4, .. }
+        ));
 
         // The twins. Another writer of the same store (another node) appends past what this one
         // committed: its entries are chained on.

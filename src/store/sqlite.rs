@@ -636,14 +636,15 @@ struct SchemaObject {
     root: i64,
 }
 
-/// The schema objects of a database by name, without the statistics `ANALYZE` keeps (they
-/// steer query plans only).
+/// The schema objects of a database by name, without the statistics tables `ANALYZE` keeps
+/// (they steer query plans only).
 type Schema = std::collections::BTreeMap<String, SchemaObject>;
 
 fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
     conn.prepare_cached(
         "SELECT type, name, tbl_name, sql, rootpage FROM main.sqlite_master \
-         WHERE substr(name, 1, 11) <> 'sqlite_stat'",
+         WHERE NOT (type = 'table' \
+                    AND name IN ('sqlite_stat1', 'sqlite_stat2', 'sqlite_stat3', 'sqlite_stat4'))",
     )?
     .query_map([], |r| {
         Ok((
@@ -651,7 +652,11 @@ fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
             SchemaObject {
                 kind: r.get(0)?,
                 table: r.get(2)?,
-                sql: r.get(3)?,
+                // Spacing is not meaning: a migration reformatted since a store was made
+                // compares equal.
+                sql: r
+                    .get::<_, Option<String>>(3)?
+                    .map(|sql| sql.split_whitespace().collect::<Vec<_>>().join(" ")),
                 root: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
             },
         ))
@@ -672,9 +677,11 @@ fn migrated_schema() -> Result<&'static Schema, StoreError> {
         .map_err(|e| StoreError::Database(format!("cannot build the schema to compare: {e}")))
 }
 
-/// What in `found` differs from the schema the migrations make: per object, the table it
-/// belongs to and what differs.
-fn schema_differences(found: &Schema, migrated: &Schema) -> Vec<(String, String)> {
+/// What differs from the schema the migrations make: the table it belongs to, and what.
+type Difference = (String, String);
+
+/// What in `found` differs from the schema the migrations make, per object.
+fn schema_differences(found: &Schema, migrated: &Schema) -> Vec<Difference> {
     let mut differences = Vec::new();
     for (name, want) in migrated {
         let (kind, table) = (&want.kind, &want.table);
@@ -722,14 +729,14 @@ enum Scope {
 struct SchemaCheck {
     /// Per scope, the schema version last found to be the migrations' own there; -1 before.
     good: [AtomicI64; 2],
-    /// The schema version whose differences were last logged (one error per change, not one
-    /// per refused write).
-    reported: AtomicI64,
-    /// Each object's root page when the schema first matched. Nothing kluis does while it
-    /// runs moves one (no `VACUUM`, no table dropped after the migrations), so a root page that
-    /// moved means b-trees swapped by hand in `sqlite_master`: an index that then reads another
-    /// index's entries leaves rows out of what is found by it (a subject's records for an
-    /// erasure, the subject keys a rekey moves), and the SQL text is the same.
+    /// The schema version last found to differ, with what differs: logged once, and not
+    /// compared (nor its tables checked) again for every write refused on it.
+    refused: Mutex<Option<(i64, Vec<Difference>)>>,
+    /// Each object's root page when the schema last matched. Nothing kluis does while it runs
+    /// moves one (no `VACUUM`, no table dropped after the migrations), so a moved root page may
+    /// be b-trees swapped by hand in `sqlite_master` (the SQL text the same): an index that
+    /// then reads another index's entries leaves rows out of what is found by it (a subject's
+    /// records for an erasure, the subject keys a rekey moves). Its table is checked then.
     roots: Mutex<std::collections::BTreeMap<String, i64>>,
 }
 
@@ -737,40 +744,57 @@ impl Default for SchemaCheck {
     fn default() -> Self {
         Self {
             good: [AtomicI64::new(-1), AtomicI64::new(-1)],
-            reported: AtomicI64::new(-1),
+            refused: Mutex::default(),
             roots: Mutex::default(),
         }
     }
 }
 
 impl SchemaCheck {
-    /// The objects of `found` whose root page moved since the schema first matched (recorded
-    /// then).
-    fn moved_roots(&self, found: &Schema) -> Vec<(String, String)> {
+    /// The objects of `found` whose root page moved since the schema first matched and whose
+    /// table does not pass `PRAGMA integrity_check` (an index swapped for another's misses its
+    /// table's rows; a `VACUUM` moves pages and keeps them whole). With `settle`, the root
+    /// pages found are kept when nothing is wrong (the first match records them).
+    fn moved_roots(
+        &self,
+        conn: &Connection,
+        found: &Schema,
+        settle: bool,
+    ) -> Result<Vec<Difference>, StoreError> {
         let mut roots = self
             .roots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if roots.is_empty() {
-            roots.extend(found.iter().map(|(name, o)| (name.clone(), o.root)));
-            return Vec::new();
-        }
-        found
+        let moved: std::collections::BTreeSet<&str> = found
             .iter()
-            .filter_map(|(name, o)| {
-                let was = *roots.get(name)?;
-                (was != o.root).then(|| {
-                    (
-                        o.table.clone(),
-                        format!(
-                            "{} `{name}` starts at page {} where it started at page {was}: \
-                             b-trees swapped by hand",
-                            o.kind, o.root
-                        ),
-                    )
-                })
-            })
-            .collect()
+            .filter(|(name, o)| roots.get(*name).is_some_and(|&was| was != o.root))
+            .map(|(_, o)| o.table.as_str())
+            .collect();
+        let mut problems = Vec::new();
+        for table in moved {
+            let found: Vec<String> = conn
+                .prepare(&format!(
+                    "PRAGMA integrity_check(\"{}\")",
+                    table.replace('"', "\"\"")
+                ))
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(db)?;
+            problems.extend(found.into_iter().filter(|line| line != "ok").map(|line| {
+                (
+                    table.to_owned(),
+                    format!(
+                        "`{table}`'s b-trees moved and no longer match: {line} (swapped by hand)"
+                    ),
+                )
+            }));
+        }
+        if settle && problems.is_empty() {
+            *roots = found
+                .iter()
+                .map(|(name, o)| (name.clone(), o.root))
+                .collect();
+        }
+        Ok(problems)
     }
 
     /// Whether `conn`'s schema is the migrations' own in `scope`; in the transaction open on
@@ -785,39 +809,52 @@ impl SchemaCheck {
             Scope::All => all,
             Scope::Trail => trail,
         };
-        if version(conn).map_err(db)? == good.load(Ordering::Relaxed) {
+        let now = version(conn).map_err(db)?;
+        if now == good.load(Ordering::Relaxed) {
             return Ok(());
         }
-        // The number and the schema from one snapshot.
-        let read = |c: &Connection| -> rusqlite::Result<(i64, Schema)> {
-            Ok((version(c)?, schema_of(c)?))
+        let refused = || {
+            self.refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        let (version, found) = if conn.is_autocommit() {
-            let tx = conn.unchecked_transaction().map_err(db)?;
-            let found = read(&tx).map_err(db)?;
-            tx.commit().map_err(db)?;
-            found
-        } else {
-            read(conn).map_err(db)?
-        };
-        let mut all = schema_differences(&found, migrated_schema()?);
-        if all.is_empty() {
-            all = self.moved_roots(&found);
-        }
-        if all.is_empty() {
-            for good in &self.good {
-                good.store(version, Ordering::Relaxed);
+        let known = refused()
+            .as_ref()
+            .filter(|(v, _)| *v == now)
+            .map(|(v, all)| (*v, all.clone()));
+        let (version, all) = match known {
+            Some(known) => known,
+            None => {
+                // The number and the schema from one snapshot.
+                let read = |c: &Connection| -> rusqlite::Result<(i64, Schema)> {
+                    Ok((version(c)?, schema_of(c)?))
+                };
+                let (version, found) = if conn.is_autocommit() {
+                    let tx = conn.unchecked_transaction().map_err(db)?;
+                    let found = read(&tx).map_err(db)?;
+                    tx.commit().map_err(db)?;
+                    found
+                } else {
+                    read(conn).map_err(db)?
+                };
+                let mut all = schema_differences(&found, migrated_schema()?);
+                all.extend(self.moved_roots(conn, &found, all.is_empty())?);
+                if all.is_empty() {
+                    for good in &self.good {
+                        good.store(version, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
+                let listed: Vec<&str> = all.iter().map(|(_, what)| what.as_str()).collect();
+                tracing::error!(
+                    differences = %listed.join("; "),
+                    "the database file's schema is not the one kluis's migrations made: kluis \
+                     makes no write on it (the trail goes on while its own tables are untouched)"
+                );
+                *refused() = Some((version, all.clone()));
+                (version, all)
             }
-            return Ok(());
-        }
-        if self.reported.swap(version, Ordering::Relaxed) != version {
-            let listed: Vec<&str> = all.iter().map(|(_, what)| what.as_str()).collect();
-            tracing::error!(
-                differences = %listed.join("; "),
-                "the database file's schema is not the one kluis's migrations made: kluis makes \
-                 no write on it (the trail goes on while its own tables are untouched)"
-            );
-        }
+        };
         let relevant: Vec<&str> = all
             .iter()
             .filter(|(table, _)| scope == Scope::All || TRAIL_TABLES.contains(&table.as_str()))
@@ -1706,7 +1743,15 @@ mod tests {
         };
         /// What is edited, the edit, its undoing, and what the refusal names.
         type Edit<'a> = (&'a str, &'a dyn Fn(), &'a dyn Fn(), &'a str);
-        // Two indexes' b-trees swapped: the SQL text stays, what each index finds does not.
+        // Two indexes' b-trees swapped: the SQL text stays, what each index finds does not (a
+        // hold is there to be missed).
+        other
+            .execute(
+                "INSERT INTO holds (id, subject, reason, case_ref, placed_by, placed_at) \
+                 VALUES ('h1', 'REL-1', 'r', 'c', 'p', 1)",
+                [],
+            )
+            .unwrap();
         let swap = || {
             let root = |name: &str| -> i64 {
                 other
@@ -1717,15 +1762,15 @@ mod tests {
                     )
                     .unwrap()
             };
-            let (a, b) = (root("records_by_subject"), root("disclosures_by_subject"));
+            let (a, b) = (root("holds_by_subject"), root("records_by_subject"));
             let version: i64 = other
                 .query_row("PRAGMA schema_version", [], |r| r.get(0))
                 .unwrap();
             other
                 .execute_batch(&format!(
                     "PRAGMA writable_schema = ON;
-                     UPDATE sqlite_master SET rootpage = {b} WHERE name = 'records_by_subject';
-                     UPDATE sqlite_master SET rootpage = {a} WHERE name = 'disclosures_by_subject';
+                     UPDATE sqlite_master SET rootpage = {b} WHERE name = 'holds_by_subject';
+                     UPDATE sqlite_master SET rootpage = {a} WHERE name = 'records_by_subject';
                      PRAGMA schema_version = {};
                      PRAGMA writable_schema = OFF;",
                     version + 1
@@ -1755,7 +1800,13 @@ mod tests {
                 &|| rewrite("evidence", "ON DELETE SET NULL", "ON DELETE CASCADE"),
                 "table `evidence` is not defined as kluis's migrations made it",
             ),
-            ("b-trees swapped", &swap, &swap, "b-trees swapped by hand"),
+            (
+                "b-trees swapped",
+                &swap,
+                &swap,
+                "`holds`'s b-trees moved and no longer match: row 1 missing from index \
+                 holds_by_subject (swapped by hand)",
+            ),
         ];
         let row = crate::store::conformance::audit_row;
         for (value, (what, edit, undo, named)) in (0u64..).zip(edits) {

@@ -60,8 +60,8 @@ impl Vault {
                 Ok(Verification::Broken {
                     seq,
                     problem: format!(
-                        "{problem} (this verification is not on the trail: it takes no entry \
-                         while its last entries are not the ones committed there)"
+                        "{problem} (this verification is not on the trail, which took no entry: \
+                         {e})"
                     ),
                 })
             }

@@ -226,6 +226,14 @@ async fn verify_detects_edited_deleted_swapped_and_inserted_entries() {
         let r = verify(&server, None).await;
         assert!(!r.intact, "{what} entry not detected");
         assert_eq!(r.broken_seq, expected_seq, "{what}: {}", r.problem);
+        // Entries renumbered past the one inserted: the trail takes no entry on a last one out
+        // of its place, and the verification that finds it says it is not on the trail.
+        assert_eq!(
+            r.problem.contains("this verification is not on the trail"),
+            what == "inserted",
+            "{what}: {}",
+            r.problem
+        );
         server.stop().await;
     }
 }

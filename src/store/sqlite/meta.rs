@@ -22,19 +22,20 @@ impl MetaStore for SqliteStore {
     }
 
     fn structure_problems(&self) -> Result<Vec<String>, StoreError> {
-        let schema = self.read(super::schema_of)?;
+        // A connection of its own: `integrity_check` reads the whole file, and the writer (which
+        // `read` may take) must not wait for it.
+        let conn = super::open_connection(&self.path, false)?;
+        let schema = super::schema_of(&conn).map_err(db)?;
         let mut problems: Vec<String> =
             super::schema_differences(&schema, super::migrated_schema()?)
                 .into_iter()
-                .chain(self.schema.moved_roots(&schema))
                 .map(|(_, what)| what)
                 .collect();
         // At most 100 lines: past that the file is to be restored, not read line by line.
-        let found: Vec<String> = self.read(|c| {
-            c.prepare("PRAGMA integrity_check(100)")?
-                .query_map([], |r| r.get(0))?
-                .collect()
-        })?;
+        let found: Vec<String> = conn
+            .prepare("PRAGMA integrity_check(100)")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(db)?;
         problems.extend(found.into_iter().filter(|line| line != "ok"));
         Ok(problems)
     }

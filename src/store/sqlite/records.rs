@@ -14,8 +14,11 @@ impl RecordStore for SqliteStore {
             record: record.clone(),
             fields: fields.to_vec(),
         };
-        self.group
-            .run(&self.writer, move |tx| make_write(tx, &write))
+        let schema = Arc::clone(&self.schema);
+        self.group.run(&self.writer, move |tx| {
+            schema.check(tx, Scope::All)?;
+            make_write(tx, &write)
+        })
     }
 
     fn insert_record_with_key(
@@ -31,8 +34,11 @@ impl RecordStore for SqliteStore {
             record: record.clone(),
             fields: fields.to_vec(),
         };
-        self.group
-            .run(&self.writer, move |tx| make_write(tx, &write))
+        let schema = Arc::clone(&self.schema);
+        self.group.run(&self.writer, move |tx| {
+            schema.check(tx, Scope::All)?;
+            make_write(tx, &write)
+        })
     }
 
     fn record(&self, id: &str) -> Result<Option<(RecordRow, Vec<FieldRow>)>, StoreError> {
