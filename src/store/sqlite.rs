@@ -443,6 +443,8 @@ impl SqliteStore {
         migrate(&writer)?;
         let trigger_refused = Arc::default();
         refuse_triggers(&writer, &trigger_refused);
+        let schema = Arc::new(SchemaCheck::default());
+        check_structure(path, &schema);
         Ok(Self {
             path: path.to_owned(),
             writer: Mutex::new(writer),
@@ -450,7 +452,7 @@ impl SqliteStore {
             group: group::Group::default(),
             checkpoint_owed: AtomicBool::new(false),
             trigger_refused,
-            schema: Arc::new(SchemaCheck::default()),
+            schema,
         })
     }
 
@@ -732,6 +734,10 @@ struct SchemaCheck {
     /// The schema version last found to differ, with what differs: logged once, and not
     /// compared (nor its tables checked) again for every write refused on it.
     refused: Mutex<Option<(i64, Vec<Difference>)>>,
+    /// What SQLite's integrity check found when the store opened (`check_structure`), under
+    /// the table of the index a problem names (none: it concerns all): writes are refused as
+    /// for a schema that differs, until kluis starts over a sound file.
+    unsound: OnceLock<Vec<Difference>>,
     /// Each object's root page when the schema last matched. Nothing kluis does while it runs
     /// moves one (no `VACUUM`, no table dropped after the migrations), so a moved root page may
     /// be b-trees swapped by hand in `sqlite_master` (the SQL text the same): an index that
@@ -745,6 +751,7 @@ impl Default for SchemaCheck {
         Self {
             good: [AtomicI64::new(-1), AtomicI64::new(-1)],
             refused: Mutex::default(),
+            unsound: OnceLock::new(),
             roots: Mutex::default(),
         }
     }
@@ -799,7 +806,31 @@ impl SchemaCheck {
 
     /// Whether `conn`'s schema is the migrations' own in `scope`; in the transaction open on
     /// `conn`, or in one of its own.
+    fn set_unsound(&self, problems: Vec<Difference>) {
+        let _ = self.unsound.set(problems);
+    }
+
     fn check(&self, conn: &Connection, scope: Scope) -> Result<(), StoreError> {
+        let concerns =
+            |table: &str| scope == Scope::All || table.is_empty() || TRAIL_TABLES.contains(&table);
+        let unsound: Vec<&str> = self
+            .unsound
+            .get()
+            .into_iter()
+            .flatten()
+            .filter(|(table, _)| concerns(table))
+            .map(|(_, line)| line.as_str())
+            .collect();
+        if !unsound.is_empty() {
+            let problems = unsound;
+            return Err(StoreError::Unavailable(format!(
+                "the database file did not pass SQLite's integrity check when kluis opened it \
+                 ({}); kluis makes no write on it. Find out how it came so (b-trees swapped in \
+                 `sqlite_master`, a page edited), put it right or restore a backup, and start \
+                 kluis again",
+                problems.join("; ")
+            )));
+        }
         let version = |c: &Connection| -> rusqlite::Result<i64> {
             c.prepare_cached("PRAGMA schema_version")?
                 .query_row([], |r| r.get(0))
@@ -870,6 +901,69 @@ impl SchemaCheck {
              came there, and put it back (or restore a backup)",
             relevant.join("; ")
         )))
+    }
+}
+
+/// Files up to this size are checked (`check_structure`) before the store opens; larger ones
+/// while it serves (`integrity_check` reads about 100 MiB/s here).
+const CHECKED_BEFORE_OPENING: u64 = 64 << 20;
+
+/// Runs SQLite's `integrity_check` over the file, as it is when the store opens, on a connection
+/// of its own: b-trees swapped in `sqlite_master` while kluis was stopped (the SQL left, so the
+/// schema compares equal) show as indexes that miss their tables' rows, and then `schema`
+/// refuses every write. Before the store opens for a small file, in the background for a large
+/// one (writes go on until it is done).
+fn check_structure(path: &Path, schema: &Arc<SchemaCheck>) {
+    let run = |path: &Path, schema: &SchemaCheck| {
+        let found = open_connection(path, false).and_then(|conn| {
+            let lines: Vec<String> = conn
+                .prepare("PRAGMA integrity_check(100)")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(db)?;
+            Ok((lines, schema_of(&conn).map_err(db)?))
+        });
+        match found {
+            Ok((lines, objects)) => {
+                // Each problem under the table of the index it names (when it names one), so
+                // that the trail goes on past a problem of other tables, to record what was
+                // refused.
+                let problems: Vec<Difference> = lines
+                    .into_iter()
+                    .filter(|line| line != "ok")
+                    .map(|line| {
+                        let table = line
+                            .split_once(" index ")
+                            .and_then(|(_, rest)| rest.split_whitespace().next())
+                            .and_then(|index| objects.get(index))
+                            .map(|o| o.table.clone())
+                            .unwrap_or_default();
+                        (table, line)
+                    })
+                    .collect();
+                if !problems.is_empty() {
+                    let listed: Vec<&str> = problems.iter().map(|(_, l)| l.as_str()).collect();
+                    tracing::error!(
+                        problems = %listed.join("; "),
+                        "the database file does not pass SQLite's integrity check: kluis makes no \
+                         write on it (the trail goes on while its own tables are sound)"
+                    );
+                    schema.set_unsound(problems);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the database file's integrity check did not run"),
+        }
+    };
+    let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= CHECKED_BEFORE_OPENING);
+    if small {
+        run(path, schema);
+    } else {
+        let (path, schema) = (path.to_owned(), Arc::clone(schema));
+        let spawned = std::thread::Builder::new()
+            .name("kluis-integrity".into())
+            .spawn(move || run(&path, &schema));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "the database file's integrity check did not start");
+        }
     }
 }
 

@@ -300,6 +300,31 @@ impl TestServer {
         server
     }
 
+    /// Stops the server, runs `between` on the database file, and expects the server not to
+    /// start again; runs `repair` on the file then and starts it. The refusal's message, and
+    /// the server started after the repair (with the same tokens).
+    pub async fn restart_refused(
+        mut self,
+        between: impl FnOnce(&Path),
+        repair: impl FnOnce(&Path),
+    ) -> (String, Self) {
+        let tokens = std::mem::take(&mut self.tokens);
+        let dir = self.dir.clone();
+        let db = self.db_path();
+        let tmp = self.stop().await;
+        between(&db);
+        let secret = RootSecret::read_key_file(&dir.join("root.key")).unwrap();
+        let refusal = match Self::open(&dir, &secret).await {
+            Ok(_) => panic!("the server started over the file `between` left"),
+            Err(e) => e.to_string(),
+        };
+        repair(&db);
+        let mut server = Self::open(&dir, &secret).await.unwrap();
+        server.tokens = tokens;
+        server._tmp = tmp;
+        (refusal, server)
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         if let Some(tx) = self.shutdown.take() {

@@ -1670,9 +1670,9 @@ async fn erase_7001(server: &TestServer) -> Result<pb::EraseSubjectResponse, ton
 }
 
 /// Index b-trees swapped by hand while kluis runs: the next write, an erasure included, is
-/// refused with `UNAVAILABLE` and nothing is erased. Over a restart (kluis then knows no
-/// earlier root pages) `store verify` names the damage (exit 4). The twin: swapped back, the
-/// erasure takes both records and the store verifies.
+/// refused with `UNAVAILABLE` and nothing is erased, and `store verify` names the damage (exit
+/// 4). Over a restart the integrity check at start finds it, and kluis does not start. The
+/// twin: swapped back, kluis starts, the erasure takes both records and the store verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_b_trees_swapped_by_hand_are_refused_and_named() {
     let server = TestServer::start().await;
@@ -1722,19 +1722,15 @@ async fn index_b_trees_swapped_by_hand_are_refused_and_named() {
                 .is_some_and(|p| p.contains("missing from index records_by_subject"))),
         "{rows:?}"
     );
-    // Over a restart (kluis then knows no earlier root pages) the same check names it.
-    let server = server.restart_with(|_| {}).await;
-    let (code, rows) = store_verify(&server);
-    assert_eq!(code, 4, "{rows:?}");
+    // Over a restart (kluis then knows no earlier root pages): the integrity check at start
+    // finds it, and kluis does not start over the file. The twin: swapped back, it starts, the
+    // store verifies, and the erasure takes both records.
+    let (refusal, server) = server.restart_refused(|_| {}, swap_subject_indexes).await;
+    assert!(refusal.contains("integrity check"), "{refusal}");
     assert!(
-        rows.iter().any(|r| r["kind"] == "database"
-            && r["problem"]
-                .as_str()
-                .is_some_and(|p| p.contains("missing from index records_by_subject"))),
-        "{rows:?}"
+        refusal.contains("missing from index records_by_subject"),
+        "{refusal}"
     );
-    // The twin: swapped back, the erasure takes both records, and the store verifies.
-    let server = server.restart_with(swap_subject_indexes).await;
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 0, "{rows:?}");
     let erased = erase_7001(&server).await.unwrap();
