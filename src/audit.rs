@@ -1190,11 +1190,26 @@ impl Audit {
                 }
                 // The index a subject's access report and export read the trail by: an entry
                 // it hid would be left out of them.
-                if let Some((seq, problem)) = self.store.subject_index_problem()? {
-                    return Ok(Verification::Broken {
-                        seq,
-                        problem: format!("the trail's index by subject {problem}"),
-                    });
+                match self.store.subject_index_problem() {
+                    Ok(None) => {}
+                    Ok(Some((seq, problem))) => {
+                        return Ok(Verification::Broken {
+                            seq,
+                            problem: format!("the trail's index by subject {problem}"),
+                        });
+                    }
+                    // Rows that do not even read as the index's (its b-tree swapped for another
+                    // table's by hand): broken, not a fault of kluis's.
+                    Err(StoreError::Corrupt(what) | StoreError::Database(what)) => {
+                        return Ok(Verification::Broken {
+                            seq: count + 1,
+                            problem: format!(
+                                "the trail's index by subject cannot be read ({what}): edited \
+                                 in the database file"
+                            ),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
                 }
                 return Ok(Verification::Intact {
                     count,
@@ -1647,6 +1662,28 @@ mod tests {
             }
             v @ Verification::Intact { .. } => panic!("intact: {v:?}"),
         }
+    }
+
+    /// An index by subject whose rows do not read as its own (another table's b-tree put in
+    /// its place by hand) makes the trail broken, not `verify` fail.
+    #[test]
+    fn an_index_by_subject_that_does_not_read_is_broken_not_a_failure() {
+        let (dir, _s, audit) = trail();
+        for n in 0..3 {
+            audit.append(&event(n)).unwrap();
+        }
+        assert!(matches!(
+            audit.verify(None).unwrap(),
+            Verification::Intact { count: 3, .. }
+        ));
+        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        db.execute_batch(
+            "INSERT INTO audit_runs (run, up_to) VALUES (1, 3);
+             INSERT INTO audit_subjects (run, subject, seq) VALUES (1, 'REL-1', 'not a number');",
+        )
+        .unwrap();
+        let p = problem(audit.verify(None).unwrap());
+        assert!(p.contains("index by subject cannot be read"), "{p}");
     }
 
     #[test]

@@ -474,7 +474,11 @@ impl Vault {
             outcome.kept.len()
         ));
         self.audit.append(&event)?;
-        let (destroyed, shredded) = self.store.shred_records(subject.as_str(), &to_destroy)?;
+        // Refused by the store after its entry: the trail says it was not carried out.
+        let (destroyed, shredded) = match self.store.shred_records(subject.as_str(), &to_destroy) {
+            Ok(done) => done,
+            Err(e) => return Err(self.not_written(Some(event), e.into())),
+        };
         self.forget_shredded(subject.as_str(), &shredded);
         outcome.destroyed = destroyed;
         outcome.shredded = shredded;

@@ -1699,6 +1699,23 @@ async fn index_b_trees_swapped_by_hand_are_refused_and_named() {
     let status = erase_7001(&server).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(records(&server), 2);
+    // Its allowed entry is followed by one saying it was not carried out.
+    let trail = audit_entries(&server);
+    let erasures: Vec<&serde_json::Value> = trail
+        .iter()
+        .filter(|e| e["action"] == "erase-subject")
+        .collect();
+    let [allowed, followed] = erasures.as_slice() else {
+        panic!("{erasures:?}");
+    };
+    assert_eq!(allowed["decision"], "allow", "{allowed}");
+    assert_eq!(followed["decision"], "deny", "{followed}");
+    assert!(
+        followed["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("not carried out")),
+        "{followed}"
+    );
     let mut client = server.client().await;
     let status = client
         .put_record(req(
