@@ -635,6 +635,15 @@ impl Committed {
         }
     }
 
+    /// Publishes the tail the trail opens on, as read from the store (`read_at_open`).
+    fn open_on(&self, seq: u64, hash: [u8; 32]) {
+        self.publish(seq, hash);
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .read_at_open = true;
+    }
+
     fn publish(&self, seq: u64, hash: [u8; 32]) {
         // Plain numbers: a panic elsewhere cannot leave them half-written.
         let mut state = self
@@ -717,12 +726,7 @@ impl Audit {
             writable: std::sync::atomic::AtomicBool::new(true),
             news: tokio::sync::watch::Sender::new((0, false)),
         });
-        committed.publish(tail.0, tail.1);
-        committed
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .read_at_open = true;
+        committed.open_on(tail.0, tail.1);
         let appender = Arc::new(Appender {
             state: Mutex::default(),
             store: Arc::clone(&store),

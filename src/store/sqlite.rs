@@ -722,6 +722,14 @@ enum Scope {
     Trail,
 }
 
+impl Scope {
+    /// Whether a problem of `table` (empty: of no table in particular) keeps this scope's
+    /// writes from being made.
+    fn concerns(self, table: &str) -> bool {
+        self == Self::All || table.is_empty() || TRAIL_TABLES.contains(&table)
+    }
+}
+
 /// Keeps writes to the schema kluis's migrations made. Edited in the file (a table's definition
 /// changed through `writable_schema`, a conflict clause that drops a row without an error, a
 /// foreign key that now deletes in cascade, an index, trigger or view added), the schema would
@@ -804,25 +812,23 @@ impl SchemaCheck {
         Ok(problems)
     }
 
-    /// Whether `conn`'s schema is the migrations' own in `scope`; in the transaction open on
-    /// `conn`, or in one of its own.
+    /// Keeps what the integrity check at opening found (`check_structure`).
     fn set_unsound(&self, problems: Vec<Difference>) {
         let _ = self.unsound.set(problems);
     }
 
+    /// Whether `conn`'s schema is the migrations' own in `scope`; in the transaction open on
+    /// `conn`, or in one of its own.
     fn check(&self, conn: &Connection, scope: Scope) -> Result<(), StoreError> {
-        let concerns =
-            |table: &str| scope == Scope::All || table.is_empty() || TRAIL_TABLES.contains(&table);
-        let unsound: Vec<&str> = self
+        let problems: Vec<&str> = self
             .unsound
             .get()
             .into_iter()
             .flatten()
-            .filter(|(table, _)| concerns(table))
+            .filter(|(table, _)| scope.concerns(table))
             .map(|(_, line)| line.as_str())
             .collect();
-        if !unsound.is_empty() {
-            let problems = unsound;
+        if !problems.is_empty() {
             return Err(StoreError::Unavailable(format!(
                 "the database file did not pass SQLite's integrity check when kluis opened it \
                  ({}); kluis makes no write on it. Find out how it came so (b-trees swapped in \
@@ -888,7 +894,7 @@ impl SchemaCheck {
         };
         let relevant: Vec<&str> = all
             .iter()
-            .filter(|(table, _)| scope == Scope::All || TRAIL_TABLES.contains(&table.as_str()))
+            .filter(|(table, _)| scope.concerns(table))
             .map(|(_, what)| what.as_str())
             .collect();
         if relevant.is_empty() {
@@ -904,6 +910,16 @@ impl SchemaCheck {
     }
 }
 
+/// What SQLite's `integrity_check` finds wrong with the whole file behind `conn`, at most 100
+/// lines (past that the file is to be restored, not read line by line); empty when nothing.
+fn integrity_problems(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let lines: Vec<String> = conn
+        .prepare("PRAGMA integrity_check(100)")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(db)?;
+    Ok(lines.into_iter().filter(|line| line != "ok").collect())
+}
+
 /// Files up to this size are checked (`check_structure`) before the store opens; larger ones
 /// while it serves (`integrity_check` reads about 100 MiB/s here).
 const CHECKED_BEFORE_OPENING: u64 = 64 << 20;
@@ -915,13 +931,8 @@ const CHECKED_BEFORE_OPENING: u64 = 64 << 20;
 /// one (writes go on until it is done).
 fn check_structure(path: &Path, schema: &Arc<SchemaCheck>) {
     let run = |path: &Path, schema: &SchemaCheck| {
-        let found = open_connection(path, false).and_then(|conn| {
-            let lines: Vec<String> = conn
-                .prepare("PRAGMA integrity_check(100)")
-                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-                .map_err(db)?;
-            Ok((lines, schema_of(&conn).map_err(db)?))
-        });
+        let found = open_connection(path, false)
+            .and_then(|conn| Ok((integrity_problems(&conn)?, schema_of(&conn).map_err(db)?)));
         match found {
             Ok((lines, objects)) => {
                 // Each problem under the table of the index it names (when it names one), so
@@ -929,7 +940,6 @@ fn check_structure(path: &Path, schema: &Arc<SchemaCheck>) {
                 // refused.
                 let problems: Vec<Difference> = lines
                     .into_iter()
-                    .filter(|line| line != "ok")
                     .map(|line| {
                         let table = line
                             .split_once(" index ")

@@ -287,42 +287,45 @@ impl TestServer {
 
     /// Stops the server, runs `between` on the database file, and starts it again on the same
     /// store with the same tokens.
-    pub async fn restart_with(mut self, between: impl FnOnce(&Path)) -> Self {
+    pub async fn restart_with(self, between: impl FnOnce(&Path)) -> Self {
+        let stopped = self.stop_then(between).await;
+        let server = Self::open(&stopped.dir, &stopped.secret).await.unwrap();
+        stopped.resume(server)
+    }
+
+    /// Stops the server and runs `between` on its database file: what a restart needs.
+    async fn stop_then(mut self, between: impl FnOnce(&Path)) -> Stopped {
         let tokens = std::mem::take(&mut self.tokens);
         let dir = self.dir.clone();
         let db = self.db_path();
         let tmp = self.stop().await;
         between(&db);
         let secret = RootSecret::read_key_file(&dir.join("root.key")).unwrap();
-        let mut server = Self::open(&dir, &secret).await.unwrap();
-        server.tokens = tokens;
-        server._tmp = tmp;
-        server
+        Stopped {
+            dir,
+            db,
+            secret,
+            tokens,
+            tmp,
+        }
     }
 
     /// Stops the server, runs `between` on the database file, and expects the server not to
     /// start again; runs `repair` on the file then and starts it. The refusal's message, and
     /// the server started after the repair (with the same tokens).
     pub async fn restart_refused(
-        mut self,
+        self,
         between: impl FnOnce(&Path),
         repair: impl FnOnce(&Path),
     ) -> (String, Self) {
-        let tokens = std::mem::take(&mut self.tokens);
-        let dir = self.dir.clone();
-        let db = self.db_path();
-        let tmp = self.stop().await;
-        between(&db);
-        let secret = RootSecret::read_key_file(&dir.join("root.key")).unwrap();
-        let refusal = match Self::open(&dir, &secret).await {
+        let stopped = self.stop_then(between).await;
+        let refusal = match Self::open(&stopped.dir, &stopped.secret).await {
             Ok(_) => panic!("the server started over the file `between` left"),
             Err(e) => e.to_string(),
         };
-        repair(&db);
-        let mut server = Self::open(&dir, &secret).await.unwrap();
-        server.tokens = tokens;
-        server._tmp = tmp;
-        (refusal, server)
+        repair(&stopped.db);
+        let server = Self::open(&stopped.dir, &stopped.secret).await.unwrap();
+        (refusal, stopped.resume(server))
     }
 
     /// Stops the server and waits for it.
@@ -797,4 +800,22 @@ pub async fn rectify(
         ))
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// A stopped server's store, secret, tokens and directory (`TestServer::stop_then`).
+struct Stopped {
+    dir: PathBuf,
+    db: PathBuf,
+    secret: RootSecret,
+    tokens: HashMap<Role, String>,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Stopped {
+    /// `server`, started again on this store, with its tokens and directory.
+    fn resume(self, mut server: TestServer) -> TestServer {
+        server.tokens = self.tokens;
+        server._tmp = self.tmp;
+        server
+    }
 }

@@ -31,12 +31,7 @@ impl MetaStore for SqliteStore {
                 .into_iter()
                 .map(|(_, what)| what)
                 .collect();
-        // At most 100 lines: past that the file is to be restored, not read line by line.
-        let found: Vec<String> = conn
-            .prepare("PRAGMA integrity_check(100)")
-            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .map_err(db)?;
-        problems.extend(found.into_iter().filter(|line| line != "ok"));
+        problems.extend(super::integrity_problems(&conn)?);
         Ok(problems)
     }
 
