@@ -8,7 +8,10 @@
 //! (`CallPlace::run`, no more of them than places), under a place (`vault::places`: its
 //! credential's share, and one of all) it holds until that work ends (`take_place`); a read's
 //! work after its audit entry (`run_then`: opening the values) runs on the thread that commits
-//! the entry, a call thread or the trail's relay thread (`Audit::append_then`).
+//! the entry, a call thread or the trail's relay thread (`Audit::append_then`). The one
+//! exception: a read or write (`run_then`) that arrives while no other call is in flight, on a
+//! store of local files, runs on the runtime's thread that took it (`CallPlace::run_here`),
+//! under its place all the same.
 
 pub mod admin;
 pub mod convert;
@@ -205,7 +208,9 @@ impl<T> Reply<T> {
 /// `run` for a call whose answer comes once an audit entry it queues is committed (a read,
 /// `Vault::get_record_then`): `f` runs on a call thread, queues the entry and hands `reply` on
 /// to whatever answers once the entry is committed; that thread goes on to other work meanwhile
-/// instead of sleeping until the commit. The request's task waits for the answer alone, so it
+/// instead of sleeping until the commit. A call that arrives with no other in flight on a
+/// store of local files runs on the runtime's thread that took it instead
+/// (`CallPlace::run_here`): at low load each hand-off wakes a resting thread. The request's task waits for the answer alone, so it
 /// is woken once per call: the end of `f`'s work tells it nothing (an error or a panic in `f`
 /// before it answered is the answer).
 pub(crate) async fn run_then<Req, T, F>(
@@ -227,9 +232,10 @@ where
     let key = caller_key(&creds);
     let (sender, answer) = oneshot::channel();
     let reply = Reply(Arc::new(std::sync::Mutex::new(Some(sender))));
+    let arrival = vault.call_places().arrive();
     let task = async move {
         let place = take_place(&vault, key).await?;
-        place.run_detached(move || {
+        let work = move || {
             let unanswered = Reply(Arc::clone(&reply.0));
             let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 identity
@@ -243,8 +249,17 @@ where
                 Ok(Err(e)) => unanswered.send(Err(e)),
                 Err(_) => unanswered.answer(Answer::Panicked),
             }
-        });
-        match answer.await {
+        };
+        // Alone on the node, the call runs here: a hand-off to a resting call thread and
+        // back costs more than a read's work.
+        if arrival.alone() {
+            place.run_here(work);
+        } else {
+            place.run_detached(work);
+        }
+        let answered = answer.await;
+        drop(arrival);
+        match answered {
             Ok(Answer::Done(answered)) => Ok(answered),
             Ok(Answer::Panicked) => {
                 tracing::error!("request task failed: the call's work panicked");

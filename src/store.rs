@@ -793,6 +793,13 @@ pub trait MetaStore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether every call answers from files on this machine, so that its waits are for the
+    /// disk and never for a network or another process (SQLite): a call may then run on the
+    /// runtime's thread when it arrives alone (`vault::places::CallPlace::run_here`).
+    fn answers_from_local_files(&self) -> bool {
+        false
+    }
+
     /// Replaces the metadata value `key` when it is still `prev` (`None`: not stored), in one
     /// transaction; `Stale` otherwise (another node changed it since it was read).
     fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError>;

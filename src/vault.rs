@@ -651,6 +651,7 @@ impl Vault {
             store.set_meta(META_POLICY_DIGEST, policy.digest().as_bytes())?;
         }
         nodes::store_policy_set(store.as_ref(), &rows, &policy)?;
+        let alone_here = store.answers_from_local_files();
         let vault = Self {
             store,
             keyring,
@@ -677,7 +678,8 @@ impl Vault {
             calls: places::CallPlaces::new(
                 limits.max_calls_running,
                 limits.max_calls_running_per_caller,
-            ),
+            )
+            .with_alone_here(alone_here),
         };
         vault.note_epoch(epoch);
         Ok(vault)

@@ -8,7 +8,11 @@
 //! over many candidates, reads of large records) from one credential holds every place, another
 //! caller still gets the next one that frees; a share below the total also leaves places free.
 //!
-//! A call's work runs on one of the node's call threads ([`CallPlace::run`]), at most as many
+//! A read or write that arrives while no other call is in flight, on a store of local files,
+//! runs on the runtime's thread that took it ([`CallPlaces::arrive`], [`CallPlace::run_here`]):
+//! at low load a hand-off to a resting thread and back costs more than the work.
+//!
+//! Any other call's work runs on one of the node's call threads ([`CallPlace::run`]), at most as many
 //! as there are places: a place given back at the end of a call's work lets the next call in
 //! before its thread is idle again, and a pool that starts a thread whenever none is idle (as
 //! tokio's blocking pool does) then grows past the places under load. Here a thread is started
@@ -46,6 +50,32 @@ pub struct CallPlaces {
     per_caller: usize,
     callers: Arc<Mutex<HashMap<CallerKey, Arc<Semaphore>>>>,
     threads: Arc<CallThreads>,
+    /// Calls between their arrival and their answer ([`CallPlaces::arrive`]).
+    in_flight: Arc<AtomicUsize>,
+    /// Whether a call that arrives alone may run on the thread that took it (the store
+    /// answers from local files: its waits are a disk's, never a network's).
+    alone_here: bool,
+}
+
+/// A call counted from its arrival to its answer (dropped: answered, or given up).
+#[derive(Debug)]
+pub struct Arrival {
+    in_flight: Arc<AtomicUsize>,
+    alone: bool,
+}
+
+impl Arrival {
+    /// Whether the call arrived with no other call in flight on this node, where a lone call
+    /// may run on the thread that took it ([`CallPlace::run_here`]).
+    pub fn alone(&self) -> bool {
+        self.alone
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A call's place, given back when dropped.
@@ -283,6 +313,25 @@ impl CallPlaces {
             per_caller,
             callers: Arc::default(),
             threads: Arc::new(CallThreads::new(total)),
+            in_flight: Arc::default(),
+            alone_here: false,
+        }
+    }
+
+    /// Lets a call that arrives alone run on the thread that took it (`true` only for a store
+    /// that answers from local files).
+    pub fn with_alone_here(mut self, alone_here: bool) -> Self {
+        self.alone_here = alone_here;
+        self
+    }
+
+    /// Counts a call in flight until the returned `Arrival` is dropped (when it is answered);
+    /// it arrived alone when no other call was in flight then and lone calls may run here.
+    pub fn arrive(&self) -> Arrival {
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Arrival {
+            in_flight: Arc::clone(&self.in_flight),
+            alone: before == 0 && self.alone_here,
         }
     }
 
@@ -361,6 +410,21 @@ impl CallPlace {
     }
 }
 
+impl CallPlace {
+    /// Runs `f` on this thread, holding this place until it returns: for a call that arrived
+    /// alone ([`Arrival::alone`]), whose hand-off to a resting call thread and back would cost
+    /// more than its work (waking a thread takes tens of microseconds), and whose wait for the
+    /// disk then blocks one runtime worker while the others serve what arrives meanwhile
+    /// (which then goes to the call threads). `f` answers its caller and catches its own
+    /// panics, as for [`CallPlace::run_detached`].
+    pub fn run_here(self, f: impl FnOnce()) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            tracing::error!("a call's work panicked");
+        }
+        drop(self);
+    }
+}
+
 impl Drop for CallPlace {
     fn drop(&mut self) {
         self.total.take();
@@ -411,6 +475,44 @@ mod tests {
         drop((a3, b2, _a2));
         // Nobody holds or waits: the map is empty again.
         assert_eq!(places.callers(), 0);
+    }
+
+    /// A call runs on the thread that took it only when it arrived with nothing else in
+    /// flight, on places that allow it; while it is in flight, the next does not, and once it
+    /// is answered, the next does again. A panic in its work is caught there.
+    #[tokio::test]
+    async fn only_a_call_that_arrives_alone_runs_where_it_arrived() {
+        let places = CallPlaces::new(4, 4).with_alone_here(true);
+        let first = places.arrive();
+        assert!(first.alone());
+        let second = places.arrive();
+        assert!(!second.alone(), "another call is in flight");
+        drop(first);
+        assert!(!places.arrive().alone(), "the second is still in flight");
+        drop(second);
+        let third = places.arrive();
+        assert!(third.alone());
+        let here = std::thread::current().id();
+        let ran = Arc::new(Mutex::new(None));
+        let place = places.take([1; 32]).await.unwrap();
+        let seen = Arc::clone(&ran);
+        place.run_here(move || *lock(&seen) = Some(std::thread::current().id()));
+        assert_eq!(*lock(&ran), Some(here));
+        assert_eq!(
+            places.total.available_permits(),
+            4,
+            "the place is given back when the work returns"
+        );
+        places
+            .take([1; 32])
+            .await
+            .unwrap()
+            .run_here(|| panic!("the work fails"));
+        assert_eq!(places.total.available_permits(), 4);
+        drop(third);
+        // Places that do not allow it (a store over a network) never run a call here.
+        let remote = CallPlaces::new(4, 4);
+        assert!(!remote.arrive().alone());
     }
 
     /// Calls run on at most as many threads as there are places, however many come, each

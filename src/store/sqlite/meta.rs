@@ -3,6 +3,11 @@
 use super::*;
 
 impl MetaStore for SqliteStore {
+    /// One file on this machine, written by this process alone.
+    fn answers_from_local_files(&self) -> bool {
+        true
+    }
+
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|c| {
             c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
