@@ -9,9 +9,11 @@
 //! credential's share, and one of all) it holds until that work ends (`take_place`); a read's
 //! work after its audit entry (`run_then`: opening the values) runs on the thread that commits
 //! the entry, a call thread or the trail's relay thread (`Audit::append_then`). The one
-//! exception: a read or write (`run_then`) that arrives while no other call is in flight, on a
-//! store of local files, runs on the runtime's thread that took it (`CallPlace::run_here`),
-//! under its place all the same.
+//! exception: a read or write (`run_then`) that arrives while nothing else is under way on the
+//! node (`CallPlaces::arrive`), on a store of local files, with a kluis token or a client
+//! certificate, on a runtime with another worker, runs on the runtime's thread that took it
+//! (`CallPlace::run_here`), under its place all the same; when it leads a commit there, what
+//! the calls in that batch do after their entries (they arrived while it ran) runs there too.
 
 pub mod admin;
 pub mod convert;
@@ -233,6 +235,9 @@ where
     let (sender, answer) = oneshot::channel();
     let reply = Reply(Arc::new(std::sync::Mutex::new(Some(sender))));
     let arrival = vault.call_places().arrive();
+    // Only where another runtime worker serves what comes meanwhile, and for a credential
+    // judged without the network (a provider's token may have its keys fetched).
+    let alone = arrival.alone() && spare_worker() && !creds.may_fetch_keys();
     let task = async move {
         let place = take_place(&vault, key).await?;
         let work = move || {
@@ -252,7 +257,7 @@ where
         };
         // Alone on the node, the call runs here: a hand-off to a resting call thread and
         // back costs more than a read's work.
-        if arrival.alone() {
+        if alone {
             place.run_here(work);
         } else {
             place.run_detached(work);
@@ -275,6 +280,15 @@ where
         .await
         .map_err(|_| Status::deadline_exceeded("the request took longer than 60 s"))??
         .map_err(status::to_status)
+}
+
+/// Whether the runtime this runs on has a worker besides the one blocked by a call that runs
+/// where it arrived (`CallPlace::run_here`): with one, nothing else would be served meanwhile.
+fn spare_worker() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| {
+        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && h.metrics().num_workers() >= 2
+    })
 }
 
 /// A place among the calls running on blocking threads (`Limits::max_calls_running`), waited

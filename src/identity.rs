@@ -438,6 +438,19 @@ pub struct Credentials {
     pub authenticated: CallMark,
 }
 
+impl Credentials {
+    /// Whether judging these may wait on the network: an OpenID Connect token (as `bearer` or
+    /// as the employee's `user` token) whose provider's key is not cached yet is fetched. A
+    /// kluis token and a client certificate alone are judged from the store.
+    pub fn may_fetch_keys(&self) -> bool {
+        self.user.is_some()
+            || self.bearer.as_ref().is_some_and(|b| {
+                !b.expose_secret()
+                    .starts_with(crate::vault::tokens::TOKEN_PREFIX)
+            })
+    }
+}
+
 /// A call's mark that its caller was authenticated, put on each request by the server's
 /// metering layer: the connection caps keep a place for connections whose callers had a
 /// credential (`server::accept`).

@@ -178,6 +178,7 @@ pub async fn serve(
     {
         let vault = Arc::clone(&vault);
         background.push(tokio::task::spawn_blocking(move || {
+            let _working = vault.call_places().working();
             if let Err(e) = vault.resume_key_jobs() {
                 tracing::error!(error = %e, "resuming key jobs failed; run `kluis admin keys rewrap` / `rekey`");
             }
@@ -595,7 +596,12 @@ fn count_state(
                 _ = stop.changed() => break,
             }
             let v = Arc::clone(&vault);
-            if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || v.state_counts()).await {
+            if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || {
+                let _working = v.call_places().working();
+                v.state_counts()
+            })
+            .await
+            {
                 let m = crate::metrics::get();
                 let set = |g: &prometheus_client::metrics::gauge::Gauge, n: u64| {
                     g.set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -651,7 +657,12 @@ fn follow_store(
                 _ = stop.changed() => break,
             }
             let v = Arc::clone(&vault);
-            match tokio::task::spawn_blocking(move || v.follow_store()).await {
+            match tokio::task::spawn_blocking(move || {
+                let _working = v.call_places().working();
+                v.follow_store()
+            })
+            .await
+            {
                 Ok(Ok(_)) => failing = false,
                 Ok(Err(e)) if !failing => {
                     failing = true;
@@ -683,7 +694,12 @@ fn periodic(
             tokio::select! {
                 _ = tick.tick() => {
                     let v = Arc::clone(&vault);
-                    match tokio::task::spawn_blocking(move || job(&v, ttl)).await {
+                    match tokio::task::spawn_blocking(move || {
+                        let _working = v.call_places().working();
+                        job(&v, ttl)
+                    })
+                    .await
+                    {
                         Ok(Err(e)) => {
                             crate::metrics::sweep(sweep, false);
                             tracing::error!(error = %e, "{what} failed");

@@ -8,8 +8,9 @@
 //! Invariant: the store only ever sees ciphertext, wrapped keys, token hashes and audit entries
 //! (which hold no values). It never sees plaintext or unwrapped keys.
 //!
-//! The trait is synchronous: the core runs on a blocking thread (`tokio::task::spawn_blocking`)
-//! per request, which suits SQLite and a synchronous PostgreSQL client alike.
+//! The trait is synchronous: the core runs on a call thread per request (`vault::places`; a
+//! call alone on a SQLite node on the runtime's thread that took it), which suits SQLite and a
+//! synchronous PostgreSQL client alike.
 
 pub mod conformance;
 pub mod postgres;
@@ -793,9 +794,10 @@ pub trait MetaStore: Send + Sync {
         Ok(Vec::new())
     }
 
-    /// Whether every call answers from files on this machine, so that its waits are for the
-    /// disk and never for a network or another process (SQLite): a call may then run on the
-    /// runtime's thread when it arrives alone (`vault::places::CallPlace::run_here`).
+    /// Whether every call answers from files on this machine (SQLite), so that what it waits
+    /// for is the disk or this process's own threads, not a network (SQLite's busy timeout
+    /// when another process holds the file aside): a call may then run on the runtime's thread
+    /// when it arrives alone (`vault::places::CallPlace::run_here`).
     fn answers_from_local_files(&self) -> bool {
         false
     }

@@ -537,6 +537,35 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Whether rows may be found through an index over a subject, an expiry, a key version
+    /// or a tag: not while the file's schema or structure is known not to be the one kluis
+    /// made (`SchemaCheck`), as an index swapped or added by hand finds other rows than were
+    /// stored (a listing, an export, an erasure's or a rekey's list would leave rows out).
+    /// Rows read by their id are checked against their MACs (and a subject's facts against
+    /// its anchor) and go on, as do reads of whole tables (`store verify`) and of the trail.
+    /// Costs one atomic load while all is well; while it is not, each call checks again (one
+    /// `PRAGMA schema_version` on a reader), so that reads resume once the schema is put back
+    /// (a problem the check at opening found: once kluis starts over a sound file).
+    fn serving(&self) -> Result<(), StoreError> {
+        if !self.schema.troubled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut checked = Ok(());
+        self.read(|c| {
+            checked = self.schema.check(c, Scope::All);
+            Ok(())
+        })?;
+        checked.map_err(|e| match e {
+            StoreError::Unavailable(why) => StoreError::Unavailable(format!(
+                "{why}. Nor does kluis list rows through its indexes (by subject, expiry, key \
+                 version or tag): they may find other rows than were stored"
+            )),
+            other => other,
+        })
+    }
+}
+
 /// Creates the database file readable by its owner only, before SQLite does (SQLite gives the
 /// `-wal` and `-shm` files the same permissions as the database). An existing file is not
 /// opened: closing a descriptor of it would drop the POSIX locks that the process's open SQLite
@@ -746,6 +775,9 @@ struct SchemaCheck {
     /// the table of the index a problem names (none: it concerns all): writes are refused as
     /// for a schema that differs, until kluis starts over a sound file.
     unsound: OnceLock<Vec<Difference>>,
+    /// Whether the last check found the schema or the structure not kluis's own (or the check
+    /// at opening found problems): record data is then not served either (`serving`).
+    troubled: AtomicBool,
     /// Each object's root page when the schema last matched. Nothing kluis does while it runs
     /// moves one (no `VACUUM`, no table dropped after the migrations), so a moved root page may
     /// be b-trees swapped by hand in `sqlite_master` (the SQL text the same): an index that
@@ -760,6 +792,7 @@ impl Default for SchemaCheck {
             good: [AtomicI64::new(-1), AtomicI64::new(-1)],
             refused: Mutex::default(),
             unsound: OnceLock::new(),
+            troubled: AtomicBool::new(false),
             roots: Mutex::default(),
         }
     }
@@ -814,7 +847,15 @@ impl SchemaCheck {
 
     /// Keeps what the integrity check at opening found (`check_structure`).
     fn set_unsound(&self, problems: Vec<Difference>) {
+        if !problems.is_empty() {
+            self.troubled.store(true, Ordering::Release);
+        }
         let _ = self.unsound.set(problems);
+    }
+
+    /// Whether what the check at opening found leaves anything unsound.
+    fn is_unsound(&self) -> bool {
+        self.unsound.get().is_some_and(|p| !p.is_empty())
     }
 
     /// Whether `conn`'s schema is the migrations' own in `scope`; in the transaction open on
@@ -880,8 +921,10 @@ impl SchemaCheck {
                     for good in &self.good {
                         good.store(version, Ordering::Relaxed);
                     }
+                    self.troubled.store(self.is_unsound(), Ordering::Release);
                     return Ok(());
                 }
+                self.troubled.store(true, Ordering::Release);
                 let listed: Vec<&str> = all.iter().map(|(_, what)| what.as_str()).collect();
                 tracing::error!(
                     differences = %listed.join("; "),
@@ -1934,8 +1977,36 @@ mod tests {
                 Some(format!("v{value}").into_bytes()),
                 "{what}"
             );
-            // The twin: put back, the same write is made.
+            // Nor is anything found through an index over a subject, an expiry, a key version
+            // or a tag (an index may find other rows than were stored: a listing, an erasure
+            // or a rekey would leave rows out); rows read by their id, checked against their
+            // MACs, and whole tables still are (`store verify`).
+            for refused in [
+                store.holds(Some("REL-1"), false).map(drop),
+                store.subject_records("REL-1").map(drop),
+                store.expired_records(i64::MAX, None, 10).map(drop),
+            ] {
+                match refused {
+                    Err(StoreError::Unavailable(message)) => {
+                        assert!(message.contains(named), "{what}: {message}");
+                        assert!(
+                            message.contains("Nor does kluis list rows"),
+                            "{what}: {message}"
+                        );
+                    }
+                    other => panic!("{what}: expected a refused read, got {other:?}"),
+                }
+            }
+            assert_eq!(store.holds(None, false).unwrap().len(), 1, "{what}");
+            assert!(store.record("rec_1").unwrap().is_none(), "{what}");
+            // The twin: put back, the same write is made, and reads are served again (the
+            // first read finds it put back itself).
             undo();
+            assert_eq!(
+                store.holds(Some("REL-1"), false).unwrap().len(),
+                1,
+                "{what}"
+            );
             let next = format!("v{}", value + 1);
             store
                 .replace_meta("k", Some(format!("v{value}").as_bytes()), next.as_bytes())

@@ -1,5 +1,5 @@
-//! Places for calls to run: a call waits for one before it does its work on a blocking thread,
-//! and holds it until that work ends.
+//! Places for calls to run: a call waits for one before it does its work (on a call thread, or
+//! where it arrived when it arrived alone), and holds it until that work ends.
 //!
 //! There are `Limits::max_calls_running` places in all, and a caller (told apart by its
 //! credential, before it is judged) takes at most `Limits::max_calls_running_per_caller` of them:
@@ -8,9 +8,10 @@
 //! over many candidates, reads of large records) from one credential holds every place, another
 //! caller still gets the next one that frees; a share below the total also leaves places free.
 //!
-//! A read or write that arrives while no other call is in flight, on a store of local files,
-//! runs on the runtime's thread that took it ([`CallPlaces::arrive`], [`CallPlace::run_here`]):
-//! at low load a hand-off to a resting thread and back costs more than the work.
+//! A read or write that arrives while nothing else is under way on the node, on a store of
+//! local files, may run on the runtime's thread that took it ([`CallPlaces::arrive`],
+//! [`CallPlace::run_here`]): at low load a hand-off to a resting thread and back costs more than
+//! the work.
 //!
 //! Any other call's work runs on one of the node's call threads ([`CallPlace::run`]), at most as many
 //! as there are places: a place given back at the end of a call's work lets the next call in
@@ -50,23 +51,26 @@ pub struct CallPlaces {
     per_caller: usize,
     callers: Arc<Mutex<HashMap<CallerKey, Arc<Semaphore>>>>,
     threads: Arc<CallThreads>,
-    /// Calls between their arrival and their answer ([`CallPlaces::arrive`]).
-    in_flight: Arc<AtomicUsize>,
+    /// What is under way on the node: places held, calls between their arrival and their
+    /// answer ([`CallPlaces::arrive`]), background jobs ([`CallPlaces::working`]).
+    busy: Arc<AtomicUsize>,
     /// Whether a call that arrives alone may run on the thread that took it (the store
-    /// answers from local files: its waits are a disk's, never a network's).
+    /// answers from files on this machine, `MetaStore::answers_from_local_files`).
     alone_here: bool,
 }
 
-/// A call counted from its arrival to its answer (dropped: answered, or given up).
+/// A call counted from its arrival to its answer, or a background job while it runs
+/// (dropped: answered, given up, or done).
 #[derive(Debug)]
 pub struct Arrival {
-    in_flight: Arc<AtomicUsize>,
+    busy: Arc<AtomicUsize>,
     alone: bool,
 }
 
 impl Arrival {
-    /// Whether the call arrived with no other call in flight on this node, where a lone call
-    /// may run on the thread that took it ([`CallPlace::run_here`]).
+    /// Whether the call arrived with nothing else under way on this node (no place held, no
+    /// other call waiting for its answer, no background job), where a lone call may run on
+    /// the thread that took it ([`CallPlace::run_here`]).
     pub fn alone(&self) -> bool {
         self.alone
     }
@@ -74,7 +78,7 @@ impl Arrival {
 
 impl Drop for Arrival {
     fn drop(&mut self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -83,6 +87,8 @@ impl Drop for Arrival {
 pub struct CallPlace {
     total: Option<OwnedSemaphorePermit>,
     mine: Option<OwnedSemaphorePermit>,
+    /// Counted under way from when both permits are held until dropped.
+    held: Option<Arrival>,
     key: CallerKey,
     callers: Arc<Mutex<HashMap<CallerKey, Arc<Semaphore>>>>,
     threads: Arc<CallThreads>,
@@ -313,7 +319,7 @@ impl CallPlaces {
             per_caller,
             callers: Arc::default(),
             threads: Arc::new(CallThreads::new(total)),
-            in_flight: Arc::default(),
+            busy: Arc::default(),
             alone_here: false,
         }
     }
@@ -325,13 +331,24 @@ impl CallPlaces {
         self
     }
 
-    /// Counts a call in flight until the returned `Arrival` is dropped (when it is answered);
-    /// it arrived alone when no other call was in flight then and lone calls may run here.
+    /// Counts a call under way until the returned `Arrival` is dropped (when it is answered);
+    /// it arrived alone when nothing else was under way then and lone calls may run here.
     pub fn arrive(&self) -> Arrival {
-        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let before = self.busy.fetch_add(1, Ordering::SeqCst);
         Arrival {
-            in_flight: Arc::clone(&self.in_flight),
+            busy: Arc::clone(&self.busy),
             alone: before == 0 && self.alone_here,
+        }
+    }
+
+    /// Counts a background job (a sweep, a key job, following other nodes) as under way while
+    /// the returned guard lives: a call that arrives meanwhile does not run on the runtime's
+    /// thread, where it could wait behind the job's transaction.
+    pub fn working(&self) -> Arrival {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Arrival {
+            busy: Arc::clone(&self.busy),
+            alone: false,
         }
     }
 
@@ -349,6 +366,7 @@ impl CallPlaces {
         let mut place = CallPlace {
             total: None,
             mine: None,
+            held: None,
             key,
             callers: Arc::clone(&self.callers),
             threads: Arc::clone(&self.threads),
@@ -360,6 +378,7 @@ impl CallPlaces {
                 .await
                 .map_err(|_| Closed)?,
         );
+        place.held = Some(self.working());
         Ok(place)
     }
 
@@ -412,10 +431,12 @@ impl CallPlace {
 
 impl CallPlace {
     /// Runs `f` on this thread, holding this place until it returns: for a call that arrived
-    /// alone ([`Arrival::alone`]), whose hand-off to a resting call thread and back would cost
-    /// more than its work (waking a thread takes tens of microseconds), and whose wait for the
-    /// disk then blocks one runtime worker while the others serve what arrives meanwhile
-    /// (which then goes to the call threads). `f` answers its caller and catches its own
+    /// alone ([`Arrival::alone`]) on a runtime with another worker, whose hand-off to a resting
+    /// call thread and back would cost more than its work (waking a thread takes tens of
+    /// microseconds), and whose wait for the disk then blocks one runtime worker while the
+    /// others serve what arrives meanwhile (which then goes to the call threads). `f` must not
+    /// wait on the runtime (`Handle::block_on` panics on a runtime's thread): only work that
+    /// waits on threads and the disk runs here. `f` answers its caller and catches its own
     /// panics, as for [`CallPlace::run_detached`].
     pub fn run_here(self, f: impl FnOnce()) {
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
@@ -427,6 +448,7 @@ impl CallPlace {
 
 impl Drop for CallPlace {
     fn drop(&mut self) {
+        self.held.take();
         self.total.take();
         self.mine.take();
         let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
@@ -510,6 +532,15 @@ mod tests {
             .run_here(|| panic!("the work fails"));
         assert_eq!(places.total.available_permits(), 4);
         drop(third);
+        // A place held by another call (any call, not only a read or write), or a background
+        // job counted as working, keeps the next from arriving alone.
+        let held = places.take([2; 32]).await.unwrap();
+        assert!(!places.arrive().alone(), "a place is held");
+        drop(held);
+        let job = places.working();
+        assert!(!places.arrive().alone(), "a background job runs");
+        drop(job);
+        assert!(places.arrive().alone());
         // Places that do not allow it (a store over a network) never run a call here.
         let remote = CallPlaces::new(4, 4);
         assert!(!remote.arrive().alone());

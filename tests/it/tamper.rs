@@ -1735,6 +1735,23 @@ async fn index_b_trees_swapped_by_hand_are_refused_and_named() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Nor are the subject's records listed or exported through the swapped index (a listing
+    // that leaves records out), nor any record read while the file is known to be so.
+    let cs = server.token(Role::CustomerService).to_owned();
+    let listed = list_records(&server, &cs, ctx("contract", "", ""), "REL-7001")
+        .await
+        .unwrap_err();
+    assert_eq!(listed.code(), Code::Unavailable, "{listed:?}");
+    let exported = export(
+        &server,
+        server.token(Role::PrivacyOfficer),
+        ctx("customer-service", "SAR-1", "access request"),
+        "REL-7001",
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(exported.code(), Code::Unavailable, "{exported:?}");
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 4, "{rows:?}");
     assert!(
@@ -1755,6 +1772,10 @@ async fn index_b_trees_swapped_by_hand_are_refused_and_named() {
     );
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 0, "{rows:?}");
+    let listed = list_records(&server, &cs, ctx("contract", "", ""), "REL-7001")
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
     let erased = erase_7001(&server).await.unwrap();
     assert_eq!(erased.destroyed_record_ids.len(), 2, "{erased:?}");
     assert_eq!(records(&server), 0);

@@ -48,6 +48,9 @@ impl DisclosureStore for SqliteStore {
         since: Option<i64>,
         limit: usize,
     ) -> Result<Vec<DisclosureRow>, StoreError> {
+        if subject.is_some() {
+            self.serving()?;
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|c| {
             c.prepare_cached(&format!(

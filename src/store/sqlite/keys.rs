@@ -225,6 +225,7 @@ impl KeyStore for SqliteStore {
         version: u32,
         limit: usize,
     ) -> Result<Vec<SubjectKeyRow>, StoreError> {
+        self.serving()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|c| {
             c.prepare_cached(&format!(
@@ -290,6 +291,7 @@ impl KeyStore for SqliteStore {
         before: i64,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
+        self.serving()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|c| {
             c.prepare_cached(
@@ -343,6 +345,7 @@ impl KeyStore for SqliteStore {
         generation: u32,
         limit: usize,
     ) -> Result<Vec<(String, FieldRow)>, StoreError> {
+        self.serving()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|c| {
             c.prepare_cached(
@@ -378,6 +381,7 @@ impl KeyStore for SqliteStore {
         generation: u32,
         limit: usize,
     ) -> Result<Vec<(EvidenceRow, SegmentRow)>, StoreError> {
+        self.serving()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let columns = crate::store::qualified(EVIDENCE_COLUMNS, "e");
         self.read(|c| {
@@ -407,6 +411,7 @@ impl KeyStore for SqliteStore {
         subject: &str,
         purpose: &str,
     ) -> Result<Vec<EvidenceRow>, StoreError> {
+        self.serving()?;
         self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete = 1 AND record_id IN

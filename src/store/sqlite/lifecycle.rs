@@ -63,6 +63,9 @@ impl LifecycleStore for SqliteStore {
     }
 
     fn holds(&self, subject: Option<&str>, active_only: bool) -> Result<Vec<HoldRow>, StoreError> {
+        if subject.is_some() {
+            self.serving()?;
+        }
         self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {HOLD_COLUMNS} FROM holds

@@ -3,7 +3,7 @@
 use super::*;
 
 impl MetaStore for SqliteStore {
-    /// One file on this machine, written by this process alone.
+    /// One file on this machine.
     fn answers_from_local_files(&self) -> bool {
         true
     }

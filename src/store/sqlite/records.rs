@@ -301,6 +301,7 @@ impl RecordStore for SqliteStore {
         after: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<(RecordRow, Vec<FieldMeta>)>, StoreError> {
+        self.serving()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (after_at, after_id) = match after {
             Some((at, id)) => (Some(at), id),
@@ -362,6 +363,7 @@ impl RecordStore for SqliteStore {
         after: Option<(i64, &str)>,
         limit: usize,
     ) -> Result<Vec<RecordRow>, StoreError> {
+        self.serving()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (after_at, after_id) = match after {
             Some((at, id)) => (Some(at), id),
@@ -451,6 +453,7 @@ impl RecordStore for SqliteStore {
         probes: &[TagRow],
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
+        self.serving()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|c| {
             let mut ids = std::collections::BTreeSet::new();
@@ -481,6 +484,7 @@ impl RecordStore for SqliteStore {
         from: &TagRow,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
+        self.serving()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|c| {
             // Two walks of the lookup index: from the tag on, then from the start.

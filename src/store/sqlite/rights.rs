@@ -98,6 +98,9 @@ impl RightsStore for SqliteStore {
         subject: Option<&str>,
         representative: Option<&str>,
     ) -> Result<Vec<MandateRow>, StoreError> {
+        if subject.is_some() {
+            self.serving()?;
+        }
         self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {MANDATE_COLUMNS} FROM mandates
@@ -173,6 +176,9 @@ impl RightsStore for SqliteStore {
     }
 
     fn restrictions(&self, subject: Option<&str>) -> Result<Vec<RestrictionRow>, StoreError> {
+        if subject.is_some() {
+            self.serving()?;
+        }
         self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {RESTRICTION_COLUMNS} FROM restrictions
