@@ -464,6 +464,9 @@ pub struct Vault {
     rows: rows::RowAuth,
     /// Serialises the steps of root changes.
     root_change_lock: std::sync::Mutex<()>,
+    /// One retention sweep at a time on this node (the periodic one and an officer's): two
+    /// would each put the same records on the trail as destroyed.
+    sweep_lock: std::sync::Mutex<()>,
     /// The MAC each token row must carry (`tokens::TokenRegister`): a row put back from an older
     /// copy (a revocation undone) authenticates nobody.
     token_register: tokens::TokenRegister,
@@ -669,6 +672,7 @@ impl Vault {
             masks: mask::MaskTable::default(),
             rows,
             root_change_lock: std::sync::Mutex::new(()),
+            sweep_lock: std::sync::Mutex::new(()),
             token_register: tokens::TokenRegister::default(),
             follower: nodes::Follower::default(),
             judgements: std::sync::atomic::AtomicU64::new(0),

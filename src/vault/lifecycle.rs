@@ -292,6 +292,13 @@ impl Vault {
                 .into_template(),
             None => system_event("retention-sweep"),
         };
+        // A real sweep waits for one under way on this node (it then finds what that one
+        // left); a dry run changes nothing and goes on beside it.
+        let _one_sweep = (!dry_run).then(|| {
+            self.sweep_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
         let now = self.clock.now();
         let mut swept = Vec::new();
         // Pages follow (expiry, id), so records skipped (not authentic, a hold placed in
@@ -362,8 +369,9 @@ impl Vault {
                 let ids: Vec<String> = listed.iter().map(|s| s.record_id.clone()).collect();
                 let (destroyed, shredded) = self.store.shred_records(&subject, &ids)?;
                 self.forget_shredded(&subject, &shredded);
-                // A record the store kept after all (a hold placed in between) is on the trail
-                // as not destroyed.
+                // A record the store kept after all (a hold placed in between), or that was
+                // gone by then (another node's sweep, an erasure), is on the trail as not
+                // destroyed by this sweep, saying which.
                 for s in listed.iter().filter(|s| !destroyed.contains(&s.record_id)) {
                     let mut event = AuditEvent {
                         time: now_unix(),
@@ -374,7 +382,16 @@ impl Vault {
                     event.subject = Some(subject.clone());
                     event.record = Some(s.record_id.clone());
                     event.purpose = Some(s.purpose.clone());
-                    event.reason = Some("not carried out: a legal hold covers it now".into());
+                    let gone = self.store.record(&s.record_id)?.is_none();
+                    event.reason = Some(
+                        if gone {
+                            "not carried out: destroyed meanwhile (another node's sweep, or an \
+                             erasure)"
+                        } else {
+                            "not carried out: a legal hold covers it now"
+                        }
+                        .into(),
+                    );
                     self.audit.append(&event)?;
                 }
                 swept.extend(
