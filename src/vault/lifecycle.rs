@@ -57,6 +57,10 @@ pub struct RequestStatus {
 /// Longest hold reason, case reference or request note, in bytes.
 const MAX_TEXT: usize = 1024;
 
+/// The lease of a retention sweep under way (not of the periodic job: a node runs that, and an
+/// officer's sweep may run on any node, one at a time).
+pub(crate) const SWEEP_LEASE: &str = "retention-sweep-run";
+
 impl Vault {
     /// Uses `clock` for the lifecycle's "now" (record times, retention, holds, requests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -299,6 +303,28 @@ impl Vault {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         });
+        // And one at a time among the nodes of a shared store, under a lease given up when the
+        // sweep ends (a node that dies mid-sweep leaves it to the others after a minute).
+        let lease = if dry_run {
+            None
+        } else {
+            match self.job_lease(SWEEP_LEASE)? {
+                Some(lease) => Some(lease),
+                // The node's own sweep leaves it to the one under way.
+                None if actor.is_none() => return Ok(Vec::new()),
+                None => {
+                    let why = "a retention sweep is under way on another node: try again when \
+                               it has ended (it puts each record on the trail as it destroys it)";
+                    self.audit.append(&AuditEvent {
+                        time: now_unix(),
+                        decision: "deny".into(),
+                        reason: Some(format!("not carried out: {why}")),
+                        ..template
+                    })?;
+                    return Err(VaultError::FailedPrecondition(why.into()));
+                }
+            }
+        };
         let now = self.clock.now();
         let mut swept = Vec::new();
         // Pages follow (expiry, id), so records skipped (not authentic, a hold placed in
@@ -403,7 +429,19 @@ impl Vault {
             if dry_run {
                 break;
             }
+            // Renewed after each page; taken over by another node (this one stalled past the
+            // lease), the sweep stops here and that node goes on.
+            if let Some(lease) = &lease
+                && !lease.renew()?
+            {
+                tracing::warn!(
+                    "another node took over the retention sweep; this one stops after {} records",
+                    swept.len()
+                );
+                break;
+            }
         }
+        drop(lease);
         if actor.is_some() {
             let mut event = AuditEvent {
                 time: now_unix(),

@@ -627,3 +627,62 @@ async fn sweeps_at_once_destroy_each_record_once_and_say_so_once() {
     assert_eq!(entries("deny"), Vec::<String>::new());
     server.stop().await;
 }
+
+/// A sweep under way on another node (its lease in the store): an officer's sweep here is
+/// refused and says why, and destroys nothing; once the other ends, the same sweep runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_under_way_on_another_node_is_not_run_beside_it() {
+    let clock = TestClock::at_now();
+    let server = TestServer::start_with_clock(clock.clone()).await;
+    let id = put(
+        &server,
+        Role::CustomerService,
+        ctx("customer-service", "", ""),
+        "REL-ELSEWHERE",
+        vec![text("phone", "contact", "06-12345678")],
+    )
+    .await;
+    let conn = Connection::open(server.db_path()).unwrap();
+    conn.execute(
+        "INSERT INTO leases (name, holder, until) \
+         VALUES ('retention-sweep-run', 'node-elsewhere', CAST(strftime('%s', 'now') AS INTEGER) + 3600) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until",
+        [],
+    )
+    .unwrap();
+    clock.advance(3 * 365 * DAY);
+    let status = server
+        .admin()
+        .await
+        .sweep_retention(req(
+            server.token(Role::PrivacyOfficer),
+            pb::SweepRetentionRequest { dry_run: false },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("under way on another node"),
+        "{status:?}"
+    );
+    assert!(exists(&server, &id).await);
+    // The officer's sweep is on the trail as not carried out, saying why.
+    assert!(
+        audit_entries(&server)
+            .iter()
+            .any(|e| e["action"] == "retention-sweep"
+                && e["decision"] == "deny"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("under way on another node"))),
+        "no entry for the refused sweep"
+    );
+    // A dry run changes nothing and is answered beside it.
+    assert_eq!(sweep(&server, true).await, std::slice::from_ref(&id));
+    // The other node's sweep ended: the same sweep runs here.
+    conn.execute("DELETE FROM leases WHERE name = 'retention-sweep-run'", [])
+        .unwrap();
+    assert_eq!(sweep(&server, false).await, std::slice::from_ref(&id));
+    assert!(!exists(&server, &id).await);
+    server.stop().await;
+}
