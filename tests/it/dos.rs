@@ -850,6 +850,15 @@ fn dev_token(dir: &std::path::Path, role: &str) -> String {
 }
 
 /// A line of `/proc/<pid>/status`, as a number (`Threads`, `VmHWM` in kB).
+/// A count of `/proc/<pid>/io` (`rchar`: bytes the process read through `read`/`pread`).
+pub(crate) fn proc_io(pid: u32, key: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{key}` in {io}"))
+}
+
 pub(crate) fn proc_status(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -1430,8 +1439,9 @@ async fn disclosures_of_a_large_record_at_once_read_no_values() {
         );
         async move { client(c).record_disclosure(request).await }
     };
-    // The peak so far (storing the record took its share).
+    // The peak so far (storing the record took its share), and the bytes read so far.
     let before_kib = proc_status(pid, "VmHWM");
+    let read_before = proc_io(pid, "rchar");
     let mut channels = Vec::new();
     for _ in 0..4 {
         channels.push(channel().await);
@@ -1447,7 +1457,18 @@ async fn disclosures_of_a_large_record_at_once_read_no_values() {
     }
     assert_eq!(registered, CALLS);
     let peak_kib = proc_status(pid, "VmHWM");
-    eprintln!("FIG disclosures: peak before {before_kib} KiB, after {peak_kib} KiB");
+    let read = proc_io(pid, "rchar") - read_before;
+    eprintln!(
+        "FIG disclosures: peak before {before_kib} KiB, after {peak_kib} KiB; {read} bytes read"
+    );
+    // What the calls read (SQLite reads its pages with `pread`, counted in `rchar` whether the
+    // kernel's cache had them or not): the values would be 7 MiB a call, 1.4 GB for the 200
+    // (1.9 GB were read while field rows were index entries, whose whole payload SQLite reads
+    // for any column); their metadata is a few pages each.
+    assert!(
+        read < 64 << 20,
+        "the calls read {read} bytes: the record's values, not only its field metadata"
+    );
     // 64 records of 7 MiB read at once could add over 450 MiB; read whole, 200 calls added
     // 111 MiB here (2 cores), their metadata alone 68 MiB, and as many calls on a small record
     // 31 MiB (2026-12-02).
