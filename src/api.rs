@@ -210,10 +210,10 @@ impl<T> Reply<T> {
 /// `run` for a call whose answer comes once an audit entry it queues is committed (a read,
 /// `Vault::get_record_then`): `f` runs on a call thread, queues the entry and hands `reply` on
 /// to whatever answers once the entry is committed; that thread goes on to other work meanwhile
-/// instead of sleeping until the commit. A call that arrives with no other in flight on a
-/// store of local files runs on the runtime's thread that took it instead
-/// (`CallPlace::run_here`): at low load each hand-off wakes a resting thread. The request's task waits for the answer alone, so it
-/// is woken once per call: the end of `f`'s work tells it nothing (an error or a panic in `f`
+/// instead of sleeping until the commit. A call that arrives with nothing else under way on
+/// the node runs on the runtime's thread that took it instead (`CallPlace::run_here`, under
+/// the conditions in the module's invariant): at low load each hand-off wakes a resting
+/// thread. The request's task waits for the answer alone, so it is woken once per call: the end of `f`'s work tells it nothing (an error or a panic in `f`
 /// before it answered is the answer).
 pub(crate) async fn run_then<Req, T, F>(
     backend: &Backend,
