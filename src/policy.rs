@@ -188,6 +188,11 @@ pub struct FieldFlags {
     pub mandated: bool,
     /// The subject's processing is restricted (GDPR art. 18): stored, not read.
     pub restricted: bool,
+    /// The field is known only by name, from the trail or the disclosure register, not from a
+    /// record row as read (its record may have been destroyed since). Not seen by the policy:
+    /// a field of a stored record that its subject's facts name destroyed (rows put back by
+    /// hand) is refused before the policy decides, a field known only by name is not.
+    pub named_only: bool,
 }
 
 /// Allow or deny.
@@ -1138,6 +1143,7 @@ mod tests {
                         objected: rng.gen_bool(0.2),
                         mandated: rng.gen_bool(0.3),
                         restricted: rng.gen_bool(0.2),
+                        named_only: rng.gen_bool(0.1),
                     },
                 })
                 .collect();

@@ -450,6 +450,9 @@ pub struct SubjectFacts {
     pub mandates: Vec<MandateRow>,
     /// Restrictions of processing placed on the subject (lifted ones included).
     pub restrictions: Vec<RestrictionRow>,
+    /// The ids of the subject's records that were destroyed (deleted, swept or erased), in id
+    /// order: never stored again, and never obeyed when their rows are put back by hand.
+    pub destroyed: Vec<String>,
     /// Whether the subject has a subject key or a record. Only asked of a subject without an
     /// anchor (which then should have neither): with an anchor, a store may answer `true`
     /// without looking.
@@ -1079,10 +1082,14 @@ pub trait RecordStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Deletes a record with its fields and evidence in one transaction, and the subject key of
-    /// its purpose when it was the subject's last record under that purpose (crypto-shredding).
-    /// Fails with `Held` when an active legal hold covers the record. Returns `None` when it did
-    /// not exist, else whether the subject key went too.
-    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError>;
+    /// its purpose when it was the subject's last record under that purpose (crypto-shredding);
+    /// names the record destroyed for its subject (`SubjectFacts::destroyed`) and replaces the
+    /// subject's anchor with `anchor.next` in the same transaction. Fails with `Held` when an
+    /// active legal hold covers the record, and with `Stale` when the stored anchor is not
+    /// `anchor.prev` or `anchor.next` is not the anchor of the record's subject; nothing is
+    /// changed then. Returns `None` when it did not exist, else whether the subject key went too.
+    fn delete_record(&self, id: &str, anchor: AnchorChange<'_>)
+    -> Result<Option<bool>, StoreError>;
 
     /// The records `ids` that exist, in the order of `ids`, with their field metadata as
     /// `subject_records` gives it, read in one snapshot.
@@ -1124,13 +1131,18 @@ pub trait RecordStore: Send + Sync {
     ) -> Result<Vec<RecordRow>, StoreError>;
 
     /// Destroys records of one subject in one transaction: their fields and rows, and the subject
-    /// key of every purpose under which the subject has no record left (crypto-shredding).
-    /// Records an active hold covers are skipped. Returns the records destroyed and the purposes
-    /// whose subject key was destroyed.
+    /// key of every purpose under which the subject has no record left (crypto-shredding); names
+    /// every one of `record_ids` destroyed for the subject (`SubjectFacts::destroyed`) and
+    /// replaces the subject's anchor with `anchor.next`. Fails with `Stale` when the stored
+    /// anchor is not `anchor.prev` (another change to the subject came between), and with
+    /// `Held` when an active hold covers one of the records; nothing is changed then. Returns
+    /// the records destroyed (those no longer stored are not) and the purposes whose subject key
+    /// was destroyed.
     fn shred_records(
         &self,
         subject: &str,
         record_ids: &[String],
+        anchor: AnchorChange<'_>,
     ) -> Result<(Vec<String>, Vec<String>), StoreError>;
 
     /// Up to `limit` record rows with ids after `after`, in id order (for verification).

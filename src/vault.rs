@@ -1302,7 +1302,43 @@ impl Vault {
                 None => Ok(()),
             },
         )?;
-        match self.store.delete_record(record_id.as_str()) {
+        // The record named destroyed in its subject's anchor, in the transaction that deletes it
+        // (tried again when another change to the subject came between).
+        let deleted = std::cell::RefCell::new(None);
+        let changed = self.change_restrictions(
+            subject.as_str(),
+            |facts| facts.destroyed.push(record_id.as_str().into()),
+            |prev, next| {
+                let outcome = self.store.delete_record(
+                    record_id.as_str(),
+                    crate::store::AnchorChange { prev, next },
+                );
+                match outcome {
+                    Err(StoreError::Stale(what)) => Err(StoreError::Stale(what)),
+                    other => {
+                        let written = matches!(other, Ok(Some(_)));
+                        *deleted.borrow_mut() = Some(other);
+                        Ok(written)
+                    }
+                }
+            },
+        );
+        // The allowed entry stands: a deletion not carried out says so on the trail.
+        let not_done = |e: VaultError| -> VaultError {
+            match self.not_carried_out(
+                principal,
+                ctx,
+                "delete",
+                &subject,
+                record_id,
+                &e.to_string(),
+            ) {
+                Ok(()) => e,
+                Err(trail) => trail,
+            }
+        };
+        changed.map_err(not_done)?;
+        match deleted.into_inner().unwrap_or(Ok(None)) {
             Ok(None) => Err(VaultError::NotFound(format!("record `{record_id}`"))),
             Ok(Some(shredded)) => {
                 if shredded {
@@ -1310,19 +1346,8 @@ impl Vault {
                 }
                 Ok(())
             }
-            Err(StoreError::Held(hold)) => {
-                let refusal = held(record_id, &hold);
-                self.not_carried_out(
-                    principal,
-                    ctx,
-                    "delete",
-                    &subject,
-                    record_id,
-                    &refusal.to_string(),
-                )?;
-                Err(refusal)
-            }
-            Err(e) => Err(e.into()),
+            Err(StoreError::Held(hold)) => Err(not_done(held(record_id, &hold))),
+            Err(e) => Err(not_done(e.into())),
         }
     }
 
@@ -1473,8 +1498,15 @@ impl Vault {
                 continue;
             }
             // Shown, so checked first. Evidence metadata (media type, size) is listed: only
-            // from authentic rows.
+            // from authentic rows, and never of a record that was destroyed (gone since it was
+            // read: not listed; stored again: refused).
             self.rows.check(&rec)?;
+            if facts.names_destroyed(&rec.subject, &rec.id)? {
+                match self.destroyed_stored(&rec.id) {
+                    VaultError::NotFound(_) => continue,
+                    refused => return Err(refused),
+                }
+            }
             self.rows.check_field_metas(&rec, &fields)?;
             if fields.iter().any(|f| f.evidence.is_some()) {
                 self.rows.check_all(&self.store.record_evidence(&rec.id)?)?;

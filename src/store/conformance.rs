@@ -22,6 +22,51 @@ fn anchor(subject: &str) -> AnchorRow {
     }
 }
 
+/// The change of `subject`'s anchor that a destruction makes, over the anchor stored now: the
+/// core computes the digest and the MAC; a store only keeps and compares them.
+#[expect(clippy::unwrap_used, reason = "a test suite: failures must panic")]
+fn destroying(store: &dyn Store, subject: &str) -> (Option<AnchorRow>, AnchorRow) {
+    let prev = store.subject_facts(subject).unwrap().anchor;
+    let mut next = prev.clone().unwrap_or_else(|| anchor(subject));
+    next.digest = next.digest.iter().map(|b| b.wrapping_add(1)).collect();
+    next.mac = next.mac.iter().map(|b| b.wrapping_add(1)).collect();
+    (prev, next)
+}
+
+/// `Store::delete_record` over the anchor of the record's subject as stored now.
+#[expect(clippy::unwrap_used, reason = "a test suite: failures must panic")]
+fn delete(store: &dyn Store, id: &str) -> Result<Option<bool>, StoreError> {
+    let subject = store
+        .record(id)
+        .unwrap()
+        .map_or_else(|| "nobody".to_owned(), |(r, _)| r.subject);
+    let (prev, next) = destroying(store, &subject);
+    store.delete_record(
+        id,
+        AnchorChange {
+            prev: prev.as_ref(),
+            next: &next,
+        },
+    )
+}
+
+/// `Store::shred_records` over the anchor of `subject` as stored now.
+fn shred(
+    store: &dyn Store,
+    subject: &str,
+    ids: &[String],
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let (prev, next) = destroying(store, subject);
+    store.shred_records(
+        subject,
+        ids,
+        AnchorChange {
+            prev: prev.as_ref(),
+            next: &next,
+        },
+    )
+}
+
 /// An audit row of `trail_by_subject`: entry `seq`, naming the subject `subject_of(seq)` (none
 /// for every fifth).
 pub fn audit_row(seq: u64) -> AuditRow {
@@ -325,7 +370,7 @@ pub fn run_all(store: &dyn Store) {
         store.subject_key("rel-first", "nuisance").unwrap(),
         Some(first_key)
     );
-    assert_eq!(store.delete_record("rec_first").unwrap(), Some(true));
+    assert_eq!(delete(store, "rec_first").unwrap(), Some(true));
 
     // Updates replace and add fields, over the field-set MAC as read only.
     let (one, two) = (vec![0x01; 32], vec![0x02; 32]);
@@ -372,8 +417,8 @@ pub fn run_all(store: &dyn Store) {
     assert!(store.record_metas(&[]).unwrap().is_empty());
 
     // The subject's last record of the purpose: its subject key goes in the same transaction.
-    assert_eq!(store.delete_record("rec_1").unwrap(), Some(true));
-    assert_eq!(store.delete_record("rec_1").unwrap(), None);
+    assert_eq!(delete(store, "rec_1").unwrap(), Some(true));
+    assert_eq!(delete(store, "rec_1").unwrap(), None);
     assert!(store.record("rec_1").unwrap().is_none());
     assert_eq!(store.subject_key("rel-1", "nuisance").unwrap(), None);
     store.insert_subject_key(&sk, &anchor(&sk.subject)).unwrap();
@@ -703,12 +748,12 @@ fn disclosures(store: &dyn Store) {
     );
     // A record goes, the subject keeps others: the disclosures stay. The last goes: they go too,
     // by deletion or by the retention sweep; another subject's stay.
-    store.delete_record("rec_d1").unwrap();
+    delete(store, "rec_d1").unwrap();
     assert_eq!(
         store.disclosures(Some("dsc-1"), None, 100).unwrap(),
         [d1, d2]
     );
-    store.delete_record("rec_d2").unwrap();
+    delete(store, "rec_d2").unwrap();
     assert!(
         store
             .disclosures(Some("dsc-1"), None, 100)
@@ -719,9 +764,7 @@ fn disclosures(store: &dyn Store) {
         store.disclosures(None, None, 100).unwrap(),
         std::slice::from_ref(&d3)
     );
-    let (destroyed, _) = store
-        .shred_records("dsc-2", &["rec_d3".to_owned()])
-        .unwrap();
+    let (destroyed, _) = shred(store, "dsc-2", &["rec_d3".to_owned()]).unwrap();
     assert_eq!(destroyed, ["rec_d3"]);
     assert!(store.disclosures(None, None, 100).unwrap().is_empty());
 }
@@ -1014,11 +1057,10 @@ fn search_tags(store: &dyn Store, sk: &SubjectKeyRow, rec: &RecordRow) {
             .is_empty()
     );
     // Deleting a record, or shredding its subject's records, takes its tags.
-    assert_eq!(store.delete_record("rec_s1").unwrap(), Some(false));
+    assert_eq!(delete(store, "rec_s1").unwrap(), Some(false));
     assert_eq!(store.tag_count(2).unwrap(), 2);
-    let (destroyed, _) = store
-        .shred_records("rel-s", &["rec_s2".to_owned(), "rec_s3".to_owned()])
-        .unwrap();
+    let (destroyed, _) =
+        shred(store, "rel-s", &["rec_s2".to_owned(), "rec_s3".to_owned()]).unwrap();
     assert_eq!(destroyed.len(), 2);
     assert_eq!(store.tag_count(2).unwrap(), 0);
     assert!(
@@ -1339,7 +1381,7 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
         3
     );
     assert_eq!(store.orphan_fields("nuisance").unwrap(), 0);
-    assert!(store.delete_record("rec_rk").unwrap().is_some());
+    assert!(delete(store, "rec_rk").unwrap().is_some());
 
     // Key jobs survive until finished.
     assert_eq!(store.start_key_job("nuisance", "rekey", 100).unwrap(), 100);
@@ -1481,7 +1523,7 @@ fn lifecycle(store: &dyn Store) {
     assert_eq!(expired(70), ["rec_l2"]);
     // A held record is neither deleted nor has a stored value replaced; adding a field is fine.
     assert!(matches!(
-        store.delete_record("rec_l1"),
+        delete(store, "rec_l1"),
         Err(StoreError::Held(h)) if h == "hold_1"
     ));
     let (_, held_fields) = store.record("rec_l1").unwrap().unwrap();
@@ -1528,12 +1570,42 @@ fn lifecycle(store: &dyn Store) {
         vec![hold.clone()]
     );
 
-    // Shredding skips held records and destroys the key only with the last record.
+    // Shredding refuses a held record, changing nothing; it destroys the key only with the
+    // last record; and it names what it destroyed in the subject's facts.
     let ids = vec!["rec_l1".to_owned(), "rec_l2".to_owned()];
-    let (destroyed, shredded) = store.shred_records("life-1", &ids).unwrap();
+    assert!(matches!(
+        shred(store, "life-1", &ids),
+        Err(StoreError::Held(h)) if h == "hold_1"
+    ));
+    assert!(store.record("rec_l2").unwrap().is_some());
+    assert!(store.subject_facts("life-1").unwrap().destroyed.is_empty());
+    assert_eq!(
+        store.subject_facts("life-1").unwrap().anchor.as_ref(),
+        Some(&counted)
+    );
+    // Over an anchor that is no longer stored: refused, nothing changes.
+    let stale = AnchorRow {
+        mac: vec![0x55; 32],
+        ..counted.clone()
+    };
+    assert!(matches!(
+        store.shred_records(
+            "life-1",
+            &ids[1..],
+            AnchorChange {
+                prev: Some(&stale),
+                next: &stale,
+            }
+        ),
+        Err(StoreError::Stale(_))
+    ));
+    assert!(store.record("rec_l2").unwrap().is_some());
+    let (destroyed, shredded) = shred(store, "life-1", &ids[1..]).unwrap();
     assert_eq!(destroyed, ["rec_l2"]);
     assert!(shredded.is_empty());
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_some());
+    assert_eq!(store.subject_facts("life-1").unwrap().destroyed, ["rec_l2"]);
+    let counted = store.subject_facts("life-1").unwrap().anchor.unwrap();
     // A release changes the anchor with it, only over the anchor as it was read.
     let released_anchor = AnchorRow {
         digest: vec![0x70; 32],
@@ -1587,9 +1659,13 @@ fn lifecycle(store: &dyn Store) {
     );
     assert!(store.holds(Some("life-1"), true).unwrap().is_empty());
     assert_eq!(store.holds(None, false).unwrap()[0].released_at, Some(80));
-    let (destroyed, shredded) = store.shred_records("life-1", &ids).unwrap();
+    let (destroyed, shredded) = shred(store, "life-1", &ids).unwrap();
     assert_eq!(destroyed, ["rec_l1"]);
     assert_eq!(shredded, ["nuisance"]);
+    assert_eq!(
+        store.subject_facts("life-1").unwrap().destroyed,
+        ["rec_l1", "rec_l2"]
+    );
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_none());
     // Another subject's record is not theirs to shred.
     store
@@ -1599,8 +1675,7 @@ fn lifecycle(store: &dyn Store) {
         .insert_record(&rec("rec_l3", None), std::slice::from_ref(&field))
         .unwrap();
     assert!(
-        store
-            .shred_records("life-2", &["rec_l3".to_owned()])
+        shred(store, "life-2", &["rec_l3".to_owned()])
             .unwrap()
             .0
             .is_empty()
@@ -1611,9 +1686,9 @@ fn lifecycle(store: &dyn Store) {
     store
         .insert_record(&rec("rec_l4", None), std::slice::from_ref(&field))
         .unwrap();
-    assert_eq!(store.delete_record("rec_l4").unwrap(), Some(false));
+    assert_eq!(delete(store, "rec_l4").unwrap(), Some(false));
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_some());
-    assert_eq!(store.delete_record("rec_l3").unwrap(), Some(true));
+    assert_eq!(delete(store, "rec_l3").unwrap(), Some(true));
     assert!(store.subject_key("life-1", "nuisance").unwrap().is_none());
 
     // Consent, mandates and subject requests.

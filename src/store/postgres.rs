@@ -299,6 +299,15 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT convert_from(entry, 'UTF8')::jsonb ->> 'subject' $$;
 CREATE INDEX audit_by_subject ON audit (kluis_audit_subject(entry), seq);
 "#,
+    // The records of a subject that were destroyed, covered by the subject's anchor: rows put
+    // back by hand after a deletion, a sweep or an erasure are not obeyed.
+    r#"
+CREATE TABLE destroyed_records (
+    subject   TEXT COLLATE "C" NOT NULL,
+    record_id TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (subject, record_id)
+);
+"#,
 ];
 
 /// The advisory lock key under which migrations run ("kluis" in ASCII), so that nodes starting

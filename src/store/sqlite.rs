@@ -425,6 +425,15 @@ INSERT INTO fields_by_rowid (record_id, name, category, kind, key_gen, mac, vers
 DROP TABLE fields;
 ALTER TABLE fields_by_rowid RENAME TO fields;
 ",
+    // The records of a subject that were destroyed, covered by the subject's anchor: rows put
+    // back by hand after a deletion, a sweep or an erasure are not obeyed.
+    r"
+CREATE TABLE destroyed_records (
+    subject   TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    PRIMARY KEY (subject, record_id)
+) WITHOUT ROWID;
+",
 ];
 
 /// Prepared statements each connection keeps (`open_connection`): more than the distinct

@@ -258,6 +258,8 @@ impl Vault {
                     subject: d.subject.clone(),
                     flags: crate::policy::FieldFlags {
                         record_closed: closed(&d.record_id),
+                        // Its record may have been destroyed since: the register names it.
+                        named_only: true,
                         ..Default::default()
                     },
                 });

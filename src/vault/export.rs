@@ -731,6 +731,10 @@ impl Vault {
             for (n, &(purpose, closed)) in under.iter().enumerate() {
                 // The first purpose is the record's own: decided as its stored fields.
                 let as_stored = n == 0;
+                // Named on the trail: its record may have been destroyed since. Decided as a
+                // stored record (and refused when that one was destroyed) only as the record
+                // read with the export.
+                let named_only = !(as_stored && about.is_some());
                 let resource = |name: &str, category: Category, record: &str| FieldResource {
                     record: record.to_owned(),
                     name: name.to_owned(),
@@ -739,6 +743,7 @@ impl Vault {
                     subject: subject.as_str().into(),
                     flags: FieldFlags {
                         record_closed: closed,
+                        named_only,
                         ..FieldFlags::default()
                     },
                 };

@@ -18,7 +18,7 @@ use crate::{
         RequestKind, RetentionStart, SubjectId, check_free_text, now_unix, request_due_at,
     },
     policy::{Action, AdminAction},
-    store::{AnchorChange, HoldRow, RecordRow, RequestRow},
+    store::{AnchorChange, HoldRow, RecordRow, RequestRow, StoreError},
 };
 
 /// Records destroyed (or, in a dry run, that would be) by a retention sweep.
@@ -155,7 +155,7 @@ impl Vault {
             reason,
         )?;
         if let Some(r) = record {
-            let (row, _) = self.load_metas(r)?;
+            let (row, _) = self.load_kept(r)?;
             if row.subject != subject.as_str() {
                 return Err(
                     InputError::new("record_id", "the record belongs to another subject").into(),
@@ -366,8 +366,10 @@ impl Vault {
                 if facts.restrictions.iter().any(|r| r.lifted_at.is_none()) {
                     continue;
                 }
+                // A hold placed since the page was read, as the checked facts have it: kept.
                 let listed: Vec<Swept> = records
                     .iter()
+                    .filter(|r| !held_in(&facts, &r.id))
                     .map(|r| Swept {
                         record_id: r.id.clone(),
                         subject: subject.clone(),
@@ -393,11 +395,29 @@ impl Vault {
                     self.audit.append(&event)?;
                 }
                 let ids: Vec<String> = listed.iter().map(|s| s.record_id.clone()).collect();
-                let (destroyed, shredded) = self.store.shred_records(&subject, &ids)?;
+                if ids.is_empty() {
+                    continue;
+                }
+                // Each named destroyed in the subject's anchor, in the transaction that destroys
+                // them, over the facts read above: when the subject changed since (a hold
+                // placed, another node's sweep), nothing is destroyed now and the next sweep
+                // decides again.
+                let mut next = facts.clone();
+                next.destroyed.extend(ids.iter().cloned());
+                let next = self.rows.anchor_of(&subject, &next);
+                let change = AnchorChange {
+                    prev: facts.anchor.as_ref(),
+                    next: &next,
+                };
+                let (destroyed, shredded) = match self.store.shred_records(&subject, &ids, change) {
+                    Ok(done) => done,
+                    Err(StoreError::Stale(_) | StoreError::Held(_)) => (Vec::new(), Vec::new()),
+                    Err(e) => return Err(e.into()),
+                };
                 self.forget_shredded(&subject, &shredded);
-                // A record the store kept after all (a hold placed in between), or that was
-                // gone by then (another node's sweep, an erasure), is on the trail as not
-                // destroyed by this sweep, saying which.
+                // A record the store kept after all (a hold placed in between, another change
+                // to its subject), or that was gone by then (another node's sweep, an
+                // erasure), is on the trail as not destroyed by this sweep, saying which.
                 for s in listed.iter().filter(|s| !destroyed.contains(&s.record_id)) {
                     let mut event = AuditEvent {
                         time: now_unix(),
@@ -410,12 +430,19 @@ impl Vault {
                     event.purpose = Some(s.purpose.clone());
                     // Its metadata only: whether the row is still there.
                     let gone = self.store.record_metas(&[s.record_id.as_str()])?.is_empty();
+                    let held = !gone
+                        && self
+                            .subject_facts(&subject)
+                            .is_ok_and(|now| held_in(&now, &s.record_id));
                     event.reason = Some(
                         if gone {
                             "not carried out: destroyed meanwhile (another node's sweep, or an \
                              erasure)"
-                        } else {
+                        } else if held {
                             "not carried out: a legal hold covers it now"
+                        } else {
+                            "not carried out: its subject changed meanwhile; the next sweep \
+                             decides again"
                         }
                         .into(),
                     );
@@ -479,11 +506,12 @@ impl Vault {
             .into_template();
         let now = self.clock.now();
         // The holds as checked (each MAC, and the anchor over them), active ones.
-        let holds: Vec<HoldRow> = self
-            .subject_facts(subject.as_str())?
+        let facts = self.subject_facts(subject.as_str())?;
+        let holds: Vec<HoldRow> = facts
             .holds
-            .into_iter()
+            .iter()
             .filter(|h| h.released_at.is_none())
+            .cloned()
             .collect();
         let records = self.store.subject_records(subject.as_str())?;
         self.rows.check_all(records.iter().map(|(r, _)| r))?;
@@ -530,11 +558,35 @@ impl Vault {
             outcome.kept.len()
         ));
         self.audit.append(&event)?;
-        // Refused by the store after its entry: the trail says it was not carried out.
-        let (destroyed, shredded) = match self.store.shred_records(subject.as_str(), &to_destroy) {
-            Ok(done) => done,
-            Err(e) => return Err(self.not_written(Some(event), e.into())),
+        // Each named destroyed in the subject's anchor, in the transaction that destroys them,
+        // over the facts the holds were read from. Refused by the store after its entry (a
+        // hold placed or another change to the subject meanwhile): the trail says it was not
+        // carried out.
+        let mut next = facts.clone();
+        next.destroyed.extend(to_destroy.iter().cloned());
+        let next = self.rows.anchor_of(subject.as_str(), &next);
+        let change = AnchorChange {
+            prev: facts.anchor.as_ref(),
+            next: &next,
         };
+        // Called with nothing to destroy as well: the store's checks of its schema run on
+        // every write, and an erasure that found nothing through an index swapped by hand
+        // must not answer that it erased everything.
+        let (destroyed, shredded) =
+            match self
+                .store
+                .shred_records(subject.as_str(), &to_destroy, change)
+            {
+                Ok(done) => done,
+                Err(StoreError::Stale(_)) => {
+                    let e = VaultError::FailedPrecondition(format!(
+                        "the holds or records of `{subject}` changed while it was being erased; \
+                         nothing was erased: try again"
+                    ));
+                    return Err(self.not_written(Some(event), e));
+                }
+                Err(e) => return Err(self.not_written(Some(event), e.into())),
+            };
         self.forget_shredded(subject.as_str(), &shredded);
         outcome.destroyed = destroyed;
         outcome.shredded = shredded;
@@ -778,4 +830,12 @@ fn system_event(action: &str) -> AuditEvent {
         decision: "allow".into(),
         ..AuditEvent::default()
     }
+}
+
+/// Whether an active legal hold in `facts` covers record `id` (one on its subject, or on it).
+fn held_in(facts: &crate::store::SubjectFacts, id: &str) -> bool {
+    facts
+        .holds
+        .iter()
+        .any(|h| h.released_at.is_none() && h.record_id.as_ref().is_none_or(|r| r == id))
 }

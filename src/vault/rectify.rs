@@ -74,7 +74,7 @@ impl Vault {
                 "request `{request_id}` is answered already; rectify under an open request"
             ));
         }
-        let (record, rows) = match self.load_metas(record_id) {
+        let (record, rows) = match self.load_kept(record_id) {
             Ok(loaded) => loaded,
             Err(VaultError::NotFound(what)) => return event.refuse(format!("{what} not found")),
             Err(e) => return Err(e),

@@ -128,14 +128,51 @@ impl Vault {
                     stopped,
                     mandates,
                     restricted,
+                    destroyed: facts.destroyed.into_iter().collect(),
                 },
             );
         }
         DecisionFacts(out)
     }
 
+    /// Why record `record`, read as stored and named destroyed by its subject's facts, is not
+    /// obeyed: `NotFound` when it is no longer stored (destroyed between the reading of its
+    /// row and of the facts), else data loss (its rows were put back by hand), logged.
+    pub(crate) fn destroyed_stored(&self, record: &str) -> VaultError {
+        match self.store.record_metas(&[record]) {
+            Ok(stored) if stored.is_empty() => VaultError::NotFound(format!("record `{record}`")),
+            Ok(_) => {
+                tracing::error!(kind = "record", row = %record, "a destroyed record's rows are stored again (put back by hand) and are not obeyed; run `kluis admin store verify`");
+                VaultError::DataLoss(
+                    "a stored record of the subject (one that was destroyed, stored again)".into(),
+                )
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// A record's row and field metadata as `load_metas` reads them, refused when its subject's
+    /// checked facts name it destroyed (`destroyed_stored`): for a path that acts on a record
+    /// without deciding on its fields (a rectification, a hold on one record).
+    pub(crate) fn load_kept(
+        &self,
+        record_id: &crate::domain::RecordId,
+    ) -> Result<(crate::store::RecordRow, Vec<crate::store::FieldMeta>), VaultError> {
+        let (record, metas) = self.load_metas(record_id)?;
+        if self
+            .subject_facts(&record.subject)?
+            .destroyed
+            .iter()
+            .any(|d| d == record_id.as_str())
+        {
+            return Err(self.destroyed_stored(record_id.as_str()));
+        }
+        Ok((record, metas))
+    }
+
     /// Decides `action` on `resources` with `facts` (from `facts_of` for the same principal
-    /// and resources). A resource whose subject `facts` does not cover is refused as data loss.
+    /// and resources). A resource whose subject `facts` does not cover, or of a record its
+    /// subject's facts name destroyed (its rows put back by hand), is refused as data loss.
     pub(crate) fn decide_on(
         &self,
         principal: &Principal,
@@ -151,6 +188,9 @@ impl Vault {
                     "a decision without the facts of its subject".into(),
                 ));
             };
+            if !r.flags.named_only && f.destroyed.contains(&r.record) {
+                return Err(self.destroyed_stored(&r.record));
+            }
             r.flags.restricted = f.restricted;
             r.flags.objected = f.stopped.contains(&r.purpose);
             r.flags.mandated = f.mandates.iter().any(|m| {
@@ -577,6 +617,17 @@ impl Vault {
 pub(crate) struct DecisionFacts(BTreeMap<String, SubjectFlags>);
 
 impl DecisionFacts {
+    /// Whether the facts of `subject` name record `record` destroyed; refused as data loss
+    /// when these are not the facts of `subject`.
+    pub(crate) fn names_destroyed(&self, subject: &str, record: &str) -> Result<bool, VaultError> {
+        match self.0.get(subject) {
+            Some(f) => Ok(f.destroyed.contains(record)),
+            None => Err(VaultError::DataLoss(
+                "a record shown without the facts of its subject".into(),
+            )),
+        }
+    }
+
     /// Whether these are the facts of every subject of `resources`.
     pub(crate) fn covers(&self, resources: &[FieldResource]) -> bool {
         resources.iter().all(|r| self.0.contains_key(&r.subject))
@@ -591,4 +642,7 @@ struct SubjectFlags {
     mandates: Vec<MandateRow>,
     /// Whether a restriction of processing is in force.
     restricted: bool,
+    /// The subject's records that were destroyed: rows of one put back by hand are decided on
+    /// for nobody.
+    destroyed: BTreeSet<String>,
 }

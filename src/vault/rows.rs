@@ -21,11 +21,16 @@
 //! consent states and covers the MACs of its hold, consent, mandate and restriction rows (the
 //! last only once the subject has one, so older anchors keep their digest); those rows are never
 //! deleted, so a row erased or an older one put back by hand no longer matches, and the
-//! subject's decisions and destructive paths fail closed. A record's field set is covered in
-//! its row (`FieldSet`); token rows by the token register (`vault::tokens`). What an anchor
-//! cannot see: a subject with no key and no record whose anchor is deleted together with its
-//! rows, or an older copy of the anchor put back with the rows it covered; the trail records
-//! every hold, consent and mandate change, and `kluis admin store verify` compares them with
+//! subject's decisions and destructive paths fail closed. The anchor also covers the ids of
+//! the subject's destroyed records (once it has one), named in the transaction that destroys
+//! them: a destroyed record's rows put back from an older copy, where the subject key of its
+//! purpose lived on with the subject's other records, are refused before any decision
+//! (`Vault::decide_on`, `Vault::load_kept`), and deleting the name breaks the anchor. A record's
+//! field set is covered in its row (`FieldSet`); token rows by the token register
+//! (`vault::tokens`). What an anchor cannot see: a subject with no key and no record whose
+//! anchor is deleted together with its rows, or an older copy of the anchor put back with the
+//! rows it covered; the trail records every hold, consent and mandate change, every deletion
+//! and sweep of a record, and `kluis admin store verify` compares them with
 //! the store.
 //!
 //! Invariant: a row whose MAC fails is never obeyed; the call fails closed and an error is
@@ -366,10 +371,11 @@ impl Authenticated for AnchorRow {
 }
 
 /// The digest an anchor keeps of the MACs of its subject's consent, hold, mandate and
-/// restriction rows (each list in id order), so that an older copy of one of them put back, or
-/// one deleted, no longer matches. Restrictions are in it only when the subject has one, so
-/// that the anchors of subjects never restricted keep the digest they were written with; once
-/// a subject has one, the digest covers it, and deleting it changes the digest.
+/// restriction rows (each list in id order), and of the ids of its destroyed records, so that
+/// an older copy of one of them put back, or one deleted, no longer matches. Restrictions and
+/// destroyed records are in it only when the subject has one, so that the anchors of other
+/// subjects keep the digest they were written with; once a subject has one, the digest covers
+/// it, and deleting it changes the digest.
 pub(crate) fn anchor_digest(facts: &SubjectFacts) -> Vec<u8> {
     let (consents, holds, mandates) = (&facts.consents, &facts.holds, &facts.mandates);
     use sha2::{Digest, Sha256};
@@ -410,6 +416,17 @@ pub(crate) fn anchor_digest(facts: &SubjectFacts) -> Vec<u8> {
             .int(i64::try_from(r.len()).unwrap_or(i64::MAX));
         for (id, mac) in &r {
             out.str(id).bytes(mac);
+        }
+    }
+    if !facts.destroyed.is_empty() {
+        // Each once: a record destroyed again (its rows put back and swept) is named once.
+        let mut d: Vec<&str> = facts.destroyed.iter().map(String::as_str).collect();
+        d.sort_unstable();
+        d.dedup();
+        out.str("destroyed")
+            .int(i64::try_from(d.len()).unwrap_or(i64::MAX));
+        for id in d {
+            out.str(id);
         }
     }
     Sha256::digest(&out.0).to_vec()
@@ -734,9 +751,9 @@ fn anchor_problem(facts: &SubjectFacts) -> Option<&'static str> {
             Some("counts other holds or consent states than are stored (a row deleted by hand)")
         }
         Some(a) if a.digest != anchor_digest(facts) => Some(
-            "names other hold, consent, mandate or restriction rows than are stored (one \
-                 deleted, or an older copy put back, by hand: a release, withdrawal, revocation \
-                 or restriction undone)",
+            "names other hold, consent, mandate, restriction or destroyed-record rows than are \
+                 stored (one deleted, or an older copy put back, by hand: a release, withdrawal, \
+                 revocation, restriction or destruction undone)",
         ),
         Some(_) => None,
         None if holds > 0
@@ -1025,6 +1042,21 @@ impl Vault {
                         problem: format!("the anchor of this subject {problem}"),
                     });
                 }
+                // A destroyed record stored again: its rows put back by hand.
+                for ids in facts.destroyed.chunks(1000) {
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    for (r, _) in self.store.record_metas(&ids)? {
+                        if r.subject == *subject {
+                            bad.push(BadRow {
+                                kind: RecordRow::KIND,
+                                id: r.id,
+                                problem: "was destroyed (its subject's anchor names it) and is \
+                                          stored again: its rows were put back by hand"
+                                    .into(),
+                            });
+                        }
+                    }
+                }
             }
         }
         // What the trail says must still be there.
@@ -1037,6 +1069,9 @@ impl Vault {
         // The last entry that destroyed records of a subject: its disclosures may have gone with
         // its last record.
         let mut destroyed: BTreeMap<String, u64> = BTreeMap::new();
+        // The records the trail says were deleted or swept (and not said after to have been
+        // kept): none may be stored, even when an older anchor was put back with them.
+        let mut gone: BTreeMap<String, u64> = BTreeMap::new();
         let filter = Filter {
             actions: [
                 "hold-place",
@@ -1058,6 +1093,17 @@ impl Vault {
             ..Filter::default()
         };
         self.audit.scan(&filter, |seq, e, _| {
+            if let ("delete" | "retention-destroy", Some(r)) = (e.action.as_str(), &e.record) {
+                if e.decision == "allow" {
+                    gone.insert(r.clone(), seq);
+                } else if e
+                    .reason
+                    .as_deref()
+                    .is_some_and(|why| why.starts_with("not carried out"))
+                {
+                    gone.remove(r);
+                }
+            }
             if e.decision == "allow" {
                 match (e.action.as_str(), &e.target) {
                     ("hold-place", Some(id)) => {
@@ -1130,6 +1176,27 @@ impl Vault {
         for (id, seq) in &restricted {
             if !restrictions.iter().any(|r| &r.id == id) {
                 bad.push(missing(RestrictionRow::KIND, id, *seq, "placed"));
+            }
+        }
+        let gone_ids: Vec<&str> = gone.keys().map(String::as_str).collect();
+        for ids in gone_ids.chunks(1000) {
+            for (r, _) in self.store.record_metas(ids)? {
+                // Not named already from its subject's facts.
+                if bad
+                    .iter()
+                    .any(|b| b.kind == RecordRow::KIND && b.id == r.id)
+                {
+                    continue;
+                }
+                let seq = gone.get(&r.id).copied().unwrap_or_default();
+                bad.push(BadRow {
+                    kind: RecordRow::KIND,
+                    problem: format!(
+                        "destroyed (audit entry {seq}) and stored again: its rows were put back \
+                         by hand"
+                    ),
+                    id: r.id,
+                });
             }
         }
         for (id, (subject, seq)) in &disclosed {
@@ -1265,5 +1332,47 @@ mod tests {
             ..withdrawn
         };
         assert!(!a.is_authentic(&forged));
+    }
+
+    #[test]
+    fn an_anchor_covers_the_names_of_destroyed_records_once_there_are_some() {
+        let held = SubjectFacts {
+            holds: vec![auth(1).seal(hold(), |r, m| r.mac = m)],
+            ..SubjectFacts::default()
+        };
+        let before = anchor_digest(&held);
+        // The digest of a subject with none is the one anchors were written with before
+        // destroyed records were named: the label and the list come only with a first name.
+        let named = |ids: &[&str]| SubjectFacts {
+            destroyed: ids.iter().map(|&i| i.to_owned()).collect(),
+            ..held.clone()
+        };
+        assert_eq!(anchor_digest(&named(&[])), before);
+        let one = anchor_digest(&named(&["rec_a"]));
+        assert_ne!(one, before, "a name destroyed changes the digest");
+        // Its twin: another name, or one more, or one taken away, differs again.
+        assert_ne!(anchor_digest(&named(&["rec_b"])), one);
+        let two = anchor_digest(&named(&["rec_a", "rec_b"]));
+        assert_ne!(two, one);
+        // In any order, and a name twice counts once (a record destroyed again).
+        assert_eq!(anchor_digest(&named(&["rec_b", "rec_a"])), two);
+        assert_eq!(anchor_digest(&named(&["rec_a", "rec_b", "rec_a"])), two);
+        // A name is not a hold: the lists do not run into each other.
+        assert_ne!(anchor_digest(&named(&["hold_1"])), before);
+        let problem = |facts: &SubjectFacts, digest: Vec<u8>| {
+            anchor_problem(&SubjectFacts {
+                anchor: Some(AnchorRow {
+                    subject: "rel-1".into(),
+                    holds: 1,
+                    consents: 0,
+                    digest,
+                    mac: Vec::new(),
+                }),
+                ..facts.clone()
+            })
+        };
+        // A name deleted by hand no longer adds up; as written, it does.
+        assert!(problem(&named(&[]), one.clone()).is_some());
+        assert!(problem(&named(&["rec_a"]), one).is_none());
     }
 }

@@ -220,6 +220,19 @@ impl Vault {
             }
             Err(e) => return Err(e),
         };
+        // A decoy its subject's facts name destroyed (its rows put back by hand, or destroyed
+        // since they were read) is left out: it fails no search. A candidate is decided, and
+        // refused, as a read of it would be.
+        let decoys_read = candidates.split_off(real);
+        let decoy_resources = resources.split_off(real);
+        for (decoy, resource) in decoys_read.into_iter().zip(decoy_resources) {
+            if facts.names_destroyed(&decoy.0.subject, &decoy.0.id)? {
+                tracing::warn!("a search's decoy is a destroyed record stored again; left out");
+                continue;
+            }
+            candidates.push(decoy);
+            resources.push(resource);
+        }
         let mut decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
         // What was decided of the decoys goes no further.
         let decided_decoys = candidates.len() - real;

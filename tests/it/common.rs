@@ -819,3 +819,39 @@ impl Stopped {
         server
     }
 }
+
+/// Copies the rows of record `id` (the record, its fields and their search tags) into a file
+/// of their own beside the database, as a thief keeps a copy before a deletion.
+pub fn keep_copy(server: &TestServer, id: &str, name: &str) {
+    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+    let copy = server.db_path().with_file_name(format!("{name}.db"));
+    conn.execute("ATTACH ?1 AS copy", [copy.to_str().unwrap()])
+        .unwrap();
+    for table in ["records", "fields", "search_tags"] {
+        let column = if table == "records" {
+            "id"
+        } else {
+            "record_id"
+        };
+        conn.execute(
+            &format!("CREATE TABLE copy.{table} AS SELECT * FROM main.{table} WHERE {column} = ?1"),
+            [id],
+        )
+        .unwrap();
+    }
+}
+
+/// Puts the copy kept by `keep_copy` back in place.
+pub fn put_copy_back(server: &TestServer, name: &str) {
+    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+    let copy = server.db_path().with_file_name(format!("{name}.db"));
+    conn.execute("ATTACH ?1 AS copy", [copy.to_str().unwrap()])
+        .unwrap();
+    for table in ["records", "fields", "search_tags"] {
+        conn.execute(
+            &format!("INSERT INTO main.{table} SELECT * FROM copy.{table}"),
+            [],
+        )
+        .unwrap();
+    }
+}

@@ -1781,3 +1781,282 @@ async fn index_b_trees_swapped_by_hand_are_refused_and_named() {
     assert_eq!(records(&server), 0);
     server.stop().await;
 }
+
+/// A record deleted (or destroyed by the retention sweep) while its subject keeps others under
+/// the same purpose keeps its subject key, so its old rows put back by hand would open again:
+/// the subject's anchor names every record destroyed, and a destroyed record put back is not
+/// obeyed through any door (read, listing, export, update, search), and `store verify` names
+/// it. The twin: the same subject's other record reads on, and with the copy taken out again
+/// everything works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_record_put_back_by_hand_is_not_obeyed() {
+    let server = TestServer::start().await;
+    let cs = server.token(Role::CustomerService).to_owned();
+    let contract = || ctx("customer-service", "", "");
+    let subject = "REL-BACK";
+    let gone = put(
+        &server,
+        Role::CustomerService,
+        contract(),
+        subject,
+        vec![text("phone", "contact", "06-2222")],
+    )
+    .await;
+    let kept = put(
+        &server,
+        Role::CustomerService,
+        contract(),
+        subject,
+        vec![text("phone", "contact", "06-3333")],
+    )
+    .await;
+    keep_copy(&server, &gone, "stolen");
+    let mut client = server.client().await;
+    client
+        .delete_record(req(
+            &cs,
+            pb::DeleteRecordRequest {
+                context: contract(),
+                record_id: gone.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&server, &cs, contract(), &gone)
+            .await
+            .err()
+            .unwrap()
+            .code(),
+        Code::NotFound
+    );
+    put_copy_back(&server, "stolen");
+    let status = get(&server, &cs, contract(), &gone).await.err().unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(!status.message().contains("06-2222"), "{status:?}");
+    // Through the other doors: one field of it, the subject's listing and its export, an
+    // update, a search for its value.
+    let one = client
+        .get_record(req(
+            &cs,
+            pb::GetRecordRequest {
+                context: contract(),
+                record_id: gone.clone(),
+                fields: vec!["phone".into()],
+            },
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(one.code(), Code::DataLoss, "{one:?}");
+    let listed = list_records(&server, &cs, contract(), subject)
+        .await
+        .unwrap_err();
+    assert_eq!(listed.code(), Code::DataLoss, "{listed:?}");
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let exported = export(
+        &server,
+        &po,
+        ctx("customer-service", "SAR-2", "access request"),
+        subject,
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(exported.code(), Code::DataLoss, "{exported:?}");
+    let updated = client
+        .update_record(req(
+            &cs,
+            pb::UpdateRecordRequest {
+                context: contract(),
+                record_id: gone.clone(),
+                fields: vec![text("phone", "contact", "06-4444")],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(updated.code(), Code::DataLoss, "{updated:?}");
+    // Nor by the privacy officer's tools that act on one record: a rectification, a hold.
+    let mut admin = server.admin().await;
+    let request = admin
+        .open_subject_request(req(
+            &po,
+            pb::OpenSubjectRequestRequest {
+                subject_id: subject.into(),
+                kind: "rectification".into(),
+                received_at: None,
+                note: "letter 12".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let rectified = rectify(
+        &server,
+        &po,
+        &request.request_id,
+        &gone,
+        vec![text("phone", "contact", "06-4444")],
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(rectified.code(), Code::DataLoss, "{rectified:?}");
+    let held = admin
+        .place_hold(req(
+            &po,
+            pb::PlaceHoldRequest {
+                subject_id: subject.into(),
+                record_id: gone.clone(),
+                reason: "claim".into(),
+                case_ref: "LD-3".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(held.code(), Code::DataLoss, "{held:?}");
+    // The twin within: the subject's other record reads on.
+    let read = get(&server, &cs, contract(), &kept).await.unwrap();
+    assert_eq!(text_of(field(&read, "phone").unwrap()), "06-3333");
+    // `store verify` names the record put back.
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(names(&rows, "record", &gone), "{rows:?}");
+    // Taken out again by hand: the listing and the export are whole, and the store verifies.
+    db(&server)
+        .execute("DELETE FROM records WHERE id = ?1", [&gone])
+        .unwrap();
+    let listed = list_records(&server, &cs, contract(), subject)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].record_id, kept);
+    export(
+        &server,
+        &po,
+        ctx("customer-service", "SAR-2", "access request"),
+        subject,
+        false,
+    )
+    .await
+    .unwrap();
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 0, "{rows:?}");
+    // The name of a destruction deleted by hand: the anchor no longer adds up, and nothing of
+    // the subject is decided.
+    let anchor_kept = db(&server)
+        .query_row(
+            "SELECT record_id FROM destroyed_records WHERE record_id = ?1",
+            [&gone],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap();
+    assert_eq!(anchor_kept, gone);
+    db(&server)
+        .execute(
+            "DELETE FROM destroyed_records WHERE record_id = ?1",
+            [&gone],
+        )
+        .unwrap();
+    let status = get(&server, &cs, contract(), &kept).await.err().unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(names(&rows, "anchor", subject), "{rows:?}");
+    // Put back: it reads again.
+    db(&server)
+        .execute(
+            "INSERT INTO destroyed_records (subject, record_id) VALUES (?1, ?2)",
+            [subject, gone.as_str()],
+        )
+        .unwrap();
+    assert!(get(&server, &cs, contract(), &kept).await.is_ok());
+
+    // The subject's older anchor put back with the rows, and the name deleted: the anchor
+    // adds up again, but the trail says the record was deleted, and `store verify` names it.
+    let again = put(
+        &server,
+        Role::CustomerService,
+        contract(),
+        subject,
+        vec![text("phone", "contact", "06-6666")],
+    )
+    .await;
+    keep_copy(&server, &again, "again");
+    let (holds, consents, mac, digest): (i64, i64, Vec<u8>, Vec<u8>) = db(&server)
+        .query_row(
+            "SELECT holds, consents, mac, digest FROM subject_anchors WHERE subject = ?1",
+            [subject],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    client
+        .delete_record(req(
+            &cs,
+            pb::DeleteRecordRequest {
+                context: contract(),
+                record_id: again.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    put_copy_back(&server, "again");
+    let conn = db(&server);
+    conn.execute(
+        "UPDATE subject_anchors SET holds = ?2, consents = ?3, mac = ?4, digest = ?5
+         WHERE subject = ?1",
+        params![subject, holds, consents, mac, digest],
+    )
+    .unwrap();
+    conn.execute(
+        "DELETE FROM destroyed_records WHERE record_id = ?1",
+        [&again],
+    )
+    .unwrap();
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(names(&rows, "record", &again), "{rows:?}");
+    assert!(
+        !names(&rows, "anchor", subject),
+        "the older anchor adds up: {rows:?}"
+    );
+    conn.execute("DELETE FROM records WHERE id = ?1", [&again])
+        .unwrap();
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 0, "{rows:?}");
+
+    // An erased subject's records put back: the same (the erasure also destroyed the keys, but
+    // the rows are refused before anything is opened, and not listed).
+    let erased = put(
+        &server,
+        Role::CustomerService,
+        contract(),
+        "REL-ERASED",
+        vec![text("phone", "contact", "06-5555")],
+    )
+    .await;
+    keep_copy(&server, &erased, "erased");
+    server
+        .admin()
+        .await
+        .erase_subject(req(
+            &po,
+            pb::EraseSubjectRequest {
+                subject_id: "REL-ERASED".into(),
+                justification: "ER-2026-9".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    put_copy_back(&server, "erased");
+    let status = get(&server, &cs, contract(), &erased).await.err().unwrap();
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    let listed = list_records(&server, &cs, contract(), "REL-ERASED")
+        .await
+        .unwrap_err();
+    assert_eq!(listed.code(), Code::DataLoss, "{listed:?}");
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(names(&rows, "record", &erased), "{rows:?}");
+    server.stop().await;
+}

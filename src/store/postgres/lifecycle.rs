@@ -4,7 +4,8 @@ use super::*;
 
 /// A subject's facts in one statement: every row in one shape (kind; seven texts; three
 /// numbers; two byte strings; a sort key), kind 0 the anchor, 1 consents (by purpose), 2 holds
-/// and 3 mandates (by id), 4 whether the subject has a key or a record.
+/// and 3 mandates (by id), 4 whether the subject has a key or a record, 5 restrictions (by
+/// id), 7 the ids of destroyed records (6 is a record's row in `RECORD_WITH_FACTS`).
 pub(super) const FACTS: &str = r#"
 SELECT 0::SMALLINT, subject, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::TEXT,
        NULL::TEXT, holds, consents, NULL::BIGINT, mac, digest, ''::TEXT COLLATE "C"
@@ -25,6 +26,10 @@ UNION ALL
 SELECT 5::SMALLINT, id, subject, reason, placed_by, lifted_by, NULL, NULL, placed_at, lifted_at,
        NULL, mac, NULL, id
   FROM restrictions WHERE subject = $1
+UNION ALL
+SELECT 7::SMALLINT, record_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, record_id
+  FROM destroyed_records WHERE subject = $1
 UNION ALL
 SELECT 4::SMALLINT, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        (EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1)
@@ -254,6 +259,7 @@ pub(super) fn add_fact(facts: &mut SubjectFacts, r: &Row) -> Result<(), StoreErr
             mac: get(r, 11)?,
         }),
         4 => facts.keyed = get::<i64>(r, 8)? != 0,
+        7 => facts.destroyed.push(get(r, 1)?),
         other => {
             return Err(StoreError::Corrupt(format!(
                 "a subject's facts: a row of unknown kind {other}"

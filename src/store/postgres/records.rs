@@ -304,7 +304,11 @@ impl RecordStore for PgStore {
         })
     }
 
-    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError> {
+    fn delete_record(
+        &self,
+        id: &str,
+        anchor: AnchorChange<'_>,
+    ) -> Result<Option<bool>, StoreError> {
         self.write(|tx| {
             let Some(found) = tx.opt(
                 "SELECT subject, purpose FROM records WHERE id = $1 FOR UPDATE",
@@ -318,6 +322,13 @@ impl RecordStore for PgStore {
             if let Some(hold) = tx.opt(HOLD_ON_RECORD, &[&id])? {
                 return Err(StoreError::Held(get(&hold, 0)?));
             }
+            if anchor.next.subject != subject {
+                return Err(StoreError::Stale(format!(
+                    "the anchor of the subject of record `{id}`"
+                )));
+            }
+            replace_anchor(tx, anchor.prev, anchor.next)?;
+            name_destroyed(tx, &subject, std::slice::from_ref(&id.to_owned()))?;
             // Fields, evidence and its segments go with the record (foreign keys cascade).
             tx.exec("DELETE FROM records WHERE id = $1", &[&id])?;
             let left = tx.count(
@@ -444,21 +455,29 @@ impl RecordStore for PgStore {
         &self,
         subject: &str,
         record_ids: &[String],
+        anchor: AnchorChange<'_>,
     ) -> Result<(Vec<String>, Vec<String>), StoreError> {
         self.write(|tx| {
+            if anchor.next.subject != subject {
+                return Err(StoreError::Stale(format!(
+                    "the anchor of subject `{subject}`"
+                )));
+            }
+            replace_anchor(tx, anchor.prev, anchor.next)?;
+            name_destroyed(tx, subject, record_ids)?;
             let mut destroyed = Vec::new();
             let mut purposes = std::collections::BTreeSet::new();
             for id in record_ids {
                 let Some(found) = tx.opt(
-                    &format!(
-                        "SELECT purpose FROM records r WHERE id = $1 AND subject = $2
-                         AND {NOT_HELD}"
-                    ),
+                    "SELECT purpose FROM records WHERE id = $1 AND subject = $2 FOR UPDATE",
                     &[id, &subject],
                 )?
                 else {
                     continue;
                 };
+                if let Some(hold) = tx.opt(HOLD_ON_RECORD, &[id])? {
+                    return Err(StoreError::Held(get(&hold, 0)?));
+                }
                 let purpose: String = get(&found, 0)?;
                 tx.exec("DELETE FROM records WHERE id = $1", &[id])?;
                 destroyed.push(id.clone());
@@ -812,5 +831,18 @@ fn insert_fields(
                                               $6::BIGINT[]) AS u (f, v, b, t)",
         &[&id, &purpose, &tag_fields, &tag_versions, &tag_bits, &tags],
     )?;
+    Ok(())
+}
+
+/// Names `ids` destroyed records of `subject` (`SubjectFacts::destroyed`), in the caller's
+/// transaction.
+fn name_destroyed(tx: &mut Tx<'_>, subject: &str, ids: &[String]) -> Result<(), StoreError> {
+    for id in ids {
+        tx.exec(
+            "INSERT INTO destroyed_records (subject, record_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+            &[&subject, id],
+        )?;
+    }
     Ok(())
 }

@@ -217,12 +217,19 @@ pub(super) fn facts_in(c: &Connection, subject: &str) -> rusqlite::Result<Subjec
         ))?
         .query_map([subject], restriction_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let destroyed = c
+        .prepare_cached(
+            "SELECT record_id FROM destroyed_records WHERE subject = ?1 ORDER BY record_id",
+        )?
+        .query_map([subject], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(SubjectFacts {
         anchor,
         consents,
         holds,
         mandates,
         restrictions,
+        destroyed,
         keyed,
     })
 }

@@ -242,7 +242,11 @@ impl RecordStore for SqliteStore {
         Ok(true)
     }
 
-    fn delete_record(&self, id: &str) -> Result<Option<bool>, StoreError> {
+    fn delete_record(
+        &self,
+        id: &str,
+        anchor: AnchorChange<'_>,
+    ) -> Result<Option<bool>, StoreError> {
         let mut conn = self.write()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -265,6 +269,13 @@ impl RecordStore for SqliteStore {
         {
             return Err(StoreError::Held(hold));
         }
+        if anchor.next.subject != subject {
+            return Err(StoreError::Stale(format!(
+                "the anchor of the subject of record `{id}`"
+            )));
+        }
+        super::replace_anchor(&tx, anchor.prev, anchor.next)?;
+        name_destroyed(&tx, &subject, std::slice::from_ref(&id.to_owned()))?;
         tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
             .map_err(db)?;
         // Evidence and its segments go with the record (foreign keys cascade).
@@ -386,23 +397,38 @@ impl RecordStore for SqliteStore {
         &self,
         subject: &str,
         record_ids: &[String],
+        anchor: AnchorChange<'_>,
     ) -> Result<(Vec<String>, Vec<String>), StoreError> {
         let mut conn = self.write()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
+        if anchor.next.subject != subject {
+            return Err(StoreError::Stale(format!(
+                "the anchor of subject `{subject}`"
+            )));
+        }
+        super::replace_anchor(&tx, anchor.prev, anchor.next)?;
+        name_destroyed(&tx, subject, record_ids)?;
         let mut destroyed = Vec::new();
         let mut purposes = std::collections::BTreeSet::new();
         for id in record_ids {
             let purpose: Option<String> = tx
                 .query_row(
-                    &format!("SELECT purpose FROM records r WHERE id = ?1 AND subject = ?2 AND {NOT_HELD}"),
+                    "SELECT purpose FROM records WHERE id = ?1 AND subject = ?2",
                     params![id, subject],
                     |r| r.get(0),
                 )
                 .optional()
                 .map_err(db)?;
             let Some(purpose) = purpose else { continue };
+            if let Some(hold) = tx
+                .query_row(HOLD_ON_RECORD, [id], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(db)?
+            {
+                return Err(StoreError::Held(hold));
+            }
             tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
                 .map_err(db)?;
             super::delete_record_row(&tx, id)?;
@@ -811,6 +837,21 @@ fn insert_record_in(
         })
         .and_then(|n| super::kept(n, || format!("field `{}`", f.name)))?;
         insert_tags(tx, &record.id, record.purpose.as_str(), f)?;
+    }
+    Ok(())
+}
+
+/// Names `ids` destroyed records of `subject` (`SubjectFacts::destroyed`), in the caller's
+/// transaction.
+fn name_destroyed(tx: &Connection, subject: &str, ids: &[String]) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO destroyed_records (subject, record_id) VALUES (?1, ?2)
+             ON CONFLICT DO NOTHING",
+        )
+        .map_err(db)?;
+    for id in ids {
+        stmt.execute(params![subject, id]).map_err(db)?;
     }
     Ok(())
 }
