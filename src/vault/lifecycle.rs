@@ -557,6 +557,10 @@ impl Vault {
             to_destroy.len(),
             outcome.kept.len()
         ));
+        // The records it destroys, by id: `store verify` holds the store to them.
+        if !to_destroy.is_empty() {
+            event.target = Some(to_destroy.join(","));
+        }
         self.audit.append(&event)?;
         // Each named destroyed in the subject's anchor, in the transaction that destroys them,
         // over the facts the holds were read from. Refused by the store after its entry (a

@@ -29,8 +29,8 @@
 //! field set is covered in its row (`FieldSet`); token rows by the token register
 //! (`vault::tokens`). What an anchor cannot see: a subject with no key and no record whose
 //! anchor is deleted together with its rows, or an older copy of the anchor put back with the
-//! rows it covered; the trail records every hold, consent and mandate change, every deletion
-//! and sweep of a record, and `kluis admin store verify` compares them with
+//! rows it covered; the trail records every hold, consent and mandate change, every deletion,
+//! sweep and erasure of a record, and `kluis admin store verify` compares them with
 //! the store.
 //!
 //! Invariant: a row whose MAC fails is never obeyed; the call fails closed and an error is
@@ -1093,9 +1093,17 @@ impl Vault {
             ..Filter::default()
         };
         self.audit.scan(&filter, |seq, e, _| {
-            if let ("delete" | "retention-destroy", Some(r)) = (e.action.as_str(), &e.record) {
+            // A deletion or a sweep names its record; an erasure the records it destroys.
+            let named: Vec<&str> = match (e.action.as_str(), &e.record, &e.target) {
+                ("delete" | "retention-destroy", Some(r), _) => vec![r.as_str()],
+                ("erase-subject", _, Some(ids)) => {
+                    ids.split(',').filter(|id| id.starts_with("rec_")).collect()
+                }
+                _ => Vec::new(),
+            };
+            for r in named {
                 if e.decision == "allow" {
-                    gone.insert(r.clone(), seq);
+                    gone.insert(r.to_owned(), seq);
                 } else if e
                     .reason
                     .as_deref()

@@ -2036,6 +2036,13 @@ async fn a_destroyed_record_put_back_by_hand_is_not_obeyed() {
     )
     .await;
     keep_copy(&server, &erased, "erased");
+    let anchor_before: (i64, i64, Vec<u8>, Vec<u8>) = db(&server)
+        .query_row(
+            "SELECT holds, consents, mac, digest FROM subject_anchors WHERE subject = 'REL-ERASED'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
     server
         .admin()
         .await
@@ -2058,5 +2065,24 @@ async fn a_destroyed_record_put_back_by_hand_is_not_obeyed() {
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 4, "{rows:?}");
     assert!(names(&rows, "record", &erased), "{rows:?}");
+    // With the older anchor put back and the name deleted as well: the erasure's entry names
+    // the record, and `store verify` still names it.
+    let conn = db(&server);
+    let (holds, consents, mac, digest) = anchor_before;
+    conn.execute(
+        "UPDATE subject_anchors SET holds = ?1, consents = ?2, mac = ?3, digest = ?4
+         WHERE subject = 'REL-ERASED'",
+        params![holds, consents, mac, digest],
+    )
+    .unwrap();
+    conn.execute(
+        "DELETE FROM destroyed_records WHERE subject = 'REL-ERASED'",
+        [],
+    )
+    .unwrap();
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(names(&rows, "record", &erased), "{rows:?}");
+    assert!(!names(&rows, "anchor", "REL-ERASED"), "{rows:?}");
     server.stop().await;
 }
