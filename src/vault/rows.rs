@@ -760,11 +760,12 @@ fn anchor_problem(facts: &SubjectFacts) -> Option<&'static str> {
             || consents > 0
             || !facts.mandates.is_empty()
             || !facts.restrictions.is_empty()
+            || !facts.destroyed.is_empty()
             || facts.keyed =>
         {
             Some(
                 "is missing for a subject with holds, consent states, mandates, restrictions, \
-                 keys or records (deleted by hand)",
+                 keys, records or destroyed records (deleted by hand)",
             )
         }
         None => None,
@@ -1382,5 +1383,12 @@ mod tests {
         // A name deleted by hand no longer adds up; as written, it does.
         assert!(problem(&named(&[]), one.clone()).is_some());
         assert!(problem(&named(&["rec_a"]), one).is_none());
+        // Names without an anchor: the anchor was deleted by hand (names come only with one).
+        let unanchored = SubjectFacts {
+            destroyed: vec!["rec_a".into()],
+            ..SubjectFacts::default()
+        };
+        assert!(anchor_problem(&unanchored).is_some());
+        assert!(anchor_problem(&SubjectFacts::default()).is_none());
     }
 }
