@@ -418,6 +418,12 @@ impl Vault {
                 // A record the store kept after all (a hold placed in between, another change
                 // to its subject), or that was gone by then (another node's sweep, an
                 // erasure), is on the trail as not destroyed by this sweep, saying which.
+                // The subject's facts now, read once for all it kept: whether a hold covers one.
+                let facts_now = if destroyed.len() < listed.len() {
+                    self.subject_facts(&subject).ok()
+                } else {
+                    None
+                };
                 for s in listed.iter().filter(|s| !destroyed.contains(&s.record_id)) {
                     let mut event = AuditEvent {
                         time: now_unix(),
@@ -431,9 +437,9 @@ impl Vault {
                     // Its metadata only: whether the row is still there.
                     let gone = self.store.record_metas(&[s.record_id.as_str()])?.is_empty();
                     let held = !gone
-                        && self
-                            .subject_facts(&subject)
-                            .is_ok_and(|now| held_in(&now, &s.record_id));
+                        && facts_now
+                            .as_ref()
+                            .is_some_and(|now| held_in(now, &s.record_id));
                     event.reason = Some(
                         if gone {
                             "not carried out: destroyed meanwhile (another node's sweep, or an \

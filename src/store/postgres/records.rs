@@ -328,7 +328,7 @@ impl RecordStore for PgStore {
                 )));
             }
             replace_anchor(tx, anchor.prev, anchor.next)?;
-            name_destroyed(tx, &subject, std::slice::from_ref(&id.to_owned()))?;
+            name_destroyed(tx, &subject, [id])?;
             // Fields, evidence and its segments go with the record (foreign keys cascade).
             tx.exec("DELETE FROM records WHERE id = $1", &[&id])?;
             let left = tx.count(
@@ -464,7 +464,7 @@ impl RecordStore for PgStore {
                 )));
             }
             replace_anchor(tx, anchor.prev, anchor.next)?;
-            name_destroyed(tx, subject, record_ids)?;
+            name_destroyed(tx, subject, record_ids.iter().map(String::as_str))?;
             let mut destroyed = Vec::new();
             let mut purposes = std::collections::BTreeSet::new();
             for id in record_ids {
@@ -836,12 +836,16 @@ fn insert_fields(
 
 /// Names `ids` destroyed records of `subject` (`SubjectFacts::destroyed`), in the caller's
 /// transaction.
-fn name_destroyed(tx: &mut Tx<'_>, subject: &str, ids: &[String]) -> Result<(), StoreError> {
+fn name_destroyed<'a>(
+    tx: &mut Tx<'_>,
+    subject: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StoreError> {
     for id in ids {
         tx.exec(
             "INSERT INTO destroyed_records (subject, record_id) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",
-            &[&subject, id],
+            &[&subject, &id],
         )?;
     }
     Ok(())

@@ -275,7 +275,7 @@ impl RecordStore for SqliteStore {
             )));
         }
         super::replace_anchor(&tx, anchor.prev, anchor.next)?;
-        name_destroyed(&tx, &subject, std::slice::from_ref(&id.to_owned()))?;
+        name_destroyed(&tx, &subject, [id])?;
         tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
             .map_err(db)?;
         // Evidence and its segments go with the record (foreign keys cascade).
@@ -409,7 +409,7 @@ impl RecordStore for SqliteStore {
             )));
         }
         super::replace_anchor(&tx, anchor.prev, anchor.next)?;
-        name_destroyed(&tx, subject, record_ids)?;
+        name_destroyed(&tx, subject, record_ids.iter().map(String::as_str))?;
         let mut destroyed = Vec::new();
         let mut purposes = std::collections::BTreeSet::new();
         for id in record_ids {
@@ -843,7 +843,11 @@ fn insert_record_in(
 
 /// Names `ids` destroyed records of `subject` (`SubjectFacts::destroyed`), in the caller's
 /// transaction.
-fn name_destroyed(tx: &Connection, subject: &str, ids: &[String]) -> Result<(), StoreError> {
+fn name_destroyed<'a>(
+    tx: &Connection,
+    subject: &str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StoreError> {
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO destroyed_records (subject, record_id) VALUES (?1, ?2)
