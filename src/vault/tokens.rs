@@ -2,7 +2,9 @@
 //! principal, roles, an expiry and optionally one subject.
 //!
 //! Invariant: a token is shown once, when issued, and never logged, audited or stored in clear.
-//! Invariant: authentication costs one hash and one indexed lookup; no KDF, no policy work.
+//! Invariant: authentication costs one hash and one indexed lookup, or one hash and a lookup in
+//! memory for a token authenticated from the store less than `TOKEN_SEEN_FOR` ago whose row the
+//! token register still names; no KDF, no policy work.
 
 use std::fmt;
 
@@ -142,6 +144,8 @@ const META_TOKEN_REGISTER: &str = "token_register";
 pub(crate) struct TokenRegister {
     /// `None` until first read from the store, and again once another node changed it.
     macs: std::sync::Mutex<Option<RegisterCopy>>,
+    /// Tokens authenticated from their rows lately.
+    seen: SeenTokens,
 }
 
 /// The register as this node last read or wrote it: the MACs and the stored bytes they came
@@ -153,6 +157,72 @@ struct RegisterCopy {
 
 /// How often a register change is tried again when another node changed the register first.
 const REGISTER_RETRIES: usize = 16;
+
+/// How long a token authenticated from its stored row is taken as authenticated without reading
+/// the row again, while the register names the row's MAC (checked on every call): a revocation
+/// or approval made through kluis is in force at the next call on this node, and on another
+/// when it takes in the register (`nodes::FOLLOW_INTERVAL`) or after this long, whichever comes
+/// first. A row changed or deleted by hand is obeyed up to this much later, and until then the
+/// token authenticates as kluis last wrote it, never as edited. Counted from before the row was
+/// read.
+pub(crate) const TOKEN_SEEN_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most tokens held as seen; past it, all are forgotten and read from the store again.
+const TOKENS_SEEN_AT_MOST: usize = 4096;
+
+/// Tokens authenticated from their stored rows lately, by the first half of the token's hash
+/// (the whole hash is compared in constant time on a hit). Holds hashes and principals, never
+/// a token.
+#[derive(Default)]
+pub(crate) struct SeenTokens {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 16], std::sync::Arc<SeenToken>>>,
+}
+
+/// A token authenticated from its stored row.
+struct SeenToken {
+    hash: [u8; 32],
+    /// The row's MAC as the register names it (hex).
+    mac: String,
+    /// The principal the row authenticated, its expiry included.
+    principal: Principal,
+    at: std::time::Instant,
+}
+
+fn seen_key(hash: &[u8; 32]) -> [u8; 16] {
+    *hash.first_chunk::<16>().unwrap_or(&[0; 16])
+}
+
+impl SeenTokens {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 16], std::sync::Arc<SeenToken>>>
+    {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The token of `hash`, when seen less than `TOKEN_SEEN_FOR` ago.
+    fn get(&self, hash: &[u8; 32]) -> Option<std::sync::Arc<SeenToken>> {
+        let map = self.lock();
+        let seen = map.get(&seen_key(hash))?;
+        (bool::from(seen.hash.ct_eq(hash)) && seen.at.elapsed() < TOKEN_SEEN_FOR)
+            .then(|| std::sync::Arc::clone(seen))
+    }
+
+    fn insert(&self, seen: SeenToken) {
+        let mut map = self.lock();
+        if map.len() >= TOKENS_SEEN_AT_MOST {
+            map.clear();
+        }
+        map.insert(seen_key(&seen.hash), std::sync::Arc::new(seen));
+    }
+
+    /// Forgets token `id`: kluis changed its row (or tried to).
+    fn forget(&self, id: &str) {
+        self.lock().retain(|_, s| s.principal.token_id != id);
+    }
+}
 
 impl Vault {
     fn read_register(&self) -> Result<RegisterCopy, VaultError> {
@@ -268,7 +338,11 @@ impl Vault {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mac = hex::encode(&row.mac);
         let before = self.change_register(&mut guard, &row.id, Some(mac.clone()), None)?;
-        match write() {
+        let written = write();
+        // Whatever came of it (a write that failed may still have been made, and the register
+        // is then put back): the row is read again at the token's next call.
+        self.token_register.seen.forget(&row.id);
+        match written {
             Ok(t) => {
                 self.judgements_changed();
                 Ok(t)
@@ -286,12 +360,30 @@ impl Vault {
 
     /// Whether `row` carries the MAC the register names for it (compared in constant time).
     pub(crate) fn is_registered(&self, row: &TokenRow) -> Result<bool, VaultError> {
+        self.registers(&row.id, &hex::encode(&row.mac))
+    }
+
+    /// Whether the register names `mac` (hex) for token `id` (compared in constant time).
+    fn registers(&self, id: &str, mac: &str) -> Result<bool, VaultError> {
         self.with_register(|map| {
-            Ok(map.get(&row.id).is_some_and(|mac| {
-                let want = hex::encode(&row.mac);
-                mac.len() == want.len() && bool::from(mac.as_bytes().ct_eq(want.as_bytes()))
+            Ok(map.get(id).is_some_and(|named| {
+                named.len() == mac.len() && bool::from(named.as_bytes().ct_eq(mac.as_bytes()))
             }))
         })
+    }
+
+    /// The principal of a token authenticated from its stored row less than `TOKEN_SEEN_FOR`
+    /// ago, when the register still names that row and the token has not expired since.
+    fn seen_token(&self, hash: &[u8; 32]) -> Result<Option<Principal>, VaultError> {
+        let Some(seen) = self.token_register.seen.get(hash) else {
+            return Ok(None);
+        };
+        if seen.principal.expires_at <= now_unix()
+            || !self.registers(&seen.principal.token_id, &seen.mac)?
+        {
+            return Ok(None);
+        }
+        Ok(Some(seen.principal.clone()))
     }
 
     /// Token ids the register names, for `store verify`.
@@ -310,6 +402,13 @@ impl Vault {
             unauthenticated()
         };
         let hash = token.hash();
+        if let Some(principal) = self.seen_token(&hash)? {
+            self.rate_limit
+                .admit(&principal.token_id, self.limits.requests_per_second)?;
+            return Ok(principal);
+        }
+        // `TOKEN_SEEN_FOR` counts from before the row is read.
+        let read_at = std::time::Instant::now();
         let Some(row) = self.store.token_by_hash(&hash)? else {
             return Err(refuse("unknown-token"));
         };
@@ -342,7 +441,14 @@ impl Vault {
         }
         self.rate_limit
             .admit(&row.id, self.limits.requests_per_second)?;
-        principal_from_row(&row)
+        let principal = principal_from_row(&row)?;
+        self.token_register.seen.insert(SeenToken {
+            hash,
+            mac: hex::encode(&row.mac),
+            principal: principal.clone(),
+            at: read_at,
+        });
+        Ok(principal)
     }
 
     /// Takes one request from the rate-limit bucket of `key` (`[limits] requests_per_second`),
@@ -936,5 +1042,82 @@ impl RateLimiter {
         }
         *level -= 1.0;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        crypto::Algorithm,
+        domain::Limits,
+        keys::{Keyring, RootSecret},
+        policy::Engine,
+        store::SqliteStore,
+        vault::RetentionTable,
+    };
+
+    /// A node over `store`, as `kluis serve` opens one.
+    fn node(store: &Arc<SqliteStore>, secret: &RootSecret) -> Vault {
+        let keyring =
+            Keyring::unseal(store.clone(), secret, Algorithm::Aes256Gcm, 100_000).unwrap();
+        Vault::new(
+            store.clone(),
+            keyring,
+            Engine::default_policies().unwrap(),
+            RetentionTable::default(),
+            Limits::default(),
+        )
+        .unwrap()
+    }
+
+    fn refused(vault: &Vault, token: &BearerToken) -> bool {
+        matches!(
+            vault.authenticate(token),
+            Err(VaultError::Unauthenticated(_))
+        )
+    }
+
+    /// A token seen a moment ago is refused as soon as the register no longer names its row:
+    /// revoked on this node, at the next call; revoked on another node sharing the store, once
+    /// this one takes in the register (what its poll does when the change epoch moved).
+    #[test]
+    fn a_token_seen_a_moment_ago_follows_the_register() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("kluis.db")).unwrap());
+        let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
+        Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
+        let (a, b) = (node(&store, &secret), node(&store, &secret));
+        let officer = Principal::new(
+            PrincipalId::parse("principal", "so-1").unwrap(),
+            vec![Role::SecurityOfficer],
+            None,
+            "tok_officer",
+            i64::MAX,
+        )
+        .unwrap();
+        let analyst = TokenSpec::parse("emp-9", &["analyst".to_owned()], 3600, "").unwrap();
+        let first = a.issue_token(&officer, &analyst, "new colleague").unwrap();
+        let second = a.issue_token(&officer, &analyst, "second device").unwrap();
+        for token in [&first, &second] {
+            assert_eq!(a.authenticate(&token.token).unwrap().token_id, token.id);
+            assert_eq!(b.authenticate(&token.token).unwrap().token_id, token.id);
+        }
+
+        a.revoke_token(&officer, &first.id, "left").unwrap();
+        assert!(refused(&a, &first.token), "revoked here, seen a moment ago");
+        assert_eq!(a.authenticate(&second.token).unwrap().token_id, second.id);
+
+        a.revoke_token(&officer, &second.id, "left").unwrap();
+        b.forget_token_register();
+        assert!(refused(&b, &first.token), "revoked on another node");
+        assert!(refused(&b, &second.token), "revoked on another node");
+        // Twin: a token nobody revoked goes on authenticating on both.
+        let third = a.issue_token(&officer, &analyst, "third device").unwrap();
+        b.forget_token_register();
+        assert_eq!(b.authenticate(&third.token).unwrap().token_id, third.id);
+        assert_eq!(a.authenticate(&third.token).unwrap().token_id, third.id);
     }
 }

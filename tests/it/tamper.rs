@@ -66,6 +66,36 @@ async fn who_am_i(server: &TestServer, token: &str) -> Result<pb::WhoAmIResponse
     who
 }
 
+/// Calls `WhoAmI` with `token`, whose row was edited or deleted by hand at `edited`, until it is
+/// refused as unauthenticated. Until then it authenticates as the row kluis wrote (`role`), never
+/// as edited, and only for calls sent less than a second after the edit (`TOKEN_SEEN_FOR`,
+/// counted from before the row was last read, which was before the edit).
+async fn refused_within_a_second(
+    server: &TestServer,
+    token: &str,
+    edited: std::time::Instant,
+    role: &str,
+) {
+    let mut client = server.client().await;
+    loop {
+        let sent = std::time::Instant::now();
+        match client.who_am_i(req(token, pb::WhoAmIRequest {})).await {
+            Ok(me) => {
+                assert_eq!(me.into_inner().roles, [role], "as edited");
+                assert!(
+                    sent.duration_since(edited) < std::time::Duration::from_millis(1100),
+                    "a token row edited or deleted by hand still authenticates after a second"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                return;
+            }
+        }
+    }
+}
+
 /// `kluis admin store verify --json` against `server`: exit code and the bad rows.
 fn store_verify(server: &TestServer) -> (i32, Vec<serde_json::Value>) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
@@ -111,7 +141,9 @@ async fn token_rows_written_by_hand_authenticate_nobody() {
     let status = who_am_i(&server, &forged).await.err().unwrap();
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    // 2. An edited role: customer service made a fraud investigator.
+    // 2. An edited role: customer service made a fraud investigator. The token never
+    //    authenticates as edited: for at most a second after it was last authenticated from
+    //    its row it authenticates as kluis wrote it (`TOKEN_SEEN_FOR`), then as nobody.
     let cs = server.token(Role::CustomerService).to_owned();
     assert!(who_am_i(&server, &cs).await.is_ok(), "twin: untouched");
     db(&server)
@@ -120,6 +152,7 @@ async fn token_rows_written_by_hand_authenticate_nobody() {
             [],
         )
         .unwrap();
+    refused_within_a_second(&server, &cs, std::time::Instant::now(), "customer-service").await;
     let status = who_am_i(&server, &cs).await.err().unwrap();
     assert_eq!(status.code(), Code::Unauthenticated);
 
@@ -199,6 +232,65 @@ async fn token_rows_written_by_hand_authenticate_nobody() {
     assert_eq!(rows.iter().filter(|r| r["kind"] == "token").count(), 4);
     // Nothing of a row's contents is printed: ids and problems only.
     assert!(rows.iter().all(|r| r.as_object().unwrap().len() == 3));
+    server.stop().await;
+}
+
+/// A token row deleted by hand (an operator stopping a stolen token with SQL at night)
+/// authenticates nobody within a second, on every door, even when the token was just used; a
+/// revocation through kluis is in force on the very next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_row_deleted_by_hand_authenticates_nobody_within_a_second() {
+    let server = TestServer::start().await;
+    let planner = server.token(Role::MaintenancePlanner).to_owned();
+    let finance = server.token(Role::FinanceOfficer).to_owned();
+    assert!(who_am_i(&server, &planner).await.is_ok());
+    assert!(who_am_i(&server, &finance).await.is_ok());
+    let deleted = db(&server)
+        .execute(
+            "DELETE FROM tokens WHERE principal = 'test-maintenance-planner'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(deleted, 1);
+    refused_within_a_second(
+        &server,
+        &planner,
+        std::time::Instant::now(),
+        "maintenance-planner",
+    )
+    .await;
+    // Every door refuses it from then on; the twin, untouched, works.
+    let status = who_am_i(&server, &planner).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(who_am_i(&server, &finance).await.is_ok());
+
+    // Revoked through kluis right after a call: refused on the next one, at every door.
+    let mut admin = server.admin().await;
+    let so = server.token(Role::SecurityOfficer);
+    let listed = admin
+        .list_tokens(req(so, pb::ListTokensRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = listed
+        .tokens
+        .iter()
+        .find(|t| t.principal_id == "test-finance-officer")
+        .map(|t| t.token_id.clone())
+        .unwrap();
+    assert!(who_am_i(&server, &finance).await.is_ok());
+    admin
+        .revoke_token(req(
+            so,
+            pb::RevokeTokenRequest {
+                token_id: id,
+                justification: "stolen".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let status = who_am_i(&server, &finance).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated);
     server.stop().await;
 }
 
