@@ -759,6 +759,24 @@ impl Tx<'_> {
         }
     }
 
+    /// Runs a statement that inserts into several tables and answers one row (of what it
+    /// stored); `Exists(what(constraint))` when it violates a unique key, naming the key.
+    fn insert_returning(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: impl FnOnce(Option<&str>) -> String,
+    ) -> Result<Row, StoreError> {
+        let s = self.statement(sql)?;
+        match self.tx.query_one(&s, params) {
+            Ok(row) => Ok(row),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::Exists(
+                what(e.as_db_error().and_then(|d| d.constraint())),
+            )),
+            Err(e) => Err(db(e)),
+        }
+    }
+
     fn all(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
         let s = self.statement(sql)?;
         self.tx.query(&s, params).map_err(db)

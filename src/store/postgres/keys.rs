@@ -565,23 +565,26 @@ pub(super) fn insert_first_subject_key(
     row: &SubjectKeyRow,
     anchor: &AnchorRow,
 ) -> Result<bool, StoreError> {
-    check_version_live(tx, row.purpose.as_str(), row.purpose_version)?;
-    tx.exec(
-        "INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subject) DO NOTHING",
-        &[
-            &anchor.subject,
-            &i64::from(anchor.holds),
-            &i64::from(anchor.consents),
-            &anchor.mac,
-            &anchor.digest,
-        ],
-    )?;
-    let inserted = tx.exec(
+    // One statement, one round trip: the purpose key version locked and checked (`NotLive`
+    // unless it is the active one, as `check_version_live` does, and then nothing is
+    // inserted), the subject's anchor when it has none, and the key when the subject has none
+    // under the purpose.
+    let found = tx.one(
         &format!(
-            "INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
-             SELECT $1, $2, $3, $4, $5, $6
-             WHERE NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1 AND purpose = $2)"
+            "WITH live AS (
+                 SELECT state FROM purpose_keys WHERE purpose = $2 AND version = $4 FOR SHARE
+             ), anchor AS (
+                 INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
+                 SELECT $11, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM live WHERE state = 'active')
+                 ON CONFLICT (subject) DO NOTHING
+             ), key AS (
+                 INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
+                 SELECT $1, $2, $3, $4, $5, $6
+                 WHERE EXISTS (SELECT 1 FROM live WHERE state = 'active')
+                   AND NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1 AND purpose = $2)
+                 RETURNING 1
+             )
+             SELECT (SELECT state FROM live), (SELECT count(*) FROM key)"
         ),
         &[
             &row.subject,
@@ -590,7 +593,19 @@ pub(super) fn insert_first_subject_key(
             &i64::from(row.purpose_version),
             &row.wrapped,
             &row.created_at,
+            &i64::from(anchor.holds),
+            &i64::from(anchor.consents),
+            &anchor.mac,
+            &anchor.digest,
+            &anchor.subject,
         ],
     )?;
-    Ok(inserted == 1)
+    let state: Option<String> = get(&found, 0)?;
+    if state.as_deref() != Some("active") {
+        return Err(StoreError::NotLive {
+            purpose: row.purpose.as_str().to_owned(),
+            version: row.purpose_version,
+        });
+    }
+    Ok(get::<i64>(&found, 1)? == 1)
 }

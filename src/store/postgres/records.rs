@@ -764,7 +764,6 @@ fn insert_record_in(
     fields: &[FieldRow],
     inserted: Option<&SubjectKeyRow>,
 ) -> Result<(), StoreError> {
-    insert_record_row(tx, record)?;
     let mut checked = inserted
         .filter(|k| k.subject == record.subject && k.purpose == record.purpose)
         .map(|k| k.generation);
@@ -774,20 +773,11 @@ fn insert_record_in(
             checked = Some(f.key_gen);
         }
     }
-    insert_fields(tx, &record.id, record.purpose.as_str(), fields)
-}
-
-/// Inserts the rows of `fields` of record `id` and their search tags: one statement for the
-/// fields and one for the tags, whatever their number (a round trip each, not one per row).
-fn insert_fields(
-    tx: &mut Tx<'_>,
-    id: &str,
-    purpose: &str,
-    fields: &[FieldRow],
-) -> Result<(), StoreError> {
-    if fields.is_empty() {
-        return Ok(());
-    }
+    // The record, its fields and their search tags in one statement: one round trip, not
+    // three. What each part stored is counted, so that a row the database dropped (a trigger
+    // someone added) fails the write as `Tx::insert` does.
+    let labels =
+        serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
     let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
     let categories: Vec<&str> = fields.iter().map(|f| f.category.as_str()).collect();
     let kinds: Vec<&str> = fields.iter().map(|f| f.kind.as_str()).collect();
@@ -795,12 +785,27 @@ fn insert_fields(
     let sealed: Vec<&[u8]> = fields.iter().map(|f| f.sealed.as_slice()).collect();
     let macs: Vec<&[u8]> = fields.iter().map(|f| f.mac.as_slice()).collect();
     let versions: Vec<&str> = fields.iter().map(|f| f.version.as_str()).collect();
-    tx.insert(
-        "INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
-         SELECT $1, * FROM unnest($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[],
-                                  $6::BYTEA[], $7::BYTEA[], $8::TEXT[])",
+    let tagged: Vec<(&str, &TagRow)> = fields
+        .iter()
+        .flat_map(|f| f.tags.iter().map(move |t| (f.name.as_str(), t)))
+        .collect();
+    let tag_fields: Vec<&str> = tagged.iter().map(|(f, _)| *f).collect();
+    let tag_versions: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.version)).collect();
+    let tag_bits: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.bits)).collect();
+    let tags: Vec<i64> = tagged.iter().map(|(_, t)| t.tag).collect();
+    let stored = tx.insert_returning(
+        &INSERT_RECORD_WITH_FIELDS,
         &[
-            &id,
+            &record.id,
+            &record.subject,
+            &record.purpose.as_str(),
+            &labels,
+            &record.created_at,
+            &record.updated_at,
+            &record.closed_at,
+            &record.expires_at,
+            &record.mac,
+            &record.fields_mac,
             &names,
             &categories,
             &kinds,
@@ -808,31 +813,58 @@ fn insert_fields(
             &sealed,
             &macs,
             &versions,
+            &tag_fields,
+            &tag_versions,
+            &tag_bits,
+            &tags,
         ],
-        || match names.as_slice() {
-            [one] => format!("field `{one}`"),
-            _ => format!("a field of `{}`", names.join("`, `")),
+        |constraint| match (constraint, names.as_slice()) {
+            (Some("records_pkey"), _) => format!("record `{}`", record.id),
+            (_, [one]) => format!("field `{one}`"),
+            (_, _) => format!("a field of `{}`", names.join("`, `")),
         },
     )?;
-    let tagged: Vec<(&str, &TagRow)> = fields
-        .iter()
-        .flat_map(|f| f.tags.iter().map(move |t| (f.name.as_str(), t)))
-        .collect();
-    if tagged.is_empty() {
-        return Ok(());
+    let counts = [
+        get::<i64>(&stored, 0)?,
+        get::<i64>(&stored, 1)?,
+        get::<i64>(&stored, 2)?,
+    ];
+    let wanted = [1, names.len(), tags.len()].map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    if counts != wanted {
+        return Err(StoreError::Database(format!(
+            "record `{}` was not stored whole (the database dropped {} of its {} rows)",
+            record.id,
+            wanted
+                .iter()
+                .zip(&counts)
+                .map(|(w, c)| w.saturating_sub(*c))
+                .sum::<i64>(),
+            wanted.iter().sum::<i64>()
+        )));
     }
-    let tag_fields: Vec<&str> = tagged.iter().map(|(f, _)| *f).collect();
-    let tag_versions: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.version)).collect();
-    let tag_bits: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.bits)).collect();
-    let tags: Vec<i64> = tagged.iter().map(|(_, t)| t.tag).collect();
-    tx.exec(
-        "INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
-         SELECT $1, f, $2, v, b, t FROM unnest($3::TEXT[], $4::BIGINT[], $5::BIGINT[],
-                                              $6::BIGINT[]) AS u (f, v, b, t)",
-        &[&id, &purpose, &tag_fields, &tag_versions, &tag_bits, &tags],
-    )?;
     Ok(())
 }
+
+/// A record, its fields and their search tags, in one statement; the counts of rows stored.
+static INSERT_RECORD_WITH_FIELDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH r AS (
+             INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             RETURNING 1
+         ), f AS (
+             INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
+             SELECT $1, * FROM unnest($11::TEXT[], $12::TEXT[], $13::TEXT[], $14::BIGINT[],
+                                      $15::BYTEA[], $16::BYTEA[], $17::TEXT[])
+             RETURNING 1
+         ), t AS (
+             INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
+             SELECT $1, f, $3, v, b, t FROM unnest($18::TEXT[], $19::BIGINT[], $20::BIGINT[],
+                                                  $21::BIGINT[]) AS u (f, v, b, t)
+             RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM f), (SELECT count(*) FROM t)"
+    )
+});
 
 /// Names `ids` destroyed records of `subject` (`SubjectFacts::destroyed`), in the caller's
 /// transaction.
