@@ -1395,8 +1395,10 @@ pub trait RightsStore: Send + Sync {
     /// The token with this hash.
     fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>, StoreError>;
 
-    /// Marks a token revoked. Returns false when no active token has this id.
-    fn revoke_token(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError>;
+    /// Marks a token revoked, over its row as the core read it (`was`: the MAC the row carried
+    /// then). Returns false when no active token has this id and that MAC (unknown, revoked,
+    /// or approved meanwhile: a MAC computed over the row as read must not land on another).
+    fn revoke_token(&self, id: &str, at: i64, mac: &[u8], was: &[u8]) -> Result<bool, StoreError>;
 
     /// Records the approval of a token waiting for one. Returns false when no such token is
     /// waiting (unknown, approved already, not needing approval, or revoked).

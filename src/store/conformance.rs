@@ -481,8 +481,12 @@ pub fn run_all(store: &dyn Store) {
     let approved = store.token_by_hash(&[5; 32]).unwrap().unwrap();
     assert!(!approved.is_pending());
     assert_eq!(approved.approved_by.as_deref(), Some("po-1"));
-    assert!(store.revoke_token("tok_1", 3, &[2; 32]).unwrap());
-    assert!(!store.revoke_token("tok_1", 4, &[2; 32]).unwrap());
+    // A revocation over a row that changed since it was read (another MAC) changes nothing.
+    assert!(!store.revoke_token("tok_1", 3, &[2; 32], &[9; 32]).unwrap());
+    let unchanged = store.token_by_hash(&[5; 32]).unwrap().unwrap();
+    assert_eq!((unchanged.revoked_at, unchanged.mac), (None, vec![1; 32]));
+    assert!(store.revoke_token("tok_1", 3, &[2; 32], &[1; 32]).unwrap());
+    assert!(!store.revoke_token("tok_1", 4, &[2; 32], &[2; 32]).unwrap());
     // Changes carry the new MAC the core computed.
     assert_eq!(store.tokens().unwrap()[0].mac, vec![2; 32]);
     assert_eq!(store.tokens().unwrap()[0].revoked_at, Some(3));
@@ -576,8 +580,9 @@ pub fn run_all(store: &dyn Store) {
             record: carried_first.clone(),
             fields: vec![field("phone", 5)],
         },
-        // Its record row goes in before its field, sealed under a generation that does not
-        // exist, fails: `StaleGeneration`, and the record row is undone with it.
+        // A record whose field is sealed under a generation that does not exist fails:
+        // `StaleGeneration`, and nothing of it is stored (SQLite inserts the record row first
+        // and undoes it; PostgreSQL checks the generation before it inserts anything).
         RecordWrite::Insert {
             record: RecordRow {
                 id: "rec_carried_stale".into(),

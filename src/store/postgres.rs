@@ -760,19 +760,23 @@ impl Tx<'_> {
     }
 
     /// Runs a statement that inserts into several tables and answers one row (of what it
-    /// stored); `Exists(what(constraint))` when it violates a unique key, naming the key.
+    /// stored); `Exists(what)` when it violates a unique key of a table `what(table)` names, a
+    /// database error for any other.
     fn insert_returning(
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-        what: impl FnOnce(Option<&str>) -> String,
+        what: impl FnOnce(&str) -> Option<String>,
     ) -> Result<Row, StoreError> {
         let s = self.statement(sql)?;
         match self.tx.query_one(&s, params) {
             Ok(row) => Ok(row),
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::Exists(
-                what(e.as_db_error().and_then(|d| d.constraint())),
-            )),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                match e.as_db_error().and_then(|d| d.table()).and_then(what) {
+                    Some(what) => Err(StoreError::Exists(what)),
+                    None => Err(db(e)),
+                }
+            }
             Err(e) => Err(db(e)),
         }
     }

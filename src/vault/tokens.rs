@@ -409,29 +409,41 @@ impl Vault {
         }
         // `TOKEN_SEEN_FOR` counts from before the row is read.
         let read_at = std::time::Instant::now();
-        let Some(row) = self.store.token_by_hash(&hash)? else {
-            return Err(refuse("unknown-token"));
+        let mut read_again = false;
+        let row = loop {
+            let Some(row) = self.store.token_by_hash(&hash)? else {
+                return Err(refuse("unknown-token"));
+            };
+            if !bool::from(row.hash.ct_eq(&hash)) {
+                return Err(refuse("unknown-token"));
+            }
+            if row.revoked_at.is_some() {
+                return Err(refuse("revoked-token"));
+            }
+            if row.expires_at <= now_unix() {
+                return Err(refuse("expired-token"));
+            }
+            // A token row written to the database by hand (inserted, a role edited, a
+            // revocation undone) authenticates nobody; the row check logs it.
+            if self.rows.check(&row).is_err() {
+                return Err(refuse("altered-token-row"));
+            }
+            // An older copy of the row put back (a revocation or approval undone) carries a
+            // MAC of its own, not the one kluis last wrote.
+            if !self.is_registered(&row)? {
+                // Unless a change of this token under way on this node (a revocation, an
+                // approval) registered its row and had not written it yet when this one was
+                // read: it holds the register's lock until it has, which `is_registered`
+                // waited for, so the row read again is the one it wrote.
+                if !read_again {
+                    read_again = true;
+                    continue;
+                }
+                tracing::error!(kind = "token", row = %row.id, "a token row is not the one kluis last wrote (an older copy put back?) and authenticates nobody; run `kluis admin store verify`");
+                return Err(refuse("altered-token-row"));
+            }
+            break row;
         };
-        if !bool::from(row.hash.ct_eq(&hash)) {
-            return Err(refuse("unknown-token"));
-        }
-        if row.revoked_at.is_some() {
-            return Err(refuse("revoked-token"));
-        }
-        if row.expires_at <= now_unix() {
-            return Err(refuse("expired-token"));
-        }
-        // A token row written to the database by hand (inserted, a role edited, a revocation
-        // undone) authenticates nobody; the row check logs it.
-        if self.rows.check(&row).is_err() {
-            return Err(refuse("altered-token-row"));
-        }
-        // An older copy of the row put back (a revocation or approval undone) carries a MAC of
-        // its own, not the one kluis last wrote.
-        if !self.is_registered(&row)? {
-            tracing::error!(kind = "token", row = %row.id, "a token row is not the one kluis last wrote (an older copy put back?) and authenticates nobody; run `kluis admin store verify`");
-            return Err(refuse("altered-token-row"));
-        }
         if row.is_pending() {
             crate::metrics::auth_failure("pending-approval");
             return Err(VaultError::Unauthenticated(format!(
@@ -516,15 +528,29 @@ impl Vault {
             Some(token_id),
             justification,
         )?;
-        let Some(row) = self.store.tokens()?.into_iter().find(|t| t.id == token_id) else {
-            return Err(VaultError::NotFound(format!("token `{token_id}`")));
+        let find = || -> Result<TokenRow, VaultError> {
+            self.store
+                .tokens()?
+                .into_iter()
+                .find(|t| t.id == token_id)
+                .ok_or_else(|| VaultError::NotFound(format!("token `{token_id}`")))
         };
-        self.rows.check(&row)?;
-        // An older copy of the row put back (a revoked token as it was while pending) is not
-        // the row kluis last wrote: approving it would bring it back.
-        if !self.is_registered(&row)? {
-            return Err(VaultError::DataLoss(format!("stored token `{token_id}`")));
-        }
+        let mut read_again = false;
+        let row = loop {
+            let row = find()?;
+            self.rows.check(&row)?;
+            // An older copy of the row put back (a revoked token as it was while pending) is
+            // not the row kluis last wrote: approving it would bring it back. Unless a change
+            // under way on this node had registered its row and not written it yet (as in
+            // `authenticate`): read once more.
+            if self.is_registered(&row)? {
+                break row;
+            }
+            if read_again {
+                return Err(VaultError::DataLoss(format!("stored token `{token_id}`")));
+            }
+            read_again = true;
+        };
         if !row.is_pending() || row.revoked_at.is_some() {
             return Err(VaultError::FailedPrecondition(format!(
                 "token `{token_id}` is not waiting for approval"
@@ -672,6 +698,9 @@ impl Vault {
         // such a row keeps its failing MAC: revoking it does not make it authentic.
         let now = now_unix();
         let authentic = self.rows.is_authentic(&row);
+        // The row as read: an approval committed meanwhile makes the revocation find another
+        // row, and it is refused rather than written with a MAC over the row before.
+        let was = row.mac.clone();
         let revoked = TokenRow {
             revoked_at: Some(now),
             ..row
@@ -691,11 +720,12 @@ impl Vault {
                     ..revoked.clone()
                 },
                 || {
-                    if self.store.revoke_token(token_id, now, &mac)? {
+                    if self.store.revoke_token(token_id, now, &mac, &was)? {
                         Ok(())
                     } else {
                         Err(VaultError::FailedPrecondition(format!(
-                            "token `{token_id}` was revoked meanwhile"
+                            "token `{token_id}` was revoked or approved meanwhile; list it \
+                             (`kluis admin token list`) and revoke it again if it is still active"
                         )))
                     }
                 },

@@ -774,8 +774,9 @@ fn insert_record_in(
         }
     }
     // The record, its fields and their search tags in one statement: one round trip, not
-    // three. What each part stored is counted, so that a row the database dropped (a trigger
-    // someone added) fails the write as `Tx::insert` does.
+    // three. Each part runs after the one before it (it reads what that one stored), and what
+    // each stored is counted, so that a row the database dropped (a trigger someone added)
+    // fails the write as `Tx::insert` does.
     let labels =
         serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
     let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
@@ -818,10 +819,11 @@ fn insert_record_in(
             &tag_bits,
             &tags,
         ],
-        |constraint| match (constraint, names.as_slice()) {
-            (Some("records_pkey"), _) => format!("record `{}`", record.id),
-            (_, [one]) => format!("field `{one}`"),
-            (_, _) => format!("a field of `{}`", names.join("`, `")),
+        |table| match (table, names.as_slice()) {
+            ("records", _) => Some(format!("record `{}`", record.id)),
+            ("fields", [one]) => Some(format!("field `{one}`")),
+            ("fields", _) => Some(format!("a field of `{}`", names.join("`, `"))),
+            _ => None,
         },
     )?;
     let counts = [
@@ -855,11 +857,14 @@ static INSERT_RECORD_WITH_FIELDS: std::sync::LazyLock<String> = std::sync::LazyL
              INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
              SELECT $1, * FROM unnest($11::TEXT[], $12::TEXT[], $13::TEXT[], $14::BIGINT[],
                                       $15::BYTEA[], $16::BYTEA[], $17::TEXT[])
+             WHERE EXISTS (SELECT 1 FROM r)
              RETURNING 1
          ), t AS (
              INSERT INTO search_tags (record_id, field, purpose, version, bits, tag)
-             SELECT $1, f, $3, v, b, t FROM unnest($18::TEXT[], $19::BIGINT[], $20::BIGINT[],
-                                                  $21::BIGINT[]) AS u (f, v, b, t)
+             SELECT $1, u.name, $3, u.version, u.bits, u.tag
+             FROM unnest($18::TEXT[], $19::BIGINT[], $20::BIGINT[], $21::BIGINT[])
+                  AS u (name, version, bits, tag)
+             WHERE EXISTS (SELECT 1 FROM f)
              RETURNING 1
          )
          SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM f), (SELECT count(*) FROM t)"

@@ -215,11 +215,12 @@ impl RightsStore for PgStore {
         })
     }
 
-    fn revoke_token(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
+    fn revoke_token(&self, id: &str, at: i64, mac: &[u8], was: &[u8]) -> Result<bool, StoreError> {
         self.write_guarded(|tx| {
             let changed = tx.exec(
-                "UPDATE tokens SET revoked_at = $2, mac = $3 WHERE id = $1 AND revoked_at IS NULL",
-                &[&id, &at, &mac],
+                "UPDATE tokens SET revoked_at = $2, mac = $3
+                 WHERE id = $1 AND revoked_at IS NULL AND mac = $4",
+                &[&id, &at, &mac, &was],
             )? > 0;
             if changed {
                 bump_epoch(tx)?;

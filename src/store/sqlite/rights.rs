@@ -232,12 +232,13 @@ impl RightsStore for SqliteStore {
         })
     }
 
-    fn revoke_token(&self, id: &str, at: i64, mac: &[u8]) -> Result<bool, StoreError> {
+    fn revoke_token(&self, id: &str, at: i64, mac: &[u8], was: &[u8]) -> Result<bool, StoreError> {
         let conn = self.write()?;
         let n = conn
             .execute(
-                "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, at, mac],
+                "UPDATE tokens SET revoked_at = ?2, mac = ?3
+                 WHERE id = ?1 AND revoked_at IS NULL AND mac = ?4",
+                params![id, at, mac, was],
             )
             .map_err(db)?;
         Ok(n > 0)
