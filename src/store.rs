@@ -1433,8 +1433,12 @@ pub trait AuditStore: Send + Sync {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError>;
 
     /// Appends the entries `chain` builds on the stored tail (`None`: the trail is empty), in
-    /// one transaction that holds every other appender (of any node) off between reading the
-    /// tail and committing; returns the rows appended.
+    /// one transaction, and only while that tail is still the stored tail: the store holds
+    /// every other appender (of any node) off between reading the tail and committing, or
+    /// offers the tail it appended last and stores the rows only if, in the statement that
+    /// stores them, that row is still in its place with its hash and nothing follows it (a
+    /// sequence number taken by another appender meanwhile fails the statement whole). When
+    /// it is not, `chain` is called again with the tail as stored. Returns the rows appended.
     fn append_chained(
         &self,
         chain: &mut crate::store::Chain<'_>,

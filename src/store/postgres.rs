@@ -346,6 +346,8 @@ pub struct PgStore {
     target: String,
     idle: Mutex<Pool>,
     freed: Condvar,
+    /// The last audit row this store appended (`append_on_own_tail`).
+    own_tail: Mutex<Option<AuditRow>>,
 }
 
 #[derive(Default)]
@@ -413,6 +415,7 @@ impl PgStore {
             target,
             idle: Mutex::new(Pool::default()),
             freed: Condvar::new(),
+            own_tail: Mutex::new(None),
         };
         store.migrate()?;
         Ok(store)
@@ -1495,26 +1498,41 @@ fn select_subject_key(
     .transpose()
 }
 
-/// Inserts a record's row (not its fields); `Exists` when the id is taken.
-fn insert_record_row(tx: &mut Tx<'_>, record: &RecordRow) -> Result<(), StoreError> {
+/// A record's purpose and labels as stored: its name, and JSON text.
+fn stored_as(record: &RecordRow) -> Result<(&'static str, String), StoreError> {
     let labels =
         serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+    Ok((record.purpose.as_str(), labels))
+}
+
+/// The parameters `$1` to `$10` of an insert of a record's row, in the order of
+/// `RECORD_COLUMNS`; `stored` is the record's purpose and `labels_json`.
+fn record_params<'a>(
+    record: &'a RecordRow,
+    stored: &'a (&'static str, String),
+) -> [&'a (dyn ToSql + Sync); 10] {
+    [
+        &record.id,
+        &record.subject,
+        &stored.0,
+        &stored.1,
+        &record.created_at,
+        &record.updated_at,
+        &record.closed_at,
+        &record.expires_at,
+        &record.mac,
+        &record.fields_mac,
+    ]
+}
+
+/// Inserts a record's row (not its fields); `Exists` when the id is taken.
+fn insert_record_row(tx: &mut Tx<'_>, record: &RecordRow) -> Result<(), StoreError> {
+    let stored = stored_as(record)?;
     tx.insert(
         &format!(
             "INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ),
-        &[
-            &record.id,
-            &record.subject,
-            &record.purpose.as_str(),
-            &labels,
-            &record.created_at,
-            &record.updated_at,
-            &record.closed_at,
-            &record.expires_at,
-            &record.mac,
-            &record.fields_mac,
-        ],
+        &record_params(record, &stored),
         || format!("record `{}`", record.id),
     )?;
     Ok(())

@@ -1,7 +1,7 @@
 //! kluis on PostgreSQL: the store conformance suite on a real cluster, migrations raced by
 //! nodes starting at once, and a lost database answering `Unavailable`.
 
-use kluis::store::{PgStore, StoreError, prelude::*};
+use kluis::store::{AuditRow, PgStore, StoreError, prelude::*};
 
 use crate::pg;
 
@@ -355,4 +355,145 @@ fn the_trail_is_found_by_subject_past_thousands_of_entries() {
     // Lookups agree with a scan of the trail, paged as an export reads it; the index the
     // database computes from the entries has nothing to report.
     kluis::store::conformance::trail_by_subject(&store);
+}
+
+/// A chain as the trail builds it (each row's `prev_hash` the hash of the row before), of `n`
+/// rows on the tail it is offered; every tail it was offered is kept in `offered`.
+fn chain_of<'a>(
+    node: usize,
+    n: usize,
+    offered: &'a mut Vec<Option<AuditRow>>,
+) -> impl FnMut(Option<&AuditRow>) -> Result<Vec<AuditRow>, StoreError> + 'a {
+    use sha2::Digest;
+    move |tail| {
+        offered.push(tail.cloned());
+        let (mut seq, mut prev) = tail.map_or((0, vec![0; 32]), |t| (t.seq, t.hash.clone()));
+        Ok((0..n)
+            .map(|i| {
+                seq += 1;
+                let entry = format!("{{\"seq\":{seq},\"node\":{node},\"i\":{i}}}").into_bytes();
+                let hash = sha2::Sha256::new()
+                    .chain_update(seq.to_be_bytes())
+                    .chain_update(&prev)
+                    .chain_update(&entry)
+                    .finalize()
+                    .to_vec();
+                AuditRow {
+                    seq,
+                    entry,
+                    prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                    hash,
+                    mac: vec![7; 32],
+                }
+            })
+            .collect())
+    }
+}
+
+/// Every row of the trail, in order.
+fn whole_trail(store: &PgStore) -> Vec<AuditRow> {
+    store.audit_entries(1, 1_000_000).unwrap()
+}
+
+#[test]
+fn appenders_on_their_own_tails_keep_one_chain_across_nodes() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let nodes: Vec<PgStore> = (0..3).map(|_| PgStore::connect(&url).unwrap()).collect();
+    // Three nodes append at once, each mostly on the tail it appended last, which another
+    // node's rows keep overtaking: every batch lands whole, on the tail as stored.
+    let appended: Vec<Vec<AuditRow>> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(node, store)| {
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for k in 0..150 {
+                        let mut offered = Vec::new();
+                        let rows = store
+                            .append_chained(&mut chain_of(node, 1 + k % 3, &mut offered))
+                            .unwrap();
+                        assert_eq!(rows.len(), 1 + k % 3);
+                        mine.extend(rows);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let trail = whole_trail(&nodes[0]);
+    assert_eq!(trail.len(), appended.iter().map(Vec::len).sum::<usize>());
+    for (i, row) in trail.iter().enumerate() {
+        assert_eq!(row.seq, i as u64 + 1);
+        let prev = trail
+            .get(i.wrapping_sub(1))
+            .map_or(vec![0; 32], |p| p.hash.clone());
+        assert_eq!(
+            row.prev_hash, prev,
+            "entry {} is not chained on the one before",
+            row.seq
+        );
+    }
+    // What each node was told it appended is what is stored in those places.
+    for row in appended.iter().flatten() {
+        assert_eq!(&trail[row.seq as usize - 1], row);
+    }
+}
+
+#[test]
+fn an_appender_takes_the_stored_tail_when_its_own_is_no_longer_it() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let store = PgStore::connect(&url).unwrap();
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let append = |n: usize| {
+        let mut offered = Vec::new();
+        let rows = store
+            .append_chained(&mut chain_of(0, n, &mut offered))
+            .unwrap();
+        (rows, offered.pop().unwrap())
+    };
+    let (first, offered) = append(2);
+    assert_eq!(offered, None);
+    // Nothing changed: the next batch goes on the tail this store appended.
+    let (second, offered) = append(1);
+    assert_eq!(offered.as_ref(), first.last());
+    assert_eq!(second[0].seq, 3);
+
+    // Twin: the tail's hash edited by hand. The store offers the row as stored, which the
+    // trail's chain (`audit::commit_batch`) refuses as not the entry committed in its place.
+    db.execute("UPDATE audit SET hash = '\\x00' WHERE seq = 3", &[])
+        .unwrap();
+    let (_, offered) = append(1);
+    assert_eq!(offered.unwrap().hash, vec![0u8]);
+
+    // Twin: the tail deleted by hand (the trail cut back): the row before it is offered, on
+    // which the trail's chain refuses to go on.
+    db.execute("DELETE FROM audit WHERE seq = 4", &[]).unwrap();
+    let (rows, offered) = append(1);
+    assert_eq!(offered.unwrap().seq, 3);
+    assert_eq!(rows[0].seq, 4);
+
+    // Twin: another node appended beside this one: its row is offered, not this store's tail.
+    let beside = AuditRow {
+        seq: 5,
+        entry: b"{\"seq\":5}".to_vec(),
+        prev_hash: rows[0].hash.clone(),
+        hash: vec![5; 32],
+        mac: vec![5; 32],
+    };
+    store.append_audit(std::slice::from_ref(&beside)).unwrap();
+    let (rows, offered) = append(1);
+    assert_eq!(offered, Some(beside));
+    assert_eq!(rows[0].seq, 6);
+
+    // Twin: the tail's MAC alone edited by hand: the statement on the tail compares its
+    // place and hash, so the store's own tail is offered; `audit verify` finds the MAC.
+    db.execute("UPDATE audit SET mac = '\\x00' WHERE seq = 6", &[])
+        .unwrap();
+    let (_, offered) = append(1);
+    assert_eq!(offered.as_ref(), Some(&rows[0]));
+    assert_eq!(whole_trail(&store).len(), 7);
 }

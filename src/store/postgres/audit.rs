@@ -1,6 +1,9 @@
-//! The PostgreSQL store: the audit trail's rows. Appenders of every node take one advisory lock
-//! and chain on the stored tail (`append_chained`); sequence numbers are the primary key as well,
-//! so a row written beside the lock (`append_audit`) cannot take a number twice (`Exists`).
+//! The PostgreSQL store: the audit trail's rows. A store appends on the tail it appended last
+//! with one statement that checks, as it inserts, that this tail is still the stored one
+//! (`append_on_own_tail`); otherwise, under one advisory lock that appenders of every node take,
+//! on the stored tail (`append_chained`). Sequence numbers are the primary key, so a row written
+//! beside the lock (an appender on its own tail, `append_audit`) cannot take a number twice
+//! (`Exists`; under the lock, the tail is read again).
 
 use super::*;
 
@@ -43,6 +46,101 @@ fn insert_rows(tx: &mut Tx<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Inserts audit rows on `tail` in one statement that commits by itself, when `tail` is still
+/// the stored tail: `Some(true)` when they were stored, `Some(false)` when the tail is another
+/// (nothing stored), `None` when another appender took a number first.
+const APPEND_ON_TAIL: &str = "WITH appended AS (
+        INSERT INTO audit (seq, entry, prev_hash, hash, mac)
+        SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[], $3::BYTEA[], $4::BYTEA[], $5::BYTEA[])
+        WHERE (SELECT (seq, hash) = ($6, $7) FROM audit ORDER BY seq DESC LIMIT 1)
+        RETURNING 1
+     )
+     SELECT count(*) / CASE WHEN count(*) IN (0, $8) THEN 1 ELSE 0 END FROM appended";
+
+impl PgStore {
+    /// Appends on the tail this store appended last, when that is still the stored tail, with
+    /// one statement that commits by itself: one round trip where `append_chained` under the
+    /// lock takes five (begin, lock, tail, insert, commit). The statement stores the rows only
+    /// while the row in the tail's place carries the tail's hash and no row follows it, and
+    /// the primary key keeps a number from being taken twice (an appender under the lock that
+    /// read the same tail, or one of another node on its own tail: whichever inserts second
+    /// fails, and nothing of its statement is stored). `None` when this store has no such tail
+    /// or the stored tail is another (another node appended, or the trail was edited): the
+    /// caller then appends under the lock on the tail as stored, which `chain` checks as
+    /// before.
+    fn append_on_own_tail(
+        &self,
+        chain: &mut crate::store::Chain<'_>,
+    ) -> Result<Option<Vec<AuditRow>>, StoreError> {
+        let Some(tail) = self.own_tail.lock().ok().and_then(|mut t| t.take()) else {
+            return Ok(None);
+        };
+        let Ok(rows) = chain(Some(&tail)) else {
+            return Ok(None);
+        };
+        let Some(first) = rows.first() else {
+            self.remember_tail(std::slice::from_ref(&tail));
+            return Ok(Some(rows));
+        };
+        if first.seq != tail.seq + 1 {
+            return Ok(None);
+        }
+        let seqs = rows
+            .iter()
+            .map(|r| big(r.seq))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let column = |f: fn(&AuditRow) -> &[u8]| rows.iter().map(f).collect::<Vec<&[u8]>>();
+        let (entries, prev_hashes, hashes, macs) = (
+            column(|r| &r.entry),
+            column(|r| &r.prev_hash),
+            column(|r| &r.hash),
+            column(|r| &r.mac),
+        );
+        let (tail_seq, count) = (
+            big(tail.seq)?,
+            big(u64::try_from(rows.len()).unwrap_or(u64::MAX))?,
+        );
+        let stored = self.read_one(|tx| {
+            let s = tx.statement(APPEND_ON_TAIL)?;
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &seqs,
+                &entries,
+                &prev_hashes,
+                &hashes,
+                &macs,
+                &tail_seq,
+                &tail.hash,
+                &count,
+            ];
+            match tx.tx.query_one(&s, &params) {
+                Ok(row) => Ok(Some(row.try_get::<_, i64>(0).map_err(db)? == count)),
+                // Another appender took a number first; or (division by zero) the database
+                // dropped some of the rows, and the statement stored none: under the lock,
+                // `insert_rows` says so.
+                Err(e)
+                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                        || e.code() == Some(&SqlState::DIVISION_BY_ZERO) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(db(e)),
+            }
+        })?;
+        if stored != Some(true) {
+            return Ok(None);
+        }
+        self.remember_tail(&rows);
+        Ok(Some(rows))
+    }
+
+    /// Keeps the last row this store appended, for the next append on it.
+    fn remember_tail(&self, rows: &[AuditRow]) {
+        if let (Some(last), Ok(mut tail)) = (rows.last(), self.own_tail.lock()) {
+            *tail = Some(last.clone());
+        }
+    }
+}
+
 impl AuditStore for PgStore {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
         self.write(|tx| insert_rows(tx, rows))
@@ -52,7 +150,10 @@ impl AuditStore for PgStore {
         &self,
         chain: &mut crate::store::Chain<'_>,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        self.write_guarded(|tx| {
+        if let Some(rows) = self.append_on_own_tail(chain)? {
+            return Ok(rows);
+        }
+        let rows = self.write_guarded(|tx| {
             // One appender at a time across all nodes, until this transaction ends.
             tx.exec("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])?;
             let tail = tx
@@ -63,9 +164,15 @@ impl AuditStore for PgStore {
                 .map(|r| audit_from_row(&r))
                 .transpose()?;
             let rows = chain(tail.as_ref())?;
-            insert_rows(tx, &rows)?;
-            Ok(rows)
-        })
+            match insert_rows(tx, &rows) {
+                // An appender on its own tail (`append_on_own_tail`) does not take the lock:
+                // it took the number first. Read the tail again.
+                Err(StoreError::Exists(_)) => Err(StoreError::Retry),
+                other => other.map(|()| rows),
+            }
+        })?;
+        self.remember_tail(&rows);
+        Ok(rows)
     }
 
     fn audit_tail(&self) -> Result<Option<AuditRow>, StoreError> {

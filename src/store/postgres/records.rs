@@ -777,8 +777,7 @@ fn insert_record_in(
     // three. Each part runs after the one before it (it reads what that one stored), and what
     // each stored is counted, so that a row the database dropped (a trigger someone added)
     // fails the write as `Tx::insert` does.
-    let labels =
-        serde_json::to_string(&record.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+    let as_stored = super::stored_as(record)?;
     let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
     let categories: Vec<&str> = fields.iter().map(|f| f.category.as_str()).collect();
     let kinds: Vec<&str> = fields.iter().map(|f| f.kind.as_str()).collect();
@@ -794,38 +793,28 @@ fn insert_record_in(
     let tag_versions: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.version)).collect();
     let tag_bits: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.bits)).collect();
     let tags: Vec<i64> = tagged.iter().map(|(_, t)| t.tag).collect();
-    let stored = tx.insert_returning(
-        &INSERT_RECORD_WITH_FIELDS,
-        &[
-            &record.id,
-            &record.subject,
-            &record.purpose.as_str(),
-            &labels,
-            &record.created_at,
-            &record.updated_at,
-            &record.closed_at,
-            &record.expires_at,
-            &record.mac,
-            &record.fields_mac,
-            &names,
-            &categories,
-            &kinds,
-            &key_gens,
-            &sealed,
-            &macs,
-            &versions,
-            &tag_fields,
-            &tag_versions,
-            &tag_bits,
-            &tags,
-        ],
-        |table| match (table, names.as_slice()) {
+    let mut params = super::record_params(record, &as_stored).to_vec();
+    params.extend_from_slice(&[
+        &names as &(dyn ToSql + Sync),
+        &categories,
+        &kinds,
+        &key_gens,
+        &sealed,
+        &macs,
+        &versions,
+        &tag_fields,
+        &tag_versions,
+        &tag_bits,
+        &tags,
+    ]);
+    let stored = tx.insert_returning(&INSERT_RECORD_WITH_FIELDS, &params, |table| {
+        match (table, names.as_slice()) {
             ("records", _) => Some(format!("record `{}`", record.id)),
             ("fields", [one]) => Some(format!("field `{one}`")),
             ("fields", _) => Some(format!("a field of `{}`", names.join("`, `"))),
             _ => None,
-        },
-    )?;
+        }
+    })?;
     let counts = [
         get::<i64>(&stored, 0)?,
         get::<i64>(&stored, 1)?,
