@@ -556,6 +556,12 @@ impl Vault {
                 "token `{token_id}` is not waiting for approval"
             )));
         }
+        // Approving it would answer as if it now worked, and it authenticates nobody.
+        if row.expires_at <= now_unix() {
+            return Err(VaultError::FailedPrecondition(format!(
+                "token `{token_id}` expired while it waited for approval; issue a new one"
+            )));
+        }
         let same = |p: &Option<String>| {
             p.as_deref()
                 .and_then(|p| PrincipalId::parse("p", p).ok())

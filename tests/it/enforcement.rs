@@ -2229,6 +2229,57 @@ async fn a_data_token_waits_for_a_privacy_officer_who_is_not_issuer_or_holder() 
     server.stop().await;
 }
 
+/// A data token that expired before anyone approved it is not approved: the approver is told
+/// to have a new one issued, the token still authenticates nobody, and the refusal is on the
+/// trail.
+#[tokio::test]
+async fn a_token_that_expired_while_pending_is_not_approved() {
+    let server = TestServer::start().await;
+    let s = &server;
+    let mut admin = s.admin().await;
+    let pending = admin
+        .issue_token(req(
+            s.token(Role::SecurityOfficer),
+            pb::IssueTokenRequest {
+                ttl_seconds: 1,
+                ..issue_request("emp-late", &["nuisance-officer"], "")
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pending.pending_approval);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let refusals = audited(s, "token-approve", "deny");
+    let id = pending.token_id.as_str();
+    let cases = vec![
+        case(
+            "a privacy officer approves the expired token",
+            Code::FailedPrecondition,
+            approve_as(s, s.token(Role::PrivacyOfficer), id),
+        )
+        .names(&["expired", "issue a new one", id]),
+        case(
+            "the expired token",
+            Code::Unauthenticated,
+            who_am_i(s, &pending.token),
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|c| c.hides(&[pending.token.as_str()]))
+        .collect();
+    run_table("expired while pending", cases).await;
+    assert_eq!(audited(s, "token-approve", "deny"), refusals + 1);
+    assert!(
+        !audit_entries(s)
+            .iter()
+            .any(|e| e["action"] == "token-approve" && e["decision"] == "allow"),
+        "no approval is on the trail"
+    );
+    server.stop().await;
+}
+
 // --------------------------------------------------------------- 4. closed vocabularies --
 
 /// A channel is one of a closed list: another spelling of `social-media` (or a channel nobody
