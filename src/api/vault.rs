@@ -155,10 +155,8 @@ fn read_batch(mut download: Download) -> DownloadBatch {
         match download.next_chunk() {
             // The opened piece is moved into the message, not copied: the message's bytes are
             // not wiped either way (THREAT_MODEL.md, "Plaintext copies that remain").
-            Ok(Some(mut chunk)) => batch.push(Ok(pb::EvidenceData {
-                part: Some(pb::evidence_data::Part::Data(bytes::Bytes::from(
-                    std::mem::take(&mut *chunk),
-                ))),
+            Ok(Some(piece)) => batch.push(Ok(pb::EvidenceData {
+                part: Some(pb::evidence_data::Part::Data(piece.into_bytes())),
             })),
             Ok(None) => return (None, batch),
             Err(e) => {

@@ -22,7 +22,7 @@
 
 use aes_gcm::{
     Aes256Gcm,
-    aead::{Aead, KeyInit, Payload},
+    aead::{AeadInPlace, KeyInit},
 };
 use chacha20poly1305::XChaCha20Poly1305;
 use hkdf::Hkdf;
@@ -146,33 +146,40 @@ impl FileKey {
         self.key_ref
     }
 
-    /// Seals segment `index` (`last` for the final one).
+    /// Seals segment `index` (`last` for the final one): the header, then the plaintext
+    /// encrypted where it was copied in, then the tag (one copy of the plaintext, which the
+    /// encryption overwrites).
     pub fn seal_segment(
         &self,
         index: u32,
         last: bool,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN));
         out.push(FORMAT);
         out.push(self.algorithm.id());
         out.extend_from_slice(&self.key_ref.to_be_bytes());
+        out.extend_from_slice(plaintext);
         let nonce = self.nonce(index, last);
-        let payload = Payload {
-            msg: plaintext,
-            aad: &out,
-        };
-        let ciphertext = match self.algorithm {
-            Algorithm::Aes256Gcm => Aes256Gcm::new(self.key.as_ref().into()).encrypt(
-                aes_gcm::Nonce::from_slice(nonce.get(..12).unwrap_or(&[])),
-                payload,
-            ),
+        let (head, body) = out.split_at_mut(HEADER_LEN);
+        let tag = match self.algorithm {
+            Algorithm::Aes256Gcm => Aes256Gcm::new(self.key.as_ref().into())
+                .encrypt_in_place_detached(
+                    aes_gcm::Nonce::from_slice(nonce.get(..12).unwrap_or(&[])),
+                    head,
+                    body,
+                ),
             Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(self.key.as_ref().into())
-                .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
+                .encrypt_in_place_detached(
+                    chacha20poly1305::XNonce::from_slice(&nonce),
+                    head,
+                    body,
+                ),
         }
         .map_err(|_| CryptoError::Seal)?;
-        out.extend_from_slice(&ciphertext);
-        Ok(out)
+        out.extend_from_slice(&tag);
+        // Sealed: nothing left to wipe.
+        Ok(std::mem::take(&mut *out))
     }
 
     /// Opens segment `index` (`last` for the final one). Any failure is `CryptoError::Open`.
@@ -182,28 +189,53 @@ impl FileKey {
         last: bool,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let plain = self.open_segment_in_place(index, last, &mut buf)?;
+        buf.truncate(plain.end);
+        buf.drain(..plain.start);
+        Ok(buf)
+    }
+
+    /// Opens segment `index` (`last` for the final one) where it lies: `sealed` then holds
+    /// the plaintext at the range returned (between the header and the tag), and nothing is
+    /// copied. Any failure is `CryptoError::Open`, and leaves the ciphertext unchanged (the
+    /// tag is checked before anything is decrypted).
+    pub fn open_segment_in_place(
+        &self,
+        index: u32,
+        last: bool,
+        sealed: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, CryptoError> {
         let header = SegmentHeader::parse(sealed).map_err(|_| CryptoError::Open)?;
         if header.algorithm != self.algorithm || header.key_ref != self.key_ref {
             return Err(CryptoError::Open);
         }
-        let (head, body) = sealed
-            .split_at_checked(HEADER_LEN)
+        let end = sealed
+            .len()
+            .checked_sub(TAG_LEN)
+            .filter(|&end| end >= HEADER_LEN)
             .ok_or(CryptoError::Open)?;
+        let (rest, tag) = sealed.split_at_mut(end);
+        let (head, body) = rest.split_at_mut(HEADER_LEN);
         let nonce = self.nonce(index, last);
-        let payload = Payload {
-            msg: body,
-            aad: head,
-        };
-        let plaintext = match self.algorithm {
-            Algorithm::Aes256Gcm => Aes256Gcm::new(self.key.as_ref().into()).decrypt(
-                aes_gcm::Nonce::from_slice(nonce.get(..12).unwrap_or(&[])),
-                payload,
-            ),
+        match self.algorithm {
+            Algorithm::Aes256Gcm => Aes256Gcm::new(self.key.as_ref().into())
+                .decrypt_in_place_detached(
+                    aes_gcm::Nonce::from_slice(nonce.get(..12).unwrap_or(&[])),
+                    head,
+                    body,
+                    aes_gcm::Tag::from_slice(tag),
+                ),
             Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(self.key.as_ref().into())
-                .decrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
+                .decrypt_in_place_detached(
+                    chacha20poly1305::XNonce::from_slice(&nonce),
+                    head,
+                    body,
+                    chacha20poly1305::Tag::from_slice(tag),
+                ),
         }
         .map_err(|_| CryptoError::Open)?;
-        Ok(Zeroizing::new(plaintext))
+        Ok(HEADER_LEN..end)
     }
 
     /// The nonce of segment `index`: the prefix (7 or 19 bytes), the index and the last flag. The
@@ -258,6 +290,64 @@ mod tests {
             assert!(k.open_segment(0, true, &s0).is_err());
             assert!(k.open_segment(1, false, &s1).is_err());
             assert!(k.open_segment(0, false, &s1).is_err());
+        }
+    }
+
+    #[test]
+    fn a_segment_opened_where_it_lies_keeps_its_ciphertext_when_it_fails() {
+        for alg in both() {
+            let k = key(alg, &new_salt(), b"f");
+            let text = b"letter from the neighbours";
+            let sealed = k.seal_segment(2, true, text).unwrap();
+            let mut buf = sealed.clone();
+            let range = k.open_segment_in_place(2, true, &mut buf).unwrap();
+            assert_eq!(range, HEADER_LEN..sealed.len() - TAG_LEN);
+            assert_eq!(&buf[range], text);
+            // The twin: every flipped byte fails, and leaves the bytes as they were: nothing
+            // that did not authenticate was decrypted.
+            for i in 0..sealed.len() {
+                let mut bad = sealed.clone();
+                bad[i] ^= 0x80;
+                let before = bad.clone();
+                assert!(
+                    k.open_segment_in_place(2, true, &mut bad).is_err(),
+                    "byte {i}"
+                );
+                assert_eq!(bad, before, "byte {i}");
+            }
+            for len in 0..sealed.len() {
+                let mut short = sealed[..len].to_vec();
+                assert!(k.open_segment_in_place(2, true, &mut short).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_segment_is_sealed_as_the_aead_seals_a_whole_message() {
+        use aes_gcm::aead::{Aead, Payload};
+        // Segments stored before sealing went in place open as before: the header, then the
+        // AEAD's ciphertext and tag as its one-shot `encrypt` gives them.
+        for alg in both() {
+            let k = key(alg, &new_salt(), b"f");
+            let sealed = k.seal_segment(5, false, b"photo of the stairwell").unwrap();
+            let nonce = k.nonce(5, false);
+            let payload = Payload {
+                msg: b"photo of the stairwell",
+                aad: &sealed[..HEADER_LEN],
+            };
+            let whole = match alg {
+                Algorithm::Aes256Gcm => Aes256Gcm::new(k.key.as_ref().into())
+                    .encrypt(aes_gcm::Nonce::from_slice(&nonce[..12]), payload),
+                Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(k.key.as_ref().into())
+                    .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
+            }
+            .unwrap();
+            assert_eq!(&sealed[HEADER_LEN..], whole.as_slice());
+            // The twin: another segment's number gives other bytes.
+            assert_ne!(
+                k.seal_segment(6, false, b"photo of the stairwell").unwrap(),
+                sealed
+            );
         }
     }
 

@@ -993,7 +993,29 @@ pub struct Download {
     next: u64,
     end: u64,
     checked_last: bool,
-    last: Option<Zeroizing<Vec<u8>>>,
+    last: Option<Piece>,
+}
+
+/// A piece of an evidence file as opened: the plaintext at `range` of `buf`, which holds the
+/// segment as it was read and opened where it lay (its header and tag around the plaintext,
+/// or a part of a segment copied out).
+pub struct Piece {
+    buf: Zeroizing<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+impl Piece {
+    /// The plaintext.
+    pub fn as_slice(&self) -> &[u8] {
+        self.buf.get(self.range.clone()).unwrap_or_default()
+    }
+
+    /// The plaintext as `Bytes`, for a message, without copying it. `Bytes` does not wipe what
+    /// it holds (THREAT_MODEL.md, "Plaintext copies that remain").
+    pub fn into_bytes(mut self) -> bytes::Bytes {
+        let range = self.range.clone();
+        bytes::Bytes::from(std::mem::take(&mut *self.buf)).slice(range)
+    }
 }
 
 impl fmt::Debug for Download {
@@ -1008,7 +1030,7 @@ impl fmt::Debug for Download {
 
 impl Download {
     /// The next piece of the requested range (at most one segment), or `None` at its end.
-    pub fn next_chunk(&mut self) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+    pub fn next_chunk(&mut self) -> Result<Option<Piece>, VaultError> {
         let count = stream::segment_count(self.evidence.size);
         let last_index = count - 1;
         let seg = SEGMENT_SIZE as u64;
@@ -1033,16 +1055,19 @@ impl Download {
         let seg_start = index * seg;
         let from = usize::try_from(self.next - seg_start).unwrap_or(usize::MAX);
         let to = usize::try_from(self.end.min(seg_start + seg) - seg_start).unwrap_or(usize::MAX);
-        // A whole segment is handed on as opened; a part of one is copied out.
-        let piece = if from == 0 && to == plain.len() {
+        // A whole segment is handed on as opened; a part of one is copied out, so that no
+        // more of the file than was asked for stays in the message's memory.
+        let piece = if from == 0 && to == plain.range.len() {
             plain
         } else {
-            Zeroizing::new(
-                plain
-                    .get(from..to)
-                    .ok_or_else(|| self.damaged(index))?
-                    .to_vec(),
-            )
+            let part = plain
+                .as_slice()
+                .get(from..to)
+                .ok_or_else(|| self.damaged(index))?;
+            Piece {
+                buf: Zeroizing::new(part.to_vec()),
+                range: 0..part.len(),
+            }
         };
         self.next = seg_start + to as u64;
         Ok(Some(piece))
@@ -1055,8 +1080,8 @@ impl Download {
         ))
     }
 
-    /// Reads, opens and checks segment `index`.
-    fn open(&mut self, index: u64) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    /// Reads, opens (where it was read into) and checks segment `index`.
+    fn open(&mut self, index: u64) -> Result<Piece, VaultError> {
         if self.grant.record() != self.evidence.record_id
             || self.grant.field() != self.evidence.name
         {
@@ -1081,13 +1106,14 @@ impl Download {
             let Some(key) = self.file_key(header.key_ref, header.algorithm)? else {
                 continue;
             };
-            let plain = key
-                .open_segment(idx, index + 1 == count, &row.sealed)
+            let mut buf = Zeroizing::new(row.sealed);
+            let range = key
+                .open_segment_in_place(idx, index + 1 == count, &mut buf)
                 .map_err(|_| self.damaged(index))?;
-            if plain.len() != expected_len {
+            if range.len() != expected_len {
                 return Err(self.damaged(index));
             }
-            return Ok(plain);
+            return Ok(Piece { buf, range });
         }
         Err(VaultError::DataLoss(format!(
             "the subject key of evidence `{}`",
