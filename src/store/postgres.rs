@@ -623,8 +623,8 @@ impl PgStore {
         })
     }
 
-    /// Runs `f`, which reads with one statement, without a transaction of its own: one round
-    /// trip instead of three.
+    /// Runs `f`, which runs one statement (a read, or the trail's append on its own tail), without
+    /// a transaction of its own: one round trip instead of three.
     fn read_one<T>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,

@@ -556,11 +556,13 @@ impl Vault {
                 "token `{token_id}` is not waiting for approval"
             )));
         }
-        // Approving it would answer as if it now worked, and it authenticates nobody.
-        if row.expires_at <= now_unix() {
-            return Err(VaultError::FailedPrecondition(format!(
-                "token `{token_id}` expired while it waited for approval; issue a new one"
-            )));
+        // Approving it would answer as if it now worked, and it authenticates nobody. Checked
+        // again once the entry is committed, as the approval is made.
+        let expired =
+            || format!("token `{token_id}` expired while it waited for approval; issue a new one");
+        let expires_at = row.expires_at;
+        if expires_at <= now_unix() {
+            return event.refuse(expired());
         }
         let same = |p: &Option<String>| {
             p.as_deref()
@@ -600,6 +602,9 @@ impl Vault {
                     ..approved
                 },
                 || {
+                    if expires_at <= now_unix() {
+                        return Err(VaultError::FailedPrecondition(expired()));
+                    }
                     if self
                         .store
                         .approve_token(token_id, actor.id.as_str(), now, &mac)?

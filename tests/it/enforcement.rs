@@ -2271,6 +2271,14 @@ async fn a_token_that_expired_while_pending_is_not_approved() {
         .collect();
     run_table("expired while pending", cases).await;
     assert_eq!(audited(s, "token-approve", "deny"), refusals + 1);
+    // The trail says why.
+    assert!(audit_entries(s).iter().any(|e| {
+        e["action"] == "token-approve"
+            && e["decision"] == "deny"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("expired while it waited"))
+    }));
     assert!(
         !audit_entries(s)
             .iter()

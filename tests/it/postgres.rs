@@ -497,3 +497,88 @@ fn an_appender_takes_the_stored_tail_when_its_own_is_no_longer_it() {
     assert_eq!(offered.as_ref(), Some(&rows[0]));
     assert_eq!(whole_trail(&store).len(), 7);
 }
+
+#[test]
+fn an_append_that_meets_a_number_taken_beside_it_goes_on_the_stored_tail() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let store = PgStore::connect(&url).unwrap();
+    let mut offered = Vec::new();
+    let first = store
+        .append_chained(&mut chain_of(0, 1, &mut offered))
+        .unwrap();
+    // Another node's appender inserts entry 2 and has not committed yet.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut other = db.transaction().unwrap();
+    let mut beside = chain_of(1, 1, &mut Vec::new())(first.last()).unwrap();
+    let beside = beside.remove(0);
+    other
+        .execute(
+            "INSERT INTO audit (seq, entry, prev_hash, hash, mac) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &(beside.seq as i64),
+                &beside.entry,
+                &beside.prev_hash,
+                &beside.hash,
+                &beside.mac,
+            ],
+        )
+        .unwrap();
+    let (rows, offered) = std::thread::scope(|s| {
+        let append = s.spawn(|| {
+            let mut offered = Vec::new();
+            let rows = store
+                .append_chained(&mut chain_of(0, 2, &mut offered))
+                .unwrap();
+            (rows, offered)
+        });
+        // The append on its own tail waits on the number the other took, then fails whole.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        other.commit().unwrap();
+        append.join().unwrap()
+    });
+    assert_eq!(
+        offered,
+        vec![first.last().cloned(), Some(beside.clone())],
+        "first its own tail, then the tail as stored"
+    );
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    let trail = whole_trail(&store);
+    assert_eq!(trail.len(), 4);
+    assert_eq!(trail[1], beside);
+    assert_eq!(trail[2].prev_hash, beside.hash);
+}
+
+#[test]
+fn a_batch_the_database_cuts_short_is_stored_whole_or_not_at_all() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let store = PgStore::connect(&url).unwrap();
+    let first = store
+        .append_chained(&mut chain_of(0, 1, &mut Vec::new()))
+        .unwrap();
+    // A trigger someone added drops entry 3 of the next batch (2 to 4).
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    db.batch_execute(
+        "CREATE FUNCTION drop_three() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN IF NEW.seq = 3 THEN RETURN NULL; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER drop_three BEFORE INSERT ON audit
+             FOR EACH ROW EXECUTE FUNCTION drop_three();",
+    )
+    .unwrap();
+    let mut offered = Vec::new();
+    let e = store
+        .append_chained(&mut chain_of(0, 3, &mut offered))
+        .unwrap_err();
+    assert!(e.to_string().contains("2 audit rows stored of 3"), "{e}");
+    // Tried on its own tail, then under the lock on the tail as stored; nothing stored.
+    assert_eq!(offered, vec![first.last().cloned(), first.last().cloned()]);
+    assert_eq!(whole_trail(&store), first);
+    // The twin: without the trigger the same batch is stored whole.
+    db.batch_execute("DROP TRIGGER drop_three ON audit")
+        .unwrap();
+    let rows = store
+        .append_chained(&mut chain_of(0, 3, &mut Vec::new()))
+        .unwrap();
+    assert_eq!(whole_trail(&store).len(), 1 + rows.len());
+}

@@ -46,13 +46,17 @@ fn insert_rows(tx: &mut Tx<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Inserts audit rows on `tail` in one statement that commits by itself, when `tail` is still
-/// the stored tail: `Some(true)` when they were stored, `Some(false)` when the tail is another
-/// (nothing stored), `None` when another appender took a number first.
+/// Inserts audit rows on the tail `$6`/`$7` in one statement that commits by itself, when the
+/// trail's lock (`$9`) is free and that tail is still the stored tail: the count of rows
+/// stored, 0 when the lock is held or the tail is another. A division by zero when some rows
+/// were dropped (a trigger), which undoes the statement. Both conditions are uncorrelated
+/// subqueries, evaluated once: the lock, once taken, is held until the statement commits, so
+/// an appender under the lock does not meet a number taken beside it.
 const APPEND_ON_TAIL: &str = "WITH appended AS (
         INSERT INTO audit (seq, entry, prev_hash, hash, mac)
         SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[], $3::BYTEA[], $4::BYTEA[], $5::BYTEA[])
-        WHERE (SELECT (seq, hash) = ($6, $7) FROM audit ORDER BY seq DESC LIMIT 1)
+        WHERE (SELECT pg_try_advisory_xact_lock($9))
+          AND (SELECT (seq, hash) = ($6, $7) FROM audit ORDER BY seq DESC LIMIT 1)
         RETURNING 1
      )
      SELECT count(*) / CASE WHEN count(*) IN (0, $8) THEN 1 ELSE 0 END FROM appended";
@@ -61,10 +65,12 @@ impl PgStore {
     /// Appends on the tail this store appended last, when that is still the stored tail, with
     /// one statement that commits by itself: one round trip where `append_chained` under the
     /// lock takes five (begin, lock, tail, insert, commit). The statement stores the rows only
-    /// while the row in the tail's place carries the tail's hash and no row follows it, and
-    /// the primary key keeps a number from being taken twice (an appender under the lock that
-    /// read the same tail, or one of another node on its own tail: whichever inserts second
-    /// fails, and nothing of its statement is stored). `None` when this store has no such tail
+    /// while no appender holds the trail's lock (it takes it, without waiting, until it
+    /// commits) and the last row is the tail with its hash; the primary key keeps a number
+    /// from being taken twice (an appender of another node on its own tail that read the same
+    /// tail: whichever inserts second fails, and nothing of its statement is stored). Like a
+    /// commit, a statement whose connection is lost while it runs may have stored its rows:
+    /// the next append chains on them. `None` when this store has no such tail
     /// or the stored tail is another (another node appended, or the trail was edited): the
     /// caller then appends under the lock on the tail as stored, which `chain` checks as
     /// before.
@@ -102,7 +108,7 @@ impl PgStore {
         );
         let stored = self.read_one(|tx| {
             let s = tx.statement(APPEND_ON_TAIL)?;
-            let params: [&(dyn ToSql + Sync); 8] = [
+            let params: [&(dyn ToSql + Sync); 9] = [
                 &seqs,
                 &entries,
                 &prev_hashes,
@@ -111,15 +117,23 @@ impl PgStore {
                 &tail_seq,
                 &tail.hash,
                 &count,
+                &AUDIT_LOCK,
             ];
             match tx.tx.query_one(&s, &params) {
-                Ok(row) => Ok(Some(row.try_get::<_, i64>(0).map_err(db)? == count)),
-                // Another appender took a number first; or (division by zero) the database
-                // dropped some of the rows, and the statement stored none: under the lock,
-                // `insert_rows` says so.
+                Ok(row) => Ok(Some(get::<i64>(&row, 0)? == count)),
+                // Another appender took a number first (reported as a conflict of transactions
+                // where the database runs statements `SERIALIZABLE` by default); or (division
+                // by zero) the database dropped some of the rows, and the statement stored
+                // none: under the lock, `insert_rows` says so.
                 Err(e)
-                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-                        || e.code() == Some(&SqlState::DIVISION_BY_ZERO) =>
+                    if [
+                        SqlState::UNIQUE_VIOLATION,
+                        SqlState::T_R_SERIALIZATION_FAILURE,
+                        SqlState::T_R_DEADLOCK_DETECTED,
+                        SqlState::DIVISION_BY_ZERO,
+                    ]
+                    .iter()
+                    .any(|c| e.code() == Some(c)) =>
                 {
                     Ok(None)
                 }
