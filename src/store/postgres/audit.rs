@@ -10,6 +10,46 @@ use super::*;
 /// The advisory lock key appenders of the trail take ("audit" in ASCII).
 const AUDIT_LOCK: i64 = 0x0061_7564_6974;
 
+/// The rows of a batch as the arrays `$1` to `$5` of `AUDIT_ROWS` take them.
+struct Columns<'a> {
+    seqs: Vec<i64>,
+    entries: Vec<&'a [u8]>,
+    prev_hashes: Vec<&'a [u8]>,
+    hashes: Vec<&'a [u8]>,
+    macs: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &'a [AuditRow]) -> Result<Self, StoreError> {
+        let column = |f: fn(&AuditRow) -> &[u8]| rows.iter().map(f).collect::<Vec<&[u8]>>();
+        Ok(Self {
+            seqs: rows
+                .iter()
+                .map(|r| big(r.seq))
+                .collect::<Result<Vec<i64>, _>>()?,
+            entries: column(|r| &r.entry),
+            prev_hashes: column(|r| &r.prev_hash),
+            hashes: column(|r| &r.hash),
+            macs: column(|r| &r.mac),
+        })
+    }
+
+    /// The parameters `$1` to `$5`.
+    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.seqs,
+            &self.entries,
+            &self.prev_hashes,
+            &self.hashes,
+            &self.macs,
+        ]
+    }
+}
+
+/// The rows of a batch from the arrays `$1` to `$5` (`Columns`), in `AUDIT_COLUMNS` order.
+const AUDIT_ROWS: &str =
+    "SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[], $3::BYTEA[], $4::BYTEA[], $5::BYTEA[])";
+
 /// Inserts audit rows, all in one statement (one round trip, however large the batch: the
 /// appenders of every node wait on the trail's lock while it runs); `Exists` when a sequence
 /// number is taken.
@@ -17,21 +57,10 @@ fn insert_rows(tx: &mut Tx<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Ok(());
     };
-    let seqs = rows
-        .iter()
-        .map(|r| big(r.seq))
-        .collect::<Result<Vec<i64>, _>>()?;
-    let column = |f: fn(&AuditRow) -> &[u8]| rows.iter().map(f).collect::<Vec<&[u8]>>();
-    let entries = column(|r| &r.entry);
-    let prev_hashes = column(|r| &r.prev_hash);
-    let hashes = column(|r| &r.hash);
-    let macs = column(|r| &r.mac);
+    let columns = Columns::of(rows)?;
     let inserted = tx.insert(
-        &format!(
-            "INSERT INTO audit ({AUDIT_COLUMNS})
-             SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[], $3::BYTEA[], $4::BYTEA[], $5::BYTEA[])"
-        ),
-        &[&seqs, &entries, &prev_hashes, &hashes, &macs],
+        &format!("INSERT INTO audit ({AUDIT_COLUMNS}) {AUDIT_ROWS}"),
+        &columns.params(),
         || match rows.len() {
             1 => format!("audit entry {}", first.seq),
             _ => format!("audit entries {} to {}", first.seq, last.seq),
@@ -52,14 +81,17 @@ fn insert_rows(tx: &mut Tx<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
 /// were dropped (a trigger), which undoes the statement. Both conditions are uncorrelated
 /// subqueries, evaluated once: the lock, once taken, is held until the statement commits, so
 /// an appender under the lock does not meet a number taken beside it.
-const APPEND_ON_TAIL: &str = "WITH appended AS (
-        INSERT INTO audit (seq, entry, prev_hash, hash, mac)
-        SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[], $3::BYTEA[], $4::BYTEA[], $5::BYTEA[])
-        WHERE (SELECT pg_try_advisory_xact_lock($9))
-          AND (SELECT (seq, hash) = ($6, $7) FROM audit ORDER BY seq DESC LIMIT 1)
-        RETURNING 1
-     )
-     SELECT count(*) / CASE WHEN count(*) IN (0, $8) THEN 1 ELSE 0 END FROM appended";
+static APPEND_ON_TAIL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH appended AS (
+             INSERT INTO audit ({AUDIT_COLUMNS}) {AUDIT_ROWS}
+             WHERE (SELECT pg_try_advisory_xact_lock($9))
+               AND (SELECT (seq, hash) = ($6, $7) FROM audit ORDER BY seq DESC LIMIT 1)
+             RETURNING 1
+         )
+         SELECT count(*) / CASE WHEN count(*) IN (0, $8) THEN 1 ELSE 0 END FROM appended"
+    )
+});
 
 impl PgStore {
     /// Appends on the tail this store appended last, when that is still the stored tail, with
@@ -91,34 +123,20 @@ impl PgStore {
         if first.seq != tail.seq + 1 {
             return Ok(None);
         }
-        let seqs = rows
-            .iter()
-            .map(|r| big(r.seq))
-            .collect::<Result<Vec<i64>, _>>()?;
-        let column = |f: fn(&AuditRow) -> &[u8]| rows.iter().map(f).collect::<Vec<&[u8]>>();
-        let (entries, prev_hashes, hashes, macs) = (
-            column(|r| &r.entry),
-            column(|r| &r.prev_hash),
-            column(|r| &r.hash),
-            column(|r| &r.mac),
-        );
+        let columns = Columns::of(&rows)?;
         let (tail_seq, count) = (
             big(tail.seq)?,
             big(u64::try_from(rows.len()).unwrap_or(u64::MAX))?,
         );
         let stored = self.read_one(|tx| {
-            let s = tx.statement(APPEND_ON_TAIL)?;
-            let params: [&(dyn ToSql + Sync); 9] = [
-                &seqs,
-                &entries,
-                &prev_hashes,
-                &hashes,
-                &macs,
-                &tail_seq,
+            let s = tx.statement(&APPEND_ON_TAIL)?;
+            let mut params = columns.params().to_vec();
+            params.extend_from_slice(&[
+                &tail_seq as &(dyn ToSql + Sync),
                 &tail.hash,
                 &count,
                 &AUDIT_LOCK,
-            ];
+            ]);
             match tx.tx.query_one(&s, &params) {
                 Ok(row) => Ok(Some(get::<i64>(&row, 0)? == count)),
                 // Another appender took a number first (reported as a conflict of transactions
