@@ -1347,7 +1347,9 @@ fn commit_batch(
         read_at_open,
         ..
     } = committed.get();
-    let mut chain = |stored: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
+    let mut chain = |stored: Option<&AuditRow>,
+                     hash_at: &mut crate::store::HashAt<'_>|
+     -> Result<Vec<AuditRow>, StoreError> {
         let behind = |seq: u64| {
             StoreError::Corrupt(format!(
                 "the audit trail ends at entry {seq}, before entry {known} this node \
@@ -1386,6 +1388,20 @@ fn commit_batch(
                          text does not match its hash: the trail was edited, or lost entries \
                          this node committed)",
                         row.seq
+                    )));
+                }
+                // A tail past it (another node's, on a shared store) is chained on the entry
+                // this process committed last, which must still be in its place with its hash:
+                // otherwise another node's appends, and then this one's, would cover a row
+                // deleted or replaced under it.
+                if row.seq > known
+                    && known > 0
+                    && hash_at(known)?.as_deref() != Some(known_hash.as_slice())
+                {
+                    return Err(StoreError::Corrupt(format!(
+                        "audit entry {known} (the last this node committed is missing or not \
+                         the entry committed in its place: the trail was edited under later \
+                         entries)"
                     )));
                 }
                 (row.seq, hash)

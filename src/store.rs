@@ -681,8 +681,15 @@ pub(crate) fn qualified(columns: &str, alias: &str) -> String {
         .join(", ")
 }
 
-/// Builds the audit rows of a batch on the stored tail (`None`: the trail is empty).
-pub type Chain<'a> = dyn FnMut(Option<&AuditRow>) -> Result<Vec<AuditRow>, StoreError> + 'a;
+/// Builds the audit rows of a batch on the stored tail (`None`: the trail is empty). It may
+/// look up the hash of an earlier entry with the second argument, which reads it in the
+/// transaction that appends.
+pub type Chain<'a> =
+    dyn FnMut(Option<&AuditRow>, &mut HashAt<'_>) -> Result<Vec<AuditRow>, StoreError> + 'a;
+
+/// The hash of the stored audit entry at a sequence number (`None`: there is none), read in
+/// the transaction that appends.
+pub type HashAt<'a> = dyn FnMut(u64) -> Result<Option<Vec<u8>>, StoreError> + 'a;
 
 /// A record write that can go in the transaction appending its audit entry
 /// (`AuditStore::append_chained_writing`), so that a write and its entry share one commit.

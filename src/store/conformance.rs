@@ -7,8 +7,8 @@ use crate::domain::{Category, ConsentState, FieldKind, Purpose, RecipientKind, R
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, FieldMeta, FieldRow, FieldsMac,
-    HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RecordWrite, RequestRow,
-    RestrictionRow, Store, StoreError, SubjectKeyRow, TagRow, TokenRow,
+    HashAt, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RecordWrite,
+    RequestRow, RestrictionRow, Store, StoreError, SubjectKeyRow, TagRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -594,17 +594,19 @@ pub fn run_all(store: &dyn Store) {
             }],
         },
     ];
-    let mut refuse = |_: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
-        Err(StoreError::Corrupt("the tail".into()))
-    };
+    let mut refuse =
+        |_: Option<&AuditRow>, _: &mut HashAt<'_>| -> Result<Vec<AuditRow>, StoreError> {
+            Err(StoreError::Corrupt("the tail".into()))
+        };
     assert!(store.append_chained_writing(&mut refuse, &writes).is_err());
     assert_eq!(store.audit_tail().unwrap(), Some(entry(5)));
     assert!(store.record("rec_carried").unwrap().is_none());
     assert_eq!(store.subject_key("rel-carried", "nuisance").unwrap(), None);
-    let mut chain = |tail: Option<&AuditRow>| -> Result<Vec<AuditRow>, StoreError> {
-        assert_eq!(tail, Some(&entry(5)));
-        Ok(vec![entry(6)])
-    };
+    let mut chain =
+        |tail: Option<&AuditRow>, _: &mut HashAt<'_>| -> Result<Vec<AuditRow>, StoreError> {
+            assert_eq!(tail, Some(&entry(5)));
+            Ok(vec![entry(6)])
+        };
     let (rows, outcomes) = store.append_chained_writing(&mut chain, &writes).unwrap();
     assert_eq!(rows, vec![entry(6)]);
     assert_eq!(store.audit_tail().unwrap(), Some(entry(6)));

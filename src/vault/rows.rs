@@ -922,6 +922,9 @@ impl Vault {
             }
         }
         let tokens = self.store.tokens()?;
+        // The register as stored, read after the rows: a token changed on another node less
+        // than a poll ago is registered before its row is written, so it is not reported.
+        self.forget_token_register();
         let mut stale_tokens = Vec::new();
         for t in &tokens {
             let authentic = self.rows.is_authentic(t);

@@ -434,9 +434,13 @@ impl Vault {
                 // Unless a change of this token under way on this node (a revocation, an
                 // approval) registered its row and had not written it yet when this one was
                 // read: it holds the register's lock until it has, which `is_registered`
-                // waited for, so the row read again is the one it wrote.
+                // waited for, so the row read again is the one it wrote. Or another node
+                // changed the token (issued, approved, revoked it) less than a poll ago, and
+                // the register held here is behind: the row is checked again against the
+                // register as stored.
                 if !read_again {
                     read_again = true;
+                    self.forget_token_register();
                     continue;
                 }
                 tracing::error!(kind = "token", row = %row.id, "a token row is not the one kluis last wrote (an older copy put back?) and authenticates nobody; run `kluis admin store verify`");
@@ -541,8 +545,9 @@ impl Vault {
             self.rows.check(&row)?;
             // An older copy of the row put back (a revoked token as it was while pending) is
             // not the row kluis last wrote: approving it would bring it back. Unless a change
-            // under way on this node had registered its row and not written it yet (as in
-            // `authenticate`): read once more.
+            // under way on this node had registered its row and not written it yet, or another
+            // node changed the register less than a poll ago (as in `authenticate`): read
+            // both once more.
             if self.is_registered(&row)? {
                 break row;
             }
@@ -550,6 +555,7 @@ impl Vault {
                 return Err(VaultError::DataLoss(format!("stored token `{token_id}`")));
             }
             read_again = true;
+            self.forget_token_register();
         };
         if !row.is_pending() || row.revoked_at.is_some() {
             return Err(VaultError::FailedPrecondition(format!(
@@ -755,9 +761,11 @@ impl Vault {
         let now = now_unix();
         // A row written by hand is not listed as a credential (the check logs it; `kluis admin
         // store verify` names it).
-        let tokens: Vec<TokenRow> = self
-            .store
-            .tokens()?
+        let stored = self.store.tokens()?;
+        // The register as stored, read after the rows (see `store verify`): a token another
+        // node issued less than a poll ago is listed.
+        self.forget_token_register();
+        let tokens: Vec<TokenRow> = stored
             .into_iter()
             .filter(|t| self.rows.check(t).is_ok() && self.is_registered(t).unwrap_or(false))
             .filter(|t| include_inactive || (t.revoked_at.is_none() && t.expires_at > now))

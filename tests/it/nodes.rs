@@ -141,6 +141,178 @@ async fn what_one_node_writes_the_other_reads_and_the_trail_is_one_chain() {
     }
 }
 
+/// The attacker deletes the entry a node committed last, lets the other node append over its
+/// place, and hopes that the first node's next entries cover the gap: that node refuses to
+/// chain on a trail whose entry it committed is gone, and says so in `verify`. The twin, the
+/// same appends without the deletion, goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_deleted_under_another_nodes_appends_is_not_covered_by_the_node_that_made_it() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (_tmp, a, b) = two_nodes_on(&url).await;
+    let sql = |sql: &str| {
+        tokio::task::block_in_place(|| {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            db.query_one(sql, &[]).unwrap().get::<_, i64>(0)
+        })
+    };
+    let nuisance = async |node: &TestServer, subject: &str| {
+        put(
+            node,
+            Role::NuisanceOfficer,
+            nuisance_ctx(),
+            subject,
+            vec![text("report", "nuisance-evidence", "a broken window")],
+        )
+        .await
+    };
+    let read = async |node: &TestServer, id: &str| {
+        get(node, node.token(Role::NuisanceOfficer), nuisance_ctx(), id).await
+    };
+    let verify = async |node: &TestServer| {
+        node.admin()
+            .await
+            .verify_audit(req(
+                node.token(Role::SecurityOfficer),
+                pb::VerifyAuditRequest { expect_head: None },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+
+    // The twin: A's entry, then B's, then A's again on B's.
+    let id = nuisance(&a, "REL-D1").await;
+    nuisance(&b, "REL-D2").await;
+    read(&a, &id).await.unwrap();
+    assert!(verify(&a).await.intact);
+
+    // A's last entry deleted; B appends three over its place; A must not chain on them.
+    read(&a, &id).await.unwrap();
+    let last = sql("SELECT max(seq) FROM audit");
+    assert_eq!(
+        sql(&format!(
+            "WITH d AS (DELETE FROM audit WHERE seq = {last} RETURNING 1) SELECT count(*) FROM d"
+        )),
+        1
+    );
+    for subject in ["REL-D3", "REL-D4", "REL-D5"] {
+        nuisance(&b, subject).await;
+    }
+    assert!(sql("SELECT max(seq) FROM audit") > last);
+    let Err(refused) = read(&a, &id).await else {
+        panic!("A read on a trail whose entry of A was deleted under B's");
+    };
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let put_refused = a
+        .client()
+        .await
+        .put_record(req(
+            a.token(Role::NuisanceOfficer),
+            pb::PutRecordRequest {
+                context: nuisance_ctx(),
+                subject_id: "REL-D6".into(),
+                fields: vec![text("report", "nuisance-evidence", "graffiti")],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(put_refused.code(), Code::Unavailable, "{put_refused:?}");
+    let verified = verify(&a).await;
+    assert!(!verified.intact);
+    assert_eq!(
+        verified.broken_seq,
+        u64::try_from(last).unwrap(),
+        "{}",
+        verified.problem
+    );
+}
+
+/// A token issued on A is approved on B, and works there, at once: B does not call the row
+/// altered because its copy of the token register is a poll behind. The twin: an older copy of
+/// the row put back by hand is still refused on B (approved, the pending copy is not the row
+/// kluis last wrote).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_changed_on_one_node_is_taken_at_once_on_the_other() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (_tmp, a, b) = two_nodes_on(&url).await;
+    let who = async |node: &TestServer, token: &str| {
+        node.client()
+            .await
+            .who_am_i(req(token, pb::WhoAmIRequest {}))
+            .await
+    };
+    for round in 0..5 {
+        // B has read the register (a call authenticated), then A changes it.
+        who(&b, b.token(Role::NuisanceOfficer)).await.unwrap();
+        let issued = a
+            .admin()
+            .await
+            .issue_token(req(
+                a.token(Role::SecurityOfficer),
+                pb::IssueTokenRequest {
+                    principal_id: format!("emp-{round}"),
+                    roles: vec!["nuisance-officer".into()],
+                    ttl_seconds: 3600,
+                    scope_subject_id: String::new(),
+                    justification: "joined the team".into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let pending = who(&b, &issued.token).await.unwrap_err();
+        assert_eq!(pending.code(), Code::Unauthenticated);
+        assert!(pending.message().contains("awaits approval"), "{pending:?}");
+        // The pending row as it is now, to be put back by hand after the approval.
+        let copy = tokio::task::block_in_place(|| {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let row = db
+                .query_one(
+                    "SELECT approved_by, approved_at, mac FROM tokens WHERE id = $1",
+                    &[&issued.token_id],
+                )
+                .unwrap();
+            (
+                row.get::<_, Option<String>>(0),
+                row.get::<_, Option<i64>>(1),
+                row.get::<_, Vec<u8>>(2),
+            )
+        });
+        approve(&b, &issued.token_id).await;
+        let me = who(&b, &issued.token).await.unwrap().into_inner();
+        assert_eq!(me.principal_id, format!("emp-{round}"));
+        let me = who(&a, &issued.token).await.unwrap().into_inner();
+        assert_eq!(me.principal_id, format!("emp-{round}"));
+        if round == 0 {
+            // The twin: the pending copy put back; it is not the row kluis last wrote.
+            tokio::task::block_in_place(|| {
+                let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                db.execute(
+                    "UPDATE tokens SET approved_by = $2, approved_at = $3, mac = $4 WHERE id = $1",
+                    &[&issued.token_id, &copy.0, &copy.1, &copy.2],
+                )
+                .unwrap();
+            });
+            let again = a
+                .admin()
+                .await
+                .approve_token(req(
+                    b.token(Role::PrivacyOfficer),
+                    pb::ApproveTokenRequest {
+                        token_id: issued.token_id.clone(),
+                        justification: "checked with the team lead".into(),
+                    },
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(again.code(), Code::DataLoss, "{again:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_made_on_one_node_are_in_force_on_the_other_within_a_second() {
     let Some(cluster) = pg::cluster() else { return };

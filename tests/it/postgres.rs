@@ -1,7 +1,7 @@
 //! kluis on PostgreSQL: the store conformance suite on a real cluster, migrations raced by
 //! nodes starting at once, and a lost database answering `Unavailable`.
 
-use kluis::store::{AuditRow, PgStore, StoreError, prelude::*};
+use kluis::store::{AuditRow, HashAt, PgStore, StoreError, prelude::*};
 
 use crate::pg;
 
@@ -363,9 +363,9 @@ fn chain_of<'a>(
     node: usize,
     n: usize,
     offered: &'a mut Vec<Option<AuditRow>>,
-) -> impl FnMut(Option<&AuditRow>) -> Result<Vec<AuditRow>, StoreError> + 'a {
+) -> impl FnMut(Option<&AuditRow>, &mut HashAt<'_>) -> Result<Vec<AuditRow>, StoreError> + 'a {
     use sha2::Digest;
-    move |tail| {
+    move |tail, _| {
         offered.push(tail.cloned());
         let (mut seq, mut prev) = tail.map_or((0, vec![0; 32]), |t| (t.seq, t.hash.clone()));
         Ok((0..n)
@@ -510,7 +510,7 @@ fn an_append_that_meets_a_number_taken_beside_it_goes_on_the_stored_tail() {
     // Another node's appender inserts entry 2 and has not committed yet.
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let mut other = db.transaction().unwrap();
-    let mut beside = chain_of(1, 1, &mut Vec::new())(first.last()).unwrap();
+    let mut beside = chain_of(1, 1, &mut Vec::new())(first.last(), &mut |_| Ok(None)).unwrap();
     let beside = beside.remove(0);
     other
         .execute(

@@ -113,7 +113,8 @@ impl PgStore {
         let Some(tail) = self.own_tail.lock().ok().and_then(|mut t| t.take()) else {
             return Ok(None);
         };
-        let Ok(rows) = chain(Some(&tail)) else {
+        let hash_at = &mut |seq| self.read_one(|tx| hash_at(tx, seq));
+        let Ok(rows) = chain(Some(&tail), hash_at) else {
             return Ok(None);
         };
         let Some(first) = rows.first() else {
@@ -173,6 +174,13 @@ impl PgStore {
     }
 }
 
+/// The hash of the entry at `seq`, in the caller's transaction.
+fn hash_at(tx: &mut Tx<'_>, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    tx.opt("SELECT hash FROM audit WHERE seq = $1", &[&big(seq)?])?
+        .map(|r| get(&r, 0))
+        .transpose()
+}
+
 impl AuditStore for PgStore {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
         self.write(|tx| insert_rows(tx, rows))
@@ -195,7 +203,7 @@ impl AuditStore for PgStore {
                 )?
                 .map(|r| audit_from_row(&r))
                 .transpose()?;
-            let rows = chain(tail.as_ref())?;
+            let rows = chain(tail.as_ref(), &mut |seq| hash_at(tx, seq))?;
             match insert_rows(tx, &rows) {
                 // An appender on its own tail (`append_on_own_tail`) does not take the lock:
                 // it took the number first. Read the tail again.

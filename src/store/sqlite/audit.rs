@@ -165,7 +165,13 @@ impl AuditStore for SqliteStore {
             .query_row([], audit_from_row)
             .optional()
             .map_err(db)?;
-        let rows = chain(tail.as_ref())?;
+        let rows = chain(tail.as_ref(), &mut |seq| {
+            tx.prepare_cached("SELECT hash FROM audit WHERE seq = ?1")
+                .map_err(db)?
+                .query_row([i64::try_from(seq).unwrap_or(i64::MAX)], |r| r.get(0))
+                .optional()
+                .map_err(db)
+        })?;
         insert_rows(&tx, &rows)?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
