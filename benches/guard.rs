@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::{
     Aes256Gcm,
-    aead::{AeadInPlace, KeyInit},
+    aead::{AeadInOut, KeyInit},
 };
 use rand::{RngCore, SeedableRng};
 

@@ -18,6 +18,18 @@ pub use envelope::{Algorithm, Header, open, seal};
 pub use keys::{AuditKey, IndexKey, PurposeKey, RootKey, SubjectKey};
 pub use subkey::{EnvelopeKey, Subkey};
 
+use aes_gcm::aead::{self, AeadCore};
+
+/// The nonce of the AEAD `A` in `bytes`; the AEAD's error when they are not as long as it.
+pub(crate) fn nonce_of<A: AeadCore>(bytes: &[u8]) -> Result<&aead::Nonce<A>, aead::Error> {
+    bytes.try_into().map_err(|_| aead::Error)
+}
+
+/// The tag of the AEAD `A` in `bytes`; the AEAD's error when they are not as long as it.
+pub(crate) fn tag_of<A: AeadCore>(bytes: &[u8]) -> Result<&aead::Tag<A>, aead::Error> {
+    bytes.try_into().map_err(|_| aead::Error)
+}
+
 /// Errors of the crypto layer. Deliberately uninformative about why an open failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::{
     Aes256Gcm,
-    aead::{AeadInPlace, KeyInit},
+    aead::{AeadInOut, KeyInit},
 };
 use bytes::Bytes;
 use kluis::{
@@ -131,7 +131,7 @@ pub fn crypto_floor(total: u64) -> (f64, f64, f64) {
     let t = Instant::now();
     for _ in 0..segments {
         let tag = cipher
-            .encrypt_in_place_detached(&nonce, b"", &mut buf)
+            .encrypt_inout_detached(&nonce, b"", buf.as_mut_slice().into())
             .unwrap();
         std::hint::black_box(tag);
     }

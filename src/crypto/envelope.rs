@@ -26,7 +26,7 @@ use chacha20poly1305::XChaCha20Poly1305;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::{CryptoError, EnvelopeKey};
+use super::{CryptoError, EnvelopeKey, nonce_of};
 
 /// The format version kluis writes and reads (also that of evidence segments).
 pub const FORMAT: u8 = 2;
@@ -131,17 +131,18 @@ pub fn seal<K: EnvelopeKey + ?Sized>(
     };
     let ciphertext = match algorithm {
         Algorithm::Aes256Gcm => match key.prepared_aes() {
-            Some(cipher) => cipher.encrypt(aes_gcm::Nonce::from_slice(&nonce), payload),
+            Some(cipher) => nonce_of::<Aes256Gcm>(&nonce).and_then(|n| cipher.encrypt(n, payload)),
             None => {
                 let subkey = key.aead_subkey(algorithm)?;
-                Aes256Gcm::new(subkey.expose_secret().into())
-                    .encrypt(aes_gcm::Nonce::from_slice(&nonce), payload)
+                nonce_of::<Aes256Gcm>(&nonce)
+                    .and_then(|n| Aes256Gcm::new(subkey.expose_secret().into()).encrypt(n, payload))
             }
         },
         Algorithm::XChaCha20Poly1305 => {
             let subkey = key.aead_subkey(algorithm)?;
-            XChaCha20Poly1305::new(subkey.expose_secret().into())
-                .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload)
+            nonce_of::<XChaCha20Poly1305>(&nonce).and_then(|n| {
+                XChaCha20Poly1305::new(subkey.expose_secret().into()).encrypt(n, payload)
+            })
         }
     }
     .map_err(|_| CryptoError::Seal)?;
@@ -173,17 +174,18 @@ pub fn open<K: EnvelopeKey + ?Sized>(
     };
     let plaintext = match header.algorithm {
         Algorithm::Aes256Gcm => match key.prepared_aes() {
-            Some(cipher) => cipher.decrypt(aes_gcm::Nonce::from_slice(nonce), payload),
+            Some(cipher) => nonce_of::<Aes256Gcm>(nonce).and_then(|n| cipher.decrypt(n, payload)),
             None => {
                 let subkey = key.aead_subkey(header.algorithm)?;
-                Aes256Gcm::new(subkey.expose_secret().into())
-                    .decrypt(aes_gcm::Nonce::from_slice(nonce), payload)
+                nonce_of::<Aes256Gcm>(nonce)
+                    .and_then(|n| Aes256Gcm::new(subkey.expose_secret().into()).decrypt(n, payload))
             }
         },
         Algorithm::XChaCha20Poly1305 => {
             let subkey = key.aead_subkey(header.algorithm)?;
-            XChaCha20Poly1305::new(subkey.expose_secret().into())
-                .decrypt(chacha20poly1305::XNonce::from_slice(nonce), payload)
+            nonce_of::<XChaCha20Poly1305>(nonce).and_then(|n| {
+                XChaCha20Poly1305::new(subkey.expose_secret().into()).decrypt(n, payload)
+            })
         }
     }
     .map_err(|_| CryptoError::Open)?;
@@ -228,10 +230,10 @@ mod tests {
         };
         match alg {
             Algorithm::Aes256Gcm => Aes256Gcm::new(raw.into())
-                .decrypt(aes_gcm::Nonce::from_slice(nonce), payload)
+                .decrypt(nonce_of::<Aes256Gcm>(nonce).unwrap(), payload)
                 .is_ok(),
             Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(raw.into())
-                .decrypt(chacha20poly1305::XNonce::from_slice(nonce), payload)
+                .decrypt(nonce_of::<XChaCha20Poly1305>(nonce).unwrap(), payload)
                 .is_ok(),
         }
     }
@@ -433,9 +435,9 @@ mod tests {
             };
             let body = match alg {
                 Algorithm::Aes256Gcm => Aes256Gcm::new((&BYTES).into())
-                    .encrypt(aes_gcm::Nonce::from_slice(&nonce), payload),
+                    .encrypt(nonce_of::<Aes256Gcm>(&nonce).unwrap(), payload),
                 Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new((&BYTES).into())
-                    .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
+                    .encrypt(nonce_of::<XChaCha20Poly1305>(&nonce).unwrap(), payload),
             }
             .unwrap();
             v1.extend_from_slice(&nonce);

@@ -22,7 +22,7 @@
 
 use aes_gcm::{
     Aes256Gcm,
-    aead::{AeadInPlace, KeyInit},
+    aead::{AeadInOut, KeyInit},
 };
 use chacha20poly1305::XChaCha20Poly1305;
 use hkdf::Hkdf;
@@ -30,7 +30,9 @@ use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{Algorithm, CryptoError, SubjectKey, envelope::FORMAT, subkey::KeyUse};
+use super::{
+    Algorithm, CryptoError, SubjectKey, envelope::FORMAT, nonce_of, subkey::KeyUse, tag_of,
+};
 
 /// Plaintext bytes per segment (64 KiB).
 pub const SEGMENT_SIZE: usize = 64 * 1024;
@@ -163,18 +165,17 @@ impl FileKey {
         let nonce = self.nonce(index, last);
         let (head, body) = out.split_at_mut(HEADER_LEN);
         let tag = match self.algorithm {
-            Algorithm::Aes256Gcm => Aes256Gcm::new(self.key.as_ref().into())
-                .encrypt_in_place_detached(
-                    aes_gcm::Nonce::from_slice(nonce.get(..12).unwrap_or(&[])),
+            Algorithm::Aes256Gcm => nonce_of::<Aes256Gcm>(nonce.get(..12).unwrap_or_default())
+                .and_then(|n| {
+                    Aes256Gcm::new((&*self.key).into()).encrypt_inout_detached(n, head, body.into())
+                }),
+            Algorithm::XChaCha20Poly1305 => nonce_of::<XChaCha20Poly1305>(&nonce).and_then(|n| {
+                XChaCha20Poly1305::new((&*self.key).into()).encrypt_inout_detached(
+                    n,
                     head,
-                    body,
-                ),
-            Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(self.key.as_ref().into())
-                .encrypt_in_place_detached(
-                    chacha20poly1305::XNonce::from_slice(&nonce),
-                    head,
-                    body,
-                ),
+                    body.into(),
+                )
+            }),
         }
         .map_err(|_| CryptoError::Seal)?;
         out.extend_from_slice(&tag);
@@ -219,20 +220,25 @@ impl FileKey {
         let (head, body) = rest.split_at_mut(HEADER_LEN);
         let nonce = self.nonce(index, last);
         match self.algorithm {
-            Algorithm::Aes256Gcm => Aes256Gcm::new(self.key.as_ref().into())
-                .decrypt_in_place_detached(
-                    aes_gcm::Nonce::from_slice(nonce.get(..12).unwrap_or(&[])),
+            Algorithm::Aes256Gcm => {
+                let nonce = nonce_of::<Aes256Gcm>(nonce.get(..12).unwrap_or_default());
+                nonce.and_then(|n| {
+                    Aes256Gcm::new((&*self.key).into()).decrypt_inout_detached(
+                        n,
+                        head,
+                        body.into(),
+                        tag_of::<Aes256Gcm>(tag)?,
+                    )
+                })
+            }
+            Algorithm::XChaCha20Poly1305 => nonce_of::<XChaCha20Poly1305>(&nonce).and_then(|n| {
+                XChaCha20Poly1305::new((&*self.key).into()).decrypt_inout_detached(
+                    n,
                     head,
-                    body,
-                    aes_gcm::Tag::from_slice(tag),
-                ),
-            Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(self.key.as_ref().into())
-                .decrypt_in_place_detached(
-                    chacha20poly1305::XNonce::from_slice(&nonce),
-                    head,
-                    body,
-                    chacha20poly1305::Tag::from_slice(tag),
-                ),
+                    body.into(),
+                    tag_of::<XChaCha20Poly1305>(tag)?,
+                )
+            }),
         }
         .map_err(|_| CryptoError::Open)?;
         Ok(HEADER_LEN..end)
@@ -336,10 +342,10 @@ mod tests {
                 aad: &sealed[..HEADER_LEN],
             };
             let whole = match alg {
-                Algorithm::Aes256Gcm => Aes256Gcm::new(k.key.as_ref().into())
-                    .encrypt(aes_gcm::Nonce::from_slice(&nonce[..12]), payload),
-                Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new(k.key.as_ref().into())
-                    .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload),
+                Algorithm::Aes256Gcm => Aes256Gcm::new((&*k.key).into())
+                    .encrypt(nonce_of::<Aes256Gcm>(&nonce[..12]).unwrap(), payload),
+                Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new((&*k.key).into())
+                    .encrypt(nonce_of::<XChaCha20Poly1305>(&nonce).unwrap(), payload),
             }
             .unwrap();
             assert_eq!(&sealed[HEADER_LEN..], whole.as_slice());
