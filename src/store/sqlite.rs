@@ -1135,6 +1135,14 @@ fn db(e: rusqlite::Error) -> StoreError {
         rusqlite::Error::FromSqlConversionFailure(_, _, cause) => {
             StoreError::Corrupt(cause.to_string())
         }
+        // SQLite's columns take a value of any type: one of another type than kluis writes
+        // (a ciphertext or a hash as text, a time as text) was put there by hand.
+        rusqlite::Error::InvalidColumnType(_, column, found) => StoreError::Corrupt(format!(
+            "a stored `{column}` of type {found}, which kluis never writes there"
+        )),
+        rusqlite::Error::IntegralValueOutOfRange(_, _) => {
+            StoreError::Corrupt("a stored number out of the range kluis writes".into())
+        }
         // Busy past the busy timeout (another process holding the file, a checkpoint under
         // heavy load): nothing was done, and the call may succeed when it is tried again.
         rusqlite::Error::SqliteFailure(f, _)

@@ -2178,3 +2178,160 @@ async fn a_destroyed_record_put_back_by_hand_is_not_obeyed() {
     assert!(!names(&rows, "anchor", "REL-ERASED"), "{rows:?}");
     server.stop().await;
 }
+
+/// A value stored by hand as another type than kluis writes (a ciphertext or a hash as text,
+/// a number as text: SQLite's columns take any type) is damaged data: `DATA_LOSS`, never
+/// `INTERNAL`, and nothing of it is sent. Each edit has its twin: put back as it was, the
+/// call works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_stored_by_hand_as_another_type_are_data_loss() {
+    let server = TestServer::start().await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let record = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-TYPE",
+        vec![text("statement", "nuisance-evidence", "a letter")],
+    )
+    .await;
+    let evidence = upload(
+        &server,
+        &officer,
+        evidence_start(
+            nuisance_ctx(),
+            "REL-TYPE",
+            "",
+            "doorbell",
+            "video/mp4",
+            "doorbell.mp4",
+        ),
+        5,
+        70_000,
+        16_384,
+    )
+    .await
+    .unwrap();
+    let read = async || {
+        get(&server, &officer, nuisance_ctx(), &record)
+            .await
+            .map(|_| ())
+    };
+    let fetch = async || {
+        download(
+            &server,
+            &officer,
+            nuisance_ctx(),
+            &evidence.evidence_id,
+            None,
+        )
+        .await
+        .map(|(_, bytes)| bytes.len())
+    };
+    let tokens = async || {
+        server
+            .admin()
+            .await
+            .list_tokens(req(
+                server.token(Role::SecurityOfficer),
+                pb::ListTokensRequest::default(),
+            ))
+            .await
+            .map(|_| ())
+    };
+    read().await.unwrap();
+    assert_eq!(fetch().await.unwrap(), 70_000);
+    tokens().await.unwrap();
+    let nuisance_token = server
+        .admin()
+        .await
+        .list_tokens(req(
+            server.token(Role::SecurityOfficer),
+            pb::ListTokensRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .into_iter()
+        .find(|t| t.roles == ["nuisance-officer"])
+        .unwrap()
+        .token_id;
+    for (table, column, key, id) in [
+        ("fields", "sealed", "record_id", record.as_str()),
+        ("records", "created_at", "id", record.as_str()),
+        (
+            "evidence_segments",
+            "sealed",
+            "evidence_id",
+            evidence.evidence_id.as_str(),
+        ),
+        ("tokens", "hash", "id", nuisance_token.as_str()),
+    ] {
+        let set = |to: &str| {
+            db(&server)
+                .execute(
+                    &format!("UPDATE {table} SET {column} = {to} WHERE {key} = ?1"),
+                    [id],
+                )
+                .unwrap()
+        };
+        let kept: Vec<(i64, rusqlite::types::Value)> = {
+            let conn = db(&server);
+            let mut s = conn
+                .prepare(&format!(
+                    "SELECT rowid, {column} FROM {table} WHERE {key} = ?1"
+                ))
+                .or_else(|_| {
+                    // Tables without a rowid: the key and the one row of this test.
+                    conn.prepare(&format!("SELECT 0, {column} FROM {table} WHERE {key} = ?1"))
+                })
+                .unwrap();
+            s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert!(!kept.is_empty(), "{table}.{column}");
+        let to = if column == "created_at" {
+            "'yesterday'"
+        } else {
+            &format!("CAST({column} AS TEXT)")
+        };
+        assert!(set(to) > 0);
+        let status = match table {
+            "evidence_segments" => fetch().await.err(),
+            // The token's hash no longer matches its row: it authenticates nobody, and the
+            // list of tokens, which reads every row, says the register is damaged.
+            "tokens" => tokens().await.err(),
+            _ => read().await.err(),
+        }
+        .unwrap_or_else(|| panic!("{table}.{column} as another type was served"));
+        assert_eq!(
+            status.code(),
+            Code::DataLoss,
+            "{table}.{column}: {status:?}"
+        );
+        // The twin: the value put back as it was.
+        let conn = db(&server);
+        for (rowid, value) in &kept {
+            if *rowid > 0 {
+                conn.execute(
+                    &format!("UPDATE {table} SET {column} = ?1 WHERE rowid = ?2"),
+                    params![value, rowid],
+                )
+                .unwrap();
+            } else {
+                conn.execute(
+                    &format!("UPDATE {table} SET {column} = ?1 WHERE {key} = ?2"),
+                    params![value, id],
+                )
+                .unwrap();
+            }
+        }
+        read().await.unwrap();
+        assert_eq!(fetch().await.unwrap(), 70_000);
+        tokens().await.unwrap();
+    }
+    server.stop().await;
+}
