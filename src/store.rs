@@ -1278,6 +1278,11 @@ pub trait EvidenceStore: Send + Sync {
 
     /// One segment of an evidence file.
     fn segment(&self, evidence_id: &str, index: u32) -> Result<Option<SegmentRow>, StoreError>;
+
+    /// How many segment rows an evidence file has, with the lowest and the highest index
+    /// among them (`None` when it has none): `kluis admin store verify` expects exactly the
+    /// indexes `0..n` of the file's size.
+    fn segment_span(&self, evidence_id: &str) -> Result<(u64, Option<(i64, i64)>), StoreError>;
 }
 
 /// Legal holds, subject anchors and subject requests.

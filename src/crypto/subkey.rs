@@ -266,6 +266,14 @@ mod tests {
     // The AES round keys are wiped when a cipher instance is dropped (the `zeroize` feature of
     // `aes`, unified through the direct dependency).
     static_assertions::assert_impl_all!(aes::Aes256: zeroize::ZeroizeOnDrop);
+    // And so are the AEADs' states: the AES-GCM instance with its POLYVAL powers, the XChaCha20
+    // keystream (with its buffer, through `cipher`'s feature). POLYVAL and Poly1305 wipe
+    // themselves in `Drop` (their `zeroize` features) without the marker trait.
+    static_assertions::assert_impl_all!(aes_gcm::Aes256Gcm: zeroize::ZeroizeOnDrop);
+    static_assertions::assert_impl_all!(
+        chacha20poly1305::XChaCha20Poly1305: zeroize::ZeroizeOnDrop
+    );
+    static_assertions::assert_impl_all!(chacha20::XChaCha20: zeroize::ZeroizeOnDrop);
 
     const MATERIAL: [u8; 32] = [0x5a; 32];
 

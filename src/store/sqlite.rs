@@ -1137,9 +1137,15 @@ fn db(e: rusqlite::Error) -> StoreError {
         }
         // SQLite's columns take a value of any type: one of another type than kluis writes
         // (a ciphertext or a hash as text, a time as text) was put there by hand.
-        rusqlite::Error::InvalidColumnType(_, column, found) => StoreError::Corrupt(format!(
-            "a stored `{column}` of type {found}, which kluis never writes there"
-        )),
+        // (A NULL read where kluis expects a value is kluis's own mistake: the columns that
+        // must hold one refuse NULL.)
+        rusqlite::Error::InvalidColumnType(_, column, found)
+            if found != rusqlite::types::Type::Null =>
+        {
+            StoreError::Corrupt(format!(
+                "a stored `{column}` of type {found}, which kluis never writes there"
+            ))
+        }
         rusqlite::Error::IntegralValueOutOfRange(_, _) => {
             StoreError::Corrupt("a stored number out of the range kluis writes".into())
         }

@@ -881,6 +881,26 @@ impl Vault {
     /// exist (holds placed, mandates granted, consent changes, subject requests opened) with what
     /// is stored, so that a deleted hold, objection or request is found too. Security officer (`verify-audit`); audited.
     pub fn verify_store(&self, actor: &Principal) -> Result<Vec<BadRow>, VaultError> {
+        /// `read`, or `None` with a bad row when the store cannot read a row of `kind` (a value
+        /// of another type than kluis writes, put there by hand): the rest is still verified.
+        fn readable<T>(
+            unreadable: &mut Vec<BadRow>,
+            kind: &'static str,
+            read: Result<T, StoreError>,
+        ) -> Result<Option<T>, VaultError> {
+            match read {
+                Ok(t) => Ok(Some(t)),
+                Err(StoreError::Corrupt(what)) => {
+                    unreadable.push(BadRow {
+                        kind,
+                        id: "(unreadable)".into(),
+                        problem: format!("a row cannot be read ({what}): edited by hand"),
+                    });
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         let mut event =
             self.require_admin(actor, AdminAction::VerifyAudit, "store-verify", None, "")?;
         let mut bad = Vec::new();
@@ -921,7 +941,8 @@ impl Vault {
                 Err(e) => return Err(e.into()),
             }
         }
-        let tokens = self.store.tokens()?;
+        let tokens_read = readable(&mut unreadable, TokenRow::KIND, self.store.tokens())?;
+        let tokens = tokens_read.clone().unwrap_or_default();
         // The register as stored, read after the rows: a token changed on another node less
         // than a poll ago is registered before its row is written, so it is not reported.
         self.forget_token_register();
@@ -940,7 +961,7 @@ impl Vault {
             }
         }
         for id in self.registered_tokens()? {
-            if !tokens.iter().any(|t| t.id == id) {
+            if tokens_read.is_some() && !tokens.iter().any(|t| t.id == id) {
                 stale_tokens.push(BadRow {
                     kind: TokenRow::KIND,
                     id,
@@ -948,31 +969,54 @@ impl Vault {
                 });
             }
         }
-        let holds = self.store.holds(None, false)?;
+        let holds = readable(
+            &mut unreadable,
+            HoldRow::KIND,
+            self.store.holds(None, false),
+        )?
+        .unwrap_or_default();
         for h in &holds {
             check(HoldRow::KIND, h.row_id(), self.rows.is_authentic(h));
         }
-        let mandates = self.store.mandates(None, None)?;
+        let mandates = readable(
+            &mut unreadable,
+            MandateRow::KIND,
+            self.store.mandates(None, None),
+        )?
+        .unwrap_or_default();
         for m in &mandates {
             check(MandateRow::KIND, m.row_id(), self.rows.is_authentic(m));
         }
-        let consents = self.store.all_consents()?;
+        let consents = readable(&mut unreadable, ConsentRow::KIND, self.store.all_consents())?
+            .unwrap_or_default();
         for c in &consents {
             check(ConsentRow::KIND, c.row_id(), self.rows.is_authentic(c));
         }
-        let requests = self.store.requests()?;
+        let requests =
+            readable(&mut unreadable, RequestRow::KIND, self.store.requests())?.unwrap_or_default();
         for r in &requests {
             check(RequestRow::KIND, r.row_id(), self.rows.is_authentic(r));
         }
-        let restrictions = self.store.restrictions(None)?;
+        let restrictions = readable(
+            &mut unreadable,
+            RestrictionRow::KIND,
+            self.store.restrictions(None),
+        )?
+        .unwrap_or_default();
         for r in &restrictions {
             check(RestrictionRow::KIND, r.row_id(), self.rows.is_authentic(r));
         }
-        let disclosures = self.store.disclosures(None, None, usize::MAX)?;
+        let disclosures = readable(
+            &mut unreadable,
+            DisclosureRow::KIND,
+            self.store.disclosures(None, None, usize::MAX),
+        )?
+        .unwrap_or_default();
         for d in &disclosures {
             check(DisclosureRow::KIND, d.row_id(), self.rows.is_authentic(d));
         }
-        let anchors = self.store.anchors()?;
+        let anchors =
+            readable(&mut unreadable, AnchorRow::KIND, self.store.anchors())?.unwrap_or_default();
         for a in &anchors {
             check(AnchorRow::KIND, a.row_id(), self.rows.is_authentic(a));
         }
@@ -987,19 +1031,23 @@ impl Vault {
         let mut bad_sets = Vec::new();
         let mut after = String::new();
         let mut records = 0usize;
-        loop {
-            let page = self.store.records_page(&after, 1000)?;
+        // Records past a page that cannot be read cannot be paged through: that page ends it.
+        while let Some(page) = readable(
+            &mut unreadable,
+            RecordRow::KIND,
+            self.store.records_page(&after, 1000),
+        )? {
             let Some(last) = page.last() else { break };
             after = last.id.clone();
             // Each record row with its fields from one snapshot (the page may be older), read
             // together for the page.
             let ids: Vec<&str> = page.iter().map(|r| r.id.as_str()).collect();
-            let mut read: BTreeMap<String, (RecordRow, Vec<FieldRow>)> = self
-                .store
-                .records(&ids)?
-                .into_iter()
-                .map(|(r, fields)| (r.id.clone(), (r, fields)))
-                .collect();
+            let mut read: BTreeMap<String, (RecordRow, Vec<FieldRow>)> =
+                readable(&mut unreadable, RecordRow::KIND, self.store.records(&ids))?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(r, fields)| (r.id.clone(), (r, fields)))
+                    .collect();
             for r in &page {
                 records += 1;
                 subjects.insert(r.subject.clone());
@@ -1030,6 +1078,22 @@ impl Vault {
                 }
                 for e in self.store.record_evidence(&r.id)? {
                     check(EvidenceRow::KIND, e.row_id(), self.rows.is_authentic(&e));
+                    // Its segments are exactly those of its size: a segment row inserted
+                    // (under another index) or deleted by hand is named here; a segment edited
+                    // or moved fails its AEAD when it is read.
+                    let n = crate::crypto::stream::segment_count(e.size);
+                    let (count, span) = self.store.segment_span(&e.id)?;
+                    let last = i64::try_from(n).unwrap_or(i64::MAX) - 1;
+                    if count != n || span != Some((0, last)) {
+                        bad_sets.push(BadRow {
+                            kind: EvidenceRow::KIND,
+                            id: e.row_id(),
+                            problem: format!(
+                                "has {count} segment rows where its size makes {n} numbered from \
+                                 0 (a segment row inserted or deleted by hand)"
+                            ),
+                        });
+                    }
                 }
             }
         }

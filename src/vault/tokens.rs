@@ -153,7 +153,14 @@ pub(crate) struct TokenRegister {
 struct RegisterCopy {
     map: std::collections::BTreeMap<String, String>,
     stored: Option<Vec<u8>>,
+    /// When it was read from the store or written there (Unix seconds).
+    read_at: i64,
 }
+
+/// How far the clocks of two nodes may be apart for [`Vault::forget_register_behind`]: a token
+/// row changed (by its own node's clock) this long before the register was read here may
+/// still be newer than the register held.
+const REGISTER_CLOCK_SLACK: i64 = 5;
 
 /// How often a register change is tried again when another node changed the register first.
 const REGISTER_RETRIES: usize = 16;
@@ -235,7 +242,11 @@ impl Vault {
                     .map_err(|_| VaultError::DataLoss("stored token register".into()))?
             }
         };
-        Ok(RegisterCopy { map, stored })
+        Ok(RegisterCopy {
+            map,
+            stored,
+            read_at: now_unix(),
+        })
     }
 
     /// The register's MACs, read from the store on first use (its own MAC checked).
@@ -254,6 +265,31 @@ impl Vault {
         match guard.as_ref() {
             Some(copy) => f(&copy.map),
             None => f(&std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// Forgets the register held in memory when `row` may have been changed after it was read
+    /// (by another node, less than a poll ago): the row is then checked against the register
+    /// as stored. A row changed well before the register was read cannot be named by a newer
+    /// one (the register is written before the row), so a token whose row disagrees with the
+    /// register for another reason (put back by hand, a change that failed halfway) costs no
+    /// read of the register, however often it is presented.
+    fn forget_register_behind(&self, row: &TokenRow) {
+        let changed = [Some(row.created_at), row.approved_at, row.revoked_at]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(i64::MIN);
+        let mut guard = self
+            .token_register
+            .macs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard
+            .as_ref()
+            .is_some_and(|copy| copy.read_at <= changed.saturating_add(REGISTER_CLOCK_SLACK))
+        {
+            *guard = None;
         }
     }
 
@@ -306,6 +342,7 @@ impl Vault {
                     *copy = Some(RegisterCopy {
                         map: next,
                         stored: Some(sealed),
+                        read_at: now_unix(),
                     });
                     return Ok(before);
                 }
@@ -440,7 +477,7 @@ impl Vault {
                 // register as stored.
                 if !read_again {
                     read_again = true;
-                    self.forget_token_register();
+                    self.forget_register_behind(&row);
                     continue;
                 }
                 tracing::error!(kind = "token", row = %row.id, "a token row is not the one kluis last wrote (an older copy put back?) and authenticates nobody; run `kluis admin store verify`");
@@ -555,7 +592,7 @@ impl Vault {
                 return Err(VaultError::DataLoss(format!("stored token `{token_id}`")));
             }
             read_again = true;
-            self.forget_token_register();
+            self.forget_register_behind(&row);
         };
         if !row.is_pending() || row.revoked_at.is_some() {
             return Err(VaultError::FailedPrecondition(format!(
@@ -763,8 +800,10 @@ impl Vault {
         // store verify` names it).
         let stored = self.store.tokens()?;
         // The register as stored, read after the rows (see `store verify`): a token another
-        // node issued less than a poll ago is listed.
+        // node issued less than a poll ago is listed. A register that cannot be read fails the
+        // listing rather than leaving every token out.
         self.forget_token_register();
+        self.with_register(|_| Ok(()))?;
         let tokens: Vec<TokenRow> = stored
             .into_iter()
             .filter(|t| self.rows.check(t).is_ok() && self.is_registered(t).unwrap_or(false))

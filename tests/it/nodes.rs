@@ -1364,7 +1364,8 @@ async fn a_node_meeting_keys_of_a_root_changed_elsewhere_answers_unavailable_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn evidence_uploaded_through_one_node_streams_from_the_other() {
     let Some(cluster) = pg::cluster() else { return };
-    let (_tmp, a, b) = two_nodes(cluster, None).await;
+    let url = cluster.database();
+    let (_tmp, a, b) = two_nodes_on(&url).await;
     // Three segments and a bit: rows of 64 KiB in the database.
     let bytes = file_bytes(7, 0, 3 * 65_536 + 1234);
     let start = evidence_start(
@@ -1432,5 +1433,48 @@ async fn evidence_uploaded_through_one_node_streams_from_the_other() {
     assert!(
         down == bytes,
         "the file read through A after the rekey differs"
+    );
+    // Its segment rows are exactly those of its size, as `store verify` reads them.
+    let verified = a
+        .admin()
+        .await
+        .verify_store(req(
+            a.token(Role::SecurityOfficer),
+            pb::VerifyStoreRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.bad_rows.is_empty(), "{:?}", verified.bad_rows);
+    // A segment row copied under an index past the file's end is named.
+    tokio::task::block_in_place(|| {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let copied = db
+            .execute(
+                "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed)
+                 SELECT evidence_id, idx + 100, key_gen, sealed FROM evidence_segments
+                 WHERE evidence_id = $1 AND idx = 0",
+                &[&up.evidence_id],
+            )
+            .unwrap();
+        assert_eq!(copied, 1);
+    });
+    let verified = a
+        .admin()
+        .await
+        .verify_store(req(
+            a.token(Role::SecurityOfficer),
+            pb::VerifyStoreRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        verified
+            .bad_rows
+            .iter()
+            .any(|r| r.kind == "evidence" && r.id == up.evidence_id),
+        "{:?}",
+        verified.bad_rows
     );
 }

@@ -113,8 +113,9 @@ impl PgStore {
         let Some(tail) = self.own_tail.lock().ok().and_then(|mut t| t.take()) else {
             return Ok(None);
         };
-        let hash_at = &mut |seq| self.read_one(|tx| hash_at(tx, seq));
-        let Ok(rows) = chain(Some(&tail), hash_at) else {
+        // Its own tail is the entry its node committed last, so `chain` has no earlier entry
+        // to look up; should it ask, the locked path below answers in its transaction.
+        let Ok(rows) = chain(Some(&tail), &mut |_| Err(StoreError::Retry)) else {
             return Ok(None);
         };
         let Some(first) = rows.first() else {

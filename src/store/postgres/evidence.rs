@@ -217,4 +217,20 @@ impl EvidenceStore for PgStore {
                 .transpose()
         })
     }
+
+    fn segment_span(&self, evidence_id: &str) -> Result<(u64, Option<(i64, i64)>), StoreError> {
+        self.read_one(|tx| {
+            let row = tx.one(
+                "SELECT count(*), min(idx)::BIGINT, max(idx)::BIGINT FROM evidence_segments
+                 WHERE evidence_id = $1",
+                &[&evidence_id],
+            )?;
+            let count: i64 = get(&row, 0)?;
+            let span = match (get::<Option<i64>>(&row, 1)?, get::<Option<i64>>(&row, 2)?) {
+                (Some(first), Some(last)) => Some((first, last)),
+                _ => None,
+            };
+            Ok((u64::try_from(count).unwrap_or(0), span))
+        })
+    }
 }

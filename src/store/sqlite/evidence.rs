@@ -199,4 +199,21 @@ impl EvidenceStore for SqliteStore {
             .optional()
         })
     }
+
+    fn segment_span(&self, evidence_id: &str) -> Result<(u64, Option<(i64, i64)>), StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT count(*), min(idx), max(idx) FROM evidence_segments
+                 WHERE evidence_id = ?1",
+            )?
+            .query_row([evidence_id], |r| {
+                let count: i64 = r.get(0)?;
+                let span = match (r.get::<_, Option<i64>>(1)?, r.get::<_, Option<i64>>(2)?) {
+                    (Some(first), Some(last)) => Some((first, last)),
+                    _ => None,
+                };
+                Ok((u64::try_from(count).unwrap_or(0), span))
+            })
+        })
+    }
 }
