@@ -877,6 +877,33 @@ pub struct BadRow {
 }
 
 impl Vault {
+    /// The authentic token rows of `tokens` that the token register does not name, and the
+    /// tokens the register names that are not among them.
+    fn stale_tokens(&self, tokens: &[TokenRow]) -> Result<Vec<BadRow>, VaultError> {
+        let mut stale = Vec::new();
+        for t in tokens {
+            if self.rows.is_authentic(t) && !self.is_registered(t)? {
+                stale.push(BadRow {
+                    kind: TokenRow::KIND,
+                    id: t.row_id(),
+                    problem: "is not the row kluis last wrote (an older copy put back by hand: a \
+                                  revocation or approval undone)"
+                        .into(),
+                });
+            }
+        }
+        for id in self.registered_tokens()? {
+            if !tokens.iter().any(|t| t.id == id) {
+                stale.push(BadRow {
+                    kind: TokenRow::KIND,
+                    id,
+                    problem: "was issued but is not in the store: deleted by hand".into(),
+                });
+            }
+        }
+        Ok(stale)
+    }
+
     /// Checks every authenticated row of the store and compares the rows the trail says must
     /// exist (holds placed, mandates granted, consent changes, subject requests opened) with what
     /// is stored, so that a deleted hold, objection or request is found too. Security officer (`verify-audit`); audited.
@@ -946,28 +973,26 @@ impl Vault {
         // The register as stored, read after the rows: a token changed on another node less
         // than a poll ago is registered before its row is written, so it is not reported.
         self.forget_token_register();
-        let mut stale_tokens = Vec::new();
         for t in &tokens {
-            let authentic = self.rows.is_authentic(t);
-            check(TokenRow::KIND, t.row_id(), authentic);
-            if authentic && !self.is_registered(t)? {
-                stale_tokens.push(BadRow {
-                    kind: TokenRow::KIND,
-                    id: t.row_id(),
-                    problem: "is not the row kluis last wrote (an older copy put back by hand: a \
-                              revocation or approval undone)"
-                        .into(),
-                });
-            }
+            check(TokenRow::KIND, t.row_id(), self.rows.is_authentic(t));
         }
-        for id in self.registered_tokens()? {
-            if tokens_read.is_some() && !tokens.iter().any(|t| t.id == id) {
-                stale_tokens.push(BadRow {
-                    kind: TokenRow::KIND,
-                    id,
-                    problem: "was issued but is not in the store: deleted by hand".into(),
-                });
+        let mut stale_tokens = if tokens_read.is_some() {
+            self.stale_tokens(&tokens)?
+        } else {
+            Vec::new()
+        };
+        // A token being changed (issued, approved, revoked: its register entry, then its row,
+        // two transactions, maybe on another node) while they are read looks stale for that
+        // moment: read both again a little later, a few times, and name only what stayed stale.
+        for wait in [20, 100, 500] {
+            if stale_tokens.is_empty() {
+                break;
             }
+            std::thread::sleep(std::time::Duration::from_millis(wait));
+            let again = self.store.tokens()?;
+            self.forget_token_register();
+            let still = self.stale_tokens(&again)?;
+            stale_tokens.retain(|b| still.iter().any(|s| s.id == b.id && s.problem == b.problem));
         }
         let holds = readable(
             &mut unreadable,
