@@ -67,6 +67,30 @@ async fn within_bound(what: &str, mut check: impl AsyncFnMut() -> bool) -> Durat
     }
 }
 
+/// A token for `principal` with `role`, issued on `node` by its security officer.
+async fn issue(
+    node: &TestServer,
+    principal: &str,
+    role: &str,
+    justification: &str,
+) -> pb::IssueTokenResponse {
+    node.admin()
+        .await
+        .issue_token(req(
+            node.token(Role::SecurityOfficer),
+            pb::IssueTokenRequest {
+                principal_id: principal.into(),
+                roles: vec![role.into()],
+                ttl_seconds: 3600,
+                scope_subject_id: String::new(),
+                justification: justification.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_one_node_writes_the_other_reads_and_the_trail_is_one_chain() {
     let Some(cluster) = pg::cluster() else { return };
@@ -247,22 +271,13 @@ async fn a_token_changed_on_one_node_is_taken_at_once_on_the_other() {
     for round in 0..5 {
         // B has read the register (a call authenticated), then A changes it.
         who(&b, b.token(Role::NuisanceOfficer)).await.unwrap();
-        let issued = a
-            .admin()
-            .await
-            .issue_token(req(
-                a.token(Role::SecurityOfficer),
-                pb::IssueTokenRequest {
-                    principal_id: format!("emp-{round}"),
-                    roles: vec!["nuisance-officer".into()],
-                    ttl_seconds: 3600,
-                    scope_subject_id: String::new(),
-                    justification: "joined the team".into(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let issued = issue(
+            &a,
+            &format!("emp-{round}"),
+            "nuisance-officer",
+            "joined the team",
+        )
+        .await;
         let pending = who(&b, &issued.token).await.unwrap_err();
         assert_eq!(pending.code(), Code::Unauthenticated);
         assert!(pending.message().contains("awaits approval"), "{pending:?}");
@@ -321,22 +336,7 @@ async fn store_verify_beside_token_changes_on_another_node_names_nothing() {
     let (_tmp, a, b) = two_nodes(cluster, None).await;
     let issuing = async {
         for i in 0..40 {
-            let issued = a
-                .admin()
-                .await
-                .issue_token(req(
-                    a.token(Role::SecurityOfficer),
-                    pb::IssueTokenRequest {
-                        principal_id: format!("analyst-{i}"),
-                        roles: vec!["analyst".into()],
-                        ttl_seconds: 3600,
-                        scope_subject_id: String::new(),
-                        justification: "monthly figures".into(),
-                    },
-                ))
-                .await
-                .unwrap()
-                .into_inner();
+            let issued = issue(&a, &format!("analyst-{i}"), "analyst", "monthly figures").await;
             if i % 2 == 0 {
                 a.admin()
                     .await
@@ -401,22 +401,7 @@ async fn changes_made_on_one_node_are_in_force_on_the_other_within_a_second() {
     .unwrap();
 
     // A token issued on A works on B (B had read the token register before).
-    let issued = a
-        .admin()
-        .await
-        .issue_token(req(
-            &so,
-            pb::IssueTokenRequest {
-                principal_id: "analyst-7".into(),
-                roles: vec!["analyst".into()],
-                ttl_seconds: 3600,
-                scope_subject_id: String::new(),
-                justification: "monthly figures".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let issued = issue(&a, "analyst-7", "analyst", "monthly figures").await;
     let who = |node: &TestServer, token: String| {
         let addr = node.addr;
         async move {
