@@ -181,7 +181,7 @@ pub fn run(args: &ServeArgs) -> Exit {
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            stop_signal().await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         });
@@ -441,4 +441,27 @@ fn print_dev_banner(data_dir: &Path, addr: SocketAddr) {
         tokens_path.display()
     );
     let _ = std::io::stdout().flush();
+}
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM: what systemd, `kill` and container runtimes
+/// send to stop a service. Either stops kluis cleanly (the calls under way finish, the trail's
+/// head file names the last entry).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGTERM cannot be caught: stop kluis with Ctrl-C (SIGINT)")
+            }
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

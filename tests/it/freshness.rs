@@ -30,10 +30,11 @@ struct Running {
 }
 
 impl Running {
-    /// Stops the server as Ctrl-C does and waits for a clean exit.
-    fn stop(mut self) {
+    /// Stops the server with `signal` (`-INT` as Ctrl-C does, `-TERM` as systemd and `kill` do)
+    /// and waits for a clean exit.
+    fn stop_by(mut self, signal: &str) {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success());
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "kluis serve exited with {exit}");
@@ -125,6 +126,11 @@ impl Store {
 
     /// Starts, makes `calls` audited calls, and stops cleanly.
     async fn session(&self, calls: usize, extra: &[&str]) {
+        self.session_stopped_by(calls, extra, "-INT").await;
+    }
+
+    /// `session`, stopped with `signal`.
+    async fn session_stopped_by(&self, calls: usize, extra: &[&str], signal: &str) {
         let server = self.serve(extra).unwrap_or_else(|(code, err)| {
             panic!("kluis serve did not start ({code:?}): {err}");
         });
@@ -142,7 +148,8 @@ impl Store {
         }
         drop(admin);
         // Off the runtime's thread: the client's connection must be able to close meanwhile.
-        tokio::task::spawn_blocking(move || server.stop())
+        let signal = signal.to_owned();
+        tokio::task::spawn_blocking(move || server.stop_by(&signal))
             .await
             .unwrap();
     }
@@ -267,6 +274,23 @@ async fn a_store_rolled_back_as_a_whole_is_refused_unless_accepted_on_the_trail(
         store.head()["seq"].as_u64().unwrap(),
         store.trail().len() as u64
     );
+}
+
+/// systemd, `kill` and container runtimes stop a service with SIGTERM: kluis stops as cleanly as
+/// on Ctrl-C (exit 0, the head file naming the last entry, though the calls came faster than its
+/// deferred writes), so a store rolled back or a trail cut while it is down is refused at the
+/// next start.
+#[tokio::test]
+async fn sigterm_stops_as_cleanly_as_ctrl_c() {
+    for signal in ["-TERM", "-INT"] {
+        let store = Store::init(None);
+        store.session_stopped_by(5, &[], signal).await;
+        assert_eq!(
+            store.head()["seq"].as_u64().unwrap(),
+            store.trail().len() as u64,
+            "{signal}: a clean stop leaves the last head"
+        );
+    }
 }
 
 #[tokio::test]
