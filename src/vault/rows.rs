@@ -968,15 +968,16 @@ impl Vault {
                 Err(e) => return Err(e.into()),
             }
         }
-        let tokens_read = readable(&mut unreadable, TokenRow::KIND, self.store.tokens())?;
-        let tokens = tokens_read.clone().unwrap_or_default();
+        let tokens = readable(&mut unreadable, TokenRow::KIND, self.store.tokens())?;
+        let tokens_read = tokens.is_some();
+        let tokens = tokens.unwrap_or_default();
         // The register as stored, read after the rows: a token changed on another node less
         // than a poll ago is registered before its row is written, so it is not reported.
         self.forget_token_register();
         for t in &tokens {
             check(TokenRow::KIND, t.row_id(), self.rows.is_authentic(t));
         }
-        let mut stale_tokens = if tokens_read.is_some() {
+        let mut stale_tokens = if tokens_read {
             self.stale_tokens(&tokens)?
         } else {
             Vec::new()
