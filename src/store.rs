@@ -300,7 +300,8 @@ pub struct FieldMeta {
 }
 
 impl FieldMeta {
-    /// A complete evidence file as a field of its record's listing.
+    /// An evidence file as a field of its record's listing (finished or not: see
+    /// [`EvidenceMeta::complete`]).
     pub fn of_evidence(e: EvidenceRow) -> Self {
         Self {
             name: e.name,
@@ -310,6 +311,7 @@ impl FieldMeta {
                 id: e.id,
                 media_type: e.media_type,
                 sha256: e.sha256,
+                complete: e.complete,
             }),
             kind: None,
             version: String::new(),
@@ -327,6 +329,9 @@ pub struct EvidenceMeta {
     pub media_type: String,
     /// SHA-256 of the plaintext, hex.
     pub sha256: String,
+    /// Whether the upload finished, as its row says: believed only once the row is checked
+    /// (an upload still running is listed by nobody).
+    pub complete: bool,
 }
 
 /// An evidence file: a field of a record whose value is stored as segments (see
@@ -1273,7 +1278,8 @@ pub trait EvidenceStore: Send + Sync {
     /// An evidence file with its record.
     fn evidence(&self, evidence_id: &str) -> Result<Option<(RecordRow, EvidenceRow)>, StoreError>;
 
-    /// The complete evidence files of a record.
+    /// The evidence files of a record, finished or not: the caller checks each row before it
+    /// believes its `complete` (a finished file marked unfinished by hand is damaged, not absent).
     fn record_evidence(&self, record_id: &str) -> Result<Vec<EvidenceRow>, StoreError>;
 
     /// One segment of an evidence file.

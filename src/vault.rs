@@ -1284,8 +1284,7 @@ impl Vault {
             .map(|r| meta_resource(&record, meta.purpose, r))
             .collect::<Vec<_>>();
         // Evidence files go with the record, so the caller must be allowed to delete them too.
-        for ev in self.store.record_evidence(record_id.as_str())? {
-            self.rows.check(&ev)?;
+        for ev in self.finished_evidence(record_id.as_str())? {
             resources.push(evidence_resource(&record, meta.purpose, &ev)?);
         }
         let decisions = self.decide(principal, Action::Delete, ctx, &resources)?;
@@ -1508,8 +1507,16 @@ impl Vault {
                 }
             }
             self.rows.check_field_metas(&rec, &fields)?;
+            let mut fields = fields;
             if fields.iter().any(|f| f.evidence.is_some()) {
-                self.rows.check_all(&self.store.record_evidence(&rec.id)?)?;
+                // Listed as the checked rows say: an upload still running is not listed, and a
+                // finished file marked unfinished by hand fails its check.
+                let finished = self.finished_evidence(&rec.id)?;
+                fields.retain(|f| {
+                    f.evidence
+                        .as_ref()
+                        .is_none_or(|e| finished.iter().any(|row| row.id == e.id))
+                });
             }
             let visible: Vec<FieldInfo> = fields
                 .into_iter()
@@ -1673,7 +1680,7 @@ impl Vault {
                     stored.push(resource(record, purpose, f)?);
                 }
             }
-            for ev in self.store.record_evidence(&record.id)? {
+            for ev in self.finished_evidence(&record.id)? {
                 stored.push(evidence_resource(record, purpose, &ev)?);
             }
             Ok(!stored.is_empty()

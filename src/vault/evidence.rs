@@ -221,8 +221,7 @@ impl Vault {
             let taken: Option<FieldResource> = match fields.iter().find(|f| f.name == name) {
                 Some(f) => Some(super::resource(&stored, purpose, f)?),
                 None => self
-                    .store
-                    .record_evidence(&record.id)?
+                    .finished_evidence(&record.id)?
                     .iter()
                     .find(|e| e.name == name)
                     .map(|e| super::evidence_resource(&stored, purpose, e))
@@ -558,6 +557,19 @@ impl Vault {
              audit trail)",
             action.as_str()
         )))
+    }
+
+    /// The finished evidence files of a record, every row of it checked before its
+    /// completeness is believed: a finished file marked unfinished by hand is damaged
+    /// (`DataLoss`) at every door that lists, exports, decides on or deletes a record's files,
+    /// not left out of it; an upload still running (its row as it was begun) is left out.
+    pub(crate) fn finished_evidence(
+        &self,
+        record_id: &str,
+    ) -> Result<Vec<EvidenceRow>, VaultError> {
+        let rows = self.store.record_evidence(record_id)?;
+        self.rows.check_all(&rows)?;
+        Ok(rows.into_iter().filter(|e| e.complete).collect())
     }
 
     /// A finished evidence file and its record as stored, both checked.

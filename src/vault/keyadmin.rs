@@ -443,6 +443,21 @@ impl Vault {
         let lease = self
             .job_lease(&format!("rekey:{purpose}"))?
             .ok_or_else(|| elsewhere("rekey", purpose))?;
+        // A rekey reseals finished evidence files only (an upload still running finds its key
+        // replaced when it finishes). A finished file marked unfinished by hand would be passed
+        // over and lost with its old subject key: refused until it is put right.
+        for row in self.store.unfinished_evidence()? {
+            if !self.rows.is_authentic(&row) {
+                tracing::error!(kind = "evidence", row = %row.id, "a finished evidence file is marked unfinished by hand; the rekey is refused");
+                return Err(VaultError::DataLoss(format!(
+                    "evidence `{}` is marked unfinished, and its row fails its check (edited by \
+                     hand): a rekey would pass over its segments and leave them under a subject \
+                     key it replaces. Run `kluis admin store verify`, put the row right, and \
+                     rekey again",
+                    row.id
+                )));
+            }
+        }
         // A subject key created in the same second as the job start counts as done, so the job
         // starts one second from now.
         let started = self

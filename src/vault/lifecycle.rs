@@ -86,8 +86,7 @@ impl Vault {
             .map(|r| super::meta_resource(&record, meta.purpose, r))
             .collect::<Vec<_>>();
         // Evidence files are part of the record: closing is decided on them too.
-        for ev in self.store.record_evidence(record_id.as_str())? {
-            self.rows.check(&ev)?;
+        for ev in self.finished_evidence(record_id.as_str())? {
             resources.push(super::evidence_resource(&record, meta.purpose, &ev)?);
         }
         let decisions = self.decide(principal, Action::Close, ctx, &resources)?;

@@ -855,3 +855,30 @@ pub fn put_copy_back(server: &TestServer, name: &str) {
         .unwrap();
     }
 }
+
+/// A rekey of `purpose` by the security officer, to its end.
+pub async fn rekey(server: &TestServer, purpose: &str) -> Result<(), tonic::Status> {
+    let mut stream = server
+        .admin()
+        .await
+        .rekey(req(
+            server.token(Role::SecurityOfficer),
+            pb::KeyJobRequest {
+                purpose: purpose.into(),
+                justification: "yearly".into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    while stream.message().await?.is_some() {}
+    Ok(())
+}
+
+/// Whether a listing's records name the evidence file `evidence_id` among their fields.
+pub fn lists_evidence(records: &[pb::RecordInfo], evidence_id: &str) -> bool {
+    records.iter().flat_map(|r| &r.fields).any(|f| {
+        f.evidence
+            .as_ref()
+            .is_some_and(|e| e.evidence_id == evidence_id)
+    })
+}

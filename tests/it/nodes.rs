@@ -1482,17 +1482,8 @@ async fn evidence_uploaded_through_one_node_streams_from_the_other() {
         "the file read through A after the rekey differs"
     );
     // Its segment rows are exactly those of its size, as `store verify` reads them.
-    let verified = a
-        .admin()
-        .await
-        .verify_store(req(
-            a.token(Role::SecurityOfficer),
-            pb::VerifyStoreRequest {},
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verified.bad_rows.is_empty(), "{:?}", verified.bad_rows);
+    let bad = bad_rows(&a).await;
+    assert!(bad.is_empty(), "{bad:?}");
     // A segment row copied under an index past the file's end is named.
     tokio::task::block_in_place(|| {
         let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
@@ -1506,22 +1497,56 @@ async fn evidence_uploaded_through_one_node_streams_from_the_other() {
             .unwrap();
         assert_eq!(copied, 1);
     });
-    let verified = a
-        .admin()
+    let bad = bad_rows(&a).await;
+    assert!(
+        bad.iter()
+            .any(|r| r.kind == "evidence" && r.id == up.evidence_id),
+        "{bad:?}"
+    );
+    // The finished file marked unfinished by hand (the copied row gone again): the listing
+    // through the other node is refused rather than leaving it out, and verify names it.
+    let sql = |statement: &'static str| {
+        let (url, id) = (url.clone(), up.evidence_id.clone());
+        tokio::task::block_in_place(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            db.execute(
+                "DELETE FROM evidence_segments WHERE evidence_id = $1 AND idx >= 100",
+                &[&id],
+            )
+            .unwrap();
+            assert_eq!(db.execute(statement, &[&id]).unwrap(), 1);
+        });
+    };
+    sql("UPDATE evidence SET complete = false WHERE id = $1");
+    let listed = list_records(&b, b.token(Role::NuisanceOfficer), nuisance_ctx(), "REL-E1").await;
+    assert_eq!(
+        listed.expect_err("listed without its file").code(),
+        tonic::Code::DataLoss
+    );
+    let bad = bad_rows(&b).await;
+    assert!(
+        bad.iter()
+            .any(|r| r.kind == "evidence" && r.id == up.evidence_id),
+        "{bad:?}"
+    );
+    // The twin: marked finished again, it is listed with its file.
+    sql("UPDATE evidence SET complete = true WHERE id = $1");
+    let listed = list_records(&b, b.token(Role::NuisanceOfficer), nuisance_ctx(), "REL-E1")
+        .await
+        .unwrap();
+    assert!(lists_evidence(&listed, &up.evidence_id), "{listed:?}");
+}
+
+/// The rows `store verify` through `node` names.
+async fn bad_rows(node: &TestServer) -> Vec<pb::BadRow> {
+    node.admin()
         .await
         .verify_store(req(
-            a.token(Role::SecurityOfficer),
+            node.token(Role::SecurityOfficer),
             pb::VerifyStoreRequest {},
         ))
         .await
         .unwrap()
-        .into_inner();
-    assert!(
-        verified
-            .bad_rows
-            .iter()
-            .any(|r| r.kind == "evidence" && r.id == up.evidence_id),
-        "{:?}",
-        verified.bad_rows
-    );
+        .into_inner()
+        .bad_rows
 }

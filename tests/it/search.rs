@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use kluis::{domain::Role, pb, search::RawSearch};
 use tonic::Code;
 
-use crate::common::{TestServer, audit_entries, ctx, put, req, text};
+use crate::common::{TestServer, audit_entries, ctx, put, rekey, req, text};
 
 fn search_config(tag_bits: u8) -> kluis::config::RawConfig {
     kluis::config::RawConfig {
@@ -866,24 +866,7 @@ async fn a_rekey_of_a_purpose_backfills_its_tags_after_an_index_key_rotation() {
     let server = TestServer::start_with_config(search_config(16)).await;
     tenants(&server, 5).await;
     assert_eq!(rotate_index(&server).await.unwrap(), 2);
-    let mut stream = server
-        .admin()
-        .await
-        .rekey(req(
-            server.token(Role::SecurityOfficer),
-            pb::KeyJobRequest {
-                purpose: "contract".into(),
-                justification: "yearly".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(p) = stream.message().await.unwrap() {
-        if p.finished {
-            break;
-        }
-    }
+    rekey(&server, "contract").await.unwrap();
     // Every value tagged under the new version only, the old one dropped, and still found.
     assert_eq!(versions(&server), BTreeMap::from([(2, 15)]));
     assert_eq!(

@@ -1051,6 +1051,44 @@ async fn evidence_rows_edited_by_hand_are_not_obeyed() {
         )
         .unwrap();
     assert!(segments > 0, "the file's segments are still there");
+    // Nor is it left out of the other doors as an upload still running: listed, exported or
+    // deleted with its record, it is damaged; store verify names it.
+    let status = list_records(&server, &officer, nuisance_ctx(), "REL-EV-T")
+        .await
+        .expect_err("a record whose file was marked unfinished by hand is not listed without it");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let status = export(
+        &server,
+        &po,
+        ctx("nuisance", "SAR-7", "subject access request"),
+        "REL-EV-T",
+        false,
+    )
+    .await
+    .expect_err("an export does not leave out a finished file marked unfinished by hand");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    let status = server
+        .client()
+        .await
+        .delete_record(req(
+            &officer,
+            pb::DeleteRecordRequest {
+                context: nuisance_ctx(),
+                record_id: put.record_id.clone(),
+            },
+        ))
+        .await
+        .expect_err("a record is not deleted past a file marked unfinished by hand");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 4, "{rows:?}");
+    assert!(names(&rows, "evidence", &put.evidence_id), "{rows:?}");
+    // A rekey would pass over it and replace the key it is sealed under: refused.
+    let status = rekey(&server, "nuisance")
+        .await
+        .expect_err("a rekey passes over a finished file marked unfinished by hand");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     // The twin: marked complete again, it downloads whole.
     let id = put.evidence_id.clone();
     let unmark = move |path: &std::path::Path| {
@@ -1064,6 +1102,18 @@ async fn evidence_rows_edited_by_hand_are_not_obeyed() {
         .await
         .unwrap();
     assert_eq!(bytes.len(), 70_000);
+    let listed = list_records(&server, &officer, nuisance_ctx(), "REL-EV-T")
+        .await
+        .unwrap();
+    assert!(lists_evidence(&listed, &put.evidence_id), "{listed:?}");
+    let (code, rows) = store_verify(&server);
+    assert_eq!(code, 0, "{rows:?}");
+    // And a rekey reseals it: it still downloads whole.
+    rekey(&server, "nuisance").await.unwrap();
+    let (_, again) = download(&server, &officer, nuisance_ctx(), &put.evidence_id, None)
+        .await
+        .unwrap();
+    assert!(again == bytes, "the file read after the rekey differs");
     server.stop().await;
 }
 

@@ -186,8 +186,7 @@ impl EvidenceStore for PgStore {
         self.read_one(|tx| {
             tx.all(
                 &format!(
-                    "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = $1 AND complete
-                     ORDER BY name"
+                    "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = $1 ORDER BY name"
                 ),
                 &[&record_id],
             )?

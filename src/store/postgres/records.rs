@@ -742,10 +742,7 @@ fn field_metas(tx: &mut Tx<'_>, id: &str) -> Result<Vec<FieldMeta>, StoreError> 
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     for r in tx.all(
-        &format!(
-            "SELECT {EVIDENCE_COLUMNS} FROM evidence
-             WHERE record_id = $1 AND complete"
-        ),
+        &format!("SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = $1"),
         &[&id],
     )? {
         fields.push(FieldMeta::of_evidence(evidence_from_row(&r)?));

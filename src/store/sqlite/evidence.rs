@@ -175,8 +175,7 @@ impl EvidenceStore for SqliteStore {
     fn record_evidence(&self, record_id: &str) -> Result<Vec<EvidenceRow>, StoreError> {
         self.read(|c| {
             c.prepare_cached(&format!(
-                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1
-                 ORDER BY name"
+                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 ORDER BY name"
             ))?
             .query_map([record_id], evidence_from_row)?
             .collect()

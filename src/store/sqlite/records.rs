@@ -776,7 +776,7 @@ fn field_metas_in(c: &Connection, id: &str) -> rusqlite::Result<Vec<FieldMeta>> 
         .collect::<rusqlite::Result<Vec<_>>>()?;
     fields.extend(
         c.prepare_cached(&format!(
-            "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1 AND complete = 1"
+            "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE record_id = ?1"
         ))?
         .query_map([id], evidence_from_row)?
         .map(|e| e.map(FieldMeta::of_evidence))
