@@ -1509,14 +1509,18 @@ impl Vault {
             self.rows.check_field_metas(&rec, &fields)?;
             let mut fields = fields;
             if fields.iter().any(|f| f.evidence.is_some()) {
-                // Listed as the checked rows say: an upload still running is not listed, and a
-                // finished file marked unfinished by hand fails its check.
+                // Listed from the rows as checked: an upload still running is not listed, a
+                // finished file marked unfinished by hand fails its check, and one that finished
+                // since the metadata was read is listed as finished (or, when it was not
+                // decided on with the rest, not at all).
                 let finished = self.finished_evidence(&rec.id)?;
-                fields.retain(|f| {
-                    f.evidence
-                        .as_ref()
-                        .is_none_or(|e| finished.iter().any(|row| row.id == e.id))
-                });
+                fields.retain(|f| f.evidence.is_none());
+                fields.extend(
+                    finished
+                        .into_iter()
+                        .map(crate::store::FieldMeta::of_evidence),
+                );
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
             }
             let visible: Vec<FieldInfo> = fields
                 .into_iter()

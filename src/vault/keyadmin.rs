@@ -443,21 +443,7 @@ impl Vault {
         let lease = self
             .job_lease(&format!("rekey:{purpose}"))?
             .ok_or_else(|| elsewhere("rekey", purpose))?;
-        // A rekey reseals finished evidence files only (an upload still running finds its key
-        // replaced when it finishes). A finished file marked unfinished by hand would be passed
-        // over and lost with its old subject key: refused until it is put right.
-        for row in self.store.unfinished_evidence()? {
-            if !self.rows.is_authentic(&row) {
-                tracing::error!(kind = "evidence", row = %row.id, "a finished evidence file is marked unfinished by hand; the rekey is refused");
-                return Err(VaultError::DataLoss(format!(
-                    "evidence `{}` is marked unfinished, and its row fails its check (edited by \
-                     hand): a rekey would pass over its segments and leave them under a subject \
-                     key it replaces. Run `kluis admin store verify`, put the row right, and \
-                     rekey again",
-                    row.id
-                )));
-            }
-        }
+        self.no_unfinished_by_hand()?;
         // A subject key created in the same second as the job start counts as done, so the job
         // starts one second from now.
         let started = self
@@ -483,6 +469,7 @@ impl Vault {
             if subjects.is_empty() {
                 break;
             }
+            self.no_unfinished_by_hand()?;
             for subject in subjects {
                 fields += self.rekey_subject(&subject, purpose, started)?;
                 state.done += 1;
@@ -524,6 +511,26 @@ impl Vault {
             }
         }
         Ok(state)
+    }
+    /// A rekey reseals finished evidence files only (an upload still running finds its key
+    /// replaced when it finishes). A finished file marked unfinished by hand would be passed over
+    /// and lost with the subject key it is sealed under: the rekey is refused until it is put
+    /// right. Checked as the job starts and before each batch of subjects, not in the
+    /// transaction that drops a subject's old key.
+    fn no_unfinished_by_hand(&self) -> Result<(), VaultError> {
+        for row in self.store.unfinished_evidence()? {
+            if !self.rows.is_authentic(&row) {
+                tracing::error!(kind = "evidence", row = %row.id, "a finished evidence file is marked unfinished by hand; the rekey is refused");
+                return Err(VaultError::DataLoss(format!(
+                    "evidence `{}` is marked unfinished, and its row fails its check (edited by \
+                     hand): a rekey would pass over its segments and leave them under a subject \
+                     key it replaces. Run `kluis admin store verify`, put the row right, and \
+                     rekey again",
+                    row.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Rekeys one subject's data of `purpose`, driven from here: stores a new subject key

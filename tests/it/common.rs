@@ -882,3 +882,18 @@ pub fn lists_evidence(records: &[pb::RecordInfo], evidence_id: &str) -> bool {
             .is_some_and(|e| e.evidence_id == evidence_id)
     })
 }
+
+/// The rows `store verify` (by the security officer, through `server`) names.
+pub async fn bad_rows(server: &TestServer) -> Vec<pb::BadRow> {
+    server
+        .admin()
+        .await
+        .verify_store(req(
+            server.token(Role::SecurityOfficer),
+            pb::VerifyStoreRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .bad_rows
+}

@@ -10,8 +10,8 @@ use rusqlite::Connection;
 use tonic::Code;
 
 use crate::common::{
-    SCOPED_SUBJECT, TestClock, TestServer, audit_entries, ctx, download, evidence_start, get, put,
-    req, text, upload_bytes,
+    SCOPED_SUBJECT, TestClock, TestServer, audit_entries, bad_rows, ctx, download, evidence_start,
+    get, put, req, text, upload_bytes,
 };
 
 const SUBJECT: &str = "REL-0300";
@@ -95,20 +95,6 @@ async fn export(
         lines.push(serde_json::from_str(&line.json).unwrap());
     }
     Ok(lines)
-}
-
-async fn bad_rows(server: &TestServer) -> Vec<pb::BadRow> {
-    server
-        .admin()
-        .await
-        .verify_store(req(
-            server.token(Role::SecurityOfficer),
-            pb::VerifyStoreRequest {},
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .bad_rows
 }
 
 fn stored_disclosures(server: &TestServer, subject: &str) -> i64 {

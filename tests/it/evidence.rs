@@ -371,6 +371,29 @@ async fn an_interrupted_upload_leaves_nothing_behind() {
         0,
         "an unfinished upload is not readable"
     );
+    // While it runs it is listed by nobody, and it is no damage: an export, store verify and a
+    // rekey go through it.
+    let listed = list_records(&server, &officer(&server), nuisance_ctx(), "REL-I")
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let lines = export(
+        &server,
+        &po,
+        ctx("nuisance", "SAR-8", "subject access request"),
+        "REL-I",
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !lines.iter().any(|l| l.to_string().contains("hallway")),
+        "{lines:?}"
+    );
+    let bad = bad_rows(&server).await;
+    assert!(bad.is_empty(), "{bad:?}");
+    rekey(&server, "nuisance").await.unwrap();
     call.abort();
     drop(tx);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -1536,17 +1536,3 @@ async fn evidence_uploaded_through_one_node_streams_from_the_other() {
         .unwrap();
     assert!(lists_evidence(&listed, &up.evidence_id), "{listed:?}");
 }
-
-/// The rows `store verify` through `node` names.
-async fn bad_rows(node: &TestServer) -> Vec<pb::BadRow> {
-    node.admin()
-        .await
-        .verify_store(req(
-            node.token(Role::SecurityOfficer),
-            pb::VerifyStoreRequest {},
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .bad_rows
-}

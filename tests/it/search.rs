@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use kluis::{domain::Role, pb, search::RawSearch};
 use tonic::Code;
 
-use crate::common::{TestServer, audit_entries, ctx, put, rekey, req, text};
+use crate::common::{TestServer, audit_entries, bad_rows, ctx, put, rekey, req, text};
 
 fn search_config(tag_bits: u8) -> kluis::config::RawConfig {
     kluis::config::RawConfig {
@@ -843,17 +843,7 @@ async fn an_external_partys_hit_is_registered_as_a_disclosure() {
         .unwrap()
         .execute("DELETE FROM disclosures WHERE id = ?1", [&disclosure])
         .unwrap();
-    let bad = server
-        .admin()
-        .await
-        .verify_store(req(
-            server.token(Role::SecurityOfficer),
-            pb::VerifyStoreRequest {},
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .bad_rows;
+    let bad = bad_rows(&server).await;
     assert!(
         bad.iter()
             .any(|b| b.kind == "disclosure" && b.id == disclosure),
