@@ -1104,7 +1104,23 @@ impl Vault {
                 }
                 // Every evidence row, finished or not: a finished file marked unfinished by hand
                 // fails its MAC; an upload still running has the segments that arrived so far.
-                for e in self.store.record_evidence(&r.id)? {
+                // Rows that cannot be read (a value of another type stored by hand) are named
+                // by their record, and the rest is still verified.
+                let evidence = match self.store.record_evidence(&r.id) {
+                    Err(StoreError::Corrupt(what)) => {
+                        unreadable.push(BadRow {
+                            kind: EvidenceRow::KIND,
+                            id: format!("(of record {})", r.id),
+                            problem: format!(
+                                "an evidence row of the record cannot be read ({what}): edited \
+                                 by hand"
+                            ),
+                        });
+                        Vec::new()
+                    }
+                    other => other?,
+                };
+                for e in evidence {
                     let authentic = self.rows.is_authentic(&e);
                     check(EvidenceRow::KIND, e.row_id(), authentic);
                     if !(authentic && e.complete) {
@@ -1114,7 +1130,19 @@ impl Vault {
                     // (under another index) or deleted by hand is named here; a segment edited
                     // or moved fails its AEAD when it is read.
                     let n = crate::crypto::stream::segment_count(e.size);
-                    let (count, span) = self.store.segment_span(&e.id)?;
+                    let (count, span) = match self.store.segment_span(&e.id) {
+                        Err(StoreError::Corrupt(what)) => {
+                            unreadable.push(BadRow {
+                                kind: EvidenceRow::KIND,
+                                id: e.row_id(),
+                                problem: format!(
+                                    "its segment rows cannot be read ({what}): edited by hand"
+                                ),
+                            });
+                            continue;
+                        }
+                        other => other?,
+                    };
                     let last = i64::try_from(n).unwrap_or(i64::MAX) - 1;
                     if count != n || span != Some((0, last)) {
                         bad_sets.push(BadRow {

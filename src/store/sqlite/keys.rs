@@ -389,7 +389,7 @@ impl KeyStore for SqliteStore {
                 "SELECT {columns}, s.idx, s.key_gen, s.sealed
                  FROM evidence_segments s JOIN evidence e ON e.id = s.evidence_id
                  JOIN records r ON r.id = e.record_id
-                 WHERE r.subject = ?1 AND r.purpose = ?2 AND e.complete = 1 AND s.key_gen < ?3
+                 WHERE r.subject = ?1 AND r.purpose = ?2 AND e.complete <> 0 AND s.key_gen < ?3
                  ORDER BY s.evidence_id, s.idx LIMIT ?4"
             ))?
             .query_map(params![subject, purpose, generation, limit], |r| {
@@ -414,7 +414,7 @@ impl KeyStore for SqliteStore {
         self.serving()?;
         self.read(|c| {
             c.prepare_cached(&format!(
-                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete = 1 AND record_id IN
+                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE complete <> 0 AND record_id IN
                  (SELECT id FROM records WHERE subject = ?1 AND purpose = ?2) ORDER BY id"
             ))?
             .query_map(params![subject, purpose], evidence_from_row)?
@@ -489,7 +489,7 @@ impl KeyStore for SqliteStore {
                          WHERE r.subject = ?1 AND r.purpose = ?2 AND f.key_gen < ?3)
                       + (SELECT count(*) FROM evidence_segments s
                          JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
-                         WHERE r.subject = ?1 AND r.purpose = ?2 AND e.complete = 1
+                         WHERE r.subject = ?1 AND r.purpose = ?2 AND e.complete <> 0
                            AND s.key_gen < ?3)",
                 params![subject, purpose, generation],
                 |r| r.get(0),
@@ -497,7 +497,7 @@ impl KeyStore for SqliteStore {
             .map_err(db)?;
         let stored: Vec<String> = tx
             .prepare_cached(
-                "SELECT id FROM evidence WHERE complete = 1 AND record_id IN
+                "SELECT id FROM evidence WHERE complete <> 0 AND record_id IN
                  (SELECT id FROM records WHERE subject = ?1 AND purpose = ?2)",
             )
             .map_err(db)?
@@ -527,7 +527,7 @@ impl KeyStore for SqliteStore {
                     WHERE k.subject = r.subject AND k.purpose = r.purpose AND k.generation = f.key_gen))
                  + (SELECT count(*) FROM evidence_segments s
                     JOIN evidence e ON e.id = s.evidence_id JOIN records r ON r.id = e.record_id
-                 WHERE r.purpose = ?1 AND e.complete = 1 AND NOT EXISTS (
+                 WHERE r.purpose = ?1 AND e.complete <> 0 AND NOT EXISTS (
                     SELECT 1 FROM subject_keys k
                     WHERE k.subject = r.subject AND k.purpose = r.purpose AND k.generation = s.key_gen))",
                 [purpose],
