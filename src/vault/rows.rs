@@ -1105,15 +1105,16 @@ impl Vault {
                 // Every evidence row, finished or not: a finished file marked unfinished by hand
                 // fails its MAC; an upload still running has the segments that arrived so far.
                 // Rows that cannot be read (a value of another type stored by hand) are named
-                // by their record, and the rest is still verified.
+                // by their record (the files of that record are then not checked further), and
+                // the rest is still verified.
                 let evidence = match self.store.record_evidence(&r.id) {
                     Err(StoreError::Corrupt(what)) => {
                         unreadable.push(BadRow {
-                            kind: EvidenceRow::KIND,
-                            id: format!("(of record {})", r.id),
+                            kind: RecordRow::KIND,
+                            id: r.id.clone(),
                             problem: format!(
-                                "an evidence row of the record cannot be read ({what}): edited \
-                                 by hand"
+                                "an evidence row of this record cannot be read ({what}): \
+                                 edited by hand"
                             ),
                         });
                         Vec::new()

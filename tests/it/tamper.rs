@@ -1138,8 +1138,7 @@ async fn evidence_rows_edited_by_hand_are_not_obeyed() {
     flag("'yes'");
     let (code, rows) = store_verify(&server);
     assert_eq!(code, 4, "{rows:?}");
-    let of_record = format!("(of record {})", put.record_id);
-    assert!(names(&rows, "evidence", &of_record), "{rows:?}");
+    assert!(names(&rows, "record", &put.record_id), "{rows:?}");
     let status = rekey(&server, "nuisance")
         .await
         .expect_err("a rekey passes over a file whose flag cannot be read");
