@@ -300,8 +300,8 @@ pub struct FieldMeta {
 }
 
 impl FieldMeta {
-    /// An evidence file as a field of its record's listing (finished or not: see
-    /// [`EvidenceMeta::complete`]).
+    /// An evidence file as a field of its record's listing. The stores list a record's files
+    /// finished or not; a listing shows them from their rows as checked (`finished_evidence`).
     pub fn of_evidence(e: EvidenceRow) -> Self {
         Self {
             name: e.name,
@@ -311,7 +311,6 @@ impl FieldMeta {
                 id: e.id,
                 media_type: e.media_type,
                 sha256: e.sha256,
-                complete: e.complete,
             }),
             kind: None,
             version: String::new(),
@@ -329,9 +328,6 @@ pub struct EvidenceMeta {
     pub media_type: String,
     /// SHA-256 of the plaintext, hex.
     pub sha256: String,
-    /// Whether the upload finished, as its row says: believed only once the row is checked
-    /// (an upload still running is listed by nobody).
-    pub complete: bool,
 }
 
 /// An evidence file: a field of a record whose value is stored as segments (see

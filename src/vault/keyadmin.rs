@@ -512,6 +512,7 @@ impl Vault {
         }
         Ok(state)
     }
+
     /// A rekey reseals finished evidence files only (an upload still running finds its key
     /// replaced when it finishes). A finished file marked unfinished by hand would be passed over
     /// and lost with the subject key it is sealed under: the rekey is refused until it is put
