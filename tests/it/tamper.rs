@@ -117,6 +117,29 @@ fn names(rows: &[serde_json::Value], kind: &str, id: &str) -> bool {
     rows.iter().any(|r| r["kind"] == kind && r["id"] == id)
 }
 
+/// A doorbell clip of `size` bytes (made from `seed`, sent in chunks of `chunk`) uploaded by
+/// `officer` into a new nuisance record of `subject`.
+async fn doorbell(
+    server: &TestServer,
+    officer: &str,
+    subject: &str,
+    seed: u64,
+    size: u64,
+    chunk: usize,
+) -> pb::PutEvidenceResponse {
+    let start = evidence_start(
+        nuisance_ctx(),
+        subject,
+        "",
+        "doorbell",
+        "video/mp4",
+        "doorbell.mp4",
+    );
+    upload(server, officer, start, seed, size, chunk)
+        .await
+        .unwrap()
+}
+
 // The `kluis` child process is awaited synchronously: keep a worker free for the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_rows_written_by_hand_authenticate_nobody() {
@@ -961,23 +984,7 @@ async fn an_old_ciphertext_put_back_after_a_rectification_does_not_open() {
 async fn evidence_rows_edited_by_hand_are_not_obeyed() {
     let server = TestServer::start().await;
     let officer = server.token(Role::NuisanceOfficer).to_owned();
-    let put = upload(
-        &server,
-        &officer,
-        evidence_start(
-            nuisance_ctx(),
-            "REL-EV-T",
-            "",
-            "doorbell",
-            "video/mp4",
-            "doorbell.mp4",
-        ),
-        3,
-        70_000,
-        16_384,
-    )
-    .await
-    .unwrap();
+    let put = doorbell(&server, &officer, "REL-EV-T", 3, 70_000, 16_384).await;
     // Twin: untouched, it downloads, with its digest for the reader.
     let (info, bytes) = download(&server, &officer, nuisance_ctx(), &put.evidence_id, None)
         .await
@@ -2277,23 +2284,7 @@ async fn values_stored_by_hand_as_another_type_are_data_loss() {
         vec![text("statement", "nuisance-evidence", "a letter")],
     )
     .await;
-    let evidence = upload(
-        &server,
-        &officer,
-        evidence_start(
-            nuisance_ctx(),
-            "REL-TYPE",
-            "",
-            "doorbell",
-            "video/mp4",
-            "doorbell.mp4",
-        ),
-        5,
-        70_000,
-        16_384,
-    )
-    .await
-    .unwrap();
+    let evidence = doorbell(&server, &officer, "REL-TYPE", 5, 70_000, 16_384).await;
     let read = async || {
         get(&server, &officer, nuisance_ctx(), &record)
             .await
@@ -2439,23 +2430,7 @@ async fn values_stored_by_hand_as_another_type_are_data_loss() {
 async fn evidence_segment_rows_inserted_or_moved_by_hand_are_named() {
     let server = TestServer::start().await;
     let officer = server.token(Role::NuisanceOfficer).to_owned();
-    let put = upload(
-        &server,
-        &officer,
-        evidence_start(
-            nuisance_ctx(),
-            "REL-SEG",
-            "",
-            "doorbell",
-            "video/mp4",
-            "doorbell.mp4",
-        ),
-        9,
-        200_000,
-        65_536,
-    )
-    .await
-    .unwrap();
+    let put = doorbell(&server, &officer, "REL-SEG", 9, 200_000, 65_536).await;
     let id = put.evidence_id.as_str();
     assert_eq!(store_verify(&server).0, 0);
     for (edit, undo) in [
