@@ -14,6 +14,7 @@
 mod audit;
 mod disclosures;
 mod evidence;
+mod files;
 mod group;
 mod keys;
 mod lifecycle;
@@ -434,6 +435,12 @@ CREATE TABLE destroyed_records (
     PRIMARY KEY (subject, record_id)
 ) WITHOUT ROWID;
 ",
+    // Evidence segments in files beside the database (`files`): a row names where its bytes
+    // are in its upload's file and holds none; one with `at` NULL holds them itself.
+    r"
+ALTER TABLE evidence_segments ADD COLUMN at INTEGER;
+ALTER TABLE evidence_segments ADD COLUMN len INTEGER;
+",
 ];
 
 /// Prepared statements each connection keeps (`open_connection`): more than the distinct
@@ -459,6 +466,8 @@ pub struct SqliteStore {
     trigger_refused: Arc<AtomicBool>,
     /// Whether the file's schema is the one the migrations made, checked before every write.
     schema: Arc<SchemaCheck>,
+    /// The evidence segments' files.
+    files: files::SegmentFiles,
 }
 
 impl SqliteStore {
@@ -477,7 +486,7 @@ impl SqliteStore {
         refuse_triggers(&writer, &trigger_refused);
         let schema = Arc::new(SchemaCheck::default());
         check_structure(path, &schema);
-        Ok(Self {
+        let store = Self {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
@@ -485,7 +494,35 @@ impl SqliteStore {
             checkpoint_owed: AtomicBool::new(false),
             trigger_refused,
             schema,
-        })
+            files: files::SegmentFiles::beside(path),
+        };
+        // What a crash left between a deletion's commit and its files going.
+        store.sweep_segment_files()?;
+        Ok(store)
+    }
+
+    /// After a commit that deleted evidence rows: their files go. The deletion stands when this
+    /// fails; the next sweep (at the latest at start) removes them.
+    fn segment_files_gone(&self) {
+        if let Err(e) = self.sweep_segment_files() {
+            tracing::warn!(error = %e, "evidence files of deleted rows stay until the next sweep");
+        }
+    }
+
+    /// Removes the segment files that no row names any more and no unfinished upload may still
+    /// fill (after a deletion's commit, a rekey, a discarded upload, and at start).
+    fn sweep_segment_files(&self) -> Result<(), StoreError> {
+        self.files.sweep(|| {
+            self.read(|c| {
+                c.prepare_cached(
+                    "SELECT id FROM evidence WHERE complete <> 1
+                     UNION SELECT DISTINCT evidence_id FROM evidence_segments WHERE at IS NOT NULL",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect()
+            })
+        })?;
+        Ok(())
     }
 
     /// The database file.
@@ -1578,13 +1615,15 @@ fn check_key_exists(
     }
 }
 
-/// The body of `append_segments`, in one transaction on the writer connection.
+/// The body of `append_segments`, in one transaction on the writer connection: the rows of
+/// `segments`, whose bytes are in the upload's file where `placed` says.
 fn append_segments_tx(
     conn: &mut Connection,
     evidence_id: &str,
     subject: &str,
     purpose: &str,
     segments: &[SegmentRow],
+    placed: &[files::Placed],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(db)?;
     let open: Option<i64> = tx
@@ -1601,24 +1640,30 @@ fn append_segments_tx(
     {
         let mut stmt = tx
             .prepare_cached(
-                "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed, at, len)
+                 VALUES (?1, ?2, ?3, x'', ?4, ?5)",
             )
             .map_err(db)?;
         let mut checked = None;
-        for s in segments {
+        for (s, place) in segments.iter().zip(placed) {
             if checked != Some(s.key_gen) {
                 check_key_exists(&tx, subject, purpose, s.key_gen)?;
                 checked = Some(s.key_gen);
             }
-            stmt.execute(params![evidence_id, s.index, s.key_gen, s.sealed])
-                .map_err(|e| {
-                    if is_unique_violation(&e) {
-                        StoreError::Exists(format!("segment {}", s.index))
-                    } else {
-                        db(e)
-                    }
-                })?;
+            stmt.execute(params![
+                evidence_id,
+                s.index,
+                s.key_gen,
+                place.at,
+                place.len
+            ])
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Exists(format!("segment {}", s.index))
+                } else {
+                    db(e)
+                }
+            })?;
         }
     }
     tx.commit().map_err(db)

@@ -897,3 +897,78 @@ pub async fn bad_rows(server: &TestServer) -> Vec<pb::BadRow> {
         .into_inner()
         .bad_rows
 }
+
+/// The directory of the evidence segment files beside the SQLite database at `db`.
+pub fn evidence_dir(db: &Path) -> PathBuf {
+    let name = db.file_name().unwrap().to_string_lossy().into_owned();
+    db.with_file_name(format!("{name}.evidence"))
+}
+
+/// The sealed bytes of segment `index` of `evidence_id` in the SQLite database at `db`, where
+/// they are: in the upload's file at the row's place, or in the row.
+pub fn sealed_segment(db: &Path, evidence_id: &str, index: i64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let (sealed, at, len): (Vec<u8>, Option<i64>, Option<i64>) = conn
+        .query_row(
+            "SELECT sealed, at, len FROM evidence_segments WHERE evidence_id = ?1 AND idx = ?2",
+            rusqlite::params![evidence_id, index],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    match at {
+        None => sealed,
+        Some(at) => {
+            let file = std::fs::File::open(evidence_dir(db).join(evidence_id)).unwrap();
+            let mut bytes = vec![0; usize::try_from(len.unwrap()).unwrap()];
+            file.read_exact_at(&mut bytes, u64::try_from(at).unwrap())
+                .unwrap();
+            bytes
+        }
+    }
+}
+
+/// Writes `bytes` over segment `index` of `evidence_id` where it is stored, as someone with
+/// the data directory could: in the file at the row's place (as many bytes as it names), or in
+/// the row.
+pub fn overwrite_segment(db: &Path, evidence_id: &str, index: i64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let at: Option<i64> = conn
+        .query_row(
+            "SELECT at FROM evidence_segments WHERE evidence_id = ?1 AND idx = ?2",
+            rusqlite::params![evidence_id, index],
+            |r| r.get(0),
+        )
+        .unwrap();
+    match at {
+        None => {
+            conn.execute(
+                "UPDATE evidence_segments SET sealed = ?3 WHERE evidence_id = ?1 AND idx = ?2",
+                rusqlite::params![evidence_id, index, bytes],
+            )
+            .unwrap();
+        }
+        Some(at) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(evidence_dir(db).join(evidence_id))
+                .unwrap();
+            file.write_all_at(bytes, u64::try_from(at).unwrap())
+                .unwrap();
+        }
+    }
+}
+
+/// The evidence ids that have a segment file beside the SQLite database at `db`.
+pub fn segment_files(db: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = match std::fs::read_dir(evidence_dir(db)) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{e}"),
+    };
+    ids.sort();
+    ids
+}

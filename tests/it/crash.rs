@@ -5,6 +5,8 @@
 //! - every acknowledged write reads back exactly (a rectification in flight at the kill may have
 //!   landed or not, nothing else);
 //! - nothing unacknowledged is half-visible: every stored record has all its fields;
+//! - every acknowledged evidence upload reads back byte for byte, an upload cut off by the kill
+//!   leaves no row and no segment file, and every segment file is named by a row;
 //! - the audit chain verifies;
 //! - no field is sealed under a subject key that does not exist, and the key report is sound.
 //!
@@ -24,7 +26,10 @@ use std::{
     time::Duration,
 };
 
-use kluis::pb::{self, admin_client::AdminClient, vault_client::VaultClient};
+use kluis::{
+    crypto::stream::SEGMENT_SIZE,
+    pb::{self, admin_client::AdminClient, vault_client::VaultClient},
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rusqlite::Connection;
 use tonic::transport::Channel;
@@ -45,6 +50,9 @@ struct Known {
 
 type Ledger = Arc<Mutex<BTreeMap<String, Known>>>;
 
+/// The acknowledged evidence uploads: id → (seed of its bytes, size).
+type Uploads = Arc<Mutex<BTreeMap<String, (u64, u64)>>>;
+
 #[expect(
     clippy::disallowed_methods,
     reason = "the harness reads its cycle count and seed from the environment"
@@ -63,6 +71,7 @@ async fn acknowledged_writes_survive_random_sigkills() {
     let dir = tmp.path();
     let (so, officer, _) = prepare(dir, 0);
     let ledger: Ledger = Arc::default();
+    let uploads: Uploads = Arc::default();
     let acknowledged = Arc::new(AtomicU64::new(0));
     let mut privacy: Option<String> = None;
 
@@ -70,7 +79,7 @@ async fn acknowledged_writes_survive_random_sigkills() {
         let port = free_port();
         let server = start(dir, port);
         let channel = connect(port).await;
-        verify(&channel, &officer, &so, &ledger, dir).await;
+        verify(&channel, &officer, &so, &ledger, &uploads, dir).await;
         if privacy.is_none() {
             privacy = Some(issue_privacy_officer(&channel, &so).await);
         }
@@ -96,6 +105,14 @@ async fn acknowledged_writes_survive_random_sigkills() {
             format!("c{cycle}"),
             rng.r#gen(),
         )));
+        tasks.push(tokio::spawn(uploader(
+            channel.clone(),
+            officer.clone(),
+            Arc::clone(&uploads),
+            Arc::clone(&stop),
+            Arc::clone(&acknowledged),
+            rng.r#gen(),
+        )));
         tasks.push(tokio::spawn(key_work(
             channel.clone(),
             so.clone(),
@@ -114,14 +131,16 @@ async fn acknowledged_writes_survive_random_sigkills() {
     let port = free_port();
     let _server = start(dir, port);
     let channel = connect(port).await;
-    verify(&channel, &officer, &so, &ledger, dir).await;
+    verify(&channel, &officer, &so, &ledger, &uploads, dir).await;
     let records = ledger.lock().unwrap().len();
+    let files = uploads.lock().unwrap().len();
     println!(
         "crash harness: {cycles} kill/restart cycles survived; {} writes acknowledged, {records} \
-         records verified after every restart",
+         records and {files} evidence files verified after every restart",
         acknowledged.load(Ordering::SeqCst)
     );
     assert!(records > 0, "the load stored nothing");
+    assert!(files > 0, "no upload finished");
 }
 
 async fn issue_privacy_officer(channel: &Channel, so: &str) -> String {
@@ -185,6 +204,53 @@ async fn writer(
                 );
             }
             // The server is gone: this write was never acknowledged.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Uploads evidence files of up to four segments, each to a new record, until stopped.
+async fn uploader(
+    channel: Channel,
+    officer: String,
+    uploads: Uploads,
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicU64>,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut client = VaultClient::new(channel);
+    while !stop.load(Ordering::SeqCst) {
+        let seed: u64 = rng.r#gen();
+        let size = rng.gen_range(1..4 * SEGMENT_SIZE as u64);
+        let chunk = 50_000u64;
+        let data = (0..size.div_ceil(chunk)).map(move |i| pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(
+                file_bytes(seed, i * chunk, (size - i * chunk).min(chunk) as usize).into(),
+            )),
+        });
+        let messages = std::iter::once(evidence_start(
+            nuisance_ctx(),
+            &format!("REL-E{}", seed % 3),
+            "",
+            "clip",
+            "video/mp4",
+            "camera.mp4",
+        ))
+        .chain(data)
+        .chain(std::iter::once(evidence_end(size)));
+        match client
+            .put_evidence(req(&officer, tokio_stream::iter(messages)))
+            .await
+        {
+            Ok(resp) => {
+                acknowledged.fetch_add(1, Ordering::SeqCst);
+                uploads
+                    .lock()
+                    .unwrap()
+                    .insert(resp.into_inner().evidence_id, (seed, size));
+            }
+            // The server is gone: this upload was never acknowledged.
             Err(_) => return,
         }
     }
@@ -307,7 +373,14 @@ async fn key_work(
 }
 
 /// The checks after a restart.
-async fn verify(channel: &Channel, officer: &str, so: &str, ledger: &Ledger, dir: &Path) {
+async fn verify(
+    channel: &Channel,
+    officer: &str,
+    so: &str,
+    ledger: &Ledger,
+    uploads: &Uploads,
+    dir: &Path,
+) {
     let known: Vec<(String, Known)> = ledger
         .lock()
         .unwrap()
@@ -356,6 +429,41 @@ async fn verify(channel: &Channel, officer: &str, so: &str, ledger: &Ledger, dir
             }
         }
     }
+    let files: Vec<(String, (u64, u64))> = uploads
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    for (id, (seed, size)) in files {
+        let mut stream = client
+            .get_evidence(req(
+                officer,
+                pb::GetEvidenceRequest {
+                    context: nuisance_ctx(),
+                    evidence_id: id.clone(),
+                    range: None,
+                    export: false,
+                },
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("acknowledged evidence {id} lost: {s:?}"))
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(msg) = stream
+            .message()
+            .await
+            .unwrap_or_else(|s| panic!("acknowledged evidence {id} damaged: {s:?}"))
+        {
+            if let Some(pb::evidence_data::Part::Data(d)) = msg.part {
+                bytes.extend_from_slice(&d);
+            }
+        }
+        assert!(
+            bytes == file_bytes(seed, 0, size as usize),
+            "evidence {id} reads back other bytes"
+        );
+    }
     let mut admin = AdminClient::new(channel.clone());
     let audit = admin
         .verify_audit(req(so, pb::VerifyAuditRequest { expect_head: None }))
@@ -373,7 +481,8 @@ async fn verify(channel: &Channel, officer: &str, so: &str, ledger: &Ledger, dir
     let half: i64 = db
         .query_row(
             "SELECT count(*) FROM records r
-             WHERE (SELECT count(*) FROM fields f WHERE f.record_id = r.id) != 3",
+             WHERE (SELECT count(*) FROM fields f WHERE f.record_id = r.id) != 3
+             AND NOT EXISTS (SELECT 1 FROM evidence e WHERE e.record_id = r.id)",
             [],
             |r| r.get(0),
         )
@@ -398,4 +507,40 @@ async fn verify(channel: &Channel, officer: &str, so: &str, ledger: &Ledger, dir
         )
         .unwrap();
     assert_eq!(keyless, 0, "a subject's records have no subject key");
+    // An upload the kill cut off was discarded at start, with its segment file; every file
+    // left is named by a finished upload's rows.
+    let unfinished: i64 = db
+        .query_row(
+            "SELECT count(*) FROM evidence WHERE complete <> 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unfinished, 0, "an unfinished upload survived the restart");
+    let named: Vec<String> = db
+        .prepare(
+            "SELECT DISTINCT evidence_id FROM evidence_segments WHERE at IS NOT NULL
+             ORDER BY evidence_id",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        segment_files(&dir.join("kluis.db")),
+        named,
+        "segment files not named by any row, or rows naming no file"
+    );
+    let stale: i64 = db
+        .query_row(
+            "SELECT count(*) FROM evidence_segments s JOIN evidence e ON e.id = s.evidence_id
+             JOIN records r ON r.id = e.record_id
+             WHERE NOT EXISTS (SELECT 1 FROM subject_keys k WHERE k.subject = r.subject
+                               AND k.purpose = r.purpose AND k.generation = s.key_gen)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stale, 0, "a segment is sealed under a missing subject key");
 }

@@ -188,27 +188,22 @@ async fn read_fails_with_data_loss(server: &TestServer, id: &str, range: Option<
 #[tokio::test]
 async fn tampered_segments_fail_with_data_loss_also_in_a_range_read() {
     let server = TestServer::start().await;
-    let a = four_segments(&server, "REL-T", 11).await;
-    let b = four_segments(&server, "REL-T", 12).await;
-    let c = four_segments(&server, "REL-T", 13).await;
-    let d = four_segments(&server, "REL-T", 14).await;
-    let e = four_segments(&server, "REL-T", 15).await;
+    let mut ids = Vec::new();
+    for seed in 11..=20 {
+        ids.push(four_segments(&server, "REL-T", seed).await);
+    }
+    let [a, b, c, d, e, f, g, h, i, j] = ids.try_into().unwrap();
+    let path = server.db_path();
+    assert_eq!(
+        segment_files(&path).len(),
+        10,
+        "each upload's segments in a file of its own"
+    );
     let conn = db(&server);
-    // Flip one bit of segment 1 of `a`.
-    let sealed: Vec<u8> = conn
-        .query_row(
-            "SELECT sealed FROM evidence_segments WHERE evidence_id = ?1 AND idx = 1",
-            [&a],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let mut flipped = sealed.clone();
+    // Flip one bit of segment 1 of `a`, in its file.
+    let mut flipped = sealed_segment(&path, &a, 1);
     flipped[100] ^= 1;
-    conn.execute(
-        "UPDATE evidence_segments SET sealed = ?2 WHERE evidence_id = ?1 AND idx = 1",
-        params![a, flipped],
-    )
-    .unwrap();
+    overwrite_segment(&path, &a, 1, &flipped);
     // Swap segments 1 and 2 of `b`.
     conn.execute_batch(&format!(
         "UPDATE evidence_segments SET idx = 99 WHERE evidence_id = '{b}' AND idx = 1;
@@ -233,21 +228,39 @@ async fn tampered_segments_fail_with_data_loss_also_in_a_range_read() {
         params![d, (3 * SEG) as i64],
     )
     .unwrap();
-    // Move segment 0 of `a` into `e`.
-    let moved: Vec<u8> = conn
-        .query_row(
-            "SELECT sealed FROM evidence_segments WHERE evidence_id = ?1 AND idx = 0",
-            [&a],
-            |r| r.get(0),
-        )
-        .unwrap();
+    // Move segment 0 of `a` into `e`'s file.
+    overwrite_segment(&path, &e, 0, &sealed_segment(&path, &a, 0));
+    // A segment held in its row (as a rekey or a restore leaves it), one bit flipped.
+    let mut flipped = sealed_segment(&path, &f, 1);
+    flipped[100] ^= 1;
     conn.execute(
-        "UPDATE evidence_segments SET sealed = ?2 WHERE evidence_id = ?1 AND idx = 0",
-        params![e, moved],
+        "UPDATE evidence_segments SET sealed = ?2, at = NULL, len = NULL
+         WHERE evidence_id = ?1 AND idx = 1",
+        params![f, flipped],
     )
+    .unwrap();
+    // The file of `g` deleted, that of `h` cut short.
+    let files = evidence_dir(&path);
+    std::fs::remove_file(files.join(&g)).unwrap();
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(files.join(&h))
+        .unwrap();
+    cut.set_len(2 * SEG).unwrap();
+    drop(cut);
+    // Segment 1 of `i` pointed at the bytes of its segment 2; segment 1 of `j` made longer.
+    conn.execute_batch(&format!(
+        "UPDATE evidence_segments SET at = (SELECT at FROM evidence_segments
+             WHERE evidence_id = '{i}' AND idx = 2) WHERE evidence_id = '{i}' AND idx = 1;
+         UPDATE evidence_segments SET len = len + 16 WHERE evidence_id = '{j}' AND idx = 1;"
+    ))
     .unwrap();
     drop(conn);
 
+    for id in [&f, &g, &h, &i, &j] {
+        read_fails_with_data_loss(&server, id, None).await;
+        read_fails_with_data_loss(&server, id, Some((SEG + 5, 10))).await;
+    }
     read_fails_with_data_loss(&server, &a, None).await;
     read_fails_with_data_loss(&server, &a, Some((SEG + 5, 10))).await;
     read_fails_with_data_loss(&server, &b, None).await;
@@ -270,6 +283,15 @@ async fn tampered_segments_fail_with_data_loss_also_in_a_range_read() {
     .await
     .unwrap();
     assert_eq!(bytes, file_bytes(11, 2 * SEG, 100));
+    // `store verify` names the files that are missing or shorter than their rows say.
+    let bad = bad_rows(&server).await;
+    for id in [&g, &h] {
+        assert!(
+            bad.iter()
+                .any(|r| r.kind == "evidence" && r.id == *id && r.problem.contains("segment file")),
+            "{id}: {bad:?}"
+        );
+    }
     server.stop().await;
 }
 
@@ -406,8 +428,9 @@ async fn an_interrupted_upload_leaves_nothing_behind() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // The record the upload created went with it.
+    // The record the upload created went with it, and the file its segments went to.
     assert_eq!(count(&server, "SELECT count(*) FROM records"), 0);
+    assert_eq!(segment_files(&server.db_path()), Vec::<String>::new());
 
     // An upload a crash left unfinished (its row as kluis began it, some segments, and no
     // `finish` nor discard: the process died) is discarded when the server starts.
@@ -470,7 +493,9 @@ async fn an_interrupted_upload_leaves_nothing_behind() {
     let server = server.restart_with(|_| {}).await;
     // Start-up discards it before it serves.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&server, "SELECT count(*) FROM evidence_segments") > 0 {
+    while count(&server, "SELECT count(*) FROM evidence_segments") > 0
+        || !segment_files(&server.db_path()).is_empty()
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "not discarded at start-up"
@@ -606,6 +631,10 @@ async fn bad_uploads_are_refused_with_the_field_named_and_nothing_stored() {
         count(&server, "SELECT count(*) FROM evidence_segments"),
         3,
         "no segment of a refused upload is left"
+    );
+    assert_eq!(
+        segment_files(&server.db_path()),
+        std::slice::from_ref(&put.evidence_id)
     );
     server.stop().await;
 }
@@ -939,13 +968,11 @@ async fn rekey_reencrypts_segments_and_the_file_still_reads() {
     )
     .await
     .unwrap();
-    let before: Vec<Vec<u8>> = db(&server)
-        .prepare("SELECT sealed FROM evidence_segments ORDER BY idx")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let path = server.db_path();
+    let before: Vec<Vec<u8>> = (0..3)
+        .map(|i| sealed_segment(&path, &put.evidence_id, i))
+        .collect();
+    assert_eq!(segment_files(&path), std::slice::from_ref(&put.evidence_id));
     let vault = server.vault.clone();
     tokio::task::spawn_blocking(move || {
         vault
@@ -955,14 +982,16 @@ async fn rekey_reencrypts_segments_and_the_file_still_reads() {
     .await
     .unwrap();
     let conn = db(&server);
+    // The resealed segments are held by their rows, and the file that held the old ones is gone.
     let gens: Vec<(u32, Vec<u8>)> = conn
-        .prepare("SELECT key_gen, sealed FROM evidence_segments ORDER BY idx")
+        .prepare("SELECT key_gen, sealed FROM evidence_segments WHERE at IS NULL ORDER BY idx")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(gens.len(), 3);
+    assert_eq!(segment_files(&path), Vec::<String>::new());
     for ((generation, sealed), old) in gens.iter().zip(&before) {
         assert_eq!(*generation, 2);
         assert_ne!(sealed, old, "re-encrypted, not copied");
@@ -1059,6 +1088,11 @@ async fn erasure_and_record_deletion_take_the_evidence_with_them() {
         0,
         "crypto-shredded"
     );
+    // The files of the erased and the deleted record went with their rows.
+    assert_eq!(
+        segment_files(&server.db_path()),
+        std::slice::from_ref(&kept.evidence_id)
+    );
     let (_, bytes) = download(&server, &token, nuisance_ctx(), &kept.evidence_id, None)
         .await
         .unwrap();
@@ -1083,6 +1117,7 @@ async fn only_an_upload_ended_by_a_matching_end_is_stored() {
         count(server, "SELECT count(*) FROM evidence")
             + count(server, "SELECT count(*) FROM evidence_segments")
             + count(server, "SELECT count(*) FROM records")
+            + i64::try_from(segment_files(&server.db_path()).len()).unwrap()
     };
     let wait_for_nothing_left = |server: &TestServer, what: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

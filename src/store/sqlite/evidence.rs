@@ -1,6 +1,6 @@
 //! The SQLite store: evidence files, streamed in segments.
 
-use super::*;
+use super::{files::Placed, *};
 
 impl EvidenceStore for SqliteStore {
     fn begin_evidence(
@@ -64,8 +64,18 @@ impl EvidenceStore for SqliteStore {
         purpose: &str,
         segments: &[SegmentRow],
     ) -> Result<(), StoreError> {
-        let mut conn = self.write()?;
-        append_segments_tx(&mut conn, evidence_id, subject, purpose, segments)
+        // The bytes go to the upload's file first, outside the writer's lock; the rows that
+        // name them commit after.
+        let placed = self.files.append(evidence_id, segments)?;
+        let stored = {
+            let mut conn = self.write()?;
+            append_segments_tx(&mut conn, evidence_id, subject, purpose, segments, &placed)
+        };
+        if stored.is_err() {
+            // Bytes no row will name, when the upload is gone.
+            self.segment_files_gone();
+        }
+        stored
     }
 
     fn finish_evidence(
@@ -77,6 +87,8 @@ impl EvidenceStore for SqliteStore {
         at: i64,
         mac: &[u8],
     ) -> Result<(), StoreError> {
+        // The segments are on disk before the commit that makes them readable.
+        self.files.sync(evidence_id)?;
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
         let stored: i64 = tx
@@ -137,6 +149,10 @@ impl EvidenceStore for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         let found = discard_one(&tx, evidence_id)?;
         tx.commit().map_err(db)?;
+        drop(conn);
+        if found {
+            self.sweep_segment_files()?;
+        }
         Ok(found)
     }
 
@@ -185,24 +201,20 @@ impl EvidenceStore for SqliteStore {
     fn segment(&self, evidence_id: &str, index: u32) -> Result<Option<SegmentRow>, StoreError> {
         self.read(|c| {
             c.prepare_cached(
-                "SELECT idx, key_gen, sealed FROM evidence_segments
+                "SELECT idx, key_gen, sealed, at, len FROM evidence_segments
                  WHERE evidence_id = ?1 AND idx = ?2",
             )?
-            .query_row(params![evidence_id, index], |r| {
-                Ok(SegmentRow {
-                    index: r.get(0)?,
-                    key_gen: r.get(1)?,
-                    sealed: r.get(2)?,
-                })
-            })
+            .query_row(params![evidence_id, index], segment_from_row)
             .optional()
-        })
+        })?
+        .map(|(row, place)| self.with_bytes(evidence_id, row, place))
+        .transpose()
     }
 
     fn segment_span(&self, evidence_id: &str) -> Result<(u64, Option<(i64, i64)>), StoreError> {
-        self.read(|c| {
+        let (count, span, end) = self.read(|c| {
             c.prepare_cached(
-                "SELECT count(*), min(idx), max(idx) FROM evidence_segments
+                "SELECT count(*), min(idx), max(idx), max(at + len) FROM evidence_segments
                  WHERE evidence_id = ?1",
             )?
             .query_row([evidence_id], |r| {
@@ -211,8 +223,64 @@ impl EvidenceStore for SqliteStore {
                     (Some(first), Some(last)) => Some((first, last)),
                     _ => None,
                 };
-                Ok((u64::try_from(count).unwrap_or(0), span))
+                Ok((
+                    u64::try_from(count).unwrap_or(0),
+                    span,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
             })
-        })
+        })?;
+        // The rows that name bytes in the file name bytes it holds.
+        if let Some(end) = end {
+            self.files.check_holds(evidence_id, end)?;
+        }
+        Ok((count, span))
+    }
+}
+
+/// A segment row (`idx, key_gen, sealed, at, len`), and where its bytes are when its file
+/// holds them.
+fn segment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SegmentRow, Option<Placed>)> {
+    segment_at(r, 0)
+}
+
+/// [`segment_from_row`] from the columns at `first` on.
+pub(super) fn segment_at(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<(SegmentRow, Option<Placed>)> {
+    let place = match (
+        r.get::<_, Option<i64>>(first + 3)?,
+        r.get::<_, Option<i64>>(first + 4)?,
+    ) {
+        (None, _) => None,
+        (Some(at), len) => Some(Placed {
+            at,
+            // A row edited to name a place without a length names nothing kluis wrote.
+            len: len.unwrap_or(-1),
+        }),
+    };
+    Ok((
+        SegmentRow {
+            index: r.get(first)?,
+            key_gen: r.get(first + 1)?,
+            sealed: r.get(first + 2)?,
+        },
+        place,
+    ))
+}
+
+impl SqliteStore {
+    /// `row` with its bytes, read from its file when `place` says they are there.
+    pub(super) fn with_bytes(
+        &self,
+        evidence_id: &str,
+        mut row: SegmentRow,
+        place: Option<Placed>,
+    ) -> Result<SegmentRow, StoreError> {
+        if let Some(place) = place {
+            row.sealed = self.files.read(evidence_id, place.at, place.len)?;
+        }
+        Ok(row)
     }
 }

@@ -386,24 +386,24 @@ impl KeyStore for SqliteStore {
         let columns = crate::store::qualified(EVIDENCE_COLUMNS, "e");
         self.read(|c| {
             c.prepare_cached(&format!(
-                "SELECT {columns}, s.idx, s.key_gen, s.sealed
+                "SELECT {columns}, s.idx, s.key_gen, s.sealed, s.at, s.len
                  FROM evidence_segments s JOIN evidence e ON e.id = s.evidence_id
                  JOIN records r ON r.id = e.record_id
                  WHERE r.subject = ?1 AND r.purpose = ?2 AND e.complete <> 0 AND s.key_gen < ?3
                  ORDER BY s.evidence_id, s.idx LIMIT ?4"
             ))?
             .query_map(params![subject, purpose, generation, limit], |r| {
-                Ok((
-                    evidence_from_row(r)?,
-                    SegmentRow {
-                        index: r.get(13)?,
-                        key_gen: r.get(14)?,
-                        sealed: r.get(15)?,
-                    },
-                ))
+                let (segment, place) = super::evidence::segment_at(r, 13)?;
+                Ok((evidence_from_row(r)?, segment, place))
             })?
-            .collect()
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?
+        .into_iter()
+        .map(|(evidence, segment, place)| {
+            let segment = self.with_bytes(&evidence.id, segment, place)?;
+            Ok((evidence, segment))
         })
+        .collect()
     }
 
     fn subject_evidence(
@@ -449,8 +449,10 @@ impl KeyStore for SqliteStore {
                     sealed,
                 } => tx
                     .prepare_cached(
-                        "UPDATE evidence_segments SET sealed = ?4, key_gen = ?5
-                         WHERE evidence_id = ?1 AND idx = ?2 AND key_gen = ?3",
+                        // Resealed bytes are held by the row (its file goes once no row
+                        // names it: `finish_rekey`).
+                        "UPDATE evidence_segments SET sealed = ?4, key_gen = ?5, at = NULL,
+                         len = NULL WHERE evidence_id = ?1 AND idx = ?2 AND key_gen = ?3",
                     )
                     .and_then(|mut s| {
                         s.execute(params![evidence_id, index, from, sealed, generation])
@@ -515,7 +517,12 @@ impl KeyStore for SqliteStore {
             params![subject, purpose, generation],
         )
         .map_err(db)?;
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        drop(conn);
+        if !files.is_empty() {
+            self.sweep_segment_files()?;
+        }
+        Ok(())
     }
 
     fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError> {

@@ -132,7 +132,8 @@ impl MetaStore for SqliteStore {
             hex::encode(rand::random::<[u8; 8]>())
         ));
         create_private(&tmp)?;
-        let result = (|| {
+        // The files stay while the snapshot copies their segments in: a backup is one file.
+        let result = self.files.pinned(|| {
             let source = open_connection(&self.path, false)?;
             let mut target = Connection::open(&tmp).map_err(db)?;
             {
@@ -148,11 +149,59 @@ impl MetaStore for SqliteStore {
                     }
                 }
             }
+            self.segments_into(&target)?;
             target.close().map_err(|(_, e)| db(e))?;
             std::fs::File::open(&tmp).map_err(|e| StoreError::Database(e.to_string()))
-        })();
+        });
+        if self.files.take_owed_sweep() {
+            self.segment_files_gone();
+        }
         // The open file stays readable; nothing of it is left behind in the data directory.
         let _ = std::fs::remove_file(&tmp);
         result
+    }
+}
+
+impl SqliteStore {
+    /// Copies into the snapshot `target` the bytes of every segment it names in a file: the
+    /// backup holds them in its rows (`files`).
+    fn segments_into(&self, target: &Connection) -> Result<(), StoreError> {
+        let named: Vec<(String, i64, i64, i64)> = target
+            .prepare(
+                "SELECT evidence_id, idx, at, len FROM evidence_segments WHERE at IS NOT NULL
+                 ORDER BY evidence_id, idx",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    let len: Option<i64> = r.get(3)?;
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, len.unwrap_or(-1)))
+                })?
+                .collect()
+            })
+            .map_err(db)?;
+        if named.is_empty() {
+            return Ok(());
+        }
+        let tx = target.unchecked_transaction().map_err(db)?;
+        {
+            let mut put = tx
+                .prepare(
+                    "UPDATE evidence_segments SET sealed = ?3, at = NULL, len = NULL
+                     WHERE evidence_id = ?1 AND idx = ?2",
+                )
+                .map_err(db)?;
+            for (id, index, at, len) in named {
+                match self.files.read(&id, at, len) {
+                    Ok(bytes) => {
+                        put.execute(params![id, index, bytes]).map_err(db)?;
+                    }
+                    // A segment whose file is damaged is copied as its row names it: the
+                    // restored store's `store verify` names it, as this one's does.
+                    Err(StoreError::Corrupt(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        tx.commit().map_err(db)
     }
 }

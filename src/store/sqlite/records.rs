@@ -296,6 +296,8 @@ impl RecordStore for SqliteStore {
         }
         tx.commit().map_err(db)?;
         self.truncate_log(&conn);
+        drop(conn);
+        self.segment_files_gone();
         Ok(Some(left == 0))
     }
 
@@ -457,6 +459,8 @@ impl RecordStore for SqliteStore {
         // `secure_delete` overwrote the rows in the database pages; fold the WAL in and truncate
         // it so no copy of them lingers there.
         self.truncate_log(&conn);
+        drop(conn);
+        self.segment_files_gone();
         Ok((destroyed, shredded))
     }
 
