@@ -151,6 +151,10 @@ impl SegmentFiles {
     }
 
     /// The `len` bytes at `at` in the file of `evidence_id`.
+    #[expect(
+        clippy::slow_vector_initialization,
+        reason = "a zeroed allocation of a segment's size costs page faults here (below)"
+    )]
     pub(super) fn read(&self, evidence_id: &str, at: i64, len: i64) -> Result<Vec<u8>, StoreError> {
         let corrupt = |what: &str| {
             StoreError::Corrupt(format!("a segment of evidence `{evidence_id}`: {what}"))
@@ -159,7 +163,11 @@ impl SegmentFiles {
             return Err(corrupt("its place in the file is not one kluis writes"));
         }
         let file = self.opened(evidence_id)?;
-        let mut bytes = vec![0; usize::try_from(len).unwrap_or(0)];
+        // Not `vec![0; len]`: a zeroed allocation of this size is one jemalloc makes by handing
+        // pages back to the kernel and faulting them in again (a TLB shootdown per segment).
+        let n = usize::try_from(len).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(n);
+        bytes.resize(n, 0);
         match file.read_exact_at(&mut bytes, at.unsigned_abs()) {
             Ok(()) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
