@@ -88,6 +88,30 @@ impl SegmentFiles {
         Ok(self.dir.join(evidence_id))
     }
 
+    /// Whether the directory exists, as a directory of its own: a link or anything else put in
+    /// its place is refused, so that no file is made, read or removed through it. Made (0700)
+    /// when `create`.
+    fn checked_dir(&self, create: bool) -> Result<bool, StoreError> {
+        match std::fs::symlink_metadata(&self.dir) {
+            Ok(m) if m.is_dir() => return Ok(true),
+            Ok(_) => {
+                return Err(StoreError::Corrupt(format!(
+                    "`{}` is not a directory (a link or a file in its place)",
+                    self.dir.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(&self.dir, &e)),
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Ok(()) => Ok(true),
+            // Made by another upload meanwhile: checked again.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.checked_dir(false),
+            Err(e) => Err(io(&self.dir, &e)),
+        }
+    }
+
     /// Appends `segments` to the file of `evidence_id` (creating it and the directory) and
     /// returns where each went. Not synced: `sync` before the upload's finishing commit.
     pub(super) fn append(
@@ -96,11 +120,7 @@ impl SegmentFiles {
         segments: &[SegmentRow],
     ) -> Result<Vec<Placed>, StoreError> {
         let path = self.path(evidence_id)?;
-        if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&self.dir)
-            && e.kind() != std::io::ErrorKind::AlreadyExists
-        {
-            return Err(io(&self.dir, &e));
-        }
+        self.checked_dir(true)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -111,10 +131,7 @@ impl SegmentFiles {
             .map_err(|e| io(&path, &e))?;
         let meta = file.metadata().map_err(|e| io(&path, &e))?;
         if !meta.is_file() {
-            return Err(StoreError::Corrupt(format!(
-                "`{}` is not a regular file",
-                path.display()
-            )));
+            return Err(not_a_file(evidence_id));
         }
         let mut at = meta.len();
         let mut placed = Vec::with_capacity(segments.len());
@@ -135,15 +152,21 @@ impl SegmentFiles {
     /// for an upload that wrote no segment to a file.
     pub(super) fn sync(&self, evidence_id: &str) -> Result<(), StoreError> {
         let path = self.path(evidence_id)?;
+        if !self.checked_dir(false)? {
+            return Ok(());
+        }
         let file = match OpenOptions::new()
             .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(&path)
         {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io(&path, &e)),
         };
+        if !file.metadata().map_err(|e| io(&path, &e))?.is_file() {
+            return Err(not_a_file(evidence_id));
+        }
         file.sync_data().map_err(|e| io(&path, &e))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
@@ -180,6 +203,7 @@ impl SegmentFiles {
     /// Whether the file of `evidence_id` holds `end` bytes, as its rows say (`store verify`).
     pub(super) fn check_holds(&self, evidence_id: &str, end: i64) -> Result<(), StoreError> {
         let path = self.path(evidence_id)?;
+        self.checked_dir(false)?;
         let problem = match std::fs::symlink_metadata(&path) {
             Ok(m) if !m.is_file() => "is not a regular file",
             Ok(m) if i64::try_from(m.len()).is_ok_and(|len| len >= end) => return Ok(()),
@@ -205,6 +229,7 @@ impl SegmentFiles {
         }
         drop(open);
         let path = self.path(evidence_id)?;
+        self.checked_dir(false)?;
         let file = match OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
@@ -219,9 +244,7 @@ impl SegmentFiles {
             Err(e) => return Err(io(&path, &e)),
         };
         if !file.metadata().map_err(|e| io(&path, &e))?.is_file() {
-            return Err(StoreError::Corrupt(format!(
-                "evidence `{evidence_id}`: its segment file is not a regular file"
-            )));
+            return Err(not_a_file(evidence_id));
         }
         let file = Arc::new(file);
         let mut open = self
@@ -257,6 +280,9 @@ impl SegmentFiles {
             self.sweep_owed.store(true, Ordering::Relaxed);
             return Ok(0);
         };
+        if !self.checked_dir(false)? {
+            return Ok(0);
+        }
         let listed: Vec<String> = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries
                 .filter_map(Result::ok)
@@ -303,6 +329,12 @@ fn is_file_id(id: &str) -> bool {
 
 fn io(path: &Path, e: &std::io::Error) -> StoreError {
     StoreError::Database(format!("evidence file `{}`: {e}", path.display()))
+}
+
+fn not_a_file(evidence_id: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "evidence `{evidence_id}`: its segment file is not a regular file"
+    ))
 }
 
 fn too_large(path: &Path) -> StoreError {
@@ -392,6 +424,28 @@ mod tests {
         assert!(files.append("ev_02", &[segment(0, b"x")]).is_err());
         assert!(files.read("ev_02", 0, 1).is_err());
         assert_eq!(std::fs::read(&outside).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn a_link_in_place_of_the_directory_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SegmentFiles::beside(&dir.path().join("kluis.db"));
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("ev_01"), b"secret").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, files.dir()).unwrap();
+        assert!(matches!(
+            files.append("ev_02", &[segment(0, b"x")]),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            files.read("ev_01", 0, 1),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(files.sweep(|| Ok(HashSet::new())).is_err());
+        assert!(files.check_holds("ev_01", 1).is_err());
+        assert_eq!(std::fs::read(elsewhere.join("ev_01")).unwrap(), b"secret");
+        assert!(!elsewhere.join("ev_02").exists());
     }
 
     #[test]
