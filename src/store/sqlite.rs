@@ -496,21 +496,16 @@ impl SqliteStore {
             schema,
             files: files::SegmentFiles::beside(path),
         };
-        // What a crash left between a deletion's commit and its files going.
-        store.sweep_segment_files()?;
+        // What a crash left between a deletion's commit and its files going. The store opens
+        // whatever this finds: what it cannot remove is logged.
+        if let Err(e) = store.sweep_segment_files() {
+            tracing::warn!(error = %e, "evidence segment files not swept");
+        }
         Ok(store)
     }
 
-    /// After a commit that deleted evidence rows: their files go. The deletion stands when this
-    /// fails; the next sweep (at the latest at start) removes them.
-    fn segment_files_gone(&self) {
-        if let Err(e) = self.sweep_segment_files() {
-            tracing::warn!(error = %e, "evidence files of deleted rows stay until the next sweep");
-        }
-    }
-
     /// Removes the segment files that no row names any more and no unfinished upload may still
-    /// fill (after a deletion's commit, a rekey, a discarded upload, and at start).
+    /// fill.
     fn sweep_segment_files(&self) -> Result<(), StoreError> {
         self.files.sweep(|| {
             self.read(|c| {
@@ -1139,6 +1134,14 @@ fn prune_disclosures(tx: &Connection, subject: &str) -> Result<(), StoreError> {
     .and_then(|mut s| s.execute([subject]))
     .map_err(db)?;
     Ok(())
+}
+
+/// The evidence ids of record `id`, read in the transaction that deletes it: their segment
+/// files go once it committed (`files::SegmentFiles::remove`).
+fn evidence_of(tx: &Connection, id: &str) -> Result<Vec<String>, StoreError> {
+    tx.prepare_cached("SELECT id FROM evidence WHERE record_id = ?1")
+        .and_then(|mut s| s.query_map([id], |r| r.get(0))?.collect())
+        .map_err(db)
 }
 
 /// Deletes the record `id` (its fields, tags and evidence gone first or by cascade) and, when

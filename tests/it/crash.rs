@@ -250,8 +250,9 @@ async fn uploader(
                     .unwrap()
                     .insert(resp.into_inner().evidence_id, (seed, size));
             }
-            // The server is gone: this upload was never acknowledged.
-            Err(_) => return,
+            // Not acknowledged: the server is gone, or the upload was refused (a rekey
+            // replaced its subject key meanwhile); uploads go on until the kill.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }

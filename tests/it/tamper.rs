@@ -2339,6 +2339,20 @@ async fn values_stored_by_hand_as_another_type_are_data_loss() {
             "evidence_id",
             evidence.evidence_id.as_str(),
         ),
+        // Where a segment's bytes are in its file, as text that reads as no number (a number
+        // as text is stored as the number: the columns have integer affinity).
+        (
+            "evidence_segments",
+            "at",
+            "evidence_id",
+            evidence.evidence_id.as_str(),
+        ),
+        (
+            "evidence_segments",
+            "len",
+            "evidence_id",
+            evidence.evidence_id.as_str(),
+        ),
         ("tokens", "hash", "id", nuisance_token.as_str()),
     ] {
         let set = |to: &str| {
@@ -2366,7 +2380,7 @@ async fn values_stored_by_hand_as_another_type_are_data_loss() {
                 .unwrap()
         };
         assert!(!kept.is_empty(), "{table}.{column}");
-        let to = if column == "created_at" {
+        let to = if matches!(column, "created_at" | "at" | "len") {
             "'yesterday'"
         } else {
             &format!("CAST({column} AS TEXT)")
@@ -2435,14 +2449,14 @@ async fn evidence_segment_rows_inserted_or_moved_by_hand_are_named() {
     assert_eq!(store_verify(&server).0, 0);
     for (edit, undo) in [
         (
-            "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed)
-             SELECT evidence_id, 4, key_gen, sealed FROM evidence_segments
+            "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed, at, len)
+             SELECT evidence_id, 4, key_gen, sealed, at, len FROM evidence_segments
              WHERE evidence_id = ?1 AND idx = 3",
             "DELETE FROM evidence_segments WHERE evidence_id = ?1 AND idx = 4",
         ),
         (
-            "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed)
-             SELECT evidence_id, -1, key_gen, sealed FROM evidence_segments
+            "INSERT INTO evidence_segments (evidence_id, idx, key_gen, sealed, at, len)
+             SELECT evidence_id, -1, key_gen, sealed, at, len FROM evidence_segments
              WHERE evidence_id = ?1 AND idx = 0",
             "DELETE FROM evidence_segments WHERE evidence_id = ?1 AND idx = -1",
         ),

@@ -71,9 +71,9 @@ impl EvidenceStore for SqliteStore {
             let mut conn = self.write()?;
             append_segments_tx(&mut conn, evidence_id, subject, purpose, segments, &placed)
         };
-        if stored.is_err() {
-            // Bytes no row will name, when the upload is gone.
-            self.segment_files_gone();
+        if let Err(StoreError::Missing(_)) = stored {
+            // Bytes no row will name: the upload is gone.
+            self.files.remove(vec![evidence_id.to_owned()]);
         }
         stored
     }
@@ -88,9 +88,24 @@ impl EvidenceStore for SqliteStore {
         mac: &[u8],
     ) -> Result<(), StoreError> {
         // The segments are on disk before the commit that makes them readable.
-        self.files.sync(evidence_id)?;
+        let in_file = self.files.sync(evidence_id)?;
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
+        if !in_file {
+            let named: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM evidence_segments WHERE evidence_id = ?1
+                     AND at IS NOT NULL",
+                    [evidence_id],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if named > 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "evidence `{evidence_id}`: its segment file is missing"
+                )));
+            }
+        }
         let stored: i64 = tx
             .query_row(
                 "SELECT count(*) FROM evidence_segments WHERE evidence_id = ?1",
@@ -151,7 +166,7 @@ impl EvidenceStore for SqliteStore {
         tx.commit().map_err(db)?;
         drop(conn);
         if found {
-            self.sweep_segment_files()?;
+            self.files.remove(vec![evidence_id.to_owned()]);
         }
         Ok(found)
     }
@@ -199,16 +214,31 @@ impl EvidenceStore for SqliteStore {
     }
 
     fn segment(&self, evidence_id: &str, index: u32) -> Result<Option<SegmentRow>, StoreError> {
-        self.read(|c| {
-            c.prepare_cached(
-                "SELECT idx, key_gen, sealed, at, len FROM evidence_segments
-                 WHERE evidence_id = ?1 AND idx = ?2",
-            )?
-            .query_row(params![evidence_id, index], segment_from_row)
-            .optional()
-        })?
-        .map(|(row, place)| self.with_bytes(evidence_id, row, place))
-        .transpose()
+        let row = || {
+            self.read(|c| {
+                c.prepare_cached(
+                    "SELECT idx, key_gen, sealed, at, len FROM evidence_segments
+                     WHERE evidence_id = ?1 AND idx = ?2",
+                )?
+                .query_row(params![evidence_id, index], segment_from_row)
+                .optional()
+            })
+        };
+        let Some((segment, place)) = row()? else {
+            return Ok(None);
+        };
+        match self.with_bytes(evidence_id, segment, place) {
+            // A rekey that moved the segment into its row, or a deletion, may have taken the
+            // file between the row and its bytes: the row as it is now answers.
+            Err(StoreError::Corrupt(what)) => match row()? {
+                None => Ok(None),
+                Some((segment, now)) if now != place => {
+                    self.with_bytes(evidence_id, segment, now).map(Some)
+                }
+                Some(_) => Err(StoreError::Corrupt(what)),
+            },
+            other => other.map(Some),
+        }
     }
 
     fn segment_span(&self, evidence_id: &str) -> Result<(u64, Option<(i64, i64)>), StoreError> {

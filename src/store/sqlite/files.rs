@@ -25,10 +25,7 @@ use std::{
     fs::{File, OpenOptions},
     os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, RwLock},
 };
 
 use crate::store::{SegmentRow, StoreError};
@@ -46,12 +43,14 @@ pub(super) struct SegmentFiles {
     open: Mutex<Vec<(String, Arc<File>)>>,
     /// Held (shared) while a snapshot copies segments out of the files.
     pinned: RwLock<()>,
-    /// A sweep found the files pinned: the snapshot sweeps when it is done.
-    sweep_owed: AtomicBool,
+    /// Files whose rows are gone, to remove once no snapshot holds the pin.
+    owed: Mutex<Vec<String>>,
+    /// Held while files are removed.
+    remover: Mutex<()>,
 }
 
 /// Where a segment's bytes went in its file.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub(super) struct Placed {
     pub at: i64,
     pub len: i64,
@@ -68,7 +67,8 @@ impl SegmentFiles {
             dir: db.with_file_name(format!("{name}.evidence")),
             open: Mutex::new(Vec::new()),
             pinned: RwLock::new(()),
-            sweep_owed: AtomicBool::new(false),
+            owed: Mutex::new(Vec::new()),
+            remover: Mutex::new(()),
         }
     }
 
@@ -105,7 +105,14 @@ impl SegmentFiles {
             Err(e) => return Err(io(&self.dir, &e)),
         }
         match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // The directory's name is durable before any file in it is.
+                let parent = self.dir.parent().unwrap_or_else(|| Path::new("."));
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io(parent, &e))?;
+                Ok(true)
+            }
             // Made by another upload meanwhile: checked again.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.checked_dir(false),
             Err(e) => Err(io(&self.dir, &e)),
@@ -148,12 +155,12 @@ impl SegmentFiles {
         Ok(placed)
     }
 
-    /// Makes the file of `evidence_id` durable, with its name in the directory. Nothing to do
-    /// for an upload that wrote no segment to a file.
-    pub(super) fn sync(&self, evidence_id: &str) -> Result<(), StoreError> {
+    /// Makes the file of `evidence_id` durable, with its name in the directory; false when
+    /// there is no such file (an upload that wrote no segment to a file).
+    pub(super) fn sync(&self, evidence_id: &str) -> Result<bool, StoreError> {
         let path = self.path(evidence_id)?;
         if !self.checked_dir(false)? {
-            return Ok(());
+            return Ok(false);
         }
         let file = match OpenOptions::new()
             .read(true)
@@ -161,7 +168,7 @@ impl SegmentFiles {
             .open(&path)
         {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io(&path, &e)),
         };
         if !file.metadata().map_err(|e| io(&path, &e))?.is_file() {
@@ -170,7 +177,8 @@ impl SegmentFiles {
         file.sync_data().map_err(|e| io(&path, &e))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| io(&self.dir, &e))
+            .map_err(|e| io(&self.dir, &e))?;
+        Ok(true)
     }
 
     /// The `len` bytes at `at` in the file of `evidence_id`.
@@ -217,10 +225,7 @@ impl SegmentFiles {
     }
 
     fn opened(&self, evidence_id: &str) -> Result<Arc<File>, StoreError> {
-        let mut open = self
-            .open
-            .lock()
-            .map_err(|_| StoreError::Database("segment files lock poisoned".into()))?;
+        let mut open = lock(&self.open);
         if let Some(i) = open.iter().position(|(id, _)| id == evidence_id) {
             let entry = open.remove(i);
             let file = Arc::clone(&entry.1);
@@ -247,10 +252,7 @@ impl SegmentFiles {
             return Err(not_a_file(evidence_id));
         }
         let file = Arc::new(file);
-        let mut open = self
-            .open
-            .lock()
-            .map_err(|_| StoreError::Database("segment files lock poisoned".into()))?;
+        let mut open = lock(&self.open);
         if open.len() >= KEPT_OPEN {
             open.remove(0);
         }
@@ -258,62 +260,90 @@ impl SegmentFiles {
         Ok(file)
     }
 
-    /// Keeps the files from going while `f` copies segments out of them.
+    /// Keeps the files from going while `f` copies segments out of them; removes what was
+    /// owed meanwhile once `f` is done.
     pub(super) fn pinned<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _pin = self.pinned.read().unwrap_or_else(|e| e.into_inner());
-        f()
+        let result = {
+            let _pin = self.pinned.read().unwrap_or_else(|e| e.into_inner());
+            f()
+        };
+        self.remove(Vec::new());
+        result
     }
 
-    /// Whether a sweep waited for a snapshot (and is owed once it is done).
-    pub(super) fn take_owed_sweep(&self) -> bool {
-        self.sweep_owed.swap(false, Ordering::Relaxed)
+    /// Removes the files of `ids`, whose rows a committed transaction deleted (or never
+    /// wrote); how many went. While a snapshot copies segments, they are owed, and removed
+    /// when the last snapshot is done. A file that cannot be removed is logged and left for
+    /// the sweep at the next start.
+    pub(super) fn remove(&self, ids: Vec<String>) -> usize {
+        lock(&self.owed).extend(ids);
+        // One remover at a time; one that finds a snapshot running leaves the ids owed, and
+        // the snapshot removes them after it let go of its pin (`pinned`).
+        let _remover = lock(&self.remover);
+        let Ok(_pin) = self.pinned.try_write() else {
+            return 0;
+        };
+        let owed = std::mem::take(&mut *lock(&self.owed));
+        if owed.is_empty() {
+            return 0;
+        }
+        match self.checked_dir(false) {
+            Ok(true) => {}
+            Ok(false) => return 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "evidence segment files not removed");
+                return 0;
+            }
+        }
+        let mut gone = 0;
+        for id in &owed {
+            let Ok(path) = self.path(id) else { continue };
+            match std::fs::remove_file(&path) {
+                Ok(()) => gone += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(
+                    error = %io(&path, &e),
+                    "an evidence segment file stays until the next start"
+                ),
+            }
+        }
+        lock(&self.open).retain(|(id, _)| !owed.contains(id));
+        if gone > 0
+            && let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all())
+        {
+            tracing::warn!(error = %io(&self.dir, &e), "evidence directory not synced");
+        }
+        gone
     }
 
     /// Removes the files that `keep` (the ids still named by a row or of an unfinished upload,
-    /// read after the directory was listed) does not hold; how many went. A file that appears
-    /// after the listing is not looked at: its upload's row was committed before it.
+    /// read after the directory was listed) does not hold: what a crash left between a
+    /// deletion's commit and its files going (at start). A file that appears after the listing
+    /// is not looked at: its upload's row was committed before it.
     pub(super) fn sweep(
         &self,
         keep: impl FnOnce() -> Result<HashSet<String>, StoreError>,
     ) -> Result<usize, StoreError> {
-        let Ok(_pin) = self.pinned.try_write() else {
-            self.sweep_owed.store(true, Ordering::Relaxed);
-            return Ok(0);
-        };
         if !self.checked_dir(false)? {
             return Ok(0);
         }
-        let listed: Vec<String> = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|name| is_file_id(name))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(io(&self.dir, &e)),
-        };
+        let listed: Vec<String> = std::fs::read_dir(&self.dir)
+            .map_err(|e| io(&self.dir, &e))?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| is_file_id(name))
+            .collect();
         if listed.is_empty() {
             return Ok(0);
         }
         let keep = keep()?;
-        let mut gone = 0;
-        for id in listed.iter().filter(|id| !keep.contains(*id)) {
-            match std::fs::remove_file(self.dir.join(id)) {
-                Ok(()) => gone += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&self.dir.join(id), &e)),
-            }
-        }
-        if gone > 0 {
-            if let Ok(mut open) = self.open.lock() {
-                open.retain(|(id, _)| keep.contains(id));
-            }
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(&self.dir, &e))?;
-        }
-        Ok(gone)
+        Ok(self.remove(listed.into_iter().filter(|id| !keep.contains(id)).collect()))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether `id` is an evidence id as kluis gives them (`ev_` and lowercase hex), the only
@@ -443,6 +473,7 @@ mod tests {
             Err(StoreError::Corrupt(_))
         ));
         assert!(files.sweep(|| Ok(HashSet::new())).is_err());
+        assert_eq!(files.remove(vec!["ev_01".into()]), 0);
         assert!(files.check_holds("ev_01", 1).is_err());
         assert_eq!(std::fs::read(elsewhere.join("ev_01")).unwrap(), b"secret");
         assert!(!elsewhere.join("ev_02").exists());
@@ -455,13 +486,19 @@ mod tests {
         files.append("ev_01", &[segment(0, b"x")]).unwrap();
         files.append("ev_02", &[segment(0, b"y")]).unwrap();
         std::fs::write(files.dir().join("notes.txt"), b"not kluis's").unwrap();
+        std::fs::create_dir(files.dir().join("ev_03")).unwrap();
         let keep = || Ok(HashSet::from(["ev_01".to_owned()]));
-        files.pinned(|| assert_eq!(files.sweep(keep).unwrap(), 0));
-        assert!(files.take_owed_sweep());
-        assert!(files.dir().join("ev_02").exists());
-        assert_eq!(files.sweep(keep).unwrap(), 1);
-        assert!(files.dir().join("ev_01").exists());
+        // Owed while a snapshot copies, removed once it is done.
+        files.pinned(|| {
+            assert_eq!(files.sweep(keep).unwrap(), 0);
+            assert_eq!(files.remove(vec!["ev_01".into()]), 0);
+            assert!(files.dir().join("ev_02").exists());
+        });
+        assert!(!files.dir().join("ev_01").exists());
         assert!(!files.dir().join("ev_02").exists());
+        // Not kluis's, or not a file: left alone.
         assert!(files.dir().join("notes.txt").exists());
+        assert!(files.dir().join("ev_03").is_dir());
+        assert_eq!(files.sweep(keep).unwrap(), 0);
     }
 }

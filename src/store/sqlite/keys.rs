@@ -399,9 +399,18 @@ impl KeyStore for SqliteStore {
             .collect::<rusqlite::Result<Vec<_>>>()
         })?
         .into_iter()
-        .map(|(evidence, segment, place)| {
-            let segment = self.with_bytes(&evidence.id, segment, place)?;
-            Ok((evidence, segment))
+        .filter_map(|(evidence, segment, place)| {
+            let index = segment.index;
+            match self.with_bytes(&evidence.id, segment, place) {
+                // Its file went after the rows were read (a deletion, another rekey): the
+                // segment as it is now, when it is still stale.
+                Err(StoreError::Corrupt(_)) => match self.segment(&evidence.id, index) {
+                    Ok(Some(now)) if now.key_gen < generation => Some(Ok((evidence, now))),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                },
+                other => Some(other.map(|segment| (evidence, segment))),
+            }
         })
         .collect()
     }
@@ -517,11 +526,24 @@ impl KeyStore for SqliteStore {
             params![subject, purpose, generation],
         )
         .map_err(db)?;
+        // The files whose every segment the rekey moved into its row (a finished file gets no
+        // new segment) go once this commits.
+        let mut moved = Vec::new();
+        for id in files {
+            let named: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM evidence_segments WHERE evidence_id = ?1
+                     AND at IS NOT NULL",
+                )
+                .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+                .map_err(db)?;
+            if named == 0 {
+                moved.push(id.clone());
+            }
+        }
         tx.commit().map_err(db)?;
         drop(conn);
-        if !files.is_empty() {
-            self.sweep_segment_files()?;
-        }
+        self.files.remove(moved);
         Ok(())
     }
 

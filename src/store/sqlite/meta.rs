@@ -153,9 +153,6 @@ impl MetaStore for SqliteStore {
             target.close().map_err(|(_, e)| db(e))?;
             std::fs::File::open(&tmp).map_err(|e| StoreError::Database(e.to_string()))
         });
-        if self.files.take_owed_sweep() {
-            self.segment_files_gone();
-        }
         // The open file stays readable; nothing of it is left behind in the data directory.
         let _ = std::fs::remove_file(&tmp);
         result
@@ -183,6 +180,7 @@ impl SqliteStore {
             return Ok(());
         }
         let tx = target.unchecked_transaction().map_err(db)?;
+        let mut damaged = Vec::new();
         {
             let mut put = tx
                 .prepare(
@@ -197,10 +195,17 @@ impl SqliteStore {
                     }
                     // A segment whose file is damaged is copied as its row names it: the
                     // restored store's `store verify` names it, as this one's does.
-                    Err(StoreError::Corrupt(_)) => {}
+                    Err(StoreError::Corrupt(e)) => damaged.push(e),
                     Err(e) => return Err(e),
                 }
             }
+        }
+        if let Some(first) = damaged.first() {
+            tracing::warn!(
+                segments = damaged.len(),
+                first = %first,
+                "the backup holds evidence segments as damaged as they are here (`store verify`)"
+            );
         }
         tx.commit().map_err(db)
     }

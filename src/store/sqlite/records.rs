@@ -278,7 +278,9 @@ impl RecordStore for SqliteStore {
         name_destroyed(&tx, &subject, [id])?;
         tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
             .map_err(db)?;
-        // Evidence and its segments go with the record (foreign keys cascade).
+        // Evidence and its segments go with the record (foreign keys cascade), and their files
+        // once this commits.
+        let files = super::evidence_of(&tx, id)?;
         super::delete_record_row(&tx, id)?;
         let left: i64 = tx
             .query_row(
@@ -297,7 +299,7 @@ impl RecordStore for SqliteStore {
         tx.commit().map_err(db)?;
         self.truncate_log(&conn);
         drop(conn);
-        self.segment_files_gone();
+        self.files.remove(files);
         Ok(Some(left == 0))
     }
 
@@ -413,6 +415,7 @@ impl RecordStore for SqliteStore {
         super::replace_anchor(&tx, anchor.prev, anchor.next)?;
         name_destroyed(&tx, subject, record_ids.iter().map(String::as_str))?;
         let mut destroyed = Vec::new();
+        let mut files = Vec::new();
         let mut purposes = std::collections::BTreeSet::new();
         for id in record_ids {
             let purpose: Option<String> = tx
@@ -433,6 +436,7 @@ impl RecordStore for SqliteStore {
             }
             tx.execute("DELETE FROM fields WHERE record_id = ?1", [id])
                 .map_err(db)?;
+            files.extend(super::evidence_of(&tx, id)?);
             super::delete_record_row(&tx, id)?;
             destroyed.push(id.clone());
             purposes.insert(purpose);
@@ -460,7 +464,7 @@ impl RecordStore for SqliteStore {
         // it so no copy of them lingers there.
         self.truncate_log(&conn);
         drop(conn);
-        self.segment_files_gone();
+        self.files.remove(files);
         Ok((destroyed, shredded))
     }
 
