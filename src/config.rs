@@ -1084,6 +1084,11 @@ pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, OpenError> {
 pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenError> {
     if config.store.is_none() {
         check_private(&config.data_dir)?;
+        // The evidence segments' files beside the database, when it has any.
+        let evidence = config.data_dir.join(format!("{DB_FILE}.evidence"));
+        if evidence.exists() {
+            check_private(&evidence)?;
+        }
     }
     let policy = load_policy(config.policy_schema.as_deref(), &config.policy_files)?;
     let store = open_configured_store(&config.data_dir, config.store.as_ref())?;

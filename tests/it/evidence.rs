@@ -189,14 +189,14 @@ async fn read_fails_with_data_loss(server: &TestServer, id: &str, range: Option<
 async fn tampered_segments_fail_with_data_loss_also_in_a_range_read() {
     let server = TestServer::start().await;
     let mut ids = Vec::new();
-    for seed in 11..=20 {
+    for seed in 11..=23 {
         ids.push(four_segments(&server, "REL-T", seed).await);
     }
-    let [a, b, c, d, e, f, g, h, i, j] = ids.try_into().unwrap();
+    let [a, b, c, d, e, f, g, h, i, j, k, l, m] = ids.try_into().unwrap();
     let path = server.db_path();
     assert_eq!(
         segment_files(&path).len(),
-        10,
+        13,
         "each upload's segments in a file of its own"
     );
     let conn = db(&server);
@@ -255,9 +255,18 @@ async fn tampered_segments_fail_with_data_loss_also_in_a_range_read() {
          UPDATE evidence_segments SET len = len + 16 WHERE evidence_id = '{j}' AND idx = 1;"
     ))
     .unwrap();
+    // Segment 1 of `k` without a length, that of `l` before the file's start; the file of `m`
+    // a link to that of `a`.
+    conn.execute_batch(&format!(
+        "UPDATE evidence_segments SET len = NULL WHERE evidence_id = '{k}' AND idx = 1;
+         UPDATE evidence_segments SET at = -1 WHERE evidence_id = '{l}' AND idx = 1;"
+    ))
+    .unwrap();
+    std::fs::remove_file(files.join(&m)).unwrap();
+    std::os::unix::fs::symlink(files.join(&a), files.join(&m)).unwrap();
     drop(conn);
 
-    for id in [&f, &g, &h, &i, &j] {
+    for id in [&f, &g, &h, &i, &j, &k, &l, &m] {
         read_fails_with_data_loss(&server, id, None).await;
         read_fails_with_data_loss(&server, id, Some((SEG + 5, 10))).await;
     }
@@ -283,14 +292,67 @@ async fn tampered_segments_fail_with_data_loss_also_in_a_range_read() {
     .await
     .unwrap();
     assert_eq!(bytes, file_bytes(11, 2 * SEG, 100));
-    // `store verify` names the files that are missing or shorter than their rows say.
+    // `store verify` names the files that are missing, shorter than their rows say or not
+    // files, and rows that name no place kluis writes.
     let bad = bad_rows(&server).await;
-    for id in [&g, &h] {
+    for id in [&g, &h, &k, &l, &m] {
         assert!(
             bad.iter()
-                .any(|r| r.kind == "evidence" && r.id == *id && r.problem.contains("segment file")),
+                .any(|r| r.kind == "evidence" && r.id == *id && r.problem.contains(" file")),
             "{id}: {bad:?}"
         );
+    }
+    server.stop().await;
+}
+
+/// Uploads broken off at the same moment leave no segment file behind: each goes with its
+/// rows, whatever the others' discards do meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_broken_off_together_leave_no_file() {
+    let server = TestServer::start().await;
+    let path = server.db_path();
+    let (mut calls, mut senders) = (Vec::new(), Vec::new());
+    for n in 0..6u64 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
+        let mut client = server.client().await;
+        let token = officer(&server);
+        calls.push(tokio::spawn(async move {
+            client
+                .put_evidence(req(&token, tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .await
+        }));
+        tx.send(start(&format!("REL-X{n}"), "clip")).await.unwrap();
+        for i in 0..20u64 {
+            tx.send(pb::EvidenceChunk {
+                part: Some(pb::evidence_chunk::Part::Data(
+                    file_bytes(40 + n, i * SEG, SEGMENT_SIZE).into(),
+                )),
+            })
+            .await
+            .unwrap();
+        }
+        senders.push(tx);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while segment_files(&path).len() < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every upload stored a batch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for call in &calls {
+        call.abort();
+    }
+    drop(senders);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !segment_files(&path).is_empty() || count(&server, "SELECT count(*) FROM evidence") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            segment_files(&path)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     server.stop().await;
 }

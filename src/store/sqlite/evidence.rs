@@ -1,6 +1,9 @@
 //! The SQLite store: evidence files, streamed in segments.
 
-use super::{files::Placed, *};
+use super::{
+    files::{MAX_SEALED, Placed},
+    *,
+};
 
 impl EvidenceStore for SqliteStore {
     fn begin_evidence(
@@ -242,11 +245,15 @@ impl EvidenceStore for SqliteStore {
     }
 
     fn segment_span(&self, evidence_id: &str) -> Result<(u64, Option<(i64, i64)>), StoreError> {
-        let (count, span, end) = self.read(|c| {
-            c.prepare_cached(
-                "SELECT count(*), min(idx), max(idx), max(at + len) FROM evidence_segments
-                 WHERE evidence_id = ?1",
-            )?
+        let (count, span, end, misplaced) = self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT count(*), min(idx), max(idx),
+                    max(CASE WHEN typeof(at) = 'integer' AND typeof(len) = 'integer'
+                        THEN at + len END),
+                    count(*) FILTER (WHERE at IS NOT NULL AND (typeof(at) <> 'integer'
+                        OR typeof(len) <> 'integer' OR at < 0 OR len < 0 OR len > {MAX_SEALED}))
+                 FROM evidence_segments WHERE evidence_id = ?1"
+            ))?
             .query_row([evidence_id], |r| {
                 let count: i64 = r.get(0)?;
                 let span = match (r.get::<_, Option<i64>>(1)?, r.get::<_, Option<i64>>(2)?) {
@@ -257,9 +264,18 @@ impl EvidenceStore for SqliteStore {
                     u64::try_from(count).unwrap_or(0),
                     span,
                     r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })
         })?;
+        // A row that names no place kluis writes is damage of its own, which a read answers
+        // with `DATA_LOSS` too.
+        if misplaced > 0 {
+            return Err(StoreError::Corrupt(format!(
+                "{misplaced} segment rows of evidence `{evidence_id}` name a place in its file \
+                 that kluis does not write"
+            )));
+        }
         // The rows that name bytes in the file name bytes it holds.
         if let Some(end) = end {
             self.files.check_holds(evidence_id, end)?;

@@ -32,7 +32,7 @@ use crate::store::{SegmentRow, StoreError};
 
 /// The most bytes a segment row may name: a sealed 64 KiB segment with room to spare. A row
 /// edited to name more is refused before anything is allocated for it.
-const MAX_SEALED: i64 = 64 * 1024 + 1024;
+pub(super) const MAX_SEALED: i64 = 64 * 1024 + 1024;
 
 /// Files kept open for reading (downloads read one segment per call).
 const KEPT_OPEN: usize = 16;
@@ -358,6 +358,13 @@ fn is_file_id(id: &str) -> bool {
 }
 
 fn io(path: &Path, e: &std::io::Error) -> StoreError {
+    // A link where a file or the directory should be (opened without following it).
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        return StoreError::Corrupt(format!(
+            "`{}` is a link where kluis keeps a file of its own",
+            path.display()
+        ));
+    }
     StoreError::Database(format!("evidence file `{}`: {e}", path.display()))
 }
 
@@ -500,5 +507,9 @@ mod tests {
         assert!(files.dir().join("notes.txt").exists());
         assert!(files.dir().join("ev_03").is_dir());
         assert_eq!(files.sweep(keep).unwrap(), 0);
+        // One that cannot be removed (a directory under an id's name) holds up no other.
+        files.append("ev_04", &[segment(0, b"z")]).unwrap();
+        assert_eq!(files.remove(vec!["ev_03".into(), "ev_04".into()]), 1);
+        assert!(!files.dir().join("ev_04").exists());
     }
 }
