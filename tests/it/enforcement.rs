@@ -3565,6 +3565,17 @@ fn serve_refuses_a_data_directory_or_key_file_open_to_others() {
         cases.len(),
         failures.join("\n")
     );
+    // The evidence segments' directory beside the database, as the data directory.
+    let evidence = dir.join("kluis.db.evidence");
+    std::fs::create_dir(&evidence).unwrap();
+    set(&evidence, 0o755);
+    let (code, stderr) = serve("--key-file", key.as_path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod 700 {}", evidence.display())) && stderr.contains("755"),
+        "{stderr}"
+    );
+    std::fs::remove_dir(&evidence).unwrap();
 }
 
 // ------------------------------------------------------- 8. the BSN guard on every clear string --
