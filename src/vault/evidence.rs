@@ -753,8 +753,9 @@ impl Upload {
             .into());
         }
         // The bytes are hashed and sealed while the guard reads them: nothing sealed is
-        // stored before the guard has read it, and nothing of an upload is readable before
-        // `finish`.
+        // stored before the guard has read it (its helper's readings are one write behind:
+        // `settle` waits for them before a batch is stored), and nothing of an upload is
+        // readable before `finish`.
         let sealer = &mut self.sealer;
         let (checked, sealed) = self.guard.write_beside("data", data, || sealer.take(data));
         checked?;
@@ -843,6 +844,8 @@ impl Upload {
         if self.sealer.batch.is_empty() {
             return Ok(());
         }
+        // Nothing is stored before the guard has read all of it.
+        self.guard.settle("data")?;
         self.stored()?;
         let batch = Arc::new(std::mem::replace(
             &mut self.sealer.batch,

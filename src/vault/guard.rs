@@ -54,6 +54,7 @@
 //! The guard must never echo the value it refused: errors name the field only.
 
 use std::sync::OnceLock;
+use std::sync::mpsc;
 
 use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -234,16 +235,157 @@ pub fn contains_mrz(text: &str) -> bool {
 /// [`SCAN_AT`] whatever the size of the data. What it holds of the data is wiped when it is
 /// dropped.
 pub struct Scanner {
-    views: [View; 5],
-    /// Writes of at least this many bytes are read on two threads.
+    /// The readings read on the caller's thread: all five, until a write of `parallel_from`
+    /// bytes hands all but the first [`MINE`] to a helper.
+    views: Vec<View>,
+    helper: Option<Helper>,
+    /// From a write of this many bytes on, the readings are read on two threads.
     parallel_from: usize,
 }
 
-/// Writes of at least this many bytes are read two readings on the caller's thread and three on
-/// another (an upload's chunks are 64 KiB; with `write_beside`, which hashes and seals them on
-/// the caller's thread meanwhile, one there and four on the other): the readings are
-/// independent, and each reads every byte.
+/// From a write of this many bytes on, a scanner reads its data on two threads: [`MINE`]
+/// readings on the caller's thread and the others on a helper thread of its own, which it
+/// keeps until it is dropped (an upload's chunks are 64 KiB). The readings are independent,
+/// and each reads every byte.
 pub const PARALLEL_FROM: usize = 16 * 1024;
+
+/// The readings a scanner with a helper reads on the caller's thread: UTF-8 and UTF-16
+/// little-endian from an even byte (the caller also hashes and seals an upload's bytes,
+/// `write_beside`); the helper reads the other three.
+const MINE: usize = 2;
+
+/// The thread that reads the readings of a scanner past the first [`MINE`], one write behind
+/// the caller at most: its answer for a write is taken at the next write, or at `finish` (or
+/// `settle`), and answers come in the order of the writes.
+struct Helper {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    answers: mpsc::Receiver<Answer>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Whether a job was sent whose answer is not taken yet.
+    pending: bool,
+    /// The copy of a write's bytes the helper reads, while no job holds it (wiped when
+    /// dropped; reused, so never reallocated once it holds a chunk).
+    buffer: Option<Zeroizing<Vec<u8>>>,
+}
+
+enum Job {
+    Write(Zeroizing<Vec<u8>>),
+    Finish,
+}
+
+struct Answer {
+    buffer: Option<Zeroizing<Vec<u8>>>,
+    found: Result<(), Finding>,
+}
+
+impl Helper {
+    /// A helper reading `views`, or them back when the system has no thread to give.
+    fn start(mut views: Vec<View>) -> Result<Self, Vec<View>> {
+        let (jobs, inbox) = mpsc::sync_channel::<Job>(1);
+        let (outbox, answers) = mpsc::sync_channel::<Answer>(1);
+        // The views go to the thread through a slot it empties, so that a failed spawn hands
+        // them back.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Ok(mut held) = slot.lock() {
+            std::mem::swap(&mut *held, &mut views);
+        }
+        let theirs = std::sync::Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name("kluis-guard".into())
+            .spawn(move || {
+                let mut views = theirs
+                    .lock()
+                    .map(|mut v| std::mem::take(&mut *v))
+                    .unwrap_or_default();
+                drop(theirs);
+                while let Ok(job) = inbox.recv() {
+                    let answer = match job {
+                        Job::Write(buffer) => {
+                            let found = views.iter_mut().try_for_each(|v| v.write(&buffer));
+                            Answer {
+                                buffer: Some(buffer),
+                                found,
+                            }
+                        }
+                        Job::Finish => Answer {
+                            buffer: None,
+                            found: views.iter_mut().try_for_each(View::finish),
+                        },
+                    };
+                    if outbox.send(answer).is_err() {
+                        break;
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => Ok(Helper {
+                jobs: Some(jobs),
+                answers,
+                thread: Some(thread),
+                pending: false,
+                buffer: Some(Zeroizing::new(Vec::new())),
+            }),
+            Err(_) => Err(slot
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()),
+        }
+    }
+
+    /// Hands `job` to the helper; its answer is taken with `answer`.
+    fn send(&mut self, job: Job) {
+        if let Some(jobs) = &self.jobs {
+            // A helper gone (it panicked) is found at `answer`.
+            let _ = jobs.send(job);
+            self.pending = true;
+        }
+    }
+
+    /// Hands the helper a copy of `bytes` to read.
+    fn write(&mut self, bytes: &[u8]) {
+        let mut buffer = self.buffer.take().unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(bytes);
+        self.send(Job::Write(buffer));
+    }
+
+    /// The helper's answer for the job it was handed last, waiting for it; `Ok` when none is
+    /// pending. A helper that panicked passes its panic on, as a reading on the caller's thread
+    /// would have.
+    fn answer(&mut self) -> Result<(), Finding> {
+        if !std::mem::take(&mut self.pending) {
+            return Ok(());
+        }
+        match self.answers.recv() {
+            Ok(answer) => {
+                if answer.buffer.is_some() {
+                    self.buffer = answer.buffer;
+                }
+                answer.found
+            }
+            Err(_) => {
+                self.jobs = None;
+                match self.thread.take().map(std::thread::JoinHandle::join) {
+                    Some(Err(panic)) => std::panic::resume_unwind(panic),
+                    // INVARIANT: the helper leaves its loop only when its jobs are closed or
+                    // its answers not taken, both of which only `drop` does.
+                    _ => unreachable!("the guard's helper ended while its scanner was in use"),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        // Closing the jobs ends the helper once it has read what it holds; its views and
+        // buffer are wiped as they drop.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 impl Scanner {
     /// A scanner for one stream of bytes.
@@ -267,13 +409,14 @@ impl Scanner {
     /// to put the boundaries everywhere).
     fn scanning_every(scan_at: usize) -> Self {
         Self {
-            views: [
+            views: vec![
                 View::new(Encoding::Utf8, false, scan_at),
                 View::new(Encoding::Utf16 { big_endian: false }, false, scan_at),
                 View::new(Encoding::Utf16 { big_endian: false }, true, scan_at),
                 View::new(Encoding::Utf16 { big_endian: true }, false, scan_at),
                 View::new(Encoding::Utf16 { big_endian: true }, true, scan_at),
             ],
+            helper: None,
             parallel_from: PARALLEL_FROM,
         }
     }
@@ -281,67 +424,59 @@ impl Scanner {
     /// Takes the next bytes; refuses them (naming `field`) as soon as what arrived so far holds
     /// a BSN or an MRZ that nothing after it can make harmless.
     pub fn write(&mut self, field: &str, bytes: &[u8]) -> Result<(), InputError> {
-        self.write_split(field, bytes, 2, || ()).0
+        self.write_beside(field, bytes, || ()).0
     }
 
     /// `write`, with `beside` run meanwhile on the caller's thread once it has read its
-    /// reading (the UTF-8 one; the other thread reads the four UTF-16 ones): the caller's own
-    /// work on the same bytes, such as hashing and sealing them. The guard's answer, and what
-    /// `beside` returned.
+    /// readings (the helper, from `PARALLEL_FROM` bytes on, reads the others): the caller's own
+    /// work on the same bytes, such as hashing and sealing them. The guard's answer for what
+    /// it has read so far (the helper's readings of this write are answered at the next
+    /// `write`, `settle` or `finish`), and what `beside` returned, which always runs.
     pub fn write_beside<T>(
         &mut self,
         field: &str,
         bytes: &[u8],
         beside: impl FnOnce() -> T,
     ) -> (Result<(), InputError>, T) {
-        self.write_split(field, bytes, 1, beside)
+        // The first finding in the order of the writes, and of the readings within a write,
+        // as when read one after another: the helper's answer for the write before first.
+        let before = self.helper.as_mut().map_or(Ok(()), Helper::answer);
+        if before.is_err() {
+            return (before.map_err(|f| f.refuse(field)), beside());
+        }
+        if self.helper.is_none() && bytes.len() >= self.parallel_from && self.views.len() > MINE {
+            let theirs = self.views.split_off(MINE);
+            match Helper::start(theirs) {
+                Ok(helper) => self.helper = Some(helper),
+                // Without a thread to spare, all of them are read here.
+                Err(theirs) => self.views.extend(theirs),
+            }
+        }
+        if let Some(helper) = &mut self.helper {
+            helper.write(bytes);
+        }
+        let found = self.views.iter_mut().try_for_each(|v| v.write(bytes));
+        (found.map_err(|f| f.refuse(field)), beside())
     }
 
-    /// `write` with the first `mine` readings on the caller's thread and the others on another
-    /// (from `parallel_from` bytes on), and `beside` run on the caller's thread after its
-    /// readings.
-    fn write_split<T>(
-        &mut self,
-        field: &str,
-        bytes: &[u8],
-        mine: usize,
-        beside: impl FnOnce() -> T,
-    ) -> (Result<(), InputError>, T) {
-        let write_all = |views: &mut [View]| views.iter_mut().try_for_each(|v| v.write(bytes));
-        // The first finding in the order of the readings, as when read one after another.
-        let (found, done) = if bytes.len() >= self.parallel_from {
-            let (first, rest) = self.views.split_at_mut(mine);
-            let answer = std::thread::scope(|s| {
-                let other = std::thread::Builder::new()
-                    .name("kluis-guard".into())
-                    .spawn_scoped(s, || write_all(rest));
-                match other {
-                    Ok(other) => {
-                        let mine = write_all(first);
-                        let done = beside();
-                        let theirs = other
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                        Ok((mine.and(theirs), done))
-                    }
-                    Err(_) => Err(beside),
-                }
-            });
-            match answer {
-                Ok(answer) => answer,
-                // Without a second thread (the system has none to give), one reads them all.
-                Err(beside) => (write_all(&mut self.views), beside()),
-            }
-        } else {
-            (write_all(&mut self.views), beside())
-        };
-        (found.map_err(|f| f.refuse(field)), done)
+    /// The guard's answer for everything written so far, waiting for the helper: what an
+    /// upload calls before it stores anything it sealed.
+    pub fn settle(&mut self, field: &str) -> Result<(), InputError> {
+        self.helper
+            .as_mut()
+            .map_or(Ok(()), Helper::answer)
+            .map_err(|f| f.refuse(field))
     }
 
     /// Reads what is left at the end of the data. Call it once, after the last `write`.
     pub fn finish(&mut self, field: &str) -> Result<(), InputError> {
+        self.settle(field)?;
         for view in &mut self.views {
             view.finish().map_err(|f| f.refuse(field))?;
+        }
+        if let Some(helper) = &mut self.helper {
+            helper.send(Job::Finish);
+            helper.answer().map_err(|f| f.refuse(field))?;
         }
         Ok(())
     }
@@ -996,9 +1131,14 @@ struct Folds {
     /// One bit per character of the plane: set when it folds to no digit and no MRZ character
     /// and is not a surrogate (8 KiB: what [`quiet_utf16`] reads of most code units).
     plain: Box<[u64]>,
-    /// The most digits, and the most MRZ characters, one character of two and of three bytes
-    /// of UTF-8 folds to (for four bytes, [`MOST_OUTSIDE_PLANE`]).
-    most: [(usize, usize); 2],
+    /// Per character of two bytes of UTF-8 (`U+0080` to `U+07FF`, by its code point), the
+    /// digits and MRZ characters it folds to; per 64 characters of three bytes that share
+    /// their first two (`U+0800` to `U+FFFF`, by the code point's top ten bits), the most any
+    /// of them folds to. What the block pass of [`quiet_utf8`] counts a character by, from its
+    /// lead byte and the byte after it ([`Folds::lead_marks`]); for four bytes,
+    /// [`MOST_OUTSIDE_PLANE`].
+    two: Box<[[u8; 2]]>,
+    three: Box<[[u8; 2]]>,
 }
 
 impl Folds {
@@ -1022,7 +1162,8 @@ impl Folds {
         let mut units = Vec::new();
         let mut direct = Vec::with_capacity(0x1_0000);
         let mut plain = vec![0u64; 0x1_0000 / 64];
-        let mut most = [(0, 0); 2];
+        let mut two = vec![[0u8; 2]; 0x800];
+        let mut three = vec![[0u8; 2]; 0x400];
         let mut one = Vec::with_capacity(MAX_FOLD);
         for cp in 0..=0xFFFFu32 {
             one.clear();
@@ -1034,11 +1175,16 @@ impl Folds {
             let digits = one.iter().filter(|u| u.is_digit()).count();
             // Every digit is an MRZ character too.
             let mrz = one.iter().filter(|&&u| mrz_char(u).is_some()).count();
-            if let Some((d, m)) = most
-                .get_mut(usize::from(cp >= 0x800))
-                .filter(|_| cp >= 0x80)
-            {
-                (*d, *m) = ((*d).max(digits), (*m).max(mrz));
+            // Saturated, a count is still at least what the character folds to.
+            let counts = [digits, mrz].map(|n| u8::try_from(n).unwrap_or(u8::MAX));
+            let bound = if cp < 0x800 {
+                two.get_mut(cp as usize)
+            } else {
+                three.get_mut((cp >> 6) as usize)
+            };
+            if let Some(bound) = bound.filter(|_| cp >= 0x80) {
+                let ([d, m], [cd, cm]) = (*bound, counts);
+                *bound = [d.max(cd), m.max(cm)];
             }
             if char::from_u32(cp).is_some()
                 && mrz == 0
@@ -1075,8 +1221,24 @@ impl Folds {
             units: units.into_boxed_slice(),
             direct: direct.into_boxed_slice(),
             plain: plain.into_boxed_slice(),
-            most,
+            two: two.into_boxed_slice(),
+            three: three.into_boxed_slice(),
         }
+    }
+
+    /// At least as many digits, and MRZ characters, as a character of UTF-8 beginning with
+    /// `lead` (a lead byte, `C2` to `F4`) and `second` folds to: exactly, for two bytes.
+    #[inline(always)]
+    fn lead_marks(&self, lead: u8, second: u8) -> (usize, usize) {
+        let top = usize::from(second & 0x3F);
+        let bound = match lead {
+            0xC2..=0xDF => self.two.get(usize::from(lead & 0x1F) << 6 | top),
+            0xE0..=0xEF => self.three.get(usize::from(lead & 0x0F) << 6 | top),
+            _ => None,
+        };
+        bound.map_or(MOST_OUTSIDE_PLANE, |&[d, m]| {
+            (usize::from(d), usize::from(m))
+        })
     }
 
     /// Whether the character of the plane `cp` folds to no digit and no MRZ character and is
@@ -3584,12 +3746,13 @@ fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
                 .get(k..=k + QUIET_BLOCK)
                 .and_then(|b| <&[u8; QUIET_BLOCK + 1]>::try_from(b).ok())
         {
-            let (d, m) = block_marks(block, folds);
+            let bits = BlockBits::of(block, before & FREE != 0);
+            let (d, m) = bits.marks_from(block, 0, folds);
             if !enough_marks(digits + d, mrz + m) {
-                match last_certain_break(block, before) {
+                match bits.last_break() {
                     Some(j) => {
                         resume = k + j;
-                        (digits, mrz) = block_marks_after(block, j, folds);
+                        (digits, mrz) = bits.marks_from(block, j + 1, folds);
                     }
                     None => (digits, mrz) = (digits + d, mrz + m),
                 }
@@ -3641,54 +3804,103 @@ const MOST_OUTSIDE_PLANE: (usize, usize) = (1, 2);
 /// Bytes the block pass of [`quiet_utf8`] reads at a time.
 const QUIET_BLOCK: usize = 32;
 
-/// At least as many digits, and MRZ characters, as the characters that begin in the first
-/// [`QUIET_BLOCK`] bytes of `block` fold to (the byte after them says whether the last is a
-/// lead byte followed by a continuation byte): ASCII counted, and a lead byte followed by a
-/// continuation byte as the most a character of its length folds to. One pass over the bytes
-/// with no branch, which the compiler turns into vector instructions.
-fn block_marks(block: &[u8; QUIET_BLOCK + 1], folds: &Folds) -> (usize, usize) {
-    let [(d2, m2), (d3, m3)] = folds.most;
-    let (mut digits, mut mrz, mut two, mut three, mut four) = (0u8, 0u8, 0u8, 0u8, 0u8);
-    for (&b, &next) in block.iter().zip(block.iter().skip(1)) {
-        let digit = b.wrapping_sub(b'0') < 10;
-        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
-        digits += u8::from(digit);
-        mrz += u8::from(digit | letter | (b == b'<'));
-        let char_follows = next & 0xC0 == 0x80;
-        two += u8::from((b.wrapping_sub(0xC2) < 0x1E) & char_follows);
-        three += u8::from((b & 0xF0 == 0xE0) & char_follows);
-        four += u8::from((b.wrapping_sub(0xF0) < 5) & char_follows);
-    }
-    let (two, three, four) = (usize::from(two), usize::from(three), usize::from(four));
-    let (d4, m4) = MOST_OUTSIDE_PLANE;
-    (
-        usize::from(digits) + two * d2 + three * d3 + four * d4,
-        usize::from(mrz) + two * m2 + three * m3 + four * m4,
-    )
+/// What the block pass of [`quiet_utf8`] reads of the first [`QUIET_BLOCK`] bytes of a block
+/// (the byte after them says whether the last is a lead byte followed by a continuation byte):
+/// one bit per byte, the lowest for the first.
+struct BlockBits {
+    /// ASCII digits.
+    digits: u32,
+    /// ASCII digits, letters and `<`: MRZ characters.
+    mrz: u32,
+    /// Lead bytes followed by a continuation byte: where a character of two to four bytes may
+    /// begin.
+    leads: u32,
+    /// Breaks whatever came before them: bytes never part of UTF-8, and continuation bytes
+    /// after a byte that ends every sequence.
+    breaks: u32,
 }
 
-/// [`block_marks`] of the bytes after the `j`th of the first [`QUIET_BLOCK`] of `block`.
-fn block_marks_after(block: &[u8; QUIET_BLOCK + 1], j: usize, folds: &Folds) -> (usize, usize) {
-    let mut rest = [0; QUIET_BLOCK + 1];
-    if let (Some(to), Some(from)) = (rest.get_mut(j + 1..), block.get(j + 1..)) {
-        to.copy_from_slice(from);
+impl BlockBits {
+    /// The bits of `block`, `free_before` whether the byte before it ends every sequence. One
+    /// pass over the bytes with no branch, which the compiler turns into vector instructions.
+    #[inline(always)]
+    fn of(block: &[u8; QUIET_BLOCK + 1], free_before: bool) -> Self {
+        const _: () = assert!(QUIET_BLOCK == 32);
+        // A byte of bits per byte of the block (a pass the compiler turns into vector
+        // instructions), then each bit gathered from eight bytes at a time.
+        let (digit, mrz, lead, never, cont, free) = (0, 1, 2, 3, 4, 5);
+        let mut class = [0u8; QUIET_BLOCK];
+        for ((c, &b), &next) in class.iter_mut().zip(block).zip(block.iter().skip(1)) {
+            let is_digit = b.wrapping_sub(b'0') < 10;
+            let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+            // `C0`, `C1` and `F5` to `FF`: see `utf8_class::NEVER`.
+            let not_utf8 = (b & 0xFE == 0xC0) | (b >= 0xF5);
+            let is_lead = b.wrapping_sub(0xC2) < 0x33;
+            let char_follows = next & 0xC0 == 0x80;
+            *c = u8::from(is_digit) << digit
+                | u8::from(is_digit | letter | (b == b'<')) << mrz
+                | u8::from(is_lead & char_follows) << lead
+                | u8::from(not_utf8) << never
+                | u8::from(b & 0xC0 == 0x80) << cont
+                | u8::from((b < 0x80) | not_utf8) << free;
+        }
+        let gather = |bit: u32| {
+            class
+                .chunks_exact(8)
+                .enumerate()
+                .fold(0u32, |mask, (k, eight)| {
+                    let word = eight
+                        .try_into()
+                        .map_or(0, u64::from_le_bytes)
+                        .wrapping_shr(bit)
+                        & 0x0101_0101_0101_0101;
+                    // The low bit of byte i lands on bit 56 + i, and nothing carries into them.
+                    let bits = word.wrapping_mul(0x0102_0408_1020_4080) >> 56;
+                    mask | (bits as u32) << (8 * k)
+                })
+        };
+        BlockBits {
+            digits: gather(digit),
+            mrz: gather(mrz),
+            leads: gather(lead),
+            breaks: gather(never) | gather(cont) & (gather(free) << 1 | u32::from(free_before)),
+        }
     }
-    block_marks(&rest, folds)
-}
 
-/// Where the last byte of the first [`QUIET_BLOCK`] of `block` is that is a break whatever
-/// came before it (`before` the class of the byte before the block).
-fn last_certain_break(block: &[u8; QUIET_BLOCK + 1], before: u8) -> Option<usize> {
-    use utf8_class::{CONT, FREE, NEVER, OF};
-    let class = |b: u8| OF.get(usize::from(b)).copied().unwrap_or(NEVER);
-    (0..QUIET_BLOCK).rev().find(|&j| {
-        let c = block.get(j).map_or(NEVER, |&b| class(b));
-        let prev = j
-            .checked_sub(1)
-            .and_then(|i| block.get(i))
-            .map_or(before, |&b| class(b));
-        c & NEVER != 0 || (c & CONT != 0 && prev & FREE != 0)
-    })
+    /// At least as many digits, and MRZ characters, as the characters that begin in the
+    /// block from its `from`th byte fold to: ASCII counted, a lead byte followed by a
+    /// continuation byte as [`Folds::lead_marks`] bounds its character.
+    #[inline(always)]
+    fn marks_from(
+        &self,
+        block: &[u8; QUIET_BLOCK + 1],
+        from: usize,
+        folds: &Folds,
+    ) -> (usize, usize) {
+        let keep = u32::try_from(from)
+            .ok()
+            .and_then(|from| u32::MAX.checked_shl(from))
+            .unwrap_or(0);
+        let mut digits = (self.digits & keep).count_ones() as usize;
+        let mut mrz = (self.mrz & keep).count_ones() as usize;
+        let mut leads = self.leads & keep;
+        while leads != 0 {
+            let j = leads.trailing_zeros() as usize;
+            leads &= leads - 1;
+            if let (Some(&lead), Some(&second)) = (block.get(j), block.get(j + 1)) {
+                let (d, m) = folds.lead_marks(lead, second);
+                digits += d;
+                mrz += m;
+            }
+        }
+        (digits, mrz)
+    }
+
+    /// Where the last break of the block is.
+    #[inline(always)]
+    fn last_break(&self) -> Option<usize> {
+        (self.breaks != 0).then(|| 31 - self.breaks.leading_zeros() as usize)
+    }
 }
 
 /// [`quiet_utf8`] for UTF-16 in the byte order `big_endian`: looks ahead in `bytes` from
@@ -5987,7 +6199,9 @@ mod tests {
     /// are wiped when dropped, and a reallocation would leave a copy behind.
     #[test]
     fn a_scanner_holds_a_bounded_amount_of_text() {
+        // All five readings on this thread, where the test can see them.
         let mut s = Scanner::new();
+        s.parallel_from = usize::MAX;
         let capacity: Vec<usize> = s.views.iter().map(|v| v.units.capacity()).collect();
         let widest = "\u{FDFA}".repeat(100_000);
         let long_row = "1 ".repeat(100_000);
@@ -6525,20 +6739,111 @@ mod tests {
         }
     }
 
-    /// The bounds the block pass of `quiet_utf8` counts a character by are the most any
-    /// character of its length folds to: computed for two and three bytes, and a constant for
-    /// four that this test holds to every character outside the Basic Multilingual Plane.
+    /// The bounds the block pass of `quiet_utf8` counts a character by, from its first two
+    /// bytes: exact for two bytes, at least what it folds to for three, and for four a constant
+    /// this test holds to every character outside the Basic Multilingual Plane.
     #[test]
     fn no_character_folds_to_more_marks_than_the_block_pass_counts() {
         let folds = Folds::get();
-        let most = |range: std::ops::RangeInclusive<u32>| {
-            range.filter_map(char::from_u32).fold((0, 0), |(d, m), c| {
+        let (mut exact, mut above) = (0, 0);
+        for c in (0x80..=0x10_FFFF).filter_map(char::from_u32) {
+            let mut utf8 = [0; 4];
+            let bytes = c.encode_utf8(&mut utf8).as_bytes();
+            let (marks, bound) = (folds.marks(c), folds.lead_marks(bytes[0], bytes[1]));
+            assert!(
+                marks.0 <= bound.0 && marks.1 <= bound.1,
+                "{:X}",
+                u32::from(c)
+            );
+            if bytes.len() == 2 {
+                assert_eq!(marks, bound, "{:X}", u32::from(c));
+            }
+            if bytes.len() == 4 {
+                assert_eq!(bound, MOST_OUTSIDE_PLANE);
+            }
+            if bytes.len() < 4 && marks == bound {
+                exact += 1;
+            } else if bytes.len() < 4 {
+                above += 1;
+            }
+        }
+        let most = (0x10000..=0x10_FFFF)
+            .filter_map(char::from_u32)
+            .fold((0, 0), |(d, m), c| {
                 let (cd, cm) = folds.marks(c);
                 (d.max(cd), m.max(cm))
-            })
-        };
-        assert_eq!(most(0x10000..=0x10_FFFF), MOST_OUTSIDE_PLANE);
-        assert_eq!([most(0x80..=0x7FF), most(0x800..=0xFFFF)], folds.most);
+            });
+        assert_eq!(most, MOST_OUTSIDE_PLANE);
+        // The bounds are tight for most characters of the plane: random bytes seldom add up to
+        // a region the pass must decode.
+        assert!(exact > 10 * above, "{exact} exact, {above} above");
+    }
+
+    /// The block pass of `quiet_utf8` reads every block as the byte-by-byte pass would: the
+    /// same breaks, the last of them, and marks that bound what the characters after it fold
+    /// to.
+    #[test]
+    fn the_block_pass_reads_breaks_and_marks_as_byte_by_byte() {
+        use utf8_class::{CONT, FREE, NEVER, OF};
+        let folds = Folds::get();
+        let class = |b: u8| OF[usize::from(b)];
+        // Random bytes, and bytes drawn from the classes that matter (ASCII marks, lead and
+        // continuation bytes, bytes never in UTF-8).
+        const PICKS: &[u8] = &[
+            b'0', b'9', b'a', b'Z', b'<', b' ', 0x80, 0xBF, 0xC0, 0xC2, 0xC3, 0xD9, 0xDF, 0xE0,
+            0xE2, 0xE3, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF,
+        ];
+        for round in 0..20_000u64 {
+            let raw = noise(round + 1, QUIET_BLOCK + 2);
+            let mut block = [0u8; QUIET_BLOCK + 1];
+            for (b, &r) in block.iter_mut().zip(&raw) {
+                *b = if round.is_multiple_of(2) {
+                    r
+                } else {
+                    PICKS[usize::from(r) % PICKS.len()]
+                };
+            }
+            let before = if raw[QUIET_BLOCK + 1].is_multiple_of(2) {
+                FREE
+            } else {
+                CONT
+            };
+            let bits = BlockBits::of(&block, before & FREE != 0);
+            let breaks: Vec<usize> = (0..QUIET_BLOCK)
+                .filter(|&j| {
+                    let prev = if j == 0 { before } else { class(block[j - 1]) };
+                    let c = class(block[j]);
+                    c & NEVER != 0 || (c & CONT != 0 && prev & FREE != 0)
+                })
+                .collect();
+            assert_eq!(bits.last_break(), breaks.last().copied(), "{block:02X?}");
+            for from in 0..=QUIET_BLOCK {
+                let (mut digits, mut mrz) = (0, 0);
+                for j in from..QUIET_BLOCK {
+                    let b = block[j];
+                    if b < 0x80 {
+                        let (d, m) = folds.marks(char::from(b));
+                        (digits, mrz) = (digits + d, mrz + m);
+                    } else if let Some(need) = continuation_bytes(b)
+                        && block[j + 1] & 0xC0 == 0x80
+                    {
+                        // What the character may fold to, whatever bytes follow its second.
+                        let bound = folds.lead_marks(b, block[j + 1]);
+                        let seq = block.get(j..=j + need);
+                        if let Some(c) = seq.and_then(utf8_char) {
+                            let (d, m) = folds.marks(c);
+                            assert!(d <= bound.0 && m <= bound.1);
+                        }
+                        (digits, mrz) = (digits + bound.0, mrz + bound.1);
+                    }
+                }
+                assert_eq!(
+                    bits.marks_from(&block, from, folds),
+                    (digits, mrz),
+                    "{block:02X?} from {from}"
+                );
+            }
+        }
     }
 
     /// Whether `view` refuses `bytes` written to it in pieces of `chunk` bytes.
