@@ -234,10 +234,16 @@ pub fn contains_mrz(text: &str) -> bool {
 /// for the same bytes however they are cut into chunks, with memory bounded by a few times
 /// [`SCAN_AT`] whatever the size of the data. What it holds of the data is wiped when it is
 /// dropped.
+#[expect(
+    clippy::vec_box,
+    reason = "boxed, a view handed to the helper moves as a pointer and leaves no copy of its state"
+)]
 pub struct Scanner {
     /// The readings read on the caller's thread: all five, until a write of `parallel_from`
     /// bytes hands all but the first [`MINE`] to a helper.
-    views: Vec<View>,
+    /// Boxed: handed to the helper, a view moves as a pointer, and leaves no copy of its
+    /// state behind.
+    views: Vec<Box<View>>,
     helper: Option<Helper>,
     /// From a write of this many bytes on, the readings are read on two threads.
     parallel_from: usize,
@@ -263,12 +269,18 @@ struct Helper {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Whether a job was sent whose answer is not taken yet.
     pending: bool,
-    /// The copy of a write's bytes the helper reads, while no job holds it (wiped when
-    /// dropped; reused, so never reallocated once it holds a chunk).
+    /// The copy of a write's bytes the helper reads, while no job holds it: wiped when
+    /// dropped, and never grown (see `write`).
     buffer: Option<Zeroizing<Vec<u8>>>,
 }
 
+#[expect(
+    clippy::vec_box,
+    reason = "boxed, a view handed to the helper moves as a pointer and leaves no copy of its state"
+)]
 enum Job {
+    /// The readings the helper reads: the first job, and only that one.
+    Take(Vec<Box<View>>),
     Write(Zeroizing<Vec<u8>>),
     Finish,
 }
@@ -280,24 +292,20 @@ struct Answer {
 
 impl Helper {
     /// A helper reading `views`, or them back when the system has no thread to give.
-    fn start(mut views: Vec<View>) -> Result<Self, Vec<View>> {
+    #[expect(
+        clippy::vec_box,
+        reason = "boxed, a view handed to the helper moves as a pointer and leaves no copy of its state"
+    )]
+    fn start(views: Vec<Box<View>>) -> Result<Self, Vec<Box<View>>> {
         let (jobs, inbox) = mpsc::sync_channel::<Job>(1);
         let (outbox, answers) = mpsc::sync_channel::<Answer>(1);
-        // The views go to the thread through a slot it empties, so that a failed spawn hands
-        // them back.
-        let slot = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        if let Ok(mut held) = slot.lock() {
-            std::mem::swap(&mut *held, &mut views);
-        }
-        let theirs = std::sync::Arc::clone(&slot);
         let spawned = std::thread::Builder::new()
             .name("kluis-guard".into())
             .spawn(move || {
-                let mut views = theirs
-                    .lock()
-                    .map(|mut v| std::mem::take(&mut *v))
-                    .unwrap_or_default();
-                drop(theirs);
+                // The views come as the first job, so that a failed spawn leaves them here.
+                let Ok(Job::Take(mut views)) = inbox.recv() else {
+                    return;
+                };
                 while let Ok(job) = inbox.recv() {
                     let answer = match job {
                         Job::Write(buffer) => {
@@ -309,41 +317,48 @@ impl Helper {
                         }
                         Job::Finish => Answer {
                             buffer: None,
-                            found: views.iter_mut().try_for_each(View::finish),
+                            found: views.iter_mut().try_for_each(|v| v.finish()),
                         },
+                        // Only the first job hands over views.
+                        Job::Take(_) => break,
                     };
                     if outbox.send(answer).is_err() {
                         break;
                     }
                 }
             });
-        match spawned {
-            Ok(thread) => Ok(Helper {
-                jobs: Some(jobs),
-                answers,
-                thread: Some(thread),
-                pending: false,
-                buffer: Some(Zeroizing::new(Vec::new())),
-            }),
-            Err(_) => Err(slot
-                .lock()
-                .map(|mut v| std::mem::take(&mut *v))
-                .unwrap_or_default()),
+        let Ok(thread) = spawned else {
+            return Err(views);
+        };
+        if let Err(mpsc::SendError(Job::Take(views))) = jobs.send(Job::Take(views)) {
+            return Err(views);
         }
+        Ok(Helper {
+            jobs: Some(jobs),
+            answers,
+            thread: Some(thread),
+            pending: false,
+            buffer: None,
+        })
     }
 
-    /// Hands `job` to the helper; its answer is taken with `answer`.
+    /// Hands `job` to the helper; its answer is taken with `answer`, which finds a helper
+    /// gone.
     fn send(&mut self, job: Job) {
         if let Some(jobs) = &self.jobs {
-            // A helper gone (it panicked) is found at `answer`.
             let _ = jobs.send(job);
-            self.pending = true;
         }
+        self.pending = true;
     }
 
-    /// Hands the helper a copy of `bytes` to read.
+    /// Hands the helper a copy of `bytes` to read: in the buffer of the write before when it
+    /// has room, else in a new one (the old one wiped as it drops; a buffer that grew would
+    /// leave its first copy behind).
     fn write(&mut self, bytes: &[u8]) {
-        let mut buffer = self.buffer.take().unwrap_or_default();
+        let mut buffer = match self.buffer.take() {
+            Some(buffer) if buffer.capacity() >= bytes.len() => buffer,
+            _ => Zeroizing::new(Vec::with_capacity(bytes.len())),
+        };
         buffer.clear();
         buffer.extend_from_slice(bytes);
         self.send(Job::Write(buffer));
@@ -367,9 +382,11 @@ impl Helper {
                 self.jobs = None;
                 match self.thread.take().map(std::thread::JoinHandle::join) {
                     Some(Err(panic)) => std::panic::resume_unwind(panic),
-                    // INVARIANT: the helper leaves its loop only when its jobs are closed or
-                    // its answers not taken, both of which only `drop` does.
-                    _ => unreachable!("the guard's helper ended while its scanner was in use"),
+                    // The helper leaves its loop only when its jobs are closed or its answers
+                    // not taken, which only `drop` does: never read as nothing found.
+                    _ => std::panic::resume_unwind(Box::new(
+                        "the guard's helper ended while its scanner was in use",
+                    )),
                 }
             }
         }
@@ -410,11 +427,27 @@ impl Scanner {
     fn scanning_every(scan_at: usize) -> Self {
         Self {
             views: vec![
-                View::new(Encoding::Utf8, false, scan_at),
-                View::new(Encoding::Utf16 { big_endian: false }, false, scan_at),
-                View::new(Encoding::Utf16 { big_endian: false }, true, scan_at),
-                View::new(Encoding::Utf16 { big_endian: true }, false, scan_at),
-                View::new(Encoding::Utf16 { big_endian: true }, true, scan_at),
+                Box::new(View::new(Encoding::Utf8, false, scan_at)),
+                Box::new(View::new(
+                    Encoding::Utf16 { big_endian: false },
+                    false,
+                    scan_at,
+                )),
+                Box::new(View::new(
+                    Encoding::Utf16 { big_endian: false },
+                    true,
+                    scan_at,
+                )),
+                Box::new(View::new(
+                    Encoding::Utf16 { big_endian: true },
+                    false,
+                    scan_at,
+                )),
+                Box::new(View::new(
+                    Encoding::Utf16 { big_endian: true },
+                    true,
+                    scan_at,
+                )),
             ],
             helper: None,
             parallel_from: PARALLEL_FROM,

@@ -1339,3 +1339,105 @@ async fn only_an_upload_ended_by_a_matching_end_is_stored() {
     }
     server.stop().await;
 }
+
+/// Three of the guard's five readings of an upload (UTF-16 little-endian from an odd byte,
+/// big-endian from either) are read on a helper thread one chunk behind the call. A BSN only
+/// those readings find, in the chunk whose sealed segments fill a batch, keeps that batch from
+/// being stored: no segment lands while the call waits for its next message, and the upload is
+/// refused with nothing stored. Chunks of two segments, so the batch holds bytes of the chunk
+/// that filled it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bsn_read_one_chunk_behind_keeps_its_batch_from_being_stored() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let utf16 = |text: &str, big_endian: bool| -> Vec<u8> {
+        text.encode_utf16()
+            .flat_map(|u| {
+                if big_endian {
+                    u.to_be_bytes()
+                } else {
+                    u.to_le_bytes()
+                }
+            })
+            .collect()
+    };
+    let chunk = 2 * SEGMENT_SIZE;
+    for (i, (how, odd, big_endian)) in [
+        ("UTF-16LE from an odd byte", 1, false),
+        ("UTF-16BE from an even byte", 0, true),
+        ("UTF-16BE from an odd byte", 1, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Eight clean chunks seal fifteen segments and buffer the sixteenth; the ninth seals
+        // it and the seventeenth, its own first half, which holds the BSN. Its groups are
+        // joined by no-break spaces, whose second byte (`A0`) after a NUL breaks any UTF-8:
+        // the readings on the call's thread (UTF-8, UTF-16LE from an even byte) find nothing.
+        // Prose after it gives the helper's readings text enough to read the number within the
+        // chunk, as they read what gathers every 16 Ki units: the finding is made while the
+        // chunk is read, not at the end of the file.
+        let text = format!(
+            "bsn 111\u{A0}222\u{A0}333 {}",
+            "de buurman belt aan. ".repeat(1400)
+        );
+        let ninth = [
+            file_bytes(60, 0, 1000 + odd),
+            vec![0, 0],
+            utf16(&text, big_endian),
+            file_bytes(61, 0, chunk),
+        ]
+        .concat();
+        assert!(1000 + odd + 2 + 2 * text.chars().count() < SEGMENT_SIZE);
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
+        let mut client = server.client().await;
+        let call_token = token.clone();
+        let call = tokio::spawn(async move {
+            client
+                .put_evidence(req(
+                    &call_token,
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .await
+        });
+        let data = |bytes: &[u8]| pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(bytes.to_vec().into())),
+        };
+        tx.send(start(&format!("REL-EVH{i}"), "clip"))
+            .await
+            .unwrap();
+        for k in 0..8u64 {
+            let clean = file_bytes(62 + i as u64, k * chunk as u64, chunk);
+            tx.send(data(&clean)).await.unwrap();
+        }
+        tx.send(data(&ninth[..chunk])).await.unwrap();
+        // The ninth chunk is read, hashed and sealed while the call waits for the tenth: its
+        // batch is refused, not stored. (Stored, it would land within milliseconds.)
+        for _ in 0..25 {
+            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            assert_eq!(
+                count(&server, "SELECT count(*) FROM evidence_segments"),
+                0,
+                "{how}: a batch holding the BSN was stored"
+            );
+        }
+        tx.send(evidence_end(9 * chunk as u64)).await.unwrap();
+        drop(tx);
+        let status = call
+            .await
+            .unwrap()
+            .err()
+            .unwrap_or_else(|| panic!("{how}: accepted"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{how}: {status:?}");
+        assert!(status.message().contains("`data`"), "{}", status.message());
+        assert!(!status.message().contains("111"), "{}", status.message());
+        assert_eq!(
+            count(&server, "SELECT count(*) FROM evidence_segments"),
+            0,
+            "{how}"
+        );
+        assert_eq!(count(&server, "SELECT count(*) FROM evidence"), 0, "{how}");
+    }
+    assert!(segment_files(&server.db_path()).is_empty());
+    server.stop().await;
+}
