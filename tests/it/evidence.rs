@@ -25,6 +25,19 @@ fn start(subject: &str, field: &str) -> pb::EvidenceChunk {
     )
 }
 
+/// `text` in UTF-16, big- or little-endian, without a byte order mark.
+fn utf16(text: &str, big_endian: bool) -> Vec<u8> {
+    text.encode_utf16()
+        .flat_map(|u| {
+            if big_endian {
+                u.to_be_bytes()
+            } else {
+                u.to_le_bytes()
+            }
+        })
+        .collect()
+}
+
 fn db(server: &TestServer) -> Connection {
     Connection::open(server.db_path()).unwrap()
 }
@@ -902,17 +915,6 @@ async fn a_bsn_in_wide_digits_amid_noise_is_refused() {
 async fn a_bsn_in_utf16_glued_to_binary_data_is_refused() {
     let server = TestServer::start().await;
     let token = officer(&server);
-    let utf16 = |text: &str, big_endian: bool| -> Vec<u8> {
-        text.encode_utf16()
-            .flat_map(|u| {
-                if big_endian {
-                    u.to_be_bytes()
-                } else {
-                    u.to_le_bytes()
-                }
-            })
-            .collect()
-    };
     let mut stored = 0;
     for (i, glued) in [
         "\u{A0B8}",
@@ -1350,17 +1352,6 @@ async fn only_an_upload_ended_by_a_matching_end_is_stored() {
 async fn a_bsn_read_one_chunk_behind_keeps_its_batch_from_being_stored() {
     let server = TestServer::start().await;
     let token = officer(&server);
-    let utf16 = |text: &str, big_endian: bool| -> Vec<u8> {
-        text.encode_utf16()
-            .flat_map(|u| {
-                if big_endian {
-                    u.to_be_bytes()
-                } else {
-                    u.to_le_bytes()
-                }
-            })
-            .collect()
-    };
     let chunk = 2 * SEGMENT_SIZE;
     for (i, (how, odd, big_endian)) in [
         ("UTF-16LE from an odd byte", 1, false),
