@@ -426,29 +426,17 @@ impl Scanner {
     /// to put the boundaries everywhere).
     fn scanning_every(scan_at: usize) -> Self {
         Self {
-            views: vec![
-                Box::new(View::new(Encoding::Utf8, false, scan_at)),
-                Box::new(View::new(
-                    Encoding::Utf16 { big_endian: false },
-                    false,
-                    scan_at,
-                )),
-                Box::new(View::new(
-                    Encoding::Utf16 { big_endian: false },
-                    true,
-                    scan_at,
-                )),
-                Box::new(View::new(
-                    Encoding::Utf16 { big_endian: true },
-                    false,
-                    scan_at,
-                )),
-                Box::new(View::new(
-                    Encoding::Utf16 { big_endian: true },
-                    true,
-                    scan_at,
-                )),
-            ],
+            // UTF-8, then UTF-16 little- and big-endian, each from an even and an odd byte.
+            views: [
+                (Encoding::Utf8, false),
+                (Encoding::Utf16 { big_endian: false }, false),
+                (Encoding::Utf16 { big_endian: false }, true),
+                (Encoding::Utf16 { big_endian: true }, false),
+                (Encoding::Utf16 { big_endian: true }, true),
+            ]
+            .into_iter()
+            .map(|(encoding, skip)| Box::new(View::new(encoding, skip, scan_at)))
+            .collect(),
             helper: None,
             parallel_from: PARALLEL_FROM,
         }

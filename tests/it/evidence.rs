@@ -1432,3 +1432,50 @@ async fn a_bsn_read_one_chunk_behind_keeps_its_batch_from_being_stored() {
     assert!(segment_files(&server.db_path()).is_empty());
     server.stop().await;
 }
+
+/// An upload whose segment file is taken while it runs is not finished: its rows name bytes
+/// that are gone, so `end` is answered DATA_LOSS and nothing becomes readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_file_went_is_not_finished() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
+    let mut client = server.client().await;
+    let call_token = token.clone();
+    let call = tokio::spawn(async move {
+        client
+            .put_evidence(req(
+                &call_token,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .await
+    });
+    tx.send(start("REL-EVF", "clip")).await.unwrap();
+    let chunks = 20u64;
+    for i in 0..chunks {
+        tx.send(pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(
+                file_bytes(70, i * SEG, SEGMENT_SIZE).into(),
+            )),
+        })
+        .await
+        .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no segment stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let files = segment_files(&server.db_path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::remove_file(evidence_dir(&server.db_path()).join(&files[0])).unwrap();
+    tx.send(evidence_end(chunks * SEG)).await.unwrap();
+    drop(tx);
+    let status = call.await.unwrap().expect_err("finished without its file");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM evidence WHERE complete = 1"),
+        0
+    );
+    server.stop().await;
+}

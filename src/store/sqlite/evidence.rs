@@ -91,31 +91,22 @@ impl EvidenceStore for SqliteStore {
         mac: &[u8],
     ) -> Result<(), StoreError> {
         // The segments are on disk before the commit that makes them readable.
-        let in_file = self.files.sync(evidence_id)?;
+        self.files.sync(evidence_id)?;
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
-        if !in_file {
-            let named: i64 = tx
-                .query_row(
-                    "SELECT count(*) FROM evidence_segments WHERE evidence_id = ?1
-                     AND at IS NOT NULL",
-                    [evidence_id],
-                    |r| r.get(0),
-                )
-                .map_err(db)?;
-            if named > 0 {
-                return Err(StoreError::Corrupt(format!(
-                    "evidence `{evidence_id}`: its segment file is missing"
-                )));
-            }
-        }
-        let stored: i64 = tx
+        // All the upload's segments, and where the last place its rows name in its file ends:
+        // the file must hold it (a file taken during the upload and begun again by the next
+        // batch holds less).
+        let (stored, end): (i64, Option<i64>) = tx
             .query_row(
-                "SELECT count(*) FROM evidence_segments WHERE evidence_id = ?1",
+                "SELECT count(*), max(at + len) FROM evidence_segments WHERE evidence_id = ?1",
                 [evidence_id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(db)?;
+        if let Some(end) = end {
+            self.files.check_holds(evidence_id, end)?;
+        }
         // A rekey that ran during the upload destroyed the key its segments were sealed under.
         let orphaned: i64 = tx
             .query_row(
