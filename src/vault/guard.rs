@@ -1149,9 +1149,12 @@ struct Folds {
     /// Per character of the plane, the one unit it folds to, or [`Folds::SLOW`] when it folds
     /// to none or several, or is a surrogate: one load for the common case of the decoders.
     direct: Box<[u8]>,
-    /// One bit per character of the plane: set when it folds to no digit and no MRZ character
-    /// and is not a surrogate (8 KiB: what [`quiet_utf16`] reads of most code units).
-    plain: Box<[u64]>,
+    /// Per character of the plane, what [`quiet_utf16`] reads of it in one load (64 KiB): a
+    /// high surrogate ([`Folds::HIGH`]), a low one ([`Folds::LOW`]), or the digits (the low
+    /// three bits) and MRZ characters (the next three) it folds to; [`Folds::SLOW`] when
+    /// either is more than six (it is then counted one by one). Zero: a character that folds
+    /// to neither, as most code units of binary data are.
+    quiet: Box<[u8]>,
     /// Per character of two bytes of UTF-8 (`U+0080` to `U+07FF`, by its code point), the
     /// digits and MRZ characters it folds to; per 64 characters of three bytes that share
     /// their first two (`U+0800` to `U+FFFF`, by the code point's top ten bits), the most any
@@ -1170,6 +1173,11 @@ impl Folds {
     /// `LETTER`, `OTHER` or `BREAK`), nor [`Folds::NONE`]: a character that folds to nothing.
     const SLOW: u8 = 0xFE;
     const NONE: u8 = 0xFD;
+    /// In `quiet`: a high surrogate, a low one; both bits for a character that folds to more
+    /// than six digits or MRZ characters.
+    const HIGH: u8 = 0x80;
+    const LOW: u8 = 0x40;
+    const MANY_MARKS: u8 = Self::HIGH | Self::LOW;
 
     fn get() -> &'static Folds {
         static FOLDS: OnceLock<Folds> = OnceLock::new();
@@ -1182,7 +1190,7 @@ impl Folds {
         let mut index = Vec::with_capacity(0x1_0000);
         let mut units = Vec::new();
         let mut direct = Vec::with_capacity(0x1_0000);
-        let mut plain = vec![0u64; 0x1_0000 / 64];
+        let mut quiet = Vec::with_capacity(0x1_0000);
         let mut two = vec![[0u8; 2]; 0x800];
         let mut three = vec![[0u8; 2]; 0x400];
         let mut one = Vec::with_capacity(MAX_FOLD);
@@ -1207,12 +1215,14 @@ impl Folds {
                 let ([d, m], [cd, cm]) = (*bound, counts);
                 *bound = [d.max(cd), m.max(cm)];
             }
-            if char::from_u32(cp).is_some()
-                && mrz == 0
-                && let Some(word) = plain.get_mut((cp / 64) as usize)
-            {
-                *word |= 1 << (cp % 64);
-            }
+            quiet.push(match cp {
+                0xD800..=0xDBFF => Self::HIGH,
+                0xDC00..=0xDFFF => Self::LOW,
+                _ => match (u8::try_from(digits), u8::try_from(mrz)) {
+                    (Ok(d @ 0..=6), Ok(m @ 0..=6)) => d | m << 3,
+                    _ => Self::MANY_MARKS,
+                },
+            });
             direct.push(match (char::from_u32(cp), one.as_slice()) {
                 (Some(_), []) => Self::NONE,
                 (Some(_), [u]) if u.0 <= Unit::OTHER.0 => u.0,
@@ -1241,7 +1251,7 @@ impl Folds {
             index: index.into_boxed_slice(),
             units: units.into_boxed_slice(),
             direct: direct.into_boxed_slice(),
-            plain: plain.into_boxed_slice(),
+            quiet: quiet.into_boxed_slice(),
             two: two.into_boxed_slice(),
             three: three.into_boxed_slice(),
         }
@@ -1262,14 +1272,15 @@ impl Folds {
         })
     }
 
-    /// Whether the character of the plane `cp` folds to no digit and no MRZ character and is
-    /// not a surrogate.
+    /// What [`quiet_utf16`] reads of the character of the plane `cp`: zero when it folds to
+    /// no digit and no MRZ character and is not a surrogate.
     // Always: one load in the decoders' loops, where a call would cost more than it.
     #[inline(always)]
-    fn is_plain(&self, cp: u16) -> bool {
-        self.plain
-            .get(usize::from(cp >> 6))
-            .is_some_and(|word| word >> (cp & 63) & 1 == 1)
+    fn quiet(&self, cp: u16) -> u8 {
+        self.quiet
+            .get(usize::from(cp))
+            .copied()
+            .unwrap_or(Self::MANY_MARKS)
     }
 
     /// How many digits, and how many MRZ characters (digits among them), `c` folds to.
@@ -3932,63 +3943,175 @@ impl BlockBits {
 /// a finding, or `from`) and how far it looked (to the digit or MRZ character that is one too
 /// many, to a high surrogate whose pair is past the end of `bytes`, or to the end).
 ///
-/// Most code units of binary data are characters that fold to neither a digit nor an MRZ
-/// character: one bit each, and a branch that goes the same way.
+/// Blocks of [`QUIET_UNITS`] code units are read without a branch per unit
+/// ([`Quiet16::block`]): most code units of binary data are characters that fold to neither a
+/// digit nor an MRZ character, and the few that do are too many for a branch to guess. A block
+/// with a surrogate pair, or in which a region may gather enough, is read unit by unit.
 // Out of line: the decoders' loops around its calls stay as tight as without it.
 #[inline(never)]
 fn quiet_utf16(bytes: &[u8], from: usize, big_endian: bool, folds: &Folds) -> (usize, usize) {
-    let unit = |a: u8, b: u8| {
-        if big_endian {
-            u16::from_be_bytes([a, b])
-        } else {
-            u16::from_le_bytes([a, b])
-        }
+    let mut q = Quiet16 {
+        resume: from,
+        digits: 0,
+        mrz: 0,
+        after_high: false,
     };
-    let (mut digits, mut mrz) = (0, 0);
-    let mut resume = from;
-    // Whether the code unit before is a high surrogate (a low one after it is its pair).
-    let mut after_high = false;
     let mut k = from;
-    while let Some(&[a, b]) = bytes.get(k..k + 2) {
-        let cu = unit(a, b);
-        if folds.is_plain(cu) {
-            after_high = false;
-            k += 2;
-            continue;
+    // A block and the code unit after it (whether a high surrogate at its end has a pair).
+    while let Some(block) = bytes.get(k..k + 2 * QUIET_UNITS + 2) {
+        if !q.block(block, k, big_endian, folds)
+            && let Some(answer) = q.units(bytes, k, k + 2 * QUIET_UNITS, big_endian, folds)
+        {
+            return answer;
         }
-        match cu {
-            0xD800..=0xDBFF => {
-                let Some(&[c, d]) = bytes.get(k + 2..k + 4) else {
-                    return (resume, k);
-                };
-                let low = unit(c, d);
-                if (0xDC00..=0xDFFF).contains(&low) {
-                    let code =
-                        0x10000 + ((u32::from(cu) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
-                    let (d, m) = char::from_u32(code).map_or((0, 0), |c| folds.marks(c));
-                    digits += d;
-                    mrz += m;
-                } else {
-                    // No pair: a break after this one. Decoding would go on from it.
-                    (resume, digits, mrz) = (k, 0, 0);
-                }
-                after_high = true;
-            }
-            0xDC00..=0xDFFF if after_high => after_high = false,
-            0xDC00..=0xDFFF => (resume, digits, mrz) = (k, 0, 0),
-            _ => {
-                after_high = false;
-                let (d, m) = char::from_u32(u32::from(cu)).map_or((0, 0), |c| folds.marks(c));
-                digits += d;
-                mrz += m;
-            }
-        }
-        if enough_marks(digits, mrz) {
-            return (resume, k);
-        }
-        k += 2;
+        k += 2 * QUIET_UNITS;
     }
-    (resume, bytes.len())
+    q.units(bytes, k, bytes.len(), big_endian, folds)
+        .unwrap_or((q.resume, bytes.len()))
+}
+
+/// Code units the block pass of [`quiet_utf16`] reads at a time.
+const QUIET_UNITS: usize = 32;
+
+/// What [`quiet_utf16`] knows at a code unit: where decoding would go on, the digits and MRZ
+/// characters since the last break, and whether the code unit before is a high surrogate (a
+/// low one after it is its pair).
+struct Quiet16 {
+    resume: usize,
+    digits: usize,
+    mrz: usize,
+    after_high: bool,
+}
+
+impl Quiet16 {
+    /// Reads the code units of `bytes` from `k` to before `end` one by one. Returns the answer
+    /// of [`quiet_utf16`] when one of them gives it.
+    fn units(
+        &mut self,
+        bytes: &[u8],
+        mut k: usize,
+        end: usize,
+        big_endian: bool,
+        folds: &Folds,
+    ) -> Option<(usize, usize)> {
+        let unit = |a: u8, b: u8| {
+            if big_endian {
+                u16::from_be_bytes([a, b])
+            } else {
+                u16::from_le_bytes([a, b])
+            }
+        };
+        while let Some(&[a, b]) = bytes.get(k..k + 2).filter(|_| k < end) {
+            let cu = unit(a, b);
+            if folds.quiet(cu) == 0 {
+                self.after_high = false;
+                k += 2;
+                continue;
+            }
+            match cu {
+                0xD800..=0xDBFF => {
+                    let Some(&[c, d]) = bytes.get(k + 2..k + 4) else {
+                        return Some((self.resume, k));
+                    };
+                    let low = unit(c, d);
+                    if (0xDC00..=0xDFFF).contains(&low) {
+                        let code =
+                            0x10000 + ((u32::from(cu) - 0xD800) << 10) + (u32::from(low) - 0xDC00);
+                        let (d, m) = char::from_u32(code).map_or((0, 0), |c| folds.marks(c));
+                        self.digits += d;
+                        self.mrz += m;
+                    } else {
+                        // No pair: a break after this one. Decoding would go on from it.
+                        (self.resume, self.digits, self.mrz) = (k, 0, 0);
+                    }
+                    self.after_high = true;
+                }
+                0xDC00..=0xDFFF if self.after_high => self.after_high = false,
+                0xDC00..=0xDFFF => (self.resume, self.digits, self.mrz) = (k, 0, 0),
+                _ => {
+                    self.after_high = false;
+                    let (d, m) = char::from_u32(u32::from(cu)).map_or((0, 0), |c| folds.marks(c));
+                    self.digits += d;
+                    self.mrz += m;
+                }
+            }
+            if enough_marks(self.digits, self.mrz) {
+                return Some((self.resume, k));
+            }
+            k += 2;
+        }
+        None
+    }
+
+    /// Reads the [`QUIET_UNITS`] code units at `k` in `block` (which holds one more) at once,
+    /// when none of them can give the answer of [`quiet_utf16`]: no surrogate pair begins
+    /// among them, no character folds to many marks, and no region gathers enough marks even
+    /// if it held all of them. Returns whether it read them; if not, nothing changed.
+    #[inline(always)]
+    fn block(&mut self, block: &[u8], k: usize, big_endian: bool, folds: &Folds) -> bool {
+        const _: () = assert!(QUIET_UNITS == 32);
+        // One load per code unit, then eight at a time: the surrogate bits gathered, the
+        // digits and MRZ characters summed (six at most each, 48 for eight: no byte carries).
+        let mut quiet = [0u8; QUIET_UNITS + 1];
+        for (pair, q) in block.chunks_exact(2).zip(&mut quiet) {
+            let cu = match *pair {
+                [a, b] if big_endian => u16::from_be_bytes([a, b]),
+                [a, b] => u16::from_le_bytes([a, b]),
+                _ => 0,
+            };
+            *q = folds.quiet(cu);
+        }
+        let (mut high, mut low) = (0u64, 0u64);
+        let mut words = [0u64; QUIET_UNITS / 8];
+        for (word, eight) in words.iter_mut().zip(quiet.chunks_exact(8)) {
+            *word = eight.try_into().map_or(0, u64::from_le_bytes);
+        }
+        // The low bit of byte i lands on bit 56 + i, and nothing carries into them.
+        let gather = |w: u64| (w & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56;
+        // The digits and the MRZ characters of eight units: their sums land in the top byte.
+        let marks = |w: u64| {
+            let sum =
+                |w: u64| (w & 0x0707_0707_0707_0707).wrapping_mul(0x0101_0101_0101_0101) >> 56;
+            (sum(w) as usize, sum(w >> 3) as usize)
+        };
+        let (mut digits, mut mrz) = (0usize, 0usize);
+        for (j, &word) in words.iter().enumerate() {
+            high |= gather(word >> 7) << (8 * j);
+            low |= gather(word >> 6) << (8 * j);
+            let (d, m) = marks(word);
+            (digits, mrz) = (digits + d, mrz + m);
+        }
+        // The unit after the block counts only as the low surrogate a high one may pair with.
+        let last = quiet.last().copied().unwrap_or(0);
+        low |= u64::from(last >> 6 & 1) << QUIET_UNITS;
+        let within = (1u64 << QUIET_UNITS) - 1;
+        let (low_after, high_before) = (low >> 1, high << 1 | u64::from(self.after_high));
+        // A pair begins, or a character folds to many marks (both bits).
+        if high & (low_after | low) & within != 0
+            || enough_marks(self.digits + digits, self.mrz + mrz)
+        {
+            return false;
+        }
+        // No pair: every high surrogate is a break, and every low one that does not end the
+        // pair of the unit before the block.
+        let breaks = (high | low & !high_before) & within;
+        if breaks == 0 {
+            self.digits += digits;
+            self.mrz += mrz;
+        } else {
+            let at = 63 - breaks.leading_zeros() as usize;
+            self.resume = k + 2 * at;
+            // The marks of the units after it: the bytes of the words past it.
+            (self.digits, self.mrz) = (0, 0);
+            for (j, &word) in words.iter().enumerate() {
+                let from = (at + 1).saturating_sub(8 * j).min(8) as u32;
+                let (d, m) = marks(word & (!0u64).checked_shl(8 * from).unwrap_or(0));
+                (self.digits, self.mrz) = (self.digits + d, self.mrz + m);
+            }
+        }
+        self.after_high = high >> (QUIET_UNITS - 1) & 1 == 1;
+        true
+    }
 }
 
 /// How many continuation bytes the lead byte `b` announces, when it can begin a sequence.
@@ -6798,6 +6921,88 @@ mod tests {
         // The bounds are tight for most characters of the plane: random bytes seldom add up to
         // a region the pass must decode.
         assert!(exact > 10 * above, "{exact} exact, {above} above");
+    }
+
+    /// Code units for the block pass of `quiet_utf16`: a character that folds to nothing the
+    /// guard counts, digits and MRZ characters of ASCII and beyond, characters that fold to
+    /// several, surrogates alone and a pair that folds to a digit.
+    const QUIET_SAMPLES: &[&[u16]] = &[
+        &[0x4E00],
+        &[0x31],
+        &[0x0661],
+        &[0xFF11],
+        &[0x41],
+        &[0xC9],
+        &[0x3C],
+        &[0x2474],
+        &[0x3392],
+        &[0x20],
+        &[0xD800],
+        &[0xDBFF],
+        &[0xDC00],
+        &[0xDFFF],
+        &[0xD835, 0xDFCE],
+    ];
+
+    /// Reading a block at once (`Quiet16::block`) gives every answer of `quiet_utf16` that
+    /// reading its code units one by one gives, and the table it reads says what folding says.
+    #[test]
+    fn the_utf16_block_pass_answers_as_unit_by_unit() {
+        let folds = Folds::get();
+        for cp in 0..=0xFFFF_u16 {
+            let want = match char::from_u32(u32::from(cp)) {
+                None if cp < 0xDC00 => Folds::HIGH,
+                None => Folds::LOW,
+                Some(c) => match folds.marks(c) {
+                    (d @ 0..=6, m @ 0..=6) => (d | m << 3) as u8,
+                    _ => Folds::MANY_MARKS,
+                },
+            };
+            assert_eq!(folds.quiet(cp), want, "U+{cp:04X}");
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for round in 0..4_000 {
+            let big_endian = round % 2 == 1;
+            let mut bytes = Vec::new();
+            for _ in 0..next(24) {
+                let sample = QUIET_SAMPLES[next(QUIET_SAMPLES.len())];
+                for _ in 0..next(40) {
+                    for &cu in sample {
+                        bytes.extend(if big_endian {
+                            cu.to_be_bytes()
+                        } else {
+                            cu.to_le_bytes()
+                        });
+                    }
+                }
+                if next(4) == 0 {
+                    let (seed, len) = (next(1 << 30) as u64, 2 * next(100));
+                    bytes.extend(noise(seed, len));
+                }
+            }
+            bytes.extend(vec![0x41; next(2)]);
+            let from = (2 * next(80)).min(bytes.len() & !1);
+            let mut q = Quiet16 {
+                resume: from,
+                digits: 0,
+                mrz: 0,
+                after_high: false,
+            };
+            let want = q
+                .units(&bytes, from, bytes.len(), big_endian, folds)
+                .unwrap_or((q.resume, bytes.len()));
+            assert_eq!(
+                quiet_utf16(&bytes, from, big_endian, folds),
+                want,
+                "round {round}: {bytes:02X?} from {from}"
+            );
+        }
     }
 
     /// The block pass of `quiet_utf8` reads every block as the byte-by-byte pass would: the
