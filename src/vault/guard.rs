@@ -247,6 +247,9 @@ pub struct Scanner {
     helper: Option<Helper>,
     /// From a write of this many bytes on, the readings are read on two threads.
     parallel_from: usize,
+    /// What a write, `settle` or `finish` was refused for: every call after it is refused
+    /// alike, whatever it is given (a finding is never read as gone).
+    refused: Option<Finding>,
 }
 
 /// From a write of this many bytes on, a scanner reads its data on two threads: [`MINE`]
@@ -439,6 +442,7 @@ impl Scanner {
             .collect(),
             helper: None,
             parallel_from: PARALLEL_FROM,
+            refused: None,
         }
     }
 
@@ -461,9 +465,9 @@ impl Scanner {
     ) -> (Result<(), InputError>, T) {
         // The first finding in the order of the writes, and of the readings within a write,
         // as when read one after another: the helper's answer for the write before first.
-        let before = self.helper.as_mut().map_or(Ok(()), Helper::answer);
+        let before = self.answered();
         if before.is_err() {
-            return (before.map_err(|f| f.refuse(field)), beside());
+            return (self.refuse(before, field), beside());
         }
         if self.helper.is_none() && bytes.len() >= self.parallel_from && self.views.len() > MINE {
             let theirs = self.views.split_off(MINE);
@@ -477,29 +481,44 @@ impl Scanner {
             helper.write(bytes);
         }
         let found = self.views.iter_mut().try_for_each(|v| v.write(bytes));
-        (found.map_err(|f| f.refuse(field)), beside())
+        (self.refuse(found, field), beside())
     }
 
     /// The guard's answer for everything written so far, waiting for the helper: what an
     /// upload calls before it stores anything it sealed.
     pub fn settle(&mut self, field: &str) -> Result<(), InputError> {
-        self.helper
-            .as_mut()
-            .map_or(Ok(()), Helper::answer)
-            .map_err(|f| f.refuse(field))
+        let answer = self.answered();
+        self.refuse(answer, field)
     }
 
     /// Reads what is left at the end of the data. Call it once, after the last `write`.
     pub fn finish(&mut self, field: &str) -> Result<(), InputError> {
         self.settle(field)?;
-        for view in &mut self.views {
-            view.finish().map_err(|f| f.refuse(field))?;
-        }
-        if let Some(helper) = &mut self.helper {
+        let mine = self.views.iter_mut().try_for_each(|view| view.finish());
+        self.refuse(mine, field)?;
+        let theirs = self.helper.as_mut().map_or(Ok(()), |helper| {
             helper.send(Job::Finish);
-            helper.answer().map_err(|f| f.refuse(field))?;
+            helper.answer()
+        });
+        self.refuse(theirs, field)
+    }
+
+    /// The first finding so far: one this scanner was refused for, or the helper's answer for
+    /// the write it was handed last.
+    fn answered(&mut self) -> Result<(), Finding> {
+        match self.refused {
+            Some(finding) => Err(finding),
+            None => self.helper.as_mut().map_or(Ok(()), Helper::answer),
         }
-        Ok(())
+    }
+
+    /// `found` as the answer to a call naming `field`; a finding is kept, and every later call
+    /// is refused for it.
+    fn refuse(&mut self, found: Result<(), Finding>, field: &str) -> Result<(), InputError> {
+        found.map_err(|finding| {
+            let first = *self.refused.get_or_insert(finding);
+            first.refuse(field)
+        })
     }
 }
 
@@ -6255,6 +6274,42 @@ mod tests {
         s.finish("data").unwrap();
         for block in data.chunks(1 << 20) {
             check_binary("f", block).unwrap();
+        }
+    }
+
+    /// A scanner once refused stays refused: whatever comes after (innocent bytes, `settle`,
+    /// `finish`) is refused for the same finding, on one thread and with the helper, whether
+    /// the caller's readings found it or the helper's.
+    #[test]
+    fn a_refused_scanner_refuses_everything_after() {
+        let bsn = "bsn 111222333 ";
+        for (data, parallel_from) in [
+            (bsn.as_bytes().to_vec(), usize::MAX),
+            (bsn.as_bytes().to_vec(), 1),
+            (be(bsn), 1),
+            ([b"x".as_slice(), &be(bsn)].concat(), 1),
+        ] {
+            let mut s = Scanner::new();
+            s.parallel_from = parallel_from;
+            let innocent = noise(5, 20_000);
+            s.write("data", &innocent).unwrap();
+            // A number at the end of what the readings gathered is decided once more text
+            // came, or at `finish`.
+            let first = s
+                .write("data", &data)
+                .and_then(|()| s.write("data", &innocent))
+                .and_then(|()| s.settle("data"))
+                .and_then(|()| s.finish("data"));
+            let refusal = first.unwrap_err().to_string();
+            assert!(refusal.contains("BSN"), "{refusal}");
+            for _ in 0..2 {
+                let (again, ran) = s.write_beside("data", &innocent, || true);
+                assert_eq!(again.unwrap_err().to_string(), refusal);
+                assert!(ran);
+            }
+            assert_eq!(s.settle("data").unwrap_err().to_string(), refusal);
+            assert_eq!(s.finish("data").unwrap_err().to_string(), refusal);
+            assert_eq!(s.finish("data").unwrap_err().to_string(), refusal);
         }
     }
 
