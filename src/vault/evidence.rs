@@ -363,7 +363,7 @@ impl Vault {
                 hasher: Sha256::new(),
                 batch: Vec::with_capacity(SEGMENTS_PER_BATCH),
             },
-            storing: None,
+            storer: None,
             // A field named for a BSN: its file read as the number after a label.
             guard: if guard::names_a_bsn(start.name.as_str()) {
                 guard::Scanner::labelled()
@@ -670,8 +670,8 @@ pub struct Upload {
     size: u64,
     /// Hashes the bytes and seals them into segments, beside the guard.
     sealer: Sealer,
-    /// The batch before the sealer's, being stored on a thread of its own (`flush`).
-    storing: Option<std::thread::JoinHandle<Result<(), StoreError>>>,
+    /// The thread that stores the batches before the sealer's (`flush`), from the first.
+    storer: Option<Storer>,
     /// Reads every byte for a BSN or an MRZ, whatever the declared media type, across chunks.
     guard: guard::Scanner,
     expires_at: Option<i64>,
@@ -835,11 +835,11 @@ impl Upload {
         })
     }
 
-    /// Stores `batch` on a thread of its own, once the batch before it is stored: the next
-    /// chunks are read by the guard, hashed and sealed meanwhile. Its outcome is taken at the
-    /// next flush, at `finish`, or when the upload is dropped (before it is discarded, so that
-    /// nothing is appended to an upload after it was discarded). Segments are stored in order,
-    /// one batch after the other; none is readable before `finish`.
+    /// Stores `batch` on the upload's own thread ([`Storer`]), once the batch before it is
+    /// stored: the next chunks are read by the guard, hashed and sealed meanwhile. Its outcome
+    /// is taken at the next flush, at `finish`, or when the upload is dropped (before it is
+    /// discarded, so that nothing is appended to an upload after it was discarded). Segments
+    /// are stored in order, one batch after the other; none is readable before `finish`.
     fn flush(&mut self) -> Result<(), VaultError> {
         if self.sealer.batch.is_empty() {
             return Ok(());
@@ -847,39 +847,35 @@ impl Upload {
         // Nothing is stored before the guard has read all of it.
         self.guard.settle("data")?;
         self.stored()?;
-        let batch = Arc::new(std::mem::replace(
+        let batch = std::mem::replace(
             &mut self.sealer.batch,
             Vec::with_capacity(SEGMENTS_PER_BATCH),
-        ));
-        let (store, to_store) = (Arc::clone(&self.vault.store), Arc::clone(&batch));
-        let (id, subject, purpose) = (
-            self.evidence_id.clone(),
-            self.subject.as_str().to_owned(),
-            self.purpose,
         );
-        let spawned = std::thread::Builder::new()
-            .name("kluis-evidence".into())
-            .spawn(move || store.append_segments(&id, &subject, purpose.as_str(), &to_store));
-        match spawned {
-            Ok(handle) => {
-                self.storing = Some(handle);
+        if self.storer.is_none() {
+            self.storer = Storer::start(
+                Arc::clone(&self.vault.store),
+                self.evidence_id.clone(),
+                self.subject.as_str().to_owned(),
+                self.purpose,
+            );
+        }
+        match &mut self.storer {
+            Some(storer) => {
+                storer.send(batch);
                 Ok(())
             }
             // Without a thread to spare, the batch is stored here.
-            Err(_) => self.append(&batch),
+            None => self.append(&batch),
         }
     }
 
-    /// Waits for the batch being stored on its own thread (`flush`), if any: its error, if it
-    /// failed.
+    /// Waits for the batch being stored on the upload's thread (`flush`), if any: its error,
+    /// if it failed.
     fn stored(&mut self) -> Result<(), VaultError> {
-        match self.storing.take() {
-            None => Ok(()),
-            Some(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                .map_err(key_replaced),
-        }
+        self.storer
+            .as_mut()
+            .map_or(Ok(()), Storer::stored)
+            .map_err(key_replaced)
     }
 
     /// Stores `batch` on this thread.
@@ -949,18 +945,21 @@ impl Drop for Upload {
         if self.finished {
             return;
         }
-        // The batch being stored lands before the upload is discarded, whatever its outcome.
-        match self.storing.take().map(std::thread::JoinHandle::join) {
-            None | Some(Ok(Ok(()))) => {}
-            Some(Ok(Err(e))) => tracing::info!(
-                evidence_id = self.evidence_id.as_str(),
-                error = %e,
-                "a batch of an unfinished upload was not stored"
-            ),
-            Some(Err(_)) => tracing::error!(
-                evidence_id = self.evidence_id.as_str(),
-                "storing a batch of an unfinished upload failed unexpectedly"
-            ),
+        // The batch being stored lands before the upload is discarded, whatever its outcome,
+        // and the upload's thread ends.
+        if let Some(storer) = self.storer.take() {
+            match storer.end() {
+                Ok(()) => {}
+                Err(Some(e)) => tracing::info!(
+                    evidence_id = self.evidence_id.as_str(),
+                    error = %e,
+                    "a batch of an unfinished upload was not stored"
+                ),
+                Err(None) => tracing::error!(
+                    evidence_id = self.evidence_id.as_str(),
+                    "storing a batch of an unfinished upload failed unexpectedly"
+                ),
+            }
         }
         self.unfinished.time = crate::domain::now_unix();
         if let Err(e) = self.vault.audit.append(&self.unfinished) {
@@ -981,6 +980,113 @@ impl Drop for Upload {
                 error = %e,
                 "could not discard an unfinished upload now"
             ),
+        }
+    }
+}
+
+/// The thread an upload stores its batches on (`kluis-evidence`), from its first batch to its
+/// end: one batch at a time, in order, while the next is sealed. One thread for the upload's
+/// life, not one per batch: a thread's start (its stack mapped and faulted in, its allocator's
+/// caches filled) and end (unmapped, with TLB shootdowns on every core) cost more than storing
+/// a batch's megabyte into the page cache.
+struct Storer {
+    /// `None` once the upload ends: the thread ends when it has stored what it holds.
+    batches: Option<std::sync::mpsc::SyncSender<Vec<SegmentRow>>>,
+    outcomes: std::sync::mpsc::Receiver<Result<(), StoreError>>,
+    /// Whether a batch was handed over whose outcome was not taken.
+    pending: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Storer {
+    /// The thread for the segments of `evidence_id`, or `None` when none can be started.
+    fn start(
+        store: Arc<dyn crate::store::Store>,
+        evidence_id: String,
+        subject: String,
+        purpose: Purpose,
+    ) -> Option<Self> {
+        // One batch held by the thread at most: `flush` takes its outcome before the next.
+        let (batches, to_store) = std::sync::mpsc::sync_channel::<Vec<SegmentRow>>(1);
+        let (answer, outcomes) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("kluis-evidence".into())
+            .spawn(move || {
+                for batch in to_store {
+                    let outcome =
+                        store.append_segments(&evidence_id, &subject, purpose.as_str(), &batch);
+                    if answer.send(outcome).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self {
+            batches: Some(batches),
+            outcomes,
+            pending: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `batch` to the thread; its outcome is taken by the next `stored`. Call `stored`
+    /// first: the thread holds one batch at a time.
+    fn send(&mut self, batch: Vec<SegmentRow>) {
+        if let Some(batches) = &self.batches {
+            // A thread that is gone leaves its outcome (a panic) to `stored`.
+            let _ = batches.send(batch);
+            self.pending = true;
+        }
+    }
+
+    /// The outcome of the batch handed over last, waiting for it; `Ok` when none is pending.
+    /// A thread that panicked passes its panic on, as storing on the caller's thread would.
+    fn stored(&mut self) -> Result<(), StoreError> {
+        if !std::mem::take(&mut self.pending) {
+            return Ok(());
+        }
+        match self.outcomes.recv() {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.batches = None;
+                match self.thread.take().map(std::thread::JoinHandle::join) {
+                    Some(Err(panic)) => std::panic::resume_unwind(panic),
+                    // The thread leaves its loop only when its batches are closed or its
+                    // outcomes not taken, which only `end` does: never read as stored.
+                    _ => std::panic::resume_unwind(Box::new(
+                        "the thread storing an upload ended while the upload ran",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Takes the outcome of the batch pending, if any, and ends the thread: nothing is stored
+    /// of the upload after this returns. `Err(None)` when the thread panicked.
+    fn end(mut self) -> Result<(), Option<StoreError>> {
+        let outcome = if std::mem::take(&mut self.pending) {
+            match self.outcomes.recv() {
+                Ok(outcome) => outcome.map_err(Some),
+                Err(_) => Err(None),
+            }
+        } else {
+            Ok(())
+        };
+        self.batches = None;
+        let joined = self.thread.take().map(std::thread::JoinHandle::join);
+        match joined {
+            Some(Err(_)) => Err(None),
+            _ => outcome,
+        }
+    }
+}
+
+impl Drop for Storer {
+    fn drop(&mut self) {
+        // Closing the batches ends the thread once it has stored what it holds.
+        self.batches = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

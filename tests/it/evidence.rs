@@ -1433,23 +1433,30 @@ async fn a_bsn_read_one_chunk_behind_keeps_its_batch_from_being_stored() {
     server.stop().await;
 }
 
+/// An upload by the nuisance officer, running: the sender of its messages, and the call.
+async fn open_upload(
+    server: &TestServer,
+) -> (
+    tokio::sync::mpsc::Sender<pb::EvidenceChunk>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::PutEvidenceResponse>, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
+    let mut client = server.client().await;
+    let token = officer(server);
+    let call = tokio::spawn(async move {
+        client
+            .put_evidence(req(&token, tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+    });
+    (tx, call)
+}
+
 /// An upload whose segment file is taken while it runs is not finished: its rows name bytes
 /// that are gone, so `end` is answered DATA_LOSS and nothing becomes readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_file_went_is_not_finished() {
     let server = TestServer::start().await;
-    let token = officer(&server);
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
-    let mut client = server.client().await;
-    let call_token = token.clone();
-    let call = tokio::spawn(async move {
-        client
-            .put_evidence(req(
-                &call_token,
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            ))
-            .await
-    });
+    let (tx, call) = open_upload(&server).await;
     tx.send(start("REL-EVF", "clip")).await.unwrap();
     let chunks = 20u64;
     for i in 0..chunks {
@@ -1477,5 +1484,63 @@ async fn an_upload_whose_file_went_is_not_finished() {
         count(&server, "SELECT count(*) FROM evidence WHERE complete = 1"),
         0
     );
+    server.stop().await;
+}
+
+/// A batch that cannot be stored fails the upload: its outcome, taken from the thread that
+/// stores the upload's batches, reaches the client, and nothing of the upload is left. Here
+/// the upload's row is deleted from the database file while it runs, as a rival that
+/// discarded it would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_cannot_be_stored_fails_the_upload() {
+    let server = TestServer::start().await;
+    let (tx, call) = open_upload(&server).await;
+    let data = |i: u64| pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::Data(
+            file_bytes(80, i * SEG, SEGMENT_SIZE).into(),
+        )),
+    };
+    tx.send(start("REL-EVS", "clip")).await.unwrap();
+    // A batch is sixteen segments: the seventeenth sends the first to be stored.
+    for i in 0..20u64 {
+        tx.send(data(i)).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no segment stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    db(&server)
+        .execute("DELETE FROM evidence WHERE complete = 0", [])
+        .unwrap();
+    // The next batch fails, and the call ends when its outcome is taken, at the flush after
+    // it: before `end`, which is never sent (the request stream stays open meanwhile).
+    for i in 20..80u64 {
+        if tx.send(data(i)).await.is_err() {
+            break;
+        }
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), call)
+        .await
+        .expect("the upload went on after a batch failed")
+        .unwrap()
+        .expect_err("stored without its row");
+    drop(tx);
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("nothing was stored"),
+        "{}",
+        status.message()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&server, "SELECT count(*) FROM evidence_segments") > 0
+        || !segment_files(&server.db_path()).is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload left segments"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     server.stop().await;
 }
