@@ -59,6 +59,18 @@ const EVIDENCE_IDLE: Duration = Duration::from_secs(30);
 /// closes it with `end`, and one that does not holds its place among the uploads meanwhile.
 const AFTER_END: Duration = Duration::from_secs(5);
 
+/// The outcome of a chunk written on a blocking thread: the upload back with its judge, or the
+/// call's status. On an error the upload was dropped on that thread, which discards it.
+fn written(
+    done: Result<Result<(Upload, Judge), VaultError>, crate::vault::places::CallFailed>,
+) -> Result<(Upload, Judge), Status> {
+    done.map_err(|e| {
+        tracing::error!(error = %e, "request task failed");
+        Status::internal("internal error")
+    })?
+    .map_err(super::status::to_status)
+}
+
 /// An upload in progress in a handler: when the handler ends without finishing it (an error, a
 /// timeout, the client gone), the upload is dropped, and so discarded, on a blocking thread,
 /// under a place among the calls running (`discard`): thousands of uploads abandoned at once
@@ -230,24 +242,34 @@ impl VaultRpc for VaultApi {
             key,
         };
         loop {
-            let message = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(
-                        "no data for 30 s; the upload was discarded, send it again",
-                    )
-                })??;
+            let message = {
+                let next = tokio::time::timeout(EVIDENCE_IDLE, stream.message());
+                tokio::pin!(next);
+                // The chunk before is read while the next message comes: a refusal is answered
+                // as soon as it is made, not with the client's next message.
+                let mut received = None;
+                if let Some(task) = writing.task.as_mut() {
+                    tokio::select! {
+                        biased;
+                        done = task => {
+                            writing.task = None;
+                            (upload.upload, judge) = written(done).map(|(u, j)| (Some(u), j))?;
+                        }
+                        message = &mut next => received = Some(message),
+                    }
+                }
+                match received {
+                    Some(message) => message,
+                    None => next.await,
+                }
+            }
+            .map_err(|_| {
+                Status::deadline_exceeded(
+                    "no data for 30 s; the upload was discarded, send it again",
+                )
+            })??;
             if let Some(task) = writing.task.take() {
-                // On an error the upload was dropped on the blocking thread, which discards it.
-                let (written, judged) = task
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "request task failed");
-                        Status::internal("internal error")
-                    })?
-                    .map_err(super::status::to_status)?;
-                upload.upload = Some(written);
-                judge = judged;
+                (upload.upload, judge) = written(task.await).map(|(u, j)| (Some(u), j))?;
             }
             match message {
                 // A call that ends without `end` is not an upload finished: a client that
@@ -323,9 +345,17 @@ impl VaultRpc for VaultApi {
                         Ok((u, judged))
                     }));
                 }
-                Some(_) => {
+                Some(pb::EvidenceChunk {
+                    part: Some(pb::evidence_chunk::Part::Start(_)),
+                }) => {
                     return Err(Status::invalid_argument(
                         "`start`: only the first message may be `start`; send `data` after it",
+                    ));
+                }
+                Some(pb::EvidenceChunk { part: None }) => {
+                    return Err(Status::invalid_argument(
+                        "`part`: a message of PutEvidence holds `start`, `data` or `end`; this \
+                         one holds none. Nothing was stored",
                     ));
                 }
             }

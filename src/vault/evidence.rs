@@ -364,12 +364,7 @@ impl Vault {
                 batch: Vec::with_capacity(SEGMENTS_PER_BATCH),
             },
             storer: None,
-            // A field named for a BSN: its file read as the number after a label.
-            guard: if guard::names_a_bsn(start.name.as_str()) {
-                guard::Scanner::labelled()
-            } else {
-                guard::Scanner::new()
-            },
+            guard: guard::Scanner::new(),
             expires_at: record.expires_at,
             finished: false,
             file_name: Zeroizing::new(start.file_name.clone()),
@@ -1423,6 +1418,18 @@ pub(crate) fn reseal_file_name(
 
 /// Checks an upload's declaration: the category, media type and file name.
 fn check_start(start: &EvidenceStart) -> Result<(), InputError> {
+    // A field named for a BSN holds a note at most (`onbekend`), read as the number after a
+    // label from any word on; a file is not read so (it streams, and may be of any length).
+    if guard::names_a_bsn(start.name.as_str()) {
+        return Err(InputError::new(
+            "start.field",
+            format!(
+                "`{}` is named for a BSN, and kluis stores no BSNs: such a field holds no file; \
+                 name the field for what the file shows",
+                start.name.as_str()
+            ),
+        ));
+    }
     if start.category == Category::Identity {
         return Err(InputError::new(
             "start.category",

@@ -655,6 +655,23 @@ async fn bad_uploads_are_refused_with_the_field_named_and_nothing_stored() {
             "data",
         ),
     ];
+    // A field named for a BSN holds no file, whatever the file says: a binary value in such a
+    // field is read as the number after a label from any word on (`zie: l23456782`).
+    let named: Vec<_> = [
+        "bsn",
+        "klant.bsn",
+        "bsn_nummer",
+        "burgerservicenummer",
+        "sofinummer",
+        "citizen_service_number",
+    ]
+    .into_iter()
+    .flat_map(|field| {
+        [b"zie: l23456782".to_vec(), b"onbekend".to_vec()]
+            .map(|bytes| (start("REL-G", field), bytes, "start.field"))
+    })
+    .collect();
+    let cases = cases.into_iter().chain(named);
     for (first, bytes, field) in cases {
         let status = upload_bytes(&server, &token, first, &bytes)
             .await
@@ -686,6 +703,18 @@ async fn bad_uploads_are_refused_with_the_field_named_and_nothing_stored() {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains("`start`"), "{status:?}");
     }
+    // A message that holds nothing is named as such.
+    let empty = pb::EvidenceChunk { part: None };
+    let status = client
+        .put_evidence(req(
+            &token,
+            tokio_stream::iter(vec![start("REL-G", "x"), empty, data.clone()]),
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("`part`"), "{status:?}");
     // Exactly at the limit is fine; the same field name twice is not.
     let put = upload(&server, &token, start("REL-G", "film"), 41, 3 * SEG, 65_536)
         .await
@@ -1412,7 +1441,8 @@ async fn a_bsn_read_one_chunk_behind_keeps_its_batch_from_being_stored() {
                 "{how}: a batch holding the BSN was stored"
             );
         }
-        tx.send(evidence_end(9 * chunk as u64)).await.unwrap();
+        // The refusal may have ended the call already: `end` then finds it closed.
+        let _ = tx.send(evidence_end(9 * chunk as u64)).await;
         drop(tx);
         let status = call
             .await
@@ -1542,5 +1572,34 @@ async fn a_batch_that_cannot_be_stored_fails_the_upload() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    server.stop().await;
+}
+
+/// A chunk that holds a BSN is refused as soon as it is read: the client hears it while it
+/// waits, not only when it sends its next message (the upload's idle limit is 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_comes_while_the_client_waits() {
+    let server = TestServer::start().await;
+    let (tx, call) = open_upload(&server).await;
+    tx.send(start("REL-EVW", "letter")).await.unwrap();
+    let text = format!(
+        "Geachte heer, uw BSN: 111222333 staat in het dossier. {}",
+        "De buurman belt aan. ".repeat(3000)
+    );
+    tx.send(pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::Data(text.into_bytes().into())),
+    })
+    .await
+    .unwrap();
+    // The request stream stays open, and nothing more is sent.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .expect("no answer while the client waited")
+        .unwrap()
+        .expect_err("a BSN was accepted");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("`data`"), "{}", status.message());
+    drop(tx);
+    assert_eq!(count(&server, "SELECT count(*) FROM evidence"), 0);
     server.stop().await;
 }
