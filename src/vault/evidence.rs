@@ -747,13 +747,16 @@ impl Upload {
             )
             .into());
         }
-        // The bytes are hashed and sealed while the guard reads them: nothing sealed is
-        // stored before the guard has read it (its helper's readings are one write behind:
-        // `settle` waits for them before a batch is stored), and nothing of an upload is
-        // readable before `finish`.
+        // The bytes are hashed and sealed while the guard reads them, its helper's readings
+        // on a thread of their own: nothing sealed is stored before the guard has read it, and
+        // nothing of an upload is readable before `finish`. The helper's readings are waited
+        // for before the write returns (`settle`), so that a finding they make is answered
+        // with the chunk it is in, while the client waits; they take less time than the
+        // caller's readings, hashing and sealing together.
         let sealer = &mut self.sealer;
         let (checked, sealed) = self.guard.write_beside("data", data, || sealer.take(data));
         checked?;
+        self.guard.settle("data")?;
         sealed?;
         if self.sealer.batch.len() >= SEGMENTS_PER_BATCH {
             self.flush()?;

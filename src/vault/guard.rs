@@ -1170,9 +1170,10 @@ struct Folds {
     direct: Box<[u8]>,
     /// Per character of the plane, what [`quiet_utf16`] reads of it in one load (64 KiB): a
     /// high surrogate ([`Folds::HIGH`]), a low one ([`Folds::LOW`]), or the digits (the low
-    /// three bits) and MRZ characters (the next three) it folds to; [`Folds::SLOW`] when
+    /// three bits) and MRZ characters (the next three) it folds to; [`Folds::MANY_MARKS`] when
     /// either is more than six (it is then counted one by one). Zero: a character that folds
-    /// to neither, as most code units of binary data are.
+    /// to neither, as most code units of binary data are. (No character of the plane folds to
+    /// more than six; [`Folds::MANY_MARKS`] is there should folding ever change.)
     quiet: Box<[u8]>,
     /// Per character of two bytes of UTF-8 (`U+0080` to `U+07FF`, by its code point), the
     /// digits and MRZ characters it folds to; per 64 characters of three bytes that share

@@ -1576,30 +1576,48 @@ async fn a_batch_that_cannot_be_stored_fails_the_upload() {
 }
 
 /// A chunk that holds a BSN is refused as soon as it is read: the client hears it while it
-/// waits, not only when it sends its next message (the upload's idle limit is 30 s).
+/// waits, not only when it sends its next message (the upload's idle limit is 30 s). Also when
+/// only the guard's helper thread reads it: UTF-16 big-endian, its groups joined by no-break
+/// spaces (after a NUL, `A0` breaks UTF-8).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_comes_while_the_client_waits() {
     let server = TestServer::start().await;
-    let (tx, call) = open_upload(&server).await;
-    tx.send(start("REL-EVW", "letter")).await.unwrap();
-    let text = format!(
-        "Geachte heer, uw BSN: 111222333 staat in het dossier. {}",
-        "De buurman belt aan. ".repeat(3000)
-    );
-    tx.send(pb::EvidenceChunk {
-        part: Some(pb::evidence_chunk::Part::Data(text.into_bytes().into())),
-    })
-    .await
-    .unwrap();
-    // The request stream stays open, and nothing more is sent.
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), call)
-        .await
-        .expect("no answer while the client waited")
-        .unwrap()
-        .expect_err("a BSN was accepted");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("`data`"), "{}", status.message());
-    drop(tx);
+    let prose = "De buurman belt aan. ".repeat(3000);
+    for (i, (how, bytes)) in [
+        (
+            "UTF-8",
+            format!("Geachte heer, uw BSN: 111222333 staat in het dossier. {prose}").into_bytes(),
+        ),
+        (
+            "UTF-16BE",
+            utf16(&format!("bsn 111\u{A0}222\u{A0}333 {prose}"), true),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (tx, call) = open_upload(&server).await;
+        tx.send(start(&format!("REL-EVW{i}"), "letter"))
+            .await
+            .unwrap();
+        // A clean chunk first: the guard's helper reads from the second on.
+        for data in [file_bytes(90, 0, 65_536), bytes] {
+            tx.send(pb::EvidenceChunk {
+                part: Some(pb::evidence_chunk::Part::Data(data.into())),
+            })
+            .await
+            .unwrap();
+        }
+        // The request stream stays open, and nothing more is sent.
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+            .await
+            .unwrap_or_else(|_| panic!("{how}: no answer while the client waited"))
+            .unwrap()
+            .expect_err("a BSN was accepted");
+        assert_eq!(status.code(), Code::InvalidArgument, "{how}: {status:?}");
+        assert!(status.message().contains("`data`"), "{}", status.message());
+        drop(tx);
+    }
     assert_eq!(count(&server, "SELECT count(*) FROM evidence"), 0);
     server.stop().await;
 }
