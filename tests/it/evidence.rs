@@ -439,30 +439,11 @@ async fn a_denied_caller_gets_no_byte_and_the_denial_is_audited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_upload_leaves_nothing_behind() {
     let server = TestServer::start().await;
-    let token = officer(&server);
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::EvidenceChunk>(4);
-    let mut client = server.client().await;
-    let call = tokio::spawn(async move {
-        client
-            .put_evidence(req(&token, tokio_stream::wrappers::ReceiverStream::new(rx)))
-            .await
-    });
+    let (tx, call) = open_upload(&server).await;
     tx.send(start("REL-I", "clip")).await.unwrap();
-    for i in 0..40u64 {
-        tx.send(pb::EvidenceChunk {
-            part: Some(pb::evidence_chunk::Part::Data(
-                file_bytes(31, i * SEG, SEGMENT_SIZE).into(),
-            )),
-        })
-        .await
-        .unwrap();
-    }
+    send_segments(&tx, 31, 0..40).await;
     // Wait until segments are stored, then cut the connection off mid-upload.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
-        assert!(std::time::Instant::now() < deadline, "no segment stored");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    a_segment_stored(&server).await;
     assert_eq!(
         count(&server, "SELECT count(*) FROM evidence WHERE complete = 1"),
         0,
@@ -560,11 +541,7 @@ async fn an_interrupted_upload_leaves_nothing_behind() {
         id
     };
     // The write's last batch is stored on a thread of its own: it lands meanwhile.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
-        assert!(std::time::Instant::now() < deadline, "no segment stored");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    a_segment_stored(&server).await;
     let server = server.restart_with(|_| {}).await;
     // Start-up discards it before it serves.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -1235,11 +1212,7 @@ async fn only_an_upload_ended_by_a_matching_end_is_stored() {
     for _ in 0..40 {
         tx.send(data(41, SEG)).await.unwrap();
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
-        assert!(std::time::Instant::now() < deadline, "no segment stored");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    a_segment_stored(&server).await;
     call.abort(); // the client cancels the call: RST_STREAM(CANCEL) after a whole message
     drop(tx);
     wait_for_nothing_left(&server, "a cancelled upload");
@@ -1463,6 +1436,31 @@ async fn a_bsn_read_one_chunk_behind_keeps_its_batch_from_being_stored() {
     server.stop().await;
 }
 
+/// Sends the segments `range` of the file `file_bytes(seed, …)`, one message each.
+async fn send_segments(
+    tx: &tokio::sync::mpsc::Sender<pb::EvidenceChunk>,
+    seed: u64,
+    range: std::ops::Range<u64>,
+) {
+    for i in range {
+        let data = file_bytes(seed, i * SEG, SEGMENT_SIZE);
+        tx.send(pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(data.into())),
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// Waits (30 s at most) until a segment of some upload is stored.
+async fn a_segment_stored(server: &TestServer) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(server, "SELECT count(*) FROM evidence_segments") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no segment stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// An upload by the nuisance officer, running: the sender of its messages, and the call.
 async fn open_upload(
     server: &TestServer,
@@ -1489,20 +1487,8 @@ async fn an_upload_whose_file_went_is_not_finished() {
     let (tx, call) = open_upload(&server).await;
     tx.send(start("REL-EVF", "clip")).await.unwrap();
     let chunks = 20u64;
-    for i in 0..chunks {
-        tx.send(pb::EvidenceChunk {
-            part: Some(pb::evidence_chunk::Part::Data(
-                file_bytes(70, i * SEG, SEGMENT_SIZE).into(),
-            )),
-        })
-        .await
-        .unwrap();
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
-        assert!(std::time::Instant::now() < deadline, "no segment stored");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    send_segments(&tx, 70, 0..chunks).await;
+    a_segment_stored(&server).await;
     let files = segment_files(&server.db_path());
     assert_eq!(files.len(), 1, "{files:?}");
     std::fs::remove_file(evidence_dir(&server.db_path()).join(&files[0])).unwrap();
@@ -1525,28 +1511,21 @@ async fn an_upload_whose_file_went_is_not_finished() {
 async fn a_batch_that_cannot_be_stored_fails_the_upload() {
     let server = TestServer::start().await;
     let (tx, call) = open_upload(&server).await;
-    let data = |i: u64| pb::EvidenceChunk {
-        part: Some(pb::evidence_chunk::Part::Data(
-            file_bytes(80, i * SEG, SEGMENT_SIZE).into(),
-        )),
-    };
     tx.send(start("REL-EVS", "clip")).await.unwrap();
     // A batch is sixteen segments: the seventeenth sends the first to be stored.
-    for i in 0..20u64 {
-        tx.send(data(i)).await.unwrap();
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&server, "SELECT count(*) FROM evidence_segments") == 0 {
-        assert!(std::time::Instant::now() < deadline, "no segment stored");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    send_segments(&tx, 80, 0..20).await;
+    a_segment_stored(&server).await;
     db(&server)
         .execute("DELETE FROM evidence WHERE complete = 0", [])
         .unwrap();
     // The next batch fails, and the call ends when its outcome is taken, at the flush after
     // it: before `end`, which is never sent (the request stream stays open meanwhile).
     for i in 20..80u64 {
-        if tx.send(data(i)).await.is_err() {
+        let data = file_bytes(80, i * SEG, SEGMENT_SIZE);
+        let message = pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(data.into())),
+        };
+        if tx.send(message).await.is_err() {
             break;
         }
     }
