@@ -71,6 +71,21 @@ fn written(
     .map_err(super::status::to_status)
 }
 
+/// The status of a message of an upload that could not be read: one larger than any message
+/// may be (tonic's own `OUT_OF_RANGE`, which speaks of a decoded length) is named as the chunk
+/// too large it is, with the limit to send it in.
+fn unreadable(status: Status) -> Status {
+    if status.code() != tonic::Code::OutOfRange {
+        return status;
+    }
+    Status::invalid_argument(format!(
+        "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes, and this message was \
+         larger than the {} bytes any message may hold; nothing was stored. Send the file in \
+         chunks of at most {MAX_EVIDENCE_CHUNK} bytes",
+        crate::server::MAX_MESSAGE_BYTES
+    ))
+}
+
 /// An upload in progress in a handler: when the handler ends without finishing it (an error, a
 /// timeout, the client gone), the upload is dropped, and so discarded, on a blocking thread,
 /// under a place among the calls running (`discard`): thousands of uploads abandoned at once
@@ -197,7 +212,8 @@ impl VaultRpc for VaultApi {
         let mut stream = request.into_inner();
         let first = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no `start` message within 30 s"))??;
+            .map_err(|_| Status::deadline_exceeded("no `start` message within 30 s"))?
+            .map_err(unreadable)?;
         let Some(pb::EvidenceChunk {
             part: Some(pb::evidence_chunk::Part::Start(start)),
         }) = first
@@ -267,7 +283,8 @@ impl VaultRpc for VaultApi {
                 Status::deadline_exceeded(
                     "no data for 30 s; the upload was discarded, send it again",
                 )
-            })??;
+            })?
+            .map_err(unreadable)?;
             if let Some(task) = writing.task.take() {
                 (upload.upload, judge) = written(task.await).map(|(u, j)| (Some(u), j))?;
             }
@@ -296,7 +313,8 @@ impl VaultRpc for VaultApi {
                                 "`end`: the call was not closed within 5 s of `end`; nothing \
                                  was stored. Close the request stream after `end`",
                             )
-                        })??;
+                        })?
+                        .map_err(unreadable)?;
                     if after.is_some() {
                         return Err(Status::invalid_argument(
                             "`end`: a message came after `end`, which must be the last; \

@@ -3459,7 +3459,13 @@ impl View {
             0xC2..=0xDF => self.begin_utf8(b, 1, 0x1F),
             0xE0..=0xEF => self.begin_utf8(b, 2, 0x0F),
             0xF0..=0xF4 => self.begin_utf8(b, 3, 0x07),
-            _ => self.push_break(),
+            _ => match windows_1252_separator(b) {
+                Some(c) => {
+                    let units = &mut self.units;
+                    self.folds.fold(c, &mut |u| units.push(u));
+                }
+                None => self.push_break(),
+            },
         }
     }
 
@@ -3702,8 +3708,16 @@ fn decode_utf8(
             continue;
         }
         let Some(need) = continuation_bytes(b) else {
-            stretch.end(units);
-            i = after_break(i + 1, &stretch, units);
+            match windows_1252_separator(b) {
+                Some(c) => {
+                    folds.fold(c, &mut |u| units.push(u));
+                    i += 1;
+                }
+                None => {
+                    stretch.end(units);
+                    i = after_break(i + 1, &stretch, units);
+                }
+            }
             continue;
         };
         let Some(sequence) = bytes.get(i..=i + need) else {
@@ -3715,9 +3729,10 @@ fn decode_utf8(
                 i += 1 + need;
             }
             None => {
-                // Not UTF-8: the lead byte is a break, and what follows is read anew.
+                // Not UTF-8: the lead byte and the continuation bytes that fit it are a
+                // break, and what follows is read anew.
                 stretch.end(units);
-                i = after_break(i + 1, &stretch, units);
+                i = after_break(i + ill_formed_length(sequence), &stretch, units);
             }
         }
     }
@@ -3736,10 +3751,8 @@ mod utf8_class {
     /// lead byte is followed by a continuation byte.
     pub const CONT: u8 = 8;
     const _: () = assert!(LEAD << 1 == CONT);
-    /// Ends whatever sequence came before it, and begins none: ASCII, or never part of UTF-8.
-    pub const FREE: u8 = 16;
     /// Never part of UTF-8 (`C0`, `C1`, `F5` to `FF`): a break wherever it stands.
-    pub const NEVER: u8 = 32;
+    pub const NEVER: u8 = 16;
 
     /// The classes of every byte.
     #[allow(
@@ -3751,12 +3764,12 @@ mod utf8_class {
         let mut b = 0;
         while b < 256 {
             of[b] = match b {
-                0x30..=0x39 => DIGIT | FREE,
-                0x41..=0x5A | 0x61..=0x7A | 0x3C => MRZ | FREE,
-                0x00..=0x7F => FREE,
+                0x30..=0x39 => DIGIT,
+                0x41..=0x5A | 0x61..=0x7A | 0x3C => MRZ,
+                0x00..=0x7F => 0,
                 0x80..=0xBF => CONT,
                 0xC2..=0xF4 => LEAD,
-                _ => NEVER | FREE,
+                _ => NEVER,
             };
             b += 1;
         }
@@ -3765,8 +3778,11 @@ mod utf8_class {
 }
 
 /// Looks ahead in `bytes` from `from`, where a stretch of [`decode_utf8`] begins, over the
-/// regions between bytes that are a break whatever comes before them: a byte never part of
-/// UTF-8, or a continuation byte after a byte that ends every sequence. A region whose
+/// regions between bytes that are a break whatever comes before them: bytes never part of
+/// UTF-8. (A continuation byte that no lead byte begins is a break only when Windows-1252
+/// shows it as no separator, [`windows_1252_separator`]; one after ASCII was once counted as a certain
+/// break here, and with a few in four of them now separators, what is left does not pay for
+/// its test.) A region whose
 /// characters hold fewer digits than a BSN and fewer MRZ characters than an MRZ line cannot
 /// hold a finding, and neither can any stretch in it. Returns where decoding goes on (the
 /// certain break that ends the last of the regions from `from` that cannot, or `from`), and
@@ -3779,15 +3795,13 @@ mod utf8_class {
 // Out of line: the decoders' loops around its calls stay as tight as without it.
 #[inline(never)]
 fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
-    use utf8_class::{CONT, DIGIT, FREE, MRZ, NEVER, OF};
+    use utf8_class::{CONT, DIGIT, MRZ, NEVER, OF};
     let class = |b: u8| OF.get(usize::from(b)).copied().unwrap_or(NEVER);
     // Up to `end`, the longest sequence a lead byte begins ends within `bytes`; what lies after
     // it is left to the decoder.
     let end = bytes.len().saturating_sub(3);
     // The digits and MRZ characters of the region so far (at most that many, after a block).
     let (mut digits, mut mrz) = (0usize, 0usize);
-    // The class of the byte before; a region begins after a break, which ends every sequence.
-    let mut before = FREE;
     let mut resume = from;
     let mut k = from;
     while k < end {
@@ -3798,7 +3812,7 @@ fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
                 .get(k..=k + QUIET_BLOCK)
                 .and_then(|b| <&[u8; QUIET_BLOCK + 1]>::try_from(b).ok())
         {
-            let bits = BlockBits::of(block, before & FREE != 0);
+            let bits = BlockBits::of(block);
             let (d, m) = bits.marks_from(block, 0, folds);
             if !enough_marks(digits + d, mrz + m) {
                 match bits.last_break() {
@@ -3808,7 +3822,6 @@ fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
                     }
                     None => (digits, mrz) = (digits + d, mrz + m),
                 }
-                before = class(block[QUIET_BLOCK - 1]);
                 k += QUIET_BLOCK;
                 continue;
             }
@@ -3819,8 +3832,7 @@ fn quiet_utf8(bytes: &[u8], from: usize, folds: &Folds) -> (usize, usize) {
         while k < stop {
             let (b, c) = (bytes.get(k).copied().unwrap_or(0), next);
             next = bytes.get(k + 1).map_or(0, |&n| class(n));
-            let certain = (c & NEVER != 0) | (c & CONT != 0) & (before & FREE != 0);
-            before = c;
+            let certain = c & NEVER != 0;
             if certain {
                 resume = k;
             }
@@ -3867,20 +3879,19 @@ struct BlockBits {
     /// Lead bytes followed by a continuation byte: where a character of two to four bytes may
     /// begin.
     leads: u32,
-    /// Breaks whatever came before them: bytes never part of UTF-8, and continuation bytes
-    /// after a byte that ends every sequence.
+    /// Breaks whatever came before them: bytes never part of UTF-8.
     breaks: u32,
 }
 
 impl BlockBits {
-    /// The bits of `block`, `free_before` whether the byte before it ends every sequence. One
-    /// pass over the bytes with no branch, which the compiler turns into vector instructions.
+    /// The bits of `block`: one pass over the bytes with no branch, which the compiler turns
+    /// into vector instructions.
     #[inline(always)]
-    fn of(block: &[u8; QUIET_BLOCK + 1], free_before: bool) -> Self {
+    fn of(block: &[u8; QUIET_BLOCK + 1]) -> Self {
         const _: () = assert!(QUIET_BLOCK == 32);
         // A byte of bits per byte of the block (a pass the compiler turns into vector
         // instructions), then each bit gathered from eight bytes at a time.
-        let (digit, mrz, lead, never, cont, free) = (0, 1, 2, 3, 4, 5);
+        let (digit, mrz, lead, never) = (0, 1, 2, 3);
         let mut class = [0u8; QUIET_BLOCK];
         for ((c, &b), &next) in class.iter_mut().zip(block).zip(block.iter().skip(1)) {
             let is_digit = b.wrapping_sub(b'0') < 10;
@@ -3892,9 +3903,7 @@ impl BlockBits {
             *c = u8::from(is_digit) << digit
                 | u8::from(is_digit | letter | (b == b'<')) << mrz
                 | u8::from(is_lead & char_follows) << lead
-                | u8::from(not_utf8) << never
-                | u8::from(b & 0xC0 == 0x80) << cont
-                | u8::from((b < 0x80) | not_utf8) << free;
+                | u8::from(not_utf8) << never;
         }
         let gather = |bit: u32| {
             class
@@ -3915,7 +3924,7 @@ impl BlockBits {
             digits: gather(digit),
             mrz: gather(mrz),
             leads: gather(lead),
-            breaks: gather(never) | gather(cont) & (gather(free) << 1 | u32::from(free_before)),
+            breaks: gather(never),
         }
     }
 
@@ -4132,6 +4141,58 @@ impl Quiet16 {
         self.after_high = high >> (QUIET_UNITS - 1) & 1 == 1;
         true
     }
+}
+
+/// The character a byte that is not part of UTF-8 where it stands is read as, when Windows-1252
+/// shows it as one of the separators numbers are written with: a no-break space, an en or em
+/// dash, a middle dot or a bullet, the right single quote (a thousands separator in
+/// Switzerland), or a soft hyphen, which shows nothing. `None`: a break. Dutch office software
+/// still writes CSV and text files in Windows-1252, where a number whose groups such bytes
+/// separate shows as one number. Other bytes stay breaks: read as currency signs, per mille,
+/// degrees or quotes, the bytes of binary data after a number would make it an amount or a
+/// measure more often (measured: a BSN followed by random bytes was missed about five times
+/// as often), and read as letters, every stretch of binary data would hold MRZ characters.
+#[inline]
+fn windows_1252_separator(b: u8) -> Option<char> {
+    match b {
+        0x92 => Some('\u{2019}'),
+        0x95 => Some('\u{2022}'),
+        0x96 => Some('\u{2013}'),
+        0x97 => Some('\u{2014}'),
+        0xA0 => Some('\u{A0}'),
+        0xAD => Some('\u{AD}'),
+        0xB7 => Some('\u{B7}'),
+        _ => None,
+    }
+}
+
+/// How many bytes of `sequence`, a lead byte and the bytes after it that are not UTF-8 with
+/// it, one break stands for: the lead and the continuation bytes [`View::utf8_byte`] took
+/// before the byte that showed it is not (what Unicode calls the maximal subpart). That byte
+/// is read anew.
+fn ill_formed_length(sequence: &[u8]) -> usize {
+    let Some((&lead, rest)) = sequence.split_first() else {
+        return 0;
+    };
+    let second = match lead {
+        0xE0 => 0xA0..=0xBF,
+        0xED => 0x80..=0x9F,
+        0xF0 => 0x90..=0xBF,
+        0xF4 => 0x80..=0x8F,
+        _ => 0x80..=0xBF,
+    };
+    let taken = rest
+        .iter()
+        .enumerate()
+        .take_while(|&(k, b)| {
+            if k == 0 {
+                second.contains(b)
+            } else {
+                b & 0xC0 == 0x80
+            }
+        })
+        .count();
+    1 + taken
 }
 
 /// How many continuation bytes the lead byte `b` announces, when it can begin a sequence.
@@ -6262,6 +6323,89 @@ mod tests {
         }
     }
 
+    /// The character Windows-1252 gives a byte from `80` to `BF` (`None` for the five it
+    /// leaves undefined and every other byte): what [`windows_1252_separator`] is held to.
+    fn windows_1252(b: u8) -> Option<char> {
+        const HIGH: [u16; 32] = [
+            0x20AC, 0, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+            0x2039, 0x0152, 0, 0x017D, 0, 0, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013,
+            0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0, 0x017E, 0x0178,
+        ];
+        match b {
+            0x80..=0x9F => {
+                char::from_u32(u32::from(HIGH[usize::from(b - 0x80)])).filter(|&c| c != '\0')
+            }
+            0xA0..=0xBF => Some(char::from(b)),
+            _ => None,
+        }
+    }
+
+    /// A byte that is not UTF-8 where it stands, and that Windows-1252 shows as a separator
+    /// of the groups of a number (a no-break space, a dash, a middle dot or bullet, the right
+    /// single quote, a soft hyphen), is read as that character: a number whose groups such
+    /// bytes separate is refused as the same text in UTF-8 is, in one piece, in every cut of
+    /// an upload, and with binary data around it; the same spacing around a number that is no
+    /// BSN passes. Other bytes, and such a byte that continues a sequence begun before it,
+    /// stay breaks.
+    #[test]
+    fn windows_1252_separators_between_groups_do_not_hide_a_bsn() {
+        let folds = Folds::get();
+        let separators: Vec<u8> = (0..=255u8)
+            .filter(|&b| windows_1252_separator(b).is_some())
+            .collect();
+        assert_eq!(separators, [0x92, 0x95, 0x96, 0x97, 0xA0, 0xAD, 0xB7]);
+        let templates = [
+            "BSN:{}111{}222{}333 ",
+            "zie 111{}222{}333 ",
+            "111{}222{}333 ",
+            "1{}1{}1{}2{}2{}2{}3{}3{}3 ",
+            "1112{}22333 ",
+            "1112{}{}{}22333 ",
+        ];
+        for b in separators {
+            let c = windows_1252_separator(b).unwrap();
+            assert_eq!(Some(c), windows_1252(b), "{b:02X}");
+            let mut units = Vec::new();
+            folds.fold(c, &mut |u| units.push(u));
+            assert!(
+                units
+                    .iter()
+                    .all(|u| u.is_separator() && mrz_char(*u).is_none()),
+                "{b:02X} {units:?}"
+            );
+            for template in templates {
+                let utf8 = template.replace("{}", c.encode_utf8(&mut [0; 4]));
+                assert!(check_binary("f", utf8.as_bytes()).is_err(), "{utf8:?}");
+                // The same spacing with two of the digits changed: no BSN.
+                let no_bsn = template.replacen("333", "334", 1).replacen('2', "3", 1);
+                for (text, want) in [(template, true), (no_bsn.as_str(), false)] {
+                    let pieces: Vec<&[u8]> = text.split("{}").map(str::as_bytes).collect();
+                    let bytes = pieces.join(&b);
+                    assert_eq!(check_binary("f", &bytes).is_err(), want, "{b:02X} {text}");
+                    let mut data = noise(u64::from(b), 300);
+                    data.push(0xFF);
+                    data.extend_from_slice(&bytes);
+                    data.push(0);
+                    data.extend(noise(3, 300));
+                    for chunk in [1, 7, 64, data.len()] {
+                        assert_eq!(scan_refuses(&data, 100, chunk), want, "{b:02X} {text}");
+                    }
+                }
+            }
+        }
+        // Read as letters, digits or signs, or as part of a sequence, bytes do not separate.
+        for bytes in [
+            b"111\x9A222\x9A333 ".as_slice(),
+            b"111\xB2222\xB2333 ",
+            b"111\x80222\x80333 ",
+            b"111\xE2\xA0222\xE2\xA0333 ",
+            b"111\xF0\x90\xA0222\xF0\x90\xA0333 ",
+        ] {
+            assert!(check_binary("f", bytes).is_ok(), "{bytes:02X?}");
+            assert!(!scan_refuses(bytes, 100, 3), "{bytes:02X?}");
+        }
+    }
+
     /// The false-positive rate on data that is not text, measured: README.md states it. Eight
     /// MiB of pseudo-random bytes, read in chunks as an upload is, and as binary values of a
     /// MiB each, pass.
@@ -7066,7 +7210,7 @@ mod tests {
     /// to.
     #[test]
     fn the_block_pass_reads_breaks_and_marks_as_byte_by_byte() {
-        use utf8_class::{CONT, FREE, NEVER, OF};
+        use utf8_class::{NEVER, OF};
         let folds = Folds::get();
         let class = |b: u8| OF[usize::from(b)];
         // Random bytes, and bytes drawn from the classes that matter (ASCII marks, lead and
@@ -7076,7 +7220,7 @@ mod tests {
             0xE2, 0xE3, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF,
         ];
         for round in 0..20_000u64 {
-            let raw = noise(round + 1, QUIET_BLOCK + 2);
+            let raw = noise(round + 1, QUIET_BLOCK + 1);
             let mut block = [0u8; QUIET_BLOCK + 1];
             for (b, &r) in block.iter_mut().zip(&raw) {
                 *b = if round.is_multiple_of(2) {
@@ -7085,18 +7229,9 @@ mod tests {
                     PICKS[usize::from(r) % PICKS.len()]
                 };
             }
-            let before = if raw[QUIET_BLOCK + 1].is_multiple_of(2) {
-                FREE
-            } else {
-                CONT
-            };
-            let bits = BlockBits::of(&block, before & FREE != 0);
+            let bits = BlockBits::of(&block);
             let breaks: Vec<usize> = (0..QUIET_BLOCK)
-                .filter(|&j| {
-                    let prev = if j == 0 { before } else { class(block[j - 1]) };
-                    let c = class(block[j]);
-                    c & NEVER != 0 || (c & CONT != 0 && prev & FREE != 0)
-                })
+                .filter(|&j| class(block[j]) & NEVER != 0)
                 .collect();
             assert_eq!(bits.last_break(), breaks.last().copied(), "{block:02X?}");
             for from in 0..=QUIET_BLOCK {

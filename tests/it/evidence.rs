@@ -692,6 +692,28 @@ async fn bad_uploads_are_refused_with_the_field_named_and_nothing_stored() {
         .unwrap();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("`part`"), "{status:?}");
+    // A chunk above 1 MiB, and a message above the 16 MiB any message may hold (which the
+    // server cannot read), are named by the limit to send the file in.
+    for size in [1024 * 1024 + 1, 16 * 1024 * 1024 + 1] {
+        let big = pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(vec![7; size].into())),
+        };
+        let status = client
+            .put_evidence(req(
+                &token,
+                tokio_stream::iter(vec![start("REL-G", "x"), data.clone(), big]),
+            ))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{size}: {status:?}");
+        assert!(
+            status
+                .message()
+                .contains("`data`: a chunk holds at most 1048576 bytes"),
+            "{size}: {status:?}"
+        );
+    }
     // Exactly at the limit is fine; the same field name twice is not.
     let put = upload(&server, &token, start("REL-G", "film"), 41, 3 * SEG, 65_536)
         .await
