@@ -3329,9 +3329,6 @@ struct View {
     code: u32,
     need: u8,
     second: bool,
-    /// UTF-8: where the bytes last read stand in the pattern of ASCII text in UTF-16
-    /// ([`Nuls`]).
-    nuls: Nuls,
     /// UTF-16: the first byte of a code unit, and a high surrogate waiting for its pair.
     half: Option<u8>,
     high: Option<u16>,
@@ -3355,7 +3352,6 @@ impl View {
             code: 0,
             need: 0,
             second: false,
-            nuls: Nuls::Other,
             half: None,
             high: None,
             units: Zeroizing::new(Vec::with_capacity(scan_at + MAX_CARRY + MAX_FOLD)),
@@ -3416,14 +3412,7 @@ impl View {
                 // where `decode_utf8` begins (and may look ahead).
                 continue;
             }
-            let done = decode_utf8(
-                &mut self.units,
-                self.folds,
-                &mut self.nuls,
-                bytes,
-                limit,
-                &mut look_from,
-            );
+            let done = decode_utf8(&mut self.units, self.folds, bytes, limit, &mut look_from);
             if done < limit {
                 // A sequence runs past the end of the write: read byte by byte.
                 for &b in bytes.get(done..).unwrap_or_default() {
@@ -3465,14 +3454,8 @@ impl View {
             self.code = 0;
             self.push_break();
         }
-        if b < 0x80 {
-            if self.nuls.read(b) {
-                self.units.push(self.folds.ascii(b));
-            }
-            return;
-        }
-        self.nuls = Nuls::Other;
         match b {
+            0x00..=0x7F => self.units.push(self.folds.ascii(b)),
             0xC2..=0xDF => self.begin_utf8(b, 1, 0x1F),
             0xE0..=0xEF => self.begin_utf8(b, 2, 0x0F),
             0xF0..=0xF4 => self.begin_utf8(b, 3, 0x07),
@@ -3687,40 +3670,6 @@ impl Stretch {
     }
 }
 
-/// Where the bytes a UTF-8 reading last read stand in the pattern of ASCII text in UTF-16: a NUL
-/// before or after every character. Read as UTF-8, such text is its characters with NULs
-/// between them, and a NUL (a control) separates: `R\0E\0L\01\01\01\0…`, the code `REL111…`
-/// in UTF-16, would read as a word and a number spaced out after it, and be refused as a BSN
-/// where the same text in UTF-8 is not. So a NUL that follows a NUL and one ASCII character
-/// is read as nothing; any other NUL separates as before. (The UTF-16 readings read such
-/// text as it is; a NUL read as nothing can only join what it stood between, so no digits
-/// are parted by it.)
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-enum Nuls {
-    /// Neither of the others.
-    Other,
-    /// The last byte was a NUL.
-    Nul,
-    /// The last bytes were a NUL and one ASCII character that is not.
-    NulAndOne,
-}
-
-impl Nuls {
-    /// Reads the ASCII byte `b`: whether it is read as a character (all but a NUL that
-    /// follows a NUL and one ASCII character).
-    #[inline(always)]
-    fn read(&mut self, b: u8) -> bool {
-        let (next, kept) = match (b, *self) {
-            (0, Nuls::NulAndOne) => (Nuls::Nul, false),
-            (0, _) => (Nuls::Nul, true),
-            (_, Nuls::Nul) => (Nuls::NulAndOne, true),
-            _ => (Nuls::Other, true),
-        };
-        *self = next;
-        kept
-    }
-}
-
 /// Decodes the UTF-8 of `bytes`, which begin between sequences (none of an earlier call is
 /// unfinished), into `units` from their start to `limit` or a little past it
 /// (the end of a sequence begun before it), or up to a sequence that runs past the end of
@@ -3735,7 +3684,6 @@ impl Nuls {
 fn decode_utf8(
     units: &mut Vec<Unit>,
     folds: &Folds,
-    nuls: &mut Nuls,
     bytes: &[u8],
     limit: usize,
     look_from: &mut usize,
@@ -3755,13 +3703,10 @@ fn decode_utf8(
     let now = bytes.get(..limit).unwrap_or(bytes);
     while let Some(&b) = now.get(i) {
         if b < 0x80 {
-            if nuls.read(b) {
-                units.push(folds.ascii(b));
-            }
+            units.push(folds.ascii(b));
             i += 1;
             continue;
         }
-        *nuls = Nuls::Other;
         let Some(need) = continuation_bytes(b) else {
             match windows_1252_separator(b) {
                 Some(c) => {
@@ -6461,44 +6406,6 @@ mod tests {
         }
     }
 
-    /// Read as UTF-8, ASCII text in UTF-16 is its characters with a NUL after each (before
-    /// each, big-endian): a NUL that follows a NUL and one character is read as nothing, so
-    /// a code of letters and nine digits in UTF-16 is the code it is in UTF-8, not a word and
-    /// a number spaced out after it. The same number apart from its letters is refused, and
-    /// NULs between the digits of a BSN do not hide it.
-    #[test]
-    fn ascii_text_in_utf16_is_read_as_utf8_without_its_nuls() {
-        for code in [
-            "REL111222333",
-            "KV111222333",
-            "zaak REL111222333 open",
-            "111222333AB",
-        ] {
-            for (how, data) in embeddings(code) {
-                assert!(check_binary("f", &data).is_ok(), "{code} as {how}");
-                for chunk in [1, 5, data.len()] {
-                    assert!(!scan_refuses(&data, 100, chunk), "{code} as {how}");
-                }
-            }
-            let apart = code.replace("111", " 111").replace("333", "333 ");
-            for (how, data) in embeddings(&apart) {
-                assert!(check_binary("f", &data).is_err(), "{apart} as {how}");
-                assert!(scan_refuses(&data, 100, 5), "{apart} as {how}");
-            }
-        }
-        for hidden in [
-            b"zie 111\x00222\x00333 ".as_slice(),
-            b"zie 1\x001\x001\x002\x002\x002\x003\x003\x003 ",
-            b"\x001\x001\x001\x002\x002\x002\x003\x003\x003\x00",
-            b"zie 11\x00\x001\x00\x00222\x00\x00333 ",
-        ] {
-            assert!(check_binary("f", hidden).is_err(), "{hidden:02X?}");
-            for chunk in [1, 3, hidden.len()] {
-                assert!(scan_refuses(hidden, 100, chunk), "{hidden:02X?}");
-            }
-        }
-    }
-
     /// The false-positive rate on data that is not text, measured: README.md states it. Eight
     /// MiB of pseudo-random bytes, read in chunks as an upload is, and as binary values of a
     /// MiB each, pass.
@@ -6891,15 +6798,7 @@ mod tests {
     fn utf8_fast(bytes: &[u8]) -> Vec<Unit> {
         let padded = [bytes, &[0xFF; 3]].concat();
         let mut units = Vec::new();
-        let mut nuls = Nuls::Other;
-        let done = decode_utf8(
-            &mut units,
-            Folds::get(),
-            &mut nuls,
-            &padded,
-            padded.len(),
-            &mut 0,
-        );
+        let done = decode_utf8(&mut units, Folds::get(), &padded, padded.len(), &mut 0);
         assert_eq!(done, padded.len(), "{bytes:x?}");
         units
     }
