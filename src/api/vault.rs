@@ -71,19 +71,38 @@ fn written(
     .map_err(super::status::to_status)
 }
 
+/// Where in an upload a message that could not be read came.
+#[derive(Clone, Copy)]
+enum Expected {
+    Start,
+    Chunk,
+    AfterEnd,
+}
+
 /// The status of a message of an upload that could not be read: one larger than any message
-/// may be (tonic's own `OUT_OF_RANGE`, which speaks of a decoded length) is named as the chunk
-/// too large it is, with the limit to send it in.
-fn unreadable(status: Status) -> Status {
+/// may be (tonic's own `OUT_OF_RANGE`, which speaks of a decoded length) is named for what was
+/// `expected` there, with the limit.
+fn unreadable(status: Status, expected: Expected) -> Status {
     if status.code() != tonic::Code::OutOfRange {
         return status;
     }
-    Status::invalid_argument(format!(
-        "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes, and this message was \
-         larger than the {} bytes any message may hold; nothing was stored. Send the file in \
-         chunks of at most {MAX_EVIDENCE_CHUNK} bytes",
-        crate::server::MAX_MESSAGE_BYTES
-    ))
+    let most = crate::server::MAX_MESSAGE_BYTES;
+    Status::invalid_argument(match expected {
+        Expected::Start => format!(
+            "`start`: the first message was larger than the {most} bytes any message may hold; \
+             nothing was stored"
+        ),
+        Expected::Chunk => format!(
+            "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes, and this message was \
+             larger than the {most} bytes any message may hold; nothing was stored. Send the \
+             file in chunks of at most {MAX_EVIDENCE_CHUNK} bytes"
+        ),
+        Expected::AfterEnd => format!(
+            "`end`: a message came after `end`, which must be the last (and was larger than the \
+             {most} bytes any message may hold); nothing was stored. Send the file again, `end` \
+             last"
+        ),
+    })
 }
 
 /// An upload in progress in a handler: when the handler ends without finishing it (an error, a
@@ -213,7 +232,7 @@ impl VaultRpc for VaultApi {
         let first = tokio::time::timeout(EVIDENCE_IDLE, stream.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no `start` message within 30 s"))?
-            .map_err(unreadable)?;
+            .map_err(|s| unreadable(s, Expected::Start))?;
         let Some(pb::EvidenceChunk {
             part: Some(pb::evidence_chunk::Part::Start(start)),
         }) = first
@@ -284,7 +303,7 @@ impl VaultRpc for VaultApi {
                     "no data for 30 s; the upload was discarded, send it again",
                 )
             })?
-            .map_err(unreadable)?;
+            .map_err(|s| unreadable(s, Expected::Chunk))?;
             if let Some(task) = writing.task.take() {
                 (upload.upload, judge) = written(task.await).map(|(u, j)| (Some(u), j))?;
             }
@@ -314,7 +333,7 @@ impl VaultRpc for VaultApi {
                                  was stored. Close the request stream after `end`",
                             )
                         })?
-                        .map_err(unreadable)?;
+                        .map_err(|s| unreadable(s, Expected::AfterEnd))?;
                     if after.is_some() {
                         return Err(Status::invalid_argument(
                             "`end`: a message came after `end`, which must be the last; \

@@ -102,8 +102,26 @@ pub fn check_binary_labelled(field: &str, bytes: &[u8]) -> Result<(), InputError
     scanner.finish(field)?;
     match std::str::from_utf8(bytes) {
         Ok(text) => check_labelled_text(field, text),
+        // Not UTF-8 throughout, its UTF-8 reading is read from any word on all the same: one
+        // byte that is not (`nvt 1234 5672\xFF`), or a Windows-1252 separator
+        // (`nvt\xA01234\xA05672`), does not make the name's label end at the first word.
+        Err(_) if labelled_anywhere(&utf8_units(bytes)) => Err(Finding::Bsn.refuse(field)),
         Err(_) => Ok(()),
     }
+}
+
+/// The units of the UTF-8 reading of `bytes`, all of them, decoded byte by byte as a scanner
+/// decodes them ([`View::utf8_byte`]); wiped when dropped, and as they grow.
+fn utf8_units(bytes: &[u8]) -> Zeroizing<Vec<Unit>> {
+    let mut view = View::new(Encoding::Utf8, false, 0);
+    for &b in bytes {
+        reserve_wiped(&mut view.units, MAX_FOLD);
+        view.utf8_byte(b);
+    }
+    if view.need > 0 {
+        view.push_break();
+    }
+    std::mem::take(&mut view.units)
 }
 
 /// The label a value of a field named for a BSN is read after.
@@ -312,7 +330,8 @@ impl Helper {
                 while let Ok(job) = inbox.recv() {
                     let answer = match job {
                         Job::Write(buffer) => {
-                            let found = views.iter_mut().try_for_each(|v| v.write(&buffer));
+                            let found =
+                                views.iter_mut().try_for_each(|v| v.write_and_read(&buffer));
                             Answer {
                                 buffer: Some(buffer),
                                 found,
@@ -480,7 +499,10 @@ impl Scanner {
         if let Some(helper) = &mut self.helper {
             helper.write(bytes);
         }
-        let found = self.views.iter_mut().try_for_each(|v| v.write(bytes));
+        let found = self
+            .views
+            .iter_mut()
+            .try_for_each(|v| v.write_and_read(bytes));
         (self.refuse(found, field), beside())
     }
 
@@ -2652,8 +2674,18 @@ fn scan_bsns(
     while i < u.len() {
         match u.get(i) {
             Some(Unit(b'0'..=b'9')) => {}
-            // The digits of a character reference are not a number.
+            // The digits of a character reference are not a number; but a number after a BSN
+            // label may be written in references to its digits (`BSN: &#49;&#50;…`), which
+            // `labelled_bsn` reads as a person reads them.
             Some(Unit(b'&')) => {
+                if reference_digit(u, i).is_some() {
+                    if !last && i + RIGHT_CONTEXT > u.len() {
+                        return BsnScan::Pending { resume: i, cut };
+                    }
+                    if labelled_at(u, i, found) {
+                        return BsnScan::Found;
+                    }
+                }
                 i = reference_end(u, i).unwrap_or(i + 1);
                 continue;
             }
@@ -2671,16 +2703,16 @@ fn scan_bsns(
             }
             continue;
         }
-        // After a BSN label its number is read as a person reads it (`labelled_bsn`). A label
-        // has a `b`, `s` or `c` in it, or ends in a tag or an attribute's `=`: without one of
-        // those within reach there is none to look for (a run of `T0930`s).
-        let near = u.get(i.saturating_sub(LABEL_REACH)..i).unwrap_or_default();
-        if near
-            .iter()
-            .any(|x| matches!(x.0, b'b' | b's' | b'c' | b'>' | b'='))
-            && let Some(label_end) = label_before(u, i)
-            && labelled_bsn(u, label_end, found)
-        {
+        // A number near the end of what gathered is read once what follows it has come (as
+        // far as a row reads on, which is further than a label's reach): a label's number
+        // read before may still go on (`bsn 12345672` and then `2`).
+        if !last && row_start + RIGHT_CONTEXT > u.len() {
+            return BsnScan::Pending {
+                resume: row_start,
+                cut,
+            };
+        }
+        if labelled_at(u, i, found) {
             return BsnScan::Found;
         }
         groups.clear();
@@ -2715,6 +2747,17 @@ fn scan_bsns(
         resume: u.len().max(start),
         cut: false,
     }
+}
+
+/// Whether a BSN label stands before the number that may begin at `i` (a digit, or a reference
+/// to one), and the number after it is a BSN read as a person reads it (`labelled_bsn`). A
+/// label has a `b`, `s` or `c` in it, or ends in a tag or an attribute's `=`: without one of
+/// those within reach there is none to look for (a run of `T0930`s).
+fn labelled_at(u: &[Unit], i: usize, found: &mut impl FnMut(usize, usize) -> bool) -> bool {
+    let near = u.get(i.saturating_sub(LABEL_REACH)..i).unwrap_or_default();
+    near.iter()
+        .any(|x| matches!(x.0, b'b' | b's' | b'c' | b'>' | b'='))
+        && label_before(u, i).is_some_and(|label_end| labelled_bsn(u, label_end, found))
 }
 
 /// Whether the digits at `i` follow `hh:mm:ss.` or `hh:mm:ss,`: a fraction of a second.
@@ -3376,6 +3419,25 @@ impl View {
             Encoding::Utf8 => self.write_utf8(bytes),
             Encoding::Utf16 { big_endian } => self.write_utf16(bytes, big_endian),
         }
+    }
+
+    /// [`View::write`], and then a pass over what the write brought, not only once `scan_at`
+    /// units have gathered: a scanner's write is refused with the bytes that complete a
+    /// finding, also when they are few, and an upload so while its client waits before its
+    /// next chunk. (A number that more text could still change, one within [`RIGHT_CONTEXT`]
+    /// units of the end of what gathered, waits for it.)
+    ///
+    /// A pass reads again what the last one carried (a row still open, a run of MRZ
+    /// characters, their left context: up to [`MAX_CARRY`] units), so a write that brought
+    /// fewer than an eighth of that waits for the next: in writes of a byte each, the reading
+    /// stays linear in what was written.
+    fn write_and_read(&mut self, bytes: &[u8]) -> Result<(), Finding> {
+        self.write(bytes)?;
+        let brought = self.units.len().saturating_sub(self.carried);
+        if brought > 0 && brought.saturating_mul(8) >= self.carried {
+            self.scan(false)?;
+        }
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<(), Finding> {
@@ -6262,6 +6324,97 @@ mod tests {
         }
         assert!(check_binary_labelled("f", b"l23456789").is_ok());
         assert!(check_binary_labelled("f", b"2024-03-12").is_ok());
+        // A value that is not UTF-8 throughout is read from any word on all the same, as its
+        // UTF-8 twin is; the same with a wrong check digit passes.
+        for (value, twin) in [
+            (b"nvt\xA01234\xA05672".as_slice(), "nvt\u{A0}1234\u{A0}5672"),
+            (b"zie:\xA0l23456782", "zie:\u{A0}l23456782"),
+            (b"nvt\xAD12345672", "nvt\u{AD}12345672"),
+            (b"nvt 1234 5672\xFF", "nvt 1234 5672"),
+            (b"zie: l23456782\xFF", "zie: l23456782"),
+            (b"\xFF\xFEnvt 1234 5672", "nvt 1234 5672"),
+        ] {
+            assert!(
+                check_binary_labelled("f", twin.as_bytes()).is_err(),
+                "{twin:?}"
+            );
+            assert!(check_binary_labelled("f", value).is_err(), "{value:02X?}");
+            let wrong = [value, b" 1"].concat();
+            let wrong: Vec<u8> = wrong
+                .iter()
+                .map(|&b| if b == b'2' { b'3' } else { b })
+                .collect();
+            assert!(check_binary_labelled("f", &wrong).is_ok(), "{wrong:02X?}");
+        }
+    }
+
+    /// Every write is read at its end: a finding in a short write is refused with that write
+    /// (on the caller's thread) or at the `settle` after it (the helper's readings), not only
+    /// once enough text has gathered for a pass. A number at the very end of what was written
+    /// waits for what comes after it.
+    #[test]
+    fn a_finding_is_refused_with_the_write_that_completes_it() {
+        let clean = noise(11, 70_000);
+        let prose = "De buurman belt aan. ".repeat(30);
+        for text in [
+            format!("hello BSN: 111222333 and more text. {prose}"),
+            format!("{TD3_NAME}\n{TD3_DATA}\n{prose}"),
+        ] {
+            for (how, bytes) in [
+                ("UTF-8", text.clone().into_bytes()),
+                ("UTF-16BE", be(&text)),
+            ] {
+                let mut s = Scanner::new();
+                s.write("data", &clean).unwrap();
+                let at_once = s.write("data", &bytes).and_then(|()| s.settle("data"));
+                assert!(at_once.is_err(), "{text:?} as {how}");
+            }
+        }
+        let mut s = Scanner::new();
+        s.write("data", b"hello BSN: 111222333").unwrap();
+        s.write("data", b" and more text. ").unwrap();
+        assert!(s.write("data", prose.as_bytes()).is_err());
+    }
+
+    /// After a BSN label, a number written all in character references (decimal or hex, nine
+    /// digits or eight with the leading zero left off) is read as a person reads it: refused in
+    /// every embedding and every cut, as a value and streamed; the same with a wrong check
+    /// digit passes.
+    #[test]
+    fn a_number_in_character_references_after_a_label_is_refused() {
+        let refs = |digits: &str, hex: bool| -> String {
+            digits
+                .chars()
+                .map(|c| {
+                    if hex {
+                        format!("&#x{:x};", u32::from(c))
+                    } else {
+                        format!("&#{};", u32::from(c))
+                    }
+                })
+                .collect()
+        };
+        for (digits, wrong) in [("123456782", "123456783"), ("12345672", "12345673")] {
+            for hex in [false, true] {
+                for label in ["BSN: ", "bsn nr ", "BSN nummer "] {
+                    let text = format!("{label}{} en verder", refs(digits, hex));
+                    let twin = format!("{label}{} en verder", refs(wrong, hex));
+                    for (how, data) in embeddings(&text) {
+                        assert!(check_binary("f", &data).is_err(), "{text} as {how}");
+                        for chunk in [1, 7, 4096] {
+                            assert!(scan_refuses(&data, 100, chunk), "{text} as {how} {chunk}");
+                        }
+                    }
+                    // As UTF-8 only: read as UTF-8, the same text in UTF-16 is its digits
+                    // spaced out by NULs, which may pass the eleven-test in some window.
+                    for (how, data) in embeddings(&twin) {
+                        if how.starts_with("UTF-8") {
+                            assert!(check_binary("f", &data).is_ok(), "{twin} as {how}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Text in UTF-16 that runs straight into data that is not text: whatever unit the next
@@ -6854,6 +7007,11 @@ mod tests {
             }
             let reference = [reference, vec![Unit::BREAK]].concat();
             assert_eq!(left_out(&fast), left_out(&reference), "{seq:x?}");
+            // With eight digits after it the stretch is kept, and compared unit by unit: a
+            // sequence that is not UTF-8 is one break, and what follows it is read alike.
+            let kept = [seq, b"12345678"].concat();
+            let reference = [utf8_reference(&kept), vec![Unit::BREAK]].concat();
+            assert_eq!(utf8_fast(&kept), left_out(&reference), "{seq:x?}");
         };
         for lead in 0xC2..=0xDFu8 {
             for b in 0..=0xFFu8 {
@@ -7418,18 +7576,23 @@ mod tests {
         /// keeps every break, less the stretches that cannot hold a finding, exactly. The
         /// pieces put the counts on either side of eight digits and 28 MRZ characters, with
         /// characters outside ASCII that fold to digits and letters, and breaks of every kind
-        /// between them: certain ones (a lone continuation byte, a byte never in UTF-8, a lone
-        /// low surrogate) and ones that depend on what comes before.
+        /// between them: certain ones (a byte never in UTF-8, a lone low surrogate), ones that
+        /// depend on what comes before, and bytes that are no break (a Windows-1252 separator,
+        /// alone or after a lead byte it does not continue).
         #[test]
         fn looking_ahead_leaves_out_exactly_what_cannot_hold_a_finding(
-            pieces in proptest::collection::vec((0usize..LOOK_AHEAD_TEXT.len(), 0usize..8), 0..40),
+            pieces in proptest::collection::vec((0usize..LOOK_AHEAD_TEXT.len(), 0usize..11), 0..40),
             order in 0u8..2,
         ) {
             let big_endian = order == 1;
-            let utf8_breaks: [&[u8]; 8] =
-                [b"", b"\x80", b"\xFF", b"\xC0\x80", b"\xE1\x41", b"\xC3", b"\xF0\x9F\x98", b"\x41\xBF"];
-            let utf16_breaks: [&[u16]; 8] =
-                [&[], &[0xDC00], &[0xD800], &[0xDBFF, 0xD800], &[0xD835, 0xDFCF], &[0xDFFF], &[0xD800, 0x41], &[0x41, 0xDC00]];
+            let utf8_breaks: [&[u8]; 11] = [
+                b"", b"\x80", b"\xFF", b"\xC0\x80", b"\xE1\x41", b"\xC3", b"\xF0\x9F\x98", b"\x41\xBF",
+                b"\xA0", b"\xE2\x96", b"\x41\xB7\x96",
+            ];
+            let utf16_breaks: [&[u16]; 11] = [
+                &[], &[0xDC00], &[0xD800], &[0xDBFF, 0xD800], &[0xD835, 0xDFCF], &[0xDFFF], &[0xD800, 0x41], &[0x41, 0xDC00],
+                &[0xA0], &[0xD800, 0xA0], &[0xDC00, 0xB7],
+            ];
             let (mut utf8, mut utf16) = (Vec::new(), Vec::new());
             for &(p, b) in &pieces {
                 let text = LOOK_AHEAD_TEXT.get(p).copied().unwrap_or_default();

@@ -714,6 +714,19 @@ async fn bad_uploads_are_refused_with_the_field_named_and_nothing_stored() {
             "{size}: {status:?}"
         );
     }
+    // Too large a first message is named for the `start` it should have been.
+    let big = pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::Data(
+            vec![7; 16 * 1024 * 1024 + 1].into(),
+        )),
+    };
+    let status = client
+        .put_evidence(req(&token, tokio_stream::iter(vec![big])))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("`start`"), "{status:?}");
     // Exactly at the limit is fine; the same field name twice is not.
     let put = upload(&server, &token, start("REL-G", "film"), 41, 3 * SEG, 65_536)
         .await
@@ -1592,6 +1605,22 @@ async fn a_refusal_comes_while_the_client_waits() {
         (
             "UTF-16BE",
             utf16(&format!("bsn 111\u{A0}222\u{A0}333 {prose}"), true),
+        ),
+        // A short chunk: read at the end of its write, not once 16 KiB have gathered.
+        (
+            "UTF-8, a short chunk",
+            format!(
+                "hello BSN: 111222333 en meer. {}",
+                "De buurman belt aan. ".repeat(30)
+            )
+            .into_bytes(),
+        ),
+        (
+            "UTF-16BE, a short chunk",
+            utf16(
+                &format!("bsn 111\u{A0}222\u{A0}333 {}", "Hij belt aan. ".repeat(40)),
+                true,
+            ),
         ),
     ]
     .into_iter()
