@@ -98,6 +98,13 @@ pub fn run(args: &InitArgs) -> Exit {
     {
         return fail(format!("cannot create `{}`: {e}", cfg.data_dir.display()));
     }
+    // A directory open to others is refused before anything is written in it: the server
+    // would refuse it after.
+    if cfg.store.is_none()
+        && let Err(e) = config::check_private(&cfg.data_dir)
+    {
+        return fail(e);
+    }
     let mut share_files = Vec::new();
     let secret = match &args.key_file {
         _ if args.pkcs11 => {

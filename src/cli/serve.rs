@@ -329,6 +329,9 @@ fn open_failed(e: config::OpenError) -> Exit {
 fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     config::create_private_dir(&cfg.data_dir)
         .map_err(|e| fail(format!("cannot create `{}`: {e}", cfg.data_dir.display())))?;
+    // A directory open to others is refused before anything is written in it, not after a
+    // store and a key file were.
+    config::check_private(&cfg.data_dir).map_err(fail)?;
     let store = config::open_configured_store(&cfg.data_dir, cfg.store.as_ref()).map_err(fail)?;
     let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;
     let not_dev = || {

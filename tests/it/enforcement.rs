@@ -3578,6 +3578,65 @@ fn serve_refuses_a_data_directory_or_key_file_open_to_others() {
     std::fs::remove_dir(&evidence).unwrap();
 }
 
+/// `serve --dev` and `init` refuse a data directory open to others before they write anything in
+/// it: no store, no key file, no tokens are left behind to be served later.
+#[test]
+fn dev_and_init_refuse_an_open_data_directory_before_writing_in_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = private_tempdir();
+    let dir = tmp.path().join("open");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = tmp.path().join("new-root.key");
+    let runs: [&[&std::ffi::OsStr]; 2] = [
+        &[
+            "serve".as_ref(),
+            "--dev".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
+        &["init".as_ref(), "--key-file".as_ref(), key.as_os_str()],
+    ];
+    for args in runs {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .env_remove("KLUIS_PASSPHRASE")
+            .env_remove("KLUIS_DATA_DIR")
+            .env("KLUIS_LOG", "warn")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut code = None;
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait().unwrap() {
+                code = Some(status.code());
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if code.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(code, Some(Some(1)), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("chmod 700 {}", dir.display())),
+            "{args:?}: {stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+        assert!(!key.exists(), "{args:?} wrote the key file");
+    }
+}
+
 // ------------------------------------------------------- 8. the BSN guard on every clear string --
 
 /// A BSN in any spelling, in any string kluis keeps in clear or writes to the trail (hold reasons
