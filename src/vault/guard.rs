@@ -7220,24 +7220,25 @@ mod tests {
     }
 
     /// A sequence begun in one write and finished in the next is read whole, even when the
-    /// room of a pass runs out inside it: no look ahead starts in the middle of a sequence.
-    /// Here the pass after `E2 82` has room for one byte; a look ahead from the `x` that ends
-    /// the sequence would go on to the lone `80`, which would then finish `E2 82` as `₀`, a
-    /// digit that puts eight digits in a row that passes the eleven-test with a leading zero.
+    /// room of a pass runs out inside it: no decoding or look ahead starts in the middle of a
+    /// sequence. Here `E2 82` ends the first write and `80` begins the second: whole, they are
+    /// `₀`, a digit that puts eight digits in a row that passes the eleven-test with a leading
+    /// zero. Read from the `80` on as if it began anew, the digit would be lost; so at every
+    /// room a pass may have, the answer is the refusal.
     #[test]
     fn no_look_ahead_starts_inside_a_sequence() {
-        let writes: [&[u8]; 2] = [b"\xFF\xE2", b"\x82x\x801234560\xFF"];
+        let writes: [&[u8]; 2] = [b"\xFF\xE2", b"\x82\x801234560\xFF\xFF\xFF\xFF"];
         let whole = writes.concat();
-        assert!(check_units(&utf8_reference(&whole)).is_ok());
-        // With the `80` read as the end of `E2 82`, the answer would be a refusal.
-        assert!(check_units(&utf8_reference(b"\xFF\xE2\x82\x801234560\xFF")).is_err());
-        for scan_at in [20, 21, 40, 1000] {
+        assert!(check_units(&utf8_reference(&whole)).is_err());
+        // Without the `E2 82` before it, the `80` gives no digit, and there is no BSN.
+        assert!(check_units(&utf8_reference(b"\xFF\x801234560\xFF")).is_ok());
+        for scan_at in (16..=48).chain([1000]) {
             let mut view = View::new(Encoding::Utf8, false, scan_at);
             let answer = writes
                 .iter()
                 .try_for_each(|w| view.write(w))
                 .and_then(|()| view.finish());
-            assert!(answer.is_ok(), "scan_at {scan_at}");
+            assert!(answer.is_err(), "scan_at {scan_at}");
         }
     }
 
