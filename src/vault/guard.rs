@@ -641,7 +641,10 @@ fn labelled_anywhere(u: &[Unit]) -> bool {
     // as it goes (no reach): every part of the value is read once, in time linear in it.
     let mut p = 0;
     while p < u.len() {
+        // A break (a byte that is not UTF-8) ends a reading as a word does, and one begins
+        // after it (`nvt\xFF 1234 5672`).
         let starts = p == 0
+            || u.get(p - 1) == Some(&Unit::BREAK)
             || (u.get(p - 1).is_some_and(Unit::binds)
                 && !u.get(p).is_some_and(Unit::binds)
                 && !names_another_number(u, p));
@@ -2670,21 +2673,27 @@ fn scan_bsns(
     found: &mut impl FnMut(usize, usize) -> bool,
 ) -> BsnScan {
     let mut groups: Vec<Group> = Vec::new();
+    // What starts at `p` may still change with the text to come: it is near the end of what
+    // came, and no break follows it. Nothing the scanners read crosses a break, so what a
+    // break follows is read now, however little text came after it (a number in a file's
+    // metadata, then binary data that is mostly left out).
+    let last_break = u.iter().rposition(|&x| x == Unit::BREAK);
+    let open_at =
+        |p: usize| !last && p + RIGHT_CONTEXT > u.len() && last_break.is_none_or(|b| b < p);
     let mut i = start;
     while i < u.len() {
         match u.get(i) {
             Some(Unit(b'0'..=b'9')) => {}
             // The digits of a character reference are not a number; but a number after a BSN
             // label may be written in references to its digits (`BSN: &#49;&#50;…`), which
-            // `labelled_bsn` reads as a person reads them.
+            // `labelled_bsn` reads as a person reads them. A reference the end of what came
+            // may have cut (`&`, `&#x3`) is read once it is whole.
             Some(Unit(b'&')) => {
-                if reference_digit(u, i).is_some() {
-                    if !last && i + RIGHT_CONTEXT > u.len() {
-                        return BsnScan::Pending { resume: i, cut };
-                    }
-                    if labelled_at(u, i, found) {
-                        return BsnScan::Found;
-                    }
+                if open_at(i) {
+                    return BsnScan::Pending { resume: i, cut };
+                }
+                if reference_digit(u, i).is_some() && labelled_at(u, i, found) {
+                    return BsnScan::Found;
                 }
                 i = reference_end(u, i).unwrap_or(i + 1);
                 continue;
@@ -2706,7 +2715,7 @@ fn scan_bsns(
         // A number near the end of what gathered is read once what follows it has come (as
         // far as a row reads on, which is further than a label's reach): a label's number
         // read before may still go on (`bsn 12345672` and then `2`).
-        if !last && row_start + RIGHT_CONTEXT > u.len() {
+        if open_at(row_start) {
             return BsnScan::Pending {
                 resume: row_start,
                 cut,
@@ -2725,7 +2734,7 @@ fn scan_bsns(
                 _ => break,
             }
         }
-        let open = !last && i + RIGHT_CONTEXT > u.len();
+        let open = open_at(i);
         if open && row_start + LONG_ROW >= u.len() {
             return BsnScan::Pending {
                 resume: row_start,
@@ -6333,6 +6342,11 @@ mod tests {
             (b"nvt 1234 5672\xFF", "nvt 1234 5672"),
             (b"zie: l23456782\xFF", "zie: l23456782"),
             (b"\xFF\xFEnvt 1234 5672", "nvt 1234 5672"),
+            (b"nvt\xFF 1234 5672", "nvt 1234 5672"),
+            (b"nvt \xFF1234 5672", "nvt 1234 5672"),
+            (b"zie: \xFFl23456782", "zie: l23456782"),
+            (b"nvt\x80 12.345.672", "nvt 12.345.672"),
+            (b"nvt\xED\xA0\x80 1234 5672", "nvt 1234 5672"),
         ] {
             assert!(
                 check_binary_labelled("f", twin.as_bytes()).is_err(),
@@ -6374,6 +6388,69 @@ mod tests {
         s.write("data", b"hello BSN: 111222333").unwrap();
         s.write("data", b" and more text. ").unwrap();
         assert!(s.write("data", prose.as_bytes()).is_err());
+        // Followed by binary data, which is mostly left out, a number is read once a break
+        // follows it: nothing read crosses one.
+        for text in [
+            "x 111222333 ",
+            "BSN: 1234 5672 ",
+            "\u{FF11}\u{FF11}\u{FF11}222333 ",
+        ] {
+            for (how, bytes) in [("UTF-8", text.as_bytes().to_vec()), ("UTF-16BE", be(text))] {
+                for noise_first in [false, true] {
+                    let mut s = Scanner::new();
+                    s.write("data", &clean).unwrap();
+                    let data = [bytes.clone(), noise(5, 65_536)].concat();
+                    let answer = if noise_first {
+                        s.write("data", &bytes)
+                            .and_then(|()| s.write("data", &noise(5, 65_536)))
+                    } else {
+                        s.write("data", &data)
+                    };
+                    let answer = answer.and_then(|()| s.settle("data"));
+                    assert!(answer.is_err(), "{text:?} as {how} ({noise_first})");
+                }
+            }
+        }
+    }
+
+    /// A character reference cut by a write is read whole: every two-way cut, and writes of
+    /// one to seven bytes, give the answer of one write, refused or not, in UTF-8 and UTF-16.
+    #[test]
+    fn a_reference_cut_between_writes_is_read_whole() {
+        for text in [
+            "BSN: &#x31 23456782 einde",
+            "BSN: &#x31&#x32&#x33&#x34&#x35&#x36&#x37&#x38&#x32 ",
+            "&#50;12345672 ",
+            "&#x32;12345672 ",
+            "&#49;-1 23456782 ",
+            "&x2;12345672 ",
+            "zie &#x31 23456783 einde",
+        ] {
+            for (how, bytes) in [
+                ("UTF-8", text.as_bytes().to_vec()),
+                ("UTF-16LE", le(text)),
+                ("UTF-16BE", be(text)),
+            ] {
+                let whole = scan_answer(&bytes, SCAN_AT, bytes.len(), usize::MAX).is_err();
+                assert_eq!(whole, !text.contains("23456783"), "{text} as {how}");
+                for cut in 1..bytes.len() {
+                    let (a, b) = bytes.split_at(cut);
+                    let mut s = Scanner::new();
+                    let answer = s
+                        .write("data", a)
+                        .and_then(|()| s.write("data", b))
+                        .and_then(|()| s.finish("data"));
+                    assert_eq!(answer.is_err(), whole, "{text} as {how} cut at {cut}");
+                }
+                for chunk in 1..=7 {
+                    assert_eq!(
+                        scan_answer(&bytes, SCAN_AT, chunk, usize::MAX).is_err(),
+                        whole,
+                        "{text} as {how} in {chunk}s"
+                    );
+                }
+            }
+        }
     }
 
     /// After a BSN label, a number written all in character references (decimal or hex, nine
