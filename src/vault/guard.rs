@@ -2146,6 +2146,13 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
                 return None;
             }
         }
+        // The letters of a hex reference (`&#x20`, `&#x2d;`) are no word: it is passed over.
+        if x.binds()
+            && let Some(k) = reference_around(u, j - 1, true)
+        {
+            j = k;
+            continue;
+        }
         if x.binds() {
             let mut start = j - 1;
             while start > 0 && u.get(start - 1).is_some_and(Unit::binds) {
@@ -2457,17 +2464,65 @@ fn date_or_time_alone(u: &[Unit], j: usize) -> Option<usize> {
 /// Latin word that is no [`label_filler`], or a break, ends it; a date or a time beside it is
 /// passed over. Any nine digits in a row of those passing the eleven-test are a BSN (eight
 /// with the leading zero left off are the rows' rule, `row_has_bsn`).
+///
+/// A numeric reference without its `;` is read both ways: as the one character markup takes
+/// it for (`BSN &#x20 12345672`, `1234&#32 5672`), and as the text it is written as, whose
+/// digits count (`BSN 12&#345672`, in a text file, shows `12345672`).
 #[inline(never)]
 fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) -> bool) -> bool {
-    labelled_read(u, from, LABEL_REACH, found).0
+    labelled_read_with(u, from, LABEL_REACH, false, found).0
+        || labelled_read_with(u, from, LABEL_REACH, true, found).0
 }
 
-/// [`labelled_bsn`] within `reach` units of `from`; also where the reading stopped (the word,
-/// break or tag that ended it, or the end of the reach).
+/// [`labelled_bsn`] within `reach` units of `from`, reading a numeric reference without its
+/// `;` as the text it is written as; also where the reading stopped (the word, break or tag
+/// that ended it, or the end of the reach).
 fn labelled_read(
     u: &[Unit],
     from: usize,
     reach: usize,
+    found: &mut impl FnMut(usize, usize) -> bool,
+) -> (bool, usize) {
+    labelled_read_with(u, from, reach, false, found)
+}
+
+/// Where the numeric character reference that unit `p` is part of begins, if it is part of
+/// one: with its `;`, or also without it when `bare`.
+fn reference_around(u: &[Unit], p: usize, bare: bool) -> Option<usize> {
+    let back = p.saturating_sub(MAX_REFERENCE + 3);
+    (back..p).rev().find(|&k| {
+        u.get(k) == Some(&Unit(b'&'))
+            && u.get(k + 1) == Some(&Unit(b'#'))
+            && reference_end(u, k)
+                .or_else(|| bare.then(|| bare_reference_end(u, k)).flatten())
+                .is_some_and(|end| end > p)
+    })
+}
+
+/// The end of a numeric character reference without its `;` at `i` (`&#32`, `&#x20`): up to
+/// eight digits of its radix, and what follows them is no `;` (that one is
+/// [`reference_end`]'s).
+fn bare_reference_end(u: &[Unit], i: usize) -> Option<usize> {
+    if u.get(i) != Some(&Unit(b'&')) || u.get(i + 1) != Some(&Unit(b'#')) {
+        return None;
+    }
+    let hex = u.get(i + 2) == Some(&Unit(b'x'));
+    let radix = if hex { 16 } else { 10 };
+    let body = i + 2 + usize::from(hex);
+    let mut j = body;
+    while j - body < 8 && u.get(j).is_some_and(|x| char::from(x.0).is_digit(radix)) {
+        j += 1;
+    }
+    (j > body && u.get(j) != Some(&Unit(b';'))).then_some(j)
+}
+
+/// [`labelled_read`], with `bare_references` whether a numeric reference without its `;` is
+/// read as the one character markup takes it for.
+fn labelled_read_with(
+    u: &[Unit],
+    from: usize,
+    reach: usize,
+    bare_references: bool,
     found: &mut impl FnMut(usize, usize) -> bool,
 ) -> (bool, usize) {
     /// A digit read: its value, its units, and whether a letter (or a reference to one) was
@@ -2575,7 +2630,11 @@ fn labelled_read(
                     });
                     j = next;
                 }
-                None => j = reference_end(u, j).unwrap_or(j + 1),
+                None => {
+                    j = reference_end(u, j)
+                        .or_else(|| bare_references.then(|| bare_reference_end(u, j)).flatten())
+                        .unwrap_or(j + 1);
+                }
             }
         } else {
             j += 1;
@@ -2596,7 +2655,10 @@ fn labelled_read(
     }
     // Eight digits, the leading zero left off, in any grouping (`BSN nr 1234 5672`), written
     // as digits, and not cut out of a longer run of digits.
-    let glued = |k: usize| u.get(k).is_some_and(Unit::is_digit);
+    // (The digits of a reference read as one are not written digits.)
+    let glued = |k: usize| {
+        u.get(k).is_some_and(Unit::is_digit) && reference_around(u, k, bare_references).is_none()
+    };
     for (w, at) in values.windows(8).zip(digits.windows(8)) {
         if let (Some(first), Some(last)) = (at.first(), at.last())
             && letters(at) == 0
@@ -6408,6 +6470,42 @@ mod tests {
                     };
                     let answer = answer.and_then(|()| s.settle("data"));
                     assert!(answer.is_err(), "{text:?} as {how} ({noise_first})");
+                }
+            }
+        }
+    }
+
+    /// After a label, a numeric reference without its `;` is read both as markup takes it (one
+    /// character: `&#32` a space) and as the text it is written as (its digits count): a BSN
+    /// read either way is refused in an upload; twins with a wrong check digit pass.
+    #[test]
+    fn a_reference_without_its_semicolon_is_read_both_ways_after_a_label() {
+        for (text, twin) in [
+            ("BSN &#x20 12345672 ", "BSN &#x20 12345673 "),
+            ("BSN: 1234&#32 5672 ", "BSN: 1234&#32 5673 "),
+            ("BSN: 1234 &#32 5672 einde", "BSN: 1234 &#32 5673 einde"),
+            (
+                "BSN &#32&#49;&#50;&#51;&#52;&#53;&#54;&#55;&#50; ",
+                "BSN &#32&#49;&#50;&#51;&#52;&#53;&#54;&#55;&#51; ",
+            ),
+            (
+                "BSN &#49;&#50;&#51;&#52;&#32&#53;&#54;&#55;&#50; ",
+                "BSN &#49;&#50;&#51;&#52;&#32&#53;&#54;&#55;&#51; ",
+            ),
+            ("BSN 12&#345672 ", "BSN 12&#345673 "),
+            ("BSN 12&#3 45672 ", "BSN 12&#3 45673 "),
+        ] {
+            for (how, data) in embeddings(text) {
+                for chunk in [3, data.len()] {
+                    assert!(
+                        scan_refuses(&data, 100, chunk),
+                        "{text} as {how} in {chunk}s"
+                    );
+                }
+            }
+            for (how, data) in embeddings(twin) {
+                if how.starts_with("UTF-8") {
+                    assert!(!scan_refuses(&data, 100, 3), "{twin} as {how}");
                 }
             }
         }
