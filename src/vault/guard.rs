@@ -1878,16 +1878,21 @@ fn reference_end(u: &[Unit], i: usize) -> Option<usize> {
     None
 }
 
-/// The digit a numeric character reference (`&#52;`, `&#x34;`, `&#52` without its `;`,
-/// `&#65300;` for a full-width `４`) starting at `i` stands for, the unit after it, and whether
-/// it stands for a letter written for the digit (`&#108;`, an `l`: [`digit_written_as`]).
-fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize, bool)> {
+/// For a numeric character reference starting at `i` (`&#…`, `&#x…`), the radix of its digits
+/// and where they begin.
+fn numeric_reference_body(u: &[Unit], i: usize) -> Option<(u32, usize)> {
     if u.get(i) != Some(&Unit(b'&')) || u.get(i + 1) != Some(&Unit(b'#')) {
         return None;
     }
     let hex = u.get(i + 2) == Some(&Unit(b'x'));
-    let radix = if hex { 16 } else { 10 };
-    let body = i + 2 + usize::from(hex);
+    Some((if hex { 16 } else { 10 }, i + 2 + usize::from(hex)))
+}
+
+/// The digit a numeric character reference (`&#52;`, `&#x34;`, `&#52` without its `;`,
+/// `&#65300;` for a full-width `４`) starting at `i` stands for, the unit after it, and whether
+/// it stands for a letter written for the digit (`&#108;`, an `l`: [`digit_written_as`]).
+fn reference_digit(u: &[Unit], i: usize) -> Option<(u8, usize, bool)> {
+    let (radix, body) = numeric_reference_body(u, i)?;
     let mut j = body;
     let mut value: u32 = 0;
     // Markup takes a numeric reference without its `;` too (`&#49&#50`).
@@ -2470,8 +2475,11 @@ fn date_or_time_alone(u: &[Unit], j: usize) -> Option<usize> {
 /// digits count (`BSN 12&#345672`, in a text file, shows `12345672`).
 #[inline(never)]
 fn labelled_bsn(u: &[Unit], from: usize, found: &mut impl FnMut(usize, usize) -> bool) -> bool {
+    // The second reading differs only where a reference stands within reach.
+    let reach = u.get(from..from.saturating_add(LABEL_REACH).min(u.len()));
     labelled_read_with(u, from, LABEL_REACH, false, found).0
-        || labelled_read_with(u, from, LABEL_REACH, true, found).0
+        || (reach.is_some_and(|r| r.contains(&Unit(b'&')))
+            && labelled_read_with(u, from, LABEL_REACH, true, found).0)
 }
 
 /// [`labelled_bsn`] within `reach` units of `from`, reading a numeric reference without its
@@ -2503,12 +2511,7 @@ fn reference_around(u: &[Unit], p: usize, bare: bool) -> Option<usize> {
 /// eight digits of its radix, and what follows them is no `;` (that one is
 /// [`reference_end`]'s).
 fn bare_reference_end(u: &[Unit], i: usize) -> Option<usize> {
-    if u.get(i) != Some(&Unit(b'&')) || u.get(i + 1) != Some(&Unit(b'#')) {
-        return None;
-    }
-    let hex = u.get(i + 2) == Some(&Unit(b'x'));
-    let radix = if hex { 16 } else { 10 };
-    let body = i + 2 + usize::from(hex);
+    let (radix, body) = numeric_reference_body(u, i)?;
     let mut j = body;
     while j - body < 8 && u.get(j).is_some_and(|x| char::from(x.0).is_digit(radix)) {
         j += 1;
