@@ -35,7 +35,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use evidence_io::{Bare, MIB, bare_floor, crypto_floor, download, mb_per_s, upload};
+use evidence_io::{
+    Bare, CHUNK, MIB, bare_floor, crypto_floor, download, mb_per_s, upload, upload_in,
+};
 use kluis::pb::{bench::stream_server::StreamServer, vault_client::VaultClient};
 
 struct Server(Child, String);
@@ -75,6 +77,21 @@ fn serve(dir: &Path) -> Server {
     };
     std::thread::spawn(move || for _ in lines {});
     Server(child, addr)
+}
+
+/// CPU time `pid` has used so far (user and system, all its threads).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    // Linux counts them in clock ticks of 1/100 s (USER_HZ).
+    Duration::from_millis(ticks * 10)
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -126,6 +143,8 @@ fn main() {
         stream_server();
         return;
     }
+    const TINY_CHUNK: usize = 16;
+    const TINY_MIB: u64 = 4;
     let size = env_mib("KLUIS_BENCH_EVIDENCE_MIB", 256) * MIB;
     let memory_size = env_mib("KLUIS_BENCH_MEMORY_MIB", 1024) * MIB;
     let (bare_seal, seal, open) = crypto_floor(size);
@@ -158,10 +177,17 @@ fn main() {
 
         // kluis and the bare service in turn, twice: drift of the shared machine hits both.
         let (mut up, mut down, mut bare_up, mut bare_down) = (0.0, 0.0, 0.0, 0.0);
+        let (mut up_cpu, mut tiny_up, mut tiny_cpu) = (Duration::ZERO, 0.0, Duration::ZERO);
         for _round in 0..2 {
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), cpu_time(pid));
             let id = upload(&mut client, &token, &block, size).await;
             up += mb_per_s(size, t.elapsed()) / 2.0;
+            up_cpu += cpu_time(pid) - cpu;
+            // A client that sends the file a few bytes at a time.
+            let (t, cpu) = (Instant::now(), cpu_time(pid));
+            upload_in(&mut client, &token, &block, TINY_MIB * MIB, TINY_CHUNK).await;
+            tiny_up += mb_per_s(TINY_MIB * MIB, t.elapsed()) / 2.0;
+            tiny_cpu += cpu_time(pid) - cpu;
             let t = Instant::now();
             assert_eq!(download(&mut client, &token, &id).await, size);
             down += mb_per_s(size, t.elapsed()) / 2.0;
@@ -195,6 +221,16 @@ fn main() {
             "  download over gRPC               {down:>8.0} MB/s   {:.2} x crypto floor   {:.2} x gRPC floor",
             down / bare_seal,
             down / bare_down
+        );
+        let per_mib = |cpu: Duration, mib: u64| cpu.as_secs_f64() * 1e3 / (2 * mib) as f64;
+        let (tiny_ms, whole_ms) = (
+            per_mib(tiny_cpu, TINY_MIB),
+            per_mib(up_cpu, size / MIB),
+        );
+        println!(
+            "  upload, {TINY_CHUNK}-byte messages         {tiny_up:>8.1} MB/s   server CPU {tiny_ms:.0} ms per MiB, {:.1} x that of {} KiB messages ({whole_ms:.1} ms)",
+            tiny_ms / whole_ms,
+            CHUNK / 1024
         );
         if reset {
             println!(

@@ -52,6 +52,19 @@ pub async fn upload(
     block: &Bytes,
     size: u64,
 ) -> String {
+    upload_in(client, token, block, size, CHUNK).await
+}
+
+/// Uploads `size` bytes taken from `block` in messages of `chunk` bytes; returns the evidence
+/// id.
+pub async fn upload_in(
+    client: &mut VaultClient<Channel>,
+    token: &str,
+    block: &Bytes,
+    size: u64,
+    chunk: usize,
+) -> String {
+    assert!(chunk <= block.len(), "a chunk is cut from one block");
     let start = pb::EvidenceChunk {
         part: Some(pb::evidence_chunk::Part::Start(pb::EvidenceStart {
             context: context(),
@@ -69,11 +82,13 @@ pub async fn upload(
         })),
     };
     let block = block.clone();
-    let chunks = size.div_ceil(CHUNK as u64);
+    let chunks = size.div_ceil(chunk as u64);
     let data = (0..chunks).map(move |i| {
-        let n = (size - i * CHUNK as u64).min(CHUNK as u64) as usize;
+        let n = (size - i * chunk as u64).min(chunk as u64) as usize;
+        // Each message from another place in the block: bytes that do not repeat every chunk.
+        let at = (i as usize * chunk) % (block.len() - n + 1);
         pb::EvidenceChunk {
-            part: Some(pb::evidence_chunk::Part::Data(block.slice(..n))),
+            part: Some(pb::evidence_chunk::Part::Data(block.slice(at..at + n))),
         }
     });
     let end = pb::EvidenceChunk {

@@ -1651,3 +1651,87 @@ async fn a_refusal_comes_while_the_client_waits() {
     assert_eq!(count(&server, "SELECT count(*) FROM evidence"), 0);
     server.stop().await;
 }
+
+/// Cuts `bytes` into data messages whose sizes cycle through `sizes`.
+fn cut(bytes: &[u8], sizes: &[usize]) -> Vec<pb::EvidenceChunk> {
+    let mut out = Vec::new();
+    let (mut at, mut i) = (0, 0);
+    while at < bytes.len() {
+        let n = sizes[i % sizes.len()].min(bytes.len() - at);
+        out.push(pb::EvidenceChunk {
+            part: Some(pb::evidence_chunk::Part::Data(
+                bytes[at..at + n].to_vec().into(),
+            )),
+        });
+        (at, i) = (at + n, i + 1);
+    }
+    out
+}
+
+/// The server joins short data messages that have already come into one write: an upload sent
+/// in tiny messages, mixed with large ones, is stored exactly as sent, and a BSN spread over
+/// such messages is refused with nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_in_tiny_messages_is_stored_as_sent_and_read_as_one() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let prose = "De buurman belt aan en zegt dat hij het niet meer pikt. ".repeat(600);
+    let clean = [
+        file_bytes(70, 0, 20_000),
+        prose.clone().into_bytes(),
+        file_bytes(71, 0, 150_000),
+        prose.clone().into_bytes(),
+    ]
+    .concat();
+    let mut hidden = clean.clone();
+    let at = 20_000 + prose.len() / 2;
+    hidden.splice(at..at, b" uw BSN: 111222333 staat hier. ".iter().copied());
+    let mut stored = 0;
+    for (i, sizes) in [
+        &[1][..],
+        &[7, 1, 3],
+        &[1, 1, 70_000, 2, 65_536, 5],
+        &[65_535, 1],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (twin, bytes) in [("clean", &clean), ("hidden", &hidden)] {
+            let messages: Vec<pb::EvidenceChunk> =
+                std::iter::once(start(&format!("REL-EVT{i}"), &format!("clip-{twin}")))
+                    .chain(cut(bytes, sizes))
+                    .chain(std::iter::once(evidence_end(bytes.len() as u64)))
+                    .collect();
+            let mut client = server.client().await;
+            let answer = client
+                .put_evidence(req(&token, tokio_stream::iter(messages)))
+                .await
+                .map(tonic::Response::into_inner);
+            if twin == "clean" {
+                let receipt = answer.unwrap_or_else(|s| panic!("{sizes:?}: {s:?}"));
+                stored += 1;
+                assert_eq!(receipt.size, bytes.len() as u64, "{sizes:?}");
+                {
+                    use sha2::Digest;
+                    let sha = hex::encode(sha2::Sha256::digest(bytes));
+                    assert_eq!(receipt.sha256, sha, "{sizes:?}");
+                }
+                let (_, read) =
+                    download(&server, &token, nuisance_ctx(), &receipt.evidence_id, None)
+                        .await
+                        .unwrap();
+                assert!(read == *bytes, "{sizes:?}: the file read back differs");
+            } else {
+                let status = answer.expect_err("a BSN in tiny messages was stored");
+                assert_eq!(
+                    status.code(),
+                    Code::InvalidArgument,
+                    "{sizes:?}: {status:?}"
+                );
+                assert!(status.message().contains("`data`"), "{}", status.message());
+            }
+            assert_eq!(count(&server, "SELECT count(*) FROM evidence"), stored);
+        }
+    }
+    server.stop().await;
+}
