@@ -2245,6 +2245,66 @@ mod tests {
         );
     }
 
+    /// SQLite's temporary files open in this process (`etilqs_…`, unlinked at once).
+    #[cfg(target_os = "linux")]
+    fn sqlite_temp_files() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().contains("etilqs_"))
+            .count()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn statement_journals_stay_in_memory() {
+        // `.cargo/config.toml` keeps statement journals in memory; by default SQLite moves one
+        // past 64 KiB to a temporary file outside the data directory and writes every page of
+        // it there.
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_connection(&dir.path().join("t.db"), true).unwrap();
+        c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+            .unwrap();
+        c.execute(
+            "WITH RECURSIVE s(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM s WHERE k < 3000)
+             INSERT INTO t (k, v) SELECT k, zeroblob(3000) FROM s",
+            [],
+        )
+        .unwrap();
+        // A savepoint that changes `rows` rows of 3,000 bytes, a page each, and whether a
+        // temporary file was opened while it was open.
+        let spills = |rows: i64| {
+            c.execute_batch("BEGIN IMMEDIATE; SAVEPOINT kluis_job")
+                .unwrap();
+            let before = sqlite_temp_files();
+            c.execute("UPDATE t SET v = zeroblob(2999) WHERE k <= ?1", [rows])
+                .unwrap();
+            let after = sqlite_temp_files();
+            c.execute_batch("RELEASE kluis_job; COMMIT").unwrap();
+            after > before
+        };
+        // 200 pages (800 KiB, a group commit's savepoints are far smaller) and 2,900 (11 MiB).
+        assert!(
+            !spills(200),
+            "a statement journal of 800 KiB went to a file"
+        );
+        assert!(
+            !spills(2900),
+            "a statement journal of 11 MiB went to a file"
+        );
+        // What the check looks for is found: a sort larger than the page cache goes to a
+        // temporary file.
+        c.execute_batch("PRAGMA cache_size = 10").unwrap();
+        let mut sort = c.prepare("SELECT k FROM t ORDER BY v || k").unwrap();
+        let mut rows = sort.query([]).unwrap();
+        let before = sqlite_temp_files();
+        rows.next().unwrap().unwrap();
+        assert!(
+            sqlite_temp_files() > before,
+            "a sort of 9 MiB left no temporary file to be seen"
+        );
+    }
+
     #[test]
     fn sqlite_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
