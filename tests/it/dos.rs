@@ -606,8 +606,12 @@ async fn idle_connections_give_their_places_to_clients_that_call_and_callers_kee
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn responses_nobody_reads_are_capped_per_address_and_their_connection_closed() {
     const MIB: usize = 1024 * 1024;
+    // The limit of time leaves the held answers long enough to start on a busy machine (each
+    // is a read of 5 MiB with its entry, opened and handed to the connection) before the
+    // neighbour is asked.
+    const UNREAD_SECS: u64 = 12;
     let server = TestServer::start_with_limits(RawLimits {
-        unread_response_secs: Some(5),
+        unread_response_secs: Some(UNREAD_SECS),
         unread_response_bytes_per_address: Some(16 * MIB + 64 * 1024),
         unread_response_bytes: Some(64 * MIB),
         ..RawLimits::default()
@@ -654,9 +658,9 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
     }
     // 15 MiB of the address's 16 wait: another answer of 5 MiB to that address is refused,
     // saying which limit and what to do; another address is served. (On a busy machine the
-    // held answers may not all have started yet: asked again for up to 3 s, well within the
-    // 5 s after which the staller's connection is closed.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    // held answers may not all have started yet: asked again for up to 8 s, well within the
+    // 12 s after which the staller's connection is closed.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
     let refused = loop {
         match read(neighbour.clone()).await {
             Err(refused) => break refused,
@@ -666,6 +670,8 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
             Ok(_) => panic!("an answer of 5 MiB passed the address's limit of unread bytes"),
         }
     };
+    // Refused: the held answers waited by now, so their time is up by 12 s from here.
+    let refused_at = tokio::time::Instant::now();
     assert_exhausted(
         &refused,
         &[
@@ -674,10 +680,10 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
         ],
     );
     assert_eq!(read(other.clone()).await.unwrap().fields.len(), 5);
-    // Past the limit of 5 s, the staller's connection is closed: its answers end in errors
+    // Past the limit of time, the staller's connection is closed: its answers end in errors
     // when it reads at last (had it been left open, they would come whole), and what they
     // held is let go: the neighbour is served again.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    tokio::time::sleep_until(refused_at + Duration::from_secs(UNREAD_SECS + 2)).await;
     for call in held {
         let ended = tokio::time::timeout(Duration::from_secs(10), call)
             .await
