@@ -1829,7 +1829,11 @@ fn next_group(u: &[Unit], end: usize) -> Option<usize> {
                 j += 1;
             }
             Unit(b'<') => j = markup_end(u, j).unwrap_or(j + 1),
-            Unit(b'&') => j = reference_end(u, j).unwrap_or(j + 1),
+            Unit(b'&') => {
+                j = reference_end(u, j)
+                    .or_else(|| unclosed_reference_end(u, j))
+                    .unwrap_or(j + 1);
+            }
             s if s.is_separator() => j += 1,
             _ => return None,
         }
@@ -1876,6 +1880,53 @@ fn reference_end(u: &[Unit], i: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The names markup reads as character references also without their `;` (HTML's legacy
+/// names, in lower case as units fold them): a browser shows `111&nbsp222&shy333` as
+/// `111 222333`.
+const UNCLOSED_NAMES: [&[u8]; 70] = [
+    b"aacute", b"acirc", b"acute", b"aelig", b"agrave", b"amp", b"aring", b"atilde", b"auml",
+    b"brvbar", b"ccedil", b"cedil", b"cent", b"copy", b"curren", b"deg", b"divide", b"eacute",
+    b"ecirc", b"egrave", b"eth", b"euml", b"frac12", b"frac14", b"frac34", b"gt", b"iacute",
+    b"icirc", b"iexcl", b"igrave", b"iquest", b"iuml", b"laquo", b"lt", b"macr", b"micro",
+    b"middot", b"nbsp", b"not", b"ntilde", b"oacute", b"ocirc", b"ograve", b"ordf", b"ordm",
+    b"oslash", b"otilde", b"ouml", b"para", b"plusmn", b"pound", b"quot", b"raquo", b"reg",
+    b"sect", b"shy", b"sup1", b"sup2", b"sup3", b"szlig", b"thorn", b"times", b"uacute", b"ucirc",
+    b"ugrave", b"uml", b"uuml", b"yacute", b"yen", b"yuml",
+];
+
+/// The end of a character reference without its `;` at `i` that markup reads as one character
+/// whatever follows: a legacy name (`&nbsp`, `&shy`, `&middot`; the longest that fits), or a
+/// numeric reference whose digits end before a unit that is no digit of its radix (`&#32 `;
+/// not `&#32222`, which markup reads as one other character). `None` when a `;` follows (that
+/// one is [`reference_end`]'s).
+fn unclosed_reference_end(u: &[Unit], i: usize) -> Option<usize> {
+    if u.get(i) != Some(&Unit(b'&')) {
+        return None;
+    }
+    if let Some((radix, _)) = numeric_reference_body(u, i) {
+        let end = bare_reference_end(u, i)?;
+        return (!u.get(end).is_some_and(|x| char::from(x.0).is_digit(radix))).then_some(end);
+    }
+    let name = |n: &[u8]| {
+        u.get(i + 1..i + 1 + n.len())
+            .is_some_and(|at| at.iter().map(|x| x.0).eq(n.iter().copied()))
+    };
+    let longest = UNCLOSED_NAMES
+        .iter()
+        .filter(|n| name(n))
+        .map(|n| n.len())
+        .max()?;
+    let end = i + 1 + longest;
+    (u.get(end) != Some(&Unit(b';'))).then_some(end)
+}
+
+/// [`unclosed_reference_end`] for a legacy name only (`&nbsp`, `&shy`).
+fn unclosed_named_end(u: &[Unit], i: usize) -> Option<usize> {
+    (u.get(i + 1) != Some(&Unit(b'#')))
+        .then(|| unclosed_reference_end(u, i))
+        .flatten()
 }
 
 /// For a numeric character reference starting at `i` (`&#…`, `&#x…`), the radix of its digits
@@ -2636,6 +2687,7 @@ fn labelled_read_with(
                 None => {
                     j = reference_end(u, j)
                         .or_else(|| bare_references.then(|| bare_reference_end(u, j)).flatten())
+                        .or_else(|| unclosed_named_end(u, j))
                         .unwrap_or(j + 1);
                 }
             }
@@ -6511,6 +6563,54 @@ mod tests {
                     assert!(!scan_refuses(&data, 100, 3), "{twin} as {how}");
                 }
             }
+        }
+    }
+
+    /// Markup reads a legacy name (`&nbsp`, `&shy`, `&middot`) without its `;`, and a numeric
+    /// reference without it that no digit follows: between a number's groups they separate
+    /// as their closed twins do, labelled or not.
+    #[test]
+    fn references_markup_reads_without_their_semicolon_separate_groups() {
+        for (text, twin) in [
+            ("111&#32 222&#32 333 ", "111&#32 222&#32 334 "),
+            ("111&#160 222&#160 333 ", "111&#160 222&#160 334 "),
+            ("111&#xa0 222&#xa0 333 ", "111&#xa0 222&#xa0 334 "),
+            (
+                "<p>111&#x20 222&#x20 333</p>",
+                "<p>111&#x20 222&#x20 334</p>",
+            ),
+            ("111&nbsp222&nbsp333 ", "111&nbsp222&nbsp334 "),
+            ("111&shy222&shy333 ", "111&shy222&shy334 "),
+            ("111&middot222&middot333 ", "111&middot222&middot334 "),
+            ("111&NBSP222&Shy333 ", "111&NBSP222&Shy334 "),
+            ("BSN: 1234&nbsp 5672 ", "BSN: 1234&nbsp 5673 "),
+            ("BSN 1234&shy5672 ", "BSN 1234&shy5673 "),
+            ("BSN 123&nbsp 456&nbsp 782 ", "BSN 123&nbsp 456&nbsp 783 "),
+            (
+                "Burgerservicenummer 123&nbsp 456&nbsp 782 ",
+                "Burgerservicenummer 123&nbsp 456&nbsp 783 ",
+            ),
+        ] {
+            for (how, data) in embeddings(text) {
+                for chunk in [3, data.len()] {
+                    assert!(
+                        scan_refuses(&data, 100, chunk),
+                        "{text} as {how} in {chunk}s"
+                    );
+                }
+            }
+            assert!(check_text("v", text).is_err(), "{text} as a value");
+            for (how, data) in embeddings(twin) {
+                if how.starts_with("UTF-8") {
+                    assert!(!scan_refuses(&data, 100, 3), "{twin} as {how}");
+                }
+            }
+            assert!(check_text("v", twin).is_ok(), "{twin} as a value");
+        }
+        // Markup reads `&#32222` as one character that is no separator, and `&notice` as `¬`
+        // and a word, neither a number: nothing is refused.
+        for text in ["111&#32222&#32333 ", "111&notice222&notice333 "] {
+            assert!(!scan_refuses(text.as_bytes(), 100, 3), "{text}");
         }
     }
 
