@@ -2244,7 +2244,15 @@ fn label_before(u: &[Unit], i: usize) -> Option<usize> {
             {
                 return None;
             }
-            return (word_before(u, j).marker == Some(Marker::Bsn)).then_some(j);
+            if word_before(u, j).marker == Some(Marker::Bsn) {
+                return Some(j);
+            }
+            // A label glued to a letter written for the number's first digit
+            // (`bsn-nummerl23456782`): the label ends before the letter.
+            return (j == i
+                && glued_digit_letter(u, j)
+                && word_before(u, j - 1).marker == Some(Marker::Bsn))
+            .then_some(j - 1);
         } else if x == Unit::BREAK {
             return None;
         } else if x == Unit(b'>') || x == Unit(b';') {
@@ -2883,7 +2891,22 @@ fn labelled_at(u: &[Unit], i: usize, found: &mut impl FnMut(usize, usize) -> boo
     let near = u.get(i.saturating_sub(LABEL_REACH)..i).unwrap_or_default();
     near.iter()
         .any(|x| matches!(x.0, b'b' | b's' | b'c' | b'>' | b'='))
-        && label_before(u, i).is_some_and(|label_end| labelled_bsn(u, label_end, found))
+        && label_before(u, i).is_some_and(|label_end| {
+            labelled_bsn(u, label_end, found)
+                // A label whose last letter may be the number's first digit (`BSNl23456782`:
+                // `bsnl` says BSN too) is also read from that letter.
+                || (label_end == i
+                    && glued_digit_letter(u, i)
+                    && labelled_bsn(u, i - 1, found))
+        })
+}
+
+/// Whether the unit before `end` is a letter written for a digit (`l`, `I`, `o`) glued to the
+/// letters of a word before it.
+fn glued_digit_letter(u: &[Unit], end: usize) -> bool {
+    end >= 2
+        && u.get(end - 1).copied().and_then(digit_written_as).is_some()
+        && u.get(end - 2).is_some_and(Unit::binds)
 }
 
 /// Whether the digits at `i` follow `hh:mm:ss.` or `hh:mm:ss,`: a fraction of a second.
@@ -6610,6 +6633,42 @@ mod tests {
         // Markup reads `&#32222` as one character that is no separator, and `&notice` as `¬`
         // and a word, neither a number: nothing is refused.
         for text in ["111&#32222&#32333 ", "111&notice222&notice333 "] {
+            assert!(!scan_refuses(text.as_bytes(), 100, 3), "{text}");
+        }
+    }
+
+    /// A label glued to a letter written for the number's first digit (`BSNl23456782`) is read
+    /// with that letter as the digit, whether or not the word with the letter says BSN too.
+    #[test]
+    fn a_label_glued_to_a_letter_for_the_first_digit_is_read_with_it() {
+        for (text, twin) in [
+            ("BSNl23456782 ", "BSNl23456783 "),
+            ("BSNI23456782 ", "BSNI23456783 "),
+            ("sofinummerl23456782 ", "sofinummerl23456783 "),
+            ("BSN-nummerl23456782 ", "BSN-nummerl23456783 "),
+            (
+                "burgerservicenummer\u{200B}l23456782 ",
+                "burgerservicenummer\u{200B}l23456783 ",
+            ),
+        ] {
+            for (how, data) in embeddings(text) {
+                for chunk in [3, data.len()] {
+                    assert!(
+                        scan_refuses(&data, 100, chunk),
+                        "{text} as {how} in {chunk}s"
+                    );
+                }
+            }
+            assert!(check_text("v", text).is_err(), "{text} as a value");
+            for (how, data) in embeddings(twin) {
+                if how.starts_with("UTF-8") {
+                    assert!(!scan_refuses(&data, 100, 3), "{twin} as {how}");
+                }
+            }
+            assert!(check_text("v", twin).is_ok(), "{twin} as a value");
+        }
+        // A word that is no label, with a letter glued to digits, is not read as one.
+        for text in ["modell23456782 ", "artikel l23456783 "] {
             assert!(!scan_refuses(text.as_bytes(), 100, 3), "{text}");
         }
     }
