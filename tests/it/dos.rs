@@ -1666,7 +1666,13 @@ async fn uploads_abandoned_at_once_are_discarded_in_turn_not_a_thread_each() {
     use tokio_stream::StreamExt as _;
     const UPLOADS: usize = 1500;
     let tmp = crate::common::private_tempdir();
-    let (server, addr) = serve_dev_with_limits(tmp.path(), "max_calls_running = 8\n");
+    // Each upload open past its first chunk of 16 KiB or more keeps a guard helper thread of its
+    // own until it ends; the caller's cap on open uploads bounds those, as the places bound the
+    // threads that write: 8 of each.
+    let (server, addr) = serve_dev_with_limits(
+        tmp.path(),
+        "max_calls_running = 8\nmax_uploads_per_caller = 8\n",
+    );
     let pid = server.0.id();
     let officer = dev_token(tmp.path(), "nuisance-officer");
     let other = dev_token(tmp.path(), "customer-service");
