@@ -218,6 +218,15 @@ impl Node {
         }
     }
 
+    /// Waits until the node answers as unsealed (it answers the last share before it opens).
+    async fn wait_unsealed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.status().await.sealed {
+            assert!(Instant::now() < deadline, "the node does not unseal");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the node answers as sealed.
     async fn wait_sealed(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -528,7 +537,7 @@ async fn unseal_calls_without_a_token_are_rate_limited() {
         "wait",
     );
     node.unseal_text(&share_line(&files[1])).await.unwrap();
-    assert!(!node.status().await.sealed);
+    node.wait_unsealed().await;
 }
 
 /// A sealed node answers `Status` and `Unseal` to anyone, without a credential. 2,000 status
