@@ -32,7 +32,7 @@
 //! its `Slot`, or closed.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     future::Future,
     io,
     net::{IpAddr, SocketAddr},
@@ -600,6 +600,14 @@ impl Activity {
             .clone()
     }
 
+    /// Whether no call on the connection has been authenticated yet.
+    fn has_no_caller(&self) -> bool {
+        self.caller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
     fn note_caller(&self, principal: &str) {
         let mut caller = self.caller.lock().unwrap_or_else(|p| p.into_inner());
         if caller.as_deref() != Some(principal) {
@@ -799,7 +807,8 @@ struct Open {
     total: usize,
     per_address: HashMap<IpAddr, Address>,
     /// Every connection holding a slot, by slot number: its address and activity.
-    live: HashMap<u64, (IpAddr, Arc<Activity>)>,
+    /// In the order they were accepted (slot numbers only grow), so the oldest comes first.
+    live: BTreeMap<u64, (IpAddr, Arc<Activity>)>,
     next: u64,
     /// When a look for an idle connection last found none: a flood of newcomers at caps full
     /// of callers costs a look every `LOOK_PAUSE`, not one each.
@@ -834,23 +843,44 @@ impl Open {
         true
     }
 
-    /// Evicts the connection (of `address`, or of any) longest without a call of use, when
-    /// that is at least `after` and none runs on it; else, of the principals whose calls hold
-    /// more than `per_caller` connections, the one longest without a call of use among those
-    /// with none running. True when one was.
+    /// Evicts a connection (of `address`, or of any) to make room for a newcomer, and is true
+    /// when it did. In this order:
+    /// 1. the oldest connection on which no caller has been authenticated, whatever its age,
+    ///    of the address that holds the most such connections (when `address` is `None`):
+    ///    connections without a credential give their places to each other, so a flood of them
+    ///    that reconnect as soon as they are closed churns its own places, never refuses a
+    ///    newcomer and never takes a caller's place, and a newcomer from an address with fewer
+    ///    of them keeps its place until it has called;
+    /// 2. of the principals whose calls hold more than `per_caller` connections, the one
+    ///    longest without a call of use among those with none running;
+    /// 3. the connection longest without a call of use, when that is at least `after` and none
+    ///    runs on it.
     fn evict_idle(&mut self, address: Option<IpAddr>, after: Duration, per_caller: usize) -> bool {
         if self.found_none.is_some_and(|at| at.elapsed() < LOOK_PAUSE) {
             return false;
         }
         let here = |a: &IpAddr| address.is_none_or(|want| *a == want);
-        let oldest = self
-            .live
-            .iter()
-            .filter(|(_, (a, _))| here(a))
-            .filter_map(|(id, (_, activity))| Some((*id, activity.idle()?)))
-            .filter(|(_, idle)| *idle >= after)
-            .max_by_key(|(_, idle)| *idle);
-        let oldest = oldest.or_else(|| {
+        let without_caller = match address {
+            Some(_) => self
+                .live
+                .iter()
+                .find(|(_, (a, activity))| here(a) && activity.has_no_caller())
+                .map(|(id, _)| *id),
+            None => {
+                // Per address: how many, and the oldest (the first met, in slot order).
+                let mut of: HashMap<IpAddr, (usize, u64)> = HashMap::new();
+                for (id, (a, activity)) in &self.live {
+                    if activity.has_no_caller() {
+                        of.entry(*a).or_insert((0, *id)).0 += 1;
+                    }
+                }
+                of.into_values()
+                    .max_by_key(|&(n, oldest)| (n, std::cmp::Reverse(oldest)))
+                    .map(|(_, oldest)| oldest)
+            }
+        }
+        .map(|id| (id, Duration::ZERO));
+        let beyond_share = || {
             // A principal's places count wherever its connections come from.
             let mut held: HashMap<Arc<str>, usize> = HashMap::new();
             for (_, activity) in self.live.values() {
@@ -867,7 +897,16 @@ impl Open {
                         .then_some((*id, activity.idle()?))
                 })
                 .max_by_key(|(_, idle)| *idle)
-        });
+        };
+        let idle_for_long = || {
+            self.live
+                .iter()
+                .filter(|(_, (a, _))| here(a))
+                .filter_map(|(id, (_, activity))| Some((*id, activity.idle()?)))
+                .filter(|(_, idle)| *idle >= after)
+                .max_by_key(|(_, idle)| *idle)
+        };
+        let oldest = without_caller.or_else(beyond_share).or_else(idle_for_long);
         let Some((id, _)) = oldest else {
             self.found_none = Some(Instant::now());
             return false;
@@ -1063,12 +1102,19 @@ mod tests {
         std::thread::sleep(LOOK_PAUSE + Duration::from_millis(20));
     }
 
+    /// A slot from `ip` whose connection has had a call of `principal`, ended.
+    fn used_by(s: &Arc<Slots>, ip: IpAddr, principal: &str) -> Slot {
+        let slot = Slots::take(s, ip, None).unwrap();
+        slot.activity.call().0.authenticated(principal);
+        slot
+    }
+
     #[test]
     fn a_new_connection_takes_the_place_of_the_longest_idle_one() {
         let s = slots(2, 2);
-        let first = Slots::take(&s, "10.0.0.1".parse().unwrap(), None).unwrap();
+        let first = used_by(&s, "10.0.0.1".parse().unwrap(), "alice");
         std::thread::sleep(Duration::from_millis(60));
-        let second = Slots::take(&s, "10.0.0.2".parse().unwrap(), None).unwrap();
+        let second = used_by(&s, "10.0.0.2".parse().unwrap(), "bob");
         // Not idle long enough yet: refused, as without eviction.
         assert_eq!(
             Slots::take(&s, "10.0.0.3".parse().unwrap(), None).err(),
@@ -1085,6 +1131,96 @@ mod tests {
         drop(open);
         drop((second, third));
         assert_eq!(s.open.lock().unwrap().total, 0);
+    }
+
+    #[test]
+    fn connections_without_a_caller_give_their_places_to_newcomers_the_oldest_first_at_once() {
+        for (total, per) in [(3, 10), (10, 3)] {
+            let s = slots(total, per);
+            let a: IpAddr = "10.0.0.1".parse().unwrap();
+            // A caller's connection, quiet for longer than a connection may idle, and two that
+            // never had a caller, taken just now.
+            let caller = used_by(&s, a, "alice");
+            idle_for_long();
+            let mut without = vec![
+                Slots::take(&s, a, None).unwrap(),
+                Slots::take(&s, a, None).unwrap(),
+            ];
+            // A flood of newcomers that never call: each takes the place of the oldest
+            // connection without a caller, at once, never the caller's.
+            for i in 0..50 {
+                let newcomer = Slots::take(&s, a, None).unwrap();
+                let oldest = without.remove(0);
+                assert!(oldest.activity.evicted.load(Ordering::SeqCst), "{i}");
+                assert!(
+                    without
+                        .iter()
+                        .all(|w| !w.activity.evicted.load(Ordering::SeqCst)),
+                    "{i}"
+                );
+                without.push(newcomer);
+            }
+            assert!(!caller.activity.evicted.load(Ordering::SeqCst));
+            // A newcomer that calls keeps its place against the flood.
+            let newcomer = Slots::take(&s, a, None).unwrap();
+            newcomer.activity.call().0.authenticated("bob");
+            for _ in 0..10 {
+                without.push(Slots::take(&s, a, None).unwrap());
+            }
+            assert!(!newcomer.activity.evicted.load(Ordering::SeqCst));
+            assert!(!caller.activity.evicted.load(Ordering::SeqCst));
+            // The twin: with no connection without a caller left, the quiet caller's is the
+            // one that gives its place.
+            drop(without);
+            let bob_again = used_by(&s, a, "bob");
+            idle_pause();
+            assert!(Slots::take(&s, a, None).is_ok());
+            assert!(caller.activity.evicted.load(Ordering::SeqCst));
+            assert!(!newcomer.activity.evicted.load(Ordering::SeqCst));
+            assert!(!bob_again.activity.evicted.load(Ordering::SeqCst));
+        }
+    }
+
+    #[test]
+    fn at_the_total_cap_the_address_with_most_connections_without_a_caller_gives_one_up() {
+        let s = slots(6, 6);
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+        );
+        // B's newcomer came first; then A's flood of four; a caller of C.
+        let of_b = Slots::take(&s, b, None).unwrap();
+        let mut of_a: Vec<Slot> = (0..4).map(|_| Slots::take(&s, a, None).unwrap()).collect();
+        let caller = used_by(&s, c, "carol");
+        // Newcomers from C, B and A each take the place of A's oldest, as long as A holds more
+        // than B: never B's, never the caller's.
+        for (i, from) in [c, b, a].into_iter().enumerate() {
+            let newcomer = Slots::take(&s, from, None).unwrap();
+            assert!(of_a[0].activity.evicted.load(Ordering::SeqCst), "{i}");
+            of_a.remove(0);
+            assert!(!of_b.activity.evicted.load(Ordering::SeqCst), "{i}");
+            assert!(!caller.activity.evicted.load(Ordering::SeqCst), "{i}");
+            if from == a {
+                of_a.push(newcomer);
+            } else {
+                // Calls: no longer without a caller.
+                newcomer.activity.call().0.authenticated("dave");
+                of_a.push(newcomer);
+            }
+        }
+        // The twin: with as many of B as of A, the oldest of them goes, B's.
+        drop(of_a);
+        let of_a = Slots::take(&s, a, None).unwrap();
+        let _fill = [
+            used_by(&s, c, "erin"),
+            used_by(&s, c, "frank"),
+            used_by(&s, c, "gina"),
+        ];
+        let _newcomer = Slots::take(&s, c, None).unwrap();
+        assert!(of_b.activity.evicted.load(Ordering::SeqCst));
+        assert!(!of_a.activity.evicted.load(Ordering::SeqCst));
+        assert!(!caller.activity.evicted.load(Ordering::SeqCst));
     }
 
     #[test]
@@ -1118,8 +1254,8 @@ mod tests {
         bob.activity.call().0.authenticated("bob");
         // The cap is full of connections used just now: newcomers take Alice's places beyond
         // her two, never Bob's, nor the one with her call running.
-        let first = Slots::take(&s, a, None).unwrap();
-        let second = Slots::take(&s, b, None).unwrap();
+        let first = used_by(&s, a, "carol");
+        let second = used_by(&s, b, "carol");
         let evicted = |slots: &[Slot]| {
             slots
                 .iter()
@@ -1176,7 +1312,7 @@ mod tests {
     fn a_look_that_found_no_idle_connection_is_not_repeated_at_once() {
         let s = slots(1, 1);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let held = Slots::take(&s, a, None).unwrap();
+        let held = used_by(&s, a, "alice");
         assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
         let looked = s.open.lock().unwrap().found_none;
         assert!(looked.is_some());
@@ -1411,10 +1547,8 @@ mod tests {
         let s = slots(10, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let held = [
-            Slots::take(&s, a, None).unwrap(),
-            Slots::take(&s, a, None).unwrap(),
-        ];
+        // Connections of callers (one without a caller would give its place, see above).
+        let held = [used_by(&s, a, "alice"), used_by(&s, a, "bob")];
         assert_eq!(Slots::take(&s, a, None).err(), Some(Cap::PerAddress));
         assert!(Slots::take(&s, b, None).is_ok());
         drop(held);
@@ -1427,8 +1561,8 @@ mod tests {
     #[test]
     fn the_total_cap_holds_across_addresses() {
         let s = slots(2, 2);
-        let _one = Slots::take(&s, "10.0.0.1".parse().unwrap(), None).unwrap();
-        let _two = Slots::take(&s, "10.0.0.2".parse().unwrap(), None).unwrap();
+        let _one = used_by(&s, "10.0.0.1".parse().unwrap(), "alice");
+        let _two = used_by(&s, "10.0.0.2".parse().unwrap(), "bob");
         assert_eq!(
             Slots::take(&s, "10.0.0.3".parse().unwrap(), None).err(),
             Some(Cap::Total)
@@ -1438,7 +1572,7 @@ mod tests {
     #[test]
     fn ipv6_peers_count_by_their_slash_64() {
         let s = slots(10, 1);
-        let _held = Slots::take(&s, "2001:db8::1".parse().unwrap(), None).unwrap();
+        let _held = used_by(&s, "2001:db8::1".parse().unwrap(), "alice");
         assert_eq!(
             Slots::take(&s, "2001:db8::ffff:1".parse().unwrap(), None).err(),
             Some(Cap::PerAddress)
