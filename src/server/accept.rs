@@ -439,18 +439,26 @@ pub(crate) struct Activity {
     /// The principal of the last call of use: a principal keeps at most
     /// `ConnectionLimits::max_connections_per_caller` places against newcomers.
     caller: Mutex<Option<Arc<str>>>,
+    /// How many connections of this one's address hold a place without a caller, and
+    /// whether this one counts among them (until its first call of use, or its place ends).
+    address_without_caller: Arc<AtomicUsize>,
+    counted_without_caller: AtomicBool,
 }
 
 impl Activity {
+    /// A connection counted among `address_without_caller` (by the caller of this).
     fn new(
         unread: [Arc<Unread>; 2],
         receiving: ([Arc<Unread>; 2], Pace),
         shares: Arc<Shares>,
+        address_without_caller: Arc<AtomicUsize>,
     ) -> Self {
         Self {
             receiving,
             shares,
             caller: Mutex::new(None),
+            address_without_caller,
+            counted_without_caller: AtomicBool::new(true),
             running: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             since: Instant::now(),
@@ -608,7 +616,15 @@ impl Activity {
             .is_none()
     }
 
+    /// No longer counted among its address's connections without a caller (once).
+    fn uncount_without_caller(&self) {
+        if self.counted_without_caller.swap(false, Ordering::SeqCst) {
+            self.address_without_caller.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     fn note_caller(&self, principal: &str) {
+        self.uncount_without_caller();
         let mut caller = self.caller.lock().unwrap_or_else(|p| p.into_inner());
         if caller.as_deref() != Some(principal) {
             *caller = Some(Arc::from(principal));
@@ -818,6 +834,8 @@ struct Open {
 /// The connections of one address.
 struct Address {
     open: usize,
+    /// Of those, how many have had no caller yet (`Activity::uncount_without_caller`).
+    without_caller: Arc<AtomicUsize>,
     /// Bytes of responses waiting for their clients at this address.
     unread: Arc<Unread>,
     /// Bytes of request messages being received from this address.
@@ -830,9 +848,10 @@ const LOOK_PAUSE: Duration = Duration::from_millis(100);
 impl Open {
     /// Gives up the slot `id` (a connection closed, or evicted): true when it was held.
     fn release(&mut self, id: u64) -> bool {
-        let Some((address, _)) = self.live.remove(&id) else {
+        let Some((address, activity)) = self.live.remove(&id) else {
             return false;
         };
+        activity.uncount_without_caller();
         self.total = self.total.saturating_sub(1);
         if let Some(a) = self.per_address.get_mut(&address) {
             a.open = a.open.saturating_sub(1);
@@ -867,16 +886,26 @@ impl Open {
                 .find(|(_, (a, activity))| here(a) && activity.has_no_caller())
                 .map(|(id, _)| *id),
             None => {
-                // Per address: how many, and the oldest (the first met, in slot order).
-                let mut of: HashMap<IpAddr, (usize, u64)> = HashMap::new();
-                for (id, (a, activity)) in &self.live {
-                    if activity.has_no_caller() {
-                        of.entry(*a).or_insert((0, *id)).0 += 1;
-                    }
-                }
-                of.into_values()
-                    .max_by_key(|&(n, oldest)| (n, std::cmp::Reverse(oldest)))
-                    .map(|(_, oldest)| oldest)
+                // The oldest (the first met, in slot order) of the addresses with the most; the
+                // counts move as calls are authenticated, so the oldest of any when none of
+                // those is found.
+                let most = self
+                    .per_address
+                    .values()
+                    .map(|a| a.without_caller.load(Ordering::SeqCst))
+                    .max()
+                    .unwrap_or(0);
+                let oldest = |of_most: bool| {
+                    self.live
+                        .iter()
+                        .find(|(_, (_, activity))| {
+                            (!of_most
+                                || activity.address_without_caller.load(Ordering::SeqCst) == most)
+                                && activity.has_no_caller()
+                        })
+                        .map(|(id, _)| *id)
+                };
+                oldest(true).or_else(|| oldest(false))
             }
         }
         .map(|id| (id, Duration::ZERO));
@@ -983,6 +1012,7 @@ impl Slots {
         }
         let of_address = open.per_address.entry(address).or_insert_with(|| Address {
             open: 0,
+            without_caller: Arc::new(AtomicUsize::new(0)),
             unread: Arc::new(Unread::new(
                 slots.limits.unread_bytes_per_address,
                 "limits.unread_response_bytes_per_address",
@@ -993,6 +1023,8 @@ impl Slots {
             )),
         });
         of_address.open += 1;
+        of_address.without_caller.fetch_add(1, Ordering::SeqCst);
+        let without_caller = Arc::clone(&of_address.without_caller);
         let unread = [Arc::clone(&of_address.unread), Arc::clone(&slots.unread)];
         let receiving = (
             [
@@ -1007,7 +1039,12 @@ impl Slots {
         open.total += 1;
         let id = open.next;
         open.next += 1;
-        let activity = Arc::new(Activity::new(unread, receiving, Arc::clone(&slots.shares)));
+        let activity = Arc::new(Activity::new(
+            unread,
+            receiving,
+            Arc::clone(&slots.shares),
+            without_caller,
+        ));
         open.live.insert(id, (address, Arc::clone(&activity)));
         if let Some(key) = conn {
             CONNECTIONS
@@ -1217,10 +1254,28 @@ mod tests {
             used_by(&s, c, "frank"),
             used_by(&s, c, "gina"),
         ];
-        let _newcomer = Slots::take(&s, c, None).unwrap();
+        let newcomer = Slots::take(&s, c, None).unwrap();
         assert!(of_b.activity.evicted.load(Ordering::SeqCst));
         assert!(!of_a.activity.evicted.load(Ordering::SeqCst));
         assert!(!caller.activity.evicted.load(Ordering::SeqCst));
+        // The counts followed every place taken, called on, given up and closed.
+        let without_caller = |ip: &IpAddr| {
+            s.open
+                .lock()
+                .unwrap()
+                .per_address
+                .get(ip)
+                .map(|a| a.without_caller.load(Ordering::SeqCst))
+        };
+        assert_eq!(without_caller(&a), Some(1));
+        assert_eq!(without_caller(&b), None);
+        assert_eq!(without_caller(&c), Some(1));
+        newcomer.activity.call().0.authenticated("hank");
+        assert_eq!(without_caller(&c), Some(0));
+        drop(newcomer);
+        assert_eq!(without_caller(&c), Some(0));
+        drop(of_a);
+        assert_eq!(without_caller(&a), None);
     }
 
     #[test]
@@ -1354,6 +1409,7 @@ mod tests {
                 },
             ),
             Arc::new(Shares::new(&ConnectionLimits::default())),
+            Arc::new(AtomicUsize::new(1)),
         ));
         let waiter = tokio::spawn({
             let activity = Arc::clone(&activity);
