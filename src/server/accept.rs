@@ -608,12 +608,10 @@ impl Activity {
             .clone()
     }
 
-    /// Whether no call on the connection has been authenticated yet.
+    /// Whether no call on the connection has been authenticated yet (while it holds a place:
+    /// a place given up is uncounted too).
     fn has_no_caller(&self) -> bool {
-        self.caller
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+        self.counted_without_caller.load(Ordering::SeqCst)
     }
 
     /// No longer counted among its address's connections without a caller (once).

@@ -6660,7 +6660,7 @@ mod tests {
             refused_as_upload_and_value_and_twin_not(text, twin);
         }
         // A word that is no label, with a letter glued to digits, is not read as one.
-        for text in ["modell23456782 ", "artikel l23456783 "] {
+        for text in ["modell23456782 ", "artikel l23456782 "] {
             assert!(!scan_refuses(text.as_bytes(), 100, 3), "{text}");
         }
     }
