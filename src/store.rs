@@ -24,7 +24,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of the storage layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store is already initialised (`kluis init` ran before).
     #[error("the store is already initialised")]

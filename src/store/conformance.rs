@@ -1966,4 +1966,40 @@ fn lifecycle(store: &dyn Store) {
     };
     assert_eq!((count("zz"), count("m")), (1, 1));
     assert_eq!(store.record_with_facts("rec_none").unwrap(), None);
+    reads_at_once(
+        store,
+        &["rec_l3", "rec_l4", "rec_none", "rec_1", "rec_first"],
+    );
+}
+
+/// Reads of records with their facts from many threads at once (a store may answer reads
+/// that arrive together in one statement): each answers what the same read alone answers,
+/// whatever the reads beside it, the same record read by several and a missing one included.
+#[expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a test suite: failures must panic"
+)]
+fn reads_at_once(store: &dyn Store, ids: &[&str]) {
+    let alone: Vec<_> = ids
+        .iter()
+        .map(|id| store.record_with_facts(id).unwrap())
+        .collect();
+    assert!(alone.iter().filter(|a| a.is_some()).count() >= 2);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let alone = &alone;
+            s.spawn(move || {
+                for i in 0..150 {
+                    let n = (t * 7 + i * 3) % ids.len();
+                    assert_eq!(
+                        &store.record_with_facts(ids[n]).unwrap(),
+                        &alone[n],
+                        "{} read beside others",
+                        ids[n]
+                    );
+                }
+            });
+        }
+    });
 }

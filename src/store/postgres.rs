@@ -23,13 +23,14 @@
 mod audit;
 mod disclosures;
 mod evidence;
+mod group;
 mod keys;
 mod lifecycle;
 mod meta;
 mod records;
 mod rights;
 
-pub use records::FIND_TAGGED;
+pub use records::{FIND_TAGGED, RECORDS_WITH_FACTS};
 
 use std::{
     collections::HashMap,
@@ -348,6 +349,9 @@ pub struct PgStore {
     freed: Condvar,
     /// The last audit row this store appended (`append_on_own_tail`).
     own_tail: Mutex<Option<AuditRow>>,
+    /// `GetRecord`'s reads of a record with its fields and facts that arrive together, in one
+    /// statement (`RecordStore::record_with_facts`).
+    record_reads: group::ReadGroup<records::RecordWithFacts>,
 }
 
 #[derive(Default)]
@@ -416,6 +420,7 @@ impl PgStore {
             idle: Mutex::new(Pool::default()),
             freed: Condvar::new(),
             own_tail: Mutex::new(None),
+            record_reads: group::ReadGroup::default(),
         };
         store.migrate()?;
         Ok(store)

@@ -231,6 +231,88 @@ fn a_find_looks_up_each_probe_whatever_the_statistics() {
     check_find(&store, &mut db, "analysed while empty");
 }
 
+/// The statement that reads records with their facts for reads that arrive together reads every
+/// table through an index, for one id and for many, in a custom and in a generic plan, with
+/// and without statistics: a scan of every record per statement is what a join with the array
+/// was planned as.
+#[test]
+fn reads_together_look_up_each_record_whatever_the_plan() {
+    let Some(cluster) = pg::cluster() else { return };
+    for analyse_empty in [false, true] {
+        let (store, mut db) = tagged_records(&cluster.database(), analyse_empty);
+        for when in ["custom", "generic"] {
+            db.batch_execute(&format!("SET plan_cache_mode = force_{when}_plan"))
+                .unwrap();
+            for ids in [
+                vec!["rec-7"],
+                vec!["rec-7", "rec-none", "rec-4000", "rec-7"],
+            ] {
+                let plan: Vec<String> = db
+                    .query(
+                        &format!(
+                            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
+                            *kluis::store::postgres::RECORDS_WITH_FACTS
+                        ),
+                        &[&ids],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                let text = plan.join("\n");
+                let when = format!(
+                    "{when} plan, {} ids, analysed empty: {analyse_empty}",
+                    ids.len()
+                );
+                assert!(
+                    plan.iter()
+                        .any(|l| l.contains("Index") && l.contains(" on records")),
+                    "{when}: no index lookup of records:\n{text}"
+                );
+                assert!(!text.contains("Seq Scan"), "{when}: a scan:\n{text}");
+            }
+            // And the store's answer: each id's record with its field, in the order asked.
+            let read: Vec<_> = ["rec-7", "rec-none", "rec-4000"]
+                .iter()
+                .map(|id| {
+                    store
+                        .record_with_facts(id)
+                        .unwrap()
+                        .map(|(r, f, _)| (r.id, f.len()))
+                })
+                .collect();
+            assert_eq!(
+                read,
+                [
+                    Some(("rec-7".to_owned(), 1)),
+                    None,
+                    Some(("rec-4000".to_owned(), 1))
+                ]
+            );
+        }
+        // Planned once: a generic plan after the first five calls, as for any statement, where
+        // planning it costs more than running it for one id.
+        db.batch_execute("SET plan_cache_mode = auto").unwrap();
+        let sql = &*kluis::store::postgres::RECORDS_WITH_FACTS;
+        let statement = db.prepare(sql).unwrap();
+        for _ in 0..12 {
+            db.query(&statement, &[&vec!["rec-7"]]).unwrap();
+        }
+        let plans = db
+            .query_one(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+                 WHERE statement = $1",
+                &[&sql],
+            )
+            .unwrap();
+        let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+        assert!(
+            custom <= 5 && generic >= 7,
+            "planned again at calls: {generic} generic, {custom} custom plans"
+        );
+    }
+}
+
 /// A store on `url` holding 5,000 records with a tag each (tags 0–4095, so 904 of them twice),
 /// autovacuum off; `analyse_empty` analyses the tables before they are filled.
 fn tagged_records(url: &str, analyse_empty: bool) -> (PgStore, postgres::Client) {

@@ -114,7 +114,7 @@ impl LifecycleStore for PgStore {
         self.read_one(|tx| {
             let mut facts = SubjectFacts::default();
             for r in tx.all(FACTS, &[&subject])? {
-                add_fact(&mut facts, &r)?;
+                add_fact(&mut facts, &r, 0)?;
             }
             Ok(facts)
         })
@@ -199,67 +199,68 @@ impl LifecycleStore for PgStore {
     }
 }
 
-/// Adds one row of `FACTS` (or of the statement that reads a record with them) to `facts`.
-pub(super) fn add_fact(facts: &mut SubjectFacts, r: &Row) -> Result<(), StoreError> {
-    let kind: i16 = get(r, 0)?;
+/// Adds one row of `FACTS` (or of a statement that reads records with them) to `facts`: its
+/// columns from `at` on.
+pub(super) fn add_fact(facts: &mut SubjectFacts, r: &Row, at: usize) -> Result<(), StoreError> {
+    let kind: i16 = get(r, at)?;
     match kind {
         0 => {
             facts.anchor = Some(AnchorRow {
-                subject: get(r, 1)?,
-                holds: get_u32(r, 8)?,
-                consents: get_u32(r, 9)?,
-                mac: get(r, 11)?,
-                digest: get(r, 12)?,
+                subject: get(r, at + 1)?,
+                holds: get_u32(r, at + 8)?,
+                consents: get_u32(r, at + 9)?,
+                mac: get(r, at + 11)?,
+                digest: get(r, at + 12)?,
             });
         }
         1 => facts.consents.push(ConsentRow {
-            subject: get(r, 1)?,
-            purpose: get_named(r, 2, "purpose")?,
-            state: get_named(r, 3, "consent state")?,
-            recorded_by: get(r, 4)?,
-            at: get(r, 8)?,
-            mac: get(r, 11)?,
+            subject: get(r, at + 1)?,
+            purpose: get_named(r, at + 2, "purpose")?,
+            state: get_named(r, at + 3, "consent state")?,
+            recorded_by: get(r, at + 4)?,
+            at: get(r, at + 8)?,
+            mac: get(r, at + 11)?,
         }),
         2 => facts.holds.push(HoldRow {
-            id: get(r, 1)?,
-            subject: get(r, 2)?,
-            record_id: get(r, 3)?,
-            reason: get(r, 4)?,
-            case_ref: get(r, 5)?,
-            placed_by: get(r, 6)?,
-            released_by: get(r, 7)?,
-            placed_at: get(r, 8)?,
-            released_at: get(r, 9)?,
-            mac: get(r, 11)?,
+            id: get(r, at + 1)?,
+            subject: get(r, at + 2)?,
+            record_id: get(r, at + 3)?,
+            reason: get(r, at + 4)?,
+            case_ref: get(r, at + 5)?,
+            placed_by: get(r, at + 6)?,
+            released_by: get(r, at + 7)?,
+            placed_at: get(r, at + 8)?,
+            released_at: get(r, at + 9)?,
+            mac: get(r, at + 11)?,
         }),
         3 => {
-            let purposes: String = get(r, 4)?;
-            let categories: String = get(r, 5)?;
+            let purposes: String = get(r, at + 4)?;
+            let categories: String = get(r, at + 5)?;
             facts.mandates.push(MandateRow {
-                id: get(r, 1)?,
-                subject: get(r, 2)?,
-                representative: get(r, 3)?,
+                id: get(r, at + 1)?,
+                subject: get(r, at + 2)?,
+                representative: get(r, at + 3)?,
                 purposes: split_list(&purposes),
                 categories: split_list(&categories),
-                granted_by: get(r, 6)?,
-                valid_from: get(r, 8)?,
-                valid_until: get(r, 9)?,
-                revoked_at: get(r, 10)?,
-                mac: get(r, 11)?,
+                granted_by: get(r, at + 6)?,
+                valid_from: get(r, at + 8)?,
+                valid_until: get(r, at + 9)?,
+                revoked_at: get(r, at + 10)?,
+                mac: get(r, at + 11)?,
             });
         }
         5 => facts.restrictions.push(RestrictionRow {
-            id: get(r, 1)?,
-            subject: get(r, 2)?,
-            reason: get(r, 3)?,
-            placed_by: get(r, 4)?,
-            lifted_by: get(r, 5)?,
-            placed_at: get(r, 8)?,
-            lifted_at: get(r, 9)?,
-            mac: get(r, 11)?,
+            id: get(r, at + 1)?,
+            subject: get(r, at + 2)?,
+            reason: get(r, at + 3)?,
+            placed_by: get(r, at + 4)?,
+            lifted_by: get(r, at + 5)?,
+            placed_at: get(r, at + 8)?,
+            lifted_at: get(r, at + 9)?,
+            mac: get(r, at + 11)?,
         }),
-        4 => facts.keyed = get::<i64>(r, 8)? != 0,
-        7 => facts.destroyed.push(get(r, 1)?),
+        4 => facts.keyed = get::<i64>(r, at + 8)? != 0,
+        7 => facts.destroyed.push(get(r, at + 1)?),
         other => {
             return Err(StoreError::Corrupt(format!(
                 "a subject's facts: a row of unknown kind {other}"

@@ -37,30 +37,87 @@ const FACTS_WIDTH: usize = 14;
 /// field; the others are rows of `FACTS`.
 const RECORD_KIND: i16 = 6;
 
-/// A record with its fields and the facts of its subject, in one statement: the rows of `FACTS`
-/// about the subject the record names (each followed by empty record and field columns), and a
-/// row of kind `RECORD_KIND` per field (one with empty field columns when it has none) after
-/// as many empty columns as `FACTS` has. No record, no rows of that kind.
-static RECORD_WITH_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// Records with their fields and the facts of their subjects, in one statement, for the ids of
+/// the array `$1` (an id as often as it is named). Each row starts with the 1-based place of
+/// its id in the array; then, for each id, the rows of `FACTS` about the subject its record
+/// names (each followed by empty record and field columns) and a row of kind `RECORD_KIND` per
+/// field (one with empty field columns when it has none) after as many empty columns as
+/// `FACTS` has; an id without a record, no rows of that kind. In the order of the array.
+/// Every table is read through an index on the id or the subject, whatever the statistics and
+/// the plan (generic or not): the subject is one lookup per id in a subquery kept apart from
+/// the rest (`OFFSET 0`). The ids are taken by their places (`generate_subscripts`), of which
+/// the planner knows no count, so that it plans once for any number of them: with `unnest`,
+/// whose count it reads from the array at hand, it planned the statement again at every call
+/// (a generic plan for an unknown count never looked as cheap as a plan for one id), which
+/// cost a lone read twice PostgreSQL's CPU. `tests/it/postgres.rs` checks its plans.
+pub static RECORDS_WITH_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let facts = super::lifecycle::FACTS
         .trim_end()
         .trim_end_matches("ORDER BY 1, 14")
-        .replace("$1", "(SELECT subject FROM s)");
+        .replace("$1", "q.subject");
     let empty = |n: usize| vec!["NULL"; n].join(", ");
     format!(
-        "WITH s AS MATERIALIZED (SELECT subject FROM records WHERE id = $1)
-         SELECT f.*, {after_facts} FROM ({facts}) f
-         UNION ALL
-         SELECT {RECORD_KIND}::SMALLINT, {before_record}, {}, {}
-           FROM records r LEFT JOIN fields fl ON fl.record_id = r.id WHERE r.id = $1
-         ORDER BY 1, 14, {field_name}",
+        "SELECT q.i, x.* FROM (
+             SELECT i,
+                    (SELECT r0.subject FROM records r0
+                      WHERE r0.id = ($1::TEXT[])[i] COLLATE \"C\") subject,
+                    ($1::TEXT[])[i] COLLATE \"C\" id
+             FROM generate_subscripts($1::TEXT[], 1) AS i
+             OFFSET 0
+         ) q
+         CROSS JOIN LATERAL (
+             SELECT f.*, {after_facts} FROM ({facts}) f
+             UNION ALL
+             SELECT {RECORD_KIND}::SMALLINT, {before_record}, {}, {}
+               FROM records r LEFT JOIN fields fl ON fl.record_id = r.id
+              WHERE r.id = q.id COLLATE \"C\"
+         ) x
+         ORDER BY 1, 2, 15, {field_name}",
         qualified(RECORD_COLUMNS, "r"),
         qualified(FIELD_COLUMNS, "fl"),
         after_facts = empty(RECORD_WIDTH + FIELD_WIDTH),
         before_record = empty(FACTS_WIDTH - 1),
-        field_name = FACTS_WIDTH + RECORD_WIDTH + 1,
+        field_name = 1 + FACTS_WIDTH + RECORD_WIDTH + 1,
     )
 });
+
+/// A record with its fields and the facts of its subject.
+pub(super) type RecordWithFacts = (RecordRow, Vec<FieldRow>, SubjectFacts);
+
+/// Reads the records of `ids` with their fields and facts in one statement
+/// (`RECORDS_WITH_FACTS`): one answer per id, in their order.
+fn records_with_facts(
+    tx: &mut Tx<'_>,
+    ids: &[&str],
+) -> Result<Vec<Option<RecordWithFacts>>, StoreError> {
+    type Found = (Option<(RecordRow, Vec<FieldRow>)>, SubjectFacts);
+    let mut answers: Vec<Found> = (0..ids.len()).map(|_| Default::default()).collect();
+    for row in tx.all(&RECORDS_WITH_FACTS, &[&ids])? {
+        let place: i32 = get(&row, 0)?;
+        let (found, facts) = usize::try_from(place)
+            .ok()
+            .and_then(|p| p.checked_sub(1))
+            .and_then(|p| answers.get_mut(p))
+            .ok_or_else(|| {
+                StoreError::Database(format!("a row for read {place} of {}", ids.len()))
+            })?;
+        if get::<i16>(&row, 1)? != RECORD_KIND {
+            super::lifecycle::add_fact(facts, &row, 1)?;
+            continue;
+        }
+        let (_, fields) = match found {
+            Some(f) => f,
+            None => found.insert((record_from_row_at(&row, 1 + FACTS_WIDTH)?, Vec::new())),
+        };
+        if get::<Option<String>>(&row, 1 + FACTS_WIDTH + RECORD_WIDTH)?.is_some() {
+            fields.push(field_from_row(&row, 1 + FACTS_WIDTH + RECORD_WIDTH)?);
+        }
+    }
+    Ok(answers
+        .into_iter()
+        .map(|(found, facts)| found.map(|(record, fields)| (record, fields, facts)))
+        .collect())
+}
 
 impl RecordStore for PgStore {
     fn insert_record(&self, record: &RecordRow, fields: &[FieldRow]) -> Result<(), StoreError> {
@@ -113,25 +170,10 @@ impl RecordStore for PgStore {
         &self,
         id: &str,
     ) -> Result<Option<(RecordRow, Vec<FieldRow>, SubjectFacts)>, StoreError> {
-        // One statement: one snapshot and one round trip (see `RECORD_WITH_FACTS`).
-        self.read_one(|tx| {
-            let mut found: Option<(RecordRow, Vec<FieldRow>)> = None;
-            let mut facts = SubjectFacts::default();
-            for r in tx.all(&RECORD_WITH_FACTS, &[&id])? {
-                if get::<i16>(&r, 0)? != RECORD_KIND {
-                    super::lifecycle::add_fact(&mut facts, &r)?;
-                    continue;
-                }
-                let (_, fields) = match &mut found {
-                    Some(f) => f,
-                    None => found.insert((record_from_row_at(&r, FACTS_WIDTH)?, Vec::new())),
-                };
-                if get::<Option<String>>(&r, FACTS_WIDTH + RECORD_WIDTH)?.is_some() {
-                    fields.push(field_from_row(&r, FACTS_WIDTH + RECORD_WIDTH)?);
-                }
-            }
-            Ok(found.map(|(record, fields)| (record, fields, facts)))
-        })
+        // One statement for this read and those that arrive while others run (see
+        // `group::ReadGroup`): one snapshot for each, and one round trip for all of them.
+        self.record_reads
+            .read(id, |ids| self.read_one(|tx| records_with_facts(tx, ids)))
     }
 
     fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {
