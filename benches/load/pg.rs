@@ -210,6 +210,8 @@ impl Pg {
                     "shared_preload_libraries=pg_stat_statements",
                     "-c",
                     "pg_stat_statements.track=all",
+                    "-c",
+                    "pg_stat_statements.track_planning=on",
                 ][..]
             } else {
                 &[][..]
@@ -306,7 +308,8 @@ impl Pg {
     }
 
     /// The statements run on `database` since the last reset, most time first: calls, calls
-    /// per `per` requests, mean and total time, rows and the statement's first characters.
+    /// per `per` requests, mean and total time, how often it was planned and the mean time of
+    /// a planning, rows and the statement's first characters.
     pub fn statements(&self, database: &str, per: usize) -> Result<String, String> {
         self.psql_on(
             database,
@@ -314,10 +317,10 @@ impl Pg {
                 "SELECT calls, round(calls::numeric / {per}, 2) AS per_request, \
                  round(mean_exec_time::numeric * 1000) AS mean_us, \
                  round(total_exec_time::numeric) AS total_ms, \
-                 round(mean_plan_time::numeric * 1000) AS plan_us, rows, \
+                 plans, round(mean_plan_time::numeric * 1000) AS plan_us, rows, \
                  left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS statement \
                  FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
-                 WHERE d.datname = '{database}' ORDER BY total_exec_time DESC LIMIT 25",
+                 WHERE d.datname = '{database}' ORDER BY total_exec_time + total_plan_time DESC LIMIT 25",
                 per = per.max(1)
             ),
         )

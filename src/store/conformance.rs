@@ -1969,34 +1969,48 @@ fn lifecycle(store: &dyn Store) {
     reads_at_once(
         store,
         &["rec_l3", "rec_l4", "rec_none", "rec_1", "rec_first"],
+        &["life-1", "rel-1", "nobody", "rel-first"],
     );
 }
 
-/// Reads of records with their facts from many threads at once (a store may answer reads
-/// that arrive together in one statement): each answers what the same read alone answers,
-/// whatever the reads beside it, the same record read by several and a missing one included.
+/// Reads of records with their facts, and of subjects' facts, from many threads at once (a
+/// store may answer reads that arrive together in one statement): each answers what the same
+/// read alone answers, whatever the reads beside it, the same one read by several and a missing
+/// one included.
 #[expect(
     clippy::unwrap_used,
     clippy::indexing_slicing,
     reason = "a test suite: failures must panic"
 )]
-fn reads_at_once(store: &dyn Store, ids: &[&str]) {
-    let alone: Vec<_> = ids
+fn reads_at_once(store: &dyn Store, ids: &[&str], subjects: &[&str]) {
+    let records: Vec<_> = ids
         .iter()
         .map(|id| store.record_with_facts(id).unwrap())
         .collect();
-    assert!(alone.iter().filter(|a| a.is_some()).count() >= 2);
+    assert!(records.iter().filter(|a| a.is_some()).count() >= 2);
+    let facts: Vec<_> = subjects
+        .iter()
+        .map(|s| store.subject_facts(s).unwrap())
+        .collect();
+    assert!(facts.iter().filter(|f| f.anchor.is_some()).count() >= 2);
     std::thread::scope(|s| {
         for t in 0..8 {
-            let alone = &alone;
+            let (records, facts) = (&records, &facts);
             s.spawn(move || {
                 for i in 0..150 {
                     let n = (t * 7 + i * 3) % ids.len();
                     assert_eq!(
                         &store.record_with_facts(ids[n]).unwrap(),
-                        &alone[n],
+                        &records[n],
                         "{} read beside others",
                         ids[n]
+                    );
+                    let n = (t * 5 + i) % subjects.len();
+                    assert_eq!(
+                        &store.subject_facts(subjects[n]).unwrap(),
+                        &facts[n],
+                        "the facts of {} read beside others",
+                        subjects[n]
                     );
                 }
             });
