@@ -148,9 +148,11 @@ impl<T> Lead<'_, T> {
 impl<T> Drop for Lead<'_, T> {
     fn drop(&mut self) {
         // Answered already, unless the leader unwound.
-        self.fail(&StoreError::Database(
-            "a read of the same statement failed".into(),
-        ));
+        if !self.behind.is_empty() {
+            self.fail(&StoreError::Database(
+                "a read of the same statement failed".into(),
+            ));
+        }
         let mut state = self.group.lock();
         if state.queued.is_empty() {
             state.leading -= 1;
