@@ -313,6 +313,44 @@ fn reads_together_look_up_each_record_whatever_the_plan() {
     }
 }
 
+/// A row edited by hand fails the read of its record, and only that one: reads of other records
+/// that share its statement (reads that arrive together are answered by one) are answered.
+#[test]
+fn an_edited_row_fails_its_own_read_and_not_those_beside_it() {
+    let Some(cluster) = pg::cluster() else { return };
+    let (store, mut db) = tagged_records(&cluster.database(), false);
+    db.batch_execute("UPDATE fields SET category = 'gossip' WHERE record_id = 'rec-9'")
+        .unwrap();
+    let edited = store.record_with_facts("rec-9").unwrap_err();
+    assert!(matches!(edited, StoreError::Corrupt(_)), "{edited}");
+    let failed_beside = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (store, failed_beside) = (&store, &failed_beside);
+            s.spawn(move || {
+                for i in 0..100 {
+                    let id = if (t + i) % 3 == 0 { "rec-9" } else { "rec-7" };
+                    match (id, store.record_with_facts(id)) {
+                        ("rec-9", Err(StoreError::Corrupt(_))) => {}
+                        ("rec-7", Ok(Some((record, fields, _)))) => {
+                            assert_eq!((record.id.as_str(), fields.len()), ("rec-7", 1));
+                        }
+                        (_, other) => {
+                            failed_beside.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            assert!(id == "rec-7", "{id}: {other:?}");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        failed_beside.into_inner(),
+        0,
+        "reads of rec-7 failed beside the edited row"
+    );
+}
+
 /// A store on `url` holding 5,000 records with a tag each (tags 0–4095, so 904 of them twice),
 /// autovacuum off; `analyse_empty` analyses the tables before they are filled.
 fn tagged_records(url: &str, analyse_empty: bool) -> (PgStore, postgres::Client) {

@@ -9,6 +9,10 @@
 //! queues. A leader that is done answers each read of its statement and hands the lead, with
 //! everything queued, to the first read queued, or gives up its place when none is.
 //!
+//! A statement that fails (the database) fails every read of it; a row that cannot be read
+//! fails only the read it answers, so that a row edited by hand does not fail the reads of
+//! other records that happened to share its statement.
+//!
 //! Invariant: every read queued is answered or led exactly once, also when a leader unwinds
 //! (`Lead`'s `Drop` answers what it holds and passes the lead on).
 
@@ -19,12 +23,16 @@ use crate::wait::Slot;
 
 /// What a read queued is given: its answer, or the lead with the reads queued behind it.
 enum Turn<T> {
-    Done(Result<Option<T>, StoreError>),
+    Done(Answer<T>),
     Lead(Vec<Queued<T>>),
 }
 
-/// What runs one statement: the answers to its keys, in their order.
-type Run<'r, T> = &'r dyn Fn(&[&str]) -> Result<Vec<Option<T>>, StoreError>;
+/// The answer to one read: its row, none, or why its rows could not be read.
+pub(super) type Answer<T> = Result<Option<T>, StoreError>;
+
+/// What runs one statement: the answers to its keys, in their order; an error when the
+/// statement itself failed.
+type Run<'r, T> = &'r dyn Fn(&[&str]) -> Result<Vec<Answer<T>>, StoreError>;
 
 /// A read waiting in the queue.
 struct Queued<T> {
@@ -68,8 +76,8 @@ impl<T> ReadGroup<T> {
     pub(super) fn read(
         &self,
         key: &str,
-        run: impl Fn(&[&str]) -> Result<Vec<Option<T>>, StoreError>,
-    ) -> Result<Option<T>, StoreError> {
+        run: impl Fn(&[&str]) -> Result<Vec<Answer<T>>, StoreError>,
+    ) -> Answer<T> {
         let mut state = self.lock();
         let behind = if state.leading < LEADERS {
             state.leading += 1;
@@ -108,18 +116,18 @@ struct Lead<'g, T> {
 }
 
 impl<T> Lead<'_, T> {
-    fn run(&mut self, own: &str, run: Run<'_, T>) -> Result<Option<T>, StoreError> {
+    fn run(&mut self, own: &str, run: Run<'_, T>) -> Answer<T> {
         let mut keys = Vec::with_capacity(self.behind.len() + 1);
         keys.push(own);
         keys.extend(self.behind.iter().map(|q| q.key.as_str()));
         match run(&keys) {
             Ok(answers) if answers.len() == keys.len() => {
                 let mut answers = answers.into_iter();
-                let mine = answers.next().flatten();
+                let mine = answers.next().unwrap_or(Ok(None));
                 for (queued, answer) in std::mem::take(&mut self.behind).into_iter().zip(answers) {
-                    queued.slot.give(Turn::Done(Ok(answer)));
+                    queued.slot.give(Turn::Done(answer));
                 }
-                Ok(mine)
+                mine
             }
             Ok(answers) => {
                 let e = StoreError::Database(format!(
@@ -190,7 +198,7 @@ mod tests {
             }
         }
 
-        fn run(&self, keys: &[&str]) -> Result<Vec<Option<usize>>, StoreError> {
+        fn run(&self, keys: &[&str]) -> Result<Vec<Answer<usize>>, StoreError> {
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_at_once.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(2));
@@ -198,7 +206,10 @@ mod tests {
             self.running.fetch_sub(1, Ordering::SeqCst);
             Ok(keys
                 .iter()
-                .map(|k| (!k.starts_with('-')).then_some(k.len() * 10))
+                .map(|k| match k.chars().next() {
+                    Some('!') => Err(StoreError::Corrupt(format!("the row of {k}"))),
+                    _ => Ok((!k.starts_with('-')).then_some(k.len() * 10)),
+                })
                 .collect())
         }
     }
@@ -213,13 +224,24 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..40 {
                         // Keys of different lengths, some asked by several at once, some
-                        // without an answer.
-                        let key = match (t + i) % 4 {
+                        // without an answer, and some whose rows cannot be read: those fail
+                        // alone.
+                        let key = match (t + i) % 5 {
                             0 => "-".repeat(1 + i % 3),
+                            1 => "!".repeat(1 + i % 2),
                             n => "k".repeat(n + t),
                         };
-                        let want = (!key.starts_with('-')).then_some(key.len() * 10);
-                        assert_eq!(group.read(&key, |k| statement.run(k)).unwrap(), want);
+                        let read = group.read(&key, |k| statement.run(k));
+                        if key.starts_with('!') {
+                            let e = read.unwrap_err();
+                            assert_eq!(
+                                e.to_string(),
+                                format!("corrupt stored value in the row of {key}")
+                            );
+                        } else {
+                            let want = (!key.starts_with('-')).then_some(key.len() * 10);
+                            assert_eq!(read.unwrap(), want);
+                        }
                     }
                 });
             }
@@ -267,7 +289,7 @@ mod tests {
                                             }
                                             return Err(StoreError::Unavailable("gone".into()));
                                         }
-                                        Ok(keys.iter().map(|k| Some(k.len())).collect())
+                                        Ok(keys.iter().map(|k| Ok(Some(k.len()))).collect())
                                     })
                                 }));
                             match read {
@@ -292,7 +314,7 @@ mod tests {
             assert!(failed.load(Ordering::SeqCst) > 0);
             assert_eq!(group.lock().leading, 0, "unwind: {unwind}");
             assert!(group.lock().queued.is_empty());
-            let lengths = |keys: &[&str]| Ok(keys.iter().map(|k| Some(k.len())).collect());
+            let lengths = |keys: &[&str]| Ok(keys.iter().map(|k| Ok(Some(k.len()))).collect());
             assert_eq!(group.read("ab", lengths).unwrap(), Some(2));
         }
     }

@@ -85,38 +85,55 @@ pub static RECORDS_WITH_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock
 pub(super) type RecordWithFacts = (RecordRow, Vec<FieldRow>, SubjectFacts);
 
 /// Reads the records of `ids` with their fields and facts in one statement
-/// (`RECORDS_WITH_FACTS`): one answer per id, in their order.
+/// (`RECORDS_WITH_FACTS`): one answer per id, in their order. A row that cannot be read fails
+/// the answer of its id alone.
 fn records_with_facts(
     tx: &mut Tx<'_>,
     ids: &[&str],
-) -> Result<Vec<Option<RecordWithFacts>>, StoreError> {
+) -> Result<Vec<group::Answer<RecordWithFacts>>, StoreError> {
     type Found = (Option<(RecordRow, Vec<FieldRow>)>, SubjectFacts);
-    let mut answers: Vec<Found> = (0..ids.len()).map(|_| Default::default()).collect();
+    let mut answers: Vec<Result<Found, StoreError>> =
+        (0..ids.len()).map(|_| Ok(Default::default())).collect();
     for row in tx.all(&RECORDS_WITH_FACTS, &[&ids])? {
         let place: i32 = get(&row, 0)?;
-        let (found, facts) = usize::try_from(place)
+        let answer = usize::try_from(place)
             .ok()
             .and_then(|p| p.checked_sub(1))
             .and_then(|p| answers.get_mut(p))
             .ok_or_else(|| {
                 StoreError::Database(format!("a row for read {place} of {}", ids.len()))
             })?;
-        if get::<i16>(&row, 1)? != RECORD_KIND {
-            super::lifecycle::add_fact(facts, &row, 1)?;
-            continue;
-        }
-        let (_, fields) = match found {
-            Some(f) => f,
-            None => found.insert((record_from_row_at(&row, 1 + FACTS_WIDTH)?, Vec::new())),
-        };
-        if get::<Option<String>>(&row, 1 + FACTS_WIDTH + RECORD_WIDTH)?.is_some() {
-            fields.push(field_from_row(&row, 1 + FACTS_WIDTH + RECORD_WIDTH)?);
+        if let Ok((found, facts)) = answer
+            && let Err(e) = add_row(found, facts, &row)
+        {
+            *answer = Err(e);
         }
     }
     Ok(answers
         .into_iter()
-        .map(|(found, facts)| found.map(|(record, fields)| (record, fields, facts)))
+        .map(|answer| {
+            answer.map(|(found, facts)| found.map(|(record, fields)| (record, fields, facts)))
+        })
         .collect())
+}
+
+/// Adds a row of `RECORDS_WITH_FACTS` to what was read for its id.
+fn add_row(
+    found: &mut Option<(RecordRow, Vec<FieldRow>)>,
+    facts: &mut SubjectFacts,
+    row: &Row,
+) -> Result<(), StoreError> {
+    if get::<i16>(row, 1)? != RECORD_KIND {
+        return super::lifecycle::add_fact(facts, row, 1);
+    }
+    let (_, fields) = match found {
+        Some(f) => f,
+        None => found.insert((record_from_row_at(row, 1 + FACTS_WIDTH)?, Vec::new())),
+    };
+    if get::<Option<String>>(row, 1 + FACTS_WIDTH + RECORD_WIDTH)?.is_some() {
+        fields.push(field_from_row(row, 1 + FACTS_WIDTH + RECORD_WIDTH)?);
+    }
+    Ok(())
 }
 
 impl RecordStore for PgStore {
