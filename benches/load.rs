@@ -63,8 +63,9 @@
 //! after the rounds: the 1M-record search figure without the 1M rewrap.
 //!
 //! `--pg-statements` (with `--store postgres`) has the cluster count statements
-//! (`pg_stat_statements`) and prints, for the first round of each kluis case at 64 clients,
-//! what kluis ran on PostgreSQL: calls per request, mean execution and planning time.
+//! (`pg_stat_statements`) and prints, for the first round of each kluis case at each client
+//! count, what kluis ran on PostgreSQL: calls per request, mean execution time, and how often
+//! each statement was planned and for how long.
 //!
 //! `--json F` writes every figure: per case rate, latencies and CPU (`results`), the ratios to
 //! PostgreSQL (`versus_postgresql`), the node comparison (`nodes_comparison`), and the store and
@@ -904,10 +905,9 @@ fn main() {
             for round in 0..2 {
                 for &target in targets.iter().filter(|t| t.runs_with(clients)) {
                     // `--pg-statements`: what kluis ran on PostgreSQL in the first round of
-                    // each of its cases at 64 clients.
+                    // each of its cases, at each client count.
                     let count_statements = o.pg_statements
                         && o.store == StoreKind::Postgres
-                        && clients == 64
                         && round == 0
                         && matches!(target, Target::Get(_) | Target::Put(_) | Target::Find);
                     if count_statements && let Some(pg) = pg.as_ref() {
