@@ -7,7 +7,8 @@
 //! At most `LEADERS` statements of a group run at a time. A read that finds fewer running leads
 //! one at once, with itself and whatever is queued (a lone read waits for no one); otherwise it
 //! queues. A leader that is done answers each read of its statement and hands the lead, with
-//! everything queued, to the first read queued, or gives up its place when none is.
+//! the reads queued behind it (up to `MOST` in all), to the first read queued, or gives up its
+//! place when none is.
 //!
 //! A statement that fails (the database) fails every read of it; a row that cannot be read
 //! fails only the read it answers, so that a row edited by hand does not fail the reads of
