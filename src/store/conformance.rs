@@ -368,8 +368,34 @@ pub fn run_all(store: &dyn Store) {
     assert!(store.record("rec_late").unwrap().is_none());
     assert_eq!(
         store.subject_key("rel-first", "nuisance").unwrap(),
-        Some(first_key)
+        Some(first_key.clone())
     );
+    // A first key stored with a record whose field is sealed under another generation (one the
+    // subject does not have): `StaleGeneration`, and neither is stored.
+    let second_key = SubjectKeyRow {
+        subject: "rel-second".into(),
+        ..first_key.clone()
+    };
+    let second = RecordRow {
+        id: "rec_second".into(),
+        subject: "rel-second".into(),
+        ..first.clone()
+    };
+    assert!(matches!(
+        store.insert_record_with_key(
+            &second_key,
+            &anchor("rel-second"),
+            &second,
+            &[FieldRow {
+                key_gen: 2,
+                ..field("phone", 1)
+            }]
+        ),
+        Err(StoreError::StaleGeneration { generation: 2, .. })
+    ));
+    assert!(store.record("rec_second").unwrap().is_none());
+    assert_eq!(store.subject_key("rel-second", "nuisance").unwrap(), None);
+    assert!(!has_anchor("rel-second"));
     assert_eq!(delete(store, "rec_first").unwrap(), Some(true));
 
     // Updates replace and add fields, over the field-set MAC as read only.

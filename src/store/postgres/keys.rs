@@ -570,22 +570,7 @@ pub(super) fn insert_first_subject_key(
     // inserted), the subject's anchor when it has none, and the key when the subject has none
     // under the purpose.
     let found = tx.one(
-        &format!(
-            "WITH live AS (
-                 SELECT state FROM purpose_keys WHERE purpose = $2 AND version = $4 FOR SHARE
-             ), anchor AS (
-                 INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
-                 SELECT $11, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM live WHERE state = 'active')
-                 ON CONFLICT (subject) DO NOTHING
-             ), key AS (
-                 INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
-                 SELECT $1, $2, $3, $4, $5, $6
-                 WHERE EXISTS (SELECT 1 FROM live WHERE state = 'active')
-                   AND NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1 AND purpose = $2)
-                 RETURNING 1
-             )
-             SELECT (SELECT state FROM live), (SELECT count(*) FROM key)"
-        ),
+        &INSERT_FIRST_KEY,
         &[
             &row.subject,
             &row.purpose.as_str(),
@@ -609,3 +594,34 @@ pub(super) fn insert_first_subject_key(
     }
     Ok(get::<i64>(&found, 1)? == 1)
 }
+
+/// The CTEs `live`, `anchor` and `key` of a statement that stores a subject's first key of a
+/// purpose (parameters `$1` to `$6` its row, `$7` to `$11` the subject's anchor): the purpose
+/// key version locked and read, the anchor stored unless the subject has one, and the key when
+/// the subject has none of the purpose; nothing unless the version is the active one.
+pub(super) fn first_key_ctes() -> String {
+    format!(
+        "live AS (
+             SELECT state FROM purpose_keys WHERE purpose = $2 AND version = $4 FOR SHARE
+         ), anchor AS (
+             INSERT INTO subject_anchors (subject, holds, consents, mac, digest)
+             SELECT $11, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM live WHERE state = 'active')
+             ON CONFLICT (subject) DO NOTHING
+         ), key AS (
+             INSERT INTO subject_keys ({SUBJECT_KEY_COLUMNS})
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE EXISTS (SELECT 1 FROM live WHERE state = 'active')
+               AND NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1 AND purpose = $2)
+             RETURNING 1
+         )"
+    )
+}
+
+/// A subject's first key of a purpose (`first_key_ctes`); the version's state and the count of
+/// keys stored.
+static INSERT_FIRST_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH {} SELECT (SELECT state FROM live), (SELECT count(*) FROM key)",
+        first_key_ctes()
+    )
+});

@@ -148,11 +148,22 @@ impl RecordStore for PgStore {
         record: &RecordRow,
         fields: &[FieldRow],
     ) -> Result<(), StoreError> {
+        // The key and the record in one statement, when every field is sealed under that key
+        // (as the vault writes them).
+        let under_key = key.subject == record.subject
+            && key.purpose == record.purpose
+            && fields.iter().all(|f| f.key_gen == key.generation);
         self.write(|tx| {
-            if !super::keys::insert_first_subject_key(tx, key, anchor)? {
+            let stored = if under_key {
+                insert_record_with_first_key(tx, key, anchor, record, fields)?
+            } else {
+                super::keys::insert_first_subject_key(tx, key, anchor)?
+                    && insert_record_in(tx, record, fields, Some(key)).map(|()| true)?
+            };
+            if !stored {
                 return Err(StoreError::first_key_taken(key.purpose));
             }
-            insert_record_in(tx, record, fields, Some(key))
+            Ok(())
         })
     }
 
@@ -833,70 +844,161 @@ fn insert_record_in(
     // three. Each part runs after the one before it (it reads what that one stored), and what
     // each stored is counted, so that a row the database dropped (a trigger someone added)
     // fails the write as `Tx::insert` does.
-    let as_stored = super::stored_as(record)?;
-    let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-    let categories: Vec<&str> = fields.iter().map(|f| f.category.as_str()).collect();
-    let kinds: Vec<&str> = fields.iter().map(|f| f.kind.as_str()).collect();
-    let key_gens: Vec<i64> = fields.iter().map(|f| i64::from(f.key_gen)).collect();
-    let sealed: Vec<&[u8]> = fields.iter().map(|f| f.sealed.as_slice()).collect();
-    let macs: Vec<&[u8]> = fields.iter().map(|f| f.mac.as_slice()).collect();
-    let versions: Vec<&str> = fields.iter().map(|f| f.version.as_str()).collect();
-    let tagged: Vec<(&str, &TagRow)> = fields
-        .iter()
-        .flat_map(|f| f.tags.iter().map(move |t| (f.name.as_str(), t)))
-        .collect();
-    let tag_fields: Vec<&str> = tagged.iter().map(|(f, _)| *f).collect();
-    let tag_versions: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.version)).collect();
-    let tag_bits: Vec<i64> = tagged.iter().map(|(_, t)| i64::from(t.bits)).collect();
-    let tags: Vec<i64> = tagged.iter().map(|(_, t)| t.tag).collect();
-    let mut params = super::record_params(record, &as_stored).to_vec();
+    let insert = RecordInsert::new(record, fields)?;
+    let mut params = Vec::with_capacity(RECORD_INSERT_PARAMS);
+    insert.params(&mut params);
+    let stored = tx.insert_returning(&INSERT_RECORD_WITH_FIELDS, &params, |t| insert.names(t))?;
+    insert.check([get(&stored, 0)?, get(&stored, 1)?, get(&stored, 2)?])
+}
+
+/// Inserts a subject's first key of the record's purpose, with the subject's anchor unless it
+/// has one, and the record (its fields sealed under that key) in one statement, in the
+/// caller's transaction: as `keys::insert_first_subject_key` and then `insert_record_in`, one
+/// round trip where those take two. Returns false, storing nothing, when the subject has a key
+/// of the purpose already.
+fn insert_record_with_first_key(
+    tx: &mut Tx<'_>,
+    key: &SubjectKeyRow,
+    anchor: &AnchorRow,
+    record: &RecordRow,
+    fields: &[FieldRow],
+) -> Result<bool, StoreError> {
+    let insert = RecordInsert::new(record, fields)?;
+    let generation = i64::from(key.generation);
+    let purpose_version = i64::from(key.purpose_version);
+    let (holds, consents) = (i64::from(anchor.holds), i64::from(anchor.consents));
+    let purpose = key.purpose.as_str();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(11 + RECORD_INSERT_PARAMS);
     params.extend_from_slice(&[
-        &names as &(dyn ToSql + Sync),
-        &categories,
-        &kinds,
-        &key_gens,
-        &sealed,
-        &macs,
-        &versions,
-        &tag_fields,
-        &tag_versions,
-        &tag_bits,
-        &tags,
+        &key.subject,
+        &purpose,
+        &generation,
+        &purpose_version,
+        &key.wrapped,
+        &key.created_at,
+        &holds,
+        &consents,
+        &anchor.mac,
+        &anchor.digest,
+        &anchor.subject,
     ]);
-    let stored = tx.insert_returning(&INSERT_RECORD_WITH_FIELDS, &params, |table| {
-        match (table, names.as_slice()) {
-            ("records", _) => Some(format!("record `{}`", record.id)),
+    insert.params(&mut params);
+    let stored =
+        tx.insert_returning(&INSERT_RECORD_WITH_FIRST_KEY, &params, |t| insert.names(t))?;
+    let state: Option<String> = get(&stored, 0)?;
+    if state.as_deref() != Some("active") {
+        return Err(StoreError::NotLive {
+            purpose: key.purpose.as_str().to_owned(),
+            version: key.purpose_version,
+        });
+    }
+    if get::<i64>(&stored, 1)? != 1 {
+        return Ok(false);
+    }
+    insert.check([get(&stored, 2)?, get(&stored, 3)?, get(&stored, 4)?])?;
+    Ok(true)
+}
+
+/// How many parameters `RecordInsert::params` adds.
+const RECORD_INSERT_PARAMS: usize = 21;
+
+/// The parameters of an insert of a record, its fields and their search tags
+/// (`record_ctes`), and the check of what it stored.
+struct RecordInsert<'a> {
+    record: &'a RecordRow,
+    as_stored: (&'static str, String),
+    names: Vec<&'a str>,
+    categories: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    key_gens: Vec<i64>,
+    sealed: Vec<&'a [u8]>,
+    macs: Vec<&'a [u8]>,
+    versions: Vec<&'a str>,
+    tag_fields: Vec<&'a str>,
+    tag_versions: Vec<i64>,
+    tag_bits: Vec<i64>,
+    tags: Vec<i64>,
+}
+
+impl<'a> RecordInsert<'a> {
+    fn new(record: &'a RecordRow, fields: &'a [FieldRow]) -> Result<Self, StoreError> {
+        let tagged: Vec<(&str, &TagRow)> = fields
+            .iter()
+            .flat_map(|f| f.tags.iter().map(move |t| (f.name.as_str(), t)))
+            .collect();
+        Ok(Self {
+            record,
+            as_stored: super::stored_as(record)?,
+            names: fields.iter().map(|f| f.name.as_str()).collect(),
+            categories: fields.iter().map(|f| f.category.as_str()).collect(),
+            kinds: fields.iter().map(|f| f.kind.as_str()).collect(),
+            key_gens: fields.iter().map(|f| i64::from(f.key_gen)).collect(),
+            sealed: fields.iter().map(|f| f.sealed.as_slice()).collect(),
+            macs: fields.iter().map(|f| f.mac.as_slice()).collect(),
+            versions: fields.iter().map(|f| f.version.as_str()).collect(),
+            tag_fields: tagged.iter().map(|(f, _)| *f).collect(),
+            tag_versions: tagged.iter().map(|(_, t)| i64::from(t.version)).collect(),
+            tag_bits: tagged.iter().map(|(_, t)| i64::from(t.bits)).collect(),
+            tags: tagged.iter().map(|(_, t)| t.tag).collect(),
+        })
+    }
+
+    /// Adds the parameters, in the order of `record_ctes`.
+    fn params<'p>(&'p self, params: &mut Vec<&'p (dyn ToSql + Sync)>) {
+        params.extend_from_slice(&super::record_params(self.record, &self.as_stored));
+        params.extend_from_slice(&[
+            &self.names as &(dyn ToSql + Sync),
+            &self.categories,
+            &self.kinds,
+            &self.key_gens,
+            &self.sealed,
+            &self.macs,
+            &self.versions,
+            &self.tag_fields,
+            &self.tag_versions,
+            &self.tag_bits,
+            &self.tags,
+        ]);
+    }
+
+    /// What a unique key violated in `table` names.
+    fn names(&self, table: &str) -> Option<String> {
+        match (table, self.names.as_slice()) {
+            ("records", _) => Some(format!("record `{}`", self.record.id)),
             ("fields", [one]) => Some(format!("field `{one}`")),
-            ("fields", _) => Some(format!("a field of `{}`", names.join("`, `"))),
+            ("fields", _) => Some(format!("a field of `{}`", self.names.join("`, `"))),
             _ => None,
         }
-    })?;
-    let counts = [
-        get::<i64>(&stored, 0)?,
-        get::<i64>(&stored, 1)?,
-        get::<i64>(&stored, 2)?,
-    ];
-    let wanted = [1, names.len(), tags.len()].map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-    if counts != wanted {
-        return Err(StoreError::Database(format!(
+    }
+
+    /// Fails unless the rows stored (records, fields, tags) are the rows given.
+    fn check(&self, counts: [i64; 3]) -> Result<(), StoreError> {
+        let wanted =
+            [1, self.names.len(), self.tags.len()].map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        if counts == wanted {
+            return Ok(());
+        }
+        Err(StoreError::Database(format!(
             "record `{}` was not stored whole (the database dropped {} of its {} rows)",
-            record.id,
+            self.record.id,
             wanted
                 .iter()
                 .zip(&counts)
                 .map(|(w, c)| w.saturating_sub(*c))
                 .sum::<i64>(),
             wanted.iter().sum::<i64>()
-        )));
+        )))
     }
-    Ok(())
 }
 
-/// A record, its fields and their search tags, in one statement; the counts of rows stored.
-static INSERT_RECORD_WITH_FIELDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH r AS (
-             INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+/// The CTEs `r`, `f` and `t` that insert a record, its fields and their search tags, taking
+/// `RecordInsert::params` from `$from`; the record only when `guard` holds. Each part runs
+/// after the one before it (it reads what that one stored).
+fn record_ctes(from: usize, guard: &str) -> String {
+    let ctes = format!(
+        "r AS (
+             INSERT INTO records ({RECORD_COLUMNS})
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE {guard}
              RETURNING 1
          ), f AS (
              INSERT INTO fields (record_id, name, category, kind, key_gen, sealed, mac, version)
@@ -911,8 +1013,49 @@ static INSERT_RECORD_WITH_FIELDS: std::sync::LazyLock<String> = std::sync::LazyL
                   AS u (name, version, bits, tag)
              WHERE EXISTS (SELECT 1 FROM f)
              RETURNING 1
-         )
-         SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM f), (SELECT count(*) FROM t)"
+         )"
+    );
+    // Every parameter `$n` of the text above becomes `$(n + from - 1)`.
+    let mut out = String::with_capacity(ctes.len() + 32);
+    let mut rest = ctes.as_str();
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + from - 1).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A record, its fields and their search tags, in one statement; the counts of rows stored.
+static INSERT_RECORD_WITH_FIELDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH {}
+         SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM f), (SELECT count(*) FROM t)",
+        record_ctes(1, "TRUE")
+    )
+});
+
+/// A subject's first key of a purpose (with the subject's anchor unless it has one) and a
+/// record sealed under it, in one statement: the purpose key version locked and checked (its
+/// state is answered; nothing is stored unless it is the active one, as in
+/// `keys::insert_first_subject_key`), the key stored when the subject has none of the purpose,
+/// and the record only when the key was. Answers the version's state and the counts of keys,
+/// records, fields and tags stored.
+static INSERT_RECORD_WITH_FIRST_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH {}, {}
+             SELECT (SELECT state FROM live), (SELECT count(*) FROM key),
+                    (SELECT count(*) FROM r), (SELECT count(*) FROM f), (SELECT count(*) FROM t)",
+        super::keys::first_key_ctes(),
+        record_ctes(12, "EXISTS (SELECT 1 FROM key)")
     )
 });
 
