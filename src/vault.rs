@@ -1684,7 +1684,8 @@ impl Vault {
         let known = || -> Result<bool, VaultError> {
             let purpose = record_meta(record)?.purpose;
             let mut stored = Vec::new();
-            if let Some((_, fields)) = self.store.record(&record.id)? {
+            if let Some((row, fields)) = self.store.record(&record.id)? {
+                answers(&record.id, &row)?;
                 for f in &fields {
                     stored.push(resource(record, purpose, f)?);
                 }
@@ -1868,6 +1869,7 @@ impl Vault {
             .store
             .record(record_id.as_str())?
             .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
+        answers(record_id.as_str(), &record)?;
         self.rows.check(&record)?;
         self.rows.check_fields(&record, &fields)?;
         Ok((record, fields))
@@ -1883,6 +1885,7 @@ impl Vault {
             .store
             .record_with_facts(record_id.as_str())?
             .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
+        answers(record_id.as_str(), &record)?;
         self.rows.check(&record)?;
         self.rows.check_fields(&record, &fields)?;
         self.check_facts(&record.subject, &facts)?;
@@ -1903,6 +1906,7 @@ impl Vault {
             .into_iter()
             .next()
             .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
+        answers(record_id.as_str(), &record)?;
         self.rows.check(&record)?;
         self.rows.check_field_metas(&record, &metas)?;
         let rows: Vec<FieldRow> = value.into_iter().collect();
@@ -1941,6 +1945,7 @@ impl Vault {
             .into_iter()
             .next()
             .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
+        answers(record_id.as_str(), &record)?;
         self.rows.check(&record)?;
         self.rows.check_field_metas(&record, &metas)?;
         Ok((record, metas))
@@ -2212,6 +2217,19 @@ fn deny_summary(resources: &[FieldResource], decisions: &[Decision]) -> String {
     }
 }
 
+/// Fails unless `record` is the record `asked` for: a store that answered one read with the row
+/// of another (authentic in itself, so its MAC holds) is not obeyed.
+pub(crate) fn answers(asked: &str, record: &RecordRow) -> Result<(), VaultError> {
+    if record.id == asked {
+        return Ok(());
+    }
+    tracing::error!(asked, answered = %record.id, "the store answered a read with another record; run `kluis admin store verify`");
+    Err(StoreError::Corrupt(format!(
+        "the store answered the read of record `{asked}` with another record"
+    ))
+    .into())
+}
+
 /// An audit event that names who called: the service and the employee it acts for, as
 /// `Principal` carries them. Every entry about a caller starts from it.
 pub(crate) fn caller_event(principal: &Principal) -> AuditEvent {
@@ -2233,5 +2251,29 @@ mod tests {
         let text = into_text(Zeroizing::new(b"Kastanjelaan 12".to_vec())).unwrap();
         assert_eq!(text.as_str(), "Kastanjelaan 12");
         assert!(into_text(Zeroizing::new(vec![0x4b, 0xff, 0x31])).is_none());
+    }
+
+    #[test]
+    fn a_record_answered_for_another_read_is_not_obeyed() {
+        let row = RecordRow {
+            id: "rec_b".into(),
+            subject: "REL-1".into(),
+            purpose: Purpose::Nuisance,
+            labels: BTreeMap::new(),
+            created_at: 1,
+            updated_at: 1,
+            closed_at: None,
+            expires_at: None,
+            mac: vec![1; 32],
+            fields_mac: vec![2; 32],
+        };
+        answers("rec_b", &row).unwrap();
+        let err = answers("rec_a", &row).unwrap_err();
+        assert!(
+            matches!(&err, VaultError::Store(StoreError::Corrupt(why)) if why.contains("`rec_a`")),
+            "{err:?}"
+        );
+        // Neither the id answered nor anything of its row is named to the caller.
+        assert!(!err.to_string().contains("rec_b"), "{err}");
     }
 }

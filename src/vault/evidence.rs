@@ -217,6 +217,7 @@ impl Vault {
             let Some((stored, fields)) = self.store.record(&record.id)? else {
                 return Ok(());
             };
+            super::answers(&record.id, &stored)?;
             let name = start.name.as_str();
             let taken: Option<FieldResource> = match fields.iter().find(|f| f.name == name) {
                 Some(f) => Some(super::resource(&stored, purpose, f)?),

@@ -99,6 +99,7 @@ impl Vault {
         let mut records = Vec::with_capacity(listed.len());
         for (meta, _) in &listed {
             if let Some((rec, rows)) = self.store.record(&meta.id)? {
+                super::answers(&meta.id, &rec)?;
                 self.rows.check(&rec)?;
                 self.rows.check_fields(&rec, &rows)?;
                 let evidence = self.finished_evidence(&rec.id)?;
@@ -442,6 +443,7 @@ impl Vault {
                 continue;
             }
             if let Some((rec, rows)) = self.store.record(&meta.id)? {
+                super::answers(&meta.id, &rec)?;
                 self.rows.check(&rec)?;
                 self.rows.check_fields(&rec, &rows)?;
                 let rows: Vec<FieldRow> = without_values(rows)
@@ -622,6 +624,7 @@ impl Vault {
                 record.id
             )));
         };
+        super::answers(&record.id, &now)?;
         self.rows.check(&now)?;
         self.rows.check_fields(&now, &rows)?;
         Ok(decided

@@ -1536,3 +1536,182 @@ async fn evidence_uploaded_through_one_node_streams_from_the_other() {
         .unwrap();
     assert!(lists_evidence(&listed, &up.evidence_id), "{listed:?}");
 }
+
+/// What one read answered, to compare: the fields (name, value, masked) or the status code.
+type Outcome = Result<Vec<(String, String, bool)>, Code>;
+
+fn outcome(read: Result<pb::GetRecordResponse, tonic::Status>) -> Outcome {
+    match read {
+        Ok(r) => {
+            let mut fields: Vec<(String, String, bool)> = r
+                .fields
+                .iter()
+                .map(|f| {
+                    let value = match &f.value {
+                        Some(pb::field_value::Value::Text(t)) => t.clone(),
+                        Some(pb::field_value::Value::Binary(b)) => hex::encode(b),
+                        None => String::new(),
+                    };
+                    (f.name.clone(), value, f.masked)
+                })
+                .collect();
+            fields.sort();
+            Ok(fields)
+        }
+        Err(status) => Err(status.code()),
+    }
+}
+
+/// On PostgreSQL, reads that arrive together share one statement (`store::postgres::group`).
+/// An attacker reads beside others: callers of roles the policy allows and of roles it refuses,
+/// under one purpose and another, of a record whose field row was edited in the database, of
+/// ids that name nothing. Each read, among 24 callers at once over gRPC, answers exactly what
+/// the same read answered alone: no value of another read, no error of another read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_that_share_a_statement_answer_each_as_alone() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let tmp = private_tempdir();
+    let secret = RootSecret::create_key_file(&tmp.path().join("root.key")).unwrap();
+    let dir = tmp.path().join("node");
+    kluis::config::create_private_dir(&dir).unwrap();
+    let mut node = TestServer::start_node(&url, &dir, &secret).await;
+    node.issue_role_tokens();
+
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            put(
+                &node,
+                Role::NuisanceOfficer,
+                nuisance_ctx(),
+                &format!("REL-G{i:03}"),
+                vec![
+                    text("report", "nuisance-evidence", &format!("report {i}")),
+                    text("phone", "contact", &format!("06-1000{i:04}")),
+                ],
+            )
+            .await,
+        );
+        ids.push(
+            put(
+                &node,
+                Role::CustomerService,
+                ctx("contract", "", ""),
+                &format!("REL-G{i:03}"),
+                vec![
+                    text("email", "contact", &format!("g{i}@example.nl")),
+                    text("name", "identity", &format!("G. Jansen {i}")),
+                ],
+            )
+            .await,
+        );
+    }
+    // A field row edited in the database (a category kluis never writes), and ids that name
+    // nothing: one that could be a record's, another spelling of a stored one.
+    let edited = ids[4].clone();
+    tokio::task::block_in_place(|| {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        db.execute(
+            "UPDATE fields SET category = 'gossip' WHERE record_id = $1 AND name = 'phone'",
+            &[&edited],
+        )
+        .unwrap();
+    });
+    let mut missing = ids[0].clone();
+    missing.pop();
+    missing.push(if ids[0].ends_with('0') { '1' } else { '0' });
+    ids.push(missing);
+    ids.push(ids[1].to_uppercase());
+
+    let readers = [
+        (Role::NuisanceOfficer, nuisance_ctx()),
+        (Role::NuisanceOfficer, ctx("contract", "", "")),
+        (Role::CustomerService, ctx("contract", "", "")),
+        (Role::CustomerService, nuisance_ctx()),
+        (Role::FinanceOfficer, ctx("contract", "", "")),
+        (Role::Analyst, ctx("contract", "", "")),
+    ];
+    let mut client = node.client().await;
+    let mut alone = std::collections::HashMap::new();
+    for (r, (role, context)) in readers.iter().enumerate() {
+        for id in &ids {
+            let read = client
+                .get_record(req(
+                    node.token(*role),
+                    pb::GetRecordRequest {
+                        context: context.clone(),
+                        record_id: id.clone(),
+                        fields: vec![],
+                    },
+                ))
+                .await
+                .map(tonic::Response::into_inner);
+            alone.insert((r, id.clone()), outcome(read));
+        }
+    }
+    // The twin of the reads together: alone, the reads are of every kind the attack needs.
+    let answered = alone.values().filter(|o| o.is_ok()).count();
+    assert!(answered >= 14, "{answered} reads answered alone");
+    assert!(alone.values().any(|o| *o == Err(Code::PermissionDenied)));
+    assert!(alone.values().any(|o| *o == Err(Code::NotFound)));
+    let edited_alone = &alone[&(0, edited.clone())];
+    assert!(
+        edited_alone.is_err() && *edited_alone != Err(Code::NotFound),
+        "{edited_alone:?}"
+    );
+
+    let alone = std::sync::Arc::new(alone);
+    let ids = std::sync::Arc::new(ids);
+    let tokens: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
+        readers
+            .iter()
+            .map(|(role, _)| node.token(*role).to_owned())
+            .collect(),
+    );
+    let contexts: std::sync::Arc<Vec<Option<pb::AccessContext>>> =
+        std::sync::Arc::new(readers.iter().map(|(_, c)| c.clone()).collect());
+    let mut tasks = Vec::new();
+    for t in 0..24usize {
+        let mut client = node.client().await;
+        let (alone, ids, tokens, contexts) = (
+            std::sync::Arc::clone(&alone),
+            std::sync::Arc::clone(&ids),
+            std::sync::Arc::clone(&tokens),
+            std::sync::Arc::clone(&contexts),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut wrong = Vec::new();
+            for i in 0..60usize {
+                let r = (t * 7 + i) % tokens.len();
+                let id = &ids[(t * 13 + i * 5) % ids.len()];
+                let read = client
+                    .get_record(req(
+                        &tokens[r],
+                        pb::GetRecordRequest {
+                            context: contexts[r].clone(),
+                            record_id: id.clone(),
+                            fields: vec![],
+                        },
+                    ))
+                    .await
+                    .map(tonic::Response::into_inner);
+                let got = outcome(read);
+                let want = &alone[&(r, id.clone())];
+                if got != *want {
+                    wrong.push(format!("reader {r}, {id}: {got:?}, alone {want:?}"));
+                }
+            }
+            wrong
+        }));
+    }
+    let mut wrong = Vec::new();
+    for t in tasks {
+        wrong.extend(t.await.unwrap());
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} reads answered otherwise together than alone: {wrong:#?}",
+        wrong.len()
+    );
+}
