@@ -1573,9 +1573,7 @@ async fn reads_that_share_a_statement_answer_each_as_alone() {
     let url = cluster.database();
     let tmp = private_tempdir();
     let secret = RootSecret::create_key_file(&tmp.path().join("root.key")).unwrap();
-    let dir = tmp.path().join("node");
-    kluis::config::create_private_dir(&dir).unwrap();
-    let mut node = TestServer::start_node(&url, &dir, &secret).await;
+    let mut node = TestServer::start_node(&url, tmp.path(), &secret).await;
     node.issue_role_tokens();
 
     let mut ids = Vec::new();
