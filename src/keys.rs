@@ -304,8 +304,6 @@ pub struct Keyring {
     root_algorithm: Algorithm,
     store_id: StoreId,
     purpose_keys: RwLock<HashMap<(Purpose, u32), Arc<PurposeKey>>>,
-    /// The active version of each purpose as writes last found it (see `active_for_write`).
-    active: RwLock<ActiveVersions>,
     subject_keys: Mutex<SubjectKeyCache>,
     /// Authenticates the purpose key rows (states, dates, the minimum's bar).
     rows: RowAuth,
@@ -512,7 +510,6 @@ impl Keyring {
             root_algorithm: algorithm,
             store_id,
             purpose_keys: RwLock::new(HashMap::new()),
-            active: RwLock::new(ActiveVersions::default()),
             subject_keys: Mutex::new(SubjectKeyCache::new(cache_capacity)),
             rows: RowAuth::new(&audit_key)?,
             index_keys: RwLock::new(None),
@@ -587,11 +584,9 @@ impl Keyring {
         let row = self.rows.seal(row, |r, m| r.mac = m);
         // Written only over the row read: a change another node made meanwhile (a cancelled
         // destruction, a bar) is not overwritten.
-        let updated = self
+        Ok(self
             .store
-            .update_purpose_key(&KeyRowChange { row, prev_mac });
-        self.forget_active(purpose);
-        Ok(updated?)
+            .update_purpose_key(&KeyRowChange { row, prev_mac })?)
     }
 
     /// Erases the material of version `version` of `purpose` (its state becomes `destroyed`);
@@ -611,11 +606,8 @@ impl Keyring {
             ..row
         };
         let row = self.rows.seal(row, |r, m| r.mac = m);
-        let destroyed = self
-            .store
-            .destroy_purpose_key(&KeyRowChange { row, prev_mac });
-        self.forget_active(purpose);
-        destroyed?;
+        self.store
+            .destroy_purpose_key(&KeyRowChange { row, prev_mac })?;
         crate::metrics::key_operation("destroy");
         self.forget_purpose_key(purpose, version);
         Ok(())
@@ -636,11 +628,8 @@ impl Keyring {
                     .seal(PurposeKeyRow { barred: true, ..r }, |r, m| r.mac = m),
             })
             .collect();
-        let set = self
-            .store
-            .set_min_decrypt_version(purpose.as_str(), version, &barred);
-        self.forget_active(purpose);
-        set?;
+        self.store
+            .set_min_decrypt_version(purpose.as_str(), version, &barred)?;
         for v in 1..version {
             self.forget_purpose_key(purpose, v);
         }
@@ -689,7 +678,6 @@ impl Keyring {
         // version that is no longer live: wrap it again under the active one.
         let row = match self.store.insert_subject_key(&new.row, &new.anchor) {
             Err(StoreError::NotLive { .. }) => {
-                self.forget_active(purpose);
                 let (row, _) = self.new_subject_key(subject, purpose, 1)?;
                 self.store.insert_subject_key(&row, &new.anchor)?
             }
@@ -714,7 +702,7 @@ impl Keyring {
         subject: &SubjectId,
         purpose: Purpose,
     ) -> Result<KeyForWrite, KeyError> {
-        let active = self.active_for_write(purpose)?;
+        let active = self.active_version(purpose)?;
         let algorithm = active.2;
         if let Some((generation, key)) = self.cached(subject, purpose) {
             return Ok(KeyForWrite {
@@ -860,9 +848,7 @@ impl Keyring {
         });
         // Hold the root key's read lock until the new version is stored: a root key change
         // waits for it, so no version is left wrapped under a replaced root key.
-        let rotated = self.store.rotate_purpose_key(retired.as_ref(), &row);
-        self.forget_active(purpose);
-        rotated?;
+        self.store.rotate_purpose_key(retired.as_ref(), &row)?;
         drop(root);
         crate::metrics::key_operation("rotate");
         if let Ok(mut map) = self.purpose_keys.write() {
@@ -1099,9 +1085,6 @@ impl Keyring {
         if let Ok(mut map) = self.purpose_keys.write() {
             map.clear();
         }
-        if let Ok(mut active) = self.active.write() {
-            active.forget(None);
-        }
         self.forget_index_keys();
         if let Ok(mut cache) = self.subject_keys.lock() {
             let capacity = cache.capacity;
@@ -1129,72 +1112,10 @@ impl Keyring {
         Ok(stored.len() == mine.len() && bool::from(stored.as_slice().ct_eq(&mine[..])))
     }
 
-    /// The active version of `purpose` for a write (its number, key and algorithm): as
-    /// `active_version` found it last, without reading the store again while this node has
-    /// changed none of the purpose's versions and heard of no change another node made. The
-    /// store stays the judge: it refuses a subject key wrapped under a version that is no
-    /// longer active (`StoreError::NotLive`), and the caller then calls `forget_active` and
-    /// asks again.
-    fn active_for_write(
-        &self,
-        purpose: Purpose,
-    ) -> Result<(u32, Arc<PurposeKey>, Algorithm), KeyError> {
-        let (known, changes) = match self.active.read() {
-            Ok(active) => (active.by_purpose.get(&purpose).copied(), active.changes),
-            Err(_) => (None, u64::MAX),
-        };
-        if let Some((version, algorithm)) = known
-            && let Some(key) = self
-                .purpose_keys
-                .read()
-                .ok()
-                .and_then(|m| m.get(&(purpose, version)).cloned())
-        {
-            return Ok((version, key, algorithm));
-        }
-        let found = self.active_version(purpose)?;
-        if let Ok(mut active) = self.active.write()
-            // Not when a change was noted while the rows were read: they may be older than it.
-            && active.changes == changes
-        {
-            active.by_purpose.insert(purpose, (found.0, found.2));
-        }
-        Ok(found)
-    }
-
-    /// Forgets the active version writes found for `purpose`: the store refused a key wrapped
-    /// under it (another node rotated), or this node changed the purpose's versions.
-    pub fn forget_active(&self, purpose: Purpose) {
-        if let Ok(mut active) = self.active.write() {
-            active.forget(Some(purpose));
-        }
-    }
-
     /// Forgets an unwrapped purpose key version (after its destruction or a minimum change).
     pub fn forget_purpose_key(&self, purpose: Purpose, version: u32) {
         if let Ok(mut map) = self.purpose_keys.write() {
             map.remove(&(purpose, version));
-        }
-    }
-}
-
-/// The active version of each purpose (its number and algorithm) as writes last found it, and
-/// how many times any of it was forgotten: a value read before a change is not kept after it.
-#[derive(Default)]
-struct ActiveVersions {
-    by_purpose: HashMap<Purpose, (u32, Algorithm)>,
-    changes: u64,
-}
-
-impl ActiveVersions {
-    /// Forgets `purpose`'s active version, or every purpose's.
-    fn forget(&mut self, purpose: Option<Purpose>) {
-        self.changes = self.changes.wrapping_add(1);
-        match purpose {
-            Some(p) => {
-                self.by_purpose.remove(&p);
-            }
-            None => self.by_purpose.clear(),
         }
     }
 }
@@ -1702,49 +1623,6 @@ mod tests {
         assert_eq!(active.key.expose_secret(), again.expose_secret());
         let other = ring.subject_key_or_create(&s1, Purpose::Contract).unwrap();
         assert_ne!(active.key.expose_secret(), other.key.expose_secret());
-    }
-
-    #[test]
-    fn writes_follow_the_active_version_they_remember() {
-        let (dir, store) = store();
-        let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
-        Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
-        let ring = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
-        let first_write = |ring: &Keyring, n: u32| {
-            let subject = SubjectId::parse("s", &format!("REL-{n}")).unwrap();
-            let write = ring
-                .subject_key_for_write(&subject, Purpose::Safety)
-                .unwrap();
-            let new = write.new.expect("a subject without a key");
-            (new.row.purpose_version, write.active.algorithm, new)
-        };
-        assert_eq!(first_write(&ring, 1).0, 1);
-        // A change made through this keyring is in force for the next write at once: a
-        // rotation (and its algorithm) …
-        ring.rotate(Purpose::Safety, Some(Algorithm::XChaCha20Poly1305))
-            .unwrap();
-        let (version, algorithm, _) = first_write(&ring, 2);
-        assert_eq!((version, algorithm), (2, Algorithm::XChaCha20Poly1305));
-        // … and one made through another (another node): the store refuses a key wrapped under
-        // the version this keyring remembers, and once told, the keyring reads it again.
-        let other = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 0).unwrap();
-        other
-            .rotate(Purpose::Safety, Some(Algorithm::Aes256Gcm))
-            .unwrap();
-        let (version, _, stale) = first_write(&ring, 3);
-        assert_eq!(version, 2);
-        assert!(matches!(
-            store.insert_subject_key(&stale.row, &stale.anchor),
-            Err(StoreError::NotLive { version: 2, .. })
-        ));
-        ring.forget_active(Purpose::Safety);
-        let (version, algorithm, fresh) = first_write(&ring, 3);
-        assert_eq!((version, algorithm), (3, Algorithm::Aes256Gcm));
-        store.insert_subject_key(&fresh.row, &fresh.anchor).unwrap();
-        // What another node did is also taken in when this node hears of changes.
-        other.rotate(Purpose::Safety, None).unwrap();
-        ring.forget_all();
-        assert_eq!(first_write(&ring, 4).0, 4);
     }
 
     #[test]

@@ -1060,13 +1060,8 @@ impl Vault {
                 Err(StoreError::StaleGeneration { .. }) if retried < REKEY_RETRIES => {
                     self.keyring.forget(&put.subject, put.purpose);
                 }
-                Err(StoreError::NotLive { .. })
-                    if write.new.is_some() && retried < REKEY_RETRIES =>
-                {
-                    // Another node rotated the purpose key: read its active version again.
-                    self.keyring.forget_active(put.purpose);
-                }
-                Err(StoreError::Exists(_)) if write.new.is_some() && retried < REKEY_RETRIES => {}
+                Err(StoreError::Exists(_) | StoreError::NotLive { .. })
+                    if write.new.is_some() && retried < REKEY_RETRIES => {}
                 Err(e) => return Err(e.into()),
             }
             retried += 1;
