@@ -81,6 +81,45 @@ pub static RECORDS_WITH_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock
     )
 });
 
+/// The ids of the array `$1`, each once, as `q.id`: taken by their places, so that a statement
+/// is planned once for any number of them (as `RECORDS_WITH_FACTS`), and kept apart from the
+/// rest (`OFFSET 0`).
+const IDS: &str = "(SELECT DISTINCT ($1::TEXT[])[i] COLLATE \"C\" AS id
+                    FROM generate_subscripts($1::TEXT[], 1) AS i OFFSET 0) q";
+
+/// Records with their fields, for the ids of the array `$1` (`RecordStore::records`): a row
+/// per field (one with empty field columns for a record without any), by id and field name.
+/// Each record is one lookup by its id whatever the plan: the subquery is kept from being
+/// folded into a join (`OFFSET 0`). `tests/it/postgres.rs` checks its plans.
+pub static RECORDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT x.* FROM {IDS} CROSS JOIN LATERAL (
+             SELECT {}, {} FROM records r LEFT JOIN fields f ON f.record_id = r.id
+             WHERE r.id = q.id OFFSET 0
+         ) x
+         ORDER BY 1, {}",
+        qualified(RECORD_COLUMNS, "r"),
+        qualified(FIELD_COLUMNS, "f"),
+        RECORD_WIDTH + 1,
+    )
+});
+
+/// As `RECORDS`, with the value of the field `$2` only; of the others, what checks them
+/// (`RecordStore::records_with_field`).
+pub static RECORDS_WITH_FIELD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT x.* FROM {IDS} CROSS JOIN LATERAL (
+             SELECT {}, f.name, f.category, octet_length(f.sealed)::BIGINT, f.kind,
+                    f.mac, f.version, f.key_gen, CASE WHEN f.name = $2 THEN f.sealed END
+             FROM records r LEFT JOIN fields f ON f.record_id = r.id
+             WHERE r.id = q.id OFFSET 0
+         ) x
+         ORDER BY 1, {}",
+        qualified(RECORD_COLUMNS, "r"),
+        RECORD_WIDTH + 1,
+    )
+});
+
 /// A record with its fields and the facts of its subject.
 pub(super) type RecordWithFacts = (RecordRow, Vec<FieldRow>, SubjectFacts);
 
@@ -210,17 +249,7 @@ impl RecordStore for PgStore {
         }
         // One statement for all of them: one snapshot and one round trip, not one per record.
         let wanted: Vec<&str> = ids.to_vec();
-        let rows = self.read_one(|tx| {
-            tx.all(
-                &format!(
-                    "SELECT {}, {} FROM records r LEFT JOIN fields f ON f.record_id = r.id
-                     WHERE r.id = ANY($1) ORDER BY r.id, f.name",
-                    qualified(RECORD_COLUMNS, "r"),
-                    qualified(FIELD_COLUMNS, "f")
-                ),
-                &[&wanted],
-            )
-        })?;
+        let rows = self.read_one(|tx| tx.all(&RECORDS, &[&wanted]))?;
         let mut found: HashMap<String, (RecordRow, Vec<FieldRow>)> =
             HashMap::with_capacity(ids.len());
         for r in &rows {
@@ -252,19 +281,7 @@ impl RecordStore for PgStore {
         // One statement, as `records`: the value of `field` only; of the others, what checks
         // them.
         let wanted: Vec<&str> = ids.to_vec();
-        let rows = self.read_one(|tx| {
-            tx.all(
-                &format!(
-                    "SELECT {}, f.name, f.category, octet_length(f.sealed)::BIGINT, f.kind,
-                            f.mac, f.version, f.key_gen,
-                            CASE WHEN f.name = $2 THEN f.sealed END
-                     FROM records r LEFT JOIN fields f ON f.record_id = r.id
-                     WHERE r.id = ANY($1) ORDER BY r.id, f.name",
-                    qualified(RECORD_COLUMNS, "r"),
-                ),
-                &[&wanted, &field],
-            )
-        })?;
+        let rows = self.read_one(|tx| tx.all(&RECORDS_WITH_FIELD, &[&wanted, &field]))?;
         let mut found: HashMap<String, RecordWithField> = HashMap::with_capacity(ids.len());
         for r in &rows {
             let id: String = get(r, 0)?;
