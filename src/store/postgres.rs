@@ -30,6 +30,7 @@ mod meta;
 mod records;
 mod rights;
 
+pub use lifecycle::SUBJECTS_FACTS;
 pub use records::{FIND_TAGGED, RECORDS, RECORDS_WITH_FACTS, RECORDS_WITH_FIELD};
 
 use std::{

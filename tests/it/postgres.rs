@@ -232,7 +232,8 @@ fn a_find_looks_up_each_probe_whatever_the_statistics() {
 }
 
 /// The statements that read records by their ids (with their facts, for reads that arrive
-/// together; with their fields; with one field's value) read every table through an index, for
+/// together; with their fields; with one field's value) and subjects' facts by the subjects
+/// read every table through an index, for
 /// one id and for many, in a custom and in a generic plan, with and without statistics (a scan
 /// of every record per statement is what a join with the array was planned as), and are
 /// planned once: with `= ANY($1)` PostgreSQL planned a find's read of its candidates again at
@@ -240,10 +241,15 @@ fn a_find_looks_up_each_probe_whatever_the_statistics() {
 #[test]
 fn reads_by_id_look_up_each_record_whatever_the_plan() {
     let Some(cluster) = pg::cluster() else { return };
-    let statements: [(&str, &str, bool); 3] = [
+    let statements: [(&str, &str, bool); 4] = [
         (
             "RECORDS_WITH_FACTS",
             &kluis::store::postgres::RECORDS_WITH_FACTS,
+            false,
+        ),
+        (
+            "SUBJECTS_FACTS",
+            &kluis::store::postgres::SUBJECTS_FACTS,
             false,
         ),
         ("RECORDS", &kluis::store::postgres::RECORDS, false),

@@ -37,6 +37,27 @@ SELECT 4::SMALLINT, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, ''
 ORDER BY 1, 14"#;
 
+/// The facts (`FACTS`) of each subject of the array `$1`, in one statement: each row starts with
+/// the 1-based place of its subject in the array (a subject as often as it is named), in the
+/// order of the array. The subjects are taken by their places, so that the statement is
+/// planned once for any number of them (as `RECORDS_WITH_FACTS`). `tests/it/postgres.rs`
+/// checks its plans.
+pub static SUBJECTS_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let facts = FACTS
+        .trim_end()
+        .trim_end_matches("ORDER BY 1, 14")
+        .replace("$1", "q.subject");
+    format!(
+        "SELECT q.i, f.* FROM (
+             SELECT i, ($1::TEXT[])[i] COLLATE \"C\" AS subject
+             FROM generate_subscripts($1::TEXT[], 1) AS i
+             OFFSET 0
+         ) q
+         CROSS JOIN LATERAL ({facts}) f
+         ORDER BY 1, 2, 15"
+    )
+});
+
 impl LifecycleStore for PgStore {
     fn insert_hold(
         &self,
@@ -117,6 +138,33 @@ impl LifecycleStore for PgStore {
                 add_fact(&mut facts, &r, 0)?;
             }
             Ok(facts)
+        })
+    }
+
+    fn subjects_facts(&self, subjects: &[&str]) -> Result<Vec<SubjectFacts>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for all of them: one snapshot and one round trip, not one per subject.
+        self.read_one(|tx| {
+            let mut all: Vec<SubjectFacts> = (0..subjects.len())
+                .map(|_| SubjectFacts::default())
+                .collect();
+            for r in tx.all(&SUBJECTS_FACTS, &[&subjects])? {
+                let place: i32 = get(&r, 0)?;
+                let facts = usize::try_from(place)
+                    .ok()
+                    .and_then(|p| p.checked_sub(1))
+                    .and_then(|p| all.get_mut(p))
+                    .ok_or_else(|| {
+                        StoreError::Database(format!(
+                            "a row for subject {place} of {}",
+                            subjects.len()
+                        ))
+                    })?;
+                add_fact(facts, &r, 1)?;
+            }
+            Ok(all)
         })
     }
 
