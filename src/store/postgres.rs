@@ -1511,6 +1511,18 @@ fn stored_as(record: &RecordRow) -> Result<(&'static str, String), StoreError> {
     Ok((record.purpose.as_str(), labels))
 }
 
+/// The entry of `all` a row of a statement over an array answers: the row's first column is
+/// the 1-based place in the array of the `what` (a read, a subject) it is about.
+fn at_place<'a, T>(all: &'a mut [T], row: &Row, what: &str) -> Result<&'a mut T, StoreError> {
+    let place: i32 = get(row, 0)?;
+    let count = all.len();
+    usize::try_from(place)
+        .ok()
+        .and_then(|p| p.checked_sub(1))
+        .and_then(|p| all.get_mut(p))
+        .ok_or_else(|| StoreError::Database(format!("a row for {what} {place} of {count}")))
+}
+
 /// The parameters `$1` to `$10` of an insert of a record's row, in the order of
 /// `RECORD_COLUMNS`; `stored` is the record's purpose and `labels_json`.
 fn record_params<'a>(

@@ -151,17 +151,7 @@ impl LifecycleStore for PgStore {
                 .map(|_| SubjectFacts::default())
                 .collect();
             for r in tx.all(&SUBJECTS_FACTS, &[&subjects])? {
-                let place: i32 = get(&r, 0)?;
-                let facts = usize::try_from(place)
-                    .ok()
-                    .and_then(|p| p.checked_sub(1))
-                    .and_then(|p| all.get_mut(p))
-                    .ok_or_else(|| {
-                        StoreError::Database(format!(
-                            "a row for subject {place} of {}",
-                            subjects.len()
-                        ))
-                    })?;
+                let facts = super::at_place(&mut all, &r, "subject")?;
                 add_fact(facts, &r, 1)?;
             }
             Ok(all)

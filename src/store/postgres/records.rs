@@ -134,14 +134,7 @@ fn records_with_facts(
     let mut answers: Vec<Result<Found, StoreError>> =
         (0..ids.len()).map(|_| Ok(Default::default())).collect();
     for row in tx.all(&RECORDS_WITH_FACTS, &[&ids])? {
-        let place: i32 = get(&row, 0)?;
-        let answer = usize::try_from(place)
-            .ok()
-            .and_then(|p| p.checked_sub(1))
-            .and_then(|p| answers.get_mut(p))
-            .ok_or_else(|| {
-                StoreError::Database(format!("a row for read {place} of {}", ids.len()))
-            })?;
+        let answer = super::at_place(&mut answers, &row, "read")?;
         if let Ok((found, facts)) = answer
             && let Err(e) = add_row(found, facts, &row)
         {
