@@ -452,8 +452,46 @@ fn check_find(store: &PgStore, db: &mut postgres::Client, when: &str) {
         store.find_tagged("nuisance", "name", &probes, 1).unwrap(),
         vec!["rec-4000"]
     );
-    // And how: every scan of `search_tags` looks the probe up on all five columns of its
-    // index, and reads no more tags than it finds.
+    // And how, in a custom and in a generic plan: every scan of `search_tags` looks the probe
+    // up on all five columns of its index, and reads no more tags than it finds.
+    for plan_mode in ["custom", "generic"] {
+        db.batch_execute(&format!("SET plan_cache_mode = force_{plan_mode}_plan"))
+            .unwrap();
+        check_find_plan(db, &format!("{when}, {plan_mode} plan"));
+    }
+    db.batch_execute("SET plan_cache_mode = auto").unwrap();
+    // Planned once: a generic plan after the first five calls.
+    let statement = db.prepare(kluis::store::postgres::FIND_TAGGED).unwrap();
+    for _ in 0..12 {
+        db.query(
+            &statement,
+            &[
+                &"nuisance",
+                &"name",
+                &vec![1i64, 1],
+                &vec![12i64, 12],
+                &vec![7i64, 4000],
+                &10i64,
+            ],
+        )
+        .unwrap();
+    }
+    let plans = db
+        .query_one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            &[&kluis::store::postgres::FIND_TAGGED],
+        )
+        .unwrap();
+    let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+    assert!(
+        custom <= 5 && generic >= 7,
+        "{when}: planned again at calls: {generic} generic, {custom} custom plans"
+    );
+    db.batch_execute("DEALLOCATE ALL").unwrap();
+}
+
+/// The plan of `FIND_TAGGED` for tags 7 and 4000, checked as `check_find` says.
+fn check_find_plan(db: &mut postgres::Client, when: &str) {
     let plan: Vec<String> = db
         .query(
             &format!(
