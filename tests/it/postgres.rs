@@ -332,33 +332,45 @@ fn reads_by_id_look_up_each_record_whatever_the_plan() {
             let each = |id: &str| (id.to_owned(), 1, Some("name".to_owned()));
             assert_eq!(read, [each("rec-7"), each("rec-4000"), each("rec-7")]);
         }
-        // Planned once: a generic plan after the first five calls, as for any statement, where
-        // planning it costs more than running it for a few ids.
-        db.batch_execute("SET plan_cache_mode = auto").unwrap();
+        // Planned once, for a few ids.
+        let ids = vec!["rec-7", "rec-8", "rec-9"];
         for (name, sql, takes_field) in statements {
-            let statement = db.prepare(sql).unwrap();
-            for _ in 0..12 {
-                let ids = vec!["rec-7", "rec-8", "rec-9"];
-                if takes_field {
-                    db.query(&statement, &[&ids, &"name"]).unwrap();
-                } else {
-                    db.query(&statement, &[&ids]).unwrap();
-                }
-            }
-            let plans = db
-                .query_one(
-                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements
-                     WHERE statement = $1",
-                    &[&sql],
-                )
-                .unwrap();
-            let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
-            assert!(
-                custom <= 5 && generic >= 7,
-                "{name} planned again at calls: {generic} generic, {custom} custom plans"
-            );
+            let params: Vec<&(dyn postgres::types::ToSql + Sync)> = if takes_field {
+                vec![&ids, &"name"]
+            } else {
+                vec![&ids]
+            };
+            assert_planned_once(&mut db, sql, &params, name);
         }
     }
+}
+
+/// Runs `sql` twelve times as one prepared statement and fails unless PostgreSQL planned it
+/// once: a generic plan after the first five calls, as for any statement where planning costs
+/// more than running it. Forgets the connection's prepared statements afterwards.
+fn assert_planned_once(
+    db: &mut postgres::Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+    what: &str,
+) {
+    db.batch_execute("SET plan_cache_mode = auto").unwrap();
+    let statement = db.prepare(sql).unwrap();
+    for _ in 0..12 {
+        db.query(&statement, params).unwrap();
+    }
+    let plans = db
+        .query_one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            &[&sql],
+        )
+        .unwrap();
+    let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+    assert!(
+        custom <= 5 && generic >= 7,
+        "{what}: planned again at calls: {generic} generic, {custom} custom plans"
+    );
+    db.batch_execute("DEALLOCATE ALL").unwrap();
 }
 
 /// A row edited by hand fails the read of its record, and only that one: reads of other records
@@ -429,7 +441,7 @@ fn tagged_records(url: &str, analyse_empty: bool) -> (PgStore, postgres::Client)
     (store, db)
 }
 
-/// Finds tags 7 and 4000 in `store` and checks the answers and the plan.
+/// Finds tags 7 and 4000 in `store` and checks the answers, the plan and that it is planned once.
 fn check_find(store: &PgStore, db: &mut postgres::Client, when: &str) {
     let probes = [
         kluis::store::TagRow {
@@ -454,58 +466,30 @@ fn check_find(store: &PgStore, db: &mut postgres::Client, when: &str) {
     );
     // And how, in a custom and in a generic plan: every scan of `search_tags` looks the probe
     // up on all five columns of its index, and reads no more tags than it finds.
+    let (versions, bits, tags) = (vec![1i64, 1], vec![12i64, 12], vec![7i64, 4000]);
+    let params: [&(dyn postgres::types::ToSql + Sync); 6] =
+        [&"nuisance", &"name", &versions, &bits, &tags, &10i64];
     for plan_mode in ["custom", "generic"] {
         db.batch_execute(&format!("SET plan_cache_mode = force_{plan_mode}_plan"))
             .unwrap();
-        check_find_plan(db, &format!("{when}, {plan_mode} plan"));
+        check_find_plan(db, &params, &format!("{when}, {plan_mode} plan"));
     }
-    db.batch_execute("SET plan_cache_mode = auto").unwrap();
-    // Planned once: a generic plan after the first five calls.
-    let statement = db.prepare(kluis::store::postgres::FIND_TAGGED).unwrap();
-    for _ in 0..12 {
-        db.query(
-            &statement,
-            &[
-                &"nuisance",
-                &"name",
-                &vec![1i64, 1],
-                &vec![12i64, 12],
-                &vec![7i64, 4000],
-                &10i64,
-            ],
-        )
-        .unwrap();
-    }
-    let plans = db
-        .query_one(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-            &[&kluis::store::postgres::FIND_TAGGED],
-        )
-        .unwrap();
-    let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
-    assert!(
-        custom <= 5 && generic >= 7,
-        "{when}: planned again at calls: {generic} generic, {custom} custom plans"
-    );
-    db.batch_execute("DEALLOCATE ALL").unwrap();
+    assert_planned_once(db, kluis::store::postgres::FIND_TAGGED, &params, when);
 }
 
 /// The plan of `FIND_TAGGED` for tags 7 and 4000, checked as `check_find` says.
-fn check_find_plan(db: &mut postgres::Client, when: &str) {
+fn check_find_plan(
+    db: &mut postgres::Client,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+    when: &str,
+) {
     let plan: Vec<String> = db
         .query(
             &format!(
                 "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
                 kluis::store::postgres::FIND_TAGGED
             ),
-            &[
-                &"nuisance",
-                &"name",
-                &vec![1i64, 1],
-                &vec![12i64, 12],
-                &vec![7i64, 4000],
-                &10i64,
-            ],
+            params,
         )
         .unwrap()
         .iter()
