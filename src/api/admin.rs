@@ -139,8 +139,8 @@ impl AdminRpc for AdminApi {
             'pages: loop {
                 // A token revoked or expired, or a policy that no longer lets the caller read
                 // the trail, ends the watch: the caller is judged again before a page is read
-                // when a judgement is due (the wait below wakes at least once a second).
-                let judging = judge.due();
+                // when a judgement is due (the wait below wakes at least once a second), as
+                // it is once the page has its place, however long it waited for one.
                 // Read behind what is committed, one page at a time: the next page is read once
                 // this one is in the channel, which holds at most a page, so a slow reader
                 // holds the watch at two pages.
@@ -149,6 +149,7 @@ impl AdminRpc for AdminApi {
                         let (vault, mut judged) = (Arc::clone(&vault), judge.clone());
                         place
                             .run(move || {
+                                let judging = judged.due();
                                 if judging {
                                     judged.judge(|vault, principal| {
                                         vault.keep_admin(
@@ -159,7 +160,7 @@ impl AdminRpc for AdminApi {
                                     })?;
                                 }
                                 let page = vault.audit_entries_from(next, prev, WATCH_PAGE)?;
-                                Ok::<_, VaultError>((judged, page))
+                                Ok::<_, VaultError>((judged, page, judging))
                             })
                             .await
                     }
@@ -168,10 +169,10 @@ impl AdminRpc for AdminApi {
                         return;
                     }
                 };
-                let page = match page {
-                    Ok(Ok((judged, page))) => {
+                let (page, judging) = match page {
+                    Ok(Ok((judged, page, judging))) => {
                         judge = judged;
-                        page
+                        (page, judging)
                     }
                     Ok(Err(e)) => {
                         tx.send(Err(judge.status(e))).await;

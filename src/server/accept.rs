@@ -872,12 +872,19 @@ impl Open {
     ///    longest without a call of use among those with none running;
     /// 3. the connection longest without a call of use, when that is at least `after` and none
     ///    runs on it.
+    ///
+    /// The first step is taken at every look (the counts of connections without a caller say
+    /// whether there is one to find); a look that found nothing pauses only the other two
+    /// (`LOOK_PAUSE`), which weigh the callers' connections.
     fn evict_idle(&mut self, address: Option<IpAddr>, after: Duration, per_caller: usize) -> bool {
-        if self.found_none.is_some_and(|at| at.elapsed() < LOOK_PAUSE) {
-            return false;
-        }
         let here = |a: &IpAddr| address.is_none_or(|want| *a == want);
+        let counted = |a: &Address| a.without_caller.load(Ordering::SeqCst) > 0;
+        let any_without_caller = match address {
+            Some(want) => self.per_address.get(&want).is_some_and(counted),
+            None => self.per_address.values().any(counted),
+        };
         let without_caller = match address {
+            _ if !any_without_caller => None,
             Some(_) => self
                 .live
                 .iter()
@@ -907,6 +914,9 @@ impl Open {
             }
         }
         .map(|id| (id, Duration::ZERO));
+        if without_caller.is_none() && self.found_none.is_some_and(|at| at.elapsed() < LOOK_PAUSE) {
+            return false;
+        }
         let beyond_share = || {
             // A principal's places count wherever its connections come from.
             let mut held: HashMap<Arc<str>, usize> = HashMap::new();
@@ -1375,6 +1385,46 @@ mod tests {
         idle_for_long();
         assert!(Slots::take(&s, a, None).is_ok());
         assert!(held.activity.evicted.load(Ordering::SeqCst));
+    }
+
+    /// The pause after a look that found nothing never keeps a newcomer from the place of a
+    /// connection without a caller: not after a look at another address's connections, nor
+    /// after one taken before that connection came.
+    #[test]
+    fn a_pause_after_a_look_that_found_nothing_still_finds_connections_without_a_caller() {
+        let (x, y, z, w): (IpAddr, IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+            "10.0.0.4".parse().unwrap(),
+        );
+        // X's cap is full of callers; Y holds a connection without a caller; the total is full.
+        let s = slots(4, 2);
+        let of_x = [used_by(&s, x, "alice"), used_by(&s, x, "bob")];
+        let without = Slots::take(&s, y, None).unwrap();
+        let of_z = used_by(&s, z, "carol");
+        assert_eq!(Slots::take(&s, x, None).err(), Some(Cap::PerAddress));
+        assert!(s.open.lock().unwrap().found_none.is_some());
+        // At once, a newcomer from W at the total cap takes Y's place.
+        let of_w = Slots::take(&s, w, None).unwrap();
+        assert!(without.activity.evicted.load(Ordering::SeqCst));
+        assert!(
+            of_x.iter()
+                .chain([&of_z])
+                .all(|c| !c.activity.evicted.load(Ordering::SeqCst))
+        );
+        drop((of_x, of_z, of_w, without));
+        // A look finds nothing; a place frees and a connection without a caller takes it; the
+        // next newcomer takes that one's place at once.
+        let s = slots(2, 2);
+        let alice = used_by(&s, x, "alice");
+        let bob = used_by(&s, y, "bob");
+        assert_eq!(Slots::take(&s, z, None).err(), Some(Cap::Total));
+        drop(bob);
+        let without = Slots::take(&s, z, None).unwrap();
+        assert!(Slots::take(&s, w, None).is_ok());
+        assert!(without.activity.evicted.load(Ordering::SeqCst));
+        assert!(!alice.activity.evicted.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -467,6 +467,7 @@ pub fn run_all(store: &dyn Store) {
     ));
     assert!(store.record("rec_3").unwrap().is_none());
 
+    discarded_uploads(store, &sk);
     search_tags(store, &sk, &rec);
     key_rotation(store, &pk);
     lifecycle(store);
@@ -673,6 +674,109 @@ pub fn run_all(store: &dyn Store) {
             assert_eq!(store.subject_key("rel-carried", "nuisance").unwrap(), None);
         }
     }
+}
+
+/// A discarded upload takes the record it created, when that holds nothing else, and with the
+/// subject's last record of its purpose their subject key, in the same transaction.
+#[expect(clippy::unwrap_used, reason = "a test suite: failures must panic")]
+fn discarded_uploads(store: &dyn Store, sk: &SubjectKeyRow) {
+    let record = |id: &str, subject: &str| RecordRow {
+        mac: vec![0xAB; 32],
+        id: id.into(),
+        subject: subject.into(),
+        purpose: Purpose::Nuisance,
+        labels: BTreeMap::new(),
+        created_at: 100,
+        updated_at: 100,
+        closed_at: None,
+        expires_at: None,
+        fields_mac: vec![0x01; 32],
+    };
+    let upload = |id: &str, record_id: &str, owns_record: bool| super::EvidenceRow {
+        id: id.into(),
+        record_id: record_id.into(),
+        name: "photo".into(),
+        category: Category::NuisanceEvidence,
+        media_type: "image/jpeg".into(),
+        file_name: vec![7; 24],
+        size: 0,
+        sha256: String::new(),
+        salt: vec![5; 16],
+        complete: false,
+        owns_record,
+        created_at: 100,
+        mac: vec![0xEE; 32],
+    };
+    let key_of = |subject: &str| SubjectKeyRow {
+        subject: subject.into(),
+        ..sk.clone()
+    };
+    // A subject's only record, made by the upload: record and key go.
+    let alone = key_of("rel-up-1");
+    store
+        .insert_subject_key(&alone, &anchor(&alone.subject))
+        .unwrap();
+    store
+        .begin_evidence(
+            Some(&record("rec_up_1", "rel-up-1")),
+            &upload("ev_up_1", "rec_up_1", true),
+        )
+        .unwrap();
+    assert!(store.discard_evidence("ev_up_1").unwrap());
+    assert!(store.record("rec_up_1").unwrap().is_none());
+    assert_eq!(store.subject_key("rel-up-1", "nuisance").unwrap(), None);
+    assert!(!store.discard_evidence("ev_up_1").unwrap());
+    // The twins: a subject with another record of the purpose keeps the key; a record with
+    // another upload under way stays, and so does the key.
+    let kept = key_of("rel-up-2");
+    store
+        .insert_subject_key(&kept, &anchor(&kept.subject))
+        .unwrap();
+    store
+        .insert_record(&record("rec_up_2a", "rel-up-2"), &[])
+        .unwrap();
+    store
+        .begin_evidence(
+            Some(&record("rec_up_2b", "rel-up-2")),
+            &upload("ev_up_2", "rec_up_2b", true),
+        )
+        .unwrap();
+    assert!(store.discard_evidence("ev_up_2").unwrap());
+    assert!(store.record("rec_up_2b").unwrap().is_none());
+    assert_eq!(
+        store.subject_key("rel-up-2", "nuisance").unwrap(),
+        Some(kept)
+    );
+    let busy = key_of("rel-up-3");
+    store
+        .insert_subject_key(&busy, &anchor(&busy.subject))
+        .unwrap();
+    store
+        .begin_evidence(
+            Some(&record("rec_up_3", "rel-up-3")),
+            &upload("ev_up_3a", "rec_up_3", true),
+        )
+        .unwrap();
+    store
+        .begin_evidence(
+            None,
+            &super::EvidenceRow {
+                name: "letter".into(),
+                ..upload("ev_up_3b", "rec_up_3", false)
+            },
+        )
+        .unwrap();
+    assert!(store.discard_evidence("ev_up_3a").unwrap());
+    assert!(store.record("rec_up_3").unwrap().is_some());
+    assert_eq!(
+        store.subject_key("rel-up-3", "nuisance").unwrap(),
+        Some(busy)
+    );
+    // What is left goes as any record goes, keys and all.
+    assert!(store.discard_evidence("ev_up_3b").unwrap());
+    assert_eq!(delete(store, "rec_up_3").unwrap(), Some(true));
+    assert_eq!(delete(store, "rec_up_2a").unwrap(), Some(true));
+    assert_eq!(store.subject_key("rel-up-2", "nuisance").unwrap(), None);
 }
 
 /// The disclosure register: stored only for a record of its subject, listed by subject and

@@ -31,7 +31,9 @@ mod records;
 mod rights;
 
 pub use lifecycle::SUBJECTS_FACTS;
-pub use records::{FIND_TAGGED, RECORDS, RECORDS_WITH_FACTS, RECORDS_WITH_FIELD};
+pub use records::{
+    FIND_TAGGED, RECORDS, RECORDS_WITH_FACTS, RECORDS_WITH_FIELD, tagged_from_statement,
+};
 
 use std::{
     collections::HashMap,
@@ -1570,14 +1572,38 @@ fn discard_one(tx: &mut Tx<'_>, evidence_id: &str) -> Result<bool, StoreError> {
     let owns_record: bool = get(&found, 1)?;
     tx.exec("DELETE FROM evidence WHERE id = $1", &[&evidence_id])?;
     if owns_record {
-        tx.exec(
+        let gone = tx.opt(
             "DELETE FROM records WHERE id = $1
              AND NOT EXISTS (SELECT 1 FROM fields WHERE record_id = $1)
-             AND NOT EXISTS (SELECT 1 FROM evidence WHERE record_id = $1)",
+             AND NOT EXISTS (SELECT 1 FROM evidence WHERE record_id = $1)
+             RETURNING subject, purpose",
             &[&record_id],
         )?;
+        if let Some(gone) = gone {
+            let (subject, purpose): (String, String) = (get(&gone, 0)?, get(&gone, 1)?);
+            if shred_when_last(tx, &subject, &purpose)? {
+                bump_epoch(tx)?;
+            }
+        }
     }
     Ok(true)
+}
+
+/// Deletes the subject key of `purpose` of `subject` when no record of theirs under that purpose
+/// is left (crypto-shredding), in the transaction that deleted their last one; true when it went.
+/// The caller tells the other nodes (`bump_epoch`).
+fn shred_when_last(tx: &mut Tx<'_>, subject: &str, purpose: &str) -> Result<bool, StoreError> {
+    let left = tx.count(
+        "SELECT count(*) FROM records WHERE subject = $1 AND purpose = $2",
+        &[&subject, &purpose],
+    )?;
+    if left == 0 {
+        tx.exec(
+            "DELETE FROM subject_keys WHERE subject = $1 AND purpose = $2",
+            &[&subject, &purpose],
+        )?;
+    }
+    Ok(left == 0)
 }
 
 #[cfg(test)]

@@ -1768,22 +1768,37 @@ fn discard_one(tx: &Connection, evidence_id: &str) -> Result<bool, StoreError> {
     tx.execute("DELETE FROM evidence WHERE id = ?1", [evidence_id])
         .map_err(db)?;
     if owns_record {
-        let subject: Option<String> = tx
+        let empty: Option<(String, String)> = tx
             .query_row(
-                "DELETE FROM records WHERE id = ?1
+                "SELECT subject, purpose FROM records WHERE id = ?1
                  AND NOT EXISTS (SELECT 1 FROM fields WHERE record_id = ?1)
-                 AND NOT EXISTS (SELECT 1 FROM evidence WHERE record_id = ?1)
-                 RETURNING subject",
+                 AND NOT EXISTS (SELECT 1 FROM evidence WHERE record_id = ?1)",
                 [&record_id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(db)?;
-        if let Some(subject) = subject {
-            prune_disclosures(tx, &subject)?;
+        if let Some((subject, purpose)) = empty {
+            delete_record_row(tx, &record_id)?;
+            shred_when_last(tx, &subject, &purpose)?;
         }
     }
     Ok(true)
+}
+
+/// Deletes the subject key of `purpose` of `subject` when no record of theirs under that purpose
+/// is left (crypto-shredding), in the transaction that deleted their last one; true when it went.
+fn shred_when_last(tx: &Connection, subject: &str, purpose: &str) -> Result<bool, StoreError> {
+    let left: i64 = tx
+        .prepare_cached("SELECT count(*) FROM records WHERE subject = ?1 AND purpose = ?2")
+        .and_then(|mut s| s.query_row(params![subject, purpose], |r| r.get(0)))
+        .map_err(db)?;
+    if left == 0 {
+        tx.prepare_cached("DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2")
+            .and_then(|mut s| s.execute(params![subject, purpose]))
+            .map_err(db)?;
+    }
+    Ok(left == 0)
 }
 
 fn subject_key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SubjectKeyRow> {

@@ -969,10 +969,17 @@ impl Drop for Upload {
             );
         }
         match self.vault.store.discard_evidence(&self.evidence_id) {
-            Ok(_) => tracing::info!(
-                evidence_id = self.evidence_id.as_str(),
-                "unfinished evidence upload discarded"
-            ),
+            Ok(_) => {
+                // The record the upload made may have been its subject's last of the purpose,
+                // and its subject key went with it.
+                if self.begun.owns_record {
+                    self.vault.keyring.forget(&self.subject, self.purpose);
+                }
+                tracing::info!(
+                    evidence_id = self.evidence_id.as_str(),
+                    "unfinished evidence upload discarded"
+                );
+            }
             // Start-up discards it then.
             Err(e) => tracing::warn!(
                 evidence_id = self.evidence_id.as_str(),

@@ -231,6 +231,80 @@ fn a_find_looks_up_each_probe_whatever_the_statistics() {
     check_find(&store, &mut db, "analysed while empty");
 }
 
+/// The decoys' walk of a find (`tagged_from`) answers from its tag on, wrapping round, reads
+/// the lookup index from the tag in a custom and in a generic plan, no further than it answers,
+/// and is planned once: its range on the tag made every custom plan look cheaper than the
+/// generic one, so PostgreSQL planned it again at every find.
+#[test]
+fn a_find_s_decoy_walk_reads_the_index_and_is_planned_once() {
+    let Some(cluster) = pg::cluster() else { return };
+    for analysed in [false, true] {
+        let (store, mut db) = tagged_records(&cluster.database(), false);
+        if analysed {
+            db.batch_execute("ANALYZE search_tags; ANALYZE records; ANALYZE fields;")
+                .unwrap();
+        }
+        let when = if analysed {
+            "analysed"
+        } else {
+            "never analysed"
+        };
+        let from = |tag| kluis::store::TagRow {
+            version: 1,
+            bits: 12,
+            tag,
+        };
+        // Tags 4094 and 4095 (records 4094, 4095), then from the smallest: 0 (4096), 1 (1 and 4097).
+        assert_eq!(
+            store
+                .tagged_from("nuisance", "name", &from(4094), 4)
+                .unwrap(),
+            vec!["rec-4094", "rec-4095", "rec-4096", "rec-1"],
+            "{when}"
+        );
+        let sql = kluis::store::postgres::tagged_from_statement(16);
+        let params: [&(dyn postgres::types::ToSql + Sync); 5] =
+            [&"nuisance", &"name", &1i64, &12i64, &2000i64];
+        for plan_mode in ["custom", "generic"] {
+            db.batch_execute(&format!("SET plan_cache_mode = force_{plan_mode}_plan"))
+                .unwrap();
+            let plan: Vec<String> = db
+                .query(
+                    &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
+                    &params,
+                )
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let text = plan.join("\n");
+            let scans: Vec<&String> = plan
+                .iter()
+                .filter(|l| l.contains("Scan") && l.contains(" on search_tags"))
+                .collect();
+            assert_eq!(scans.len(), 2, "{when}, {plan_mode}: two walks:\n{text}");
+            for scan in scans {
+                assert!(
+                    scan.contains("Index"),
+                    "{when}, {plan_mode}: not an index scan:\n{text}"
+                );
+                // No walk reads more tags than the 16 it may answer.
+                let rows: f64 = scan[scan.find("rows=").unwrap() + 5..]
+                    .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(
+                    rows <= 16.0,
+                    "{when}, {plan_mode}: {rows} tags read:\n{text}"
+                );
+            }
+        }
+        assert_planned_once(&mut db, &sql, &params, when);
+    }
+}
+
 /// The statements that read records by their ids (with their facts, for reads that arrive
 /// together; with their fields; with one field's value) and subjects' facts by the subjects
 /// read every table through an index, for

@@ -282,25 +282,12 @@ impl RecordStore for SqliteStore {
         // once this commits.
         let files = super::evidence_of(&tx, id)?;
         super::delete_record_row(&tx, id)?;
-        let left: i64 = tx
-            .query_row(
-                "SELECT count(*) FROM records WHERE subject = ?1 AND purpose = ?2",
-                params![subject, purpose],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        if left == 0 {
-            tx.execute(
-                "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2",
-                params![subject, purpose],
-            )
-            .map_err(db)?;
-        }
+        let shredded = super::shred_when_last(&tx, &subject, purpose.as_str())?;
         tx.commit().map_err(db)?;
         self.truncate_log(&conn);
         drop(conn);
         self.files.remove(files);
-        Ok(Some(left == 0))
+        Ok(Some(shredded))
     }
 
     fn subject_records(
@@ -443,19 +430,7 @@ impl RecordStore for SqliteStore {
         }
         let mut shredded = Vec::new();
         for purpose in purposes {
-            let left: i64 = tx
-                .query_row(
-                    "SELECT count(*) FROM records WHERE subject = ?1 AND purpose = ?2",
-                    params![subject, purpose],
-                    |r| r.get(0),
-                )
-                .map_err(db)?;
-            if left == 0 {
-                tx.execute(
-                    "DELETE FROM subject_keys WHERE subject = ?1 AND purpose = ?2",
-                    params![subject, purpose],
-                )
-                .map_err(db)?;
+            if super::shred_when_last(&tx, subject, purpose.as_str())? {
                 shredded.push(purpose);
             }
         }
