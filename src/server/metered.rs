@@ -65,12 +65,15 @@ where
         if let Some(running) = &running {
             req.extensions_mut().insert(running.mark());
         }
-        let req = req.map(|body| ReceivedBody {
-            inner: body,
-            receiving: connection.map(|a| a.receiving()),
-            framing: Framing::default(),
-            timer: None,
-            began: None,
+        let stream_cost = stream_cost(&req);
+        let between = (!REQUEST_STREAMS.contains(&path.as_str())).then_some(());
+        let req = req.map(|body| {
+            ReceivedBody::new(
+                body,
+                connection.map(|a| a.receiving()),
+                stream_cost,
+                between,
+            )
         });
         let response = self.0.call(req);
         Box::pin(async move {
@@ -253,17 +256,101 @@ impl<B> Drop for MeteredBody<B> {
 /// limit, or that waits longer than the limit for its next bytes, ends the body with an error
 /// the service answers (`RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`): no caller, whether it has a
 /// credential or not, makes the node keep more than the limits of messages it never finishes.
+///
+/// The call itself is counted too, from its headers until its request ends (`stream_cost`:
+/// what HTTP/2, hyper and the service hold for a stream, and its headers), and a request that
+/// has no message under way must send its next bytes or its end within `limits.request_idle_secs`
+/// (`DEADLINE_EXCEEDED` otherwise), but for the calls that stream their request
+/// (`REQUEST_STREAMS`: their service times the wait for each message itself): streams opened
+/// with headers and never a body, or a message and never an end, each held by the node for
+/// good, were a way to fill its memory without a credential.
 #[derive(Debug)]
 pub struct ReceivedBody<B> {
     inner: B,
     /// `None` for a request that came on no counted connection (tests).
     receiving: Option<super::accept::Receiving>,
     framing: Framing,
-    /// Armed while a message is being received: until its next bytes are due, or the whole of
-    /// it, whichever comes first. Allocated once, reset in place.
+    /// Armed while a message is being received (until its next bytes are due, or the whole of
+    /// it, whichever comes first), and, but for a request stream, while none is (until its
+    /// next bytes or its end are due). Allocated once, reset in place.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the message being received began, and by when it must be whole.
     began: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    /// Of the bytes held, those that count the call itself until its request ends.
+    stream_cost: usize,
+    /// Why the call is refused before any of its request is read: its count would pass a
+    /// limit. Given at the first poll.
+    refused: Option<tonic::Status>,
+    /// Whether the wait between messages is timed (`None`: a request stream).
+    between: Option<()>,
+}
+
+/// The calls whose request is a stream of messages: the time between them is their service's to
+/// limit (an evidence upload's `UPLOAD_IDLE`).
+const REQUEST_STREAMS: [&str; 2] = ["/kluis.v1.Vault/PutEvidence", "/kluis.bench.v1.Echo/Upload"];
+
+/// What a stream holds before its first message, besides its headers: HTTP/2's and hyper's
+/// state of the stream and the service's future waiting for the message (about 6 KiB measured).
+const STREAM_BASE: usize = 8 * 1024;
+
+/// What a header field holds besides its name and value (an entry of the decoded header map).
+const FIELD_BASE: usize = 96;
+
+/// What a call's stream is counted as from its headers until its request ends.
+fn stream_cost<B>(req: &http::Request<B>) -> usize {
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| FIELD_BASE + name.as_str().len() + value.len())
+        .sum();
+    STREAM_BASE + fields + req.uri().path().len()
+}
+
+impl<B> ReceivedBody<B> {
+    /// The request body of a call counted as `stream_cost` from now.
+    fn new(
+        inner: B,
+        mut receiving: Option<super::accept::Receiving>,
+        stream_cost: usize,
+        between: Option<()>,
+    ) -> Self {
+        let mut refused = None;
+        let mut timer = None;
+        if let Some(receiving) = receiving.as_mut() {
+            if let Err(over) = receiving.hold(stream_cost) {
+                refused = Some(over_limit(&over));
+            } else if between.is_some() {
+                let due = tokio::time::Instant::now() + receiving.pace.idle;
+                timer = Some(Box::pin(tokio::time::sleep_until(due)));
+            }
+        }
+        let stream_cost = if refused.is_some() { 0 } else { stream_cost };
+        Self {
+            inner,
+            receiving,
+            framing: Framing::default(),
+            timer,
+            began: None,
+            stream_cost,
+            refused,
+            between,
+        }
+    }
+}
+
+/// The refusal of a request whose count would pass a limit.
+fn over_limit(over: &super::accept::Overfull) -> tonic::Status {
+    let what = if over.key == super::accept::UNAUTHENTICATED_KEY {
+        "connections on which no call has been authenticated yet share it: a connection whose \
+         caller was authenticated has a share of its own, so make a small call with your \
+         credential on this connection first, or retry shortly"
+    } else {
+        "send fewer large messages or calls at once, or retry shortly"
+    };
+    tonic::Status::resource_exhausted(format!(
+        "request messages and calls being received hold `{}` = {} bytes: {what}",
+        over.key, over.limit
+    ))
 }
 
 /// Where a stream of gRPC messages (a flag byte, a four-byte length, the message) stands.
@@ -348,6 +435,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(refused) = this.refused.take() {
+            return Poll::Ready(Some(Err(refusal(refused))));
+        }
         let Some(receiving) = this.receiving.as_mut() else {
             return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
         };
@@ -355,28 +445,21 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     if let Err(over) = receiving.hold(data.len()) {
-                        let what = if over.key == super::accept::UNAUTHENTICATED_KEY {
-                            "connections on which no call has been authenticated yet share \
-                             it: a connection whose caller was authenticated has a share of its \
-                             own, so make a small call with your credential on this connection \
-                             first, or retry shortly"
-                        } else {
-                            "send fewer large messages at once, or retry shortly"
-                        };
-                        return Poll::Ready(Some(Err(refusal(tonic::Status::resource_exhausted(
-                            format!(
-                                "request messages being received hold `{}` = {} bytes: {what}",
-                                over.key, over.limit
-                            ),
-                        )))));
+                        return Poll::Ready(Some(Err(refusal(over_limit(&over)))));
                     }
                     // The bytes that end messages are the service's to decode now; those of
-                    // a message begun are held until it is whole.
+                    // a message begun are held until it is whole, and the call's own count
+                    // until its request ends.
                     let was_within = this.framing.within();
                     let whole = this.framing.feed(data);
                     if whole > 0 {
                         let begun = data.len() - whole;
-                        receiving.release(receiving.held().saturating_sub(begun));
+                        receiving.release(
+                            receiving
+                                .held()
+                                .saturating_sub(begun)
+                                .saturating_sub(this.stream_cost),
+                        );
                     }
                     if this.framing.within() {
                         let now = tokio::time::Instant::now();
@@ -398,12 +481,47 @@ where
                         this.began = None;
                     }
                 }
+                if this.began.is_none() {
+                    // No message under way: the next bytes or the end are due within the
+                    // idle limit, but in a request stream.
+                    match (this.between, this.timer.as_mut()) {
+                        (None, _) => {}
+                        (Some(()), Some(timer)) => timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + receiving.pace.idle),
+                        (Some(()), None) => {
+                            this.timer = Some(Box::pin(tokio::time::sleep_until(
+                                tokio::time::Instant::now() + receiving.pace.idle,
+                            )));
+                        }
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                // The request ended: nothing of it is being received any more.
+                receiving.release(receiving.held());
+                this.stream_cost = 0;
+                this.between = None;
+                this.began = None;
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let Some((began, whole_by)) = this.began else {
+                    if this.between.is_some()
+                        && let Some(timer) = this.timer.as_mut()
+                        && timer.as_mut().poll(cx).is_ready()
+                    {
+                        let secs = receiving.pace.idle.as_secs();
+                        return Poll::Ready(Some(Err(refusal(tonic::Status::deadline_exceeded(
+                            format!(
+                                "the request sent no message, and did not end, for {secs} s \
+                                 (`limits.request_idle_secs`); send the request message with \
+                                 the call's headers and end the request after it"
+                            ),
+                        )))));
+                    }
                     return Poll::Pending;
                 };
                 if let Some(timer) = this.timer.as_mut()

@@ -1689,6 +1689,135 @@ async fn unfinished_put(
     tonic::Status::from_header_map(response.headers()).expect("no status in the response's headers")
 }
 
+/// A call without a credential that sends its headers and the bodyless rest of its request, as
+/// `unfinished_put` does, with a header of `pad` bytes: the status it ends with.
+async fn call_without_request(
+    channel: tonic::transport::Channel,
+    pad: usize,
+    frames: Vec<bytes::Bytes>,
+) -> tonic::Status {
+    use tower::ServiceExt;
+    let request =
+        tonic::codegen::http::Request::post(format!("http://{}/kluis.v1.Vault/PutRecord", "kluis"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-pad", "p".repeat(pad))
+            .body(tonic::body::Body::new(Unfinished(frames.into())))
+            .unwrap();
+    let response = channel.oneshot(request).await.unwrap();
+    match tonic::Status::from_header_map(response.headers()) {
+        Some(status) => status,
+        // Not trailers-only: the status comes at the end of the body.
+        None => {
+            let mut body = response.into_body();
+            loop {
+                match std::future::poll_fn(|cx| {
+                    http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+                })
+                .await
+                {
+                    Some(Ok(frame)) => {
+                        if let Some(status) = frame
+                            .trailers_ref()
+                            .and_then(tonic::Status::from_header_map)
+                        {
+                            break status;
+                        }
+                    }
+                    other => panic!("the call ended without a status: {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Calls whose request sent its headers and never a message, or a message and never its end,
+/// were held by the node for good, each with its stream's state and headers (an outside attack
+/// without a credential held 2.9 GB with 300 connections, and ended the node where its memory
+/// was limited): a call now counts against the limits on requests being received from its
+/// headers until its request ends, and a request with no message under way that sends nothing
+/// for `limits.request_idle_secs` ends with `DEADLINE_EXCEEDED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_that_never_send_their_request_are_counted_and_ended_when_idle() {
+    const SHARE: usize = 16 * 1024 * 1024 + 64 * 1024;
+    let server = TestServer::start_with_limits(RawLimits {
+        request_bytes_unauthenticated: Some(SHARE),
+        request_idle_secs: Some(2),
+        ..RawLimits::default()
+    })
+    .await;
+    let attacker = from_address(&server, "127.0.0.2").connect().await.unwrap();
+    // 1,200 calls of headers only on four connections, each counted as at least 8 KiB and its
+    // 12 KiB header: the share holds at most 820 of them at once, and the others are refused
+    // at once (but those that wait for a stream of their connection, 256 at a time, until
+    // calls before them end).
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let connection = from_address(&server, "127.0.0.2").connect().await.unwrap();
+        for _ in 0..300 {
+            calls.spawn(call_without_request(
+                connection.clone(),
+                12 * 1024,
+                Vec::new(),
+            ));
+        }
+    }
+    // A caller with a credential, from another address, is served meanwhile.
+    let other = from_address(&server, "127.0.0.3").connect().await.unwrap();
+    let token = server.token(Role::CustomerService).to_owned();
+    small_put(other, &token)
+        .await
+        .expect("another address was not served");
+    let (mut over, mut idle) = (0, 0);
+    while let Some(done) = tokio::time::timeout(Duration::from_secs(20), calls.join_next())
+        .await
+        .expect("a call that sent no request was kept past its idle limit")
+    {
+        let status = done.unwrap();
+        match status.code() {
+            Code::ResourceExhausted => {
+                assert!(
+                    status
+                        .message()
+                        .contains(&format!("`limits.request_bytes_unauthenticated` = {SHARE}")),
+                    "{}",
+                    status.message()
+                );
+                over += 1;
+            }
+            Code::DeadlineExceeded => {
+                assert!(
+                    status.message().contains("`limits.request_idle_secs`"),
+                    "{}",
+                    status.message()
+                );
+                idle += 1;
+            }
+            other => panic!("{other:?}: {}", status.message()),
+        }
+    }
+    assert!(
+        over + idle == 1200 && over >= 200 && idle >= 1,
+        "refused for the count, ended when idle: {over} refused, {idle} idle"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // A whole message and never the end of the request: ended as well.
+    let message = bytes::Bytes::from_static(&[0, 0, 0, 0, 0]);
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        call_without_request(attacker.clone(), 16, vec![message]),
+    )
+    .await
+    .expect("a request that never ended was kept past its idle limit");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("did not end"), "{status:?}");
+    // What they held is let go: the address calls again and is answered as any caller with a
+    // credential that is none.
+    let status = small_put(attacker, "kl_not-a-token").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
 /// Request messages begun and never finished, even without a credential, were kept whole, as
 /// many as a connection's streams allow (an outside attack held 1.4 GB on one connection):
 /// now the bytes of messages being received count against the limits of their address and of
