@@ -1357,9 +1357,23 @@ const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM holds h WHERE h.released_at IS
 
 /// Moves the change epoch on (see `MetaStore::change_epoch`), in the transaction of the change:
 /// other nodes see the new number once the change is visible to them.
+/// A change the epoch does not announce (its row gone, a trigger that keeps the number) would be
+/// in force on this node only: it is refused, with the transaction that makes it. The
+/// subquery reads the number as it was before this statement.
 fn bump_epoch(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    tx.exec("UPDATE kluis_epoch SET n = n + 1", &[])?;
-    Ok(())
+    let moved = tx.all(
+        "UPDATE kluis_epoch SET n = n + 1 RETURNING n > (SELECT n FROM kluis_epoch)",
+        &[],
+    )?;
+    match moved.as_slice() {
+        [row] if get::<bool>(row, 0)? => Ok(()),
+        _ => Err(StoreError::Corrupt(
+            "the change epoch (table `kluis_epoch`, one row) did not move: it is missing or \
+             something in the database keeps it; other nodes would not take the change in, so \
+             it is not made"
+                .into(),
+        )),
+    }
 }
 
 fn select_anchor(tx: &mut Tx<'_>, subject: &str) -> Result<Option<AnchorRow>, StoreError> {

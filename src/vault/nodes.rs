@@ -37,7 +37,17 @@ pub(crate) struct Follower {
     root_replaced: AtomicBool,
     /// Set while the policy set in force on the other nodes cannot be taken up here.
     policy_behind: AtomicBool,
+    /// Set once the store says other nodes may share it (a change epoch).
+    shared: AtomicBool,
+    /// When this node last took in everything other nodes changed (or found nothing new).
+    followed: Mutex<std::time::Instant>,
 }
+
+/// How long a node of a shared store serves after it last took in what other nodes changed:
+/// the README's bound for a change to be in force on every node. A node that cannot look (the
+/// change epoch unreadable, a row it must check damaged) answers `UNAVAILABLE` after this,
+/// not from what it holds in memory.
+pub const FOLLOW_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Default for Follower {
     fn default() -> Self {
@@ -50,6 +60,8 @@ impl Default for Follower {
             epoch: Mutex::new(None),
             root_replaced: AtomicBool::new(false),
             policy_behind: AtomicBool::new(false),
+            shared: AtomicBool::new(false),
+            followed: Mutex::new(std::time::Instant::now()),
         }
     }
 }
@@ -142,15 +154,26 @@ impl Vault {
     /// was replaced. Returns whether anything had changed. Does nothing on a store only this
     /// process uses.
     pub fn follow_store(&self) -> Result<bool, VaultError> {
-        let Some(epoch) = self.store.change_epoch()? else {
-            return Ok(false);
+        let epoch = match self.store.change_epoch() {
+            Ok(Some(epoch)) => epoch,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                // A database server that does not answer, or an epoch row that is gone: this
+                // node cannot tell what the others changed.
+                if !self.store.answers_from_local_files() {
+                    self.follower.shared.store(true, Ordering::SeqCst);
+                }
+                return Err(e.into());
+            }
         };
+        self.follower.shared.store(true, Ordering::SeqCst);
         let mut last = self
             .follower
             .epoch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *last == Some(epoch) {
+            self.followed();
             return Ok(false);
         }
         // Read the epoch first, then drop what may be stale: a change committed meanwhile moves
@@ -190,7 +213,17 @@ impl Vault {
             tracing::warn!("the policy set in force is taken up; this node serves again");
         }
         *last = Some(epoch);
+        self.followed();
         Ok(true)
+    }
+
+    /// Notes that this node has taken in every change other nodes made up to now.
+    fn followed(&self) {
+        *self
+            .follower
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
     }
 
     fn stop_for_replaced_root(&self) {
@@ -249,6 +282,22 @@ impl Vault {
                  log); another node can serve"
                     .into(),
             ));
+        }
+        if self.follower.shared.load(Ordering::SeqCst) {
+            let since = self
+                .follower
+                .followed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .elapsed();
+            if since > FOLLOW_BOUND {
+                return Err(VaultError::Unavailable(format!(
+                    "this node has not been able to take in the changes other nodes made for {} \
+                     ms (see its log), and does not answer from what it holds; another node can \
+                     serve",
+                    since.as_millis()
+                )));
+            }
         }
         Ok(())
     }

@@ -1408,6 +1408,99 @@ async fn a_node_meeting_keys_of_a_root_changed_elsewhere_answers_unavailable_not
     );
 }
 
+/// A node that cannot take in what other nodes changed went on answering from what it held:
+/// with the change epoch's row deleted (or kept by a trigger), a stricter policy reloaded on
+/// one node was never in force on the other, which reported itself not serving and answered
+/// all the same. Now a change the epoch does not announce is refused, and a node that has not
+/// taken in the others' changes for the bound answers `UNAVAILABLE` until it can again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_cannot_follow_the_others_answers_unavailable_and_changes_are_refused() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (_tmp, a, b) = two_nodes_on(&url).await;
+    let sql = |statement: &str| {
+        let (url, statement) = (url.clone(), statement.to_owned());
+        tokio::task::block_in_place(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            db.batch_execute(&statement).unwrap();
+        })
+    };
+    let who = async |node: &TestServer| {
+        node.client()
+            .await
+            .who_am_i(req(node.token(Role::NuisanceOfficer), pb::WhoAmIRequest {}))
+            .await
+    };
+    let tokens_of = |principal: &str| {
+        let (url, principal) = (url.clone(), principal.to_owned());
+        tokio::task::block_in_place(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            db.query_one(
+                "SELECT count(*) FROM tokens WHERE principal = $1",
+                &[&principal],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+        })
+    };
+    who(&a).await.unwrap();
+    for (breaks, mends) in [
+        (
+            "DELETE FROM kluis_epoch",
+            "INSERT INTO kluis_epoch (n) VALUES (1000)",
+        ),
+        (
+            "CREATE FUNCTION keep_epoch() RETURNS trigger LANGUAGE plpgsql AS
+                 'BEGIN NEW.n := OLD.n; RETURN NEW; END';
+             CREATE TRIGGER keep_epoch BEFORE UPDATE ON kluis_epoch
+                 FOR EACH ROW EXECUTE FUNCTION keep_epoch();",
+            "DROP TRIGGER keep_epoch ON kluis_epoch; DROP FUNCTION keep_epoch();",
+        ),
+    ] {
+        sql(breaks);
+        // A change through B that the epoch would not announce is not made.
+        let refused = b
+            .admin()
+            .await
+            .issue_token(req(
+                b.token(Role::SecurityOfficer),
+                pb::IssueTokenRequest {
+                    principal_id: "emp-unannounced".into(),
+                    roles: vec!["nuisance-officer".into()],
+                    ttl_seconds: 3600,
+                    scope_subject_id: String::new(),
+                    justification: "joined the team".into(),
+                },
+            ))
+            .await;
+        if breaks.starts_with("CREATE") {
+            let Err(refused) = refused else {
+                panic!("a change the epoch did not announce was made");
+            };
+            // As any store that does not keep what kluis wrote (the log names the epoch).
+            assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+            assert_eq!(tokens_of("emp-unannounced"), 0);
+        } else {
+            // The epoch gone: no node can tell what changed, and neither serves.
+            assert!(refused.is_err(), "a change was made with the epoch gone");
+            assert_eq!(tokens_of("emp-unannounced"), 0);
+            for node in [&a, &b] {
+                within_bound("answering UNAVAILABLE", async || {
+                    who(node)
+                        .await
+                        .is_err_and(|e| e.code() == Code::Unavailable)
+                })
+                .await;
+            }
+        }
+        sql(mends);
+        for node in [&a, &b] {
+            within_bound("serving again", async || who(node).await.is_ok()).await;
+        }
+        issue(&b, "emp-announced", "nuisance-officer", "joined the team").await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn evidence_uploaded_through_one_node_streams_from_the_other() {
     let Some(cluster) = pg::cluster() else { return };
