@@ -183,6 +183,10 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// How far ahead of this node's clock a key job's stored start may be: another node's clock a
+/// little ahead of this one's.
+const KEY_JOB_SKEW_SECS: i64 = 5;
+
 impl Vault {
     /// Sets how key jobs run.
     pub fn with_key_settings(mut self, settings: KeySettings) -> Self {
@@ -449,6 +453,18 @@ impl Vault {
         let started = self
             .store
             .start_key_job(purpose.as_str(), "rekey", now_unix() + 1)?;
+        // A job kluis started (here or on a node whose clock is a little ahead) begins within
+        // a few seconds; a row that says later was written by hand, and waiting for it would
+        // hold the job, and the node's shutdown, for as long as it says.
+        if started > now_unix() + KEY_JOB_SKEW_SECS {
+            tracing::error!(%purpose, started, "the stored rekey job starts in the future; the rekey is refused");
+            return Err(VaultError::DataLoss(format!(
+                "the stored rekey job of `{purpose}` says it starts at {started} (Unix seconds), \
+                 later than kluis ever starts one (the row was edited by hand, or a node's clock \
+                 is far ahead): remove the row (`DELETE FROM key_jobs WHERE purpose = \
+                 '{purpose}'`) once the clocks agree, and rekey again"
+            )));
+        }
         while now_unix() < started {
             std::thread::sleep(Duration::from_millis(50));
         }

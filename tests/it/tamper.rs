@@ -2479,3 +2479,43 @@ async fn evidence_segment_rows_inserted_or_moved_by_hand_are_named() {
     }
     server.stop().await;
 }
+
+/// A key job row written by hand with a start far ahead held the rekey (and, on a node that
+/// resumed it, the node's shutdown) for as long as the row said: the rekey one would run after
+/// a suspected compromise never began. A stored start later than kluis ever writes is refused
+/// now, and the twin: a job row as kluis writes it (a second ahead) is waited for and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_job_row_starting_in_the_future_is_refused_not_waited_for() {
+    let server = TestServer::start().await;
+    put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-JOB",
+        vec![text("statement", "nuisance-evidence", "a letter")],
+    )
+    .await;
+    db(&server)
+        .execute(
+            "INSERT INTO key_jobs (purpose, kind, started_at) VALUES ('nuisance', 'rekey', ?1)",
+            [4_102_444_800_i64],
+        )
+        .unwrap();
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rekey(&server, "nuisance"),
+    )
+    .await
+    .expect("the rekey waited for a start written by hand")
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+    assert!(refused.message().contains("key_jobs"), "{refused:?}");
+    let soon = kluis::domain::now_unix() + 2;
+    db(&server)
+        .execute(
+            "UPDATE key_jobs SET started_at = ?1 WHERE purpose = 'nuisance'",
+            [soon],
+        )
+        .unwrap();
+    rekey(&server, "nuisance").await.unwrap();
+}
