@@ -40,6 +40,11 @@ pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
 }
 
+/// The longest period between two sweeps (of due key versions, of records past retention): a
+/// sweep's lease lasts two periods and a minute, and a stored lease longer than that
+/// (`store::MAX_LEASE_SECS`) was not written by kluis.
+pub const MAX_SWEEP_INTERVAL_SECS: u64 = 86_400;
+
 /// The process environment.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemEnv;
@@ -749,15 +754,27 @@ impl RawConfig {
                 }
             }
             if let Some(s) = k.sweep_interval_secs {
+                if s > MAX_SWEEP_INTERVAL_SECS {
+                    problems.push(format!(
+                        "`keys.sweep_interval_secs`: {s} is more than a day \
+                         ({MAX_SWEEP_INTERVAL_SECS}); key versions due for destruction would \
+                         wait that long"
+                    ));
+                }
                 key_sweep_interval = std::time::Duration::from_secs(s.max(1));
             }
         }
-        let retention_sweep_interval = std::time::Duration::from_secs(
-            self.lifecycle
-                .and_then(|l| l.sweep_interval_secs)
-                .unwrap_or(3600)
-                .max(1),
-        );
+        let retention_secs = self
+            .lifecycle
+            .and_then(|l| l.sweep_interval_secs)
+            .unwrap_or(3600);
+        if retention_secs > MAX_SWEEP_INTERVAL_SECS {
+            problems.push(format!(
+                "`lifecycle.sweep_interval_secs`: {retention_secs} is more than a day \
+                 ({MAX_SWEEP_INTERVAL_SECS}); records past their retention would wait that long"
+            ));
+        }
+        let retention_sweep_interval = std::time::Duration::from_secs(retention_secs.max(1));
         let policy = self.policy.unwrap_or_default();
         let head_dir = self.audit.and_then(|a| a.head_dir);
         if let Some(dir) = &head_dir
@@ -1164,6 +1181,25 @@ mod tests {
         .unwrap();
         let err = raw.validate(false).unwrap_err();
         assert_eq!(err.0.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn sweeps_run_at_least_daily() {
+        let check = |toml_text: &str| {
+            toml::from_str::<RawConfig>(&format!("data_dir = \"/d\"\n{toml_text}"))
+                .unwrap()
+                .validate(false)
+        };
+        for (section, what) in [("keys", "keys"), ("lifecycle", "lifecycle")] {
+            let err = check(&format!("[{section}]\nsweep_interval_secs = 86401"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("`{what}.sweep_interval_secs`")),
+                "{err}"
+            );
+            check(&format!("[{section}]\nsweep_interval_secs = 86400")).unwrap();
+        }
     }
 
     #[test]

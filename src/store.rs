@@ -788,6 +788,10 @@ impl std::fmt::Debug for Resealed {
     }
 }
 
+/// The longest lease kluis takes: a sweep's, two of its longest periods
+/// (`config::MAX_SWEEP_INTERVAL_SECS`) and a minute.
+pub const MAX_LEASE_SECS: i64 = 2 * 86_400 + 60;
+
 /// The store's metadata, its initialisation and online snapshots.
 pub trait MetaStore: Send + Sync {
     /// A value of the store's metadata (root key parameters, key check value, wrapped audit key).
@@ -818,9 +822,11 @@ pub trait MetaStore: Send + Sync {
     fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError>;
 
     /// Takes the lease `name` (a job only one node may run at a time) for `holder`, or renews
-    /// it, for `ttl_secs` by the store's clock, when it is free, expired or held by `holder`
-    /// already. Returns whether `holder` holds it now. A node that dies stops renewing, and
-    /// another takes the lease once it expires.
+    /// it, for `ttl_secs` by the store's clock, when it is free, expired, held by `holder`
+    /// already, or held until later than `MAX_LEASE_SECS` from now (no lease kluis takes lasts
+    /// that long: a row written by hand would hold the job off for good). Returns whether
+    /// `holder` holds it now. A node that dies stops renewing, and another takes the lease once
+    /// it expires.
     fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError>;
 
     /// Gives up the lease `name` when `holder` holds it.

@@ -207,6 +207,14 @@ pub fn run_all(store: &dyn Store) {
     store.release_lease("rekey:nuisance", "node-a").unwrap();
     assert!(store.take_lease("rekey:nuisance", "node-b", -1).unwrap());
     assert!(store.take_lease("rekey:nuisance", "node-a", 30).unwrap());
+    // A lease held for longer than any kluis takes was not taken by kluis: it holds nobody off.
+    assert!(
+        store
+            .take_lease("key-sweep", "node-x", super::MAX_LEASE_SECS + 3600)
+            .unwrap()
+    );
+    assert!(store.take_lease("key-sweep", "node-a", 30).unwrap());
+    assert!(!store.take_lease("key-sweep", "node-b", 30).unwrap());
 
     // The first subject key wins; a second insert returns the stored one.
     let sk = SubjectKeyRow {

@@ -60,8 +60,9 @@ impl MetaStore for PgStore {
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
                  WHERE leases.until < extract(epoch FROM clock_timestamp())::BIGINT
                     OR leases.holder = excluded.holder
+                    OR leases.until > extract(epoch FROM clock_timestamp())::BIGINT + $4
                  RETURNING holder",
-                &[&name, &holder, &ttl_secs],
+                &[&name, &holder, &ttl_secs, &crate::store::MAX_LEASE_SECS],
             )?;
             Ok(held.is_some())
         })

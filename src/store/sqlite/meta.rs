@@ -74,8 +74,9 @@ impl MetaStore for SqliteStore {
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
                  WHERE leases.until < CAST(strftime('%s', 'now') AS INTEGER)
                     OR leases.holder = excluded.holder
+                    OR leases.until > CAST(strftime('%s', 'now') AS INTEGER) + ?4
                  RETURNING holder",
-                params![name, holder, ttl_secs],
+                params![name, holder, ttl_secs, crate::store::MAX_LEASE_SECS],
                 |r| r.get(0),
             )
             .optional()
