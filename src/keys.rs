@@ -1112,6 +1112,12 @@ impl Keyring {
         Ok(stored.len() == mine.len() && bool::from(stored.as_slice().ct_eq(&mine[..])))
     }
 
+    /// The check value of the root key this process holds, hex.
+    pub fn current_check_value(&self) -> Result<String, KeyError> {
+        let root = self.root.read().map_err(|_| KeyError::CorruptMeta)?;
+        Ok(hex::encode(kdf::key_check_value(&root)?))
+    }
+
     /// Forgets an unwrapped purpose key version (after its destruction or a minimum change).
     pub fn forget_purpose_key(&self, purpose: Purpose, version: u32) {
         if let Ok(mut map) = self.purpose_keys.write() {

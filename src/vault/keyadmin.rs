@@ -52,8 +52,28 @@ struct RootChange {
     requested_at: i64,
     expires_at: i64,
     check: RootCheck,
+    /// The check value of the root key in force when it was asked for: it changes that one
+    /// only. A request (or its approval) put back after the root changed names another
+    /// (`None`: written before requests named it).
+    #[serde(default)]
+    from: Option<String>,
     approved_by: Option<String>,
     approved_at: Option<i64>,
+}
+
+impl RootChange {
+    /// Refuses a change asked for over another root key than the one in force now.
+    fn over(&self, current: &str) -> Result<(), String> {
+        if self.from.as_deref() == Some(current) {
+            return Ok(());
+        }
+        Err(format!(
+            "root change `{}` was asked for over another root key than the one in force now \
+             (the root changed since, or the request was put back from before); ask again \
+             (`kluis admin root rotate`)",
+            self.id
+        ))
+    }
 }
 
 /// A root change just requested.
@@ -956,6 +976,7 @@ impl Vault {
             requested_at: now,
             expires_at: now.saturating_add(ROOT_CHANGE_TTL_SECS),
             check,
+            from: Some(self.keyring.current_check_value()?),
             approved_by: None,
             approved_at: None,
         };
@@ -1025,6 +1046,9 @@ impl Vault {
                     .into(),
             );
         }
+        if let Err(why) = change.over(&self.keyring.current_check_value()?) {
+            return event.refuse(why);
+        }
         event.reason = Some(format!(
             "root change requested by `{}`; the requester may now carry it out until {}",
             change.requested_by, change.expires_at
@@ -1079,6 +1103,9 @@ impl Vault {
             return event.refuse(format!(
                 "root change `{request_id}` expired; ask again (`kluis admin root rotate`)"
             ));
+        }
+        if let Err(why) = change.over(&self.keyring.current_check_value()?) {
+            return event.refuse(why);
         }
         let Some(approver) = change.approved_by.clone() else {
             return event.refuse(format!(

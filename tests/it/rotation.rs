@@ -1206,6 +1206,59 @@ async fn an_approval_of_a_root_change_written_into_the_database_is_not_obeyed() 
     server.stop().await;
 }
 
+/// An approved root change, copied from the database before it was carried out and put back
+/// after a later change, let the security officer alone take the root back to the first new
+/// key: the row's MAC still held. A request now names the root key it changes, and is refused
+/// over any other.
+#[tokio::test]
+async fn an_approved_root_change_put_back_after_the_root_changed_is_refused() {
+    let server = TestServer::start().await;
+    let so = server.token(Role::SecurityOfficer).to_owned();
+    let po = server.token(Role::PrivacyOfficer).to_owned();
+    let mut admin = server.admin().await;
+    let first = pb::rotate_root_request::Secret::Key(vec![0x51; 32]);
+    let id = request_root(&mut admin, &so, first.clone()).await;
+    approve_root(&mut admin, &po, &id).await.unwrap();
+    let conn = Connection::open(server.db_path()).unwrap();
+    let approved: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'root_change'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        carry_out_root(&mut admin, &so, &id, first.clone())
+            .await
+            .unwrap()
+            .rotated
+    );
+    change_root(
+        &server,
+        pb::rotate_root_request::Secret::Key(vec![0x52; 32]),
+    )
+    .await;
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'root_change'",
+        [&approved],
+    )
+    .unwrap();
+    let status = carry_out_root(&mut admin, &so, &id, first.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("over another root key"),
+        "{status:?}"
+    );
+    // Nor may it be approved again.
+    let status = approve_root(&mut admin, &po, &id).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    // The twin: asked for again over the root in force, approved, it goes through.
+    change_root(&server, first).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_rewrap_another_node_runs_is_followed_and_taken_over_when_it_stops() {
     let server = TestServer::start().await;
