@@ -653,7 +653,7 @@ impl Vault {
         if previous.as_deref() != Some(policy.digest().as_bytes()) {
             store.set_meta(META_POLICY_DIGEST, policy.digest().as_bytes())?;
         }
-        nodes::store_policy_set(store.as_ref(), &rows, &policy)?;
+        let policy_generation = nodes::store_policy_set(store.as_ref(), &rows, &policy)?;
         let alone_here = store.answers_from_local_files();
         let vault = Self {
             store,
@@ -686,6 +686,10 @@ impl Vault {
             .with_alone_here(alone_here),
         };
         vault.note_epoch(epoch);
+        vault
+            .follower
+            .policy_generation
+            .store(policy_generation, std::sync::atomic::Ordering::SeqCst);
         Ok(vault)
     }
 

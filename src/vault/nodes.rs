@@ -41,6 +41,8 @@ pub(crate) struct Follower {
     shared: AtomicBool,
     /// When this node last took in everything other nodes changed (or found nothing new).
     followed: Mutex<std::time::Instant>,
+    /// The generation of the stored policy set this node decides by (`StoredPolicySet`).
+    pub(crate) policy_generation: std::sync::atomic::AtomicU64,
 }
 
 /// How long a node of a shared store serves after it last took in what other nodes changed:
@@ -62,38 +64,96 @@ impl Default for Follower {
             policy_behind: AtomicBool::new(false),
             shared: AtomicBool::new(false),
             followed: Mutex::new(std::time::Instant::now()),
+            policy_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
 
-/// Stores `engine`'s texts as the policy set in force, when they are not stored already.
+/// The policy set in force as the store keeps it: its texts and its generation, one more at
+/// every change of the set, under the row's MAC. A node never takes up a set of an older
+/// generation than the one it decides by: a copy of the row put back from before a reload is
+/// genuine, and only its generation tells it apart.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPolicySet {
+    #[serde(flatten)]
+    sources: PolicySources,
+    /// 0 in a row stored before generations were kept.
+    #[serde(default)]
+    generation: u64,
+}
+
+/// Stores `engine`'s texts as the policy set in force, when they are not stored already, one
+/// generation after the stored one (over the row as read; a reload on another node meanwhile
+/// is read again, and this one, the later, stored after it). Gives the generation in force.
 pub(crate) fn store_policy_set(
     store: &dyn Store,
     rows: &RowAuth,
     engine: &Engine,
-) -> Result<(), VaultError> {
-    if let Some(stored) = stored_policy_set(store, rows)?
-        && stored == *engine.sources()
-    {
-        return Ok(());
-    }
-    let bytes = serde_json::to_vec(engine.sources())
-        .map_err(|e| VaultError::Store(crate::store::StoreError::Database(e.to_string())))?;
-    store.set_meta(META_POLICY_SET, &rows.seal_meta(META_POLICY_SET, &bytes))?;
-    Ok(())
+) -> Result<u64, VaultError> {
+    store_policy_set_after(store, rows, engine, 0)
 }
 
-/// The policy set the store holds, its MAC checked.
+/// `store_policy_set`, of a generation after `after` too.
+fn store_policy_set_after(
+    store: &dyn Store,
+    rows: &RowAuth,
+    engine: &Engine,
+    after: u64,
+) -> Result<u64, VaultError> {
+    let mut tries = 0;
+    loop {
+        match store_policy_set_over(store, rows, engine, after) {
+            Err(VaultError::Store(crate::store::StoreError::Stale(_))) if tries < 3 => tries += 1,
+            done => return done,
+        }
+    }
+}
+
+fn store_policy_set_over(
+    store: &dyn Store,
+    rows: &RowAuth,
+    engine: &Engine,
+    after: u64,
+) -> Result<u64, VaultError> {
+    let raw = store.meta(META_POLICY_SET)?;
+    let stored = raw
+        .as_deref()
+        .map(|raw| open_policy_set(rows, raw))
+        .transpose()?;
+    if let Some((sources, generation)) = &stored
+        && *sources == *engine.sources()
+    {
+        return Ok(*generation);
+    }
+    let generation = stored.map_or(1, |(_, g)| g + 1).max(after + 1);
+    let bytes = serde_json::to_vec(&StoredPolicySet {
+        sources: engine.sources().clone(),
+        generation,
+    })
+    .map_err(|e| VaultError::Store(crate::store::StoreError::Database(e.to_string())))?;
+    store.replace_meta(
+        META_POLICY_SET,
+        raw.as_deref(),
+        &rows.seal_meta(META_POLICY_SET, &bytes),
+    )?;
+    Ok(generation)
+}
+
+/// The policy set the store holds and its generation, its MAC checked.
 pub(crate) fn stored_policy_set(
     store: &dyn Store,
     rows: &RowAuth,
-) -> Result<Option<PolicySources>, VaultError> {
-    let Some(stored) = store.meta(META_POLICY_SET)? else {
-        return Ok(None);
-    };
-    let bytes = rows.open_meta(META_POLICY_SET, &stored)?;
-    serde_json::from_slice(bytes)
-        .map(Some)
+) -> Result<Option<(PolicySources, u64)>, VaultError> {
+    store
+        .meta(META_POLICY_SET)?
+        .map(|raw| open_policy_set(rows, &raw))
+        .transpose()
+}
+
+fn open_policy_set(rows: &RowAuth, raw: &[u8]) -> Result<(PolicySources, u64), VaultError> {
+    let bytes = rows.open_meta(META_POLICY_SET, raw)?;
+    serde_json::from_slice::<StoredPolicySet>(bytes)
+        .map(|s| (s.sources, s.generation))
         .map_err(|_| VaultError::DataLoss("the stored policy set".into()))
 }
 
@@ -107,7 +167,7 @@ pub(crate) fn policy_at_start(
     if store.change_epoch()?.is_none() {
         return Ok(local);
     }
-    let Some(sources) = stored_policy_set(store, rows)? else {
+    let Some((sources, _)) = stored_policy_set(store, rows)? else {
         return Ok(local);
     };
     if sources == *local.sources() {
@@ -189,8 +249,33 @@ impl Vault {
         // A policy set this node cannot take up (a MAC that fails, a set this build cannot
         // read) must not leave it deciding by the old one: it stops serving until it can.
         let adopted = stored_policy_set(self.store.as_ref(), &self.rows).and_then(|stored| {
+            let in_force = self.follower.policy_generation.load(Ordering::SeqCst);
             match stored {
-                Some(sources) if sources != *self.policy().sources() => {
+                Some((_, generation)) if generation < in_force => {
+                    // A copy put back from before a reload: this node goes on deciding by the
+                    // set in force, and stores it again over the copy for the nodes that start.
+                    tracing::error!(
+                        stored = generation,
+                        in_force,
+                        "the stored policy set is older than the one in force here (a copy \
+                         put back by hand?); the set in force stays, and is stored again"
+                    );
+                    let policy = self.policy();
+                    let stored = store_policy_set_after(
+                        self.store.as_ref(),
+                        &self.rows,
+                        &policy,
+                        in_force,
+                    )?;
+                    self.follower
+                        .policy_generation
+                        .store(stored, Ordering::SeqCst);
+                    Ok(())
+                }
+                Some((sources, generation)) if sources != *self.policy().sources() => {
+                    self.follower
+                        .policy_generation
+                        .store(generation, Ordering::SeqCst);
                     let engine = Engine::from_files(&sources.schema, &sources.files)?;
                     tracing::info!(digest = %engine.digest(), "policy set changed on another node; in force here now");
                     match self.policy.write() {

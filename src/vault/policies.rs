@@ -96,7 +96,10 @@ impl Vault {
         self.store
             .set_meta(META_POLICY_DIGEST, engine.digest().as_bytes())?;
         // The set in force lives in the store: the other nodes take it up within a second.
-        super::nodes::store_policy_set(self.store.as_ref(), &self.rows, &engine)?;
+        let generation = super::nodes::store_policy_set(self.store.as_ref(), &self.rows, &engine)?;
+        self.follower
+            .policy_generation
+            .store(generation, std::sync::atomic::Ordering::SeqCst);
         match self.policy.write() {
             Ok(mut p) => *p = Arc::new(engine),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),

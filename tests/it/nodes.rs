@@ -1408,6 +1408,95 @@ async fn a_node_meeting_keys_of_a_root_changed_elsewhere_answers_unavailable_not
     );
 }
 
+/// The policy set in force is one row under a MAC: a copy of it from before a stricter reload,
+/// put back by hand, was genuine, and both nodes took up the older set again within a second,
+/// the node that made the reload too. The row now carries the set's generation, and no node
+/// takes up an older one than it decides by: it goes on deciding by the set in force and
+/// stores that again over the copy, so that a node that starts takes it up too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_set_put_back_from_before_a_reload_is_not_taken_up() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let tmp = private_tempdir();
+    let policy = tmp.path().join("policies.cedar");
+    std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
+    let (_nodes, a, b) = two_nodes_at(&url, Some(&policy)).await;
+    let so = a.token(Role::SecurityOfficer).to_owned();
+    let id = put(
+        &a,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-P1",
+        vec![text("email", "contact", "p1@example.nl")],
+    )
+    .await;
+    let read = async |node: &TestServer| {
+        get(
+            node,
+            node.token(Role::CustomerService),
+            ctx("contract", "", ""),
+            &id,
+        )
+        .await
+    };
+    read(&a).await.unwrap();
+    let sql = |statement: String| {
+        let url = url.clone();
+        tokio::task::block_in_place(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            db.batch_execute(&statement).unwrap();
+        })
+    };
+    sql("CREATE TABLE old_policy AS SELECT value FROM meta WHERE key = 'policy_set'".into());
+    std::fs::write(
+        &policy,
+        format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
+        ),
+    )
+    .unwrap();
+    let reload = async |node: &TestServer| {
+        node.admin()
+            .await
+            .reload_policies(req(&so, pb::ReloadPoliciesRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    assert!(reload(&b).await.changed);
+    for node in [&a, &b] {
+        within_bound("the stricter set", async || {
+            read(node)
+                .await
+                .is_err_and(|s| s.code() == Code::PermissionDenied)
+        })
+        .await;
+    }
+    // The copy put back, and the change announced.
+    sql(
+        "UPDATE meta SET value = (SELECT value FROM old_policy) WHERE key = 'policy_set';
+         UPDATE kluis_epoch SET n = n + 1"
+            .into(),
+    );
+    tokio::time::sleep(IN_FORCE_WITHIN + Duration::from_millis(500)).await;
+    for node in [&a, &b] {
+        let Err(refused) = read(node).await else {
+            panic!("the older policy set decided again");
+        };
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    // The set in force is stored again: a node that starts now decides by it.
+    let secret = RootSecret::read_key_file(&_nodes.path().join("root.key")).unwrap();
+    let dir_c = _nodes.path().join("c");
+    kluis::config::create_private_dir(&dir_c).unwrap();
+    let mut c = TestServer::start_node(&url, &dir_c, &secret).await;
+    c.share_tokens(&a);
+    let Err(refused) = read(&c).await else {
+        panic!("a node that started took up the older policy set");
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
+
 /// A node that cannot take in what other nodes changed went on answering from what it held:
 /// with the change epoch's row deleted (or kept by a trigger), a stricter policy reloaded on
 /// one node was never in force on the other, which reported itself not serving and answered
