@@ -1689,6 +1689,39 @@ async fn unfinished_put(
     tonic::Status::from_header_map(response.headers()).expect("no status in the response's headers")
 }
 
+/// Waits for every call of `calls` (at most 20 s for the next): each must end refused for the
+/// limit `limit` (`RESOURCE_EXHAUSTED`) or ended when idle (`DEADLINE_EXCEEDED`); gives how
+/// many of each. `kept` says what failed when one is not ended in time.
+async fn refused_or_idle(
+    calls: &mut tokio::task::JoinSet<tonic::Status>,
+    limit: &str,
+    kept: &str,
+) -> (usize, usize) {
+    let (mut over, mut idle) = (0, 0);
+    while let Some(done) = tokio::time::timeout(Duration::from_secs(20), calls.join_next())
+        .await
+        .expect(kept)
+    {
+        let status = done.unwrap();
+        match status.code() {
+            Code::ResourceExhausted => {
+                assert!(status.message().contains(limit), "{}", status.message());
+                over += 1;
+            }
+            Code::DeadlineExceeded => {
+                assert!(
+                    status.message().contains("`limits.request_idle_secs`"),
+                    "{}",
+                    status.message()
+                );
+                idle += 1;
+            }
+            other => panic!("{other:?}: {}", status.message()),
+        }
+    }
+    (over, idle)
+}
+
 /// A call without a credential that sends its headers and the bodyless rest of its request, as
 /// `unfinished_put` does, with a header of `pad` bytes: the status it ends with.
 async fn call_without_request(
@@ -1769,34 +1802,12 @@ async fn calls_that_never_send_their_request_are_counted_and_ended_when_idle() {
     small_put(other, &token)
         .await
         .expect("another address was not served");
-    let (mut over, mut idle) = (0, 0);
-    while let Some(done) = tokio::time::timeout(Duration::from_secs(20), calls.join_next())
-        .await
-        .expect("a call that sent no request was kept past its idle limit")
-    {
-        let status = done.unwrap();
-        match status.code() {
-            Code::ResourceExhausted => {
-                assert!(
-                    status
-                        .message()
-                        .contains(&format!("`limits.request_bytes_unauthenticated` = {SHARE}")),
-                    "{}",
-                    status.message()
-                );
-                over += 1;
-            }
-            Code::DeadlineExceeded => {
-                assert!(
-                    status.message().contains("`limits.request_idle_secs`"),
-                    "{}",
-                    status.message()
-                );
-                idle += 1;
-            }
-            other => panic!("{other:?}: {}", status.message()),
-        }
-    }
+    let (over, idle) = refused_or_idle(
+        &mut calls,
+        &format!("`limits.request_bytes_unauthenticated` = {SHARE}"),
+        "a call that sent no request was kept past its idle limit",
+    )
+    .await;
     assert!(
         over + idle == 1200 && over >= 200 && idle >= 1,
         "refused for the count, ended when idle: {over} refused, {idle} idle"
@@ -1846,34 +1857,12 @@ async fn messages_never_finished_are_held_within_the_limits_and_ended_when_idle(
     small_put(other, &token)
         .await
         .expect("another address was not served");
-    let (mut over, mut idle) = (0, 0);
-    while let Some(done) = tokio::time::timeout(Duration::from_secs(20), calls.join_next())
-        .await
-        .expect("a message never finished was kept past its idle limit")
-    {
-        let status = done.unwrap();
-        match status.code() {
-            Code::ResourceExhausted => {
-                assert!(
-                    status
-                        .message()
-                        .contains("`limits.request_bytes_per_address` = 16842752"),
-                    "{}",
-                    status.message()
-                );
-                over += 1;
-            }
-            Code::DeadlineExceeded => {
-                assert!(
-                    status.message().contains("`limits.request_idle_secs`"),
-                    "{}",
-                    status.message()
-                );
-                idle += 1;
-            }
-            other => panic!("{other:?}: {}", status.message()),
-        }
-    }
+    let (over, idle) = refused_or_idle(
+        &mut calls,
+        "`limits.request_bytes_per_address` = 16842752",
+        "a message never finished was kept past its idle limit",
+    )
+    .await;
     // 16 MiB hold at most two of the messages begun (three would be 18 MiB); the others are
     // refused at once. Which, and how many, depends on how the four streams' frames
     // interleave: when each has 4 MiB in, the next mebibyte of any is refused, and the bytes
