@@ -286,8 +286,11 @@ pub struct ReceivedBody<B> {
 }
 
 /// The calls whose request is a stream of messages: the time between them is their service's to
-/// limit (an evidence upload's `UPLOAD_IDLE`).
-const REQUEST_STREAMS: [&str; 2] = ["/kluis.v1.Vault/PutEvidence", "/kluis.bench.v1.Echo/Upload"];
+/// limit (an evidence upload's `api::vault::EVIDENCE_IDLE`, 30 s).
+const REQUEST_STREAMS: [&str; 2] = [
+    "/kluis.v1.Vault/PutEvidence",
+    "/kluis.bench.v1.Stream/Upload",
+];
 
 /// What a stream holds before its first message, besides its headers: HTTP/2's and hyper's
 /// state of the stream and the service's future waiting for the message (about 6 KiB measured).
