@@ -790,7 +790,7 @@ impl std::fmt::Debug for Resealed {
 
 /// The longest lease kluis takes: a sweep's, two of its longest periods
 /// (`config::MAX_SWEEP_INTERVAL_SECS`) and a minute.
-pub const MAX_LEASE_SECS: i64 = 2 * 86_400 + 60;
+pub const MAX_LEASE_SECS: i64 = 2 * crate::config::MAX_SWEEP_INTERVAL_SECS.cast_signed() + 60;
 
 /// The store's metadata, its initialisation and online snapshots.
 pub trait MetaStore: Send + Sync {

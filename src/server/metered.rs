@@ -66,7 +66,7 @@ where
             req.extensions_mut().insert(running.mark());
         }
         let stream_cost = stream_cost(&req);
-        let between = (!REQUEST_STREAMS.contains(&path.as_str())).then_some(());
+        let between = !REQUEST_STREAMS.contains(&path.as_str());
         let req = req.map(|body| {
             ReceivedBody::new(
                 body,
@@ -281,8 +281,8 @@ pub struct ReceivedBody<B> {
     /// Why the call is refused before any of its request is read: its count would pass a
     /// limit. Given at the first poll.
     refused: Option<tonic::Status>,
-    /// Whether the wait between messages is timed (`None`: a request stream).
-    between: Option<()>,
+    /// Whether the wait between messages is timed (not in a request stream).
+    between: bool,
 }
 
 /// The calls whose request is a stream of messages: the time between them is their service's to
@@ -315,14 +315,14 @@ impl<B> ReceivedBody<B> {
         inner: B,
         mut receiving: Option<super::accept::Receiving>,
         stream_cost: usize,
-        between: Option<()>,
+        between: bool,
     ) -> Self {
         let mut refused = None;
         let mut timer = None;
         if let Some(receiving) = receiving.as_mut() {
             if let Err(over) = receiving.hold(stream_cost) {
                 refused = Some(over_limit(&over));
-            } else if between.is_some() {
+            } else if between {
                 let due = tokio::time::Instant::now() + receiving.pace.idle;
                 timer = Some(Box::pin(tokio::time::sleep_until(due)));
             }
@@ -488,11 +488,11 @@ where
                     // No message under way: the next bytes or the end are due within the
                     // idle limit, but in a request stream.
                     match (this.between, this.timer.as_mut()) {
-                        (None, _) => {}
-                        (Some(()), Some(timer)) => timer
+                        (false, _) => {}
+                        (true, Some(timer)) => timer
                             .as_mut()
                             .reset(tokio::time::Instant::now() + receiving.pace.idle),
-                        (Some(()), None) => {
+                        (true, None) => {
                             this.timer = Some(Box::pin(tokio::time::sleep_until(
                                 tokio::time::Instant::now() + receiving.pace.idle,
                             )));
@@ -506,13 +506,13 @@ where
                 // The request ended: nothing of it is being received any more.
                 receiving.release(receiving.held());
                 this.stream_cost = 0;
-                this.between = None;
+                this.between = false;
                 this.began = None;
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 let Some((began, whole_by)) = this.began else {
-                    if this.between.is_some()
+                    if this.between
                         && let Some(timer) = this.timer.as_mut()
                         && timer.as_mut().poll(cx).is_ready()
                     {

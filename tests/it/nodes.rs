@@ -1420,7 +1420,7 @@ async fn a_policy_set_put_back_from_before_a_reload_is_not_taken_up() {
     let tmp = private_tempdir();
     let policy = tmp.path().join("policies.cedar");
     std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
-    let (_nodes, a, b) = two_nodes_at(&url, Some(&policy)).await;
+    let (nodes_dir, a, b) = two_nodes_at(&url, Some(&policy)).await;
     let so = a.token(Role::SecurityOfficer).to_owned();
     let id = put(
         &a,
@@ -1486,8 +1486,8 @@ async fn a_policy_set_put_back_from_before_a_reload_is_not_taken_up() {
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     }
     // The set in force is stored again: a node that starts now decides by it.
-    let secret = RootSecret::read_key_file(&_nodes.path().join("root.key")).unwrap();
-    let dir_c = _nodes.path().join("c");
+    let secret = RootSecret::read_key_file(&nodes_dir.path().join("root.key")).unwrap();
+    let dir_c = nodes_dir.path().join("c");
     kluis::config::create_private_dir(&dir_c).unwrap();
     let mut c = TestServer::start_node(&url, &dir_c, &secret).await;
     c.share_tokens(&a);

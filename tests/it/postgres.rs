@@ -268,15 +268,7 @@ fn a_find_s_decoy_walk_reads_the_index_and_is_planned_once() {
         for plan_mode in ["custom", "generic"] {
             db.batch_execute(&format!("SET plan_cache_mode = force_{plan_mode}_plan"))
                 .unwrap();
-            let plan: Vec<String> = db
-                .query(
-                    &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
-                    &params,
-                )
-                .unwrap()
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
+            let plan = explain(&mut db, &sql, &params);
             let text = plan.join("\n");
             let scans: Vec<&String> = plan
                 .iter()
@@ -348,15 +340,7 @@ fn reads_by_id_look_up_each_record_whatever_the_plan() {
                     } else {
                         vec![&ids]
                     };
-                    let plan: Vec<String> = db
-                        .query(
-                            &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
-                            &params,
-                        )
-                        .unwrap()
-                        .iter()
-                        .map(|row| row.get(0))
-                        .collect();
+                    let plan = explain(&mut db, sql, &params);
                     let text = plan.join("\n");
                     let when = format!(
                         "{name}, {when} plan, {} ids, analysed empty: {analyse_empty}",
@@ -417,6 +401,22 @@ fn reads_by_id_look_up_each_record_whatever_the_plan() {
             assert_planned_once(&mut db, sql, &params, name);
         }
     }
+}
+
+/// The lines of the plan PostgreSQL ran `sql` by, with the rows each step read.
+fn explain(
+    db: &mut postgres::Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Vec<String> {
+    db.query(
+        &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"),
+        params,
+    )
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
 }
 
 /// Runs `sql` twelve times as one prepared statement and fails unless PostgreSQL planned it
@@ -557,18 +557,7 @@ fn check_find_plan(
     params: &[&(dyn postgres::types::ToSql + Sync)],
     when: &str,
 ) {
-    let plan: Vec<String> = db
-        .query(
-            &format!(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
-                kluis::store::postgres::FIND_TAGGED
-            ),
-            params,
-        )
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let plan = explain(db, kluis::store::postgres::FIND_TAGGED, params);
     let text = plan.join("\n");
     let scans: Vec<usize> = plan
         .iter()
