@@ -657,6 +657,20 @@ impl TokenRow {
     }
 }
 
+/// A job's lease (a job only one node may run at a time) as stored: who holds it, until when
+/// by the store's clock, and its MAC, without which it holds nobody off.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct LeaseRow {
+    /// The job (`rekey:nuisance`, `retention-sweep`, ...).
+    pub name: String,
+    /// The node that holds it.
+    pub holder: String,
+    /// When it expires, Unix seconds by the store's clock.
+    pub until: i64,
+    /// MAC under the row subkey.
+    pub mac: Vec<u8>,
+}
+
 /// One entry of the audit trail as stored.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct AuditRow {
@@ -821,13 +835,15 @@ pub trait MetaStore: Send + Sync {
     /// transaction; `Stale` otherwise (another node changed it since it was read).
     fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError>;
 
-    /// Takes the lease `name` (a job only one node may run at a time) for `holder`, or renews
-    /// it, for `ttl_secs` by the store's clock, when it is free, expired, held by `holder`
-    /// already, or held until later than `MAX_LEASE_SECS` from now (no lease kluis takes lasts
-    /// that long: a row written by hand would hold the job off for good). Returns whether
-    /// `holder` holds it now. A node that dies stops renewing, and another takes the lease once
-    /// it expires.
-    fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError>;
+    /// The lease `name` as stored (`None`: nobody holds it), and the store's clock now, in Unix
+    /// seconds: the database's clock decides a lease's expiry, so that nodes with skewed clocks
+    /// agree on it.
+    fn lease(&self, name: &str) -> Result<(Option<LeaseRow>, i64), StoreError>;
+
+    /// Stores `next` as the lease of its name when the stored one is still `prev` (`None`: no
+    /// row), holder, expiry and MAC alike. Returns whether it did: `false` when another node
+    /// changed the lease since it was read.
+    fn replace_lease(&self, prev: Option<&LeaseRow>, next: &LeaseRow) -> Result<bool, StoreError>;
 
     /// Gives up the lease `name` when `holder` holds it.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;

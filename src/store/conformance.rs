@@ -7,8 +7,8 @@ use crate::domain::{Category, ConsentState, FieldKind, Purpose, RecipientKind, R
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, FieldMeta, FieldRow, FieldsMac,
-    HashAt, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow, RecordWrite,
-    RequestRow, RestrictionRow, Store, StoreError, SubjectKeyRow, TagRow, TokenRow,
+    HashAt, HoldRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow, RecordRow,
+    RecordWrite, RequestRow, RestrictionRow, Store, StoreError, SubjectKeyRow, TagRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -196,25 +196,56 @@ pub fn run_all(store: &dyn Store) {
         assert!(store.change_epoch().unwrap().unwrap() > before);
     }
 
-    // Leases: one holder at a time; the holder renews; another takes it once it is given up
-    // (or expired: a lease of -1 s is expired at once).
-    assert!(store.take_lease("rekey:nuisance", "node-a", 30).unwrap());
-    assert!(!store.take_lease("rekey:nuisance", "node-b", 30).unwrap());
-    assert!(store.take_lease("rekey:nuisance", "node-a", 30).unwrap());
-    assert!(store.take_lease("retention-sweep", "node-b", 30).unwrap());
-    store.release_lease("rekey:nuisance", "node-b").unwrap();
-    assert!(!store.take_lease("rekey:nuisance", "node-b", 30).unwrap());
-    store.release_lease("rekey:nuisance", "node-a").unwrap();
-    assert!(store.take_lease("rekey:nuisance", "node-b", -1).unwrap());
-    assert!(store.take_lease("rekey:nuisance", "node-a", 30).unwrap());
-    // A lease held for longer than any kluis takes was not taken by kluis: it holds nobody off.
+    // Leases: stored as given, replaced only over the row as read (the core decides who may
+    // take one, `Vault::take_lease`); the clock is the store's.
+    let lease = |holder: &str, until: i64, mac: &[u8]| LeaseRow {
+        name: "rekey:nuisance".into(),
+        holder: holder.into(),
+        until,
+        mac: mac.to_vec(),
+    };
+    let (none, now) = store.lease("rekey:nuisance").unwrap();
+    assert_eq!(none, None);
+    assert!((now - crate::domain::now_unix()).abs() <= 5, "{now}");
+    let a = lease("node-a", now + 30, b"mac-a");
+    assert!(store.replace_lease(None, &a).unwrap());
+    // Inserted once only: a second node that read no row too loses.
     assert!(
-        store
-            .take_lease("key-sweep", "node-x", super::MAX_LEASE_SECS + 3600)
+        !store
+            .replace_lease(None, &lease("node-b", now + 30, b"mac-b"))
             .unwrap()
     );
-    assert!(store.take_lease("key-sweep", "node-a", 30).unwrap());
-    assert!(!store.take_lease("key-sweep", "node-b", 30).unwrap());
+    assert_eq!(store.lease("rekey:nuisance").unwrap().0.as_ref(), Some(&a));
+    // Replaced over the row as read, holder, expiry and MAC alike.
+    let renewed = lease("node-a", now + 60, b"mac-a2");
+    assert!(store.replace_lease(Some(&a), &renewed).unwrap());
+    for stale in [
+        a.clone(),
+        lease("node-a", now + 60, b"mac-a"),
+        lease("node-x", now + 60, b"mac-a2"),
+    ] {
+        assert!(
+            !store
+                .replace_lease(Some(&stale), &lease("node-b", now + 30, b"mac-b"))
+                .unwrap(),
+            "replaced over {stale:?}"
+        );
+    }
+    assert_eq!(
+        store.lease("rekey:nuisance").unwrap().0,
+        Some(renewed.clone())
+    );
+    // Given up by its holder only; another lease is apart.
+    let sweep = LeaseRow {
+        name: "retention-sweep".into(),
+        ..lease("node-b", now + 30, b"mac-s")
+    };
+    assert!(store.replace_lease(None, &sweep).unwrap());
+    store.release_lease("rekey:nuisance", "node-b").unwrap();
+    assert_eq!(store.lease("rekey:nuisance").unwrap().0, Some(renewed));
+    store.release_lease("rekey:nuisance", "node-a").unwrap();
+    assert_eq!(store.lease("rekey:nuisance").unwrap().0, None);
+    assert_eq!(store.lease("retention-sweep").unwrap().0, Some(sweep));
 
     // The first subject key wins; a second insert returns the stored one.
     let sk = SubjectKeyRow {

@@ -45,7 +45,7 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow, RecordRow,
     RecordWithField, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts,
     SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*, qualified,
 };
@@ -312,6 +312,10 @@ CREATE TABLE destroyed_records (
     PRIMARY KEY (subject, record_id)
 );
 "#,
+    // A lease carries a MAC: a row written by hand holds no job off.
+    r"
+ALTER TABLE leases ADD COLUMN mac BYTEA;
+",
 ];
 
 /// The advisory lock key under which migrations run ("kluis" in ASCII), so that nodes starting

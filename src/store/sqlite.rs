@@ -34,7 +34,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, MandateRow, PurposeKeyRow, RecordRow,
+    FieldsMac, HoldRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow, RecordRow,
     RecordWithField, RecordWrite, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError,
     SubjectFacts, SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*,
 };
@@ -440,6 +440,10 @@ CREATE TABLE destroyed_records (
     r"
 ALTER TABLE evidence_segments ADD COLUMN at INTEGER;
 ALTER TABLE evidence_segments ADD COLUMN len INTEGER;
+",
+    // A lease carries a MAC: a row written by hand holds no job off.
+    r"
+ALTER TABLE leases ADD COLUMN mac BLOB;
 ",
 ];
 

@@ -18,7 +18,7 @@ use std::sync::{Mutex, atomic::AtomicBool, atomic::Ordering};
 use super::{Vault, VaultError, rows::RowAuth};
 use crate::{
     policy::{Engine, PolicySources},
-    store::Store,
+    store::{LeaseRow, Store},
 };
 
 /// How often a node looks for changes other nodes made. The README states the bound: a change
@@ -415,10 +415,8 @@ pub(crate) struct Lease<'a> {
 impl Lease<'_> {
     /// Renews the lease; false when another node took it (this one stalled past its expiry).
     pub(crate) fn renew(&self) -> Result<bool, VaultError> {
-        Ok(self
-            .vault
-            .store
-            .take_lease(&self.name, &self.vault.follower.node, JOB_LEASE_SECS)?)
+        self.vault
+            .take_lease(&self.name, &self.vault.follower.node, JOB_LEASE_SECS)
     }
 }
 
@@ -443,12 +441,54 @@ impl Vault {
     /// Takes the lease of the job `name` for this node: `None` while another node runs it.
     pub(crate) fn job_lease(&self, name: &str) -> Result<Option<Lease<'_>>, VaultError> {
         Ok(self
-            .store
             .take_lease(name, &self.follower.node, JOB_LEASE_SECS)?
             .then(|| Lease {
                 vault: self,
                 name: name.to_owned(),
             }))
+    }
+
+    /// Takes the lease `name` for `holder`, or renews it, for `ttl_secs` by the store's clock,
+    /// when it is free, expired, held by `holder` already, or held by a row kluis did not write:
+    /// one without the MAC kluis gives a lease, or held until later than `MAX_LEASE_SECS` from
+    /// now (no lease kluis takes lasts that long). A row written by hand thus holds no job off.
+    /// Returns whether `holder` holds it now. A node that dies stops renewing, and another
+    /// takes the lease once it expires.
+    ///
+    /// `holder` is this node's id ([`Vault::node_id`]) but for tools acting as another node.
+    pub fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, VaultError> {
+        // A node that changed the lease between the read and the write took it: read again,
+        // in case it let go of it meanwhile.
+        for _ in 0..3 {
+            let (stored, now) = self.store.lease(name)?;
+            if let Some(row) = &stored
+                && row.holder != holder
+                && row.until >= now
+            {
+                let authentic = self.rows.is_authentic(row);
+                if authentic && row.until <= now + crate::store::MAX_LEASE_SECS {
+                    return Ok(false);
+                }
+                tracing::error!(
+                    lease = %name,
+                    "a stored job lease is not one kluis took (its MAC fails or it lasts longer \
+                     than any kluis takes); it holds nothing off and is taken over"
+                );
+            }
+            let next = self.rows.seal(
+                LeaseRow {
+                    name: name.to_owned(),
+                    holder: holder.to_owned(),
+                    until: now.saturating_add(ttl_secs),
+                    mac: Vec::new(),
+                },
+                |row, mac| row.mac = mac,
+            );
+            if self.store.replace_lease(stored.as_ref(), &next)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Runs `job` when this node holds (or takes) the lease `name`, kept for `ttl_secs` and
@@ -460,7 +500,7 @@ impl Vault {
         ttl_secs: i64,
         job: impl FnOnce(&Vault) -> Result<T, VaultError>,
     ) -> Result<Option<T>, VaultError> {
-        if !self.store.take_lease(name, &self.follower.node, ttl_secs)? {
+        if !self.take_lease(name, &self.follower.node, ttl_secs)? {
             return Ok(None);
         }
         job(self).map(Some)

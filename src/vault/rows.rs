@@ -47,7 +47,7 @@ use crate::{
     domain::Principal,
     policy::AdminAction,
     store::{
-        AnchorRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow, HoldRow,
+        AnchorRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, LeaseRow,
         MandateRow, PurposeKeyRow, RecordRow, RequestRow, RestrictionRow, StoreError, SubjectFacts,
         TokenRow,
     },
@@ -172,6 +172,22 @@ impl Authenticated for HoldRow {
             .int(self.placed_at)
             .opt_int(self.released_at)
             .opt_str(self.released_by.as_deref());
+    }
+}
+
+impl Authenticated for LeaseRow {
+    const KIND: &'static str = "lease";
+
+    fn row_id(&self) -> String {
+        self.name.clone()
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        &self.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.name).str(&self.holder).int(self.until);
     }
 }
 

@@ -643,13 +643,12 @@ async fn a_sweep_under_way_on_another_node_is_not_run_beside_it() {
     )
     .await;
     let conn = Connection::open(server.db_path()).unwrap();
-    conn.execute(
-        "INSERT INTO leases (name, holder, until) \
-         VALUES ('retention-sweep-run', 'node-elsewhere', CAST(strftime('%s', 'now') AS INTEGER) + 3600) \
-         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until",
-        [],
-    )
-    .unwrap();
+    assert!(
+        server
+            .vault
+            .take_lease("retention-sweep-run", "node-elsewhere", 3600)
+            .unwrap()
+    );
     clock.advance(3 * 365 * DAY);
     let status = server
         .admin()
@@ -684,6 +683,88 @@ async fn a_sweep_under_way_on_another_node_is_not_run_beside_it() {
         .unwrap();
     assert_eq!(sweep(&server, false).await, std::slice::from_ref(&id));
     assert!(!exists(&server, &id).await);
+    server.stop().await;
+}
+
+/// A lease row kluis did not write holds no job off, whatever the spelling: inserted by hand
+/// for a node that does not exist, another node's genuine lease with its expiry moved or its
+/// holder renamed, a genuine lease of another job copied over this one's, or one lasting
+/// longer than any lease kluis takes. The sweep runs over each (the test above is the twin: the
+/// genuine lease as kluis wrote it holds the sweep off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_row_written_by_hand_holds_no_sweep_off() {
+    let clock = TestClock::at_now();
+    let server = TestServer::start_with_clock(clock.clone()).await;
+    let conn = Connection::open(server.db_path()).unwrap();
+    let sql = |sql: &str| {
+        conn.execute(sql, []).unwrap();
+    };
+    let genuine = |name: &str, ttl: i64| {
+        assert!(
+            server
+                .vault
+                .take_lease(name, "node-elsewhere", ttl)
+                .unwrap()
+        );
+    };
+    type Forge<'a> = Box<dyn Fn() + 'a>;
+    let forgeries: Vec<(&str, Forge<'_>)> = vec![
+        (
+            "inserted by hand",
+            Box::new(|| {
+                sql("INSERT INTO leases (name, holder, until) \
+                     VALUES ('retention-sweep-run', 'node-elsewhere', \
+                     CAST(strftime('%s', 'now') AS INTEGER) + 3600)")
+            }),
+        ),
+        (
+            "its expiry moved",
+            Box::new(|| {
+                genuine("retention-sweep-run", 1);
+                sql("UPDATE leases SET until = until + 3600 WHERE name = 'retention-sweep-run'");
+            }),
+        ),
+        (
+            "its holder renamed",
+            Box::new(|| {
+                genuine("retention-sweep-run", 600);
+                sql("UPDATE leases SET holder = 'node-other' WHERE name = 'retention-sweep-run'");
+            }),
+        ),
+        (
+            "another job's lease copied over it",
+            Box::new(|| {
+                genuine("rewrap:contact", 600);
+                sql("INSERT INTO leases (name, holder, until, mac) \
+                     SELECT 'retention-sweep-run', holder, until, mac FROM leases \
+                     WHERE name = 'rewrap:contact'");
+            }),
+        ),
+        (
+            "longer than any lease kluis takes",
+            Box::new(|| genuine("retention-sweep-run", kluis::store::MAX_LEASE_SECS + 3600)),
+        ),
+    ];
+    for (i, (what, forge)) in forgeries.iter().enumerate() {
+        let id = put(
+            &server,
+            Role::CustomerService,
+            ctx("customer-service", "", ""),
+            &format!("REL-LEASE-{i}"),
+            vec![text("phone", "contact", "06-12345678")],
+        )
+        .await;
+        sql("DELETE FROM leases");
+        forge();
+        clock.advance(3 * 365 * DAY);
+        assert_eq!(
+            sweep(&server, false).await,
+            std::slice::from_ref(&id),
+            "a lease {what} held the sweep off"
+        );
+        assert!(!exists(&server, &id).await, "{what}");
+    }
+    drop(forgeries);
     server.stop().await;
 }
 

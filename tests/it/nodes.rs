@@ -983,7 +983,11 @@ async fn a_key_job_a_dead_node_left_is_taken_over_once_its_lease_expires() {
         store
             .start_key_job("nuisance", "rekey", kluis::domain::now_unix())
             .unwrap();
-        assert!(store.take_lease("rekey:nuisance", "node-dead", 2).unwrap());
+        assert!(
+            a.vault
+                .take_lease("rekey:nuisance", "node-dead", 2)
+                .unwrap()
+        );
     });
     let vault = std::sync::Arc::clone(&a.vault);
     let jobs = |v: std::sync::Arc<kluis::vault::Vault>| {

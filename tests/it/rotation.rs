@@ -226,13 +226,12 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
     // in the background cannot move the keys after the rotation below (on a busy machine it
     // may run that late). Released before the rewrap further down.
     let db = Connection::open(server.db_path()).unwrap();
-    db.execute(
-        "INSERT INTO leases (name, holder, until) \
-         VALUES ('rewrap:nuisance', 'another-node', CAST(strftime('%s', 'now') AS INTEGER) + 600) \
-         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until",
-        [],
-    )
-    .unwrap();
+    assert!(
+        server
+            .vault
+            .take_lease("rewrap:nuisance", "another-node", 600)
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Rotate in the core (no rewrap of its own) so v1 still wraps the five subject keys.
     server
@@ -1274,15 +1273,12 @@ async fn a_rewrap_another_node_runs_is_followed_and_taken_over_when_it_stops() {
     // "Another node" holds the rewrap's lease for three more seconds and does nothing, as a
     // node that died in its rewrap. Taken before the rotation, so that the rewrap this server's
     // start resumes in the background cannot move the keys itself.
-    Connection::open(server.db_path())
-        .unwrap()
-        .execute(
-            "INSERT INTO leases (name, holder, until) \
-             VALUES ('rewrap:nuisance', 'another-node', CAST(strftime('%s', 'now') AS INTEGER) + 3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until",
-            [],
-        )
-        .unwrap();
+    assert!(
+        server
+            .vault
+            .take_lease("rewrap:nuisance", "another-node", 3)
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Rotated in the core: no rewrap of its own.
     server

@@ -51,20 +51,59 @@ impl MetaStore for PgStore {
         })
     }
 
-    fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError> {
+    fn lease(&self, name: &str) -> Result<(Option<LeaseRow>, i64), StoreError> {
         // The database's clock decides, so nodes with skewed clocks agree on expiry.
+        self.with_conn(|c| {
+            let row = c
+                .client
+                .query_one(
+                    "SELECT extract(epoch FROM clock_timestamp())::BIGINT, l.holder, l.until,
+                            coalesce(l.mac, ''::BYTEA)
+                     FROM (SELECT 1) AS one LEFT JOIN leases l ON l.name = $1",
+                    &[&name],
+                )
+                .map_err(db)?;
+            let now: i64 = get(&row, 0)?;
+            let holder: Option<String> = get(&row, 1)?;
+            let lease = match holder {
+                Some(holder) => Some(LeaseRow {
+                    name: name.to_owned(),
+                    holder,
+                    until: get(&row, 2)?,
+                    // A row of a store from before leases were authenticated has none.
+                    mac: get(&row, 3)?,
+                }),
+                None => None,
+            };
+            Ok((lease, now))
+        })
+    }
+
+    fn replace_lease(&self, prev: Option<&LeaseRow>, next: &LeaseRow) -> Result<bool, StoreError> {
         self.write_guarded(|tx| {
-            let held = tx.opt(
-                "INSERT INTO leases (name, holder, until)
-                 VALUES ($1, $2, extract(epoch FROM clock_timestamp())::BIGINT + $3)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-                 WHERE leases.until < extract(epoch FROM clock_timestamp())::BIGINT
-                    OR leases.holder = excluded.holder
-                    OR leases.until > extract(epoch FROM clock_timestamp())::BIGINT + $4
-                 RETURNING holder",
-                &[&name, &holder, &ttl_secs, &crate::store::MAX_LEASE_SECS],
-            )?;
-            Ok(held.is_some())
+            let changed = match prev {
+                None => tx.exec(
+                    "INSERT INTO leases (name, holder, until, mac) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&next.name, &next.holder, &next.until, &next.mac],
+                )?,
+                // Compared as read (a row of an older store has no MAC).
+                Some(prev) => tx.exec(
+                    "UPDATE leases SET holder = $2, until = $3, mac = $4
+                     WHERE name = $1 AND holder = $5 AND until = $6
+                       AND coalesce(mac, ''::BYTEA) = $7",
+                    &[
+                        &next.name,
+                        &next.holder,
+                        &next.until,
+                        &next.mac,
+                        &prev.holder,
+                        &prev.until,
+                        &prev.mac,
+                    ],
+                )?,
+            };
+            Ok(changed == 1)
         })
     }
 

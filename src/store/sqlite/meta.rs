@@ -65,23 +65,57 @@ impl MetaStore for SqliteStore {
         Ok(None)
     }
 
-    fn take_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool, StoreError> {
+    fn lease(&self, name: &str) -> Result<(Option<LeaseRow>, i64), StoreError> {
         let conn = self.write()?;
-        let held: Option<String> = conn
+        let row = conn
             .query_row(
-                "INSERT INTO leases (name, holder, until)
-                 VALUES (?1, ?2, CAST(strftime('%s', 'now') AS INTEGER) + ?3)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-                 WHERE leases.until < CAST(strftime('%s', 'now') AS INTEGER)
-                    OR leases.holder = excluded.holder
-                    OR leases.until > CAST(strftime('%s', 'now') AS INTEGER) + ?4
-                 RETURNING holder",
-                params![name, holder, ttl_secs, crate::store::MAX_LEASE_SECS],
-                |r| r.get(0),
+                "SELECT holder, until, coalesce(mac, x'') FROM leases WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(LeaseRow {
+                        name: name.to_owned(),
+                        holder: r.get(0)?,
+                        until: r.get(1)?,
+                        // A row of a store from before leases were authenticated has none.
+                        mac: r.get(2)?,
+                    })
+                },
             )
             .optional()
             .map_err(db)?;
-        Ok(held.as_deref() == Some(holder))
+        let now = conn
+            .query_row("SELECT CAST(strftime('%s', 'now') AS INTEGER)", [], |r| {
+                r.get(0)
+            })
+            .map_err(db)?;
+        Ok((row, now))
+    }
+
+    fn replace_lease(&self, prev: Option<&LeaseRow>, next: &LeaseRow) -> Result<bool, StoreError> {
+        let conn = self.write()?;
+        let changed = match prev {
+            None => conn.execute(
+                "INSERT INTO leases (name, holder, until, mac) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![next.name, next.holder, next.until, next.mac],
+            ),
+            // Compared as read (a row of an older store has no MAC).
+            Some(prev) => conn.execute(
+                "UPDATE leases SET holder = ?2, until = ?3, mac = ?4
+                 WHERE name = ?1 AND holder = ?5 AND until = ?6 AND coalesce(mac, x'') = ?7",
+                params![
+                    next.name,
+                    next.holder,
+                    next.until,
+                    next.mac,
+                    prev.holder,
+                    prev.until,
+                    prev.mac
+                ],
+            ),
+        }
+        .map_err(db)?;
+        Ok(changed == 1)
     }
 
     fn clear_leases(&self) -> Result<(), StoreError> {
