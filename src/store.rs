@@ -657,6 +657,21 @@ impl TokenRow {
     }
 }
 
+/// A key job (a rekey of a purpose) under way, as stored: resumed from its start by whichever
+/// node takes it over.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct KeyJobRow {
+    /// The purpose whose keys it replaces.
+    pub purpose: String,
+    /// What it does (`rekey`).
+    pub kind: String,
+    /// When it started, Unix seconds: the subjects keyed before it are the job's.
+    pub started_at: i64,
+    /// MAC under the row subkey, with the number of the purpose's jobs of this kind finished
+    /// before it (empty in a row of an older store).
+    pub mac: Vec<u8>,
+}
+
 /// A job's lease (a job only one node may run at a time) as stored: who holds it, until when
 /// by the store's clock, and its MAC, without which it holds nobody off.
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -859,6 +874,15 @@ pub trait MetaStore: Send + Sync {
     /// itself knows every change.
     fn change_epoch(&self) -> Result<Option<i64>, StoreError>;
 
+    /// `change_epoch`, with a digest of the rows a node takes in when it moves: the metadata
+    /// (the policy set, the token register, the root key and its wrapping of the audit and
+    /// index keys) and the purpose key versions with their states. The epoch is a counter that
+    /// whoever administers the database can hold back (a trigger that writes it back): a node
+    /// that finds the digest changed under the same epoch takes the change in all the same.
+    fn shared_state(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        Ok(self.change_epoch()?.map(|n| (n, Vec::new())))
+    }
+
     /// Initialises an empty store with its metadata and first purpose keys, in one transaction.
     /// Fails with `AlreadyInitialized` when the store holds metadata already.
     fn initialize(
@@ -1025,15 +1049,15 @@ pub trait KeyStore: Send + Sync {
     /// (must be 0).
     fn orphan_fields(&self, purpose: &str) -> Result<u64, StoreError>;
 
-    /// Records that a key job (`rekey`) started for a purpose, unless one is recorded already;
-    /// returns the start time in force.
-    fn start_key_job(&self, purpose: &str, kind: &str, at: i64) -> Result<i64, StoreError>;
+    /// Records that a key job (`rekey`) started for a purpose, `job` as given, unless one is
+    /// recorded already; returns the job in force.
+    fn start_key_job(&self, job: &KeyJobRow) -> Result<KeyJobRow, StoreError>;
 
     /// Removes the record of a finished key job.
     fn finish_key_job(&self, purpose: &str, kind: &str) -> Result<(), StoreError>;
 
-    /// Unfinished key jobs: (purpose, kind, started_at).
-    fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError>;
+    /// Unfinished key jobs, by purpose and kind.
+    fn key_jobs(&self) -> Result<Vec<KeyJobRow>, StoreError>;
 }
 
 /// Records and their fields, retention and shredding.

@@ -612,7 +612,7 @@ impl Vault {
         anchor: Option<&crate::audit::anchor::Anchor>,
     ) -> Result<Self, VaultError> {
         // Where other nodes' changes stand before anything is loaded (see `nodes`).
-        let epoch = store.change_epoch()?;
+        let epoch = store.shared_state()?;
         let audit_key = keyring.audit_key()?;
         let rows = rows::RowAuth::new(&audit_key).map_err(KeyError::Crypto)?;
         let policy = nodes::policy_at_start(store.as_ref(), &rows, policy)?;

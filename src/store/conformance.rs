@@ -7,8 +7,9 @@ use crate::domain::{Category, ConsentState, FieldKind, Purpose, RecipientKind, R
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, FieldMeta, FieldRow, FieldsMac,
-    HashAt, HoldRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow, RecordRow,
-    RecordWrite, RequestRow, RestrictionRow, Store, StoreError, SubjectKeyRow, TagRow, TokenRow,
+    HashAt, HoldRow, KeyJobRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow,
+    RecordRow, RecordWrite, RequestRow, RestrictionRow, Store, StoreError, SubjectKeyRow, TagRow,
+    TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -1559,15 +1560,29 @@ fn key_rotation(store: &dyn Store, v1: &PurposeKeyRow) {
     assert_eq!(store.orphan_fields("nuisance").unwrap(), 0);
     assert!(delete(store, "rec_rk").unwrap().is_some());
 
-    // Key jobs survive until finished.
-    assert_eq!(store.start_key_job("nuisance", "rekey", 100).unwrap(), 100);
-    assert_eq!(store.start_key_job("nuisance", "rekey", 200).unwrap(), 100);
+    // Key jobs survive until finished: the first recorded is in force, MAC and all.
+    let job = |started_at: i64, mac: &[u8]| KeyJobRow {
+        purpose: "nuisance".into(),
+        kind: "rekey".into(),
+        started_at,
+        mac: mac.to_vec(),
+    };
     assert_eq!(
-        store.key_jobs().unwrap(),
-        vec![("nuisance".into(), "rekey".into(), 100)]
+        store.start_key_job(&job(100, b"mac-1")).unwrap(),
+        job(100, b"mac-1")
     );
+    assert_eq!(
+        store.start_key_job(&job(200, b"mac-2")).unwrap(),
+        job(100, b"mac-1")
+    );
+    assert_eq!(store.key_jobs().unwrap(), vec![job(100, b"mac-1")]);
     store.finish_key_job("nuisance", "rekey").unwrap();
     assert!(store.key_jobs().unwrap().is_empty());
+    assert_eq!(
+        store.start_key_job(&job(200, b"mac-2")).unwrap(),
+        job(200, b"mac-2")
+    );
+    store.finish_key_job("nuisance", "rekey").unwrap();
 }
 
 #[expect(

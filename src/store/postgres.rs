@@ -45,9 +45,9 @@ use postgres::{Client, IsolationLevel, Row, Statement, error::SqlState, types::T
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow, RecordRow,
-    RecordWithField, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError, SubjectFacts,
-    SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*, qualified,
+    FieldsMac, HoldRow, KeyJobRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow,
+    RecordRow, RecordWithField, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError,
+    SubjectFacts, SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*, qualified,
 };
 
 /// The migrations, in order; `kluis_schema.version` counts how many have run. Text columns use
@@ -312,9 +312,10 @@ CREATE TABLE destroyed_records (
     PRIMARY KEY (subject, record_id)
 );
 "#,
-    // A lease carries a MAC: a row written by hand holds no job off.
+    // Leases and key jobs carry a MAC: a row written by hand holds no job off, and starts none.
     r"
 ALTER TABLE leases ADD COLUMN mac BYTEA;
+ALTER TABLE key_jobs ADD COLUMN mac BYTEA;
 ",
 ];
 

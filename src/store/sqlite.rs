@@ -34,9 +34,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
-    FieldsMac, HoldRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow, RecordRow,
-    RecordWithField, RecordWrite, RequestRow, Resealed, RestrictionRow, SegmentRow, StoreError,
-    SubjectFacts, SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*,
+    FieldsMac, HoldRow, KeyJobRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow,
+    RecordRow, RecordWithField, RecordWrite, RequestRow, Resealed, RestrictionRow, SegmentRow,
+    StoreError, SubjectFacts, SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
@@ -441,9 +441,10 @@ CREATE TABLE destroyed_records (
 ALTER TABLE evidence_segments ADD COLUMN at INTEGER;
 ALTER TABLE evidence_segments ADD COLUMN len INTEGER;
 ",
-    // A lease carries a MAC: a row written by hand holds no job off.
+    // Leases and key jobs carry a MAC: a row written by hand holds no job off, and starts none.
     r"
 ALTER TABLE leases ADD COLUMN mac BLOB;
+ALTER TABLE key_jobs ADD COLUMN mac BLOB;
 ",
 ];
 

@@ -9,14 +9,14 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use super::{Vault, VaultError, field_aad};
+use super::{Vault, VaultError, field_aad, rows};
 use crate::{
     audit::AuditEvent,
     crypto::{self, Algorithm},
     domain::{Principal, Purpose, SubjectId, now_unix},
     keys::{KeyError, RootCheck, RootSecret},
     policy::AdminAction,
-    store::{KeyState, Resealed, StoreError},
+    store::{KeyJobRow, KeyState, Resealed, StoreError},
 };
 
 /// How long a root change request may wait for its approval and its carrying out: 24 hours.
@@ -206,6 +206,23 @@ pub struct Progress {
 /// How far ahead of this node's clock a key job's stored start may be: another node's clock a
 /// little ahead of this one's.
 const KEY_JOB_SKEW_SECS: i64 = 5;
+
+/// The kind of key job that replaces a purpose's subject keys.
+const REKEY: &str = "rekey";
+
+/// The meta row counting, per purpose and kind, the key jobs finished: a job's row carries the
+/// count at its start under its MAC ([`rows::KeyJobMac`]), so that the row of a finished job
+/// put back is not taken for the job under way.
+const META_KEY_JOBS_DONE: &str = "key_jobs_done";
+
+/// The meta row `META_KEY_JOBS_DONE` as stored (`None`: none yet), and its counts by
+/// `purpose:kind`.
+type KeyJobsDone = (Option<Vec<u8>>, BTreeMap<String, u64>);
+
+/// A stored key job and whether kluis started it as the job under way.
+struct KeyJobUnderWay {
+    authentic: bool,
+}
 
 impl Vault {
     /// Sets how key jobs run.
@@ -468,23 +485,7 @@ impl Vault {
             .job_lease(&format!("rekey:{purpose}"))?
             .ok_or_else(|| elsewhere("rekey", purpose))?;
         self.no_unfinished_by_hand()?;
-        // A subject key created in the same second as the job start counts as done, so the job
-        // starts one second from now.
-        let started = self
-            .store
-            .start_key_job(purpose.as_str(), "rekey", now_unix() + 1)?;
-        // A job kluis started (here or on a node whose clock is a little ahead) begins within
-        // a few seconds; a row that says later was written by hand, and waiting for it would
-        // hold the job, and the node's shutdown, for as long as it says.
-        if started > now_unix() + KEY_JOB_SKEW_SECS {
-            tracing::error!(%purpose, started, "the stored rekey job starts in the future; the rekey is refused");
-            return Err(VaultError::DataLoss(format!(
-                "the stored rekey job of `{purpose}` says it starts at {started} (Unix seconds), \
-                 later than kluis ever starts one (the row was edited by hand, or a node's clock \
-                 is far ahead): remove the row (`DELETE FROM key_jobs WHERE purpose = \
-                 '{purpose}'`) once the clocks agree, and rekey again"
-            )));
-        }
+        let started = self.start_rekey_job(purpose)?;
         while now_unix() < started {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -522,7 +523,10 @@ impl Vault {
                 std::thread::sleep(self.key_settings.batch_pause);
             }
         }
-        self.store.finish_key_job(purpose.as_str(), "rekey")?;
+        // Counted first: a job's row left behind by a failure in between is no longer this
+        // purpose's job under way, and the next rekey starts afresh rather than resuming it.
+        self.count_key_job_done(purpose, REKEY)?;
+        self.store.finish_key_job(purpose.as_str(), REKEY)?;
         crate::metrics::key_job("rekey", purpose.as_str(), state.done, state.done);
         self.system_event(
             "key-rekey",
@@ -1153,8 +1157,8 @@ impl Vault {
     pub fn resume_key_jobs(&self) -> Result<(), VaultError> {
         // One purpose failing must not keep the others from being resumed.
         let mut first_error = None;
-        for (purpose, kind, _) in self.store.key_jobs()? {
-            if let (Ok(p), "rekey") = (purpose.parse::<Purpose>(), kind.as_str()) {
+        for job in self.store.key_jobs()? {
+            if let (Ok(p), REKEY) = (job.purpose.parse::<Purpose>(), job.kind.as_str()) {
                 // Running on another node (of a shared store): that node finishes it, or this
                 // one takes it over once that node stops renewing its lease.
                 let Some(_free) = self.job_lease(&format!("rekey:{p}"))? else {
@@ -1163,15 +1167,30 @@ impl Vault {
                 // The jobs were listed before the lease was taken: the node that held it may
                 // have finished this one since (it does so before it gives the lease up), and
                 // a second run would rekey every subject again.
-                let unfinished = match self.store.key_jobs() {
-                    Ok(jobs) => jobs.iter().any(|(q, k, _)| q == &purpose && k == "rekey"),
+                let unfinished = match self.key_job_under_way(p, REKEY) {
+                    Ok(job) => job,
                     Err(e) => {
-                        first_error.get_or_insert(e.into());
+                        first_error.get_or_insert(e);
                         continue;
                     }
                 };
-                if !unfinished {
-                    continue;
+                match unfinished {
+                    None => continue,
+                    Some(job) if !job.authentic => {
+                        // Nobody asked for this job: a row written by hand starts no rekey.
+                        tracing::error!(
+                            purpose = p.as_str(),
+                            "a stored rekey job is not one kluis started (its MAC fails: written \
+                             or edited by hand, a finished job's row put back, or a row of a \
+                             build before key jobs were authenticated); it is removed, not \
+                             resumed: run `kluis admin keys rekey` if a rekey was under way"
+                        );
+                        if let Err(e) = self.store.finish_key_job(p.as_str(), REKEY) {
+                            first_error.get_or_insert(e.into());
+                        }
+                        continue;
+                    }
+                    Some(_) => {}
                 }
                 tracing::info!(purpose = p.as_str(), "resuming an interrupted rekey");
                 if let Err(e) = self.rekey(p, |_| true) {
@@ -1238,8 +1257,8 @@ impl Vault {
                     orphan_fields: self.store.orphan_fields(purpose.as_str())?,
                     rekey_pending_since: jobs
                         .iter()
-                        .find(|(p, k, _)| p == purpose.as_str() && k == "rekey")
-                        .map(|j| j.2),
+                        .find(|j| j.purpose == purpose.as_str() && j.kind == REKEY)
+                        .map(|j| j.started_at),
                 })
             })
             .collect()
@@ -1293,5 +1312,132 @@ impl Vault {
         };
         self.audit.append(&event)?;
         Ok(())
+    }
+}
+
+impl Vault {
+    /// Records the start of a rekey of `purpose`, or finds the one under way; returns its start.
+    /// A stored job that is not one kluis started as the job under way (its MAC fails: written
+    /// or edited by hand, or a finished job's row put back, whose start would let the rekey pass
+    /// over the subjects keyed since) is replaced, and the rekey starts afresh.
+    fn start_rekey_job(&self, purpose: Purpose) -> Result<i64, VaultError> {
+        let done = self.key_jobs_done(purpose, REKEY)?;
+        // A subject key created in the same second as the job start counts as done, so the job
+        // starts one second from now.
+        let fresh = self.sealed_key_job(
+            KeyJobRow {
+                purpose: purpose.as_str().to_owned(),
+                kind: REKEY.to_owned(),
+                started_at: now_unix() + 1,
+                mac: Vec::new(),
+            },
+            done,
+        );
+        let mut job = self.store.start_key_job(&fresh)?;
+        if !self.key_job_is_authentic(&job, done) {
+            tracing::error!(
+                %purpose,
+                "the stored rekey job is not one kluis started as the rekey under way (its MAC \
+                 fails: written or edited by hand, or a finished job's row put back); it is \
+                 replaced, and the rekey starts afresh"
+            );
+            self.store.finish_key_job(purpose.as_str(), REKEY)?;
+            job = self.store.start_key_job(&fresh)?;
+            if !self.key_job_is_authentic(&job, done) {
+                return Err(VaultError::DataLoss(format!(
+                    "the stored rekey job of `{purpose}` was replaced by hand again as it \
+                     started; nothing was rekeyed (see the server log and run `kluis admin \
+                     store verify`)"
+                )));
+            }
+        }
+        let started = job.started_at;
+        // A job kluis started (here or on a node whose clock is a little ahead) begins within
+        // a few seconds; a later start is a node's clock far ahead, and waiting for it would
+        // hold the job, and the node's shutdown, for as long as it says.
+        if started > now_unix() + KEY_JOB_SKEW_SECS {
+            tracing::error!(%purpose, started, "the stored rekey job starts in the future; the rekey is refused");
+            return Err(VaultError::DataLoss(format!(
+                "the stored rekey job of `{purpose}` says it starts at {started} (Unix seconds), \
+                 later than kluis ever starts one (a node's clock is far ahead): remove the row \
+                 (`DELETE FROM key_jobs WHERE purpose = '{purpose}'`) once the clocks agree, and \
+                 rekey again"
+            )));
+        }
+        Ok(started)
+    }
+
+    /// The stored job of `kind` of `purpose`, if any, and whether kluis started it as the job
+    /// under way.
+    fn key_job_under_way(
+        &self,
+        purpose: Purpose,
+        kind: &str,
+    ) -> Result<Option<KeyJobUnderWay>, VaultError> {
+        let Some(job) = self
+            .store
+            .key_jobs()?
+            .into_iter()
+            .find(|j| j.purpose == purpose.as_str() && j.kind == kind)
+        else {
+            return Ok(None);
+        };
+        let done = self.key_jobs_done(purpose, kind)?;
+        Ok(Some(KeyJobUnderWay {
+            authentic: self.key_job_is_authentic(&job, done),
+        }))
+    }
+
+    fn sealed_key_job(&self, mut job: KeyJobRow, done: u64) -> KeyJobRow {
+        job.mac = self.rows.mac(&rows::KeyJobMac { job: &job, done });
+        job
+    }
+
+    fn key_job_is_authentic(&self, job: &KeyJobRow, done: u64) -> bool {
+        self.rows.is_authentic(&rows::KeyJobMac { job, done })
+    }
+
+    /// How many jobs of `kind` of `purpose` finished, by the meta row under its MAC.
+    fn key_jobs_done(&self, purpose: Purpose, kind: &str) -> Result<u64, VaultError> {
+        let (_, counts) = self.key_jobs_done_row()?;
+        Ok(counts
+            .get(&format!("{purpose}:{kind}"))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// The meta row as stored, and the counts it holds.
+    fn key_jobs_done_row(&self) -> Result<KeyJobsDone, VaultError> {
+        let raw = self.store.meta(META_KEY_JOBS_DONE)?;
+        let counts = match &raw {
+            None => BTreeMap::new(),
+            Some(raw) => {
+                let bytes = self.rows.open_meta(META_KEY_JOBS_DONE, raw)?;
+                serde_json::from_slice(bytes).map_err(|_| {
+                    VaultError::DataLoss(format!("the stored metadata `{META_KEY_JOBS_DONE}`"))
+                })?
+            }
+        };
+        Ok((raw, counts))
+    }
+
+    /// Counts a job of `kind` of `purpose` as finished (over the row as read: jobs of other
+    /// purposes may finish on other nodes meanwhile).
+    fn count_key_job_done(&self, purpose: Purpose, kind: &str) -> Result<(), VaultError> {
+        let mut tries = 0;
+        loop {
+            let (raw, mut counts) = self.key_jobs_done_row()?;
+            *counts.entry(format!("{purpose}:{kind}")).or_insert(0) += 1;
+            let bytes = serde_json::to_vec(&counts)
+                .map_err(|e| VaultError::Store(StoreError::Database(e.to_string())))?;
+            match self.store.replace_meta(
+                META_KEY_JOBS_DONE,
+                raw.as_deref(),
+                &self.rows.seal_meta(META_KEY_JOBS_DONE, &bytes),
+            ) {
+                Err(StoreError::Stale(_)) if tries < 5 => tries += 1,
+                done => return done.map_err(VaultError::from),
+            }
+        }
     }
 }

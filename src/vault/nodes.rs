@@ -32,7 +32,9 @@ pub(crate) const META_POLICY_SET: &str = "policy_set";
 pub(crate) struct Follower {
     /// This node's id, in the leases it holds: random per process.
     node: String,
-    epoch: Mutex<Option<i64>>,
+    /// The store's change epoch and digest of shared state (`Store::shared_state`) as this
+    /// node last took them in.
+    epoch: Mutex<Option<(i64, Vec<u8>)>>,
     /// Set once another node replaced the root key this node holds.
     root_replaced: AtomicBool,
     /// Set while the policy set in force on the other nodes cannot be taken up here.
@@ -211,7 +213,7 @@ impl Vault {
 
     /// Records where the store's changes stood (`epoch`, read before this node loaded anything
     /// into memory), so that its first poll forgets only what changed since.
-    pub(crate) fn note_epoch(&self, epoch: Option<i64>) {
+    pub(crate) fn note_epoch(&self, epoch: Option<(i64, Vec<u8>)>) {
         *self
             .follower
             .epoch
@@ -224,8 +226,8 @@ impl Vault {
     /// was replaced. Returns whether anything had changed. Does nothing on a store only this
     /// process uses.
     pub fn follow_store(&self) -> Result<bool, VaultError> {
-        let epoch = match self.store.change_epoch() {
-            Ok(Some(epoch)) => epoch,
+        let state = match self.store.shared_state() {
+            Ok(Some(state)) => state,
             Ok(None) => return Ok(false),
             Err(e) => {
                 // A database server that does not answer, or an epoch row that is gone: this
@@ -242,9 +244,22 @@ impl Vault {
             .epoch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *last == Some(epoch) {
+        if last.as_ref() == Some(&state) {
             self.followed();
             return Ok(false);
+        }
+        if let Some((epoch, _)) = &*last
+            && *epoch == state.0
+        {
+            // The rows changed and the epoch did not move: a change whose epoch someone holds
+            // back (a trigger that writes it back). It is taken in all the same.
+            tracing::error!(
+                epoch,
+                "the store's keys, tokens or policy set changed while its change epoch did not \
+                 move (a trigger or an edit by hand holds the epoch back?); the change is taken \
+                 in. Look for triggers on `kluis_epoch` (`SELECT tgname FROM pg_trigger WHERE \
+                 tgrelid = 'kluis_epoch'::regclass`)"
+            );
         }
         // Read the epoch first, then drop what may be stale: a change committed meanwhile moves
         // the epoch again and is taken in at the next call. A replaced root key stops this node
@@ -307,7 +322,7 @@ impl Vault {
         if self.follower.policy_behind.swap(false, Ordering::SeqCst) {
             tracing::warn!("the policy set in force is taken up; this node serves again");
         }
-        *last = Some(epoch);
+        *last = Some(state);
         self.followed();
         Ok(true)
     }

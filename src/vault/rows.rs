@@ -47,9 +47,9 @@ use crate::{
     domain::Principal,
     policy::AdminAction,
     store::{
-        AnchorRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, LeaseRow,
-        MandateRow, PurposeKeyRow, RecordRow, RequestRow, RestrictionRow, StoreError, SubjectFacts,
-        TokenRow,
+        AnchorRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow, HoldRow, KeyJobRow,
+        LeaseRow, MandateRow, PurposeKeyRow, RecordRow, RequestRow, RestrictionRow, StoreError,
+        SubjectFacts, TokenRow,
     },
 };
 
@@ -172,6 +172,33 @@ impl Authenticated for HoldRow {
             .int(self.placed_at)
             .opt_int(self.released_at)
             .opt_str(self.released_by.as_deref());
+    }
+}
+
+/// A key job as kluis started it: its row, and the number of jobs of its kind of its purpose
+/// finished before it (kept apart, in a meta row under its own MAC), so that the row of a
+/// finished job put back is not authentic as the job under way.
+pub(crate) struct KeyJobMac<'a> {
+    pub(crate) job: &'a KeyJobRow,
+    pub(crate) done: u64,
+}
+
+impl Authenticated for KeyJobMac<'_> {
+    const KIND: &'static str = "key job";
+
+    fn row_id(&self) -> String {
+        format!("{}:{}", self.job.kind, self.job.purpose)
+    }
+
+    fn stored_mac(&self) -> &[u8] {
+        &self.job.mac
+    }
+
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.job.purpose)
+            .str(&self.job.kind)
+            .int(self.job.started_at)
+            .int(i64::try_from(self.done).unwrap_or(i64::MAX));
     }
 }
 

@@ -977,12 +977,14 @@ async fn a_key_job_a_dead_node_left_is_taken_over_once_its_lease_expires() {
         )
         .await;
     }
-    // A node recorded a rekey, held its lease and died: its lease runs out in two seconds.
+    // A node started a rekey (stopped here after its first batch, its job left recorded),
+    // then held its lease and died: its lease runs out in two seconds.
     let store = tokio::task::block_in_place(|| kluis::store::PgStore::connect(&url).unwrap());
     tokio::task::block_in_place(|| {
-        store
-            .start_key_job("nuisance", "rekey", kluis::domain::now_unix())
+        a.vault
+            .rekey(kluis::domain::Purpose::Nuisance, |_| false)
             .unwrap();
+        assert_eq!(store.key_jobs().unwrap().len(), 1);
         assert!(
             a.vault
                 .take_lease("rekey:nuisance", "node-dead", 2)
@@ -1499,6 +1501,88 @@ async fn a_policy_set_put_back_from_before_a_reload_is_not_taken_up() {
         panic!("a node that started took up the older policy set");
     };
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
+
+/// The change epoch is a counter: a trigger that wrote it back after every change (the
+/// changing node saw it move, no other node ever did) kept a stricter policy reloaded on one
+/// node out of force on the other for good, with nothing logged. A node now also compares a
+/// digest of the rows it takes in (metadata, purpose keys): the change is in force on the
+/// other node within the bound, the epoch held back or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_whose_epoch_a_trigger_writes_back_is_in_force_on_the_other_node() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let tmp = private_tempdir();
+    let policy = tmp.path().join("policies.cedar");
+    std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
+    let (_nodes_dir, a, b) = two_nodes_at(&url, Some(&policy)).await;
+    let so = a.token(Role::SecurityOfficer).to_owned();
+    let id = put(
+        &a,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-B1",
+        vec![text("email", "contact", "b1@example.nl")],
+    )
+    .await;
+    let read = async |node: &TestServer| {
+        get(
+            node,
+            node.token(Role::CustomerService),
+            ctx("contract", "", ""),
+            &id,
+        )
+        .await
+    };
+    read(&a).await.unwrap();
+    let epoch = || {
+        let url = url.clone();
+        tokio::task::block_in_place(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            db.batch_execute(
+                "CREATE OR REPLACE FUNCTION bounce_epoch() RETURNS trigger LANGUAGE plpgsql AS
+                     'BEGIN
+                        IF pg_trigger_depth() = 1 THEN UPDATE kluis_epoch SET n = OLD.n; END IF;
+                        RETURN NULL;
+                      END';
+                 DO 'BEGIN
+                       IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = ''bounce_epoch'')
+                       THEN CREATE TRIGGER bounce_epoch AFTER UPDATE ON kluis_epoch
+                            FOR EACH ROW EXECUTE FUNCTION bounce_epoch();
+                       END IF;
+                     END';",
+            )
+            .unwrap();
+            db.query_one("SELECT n FROM kluis_epoch", &[])
+                .unwrap()
+                .get::<_, i64>(0)
+        })
+    };
+    let before = epoch();
+    std::fs::write(
+        &policy,
+        format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
+        ),
+    )
+    .unwrap();
+    let reloaded = b
+        .admin()
+        .await
+        .reload_policies(req(&so, pb::ReloadPoliciesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reloaded.changed);
+    assert_eq!(epoch(), before, "the trigger did not hold the epoch back");
+    for node in [&b, &a] {
+        within_bound("the stricter set", async || {
+            read(node)
+                .await
+                .is_err_and(|s| s.code() == Code::PermissionDenied)
+        })
+        .await;
+    }
 }
 
 /// A node that cannot take in what other nodes changed went on answering from what it held:

@@ -2480,42 +2480,128 @@ async fn evidence_segment_rows_inserted_or_moved_by_hand_are_named() {
     server.stop().await;
 }
 
-/// A key job row written by hand with a start far ahead held the rekey (and, on a node that
-/// resumed it, the node's shutdown) for as long as the row said: the rekey one would run after
-/// a suspected compromise never began. A stored start later than kluis ever writes is refused
-/// now, and the twin: a job row as kluis writes it (a second ahead) is waited for and runs.
+/// A key job row kluis did not start as the rekey under way is not obeyed, whatever it says:
+/// written by hand to start far ahead (which held the rekey, and a node's shutdown, for as long
+/// as it said), or back in the past, or a finished job's own row put back with its MAC (either
+/// of which let the rekey pass over every subject keyed since, and report it done). The rekey
+/// replaces such a row and rekeys every subject; a row a trigger keeps rewriting is refused
+/// (`DATA_LOSS`), never reported done; a node does not resume a rekey nobody started. The
+/// twin: a rekey kluis stopped after a batch is resumed, from its own row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_key_job_row_starting_in_the_future_is_refused_not_waited_for() {
+async fn a_key_job_row_kluis_did_not_start_is_not_obeyed() {
     let server = TestServer::start().await;
-    put(
-        &server,
-        Role::NuisanceOfficer,
-        nuisance_ctx(),
-        "REL-JOB",
-        vec![text("statement", "nuisance-evidence", "a letter")],
-    )
-    .await;
+    let generation = |subject: &str| -> i64 {
+        db(&server)
+            .query_row(
+                "SELECT generation FROM subject_keys WHERE subject = ?1 AND purpose = 'nuisance'",
+                [subject],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let jobs = || -> i64 {
+        db(&server)
+            .query_row("SELECT count(*) FROM key_jobs", [], |r| r.get(0))
+            .unwrap()
+    };
+    let subject = |i: usize| format!("REL-JOB-{i}");
+    let server_ref = &server;
+    let stored = |i: usize| async move {
+        put(
+            server_ref,
+            Role::NuisanceOfficer,
+            nuisance_ctx(),
+            &format!("REL-JOB-{i}"),
+            vec![text("statement", "nuisance-evidence", "a letter")],
+        )
+        .await
+    };
+    // A finished job's row, as kluis wrote it: a rekey stopped after its first batch leaves
+    // its row; it is copied, and the job finished.
+    stored(0).await;
+    tokio::task::block_in_place(|| {
+        server
+            .vault
+            .rekey(kluis::domain::Purpose::Nuisance, |_| false)
+            .unwrap()
+    });
+    let finished: (i64, Vec<u8>) = db(&server)
+        .query_row("SELECT started_at, mac FROM key_jobs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    rekey(&server, "nuisance").await.unwrap();
+    assert_eq!(jobs(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let now = kluis::domain::now_unix();
+    let forgeries: [(&str, i64, Option<&[u8]>); 3] = [
+        ("starting far ahead", 4_102_444_800, None),
+        ("starting an hour ago", now - 3600, None),
+        (
+            "a finished job's row put back",
+            finished.0,
+            Some(&finished.1),
+        ),
+    ];
+    for (i, (what, started_at, mac)) in forgeries.into_iter().enumerate() {
+        // A subject keyed after the forged start: a rekey that took it for the job's would
+        // pass over this one.
+        stored(i + 1).await;
+        let before = generation(&subject(i + 1));
+        db(&server)
+            .execute(
+                "INSERT INTO key_jobs (purpose, kind, started_at, mac) \
+                 VALUES ('nuisance', 'rekey', ?1, ?2)",
+                rusqlite::params![started_at, mac],
+            )
+            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            rekey(&server, "nuisance"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the rekey waited for a row {what}"))
+        .unwrap_or_else(|e| panic!("a row {what}: {e:?}"));
+        assert!(
+            generation(&subject(i + 1)) > before,
+            "a row {what}: the rekey passed over a subject"
+        );
+        assert_eq!(jobs(), 0, "{what}");
+    }
+    // A trigger that puts the job's start back as it is recorded: refused, not reported done
+    // (on SQLite kluis runs no statement that would fire a trigger it did not create; on
+    // PostgreSQL the row the trigger rewrote fails its MAC: `nodes::a_key_job_row_a_trigger_rewrites_is_refused`).
+    db(&server)
+        .execute_batch(
+            "CREATE TRIGGER backdate AFTER INSERT ON key_jobs BEGIN \
+             UPDATE key_jobs SET started_at = 1 WHERE purpose = NEW.purpose AND kind = NEW.kind; \
+             END;",
+        )
+        .unwrap();
+    let refused = rekey(&server, "nuisance").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    db(&server)
+        .execute_batch("DROP TRIGGER backdate; DELETE FROM key_jobs;")
+        .unwrap();
+    // A node that starts resumes no rekey nobody started: the row is removed, nothing rekeyed.
+    let before = generation(&subject(1));
     db(&server)
         .execute(
             "INSERT INTO key_jobs (purpose, kind, started_at) VALUES ('nuisance', 'rekey', ?1)",
-            [4_102_444_800_i64],
+            [kluis::domain::now_unix() - 60],
         )
         .unwrap();
-    let refused = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        rekey(&server, "nuisance"),
-    )
-    .await
-    .expect("the rekey waited for a start written by hand")
-    .unwrap_err();
-    assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
-    assert!(refused.message().contains("key_jobs"), "{refused:?}");
-    let soon = kluis::domain::now_unix() + 2;
-    db(&server)
-        .execute(
-            "UPDATE key_jobs SET started_at = ?1 WHERE purpose = 'nuisance'",
-            [soon],
-        )
-        .unwrap();
-    rekey(&server, "nuisance").await.unwrap();
+    tokio::task::block_in_place(|| server.vault.resume_key_jobs().unwrap());
+    assert_eq!(jobs(), 0);
+    assert_eq!(generation(&subject(1)), before);
+    // The twin: a rekey kluis stopped is resumed from its own row, and finished.
+    tokio::task::block_in_place(|| {
+        server
+            .vault
+            .rekey(kluis::domain::Purpose::Nuisance, |_| false)
+            .unwrap()
+    });
+    assert_eq!(jobs(), 1);
+    tokio::task::block_in_place(|| server.vault.resume_key_jobs().unwrap());
+    assert_eq!(jobs(), 0);
 }

@@ -517,20 +517,18 @@ impl KeyStore for PgStore {
         })
     }
 
-    fn start_key_job(&self, purpose: &str, kind: &str, at: i64) -> Result<i64, StoreError> {
+    fn start_key_job(&self, job: &KeyJobRow) -> Result<KeyJobRow, StoreError> {
         self.write_guarded(|tx| {
             tx.exec(
-                "INSERT INTO key_jobs (purpose, kind, started_at) VALUES ($1, $2, $3)
+                "INSERT INTO key_jobs (purpose, kind, started_at, mac) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (purpose, kind) DO NOTHING",
-                &[&purpose, &kind, &at],
+                &[&job.purpose, &job.kind, &job.started_at, &job.mac],
             )?;
-            get(
-                &tx.one(
-                    "SELECT started_at FROM key_jobs WHERE purpose = $1 AND kind = $2",
-                    &[&purpose, &kind],
-                )?,
-                0,
-            )
+            key_job_row(&tx.one(
+                "SELECT purpose, kind, started_at, coalesce(mac, ''::BYTEA) FROM key_jobs
+                 WHERE purpose = $1 AND kind = $2",
+                &[&job.purpose, &job.kind],
+            )?)
         })
     }
 
@@ -544,17 +542,28 @@ impl KeyStore for PgStore {
         })
     }
 
-    fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+    fn key_jobs(&self) -> Result<Vec<KeyJobRow>, StoreError> {
         self.read_one(|tx| {
             tx.all(
-                "SELECT purpose, kind, started_at FROM key_jobs ORDER BY purpose, kind",
+                "SELECT purpose, kind, started_at, coalesce(mac, ''::BYTEA) FROM key_jobs
+                 ORDER BY purpose, kind",
                 &[],
             )?
             .iter()
-            .map(|r| Ok((get(r, 0)?, get(r, 1)?, get(r, 2)?)))
+            .map(key_job_row)
             .collect()
         })
     }
+}
+
+fn key_job_row(r: &Row) -> Result<KeyJobRow, StoreError> {
+    Ok(KeyJobRow {
+        purpose: get(r, 0)?,
+        kind: get(r, 1)?,
+        started_at: get(r, 2)?,
+        // A row of a store from before key jobs were authenticated has none.
+        mac: get(r, 3)?,
+    })
 }
 
 /// Inserts a subject's first key of a purpose, with the subject's anchor unless it has one, in

@@ -51,6 +51,28 @@ impl MetaStore for PgStore {
         })
     }
 
+    fn shared_state(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        // One statement: the epoch and the rows it announces, as of one snapshot.
+        self.with_conn(|c| {
+            let row = c
+                .client
+                .query_one(
+                    "SELECT (SELECT n FROM kluis_epoch),
+                            sha256(convert_to(
+                                coalesce((SELECT string_agg(m::TEXT, ';' ORDER BY m.key)
+                                          FROM meta m), '')
+                                || '|' ||
+                                coalesce((SELECT string_agg(p::TEXT, ';'
+                                                            ORDER BY p.purpose, p.version)
+                                          FROM purpose_keys p), ''),
+                                'UTF8'))",
+                    &[],
+                )
+                .map_err(db)?;
+            Ok(Some((get(&row, 0)?, get(&row, 1)?)))
+        })
+    }
+
     fn lease(&self, name: &str) -> Result<(Option<LeaseRow>, i64), StoreError> {
         // The database's clock decides, so nodes with skewed clocks agree on expiry.
         self.with_conn(|c| {

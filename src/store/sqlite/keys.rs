@@ -566,18 +566,19 @@ impl KeyStore for SqliteStore {
         })
     }
 
-    fn start_key_job(&self, purpose: &str, kind: &str, at: i64) -> Result<i64, StoreError> {
+    fn start_key_job(&self, job: &KeyJobRow) -> Result<KeyJobRow, StoreError> {
         let conn = self.write()?;
         conn.execute(
-            "INSERT INTO key_jobs (purpose, kind, started_at) VALUES (?1, ?2, ?3)
+            "INSERT INTO key_jobs (purpose, kind, started_at, mac) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (purpose, kind) DO NOTHING",
-            params![purpose, kind, at],
+            params![job.purpose, job.kind, job.started_at, job.mac],
         )
         .map_err(db)?;
         conn.query_row(
-            "SELECT started_at FROM key_jobs WHERE purpose = ?1 AND kind = ?2",
-            params![purpose, kind],
-            |r| r.get(0),
+            "SELECT purpose, kind, started_at, coalesce(mac, x'') FROM key_jobs
+             WHERE purpose = ?1 AND kind = ?2",
+            params![job.purpose, job.kind],
+            key_job_row,
         )
         .map_err(db)
     }
@@ -595,15 +596,26 @@ impl KeyStore for SqliteStore {
         Ok(())
     }
 
-    fn key_jobs(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+    fn key_jobs(&self) -> Result<Vec<KeyJobRow>, StoreError> {
         self.read(|c| {
             c.prepare_cached(
-                "SELECT purpose, kind, started_at FROM key_jobs ORDER BY purpose, kind",
+                "SELECT purpose, kind, started_at, coalesce(mac, x'') FROM key_jobs
+                 ORDER BY purpose, kind",
             )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([], key_job_row)?
             .collect()
         })
     }
+}
+
+fn key_job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyJobRow> {
+    Ok(KeyJobRow {
+        purpose: r.get(0)?,
+        kind: r.get(1)?,
+        started_at: r.get(2)?,
+        // A row of a store from before key jobs were authenticated has none.
+        mac: r.get(3)?,
+    })
 }
 
 /// Inserts a subject's first key of a purpose, with the subject's anchor unless it has one, in
