@@ -70,6 +70,9 @@ pub fn portable_field(purpose: Purpose, category: Category) -> bool {
 }
 
 /// Why a field decided on is not in an export.
+/// Lines of the trail an export reads and decides at a time (`Vault::access_lines`).
+const ACCESS_PAGE: usize = 512;
+
 const CHANGED: &str = "changed while this export ran; export again for its current value";
 
 /// `rows` without their values: what an export decides on.
@@ -122,9 +125,6 @@ impl Vault {
         // only when the caller may know of it, else it is absent.
         let known = self.decide(principal, Action::List, ctx, &resources)?;
         let allowed = decisions.iter().filter(|d| d.is_allow()).count();
-        // The recorded accesses, each shown only as far as the records it is about are.
-        let lines = self.access_lines(principal, ctx, subject, &records)?;
-        let shown = lines.iter().filter(|l| l.visible).count();
         // Whether the caller may export this subject's data at all: then an export with nothing
         // to show is an empty one, not a refusal that would tell an open case exists.
         let entitled = {
@@ -165,11 +165,13 @@ impl Vault {
         };
         let mut event = self.event(principal, ctx, "export", Some(subject), None);
         event.decision = if permitted { "allow" } else { "deny" }.into();
+        // The recorded accesses are read only for an export the caller may make, and page by
+        // page as they are sent (`access_lines`): a refused caller costs no reading of the
+        // trail, and a long trail no memory.
         event.reason = Some(format!(
-            "{} records, {allowed} of {} fields exported, {shown} of {} access lines",
+            "{} records, {allowed} of {} fields exported",
             records.len(),
             decisions.len(),
-            lines.len()
         ));
         let seq = self.audit.append(&event)?;
         if !permitted {
@@ -353,12 +355,14 @@ impl Vault {
                 return Ok(());
             }
         }
-        for AccessLine {
-            seq: entry_seq,
-            event: e,
-            ..
-        } in lines.iter().filter(|l| l.visible)
-        {
+        // The recorded accesses, each shown only as far as the records it is about are.
+        // Up to the export's own entry: the lines as they stood when it was decided.
+        let sent = self.access_lines(principal, ctx, subject, &records, seq.value(), |line| {
+            let AccessLine {
+                seq: entry_seq,
+                event: e,
+                ..
+            } = line;
             let fields: Vec<&str> = e
                 .fields
                 .iter()
@@ -387,9 +391,10 @@ impl Vault {
                 "fields": fields,
                 "fields_masked": masked,
             });
-            if !emit(line, &[]) {
-                return Ok(());
-            }
+            emit(line, &[])
+        })?;
+        if !sent {
+            return Ok(());
         }
         // Who received the subject's data, on which basis, when (DOMAIN.md, rule 11). The case
         // reference and who recorded it are the organisation's own bookkeeping and stay out.
@@ -643,40 +648,115 @@ impl Vault {
     }
 
     /// The one place a recorded access to `subject` becomes an answer: every data line of the
-    /// trail about them, each with whether `principal` may see it. A line tells who worked on
-    /// which record, for which purpose and case, and why, so it is shown only when the caller may
-    /// export every field it names, decided as those fields are: under the record's own purpose
-    /// and current state, or, when the record is gone, the declared purpose, and closed only when
-    /// the trail shows it was closed; each field both in the category the access named and the
-    /// one it is stored under. A line whose declared purpose differs from the record's is also
-    /// decided under the declared purpose, and a line of an investigating role under that
-    /// investigation's purpose, each as an open case of it. A line that names no field (a
-    /// listing, an export) is decided as every field of the subject's records of its purpose,
-    /// or, with none left, in every category of that purpose.
+    /// trail about them before the entry `before` that `principal` may see, handed to `send` in
+    /// the trail's order, which stops when it says `false`. Returns whether every line was sent. A line tells who worked
+    /// on which record, for which purpose and case, and why, so it is shown only when the
+    /// caller may export every field it names, decided as those fields are: under the record's
+    /// own purpose and current state, or, when the record is gone, the declared purpose, and
+    /// closed only when the trail shows it was closed; each field both in the category the
+    /// access named and the one it is stored under. A line whose declared purpose differs from
+    /// the record's is also decided under the declared purpose, and a line of an investigating
+    /// role under that investigation's purpose, each as an open case of it. A line that names no
+    /// field (a listing, an export) is decided as every field of the subject's records of its
+    /// purpose, or, with none left, in every category of that purpose.
+    ///
+    /// The trail is read and decided [`ACCESS_PAGE`] lines at a time, each page sent before the
+    /// next is read: what an export holds does not grow with the subject's trail.
     pub(crate) fn access_lines(
         &self,
         principal: &Principal,
         ctx: &AccessContext,
         subject: &SubjectId,
         records: &[(RecordRow, Vec<FieldRow>, Vec<EvidenceRow>)],
-    ) -> Result<Vec<AccessLine>, VaultError> {
+        before: u64,
+        mut send: impl FnMut(&AccessLine) -> bool,
+    ) -> Result<bool, VaultError> {
+        // A record that is gone counts as closed only when the trail shows it was closed; one
+        // deleted, refused or never stored while its case was open stays open. Read first (a
+        // close may come after the lines about the record), and kept: one id per closed record.
+        let mut closed_on_trail = std::collections::BTreeSet::new();
+        self.audit.scan(
+            &Filter {
+                subject: Some(subject.as_str().into()),
+                actions: vec!["close".to_owned()],
+                ..Filter::default()
+            },
+            |seq, e, _| {
+                if seq >= before {
+                    return false;
+                }
+                if e.decision == "allow"
+                    && let Some(r) = &e.record
+                {
+                    closed_on_trail.insert(r.clone());
+                }
+                true
+            },
+        )?;
         let filter = Filter {
             subject: Some(subject.as_str().into()),
             actions: DATA_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
             ..Filter::default()
         };
-        let mut entries = Vec::new();
+        let mut page: Vec<(u64, AuditEvent)> = Vec::with_capacity(ACCESS_PAGE);
+        let mut failed = None;
+        let mut stopped = false;
+        let mut send_page = |page: &mut Vec<(u64, AuditEvent)>| -> Result<bool, VaultError> {
+            let entries = std::mem::take(page);
+            for line in self.decide_access_lines(
+                principal,
+                ctx,
+                subject,
+                records,
+                &closed_on_trail,
+                entries,
+            )? {
+                if line.visible && !send(&line) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
         self.audit.scan(&filter, |seq, e, _| {
-            entries.push((seq, e.clone()));
-            true
+            if seq >= before {
+                return false;
+            }
+            page.push((seq, e.clone()));
+            if page.len() < ACCESS_PAGE {
+                return true;
+            }
+            match send_page(&mut page) {
+                Ok(true) => true,
+                Ok(false) => {
+                    stopped = true;
+                    false
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
         })?;
-        // A record that is gone counts as closed only when the trail shows it was closed; one
-        // deleted, refused or never stored while its case was open stays open.
-        let closed_on_trail: std::collections::BTreeSet<&str> = entries
-            .iter()
-            .filter(|(_, e)| e.action == "close" && e.decision == "allow")
-            .filter_map(|(_, e)| e.record.as_deref())
-            .collect();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if stopped {
+            return Ok(false);
+        }
+        send_page(&mut page)
+    }
+
+    /// `entries` of the trail about `subject`, each with whether `principal` may see it (see
+    /// `access_lines`).
+    fn decide_access_lines(
+        &self,
+        principal: &Principal,
+        ctx: &AccessContext,
+        subject: &SubjectId,
+        records: &[(RecordRow, Vec<FieldRow>, Vec<EvidenceRow>)],
+        closed_on_trail: &std::collections::BTreeSet<String>,
+        entries: Vec<(u64, AuditEvent)>,
+    ) -> Result<Vec<AccessLine>, VaultError> {
         let mut resources: Vec<FieldResource> = Vec::new();
         // Per entry: the range of its resources, or None when it cannot be decided (hidden).
         let mut spans: Vec<Option<std::ops::Range<usize>>> = Vec::with_capacity(entries.len());

@@ -1570,3 +1570,90 @@ async fn retention_keeps_a_restricted_subjects_records_until_the_restriction_is_
     assert_eq!(stored(&restricted), 0);
     server.stop().await;
 }
+
+/// An export reads the subject's trail a page at a time and sends each page before it reads the
+/// next, so that what it holds does not grow with the trail: every access line the caller may
+/// see is there once, in the trail's order, across pages, and the lines about an open
+/// investigation stay out on every page. A caller who may export nothing is refused before
+/// the trail is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_sends_the_access_lines_of_a_long_trail_page_by_page() {
+    let server = TestServer::start().await;
+    let me = SCOPED_SUBJECT;
+    let contract = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        me,
+        vec![text("email", "contact", "me@example.nl")],
+    )
+    .await;
+    let nuisance = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        me,
+        vec![text("statement", "nuisance-evidence", "noise at night")],
+    )
+    .await;
+    let cs = server.token(Role::CustomerService).to_owned();
+    let no = server.token(Role::NuisanceOfficer).to_owned();
+    // Over two pages of reads of the contract, with reads of the open case among them.
+    let reads = 1_300;
+    for i in 0..reads {
+        get(&server, &cs, ctx("contract", "", ""), &contract)
+            .await
+            .unwrap();
+        if i % 5 == 0 {
+            get(&server, &no, nuisance_ctx(), &nuisance).await.unwrap();
+        }
+    }
+    let lines = export(
+        &server,
+        server.token(Role::Subject),
+        ctx("customer-service", "", ""),
+        me,
+        false,
+    )
+    .await
+    .unwrap();
+    let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "access").collect();
+    let reads_of_contract = access
+        .iter()
+        .filter(|l| l["record_id"] == contract.as_str() && l["action"] == "read")
+        .count();
+    assert_eq!(reads_of_contract, reads);
+    assert!(
+        access.iter().all(|l| l["record_id"] != nuisance.as_str()),
+        "a line about the open investigation was shown"
+    );
+    let seqs: Vec<u64> = access.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "lines out of order or twice"
+    );
+    // The twin: an export that stops reading after the first page's lines still ends cleanly.
+    let mut stream = server
+        .client()
+        .await
+        .export_subject(req(
+            server.token(Role::Subject),
+            pb::ExportSubjectRequest {
+                context: ctx("customer-service", "", ""),
+                subject_id: me.into(),
+                portable: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..10 {
+        stream.message().await.unwrap().unwrap();
+    }
+    drop(stream);
+    // Refused at once for a caller who may export nothing of the subject.
+    let refused = export(&server, &cs, ctx("contract", "", ""), me, false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
