@@ -1118,6 +1118,23 @@ impl Keyring {
         Ok(hex::encode(kdf::key_check_value(&root)?))
     }
 
+    /// What a root change names as the root it changes: the check value of the root key this
+    /// process holds, and a digest of the audit key as the store holds it wrapped under that
+    /// root. Every root change wraps the audit key again under a fresh nonce, so the mark moves
+    /// even when the root goes back to an earlier key.
+    pub fn current_root_mark(&self) -> Result<String, KeyError> {
+        let wrapped = self
+            .store
+            .meta(META_AUDIT_KEY)?
+            .ok_or(KeyError::CorruptMeta)?;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&wrapped);
+        Ok(format!(
+            "{}:{}",
+            self.current_check_value()?,
+            hex::encode(digest.get(..16).unwrap_or_default())
+        ))
+    }
+
     /// Forgets an unwrapped purpose key version (after its destruction or a minimum change).
     pub fn forget_purpose_key(&self, purpose: Purpose, version: u32) {
         if let Ok(mut map) = self.purpose_keys.write() {

@@ -52,9 +52,10 @@ struct RootChange {
     requested_at: i64,
     expires_at: i64,
     check: RootCheck,
-    /// The check value of the root key in force when it was asked for: it changes that one
-    /// only. A request (or its approval) put back after the root changed names another
-    /// (`None`: written before requests named it).
+    /// The root in force when it was asked for (`Keyring::current_root_mark`: its check value
+    /// and its wrapping of the audit key): it changes that one only. A request (or its
+    /// approval) put back after the root changed names another, even after a change back to
+    /// the same key (`None`: written before requests named it).
     #[serde(default)]
     from: Option<String>,
     approved_by: Option<String>,
@@ -980,7 +981,7 @@ impl Vault {
             requested_at: now,
             expires_at: now.saturating_add(ROOT_CHANGE_TTL_SECS),
             check,
-            from: Some(self.keyring.current_check_value()?),
+            from: Some(self.keyring.current_root_mark()?),
             approved_by: None,
             approved_at: None,
         };
@@ -1050,7 +1051,7 @@ impl Vault {
                     .into(),
             );
         }
-        if let Err(why) = change.over(&self.keyring.current_check_value()?) {
+        if let Err(why) = change.over(&self.keyring.current_root_mark()?) {
             return event.refuse(why);
         }
         event.reason = Some(format!(
@@ -1108,7 +1109,7 @@ impl Vault {
                 "root change `{request_id}` expired; ask again (`kluis admin root rotate`)"
             ));
         }
-        if let Err(why) = change.over(&self.keyring.current_check_value()?) {
+        if let Err(why) = change.over(&self.keyring.current_root_mark()?) {
             return event.refuse(why);
         }
         let Some(approver) = change.approved_by.clone() else {

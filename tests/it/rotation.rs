@@ -1254,7 +1254,41 @@ async fn an_approved_root_change_put_back_after_the_root_changed_is_refused() {
     let status = approve_root(&mut admin, &po, &id).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     // The twin: asked for again over the root in force, approved, it goes through.
+    change_root(&server, first.clone()).await;
+    // And after a change back to the same key: an approved change from the first new key,
+    // copied before it was carried out, put back once the root is that key again, is refused
+    // too (the check value alone would match again).
+    let third = pb::rotate_root_request::Secret::Key(vec![0x53; 32]);
+    let id = request_root(&mut admin, &so, third.clone()).await;
+    approve_root(&mut admin, &po, &id).await.unwrap();
+    let approved: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'root_change'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        carry_out_root(&mut admin, &so, &id, third.clone())
+            .await
+            .unwrap()
+            .rotated
+    );
     change_root(&server, first).await;
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('root_change', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [&approved],
+    )
+    .unwrap();
+    let status = carry_out_root(&mut admin, &so, &id, third)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("over another root key"),
+        "{status:?}"
+    );
     server.stop().await;
 }
 
