@@ -1398,6 +1398,15 @@ impl Vault {
         self.rows.is_authentic(&rows::KeyJobMac { job, done })
     }
 
+    /// Whether `job`, as stored, is one kluis started as the job under way (`store verify`).
+    pub(crate) fn stored_key_job_is_authentic(&self, job: &KeyJobRow) -> Result<bool, VaultError> {
+        let Ok(purpose) = job.purpose.parse::<Purpose>() else {
+            return Ok(false);
+        };
+        let done = self.key_jobs_done(purpose, &job.kind)?;
+        Ok(self.key_job_is_authentic(job, done))
+    }
+
     /// How many jobs of `kind` of `purpose` finished, by the meta row under its MAC.
     fn key_jobs_done(&self, purpose: Purpose, kind: &str) -> Result<u64, VaultError> {
         let (_, counts) = self.key_jobs_done_row()?;

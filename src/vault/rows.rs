@@ -184,7 +184,7 @@ pub(crate) struct KeyJobMac<'a> {
 }
 
 impl Authenticated for KeyJobMac<'_> {
-    const KIND: &'static str = "key job";
+    const KIND: &'static str = "key-job";
 
     fn row_id(&self) -> String {
         format!("{}:{}", self.job.kind, self.job.purpose)
@@ -910,8 +910,8 @@ impl Vault {
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct BadRow {
     /// `token`, `hold`, `mandate`, `consent`, `restriction`, `disclosure`, `anchor`, `record`,
-    /// `field`, `evidence`, `request`, `purpose-key`, `meta`, or `database` (the file's
-    /// structure).
+    /// `field`, `evidence`, `request`, `purpose-key`, `key-job`, `meta`, or `database` (the
+    /// file's structure).
     pub kind: &'static str,
     /// The row's id (for a consent: `subject/purpose`).
     pub id: String,
@@ -1009,6 +1009,14 @@ impl Vault {
                     problem: format!("a version cannot be read ({what}): edited by hand"),
                 }),
                 Err(e) => return Err(e.into()),
+            }
+        }
+        // Key jobs under way: a row kluis did not start as the job under way (written or edited
+        // by hand, a finished job's row put back) is replaced when the job runs again.
+        if let Some(jobs) = readable(&mut unreadable, KeyJobMac::KIND, self.store.key_jobs())? {
+            for job in jobs {
+                let ok = self.stored_key_job_is_authentic(&job)?;
+                check(KeyJobMac::KIND, format!("{}:{}", job.kind, job.purpose), ok);
             }
         }
         let tokens = readable(&mut unreadable, TokenRow::KIND, self.store.tokens())?;

@@ -2591,6 +2591,14 @@ async fn a_key_job_row_kluis_did_not_start_is_not_obeyed() {
             [kluis::domain::now_unix() - 60],
         )
         .unwrap();
+    // `store verify` names it meanwhile.
+    assert!(
+        bad_rows(&server)
+            .await
+            .iter()
+            .any(|b| b.kind == "key-job" && b.id == "rekey:nuisance"),
+        "store verify did not name the key job row written by hand"
+    );
     tokio::task::block_in_place(|| server.vault.resume_key_jobs().unwrap());
     assert_eq!(jobs(), 0);
     assert_eq!(generation(&subject(1)), before);
@@ -2602,6 +2610,10 @@ async fn a_key_job_row_kluis_did_not_start_is_not_obeyed() {
             .unwrap()
     });
     assert_eq!(jobs(), 1);
+    assert!(
+        bad_rows(&server).await.iter().all(|b| b.kind != "key-job"),
+        "store verify named the job kluis started"
+    );
     tokio::task::block_in_place(|| server.vault.resume_key_jobs().unwrap());
     assert_eq!(jobs(), 0);
 }
