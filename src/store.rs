@@ -874,7 +874,9 @@ pub trait MetaStore: Send + Sync {
     /// itself knows every change.
     fn change_epoch(&self) -> Result<Option<i64>, StoreError>;
 
-    /// `change_epoch`, with a digest of the rows a node takes in when it moves: the metadata
+    /// `change_epoch`, with a digest of the rows a node takes in when it moves (of their
+    /// versions as the database numbers them, on PostgreSQL the transaction that wrote each):
+    /// the metadata
     /// (the policy set, the token register, the root key and its wrapping of the audit and
     /// index keys) and the purpose key versions with their states. The epoch is a counter that
     /// whoever administers the database can hold back (a trigger that writes it back): a node

@@ -52,17 +52,21 @@ impl MetaStore for PgStore {
     }
 
     fn shared_state(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
-        // One statement: the epoch and the rows it announces, as of one snapshot.
+        // One statement: the epoch and the rows it announces, as of one snapshot. A row's
+        // `xmin` (the transaction that wrote it) moves with every insert or update, so the
+        // rows are named by it, not read whole (the token register and the policy set are large).
         self.with_conn(|c| {
             let row = c
                 .client
                 .query_one(
                     "SELECT (SELECT n FROM kluis_epoch),
                             sha256(convert_to(
-                                coalesce((SELECT string_agg(m::TEXT, ';' ORDER BY m.key)
+                                coalesce((SELECT string_agg(m.key || '@' || m.xmin::TEXT, ';'
+                                                            ORDER BY m.key)
                                           FROM meta m), '')
                                 || '|' ||
-                                coalesce((SELECT string_agg(p::TEXT, ';'
+                                coalesce((SELECT string_agg(p.purpose || '/' || p.version
+                                                            || '@' || p.xmin::TEXT, ';'
                                                             ORDER BY p.purpose, p.version)
                                           FROM purpose_keys p), ''),
                                 'UTF8'))",
