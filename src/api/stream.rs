@@ -231,6 +231,7 @@ impl Streams {
                 )));
             }
         }
+        let taken = running.total;
         let mine = running
             .per_caller
             .entry(caller.as_str().to_owned())
@@ -238,6 +239,16 @@ impl Streams {
         if *mine >= per_caller {
             return Err(Status::resource_exhausted(format!(
                 "this caller has {per_caller} {what} (`limits.{per_caller_key}`); {then}"
+            )));
+        }
+        // The last quarter of the places in all is kept for callers who hold none: callers at
+        // their own cap fill the rest only, so that it takes four times as many of them to
+        // shut everyone else out. (Watches keep each officer role's share instead.)
+        let reserve = total / 4;
+        if group.is_none() && *mine > 0 && taken >= total - reserve {
+            return Err(Status::resource_exhausted(format!(
+                "{taken} {what} in all, and the last {reserve} of `limits.{total_key}` = {total} \
+                 are kept for callers who have none; {then}"
             )));
         }
         *mine += 1;
@@ -456,6 +467,36 @@ mod tests {
             let key = kind.caps(&s.limits).0.1;
             assert!(refused.message().contains(&format!("`limits.{key}`")));
             assert!(refused.message().contains(kind.words().1));
+        }
+    }
+
+    #[test]
+    fn the_last_quarter_of_the_places_is_kept_for_callers_who_hold_none() {
+        for kind in [Long::Export, Long::Upload, Long::Download] {
+            // 8 in all, 4 per caller: two places kept for callers who hold none.
+            let s = streams(8, 4);
+            let mut held: Vec<Permit> = (0..4)
+                .map(|_| s.admit(kind, &caller("a")).unwrap())
+                .collect();
+            held.push(s.admit(kind, &caller("b")).unwrap());
+            held.push(s.admit(kind, &caller("b")).unwrap());
+            // Six taken: b, who holds places, may not take the kept ones.
+            let refused = s.admit(kind, &caller("b")).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+            assert!(
+                refused.message().contains("kept for callers who have none")
+                    && refused.message().contains(kind.caps(&s.limits).0.1),
+                "{kind:?}: {}",
+                refused.message()
+            );
+            // Callers with none take them, up to the cap in all.
+            held.push(s.admit(kind, &caller("c")).unwrap());
+            held.push(s.admit(kind, &caller("d")).unwrap());
+            let refused = s.admit(kind, &caller("e")).unwrap_err();
+            assert!(refused.message().contains("in all"), "{}", refused.message());
+            // A place given back below the reserve is anyone's again.
+            held.truncate(5);
+            assert!(s.admit(kind, &caller("b")).is_ok(), "{kind:?}");
         }
     }
 
