@@ -14,6 +14,9 @@
 //! bounded by the calls running at once, `Limits::max_calls_running`, each at most
 //! `Limits::max_record_bytes`.)
 //!
+//! The last quarter of the bytes in all is kept for callers who hold none: callers at their
+//! own limit, however many, fill three quarters at most.
+//!
 //! Invariant: the bytes held are the sums of the live `AnswerHold`s (a hold and its clones
 //! count once), per caller and in all, and neither passes its limit (`Limits::answer_bytes`,
 //! `Limits::answer_bytes_per_caller`).
@@ -82,6 +85,17 @@ impl Answers {
                 held.total, self.total
             )));
         }
+        // The last quarter is kept for callers who hold none, so that callers at their own
+        // share cannot fill it all (as `api::stream` keeps the last places of each cap).
+        let reserve = self.total / 4;
+        if mine > 0 && held.total.saturating_add(bytes) > self.total - reserve {
+            return Err(VaultError::Exhausted(format!(
+                "the reads being answered hold {} bytes, and the last {reserve} of \
+                 `limits.answer_bytes` = {} are kept for callers with no read being answered; \
+                 read the answers you asked for, then retry",
+                held.total, self.total
+            )));
+        }
         held.total += bytes;
         *held.per_caller.entry(caller.to_owned()).or_insert(0) += bytes;
         Ok(AnswerHold {
@@ -142,6 +156,24 @@ mod tests {
         let _c = answers.hold("alice", 70).unwrap();
         drop(b);
         assert_eq!(answers.total_held(), 70);
+    }
+
+    #[test]
+    fn the_last_quarter_is_kept_for_callers_with_nothing_held() {
+        // 200 in all, 100 per caller: 50 kept for callers with no read being answered.
+        let answers = Answers::new(100, 200);
+        let _a = answers.hold("alice", 90).unwrap();
+        let _a2 = answers.hold("alice", 10).unwrap();
+        let _b = answers.hold("bob", 50).unwrap();
+        // Bob holds bytes already: the last 50 are not his to take.
+        let m = refusal(answers.hold("bob", 10));
+        assert!(m.contains("kept for callers with no read"), "{m}");
+        assert!(m.contains("`limits.answer_bytes` = 200"), "{m}");
+        // Carol holds none: she takes them, up to the total.
+        let _c = answers.hold("carol", 40).unwrap();
+        let m = refusal(answers.hold("dave", 20));
+        assert!(m.contains("retry shortly"), "{m}");
+        assert_eq!(answers.total_held(), 190);
     }
 
     #[test]
