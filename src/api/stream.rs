@@ -493,7 +493,11 @@ mod tests {
             held.push(s.admit(kind, &caller("c")).unwrap());
             held.push(s.admit(kind, &caller("d")).unwrap());
             let refused = s.admit(kind, &caller("e")).unwrap_err();
-            assert!(refused.message().contains("in all"), "{}", refused.message());
+            assert!(
+                refused.message().contains("in all"),
+                "{}",
+                refused.message()
+            );
             // A place given back below the reserve is anyone's again.
             held.truncate(5);
             assert!(s.admit(kind, &caller("b")).is_ok(), "{kind:?}");

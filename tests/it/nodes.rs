@@ -1585,6 +1585,107 @@ async fn a_change_whose_epoch_a_trigger_writes_back_is_in_force_on_the_other_nod
     }
 }
 
+/// A trigger on `meta` that kept the old policy set row (returning `OLD`) let a reload report
+/// the stricter set changed and put it in force on the node that made it, while every other
+/// node went on deciding by the set the row still held. The store now checks that the database
+/// kept what it wrote, in the writing transaction and after its commit (a trigger deferred to
+/// the commit): the reload is refused, and every node decides by the same set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_set_a_trigger_keeps_back_is_refused_not_put_in_force_on_one_node() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let tmp = private_tempdir();
+    let policy = tmp.path().join("policies.cedar");
+    std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
+    let (_nodes_dir, a, b) = two_nodes_at(&url, Some(&policy)).await;
+    let so = a.token(Role::SecurityOfficer).to_owned();
+    let id = put(
+        &a,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-K1",
+        vec![text("email", "contact", "k1@example.nl")],
+    )
+    .await;
+    let read = async |node: &TestServer| {
+        get(
+            node,
+            node.token(Role::CustomerService),
+            ctx("contract", "", ""),
+            &id,
+        )
+        .await
+    };
+    let sql = |statement: &str| {
+        let (url, statement) = (url.clone(), statement.to_owned());
+        tokio::task::block_in_place(move || {
+            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            db.batch_execute(&statement).unwrap();
+        })
+    };
+    std::fs::write(
+        &policy,
+        format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
+        ),
+    )
+    .unwrap();
+    let reload = async |node: &TestServer| {
+        node.admin()
+            .await
+            .reload_policies(req(&so, pb::ReloadPoliciesRequest {}))
+            .await
+    };
+    for (keeps, drops) in [
+        (
+            "CREATE FUNCTION keep_policy() RETURNS trigger LANGUAGE plpgsql AS
+                 'BEGIN RETURN OLD; END';
+             CREATE TRIGGER keep_policy BEFORE UPDATE ON meta FOR EACH ROW
+                 WHEN (OLD.key IN ('policy_set', 'policy_digest'))
+                 EXECUTE FUNCTION keep_policy();",
+            "DROP TRIGGER keep_policy ON meta; DROP FUNCTION keep_policy();",
+        ),
+        (
+            "CREATE FUNCTION put_policy_back() RETURNS trigger LANGUAGE plpgsql AS
+                 'BEGIN
+                    IF coalesce(current_setting(''test.putting_back'', true), '''') = ''on'' THEN
+                      RETURN NULL;
+                    END IF;
+                    PERFORM set_config(''test.putting_back'', ''on'', true);
+                    UPDATE meta SET value = OLD.value WHERE key = OLD.key;
+                    RETURN NULL;
+                  END';
+             CREATE CONSTRAINT TRIGGER put_policy_back AFTER UPDATE ON meta
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                 WHEN (OLD.key IN ('policy_set', 'policy_digest'))
+                 EXECUTE FUNCTION put_policy_back();",
+            "DROP TRIGGER put_policy_back ON meta; DROP FUNCTION put_policy_back();",
+        ),
+    ] {
+        sql(keeps);
+        let refused = reload(&b).await.unwrap_err();
+        assert_eq!(refused.code(), Code::DataLoss, "{keeps}: {refused:?}");
+        tokio::time::sleep(IN_FORCE_WITHIN + Duration::from_millis(300)).await;
+        // Neither node decides by the stricter set: the one that asked for it neither.
+        for node in [&b, &a] {
+            read(node)
+                .await
+                .unwrap_or_else(|e| panic!("{keeps}: the nodes decide by different sets: {e:?}"));
+        }
+        sql(drops);
+    }
+    // The twin: without the triggers, the reload is in force on both.
+    assert!(reload(&b).await.unwrap().into_inner().changed);
+    for node in [&b, &a] {
+        within_bound("the stricter set", async || {
+            read(node)
+                .await
+                .is_err_and(|s| s.code() == Code::PermissionDenied)
+        })
+        .await;
+    }
+}
+
 /// A node that cannot take in what other nodes changed went on answering from what it held:
 /// with the change epoch's row deleted (or kept by a trigger), a stricter policy reloaded on
 /// one node was never in force on the other, which reported itself not serving and answered

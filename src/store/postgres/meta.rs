@@ -13,14 +13,17 @@ impl MetaStore for PgStore {
     }
 
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.write_guarded(|tx| {
+        let written = self.write_guarded(|tx| {
             tx.exec(
                 "INSERT INTO meta (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 &[&key, &value],
             )?;
-            bump_epoch(tx)
-        })
+            let written = meta_as_written(tx, key, value)?;
+            bump_epoch(tx)?;
+            Ok(written)
+        })?;
+        self.meta_kept(key, value, &written)
     }
 
     fn replace_meta(&self, key: &str, prev: Option<&[u8]>, next: &[u8]) -> Result<(), StoreError> {
@@ -37,8 +40,11 @@ impl MetaStore for PgStore {
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 &[&key, &next],
             )?;
-            bump_epoch(tx)
+            let written = meta_as_written(tx, key, next)?;
+            bump_epoch(tx)?;
+            Ok(written)
         })
+        .and_then(|written| self.meta_kept(key, next, &written))
     }
 
     fn change_epoch(&self) -> Result<Option<i64>, StoreError> {
@@ -181,5 +187,44 @@ impl MetaStore for PgStore {
              --format=custom` against {} (see the README, \"Backup and restore\")",
             self.target
         )))
+    }
+}
+
+/// The metadata row `key` as this transaction left it: `value`, or `Corrupt` when a trigger or
+/// rule of the database changed or kept back what was written. Returns the row version's
+/// `xmin` (this transaction's id), for `PgStore::meta_kept`.
+fn meta_as_written(tx: &mut Tx<'_>, key: &str, value: &[u8]) -> Result<String, StoreError> {
+    let row = tx.opt("SELECT value, xmin::TEXT FROM meta WHERE key = $1", &[&key])?;
+    match row {
+        Some(row) if get::<Vec<u8>>(&row, 0)? == value => get(&row, 1),
+        _ => Err(not_kept(key)),
+    }
+}
+
+fn not_kept(key: &str) -> StoreError {
+    tracing::error!(
+        key,
+        "the database did not keep the metadata kluis wrote (a trigger or rule on `meta`?); \
+         the change is refused. Look for them: `SELECT tgname FROM pg_trigger WHERE tgrelid = \
+         'meta'::regclass AND NOT tgisinternal` and `SELECT rulename FROM pg_rules WHERE \
+         tablename = 'meta'`"
+    );
+    StoreError::Corrupt(format!(
+        "the metadata `{key}` was not stored as written (a trigger or rule on the table?)"
+    ))
+}
+
+impl PgStore {
+    /// After the commit: the row `key` is still `value`, unless a later transaction wrote it
+    /// (its `xmin` is not `written`'s). A trigger deferred to the commit that changed it in the
+    /// writing transaction itself is caught here.
+    fn meta_kept(&self, key: &str, value: &[u8], written: &str) -> Result<(), StoreError> {
+        let row = self
+            .read_one(|tx| tx.opt("SELECT value, xmin::TEXT FROM meta WHERE key = $1", &[&key]))?;
+        match row {
+            Some(row) if get::<String>(&row, 1)? != written => Ok(()),
+            Some(row) if get::<Vec<u8>>(&row, 0)? == value => Ok(()),
+            _ => Err(not_kept(key)),
+        }
     }
 }
