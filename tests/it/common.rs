@@ -347,6 +347,19 @@ pub fn init_store(dir: &Path, secret: &RootSecret, algorithm: Algorithm) {
 }
 
 /// A request carrying `token`.
+/// Writes to `file` the default policies and one more that forbids customer service to read
+/// contract data (policy `no-contract-reads-by-customer-service`): a stricter set to reload.
+pub fn forbid_contract_reads(file: &Path) {
+    std::fs::write(
+        file,
+        format!(
+            "{}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n",
+            kluis::policy::DEFAULT_POLICIES
+        ),
+    )
+    .unwrap();
+}
+
 pub fn req<T>(token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()

@@ -437,13 +437,7 @@ async fn changes_made_on_one_node_are_in_force_on_the_other_within_a_second() {
     .await;
 
     // A stricter policy set reloaded on A decides on B.
-    std::fs::write(
-        &policy,
-        format!(
-            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
-        ),
-    )
-    .unwrap();
+    forbid_contract_reads(&policy);
     let reloaded = a
         .admin()
         .await
@@ -1454,13 +1448,7 @@ async fn a_policy_set_put_back_from_before_a_reload_is_not_taken_up() {
         })
     };
     sql("CREATE TABLE old_policy AS SELECT value FROM meta WHERE key = 'policy_set'".into());
-    std::fs::write(
-        &policy,
-        format!(
-            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
-        ),
-    )
-    .unwrap();
+    forbid_contract_reads(&policy);
     let reload = async |node: &TestServer| {
         node.admin()
             .await
@@ -1559,13 +1547,7 @@ async fn a_change_whose_epoch_a_trigger_writes_back_is_in_force_on_the_other_nod
         })
     };
     let before = epoch();
-    std::fs::write(
-        &policy,
-        format!(
-            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
-        ),
-    )
-    .unwrap();
+    forbid_contract_reads(&policy);
     let reloaded = b
         .admin()
         .await
@@ -1623,13 +1605,7 @@ async fn a_policy_set_a_trigger_keeps_back_is_refused_not_put_in_force_on_one_no
             db.batch_execute(&statement).unwrap();
         })
     };
-    std::fs::write(
-        &policy,
-        format!(
-            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
-        ),
-    )
-    .unwrap();
+    forbid_contract_reads(&policy);
     let reload = async |node: &TestServer| {
         node.admin()
             .await

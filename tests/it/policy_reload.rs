@@ -49,13 +49,7 @@ async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
     read().await.unwrap();
 
     // A valid stricter set takes effect at once, without a restart.
-    std::fs::write(
-        &file,
-        format!(
-            "{DEFAULT_POLICIES}\n@id(\"no-contract-reads-by-customer-service\")\nforbid (principal in Kluis::Role::\"customer-service\", action == Kluis::Action::\"read\", resource) when {{ resource.purpose == \"contract\" }};\n"
-        ),
-    )
-    .unwrap();
+    forbid_contract_reads(&file);
     let changed = admin.reload_policies(reload()).await.unwrap().into_inner();
     assert!(changed.changed);
     assert_eq!(changed.digest.len(), 64);
