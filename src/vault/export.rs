@@ -649,9 +649,9 @@ impl Vault {
 
     /// The one place a recorded access to `subject` becomes an answer: every data line of the
     /// trail about them before the entry `before` that `principal` may see, handed to `send` in
-    /// the trail's order, which stops when it says `false`. Returns whether every line was sent. A line tells who worked
-    /// on which record, for which purpose and case, and why, so it is shown only when the
-    /// caller may export every field it names, decided as those fields are: under the record's
+    /// the trail's order, which stops when it says `false`. Returns whether every line was
+    /// sent. A line tells who worked on which record, for which purpose and case, and why, so
+    /// it is shown only when the caller may export every field it names, decided as those fields are: under the record's
     /// own purpose and current state, or, when the record is gone, the declared purpose, and
     /// closed only when the trail shows it was closed; each field both in the category the
     /// access named and the one it is stored under. A line whose declared purpose differs from
@@ -699,8 +699,8 @@ impl Vault {
             ..Filter::default()
         };
         let mut page: Vec<(u64, AuditEvent)> = Vec::with_capacity(ACCESS_PAGE);
-        let mut failed = None;
-        let mut stopped = false;
+        // Every page so far sent (`Ok(true)`), or why the scan stopped.
+        let mut sent = Ok(true);
         let mut send_page = |page: &mut Vec<(u64, AuditEvent)>| -> Result<bool, VaultError> {
             let entries = std::mem::take(page);
             for line in self.decide_access_lines(
@@ -725,22 +725,10 @@ impl Vault {
             if page.len() < ACCESS_PAGE {
                 return true;
             }
-            match send_page(&mut page) {
-                Ok(true) => true,
-                Ok(false) => {
-                    stopped = true;
-                    false
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            }
+            sent = send_page(&mut page);
+            matches!(sent, Ok(true))
         })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        if stopped {
+        if !sent? {
             return Ok(false);
         }
         send_page(&mut page)

@@ -220,11 +220,6 @@ const META_KEY_JOBS_DONE: &str = "key_jobs_done";
 /// `purpose:kind`.
 type KeyJobsDone = (Option<Vec<u8>>, BTreeMap<String, u64>);
 
-/// A stored key job and whether kluis started it as the job under way.
-struct KeyJobUnderWay {
-    authentic: bool,
-}
-
 impl Vault {
     /// Sets how key jobs run.
     pub fn with_key_settings(mut self, settings: KeySettings) -> Self {
@@ -1177,7 +1172,7 @@ impl Vault {
                 };
                 match unfinished {
                     None => continue,
-                    Some(job) if !job.authentic => {
+                    Some(false) => {
                         // Nobody asked for this job: a row written by hand starts no rekey.
                         tracing::error!(
                             purpose = p.as_str(),
@@ -1191,7 +1186,7 @@ impl Vault {
                         }
                         continue;
                     }
-                    Some(_) => {}
+                    Some(true) => {}
                 }
                 tracing::info!(purpose = p.as_str(), "resuming an interrupted rekey");
                 if let Err(e) = self.rekey(p, |_| true) {
@@ -1368,25 +1363,15 @@ impl Vault {
         Ok(started)
     }
 
-    /// The stored job of `kind` of `purpose`, if any, and whether kluis started it as the job
-    /// under way.
-    fn key_job_under_way(
-        &self,
-        purpose: Purpose,
-        kind: &str,
-    ) -> Result<Option<KeyJobUnderWay>, VaultError> {
-        let Some(job) = self
-            .store
+    /// Whether a job of `kind` of `purpose` is stored (`None`: none), and if so whether kluis
+    /// started it as the job under way.
+    fn key_job_under_way(&self, purpose: Purpose, kind: &str) -> Result<Option<bool>, VaultError> {
+        self.store
             .key_jobs()?
             .into_iter()
             .find(|j| j.purpose == purpose.as_str() && j.kind == kind)
-        else {
-            return Ok(None);
-        };
-        let done = self.key_jobs_done(purpose, kind)?;
-        Ok(Some(KeyJobUnderWay {
-            authentic: self.key_job_is_authentic(&job, done),
-        }))
+            .map(|job| self.stored_key_job_is_authentic(&job))
+            .transpose()
     }
 
     fn sealed_key_job(&self, mut job: KeyJobRow, done: u64) -> KeyJobRow {

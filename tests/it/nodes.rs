@@ -1408,6 +1408,91 @@ async fn a_node_meeting_keys_of_a_root_changed_elsewhere_answers_unavailable_not
     );
 }
 
+/// Runs `statement` on the database at `url`, as whoever administers it would.
+fn sql_on(url: &str, statement: &str) {
+    tokio::task::block_in_place(|| {
+        let mut db = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        db.batch_execute(statement).unwrap();
+    })
+}
+
+/// Two nodes on one database deciding by a policy file of their own (the defaults, until a
+/// test writes a stricter set with `forbid_contract_reads`), and a contract record of
+/// `subject` that customer service may read through either.
+struct PolicyNodes {
+    /// Holds `policy`.
+    _files: tempfile::TempDir,
+    /// The nodes' directories and root key.
+    nodes_dir: tempfile::TempDir,
+    a: TestServer,
+    b: TestServer,
+    policy: std::path::PathBuf,
+    record: String,
+}
+
+impl PolicyNodes {
+    async fn start(url: &str, subject: &str) -> Self {
+        let files = private_tempdir();
+        let policy = files.path().join("policies.cedar");
+        std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
+        let (nodes_dir, a, b) = two_nodes_at(url, Some(&policy)).await;
+        let record = put(
+            &a,
+            Role::CustomerService,
+            ctx("contract", "", ""),
+            subject,
+            vec![text("email", "contact", "someone@example.nl")],
+        )
+        .await;
+        let nodes = Self {
+            _files: files,
+            nodes_dir,
+            a,
+            b,
+            policy,
+            record,
+        };
+        nodes.read(&nodes.a).await.unwrap();
+        nodes
+    }
+
+    /// Customer service reads the record through `node`.
+    async fn read(&self, node: &TestServer) -> Result<pb::GetRecordResponse, tonic::Status> {
+        get(
+            node,
+            node.token(Role::CustomerService),
+            ctx("contract", "", ""),
+            &self.record,
+        )
+        .await
+    }
+
+    /// The security officer reloads the policy files on `node`.
+    async fn reload(&self, node: &TestServer) -> Result<pb::ReloadPoliciesResponse, tonic::Status> {
+        Ok(node
+            .admin()
+            .await
+            .reload_policies(req(
+                self.a.token(Role::SecurityOfficer),
+                pb::ReloadPoliciesRequest {},
+            ))
+            .await?
+            .into_inner())
+    }
+
+    /// Waits, within the bound, for the stricter set to refuse the read on both nodes.
+    async fn stricter_set_in_force(&self) {
+        for node in [&self.b, &self.a] {
+            within_bound("the stricter set", async || {
+                self.read(node)
+                    .await
+                    .is_err_and(|s| s.code() == Code::PermissionDenied)
+            })
+            .await;
+        }
+    }
+}
+
 /// The policy set in force is one row under a MAC: a copy of it from before a stricter reload,
 /// put back by hand, was genuine, and both nodes took up the older set again within a second,
 /// the node that made the reload too. The row now carries the set's generation, and no node
@@ -1417,55 +1502,13 @@ async fn a_node_meeting_keys_of_a_root_changed_elsewhere_answers_unavailable_not
 async fn a_policy_set_put_back_from_before_a_reload_is_not_taken_up() {
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
-    let tmp = private_tempdir();
-    let policy = tmp.path().join("policies.cedar");
-    std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
-    let (nodes_dir, a, b) = two_nodes_at(&url, Some(&policy)).await;
-    let so = a.token(Role::SecurityOfficer).to_owned();
-    let id = put(
-        &a,
-        Role::CustomerService,
-        ctx("contract", "", ""),
-        "REL-P1",
-        vec![text("email", "contact", "p1@example.nl")],
-    )
-    .await;
-    let read = async |node: &TestServer| {
-        get(
-            node,
-            node.token(Role::CustomerService),
-            ctx("contract", "", ""),
-            &id,
-        )
-        .await
-    };
-    read(&a).await.unwrap();
-    let sql = |statement: String| {
-        let url = url.clone();
-        tokio::task::block_in_place(move || {
-            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            db.batch_execute(&statement).unwrap();
-        })
-    };
+    let nodes = PolicyNodes::start(&url, "REL-P1").await;
+    let (a, b) = (&nodes.a, &nodes.b);
+    let sql = |statement: String| sql_on(&url, &statement);
     sql("CREATE TABLE old_policy AS SELECT value FROM meta WHERE key = 'policy_set'".into());
-    forbid_contract_reads(&policy);
-    let reload = async |node: &TestServer| {
-        node.admin()
-            .await
-            .reload_policies(req(&so, pb::ReloadPoliciesRequest {}))
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    assert!(reload(&b).await.changed);
-    for node in [&a, &b] {
-        within_bound("the stricter set", async || {
-            read(node)
-                .await
-                .is_err_and(|s| s.code() == Code::PermissionDenied)
-        })
-        .await;
-    }
+    forbid_contract_reads(&nodes.policy);
+    assert!(nodes.reload(b).await.unwrap().changed);
+    nodes.stricter_set_in_force().await;
     // The copy put back, and the change announced.
     sql(
         "UPDATE meta SET value = (SELECT value FROM old_policy) WHERE key = 'policy_set';
@@ -1473,19 +1516,19 @@ async fn a_policy_set_put_back_from_before_a_reload_is_not_taken_up() {
             .into(),
     );
     tokio::time::sleep(IN_FORCE_WITHIN + Duration::from_millis(500)).await;
-    for node in [&a, &b] {
-        let Err(refused) = read(node).await else {
+    for node in [a, b] {
+        let Err(refused) = nodes.read(node).await else {
             panic!("the older policy set decided again");
         };
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     }
     // The set in force is stored again: a node that starts now decides by it.
-    let secret = RootSecret::read_key_file(&nodes_dir.path().join("root.key")).unwrap();
-    let dir_c = nodes_dir.path().join("c");
+    let secret = RootSecret::read_key_file(&nodes.nodes_dir.path().join("root.key")).unwrap();
+    let dir_c = nodes.nodes_dir.path().join("c");
     kluis::config::create_private_dir(&dir_c).unwrap();
     let mut c = TestServer::start_node(&url, &dir_c, &secret).await;
-    c.share_tokens(&a);
-    let Err(refused) = read(&c).await else {
+    c.share_tokens(a);
+    let Err(refused) = nodes.read(&c).await else {
         panic!("a node that started took up the older policy set");
     };
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
@@ -1500,29 +1543,8 @@ async fn a_policy_set_put_back_from_before_a_reload_is_not_taken_up() {
 async fn a_change_whose_epoch_a_trigger_writes_back_is_in_force_on_the_other_node() {
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
-    let tmp = private_tempdir();
-    let policy = tmp.path().join("policies.cedar");
-    std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
-    let (_nodes_dir, a, b) = two_nodes_at(&url, Some(&policy)).await;
-    let so = a.token(Role::SecurityOfficer).to_owned();
-    let id = put(
-        &a,
-        Role::CustomerService,
-        ctx("contract", "", ""),
-        "REL-B1",
-        vec![text("email", "contact", "b1@example.nl")],
-    )
-    .await;
-    let read = async |node: &TestServer| {
-        get(
-            node,
-            node.token(Role::CustomerService),
-            ctx("contract", "", ""),
-            &id,
-        )
-        .await
-    };
-    read(&a).await.unwrap();
+    let nodes = PolicyNodes::start(&url, "REL-B1").await;
+    // Puts the trigger in place (once), and reads the epoch.
     let epoch = || {
         let url = url.clone();
         tokio::task::block_in_place(move || {
@@ -1547,24 +1569,10 @@ async fn a_change_whose_epoch_a_trigger_writes_back_is_in_force_on_the_other_nod
         })
     };
     let before = epoch();
-    forbid_contract_reads(&policy);
-    let reloaded = b
-        .admin()
-        .await
-        .reload_policies(req(&so, pb::ReloadPoliciesRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(reloaded.changed);
+    forbid_contract_reads(&nodes.policy);
+    assert!(nodes.reload(&nodes.b).await.unwrap().changed);
     assert_eq!(epoch(), before, "the trigger did not hold the epoch back");
-    for node in [&b, &a] {
-        within_bound("the stricter set", async || {
-            read(node)
-                .await
-                .is_err_and(|s| s.code() == Code::PermissionDenied)
-        })
-        .await;
-    }
+    nodes.stricter_set_in_force().await;
 }
 
 /// A trigger on `meta` that kept the old policy set row (returning `OLD`) let a reload report
@@ -1576,42 +1584,9 @@ async fn a_change_whose_epoch_a_trigger_writes_back_is_in_force_on_the_other_nod
 async fn a_policy_set_a_trigger_keeps_back_is_refused_not_put_in_force_on_one_node() {
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
-    let tmp = private_tempdir();
-    let policy = tmp.path().join("policies.cedar");
-    std::fs::write(&policy, DEFAULT_POLICIES).unwrap();
-    let (_nodes_dir, a, b) = two_nodes_at(&url, Some(&policy)).await;
-    let so = a.token(Role::SecurityOfficer).to_owned();
-    let id = put(
-        &a,
-        Role::CustomerService,
-        ctx("contract", "", ""),
-        "REL-K1",
-        vec![text("email", "contact", "k1@example.nl")],
-    )
-    .await;
-    let read = async |node: &TestServer| {
-        get(
-            node,
-            node.token(Role::CustomerService),
-            ctx("contract", "", ""),
-            &id,
-        )
-        .await
-    };
-    let sql = |statement: &str| {
-        let (url, statement) = (url.clone(), statement.to_owned());
-        tokio::task::block_in_place(move || {
-            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            db.batch_execute(&statement).unwrap();
-        })
-    };
-    forbid_contract_reads(&policy);
-    let reload = async |node: &TestServer| {
-        node.admin()
-            .await
-            .reload_policies(req(&so, pb::ReloadPoliciesRequest {}))
-            .await
-    };
+    let nodes = PolicyNodes::start(&url, "REL-K1").await;
+    let sql = |statement: &str| sql_on(&url, statement);
+    forbid_contract_reads(&nodes.policy);
     for (keeps, drops) in [
         (
             "CREATE FUNCTION keep_policy() RETURNS trigger LANGUAGE plpgsql AS
@@ -1639,27 +1614,21 @@ async fn a_policy_set_a_trigger_keeps_back_is_refused_not_put_in_force_on_one_no
         ),
     ] {
         sql(keeps);
-        let refused = reload(&b).await.unwrap_err();
+        let refused = nodes.reload(&nodes.b).await.unwrap_err();
         assert_eq!(refused.code(), Code::DataLoss, "{keeps}: {refused:?}");
         tokio::time::sleep(IN_FORCE_WITHIN + Duration::from_millis(300)).await;
         // Neither node decides by the stricter set: the one that asked for it neither.
-        for node in [&b, &a] {
-            read(node)
+        for node in [&nodes.b, &nodes.a] {
+            nodes
+                .read(node)
                 .await
                 .unwrap_or_else(|e| panic!("{keeps}: the nodes decide by different sets: {e:?}"));
         }
         sql(drops);
     }
     // The twin: without the triggers, the reload is in force on both.
-    assert!(reload(&b).await.unwrap().into_inner().changed);
-    for node in [&b, &a] {
-        within_bound("the stricter set", async || {
-            read(node)
-                .await
-                .is_err_and(|s| s.code() == Code::PermissionDenied)
-        })
-        .await;
-    }
+    assert!(nodes.reload(&nodes.b).await.unwrap().changed);
+    nodes.stricter_set_in_force().await;
 }
 
 /// A node that cannot take in what other nodes changed went on answering from what it held:
@@ -1672,13 +1641,7 @@ async fn a_node_that_cannot_follow_the_others_answers_unavailable_and_changes_ar
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
     let (_tmp, a, b) = two_nodes_on(&url).await;
-    let sql = |statement: &str| {
-        let (url, statement) = (url.clone(), statement.to_owned());
-        tokio::task::block_in_place(move || {
-            let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-            db.batch_execute(&statement).unwrap();
-        })
-    };
+    let sql = |statement: &str| sql_on(&url, statement);
     let who = async |node: &TestServer| {
         node.client()
             .await
@@ -1697,7 +1660,9 @@ async fn a_node_that_cannot_follow_the_others_answers_unavailable_and_changes_ar
             .get::<_, i64>(0)
         })
     };
+    // Both nodes serving before the epoch breaks (a node still starting would fail its start).
     who(&a).await.unwrap();
+    who(&b).await.unwrap();
     for (breaks, mends) in [
         (
             "DELETE FROM kluis_epoch",

@@ -1574,8 +1574,10 @@ async fn retention_keeps_a_restricted_subjects_records_until_the_restriction_is_
 /// An export reads the subject's trail a page at a time and sends each page before it reads the
 /// next, so that what it holds does not grow with the trail: every access line the caller may
 /// see is there once, in the trail's order, across pages, and the lines about an open
-/// investigation stay out on every page. A caller who may export nothing is refused before
-/// the trail is read.
+/// investigation stay out on every page. A client that stops reading after a few lines ends
+/// the export cleanly, and a caller who may export nothing is refused. (That the refusal
+/// comes before the trail is read shows from outside only in time and memory: an outside
+/// attack measured 0.05 s per refusal with a 150,000-entry trail, against 4.6 s before.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_sends_the_access_lines_of_a_long_trail_page_by_page() {
     let server = TestServer::start().await;
@@ -1632,7 +1634,7 @@ async fn an_export_sends_the_access_lines_of_a_long_trail_page_by_page() {
         seqs.windows(2).all(|w| w[0] < w[1]),
         "lines out of order or twice"
     );
-    // The twin: an export that stops reading after the first page's lines still ends cleanly.
+    // A client that stops reading after a few lines: the export ends with it.
     let mut stream = server
         .client()
         .await
