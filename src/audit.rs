@@ -1270,9 +1270,18 @@ impl Audit {
     pub fn scan(
         &self,
         filter: &Filter,
+        f: impl FnMut(u64, &AuditEvent, &[u8]) -> bool,
+    ) -> Result<(), AuditError> {
+        self.scan_from(filter, 1, f)
+    }
+
+    /// [`scan`](Self::scan) from the entry numbered `from` on.
+    pub fn scan_from(
+        &self,
+        filter: &Filter,
+        mut from: u64,
         mut f: impl FnMut(u64, &AuditEvent, &[u8]) -> bool,
     ) -> Result<(), AuditError> {
-        let mut from = 1u64;
         loop {
             // The entries about one subject from the store's index of them; the filter below
             // still checks each entry's own subject.

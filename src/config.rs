@@ -34,6 +34,10 @@ pub const DB_FILE: &str = "kluis.db";
 /// keeps (tokio's default), which exports and downloads share.
 pub const MAX_CALLS_RUNNING: usize = 512;
 
+/// The most `limits.max_report_accesses` may be: a page of a subject access report is built in
+/// memory, about a kilobyte per access.
+pub const MAX_REPORT_ACCESSES: usize = 100_000;
+
 /// Where environment variables come from (the process, or a map in tests).
 pub trait Env {
     /// The value of `name`, if set and valid UTF-8.
@@ -269,6 +273,8 @@ pub struct RawLimits {
     pub answer_bytes: Option<usize>,
     /// Bytes of record values being opened and answered at once for one caller.
     pub answer_bytes_per_caller: Option<usize>,
+    /// Accesses in one answer of a subject access report.
+    pub max_report_accesses: Option<usize>,
 }
 
 /// Where the root key comes from.
@@ -703,6 +709,16 @@ impl RawConfig {
                      `limits.max_calls_running`"
                         .into(),
                 );
+            }
+            match l.max_report_accesses {
+                Some(n) if (1..=MAX_REPORT_ACCESSES).contains(&n) => {
+                    limits.max_report_accesses = n;
+                }
+                Some(_) => problems.push(format!(
+                    "`limits.max_report_accesses` must be 1 to {MAX_REPORT_ACCESSES} (each \
+                     access is about a kilobyte in the server while its page is answered)"
+                )),
+                None => {}
             }
             limits.answer_bytes = l.answer_bytes.unwrap_or(limits.answer_bytes);
             limits.answer_bytes_per_caller = l
@@ -1234,7 +1250,23 @@ mod tests {
             (64, 64 << 20, 512 << 20)
         );
         assert_eq!(defaults.max_calls_running_per_caller, 64);
+        assert_eq!(defaults.max_report_accesses, 10_000);
+        assert_eq!(
+            check("max_report_accesses = 250")
+                .unwrap()
+                .limits
+                .max_report_accesses,
+            250
+        );
         for (limits, says) in [
+            (
+                "max_report_accesses = 0",
+                "`limits.max_report_accesses` must be 1 to 100000",
+            ),
+            (
+                "max_report_accesses = 100001",
+                "`limits.max_report_accesses` must be 1 to 100000",
+            ),
             (
                 "max_calls_running = 0",
                 "`limits.max_calls_running` must be 1 to 512",

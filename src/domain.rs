@@ -355,6 +355,9 @@ pub struct Limits {
     pub answer_bytes: usize,
     /// Bytes of record values being opened and answered at once for one caller (principal).
     pub answer_bytes_per_caller: usize,
+    /// Accesses in one answer of a subject access report (its page size, and the most a report
+    /// asked for whole may hold).
+    pub max_report_accesses: usize,
 }
 
 impl Default for Limits {
@@ -370,6 +373,7 @@ impl Default for Limits {
             max_calls_running_per_caller: 64,
             answer_bytes: 512 * 1024 * 1024,
             answer_bytes_per_caller: 64 * 1024 * 1024,
+            max_report_accesses: 10_000,
         }
     }
 }

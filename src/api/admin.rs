@@ -1345,10 +1345,17 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<pb::SubjectAccessReportResponse>, Status> {
         run(&self.vault, request, |vault, principal, req| {
             let subject = SubjectId::parse("subject_id", &req.subject_id)?;
+            let page = crate::vault::trail::ReportPage {
+                after: req.after_seq,
+                // 0: the whole report; a size past the limit is refused by the vault.
+                size: (req.page_size != 0)
+                    .then(|| usize::try_from(req.page_size).unwrap_or(usize::MAX)),
+            };
             let crate::vault::trail::SubjectAccessReport {
                 events,
                 disclosures,
-            } = vault.subject_access_report(principal, &subject, &req.justification)?;
+                next_after,
+            } = vault.subject_access_report(principal, &subject, &req.justification, page)?;
             let events = events
                 .into_iter()
                 .map(|(seq, e)| {
@@ -1388,6 +1395,7 @@ impl AdminRpc for AdminApi {
                 subject_id: subject.as_str().into(),
                 events,
                 restrictions,
+                next_after_seq: next_after.unwrap_or(0),
             })
         })
         .await

@@ -633,72 +633,126 @@ async fn audit(
         AuditCommand::Report {
             subject,
             justification,
-        } => {
-            let req = pb::SubjectAccessReportRequest {
-                subject_id: subject.clone(),
-                justification: justification.clone(),
-            };
-            match client.subject_access_report(authed(token, req)).await {
-                Ok(resp) => {
-                    let r = resp.into_inner();
-                    for e in &r.events {
-                        let time = e.time.as_ref().map(crate::cli::time).unwrap_or_default();
-                        if json {
-                            out!(
-                                "{}",
-                                serde_json::json!({"seq": e.seq, "time": time, "principal_id": e.principal_id,
-                                    "roles": e.roles, "action": e.action, "purpose": e.purpose,
-                                    "case_ref": e.case_ref, "justification": e.justification,
-                                    "channel": e.channel, "break_glass": e.break_glass, "record_id": e.record_id,
-                                    "decision": e.decision, "fields_allowed": e.fields_allowed,
-                                    "fields_denied": e.fields_denied})
-                            );
-                        } else {
-                            out!(
-                                "{time} {} ({}) {} {} for {} case={} fields={} [{}] why: {}",
-                                e.principal_id,
-                                e.roles.join(","),
-                                e.decision,
-                                e.action,
-                                e.purpose,
-                                e.case_ref,
-                                e.fields_allowed.join(","),
-                                e.record_id,
-                                e.justification
-                            );
-                        }
-                    }
-                    for x in &r.restrictions {
-                        let t =
-                            |t: &Option<prost_types::Timestamp>| t.as_ref().map(crate::cli::time);
-                        if json {
-                            out!(
-                                "{}",
-                                serde_json::json!({"type": "restriction", "restriction_id": x.restriction_id,
-                                    "reason": x.reason, "placed_by": x.placed_by, "placed_at": t(&x.placed_at),
-                                    "lifted_at": t(&x.lifted_at)})
-                            );
-                        } else {
-                            out!(
-                                "processing restricted {} by {} ({}){}: {}",
-                                t(&x.placed_at).unwrap_or_default(),
-                                x.placed_by,
-                                x.restriction_id,
-                                t(&x.lifted_at)
-                                    .map(|l| format!(", lifted {l}"))
-                                    .unwrap_or_default(),
-                                x.reason
-                            );
-                        }
-                    }
-                    if !json {
-                        out!("{} recorded accesses to {}", r.events.len(), r.subject_id);
-                    }
-                    Exit::Success
-                }
-                Err(s) => status_exit(&s),
-            }
+        } => report(client, token, subject, justification, json).await,
+    }
+}
+
+/// Accesses asked for per page of `audit report`; the server answers at most its
+/// `limits.max_report_accesses`.
+const REPORT_PAGE: u32 = 10_000;
+
+/// `audit report`: the subject access report, page after page as the server answers them
+/// (each page a call of its own on the trail), each printed as it comes; the restrictions
+/// and disclosures, which come with every page, once after the last.
+async fn report(
+    client: &mut AdminClient<Channel>,
+    token: &str,
+    subject: &str,
+    justification: &str,
+    json: bool,
+) -> Exit {
+    let mut after_seq = 0;
+    let mut accesses = 0usize;
+    let last = loop {
+        let req = pb::SubjectAccessReportRequest {
+            subject_id: subject.to_owned(),
+            justification: justification.to_owned(),
+            page_size: REPORT_PAGE,
+            after_seq,
+        };
+        let r = match client.subject_access_report(authed(token, req)).await {
+            Ok(resp) => resp.into_inner(),
+            Err(s) => return status_exit(&s),
+        };
+        for e in &r.events {
+            print_access(e, json);
         }
+        accesses += r.events.len();
+        if r.next_after_seq == 0 {
+            break r;
+        }
+        after_seq = r.next_after_seq;
+    };
+    for x in &last.restrictions {
+        let t = |t: &Option<prost_types::Timestamp>| t.as_ref().map(crate::cli::time);
+        if json {
+            out!(
+                "{}",
+                serde_json::json!({"type": "restriction", "restriction_id": x.restriction_id,
+                    "reason": x.reason, "placed_by": x.placed_by, "placed_at": t(&x.placed_at),
+                    "lifted_at": t(&x.lifted_at)})
+            );
+        } else {
+            out!(
+                "processing restricted {} by {} ({}){}: {}",
+                t(&x.placed_at).unwrap_or_default(),
+                x.placed_by,
+                x.restriction_id,
+                t(&x.lifted_at)
+                    .map(|l| format!(", lifted {l}"))
+                    .unwrap_or_default(),
+                x.reason
+            );
+        }
+    }
+    for d in &last.disclosures {
+        let at = d.disclosed_at.as_ref().map(crate::cli::time);
+        if json {
+            out!(
+                "{}",
+                serde_json::json!({"type": "disclosure", "disclosure_id": d.disclosure_id,
+                    "record_id": d.record_id, "purpose": d.purpose, "fields": d.fields,
+                    "recipient": d.recipient, "recipient_kind": d.recipient_kind,
+                    "legal_basis": d.legal_basis, "case_ref": d.case_ref, "disclosed_at": at,
+                    "recorded_by": d.recorded_by, "automatic": d.automatic})
+            );
+        } else {
+            out!(
+                "disclosed {} to {} ({}) on {}: {} of {} [{}] case={} ({})",
+                at.unwrap_or_default(),
+                d.recipient,
+                d.recipient_kind,
+                d.legal_basis,
+                d.fields.join(","),
+                d.purpose,
+                d.record_id,
+                d.case_ref,
+                d.disclosure_id
+            );
+        }
+    }
+    if !json {
+        out!("{accesses} recorded accesses to {}", last.subject_id);
+    }
+    Exit::Success
+}
+
+/// One access of a subject access report, as a line of text or of JSON.
+fn print_access(e: &pb::AccessEvent, json: bool) {
+    let time = e.time.as_ref().map(crate::cli::time).unwrap_or_default();
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({"seq": e.seq, "time": time, "principal_id": e.principal_id,
+                "roles": e.roles, "action": e.action, "purpose": e.purpose,
+                "case_ref": e.case_ref, "justification": e.justification,
+                "channel": e.channel, "break_glass": e.break_glass, "record_id": e.record_id,
+                "decision": e.decision, "fields_allowed": e.fields_allowed,
+                "fields_denied": e.fields_denied, "fields_masked": e.fields_masked})
+        );
+    } else {
+        out!(
+            "{time} {} ({}) {} {} for {} case={} fields={} [{}] why: {}",
+            e.principal_id,
+            e.roles.join(","),
+            e.decision,
+            e.action,
+            e.purpose,
+            e.case_ref,
+            e.fields_allowed.join(","),
+            e.record_id,
+            e.justification
+        );
     }
 }
 

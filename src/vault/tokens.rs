@@ -960,10 +960,18 @@ impl AdminEntry<'_> {
         self,
         act: impl FnOnce() -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
+        self.commit_then_at(|_| act())
+    }
+
+    /// [`commit_then`](Self::commit_then), with the entry's sequence number for `act`.
+    pub(crate) fn commit_then_at<T>(
+        self,
+        act: impl FnOnce(crate::audit::AuditSeq) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
         let audit = self.audit;
         let mut followup = self.event.clone();
-        self.commit()?;
-        act().inspect_err(|e| {
+        let seq = self.commit()?;
+        act(seq).inspect_err(|e| {
             followup.time = now_unix();
             followup.decision = "deny".into();
             followup.reason = Some(format!("not carried out: {e}"));

@@ -173,12 +173,21 @@ impl Vault {
     /// Every recorded access to `subject`'s data: who, in which role, for which purpose and case,
     /// why, which fields, and the decision; and the subject's disclosure register (a row that
     /// fails its MAC refuses the report, `DATA_LOSS`).
+    ///
+    /// One answer holds at most `Limits::max_report_accesses` accesses, as that is what the
+    /// answer costs in memory: `page` asks for those after an entry, at most so many (a larger
+    /// page holds as many as the limit); a report
+    /// asked for whole that holds more is refused (`FailedPrecondition`, after its entry, with a
+    /// second entry saying it was not given). Each page is a decision and an entry of its own,
+    /// listing the accesses before that entry.
     pub fn subject_access_report(
         &self,
         actor: &Principal,
         subject: &SubjectId,
         justification: &str,
+        page: ReportPage,
     ) -> Result<SubjectAccessReport, VaultError> {
+        let most = self.limits.max_report_accesses;
         let mut event = self.require_admin(
             actor,
             AdminAction::ReadAudit,
@@ -199,22 +208,48 @@ impl Vault {
         } else {
             Vec::new()
         };
-        let upto = event.commit()?.value();
+        if page.after > 0 || page.size.is_some() {
+            event.reason = Some(match page.size {
+                Some(size) => format!("at most {size} accesses after entry {}", page.after),
+                None => format!("the accesses after entry {}", page.after),
+            });
+        }
         let filter = Filter {
             subject: Some(subject.as_str().into()),
             actions: DATA_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
             ..Filter::default()
         };
-        let mut out = Vec::new();
-        self.audit.scan(&filter, |seq, e, _| {
-            if seq < upto {
-                out.push((seq, e.clone()));
+        // A page asked larger than the limit holds as many as the limit.
+        let size = page.size.map_or(most, |size| size.clamp(1, most));
+        event.commit_then_at(|own| {
+            let upto = own.value();
+            // One more than the page holds: whether the report goes on after it.
+            let mut out = Vec::with_capacity(size.saturating_add(1).min(1024));
+            self.audit
+                .scan_from(&filter, page.after.saturating_add(1), |seq, e, _| {
+                    if seq >= upto {
+                        return false;
+                    }
+                    out.push((seq, e.clone()));
+                    out.len() <= size
+                })?;
+            let mut next_after = None;
+            if out.len() > size {
+                if page.size.is_none() {
+                    return Err(VaultError::FailedPrecondition(format!(
+                        "the report holds more than {most} accesses \
+                         (`limits.max_report_accesses`): ask for it in pages, `page_size` 1 to \
+                         {most} and `after_seq` the last answer's `next_after_seq`"
+                    )));
+                }
+                out.truncate(size);
+                next_after = out.last().map(|(seq, _)| *seq);
             }
-            seq < upto
-        })?;
-        Ok(SubjectAccessReport {
-            events: out,
-            disclosures,
+            Ok(SubjectAccessReport {
+                events: out,
+                disclosures,
+                next_after,
+            })
         })
     }
 }
@@ -227,6 +262,18 @@ pub struct SubjectAccessReport {
     pub events: Vec<(u64, AuditEvent)>,
     /// The disclosures of their data, oldest first.
     pub disclosures: Vec<crate::store::DisclosureRow>,
+    /// Where the next page begins (the last access of this one), when the report goes on.
+    pub next_after: Option<u64>,
+}
+
+/// Which accesses of a subject access report to answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReportPage {
+    /// Only those after this entry (0: from the first).
+    pub after: u64,
+    /// At most this many (and at most `Limits::max_report_accesses`); `None`: the whole
+    /// report, which may hold no more than that limit.
+    pub size: Option<usize>,
 }
 
 /// Where a watch of the trail starts (`Vault::begin_audit_watch`).

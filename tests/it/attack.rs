@@ -1401,6 +1401,7 @@ async fn attack_the_register_is_listed_by_the_privacy_officer_only() {
                 pb::SubjectAccessReportRequest {
                     subject_id: SCOPED_SUBJECT.into(),
                     justification: "SAR-1".into(),
+                    ..Default::default()
                 },
             ))
             .await

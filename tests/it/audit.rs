@@ -919,6 +919,7 @@ async fn a_read_hidden_from_the_access_report_by_an_edited_index_is_found_by_ver
                 pb::SubjectAccessReportRequest {
                     subject_id: "REL-7000".into(),
                     justification: "SAR-2026-70".into(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -1000,6 +1001,7 @@ async fn privacy_officer_exports_and_reports_and_nobody_else_may() {
                 pb::SubjectAccessReportRequest {
                     subject_id: "REL-1000".into(),
                     justification: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -1014,6 +1016,7 @@ async fn privacy_officer_exports_and_reports_and_nobody_else_may() {
             pb::SubjectAccessReportRequest {
                 subject_id: "REL-1000".into(),
                 justification: "SAR-2026-17".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -1151,4 +1154,214 @@ fn a_changed_policy_set_is_recorded_at_start() {
         "{}",
         actions[2].1
     );
+}
+
+/// A subject access report costs the server what one answer holds: at most
+/// `limits.max_report_accesses` accesses. A larger page holds that many; pages, chained by
+/// `next_after_seq`, list every access once, in order; each page is decided and audited as the
+/// first; and a report asked for whole that holds more is refused, and says how to page, with
+/// the trail showing it was not given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_access_report_is_answered_page_by_page() {
+    let server = TestServer::start_with_limits(kluis::config::RawLimits {
+        max_report_accesses: Some(5),
+        ..Default::default()
+    })
+    .await;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-3000",
+        vec![text("phone", "contact", "06-30003000")],
+    )
+    .await;
+    let other = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-3001",
+        vec![text("phone", "contact", "06-30013001")],
+    )
+    .await;
+    for i in 0..12 {
+        let (role, ctx) = if i % 4 == 3 {
+            (
+                Role::CustomerService,
+                ctx("customer-service", "", "caller asked"),
+            )
+        } else {
+            (Role::NuisanceOfficer, nuisance_ctx())
+        };
+        let _ = get(&server, server.token(role), ctx.clone(), &id).await;
+        // Reads of another subject among them (its write and 4 reads: exactly the limit).
+        if i < 4 {
+            let _ = get(&server, server.token(role), ctx, &other).await;
+        }
+    }
+    // The accesses to REL-3000 on the trail: the write, 9 reads allowed and 3 refused.
+    let accesses: Vec<u64> = audit_entries(&server)
+        .iter()
+        .zip(1u64..)
+        .filter(|(e, _)| {
+            e["subject"] == "REL-3000" && ["write", "read"].contains(&e["action"].as_str().unwrap())
+        })
+        .map(|(_, seq)| seq)
+        .collect();
+    assert_eq!(accesses.len(), 13);
+
+    let mut admin = server.admin().await;
+    let ask = |role: Role, subject: &str, page_size: u32, after_seq: u64| {
+        req(
+            server.token(role),
+            pb::SubjectAccessReportRequest {
+                subject_id: subject.into(),
+                justification: "SAR-2026-30".into(),
+                page_size,
+                after_seq,
+            },
+        )
+    };
+
+    // Whole: more than the limit, refused before anything is answered, and how to page said.
+    let status = admin
+        .subject_access_report(ask(Role::PrivacyOfficer, "REL-3000", 0, 0))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    for named in [
+        "more than 5 accesses",
+        "`limits.max_report_accesses`",
+        "`page_size`",
+        "`after_seq`",
+        "`next_after_seq`",
+    ] {
+        assert!(
+            status.message().contains(named),
+            "{named}: {}",
+            status.message()
+        );
+    }
+    let entries = audit_entries(&server);
+    let last_two: Vec<_> = entries[entries.len() - 2..]
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        last_two,
+        [
+            ("subject-access-report", "allow"),
+            ("subject-access-report", "deny")
+        ]
+    );
+    assert!(
+        entries[entries.len() - 1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not carried out: ")
+    );
+
+    // In pages: a page asked larger than the limit holds as many as the limit.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .subject_access_report(ask(Role::PrivacyOfficer, "REL-3000", 100, after))
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(
+            page.events.len() <= 5,
+            "page {pages}: {}",
+            page.events.len()
+        );
+        assert!(page.events.iter().all(|e| e.seq > after));
+        seen.extend(page.events.iter().map(|e| e.seq));
+        if page.next_after_seq == 0 {
+            break;
+        }
+        assert_eq!(page.events.len(), 5);
+        assert_eq!(page.next_after_seq, page.events.last().unwrap().seq);
+        after = page.next_after_seq;
+        // Paging is no way around the decision: each page is decided as the first.
+        let status = admin
+            .subject_access_report(ask(Role::CustomerService, "REL-3000", 5, after))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, accesses, "every access once, in order");
+
+    // Each page is an entry of its own, naming where it began.
+    let reasons: Vec<String> = audit_entries(&server)
+        .iter()
+        .filter(|e| {
+            e["action"] == "subject-access-report"
+                && e["decision"] == "allow"
+                && e["principal"] == "test-privacy-officer"
+        })
+        .skip(1)
+        .map(|e| e["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reasons.len(), 3);
+    assert!(reasons[0].contains("after entry 0"), "{}", reasons[0]);
+    assert!(
+        reasons[1].contains(&format!("after entry {}", accesses[4])),
+        "{}",
+        reasons[1]
+    );
+
+    // A report of as many accesses as the limit still comes whole, and says it is complete.
+    let whole = admin
+        .subject_access_report(ask(Role::PrivacyOfficer, "REL-3001", 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole.events.len(), 5);
+    assert_eq!(whole.next_after_seq, 0);
+    assert!(whole.events.iter().all(|e| e.record_id == other));
+
+    // `kluis admin audit report` follows the pages to the end.
+    let run = |json: bool| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args(["admin", "--server", &format!("http://{}", server.addr)])
+            .args(["audit", "report", "--subject", "REL-3000"])
+            .args(json.then_some("--json"))
+            .env("KLUIS_TOKEN", server.token(Role::PrivacyOfficer))
+            .env("KLUIS_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed: Vec<u64> = run(true)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(printed, accesses);
+    let text = run(false);
+    assert_eq!(text.lines().count(), 14, "{text}");
+    assert!(
+        text.ends_with("13 recorded accesses to REL-3000\n"),
+        "{text}"
+    );
+    server.stop().await;
 }

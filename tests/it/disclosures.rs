@@ -205,6 +205,7 @@ async fn a_disclosure_is_recorded_listed_exported_and_reported() {
             pb::SubjectAccessReportRequest {
                 subject_id: SUBJECT.into(),
                 justification: "SAR-2026-9".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -219,6 +220,7 @@ async fn a_disclosure_is_recorded_listed_exported_and_reported() {
             pb::SubjectAccessReportRequest {
                 subject_id: SUBJECT.into(),
                 justification: "SAR-2026-9".into(),
+                ..Default::default()
             },
         ))
         .await

@@ -3374,6 +3374,7 @@ async fn evidence_reads_and_uploads_are_in_the_access_report_and_the_export() {
             pb::SubjectAccessReportRequest {
                 subject_id: me.into(),
                 justification: "SAR-2026-11".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -3822,6 +3823,7 @@ async fn a_bsn_in_any_clear_string_is_refused_naming_the_field() {
                         pb::SubjectAccessReportRequest {
                             subject_id: me.into(),
                             justification: note,
+                            ..Default::default()
                         },
                     ))
                     .await,
@@ -4613,6 +4615,7 @@ fn subject_doors<'a>(s: &'a TestServer, v: &str) -> Vec<(&'static str, &'static 
                             pb::SubjectAccessReportRequest {
                                 subject_id: v,
                                 justification: "SAR-2026-9".into(),
+                                ..Default::default()
                             },
                         ))
                         .await,

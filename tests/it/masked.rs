@@ -143,6 +143,7 @@ async fn the_audit_entry_says_read_masked_for_each_masked_field() {
             pb::SubjectAccessReportRequest {
                 subject_id: SUBJECT.into(),
                 justification: "SAR-1".into(),
+                ..Default::default()
             },
         ))
         .await

@@ -217,6 +217,7 @@ async fn exact_and_normalised_values_are_found_and_colliding_tags_never_leave_th
             pb::SubjectAccessReportRequest {
                 subject_id: "T7".into(),
                 justification: "SAR-2026-7".into(),
+                ..Default::default()
             },
         ))
         .await

@@ -296,6 +296,7 @@ async fn a_restricted_subject_is_stored_but_read_only_for_legal_claims_and_the_p
             pb::SubjectAccessReportRequest {
                 subject_id: me.into(),
                 justification: "SAR-1".into(),
+                ..Default::default()
             },
         ))
         .await
