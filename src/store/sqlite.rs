@@ -660,6 +660,45 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// A read transaction (one snapshot for several statements) begun and ended by statements the
+/// connection keeps prepared, where `unchecked_transaction` parses `BEGIN` and `COMMIT` anew
+/// each time: the reads every call makes. Dropped unfinished, it rolls back.
+struct Snapshot<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Snapshot<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN DEFERRED")?.execute([])?;
+        Ok(Self { conn, open: true })
+    }
+
+    fn finish(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Snapshot<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A read changed nothing: whatever the rollback answers, the connection is left
+            // outside a transaction (or SQLite ended it already).
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {

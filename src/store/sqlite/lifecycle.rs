@@ -193,36 +193,71 @@ pub(super) fn facts_in(c: &Connection, subject: &str) -> rusqlite::Result<Subjec
             )?
             .query_row([subject], |r| r.get(0))?,
     };
-    let consents = c
-        .prepare_cached(&format!(
+    // Which of them the subject has any of, in one statement: most subjects have none, and a
+    // statement costs more than its index probe. The rows of those it has are then read, in the
+    // same snapshot, as each would be.
+    let (has_consents, has_holds, has_mandates, has_restrictions, has_destroyed): (
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+    ) = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM consents WHERE subject = ?1),
+                    EXISTS (SELECT 1 FROM holds WHERE subject = ?1),
+                    EXISTS (SELECT 1 FROM mandates WHERE subject = ?1),
+                    EXISTS (SELECT 1 FROM restrictions WHERE subject = ?1),
+                    EXISTS (SELECT 1 FROM destroyed_records WHERE subject = ?1)",
+        )?
+        .query_row([subject], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+    let consents = if has_consents {
+        c.prepare_cached(&format!(
             "SELECT {CONSENT_COLUMNS} FROM consents WHERE subject = ?1 ORDER BY purpose"
         ))?
         .query_map([subject], consent_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let holds = c
-        .prepare_cached(&format!(
+        .collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let holds = if has_holds {
+        c.prepare_cached(&format!(
             "SELECT {HOLD_COLUMNS} FROM holds WHERE subject = ?1 ORDER BY id"
         ))?
         .query_map([subject], hold_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mandates = c
-        .prepare_cached(&format!(
+        .collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let mandates = if has_mandates {
+        c.prepare_cached(&format!(
             "SELECT {MANDATE_COLUMNS} FROM mandates WHERE subject = ?1 ORDER BY id"
         ))?
         .query_map([subject], mandate_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let restrictions = c
-        .prepare_cached(&format!(
+        .collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let restrictions = if has_restrictions {
+        c.prepare_cached(&format!(
             "SELECT {RESTRICTION_COLUMNS} FROM restrictions WHERE subject = ?1 ORDER BY id"
         ))?
         .query_map([subject], restriction_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let destroyed = c
-        .prepare_cached(
+        .collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let destroyed = if has_destroyed {
+        c.prepare_cached(
             "SELECT record_id FROM destroyed_records WHERE subject = ?1 ORDER BY record_id",
         )?
         .query_map([subject], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     Ok(SubjectFacts {
         anchor,
         consents,

@@ -62,7 +62,7 @@ impl RecordStore for SqliteStore {
         // One read transaction: one snapshot, and one start of a read (which may find the page
         // cache stale) for the record and the facts of its subject.
         let found = self.read(|c| {
-            let tx = c.unchecked_transaction()?;
+            let tx = Snapshot::begin(c)?;
             let found = match record_in(&tx, id)? {
                 Some((rec, fields)) => {
                     let facts = super::lifecycle::facts_in(&tx, &rec.0.subject)?;
