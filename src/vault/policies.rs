@@ -93,10 +93,29 @@ impl Vault {
         ));
         // The trail first: no policy decides that is not on record.
         self.audit.append(&event)?;
-        self.store
-            .set_meta(META_POLICY_DIGEST, engine.digest().as_bytes())?;
         // The set in force lives in the store: the other nodes take it up within a second.
-        let generation = super::nodes::store_policy_set(self.store.as_ref(), &self.rows, &engine)?;
+        let stored = self
+            .store
+            .set_meta(META_POLICY_DIGEST, engine.digest().as_bytes())
+            .map_err(VaultError::from)
+            .and_then(|()| {
+                super::nodes::store_policy_set(self.store.as_ref(), &self.rows, &engine)
+            });
+        let generation = match stored {
+            Ok(generation) => generation,
+            Err(e) => {
+                // Refused by the store: the old set stays in force, and the trail says so
+                // after the entry that announced the change.
+                event.time = now_unix();
+                event.decision = "deny".into();
+                event.reason = Some(format!("not carried out: {e}; the old set stays in force"));
+                if let Err(a) = self.audit.append(&event) {
+                    tracing::error!(error = %a, "cannot audit a policy reload the store refused");
+                }
+                tracing::error!(error = %e, "policy reload refused by the store; the old set stays in force");
+                return Err(e);
+            }
+        };
         self.follower
             .policy_generation
             .store(generation, std::sync::atomic::Ordering::SeqCst);

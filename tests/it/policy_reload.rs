@@ -86,3 +86,73 @@ async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
     );
     server.stop().await;
 }
+
+/// A reload the store refuses (here a trigger added to the database file by hand, which makes
+/// kluis refuse every write outside the trail) leaves the old set in force, and the trail says
+/// so: the entry that announced the change is followed by one saying it was not carried out.
+#[tokio::test]
+async fn a_reload_the_store_refuses_is_on_the_trail_as_not_carried_out() {
+    let tmp = crate::common::private_tempdir();
+    let file = tmp.path().join("policies.cedar");
+    std::fs::write(&file, DEFAULT_POLICIES).unwrap();
+    let server = TestServer::start_with_policies(vec![file.clone()]).await;
+    let id = put(
+        &server,
+        Role::CustomerService,
+        ctx("contract", "", ""),
+        "REL-P2",
+        vec![text("email", "contact", "q@example.nl")],
+    )
+    .await;
+    let read = || {
+        get(
+            &server,
+            server.token(Role::CustomerService),
+            ctx("contract", "", ""),
+            &id,
+        )
+    };
+    let mut admin = server.admin().await;
+    let reload = || {
+        req(
+            server.token(Role::SecurityOfficer),
+            pb::ReloadPoliciesRequest {},
+        )
+    };
+    let file_db = rusqlite::Connection::open(server.db_path()).unwrap();
+    file_db
+        .execute_batch("CREATE TRIGGER keep_meta BEFORE UPDATE ON meta BEGIN SELECT 1; END;")
+        .unwrap();
+
+    forbid_contract_reads(&file);
+    let status = admin.reload_policies(reload()).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    let entries = audit_entries(&server);
+    read().await.expect("the old set stays in force");
+    let last: Vec<_> = entries[entries.len() - 2..]
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        last,
+        [("policy-change", "allow"), ("policy-change", "deny")]
+    );
+    let refused = &entries[entries.len() - 1];
+    assert_eq!(refused["principal"], "test-security-officer");
+    assert_eq!(refused["target"], entries[entries.len() - 2]["target"]);
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.starts_with("not carried out: "), "{reason}");
+    assert!(reason.ends_with("the old set stays in force"), "{reason}");
+
+    // The trigger gone, the same reload goes through.
+    file_db.execute_batch("DROP TRIGGER keep_meta").unwrap();
+    let changed = admin.reload_policies(reload()).await.unwrap().into_inner();
+    assert!(changed.changed);
+    assert_eq!(read().await.err().unwrap().code(), Code::PermissionDenied);
+    server.stop().await;
+}
