@@ -80,6 +80,10 @@ pub enum StoreError {
     /// The database failed (I/O, locking, constraint).
     #[error("database error: {0}")]
     Database(String),
+    /// The database answered a write as done but did not keep it (a trigger or rule someone
+    /// added that drops or changes rows): what was not kept. Nothing of the write is stored.
+    #[error("the database did not keep {0}")]
+    NotKept(String),
     /// The database cannot be reached (down, restarting, the network): the call may succeed
     /// later, and kluis reconnects by itself.
     #[error("the database is unavailable: {0}")]

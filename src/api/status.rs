@@ -44,6 +44,16 @@ pub fn to_status(e: VaultError) -> Status {
                  `kluis admin store verify`",
             )
         }
+        // A write the database answered as done and did not keep: someone added a trigger or
+        // rule to it. Nothing of the write is stored.
+        e @ (VaultError::Store(StoreError::NotKept(_))
+        | VaultError::Key(KeyError::Store(StoreError::NotKept(_)))) => {
+            tracing::error!(error = %e, "a write was not kept by the database");
+            Status::data_loss(
+                "the database did not keep a write (a trigger or rule added to it?); nothing of \
+                 it is stored; run `kluis admin store verify` and look for triggers and rules",
+            )
+        }
         // The root key is checked at start, so a stored wrapped key that does not open was
         // damaged or tampered with (swapped, edited): not an internal fault.
         VaultError::Key(KeyError::Crypto(CryptoError::Open)) => {

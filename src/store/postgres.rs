@@ -763,8 +763,8 @@ impl Tx<'_> {
         match self.tx.execute(&s, params) {
             // A trigger someone added (`BEFORE INSERT` returning `NULL`) drops a row without
             // an error: the write would be acknowledged and is not stored.
-            Ok(0) => Err(StoreError::Database(format!(
-                "{} was not stored (the database dropped the row)",
+            Ok(0) => Err(StoreError::NotKept(format!(
+                "{} (it dropped the row)",
                 what()
             ))),
             Ok(n) => Ok(n),
@@ -1372,8 +1372,8 @@ fn bump_epoch(tx: &mut Tx<'_>) -> Result<(), StoreError> {
     )?;
     match moved.as_slice() {
         [row] if get::<bool>(row, 0)? => Ok(()),
-        _ => Err(StoreError::Corrupt(
-            "the change epoch (table `kluis_epoch`, one row) did not move: it is missing or \
+        _ => Err(StoreError::NotKept(
+            "the move of the change epoch (table `kluis_epoch`, one row): it is missing or \
              something in the database keeps it; other nodes would not take the change in, so \
              it is not made"
                 .into(),

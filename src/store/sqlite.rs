@@ -1753,8 +1753,8 @@ fn kept(n: usize, what: impl FnOnce() -> String) -> Result<(), StoreError> {
     if n == 1 {
         Ok(())
     } else {
-        Err(StoreError::Database(format!(
-            "{} was not stored (the database dropped the row)",
+        Err(StoreError::NotKept(format!(
+            "{} (it dropped the row)",
             what()
         )))
     }

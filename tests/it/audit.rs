@@ -578,6 +578,7 @@ pub(crate) const REFUSED_SUBJECT: &str = "REL-4242";
 pub(crate) async fn refused_writes_are_followed_on_the_trail(
     server: &TestServer,
     all_refused: bool,
+    refused_as: Option<Code>,
     refuse: impl Fn(bool),
     entries: impl Fn() -> Vec<serde_json::Value>,
     stored: impl Fn() -> Vec<String>,
@@ -642,6 +643,9 @@ pub(crate) async fn refused_writes_are_followed_on_the_trail(
             Err(status) => {
                 assert!(refused, "a write the store takes failed: {status:?}");
                 assert_ne!(status.code(), Code::Ok);
+                if let Some(code) = refused_as {
+                    assert_eq!(status.code(), code, "{status:?}");
+                }
                 assert!(!status.message().contains(SECRET_VALUE), "{status:?}");
             }
         }
@@ -719,6 +723,7 @@ async fn refused_on_edited_sqlite(edit: impl Fn(&Connection, bool)) {
     refused_writes_are_followed_on_the_trail(
         &server,
         true,
+        None,
         |on| edit(&conn.lock().unwrap(), on),
         || audit_entries(&server),
         || {

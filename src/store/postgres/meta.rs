@@ -209,9 +209,7 @@ fn not_kept(key: &str) -> StoreError {
          'meta'::regclass AND NOT tgisinternal` and `SELECT rulename FROM pg_rules WHERE \
          tablename = 'meta'`"
     );
-    StoreError::Corrupt(format!(
-        "the metadata `{key}` was not stored as written (a trigger or rule on the table?)"
-    ))
+    StoreError::NotKept(format!("the metadata `{key}` as written"))
 }
 
 impl PgStore {

@@ -986,8 +986,8 @@ impl<'a> RecordInsert<'a> {
         if counts == wanted {
             return Ok(());
         }
-        Err(StoreError::Database(format!(
-            "record `{}` was not stored whole (the database dropped {} of its {} rows)",
+        Err(StoreError::NotKept(format!(
+            "record `{}` whole (it dropped {} of its {} rows)",
             self.record.id,
             wanted
                 .iter()
