@@ -1249,17 +1249,8 @@ async fn a_subject_access_report_is_answered_page_by_page() {
         );
     }
     let entries = audit_entries(&server);
-    let last_two: Vec<_> = entries[entries.len() - 2..]
-        .iter()
-        .map(|e| {
-            (
-                e["action"].as_str().unwrap(),
-                e["decision"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        last_two,
+        last_decisions(&entries, 2),
         [
             ("subject-access-report", "allow"),
             ("subject-access-report", "deny")

@@ -497,6 +497,19 @@ where
     panic!("{what}: still refused at its cap after 5 s");
 }
 
+/// The action and decision of each of the last `n` of `entries`, oldest first.
+pub fn last_decisions(entries: &[serde_json::Value], n: usize) -> Vec<(&str, &str)> {
+    entries[entries.len() - n..]
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
 pub fn audit_entries(server: &TestServer) -> Vec<serde_json::Value> {
     use kluis::store::prelude::*;
     let store = kluis::store::SqliteStore::open(&server.db_path()).unwrap();

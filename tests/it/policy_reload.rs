@@ -6,50 +6,77 @@ use tonic::Code;
 
 use crate::common::*;
 
-#[tokio::test]
-async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
-    let tmp = crate::common::private_tempdir();
-    let file = tmp.path().join("policies.cedar");
-    std::fs::write(&file, DEFAULT_POLICIES).unwrap();
-    let server = TestServer::start_with_policies(vec![file.clone()]).await;
-    let id = put(
-        &server,
-        Role::CustomerService,
-        ctx("contract", "", ""),
-        "REL-P1",
-        vec![text("email", "contact", "p@example.nl")],
-    )
-    .await;
-    let read = || {
-        get(
+/// A server deciding by a policy file of its own (the default policies to begin with), with a
+/// contact record customer service may read under them.
+struct Reloadable {
+    _tmp: tempfile::TempDir,
+    file: std::path::PathBuf,
+    server: TestServer,
+    id: String,
+}
+
+impl Reloadable {
+    async fn start(subject: &str) -> Self {
+        let tmp = crate::common::private_tempdir();
+        let file = tmp.path().join("policies.cedar");
+        std::fs::write(&file, DEFAULT_POLICIES).unwrap();
+        let server = TestServer::start_with_policies(vec![file.clone()]).await;
+        let id = put(
             &server,
-            server.token(Role::CustomerService),
+            Role::CustomerService,
             ctx("contract", "", ""),
-            &id,
+            subject,
+            vec![text("email", "contact", "p@example.nl")],
         )
-    };
-    read().await.unwrap();
-    let mut admin = server.admin().await;
-    let reload = || {
+        .await;
+        Self {
+            _tmp: tmp,
+            file,
+            server,
+            id,
+        }
+    }
+
+    async fn read(&self) -> Result<pb::GetRecordResponse, tonic::Status> {
+        get(
+            &self.server,
+            self.server.token(Role::CustomerService),
+            ctx("contract", "", ""),
+            &self.id,
+        )
+        .await
+    }
+
+    fn reload(&self) -> tonic::Request<pb::ReloadPoliciesRequest> {
         req(
-            server.token(Role::SecurityOfficer),
+            self.server.token(Role::SecurityOfficer),
             pb::ReloadPoliciesRequest {},
         )
-    };
+    }
+}
+
+#[tokio::test]
+async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
+    let case = Reloadable::start("REL-P1").await;
+    let (file, server) = (&case.file, &case.server);
+    let read = || case.read();
+    read().await.unwrap();
+    let mut admin = server.admin().await;
+    let reload = || case.reload();
 
     // Unchanged set: reloads, nothing changes.
     let same = admin.reload_policies(reload()).await.unwrap().into_inner();
     assert!(!same.changed);
 
     // An invalid set is refused with the Cedar error; the old set keeps deciding.
-    std::fs::write(&file, format!("{DEFAULT_POLICIES}\n@id(\"broken\") permit(principal, action, resource) when {{ resource.colour == 1 }};")).unwrap();
+    std::fs::write(file, format!("{DEFAULT_POLICIES}\n@id(\"broken\") permit(principal, action, resource) when {{ resource.colour == 1 }};")).unwrap();
     let status = admin.reload_policies(reload()).await.err().unwrap();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("colour"), "{}", status.message());
     read().await.unwrap();
 
     // A valid stricter set takes effect at once, without a restart.
-    forbid_contract_reads(&file);
+    forbid_contract_reads(file);
     let changed = admin.reload_policies(reload()).await.unwrap().into_inner();
     assert!(changed.changed);
     assert_eq!(changed.digest.len(), 64);
@@ -73,7 +100,7 @@ async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
         .err()
         .unwrap();
     assert_eq!(status.code(), Code::PermissionDenied);
-    let entries = audit_entries(&server);
+    let entries = audit_entries(server);
     let change = entries
         .iter()
         .find(|e| e["action"] == "policy-change" && e["principal"] == "test-security-officer")
@@ -84,7 +111,7 @@ async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
             .iter()
             .any(|e| e["action"] == "policy-reload" && e["decision"] == "deny")
     );
-    server.stop().await;
+    case.server.stop().await;
 }
 
 /// A reload the store refuses (here a trigger added to the database file by hand, which makes
@@ -92,54 +119,23 @@ async fn reload_applies_a_valid_set_and_keeps_the_old_one_on_errors() {
 /// so: the entry that announced the change is followed by one saying it was not carried out.
 #[tokio::test]
 async fn a_reload_the_store_refuses_is_on_the_trail_as_not_carried_out() {
-    let tmp = crate::common::private_tempdir();
-    let file = tmp.path().join("policies.cedar");
-    std::fs::write(&file, DEFAULT_POLICIES).unwrap();
-    let server = TestServer::start_with_policies(vec![file.clone()]).await;
-    let id = put(
-        &server,
-        Role::CustomerService,
-        ctx("contract", "", ""),
-        "REL-P2",
-        vec![text("email", "contact", "q@example.nl")],
-    )
-    .await;
-    let read = || {
-        get(
-            &server,
-            server.token(Role::CustomerService),
-            ctx("contract", "", ""),
-            &id,
-        )
-    };
+    let case = Reloadable::start("REL-P2").await;
+    let (file, server) = (&case.file, &case.server);
+    let read = || case.read();
     let mut admin = server.admin().await;
-    let reload = || {
-        req(
-            server.token(Role::SecurityOfficer),
-            pb::ReloadPoliciesRequest {},
-        )
-    };
+    let reload = || case.reload();
     let file_db = rusqlite::Connection::open(server.db_path()).unwrap();
     file_db
         .execute_batch("CREATE TRIGGER keep_meta BEFORE UPDATE ON meta BEGIN SELECT 1; END;")
         .unwrap();
 
-    forbid_contract_reads(&file);
+    forbid_contract_reads(file);
     let status = admin.reload_policies(reload()).await.err().unwrap();
     assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
-    let entries = audit_entries(&server);
+    let entries = audit_entries(server);
     read().await.expect("the old set stays in force");
-    let last: Vec<_> = entries[entries.len() - 2..]
-        .iter()
-        .map(|e| {
-            (
-                e["action"].as_str().unwrap(),
-                e["decision"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        last,
+        last_decisions(&entries, 2),
         [("policy-change", "allow"), ("policy-change", "deny")]
     );
     let refused = &entries[entries.len() - 1];
@@ -154,5 +150,5 @@ async fn a_reload_the_store_refuses_is_on_the_trail_as_not_carried_out() {
     let changed = admin.reload_policies(reload()).await.unwrap().into_inner();
     assert!(changed.changed);
     assert_eq!(read().await.err().unwrap().code(), Code::PermissionDenied);
-    server.stop().await;
+    case.server.stop().await;
 }
