@@ -1250,7 +1250,7 @@ mod tests {
             (64, 64 << 20, 512 << 20)
         );
         assert_eq!(defaults.max_calls_running_per_caller, 64);
-        assert_eq!(defaults.max_report_accesses, 10_000);
+        assert_eq!(defaults.max_report_accesses, 2_000);
         assert_eq!(
             check("max_report_accesses = 250")
                 .unwrap()

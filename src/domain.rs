@@ -373,7 +373,7 @@ impl Default for Limits {
             max_calls_running_per_caller: 64,
             answer_bytes: 512 * 1024 * 1024,
             answer_bytes_per_caller: 64 * 1024 * 1024,
-            max_report_accesses: 10_000,
+            max_report_accesses: 2_000,
         }
     }
 }

@@ -80,8 +80,10 @@ pub enum StoreError {
     /// The database failed (I/O, locking, constraint).
     #[error("database error: {0}")]
     Database(String),
-    /// The database answered a write as done but did not keep it (a trigger or rule someone
-    /// added that drops or changes rows): what was not kept. Nothing of the write is stored.
+    /// The database answered a write as done but did not keep it as written (a trigger or rule
+    /// someone added that drops or changes rows, a row kluis needs deleted): what was not kept.
+    /// The change is refused; one found only after its commit (a metadata row read back) may
+    /// have left what the database made of it.
     #[error("the database did not keep {0}")]
     NotKept(String),
     /// The database cannot be reached (down, restarting, the network): the call may succeed

@@ -1384,12 +1384,16 @@ impl AdminRpc for AdminApi {
                     }
                 })
                 .collect();
-            // The report was decided and audited above: the restrictions go with it.
-            let restrictions = vault
-                .restrictions_of(&subject)?
-                .into_iter()
-                .map(restriction_message)
-                .collect();
+            // The report was decided and audited above: the restrictions go with its first page.
+            let restrictions = if req.after_seq == 0 {
+                vault
+                    .restrictions_of(&subject)?
+                    .into_iter()
+                    .map(restriction_message)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             Ok(pb::SubjectAccessReportResponse {
                 disclosures: disclosures.into_iter().map(convert::disclosure).collect(),
                 subject_id: subject.as_str().into(),

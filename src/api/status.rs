@@ -44,14 +44,15 @@ pub fn to_status(e: VaultError) -> Status {
                  `kluis admin store verify`",
             )
         }
-        // A write the database answered as done and did not keep: someone added a trigger or
-        // rule to it. Nothing of the write is stored.
+        // A write the database answered as done and did not keep as written: someone added a
+        // trigger or rule to it, or deleted a row kluis needs. The change is refused.
         e @ (VaultError::Store(StoreError::NotKept(_))
         | VaultError::Key(KeyError::Store(StoreError::NotKept(_)))) => {
             tracing::error!(error = %e, "a write was not kept by the database");
             Status::data_loss(
-                "the database did not keep a write (a trigger or rule added to it?); nothing of \
-                 it is stored; run `kluis admin store verify` and look for triggers and rules",
+                "the database did not keep a write as kluis made it (a trigger or rule added to \
+                 it, or a row kluis needs deleted?); the change is refused; run `kluis admin \
+                 store verify` and look for triggers and rules",
             )
         }
         // The root key is checked at start, so a stored wrapped key that does not open was

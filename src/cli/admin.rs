@@ -281,7 +281,9 @@ async fn run_async(args: &AdminArgs) -> Exit {
         Ok(c) => c,
         Err(exit) => return exit,
     };
-    let mut client = AdminClient::new(channel.clone());
+    // Answers as large as the server sends (a page of an access report, a key report).
+    let mut client = AdminClient::new(channel.clone())
+        .max_decoding_message_size(kluis::server::MAX_MESSAGE_BYTES);
     let cmd = match &args.command {
         AdminCommand::Token(cmd) => cmd,
         AdminCommand::Audit(cmd) => return audit(&mut client, &token, cmd, args.json).await,
@@ -639,11 +641,11 @@ async fn audit(
 
 /// Accesses asked for per page of `audit report`; the server answers at most its
 /// `limits.max_report_accesses`.
-const REPORT_PAGE: u32 = 10_000;
+const REPORT_PAGE: u32 = 1_000;
 
 /// `audit report`: the subject access report, page after page as the server answers them
 /// (each page a call of its own on the trail), each printed as it comes; the restrictions
-/// and disclosures, which come with every page, once after the last.
+/// and disclosures, which come with the first page, after the last.
 async fn report(
     client: &mut AdminClient<Channel>,
     token: &str,
@@ -653,7 +655,8 @@ async fn report(
 ) -> Exit {
     let mut after_seq = 0;
     let mut accesses = 0usize;
-    let last = loop {
+    let mut first = None;
+    loop {
         let req = pb::SubjectAccessReportRequest {
             subject_id: subject.to_owned(),
             justification: justification.to_owned(),
@@ -668,12 +671,24 @@ async fn report(
             print_access(e, json);
         }
         accesses += r.events.len();
-        if r.next_after_seq == 0 {
-            break r;
+        let next = r.next_after_seq;
+        first.get_or_insert(r);
+        if next == 0 {
+            break;
         }
-        after_seq = r.next_after_seq;
+        if next <= after_seq {
+            eprintln!(
+                "error: the server named page after entry {next} to follow the page after {after_seq}; \
+                 the report is incomplete"
+            );
+            return Exit::Error;
+        }
+        after_seq = next;
+    }
+    let Some(first) = first else {
+        return Exit::Error;
     };
-    for x in &last.restrictions {
+    for x in &first.restrictions {
         let t = |t: &Option<prost_types::Timestamp>| t.as_ref().map(crate::cli::time);
         if json {
             out!(
@@ -695,7 +710,7 @@ async fn report(
             );
         }
     }
-    for d in &last.disclosures {
+    for d in &first.disclosures {
         let at = d.disclosed_at.as_ref().map(crate::cli::time);
         if json {
             out!(
@@ -722,7 +737,7 @@ async fn report(
         }
     }
     if !json {
-        out!("{accesses} recorded accesses to {}", last.subject_id);
+        out!("{accesses} recorded accesses to {}", first.subject_id);
     }
     Exit::Success
 }

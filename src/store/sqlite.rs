@@ -576,6 +576,11 @@ impl SqliteStore {
             conn.set_transaction_behavior(rusqlite::TransactionBehavior::Deferred);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
             conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+            // A read left inside its transaction (its rollback failed) would hold the write
+            // lock's snapshot for every write after it.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             return match result {
                 Ok(result) => result.map_err(db),
                 Err(panic) => std::panic::resume_unwind(panic),
@@ -597,7 +602,10 @@ impl SqliteStore {
             }
         };
         let result = f(&conn).map_err(db);
-        if let Ok(mut idle) = self.readers.lock()
+        // A reader left inside its transaction (its rollback failed) would answer later reads
+        // from an old snapshot: it is closed, not kept.
+        if conn.is_autocommit()
+            && let Ok(mut idle) = self.readers.lock()
             && idle.len() < MAX_IDLE_READERS
         {
             idle.push(conn);

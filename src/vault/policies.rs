@@ -94,13 +94,7 @@ impl Vault {
         // The trail first: no policy decides that is not on record.
         self.audit.append(&event)?;
         // The set in force lives in the store: the other nodes take it up within a second.
-        let stored = self
-            .store
-            .set_meta(META_POLICY_DIGEST, engine.digest().as_bytes())
-            .map_err(VaultError::from)
-            .and_then(|()| {
-                super::nodes::store_policy_set(self.store.as_ref(), &self.rows, &engine)
-            });
+        let stored = super::nodes::store_policy_set(self.store.as_ref(), &self.rows, &engine);
         let generation = match stored {
             Ok(generation) => generation,
             Err(e) => {
@@ -116,6 +110,15 @@ impl Vault {
                 return Err(e);
             }
         };
+        // What the next start compares its set with (whether to record a `policy-change`):
+        // the set is in force on every node already, so a failure here costs at most an entry
+        // that names the change once more.
+        if let Err(e) = self
+            .store
+            .set_meta(META_POLICY_DIGEST, engine.digest().as_bytes())
+        {
+            tracing::warn!(error = %e, "cannot record the digest of the policy set now in force");
+        }
         self.follower
             .policy_generation
             .store(generation, std::sync::atomic::Ordering::SeqCst);

@@ -197,20 +197,24 @@ impl Vault {
         )?;
         event.subject = Some(subject.as_str().into());
         // The disclosure register of the subject, every row checked before the entry is written;
-        // only for a reader who may see the register (`manage-lifecycle`: the privacy officer),
-        // never for the security officer, who reads the trail but no personal data.
-        let disclosures = if self
-            .policy()
-            .decide_admin(actor, AdminAction::ManageLifecycle)?
-            .is_allow()
+        // with the first page only, and only for a reader who may see the register
+        // (`manage-lifecycle`: the privacy officer), never for the security officer, who reads
+        // the trail but no personal data.
+        let disclosures = if page.after == 0
+            && self
+                .policy()
+                .decide_admin(actor, AdminAction::ManageLifecycle)?
+                .is_allow()
         {
             self.subject_disclosures(subject.as_str())?
         } else {
             Vec::new()
         };
+        // A page asked larger than the limit holds as many as the limit.
+        let size = page.size.map_or(most, |size| size.clamp(1, most));
         if page.after > 0 || page.size.is_some() {
             event.reason = Some(match page.size {
-                Some(size) => format!("at most {size} accesses after entry {}", page.after),
+                Some(_) => format!("at most {size} accesses after entry {}", page.after),
                 None => format!("the accesses after entry {}", page.after),
             });
         }
@@ -219,10 +223,18 @@ impl Vault {
             actions: DATA_ACTIONS.iter().map(|a| (*a).to_owned()).collect(),
             ..Filter::default()
         };
-        // A page asked larger than the limit holds as many as the limit.
-        let size = page.size.map_or(most, |size| size.clamp(1, most));
         event.commit_then_at(|own| {
             let upto = own.value();
+            // A page can only begin before its own entry: a later `after_seq` was never a
+            // `next_after_seq`, and its empty page would pass for the end of the report.
+            if page.after >= upto {
+                return Err(InputError::new(
+                    "after_seq",
+                    "is past the end of the trail: begin with 0, then give the last answer's \
+                     `next_after_seq`",
+                )
+                .into());
+            }
             // One more than the page holds: whether the report goes on after it.
             let mut out = Vec::with_capacity(size.saturating_add(1).min(1024));
             self.audit
@@ -260,7 +272,7 @@ impl Vault {
 pub struct SubjectAccessReport {
     /// The accesses, oldest first.
     pub events: Vec<(u64, AuditEvent)>,
-    /// The disclosures of their data, oldest first.
+    /// The disclosures of their data, oldest first (with the first page).
     pub disclosures: Vec<crate::store::DisclosureRow>,
     /// Where the next page begins (the last access of this one), when the report goes on.
     pub next_after: Option<u64>,

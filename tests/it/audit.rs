@@ -916,24 +916,30 @@ async fn a_read_hidden_from_the_access_report_by_an_edited_index_is_found_by_ver
         });
     }
     readers.join_all().await;
+    // The reads in the report, page by page (more than one page holds).
     let reads = || async {
         let mut admin = server.admin().await;
-        admin
-            .subject_access_report(req(
-                server.token(Role::PrivacyOfficer),
-                pb::SubjectAccessReportRequest {
-                    subject_id: "REL-7000".into(),
-                    justification: "SAR-2026-70".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .events
-            .iter()
-            .filter(|e| e.action == "read")
-            .count()
+        let (mut count, mut after_seq) = (0, 0);
+        loop {
+            let page = admin
+                .subject_access_report(req(
+                    server.token(Role::PrivacyOfficer),
+                    pb::SubjectAccessReportRequest {
+                        subject_id: "REL-7000".into(),
+                        justification: "SAR-2026-70".into(),
+                        page_size: 2_000,
+                        after_seq,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            count += page.events.iter().filter(|e| e.action == "read").count();
+            if page.next_after_seq == 0 {
+                return count;
+            }
+            after_seq = page.next_after_seq;
+        }
     };
     assert_eq!(reads().await, 32 * 70);
     assert!(verify(&server, None).await.intact);
@@ -1310,11 +1316,33 @@ async fn a_subject_access_report_is_answered_page_by_page() {
         .map(|e| e["reason"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(reasons.len(), 3);
-    assert!(reasons[0].contains("after entry 0"), "{}", reasons[0]);
+    // The page as answered: 5, though 100 were asked for.
+    assert_eq!(reasons[0], "at most 5 accesses after entry 0");
     assert!(
         reasons[1].contains(&format!("after entry {}", accesses[4])),
         "{}",
         reasons[1]
+    );
+
+    // A page past the end of the trail was never a `next_after_seq`: refused, not answered
+    // empty as if the report were complete.
+    let status = admin
+        .subject_access_report(ask(Role::PrivacyOfficer, "REL-3000", 5, u64::MAX - 1))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("after_seq"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        last_decisions(&audit_entries(&server), 2),
+        [
+            ("subject-access-report", "allow"),
+            ("subject-access-report", "deny")
+        ]
     );
 
     // A report of as many accesses as the limit still comes whole, and says it is complete.

@@ -190,7 +190,7 @@ impl MetaStore for PgStore {
     }
 }
 
-/// The metadata row `key` as this transaction left it: `value`, or `Corrupt` when a trigger or
+/// The metadata row `key` as this transaction left it: `value`, or `NotKept` when a trigger or
 /// rule of the database changed or kept back what was written. Returns the row version's
 /// `xmin` (this transaction's id), for `PgStore::meta_kept`.
 fn meta_as_written(tx: &mut Tx<'_>, key: &str, value: &[u8]) -> Result<String, StoreError> {

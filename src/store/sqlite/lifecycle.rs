@@ -180,9 +180,9 @@ impl LifecycleStore for SqliteStore {
 /// A subject's anchor, the rows it counts and whether it has a key or a record, read on `c`.
 pub(super) fn facts_in(c: &Connection, subject: &str) -> rusqlite::Result<SubjectFacts> {
     // The anchor, and only when there is none whether the subject has a key or record (which
-    // it then should not have). The consent, hold, mandate and restriction rows, one statement
-    // each, are read even where the anchor counts none: an older anchor put back by hand must
-    // not hide rows stored since.
+    // it then should not have). The consent, hold, mandate and restriction rows are read even
+    // where the anchor counts none: an older anchor put back by hand must not hide rows stored
+    // since.
     let anchor = select_anchor(c, subject)?;
     let keyed = match anchor {
         Some(_) => true,
