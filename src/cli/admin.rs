@@ -653,41 +653,43 @@ async fn report(
     justification: &str,
     json: bool,
 ) -> Exit {
+    let page = |after_seq| {
+        authed(
+            token,
+            pb::SubjectAccessReportRequest {
+                subject_id: subject.to_owned(),
+                justification: justification.to_owned(),
+                page_size: REPORT_PAGE,
+                after_seq,
+            },
+        )
+    };
+    // The first page carries the restrictions and disclosures, printed after the last.
+    let first = match client.subject_access_report(page(0)).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) => return status_exit(&s),
+    };
+    first.events.iter().for_each(|e| print_access(e, json));
+    let mut accesses = first.events.len();
     let mut after_seq = 0;
-    let mut accesses = 0usize;
-    let mut first = None;
-    loop {
-        let req = pb::SubjectAccessReportRequest {
-            subject_id: subject.to_owned(),
-            justification: justification.to_owned(),
-            page_size: REPORT_PAGE,
-            after_seq,
-        };
-        let r = match client.subject_access_report(authed(token, req)).await {
-            Ok(resp) => resp.into_inner(),
-            Err(s) => return status_exit(&s),
-        };
-        for e in &r.events {
-            print_access(e, json);
-        }
-        accesses += r.events.len();
-        let next = r.next_after_seq;
-        first.get_or_insert(r);
-        if next == 0 {
-            break;
-        }
+    let mut next = first.next_after_seq;
+    while next != 0 {
         if next <= after_seq {
             eprintln!(
-                "error: the server named page after entry {next} to follow the page after {after_seq}; \
-                 the report is incomplete"
+                "error: the server named page after entry {next} to follow the page after \
+                 {after_seq}; the report is incomplete"
             );
             return Exit::Error;
         }
         after_seq = next;
+        let r = match client.subject_access_report(page(after_seq)).await {
+            Ok(resp) => resp.into_inner(),
+            Err(s) => return status_exit(&s),
+        };
+        r.events.iter().for_each(|e| print_access(e, json));
+        accesses += r.events.len();
+        next = r.next_after_seq;
     }
-    let Some(first) = first else {
-        return Exit::Error;
-    };
     for x in &first.restrictions {
         let t = |t: &Option<prost_types::Timestamp>| t.as_ref().map(crate::cli::time);
         if json {

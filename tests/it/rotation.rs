@@ -1156,6 +1156,35 @@ async fn admin_keys_commands_report_clearly_to_people_and_scripts() {
     server.stop().await;
 }
 
+/// The pending root change as the database file holds it (its JSON and MAC).
+fn root_change_row(conn: &Connection) -> Vec<u8> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'root_change'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Writes `value` into the database file as the pending root change, there or not.
+fn put_root_change_row(conn: &Connection, value: &[u8]) {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('root_change', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [value],
+    )
+    .unwrap();
+}
+
+/// A root change carried out over another root key than it was asked over is refused.
+fn assert_refused_over_another_root(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("over another root key"),
+        "{status:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_approval_of_a_root_change_written_into_the_database_is_not_obeyed() {
     let server = TestServer::start().await;
@@ -1165,34 +1194,20 @@ async fn an_approval_of_a_root_change_written_into_the_database_is_not_obeyed() 
     let id = request_root(&mut admin, &so, new_key.clone()).await;
     // The security officer writes the privacy officer's approval into the pending request.
     let conn = Connection::open(server.db_path()).unwrap();
-    let stored: Vec<u8> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'root_change'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored = root_change_row(&conn);
     let (json, mac) = stored.split_at(stored.len() - 32);
     let mut change: serde_json::Value = serde_json::from_slice(json).unwrap();
     change["approved_by"] = "test-privacy-officer".into();
     change["approved_at"] = 1.into();
     let mut forged = serde_json::to_vec(&change).unwrap();
     forged.extend_from_slice(mac);
-    conn.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'root_change'",
-        [&forged],
-    )
-    .unwrap();
+    put_root_change_row(&conn, &forged);
     let status = carry_out_root(&mut admin, &so, &id, new_key.clone())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     // Twin: the request as stored, approved through the API, goes through.
-    conn.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'root_change'",
-        [&stored],
-    )
-    .unwrap();
+    put_root_change_row(&conn, &stored);
     approve_root(&mut admin, server.token(Role::PrivacyOfficer), &id)
         .await
         .unwrap();
@@ -1219,13 +1234,7 @@ async fn an_approved_root_change_put_back_after_the_root_changed_is_refused() {
     let id = request_root(&mut admin, &so, first.clone()).await;
     approve_root(&mut admin, &po, &id).await.unwrap();
     let conn = Connection::open(server.db_path()).unwrap();
-    let approved: Vec<u8> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'root_change'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let approved = root_change_row(&conn);
     assert!(
         carry_out_root(&mut admin, &so, &id, first.clone())
             .await
@@ -1237,19 +1246,11 @@ async fn an_approved_root_change_put_back_after_the_root_changed_is_refused() {
         pb::rotate_root_request::Secret::Key(vec![0x52; 32]),
     )
     .await;
-    conn.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'root_change'",
-        [&approved],
-    )
-    .unwrap();
+    put_root_change_row(&conn, &approved);
     let status = carry_out_root(&mut admin, &so, &id, first.clone())
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    assert!(
-        status.message().contains("over another root key"),
-        "{status:?}"
-    );
+    assert_refused_over_another_root(&status);
     // Nor may it be approved again.
     let status = approve_root(&mut admin, &po, &id).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -1261,13 +1262,7 @@ async fn an_approved_root_change_put_back_after_the_root_changed_is_refused() {
     let third = pb::rotate_root_request::Secret::Key(vec![0x53; 32]);
     let id = request_root(&mut admin, &so, third.clone()).await;
     approve_root(&mut admin, &po, &id).await.unwrap();
-    let approved: Vec<u8> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'root_change'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let approved = root_change_row(&conn);
     assert!(
         carry_out_root(&mut admin, &so, &id, third.clone())
             .await
@@ -1275,20 +1270,11 @@ async fn an_approved_root_change_put_back_after_the_root_changed_is_refused() {
             .rotated
     );
     change_root(&server, first).await;
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('root_change', ?1) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [&approved],
-    )
-    .unwrap();
+    put_root_change_row(&conn, &approved);
     let status = carry_out_root(&mut admin, &so, &id, third)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    assert!(
-        status.message().contains("over another root key"),
-        "{status:?}"
-    );
+    assert_refused_over_another_root(&status);
     server.stop().await;
 }
 
