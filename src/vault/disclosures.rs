@@ -200,14 +200,14 @@ impl Vault {
         since: Option<i64>,
         limit: usize,
     ) -> Result<Vec<DisclosureRow>, VaultError> {
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageLifecycle,
             "disclosure-list",
             subject.map(SubjectId::as_str),
             "",
+            subject.map(|s| s.as_str().to_owned()),
         )?;
-        event.subject = subject.map(|s| s.as_str().to_owned());
         let limit = if limit == 0 {
             1000
         } else {

@@ -146,12 +146,13 @@ impl Vault {
             MAX_TEXT,
             Need::Required,
         )?;
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageHolds,
             "hold-place",
             Some(subject.as_str()),
             reason,
+            Some(subject.as_str().into()),
         )?;
         if let Some(r) = record {
             let (row, _) = self.load_kept(r)?;
@@ -176,7 +177,6 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        event.subject = Some(subject.as_str().into());
         event.record = row.record_id.clone();
         event.case_ref = Some(case_ref.into());
         event.target = Some(row.id.clone());
@@ -264,14 +264,14 @@ impl Vault {
         subject: Option<&SubjectId>,
         include_released: bool,
     ) -> Result<Vec<HoldRow>, VaultError> {
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageHolds,
             "hold-list",
             subject.map(SubjectId::as_str),
             "",
+            subject.map(|s| s.as_str().to_owned()),
         )?;
-        event.subject = subject.map(|s| s.as_str().to_owned());
         let holds = self
             .store
             .holds(subject.map(SubjectId::as_str), !include_released)?;
@@ -501,12 +501,13 @@ impl Vault {
     ) -> Result<Erasure, VaultError> {
         super::tokens::check_justification(justification, Need::Required)?;
         let template = self
-            .require_admin(
+            .require_admin_about(
                 actor,
                 AdminAction::ManageLifecycle,
                 "erase-subject",
                 Some(subject.as_str()),
                 justification,
+                Some(subject.as_str().into()),
             )?
             .into_template();
         let now = self.clock.now();
@@ -613,12 +614,13 @@ impl Vault {
         note: &str,
     ) -> Result<RequestRow, VaultError> {
         check_free_text("note", note, "note", MAX_TEXT, Need::Optional)?;
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageLifecycle,
             "request-open",
             Some(subject.as_str()),
             note,
+            Some(subject.as_str().into()),
         )?;
         let received_at = received_at.unwrap_or_else(|| self.clock.now());
         if received_at > self.clock.now() {
@@ -640,7 +642,6 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        event.subject = Some(subject.as_str().into());
         event.target = Some(row.id.clone());
         event.reason = Some(format!("{} request, due at {}", row.kind, row.due_at));
         event.commit()?;

@@ -229,14 +229,14 @@ impl Vault {
             )
             .into());
         }
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageLifecycle,
             "consent",
             Some(subject.as_str()),
             justification,
+            Some(subject.as_str().into()),
         )?;
-        event.subject = Some(subject.as_str().into());
         event.purpose = Some(purpose.as_str().into());
         event.reason = Some(consent.state().as_str().into());
         let row = self.rows.seal(
@@ -294,12 +294,13 @@ impl Vault {
         if valid_until <= now {
             return Err(InputError::new("valid_until", "lies in the past").into());
         }
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageLifecycle,
             "mandate-grant",
             Some(representative.as_str()),
             justification,
+            Some(subject.as_str().into()),
         )?;
         let row = self.rows.seal(
             MandateRow {
@@ -316,7 +317,6 @@ impl Vault {
             },
             |r, mac| r.mac = mac,
         );
-        event.subject = Some(subject.as_str().into());
         event.target = Some(row.id.clone());
         event.reason = Some(format!(
             "for `{representative}`: purposes {} categories {} until {valid_until}",
@@ -405,14 +405,14 @@ impl Vault {
         actor: &Principal,
         subject: Option<&SubjectId>,
     ) -> Result<Vec<MandateRow>, VaultError> {
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageLifecycle,
             "mandate-list",
             subject.map(SubjectId::as_str),
             "",
+            subject.map(|s| s.as_str().to_owned()),
         )?;
-        event.subject = subject.map(|s| s.as_str().to_owned());
         let mandates = self.store.mandates(subject.map(SubjectId::as_str), None)?;
         self.rows.check_all(&mandates)?;
         event.reason = Some(format!("{} mandates listed", mandates.len()));
@@ -430,14 +430,14 @@ impl Vault {
         reason: &str,
     ) -> Result<RestrictionRow, VaultError> {
         check_free_text("reason", reason, "reason", MAX_REASON, Need::Required)?;
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageLifecycle,
             "restrict",
             Some(subject.as_str()),
             "",
+            Some(subject.as_str().into()),
         )?;
-        event.subject = Some(subject.as_str().into());
         let facts = self.subject_facts(subject.as_str())?;
         if let Some(r) = facts.restrictions.iter().find(|r| r.lifted_at.is_none()) {
             return Err(VaultError::FailedPrecondition(format!(
@@ -501,14 +501,14 @@ impl Vault {
         subject: &SubjectId,
         justification: &str,
     ) -> Result<RestrictionRow, VaultError> {
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageLifecycle,
             "restriction-lift",
             Some(subject.as_str()),
             justification,
+            Some(subject.as_str().into()),
         )?;
-        event.subject = Some(subject.as_str().into());
         let facts = self.subject_facts(subject.as_str())?;
         let Some(active) = facts
             .restrictions
@@ -564,14 +564,14 @@ impl Vault {
         actor: &Principal,
         subject: Option<&SubjectId>,
     ) -> Result<Vec<RestrictionRow>, VaultError> {
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ManageLifecycle,
             "restriction-list",
             subject.map(SubjectId::as_str),
             "",
+            subject.map(|s| s.as_str().to_owned()),
         )?;
-        event.subject = subject.map(|s| s.as_str().to_owned());
         let rows = match subject {
             // One subject's through its anchor, so that a row deleted by hand fails closed.
             Some(s) => self.subject_facts(s.as_str())?.restrictions,

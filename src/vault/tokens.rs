@@ -871,9 +871,25 @@ impl Vault {
         target: Option<&str>,
         justification: &str,
     ) -> Result<AdminEntry<'_>, VaultError> {
+        self.require_admin_about(actor, admin, action, target, justification, None)
+    }
+
+    /// [`require_admin`](Self::require_admin) for an action about `subject`: its entry names
+    /// the subject whether allowed or refused, so that a refused attempt is in that subject's
+    /// trail (its export and access report) too.
+    pub(crate) fn require_admin_about(
+        &self,
+        actor: &Principal,
+        admin: AdminAction,
+        action: &str,
+        target: Option<&str>,
+        justification: &str,
+        subject: Option<String>,
+    ) -> Result<AdminEntry<'_>, VaultError> {
         check_justification(justification, Need::Optional)?;
         let decision = self.policy().decide_admin(actor, admin)?;
         let mut event = admin_event(actor, action, justification);
+        event.subject = subject;
         event.policies = decision.policies.clone();
         event.target = target.map(str::to_owned);
         if decision.is_allow() {

@@ -77,14 +77,14 @@ impl Vault {
         filter: &Filter,
         justification: &str,
     ) -> Result<u64, VaultError> {
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ReadAudit,
             "audit-export",
             filter.subject.as_deref(),
             justification,
+            filter.subject.clone(),
         )?;
-        event.subject = filter.subject.clone();
         event.reason = Some(describe(filter));
         Ok(event.commit()?.value())
     }
@@ -188,14 +188,14 @@ impl Vault {
         page: ReportPage,
     ) -> Result<SubjectAccessReport, VaultError> {
         let most = self.limits.max_report_accesses;
-        let mut event = self.require_admin(
+        let mut event = self.require_admin_about(
             actor,
             AdminAction::ReadAudit,
             "subject-access-report",
             Some(subject.as_str()),
             justification,
+            Some(subject.as_str().into()),
         )?;
-        event.subject = Some(subject.as_str().into());
         // The disclosure register of the subject, every row checked before the entry is written;
         // with the first page only, and only for a reader who may see the register
         // (`manage-lifecycle`: the privacy officer), never for the security officer, who reads

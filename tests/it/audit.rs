@@ -1303,6 +1303,21 @@ async fn a_subject_access_report_is_answered_page_by_page() {
     }
     assert_eq!(pages, 3);
     assert_eq!(seen, accesses, "every access once, in order");
+    // The refused attempts are in the subject's own trail (its export and report), not only
+    // in the whole trail.
+    let refused = audit_entries(&server)
+        .into_iter()
+        .filter(|e| {
+            e["action"] == "subject-access-report"
+                && e["decision"] == "deny"
+                && e["principal"] == "test-customer-service"
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(refused.len(), 2);
+    assert!(
+        refused.iter().all(|e| e["subject"] == "REL-3000"),
+        "{refused:?}"
+    );
 
     // Each page is an entry of its own, naming where it began.
     let reasons: Vec<String> = audit_entries(&server)
