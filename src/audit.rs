@@ -1559,7 +1559,9 @@ mod tests {
         for n in 0..3 {
             audit.append(&event(n)).unwrap();
         }
-        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let db =
+            rusqlite::Connection::open(crate::store::sqlite::trail_path(&dir.path().join("a.db")))
+                .unwrap();
         // Cut back by hand while the writer runs: the next append is refused, not chained on
         // entry 2 as if 3 had never been.
         db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
@@ -1582,7 +1584,9 @@ mod tests {
         // A tail whose MAC does not match (written by hand) is not chained on either.
         let (dir3, _s3, a3) = trail();
         a3.append(&event(0)).unwrap();
-        let db3 = rusqlite::Connection::open(dir3.path().join("a.db")).unwrap();
+        let db3 =
+            rusqlite::Connection::open(crate::store::sqlite::trail_path(&dir3.path().join("a.db")))
+                .unwrap();
         db3.execute("UPDATE audit SET mac = zeroblob(32) WHERE seq = 1", [])
             .unwrap();
         assert!(a3.append(&event(1)).is_err());
@@ -1603,7 +1607,9 @@ mod tests {
         for n in 0..3 {
             audit.append(&event(n)).unwrap();
         }
-        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let db =
+            rusqlite::Connection::open(crate::store::sqlite::trail_path(&dir.path().join("a.db")))
+                .unwrap();
         db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
         copy(&db, 2, 3);
         let e = audit.append(&event(9)).unwrap_err();
@@ -1617,7 +1623,9 @@ mod tests {
         for n in 0..3 {
             audit.append(&event(n)).unwrap();
         }
-        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let db =
+            rusqlite::Connection::open(crate::store::sqlite::trail_path(&dir.path().join("a.db")))
+                .unwrap();
         copy(&db, 3, 4);
         let e = audit.append(&event(9)).unwrap_err();
         assert!(
@@ -1633,7 +1641,9 @@ mod tests {
             audit.append(&event(n)).unwrap();
         }
         drop(audit);
-        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let db =
+            rusqlite::Connection::open(crate::store::sqlite::trail_path(&dir.path().join("a.db")))
+                .unwrap();
         copy(&db, 3, 4);
         let reopened = Audit::open(store.clone(), AuditKey::from_bytes(&KEY), id).unwrap();
         let e = reopened.append(&event(9)).unwrap_err();
@@ -1676,7 +1686,9 @@ mod tests {
         for n in 0..3 {
             audit.append(&event(n)).unwrap();
         }
-        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let db =
+            rusqlite::Connection::open(crate::store::sqlite::trail_path(&dir.path().join("a.db")))
+                .unwrap();
         db.execute(
             "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'emp-1', 'emp-2') AS BLOB) \
              WHERE seq = 3",
@@ -1705,7 +1717,9 @@ mod tests {
             audit.verify(None).unwrap(),
             Verification::Intact { count: 3, .. }
         ));
-        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let db =
+            rusqlite::Connection::open(crate::store::sqlite::trail_path(&dir.path().join("a.db")))
+                .unwrap();
         db.execute_batch(
             "INSERT INTO audit_runs (run, up_to) VALUES (1, 3);
              INSERT INTO audit_subjects (run, subject, seq) VALUES (1, 'REL-1', 'not a number');",
@@ -1840,7 +1854,7 @@ mod tests {
         audit.append(&event(9)).unwrap();
         assert_eq!(audit.check_fresh(&head).unwrap(), None);
         // The store's last entries gone: behind its head.
-        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        let conn = rusqlite::Connection::open(store.trail_path()).unwrap();
         conn.execute("DELETE FROM audit WHERE seq >= 4", [])
             .unwrap();
         let p = audit.check_fresh(&head).unwrap().unwrap();
@@ -1961,7 +1975,7 @@ mod tests {
             audit.verify(None).unwrap(),
             Verification::Intact { count: 2100, .. }
         ));
-        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        let conn = rusqlite::Connection::open(store.trail_path()).unwrap();
         assert_eq!(
             conn.execute("DELETE FROM audit_subjects WHERE seq = 8", [])
                 .unwrap(),
@@ -1996,7 +2010,7 @@ mod tests {
         for n in 0..3 {
             audit.append(&event(n)).unwrap();
         }
-        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        let conn = rusqlite::Connection::open(store.trail_path()).unwrap();
         conn.execute("UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'allow', 'deny!') AS BLOB) WHERE seq = 2", []).unwrap();
         assert!(matches!(
             audit.verify(None).unwrap(),
@@ -2241,7 +2255,9 @@ mod tests {
         };
         let (dir, store, audit) = trail();
         audit.append(&event(0)).unwrap();
-        let db = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+        let db =
+            rusqlite::Connection::open(crate::store::sqlite::trail_path(&dir.path().join("a.db")))
+                .unwrap();
         db.execute("UPDATE audit SET mac = zeroblob(32) WHERE seq = 1", [])
             .unwrap();
         assert!(matches!(answer(&audit), Err(AuditError::Unavailable(_))));
@@ -2271,7 +2287,7 @@ mod tests {
         };
         let p = problem(audit.verify(Some(&forged)).unwrap());
         assert!(p.contains("MAC is not this store's"), "{p}");
-        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        let conn = rusqlite::Connection::open(store.trail_path()).unwrap();
         conn.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
         // The node that committed entry 4 finds it missing by itself; a node opened on the
         // trail afterwards (a restart) only with the head.
@@ -2297,7 +2313,7 @@ mod tests {
         for n in 0..3 {
             audit.append(&event(n)).unwrap();
         }
-        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        let conn = rusqlite::Connection::open(store.trail_path()).unwrap();
         conn.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
         assert!(matches!(
             audit.verify(None).unwrap(),

@@ -34,7 +34,8 @@ pub struct RestoreArgs {
 /// Runs `kluis restore`.
 pub fn run(args: &RestoreArgs) -> Exit {
     let target = args.data_dir.join(config::DB_FILE);
-    if target.exists() {
+    let trail = kluis::store::sqlite::trail_path(&target);
+    if target.exists() || trail.exists() {
         return fail(format!(
             "`{}` holds a store already; restore into a new data directory",
             args.data_dir.display()
@@ -45,9 +46,12 @@ pub fn run(args: &RestoreArgs) -> Exit {
     }
     let outcome = restore(args, &target);
     if outcome.is_err() {
-        // Nothing half-restored stays behind.
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+        // Nothing half-restored stays behind: the database, nor the trail's file the store
+        // moved the backup's trail into when it opened it.
+        for file in [&target, &trail] {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
         }
     }
     match outcome {

@@ -476,17 +476,24 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    /// Opens (creating if needed) the database at `path` and runs pending migrations; the audit
+    /// trail lives beside it in a file of its own ([`trail_path`]), moved there from a store
+    /// that still holds it (an older one, or a restored backup).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         create_private(path)?;
-        let mut writer = open_connection(path, true)?;
+        {
+            let mut conn = open_file(path, true)?;
+            conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+            migrate(&conn)?;
+            audit::place_trail(&conn, path)?;
+        }
+        let mut writer = open_connection(path, false)?;
         // Every transaction of the writer takes the write lock when it begins, waiting for it
         // as long as the busy timeout allows. A deferred one that reads first and then writes
         // would have to upgrade, and SQLite refuses an upgrade at once (SQLITE_BUSY, no
         // waiting) while any other connection holds the write lock, if only for a moment: a
         // reader that finds the WAL index header torn by a commit takes it to read it again.
         writer.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
-        migrate(&writer)?;
         let trigger_refused = Arc::default();
         refuse_triggers(&writer, &trigger_refused);
         let schema = Arc::new(SchemaCheck::default());
@@ -528,6 +535,11 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The audit trail's file beside it ([`trail_path`]).
+    pub fn trail_path(&self) -> PathBuf {
+        trail_path(&self.path)
     }
 
     /// The writer, for a write that needs the whole schema as the migrations made it.
@@ -707,7 +719,46 @@ impl Drop for Snapshot<'_> {
     }
 }
 
+/// The file of the audit trail beside the store's file `path` (`kluis.db.trail`).
+pub fn trail_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map_or_else(|| "kluis.db".into(), std::ffi::OsStr::to_os_string);
+    name.push(".trail");
+    path.with_file_name(name)
+}
+
+/// A connection to the store as kluis serves it: the trail's file as `main`, the store's file
+/// attached as `store`. Every statement names its tables without a schema (each is in one file
+/// only); the trail is `main` because SQLite commits a transaction over several files in their
+/// order, `main` first, so that the audit entry of a write it carries is durable before the
+/// write is (WAL makes each file's commit atomic, not the two together).
 fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let trail = trail_path(path);
+    let conn = open_file(&trail, create).map_err(|e| match e {
+        StoreError::Database(why) if !trail.exists() => StoreError::Database(format!(
+            "the audit trail's file `{}` is missing ({why}); kluis does not serve a store \
+             without its trail: put the file back or restore a backup",
+            trail.display()
+        )),
+        other => other,
+    })?;
+    let store = path.to_str().ok_or_else(|| {
+        StoreError::Database(format!("the path `{}` is not UTF-8", path.display()))
+    })?;
+    conn.execute("ATTACH DATABASE ?1 AS store", [store])
+        .map_err(db)?;
+    conn.execute_batch(
+        "PRAGMA store.journal_mode = WAL;
+         PRAGMA store.synchronous = FULL;
+         PRAGMA store.secure_delete = ON;",
+    )
+    .map_err(db)?;
+    Ok(conn)
+}
+
+/// A connection to one database file, set up as kluis uses every file.
+fn open_file(path: &Path, create: bool) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -774,8 +825,29 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     migrated
 }
 
+/// Which of the store's two files an object of its schema is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum File {
+    /// `kluis.db`, attached as `store` on a serving connection.
+    Store,
+    /// `kluis.db.trail`, a serving connection's `main`.
+    Trail,
+}
+
+impl File {
+    /// Its schema name on a serving connection (`open_connection`).
+    fn schema(self) -> &'static str {
+        match self {
+            Self::Store => "store",
+            Self::Trail => "main",
+        }
+    }
+}
+
 /// One object of a database's schema (a row of `sqlite_master`).
 struct SchemaObject {
+    file: File,
+    name: String,
     kind: String,
     table: String,
     sql: Option<String>,
@@ -783,20 +855,28 @@ struct SchemaObject {
     root: i64,
 }
 
-/// The schema objects of a database by name, without the statistics tables `ANALYZE` keeps
-/// (they steer query plans only).
+/// The schema objects of the store's two files by file and name (`trail.audit`), without the
+/// statistics tables `ANALYZE` keeps (they steer query plans only).
 type Schema = std::collections::BTreeMap<String, SchemaObject>;
 
-fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
-    conn.prepare_cached(
-        "SELECT type, name, tbl_name, sql, rootpage FROM main.sqlite_master \
+/// The objects of the schema `schema` on `conn` (`main`, `store`), as those of `file`.
+fn objects_of(conn: &Connection, schema: &str, file: File) -> rusqlite::Result<Schema> {
+    conn.prepare_cached(&format!(
+        "SELECT type, name, tbl_name, sql, rootpage FROM {schema}.sqlite_master \
          WHERE NOT (type = 'table' \
-                    AND name IN ('sqlite_stat1', 'sqlite_stat2', 'sqlite_stat3', 'sqlite_stat4'))",
-    )?
+                    AND name IN ('sqlite_stat1', 'sqlite_stat2', 'sqlite_stat3', 'sqlite_stat4'))"
+    ))?
     .query_map([], |r| {
+        let name: String = r.get(1)?;
+        let label = match file {
+            File::Store => "store",
+            File::Trail => "trail",
+        };
         Ok((
-            r.get(1)?,
+            format!("{label}.{name}"),
             SchemaObject {
+                file,
+                name,
                 kind: r.get(0)?,
                 table: r.get(2)?,
                 // Spacing is not meaning: a migration reformatted since a store was made
@@ -811,14 +891,34 @@ fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
     .collect()
 }
 
-/// The schema kluis's migrations make, from running them on an empty database once.
+/// The schema of both files behind a serving connection.
+fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
+    let mut schema = objects_of(conn, File::Store.schema(), File::Store)?;
+    schema.extend(objects_of(conn, File::Trail.schema(), File::Trail)?);
+    Ok(schema)
+}
+
+/// The schema kluis's migrations make, from running them on an empty database once, with the
+/// trail's tables in the trail's file (`audit::place_trail` moves them there as they are).
 fn migrated_schema() -> Result<&'static Schema, StoreError> {
     static MIGRATED: OnceLock<Result<Schema, String>> = OnceLock::new();
     MIGRATED
         .get_or_init(|| {
             let conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
             migrate(&conn).map_err(|e| e.to_string())?;
-            schema_of(&conn).map_err(|e| e.to_string())
+            let found = objects_of(&conn, "main", File::Store).map_err(|e| e.to_string())?;
+            Ok(found
+                .into_values()
+                .map(|mut o| {
+                    let label = if TRAIL_TABLES.contains(&o.table.as_str()) {
+                        o.file = File::Trail;
+                        "trail"
+                    } else {
+                        "store"
+                    };
+                    (format!("{label}.{}", o.name), o)
+                })
+                .collect())
         })
         .as_ref()
         .map_err(|e| StoreError::Database(format!("cannot build the schema to compare: {e}")))
@@ -830,9 +930,9 @@ type Difference = (String, String);
 /// What in `found` differs from the schema the migrations make, per object.
 fn schema_differences(found: &Schema, migrated: &Schema) -> Vec<Difference> {
     let mut differences = Vec::new();
-    for (name, want) in migrated {
-        let (kind, table) = (&want.kind, &want.table);
-        match found.get(name) {
+    for (key, want) in migrated {
+        let (kind, table, name) = (&want.kind, &want.table, &want.name);
+        match found.get(key) {
             None => differences.push((table.clone(), format!("{kind} `{name}` is missing"))),
             Some(o) if o.kind != want.kind || o.table != want.table || o.sql != want.sql => {
                 differences.push((
@@ -843,11 +943,18 @@ fn schema_differences(found: &Schema, migrated: &Schema) -> Vec<Difference> {
             Some(_) => {}
         }
     }
-    for (name, SchemaObject { kind, table, .. }) in found {
-        if !migrated.contains_key(name) {
+    for (key, o) in found {
+        if !migrated.contains_key(key) {
+            let SchemaObject {
+                kind, table, name, ..
+            } = o;
+            let place = match o.file {
+                File::Store => "",
+                File::Trail => " in the trail's file",
+            };
             differences.push((
                 table.clone(),
-                format!("{kind} `{name}` on `{table}` was added"),
+                format!("{kind} `{name}` on `{table}` was added{place}"),
             ));
         }
     }
@@ -929,16 +1036,16 @@ impl SchemaCheck {
             .roots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let moved: std::collections::BTreeSet<&str> = found
+        let moved: std::collections::BTreeSet<(&str, &str)> = found
             .iter()
-            .filter(|(name, o)| roots.get(*name).is_some_and(|&was| was != o.root))
-            .map(|(_, o)| o.table.as_str())
+            .filter(|(key, o)| roots.get(*key).is_some_and(|&was| was != o.root))
+            .map(|(_, o)| (o.file.schema(), o.table.as_str()))
             .collect();
         let mut problems = Vec::new();
-        for table in moved {
+        for (schema, table) in moved {
             let found: Vec<String> = conn
                 .prepare(&format!(
-                    "PRAGMA integrity_check(\"{}\")",
+                    "PRAGMA {schema}.integrity_check(\"{}\")",
                     table.replace('"', "\"\"")
                 ))
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
@@ -994,10 +1101,7 @@ impl SchemaCheck {
                 problems.join("; ")
             )));
         }
-        let version = |c: &Connection| -> rusqlite::Result<i64> {
-            c.prepare_cached("PRAGMA schema_version")?
-                .query_row([], |r| r.get(0))
-        };
+        let version = schema_version;
         let [all, trail] = &self.good;
         let good = match scope {
             Scope::All => all,
@@ -1069,6 +1173,15 @@ impl SchemaCheck {
     }
 }
 
+/// Both files' `PRAGMA schema_version` in one number: a change of either moves it.
+fn schema_version(c: &Connection) -> rusqlite::Result<i64> {
+    let of = |file: File| -> rusqlite::Result<i64> {
+        c.prepare_cached(&format!("PRAGMA {}.schema_version", file.schema()))?
+            .query_row([], |r| r.get(0))
+    };
+    Ok(of(File::Store)? << 32 ^ (of(File::Trail)? & 0xFFFF_FFFF))
+}
+
 /// What SQLite's `integrity_check` finds wrong with the whole file behind `conn`, at most 100
 /// lines (past that the file is to be restored, not read line by line); empty when nothing.
 fn integrity_problems(conn: &Connection) -> Result<Vec<String>, StoreError> {
@@ -1103,7 +1216,7 @@ fn check_structure(path: &Path, schema: &Arc<SchemaCheck>) {
                         let table = line
                             .split_once(" index ")
                             .and_then(|(_, rest)| rest.split_whitespace().next())
-                            .and_then(|index| objects.get(index))
+                            .and_then(|index| objects.values().find(|o| o.name == index))
                             .map(|o| o.table.clone())
                             .unwrap_or_default();
                         (table, line)
@@ -1122,7 +1235,8 @@ fn check_structure(path: &Path, schema: &Arc<SchemaCheck>) {
             Err(e) => tracing::warn!(error = %e, "the database file's integrity check did not run"),
         }
     };
-    let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= CHECKED_BEFORE_OPENING);
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let small = size(path) + size(&trail_path(path)) <= CHECKED_BEFORE_OPENING;
     if small {
         run(path, schema);
     } else {
@@ -1918,7 +2032,7 @@ mod tests {
             store.append_audit(&[row(1)]),
             Err(StoreError::Exists(what)) if what == "audit entry 1"
         ));
-        let other = Connection::open(&path).unwrap();
+        let other = Connection::open(trail_path(&path)).unwrap();
         other
             .execute_batch(
                 "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
@@ -1963,7 +2077,10 @@ mod tests {
         // Statements prepared before the trigger came.
         store.append_audit(&[row(1)]).unwrap();
         store.replace_meta("k", None, b"v1").unwrap();
-        let other = Connection::open(&path).unwrap();
+        let (records, trail) = (
+            Connection::open(&path).unwrap(),
+            Connection::open(trail_path(&path)).unwrap(),
+        );
         for (trigger, check) in [
             (
                 "CREATE TRIGGER t BEFORE INSERT ON audit BEGIN SELECT RAISE(IGNORE); END;",
@@ -1974,11 +2091,12 @@ mod tests {
                 1,
             ),
             (
-                "CREATE TRIGGER t AFTER INSERT ON audit \
-                 BEGIN UPDATE meta SET value = x'00' WHERE key = 'k'; END;",
+                "CREATE TRIGGER t AFTER INSERT ON audit BEGIN DELETE FROM audit_runs; END;",
                 0,
             ),
         ] {
+            // A trigger lives in the file of its table.
+            let other = if check == 0 { &trail } else { &records };
             other.execute_batch(trigger).unwrap();
             // As if the trigger came between the schema's check before a write and its
             // transaction: the statement itself is refused.
@@ -2006,12 +2124,7 @@ mod tests {
     /// Takes the schema as it is for the migrations' own, so that a test reaches what comes
     /// after the check.
     fn pass_schema_check(store: &SqliteStore) {
-        let version: i64 = store
-            .writer
-            .lock()
-            .unwrap()
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))
-            .unwrap();
+        let version = schema_version(&store.writer.lock().unwrap()).unwrap();
         for good in &store.schema.good {
             good.store(version, Ordering::Relaxed);
         }
@@ -2175,6 +2288,7 @@ mod tests {
             assert_eq!(store.meta("k").unwrap(), Some(next.into_bytes()), "{what}");
         }
         // An edit of the trail's tables stops the trail as well; put back, it goes on.
+        let other = Connection::open(trail_path(&path)).unwrap();
         other
             .execute_batch("CREATE INDEX audit_by_entry ON audit (entry)")
             .unwrap();
@@ -2405,13 +2519,142 @@ mod tests {
         ));
     }
 
+    /// The objects of the trail's tables that the store's file at `path` still holds.
+    fn trail_objects_left(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE tbl_name LIKE 'audit%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// The trail lives in a file of its own: a store whose trail file is gone is not opened
+    /// (it would start a new trail, empty, as if nothing had been read); the twin: put back,
+    /// it opens with its trail.
+    #[test]
+    fn a_store_without_its_trail_file_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store
+                .append_audit(&[crate::store::conformance::audit_row(1)])
+                .unwrap();
+        }
+        let trail = trail_path(&path);
+        assert!(trail.exists());
+        let away = dir.path().join("elsewhere");
+        std::fs::rename(&trail, &away).unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains("kluis.db.trail` is missing"), "{message}");
+                assert!(message.contains("restore a backup"), "{message}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        assert!(!trail.exists(), "no empty trail is made in its place");
+        std::fs::rename(&away, &trail).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(1));
+    }
+
+    /// A move of the trail into its file that stopped after the copy (the store's file still
+    /// holds the trail, the trail's file a copy, perhaps short) is made again at the next
+    /// opening: the store's file's trail is the trail, nothing doubled or lost.
+    #[test]
+    fn a_move_of_the_trail_cut_short_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            for seq in 1..=5 {
+                store
+                    .append_audit(&[crate::store::conformance::audit_row(seq)])
+                    .unwrap();
+            }
+        }
+        // The store's file as before the move, with all five entries; the trail's file with
+        // a copy of only three, as a stop halfway through a move left it.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "ATTACH DATABASE ?1 AS t",
+                [trail_path(&path).to_str().unwrap()],
+            )
+            .unwrap();
+            let objects: Vec<String> = conn
+                .prepare("SELECT sql FROM t.sqlite_master WHERE sql IS NOT NULL ORDER BY type <> 'table', rowid")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for sql in objects {
+                conn.execute_batch(&sql).unwrap();
+            }
+            for table in TRAIL_TABLES {
+                conn.execute_batch(&format!("INSERT INTO main.{table} SELECT * FROM t.{table}"))
+                    .unwrap();
+            }
+            conn.execute_batch("DELETE FROM t.audit WHERE seq > 3")
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let seqs: Vec<u64> = store
+            .audit_entries(1, 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        let left = trail_objects_left(&path);
+        assert_eq!(
+            left, 0,
+            "the store's file lets go of the trail once it is moved"
+        );
+        store
+            .append_audit(&[crate::store::conformance::audit_row(6)])
+            .unwrap();
+    }
+
+    /// The trail's own file is not where other tables are to be found: a table of the store
+    /// made in it (which every statement would find before the store's, as the trail's file
+    /// is `main`) is a schema not kluis's own, and no write is made; the twin: dropped, writes
+    /// go on.
+    #[test]
+    fn a_store_table_made_in_the_trails_file_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.replace_meta("k", None, b"v0").unwrap();
+        let trail = Connection::open(trail_path(&path)).unwrap();
+        trail
+            .execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            .unwrap();
+        match store.replace_meta("k", Some(b"v0"), b"v1") {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(
+                    message.contains("table `meta` on `meta` was added in the trail's file"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        trail.execute_batch("DROP TABLE meta").unwrap();
+        store.replace_meta("k", Some(b"v0"), b"v1").unwrap();
+        assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v1"[..]));
+    }
+
     #[test]
     fn the_trail_is_found_by_subject_across_its_runs_and_past_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kluis.db");
         let store = SqliteStore::open(&path).unwrap();
         let last = crate::store::conformance::trail_by_subject(&store);
-        let conn = Connection::open(&path).unwrap();
+        let conn = Connection::open(trail_path(&path)).unwrap();
         let runs = |conn: &Connection| -> Vec<(i64, i64)> {
             conn.prepare("SELECT run, up_to FROM audit_runs ORDER BY run")
                 .unwrap()
@@ -2509,9 +2752,12 @@ mod tests {
             }
         }
         let store = SqliteStore::open(&path).unwrap();
+        // The trail moved to its own file, and left the store's.
+        let left = trail_objects_left(&path);
+        assert_eq!(left, 0);
         // No expression in the schema says what an entry's subject is (one edited in the file
         // would hide entries from the index and its check): kluis reads it from the entry.
-        let conn = Connection::open(&path).unwrap();
+        let conn = Connection::open(trail_path(&path)).unwrap();
         let columns: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_xinfo('audit')")
             .unwrap()

@@ -88,7 +88,7 @@ async fn security_officer_issues_a_token_that_works_and_revokes_it() {
     assert_eq!(status.code(), Code::Unauthenticated);
 
     // The token itself is nowhere in the store; issue and revoke are audited.
-    let db = std::fs::read(server.db_path()).unwrap();
+    let db = store_file_bytes(&server.db_path());
     assert!(
         !db.windows(issued.token.len())
             .any(|w| w == issued.token.as_bytes())

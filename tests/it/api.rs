@@ -836,7 +836,7 @@ async fn health_follows_whether_the_audit_trail_can_be_written() {
     );
     // The database refuses audit entries (a full disk, say): a data call fails UNAVAILABLE,
     // and health follows.
-    let db = rusqlite::Connection::open(server.db_path()).unwrap();
+    let db = rusqlite::Connection::open(server.trail_path()).unwrap();
     db.execute_batch(
         "CREATE TRIGGER no_audit BEFORE INSERT ON audit
          BEGIN SELECT RAISE(ABORT, 'disk full'); END;",

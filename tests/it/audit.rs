@@ -113,7 +113,7 @@ async fn writes_reads_and_denials_are_recorded_with_their_context() {
 async fn the_audit_table_holds_no_values_or_tokens() {
     let server = TestServer::start().await;
     some_traffic(&server).await;
-    let conn = Connection::open(server.db_path()).unwrap();
+    let conn = Connection::open(server.trail_path()).unwrap();
     let mut stmt = conn
         .prepare("SELECT seq, entry, prev_hash, hash, mac FROM audit")
         .unwrap();
@@ -222,7 +222,7 @@ async fn verify_detects_edited_deleted_swapped_and_inserted_entries() {
         let server = TestServer::start().await;
         some_traffic(&server).await;
         assert!(verify(&server, None).await.intact);
-        tamper(&Connection::open(server.db_path()).unwrap());
+        tamper(&Connection::open(server.trail_path()).unwrap());
         let r = verify(&server, None).await;
         assert!(!r.intact, "{what} entry not detected");
         assert_eq!(r.broken_seq, expected_seq, "{what}: {}", r.problem);
@@ -246,7 +246,7 @@ async fn verify_with_expected_head_detects_a_truncated_tail() {
     // Cut off the tail while the server is down, as an intruder with file access would.
     let server = server
         .restart_with(|db| {
-            Connection::open(db)
+            Connection::open(kluis::store::sqlite::trail_path(db))
                 .unwrap()
                 .execute(
                     "DELETE FROM audit WHERE seq >= ?1",
@@ -358,7 +358,7 @@ async fn reads_fail_closed_when_the_database_drops_the_trails_rows() {
     // The twin: answered before the edit.
     let resp = get(&server, officer, nuisance_ctx(), &id).await.unwrap();
     assert_eq!(text_of(&resp.fields[0]), SECRET_VALUE);
-    let conn = Connection::open(server.db_path()).unwrap();
+    let conn = server.store_files();
     conn.execute_batch(
         "CREATE TRIGGER drop_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(IGNORE); END;",
     )
@@ -412,7 +412,7 @@ async fn reads_fail_closed_when_the_trail_cannot_be_written() {
         vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
     )
     .await;
-    let conn = Connection::open(server.db_path()).unwrap();
+    let conn = Connection::open(server.trail_path()).unwrap();
     conn.execute_batch("CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
     let status = get(
         &server,
@@ -523,7 +523,7 @@ async fn concurrent_reads_fail_closed_when_the_trail_cannot_be_written() {
         calls.join_all()
     };
     let entries_before = audit_entries(&server).len();
-    let conn = Connection::open(server.db_path()).unwrap();
+    let conn = server.store_files();
     let records = || -> i64 {
         conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))
             .unwrap()
@@ -943,7 +943,7 @@ async fn a_read_hidden_from_the_access_report_by_an_edited_index_is_found_by_ver
     };
     assert_eq!(reads().await, 32 * 70);
     assert!(verify(&server, None).await.intact);
-    let conn = Connection::open(server.db_path()).unwrap();
+    let conn = Connection::open(server.trail_path()).unwrap();
     let hidden: i64 = conn
         .query_row(
             "SELECT seq FROM audit_subjects WHERE subject = 'REL-7000' ORDER BY seq DESC LIMIT 1",
@@ -1100,7 +1100,7 @@ async fn admin_audit_commands_work_against_a_running_server() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
 
     let seq: i64 = head.split(':').next().unwrap().parse().unwrap();
-    Connection::open(server.db_path())
+    Connection::open(server.trail_path())
         .unwrap()
         .execute("DELETE FROM audit WHERE seq = ?1", [seq])
         .unwrap();

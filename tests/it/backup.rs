@@ -168,7 +168,13 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
         .output()
         .unwrap();
     assert_eq!(wrong.status.code(), Some(4));
-    assert!(!tmp.path().join("wrong").join("kluis.db").exists());
+    // Nothing half-restored is left: neither the database nor the trail's file it was moving
+    // the backup's trail into.
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("wrong"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     let tokens_from = server.token(Role::NuisanceOfficer).to_owned();
     let secret = RootSecret::read_key_file(&key).unwrap();

@@ -265,6 +265,23 @@ impl TestServer {
         self.dir.join(config::DB_FILE)
     }
 
+    /// The audit trail's file beside the database.
+    pub fn trail_path(&self) -> PathBuf {
+        kluis::store::sqlite::trail_path(&self.db_path())
+    }
+
+    /// A connection to both of the store's files as kluis opens them: the trail's as `main`,
+    /// the database attached as `store`, every table found by its name alone.
+    pub fn store_files(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.trail_path()).unwrap();
+        conn.execute(
+            "ATTACH DATABASE ?1 AS store",
+            [self.db_path().to_str().unwrap()],
+        )
+        .unwrap();
+        conn
+    }
+
     async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
@@ -997,4 +1014,16 @@ pub fn segment_files(db: &Path) -> Vec<String> {
     };
     ids.sort();
     ids
+}
+
+/// Every byte of the store's files beside `db` (the database and the audit trail's file, each
+/// with its write-ahead log and shared-memory index): what a thief of the data directory reads.
+pub fn store_file_bytes(db: &Path) -> Vec<u8> {
+    let trail = kluis::store::sqlite::trail_path(db);
+    [db, trail.as_path()]
+        .iter()
+        .flat_map(|file| ["", "-wal", "-shm"].map(|s| format!("{}{s}", file.display())))
+        .filter_map(|path| std::fs::read(path).ok())
+        .flatten()
+        .collect()
 }

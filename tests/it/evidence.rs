@@ -98,7 +98,7 @@ async fn files_round_trip_at_every_segment_boundary() {
     assert_eq!(meta.sha256, "");
     // Nothing of the file name, content or digest lies in the database in clear: whoever holds
     // the file cannot confirm that a known recording is there.
-    let raw = std::fs::read(server.db_path()).unwrap();
+    let raw = store_file_bytes(&server.db_path());
     assert!(!raw.windows(11).any(|w| w == b"hallway.mp4"));
     let digest = file_sha256(5, 3 * SEG + 17);
     assert!(!raw.windows(64).any(|w| w == digest.as_bytes()));

@@ -10,11 +10,7 @@ use crate::common::*;
 const DAY: i64 = 86_400;
 
 fn db_bytes(server: &TestServer) -> Vec<u8> {
-    ["", "-wal"]
-        .iter()
-        .filter_map(|s| std::fs::read(format!("{}{s}", server.db_path().display())).ok())
-        .flatten()
-        .collect()
+    store_file_bytes(&server.db_path())
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

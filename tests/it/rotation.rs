@@ -349,12 +349,7 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
         .unwrap();
     assert!(wrapped.is_empty(), "the material of v1 is erased");
     // Not just from the row: from every byte of the database files.
-    let mut bytes = Vec::new();
-    for suffix in ["", "-wal"] {
-        if let Ok(b) = std::fs::read(format!("{}{suffix}", server.db_path().display())) {
-            bytes.extend(b);
-        }
-    }
+    let bytes = store_file_bytes(&server.db_path());
     assert!(
         !bytes
             .windows(old_material.len())

@@ -271,7 +271,7 @@ async fn an_entry_edited_in_the_database_is_not_sent_and_ends_the_watch_with_dat
         vec![text("phone", "contact", "06-70707070")],
     )
     .await;
-    let write_seq: i64 = rusqlite::Connection::open(server.db_path())
+    let write_seq: i64 = rusqlite::Connection::open(server.trail_path())
         .unwrap()
         .query_row(
             "SELECT max(seq) FROM audit WHERE CAST(entry AS TEXT) LIKE '%\"write\"%'",
@@ -279,7 +279,7 @@ async fn an_entry_edited_in_the_database_is_not_sent_and_ends_the_watch_with_dat
             |r| r.get(0),
         )
         .unwrap();
-    rusqlite::Connection::open(server.db_path())
+    rusqlite::Connection::open(server.trail_path())
         .unwrap()
         .execute(
             "UPDATE audit SET entry = CAST(replace(CAST(entry AS TEXT), 'REL-3100', 'REL-3199') AS BLOB) \

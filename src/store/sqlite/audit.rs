@@ -115,6 +115,98 @@ fn insert_rows(tx: &Connection, rows: &[AuditRow]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Puts the audit trail in its own file beside the store's (`trail_path`), so that an append
+/// leaves the page caches of the connections reading records as they were: SQLite drops a
+/// connection's cache of a file whenever another connection committed to it. On `conn`, the
+/// store's file alone, after its migrations.
+///
+/// A store file that still holds the trail's tables (a store made before the trail had a file,
+/// one just made by the migrations, a restored backup, which is one file) has them moved: first
+/// copied into the trail's file, in its own transaction, replacing whatever that file held (a
+/// move that stopped halfway, whose copy may be short); then dropped from the store's file. A
+/// stop between the two leaves the trail in the store's file, and the next start moves it again.
+/// (Whoever could write a trail into the store's file could write the trail's file as well: the
+/// entries' MACs, the chain and the head file answer for both.) A store file without the
+/// trail's tables must have its trail file: a store is not served without its trail.
+pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let trail = trail_path(path);
+    let holds: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name = 'audit'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if holds == 0 {
+        if !trail.exists() {
+            return Err(StoreError::Corrupt(format!(
+                "the audit trail's file `{}` is missing beside `{}`; kluis does not serve a \
+                 store without its trail: put the file back or restore a backup",
+                trail.display(),
+                path.display()
+            )));
+        }
+        return Ok(());
+    }
+    create_private(&trail)?;
+    let source = path.to_str().ok_or_else(|| {
+        StoreError::Database(format!("the path `{}` is not UTF-8", path.display()))
+    })?;
+    let objects: Vec<(String, String, String)> = conn
+        .prepare(&format!(
+            "SELECT type, name, sql FROM main.sqlite_master
+             WHERE tbl_name IN ({}) AND sql IS NOT NULL
+             ORDER BY type <> 'table', rowid",
+            TRAIL_TABLES.map(|t| format!("'{t}'")).join(", ")
+        ))
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(db)?;
+    {
+        let mut target = open_file(&trail, false)?;
+        target.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+        target
+            .execute("ATTACH DATABASE ?1 AS moving", [source])
+            .map_err(db)?;
+        let tx = target.unchecked_transaction().map_err(db)?;
+        let left: Vec<(String, String)> = tx
+            .prepare("SELECT type, name FROM main.sqlite_master WHERE type IN ('table', 'view', 'trigger')")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(db)?;
+        for (kind, name) in left {
+            // A trigger or view may have gone with its table already.
+            tx.execute_batch(&format!(
+                "DROP {} IF EXISTS main.\"{}\"",
+                kind.to_uppercase(),
+                name.replace('"', "\"\"")
+            ))
+            .map_err(db)?;
+        }
+        for (_, _, sql) in &objects {
+            tx.execute_batch(sql).map_err(db)?;
+        }
+        for table in TRAIL_TABLES {
+            tx.execute_batch(&format!(
+                "INSERT INTO main.{table} SELECT * FROM moving.{table}"
+            ))
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        target.execute_batch("DETACH DATABASE moving").map_err(db)?;
+    }
+    let tx = conn.unchecked_transaction().map_err(db)?;
+    for table in TRAIL_TABLES.iter().rev() {
+        tx.execute_batch(&format!("DROP TABLE main.{table}"))
+            .map_err(db)?;
+    }
+    tx.commit().map_err(db)?;
+    // The pages the trail left are zeroed (`secure_delete`); the log that still holds them goes.
+    checkpoint_retrying(conn);
+    Ok(())
+}
+
 impl AuditStore for SqliteStore {
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
         let mut conn = self.writer_unchecked()?;
@@ -363,4 +455,43 @@ impl AuditStore for SqliteStore {
             Ok(rows)
         })
     }
+}
+
+/// Copies the trail's tables as `source` sees them (a serving connection, in its snapshot) into
+/// the database of `target`, each created as in the trail's file: a backup's copy of the trail.
+pub(super) fn copy_trail(source: &Connection, target: &Connection) -> Result<(), StoreError> {
+    let objects: Vec<String> = source
+        .prepare(
+            "SELECT sql FROM main.sqlite_master WHERE sql IS NOT NULL
+             ORDER BY type <> 'table', rowid",
+        )
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(db)?;
+    let tx = target.unchecked_transaction().map_err(db)?;
+    for sql in objects {
+        tx.execute_batch(&sql).map_err(db)?;
+    }
+    for table in TRAIL_TABLES {
+        let mut rows = source
+            .prepare(&format!("SELECT * FROM main.{table}"))
+            .map_err(db)?;
+        let columns = rows.column_count();
+        let mut insert = tx
+            .prepare(&format!(
+                "INSERT INTO main.{table} VALUES ({})",
+                vec!["?"; columns].join(", ")
+            ))
+            .map_err(db)?;
+        let mut found = rows.query([]).map_err(db)?;
+        while let Some(row) = found.next().map_err(db)? {
+            let values = (0..columns)
+                .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            insert
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(db)?;
+        }
+    }
+    tx.commit().map_err(db)
 }

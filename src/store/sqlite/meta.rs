@@ -171,10 +171,22 @@ impl MetaStore for SqliteStore {
         let result = self.files.pinned(|| {
             let source = open_connection(&self.path, false)?;
             let mut target = Connection::open(&tmp).map_err(db)?;
+            // One snapshot of both files, the store's taken first: an entry a writer appends
+            // with a write is durable before its write, so the trail holds every write the
+            // records hold (and perhaps an entry more, for a write that followed it).
+            let read = source.unchecked_transaction().map_err(db)?;
+            read.query_row("SELECT 1 FROM store.meta LIMIT 1", [], |_| Ok(()))
+                .optional()
+                .map_err(db)?;
+            read.query_row("SELECT 1 FROM main.audit LIMIT 1", [], |_| Ok(()))
+                .optional()
+                .map_err(db)?;
             {
-                let backup = rusqlite::backup::Backup::new(&source, &mut target).map_err(db)?;
-                // All pages in one step: one read transaction, so one consistent snapshot while
-                // writers go on beside it (WAL).
+                let backup =
+                    rusqlite::backup::Backup::new_with_names(&source, "store", &mut target, "main")
+                        .map_err(db)?;
+                // All pages in one step, in the snapshot begun above, while writers go on
+                // beside it (WAL).
                 match backup.step(-1).map_err(db)? {
                     rusqlite::backup::StepResult::Done => {}
                     _ => {
@@ -184,6 +196,10 @@ impl MetaStore for SqliteStore {
                     }
                 }
             }
+            // A backup is one file: the trail's tables go into it as they were in the store's
+            // file before they had one of their own, and a restore moves them out again.
+            super::audit::copy_trail(&read, &target)?;
+            read.finish().map_err(db)?;
             self.segments_into(&target)?;
             target.close().map_err(|(_, e)| db(e))?;
             std::fs::File::open(&tmp).map_err(|e| StoreError::Database(e.to_string()))
