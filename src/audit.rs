@@ -299,7 +299,11 @@ const MAX_BATCH: usize = 512;
 ///
 /// Invariant: a caller is answered with sequence numbers only after the transaction holding
 /// its entries has committed; when that commit fails, every caller of the batch is answered
-/// with the error and nothing of the batch is kept, the writes included.
+/// with the error and none of the writes is kept. (On SQLite, whose trail is a file of its own
+/// committed before the store's file, a commit that fails in the store's file after the trail's
+/// keeps the batch's entries, allowed writes not carried out among them, without their
+/// `not carried out` follow-up: as a stop between the two files' commits leaves them. The next
+/// append chains on them.)
 /// Invariant: while anything is queued, one caller leads (`leading`), and it is either
 /// committing or about to take the queue; the lead passes on even when a leader unwinds.
 /// Invariant: `Then` runs only with the outcome of the commit that held its entry, after that

@@ -1,6 +1,8 @@
-//! The embedded SQLite store (rusqlite, bundled): one file, WAL mode, `synchronous = FULL` so a
-//! committed audit entry survives a power cut, `secure_delete` so deleted ciphertext is
-//! overwritten, and numbered schema migrations tracked in `PRAGMA user_version`.
+//! The embedded SQLite store (rusqlite, bundled): two files, the store's (`kluis.db`) and the
+//! audit trail's beside it (`kluis.db.trail`, so that appending to the trail leaves the readers'
+//! page caches of the records alone), WAL mode, `synchronous = FULL` so a committed audit entry
+//! survives a power cut, `secure_delete` so deleted ciphertext is overwritten, and numbered schema
+//! migrations tracked in `PRAGMA user_version`.
 //!
 //! One writer connection behind a mutex (SQLite allows one writer at a time anyway) and a small
 //! pool of reader connections, which WAL lets run beside the writer. Storing a record and a new
@@ -455,7 +457,8 @@ const STATEMENTS_KEPT: usize = 128;
 /// Reader connections kept open between reads. Opening one parses the schema and loses its
 /// prepared statements, so the pool must cover the reads in flight at once (one per blocking
 /// request; the server allows 256 streams per connection, and every case app holds one or a few).
-/// A connection caches at most SQLite's default 2 MiB of pages.
+/// A connection caches at most SQLite's default 2 MiB of pages per file: the store's and the
+/// trail's, 4 MiB in all.
 const MAX_IDLE_READERS: usize = 64;
 
 /// The SQLite store.
@@ -480,6 +483,24 @@ impl SqliteStore {
     /// trail lives beside it in a file of its own ([`trail_path`]), moved there from a store
     /// that still holds it (an older one, or a restored backup).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // The store's file is attached by its name, which SQL takes as text.
+        if path.to_str().is_none() {
+            return Err(StoreError::Config(format!(
+                "the path `{}` is not UTF-8; give the data directory a name that is",
+                path.display()
+            )));
+        }
+        let trail = trail_path(path);
+        if !path.exists() && trail.exists() {
+            // A new store file would have its new, empty trail moved over this one.
+            return Err(StoreError::Config(format!(
+                "`{}` is missing while its audit trail's file `{}` is there; kluis makes no new \
+                 store beside an old trail: put the database file back, or restore a backup \
+                 into a new data directory",
+                path.display(),
+                trail.display()
+            )));
+        }
         create_private(path)?;
         {
             let mut conn = open_file(path, true)?;
@@ -1166,8 +1187,9 @@ impl SchemaCheck {
         }
         Err(StoreError::Unavailable(format!(
             "the database file's schema was changed outside kluis ({}); kluis makes no write on \
-             it. Compare `sqlite3 kluis.db .schema` with a fresh `kluis init`, find out how it \
-             came there, and put it back (or restore a backup)",
+             it. Compare `sqlite3 kluis.db .schema` and `sqlite3 kluis.db.trail .schema` with a \
+             fresh `kluis init`, find out how it came there, and put it back (or restore a \
+             backup)",
             relevant.join("; ")
         )))
     }
@@ -2067,7 +2089,8 @@ mod tests {
             .lock()
             .unwrap()
             .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+                "SELECT (SELECT count(*) FROM store.sqlite_master WHERE type = 'trigger') \
+                 + (SELECT count(*) FROM main.sqlite_master WHERE type = 'trigger')",
                 [],
                 |r| r.get(0),
             )
@@ -2549,7 +2572,7 @@ mod tests {
         let away = dir.path().join("elsewhere");
         std::fs::rename(&trail, &away).unwrap();
         match SqliteStore::open(&path) {
-            Err(StoreError::Corrupt(message)) => {
+            Err(StoreError::Config(message)) => {
                 assert!(message.contains("kluis.db.trail` is missing"), "{message}");
                 assert!(message.contains("restore a backup"), "{message}");
             }
@@ -2561,11 +2584,53 @@ mod tests {
         assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(1));
     }
 
-    /// A move of the trail into its file that stopped after the copy (the store's file still
-    /// holds the trail, the trail's file a copy, perhaps short) is made again at the next
-    /// opening: the store's file's trail is the trail, nothing doubled or lost.
+    /// Puts a copy of the trail of the store at `path` back into its store file, the trail's
+    /// tables as its trail's file holds them, then runs `edit` on the copy: what a move into the
+    /// trail's file that stopped after its copy leaves (no edit), or a trail put in the store's
+    /// file by hand.
+    fn trail_back_in_store_file(path: &Path, edit: &str) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute(
+            "ATTACH DATABASE ?1 AS t",
+            [trail_path(path).to_str().unwrap()],
+        )
+        .unwrap();
+        let objects: Vec<String> = conn
+            .prepare(
+                "SELECT sql FROM t.sqlite_master WHERE sql IS NOT NULL \
+                 ORDER BY type <> 'table', rowid",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for sql in objects {
+            conn.execute_batch(&sql).unwrap();
+        }
+        for table in TRAIL_TABLES {
+            conn.execute_batch(&format!("INSERT INTO main.{table} SELECT * FROM t.{table}"))
+                .unwrap();
+        }
+        conn.execute_batch(edit).unwrap();
+    }
+
+    fn seqs(store: &SqliteStore) -> Vec<u64> {
+        store
+            .audit_entries(1, 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.seq)
+            .collect()
+    }
+
+    /// A move of the trail into its file that stopped after the copy (the same trail in both
+    /// files) is made again at the next opening, nothing doubled or lost. A trail in the store's
+    /// file that differs from the one in the trail's file (forged, cut back, emptied) is not
+    /// moved over it: the store is not opened, and neither file changes; the twin: dropped from
+    /// the store's file, the store opens with its trail whole.
     #[test]
-    fn a_move_of_the_trail_cut_short_is_made_again() {
+    fn a_move_of_the_trail_is_made_again_and_never_over_another_trail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kluis.db");
         {
@@ -2576,48 +2641,67 @@ mod tests {
                     .unwrap();
             }
         }
-        // The store's file as before the move, with all five entries; the trail's file with
-        // a copy of only three, as a stop halfway through a move left it.
+        trail_back_in_store_file(&path, "");
         {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute(
-                "ATTACH DATABASE ?1 AS t",
-                [trail_path(&path).to_str().unwrap()],
-            )
-            .unwrap();
-            let objects: Vec<String> = conn
-                .prepare("SELECT sql FROM t.sqlite_master WHERE sql IS NOT NULL ORDER BY type <> 'table', rowid")
-                .unwrap()
-                .query_map([], |r| r.get(0))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            for sql in objects {
-                conn.execute_batch(&sql).unwrap();
-            }
-            for table in TRAIL_TABLES {
-                conn.execute_batch(&format!("INSERT INTO main.{table} SELECT * FROM t.{table}"))
-                    .unwrap();
-            }
-            conn.execute_batch("DELETE FROM t.audit WHERE seq > 3")
-                .unwrap();
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(seqs(&store), [1, 2, 3, 4, 5]);
+            assert_eq!(
+                trail_objects_left(&path),
+                0,
+                "the store's file lets go of the trail once it is moved"
+            );
         }
-        let store = SqliteStore::open(&path).unwrap();
-        let seqs: Vec<u64> = store
-            .audit_entries(1, 100)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.seq)
-            .collect();
-        assert_eq!(seqs, [1, 2, 3, 4, 5]);
-        let left = trail_objects_left(&path);
-        assert_eq!(
-            left, 0,
-            "the store's file lets go of the trail once it is moved"
-        );
-        store
-            .append_audit(&[crate::store::conformance::audit_row(6)])
-            .unwrap();
+        for (edit, says) in [
+            (
+                "DELETE FROM audit WHERE seq > 3",
+                "3 entries, the last entry 3",
+            ),
+            ("DELETE FROM audit", "no entries"),
+            (
+                "UPDATE audit SET mac = zeroblob(32) WHERE seq = 5",
+                "5 entries, the last entry 5",
+            ),
+        ] {
+            trail_back_in_store_file(&path, edit);
+            match SqliteStore::open(&path) {
+                Err(StoreError::Config(message)) => {
+                    assert!(message.contains(says), "{edit}: {message}");
+                    assert!(
+                        message.contains("(5 entries, the last entry 5), and they differ"),
+                        "{edit}: {message}"
+                    );
+                }
+                other => panic!("{edit}: expected a refusal, got {:?}", other.map(|_| ())),
+            }
+            assert!(
+                trail_objects_left(&path) > 0,
+                "{edit}: the store's file as it was"
+            );
+            Connection::open(&path)
+                .unwrap()
+                .execute_batch(
+                    "DROP TABLE audit_subjects; DROP TABLE audit_runs; DROP TABLE audit;",
+                )
+                .unwrap();
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(seqs(&store), [1, 2, 3, 4, 5], "{edit}");
+        }
+        // Nor is a new store made beside a trail whose store file is gone: its empty trail
+        // would be moved over the old one.
+        let away = dir.path().join("elsewhere.db");
+        std::fs::rename(&path, &away).unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::Config(message)) => {
+                assert!(
+                    message.contains("is missing while its audit trail"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        assert!(!path.exists());
+        std::fs::rename(&away, &path).unwrap();
+        assert_eq!(seqs(&SqliteStore::open(&path).unwrap()), [1, 2, 3, 4, 5]);
     }
 
     /// The trail's own file is not where other tables are to be found: a table of the store

@@ -179,6 +179,12 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     let tokens_from = server.token(Role::NuisanceOfficer).to_owned();
     let secret = RootSecret::read_key_file(&key).unwrap();
     let restored = TestServer::open(&new_dir, &secret).await.unwrap();
+    // The backup's trail is as new as its records (the snapshot reads the store's file first,
+    // and a write's entry is durable before the write): every record is on it.
+    assert_eq!(
+        records_off_the_trail(&restored.db_path()),
+        Vec::<String>::new()
+    );
     for (id, value) in &before {
         let resp = get(&restored, &tokens_from, nuisance_ctx(), id)
             .await

@@ -1027,3 +1027,32 @@ pub fn store_file_bytes(db: &Path) -> Vec<u8> {
         .flatten()
         .collect()
 }
+
+/// The records in the store file `db` that no allowed entry of its trail's file names: a write
+/// stored without its entry (the entry commits first, so there should be none).
+pub fn records_off_the_trail(db: &Path) -> Vec<String> {
+    let trail = rusqlite::Connection::open(kluis::store::sqlite::trail_path(db)).unwrap();
+    let audited: std::collections::HashSet<String> = trail
+        .prepare(
+            "SELECT json_extract(CAST(entry AS TEXT), '$.record') FROM audit
+             WHERE json_extract(CAST(entry AS TEXT), '$.decision') = 'allow'
+               AND json_extract(CAST(entry AS TEXT), '$.record') IS NOT NULL",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let records: Vec<String> = rusqlite::Connection::open(db)
+        .unwrap()
+        .prepare("SELECT id FROM records")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    records
+        .into_iter()
+        .filter(|id| !audited.contains(id))
+        .collect()
+}

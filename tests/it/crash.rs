@@ -511,26 +511,7 @@ async fn verify(
     // Every record stored is on the trail, allowed: a write's entry commits before the write
     // (the trail's file first), so a kill between the two leaves an entry without its record,
     // never a record without its entry.
-    let trail = Connection::open(kluis::store::sqlite::trail_path(&dir.join("kluis.db"))).unwrap();
-    let audited: std::collections::HashSet<String> = trail
-        .prepare(
-            "SELECT json_extract(CAST(entry AS TEXT), '$.record') FROM audit
-             WHERE json_extract(CAST(entry AS TEXT), '$.decision') = 'allow'
-               AND json_extract(CAST(entry AS TEXT), '$.record') IS NOT NULL",
-        )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let unaudited: Vec<String> = db
-        .prepare("SELECT id FROM records")
-        .unwrap()
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .filter(|id| !audited.contains(id))
-        .collect();
+    let unaudited = records_off_the_trail(&dir.join("kluis.db"));
     assert!(
         unaudited.is_empty(),
         "records stored without an allowed entry naming them: {unaudited:?}"

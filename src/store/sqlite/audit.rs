@@ -122,31 +122,64 @@ fn insert_rows(tx: &Connection, rows: &[AuditRow]) -> Result<(), StoreError> {
 ///
 /// A store file that still holds the trail's tables (a store made before the trail had a file,
 /// one just made by the migrations, a restored backup, which is one file) has them moved: first
-/// copied into the trail's file, in its own transaction, replacing whatever that file held (a
-/// move that stopped halfway, whose copy may be short); then dropped from the store's file. A
-/// stop between the two leaves the trail in the store's file, and the next start moves it again.
-/// (Whoever could write a trail into the store's file could write the trail's file as well: the
-/// entries' MACs, the chain and the head file answer for both.) A store file without the
-/// trail's tables must have its trail file: a store is not served without its trail.
+/// copied into the trail's file, in its own transaction, replacing what that file held; then
+/// dropped from the store's file. A stop between the two leaves the same trail in both files,
+/// and the next start moves it again. A trail's file that holds another trail (entries, and not
+/// the same last one) is never replaced: a trail in the store's file beside it was put there
+/// outside kluis, and the store is not opened. A store file without the trail's tables must
+/// have its trail's file, holding the trail: a store is not served without its trail.
 pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let trail = trail_path(path);
-    let holds: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name = 'audit'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db)?;
-    if holds == 0 {
-        if !trail.exists() {
-            return Err(StoreError::Corrupt(format!(
+    let in_store = trail_tail(conn, true)?;
+    let in_file = if trail.exists() {
+        // Counted only when there is a trail to compare it with (a count reads every entry).
+        let found = open_file(&trail, false).and_then(|c| trail_tail(&c, in_store.is_some()));
+        Some(found.map_err(|e| {
+            StoreError::Config(format!(
+                "the audit trail's file `{}` cannot be read ({e}); kluis does not serve a store \
+                 without its trail: put the file back as it was or restore a backup into a new \
+                 data directory",
+                trail.display()
+            ))
+        })?)
+    } else {
+        None
+    };
+    let Some(ours) = in_store else {
+        return match in_file {
+            Some(Some(_)) => Ok(()),
+            Some(None) => Err(StoreError::Config(format!(
+                "the audit trail's file `{}` holds no trail; kluis does not serve a store \
+                 without its trail: put the file back as it was or restore a backup into a new \
+                 data directory",
+                trail.display()
+            ))),
+            None => Err(StoreError::Config(format!(
                 "the audit trail's file `{}` is missing beside `{}`; kluis does not serve a \
-                 store without its trail: put the file back or restore a backup",
+                 store without its trail: put the file back or restore a backup into a new \
+                 data directory",
                 trail.display(),
                 path.display()
-            )));
-        }
-        return Ok(());
+            ))),
+        };
+    };
+    if let Some(Some(theirs)) = &in_file
+        && theirs.entries > 0
+        && *theirs != ours
+    {
+        return Err(StoreError::Config(format!(
+            "`{}` holds an audit trail ({}) and so does the trail's own file `{}` ({}), and \
+             they differ: the one in `{}` was put there outside kluis (a move into the trail's \
+             file that stopped halfway leaves the same trail in both). kluis changes neither: \
+             find out how it came there; the store's trail is the one in its trail's file \
+             (drop the tables audit_subjects, audit_runs and audit from `{}` to serve it)",
+            path.display(),
+            ours.describe(),
+            trail.display(),
+            theirs.describe(),
+            path.display(),
+            path.display(),
+        )));
     }
     create_private(&trail)?;
     let source = path.to_str().ok_or_else(|| {
@@ -205,6 +238,52 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
     // The pages the trail left are zeroed (`secure_delete`); the log that still holds them goes.
     checkpoint_retrying(conn);
     Ok(())
+}
+
+/// How a trail ends: its number of entries and its last entry.
+#[derive(PartialEq, Eq)]
+struct Tail {
+    entries: i64,
+    last: Option<(i64, Vec<u8>, Vec<u8>)>,
+}
+
+impl Tail {
+    fn describe(&self) -> String {
+        match &self.last {
+            Some((seq, ..)) => format!("{} entries, the last entry {seq}", self.entries),
+            None => "no entries".into(),
+        }
+    }
+}
+
+/// How the trail in `conn`'s `main` ends (without `count`, its entries are not counted);
+/// `None` when it holds no trail.
+fn trail_tail(conn: &Connection, count: bool) -> Result<Option<Tail>, StoreError> {
+    let holds: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM main.sqlite_master WHERE type = 'table' AND name = 'audit'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if holds == 0 {
+        return Ok(None);
+    }
+    let entries = if count {
+        conn.query_row("SELECT count(*) FROM main.audit", [], |r| r.get(0))
+            .map_err(db)?
+    } else {
+        -1
+    };
+    let last = conn
+        .query_row(
+            "SELECT seq, hash, mac FROM main.audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(db)?;
+    Ok(Some(Tail { entries, last }))
 }
 
 impl AuditStore for SqliteStore {
@@ -458,18 +537,20 @@ impl AuditStore for SqliteStore {
 }
 
 /// Copies the trail's tables as `source` sees them (a serving connection, in its snapshot) into
-/// the database of `target`, each created as in the trail's file: a backup's copy of the trail.
+/// the database of `target`, each made as kluis's migrations make it (nothing else of the
+/// trail's file is copied: no trigger added by hand runs in the backup, no statistics table
+/// `ANALYZE` left): a backup's copy of the trail.
 pub(super) fn copy_trail(source: &Connection, target: &Connection) -> Result<(), StoreError> {
-    let objects: Vec<String> = source
-        .prepare(
-            "SELECT sql FROM main.sqlite_master WHERE sql IS NOT NULL
-             ORDER BY type <> 'table', rowid",
-        )
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(db)?;
+    let mut objects: Vec<&SchemaObject> = migrated_schema()?
+        .values()
+        .filter(|o| o.file == File::Trail)
+        .collect();
+    objects.sort_by_key(|o| o.kind != "table");
     let tx = target.unchecked_transaction().map_err(db)?;
-    for sql in objects {
-        tx.execute_batch(&sql).map_err(db)?;
+    for o in objects.iter().filter(|o| o.kind == "table") {
+        if let Some(sql) = &o.sql {
+            tx.execute_batch(sql).map_err(db)?;
+        }
     }
     for table in TRAIL_TABLES {
         let mut rows = source
@@ -491,6 +572,12 @@ pub(super) fn copy_trail(source: &Connection, target: &Connection) -> Result<(),
             insert
                 .execute(rusqlite::params_from_iter(values))
                 .map_err(db)?;
+        }
+    }
+    // Indexes after the rows: built once.
+    for o in objects.iter().filter(|o| o.kind != "table") {
+        if let Some(sql) = &o.sql {
+            tx.execute_batch(sql).map_err(db)?;
         }
     }
     tx.commit().map_err(db)
