@@ -448,7 +448,83 @@ ALTER TABLE evidence_segments ADD COLUMN len INTEGER;
 ALTER TABLE leases ADD COLUMN mac BLOB;
 ALTER TABLE key_jobs ADD COLUMN mac BLOB;
 ",
+    // How far the trail has seen the store's file written (`meta` `store_mark`, moved by every
+    // write of it), kept with the trail in its file: an older store file put back beside a
+    // newer trail is found when the store opens (`check_marks`).
+    r"
+CREATE TABLE trail_mark (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    store_mark INTEGER NOT NULL
+);
+INSERT INTO trail_mark (id, store_mark) VALUES (1, 0);
+",
 ];
+
+/// The `meta` key of the store's mark: a number every write of the store's file moves up
+/// (`bump_mark`), in the write's transaction or, for the writes callers make on `write`, in one
+/// committed before theirs.
+const STORE_MARK: &str = "store_mark";
+
+/// Moves the store's mark up by one, in the transaction open on `tx` (or in one of its own).
+fn bump_mark(tx: &Connection) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('store_mark', 1)
+         ON CONFLICT (key) DO UPDATE SET value = value + 1",
+    )
+    .and_then(|mut s| s.execute([]))
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Records in the trail's file the store's mark as committed, in the appending transaction on
+/// `tx` before it writes anything to the store's file: the trail never names a mark the store's
+/// file may not hold after a stop. The trail goes on when it cannot (the store's `meta` edited
+/// outside kluis, which the schema check refuses writes for): it records what was refused.
+fn record_mark(tx: &Connection) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let recorded = tx
+        .prepare_cached(
+            "UPDATE main.trail_mark SET store_mark = m.value
+             FROM (SELECT value FROM store.meta WHERE key = 'store_mark') AS m
+             WHERE id = 1 AND store_mark < m.value",
+        )
+        .and_then(|mut s| s.execute([]));
+    if let Err(e) = recorded
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            error = %db(e),
+            "the trail does not record how far the database file was written: an older copy of \
+             it put back would not be found at start"
+        );
+    }
+}
+
+/// Refuses a store file older than its trail: one whose mark is below what the trail saw it
+/// written to (an older copy of `kluis.db` put back beside the trail's file, whose records,
+/// tokens and keys would be served as they were).
+fn check_marks(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let (store, seen): (i64, i64) = conn
+        .query_row(
+            "SELECT coalesce((SELECT value FROM store.meta WHERE key = 'store_mark'), 0),
+                    (SELECT store_mark FROM main.trail_mark WHERE id = 1)",
+            [],
+            |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0))),
+        )
+        .map_err(db)?;
+    if store < seen {
+        return Err(StoreError::Config(format!(
+            "`{}` is older than its audit trail: the trail saw it written up to mark {seen}, and \
+             it holds mark {store}. An older copy of the database file was put back beside the \
+             trail's file `{}`; kluis would serve what was erased, revoked or destroyed since. \
+             Put back the database file that goes with the trail, or restore a backup (one file \
+             of both) into a new data directory",
+            path.display(),
+            trail_path(path).display()
+        )));
+    }
+    Ok(())
+}
 
 /// Prepared statements each connection keeps (`open_connection`): more than the distinct
 /// statements of the store's code.
@@ -515,6 +591,7 @@ impl SqliteStore {
         // waiting) while any other connection holds the write lock, if only for a moment: a
         // reader that finds the WAL index header torn by a commit takes it to read it again.
         writer.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+        check_marks(&writer, path)?;
         let trigger_refused = Arc::default();
         refuse_triggers(&writer, &trigger_refused);
         let schema = Arc::new(SchemaCheck::default());
@@ -567,6 +644,9 @@ impl SqliteStore {
     fn write(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         let conn = self.writer_unchecked()?;
         self.schema.check(&conn, Scope::All)?;
+        // The mark moves before the caller's write, in a commit of its own: a mark ahead of
+        // the file's rows says no more than that the file was written up to there.
+        bump_mark(&conn)?;
         Ok(conn)
     }
 
@@ -983,7 +1063,7 @@ fn schema_differences(found: &Schema, migrated: &Schema) -> Vec<Difference> {
 }
 
 /// The tables of the audit trail: its appends need only these as the migrations made them.
-const TRAIL_TABLES: [&str; 3] = ["audit", "audit_runs", "audit_subjects"];
+const TRAIL_TABLES: [&str; 4] = ["audit", "audit_runs", "audit_subjects", "trail_mark"];
 
 /// What a write needs of the schema.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -2417,7 +2497,11 @@ mod tests {
         let release = hold_write_lock(&path);
         let read_then_write = store.group.run(&store.writer, |c| {
             let n: i64 = c
-                .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+                .query_row(
+                    "SELECT count(*) FROM meta WHERE key <> 'store_mark'",
+                    [],
+                    |r| r.get(0),
+                )
                 .map_err(db)?;
             c.execute("INSERT INTO meta (key, value) VALUES ('n', ?1)", [n])
                 .map_err(db)?;
@@ -2547,7 +2631,7 @@ mod tests {
         Connection::open(path)
             .unwrap()
             .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE tbl_name LIKE 'audit%'",
+                "SELECT count(*) FROM sqlite_master WHERE tbl_name LIKE 'audit%' OR tbl_name = 'trail_mark'",
                 [],
                 |r| r.get(0),
             )
@@ -2680,7 +2764,8 @@ mod tests {
             Connection::open(&path)
                 .unwrap()
                 .execute_batch(
-                    "DROP TABLE audit_subjects; DROP TABLE audit_runs; DROP TABLE audit;",
+                    "DROP TABLE audit_subjects; DROP TABLE audit_runs; DROP TABLE audit;
+                     DROP TABLE trail_mark;",
                 )
                 .unwrap();
             let store = SqliteStore::open(&path).unwrap();
@@ -2702,6 +2787,69 @@ mod tests {
         assert!(!path.exists());
         std::fs::rename(&away, &path).unwrap();
         assert_eq!(seqs(&SqliteStore::open(&path).unwrap()), [1, 2, 3, 4, 5]);
+    }
+
+    /// An older copy of the store's file put back beside a newer trail (a revocation, an
+    /// erasure, a destruction undone) is not opened: the trail saw the file written further.
+    /// Nothing of either file changes; the twin: the file that goes with the trail opens.
+    #[test]
+    fn an_older_store_file_beside_a_newer_trail_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let row = crate::store::conformance::audit_row;
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.replace_meta("k", None, b"v0").unwrap();
+            store.append_audit(&[row(1)]).unwrap();
+        }
+        let old = dir.path().join("old.db");
+        std::fs::copy(&path, &old).unwrap();
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            // A write of the store's file, then an append that sees it.
+            store.replace_meta("k", Some(b"v0"), b"v1").unwrap();
+            store.append_audit(&[row(2)]).unwrap();
+        }
+        let newer = dir.path().join("newer.db");
+        std::fs::rename(&path, &newer).unwrap();
+        std::fs::copy(&old, &path).unwrap();
+        match SqliteStore::open(&path) {
+            Err(StoreError::Config(message)) => {
+                assert!(
+                    message.contains("is older than its audit trail"),
+                    "{message}"
+                );
+                assert!(message.contains("restore a backup"), "{message}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        std::fs::rename(&newer, &path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(seqs(&store), [1, 2]);
+    }
+
+    /// A trail table a migration made in the store's file after the trail had its own (the
+    /// migrations run on the store's file) is moved to the trail's file when the store opens.
+    #[test]
+    fn a_trail_table_made_after_the_move_joins_the_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(trail_path(&path))
+            .unwrap()
+            .execute_batch("DROP TABLE trail_mark")
+            .unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(MIGRATIONS.last().unwrap())
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(trail_objects_left(&path), 0);
+        store.replace_meta("k", None, b"v").unwrap();
+        store
+            .append_audit(&[crate::store::conformance::audit_row(1)])
+            .unwrap();
     }
 
     /// The trail's own file is not where other tables are to be found: a table of the store

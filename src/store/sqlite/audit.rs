@@ -147,7 +147,7 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
     };
     let Some(ours) = in_store else {
         return match in_file {
-            Some(Some(_)) => Ok(()),
+            Some(Some(_)) => move_strays(conn, path),
             Some(None) => Err(StoreError::Config(format!(
                 "the audit trail's file `{}` holds no trail; kluis does not serve a store \
                  without its trail: put the file back as it was or restore a backup into a new \
@@ -172,7 +172,8 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
              they differ: the one in `{}` was put there outside kluis (a move into the trail's \
              file that stopped halfway leaves the same trail in both). kluis changes neither: \
              find out how it came there; the store's trail is the one in its trail's file \
-             (drop the tables audit_subjects, audit_runs and audit from `{}` to serve it)",
+             (drop the tables audit_subjects, audit_runs, audit and trail_mark from `{}` to \
+             serve it)",
             path.display(),
             ours.describe(),
             trail.display(),
@@ -240,6 +241,54 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Moves into the trail's file the trail's tables that a migration made in the store's file
+/// after the trail had moved (the migrations run on the store's file alone) and the trail's
+/// file lacks: copied in one transaction of the trail's file, then dropped from the store's.
+fn move_strays(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let in_store = |c: &Connection, table: &str| -> Result<Option<String>, StoreError> {
+        c.query_row(
+            "SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)
+    };
+    let trail = open_file(&trail_path(path), false)?;
+    let mut strays = Vec::new();
+    for table in TRAIL_TABLES {
+        if let Some(sql) = in_store(conn, table)?
+            && in_store(&trail, table)?.is_none()
+        {
+            strays.push((table, sql));
+        }
+    }
+    if strays.is_empty() {
+        return Ok(());
+    }
+    let source = path.to_str().ok_or_else(|| {
+        StoreError::Database(format!("the path `{}` is not UTF-8", path.display()))
+    })?;
+    trail
+        .execute("ATTACH DATABASE ?1 AS moving", [source])
+        .map_err(db)?;
+    let tx = trail.unchecked_transaction().map_err(db)?;
+    for (table, sql) in &strays {
+        tx.execute_batch(sql).map_err(db)?;
+        tx.execute_batch(&format!(
+            "INSERT INTO main.{table} SELECT * FROM moving.{table}"
+        ))
+        .map_err(db)?;
+    }
+    tx.commit().map_err(db)?;
+    let tx = conn.unchecked_transaction().map_err(db)?;
+    for (table, _) in &strays {
+        tx.execute_batch(&format!("DROP TABLE main.{table}"))
+            .map_err(db)?;
+    }
+    tx.commit().map_err(db)
+}
+
 /// How a trail ends: its number of entries and its last entry.
 #[derive(PartialEq, Eq)]
 struct Tail {
@@ -292,6 +341,7 @@ impl AuditStore for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         self.schema.check(&tx, Scope::Trail)?;
         insert_rows(&tx, rows)?;
+        super::record_mark(&tx);
         tx.commit().map_err(db)
     }
 
@@ -344,6 +394,12 @@ impl AuditStore for SqliteStore {
                 .map_err(db)
         })?;
         insert_rows(&tx, &rows)?;
+        // The mark as committed before this batch: should the store's file not commit after
+        // the trail's, the trail names no mark it lacks.
+        super::record_mark(&tx);
+        if !writes.is_empty() && refused.is_none() {
+            super::bump_mark(&tx)?;
+        }
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
             // A failed write is undone alone; should that fail, nothing of the transaction is
@@ -580,5 +636,12 @@ pub(super) fn copy_trail(source: &Connection, target: &Connection) -> Result<(),
             tx.execute_batch(sql).map_err(db)?;
         }
     }
+    // The trail was read after the store's file: it may have seen the file written past the
+    // copy of it that the backup holds.
+    tx.execute_batch(
+        "UPDATE trail_mark SET store_mark = min(store_mark,
+             coalesce((SELECT value FROM meta WHERE key = 'store_mark'), 0))",
+    )
+    .map_err(db)?;
     tx.commit().map_err(db)
 }

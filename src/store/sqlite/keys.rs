@@ -30,6 +30,7 @@ impl KeyStore for SqliteStore {
         let schema = Arc::clone(&self.schema);
         self.group.run(&self.writer, move |tx| {
             schema.check(tx, Scope::All)?;
+            super::bump_mark(tx)?;
             insert_first_subject_key(tx, &row, &anchor)?;
             select_subject_key(tx, &row.subject, row.purpose.as_str())
                 .map_err(db)?

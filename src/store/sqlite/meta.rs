@@ -142,7 +142,11 @@ impl MetaStore for SqliteStore {
         let mut conn = self.write()?;
         let tx = conn.transaction().map_err(db)?;
         let existing: i64 = tx
-            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM meta WHERE key <> ?1",
+                [super::STORE_MARK],
+                |r| r.get(0),
+            )
             .map_err(db)?;
         if existing > 0 {
             return Err(StoreError::AlreadyInitialized);

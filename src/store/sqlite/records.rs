@@ -17,6 +17,7 @@ impl RecordStore for SqliteStore {
         let schema = Arc::clone(&self.schema);
         self.group.run(&self.writer, move |tx| {
             schema.check(tx, Scope::All)?;
+            super::bump_mark(tx)?;
             make_write(tx, &write)
         })
     }
@@ -37,6 +38,7 @@ impl RecordStore for SqliteStore {
         let schema = Arc::clone(&self.schema);
         self.group.run(&self.writer, move |tx| {
             schema.check(tx, Scope::All)?;
+            super::bump_mark(tx)?;
             make_write(tx, &write)
         })
     }
