@@ -1166,8 +1166,26 @@ impl Audit {
         let mut expected_seq = 1u64;
         let mut prev = self.genesis;
         let mut anchored = false;
+        // Entries are read a page at a time; once a page holds a row that does not read as an
+        // entry (a value of another type put in it by hand), one at a time, to name that row.
+        let mut page_size = 1000;
         loop {
-            let page = self.store.audit_entries(expected_seq, 1000)?;
+            let page = match self.store.audit_entries(expected_seq, page_size) {
+                Ok(page) => page,
+                Err(StoreError::Corrupt(_)) if page_size > 1 => {
+                    page_size = 1;
+                    continue;
+                }
+                Err(StoreError::Corrupt(what)) => {
+                    return Ok(Verification::Broken {
+                        seq: expected_seq,
+                        problem: format!(
+                            "cannot be read as an entry ({what}): edited in the database file"
+                        ),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
             if page.is_empty() {
                 let count = expected_seq - 1;
                 if known > count {

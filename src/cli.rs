@@ -250,13 +250,48 @@ pub fn init_logging(json: bool) {
     if json {
         builder.json().init();
     } else {
-        builder.init();
+        builder.fmt_fields(escaped_fields()).init();
     }
+}
+
+/// The text log's fields, each as `name=value` (the message bare), with line breaks and every
+/// other control character escaped: a value that came from outside (a name stored in the
+/// database, a peer's input quoted in an error) cannot begin a line of its own and pass for
+/// another entry, nor drive a terminal. (The JSON log escapes them as JSON does.)
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape_controls(&raw);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
+}
+
+/// `text` with each control character written as its escape (`\n`, `\u{1b}`).
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// Prints an error for a person, with what to do where known.
 pub fn fail(message: impl std::fmt::Display) -> Exit {
-    eprintln!("error: {message}");
+    // A message may quote what came from outside (a name stored in the database): on one line.
+    eprintln!("error: {}", escape_controls(&message.to_string()));
     Exit::Error
 }
 
@@ -343,6 +378,15 @@ pub fn usage(message: impl std::fmt::Display) -> Exit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_log_values_are_escaped() {
+        assert_eq!(escape_controls("plain text, é"), "plain text, é");
+        assert_eq!(
+            escape_controls("x\n2026-12-06T00:00:00Z  INFO forged\r\t\u{1b}[31m\u{85}"),
+            "x\\n2026-12-06T00:00:00Z  INFO forged\\r\\t\\u{1b}[31m\\u{85}"
+        );
+    }
 
     #[test]
     fn moments_show_as_rfc3339_in_utc() {

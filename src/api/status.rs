@@ -4,7 +4,8 @@
 use tonic::Status;
 
 use crate::{
-    crypto::CryptoError, keys::KeyError, seal::SealError, store::StoreError, vault::VaultError,
+    audit::AuditError, crypto::CryptoError, keys::KeyError, seal::SealError, store::StoreError,
+    vault::VaultError,
 };
 
 /// Maps a core error to the status the caller sees.
@@ -42,6 +43,15 @@ pub fn to_status(e: VaultError) -> Status {
             Status::data_loss(
                 "a stored row cannot be read; the store is damaged or was tampered with; run \
                  `kluis admin store verify`",
+            )
+        }
+        // An audit entry that does not read as one (a value of another type put in its row by
+        // hand): the trail was edited, and `audit verify` names the entry.
+        e @ VaultError::Audit(AuditError::Store(StoreError::Corrupt(_))) => {
+            tracing::error!(error = %e, "an audit entry cannot be read");
+            Status::data_loss(
+                "an audit entry cannot be read; the trail is damaged or was tampered with; run \
+                 `kluis admin audit verify`",
             )
         }
         // A write the database answered as done and did not keep as written: someone added a

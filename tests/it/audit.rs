@@ -158,7 +158,7 @@ async fn an_untouched_trail_verifies() {
 #[tokio::test]
 async fn verify_detects_edited_deleted_swapped_and_inserted_entries() {
     type Tamper = fn(&Connection);
-    let cases: [(&str, Tamper, u64); 4] = [
+    let cases: [(&str, Tamper, u64); 6] = [
         (
             "edited",
             |c| {
@@ -168,6 +168,31 @@ async fn verify_detects_edited_deleted_swapped_and_inserted_entries() {
                 assert_eq!(n, 1);
             },
             5,
+        ),
+        // SQLite keeps a value of any type in any column: the same bytes stored as text, or
+        // a MAC stored as a number, do not read as an entry at all.
+        (
+            "retyped",
+            |c| {
+                let n = c
+                    .execute(
+                        "UPDATE audit SET entry = CAST(entry AS TEXT) WHERE seq = 5",
+                        [],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1);
+            },
+            5,
+        ),
+        (
+            "mac as a number",
+            |c| {
+                let n = c
+                    .execute("UPDATE audit SET mac = 7 WHERE seq = 6", [])
+                    .unwrap();
+                assert_eq!(n, 1);
+            },
+            6,
         ),
         (
             "deleted",
@@ -236,6 +261,62 @@ async fn verify_detects_edited_deleted_swapped_and_inserted_entries() {
         );
         server.stop().await;
     }
+}
+
+/// An entry of a subject's, stored by hand as another type than kluis writes, fails that
+/// subject's access report as damaged data that `audit verify` names, not as an internal fault.
+/// The twin: before the edit the report is answered.
+#[tokio::test]
+async fn an_access_report_over_a_retyped_entry_is_refused_as_data_loss() {
+    let server = TestServer::start().await;
+    some_traffic(&server).await;
+    let report = || async {
+        server
+            .admin()
+            .await
+            .subject_access_report(req(
+                server.token(Role::PrivacyOfficer),
+                pb::SubjectAccessReportRequest {
+                    subject_id: "REL-1000".into(),
+                    justification: "SAR-2026-71".into(),
+                    page_size: 100,
+                    after_seq: 0,
+                },
+            ))
+            .await
+    };
+    let answered = report().await.unwrap().into_inner();
+    assert!(answered.events.iter().any(|e| e.action == "read"));
+    let conn = Connection::open(server.trail_path()).unwrap();
+    let seq: i64 = conn
+        .query_row(
+            "SELECT seq FROM audit WHERE CAST(entry AS TEXT) LIKE '%\"subject\":\"REL-1000\"%'
+             ORDER BY seq LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE audit SET entry = CAST(entry AS TEXT) WHERE seq = ?1",
+        [seq],
+    )
+    .unwrap();
+    let refused = report().await.unwrap_err();
+    assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+    assert!(
+        refused.message().contains("kluis admin audit verify"),
+        "{}",
+        refused.message()
+    );
+    let r = verify(&server, None).await;
+    assert!(!r.intact);
+    assert_eq!(r.broken_seq, u64::try_from(seq).unwrap(), "{}", r.problem);
+    assert!(
+        r.problem.contains("edited in the database file"),
+        "{}",
+        r.problem
+    );
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -317,3 +317,77 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
         "an evidence file name is in the logs"
     );
 }
+
+/// A name that comes from the database file (here a table someone added to it, whose name holds
+/// a line break and a forged log line) is logged on the line of the entry that names it, with
+/// the break escaped: it cannot pass for an entry of its own. The twin: the same name is in the
+/// log, escaped, so the scan would see a raw one.
+#[test]
+fn a_name_from_the_database_cannot_forge_a_log_line() {
+    const FORGED: &str = "2026-12-06T03:00:00.000000Z  INFO kluis: key rotation done by emp-forged";
+    let tmp = crate::common::private_tempdir();
+    let dir = tmp.path().join("data");
+    let key = tmp.path().join("root.key");
+    let init = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args([
+            "init",
+            "--json",
+            "--privacy-officer",
+            "emp-po",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .arg("--key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let table = format!("notes\n{FORGED}");
+    rusqlite::Connection::open(dir.join("kluis.db"))
+        .unwrap()
+        .execute_batch(&format!("CREATE TABLE \"{table}\" (a)"))
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = tmp.path().join("server.log");
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .arg("--key-file")
+            .arg(&key)
+            .env("KLUIS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("emp-forged") {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the added table was not logged:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(server);
+    assert!(
+        log.contains(&format!("notes\\n{FORGED}")),
+        "the name is logged escaped on its entry's line:\n{log}"
+    );
+    for line in log.lines() {
+        assert!(!line.starts_with(FORGED), "a forged log line:\n{log}");
+    }
+}
