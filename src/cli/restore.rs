@@ -35,23 +35,43 @@ pub struct RestoreArgs {
 pub fn run(args: &RestoreArgs) -> Exit {
     let target = args.data_dir.join(config::DB_FILE);
     let trail = kluis::store::sqlite::trail_path(&target);
-    if target.exists() || trail.exists() {
+    // A log file left beside a new database would be read into it as its own: a directory
+    // with any file of a store is not a new one.
+    let present: Vec<String> = [&target, &trail]
+        .iter()
+        .flat_map(|f| ["", "-wal", "-shm"].map(|suffix| format!("{}{suffix}", f.display())))
+        .filter(|p| std::path::Path::new(p).symlink_metadata().is_ok())
+        .collect();
+    if !present.is_empty() {
         return fail(format!(
-            "`{}` holds a store already; restore into a new data directory",
-            args.data_dir.display()
+            "`{}` holds a store already (`{}`); restore into a new data directory",
+            args.data_dir.display(),
+            present.join("`, `")
         ));
     }
+    let made_dir = args.data_dir.symlink_metadata().is_err();
     if let Err(e) = config::create_private_dir(&args.data_dir) {
         return fail(format!("cannot create `{}`: {e}", args.data_dir.display()));
     }
+    // The directory `serve` would refuse is refused here, before anything is written into it.
+    if let Err(e) = config::check_private(&args.data_dir) {
+        return fail(e);
+    }
+    let before = entries(&args.data_dir);
     let outcome = restore(args, &target);
     if outcome.is_err() {
-        // Nothing half-restored stays behind: the database, nor the trail's file the store
-        // moved the backup's trail into when it opened it.
-        for file in [&target, &trail] {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
-            }
+        // Nothing half-restored stays behind: the database, the trail's file the store moved
+        // the backup's trail into when it opened it, whatever else opening it made, and the
+        // directory when this restore made it.
+        for entry in entries(&args.data_dir).difference(&before) {
+            let path = args.data_dir.join(entry);
+            let _ = match path.symlink_metadata() {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+        }
+        if made_dir {
+            let _ = std::fs::remove_dir(&args.data_dir);
         }
     }
     match outcome {
@@ -83,6 +103,13 @@ pub fn run(args: &RestoreArgs) -> Exit {
             exit
         }
     }
+}
+
+/// The names in `dir` (none when it cannot be read).
+fn entries(dir: &std::path::Path) -> std::collections::BTreeSet<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+        .unwrap_or_default()
 }
 
 fn restore(args: &RestoreArgs, target: &std::path::Path) -> Result<(u64, bool), (Exit, String)> {

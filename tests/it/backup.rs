@@ -3,6 +3,7 @@
 //! backup reads back, the trail verifies, and the backup holds no plaintext.
 
 use std::{
+    os::unix::fs::PermissionsExt,
     process::Command,
     sync::{
         Arc,
@@ -169,12 +170,58 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
         .unwrap();
     assert_eq!(wrong.status.code(), Some(4));
     // Nothing half-restored is left: neither the database nor the trail's file it was moving
-    // the backup's trail into.
-    let left: Vec<_> = std::fs::read_dir(tmp.path().join("wrong"))
+    // the backup's trail into, nor the directory the restore made.
+    assert!(!tmp.path().join("wrong").exists());
+    // Into a directory that was there: it stays, as it was.
+    let kept = tmp.path().join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(kept.join("notes.txt"), b"mine").unwrap();
+    let wrong = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .arg("restore")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&kept)
+        .arg("--key-file")
+        .arg(&other_key)
+        .env("KLUIS_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(4));
+    let left: Vec<_> = std::fs::read_dir(&kept)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(left, ["notes.txt"]);
+    // A directory open to others, which `serve` would refuse, is refused before anything is
+    // written into it; the twin: the same directory closed restores.
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let refused = restore(&open);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("chmod 700"), "{said}");
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(restore(&open).status.success());
+    // A log file left beside where the database goes (it would be read into the restored
+    // database as its own) is refused, and left as it was.
+    for stale in ["kluis.db-wal", "kluis.db.trail-shm"] {
+        let dir = tmp.path().join(format!("stale-{stale}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(dir.join(stale), b"old pages").unwrap();
+        let refused = restore(&dir);
+        assert_eq!(refused.status.code(), Some(1));
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            said.contains("holds a store already") && said.contains(stale),
+            "{said}"
+        );
+        assert_eq!(std::fs::read(dir.join(stale)).unwrap(), b"old pages");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
 
     let tokens_from = server.token(Role::NuisanceOfficer).to_owned();
     let secret = RootSecret::read_key_file(&key).unwrap();
