@@ -392,7 +392,7 @@ async fn run_async(args: &AdminArgs) -> Exit {
                         if r.pending_approval {
                             out!(
                                 "pending:    works once a privacy officer runs \
-                                 `kluis admin token approve {}`",
+                                 `kluis admin token approve {} --justification WHY`",
                                 r.token_id
                             );
                         }

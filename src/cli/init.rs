@@ -260,7 +260,7 @@ pub fn run(args: &InitArgs) -> Exit {
                 out!("  {}", p.token.expose_secret());
                 out!();
                 out!("Tokens that read personal data work once a privacy officer approves them");
-                out!("with `kluis admin token approve TOKEN_ID`.");
+                out!("with `kluis admin token approve TOKEN_ID --justification WHY`.");
             }
             None => {
                 out!();

@@ -1110,7 +1110,7 @@ impl Vault {
         let Some(approver) = change.approved_by.clone() else {
             return event.refuse(format!(
                 "root change `{request_id}` awaits approval by a privacy officer (`kluis admin \
-                 root approve {request_id}`)"
+                 root approve {request_id} --justification WHY`)"
             ));
         };
         let Some(new_root) = self.keyring.new_root(secret, &change.check)? else {

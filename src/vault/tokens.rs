@@ -488,7 +488,8 @@ impl Vault {
         if row.is_pending() {
             crate::metrics::auth_failure("pending-approval");
             return Err(VaultError::Unauthenticated(format!(
-                "token `{}` awaits approval by a privacy officer (`kluis admin token approve {}`)",
+                "token `{}` awaits approval by a privacy officer (`kluis admin token approve {} \
+                 --justification WHY`)",
                 row.id, row.id
             )));
         }

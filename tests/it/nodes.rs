@@ -280,7 +280,14 @@ async fn a_token_changed_on_one_node_is_taken_at_once_on_the_other() {
         .await;
         let pending = who(&b, &issued.token).await.unwrap_err();
         assert_eq!(pending.code(), Code::Unauthenticated);
-        assert!(pending.message().contains("awaits approval"), "{pending:?}");
+        assert!(
+            pending.message().contains(&format!(
+                "awaits approval by a privacy officer (`kluis admin token approve {} \
+                 --justification WHY`)",
+                issued.token_id
+            )),
+            "{pending:?}"
+        );
         // The pending row as it is now, to be put back by hand after the approval.
         let copy = tokio::task::block_in_place(|| {
             let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();

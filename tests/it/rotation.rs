@@ -644,7 +644,7 @@ async fn a_root_change_without_approval_is_refused() {
             .contains("awaits approval by a privacy officer")
             && status
                 .message()
-                .contains(&format!("kluis admin root approve {id}")),
+                .contains(&format!("kluis admin root approve {id} --justification")),
         "{status:?}"
     );
     assert_eq!(

@@ -664,7 +664,10 @@ pub async fn root(client: &mut AdminClient<Channel>, token: &str, cmd: &RootComm
                 "root change {} requested; it awaits approval by a privacy officer:",
                 r.request_id
             );
-            out!("  kluis admin root approve {}", r.request_id);
+            out!(
+                "  kluis admin root approve {} --justification WHY",
+                r.request_id
+            );
             out!("then, within 24 hours, carry it out with the same new key or passphrase:");
             out!(
                 "  kluis admin root rotate --request {} (and the same --new-key-file or --new-passphrase-file)",

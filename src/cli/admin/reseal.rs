@@ -146,7 +146,10 @@ pub async fn reseal(client: &mut AdminClient<Channel>, token: &str, args: &Resea
                 "seal change {} requested; it awaits approval by a privacy officer:",
                 r.request_id
             );
-            out!("  kluis admin root approve {}", r.request_id);
+            out!(
+                "  kluis admin root approve {} --justification WHY",
+                r.request_id
+            );
             out!("then, within 24 hours, carry it out:");
             match args.to.as_str() {
                 "shares" => {
