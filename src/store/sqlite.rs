@@ -567,6 +567,7 @@ impl SqliteStore {
             )));
         }
         let trail = trail_path(path);
+        check_files(path, &trail)?;
         if !path.exists() && trail.exists() {
             // A new store file would have its new, empty trail moved over this one.
             return Err(StoreError::Config(format!(
@@ -827,6 +828,52 @@ pub fn trail_path(path: &Path) -> PathBuf {
         .map_or_else(|| "kluis.db".into(), std::ffi::OsStr::to_os_string);
     name.push(".trail");
     path.with_file_name(name)
+}
+
+/// Refuses a store's file or trail's file that is there and is not a regular file (a
+/// directory, or a link to a device such as `/dev/null`), and the two when they are one file
+/// (a hard link, or a symbolic link of one to the other): SQLite would fail on them with no
+/// word of the cause ("disk I/O error"), or wait on its own lock until it gave up.
+fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
+    let mut found = Vec::new();
+    for (file, what) in [
+        (path, "the database file"),
+        (trail, "the audit trail's file"),
+    ] {
+        if file.symlink_metadata().is_err() {
+            continue;
+        }
+        let meta = std::fs::metadata(file).map_err(|e| {
+            StoreError::Config(format!("cannot read {what} `{}`: {e}", file.display()))
+        })?;
+        if !meta.is_file() {
+            let kind = if meta.is_dir() {
+                "a directory"
+            } else {
+                "a device or another special file"
+            };
+            return Err(StoreError::Config(format!(
+                "{what} `{}` is {kind}, not a regular file; kluis keeps the store in regular \
+                 files: put the file back, or restore a backup into a new data directory",
+                file.display()
+            )));
+        }
+        found.push(meta);
+    }
+    #[cfg(unix)]
+    if let [store, kept] = found.as_slice() {
+        use std::os::unix::fs::MetadataExt;
+        if (store.dev(), store.ino()) == (kept.dev(), kept.ino()) {
+            return Err(StoreError::Config(format!(
+                "`{}` and `{}` are one file (a hard or symbolic link); the audit trail is kept \
+                 in a file of its own: put the two files back, or restore a backup into a new \
+                 data directory",
+                path.display(),
+                trail.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A connection to the store as kluis serves it: the trail's file as `main`, the store's file
@@ -2666,6 +2713,46 @@ mod tests {
         std::fs::rename(&away, &trail).unwrap();
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.audit_tail().unwrap().map(|r| r.seq), Some(1));
+    }
+
+    /// A trail's or store's file that is not a regular file, or the two that are one file,
+    /// are refused before SQLite opens them, naming the file and the cause. The twin: the
+    /// files put back as they were open.
+    #[test]
+    fn a_trail_or_store_file_that_is_not_a_file_of_its_own_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let trail = trail_path(&path);
+        let kept = dir.path().join("kept");
+        std::fs::rename(&trail, &kept).unwrap();
+        let refused = |expect: &str| match SqliteStore::open(&path) {
+            Err(StoreError::Config(message)) => {
+                assert!(message.contains(expect), "{message}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        };
+        std::os::unix::fs::symlink("/dev/null", &trail).unwrap();
+        refused("kluis.db.trail` is a device or another special file, not a regular file");
+        std::fs::remove_file(&trail).unwrap();
+        std::fs::create_dir(&trail).unwrap();
+        refused("kluis.db.trail` is a directory");
+        std::fs::remove_dir(&trail).unwrap();
+        std::fs::hard_link(&path, &trail).unwrap();
+        refused("are one file (a hard or symbolic link)");
+        std::fs::remove_file(&trail).unwrap();
+        std::os::unix::fs::symlink(&path, &trail).unwrap();
+        refused("are one file (a hard or symbolic link)");
+        std::fs::remove_file(&trail).unwrap();
+        let store_kept = dir.path().join("store-kept");
+        std::fs::rename(&path, &store_kept).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &path).unwrap();
+        std::fs::rename(&kept, &trail).unwrap();
+        refused("the database file `");
+        std::fs::remove_file(&path).unwrap();
+        // A link to the file itself is the file.
+        std::os::unix::fs::symlink(&store_kept, &path).unwrap();
+        drop(SqliteStore::open(&path).unwrap());
     }
 
     /// Puts a copy of the trail of the store at `path` back into its store file, the trail's
