@@ -165,6 +165,72 @@ async fn what_one_node_writes_the_other_reads_and_the_trail_is_one_chain() {
     }
 }
 
+/// Many first records of one new subject written at once through both nodes: the subject's
+/// first key is stored once (the others find it taken and seal again under it), every write is
+/// acknowledged, and every record opens on either node. Five subjects, sixteen writes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_records_of_one_new_subject_through_both_nodes_at_once_all_open() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (_tmp, a, b) = two_nodes_on(&url).await;
+    let mut clients = Vec::new();
+    for node in [&a, &b] {
+        for _ in 0..8 {
+            clients.push((
+                pb::vault_client::VaultClient::connect(format!("http://{}", node.addr))
+                    .await
+                    .unwrap(),
+                node.token(Role::NuisanceOfficer).to_owned(),
+            ));
+        }
+    }
+    for round in 0..5 {
+        let subject = format!("REL-FIRST-{round}");
+        let mut tasks = Vec::new();
+        for (i, (client, token)) in clients.iter().cloned().enumerate() {
+            let subject = subject.clone();
+            let mut client = client;
+            tasks.push(tokio::spawn(async move {
+                let written = client
+                    .put_record(req(
+                        &token,
+                        pb::PutRecordRequest {
+                            context: nuisance_ctx(),
+                            subject_id: subject,
+                            fields: vec![text("report", "nuisance-evidence", &format!("r {i}"))],
+                            labels: Default::default(),
+                        },
+                    ))
+                    .await;
+                (i, written)
+            }));
+        }
+        for t in tasks {
+            let (i, written) = t.await.unwrap();
+            let id = written
+                .unwrap_or_else(|e| panic!("write {i} for {subject}: {e:?}"))
+                .into_inner()
+                .record_id;
+            let node = if i % 2 == 0 { &a } else { &b };
+            let r = get(node, node.token(Role::NuisanceOfficer), nuisance_ctx(), &id)
+                .await
+                .unwrap();
+            assert_eq!(text_of(field(&r, "report").unwrap()), format!("r {i}"));
+        }
+        let keys: i64 = tokio::task::block_in_place(|| {
+            postgres::Client::connect(&url, postgres::NoTls)
+                .unwrap()
+                .query_one(
+                    "SELECT count(*) FROM subject_keys WHERE subject = $1",
+                    &[&subject],
+                )
+                .unwrap()
+                .get(0)
+        });
+        assert_eq!(keys, 1, "{subject}");
+    }
+}
+
 /// The attacker deletes the entry a node committed last, lets the other node append over its
 /// place, and hopes that the first node's next entries cover the gap: that node refuses to
 /// chain on a trail whose entry it committed is gone, and says so in `verify`. The twin, the

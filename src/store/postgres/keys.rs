@@ -608,6 +608,15 @@ pub(super) fn insert_first_subject_key(
 /// purpose (parameters `$1` to `$6` its row, `$7` to `$11` the subject's anchor): the purpose
 /// key version locked and read, the anchor stored unless the subject has one, and the key when
 /// the subject has none of the purpose; nothing unless the version is the active one.
+///
+/// Under `READ COMMITTED` as well: the lock on the version waits for a rotation that changes
+/// it and then reads the row as it committed; a first key is always generation 1, so one stored
+/// meanwhile by another transaction is a conflict on the key's primary key, which stores
+/// nothing here (and the caller hears that the subject has a key). What `READ COMMITTED` does
+/// not see: another node storing the subject's first key, rekeying it and deleting generation 1,
+/// all while this statement waits for the version's lock (behind a root rewrap). The statement
+/// then stores a second key of the purpose beside the new generation; nothing is lost (its
+/// record opens under it, and the next rekey takes it in).
 pub(super) fn first_key_ctes() -> String {
     format!(
         "live AS (
@@ -621,6 +630,7 @@ pub(super) fn first_key_ctes() -> String {
              SELECT $1, $2, $3, $4, $5, $6
              WHERE EXISTS (SELECT 1 FROM live WHERE state = 'active')
                AND NOT EXISTS (SELECT 1 FROM subject_keys WHERE subject = $1 AND purpose = $2)
+             ON CONFLICT (subject, purpose, generation) DO NOTHING
              RETURNING 1
          )"
     )
