@@ -1176,11 +1176,14 @@ impl Audit {
                     page_size = 1;
                     continue;
                 }
+                // The first row stored from `expected_seq` on: that entry, or (when it is
+                // missing too) the next one kept.
                 Err(StoreError::Corrupt(what)) => {
                     return Ok(Verification::Broken {
                         seq: expected_seq,
                         problem: format!(
-                            "cannot be read as an entry ({what}): edited in the database file"
+                            "this entry, or the first one stored after it when it is missing, \
+                             cannot be read as an entry ({what}): edited in the database file"
                         ),
                     });
                 }

@@ -262,7 +262,7 @@ fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 
     use tracing_subscriber::field::MakeExt;
     tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
         let raw = format!("{value:?}");
-        let text = escape_controls(&raw);
+        let text = kluis::escape::controls(&raw);
         if field.name() == "message" {
             write!(w, "{text}")
         } else {
@@ -272,26 +272,10 @@ fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 
     .delimited(" ")
 }
 
-/// `text` with each control character written as its escape (`\n`, `\u{1b}`).
-fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return text.into();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out.into()
-}
-
 /// Prints an error for a person, with what to do where known.
 pub fn fail(message: impl std::fmt::Display) -> Exit {
     // A message may quote what came from outside (a name stored in the database): on one line.
-    eprintln!("error: {}", escape_controls(&message.to_string()));
+    eprintln!("error: {}", kluis::escape::controls(&message.to_string()));
     Exit::Error
 }
 
@@ -371,22 +355,13 @@ pub fn with_flags(message: &str) -> String {
 
 /// Prints an error in what the user typed (a value that does not parse), exit code 2.
 pub fn usage(message: impl std::fmt::Display) -> Exit {
-    eprintln!("error: {message}");
+    eprintln!("error: {}", kluis::escape::controls(&message.to_string()));
     Exit::Usage
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_characters_in_log_values_are_escaped() {
-        assert_eq!(escape_controls("plain text, é"), "plain text, é");
-        assert_eq!(
-            escape_controls("x\n2026-12-06T00:00:00Z  INFO forged\r\t\u{1b}[31m\u{85}"),
-            "x\\n2026-12-06T00:00:00Z  INFO forged\\r\\t\\u{1b}[31m\\u{85}"
-        );
-    }
 
     #[test]
     fn moments_show_as_rfc3339_in_utc() {

@@ -24,6 +24,7 @@ pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod escape;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;

@@ -333,7 +333,7 @@ fn reload_on_hangup(
                         "policies reloaded: sha256:{} ({} policies)",
                         r.digest, r.policies
                     ),
-                    Ok(Err(e)) => eprintln!("error: {e}"),
+                    Ok(Err(e)) => eprintln!("error: {}", crate::escape::controls(&e.to_string())),
                     Err(_) => {}
                 }
             }

@@ -1137,7 +1137,10 @@ fn connect_error(server: &str, e: &tonic::transport::Error) -> String {
 /// Says why the server refused or failed, in the options the user typed, and picks the exit
 /// code.
 pub(super) fn status_exit(s: &tonic::Status) -> Exit {
-    eprintln!("error: {}", crate::cli::with_flags(s.message()));
+    eprintln!(
+        "error: {}",
+        kluis::escape::controls(&crate::cli::with_flags(s.message()))
+    );
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied => Exit::Denied,
         _ => Exit::Error,

@@ -34,13 +34,14 @@ pub struct RestoreArgs {
 /// Runs `kluis restore`.
 pub fn run(args: &RestoreArgs) -> Exit {
     let target = args.data_dir.join(config::DB_FILE);
-    let trail = kluis::store::sqlite::trail_path(&target);
-    // A log file left beside a new database would be read into it as its own: a directory
-    // with any file of a store is not a new one.
-    let present: Vec<String> = [&target, &trail]
+    // Every path a store of this directory keeps: a log or journal left beside a new database
+    // would be read into it as its own, and opening the store sweeps the evidence directory of
+    // files its rows do not name; a directory with any of them is not a new one.
+    let store_paths = store_paths(&target);
+    let present: Vec<String> = store_paths
         .iter()
-        .flat_map(|f| ["", "-wal", "-shm"].map(|suffix| format!("{}{suffix}", f.display())))
-        .filter(|p| std::path::Path::new(p).symlink_metadata().is_ok())
+        .filter(|p| p.symlink_metadata().is_ok())
+        .map(|p| p.display().to_string())
         .collect();
     if !present.is_empty() {
         return fail(format!(
@@ -57,22 +58,22 @@ pub fn run(args: &RestoreArgs) -> Exit {
     if let Err(e) = config::check_private(&args.data_dir) {
         return fail(e);
     }
-    let before = entries(&args.data_dir);
-    let outcome = restore(args, &target);
-    if outcome.is_err() {
-        // Nothing half-restored stays behind: the database, the trail's file the store moved
-        // the backup's trail into when it opened it, whatever else opening it made, and the
-        // directory when this restore made it.
-        for entry in entries(&args.data_dir).difference(&before) {
-            let path = args.data_dir.join(entry);
+    let mut made_store = false;
+    let outcome = restore(args, &target, &mut made_store);
+    // Nothing half-restored stays behind: once this restore made the database (and only then:
+    // another one's files are not its to remove), every path of the store, and the directory
+    // when this restore made it.
+    if outcome.is_err() && made_store {
+        for path in &store_paths {
             let _ = match path.symlink_metadata() {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
-                _ => std::fs::remove_file(&path),
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+                Ok(_) => std::fs::remove_file(path),
+                Err(_) => Ok(()),
             };
         }
-        if made_dir {
-            let _ = std::fs::remove_dir(&args.data_dir);
-        }
+    }
+    if outcome.is_err() && made_dir {
+        let _ = std::fs::remove_dir(&args.data_dir);
     }
     match outcome {
         Ok((bytes, unsealed)) => {
@@ -99,20 +100,37 @@ pub fn run(args: &RestoreArgs) -> Exit {
             Exit::Success
         }
         Err((exit, message)) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", kluis::escape::controls(&message));
             exit
         }
     }
 }
 
-/// The names in `dir` (none when it cannot be read).
-fn entries(dir: &std::path::Path) -> std::collections::BTreeSet<std::ffi::OsString> {
-    std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
-        .unwrap_or_default()
+/// The paths of the store whose database is `target`: its file, its trail's file, each with
+/// SQLite's log, index and journal, and the evidence directory.
+fn store_paths(target: &std::path::Path) -> Vec<PathBuf> {
+    let trail = kluis::store::sqlite::trail_path(target);
+    let mut paths: Vec<PathBuf> = [target, trail.as_path()]
+        .iter()
+        .flat_map(|f| {
+            ["", "-wal", "-shm", "-journal"].map(|suffix| {
+                let mut name = f.as_os_str().to_owned();
+                name.push(suffix);
+                PathBuf::from(name)
+            })
+        })
+        .collect();
+    let mut evidence = target.as_os_str().to_owned();
+    evidence.push(".evidence");
+    paths.push(PathBuf::from(evidence));
+    paths
 }
 
-fn restore(args: &RestoreArgs, target: &std::path::Path) -> Result<(u64, bool), (Exit, String)> {
+fn restore(
+    args: &RestoreArgs,
+    target: &std::path::Path,
+    made_store: &mut bool,
+) -> Result<(u64, bool), (Exit, String)> {
     let error = |m: String| (Exit::Error, m);
     let bytes = std::fs::read(&args.backup)
         .map_err(|e| error(format!("cannot read `{}`: {e}", args.backup.display())))?;
@@ -132,6 +150,7 @@ fn restore(args: &RestoreArgs, target: &std::path::Path) -> Result<(u64, bool), 
     let mut file = options
         .open(target)
         .map_err(|e| error(format!("cannot create `{}`: {e}", target.display())))?;
+    *made_store = true;
     file.write_all(&bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| error(format!("cannot write `{}`: {e}", target.display())))?;

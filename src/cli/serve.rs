@@ -317,7 +317,7 @@ fn open_failed(e: config::OpenError) -> Exit {
         config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)
             | config::OpenError::Vault(kluis::vault::VaultError::Rollback(_))
     ) {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", kluis::escape::controls(&e.to_string()));
         Exit::CheckFailed
     } else {
         fail(e)

@@ -207,11 +207,23 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     assert!(restore(&open).status.success());
     // A log file left beside where the database goes (it would be read into the restored
     // database as its own) is refused, and left as it was.
-    for stale in ["kluis.db-wal", "kluis.db.trail-shm"] {
+    // So is an older store's evidence directory, whose files opening the restored store would
+    // sweep as named by no row of it.
+    for stale in [
+        "kluis.db-wal",
+        "kluis.db.trail-shm",
+        "kluis.db-journal",
+        "kluis.db.evidence",
+    ] {
         let dir = tmp.path().join(format!("stale-{stale}"));
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::write(dir.join(stale), b"old pages").unwrap();
+        if stale.ends_with(".evidence") {
+            std::fs::create_dir(dir.join(stale)).unwrap();
+            std::fs::write(dir.join(stale).join("ev_old"), b"old pages").unwrap();
+        } else {
+            std::fs::write(dir.join(stale), b"old pages").unwrap();
+        }
         let refused = restore(&dir);
         assert_eq!(refused.status.code(), Some(1));
         let said = String::from_utf8_lossy(&refused.stderr);
@@ -219,7 +231,12 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
             said.contains("holds a store already") && said.contains(stale),
             "{said}"
         );
-        assert_eq!(std::fs::read(dir.join(stale)).unwrap(), b"old pages");
+        let kept = if stale.ends_with(".evidence") {
+            dir.join(stale).join("ev_old")
+        } else {
+            dir.join(stale)
+        };
+        assert_eq!(std::fs::read(kept).unwrap(), b"old pages");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     }
 

@@ -126,7 +126,7 @@ pub async fn run(channel: Channel, token: &str, args: &ExportArgs, json: bool) -
                 Err(Failure::Status(s)) => return status_exit(&s),
                 Err(Failure::Mismatch(e)) => {
                     bar.finish();
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", kluis::escape::controls(&e.to_string()));
                     return Exit::CheckFailed;
                 }
                 Err(Failure::Io(e)) => return fail(e),
