@@ -835,3 +835,113 @@ fn a_batch_the_database_cuts_short_is_stored_whole_or_not_at_all() {
         .unwrap();
     assert_eq!(whole_trail(&store).len(), 1 + rows.len());
 }
+
+/// A subject's first key that another transaction holds uncommitted (another node storing the
+/// same subject's first record): the write waits for it, and finds the subject's key taken when
+/// that transaction commits (storing nothing: its record is sealed again under that key), or
+/// stores its key and record when it rolls back.
+#[test]
+fn a_first_key_held_uncommitted_elsewhere_is_waited_for() {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use kluis::{
+        crypto::Algorithm,
+        domain::{Category, FieldKind, Purpose},
+        store::{AnchorRow, FieldRow, KeyState, PurposeKeyRow, RecordRow, SubjectKeyRow},
+    };
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let store = PgStore::connect(&url).unwrap();
+    let version = PurposeKeyRow {
+        purpose: Purpose::Nuisance,
+        version: 1,
+        state: KeyState::Active,
+        algorithm: Algorithm::Aes256Gcm,
+        wrapped: vec![1, 2, 3],
+        created_at: 10,
+        retired_at: None,
+        destroy_after: None,
+        destroyed_at: None,
+        barred: false,
+        mac: vec![0x11; 32],
+    };
+    store.initialize(&[("root", vec![1])], &[version]).unwrap();
+    let write = |subject: &str, record: &str| {
+        let key = SubjectKeyRow {
+            subject: subject.into(),
+            purpose: Purpose::Nuisance,
+            generation: 1,
+            purpose_version: 1,
+            wrapped: vec![9; 40],
+            created_at: 11,
+        };
+        let anchor = AnchorRow {
+            subject: subject.into(),
+            holds: 0,
+            consents: 0,
+            digest: vec![0x76; 32],
+            mac: vec![0x77; 32],
+        };
+        let row = RecordRow {
+            id: record.into(),
+            subject: subject.into(),
+            purpose: Purpose::Nuisance,
+            labels: BTreeMap::new(),
+            created_at: 100,
+            updated_at: 100,
+            closed_at: None,
+            expires_at: None,
+            mac: vec![0xAB; 32],
+            fields_mac: vec![0x01; 32],
+        };
+        let field = FieldRow {
+            name: "phone".into(),
+            category: Category::Contact,
+            kind: FieldKind::Text,
+            key_gen: 1,
+            sealed: vec![5; 40],
+            version: "v1".into(),
+            mac: vec![0x22; 32],
+            tags: Vec::new(),
+        };
+        store.insert_record_with_key(&key, &anchor, &row, &[field])
+    };
+    for commit in [true, false] {
+        let subject = format!("rel-held-{commit}");
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut held = holder.transaction().unwrap();
+        held.execute(
+            "INSERT INTO subject_keys (subject, purpose, generation, purpose_version, wrapped, \
+             created_at) VALUES ($1, 'nuisance', 1, 1, $2, 12)",
+            &[&subject, &vec![8u8; 40]],
+        )
+        .unwrap();
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| write(&subject, &format!("rec-{commit}")));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                !waiting.is_finished(),
+                "the write did not wait for the held key"
+            );
+            if commit {
+                held.commit().unwrap();
+            } else {
+                held.rollback().unwrap();
+            }
+            let written = waiting.join().unwrap();
+            let stored = store.subject_key(&subject, "nuisance").unwrap().unwrap();
+            if commit {
+                assert!(
+                    matches!(&written, Err(StoreError::Exists(what)) if what.contains("subject key")),
+                    "{written:?}"
+                );
+                assert_eq!(stored.created_at, 12, "the key held elsewhere stays");
+                assert!(store.record(&format!("rec-{commit}")).unwrap().is_none());
+            } else {
+                written.unwrap();
+                assert_eq!(stored.created_at, 11);
+                assert!(store.record(&format!("rec-{commit}")).unwrap().is_some());
+            }
+        });
+    }
+}
