@@ -5,8 +5,11 @@
 //! Every change runs in a `SERIALIZABLE` transaction, retried when PostgreSQL reports a
 //! serialization failure or deadlock, so a check and the write that follows from it (a purpose
 //! key version still live, an anchor still the one read, no hold on a record) hold together even
-//! when another node writes at the same time. Reads of more than one statement run in one
-//! `REPEATABLE READ` snapshot.
+//! when another node writes at the same time; except the changes guarded by themselves or by a
+//! lock they take (`PgStore::write_guarded`: the trail's append under its advisory lock, key
+//! state updates that name the state they replace, rewraps, a new subject's first record in one
+//! statement that locks its purpose key version), which run in `READ COMMITTED`. Reads of more
+//! than one statement run in one `REPEATABLE READ` snapshot.
 //!
 //! Connections: a libpq-style URL or key/value string (`postgresql://user@host:5432/db?…`,
 //! `host=/run/postgresql dbname=kluis`). TLS is verified or absent, never tried and dropped:
