@@ -131,19 +131,20 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     std::fs::write(&file, &backup).unwrap();
     let key = server.dir.join("root.key");
     let new_dir = tmp.path().join("restored");
-    let restore = |dir: &std::path::Path| {
+    let restore_with = |dir: &std::path::Path, key: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_kluis"))
             .arg("restore")
             .arg(&file)
             .arg("--data-dir")
             .arg(dir)
             .arg("--key-file")
-            .arg(&key)
+            .arg(key)
             .arg("--json")
             .env("KLUIS_LOG", "warn")
             .output()
             .unwrap()
     };
+    let restore = |dir: &std::path::Path| restore_with(dir, &key);
     let out = restore(&new_dir);
     assert!(
         out.status.success(),
@@ -158,16 +159,7 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("holds a store already"));
     let other_key = tmp.path().join("other.key");
     RootSecret::create_key_file(&other_key).unwrap();
-    let wrong = Command::new(env!("CARGO_BIN_EXE_kluis"))
-        .arg("restore")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(tmp.path().join("wrong"))
-        .arg("--key-file")
-        .arg(&other_key)
-        .env("KLUIS_LOG", "warn")
-        .output()
-        .unwrap();
+    let wrong = restore_with(&tmp.path().join("wrong"), &other_key);
     assert_eq!(wrong.status.code(), Some(4));
     // Nothing half-restored is left: neither the database nor the trail's file it was moving
     // the backup's trail into, nor the directory the restore made.
@@ -177,16 +169,7 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     std::fs::create_dir(&kept).unwrap();
     std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(kept.join("notes.txt"), b"mine").unwrap();
-    let wrong = Command::new(env!("CARGO_BIN_EXE_kluis"))
-        .arg("restore")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&kept)
-        .arg("--key-file")
-        .arg(&other_key)
-        .env("KLUIS_LOG", "warn")
-        .output()
-        .unwrap();
+    let wrong = restore_with(&kept, &other_key);
     assert_eq!(wrong.status.code(), Some(4));
     let left: Vec<_> = std::fs::read_dir(&kept)
         .unwrap()

@@ -25,12 +25,9 @@ impl Drop for Server {
     }
 }
 
-// The child's output goes to a file while the test talks to it; keep a worker free.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_logs_hold_no_values_tokens_or_keys() {
-    let tmp = crate::common::private_tempdir();
-    let dir = tmp.path().join("data");
-    let key = tmp.path().join("root.key");
+/// Runs `kluis init --json` for a store in `dir` with its root key in `key`, every log at
+/// trace level; its answer.
+fn init_store(dir: &std::path::Path, key: &std::path::Path) -> serde_json::Value {
     let init = Command::new(env!("CARGO_BIN_EXE_kluis"))
         .args([
             "init",
@@ -39,14 +36,23 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
             "emp-po",
             "--data-dir",
         ])
-        .arg(&dir)
+        .arg(dir)
         .arg("--key-file")
-        .arg(&key)
+        .arg(key)
         .env("KLUIS_LOG", "trace")
         .output()
         .unwrap();
-    assert!(init.status.success());
-    let init: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
+    assert!(init.status.success(), "{init:?}");
+    serde_json::from_slice(&init.stdout).unwrap()
+}
+
+// The child's output goes to a file while the test talks to it; keep a worker free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_hold_no_values_tokens_or_keys() {
+    let tmp = crate::common::private_tempdir();
+    let dir = tmp.path().join("data");
+    let key = tmp.path().join("root.key");
+    let init = init_store(&dir, &key);
     let so = init["token"].as_str().unwrap().to_owned();
     let po = init["privacy_officer_token"].as_str().unwrap().to_owned();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -328,20 +334,7 @@ fn a_name_from_the_database_cannot_forge_a_log_line() {
     let tmp = crate::common::private_tempdir();
     let dir = tmp.path().join("data");
     let key = tmp.path().join("root.key");
-    let init = Command::new(env!("CARGO_BIN_EXE_kluis"))
-        .args([
-            "init",
-            "--json",
-            "--privacy-officer",
-            "emp-po",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .arg("--key-file")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{init:?}");
+    init_store(&dir, &key);
     let table = format!("notes\n{FORGED}");
     rusqlite::Connection::open(dir.join("kluis.db"))
         .unwrap()
