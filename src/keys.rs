@@ -309,6 +309,15 @@ pub struct Keyring {
     rows: RowAuth,
     /// The blind-index key versions, unwrapped (`index.rs`).
     index_keys: RwLock<Option<Arc<index::IndexKeys>>>,
+    /// On a store several nodes share, the active version and algorithm of each purpose as
+    /// last read (and authenticated) from it: a write takes them from here, not with a round
+    /// trip of its own (`active_version`). Dropped with every change of purpose key rows made
+    /// here, when the store refuses a key wrapped under a version no longer active
+    /// (`forget_active`), and by `forget_all` when another node changed keys or a row was
+    /// edited (within the follow interval). Correctness does not rest on it: the store refuses
+    /// a new subject key under a version that is no longer active. `None` on SQLite, whose
+    /// rows are read from local files at every write.
+    active: Option<RwLock<HashMap<Purpose, (u32, Algorithm)>>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -504,6 +513,7 @@ impl Keyring {
         let store_id = check_format(store.as_ref())?;
         let root = check_root(store.as_ref(), secret, store_id)?;
         let audit_key = open_audit_key(store.as_ref(), &root, store_id)?;
+        let store_shares_files = store.answers_from_local_files();
         Ok(Self {
             store,
             root: RwLock::new(root),
@@ -513,6 +523,7 @@ impl Keyring {
             subject_keys: Mutex::new(SubjectKeyCache::new(cache_capacity)),
             rows: RowAuth::new(&audit_key)?,
             index_keys: RwLock::new(None),
+            active: (!store_shares_files).then(|| RwLock::new(HashMap::new())),
         })
     }
 
@@ -584,9 +595,11 @@ impl Keyring {
         let row = self.rows.seal(row, |r, m| r.mac = m);
         // Written only over the row read: a change another node made meanwhile (a cancelled
         // destruction, a bar) is not overwritten.
-        Ok(self
+        let changed = self
             .store
-            .update_purpose_key(&KeyRowChange { row, prev_mac })?)
+            .update_purpose_key(&KeyRowChange { row, prev_mac });
+        self.forget_active(Some(purpose));
+        Ok(changed?)
     }
 
     /// Erases the material of version `version` of `purpose` (its state becomes `destroyed`);
@@ -606,8 +619,11 @@ impl Keyring {
             ..row
         };
         let row = self.rows.seal(row, |r, m| r.mac = m);
-        self.store
-            .destroy_purpose_key(&KeyRowChange { row, prev_mac })?;
+        let destroyed = self
+            .store
+            .destroy_purpose_key(&KeyRowChange { row, prev_mac });
+        self.forget_active(Some(purpose));
+        destroyed?;
         crate::metrics::key_operation("destroy");
         self.forget_purpose_key(purpose, version);
         Ok(())
@@ -628,8 +644,11 @@ impl Keyring {
                     .seal(PurposeKeyRow { barred: true, ..r }, |r, m| r.mac = m),
             })
             .collect();
-        self.store
-            .set_min_decrypt_version(purpose.as_str(), version, &barred)?;
+        let set = self
+            .store
+            .set_min_decrypt_version(purpose.as_str(), version, &barred);
+        self.forget_active(Some(purpose));
+        set?;
         for v in 1..version {
             self.forget_purpose_key(purpose, v);
         }
@@ -678,6 +697,7 @@ impl Keyring {
         // version that is no longer live: wrap it again under the active one.
         let row = match self.store.insert_subject_key(&new.row, &new.anchor) {
             Err(StoreError::NotLive { .. }) => {
+                self.forget_active(Some(purpose));
                 let (row, _) = self.new_subject_key(subject, purpose, 1)?;
                 self.store.insert_subject_key(&row, &new.anchor)?
             }
@@ -848,7 +868,9 @@ impl Keyring {
         });
         // Hold the root key's read lock until the new version is stored: a root key change
         // waits for it, so no version is left wrapped under a replaced root key.
-        self.store.rotate_purpose_key(retired.as_ref(), &row)?;
+        let rotated = self.store.rotate_purpose_key(retired.as_ref(), &row);
+        self.forget_active(Some(purpose));
+        rotated?;
         drop(root);
         crate::metrics::key_operation("rotate");
         if let Ok(mut map) = self.purpose_keys.write() {
@@ -967,7 +989,9 @@ impl Keyring {
             meta_rows.push((index::META_INDEX_KEYS, index_keys));
         }
         meta_rows.extend(also.iter().map(|(k, v)| (*k, v.clone())));
-        self.store.rewrap_root(&rows, &meta_rows)?;
+        let rewrapped = self.store.rewrap_root(&rows, &meta_rows);
+        self.forget_active(None);
+        rewrapped?;
         *root = new_root;
         crate::metrics::key_operation("root-change");
         Ok(())
@@ -1024,6 +1048,13 @@ impl Keyring {
         &self,
         purpose: Purpose,
     ) -> Result<(u32, Arc<PurposeKey>, Algorithm), KeyError> {
+        let held = self
+            .active
+            .as_ref()
+            .and_then(|a| a.read().ok().and_then(|m| m.get(&purpose).copied()));
+        if let Some((version, algorithm)) = held {
+            return Ok((version, self.purpose_key(purpose, version)?, algorithm));
+        }
         let rows = self.purpose_key_rows(purpose)?;
         let active = rows
             .iter()
@@ -1031,11 +1062,24 @@ impl Keyring {
             .find(|r| r.state == KeyState::Active)
             .ok_or_else(|| KeyError::MissingPurposeKey(purpose.as_str().into()))?;
         let algorithm = active.algorithm;
-        Ok((
-            active.version,
-            self.purpose_key(purpose, active.version)?,
-            algorithm,
-        ))
+        let key = self.purpose_key(purpose, active.version)?;
+        if let Some(Ok(mut held)) = self.active.as_ref().map(RwLock::write) {
+            held.insert(purpose, (active.version, algorithm));
+        }
+        Ok((active.version, key, algorithm))
+    }
+
+    /// Forgets the active version held for `purpose` (`active`): the store refused a key
+    /// wrapped under it as no longer live, or purpose key rows changed here.
+    pub fn forget_active(&self, purpose: Option<Purpose>) {
+        if let Some(Ok(mut held)) = self.active.as_ref().map(RwLock::write) {
+            match purpose {
+                Some(p) => {
+                    held.remove(&p);
+                }
+                None => held.clear(),
+            }
+        }
     }
 
     fn purpose_key(&self, purpose: Purpose, version: u32) -> Result<Arc<PurposeKey>, KeyError> {
@@ -1085,6 +1129,7 @@ impl Keyring {
         if let Ok(mut map) = self.purpose_keys.write() {
             map.clear();
         }
+        self.forget_active(None);
         self.forget_index_keys();
         if let Ok(mut cache) = self.subject_keys.lock() {
             let capacity = cache.capacity;
@@ -1140,6 +1185,7 @@ impl Keyring {
         if let Ok(mut map) = self.purpose_keys.write() {
             map.remove(&(purpose, version));
         }
+        self.forget_active(Some(purpose));
     }
 }
 

@@ -1064,8 +1064,13 @@ impl Vault {
                 Err(StoreError::StaleGeneration { .. }) if retried < REKEY_RETRIES => {
                     self.keyring.forget(&put.subject, put.purpose);
                 }
-                Err(StoreError::Exists(_) | StoreError::NotLive { .. })
-                    if write.new.is_some() && retried < REKEY_RETRIES => {}
+                Err(StoreError::NotLive { .. })
+                    if write.new.is_some() && retried < REKEY_RETRIES =>
+                {
+                    // The version this node holds as active is no longer: read it again.
+                    self.keyring.forget_active(Some(put.purpose));
+                }
+                Err(StoreError::Exists(_)) if write.new.is_some() && retried < REKEY_RETRIES => {}
                 Err(e) => return Err(e.into()),
             }
             retried += 1;

@@ -231,6 +231,58 @@ async fn first_records_of_one_new_subject_through_both_nodes_at_once_all_open() 
     }
 }
 
+/// A node holds its purpose's active key version in memory between writes; a row of it edited
+/// by hand in the database is taken in within the bound the README states, and writes fail
+/// closed (`DATA_LOSS`) from then on, on both nodes. The twin: before the edit, writes on both
+/// nodes land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purpose_key_row_edited_by_hand_stops_writes_within_the_bound() {
+    let Some(cluster) = pg::cluster() else { return };
+    let url = cluster.database();
+    let (_tmp, a, b) = two_nodes_on(&url).await;
+    let write = |node: &TestServer, subject: String| {
+        let addr = node.addr;
+        let token = node.token(Role::NuisanceOfficer).to_owned();
+        async move {
+            pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap()
+                .put_record(req(
+                    &token,
+                    pb::PutRecordRequest {
+                        context: nuisance_ctx(),
+                        subject_id: subject,
+                        fields: vec![text("report", "nuisance-evidence", "noise")],
+                        labels: Default::default(),
+                    },
+                ))
+                .await
+        }
+    };
+    for node in [&a, &b] {
+        write(node, "REL-E0".into()).await.unwrap();
+    }
+    tokio::task::block_in_place(|| {
+        postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap()
+            .batch_execute(
+                "UPDATE purpose_keys SET algorithm = 'xchacha20-poly1305' \
+                 WHERE purpose = 'nuisance' AND version = 1",
+            )
+            .unwrap();
+    });
+    for node in [&a, &b] {
+        let mut n = 0;
+        within_bound("a purpose key row edited by hand", async || {
+            n += 1;
+            write(node, format!("REL-E{n}"))
+                .await
+                .is_err_and(|s| s.code() == Code::DataLoss)
+        })
+        .await;
+    }
+}
+
 /// The attacker deletes the entry a node committed last, lets the other node append over its
 /// place, and hopes that the first node's next entries cover the gap: that node refuses to
 /// chain on a trail whose entry it committed is gone, and says so in `verify`. The twin, the
