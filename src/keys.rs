@@ -310,14 +310,24 @@ pub struct Keyring {
     /// The blind-index key versions, unwrapped (`index.rs`).
     index_keys: RwLock<Option<Arc<index::IndexKeys>>>,
     /// On a store several nodes share, the active version and algorithm of each purpose as
-    /// last read (and authenticated) from it: a write takes them from here, not with a round
-    /// trip of its own (`active_version`). Dropped with every change of purpose key rows made
-    /// here, when the store refuses a key wrapped under a version no longer active
-    /// (`forget_active`), and by `forget_all` when another node changed keys or a row was
-    /// edited (within the follow interval). Correctness does not rest on it: the store refuses
-    /// a new subject key under a version that is no longer active. `None` on SQLite, whose
-    /// rows are read from local files at every write.
-    active: Option<RwLock<HashMap<Purpose, (u32, Algorithm)>>>,
+    /// last read (and authenticated) from it: a record's write takes them from here, not with
+    /// a round trip of its own (`active_version_for_write`). Dropped with every change of
+    /// purpose key rows made here, when the store refuses a key wrapped under a version no
+    /// longer active (`forget_active`), and by `forget_all` when another node changed keys or
+    /// a row was edited (within the follow interval). The store refuses a new subject key under
+    /// a version that is no longer active; the algorithm values are sealed with follows another
+    /// node's rotation within the follow interval. `None` on SQLite, whose rows are read from
+    /// local files at every write.
+    active: Option<RwLock<HeldActive>>,
+}
+
+/// The active versions a node of a shared store holds for its writes (`Keyring::active`), with
+/// a count of the times they were forgotten: a read of the rows that began before a forgetting
+/// does not put back what it read.
+#[derive(Default)]
+struct HeldActive {
+    versions: HashMap<Purpose, (u32, Algorithm)>,
+    forgotten: u64,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -523,7 +533,7 @@ impl Keyring {
             subject_keys: Mutex::new(SubjectKeyCache::new(cache_capacity)),
             rows: RowAuth::new(&audit_key)?,
             index_keys: RwLock::new(None),
-            active: (!store_shares_files).then(|| RwLock::new(HashMap::new())),
+            active: (!store_shares_files).then(|| RwLock::new(HeldActive::default())),
         })
     }
 
@@ -695,20 +705,24 @@ impl Keyring {
         // Another request may have created one meanwhile: use whichever the store kept. A
         // rotation between wrapping and storing makes the store refuse a key wrapped under a
         // version that is no longer live: wrap it again under the active one.
-        let row = match self.store.insert_subject_key(&new.row, &new.anchor) {
+        // The values are sealed with the algorithm of the version the key was wrapped under
+        // again, not the one read before.
+        let (row, algorithm) = match self.store.insert_subject_key(&new.row, &new.anchor) {
             Err(StoreError::NotLive { .. }) => {
                 self.forget_active(Some(purpose));
-                let (row, _) = self.new_subject_key(subject, purpose, 1)?;
-                self.store.insert_subject_key(&row, &new.anchor)?
+                let active = self.active_version(purpose)?;
+                let algorithm = active.2;
+                let (row, _) = self.new_subject_key_under(subject, purpose, 1, active)?;
+                (self.store.insert_subject_key(&row, &new.anchor)?, algorithm)
             }
-            other => other?,
+            other => (other?, write.active.algorithm),
         };
         let key = self.unwrap_subject_key(subject, purpose, &row)?;
         self.remember(subject, purpose, row.generation, &key);
         Ok(ActiveSubjectKey {
             generation: row.generation,
             key,
-            algorithm: write.active.algorithm,
+            algorithm,
         })
     }
 
@@ -722,7 +736,7 @@ impl Keyring {
         subject: &SubjectId,
         purpose: Purpose,
     ) -> Result<KeyForWrite, KeyError> {
-        let active = self.active_version(purpose)?;
+        let active = self.active_version_for_write(purpose)?;
         let algorithm = active.2;
         if let Some((generation, key)) = self.cached(subject, purpose) {
             return Ok(KeyForWrite {
@@ -1048,13 +1062,6 @@ impl Keyring {
         &self,
         purpose: Purpose,
     ) -> Result<(u32, Arc<PurposeKey>, Algorithm), KeyError> {
-        let held = self
-            .active
-            .as_ref()
-            .and_then(|a| a.read().ok().and_then(|m| m.get(&purpose).copied()));
-        if let Some((version, algorithm)) = held {
-            return Ok((version, self.purpose_key(purpose, version)?, algorithm));
-        }
         let rows = self.purpose_key_rows(purpose)?;
         let active = rows
             .iter()
@@ -1062,22 +1069,51 @@ impl Keyring {
             .find(|r| r.state == KeyState::Active)
             .ok_or_else(|| KeyError::MissingPurposeKey(purpose.as_str().into()))?;
         let algorithm = active.algorithm;
-        let key = self.purpose_key(purpose, active.version)?;
-        if let Some(Ok(mut held)) = self.active.as_ref().map(RwLock::write) {
-            held.insert(purpose, (active.version, algorithm));
-        }
-        Ok((active.version, key, algorithm))
+        Ok((
+            active.version,
+            self.purpose_key(purpose, active.version)?,
+            algorithm,
+        ))
     }
 
-    /// Forgets the active version held for `purpose` (`active`): the store refused a key
-    /// wrapped under it as no longer live, or purpose key rows changed here.
+    /// `active_version` for a record's write: on a shared store from what this node holds
+    /// (`active`), read from the store when it holds nothing. Key jobs (rekey, rewrap) and
+    /// rotation read the rows every time.
+    fn active_version_for_write(
+        &self,
+        purpose: Purpose,
+    ) -> Result<(u32, Arc<PurposeKey>, Algorithm), KeyError> {
+        let Some(active) = &self.active else {
+            return self.active_version(purpose);
+        };
+        let (held, forgotten) = match active.read() {
+            Ok(a) => (a.versions.get(&purpose).copied(), a.forgotten),
+            Err(_) => return self.active_version(purpose),
+        };
+        if let Some((version, algorithm)) = held {
+            return Ok((version, self.purpose_key(purpose, version)?, algorithm));
+        }
+        let read = self.active_version(purpose)?;
+        // Kept only when nothing was forgotten since the read began: a change taken in
+        // meanwhile (a rotation here, another node's seen by the follower) may postdate it.
+        if let Ok(mut a) = active.write()
+            && a.forgotten == forgotten
+        {
+            a.versions.insert(purpose, (read.0, read.2));
+        }
+        Ok(read)
+    }
+
+    /// Forgets the active version held for `purpose`, or for every purpose (`active`): the
+    /// store refused a key wrapped under it as no longer live, or purpose key rows changed.
     pub fn forget_active(&self, purpose: Option<Purpose>) {
-        if let Some(Ok(mut held)) = self.active.as_ref().map(RwLock::write) {
+        if let Some(Ok(mut a)) = self.active.as_ref().map(RwLock::write) {
+            a.forgotten = a.forgotten.wrapping_add(1);
             match purpose {
                 Some(p) => {
-                    held.remove(&p);
+                    a.versions.remove(&p);
                 }
-                None => held.clear(),
+                None => a.versions.clear(),
             }
         }
     }
