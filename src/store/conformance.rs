@@ -144,17 +144,9 @@ pub fn trail_by_subject(store: &dyn Store) -> u64 {
     last
 }
 
-/// Runs every conformance check against an empty `store`. Panics on the first failure, so call
-/// it from a test.
-#[expect(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    reason = "a test suite: failures must panic"
-)]
-pub fn run_all(store: &dyn Store) {
-    // Initialisation is all-or-nothing and happens once.
-    assert_eq!(store.meta("root").unwrap(), None);
-    let pk = PurposeKeyRow {
+/// Version 1 of the nuisance purpose key, active, as the suite's stores are initialised with.
+pub fn nuisance_key_v1() -> PurposeKeyRow {
+    PurposeKeyRow {
         purpose: Purpose::Nuisance,
         version: 1,
         state: KeyState::Active,
@@ -166,7 +158,20 @@ pub fn run_all(store: &dyn Store) {
         destroyed_at: None,
         barred: false,
         mac: vec![0x11; 32],
-    };
+    }
+}
+
+/// Runs every conformance check against an empty `store`. Panics on the first failure, so call
+/// it from a test.
+#[expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a test suite: failures must panic"
+)]
+pub fn run_all(store: &dyn Store) {
+    // Initialisation is all-or-nothing and happens once.
+    assert_eq!(store.meta("root").unwrap(), None);
+    let pk = nuisance_key_v1();
     store
         .initialize(&[("root", b"params".to_vec())], std::slice::from_ref(&pk))
         .unwrap();

@@ -46,6 +46,39 @@ fn init_store(dir: &std::path::Path, key: &std::path::Path) -> serde_json::Value
     serde_json::from_slice(&init.stdout).unwrap()
 }
 
+/// Starts `kluis serve` on the store in `dir` on a free port of 127.0.0.1, logging at `level`
+/// into `log`; the server and its port.
+fn serve(
+    dir: &std::path::Path,
+    key: &std::path::Path,
+    level: &str,
+    log: &std::path::Path,
+) -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir)
+            .arg("--key-file")
+            .arg(key)
+            .env("KLUIS_LOG", level)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    (server, port)
+}
+
 // The child's output goes to a file while the test talks to it; keep a worker free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_hold_no_values_tokens_or_keys() {
@@ -55,30 +88,8 @@ async fn trace_logs_hold_no_values_tokens_or_keys() {
     let init = init_store(&dir, &key);
     let so = init["token"].as_str().unwrap().to_owned();
     let po = init["privacy_officer_token"].as_str().unwrap().to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let log_path = tmp.path().join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_kluis"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(&dir)
-            .arg("--key-file")
-            .arg(&key)
-            .env("KLUIS_LOG", "trace")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let (server, port) = serve(&dir, &key, "trace", &log_path);
     let deadline = Instant::now() + Duration::from_secs(30);
     let channel = loop {
         match Channel::from_shared(format!("http://127.0.0.1:{port}"))
@@ -340,29 +351,8 @@ fn a_name_from_the_database_cannot_forge_a_log_line() {
         .unwrap()
         .execute_batch(&format!("CREATE TABLE \"{table}\" (a)"))
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let log_path = tmp.path().join("server.log");
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_kluis"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(&dir)
-            .arg("--key-file")
-            .arg(&key)
-            .env("KLUIS_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (server, _) = serve(&dir, &key, "info", &log_path);
     let deadline = Instant::now() + Duration::from_secs(30);
     let log = loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();

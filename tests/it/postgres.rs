@@ -845,26 +845,13 @@ fn a_first_key_held_uncommitted_elsewhere_is_waited_for() {
     use std::{collections::BTreeMap, time::Duration};
 
     use kluis::{
-        crypto::Algorithm,
         domain::{Category, FieldKind, Purpose},
-        store::{AnchorRow, FieldRow, KeyState, PurposeKeyRow, RecordRow, SubjectKeyRow},
+        store::{AnchorRow, FieldRow, RecordRow, SubjectKeyRow},
     };
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
     let store = PgStore::connect(&url).unwrap();
-    let version = PurposeKeyRow {
-        purpose: Purpose::Nuisance,
-        version: 1,
-        state: KeyState::Active,
-        algorithm: Algorithm::Aes256Gcm,
-        wrapped: vec![1, 2, 3],
-        created_at: 10,
-        retired_at: None,
-        destroy_after: None,
-        destroyed_at: None,
-        barred: false,
-        mac: vec![0x11; 32],
-    };
+    let version = kluis::store::conformance::nuisance_key_v1();
     store.initialize(&[("root", vec![1])], &[version]).unwrap();
     let write = |subject: &str, record: &str| {
         let key = SubjectKeyRow {
