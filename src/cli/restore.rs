@@ -50,7 +50,14 @@ pub fn run(args: &RestoreArgs) -> Exit {
             present.join("`, `")
         ));
     }
-    let made_dir = args.data_dir.symlink_metadata().is_err();
+    // The directories this restore makes (the data directory and any missing parent), deepest
+    // first: a failed restore removes them again.
+    let made_dirs: Vec<PathBuf> = args
+        .data_dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && d.symlink_metadata().is_err())
+        .map(PathBuf::from)
+        .collect();
     if let Err(e) = config::create_private_dir(&args.data_dir) {
         return fail(format!("cannot create `{}`: {e}", args.data_dir.display()));
     }
@@ -61,8 +68,8 @@ pub fn run(args: &RestoreArgs) -> Exit {
     let mut made_store = false;
     let outcome = restore(args, &target, &mut made_store);
     // Nothing half-restored stays behind: once this restore made the database (and only then:
-    // another one's files are not its to remove), every path of the store, and the directory
-    // when this restore made it.
+    // another one's files are not its to remove), every path of the store, and the directories
+    // this restore made (each only when empty).
     if outcome.is_err() && made_store {
         for path in &store_paths {
             let _ = match path.symlink_metadata() {
@@ -72,8 +79,10 @@ pub fn run(args: &RestoreArgs) -> Exit {
             };
         }
     }
-    if outcome.is_err() && made_dir {
-        let _ = std::fs::remove_dir(&args.data_dir);
+    if outcome.is_err() {
+        for dir in &made_dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
     match outcome {
         Ok((bytes, unsealed)) => {

@@ -159,10 +159,10 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("holds a store already"));
     let other_key = tmp.path().join("other.key");
     RootSecret::create_key_file(&other_key).unwrap();
-    let wrong = restore_with(&tmp.path().join("wrong"), &other_key);
+    let wrong = restore_with(&tmp.path().join("wrong").join("a").join("b"), &other_key);
     assert_eq!(wrong.status.code(), Some(4));
     // Nothing half-restored is left: neither the database nor the trail's file it was moving
-    // the backup's trail into, nor the directory the restore made.
+    // the backup's trail into, nor the directories the restore made (a missing parent too).
     assert!(!tmp.path().join("wrong").exists());
     // Into a directory that was there: it stays, as it was.
     let kept = tmp.path().join("kept");
