@@ -345,6 +345,27 @@ enum Answer {
 /// what became of the write the entry carried, if any).
 type Then = Box<dyn FnOnce(Result<AuditSeq, AuditError>, Option<Carried>) + Send>;
 
+/// Why a batch of entries was not committed, as each of its callers is told.
+#[derive(Clone, Debug)]
+enum NotCommitted {
+    /// The trail could not be written (the store down or busy, a write refused): nothing of
+    /// the batch was kept, and a later batch may succeed.
+    Unavailable(String),
+    /// The trail as stored is not the one to chain onto (its last entry edited, cut back or
+    /// put in another's place): no batch is appended until it is put right, and `audit verify`
+    /// names the entry.
+    Corrupt(String),
+}
+
+impl NotCommitted {
+    fn into_error(self) -> AuditError {
+        match self {
+            NotCommitted::Unavailable(why) => AuditError::Unavailable(why),
+            NotCommitted::Corrupt(why) => AuditError::Store(StoreError::Corrupt(why)),
+        }
+    }
+}
+
 /// Where one caller waits to be answered or to lead.
 type Waiter = crate::wait::Slot<Wake>;
 
@@ -352,7 +373,7 @@ type Waiter = crate::wait::Slot<Wake>;
 enum Wake {
     /// The batch holding its entries: the first one's sequence number, or why the batch
     /// failed; with what became of the write it carried.
-    Answered(Result<u64, String>, Option<Carried>),
+    Answered(Result<u64, NotCommitted>, Option<Carried>),
     /// It leads the next batch (its entries are still queued).
     Lead,
 }
@@ -380,7 +401,7 @@ impl Appender {
         entries: Vec<Vec<u8>>,
         write: Option<RecordWrite>,
         answer: Answer,
-    ) -> Option<(Result<u64, String>, Option<Carried>)> {
+    ) -> Option<(Result<u64, NotCommitted>, Option<Carried>)> {
         let own = match &answer {
             Answer::Wait(own) => Some(Arc::clone(own)),
             Answer::Then(_) => None,
@@ -414,7 +435,7 @@ impl Appender {
         &self,
         own: Option<&Arc<Waiter>>,
         relay: bool,
-    ) -> Option<(Result<u64, String>, Option<Carried>)> {
+    ) -> Option<(Result<u64, NotCommitted>, Option<Carried>)> {
         let mut later = Vec::new();
         loop {
             let mut callers = Vec::new();
@@ -468,7 +489,7 @@ impl Appender {
             // The callers that do not wait, after the waiting ones are woken. One that panics
             // fails alone: the lead goes on.
             for (then, outcome, carried) in later.drain(..) {
-                let answer = outcome.map(AuditSeq).map_err(AuditError::Unavailable);
+                let answer = outcome.map(AuditSeq).map_err(NotCommitted::into_error);
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                     then(answer, carried)
                 }));
@@ -530,12 +551,12 @@ struct Lead<'a> {
     own: Option<&'a Arc<Waiter>>,
     /// The batch's callers, each with the number of its entries.
     callers: Vec<(Option<Answer>, usize)>,
-    outcome: Option<Result<u64, String>>,
+    outcome: Option<Result<u64, NotCommitted>>,
     /// What became of each caller's write, by its place in `callers`.
     written: Vec<(usize, Carried)>,
     /// The batch's callers that do not wait, with their answers, for the leader to run once
     /// the lead is dropped (left unrun in an unwind).
-    later: &'a mut Vec<(Then, Result<u64, String>, Option<Carried>)>,
+    later: &'a mut Vec<(Then, Result<u64, NotCommitted>, Option<Carried>)>,
 }
 
 /// What became of the write an entry carried, which a committed batch always answers.
@@ -556,7 +577,9 @@ pub enum Carried {
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
         let outcome = self.outcome.take().unwrap_or_else(|| {
-            Err("the audit append failed unexpectedly; it may not have been committed".into())
+            Err(NotCommitted::Unavailable(
+                "the audit append failed unexpectedly; it may not have been committed".into(),
+            ))
         });
         let mut written: HashMap<usize, Carried> =
             std::mem::take(&mut self.written).into_iter().collect();
@@ -833,7 +856,7 @@ impl Audit {
             .appender
             .queue(entries, write, Answer::Wait(own))
             .ok_or_else(|| AuditError::Unavailable("the append was not answered".into()))?;
-        let first = outcome.map_err(AuditError::Unavailable)?;
+        let first = outcome.map_err(NotCommitted::into_error)?;
         Ok(((first..first + count).map(AuditSeq).collect(), carried))
     }
 
@@ -1366,7 +1389,10 @@ fn commit_batch(
     writes: &[RecordWrite],
     genesis: [u8; 32],
     committed: &Committed,
-) -> (Result<u64, String>, Option<Vec<Result<(), StoreError>>>) {
+) -> (
+    Result<u64, NotCommitted>,
+    Option<Vec<Result<(), StoreError>>>,
+) {
     // The store hands over its tail inside the transaction that appends (locked against
     // other nodes), so the chain is built on what is stored, never on a tail in memory.
     // The tail handed over must be authentic and not behind what this process committed
@@ -1489,11 +1515,14 @@ fn commit_batch(
                 });
                 Ok(first.seq)
             }
-            _ => Err("nothing was appended".to_owned()),
+            _ => Err(NotCommitted::Unavailable("nothing was appended".to_owned())),
         },
         Err(e) => {
             tracing::error!(error = %e, entries = batch.len(), "audit append failed");
-            Err(e.to_string())
+            Err(match e {
+                StoreError::Corrupt(why) => NotCommitted::Corrupt(why),
+                e => NotCommitted::Unavailable(e.to_string()),
+            })
         }
     };
     if outcome.is_err() {
@@ -2285,7 +2314,12 @@ mod tests {
                 .unwrap();
         db.execute("UPDATE audit SET mac = zeroblob(32) WHERE seq = 1", [])
             .unwrap();
-        assert!(matches!(answer(&audit), Err(AuditError::Unavailable(_))));
+        // The tail's MAC edited: the trail is not chained on, and the answer says it was
+        // tampered with (not that it is unavailable, which a retry could mend).
+        assert!(matches!(
+            answer(&audit),
+            Err(AuditError::Store(StoreError::Corrupt(_)))
+        ));
         assert_eq!(store.audit_tail().unwrap().unwrap().seq, 1);
         let (_d2, s2, a2) = trail();
         a2.append(&event(0)).unwrap();

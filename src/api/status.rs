@@ -46,7 +46,9 @@ pub fn to_status(e: VaultError) -> Status {
             )
         }
         // An audit entry that does not read as one (a value of another type put in its row by
-        // hand): the trail was edited, and `audit verify` names the entry.
+        // hand), or a trail whose last entry is not the one to chain onto (edited, deleted, cut
+        // back): the trail was edited, and `audit verify` names the entry. Trying again does
+        // not help, so it is not `UNAVAILABLE`.
         e @ VaultError::Audit(AuditError::Store(StoreError::Corrupt(_))) => {
             tracing::error!(error = %e, "an audit entry cannot be read");
             Status::data_loss(

@@ -549,6 +549,92 @@ async fn reads_fail_closed_when_the_trail_cannot_be_written() {
     server.stop().await;
 }
 
+/// The trail's last entry edited in the database file while kluis runs (its hash, or the entry
+/// deleted: the trail cut back), and every read and write is refused as `DATA_LOSS` naming
+/// `audit verify`, not as `UNAVAILABLE` (which tells a client to try again, and an on-call
+/// officer that the disk is full): no value is answered and no record stored. Its twin, the
+/// row put back as it was: the same read is answered, the write stored, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_over_an_edited_tail_of_the_trail_are_refused_as_data_loss() {
+    let server = TestServer::start().await;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-1001",
+        vec![text("statement", "nuisance-evidence", SECRET_VALUE)],
+    )
+    .await;
+    let conn = Connection::open(server.trail_path()).unwrap();
+    let tail = || -> (i64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+        conn.query_row(
+            "SELECT seq, entry, prev_hash, hash, mac FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap()
+    };
+    let write = |subject: &str| pb::PutRecordRequest {
+        context: nuisance_ctx(),
+        subject_id: subject.into(),
+        fields: vec![text("phone", "contact", "06-1")],
+        labels: Default::default(),
+    };
+    let mut client = server.client().await;
+    let edits = [
+        (
+            "its hash edited",
+            "UPDATE audit SET hash = zeroblob(32) WHERE seq = ?1",
+        ),
+        ("deleted", "DELETE FROM audit WHERE seq = ?1"),
+    ];
+    for (n, (edit, sql)) in edits.into_iter().enumerate() {
+        let (seq, entry, prev_hash, hash, mac) = tail();
+        assert_eq!(conn.execute(sql, [seq]).unwrap(), 1);
+        let read = get(
+            &server,
+            server.token(Role::NuisanceOfficer),
+            nuisance_ctx(),
+            &id,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(read.code(), Code::DataLoss, "tail {edit}: {read:?}");
+        assert!(read.message().contains("audit verify"), "{read:?}");
+        assert!(!read.message().contains(SECRET_VALUE));
+        let subject = format!("REL-20{n}");
+        let written = client
+            .put_record(req(server.token(Role::NuisanceOfficer), write(&subject)))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(written.code(), Code::DataLoss, "tail {edit}: {written:?}");
+        // Twin: the row put back as it was.
+        conn.execute(
+            "INSERT OR REPLACE INTO audit (seq, entry, prev_hash, hash, mac) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![seq, entry, prev_hash, hash, mac],
+        )
+        .unwrap();
+        let resp = get(
+            &server,
+            server.token(Role::NuisanceOfficer),
+            nuisance_ctx(),
+            &id,
+        )
+        .await
+        .unwrap();
+        assert_eq!(text_of(&resp.fields[0]), SECRET_VALUE, "tail {edit}");
+        client
+            .put_record(req(server.token(Role::NuisanceOfficer), write(&subject)))
+            .await
+            .unwrap();
+    }
+    assert!(verify(&server, None).await.intact);
+    server.stop().await;
+}
+
 /// Many reads at once, with writes among them, while the trail cannot be written: every read
 /// and write fails `UNAVAILABLE` with no value (reads and writes queue their entries and do not
 /// wait for them, so the answer comes from whichever thread committed the batch), and nothing

@@ -285,7 +285,8 @@ async fn a_purpose_key_row_edited_by_hand_stops_writes_within_the_bound() {
 
 /// The attacker deletes the entry a node committed last, lets the other node append over its
 /// place, and hopes that the first node's next entries cover the gap: that node refuses to
-/// chain on a trail whose entry it committed is gone, and says so in `verify`. The twin, the
+/// chain on a trail whose entry it committed is gone, answering `DATA_LOSS` (not a `try
+/// again`), and says so in `verify`. The twin, the
 /// same appends without the deletion, goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_entry_deleted_under_another_nodes_appends_is_not_covered_by_the_node_that_made_it() {
@@ -345,7 +346,8 @@ async fn an_entry_deleted_under_another_nodes_appends_is_not_covered_by_the_node
     let Err(refused) = read(&a, &id).await else {
         panic!("A read on a trail whose entry of A was deleted under B's");
     };
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+    assert!(refused.message().contains("audit verify"), "{refused:?}");
     let put_refused = a
         .client()
         .await
@@ -360,7 +362,7 @@ async fn an_entry_deleted_under_another_nodes_appends_is_not_covered_by_the_node
         ))
         .await
         .unwrap_err();
-    assert_eq!(put_refused.code(), Code::Unavailable, "{put_refused:?}");
+    assert_eq!(put_refused.code(), Code::DataLoss, "{put_refused:?}");
     let verified = verify(&a).await;
     assert!(!verified.intact);
     assert_eq!(
