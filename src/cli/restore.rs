@@ -1,13 +1,15 @@
 //! `kluis restore`: turn a backup taken with `kluis admin backup` into the store of a new data
 //! directory, checked before it is put in place.
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, path::PathBuf, sync::Arc};
 
 use clap::Args;
 use kluis::{
+    audit::{Audit, Verification},
     config::{self, KeySource, SystemEnv},
     crypto::Algorithm,
     keys::Keyring,
+    store::Store,
 };
 
 use super::{Exit, fail};
@@ -184,11 +186,37 @@ fn restore(
     };
     let secret =
         config::read_secret(&source, &SystemEnv, false).map_err(|e| error(e.to_string()))?;
-    Keyring::unseal(store, &secret, Algorithm::default(), 16).map_err(|e| {
-        (
-            Exit::CheckFailed,
-            format!("the root key does not open this backup: {e}"),
-        )
-    })?;
+    let store: Arc<dyn Store> = store;
+    let keyring =
+        Keyring::unseal(Arc::clone(&store), &secret, Algorithm::default(), 16).map_err(|e| {
+            (
+                Exit::CheckFailed,
+                format!("the root key does not open this backup: {e}"),
+            )
+        })?;
+    check_trail(store, &keyring)?;
     Ok((bytes.len() as u64, true))
+}
+
+/// With the root key, the backup's audit trail is verified as `kluis admin audit verify` does
+/// (every entry's hash, MAC and place in the chain): a backup whose trail was edited (an
+/// access deleted from it, an entry retyped) is refused before it is served, not found later.
+fn check_trail(store: Arc<dyn Store>, keyring: &Keyring) -> Result<(), (Exit, String)> {
+    let broken = |why: String| (Exit::CheckFailed, why);
+    let key = keyring
+        .audit_key()
+        .map_err(|e| broken(format!("the backup's audit key does not open: {e}")))?;
+    let audit = Audit::open(store, key, keyring.store_id())
+        .map_err(|e| broken(format!("the backup's audit trail does not open: {e}")))?;
+    match audit.verify(None) {
+        Ok(Verification::Intact { .. }) => Ok(()),
+        Ok(Verification::Broken { seq, problem }) => Err(broken(format!(
+            "the backup's audit trail is broken at entry {seq} ({problem}): the backup was \
+             edited or damaged after it was taken; restore an earlier backup"
+        ))),
+        Err(e) => Err(broken(format!(
+            "the backup's audit trail cannot be verified ({e}): the backup was edited or \
+             damaged after it was taken; restore an earlier backup"
+        ))),
+    }
 }

@@ -223,6 +223,46 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     }
 
+    // A backup whose trail was edited after it was taken (an access deleted from it, an
+    // entry's text changed) is refused with the key, and nothing of it is left; the twin, the
+    // same backup untouched, restored above.
+    for (edit, sql) in [
+        ("an entry deleted", "DELETE FROM audit WHERE seq = 3"),
+        (
+            "an entry's text changed",
+            "UPDATE audit SET entry = entry || X'20' WHERE seq = 3",
+        ),
+    ] {
+        let edited = tmp.path().join("edited.backup");
+        std::fs::write(&edited, &backup).unwrap();
+        let changed = rusqlite::Connection::open(&edited)
+            .unwrap()
+            .execute(sql, [])
+            .unwrap();
+        assert_eq!(changed, 1, "{edit}");
+        let dir = tmp.path().join("from-edited");
+        let out = Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .arg("restore")
+            .arg(&edited)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--key-file")
+            .arg(&key)
+            .env("KLUIS_LOG", "warn")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{edit}: {said}");
+        assert!(
+            said.contains("audit trail is broken at entry"),
+            "{edit}: {said}"
+        );
+        assert!(
+            !dir.exists(),
+            "{edit}: a refused restore left its directory"
+        );
+    }
+
     let tokens_from = server.token(Role::NuisanceOfficer).to_owned();
     let secret = RootSecret::read_key_file(&key).unwrap();
     let restored = TestServer::open(&new_dir, &secret).await.unwrap();
