@@ -5,11 +5,11 @@ use std::{io::Write, path::PathBuf, sync::Arc};
 
 use clap::Args;
 use kluis::{
-    audit::{Audit, Verification},
+    audit::{Audit, AuditError, Verification},
     config::{self, KeySource, SystemEnv},
     crypto::Algorithm,
     keys::Keyring,
-    store::Store,
+    store::{Store, StoreError},
 };
 
 use super::{Exit, fail};
@@ -202,21 +202,40 @@ fn restore(
 /// (every entry's hash, MAC and place in the chain): a backup whose trail was edited (an
 /// access deleted from it, an entry retyped) is refused before it is served, not found later.
 fn check_trail(store: Arc<dyn Store>, keyring: &Keyring) -> Result<(), (Exit, String)> {
-    let broken = |why: String| (Exit::CheckFailed, why);
-    let key = keyring
-        .audit_key()
-        .map_err(|e| broken(format!("the backup's audit key does not open: {e}")))?;
-    let audit = Audit::open(store, key, keyring.store_id())
-        .map_err(|e| broken(format!("the backup's audit trail does not open: {e}")))?;
+    // What a broken trail may come from, and what to do about each.
+    const WHAT_TO_DO: &str = "the backup was edited or damaged after it was taken, or the \
+        store it came from had a broken trail already (`kluis admin audit verify` there says \
+        so); restore an earlier backup, or restore this one without the root key to keep it \
+        as it is and investigate";
+    let key = keyring.audit_key().map_err(|e| {
+        (
+            Exit::CheckFailed,
+            format!("the backup's audit key does not open ({e}): {WHAT_TO_DO}"),
+        )
+    })?;
+    let audit = Audit::open(store, key, keyring.store_id()).map_err(|e| match e {
+        AuditError::Store(StoreError::Corrupt(why)) => (
+            Exit::CheckFailed,
+            format!("the backup's audit trail does not open ({why}): {WHAT_TO_DO}"),
+        ),
+        e => (
+            Exit::Error,
+            format!("cannot read the backup's audit trail: {e}"),
+        ),
+    })?;
     match audit.verify(None) {
         Ok(Verification::Intact { .. }) => Ok(()),
-        Ok(Verification::Broken { seq, problem }) => Err(broken(format!(
-            "the backup's audit trail is broken at entry {seq} ({problem}): the backup was \
-             edited or damaged after it was taken; restore an earlier backup"
-        ))),
-        Err(e) => Err(broken(format!(
-            "the backup's audit trail cannot be verified ({e}): the backup was edited or \
-             damaged after it was taken; restore an earlier backup"
-        ))),
+        Ok(Verification::Broken { seq, problem }) => Err((
+            Exit::CheckFailed,
+            format!("the backup's audit trail is broken at entry {seq} ({problem}): {WHAT_TO_DO}"),
+        )),
+        Err(AuditError::Store(StoreError::Corrupt(why))) => Err((
+            Exit::CheckFailed,
+            format!("the backup's audit trail cannot be read ({why}): {WHAT_TO_DO}"),
+        )),
+        Err(e) => Err((
+            Exit::Error,
+            format!("cannot verify the backup's audit trail: {e}"),
+        )),
     }
 }
