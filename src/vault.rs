@@ -706,7 +706,8 @@ impl Vault {
     }
 
     /// Whether the audit trail can be written (as the last append showed). While it cannot,
-    /// every call that needs an entry fails with `UNAVAILABLE`, and health says `NOT_SERVING`.
+    /// every call that needs an entry fails with `UNAVAILABLE` (with `DATA_LOSS` while the
+    /// trail's last entry is not the one to chain on), and health says `NOT_SERVING`.
     pub fn audit_writable(&self) -> bool {
         self.audit.writable()
     }

@@ -52,7 +52,9 @@ pub fn to_status(e: VaultError) -> Status {
         e @ VaultError::Audit(AuditError::Store(StoreError::Corrupt(_))) => {
             tracing::error!(error = %e, "an audit entry cannot be read");
             Status::data_loss(
-                "an audit entry cannot be read; the trail is damaged or was tampered with; run \
+                "an audit entry cannot be read, or the trail's last entry is not the one to chain \
+                 on: the trail is damaged, was tampered with, or lost committed entries (a \
+                 database failover or restore); nothing was done; run \
                  `kluis admin audit verify`",
             )
         }

@@ -224,14 +224,21 @@ async fn destroying_a_version_in_use_is_refused_and_an_unused_one_is_erased() {
     .unwrap();
     // "Another node" holds the rewrap's lease, so that the rewrap this server's start resumes
     // in the background cannot move the keys after the rotation below (on a busy machine it
-    // may run that late). Released before the rewrap further down.
+    // may run that late). Released before the rewrap further down. Should that rewrap hold the
+    // lease already (it holds it while it runs, a moment), it is taken once the rewrap is done.
     let db = Connection::open(server.db_path()).unwrap();
-    assert!(
-        server
-            .vault
-            .take_lease("rewrap:nuisance", "another-node", 600)
-            .unwrap()
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server
+        .vault
+        .take_lease("rewrap:nuisance", "another-node", 600)
+        .unwrap()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rewrap's lease was not free within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Rotate in the core (no rewrap of its own) so v1 still wraps the five subject keys.
     server
