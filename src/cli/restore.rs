@@ -9,7 +9,7 @@ use kluis::{
     config::{self, KeySource, SystemEnv},
     crypto::Algorithm,
     keys::Keyring,
-    store::{Store, StoreError},
+    store::{MetaStore, Store, StoreError},
 };
 
 use super::{Exit, fail};
@@ -173,6 +173,22 @@ fn restore(
         return Err((Exit::CheckFailed, format!("the backup is damaged: {check}")));
     }
     let store = config::open_store(&args.data_dir).map_err(|e| error(e.to_string()))?;
+    // The schema the migrations made, and SQLite's own check of both files: a trigger, view,
+    // table or column added by hand, a table rebuilt without its constraints, is refused here
+    // as `serve` would refuse to write on it.
+    let problems = store
+        .structure_problems()
+        .map_err(|e| error(format!("cannot check the backup's structure: {e}")))?;
+    if !problems.is_empty() {
+        return Err((
+            Exit::CheckFailed,
+            format!(
+                "the backup's database was changed outside kluis ({}): it was edited after it \
+                 was taken, or the store it came from was; restore an earlier backup",
+                problems.join("; ")
+            ),
+        ));
+    }
     let source = match (&args.key_file, &args.passphrase_file) {
         (Some(k), _) => Some(KeySource::KeyFile(k.clone())),
         (None, Some(p)) => Some(KeySource::PassphraseFile(p.clone())),
