@@ -95,6 +95,7 @@ pub fn run(args: &RestoreArgs) -> Exit {
                         "data_dir": args.data_dir.display().to_string(),
                         "bytes": bytes,
                         "root_key_checked": unsealed,
+                        "trail_verified": unsealed,
                     })
                 );
             } else {
@@ -102,7 +103,7 @@ pub fn run(args: &RestoreArgs) -> Exit {
                     "restored {bytes} bytes into {}{}",
                     args.data_dir.display(),
                     if unsealed {
-                        "; the root key opens it"
+                        "; the root key opens it and its audit trail verifies"
                     } else {
                         "; serve it with the root key of the server it came from"
                     }

@@ -153,6 +153,7 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["root_key_checked"], true);
+    assert_eq!(summary["trail_verified"], true);
     // Never over an existing store; never with the wrong key; never from a file that is not one.
     let again = restore(&new_dir);
     assert_eq!(again.status.code(), Some(1));
