@@ -1186,6 +1186,17 @@ impl Audit {
         } = self.committed.get();
         // Read when the trail opened, it vouches for nothing.
         let known = if read_at_open { 0 } else { known };
+        // Rows numbered below the first entry, which the walk from entry 1 on would not see.
+        let (below, highest) = self.store.audit_rows_below_one()?;
+        if below > 0 {
+            return Ok(Verification::Broken {
+                seq: 0,
+                problem: format!(
+                    "{below} row(s) numbered below 1 (the highest {highest}) were inserted in \
+                     the database file: kluis numbers its entries from 1"
+                ),
+            });
+        }
         let mut expected_seq = 1u64;
         let mut prev = self.genesis;
         let mut anchored = false;

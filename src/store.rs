@@ -1551,6 +1551,11 @@ pub trait AuditStore: Send + Sync {
     /// Up to `limit` audit entries from sequence number `from`, in order.
     fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>, StoreError>;
 
+    /// How many rows of the trail are numbered below 1, where kluis numbers no entry (its
+    /// entries start at 1), and the highest such number: rows inserted by hand, which nothing
+    /// that reads the trail from its first entry on would see.
+    fn audit_rows_below_one(&self) -> Result<(u64, i64), StoreError>;
+
     /// Up to `limit` audit entries about `subject` (whose `subject` is it) from sequence number
     /// `from`, in order: from an index of the entries themselves, not a scan of the trail.
     fn subject_audit_entries(

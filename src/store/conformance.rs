@@ -141,6 +141,7 @@ pub fn trail_by_subject(store: &dyn Store) -> u64 {
     }
     lookups_by_subject_agree(store, last);
     assert_eq!(store.subject_index_problem().unwrap(), None);
+    assert_eq!(store.audit_rows_below_one().unwrap(), (0, 0));
     last
 }
 

@@ -158,7 +158,7 @@ async fn an_untouched_trail_verifies() {
 #[tokio::test]
 async fn verify_detects_edited_deleted_swapped_and_inserted_entries() {
     type Tamper = fn(&Connection);
-    let cases: [(&str, Tamper, u64); 6] = [
+    let cases: [(&str, Tamper, u64); 7] = [
         (
             "edited",
             |c| {
@@ -241,6 +241,22 @@ async fn verify_detects_edited_deleted_swapped_and_inserted_entries() {
             .unwrap();
             },
             3,
+        ),
+        // A row numbered below the first entry, which nothing reads from entry 1 on: a copy
+        // of an authentic entry, its MAC and all.
+        (
+            "inserted below 1",
+            |c| {
+                let n = c
+                    .execute(
+                        "INSERT INTO audit (seq, entry, prev_hash, hash, mac) \
+                         SELECT -5, entry, prev_hash, hash, mac FROM audit WHERE seq = 3",
+                        [],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1);
+            },
+            0,
         ),
     ];
     for (what, tamper, expected_seq) in cases {

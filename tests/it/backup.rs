@@ -240,6 +240,11 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
             "audit trail is broken at entry",
         ),
         (
+            "a copy of an entry numbered below 1",
+            "INSERT INTO audit SELECT -5, entry, prev_hash, hash, mac FROM audit WHERE seq = 3",
+            "numbered below 1",
+        ),
+        (
             "a trigger added",
             "CREATE TRIGGER quiet BEFORE INSERT ON audit BEGIN SELECT RAISE(IGNORE); END",
             "changed outside kluis",

@@ -604,10 +604,21 @@ fn check_find_plan(
 #[test]
 fn the_trail_is_found_by_subject_past_thousands_of_entries() {
     let Some(cluster) = pg::cluster() else { return };
-    let store = PgStore::connect(&cluster.database()).unwrap();
+    let url = cluster.database();
+    let store = PgStore::connect(&url).unwrap();
     // Lookups agree with a scan of the trail, paged as an export reads it; the index the
     // database computes from the entries has nothing to report.
     kluis::store::conformance::trail_by_subject(&store);
+    // Rows numbered below the first entry, inserted by hand, are counted for `audit verify`.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    db.execute(
+        "INSERT INTO audit (seq, entry, prev_hash, hash, mac) \
+         SELECT s, entry, prev_hash, hash, mac FROM audit, (VALUES (-5::BIGINT), (0)) v(s) \
+         WHERE seq = 3",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(store.audit_rows_below_one().unwrap(), (2, 0));
 }
 
 /// A chain as the trail builds it (each row's `prev_hash` the hash of the row before), of `n`

@@ -227,6 +227,17 @@ impl AuditStore for PgStore {
         })
     }
 
+    fn audit_rows_below_one(&self) -> Result<(u64, i64), StoreError> {
+        self.read_one(|tx| {
+            let count = tx.count("SELECT count(*) FROM audit WHERE seq < 1", &[])?;
+            let highest: i64 = get(
+                &tx.one("SELECT coalesce(max(seq), 0) FROM audit WHERE seq < 1", &[])?,
+                0,
+            )?;
+            Ok((count, highest))
+        })
+    }
+
     fn audit_entries(&self, from: u64, max: usize) -> Result<Vec<AuditRow>, StoreError> {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         self.read_one(|tx| {

@@ -432,6 +432,16 @@ impl AuditStore for SqliteStore {
         })
     }
 
+    fn audit_rows_below_one(&self) -> Result<(u64, i64), StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT count(*), coalesce(max(seq), 0) FROM audit WHERE seq < 1",
+                [],
+                |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?)),
+            )
+        })
+    }
+
     fn audit_entries(&self, from: u64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
