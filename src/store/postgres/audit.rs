@@ -229,12 +229,12 @@ impl AuditStore for PgStore {
 
     fn audit_rows_below_one(&self) -> Result<(u64, i64), StoreError> {
         self.read_one(|tx| {
-            let count = tx.count("SELECT count(*) FROM audit WHERE seq < 1", &[])?;
-            let highest: i64 = get(
-                &tx.one("SELECT coalesce(max(seq), 0) FROM audit WHERE seq < 1", &[])?,
-                0,
+            let row = tx.one(
+                "SELECT count(*), coalesce(max(seq), 0) FROM audit WHERE seq < 1",
+                &[],
             )?;
-            Ok((count, highest))
+            let count: i64 = get(&row, 0)?;
+            Ok((u64::try_from(count).unwrap_or(0), get(&row, 1)?))
         })
     }
 
