@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // A request that does not decode is the client's error, not kluis's (`api::codec`).
+        .codec_path("crate::api::codec::Codec")
         .skip_debug([
             ".kluis.v1.FieldValue",
             ".kluis.v1.PutRecordRequest",

@@ -16,6 +16,7 @@
 //! the calls in that batch do after their entries (they arrived while it ran) runs there too.
 
 pub mod admin;
+pub mod codec;
 pub mod convert;
 pub(crate) mod judge;
 pub mod operator;

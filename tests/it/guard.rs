@@ -1277,3 +1277,186 @@ async fn a_field_named_for_a_bsn_is_read_as_a_labelled_number() {
     assert_eq!(stored_records(&server, "REL-0901").await, 0);
     server.stop().await;
 }
+
+/// Sends bytes as they are, as the message of a call (a client built from other proto files,
+/// or an attacker writing frames by hand).
+#[derive(Clone, Default)]
+struct RawBytes;
+
+struct RawEncoder;
+
+struct AnswerDecoder<U>(std::marker::PhantomData<U>);
+
+impl tonic::codec::Codec for RawBytes {
+    type Encode = bytes::Bytes;
+    type Decode = pb::PutRecordResponse;
+    type Encoder = RawEncoder;
+    type Decoder = AnswerDecoder<pb::PutRecordResponse>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        AnswerDecoder(std::marker::PhantomData)
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(buf, item);
+        Ok(())
+    }
+}
+
+impl<U: prost::Message + Default> tonic::codec::Decoder for AnswerDecoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<U>, tonic::Status> {
+        // Whatever the method answers, only its status matters here.
+        let _ = bytes::Buf::copy_to_bytes(buf, bytes::Buf::remaining(buf));
+        Ok(Some(U::default()))
+    }
+}
+
+/// Calls `path` with `message` as its bytes (as the one message of a client stream when
+/// `streaming`), as `token`; gives the call's status.
+async fn call_raw(
+    server: &TestServer,
+    token: &str,
+    path: &'static str,
+    message: Vec<u8>,
+    streaming: bool,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(server.raw_channel().await);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let answer = if streaming {
+        let stream = tokio_stream::iter(vec![bytes::Bytes::from(message)]);
+        grpc.client_streaming(req(token, stream), path, RawBytes)
+            .await
+            .map(drop)
+    } else {
+        grpc.unary(req(token, bytes::Bytes::from(message)), path, RawBytes)
+            .await
+            .map(drop)
+    };
+    match answer {
+        Ok(()) => tonic::Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn bytes_that_are_no_message_of_the_api_are_invalid_arguments_and_store_nothing() {
+    use prost::Message;
+    let server = TestServer::start().await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let security = server.token(Role::SecurityOfficer).to_owned();
+    // A whole write whose last field's name is not UTF-8: the subject and the first field
+    // decode, the message does not.
+    let write = pb::PutRecordRequest {
+        context: nuisance_ctx(),
+        subject_id: "REL-0909".into(),
+        fields: vec![
+            text("street", "contact", "Dorpsstraat 1"),
+            text("qz", "contact", "x"),
+        ],
+        labels: Default::default(),
+    }
+    .encode_to_vec();
+    let name_at = write
+        .windows(2)
+        .position(|w| w == b"qz")
+        .expect("the name is in the encoding");
+    let mut not_utf8 = write.clone();
+    not_utf8[name_at..name_at + 2].copy_from_slice(&[0xff, 0xfe]);
+    // The record id (field 2) sent as a number, not a string.
+    let wrong_type = vec![0x10, 0x01];
+    // A string whose length runs past the end of the message.
+    let past_the_end = vec![0x12, 0x7f, b'a'];
+    // No message at all: a varint that never ends.
+    let junk = vec![0xff; 11];
+    let cases: Vec<(&str, &'static str, Vec<u8>, bool, &str)> = vec![
+        (
+            &officer,
+            "/kluis.v1.Vault/PutRecord",
+            not_utf8,
+            false,
+            "name",
+        ),
+        (
+            &officer,
+            "/kluis.v1.Vault/PutRecord",
+            junk.clone(),
+            false,
+            "",
+        ),
+        (
+            &officer,
+            "/kluis.v1.Vault/GetRecord",
+            wrong_type,
+            false,
+            "record_id",
+        ),
+        (
+            &officer,
+            "/kluis.v1.Vault/GetRecord",
+            past_the_end,
+            false,
+            "",
+        ),
+        (
+            &officer,
+            "/kluis.v1.Vault/ExportSubject",
+            junk.clone(),
+            false,
+            "",
+        ),
+        (
+            &officer,
+            "/kluis.v1.Vault/PutEvidence",
+            junk.clone(),
+            true,
+            "",
+        ),
+        (
+            &security,
+            "/kluis.v1.Admin/IssueToken",
+            junk.clone(),
+            false,
+            "",
+        ),
+        (&security, "/kluis.v1.Admin/AuditHead", junk, false, ""),
+    ];
+    for (token, path, message, streaming, field) in cases {
+        let status = call_raw(&server, token, path, message, streaming).await;
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{path}: {}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("proto/kluis/v1") && status.message().contains(field),
+            "{path}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(stored_records(&server, "REL-0909").await, 0);
+    // The twin: the same bytes with the name as it was are a write that is stored.
+    let status = call_raw(&server, &officer, "/kluis.v1.Vault/PutRecord", write, false).await;
+    assert_eq!(status.code(), Code::Ok, "{}", status.message());
+    assert_eq!(stored_records(&server, "REL-0909").await, 1);
+}
