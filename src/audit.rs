@@ -1005,6 +1005,21 @@ impl Audit {
         Ok(make_head(&self.keys.head, self.store_id, seq, &hash))
     }
 
+    /// The head of a trail whose last entry is `tail` (sequence number and hash, as stored),
+    /// such as a backup's: with this store's MAC, for `verify` to be checked against later.
+    /// `None` is an empty trail.
+    pub fn head_of(&self, tail: Option<(u64, &[u8])>) -> Result<Head, AuditError> {
+        let (seq, hash) = match tail {
+            None => (0, self.genesis),
+            Some((seq, hash)) => (
+                seq,
+                hash.try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("audit entry {seq}")))?,
+            ),
+        };
+        Ok(make_head(&self.keys.head, self.store_id, seq, &hash))
+    }
+
     fn head_mac(&self, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
         head_mac(&self.keys.head, self.store_id, seq, hash)
     }

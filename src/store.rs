@@ -827,6 +827,15 @@ impl std::fmt::Debug for Resealed {
 /// (`config::MAX_SWEEP_INTERVAL_SECS`) and a minute.
 pub const MAX_LEASE_SECS: i64 = 2 * crate::config::MAX_SWEEP_INTERVAL_SECS.cast_signed() + 60;
 
+/// A snapshot of the whole store (`MetaStore::snapshot`).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The snapshot, open for reading.
+    pub file: std::fs::File,
+    /// The sequence number and hash of the last entry of the trail it holds (`None`: none).
+    pub trail_tail: Option<(u64, Vec<u8>)>,
+}
+
 /// The store's metadata, its initialisation and online snapshots.
 pub trait MetaStore: Send + Sync {
     /// A value of the store's metadata (root key parameters, key check value, wrapped audit key).
@@ -900,8 +909,9 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// A consistent snapshot of the whole store as one file, taken online while writers go on,
-    /// returned open for reading (and already unlinked where the platform allows).
-    fn snapshot(&self) -> Result<std::fs::File, StoreError>;
+    /// returned open for reading (and already unlinked where the platform allows), with the
+    /// last entry of the trail it holds.
+    fn snapshot(&self) -> Result<Snapshot, StoreError>;
 }
 
 /// Purpose key versions, subject keys and key jobs.

@@ -699,7 +699,7 @@ impl AdminRpc for AdminApi {
     ) -> Result<Response<Self::BackupStream>, Status> {
         let creds = super::credentials(&request)?;
         let judge = Judge::new(&self.vault.vault, &self.vault.identity, creds);
-        let ((mut file, principal), permit) = run_long(
+        let ((mut file, head, principal), permit) = run_long(
             &self.vault,
             &self.streams,
             Long::Export,
@@ -707,10 +707,16 @@ impl AdminRpc for AdminApi {
             |vault, principal, req| {
                 vault
                     .backup(principal, &req.justification)
-                    .map(|file| (file, principal.clone()))
+                    .map(|(file, head)| (file, head, principal.clone()))
             },
         )
         .await?;
+        let mut head = Some(pb::AuditHead {
+            seq: head.seq,
+            hash: head.hash,
+            mac: head.mac,
+            store_id: head.store_id,
+        });
         let mut judge = judge.for_call(principal, "backup", None, None);
         let (tx, stream) = self.streams.channel(4);
         tokio::task::spawn_blocking(move || {
@@ -726,6 +732,7 @@ impl AdminRpc for AdminApi {
                         Ok(pb::BackupChunk {
                             data: chunk,
                             size: std::mem::take(&mut size),
+                            head: head.take(),
                         })
                     }
                     Err(e) => {

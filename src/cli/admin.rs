@@ -873,12 +873,16 @@ async fn backup(
         Err(e) => return fail(format!("cannot create `{}`: {e}", partial.display())),
     };
     let (mut written, mut size, mut hash) = (0u64, 0u64, sha2::Sha256::new());
+    let mut head = None;
     let mut bar = super::progress::Progress::new("backup", json);
     let outcome = loop {
         match stream.message().await {
             Ok(Some(chunk)) => {
                 if chunk.size > 0 {
                     size = chunk.size;
+                }
+                if chunk.head.is_some() {
+                    head = chunk.head;
                 }
                 if let Err(e) = out.write_all(&chunk.data) {
                     break Err(fail(format!("cannot write `{}`: {e}", partial.display())));
@@ -911,10 +915,16 @@ async fn backup(
         return exit;
     }
     let digest = hex::encode(hash.finalize());
+    let head = head.map(|h| format!("{}:{}:{}:{}", h.seq, h.hash, h.mac, h.store_id));
     if json {
         out!(
             "{}",
-            serde_json::json!({"file": file.display().to_string(), "bytes": written, "sha256": digest})
+            serde_json::json!({
+                "file": file.display().to_string(),
+                "bytes": written,
+                "sha256": digest,
+                "trail_head": head,
+            })
         );
     } else {
         out!(
@@ -923,12 +933,18 @@ async fn backup(
             file.display(),
             file.display()
         );
+        if let Some(head) = head {
+            out!(
+                "its audit trail ends at {head}: keep this line apart from the backup; \
+                 `kluis restore --expect-head` with it finds entries cut from the backup's end"
+            );
+        }
     }
     Exit::Success
 }
 
 /// Parses `SEQ:HASH:MAC:STORE_ID`, as `audit head` prints it.
-fn parse_head(s: &str) -> Result<pb::AuditHead, String> {
+pub(super) fn parse_head(s: &str) -> Result<pb::AuditHead, String> {
     let mut parts = s.trim().split(':');
     let seq = parts.next().and_then(|p| p.parse().ok());
     let (hash, mac, store_id) = (parts.next(), parts.next(), parts.next());

@@ -5,7 +5,7 @@ use std::{io::Write, path::PathBuf, sync::Arc};
 
 use clap::Args;
 use kluis::{
-    audit::{Audit, AuditError, Verification},
+    audit::{Audit, AuditError, Head, Verification},
     config::{self, KeySource, SystemEnv},
     crypto::Algorithm,
     keys::Keyring,
@@ -28,6 +28,11 @@ pub struct RestoreArgs {
     /// File holding the root passphrase, to check that the backup opens with it.
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
+    /// The head `kluis admin backup` printed for this backup (`SEQ:HASH:MAC:STORE_ID`), kept
+    /// apart from it: the backup's trail must reach that entry with that hash, so entries cut
+    /// from its end (or its whole trail) are found. Needs the root key, which checks the MAC.
+    #[arg(long, value_name = "SEQ:HASH:MAC:STORE_ID")]
+    pub expect_head: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -35,6 +40,21 @@ pub struct RestoreArgs {
 
 /// Runs `kluis restore`.
 pub fn run(args: &RestoreArgs) -> Exit {
+    // What the command line gets wrong is said before anything is written.
+    let expect_head = match args.expect_head.as_deref().map(parse_head).transpose() {
+        Ok(head) => head,
+        Err(e) => {
+            eprintln!("error: {}", kluis::escape::controls(&e));
+            return Exit::Usage;
+        }
+    };
+    if expect_head.is_some() && args.key_file.is_none() && args.passphrase_file.is_none() {
+        eprintln!(
+            "error: --expect-head needs the root key (--key-file or --passphrase-file): the \
+             head's MAC and the trail's entries are checked with the audit key it opens"
+        );
+        return Exit::Usage;
+    }
     let target = args.data_dir.join(config::DB_FILE);
     // Every path a store of this directory keeps: a log or journal left beside a new database
     // would be read into it as its own, and opening the store sweeps the evidence directory of
@@ -68,7 +88,7 @@ pub fn run(args: &RestoreArgs) -> Exit {
         return fail(e);
     }
     let mut made_store = false;
-    let outcome = restore(args, &target, &mut made_store);
+    let outcome = restore(args, expect_head.as_ref(), &target, &mut made_store);
     // Nothing half-restored stays behind: once this restore made the database (and only then:
     // another one's files are not its to remove), every path of the store, and the directories
     // this restore made (each only when empty).
@@ -96,14 +116,19 @@ pub fn run(args: &RestoreArgs) -> Exit {
                         "bytes": bytes,
                         "root_key_checked": unsealed,
                         "trail_verified": unsealed,
+                        "trail_head_checked": unsealed && expect_head.is_some(),
                     })
                 );
             } else {
                 out!(
                     "restored {bytes} bytes into {}{}",
                     args.data_dir.display(),
-                    if unsealed {
-                        "; the root key opens it and its audit trail verifies"
+                    if unsealed && expect_head.is_some() {
+                        "; the root key opens it and its audit trail verifies up to the head \
+                         given"
+                    } else if unsealed {
+                        "; the root key opens it and its audit trail verifies (without a head: \
+                         entries cut from its end are found with --expect-head)"
                     } else {
                         "; serve it with the root key of the server it came from"
                     }
@@ -138,8 +163,19 @@ fn store_paths(target: &std::path::Path) -> Vec<PathBuf> {
     paths
 }
 
+/// Parses `SEQ:HASH:MAC:STORE_ID`, as `kluis admin backup` and `audit head` print it.
+fn parse_head(s: &str) -> Result<Head, String> {
+    super::admin::parse_head(s).map(|h| Head {
+        seq: h.seq,
+        hash: h.hash,
+        mac: h.mac,
+        store_id: h.store_id,
+    })
+}
+
 fn restore(
     args: &RestoreArgs,
+    expect_head: Option<&Head>,
     target: &std::path::Path,
     made_store: &mut bool,
 ) -> Result<(u64, bool), (Exit, String)> {
@@ -211,14 +247,18 @@ fn restore(
                 format!("the root key does not open this backup: {e}"),
             )
         })?;
-    check_trail(store, &keyring)?;
+    check_trail(store, &keyring, expect_head)?;
     Ok((bytes.len() as u64, true))
 }
 
 /// With the root key, the backup's audit trail is verified as `kluis admin audit verify` does
 /// (every entry's hash, MAC and place in the chain): a backup whose trail was edited (an
 /// access deleted from it, an entry retyped) is refused before it is served, not found later.
-fn check_trail(store: Arc<dyn Store>, keyring: &Keyring) -> Result<(), (Exit, String)> {
+fn check_trail(
+    store: Arc<dyn Store>,
+    keyring: &Keyring,
+    expect_head: Option<&Head>,
+) -> Result<(), (Exit, String)> {
     // What a broken trail may come from, and what to do about each.
     const WHAT_TO_DO: &str = "the backup was edited or damaged after it was taken, or the \
         store it came from had a broken trail already (`kluis admin audit verify` there says \
@@ -240,7 +280,7 @@ fn check_trail(store: Arc<dyn Store>, keyring: &Keyring) -> Result<(), (Exit, St
             format!("cannot read the backup's audit trail: {e}"),
         ),
     })?;
-    match audit.verify(None) {
+    match audit.verify(expect_head) {
         Ok(Verification::Intact { .. }) => Ok(()),
         Ok(Verification::Broken { seq, problem }) => Err((
             Exit::CheckFailed,

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use super::{Vault, VaultError, field_aad, rows};
 use crate::{
-    audit::AuditEvent,
+    audit::{AuditEvent, Head},
     crypto::{self, Algorithm},
     domain::{Principal, Purpose, SubjectId, now_unix},
     keys::{KeyError, RootCheck, RootSecret},
@@ -317,7 +317,7 @@ impl Vault {
         &self,
         actor: &Principal,
         justification: &str,
-    ) -> Result<std::fs::File, VaultError> {
+    ) -> Result<(std::fs::File, Head), VaultError> {
         let mut event = self.require_admin(
             actor,
             AdminAction::ManageKeys,
@@ -325,12 +325,23 @@ impl Vault {
             None,
             justification,
         )?;
-        let file = self.store.snapshot()?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        event.reason = Some(format!("snapshot of {size} bytes"));
+        let snapshot = self.store.snapshot()?;
+        // The head of the trail the snapshot holds, with this store's MAC: kept apart from the
+        // backup, it lets a restore find entries cut from the backup's end.
+        let head = self.audit.head_of(
+            snapshot
+                .trail_tail
+                .as_ref()
+                .map(|(seq, hash)| (*seq, hash.as_slice())),
+        )?;
+        let size = snapshot.file.metadata().map(|m| m.len()).unwrap_or(0);
+        event.reason = Some(format!(
+            "snapshot of {size} bytes, its trail up to entry {}",
+            head.seq
+        ));
         event.commit()?;
-        tracing::info!(bytes = size, "backup snapshot taken");
-        Ok(file)
+        tracing::info!(bytes = size, trail_head = head.seq, "backup snapshot taken");
+        Ok((snapshot.file, head))
     }
 
     /// Makes a new version of `purpose`'s key active for new subject keys at once. Existing

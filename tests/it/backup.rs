@@ -132,17 +132,7 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     let key = server.dir.join("root.key");
     let new_dir = tmp.path().join("restored");
     let restore_with = |dir: &std::path::Path, key: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_kluis"))
-            .arg("restore")
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--key-file")
-            .arg(key)
-            .arg("--json")
-            .env("KLUIS_LOG", "warn")
-            .output()
-            .unwrap()
+        restore_cli(&file, dir, &["--key-file", key.to_str().unwrap(), "--json"])
     };
     let restore = |dir: &std::path::Path| restore_with(dir, &key);
     let out = restore(&new_dir);
@@ -264,16 +254,7 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
         assert!(db.total_changes() > 0 || edit.contains("trigger"), "{edit}");
         drop(db);
         let dir = tmp.path().join("from-edited");
-        let out = Command::new(env!("CARGO_BIN_EXE_kluis"))
-            .arg("restore")
-            .arg(&edited)
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--key-file")
-            .arg(&key)
-            .env("KLUIS_LOG", "warn")
-            .output()
-            .unwrap();
+        let out = restore_cli(&edited, &dir, &["--key-file", key.to_str().unwrap()]);
         let said = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(4), "{edit}: {said}");
         assert!(said.contains(expect), "{edit}: {said}");
@@ -317,4 +298,177 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
     ));
     restored.stop().await;
     server.stop().await;
+}
+
+/// Runs `kluis restore BACKUP --data-dir DIR` with `extra` options.
+fn restore_cli(
+    backup: &std::path::Path,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .arg("restore")
+        .arg(backup)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("KLUIS_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_end() {
+    let server = TestServer::start().await;
+    for i in 0..4 {
+        put(
+            &server,
+            Role::NuisanceOfficer,
+            nuisance_ctx(),
+            &format!("REL-07{i}"),
+            vec![text("note", "nuisance-evidence", "noise at night")],
+        )
+        .await;
+    }
+    let tmp = private_tempdir();
+    let backup = tmp.path().join("kluis.backup");
+    let admin = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args(["admin", "--server", &format!("http://{}", server.addr)])
+            .args(args)
+            .env("KLUIS_TOKEN", server.token(Role::SecurityOfficer))
+            .env("KLUIS_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = admin(&["backup".as_ref(), backup.as_os_str(), "--json".as_ref()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let taken: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let head = taken["trail_head"].as_str().unwrap().to_owned();
+    let seq: u64 = head.split(':').next().unwrap().parse().unwrap();
+    assert!(seq >= 4, "{head}");
+    // Said to a person too, with what to do with it.
+    let out = admin(&[
+        "backup".as_ref(),
+        tmp.path().join("second.backup").as_os_str(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("its audit trail ends at") && said.contains("--expect-head"),
+        "{said}"
+    );
+    let key = server.dir.join("root.key");
+    let key = key.to_str().unwrap();
+
+    // Entries cut from the end, the whole trail emptied, rows the check below 1 and the chain
+    // cannot see missing: each is found against the head, with exit 4, and nothing is left.
+    for (edit, sql) in [
+        (
+            "the last entry cut",
+            "DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)",
+        ),
+        (
+            "the last three entries cut",
+            "DELETE FROM audit WHERE seq > (SELECT max(seq) - 3 FROM audit)",
+        ),
+        ("the whole trail emptied", "DELETE FROM audit"),
+    ] {
+        let edited = tmp.path().join("edited.backup");
+        std::fs::copy(&backup, &edited).unwrap();
+        let db = rusqlite::Connection::open(&edited).unwrap();
+        db.execute_batch(sql).unwrap();
+        assert!(db.total_changes() > 0, "{edit}");
+        drop(db);
+        let dir = tmp.path().join("from-edited");
+        let out = restore_cli(&edited, &dir, &["--key-file", key, "--expect-head", &head]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{edit}: {said}");
+        assert!(
+            said.contains("audit trail") && said.contains(&format!("entry {seq}")),
+            "{edit}: {said}"
+        );
+        assert!(
+            !dir.exists(),
+            "{edit}: a refused restore left its directory"
+        );
+    }
+
+    // A head that is not this backup's: another store's id, a MAC changed, an entry further
+    // on than the backup holds (its MAC then does not match).
+    let mut parts: Vec<String> = head.split(':').map(str::to_owned).collect();
+    let flip = |s: &str| {
+        let mut b = s.as_bytes().to_vec();
+        b[0] = if b[0] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(b).unwrap()
+    };
+    let mut heads = Vec::new();
+    for (what, i) in [
+        ("another store's id", 3),
+        ("a changed MAC", 2),
+        ("a changed hash", 1),
+    ] {
+        let kept = parts[i].clone();
+        parts[i] = flip(&kept);
+        heads.push((what, parts.join(":")));
+        parts[i] = kept;
+    }
+    heads.push((
+        "an entry further on",
+        format!("{}:{}", seq + 1, parts[1..].join(":")),
+    ));
+    for (what, forged) in heads {
+        let dir = tmp.path().join("from-forged");
+        let out = restore_cli(
+            &backup,
+            &dir,
+            &["--key-file", key, "--expect-head", &forged],
+        );
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{what}: {said}");
+        assert!(said.contains("audit trail"), "{what}: {said}");
+        assert!(
+            !dir.exists(),
+            "{what}: a refused restore left its directory"
+        );
+    }
+
+    // The command line: a head without the key that checks it, or one that is no head, is a
+    // usage error before anything is written.
+    for (what, extra) in [
+        ("no key", vec!["--expect-head", head.as_str()]),
+        (
+            "not a head",
+            vec!["--key-file", key, "--expect-head", "12:abc"],
+        ),
+    ] {
+        let dir = tmp.path().join("from-usage");
+        let out = restore_cli(&backup, &dir, &extra);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dir.exists(), "{what}");
+    }
+
+    // The twin: the untouched backup restores against its head, and says so.
+    let dir = tmp.path().join("restored");
+    let out = restore_cli(
+        &backup,
+        &dir,
+        &["--key-file", key, "--expect-head", &head, "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["trail_verified"], true);
+    assert_eq!(summary["trail_head_checked"], true);
 }

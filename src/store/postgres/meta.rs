@@ -181,7 +181,7 @@ impl MetaStore for PgStore {
         })
     }
 
-    fn snapshot(&self) -> Result<std::fs::File, StoreError> {
+    fn snapshot(&self) -> Result<crate::store::Snapshot, StoreError> {
         Err(StoreError::Unsupported(format!(
             "a PostgreSQL store is backed up with PostgreSQL's own tools: run `pg_dump \
              --format=custom` against {} (see the README, \"Backup and restore\")",

@@ -164,7 +164,7 @@ impl MetaStore for SqliteStore {
         tx.commit().map_err(db)
     }
 
-    fn snapshot(&self) -> Result<std::fs::File, StoreError> {
+    fn snapshot(&self) -> Result<crate::store::Snapshot, StoreError> {
         let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
         let tmp = dir.join(format!(
             ".backup-{}.db",
@@ -182,7 +182,13 @@ impl MetaStore for SqliteStore {
             read.query_row("SELECT 1 FROM store.meta LIMIT 1", [], |_| Ok(()))
                 .optional()
                 .map_err(db)?;
-            read.query_row("SELECT 1 FROM main.audit LIMIT 1", [], |_| Ok(()))
+            // The snapshot's last entry, for the head a restore can be checked against.
+            let trail_tail: Option<(u64, Vec<u8>)> = read
+                .query_row(
+                    "SELECT seq, hash FROM main.audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?)),
+                )
                 .optional()
                 .map_err(db)?;
             {
@@ -206,7 +212,9 @@ impl MetaStore for SqliteStore {
             read.finish().map_err(db)?;
             self.segments_into(&target)?;
             target.close().map_err(|(_, e)| db(e))?;
-            std::fs::File::open(&tmp).map_err(|e| StoreError::Database(e.to_string()))
+            let file =
+                std::fs::File::open(&tmp).map_err(|e| StoreError::Database(e.to_string()))?;
+            Ok(crate::store::Snapshot { file, trail_tail })
         });
         // The open file stays readable; nothing of it is left behind in the data directory.
         let _ = std::fs::remove_file(&tmp);
