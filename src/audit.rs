@@ -1551,9 +1551,9 @@ fn commit_batch(
             })
         }
     };
-    if outcome.is_err() {
+    if let Err(why) = &outcome {
         committed.set_writable(false);
-        crate::metrics::audit_failed();
+        crate::metrics::audit_failed(matches!(why, NotCommitted::Corrupt(_)));
     }
     (outcome, written)
 }

@@ -76,6 +76,15 @@ pub struct SweepLabels {
     pub outcome: &'static str,
 }
 
+/// Why an audit batch was not committed.
+#[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
+pub struct AuditFailureLabels {
+    /// `unavailable`: the trail could not be written (the store down or busy, a write
+    /// refused; calls fail `UNAVAILABLE`); `broken`: the stored trail is not the one to chain
+    /// onto (its last entry edited, deleted or lost; calls fail `DATA_LOSS`).
+    pub kind: &'static str,
+}
+
 /// Why an authentication failed.
 #[derive(Clone, Debug, Eq, Hash, PartialEq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -106,8 +115,8 @@ pub struct Metrics {
     pub call_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
     /// Audit entries committed.
     pub audit_appends: Counter,
-    /// Audit batches that failed to commit.
-    pub audit_failures: Counter,
+    /// Audit batches that failed to commit, by kind.
+    pub audit_failures: Family<AuditFailureLabels, Counter>,
     /// Entries per committed batch.
     pub audit_batch: Histogram,
     /// Seconds a batch took to commit.
@@ -152,7 +161,7 @@ impl Metrics {
             calls: Family::default(),
             call_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             audit_appends: Counter::default(),
-            audit_failures: Counter::default(),
+            audit_failures: Family::default(),
             audit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             audit_append_seconds: latency_histogram(),
             audit_writable: Gauge::default(),
@@ -186,9 +195,16 @@ impl Metrics {
             "Audit entries committed",
             m.audit_appends.clone(),
         );
+        // Both kinds from the start, at zero: a series that first appears at 1 shows no
+        // `increase()`, and the alert on the first failure after a start would not fire.
+        for kind in ["unavailable", "broken"] {
+            drop(m.audit_failures.get_or_create(&AuditFailureLabels { kind }));
+        }
         registry.register(
             "audit_append_failures",
-            "Audit batches that failed to commit (every call that needs an entry fails meanwhile)",
+            "Audit batches that failed to commit, by kind: unavailable (the trail cannot be \
+             written) or broken (its last entry is not the one to chain onto); every call that \
+             needs an entry fails meanwhile",
             m.audit_failures.clone(),
         );
         registry.register(
@@ -365,10 +381,15 @@ pub fn audit_committed(entries: usize, took: Duration) {
     m.audit_writable.set(1);
 }
 
-/// Records a failed audit batch.
-pub fn audit_failed() {
+/// Records a failed audit batch: `broken` when the stored trail is not the one to chain onto,
+/// otherwise it could not be written.
+pub fn audit_failed(broken: bool) {
     let m = get();
-    m.audit_failures.inc();
+    m.audit_failures
+        .get_or_create(&AuditFailureLabels {
+            kind: if broken { "broken" } else { "unavailable" },
+        })
+        .inc();
     m.audit_writable.set(0);
 }
 

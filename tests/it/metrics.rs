@@ -337,3 +337,61 @@ async fn a_sealed_node_says_so_in_its_metrics() {
     let text = scrape(metrics_port);
     assert_eq!(sample(&text, "kluis_sealed"), Some(1.0), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_audit_appends_are_counted_by_kind() {
+    let tmp = private_tempdir();
+    let metrics_port = free_port();
+    let (_server, port) = serve_dev(tmp.path(), metrics_port);
+    let channel = connect(port).await;
+    let data = tmp.path().join("dev");
+    let tokens: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(data.join("dev-tokens.json")).unwrap()).unwrap();
+    let officer = tokens["nuisance-officer"].as_str().unwrap().to_owned();
+    let client = VaultClient::new(channel);
+    let write = |subject: &str| {
+        let mut client = client.clone();
+        let request = req(
+            &officer,
+            pb::PutRecordRequest {
+                context: nuisance_ctx(),
+                subject_id: subject.into(),
+                fields: vec![text("phone", "contact", "06-1")],
+                ..Default::default()
+            },
+        );
+        async move { client.put_record(request).await }
+    };
+    write("REL-5001").await.unwrap();
+    // Both kinds are there from the start, at zero (a series that first appears at 1 would
+    // show no `increase()` to the alerts).
+    let failures = |kind: &str| {
+        sample(
+            &scrape(metrics_port),
+            &format!("kluis_audit_append_failures_total{{kind=\"{kind}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no series of kind {kind}"))
+    };
+    assert_eq!(failures("unavailable"), 0.0);
+    assert_eq!(failures("broken"), 0.0);
+    let trail = rusqlite::Connection::open(data.join("kluis.db.trail")).unwrap();
+    // A trigger on the trail: kluis refuses to write past it, and the trail is unavailable.
+    trail
+        .execute_batch(
+            "CREATE TRIGGER quiet BEFORE INSERT ON audit BEGIN SELECT RAISE(IGNORE); END",
+        )
+        .unwrap();
+    let refused = write("REL-5002").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(failures("unavailable") >= 1.0);
+    assert_eq!(failures("broken"), 0.0);
+    // Its last entry deleted: the trail is broken.
+    trail
+        .execute_batch(
+            "DROP TRIGGER quiet; DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)",
+        )
+        .unwrap();
+    let refused = write("REL-5003").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused:?}");
+    assert!(failures("broken") >= 1.0);
+}
