@@ -22,8 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("kluis_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // The messages and the servers. A request that does not decode is the client's error, not
+    // kluis's (`api::codec`).
     tonic_prost_build::configure()
-        // A request that does not decode is the client's error, not kluis's (`api::codec`).
+        .build_client(false)
         .codec_path("crate::api::codec::Codec")
         .skip_debug([
             ".kluis.v1.FieldValue",
@@ -46,6 +48,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ])
         .bytes(".kluis.v1.EvidenceChunk.data")
         .bytes(".kluis.v1.EvidenceData.data")
+        .compile_fds(fds.clone())?;
+    // The clients (the CLI's, the tests'), over the same messages, with tonic's own codec: an
+    // answer that does not decode is a fault of the server or of a version between them
+    // (`INTERNAL`), not a refusal of what the client sent.
+    let clients = out_dir.join("clients");
+    std::fs::create_dir_all(&clients)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .extern_path(".kluis.v1", "crate::pb")
+        .out_dir(&clients)
         .compile_fds(fds)?;
     // The bare services the benchmarks measure kluis against.
     let echo = "proto/kluis/bench/v1/echo.proto";

@@ -1141,7 +1141,7 @@ impl Audit {
 
     /// Checks an anchored head before the walk: it must name this store and carry this store's
     /// MAC over it. `None` when it may serve as an anchor.
-    fn refuse_anchor(&self, head: &Head) -> Option<Verification> {
+    pub fn refuse_anchor(&self, head: &Head) -> Option<Verification> {
         let broken = |problem: String| {
             Some(Verification::Broken {
                 seq: head.seq,

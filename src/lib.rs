@@ -52,6 +52,8 @@ mod wait;
 )]
 pub mod pb {
     tonic::include_proto!("kluis.v1");
+    // The clients, built apart from the servers (see `build.rs`).
+    include!(concat!(env!("OUT_DIR"), "/clients/kluis.v1.rs"));
 
     /// The encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -4,12 +4,15 @@
 //! field that is not UTF-8, a field of the wrong wire type, a length past the end) with
 //! `INTERNAL`, the code kluis keeps for its own faults: an alert on `INTERNAL` would fire for a
 //! client's bad bytes, and the client would be told that kluis failed. Here such a message is
-//! `INVALID_ARGUMENT`, with prost's account of what did not decode (a message and field name,
-//! never a value) and what to do. Nothing has been decoded, so nothing is stored.
+//! `INVALID_ARGUMENT`, with prost's account of what did not decode (the message and field where
+//! it can name one; it may quote a number it read, a field number or wire type, never a value)
+//! and what to do. Nothing has been decoded, so nothing is stored. A request framed wrong, which
+//! tonic refuses before any message reaches a codec, is `server::metered`'s to answer.
 //!
-//! The generated clients use this codec too (`build.rs` names it for all of `kluis.v1`): an
-//! answer from a server that does not decode is then `INVALID_ARGUMENT` as well, with the same
-//! message, which says that the two sides were built from different proto files.
+//! Only kluis's servers use this codec (`build.rs` names it for them): the generated clients
+//! are built apart with tonic's, so that an answer from a server that does not decode stays
+//! `INTERNAL` there, a fault of the server or of the versions between them, and is never taken
+//! for a refusal of what the client sent (the CLI keeps what it cannot know to be refused).
 
 use std::marker::PhantomData;
 

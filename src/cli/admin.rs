@@ -960,8 +960,8 @@ pub(super) fn parse_head(s: &str) -> Result<pb::AuditHead, String> {
             })
         }
         _ => Err(format!(
-            "--expect-head `{s}` is not SEQ:HASH:MAC:STORE_ID as printed by `audit head` (a head \
-             is accepted as an anchor only with its MAC and store id)"
+            "--expect-head `{s}` is not SEQ:HASH:MAC:STORE_ID as printed by `audit head` or \
+             `kluis admin backup` (a head is accepted as an anchor only with its MAC and store id)"
         )),
     }
 }

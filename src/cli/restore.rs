@@ -107,7 +107,8 @@ pub fn run(args: &RestoreArgs) -> Exit {
         }
     }
     match outcome {
-        Ok((bytes, unsealed)) => {
+        Ok((bytes, entries)) => {
+            let unsealed = entries.is_some();
             if args.json {
                 out!(
                     "{}",
@@ -117,6 +118,7 @@ pub fn run(args: &RestoreArgs) -> Exit {
                         "root_key_checked": unsealed,
                         "trail_verified": unsealed,
                         "trail_head_checked": unsealed && expect_head.is_some(),
+                        "trail_entries": entries,
                     })
                 );
             } else {
@@ -178,7 +180,7 @@ fn restore(
     expect_head: Option<&Head>,
     target: &std::path::Path,
     made_store: &mut bool,
-) -> Result<(u64, bool), (Exit, String)> {
+) -> Result<(u64, Option<u64>), (Exit, String)> {
     let error = |m: String| (Exit::Error, m);
     let bytes = std::fs::read(&args.backup)
         .map_err(|e| error(format!("cannot read `{}`: {e}", args.backup.display())))?;
@@ -233,7 +235,7 @@ fn restore(
     };
     let Some(source) = source else {
         return match Keyring::is_initialized(store.as_ref()) {
-            Ok(true) => Ok((bytes.len() as u64, false)),
+            Ok(true) => Ok((bytes.len() as u64, None)),
             _ => Err(error("the backup holds no initialised kluis store".into())),
         };
     };
@@ -247,8 +249,8 @@ fn restore(
                 format!("the root key does not open this backup: {e}"),
             )
         })?;
-    check_trail(store, &keyring, expect_head)?;
-    Ok((bytes.len() as u64, true))
+    let entries = check_trail(store, &keyring, expect_head)?;
+    Ok((bytes.len() as u64, Some(entries)))
 }
 
 /// With the root key, the backup's audit trail is verified as `kluis admin audit verify` does
@@ -258,12 +260,13 @@ fn check_trail(
     store: Arc<dyn Store>,
     keyring: &Keyring,
     expect_head: Option<&Head>,
-) -> Result<(), (Exit, String)> {
+) -> Result<u64, (Exit, String)> {
     // What a broken trail may come from, and what to do about each.
     const WHAT_TO_DO: &str = "the backup was edited or damaged after it was taken, or the \
         store it came from had a broken trail already (`kluis admin audit verify` there says \
-        so); restore an earlier backup, or restore this one without the root key to keep it \
-        as it is and investigate";
+        so), or (where entries are missing from its end) the head given is of a later backup \
+        than this one; restore an earlier backup, or restore this one without the root key to \
+        keep it as it is and investigate";
     let key = keyring.audit_key().map_err(|e| {
         (
             Exit::CheckFailed,
@@ -280,8 +283,37 @@ fn check_trail(
             format!("cannot read the backup's audit trail: {e}"),
         ),
     })?;
+    // A head that is not this store's, or not as kluis MAC'd it, says nothing of the backup:
+    // most likely a line copied short or from elsewhere.
+    if let Some(Verification::Broken { problem, .. }) =
+        expect_head.and_then(|head| audit.refuse_anchor(head))
+    {
+        return Err((
+            Exit::CheckFailed,
+            format!(
+                "the head given does not vouch for this backup ({problem}): give the whole line \
+                 `kluis admin backup` printed for this backup, as it printed it; nothing was \
+                 restored"
+            ),
+        ));
+    }
     match audit.verify(expect_head) {
-        Ok(Verification::Intact { .. }) => Ok(()),
+        Ok(Verification::Intact { count, .. }) => match expect_head {
+            // A backup's own head names its last entry. One short of it is another backup's
+            // (an earlier one's) and vouches only for the entries up to it: a later backup cut
+            // back to past that entry would pass it.
+            Some(head) if head.seq < count => Err((
+                Exit::CheckFailed,
+                format!(
+                    "the backup's audit trail goes on past the head given (it ends at entry \
+                     {count}, the head names entry {}): the head is of an earlier backup of this \
+                     store, not the line `kluis admin backup` printed for this one; give that \
+                     line; nothing was restored",
+                    head.seq
+                ),
+            )),
+            _ => Ok(count),
+        },
         Ok(Verification::Broken { seq, problem }) => Err((
             Exit::CheckFailed,
             format!("the backup's audit trail is broken at entry {seq} ({problem}): {WHAT_TO_DO}"),

@@ -76,8 +76,12 @@ where
             )
         });
         let response = self.0.call(req);
+        let ours = path.starts_with("/kluis.v1.");
         Box::pin(async move {
             let mut response = response.await?;
+            if ours {
+                refuse_bad_framing(response.headers_mut());
+            }
             let code = status_of(response.headers());
             let answer = response
                 .extensions_mut()
@@ -107,6 +111,41 @@ fn connection_of(ext: &http::Extensions) -> Option<std::sync::Arc<super::accept:
             .map(|t| t.get_ref())
     })?;
     super::accept::activity_of(tcp.local_addr()?, tcp.remote_addr()?)
+}
+
+/// What tonic says, as `INTERNAL`, of a request whose gRPC framing is wrong (before any
+/// message decodes, so before kluis sees it): a call with no message, a frame cut short (a
+/// length past the end of the body), a compressed flag that is not 0 or 1 or is set without a
+/// `grpc-encoding`. kluis keeps `INTERNAL` for its own faults, which an alert may page for.
+const BAD_FRAMING: [&str; 3] = [
+    "Missing request message.",
+    "Unexpected EOF decoding stream.",
+    "protocol error: received message with ",
+];
+
+/// Turns tonic's `INTERNAL` answer to a badly framed request of kluis's own services into
+/// `INVALID_ARGUMENT`, with what to do (`BAD_FRAMING`; `api::codec` does the same for a message
+/// that does not decode). The answer is trailers-only, as every refusal before a handler's
+/// first message is: its status is in the headers.
+fn refuse_bad_framing(headers: &mut http::HeaderMap) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != tonic::Code::Internal
+        || !BAD_FRAMING.iter().any(|m| status.message().starts_with(m))
+    {
+        return;
+    }
+    let refused = tonic::Status::invalid_argument(format!(
+        "{} The request is not framed as gRPC frames a message (one 5-byte prefix per message: \
+         a compressed flag of 0, unless `grpc-encoding` names a compression kluis takes, and \
+         the message's length; a unary call carries exactly one message); nothing was stored",
+        status.message()
+    ));
+    headers.remove("grpc-message");
+    if refused.add_header(headers).is_err() {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
 }
 
 fn status_of(headers: &http::HeaderMap) -> Option<i32> {

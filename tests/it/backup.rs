@@ -332,6 +332,32 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
     }
     let tmp = private_tempdir();
     let backup = tmp.path().join("kluis.backup");
+    // Writes go on while the backups are taken: each head must be that of the trail its
+    // snapshot holds, not the live trail's a moment later.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, mut client) = (Arc::clone(&stop), server.client().await);
+        let token = server.token(Role::NuisanceOfficer).to_owned();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                client
+                    .put_record(req(
+                        &token,
+                        pb::PutRecordRequest {
+                            context: nuisance_ctx(),
+                            subject_id: format!("REL-08{n}"),
+                            fields: vec![text("phone", "contact", "06-2")],
+                            labels: Default::default(),
+                        },
+                    ))
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
     let admin = |args: &[&std::ffi::OsStr]| {
         Command::new(env!("CARGO_BIN_EXE_kluis"))
             .args(["admin", "--server", &format!("http://{}", server.addr)])
@@ -361,8 +387,47 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
         said.contains("its audit trail ends at") && said.contains("--expect-head"),
         "{said}"
     );
+    // A later backup, of a longer trail.
+    let later = tmp.path().join("later.backup");
+    let out = admin(&["backup".as_ref(), later.as_os_str(), "--json".as_ref()]);
+    let taken: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let later_head = taken["trail_head"].as_str().unwrap().to_owned();
+    stop.store(true, Ordering::SeqCst);
+    assert!(
+        writer.await.unwrap() > 0,
+        "writes went on during the backups"
+    );
     let key = server.dir.join("root.key");
     let key = key.to_str().unwrap();
+
+    // The earlier backup put in place of the later one and restored against the later head:
+    // the entries between the two are missing from its end.
+    let dir = tmp.path().join("from-earlier");
+    let out = restore_cli(
+        &backup,
+        &dir,
+        &["--key-file", key, "--expect-head", &later_head],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{said}");
+    assert!(said.contains("removed from the tail"), "{said}");
+    assert!(!dir.exists());
+    // The later backup against the earlier head, as it is and cut back to just past that head:
+    // the head is not its own, and vouches for neither.
+    let cut = tmp.path().join("later-cut.backup");
+    std::fs::copy(&later, &cut).unwrap();
+    let db = rusqlite::Connection::open(&cut).unwrap();
+    db.execute("DELETE FROM audit WHERE seq > ?1 + 1", [seq])
+        .unwrap();
+    drop(db);
+    for file in [&later, &cut] {
+        let dir = tmp.path().join("from-later");
+        let out = restore_cli(file, &dir, &["--key-file", key, "--expect-head", &head]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{said}");
+        assert!(said.contains("goes on past the head given"), "{said}");
+        assert!(!dir.exists());
+    }
 
     // Entries cut from the end, the whole trail emptied, rows the check below 1 and the chain
     // cannot see missing: each is found against the head, with exit 4, and nothing is left.
@@ -429,7 +494,10 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
         );
         let said = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(4), "{what}: {said}");
-        assert!(said.contains("audit trail"), "{what}: {said}");
+        assert!(
+            said.contains("the head given does not vouch for this backup"),
+            "{what}: {said}"
+        );
         assert!(
             !dir.exists(),
             "{what}: a refused restore left its directory"
@@ -471,4 +539,5 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["trail_verified"], true);
     assert_eq!(summary["trail_head_checked"], true);
+    assert_eq!(summary["trail_entries"], seq);
 }

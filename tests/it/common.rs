@@ -1056,3 +1056,34 @@ pub fn records_off_the_trail(db: &Path) -> Vec<String> {
         .filter(|id| !audited.contains(id))
         .collect()
 }
+
+/// The status a call's response ends with: in its headers when trailers-only (as refusals
+/// before a handler's first message are), else in the trailers at the end of its body.
+pub async fn status_of_response<B>(response: tonic::codegen::http::Response<B>) -> tonic::Status
+where
+    B: http_body::Body + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+        return status;
+    }
+    let mut body = response.into_body();
+    loop {
+        match std::future::poll_fn(|cx| {
+            http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
+        })
+        .await
+        {
+            Some(Ok(frame)) => {
+                if let Some(status) = frame
+                    .trailers_ref()
+                    .and_then(tonic::Status::from_header_map)
+                {
+                    return status;
+                }
+            }
+            Some(Err(e)) => panic!("the call ended without a status: {e:?}"),
+            None => panic!("the call ended without a status"),
+        }
+    }
+}

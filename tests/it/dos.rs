@@ -17,7 +17,7 @@ use tonic::{Code, transport::Endpoint};
 
 use crate::common::{
     SCOPED_SUBJECT, TestServer, assert_exhausted, audit_entries, ctx, get, once_a_place_is_free,
-    put, req, text,
+    put, req, status_of_response, text,
 };
 
 fn export_request(server: &TestServer, role: Role) -> tonic::Request<pb::ExportSubjectRequest> {
@@ -1738,30 +1738,7 @@ async fn call_without_request(
             .body(tonic::body::Body::new(Unfinished(frames.into())))
             .unwrap();
     let response = channel.oneshot(request).await.unwrap();
-    match tonic::Status::from_header_map(response.headers()) {
-        Some(status) => status,
-        // Not trailers-only: the status comes at the end of the body.
-        None => {
-            let mut body = response.into_body();
-            loop {
-                match std::future::poll_fn(|cx| {
-                    http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx)
-                })
-                .await
-                {
-                    Some(Ok(frame)) => {
-                        if let Some(status) = frame
-                            .trailers_ref()
-                            .and_then(tonic::Status::from_header_map)
-                        {
-                            break status;
-                        }
-                    }
-                    other => panic!("the call ended without a status: {other:?}"),
-                }
-            }
-        }
-    }
+    status_of_response(response).await
 }
 
 /// Calls whose request sent its headers and never a message, or a message and never its end,

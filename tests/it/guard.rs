@@ -1330,25 +1330,30 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for AnswerDecoder<U> {
     }
 }
 
-/// Calls `path` with `message` as its bytes (as the one message of a client stream when
-/// `streaming`), as `token`; gives the call's status.
+/// A call of `call_raw`: token, path, messages, whether a client stream, what the status says.
+type RawCase<'a> = (&'a str, &'static str, Vec<Vec<u8>>, bool, &'a str);
+
+/// Calls `path` with `messages` as their bytes (a client stream when `streaming`, else the
+/// one message of a unary call), as `token`; gives the call's status.
 async fn call_raw(
     server: &TestServer,
     token: &str,
     path: &'static str,
-    message: Vec<u8>,
+    mut messages: Vec<Vec<u8>>,
     streaming: bool,
 ) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(server.raw_channel().await);
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
     let answer = if streaming {
-        let stream = tokio_stream::iter(vec![bytes::Bytes::from(message)]);
+        let stream = tokio_stream::iter(messages.into_iter().map(bytes::Bytes::from));
         grpc.client_streaming(req(token, stream), path, RawBytes)
             .await
             .map(drop)
     } else {
-        grpc.unary(req(token, bytes::Bytes::from(message)), path, RawBytes)
+        assert_eq!(messages.len(), 1, "a unary call has one message");
+        let message = bytes::Bytes::from(messages.remove(0));
+        grpc.unary(req(token, message), path, RawBytes)
             .await
             .map(drop)
     };
@@ -1388,60 +1393,91 @@ async fn bytes_that_are_no_message_of_the_api_are_invalid_arguments_and_store_no
     let past_the_end = vec![0x12, 0x7f, b'a'];
     // No message at all: a varint that never ends.
     let junk = vec![0xff; 11];
-    let cases: Vec<(&str, &'static str, Vec<u8>, bool, &str)> = vec![
+    // An upload whose start is sound and whose next message is not.
+    let start = evidence_start(
+        nuisance_ctx(),
+        "REL-0910",
+        "",
+        "photo",
+        "image/jpeg",
+        "hal.jpg",
+    )
+    .encode_to_vec();
+    // What prost says of the bytes, and the field where it can name one.
+    let cases: Vec<RawCase<'_>> = vec![
         (
             &officer,
             "/kluis.v1.Vault/PutRecord",
-            not_utf8,
+            vec![not_utf8],
             false,
-            "name",
+            "FieldValue.name",
         ),
         (
             &officer,
             "/kluis.v1.Vault/PutRecord",
-            junk.clone(),
+            vec![junk.clone()],
             false,
-            "",
+            "invalid varint",
         ),
         (
             &officer,
             "/kluis.v1.Vault/GetRecord",
-            wrong_type,
+            vec![wrong_type],
             false,
-            "record_id",
+            "GetRecordRequest.record_id",
         ),
         (
             &officer,
             "/kluis.v1.Vault/GetRecord",
-            past_the_end,
+            vec![past_the_end],
             false,
-            "",
+            "GetRecordRequest.record_id",
         ),
         (
             &officer,
             "/kluis.v1.Vault/ExportSubject",
-            junk.clone(),
+            vec![junk.clone()],
             false,
-            "",
+            "invalid varint",
         ),
         (
             &officer,
             "/kluis.v1.Vault/PutEvidence",
-            junk.clone(),
+            vec![junk.clone()],
             true,
-            "",
+            "invalid varint",
+        ),
+        (
+            &officer,
+            "/kluis.v1.Vault/PutEvidence",
+            vec![start, junk.clone()],
+            true,
+            "invalid varint",
         ),
         (
             &security,
             "/kluis.v1.Admin/IssueToken",
-            junk.clone(),
+            vec![junk.clone()],
             false,
-            "",
+            "invalid varint",
         ),
-        (&security, "/kluis.v1.Admin/AuditHead", junk, false, ""),
+        (
+            &security,
+            "/kluis.v1.Admin/AuditHead",
+            vec![junk.clone()],
+            false,
+            "invalid varint",
+        ),
+        (
+            &security,
+            "/kluis.v1.Operator/Unseal",
+            vec![junk],
+            false,
+            "invalid varint",
+        ),
     ];
-    for (token, path, message, streaming, field) in cases {
-        let status = call_raw(&server, token, path, message, streaming).await;
+    for (token, path, messages, streaming, said) in cases {
+        let status = call_raw(&server, token, path, messages, streaming).await;
         assert_eq!(
             status.code(),
             Code::InvalidArgument,
@@ -1449,14 +1485,160 @@ async fn bytes_that_are_no_message_of_the_api_are_invalid_arguments_and_store_no
             status.message()
         );
         assert!(
-            status.message().contains("proto/kluis/v1") && status.message().contains(field),
+            status
+                .message()
+                .contains("failed to decode Protobuf message")
+                && status.message().contains(said)
+                && status.message().contains("proto/kluis/v1"),
             "{path}: {}",
             status.message()
         );
     }
+    assert_eq!(stored_records(&server, "REL-0910").await, 0);
     assert_eq!(stored_records(&server, "REL-0909").await, 0);
     // The twin: the same bytes with the name as it was are a write that is stored.
-    let status = call_raw(&server, &officer, "/kluis.v1.Vault/PutRecord", write, false).await;
+    let status = call_raw(
+        &server,
+        &officer,
+        "/kluis.v1.Vault/PutRecord",
+        vec![write],
+        false,
+    )
+    .await;
     assert_eq!(status.code(), Code::Ok, "{}", status.message());
     assert_eq!(stored_records(&server, "REL-0909").await, 1);
+}
+
+/// A request body of `frames`, then its end.
+struct Framed(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Framed {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+/// A gRPC frame: `flag`, the length `announced`, then `body`.
+fn frame(flag: u8, announced: usize, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![flag];
+    f.extend_from_slice(&u32::try_from(announced).unwrap().to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// Posts `body` as it is to `path`, as `token`: the call's status.
+async fn post_framed(
+    server: &TestServer,
+    token: &str,
+    path: &str,
+    body: Vec<Vec<u8>>,
+) -> tonic::Status {
+    use tower::ServiceExt;
+    let request = tonic::codegen::http::Request::post(format!("http://kluis{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(tonic::body::Body::new(Framed(
+            body.into_iter().map(bytes::Bytes::from).collect(),
+        )))
+        .unwrap();
+    let response = server.raw_channel().await.oneshot(request).await.unwrap();
+    status_of_response(response).await
+}
+
+/// tonic answers a request framed wrong (no message, a frame cut short, a compressed flag it
+/// cannot take) with `INTERNAL` before kluis sees a message; kluis's services answer
+/// `INVALID_ARGUMENT`, saying how a request is framed, and store nothing.
+#[tokio::test]
+async fn badly_framed_requests_are_invalid_arguments_and_store_nothing() {
+    use prost::Message;
+    let server = TestServer::start().await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let write = pb::PutRecordRequest {
+        context: nuisance_ctx(),
+        subject_id: "REL-0911".into(),
+        fields: vec![text("phone", "contact", "06-3")],
+        labels: Default::default(),
+    }
+    .encode_to_vec();
+    let start = evidence_start(
+        nuisance_ctx(),
+        "REL-0911",
+        "",
+        "photo",
+        "image/jpeg",
+        "hal.jpg",
+    )
+    .encode_to_vec();
+    let cases: Vec<(&str, &str, Vec<Vec<u8>>)> = vec![
+        ("no message", "/kluis.v1.Vault/PutRecord", vec![]),
+        (
+            "an empty body frame",
+            "/kluis.v1.Vault/PutRecord",
+            vec![Vec::new()],
+        ),
+        (
+            "a length past the end",
+            "/kluis.v1.Vault/PutRecord",
+            vec![frame(0, write.len() + 9, &write)],
+        ),
+        (
+            "half a prefix",
+            "/kluis.v1.Vault/GetRecord",
+            vec![vec![0, 0]],
+        ),
+        (
+            "compressed without an encoding",
+            "/kluis.v1.Vault/PutRecord",
+            vec![frame(1, write.len(), &write)],
+        ),
+        (
+            "a flag that is no flag",
+            "/kluis.v1.Vault/PutRecord",
+            vec![frame(7, write.len(), &write)],
+        ),
+        (
+            "an upload's second frame with a flag that is no flag",
+            "/kluis.v1.Vault/PutEvidence",
+            vec![frame(0, start.len(), &start), frame(7, 4, b"jpeg")],
+        ),
+        (
+            "an upload's second frame cut short",
+            "/kluis.v1.Vault/PutEvidence",
+            vec![frame(0, start.len(), &start), frame(0, 4096, b"jpeg")],
+        ),
+    ];
+    for (what, path, body) in cases {
+        let status = post_framed(&server, &officer, path, body).await;
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{what}: {}",
+            status.message()
+        );
+        assert!(
+            status
+                .message()
+                .contains("not framed as gRPC frames a message"),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(stored_records(&server, "REL-0911").await, 0);
+    // The twin: the same write framed right is stored.
+    let status = post_framed(
+        &server,
+        &officer,
+        "/kluis.v1.Vault/PutRecord",
+        vec![frame(0, write.len(), &write)],
+    )
+    .await;
+    assert_eq!(status.code(), Code::Ok, "{}", status.message());
+    assert_eq!(stored_records(&server, "REL-0911").await, 1);
 }
