@@ -1642,3 +1642,93 @@ async fn badly_framed_requests_are_invalid_arguments_and_store_nothing() {
     assert_eq!(status.code(), Code::Ok, "{}", status.message());
     assert_eq!(stored_records(&server, "REL-0911").await, 1);
 }
+
+/// A response body: `data` as one gRPC frame, then trailers saying OK.
+struct AnswerBody(Option<bytes::Bytes>, bool);
+
+impl http_body::Body for AnswerBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(data) = self.0.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        if std::mem::replace(&mut self.1, false) {
+            let mut trailers = tonic::codegen::http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
+        std::task::Poll::Ready(None)
+    }
+}
+
+/// A server that calls itself `kluis.v1.Operator` and answers every call with bytes that are
+/// no message of kluis's API (a string that is not UTF-8): a server of another version, or not
+/// kluis at all.
+#[derive(Clone)]
+struct ForeignOperator;
+
+impl tonic::server::NamedService for ForeignOperator {
+    const NAME: &'static str = "kluis.v1.Operator";
+}
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for ForeignOperator {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let answer = frame(0, 4, &[0x0a, 0x02, 0xff, 0xfe]);
+        let response = tonic::codegen::http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(AnswerBody(
+                Some(bytes::Bytes::from(answer)),
+                true,
+            )))
+            .unwrap();
+        std::future::ready(Ok(response))
+    }
+}
+
+/// kluis's clients (the CLI's) keep tonic's codec: an answer that does not decode is the
+/// server's fault (`INTERNAL`), never taken for a refusal of what was sent (`INVALID_ARGUMENT`,
+/// which `kluis operator rekey-shares` takes as "nothing changed" and deletes the new shares).
+#[tokio::test]
+async fn an_answer_that_does_not_decode_is_no_refusal_to_a_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ForeignOperator)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = pb::operator_client::OperatorClient::new(channel)
+        .replace_shares(pb::ReplaceSharesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("failed to decode Protobuf message"),
+        "{}",
+        status.message()
+    );
+    server.abort();
+}
