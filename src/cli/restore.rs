@@ -211,7 +211,22 @@ fn restore(
     if check != "ok" {
         return Err((Exit::CheckFailed, format!("the backup is damaged: {check}")));
     }
-    let store = config::open_store(&args.data_dir).map_err(|e| error(e.to_string()))?;
+    // The file is a sound database (checked above) that restore made itself: what keeps it
+    // from opening as a store (its mark behind its trail's, a value of another type) is in its
+    // content, put there after kluis wrote it.
+    let store = config::open_store(&args.data_dir).map_err(|e| match e {
+        config::OpenError::Store {
+            source: StoreError::Config(why) | StoreError::Corrupt(why),
+            ..
+        } => (
+            Exit::CheckFailed,
+            format!(
+                "the backup does not open as the store kluis wrote ({why}): it was edited after \
+                 it was taken, or the store it came from was; restore an earlier backup"
+            ),
+        ),
+        e => error(e.to_string()),
+    })?;
     // The schema the migrations made, and SQLite's own check of both files: a trigger, view,
     // table or column added by hand, a table rebuilt without its constraints, is refused here
     // as `serve` would refuse to write on it.

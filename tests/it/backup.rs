@@ -240,6 +240,11 @@ async fn an_online_backup_restores_into_a_server_that_reads_everything() {
             "changed outside kluis",
         ),
         (
+            "the store's mark taken back below its trail's",
+            "DELETE FROM meta WHERE key = 'store_mark'",
+            "does not open as the store kluis wrote",
+        ),
+        (
             "the trail's table rebuilt without its constraints",
             "CREATE TABLE loose (seq INTEGER PRIMARY KEY, entry, prev_hash, hash, mac); \
              INSERT INTO loose SELECT * FROM audit; DROP TABLE audit; \
