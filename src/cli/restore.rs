@@ -126,8 +126,8 @@ pub fn run(args: &RestoreArgs) -> Exit {
                     "restored {bytes} bytes into {}{}",
                     args.data_dir.display(),
                     if unsealed && expect_head.is_some() {
-                        "; the root key opens it and its audit trail verifies up to the head \
-                         given"
+                        "; the root key opens it and its audit trail verifies, ending at the \
+                         head given"
                     } else if unsealed {
                         "; the root key opens it and its audit trail verifies (without a head: \
                          entries cut from its end are found with --expect-head)"

@@ -80,7 +80,7 @@ where
         Box::pin(async move {
             let mut response = response.await?;
             if ours {
-                refuse_bad_framing(response.headers_mut());
+                restate_protocol_refusals(response.headers_mut());
             }
             let code = status_of(response.headers());
             let answer = response
@@ -123,28 +123,43 @@ const BAD_FRAMING: [&str; 3] = [
     "protocol error: received message with ",
 ];
 
-/// Turns tonic's `INTERNAL` answer to a badly framed request of kluis's own services into
-/// `INVALID_ARGUMENT`, with what to do (`BAD_FRAMING`; `api::codec` does the same for a message
-/// that does not decode). The answer is trailers-only, as every refusal before a handler's
-/// first message is: its status is in the headers.
-fn refuse_bad_framing(headers: &mut http::HeaderMap) {
+/// tonic's refusal of an unknown `grpc-encoding`, which quotes the header's value.
+const UNKNOWN_ENCODING: &str = "Content is compressed with `";
+
+/// Restates tonic's own refusals of a request to kluis's services, made before any message
+/// decodes: its `INTERNAL` answer to a badly framed request becomes `INVALID_ARGUMENT`, with
+/// what to do (`BAD_FRAMING`; `api::codec` does the same for a message that does not decode),
+/// and its `UNIMPLEMENTED` answer to an unknown `grpc-encoding` no longer repeats the header's
+/// value (whatever a client put there). Such an answer is trailers-only, as every refusal
+/// before a handler's first message is: its status is in the headers.
+fn restate_protocol_refusals(headers: &mut http::HeaderMap) {
     let Some(status) = tonic::Status::from_header_map(headers) else {
         return;
     };
-    if status.code() != tonic::Code::Internal
-        || !BAD_FRAMING.iter().any(|m| status.message().starts_with(m))
-    {
-        return;
-    }
-    let refused = tonic::Status::invalid_argument(format!(
-        "{} The request is not framed as gRPC frames a message (one 5-byte prefix per message: \
-         a compressed flag of 0, unless `grpc-encoding` names a compression kluis takes, and \
-         the message's length; a unary call carries exactly one message); nothing was stored",
-        status.message()
-    ));
+    let restated = match status.code() {
+        tonic::Code::Internal if BAD_FRAMING.iter().any(|m| status.message().starts_with(m)) => {
+            tonic::Status::invalid_argument(format!(
+                "{} The request is not framed as gRPC frames a message (one 5-byte prefix per \
+                 message: a compressed flag of 0, unless `grpc-encoding` names a compression \
+                 kluis takes, and the message's length; a unary call carries exactly one \
+                 message); nothing was stored",
+                status.message()
+            ))
+        }
+        tonic::Code::Unimplemented if status.message().starts_with(UNKNOWN_ENCODING) => {
+            tonic::Status::unimplemented(
+                "the request's `grpc-encoding` names a compression kluis does not take (its \
+                 value is not repeated here); send the request uncompressed (`identity`)",
+            )
+        }
+        _ => return,
+    };
     headers.remove("grpc-message");
-    if refused.add_header(headers).is_err() {
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    if restated.add_header(headers).is_err() {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(restated.code() as i32),
+        );
     }
 }
 

@@ -1539,10 +1539,22 @@ async fn post_framed(
     path: &str,
     body: Vec<Vec<u8>>,
 ) -> tonic::Status {
+    post_framed_with(server, token, path, body, "identity").await
+}
+
+/// `post_framed`, with `encoding` as the request's `grpc-encoding`.
+async fn post_framed_with(
+    server: &TestServer,
+    token: &str,
+    path: &str,
+    body: Vec<Vec<u8>>,
+    encoding: &str,
+) -> tonic::Status {
     use tower::ServiceExt;
     let request = tonic::codegen::http::Request::post(format!("http://kluis{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
+        .header("grpc-encoding", encoding)
         .header("authorization", format!("Bearer {token}"))
         .body(tonic::body::Body::new(Framed(
             body.into_iter().map(bytes::Bytes::from).collect(),
@@ -1630,6 +1642,22 @@ async fn badly_framed_requests_are_invalid_arguments_and_store_nothing() {
             status.message()
         );
     }
+    // A compression kluis does not take is UNIMPLEMENTED, as gRPC says, without repeating what
+    // the client put in the header.
+    let status = post_framed_with(
+        &server,
+        &officer,
+        "/kluis.v1.Vault/PutRecord",
+        vec![frame(1, write.len(), &write)],
+        "bsn-111222333",
+    )
+    .await;
+    assert_eq!(status.code(), Code::Unimplemented, "{}", status.message());
+    assert!(
+        status.message().contains("`grpc-encoding`") && !status.message().contains("111222333"),
+        "{}",
+        status.message()
+    );
     assert_eq!(stored_records(&server, "REL-0911").await, 0);
     // The twin: the same write framed right is stored.
     let status = post_framed(
