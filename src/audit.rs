@@ -1009,14 +1009,7 @@ impl Audit {
     /// such as a backup's: with this store's MAC, for `verify` to be checked against later.
     /// `None` is an empty trail.
     pub fn head_of(&self, tail: Option<(u64, &[u8])>) -> Result<Head, AuditError> {
-        let (seq, hash) = match tail {
-            None => (0, self.genesis),
-            Some((seq, hash)) => (
-                seq,
-                hash.try_into()
-                    .map_err(|_| StoreError::Corrupt(format!("audit entry {seq}")))?,
-            ),
-        };
+        let (seq, hash) = tail_of(tail, self.genesis)?;
         Ok(make_head(&self.keys.head, self.store_id, seq, &hash))
     }
 
@@ -1388,16 +1381,20 @@ fn parse_hash(s: &str) -> Option<[u8; 32]> {
 /// The tail of the trail: the last entry's sequence number and hash, or (0, `genesis`) for an
 /// empty trail.
 fn read_tail(store: &dyn Store, genesis: [u8; 32]) -> Result<(u64, [u8; 32]), AuditError> {
-    match store.audit_tail()? {
+    let row = store.audit_tail()?;
+    tail_of(row.as_ref().map(|r| (r.seq, r.hash.as_slice())), genesis)
+}
+
+/// The sequence number and hash of a trail whose last entry is `tail` as stored (`None`: an
+/// empty trail, at the genesis hash).
+fn tail_of(tail: Option<(u64, &[u8])>, genesis: [u8; 32]) -> Result<(u64, [u8; 32]), AuditError> {
+    match tail {
         None => Ok((0, genesis)),
-        Some(row) => {
-            let hash: [u8; 32] = row
-                .hash
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(format!("audit entry {}", row.seq)))?;
-            Ok((row.seq, hash))
-        }
+        Some((seq, hash)) => Ok((
+            seq,
+            hash.try_into()
+                .map_err(|_| StoreError::Corrupt(format!("audit entry {seq}")))?,
+        )),
     }
 }
 

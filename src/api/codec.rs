@@ -1,4 +1,5 @@
-//! The protobuf codec of kluis's services: prost's, except for a message that does not decode.
+//! The protobuf codec of kluis's servers: tonic's prost codec (its encoder), except for a
+//! message that does not decode.
 //!
 //! tonic's codec answers a request whose bytes are not a valid message of its type (a string
 //! field that is not UTF-8, a field of the wrong wire type, a length past the end) with
@@ -19,10 +20,11 @@ use std::marker::PhantomData;
 use prost::Message;
 use tonic::{
     Status,
-    codec::{BufferSettings, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::{BufferSettings, DecodeBuf, Decoder},
 };
+use tonic_prost::ProstEncoder;
 
-/// The codec `build.rs` gives every method of `kluis.v1` (`codec_path`).
+/// The codec `build.rs` gives every server method of `kluis.v1` (`codec_path`).
 #[derive(Debug, Clone)]
 pub struct Codec<T, U>(PhantomData<(T, U)>);
 
@@ -39,34 +41,15 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = MessageEncoder<T>;
+    type Encoder = ProstEncoder<T>;
     type Decoder = MessageDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        MessageEncoder(PhantomData)
+        ProstEncoder::default()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         MessageDecoder(PhantomData)
-    }
-}
-
-/// Encodes a `T` as prost does.
-#[derive(Debug, Clone)]
-pub struct MessageEncoder<T>(PhantomData<T>);
-
-impl<T: Message> Encoder for MessageEncoder<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        // `EncodeBuf` grows as it is written: prost's only error, too little room, cannot come.
-        item.encode(buf)
-            .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
     }
 }
 

@@ -327,7 +327,9 @@ impl Vault {
         )?;
         let snapshot = self.store.snapshot()?;
         // The head of the trail the snapshot holds, with this store's MAC: kept apart from the
-        // backup, it lets a restore find entries cut from the backup's end.
+        // backup, it lets a restore find entries cut from the backup's end. The tail is MAC'd
+        // as stored; the backup's own entry, committed below, chains onto it and so refuses a
+        // tail edited or cut under this node (and with it the backup).
         let head = self.audit.head_of(
             snapshot
                 .trail_tail

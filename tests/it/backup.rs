@@ -322,6 +322,25 @@ fn restore_cli(
         .unwrap()
 }
 
+/// Restores `backup` into a new directory with `extra` options and checks it was refused with
+/// exit 4, saying `expect`, with nothing left behind; `what` names the case.
+fn assert_refused(
+    backup: &std::path::Path,
+    dir: &std::path::Path,
+    extra: &[&str],
+    expect: &str,
+    what: &str,
+) {
+    let out = restore_cli(backup, dir, extra);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{what}: {said}");
+    assert!(said.contains(expect), "{what}: {said}");
+    assert!(
+        !dir.exists(),
+        "{what}: a refused restore left its directory"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_end() {
     let server = TestServer::start().await;
@@ -407,16 +426,13 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
 
     // The earlier backup put in place of the later one and restored against the later head:
     // the entries between the two are missing from its end.
-    let dir = tmp.path().join("from-earlier");
-    let out = restore_cli(
+    assert_refused(
         &backup,
-        &dir,
+        &tmp.path().join("from-earlier"),
         &["--key-file", key, "--expect-head", &later_head],
+        "removed from the tail",
+        "an earlier backup against a later head",
     );
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "{said}");
-    assert!(said.contains("removed from the tail"), "{said}");
-    assert!(!dir.exists());
     // The later backup against the earlier head, as it is and cut back to just past that head:
     // the head is not its own, and vouches for neither.
     let cut = tmp.path().join("later-cut.backup");
@@ -426,12 +442,13 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
         .unwrap();
     drop(db);
     for file in [&later, &cut] {
-        let dir = tmp.path().join("from-later");
-        let out = restore_cli(file, &dir, &["--key-file", key, "--expect-head", &head]);
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(4), "{said}");
-        assert!(said.contains("goes on past the head given"), "{said}");
-        assert!(!dir.exists());
+        assert_refused(
+            file,
+            &tmp.path().join("from-later"),
+            &["--key-file", key, "--expect-head", &head],
+            "goes on past the head given",
+            "a later backup against an earlier head",
+        );
     }
 
     // Entries cut from the end, the whole trail emptied, rows the check below 1 and the chain
@@ -453,17 +470,12 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
         db.execute_batch(sql).unwrap();
         assert!(db.total_changes() > 0, "{edit}");
         drop(db);
-        let dir = tmp.path().join("from-edited");
-        let out = restore_cli(&edited, &dir, &["--key-file", key, "--expect-head", &head]);
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(4), "{edit}: {said}");
-        assert!(
-            said.contains("audit trail") && said.contains(&format!("entry {seq}")),
-            "{edit}: {said}"
-        );
-        assert!(
-            !dir.exists(),
-            "{edit}: a refused restore left its directory"
+        assert_refused(
+            &edited,
+            &tmp.path().join("from-edited"),
+            &["--key-file", key, "--expect-head", &head],
+            &format!("the anchored head is entry {seq}: entries were removed from the tail"),
+            edit,
         );
     }
 
@@ -491,21 +503,12 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
         format!("{}:{}", seq + 1, parts[1..].join(":")),
     ));
     for (what, forged) in heads {
-        let dir = tmp.path().join("from-forged");
-        let out = restore_cli(
+        assert_refused(
             &backup,
-            &dir,
+            &tmp.path().join("from-forged"),
             &["--key-file", key, "--expect-head", &forged],
-        );
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(4), "{what}: {said}");
-        assert!(
-            said.contains("the head given does not vouch for this backup"),
-            "{what}: {said}"
-        );
-        assert!(
-            !dir.exists(),
-            "{what}: a refused restore left its directory"
+            "the head given does not vouch for this backup",
+            what,
         );
     }
 
