@@ -197,6 +197,38 @@ fn discard(vault: Arc<Vault>, key: CallerKey, upload: Upload) {
     });
 }
 
+/// Discards a refused upload before its refusal is answered: the chunk being written lands
+/// first, then the upload is dropped on a call thread and awaited. "Nothing was stored" holds
+/// when the client reads it, and a client that sends the file again at once, into the same
+/// field, finds nothing of the refused one in its way. When the node is stopping, the guard
+/// discards it as it would for a client that went.
+async fn discard_before_answering(
+    vault: &Arc<Vault>,
+    key: CallerKey,
+    upload: &mut UploadGuard,
+    writing: &mut WriteGuard,
+) {
+    if let Some(task) = writing.task.as_mut() {
+        let done = task.await;
+        writing.task = None;
+        // On an error the upload was dropped, and so discarded, on its thread.
+        if let Ok(Ok((u, _))) = done {
+            upload.upload = Some(u);
+        }
+    }
+    let Some(u) = upload.upload.take() else {
+        return;
+    };
+    match super::take_place(vault, key).await {
+        Ok(place) => {
+            if place.run(move || drop(u)).await.is_err() {
+                tracing::error!("discarding a refused upload failed unexpectedly");
+            }
+        }
+        Err(_) => upload.upload = Some(u),
+    }
+}
+
 /// A chunk being written on a blocking thread. Dropped before the write is awaited (the handler
 /// ended early), it hands the upload, once written, to a blocking thread to be discarded.
 struct WriteGuard {
@@ -340,8 +372,9 @@ impl VaultRpc for VaultApi {
         };
         // A message that came while short data messages were joined, taken next.
         let mut held: Option<Received> = None;
-        loop {
-            let message = match held.take() {
+        let outcome: Result<Response<pb::PutEvidenceResponse>, Status> = async {
+            loop {
+                let message = match held.take() {
                 Some(message) => message,
                 None => {
                     let next = tokio::time::timeout(EVIDENCE_IDLE, stream.message());
@@ -371,101 +404,107 @@ impl VaultRpc for VaultApi {
                 }
             }
             .map_err(|s| unreadable(s, Expected::Chunk))?;
-            if let Some(task) = writing.task.take() {
-                (upload.upload, judge) = written(task.await).map(|(u, j)| (Some(u), j))?;
-            }
-            match message {
-                // A call that ends without `end` is not an upload finished: a client that
-                // stopped, or cancelled the call (HTTP/2 ends such a request body as if it were
-                // complete), leaves nothing stored.
-                None => {
-                    return Err(Status::invalid_argument(
-                        "`end`: the upload ended without its `end` message; nothing was \
-                         stored. Send the file again, and `end` with its size last",
-                    ));
+                if let Some(task) = writing.task.take() {
+                    (upload.upload, judge) = written(task.await).map(|(u, j)| (Some(u), j))?;
                 }
-                Some(pb::EvidenceChunk {
-                    part: Some(pb::evidence_chunk::Part::End(end)),
-                }) => {
-                    let end = UploadEnd::parse(end.size, &end.sha256)
-                        .map_err(|e| super::status::to_status(VaultError::from(e)))?;
-                    // `end` is the last message: the file is stored once the client has
-                    // closed its side of the call with nothing after it (a message after
-                    // `end` would be data the receipt does not cover).
-                    let after = tokio::time::timeout(AFTER_END, stream.message())
-                        .await
-                        .map_err(|_| {
-                            Status::deadline_exceeded(
-                                "`end`: the call was not closed within 5 s of `end`; nothing \
-                                 was stored. Close the request stream after `end`",
-                            )
-                        })?
-                        .map_err(|s| unreadable(s, Expected::AfterEnd))?;
-                    if after.is_some() {
+                match message {
+                    // A call that ends without `end` is not an upload finished: a client that
+                    // stopped, or cancelled the call (HTTP/2 ends such a request body as if it were
+                    // complete), leaves nothing stored.
+                    None => {
                         return Err(Status::invalid_argument(
-                            "`end`: a message came after `end`, which must be the last; \
-                             nothing was stored. Send the file again, `end` last",
+                            "`end`: the upload ended without its `end` message; nothing was \
+                         stored. Send the file again, and `end` with its size last",
                         ));
                     }
-                    let Some(mut u) = upload.upload.take() else {
-                        return Err(Status::internal("internal error"));
-                    };
-                    let ctx = Arc::clone(&ctx);
-                    let receipt = blocking(&self.vault.vault, key, move || {
-                        judge
-                            .judge(|_, principal| u.keep(principal, &ctx))
-                            .map_err(|e| u.ended(e))?;
-                        u.finish(&end)
-                    })
-                    .await?;
-                    return Ok(Response::new(pb::PutEvidenceResponse {
-                        evidence_id: receipt.evidence_id,
-                        record_id: receipt.record_id,
-                        size: receipt.size,
-                        sha256: receipt.sha256,
-                        expires_at: receipt.expires_at.map(convert::timestamp),
-                    }));
-                }
-                Some(pb::EvidenceChunk {
-                    part: Some(pb::evidence_chunk::Part::Data(data)),
-                }) => {
-                    if data.len() > MAX_EVIDENCE_CHUNK {
-                        return Err(Status::invalid_argument(format!(
-                            "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes"
-                        )));
+                    Some(pb::EvidenceChunk {
+                        part: Some(pb::evidence_chunk::Part::End(end)),
+                    }) => {
+                        let end = UploadEnd::parse(end.size, &end.sha256)
+                            .map_err(|e| super::status::to_status(VaultError::from(e)))?;
+                        // `end` is the last message: the file is stored once the client has
+                        // closed its side of the call with nothing after it (a message after
+                        // `end` would be data the receipt does not cover).
+                        let after = tokio::time::timeout(AFTER_END, stream.message())
+                            .await
+                            .map_err(|_| {
+                                Status::deadline_exceeded(
+                                    "`end`: the call was not closed within 5 s of `end`; nothing \
+                                 was stored. Close the request stream after `end`",
+                                )
+                            })?
+                            .map_err(|s| unreadable(s, Expected::AfterEnd))?;
+                        if after.is_some() {
+                            return Err(Status::invalid_argument(
+                                "`end`: a message came after `end`, which must be the last; \
+                             nothing was stored. Send the file again, `end` last",
+                            ));
+                        }
+                        let Some(mut u) = upload.upload.take() else {
+                            return Err(Status::internal("internal error"));
+                        };
+                        let ctx = Arc::clone(&ctx);
+                        let receipt = blocking(&self.vault.vault, key, move || {
+                            judge
+                                .judge(|_, principal| u.keep(principal, &ctx))
+                                .map_err(|e| u.ended(e))?;
+                            u.finish(&end)
+                        })
+                        .await?;
+                        return Ok(Response::new(pb::PutEvidenceResponse {
+                            evidence_id: receipt.evidence_id,
+                            record_id: receipt.record_id,
+                            size: receipt.size,
+                            sha256: receipt.sha256,
+                            expires_at: receipt.expires_at.map(convert::timestamp),
+                        }));
                     }
-                    let (data, next) = gather(&mut stream, data).await;
-                    held = next;
-                    // Each chunk is sealed and stored under a place among the calls running,
-                    // as every call's blocking work is: a flood of uploads waits its turn.
-                    let place = super::take_place(&self.vault.vault, key).await?;
-                    let Some(mut u) = upload.upload.take() else {
-                        return Err(Status::internal("internal error"));
-                    };
-                    let (mut judged, ctx) = (judge.clone(), Arc::clone(&ctx));
-                    writing.task = Some(place.run(move || {
-                        judged
-                            .keep_up(|_, principal| u.keep(principal, &ctx))
-                            .map_err(|e| u.ended(e))?;
-                        u.write(&data)?;
-                        Ok((u, judged))
-                    }));
-                }
-                Some(pb::EvidenceChunk {
-                    part: Some(pb::evidence_chunk::Part::Start(_)),
-                }) => {
-                    return Err(Status::invalid_argument(
-                        "`start`: only the first message may be `start`; send `data` after it",
-                    ));
-                }
-                Some(pb::EvidenceChunk { part: None }) => {
-                    return Err(Status::invalid_argument(
-                        "`part`: a message of PutEvidence holds `start`, `data` or `end`; this \
+                    Some(pb::EvidenceChunk {
+                        part: Some(pb::evidence_chunk::Part::Data(data)),
+                    }) => {
+                        if data.len() > MAX_EVIDENCE_CHUNK {
+                            return Err(Status::invalid_argument(format!(
+                                "`data`: a chunk holds at most {MAX_EVIDENCE_CHUNK} bytes"
+                            )));
+                        }
+                        let (data, next) = gather(&mut stream, data).await;
+                        held = next;
+                        // Each chunk is sealed and stored under a place among the calls running,
+                        // as every call's blocking work is: a flood of uploads waits its turn.
+                        let place = super::take_place(&self.vault.vault, key).await?;
+                        let Some(mut u) = upload.upload.take() else {
+                            return Err(Status::internal("internal error"));
+                        };
+                        let (mut judged, ctx) = (judge.clone(), Arc::clone(&ctx));
+                        writing.task = Some(place.run(move || {
+                            judged
+                                .keep_up(|_, principal| u.keep(principal, &ctx))
+                                .map_err(|e| u.ended(e))?;
+                            u.write(&data)?;
+                            Ok((u, judged))
+                        }));
+                    }
+                    Some(pb::EvidenceChunk {
+                        part: Some(pb::evidence_chunk::Part::Start(_)),
+                    }) => {
+                        return Err(Status::invalid_argument(
+                            "`start`: only the first message may be `start`; send `data` after it",
+                        ));
+                    }
+                    Some(pb::EvidenceChunk { part: None }) => {
+                        return Err(Status::invalid_argument(
+                            "`part`: a message of PutEvidence holds `start`, `data` or `end`; this \
                          one holds none. Nothing was stored",
-                    ));
+                        ));
+                    }
                 }
             }
         }
+        .await;
+        if outcome.is_err() {
+            discard_before_answering(&self.vault.vault, key, &mut upload, &mut writing).await;
+        }
+        outcome
     }
 
     async fn get_evidence(

@@ -755,6 +755,85 @@ async fn bad_uploads_are_refused_with_the_field_named_and_nothing_stored() {
     server.stop().await;
 }
 
+/// A refused upload is gone when its refusal comes: "nothing was stored" holds at that moment,
+/// and a client that sends the file again at once, into the same record and field, is not
+/// turned away by what is left of the refused one.
+#[tokio::test]
+async fn a_refused_upload_has_left_nothing_when_its_refusal_comes() {
+    let server = TestServer::start().await;
+    let token = officer(&server);
+    let first = upload(&server, &token, start("REL-R", "film"), 1, SEG, 65_536)
+        .await
+        .unwrap();
+    let into =
+        |field: &str| evidence_start(nuisance_ctx(), "", &first.record_id, field, "video/mp4", "");
+    let data = |bytes: Vec<u8>| pb::EvidenceChunk {
+        part: Some(pb::evidence_chunk::Part::Data(bytes.into())),
+    };
+    // Three segments' worth of file before the refusal, so that batches of it were stored.
+    let size = 3 * SEG;
+    let sent = |field: &str, last: Vec<pb::EvidenceChunk>| {
+        std::iter::once(into(field))
+            .chain(
+                file_bytes(9, 0, size as usize)
+                    .chunks(65_536)
+                    .map(|c| data(c.to_vec())),
+            )
+            .chain(last)
+            .collect::<Vec<_>>()
+    };
+    let refusals: Vec<(&str, Vec<pb::EvidenceChunk>)> = vec![
+        (
+            "a BSN after three segments",
+            vec![data(b"BSN: 111222333".to_vec()), evidence_end(size + 14)],
+        ),
+        ("a second start", vec![start("REL-R", "other")]),
+        ("a chunk above 1 MiB", vec![data(vec![0; 1024 * 1024 + 1])]),
+        (
+            "a message that holds nothing",
+            vec![pb::EvidenceChunk { part: None }],
+        ),
+        ("no end", vec![]),
+        ("an end of another size", vec![evidence_end(size + 1)]),
+        (
+            "a message after end",
+            vec![evidence_end(size), data(b"more".to_vec())],
+        ),
+    ];
+    let mut client = server.client().await;
+    let mut stored = vec![first.evidence_id.clone()];
+    for (round, (how, last)) in refusals.into_iter().enumerate() {
+        let field = format!("clip{round}");
+        let segments = count(&server, "SELECT count(*) FROM evidence_segments");
+        let status = client
+            .put_evidence(req(&token, tokio_stream::iter(sent(&field, last))))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{how}: accepted"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{how}: {status:?}");
+        // At once, nothing of it is left: no row, no segment, no file, no record field.
+        assert_eq!(
+            count(&server, "SELECT count(*) FROM evidence"),
+            stored.len() as i64,
+            "{how}"
+        );
+        assert_eq!(
+            count(&server, "SELECT count(*) FROM evidence_segments"),
+            segments,
+            "{how}"
+        );
+        let mut files = stored.clone();
+        files.sort();
+        assert_eq!(segment_files(&server.db_path()), files, "{how}");
+        // The same file sent again at once, into the same field, is stored.
+        let put = upload(&server, &token, into(&field), round as u64, size, 65_536)
+            .await
+            .unwrap_or_else(|s| panic!("{how}: sent again: {s:?}"));
+        stored.push(put.evidence_id);
+    }
+    server.stop().await;
+}
+
 /// Bytes as the BSN/MRZ guard may meet them in a file: `text` in UTF-8, or in UTF-16 either
 /// way, with or without a byte order mark, at an even or odd offset, between noise and ended
 /// by a NUL, placed so that it straddles the boundary of two 64 KiB messages.
