@@ -68,6 +68,70 @@ fn shred(
     )
 }
 
+/// Record `id` of `subject`, purpose nuisance, open, with fixed MACs.
+pub fn record_row(id: &str, subject: &str) -> RecordRow {
+    RecordRow {
+        mac: vec![0xAB; 32],
+        id: id.into(),
+        subject: subject.into(),
+        purpose: Purpose::Nuisance,
+        labels: BTreeMap::new(),
+        created_at: 100,
+        updated_at: 100,
+        closed_at: None,
+        expires_at: None,
+        fields_mac: vec![0x01; 32],
+    }
+}
+
+/// Stores record `id` of `subject` (purpose nuisance, fields `email` and `phone`) in a store
+/// `run_all` has not run on, with what it needs: the store initialised, the subject's key.
+#[expect(clippy::unwrap_used, reason = "a test suite: failures must panic")]
+pub fn one_record(store: &dyn Store, id: &str, subject: &str) {
+    if store.meta("root").unwrap().is_none() {
+        store
+            .initialize(&[("root", b"params".to_vec())], &[nuisance_key_v1()])
+            .unwrap();
+    }
+    let key = SubjectKeyRow {
+        subject: subject.into(),
+        purpose: Purpose::Nuisance,
+        generation: 1,
+        purpose_version: 1,
+        wrapped: vec![9; 40],
+        created_at: 11,
+    };
+    store.insert_subject_key(&key, &anchor(subject)).unwrap();
+    let record = record_row(id, subject);
+    let field = |name: &str| FieldRow {
+        mac: vec![0xCD; 32],
+        version: "v1".into(),
+        name: name.into(),
+        category: Category::Contact,
+        kind: FieldKind::Text,
+        key_gen: 1,
+        sealed: vec![1; 30],
+        tags: Vec::new(),
+    };
+    store
+        .insert_record(&record, &[field("email"), field("phone")])
+        .unwrap();
+}
+
+/// Reads `id` with its facts, twice (a store may keep what it read), and checks each read
+/// against `record` and `subject_facts`, read apart: a read with facts answers what the store
+/// holds now, whatever was read of it before a change.
+#[expect(clippy::unwrap_used, reason = "a test suite: failures must panic")]
+fn read_as_stored(store: &dyn Store, id: &str) {
+    let stored = store.record(id).unwrap().map(|(record, fields)| {
+        let facts = store.subject_facts(&record.subject).unwrap();
+        (record, fields, facts)
+    });
+    for _ in 0..2 {
+        assert_eq!(store.record_with_facts(id).unwrap(), stored, "{id}");
+    }
+}
+
 /// An audit row of `trail_by_subject`: entry `seq`, naming the subject `subject_of(seq)` (none
 /// for every fifth).
 pub fn audit_row(seq: u64) -> AuditRow {
@@ -455,6 +519,7 @@ pub fn run_all(store: &dyn Store) {
         Err(StoreError::Stale(_))
     ));
     assert_eq!(store.record("rec_1").unwrap().unwrap().1, fields);
+    read_as_stored(store, "rec_1");
     let change = FieldsMac {
         prev: &one,
         next: &two,
@@ -475,6 +540,7 @@ pub fn run_all(store: &dyn Store) {
     assert_eq!(fields.len(), 3);
     let phone = fields.iter().find(|f| f.name == "phone").unwrap();
     assert_eq!(phone.sealed, vec![7; 30]);
+    read_as_stored(store, "rec_1");
 
     let listed = store.subject_records("rel-1").unwrap();
     assert_eq!(listed.len(), 1);
@@ -490,6 +556,7 @@ pub fn run_all(store: &dyn Store) {
 
     // The subject's last record of the purpose: its subject key goes in the same transaction.
     assert_eq!(delete(store, "rec_1").unwrap(), Some(true));
+    read_as_stored(store, "rec_1");
     assert_eq!(delete(store, "rec_1").unwrap(), None);
     assert!(store.record("rec_1").unwrap().is_none());
     assert_eq!(store.subject_key("rel-1", "nuisance").unwrap(), None);
@@ -726,18 +793,7 @@ pub fn run_all(store: &dyn Store) {
 /// subject's last record of its purpose their subject key, in the same transaction.
 #[expect(clippy::unwrap_used, reason = "a test suite: failures must panic")]
 fn discarded_uploads(store: &dyn Store, sk: &SubjectKeyRow) {
-    let record = |id: &str, subject: &str| RecordRow {
-        mac: vec![0xAB; 32],
-        id: id.into(),
-        subject: subject.into(),
-        purpose: Purpose::Nuisance,
-        labels: BTreeMap::new(),
-        created_at: 100,
-        updated_at: 100,
-        closed_at: None,
-        expires_at: None,
-        fields_mac: vec![0x01; 32],
-    };
+    let record = record_row;
     let upload = |id: &str, record_id: &str, owns_record: bool| super::EvidenceRow {
         id: id.into(),
         record_id: record_id.into(),
@@ -1639,6 +1695,7 @@ fn lifecycle(store: &dyn Store) {
         .unwrap();
 
     // Closing sets the expiry; expired records are found unless held.
+    read_as_stored(store, "rec_l1");
     assert!(
         store
             .close_record("rec_l1", 40, Some(60), &[3; 32])
@@ -1646,6 +1703,7 @@ fn lifecycle(store: &dyn Store) {
     );
     assert!(!store.close_record("rec_nope", 40, None, &[3; 32]).unwrap());
     assert_eq!(store.record("rec_l1").unwrap().unwrap().0.mac, vec![3; 32]);
+    read_as_stored(store, "rec_l1");
     // Closed once: a second close (a concurrent one) changes nothing.
     assert!(
         !store
@@ -1710,9 +1768,11 @@ fn lifecycle(store: &dyn Store) {
         Err(StoreError::Stale(_))
     ));
     assert!(store.holds(Some("life-1"), false).unwrap().is_empty());
+    read_as_stored(store, "rec_l1");
     store
         .insert_hold(&hold, before.anchor.as_ref(), &counted)
         .unwrap();
+    read_as_stored(store, "rec_l1");
     let after = store.subject_facts("life-1").unwrap();
     assert_eq!(after.anchor.as_ref(), Some(&counted));
     assert_eq!(after.holds, vec![hold.clone()]);

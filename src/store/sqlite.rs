@@ -14,6 +14,7 @@
 //! share stay here.
 
 mod audit;
+mod cache;
 mod disclosures;
 mod evidence;
 mod files;
@@ -541,7 +542,9 @@ const MAX_IDLE_READERS: usize = 64;
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<Vec<Reader>>,
+    /// Records read with their facts, kept while no commit came to the file.
+    cache: cache::ReadCache,
     group: group::Group,
     /// A checkpoint after a destruction was held up: the next write tries again.
     checkpoint_owed: AtomicBool,
@@ -601,6 +604,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            cache: cache::ReadCache::default(),
             group: group::Group::default(),
             checkpoint_owed: AtomicBool::new(false),
             trigger_refused,
@@ -700,32 +704,66 @@ impl SqliteStore {
                 Err(panic) => std::panic::resume_unwind(panic),
             };
         }
-        let conn = {
+        self.read_on_reader(|reader| f(&reader.conn))
+    }
+
+    /// Runs `f` on a reader of the pool (one opened when none is idle), which is kept for the
+    /// next read unless `f` left it inside a transaction.
+    fn read_on_reader<T>(
+        &self,
+        f: impl FnOnce(&mut Reader) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let reader = {
             let mut idle = self
                 .readers
                 .lock()
                 .map_err(|_| StoreError::Database("pool lock poisoned".into()))?;
             idle.pop()
         };
-        let conn = match conn {
-            Some(c) => c,
+        let mut reader = match reader {
+            Some(r) => r,
             None => {
                 let conn = open_connection(&self.path, false)?;
                 refuse_triggers(&conn, &self.trigger_refused);
-                conn
+                Reader { conn, seen: None }
             }
         };
-        let result = f(&conn).map_err(db);
+        let result = f(&mut reader).map_err(db);
         // A reader left inside its transaction (its rollback failed) would answer later reads
         // from an old snapshot: it is closed, not kept.
-        if conn.is_autocommit()
+        if reader.conn.is_autocommit()
             && let Ok(mut idle) = self.readers.lock()
             && idle.len() < MAX_IDLE_READERS
         {
-            idle.push(conn);
+            idle.push(reader);
         }
         result
     }
+
+    /// Runs `f` on a reader of the pool with the stamp under which it may search and fill the
+    /// cache (`cache`): the reader first looks whether a commit came to the file since it last
+    /// looked.
+    fn read_cached<T>(
+        &self,
+        f: impl FnOnce(&Connection, u64) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.read_on_reader(|reader| {
+            let version: i64 = reader
+                .conn
+                .prepare_cached("PRAGMA store.data_version")?
+                .query_row([], |r| r.get(0))?;
+            let changed = reader.seen != Some(version);
+            reader.seen = Some(version);
+            f(&reader.conn, self.cache.stamp(changed))
+        })
+    }
+}
+
+/// A connection of the readers' pool.
+struct Reader {
+    conn: Connection,
+    /// The store file's `data_version` when it last looked; `None` before its first look.
+    seen: Option<i64>,
 }
 
 impl SqliteStore {
@@ -2638,6 +2676,122 @@ mod tests {
             sqlite_temp_files() > before,
             "a sort of 9 MiB left no temporary file to be seen"
         );
+    }
+
+    /// What the store keeps of a read is not found once another connection changed the file:
+    /// rows edited by hand (by another process, as the tests' connection is to SQLite) after
+    /// a record was read, and read again from what was kept, are read as edited.
+    #[test]
+    fn a_read_after_rows_were_edited_by_hand_reads_them_as_edited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        crate::store::conformance::one_record(&store, "rec_c", "rel-c");
+        let first = store.record_with_facts("rec_c").unwrap().unwrap();
+        assert_eq!(store.record_with_facts("rec_c").unwrap().unwrap(), first);
+        let by_hand = Connection::open(&path).unwrap();
+        let phone = |store: &SqliteStore| {
+            let (_, fields, _) = store.record_with_facts("rec_c").unwrap().unwrap();
+            fields
+                .into_iter()
+                .find(|f| f.name == "phone")
+                .unwrap()
+                .sealed
+        };
+        by_hand
+            .execute(
+                "UPDATE fields SET sealed = x'00' WHERE record_id = 'rec_c' AND name = 'phone'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(phone(&store), [0]);
+        // The subject's facts alike: a hold's row put in by hand is read with the record.
+        assert!(first.2.holds.is_empty());
+        by_hand
+            .execute(
+                "INSERT INTO holds (id, subject, reason, case_ref, placed_by, placed_at, mac)
+                 VALUES ('hold_c', 'rel-c', 'r', 'c', 'po', 1, x'00')",
+                [],
+            )
+            .unwrap();
+        let (_, _, facts) = store.record_with_facts("rec_c").unwrap().unwrap();
+        assert_eq!(
+            facts
+                .holds
+                .iter()
+                .map(|h| h.id.as_str())
+                .collect::<Vec<_>>(),
+            ["hold_c"]
+        );
+        by_hand
+            .execute_batch("DELETE FROM fields; DELETE FROM records;")
+            .unwrap();
+        assert_eq!(store.record_with_facts("rec_c").unwrap(), None);
+    }
+
+    /// Readers on several threads while a writer replaces a value over and over: none reads an
+    /// older value after a newer one, and once the writer is done each reads the last.
+    #[test]
+    fn reads_beside_writes_never_go_back_to_an_older_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        crate::store::conformance::one_record(&store, "rec_w", "rel-w");
+        let (record, _, _) = store.record_with_facts("rec_w").unwrap().unwrap();
+        let value = |store: &SqliteStore| {
+            let (_, fields, _) = store.record_with_facts("rec_w").unwrap().unwrap();
+            let phone = fields.into_iter().find(|f| f.name == "phone").unwrap();
+            // The value as first stored is 0.
+            phone
+                .version
+                .strip_prefix('w')
+                .map_or(0, |n| n.parse::<u32>().unwrap())
+        };
+        const WRITES: u32 = 300;
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let mut last = 0;
+                    while !done.load(Ordering::SeqCst) {
+                        let now = value(&store);
+                        assert!(now >= last, "read {now} after {last}");
+                        last = now;
+                    }
+                    assert_eq!(value(&store), WRITES);
+                });
+            }
+            // Set however the writer ends, so that the readers stop when it fails.
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _done = Done(&done);
+            let mut mac = record.fields_mac.clone();
+            for n in 1..=WRITES {
+                let next = n.to_be_bytes().repeat(8);
+                let field = FieldRow {
+                    mac: vec![0xCD; 32],
+                    version: format!("w{n}"),
+                    name: "phone".into(),
+                    category: crate::domain::Category::Contact,
+                    kind: crate::domain::FieldKind::Text,
+                    key_gen: 1,
+                    sealed: n.to_be_bytes().to_vec(),
+                    tags: Vec::new(),
+                };
+                let change = crate::store::FieldsMac {
+                    prev: &mac,
+                    next: &next,
+                };
+                assert!(store.update_fields("rec_w", &[field], 100, change).unwrap());
+                // Read on this thread right after the write: the write is there.
+                assert_eq!(value(&store), n);
+                mac = next;
+            }
+        });
     }
 
     #[test]

@@ -61,9 +61,13 @@ impl RecordStore for SqliteStore {
         &self,
         id: &str,
     ) -> Result<Option<(RecordRow, Vec<FieldRow>, SubjectFacts)>, StoreError> {
-        // One read transaction: one snapshot, and one start of a read (which may find the page
+        // Kept from an earlier read while no commit came to the file since (`cache`); else one
+        // read transaction: one snapshot, and one start of a read (which may find the page
         // cache stale) for the record and the facts of its subject.
-        let found = self.read(|c| {
+        let looked = self.read_cached(|c, stamp| {
+            if let Some(kept) = self.cache.get(id, stamp) {
+                return Ok(Looked::Kept(kept));
+            }
             let tx = Snapshot::begin(c)?;
             let found = match record_in(&tx, id)? {
                 Some((rec, fields)) => {
@@ -73,11 +77,17 @@ impl RecordStore for SqliteStore {
                 None => None,
             };
             tx.finish()?;
-            Ok(found)
+            Ok(Looked::Read(found, stamp))
         })?;
-        found
-            .map(|(rec, fields, facts)| Ok((with_labels(rec)?, fields, facts)))
-            .transpose()
+        match looked {
+            Looked::Kept(kept) => Ok(Some(kept)),
+            Looked::Read(None, _) => Ok(None),
+            Looked::Read(Some((rec, fields, facts)), stamp) => {
+                let found = (with_labels(rec)?, fields, facts);
+                self.cache.put(id, stamp, &found);
+                Ok(Some(found))
+            }
+        }
     }
 
     fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {
@@ -714,6 +724,16 @@ fn record_in(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Some((rec, fields)))
+}
+
+/// What `record_with_facts` found: a record kept from an earlier read, or what it read (labels
+/// still JSON), in a snapshot begun under the stamp.
+enum Looked {
+    Kept(super::cache::Found),
+    Read(
+        Option<((RecordRow, String), Vec<FieldRow>, SubjectFacts)>,
+        u64,
+    ),
 }
 
 /// Record rows as read (labels still JSON) with their field metadata, read on `c`.

@@ -1,0 +1,165 @@
+//! Records read with their subject's facts, kept between reads for as long as no commit came to
+//! the store's file: a read that finds its record here runs no statement but one
+//! `PRAGMA store.data_version`.
+//!
+//! What is kept is what the file holds (sealed values, their MACs and the facts' rows), never
+//! plaintext; the core checks it as it checks rows read from the file, and decides each read
+//! afresh. A read's answer is therefore the file's content as of the moment it looked, as it
+//! is without the cache:
+//!
+//! - Only the readers of the pool look here (never the writer, whose own commits its
+//!   `data_version` does not count). Each remembers the `data_version` it last saw; a reader
+//!   that sees another (any commit to the file by any connection or process since: a write, a
+//!   row edited by hand) moves the store's count of changes on, and a reader new to the pool
+//!   moves it on at its first look, as it cannot tell what it missed.
+//! - An entry is stamped with the count read before the snapshot it was read in began, and is
+//!   found only while the count is still that.
+//!
+//! So an entry read before a commit is never found after any reader saw that commit, and each
+//! read looks, on its own reader, before it searches: whatever a read finds was the file's
+//! content at or after that look.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use crate::store::{FieldRow, RecordRow, SubjectFacts};
+
+/// A record with its fields and its subject's facts, as `record_with_facts` gives it.
+pub(super) type Found = (RecordRow, Vec<FieldRow>, SubjectFacts);
+
+/// The most bytes of sealed values, MACs and names kept: past it the cache starts over.
+const MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// What one entry is counted as besides its values: its allocations and the map's slot.
+const ENTRY_OVERHEAD: usize = 256;
+
+#[derive(Default)]
+pub(super) struct ReadCache {
+    /// Moves on whenever a reader sees a `data_version` it had not seen.
+    changes: AtomicU64,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// The count of changes every entry was read under.
+    stamp: u64,
+    map: HashMap<String, Found>,
+    bytes: usize,
+}
+
+impl ReadCache {
+    /// The stamp to search and fill under, after the reader about to read looked: `changed`
+    /// when it saw a commit it had not seen (or never looked before).
+    pub(super) fn stamp(&self, changed: bool) -> u64 {
+        if changed {
+            self.changes.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.changes.load(Ordering::SeqCst)
+        }
+    }
+
+    /// The record `id` as read under `stamp`, if it was and nothing changed since.
+    pub(super) fn get(&self, id: &str, stamp: u64) -> Option<Found> {
+        let entries = self.entries.lock().ok()?;
+        if entries.stamp != stamp {
+            return None;
+        }
+        entries.map.get(id).cloned()
+    }
+
+    /// Keeps `found`, read in a snapshot begun under `stamp`, unless a change came since.
+    pub(super) fn put(&self, id: &str, stamp: u64, found: &Found) {
+        if self.changes.load(Ordering::SeqCst) != stamp {
+            return;
+        }
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.stamp != stamp {
+            if entries.stamp > stamp {
+                // Read under a count that has moved on since.
+                return;
+            }
+            entries.map.clear();
+            entries.bytes = 0;
+            entries.stamp = stamp;
+        }
+        let size = weight(id, found);
+        if size > MAX_BYTES {
+            return;
+        }
+        if entries.bytes + size > MAX_BYTES {
+            entries.map.clear();
+            entries.bytes = 0;
+        }
+        if entries.map.insert(id.to_owned(), found.clone()).is_none() {
+            entries.bytes += size;
+        }
+    }
+}
+
+/// What an entry is counted as against `MAX_BYTES`.
+fn weight(id: &str, (record, fields, _): &Found) -> usize {
+    let fields: usize = fields
+        .iter()
+        .map(|f| f.name.len() + f.sealed.len() + f.mac.len() + f.version.len() + 64)
+        .sum();
+    ENTRY_OVERHEAD + id.len() + record.subject.len() + record.fields_mac.len() + fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(subject: &str) -> Found {
+        let record = crate::store::conformance::record_row("rec_1", subject);
+        (record, Vec::new(), SubjectFacts::default())
+    }
+
+    #[test]
+    fn an_entry_is_found_under_its_stamp_only() {
+        let cache = ReadCache::default();
+        let stamp = cache.stamp(true);
+        cache.put("r", stamp, &found("s1"));
+        assert_eq!(cache.get("r", stamp).unwrap().0.subject, "s1");
+        // A reader saw a commit: what was read before it is not found.
+        let next = cache.stamp(true);
+        assert!(cache.get("r", next).is_none());
+        // Nor is an entry read before that commit kept once the count moved on.
+        cache.put("r", stamp, &found("s1"));
+        assert!(cache.get("r", next).is_none());
+        // Read after it, it is.
+        cache.put("r", next, &found("s2"));
+        assert_eq!(cache.stamp(false), next);
+        assert_eq!(cache.get("r", next).unwrap().0.subject, "s2");
+    }
+
+    #[test]
+    fn past_its_size_the_cache_starts_over() {
+        let cache = ReadCache::default();
+        let stamp = cache.stamp(true);
+        let mut big = found("s");
+        big.1.push(FieldRow {
+            name: "f".into(),
+            category: crate::domain::Category::Contact,
+            kind: crate::domain::FieldKind::Text,
+            key_gen: 1,
+            sealed: vec![0; MAX_BYTES / 3],
+            mac: Vec::new(),
+            version: String::new(),
+            tags: Vec::new(),
+        });
+        for id in ["a", "b", "c"] {
+            cache.put(id, stamp, &big);
+        }
+        let entries = cache.entries.lock().unwrap();
+        assert!(entries.bytes <= MAX_BYTES, "{}", entries.bytes);
+        assert!(entries.map.contains_key("c") && !entries.map.contains_key("a"));
+    }
+}
