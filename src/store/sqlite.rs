@@ -2729,6 +2729,57 @@ mod tests {
         assert_eq!(store.record_with_facts("rec_c").unwrap(), None);
     }
 
+    /// A read on a reader other than the one that filled the cache, after a commit: the
+    /// commit is seen, whichever reader looks first; and a reader new to the pool finds nothing
+    /// kept from before it. An append to the trail (each read's) leaves what is kept as it is.
+    #[test]
+    fn a_commit_is_seen_by_each_reader_and_an_append_to_the_trail_keeps_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        crate::store::conformance::one_record(&store, "rec_r", "rel-r");
+        let hits = || store.cache.hits.load(Ordering::Relaxed);
+        let sealed = || {
+            let (_, fields, _) = store.record_with_facts("rec_r").unwrap().unwrap();
+            fields
+                .into_iter()
+                .find(|f| f.name == "phone")
+                .unwrap()
+                .sealed
+        };
+        // Reader A fills the cache while reader H is held; then H, new, looks and reads.
+        let held = |f: &dyn Fn() -> Vec<u8>| store.read_on_reader(|_| Ok(f())).unwrap();
+        assert_eq!(held(&sealed), [1; 30]);
+        assert_eq!(sealed(), [1; 30]);
+        assert_eq!(store.readers.lock().unwrap().len(), 2);
+        // Both have looked; one more read on each is found in the cache, an append to the
+        // trail between them.
+        let before = hits();
+        assert_eq!(sealed(), [1; 30]);
+        store
+            .append_audit(&[crate::store::conformance::audit_row(1)])
+            .unwrap();
+        assert_eq!(held(&sealed), [1; 30]);
+        assert_eq!(hits(), before + 2, "not answered from the cache");
+        // A commit by hand: the reader that looks first sees it, then the other.
+        let by_hand = Connection::open(&path).unwrap();
+        for (n, read) in [&held as &dyn Fn(&dyn Fn() -> Vec<u8>) -> Vec<u8>, &|f| f()]
+            .into_iter()
+            .enumerate()
+        {
+            let value = u8::try_from(n).unwrap() + 2;
+            by_hand
+                .execute(
+                    "UPDATE fields SET sealed = ?1 WHERE record_id = 'rec_r' AND name = 'phone'",
+                    [vec![value]],
+                )
+                .unwrap();
+            assert_eq!(read(&sealed), [value]);
+            assert_eq!(sealed(), [value]);
+            assert_eq!(held(&sealed), [value]);
+        }
+    }
+
     /// Readers on several threads while a writer replaces a value over and over: none reads an
     /// older value after a newer one, and once the writer is done each reads the last.
     #[test]

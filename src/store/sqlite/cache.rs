@@ -2,10 +2,10 @@
 //! the store's file: a read that finds its record here runs no statement but one
 //! `PRAGMA store.data_version`.
 //!
-//! What is kept is what the file holds (sealed values, their MACs and the facts' rows), never
-//! plaintext; the core checks it as it checks rows read from the file, and decides each read
-//! afresh. A read's answer is therefore the file's content as of the moment it looked, as it
-//! is without the cache:
+//! What is kept is the rows as the file holds them: values sealed, their MACs, the record's
+//! labels and the facts' rows (in clear there as here). The core checks them as it checks rows
+//! read from the file, and decides each read afresh. A read's answer is the file's content as of
+//! the moment it looked, as it is without the cache:
 //!
 //! - Only the readers of the pool look here (never the writer, whose own commits its
 //!   `data_version` does not count). Each remembers the `data_version` it last saw; a reader
@@ -17,12 +17,13 @@
 //!
 //! So an entry read before a commit is never found after any reader saw that commit, and each
 //! read looks, on its own reader, before it searches: whatever a read finds was the file's
-//! content at or after that look.
+//! content at or after that look. The first reader to see a commit empties the cache, so that
+//! values a write replaced or deleted are not kept in memory past the next read.
 
 use std::{
     collections::HashMap,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -43,34 +44,56 @@ pub(super) struct ReadCache {
     /// Moves on whenever a reader sees a `data_version` it had not seen.
     changes: AtomicU64,
     entries: Mutex<Entries>,
+    /// Reads answered from the cache, for the tests that show it is used.
+    #[cfg(test)]
+    pub(super) hits: AtomicU64,
 }
 
 #[derive(Default)]
 struct Entries {
     /// The count of changes every entry was read under.
     stamp: u64,
-    map: HashMap<String, Found>,
+    map: HashMap<String, (Arc<Found>, usize)>,
     bytes: usize,
+}
+
+impl Entries {
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
 }
 
 impl ReadCache {
     /// The stamp to search and fill under, after the reader about to read looked: `changed`
-    /// when it saw a commit it had not seen (or never looked before).
+    /// when it saw a commit it had not seen (or never looked before), which empties the cache.
     pub(super) fn stamp(&self, changed: bool) -> u64 {
-        if changed {
-            self.changes.fetch_add(1, Ordering::SeqCst) + 1
-        } else {
-            self.changes.load(Ordering::SeqCst)
+        if !changed {
+            return self.changes.load(Ordering::SeqCst);
         }
+        let stamp = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Ok(mut entries) = self.entries.lock()
+            && entries.stamp < stamp
+        {
+            entries.clear();
+            entries.stamp = stamp;
+        }
+        stamp
     }
 
     /// The record `id` as read under `stamp`, if it was and nothing changed since.
     pub(super) fn get(&self, id: &str, stamp: u64) -> Option<Found> {
-        let entries = self.entries.lock().ok()?;
-        if entries.stamp != stamp {
-            return None;
-        }
-        entries.map.get(id).cloned()
+        let kept = {
+            let entries = self.entries.lock().ok()?;
+            if entries.stamp != stamp {
+                return None;
+            }
+            Arc::clone(&entries.map.get(id)?.0)
+        };
+        #[cfg(test)]
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        // Copied outside the lock: a large record holds up no other read.
+        Some(Found::clone(&kept))
     }
 
     /// Keeps `found`, read in a snapshot begun under `stamp`, unless a change came since.
@@ -86,8 +109,7 @@ impl ReadCache {
                 // Read under a count that has moved on since.
                 return;
             }
-            entries.map.clear();
-            entries.bytes = 0;
+            entries.clear();
             entries.stamp = stamp;
         }
         let size = weight(id, found);
@@ -95,22 +117,50 @@ impl ReadCache {
             return;
         }
         if entries.bytes + size > MAX_BYTES {
-            entries.map.clear();
-            entries.bytes = 0;
+            entries.clear();
         }
-        if entries.map.insert(id.to_owned(), found.clone()).is_none() {
-            entries.bytes += size;
+        let kept = (Arc::new(found.clone()), size);
+        if let Some((_, replaced)) = entries.map.insert(id.to_owned(), kept) {
+            entries.bytes -= replaced;
         }
+        entries.bytes += size;
     }
 }
 
-/// What an entry is counted as against `MAX_BYTES`.
-fn weight(id: &str, (record, fields, _): &Found) -> usize {
+/// What an entry is counted as against `MAX_BYTES`: its strings and byte strings, and a bound
+/// for each of its subject's consent, hold, mandate and restriction rows (whose free text is
+/// bounded by what the API takes).
+fn weight(id: &str, (record, fields, facts): &Found) -> usize {
+    const FACT_ROW: usize = 2048;
     let fields: usize = fields
         .iter()
-        .map(|f| f.name.len() + f.sealed.len() + f.mac.len() + f.version.len() + 64)
+        .map(|f| {
+            f.name.len() + f.sealed.len() + f.mac.len() + f.version.len() + f.tags.len() * 24 + 64
+        })
         .sum();
-    ENTRY_OVERHEAD + id.len() + record.subject.len() + record.fields_mac.len() + fields
+    let labels: usize = record
+        .labels
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 64)
+        .sum();
+    let facts = (facts.consents.len()
+        + facts.holds.len()
+        + facts.mandates.len()
+        + facts.restrictions.len())
+        * FACT_ROW
+        + facts.destroyed.iter().map(|d| d.len() + 24).sum::<usize>()
+        + facts
+            .anchor
+            .as_ref()
+            .map_or(0, |a| a.subject.len() + a.digest.len() + a.mac.len() + 64);
+    ENTRY_OVERHEAD
+        + 2 * id.len()
+        + record.subject.len()
+        + record.mac.len()
+        + record.fields_mac.len()
+        + labels
+        + fields
+        + facts
 }
 
 #[cfg(test)]
@@ -138,6 +188,20 @@ mod tests {
         cache.put("r", next, &found("s2"));
         assert_eq!(cache.stamp(false), next);
         assert_eq!(cache.get("r", next).unwrap().0.subject, "s2");
+    }
+
+    #[test]
+    fn a_commit_seen_empties_the_cache_and_a_replaced_entry_is_counted_once() {
+        let cache = ReadCache::default();
+        let stamp = cache.stamp(true);
+        let one = weight("r", &found("s"));
+        for _ in 0..3 {
+            cache.put("r", stamp, &found("s"));
+        }
+        assert_eq!(cache.entries.lock().unwrap().bytes, one);
+        cache.stamp(true);
+        let entries = cache.entries.lock().unwrap();
+        assert!(entries.map.is_empty() && entries.bytes == 0);
     }
 
     #[test]
