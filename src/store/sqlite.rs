@@ -2752,8 +2752,9 @@ mod tests {
         assert_eq!(held(&sealed), [1; 30]);
         assert_eq!(sealed(), [1; 30]);
         assert_eq!(store.readers.lock().unwrap().len(), 2);
-        // Both have looked; one more read on each is found in the cache, an append to the
-        // trail between them.
+        // Both have looked; a record is kept at its second read since, and then found by
+        // either reader, an append to the trail between them.
+        assert_eq!(sealed(), [1; 30]);
         let before = hits();
         assert_eq!(sealed(), [1; 30]);
         store

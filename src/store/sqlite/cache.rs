@@ -21,7 +21,8 @@
 //! values a write replaced or deleted are not kept in memory past the next read.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -39,11 +40,16 @@ const MAX_BYTES: usize = 32 * 1024 * 1024;
 /// What one entry is counted as besides its values: its allocations and the map's slot.
 const ENTRY_OVERHEAD: usize = 256;
 
+/// The most ids remembered as read once (8 bytes each): past it they are forgotten.
+const MAX_ONCE: usize = 256 * 1024;
+
 #[derive(Default)]
 pub(super) struct ReadCache {
     /// Moves on whenever a reader sees a `data_version` it had not seen.
     changes: AtomicU64,
     entries: Mutex<Entries>,
+    /// Keys the ids remembered as read once.
+    hasher: RandomState,
     /// Reads answered from the cache, for the tests that show it is used.
     #[cfg(test)]
     pub(super) hits: AtomicU64,
@@ -55,12 +61,22 @@ struct Entries {
     stamp: u64,
     map: HashMap<String, (Arc<Found>, usize)>,
     bytes: usize,
+    /// The ids read once under `stamp` and not kept: a record is kept at its second read, so
+    /// that reads spread over more records than the cache holds copy nothing into it.
+    once: HashSet<u64>,
 }
 
+/// What an emptied cache held, dropped once its lock is released: dropping thousands of
+/// entries holds up no read.
+type Emptied = (HashMap<String, (Arc<Found>, usize)>, HashSet<u64>);
+
 impl Entries {
-    fn clear(&mut self) {
-        self.map.clear();
+    fn empty(&mut self) -> Emptied {
         self.bytes = 0;
+        (
+            std::mem::take(&mut self.map),
+            std::mem::take(&mut self.once),
+        )
     }
 }
 
@@ -72,12 +88,13 @@ impl ReadCache {
             return self.changes.load(Ordering::SeqCst);
         }
         let stamp = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Ok(mut entries) = self.entries.lock()
-            && entries.stamp < stamp
-        {
-            entries.clear();
-            entries.stamp = stamp;
-        }
+        let _emptied = match self.entries.lock() {
+            Ok(mut entries) if entries.stamp < stamp => {
+                entries.stamp = stamp;
+                Some(entries.empty())
+            }
+            _ => None,
+        };
         stamp
     }
 
@@ -96,34 +113,73 @@ impl ReadCache {
         Some(Found::clone(&kept))
     }
 
-    /// Keeps `found`, read in a snapshot begun under `stamp`, unless a change came since.
+    /// Keeps `found`, read in a snapshot begun under `stamp`, unless a change came since or
+    /// this is the first read of `id` under `stamp`.
     pub(super) fn put(&self, id: &str, stamp: u64, found: &Found) {
-        if self.changes.load(Ordering::SeqCst) != stamp {
+        let size = weight(id, found);
+        if size > MAX_BYTES || self.changes.load(Ordering::SeqCst) != stamp {
             return;
         }
+        let key = self.hasher.hash_one(id);
+        // Declared before the lock is taken, so dropped once it is released.
+        let mut emptied: Option<Emptied> = None;
+        {
+            let Ok(mut entries) = self.entries.lock() else {
+                return;
+            };
+            match entries.settle(stamp) {
+                Settled::Stale => return,
+                Settled::Emptied(e) => emptied = Some(e),
+                Settled::Same => {}
+            }
+            if !entries.once.contains(&key) {
+                if entries.once.len() >= MAX_ONCE {
+                    entries.once.clear();
+                }
+                entries.once.insert(key);
+                return;
+            }
+        }
+        drop(emptied);
+        // Copied outside the lock, then kept if nothing changed meanwhile.
+        let kept = (Arc::new(found.clone()), size);
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
         if entries.stamp != stamp {
-            if entries.stamp > stamp {
-                // Read under a count that has moved on since.
-                return;
-            }
-            entries.clear();
-            entries.stamp = stamp;
-        }
-        let size = weight(id, found);
-        if size > MAX_BYTES {
             return;
         }
-        if entries.bytes + size > MAX_BYTES {
-            entries.clear();
-        }
-        let kept = (Arc::new(found.clone()), size);
+        let full = (entries.bytes + size > MAX_BYTES).then(|| entries.empty());
         if let Some((_, replaced)) = entries.map.insert(id.to_owned(), kept) {
             entries.bytes -= replaced;
         }
         entries.bytes += size;
+        drop(entries);
+        drop(full);
+    }
+}
+
+/// What `Entries::settle` found.
+enum Settled {
+    /// The entries were read under `stamp`.
+    Same,
+    /// They were read under an earlier count, and are now emptied for `stamp`.
+    Emptied(Emptied),
+    /// The count moved on past `stamp`: nothing read under it is kept.
+    Stale,
+}
+
+impl Entries {
+    /// Makes the entries those of `stamp`, unless they are of a later count.
+    fn settle(&mut self, stamp: u64) -> Settled {
+        match self.stamp.cmp(&stamp) {
+            std::cmp::Ordering::Equal => Settled::Same,
+            std::cmp::Ordering::Greater => Settled::Stale,
+            std::cmp::Ordering::Less => {
+                self.stamp = stamp;
+                Settled::Emptied(self.empty())
+            }
+        }
     }
 }
 
@@ -172,22 +228,42 @@ mod tests {
         (record, Vec::new(), SubjectFacts::default())
     }
 
+    /// Kept at its second read under `stamp`, as `put` keeps a record.
+    fn keep(cache: &ReadCache, id: &str, stamp: u64, found: &Found) {
+        cache.put(id, stamp, found);
+        cache.put(id, stamp, found);
+    }
+
     #[test]
     fn an_entry_is_found_under_its_stamp_only() {
         let cache = ReadCache::default();
         let stamp = cache.stamp(true);
-        cache.put("r", stamp, &found("s1"));
+        keep(&cache, "r", stamp, &found("s1"));
         assert_eq!(cache.get("r", stamp).unwrap().0.subject, "s1");
         // A reader saw a commit: what was read before it is not found.
         let next = cache.stamp(true);
         assert!(cache.get("r", next).is_none());
         // Nor is an entry read before that commit kept once the count moved on.
-        cache.put("r", stamp, &found("s1"));
+        keep(&cache, "r", stamp, &found("s1"));
         assert!(cache.get("r", next).is_none());
         // Read after it, it is.
-        cache.put("r", next, &found("s2"));
+        keep(&cache, "r", next, &found("s2"));
         assert_eq!(cache.stamp(false), next);
         assert_eq!(cache.get("r", next).unwrap().0.subject, "s2");
+    }
+
+    #[test]
+    fn a_record_is_kept_at_its_second_read() {
+        let cache = ReadCache::default();
+        let stamp = cache.stamp(true);
+        cache.put("r", stamp, &found("s"));
+        assert!(cache.get("r", stamp).is_none());
+        cache.put("r", stamp, &found("s"));
+        assert!(cache.get("r", stamp).is_some());
+        // A commit seen forgets the reads before it as well.
+        let next = cache.stamp(true);
+        cache.put("r", next, &found("s"));
+        assert!(cache.get("r", next).is_none());
     }
 
     #[test]
@@ -196,12 +272,12 @@ mod tests {
         let stamp = cache.stamp(true);
         let one = weight("r", &found("s"));
         for _ in 0..3 {
-            cache.put("r", stamp, &found("s"));
+            keep(&cache, "r", stamp, &found("s"));
         }
         assert_eq!(cache.entries.lock().unwrap().bytes, one);
         cache.stamp(true);
         let entries = cache.entries.lock().unwrap();
-        assert!(entries.map.is_empty() && entries.bytes == 0);
+        assert!(entries.map.is_empty() && entries.bytes == 0 && entries.once.is_empty());
     }
 
     #[test]
@@ -220,7 +296,7 @@ mod tests {
             tags: Vec::new(),
         });
         for id in ["a", "b", "c"] {
-            cache.put(id, stamp, &big);
+            keep(&cache, id, stamp, &big);
         }
         let entries = cache.entries.lock().unwrap();
         assert!(entries.bytes <= MAX_BYTES, "{}", entries.bytes);
