@@ -19,6 +19,9 @@
 //! read looks, on its own reader, before it searches: whatever a read finds was the file's
 //! content at or after that look. The first reader to see a commit empties the cache, so that
 //! values a write replaced or deleted are not kept in memory past the next read.
+//!
+//! A record is kept from its second read under one count on, so that reads spread over more
+//! records than the cache holds copy nothing into it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -34,7 +37,7 @@ use crate::store::{FieldRow, RecordRow, SubjectFacts};
 /// A record with its fields and its subject's facts, as `record_with_facts` gives it.
 pub(super) type Found = (RecordRow, Vec<FieldRow>, SubjectFacts);
 
-/// The most bytes of sealed values, MACs and names kept: past it the cache starts over.
+/// The most bytes of entries kept, as `weight` counts them: past it the cache starts over.
 const MAX_BYTES: usize = 32 * 1024 * 1024;
 
 /// What one entry is counted as besides its values: its allocations and the map's slot.
