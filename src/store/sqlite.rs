@@ -2678,26 +2678,32 @@ mod tests {
         );
     }
 
+    /// A store in a new directory (kept while the first value lives) holding record `id` of
+    /// `subject` (`conformance::one_record`), and the path of its file.
+    fn store_with_record(id: &str, subject: &str) -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        crate::store::conformance::one_record(&store, id, subject);
+        (dir, path, store)
+    }
+
+    /// The `phone` field of record `id`, as a read with facts gives it.
+    fn phone_of(store: &SqliteStore, id: &str) -> FieldRow {
+        let (_, fields, _) = store.record_with_facts(id).unwrap().unwrap();
+        fields.into_iter().find(|f| f.name == "phone").unwrap()
+    }
+
     /// What the store keeps of a read is not found once another connection changed the file:
     /// rows edited by hand (by another process, as the tests' connection is to SQLite) after
     /// a record was read, and read again from what was kept, are read as edited.
     #[test]
     fn a_read_after_rows_were_edited_by_hand_reads_them_as_edited() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kluis.db");
-        let store = SqliteStore::open(&path).unwrap();
-        crate::store::conformance::one_record(&store, "rec_c", "rel-c");
+        let (_dir, path, store) = store_with_record("rec_c", "rel-c");
         let first = store.record_with_facts("rec_c").unwrap().unwrap();
         assert_eq!(store.record_with_facts("rec_c").unwrap().unwrap(), first);
         let by_hand = Connection::open(&path).unwrap();
-        let phone = |store: &SqliteStore| {
-            let (_, fields, _) = store.record_with_facts("rec_c").unwrap().unwrap();
-            fields
-                .into_iter()
-                .find(|f| f.name == "phone")
-                .unwrap()
-                .sealed
-        };
+        let phone = |store: &SqliteStore| phone_of(store, "rec_c").sealed;
         by_hand
             .execute(
                 "UPDATE fields SET sealed = x'00' WHERE record_id = 'rec_c' AND name = 'phone'",
@@ -2734,19 +2740,9 @@ mod tests {
     /// kept from before it. An append to the trail (each read's) leaves what is kept as it is.
     #[test]
     fn a_commit_is_seen_by_each_reader_and_an_append_to_the_trail_keeps_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kluis.db");
-        let store = SqliteStore::open(&path).unwrap();
-        crate::store::conformance::one_record(&store, "rec_r", "rel-r");
+        let (_dir, path, store) = store_with_record("rec_r", "rel-r");
         let hits = || store.cache.hits.load(Ordering::Relaxed);
-        let sealed = || {
-            let (_, fields, _) = store.record_with_facts("rec_r").unwrap().unwrap();
-            fields
-                .into_iter()
-                .find(|f| f.name == "phone")
-                .unwrap()
-                .sealed
-        };
+        let sealed = || phone_of(&store, "rec_r").sealed;
         // Reader A fills the cache while reader H is held; then H, new, looks and reads.
         let held = |f: &dyn Fn() -> Vec<u8>| store.read_on_reader(|_| Ok(f())).unwrap();
         assert_eq!(held(&sealed), [1; 30]);
@@ -2785,16 +2781,11 @@ mod tests {
     /// older value after a newer one, and once the writer is done each reads the last.
     #[test]
     fn reads_beside_writes_never_go_back_to_an_older_value() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kluis.db");
-        let store = SqliteStore::open(&path).unwrap();
-        crate::store::conformance::one_record(&store, "rec_w", "rel-w");
+        let (_dir, _, store) = store_with_record("rec_w", "rel-w");
         let (record, _, _) = store.record_with_facts("rec_w").unwrap().unwrap();
         let value = |store: &SqliteStore| {
-            let (_, fields, _) = store.record_with_facts("rec_w").unwrap().unwrap();
-            let phone = fields.into_iter().find(|f| f.name == "phone").unwrap();
             // The value as first stored is 0.
-            phone
+            phone_of(store, "rec_w")
                 .version
                 .strip_prefix('w')
                 .map_or(0, |n| n.parse::<u32>().unwrap())

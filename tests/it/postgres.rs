@@ -853,11 +853,11 @@ fn a_batch_the_database_cuts_short_is_stored_whole_or_not_at_all() {
 /// stores its key and record when it rolls back.
 #[test]
 fn a_first_key_held_uncommitted_elsewhere_is_waited_for() {
-    use std::{collections::BTreeMap, time::Duration};
+    use std::time::Duration;
 
     use kluis::{
         domain::{Category, FieldKind, Purpose},
-        store::{AnchorRow, FieldRow, RecordRow, SubjectKeyRow},
+        store::{AnchorRow, FieldRow, SubjectKeyRow},
     };
     let Some(cluster) = pg::cluster() else { return };
     let url = cluster.database();
@@ -880,18 +880,7 @@ fn a_first_key_held_uncommitted_elsewhere_is_waited_for() {
             digest: vec![0x76; 32],
             mac: vec![0x77; 32],
         };
-        let row = RecordRow {
-            id: record.into(),
-            subject: subject.into(),
-            purpose: Purpose::Nuisance,
-            labels: BTreeMap::new(),
-            created_at: 100,
-            updated_at: 100,
-            closed_at: None,
-            expires_at: None,
-            mac: vec![0xAB; 32],
-            fields_mac: vec![0x01; 32],
-        };
+        let row = kluis::store::conformance::record_row(record, subject);
         let field = FieldRow {
             name: "phone".into(),
             category: Category::Contact,

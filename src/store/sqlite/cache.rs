@@ -119,8 +119,7 @@ impl ReadCache {
     /// Keeps `found`, read in a snapshot begun under `stamp`, unless a change came since or
     /// this is the first read of `id` under `stamp`.
     pub(super) fn put(&self, id: &str, stamp: u64, found: &Found) {
-        let size = weight(id, found);
-        if size > MAX_BYTES || self.changes.load(Ordering::SeqCst) != stamp {
+        if self.changes.load(Ordering::SeqCst) != stamp {
             return;
         }
         let key = self.hasher.hash_one(id);
@@ -144,7 +143,11 @@ impl ReadCache {
             }
         }
         drop(emptied);
-        // Copied outside the lock, then kept if nothing changed meanwhile.
+        // Weighed and copied outside the lock, then kept if nothing changed meanwhile.
+        let size = weight(id, found);
+        if size > MAX_BYTES {
+            return;
+        }
         let kept = (Arc::new(found.clone()), size);
         let Ok(mut entries) = self.entries.lock() else {
             return;
