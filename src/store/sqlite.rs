@@ -545,6 +545,11 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Reader>>,
     /// Records read with their facts, kept while no commit came to the file.
     cache: cache::ReadCache,
+    /// A connection that has looked at the file's `data_version` since the store opened: a
+    /// reader new to the pool, which cannot tell what it missed, asks it whether a commit came
+    /// since it last looked (`read_cached`), so that a pool growing under load does not
+    /// empty the cache once for each reader it opens.
+    watch: Mutex<Reader>,
     group: group::Group,
     /// A checkpoint after a destruction was held up: the next write tries again.
     checkpoint_owed: AtomicBool,
@@ -600,11 +605,19 @@ impl SqliteStore {
         refuse_triggers(&writer, &trigger_refused);
         let schema = Arc::new(SchemaCheck::default());
         check_structure(path, &schema);
+        // It looks before anything is read, so that whatever came before is in the empty cache.
+        let mut watch = Reader {
+            conn: open_connection(path, false)?,
+            seen: None,
+        };
+        refuse_triggers(&watch.conn, &trigger_refused);
+        watch.seen = Some(data_version(&watch.conn).map_err(db)?);
         let store = Self {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             cache: cache::ReadCache::default(),
+            watch: Mutex::new(watch),
             group: group::Group::default(),
             checkpoint_owed: AtomicBool::new(false),
             trigger_refused,
@@ -748,15 +761,38 @@ impl SqliteStore {
         f: impl FnOnce(&Connection, u64) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         self.read_on_reader(|reader| {
-            let version: i64 = reader
-                .conn
-                .prepare_cached("PRAGMA store.data_version")?
-                .query_row([], |r| r.get(0))?;
-            let changed = reader.seen != Some(version);
+            let version = data_version(&reader.conn)?;
+            let changed = match reader.seen {
+                Some(seen) => seen != version,
+                // New to the pool, it cannot tell what came before its first look: the watch
+                // looks after it and tells whether a commit came since the watch last looked
+                // (any before that moved the count on when it was seen). A commit after this
+                // reader's look is for its next look to see.
+                None => self.watch_saw_a_commit()?,
+            };
             reader.seen = Some(version);
             f(&reader.conn, self.cache.stamp(changed))
         })
     }
+
+    /// Whether the watch sees a `data_version` other than when it last looked (a commit to the
+    /// file since, by any connection or process); true when it cannot look.
+    fn watch_saw_a_commit(&self) -> rusqlite::Result<bool> {
+        let Ok(mut watch) = self.watch.lock() else {
+            return Ok(true);
+        };
+        let version = data_version(&watch.conn)?;
+        let changed = watch.seen != Some(version);
+        watch.seen = Some(version);
+        Ok(changed)
+    }
+}
+
+/// The store file's `data_version` as `conn` sees it: another value than it saw before means a
+/// commit to the file by another connection or process in between.
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA store.data_version")?
+        .query_row([], |r| r.get(0))
 }
 
 /// A connection of the readers' pool.
@@ -2737,7 +2773,7 @@ mod tests {
 
     /// A read on a reader other than the one that filled the cache, after a commit: the
     /// commit is seen, whichever reader looks first; and a reader new to the pool finds nothing
-    /// kept from before it. An append to the trail (each read's) leaves what is kept as it is.
+    /// kept from before a commit. An append to the trail (each read's) leaves what is kept as it is.
     #[test]
     fn a_commit_is_seen_by_each_reader_and_an_append_to_the_trail_keeps_the_cache() {
         let (_dir, path, store) = store_with_record("rec_r", "rel-r");
@@ -2775,6 +2811,35 @@ mod tests {
             assert_eq!(sealed(), [value]);
             assert_eq!(held(&sealed), [value]);
         }
+    }
+
+    /// A reader opened while the others are busy finds what was kept, and a commit made before
+    /// it opened, which no reader has seen yet, is read as committed.
+    #[test]
+    fn a_reader_new_to_the_pool_keeps_the_cache_and_sees_a_commit_before_it() {
+        let (_dir, path, store) = store_with_record("rec_n", "rel-n");
+        let hits = || store.cache.hits.load(Ordering::Relaxed);
+        let sealed = || phone_of(&store, "rec_n").sealed;
+        let held = |f: &dyn Fn() -> Vec<u8>| store.read_on_reader(|_| Ok(f())).unwrap();
+        assert_eq!(sealed(), [1; 30]);
+        assert_eq!(sealed(), [1; 30]);
+        // The one reader held, the read opens a second: it finds what was kept.
+        let before = hits();
+        assert_eq!(held(&sealed), [1; 30]);
+        assert_eq!(hits(), before + 1, "a new reader emptied the cache");
+        assert_eq!(store.readers.lock().unwrap().len(), 2);
+        // A commit by hand that neither has seen; both held, a third reader reads it.
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE fields SET sealed = x'07' WHERE record_id = 'rec_n' AND name = 'phone'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(held(&|| held(&sealed)), [7]);
+        assert_eq!(store.readers.lock().unwrap().len(), 3);
+        assert_eq!(sealed(), [7]);
+        assert_eq!(held(&|| held(&sealed)), [7]);
     }
 
     /// Readers on several threads while a writer replaces a value over and over: none reads an

@@ -10,8 +10,10 @@
 //! - Only the readers of the pool look here (never the writer, whose own commits its
 //!   `data_version` does not count). Each remembers the `data_version` it last saw; a reader
 //!   that sees another (any commit to the file by any connection or process since: a write, a
-//!   row edited by hand) moves the store's count of changes on, and a reader new to the pool
-//!   moves it on at its first look, as it cannot tell what it missed.
+//!   row edited by hand) moves the store's count of changes on. A reader new to the pool,
+//!   which cannot tell what came before its first look, asks the store's watch connection
+//!   after it: the watch has looked since the store opened, and moves the count on when it
+//!   sees a value it had not seen.
 //! - An entry is stamped with the count read before the snapshot it was read in began, and is
 //!   found only while the count is still that.
 //!
