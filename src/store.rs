@@ -16,7 +16,7 @@ pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::domain::{Category, ConsentState, FieldKind, Purpose, RequestKind};
 
@@ -443,6 +443,55 @@ pub struct AnchorChange<'a> {
     /// As it is after the change.
     pub next: &'a AnchorRow,
 }
+
+/// A record with all its fields and the facts of its subject, read from one snapshot
+/// (`RecordStore::record_with_facts`). Shared and never changed once read: a store may keep one
+/// between reads and hand the same one out again while its file holds what it read.
+#[derive(Debug)]
+pub struct RecordRead {
+    /// The record.
+    pub record: RecordRow,
+    /// All its fields.
+    pub fields: Vec<FieldRow>,
+    /// The facts of its subject.
+    pub facts: SubjectFacts,
+    /// The checker (`vault::rows`, by its number) that found these rows authentic; 0 until
+    /// one did. Set by the core alone, once it has checked them: a store hands out a new
+    /// `RecordRead` for what it reads from its file.
+    checked_by: std::sync::atomic::AtomicU64,
+}
+
+impl RecordRead {
+    /// What was read, checked by nobody yet.
+    pub fn new(record: RecordRow, fields: Vec<FieldRow>, facts: SubjectFacts) -> Self {
+        Self {
+            record,
+            fields,
+            facts,
+            checked_by: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether checker `checker` (never 0) found these rows authentic.
+    pub fn checked_by(&self, checker: u64) -> bool {
+        checker != 0 && self.checked_by.load(std::sync::atomic::Ordering::Acquire) == checker
+    }
+
+    /// Notes that checker `checker` found these rows authentic.
+    pub fn mark_checked(&self, checker: u64) {
+        self.checked_by
+            .store(checker, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl PartialEq for RecordRead {
+    /// The rows read; who checked them is not part of what was read.
+    fn eq(&self, other: &Self) -> bool {
+        self.record == other.record && self.fields == other.fields && self.facts == other.facts
+    }
+}
+
+impl Eq for RecordRead {}
 
 /// What the core checks a subject's restrictions against, read together.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
@@ -1115,10 +1164,7 @@ pub trait RecordStore: Send + Sync {
     /// A record with all its fields and the facts of its subject (as
     /// `LifecycleStore::subject_facts` reads them), from one snapshot: what a read opens and
     /// what its decision rests on, read together (PostgreSQL: one statement, one round trip).
-    fn record_with_facts(
-        &self,
-        id: &str,
-    ) -> Result<Option<(RecordRow, Vec<FieldRow>, SubjectFacts)>, StoreError>;
+    fn record_with_facts(&self, id: &str) -> Result<Option<Arc<RecordRead>>, StoreError>;
 
     /// The records of `ids` that exist, each with all its fields (each from one snapshot, as
     /// `record` gives it), in the order of `ids`.

@@ -47,7 +47,7 @@ use crate::{
     policy::{
         Action, Decision, Engine, FieldFlags, FieldResource, Grant, MaskedGrant, PolicyError,
     },
-    store::{FieldMeta, FieldRow, FieldsMac, RecordRow, Store, StoreError, SubjectFacts},
+    store::{FieldMeta, FieldRow, FieldsMac, RecordRead, RecordRow, Store, StoreError},
 };
 
 /// Errors of the domain core. Mapped to gRPC status codes in one place (`api::status`).
@@ -1882,19 +1882,22 @@ impl Vault {
 
     /// A record with its fields and the facts of its subject, read together; the record and
     /// its fields checked as `load` checks them, the facts as `subject_facts` checks them.
-    fn load_with_facts(
-        &self,
-        record_id: &RecordId,
-    ) -> Result<(RecordRow, Vec<FieldRow>, SubjectFacts), VaultError> {
-        let (record, fields, facts) = self
+    fn load_with_facts(&self, record_id: &RecordId) -> Result<Arc<RecordRead>, VaultError> {
+        let read = self
             .store
             .record_with_facts(record_id.as_str())?
             .ok_or_else(|| VaultError::NotFound(format!("record `{record_id}`")))?;
-        answers(record_id.as_str(), &record)?;
-        self.rows.check(&record)?;
-        self.rows.check_fields(&record, &fields)?;
-        self.check_facts(&record.subject, &facts)?;
-        Ok((record, fields, facts))
+        answers(record_id.as_str(), &read.record)?;
+        // The same rows handed out again (a store keeps what it read while its file holds
+        // it) were found authentic by this vault's checker when first read: they cannot have
+        // changed since.
+        if !read.checked_by(self.rows.checker()) {
+            self.rows.check(&read.record)?;
+            self.rows.check_fields(&read.record, &read.fields)?;
+            self.check_facts(&read.record.subject, &read.facts)?;
+            read.mark_checked(self.rows.checker());
+        }
+        Ok(read)
     }
 
     /// A record with the row of its field `name` alone, when it holds one, checked as `load`

@@ -8,8 +8,8 @@ use crate::domain::{Category, ConsentState, FieldKind, Purpose, RecipientKind, R
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, FieldMeta, FieldRow, FieldsMac,
     HashAt, HoldRow, KeyJobRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow,
-    RecordRow, RecordWrite, RequestRow, RestrictionRow, Store, StoreError, SubjectKeyRow, TagRow,
-    TokenRow,
+    RecordRead, RecordRow, RecordWrite, RequestRow, RestrictionRow, Store, StoreError,
+    SubjectKeyRow, TagRow, TokenRow,
 };
 
 /// A fresh anchor of `subject`, as the core stores it with the subject's first key.
@@ -125,7 +125,7 @@ pub fn one_record(store: &dyn Store, id: &str, subject: &str) {
 fn read_as_stored(store: &dyn Store, id: &str) {
     let stored = store.record(id).unwrap().map(|(record, fields)| {
         let facts = store.subject_facts(&record.subject).unwrap();
-        (record, fields, facts)
+        std::sync::Arc::new(RecordRead::new(record, fields, facts))
     });
     for _ in 0..2 {
         assert_eq!(store.record_with_facts(id).unwrap(), stored, "{id}");
@@ -2199,7 +2199,11 @@ fn lifecycle(store: &dyn Store) {
         let (record, fields) = store.record(id).unwrap().unwrap();
         assert_eq!(
             store.record_with_facts(id).unwrap(),
-            Some((record, fields, facts.clone())),
+            Some(std::sync::Arc::new(RecordRead::new(
+                record,
+                fields,
+                facts.clone()
+            ))),
             "{id}"
         );
     }

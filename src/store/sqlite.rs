@@ -38,8 +38,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::{
     AnchorChange, AnchorRow, AuditRow, ConsentRow, DisclosureRow, EvidenceRow, FieldMeta, FieldRow,
     FieldsMac, HoldRow, KeyJobRow, KeyRowChange, KeyState, LeaseRow, MandateRow, PurposeKeyRow,
-    RecordRow, RecordWithField, RecordWrite, RequestRow, Resealed, RestrictionRow, SegmentRow,
-    StoreError, SubjectFacts, SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*,
+    RecordRead, RecordRow, RecordWithField, RecordWrite, RequestRow, Resealed, RestrictionRow,
+    SegmentRow, StoreError, SubjectFacts, SubjectKeyRow, TagCount, TagRow, TokenRow, prelude::*,
 };
 
 /// The closed vocabularies are stored by name; a name none of them has (written by hand) fails
@@ -2726,8 +2726,12 @@ mod tests {
 
     /// The `phone` field of record `id`, as a read with facts gives it.
     fn phone_of(store: &SqliteStore, id: &str) -> FieldRow {
-        let (_, fields, _) = store.record_with_facts(id).unwrap().unwrap();
-        fields.into_iter().find(|f| f.name == "phone").unwrap()
+        let read = store.record_with_facts(id).unwrap().unwrap();
+        read.fields
+            .iter()
+            .find(|f| f.name == "phone")
+            .unwrap()
+            .clone()
     }
 
     /// What the store keeps of a read is not found once another connection changed the file:
@@ -2748,7 +2752,7 @@ mod tests {
             .unwrap();
         assert_eq!(phone(&store), [0]);
         // The subject's facts alike: a hold's row put in by hand is read with the record.
-        assert!(first.2.holds.is_empty());
+        assert!(first.facts.holds.is_empty());
         by_hand
             .execute(
                 "INSERT INTO holds (id, subject, reason, case_ref, placed_by, placed_at, mac)
@@ -2756,9 +2760,9 @@ mod tests {
                 [],
             )
             .unwrap();
-        let (_, _, facts) = store.record_with_facts("rec_c").unwrap().unwrap();
+        let read = store.record_with_facts("rec_c").unwrap().unwrap();
         assert_eq!(
-            facts
+            read.facts
                 .holds
                 .iter()
                 .map(|h| h.id.as_str())
@@ -2847,7 +2851,12 @@ mod tests {
     #[test]
     fn reads_beside_writes_never_go_back_to_an_older_value() {
         let (_dir, _, store) = store_with_record("rec_w", "rel-w");
-        let (record, _, _) = store.record_with_facts("rec_w").unwrap().unwrap();
+        let record = store
+            .record_with_facts("rec_w")
+            .unwrap()
+            .unwrap()
+            .record
+            .clone();
         let value = |store: &SqliteStore| {
             // The value as first stored is 0.
             phone_of(store, "rec_w")

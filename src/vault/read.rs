@@ -19,7 +19,7 @@ use crate::{
     audit::{AuditEvent, AuditSeq},
     domain::{AccessContext, Category, FieldKind, FieldName, Principal, RecordId, SubjectId},
     policy::{Action, Decision, FieldResource},
-    store::{FieldRow, RecordRow, StoreError},
+    store::{FieldRow, RecordRead, RecordRow, StoreError},
 };
 
 /// A field named by the caller that the record does not hold, and one it holds that the caller
@@ -29,8 +29,7 @@ const UNAVAILABLE: &str = "not in this record, or not yours to know of";
 /// A read decided and not yet opened: what its entry says, and what opening it needs.
 struct Decided {
     record_id: RecordId,
-    record: RecordRow,
-    rows: Vec<FieldRow>,
+    loaded: Loaded,
     /// The fields of the read, by their place in `rows`, in the order of `resources`.
     selected: Vec<usize>,
     resources: Vec<FieldResource>,
@@ -47,6 +46,29 @@ struct Decided {
     hold: Option<answers::AnswerHold>,
     /// The sealed bytes of the fields returned.
     bytes: usize,
+}
+
+/// A record and its fields as a read loaded them: shared with the store when read with the
+/// facts of its subject (`RecordStore::record_with_facts`), else its own.
+enum Loaded {
+    Shared(Arc<RecordRead>),
+    Own(RecordRow, Vec<FieldRow>),
+}
+
+impl Loaded {
+    fn record(&self) -> &RecordRow {
+        match self {
+            Loaded::Shared(read) => &read.record,
+            Loaded::Own(record, _) => record,
+        }
+    }
+
+    fn rows(&self) -> &[FieldRow] {
+        match self {
+            Loaded::Shared(read) => &read.fields,
+            Loaded::Own(_, rows) => rows,
+        }
+    }
 }
 
 /// The most sealed bytes a read opens on the thread that commits its entry (`get_record_then`);
@@ -128,17 +150,19 @@ impl Vault {
     ) -> Result<(AuditEvent, Decided), VaultError> {
         // A read that names one field reads that field's value only; one of all its fields
         // reads them with the facts of its subject, together.
-        let (record, rows, read_facts) = match wanted {
+        let (loaded, read_facts) = match wanted {
             [one] => {
                 let (record, rows) = self.load_one(record_id, one)?;
-                (record, rows, None)
+                (Loaded::Own(record, rows), None)
             }
             _ => {
-                let (record, rows, facts) = self.load_with_facts(record_id)?;
-                (record, rows, Some(facts))
+                let read = self.load_with_facts(record_id)?;
+                let facts = read.facts.clone();
+                (Loaded::Shared(read), Some(facts))
             }
         };
-        let meta = record_meta(&record)?;
+        let (record, rows) = (loaded.record(), loaded.rows());
+        let meta = record_meta(record)?;
         let subject = SubjectId::parse_stored(&record.subject)
             .map_err(|_| StoreError::Corrupt(format!("subject of `{}`", record.id)))?;
         let mut withheld = Vec::new();
@@ -159,7 +183,7 @@ impl Vault {
         let resources = selected
             .iter()
             .filter_map(|&i| rows.get(i))
-            .map(|r| resource(&record, meta.purpose, r))
+            .map(|r| resource(record, meta.purpose, r))
             .collect::<Result<Vec<_>, _>>()?;
         // Every decision of this read (read, a masked view, knowing of a field) on the same
         // facts, read once.
@@ -194,8 +218,7 @@ impl Vault {
         }
         let mut decided = Decided {
             record_id: record_id.clone(),
-            record,
-            rows,
+            loaded,
             selected,
             resources,
             decisions,
@@ -239,7 +262,7 @@ impl Vault {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| decided.returned(*i))
-                .filter_map(|(_, &r)| decided.rows.get(r))
+                .filter_map(|(_, &r)| decided.loaded.rows().get(r))
                 .map(|r| r.sealed.len())
                 .sum();
             decided.hold = Some(self.answers.hold(principal.id.as_str(), bytes)?);
@@ -257,7 +280,7 @@ impl Vault {
                 .map(|(_, r)| r)
                 .collect();
             event.target =
-                self.register_external_read(principal, ctx, &decided.record, &disclosed)?;
+                self.register_external_read(principal, ctx, decided.loaded.record(), &disclosed)?;
         }
         Ok((event, decided))
     }
@@ -294,7 +317,7 @@ impl Vault {
                     (None, Some(m)) => FieldGrant::Masked(m.masked_grant(seq)?),
                     (None, None) => return None,
                 };
-                Some((grant, decided.rows.get(row)?, res.category))
+                Some((grant, decided.loaded.rows().get(row)?, res.category))
             })
             .collect();
         withheld.extend(
@@ -324,24 +347,25 @@ impl Vault {
         );
         let purpose = decided.meta.purpose;
         let record_id = &decided.record_id;
-        let fields = match self.open_granted(&grants, &decided.subject, &decided.record, purpose)? {
-            Some(fields) => fields,
-            None => {
-                // A rekey moved the subject to a new key generation after the record was read:
-                // read the resealed values again (the grants are for the same fields).
-                let (record, rows) = self.load(record_id)?;
-                let regranted: Vec<(FieldGrant, &FieldRow, Category)> = grants
-                    .into_iter()
-                    .filter_map(|(g, _, c)| {
-                        rows.iter().find(|r| r.name == g.field()).map(|r| (g, r, c))
-                    })
-                    .collect();
-                self.open_granted(&regranted, &decided.subject, &record, purpose)?
-                    .ok_or_else(|| {
-                        VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
-                    })?
-            }
-        };
+        let fields =
+            match self.open_granted(&grants, &decided.subject, decided.loaded.record(), purpose)? {
+                Some(fields) => fields,
+                None => {
+                    // A rekey moved the subject to a new key generation after the record was read:
+                    // read the resealed values again (the grants are for the same fields).
+                    let (record, rows) = self.load(record_id)?;
+                    let regranted: Vec<(FieldGrant, &FieldRow, Category)> = grants
+                        .into_iter()
+                        .filter_map(|(g, _, c)| {
+                            rows.iter().find(|r| r.name == g.field()).map(|r| (g, r, c))
+                        })
+                        .collect();
+                    self.open_granted(&regranted, &decided.subject, &record, purpose)?
+                        .ok_or_else(|| {
+                            VaultError::DataLoss(format!("the subject key of record `{record_id}`"))
+                        })?
+                }
+            };
         Ok(RecordView {
             meta: decided.meta,
             fields,

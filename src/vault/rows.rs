@@ -624,7 +624,13 @@ const MAC_LEN: usize = 32;
 /// Computes and checks row MACs.
 pub struct RowAuth {
     key: Subkey,
+    /// This checker's number, never 0, unique in the process: rows it found authentic are
+    /// marked with it (`store::RecordRead`).
+    checker: u64,
 }
+
+/// The number of the next `RowAuth`.
+static NEXT_CHECKER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for RowAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -637,7 +643,13 @@ impl RowAuth {
     pub fn new(key: &AuditKey) -> Result<Self, CryptoError> {
         Ok(Self {
             key: key.row_mac_subkey()?,
+            checker: NEXT_CHECKER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// This checker's number, never 0 (`store::RecordRead::checked_by`).
+    pub(crate) fn checker(&self) -> u64 {
+        self.checker
     }
 
     /// The MAC `row` must carry.

@@ -361,7 +361,7 @@ fn reads_by_id_look_up_each_record_whatever_the_plan() {
                     store
                         .record_with_facts(id)
                         .unwrap()
-                        .map(|(r, f, _)| (r.id, f.len()))
+                        .map(|read| (read.record.id.clone(), read.fields.len()))
                 })
                 .collect();
             assert_eq!(
@@ -466,8 +466,8 @@ fn an_edited_row_fails_its_own_read_and_not_those_beside_it() {
                     let id = if (t + i) % 3 == 0 { "rec-9" } else { "rec-7" };
                     match (id, store.record_with_facts(id)) {
                         ("rec-9", Err(StoreError::Corrupt(_))) => {}
-                        ("rec-7", Ok(Some((record, fields, _)))) => {
-                            assert_eq!((record.id.as_str(), fields.len()), ("rec-7", 1));
+                        ("rec-7", Ok(Some(read))) => {
+                            assert_eq!((read.record.id.as_str(), read.fields.len()), ("rec-7", 1));
                         }
                         (_, other) => {
                             failed_beside.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

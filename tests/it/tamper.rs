@@ -317,6 +317,63 @@ async fn a_token_row_deleted_by_hand_authenticates_nobody_within_a_second() {
     server.stop().await;
 }
 
+/// A record read again and again (which a store may answer from what it kept of an earlier
+/// read, found authentic then) is checked again once any of its rows, or of its subject's
+/// facts, is edited by hand: the read after the edit is refused, the one after the row is put
+/// back answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_read_many_times_is_checked_again_once_its_rows_are_edited() {
+    let server = TestServer::start().await;
+    let id = put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        SCOPED_SUBJECT,
+        vec![text("statement", "nuisance-evidence", "shouting at night")],
+    )
+    .await;
+    let officer = server.token(Role::NuisanceOfficer).to_owned();
+    let reads = || async {
+        let mut codes = Vec::new();
+        for _ in 0..3 {
+            codes.push(match get(&server, &officer, nuisance_ctx(), &id).await {
+                Ok(_) => Code::Ok,
+                Err(status) => {
+                    assert!(!status.message().contains("shouting"), "{status:?}");
+                    status.code()
+                }
+            });
+        }
+        codes
+    };
+    assert_eq!(reads().await, [Code::Ok; 3]);
+    for (edit, undo, what) in [
+        (
+            "UPDATE records SET closed_at = 1 WHERE id = ?1",
+            "UPDATE records SET closed_at = NULL WHERE id = ?1",
+            "the record's row",
+        ),
+        (
+            "UPDATE fields SET category = 'contact' WHERE record_id = ?1",
+            "UPDATE fields SET category = 'nuisance-evidence' WHERE record_id = ?1",
+            "a field's row",
+        ),
+        (
+            "UPDATE subject_anchors SET holds = holds + 1
+             WHERE subject = (SELECT subject FROM records WHERE id = ?1)",
+            "UPDATE subject_anchors SET holds = holds - 1
+             WHERE subject = (SELECT subject FROM records WHERE id = ?1)",
+            "the subject's anchor",
+        ),
+    ] {
+        db(&server).execute(edit, [&id]).unwrap();
+        assert_eq!(reads().await, [Code::DataLoss; 3], "{what}");
+        db(&server).execute(undo, [&id]).unwrap();
+        assert_eq!(reads().await, [Code::Ok; 3], "{what} put back");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_rows_edited_by_hand_are_not_obeyed() {
     let server = TestServer::start().await;

@@ -1,6 +1,8 @@
 //! The PostgreSQL store: records and their fields, retention and shredding.
 
 use super::*;
+use crate::store::RecordRead;
+use std::sync::Arc;
 
 /// How many columns `RECORD_COLUMNS` names.
 const RECORD_WIDTH: usize = 10;
@@ -264,14 +266,13 @@ impl RecordStore for PgStore {
         })
     }
 
-    fn record_with_facts(
-        &self,
-        id: &str,
-    ) -> Result<Option<(RecordRow, Vec<FieldRow>, SubjectFacts)>, StoreError> {
+    fn record_with_facts(&self, id: &str) -> Result<Option<Arc<RecordRead>>, StoreError> {
         // One statement for this read and those that arrive while others run (see
         // `group::ReadGroup`): one snapshot for each, and one round trip for all of them.
-        self.record_reads
-            .read(id, |ids| self.read_one(|tx| records_with_facts(tx, ids)))
+        Ok(self
+            .record_reads
+            .read(id, |ids| self.read_one(|tx| records_with_facts(tx, ids)))?
+            .map(|(record, fields, facts)| Arc::new(RecordRead::new(record, fields, facts))))
     }
 
     fn records(&self, ids: &[&str]) -> Result<Vec<(RecordRow, Vec<FieldRow>)>, StoreError> {

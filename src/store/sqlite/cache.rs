@@ -3,9 +3,10 @@
 //! `PRAGMA store.data_version`.
 //!
 //! What is kept is the rows as the file holds them: values sealed, their MACs, the record's
-//! labels and the facts' rows (in clear there as here). The core checks them as it checks rows
-//! read from the file, and decides each read afresh. A read's answer is the file's content as of
-//! the moment it looked, as it is without the cache:
+//! labels and the facts' rows (in clear there as here), shared with the reads that find them
+//! (`RecordRead`, never changed once read). The core checks them as it checks rows read from the
+//! file, once (the read marks who found it authentic), and decides each read afresh. A read's
+//! answer is the file's content as of the moment it looked, as it is without the cache:
 //!
 //! - Only the readers of the pool look here (never the writer, whose own commits its
 //!   `data_version` does not count). Each remembers the `data_version` it last saw; a reader
@@ -34,10 +35,7 @@ use std::{
     },
 };
 
-use crate::store::{FieldRow, RecordRow, SubjectFacts};
-
-/// A record with its fields and its subject's facts, as `record_with_facts` gives it.
-pub(super) type Found = (RecordRow, Vec<FieldRow>, SubjectFacts);
+use crate::store::RecordRead;
 
 /// The most bytes of entries kept, as `weight` counts them: past it the cache starts over.
 const MAX_BYTES: usize = 32 * 1024 * 1024;
@@ -64,7 +62,7 @@ pub(super) struct ReadCache {
 struct Entries {
     /// The count of changes every entry was read under.
     stamp: u64,
-    map: HashMap<String, (Arc<Found>, usize)>,
+    map: HashMap<String, (Arc<RecordRead>, usize)>,
     bytes: usize,
     /// The ids read once under `stamp` and not kept: a record is kept at its second read, so
     /// that reads spread over more records than the cache holds copy nothing into it.
@@ -73,7 +71,7 @@ struct Entries {
 
 /// What an emptied cache held, dropped once its lock is released: dropping thousands of
 /// entries holds up no read.
-type Emptied = (HashMap<String, (Arc<Found>, usize)>, HashSet<u64>);
+type Emptied = (HashMap<String, (Arc<RecordRead>, usize)>, HashSet<u64>);
 
 impl Entries {
     fn empty(&mut self) -> Emptied {
@@ -104,7 +102,7 @@ impl ReadCache {
     }
 
     /// The record `id` as read under `stamp`, if it was and nothing changed since.
-    pub(super) fn get(&self, id: &str, stamp: u64) -> Option<Found> {
+    pub(super) fn get(&self, id: &str, stamp: u64) -> Option<Arc<RecordRead>> {
         let kept = {
             let entries = self.entries.lock().ok()?;
             if entries.stamp != stamp {
@@ -114,13 +112,12 @@ impl ReadCache {
         };
         #[cfg(test)]
         self.hits.fetch_add(1, Ordering::Relaxed);
-        // Copied outside the lock: a large record holds up no other read.
-        Some(Found::clone(&kept))
+        Some(kept)
     }
 
     /// Keeps `found`, read in a snapshot begun under `stamp`, unless a change came since or
     /// this is the first read of `id` under `stamp`.
-    pub(super) fn put(&self, id: &str, stamp: u64, found: &Found) {
+    pub(super) fn put(&self, id: &str, stamp: u64, found: &Arc<RecordRead>) {
         if self.changes.load(Ordering::SeqCst) != stamp {
             return;
         }
@@ -145,12 +142,12 @@ impl ReadCache {
             }
         }
         drop(emptied);
-        // Weighed and copied outside the lock, then kept if nothing changed meanwhile.
+        // Weighed outside the lock, then kept if nothing changed meanwhile.
         let size = weight(id, found);
         if size > MAX_BYTES {
             return;
         }
-        let kept = (Arc::new(found.clone()), size);
+        let kept = (Arc::clone(found), size);
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -194,7 +191,15 @@ impl Entries {
 /// What an entry is counted as against `MAX_BYTES`: its strings and byte strings, and a bound
 /// for each of its subject's consent, hold, mandate and restriction rows (whose free text is
 /// bounded by what the API takes).
-fn weight(id: &str, (record, fields, facts): &Found) -> usize {
+fn weight(
+    id: &str,
+    RecordRead {
+        record,
+        fields,
+        facts,
+        ..
+    }: &RecordRead,
+) -> usize {
     const FACT_ROW: usize = 2048;
     let fields: usize = fields
         .iter()
@@ -231,13 +236,19 @@ fn weight(id: &str, (record, fields, facts): &Found) -> usize {
 mod tests {
     use super::*;
 
-    fn found(subject: &str) -> Found {
+    use crate::store::{FieldRow, SubjectFacts};
+
+    fn found(subject: &str) -> Arc<RecordRead> {
+        found_with(subject, Vec::new())
+    }
+
+    fn found_with(subject: &str, fields: Vec<FieldRow>) -> Arc<RecordRead> {
         let record = crate::store::conformance::record_row("rec_1", subject);
-        (record, Vec::new(), SubjectFacts::default())
+        Arc::new(RecordRead::new(record, fields, SubjectFacts::default()))
     }
 
     /// Kept at its second read under `stamp`, as `put` keeps a record.
-    fn keep(cache: &ReadCache, id: &str, stamp: u64, found: &Found) {
+    fn keep(cache: &ReadCache, id: &str, stamp: u64, found: &Arc<RecordRead>) {
         cache.put(id, stamp, found);
         cache.put(id, stamp, found);
     }
@@ -247,7 +258,7 @@ mod tests {
         let cache = ReadCache::default();
         let stamp = cache.stamp(true);
         keep(&cache, "r", stamp, &found("s1"));
-        assert_eq!(cache.get("r", stamp).unwrap().0.subject, "s1");
+        assert_eq!(cache.get("r", stamp).unwrap().record.subject, "s1");
         // A reader saw a commit: what was read before it is not found.
         let next = cache.stamp(true);
         assert!(cache.get("r", next).is_none());
@@ -257,7 +268,7 @@ mod tests {
         // Read after it, it is.
         keep(&cache, "r", next, &found("s2"));
         assert_eq!(cache.stamp(false), next);
-        assert_eq!(cache.get("r", next).unwrap().0.subject, "s2");
+        assert_eq!(cache.get("r", next).unwrap().record.subject, "s2");
     }
 
     #[test]
@@ -292,17 +303,19 @@ mod tests {
     fn past_its_size_the_cache_starts_over() {
         let cache = ReadCache::default();
         let stamp = cache.stamp(true);
-        let mut big = found("s");
-        big.1.push(FieldRow {
-            name: "f".into(),
-            category: crate::domain::Category::Contact,
-            kind: crate::domain::FieldKind::Text,
-            key_gen: 1,
-            sealed: vec![0; MAX_BYTES / 3],
-            mac: Vec::new(),
-            version: String::new(),
-            tags: Vec::new(),
-        });
+        let big = found_with(
+            "s",
+            vec![FieldRow {
+                name: "f".into(),
+                category: crate::domain::Category::Contact,
+                kind: crate::domain::FieldKind::Text,
+                key_gen: 1,
+                sealed: vec![0; MAX_BYTES / 3],
+                mac: Vec::new(),
+                version: String::new(),
+                tags: Vec::new(),
+            }],
+        );
         for id in ["a", "b", "c"] {
             keep(&cache, id, stamp, &big);
         }

@@ -57,10 +57,7 @@ impl RecordStore for SqliteStore {
             .transpose()
     }
 
-    fn record_with_facts(
-        &self,
-        id: &str,
-    ) -> Result<Option<(RecordRow, Vec<FieldRow>, SubjectFacts)>, StoreError> {
+    fn record_with_facts(&self, id: &str) -> Result<Option<Arc<RecordRead>>, StoreError> {
         // Kept from an earlier read while no commit came to the file since (`cache`); else one
         // read transaction: one snapshot, and one start of a read (which may find the page
         // cache stale) for the record and the facts of its subject.
@@ -83,7 +80,7 @@ impl RecordStore for SqliteStore {
             Looked::Kept(kept) => Ok(Some(kept)),
             Looked::Read(None, _) => Ok(None),
             Looked::Read(Some((rec, fields, facts)), stamp) => {
-                let found = (with_labels(rec)?, fields, facts);
+                let found = Arc::new(RecordRead::new(with_labels(rec)?, fields, facts));
                 self.cache.put(id, stamp, &found);
                 Ok(Some(found))
             }
@@ -728,8 +725,12 @@ fn record_in(
 
 /// What `record_with_facts` found: a record kept from an earlier read, or what it read (labels
 /// still JSON), in a snapshot begun under the stamp.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one a read, moved once into what it answers"
+)]
 enum Looked {
-    Kept(super::cache::Found),
+    Kept(Arc<RecordRead>),
     Read(
         Option<((RecordRow, String), Vec<FieldRow>, SubjectFacts)>,
         u64,
