@@ -1129,8 +1129,9 @@ pub const INVISIBLE: &[(char, char)] = &[
 /// format character (general category Cf).
 pub fn is_invisible(c: char) -> bool {
     // No ASCII character is one; field values are mostly ASCII and read whole.
-    !c.is_ascii() && INVISIBLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
-        || c.general_category() == GeneralCategory::Format
+    !c.is_ascii()
+        && (INVISIBLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+            || c.general_category() == GeneralCategory::Format)
 }
 
 // The units of a value are plaintext: the buffers that hold them are wiped (to `BREAK`).
@@ -4755,6 +4756,19 @@ fn look_alike(c: char) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ASCII characters are passed over without a look at their general category: none of
+    /// them is a format character, and every other character is judged as before.
+    #[test]
+    fn invisible_characters_are_those_listed_or_of_category_cf() {
+        let listed = |c: char| INVISIBLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c));
+        for c in (0..=0x10_FFFF).filter_map(char::from_u32) {
+            let judged = listed(c) || c.general_category() == GeneralCategory::Format;
+            assert_eq!(is_invisible(c), judged, "U+{:04X}", u32::from(c));
+        }
+        assert!(is_invisible('\u{200B}') && is_invisible('\u{00AD}') && is_invisible('\u{E0041}'));
+        assert!(!is_invisible('a') && !is_invisible('\t') && !is_invisible('\u{7F}'));
+    }
 
     /// Every nine-digit string (leading zeros included) with the first eight digits given,
     /// completed to pass the eleven-test, or `None` when no check digit fits.
