@@ -546,9 +546,9 @@ pub struct SqliteStore {
     /// Records read with their facts, kept while no commit came to the file.
     cache: cache::ReadCache,
     /// A connection that has looked at the file's `data_version` since the store opened: a
-    /// reader new to the pool, which cannot tell what it missed, asks it whether a commit came
-    /// since it last looked (`read_cached`), so that a pool growing under load does not
-    /// empty the cache once for each reader it opens.
+    /// reader that sees a commit, or is new to the pool, asks it whether a commit came since
+    /// it last looked (`read_cached`), so that a commit empties the cache once, not once for
+    /// each reader that sees it, and a pool growing under load does not empty it at all.
     watch: Mutex<Reader>,
     group: group::Group,
     /// A checkpoint after a destruction was held up: the next write tries again.
@@ -762,29 +762,32 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         self.read_on_reader(|reader| {
             let version = data_version(&reader.conn)?;
-            let changed = match reader.seen {
-                Some(seen) => seen != version,
-                // New to the pool, it cannot tell what came before its first look: the watch
-                // looks after it and tells whether a commit came since the watch last looked
-                // (any before that moved the count on when it was seen). A commit after this
-                // reader's look is for its next look to see.
-                None => self.watch_saw_a_commit()?,
+            let stamp = match reader.seen {
+                Some(seen) if seen == version => self.cache.stamp(false),
+                // A commit since this reader last looked, or its first look (it cannot tell
+                // what came before): the watch looks after it (`stamp_after_watch`).
+                _ => self.stamp_after_watch()?,
             };
             reader.seen = Some(version);
-            f(&reader.conn, self.cache.stamp(changed))
+            f(&reader.conn, stamp)
         })
     }
 
-    /// Whether the watch sees a `data_version` other than when it last looked (a commit to the
-    /// file since, by any connection or process); true when it cannot look.
-    fn watch_saw_a_commit(&self) -> rusqlite::Result<bool> {
+    /// The stamp for a reader that saw a commit, or looks for the first time, once the watch
+    /// has looked after it: the count of changes moves on when the watch sees a commit since
+    /// it last looked. Any commit before that moved the count on when the watch saw it, so
+    /// each commit empties the cache once, not once for every reader that sees it; a commit
+    /// after the reader's look is for its next look. The watch looks and the count moves on
+    /// under the watch's lock: a reader that finds the watch has seen a commit already finds
+    /// the count moved on for it.
+    fn stamp_after_watch(&self) -> rusqlite::Result<u64> {
         let Ok(mut watch) = self.watch.lock() else {
-            return Ok(true);
+            return Ok(self.cache.stamp(true));
         };
         let version = data_version(&watch.conn)?;
         let changed = watch.seen != Some(version);
         watch.seen = Some(version);
-        Ok(changed)
+        Ok(self.cache.stamp(changed))
     }
 }
 
@@ -2844,6 +2847,37 @@ mod tests {
         assert_eq!(store.readers.lock().unwrap().len(), 3);
         assert_eq!(sealed(), [7]);
         assert_eq!(held(&|| held(&sealed)), [7]);
+    }
+
+    /// A commit seen by several readers empties the cache once: the first reader to see it
+    /// reads it and keeps it, and the others, each seeing the commit at its next look, find
+    /// what the first kept.
+    #[test]
+    fn a_commit_seen_by_several_readers_empties_the_cache_once() {
+        let (_dir, path, store) = store_with_record("rec_o", "rel-o");
+        let hits = || store.cache.hits.load(Ordering::Relaxed);
+        let sealed = || phone_of(&store, "rec_o").sealed;
+        let held = |f: &dyn Fn() -> Vec<u8>| store.read_on_reader(|_| Ok(f())).unwrap();
+        // Three readers in the pool, each of which has looked.
+        assert_eq!(held(&|| held(&sealed)), [1; 30]);
+        assert_eq!(store.readers.lock().unwrap().len(), 3);
+        assert_eq!(held(&sealed), [1; 30]);
+        assert_eq!(sealed(), [1; 30]);
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE fields SET sealed = x'09' WHERE record_id = 'rec_o' AND name = 'phone'",
+                [],
+            )
+            .unwrap();
+        // The first reader sees the commit and keeps the record at its second read.
+        assert_eq!(sealed(), [9]);
+        assert_eq!(sealed(), [9]);
+        let before = hits();
+        // The second and the third see the commit now, and find what the first kept.
+        assert_eq!(held(&sealed), [9]);
+        assert_eq!(held(&|| held(&sealed)), [9]);
+        assert_eq!(hits(), before + 2, "a commit seen again emptied the cache");
     }
 
     /// Readers on several threads while a writer replaces a value over and over: none reads an

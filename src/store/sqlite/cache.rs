@@ -9,12 +9,13 @@
 //! answer is the file's content as of the moment it looked, as it is without the cache:
 //!
 //! - Only the readers of the pool look here (never the writer, whose own commits its
-//!   `data_version` does not count). Each remembers the `data_version` it last saw; a reader
+//!   `data_version` does not count). Each remembers the `data_version` it last saw. A reader
 //!   that sees another (any commit to the file by any connection or process since: a write, a
-//!   row edited by hand) moves the store's count of changes on. A reader new to the pool,
-//!   which cannot tell what came before its first look, asks the store's watch connection
-//!   after it: the watch has looked since the store opened, and moves the count on when it
-//!   sees a value it had not seen.
+//!   row edited by hand), or looks for the first time (it cannot tell what came before), asks
+//!   the store's watch connection after it, and the store's count of changes moves on when the
+//!   watch sees a value it had not seen: each commit moves it on once, whichever reader sees
+//!   it first, and a commit the watch saw before moved it on then (under the watch's lock, so
+//!   that no reader finds the watch has seen a commit before the count has moved on for it).
 //! - An entry is stamped with the count read before the snapshot it was read in began, and is
 //!   found only while the count is still that.
 //!
