@@ -477,8 +477,9 @@ impl RecordRead {
         checker != 0 && self.checked_by.load(std::sync::atomic::Ordering::Acquire) == checker
     }
 
-    /// Notes that checker `checker` found these rows authentic.
-    pub fn mark_checked(&self, checker: u64) {
+    /// Notes that checker `checker` found these rows authentic (the core's alone to say: a
+    /// store outside this crate cannot).
+    pub(crate) fn mark_checked(&self, checker: u64) {
         self.checked_by
             .store(checker, std::sync::atomic::Ordering::Release);
     }

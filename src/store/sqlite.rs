@@ -766,7 +766,7 @@ impl SqliteStore {
                 Some(seen) if seen == version => self.cache.stamp(false),
                 // A commit since this reader last looked, or its first look (it cannot tell
                 // what came before): the watch looks after it (`stamp_after_watch`).
-                _ => self.stamp_after_watch()?,
+                _ => self.stamp_after_watch(),
             };
             reader.seen = Some(version);
             f(&reader.conn, stamp)
@@ -780,14 +780,23 @@ impl SqliteStore {
     /// after the reader's look is for its next look. The watch looks and the count moves on
     /// under the watch's lock: a reader that finds the watch has seen a commit already finds
     /// the count moved on for it.
-    fn stamp_after_watch(&self) -> rusqlite::Result<u64> {
-        let Ok(mut watch) = self.watch.lock() else {
-            return Ok(self.cache.stamp(true));
+    fn stamp_after_watch(&self) -> u64 {
+        let (stamp, emptied) = match self.watch.lock() {
+            Ok(mut watch) => match data_version(&watch.conn) {
+                Ok(version) if watch.seen == Some(version) => (self.cache.stamp(false), None),
+                Ok(version) => {
+                    watch.seen = Some(version);
+                    self.cache.move_on()
+                }
+                // The watch cannot look: the count moves on as for a commit, and the watch
+                // looks again next time (its last look stays as it was).
+                Err(_) => self.cache.move_on(),
+            },
+            Err(_) => self.cache.move_on(),
         };
-        let version = data_version(&watch.conn)?;
-        let changed = watch.seen != Some(version);
-        watch.seen = Some(version);
-        Ok(self.cache.stamp(changed))
+        // What the cache held goes once the watch is free: dropping it holds up no reader.
+        drop(emptied);
+        stamp
     }
 }
 

@@ -72,7 +72,7 @@ struct Entries {
 
 /// What an emptied cache held, dropped once its lock is released: dropping thousands of
 /// entries holds up no read.
-type Emptied = (HashMap<String, (Arc<RecordRead>, usize)>, HashSet<u64>);
+pub(super) type Emptied = (HashMap<String, (Arc<RecordRead>, usize)>, HashSet<u64>);
 
 impl Entries {
     fn empty(&mut self) -> Emptied {
@@ -86,20 +86,27 @@ impl Entries {
 
 impl ReadCache {
     /// The stamp to search and fill under, after the reader about to read looked: `changed`
-    /// when it saw a commit it had not seen (or never looked before), which empties the cache.
+    /// when a commit came that moved nobody's count on yet (`move_on`).
     pub(super) fn stamp(&self, changed: bool) -> u64 {
-        if !changed {
-            return self.changes.load(Ordering::SeqCst);
+        if changed {
+            self.move_on().0
+        } else {
+            self.changes.load(Ordering::SeqCst)
         }
+    }
+
+    /// Moves the count of changes on and empties the cache: the new stamp, and what the cache
+    /// held, for the caller to drop once it holds no lock.
+    pub(super) fn move_on(&self) -> (u64, Option<Emptied>) {
         let stamp = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
-        let _emptied = match self.entries.lock() {
+        let emptied = match self.entries.lock() {
             Ok(mut entries) if entries.stamp < stamp => {
                 entries.stamp = stamp;
                 Some(entries.empty())
             }
             _ => None,
         };
-        stamp
+        (stamp, emptied)
     }
 
     /// The record `id` as read under `stamp`, if it was and nothing changed since.
