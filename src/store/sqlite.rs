@@ -606,12 +606,12 @@ impl SqliteStore {
         let schema = Arc::new(SchemaCheck::default());
         check_structure(path, &schema);
         // It looks before anything is read, so that whatever came before is in the empty cache.
-        let mut watch = Reader {
-            conn: open_connection(path, false)?,
-            seen: None,
+        let watch = open_connection(path, false)?;
+        refuse_triggers(&watch, &trigger_refused);
+        let watch = Reader {
+            seen: Some(data_version(&watch).map_err(db)?),
+            conn: watch,
         };
-        refuse_triggers(&watch.conn, &trigger_refused);
-        watch.seen = Some(data_version(&watch.conn).map_err(db)?);
         let store = Self {
             path: path.to_owned(),
             writer: Mutex::new(writer),

@@ -150,16 +150,12 @@ impl Vault {
     ) -> Result<(AuditEvent, Decided), VaultError> {
         // A read that names one field reads that field's value only; one of all its fields
         // reads them with the facts of its subject, together.
-        let (loaded, read_facts) = match wanted {
+        let loaded = match wanted {
             [one] => {
                 let (record, rows) = self.load_one(record_id, one)?;
-                (Loaded::Own(record, rows), None)
+                Loaded::Own(record, rows)
             }
-            _ => {
-                let read = self.load_with_facts(record_id)?;
-                let facts = read.facts.clone();
-                (Loaded::Shared(read), Some(facts))
-            }
+            _ => Loaded::Shared(self.load_with_facts(record_id)?),
         };
         let (record, rows) = (loaded.record(), loaded.rows());
         let meta = record_meta(record)?;
@@ -187,9 +183,11 @@ impl Vault {
             .collect::<Result<Vec<_>, _>>()?;
         // Every decision of this read (read, a masked view, knowing of a field) on the same
         // facts, read once.
-        let facts = match read_facts {
-            Some(facts) => self.decision_facts(principal, [(record.subject.clone(), facts)]),
-            None => self.facts_of(principal, &resources)?,
+        let facts = match &loaded {
+            Loaded::Shared(read) => {
+                self.decision_facts(principal, [(record.subject.clone(), &read.facts)])
+            }
+            Loaded::Own(..) => self.facts_of(principal, &resources)?,
         };
         let decisions = self.decide_on(principal, Action::Read, ctx, &resources, &facts)?;
         // A field denied `read` may still be allowed a masked view; binary values never are.

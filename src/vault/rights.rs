@@ -86,22 +86,22 @@ impl Vault {
         // Facts the policy decides on: each row must be authentic and the subject's anchor must
         // name them all as they are (none deleted, none an older copy), or nothing is decided.
         let all_facts = self.subjects_facts(&names)?;
-        Ok(self.decision_facts(principal, subjects.into_iter().zip(all_facts)))
+        Ok(self.decision_facts(principal, subjects.into_iter().zip(&all_facts)))
     }
 
     /// The facts the policy decides on, from each subject's facts as read and checked
     /// (`subjects_facts`, or a record read with the facts of its subject).
-    pub(crate) fn decision_facts(
+    pub(crate) fn decision_facts<'a>(
         &self,
         principal: &Principal,
-        checked: impl IntoIterator<Item = (String, SubjectFacts)>,
+        checked: impl IntoIterator<Item = (String, &'a SubjectFacts)>,
     ) -> DecisionFacts {
         let now = self.clock.now();
         let mut out = BTreeMap::new();
         for (subject, facts) in checked {
             let stopped: BTreeSet<crate::domain::Purpose> = facts
                 .consents
-                .into_iter()
+                .iter()
                 .filter(|c| matches!(c.state, ConsentState::Withdrawn | ConsentState::Objected))
                 .map(|c| c.purpose)
                 .collect();
@@ -109,13 +109,14 @@ impl Vault {
             let mandates: Vec<MandateRow> = if principal.roles.contains(&Role::Representative) {
                 facts
                     .mandates
-                    .into_iter()
+                    .iter()
                     .filter(|m| {
                         m.representative == principal.id.as_str()
                             && m.revoked_at.is_none()
                             && m.valid_from <= now
                             && now < m.valid_until
                     })
+                    .cloned()
                     .collect()
             } else {
                 Vec::new()
@@ -128,7 +129,7 @@ impl Vault {
                     stopped,
                     mandates,
                     restricted,
-                    destroyed: facts.destroyed.into_iter().collect(),
+                    destroyed: facts.destroyed.iter().cloned().collect(),
                 },
             );
         }
