@@ -15,6 +15,7 @@
 
 mod audit;
 mod cache;
+mod checkpoint;
 mod disclosures;
 mod evidence;
 mod files;
@@ -28,7 +29,7 @@ mod rights;
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicI64, Ordering},
     },
 };
@@ -541,7 +542,7 @@ const MAX_IDLE_READERS: usize = 64;
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: checkpoint::Writer,
     readers: Mutex<Vec<Reader>>,
     /// Records read with their facts, kept while no commit came to the file.
     cache: cache::ReadCache,
@@ -614,7 +615,7 @@ impl SqliteStore {
         };
         let store = Self {
             path: path.to_owned(),
-            writer: Mutex::new(writer),
+            writer: checkpoint::Writer::new(writer, path),
             readers: Mutex::new(Vec::new()),
             cache: cache::ReadCache::default(),
             watch: Mutex::new(watch),
@@ -659,7 +660,7 @@ impl SqliteStore {
     }
 
     /// The writer, for a write that needs the whole schema as the migrations made it.
-    fn write(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+    fn write(&self) -> Result<checkpoint::WriterGuard<'_>, StoreError> {
         let conn = self.writer_unchecked()?;
         self.schema.check(&conn, Scope::All)?;
         // The mark moves before the caller's write, in a commit of its own: a mark ahead of
@@ -669,11 +670,8 @@ impl SqliteStore {
     }
 
     /// The writer, for a write that checks the schema itself, in its transaction.
-    fn writer_unchecked(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        let conn = self
-            .writer
-            .lock()
-            .map_err(|_| StoreError::Database("writer lock poisoned".into()))?;
+    fn writer_unchecked(&self) -> Result<checkpoint::WriterGuard<'_>, StoreError> {
+        let conn = self.writer.lock()?;
         if self.checkpoint_owed.load(Ordering::Relaxed) {
             self.truncate_log(&conn);
         }
@@ -701,7 +699,7 @@ impl SqliteStore {
         // there (outside any transaction of it: a transaction holds the lock until it ends).
         // Its transactions begin as deferred ones for the read, as a reader's do, so that a
         // read takes no write lock.
-        if let Ok(mut conn) = self.writer.try_lock()
+        if let Some(mut conn) = self.writer.try_lock()
             && !self.checkpoint_owed.load(Ordering::Relaxed)
         {
             conn.set_transaction_behavior(rusqlite::TransactionBehavior::Deferred);

@@ -17,6 +17,7 @@
 use std::{
     any::Any,
     collections::VecDeque,
+    ops::DerefMut,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
@@ -26,6 +27,25 @@ use super::{StoreError, db};
 
 type Output = Box<dyn Any + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Result<Output, StoreError> + Send>;
+
+/// A writer connection behind a lock: the store's (`checkpoint::Writer`), or a bare one.
+pub(super) trait WriterLock: Sync {
+    /// Waits for the connection.
+    fn lock_writer(&self) -> Result<impl DerefMut<Target = Connection> + '_, StoreError>;
+}
+
+impl WriterLock for Mutex<Connection> {
+    fn lock_writer(&self) -> Result<impl DerefMut<Target = Connection> + '_, StoreError> {
+        self.lock()
+            .map_err(|_| StoreError::Database("writer lock poisoned".into()))
+    }
+}
+
+impl WriterLock for super::checkpoint::Writer {
+    fn lock_writer(&self) -> Result<impl DerefMut<Target = Connection> + '_, StoreError> {
+        self.lock()
+    }
+}
 
 /// The queue of one store's grouped writes.
 #[derive(Default)]
@@ -68,7 +88,7 @@ impl Group {
     /// that transaction has committed. A leader runs the batch on `writer`.
     pub(super) fn run<T: Send + 'static>(
         &self,
-        writer: &Mutex<Connection>,
+        writer: &impl WriterLock,
         job: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let job: Job = Box::new(move |c| job(c).map(|t| Box::new(t) as Output));
@@ -157,7 +177,7 @@ impl Drop for Lead<'_> {
 }
 
 /// Runs `jobs` in one transaction, each in a savepoint, and commits.
-fn batch(writer: &Mutex<Connection>, jobs: Vec<Job>) -> Vec<Result<Output, StoreError>> {
+fn batch(writer: &impl WriterLock, jobs: Vec<Job>) -> Vec<Result<Output, StoreError>> {
     // Every caller of a failed batch gets the failure; a busy database stays `Unavailable` (try
     // again), anything else is a database error.
     let fail_all = |n: usize, e: &StoreError| -> Vec<Result<Output, StoreError>> {
@@ -171,8 +191,9 @@ fn batch(writer: &Mutex<Connection>, jobs: Vec<Job>) -> Vec<Result<Output, Store
             .collect()
     };
     let n = jobs.len();
-    let Ok(mut conn) = writer.lock() else {
-        return fail_all(n, &StoreError::Database("writer lock poisoned".into()));
+    let mut conn = match writer.lock_writer() {
+        Ok(conn) => conn,
+        Err(e) => return fail_all(n, &e),
     };
     let tx = match conn.transaction().map_err(db) {
         Ok(tx) => tx,
@@ -241,7 +262,7 @@ mod tests {
                 let (group, writer) = (Arc::clone(&group), Arc::clone(&writer));
                 // Caller 5 inserts the row caller 4 inserts: one of the two must fail alone.
                 let id = if i == 5 { 4 } else { i };
-                std::thread::spawn(move || group.run(&writer, insert(id)))
+                std::thread::spawn(move || group.run(&*writer, insert(id)))
             })
             .collect();
         while group.lock().queue.len() < 7 {
@@ -264,7 +285,7 @@ mod tests {
         let crashing = {
             let (group, writer) = (Arc::clone(&group), Arc::clone(&writer));
             std::thread::spawn(move || {
-                group.run(&writer, |_c| -> Result<(), StoreError> {
+                group.run(&*writer, |_c| -> Result<(), StoreError> {
                     std::panic::resume_unwind(Box::new("a bug in a job"))
                 })
             })
@@ -272,7 +293,7 @@ mod tests {
         assert!(crashing.join().is_err());
         assert!(!group.lock().leading);
         // The writer mutex is poisoned by the unwind: later writes fail instead of hanging.
-        assert!(group.run(&writer, insert(1)).is_err());
+        assert!(group.run(&*writer, insert(1)).is_err());
     }
 
     #[test]
@@ -284,7 +305,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..50 {
                         let id = t * 1000 + i;
-                        assert_eq!(group.run(&writer, insert(id)).unwrap(), id);
+                        assert_eq!(group.run(&*writer, insert(id)).unwrap(), id);
                     }
                 })
             })

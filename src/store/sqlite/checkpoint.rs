@@ -1,0 +1,386 @@
+//! Checkpoints off the writer's path. SQLite's automatic checkpoint runs inside the commit that
+//! fills the write-ahead log past its mark: the thread that commits then copies a thousand pages
+//! into the database file and waits for that file's fsync, and every caller of its group commit
+//! waits with it (a fifth of the committing thread's time under many writers). Here the writer's
+//! commit only notes how full each log is (`on_commit`), and a thread of the store's own
+//! (`Checkpointer`) copies the log into the file on a connection of its own, beside the next
+//! commits: WAL lets a passive checkpoint run while another connection writes.
+//!
+//! Invariant: a log is never left to grow without bound: should the checkpointer fall behind,
+//! or not run, the writer's commit checkpoints itself once a log holds `BACKSTOP` pages, as
+//! SQLite's own automatic checkpoint does at its mark.
+//! Invariant: checkpoints are passive: they wait for no reader and no writer, and what they
+//! cannot copy yet is copied by a later one.
+
+use std::{
+    cell::Cell,
+    ffi::c_int,
+    path::Path,
+    sync::{
+        Arc, Mutex, MutexGuard, TryLockError,
+        atomic::{AtomicI32, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use rusqlite::{Connection, hooks::Wal};
+
+use super::StoreError;
+
+/// Pages in a file's log past which a commit wakes the checkpointer: SQLite's own mark for its
+/// automatic checkpoint.
+const WAKE_AT: c_int = 1000;
+
+/// Pages in a file's log past which the writer's commit checkpoints it itself (32 MiB of 4 KiB
+/// pages): only when the checkpointer falls behind, or could not start.
+pub(super) const BACKSTOP: c_int = 8000;
+
+thread_local! {
+    /// How many pages the logs of the trail's file (`main`) and the store's held after the last
+    /// commit to each on this thread since `WriterGuard` last looked (0: none): SQLite calls the
+    /// commit hook on the committing thread, with no state of the store's.
+    static LOGGED: Cell<[c_int; 2]> = const { Cell::new([0; 2]) };
+}
+
+/// The writer's commit hook: notes how full the log of the file just committed is, and
+/// checkpoints it past `BACKSTOP`.
+fn on_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    let file = usize::from(wal.name() != c"main");
+    LOGGED.with(|logged| {
+        let mut now = logged.get();
+        if let Some(n) = now.get_mut(file) {
+            *n = pages;
+        }
+        logged.set(now);
+    });
+    if pages >= BACKSTOP {
+        // As SQLite's own automatic checkpoint: passive, and its failure is not the commit's
+        // (which is done); the next commit past the mark tries again.
+        if let Err(e) = wal.checkpoint_v2(rusqlite::hooks::CheckpointMode::PASSIVE) {
+            tracing::warn!(error = %e, "the writer's backstop checkpoint failed");
+        }
+    }
+    Ok(())
+}
+
+/// The store's writer connection, whose commits wake the checkpointer.
+pub(super) struct Writer {
+    conn: Mutex<Connection>,
+    /// How full each log was when its commit last woke the checkpointer (changed only by the
+    /// holder of `conn`).
+    woken_at: [AtomicI32; 2],
+    checkpointer: Checkpointer,
+}
+
+impl Writer {
+    /// `conn` as the writer, with a checkpointer of its own for `path`'s files. Should the
+    /// checkpointer's connection not open, the writer checkpoints its logs itself, as SQLite
+    /// does by default.
+    pub(super) fn new(conn: Connection, path: &Path) -> Self {
+        let checkpointer = Checkpointer::start(path);
+        if checkpointer.running() {
+            conn.wal_hook(Some(on_commit));
+        }
+        Self {
+            conn: Mutex::new(conn),
+            woken_at: Default::default(),
+            checkpointer,
+        }
+    }
+
+    /// Waits for the writer.
+    pub(super) fn lock(&self) -> Result<WriterGuard<'_>, StoreError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Database("writer lock poisoned".into()))?;
+        Ok(self.guard(conn))
+    }
+
+    /// The writer, when nobody holds it.
+    pub(super) fn try_lock(&self) -> Option<WriterGuard<'_>> {
+        match self.conn.try_lock() {
+            Ok(conn) => Some(self.guard(conn)),
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => None,
+        }
+    }
+
+    fn guard<'a>(&'a self, conn: MutexGuard<'a, Connection>) -> WriterGuard<'a> {
+        // What earlier commits on this thread noted belongs to a writer that already looked.
+        LOGGED.with(|logged| logged.set([0; 2]));
+        WriterGuard { conn, writer: self }
+    }
+
+    /// Checkpoints made by the checkpointer, for tests.
+    #[cfg(test)]
+    pub(super) fn checkpoints(&self) -> u64 {
+        self.checkpointer.shared.done()
+    }
+
+    /// Holds the checkpointer's work back (`true`) or lets it go on, for tests.
+    #[cfg(test)]
+    pub(super) fn hold_checkpoints(&self, held: bool) {
+        *self
+            .checkpointer
+            .shared
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = held;
+        if !held {
+            self.checkpointer.shared.wake.give(true);
+        }
+    }
+}
+
+/// The writer held: when let go after commits that added `WAKE_AT` pages to a log since it last
+/// woke the checkpointer (or since the log started again from its beginning), wakes it. Woken at
+/// every commit past a mark instead, it would copy a few pages and sync the file each time.
+pub(super) struct WriterGuard<'a> {
+    conn: MutexGuard<'a, Connection>,
+    writer: &'a Writer,
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        let logged = LOGGED.with(|logged| logged.replace([0; 2]));
+        let mut wake = false;
+        for (pages, woken_at) in logged.into_iter().zip(&self.writer.woken_at) {
+            if pages == 0 {
+                continue;
+            }
+            // A log shorter than at the last wake started again from its beginning.
+            let since = woken_at.load(Ordering::Relaxed);
+            let since = if pages < since { 0 } else { since };
+            if pages - since >= WAKE_AT {
+                woken_at.store(pages, Ordering::Relaxed);
+                wake = true;
+            } else {
+                woken_at.store(since, Ordering::Relaxed);
+            }
+        }
+        if wake {
+            self.writer.checkpointer.shared.wake.give(true);
+        }
+    }
+}
+
+/// The thread that checkpoints the store's two files when a commit wakes it, and stops with the
+/// store.
+struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// `true`: checkpoint; `false`: stop.
+    wake: crate::wait::Slot<bool>,
+    /// Checkpoints made, for tests.
+    #[cfg(test)]
+    done: std::sync::atomic::AtomicU64,
+    /// Work held back, for tests.
+    #[cfg(test)]
+    held: Mutex<bool>,
+}
+
+impl Shared {
+    #[cfg(test)]
+    fn done(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Checkpointer {
+    /// Starts the thread on a connection of its own to `path`'s files; without it (the
+    /// connection or thread cannot be made) nothing runs, and says so.
+    fn start(path: &Path) -> Self {
+        let shared = Arc::new(Shared::default());
+        let thread = super::open_connection(path, false).and_then(|conn| {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("kluis-checkpoint".into())
+                .spawn(move || run(&conn, &shared))
+                .map_err(|e| StoreError::Database(format!("no checkpoint thread: {e}")))
+        });
+        let thread = match thread {
+            Ok(thread) => Some(thread),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "the store's checkpoints run on its writer: the checkpointer did not start"
+                );
+                None
+            }
+        };
+        Self { shared, thread }
+    }
+
+    fn running(&self) -> bool {
+        self.thread.is_some()
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.shared.wake.give(false);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the checkpoint thread panicked");
+        }
+    }
+}
+
+/// The checkpointer's loop: a passive checkpoint of both files each time it is woken.
+fn run(conn: &Connection, shared: &Shared) {
+    while shared.wake.wait() {
+        #[cfg(test)]
+        if *shared
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            continue;
+        }
+        for file in ["main", "store"] {
+            let outcome =
+                conn.query_row(&format!("PRAGMA {file}.wal_checkpoint(PASSIVE)"), [], |r| {
+                    r.get::<_, i64>(0)
+                });
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, file, "checkpoint failed; the next one tries again");
+            }
+        }
+        #[cfg(test)]
+        shared
+            .done
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{super::SqliteStore, *};
+
+    /// Commits `pages` pages of new rows to the store's file on the writer, as one commit.
+    fn fill(store: &SqliteStore, pages: usize) {
+        let writer = store.writer.lock().unwrap();
+        let mut insert = writer
+            .prepare("INSERT INTO store.scratch (b) VALUES (randomblob(3500))")
+            .unwrap();
+        writer.execute_batch("BEGIN").unwrap();
+        for _ in 0..pages {
+            insert.execute([]).unwrap();
+        }
+        writer.execute_batch("COMMIT").unwrap();
+    }
+
+    /// A store with a table of its own to fill (made beside kluis, which makes no tables).
+    fn store(dir: &tempfile::TempDir) -> (std::path::PathBuf, SqliteStore) {
+        let path = dir.path().join("kluis.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE scratch (b BLOB)")
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        (path, store)
+    }
+
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    fn waited_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A commit that fills the log past the mark leaves the copy into the file to the
+    /// checkpointer: the file has not grown when the commit returns, and grows once the
+    /// checkpointer runs; what was written reads the same from the file.
+    #[test]
+    fn a_full_log_is_moved_into_the_file_by_the_checkpointer_not_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store) = store(&dir);
+        store.writer.hold_checkpoints(true);
+        let before = size(&path);
+        let wal = path.with_extension("db-wal");
+        fill(&store, 1500);
+        assert!(size(&wal) > 1000 * 4096, "the log holds the commit");
+        assert_eq!(
+            size(&path),
+            before,
+            "the commit checkpointed the file itself"
+        );
+        // A reader in a snapshot of it keeps the log from starting again after the checkpoint.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM scratch", [], |r| r.get(0))
+            .unwrap();
+        let done = store.writer.checkpoints();
+        store.writer.hold_checkpoints(false);
+        waited_for("the checkpoint", || store.writer.checkpoints() > done);
+        assert!(
+            size(&path) > before + 1000 * 4096,
+            "the checkpointer moved the log"
+        );
+        // Twin: commits adding fewer pages than the mark do not wake it, though the log holds
+        // more than the mark (each would, woken by how full the log is); once they add up to
+        // it, it is woken again.
+        let done = store.writer.checkpoints();
+        for _ in 0..5 {
+            fill(&store, 150);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(store.writer.checkpoints(), done, "woken before the mark");
+        assert!(size(&wal) > 2000 * 4096, "the log started again");
+        fill(&store, 300);
+        waited_for("the second checkpoint", || {
+            store.writer.checkpoints() > done
+        });
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM scratch", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2550);
+    }
+
+    /// Should the checkpointer not keep up, the writer's commit checkpoints a log past the
+    /// backstop itself: the log does not grow without bound.
+    #[test]
+    fn a_log_past_the_backstop_is_checkpointed_by_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store) = store(&dir);
+        store.writer.hold_checkpoints(true);
+        let before = size(&path);
+        fill(&store, 4000);
+        assert_eq!(size(&path), before, "checkpointed below the backstop");
+        fill(&store, 4500);
+        assert!(
+            size(&path) > before + 8000 * 4096,
+            "the commit past the backstop did not checkpoint"
+        );
+        assert_eq!(store.writer.checkpoints(), 0);
+    }
+}
