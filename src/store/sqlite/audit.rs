@@ -198,6 +198,19 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
                 .collect()
         })
         .map_err(db)?;
+    // The migrations made every table of the trail: one missing from a store file that holds
+    // the trail was dropped outside kluis, and the trail is not moved without it.
+    if let Some(missing) = TRAIL_TABLES.iter().find(|t| {
+        !objects
+            .iter()
+            .any(|(kind, name, _)| kind == "table" && name == *t)
+    }) {
+        return Err(StoreError::Corrupt(format!(
+            "`{}` holds the audit trail without its table `{missing}`, which kluis made: the \
+             file was edited outside kluis; restore a backup taken before",
+            path.display()
+        )));
+    }
     {
         let mut target = open_file(&trail, false)?;
         target.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
