@@ -69,6 +69,9 @@ impl Env for HashMap<String, String> {
     }
 }
 
+/// The largest `read_cache_mib` taken: 64 GiB.
+const MAX_READ_CACHE_MIB: usize = 64 * 1024;
+
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +90,9 @@ pub struct RawConfig {
     pub passphrase_file: Option<PathBuf>,
     /// How many unwrapped subject keys to keep in memory.
     pub key_cache_size: Option<usize>,
+    /// MiB of records read (sealed, as stored) kept in memory between reads on a SQLite store;
+    /// 0 keeps none.
+    pub read_cache_mib: Option<usize>,
     /// TLS certificate and key.
     pub tls: Option<RawTls>,
     /// Policy schema and files.
@@ -305,6 +311,8 @@ pub struct Config {
     pub key_source: KeySource,
     /// Subject key cache size.
     pub key_cache_size: usize,
+    /// MiB of records read kept between reads on a SQLite store (`read_cache_mib`).
+    pub read_cache_mib: usize,
     /// TLS files.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The CA that signs client certificates (`[tls] client_ca`).
@@ -438,6 +446,17 @@ impl RawConfig {
                         .into(),
                 );
                 PathBuf::new()
+            }
+        };
+        let read_cache_mib = match self.read_cache_mib {
+            None => crate::store::sqlite::DEFAULT_READ_CACHE_MIB,
+            Some(mib) if mib <= MAX_READ_CACHE_MIB => mib,
+            Some(mib) => {
+                problems.push(format!(
+                    "`read_cache_mib`: {mib} is more than {MAX_READ_CACHE_MIB} (64 GiB); give \
+                     the MiB of records to keep in memory, or 0 to keep none"
+                ));
+                crate::store::sqlite::DEFAULT_READ_CACHE_MIB
             }
         };
         let algorithm = match self.algorithm.as_deref() {
@@ -872,6 +891,7 @@ impl RawConfig {
             algorithm,
             key_source,
             key_cache_size: self.key_cache_size.unwrap_or(10_000),
+            read_cache_mib,
             tls: self.tls.map(|t| (t.cert, t.key)),
             policy_schema: policy.schema,
             policy_files: policy.policies.unwrap_or_default(),
@@ -1090,6 +1110,7 @@ pub fn redact_url(url: &str) -> String {
 pub fn open_configured_store(
     data_dir: &Path,
     store: Option<&StoreUrl>,
+    read_cache_mib: usize,
 ) -> Result<Arc<dyn Store>, OpenError> {
     match store {
         Some(url) => crate::store::PgStore::connect(url.expose())
@@ -1098,14 +1119,23 @@ pub fn open_configured_store(
                 path: url.redacted(),
                 source,
             }),
-        None => open_store(data_dir).map(|s| s as Arc<dyn Store>),
+        None => open_store_with_cache(data_dir, read_cache_mib).map(|s| s as Arc<dyn Store>),
     }
 }
 
 /// Opens the store in `data_dir` (creating the file if needed, not initialising it).
 pub fn open_store(data_dir: &Path) -> Result<Arc<SqliteStore>, OpenError> {
+    open_store_with_cache(data_dir, crate::store::sqlite::DEFAULT_READ_CACHE_MIB)
+}
+
+/// Opens the store in `data_dir` as `open_store` does, keeping `read_cache_mib` MiB of records
+/// read between reads.
+pub fn open_store_with_cache(
+    data_dir: &Path,
+    read_cache_mib: usize,
+) -> Result<Arc<SqliteStore>, OpenError> {
     let path = data_dir.join(DB_FILE);
-    SqliteStore::open(&path)
+    SqliteStore::open_with_cache(&path, read_cache_mib.saturating_mul(1024 * 1024))
         .map(Arc::new)
         .map_err(|source| OpenError::Store {
             path: path.display().to_string(),
@@ -1124,7 +1154,11 @@ pub fn open_vault(config: &Config, secret: &RootSecret) -> Result<Vault, OpenErr
         }
     }
     let policy = load_policy(config.policy_schema.as_deref(), &config.policy_files)?;
-    let store = open_configured_store(&config.data_dir, config.store.as_ref())?;
+    let store = open_configured_store(
+        &config.data_dir,
+        config.store.as_ref(),
+        config.read_cache_mib,
+    )?;
     let keyring = Keyring::unseal(
         store.clone(),
         secret,
@@ -1197,6 +1231,34 @@ mod tests {
         .unwrap();
         let err = raw.validate(false).unwrap_err();
         assert_eq!(err.0.len(), 5, "{err}");
+    }
+
+    #[test]
+    fn the_read_cache_is_sized_in_mib_up_to_64_gib() {
+        let check = |line: &str| {
+            toml::from_str::<RawConfig>(&format!("data_dir = \"/d\"\n{line}"))
+                .unwrap()
+                .validate(false)
+        };
+        assert_eq!(
+            check("").unwrap().read_cache_mib,
+            crate::store::sqlite::DEFAULT_READ_CACHE_MIB
+        );
+        assert_eq!(check("read_cache_mib = 0").unwrap().read_cache_mib, 0);
+        assert_eq!(
+            check("read_cache_mib = 65536").unwrap().read_cache_mib,
+            65536
+        );
+        let err = check("read_cache_mib = 65537").unwrap_err().to_string();
+        assert!(
+            err.contains("`read_cache_mib`") && err.contains("65536"),
+            "{err}"
+        );
+        // Not a number of MiB: refused when read, with the key named.
+        let err = toml::from_str::<RawConfig>("read_cache_mib = \"1G\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("read_cache_mib"), "{err}");
     }
 
     #[test]

@@ -104,8 +104,12 @@ pub fn postgres(
             kluis::config::create_private_dir(&data_dir).unwrap();
             let config = config(&data_dir);
             if n == 0 {
-                let store =
-                    kluis::config::open_configured_store(&data_dir, config.store.as_ref()).unwrap();
+                let store = kluis::config::open_configured_store(
+                    &data_dir,
+                    config.store.as_ref(),
+                    config.read_cache_mib,
+                )
+                .unwrap();
                 Keyring::initialize(store.as_ref(), secret, Algorithm::Aes256Gcm).unwrap();
             }
             Arc::new(kluis::config::open_vault(&config, secret).unwrap())

@@ -159,7 +159,11 @@ pub fn run(args: &InitArgs) -> Exit {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let store = match config::open_configured_store(&cfg.data_dir, cfg.store.as_ref()) {
+    let store = match config::open_configured_store(
+        &cfg.data_dir,
+        cfg.store.as_ref(),
+        cfg.read_cache_mib,
+    ) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

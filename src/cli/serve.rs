@@ -239,7 +239,8 @@ pub fn run(args: &ServeArgs) -> Exit {
 
 /// Where the node gets its vault from once custodians unseal it, and what seals the store.
 fn node_source(cfg: &Config) -> Result<server::NodeSource, config::OpenError> {
-    let store = config::open_configured_store(&cfg.data_dir, cfg.store.as_ref())?;
+    let store =
+        config::open_configured_store(&cfg.data_dir, cfg.store.as_ref(), cfg.read_cache_mib)?;
     let open_cfg = cfg.clone();
     Ok(server::NodeSource {
         seal: Box::new(move || Ok(Keyring::store_seal(store.as_ref())?)),
@@ -253,7 +254,9 @@ fn node_source(cfg: &Config) -> Result<server::NodeSource, config::OpenError> {
 /// passphrase as configured, or the HSM of `[seal]`. `Ok(Err(why))`: the node starts sealed (a
 /// store sealed by shares, or an HSM that failed).
 fn open_node(cfg: &Config, source: &server::NodeSource) -> Result<Result<Vault, String>, Exit> {
-    let store = config::open_configured_store(&cfg.data_dir, cfg.store.as_ref()).map_err(fail)?;
+    let store =
+        config::open_configured_store(&cfg.data_dir, cfg.store.as_ref(), cfg.read_cache_mib)
+            .map_err(fail)?;
     let seal = Keyring::store_seal(store.as_ref()).map_err(fail)?;
     drop(store);
     match seal {
@@ -332,7 +335,9 @@ fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     // A directory open to others is refused before anything is written in it, not after a
     // store and a key file were.
     config::check_private(&cfg.data_dir).map_err(fail)?;
-    let store = config::open_configured_store(&cfg.data_dir, cfg.store.as_ref()).map_err(fail)?;
+    let store =
+        config::open_configured_store(&cfg.data_dir, cfg.store.as_ref(), cfg.read_cache_mib)
+            .map_err(fail)?;
     let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;
     let not_dev = || {
         match &cfg.store {

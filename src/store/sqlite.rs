@@ -539,6 +539,10 @@ const STATEMENTS_KEPT: usize = 128;
 /// trail's, 4 MiB in all.
 const MAX_IDLE_READERS: usize = 64;
 
+/// MiB of records read kept in memory between reads when the configuration names no other size
+/// (`read_cache_mib`; `cache`).
+pub const DEFAULT_READ_CACHE_MIB: usize = 32;
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
@@ -568,6 +572,12 @@ impl SqliteStore {
     /// trail lives beside it in a file of its own ([`trail_path`]), moved there from a store
     /// that still holds it (an older one, or a restored backup).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_READ_CACHE_MIB * 1024 * 1024)
+    }
+
+    /// Opens the store as `open` does, keeping at most `read_cache_bytes` of records read
+    /// between reads (none with 0).
+    pub fn open_with_cache(path: &Path, read_cache_bytes: usize) -> Result<Self, StoreError> {
         // The store's file is attached by its name, which SQL takes as text.
         if path.to_str().is_none() {
             return Err(StoreError::Config(format!(
@@ -617,7 +627,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer: checkpoint::Writer::new(writer, path),
             readers: Mutex::new(Vec::new()),
-            cache: cache::ReadCache::default(),
+            cache: cache::ReadCache::new(read_cache_bytes),
             watch: Mutex::new(watch),
             group: group::Group::default(),
             checkpoint_owed: AtomicBool::new(false),

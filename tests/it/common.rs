@@ -107,7 +107,9 @@ impl TestServer {
         }
         .validate(false)
         .unwrap();
-        let store = config::open_configured_store(dir, validated.store.as_ref()).unwrap();
+        let store =
+            config::open_configured_store(dir, validated.store.as_ref(), validated.read_cache_mib)
+                .unwrap();
         if !Keyring::is_initialized(store.as_ref()).unwrap() {
             Keyring::initialize(store.as_ref(), secret, Algorithm::Aes256Gcm).unwrap();
         }

@@ -38,8 +38,9 @@ use std::{
 
 use crate::store::RecordRead;
 
-/// The most bytes of entries kept, as `weight` counts them: past it the cache starts over.
-const MAX_BYTES: usize = 32 * 1024 * 1024;
+/// The most bytes of entries kept by default, as `weight` counts them (`read_cache_mib` in the
+/// configuration sets another): past it the cache starts over.
+pub(super) const DEFAULT_BYTES: usize = super::DEFAULT_READ_CACHE_MIB * 1024 * 1024;
 
 /// What one entry is counted as besides its values: its allocations and the map's slot.
 const ENTRY_OVERHEAD: usize = 256;
@@ -47,8 +48,9 @@ const ENTRY_OVERHEAD: usize = 256;
 /// The most ids remembered as read once (8 bytes each): past it they are forgotten.
 const MAX_ONCE: usize = 256 * 1024;
 
-#[derive(Default)]
 pub(super) struct ReadCache {
+    /// The most bytes of entries kept (0: none is kept).
+    max_bytes: usize,
     /// Moves on whenever a reader sees a `data_version` it had not seen.
     changes: AtomicU64,
     entries: Mutex<Entries>,
@@ -84,7 +86,25 @@ impl Entries {
     }
 }
 
+impl Default for ReadCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_BYTES)
+    }
+}
+
 impl ReadCache {
+    /// A cache that keeps at most `max_bytes` of entries (none when 0).
+    pub(super) fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            changes: AtomicU64::default(),
+            entries: Mutex::default(),
+            hasher: RandomState::default(),
+            #[cfg(test)]
+            hits: AtomicU64::default(),
+        }
+    }
+
     /// The stamp to search and fill under, after the reader about to read looked: `changed`
     /// when a commit came that moved nobody's count on yet (`move_on`).
     pub(super) fn stamp(&self, changed: bool) -> u64 {
@@ -126,7 +146,7 @@ impl ReadCache {
     /// Keeps `found`, read in a snapshot begun under `stamp`, unless a change came since or
     /// this is the first read of `id` under `stamp`.
     pub(super) fn put(&self, id: &str, stamp: u64, found: &Arc<RecordRead>) {
-        if self.changes.load(Ordering::SeqCst) != stamp {
+        if self.max_bytes == 0 || self.changes.load(Ordering::SeqCst) != stamp {
             return;
         }
         let key = self.hasher.hash_one(id);
@@ -152,7 +172,7 @@ impl ReadCache {
         drop(emptied);
         // Weighed outside the lock, then kept if nothing changed meanwhile.
         let size = weight(id, found);
-        if size > MAX_BYTES {
+        if size > self.max_bytes {
             return;
         }
         let kept = (Arc::clone(found), size);
@@ -162,7 +182,7 @@ impl ReadCache {
         if entries.stamp != stamp {
             return;
         }
-        let full = (entries.bytes + size > MAX_BYTES).then(|| entries.empty());
+        let full = (entries.bytes + size > self.max_bytes).then(|| entries.empty());
         if let Some((_, replaced)) = entries.map.insert(id.to_owned(), kept) {
             entries.bytes -= replaced;
         }
@@ -196,7 +216,7 @@ impl Entries {
     }
 }
 
-/// What an entry is counted as against `MAX_BYTES`: its strings and byte strings, and a bound
+/// What an entry is counted as against the cache's size: its strings and byte strings, and a bound
 /// for each of its subject's consent, hold, mandate and restriction rows (whose free text is
 /// bounded by what the API takes).
 fn weight(
@@ -318,7 +338,7 @@ mod tests {
                 category: crate::domain::Category::Contact,
                 kind: crate::domain::FieldKind::Text,
                 key_gen: 1,
-                sealed: vec![0; MAX_BYTES / 3],
+                sealed: vec![0; DEFAULT_BYTES / 3],
                 mac: Vec::new(),
                 version: String::new(),
                 tags: Vec::new(),
@@ -328,7 +348,30 @@ mod tests {
             keep(&cache, id, stamp, &big);
         }
         let entries = cache.entries.lock().unwrap();
-        assert!(entries.bytes <= MAX_BYTES, "{}", entries.bytes);
+        assert!(entries.bytes <= DEFAULT_BYTES, "{}", entries.bytes);
         assert!(entries.map.contains_key("c") && !entries.map.contains_key("a"));
+    }
+
+    /// A cache of the size configured keeps no more than that, and one of size 0 nothing.
+    #[test]
+    fn the_configured_size_bounds_the_cache() {
+        let one = weight("a", &found("s"));
+        let cache = ReadCache::new(2 * one);
+        let stamp = cache.stamp(true);
+        for id in ["a", "b"] {
+            keep(&cache, id, stamp, &found("s"));
+        }
+        assert_eq!(cache.entries.lock().unwrap().map.len(), 2);
+        keep(&cache, "c", stamp, &found("s"));
+        {
+            let entries = cache.entries.lock().unwrap();
+            assert!(entries.bytes <= 2 * one, "{}", entries.bytes);
+            assert!(entries.map.contains_key("c") && !entries.map.contains_key("a"));
+        }
+        let none = ReadCache::new(0);
+        let stamp = none.stamp(true);
+        keep(&none, "a", stamp, &found("s"));
+        assert!(none.get("a", stamp).is_none());
+        assert!(none.entries.lock().unwrap().once.is_empty());
     }
 }
