@@ -565,6 +565,8 @@ pub struct SqliteStore {
     schema: Arc<SchemaCheck>,
     /// The evidence segments' files.
     files: files::SegmentFiles,
+    /// The store's and the trail's files as opened (`FileIds`).
+    opened: FileIds,
 }
 
 impl SqliteStore {
@@ -623,9 +625,12 @@ impl SqliteStore {
             seen: Some(data_version(&watch).map_err(db)?),
             conn: watch,
         };
+        // Taken once the writer and the watch have opened them: the files every later
+        // connection must open too.
+        let opened = FileIds::of(path)?;
         let store = Self {
             path: path.to_owned(),
-            writer: checkpoint::Writer::new(writer, path),
+            writer: checkpoint::Writer::new(writer, path, opened),
             readers: Mutex::new(Vec::new()),
             cache: cache::ReadCache::new(read_cache_bytes),
             watch: Mutex::new(watch),
@@ -634,6 +639,7 @@ impl SqliteStore {
             trigger_refused,
             schema,
             files: files::SegmentFiles::beside(path),
+            opened,
         };
         // What a crash left between a deletion's commit and its files going. The store opens
         // whatever this finds: what it cannot remove is logged.
@@ -744,7 +750,20 @@ impl SqliteStore {
         let mut reader = match reader {
             Some(r) => r,
             None => {
+                // Checked before it opens, and again once it is open (the files it opened are
+                // those found now). A connection opened on a file renamed over the store's
+                // would, closed as the only one on it, move the write-ahead log the store's
+                // connections share into that file and delete the log: the one refused after
+                // it opened is closed without its checkpoint.
+                check_same_files(&self.path, self.opened)?;
                 let conn = open_connection(&self.path, false)?;
+                if let Err(e) = check_same_files(&self.path, self.opened) {
+                    let _ = conn.set_db_config(
+                        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                        true,
+                    );
+                    return Err(e);
+                }
                 refuse_triggers(&conn, &self.trigger_refused);
                 Reader { conn, seen: None }
             }
@@ -968,6 +987,43 @@ fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The store's and the trail's files by device and inode. A file renamed over one of them while
+/// kluis runs is another file: the connections open before go on with the one they opened,
+/// while a connection opened after opens the new one, which kluis did not check at start (an
+/// older copy put back would be read by new readers, and writes would go on into a file no
+/// longer in the data directory). So a new reader and every write first compare the files
+/// found with those opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIds([(u64, u64); 2]);
+
+impl FileIds {
+    /// The files at `path` and its trail's path now.
+    fn of(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |file: &Path| {
+            std::fs::metadata(file)
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(|e| StoreError::Database(format!("`{}`: {e}", file.display())))
+        };
+        Ok(Self([id(path)?, id(&trail_path(path))?]))
+    }
+}
+
+/// Refuses when the store's or the trail's file at `path` is not the one opened (`opened`).
+fn check_same_files(path: &Path, opened: FileIds) -> Result<(), StoreError> {
+    match FileIds::of(path) {
+        Ok(found) if found == opened => Ok(()),
+        Ok(_) | Err(_) => Err(StoreError::Corrupt(format!(
+            "`{}` or its trail's file `{}` is not the file kluis opened: it was replaced or \
+             removed while kluis runs. kluis neither writes to a file that is no longer in the \
+             data directory nor reads one it did not check when it started: restart kluis, \
+             which checks the files it finds (a store older than its trail is refused)",
+            path.display(),
+            trail_path(path).display()
+        ))),
+    }
 }
 
 /// A connection to the store as kluis serves it: the trail's file as `main`, the store's file
@@ -2752,6 +2808,59 @@ mod tests {
             .find(|f| f.name == "phone")
             .unwrap()
             .clone()
+    }
+
+    /// A file renamed over the store's or the trail's file while the store is open (an older
+    /// copy put back under a running node) is neither read by a reader opened after it nor
+    /// written: both are refused as corrupt, while a reader opened before goes on with the file
+    /// the store opened. The twin: before the rename, the same calls succeed.
+    #[test]
+    fn a_file_renamed_over_the_stores_or_the_trails_is_neither_read_nor_written() {
+        for trail in [false, true] {
+            let (_dir, path, store) = store_with_record("rec_s", "rel-s");
+            let new_reader = |store: &SqliteStore| {
+                store.read_on_reader(|_| Ok(store.read_on_reader(|_| Ok(()))))
+            };
+            let new_reader_alone = |store: &SqliteStore| store.read_on_reader(|_| Ok(()));
+            let write = |store: &SqliteStore, id: &str| {
+                store.insert_record(&crate::store::conformance::record_row(id, "rel-s"), &[])
+            };
+            new_reader(&store).unwrap().unwrap();
+            write(&store, "rec_before").unwrap();
+            // The readers opened so far are kept aside: the reads below open new ones.
+            let before: Vec<Reader> = std::mem::take(&mut *store.readers.lock().unwrap());
+            assert!(!before.is_empty());
+            let file = if trail {
+                trail_path(&path)
+            } else {
+                path.clone()
+            };
+            let copy = path.with_extension("copy");
+            std::fs::copy(&file, &copy).unwrap();
+            std::fs::rename(&copy, &file).unwrap();
+            let refused = |what: &str, r: Result<(), StoreError>| match r {
+                Err(StoreError::Corrupt(why)) => assert!(why.contains("replaced"), "{why}"),
+                other => panic!("{what} (trail {trail}): {other:?}"),
+            };
+            refused("a new reader", new_reader_alone(&store));
+            refused("a write", write(&store, "rec_after"));
+            refused(
+                "an audit append",
+                store
+                    .append_audit(&[AuditRow {
+                        seq: 1,
+                        entry: b"{}".to_vec(),
+                        prev_hash: vec![0; 32],
+                        hash: vec![1; 32],
+                        mac: vec![2; 32],
+                    }])
+                    .map(|_| ()),
+            );
+            // A reader opened before the rename reads the file the store opened.
+            *store.readers.lock().unwrap() = before;
+            assert_eq!(phone_of(&store, "rec_s").sealed, [1; 30]);
+            assert!(store.record("rec_before").unwrap().is_some());
+        }
     }
 
     /// What the store keeps of a read is not found once another connection changed the file:

@@ -2674,3 +2674,64 @@ async fn a_key_job_row_kluis_did_not_start_is_not_obeyed() {
     tokio::task::block_in_place(|| server.vault.resume_key_jobs().unwrap());
     assert_eq!(jobs(), 0);
 }
+
+/// An older copy of `kluis.db`, or of its trail's file, renamed over the live one while kluis
+/// runs (as `mv` or a restore by hand would put it) is not served: connections opened after it
+/// would read a store kluis did not check at start, and writes would go on into a file no
+/// longer in the data directory. Every read and write after the rename fails with `DATA_LOSS`
+/// and carries no value, a record written after the copy included; before it, both answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_renamed_over_the_live_files_is_neither_read_nor_written() {
+    for trail in [false, true] {
+        let server = TestServer::start().await;
+        let officer = server.token(Role::NuisanceOfficer).to_owned();
+        let write = |value: &'static str| {
+            let server = &server;
+            let officer = officer.clone();
+            async move {
+                server
+                    .client()
+                    .await
+                    .put_record(req(
+                        &officer,
+                        pb::PutRecordRequest {
+                            context: nuisance_ctx(),
+                            subject_id: SCOPED_SUBJECT.into(),
+                            fields: vec![text("statement", "nuisance-evidence", value)],
+                            labels: Default::default(),
+                        },
+                    ))
+                    .await
+                    .map(|r| r.into_inner().record_id)
+            }
+        };
+        let first = write("shouting at night").await.unwrap();
+        let file = if trail {
+            server.db_path().with_extension("db.trail")
+        } else {
+            server.db_path()
+        };
+        let older = server.db_path().with_extension("older");
+        std::fs::copy(&file, &older).unwrap();
+        let second = write("a door kicked in").await.unwrap();
+        for id in [&first, &second] {
+            get(&server, &officer, nuisance_ctx(), id).await.unwrap();
+        }
+        std::fs::rename(&older, &file).unwrap();
+        for id in [&first, &second] {
+            let Err(status) = get(&server, &officer, nuisance_ctx(), id).await else {
+                panic!("trail {trail}: a read after the rename answered");
+            };
+            assert_eq!(status.code(), Code::DataLoss, "trail {trail}: {status:?}");
+            assert!(
+                !status.message().contains("shouting") && !status.message().contains("door"),
+                "{status:?}"
+            );
+        }
+        let status = write("a window broken")
+            .await
+            .expect_err("a write after the rename");
+        assert_eq!(status.code(), Code::DataLoss, "trail {trail}: {status:?}");
+        server.stop().await;
+    }
+}

@@ -15,7 +15,7 @@
 use std::{
     cell::Cell,
     ffi::c_int,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard, TryLockError,
         atomic::{AtomicI32, Ordering},
@@ -25,7 +25,7 @@ use std::{
 
 use rusqlite::{Connection, hooks::Wal};
 
-use super::StoreError;
+use super::{FileIds, StoreError};
 
 /// Pages in a file's log past which a commit wakes the checkpointer: SQLite's own mark for its
 /// automatic checkpoint.
@@ -66,6 +66,9 @@ fn on_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
 /// The store's writer connection, whose commits wake the checkpointer.
 pub(super) struct Writer {
     conn: Mutex<Connection>,
+    /// The store's file, and its files as the store opened them.
+    path: PathBuf,
+    opened: FileIds,
     /// How full each log was when its commit last woke the checkpointer (changed only by the
     /// holder of `conn`).
     woken_at: [AtomicI32; 2],
@@ -76,28 +79,33 @@ impl Writer {
     /// `conn` as the writer, with a checkpointer of its own for `path`'s files. Should the
     /// checkpointer's connection not open, the writer checkpoints its logs itself, as SQLite
     /// does by default.
-    pub(super) fn new(conn: Connection, path: &Path) -> Self {
+    pub(super) fn new(conn: Connection, path: &Path, opened: FileIds) -> Self {
         let checkpointer = Checkpointer::start(path);
         if checkpointer.running() {
             conn.wal_hook(Some(on_commit));
         }
         Self {
             conn: Mutex::new(conn),
+            path: path.to_owned(),
+            opened,
             woken_at: Default::default(),
             checkpointer,
         }
     }
 
-    /// Waits for the writer.
+    /// Waits for the writer, to write: refused once the store's or the trail's file is no
+    /// longer the one the store opened (`FileIds`), checked under the lock, so that nothing is
+    /// written, and no entry appended, to a file no longer in the data directory.
     pub(super) fn lock(&self) -> Result<WriterGuard<'_>, StoreError> {
         let conn = self
             .conn
             .lock()
             .map_err(|_| StoreError::Database("writer lock poisoned".into()))?;
+        super::check_same_files(&self.path, self.opened)?;
         Ok(self.guard(conn))
     }
 
-    /// The writer, when nobody holds it.
+    /// The writer, when nobody holds it, to read (on the files it opened).
     pub(super) fn try_lock(&self) -> Option<WriterGuard<'_>> {
         match self.conn.try_lock() {
             Ok(conn) => Some(self.guard(conn)),

@@ -179,12 +179,13 @@ impl Drop for Lead<'_> {
 /// Runs `jobs` in one transaction, each in a savepoint, and commits.
 fn batch(writer: &impl WriterLock, jobs: Vec<Job>) -> Vec<Result<Output, StoreError>> {
     // Every caller of a failed batch gets the failure; a busy database stays `Unavailable` (try
-    // again), anything else is a database error.
+    // again), a store found not as kluis wrote it `Corrupt`, anything else is a database error.
     let fail_all = |n: usize, e: &StoreError| -> Vec<Result<Output, StoreError>> {
         (0..n)
             .map(|_| {
                 Err(match e {
                     StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+                    StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
                     e => StoreError::Database(e.to_string()),
                 })
             })
