@@ -606,6 +606,9 @@ impl SqliteStore {
             migrate(&conn)?;
             audit::place_trail(&conn, path)?;
         }
+        // Taken before the writer and the watch open them, and compared again once they have:
+        // the files every later connection must open too.
+        let opened = FileIds::of(path)?;
         let mut writer = open_connection(path, false)?;
         // Every transaction of the writer takes the write lock when it begins, waiting for it
         // as long as the busy timeout allows. A deferred one that reads first and then writes
@@ -617,7 +620,7 @@ impl SqliteStore {
         let trigger_refused = Arc::default();
         refuse_triggers(&writer, &trigger_refused);
         let schema = Arc::new(SchemaCheck::default());
-        check_structure(path, &schema);
+        check_structure(path, opened, &schema);
         // It looks before anything is read, so that whatever came before is in the empty cache.
         let watch = open_connection(path, false)?;
         refuse_triggers(&watch, &trigger_refused);
@@ -625,9 +628,7 @@ impl SqliteStore {
             seen: Some(data_version(&watch).map_err(db)?),
             conn: watch,
         };
-        // Taken once the writer and the watch have opened them: the files every later
-        // connection must open too.
-        let opened = FileIds::of(path)?;
+        check_same_files(path, opened)?;
         let store = Self {
             path: path.to_owned(),
             writer: checkpoint::Writer::new(writer, path, opened),
@@ -750,20 +751,7 @@ impl SqliteStore {
         let mut reader = match reader {
             Some(r) => r,
             None => {
-                // Checked before it opens, and again once it is open (the files it opened are
-                // those found now). A connection opened on a file renamed over the store's
-                // would, closed as the only one on it, move the write-ahead log the store's
-                // connections share into that file and delete the log: the one refused after
-                // it opened is closed without its checkpoint.
-                check_same_files(&self.path, self.opened)?;
-                let conn = open_connection(&self.path, false)?;
-                if let Err(e) = check_same_files(&self.path, self.opened) {
-                    let _ = conn.set_db_config(
-                        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-                        true,
-                    );
-                    return Err(e);
-                }
+                let conn = open_checked(&self.path, self.opened)?;
                 refuse_triggers(&conn, &self.trigger_refused);
                 Reader { conn, seen: None }
             }
@@ -1000,22 +988,67 @@ struct FileIds([(u64, u64); 2]);
 
 impl FileIds {
     /// The files at `path` and its trail's path now.
-    fn of(path: &Path) -> Result<Self, StoreError> {
+    fn of(path: &Path) -> Result<Self, FilesNotSeen> {
         use std::os::unix::fs::MetadataExt;
         let id = |file: &Path| {
             std::fs::metadata(file)
                 .map(|m| (m.dev(), m.ino()))
-                .map_err(|e| StoreError::Database(format!("`{}`: {e}", file.display())))
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => FilesNotSeen::Missing,
+                    _ => FilesNotSeen::Other(format!("`{}`: {e}", file.display())),
+                })
         };
         Ok(Self([id(path)?, id(&trail_path(path))?]))
     }
 }
 
-/// Refuses when the store's or the trail's file at `path` is not the one opened (`opened`).
+/// Why `FileIds::of` found no ids.
+#[derive(Debug)]
+enum FilesNotSeen {
+    /// A file is gone.
+    Missing,
+    /// It could not be looked at.
+    Other(String),
+}
+
+impl From<FilesNotSeen> for StoreError {
+    fn from(e: FilesNotSeen) -> Self {
+        match e {
+            FilesNotSeen::Missing => {
+                StoreError::Config("the store's or the trail's file is missing".into())
+            }
+            FilesNotSeen::Other(why) => StoreError::Database(why),
+        }
+    }
+}
+
+/// A connection to the store's files (`open_connection`), opened only when the files at `path`
+/// are those the store opened (`opened`), and compared again once it is open. A connection
+/// opened on a file renamed over the store's would, closed as the only one on it, move the
+/// write-ahead log the store's connections share into that file and delete the log: one
+/// refused once open is closed without its checkpoint.
+fn open_checked(path: &Path, opened: FileIds) -> Result<Connection, StoreError> {
+    check_same_files(path, opened)?;
+    let conn = open_connection(path, false)?;
+    if let Err(e) = check_same_files(path, opened) {
+        let _ = conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        );
+        return Err(e);
+    }
+    Ok(conn)
+}
+
+/// Refuses when the store's or the trail's file at `path` is not the one opened (`opened`), or
+/// is gone; a file that cannot be looked at for another reason is unavailable.
 fn check_same_files(path: &Path, opened: FileIds) -> Result<(), StoreError> {
     match FileIds::of(path) {
         Ok(found) if found == opened => Ok(()),
-        Ok(_) | Err(_) => Err(StoreError::Corrupt(format!(
+        Err(FilesNotSeen::Other(why)) => Err(StoreError::Unavailable(format!(
+            "cannot look at the store's files: {why}"
+        ))),
+        Ok(_) | Err(FilesNotSeen::Missing) => Err(StoreError::Corrupt(format!(
             "`{}` or its trail's file `{}` is not the file kluis opened: it was replaced or \
              removed while kluis runs. kluis neither writes to a file that is no longer in the \
              data directory nor reads one it did not check when it started: restart kluis, \
@@ -1500,9 +1533,9 @@ const CHECKED_BEFORE_OPENING: u64 = 64 << 20;
 /// schema compares equal) show as indexes that miss their tables' rows, and then `schema`
 /// refuses every write. Before the store opens for a small file, in the background for a large
 /// one (writes go on until it is done).
-fn check_structure(path: &Path, schema: &Arc<SchemaCheck>) {
-    let run = |path: &Path, schema: &SchemaCheck| {
-        let found = open_connection(path, false)
+fn check_structure(path: &Path, opened: FileIds, schema: &Arc<SchemaCheck>) {
+    let run = move |path: &Path, schema: &SchemaCheck| {
+        let found = open_checked(path, opened)
             .and_then(|conn| Ok((integrity_problems(&conn)?, schema_of(&conn).map_err(db)?)));
         match found {
             Ok((lines, objects)) => {
@@ -2856,6 +2889,9 @@ mod tests {
                     }])
                     .map(|_| ()),
             );
+            refused("a backup's snapshot", store.snapshot().map(|_| ()));
+            // The log the store's connections share is still there, its commits in it.
+            assert!(path.with_extension("db-wal").exists());
             // A reader opened before the rename reads the file the store opened.
             *store.readers.lock().unwrap() = before;
             assert_eq!(phone_of(&store, "rec_s").sealed, [1; 30]);

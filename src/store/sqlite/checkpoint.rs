@@ -56,8 +56,11 @@ fn on_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
     if pages >= BACKSTOP {
         // As SQLite's own automatic checkpoint: passive, and its failure is not the commit's
         // (which is done); the next commit past the mark tries again.
-        if let Err(e) = wal.checkpoint_v2(rusqlite::hooks::CheckpointMode::PASSIVE) {
-            tracing::warn!(error = %e, "the writer's backstop checkpoint failed");
+        match wal.checkpoint_v2(rusqlite::hooks::CheckpointMode::PASSIVE) {
+            // The checkpointer is at it: the next commit past the mark tries again.
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+            Err(e) => tracing::warn!(error = %e, "the writer's backstop checkpoint failed"),
+            Ok(_) => {}
         }
     }
     Ok(())
@@ -80,7 +83,7 @@ impl Writer {
     /// checkpointer's connection not open, the writer checkpoints its logs itself, as SQLite
     /// does by default.
     pub(super) fn new(conn: Connection, path: &Path, opened: FileIds) -> Self {
-        let checkpointer = Checkpointer::start(path);
+        let checkpointer = Checkpointer::start(path, opened);
         if checkpointer.running() {
             conn.wal_hook(Some(on_commit));
         }
@@ -215,9 +218,9 @@ impl Shared {
 impl Checkpointer {
     /// Starts the thread on a connection of its own to `path`'s files; without it (the
     /// connection or thread cannot be made) nothing runs, and says so.
-    fn start(path: &Path) -> Self {
+    fn start(path: &Path, opened: FileIds) -> Self {
         let shared = Arc::new(Shared::default());
-        let thread = super::open_connection(path, false).and_then(|conn| {
+        let thread = super::open_checked(path, opened).and_then(|conn| {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("kluis-checkpoint".into())

@@ -173,7 +173,7 @@ impl MetaStore for SqliteStore {
         create_private(&tmp)?;
         // The files stay while the snapshot copies their segments in: a backup is one file.
         let result = self.files.pinned(|| {
-            let source = open_connection(&self.path, false)?;
+            let source = open_checked(&self.path, self.opened)?;
             let mut target = Connection::open(&tmp).map_err(db)?;
             // One snapshot of both files, the store's taken first: an entry a writer appends
             // with a write is durable before its write, so the trail holds every write the
