@@ -6,9 +6,10 @@
 //! (`Checkpointer`) copies the log into the file on a connection of its own, beside the next
 //! commits: WAL lets a passive checkpoint run while another connection writes.
 //!
-//! Invariant: a log is never left to grow without bound: should the checkpointer fall behind,
-//! or not run, the writer's commit checkpoints itself once a log holds `BACKSTOP` pages, as
-//! SQLite's own automatic checkpoint does at its mark.
+//! Invariant: commits do not take a log past `BACKSTOP` pages without a checkpoint: should the
+//! checkpointer fall behind, or not run, the writer's commit checkpoints itself there, as
+//! SQLite's own automatic checkpoint does at its mark (a long reader holds any checkpoint back,
+//! as it held SQLite's own).
 //! Invariant: checkpoints are passive: they wait for no reader and no writer, and what they
 //! cannot copy yet is copied by a later one.
 
@@ -57,7 +58,7 @@ fn on_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
         // As SQLite's own automatic checkpoint: passive, and its failure is not the commit's
         // (which is done); the next commit past the mark tries again.
         match wal.checkpoint_v2(rusqlite::hooks::CheckpointMode::PASSIVE) {
-            // The checkpointer is at it: the next commit past the mark tries again.
+            // The checkpointer holds the checkpoint lock: it is at it.
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
             Err(e) => tracing::warn!(error = %e, "the writer's backstop checkpoint failed"),
             Ok(_) => {}
