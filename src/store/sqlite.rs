@@ -981,8 +981,9 @@ fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
 /// kluis runs is another file: the connections open before go on with the one they opened,
 /// while a connection opened after opens the new one, which kluis did not check at start (an
 /// older copy put back would be read by new readers, and writes would go on into a file no
-/// longer in the data directory). So a new reader and every write first compare the files
-/// found with those opened.
+/// longer in the data directory). So every connection opened after the store (`open_checked`)
+/// and every write (`checkpoint::Writer::lock`) first compare the files found with those
+/// opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FileIds([(u64, u64); 2]);
 
