@@ -34,7 +34,7 @@ const WAKE_AT: c_int = 1000;
 
 /// Pages in a file's log past which the writer's commit checkpoints it itself (32 MiB of 4 KiB
 /// pages): only when the checkpointer falls behind, or could not start.
-pub(super) const BACKSTOP: c_int = 8000;
+const BACKSTOP: c_int = 8000;
 
 thread_local! {
     /// How many pages the logs of the trail's file (`main`) and the store's held after the last
