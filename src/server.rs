@@ -18,6 +18,7 @@ use crate::{
 
 mod accept;
 pub(crate) use accept::address_key;
+mod gather;
 mod killable;
 mod metered;
 mod node;

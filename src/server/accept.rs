@@ -46,7 +46,7 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::killable::Killable;
+use super::{gather::Gathered, killable::Killable};
 
 /// The connection caps and the time a connection gets to start.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -160,7 +160,7 @@ pub(super) fn incoming<H: Handshake>(
     limits: ConnectionLimits,
     switch: Option<tokio::sync::watch::Receiver<bool>>,
     handshake: H,
-) -> ReceiverStream<io::Result<Killable<H::Io>>> {
+) -> ReceiverStream<io::Result<Gathered<Killable<H::Io>>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let slots = Arc::new(Slots::new(limits, EVICT_AFTER));
     tokio::spawn(sweep_unread(Arc::clone(&slots), tx.clone()));
@@ -208,7 +208,8 @@ pub(super) fn incoming<H: Handshake>(
             tokio::spawn(async move {
                 match tokio::time::timeout_at(deadline, handshake.start(tcp)).await {
                     Ok(Ok(io)) => {
-                        let conn = Killable::new(io, switch, Some(deadline), Some(slot));
+                        let conn =
+                            Gathered::new(Killable::new(io, switch, Some(deadline), Some(slot)));
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, %peer, "handshake failed"),
