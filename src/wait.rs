@@ -43,6 +43,23 @@ impl<T> Slot<T> {
         }
     }
 
+    /// Waits until a value is left, or `timeout` has passed (`None`), and takes it.
+    pub(crate) fn wait_timeout(&self, timeout: std::time::Duration) -> Option<T> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut value = self.value.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(v) = value.take() {
+                return Some(v);
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            value = self
+                .ready
+                .wait_timeout(value, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Takes the value left, if there is one and `wanted` says so; leaves it otherwise.
     pub(crate) fn take_if(&self, wanted: impl FnOnce(&T) -> bool) -> Option<T> {
         let mut value = self.value.lock().unwrap_or_else(PoisonError::into_inner);
@@ -74,6 +91,17 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), 2);
         slot.give(3);
         assert_eq!(slot.take_if(|v| *v == 4), None);
+        assert_eq!(
+            slot.wait_timeout(std::time::Duration::from_millis(1)),
+            Some(3)
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(
+            slot.wait_timeout(std::time::Duration::from_millis(30)),
+            None
+        );
+        assert!(started.elapsed() >= std::time::Duration::from_millis(30));
+        slot.give(3);
         assert_eq!(slot.take_if(|v| *v == 3), Some(3));
     }
 }

@@ -475,6 +475,7 @@ fn bump_mark(tx: &Connection) -> Result<(), StoreError> {
     )
     .and_then(|mut s| s.execute([]))
     .map_err(db)?;
+    checkpoint::note_moved();
     Ok(())
 }
 
@@ -482,7 +483,8 @@ fn bump_mark(tx: &Connection) -> Result<(), StoreError> {
 /// `tx` before it writes anything to the store's file: the trail never names a mark the store's
 /// file may not hold after a stop. The trail goes on when it cannot (the store's `meta` edited
 /// outside kluis, which the schema check refuses writes for): it records what was refused.
-fn record_mark(tx: &Connection) {
+/// Whether the mark was recorded.
+fn record_mark(tx: &Connection) -> bool {
     static WARNED: AtomicBool = AtomicBool::new(false);
     let recorded = tx
         .prepare_cached(
@@ -491,14 +493,21 @@ fn record_mark(tx: &Connection) {
              WHERE id = 1 AND store_mark < m.value",
         )
         .and_then(|mut s| s.execute([]));
-    if let Err(e) = recorded
-        && !WARNED.swap(true, Ordering::Relaxed)
-    {
-        tracing::warn!(
-            error = %db(e),
-            "the trail does not record how far the database file was written: an older copy of \
-             it put back would not be found at start"
-        );
+    match recorded {
+        Ok(_) => {
+            checkpoint::note_recorded();
+            true
+        }
+        Err(e) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    error = %db(e),
+                    "the trail does not record how far the database file was written: an older \
+                     copy of it put back would not be found at start"
+                );
+            }
+            false
+        }
     }
 }
 
@@ -3382,6 +3391,96 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v1"[..]));
         assert_eq!(seqs(&store), [1, 2]);
+    }
+
+    /// The marks as the files hold them: the store's, and the trail's record of it.
+    fn marks(path: &Path) -> (i64, i64) {
+        let store = Connection::open(path).unwrap();
+        let trail = Connection::open(trail_path(path)).unwrap();
+        (
+            store
+                .query_row("SELECT value FROM meta WHERE key = 'store_mark'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap(),
+            trail
+                .query_row("SELECT store_mark FROM trail_mark", [], |r| r.get(0))
+                .unwrap(),
+        )
+    }
+
+    /// An older copy of the store's file that lacks only writes no append followed (the last
+    /// writes before a stop) is not opened either: the trail records the mark they moved once
+    /// the writer has rested `MARK_AFTER` (while the store runs, so a node killed then is
+    /// covered), or when the store closes. The twin: the file that goes with the trail opens.
+    #[test]
+    fn an_older_store_file_lacking_only_the_writes_after_the_last_append_is_not_opened() {
+        let row = crate::store::conformance::audit_row;
+        for close_at_once in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("kluis.db");
+            {
+                let store = SqliteStore::open(&path).unwrap();
+                store.replace_meta("k", None, b"v0").unwrap();
+                store.append_audit(&[row(1)]).unwrap();
+            }
+            let old = dir.path().join("old.db");
+            std::fs::copy(&path, &old).unwrap();
+            {
+                let store = SqliteStore::open(&path).unwrap();
+                // A write of the store's file, and no append after it.
+                store.replace_meta("k", Some(b"v0"), b"v1").unwrap();
+                if !close_at_once {
+                    let (moved, _) = marks(&path);
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while marks(&path).1 < moved {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "the trail did not record the mark while the writer rested"
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    assert!(!store.writer.mark_owed());
+                }
+            }
+            let (store_mark, trail_mark) = marks(&path);
+            assert_eq!(store_mark, trail_mark, "close at once {close_at_once}");
+            let newer = dir.path().join("newer.db");
+            std::fs::rename(&path, &newer).unwrap();
+            std::fs::copy(&old, &path).unwrap();
+            match SqliteStore::open(&path) {
+                Err(StoreError::Config(message)) => {
+                    assert!(
+                        message.contains("is older than its audit trail"),
+                        "{message}"
+                    );
+                }
+                other => panic!(
+                    "close at once {close_at_once}: expected a refusal, got {:?}",
+                    other.map(|_| ())
+                ),
+            }
+            std::fs::rename(&newer, &path).unwrap();
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v1"[..]));
+            assert_eq!(seqs(&store), [1]);
+        }
+    }
+
+    /// Appends alone (reads) owe the trail no mark, and a write that an append follows is
+    /// recorded by it: the writer rests without a transaction of the mark's own.
+    #[test]
+    fn appends_record_the_mark_and_owe_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.replace_meta("k", None, b"v0").unwrap();
+        store
+            .append_audit(&[crate::store::conformance::audit_row(1)])
+            .unwrap();
+        assert!(!store.writer.mark_owed());
+        let (store_mark, trail_mark) = marks(&path);
+        assert_eq!(store_mark, trail_mark);
     }
 
     /// A trail table a migration made in the store's file after the trail had its own (the

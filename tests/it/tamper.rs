@@ -2735,3 +2735,115 @@ async fn a_copy_renamed_over_the_live_files_is_neither_read_nor_written() {
         server.stop().await;
     }
 }
+
+/// An older copy of `kluis.db` that lacks only the last acknowledged write (taken from the
+/// running node's files just before it), put back with its `-wal` and `-shm` after the node
+/// was killed with SIGKILL a moment after that write, is
+/// refused at start: the write moved the store's mark, and the node recorded the mark in the
+/// trail once its writer rested, before the kill. (Without that, the trail recorded a mark only
+/// with the next append, and the copy started: the acknowledged write was gone.) The twin: the
+/// files that go with the trail start and serve the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_older_only_by_the_last_write_is_refused_after_a_kill() {
+    use crate::rotation::{connect, free_port, prepare, start};
+
+    let tmp = private_tempdir();
+    let dir = tmp.path();
+    let (_, officer, _) = prepare(dir, 0);
+    let write = |port: u16, value: &'static str| {
+        let officer = officer.clone();
+        async move {
+            pb::vault_client::VaultClient::new(connect(port).await)
+                .put_record(req(
+                    &officer,
+                    pb::PutRecordRequest {
+                        context: nuisance_ctx(),
+                        subject_id: "REL-90001".into(),
+                        fields: vec![text("statement", "nuisance-evidence", value)],
+                        labels: Default::default(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .record_id
+        }
+    };
+    let files = ["kluis.db", "kluis.db-wal", "kluis.db-shm"];
+    let keep = |to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for f in files {
+            let _ = std::fs::remove_file(to.join(f));
+            if dir.join(f).exists() {
+                std::fs::copy(dir.join(f), to.join(f)).unwrap();
+            }
+        }
+    };
+    let put_back = |from: &std::path::Path| {
+        for f in files {
+            let _ = std::fs::remove_file(dir.join(f));
+            if from.join(f).exists() {
+                std::fs::copy(from.join(f), dir.join(f)).unwrap();
+            }
+        }
+    };
+
+    let port = free_port();
+    let node = start(dir, port);
+    write(port, "shouting at night").await;
+    // A copy taken while the node rests (what a copy of the running node's files holds once
+    // its writes have stopped), then one more write.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let older = dir.join("older");
+    keep(&older);
+    let last = write(port, "a door kicked in").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(node); // SIGKILL, the writer at rest
+    let newer = dir.join("newer");
+    keep(&newer);
+
+    put_back(&older);
+    let refused = tokio::task::spawn_blocking({
+        let config = dir.join("kluis.toml");
+        move || {
+            let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+                .arg(config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while serve.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = serve.kill();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            serve.wait_with_output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "the older copy started: {said}");
+    assert!(said.contains("is older than its audit trail"), "{said}");
+
+    put_back(&newer);
+    let port = free_port();
+    let _node = start(dir, port);
+    let read = pb::vault_client::VaultClient::new(connect(port).await)
+        .get_record(req(
+            &officer,
+            pb::GetRecordRequest {
+                context: nuisance_ctx(),
+                record_id: last,
+                fields: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(text_of(&read.fields[0]), "a door kicked in");
+}

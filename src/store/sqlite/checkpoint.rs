@@ -12,16 +12,28 @@
 //! as it held SQLite's own).
 //! Invariant: checkpoints are passive: they wait for no reader and no writer, and what they
 //! cannot copy yet is copied by a later one.
+//!
+//! The same thread keeps the trail's record of the store's mark (`super::record_mark`) up to
+//! date when the writer rests. Every append records the mark the store's file had committed
+//! before it, so after a write that no append followed, the trail is a write behind: an older
+//! copy of `kluis.db` missing only that write would pass the check at start. Once no write has
+//! moved the mark for `MARK_AFTER`, or when the store closes, the thread records it in a
+//! transaction of the trail's own, on the writer.
+//!
+//! Invariant: the trail records only a mark the store's file has committed; a mark that moved
+//! is recorded at the latest `MARK_AFTER` after the writes stop (and at the store's close),
+//! unless the files are no longer the ones the store opened.
 
 use std::{
     cell::Cell,
     ffi::c_int,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, MutexGuard, TryLockError,
-        atomic::{AtomicI32, Ordering},
+        Arc, Mutex, MutexGuard, TryLockError, Weak,
+        atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering},
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use rusqlite::{Connection, hooks::Wal};
@@ -36,11 +48,31 @@ const WAKE_AT: c_int = 1000;
 /// pages): only when the checkpointer falls behind, or could not start.
 const BACKSTOP: c_int = 8000;
 
+/// How long the writer rests after a write that moved the store's mark before the trail records
+/// the mark in a transaction of its own.
+const MARK_AFTER: Duration = Duration::from_millis(50);
+
 thread_local! {
     /// How many pages the logs of the trail's file (`main`) and the store's held after the last
     /// commit to each on this thread since `WriterGuard` last looked (0: none): SQLite calls the
     /// commit hook on the committing thread, with no state of the store's.
     static LOGGED: Cell<[c_int; 2]> = const { Cell::new([0; 2]) };
+
+    /// What this thread's transactions on the writer did to the store's mark since
+    /// `WriterGuard` last looked: moved it (`Some(true)`: the trail is behind until an append
+    /// records it), recorded it in the trail with no move after (`Some(false)`), or neither.
+    static MARKED: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Notes that a transaction on the writer moved the store's mark (`super::bump_mark`).
+pub(super) fn note_moved() {
+    MARKED.with(|m| m.set(Some(true)));
+}
+
+/// Notes that a transaction on the writer recorded the store's mark in the trail
+/// (`super::record_mark`).
+pub(super) fn note_recorded() {
+    MARKED.with(|m| m.set(Some(false)));
 }
 
 /// The writer's commit hook: notes how full the log of the file just committed is, and
@@ -69,14 +101,15 @@ fn on_commit(wal: &Wal, pages: c_int) -> rusqlite::Result<()> {
 
 /// The store's writer connection, whose commits wake the checkpointer.
 pub(super) struct Writer {
-    conn: Mutex<Connection>,
+    /// Dropped first: its thread records the mark owed on the writer before it goes.
+    checkpointer: Checkpointer,
+    conn: Arc<Mutex<Connection>>,
     /// The store's file, and its files as the store opened them.
     path: PathBuf,
     opened: FileIds,
     /// How full each log was when its commit last woke the checkpointer (changed only by the
     /// holder of `conn`).
     woken_at: [AtomicI32; 2],
-    checkpointer: Checkpointer,
 }
 
 impl Writer {
@@ -84,16 +117,19 @@ impl Writer {
     /// checkpointer's connection not open, the writer checkpoints its logs itself, as SQLite
     /// does by default.
     pub(super) fn new(conn: Connection, path: &Path, opened: FileIds) -> Self {
-        let checkpointer = Checkpointer::start(path, opened);
+        let conn = Arc::new(Mutex::new(conn));
+        let checkpointer = Checkpointer::start(path, opened, Arc::downgrade(&conn));
         if checkpointer.running() {
-            conn.wal_hook(Some(on_commit));
+            conn.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .wal_hook(Some(on_commit));
         }
         Self {
-            conn: Mutex::new(conn),
+            checkpointer,
+            conn,
             path: path.to_owned(),
             opened,
             woken_at: Default::default(),
-            checkpointer,
         }
     }
 
@@ -120,6 +156,7 @@ impl Writer {
     fn guard<'a>(&'a self, conn: MutexGuard<'a, Connection>) -> WriterGuard<'a> {
         // What earlier commits on this thread noted belongs to a writer that already looked.
         LOGGED.with(|logged| logged.set([0; 2]));
+        MARKED.with(|m| m.set(None));
         WriterGuard { conn, writer: self }
     }
 
@@ -139,8 +176,18 @@ impl Writer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = held;
         if !held {
+            self.checkpointer
+                .shared
+                .checkpoint_owed
+                .store(true, Ordering::SeqCst);
             self.checkpointer.shared.wake.give(true);
         }
+    }
+
+    /// Whether a moved mark waits to be recorded in the trail, for tests.
+    #[cfg(test)]
+    pub(super) fn mark_owed(&self) -> bool {
+        self.checkpointer.shared.mark_owed.load(Ordering::SeqCst)
     }
 }
 
@@ -179,13 +226,33 @@ impl Drop for WriterGuard<'_> {
             let since = if pages < since { 0 } else { since };
             if pages - since >= WAKE_AT {
                 woken_at.store(pages, Ordering::Relaxed);
+                self.writer
+                    .checkpointer
+                    .shared
+                    .checkpoint_owed
+                    .store(true, Ordering::SeqCst);
                 wake = true;
             } else {
                 woken_at.store(since, Ordering::Relaxed);
             }
         }
+        let shared = &self.writer.checkpointer.shared;
+        match MARKED.with(Cell::take) {
+            Some(true) => {
+                shared.moved_at.store(shared.now(), Ordering::SeqCst);
+                // The thread is told once, when the mark falls behind; while it times the
+                // writer's rest, it reads when the mark last moved instead.
+                if !shared.mark_owed.swap(true, Ordering::SeqCst)
+                    && !shared.timing.load(Ordering::SeqCst)
+                {
+                    wake = true;
+                }
+            }
+            Some(false) => shared.mark_owed.store(false, Ordering::SeqCst),
+            None => {}
+        }
         if wake {
-            self.writer.checkpointer.shared.wake.give(true);
+            shared.wake.give(true);
         }
     }
 }
@@ -197,10 +264,18 @@ struct Checkpointer {
     thread: Option<JoinHandle<()>>,
 }
 
-#[derive(Default)]
 struct Shared {
-    /// `true`: checkpoint; `false`: stop.
+    /// `true`: look at the flags below; `false`: stop.
     wake: crate::wait::Slot<bool>,
+    /// A commit asked for a checkpoint.
+    checkpoint_owed: AtomicBool,
+    /// The store's mark moved since the trail last recorded it.
+    mark_owed: AtomicBool,
+    /// When it last moved, in nanoseconds from `started`.
+    moved_at: AtomicU64,
+    /// Whether the thread times the writer's rest (and reads `moved_at` when it ends).
+    timing: AtomicBool,
+    started: Instant,
     /// Checkpoints made, for tests.
     #[cfg(test)]
     done: std::sync::atomic::AtomicU64,
@@ -209,7 +284,28 @@ struct Shared {
     held: Mutex<bool>,
 }
 
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            wake: crate::wait::Slot::default(),
+            checkpoint_owed: AtomicBool::new(false),
+            mark_owed: AtomicBool::new(false),
+            moved_at: AtomicU64::new(0),
+            timing: AtomicBool::new(false),
+            started: Instant::now(),
+            #[cfg(test)]
+            done: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(test)]
+            held: Mutex::new(false),
+        }
+    }
+}
+
 impl Shared {
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     #[cfg(test)]
     fn done(&self) -> u64 {
         self.done.load(std::sync::atomic::Ordering::SeqCst)
@@ -219,13 +315,18 @@ impl Shared {
 impl Checkpointer {
     /// Starts the thread on a connection of its own to `path`'s files; without it (the
     /// connection or thread cannot be made) nothing runs, and says so.
-    fn start(path: &Path, opened: FileIds) -> Self {
+    fn start(path: &Path, opened: FileIds, writer: Weak<Mutex<Connection>>) -> Self {
         let shared = Arc::new(Shared::default());
         let thread = super::open_checked(path, opened).and_then(|conn| {
             let shared = Arc::clone(&shared);
+            let keeper = Keeper {
+                writer,
+                path: path.to_owned(),
+                opened,
+            };
             std::thread::Builder::new()
                 .name("kluis-checkpoint".into())
-                .spawn(move || run(&conn, &shared))
+                .spawn(move || run(&conn, &shared, &keeper))
                 .map_err(|e| StoreError::Database(format!("no checkpoint thread: {e}")))
         });
         let thread = match thread {
@@ -257,31 +358,116 @@ impl Drop for Checkpointer {
     }
 }
 
-/// The checkpointer's loop: a passive checkpoint of both files each time it is woken.
-fn run(conn: &Connection, shared: &Shared) {
-    while shared.wake.wait() {
-        #[cfg(test)]
-        if *shared
-            .held
+/// What the thread needs to record the store's mark on the writer.
+struct Keeper {
+    writer: Weak<Mutex<Connection>>,
+    path: PathBuf,
+    opened: FileIds,
+}
+
+impl Keeper {
+    /// Records the store's committed mark in the trail, in a transaction of its own on the
+    /// writer (held meanwhile, so no write moves the mark). Nothing is written to files that
+    /// are no longer the ones the store opened.
+    fn record(&self, shared: &Shared) {
+        let Some(writer) = self.writer.upgrade() else {
+            return;
+        };
+        let conn = writer
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            continue;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if super::check_same_files(&self.path, self.opened).is_err() {
+            return;
         }
-        for file in ["main", "store"] {
-            let outcome =
-                conn.query_row(&format!("PRAGMA {file}.wal_checkpoint(PASSIVE)"), [], |r| {
-                    r.get::<_, i64>(0)
-                });
-            if let Err(e) = outcome {
-                tracing::warn!(error = %e, file, "checkpoint failed; the next one tries again");
+        let recorded = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(super::db)
+            .and_then(|()| {
+                if super::record_mark(&conn) {
+                    conn.execute_batch("COMMIT").map_err(super::db)
+                } else {
+                    Err(StoreError::Database("the mark was not recorded".into()))
+                }
+            });
+        match recorded {
+            Ok(()) => shared.mark_owed.store(false, Ordering::SeqCst),
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                tracing::warn!(error = %e, "the trail could not record the store's mark; the next append does");
             }
         }
-        #[cfg(test)]
-        shared
-            .done
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// The thread's loop: a passive checkpoint of both files when a commit asks for one, and the
+/// store's mark recorded once the writer has rested `MARK_AFTER` after moving it.
+fn run(conn: &Connection, shared: &Shared, keeper: &Keeper) {
+    let mut rest = None;
+    loop {
+        let woke = match rest {
+            Some(rest) => shared.wake.wait_timeout(rest),
+            None => Some(shared.wake.wait()),
+        };
+        if woke == Some(false) {
+            // The store closes: what the last writes owe is recorded now.
+            if shared.mark_owed.load(Ordering::SeqCst) {
+                keeper.record(shared);
+            }
+            return;
+        }
+        if shared.checkpoint_owed.swap(false, Ordering::SeqCst) {
+            checkpoint(conn, shared);
+        }
+        // Timed from the mark's last move: recorded once it is `MARK_AFTER` behind.
+        let owed = shared.mark_owed.load(Ordering::SeqCst);
+        let rested = Duration::from_nanos(
+            shared
+                .now()
+                .saturating_sub(shared.moved_at.load(Ordering::SeqCst)),
+        );
+        let mut left = MARK_AFTER.saturating_sub(rested);
+        if owed && left.is_zero() {
+            keeper.record(shared);
+            left = MARK_AFTER;
+        }
+        // Against the writer's guard (`WriterGuard::drop`: the flag set, then `timing` read):
+        // `timing` is cleared before the flag is read again, so a move made meanwhile either
+        // finds the thread timing or wakes it.
+        let timing = shared.mark_owed.load(Ordering::SeqCst) || {
+            shared.timing.store(false, Ordering::SeqCst);
+            shared.mark_owed.load(Ordering::SeqCst)
+        };
+        shared.timing.store(timing, Ordering::SeqCst);
+        rest = timing.then_some(left);
+    }
+}
+
+/// A passive checkpoint of both files.
+fn checkpoint(conn: &Connection, shared: &Shared) {
+    #[cfg(test)]
+    if *shared
+        .held
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        return;
+    }
+    #[cfg(not(test))]
+    let _ = shared;
+    for file in ["main", "store"] {
+        let outcome = conn.query_row(&format!("PRAGMA {file}.wal_checkpoint(PASSIVE)"), [], |r| {
+            r.get::<_, i64>(0)
+        });
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, file, "checkpoint failed; the next one tries again");
+        }
+    }
+    #[cfg(test)]
+    shared
+        .done
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 #[cfg(test)]
