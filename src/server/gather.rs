@@ -2,12 +2,16 @@
 //! stream has them: under 64 readers on one connection, every answer of a group commit left in
 //! a `writev` of its own, and the loopback's send path (which also runs the receiver's side)
 //! cost more than the answer's decryption. A connection's writes now pass through `Gathered`:
-//! short writes are held, and a flush that finds bytes held first lets the runtime run once
-//! more, so that the answers other tasks finish meanwhile join the held bytes. Held bytes go
-//! out with the next long write (one vectored call), or at the flush after that turn.
+//! short writes are held, and a flush that finds bytes held first yields once, so that the
+//! tasks its worker has ready (the other answers of a batch among them) run and add their
+//! frames to the held bytes. Held bytes go out with the next long write (one vectored call),
+//! or at the flush after that turn.
 //!
 //! HTTP/2 asks for every byte to be flushed before it waits for anything, so nothing held is
-//! forgotten; the turn adds one poll of the connection to a lone call. `Gathered` wraps the
+//! forgotten; the one place it closes without a flush, the peer's end of stream read while its
+//! own buffer is empty, finds the held bytes written first (`poll_read`). The turn adds one
+//! poll of the connection to a lone call. At most `HELD_AT_MOST` bytes are kept per connection,
+//! as HTTP/2 keeps a buffer of that size. `Gathered` wraps the
 //! connection's `Killable`, not the other way round: a byte held is not yet written for the
 //! unread limits (`Activity::wrote` counts what reaches the socket).
 
@@ -35,6 +39,8 @@ pub struct Gathered<IO> {
     held: Vec<u8>,
     /// Whether the bytes held have had their turn.
     waited: bool,
+    /// The peer's end of stream, read while bytes were held: handed on once they are written.
+    ended: bool,
 }
 
 impl<IO> Gathered<IO> {
@@ -43,6 +49,7 @@ impl<IO> Gathered<IO> {
             inner,
             held: Vec::new(),
             waited: false,
+            ended: false,
         }
     }
 }
@@ -62,13 +69,27 @@ impl<IO: AsyncWrite + Unpin> Gathered<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Gathered<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gathered<IO> {
+    /// The peer's end of stream is handed on only once the bytes held are written: HTTP/2
+    /// closes at once, without a flush, when it reads the end with nothing left in its own
+    /// buffer.
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if !this.ended {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            if buf.filled().len() > before || buf.remaining() == 0 || this.held.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.ended = true;
+        }
+        ready!(this.poll_write_held(cx))?;
+        this.ended = false;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -80,6 +101,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Gathered<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if buf.len() <= SHORT && this.held.len() + buf.len() <= HELD_AT_MOST {
+            if this.held.capacity() == 0 {
+                this.held.reserve_exact(HELD_AT_MOST);
+            }
             this.held.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
@@ -164,6 +188,17 @@ mod tests {
     impl Wire {
         fn bytes(&self) -> Vec<u8> {
             self.calls.concat()
+        }
+    }
+
+    /// A peer that has closed its end: every read is the end of stream.
+    impl AsyncRead for Wire {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
         }
     }
 
@@ -343,6 +378,33 @@ mod tests {
         flush_all(&mut g, &mut cx);
         assert_eq!(g.inner.bytes(), sent);
         assert!(g.held.is_empty());
+    }
+
+    #[test]
+    fn the_peers_end_of_stream_is_read_only_once_what_is_held_is_written() {
+        let (_, waker) = context();
+        let mut cx = Context::from_waker(&waker);
+        let mut g = Gathered::new(Wire {
+            busy: 1,
+            ..Wire::default()
+        });
+        write_all(&mut g, &mut cx, b"last answer");
+        let mut room = [0; 16];
+        let mut buf = ReadBuf::new(&mut room);
+        // The connection is busy: the end waits for the held bytes.
+        assert!(Pin::new(&mut g).poll_read(&mut cx, &mut buf).is_pending());
+        assert!(g.inner.calls.is_empty());
+        assert!(matches!(
+            Pin::new(&mut g).poll_read(&mut cx, &mut buf),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(buf.filled().is_empty(), "the end of stream");
+        assert_eq!(g.inner.bytes(), b"last answer");
+        // Nothing held: the end comes at once.
+        assert!(matches!(
+            Pin::new(&mut g).poll_read(&mut cx, &mut buf),
+            Poll::Ready(Ok(()))
+        ));
     }
 
     #[test]

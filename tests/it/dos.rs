@@ -643,7 +643,7 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
     // The limit of time leaves the held answers long enough to start on a busy machine (each
     // is a read of 5 MiB with its entry, opened and handed to the connection) before the
     // neighbour is asked.
-    const UNREAD_SECS: u64 = 12;
+    const UNREAD_SECS: u64 = 20;
     let server = TestServer::start_with_limits(RawLimits {
         unread_response_secs: Some(UNREAD_SECS),
         unread_response_bytes_per_address: Some(16 * MIB + 64 * 1024),
@@ -692,9 +692,9 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
     }
     // 15 MiB of the address's 16 wait: another answer of 5 MiB to that address is refused,
     // saying which limit and what to do; another address is served. (On a busy machine the
-    // held answers may not all have started yet: asked again for up to 8 s, well within the
-    // 12 s after which the staller's connection is closed.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    // held answers may not all have started yet: asked again for up to 15 s, within the
+    // 20 s after which the staller's connection is closed.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let refused = loop {
         match read(neighbour.clone()).await {
             Err(refused) => break refused,
@@ -704,7 +704,7 @@ async fn responses_nobody_reads_are_capped_per_address_and_their_connection_clos
             Ok(_) => panic!("an answer of 5 MiB passed the address's limit of unread bytes"),
         }
     };
-    // Refused: the held answers waited by now, so their time is up by 12 s from here.
+    // Refused: the held answers waited by now, so their time is up by 20 s from here.
     let refused_at = tokio::time::Instant::now();
     assert_exhausted(
         &refused,

@@ -354,8 +354,12 @@ impl AuditStore for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         self.schema.check(&tx, Scope::Trail)?;
         insert_rows(&tx, rows)?;
-        super::record_mark(&tx);
-        tx.commit().map_err(db)
+        let recorded = super::record_mark(&tx);
+        tx.commit().map_err(db)?;
+        if recorded {
+            super::checkpoint::note_recorded();
+        }
+        Ok(())
     }
 
     fn append_chained(
@@ -409,8 +413,9 @@ impl AuditStore for SqliteStore {
         insert_rows(&tx, &rows)?;
         // The mark as committed before this batch: should the store's file not commit after
         // the trail's, the trail names no mark it lacks.
-        super::record_mark(&tx);
-        if !writes.is_empty() && refused.is_none() {
+        let recorded = super::record_mark(&tx);
+        let moves = !writes.is_empty() && refused.is_none();
+        if moves {
             super::bump_mark(&tx)?;
         }
         let mut outcomes = Vec::with_capacity(writes.len());
@@ -431,6 +436,10 @@ impl AuditStore for SqliteStore {
             outcomes.push(outcome);
         }
         tx.commit().map_err(db)?;
+        // Only once committed, and when no write of the batch moved the mark past it.
+        if recorded && !moves {
+            super::checkpoint::note_recorded();
+        }
         Ok((rows, Some(outcomes)))
     }
 

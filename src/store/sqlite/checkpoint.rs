@@ -21,8 +21,9 @@
 //! transaction of the trail's own, on the writer.
 //!
 //! Invariant: the trail records only a mark the store's file has committed; a mark that moved
-//! is recorded at the latest `MARK_AFTER` after the writes stop (and at the store's close),
-//! unless the files are no longer the ones the store opened.
+//! is recorded about `MARK_AFTER` after the writes stop (later when a checkpoint runs then, or
+//! a second after a failed try) and at the store's close, unless the files are no longer the
+//! ones the store opened or the thread could not start (which is logged).
 
 use std::{
     cell::Cell,
@@ -368,16 +369,19 @@ struct Keeper {
 impl Keeper {
     /// Records the store's committed mark in the trail, in a transaction of its own on the
     /// writer (held meanwhile, so no write moves the mark). Nothing is written to files that
-    /// are no longer the ones the store opened.
-    fn record(&self, shared: &Shared) {
+    /// are no longer the ones the store opened (the store fails every write then). Whether to
+    /// try again later (a failure that may pass).
+    fn record(&self, shared: &Shared) -> bool {
+        static WARNED: AtomicBool = AtomicBool::new(false);
         let Some(writer) = self.writer.upgrade() else {
-            return;
+            return false;
         };
         let conn = writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if super::check_same_files(&self.path, self.opened).is_err() {
-            return;
+            shared.mark_owed.store(false, Ordering::SeqCst);
+            return false;
         }
         let recorded = conn
             .execute_batch("BEGIN IMMEDIATE")
@@ -390,16 +394,29 @@ impl Keeper {
                 }
             });
         match recorded {
-            Ok(()) => shared.mark_owed.store(false, Ordering::SeqCst),
+            Ok(()) => {
+                shared.mark_owed.store(false, Ordering::SeqCst);
+                false
+            }
             Err(e) => {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                tracing::warn!(error = %e, "the trail could not record the store's mark; the next append does");
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "the trail could not record the store's mark; tried again each second, \
+                         and by the next append"
+                    );
+                }
+                true
             }
         }
     }
 }
+
+/// How long the thread waits after a failed try to record the mark.
+const MARK_RETRY: Duration = Duration::from_secs(1);
 
 /// The thread's loop: a passive checkpoint of both files when a commit asks for one, and the
 /// store's mark recorded once the writer has rested `MARK_AFTER` after moving it.
@@ -429,8 +446,11 @@ fn run(conn: &Connection, shared: &Shared, keeper: &Keeper) {
         );
         let mut left = MARK_AFTER.saturating_sub(rested);
         if owed && left.is_zero() {
-            keeper.record(shared);
-            left = MARK_AFTER;
+            left = if keeper.record(shared) {
+                MARK_RETRY
+            } else {
+                MARK_AFTER
+            };
         }
         // Against the writer's guard (`WriterGuard::drop`: the flag set, then `timing` read):
         // `timing` is cleared before the flag is read again, so a move made meanwhile either
