@@ -638,7 +638,7 @@ impl SqliteStore {
         check_same_files(path, opened)?;
         let store = Self {
             path: path.to_owned(),
-            writer: checkpoint::Writer::new(writer, path, opened),
+            writer: checkpoint::Writer::new(writer, path, opened, Arc::clone(&schema)),
             readers: Mutex::new(Vec::new()),
             cache: cache::ReadCache::new(read_cache_bytes),
             watch: Mutex::new(watch),
@@ -3461,6 +3461,52 @@ mod tests {
             let store = SqliteStore::open(&path).unwrap();
             assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v1"[..]));
             assert_eq!(seqs(&store), [1]);
+        }
+    }
+
+    /// The thread checks the trail's schema as every append does: with an index added to the
+    /// trail's table of the mark by hand, it records nothing; the twin: dropped, the mark is
+    /// recorded.
+    #[test]
+    fn the_mark_is_not_recorded_in_a_trail_whose_schema_was_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.replace_meta("k", None, b"v0").unwrap();
+        store
+            .append_audit(&[crate::store::conformance::audit_row(1)])
+            .unwrap();
+        let trail = Connection::open(trail_path(&path)).unwrap();
+        // A write of the store's file, then the table added before the writer has rested
+        // (tried again should the thread have recorded the mark first on a busy machine).
+        let mut value = 0;
+        let store_mark = loop {
+            let (old, new) = (format!("v{value}"), format!("v{}", value + 1));
+            store
+                .replace_meta("k", Some(old.as_bytes()), new.as_bytes())
+                .unwrap();
+            value += 1;
+            trail
+                .execute_batch("CREATE INDEX by_hand ON trail_mark (store_mark)")
+                .unwrap();
+            let (store_mark, trail_mark) = marks(&path);
+            if trail_mark < store_mark {
+                break store_mark;
+            }
+            trail.execute_batch("DROP INDEX by_hand").unwrap();
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (_, trail_mark) = marks(&path);
+        assert!(trail_mark < store_mark, "{trail_mark} {store_mark}");
+        assert!(store.writer.mark_owed());
+        trail.execute_batch("DROP INDEX by_hand").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while marks(&path).1 < store_mark || store.writer.mark_owed() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not recorded once put right"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 

@@ -39,7 +39,7 @@ use std::{
 
 use rusqlite::{Connection, hooks::Wal};
 
-use super::{FileIds, StoreError};
+use super::{FileIds, SchemaCheck, Scope, StoreError};
 
 /// Pages in a file's log past which a commit wakes the checkpointer: SQLite's own mark for its
 /// automatic checkpoint.
@@ -117,9 +117,14 @@ impl Writer {
     /// `conn` as the writer, with a checkpointer of its own for `path`'s files. Should the
     /// checkpointer's connection not open, the writer checkpoints its logs itself, as SQLite
     /// does by default.
-    pub(super) fn new(conn: Connection, path: &Path, opened: FileIds) -> Self {
+    pub(super) fn new(
+        conn: Connection,
+        path: &Path,
+        opened: FileIds,
+        schema: Arc<SchemaCheck>,
+    ) -> Self {
         let conn = Arc::new(Mutex::new(conn));
-        let checkpointer = Checkpointer::start(path, opened, Arc::downgrade(&conn));
+        let checkpointer = Checkpointer::start(path, opened, Arc::downgrade(&conn), schema);
         if checkpointer.running() {
             conn.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -316,7 +321,12 @@ impl Shared {
 impl Checkpointer {
     /// Starts the thread on a connection of its own to `path`'s files; without it (the
     /// connection or thread cannot be made) nothing runs, and says so.
-    fn start(path: &Path, opened: FileIds, writer: Weak<Mutex<Connection>>) -> Self {
+    fn start(
+        path: &Path,
+        opened: FileIds,
+        writer: Weak<Mutex<Connection>>,
+        schema: Arc<SchemaCheck>,
+    ) -> Self {
         let shared = Arc::new(Shared::default());
         let thread = super::open_checked(path, opened).and_then(|conn| {
             let shared = Arc::clone(&shared);
@@ -324,6 +334,7 @@ impl Checkpointer {
                 writer,
                 path: path.to_owned(),
                 opened,
+                schema,
             };
             std::thread::Builder::new()
                 .name("kluis-checkpoint".into())
@@ -364,6 +375,9 @@ struct Keeper {
     writer: Weak<Mutex<Connection>>,
     path: PathBuf,
     opened: FileIds,
+    /// Checked in the transaction, as every append checks it: a table of the trail's edited
+    /// outside kluis is not written.
+    schema: Arc<SchemaCheck>,
 }
 
 impl Keeper {
@@ -386,6 +400,7 @@ impl Keeper {
         let recorded = conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(super::db)
+            .and_then(|()| self.schema.check(&conn, Scope::Trail))
             .and_then(|()| {
                 if super::record_mark(&conn) {
                     conn.execute_batch("COMMIT").map_err(super::db)
