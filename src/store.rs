@@ -93,6 +93,10 @@ pub enum StoreError {
     /// The store's settings cannot work (a connection string, TLS settings).
     #[error("{0}")]
     Config(String),
+    /// The store's file is older than its audit trail says it was written (an older copy put
+    /// back beside the trail's file): refused at start, before anything is served from it.
+    #[error("{0}")]
+    RolledBack(String),
     /// What the core asked is not something this kind of store does (e.g. a snapshot of a
     /// PostgreSQL store, which its own tools take).
     #[error("{0}")]

@@ -1,4 +1,4 @@
-//! Progress of a long job (rewrap, rekey, retention sweep, backup) on stderr: a bar redrawn in
+//! Progress of a long job (rewrap, rekey, retention sweep, backup, restore) on stderr: a bar redrawn in
 //! place on a terminal, plain lines now and then when stderr is a file or a pipe (a log, CI).
 //! Never on stdout, which carries the command's result.
 
@@ -85,6 +85,16 @@ impl Progress {
             );
             self.last_plain = Some(Instant::now());
         }
+    }
+
+    /// Says which step of the job begins (a step without a count, such as a check): a line of
+    /// its own, on a terminal below the bar drawn so far.
+    pub fn step(&mut self, detail: std::fmt::Arguments<'_>) {
+        if self.quiet {
+            return;
+        }
+        self.finish();
+        eprintln!("{}: {detail}", self.what);
     }
 
     /// Ends the display: the line a terminal bar was drawn on is closed.

@@ -1,7 +1,11 @@
 //! `kluis restore`: turn a backup taken with `kluis admin backup` into the store of a new data
 //! directory, checked before it is put in place.
 
-use std::{io::Write, path::PathBuf, sync::Arc};
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use clap::Args;
 use kluis::{
@@ -12,7 +16,10 @@ use kluis::{
     store::{MetaStore, Store, StoreError},
 };
 
-use super::{Exit, fail};
+use super::{Exit, fail, progress::Progress};
+
+/// How much of the backup is read and written at a time.
+const COPY_PIECE: usize = 1 << 20;
 
 /// Arguments of `kluis restore`.
 #[derive(Args, Debug)]
@@ -182,9 +189,20 @@ fn restore(
     made_store: &mut bool,
 ) -> Result<(u64, Option<u64>), (Exit, String)> {
     let error = |m: String| (Exit::Error, m);
-    let bytes = std::fs::read(&args.backup)
-        .map_err(|e| error(format!("cannot read `{}`: {e}", args.backup.display())))?;
-    if !bytes.starts_with(b"SQLite format 3\0") {
+    let mut bar = Progress::new("restore", args.json);
+    let cannot_read =
+        |e: std::io::Error| error(format!("cannot read `{}`: {e}", args.backup.display()));
+    // Read in pieces, not whole: a backup with its evidence may be larger than the memory at
+    // hand.
+    let mut backup = std::fs::File::open(&args.backup).map_err(cannot_read)?;
+    let total = backup.metadata().map_err(cannot_read)?.len();
+    let mut header = [0u8; 16];
+    let whole = match backup.read_exact(&mut header) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+        Err(e) => return Err(cannot_read(e)),
+    };
+    if !whole || &header != b"SQLite format 3\0" {
         return Err(error(format!(
             "`{}` is not a kluis backup (not an SQLite database)",
             args.backup.display()
@@ -201,10 +219,33 @@ fn restore(
         .open(target)
         .map_err(|e| error(format!("cannot create `{}`: {e}", target.display())))?;
     *made_store = true;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| error(format!("cannot write `{}`: {e}", target.display())))?;
+    let cannot_write =
+        |e: std::io::Error| error(format!("cannot write `{}`: {e}", target.display()));
+    file.write_all(&header).map_err(cannot_write)?;
+    let mut bytes = header.len() as u64;
+    let mut piece = vec![0u8; COPY_PIECE];
+    loop {
+        let n = match backup.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(cannot_read(e)),
+        };
+        // `read` returns at most the piece's length.
+        let read = piece.get(..n).unwrap_or_default();
+        file.write_all(read).map_err(cannot_write)?;
+        bytes += n as u64;
+        bar.update(
+            bytes,
+            total,
+            format_args!("copied {} of {} MiB", bytes >> 20, total >> 20),
+        );
+    }
+    file.sync_all().map_err(cannot_write)?;
     drop(file);
+    bar.step(format_args!(
+        "copied {bytes} bytes; checking the database (SQLite's integrity check, then the schema)"
+    ));
     let check: String = rusqlite::Connection::open(target)
         .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get(0)))
         .map_err(|e| error(format!("the backup does not open as a database: {e}")))?;
@@ -216,7 +257,8 @@ fn restore(
     // content, put there after kluis wrote it.
     let store = config::open_store(&args.data_dir).map_err(|e| match e {
         config::OpenError::Store {
-            source: StoreError::Config(why) | StoreError::Corrupt(why),
+            source:
+                StoreError::Config(why) | StoreError::Corrupt(why) | StoreError::RolledBack(why),
             ..
         } => (
             Exit::CheckFailed,
@@ -250,7 +292,7 @@ fn restore(
     };
     let Some(source) = source else {
         return match Keyring::is_initialized(store.as_ref()) {
-            Ok(true) => Ok((bytes.len() as u64, None)),
+            Ok(true) => Ok((bytes, None)),
             _ => Err(error("the backup holds no initialised kluis store".into())),
         };
     };
@@ -264,8 +306,11 @@ fn restore(
                 format!("the root key does not open this backup: {e}"),
             )
         })?;
+    bar.step(format_args!(
+        "the root key opens it; verifying its audit trail (every entry's hash and MAC)"
+    ));
     let entries = check_trail(store, &keyring, expect_head)?;
-    Ok((bytes.len() as u64, Some(entries)))
+    Ok((bytes, Some(entries)))
 }
 
 /// With the root key, the backup's audit trail is verified as `kluis admin audit verify` does

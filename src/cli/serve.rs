@@ -129,10 +129,10 @@ pub fn run(args: &ServeArgs) -> Exit {
     }
     cfg.accept_rollback = args.accept_rollback;
     let opened = if args.dev {
-        open_dev(&cfg).and_then(|v| Ok((Ok(v), node_source(&cfg).map_err(fail)?)))
+        open_dev(&cfg).and_then(|v| Ok((Ok(v), node_source(&cfg).map_err(open_failed)?)))
     } else {
         node_source(&cfg)
-            .map_err(fail)
+            .map_err(open_failed)
             .and_then(|source| Ok((open_node(&cfg, &source)?, source)))
     };
     let (first, source) = match opened {
@@ -256,7 +256,7 @@ fn node_source(cfg: &Config) -> Result<server::NodeSource, config::OpenError> {
 fn open_node(cfg: &Config, source: &server::NodeSource) -> Result<Result<Vault, String>, Exit> {
     let store =
         config::open_configured_store(&cfg.data_dir, cfg.store.as_ref(), cfg.read_cache_mib)
-            .map_err(fail)?;
+            .map_err(open_failed)?;
     let seal = Keyring::store_seal(store.as_ref()).map_err(fail)?;
     drop(store);
     match seal {
@@ -313,12 +313,17 @@ fn open(cfg: &Config) -> Result<Vault, Exit> {
     config::open_vault(cfg, &secret).map_err(open_failed)
 }
 
-/// A wrong root key or a store behind its head exits 4; anything else 1.
+/// A wrong root key, or a store behind its head or older than its trail, exits 4; anything
+/// else 1.
 fn open_failed(e: config::OpenError) -> Exit {
     if matches!(
         e,
         config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)
             | config::OpenError::Vault(kluis::vault::VaultError::Rollback(_))
+            | config::OpenError::Store {
+                source: kluis::store::StoreError::RolledBack(_),
+                ..
+            }
     ) {
         eprintln!("error: {}", kluis::escape::controls(&e.to_string()));
         Exit::CheckFailed
@@ -337,7 +342,7 @@ fn open_dev(cfg: &Config) -> Result<Vault, Exit> {
     config::check_private(&cfg.data_dir).map_err(fail)?;
     let store =
         config::open_configured_store(&cfg.data_dir, cfg.store.as_ref(), cfg.read_cache_mib)
-            .map_err(fail)?;
+            .map_err(open_failed)?;
     let fresh = !Keyring::is_initialized(store.as_ref()).map_err(fail)?;
     let not_dev = || {
         match &cfg.store {

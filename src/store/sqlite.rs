@@ -522,7 +522,7 @@ fn check_marks(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         )
         .map_err(db)?;
     if store < seen {
-        return Err(StoreError::Config(format!(
+        return Err(StoreError::RolledBack(format!(
             "`{}` is older than its audit trail: the trail saw it written up to mark {seen}, and \
              it holds mark {store}. An older copy of the database file was put back beside the \
              trail's file `{}`; kluis would serve what was erased, revoked or destroyed since. \
@@ -3376,7 +3376,7 @@ mod tests {
         std::fs::rename(&path, &newer).unwrap();
         std::fs::copy(&old, &path).unwrap();
         match SqliteStore::open(&path) {
-            Err(StoreError::Config(message)) => {
+            Err(StoreError::RolledBack(message)) => {
                 assert!(
                     message.contains("is older than its audit trail"),
                     "{message}"
@@ -3446,7 +3446,7 @@ mod tests {
             std::fs::rename(&path, &newer).unwrap();
             std::fs::copy(&old, &path).unwrap();
             match SqliteStore::open(&path) {
-                Err(StoreError::Config(message)) => {
+                Err(StoreError::RolledBack(message)) => {
                     assert!(
                         message.contains("is older than its audit trail"),
                         "{message}"

@@ -561,4 +561,24 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
     assert_eq!(summary["trail_verified"], true);
     assert_eq!(summary["trail_head_checked"], true);
     assert_eq!(summary["trail_entries"], seq);
+    // `--json` keeps stderr for errors; a person is told each step as it begins.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("restore:"), "{said}");
+    let dir = tmp.path().join("restored-by-hand");
+    let out = restore_cli(&backup, &dir, &["--key-file", key, "--expect-head", &head]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    for step in [
+        "restore: copied ",
+        "checking the database",
+        "verifying its audit trail",
+    ] {
+        assert!(said.contains(step), "{step}: {said}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("its audit trail verifies, ending at the head given"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -2829,6 +2829,8 @@ async fn a_copy_older_only_by_the_last_write_is_refused_after_a_kill() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "the older copy started: {said}");
     assert!(said.contains("is older than its audit trail"), "{said}");
+    // A check that found a problem, as the head file's refusals: scripts tell it from a failure.
+    assert_eq!(refused.status.code(), Some(4), "{said}");
 
     put_back(&newer);
     let port = free_port();
