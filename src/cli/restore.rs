@@ -169,7 +169,33 @@ fn store_paths(target: &std::path::Path) -> Vec<PathBuf> {
     let mut evidence = target.as_os_str().to_owned();
     evidence.push(".evidence");
     paths.push(PathBuf::from(evidence));
+    paths.push(partial_path(target));
     paths
+}
+
+/// Where the backup is copied before it is put in place as `target`: a restore stopped during
+/// the copy (an interrupt, a kill, a power cut) leaves no `kluis.db` that `serve` would open.
+fn partial_path(target: &std::path::Path) -> PathBuf {
+    let mut name = target.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Makes the directory entry of `path` durable (a rename is not, until its directory is).
+fn sync_dir(path: &std::path::Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// A size as people read it: bytes below a KiB, KiB below a MiB, MiB above.
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} bytes"),
+        1024..1_048_576 => format!("{} KiB", bytes >> 10),
+        _ => format!("{} MiB", bytes >> 20),
+    }
 }
 
 /// Parses `SEQ:HASH:MAC:STORE_ID`, as `kluis admin backup` and `audit head` print it.
@@ -215,12 +241,13 @@ fn restore(
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
+    let partial = partial_path(target);
     let mut file = options
-        .open(target)
-        .map_err(|e| error(format!("cannot create `{}`: {e}", target.display())))?;
+        .open(&partial)
+        .map_err(|e| error(format!("cannot create `{}`: {e}", partial.display())))?;
     *made_store = true;
     let cannot_write =
-        |e: std::io::Error| error(format!("cannot write `{}`: {e}", target.display()));
+        |e: std::io::Error| error(format!("cannot write `{}`: {e}", partial.display()));
     file.write_all(&header).map_err(cannot_write)?;
     let mut bytes = header.len() as u64;
     let mut piece = vec![0u8; COPY_PIECE];
@@ -238,13 +265,25 @@ fn restore(
         bar.update(
             bytes,
             total,
-            format_args!("copied {} of {} MiB", bytes >> 20, total >> 20),
+            format_args!("copied {} of {}", size(bytes), size(total)),
         );
     }
     file.sync_all().map_err(cannot_write)?;
     drop(file);
+    // Whole and on disk before it takes the store's name (and the name on disk before the
+    // checks that follow write beside it).
+    std::fs::rename(&partial, target)
+        .and_then(|()| sync_dir(target))
+        .map_err(|e| {
+            error(format!(
+                "cannot put `{}` in place as `{}`: {e}",
+                partial.display(),
+                target.display()
+            ))
+        })?;
     bar.step(format_args!(
-        "copied {bytes} bytes; checking the database (SQLite's integrity check, then the schema)"
+        "copy complete ({bytes} bytes); checking the database (SQLite's integrity check, its \
+         trail moved into a file of its own, the schema)"
     ));
     let check: String = rusqlite::Connection::open(target)
         .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get(0)))
@@ -296,6 +335,10 @@ fn restore(
             _ => Err(error("the backup holds no initialised kluis store".into())),
         };
     };
+    bar.step(format_args!(
+        "the database is sound; opening it with the root key, then verifying its audit trail \
+         (every entry's hash and MAC)"
+    ));
     let secret =
         config::read_secret(&source, &SystemEnv, false).map_err(|e| error(e.to_string()))?;
     let store: Arc<dyn Store> = store;
@@ -306,9 +349,6 @@ fn restore(
                 format!("the root key does not open this backup: {e}"),
             )
         })?;
-    bar.step(format_args!(
-        "the root key opens it; verifying its audit trail (every entry's hash and MAC)"
-    ));
     let entries = check_trail(store, &keyring, expect_head)?;
     Ok((bytes, Some(entries)))
 }

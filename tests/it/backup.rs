@@ -582,3 +582,53 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A restore stopped while it copies (killed, interrupted, the power cut) leaves no `kluis.db`
+/// that `serve` would open: the copy takes the store's name only once whole and on disk, and
+/// what it left is named when a restore into the directory is tried again.
+#[test]
+fn a_restore_stopped_during_its_copy_leaves_no_store() {
+    use std::io::Write;
+    let tmp = private_tempdir();
+    let fifo = tmp.path().join("backup.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let dir = tmp.path().join("restored");
+    let mut restore = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .arg("restore")
+        .arg(&fifo)
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("KLUIS_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The start of a database, and then nothing more: the copy waits for the rest.
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    feed.write_all(b"SQLite format 3\0").unwrap();
+    feed.write_all(&vec![7u8; 256 * 1024]).unwrap();
+    let copied = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while copied("kluis.db.partial").max(copied("kluis.db")) < 16 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore did not start its copy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    restore.kill().unwrap();
+    restore.wait().unwrap();
+    drop(feed);
+    assert!(
+        !dir.join("kluis.db").exists(),
+        "a restore killed during its copy left a kluis.db"
+    );
+    // Not mistaken for a new directory: what is left is named, and nothing is overwritten.
+    let backup = tmp.path().join("kluis.backup");
+    std::fs::write(&backup, b"SQLite format 3\0").unwrap();
+    let out = restore_cli(&backup, &dir, &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("kluis.db.partial"), "{said}");
+}
