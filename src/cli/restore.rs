@@ -271,16 +271,33 @@ fn restore(
     file.sync_all().map_err(cannot_write)?;
     drop(file);
     // Whole and on disk before it takes the store's name (and the name on disk before the
-    // checks that follow write beside it).
-    std::fs::rename(&partial, target)
-        .and_then(|()| sync_dir(target))
-        .map_err(|e| {
-            error(format!(
-                "cannot put `{}` in place as `{}`: {e}",
-                partial.display(),
+    // checks that follow write beside it). A link, not a rename: a `kluis.db` another process
+    // made meanwhile is not replaced (the link fails on it).
+    let linked = match std::fs::hard_link(&partial, target) {
+        Ok(()) => std::fs::remove_file(&partial),
+        // A file system without links: the name is free (checked at the start).
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists && !target.exists() => {
+            std::fs::rename(&partial, target)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another's database, made meanwhile: not this restore's to remove.
+            let _ = std::fs::remove_file(&partial);
+            *made_store = false;
+            return Err(error(format!(
+                "`{}` was made by another process while this restore copied the backup; \
+                 nothing was restored: restore into a new data directory",
                 target.display()
-            ))
-        })?;
+            )));
+        }
+        Err(e) => Err(e),
+    };
+    linked.and_then(|()| sync_dir(target)).map_err(|e| {
+        error(format!(
+            "cannot put `{}` in place as `{}`: {e}",
+            partial.display(),
+            target.display()
+        ))
+    })?;
     bar.step(format_args!(
         "copy complete ({bytes} bytes); checking the database (SQLite's integrity check, its \
          trail moved into a file of its own, the schema)"

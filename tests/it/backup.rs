@@ -632,3 +632,44 @@ fn a_restore_stopped_during_its_copy_leaves_no_store() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("kluis.db.partial"), "{said}");
 }
+
+/// A `kluis.db` another process made in the directory while a restore copied its backup is
+/// neither replaced by the copy nor removed when the restore gives up.
+#[test]
+fn a_restore_leaves_a_database_made_meanwhile_as_it_was() {
+    use std::io::Write;
+    let tmp = private_tempdir();
+    let fifo = tmp.path().join("backup.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let dir = tmp.path().join("restored");
+    let restore = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .arg("restore")
+        .arg(&fifo)
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("KLUIS_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    feed.write_all(b"SQLite format 3\0").unwrap();
+    let partial = dir.join("kluis.db.partial");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !partial.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore did not start its copy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::write(dir.join("kluis.db"), b"another's").unwrap();
+    drop(feed);
+    let out = restore.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("made by another process"), "{said}");
+    assert_eq!(std::fs::read(dir.join("kluis.db")).unwrap(), b"another's");
+    assert!(!partial.exists(), "the restore left its copy");
+}
