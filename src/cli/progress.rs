@@ -1,6 +1,6 @@
-//! Progress of a long job (rewrap, rekey, retention sweep, backup, restore) on stderr: a bar redrawn in
-//! place on a terminal, plain lines now and then when stderr is a file or a pipe (a log, CI).
-//! Never on stdout, which carries the command's result.
+//! Progress of a long job (rewrap, rekey, retention sweep, backup, restore) on stderr: a bar
+//! redrawn in place on a terminal, plain lines now and then when stderr is a file or a pipe (a
+//! log, CI). Never on stdout, which carries the command's result.
 
 use std::{
     io::{IsTerminal, Write},
