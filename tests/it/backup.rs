@@ -583,31 +583,31 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
     );
 }
 
-/// A restore stopped while it copies (killed, interrupted, the power cut) leaves no `kluis.db`
-/// that `serve` would open: the copy takes the store's name only once whole and on disk, and
-/// what it left is named when a restore into the directory is tried again.
-#[test]
-fn a_restore_stopped_during_its_copy_leaves_no_store() {
+/// Starts `kluis restore` of a FIFO into `tmp/restored` and feeds it the start of a database,
+/// then nothing more: returns once the copy has begun and waits for the rest (the restore, the
+/// FIFO's open end, and the data directory).
+fn restore_paused(
+    tmp: &std::path::Path,
+) -> (std::process::Child, std::fs::File, std::path::PathBuf) {
     use std::io::Write;
-    let tmp = private_tempdir();
-    let fifo = tmp.path().join("backup.fifo");
+    let fifo = tmp.join("backup.fifo");
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
-    let dir = tmp.path().join("restored");
-    let mut restore = Command::new(env!("CARGO_BIN_EXE_kluis"))
+    let dir = tmp.join("restored");
+    let restore = Command::new(env!("CARGO_BIN_EXE_kluis"))
         .arg("restore")
         .arg(&fifo)
         .arg("--data-dir")
         .arg(&dir)
         .env("KLUIS_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The start of a database, and then nothing more: the copy waits for the rest.
     let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     feed.write_all(b"SQLite format 3\0").unwrap();
-    feed.write_all(&vec![7u8; 256 * 1024]).unwrap();
+    feed.write_all(&vec![7u8; 64 * 1024]).unwrap();
+    // Under either name: a restore that copied straight to `kluis.db` is caught below, not here.
     let copied = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while copied("kluis.db.partial").max(copied("kluis.db")) < 16 {
@@ -617,6 +617,16 @@ fn a_restore_stopped_during_its_copy_leaves_no_store() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    (restore, feed, dir)
+}
+
+/// A restore stopped while it copies (killed, interrupted, the power cut) leaves no `kluis.db`
+/// that `serve` would open: the copy takes the store's name only once whole and on disk, and
+/// what it left is named when a restore into the directory is tried again.
+#[test]
+fn a_restore_stopped_during_its_copy_leaves_no_store() {
+    let tmp = private_tempdir();
+    let (mut restore, feed, dir) = restore_paused(tmp.path());
     restore.kill().unwrap();
     restore.wait().unwrap();
     drop(feed);
@@ -637,33 +647,8 @@ fn a_restore_stopped_during_its_copy_leaves_no_store() {
 /// neither replaced by the copy nor removed when the restore gives up.
 #[test]
 fn a_restore_leaves_a_database_made_meanwhile_as_it_was() {
-    use std::io::Write;
     let tmp = private_tempdir();
-    let fifo = tmp.path().join("backup.fifo");
-    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(made.success());
-    let dir = tmp.path().join("restored");
-    let restore = Command::new(env!("CARGO_BIN_EXE_kluis"))
-        .arg("restore")
-        .arg(&fifo)
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("KLUIS_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    feed.write_all(b"SQLite format 3\0").unwrap();
-    let partial = dir.join("kluis.db.partial");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !partial.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restore did not start its copy"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (restore, feed, dir) = restore_paused(tmp.path());
     std::fs::write(dir.join("kluis.db"), b"another's").unwrap();
     drop(feed);
     let out = restore.wait_with_output().unwrap();
@@ -671,5 +656,8 @@ fn a_restore_leaves_a_database_made_meanwhile_as_it_was() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("made by another process"), "{said}");
     assert_eq!(std::fs::read(dir.join("kluis.db")).unwrap(), b"another's");
-    assert!(!partial.exists(), "the restore left its copy");
+    assert!(
+        !dir.join("kluis.db.partial").exists(),
+        "the restore left its copy"
+    );
 }
