@@ -67,16 +67,24 @@ pub fn run(args: &RestoreArgs) -> Exit {
     // would be read into it as its own, and opening the store sweeps the evidence directory of
     // files its rows do not name; a directory with any of them is not a new one.
     let store_paths = store_paths(&target);
-    let present: Vec<String> = store_paths
-        .iter()
-        .filter(|p| p.symlink_metadata().is_ok())
-        .map(|p| p.display().to_string())
-        .collect();
+    let present = present(&store_paths);
+    if present == [partial_path(&target)] {
+        return fail(format!(
+            "`{}` holds `{}`, left by a restore stopped during its copy; delete it and restore \
+             again",
+            args.data_dir.display(),
+            partial_path(&target).display()
+        ));
+    }
     if !present.is_empty() {
         return fail(format!(
             "`{}` holds a store already (`{}`); restore into a new data directory",
             args.data_dir.display(),
-            present.join("`, `")
+            present
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join("`, `")
         ));
     }
     // The directories this restore makes (the data directory and any missing parent), deepest
@@ -173,6 +181,15 @@ fn store_paths(target: &std::path::Path) -> Vec<PathBuf> {
     paths
 }
 
+/// The paths of `paths` that exist (as anything, a dangling link too).
+fn present(paths: &[PathBuf]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .cloned()
+        .collect()
+}
+
 /// Where the backup is copied before it is put in place as `target`: a restore stopped during
 /// the copy (an interrupt, a kill, a power cut) leaves no `kluis.db` that `serve` would open.
 fn partial_path(target: &std::path::Path) -> PathBuf {
@@ -262,17 +279,40 @@ fn restore(
         let read = piece.get(..n).unwrap_or_default();
         file.write_all(read).map_err(cannot_write)?;
         bytes += n as u64;
-        bar.update(
-            bytes,
-            total,
-            format_args!("copied {} of {}", size(bytes), size(total)),
-        );
+        match total {
+            // A pipe: its size is not known before its end.
+            0 => bar.update(bytes, bytes, format_args!("copied {}", size(bytes))),
+            _ => bar.update(
+                bytes,
+                total,
+                format_args!("copied {} of {}", size(bytes), size(total)),
+            ),
+        }
     }
     file.sync_all().map_err(cannot_write)?;
     drop(file);
     // Whole and on disk before it takes the store's name (and the name on disk before the
     // checks that follow write beside it). A link, not a rename: a `kluis.db` another process
     // made meanwhile is not replaced (the link fails on it).
+    // A file of a store put in the directory while the backup was copied (a log would be read
+    // into the restored database as its own) is another's: refused and left as it is.
+    let meanwhile: Vec<PathBuf> = present(&store_paths(target))
+        .into_iter()
+        .filter(|p| *p != partial)
+        .collect();
+    if !meanwhile.is_empty() {
+        let _ = std::fs::remove_file(&partial);
+        *made_store = false;
+        return Err(error(format!(
+            "`{}` was made by another process while this restore copied the backup; nothing \
+             was restored: restore into a new data directory",
+            meanwhile
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join("`, `")
+        )));
+    }
     let linked = match std::fs::hard_link(&partial, target) {
         Ok(()) => std::fs::remove_file(&partial),
         // A file system without links: the name is free (checked at the start).
@@ -304,7 +344,17 @@ fn restore(
     ));
     let check: String = rusqlite::Connection::open(target)
         .and_then(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get(0)))
-        .map_err(|e| error(format!("the backup does not open as a database: {e}")))?;
+        .map_err(|e| match e.sqlite_error_code() {
+            // Its header is SQLite's (checked above): the rest is not.
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => (
+                Exit::CheckFailed,
+                format!(
+                    "the backup is damaged ({e}): it was cut short or changed after it was \
+                     taken; restore an earlier backup"
+                ),
+            ),
+            _ => error(format!("the backup does not open as a database: {e}")),
+        })?;
     if check != "ok" {
         return Err((Exit::CheckFailed, format!("the backup is damaged: {check}")));
     }

@@ -545,6 +545,18 @@ async fn a_restore_checked_against_the_backups_head_finds_entries_cut_from_its_e
         assert!(!dir.exists(), "{what}");
     }
 
+    // A backup cut short is damaged: a check that failed (exit 4), nothing left behind.
+    let bytes = std::fs::read(&backup).unwrap();
+    let short = tmp.path().join("short.backup");
+    std::fs::write(&short, &bytes[..bytes.len() / 2]).unwrap();
+    assert_refused(
+        &short,
+        &tmp.path().join("from-short"),
+        &["--key-file", key],
+        "the backup is damaged",
+        "cut short",
+    );
+
     // The twin: the untouched backup restores against its head, and says so.
     let dir = tmp.path().join("restored");
     let out = restore_cli(
@@ -640,24 +652,42 @@ fn a_restore_stopped_during_its_copy_leaves_no_store() {
     let out = restore_cli(&backup, &dir, &[]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("kluis.db.partial"), "{said}");
+    assert!(
+        said.contains("kluis.db.partial") && said.contains("delete it and restore again"),
+        "{said}"
+    );
 }
 
-/// A `kluis.db` another process made in the directory while a restore copied its backup is
-/// neither replaced by the copy nor removed when the restore gives up.
+/// A file of a store another process made in the directory while a restore copied its backup
+/// (the database, a log that would be read into the copy as its own, a trail) is neither
+/// replaced nor read in, nor removed when the restore gives up.
 #[test]
-fn a_restore_leaves_a_database_made_meanwhile_as_it_was() {
-    let tmp = private_tempdir();
-    let (restore, feed, dir) = restore_paused(tmp.path());
-    std::fs::write(dir.join("kluis.db"), b"another's").unwrap();
-    drop(feed);
-    let out = restore.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("made by another process"), "{said}");
-    assert_eq!(std::fs::read(dir.join("kluis.db")).unwrap(), b"another's");
-    assert!(
-        !dir.join("kluis.db.partial").exists(),
-        "the restore left its copy"
-    );
+fn a_restore_leaves_a_store_file_made_meanwhile_as_it_was() {
+    for name in [
+        "kluis.db",
+        "kluis.db-wal",
+        "kluis.db.trail",
+        "kluis.db-journal",
+    ] {
+        let tmp = private_tempdir();
+        let (restore, feed, dir) = restore_paused(tmp.path());
+        std::fs::write(dir.join(name), b"another's").unwrap();
+        drop(feed);
+        let out = restore.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {said}");
+        assert!(said.contains("made by another process"), "{name}: {said}");
+        assert_eq!(
+            std::fs::read(dir.join(name)).unwrap(),
+            b"another's",
+            "{name}"
+        );
+        assert!(
+            !dir.join("kluis.db.partial").exists(),
+            "{name}: the restore left its copy"
+        );
+        if name != "kluis.db" {
+            assert!(!dir.join("kluis.db").exists(), "{name}: restored beside it");
+        }
+    }
 }
