@@ -939,9 +939,11 @@ pub fn trail_path(path: &Path) -> PathBuf {
 }
 
 /// Refuses a store's file or trail's file that is there and is not a regular file (a
-/// directory, or a link to a device such as `/dev/null`), and the two when they are one file
-/// (a hard link, or a symbolic link of one to the other): SQLite would fail on them with no
-/// word of the cause ("disk I/O error"), or wait on its own lock until it gave up.
+/// directory, or a link to a device such as `/dev/null`), a log, shared-memory index or journal
+/// of either that is anything but a regular file (a link of any kind included), and the two
+/// files when they are one (a hard link, or a symbolic link of one to the other): SQLite would
+/// fail on them with no word of the cause ("disk I/O error"), wait on its own lock until it gave
+/// up, or use a special file as its log.
 fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
     let mut found = Vec::new();
     for (file, what) in [
@@ -967,6 +969,35 @@ fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
             )));
         }
         found.push(meta);
+    }
+    // SQLite opens each file's log, shared-memory index and journal by name: it refuses a link
+    // there with no word of the cause ("unable to open database file"), opens a FIFO or a
+    // device as the log (and removes it when it closes), and takes a directory as the index.
+    // kluis never makes anything there but regular files, and names what it found instead.
+    for file in [path, trail] {
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = file.as_os_str().to_owned();
+            name.push(suffix);
+            let side = PathBuf::from(name);
+            let Ok(meta) = side.symlink_metadata() else {
+                continue;
+            };
+            if !meta.file_type().is_file() {
+                let kind = if meta.file_type().is_symlink() {
+                    "a symbolic link"
+                } else if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "a device or another special file"
+                };
+                return Err(StoreError::Config(format!(
+                    "`{}` is {kind}, not a regular file, and kluis makes only regular files \
+                     beside its database: someone else put it there. Remove it (with kluis \
+                     stopped), or restore a backup into a new data directory",
+                    side.display()
+                )));
+            }
+        }
     }
     #[cfg(unix)]
     if let [store, kept] = found.as_slice() {
@@ -3228,6 +3259,79 @@ mod tests {
         // A link to the file itself is the file.
         std::os::unix::fs::symlink(&store_kept, &path).unwrap();
         drop(SqliteStore::open(&path).unwrap());
+    }
+
+    /// A log, shared-memory index or journal of the store's or the trail's file that is a link
+    /// (to a file elsewhere, to a device, or dangling), a directory or a special file is refused
+    /// before SQLite opens anything, naming the file and what it is (SQLite opens a FIFO as the
+    /// log and a directory as the index, and refuses a link with no word of the cause); the
+    /// file a link names is left as it was. The twin: with the name free again, the store opens.
+    #[test]
+    fn a_log_index_or_journal_that_is_not_a_regular_file_is_refused() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kluis.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("elsewhere");
+        std::fs::write(&target, b"not kluis's").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let fifo = outside.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        for file in ["kluis.db", "kluis.db.trail"] {
+            for suffix in ["-wal", "-shm", "-journal"] {
+                let side = dir.path().join(format!("{file}{suffix}"));
+                let planted: [(&str, &dyn Fn()); 5] = [
+                    ("a symbolic link", &|| {
+                        std::os::unix::fs::symlink(&target, &side).unwrap()
+                    }),
+                    ("a symbolic link", &|| {
+                        std::os::unix::fs::symlink("/dev/null", &side).unwrap();
+                    }),
+                    ("a symbolic link", &|| {
+                        std::os::unix::fs::symlink(outside.path().join("none"), &side).unwrap();
+                    }),
+                    ("a directory", &|| std::fs::create_dir(&side).unwrap()),
+                    ("a device or another special file", &|| {
+                        std::fs::rename(&fifo, &side).unwrap();
+                    }),
+                ];
+                for (kind, plant) in planted {
+                    plant();
+                    match SqliteStore::open(&path) {
+                        Err(StoreError::Config(message)) => assert!(
+                            message.contains(&format!("{file}{suffix}` is {kind}, not a regular")),
+                            "{message}"
+                        ),
+                        other => panic!(
+                            "{file}{suffix}: expected a refusal, got {:?}",
+                            other.map(|_| ())
+                        ),
+                    }
+                    let meta = side.symlink_metadata().unwrap();
+                    if meta.is_dir() {
+                        std::fs::remove_dir(&side).unwrap();
+                    } else if meta.file_type().is_fifo() {
+                        std::fs::rename(&side, &fifo).unwrap();
+                    } else {
+                        std::fs::remove_file(&side).unwrap();
+                    }
+                }
+                assert_eq!(std::fs::read(&target).unwrap(), b"not kluis's");
+                assert_eq!(
+                    std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+                    0o644
+                );
+                assert!(!outside.path().join("none").exists());
+                drop(SqliteStore::open(&path).unwrap());
+            }
+        }
     }
 
     /// Puts a copy of the trail of the store at `path` back into its store file, the trail's
