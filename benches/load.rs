@@ -157,6 +157,8 @@ struct Options {
     tag_bits: Option<u8>,
     /// Count the statements kluis runs on PostgreSQL (`pg_stat_statements`) and print them.
     pg_statements: bool,
+    /// MiB of records read that a SQLite store keeps between reads (`read_cache_mib`).
+    read_cache_mib: usize,
 }
 
 fn options() -> Options {
@@ -171,6 +173,7 @@ fn options() -> Options {
         nodes: 1,
         tag_bits: None,
         pg_statements: false,
+        read_cache_mib: kluis::store::sqlite::DEFAULT_READ_CACHE_MIB,
     };
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -219,6 +222,10 @@ fn options() -> Options {
             }
             "--nodes" => {
                 o.nodes = args[i + 1].parse().expect("--nodes N");
+                i += 1;
+            }
+            "--read-cache-mib" => {
+                o.read_cache_mib = args[i + 1].parse().expect("--read-cache-mib N");
                 i += 1;
             }
             _ => {}
@@ -620,7 +627,12 @@ fn main() {
     let mut pg = None;
     let (vaults, variants) = match o.store {
         StoreKind::Sqlite => (
-            vec![store::sqlite(dir.path(), &secret, tag_bits)],
+            vec![store::sqlite(
+                dir.path(),
+                &secret,
+                tag_bits,
+                o.read_cache_mib,
+            )],
             vec![pg::Variant::Stretched, pg::Variant::Fast],
         ),
         StoreKind::Postgres => {

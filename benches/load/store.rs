@@ -46,9 +46,12 @@ impl StoreKind {
     }
 }
 
-/// One node on a new SQLite store in `dir`, initialised with `secret`.
-pub fn sqlite(dir: &Path, secret: &RootSecret, tag_bits: u8) -> Arc<Vault> {
-    let store = Arc::new(SqliteStore::open(&dir.join("kluis.db")).unwrap());
+/// One node on a new SQLite store in `dir`, initialised with `secret`, keeping `read_cache_mib`
+/// of records read between reads.
+pub fn sqlite(dir: &Path, secret: &RootSecret, tag_bits: u8, read_cache_mib: usize) -> Arc<Vault> {
+    let store = Arc::new(
+        SqliteStore::open_with_cache(&dir.join("kluis.db"), read_cache_mib * 1024 * 1024).unwrap(),
+    );
     Keyring::initialize(store.as_ref(), secret, Algorithm::Aes256Gcm).unwrap();
     let limits = Limits {
         requests_per_second: 0,
