@@ -279,6 +279,27 @@ pub fn fail(message: impl std::fmt::Display) -> Exit {
     Exit::Error
 }
 
+/// Prints why a store or node did not open: a wrong root key, a store behind its head file or
+/// older than its trail, or store files not as kluis keeps them (a check failed: exit 4);
+/// anything else is an error (exit 1).
+pub fn open_failed(e: kluis::config::OpenError) -> Exit {
+    use kluis::{config::OpenError, keys::KeyError, store::StoreError, vault::VaultError};
+    if matches!(
+        e,
+        OpenError::Key(KeyError::WrongRootKey)
+            | OpenError::Vault(VaultError::Rollback(_))
+            | OpenError::Store {
+                source: StoreError::RolledBack(_) | StoreError::Refused(_),
+                ..
+            }
+    ) {
+        eprintln!("error: {}", kluis::escape::controls(&e.to_string()));
+        Exit::CheckFailed
+    } else {
+        fail(e)
+    }
+}
+
 /// Request fields as the server names them in its messages, and the options a user of the
 /// command typed them as.
 const FIELD_FLAGS: &[(&str, &str)] = &[

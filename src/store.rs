@@ -97,6 +97,12 @@ pub enum StoreError {
     /// back beside the trail's file): refused at start, before anything is served from it.
     #[error("{0}")]
     RolledBack(String),
+    /// The store's files are not as kluis keeps them: the trail's file missing, empty or
+    /// holding another trail than the store's file, a file that is not a regular file (a
+    /// directory, a device, a link where SQLite keeps its log), two names for one file. Refused
+    /// at start, before anything is served from them; what to do is in the message.
+    #[error("{0}")]
+    Refused(String),
     /// What the core asked is not something this kind of store does (e.g. a snapshot of a
     /// PostgreSQL store, which its own tools take).
     #[error("{0}")]

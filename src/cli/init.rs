@@ -12,7 +12,7 @@ use kluis::{
     vault::tokens::TokenSpec,
 };
 
-use super::{Exit, fail};
+use super::{Exit, fail, open_failed};
 
 /// Arguments of `kluis init`.
 #[derive(Args, Debug)]
@@ -165,7 +165,7 @@ pub fn run(args: &InitArgs) -> Exit {
         cfg.read_cache_mib,
     ) {
         Ok(s) => s,
-        Err(e) => return fail(e),
+        Err(e) => return open_failed(e),
     };
     if let Err(e) = Keyring::initialize(store.as_ref(), &secret, algorithm) {
         for f in &share_files {
@@ -176,7 +176,7 @@ pub fn run(args: &InitArgs) -> Exit {
     drop(store);
     let vault = match config::open_vault(&cfg, &secret) {
         Ok(v) => v,
-        Err(e) => return fail(e),
+        Err(e) => return open_failed(e),
     };
     let spec = match PrincipalId::parse("--principal", &args.principal) {
         Ok(principal) => TokenSpec {

@@ -364,7 +364,10 @@ fn restore(
     let store = config::open_store(&args.data_dir).map_err(|e| match e {
         config::OpenError::Store {
             source:
-                StoreError::Config(why) | StoreError::Corrupt(why) | StoreError::RolledBack(why),
+                StoreError::Config(why)
+                | StoreError::Corrupt(why)
+                | StoreError::RolledBack(why)
+                | StoreError::Refused(why),
             ..
         } => (
             Exit::CheckFailed,

@@ -20,7 +20,7 @@ use kluis::{
     vault::{Vault, tokens::TokenSpec},
 };
 
-use super::{Exit, fail};
+use super::{Exit, fail, open_failed};
 
 /// The data directory of `--dev` when none is given.
 pub const DEV_DATA_DIR: &str = ".kluis-dev";
@@ -311,25 +311,6 @@ fn dev_head_dir(data_dir: &Path) -> PathBuf {
 fn open(cfg: &Config) -> Result<Vault, Exit> {
     let secret = config::read_secret(&cfg.key_source, &SystemEnv, false).map_err(fail)?;
     config::open_vault(cfg, &secret).map_err(open_failed)
-}
-
-/// A wrong root key, or a store behind its head or older than its trail, exits 4; anything
-/// else 1.
-fn open_failed(e: config::OpenError) -> Exit {
-    if matches!(
-        e,
-        config::OpenError::Key(kluis::keys::KeyError::WrongRootKey)
-            | config::OpenError::Vault(kluis::vault::VaultError::Rollback(_))
-            | config::OpenError::Store {
-                source: kluis::store::StoreError::RolledBack(_),
-                ..
-            }
-    ) {
-        eprintln!("error: {}", kluis::escape::controls(&e.to_string()));
-        Exit::CheckFailed
-    } else {
-        fail(e)
-    }
 }
 
 /// Opens the dev store, creating it with a dev key file and one token per role on first use.

@@ -598,7 +598,7 @@ impl SqliteStore {
         check_files(path, &trail)?;
         if !path.exists() && trail.exists() {
             // A new store file would have its new, empty trail moved over this one.
-            return Err(StoreError::Config(format!(
+            return Err(StoreError::Refused(format!(
                 "`{}` is missing while its audit trail's file `{}` is there; kluis makes no new \
                  store beside an old trail: put the database file back, or restore a backup \
                  into a new data directory",
@@ -962,7 +962,7 @@ fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
             } else {
                 "a device or another special file"
             };
-            return Err(StoreError::Config(format!(
+            return Err(StoreError::Refused(format!(
                 "{what} `{}` is {kind}, not a regular file; kluis keeps the store in regular \
                  files: put the file back, or restore a backup into a new data directory",
                 file.display()
@@ -990,7 +990,7 @@ fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
                 } else {
                     "a device or another special file"
                 };
-                return Err(StoreError::Config(format!(
+                return Err(StoreError::Refused(format!(
                     "`{}` is {kind}, not a regular file, and kluis makes only regular files \
                      beside its database: someone else put it there. Remove it (with kluis \
                      stopped), or restore a backup into a new data directory",
@@ -1003,7 +1003,7 @@ fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
     if let [store, kept] = found.as_slice() {
         use std::os::unix::fs::MetadataExt;
         if (store.dev(), store.ino()) == (kept.dev(), kept.ino()) {
-            return Err(StoreError::Config(format!(
+            return Err(StoreError::Refused(format!(
                 "`{}` and `{}` are one file (a hard or symbolic link); the audit trail is kept \
                  in a file of its own: put the two files back, or restore a backup into a new \
                  data directory",
@@ -3209,7 +3209,7 @@ mod tests {
         let away = dir.path().join("elsewhere");
         std::fs::rename(&trail, &away).unwrap();
         match SqliteStore::open(&path) {
-            Err(StoreError::Config(message)) => {
+            Err(StoreError::Refused(message)) => {
                 assert!(message.contains("kluis.db.trail` is missing"), "{message}");
                 assert!(message.contains("restore a backup"), "{message}");
             }
@@ -3233,7 +3233,7 @@ mod tests {
         let kept = dir.path().join("kept");
         std::fs::rename(&trail, &kept).unwrap();
         let refused = |expect: &str| match SqliteStore::open(&path) {
-            Err(StoreError::Config(message)) => {
+            Err(StoreError::Refused(message)) => {
                 assert!(message.contains(expect), "{message}");
             }
             other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
@@ -3305,7 +3305,7 @@ mod tests {
                 for (kind, plant) in planted {
                     plant();
                     match SqliteStore::open(&path) {
-                        Err(StoreError::Config(message)) => assert!(
+                        Err(StoreError::Refused(message)) => assert!(
                             message.contains(&format!("{file}{suffix}` is {kind}, not a regular")),
                             "{message}"
                         ),
@@ -3414,7 +3414,7 @@ mod tests {
         ] {
             trail_back_in_store_file(&path, edit);
             match SqliteStore::open(&path) {
-                Err(StoreError::Config(message)) => {
+                Err(StoreError::Refused(message)) => {
                     assert!(message.contains(says), "{edit}: {message}");
                     assert!(
                         message.contains("(5 entries, the last entry 5), and they differ"),
@@ -3442,7 +3442,7 @@ mod tests {
         let away = dir.path().join("elsewhere.db");
         std::fs::rename(&path, &away).unwrap();
         match SqliteStore::open(&path) {
-            Err(StoreError::Config(message)) => {
+            Err(StoreError::Refused(message)) => {
                 assert!(
                     message.contains("is missing while its audit trail"),
                     "{message}"

@@ -2804,25 +2804,8 @@ async fn a_copy_older_only_by_the_last_write_is_refused_after_a_kill() {
 
     put_back(&older);
     let refused = tokio::task::spawn_blocking({
-        let config = dir.join("kluis.toml");
-        move || {
-            let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
-                .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-                .arg(config)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while serve.try_wait().unwrap().is_none() {
-                if std::time::Instant::now() > deadline {
-                    let _ = serve.kill();
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            serve.wait_with_output().unwrap()
-        }
+        let dir = dir.to_owned();
+        move || serve_until_it_stops(&dir)
     })
     .await
     .unwrap();
@@ -2848,4 +2831,156 @@ async fn a_copy_older_only_by_the_last_write_is_refused_after_a_kill() {
         .unwrap()
         .into_inner();
     assert_eq!(text_of(&read.fields[0]), "a door kicked in");
+}
+
+/// Runs `kluis serve` on the node `prepare` made in `dir` until it stops by itself or 30 s
+/// pass (then it is killed): what it said and how it exited.
+fn serve_until_it_stops(dir: &std::path::Path) -> std::process::Output {
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.join("kluis.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while serve.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    serve.wait_with_output().unwrap()
+}
+
+/// Store files that are not as kluis keeps them stop `kluis serve` and `kluis init` with exit
+/// code 4, a check that failed (as a store older than its trail does), naming the file: the
+/// trail's file gone or emptied, a directory or a link in place of a file, the two files one,
+/// and a link, a directory or a FIFO where SQLite keeps a log, index or journal. The file a
+/// link names is left as it was. The twin: with the files put back, the node starts and
+/// serves what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_files_not_as_kluis_keeps_them_stop_the_node_with_exit_4() {
+    use crate::rotation::{connect, free_port, prepare, start};
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = private_tempdir();
+    let dir = tmp.path();
+    let (_, officer, records) = prepare(dir, 1);
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("elsewhere");
+    std::fs::write(&target, b"not kluis's").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (store, trail) = (dir.join("kluis.db"), dir.join("kluis.db.trail"));
+    let kept = outside.path().join("trail-kept");
+    let put_trail_away = || std::fs::rename(&trail, &kept).unwrap();
+    let put_trail_back = || {
+        let _ = std::fs::remove_dir(&trail);
+        let _ = std::fs::remove_file(&trail);
+        std::fs::rename(&kept, &trail).unwrap();
+    };
+    let side = |name: &str| dir.join(name);
+    let fifo = |at: &std::path::Path| {
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(at)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    type Plant<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, Plant, Plant)> = vec![
+        (
+            "kluis.db.trail` is missing",
+            Box::new(put_trail_away),
+            Box::new(put_trail_back),
+        ),
+        (
+            "kluis.db.trail` holds no trail",
+            Box::new(|| {
+                put_trail_away();
+                std::fs::write(&trail, b"").unwrap();
+            }),
+            Box::new(put_trail_back),
+        ),
+        (
+            "kluis.db.trail` is a directory",
+            Box::new(|| {
+                put_trail_away();
+                std::fs::create_dir(&trail).unwrap();
+            }),
+            Box::new(put_trail_back),
+        ),
+        (
+            "are one file (a hard or symbolic link)",
+            Box::new(|| {
+                put_trail_away();
+                std::os::unix::fs::symlink(&store, &trail).unwrap();
+            }),
+            Box::new(put_trail_back),
+        ),
+        (
+            "kluis.db-wal` is a symbolic link",
+            Box::new(|| std::os::unix::fs::symlink(&target, side("kluis.db-wal")).unwrap()),
+            Box::new(|| std::fs::remove_file(side("kluis.db-wal")).unwrap()),
+        ),
+        (
+            "kluis.db.trail-shm` is a directory",
+            Box::new(|| std::fs::create_dir(side("kluis.db.trail-shm")).unwrap()),
+            Box::new(|| std::fs::remove_dir(side("kluis.db.trail-shm")).unwrap()),
+        ),
+        (
+            "kluis.db.trail-journal` is a device or another special file",
+            Box::new(|| fifo(&side("kluis.db.trail-journal"))),
+            Box::new(|| std::fs::remove_file(side("kluis.db.trail-journal")).unwrap()),
+        ),
+    ];
+    for (says, plant, take_away) in &cases {
+        plant();
+        let refused = tokio::task::spawn_blocking({
+            let dir = dir.to_owned();
+            move || serve_until_it_stops(&dir)
+        })
+        .await
+        .unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(said.contains(says), "{says}: {said}");
+        assert_eq!(refused.status.code(), Some(4), "{says}: {said}");
+        let init = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .args(["init", "--config"])
+            .arg(dir.join("kluis.toml"))
+            .arg("--key-file")
+            .arg(dir.join("root.key"))
+            .output()
+            .unwrap();
+        let init_said = String::from_utf8_lossy(&init.stderr);
+        assert!(init_said.contains(says), "init, {says}: {init_said}");
+        assert_eq!(init.status.code(), Some(4), "init, {says}: {init_said}");
+        take_away();
+        assert_eq!(std::fs::read(&target).unwrap(), b"not kluis's", "{says}");
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o644,
+            "{says}"
+        );
+    }
+
+    let port = free_port();
+    let _node = start(dir, port);
+    let (id, value) = &records[0];
+    let read = pb::vault_client::VaultClient::new(connect(port).await)
+        .get_record(req(
+            &officer,
+            pb::GetRecordRequest {
+                context: nuisance_ctx(),
+                record_id: id.clone(),
+                fields: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(text_of(&read.fields[0]), value.as_str());
 }

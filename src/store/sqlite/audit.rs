@@ -135,7 +135,7 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
         // Counted only when there is a trail to compare it with (a count reads every entry).
         let found = open_file(&trail, false).and_then(|c| trail_tail(&c, in_store.is_some()));
         Some(found.map_err(|e| {
-            StoreError::Config(format!(
+            StoreError::Refused(format!(
                 "the audit trail's file `{}` cannot be read ({e}); kluis does not serve a store \
                  without its trail: put the file back as it was or restore a backup into a new \
                  data directory",
@@ -148,13 +148,13 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
     let Some(ours) = in_store else {
         return match in_file {
             Some(Some(_)) => move_strays(conn, path),
-            Some(None) => Err(StoreError::Config(format!(
+            Some(None) => Err(StoreError::Refused(format!(
                 "the audit trail's file `{}` holds no trail; kluis does not serve a store \
                  without its trail: put the file back as it was or restore a backup into a new \
                  data directory",
                 trail.display()
             ))),
-            None => Err(StoreError::Config(format!(
+            None => Err(StoreError::Refused(format!(
                 "the audit trail's file `{}` is missing beside `{}`; kluis does not serve a \
                  store without its trail: put the file back or restore a backup into a new \
                  data directory",
@@ -167,7 +167,7 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
         && theirs.entries > 0
         && *theirs != ours
     {
-        return Err(StoreError::Config(format!(
+        return Err(StoreError::Refused(format!(
             "`{}` holds an audit trail ({}) and so does the trail's own file `{}` ({}), and \
              they differ: the one in `{}` was put there outside kluis (a move into the trail's \
              file that stopped halfway leaves the same trail in both). kluis changes neither: \
