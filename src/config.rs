@@ -1062,6 +1062,20 @@ pub fn check_private(path: &Path) -> Result<(), OpenError> {
 /// Creates `dir` (and its parents) if needed, open to its owner only.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let existed = dir.exists();
+    // A link to nowhere: `create_dir_all` would answer only "File exists".
+    if !existed
+        && let Ok(meta) = dir.symlink_metadata()
+        && meta.file_type().is_symlink()
+    {
+        let to = std::fs::read_link(dir).map_or_else(|_| "?".into(), |t| t.display().to_string());
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "it is a symbolic link to `{to}`, which does not exist; make the directory it \
+                 names, or give another data directory"
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
     if !existed {
@@ -1215,6 +1229,30 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// A data directory that is a link to nowhere is named as one, with what to do; nothing
+    /// is made where it points. The twins: a link to a directory is that directory, and a new
+    /// directory is made owner-only.
+    #[test]
+    fn a_data_directory_linked_to_nowhere_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let link = tmp.path().join("data");
+        let nowhere = tmp.path().join("gone");
+        std::os::unix::fs::symlink(&nowhere, &link).unwrap();
+        let e = create_private_dir(&link).unwrap_err().to_string();
+        assert!(
+            e.contains("is a symbolic link to `") && e.contains("gone`, which does not exist"),
+            "{e}"
+        );
+        assert!(!nowhere.exists());
+        std::fs::create_dir(&nowhere).unwrap();
+        create_private_dir(&link).unwrap();
+        let new = tmp.path().join("new").join("data");
+        create_private_dir(&new).unwrap();
+        let mode = std::fs::metadata(&new).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
