@@ -135,7 +135,8 @@ pub(super) fn place_trail(conn: &Connection, path: &Path) -> Result<(), StoreErr
         // Counted only when there is a trail to compare it with (a count reads every entry).
         let found = open_file(&trail, false).and_then(|c| trail_tail(&c, in_store.is_some()));
         Some(found.map_err(|e| {
-            StoreError::Refused(format!(
+            // Not a refusal of what the file holds: it may be locked or the disk failing.
+            StoreError::Config(format!(
                 "the audit trail's file `{}` cannot be read ({e}); kluis does not serve a store \
                  without its trail: put the file back as it was or restore a backup into a new \
                  data directory",
