@@ -940,7 +940,7 @@ pub fn trail_path(path: &Path) -> PathBuf {
 
 /// Refuses a store's file or trail's file that is there and is not a regular file (a
 /// directory, or a link to a device such as `/dev/null`), a log, shared-memory index or journal
-/// of either that is anything but a regular file (a link of any kind included), and the two
+/// of either that is anything but a regular file of one name (a link of any kind), and the two
 /// files when they are one (a hard link, or a symbolic link of one to the other): SQLite would
 /// fail on them with no word of the cause ("disk I/O error"), wait on its own lock until it gave
 /// up, or use a special file as its log.
@@ -972,8 +972,10 @@ fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
     }
     // SQLite opens each file's log, shared-memory index and journal by name: it refuses a link
     // there with no word of the cause ("unable to open database file"), opens a FIFO or a
-    // device as the log (and removes it when it closes), and takes a directory as the index.
-    // kluis never makes anything there but regular files, and names what it found instead.
+    // device as the log (and removes it when it closes), takes a directory as the index, and
+    // writes its log into a file that has another name too (a hard link to a file elsewhere).
+    // kluis never makes anything there but regular files of one name, and names what it found
+    // instead.
     for file in [path, trail] {
         for suffix in ["-wal", "-shm", "-journal"] {
             let mut name = file.as_os_str().to_owned();
@@ -982,11 +984,17 @@ fn check_files(path: &Path, trail: &Path) -> Result<(), StoreError> {
             let Ok(meta) = side.symlink_metadata() else {
                 continue;
             };
-            if !meta.file_type().is_file() {
+            #[cfg(unix)]
+            let other_names = std::os::unix::fs::MetadataExt::nlink(&meta) > 1;
+            #[cfg(not(unix))]
+            let other_names = false;
+            if !meta.file_type().is_file() || other_names {
                 let kind = if meta.file_type().is_symlink() {
                     "a symbolic link"
                 } else if meta.is_dir() {
                     "a directory"
+                } else if other_names {
+                    "a file with another name too (a hard link)"
                 } else {
                     "a device or another special file"
                 };
@@ -3262,7 +3270,8 @@ mod tests {
     }
 
     /// A log, shared-memory index or journal of the store's or the trail's file that is a link
-    /// (to a file elsewhere, to a device, or dangling), a directory or a special file is refused
+    /// (symbolic, to a file elsewhere, to a device, or dangling; or a hard link to a file
+    /// elsewhere), a directory or a special file is refused
     /// before SQLite opens anything, naming the file and what it is (SQLite opens a FIFO as the
     /// log and a directory as the index, and refuses a link with no word of the cause); the
     /// file a link names is left as it was. The twin: with the name free again, the store opens.
@@ -3287,7 +3296,7 @@ mod tests {
         for file in ["kluis.db", "kluis.db.trail"] {
             for suffix in ["-wal", "-shm", "-journal"] {
                 let side = dir.path().join(format!("{file}{suffix}"));
-                let planted: [(&str, &dyn Fn()); 5] = [
+                let planted: [(&str, &dyn Fn()); 6] = [
                     ("a symbolic link", &|| {
                         std::os::unix::fs::symlink(&target, &side).unwrap()
                     }),
@@ -3298,6 +3307,9 @@ mod tests {
                         std::os::unix::fs::symlink(outside.path().join("none"), &side).unwrap();
                     }),
                     ("a directory", &|| std::fs::create_dir(&side).unwrap()),
+                    ("a file with another name too (a hard link)", &|| {
+                        std::fs::hard_link(&target, &side).unwrap();
+                    }),
                     ("a device or another special file", &|| {
                         std::fs::rename(&fifo, &side).unwrap();
                     }),

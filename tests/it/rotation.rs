@@ -951,7 +951,7 @@ async fn wait_until(mut done: impl AsyncFnMut() -> bool, what: &str) {
     }
 }
 
-async fn all_decrypt(channel: Channel, officer: &str, records: &[(String, String)]) {
+pub(crate) async fn all_decrypt(channel: Channel, officer: &str, records: &[(String, String)]) {
     let mut client = pb::vault_client::VaultClient::new(channel);
     for (id, v) in records {
         let resp = client

@@ -2803,12 +2803,7 @@ async fn a_copy_older_only_by_the_last_write_is_refused_after_a_kill() {
     keep(&newer);
 
     put_back(&older);
-    let refused = tokio::task::spawn_blocking({
-        let dir = dir.to_owned();
-        move || serve_until_it_stops(&dir)
-    })
-    .await
-    .unwrap();
+    let refused = serve_until_it_stops(dir).await;
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "the older copy started: {said}");
     assert!(said.contains("is older than its audit trail"), "{said}");
@@ -2835,7 +2830,14 @@ async fn a_copy_older_only_by_the_last_write_is_refused_after_a_kill() {
 
 /// Runs `kluis serve` on the node `prepare` made in `dir` until it stops by itself or 30 s
 /// pass (then it is killed): what it said and how it exited.
-fn serve_until_it_stops(dir: &std::path::Path) -> std::process::Output {
+async fn serve_until_it_stops(dir: &std::path::Path) -> std::process::Output {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || serve_until_it_stops_blocking(&dir))
+        .await
+        .unwrap()
+}
+
+fn serve_until_it_stops_blocking(dir: &std::path::Path) -> std::process::Output {
     let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kluis"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(dir.join("kluis.toml"))
@@ -2857,12 +2859,12 @@ fn serve_until_it_stops(dir: &std::path::Path) -> std::process::Output {
 /// Store files that are not as kluis keeps them stop `kluis serve` and `kluis init` with exit
 /// code 4, a check that failed (as a store older than its trail does), naming the file: the
 /// trail's file gone or emptied, a directory or a link in place of a file, the two files one,
-/// and a link, a directory or a FIFO where SQLite keeps a log, index or journal. The file a
-/// link names is left as it was. The twin: with the files put back, the node starts and
-/// serves what was written.
+/// and a link (symbolic or hard), a directory or a FIFO where SQLite keeps a log, index or
+/// journal. The file a link names is left as it was. The twin: with the files put back, the
+/// node starts and serves what was written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_files_not_as_kluis_keeps_them_stop_the_node_with_exit_4() {
-    use crate::rotation::{connect, free_port, prepare, start};
+    use crate::rotation::{all_decrypt, connect, free_port, prepare, start};
     use std::os::unix::fs::PermissionsExt;
 
     let tmp = private_tempdir();
@@ -2927,6 +2929,11 @@ async fn store_files_not_as_kluis_keeps_them_stop_the_node_with_exit_4() {
             Box::new(|| std::fs::remove_file(side("kluis.db-wal")).unwrap()),
         ),
         (
+            "kluis.db.trail-wal` is a file with another name too (a hard link)",
+            Box::new(|| std::fs::hard_link(&target, side("kluis.db.trail-wal")).unwrap()),
+            Box::new(|| std::fs::remove_file(side("kluis.db.trail-wal")).unwrap()),
+        ),
+        (
             "kluis.db.trail-shm` is a directory",
             Box::new(|| std::fs::create_dir(side("kluis.db.trail-shm")).unwrap()),
             Box::new(|| std::fs::remove_dir(side("kluis.db.trail-shm")).unwrap()),
@@ -2939,12 +2946,7 @@ async fn store_files_not_as_kluis_keeps_them_stop_the_node_with_exit_4() {
     ];
     for (says, plant, take_away) in &cases {
         plant();
-        let refused = tokio::task::spawn_blocking({
-            let dir = dir.to_owned();
-            move || serve_until_it_stops(&dir)
-        })
-        .await
-        .unwrap();
+        let refused = serve_until_it_stops(dir).await;
         let said = String::from_utf8_lossy(&refused.stderr);
         assert!(said.contains(says), "{says}: {said}");
         assert_eq!(refused.status.code(), Some(4), "{says}: {said}");
@@ -2969,18 +2971,5 @@ async fn store_files_not_as_kluis_keeps_them_stop_the_node_with_exit_4() {
 
     let port = free_port();
     let _node = start(dir, port);
-    let (id, value) = &records[0];
-    let read = pb::vault_client::VaultClient::new(connect(port).await)
-        .get_record(req(
-            &officer,
-            pb::GetRecordRequest {
-                context: nuisance_ctx(),
-                record_id: id.clone(),
-                fields: vec![],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(text_of(&read.fields[0]), value.as_str());
+    all_decrypt(connect(port).await, &officer, &records).await;
 }
