@@ -1149,6 +1149,30 @@ pub fn open_store_with_cache(
     read_cache_mib: usize,
 ) -> Result<Arc<SqliteStore>, OpenError> {
     let path = data_dir.join(DB_FILE);
+    // Whatever it is (a file, a link, a directory): its name alone says the restore stopped.
+    let restoring = crate::store::sqlite::restoring_path(&path);
+    if restoring.symlink_metadata().is_ok() {
+        return Err(OpenError::Store {
+            path: path.display().to_string(),
+            source: StoreError::Refused(format!(
+                "`{}` says a `kluis restore` into `{}` stopped before its checks of the backup \
+                 ended: the store there is not known to be sound, and is not opened; delete the \
+                 directory and restore the backup again",
+                restoring.display(),
+                data_dir.display()
+            )),
+        });
+    }
+    open_restored_store(data_dir, read_cache_mib)
+}
+
+/// Opens the store in `data_dir` whatever `kluis restore` left beside it: for that restore's
+/// own checks, which end by taking its mark away (`store::sqlite::restoring_path`).
+pub fn open_restored_store(
+    data_dir: &Path,
+    read_cache_mib: usize,
+) -> Result<Arc<SqliteStore>, OpenError> {
+    let path = data_dir.join(DB_FILE);
     SqliteStore::open_with_cache(&path, read_cache_mib.saturating_mul(1024 * 1024))
         .map(Arc::new)
         .map_err(|source| OpenError::Store {

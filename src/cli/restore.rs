@@ -68,6 +68,15 @@ pub fn run(args: &RestoreArgs) -> Exit {
     // files its rows do not name; a directory with any of them is not a new one.
     let store_paths = store_paths(&target);
     let present = present(&store_paths);
+    let restoring = kluis::store::sqlite::restoring_path(&target);
+    if present.contains(&restoring) {
+        return fail(format!(
+            "`{}` holds a store whose restore stopped before its checks of the backup ended \
+             (`{}` says so): delete the directory and restore again",
+            args.data_dir.display(),
+            restoring.display()
+        ));
+    }
     if present == [partial_path(&target)] {
         return fail(format!(
             "`{}` holds `{}`, left by a restore stopped during its copy; delete it and restore \
@@ -103,7 +112,9 @@ pub fn run(args: &RestoreArgs) -> Exit {
         return fail(e);
     }
     let mut made_store = false;
-    let outcome = restore(args, expect_head.as_ref(), &target, &mut made_store);
+    let outcome = restore(args, expect_head.as_ref(), &target, &mut made_store)
+        // Checked, and the store closed: the mark that kept it from being opened goes.
+        .and_then(|done| unmark(&target).map(|()| done));
     // Nothing half-restored stays behind: once this restore made the database (and only then:
     // another one's files are not its to remove), every path of the store, and the directories
     // this restore made (each only when empty).
@@ -178,7 +189,55 @@ fn store_paths(target: &std::path::Path) -> Vec<PathBuf> {
     evidence.push(".evidence");
     paths.push(PathBuf::from(evidence));
     paths.push(partial_path(target));
+    paths.push(kluis::store::sqlite::restoring_path(target));
     paths
+}
+
+/// Puts the mark beside `target` that keeps the store from being opened (by `serve`, `init`,
+/// the offline commands) until this restore's checks have passed, durable before the backup
+/// takes the store's name: a restore stopped during its checks (an interrupt, a kill, a power
+/// cut) leaves a store nothing opens, not an unchecked one that serves.
+fn mark(target: &std::path::Path) -> Result<(), (Exit, String)> {
+    let restoring = kluis::store::sqlite::restoring_path(target);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(&restoring)
+        .and_then(|mut file| {
+            file.write_all(
+                b"kluis restore put the store here and had not finished checking it; \
+                  delete this directory and restore the backup again\n",
+            )?;
+            file.sync_all()
+        })
+        .map_err(|e| {
+            (
+                Exit::Error,
+                format!("cannot create `{}`: {e}", restoring.display()),
+            )
+        })
+}
+
+/// Takes the mark (`mark`) away once the checks have passed and the store is closed, durably.
+fn unmark(target: &std::path::Path) -> Result<(), (Exit, String)> {
+    let restoring = kluis::store::sqlite::restoring_path(target);
+    std::fs::remove_file(&restoring)
+        .and_then(|()| sync_dir(&restoring))
+        .map_err(|e| {
+            (
+                Exit::Error,
+                format!(
+                    "the backup was checked, but `{}` cannot be removed ({e}); nothing was \
+                     restored",
+                    restoring.display()
+                ),
+            )
+        })
 }
 
 /// The paths of `paths` that exist (as anything, a dangling link too).
@@ -313,6 +372,12 @@ fn restore(
                 .join("`, `")
         )));
     }
+    if let Err(e) = mark(target) {
+        // Its name taken meanwhile (another's, not this restore's to remove), or no room.
+        let _ = std::fs::remove_file(&partial);
+        *made_store = false;
+        return Err(e);
+    }
     let linked = match std::fs::hard_link(&partial, target) {
         Ok(()) => std::fs::remove_file(&partial),
         // A file system without links: the name is free (checked at the start).
@@ -322,6 +387,7 @@ fn restore(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // Another's database, made meanwhile: not this restore's to remove.
             let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(kluis::store::sqlite::restoring_path(target));
             *made_store = false;
             return Err(error(format!(
                 "`{}` was made by another process while this restore copied the backup; \
@@ -361,7 +427,11 @@ fn restore(
     // The file is a sound database (checked above) that restore made itself: what keeps it
     // from opening as a store (its mark behind its trail's, a value of another type) is in its
     // content, put there after kluis wrote it.
-    let store = config::open_store(&args.data_dir).map_err(|e| match e {
+    let store = config::open_restored_store(
+        &args.data_dir,
+        kluis::store::sqlite::DEFAULT_READ_CACHE_MIB,
+    )
+    .map_err(|e| match e {
         config::OpenError::Store {
             source:
                 StoreError::Config(why)

@@ -931,11 +931,23 @@ impl Drop for Snapshot<'_> {
 
 /// The file of the audit trail beside the store's file `path` (`kluis.db.trail`).
 pub fn trail_path(path: &Path) -> PathBuf {
+    beside(path, ".trail")
+}
+
+/// The file beside the store's file `path` whose name is the store's with `suffix`.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path
         .file_name()
         .map_or_else(|| "kluis.db".into(), std::ffi::OsStr::to_os_string);
-    name.push(".trail");
+    name.push(suffix);
     path.with_file_name(name)
+}
+
+/// The file `kluis restore` keeps beside the store's file `path` from the moment the backup
+/// takes the store's name until its checks have passed (`kluis.db.restoring`): a store with it
+/// beside is one whose restore stopped before it was found sound, and is not opened as a store.
+pub fn restoring_path(path: &Path) -> PathBuf {
+    beside(path, ".restoring")
 }
 
 /// Refuses a store's file or trail's file that is there and is not a regular file (a

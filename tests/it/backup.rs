@@ -691,3 +691,154 @@ fn a_restore_leaves_a_store_file_made_meanwhile_as_it_was() {
         }
     }
 }
+
+/// Runs `kluis ARGS` until it exits, or (a `serve` that starts) until it says it listens, when
+/// it is stopped: the exit code is then `None`, and stderr holds what it said until then.
+fn run_until_it_stops(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kluis"))
+        .args(args)
+        .env("KLUIS_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut stderr = Vec::new();
+    let mut line = String::new();
+    while said.read_line(&mut line).unwrap() > 0 {
+        stderr.extend_from_slice(line.as_bytes());
+        if line.contains("kluis listening on") {
+            child.kill().unwrap();
+            break;
+        }
+        line.clear();
+    }
+    let status = child.wait().unwrap();
+    std::io::Read::read_to_end(&mut said, &mut stderr).unwrap();
+    std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    }
+}
+
+/// A restore stopped during its checks (killed while it waits for the root key, after the
+/// backup took the store's name and SQLite's checks passed) leaves a store that nothing opens:
+/// `serve` and `init` refuse it with exit 4, naming what the restore left and what to do, and a
+/// restore into the directory names it too. The twin: the same restore given the key ends its
+/// checks and takes its mark away, and the store serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_stopped_during_its_checks_leaves_a_store_nothing_opens() {
+    use std::io::{BufRead, Write};
+    let server = TestServer::start().await;
+    put(
+        &server,
+        Role::NuisanceOfficer,
+        nuisance_ctx(),
+        "REL-0901",
+        vec![text("note", "nuisance-evidence", "noise at night")],
+    )
+    .await;
+    let bytes = take_backup(&server, Role::SecurityOfficer).await.unwrap();
+    let tmp = private_tempdir();
+    let key = tmp.path().join("root.key");
+    std::fs::copy(server.dir.join("root.key"), &key).unwrap();
+    let backup = tmp.path().join("kluis.backup");
+    std::fs::write(&backup, &bytes).unwrap();
+    server.stop().await;
+
+    for given in [false, true] {
+        let dir = tmp.path().join(format!("restored-{given}"));
+        // The root key comes through a FIFO: the restore waits at it, its checks half done.
+        let fifo = tmp.path().join(format!("root-{given}.key"));
+        let made = Command::new("mkfifo")
+            .args(["-m", "600"])
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut restore = Command::new(env!("CARGO_BIN_EXE_kluis"))
+            .arg("restore")
+            .arg(&backup)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--key-file")
+            .arg(&fifo)
+            .env("KLUIS_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = std::io::BufReader::new(restore.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("opening it with the root key") {
+            line.clear();
+            assert!(
+                said.read_line(&mut line).unwrap() > 0,
+                "the restore ended before it asked for the key"
+            );
+        }
+        assert!(dir.join("kluis.db").exists(), "{given}: no store in place");
+        let restoring = dir.join("kluis.db.restoring");
+        if given {
+            let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            feed.write_all(&std::fs::read(&key).unwrap()).unwrap();
+            drop(feed);
+            let status = restore.wait().unwrap();
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut said, &mut rest).unwrap();
+            assert!(status.success(), "{rest}");
+            assert!(!restoring.exists(), "a finished restore left its mark");
+        } else {
+            restore.kill().unwrap();
+            restore.wait().unwrap();
+            assert!(restoring.exists(), "nothing marks the store unchecked");
+        }
+        let serve = run_until_it_stops(&[
+            "serve".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+            "--key-file".as_ref(),
+            key.as_os_str(),
+        ]);
+        if given {
+            // It started, and was stopped once it listened.
+            assert_eq!(
+                serve.status.code(),
+                None,
+                "{}",
+                String::from_utf8_lossy(&serve.stderr)
+            );
+            continue;
+        }
+        let init = run_until_it_stops(&[
+            "init".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+            "--key-file".as_ref(),
+            key.as_os_str(),
+        ]);
+        for (what, out) in [("serve", &serve), ("init", &init)] {
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(4), "{what}: {said}");
+            assert!(
+                said.contains("kluis.db.restoring")
+                    && said.contains("stopped before its checks")
+                    && said.contains("restore the backup again"),
+                "{what}: {said}"
+            );
+        }
+        // A restore into it names what is there, and leaves it.
+        let again = restore_cli(&backup, &dir, &["--key-file", key.to_str().unwrap()]);
+        let said = String::from_utf8_lossy(&again.stderr);
+        assert_eq!(again.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("stopped before its checks") && said.contains("delete the directory"),
+            "{said}"
+        );
+        assert!(restoring.exists() && dir.join("kluis.db").exists());
+    }
+}
