@@ -1059,6 +1059,61 @@ pub fn check_private(path: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// The file in a data directory whose lock a `kluis serve` or `kluis init` holds while it works
+/// on the store there.
+pub const LOCK_FILE: &str = "kluis.lock";
+
+/// A data directory held by this process (`lock_data_dir`), until dropped or the process ends.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data directory `dir` for this process: an exclusive lock on `kluis.lock` there
+/// (made 0600 if missing), which the system lets go when the process ends however it ends.
+/// Two processes on one SQLite store would void each other's job leases and undo each other's
+/// view of the trail's head; a second one is refused, naming the process that holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let cannot = |e: std::io::Error| format!("cannot lock `{}`: {e}", path.display());
+    let mut file = options.open(&path).map_err(cannot)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if !holder.is_empty() && holder.bytes().all(|b| b.is_ascii_digit()) {
+                format!("process {holder}")
+            } else {
+                "another process".to_owned()
+            };
+            return Err(format!(
+                "another kluis ({who}) serves or initialises the store in `{}` (it holds the lock \
+                 on `{}`); stop it first, or give another data directory: two processes on one \
+                 store would undo each other's leases and trail head",
+                dir.display(),
+                path.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
+    }
+    // Who holds it, for the message a second process gives.
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(cannot)?;
+    Ok(DataDirLock { _file: file })
+}
+
 /// Creates `dir` (and its parents) if needed, open to its owner only.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let existed = dir.exists();

@@ -105,6 +105,14 @@ pub fn run(args: &InitArgs) -> Exit {
     {
         return fail(e);
     }
+    // Not beside a `kluis serve` or another `kluis init` of the same store.
+    let _held = match &cfg.store {
+        None => match config::lock_data_dir(&cfg.data_dir) {
+            Ok(held) => Some(held),
+            Err(e) => return fail(e),
+        },
+        Some(_) => None,
+    };
     let mut share_files = Vec::new();
     let secret = match &args.key_file {
         _ if args.pkcs11 => {

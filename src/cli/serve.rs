@@ -128,6 +128,14 @@ pub fn run(args: &ServeArgs) -> Exit {
         );
     }
     cfg.accept_rollback = args.accept_rollback;
+    // One process on a SQLite store, held until this one ends (`config::lock_data_dir`).
+    let _held = match &cfg.store {
+        None => match hold_data_dir(&cfg.data_dir, args.dev) {
+            Ok(held) => held,
+            Err(e) => return fail(e),
+        },
+        Some(_) => None,
+    };
     let opened = if args.dev {
         open_dev(&cfg).and_then(|v| Ok((Ok(v), node_source(&cfg).map_err(open_failed)?)))
     } else {
@@ -235,6 +243,20 @@ pub fn run(args: &ServeArgs) -> Exit {
             Err(e) => fail(e),
         }
     })
+}
+
+/// Takes the data directory for this process (`config::lock_data_dir`), once it is there and
+/// private (`--dev` makes it first). A directory that is not there, or is open to others, is
+/// left to the checks that refuse it, in their order, with nothing written in it.
+fn hold_data_dir(dir: &std::path::Path, dev: bool) -> Result<Option<config::DataDirLock>, String> {
+    if dev {
+        config::create_private_dir(dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    }
+    if !dir.is_dir() || config::check_private(dir).is_err() {
+        return Ok(None);
+    }
+    config::lock_data_dir(dir).map(Some)
 }
 
 /// Where the node gets its vault from once custodians unseal it, and what seals the store.

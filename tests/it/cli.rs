@@ -58,6 +58,49 @@ fn dev_tokens(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
     serde_json::from_slice(&std::fs::read(dir.join("dev-tokens.json")).unwrap()).unwrap()
 }
 
+/// Stores a phone number of `subject` on the server at `addr` as the nuisance officer
+/// `officer`; returns the record's id.
+async fn put_phone(addr: &str, officer: &str, subject: &str, phone: &str) -> String {
+    let mut client = pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    client
+        .put_record(req(
+            officer,
+            pb::PutRecordRequest {
+                context: ctx("nuisance", "N-1", "complaint"),
+                subject_id: subject.into(),
+                fields: vec![text("phone", "contact", phone)],
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .record_id
+}
+
+/// How many fields of record `id` the server at `addr` gives the nuisance officer `officer`.
+async fn fields_read(addr: &str, officer: &str, id: &str) -> usize {
+    let mut client = pb::vault_client::VaultClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    client
+        .get_record(req(
+            officer,
+            pb::GetRecordRequest {
+                context: ctx("nuisance", "N-1", "follow-up"),
+                record_id: id.into(),
+                fields: vec![],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .fields
+        .len()
+}
+
 #[tokio::test]
 async fn serve_dev_is_ready_to_use_and_keeps_data_across_restarts() {
     let tmp = crate::common::private_tempdir();
@@ -70,24 +113,7 @@ async fn serve_dev_is_ready_to_use_and_keeps_data_across_restarts() {
         "one token per role"
     );
     let officer = tokens["nuisance-officer"].as_str().unwrap().to_owned();
-
-    let mut client = pb::vault_client::VaultClient::connect(format!("http://{}", server.1))
-        .await
-        .unwrap();
-    let id = client
-        .put_record(req(
-            &officer,
-            pb::PutRecordRequest {
-                context: ctx("nuisance", "N-1", "complaint"),
-                subject_id: "REL-0001".into(),
-                fields: vec![text("phone", "contact", "06-40404040")],
-                labels: Default::default(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .record_id;
+    let id = put_phone(&server.1, &officer, "REL-0001", "06-40404040").await;
 
     // The admin command works against it with the security officer's token, and refuses others.
     let so = tokens["security-officer"].as_str().unwrap();
@@ -148,22 +174,7 @@ async fn serve_dev_is_ready_to_use_and_keeps_data_across_restarts() {
         officer,
         "tokens are kept"
     );
-    let mut client = pb::vault_client::VaultClient::connect(format!("http://{}", server.1))
-        .await
-        .unwrap();
-    let resp = client
-        .get_record(req(
-            &officer,
-            pb::GetRecordRequest {
-                context: ctx("nuisance", "N-1", "follow-up"),
-                record_id: id,
-                fields: vec![],
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.fields.len(), 1);
+    assert_eq!(fields_read(&server.1, &officer, &id).await, 1);
 }
 
 #[test]
@@ -837,4 +848,88 @@ async fn the_index_key_rotates_and_reindexes_from_the_command_line() {
     let out = so(&["keys", "reindex", "--purpose", "gossip"]);
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("purpose"), "{}", stderr_of(&out));
+}
+
+/// One process per SQLite store: while a node serves a data directory, a second `kluis serve`
+/// (`--dev` or with the root key) and a `kluis init` of it are refused (exit 1) before they
+/// open the store, naming the process that holds it and what to do; the first goes on serving
+/// what it stored. Once that node is killed (nothing of it lets go but the system), the store
+/// serves again.
+#[tokio::test]
+async fn a_second_process_on_a_served_data_directory_is_refused() {
+    let tmp = crate::common::private_tempdir();
+    let dir = tmp.path().join("dev");
+    let mut first = serve_dev(&dir);
+    let officer = dev_tokens(&dir)["nuisance-officer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = put_phone(&first.1, &officer, "REL-0002", "06-40404041").await;
+    let key = dir.join("dev-root.key");
+    let attempts: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+        (
+            "serve --dev",
+            vec![
+                "serve".as_ref(),
+                "--dev".as_ref(),
+                "--listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+            ],
+        ),
+        (
+            "serve",
+            vec![
+                "serve".as_ref(),
+                "--key-file".as_ref(),
+                key.as_os_str(),
+                "--listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+            ],
+        ),
+        (
+            "init",
+            vec!["init".as_ref(), "--key-file".as_ref(), key.as_os_str()],
+        ),
+    ];
+    for (what, args) in attempts {
+        let mut second = kluis()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // One that is not refused would serve on: it is stopped, and fails below.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while second.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = second.kill();
+        let out = second.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {said}");
+        assert!(
+            said.contains(&format!("another kluis (process {})", first.0.id()))
+                && said.contains("kluis.lock")
+                && said.contains("stop it first"),
+            "{what}: {said}"
+        );
+    }
+    assert!(
+        first.0.try_wait().unwrap().is_none(),
+        "the first node stopped"
+    );
+    assert_eq!(
+        fields_read(&first.1, &officer, &id).await,
+        1,
+        "the first node no longer serves what it stored"
+    );
+    // Killed: the system lets go of the lock.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    drop(first);
+    let again = serve_dev(&dir);
+    assert_eq!(fields_read(&again.1, &officer, &id).await, 1);
 }
