@@ -1081,10 +1081,36 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        // Not through a link: its pid is written over what it holds.
+        options.mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
     }
     let cannot = |e: std::io::Error| format!("cannot lock `{}`: {e}", path.display());
-    let mut file = options.open(&path).map_err(cannot)?;
+    let mut file = options.open(&path).map_err(|e| {
+        if path
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            format!(
+                "`{}` is a symbolic link; kluis keeps its lock in a file of its own: remove the \
+                 link",
+                path.display()
+            )
+        } else {
+            cannot(e)
+        }
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().map_err(cannot)?;
+        if !meta.is_file() || meta.nlink() != 1 {
+            return Err(format!(
+                "`{}` is not a regular file of one name; kluis keeps its lock in a file of its \
+                 own: remove it",
+                path.display()
+            ));
+        }
+    }
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -1332,6 +1358,37 @@ mod tests {
         create_private_dir(&new).unwrap();
         let mode = std::fs::metadata(&new).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    /// The lock of a data directory is a file of its own: a symbolic or hard link at
+    /// `kluis.lock` (to the store's file, say) is refused and what it names keeps its bytes.
+    /// The twins: a file of its own locks, names this process, and a second lock of the
+    /// directory (another open of the file, as a second process makes) is refused naming it;
+    /// once the first is dropped the directory locks again.
+    #[test]
+    fn a_data_directory_is_locked_in_a_file_of_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let lock = dir.join(LOCK_FILE);
+        let store = dir.join(DB_FILE);
+        std::fs::write(&store, b"the store's bytes").unwrap();
+        std::os::unix::fs::symlink(&store, &lock).unwrap();
+        let e = lock_data_dir(dir).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::hard_link(&store, &lock).unwrap();
+        let e = lock_data_dir(dir).unwrap_err();
+        assert!(e.contains("not a regular file of one name"), "{e}");
+        assert_eq!(std::fs::read(&store).unwrap(), b"the store's bytes");
+        std::fs::remove_file(&lock).unwrap();
+
+        let held = lock_data_dir(dir).unwrap();
+        let pid = std::process::id();
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), format!("{pid}\n"));
+        let e = lock_data_dir(dir).unwrap_err();
+        assert!(e.contains(&format!("another kluis (process {pid})")), "{e}");
+        drop(held);
+        drop(lock_data_dir(dir).unwrap());
     }
 
     #[test]

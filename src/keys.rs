@@ -358,6 +358,8 @@ pub struct KeyForWrite {
     /// The subject's first key of the purpose, to be stored with the record; `None` when the
     /// key is stored already.
     pub new: Option<NewSubjectKey>,
+    /// The subject keys' forgettings before the key was read or made (`Keyring::forgettings`).
+    seen: u64,
 }
 
 /// A subject's first key of a purpose, not stored yet.
@@ -677,6 +679,7 @@ impl Keyring {
         {
             return Ok(Some(key));
         }
+        let seen = self.forgettings();
         let Some(row) =
             self.store
                 .subject_key_at(subject.as_str(), purpose.as_str(), generation)?
@@ -686,7 +689,7 @@ impl Keyring {
         let key = self.unwrap_subject_key(subject, purpose, &row)?;
         let current = self.store.subject_key(subject.as_str(), purpose.as_str())?;
         if current.is_some_and(|c| c.generation == generation) {
-            self.remember(subject, purpose, generation, &key);
+            self.remember(subject, purpose, generation, &key, seen);
         }
         Ok(Some(key))
     }
@@ -699,6 +702,7 @@ impl Keyring {
         purpose: Purpose,
     ) -> Result<ActiveSubjectKey, KeyError> {
         let write = self.subject_key_for_write(subject, purpose)?;
+        let seen = write.seen;
         let Some(new) = write.new else {
             return Ok(write.active);
         };
@@ -718,7 +722,7 @@ impl Keyring {
             other => (other?, write.active.algorithm),
         };
         let key = self.unwrap_subject_key(subject, purpose, &row)?;
-        self.remember(subject, purpose, row.generation, &key);
+        self.remember(subject, purpose, row.generation, &key, seen);
         Ok(ActiveSubjectKey {
             generation: row.generation,
             key,
@@ -738,6 +742,7 @@ impl Keyring {
     ) -> Result<KeyForWrite, KeyError> {
         let active = self.active_version_for_write(purpose)?;
         let algorithm = active.2;
+        let seen = self.forgettings();
         if let Some((generation, key)) = self.cached(subject, purpose) {
             return Ok(KeyForWrite {
                 active: ActiveSubjectKey {
@@ -746,11 +751,12 @@ impl Keyring {
                     algorithm,
                 },
                 new: None,
+                seen,
             });
         }
         if let Some(row) = self.store.subject_key(subject.as_str(), purpose.as_str())? {
             let key = self.unwrap_subject_key(subject, purpose, &row)?;
-            self.remember(subject, purpose, row.generation, &key);
+            self.remember(subject, purpose, row.generation, &key, seen);
             return Ok(KeyForWrite {
                 active: ActiveSubjectKey {
                     generation: row.generation,
@@ -758,6 +764,7 @@ impl Keyring {
                     algorithm,
                 },
                 new: None,
+                seen,
             });
         }
         // Under the version just read and checked (the store refuses it when it is no longer
@@ -773,6 +780,7 @@ impl Keyring {
                 algorithm,
             },
             new: Some(NewSubjectKey { row, anchor }),
+            seen,
         })
     }
 
@@ -780,7 +788,13 @@ impl Keyring {
     /// cache.
     pub fn stored(&self, subject: &SubjectId, purpose: Purpose, write: &KeyForWrite) {
         if write.new.is_some() {
-            self.remember(subject, purpose, write.active.generation, &write.active.key);
+            self.remember(
+                subject,
+                purpose,
+                write.active.generation,
+                &write.active.key,
+                write.seen,
+            );
         }
     }
 
@@ -1024,14 +1038,26 @@ impl Keyring {
         found
     }
 
+    /// How often subject keys were forgotten so far (`forget`, `forget_all`): a key read from
+    /// the store is kept only when this has not moved since before the read (`remember`).
+    fn forgettings(&self) -> u64 {
+        self.subject_keys.lock().map_or(u64::MAX, |c| c.forgotten)
+    }
+
+    /// Keeps `key` for (subject, purpose), unless keys were forgotten since `seen` (taken
+    /// before it was read or made): a read that began before another node's shredding or rekey
+    /// was taken in does not put back the key it read.
     fn remember(
         &self,
         subject: &SubjectId,
         purpose: Purpose,
         generation: u32,
         key: &Arc<SubjectKey>,
+        seen: u64,
     ) {
-        if let Ok(mut cache) = self.subject_keys.lock() {
+        if let Ok(mut cache) = self.subject_keys.lock()
+            && cache.forgotten == seen
+        {
             cache.insert(subject.clone(), purpose, generation, Arc::clone(key));
             crate::metrics::get()
                 .key_cache_entries
@@ -1168,8 +1194,9 @@ impl Keyring {
         self.forget_active(None);
         self.forget_index_keys();
         if let Ok(mut cache) = self.subject_keys.lock() {
-            let capacity = cache.capacity;
+            let (capacity, forgotten) = (cache.capacity, cache.forgotten);
             *cache = SubjectKeyCache::new(capacity);
+            cache.forgotten = forgotten.wrapping_add(1);
             crate::metrics::get().key_cache_entries.set(0);
         }
     }
@@ -1412,6 +1439,8 @@ struct SubjectKeyCache {
     capacity: usize,
     map: HashMap<(SubjectId, Purpose), (u32, Arc<SubjectKey>)>,
     order: VecDeque<(SubjectId, Purpose)>,
+    /// The times keys were forgotten (`remove`, and `Keyring::forget_all`).
+    forgotten: u64,
 }
 
 impl SubjectKeyCache {
@@ -1420,6 +1449,7 @@ impl SubjectKeyCache {
             capacity,
             map: HashMap::new(),
             order: VecDeque::new(),
+            forgotten: 0,
         }
     }
 
@@ -1430,6 +1460,7 @@ impl SubjectKeyCache {
     }
 
     fn remove(&mut self, subject: &SubjectId, purpose: Purpose) {
+        self.forgotten = self.forgotten.wrapping_add(1);
         let id = (subject.clone(), purpose);
         if self.map.remove(&id).is_some() {
             self.order.retain(|o| o != &id);
@@ -1728,6 +1759,55 @@ mod tests {
         assert_eq!(active.key.expose_secret(), again.expose_secret());
         let other = ring.subject_key_or_create(&s1, Purpose::Contract).unwrap();
         assert_ne!(active.key.expose_secret(), other.key.expose_secret());
+    }
+
+    /// A subject key read or made before keys were forgotten (another node's shredding or
+    /// rekey taken in meanwhile, `forget_all`; a rekey here, `forget`) is not kept: it would
+    /// stay in use until the next forgetting. The twins: with nothing forgotten in between,
+    /// it is kept.
+    #[test]
+    fn a_key_read_before_keys_were_forgotten_is_not_kept() {
+        let (dir, store) = store();
+        let secret = RootSecret::create_key_file(&dir.path().join("root.key")).unwrap();
+        Keyring::initialize(store.as_ref(), &secret, Algorithm::Aes256Gcm).unwrap();
+        let ring = Keyring::unseal(Arc::clone(&store), &secret, Algorithm::Aes256Gcm, 10).unwrap();
+        let p = Purpose::Nuisance;
+        let subject = |n: u32| SubjectId::parse("s", &format!("REL-{n}")).unwrap();
+        let stored = ring.subject_key_or_create(&subject(1), p).unwrap();
+        assert!(ring.cached(&subject(1), p).is_some());
+        for forget in [
+            &(|r: &Keyring| r.forget_all()) as &dyn Fn(&Keyring),
+            &|r: &Keyring| r.forget(&subject(9), p),
+        ] {
+            ring.forget_all();
+            // Read from the store as `subject_key_at` reads it, with a forgetting in between.
+            let seen = ring.forgettings();
+            let row = store.subject_key("REL-1", "nuisance").unwrap().unwrap();
+            let key = ring.unwrap_subject_key(&subject(1), p, &row).unwrap();
+            forget(&ring);
+            ring.remember(&subject(1), p, row.generation, &key, seen);
+            assert!(ring.cached(&subject(1), p).is_none());
+            // A write's key made before a forgetting and stored after it.
+            let write = ring.subject_key_for_write(&subject(2), p).unwrap();
+            forget(&ring);
+            ring.stored(&subject(2), p, &write);
+            assert!(ring.cached(&subject(2), p).is_none());
+        }
+        // The twins.
+        let seen = ring.forgettings();
+        let row = store.subject_key("REL-1", "nuisance").unwrap().unwrap();
+        let key = ring.unwrap_subject_key(&subject(1), p, &row).unwrap();
+        ring.remember(&subject(1), p, row.generation, &key, seen);
+        let (_, kept) = ring.cached(&subject(1), p).unwrap();
+        assert_eq!(kept.expose_secret(), stored.key.expose_secret());
+        let write = ring.subject_key_for_write(&subject(3), p).unwrap();
+        ring.stored(&subject(3), p, &write);
+        assert!(ring.cached(&subject(3), p).is_some());
+        assert!(
+            ring.subject_key_at(&subject(1), p, 1)
+                .unwrap()
+                .is_some_and(|k| k.expose_secret() == stored.key.expose_secret())
+        );
     }
 
     #[test]

@@ -111,6 +111,19 @@ pub fn run(args: &RestoreArgs) -> Exit {
     if let Err(e) = config::check_private(&args.data_dir) {
         return fail(e);
     }
+    // Not beside a `kluis serve` or `kluis init` of the directory, nor another restore: held
+    // until the restore is done or undone.
+    let lock_file = args.data_dir.join(config::LOCK_FILE);
+    let lock_made = lock_file.symlink_metadata().is_err();
+    let held = match config::lock_data_dir(&args.data_dir) {
+        Ok(held) => held,
+        Err(e) => {
+            for dir in &made_dirs {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return fail(e);
+        }
+    };
     let mut made_store = false;
     let outcome = restore(args, expect_head.as_ref(), &target, &mut made_store)
         // Checked, and the store closed: the mark that kept it from being opened goes.
@@ -128,10 +141,15 @@ pub fn run(args: &RestoreArgs) -> Exit {
         }
     }
     if outcome.is_err() {
+        // The lock's file too, when this restore made it: the directory is left as it was.
+        if lock_made {
+            let _ = std::fs::remove_file(&lock_file);
+        }
         for dir in &made_dirs {
             let _ = std::fs::remove_dir(dir);
         }
     }
+    drop(held);
     match outcome {
         Ok((bytes, entries)) => {
             let unsealed = entries.is_some();
@@ -193,8 +211,8 @@ fn store_paths(target: &std::path::Path) -> Vec<PathBuf> {
     paths
 }
 
-/// Puts the mark beside `target` that keeps the store from being opened (by `serve`, `init`,
-/// the offline commands) until this restore's checks have passed, durable before the backup
+/// Puts the mark beside `target` that keeps the store from being opened (by `serve`, `init`)
+/// until this restore's checks have passed, durable (with its name) before the backup
 /// takes the store's name: a restore stopped during its checks (an interrupt, a kill, a power
 /// cut) leaves a store nothing opens, not an unchecked one that serves.
 fn mark(target: &std::path::Path) -> Result<(), (Exit, String)> {
@@ -215,6 +233,7 @@ fn mark(target: &std::path::Path) -> Result<(), (Exit, String)> {
             )?;
             file.sync_all()
         })
+        .and_then(|()| sync_dir(&restoring))
         .map_err(|e| {
             (
                 Exit::Error,

@@ -12,7 +12,7 @@ use std::{
 
 use clap::Args;
 use kluis::{
-    config::{self, Config, Env, RawConfig, SystemEnv},
+    config::{self, Config, Env, KeySource, RawConfig, SystemEnv},
     domain::{PrincipalId, Role, SubjectId},
     keys::{Keyring, RootSecret, StoreSeal},
     seal::pkcs11::Hsm,
@@ -130,7 +130,7 @@ pub fn run(args: &ServeArgs) -> Exit {
     cfg.accept_rollback = args.accept_rollback;
     // One process on a SQLite store, held until this one ends (`config::lock_data_dir`).
     let _held = match &cfg.store {
-        None => match hold_data_dir(&cfg.data_dir, args.dev) {
+        None => match hold_data_dir(&cfg, args.dev) {
             Ok(held) => held,
             Err(e) => return fail(e),
         },
@@ -246,15 +246,26 @@ pub fn run(args: &ServeArgs) -> Exit {
 }
 
 /// Takes the data directory for this process (`config::lock_data_dir`), once it is there and
-/// private (`--dev` makes it first). A directory that is not there, or is open to others, is
-/// left to the checks that refuse it, in their order, with nothing written in it.
-fn hold_data_dir(dir: &std::path::Path, dev: bool) -> Result<Option<config::DataDirLock>, String> {
+/// private (`--dev` makes it first), before anything opens the store: a sealed node opens it
+/// long before the vault checks the directory. A directory that is not there is left to the
+/// store's open, which says so; one open to others is refused, naming the secret's file first
+/// when that is open too (as the vault's open does).
+fn hold_data_dir(cfg: &Config, dev: bool) -> Result<Option<config::DataDirLock>, String> {
+    let dir = &cfg.data_dir;
     if dev {
         config::create_private_dir(dir)
             .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     }
-    if !dir.is_dir() || config::check_private(dir).is_err() {
+    if !dir.is_dir() {
         return Ok(None);
+    }
+    if let Err(open) = config::check_private(dir) {
+        if let KeySource::KeyFile(file) | KeySource::PassphraseFile(file) = &cfg.key_source
+            && file.exists()
+        {
+            config::check_private(file).map_err(|e| e.to_string())?;
+        }
+        return Err(open.to_string());
     }
     config::lock_data_dir(dir).map(Some)
 }

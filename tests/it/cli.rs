@@ -851,7 +851,7 @@ async fn the_index_key_rotates_and_reindexes_from_the_command_line() {
 }
 
 /// One process per SQLite store: while a node serves a data directory, a second `kluis serve`
-/// (`--dev` or with the root key) and a `kluis init` of it are refused (exit 1) before they
+/// (`--dev` or with the root key), a `kluis init` and a `kluis restore` of it are refused (exit 1) before they
 /// open the store, naming the process that holds it and what to do; the first goes on serving
 /// what it stored. Once that node is killed (nothing of it lets go but the system), the store
 /// serves again.
@@ -926,10 +926,39 @@ async fn a_second_process_on_a_served_data_directory_is_refused() {
         1,
         "the first node no longer serves what it stored"
     );
-    // Killed: the system lets go of the lock.
+    // A restore into the directory, its store's files moved away by hand while the node
+    // serves them, is refused too, before it reads the backup.
+    let away = tmp.path().join("away");
+    std::fs::create_dir(&away).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_string_lossy().starts_with("kluis.db") {
+            std::fs::rename(dir.join(&name), away.join(&name)).unwrap();
+        }
+    }
+    let out = kluis()
+        .args(["restore", "no-such.backup", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "restore: {said}");
+    assert!(
+        said.contains(&format!("another kluis (process {})", first.0.id())),
+        "restore: {said}"
+    );
+    assert!(
+        !dir.join("kluis.db").exists(),
+        "restore: a store put in place"
+    );
+    // Killed: the system lets go of the lock; the files go back.
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     drop(first);
+    for entry in std::fs::read_dir(&away).unwrap() {
+        let name = entry.unwrap().file_name();
+        std::fs::rename(away.join(&name), dir.join(&name)).unwrap();
+    }
     let again = serve_dev(&dir);
     assert_eq!(fields_read(&again.1, &officer, &id).await, 1);
 }
