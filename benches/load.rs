@@ -1193,11 +1193,11 @@ fn print_cpu(
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "\nwhere the CPU goes: cores busy on average (machine: all users of its {cores} cores), \
-         and CPU µs per request"
+        "\nwhere the CPU goes: cores busy on average (machine: all users of its {cores} cores; \
+         steal: of that, cores its host gave to others), and CPU µs per request"
     );
     println!(
-        "{:>8} {:<name_width$} {:>6} {:>6} {:>6} {:>7} {:>7} | {:>8} {:>8} {:>8}",
+        "{:>8} {:<name_width$} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6} | {:>8} {:>8} {:>8}",
         "clients",
         "call",
         "kluis",
@@ -1205,6 +1205,7 @@ fn print_cpu(
         "pg",
         "pgbench",
         "machine",
+        "steal",
         "kluis µs",
         "pg µs",
         "pgb. µs"
@@ -1219,14 +1220,15 @@ fn print_cpu(
             };
             let per = |cpu: f64| cpu * 1e6 / n.max(1) as f64;
             println!(
-                "{clients:>8} {:<name_width$} {:>6.2} {:>6.2} {:>6.2} {:>7.2} {:>7.2} | {:>8.0} \
-                 {:>8.0} {:>8.0}",
+                "{clients:>8} {:<name_width$} {:>6.2} {:>6.2} {:>6.2} {:>7.2} {:>7.2} {:>6.2} | \
+                 {:>8.0} {:>8.0} {:>8.0}",
                 target.name(),
                 s.cores(s.kluis),
                 s.cores(s.load),
                 s.cores(s.postgres),
                 s.cores(s.pgbench),
                 s.cores(s.machine),
+                s.cores(s.steal),
                 per(s.kluis),
                 per(s.postgres),
                 per(s.pgbench),

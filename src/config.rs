@@ -1074,18 +1074,44 @@ pub struct DataDirLock {
 /// Two processes on one SQLite store would void each other's job leases and undo each other's
 /// view of the trail's head; a second one is refused, naming the process that holds it.
 pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
-    use std::io::{Read, Seek, Write};
     let path = dir.join(LOCK_FILE);
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        // Not through a link: its pid is written over what it holds.
-        options.mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
+        // Not through a link (its pid is written over what it holds), nor waiting at a FIFO.
+        options
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK);
     }
     let cannot = |e: std::io::Error| format!("cannot lock `{}`: {e}", path.display());
-    let mut file = options.open(&path).map_err(|e| {
+    // A lock taken on a file whose name went meanwhile (unlinked by a `kluis restore` that
+    // gave up, its holder gone) holds nothing another process would see: take it again.
+    for _ in 0..3 {
+        let (file, held) = lock_file_once(&path, &options, &cannot)?;
+        if held {
+            return Ok(DataDirLock { _file: file });
+        }
+    }
+    Err(format!(
+        "cannot lock `{}`: it was replaced each time it was locked; look for another process \
+         in the data directory `{}`",
+        path.display(),
+        dir.display()
+    ))
+}
+
+/// Opens and locks the lock's file at `path`: the file, and whether it is still the one with
+/// that name once locked (its holder's pid then written into it).
+fn lock_file_once(
+    path: &Path,
+    options: &std::fs::OpenOptions,
+    cannot: &dyn Fn(std::io::Error) -> String,
+) -> Result<(std::fs::File, bool), String> {
+    use std::io::{Read, Seek, Write};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = options.open(path).map_err(|e| {
         if path
             .symlink_metadata()
             .is_ok_and(|m| m.file_type().is_symlink())
@@ -1132,12 +1158,24 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let open = file.metadata().map_err(cannot)?;
+        let named = path.symlink_metadata().ok();
+        if !named.is_some_and(|n| {
+            n.file_type().is_file() && n.dev() == open.dev() && n.ino() == open.ino()
+        }) || open.nlink() != 1
+        {
+            return Ok((file, false));
+        }
+    }
     // Who holds it, for the message a second process gives.
     file.set_len(0)
         .and_then(|()| file.rewind())
         .and_then(|()| writeln!(file, "{}", std::process::id()))
         .map_err(cannot)?;
-    Ok(DataDirLock { _file: file })
+    Ok((file, true))
 }
 
 /// Creates `dir` (and its parents) if needed, open to its owner only.

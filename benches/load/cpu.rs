@@ -9,7 +9,8 @@
 //! - pgbench: the child processes this process waited for during the case;
 //! - PostgreSQL: the postmaster, its live backends and the backends it reaped during the case;
 //! - the machine: every core's busy time (`/proc/stat`), which shows what the other users of a
-//!   shared machine took.
+//!   shared machine took; and of it, the time the machine's host gave to others while this
+//!   machine had work (steal), which slows every figure of the case alike.
 //!
 //! Clock ticks are 10 ms on Linux: over a case of a second or more that is a few percent of one
 //! core.
@@ -28,6 +29,7 @@ pub struct Sample {
     children: u64,
     postgres: u64,
     machine: u64,
+    steal: u64,
 }
 
 /// CPU seconds each consumer used over one or more intervals, and how long these were.
@@ -45,6 +47,8 @@ pub struct Split {
     pub pgbench: f64,
     /// Every core of the machine, whoever used it.
     pub machine: f64,
+    /// Of `machine`, the time a virtual machine's host took its cores away (steal).
+    pub steal: f64,
 }
 
 impl Split {
@@ -60,6 +64,7 @@ impl Split {
             postgres: s(after.postgres, before.postgres),
             pgbench: s(after.children, before.children),
             machine: s(after.machine, before.machine),
+            steal: s(after.steal, before.steal),
         }
     }
 
@@ -71,6 +76,7 @@ impl Split {
         self.postgres += other.postgres;
         self.pgbench += other.pgbench;
         self.machine += other.machine;
+        self.steal += other.steal;
     }
 
     /// Average cores busy: CPU seconds over wall-clock seconds.
@@ -98,6 +104,7 @@ impl Split {
             "postgres_cores": self.cores(self.postgres),
             "pgbench_cores": self.cores(self.pgbench),
             "machine_cores": self.cores(self.machine),
+            "steal_cores": self.cores(self.steal),
             "kluis_us_per_request": per(self.kluis),
             "postgres_us_per_request": per(self.postgres),
             "pgbench_us_per_request": per(self.pgbench),
@@ -126,13 +133,15 @@ pub fn sample(postmaster: Option<u32>) -> Option<Sample> {
         }
     }
     let postgres = postmaster.map_or(0, postgres_ticks);
+    let (machine, steal) = machine_busy()?;
     Some(Sample {
         at,
         process: own.own,
         load,
         children: own.reaped,
         postgres,
-        machine: machine_busy()?,
+        machine,
+        steal,
     })
 }
 
@@ -194,8 +203,9 @@ fn postgres_ticks(postmaster: u32) -> u64 {
     ticks
 }
 
-/// Busy ticks of all cores together: user, nice, system, irq, softirq and steal of `/proc/stat`.
-fn machine_busy() -> Option<u64> {
+/// Busy ticks of all cores together (user, nice, system, irq, softirq and steal of
+/// `/proc/stat`), and the steal alone.
+fn machine_busy() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = line
@@ -203,7 +213,8 @@ fn machine_busy() -> Option<u64> {
         .filter_map(|x| x.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal
-    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum())
+    let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+    Some((busy, v.get(7).copied().unwrap_or(0)))
 }
 
 /// `sysconf(_SC_CLK_TCK)`, asked of `getconf`; 100 (Linux's value) when that fails.

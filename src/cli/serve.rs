@@ -131,7 +131,7 @@ pub fn run(args: &ServeArgs) -> Exit {
     // One process on a SQLite store, held until this one ends (`config::lock_data_dir`).
     let _held = match &cfg.store {
         None => match hold_data_dir(&cfg, args.dev) {
-            Ok(held) => held,
+            Ok(held) => Some(held),
             Err(e) => return fail(e),
         },
         Some(_) => None,
@@ -247,17 +247,22 @@ pub fn run(args: &ServeArgs) -> Exit {
 
 /// Takes the data directory for this process (`config::lock_data_dir`), once it is there and
 /// private (`--dev` makes it first), before anything opens the store: a sealed node opens it
-/// long before the vault checks the directory. A directory that is not there is left to the
-/// store's open, which says so; one open to others is refused, naming the secret's file first
-/// when that is open too (as the vault's open does).
-fn hold_data_dir(cfg: &Config, dev: bool) -> Result<Option<config::DataDirLock>, String> {
+/// long before the vault checks the directory. A directory that is not there is refused (a
+/// store made there meanwhile would be opened unlocked), and so is one open to others, naming
+/// the secret's file first when that is open too (as the vault's open does).
+fn hold_data_dir(cfg: &Config, dev: bool) -> Result<config::DataDirLock, String> {
     let dir = &cfg.data_dir;
     if dev {
         config::create_private_dir(dir)
             .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     }
     if !dir.is_dir() {
-        return Ok(None);
+        return Err(format!(
+            "the data directory `{}` does not exist: make the store with `kluis init \
+             --data-dir {}` first, or give the directory that holds it",
+            dir.display(),
+            dir.display()
+        ));
     }
     if let Err(open) = config::check_private(dir) {
         if let KeySource::KeyFile(file) | KeySource::PassphraseFile(file) = &cfg.key_source
@@ -267,7 +272,7 @@ fn hold_data_dir(cfg: &Config, dev: bool) -> Result<Option<config::DataDirLock>,
         }
         return Err(open.to_string());
     }
-    config::lock_data_dir(dir).map(Some)
+    config::lock_data_dir(dir)
 }
 
 /// Where the node gets its vault from once custodians unseal it, and what seals the store.

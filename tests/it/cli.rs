@@ -962,3 +962,28 @@ async fn a_second_process_on_a_served_data_directory_is_refused() {
     let again = serve_dev(&dir);
     assert_eq!(fields_read(&again.1, &officer, &id).await, 1);
 }
+
+/// `kluis serve` on a data directory that is not there says so and how to make the store,
+/// and makes nothing (a store made there meanwhile by another process would otherwise be
+/// opened without the directory's lock).
+#[test]
+fn serve_names_a_data_directory_that_does_not_exist() {
+    let tmp = crate::common::private_tempdir();
+    let dir = tmp.path().join("not-made").join("data");
+    let key = tmp.path().join("root.key");
+    kluis::keys::RootSecret::create_key_file(&key).unwrap();
+    let out = kluis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--key-file"])
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("does not exist") && said.contains("kluis init --data-dir"),
+        "{said}"
+    );
+    assert!(!tmp.path().join("not-made").exists());
+}
