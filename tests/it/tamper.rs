@@ -1942,23 +1942,29 @@ async fn index_b_trees_swapped_by_hand_are_refused_and_named() {
     let status = erase_7001(&server).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(records(&server), 2);
-    // Its allowed entry is followed by one saying it was not carried out.
+    // Refused before it was decided, nothing of it on the trail (seen under load: a read before
+    // the decision meets the swapped index first); or decided, and its allowed entry followed
+    // by one saying it was not carried out. Never an allowed erasure left standing.
     let trail = audit_entries(&server);
     let erasures: Vec<&serde_json::Value> = trail
         .iter()
         .filter(|e| e["action"] == "erase-subject")
         .collect();
-    let [allowed, followed] = erasures.as_slice() else {
-        panic!("{erasures:?}");
+    let erasures = match erasures.as_slice() {
+        [] => None,
+        [allowed, followed] => Some((allowed, followed)),
+        other => panic!("{other:?}"),
     };
-    assert_eq!(allowed["decision"], "allow", "{allowed}");
-    assert_eq!(followed["decision"], "deny", "{followed}");
-    assert!(
-        followed["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("not carried out")),
-        "{followed}"
-    );
+    if let Some((allowed, followed)) = erasures {
+        assert_eq!(allowed["decision"], "allow", "{allowed}");
+        assert_eq!(followed["decision"], "deny", "{followed}");
+        assert!(
+            followed["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("not carried out")),
+            "{followed}"
+        );
+    }
     let mut client = server.client().await;
     let status = client
         .put_record(req(
