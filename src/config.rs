@@ -1059,8 +1059,8 @@ pub fn check_private(path: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// The file in a data directory whose lock a `kluis serve` or `kluis init` holds while it works
-/// on the store there.
+/// The file in a data directory whose lock a `kluis serve`, `kluis init` or `kluis restore`
+/// holds while it works on the store there.
 pub const LOCK_FILE: &str = "kluis.lock";
 
 /// A data directory held by this process (`lock_data_dir`), until dropped or the process ends.

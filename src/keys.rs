@@ -1194,9 +1194,7 @@ impl Keyring {
         self.forget_active(None);
         self.forget_index_keys();
         if let Ok(mut cache) = self.subject_keys.lock() {
-            let (capacity, forgotten) = (cache.capacity, cache.forgotten);
-            *cache = SubjectKeyCache::new(capacity);
-            cache.forgotten = forgotten.wrapping_add(1);
+            cache.clear();
             crate::metrics::get().key_cache_entries.set(0);
         }
     }
@@ -1439,7 +1437,7 @@ struct SubjectKeyCache {
     capacity: usize,
     map: HashMap<(SubjectId, Purpose), (u32, Arc<SubjectKey>)>,
     order: VecDeque<(SubjectId, Purpose)>,
-    /// The times keys were forgotten (`remove`, and `Keyring::forget_all`).
+    /// The times keys were forgotten (`remove`, `clear`).
     forgotten: u64,
 }
 
@@ -1457,6 +1455,13 @@ impl SubjectKeyCache {
         self.map
             .get(&(subject.clone(), purpose))
             .map(|(g, k)| (*g, Arc::clone(k)))
+    }
+
+    /// Forgets every key, counted as one forgetting.
+    fn clear(&mut self) {
+        self.forgotten = self.forgotten.wrapping_add(1);
+        self.map.clear();
+        self.order.clear();
     }
 
     fn remove(&mut self, subject: &SubjectId, purpose: Purpose) {
